@@ -1,0 +1,70 @@
+// Package table is the token state of one shard: who holds which token in
+// which mode, who waits, what to revoke, and which fence each grant carries.
+// It is the pure core inside the worker's UDP shell (see DESIGN.md and
+// STYLE.md): no sockets, goroutines, clock, logging or metrics. The shell
+// decodes a datagram into an Input, calls
+//
+//	out = t.Step(in, now, out[:0])
+//
+// and sends what comes back: replies, asynchronous grants and revokes. It
+// calls Tick(now, out) when NextDeadline says so. now is the shell's
+// monotonic clock in nanoseconds, stamped when the datagram arrived; it is
+// the only notion of time in here. The table imports only the standard
+// library and wire (for wire.Mode); Status values equal the wire status
+// codes.
+//
+// # Rules
+//
+// Modes are the DLM lattice NL < CR < {CW, PR} < PW < EX (wire.Compatible).
+// A request names a token (1..255 bytes) and a byte range [Start, End); the
+// whole token is [0, 2^64-1). Two locks conflict only if their ranges overlap
+// and their modes are incompatible.
+//
+// Each token has a queue: conversions first, then acquires, each in arrival
+// order (as in the DLM). A new request is granted at once only if it is
+// compatible with every overlapping grant and every overlapping request
+// queued ahead of it, so a compatible newcomer never overtakes a queued
+// conflicting one and nobody starves. A TRY request that cannot be granted
+// fails with StatusConflict; any other waits until it is granted (KindAsync,
+// StatusOK), its Deadline passes (StatusTimeout), it is canceled
+// (StatusCanceled) or its session ends. Whenever a grant or a waiter goes
+// away or a grant is downgraded, the token's queue is scanned in order and
+// everything that has become grantable is granted.
+//
+// A conversion to a mode the grant covers (wire.Covers) is a downgrade: it
+// is immediate, keeps the fence, and from PW or EX may set the value block.
+// Any other conversion is an upgrade: it is granted at once if the grant's
+// new mode is compatible with the other grants and queued conversions, else
+// it waits in the conversion queue, ahead of all acquires; an upgrade gets a
+// new fence. A grant has at most one conversion in flight.
+//
+// While a request waits, each holder whose grant blocks it gets one
+// KindRevoke: its fence, the token, the strongest mode it may keep
+// (Wanted; NL means release) and the wanted range. A revoke is emitted once
+// per (grant, waiter) pair, when the later of the two appears, and again
+// only after the holder converts (the shell retransmits until then).
+//
+// Fences are epoch<<40 | seq, with seq counting from 1 in each epoch of the
+// shard; epochs grow with every change of owner, so fences strictly increase
+// per token across all time (invariant 2). When seq would wrap the table
+// answers StatusExhausted.
+//
+// A token keeps a value block of up to 64 bytes, set by a PW or EX holder on
+// release or downgrade and returned with every grant. A token lives while it
+// has grants, waiters or a valid value; names are copied once, when the
+// token is created.
+//
+// A table made by NewRecovering is in its grace period until its deadline:
+// it accepts only OpReclaim (and OpEndSession), which re-creates a grant with
+// its old fence if that fence is from an earlier epoch and the grant is
+// compatible with what has been reclaimed; everything else gets StatusGrace
+// (invariant 6). Values are then reported ValueLost until a writer sets them.
+// Export and Import move a shard to another owner under a higher epoch with
+// no grace period.
+//
+// Sessions are uint64 ids (the etcd lease of the client); OpEndSession drops
+// all their grants and waiters. A session's requests are (session, request
+// id); OpCancel names the request to cancel: a waiter leaves its queue, or,
+// if it was granted from the queue meanwhile, that grant is released (a
+// canceled conversion that was granted releases the whole grant).
+package table

@@ -1,0 +1,163 @@
+package table
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Snapshot is the transferable state of a shard, for a planned handoff
+// (no crash, no grace period): grants with their fences, value blocks, and
+// the fence position. Queued requests are not part of it: their clients
+// retransmit to the new owner and queue there again. It is plain data (JSON
+// works); the byte layout on the way is the shell's business.
+type Snapshot struct {
+	Epoch      uint32 // epoch of the exporting table
+	Seq        uint64 // last sequence number it issued in that epoch
+	MaxFence   uint64 // highest fence it issued or reclaimed
+	ValuesLost bool   // unset values are still reported ValueLost (shard recovered from a crash)
+	Tokens     []TokenState
+}
+
+// TokenState is one token of a Snapshot.
+type TokenState struct {
+	Name       []byte
+	ValueValid bool
+	Value      []byte
+	Grants     []GrantState // by fence
+}
+
+// GrantState is one grant of a TokenState.
+type GrantState struct {
+	Session    uint64
+	Fence      uint64
+	Mode       wire.Mode
+	Start, End uint64
+	Req        uint64 // the request that gave the grant its mode
+	Async      bool   // granted from the queue: OpCancel of Req releases it
+}
+
+// Export returns a snapshot of the table, tokens sorted by name. It fails
+// with ErrInGrace during the grace period: a shard whose grants are not all
+// reclaimed cannot be handed on without its grace period.
+func (t *Table) Export() (*Snapshot, error) {
+	if t.grace {
+		return nil, ErrInGrace
+	}
+	s := &Snapshot{Epoch: t.epoch, Seq: t.seq, MaxFence: t.maxFence, ValuesLost: t.valuesLost}
+	for _, page := range t.toks.pages {
+		for o := range page {
+			tok := &page[o]
+			if tok.name == "" { // free or never used
+				continue
+			}
+			ts := TokenState{Name: []byte(tok.name), ValueValid: tok.flags&tokValueValid != 0}
+			if ts.ValueValid {
+				ts.Value = []byte(tok.value)
+			}
+			for gi := tok.grants; gi != 0; {
+				g := t.grs.at(gi)
+				ts.Grants = append(ts.Grants, GrantState{Session: t.sess.at(g.sess).id, Fence: g.fence,
+					Mode: g.mode, Start: g.start, End: g.end, Req: g.req, Async: g.flags&grantAsync != 0})
+				gi = g.tnext
+			}
+			slices.SortFunc(ts.Grants, func(a, b GrantState) int { return cmpU64(a.Fence, b.Fence) })
+			s.Tokens = append(s.Tokens, ts)
+		}
+	}
+	slices.SortFunc(s.Tokens, func(a, b TokenState) int { return bytes.Compare(a.Name, b.Name) })
+	return s, nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Import builds a table that continues the exported one under newEpoch,
+// which must be above the snapshot's epoch: the same grants with the same
+// fences, the same values, no grace period, and new fences from
+// Fence(newEpoch, 1) on, above every fence in the snapshot. A snapshot that
+// breaks an invariant (conflicting grants, fences not below newEpoch,
+// duplicate names, bad sizes) is refused with ErrBadSnapshot. Limits are not
+// applied to imported grants.
+func Import(s *Snapshot, newEpoch uint32, cfg Config) (*Table, error) {
+	if newEpoch <= s.Epoch {
+		return nil, fmt.Errorf("%w: new epoch %d is not above the snapshot's %d", ErrBadEpoch, newEpoch, s.Epoch)
+	}
+	t, err := New(newEpoch, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.MaxFence >= Fence(newEpoch, 0) {
+		return nil, fmt.Errorf("%w: max fence %#x not below epoch %d", ErrBadSnapshot, s.MaxFence, newEpoch)
+	}
+	t.valuesLost = s.ValuesLost
+	t.maxFence = s.MaxFence
+	for i := range s.Tokens {
+		ts := &s.Tokens[i]
+		if !validName(ts.Name) || len(ts.Value) > MaxValueLen || !ts.ValueValid && len(ts.Value) > 0 {
+			return nil, fmt.Errorf("%w: token %q: bad name or value", ErrBadSnapshot, ts.Name)
+		}
+		ti, h := t.lookup(ts.Name)
+		if ti != 0 {
+			return nil, fmt.Errorf("%w: token %q twice", ErrBadSnapshot, ts.Name)
+		}
+		if len(ts.Grants) == 0 && !ts.ValueValid {
+			continue
+		}
+		ti = t.newToken(ts.Name, h)
+		if ts.ValueValid {
+			t.toks.at(ti).setValue(ts.Value)
+		}
+		for j := range ts.Grants {
+			g := &ts.Grants[j]
+			if err := t.checkImported(ti, g); err != nil {
+				return nil, fmt.Errorf("%w: token %q: %v", ErrBadSnapshot, ts.Name, err)
+			}
+			si := t.sessions[g.Session]
+			if si == 0 {
+				si = t.newSession(g.Session)
+			}
+			t.maxFence = max(t.maxFence, g.Fence)
+			gi := t.addGrant(ti, si, g.Mode, g.Start, g.End, g.Fence, g.Req)
+			if g.Async {
+				key := reqKey{g.Session, g.Req}
+				if _, dup := t.byReq[key]; dup {
+					return nil, fmt.Errorf("%w: token %q: request %d of session %d twice", ErrBadSnapshot, ts.Name, g.Req, g.Session)
+				}
+				t.grs.at(gi).flags |= grantAsync
+				t.byReq[key] = gi | refGrant
+			}
+		}
+	}
+	return t, nil
+}
+
+// checkImported checks grant g against token ti's grants imported so far.
+func (t *Table) checkImported(ti uint32, g *GrantState) error {
+	if g.Session == 0 || !g.Mode.Valid() || g.Start >= g.End || FenceSeq(g.Fence) == 0 || g.Fence > t.maxFenceAllowed() {
+		return fmt.Errorf("bad grant %+v", *g)
+	}
+	for gi := t.toks.at(ti).grants; gi != 0; {
+		o := t.grs.at(gi)
+		if o.fence == g.Fence {
+			return fmt.Errorf("fence %#x twice", g.Fence)
+		}
+		if overlaps(o.start, o.end, g.Start, g.End) && !wire.Compatible(o.mode, g.Mode) {
+			return fmt.Errorf("grants %#x and %#x conflict (invariant 1)", o.fence, g.Fence)
+		}
+		gi = o.tnext
+	}
+	return nil
+}
+
+// maxFenceAllowed is the highest fence a snapshot may carry into this table.
+func (t *Table) maxFenceAllowed() uint64 { return Fence(t.epoch, 0) - 1 }

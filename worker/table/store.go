@@ -1,0 +1,95 @@
+package table
+
+import "math/bits"
+
+// slab is a growable array of T addressed by uint32 indices, with a free
+// list. Index 0 is never handed out, so it serves as "none" in the links
+// between records.
+//
+// Records live in pages that never move: a *T obtained from at stays valid
+// until the record is released. The first pages are small (64, 64, 128, ...
+// 2048 records) so that the thousands of mostly empty shards of a worker cost
+// little; after that every page holds pageMax records, so a table with a
+// million records wastes at most one page. Pointer-free record types make the
+// pages invisible to the garbage collector's marking, which matters at 1M+
+// held tokens.
+//
+// Memory is not returned to the runtime when records are released (the pages
+// and the free list keep the peak size of the table); the table as a whole is
+// dropped when its shard moves.
+type slab[T any] struct {
+	pages [][]T
+	next  uint32   // next never-used index
+	free  []uint32 // released indices, reused last-in first-out
+	live  int      // records in use
+}
+
+const (
+	pageMinShift = 6  // first page: 64 records
+	pageMaxShift = 12 // later pages: 4096 records
+	pageMax      = 1 << pageMaxShift
+	// maxIndex bounds slab indices so that byReq can tag grant references
+	// with the top bit.
+	maxIndex = 1<<31 - 1
+)
+
+// locate maps an index to its page and the offset in that page.
+func locate(i uint32) (page, off uint32) {
+	switch {
+	case i < 1<<pageMinShift:
+		return 0, i
+	case i < pageMax:
+		l := uint32(bits.Len32(i)) // 7..12
+		return l - pageMinShift, i - 1<<(l-1)
+	default:
+		return i>>pageMaxShift + (pageMaxShift - pageMinShift), i & (pageMax - 1)
+	}
+}
+
+// pageLen is the number of records in page p.
+func pageLen(p int) int {
+	switch {
+	case p == 0:
+		return 1 << pageMinShift
+	case p <= pageMaxShift-pageMinShift:
+		return 1 << (pageMinShift - 1 + p)
+	default:
+		return pageMax
+	}
+}
+
+// at returns the record with index i, which must have been allocated.
+func (s *slab[T]) at(i uint32) *T {
+	p, o := locate(i)
+	return &s.pages[p][o]
+}
+
+// alloc returns the index of a zeroed record.
+func (s *slab[T]) alloc() uint32 {
+	s.live++
+	if n := len(s.free); n > 0 {
+		i := s.free[n-1]
+		s.free = s.free[:n-1]
+		return i
+	}
+	if s.next == 0 {
+		s.next = 1 // index 0 means "none"
+	}
+	i := s.next
+	if i > maxIndex {
+		panic("table: more than 2^31 records in one shard")
+	}
+	if p, _ := locate(i); int(p) == len(s.pages) {
+		s.pages = append(s.pages, make([]T, pageLen(int(p))))
+	}
+	s.next++
+	return i
+}
+
+// release zeroes record i and puts it on the free list.
+func (s *slab[T]) release(i uint32) {
+	var zero T
+	*s.at(i) = zero
+	s.free = append(s.free, i)
+	s.live--
+}
