@@ -1,0 +1,186 @@
+// Package cluster is tokend's shared control state in etcd: the key layout
+// and the JSON documents stored under /tokend/ (cluster config, workers,
+// client sessions, the delegation map, the leader election), so that the
+// coordinator, the workers and operators with plain etcdctl all read the same
+// thing. It holds no token state: acquire and release never touch etcd.
+//
+//	/tokend/config               Config, written once at bootstrap
+//	/tokend/workers/<id>         Worker, on the worker's lease
+//	/tokend/clients/<session>    Client, on the session's lease (session = lease id in hex)
+//	/tokend/delegation/map       the delegation map, written only by the leader
+//	/tokend/leader/<lease>       concurrency.Election keys; the value is a Leader
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Version is this build's version, recorded in worker and client documents.
+const Version = "0.1.0"
+
+// Keys and prefixes.
+const (
+	Prefix        = "/tokend/"
+	ConfigKey     = "/tokend/config"
+	WorkersPrefix = "/tokend/workers/"
+	ClientsPrefix = "/tokend/clients/"
+	DelegationKey = "/tokend/delegation/map"
+	LeaderPrefix  = "/tokend/leader/"
+	// ElectionPrefix is LeaderPrefix as concurrency.NewElection wants it:
+	// it appends the "/" itself.
+	ElectionPrefix = "/tokend/leader"
+)
+
+// Errors returned by this package.
+var (
+	ErrNoConfig  = errors.New("cluster: no /tokend/config yet (is a server running?)")
+	ErrBadConfig = errors.New("cluster: malformed /tokend/config")
+)
+
+// Config is the cluster-wide configuration, fixed when the cluster is first
+// created: changing the shard count would move every token.
+type Config struct {
+	Shards       int    `json:"shards"`
+	SessionTTLms int64  `json:"session_ttl_ms"`
+	GraceMs      int64  `json:"grace_ms"`
+	Created      string `json:"created"`
+	CreatedBy    string `json:"created_by"`
+	Version      string `json:"version"`
+}
+
+// SessionTTL returns the session lease TTL.
+func (c Config) SessionTTL() time.Duration { return time.Duration(c.SessionTTLms) * time.Millisecond }
+
+// Grace returns the recovery grace period.
+func (c Config) Grace() time.Duration { return time.Duration(c.GraceMs) * time.Millisecond }
+
+// Validate reports whether c could have been written by a server.
+func (c Config) Validate() error {
+	if c.Shards < 1 || c.Shards > 65536 {
+		return fmt.Errorf("%w: shards %d outside [1, 65536]", ErrBadConfig, c.Shards)
+	}
+	if c.SessionTTLms < 1000 {
+		return fmt.Errorf("%w: session_ttl_ms %d below 1000", ErrBadConfig, c.SessionTTLms)
+	}
+	if c.GraceMs < 0 {
+		return fmt.Errorf("%w: negative grace_ms", ErrBadConfig)
+	}
+	return nil
+}
+
+// Bootstrap writes c as the cluster config unless one exists already, and
+// returns the config in force (the existing one wins: it is fixed at
+// bootstrap).
+func Bootstrap(ctx context.Context, cli *clientv3.Client, c Config) (Config, bool, error) {
+	if err := c.Validate(); err != nil {
+		return Config{}, false, err
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return Config{}, false, err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(ConfigKey), "=", 0)).
+		Then(clientv3.OpPut(ConfigKey, string(b))).
+		Else(clientv3.OpGet(ConfigKey)).
+		Commit()
+	if err != nil {
+		return Config{}, false, fmt.Errorf("cluster: writing %s: %w", ConfigKey, err)
+	}
+	if resp.Succeeded {
+		return c, true, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return Config{}, false, ErrNoConfig
+	}
+	got, err := decodeConfig(kvs[0].Value)
+	return got, false, err
+}
+
+// ReadConfig reads the cluster config.
+func ReadConfig(ctx context.Context, cli *clientv3.Client) (Config, error) {
+	resp, err := cli.Get(ctx, ConfigKey)
+	if err != nil {
+		return Config{}, fmt.Errorf("cluster: reading %s: %w", ConfigKey, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Config{}, ErrNoConfig
+	}
+	return decodeConfig(resp.Kvs[0].Value)
+}
+
+// WaitConfig reads the cluster config, waiting for a server to write it.
+func WaitConfig(ctx context.Context, cli *clientv3.Client) (Config, error) {
+	for {
+		c, err := ReadConfig(ctx, cli)
+		if !errors.Is(err, ErrNoConfig) {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return Config{}, fmt.Errorf("%w: %w", ErrNoConfig, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func decodeConfig(b []byte) (Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Config{}, fmt.Errorf("%w: %v", ErrBadConfig, err)
+	}
+	return c, c.Validate()
+}
+
+// Worker is a live worker's registration, attached to its lease: the key
+// disappears when the worker stops renewing it.
+type Worker struct {
+	ID          string `json:"id"`
+	Incarnation string `json:"incarnation"` // the worker's lease id, hex: a restarted worker is a new incarnation
+	UDP         string `json:"udp"`
+	HTTP        string `json:"http,omitempty"`
+	Version     string `json:"version"`
+	Started     string `json:"started"`
+	TTLms       int64  `json:"ttl_ms"`
+	Draining    bool   `json:"draining,omitempty"`
+}
+
+// WorkerKey is the key of worker id.
+func WorkerKey(id string) string { return WorkersPrefix + id }
+
+// Client is a client session, attached to the session's lease.
+type Client struct {
+	Session string `json:"session"` // lease id, hex
+	Addr    string `json:"addr"`
+	Since   string `json:"since"`
+	Library string `json:"library"`
+	Worker  string `json:"worker"` // the worker that opened it
+}
+
+// ClientKey is the key of a session.
+func ClientKey(session uint64) string { return ClientsPrefix + SessionString(session) }
+
+// SessionString formats a session (lease) id as etcd does: lower-case hex.
+func SessionString(session uint64) string { return strconv.FormatUint(session, 16) }
+
+// ParseSession is the inverse of SessionString.
+func ParseSession(s string) (uint64, error) { return strconv.ParseUint(s, 16, 64) }
+
+// Leader is the value a coordinator campaigns with.
+type Leader struct {
+	Name  string `json:"name"`
+	HTTP  string `json:"http,omitempty"`
+	Since string `json:"since"`
+}
+
+// Now formats t for documents (UTC, RFC 3339). Wall-clock time in documents
+// is for people only; no decision is ever taken on it.
+func Now(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }

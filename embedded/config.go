@@ -1,0 +1,234 @@
+package embedded
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Cluster states for Config.ClusterState.
+const (
+	ClusterStateNew      = "new"      // bootstrap a new cluster from InitialCluster
+	ClusterStateExisting = "existing" // join a cluster that already has this member added
+)
+
+// Defaults applied by Start (and assumed by Validate) for zero fields.
+const (
+	DefaultName                = "default"
+	DefaultClusterToken        = "tokend"
+	DefaultCompactionRetention = time.Hour
+	DefaultReadyTimeout        = 30 * time.Second
+)
+
+// Config describes one member. Zero fields take the defaults documented on
+// them. URLs are plain http (no TLS) and are both listened on and advertised,
+// so their host must be a specific address (an IP, or localhost), never
+// 0.0.0.0.
+type Config struct {
+	Name string // member name, e.g. "s1"; default "default"
+	Dir  string // data dir, created 0700 if missing; required
+
+	PeerURLs   []string // e.g. "http://10.0.0.1:2380"; required
+	ClientURLs []string // e.g. "http://10.0.0.1:2379"; required
+
+	// InitialCluster lists every member at bootstrap:
+	// "s1=http://10.0.0.1:2380,s2=http://10.0.0.2:2380,...". It must name
+	// this member with exactly its PeerURLs. Default: Name=PeerURLs (a
+	// one-member cluster). It is ignored once the data dir is initialised.
+	InitialCluster string
+	ClusterState   string // ClusterStateNew (default) or ClusterStateExisting
+	ClusterToken   string // default DefaultClusterToken
+
+	// QuotaBackendBytes is the backend size at which etcd raises the NOSPACE
+	// alarm and refuses writes; 0 means etcd's default (2 GiB).
+	QuotaBackendBytes int64
+	// CompactionRetention is the history kept by periodic auto-compaction;
+	// 0 means DefaultCompactionRetention. Compaction cannot be turned off.
+	CompactionRetention time.Duration
+	// ReadyTimeout bounds how long Start waits for the member to be ready;
+	// 0 means DefaultReadyTimeout. It counts from the end of etcd's
+	// synchronous bootstrap, which for a new multi-member cluster takes
+	// about 1 s per other member (etcd asks each whether it has bootstrapped
+	// already, and they cannot answer before their own bootstrap is done).
+	ReadyTimeout time.Duration
+
+	// Logger receives etcd's logs. Default: zap's production logger (JSON
+	// to stderr) at warn level.
+	Logger *zap.Logger
+}
+
+// Validate reports whether Start would accept c once defaults are applied.
+// It does not modify c. Errors wrap ErrBadConfig and name the field.
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	return d.validate()
+}
+
+// withDefaults returns a copy of c with the zero fields set to their defaults
+// and URLs in etcd's canonical form (as url.URL.String prints them).
+func (c *Config) withDefaults() Config {
+	d := *c
+	if d.Name == "" {
+		d.Name = DefaultName
+	}
+	d.PeerURLs = canonical(d.PeerURLs)
+	d.ClientURLs = canonical(d.ClientURLs)
+	if d.InitialCluster == "" && len(d.PeerURLs) > 0 {
+		pairs := make([]string, len(d.PeerURLs))
+		for i, u := range d.PeerURLs {
+			pairs[i] = d.Name + "=" + u
+		}
+		d.InitialCluster = strings.Join(pairs, ",")
+	}
+	if d.ClusterState == "" {
+		d.ClusterState = ClusterStateNew
+	}
+	if d.ClusterToken == "" {
+		d.ClusterToken = DefaultClusterToken
+	}
+	if d.CompactionRetention == 0 {
+		d.CompactionRetention = DefaultCompactionRetention
+	}
+	if d.ReadyTimeout == 0 {
+		d.ReadyTimeout = DefaultReadyTimeout
+	}
+	return d
+}
+
+// canonical returns urls re-printed by url.URL.String where they parse, so
+// they compare equal to the URLs etcd reports; the others are kept as given
+// for validate to reject.
+func canonical(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, s := range urls {
+		out[i] = s
+		if u, err := url.Parse(s); err == nil {
+			out[i] = u.String()
+		}
+	}
+	return out
+}
+
+func badConfig(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrBadConfig}, args...)...)
+}
+
+// validate checks a Config that already has its defaults.
+func (c *Config) validate() error {
+	if strings.ContainsAny(c.Name, "=,") || strings.TrimSpace(c.Name) != c.Name {
+		return badConfig("Name %q: must not contain '=', ',' or surrounding spaces", c.Name)
+	}
+	if c.Dir == "" {
+		return badConfig("Dir: empty")
+	}
+	if len(c.PeerURLs) == 0 {
+		return badConfig("PeerURLs: empty")
+	}
+	if len(c.ClientURLs) == 0 {
+		return badConfig("ClientURLs: empty")
+	}
+	hostports := map[string]string{} // host:port -> field that uses it
+	for _, f := range []struct {
+		name string
+		urls []string
+	}{{"PeerURLs", c.PeerURLs}, {"ClientURLs", c.ClientURLs}} {
+		for i, s := range f.urls {
+			field := fmt.Sprintf("%s[%d]", f.name, i)
+			u, err := checkURL(field, s)
+			if err != nil {
+				return err
+			}
+			if other, ok := hostports[u.Host]; ok {
+				return badConfig("%s %q: address %s already used by %s", field, s, u.Host, other)
+			}
+			hostports[u.Host] = field
+		}
+	}
+	if err := c.validateInitialCluster(); err != nil {
+		return err
+	}
+	switch c.ClusterState {
+	case ClusterStateNew, ClusterStateExisting:
+	default:
+		return badConfig("ClusterState %q: must be %q or %q", c.ClusterState, ClusterStateNew, ClusterStateExisting)
+	}
+	if c.QuotaBackendBytes < 0 {
+		return badConfig("QuotaBackendBytes %d: negative", c.QuotaBackendBytes)
+	}
+	if c.CompactionRetention < 0 {
+		return badConfig("CompactionRetention %v: negative", c.CompactionRetention)
+	}
+	if c.ReadyTimeout < 0 {
+		return badConfig("ReadyTimeout %v: negative", c.ReadyTimeout)
+	}
+	return nil
+}
+
+func (c *Config) validateInitialCluster() error {
+	seen := map[string]string{} // URL -> member name
+	var mine []string
+	for _, pair := range strings.Split(c.InitialCluster, ",") {
+		name, raw, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || name == "" {
+			return badConfig("InitialCluster %q: entry %q is not name=URL", c.InitialCluster, pair)
+		}
+		u, err := checkURL("InitialCluster member "+name, raw)
+		if err != nil {
+			return err
+		}
+		s := u.String()
+		if other, dup := seen[s]; dup {
+			return badConfig("InitialCluster %q: URL %s listed for both %s and %s", c.InitialCluster, s, other, name)
+		}
+		seen[s] = name
+		if name == c.Name {
+			mine = append(mine, s)
+		}
+	}
+	if len(mine) == 0 {
+		return badConfig("InitialCluster %q: does not name this member %q", c.InitialCluster, c.Name)
+	}
+	a, b := slices.Sorted(slices.Values(mine)), slices.Sorted(slices.Values(c.PeerURLs))
+	if !slices.Equal(a, b) {
+		return badConfig("InitialCluster %q: lists %v for %q but PeerURLs are %v", c.InitialCluster, a, c.Name, b)
+	}
+	return nil
+}
+
+// checkURL accepts exactly http://host:port where host is a specific IP
+// address or localhost and port is 1-65535.
+func checkURL(field, s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, badConfig("%s %q: %v", field, s, err)
+	}
+	if u.Scheme != "http" {
+		return nil, badConfig("%s %q: scheme must be http (TLS is not supported)", field, s)
+	}
+	if u.User != nil || u.Path != "" || u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, badConfig("%s %q: must be http://host:port with nothing after the port", field, s)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		return nil, badConfig("%s %q: want host:port: %v", field, s, err)
+	}
+	if host != "localhost" {
+		ip := net.ParseIP(host)
+		if ip == nil {
+			return nil, badConfig("%s %q: host must be an IP address or localhost", field, s)
+		}
+		if ip.IsUnspecified() {
+			return nil, badConfig("%s %q: host must be a specific address: the URL is also advertised", field, s)
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return nil, badConfig("%s %q: port must be 1-65535", field, s)
+	}
+	return u, nil
+}
