@@ -1,0 +1,232 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/wire"
+)
+
+const (
+	// poolSize goroutines do the etcd work of sessions, so that the
+	// receive loop never waits for etcd.
+	poolSize = 4
+	// jobQueue bounds the work waiting for them. It is a buffer (not
+	// unbuffered) on purpose: a burst of session opens or renewals queues
+	// up to this many and anything beyond is dropped ("busy"): the client
+	// retransmits, and etcd is protected from an unbounded backlog.
+	jobQueue = 256
+	// etcdTimeout bounds one etcd call of the pool.
+	etcdTimeout = 3 * time.Second
+)
+
+// enqueue hands job to the etcd pool; false if the queue is full. It never
+// blocks.
+func (w *Worker) enqueue(job func(context.Context)) bool {
+	select {
+	case w.jobs <- job:
+		return true
+	default:
+		return false
+	}
+}
+
+// poolLoop runs queued jobs until ctx ends.
+func (w *Worker) poolLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-w.jobs:
+			job(ctx)
+		}
+	}
+}
+
+// openSession creates the session's lease and key, then answers the
+// SESSION_OPEN (and remembers the answer for retransmissions).
+func (w *Worker) openSession(ctx context.Context, key openKey, from *net.UDPAddr, h wire.Header, ttlMs uint32, lib string, stamp time.Time) {
+	w.mu.Lock()
+	cc := w.cluster
+	w.mu.Unlock()
+	ttl := time.Duration(ttlMs) * time.Millisecond
+	if ttl == 0 {
+		ttl = cc.SessionTTL()
+	}
+	secs := max(int64((ttl+time.Second-1)/time.Second), 1)
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	id, rev, granted, err := w.createSession(ctx, secs, from, lib)
+	closing := ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(stamp, w.mono(now))
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	if err != nil {
+		delete(w.opens, key)
+		w.met.op(h.Type, wire.StatusUnavailable)
+		w.mu.Unlock()
+		if !closing {
+			w.log.Warn("cannot open session", "err", err, "client", from)
+		}
+		ob.add(errorReply(rh, wire.StatusUnavailable), from, h.Type)
+		w.flush(ob)
+		return
+	}
+	rh.Session = id
+	pkt, err := wire.SessionReply{
+		TTLMs:       uint32(min(granted.Milliseconds(), 1<<32-1)),
+		ShardCount:  uint32(cc.Shards),
+		GraceMs:     uint32(cc.GraceMs),
+		WorkerTTLMs: uint32(w.cfg.TTL.Milliseconds()),
+	}.Append(make([]byte, 0, wire.HeaderLen+16), rh)
+	if err != nil {
+		w.log.Error("cannot encode SESSION_OPEN reply", "err", err)
+	}
+	w.opens[key] = &openState{pkt: pkt, expires: w.mono(now) + int64(granted)}
+	w.addSession(id, from, rev)
+	w.met.op(h.Type, wire.StatusOK)
+	ob.add(pkt, from, h.Type)
+	w.mu.Unlock()
+	w.flush(ob)
+	w.log.Debug("session opened", "session", cluster.SessionString(id), "client", from, "ttl", granted)
+}
+
+// createSession grants the session lease and puts its key on it. It
+// returns the session id, the key's revision and the granted TTL.
+func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAddr, lib string) (uint64, int64, time.Duration, error) {
+	g, err := w.cfg.Client.Grant(ctx, secs)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	id := uint64(g.ID)
+	doc, err := json.Marshal(cluster.Client{
+		Session: cluster.SessionString(id), Addr: from.String(), Since: cluster.Now(time.Now()),
+		Library: lib, Worker: w.cfg.ID,
+	})
+	if err == nil {
+		var p *clientv3.PutResponse
+		if p, err = w.cfg.Client.Put(ctx, cluster.ClientKey(id), string(doc), clientv3.WithLease(g.ID)); err == nil {
+			return id, p.Header.Revision, time.Duration(g.TTL) * time.Second, nil
+		}
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+	w.cfg.Client.Revoke(rctx, g.ID)
+	cancel()
+	return 0, 0, 0, err
+}
+
+// renewSession renews the session's lease (KEEPALIVE with RENEW) and then
+// answers the KEEPALIVE. The TTL etcd restarts on receipt is counted by
+// the client from its send, which is earlier: safe.
+func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	resp, err := w.cfg.Client.KeepAliveOnce(ctx, clientv3.LeaseID(id))
+	cancel()
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(stamp, w.mono(now))
+	ob.safe = w.safeUntil()
+	s := w.sessions[id]
+	var to *net.UDPAddr
+	if s != nil {
+		to = s.addr
+		if s.renewing == h.Request {
+			s.renewing = 0
+		}
+	}
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0):
+		rh := h.Reply()
+		rh.MapVersion = w.dmap.Version
+		w.met.op(h.Type, wire.StatusSessionExpired)
+		if to != nil {
+			ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type)
+		}
+		w.endSession(ob, id)
+	default:
+		var ttl uint32
+		if err == nil {
+			ttl = uint32(min(resp.TTL*1000, 1<<32-1))
+		} else if ctx.Err() == nil {
+			w.log.Warn("cannot renew session", "session", cluster.SessionString(id), "err", err)
+		}
+		// Validity is read now, after etcd answered: later than the
+		// client's send, so only shorter from the client's view.
+		ob.add(w.keepaliveReply(h, entries, ttl, ob.safe, now), to, h.Type)
+	}
+	w.mu.Unlock()
+	w.flush(ob)
+}
+
+// closeSession revokes the session's lease and answers SESSION_CLOSE. The
+// session ends here at once; the watch ends it on every other worker.
+func (w *Worker) closeSession(ctx context.Context, id uint64, h wire.Header, stamp time.Time) {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	_, err := w.cfg.Client.Revoke(ctx, clientv3.LeaseID(id))
+	cancel()
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		w.mu.Lock()
+		if s := w.sessions[id]; s != nil {
+			s.closing = false
+		}
+		w.mu.Unlock()
+		w.log.Warn("cannot close session", "session", cluster.SessionString(id), "err", err)
+		return // no answer: the client retransmits
+	}
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(stamp, w.mono(now))
+	ob.safe = w.safeUntil()
+	var to *net.UDPAddr
+	if s := w.sessions[id]; s != nil {
+		to = s.addr
+	}
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	if err == nil {
+		pkt, _ := wire.Empty{}.Append(make([]byte, 0, wire.HeaderLen), rh)
+		w.met.op(h.Type, wire.StatusOK)
+		ob.add(pkt, to, h.Type)
+	} else {
+		w.met.op(h.Type, wire.StatusSessionExpired)
+		ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type)
+	}
+	w.endSession(ob, id)
+	w.mu.Unlock()
+	w.flush(ob)
+}
+
+// lookupSession asks etcd about a session the watch has not shown (yet).
+// If it exists it becomes known (the client's retransmission is then
+// served); if not, the request is answered UNKNOWN_SESSION.
+func (w *Worker) lookupSession(ctx context.Context, h wire.Header, from *net.UDPAddr, stamp time.Time) {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	resp, err := w.cfg.Client.Get(ctx, cluster.ClientKey(h.Session))
+	cancel()
+	now := time.Now()
+	w.mu.Lock()
+	delete(w.lookups, h.Session)
+	ob := newOutbox(stamp, w.mono(now))
+	switch {
+	case err != nil:
+		// Say nothing; the client retransmits.
+	case len(resp.Kvs) > 0:
+		w.addSession(h.Session, from, resp.Kvs[0].ModRevision)
+	default:
+		rh := h.Reply()
+		rh.MapVersion = w.dmap.Version
+		w.met.op(h.Type, wire.StatusUnknownSession)
+		ob.add(errorReply(rh, wire.StatusUnknownSession), from, h.Type)
+	}
+	w.mu.Unlock()
+	w.flush(ob)
+}

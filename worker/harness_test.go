@@ -1,0 +1,126 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/embedded/etcdtest"
+)
+
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
+
+const (
+	testShards = 16
+	testGrace  = 800 * time.Millisecond
+)
+
+// testEtcd starts one etcd member and bootstraps the cluster config:
+// 16 shards, 2 s sessions, 800 ms grace.
+func testEtcd(t testing.TB) *clientv3.Client {
+	t.Helper()
+	_, cli := etcdtest.StartOne(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, err := cluster.Bootstrap(ctx, cli, cluster.Config{
+		Shards: testShards, SessionTTLms: 2000, GraceMs: testGrace.Milliseconds(),
+		Created: cluster.Now(time.Now()), CreatedBy: "test", Version: cluster.Version,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cli
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("WORKER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// startWorker starts a worker on loopback UDP (or on conn) and closes it
+// at cleanup. It does not write a map.
+func startWorker(t testing.TB, cli *clientv3.Client, id string, conn PacketConn) (*Worker, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	w, err := New(Config{Client: cli, ID: id, UDPAddr: "127.0.0.1:0", Conn: conn, TTL: 2 * time.Second,
+		Logger: testLogger(t), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return w, reg
+}
+
+// me returns the worker's identity in maps.
+func (w *Worker) testOwner() plan.Owner {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.me
+}
+
+// putMap writes a map giving shards [0, testShards) to owners by runs.
+func putMap(t testing.TB, cli *clientv3.Client, version uint64, workers []plan.Owner, runs []plan.Run) plan.Map {
+	t.Helper()
+	m, err := plan.FromRuns(version, testShards, workers, runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(context.Background(), cluster.DelegationKey, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// serveAll gives every shard to w at epoch 1 via the planner (what the
+// coordinator would write for one worker) and waits until w serves them.
+func serveAll(t testing.TB, cli *clientv3.Client, w *Worker) plan.Map {
+	t.Helper()
+	o := w.testOwner()
+	m, _, err := plan.Plan([]plan.Worker{{ID: o.ID, Incarnation: o.Incarnation}}, testShards, plan.Map{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(context.Background(), cluster.DelegationKey, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "worker serves all shards", func() bool { return w.stats().shards == testShards })
+	return m
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

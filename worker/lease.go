@@ -1,0 +1,174 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
+)
+
+// ownLease is the worker's own etcd lease, to which its registration is
+// attached. It knows, on the local monotonic clock, until when the lease is
+// certainly still alive in etcd: etcd restarts a lease's TTL when it
+// *receives* a keepalive, so a keepalive *sent* at k and acknowledged proves
+// the lease lives at least until k + TTL. Invariant 5 rests on this: the
+// worker serves only while SafeUntil is in the future.
+type ownLease struct {
+	cli   *clientv3.Client
+	id    clientv3.LeaseID
+	ttl   time.Duration
+	drift float64 // tolerated clock rate difference, e.g. 0.01
+	log   *slog.Logger
+
+	mu        sync.Mutex // guards the fields below
+	aliveTill time.Time  // monotonic: k + ttl of the last acknowledged keepalive
+	lost      bool       // etcd said the lease is gone
+	lostCh    chan struct{}
+}
+
+// leaseMargin is what SafeUntil keeps in hand beyond clock drift, for the
+// scheduling delay between checking and acting.
+const leaseMargin = 50 * time.Millisecond
+
+// grantLease creates a lease with the given TTL, measuring its life from
+// before the request was sent.
+func grantLease(ctx context.Context, cli *clientv3.Client, ttl time.Duration, drift float64, log *slog.Logger) (*ownLease, error) {
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	sent := time.Now()
+	resp, err := cli.Grant(ctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("worker: granting lease: %w", err)
+	}
+	granted := time.Duration(resp.TTL) * time.Second
+	return &ownLease{
+		cli: cli, id: resp.ID, ttl: min(ttl, granted), drift: drift, log: log,
+		aliveTill: sent.Add(min(ttl, granted)),
+		lostCh:    make(chan struct{}),
+	}, nil
+}
+
+// SafeUntil returns the local time until which the worker may act as the
+// lease's owner: the proven life minus a margin for clock drift and
+// scheduling. The zero time means never (the lease is lost).
+func (l *ownLease) SafeUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lost {
+		return time.Time{}
+	}
+	return l.aliveTill.Add(-l.margin())
+}
+
+func (l *ownLease) margin() time.Duration {
+	return time.Duration(float64(l.ttl)*l.drift) + leaseMargin
+}
+
+// Lost is closed when etcd reports the lease gone; the worker must then stop
+// serving and register again as a new incarnation.
+func (l *ownLease) Lost() <-chan struct{} { return l.lostCh }
+
+func (l *ownLease) markLost() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.lost {
+		l.lost = true
+		close(l.lostCh)
+	}
+}
+
+// keepAlive renews the lease every ttl/4 until ctx ends or the lease is
+// lost. Each renewal is a single KeepAliveOnce so that its send time is known
+// exactly; a failed renewal leaves aliveTill where it was, so SafeUntil runs
+// out by itself if etcd cannot be reached.
+func (l *ownLease) keepAlive(ctx context.Context) {
+	interval := l.ttl / 4
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sent := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, interval)
+		resp, err := l.cli.KeepAliveOnce(rctx, l.id)
+		cancel()
+		switch {
+		case err == nil && resp.TTL > 0:
+			till := sent.Add(min(l.ttl, time.Duration(resp.TTL)*time.Second))
+			l.mu.Lock()
+			if till.After(l.aliveTill) {
+				l.aliveTill = till
+			}
+			l.mu.Unlock()
+			t.Reset(interval)
+		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0):
+			l.log.Error("own lease expired in etcd; stopping service", "lease", fmt.Sprintf("%x", int64(l.id)))
+			l.markLost()
+			return
+		default:
+			if ctx.Err() != nil {
+				return
+			}
+			l.log.Warn("lease keepalive failed; retrying", "err", err)
+			t.Reset(min(interval, 250*time.Millisecond))
+		}
+	}
+}
+
+// revoke ends the lease at once (clean shutdown): the registration vanishes
+// and the leader re-delegates without waiting for the TTL.
+func (l *ownLease) revoke(ctx context.Context) error {
+	l.markLost()
+	_, err := l.cli.Revoke(ctx, l.id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return nil
+	}
+	return err
+}
+
+// errRegistered means another incarnation still holds the worker's key.
+var errRegistered = errors.New("worker: id is registered by a live incarnation")
+
+// register puts the worker's document on its lease, only if no other
+// incarnation holds the key: two processes with one id must never both
+// believe they are that worker. If the key exists it waits (the previous
+// incarnation's lease may still be running out) until ctx ends.
+func register(ctx context.Context, cli *clientv3.Client, l *ownLease, doc cluster.Worker, log *slog.Logger) error {
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	key := cluster.WorkerKey(doc.ID)
+	warned := false
+	for {
+		resp, err := cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(b), clientv3.WithLease(l.id))).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("worker: registering %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if !warned {
+			log.Warn("worker id is still registered by another incarnation; waiting for its lease to run out", "key", key)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s: %w", errRegistered, key, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,146 @@
+package worker
+
+import (
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// metrics are one Worker's Prometheus metrics (namespace tokend, subsystem
+// worker), registered on Config.Registry.
+type metrics struct {
+	ops         *prometheus.CounterVec   // type, result
+	dur         *prometheus.HistogramVec // type
+	dropped     *prometheus.CounterVec   // reason
+	recoveries  prometheus.Counter
+	revokesSent prometheus.Counter
+
+	// Resolved children, so the hot path does not hash label values. Only
+	// touched under Worker.mu (ops, dropped) or written once (durBy).
+	opsBy  map[uint16]prometheus.Counter
+	dropBy map[string]prometheus.Counter
+	durBy  [256]prometheus.Observer
+}
+
+func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
+	const ns, sub = "tokend", "worker"
+	m := &metrics{
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ops_total",
+			Help: "Requests answered, by request type and result status (\"duplicate\": answered from the reply cache)."},
+			[]string{"type", "result"}),
+		dur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "op_duration_seconds",
+			Help:    "Time from a request's arrival to its reply being sent, by request type.",
+			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 2.5}},
+			[]string{"type"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_datagrams_total",
+			Help: "Datagrams not applied (dropped, or answered with an error and no state change), by reason."},
+			[]string{"reason"}),
+		recoveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "recoveries_total",
+			Help: "Shards taken over at an epoch above 1, started in their grace period."}),
+		revokesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "revokes_sent_total",
+			Help: "REVOKE datagrams sent, retransmissions included."}),
+		opsBy:  map[uint16]prometheus.Counter{},
+		dropBy: map[string]prometheus.Counter{},
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
+	}
+	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.revokesSent,
+		gauge("held_tokens", "Grants held in the served shards.", func() float64 { return float64(w.stats().grants) }),
+		gauge("queued_requests", "Requests waiting in the served shards' queues.", func() float64 { return float64(w.stats().waiters) }),
+		gauge("sessions", "Live client sessions known to this worker.", func() float64 { return float64(w.stats().sessions) }),
+		gauge("shards", "Shards served.", func() float64 { return float64(w.stats().shards) }),
+		gauge("grace_shards", "Served shards still in their recovery grace period.", func() float64 { return float64(w.stats().grace) }),
+		gauge("lease_safe_seconds", "How much longer the worker can vouch for its own lease (SafeUntil - now, 0 if it cannot).",
+			func() float64 {
+				w.mu.Lock()
+				su := w.safeUntil()
+				w.mu.Unlock()
+				return max(time.Until(su).Seconds(), 0)
+			}),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for t := range 256 {
+		if typ := wire.Type(t); typ.IsRequest() {
+			m.durBy[t] = m.dur.WithLabelValues(label(typ.String()))
+		}
+	}
+	return m, nil
+}
+
+// label turns a SPEC name ("SESSION_OPEN", "NOT_OWNER") into a metric
+// label value ("session_open", "not_owner").
+func label(s string) string { return strings.ToLower(s) }
+
+// op counts a request of type t answered with status st. Caller holds
+// Worker.mu.
+func (m *metrics) op(t wire.Type, st wire.Status) {
+	k := uint16(t)<<8 | uint16(st)
+	c := m.opsBy[k]
+	if c == nil {
+		res := "duplicate"
+		if st != statusDuplicate {
+			res = label(st.String())
+		}
+		c = m.ops.WithLabelValues(label(t.String()), res)
+		m.opsBy[k] = c
+	}
+	c.Inc()
+}
+
+// drop counts a datagram not applied, by reason. Caller holds Worker.mu.
+func (m *metrics) drop(reason string) {
+	c := m.dropBy[reason]
+	if c == nil {
+		c = m.dropped.WithLabelValues(reason)
+		m.dropBy[reason] = c
+	}
+	c.Inc()
+}
+
+// observe records the latency of a reply to a request of type t.
+func (m *metrics) observe(t wire.Type, seconds float64) {
+	if o := m.durBy[t]; o != nil {
+		o.Observe(seconds)
+	}
+}
+
+// workerStats is what the gauges report.
+type workerStats struct {
+	grants, waiters, sessions, shards, grace int
+}
+
+func (w *Worker) stats() workerStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var s workerStats
+	s.sessions = len(w.sessions)
+	for _, st := range w.shards {
+		if st == nil {
+			continue
+		}
+		ts := st.tab.Stats()
+		s.grants += ts.Grants
+		s.waiters += ts.Waiters
+		s.shards++
+		if st.tab.InGrace() {
+			s.grace++
+		}
+	}
+	return s
+}
+
+// HeldTokens returns the number of grants held in the shards this worker
+// serves now (the held_tokens gauge).
+func (w *Worker) HeldTokens() int { return w.stats().grants }
+
+// Shards returns the number of shards this worker serves now (the shards
+// gauge).
+func (w *Worker) Shards() int { return w.stats().shards }

@@ -1,0 +1,547 @@
+package worker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"math"
+	"net"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/worker/table"
+)
+
+const (
+	batchSize = 64   // datagrams per ReadBatch / WriteBatch
+	recvBuf   = 1536 // > MaxDatagram, so an oversized datagram is seen as such
+)
+
+// outbox collects the datagrams one batch (or one timer or etcd event)
+// sends, to be written with one WriteBatch after the lock is released.
+type outbox struct {
+	stamp time.Time // arrival of the batch (or the event's time)
+	now   int64     // stamp on the tables' clock
+	safe  time.Time // the lease's SafeUntil, read once for the batch
+	msgs  []ipv4.Message
+	typ   []wire.Type // per message: the request type it answers (for latency), 0 if none
+}
+
+func newOutbox(stamp time.Time, now int64) *outbox { return &outbox{stamp: stamp, now: now} }
+
+func (o *outbox) reset(stamp time.Time, now int64, safe time.Time) {
+	o.stamp, o.now, o.safe = stamp, now, safe
+	o.msgs, o.typ = o.msgs[:0], o.typ[:0]
+}
+
+// add queues pkt for to; typ is the request type it answers (0 for REVOKE
+// and GRANT_ASYNC), for the latency histogram.
+func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type) {
+	if pkt == nil || to == nil {
+		return
+	}
+	n := len(o.msgs)
+	if n < cap(o.msgs) {
+		o.msgs = o.msgs[:n+1]
+		m := &o.msgs[n]
+		m.Buffers = append(m.Buffers[:0], pkt)
+		m.Addr, m.N = to, 0
+	} else {
+		o.msgs = append(o.msgs, ipv4.Message{Buffers: [][]byte{pkt}, Addr: to})
+	}
+	o.typ = append(o.typ, typ)
+}
+
+// flush sends what ob holds and records reply latencies.
+func (w *Worker) flush(ob *outbox) {
+	if ob == nil || len(ob.msgs) == 0 {
+		return
+	}
+	ms := ob.msgs
+	for len(ms) > 0 {
+		n, err := w.conn.WriteBatch(ms, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			w.log.Debug("send failed", "err", err, "to", ms[n].Addr)
+			n++ // skip the datagram that failed
+		}
+		ms = ms[min(n, len(ms)):]
+	}
+	el := time.Since(ob.stamp).Seconds()
+	for _, t := range ob.typ {
+		if t != 0 {
+			w.met.observe(t, el)
+		}
+	}
+	// Let the sent datagrams be collected.
+	for i := range ob.msgs {
+		ob.msgs[i].Buffers[0] = nil
+		ob.msgs[i].Addr = nil
+	}
+}
+
+// recvLoop is the receive loop: one ReadBatch, one time stamp, one lock,
+// one WriteBatch per batch. It ends when ctx is done (Close also sets a
+// read deadline to wake it).
+func (w *Worker) recvLoop(ctx context.Context) {
+	msgs := make([]ipv4.Message, batchSize)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, recvBuf)}
+	}
+	ob := &outbox{msgs: make([]ipv4.Message, 0, batchSize)}
+	for {
+		n, err := w.conn.ReadBatch(msgs, 0)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				w.log.Warn("receive failed", "err", err)
+				time.Sleep(time.Millisecond) // do not spin on a persistent error
+			}
+			continue
+		}
+		stamp := time.Now()
+		w.mu.Lock()
+		ob.reset(stamp, w.mono(stamp), w.safeUntil())
+		for i := range msgs[:n] {
+			m := &msgs[i]
+			from, _ := m.Addr.(*net.UDPAddr)
+			w.handle(ob, m.Buffers[0][:m.N], from)
+		}
+		w.mu.Unlock()
+		w.flush(ob)
+	}
+}
+
+// safeUntil is the lease's SafeUntil, or the zero time (never) without a
+// lease. Caller holds mu.
+func (w *Worker) safeUntil() time.Time {
+	if w.lease == nil {
+		return time.Time{}
+	}
+	return w.lease.SafeUntil()
+}
+
+// handle processes one datagram. Nothing in it may block. Caller holds mu.
+func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
+	if from == nil {
+		w.met.drop("no_address")
+		return
+	}
+	h, err := wire.ParseHeader(pkt)
+	if err != nil {
+		w.met.drop(wire.Reason(err))
+		return
+	}
+	if !h.Type.IsRequest() {
+		w.met.drop("not_request")
+		return
+	}
+	switch h.Type {
+	case wire.TypeMapRequest:
+		w.handleMap(ob, h, pkt, from)
+		return
+	case wire.TypeSessionOpen:
+		w.handleOpen(ob, h, pkt, from)
+		return
+	}
+	s := w.knownSession(h.Session)
+	if s == nil {
+		w.unknownSession(ob, h, from)
+		return
+	}
+	if h.Request < s.ack {
+		w.met.drop("stale")
+		return
+	}
+	s.addr = from
+	switch h.Type {
+	case wire.TypeKeepalive:
+		w.handleKeepalive(ob, s, h, pkt)
+	case wire.TypeSessionClose:
+		w.handleClose(ob, s, h, pkt)
+	case wire.TypeRevokeAck:
+		var m wire.RevokeAck
+		if err := m.Decode(h, pkt); err != nil {
+			w.met.drop(wire.Reason(err))
+			return
+		}
+		w.ackTo(s, h.Ack)
+		if _, ok := s.revokes[m.Target]; ok {
+			delete(s.revokes, m.Target)
+			if len(s.revokes) == 0 {
+				delete(w.revoking, s.id)
+			}
+		}
+		w.met.op(h.Type, wire.StatusOK)
+	default:
+		w.handleToken(ob, s, h, pkt)
+	}
+}
+
+// ackTo records the client's ack and forgets cached replies below it.
+func (w *Worker) ackTo(s *session, ack uint64) {
+	if ack <= s.ack {
+		return
+	}
+	s.ack = ack
+	for id := range s.cache {
+		if id < ack {
+			delete(s.cache, id)
+		}
+	}
+}
+
+// badRequest answers a request from a known session whose body does not
+// decode, or that is not acceptable: BAD_REQUEST, not cached (nothing was
+// applied; invariant 7), counted as a drop by reason.
+func (w *Worker) badRequest(ob *outbox, s *session, h wire.Header, reason string) {
+	w.met.drop(reason)
+	w.met.op(h.Type, wire.StatusBadRequest)
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	ob.add(errorReply(rh, wire.StatusBadRequest), s.addr, h.Type)
+}
+
+// handleToken serves ACQUIRE, RELEASE, CONVERT, CANCEL and RECLAIM.
+func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) {
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	// Invariant 5: answer nothing about tokens unless the lease is safe.
+	if !ob.stamp.Before(ob.safe) {
+		w.met.drop("unavailable")
+		w.met.op(h.Type, wire.StatusUnavailable)
+		ob.add(errorReply(rh, wire.StatusUnavailable), s.addr, h.Type)
+		return
+	}
+	// At most once (invariant 4): a request id seen before gets the reply
+	// it had (or, if still queued, its current state).
+	if c := s.cache[h.Request]; c != nil {
+		if c.typ != h.Type {
+			w.badRequest(ob, s, h, "id_reused")
+			return
+		}
+		w.met.op(h.Type, statusDuplicate)
+		ob.add(c.pkt, s.addr, h.Type)
+		return
+	}
+	in, name, err := decodeToken(h, pkt, ob.now)
+	if err != nil {
+		w.badRequest(ob, s, h, wire.Reason(err))
+		return
+	}
+	w.ackTo(s, h.Ack)
+	if name != nil && wire.Shard(name, uint32(len(w.shards))) != h.Shard {
+		w.badRequest(ob, s, h, "wrong_shard")
+		return
+	}
+	st, status, hint := w.owner(h.Shard, h.Epoch)
+	if st == nil {
+		w.met.drop(label(status.String()))
+		w.met.op(h.Type, status)
+		ob.add(notOwnerReply(rh, status, hint), s.addr, h.Type)
+		return
+	}
+	if w.overLimit(s, h) {
+		w.met.drop("limit")
+		w.met.op(h.Type, wire.StatusLimit)
+		ob.add(errorReply(rh, wire.StatusLimit), s.addr, h.Type)
+		return
+	}
+	in.Session, in.Req = s.id, h.Request
+	rq := &reqCtx{s: s, h: h, fence: in.Fence, tgt: in.Target}
+	s.shards[h.Shard] = struct{}{}
+	w.out = st.tab.Step(in, ob.now, w.out[:0])
+	w.apply(ob, h.Shard, st, w.out, rq)
+	w.timeShard(h.Shard, st.tab)
+}
+
+// overLimit reports whether the session's reply cache is too full to take
+// request h, which is then answered LIMIT (SPEC §11: "a new request beyond
+// the bound").
+//
+// The bound holds back new work only. When a worker dies, the client's
+// requests that wait for its shards pin the session's ack (SPEC §11) for
+// the lease TTL plus the grace period, so every reply the session gets
+// meanwhile from the live workers stays cached, and a session busy on other
+// shards reaches the bound within a second. Two kinds of request are
+// therefore let through:
+//
+//   - a request older than the newest one cached: the client sent it before
+//     and still waits for it (typically one redirected here from the dead
+//     worker). Refusing it would deadlock the session: it pins the ack, so
+//     the cache can only shrink once it is answered. The client keeps at
+//     most 256 unfinished requests (SPEC §11), so these add few entries.
+//   - a RECLAIM: it is how a held token survives the crash (invariant 3),
+//     and a reclaim answered LIMIT until its deadline loses the token.
+//     Reclaims add as many entries as the session held grants at the
+//     previous owner.
+//
+// Both stop at replyCacheHard, which bounds the memory of a client that
+// misbehaves.
+func (w *Worker) overLimit(s *session, h wire.Header) bool {
+	n := len(s.cache)
+	switch {
+	case n < replyCacheCap:
+		return false
+	case h.Type == wire.TypeReclaim || h.Request < s.top:
+		return n >= replyCacheHard
+	}
+	return true
+}
+
+// statusDuplicate labels replies resent from the reply cache.
+const statusDuplicate = wire.Status(254)
+
+// decodeToken decodes a token request's body into a table input. name is
+// the token name the header's shard must match (nil for CANCEL). Names and
+// values alias pkt; the table copies what it keeps.
+func decodeToken(h wire.Header, pkt []byte, now int64) (in table.Input, name []byte, err error) {
+	switch h.Type {
+	case wire.TypeAcquire:
+		var m wire.Acquire
+		if err = m.Decode(h, pkt); err != nil {
+			return in, nil, err
+		}
+		in = table.Input{Op: table.OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End}
+		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
+		return in, m.Name, nil
+	case wire.TypeConvert:
+		var m wire.Convert
+		if err = m.Decode(h, pkt); err != nil {
+			return in, nil, err
+		}
+		in = table.Input{Op: table.OpConvert, Name: m.Name, Mode: m.Mode, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}
+		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
+		return in, m.Name, nil
+	case wire.TypeRelease:
+		var m wire.Release
+		if err = m.Decode(h, pkt); err != nil {
+			return in, nil, err
+		}
+		return table.Input{Op: table.OpRelease, Name: m.Name, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}, m.Name, nil
+	case wire.TypeCancel:
+		var m wire.Cancel
+		if err = m.Decode(h, pkt); err != nil {
+			return in, nil, err
+		}
+		return table.Input{Op: table.OpCancel, Target: m.Target}, nil, nil
+	case wire.TypeReclaim:
+		var m wire.Reclaim
+		if err = m.Decode(h, pkt); err != nil {
+			return in, nil, err
+		}
+		return table.Input{Op: table.OpReclaim, Name: m.Name, Mode: m.Mode, Fence: m.Fence, Start: m.Start, End: m.End}, m.Name, nil
+	}
+	return in, nil, wire.ErrKind
+}
+
+// waitDeadline turns wait_ms into the table's Try and Deadline: TRY (or
+// wait 0, SPEC §17.5) fails at once, WaitForever never times out.
+func waitDeadline(try bool, waitMs uint32, now int64) (bool, int64) {
+	switch {
+	case try || waitMs == 0:
+		return true, now
+	case waitMs == wire.WaitForever:
+		return false, math.MaxInt64
+	}
+	return false, now + int64(waitMs)*int64(time.Millisecond)
+}
+
+// handleKeepalive answers a KEEPALIVE: per entry whether this worker serves
+// that shard at that epoch, and for how long it vouches. With RENEW the
+// session's etcd lease is renewed first, off the receive loop.
+func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []byte) {
+	var m wire.Keepalive
+	if err := m.Decode(h, pkt); err != nil {
+		w.badRequest(ob, s, h, wire.Reason(err))
+		return
+	}
+	w.ackTo(s, h.Ack)
+	if !m.Renew {
+		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), s.addr, h.Type)
+		return
+	}
+	if s.renewing == h.Request {
+		return // a retransmission: answered when etcd answers
+	}
+	entries := append([]wire.ShardEpoch(nil), m.Entries...)
+	stamp := ob.stamp
+	if !w.enqueue(func(ctx context.Context) { w.renewSession(ctx, s.id, h, entries, stamp) }) {
+		w.met.drop("busy")
+		return
+	}
+	s.renewing = h.Request
+}
+
+// keepaliveReply encodes a KEEPALIVE reply. Caller holds mu.
+func (w *Worker) keepaliveReply(h wire.Header, entries []wire.ShardEpoch, ttlMs uint32, safe, now time.Time) []byte {
+	r := wire.KeepaliveReply{SessionTTLMs: ttlMs, ValidityMs: validity(safe, now),
+		Statuses: make([]wire.Status, len(entries))}
+	for i, e := range entries {
+		_, r.Statuses[i], _ = w.owner(e.Shard, e.Epoch)
+	}
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	pkt, err := r.Append(make([]byte, 0, wire.HeaderLen+10+len(entries)), rh)
+	if err != nil {
+		w.log.Error("cannot encode KEEPALIVE reply", "err", err)
+		return nil
+	}
+	w.met.op(h.Type, wire.StatusOK)
+	return pkt
+}
+
+// handleClose revokes the session's lease (off the receive loop); every
+// worker then drops its grants.
+func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte) {
+	var m wire.Empty
+	if err := m.Decode(h, pkt); err != nil {
+		w.badRequest(ob, s, h, wire.Reason(err))
+		return
+	}
+	w.ackTo(s, h.Ack)
+	if s.closing {
+		return // answered when etcd answers
+	}
+	stamp := ob.stamp
+	if !w.enqueue(func(ctx context.Context) { w.closeSession(ctx, s.id, h, stamp) }) {
+		w.met.drop("busy")
+		return
+	}
+	s.closing = true
+}
+
+// handleOpen opens a session: deduplicated by (source, nonce), the etcd
+// work done off the receive loop.
+func (w *Worker) handleOpen(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
+	var m wire.SessionOpen
+	if err := m.Decode(h, pkt); err != nil {
+		w.met.drop(wire.Reason(err))
+		return
+	}
+	key := openKey{from: from.AddrPort(), nonce: h.Request}
+	if o := w.opens[key]; o != nil {
+		if o.pkt != nil {
+			w.met.op(h.Type, statusDuplicate)
+			ob.add(o.pkt, from, h.Type)
+		}
+		return // still in the works: the reply comes when etcd answers
+	}
+	if len(w.opens) >= maxOpens {
+		w.met.drop("busy")
+		return
+	}
+	lib, stamp := string(m.Lib), ob.stamp
+	if !w.enqueue(func(ctx context.Context) { w.openSession(ctx, key, from, h, m.TTLMs, lib, stamp) }) {
+		w.met.drop("busy")
+		return
+	}
+	w.opens[key] = &openState{expires: math.MaxInt64}
+}
+
+// unknownSession handles a request from a session this worker does not
+// know: an ended one gets SESSION_EXPIRED; otherwise etcd is asked (a new
+// session may not have reached the watch yet) and the datagram dropped;
+// the client's retransmission finds the session, or the lookup answers
+// UNKNOWN_SESSION.
+func (w *Worker) unknownSession(ob *outbox, h wire.Header, from *net.UDPAddr) {
+	if h.Type == wire.TypeRevokeAck {
+		w.met.drop("unknown_session")
+		return
+	}
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	if _, ok := w.gone[h.Session]; ok {
+		w.met.drop("session_expired")
+		w.met.op(h.Type, wire.StatusSessionExpired)
+		ob.add(errorReply(rh, wire.StatusSessionExpired), from, h.Type)
+		return
+	}
+	w.met.drop("unknown_session")
+	if _, ok := w.lookups[h.Session]; ok || len(w.lookups) >= maxLookups {
+		return
+	}
+	stamp := ob.stamp
+	if w.enqueue(func(ctx context.Context) { w.lookupSession(ctx, h, from, stamp) }) {
+		w.lookups[h.Session] = struct{}{}
+	}
+}
+
+// handleMap answers MAP_REQUEST from the current map (never cached).
+func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
+	var m wire.MapRequest
+	if err := m.Decode(h, pkt); err != nil {
+		w.met.drop(wire.Reason(err))
+		return
+	}
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	pkt, err := w.mapReply(m.FirstShard).Append(make([]byte, 0, wire.MaxDatagram), rh)
+	if err != nil {
+		w.log.Error("cannot encode MAP reply", "err", err)
+		return
+	}
+	w.met.op(h.Type, wire.StatusOK)
+	ob.add(pkt, from, h.Type)
+}
+
+// mapReply describes the map from shard first on, as many runs as fit in
+// one datagram. A run whose owner's address is unknown (not registered
+// now) is sent as "no owner" (SPEC §15): the client waits and asks again.
+func (w *Worker) mapReply(first uint32) wire.MapReply {
+	r := wire.MapReply{MapVersion: w.dmap.Version, ShardCount: uint32(len(w.shards)), GraceMs: uint32(w.cluster.GraceMs)}
+	if first >= r.ShardCount {
+		return r
+	}
+	runs := w.runs
+	if len(runs) == 0 {
+		runs = []plan.Run{{First: 0, Count: r.ShardCount, Owner: plan.NoOwner}}
+	}
+	size := wire.HeaderLen + 8 + 4 + 4 + 2 + 2
+	listed := map[int]bool{}
+	for _, run := range runs {
+		if run.First+run.Count <= first {
+			continue
+		}
+		if run.First < first {
+			run.Count -= first - run.First
+			run.First = first
+		}
+		mr := wire.MapRun{First: run.First, Count: run.Count, Worker: wire.NoWorker, Epoch: run.Epoch}
+		need := 14
+		var add *wire.MapWorker
+		if run.Owner != plan.NoOwner && run.Owner < int(wire.NoWorker) {
+			o := w.dmap.Workers[run.Owner]
+			if addr := w.addrOf(o); addr != "" && len(addr) <= wire.MaxText && len(o.ID) <= wire.MaxText {
+				mr.Worker = uint16(run.Owner)
+				if !listed[run.Owner] {
+					add = &wire.MapWorker{Index: uint16(run.Owner), Addr: []byte(addr), ID: []byte(o.ID)}
+					need += 2 + 1 + len(addr) + 1 + len(o.ID)
+				}
+			}
+		}
+		if size+need > wire.MaxDatagram {
+			break
+		}
+		size += need
+		if add != nil {
+			listed[run.Owner] = true
+			r.Workers = append(r.Workers, *add)
+		}
+		r.Runs = append(r.Runs, mr)
+	}
+	slices.SortFunc(r.Workers, func(a, b wire.MapWorker) int { return cmp.Compare(a.Index, b.Index) })
+	return r
+}

@@ -1,0 +1,88 @@
+package worker
+
+import (
+	"context"
+	"time"
+)
+
+// housekeeping is the longest the timer loop sleeps: it also forgets
+// expired SESSION_OPEN answers and ended sessions.
+const housekeeping = time.Second
+
+// timerLoop runs what is due by time: table deadlines (queued requests
+// timing out, grace periods ending) and REVOKE retransmissions. It sleeps
+// until the earliest of them; whoever adds an earlier one kicks it.
+func (w *Worker) timerLoop(ctx context.Context) {
+	t := time.NewTimer(housekeeping)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.kick:
+		}
+		now := time.Now()
+		w.mu.Lock()
+		ob := newOutbox(now, w.mono(now))
+		ob.safe = w.safeUntil()
+		next := w.runDue(ob)
+		w.wakeAt = next
+		w.mu.Unlock()
+		w.flush(ob)
+		// A kick that arrives from here on is kept in the channel and
+		// wakes the next select at once.
+		t.Stop()
+		t.Reset(time.Duration(max(next-w.mono(time.Now()), int64(time.Millisecond/4))))
+	}
+}
+
+// runDue does what is due at ob.now and returns when to run next. Caller
+// holds mu.
+func (w *Worker) runDue(ob *outbox) int64 {
+	n := ob.now
+	next := n + int64(housekeeping)
+	for shard := range w.timed {
+		st := w.shards[shard]
+		if st == nil {
+			delete(w.timed, shard)
+			continue
+		}
+		d, ok := st.tab.NextDeadline()
+		if ok && d <= n {
+			w.out = st.tab.Tick(n, w.out[:0])
+			w.apply(ob, shard, st, w.out, nil)
+			d, ok = st.tab.NextDeadline()
+		}
+		if !ok {
+			delete(w.timed, shard)
+		} else if d < next {
+			next = d
+		}
+	}
+	for _, s := range w.revoking {
+		for _, r := range s.revokes {
+			if r.next <= n {
+				ob.add(r.pkt, s.addr, 0)
+				w.met.revokesSent.Inc()
+				r.rto = min(2*r.rto, revokeRTOMax)
+				r.next = n + jitter(r.rto)
+			}
+			next = min(next, r.next)
+		}
+	}
+	if n >= w.housekeepAt {
+		w.housekeepAt = n + int64(housekeeping)
+		for k, o := range w.opens {
+			if o.expires <= n {
+				delete(w.opens, k)
+			}
+		}
+		for id, t := range w.gone {
+			if t <= n {
+				delete(w.gone, id)
+			}
+		}
+	}
+	return next
+}

@@ -1,0 +1,231 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator/plan"
+)
+
+func formatInc(inc uint64) string { return strconv.FormatUint(inc, 16) }
+
+// loadAll reads the delegation map, the worker registry and the sessions,
+// and returns the revisions to watch them from.
+func (w *Worker) loadAll(ctx context.Context) ([3]int64, error) {
+	var revs [3]int64
+	var err error
+	for i, sync := range []func(context.Context) (int64, error){w.syncMap, w.syncWorkers, w.syncClients} {
+		if revs[i], err = sync(ctx); err != nil {
+			return revs, err
+		}
+	}
+	return revs, nil
+}
+
+// watchLoop follows key (or a prefix) from revision rev on: event applies
+// each change under mu. When the watch fails (e.g. compacted), sync reads
+// the whole state again and reconciles. It ends when ctx does.
+func (w *Worker) watchLoop(ctx context.Context, key string, prefix bool, rev int64,
+	sync func(context.Context) (int64, error), event func(*outbox, *clientv3.Event)) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		opts := []clientv3.OpOption{clientv3.WithRev(rev + 1)}
+		if prefix {
+			opts = append(opts, clientv3.WithPrefix())
+		}
+		var werr error
+		for resp := range w.cfg.Client.Watch(wctx, key, opts...) {
+			if werr = resp.Err(); werr != nil {
+				break
+			}
+			if len(resp.Events) == 0 {
+				continue
+			}
+			now := time.Now()
+			w.mu.Lock()
+			ob := newOutbox(now, w.mono(now))
+			ob.safe = w.safeUntil()
+			for _, ev := range resp.Events {
+				event(ob, ev)
+				rev = max(rev, ev.Kv.ModRevision)
+			}
+			w.mu.Unlock()
+			w.flush(ob)
+			backoff = 100 * time.Millisecond
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("watch interrupted; reading it again", "key", key, "err", werr)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		if r, err := sync(ctx); err == nil {
+			rev = r
+		} else if ctx.Err() == nil {
+			w.log.Warn("cannot read again", "key", key, "err", err)
+		}
+	}
+}
+
+// syncMap reads the delegation map and applies it if it is new.
+func (w *Worker) syncMap(ctx context.Context) (int64, error) {
+	resp, err := w.cfg.Client.Get(ctx, cluster.DelegationKey)
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(now, w.mono(now))
+	ob.safe = w.safeUntil()
+	if len(resp.Kvs) == 0 {
+		w.setMap(ob, nil)
+	} else {
+		w.setMap(ob, resp.Kvs[0].Value)
+	}
+	w.mu.Unlock()
+	w.flush(ob)
+	return resp.Header.Revision, nil
+}
+
+func (w *Worker) mapEvent(ob *outbox, ev *clientv3.Event) {
+	if ev.Type == mvccpb.DELETE {
+		w.setMap(ob, nil)
+		return
+	}
+	w.setMap(ob, ev.Kv.Value)
+}
+
+// setMap applies the map in value (nil: there is no map, so nothing may be
+// served). A map not newer than the current one is ignored. Caller holds mu.
+func (w *Worker) setMap(ob *outbox, value []byte) {
+	var m plan.Map
+	if value != nil {
+		if err := json.Unmarshal(value, &m); err != nil {
+			w.log.Error("ignoring malformed delegation map", "err", err)
+			return
+		}
+		if m.Version <= w.dmap.Version && w.dmap.Shards() != 0 {
+			if !m.Equal(w.dmap) {
+				w.log.Warn("ignoring delegation map older than the current one", "version", m.Version, "current", w.dmap.Version)
+			}
+			return
+		}
+	} else if w.dmap.Shards() != 0 {
+		w.log.Warn("delegation map deleted; serving nothing")
+	}
+	w.applyMap(ob, m)
+	w.log.Debug("delegation map applied", "version", m.Version)
+}
+
+// syncWorkers reads the worker registry.
+func (w *Worker) syncWorkers(ctx context.Context) (int64, error) {
+	resp, err := w.cfg.Client.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	clear(w.registry)
+	for _, kv := range resp.Kvs {
+		w.putWorker(kv)
+	}
+	w.mu.Unlock()
+	return resp.Header.Revision, nil
+}
+
+func (w *Worker) workerEvent(_ *outbox, ev *clientv3.Event) {
+	if ev.Type == mvccpb.DELETE {
+		delete(w.registry, strings.TrimPrefix(string(ev.Kv.Key), cluster.WorkersPrefix))
+		return
+	}
+	w.putWorker(ev.Kv)
+}
+
+func (w *Worker) putWorker(kv *mvccpb.KeyValue) {
+	var doc cluster.Worker
+	if err := json.Unmarshal(kv.Value, &doc); err != nil || doc.ID == "" {
+		w.log.Warn("ignoring malformed worker registration", "key", string(kv.Key))
+		return
+	}
+	w.registry[doc.ID] = doc
+}
+
+// syncClients reads the live sessions: new ones become known, known ones
+// that are gone end.
+func (w *Worker) syncClients(ctx context.Context) (int64, error) {
+	resp, err := w.cfg.Client.Get(ctx, cluster.ClientsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(now, w.mono(now))
+	ob.safe = w.safeUntil()
+	live := map[uint64]bool{}
+	for _, kv := range resp.Kvs {
+		id, addr, ok := parseClient(kv)
+		if !ok {
+			continue
+		}
+		live[id] = true
+		if w.sessions[id] == nil {
+			if _, gone := w.gone[id]; !gone {
+				w.sessions[id] = newSession(id, addr)
+			}
+		}
+	}
+	for id := range w.sessions {
+		if !live[id] {
+			w.endSession(ob, id)
+		}
+	}
+	w.clientsRev = max(w.clientsRev, resp.Header.Revision)
+	w.mu.Unlock()
+	w.flush(ob)
+	return resp.Header.Revision, nil
+}
+
+// clientEvent applies a session put (a new session) or delete (it ended:
+// expiry or close).
+func (w *Worker) clientEvent(ob *outbox, ev *clientv3.Event) {
+	if ev.Type == mvccpb.DELETE {
+		id, err := cluster.ParseSession(strings.TrimPrefix(string(ev.Kv.Key), cluster.ClientsPrefix))
+		if err == nil {
+			w.endSession(ob, id)
+		}
+	} else if id, addr, ok := parseClient(ev.Kv); ok {
+		w.addSession(id, addr, ev.Kv.ModRevision)
+	}
+	w.clientsRev = max(w.clientsRev, ev.Kv.ModRevision)
+}
+
+// parseClient reads a session key: its id and the address it was opened
+// from (nil if unreadable; the session's next datagram sets it).
+func parseClient(kv *mvccpb.KeyValue) (uint64, *net.UDPAddr, bool) {
+	id, err := cluster.ParseSession(strings.TrimPrefix(string(kv.Key), cluster.ClientsPrefix))
+	if err != nil || id == 0 || id >= 1<<63 {
+		return 0, nil, false
+	}
+	var doc cluster.Client
+	var addr *net.UDPAddr
+	if json.Unmarshal(kv.Value, &doc) == nil {
+		if ap, err := netip.ParseAddrPort(doc.Addr); err == nil {
+			addr = net.UDPAddrFromAddrPort(ap)
+		}
+	}
+	return id, addr, true
+}

@@ -1,0 +1,392 @@
+// Package worker is tokend's stateless UDP token server: the thin shell
+// around the pure token tables of worker/table. It registers itself in etcd
+// under a lease, serves the shards the coordinator delegates to it, keeps
+// all token state in memory, and serves a shard only while it is sure it owns
+// it: its delegation is current and its own lease has not run out by its
+// local clock (invariant 5).
+//
+// # Goroutines
+//
+// A started Worker runs, all tied to one context that Close cancels and
+// waits for:
+//
+//   - the receive loop (serve.go): reads up to 64 datagrams per ReadBatch,
+//     stamps the batch with one time.Now, handles it under one lock and
+//     sends all replies with one WriteBatch. It never waits for etcd.
+//   - the timer loop (timer.go): wakes at the earliest table deadline
+//     (queued request timeouts, end of a grace period) or REVOKE
+//     retransmission, runs Tick and sends what comes out.
+//   - the etcd pool (etcd.go): a few goroutines behind a bounded queue that
+//     open, renew and close sessions and look up unknown ones; each answers
+//     its datagram when etcd answers. A full queue drops the datagram
+//     (counted "busy"); the client retransmits.
+//   - three watchers (watch.go): the delegation map, the worker registry
+//     (for owner hints and MAP replies) and the client sessions.
+//   - the lease (lease.go; its supervisor in worker.go): keepalives, and, if etcd
+//     reports the lease gone, dropping every table and session state and
+//     registering again as a new incarnation.
+//
+// # State
+//
+// One mutex (Worker.mu) guards all mutable serving state: the shard tables,
+// the sessions with their reply caches and pending revokes, the delegation
+// map and the registry. On two cores one lock taken once per batch costs
+// less than handing messages between goroutines. Datagrams are always sent
+// after the lock is released.
+//
+// # Metrics
+//
+// Registered on Config.Registry, namespace tokend, subsystem worker:
+// ops_total{type,result}, op_duration_seconds{type} (arrival of the batch
+// to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
+// recoveries_total, and the gauges held_tokens, queued_requests, sessions,
+// shards, grace_shards and lease_safe_seconds.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/worker/table"
+)
+
+// Errors returned by this package.
+var (
+	ErrClosed    = errors.New("worker: closed")
+	ErrLeaseLost = errors.New("worker: own lease lost")
+)
+
+// PacketConn is the datagram socket a Worker serves on: the batched subset
+// of golang.org/x/net/ipv4.PacketConn that the worker uses. faultnet.Conn
+// implements it, so tests run the same receive loop over a lossy in-memory
+// network.
+type PacketConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+	LocalAddr() net.Addr
+	SetReadDeadline(t time.Time) error
+	Close() error
+}
+
+// Config configures a Worker.
+type Config struct {
+	Client   *clientv3.Client // required; the caller closes it after Close
+	ID       string           // default: host name and UDP port
+	UDPAddr  string           // listen address, e.g. 127.0.0.1:7700 (port 0 picks one); ignored with Conn
+	Conn     PacketConn       // optional: serve on this socket instead of binding UDPAddr; Close closes it
+	HTTPAddr string           // advertised in the registration, for people
+	TTL      time.Duration    // own lease TTL; default 5s
+	Drift    float64          // tolerated clock rate difference; default 0.01
+	Table    table.Config     // per-shard limits; the zero value means table.DefaultConfig()
+	Logger   *slog.Logger
+	Registry prometheus.Registerer // default: a fresh registry of its own
+}
+
+// Worker is one token server process's worth of shards.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	conn PacketConn
+	met  *metrics
+	base time.Time // origin of the tables' monotonic nanosecond clock
+
+	jobs chan func(context.Context) // the etcd pool's queue (bounded, see etcd.go)
+	kick chan struct{}              // size 1: wake the timer loop early
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	mu sync.Mutex // guards every field below: lease and registration, map, shard tables, sessions (reply caches, revokes), opens, lookups
+	serving
+}
+
+// New validates cfg and binds the UDP socket (unless cfg.Conn is given), so
+// that a port conflict is reported before anything is registered.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("worker: Config.Client is required")
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 5 * time.Second
+	}
+	if cfg.TTL < 2*time.Second {
+		return nil, fmt.Errorf("worker: TTL %v below etcd's 2s minimum", cfg.TTL)
+	}
+	if cfg.Drift == 0 {
+		cfg.Drift = 0.01
+	}
+	if cfg.Table == (table.Config{}) {
+		cfg.Table = table.DefaultConfig()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	conn := cfg.Conn
+	if conn == nil {
+		var err error
+		if conn, err = listen(cfg.UDPAddr); err != nil {
+			return nil, err
+		}
+	}
+	udp, ok := conn.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		conn.Close()
+		return nil, fmt.Errorf("worker: socket address %v is not UDP", conn.LocalAddr())
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "worker"
+		}
+		cfg.ID = host + "-" + strconv.Itoa(udp.Port)
+	}
+	w := &Worker{
+		cfg:  cfg,
+		conn: conn,
+		base: time.Now(),
+		jobs: make(chan func(context.Context), jobQueue),
+		kick: make(chan struct{}, 1),
+	}
+	w.log = cfg.Logger.With("component", "worker", "worker", cfg.ID)
+	w.serving.init()
+	met, err := newMetrics(cfg.Registry, w)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	w.met = met
+	return w, nil
+}
+
+// listen binds a UDP socket on addr and wraps it for batched I/O. An IPv4
+// (or empty) host gets an IPv4 socket, an IPv6 host an IPv6-only one:
+// x/net's batched send cannot address IPv4 peers from a dual-stack socket.
+func listen(addr string) (PacketConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("worker: udp address %q: %w", addr, err)
+	}
+	if ua.IP == nil || ua.IP.To4() != nil {
+		c, err := net.ListenUDP("udp4", ua)
+		if err != nil {
+			return nil, fmt.Errorf("worker: %w", err)
+		}
+		return ipv4.NewPacketConn(c), nil
+	}
+	c, err := net.ListenUDP("udp6", ua)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return ipv6.NewPacketConn(c), nil
+}
+
+// Addr is the UDP address clients use.
+func (w *Worker) Addr() *net.UDPAddr { return w.conn.LocalAddr().(*net.UDPAddr) }
+
+// ID is the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Start reads the cluster config, takes a lease, registers, loads the
+// delegation map, the registry and the sessions, and starts serving. It
+// returns once the worker is registered and serving what the map gives it.
+func (w *Worker) Start(ctx context.Context) error {
+	cc, err := cluster.WaitConfig(ctx, w.cfg.Client)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	lease, stopKA, doc, err := w.takeLease(ctx, runCtx)
+	if err != nil {
+		cancel()
+		w.wg.Wait()
+		return err
+	}
+	w.mu.Lock()
+	w.cluster = cc
+	w.shards = make([]*shardState, cc.Shards)
+	w.install(lease, doc, time.Now())
+	w.mu.Unlock()
+	w.log.Info("registered", "key", cluster.WorkerKey(doc.ID), "udp", doc.UDP, "incarnation", doc.Incarnation, "ttl", w.cfg.TTL)
+
+	revs, err := w.loadAll(ctx)
+	if err != nil {
+		w.Close()
+		return err
+	}
+	w.wg.Add(3)
+	go func() {
+		defer w.wg.Done()
+		w.watchLoop(runCtx, cluster.DelegationKey, false, revs[0], w.syncMap, w.mapEvent)
+	}()
+	go func() {
+		defer w.wg.Done()
+		w.watchLoop(runCtx, cluster.WorkersPrefix, true, revs[1], w.syncWorkers, w.workerEvent)
+	}()
+	go func() {
+		defer w.wg.Done()
+		w.watchLoop(runCtx, cluster.ClientsPrefix, true, revs[2], w.syncClients, w.clientEvent)
+	}()
+	for range poolSize {
+		w.wg.Add(1)
+		go func() { defer w.wg.Done(); w.poolLoop(runCtx) }()
+	}
+	w.wg.Add(3)
+	go func() { defer w.wg.Done(); w.superviseLease(runCtx, lease, stopKA) }()
+	go func() { defer w.wg.Done(); w.timerLoop(runCtx) }()
+	go func() { defer w.wg.Done(); w.recvLoop(runCtx) }()
+	return nil
+}
+
+// takeLease grants a new lease, keeps it alive (under runCtx) and registers
+// the worker on it: one incarnation. On failure it leaves nothing behind.
+func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.CancelFunc, cluster.Worker, error) {
+	lease, err := grantLease(ctx, w.cfg.Client, w.cfg.TTL, w.cfg.Drift, w.log)
+	if err != nil {
+		return nil, nil, cluster.Worker{}, err
+	}
+	doc := cluster.Worker{
+		ID:          w.cfg.ID,
+		Incarnation: strconv.FormatInt(int64(lease.id), 16),
+		UDP:         w.Addr().String(),
+		HTTP:        w.cfg.HTTPAddr,
+		Version:     cluster.Version,
+		Started:     cluster.Now(time.Now()),
+		TTLms:       w.cfg.TTL.Milliseconds(),
+	}
+	kaCtx, stopKA := context.WithCancel(runCtx)
+	// Keep the lease alive while we wait for a previous incarnation's key.
+	w.wg.Add(1)
+	go func() { defer w.wg.Done(); lease.keepAlive(kaCtx) }()
+	if err := register(ctx, w.cfg.Client, lease, doc, w.log); err != nil {
+		stopKA()
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		lease.revoke(rctx)
+		rcancel()
+		return nil, nil, cluster.Worker{}, err
+	}
+	return lease, stopKA, doc, nil
+}
+
+// Ready reports whether the worker is registered and its lease is safe.
+func (w *Worker) Ready() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ready && w.lease != nil && time.Now().Before(w.lease.SafeUntil())
+}
+
+// Close stops serving and closes the socket (every goroutine ends before it
+// returns), then revokes the lease (the registration vanishes at once, so
+// the leader re-delegates without waiting for the TTL). It does not close the
+// etcd client. Calling it again does nothing.
+func (w *Worker) Close() error {
+	var err error
+	w.closeOnce.Do(func() { err = w.close() })
+	return err
+}
+
+func (w *Worker) close() error {
+	if w.cancel != nil {
+		w.cancel()
+	}
+	// Wake the receive loop from its blocking read (it then sees the
+	// context), and close the socket: nothing is answered from here on,
+	// before the lease is revoked, which is the safe order (invariant 5).
+	// (A faultnet.Conn ignores a deadline set during a blocked read; the
+	// close wakes it.)
+	w.conn.SetReadDeadline(time.Now())
+	var err error
+	if cerr := w.conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	w.wg.Wait()
+	w.mu.Lock()
+	lease := w.lease
+	w.ready = false
+	w.mu.Unlock()
+	if lease != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = errors.Join(lease.revoke(ctx), err)
+		cancel()
+	}
+	return err
+}
+
+// install makes lease the worker's current incarnation and recomputes which
+// shards it serves. Caller holds mu.
+func (w *Worker) install(lease *ownLease, doc cluster.Worker, now time.Time) *outbox {
+	w.lease, w.doc, w.ready = lease, doc, true
+	w.me = plan.Owner{ID: doc.ID, Incarnation: uint64(lease.id)}
+	ob := newOutbox(now, w.mono(now))
+	w.applyMap(ob, w.dmap)
+	return ob
+}
+
+// mono converts a time to the tables' clock: monotonic nanoseconds since
+// the worker was made.
+func (w *Worker) mono(t time.Time) int64 { return int64(t.Sub(w.base)) }
+
+// superviseLease waits for the current lease to be lost (etcd says it is
+// gone: the worker hung or was cut off longer than its TTL). Everything
+// served under it is dropped at once, since the leader has re-delegated its
+// shards; then the worker registers again as a new incarnation, retrying
+// with backoff until ctx ends.
+func (w *Worker) superviseLease(ctx context.Context, lease *ownLease, stopKA context.CancelFunc) {
+	defer func() { stopKA() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lease.Lost():
+		}
+		stopKA()
+		now := time.Now()
+		w.mu.Lock()
+		w.dropAll()
+		w.me, w.ready = plan.Owner{}, false
+		w.mu.Unlock()
+		w.log.Error("own lease lost: dropped every shard and session state; registering as a new incarnation")
+		backoff := 100 * time.Millisecond
+		for {
+			nl, stop, doc, err := w.takeLease(ctx, ctx)
+			if err == nil {
+				now = time.Now()
+				w.mu.Lock()
+				ob := w.install(nl, doc, now)
+				w.mu.Unlock()
+				w.flush(ob)
+				w.log.Info("registered again", "incarnation", doc.Incarnation)
+				lease, stopKA = nl, stop
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			w.log.Warn("re-registration failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}
