@@ -1,0 +1,430 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// encoder is a wire body: every request struct of package wire.
+type encoder interface {
+	Append(dst []byte, h wire.Header) ([]byte, error)
+}
+
+// call is one request id and everything needed to (re)send it. Only the
+// goroutine running exchange touches its fields after register, except ch,
+// which recvLoop fills under c.mu.
+type call struct {
+	id       uint64
+	typ      wire.Type
+	body     encoder
+	name     string // token name, counted in c.inflight while unfinished ("" = not)
+	shard    uint32
+	routed   bool   // token request: destination and epoch come from the map
+	minEpoch uint32 // routed: wait for a route at this epoch or later (RECLAIM)
+	slot     bool   // holds one of c.slots
+
+	dest      netip.AddrPort // fixed destination, or the latest one used
+	epoch     uint32         // header epoch of the latest send
+	hintAddr  netip.AddrPort // NOT_OWNER/STALE_EPOCH hint newer than the map
+	hintEpoch uint32
+	firstSend time.Time // when the id was first sent: leases count from here
+	sends     int
+
+	ch  chan reply // answers to this id, GRANT_ASYNC included
+	buf []byte
+}
+
+// accepts reports whether a datagram of type t answers c.
+func (cl *call) accepts(t wire.Type) bool {
+	if t == wire.TypeGrantAsync {
+		return cl.typ == wire.TypeAcquire || cl.typ == wire.TypeConvert
+	}
+	return t == cl.typ.Reply()
+}
+
+// deliver hands r to the waiting exchange; if it is not keeping up, the
+// answer is dropped like a lost datagram (retransmission recovers it).
+func (cl *call) deliver(r *reply) {
+	select {
+	case cl.ch <- *r:
+	default:
+	}
+}
+
+// drain discards answers that are already queued.
+func (cl *call) drain() {
+	for {
+		select {
+		case <-cl.ch:
+		default:
+			return
+		}
+	}
+}
+
+// reply is a decoded answer, copied out of the receive buffer.
+type reply struct {
+	h     wire.Header
+	from  netip.AddrPort
+	async bool // GRANT_ASYNC rather than a reply
+
+	// GRANT
+	fence      uint64
+	mode       wire.Mode
+	validity   uint32
+	start, end uint64
+	vflags     uint8
+	vlen       uint8
+	val        [wire.MaxValue]byte
+
+	position  uint32 // QUEUED
+	msg       string // ERROR, NOT_OWNER
+	hintAddr  string // NOT_OWNER
+	hintEpoch uint32
+
+	sess wire.SessionReply // SESSION_OPEN reply
+
+	kaTTL      uint32 // KEEPALIVE reply
+	kaValidity uint32
+	kaStatuses []wire.Status
+
+	page *mapPage // MAP reply
+}
+
+func (r *reply) value() ([]byte, bool) {
+	if r.vflags&wire.ValueValid == 0 {
+		return nil, false
+	}
+	return append([]byte{}, r.val[:r.vlen]...), true
+}
+
+// decode fills r from datagram b whose header r.h has been parsed. Only the
+// rare kinds (error texts, keepalive and map replies) allocate.
+func (r *reply) decode(b []byte, mr *wire.MapReply) error {
+	switch r.h.Kind() {
+	case wire.KindGrant:
+		var g wire.Grant
+		if err := g.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.fence, r.mode, r.validity = g.Fence, g.Mode, g.ValidityMs
+		r.start, r.end, r.vflags = g.Start, g.End, g.ValueFlags
+		r.vlen = uint8(copy(r.val[:], g.Value))
+	case wire.KindQueued:
+		var q wire.Queued
+		if err := q.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.position = q.Position
+	case wire.KindEmpty:
+		var e wire.Empty
+		return e.Decode(r.h, b)
+	case wire.KindError:
+		var e wire.ErrorBody
+		if err := e.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.msg = string(e.Message)
+	case wire.KindNotOwner:
+		var n wire.NotOwner
+		if err := n.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.msg, r.hintAddr, r.hintEpoch = string(n.Message), string(n.Addr), n.Epoch
+	case wire.KindSessionReply:
+		return r.sess.Decode(r.h, b)
+	case wire.KindKeepaliveReply:
+		var k wire.KeepaliveReply
+		if err := k.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.kaTTL, r.kaValidity = k.SessionTTLMs, k.ValidityMs
+		r.kaStatuses = append([]wire.Status(nil), k.Statuses...)
+	case wire.KindMapReply:
+		if err := mr.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.page = newMapPage(mr)
+	default:
+		return fmt.Errorf("%w: %v", wire.ErrKind, r.h.Kind())
+	}
+	return nil
+}
+
+// register gives cl a fresh request id and makes it unfinished. With slot,
+// it first waits for one of the maxInFlight slots (user requests).
+func (c *Client) register(ctx context.Context, cl *call, slot bool) error {
+	if slot {
+		select {
+		case c.slots <- struct{}{}:
+			cl.slot = true
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrClosed
+		}
+	}
+	cl.ch = make(chan reply, 4)
+	cl.buf = make([]byte, 0, wire.MaxDatagram)
+	c.mu.Lock()
+	c.nextReq++
+	cl.id = c.nextReq
+	c.unfinished = append(c.unfinished, cl.id)
+	c.pending[cl.id] = cl
+	if cl.name != "" {
+		c.inflight[cl.name]++
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// finish ends cl's request id: the ack may move past it and its answers are
+// ignored from now on.
+func (c *Client) finish(cl *call) {
+	c.mu.Lock()
+	c.finishLocked(cl)
+	c.mu.Unlock()
+}
+
+func (c *Client) finishLocked(cl *call) {
+	if c.pending[cl.id] != cl {
+		return
+	}
+	delete(c.pending, cl.id)
+	if i, ok := slices.BinarySearch(c.unfinished, cl.id); ok {
+		c.unfinished = slices.Delete(c.unfinished, i, i+1)
+	}
+	if cl.name != "" {
+		if c.inflight[cl.name]--; c.inflight[cl.name] <= 0 {
+			delete(c.inflight, cl.name)
+		}
+	}
+	if cl.slot {
+		cl.slot = false
+		<-c.slots
+	}
+}
+
+// ackLocked is the header ack of a request: the oldest unfinished id
+// (SPEC.md 11), never above the request's own id since that is unfinished.
+func (c *Client) ackLocked(own uint64) uint64 {
+	if len(c.unfinished) > 0 && c.unfinished[0] < own {
+		return c.unfinished[0]
+	}
+	return own
+}
+
+// targetLocked says where cl goes now and at which epoch.
+func (c *Client) targetLocked(cl *call) (netip.AddrPort, uint32, bool) {
+	if !cl.routed {
+		return cl.dest, 0, cl.dest.IsValid()
+	}
+	rt, ok := c.dm.lookup(cl.shard)
+	if cl.hintEpoch != 0 && cl.hintEpoch >= cl.minEpoch && (!ok || rt.none || cl.hintEpoch > rt.epoch) {
+		return cl.hintAddr, cl.hintEpoch, true
+	}
+	if !ok || rt.none || rt.epoch == 0 || rt.epoch < cl.minEpoch {
+		return netip.AddrPort{}, 0, false
+	}
+	return rt.addr, rt.epoch, true
+}
+
+// send (re)sends cl with a fresh ack and map version. It reports false when
+// there is nowhere to send it (no owner known for the shard).
+func (c *Client) send(cl *call) bool {
+	c.mu.Lock()
+	dest, epoch, ok := c.targetLocked(cl)
+	if !ok {
+		c.mu.Unlock()
+		return false
+	}
+	h := wire.Header{Type: cl.typ, Session: c.session.Load(), Request: cl.id, Ack: c.ackLocked(cl.id),
+		Shard: cl.shard, Epoch: epoch, MapVersion: c.mapVer.Load()}
+	if cl.typ == wire.TypeSessionOpen {
+		h.Session, h.Ack = 0, 0
+	}
+	ua := c.udpAddrLocked(dest)
+	c.mu.Unlock()
+	if cl.sends == 0 {
+		cl.firstSend = c.now()
+	}
+	b, err := cl.body.Append(cl.buf[:0], h)
+	if err != nil {
+		// The public API checks its arguments, so this is a bug here.
+		c.log.Error("cannot encode request", "type", cl.typ, "err", err)
+		return false
+	}
+	cl.buf = b[:0]
+	cl.dest, cl.epoch = dest, epoch
+	cl.sends++
+	c.write(b, ua)
+	return true
+}
+
+// exOpts modify exchange.
+type exOpts struct {
+	stopAtQueued bool // return a QUEUED answer instead of re-polling
+	keepSession  bool // UNKNOWN_SESSION/SESSION_EXPIRED are plain answers (SESSION_CLOSE)
+}
+
+// exResult says how far an exchange got.
+type exResult struct {
+	answered bool        // some worker answered this id
+	queued   bool        // the latest answer was QUEUED
+	retry    wire.Status // the latest answer was this retryable status (0: none)
+}
+
+// exchange sends cl until it has a final answer (SPEC.md 12): retransmission
+// with RTO doubling from RTOMin to RTOMax with ±25 % jitter; after QUEUED a
+// re-poll every 500 ms; after a retryable status the same id again after a
+// backoff, following NOT_OWNER/STALE_EPOCH hints and map refreshes. It
+// returns the answer with err == nil whatever its status (OK, a final error,
+// or QUEUED with stopAtQueued), or an error when ctx ends, the client closes
+// or the session dies. It does not finish cl.
+func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exResult, error) {
+	var res exResult
+	rto, backoff := c.cfg.RTOMin, c.cfg.RTOMin
+	grow := func(d *time.Duration) time.Duration {
+		cur := *d
+		*d = min(2**d, c.cfg.RTOMax)
+		return jitter(cur)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	sendNow := true
+	var mapWait <-chan struct{}
+	var verAtKick uint64
+	for {
+		if sendNow {
+			sendNow = false
+			if c.send(cl) {
+				if res.queued {
+					timer.Reset(pollInterval)
+				} else {
+					timer.Reset(grow(&rto))
+				}
+			} else {
+				mapWait, verAtKick = c.requestMap(), c.mapVer.Load()
+				timer.Reset(grow(&backoff))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return reply{}, res, ctx.Err()
+		case <-c.ctx.Done():
+			return reply{}, res, ErrClosed
+		case <-c.dead:
+			return reply{}, res, c.deadError()
+		case <-timer.C:
+			sendNow = true
+		case <-mapWait:
+			mapWait = nil
+			if c.mapVer.Load() != verAtKick {
+				sendNow = true
+			}
+		case r := <-cl.ch:
+			if r.h.Request != cl.id || c.epochPassed(cl, r.h.Epoch) {
+				continue
+			}
+			s := r.h.Status
+			if s.Retryable() {
+				if r.from != cl.dest || r.h.Epoch != cl.epoch {
+					continue // the answer to an earlier send, elsewhere
+				}
+				res.answered, res.retry, res.queued = true, s, false
+				if s == wire.StatusNotOwner || s == wire.StatusStaleEpoch {
+					mapWait, verAtKick = c.requestMap(), c.mapVer.Load()
+					if c.takeHint(cl, &r) {
+						sendNow = true // a newer owner than the map knows: go there at once
+						continue
+					}
+				}
+				timer.Reset(grow(&backoff))
+				continue
+			}
+			res.answered, res.retry = true, 0
+			if s == wire.StatusQueued {
+				if o.stopAtQueued {
+					return r, res, nil
+				}
+				if !res.queued {
+					res.queued = true
+					timer.Reset(pollInterval)
+				}
+				continue
+			}
+			if (s == wire.StatusUnknownSession || s == wire.StatusSessionExpired) && !o.keepSession {
+				c.sessionGone(fmt.Errorf("%w (worker %s: %s)", ErrSessionExpired, r.from, s))
+			}
+			return r, res, nil
+		}
+	}
+}
+
+// epochPassed reports whether an answer to the routed request cl about
+// epoch comes from a shard epoch that is over: cl has since been sent at a
+// newer one, or the map has one. The shard then has a new owner, and cl
+// follows it (same id, SPEC §17.13); the old owner's table is gone, or
+// goes as soon as it sees the map. A final answer from it (typically a
+// GRANT_ASYNC from a worker that hung past its lease and woke up,
+// recovery.TestWorkerHang) would give a grant that is not valid and that
+// only a reclaim could save, instead of one from the new owner.
+// Retryable answers from elsewhere are ignored anyway (exchange).
+func (c *Client) epochPassed(cl *call, epoch uint32) bool {
+	if !cl.routed {
+		return false
+	}
+	if epoch < cl.epoch {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rt, ok := c.dm.lookup(cl.shard)
+	return ok && !rt.none && rt.epoch > epoch
+}
+
+// takeHint records a NOT_OWNER/STALE_EPOCH hint that names a newer epoch
+// than cl's route, and reports whether it changes where cl goes.
+func (c *Client) takeHint(cl *call, r *reply) bool {
+	if !cl.routed || r.hintAddr == "" || r.hintEpoch == 0 || r.hintEpoch <= cl.epoch {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.hintAddr)
+	if err != nil {
+		return false // no DNS on this path; the map refresh will tell
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if r.hintEpoch <= cl.hintEpoch {
+		return false
+	}
+	cl.hintAddr, cl.hintEpoch = ap, r.hintEpoch
+	return true
+}
+
+// jitter multiplies d by a uniformly random factor in [0.75, 1.25].
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
+}
+
+// giveUp is the error of a request that ended without a final answer.
+func giveUp(op string, err error, res exResult) error {
+	if errors.Is(err, ErrClosed) || errors.Is(err, ErrSessionExpired) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	switch {
+	case res.queued:
+		return fmt.Errorf("%s: %w while queued: %w", op, ErrTimeout, err)
+	case res.retry != 0:
+		return fmt.Errorf("%s: %w (last answer %s): %w", op, ErrUnavailable, res.retry, err)
+	case !res.answered:
+		return fmt.Errorf("%s: %w (no answer): %w", op, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

@@ -1,0 +1,391 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Client is one session with a tokend cluster over one UDP socket. Its
+// methods are safe for concurrent use.
+type Client struct {
+	cfg     Config
+	log     *slog.Logger
+	conn    net.PacketConn
+	ownConn bool
+	seeds   []netip.AddrPort
+
+	// Set by Dial before the background loops start; read-only afterwards.
+	shardCount uint32
+	grace      time.Duration // G: grace period of a recovering shard
+	workerTTL  time.Duration // W: the workers' lease TTL
+	sessionTTL time.Duration // S as granted
+
+	ctx     context.Context // canceled by Close: every goroutine ends with it
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	stopped atomic.Bool // recvLoop's cheap view of ctx.Done
+	dead    chan struct{}
+
+	session   atomic.Uint64
+	mapVer    atomic.Uint64 // the cached map's version, for recvLoop's quick check
+	slots     chan struct{} // one per unfinished user request (maxInFlight)
+	mapKick   chan struct{} // size 1: ask mapLoop for a fresh map
+	maintKick chan struct{} // size 1: wake maintLoop early
+	closeOnce sync.Once
+
+	mu         sync.Mutex // guards the fields below
+	state      clientState
+	noSpawn    bool // Close has begun stopping goroutines: spawn refuses
+	deadErr    error
+	nextReq    uint64
+	unfinished []uint64 // ascending ids of unfinished requests
+	pending    map[uint64]*call
+	open       *call // SESSION_OPEN in flight (matched by nonce)
+	sessDL     time.Time
+	home       netip.AddrPort // where the session is renewed
+	renewing   bool
+	nextRenew  time.Time
+	dm         *dmap
+	mapDone    chan struct{} // closed when the next map fetch completes
+	leases     map[leaseKey]*lease
+	kas        map[netip.AddrPort]*kaState
+	nextProbe  time.Time // next map refresh while some lease is in jeopardy
+	byName     map[string][]*Token
+	inflight   map[string]int // unfinished ACQUIRE/CONVERT/RECLAIM per token name
+	strays     map[strayKey]bool
+	udpAddrs   map[netip.AddrPort]*net.UDPAddr
+}
+
+type clientState uint8
+
+const (
+	stateOpen    clientState = iota
+	stateClosing             // Close is releasing tokens and closing the session
+	stateDead                // the session expired
+	stateClosed
+)
+
+// Dial opens a session with the cluster reachable at seeds (worker UDP
+// addresses, "host:port") with the default configuration. See DialConfig.
+func Dial(ctx context.Context, seeds ...string) (*Client, error) {
+	return DialConfig(ctx, Config{Seeds: seeds})
+}
+
+// DialConfig opens a session (SESSION_OPEN to the seeds in turn, until one
+// answers or ctx ends), fetches the delegation map and starts the client's
+// background work: the receive loop, keepalives and map refreshes. Close the
+// Client to end the session.
+func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("clientlib: dial: %w", err)
+	}
+	c := &Client{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		conn:      cfg.PacketConn,
+		dead:      make(chan struct{}),
+		slots:     make(chan struct{}, maxInFlight),
+		mapKick:   make(chan struct{}, 1),
+		maintKick: make(chan struct{}, 1),
+		pending:   map[uint64]*call{},
+		mapDone:   make(chan struct{}),
+		leases:    map[leaseKey]*lease{},
+		kas:       map[netip.AddrPort]*kaState{},
+		byName:    map[string][]*Token{},
+		inflight:  map[string]int{},
+		strays:    map[strayKey]bool{},
+		udpAddrs:  map[netip.AddrPort]*net.UDPAddr{},
+	}
+	for _, s := range cfg.Seeds {
+		ap, err := resolve(s)
+		if err != nil {
+			return nil, fmt.Errorf("clientlib: dial: seed %q: %w", s, err)
+		}
+		c.seeds = append(c.seeds, ap)
+	}
+	if c.conn == nil {
+		pc, err := net.ListenPacket("udp", ":0")
+		if err != nil {
+			return nil, fmt.Errorf("clientlib: dial: %w", err)
+		}
+		c.conn, c.ownConn = pc, true
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.spawn(c.recvLoop)
+	if err := c.openSession(ctx); err != nil {
+		c.shutdown()
+		return nil, fmt.Errorf("clientlib: dial: %w", err)
+	}
+	m, err := c.fetchMap(ctx)
+	if err != nil {
+		c.closeSession() // best effort; otherwise the session expires with its TTL
+		c.shutdown()
+		return nil, fmt.Errorf("clientlib: dial: delegation map: %w", err)
+	}
+	c.mu.Lock()
+	c.applyMapLocked(m)
+	c.mu.Unlock()
+	select {
+	case <-c.mapKick: // kicked by replies that came before the map: it is fresh
+	default:
+	}
+	c.spawn(c.mapLoop)
+	c.spawn(c.maintLoop)
+	c.log.Info("tokend session open", "session", c.Session(), "home", c.home.String(),
+		"shards", c.shardCount, "session_ttl", c.sessionTTL, "worker_ttl", c.workerTTL, "grace", c.grace)
+	return c, nil
+}
+
+// Session returns the session id (the etcd lease id of the session key).
+func (c *Client) Session() uint64 { return c.session.Load() }
+
+// Close gives back every held token (best effort, within a short timeout),
+// closes the session, stops the client's goroutines and waits for them
+// (running OnRevoke handlers included), and closes the socket if the Client
+// opened it. Tokens still held lose their grants: Lost closes and Err
+// reports ErrClosed. Close is idempotent; it returns nil.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		wasOpen := c.state == stateOpen
+		if wasOpen {
+			c.state = stateClosing
+		}
+		var toks []*Token
+		for _, ts := range c.byName {
+			toks = append(toks, ts...)
+		}
+		c.mu.Unlock()
+		if wasOpen {
+			c.releaseAll(toks)
+			c.closeSession()
+		}
+		c.shutdown()
+		c.log.Info("tokend session closed", "session", c.Session())
+	})
+	return nil
+}
+
+// releaseAll gives back toks concurrently, each within closeTimeout.
+func (c *Client) releaseAll(toks []*Token) {
+	ctx, cancel := context.WithTimeout(c.ctx, closeTimeout)
+	defer cancel()
+	sem := make(chan struct{}, 32) // bounded fan-out
+	var wg sync.WaitGroup
+	for _, t := range toks {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_ = t.release(ctx, releaseOptions{}, ErrClosed)
+		}()
+	}
+	wg.Wait()
+}
+
+// shutdown stops everything: no new goroutines, cancel, unblock the reader,
+// wait, close the socket if it is ours. Remaining tokens are lost.
+func (c *Client) shutdown() {
+	c.mu.Lock()
+	c.noSpawn = true
+	if c.state != stateDead {
+		c.state = stateClosed
+	}
+	c.loseAllLocked(ErrClosed, false)
+	c.mu.Unlock()
+	c.stopped.Store(true)
+	c.cancel()
+	if c.ownConn {
+		_ = c.conn.Close()
+	} else {
+		_ = c.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+	c.wg.Wait()
+	if !c.ownConn {
+		_ = c.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+// spawn runs f on a goroutine that Close waits for; it refuses once Close
+// has begun stopping (then f does not run).
+func (c *Client) spawn(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.spawnLocked(f)
+}
+
+func (c *Client) spawnLocked(f func()) bool {
+	if c.noSpawn {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
+
+func (c *Client) now() time.Time { return c.cfg.Now() }
+
+// margin is the client margin taken off a lease of length d (SPEC.md 13).
+func (c *Client) margin(d time.Duration) time.Duration {
+	return time.Duration(float64(d)*c.cfg.Drift) + marginFixed
+}
+
+// leaseEnd is the deadline of a lease of ms milliseconds counted from sent.
+func (c *Client) leaseEnd(sent time.Time, ms uint32) time.Time {
+	d := time.Duration(ms) * time.Millisecond
+	return sent.Add(d - c.margin(d))
+}
+
+// kick signals a size-1 channel without blocking.
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// resolve turns "host:port" into an address, literal IPs without DNS.
+func resolve(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	ua, err := net.ResolveUDPAddr("udp", s)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (c *Client) udpAddrLocked(ap netip.AddrPort) *net.UDPAddr {
+	ua := c.udpAddrs[ap]
+	if ua == nil {
+		ua = net.UDPAddrFromAddrPort(ap)
+		c.udpAddrs[ap] = ua
+	}
+	return ua
+}
+
+// write sends one datagram; errors are logged, the retransmission covers them.
+func (c *Client) write(b []byte, to *net.UDPAddr) {
+	if _, err := c.conn.WriteTo(b, to); err != nil && !c.stopped.Load() {
+		c.log.Debug("send failed", "to", to.String(), "err", err)
+	}
+}
+
+// recvLoop is the only reader of the socket. It validates each datagram,
+// hands replies and GRANT_ASYNC to the waiting request and handles REVOKE.
+func (c *Client) recvLoop() {
+	buf := make([]byte, wire.MaxDatagram+1) // +1: an oversized datagram is seen, not cut
+	var out []byte                          // REVOKE_ACK and the like, sent from here
+	out = make([]byte, 0, wire.MaxDatagram)
+	var lastDL time.Time
+	var r reply
+	var mr wire.MapReply
+	for !c.stopped.Load() {
+		if !c.ownConn {
+			// A borrowed PacketConn may not wake a blocked read on
+			// SetReadDeadline; a rolling deadline bounds how long Close waits.
+			if now := time.Now(); now.Sub(lastDL) > 20*time.Millisecond {
+				_ = c.conn.SetReadDeadline(now.Add(50 * time.Millisecond))
+				lastDL = now
+			}
+		}
+		n, from, err := c.conn.ReadFrom(buf)
+		if err != nil {
+			if c.stopped.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				lastDL = time.Time{}
+				continue
+			}
+			c.log.Debug("receive failed", "err", err)
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(time.Millisecond):
+			}
+			continue
+		}
+		out = c.handle(buf[:n], addrPortOf(from), &r, &mr, out)
+	}
+}
+
+// handle processes one datagram. r and mr are recvLoop's scratch space.
+func (c *Client) handle(b []byte, from netip.AddrPort, r *reply, mr *wire.MapReply, out []byte) []byte {
+	h, err := wire.ParseHeader(b)
+	if err != nil {
+		c.log.Debug("dropped datagram", "from", from.String(), "reason", wire.Reason(err))
+		return out
+	}
+	if h.MapVersion > c.mapVer.Load() {
+		kick(c.mapKick) // the sender knows a newer map (SPEC.md 15)
+	}
+	switch {
+	case h.Type == wire.TypeRevoke:
+		if h.Session != c.Session() {
+			return out
+		}
+		var m wire.Revoke
+		if err := m.Decode(h, b); err != nil {
+			c.log.Debug("dropped REVOKE", "from", from.String(), "reason", wire.Reason(err))
+			return out
+		}
+		return c.onRevoke(h, &m, from, out)
+	case h.Type == wire.TypeGrantAsync || h.Type.IsReply():
+		*r = reply{h: h, from: from, async: h.Type == wire.TypeGrantAsync}
+		if h.Type == wire.TypeSessionOpenReply {
+			if err := r.decode(b, mr); err != nil {
+				c.log.Debug("dropped reply", "type", h.Type, "reason", wire.Reason(err))
+				return out
+			}
+			c.mu.Lock()
+			if cl := c.open; cl != nil && cl.id == h.Request {
+				cl.deliver(r)
+			}
+			c.mu.Unlock()
+			return out
+		}
+		if h.Session != c.Session() {
+			return out
+		}
+		if err := r.decode(b, mr); err != nil {
+			c.log.Debug("dropped reply", "type", h.Type, "reason", wire.Reason(err))
+			return out
+		}
+		c.mu.Lock()
+		if cl := c.pending[h.Request]; cl != nil && cl.accepts(h.Type) {
+			cl.deliver(r)
+		}
+		c.mu.Unlock()
+	default:
+		c.log.Debug("dropped datagram", "from", from.String(), "type", h.Type, "reason", "not for a client")
+	}
+	return out
+}

@@ -1,0 +1,1013 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond every 5 ms until it holds or d passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitClosed(t testing.TB, ch <-chan struct{}, d time.Duration, what string) time.Time {
+	t.Helper()
+	select {
+	case <-ch:
+		return time.Now()
+	case <-time.After(d):
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+	return time.Time{}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestAcquireRelease(t *testing.T) {
+	fc := newFakeCluster(t, 1, fakeConfig{})
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+
+	tok, err := c.Acquire(ctx, "a", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Name() != "a" || tok.Mode() != wire.EX || wire.FenceEpoch(tok.Fence()) != 1 || wire.FenceSeq(tok.Fence()) != 1 {
+		t.Fatalf("token %q %v fence %#x", tok.Name(), tok.Mode(), tok.Fence())
+	}
+	if s, e := tok.Range(); s != 0 || e != wire.WholeEnd {
+		t.Fatalf("range [%d, %d), want the whole token", s, e)
+	}
+	if !tok.Valid() || time.Until(tok.ValidUntil()) < time.Second || isClosed(tok.Lost()) || tok.Err() != nil {
+		t.Fatalf("fresh token: valid %v until %v lost %v err %v", tok.Valid(), tok.ValidUntil(), isClosed(tok.Lost()), tok.Err())
+	}
+	if _, ok := tok.Value(); ok {
+		t.Fatal("value valid on a token that never had one")
+	}
+	if gs := fc.grants(0, "a"); len(gs) != 1 || gs[0].fence != tok.Fence() || gs[0].sess != c.Session() {
+		t.Fatalf("worker grants %+v", gs)
+	}
+	if err := tok.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if gs := fc.grants(0, "a"); len(gs) != 0 {
+		t.Fatalf("grants after release: %+v", gs)
+	}
+	if tok.Valid() || !errors.Is(tok.Err(), ErrNotHeld) || isClosed(tok.Lost()) {
+		t.Fatalf("released token: valid %v err %v lost %v", tok.Valid(), tok.Err(), isClosed(tok.Lost()))
+	}
+	if err := tok.Release(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("second release: %v, want ErrNotHeld", err)
+	}
+
+	tok2, err := c.Acquire(ctx, "a", wire.PR, Range(10, 20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok2.Fence() <= tok.Fence() {
+		t.Fatalf("fence did not grow: %#x then %#x", tok.Fence(), tok2.Fence())
+	}
+	if s, e := tok2.Range(); s != 10 || e != 20 {
+		t.Fatalf("range [%d, %d), want [10, 20)", s, e)
+	}
+	if _, err := c.Acquire(ctx, "", wire.EX); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("empty name: %v", err)
+	}
+	if _, err := c.Acquire(ctx, "a", wire.Mode(9)); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("bad mode: %v", err)
+	}
+
+	// Close gives back what is held and closes the session.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if gs := fc.grants(0, "a"); len(gs) != 0 {
+		t.Fatalf("grants after Close: %+v", gs)
+	}
+	waitClosed(t, tok2.Lost(), time.Second, "Lost after Close")
+	if !errors.Is(tok2.Err(), ErrClosed) {
+		t.Fatalf("err after Close: %v", tok2.Err())
+	}
+	if _, err := c.Acquire(ctx, "a", wire.EX); !errors.Is(err, ErrClosed) {
+		t.Fatalf("acquire after Close: %v", err)
+	}
+}
+
+func TestTryConflict(t *testing.T) {
+	fc := newFakeCluster(t, 2, fakeConfig{})
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "t", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Acquire(ctx, "t", wire.PR, Try()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("try: %v, want ErrConflict", err)
+	}
+	if _, err := c2.Acquire(ctx, "t", wire.EX, Wait(0)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("wait(0): %v, want ErrConflict", err)
+	}
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Acquire(ctx, "t", wire.PR, Try()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValueAndConvert(t *testing.T) {
+	fc := newFakeCluster(t, 3, fakeConfig{})
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	w, err := c.Acquire(ctx, "v", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Release(ctx, SetValue([]byte("hello"))); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Acquire(ctx, "v", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := r.Value(); !ok || string(v) != "hello" {
+		t.Fatalf("value %q %v", v, ok)
+	}
+	if err := r.Convert(ctx, wire.NL, SetValue([]byte("x"))); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("value set by a reader: %v", err)
+	}
+	f := r.Fence()
+	if err := r.Convert(ctx, wire.EX); err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode() != wire.EX || r.Fence() <= f {
+		t.Fatalf("upgrade: mode %v fence %#x (was %#x)", r.Mode(), r.Fence(), f)
+	}
+	f = r.Fence()
+	if err := r.Convert(ctx, wire.PR, SetValue([]byte("bye"))); err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode() != wire.PR || r.Fence() != f {
+		t.Fatalf("downgrade: mode %v fence %#x (was %#x)", r.Mode(), r.Fence(), f)
+	}
+	// Another reader blocks an upgrade.
+	c2 := fc.dial(t, Config{})
+	if _, err := c2.Acquire(ctx, "v", wire.PR); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Convert(ctx, wire.EX, Try()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("conflicting upgrade: %v", err)
+	}
+	if r.Mode() != wire.PR || r.Fence() != f || !r.Valid() {
+		t.Fatal("a refused upgrade changed the token")
+	}
+}
+
+// TestLossyNetwork runs acquire/release cycles of two clients over a network
+// that drops 30 % and duplicates 20 % of datagrams, and checks the client's
+// side of at-most-once: ids never reused for another request, ack <= id (the
+// wire codec), every request applied at most once, nothing left unfinished.
+func TestLossyNetwork(t *testing.T) {
+	fc := newFakeCluster(t, 42, fakeConfig{workers: 2})
+	for s := uint32(0); s < 8; s++ {
+		fc.setOwner(s, 1, 1, false) // half the shards on each worker
+	}
+	fc.net.SetDefault(faultnet.Rule{Drop: 0.3, Duplicate: 0.2})
+	var cs []*Client
+	for range 2 {
+		cs = append(cs, fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 100 * time.Millisecond}))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 12 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				name := fmt.Sprintf("c%d/%d", i, j%5)
+				mode := wire.EX
+				if j%3 == 0 {
+					name, mode = "shared", wire.PR
+				}
+				tok, err := c.Acquire(ctx, name, mode)
+				if err == nil {
+					if !tok.Valid() {
+						err = fmt.Errorf("%s: not valid right after the grant", name)
+					} else {
+						err = tok.Release(ctx)
+					}
+				}
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	fc.mu.Lock()
+	for k, n := range fc.applied {
+		if n > 1 {
+			t.Errorf("request %d of session %#x applied %d times", k.req, k.sess, n)
+		}
+	}
+	seen := len(fc.seen)
+	fc.mu.Unlock()
+	st := fc.net.Stats()
+	t.Logf("%d datagrams at the workers; network: %+v", seen, st)
+	if st.Dropped == 0 || st.Duplicated == 0 {
+		t.Fatal("the network injected no faults")
+	}
+	for _, c := range cs {
+		c.mu.Lock()
+		for _, cl := range c.pending {
+			if cl.typ != wire.TypeKeepalive && cl.typ != wire.TypeMapRequest {
+				t.Errorf("request %d (%v) still unfinished", cl.id, cl.typ)
+			}
+		}
+		c.mu.Unlock()
+		if n := len(c.slots); n != 0 {
+			t.Errorf("%d in-flight slots still taken", n)
+		}
+	}
+}
+
+// TestRevokeDefaultRelease: a waiter makes the worker revoke the holder; the
+// default handler releases, the waiter gets GRANT_ASYNC.
+func TestRevokeDefaultRelease(t *testing.T) {
+	fc := newFakeCluster(t, 4, fakeConfig{})
+	c1 := fc.dial(t, Config{})
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "x", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := c2.Acquire(ctx, "x", wire.EX) // queued, revoke, release, async grant
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, t1.Lost(), time.Second, "the revoked token's Lost")
+	if !errors.Is(t1.Err(), ErrRevoked) || t1.Valid() {
+		t.Fatalf("revoked token: err %v valid %v", t1.Err(), t1.Valid())
+	}
+	if t2.Fence() <= t1.Fence() || !t2.Valid() {
+		t.Fatalf("async grant: fence %#x (holder had %#x) valid %v", t2.Fence(), t1.Fence(), t2.Valid())
+	}
+	if gs := fc.grants(0, "x"); len(gs) != 1 || gs[0].sess != c2.Session() {
+		t.Fatalf("worker grants %+v", gs)
+	}
+}
+
+// TestRevokeCallback: the application's handler sees each (fence, wanted,
+// range) once, however often the REVOKE comes, and may downgrade.
+func TestRevokeCallback(t *testing.T) {
+	fc := newFakeCluster(t, 5, fakeConfig{})
+	type call struct {
+		t      *Token
+		wanted wire.Mode
+	}
+	calls := make(chan call, 10)
+	c := fc.dial(t, Config{OnRevoke: func(t *Token, wanted wire.Mode, _, _ uint64) {
+		calls <- call{t, wanted}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if wanted == wire.NL {
+			_ = t.Release(ctx)
+		} else {
+			_ = t.Convert(ctx, wanted)
+		}
+	}})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "y", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tok.Fence()
+	// The same revocation twice (as after a new owner restarted its sequence).
+	fc.sendRevoke(0, c.Session(), "y", f, wire.PR)
+	fc.sendRevoke(0, c.Session(), "y", f, wire.PR)
+	select {
+	case got := <-calls:
+		if got.t != tok || got.wanted != wire.PR {
+			t.Fatalf("handler called with %v wanted %v", got.t.Name(), got.wanted)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("OnRevoke not called")
+	}
+	eventually(t, time.Second, "downgrade to PR", func() bool { return tok.Mode() == wire.PR })
+	if tok.Fence() != f {
+		t.Fatal("a downgrade changed the fence")
+	}
+	eventually(t, time.Second, "REVOKEs acknowledged", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return len(fc.workers[0].revs) == 0
+	})
+	select {
+	case got := <-calls:
+		t.Fatalf("handler called twice for one revocation (wanted %v)", got.wanted)
+	case <-time.After(100 * time.Millisecond):
+	}
+	fc.sendRevoke(0, c.Session(), "y", f, wire.NL)
+	select {
+	case got := <-calls:
+		if got.wanted != wire.NL {
+			t.Fatalf("wanted %v, want NL", got.wanted)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("OnRevoke not called for the stronger revocation")
+	}
+	eventually(t, time.Second, "release", func() bool { return len(fc.grants(0, "y")) == 0 })
+}
+
+// TestRevokeUnknownFence: a REVOKE for a fence the client does not hold is
+// acknowledged and answered with RELEASE of that fence (SPEC.md 12).
+func TestRevokeUnknownFence(t *testing.T) {
+	fc := newFakeCluster(t, 6, fakeConfig{})
+	c := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {
+		t.Error("OnRevoke called for a fence the client does not hold")
+	}})
+	stray := wire.MakeFence(1, 999)
+	fc.sendRevoke(0, c.Session(), "z", stray, wire.NL)
+	eventually(t, time.Second, "RELEASE of the stray fence and REVOKE_ACK", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, f := range fc.releases {
+			if f == stray {
+				return len(fc.workers[0].revs) == 0
+			}
+		}
+		return false
+	})
+}
+
+// TestRedirect: a stale map sends a request to the old owner, which answers
+// NOT_OWNER; the client follows the hint, or refreshes its map.
+func TestRedirect(t *testing.T) {
+	fc := newFakeCluster(t, 7, fakeConfig{workers: 2})
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	sb := wire.Shard([]byte("b"), fc.cfg.shardCount)
+	sc := wire.Shard([]byte("c"), fc.cfg.shardCount)
+	if sb == sc {
+		t.Fatal("pick names in different shards")
+	}
+	fc.setOwner(sb, 1, 2, false)
+	tb, err := c.Acquire(ctx, "b", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := fc.grants(1, "b"); len(gs) != 1 || gs[0].fence != tb.Fence() || wire.FenceEpoch(tb.Fence()) != 2 {
+		t.Fatalf("grant at the new owner: %+v, token fence %#x", gs, tb.Fence())
+	}
+	// The reply's map version makes the client refresh its map.
+	eventually(t, time.Second, "map refresh", func() bool { return c.mapVer.Load() == 2 })
+
+	// Without a hint, the client refreshes the map and goes to the owner.
+	fc.mu.Lock()
+	fc.owner[sc], fc.epoch[sc] = 1, 3
+	fc.mapVersion++
+	fc.workers[0].tokens = map[string]*fakeToken{}
+	fc.mu.Unlock()
+	fc.noHints(true)
+	tc, err := c.Acquire(ctx, "c", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := fc.grants(1, "c"); len(gs) != 1 || gs[0].fence != tc.Fence() {
+		t.Fatalf("grant at the owner: %+v", gs)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.notOwner < 2 {
+		t.Fatalf("%d NOT_OWNER answers; the test did not exercise redirects", fc.notOwner)
+	}
+}
+
+// TestMapPagination: a map served three runs per reply is assembled from
+// several MAP requests, and every token request goes straight to its owner.
+func TestMapPagination(t *testing.T) {
+	fc := newFakeCluster(t, 8, fakeConfig{workers: 2, shardCount: 64, runsPerPage: 3})
+	for s := uint32(0); s < 64; s++ {
+		fc.setOwner(s, int(s/4)%2, 1+s/8, false) // 16 runs
+	}
+	c := fc.dial(t, Config{})
+	fc.mu.Lock()
+	reqs := fc.mapRequests
+	fc.mu.Unlock()
+	if reqs < 6 {
+		t.Fatalf("%d MAP requests for 16 runs at 3 per page", reqs)
+	}
+	c.mu.Lock()
+	for s := uint32(0); s < 64; s++ {
+		rt, ok := c.dm.lookup(s)
+		if !ok || rt.addr.String() != fc.addr(int(s/4)%2) || rt.epoch != 1+s/8 {
+			t.Errorf("shard %d: route %+v %v", s, rt, ok)
+		}
+	}
+	c.mu.Unlock()
+	ctx := ctxT(t, 5*time.Second)
+	for i := range 20 {
+		if _, err := c.Acquire(ctx, fmt.Sprintf("p%d", i), wire.PR); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.notOwner != 0 {
+		t.Fatalf("%d NOT_OWNER answers with a complete map", fc.notOwner)
+	}
+}
+
+// TestLostWhenWorkerSilent: the worker goes silent; the token goes into
+// jeopardy at its deadline and is declared lost at deadline + grace − margin,
+// before the worker could grant it to anyone else.
+func TestLostWhenWorkerSilent(t *testing.T) {
+	fc := newFakeCluster(t, 9, fakeConfig{workerTTL: 400 * time.Millisecond, grace: 300 * time.Millisecond})
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "l", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(250 * time.Millisecond) // a couple of keepalives
+	fc.setSilent(0, true)
+	fc.mu.Lock()
+	lastVouch := fc.workers[0].vouch[c.Session()]
+	fc.mu.Unlock()
+	time.Sleep(20 * time.Millisecond) // let the client digest the last answers
+	c.mu.Lock()
+	planned := c.lostAt(tok.lease)
+	plannedReal := time.Now().Add(planned.Sub(c.now()))
+	c.mu.Unlock()
+	// The worker may grant a conflicting token validity + grace after its
+	// last vouching reply: Lost must be due before (invariant 1).
+	if limit := lastVouch.Add(fc.cfg.validity + fc.cfg.grace); !plannedReal.Before(limit) {
+		t.Fatalf("lost due %v after the last vouch, after the worker's limit %v",
+			plannedReal.Sub(lastVouch), limit.Sub(lastVouch))
+	}
+	var jeopardy time.Time
+	for !isClosed(tok.Lost()) && time.Since(lastVouch) < 3*time.Second {
+		if jeopardy.IsZero() && !tok.Valid() {
+			jeopardy = time.Now()
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	lost := waitClosed(t, tok.Lost(), time.Second, "Lost")
+	if !errors.Is(tok.Err(), ErrLost) {
+		t.Fatalf("err %v, want ErrLost", tok.Err())
+	}
+	if jeopardy.IsZero() || jeopardy.After(lost) {
+		t.Fatalf("token valid until it was lost (jeopardy %v, lost %v)", jeopardy, lost)
+	}
+	if d := lost.Sub(plannedReal); d < -5*time.Millisecond || d > 250*time.Millisecond {
+		t.Fatalf("Lost closed %v after it was due", d)
+	}
+	if d := lost.Sub(jeopardy); d < fc.cfg.grace/2 {
+		t.Fatalf("lost only %v after jeopardy; grace is %v", d, fc.cfg.grace)
+	}
+	t.Logf("after the last vouching reply: jeopardy %v, lost due %v, closed %v",
+		jeopardy.Sub(lastVouch), plannedReal.Sub(lastVouch), lost.Sub(lastVouch))
+	fc.setSilent(0, false)
+}
+
+// TestReclaimAfterEpochChange: the owner crashes, the shard moves to another
+// worker at a new epoch in its grace period; the client reclaims the token
+// there with its old fence.
+func TestReclaimAfterEpochChange(t *testing.T) {
+	fc := newFakeCluster(t, 10, fakeConfig{workers: 2, workerTTL: 400 * time.Millisecond, grace: 600 * time.Millisecond})
+	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "r", wire.EX, Range(0, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tok.Fence()
+	shard := wire.Shard([]byte("r"), fc.cfg.shardCount)
+	fc.setSilent(0, true) // crash
+	fc.setOwner(shard, 1, 2, true)
+	eventually(t, 2*time.Second, "reclaim at the new owner", func() bool {
+		gs := fc.grants(1, "r")
+		return len(gs) == 1 && gs[0].fence == f
+	})
+	eventually(t, time.Second, "token valid at the new owner", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return tok.lease != nil && tok.lease.key.epoch == 2 && c.now().Before(tok.validUntilLocked())
+	})
+	if isClosed(tok.Lost()) || tok.Fence() != f {
+		t.Fatalf("after reclaim: lost %v (%v) fence %#x, want %#x", isClosed(tok.Lost()), tok.Err(), tok.Fence(), f)
+	}
+	if _, ok := tok.Value(); ok {
+		t.Fatal("value valid after a crash")
+	}
+	// The reclaimed grant holds: another client cannot get it.
+	c2 := fc.dial(t, Config{Seeds: []string{fc.addr(1)}})
+	time.Sleep(time.Until(time.Now().Add(fc.cfg.grace)))
+	if _, err := c2.Acquire(ctx, "r", wire.EX, Try()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("conflicting acquire after reclaim: %v", err)
+	}
+	if err := tok.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fc.setSilent(0, false)
+}
+
+func TestReclaimRefused(t *testing.T) {
+	fc := newFakeCluster(t, 11, fakeConfig{workers: 2, workerTTL: 400 * time.Millisecond, grace: 600 * time.Millisecond})
+	fc.refuseReclaim = true
+	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "r", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.setSilent(0, true)
+	fc.setOwner(wire.Shard([]byte("r"), fc.cfg.shardCount), 1, 2, true)
+	waitClosed(t, tok.Lost(), 2*time.Second, "Lost after RECLAIM_REFUSED")
+	if !errors.Is(tok.Err(), ErrLost) || tok.Valid() || !strings.Contains(tok.Err().Error(), "RECLAIM_REFUSED") {
+		t.Fatalf("err %v valid %v", tok.Err(), tok.Valid())
+	}
+	fc.setSilent(0, false)
+}
+
+// TestCancelOnContextEnd: a queued acquire whose context ends is canceled
+// at the worker.
+func TestCancelOnContextEnd(t *testing.T) {
+	fc := newFakeCluster(t, 12, fakeConfig{})
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}}) // holds on
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "q", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+	defer cancel()
+	_, err = c2.Acquire(short, "q", wire.EX)
+	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("acquire: %v, want ErrTimeout and DeadlineExceeded", err)
+	}
+	var target uint64
+	fc.mu.Lock()
+	for _, s := range fc.seen {
+		if s.typ == wire.TypeAcquire && s.sess == c2.Session() {
+			target = s.req
+		}
+	}
+	fc.mu.Unlock()
+	eventually(t, time.Second, "CANCEL of the queued acquire", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, x := range fc.cancels {
+			if x == target {
+				return true
+			}
+		}
+		return false
+	})
+	if n := fc.waiters(0, "q"); n != 0 {
+		t.Fatalf("%d waiters left", n)
+	}
+	eventually(t, time.Second, "cleanup finished", func() bool {
+		c2.mu.Lock()
+		defer c2.mu.Unlock()
+		return c2.pending[target] == nil
+	})
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if gs := fc.grants(0, "q"); len(gs) != 0 {
+		t.Fatalf("the canceled acquire was granted: %+v", gs)
+	}
+}
+
+// TestSessionExpired: the worker no longer knows the session; every token
+// is lost and new requests fail.
+func TestSessionExpired(t *testing.T) {
+	fc := newFakeCluster(t, 13, fakeConfig{workerTTL: 400 * time.Millisecond})
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "s", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.expireSession(c.Session())
+	waitClosed(t, tok.Lost(), 2*time.Second, "Lost after the session ended")
+	if !errors.Is(tok.Err(), ErrSessionExpired) {
+		t.Fatalf("err %v", tok.Err())
+	}
+	if _, err := c.Acquire(ctx, "s", wire.EX); !errors.Is(err, ErrSessionExpired) {
+		t.Fatalf("acquire: %v", err)
+	}
+}
+
+// TestSessionRenewFailover: the home worker goes silent; the session is
+// renewed at another worker and outlives its TTL.
+func TestSessionRenewFailover(t *testing.T) {
+	fc := newFakeCluster(t, 14, fakeConfig{workers: 2, sessionTTL: 600 * time.Millisecond})
+	for s := range fc.cfg.shardCount {
+		fc.setOwner(s, 1, 2, false)
+	}
+	c := fc.dial(t, Config{RTOMax: 50 * time.Millisecond})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "h", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.setSilent(0, true)
+	time.Sleep(1200 * time.Millisecond) // two session TTLs
+	if !tok.Valid() || isClosed(tok.Lost()) {
+		t.Fatalf("token valid %v lost %v (%v)", tok.Valid(), isClosed(tok.Lost()), tok.Err())
+	}
+	c.mu.Lock()
+	home := c.home.String()
+	c.mu.Unlock()
+	if home != fc.addr(1) {
+		t.Fatalf("home %s, want %s", home, fc.addr(1))
+	}
+	fc.setSilent(0, false)
+}
+
+func TestDialUnavailable(t *testing.T) {
+	fc := newFakeCluster(t, 15, fakeConfig{})
+	fc.setSilent(0, true)
+	conn, err := fc.net.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = DialConfig(ctxT(t, 200*time.Millisecond), Config{Seeds: []string{fc.addr(0)}, PacketConn: conn})
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial: %v", err)
+	}
+	if _, err := Dial(ctxT(t, time.Second)); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("dial without seeds: %v", err)
+	}
+}
+
+// TestCloseStopsEverything: Close with a queued acquire in flight and a held
+// token returns promptly, fails the waiter with ErrClosed and leaves no
+// goroutine behind.
+func TestCloseStopsEverything(t *testing.T) {
+	fc := newFakeCluster(t, 16, fakeConfig{})
+	ignore := goleak.IgnoreCurrent() // the fake's goroutines
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	if _, err := c1.Acquire(ctx, "k", wire.EX); err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Value
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := c2.Acquire(ctx, "k", wire.EX)
+		got.Store(err)
+	}()
+	eventually(t, time.Second, "queued", func() bool { return fc.waiters(0, "k") == 1 })
+	start := time.Now()
+	_ = c2.Close()
+	_ = c1.Close()
+	<-done
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	if err, _ := got.Load().(error); !errors.Is(err, ErrClosed) {
+		t.Fatalf("waiter: %v, want ErrClosed", err)
+	}
+	goleak.VerifyNone(t, ignore)
+}
+
+type tlogWriter struct{ t testing.TB }
+
+func (w tlogWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+// testLogger logs to t (go test -v shows it).
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestContentionUnderLoss: two clients take turns on one exclusive token
+// over a lossy network, through queueing, REVOKE (and its retransmission),
+// release and GRANT_ASYNC (or its recovery by re-polling). At no time do
+// both consider themselves holders (invariant 1, as seen by the clients).
+func TestContentionUnderLoss(t *testing.T) {
+	// The daemon's default leases: this test is about handoffs under loss,
+	// and 2 s leases expire under the race detector on a loaded 2-core CI
+	// machine when 30% of keepalives are lost.
+	fc := newFakeCluster(t, 77, fakeConfig{sessionTTL: 10 * time.Second, workerTTL: 5 * time.Second, grace: 5 * time.Second})
+	fc.net.SetDefault(faultnet.Rule{Drop: 0.3, Duplicate: 0.2})
+	var holders atomic.Int32
+	var dropped sync.Map // *Token -> *atomic.Bool: counted out of holders
+	drop := func(tok *Token) {
+		v, _ := dropped.LoadOrStore(tok, new(atomic.Bool))
+		if v.(*atomic.Bool).CompareAndSwap(false, true) {
+			holders.Add(-1) // before the RELEASE goes out
+		}
+	}
+	onRevoke := func(tok *Token, _ wire.Mode, _, _ uint64) {
+		drop(tok)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tok.Release(ctx)
+	}
+	var cs []*Client
+	for range 2 {
+		cs = append(cs, fc.dial(t, Config{OnRevoke: onRevoke, RTOMax: 100 * time.Millisecond}))
+	}
+	var wg sync.WaitGroup
+	var grants atomic.Int32
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 4 {
+				ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+				tok, err := c.Acquire(ctx, "hot", wire.EX)
+				if err != nil {
+					cancel()
+					t.Error(err)
+					return
+				}
+				grants.Add(1)
+				if n := holders.Add(1); n > 1 {
+					t.Errorf("%d clients hold the exclusive token", n)
+				}
+				time.Sleep(10 * time.Millisecond)
+				drop(tok)
+				if err := tok.Release(ctx); err != nil && !errors.Is(err, ErrNotHeld) {
+					t.Error(err)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	if grants.Load() != 8 {
+		t.Fatalf("%d grants, want 8", grants.Load())
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	for k, n := range fc.applied {
+		if n > 1 {
+			t.Errorf("request %d of session %#x applied %d times", k.req, k.sess, n)
+		}
+	}
+}
+
+// TestReceiveNoAlloc: handing a GRANT to its waiting request does not allocate.
+func TestReceiveNoAlloc(t *testing.T) {
+	if testing.Short() {
+		t.Skip()
+	}
+	fc := newFakeCluster(t, 17, fakeConfig{})
+	c := fc.dial(t, Config{})
+	cl := &call{typ: wire.TypeAcquire, body: wire.Acquire{Mode: wire.EX, Name: []byte("n")}, routed: true}
+	if err := c.register(context.Background(), cl, false); err != nil {
+		t.Fatal(err)
+	}
+	defer c.finish(cl)
+	h := wire.Header{Type: wire.TypeAcquireReply, Session: c.Session(), Request: cl.id, Shard: 1, Epoch: 1,
+		MapVersion: c.mapVer.Load()}
+	b, err := wire.Grant{Fence: wire.MakeFence(1, 1), Mode: wire.EX, ValidityMs: 1000,
+		ValueFlags: wire.ValueValid, Value: []byte("v")}.Append(nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := addrPortOf(fc.workers[0].conn.LocalAddr())
+	var r reply
+	var mr wire.MapReply
+	out := make([]byte, 0, wire.MaxDatagram)
+	allocs := testing.AllocsPerRun(200, func() {
+		out = c.handle(b, from, &r, &mr, out)
+		<-cl.ch
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per reply", allocs)
+	}
+}
+
+// TestRealUDP: with no PacketConn the client opens its own UDP socket and
+// Close closes it.
+func TestRealUDP(t *testing.T) {
+	fc := newFakeCluster(t, 18, fakeConfig{realUDP: true})
+	ignore := goleak.IgnoreCurrent()
+	c := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	tok, err := c.Acquire(ctx, "u", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := c.conn
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.WriteTo([]byte("x"), conn.LocalAddr()); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("socket not closed: %v", err)
+	}
+	goleak.VerifyNone(t, ignore)
+}
+
+// TestConvertCanceled: an upgrade that waits in the queue when its context
+// ends is canceled; the token keeps its mode and fence.
+func TestConvertCanceled(t *testing.T) {
+	fc := newFakeCluster(t, 19, fakeConfig{})
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}}) // holds on
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "cv", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := c2.Acquire(ctx, "cv", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := t2.Fence()
+	short, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+	defer cancel()
+	err = t2.Convert(short, wire.EX)
+	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("convert: %v", err)
+	}
+	if t2.Mode() != wire.PR || t2.Fence() != f || !t2.Valid() || isClosed(t2.Lost()) {
+		t.Fatalf("after a canceled upgrade: mode %v fence %#x (was %#x) valid %v err %v",
+			t2.Mode(), t2.Fence(), f, t2.Valid(), t2.Err())
+	}
+	if n := fc.waiters(0, "cv"); n != 0 {
+		t.Fatalf("%d waiters left", n)
+	}
+	// Once the other reader is gone the upgrade goes through, queued then granted.
+	done := make(chan error, 1)
+	go func() { done <- t2.Convert(ctx, wire.EX) }()
+	eventually(t, time.Second, "queued upgrade", func() bool { return fc.waiters(0, "cv") == 1 })
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if t2.Mode() != wire.EX || t2.Fence() <= f {
+		t.Fatalf("upgrade: mode %v fence %#x", t2.Mode(), t2.Fence())
+	}
+}
+
+// TestAckHoldsAtOldestUnfinished: while a request waits in a queue, the ack
+// of every later request stays at or below its id (the worker must keep its
+// reply cache entry); once it is finished the ack moves past it.
+func TestAckHoldsAtOldestUnfinished(t *testing.T) {
+	fc := newFakeCluster(t, 20, fakeConfig{})
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "a", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c2.Acquire(ctx, "a", wire.EX)
+		done <- err
+	}()
+	eventually(t, time.Second, "queued", func() bool { return fc.waiters(0, "a") == 1 })
+	var queued uint64
+	fc.mu.Lock()
+	for _, s := range fc.seen {
+		if s.typ == wire.TypeAcquire && s.sess == c2.Session() {
+			queued = s.req
+		}
+	}
+	fc.mu.Unlock()
+	for i := range 3 {
+		if _, err := c2.Acquire(ctx, fmt.Sprintf("b%d", i), wire.PR); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Acquire(ctx, "c", wire.PR); err != nil {
+		t.Fatal(err)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	var during, after int
+	for _, s := range fc.seen {
+		if s.sess != c2.Session() || s.typ == wire.TypeSessionOpen || s.req <= queued {
+			continue
+		}
+		if s.typ == wire.TypeAcquire && s.ack > queued {
+			after++
+			continue
+		}
+		if s.typ == wire.TypeAcquire {
+			during++
+		}
+	}
+	if during < 3 || after < 1 {
+		t.Fatalf("acks: %d later acquires held the ack at or below %d, %d moved past it", during, queued, after)
+	}
+}
+
+// TestConvertCanceledAfterGrant: the upgrade is granted (GRANT_ASYNC lost)
+// just before the CANCEL, which releases the whole grant; the worker answers
+// CANCELED for the target either way. The client must find out that it no
+// longer holds the token.
+func TestConvertCanceledAfterGrant(t *testing.T) {
+	fc := newFakeCluster(t, 21, fakeConfig{})
+	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c2 := fc.dial(t, Config{})
+	ctx := ctxT(t, 5*time.Second)
+	t1, err := c1.Acquire(ctx, "cg", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := c2.Acquire(ctx, "cg", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- t2.Convert(short, wire.EX) }()
+	eventually(t, time.Second, "queued upgrade", func() bool { return fc.waiters(0, "cg") == 1 })
+	// Nothing from the worker reaches c2 now: the GRANT_ASYNC is lost.
+	fc.net.SetLink(fc.workers[0].conn.LocalAddr(), c2.conn.LocalAddr(), faultnet.Rule{Cut: true})
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Second, "upgrade granted at the worker", func() bool {
+		gs := fc.grants(0, "cg")
+		return len(gs) == 1 && gs[0].mode == wire.EX
+	})
+	eventually(t, 2*time.Second, "CANCEL", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return len(fc.cancels) > 0
+	})
+	fc.net.ClearRules()
+	err = <-done
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrLost) {
+		t.Fatalf("convert: %v", err)
+	}
+	if !isClosed(t2.Lost()) || t2.Valid() || !strings.Contains(fmt.Sprint(t2.Err()), "released the grant") {
+		t.Fatalf("token still believed held, or not known to be released: valid %v err %v", t2.Valid(), t2.Err())
+	}
+	if gs := fc.grants(0, "cg"); len(gs) != 0 {
+		t.Fatalf("worker grants %+v", gs)
+	}
+}

@@ -1,0 +1,166 @@
+package clientlib
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Library is the client library name and version sent in SESSION_OPEN
+// unless Config.Library says otherwise.
+const Library = "go/0.1.0"
+
+// Config configures a Client. Only Seeds is required.
+type Config struct {
+	// Seeds are worker UDP addresses ("host:port") to open the session with
+	// and to fetch the delegation map from; the map then names every worker.
+	Seeds []string
+	// PacketConn is the socket to use. nil: the Client opens a UDP socket on
+	// an ephemeral port and closes it in Close. A PacketConn given here is
+	// not closed by Close (tests pass a faultnet.Conn).
+	PacketConn net.PacketConn
+	// SessionTTL is the session lease TTL to ask for; 0 = the worker's
+	// default (10 s). The worker may clamp it; the client renews every TTL/3.
+	SessionTTL time.Duration
+	// Logger receives the client's structured logs; nil = discard.
+	Logger *slog.Logger
+	// OnRevoke is called, on a goroutine of its own, when a worker asks this
+	// client to give a token back because another request conflicts with it:
+	// keep at most mode wanted (wire.NL: release) on [start, end). The
+	// handler should flush what it caches under t and then t.Release or
+	// t.Convert down to wanted. It is called at most once per (grant,
+	// wanted, range). nil = the default: release the token (Lost then closes
+	// and Err reports ErrRevoked). Close waits for running handlers, so a
+	// handler must not call Close.
+	OnRevoke func(t *Token, wanted wire.Mode, start, end uint64)
+	// Library names the client library in SESSION_OPEN; "" = Library.
+	Library string
+	// RTOMin and RTOMax bound the retransmission timeout: it starts at
+	// RTOMin (default 20 ms, for loopback-class links), doubles after each
+	// retransmission up to RTOMax (default 1 s), with ±25 % jitter.
+	RTOMin, RTOMax time.Duration
+	// Drift is the clock rate difference the client tolerates between itself
+	// and the workers; default 0.01. The client margin taken off every lease
+	// is d·Drift + 10 ms for a lease of length d (SPEC.md section 13).
+	Drift float64
+	// Now returns the current time, with a monotonic reading; nil =
+	// time.Now. Tests may inject an offset or a drifting clock; it must
+	// advance at roughly real speed, since timers are real.
+	Now func() time.Time
+}
+
+// Defaults and fixed timings.
+const (
+	defaultRTOMin = 20 * time.Millisecond
+	defaultRTOMax = time.Second
+	defaultDrift  = 0.01
+	// pollInterval is how often a QUEUED request is re-polled (SPEC.md 12).
+	pollInterval = 500 * time.Millisecond
+	// maxInFlight bounds the unfinished requests of a session (SPEC.md 11).
+	maxInFlight = 256
+	// cleanupTimeout bounds the background work after a caller gives up
+	// (CANCEL of a queued request, release of a stray grant).
+	cleanupTimeout = 3 * time.Second
+	// closeTimeout bounds each step of Close (releasing tokens, SESSION_CLOSE).
+	closeTimeout = time.Second
+	// marginFixed is the constant part of the client margin.
+	marginFixed = 10 * time.Millisecond
+)
+
+func (cfg *Config) setDefaults() error {
+	if len(cfg.Seeds) == 0 {
+		return fmt.Errorf("%w: no seed addresses", ErrBadRequest)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Library == "" {
+		cfg.Library = Library
+	}
+	if len(cfg.Library) > wire.MaxText {
+		return fmt.Errorf("%w: library name longer than %d bytes", ErrBadRequest, wire.MaxText)
+	}
+	if cfg.RTOMin <= 0 {
+		cfg.RTOMin = defaultRTOMin
+	}
+	if cfg.RTOMax <= 0 {
+		cfg.RTOMax = defaultRTOMax
+	}
+	if cfg.RTOMax < cfg.RTOMin {
+		cfg.RTOMax = cfg.RTOMin
+	}
+	if cfg.Drift <= 0 {
+		cfg.Drift = defaultDrift
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SessionTTL < 0 || cfg.SessionTTL/time.Millisecond > 0xFFFFFFFF {
+		return fmt.Errorf("%w: session TTL %v out of range", ErrBadRequest, cfg.SessionTTL)
+	}
+	return nil
+}
+
+// Option modifies Acquire or Convert.
+type Option interface {
+	applyOption(*reqOptions)
+}
+
+// ReleaseOption modifies Release.
+type ReleaseOption interface {
+	applyRelease(*releaseOptions)
+}
+
+type reqOptions struct {
+	start, end uint64
+	try        bool
+	wait       time.Duration
+	hasWait    bool
+	value      []byte
+	hasValue   bool
+}
+
+type releaseOptions struct {
+	value    []byte
+	hasValue bool
+}
+
+type optionFunc func(*reqOptions)
+
+func (f optionFunc) applyOption(o *reqOptions) { f(o) }
+
+// Range asks for the byte range [start, end) of the token instead of the
+// whole token (Acquire only; Convert keeps the grant's range). Range(0, 0)
+// is the whole token. Modes conflict only on overlapping ranges.
+func Range(start, end uint64) Option {
+	return optionFunc(func(o *reqOptions) { o.start, o.end = start, end })
+}
+
+// Try makes the request fail at once with ErrConflict instead of queueing
+// when the token is held in a conflicting mode.
+func Try() Option {
+	return optionFunc(func(o *reqOptions) { o.try = true })
+}
+
+// Wait bounds how long the request may wait in the token's queue; the worker
+// answers TIMEOUT (ErrTimeout) after d. Without Wait the request waits until
+// the context ends. Wait(0) is the same as Try.
+func Wait(d time.Duration) Option {
+	return optionFunc(func(o *reqOptions) { o.wait, o.hasWait = d, true })
+}
+
+// ValueOption sets the token's value block (0..64 bytes) as the grant is
+// given back (Release) or downgraded (Convert). Only PW and EX holders may
+// set it.
+type ValueOption struct{ v []byte }
+
+// SetValue returns an option that sets the token's value block to v on
+// Release or on a downgrading Convert. v is copied.
+func SetValue(v []byte) ValueOption { return ValueOption{append([]byte{}, v...)} }
+
+func (o ValueOption) applyOption(r *reqOptions) { r.value, r.hasValue = o.v, true }
+
+func (o ValueOption) applyRelease(r *releaseOptions) { r.value, r.hasValue = o.v, true }

@@ -1,0 +1,111 @@
+// Package clientlib is tokend's Go client: it opens a session with a tokend
+// cluster over UDP and acquires, converts and releases tokens, speaking the
+// protocol of wire/SPEC.md. The C client in clientlib/c speaks the same
+// protocol; the worker is its counterpart.
+//
+//	c, err := clientlib.Dial(ctx, "10.0.0.5:7700", "10.0.0.6:7700")
+//	tok, err := c.Acquire(ctx, "file/7/page/3", wire.EX)
+//	... write, passing tok.Fence() to storage ...
+//	err = tok.Release(ctx)
+//
+// # How it works
+//
+// A Client owns one UDP socket and one goroutine reading it. Dial sends
+// SESSION_OPEN to the seeds in turn (with a random nonce as request id),
+// learns the shard count, the session TTL S, the workers' lease TTL W and the
+// grace period G, and fetches the delegation map page by page (MAP_REQUEST).
+// Every token request goes to the owner of wire.Shard(name, shardCount) at
+// that shard's epoch; NOT_OWNER and STALE_EPOCH are followed (the hint at
+// once if it names a newer epoch, and the map is refetched), and a reply whose
+// header carries a newer map version makes the client refetch the map.
+//
+// Request ids strictly increase per session; every datagram carries ack =
+// the oldest unfinished id. A request is retransmitted with the same id, the
+// timeout starting at Config.RTOMin (20 ms), doubling to RTOMax (1 s), ±25 %
+// jitter, until a final answer or the caller's context ends. Retryable
+// answers (NOT_OWNER, STALE_EPOCH, GRACE, UNAVAILABLE, LIMIT, EXHAUSTED) are
+// retried with the same id after a backoff on the same schedule. A QUEUED
+// request is re-polled every 500 ms. When the context of a request that may
+// be queued or granted ends, the client sends CANCEL and then resends the
+// request's id to learn its outcome from the worker's reply cache; a grant
+// that stands is released (Acquire) or kept (Convert).
+//
+// # Validity
+//
+// Every promise is counted from when the client first sent the request that
+// obtained it, less a margin d·Drift + 10 ms (SPEC.md section 13). The client
+// keeps a deadline per (worker, shard, epoch) where it holds grants, renewed
+// by GRANT replies and by the OK entries of KEEPALIVE replies; a background
+// loop sends each such worker a KEEPALIVE listing those (shard, epoch) pairs
+// every W/4, and renews the session (KEEPALIVE with RENEW) every S/3 at its
+// home worker, moving to another worker if that fails. A token is valid
+// (Token.Valid) before min(session deadline, shard deadline)
+// (Token.ValidUntil). After that it is in jeopardy: if the map shows the
+// shard at a newer epoch, the client RECLAIMs the token at the new owner
+// with its old fence and it becomes valid again; Lost is closed when the
+// session ends, the reclaim is refused, or deadline + G − margin passes
+// without a reclaim, which is before the worker side may grant the token to
+// anyone else.
+//
+// # Revocation
+//
+// A worker sends REVOKE to holders of a grant a waiter conflicts with. The
+// client acknowledges it (REVOKE_ACK) and calls Config.OnRevoke on a
+// goroutine of its own, once per (fence, wanted mode, range); the default
+// handler releases the token. A REVOKE for a fence the client does not hold
+// is answered with RELEASE of that fence.
+//
+// # Choices where SPEC.md leaves room
+//
+// What a worker (and the C client) should expect from this client:
+//
+//   - SESSION_OPEN goes to one seed at a time, three sends each.
+//   - MAP_REQUEST carries the session and an id from the session's counter
+//     (it counts for ack like any request). The map is asked of the home
+//     worker, then the map's workers, then the seeds, six sends each; a map
+//     older than the cached one is ignored.
+//   - Session renewal is a KEEPALIVE with RENEW and no entries, every S/3
+//     (from the first send of the last renewal that worked), each try
+//     bounded by S/6; a reply with session_ttl_ms = 0 counts as a failure
+//     and the next worker is tried. Grant keepalives carry no RENEW.
+//   - wait_ms: Wait(d) gives d; without Wait, the time left until the
+//     context's deadline, or WaitForever if it has none. Try and Wait(0)
+//     set the TRY flag.
+//   - GRACE, UNAVAILABLE, LIMIT and EXHAUSTED are retried on the RTO
+//     schedule (not after grace_ms). A NOT_OWNER/STALE_EPOCH hint is used at
+//     once when its epoch is newer than the request's; retryable answers
+//     from another worker or epoch than the latest send are ignored.
+//   - Any answer to a token request about a shard epoch that is over (the
+//     request has since been sent at a newer epoch, or the map has one) is
+//     ignored, final ones included: the old owner's table is gone, so a
+//     grant from it (say, a late GRANT_ASYNC from a worker that hung past
+//     its lease) is not valid; the request goes on at the new owner.
+//   - A RELEASE answered NOT_HELD by the owner of a newer epoch than the one
+//     the grant was held under succeeds: the shard moved before the grant
+//     was reclaimed, so it ended with the move. (With a value to set it
+//     stays ErrNotHeld: the value was not stored.)
+//   - CANCEL is sent for every ACQUIRE or CONVERT given up after being sent,
+//     answered or not; then the target id is resent to read its outcome from
+//     the reply cache. GRANT after a CANCEL answered NOT_HELD: the grant
+//     stands (an ACQUIRE's is released, a CONVERT's kept). GRANT after CANCEL
+//     OK: the CANCEL released it. Anything else after CANCEL OK may mean
+//     either for an upgrade (the worker answers CANCELED in both cases), so
+//     the client asks with a CONVERT of the old fence to the mode held: OK,
+//     the token is unchanged; NOT_HELD, the whole grant is gone. A target
+//     the worker never saw is applied by the resend (then canceled again, or
+//     its grant released).
+//   - A downgrade CONVERT given up unanswered is assumed applied. A CONVERT
+//     answered NOT_HELD makes the token lost.
+//   - A REVOKE for a fence the client does not hold is not acknowledged
+//     while an ACQUIRE, CONVERT or RECLAIM of that name is unfinished (the
+//     fence may be about to become the client's); the worker's
+//     retransmission brings it back. GRANT_ASYNC for an id the client no
+//     longer waits for is ignored (the REVOKE path frees such a grant).
+//   - Whenever the map shows a newer epoch for a shard where tokens are held
+//     (crash or planned move alike), the client RECLAIMs them at the new
+//     owner. After a handoff without grace, the worker must answer OK with
+//     the GRANT when it already has exactly that grant (session, fence,
+//     mode, range); RECLAIM_REFUSED makes the token lost.
+//   - The client margin d·Drift + 10 ms is taken off validity_ms, the session
+//     TTL and the grace period alike.
+package clientlib

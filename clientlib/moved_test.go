@@ -1,0 +1,163 @@
+package clientlib
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// TestReleaseAfterMoveNotReclaimed: the application releases tokens just as
+// their shard moves to another worker (a rebalance; a crash is alike),
+// before the client has reclaimed them. The RELEASE follows the shard, and
+// the new owner, which never got the grant, answers NOT_HELD: the grant
+// ended with the move and Release reports success. A release that sets a
+// value is still an error, since the value was not stored.
+// (recovery.TestWorkerKill saw the NOT_HELD errors under load.)
+func TestReleaseAfterMoveNotReclaimed(t *testing.T) {
+	fc := newFakeCluster(t, 21, fakeConfig{workers: 2})
+	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}})
+	ctx := ctxT(t, 5*time.Second)
+	plain, err := c.Acquire(ctx, "m", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valued, err := c.Acquire(ctx, "n", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.setOwner(wire.Shard([]byte("m"), fc.cfg.shardCount), 1, 2, false)
+	fc.setOwner(wire.Shard([]byte("n"), fc.cfg.shardCount), 1, 2, false)
+	if err := plain.Release(ctx); err != nil {
+		t.Errorf("release after the shard moved: %v, want success", err)
+	}
+	if err := valued.Release(ctx, SetValue([]byte("v"))); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("release with a value after the shard moved: %v, want ErrNotHeld", err)
+	}
+	// Released, and not held at the new owner.
+	if err := plain.Release(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("second release: %v", err)
+	}
+	if gs := fc.grants(1, "m"); len(gs) != 0 {
+		t.Errorf("new owner holds %v", gs)
+	}
+}
+
+// TestLateGrantFromPassedEpoch: a waiter's ACQUIRE queued at worker 0
+// follows its shard to worker 1 (epoch 2, grace period); then worker 0,
+// which no longer owns the shard, grants the old queued request, as a
+// worker that hung past its lease does when it wakes up. The client must
+// ignore that grant (its request has moved to epoch 2) and get the token
+// from worker 1. (recovery.TestWorkerHang provokes it with real processes.)
+func TestLateGrantFromPassedEpoch(t *testing.T) {
+	fc := newFakeCluster(t, 22, fakeConfig{workers: 2, grace: 600 * time.Millisecond})
+	seeds := []string{fc.addr(0), fc.addr(1)}
+	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	waiter := fc.dial(t, Config{Seeds: seeds})
+	ctx := ctxT(t, 10*time.Second)
+	held, err := holder.Acquire(ctx, "q", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		tok *Token
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		tok, err := waiter.Acquire(ctx, "q", wire.EX)
+		done <- result{tok, err}
+	}()
+	eventually(t, 2*time.Second, "the waiter queued at worker 0", func() bool { return fc.waiters(0, "q") == 1 })
+	shard := wire.Shard([]byte("q"), fc.cfg.shardCount)
+	fc.setOwner(shard, 1, 2, true)
+	var req uint64
+	eventually(t, 3*time.Second, "the waiter's ACQUIRE at worker 1", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, s := range fc.seen {
+			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 {
+				req = s.req
+				return true
+			}
+		}
+		return false
+	})
+
+	// The late grant, from worker 0 at epoch 1.
+	late := wire.MakeFence(1, 99)
+	h := wire.Header{Type: wire.TypeGrantAsync, Session: waiter.Session(), Request: req, Shard: shard, Epoch: 1, MapVersion: 1}
+	pkt, err := wire.Grant{Fence: late, Mode: wire.EX, ValidityMs: 1000, Start: wire.WholeStart, End: wire.WholeEnd}.Append(nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.mu.Lock()
+	to := fc.sessions[waiter.Session()].addr
+	fc.mu.Unlock()
+	if _, err := fc.workers[0].conn.WriteTo(pkt, to); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the waiter took the late grant from worker 0: fence %#x, err %v", fenceOf(r.tok), r.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// The holder gives the token back at worker 1 (after reclaiming it
+	// there); the waiter gets it from worker 1.
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if f := r.tok.Fence(); f == late || wire.FenceEpoch(f) != 2 {
+		t.Fatalf("waiter got fence %#x, want one of epoch 2 from worker 1", f)
+	}
+}
+
+func fenceOf(t *Token) uint64 {
+	if t == nil {
+		return 0
+	}
+	return t.Fence()
+}
+
+// TestKeepaliveWhileWorkerCannotVouch: a worker that cannot vouch for its
+// own lease for a moment (etcd electing a leader) answers KEEPALIVE with
+// validity 0. The client asks again soon, not a keepalive period later, so
+// that its grants are valid again as soon as the worker can vouch.
+// (recovery.TestEtcdMemberStop showed the extra W/4 out of validity.)
+func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
+	fc := newFakeCluster(t, 23, fakeConfig{workerTTL: 4 * time.Second, validity: 300 * time.Millisecond, grace: 5 * time.Second})
+	c := fc.dial(t, Config{})
+	tok, err := c.Acquire(ctxT(t, 5*time.Second), "v", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		n := 0
+		for _, s := range fc.seen {
+			if s.typ == wire.TypeKeepalive && s.sess == c.Session() {
+				n++
+			}
+		}
+		return n
+	}
+	fc.setNoVouch(0, true)
+	eventually(t, 2*time.Second, "token out of validity", func() bool { return !tok.Valid() })
+	before := count()
+	time.Sleep(time.Second)
+	asked := count() - before
+	fc.setNoVouch(0, false)
+	eventually(t, time.Second, "token valid again", tok.Valid)
+	// The keepalive period is W/4 = 1s; while unvouched the client asks
+	// every W/40 = 100ms.
+	if asked < 5 {
+		t.Fatalf("%d keepalives in the second the worker could not vouch; want one every 100ms", asked)
+	}
+}

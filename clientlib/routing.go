@@ -1,0 +1,249 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// dmap is the client's copy of the delegation map (SPEC.md 15): which
+// worker serves which shard at which epoch.
+type dmap struct {
+	version uint64
+	runs    []mrun           // sorted by first, not overlapping
+	workers []netip.AddrPort // every worker named, in index order
+}
+
+// mrun says that count shards from first on are served by addr at epoch.
+type mrun struct {
+	first, count uint32
+	addr         netip.AddrPort
+	epoch        uint32
+	none         bool // nobody owns these shards right now
+}
+
+// lookup returns the run that covers shard.
+func (m *dmap) lookup(shard uint32) (mrun, bool) {
+	if m == nil {
+		return mrun{}, false
+	}
+	i := sort.Search(len(m.runs), func(i int) bool {
+		return uint64(m.runs[i].first)+uint64(m.runs[i].count) > uint64(shard)
+	})
+	if i < len(m.runs) && m.runs[i].first <= shard {
+		return m.runs[i], true
+	}
+	return mrun{}, false
+}
+
+// mapPage is one MAP reply, copied out of the receive buffer.
+type mapPage struct {
+	version    uint64
+	shardCount uint32
+	workers    map[uint16]string
+	runs       []wire.MapRun
+}
+
+func newMapPage(m *wire.MapReply) *mapPage {
+	p := &mapPage{version: m.MapVersion, shardCount: m.ShardCount,
+		workers: make(map[uint16]string, len(m.Workers)), runs: slices.Clone(m.Runs)}
+	for _, w := range m.Workers {
+		p.workers[w.Index] = string(w.Addr)
+	}
+	return p
+}
+
+// requestMap asks mapLoop for a fresh map and returns a channel closed when
+// the next fetch has completed (whether or not the map changed).
+func (c *Client) requestMap() <-chan struct{} {
+	c.mu.Lock()
+	ch := c.mapDone
+	c.mu.Unlock()
+	kick(c.mapKick)
+	return ch
+}
+
+// mapLoop fetches the map whenever asked (a newer version seen in a reply
+// header, a redirect, a lease in doubt), at most once per RTOMin.
+func (c *Client) mapLoop() {
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.mapKick:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		m, err := c.fetchMap(ctx)
+		cancel()
+		c.mu.Lock()
+		if err == nil {
+			c.applyMapLocked(m)
+		}
+		close(c.mapDone)
+		c.mapDone = make(chan struct{})
+		c.mu.Unlock()
+		if err != nil && c.ctx.Err() == nil {
+			c.log.Debug("map refresh failed", "err", err)
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(c.cfg.RTOMin):
+		}
+	}
+}
+
+// mapTargets lists where to ask for the map: the session's home first, then
+// the workers of the current map, then the seeds.
+func (c *Client) mapTargets() []netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ts []netip.AddrPort
+	add := func(a netip.AddrPort) {
+		if a.IsValid() && !slices.Contains(ts, a) {
+			ts = append(ts, a)
+		}
+	}
+	add(c.home)
+	if c.dm != nil {
+		for _, w := range c.dm.workers {
+			add(w)
+		}
+	}
+	for _, s := range c.seeds {
+		add(s)
+	}
+	return ts
+}
+
+// perTarget is how long one worker gets to answer before the next is tried:
+// six sends on the RTO schedule.
+func (c *Client) perTarget() time.Duration {
+	var d time.Duration
+	rto := c.cfg.RTOMin
+	for range 6 {
+		d += rto
+		rto = min(2*rto, c.cfg.RTOMax)
+	}
+	return d + d/4
+}
+
+// fetchMap reads the whole delegation map, page by page (SPEC.md 15),
+// starting over if the version changes in between.
+func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
+	targets := c.mapTargets()
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w: nowhere to ask", ErrUnavailable)
+	}
+	ti := 0
+	var (
+		m        = &dmap{}
+		byIndex  = map[uint16]netip.AddrPort{}
+		first    uint32
+		restarts int
+	)
+	for first < c.shardCount {
+		p, err := c.mapPageFrom(ctx, targets[ti%len(targets)], first)
+		if err != nil {
+			if ctx.Err() != nil || c.ctx.Err() != nil {
+				return nil, err
+			}
+			ti++ // try the next worker
+			continue
+		}
+		if p.shardCount != c.shardCount {
+			c.log.Error("map shard count differs from the session's", "map", p.shardCount, "session", c.shardCount)
+			return nil, fmt.Errorf("%w: map has %d shards, session %d", ErrInternal, p.shardCount, c.shardCount)
+		}
+		if first != 0 && p.version != m.version {
+			if restarts++; restarts > 8 {
+				return nil, fmt.Errorf("%w: map keeps changing", ErrUnavailable)
+			}
+			m, byIndex, first = &dmap{}, map[uint16]netip.AddrPort{}, 0
+			continue
+		}
+		m.version = p.version
+		if len(p.runs) == 0 {
+			break // the worker describes nothing from here on
+		}
+		for idx, a := range p.workers {
+			if _, ok := byIndex[idx]; ok {
+				continue
+			}
+			ap, err := resolve(a)
+			if err != nil {
+				c.log.Warn("map names an unresolvable worker", "addr", a, "err", err)
+				continue
+			}
+			byIndex[idx] = ap
+		}
+		for _, r := range p.runs {
+			run := mrun{first: r.First, count: r.Count, epoch: r.Epoch, none: r.Worker == wire.NoWorker}
+			if !run.none {
+				ap, ok := byIndex[r.Worker]
+				if !ok {
+					run.none = true
+				}
+				run.addr = ap
+			}
+			m.runs = append(m.runs, run)
+		}
+		last := p.runs[len(p.runs)-1]
+		first = last.First + last.Count
+	}
+	idxs := make([]uint16, 0, len(byIndex))
+	for idx := range byIndex {
+		idxs = append(idxs, idx)
+	}
+	slices.Sort(idxs)
+	for _, idx := range idxs {
+		if a := byIndex[idx]; !slices.Contains(m.workers, a) {
+			m.workers = append(m.workers, a)
+		}
+	}
+	return m, nil
+}
+
+// mapPageFrom asks one worker for the map from shard first on.
+func (c *Client) mapPageFrom(ctx context.Context, to netip.AddrPort, first uint32) (*mapPage, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.perTarget())
+	defer cancel()
+	cl := &call{typ: wire.TypeMapRequest, body: wire.MapRequest{FirstShard: first}, dest: to}
+	if err := c.register(ctx, cl, false); err != nil {
+		return nil, err
+	}
+	defer c.finish(cl)
+	r, _, err := c.exchange(ctx, cl, exOpts{})
+	if err != nil {
+		return nil, err
+	}
+	if r.h.Status != wire.StatusOK || r.page == nil {
+		return nil, statusError("map request", &r)
+	}
+	if len(r.page.runs) > 0 && r.page.runs[0].First != first {
+		return nil, errors.New("map reply does not start at the requested shard")
+	}
+	return r.page, nil
+}
+
+// applyMapLocked installs m unless it is older than the cached map, and
+// starts reclaims for leases whose shard moved to a newer epoch.
+func (c *Client) applyMapLocked(m *dmap) {
+	if c.dm != nil && m.version < c.dm.version {
+		return
+	}
+	if c.dm == nil || m.version != c.dm.version {
+		c.log.Debug("delegation map", "version", m.version, "runs", len(m.runs), "workers", len(m.workers))
+	}
+	c.dm = m
+	c.mapVer.Store(m.version)
+	for _, l := range c.leases {
+		c.checkMovedLocked(l)
+	}
+}

@@ -1,0 +1,443 @@
+package clientlib
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// leaseKey names the promise of one worker about one shard at one epoch.
+type leaseKey struct {
+	addr         netip.AddrPort
+	shard, epoch uint32
+}
+
+// lease is the client's deadline for the grants it holds from one worker in
+// one shard at one epoch (SPEC.md 13). Guarded by Client.mu.
+type lease struct {
+	key      leaseKey
+	deadline time.Time // grants are valid before this (and while the session lives)
+	tokens   map[*Token]struct{}
+	moved    bool // the map has a newer epoch for the shard: its tokens are reclaimed
+}
+
+// extend moves the deadline forward (never back).
+func (l *lease) extend(dl time.Time) {
+	if dl.After(l.deadline) {
+		l.deadline = dl
+	}
+}
+
+// kaState schedules the keepalives to one worker. Guarded by Client.mu.
+type kaState struct {
+	inflight bool
+	next     time.Time
+}
+
+// kaInterval is how often the grants held on a worker are vouched for anew:
+// W/4, so that a deadline (at least about 2W/3 ahead after each answer)
+// never lapses while the worker is healthy, even with a lost keepalive.
+func (c *Client) kaInterval() time.Duration { return max(c.workerTTL/4, c.cfg.RTOMin) }
+
+// probeInterval is how often the map is refetched while a lease is in doubt.
+func (c *Client) probeInterval() time.Duration {
+	return min(max(c.workerTTL/10, c.cfg.RTOMin), 500*time.Millisecond)
+}
+
+// lostAt is when the tokens of l are declared lost unless reclaimed:
+// deadline + G − client margin (SPEC.md 13).
+func (c *Client) lostAt(l *lease) time.Time {
+	return l.deadline.Add(c.grace - c.margin(c.grace))
+}
+
+// openSession sends SESSION_OPEN with a random nonce to the seeds in turn
+// (three sends each) until one answers (SPEC.md 11).
+func (c *Client) openSession(ctx context.Context) error {
+	nonce := rand.Uint64()
+	for nonce == 0 {
+		nonce = rand.Uint64()
+	}
+	ttl := uint32(c.cfg.SessionTTL / time.Millisecond)
+	cl := &call{id: nonce, typ: wire.TypeSessionOpen, dest: c.seeds[0],
+		body: wire.SessionOpen{TTLMs: ttl, Lib: []byte(c.cfg.Library)},
+		ch:   make(chan reply, 4), buf: make([]byte, 0, wire.MaxDatagram)}
+	c.mu.Lock()
+	c.open = cl
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.open = nil
+		c.mu.Unlock()
+	}()
+	rto := c.cfg.RTOMin
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	si := 0
+	var last string
+	sendNow := true
+	for {
+		if sendNow {
+			sendNow = false
+			cl.dest = c.seeds[si%len(c.seeds)]
+			c.send(cl)
+			timer.Reset(jitter(rto))
+			rto = min(2*rto, c.cfg.RTOMax)
+		}
+		select {
+		case <-ctx.Done():
+			if last != "" {
+				return fmt.Errorf("open session: %w (last answer %s): %w", ErrUnavailable, last, ctx.Err())
+			}
+			return fmt.Errorf("open session: %w (no answer): %w", ErrUnavailable, ctx.Err())
+		case <-c.ctx.Done():
+			return ErrClosed
+		case <-timer.C:
+			sendNow = true
+			if cl.sends%3 == 0 {
+				si++ // three sends per seed, then the next one
+			}
+		case r := <-cl.ch:
+			switch s := r.h.Status; {
+			case s == wire.StatusOK:
+				c.sessionOpened(cl, &r)
+				return nil
+			case s.Retryable():
+				last = s.String() // the timer resends
+			default:
+				return statusError("open session", &r)
+			}
+		}
+	}
+}
+
+func (c *Client) sessionOpened(cl *call, r *reply) {
+	c.shardCount = r.sess.ShardCount
+	c.grace = time.Duration(r.sess.GraceMs) * time.Millisecond
+	c.workerTTL = time.Duration(r.sess.WorkerTTLMs) * time.Millisecond
+	c.sessionTTL = time.Duration(r.sess.TTLMs) * time.Millisecond
+	c.session.Store(r.h.Session)
+	c.mu.Lock()
+	c.home = r.from
+	c.sessDL = c.leaseEnd(cl.firstSend, r.sess.TTLMs)
+	c.nextRenew = cl.firstSend.Add(c.sessionTTL / 3)
+	c.mu.Unlock()
+}
+
+// sessionGone ends the session: every token is lost and every request
+// fails with err (wrapping ErrSessionExpired).
+func (c *Client) sessionGone(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sessionGoneLocked(err)
+}
+
+func (c *Client) sessionGoneLocked(err error) {
+	if c.state != stateOpen && c.state != stateClosing {
+		return
+	}
+	c.state = stateDead
+	c.deadErr = err
+	close(c.dead)
+	c.loseAllLocked(err, false)
+	c.log.Warn("tokend session ended", "session", c.Session(), "err", err)
+}
+
+func (c *Client) deadError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deadErr
+}
+
+// usable reports whether new requests may start.
+func (c *Client) usable() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case stateOpen:
+		return nil
+	case stateDead:
+		return c.deadErr
+	}
+	return ErrClosed
+}
+
+// closeSession sends SESSION_CLOSE to the home worker (then the others);
+// UNKNOWN_SESSION and SESSION_EXPIRED count as success (SPEC.md 11).
+func (c *Client) closeSession() {
+	ctx, cancel := context.WithTimeout(c.ctx, closeTimeout)
+	defer cancel()
+	for _, to := range c.mapTargets() {
+		cl := &call{typ: wire.TypeSessionClose, body: wire.Empty{}, dest: to}
+		if c.register(ctx, cl, false) != nil {
+			return
+		}
+		tctx, tcancel := context.WithTimeout(ctx, c.perTarget())
+		r, _, err := c.exchange(tctx, cl, exOpts{keepSession: true})
+		tcancel()
+		c.finish(cl)
+		if err == nil {
+			if r.h.Status != wire.StatusOK && r.h.Status != wire.StatusUnknownSession &&
+				r.h.Status != wire.StatusSessionExpired {
+				c.log.Warn("session close refused", "status", r.h.Status, "msg", r.msg)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			c.log.Debug("session close not answered; the lease will expire", "err", err)
+			return
+		}
+	}
+}
+
+// maintLoop keeps the session and the grants alive: it renews the session,
+// sends keepalives for the shards where tokens are held, declares tokens lost
+// when their deadline plus grace passes, and refreshes the map while a lease
+// is in doubt. It sleeps until the next thing is due.
+func (c *Client) maintLoop() {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-timer.C:
+		case <-c.maintKick:
+		}
+		next := c.maintain()
+		timer.Reset(max(next.Sub(c.now()), time.Millisecond))
+	}
+}
+
+// maintain does what is due and returns when it must run next.
+func (c *Client) maintain() time.Time {
+	now := c.now()
+	next := now.Add(time.Minute)
+	soon := func(t time.Time) {
+		if t.Before(next) {
+			next = t
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen && c.state != stateClosing {
+		return next
+	}
+	if !now.Before(c.sessDL) {
+		c.sessionGoneLocked(fmt.Errorf("%w: not renewed in time", ErrSessionExpired))
+		return next
+	}
+	soon(c.sessDL)
+	if !c.renewing {
+		if !now.Before(c.nextRenew) {
+			c.renewing = true
+			c.spawnLocked(c.renew)
+		} else {
+			soon(c.nextRenew)
+		}
+	}
+	probe := false
+	perWorker := map[netip.AddrPort][]wire.ShardEpoch{}
+	for k, l := range c.leases {
+		if len(l.tokens) == 0 {
+			delete(c.leases, k)
+			continue
+		}
+		if lost := c.lostAt(l); !now.Before(lost) {
+			for t := range l.tokens {
+				c.loseLocked(t, fmt.Errorf("%w: not vouched for since %v and not reclaimed within the grace period",
+					ErrLost, now.Sub(l.deadline).Round(time.Millisecond)), true)
+			}
+			delete(c.leases, k)
+			continue
+		} else {
+			soon(lost)
+		}
+		if !now.Before(l.deadline) {
+			probe = true // in jeopardy: watch the map for a new owner
+		} else {
+			soon(l.deadline)
+		}
+		if !l.moved {
+			perWorker[k.addr] = append(perWorker[k.addr], wire.ShardEpoch{Shard: k.shard, Epoch: k.epoch})
+		}
+	}
+	if probe {
+		if !now.Before(c.nextProbe) {
+			c.nextProbe = now.Add(c.probeInterval())
+			kick(c.mapKick)
+		}
+		soon(c.nextProbe)
+	}
+	for addr, ks := range c.kas {
+		if _, ok := perWorker[addr]; !ok && !ks.inflight {
+			delete(c.kas, addr)
+		}
+	}
+	for addr, entries := range perWorker {
+		ks := c.kas[addr]
+		if ks == nil {
+			ks = &kaState{next: now.Add(c.kaInterval())}
+			c.kas[addr] = ks
+		}
+		if ks.inflight {
+			continue
+		}
+		if now.Before(ks.next) {
+			soon(ks.next)
+			continue
+		}
+		ks.inflight = true
+		slices.SortFunc(entries, func(a, b wire.ShardEpoch) int { return cmp.Compare(a.Shard, b.Shard) })
+		c.spawnLocked(func() { c.keepalive(addr, entries) })
+	}
+	return next
+}
+
+// keepaliveSoonLocked makes the keepalive to addr due now (a fresh grant
+// whose deadline is near).
+func (c *Client) keepaliveSoonLocked(addr netip.AddrPort) {
+	ks := c.kas[addr]
+	if ks == nil {
+		ks = &kaState{}
+		c.kas[addr] = ks
+	}
+	ks.next = time.Time{}
+	kick(c.maintKick)
+}
+
+// keepalive asks addr to vouch for entries (at most 141 per datagram) and
+// renews the leases it answers OK for.
+func (c *Client) keepalive(addr netip.AddrPort, entries []wire.ShardEpoch) {
+	start := c.now()
+	failed, unvouched := false, false
+	for len(entries) > 0 {
+		chunk := entries[:min(len(entries), wire.MaxKeepaliveEntries)]
+		entries = entries[len(chunk):]
+		ok, vouched := c.keepaliveChunk(addr, chunk)
+		failed = failed || !ok
+		unvouched = unvouched || (ok && !vouched)
+	}
+	c.mu.Lock()
+	if ks := c.kas[addr]; ks != nil {
+		ks.inflight = false
+		ks.next = start.Add(c.kaInterval())
+		switch {
+		case failed:
+			ks.next = c.now().Add(c.cfg.RTOMin) // try again soon; the exchange had its own backoff
+		case unvouched:
+			// The worker answered but could not vouch for its own lease
+			// (validity 0, SPEC §17.16: it cannot reach etcd for a moment,
+			// e.g. while etcd elects a leader). Ask again soon rather than
+			// in W/4: the grants are valid again as soon as it can vouch,
+			// not up to W/4 later (recovery.TestEtcdMemberStop).
+			ks.next = c.now().Add(max(c.cfg.RTOMin, c.kaInterval()/10))
+		}
+	}
+	c.mu.Unlock()
+	if failed {
+		kick(c.mapKick) // the worker may be gone: has the shard moved?
+	}
+	kick(c.maintKick)
+}
+
+// keepaliveChunk reports whether addr answered, and whether it vouched for
+// the entries it owns (validity_ms > 0).
+func (c *Client) keepaliveChunk(addr netip.AddrPort, chunk []wire.ShardEpoch) (ok, vouched bool) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.kaInterval())
+	defer cancel()
+	cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Entries: chunk}, dest: addr}
+	if c.register(ctx, cl, false) != nil {
+		return false, false
+	}
+	r, _, err := c.exchange(ctx, cl, exOpts{})
+	c.finish(cl)
+	if err != nil || r.h.Status != wire.StatusOK || len(r.kaStatuses) != len(chunk) {
+		return false, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	doubt := false
+	for i, st := range r.kaStatuses {
+		l := c.leases[leaseKey{addr, chunk[i].Shard, chunk[i].Epoch}]
+		if l == nil {
+			continue
+		}
+		if st != wire.StatusOK {
+			doubt = true // the worker no longer serves the shard at that epoch
+			continue
+		}
+		if r.kaValidity > 0 {
+			l.extend(c.leaseEnd(cl.firstSend, r.kaValidity))
+		}
+	}
+	if doubt {
+		kick(c.mapKick)
+	}
+	return true, r.kaValidity > 0
+}
+
+// renew renews the session lease with KEEPALIVE+RENEW, at the home worker
+// first and then at the others in turn, until one does or the session ends.
+func (c *Client) renew() {
+	defer func() {
+		c.mu.Lock()
+		c.renewing = false
+		c.mu.Unlock()
+		kick(c.maintKick)
+	}()
+	c.mu.Lock()
+	to := c.home
+	c.mu.Unlock()
+	for c.ctx.Err() == nil {
+		c.mu.Lock()
+		alive := (c.state == stateOpen || c.state == stateClosing) && c.now().Before(c.sessDL)
+		c.mu.Unlock()
+		if !alive {
+			return
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, max(c.sessionTTL/6, 4*c.cfg.RTOMin))
+		cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Renew: true}, dest: to}
+		if c.register(ctx, cl, false) != nil {
+			cancel()
+			return
+		}
+		r, _, err := c.exchange(ctx, cl, exOpts{})
+		cancel()
+		c.finish(cl)
+		if err == nil && r.h.Status == wire.StatusOK && r.kaTTL > 0 {
+			c.mu.Lock()
+			if dl := c.leaseEnd(cl.firstSend, r.kaTTL); dl.After(c.sessDL) {
+				c.sessDL = dl
+			}
+			c.nextRenew = cl.firstSend.Add(time.Duration(r.kaTTL) * time.Millisecond / 3)
+			if c.home != to {
+				c.log.Info("session renewed at another worker", "home", to.String())
+				c.home = to
+			}
+			c.mu.Unlock()
+			return
+		}
+		if err == nil && (r.h.Status == wire.StatusUnknownSession || r.h.Status == wire.StatusSessionExpired) {
+			return // exchange ended the session
+		}
+		c.log.Debug("session renewal failed", "worker", to.String(), "err", err, "status", r.h.Status)
+		to = c.nextWorker(to)
+		select {
+		case <-c.ctx.Done():
+		case <-time.After(c.cfg.RTOMin):
+		}
+	}
+}
+
+// nextWorker returns the worker after cur among the map's workers and the seeds.
+func (c *Client) nextWorker(cur netip.AddrPort) netip.AddrPort {
+	ts := c.mapTargets()
+	i := slices.Index(ts, cur)
+	return ts[(i+1)%len(ts)]
+}

@@ -1,0 +1,802 @@
+package clientlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Token is a grant held by this client: a token name in a mode over a byte
+// range, identified by its fence. Its methods are safe for concurrent use.
+//
+// A token is valid while the worker that granted it vouches for its shard
+// and the session lives (ValidUntil). When that ends without the worker
+// answering, the token is "in jeopardy" (Valid is false) and the client tries
+// to reclaim it from the shard's new owner; if it cannot, Lost is closed.
+type Token struct {
+	c     *Client
+	name  string
+	shard uint32
+	op    chan struct{} // size 1: serialises Release and Convert (a lock that honours ctx)
+	lost  chan struct{}
+
+	// Guarded by c.mu:
+	mode       wire.Mode
+	fence      uint64
+	start, end uint64
+	value      []byte
+	valueValid bool
+	lease      *lease
+	state      tokenState
+	err        error
+	reclaiming bool
+	revokes    map[revokeKey]bool // revocations handed to the application for this fence
+}
+
+type tokenState uint8
+
+const (
+	tokHeld tokenState = iota
+	tokReleased
+	tokLost
+)
+
+type revokeKey struct {
+	wanted     wire.Mode
+	start, end uint64
+}
+
+type strayKey struct {
+	name  string
+	fence uint64
+}
+
+// Name returns the token's name.
+func (t *Token) Name() string { return t.name }
+
+// Mode returns the mode held.
+func (t *Token) Mode() wire.Mode {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return t.mode
+}
+
+// Range returns the byte range [start, end) held; the whole token is
+// (0, wire.WholeEnd).
+func (t *Token) Range() (start, end uint64) {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return t.start, t.end
+}
+
+// Fence returns the grant's fence: it strictly increases for the token
+// across all grants, so storage can refuse writes from an older holder. An
+// upgrading Convert changes it; a downgrade and a reclaim keep it.
+func (t *Token) Fence() uint64 {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return t.fence
+}
+
+// Value returns a copy of the token's value block as of the grant and
+// whether it is valid (it is not if none was set, or if it was lost in a
+// worker crash).
+func (t *Token) Value() (v []byte, valid bool) {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return slices.Clone(t.value), t.valueValid
+}
+
+// ValidUntil returns the conservative local deadline of the grant: the
+// earlier of the session's and the shard lease's, counted from when the
+// requests that renewed them were first sent, less the client margin. It is
+// the zero time once the token is no longer held.
+func (t *Token) ValidUntil() time.Time {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return t.validUntilLocked()
+}
+
+func (t *Token) validUntilLocked() time.Time {
+	if t.state != tokHeld || t.lease == nil {
+		return time.Time{}
+	}
+	dl := t.lease.deadline
+	if t.c.sessDL.Before(dl) {
+		dl = t.c.sessDL
+	}
+	return dl
+}
+
+// Valid reports whether the grant is valid now: held, and before
+// ValidUntil. A held token that is not valid is in jeopardy: act on it only
+// with its fence checked by storage.
+func (t *Token) Valid() bool {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now().Before(t.validUntilLocked())
+}
+
+// Lost returns a channel closed when the client can no longer be sure the
+// grant is valid and cannot get it back (Err says why): the session ended,
+// the grant was neither vouched for nor reclaimed within the grace period,
+// the reclaim was refused, the default revocation handler gave it back, or
+// the Client was closed. It is closed before any other client can be
+// granted a conflicting token. It is not closed by the application's own
+// Release.
+func (t *Token) Lost() <-chan struct{} { return t.lost }
+
+// Err returns nil while the token is held, ErrNotHeld after Release, and
+// otherwise why Lost was closed (wrapping ErrLost, ErrSessionExpired,
+// ErrRevoked or ErrClosed).
+func (t *Token) Err() error {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return t.err
+}
+
+func (t *Token) errLocked() error {
+	if t.err != nil {
+		return t.err
+	}
+	return ErrNotHeld
+}
+
+// lock takes the token's operation lock.
+func (t *Token) lock(ctx context.Context) error {
+	select {
+	case t.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+func (t *Token) unlock() { <-t.op }
+
+// Acquire asks for the token name (1..255 bytes) in mode over the whole
+// token or Range, waiting in the token's queue until it is granted, Wait
+// passes (ErrTimeout) or ctx ends, unless Try is given (ErrConflict at once).
+// Holders of conflicting grants are asked to give them back (OnRevoke).
+//
+// When ctx ends while the request is queued or unanswered, Acquire returns at
+// once and the client cancels the request in the background (CANCEL), giving
+// back the grant if it was made meanwhile.
+func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts ...Option) (*Token, error) {
+	op := fmt.Sprintf("clientlib: acquire %q", name)
+	var o reqOptions
+	for _, opt := range opts {
+		opt.applyOption(&o)
+	}
+	switch {
+	case len(name) == 0 || len(name) > wire.MaxName:
+		return nil, fmt.Errorf("%s: %w: name must be 1..%d bytes", op, ErrBadRequest, wire.MaxName)
+	case !mode.Valid():
+		return nil, fmt.Errorf("%s: %w: mode %d", op, ErrBadRequest, mode)
+	case o.hasValue:
+		return nil, fmt.Errorf("%s: %w: SetValue is for Release and Convert", op, ErrBadRequest)
+	case !wire.IsWhole(o.start, o.end) && o.start >= o.end:
+		return nil, fmt.Errorf("%s: %w: empty range [%d, %d)", op, ErrBadRequest, o.start, o.end)
+	}
+	if err := c.usable(); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	try, waitMs := waitParams(ctx, &o)
+	body := wire.Acquire{Try: try, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: []byte(name)}
+	cl := &call{typ: wire.TypeAcquire, body: body, name: name, routed: true,
+		shard: wire.Shard(body.Name, c.shardCount)}
+	if err := c.register(ctx, cl, true); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	r, res, err := c.exchange(ctx, cl, exOpts{})
+	if err != nil {
+		if ctx.Err() != nil && cl.sends > 0 {
+			// It may have been queued or even granted: cancel it in the
+			// background; the id stays unfinished until that is done.
+			if !c.spawn(func() { c.abandonAcquire(cl) }) {
+				c.finish(cl)
+			}
+		} else {
+			c.finish(cl)
+		}
+		return nil, giveUp(op, err, res)
+	}
+	if r.h.Status != wire.StatusOK {
+		c.finish(cl)
+		return nil, statusError(op, &r)
+	}
+	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1), lost: make(chan struct{})}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finishLocked(cl)
+	if c.state != stateOpen && c.state != stateClosing {
+		// The session ended or the client closed as the grant arrived.
+		return nil, fmt.Errorf("%s: %w", op, c.closedErrLocked())
+	}
+	c.byName[name] = append(c.byName[name], t)
+	c.applyGrantLocked(t, cl, &r)
+	return t, nil
+}
+
+func (c *Client) closedErrLocked() error {
+	if c.state == stateDead {
+		return c.deadErr
+	}
+	return ErrClosed
+}
+
+// waitParams turns the options and ctx into ACQUIRE/CONVERT's TRY and wait_ms.
+func waitParams(ctx context.Context, o *reqOptions) (try bool, ms uint32) {
+	if o.try || (o.hasWait && o.wait <= 0) {
+		return true, 0
+	}
+	if o.hasWait {
+		return false, durMs(o.wait)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		return false, durMs(time.Until(dl))
+	}
+	return false, wire.WaitForever
+}
+
+// durMs rounds d up to whole milliseconds in 1..WaitForever-1.
+func durMs(d time.Duration) uint32 {
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	switch {
+	case ms < 1:
+		return 1
+	case ms >= time.Duration(wire.WaitForever):
+		return wire.WaitForever - 1
+	}
+	return uint32(ms)
+}
+
+// applyGrantLocked makes t hold the grant in r (a GRANT answering cl, or
+// GRANT_ASYNC for it) and renews the lease of the shard it came from. An
+// asynchronous grant gets the later of the lease's current deadline and the
+// grant's own validity counted from cl's first send (SPEC.md 13); either
+// way, a deadline that is near makes a keepalive go out at once.
+func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
+	l := c.leaseLocked(leaseKey{r.from, t.shard, r.h.Epoch})
+	l.extend(c.leaseEnd(cl.firstSend, r.validity))
+	if r.fence != t.fence {
+		t.revokes = nil
+	}
+	t.fence, t.mode, t.start, t.end = r.fence, r.mode, r.start, r.end
+	t.value, t.valueValid = r.value()
+	c.attachLocked(t, l)
+	if l.deadline.Sub(c.now()) < c.kaInterval() {
+		c.keepaliveSoonLocked(l.key.addr)
+	}
+	kick(c.maintKick) // new deadlines to watch, maybe a new worker to keep alive
+	c.checkMovedLocked(l)
+}
+
+func (c *Client) leaseLocked(k leaseKey) *lease {
+	l := c.leases[k]
+	if l == nil {
+		l = &lease{key: k, tokens: map[*Token]struct{}{}}
+		c.leases[k] = l
+	}
+	return l
+}
+
+func (c *Client) attachLocked(t *Token, l *lease) {
+	if t.lease == l {
+		return
+	}
+	if t.lease != nil {
+		delete(t.lease.tokens, t)
+	}
+	t.lease = l
+	l.tokens[t] = struct{}{}
+}
+
+// detachLocked forgets t: it leaves its lease and the name index.
+func (c *Client) detachLocked(t *Token) {
+	if t.lease != nil {
+		delete(t.lease.tokens, t)
+		t.lease = nil
+	}
+	ts := slices.DeleteFunc(c.byName[t.name], func(u *Token) bool { return u == t })
+	if len(ts) == 0 {
+		delete(c.byName, t.name)
+	} else {
+		c.byName[t.name] = ts
+	}
+}
+
+// findLocked returns the held token name with fence, or nil.
+func (c *Client) findLocked(name []byte, fence uint64) *Token {
+	for _, t := range c.byName[string(name)] {
+		if t.fence == fence {
+			return t
+		}
+	}
+	return nil
+}
+
+// loseLocked declares t lost with err and closes Lost. With release, the
+// grant is also given back (best effort), in case the worker still has it.
+func (c *Client) loseLocked(t *Token, err error, release bool) {
+	if t.state != tokHeld {
+		return
+	}
+	t.state, t.err = tokLost, err
+	c.detachLocked(t)
+	close(t.lost)
+	c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
+	if release && c.state == stateOpen {
+		c.strayLocked(t.shard, t.name, t.fence)
+	}
+}
+
+func (c *Client) loseAllLocked(err error, release bool) {
+	var all []*Token
+	for _, ts := range c.byName {
+		all = append(all, ts...)
+	}
+	for _, t := range all {
+		c.loseLocked(t, err, release)
+	}
+}
+
+// Release gives the token back. With SetValue (PW and EX holders only) it
+// also sets the token's value block. The token stops being valid at once,
+// whatever the outcome: if the worker cannot be reached before ctx ends, the
+// grant ends with a later revocation or with the session. It returns
+// ErrNotHeld if the token was already released, the reason it was lost if it
+// was, and ErrNotHeld (from the worker) if the worker did not know the grant.
+func (t *Token) Release(ctx context.Context, opts ...ReleaseOption) error {
+	var o releaseOptions
+	for _, opt := range opts {
+		opt.applyRelease(&o)
+	}
+	return t.release(ctx, o, nil)
+}
+
+// release gives the token back; reason, if not nil, closes Lost with it
+// (the library releasing on the application's behalf).
+func (t *Token) release(ctx context.Context, o releaseOptions, reason error) error {
+	c := t.c
+	op := fmt.Sprintf("clientlib: release %q", t.name)
+	if len(o.value) > wire.MaxValue {
+		return fmt.Errorf("%s: %w: value longer than %d bytes", op, ErrBadRequest, wire.MaxValue)
+	}
+	if err := t.lock(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer t.unlock()
+	c.mu.Lock()
+	if t.state != tokHeld {
+		err := t.errLocked()
+		c.mu.Unlock()
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if o.hasValue && !t.mode.Writes() {
+		c.mu.Unlock()
+		return fmt.Errorf("%s: %w: a %s holder cannot set the value", op, ErrBadRequest, t.mode)
+	}
+	fence := t.fence
+	var heldAt uint32 // the shard epoch whose owner vouches for the grant
+	if t.lease != nil {
+		heldAt = t.lease.key.epoch
+	}
+	t.state, t.err = tokReleased, ErrNotHeld
+	c.detachLocked(t)
+	if reason != nil {
+		t.err = reason
+		close(t.lost)
+	}
+	// While this RELEASE is in flight the fence is no longer a Token, but
+	// it is not a stray either: a REVOKE for it must not send a second
+	// RELEASE, which could overtake ours and turn our retransmission into
+	// NOT_HELD.
+	key := strayKey{t.name, fence}
+	inFlight := !c.strays[key]
+	if inFlight {
+		c.strays[key] = true
+		defer func() {
+			c.mu.Lock()
+			delete(c.strays, key)
+			c.mu.Unlock()
+		}()
+	}
+	c.mu.Unlock()
+	body := wire.Release{Fence: fence, Name: []byte(t.name), HasValue: o.hasValue, Value: o.value}
+	cl := &call{typ: wire.TypeRelease, body: body, shard: t.shard, routed: true}
+	if err := c.register(ctx, cl, true); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer c.finish(cl)
+	r, res, err := c.exchange(ctx, cl, exOpts{})
+	if err != nil {
+		return giveUp(op, err, res)
+	}
+	if r.h.Status == wire.StatusNotHeld && r.h.Epoch > heldAt && heldAt != 0 && !o.hasValue {
+		// The shard moved (its worker died, or a rebalance) before this
+		// client reclaimed the grant, and the RELEASE followed it to the
+		// new owner, which does not have the grant: it ended with the
+		// move, and nothing is left to give back. Had the grant been
+		// carried over (reclaimed, handed off) the new owner would have it.
+		// (A value to set is not stored, so that case stays an error.)
+		return nil
+	}
+	if r.h.Status != wire.StatusOK {
+		return statusError(op, &r)
+	}
+	return nil
+}
+
+// Convert changes the mode of the grant in place. A downgrade (to a mode
+// that mode covers, wire.Covers) is immediate, keeps the fence and may set
+// the value block (SetValue, from PW or EX). An upgrade may wait like
+// Acquire (Try, Wait, ctx) and gets a new fence. Range is ignored.
+//
+// If ctx ends while an upgrade waits, the client cancels it and finds out
+// what happened before returning: the token is then either unchanged, or
+// converted (Convert returns nil), or, if the worker had granted the
+// conversion just before the cancel released it, no longer held (Lost closes).
+func (t *Token) Convert(ctx context.Context, mode wire.Mode, opts ...Option) error {
+	c := t.c
+	op := fmt.Sprintf("clientlib: convert %q to %s", t.name, mode)
+	var o reqOptions
+	for _, opt := range opts {
+		opt.applyOption(&o)
+	}
+	if !mode.Valid() {
+		return fmt.Errorf("%s: %w: mode %d", op, ErrBadRequest, mode)
+	}
+	if len(o.value) > wire.MaxValue {
+		return fmt.Errorf("%s: %w: value longer than %d bytes", op, ErrBadRequest, wire.MaxValue)
+	}
+	if err := t.lock(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer t.unlock()
+	c.mu.Lock()
+	if t.state != tokHeld {
+		err := t.errLocked()
+		c.mu.Unlock()
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	cur, fence := t.mode, t.fence
+	c.mu.Unlock()
+	down := wire.Covers(cur, mode)
+	switch {
+	case mode == cur && !o.hasValue:
+		return nil
+	case o.hasValue && (!down || !cur.Writes()):
+		return fmt.Errorf("%s: %w: only a downgrade from PW or EX can set the value", op, ErrBadRequest)
+	}
+	try, waitMs := waitParams(ctx, &o)
+	body := wire.Convert{Try: try, Fence: fence, Mode: mode, WaitMs: waitMs, Name: []byte(t.name),
+		HasValue: o.hasValue, Value: o.value}
+	cl := &call{typ: wire.TypeConvert, body: body, name: t.name, shard: t.shard, routed: true}
+	if err := c.register(ctx, cl, true); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	r, res, err := c.exchange(ctx, cl, exOpts{})
+	if err != nil {
+		if ctx.Err() == nil || cl.sends == 0 {
+			c.finish(cl)
+			return giveUp(op, err, res)
+		}
+		if down {
+			// A downgrade never waits; it may or may not have been applied.
+			// Holding the weaker mode is the safe belief.
+			c.mu.Lock()
+			if t.state == tokHeld && t.fence == fence {
+				t.mode = mode
+			}
+			c.finishLocked(cl)
+			c.mu.Unlock()
+			return giveUp(op, err, res)
+		}
+		return t.abandonConvert(cl, fence, giveUp(op, err, res))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finishLocked(cl)
+	if r.h.Status == wire.StatusOK {
+		if t.state == tokHeld {
+			c.applyGrantLocked(t, cl, &r)
+		}
+		return nil
+	}
+	if r.h.Status == wire.StatusNotHeld {
+		// The worker does not have the grant: believing otherwise is unsafe.
+		c.loseLocked(t, fmt.Errorf("%w: the worker does not know the grant (convert answered NOT_HELD)", ErrLost), false)
+	}
+	return statusError(op, &r)
+}
+
+// abandonConvert cancels an upgrade whose caller gave up and settles the
+// token's state from what the worker says (see Convert). cl is finished.
+func (t *Token) abandonConvert(cl *call, fence uint64, cause error) error {
+	c := t.c
+	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+	defer cancel()
+	out, r := c.abandon(ctx, cl)
+	c.finish(cl)
+	if out == outCanceled {
+		// Withdrawn from the queue, or granted and then released (with the
+		// whole grant) by the CANCEL: a worker may answer CANCELED either
+		// way. A conversion to the mode held, with the old fence, tells.
+		out, r = t.probe(ctx, fence)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.state != tokHeld || t.fence != fence {
+		return cause
+	}
+	switch out {
+	case outWithdrawn:
+		return cause
+	case outHeld:
+		c.applyGrantLocked(t, cl, &r)
+		return nil
+	case outReleased:
+		t.state, t.err = tokReleased, fmt.Errorf("%w: the conversion was granted as it was canceled, which released the grant", ErrLost)
+		c.detachLocked(t)
+		close(t.lost)
+		return fmt.Errorf("%w; %w", cause, t.err)
+	}
+	c.loseLocked(t, fmt.Errorf("%w: outcome of a canceled conversion unknown", ErrLost), true)
+	return fmt.Errorf("%w; %w", cause, t.err)
+}
+
+// probe asks whether the grant fence of t still stands, with a CONVERT to
+// the mode held (a downgrade to itself: immediate, nothing changes): OK
+// means it does (outWithdrawn), NOT_HELD that it is gone (outReleased).
+func (t *Token) probe(ctx context.Context, fence uint64) (abandonOutcome, reply) {
+	c := t.c
+	c.mu.Lock()
+	mode := t.mode
+	c.mu.Unlock()
+	cl := &call{typ: wire.TypeConvert, body: wire.Convert{Fence: fence, Mode: mode, Name: []byte(t.name)},
+		name: t.name, shard: t.shard, routed: true}
+	if c.register(ctx, cl, false) != nil {
+		return outUnknown, reply{}
+	}
+	defer c.finish(cl)
+	r, _, err := c.exchange(ctx, cl, exOpts{stopAtQueued: true})
+	switch {
+	case err != nil:
+		return outUnknown, reply{}
+	case r.h.Status == wire.StatusOK && r.fence == fence:
+		return outWithdrawn, r
+	case r.h.Status == wire.StatusNotHeld:
+		return outReleased, r
+	}
+	return outUnknown, r
+}
+
+// abandonOutcome is what became of a canceled ACQUIRE or CONVERT.
+type abandonOutcome uint8
+
+const (
+	outUnknown   abandonOutcome = iota // the worker could not be asked
+	outWithdrawn                       // nothing was granted (or it ended otherwise)
+	outHeld                            // it was granted and the grant stands
+	outReleased                        // it was granted and the CANCEL released that grant
+	outCanceled                        // the CANCEL did something: withdrawn or released
+)
+
+// abandon withdraws target, an ACQUIRE or CONVERT whose caller gave up:
+// CANCEL it, then resend the target's id to learn its outcome from the reply
+// cache (SPEC.md 11, 14). A target that turns out queued (it arrived after
+// the CANCEL) is canceled again. A target answered GRANT stands if the
+// CANCEL found nothing to cancel, and was released by the CANCEL otherwise;
+// any other answer after a successful CANCEL is outCanceled. The caller
+// finishes target afterwards.
+func (c *Client) abandon(ctx context.Context, target *call) (abandonOutcome, reply) {
+	for range 4 {
+		cc := &call{typ: wire.TypeCancel, body: wire.Cancel{Target: target.id}, shard: target.shard, routed: true}
+		if c.register(ctx, cc, false) != nil {
+			return outUnknown, reply{}
+		}
+		r, _, err := c.exchange(ctx, cc, exOpts{})
+		c.finish(cc)
+		if err != nil {
+			return outUnknown, reply{}
+		}
+		canceled := r.h.Status == wire.StatusOK
+		target.drain()
+		p, _, err := c.exchange(ctx, target, exOpts{stopAtQueued: true})
+		switch {
+		case err != nil:
+			return outUnknown, reply{}
+		case p.h.Status == wire.StatusQueued:
+			continue
+		case p.h.Status == wire.StatusOK && canceled:
+			return outReleased, p
+		case p.h.Status == wire.StatusOK:
+			return outHeld, p
+		case canceled:
+			return outCanceled, p
+		}
+		return outWithdrawn, p
+	}
+	return outUnknown, reply{}
+}
+
+// abandonAcquire cancels an ACQUIRE whose caller gave up and gives back the
+// grant if one stands; then it finishes the id.
+func (c *Client) abandonAcquire(cl *call) {
+	defer c.finish(cl)
+	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+	defer cancel()
+	out, r := c.abandon(ctx, cl)
+	c.log.Debug("abandoned acquire", "token", cl.name, "request", cl.id, "outcome", out)
+	if out == outHeld {
+		c.mu.Lock()
+		c.strayLocked(cl.shard, cl.name, r.fence)
+		c.mu.Unlock()
+	}
+}
+
+// strayLocked gives back, in the background, a grant this client holds at a
+// worker but not as a Token (an abandoned acquire granted anyway, a REVOKE
+// for an unknown fence, a lost token), once per (name, fence) at a time.
+func (c *Client) strayLocked(shard uint32, name string, fence uint64) {
+	key := strayKey{name, fence}
+	if c.strays[key] {
+		return
+	}
+	c.strays[key] = true
+	ok := c.spawnLocked(func() {
+		defer func() {
+			c.mu.Lock()
+			delete(c.strays, key)
+			c.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+		defer cancel()
+		cl := &call{typ: wire.TypeRelease, body: wire.Release{Fence: fence, Name: []byte(name)}, shard: shard, routed: true}
+		if c.register(ctx, cl, false) != nil {
+			return
+		}
+		defer c.finish(cl)
+		r, _, err := c.exchange(ctx, cl, exOpts{})
+		c.log.Debug("released stray grant", "token", name, "fence", fence, "status", r.h.Status, "err", err)
+	})
+	if !ok {
+		delete(c.strays, key)
+	}
+}
+
+// onRevoke handles a REVOKE (SPEC.md 12): acknowledge it; hand it to the
+// application once per (fence, wanted, range); give back a fence this client
+// does not hold. While an ACQUIRE, CONVERT or RECLAIM of the same name is
+// unfinished the fence may be about to become ours: the REVOKE is then left
+// unacknowledged and the worker's retransmission brings it back. Called by
+// recvLoop; out is its send buffer.
+func (c *Client) onRevoke(h wire.Header, m *wire.Revoke, from netip.AddrPort, out []byte) []byte {
+	c.mu.Lock()
+	t := c.findLocked(m.Name, m.Fence)
+	if t == nil && c.inflight[string(m.Name)] > 0 {
+		c.mu.Unlock()
+		return out
+	}
+	c.nextReq++ // REVOKE_ACK takes a fresh id, finished as soon as it is sent
+	ah := wire.Header{Type: wire.TypeRevokeAck, Session: c.session.Load(), Request: c.nextReq,
+		Ack: c.ackLocked(c.nextReq), Shard: h.Shard, Epoch: h.Epoch, MapVersion: c.mapVer.Load()}
+	ua := c.udpAddrLocked(from)
+	if c.state == stateOpen {
+		switch {
+		case t == nil:
+			c.strayLocked(h.Shard, string(m.Name), m.Fence)
+		case !t.revokes[revokeKey{m.Mode, m.Start, m.End}]:
+			if t.revokes == nil {
+				t.revokes = map[revokeKey]bool{}
+			}
+			t.revokes[revokeKey{m.Mode, m.Start, m.End}] = true
+			handler := c.cfg.OnRevoke
+			if handler == nil {
+				handler = c.defaultRevoke
+			}
+			wanted, start, end := m.Mode, m.Start, m.End
+			c.spawnLocked(func() { handler(t, wanted, start, end) })
+		}
+	}
+	c.mu.Unlock()
+	out, err := wire.RevokeAck{Target: h.Request}.Append(out[:0], ah)
+	if err != nil {
+		c.log.Error("cannot encode REVOKE_ACK", "err", err)
+		return out
+	}
+	c.write(out, ua)
+	return out
+}
+
+// defaultRevoke is the OnRevoke used when Config.OnRevoke is nil: it gives
+// the token back (whatever mode is wanted), closing Lost with ErrRevoked.
+func (c *Client) defaultRevoke(t *Token, _ wire.Mode, _, _ uint64) {
+	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+	defer cancel()
+	if err := t.release(ctx, releaseOptions{}, ErrRevoked); err != nil && !errors.Is(err, ErrNotHeld) {
+		c.log.Debug("release on revocation", "token", t.name, "err", err)
+	}
+}
+
+// checkMovedLocked starts reclaiming the tokens of l if the map has a newer
+// epoch for its shard (a crash or a move of the shard, SPEC.md 13).
+func (c *Client) checkMovedLocked(l *lease) {
+	rt, ok := c.dm.lookup(l.key.shard)
+	if !ok || rt.none || rt.epoch <= l.key.epoch {
+		return
+	}
+	if !l.moved {
+		l.moved = true
+		c.log.Info("shard moved; reclaiming", "shard", l.key.shard, "from", l.key.addr.String(),
+			"epoch", l.key.epoch, "to", rt.addr.String(), "new_epoch", rt.epoch, "tokens", len(l.tokens))
+	}
+	for t := range l.tokens {
+		c.startReclaimLocked(t)
+	}
+}
+
+func (c *Client) startReclaimLocked(t *Token) {
+	if t.reclaiming || t.state != tokHeld {
+		return
+	}
+	t.reclaiming = c.spawnLocked(func() { c.reclaim(t) })
+}
+
+// reclaim asks the shard's new owner to reinstate t with its old fence
+// (RECLAIM), retrying GRACE and the other retryable answers until the
+// token's lost time. OK makes t valid again under the new epoch;
+// RECLAIM_REFUSED loses it.
+func (c *Client) reclaim(t *Token) {
+	defer func() {
+		c.mu.Lock()
+		t.reclaiming = false
+		if t.state == tokHeld && t.lease != nil && t.lease.moved {
+			c.startReclaimLocked(t) // moved again meanwhile
+		}
+		c.mu.Unlock()
+	}()
+	c.mu.Lock()
+	l := t.lease
+	if t.state != tokHeld || l == nil || !l.moved {
+		c.mu.Unlock()
+		return
+	}
+	fence := t.fence
+	body := wire.Reclaim{Fence: fence, Mode: t.mode, Start: t.start, End: t.end, Name: []byte(t.name)}
+	until := time.Now().Add(c.lostAt(l).Sub(c.now()))
+	c.mu.Unlock()
+	ctx, cancel := context.WithDeadline(c.ctx, until)
+	defer cancel()
+	cl := &call{typ: wire.TypeReclaim, body: body, name: t.name, shard: t.shard, routed: true,
+		minEpoch: l.key.epoch + 1}
+	if c.register(ctx, cl, true) != nil {
+		return
+	}
+	r, _, err := c.exchange(ctx, cl, exOpts{})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finishLocked(cl)
+	if err != nil || t.state != tokHeld || t.fence != fence {
+		return // out of time (maintain declares it lost), closed, or released meanwhile
+	}
+	switch r.h.Status {
+	case wire.StatusOK:
+		c.applyGrantLocked(t, cl, &r)
+		c.log.Info("token reclaimed", "token", t.name, "fence", fence, "worker", r.from.String(), "epoch", r.h.Epoch)
+	case wire.StatusReclaimRefused:
+		c.loseLocked(t, statusError(fmt.Sprintf("clientlib: reclaim %q", t.name), &r), true)
+	default:
+		c.loseLocked(t, fmt.Errorf("%w: reclaim %q answered %s %s", ErrLost, t.name, r.h.Status, r.msg), true)
+	}
+}
