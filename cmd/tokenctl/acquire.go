@@ -1,0 +1,309 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/wire"
+)
+
+// holding is what acquire prints and what a holder file records.
+type holding struct {
+	Name       string `json:"name"`
+	Mode       string `json:"mode"`
+	Start      uint64 `json:"start"`
+	End        uint64 `json:"end"`
+	Fence      uint64 `json:"fence"`
+	Session    string `json:"session"`
+	PID        int    `json:"pid"`
+	ValidForMs int64  `json:"valid_for_ms"`
+	Value      string `json:"value,omitempty"`
+	ValueValid bool   `json:"value_valid"`
+}
+
+func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("acquire", stderr, "acquire [flags] NAME")
+	var c common
+	c.register(fs, true, false)
+	modeS := fs.String("mode", "ex", "mode: NL CR CW PR PW EX, or shared/exclusive")
+	rangeS := fs.String("range", "", "byte range START:END (end exclusive; default the whole token)")
+	try := fs.Bool("try", false, "fail at once (exit 3) instead of waiting")
+	wait := fs.Duration("wait", 0, "give up waiting after this long (exit 3); 0 waits until Ctrl-C")
+	hold := fs.Duration("for", 0, "release after holding this long; 0 holds until Ctrl-C or release")
+	yield := fs.Bool("yield", false, "release at once when another client asks for the token (revoke)")
+	detach := fs.Bool("detach", false, "hold in the background; print the grant and return (end it with tokenctl release NAME)")
+	value := fs.String("value", "", "set the token's value block (<= 64 bytes) on release (PW/EX only)")
+	readyFile := fs.String("ready-file", "", "") // internal: used by --detach
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := c.check(); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageErr("acquire: want exactly one token NAME, got %d arguments", fs.NArg())
+	}
+	name := fs.Arg(0)
+	if len(name) == 0 || len(name) > wire.MaxName {
+		return usageErr("acquire: NAME must be 1..%d bytes", wire.MaxName)
+	}
+	mode, err := wire.ParseMode(*modeS)
+	if err != nil {
+		return usageErr("--mode: %v", err)
+	}
+	var opts []clientlib.Option
+	start, end := wire.WholeStart, wire.WholeEnd
+	if *rangeS != "" {
+		start, end, err = parseRange(*rangeS)
+		if err != nil {
+			return usageErr("--range: %v", err)
+		}
+		opts = append(opts, clientlib.Range(start, end))
+	}
+	if *try {
+		opts = append(opts, clientlib.Try())
+	}
+	if *wait > 0 {
+		opts = append(opts, clientlib.Wait(*wait))
+	}
+	if len(*value) > wire.MaxValue {
+		return usageErr("--value: %d bytes, at most %d", len(*value), wire.MaxValue)
+	}
+	if *detach {
+		return detachHolder(ctx, args, stdout, c.output)
+	}
+	seeds := splitList(c.seeds)
+	if len(seeds) == 0 {
+		return usageErr("--seeds: at least one worker address is needed")
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	revoked := make(chan struct{}, 1)
+	cli, err := clientlib.DialConfig(ctx, clientlib.Config{
+		Seeds:   seeds,
+		Library: "tokenctl",
+		OnRevoke: func(t *clientlib.Token, wanted wire.Mode, s, e uint64) {
+			fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), wanted)
+			select {
+			case revoked <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return readyFail(*readyFile, fmt.Errorf("connecting to %s: %w", c.seeds, err))
+	}
+	defer cli.Close()
+
+	tok, err := cli.Acquire(ctx, name, mode, opts...)
+	switch {
+	case errors.Is(err, clientlib.ErrConflict):
+		return readyFail(*readyFile, exitError_{exitNotAcquired, fmt.Sprintf("%s is held in a conflicting mode", name)})
+	case errors.Is(err, clientlib.ErrTimeout) || (err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)):
+		return readyFail(*readyFile, exitError_{exitNotAcquired, fmt.Sprintf("%s: not acquired within %v", name, *wait)})
+	case err != nil && ctx.Err() != nil:
+		return readyFail(*readyFile, exitError_{exitNotAcquired, "interrupted while waiting"})
+	case err != nil:
+		return readyFail(*readyFile, err)
+	}
+	v, vok := tok.Value()
+	h := holding{
+		Name: name, Mode: tok.Mode().String(), Fence: tok.Fence(), PID: os.Getpid(),
+		Session:    fmt.Sprintf("%x", cli.Session()),
+		ValidForMs: durationMS(time.Until(tok.ValidUntil())),
+		Value:      string(v), ValueValid: vok,
+	}
+	h.Start, h.End = tok.Range()
+	holderPath, err := writeHolder(h)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokenctl: warning: cannot record the holder (tokenctl release will not find it): %v\n", err)
+	} else {
+		defer os.Remove(holderPath)
+	}
+	if *readyFile != "" {
+		if err := writeJSONFile(*readyFile, h); err != nil {
+			return err
+		}
+	} else if c.output == "json" {
+		printJSON(stdout, h)
+	} else {
+		fmt.Fprintf(stdout, "acquired %s %s %s fence %d (epoch %d, seq %d) session %s\n",
+			name, h.Mode, rangeString(h.Start, h.End), h.Fence, wire.FenceEpoch(h.Fence), wire.FenceSeq(h.Fence), h.Session)
+	}
+
+	var timer <-chan time.Time
+	if *hold > 0 {
+		timer = time.After(*hold)
+	}
+	var ropts []clientlib.ReleaseOption
+	if *value != "" {
+		ropts = append(ropts, clientlib.SetValue([]byte(*value)))
+	}
+hold:
+	for {
+		select {
+		case <-tok.Lost():
+			return exitError_{exitLost, fmt.Sprintf("%s was lost (session expired or the grant could not be kept)", name)}
+		case <-revoked:
+			if *yield {
+				break hold
+			}
+		case <-timer:
+			break hold
+		case <-ctx.Done():
+			break hold
+		}
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tok.Release(rctx, ropts...); err != nil && !errors.Is(err, clientlib.ErrLost) {
+		return fmt.Errorf("releasing %s: %w", name, err)
+	}
+	if *readyFile == "" && c.output == "text" {
+		fmt.Fprintf(stdout, "released %s\n", name)
+	}
+	return nil
+}
+
+func readyFail(readyFile string, err error) error {
+	if readyFile != "" {
+		msg := err.Error()
+		code := exitError
+		var ec exitError_
+		if errors.As(err, &ec) {
+			code = ec.code
+		}
+		writeJSONFile(readyFile, map[string]any{"error": msg, "code": code})
+	}
+	return err
+}
+
+// detachHolder starts this command again in the background without
+// --detach, waits until it has acquired (or failed), and reports.
+func detachHolder(ctx context.Context, args []string, stdout io.Writer, output string) error {
+	dir, err := os.MkdirTemp("", "tokenctl-ready-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ready := filepath.Join(dir, "ready.json")
+	var child []string
+	for _, a := range args {
+		if a == "--detach" || a == "-detach" || a == "--detach=true" || a == "-detach=true" {
+			continue
+		}
+		child = append(child, a)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, append([]string{"acquire", "--ready-file", ready}, child...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if b, err := os.ReadFile(ready); err == nil && json.Valid(b) {
+			var res map[string]any
+			json.Unmarshal(b, &res)
+			if msg, ok := res["error"].(string); ok {
+				code, _ := res["code"].(float64)
+				return exitError_{int(code), msg}
+			}
+			var h holding
+			json.Unmarshal(b, &h)
+			cmd.Process.Release()
+			if output == "json" {
+				return printJSON(stdout, h)
+			}
+			fmt.Fprintf(stdout, "acquired %s %s %s fence %d session %s; held by pid %d (tokenctl release %s)\n",
+				h.Name, h.Mode, rangeString(h.Start, h.End), h.Fence, h.Session, h.PID, h.Name)
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("background holder exited before acquiring: %v", err)
+		case <-ctx.Done():
+			cmd.Process.Signal(syscall.SIGTERM)
+			return exitError_{exitNotAcquired, "interrupted while waiting"}
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func writeJSONFile(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// holderDir is where holders record themselves for "tokenctl release".
+func holderDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "tokenctl")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("tokenctl-%d", os.Getuid()))
+}
+
+func holderPrefix(name string) string { return hex.EncodeToString([]byte(name)) + "." }
+
+func writeHolder(h holding) (string, error) {
+	dir := holderDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, holderPrefix(h.Name)+strconv.Itoa(h.PID)+".json")
+	return path, writeJSONFile(path, h)
+}
+
+func parseRange(s string) (uint64, uint64, error) {
+	a, b, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("%q: want START:END", s)
+	}
+	start, err := strconv.ParseUint(a, 0, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q: bad start: %v", s, err)
+	}
+	end, err := strconv.ParseUint(b, 0, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%q: bad end: %v", s, err)
+	}
+	if start >= end {
+		return 0, 0, fmt.Errorf("%q: start must be below end", s)
+	}
+	if start == wire.WholeStart && end == wire.WholeEnd {
+		return start, end, nil
+	}
+	return start, end, nil
+}
+
+func rangeString(start, end uint64) string {
+	if start == wire.WholeStart && end == wire.WholeEnd {
+		return "[whole]"
+	}
+	return fmt.Sprintf("[%d,%d)", start, end)
+}

@@ -1,0 +1,161 @@
+// Command tokenctl is tokend's command-line client, for people and scripts.
+//
+//	tokenctl acquire [flags] NAME   acquire a token and hold it until Ctrl-C, --for, or release
+//	tokenctl release NAME           end the holders of NAME started by "tokenctl acquire" on this host
+//	tokenctl status                 leader, config, workers, shards and sessions (from etcd)
+//
+// Exit codes: 0 success, 1 error, 2 usage, 3 not acquired (conflict with
+// --try, or the wait ran out), 4 the token was lost while held.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Exit codes.
+const (
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitNotAcquired = 3
+	exitLost        = 4
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usageText = `Usage:
+  tokenctl acquire [flags] NAME   acquire NAME and hold it until Ctrl-C, --for, or "tokenctl release NAME"
+  tokenctl release [flags] NAME   end the holders of NAME that "tokenctl acquire" started on this host
+  tokenctl status [flags]         show the leader, config, workers, shards and sessions
+Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok, 1 error, 2 usage,
+3 not acquired (conflict or wait ran out), 4 lost while held.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usageText)
+		return exitUsage
+	}
+	cmd, args := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "acquire":
+		err = cmdAcquire(ctx, args, stdout, stderr)
+	case "release":
+		err = cmdRelease(ctx, args, stdout, stderr)
+	case "status":
+		err = cmdStatus(ctx, args, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usageText)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "tokenctl: unknown command %q\n\n%s", cmd, usageText)
+		return exitUsage
+	}
+	if err == nil {
+		return exitOK
+	}
+	var ec exitError_
+	if errors.As(err, &ec) {
+		if ec.msg != "" {
+			fmt.Fprintln(stderr, "tokenctl:", ec.msg)
+		}
+		return ec.code
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "tokenctl:", err)
+	return exitError
+}
+
+// exitError_ carries an exit code out of a command.
+type exitError_ struct {
+	code int
+	msg  string
+}
+
+func (e exitError_) Error() string { return e.msg }
+
+func usageErr(format string, a ...any) error {
+	return exitError_{exitUsage, fmt.Sprintf(format, a...)}
+}
+
+// common flags.
+type common struct {
+	output string
+	seeds  string
+	etcd   string
+}
+
+func (c *common) register(fs *flag.FlagSet, seeds, etcd bool) {
+	fs.StringVar(&c.output, "o", envOr("TOKENCTL_OUTPUT", "text"), "output format: text or json")
+	if seeds {
+		fs.StringVar(&c.seeds, "seeds", envOr("TOKENCTL_SEEDS", "127.0.0.1:7700"), "comma-separated worker UDP addresses to start from")
+	}
+	if etcd {
+		fs.StringVar(&c.etcd, "etcd", envOr("TOKENCTL_ETCD", "127.0.0.1:2379"), "comma-separated etcd client endpoints")
+	}
+}
+
+func (c *common) check() error {
+	if c.output != "text" && c.output != "json" {
+		return usageErr("-o: %q is not text or json", c.output)
+	}
+	return nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func newFlagSet(name string, stderr io.Writer, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tokenctl "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: tokenctl %s\n", usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return exitError_{exitUsage, ""} // flag already printed the error
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func durationMS(d time.Duration) int64 { return d.Milliseconds() }

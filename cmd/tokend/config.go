@@ -1,0 +1,554 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// errConfig marks every configuration error; main exits 2 on it.
+var errConfig = errors.New("tokend: bad configuration")
+
+// mode is what the process runs.
+type mode int
+
+const (
+	modeAll    mode = iota // embedded default: one etcd member, coordinator and worker
+	modeServer             // one of (usually) three servers: etcd member, coordinator, optional worker
+	modeWorker             // a worker joining an existing cluster
+)
+
+func (m mode) String() string {
+	return [...]string{"all-in-one", "server", "worker"}[m]
+}
+
+// config is the whole daemon configuration after flags, environment and the
+// YAML file have been merged (in that order of precedence) and validated.
+type config struct {
+	mode mode
+
+	configFile string
+	dataDir    string
+	logFormat  string
+	logLevel   string
+	httpAddr   string
+
+	// etcd member (all-in-one and server)
+	name           string
+	peerURLs       []string
+	clientURLs     []string
+	initialCluster string
+	clusterState   string
+	clusterToken   string
+	quotaBytes     int64
+	compaction     time.Duration
+
+	// worker
+	runWorker     bool     // server mode only: also run an in-process worker
+	workerID      string   // default: derived from host name and UDP port
+	udpAddr       string   // worker's UDP listen address
+	etcdEndpoints []string // worker mode: where etcd is
+	workerTTL     time.Duration
+
+	// cluster-wide values fixed at bootstrap (written to /tokend/config once)
+	shards     int
+	sessionTTL time.Duration
+	grace      time.Duration
+
+	shutdownTimeout time.Duration
+}
+
+// option is one configuration value: its flag, its environment variable
+// (TOKEND_ + the flag name upper-cased with '-' -> '_') and its YAML key (the
+// flag name).
+type option struct {
+	name  string
+	usage string
+	value flag.Value
+	modes []mode // the modes that accept it; nil = all
+}
+
+func envName(flagName string) string {
+	return "TOKEND_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// defaults returns the configuration before any flag, variable or file.
+func defaults(m mode) *config {
+	c := &config{
+		mode:            m,
+		dataDir:         "./tokend-data",
+		logFormat:       "text",
+		logLevel:        "info",
+		httpAddr:        "127.0.0.1:7780",
+		name:            "tokend",
+		peerURLs:        []string{"http://127.0.0.1:2380"},
+		clientURLs:      []string{"http://127.0.0.1:2379"},
+		clusterState:    "new",
+		clusterToken:    "tokend",
+		quotaBytes:      2 << 30,
+		compaction:      time.Hour,
+		runWorker:       m != modeServer,
+		udpAddr:         "127.0.0.1:7700",
+		etcdEndpoints:   []string{"127.0.0.1:2379"},
+		workerTTL:       5 * time.Second,
+		shards:          4096,
+		sessionTTL:      10 * time.Second,
+		grace:           5 * time.Second,
+		shutdownTimeout: 10 * time.Second,
+	}
+	return c
+}
+
+func (c *config) options() []option {
+	member := []mode{modeAll, modeServer}
+	return []option{
+		{"config", "YAML file with any of these options (keys are flag names)", stringVal(&c.configFile), nil},
+		{"data-dir", "directory for etcd's data (created if missing)", stringVal(&c.dataDir), member},
+		{"log-format", "log format: text or json", stringVal(&c.logFormat), nil},
+		{"log-level", "log level: debug, info, warn or error", stringVal(&c.logLevel), nil},
+		{"http-addr", "host:port for /metrics, /healthz and /readyz (port 0 picks one)", stringVal(&c.httpAddr), nil},
+		{"name", "etcd member name (unique in the cluster)", stringVal(&c.name), member},
+		{"peer-urls", "comma-separated etcd peer URLs to listen on and advertise", listVal(&c.peerURLs), member},
+		{"client-urls", "comma-separated etcd client URLs to listen on and advertise", listVal(&c.clientURLs), member},
+		{"initial-cluster", "etcd initial cluster, name=peerURL,... (default: this member alone)", stringVal(&c.initialCluster), member},
+		{"cluster-state", "etcd initial cluster state: new or existing", stringVal(&c.clusterState), member},
+		{"cluster-token", "etcd initial cluster token", stringVal(&c.clusterToken), member},
+		{"quota-bytes", "etcd backend quota in bytes", int64Val(&c.quotaBytes), member},
+		{"compaction", "etcd periodic auto-compaction retention", durationVal(&c.compaction), member},
+		{"worker", "server mode: also run a worker in this process", boolVal(&c.runWorker), []mode{modeServer}},
+		{"worker-id", "worker id (default: host name and UDP port)", stringVal(&c.workerID), nil},
+		{"udp-addr", "worker UDP host:port for clients (port 0 picks one)", stringVal(&c.udpAddr), nil},
+		{"etcd-endpoints", "comma-separated etcd client endpoints (worker mode)", listVal(&c.etcdEndpoints), []mode{modeWorker}},
+		{"worker-ttl", "worker lease TTL in etcd: how fast a dead worker is noticed", durationVal(&c.workerTTL), nil},
+		{"shards", "number of shards (fixed when the cluster is first created)", intVal(&c.shards), member},
+		{"session-ttl", "client session lease TTL (fixed when the cluster is first created)", durationVal(&c.sessionTTL), member},
+		{"grace", "recovery grace period for a crashed worker's shards (fixed when the cluster is first created)", durationVal(&c.grace), member},
+		{"shutdown-timeout", "how long an orderly shutdown may take before it is forced", durationVal(&c.shutdownTimeout), nil},
+	}
+}
+
+func (o option) accepts(m mode) bool {
+	if o.modes == nil {
+		return true
+	}
+	for _, x := range o.modes {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
+// loadConfig builds the configuration for mode m from args, the environment
+// (getenv) and the YAML file named by --config / TOKEND_CONFIG. Precedence:
+// flags, then environment, then file, then defaults. Every error names the
+// flag it is about and wraps errConfig.
+func loadConfig(m mode, args []string, getenv func(string) string, usage io.Writer) (*config, error) {
+	c := defaults(m)
+	fs := flag.NewFlagSet("tokend "+m.String(), flag.ContinueOnError)
+	fs.SetOutput(usage)
+	byName := map[string]option{}
+	for _, o := range c.options() {
+		if !o.accepts(m) {
+			continue
+		}
+		byName[o.name] = o
+		fs.Var(o.value, o.name, o.usage)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "Usage of tokend %s:\n", m)
+		fs.PrintDefaults()
+		fmt.Fprintf(usage, "\nEvery flag can also be set as TOKEND_<FLAG> (e.g. TOKEND_DATA_DIR) or as a key in the --config YAML file.\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", errConfig, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("%w: unexpected argument %q", errConfig, fs.Arg(0))
+	}
+	fromFlags := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { fromFlags[f.Name] = true })
+
+	fromEnv := map[string]string{}
+	for name := range byName {
+		if fromFlags[name] {
+			continue
+		}
+		if v := getenv(envName(name)); v != "" {
+			fromEnv[name] = v
+		}
+	}
+	if v, ok := fromEnv["config"]; ok {
+		if err := fs.Set("config", v); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", errConfig, envName("config"), err)
+		}
+	}
+	if c.configFile != "" {
+		file, err := readConfigFile(c.configFile)
+		if err != nil {
+			return nil, err
+		}
+		keys := make([]string, 0, len(file))
+		for k := range file {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if _, ok := byName[k]; !ok || k == "config" {
+				return nil, fmt.Errorf("%w: %s: unknown key %q for tokend %s", errConfig, c.configFile, k, m)
+			}
+			if fromFlags[k] || fromEnv[k] != "" {
+				continue
+			}
+			if err := fs.Set(k, file[k]); err != nil {
+				return nil, fmt.Errorf("%w: %s: key %q: %v", errConfig, c.configFile, k, err)
+			}
+		}
+	}
+	for name, v := range fromEnv {
+		if name == "config" {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", errConfig, envName(name), err)
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readConfigFile reads a flat YAML mapping of flag names to scalars or lists.
+func readConfigFile(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --config: %v", errConfig, err)
+	}
+	var raw map[string]any
+	if err := yaml.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("%w: --config %s: %v", errConfig, path, err)
+	}
+	out := make(map[string]string, len(raw))
+	for k, v := range raw {
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, p := range v {
+				parts[i] = fmt.Sprint(p)
+			}
+			out[k] = strings.Join(parts, ",")
+		case map[string]any:
+			return nil, fmt.Errorf("%w: %s: key %q: nested mappings are not supported", errConfig, path, k)
+		case nil:
+			return nil, fmt.Errorf("%w: %s: key %q has no value", errConfig, path, k)
+		default:
+			out[k] = fmt.Sprint(v)
+		}
+	}
+	return out, nil
+}
+
+func bad(flagName, format string, args ...any) error {
+	return fmt.Errorf("%w: --%s: %s", errConfig, flagName, fmt.Sprintf(format, args...))
+}
+
+// validate checks every value and fills derived defaults.
+func (c *config) validate() error {
+	switch c.logFormat {
+	case "text", "json":
+	default:
+		return bad("log-format", "%q is not text or json", c.logFormat)
+	}
+	switch c.logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log-level", "%q is not debug, info, warn or error", c.logLevel)
+	}
+	if err := checkHostPort(c.httpAddr, true); err != nil {
+		return bad("http-addr", "%v", err)
+	}
+	if c.shutdownTimeout <= 0 {
+		return bad("shutdown-timeout", "must be positive, got %v", c.shutdownTimeout)
+	}
+	if c.mode != modeServer || c.runWorker {
+		if err := checkHostPort(c.udpAddr, true); err != nil {
+			return bad("udp-addr", "%v", err)
+		}
+		if c.workerTTL < 2*time.Second {
+			return bad("worker-ttl", "must be at least 2s (etcd's minimum lease TTL), got %v", c.workerTTL)
+		}
+		if c.workerID != "" && !validID(c.workerID) {
+			return bad("worker-id", "%q: use 1-64 letters, digits, '.', '_' or '-'", c.workerID)
+		}
+	}
+	if c.mode == modeWorker {
+		if len(c.etcdEndpoints) == 0 {
+			return bad("etcd-endpoints", "at least one endpoint is needed")
+		}
+		for _, e := range c.etcdEndpoints {
+			hp := e
+			if strings.Contains(e, "://") {
+				u, err := url.Parse(e)
+				if err != nil {
+					return bad("etcd-endpoints", "%q: %v", e, err)
+				}
+				if u.Scheme != "http" && u.Scheme != "https" {
+					return bad("etcd-endpoints", "%q: scheme must be http or https", e)
+				}
+				hp = u.Host
+			}
+			if err := checkHostPort(hp, false); err != nil {
+				return bad("etcd-endpoints", "%q: %v", e, err)
+			}
+		}
+		return nil
+	}
+
+	// etcd member
+	if c.dataDir == "" {
+		return bad("data-dir", "must not be empty")
+	}
+	if err := checkWritableDir(c.dataDir); err != nil {
+		return bad("data-dir", "%v", err)
+	}
+	if !validID(c.name) {
+		return bad("name", "%q: use 1-64 letters, digits, '.', '_' or '-'", c.name)
+	}
+	for _, f := range []struct {
+		flag string
+		urls []string
+	}{{"peer-urls", c.peerURLs}, {"client-urls", c.clientURLs}} {
+		if len(f.urls) == 0 {
+			return bad(f.flag, "at least one URL is needed")
+		}
+		for _, s := range f.urls {
+			if err := checkURL(s); err != nil {
+				return bad(f.flag, "%q: %v", s, err)
+			}
+		}
+	}
+	switch c.clusterState {
+	case "new", "existing":
+	default:
+		return bad("cluster-state", "%q is not new or existing", c.clusterState)
+	}
+	if c.initialCluster == "" {
+		c.initialCluster = c.name + "=" + c.peerURLs[0]
+	}
+	found := false
+	for _, m := range strings.Split(c.initialCluster, ",") {
+		name, u, ok := strings.Cut(strings.TrimSpace(m), "=")
+		if !ok || name == "" {
+			return bad("initial-cluster", "%q: want name=peerURL", m)
+		}
+		if err := checkURL(u); err != nil {
+			return bad("initial-cluster", "%q: %v", m, err)
+		}
+		if name == c.name {
+			found = true
+		}
+	}
+	if !found {
+		return bad("initial-cluster", "does not name this member %q (see --name)", c.name)
+	}
+	if c.clusterToken == "" {
+		return bad("cluster-token", "must not be empty")
+	}
+	if c.quotaBytes < 64<<20 || c.quotaBytes > 8<<30 {
+		return bad("quota-bytes", "%d is outside [64 MiB, 8 GiB]", c.quotaBytes)
+	}
+	if c.compaction < time.Minute {
+		return bad("compaction", "must be at least 1m, got %v", c.compaction)
+	}
+	if c.shards < 1 || c.shards > 65536 {
+		return bad("shards", "%d is outside [1, 65536]", c.shards)
+	}
+	if c.sessionTTL < 2*time.Second {
+		return bad("session-ttl", "must be at least 2s (etcd's minimum lease TTL), got %v", c.sessionTTL)
+	}
+	if c.grace < 0 {
+		return bad("grace", "must not be negative, got %v", c.grace)
+	}
+	return nil
+}
+
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9', r == '.', r == '_', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func checkHostPort(s string, allowZero bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return fmt.Errorf("%q: missing host (use 0.0.0.0 to listen on every address)", s)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 || (p == 0 && !allowZero) {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
+
+func checkURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("scheme must be http or https")
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
+		return fmt.Errorf("must not have a path or query")
+	}
+	return checkHostPort(u.Host, false)
+}
+
+// checkWritableDir creates dir if needed and proves it is writable.
+func checkWritableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".tokend-probe-*")
+	if err != nil {
+		return fmt.Errorf("not writable: %v", err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+// memberDir is where this member's etcd data lives under the data dir.
+func (c *config) memberDir() string { return filepath.Join(c.dataDir, c.name+".etcd") }
+
+// flag.Value implementations.
+
+type stringValue struct{ p *string }
+
+func stringVal(p *string) flag.Value     { return stringValue{p} }
+func (v stringValue) Set(s string) error { *v.p = s; return nil }
+func (v stringValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+type listValue struct{ p *[]string }
+
+func listVal(p *[]string) flag.Value { return listValue{p} }
+func (v listValue) Set(s string) error {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	*v.p = out
+	return nil
+}
+func (v listValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+type intValue struct{ p *int }
+
+func intVal(p *int) flag.Value { return intValue{p} }
+func (v intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("%q is not an integer", s)
+	}
+	*v.p = n
+	return nil
+}
+func (v intValue) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(*v.p)
+}
+
+type int64Value struct{ p *int64 }
+
+func int64Val(p *int64) flag.Value { return int64Value{p} }
+func (v int64Value) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%q is not an integer", s)
+	}
+	*v.p = n
+	return nil
+}
+func (v int64Value) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*v.p, 10)
+}
+
+type boolValue struct{ p *bool }
+
+func boolVal(p *bool) flag.Value { return boolValue{p} }
+func (v boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a boolean", s)
+	}
+	*v.p = b
+	return nil
+}
+func (v boolValue) String() string {
+	if v.p == nil {
+		return "false"
+	}
+	return strconv.FormatBool(*v.p)
+}
+func (v boolValue) IsBoolFlag() bool { return true }
+
+type durationValue struct{ p *time.Duration }
+
+func durationVal(p *time.Duration) flag.Value { return durationValue{p} }
+func (v durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (e.g. 5s, 1m30s)", s)
+	}
+	*v.p = d
+	return nil
+}
+func (v durationValue) String() string {
+	if v.p == nil {
+		return "0s"
+	}
+	return v.p.String()
+}

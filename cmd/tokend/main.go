@@ -1,0 +1,354 @@
+// Command tokend is the tokend daemon.
+//
+//	tokend            the embedded default: one etcd member, the coordinator and a worker on loopback
+//	tokend server     one of three servers: an etcd member, the coordinator, optionally a worker
+//	tokend worker     a worker joining an existing cluster through etcd client endpoints
+//	tokend up         a local cluster: N servers and M workers as separate processes on loopback
+//
+// Every flag can also be given as a TOKEND_* environment variable or a key in
+// a YAML file (--config). Run "tokend <mode> -h" for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/embedded"
+	"github.com/tokend/tokend/worker"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit code.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	m := modeAll
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		switch args[0] {
+		case "server":
+			m = modeServer
+		case "worker":
+			m = modeWorker
+		case "up":
+			return runUp(args[1:], stdout, stderr)
+		case "version":
+			fmt.Fprintln(stdout, "tokend", cluster.Version)
+			return 0
+		case "help":
+			fmt.Fprint(stdout, usageText)
+			return 0
+		default:
+			fmt.Fprintf(stderr, "tokend: unknown command %q\n\n%s", args[0], usageText)
+			return 2
+		}
+		args = args[1:]
+	}
+	cfg, err := loadConfig(m, args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		s, ok := <-sigs
+		if !ok {
+			return
+		}
+		log.Info("shutting down (send the signal again to force)", "signal", s.String())
+		stop()
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(stderr, "tokend: forced exit")
+			os.Exit(1)
+		}
+	}()
+
+	d := &daemon{cfg: cfg, log: log, stdout: stdout}
+	if err := d.start(ctx); err != nil {
+		log.Error("start failed", "err", err)
+		d.stop()
+		return 1
+	}
+	d.printEndpoints()
+	d.started.Store(true)
+	select {
+	case <-ctx.Done():
+	case err := <-d.fatal:
+		log.Error("fatal error; shutting down", "err", err)
+		d.stop()
+		return 1
+	}
+	done := make(chan struct{})
+	go func() { d.stop(); close(done) }()
+	select {
+	case <-done:
+		log.Info("stopped")
+		return 0
+	case <-time.After(cfg.shutdownTimeout):
+		log.Error("shutdown timed out", "after", cfg.shutdownTimeout)
+		return 1
+	}
+}
+
+const usageText = `Usage:
+  tokend [flags]          run everything on loopback: etcd, coordinator, worker (the default)
+  tokend server [flags]   run one server of a cluster: etcd member, coordinator, optional worker
+  tokend worker [flags]   run a worker that joins a cluster through --etcd-endpoints
+  tokend up [flags]       run a local cluster: servers and workers as processes on loopback
+  tokend version          print the version
+Run "tokend <command> -h" for the flags of a command.
+`
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.logLevel)) // validated already
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon holds the running parts, so they can be stopped in order.
+type daemon struct {
+	cfg    *config
+	log    *slog.Logger
+	stdout io.Writer
+	fatal  chan error
+
+	reg    *prometheus.Registry
+	httpLn net.Listener
+	http   *http.Server
+	member *embedded.Member
+	client *clientv3.Client
+	coord  *coordinator.Coordinator
+	worker *worker.Worker
+
+	// started is set once start has returned and the banner is printed;
+	// the fields above are not written after that, so the HTTP handlers
+	// may read them once they have seen started.
+	started  atomic.Bool
+	stopOnce sync.Once
+}
+
+func (d *daemon) start(ctx context.Context) error {
+	cfg := d.cfg
+	d.fatal = make(chan error, 4)
+	d.reg = prometheus.NewRegistry()
+
+	// Bind every listener first, so a port in use fails fast and clearly.
+	ln, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	d.httpLn = ln
+	d.http = &http.Server{Handler: d.mux(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := d.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.fatal <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	// The client does not block on connecting, so it can exist (and the
+	// worker can bind its socket) before the member has started.
+	endpoints := cfg.etcdEndpoints
+	if cfg.mode != modeWorker {
+		endpoints = cfg.clientURLs
+	}
+	d.client, err = clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	if cfg.mode != modeServer || cfg.runWorker {
+		d.worker, err = worker.New(worker.Config{
+			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HTTPAddr: ln.Addr().String(),
+			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg,
+		})
+		if err != nil {
+			return fmt.Errorf("--udp-addr: %w", err)
+		}
+	}
+
+	if cfg.mode != modeWorker {
+		d.log.Info("starting etcd member", "name", cfg.name, "dir", cfg.memberDir(), "client", cfg.clientURLs, "peer", cfg.peerURLs)
+		member, err := embedded.Start(ctx, embedded.Config{
+			Name:                cfg.name,
+			Dir:                 cfg.memberDir(),
+			PeerURLs:            cfg.peerURLs,
+			ClientURLs:          cfg.clientURLs,
+			InitialCluster:      cfg.initialCluster,
+			ClusterState:        cfg.clusterState,
+			ClusterToken:        cfg.clusterToken,
+			QuotaBackendBytes:   cfg.quotaBytes,
+			CompactionRetention: cfg.compaction,
+		})
+		if err != nil {
+			return err
+		}
+		d.member = member
+		go func() {
+			if err, ok := <-member.Err(); ok && err != nil {
+				d.fatal <- fmt.Errorf("etcd: %w", err)
+			}
+		}()
+	}
+
+	if cfg.mode != modeWorker {
+		d.coord, err = coordinator.New(coordinator.Config{
+			Client:   d.client,
+			Name:     cfg.name,
+			HTTPAddr: ln.Addr().String(),
+			Cluster: cluster.Config{
+				Shards:       cfg.shards,
+				SessionTTLms: cfg.sessionTTL.Milliseconds(),
+				GraceMs:      cfg.grace.Milliseconds(),
+				Created:      cluster.Now(time.Now()),
+				CreatedBy:    cfg.name,
+				Version:      cluster.Version,
+			},
+			Logger:   d.log,
+			Registry: d.reg,
+		})
+		if err != nil {
+			return err
+		}
+		if err := d.coord.Start(ctx); err != nil {
+			return err
+		}
+	}
+	if d.worker != nil {
+		if err := d.worker.Start(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop shuts the parts down in dependency order: the worker first (its lease
+// is revoked so the leader re-delegates at once), then the coordinator
+// (resigns), then the etcd client (closing its watches), then the member,
+// and the HTTP listener last so /healthz answers until the end.
+func (d *daemon) stop() {
+	d.stopOnce.Do(func() {
+		if d.worker != nil {
+			if err := d.worker.Close(); err != nil {
+				d.log.Warn("closing worker", "err", err)
+			}
+		}
+		if d.coord != nil {
+			d.coord.Close()
+		}
+		if d.client != nil {
+			d.client.Close()
+		}
+		if d.member != nil {
+			if err := d.member.Close(); err != nil {
+				d.log.Warn("closing etcd member", "err", err)
+			}
+		}
+		if d.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			d.http.Shutdown(ctx)
+			cancel()
+		}
+	})
+}
+
+func (d *daemon) ready() (bool, string) {
+	if !d.started.Load() {
+		return false, "starting"
+	}
+	if d.cfg.mode != modeWorker && (d.coord == nil || !d.coord.Ready()) {
+		return false, "coordinator not started"
+	}
+	if d.worker != nil && !d.worker.Ready() {
+		return false, "worker not registered or its lease is not safe"
+	}
+	if d.cfg.mode != modeServer || d.cfg.runWorker {
+		if d.worker == nil {
+			return false, "worker not started"
+		}
+	}
+	return true, "ok"
+}
+
+func (d *daemon) mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	gather := prometheus.Gatherers{d.reg, prometheus.DefaultGatherer}
+	mux.Handle("/metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn)}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ok, why := d.ready()
+		if !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, why)
+	})
+	return mux
+}
+
+func (d *daemon) printEndpoints() {
+	cfg := d.cfg
+	w := d.stdout
+	fmt.Fprintf(w, "tokend %s (%s) is up\n", cluster.Version, cfg.mode)
+	if d.member != nil {
+		fmt.Fprintf(w, "  etcd client   %s   (data in %s)\n", strings.Join(d.member.ClientEndpoints(), ","), cfg.memberDir())
+		fmt.Fprintf(w, "  etcd peer     %s\n", strings.Join(cfg.peerURLs, ","))
+	} else {
+		fmt.Fprintf(w, "  etcd          %s\n", strings.Join(cfg.etcdEndpoints, ","))
+	}
+	if d.worker != nil {
+		fmt.Fprintf(w, "  worker        %s udp://%s\n", d.worker.ID(), d.worker.Addr())
+	}
+	fmt.Fprintf(w, "  http          http://%s/metrics  /healthz  /readyz\n", d.httpLn.Addr())
+	ep := strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.clientURLs, cfg.etcdEndpoints), "http://"), "https://")
+	if cfg.mode == modeWorker {
+		ep = strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.etcdEndpoints, nil), "http://"), "https://")
+	}
+	fmt.Fprintf(w, "Try, in another terminal:\n  go tool etcdctl --endpoints=%s get --prefix /tokend/\n", ep)
+}
+
+func firstOr(a, b []string) string {
+	if len(a) > 0 {
+		return a[0]
+	}
+	if len(b) > 0 {
+		return b[0]
+	}
+	return ""
+}

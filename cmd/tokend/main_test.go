@@ -1,0 +1,366 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/cluster"
+)
+
+// The test binary doubles as the tokend binary: with TOKEND_TEST_MAIN=1 it
+// runs main instead of the tests, so the process tests need no separate build.
+func TestMain(m *testing.M) {
+	if os.Getenv("TOKEND_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Also check UDP on the same number, for worker ports.
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a tokend process started by a test.
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TOKEND_TEST_MAIN=1")
+	p := &proc{t: t, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("output of tokend %s:\n%s", strings.Join(args, " "), p.out)
+		}
+	})
+	return p
+}
+
+// signal sends sig and waits for the exit, returning the exit code and how long it took.
+func (p *proc) stop(sig syscall.Signal, within time.Duration) (int, time.Duration) {
+	p.t.Helper()
+	start := time.Now()
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		p.t.Fatalf("tokend did not exit within %v of %v", within, sig)
+	}
+	return p.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+func waitReady(t *testing.T, p *proc, httpAddr string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			t.Fatalf("tokend exited early: %v", p.err)
+		default:
+		}
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("/readyz not ready within %v", within)
+}
+
+func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+type allInOne struct {
+	dir                     string
+	client, peer, http, udp int
+}
+
+func (a allInOne) args() []string {
+	return []string{
+		"--data-dir", a.dir,
+		"--client-urls", fmt.Sprintf("http://127.0.0.1:%d", a.client),
+		"--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", a.peer),
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", a.http),
+		"--udp-addr", fmt.Sprintf("127.0.0.1:%d", a.udp),
+		"--worker-id", "w1",
+	}
+}
+
+func newAllInOne(t *testing.T) allInOne {
+	return allInOne{dir: t.TempDir(), client: freePort(t), peer: freePort(t), http: freePort(t), udp: freePort(t)}
+}
+
+// TestAllInOne is the README's first command: it starts, turns ready, shows
+// the worker, the leader and the config in etcd, stops on SIGINT with exit 0
+// in under 5 s, and restarts on the same data dir.
+func TestAllInOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	a := newAllInOne(t)
+	p := startProc(t, a.args()...)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", a.http)
+	waitReady(t, p, httpAddr, 30*time.Second)
+	if out := p.out.String(); !strings.Contains(out, "go tool etcdctl --endpoints=127.0.0.1:") || !strings.Contains(out, "is up") {
+		t.Errorf("startup banner missing endpoints or first command:\n%s", out)
+	}
+
+	cli := etcdClient(t, fmt.Sprintf("127.0.0.1:%d", a.client))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, cluster.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, kv := range resp.Kvs {
+		seen[string(kv.Key)] = string(kv.Value)
+		if !json.Valid(kv.Value) {
+			t.Errorf("%s is not JSON: %q", kv.Key, kv.Value)
+		}
+	}
+	var w cluster.Worker
+	if err := json.Unmarshal([]byte(seen[cluster.WorkerKey("w1")]), &w); err != nil || w.UDP != fmt.Sprintf("127.0.0.1:%d", a.udp) {
+		t.Errorf("worker document %q (%v)", seen[cluster.WorkerKey("w1")], err)
+	}
+	var c cluster.Config
+	if err := json.Unmarshal([]byte(seen[cluster.ConfigKey]), &c); err != nil || c.Shards != 4096 {
+		t.Errorf("config document %q (%v)", seen[cluster.ConfigKey], err)
+	}
+	leaders := 0
+	for k := range seen {
+		if strings.HasPrefix(k, cluster.LeaderPrefix) {
+			leaders++
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d leader keys, want 1: %v", leaders, seen)
+	}
+	for _, path := range []string{"/metrics", "/healthz"} {
+		r, err := http.Get("http://" + httpAddr + path)
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, r, err)
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if path == "/metrics" {
+			for _, want := range []string{"tokend_coordinator_is_leader 1", "etcd_server_has_leader 1"} {
+				if !strings.Contains(string(body), want) {
+					t.Errorf("/metrics lacks %q", want)
+				}
+			}
+		}
+	}
+	cli.Close()
+
+	code, took := p.stop(syscall.SIGINT, 5*time.Second)
+	if code != 0 {
+		t.Fatalf("exit code %d after SIGINT", code)
+	}
+	t.Logf("stopped in %v", took)
+
+	// Restart on the same data dir.
+	p2 := startProc(t, a.args()...)
+	waitReady(t, p2, httpAddr, 30*time.Second)
+	if code, _ := p2.stop(syscall.SIGTERM, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM on restart", code)
+	}
+}
+
+// TestWorkerKeyVanishesOnKill: a worker process killed with SIGKILL cannot
+// revoke its lease; its key must still vanish within the lease TTL.
+func TestWorkerKeyVanishesOnKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	a := newAllInOne(t)
+	p := startProc(t, a.args()...)
+	waitReady(t, p, fmt.Sprintf("127.0.0.1:%d", a.http), 30*time.Second)
+
+	whttp := freePort(t)
+	const ttl = 2 * time.Second
+	wp := startProc(t, "worker",
+		"--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", a.client),
+		"--udp-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", whttp),
+		"--worker-id", "w2", "--worker-ttl", ttl.String())
+	waitReady(t, wp, fmt.Sprintf("127.0.0.1:%d", whttp), 30*time.Second)
+
+	cli := etcdClient(t, fmt.Sprintf("127.0.0.1:%d", a.client))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	key := cluster.WorkerKey("w2")
+	resp, err := cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("worker key missing before the kill: %v %v", resp, err)
+	}
+	watch := cli.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	killed := time.Now()
+	wp.cmd.Process.Kill()
+	for ev := range watch {
+		for _, e := range ev.Events {
+			if e.Type == clientv3.EventTypeDelete {
+				gone := time.Since(killed)
+				t.Logf("worker key deleted %v after SIGKILL (TTL %v)", gone, ttl)
+				// etcd may round the TTL up to whole seconds and checks
+				// expiry every 500ms; allow that and scheduling slack.
+				if gone > ttl+1500*time.Millisecond {
+					t.Errorf("key vanished after %v, want within the TTL %v (+ etcd's expiry granularity)", gone, ttl)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("no delete event: %v", ctx.Err())
+}
+
+// TestThreeServers runs the README's three-server recipe: three "tokend
+// server" processes form one etcd cluster; the leader moves when the
+// leading server stops, and writes succeed with one server down.
+func TestThreeServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	type srv struct {
+		name               string
+		client, peer, http int
+		p                  *proc
+	}
+	servers := make([]*srv, 3)
+	var initial []string
+	for i := range servers {
+		s := &srv{name: fmt.Sprintf("s%d", i+1), client: freePort(t), peer: freePort(t), http: freePort(t)}
+		servers[i] = s
+		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", s.name, s.peer))
+	}
+	dir := t.TempDir()
+	var endpoints []string
+	for i, s := range servers {
+		args := []string{"server", "--name", s.name, "--data-dir", dir,
+			"--client-urls", fmt.Sprintf("http://127.0.0.1:%d", s.client),
+			"--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", s.peer),
+			"--http-addr", fmt.Sprintf("127.0.0.1:%d", s.http),
+			"--initial-cluster", strings.Join(initial, ","),
+		}
+		if i == 0 {
+			args = append(args, "--worker", "--udp-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--worker-id", "w1")
+		}
+		s.p = startProc(t, args...)
+		endpoints = append(endpoints, fmt.Sprintf("127.0.0.1:%d", s.client))
+	}
+	for _, s := range servers {
+		waitReady(t, s.p, fmt.Sprintf("127.0.0.1:%d", s.http), 60*time.Second)
+	}
+	cli := etcdClient(t, endpoints...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	leader := func() string {
+		for ctx.Err() == nil {
+			resp, err := cli.Get(ctx, cluster.LeaderPrefix, clientv3.WithFirstCreate()...)
+			if err == nil && len(resp.Kvs) > 0 {
+				var l cluster.Leader
+				if json.Unmarshal(resp.Kvs[0].Value, &l) == nil {
+					return l.Name
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatal("no leader")
+		return ""
+	}
+	first := leader()
+	var victim *srv
+	for _, s := range servers {
+		if s.name == first {
+			victim = s
+		}
+	}
+	if code, _ := victim.p.stop(syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Fatalf("leader %s exited %d", first, code)
+	}
+	var live []string
+	for _, s := range servers {
+		if s != victim {
+			live = append(live, fmt.Sprintf("127.0.0.1:%d", s.client))
+		}
+	}
+	cli.SetEndpoints(live...)
+	second := ""
+	for second == "" || second == first {
+		second = leader()
+	}
+	if _, err := cli.Put(ctx, "/tokend-test/write-with-one-down", "ok"); err != nil {
+		t.Fatalf("write with one of three servers down: %v", err)
+	}
+	t.Logf("leader moved from %s to %s", first, second)
+}

@@ -1,0 +1,261 @@
+// Package devcluster starts a whole tokend cluster inside one process, on
+// loopback: one embedded etcd member, a coordinator, and any number of
+// workers. End-to-end tests, examples and benchmarks use it; the daemon
+// (cmd/tokend) wires the same parts from its configuration.
+package devcluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/embedded"
+	"github.com/tokend/tokend/worker"
+)
+
+// Options configure a cluster. Zero values take the defaults noted.
+type Options struct {
+	Dir        string        // data dir; default a new temp dir, removed by Close
+	Workers    int           // default 1
+	Shards     int           // default 64 (small, so tests see every shard)
+	WorkerTTL  time.Duration // default 2s (etcd's minimum)
+	SessionTTL time.Duration // default 2s
+	Grace      time.Duration // default 2s
+	Logger     *slog.Logger  // default discard
+	// Conn, if set, gives worker i its socket (e.g. a faultnet.Conn);
+	// otherwise workers listen on 127.0.0.1:0.
+	Conn func(i int) (worker.PacketConn, error)
+}
+
+// Cluster is a running in-process cluster.
+type Cluster struct {
+	opts    Options
+	tempDir bool
+	Member  *embedded.Member
+	Client  *clientv3.Client
+	Coord   *coordinator.Coordinator
+
+	mu      sync.Mutex // guards workers
+	workers []*worker.Worker
+}
+
+func freeURL() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return "http://" + l.Addr().String(), nil
+}
+
+// Start starts the cluster and waits until every worker serves its shards.
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	if o.Workers == 0 {
+		o.Workers = 1
+	}
+	if o.Shards == 0 {
+		o.Shards = 64
+	}
+	if o.WorkerTTL == 0 {
+		o.WorkerTTL = 2 * time.Second
+	}
+	if o.SessionTTL == 0 {
+		o.SessionTTL = 2 * time.Second
+	}
+	if o.Grace == 0 {
+		o.Grace = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cluster{opts: o}
+	if c.opts.Dir == "" {
+		d, err := os.MkdirTemp("", "tokend-devcluster-")
+		if err != nil {
+			return nil, err
+		}
+		c.opts.Dir, c.tempDir = d, true
+	}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var peer, client string
+		if peer, err = freeURL(); err != nil {
+			break
+		}
+		if client, err = freeURL(); err != nil {
+			break
+		}
+		c.Member, err = embedded.Start(ctx, embedded.Config{
+			Name: "dev", Dir: filepath.Join(c.opts.Dir, fmt.Sprintf("dev%d.etcd", attempt)),
+			PeerURLs: []string{peer}, ClientURLs: []string{client},
+			Logger: zap.NewNop(),
+		})
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.Client, err = clientv3.New(clientv3.Config{Endpoints: c.Member.ClientEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.Coord, err = coordinator.New(coordinator.Config{
+		Client: c.Client, Name: "dev",
+		Cluster: cluster.Config{
+			Shards: o.Shards, SessionTTLms: o.SessionTTL.Milliseconds(), GraceMs: o.Grace.Milliseconds(),
+			Created: cluster.Now(time.Now()), CreatedBy: "devcluster", Version: cluster.Version,
+		},
+		LeaderTTL: 2 * time.Second,
+		Logger:    o.Logger,
+	})
+	if err == nil {
+		err = c.Coord.Start(ctx)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	for i := 0; i < o.Workers; i++ {
+		if _, err := c.AddWorker(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if err := c.WaitServing(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// AddWorker starts one more worker and returns it. It does not wait for
+// the rebalance; call WaitServing for that.
+func (c *Cluster) AddWorker(ctx context.Context) (*worker.Worker, error) {
+	c.mu.Lock()
+	i := len(c.workers)
+	c.mu.Unlock()
+	cfg := worker.Config{
+		Client: c.Client, ID: fmt.Sprintf("w%d", i+1), UDPAddr: "127.0.0.1:0",
+		TTL: c.opts.WorkerTTL, Logger: c.opts.Logger, Registry: prometheus.NewRegistry(),
+	}
+	if c.opts.Conn != nil {
+		conn, err := c.opts.Conn(i)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Conn = conn
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Start(ctx); err != nil {
+		w.Close()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.workers = append(c.workers, w)
+	c.mu.Unlock()
+	return w, nil
+}
+
+// Workers returns the workers started so far (including closed ones).
+func (c *Cluster) Workers() []*worker.Worker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*worker.Worker(nil), c.workers...)
+}
+
+// Seeds returns the UDP addresses of the live workers.
+func (c *Cluster) Seeds() []string {
+	var out []string
+	for _, w := range c.Workers() {
+		out = append(out, w.Addr().String())
+	}
+	return out
+}
+
+// WaitServing waits until the delegation map assigns every shard to a
+// registered worker.
+func (c *Cluster) WaitServing(ctx context.Context) error {
+	for {
+		m, _, err := coordinator.ReadMap(ctx, c.Client)
+		if err == nil && allOwnedByLive(ctx, c.Client, m) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("devcluster: shards not all served: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func allOwnedByLive(ctx context.Context, cli *clientv3.Client, m plan.Map) bool {
+	if m.Shards() == 0 {
+		return false
+	}
+	resp, err := cli.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return false
+	}
+	live := map[plan.Owner]bool{}
+	for _, kv := range resp.Kvs {
+		var w cluster.Worker
+		if json.Unmarshal(kv.Value, &w) != nil {
+			continue
+		}
+		if inc, err := strconv.ParseUint(w.Incarnation, 16, 64); err == nil {
+			live[plan.Owner{ID: w.ID, Incarnation: inc}] = true
+		}
+	}
+	for s := 0; s < m.Shards(); s++ {
+		o, _, ok := m.Lookup(s)
+		if !ok || !live[o] {
+			return false
+		}
+	}
+	return true
+}
+
+// Close stops everything in order: workers, coordinator, client, member.
+func (c *Cluster) Close() error {
+	var errs []error
+	for _, w := range c.Workers() {
+		if err := w.Close(); err != nil && !errors.Is(err, worker.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if c.Coord != nil {
+		c.Coord.Close()
+	}
+	if c.Client != nil {
+		c.Client.Close()
+	}
+	if c.Member != nil {
+		errs = append(errs, c.Member.Close())
+	}
+	if c.tempDir {
+		os.RemoveAll(c.opts.Dir)
+	}
+	return errors.Join(errs...)
+}
