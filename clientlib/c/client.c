@@ -1,0 +1,681 @@
+/*
+ * client.c - libtokend's public API (tokend.h): argument checks, the calls
+ * that wait for an answer, connect and close. The protocol itself is in
+ * engine.c; see internal.h for the locking rules.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ small helpers */
+
+static int cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+	if (pthread_condattr_init(&ca) != 0)
+		return -1;
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	int e = pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+	return e == 0 ? 0 : -1;
+}
+
+/* Wait on cv until `until` (monotonic ns) at the latest. */
+static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t until)
+{
+	int64_t now = tkn_now();
+	if (until == NEVER || until - now > 1000 * NS_PER_MS)
+		until = now + 1000 * NS_PER_MS; /* re-check at least every second */
+	struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
+	pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* Every API call that touches the handle runs between enter and leave, so
+ * that tokend_close can wait for calls in progress. */
+static int enter(struct tokend_client *c)
+{
+	if (c->closing)
+		return TOKEND_ECLOSED;
+	c->active++;
+	return TOKEND_OK;
+}
+
+static void leave(struct tokend_client *c)
+{
+	if (--c->active == 0)
+		pthread_cond_broadcast(&c->cond);
+}
+
+static int valid_name(const void *name, size_t len)
+{
+	return name != NULL && len >= 1 && len <= TOKEND_MAX_NAME;
+}
+
+static int valid_mode(int m) { return m >= TOKEND_NL && m <= TOKEND_EX; }
+
+static int writer_mode(int m) { return m == TOKEND_PW || m == TOKEND_EX; }
+
+/* wait_ms on the wire: 0 = TRY, -1 = no limit (SPEC 5 ACQUIRE). */
+static uint32_t wire_wait(int64_t wait_ms)
+{
+	if (wait_ms < 0)
+		return TKW_WAIT_FOREVER;
+	if (wait_ms >= (int64_t)TKW_WAIT_FOREVER)
+		return TKW_WAIT_FOREVER - 1;
+	return (uint32_t)wait_ms;
+}
+
+/*
+ * The local deadline of a call that may queue. A try gets its answer in a
+ * round trip, so it is bounded by the connect timeout (the worker may be
+ * unreachable). A wait of w ms lets the request stay queued w ms at the
+ * worker, which then answers TIMEOUT; we give that answer WAIT_SLACK_NS to
+ * arrive before we give up ourselves and CANCEL, because a TIMEOUT leaves no
+ * doubt about the outcome and a CANCEL racing a grant may (see cancel_done
+ * in engine.c). So a call returns at most about w + 250 ms after it started.
+ */
+static int64_t wait_deadline(struct tokend_client *c, int64_t wait_ms, int64_t now)
+{
+	if (wait_ms < 0)
+		return NEVER;
+	if (wait_ms == 0)
+		return now + c->connect_ns;
+	if (wait_ms > (int64_t)TKW_WAIT_FOREVER - 1)
+		wait_ms = (int64_t)TKW_WAIT_FOREVER - 1; /* what the wire can say (~49 days) */
+	return now + wait_ms * NS_PER_MS + WAIT_SLACK_NS;
+}
+
+/*
+ * Wait for a sync request's outcome, retransmitting it when due. If the
+ * deadline passes (or the handle closes) the request is abandoned; then
+ * *handed tells whether the engine took it over (the caller must not free it).
+ */
+static int wait_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, int *handed)
+{
+	*handed = 0;
+	for (;;) {
+		if (r->done)
+			return r->result;
+		int64_t now = tkn_now();
+		int rc = TOKEND_OK;
+		if (c->stopping || (c->closing && !closing_ok))
+			rc = TOKEND_ECLOSED;
+		else if (now >= deadline)
+			rc = TOKEND_ETIMEDOUT;
+		if (rc != TOKEND_OK) {
+			*handed = req_abandon(c, r);
+			return rc;
+		}
+		if (now >= r->next_send)
+			req_send(c, r, now);
+		timed_wait(&r->cond, &c->mu, r->next_send < deadline ? r->next_send : deadline);
+	}
+}
+
+/* Run a sync request to its end and free it (unless the engine took it). */
+static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, tokend_grant *out)
+{
+	int handed;
+	int rc = wait_req(c, r, deadline, closing_ok, &handed);
+	if (!handed) {
+		if (rc == TOKEND_OK && out)
+			*out = r->out;
+		req_free(r);
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------ session */
+
+static int open_session(struct tokend_client *c, int64_t deadline)
+{
+	int64_t now = tkn_now();
+	int64_t limit = now + c->connect_ns < deadline ? now + c->connect_ns : deadline;
+	struct req *r = req_new(c, TKW_SESSION_OPEN, OWN_SYNC);
+	if (!r)
+		return TOKEND_ENOMEM;
+	do
+		r->id = tkn_random_seed();
+	while (r->id == 0); /* the nonce (SPEC 11) */
+	if (c->session_dest.len) {
+		r->dest = c->session_dest;
+		r->has_dest = 1;
+	} else {
+		r->has_dest = pick_worker(c, &r->dest);
+	}
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_SESSION_OPEN;
+	m->ttl_ms = c->req_ttl_ms;
+	m->lib.p = (const uint8_t *)LIB_ID;
+	m->lib.len = strlen(LIB_ID);
+	int rc = req_build(c, r, m);
+	if (rc != TOKEND_OK) {
+		req_unlink(c, r);
+		req_free(r);
+		return rc;
+	}
+	int handed;
+	rc = wait_req(c, r, limit, 0, &handed);
+	if (rc == TOKEND_OK) {
+		c->session = r->s_session;
+		c->S = r->s_ttl;
+		c->W = r->s_wttl;
+		c->G = r->s_grace;
+		c->shard_count = r->s_shards;
+		session_reset(c);
+		c->session_deadline = r->first_send + (int64_t)c->S * NS_PER_MS - margin_ns(c->S);
+		c->session_dest = r->dest;
+		c->ka_next = tkn_now() + (int64_t)(c->S < c->W ? c->S : c->W) * NS_PER_MS / 3;
+		c->sstate = S_OPEN;
+		wake_bg(c); /* the keepalive timer starts */
+	}
+	if (!handed)
+		req_free(r);
+	return rc;
+}
+
+/* Make sure a session is open, opening one (again) if needed. */
+static int ensure_session(struct tokend_client *c, int64_t deadline)
+{
+	for (;;) {
+		if (c->closing)
+			return TOKEND_ECLOSED;
+		if (c->sstate == S_OPEN)
+			return TOKEND_OK;
+		if (c->sstate == S_OPENING) {
+			if (tkn_now() >= deadline)
+				return TOKEND_ETIMEDOUT;
+			timed_wait(&c->cond, &c->mu, deadline);
+			continue;
+		}
+		c->sstate = S_OPENING;
+		int rc = open_session(c, deadline);
+		if (c->sstate == S_OPENING)
+			c->sstate = S_LOST;
+		pthread_cond_broadcast(&c->cond);
+		return rc;
+	}
+}
+
+/* ------------------------------------------------------------ connect, close */
+
+void tokend_options_init(tokend_options *o)
+{
+	if (o)
+		memset(o, 0, sizeof *o);
+}
+
+static void destroy(struct tokend_client *c)
+{
+	if (c->thread_started) {
+		pthread_mutex_lock(&c->mu);
+		c->stopping = 1;
+		wake_bg(c);
+		pthread_mutex_unlock(&c->mu);
+		pthread_join(c->thread, NULL);
+	}
+	while (c->reqs) {
+		struct req *r = c->reqs;
+		req_unlink(c, r);
+		req_free(r);
+	}
+	while (c->grants) {
+		struct grant_rec *g = c->grants;
+		c->grants = g->next;
+		free(g);
+	}
+	while (c->groups) {
+		struct group *g = c->groups;
+		c->groups = g->next;
+		free(g);
+	}
+	while (c->stash) {
+		struct stash *s = c->stash;
+		c->stash = s->next;
+		free(s);
+	}
+	while (c->ev_head) {
+		struct event *e = c->ev_head;
+		c->ev_head = e->next;
+		free(e);
+	}
+	map_free(&c->map);
+	map_free(&c->mf.m);
+	free(c->seeds);
+	if (c->fd >= 0)
+		close(c->fd);
+	if (c->wake[0] >= 0)
+		close(c->wake[0]);
+	if (c->wake[1] >= 0)
+		close(c->wake[1]);
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+int tokend_connect(const tokend_options *opts, tokend_client **out)
+{
+	if (!opts || !out)
+		return TOKEND_EINVAL;
+	*out = NULL;
+	if (opts->multicast)
+		return TOKEND_ENOTSUP; /* discovery by multicast: not implemented yet */
+	if (!opts->seeds || opts->nseeds == 0 || opts->nseeds > 1024)
+		return TOKEND_EINVAL;
+	char host[256];
+	unsigned port;
+	for (size_t i = 0; i < opts->nseeds; i++)
+		if (!opts->seeds[i] || tkn_split_hostport(opts->seeds[i], host, sizeof host, &port) != 0)
+			return TOKEND_EINVAL;
+
+	struct tokend_client *c = calloc(1, sizeof *c);
+	if (!c)
+		return TOKEND_ENOMEM;
+	c->fd = c->wake[0] = c->wake[1] = -1;
+	if (pthread_mutex_init(&c->mu, NULL) != 0) {
+		free(c);
+		return TOKEND_ESYS;
+	}
+	if (cond_init(&c->cond) != 0) {
+		pthread_mutex_destroy(&c->mu);
+		free(c);
+		return TOKEND_ESYS;
+	}
+	int rc = TOKEND_OK;
+	c->on_revoke = opts->on_revoke;
+	c->on_lost = opts->on_lost;
+	c->cb_arg = opts->cb_arg;
+	c->req_ttl_ms = opts->session_ttl_ms;
+	c->rto0 = (int64_t)(opts->rto_ms ? opts->rto_ms : DEFAULT_RTO_MS) * NS_PER_MS;
+	c->connect_ns = (int64_t)(opts->connect_timeout_ms ? opts->connect_timeout_ms : DEFAULT_CONNECT_MS) *
+			NS_PER_MS;
+	c->rng = tkn_random_seed();
+	c->sstate = S_NONE;
+
+	c->fd = tkn_udp_socket(&c->family);
+	if (c->fd < 0 || tkn_pipe(c->wake) != 0) {
+		rc = TOKEND_ESYS;
+		goto fail;
+	}
+	c->seeds = calloc(opts->nseeds, sizeof *c->seeds);
+	if (!c->seeds) {
+		rc = TOKEND_ENOMEM;
+		goto fail;
+	}
+	for (size_t i = 0; i < opts->nseeds; i++)
+		if (tkn_resolve(opts->seeds[i], c->family, 0, &c->seeds[c->nseeds]) == 0)
+			c->nseeds++;
+	if (c->nseeds == 0) {
+		rc = TOKEND_EADDR;
+		goto fail;
+	}
+
+	pthread_mutex_lock(&c->mu);
+	/* c->thread is written before the thread can take the lock */
+	if (pthread_create(&c->thread, NULL, bg_main, c) != 0) {
+		pthread_mutex_unlock(&c->mu);
+		rc = TOKEND_ESYS;
+		goto fail;
+	}
+	c->thread_started = 1;
+	c->active++;
+	int64_t now = tkn_now(), deadline = now + c->connect_ns;
+	map_refresh(c, now);
+	while (!c->map.have && tkn_now() < deadline)
+		timed_wait(&c->cond, &c->mu, deadline);
+	if (!c->map.have)
+		rc = TOKEND_EUNREACHABLE;
+	else
+		rc = ensure_session(c, deadline);
+	c->active--;
+	pthread_mutex_unlock(&c->mu);
+	if (rc == TOKEND_ETIMEDOUT)
+		rc = TOKEND_EUNREACHABLE;
+	if (rc != TOKEND_OK)
+		goto fail;
+	*out = c;
+	return TOKEND_OK;
+fail:
+	destroy(c);
+	return rc;
+}
+
+int tokend_close(tokend_client *c)
+{
+	if (!c)
+		return TOKEND_OK;
+	if (on_bg_thread(c))
+		return TOKEND_ECALLBACK;
+	pthread_mutex_lock(&c->mu);
+	c->closing = 1;
+	for (struct req *r = c->reqs; r; r = r->next)
+		if (r->owner == OWN_SYNC && r->has_cond)
+			pthread_cond_signal(&r->cond);
+	pthread_cond_broadcast(&c->cond);
+	while (c->active > 0)
+		timed_wait(&c->cond, &c->mu, tkn_now() + 100 * NS_PER_MS);
+	if (c->sstate == S_OPEN) {
+		/* End the session: every worker drops its grants (SPEC 11). */
+		struct req *r = req_new(c, TKW_SESSION_CLOSE, OWN_SYNC);
+		if (r) {
+			r->dest = c->session_dest;
+			r->has_dest = 1;
+			struct tkw_msg *m = &c->tx;
+			memset(m, 0, sizeof *m);
+			m->h.type = TKW_SESSION_CLOSE;
+			if (req_build(c, r, m) == TOKEND_OK) {
+				(void)run_req(c, r, tkn_now() + CLOSE_WAIT_MS * NS_PER_MS, 1, NULL);
+			} else {
+				req_unlink(c, r);
+				req_free(r);
+			}
+		}
+		c->sstate = S_CLOSED;
+	}
+	pthread_mutex_unlock(&c->mu);
+	destroy(c);
+	return TOKEND_OK;
+}
+
+uint64_t tokend_session_id(tokend_client *c)
+{
+	if (!c)
+		return 0;
+	pthread_mutex_lock(&c->mu);
+	uint64_t s = c->sstate == S_OPEN ? c->session : 0;
+	pthread_mutex_unlock(&c->mu);
+	return s;
+}
+
+/* ------------------------------------------------------------ acquire */
+
+int tokend_acquire(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, int64_t wait_ms,
+		   tokend_grant *out)
+{
+	return tokend_acquire_range(c, name, name_len, mode, 0, 0, wait_ms, out);
+}
+
+int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
+			 uint64_t end, int64_t wait_ms, tokend_grant *out)
+{
+	if (!c || !out || !valid_name(name, name_len) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER)
+		return TOKEND_EINVAL;
+	if (start == 0 && end == 0)
+		end = TOKEND_WHOLE_END;
+	if (start >= end)
+		return TOKEND_EINVAL;
+	if (on_bg_thread(c))
+		return TOKEND_ECALLBACK;
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	int64_t deadline = wait_deadline(c, wait_ms, tkn_now());
+	rc = ensure_session(c, deadline);
+	if (rc == TOKEND_OK) {
+		struct req *r = req_new(c, TKW_ACQUIRE, OWN_SYNC);
+		if (!r) {
+			rc = TOKEND_ENOMEM;
+		} else {
+			r->routed = 1;
+			r->shard = tkw_shard(name, name_len, c->shard_count);
+			memcpy(r->name, name, name_len);
+			r->name_len = (uint8_t)name_len;
+			r->mode = (uint8_t)mode;
+			struct tkw_msg *m = &c->tx;
+			memset(m, 0, sizeof *m);
+			m->h.type = TKW_ACQUIRE;
+			m->try_ = wait_ms == 0;
+			m->mode = (uint8_t)mode;
+			m->wait_ms = wait_ms == 0 ? 0 : wire_wait(wait_ms);
+			m->start = start;
+			m->end = end;
+			m->name.p = name;
+			m->name.len = name_len;
+			rc = req_build(c, r, m);
+			if (rc != TOKEND_OK) {
+				req_unlink(c, r);
+				req_free(r);
+			} else {
+				rc = run_req(c, r, deadline, 0, out);
+			}
+		}
+	}
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+/* ------------------------------------------------------------ release, convert */
+
+static int valid_grant_arg(const tokend_grant *g)
+{
+	return g && valid_name(g->name, g->name_len) && tkw_fence_valid(g->fence);
+}
+
+int tokend_release(tokend_client *c, const tokend_grant *gr, const void *value, size_t value_len)
+{
+	if (!c || !valid_grant_arg(gr) || (value && value_len > TOKEND_MAX_VALUE))
+		return TOKEND_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
+	if (!g || g->state == G_RELEASING) {
+		rc = TOKEND_ENOTHELD;
+	} else if (g->state == G_LOST) {
+		grant_remove(c, g); /* the engine gave it back when it was lost */
+		rc = TOKEND_ELOST;
+	} else if (value && !writer_mode(g->g.mode)) {
+		rc = TOKEND_EINVAL; /* only PW and EX holders set the value block */
+	} else {
+		int async = on_bg_thread(c);
+		struct req *r = req_for_grant(c, TKW_RELEASE, async ? OWN_ASYNC : OWN_SYNC, g);
+		if (!r) {
+			rc = TOKEND_ENOMEM;
+		} else {
+			struct tkw_msg *m = &c->tx;
+			m->has_value = value != NULL;
+			m->value.p = value;
+			m->value.len = value ? value_len : 0;
+			rc = req_build(c, r, m);
+			if (rc != TOKEND_OK) {
+				req_complete(c, r, rc);
+				if (!async)
+					req_free(r);
+			} else {
+				/* given up from now on, whatever the answer */
+				g->state = G_RELEASING;
+				if (async) {
+					req_send(c, r, tkn_now());
+				} else {
+					rc = run_req(c, r, NEVER, 0, NULL);
+					if (rc == TOKEND_ECLOSED) {
+						/* the session close releases it */
+					}
+				}
+			}
+		}
+	}
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,
+		   size_t value_len)
+{
+	if (!c || !valid_grant_arg(gr) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER ||
+	    (value && value_len > TOKEND_MAX_VALUE))
+		return TOKEND_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
+	int async = on_bg_thread(c);
+	int down = g && tkw_mode_covers((int)g->g.mode, (int)mode);
+	if (!g || g->state == G_RELEASING)
+		rc = TOKEND_ENOTHELD;
+	else if (g->state == G_LOST)
+		rc = TOKEND_ELOST;
+	else if (g->state == G_RECLAIMING)
+		rc = TOKEND_EJEOPARDY;
+	else if (value && !writer_mode(g->g.mode))
+		rc = TOKEND_EINVAL;
+	else if (async && !down)
+		rc = TOKEND_ECALLBACK; /* an upgrade may wait */
+	else if (g->session != c->session || c->sstate != S_OPEN)
+		rc = TOKEND_ESESSION;
+	if (rc != TOKEND_OK)
+		goto out;
+	struct req *r = req_new(c, TKW_CONVERT, async ? OWN_ASYNC : OWN_SYNC);
+	if (!r) {
+		rc = TOKEND_ENOMEM;
+		goto out;
+	}
+	r->routed = 1;
+	r->shard = g->shard;
+	memcpy(r->name, g->g.name, g->g.name_len);
+	r->name_len = (uint8_t)g->g.name_len;
+	r->fence = g->g.fence;
+	r->mode = (uint8_t)mode;
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_CONVERT;
+	m->fence = g->g.fence;
+	m->mode = (uint8_t)mode;
+	/* a downgrade never waits: send it as a try */
+	m->try_ = down || wait_ms == 0;
+	m->wait_ms = m->try_ ? 0 : wire_wait(wait_ms);
+	m->name.p = g->g.name;
+	m->name.len = g->g.name_len;
+	m->has_value = value != NULL;
+	m->value.p = value;
+	m->value.len = value ? value_len : 0;
+	rc = req_build(c, r, m);
+	if (rc != TOKEND_OK) {
+		req_complete(c, r, rc);
+		if (!async)
+			req_free(r);
+		goto out;
+	}
+	if (down) {
+		/* Holding less than we have is always safe: lower it now. */
+		g->g.mode = mode;
+		gr->mode = mode;
+	}
+	if (async) {
+		req_send(c, r, tkn_now());
+		goto out;
+	}
+	tokend_grant res;
+	rc = run_req(c, r, down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now()), 0, &res);
+	if (rc == TOKEND_OK)
+		*gr = res;
+out:
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+int tokend_grant_check(tokend_client *c, const tokend_grant *gr, uint32_t *remaining_ms)
+{
+	if (remaining_ms)
+		*remaining_ms = 0;
+	if (!c || !valid_grant_arg(gr))
+		return TOKEND_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
+	int64_t left = 0;
+	int rc = g ? grant_valid(c, g, tkn_now(), &left) : TOKEND_ENOTHELD;
+	pthread_mutex_unlock(&c->mu);
+	if (remaining_ms) {
+		left /= NS_PER_MS;
+		*remaining_ms = left > UINT32_MAX ? UINT32_MAX : (uint32_t)left;
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------ names */
+
+const char *tokend_strerror(int status)
+{
+	switch (status) {
+	case TOKEND_OK: return "success";
+	case TOKEND_EINVAL: return "invalid argument";
+	case TOKEND_ENOMEM: return "out of memory";
+	case TOKEND_ENOTSUP: return "not supported";
+	case TOKEND_ECONFLICT: return "token held in a conflicting mode";
+	case TOKEND_ETIMEDOUT: return "timed out";
+	case TOKEND_ENOTHELD: return "grant not held";
+	case TOKEND_ELOST: return "grant lost";
+	case TOKEND_ESESSION: return "session expired or unknown";
+	case TOKEND_EUNREACHABLE: return "no tokend worker answered";
+	case TOKEND_EREFUSED: return "request refused by the worker";
+	case TOKEND_ECANCELED: return "request canceled";
+	case TOKEND_ESERVER: return "internal error in the worker";
+	case TOKEND_EADDR: return "bad or unresolvable address";
+	case TOKEND_ESYS: return "system call failed";
+	case TOKEND_ECLOSED: return "client closed";
+	case TOKEND_ECALLBACK: return "call not allowed from a callback";
+	case TOKEND_ELIMIT: return "too many requests in flight";
+	case TOKEND_EJEOPARDY: return "grant lease not confirmed";
+	}
+	return "unknown tokend status";
+}
+
+const char *tokend_mode_name(tokend_mode m)
+{
+	static const char *const names[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
+	return valid_mode((int)m) ? names[m] : "?";
+}
+
+static int ieq(const char *a, const char *b)
+{
+	for (; *a && *b; a++, b++) {
+		char x = *a >= 'A' && *a <= 'Z' ? (char)(*a + 32) : *a;
+		if (x != *b)
+			return 0;
+	}
+	return *a == 0 && *b == 0;
+}
+
+int tokend_mode_parse(const char *s, tokend_mode *out)
+{
+	static const struct {
+		const char *name;
+		tokend_mode m;
+	} t[] = {{"nl", TOKEND_NL},        {"null", TOKEND_NL},       {"cr", TOKEND_CR},
+		 {"cw", TOKEND_CW},        {"pr", TOKEND_PR},         {"shared", TOKEND_PR},
+		 {"sh", TOKEND_PR},        {"read", TOKEND_PR},       {"pw", TOKEND_PW},
+		 {"ex", TOKEND_EX},        {"exclusive", TOKEND_EX},  {"write", TOKEND_EX}};
+	if (!s || !out)
+		return TOKEND_EINVAL;
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+		if (ieq(s, t[i].name)) {
+			*out = t[i].m;
+			return TOKEND_OK;
+		}
+	return TOKEND_EINVAL;
+}
+
+uint64_t tokend_hash(const void *name, size_t name_len)
+{
+	return name ? tkw_fnv1a64(name, name_len) : tkw_fnv1a64("", 0);
+}
+
+const char *tokend_version(void) { return TOKEND_VERSION_STRING; }

@@ -1,0 +1,272 @@
+/*
+ * codec.h - the tokend wire protocol v1: datagram encode/decode, CRC32C and
+ * the FNV-1a token hash. Internal to libtokend (not installed).
+ *
+ * Written from wire/SPEC.md alone. Pure: no I/O, no clock, no allocation, no
+ * global state; safe to call from any thread. Section numbers below ("S7")
+ * refer to SPEC.md.
+ */
+#ifndef TOKEND_CODEC_H
+#define TOKEND_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Limits (S2). */
+#define TKW_VERSION 1
+#define TKW_HEADER_LEN 64
+#define TKW_MAX_DATAGRAM 1200
+#define TKW_MAX_BODY (TKW_MAX_DATAGRAM - TKW_HEADER_LEN) /* 1136 */
+#define TKW_MAX_NAME 255
+#define TKW_MAX_VALUE 64
+#define TKW_MAX_TEXT 255
+#define TKW_MAX_KA_ENTRIES 141 /* (1136 - 2) / 8 */
+#define TKW_MAX_EPOCH 0xFFFFFFu
+#define TKW_SEQ_BITS 40
+#define TKW_WHOLE_END UINT64_MAX /* decoded end of the whole token */
+#define TKW_WAIT_FOREVER 0xFFFFFFFFu
+#define TKW_NO_WORKER 0xFFFFu
+/*
+ * Capacity of the MAP reply arrays. A valid worker entry takes at least 6
+ * bytes and a run 14, and the fixed part of the body 20, so a body of at most
+ * 1136 bytes can never list more than 186 workers or 79 runs: these arrays
+ * cannot overflow on any input (the decoder still checks).
+ */
+#define TKW_MAP_MAX_WORKERS 192
+#define TKW_MAP_MAX_RUNS 80
+
+/* Message types (S4). */
+enum {
+	TKW_SESSION_OPEN = 0x01,
+	TKW_KEEPALIVE = 0x02,
+	TKW_SESSION_CLOSE = 0x03,
+	TKW_ACQUIRE = 0x04,
+	TKW_RELEASE = 0x05,
+	TKW_CONVERT = 0x06,
+	TKW_CANCEL = 0x07,
+	TKW_RECLAIM = 0x08,
+	TKW_REVOKE_ACK = 0x09,
+	TKW_MAP_REQUEST = 0x0A,
+	TKW_REVOKE = 0x41,
+	TKW_GRANT_ASYNC = 0x42,
+	TKW_REPLY = 0x80 /* reply type = request type | TKW_REPLY */
+};
+
+/* Flag bits (S4). */
+#define TKW_FLAG_RENEW 0x01         /* KEEPALIVE */
+#define TKW_FLAG_TRY 0x01           /* ACQUIRE, CONVERT */
+#define TKW_FLAG_RELEASE_VALUE 0x01 /* RELEASE */
+#define TKW_FLAG_CONVERT_VALUE 0x02 /* CONVERT */
+
+/* GRANT value flags (S5). */
+#define TKW_VALUE_VALID 0x01
+#define TKW_VALUE_LOST 0x02
+
+/* Status codes (S6). */
+enum {
+	TKW_ST_OK = 0,
+	TKW_ST_QUEUED = 1,
+	TKW_ST_CONFLICT = 2,
+	TKW_ST_TIMEOUT = 3,
+	TKW_ST_NOT_OWNER = 4,
+	TKW_ST_STALE_EPOCH = 5,
+	TKW_ST_UNKNOWN_SESSION = 6,
+	TKW_ST_GRACE = 7,
+	TKW_ST_UNAVAILABLE = 8,
+	TKW_ST_BAD_REQUEST = 9,
+	TKW_ST_NOT_HELD = 10,
+	TKW_ST_LIMIT = 11,
+	TKW_ST_RECLAIM_REFUSED = 12,
+	TKW_ST_CANCELED = 13,
+	TKW_ST_EXHAUSTED = 14,
+	TKW_ST_SESSION_EXPIRED = 15,
+	TKW_ST_INTERNAL = 255
+};
+
+/* Modes (S5 ACQUIRE). */
+enum { TKW_NL = 0, TKW_CR, TKW_CW, TKW_PR, TKW_PW, TKW_EX, TKW_NMODES };
+
+/* Body layouts: what a datagram carries after its header (S4, S17.1). */
+enum tkw_kind {
+	TKW_K_INVALID = 0,
+	TKW_K_EMPTY,
+	TKW_K_SESSION_OPEN,
+	TKW_K_SESSION_REPLY,
+	TKW_K_KEEPALIVE,
+	TKW_K_KEEPALIVE_REPLY,
+	TKW_K_ACQUIRE,
+	TKW_K_RELEASE,
+	TKW_K_CONVERT,
+	TKW_K_CANCEL,
+	TKW_K_RECLAIM,
+	TKW_K_REVOKE_ACK,
+	TKW_K_MAP_REQUEST,
+	TKW_K_MAP_REPLY,
+	TKW_K_REVOKE,
+	TKW_K_GRANT,
+	TKW_K_QUEUED,
+	TKW_K_ERROR,
+	TKW_K_NOT_OWNER
+};
+
+/*
+ * Decode errors, one per class of SPEC.md section 7, in its order. The names
+ * (tkw_err_name) are the Go sentinels the test vectors use.
+ */
+enum tkw_err {
+	TKW_OK = 0,
+	TKW_ESHORT,
+	TKW_ETOOLARGE,
+	TKW_EBADMAGIC,
+	TKW_EVERSION,
+	TKW_ELENGTH,
+	TKW_ECHECKSUM,
+	TKW_ERESERVED,
+	TKW_EUNKNOWNTYPE,
+	TKW_EBADFLAGS,
+	TKW_EBADSTATUS,
+	TKW_EBADHEADER,
+	TKW_ENAMELENGTH,
+	TKW_EVALUELENGTH,
+	TKW_EBADMODE,
+	TKW_EBADRANGE,
+	TKW_EBADBODY,
+	TKW_NERR
+};
+
+/* A byte string. After tkw_decode it points into the decoded datagram. */
+struct tkw_bytes {
+	const uint8_t *p;
+	size_t len;
+};
+
+struct tkw_header {
+	uint8_t type;
+	uint8_t flags; /* decode: as received; encode: ignored (derived from the body) */
+	uint8_t status;
+	uint16_t body_len; /* decode only */
+	uint64_t session;
+	uint64_t request;
+	uint64_t ack;
+	uint32_t shard;
+	uint32_t epoch;
+	uint64_t map_version;
+	uint32_t crc; /* decode only */
+};
+
+struct tkw_map_worker {
+	uint16_t index;
+	struct tkw_bytes addr;
+	struct tkw_bytes id;
+};
+
+struct tkw_map_run {
+	uint32_t first;
+	uint32_t count;
+	uint16_t worker;
+	uint32_t epoch;
+};
+
+/*
+ * One message: the header and every body field of every layout (only those
+ * of `kind` are meaningful). Field names follow the keys of vectors.txt.
+ * Ranges are in decoded form: the whole token is start 0, end TKW_WHOLE_END.
+ * About 10 KiB: keep one per thread, not one per request.
+ */
+struct tkw_msg {
+	struct tkw_header h;
+	int kind; /* enum tkw_kind, set by tkw_decode; tkw_encode derives it */
+
+	uint32_t ttl_ms;         /* SESSION_OPEN, SESSION_REPLY */
+	struct tkw_bytes lib;    /* SESSION_OPEN */
+	uint32_t shard_count;    /* SESSION_REPLY, MAP_REPLY */
+	uint32_t grace_ms;       /* SESSION_REPLY, MAP_REPLY */
+	uint32_t worker_ttl_ms;  /* SESSION_REPLY */
+	int renew;               /* KEEPALIVE (flag) */
+	uint16_t nentries;       /* KEEPALIVE, KEEPALIVE_REPLY */
+	uint32_t entry_shard[TKW_MAX_KA_ENTRIES];
+	uint32_t entry_epoch[TKW_MAX_KA_ENTRIES];
+	uint8_t entry_status[TKW_MAX_KA_ENTRIES];
+	uint32_t session_ttl_ms; /* KEEPALIVE_REPLY */
+	uint32_t validity_ms;    /* KEEPALIVE_REPLY, GRANT */
+	int try_;                /* ACQUIRE, CONVERT (flag) */
+	uint8_t mode;
+	uint32_t wait_ms;
+	uint64_t start, end;
+	struct tkw_bytes name;
+	uint64_t fence;
+	int has_value;           /* RELEASE, CONVERT (flag) */
+	struct tkw_bytes value;  /* RELEASE, CONVERT, GRANT */
+	uint64_t target;         /* CANCEL, REVOKE_ACK */
+	uint32_t first_shard;    /* MAP_REQUEST */
+	uint64_t body_map_version; /* MAP_REPLY (key "map_version" in the body) */
+	uint16_t nworkers;
+	struct tkw_map_worker workers[TKW_MAP_MAX_WORKERS];
+	uint16_t nruns;
+	struct tkw_map_run runs[TKW_MAP_MAX_RUNS];
+	uint8_t value_flags;     /* GRANT */
+	uint32_t position;       /* QUEUED */
+	struct tkw_bytes message;    /* ERROR, NOT_OWNER */
+	struct tkw_bytes owner_addr; /* NOT_OWNER */
+	uint32_t owner_epoch;        /* NOT_OWNER */
+};
+
+/* CRC32C (Castagnoli) of n bytes, as in S3 ("123456789" -> 0xE3069283). */
+uint32_t tkw_crc32c(const void *data, size_t n);
+
+/* FNV-1a 64 of a token name, and its shard (S8). shard_count 0 gives 0. */
+uint64_t tkw_fnv1a64(const void *name, size_t n);
+uint32_t tkw_shard(const void *name, size_t n, uint32_t shard_count);
+
+/* Fence layout (S9). */
+static inline uint32_t tkw_fence_epoch(uint64_t f) { return (uint32_t)(f >> TKW_SEQ_BITS); }
+static inline uint64_t tkw_fence_seq(uint64_t f) { return f & ((UINT64_C(1) << TKW_SEQ_BITS) - 1); }
+static inline int tkw_fence_valid(uint64_t f) { return tkw_fence_epoch(f) != 0 && tkw_fence_seq(f) != 0; }
+
+/* Is the reply type known; is status defined; body layout of (type, status). */
+int tkw_type_known(uint8_t type);
+int tkw_status_known(uint8_t status);
+int tkw_kind_of(uint8_t type, uint8_t status);
+/* Retryable statuses: not applied, not cached, resend the same id (S6, S17.6). */
+int tkw_status_retryable(uint8_t status);
+
+/*
+ * Decode and validate datagram b[0..n) in the order of S7. On success m holds
+ * the header and body (byte strings point into b) and TKW_OK is returned;
+ * otherwise the first failing check's class. Never reads outside b.
+ */
+int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m);
+
+/*
+ * Encode m into out (cap >= TKW_MAX_DATAGRAM recommended): header from m->h
+ * (flags derived from the body fields, body length and CRC computed), body
+ * from the fields of the layout that (type, status) calls for. The result is
+ * then decoded again, so anything tkw_encode returns TKW_OK for is a valid
+ * datagram; otherwise the decoder's error class (TKW_ETOOLARGE if it does not
+ * fit). *len receives the datagram length.
+ */
+int tkw_encode(const struct tkw_msg *m, uint8_t *out, size_t cap, size_t *len);
+
+/* Reseal a datagram after changing header fields: recompute the CRC. */
+void tkw_reseal(uint8_t *b, size_t n);
+
+/* Names for tests and logs. */
+const char *tkw_err_name(int err);     /* "ErrShort", ... */
+const char *tkw_kind_name(int kind);   /* "EMPTY", "ACQUIRE", ... as in vectors.txt */
+const char *tkw_status_name(int status); /* "OK", "NOT_OWNER", ... */
+
+/* Modes: DLM compatibility, and "a covers b" (converting a -> b never waits). */
+int tkw_mode_compatible(int a, int b);
+int tkw_mode_covers(int a, int b);
+
+/* Strict UTF-8 (RFC 3629: no overlongs, no surrogates, <= U+10FFFF). */
+int tkw_utf8_valid(const uint8_t *p, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TOKEND_CODEC_H */

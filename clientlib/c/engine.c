@@ -1,0 +1,1664 @@
+/*
+ * engine.c - libtokend's protocol engine: requests and retransmission,
+ * replies, grants and their validity, revocations, keepalives, the shard map,
+ * and the background thread that receives datagrams and runs the timers.
+ *
+ * Every function here runs with c->mu held (the thread loop and the event
+ * dispatch release it around poll() and the callbacks). Section numbers
+ * ("SPEC 13") refer to wire/SPEC.md.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------ helpers */
+
+static uint64_t rng_next(struct tokend_client *c)
+{
+	/* xorshift64* */
+	uint64_t x = c->rng;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	c->rng = x;
+	return x * UINT64_C(2685821657736338717);
+}
+
+/* d multiplied by a uniformly random factor in [0.75, 1.25] (SPEC 12). */
+static int64_t jitter(struct tokend_client *c, int64_t d)
+{
+	if (d <= 0)
+		return 0;
+	return d - d / 4 + (int64_t)(rng_next(c) % (uint64_t)(d / 2 + 1));
+}
+
+/* client_margin for a lease of ms (SPEC 13): ms/100 + 10 ms, which is at
+ * least the 1 % drift rate the spec assumes. */
+int64_t margin_ns(uint32_t ms) { return ((int64_t)ms / 100 + 10) * NS_PER_MS; }
+
+/* End of a lease of ms counted from t0, the first send of its request id. */
+static int64_t lease_end(int64_t t0, uint32_t ms)
+{
+	return t0 + (int64_t)ms * NS_PER_MS - margin_ns(ms);
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static void put32(uint8_t *q, uint32_t v)
+{
+	q[0] = (uint8_t)(v >> 24);
+	q[1] = (uint8_t)(v >> 16);
+	q[2] = (uint8_t)(v >> 8);
+	q[3] = (uint8_t)v;
+}
+
+static void put64(uint8_t *q, uint64_t v)
+{
+	put32(q, (uint32_t)(v >> 32));
+	put32(q + 4, (uint32_t)v);
+}
+
+int on_bg_thread(struct tokend_client *c)
+{
+	return c->thread_started && pthread_equal(pthread_self(), c->thread);
+}
+
+void wake_bg(struct tokend_client *c)
+{
+	char b = 1;
+	if (c->wake[1] >= 0 && write(c->wake[1], &b, 1) < 0) {
+		/* full pipe: the thread is awake anyway */
+	}
+}
+
+int status_to_result(int st)
+{
+	switch (st) {
+	case TKW_ST_OK: return TOKEND_OK;
+	case TKW_ST_CONFLICT: return TOKEND_ECONFLICT;
+	case TKW_ST_TIMEOUT: return TOKEND_ETIMEDOUT;
+	case TKW_ST_UNKNOWN_SESSION:
+	case TKW_ST_SESSION_EXPIRED: return TOKEND_ESESSION;
+	case TKW_ST_BAD_REQUEST: return TOKEND_EREFUSED;
+	case TKW_ST_NOT_HELD: return TOKEND_ENOTHELD;
+	case TKW_ST_RECLAIM_REFUSED: return TOKEND_ELOST;
+	case TKW_ST_CANCELED: return TOKEND_ECANCELED;
+	case TKW_ST_LIMIT: return TOKEND_ELIMIT;
+	default: return TOKEND_ESERVER;
+	}
+}
+
+static void signal_req(struct req *r)
+{
+	if (r->owner == OWN_SYNC && r->has_cond)
+		pthread_cond_signal(&r->cond);
+}
+
+/* ------------------------------------------------------------ events */
+
+static void queue_event(struct tokend_client *c, int kind, const tokend_grant *g, int wanted,
+			uint64_t start, uint64_t end, int why)
+{
+	if ((kind == EV_REVOKE && !c->on_revoke) || (kind == EV_LOST && !c->on_lost) || c->closing)
+		return;
+	struct event *e = calloc(1, sizeof *e);
+	if (!e)
+		return; /* cannot report it; the grant's own state still says so */
+	e->kind = kind;
+	e->g = *g;
+	e->g.validity_ms = 0;
+	e->wanted = (tokend_mode)wanted;
+	e->start = start;
+	e->end = end;
+	e->why = why;
+	if (c->ev_tail)
+		c->ev_tail->next = e;
+	else
+		c->ev_head = e;
+	c->ev_tail = e;
+	if (!on_bg_thread(c))
+		wake_bg(c);
+}
+
+/* Run the queued callbacks, without the lock. */
+static void dispatch_events(struct tokend_client *c)
+{
+	while (c->ev_head && !c->stopping) {
+		struct event *e = c->ev_head;
+		c->ev_head = e->next;
+		if (!c->ev_head)
+			c->ev_tail = NULL;
+		if (!c->closing) {
+			pthread_mutex_unlock(&c->mu);
+			if (e->kind == EV_REVOKE)
+				c->on_revoke(c, &e->g, e->wanted, e->start, e->end, c->cb_arg);
+			else
+				c->on_lost(c, &e->g, (tokend_status)e->why, c->cb_arg);
+			pthread_mutex_lock(&c->mu);
+		}
+		free(e);
+	}
+}
+
+/* ------------------------------------------------------------ requests */
+
+struct req *req_new(struct tokend_client *c, uint8_t type, int owner)
+{
+	struct req *r = calloc(1, sizeof *r);
+	if (!r)
+		return NULL;
+	if (owner == OWN_SYNC) {
+		pthread_condattr_t ca;
+		if (pthread_condattr_init(&ca) != 0) {
+			free(r);
+			return NULL;
+		}
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		int e = pthread_cond_init(&r->cond, &ca);
+		pthread_condattr_destroy(&ca);
+		if (e != 0) {
+			free(r);
+			return NULL;
+		}
+		r->has_cond = 1;
+	}
+	r->type = type;
+	r->owner = owner;
+	r->rto = c->rto0;
+	r->final_status = -1;
+	r->in_session = type != TKW_SESSION_OPEN && type != TKW_MAP_REQUEST;
+	r->session = r->in_session ? c->session : 0;
+	r->next = c->reqs;
+	if (c->reqs)
+		c->reqs->prev = r;
+	c->reqs = r;
+	r->linked = 1;
+	if (owner == OWN_ASYNC && !on_bg_thread(c))
+		wake_bg(c); /* its retransmissions are the thread's job */
+	return r;
+}
+
+/* req_for_grant starts a routed request of the given type about grant g:
+ * the request remembers the grant's shard, name and fence, and c->tx is
+ * cleared and given the fields every such message carries (type, fence,
+ * name). The caller adds the rest and builds. NULL when out of memory. */
+struct req *req_for_grant(struct tokend_client *c, uint8_t type, int owner, const struct grant_rec *g)
+{
+	struct req *r = req_new(c, type, owner);
+	if (!r)
+		return NULL;
+	r->routed = 1;
+	r->shard = g->shard;
+	memcpy(r->name, g->g.name, g->g.name_len);
+	r->name_len = (uint8_t)g->g.name_len;
+	r->fence = g->g.fence;
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = type;
+	m->fence = g->g.fence;
+	m->name.p = g->g.name;
+	m->name.len = g->g.name_len;
+	return r;
+}
+
+void req_unlink(struct tokend_client *c, struct req *r)
+{
+	if (!r->linked)
+		return;
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		c->reqs = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->next = r->prev = NULL;
+	r->linked = 0;
+	if (r->counted) {
+		r->counted = 0;
+		c->unfinished--;
+	}
+}
+
+void req_free(struct req *r)
+{
+	if (r->has_cond)
+		pthread_cond_destroy(&r->cond);
+	free(r);
+}
+
+/*
+ * The request's outcome is known: it is finished (no longer holds the ack
+ * back). A sync request is handed to its waiting thread; an async one is
+ * freed.
+ */
+void req_complete(struct tokend_client *c, struct req *r, int result)
+{
+	if (r->done)
+		return;
+	r->done = 1;
+	r->result = result;
+	req_unlink(c, r);
+	if (r->cancel) {
+		r->cancel->target = NULL;
+		r->cancel = NULL;
+	}
+	if (r->target) {
+		r->target->cancel = NULL;
+		r->target = NULL;
+	}
+	if (r->owner == OWN_SYNC)
+		signal_req(r);
+	else
+		req_free(r);
+}
+
+/*
+ * Encode m as r's datagram. The header's request id, ack, epoch and map
+ * version are placeholders that req_send rewrites on every send: an
+ * in-session request gets its id at its first send, so ids strictly increase
+ * in the order datagrams first leave (SPEC 11).
+ */
+int req_build(struct tokend_client *c, struct req *r, struct tkw_msg *m)
+{
+	m->h.session = r->in_session ? r->session : 0;
+	if (r->in_session)
+		m->h.request = UINT64_C(1) << 62; /* > any CANCEL target, patched at send */
+	else
+		m->h.request = r->id;
+	m->h.ack = 0;
+	m->h.shard = r->shard;
+	if (r->routed && m->h.epoch == 0)
+		m->h.epoch = 1; /* patched at send with the map's epoch */
+	m->h.map_version = c->map.version;
+	size_t len;
+	int e = tkw_encode(m, r->dg, sizeof r->dg, &len);
+	if (e != TKW_OK)
+		return TOKEND_EINVAL;
+	r->dglen = len;
+	r->epoch = m->h.epoch;
+	return TOKEND_OK;
+}
+
+static void backoff(struct tokend_client *c, struct req *r, int64_t now)
+{
+	r->next_send = now + jitter(c, r->rto);
+	r->rto = r->rto * 2 > RTO_MAX_NS ? RTO_MAX_NS : r->rto * 2;
+}
+
+/* Oldest unfinished request id of a session, UINT64_MAX if none (SPEC 11). */
+static uint64_t oldest_unfinished(struct tokend_client *c, uint64_t session)
+{
+	uint64_t o = UINT64_MAX;
+	for (struct req *r = c->reqs; r; r = r->next)
+		if (r->counted && r->session == session && r->id < o)
+			o = r->id;
+	return o;
+}
+
+/* Destinations for a MAP_REQUEST: seeds, then the map's workers, in turn. */
+static int pick_map_dest(struct tokend_client *c, struct tkn_addr *out)
+{
+	size_t total = c->nseeds + c->map.nworkers;
+	for (size_t k = 0; k < total; k++) {
+		size_t i = c->mf.rr++ % total;
+		if (i < c->nseeds) {
+			*out = c->seeds[i];
+			return 1;
+		}
+		const struct map_worker *w = &c->map.workers[i - c->nseeds];
+		if (w->resolved) {
+			*out = w->a;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Any known worker, in turn: the map's, then the seeds. */
+int pick_worker(struct tokend_client *c, struct tkn_addr *out)
+{
+	size_t total = c->map.nworkers + c->nseeds;
+	for (size_t k = 0; k < total; k++) {
+		size_t i = c->dest_rr++ % total;
+		if (i < c->map.nworkers) {
+			if (c->map.workers[i].resolved) {
+				*out = c->map.workers[i].a;
+				return 1;
+			}
+		} else {
+			*out = c->seeds[i - c->map.nworkers];
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static const struct map_worker *map_worker_by_index(const struct shard_map *m, uint16_t idx)
+{
+	size_t lo = 0, hi = m->nworkers;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (m->workers[mid].index == idx)
+			return &m->workers[mid];
+		if (m->workers[mid].index < idx)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* The current owner of a shard and its epoch; 0 if unknown or unowned. */
+int map_route(struct tokend_client *c, uint32_t shard, struct tkn_addr *dest, uint32_t *epoch)
+{
+	if (!c->map.have || shard >= c->map.shard_count)
+		return 0;
+	uint16_t own = c->map.owner[shard];
+	if (own == TKW_NO_WORKER)
+		return 0;
+	const struct map_worker *w = map_worker_by_index(&c->map, own);
+	if (!w || !w->resolved)
+		return 0;
+	*dest = w->a;
+	*epoch = c->map.epoch[shard];
+	return 1;
+}
+
+/*
+ * Send (or resend) r now if it can go: pick its destination, number it,
+ * refresh the header fields a retransmission may change, reseal, send, and
+ * schedule the next retransmission (SPEC 12).
+ *
+ * Besides ack and map version, a resend to a shard's new owner also carries
+ * the new epoch in the header (and goes to the new address): the same request
+ * id, re-sealed (SPEC 11, 15 "Redirects").
+ */
+void req_send(struct tokend_client *c, struct req *r, int64_t now)
+{
+	if (r->done || r->abandoned) {
+		r->next_send = NEVER;
+		return;
+	}
+	if (r->type == TKW_MAP_REQUEST) {
+		if (!pick_map_dest(c, &r->dest)) {
+			backoff(c, r, now);
+			return;
+		}
+		r->has_dest = 1;
+	} else if (r->type == TKW_SESSION_OPEN && r->sends > 0 && r->sends % 3 == 0) {
+		/* a worker that does not answer three times: try another one
+		 * (an orphan session there expires by itself, SPEC 11) */
+		if (pick_worker(c, &r->dest))
+			r->has_dest = 1;
+	}
+	if (r->routed) {
+		struct tkn_addr d;
+		uint32_t ep;
+		if (!map_route(c, r->shard, &d, &ep)) {
+			map_refresh(c, now); /* unknown or unowned shard: wait and ask */
+			backoff(c, r, now);
+			return;
+		}
+		r->dest = d;
+		r->has_dest = 1;
+		r->epoch = ep;
+		put32(r->dg + 36, ep);
+	}
+	if (!r->has_dest) {
+		backoff(c, r, now);
+		return;
+	}
+	if (r->in_session) {
+		if (r->session != c->session || c->sstate != S_OPEN) {
+			backoff(c, r, now);
+			return;
+		}
+		if (r->id == 0) {
+			if (c->unfinished >= MAX_UNFINISHED) {
+				backoff(c, r, now); /* wait for a slot */
+				return;
+			}
+			r->id = c->next_id++;
+			r->counted = 1;
+			c->unfinished++;
+			put64(r->dg + 16, r->id);
+		}
+		uint64_t ack = oldest_unfinished(c, r->session);
+		put64(r->dg + 24, ack < r->id ? ack : r->id);
+	}
+	put64(r->dg + 40, c->map.version);
+	tkw_reseal(r->dg, r->dglen);
+	if (sendto(c->fd, r->dg, r->dglen, 0, (const struct sockaddr *)&r->dest.sa, r->dest.len) < 0) {
+		/* ENOBUFS, EHOSTUNREACH, ICMP errors...: like a lost datagram */
+	}
+	if (!r->first_send)
+		r->first_send = now;
+	r->sends++;
+	if (r->queued)
+		r->next_send = now + QUEUED_POLL_NS;
+	else
+		backoff(c, r, now);
+}
+
+/* ------------------------------------------------------------ groups and grants */
+
+static struct group *group_find(struct tokend_client *c, uint32_t shard, uint32_t epoch)
+{
+	for (struct group *g = c->groups; g; g = g->next)
+		if (g->shard == shard && g->epoch == epoch)
+			return g;
+	return NULL;
+}
+
+/* The group of (shard, epoch), created with deadline t0 (nothing vouched yet). */
+static struct group *group_get(struct tokend_client *c, uint32_t shard, uint32_t epoch,
+			       const struct tkn_addr *dest, int64_t t0)
+{
+	struct group *g = group_find(c, shard, epoch);
+	if (g)
+		return g;
+	g = calloc(1, sizeof *g);
+	if (!g)
+		return NULL;
+	g->shard = shard;
+	g->epoch = epoch;
+	g->dest = *dest;
+	g->deadline = t0;
+	g->next = c->groups;
+	c->groups = g;
+	return g;
+}
+
+static void group_put(struct tokend_client *c, struct group *g)
+{
+	if (--g->refs > 0)
+		return;
+	for (struct group **p = &c->groups; *p; p = &(*p)->next)
+		if (*p == g) {
+			*p = g->next;
+			break;
+		}
+	free(g);
+}
+
+/* A reply vouches for the group: its deadline only moves forward (SPEC 13). */
+static void group_renew(struct group *g, int64_t first_send, uint32_t validity_ms)
+{
+	if (validity_ms == 0)
+		return;
+	int64_t e = lease_end(first_send, validity_ms);
+	if (e > g->deadline)
+		g->deadline = e;
+}
+
+struct grant_rec *grant_find(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence)
+{
+	for (struct grant_rec *g = c->grants; g; g = g->next)
+		if (g->g.fence == fence && g->g.name_len == len && memcmp(g->g.name, name, len) == 0)
+			return g;
+	return NULL;
+}
+
+static void grant_set_group(struct tokend_client *c, struct grant_rec *g, struct group *grp)
+{
+	if (g->grp == grp)
+		return;
+	if (grp)
+		grp->refs++;
+	if (g->grp)
+		group_put(c, g->grp);
+	g->grp = grp;
+}
+
+void grant_remove(struct tokend_client *c, struct grant_rec *g)
+{
+	for (struct grant_rec **p = &c->grants; *p; p = &(*p)->next)
+		if (*p == g) {
+			*p = g->next;
+			break;
+		}
+	grant_set_group(c, g, NULL);
+	free(g);
+}
+
+/* Finish (drop) requests about a grant that is gone: its reclaims. */
+static void drop_reclaims(struct tokend_client *c, const struct grant_rec *g)
+{
+	for (struct req *r = c->reqs, *next; r; r = next) {
+		next = r->next;
+		if (r->type == TKW_RECLAIM && r->fence == g->g.fence && r->name_len == g->g.name_len &&
+		    memcmp(r->name, g->g.name, r->name_len) == 0)
+			req_complete(c, r, TOKEND_ELOST);
+	}
+}
+
+/*
+ * The grant can no longer be trusted. While the session lives the worker may
+ * still hold it (a session keeps its grants until it ends), so it is given
+ * back at once, best effort: nobody will use it, and a holder that does not
+ * exist must not make others wait. The record stays (state G_LOST) until the
+ * application releases it.
+ */
+static void grant_lost(struct tokend_client *c, struct grant_rec *g, int why)
+{
+	if (g->state == G_LOST)
+		return;
+	int was_released = g->state == G_RELEASING;
+	g->state = G_LOST;
+	uint32_t epoch = g->grp ? g->grp->epoch : 1;
+	grant_set_group(c, g, NULL);
+	drop_reclaims(c, g);
+	if (why != TOKEND_ESESSION && g->session == c->session)
+		send_release_async(c, g->g.name, g->g.name_len, g->g.fence, NULL, g->shard, epoch);
+	if (!was_released)
+		queue_event(c, EV_LOST, &g->g, 0, 0, 0, why);
+}
+
+/* How long a grant stays valid: the earlier of its group's deadline and the
+ * session's. */
+static int64_t grant_deadline(struct tokend_client *c, const struct grant_rec *g)
+{
+	if (!g->grp || g->session != c->session || c->sstate != S_OPEN)
+		return 0;
+	return min64(g->grp->deadline, c->session_deadline);
+}
+
+void grant_view(struct tokend_client *c, struct grant_rec *g, int64_t now, tokend_grant *out)
+{
+	*out = g->g;
+	int64_t left = g->state == G_HELD ? grant_deadline(c, g) - now : 0;
+	if (left < 0)
+		left = 0;
+	left /= NS_PER_MS;
+	out->validity_ms = left > UINT32_MAX ? UINT32_MAX : (uint32_t)left;
+}
+
+int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64_t *left)
+{
+	*left = 0;
+	switch (g->state) {
+	case G_LOST: return TOKEND_ELOST;
+	case G_RELEASING: return TOKEND_ENOTHELD;
+	case G_RECLAIMING: return TOKEND_EJEOPARDY;
+	}
+	int64_t d = grant_deadline(c, g);
+	if (now >= d)
+		return TOKEND_EJEOPARDY;
+	*left = d - now;
+	return TOKEND_OK;
+}
+
+static void fill_value(tokend_grant *g, const struct reply_grant *rep)
+{
+	if (rep->value_flags & TKW_VALUE_VALID) {
+		g->value_state = TOKEND_VALUE_VALID;
+		g->value_len = rep->value_len;
+		memcpy(g->value, rep->value, rep->value_len);
+	} else {
+		g->value_state = rep->value_flags & TKW_VALUE_LOST ? TOKEND_VALUE_LOST : TOKEND_VALUE_NONE;
+		g->value_len = 0;
+	}
+}
+
+static int64_t ka_period(struct tokend_client *c)
+{
+	uint32_t p = c->S < c->W ? c->S : c->W;
+	int64_t ns = (int64_t)p * NS_PER_MS / 3;
+	return ns > 0 ? ns : 1000 * NS_PER_MS;
+}
+
+/* ------------------------------------------------------------ revocations */
+
+static int revoke_seen(struct grant_rec *g, uint8_t wanted, uint64_t start, uint64_t end)
+{
+	for (int i = 0; i < g->nseen && i < 4; i++)
+		if (g->seen[i].mode == wanted && g->seen[i].start == start && g->seen[i].end == end)
+			return 1;
+	int i = g->nseen++ % 4; /* a ring of the last four */
+	g->seen[i].mode = wanted;
+	g->seen[i].start = start;
+	g->seen[i].end = end;
+	return 0;
+}
+
+/* Hand a revocation to the application, at most once per (fence, wanted,
+ * range), and only if the grant is above the wanted mode (SPEC 12). */
+static void deliver_revoke(struct tokend_client *c, struct grant_rec *g, uint8_t wanted, uint64_t start,
+			   uint64_t end)
+{
+	if (g->state != G_HELD && g->state != G_RECLAIMING)
+		return;
+	if (tkw_mode_covers(wanted, g->g.mode))
+		return; /* already at or below what is wanted */
+	if (revoke_seen(g, wanted, start, end))
+		return;
+	queue_event(c, EV_REVOKE, &g->g, wanted, start, end, 0);
+}
+
+void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
+			const struct tkn_addr *to, uint32_t shard, uint32_t epoch)
+{
+	if (c->sstate != S_OPEN || len == 0 || len > TKW_MAX_NAME)
+		return;
+	for (struct req *r = c->reqs; r; r = r->next)
+		if (r->type == TKW_RELEASE && r->fence == fence && r->name_len == len &&
+		    memcmp(r->name, name, len) == 0)
+			return; /* already on its way */
+	struct req *r = req_new(c, TKW_RELEASE, OWN_ASYNC);
+	if (!r)
+		return;
+	memcpy(r->name, name, len);
+	r->name_len = (uint8_t)len;
+	r->fence = fence;
+	r->shard = shard;
+	if (to) {
+		r->dest = *to;
+		r->has_dest = 1;
+	} else {
+		r->routed = 1;
+	}
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_RELEASE;
+	m->h.epoch = epoch;
+	m->fence = fence;
+	m->name.p = name;
+	m->name.len = len;
+	if (req_build(c, r, m) != TOKEND_OK) {
+		req_complete(c, r, TOKEND_EINVAL);
+		return;
+	}
+	req_send(c, r, tkn_now());
+}
+
+/* An ACQUIRE or CONVERT of this name still waiting for its answer? */
+static int pending_grant_for(struct tokend_client *c, const uint8_t *name, size_t len)
+{
+	for (struct req *r = c->reqs; r; r = r->next)
+		if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && !r->abandoned &&
+		    r->session == c->session && r->name_len == len && memcmp(r->name, name, len) == 0)
+			return 1;
+	return 0;
+}
+
+static void stash_free_one(struct tokend_client *c, struct stash **p)
+{
+	struct stash *s = *p;
+	*p = s->next;
+	free(s);
+	c->nstash--;
+}
+
+/* A grant has just been installed: deliver revocations that came early. */
+static void stash_match(struct tokend_client *c, struct grant_rec *g)
+{
+	for (struct stash **p = &c->stash; *p;) {
+		struct stash *s = *p;
+		if (s->fence == g->g.fence && s->name_len == g->g.name_len &&
+		    memcmp(s->name, g->g.name, s->name_len) == 0) {
+			deliver_revoke(c, g, s->wanted, s->start, s->end);
+			stash_free_one(c, p);
+		} else {
+			p = &s->next;
+		}
+	}
+}
+
+/* Early revocations whose grant never came: release those fences. */
+static void stash_sweep(struct tokend_client *c, int64_t now)
+{
+	for (struct stash **p = &c->stash; *p;) {
+		struct stash *s = *p;
+		if (!pending_grant_for(c, s->name, s->name_len) || now - s->at > STASH_TTL_NS) {
+			if (!grant_find(c, s->name, s->name_len, s->fence))
+				send_release_async(c, s->name, s->name_len, s->fence, &s->src, s->shard, s->epoch);
+			stash_free_one(c, p);
+		} else {
+			p = &s->next;
+		}
+	}
+}
+
+static void send_revoke_ack(struct tokend_client *c, const struct tkw_msg *rv, const struct tkn_addr *src)
+{
+	/* A fresh request id, finished as soon as sent (SPEC 11 "Exceptions"). */
+	uint64_t id = c->next_id++;
+	uint64_t ack = oldest_unfinished(c, c->session);
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_REVOKE_ACK;
+	m->h.session = c->session;
+	m->h.request = id;
+	m->h.ack = ack < id ? ack : id;
+	m->h.shard = rv->h.shard;
+	m->h.epoch = rv->h.epoch;
+	m->h.map_version = c->map.version;
+	m->target = rv->h.request;
+	uint8_t dg[TKW_HEADER_LEN + 8];
+	size_t len;
+	if (tkw_encode(m, dg, sizeof dg, &len) == TKW_OK &&
+	    sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
+		/* lost: the worker retransmits the REVOKE */
+	}
+}
+
+static void on_revoke(struct tokend_client *c, const struct tkw_msg *m, const struct tkn_addr *src)
+{
+	if (c->sstate != S_OPEN || m->h.session != c->session) {
+		c->drops++;
+		return;
+	}
+	send_revoke_ack(c, m, src);
+	struct grant_rec *g = grant_find(c, m->name.p, m->name.len, m->fence);
+	if (g && g->state != G_LOST) {
+		deliver_revoke(c, g, m->mode, m->start, m->end);
+		return;
+	}
+	if (g) {
+		/* lost at our end but still held at the worker: give it back */
+		send_release_async(c, m->name.p, m->name.len, m->fence, src, m->h.shard, m->h.epoch);
+		return;
+	}
+	if (pending_grant_for(c, m->name.p, m->name.len)) {
+		/* Its GRANT may still be on the way (lost, reordered): keep the
+		 * REVOKE until the ACQUIRE/CONVERT finishes. */
+		for (struct stash *s = c->stash; s; s = s->next)
+			if (s->fence == m->fence && s->wanted == m->mode && s->start == m->start &&
+			    s->end == m->end && s->name_len == m->name.len &&
+			    memcmp(s->name, m->name.p, s->name_len) == 0)
+				return;
+		struct stash *s = c->nstash < MAX_STASH ? calloc(1, sizeof *s) : NULL;
+		if (s) {
+			memcpy(s->name, m->name.p, m->name.len);
+			s->name_len = (uint8_t)m->name.len;
+			s->fence = m->fence;
+			s->wanted = m->mode;
+			s->start = m->start;
+			s->end = m->end;
+			s->shard = m->h.shard;
+			s->epoch = m->h.epoch;
+			s->src = *src;
+			s->at = tkn_now();
+			s->next = c->stash;
+			c->stash = s;
+			c->nstash++;
+			return;
+		}
+	}
+	/* A fence we do not hold (e.g. an acquire we gave up that was granted
+	 * anyway): give it back (SPEC 12). */
+	send_release_async(c, m->name.p, m->name.len, m->fence, src, m->h.shard, m->h.epoch);
+}
+
+/* ------------------------------------------------------------ session */
+
+/* Forget the session: every grant of it is lost, every request of it
+ * finished. Called when its deadline passes or a worker says it is gone. */
+static void session_lost(struct tokend_client *c, int why)
+{
+	if (c->sstate != S_OPEN)
+		return;
+	c->sstate = S_LOST;
+	for (struct grant_rec *g = c->grants, *next; g; g = next) {
+		next = g->next;
+		if (g->session != c->session)
+			continue;
+		if (g->state == G_RELEASING)
+			grant_remove(c, g);
+		else
+			grant_lost(c, g, why);
+	}
+	for (;;) {
+		struct req *r = c->reqs;
+		while (r && !(r->in_session && r->session == c->session))
+			r = r->next;
+		if (!r)
+			break;
+		req_complete(c, r, TOKEND_ESESSION);
+	}
+	while (c->stash)
+		stash_free_one(c, &c->stash);
+	pthread_cond_broadcast(&c->cond);
+}
+
+/* Reset per-session counters for a new session (client.c, after SESSION_OPEN). */
+void session_reset(struct tokend_client *c)
+{
+	c->next_id = 1;
+	c->renew_misses = 0;
+	c->next_lost_check = 0;
+}
+
+/* ------------------------------------------------------------ keepalives */
+
+static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const uint32_t *shards,
+		    const uint32_t *epochs, unsigned n, int renew, int64_t now)
+{
+	struct req *r = req_new(c, TKW_KEEPALIVE, OWN_ASYNC);
+	if (!r)
+		return;
+	r->dest = *dest;
+	r->has_dest = 1;
+	r->renew = renew;
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_KEEPALIVE;
+	m->renew = renew;
+	m->nentries = (uint16_t)n;
+	if (n > 0) { /* memcpy from NULL is undefined even for 0 bytes */
+		memcpy(m->entry_shard, shards, n * sizeof *shards);
+		memcpy(m->entry_epoch, epochs, n * sizeof *epochs);
+	}
+	if (req_build(c, r, m) != TOKEND_OK) {
+		req_complete(c, r, TOKEND_EINVAL);
+		return;
+	}
+	req_send(c, r, now);
+}
+
+/*
+ * Every min(S, W)/3: renew the session (RENEW to the session's worker) and
+ * ask each worker we hold grants on to vouch for their (shard, epoch)s, at
+ * most 141 per datagram (SPEC 13). Keepalives still unanswered from the
+ * previous tick are given up (a fresh id counts validity from a later send).
+ */
+static void ka_tick(struct tokend_client *c, int64_t now)
+{
+	if (c->sstate != S_OPEN || now < c->ka_next)
+		return;
+	c->ka_next = now + ka_period(c);
+	int missed_renew = 0;
+	for (struct req *r = c->reqs, *next; r; r = next) {
+		next = r->next;
+		if (r->type == TKW_KEEPALIVE && r->owner == OWN_ASYNC) {
+			missed_renew |= r->renew;
+			req_complete(c, r, TOKEND_ETIMEDOUT);
+			next = c->reqs; /* the list changed */
+		}
+	}
+	if (missed_renew) {
+		/* Any worker can renew the session (SPEC 14): try another. */
+		c->renew_misses++;
+		struct tkn_addr a;
+		if (pick_worker(c, &a))
+			c->session_dest = a;
+	}
+	uint32_t shards[TKW_MAX_KA_ENTRIES], epochs[TKW_MAX_KA_ENTRIES];
+	for (struct group *g = c->groups; g; g = g->next)
+		g->mark = 0;
+	int renewed = 0;
+	for (struct group *g = c->groups; g; g = g->next) {
+		if (g->mark || g->refs <= 0 || g->stale)
+			continue;
+		int renew = !renewed && tkn_addr_equal(&g->dest, &c->session_dest);
+		unsigned n = 0;
+		for (struct group *h = g; h; h = h->next) {
+			if (h->mark || h->refs <= 0 || h->stale || !tkn_addr_equal(&h->dest, &g->dest))
+				continue;
+			h->mark = 1;
+			shards[n] = h->shard;
+			epochs[n] = h->epoch;
+			if (++n == TKW_MAX_KA_ENTRIES) {
+				ka_send(c, &g->dest, shards, epochs, n, renew, now);
+				renewed |= renew;
+				renew = 0;
+				n = 0;
+			}
+		}
+		if (n > 0) {
+			ka_send(c, &g->dest, shards, epochs, n, renew, now);
+			renewed |= renew;
+		}
+	}
+	if (!renewed)
+		ka_send(c, &c->session_dest, NULL, NULL, 0, 1, now);
+}
+
+static void ka_reply(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now)
+{
+	if (r->renew && m->session_ttl_ms > 0) {
+		int64_t e = lease_end(r->first_send, m->session_ttl_ms);
+		if (e > c->session_deadline)
+			c->session_deadline = e;
+		c->renew_misses = 0;
+	}
+	/* The entries we asked about are in our own datagram. */
+	struct tkw_msg *q = &c->aux;
+	if (tkw_decode(r->dg, r->dglen, q) != TKW_OK || q->nentries != m->nentries)
+		return;
+	int refresh = 0;
+	for (unsigned i = 0; i < q->nentries; i++) {
+		struct group *g = group_find(c, q->entry_shard[i], q->entry_epoch[i]);
+		if (m->entry_status[i] == TKW_ST_OK) {
+			if (g)
+				group_renew(g, r->first_send, m->validity_ms);
+		} else {
+			refresh = 1; /* NOT_OWNER / STALE_EPOCH: the shard moved */
+		}
+	}
+	if (refresh)
+		map_refresh(c, now);
+}
+
+/* ------------------------------------------------------------ reclaim */
+
+/* Grants in a group whose shard moved to a new epoch: ask the new owner to
+ * reinstate them (SPEC 13 "Recovery"). */
+static void start_reclaims(struct tokend_client *c, int64_t now)
+{
+	for (struct grant_rec *g = c->grants; g; g = g->next) {
+		if (g->state != G_HELD || !g->grp || !g->grp->stale || g->session != c->session)
+			continue;
+		struct req *r = req_for_grant(c, TKW_RECLAIM, OWN_ASYNC, g);
+		if (!r)
+			return;
+		struct tkw_msg *m = &c->tx;
+		m->mode = (uint8_t)g->g.mode;
+		m->start = g->g.start;
+		m->end = g->g.end;
+		if (req_build(c, r, m) != TOKEND_OK) {
+			req_complete(c, r, TOKEND_EINVAL);
+			continue;
+		}
+		g->state = G_RECLAIMING;
+		req_send(c, r, now);
+	}
+}
+
+/* ------------------------------------------------------------ replies */
+
+static void copy_grant(struct reply_grant *rep, const struct tkw_msg *m)
+{
+	rep->fence = m->fence;
+	rep->mode = m->mode;
+	rep->validity_ms = m->validity_ms;
+	rep->start = m->start;
+	rep->end = m->end;
+	rep->value_flags = m->value_flags;
+	rep->value_len = (uint8_t)m->value.len;
+	memcpy(rep->value, m->value.p, m->value.len);
+}
+
+/* After a GRANT for (shard, epoch): renew its group; an asynchronous grant
+ * (after QUEUED) takes the group's current deadline, and if that is near or
+ * absent we ask for a keepalive at once (SPEC 13). */
+static struct group *grant_group(struct tokend_client *c, struct req *r, uint32_t epoch, int64_t now)
+{
+	struct group *grp = group_get(c, r->shard, epoch, &r->dest, r->first_send);
+	if (!grp)
+		return NULL;
+	group_renew(grp, r->first_send, r->rep.validity_ms);
+	if (grp->deadline - now < ka_period(c))
+		c->ka_next = now;
+	c->next_lost_check = 0;
+	return grp;
+}
+
+static void acquire_ok(struct tokend_client *c, struct req *r, uint32_t epoch, int64_t now)
+{
+	struct grant_rec *g = calloc(1, sizeof *g);
+	struct group *grp = g ? grant_group(c, r, epoch, now) : NULL;
+	if (!grp) {
+		free(g);
+		send_release_async(c, r->name, r->name_len, r->rep.fence, NULL, r->shard, epoch);
+		req_complete(c, r, TOKEND_ENOMEM);
+		return;
+	}
+	memcpy(g->g.name, r->name, r->name_len);
+	g->g.name_len = r->name_len;
+	g->g.fence = r->rep.fence;
+	g->g.mode = (tokend_mode)r->rep.mode;
+	g->g.start = r->rep.start;
+	g->g.end = r->rep.end;
+	fill_value(&g->g, &r->rep);
+	g->shard = r->shard;
+	g->session = r->session;
+	g->state = G_HELD;
+	grant_set_group(c, g, grp);
+	g->next = c->grants;
+	c->grants = g;
+	grant_view(c, g, now, &r->out);
+	stash_match(c, g);
+	req_complete(c, r, TOKEND_OK);
+}
+
+static void convert_ok(struct tokend_client *c, struct req *r, uint32_t epoch, int64_t now)
+{
+	struct grant_rec *g = grant_find(c, r->name, r->name_len, r->fence);
+	if (!g || g->state == G_LOST || g->state == G_RELEASING) {
+		/* released or lost meanwhile: an upgrade's new grant is ours to return */
+		if (r->rep.fence != r->fence)
+			send_release_async(c, r->name, r->name_len, r->rep.fence, NULL, r->shard, epoch);
+		req_complete(c, r, g && g->state == G_LOST ? TOKEND_ELOST : TOKEND_ENOTHELD);
+		return;
+	}
+	struct group *grp = grant_group(c, r, epoch, now);
+	if (!grp) {
+		req_complete(c, r, TOKEND_ENOMEM);
+		return;
+	}
+	grant_set_group(c, g, grp);
+	if (g->g.fence != r->rep.fence)
+		g->nseen = 0; /* a new grant (upgrade): new revocations */
+	g->g.fence = r->rep.fence;
+	g->g.mode = (tokend_mode)r->rep.mode;
+	g->g.start = r->rep.start;
+	g->g.end = r->rep.end;
+	fill_value(&g->g, &r->rep);
+	grant_view(c, g, now, &r->out);
+	stash_match(c, g);
+	req_complete(c, r, TOKEND_OK);
+}
+
+/* The CANCEL of an abandoned ACQUIRE/CONVERT got its answer. */
+static void cancel_done(struct tokend_client *c, struct req *k, int st)
+{
+	struct req *t = k->target;
+	if (t) {
+		if (t->late_fence && (st == TKW_ST_NOT_HELD || t->type == TKW_CONVERT))
+			send_release_async(c, t->name, t->name_len, t->late_fence, NULL, t->shard, t->epoch);
+		if (t->type == TKW_CONVERT) {
+			/*
+			 * An upgrade we gave up on. Unless we saw its final error
+			 * (then the grant is intact), we cannot tell whether the
+			 * worker still has our grant: a CANCEL of a conversion
+			 * that was granted meanwhile releases it (SPEC 14), and a
+			 * GRANT we never received changed its fence. Play safe.
+			 */
+			int intact = t->final_status > 0 && t->final_status != TKW_ST_NOT_HELD && !t->late_fence;
+			struct grant_rec *g = grant_find(c, t->name, t->name_len, t->fence);
+			if (g && !intact)
+				grant_lost(c, g, TOKEND_ELOST); /* also releases the old fence */
+		}
+		req_complete(c, t, TOKEND_ECANCELED);
+	}
+	req_complete(c, k, status_to_result(st));
+}
+
+static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now);
+
+/* MAP reply page (SPEC 15). */
+static void map_page(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now);
+
+static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now)
+{
+	uint8_t st = m->h.status;
+	if (r->type == TKW_MAP_REQUEST) {
+		map_page(c, r, m, now);
+		return;
+	}
+	if (st == TKW_ST_QUEUED) {
+		/* no more fast retransmission: re-poll every 500 ms (SPEC 12) */
+		r->queued = 1;
+		r->next_send = now + QUEUED_POLL_NS;
+		signal_req(r);
+		return;
+	}
+	if (tkw_status_retryable(st)) {
+		/* not applied: same request id again later, after a map refresh
+		 * for NOT_OWNER/STALE_EPOCH (SPEC 6, 12) */
+		if (st == TKW_ST_NOT_OWNER || st == TKW_ST_STALE_EPOCH)
+			map_refresh(c, now);
+		r->queued = 0;
+		backoff(c, r, now);
+		signal_req(r);
+		return;
+	}
+	r->final_status = st;
+	r->rep_epoch = m->h.epoch;
+	if (st == TKW_ST_OK && m->kind == TKW_K_GRANT)
+		copy_grant(&r->rep, m);
+	if (r->abandoned) {
+		/* its CANCEL decides (cancel_done) */
+		if (st == TKW_ST_OK && m->kind == TKW_K_GRANT)
+			r->late_fence = m->fence;
+		r->next_send = NEVER;
+		return;
+	}
+	switch (r->type) {
+	case TKW_SESSION_OPEN:
+		if (st == TKW_ST_OK) {
+			r->s_session = m->h.session;
+			r->s_ttl = m->ttl_ms;
+			r->s_shards = m->shard_count;
+			r->s_grace = m->grace_ms;
+			r->s_wttl = m->worker_ttl_ms;
+		}
+		req_complete(c, r, status_to_result(st));
+		return;
+	case TKW_SESSION_CLOSE:
+		/* a retransmitted close may find the session gone: success (SPEC 11) */
+		req_complete(c, r,
+			     (st == TKW_ST_OK || st == TKW_ST_UNKNOWN_SESSION || st == TKW_ST_SESSION_EXPIRED)
+				     ? TOKEND_OK
+				     : status_to_result(st));
+		return;
+	}
+	if (st == TKW_ST_UNKNOWN_SESSION || st == TKW_ST_SESSION_EXPIRED) {
+		session_lost(c, TOKEND_ESESSION); /* finishes r too */
+		return;
+	}
+	struct grant_rec *g;
+	switch (r->type) {
+	case TKW_ACQUIRE:
+		if (st == TKW_ST_OK)
+			acquire_ok(c, r, m->h.epoch, now);
+		else
+			req_complete(c, r, status_to_result(st));
+		break;
+	case TKW_CONVERT:
+		if (st == TKW_ST_OK) {
+			convert_ok(c, r, m->h.epoch, now);
+			break;
+		}
+		if (st == TKW_ST_NOT_HELD && (g = grant_find(c, r->name, r->name_len, r->fence)))
+			grant_lost(c, g, TOKEND_ELOST); /* the worker does not have it */
+		req_complete(c, r, status_to_result(st));
+		break;
+	case TKW_RELEASE:
+		g = grant_find(c, r->name, r->name_len, r->fence);
+		if (g && g->state == G_RELEASING) {
+			if (st == TKW_ST_OK || st == TKW_ST_NOT_HELD)
+				grant_remove(c, g);
+			else
+				g->state = G_HELD; /* refused: still ours */
+		}
+		req_complete(c, r, status_to_result(st));
+		break;
+	case TKW_RECLAIM: {
+		int lost = 0;
+		g = grant_find(c, r->name, r->name_len, r->fence);
+		if (g && g->state == G_RECLAIMING) {
+			struct group *grp = st == TKW_ST_OK ? grant_group(c, r, m->h.epoch, now) : NULL;
+			if (grp) {
+				grant_set_group(c, g, grp);
+				g->state = G_HELD;
+				fill_value(&g->g, &r->rep); /* comes back LOST */
+			} else {
+				lost = 1; /* RECLAIM_REFUSED (SPEC 13) */
+			}
+		}
+		/* r first: grant_lost finishes (frees) the grant's reclaims */
+		req_complete(c, r, status_to_result(st));
+		if (lost)
+			grant_lost(c, g, TOKEND_ELOST);
+		break;
+	}
+	case TKW_KEEPALIVE:
+		if (st == TKW_ST_OK)
+			ka_reply(c, r, m, now);
+		req_complete(c, r, status_to_result(st));
+		break;
+	case TKW_CANCEL:
+		cancel_done(c, r, st);
+		break;
+	default:
+		req_complete(c, r, status_to_result(st));
+	}
+}
+
+/* A datagram from the socket (SPEC 7: drop anything invalid or unexpected). */
+static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, const struct tkn_addr *src,
+			int64_t now)
+{
+	struct tkw_msg *m = &c->rx;
+	if (tkw_decode(b, n, m) != TKW_OK) {
+		c->drops++;
+		return;
+	}
+	uint8_t t = m->h.type;
+	if (t < 0x40) {
+		c->drops++; /* requests are for workers */
+		return;
+	}
+	if (t != (TKW_MAP_REQUEST | TKW_REPLY) && c->map.have && m->h.map_version > c->map.version &&
+	    !(c->mf.active && c->mf.m.version >= m->h.map_version))
+		map_refresh(c, now); /* someone knows a newer map (SPEC 15) */
+	if (t == TKW_REVOKE) {
+		on_revoke(c, m, src);
+		return;
+	}
+	struct req *r;
+	for (r = c->reqs; r; r = r->next) {
+		if (r->id != m->h.request || r->done || (r->in_session && !r->counted))
+			continue;
+		if (t == TKW_GRANT_ASYNC ? (r->type == TKW_ACQUIRE || r->type == TKW_CONVERT)
+					 : r->type == (t & 0x7F))
+			break;
+	}
+	if (!r) {
+		c->drops++; /* nothing waits for it (SPEC 12) */
+		return;
+	}
+	if (r->in_session ? (m->h.session != r->session || r->session != c->session)
+			  : (r->type == TKW_MAP_REQUEST && m->h.session != 0 && m->h.session != c->session)) {
+		c->drops++;
+		return;
+	}
+	if (r->routed && m->h.shard != r->shard) {
+		c->drops++;
+		return;
+	}
+	on_reply(c, r, m, now);
+}
+
+/* ------------------------------------------------------------ the shard map */
+
+void map_free(struct shard_map *m)
+{
+	free(m->owner);
+	free(m->epoch);
+	free(m->workers);
+	memset(m, 0, sizeof *m);
+}
+
+static void map_request(struct tokend_client *c, uint32_t first, int64_t now)
+{
+	struct req *r = req_new(c, TKW_MAP_REQUEST, OWN_ASYNC);
+	if (!r) {
+		c->mf.active = 0;
+		return;
+	}
+	do
+		r->id = rng_next(c) | (UINT64_C(1) << 63); /* never a session counter value */
+	while (r->id == 0);
+	r->map_first = first;
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_MAP_REQUEST;
+	m->first_shard = first;
+	if (req_build(c, r, m) != TOKEND_OK) {
+		req_complete(c, r, TOKEND_EINVAL);
+		c->mf.active = 0;
+		return;
+	}
+	c->mf.req = r;
+	req_send(c, r, now);
+}
+
+/* Fetch the whole map again (one fetch at a time; a request during a fetch
+ * starts another one after it). */
+void map_refresh(struct tokend_client *c, int64_t now)
+{
+	if (c->stopping)
+		return;
+	if (c->mf.active) {
+		c->mf.again = 1;
+		return;
+	}
+	c->mf.active = 1;
+	c->mf.again = 0;
+	c->mf.ready = 0;
+	map_free(&c->mf.m);
+	c->mf.next_first = 0;
+	map_request(c, 0, now);
+}
+
+static void map_fetch_end(struct tokend_client *c, int64_t now)
+{
+	c->mf.active = 0;
+	c->mf.req = NULL;
+	map_free(&c->mf.m);
+	if (c->mf.again) {
+		c->mf.again = 0;
+		map_refresh(c, now);
+	}
+}
+
+static int assembly_start(struct map_fetch *mf, const struct tkw_msg *m)
+{
+	map_free(&mf->m);
+	mf->m.owner = malloc(m->shard_count * sizeof *mf->m.owner);
+	mf->m.epoch = calloc(m->shard_count, sizeof *mf->m.epoch);
+	if (!mf->m.owner || !mf->m.epoch) {
+		map_free(&mf->m);
+		return -1;
+	}
+	for (uint32_t s = 0; s < m->shard_count; s++)
+		mf->m.owner[s] = TKW_NO_WORKER;
+	mf->m.version = m->h.map_version;
+	mf->m.shard_count = m->shard_count;
+	mf->m.grace_ms = m->grace_ms;
+	mf->next_first = 0;
+	return 0;
+}
+
+static void map_page(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now)
+{
+	struct map_fetch *mf = &c->mf;
+	if (r != mf->req) {
+		req_complete(c, r, TOKEND_OK); /* a page of an abandoned fetch */
+		return;
+	}
+	if (m->h.status != TKW_ST_OK || m->shard_count > MAX_SHARDS) {
+		backoff(c, r, now); /* ask again, another worker (pick_map_dest) */
+		return;
+	}
+	if (c->map.have && m->h.map_version < c->map.version) {
+		/* a worker behind us: our map is newer */
+		req_complete(c, r, TOKEND_OK);
+		map_fetch_end(c, now);
+		return;
+	}
+	if (mf->m.version != 0 &&
+	    (m->h.map_version != mf->m.version || m->shard_count != mf->m.shard_count)) {
+		if (m->h.map_version < mf->m.version) {
+			backoff(c, r, now);
+			return;
+		}
+		map_free(&mf->m); /* the map changed in between: start over */
+		mf->next_first = 0;
+	}
+	if (mf->m.version == 0) {
+		if (assembly_start(mf, m) != 0) {
+			backoff(c, r, now);
+			return;
+		}
+	}
+	if (r->map_first != mf->next_first) {
+		/* the answer to a page of a previous version: ask from the start */
+		req_complete(c, r, TOKEND_OK);
+		map_request(c, mf->next_first, now);
+		return;
+	}
+	/* workers: the same index means the same worker within a version */
+	for (unsigned i = 0; i < m->nworkers; i++) {
+		const struct tkw_map_worker *w = &m->workers[i];
+		struct map_worker *have = NULL;
+		for (size_t k = 0; k < mf->m.nworkers; k++)
+			if (mf->m.workers[k].index == w->index)
+				have = &mf->m.workers[k];
+		if (have) {
+			if (strlen(have->addr) != w->addr.len || memcmp(have->addr, w->addr.p, w->addr.len) != 0) {
+				map_free(&mf->m); /* inconsistent pages: start over */
+				req_complete(c, r, TOKEND_OK);
+				map_request(c, 0, now);
+				return;
+			}
+			continue;
+		}
+		struct map_worker *nw = realloc(mf->m.workers, (mf->m.nworkers + 1) * sizeof *nw);
+		if (!nw) {
+			backoff(c, r, now);
+			return;
+		}
+		mf->m.workers = nw;
+		nw += mf->m.nworkers++;
+		memset(nw, 0, sizeof *nw);
+		nw->index = w->index;
+		memcpy(nw->addr, w->addr.p, w->addr.len);
+		nw->addr[w->addr.len] = 0;
+	}
+	if (mf->next_first < mf->m.shard_count) {
+		if (m->nruns == 0 || m->runs[0].first != mf->next_first) {
+			backoff(c, r, now); /* must start where we asked */
+			return;
+		}
+		for (unsigned i = 0; i < m->nruns; i++) {
+			const struct tkw_map_run *run = &m->runs[i];
+			for (uint32_t s = run->first; s < run->first + run->count; s++) {
+				mf->m.owner[s] = run->worker;
+				mf->m.epoch[s] = run->epoch;
+			}
+		}
+		mf->next_first = m->runs[m->nruns - 1].first + m->runs[m->nruns - 1].count;
+	}
+	req_complete(c, r, TOKEND_OK);
+	mf->req = NULL;
+	if (mf->next_first >= mf->m.shard_count)
+		mf->ready = 1; /* installed by the thread loop (it may resolve names) */
+	else
+		map_request(c, mf->next_first, now);
+}
+
+static int cmp_worker(const void *a, const void *b)
+{
+	const struct map_worker *x = a, *y = b;
+	return (int)x->index - (int)y->index;
+}
+
+/* After a new map: resend routed requests whose owner or epoch changed, and
+ * reclaim grants whose shard moved to a new epoch. */
+static void after_map_change(struct tokend_client *c, int64_t now)
+{
+	for (struct req *r = c->reqs; r; r = r->next) {
+		if (!r->routed || r->abandoned || r->done)
+			continue;
+		struct tkn_addr d;
+		uint32_t ep;
+		if (!map_route(c, r->shard, &d, &ep))
+			continue;
+		if (!r->has_dest || !tkn_addr_equal(&d, &r->dest) || ep != r->epoch || r->sends == 0) {
+			r->rto = c->rto0;
+			if (!r->queued || r->epoch != ep)
+				r->next_send = now;
+			signal_req(r);
+		}
+	}
+	for (struct group *g = c->groups; g; g = g->next) {
+		if (g->shard >= c->map.shard_count)
+			continue;
+		uint32_t ep = c->map.epoch[g->shard];
+		if (ep > g->epoch && c->map.owner[g->shard] != TKW_NO_WORKER)
+			g->stale = 1;
+		else if (ep < g->epoch)
+			c->mf.again = 1; /* our map is older than a grant we hold */
+	}
+	start_reclaims(c, now);
+	c->next_lost_check = 0;
+}
+
+/* Install the assembled map. Worker names that are not numeric addresses
+ * are resolved with the lock released. */
+static void map_install(struct tokend_client *c, int64_t now)
+{
+	struct shard_map nm = c->mf.m;
+	memset(&c->mf.m, 0, sizeof c->mf.m);
+	c->mf.ready = 0;
+	int need_dns = 0;
+	for (size_t i = 0; i < nm.nworkers; i++) {
+		struct map_worker *w = &nm.workers[i];
+		w->resolved = tkn_resolve(w->addr, c->family, 1, &w->a) == 0;
+		need_dns |= !w->resolved;
+	}
+	if (need_dns) {
+		pthread_mutex_unlock(&c->mu);
+		for (size_t i = 0; i < nm.nworkers; i++)
+			if (!nm.workers[i].resolved)
+				nm.workers[i].resolved = tkn_resolve(nm.workers[i].addr, c->family, 0, &nm.workers[i].a) == 0;
+		pthread_mutex_lock(&c->mu);
+		now = tkn_now();
+	}
+	qsort(nm.workers, nm.nworkers, sizeof *nm.workers, cmp_worker);
+	if (c->map.have && nm.version < c->map.version) {
+		map_free(&nm);
+	} else {
+		map_free(&c->map);
+		c->map = nm;
+		c->map.have = 1;
+		after_map_change(c, now);
+	}
+	c->mf.active = 0;
+	if (c->mf.again) {
+		c->mf.again = 0;
+		map_refresh(c, now);
+	}
+	pthread_cond_broadcast(&c->cond);
+}
+
+/* ------------------------------------------------------------ abandonment */
+
+/*
+ * The waiting thread gives up on r (deadline, close). A sent ACQUIRE or
+ * CONVERT is withdrawn with CANCEL (SPEC 12): r then belongs to the engine
+ * and stays unfinished until the CANCEL is answered, so that the ack cannot
+ * pass it. Returns 1 if r was handed over (the caller must not free it).
+ */
+int req_abandon(struct tokend_client *c, struct req *r)
+{
+	if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && r->id != 0 && !r->done &&
+	    r->session == c->session && c->sstate == S_OPEN && !c->closing) {
+		struct req *k = req_new(c, TKW_CANCEL, OWN_ASYNC);
+		if (k) {
+			k->routed = 1;
+			k->shard = r->shard;
+			struct tkw_msg *m = &c->tx;
+			memset(m, 0, sizeof *m);
+			m->h.type = TKW_CANCEL;
+			m->h.epoch = r->epoch;
+			m->target = r->id;
+			if (req_build(c, k, m) == TOKEND_OK) {
+				r->owner = OWN_ASYNC;
+				r->abandoned = 1;
+				r->next_send = NEVER;
+				k->target = r;
+				r->cancel = k;
+				req_send(c, k, tkn_now());
+				return 1;
+			}
+			req_complete(c, k, TOKEND_EINVAL);
+		}
+	}
+	req_unlink(c, r);
+	return 0;
+}
+
+/* ------------------------------------------------------------ lost detection */
+
+/*
+ * A grant being released whose worker has not answered until its lease and
+ * grace ran out (the session may live on through other workers): the caller
+ * of tokend_release gets TOKEND_ELOST instead of waiting forever, the grant is
+ * forgotten, and the RELEASE goes on in the background with a fresh id.
+ */
+static void release_gave_up(struct tokend_client *c, struct grant_rec *g)
+{
+	uint8_t name[TKW_MAX_NAME];
+	size_t len = g->g.name_len;
+	uint64_t fence = g->g.fence;
+	uint32_t shard = g->shard, epoch = g->grp ? g->grp->epoch : 1;
+	memcpy(name, g->g.name, len);
+	for (struct req *r = c->reqs, *next; r; r = next) {
+		next = r->next;
+		if (r->type == TKW_RELEASE && r->fence == fence && r->name_len == len &&
+		    memcmp(r->name, name, len) == 0) {
+			req_complete(c, r, TOKEND_ELOST);
+			next = c->reqs;
+		}
+	}
+	grant_remove(c, g);
+	send_release_async(c, name, len, fence, NULL, shard, epoch);
+}
+
+/*
+ * The session is lost at its deadline; a grant whose group deadline has
+ * passed is in jeopardy, and lost at deadline + G - client_margin unless a
+ * keepalive or a reclaim brought it back (SPEC 13).
+ */
+static void check_lost(struct tokend_client *c, int64_t now)
+{
+	if (now < c->next_lost_check)
+		return;
+	int64_t next = NEVER;
+	if (c->sstate == S_OPEN) {
+		if (now >= c->session_deadline)
+			session_lost(c, TOKEND_ESESSION);
+		else
+			next = c->session_deadline;
+	}
+	int64_t grace = (int64_t)c->G * NS_PER_MS - margin_ns(c->G);
+	if (grace < 0)
+		grace = 0;
+	for (struct grant_rec *g = c->grants, *nx; g; g = nx) {
+		nx = g->next;
+		if (g->state == G_LOST || !g->grp)
+			continue;
+		int64_t lost_at = g->grp->deadline + grace;
+		if (now < lost_at) {
+			if (lost_at < next)
+				next = lost_at;
+		} else if (g->state == G_RELEASING) {
+			release_gave_up(c, g);
+			nx = c->grants; /* the list changed */
+		} else {
+			grant_lost(c, g, TOKEND_ELOST);
+		}
+	}
+	c->next_lost_check = next;
+}
+
+/* ------------------------------------------------------------ the thread */
+
+void *bg_main(void *arg)
+{
+	struct tokend_client *c = arg;
+	pthread_mutex_lock(&c->mu);
+	while (!c->stopping) {
+		int64_t now = tkn_now();
+		if (c->mf.ready) {
+			map_install(c, now);
+			continue;
+		}
+		/* timers */
+		int64_t wake = now + 1000 * NS_PER_MS;
+		for (struct req *r = c->reqs; r; r = r->next) {
+			if (r->owner != OWN_ASYNC || r->abandoned || r->done)
+				continue;
+			if (r->next_send <= now)
+				req_send(c, r, now);
+			wake = min64(wake, r->next_send);
+		}
+		ka_tick(c, now);
+		if (c->sstate == S_OPEN)
+			wake = min64(wake, c->ka_next);
+		check_lost(c, now);
+		wake = min64(wake, c->next_lost_check);
+		if (c->stash)
+			stash_sweep(c, now);
+		if (c->ev_head) {
+			dispatch_events(c);
+			continue;
+		}
+		if (c->mf.ready)
+			continue;
+
+		int64_t d = wake - now;
+		int timeout = d <= 0 ? 0 : (int)((d + NS_PER_MS - 1) / NS_PER_MS);
+		struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
+		pthread_mutex_unlock(&c->mu);
+		int pr = poll(p, 2, timeout);
+		pthread_mutex_lock(&c->mu);
+		if (pr <= 0)
+			continue; /* timeout, EINTR */
+		if (p[1].revents) {
+			char buf[64];
+			while (read(c->wake[0], buf, sizeof buf) > 0) {
+			}
+		}
+		if (p[0].revents & (POLLIN | POLLERR)) {
+			now = tkn_now();
+			for (int i = 0; i < 64 && !c->stopping; i++) {
+				struct tkn_addr src;
+				memset(&src, 0, sizeof src);
+				src.len = sizeof src.sa;
+				ssize_t n = recvfrom(c->fd, c->rxbuf, sizeof c->rxbuf, 0, (struct sockaddr *)&src.sa,
+						     &src.len);
+				if (n < 0) {
+					if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+						break;
+					continue; /* ECONNREFUSED and the like: ICMP for an earlier send */
+				}
+				/* rxbuf is larger than any valid datagram: an oversized one is
+				 * seen as such and rejected (SPEC 2) */
+				on_datagram(c, c->rxbuf, (size_t)n, &src, now);
+			}
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}

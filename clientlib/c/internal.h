@@ -1,0 +1,270 @@
+/*
+ * internal.h - libtokend's state: the client handle, requests, grants,
+ * validity groups and the shard map. Not installed.
+ *
+ * Locking: one mutex per handle (c->mu) guards everything in struct
+ * tokend_client and everything reachable from it, except the fields marked
+ * "read-only after connect". Every function in engine.c expects c->mu held.
+ * Nothing blocks while holding it except sendto on a non-blocking socket and
+ * numeric address parsing.
+ *
+ * Time is CLOCK_MONOTONIC nanoseconds (int64_t) everywhere.
+ */
+#ifndef TOKEND_INTERNAL_H
+#define TOKEND_INTERNAL_H
+
+#include "codec.h"
+#include "net.h"
+#include "tokend.h"
+
+#include <pthread.h>
+
+#define NS_PER_MS INT64_C(1000000)
+#define NEVER INT64_MAX
+
+#define MAX_UNFINISHED 256       /* SPEC 11: unfinished request ids per session */
+#define MAX_SHARDS (1u << 20)    /* largest shard count we allocate a map for */
+#define RTO_MAX_NS (1000 * NS_PER_MS)
+#define QUEUED_POLL_NS (500 * NS_PER_MS) /* SPEC 12: re-poll of a queued request */
+#define DEFAULT_CONNECT_MS 5000
+#define DEFAULT_RTO_MS 20
+#define CLOSE_WAIT_MS 1000
+#define WAIT_SLACK_NS (250 * NS_PER_MS) /* see wait_deadline() in client.c */
+#define MAX_STASH 64
+#define STASH_TTL_NS (10000 * NS_PER_MS)
+#define LIB_ID "c/" TOKEND_VERSION_STRING
+
+/* Reply data kept in a request for whoever completes it. */
+struct reply_grant {
+	uint64_t fence;
+	uint8_t mode;
+	uint32_t validity_ms;
+	uint64_t start, end;
+	uint8_t value_flags;
+	uint8_t value_len;
+	uint8_t value[TKW_MAX_VALUE];
+};
+
+enum { OWN_SYNC, OWN_ASYNC };
+
+/*
+ * One request id's life. Sync requests belong to the application thread
+ * waiting for them (it retransmits them and frees them); async ones belong to
+ * the background thread (keepalives, reclaims, cancels, releases made from
+ * callbacks, map fetches). Every live request is on c->reqs until it is
+ * finished; a finished request no longer holds the ack back.
+ */
+struct req {
+	struct req *next, *prev;
+	int linked;         /* on c->reqs */
+	uint8_t type;
+	int owner;          /* OWN_SYNC or OWN_ASYNC */
+	int in_session;     /* numbered from the session counter (all but SESSION_OPEN and MAP_REQUEST) */
+	uint64_t session;   /* session it belongs to (in_session) */
+	uint64_t id;        /* request id; in-session ones get theirs at their first send */
+	int counted;        /* counted in c->unfinished */
+	int routed;         /* token request: sent to the map's owner of `shard`, at its epoch */
+	uint32_t shard;
+	uint32_t epoch;     /* header epoch of the last send */
+	struct tkn_addr dest;
+	int has_dest;
+	uint8_t dg[TKW_MAX_DATAGRAM];
+	size_t dglen;
+	int64_t first_send; /* 0 = never sent; validity is counted from here (SPEC 13) */
+	int64_t next_send;
+	int64_t rto;
+	int sends;
+	int queued;         /* got QUEUED: re-poll every 500 ms */
+	int abandoned;      /* the caller gave up: never sent again; its CANCEL finishes it */
+	int done;
+	int result;         /* tokend_status once done */
+	int final_status;   /* wire status of a final reply, -1 if none */
+	pthread_cond_t cond; /* OWN_SYNC: signalled on every change */
+	int has_cond;
+
+	/* what the request is about */
+	uint8_t name[TKW_MAX_NAME];
+	uint8_t name_len;
+	uint64_t fence;     /* RELEASE, CONVERT, RECLAIM: the grant's fence */
+	uint8_t mode;
+	int renew;          /* KEEPALIVE with RENEW */
+	struct req *target; /* CANCEL: the abandoned request */
+	struct req *cancel; /* abandoned ACQUIRE/CONVERT: its CANCEL */
+	uint64_t late_fence; /* abandoned ACQUIRE/CONVERT: a grant that arrived anyway */
+	uint32_t map_first; /* MAP_REQUEST: first_shard asked for */
+
+	/* reply */
+	struct reply_grant rep;
+	uint32_t rep_epoch; /* header epoch of the final reply */
+	uint64_t s_session; /* SESSION_OPEN reply */
+	uint32_t s_ttl, s_shards, s_grace, s_wttl;
+	tokend_grant out;   /* ACQUIRE/CONVERT: what the caller gets */
+};
+
+/*
+ * Validity group: the client's deadline for one (shard, epoch) (SPEC 13).
+ * A grant is valid while now < its group's deadline and the session's.
+ */
+struct group {
+	struct group *next;
+	uint32_t shard, epoch;
+	int64_t deadline; /* renewed forward only */
+	struct tkn_addr dest; /* the worker that vouches for it */
+	int refs;         /* grants (not lost) in it */
+	int stale;        /* the map shows a newer epoch: reclaim from the new owner */
+	int mark;         /* scratch for the keepalive tick */
+};
+
+enum { G_HELD, G_RELEASING, G_RECLAIMING, G_LOST };
+
+struct grant_rec {
+	struct grant_rec *next;
+	tokend_grant g;   /* the public view (name, fence, mode, range, value) */
+	uint32_t shard;
+	uint64_t session;
+	struct group *grp; /* NULL once lost */
+	int state;
+	/* revocations already handed to the application (SPEC 12 dedup) */
+	struct {
+		uint8_t mode;
+		uint64_t start, end;
+	} seen[4];
+	int nseen; /* revocations seen; the last four are kept */
+};
+
+/* A REVOKE for a fence we do not know yet while an ACQUIRE/CONVERT of the
+ * same name is unfinished: its GRANT may still be on the way. */
+struct stash {
+	struct stash *next;
+	uint8_t name[TKW_MAX_NAME];
+	uint8_t name_len;
+	uint64_t fence;
+	uint8_t wanted;
+	uint64_t start, end;
+	uint32_t shard, epoch;
+	struct tkn_addr src;
+	int64_t at;
+};
+
+enum { EV_REVOKE, EV_LOST };
+
+struct event {
+	struct event *next;
+	int kind;
+	tokend_grant g;
+	tokend_mode wanted;
+	uint64_t start, end;
+	int why;
+};
+
+struct map_worker {
+	uint16_t index;
+	char addr[TKW_MAX_TEXT + 1];
+	struct tkn_addr a;
+	int resolved;
+};
+
+struct shard_map {
+	int have;
+	uint64_t version;
+	uint32_t shard_count, grace_ms;
+	uint16_t *owner;  /* per shard: worker index or TKW_NO_WORKER */
+	uint32_t *epoch;  /* per shard */
+	struct map_worker *workers;
+	size_t nworkers;
+};
+
+/* A paginated map fetch in progress (SPEC 15). */
+struct map_fetch {
+	int active;
+	int again;          /* asked for again while running */
+	int ready;          /* assembled, waiting to be installed by the thread loop */
+	struct req *req;    /* the MAP_REQUEST in flight */
+	uint32_t next_first;
+	struct shard_map m; /* being assembled (m.version 0: no page yet) */
+	size_t rr;          /* round robin over destinations */
+};
+
+enum { S_NONE, S_OPENING, S_OPEN, S_LOST, S_CLOSED };
+
+struct tokend_client {
+	pthread_mutex_t mu;
+	pthread_cond_t cond; /* broadcast: session/map state changed, a call left */
+
+	/* read-only after connect */
+	int fd, family;
+	int wake[2];
+	pthread_t thread;
+	int thread_started;
+	tokend_revoke_fn on_revoke;
+	tokend_lost_fn on_lost;
+	void *cb_arg;
+	uint32_t req_ttl_ms;
+	int64_t rto0, connect_ns;
+	struct tkn_addr *seeds;
+	size_t nseeds;
+
+	/* lifetime */
+	int closing, stopping;
+	int active; /* API calls in progress */
+
+	uint64_t rng;
+
+	/* session */
+	int sstate;
+	uint64_t session;
+	uint64_t next_id;
+	size_t unfinished;
+	int64_t session_deadline;
+	uint32_t S, W, G, shard_count;
+	struct tkn_addr session_dest;
+	size_t dest_rr;
+	int renew_misses;
+	int64_t ka_next;
+
+	struct shard_map map;
+	struct map_fetch mf;
+
+	struct req *reqs;
+	struct grant_rec *grants;
+	struct group *groups;
+	struct stash *stash;
+	int nstash;
+	struct event *ev_head, *ev_tail;
+	int64_t next_lost_check;
+
+	uint64_t drops; /* malformed or unexpected datagrams */
+
+	struct tkw_msg tx;  /* scratch for building datagrams */
+	struct tkw_msg aux; /* scratch for re-reading our own datagrams */
+	struct tkw_msg rx;  /* the background thread's decode buffer */
+	uint8_t rxbuf[2048];
+};
+
+/* ---- engine.c (c->mu held) ---- */
+int64_t margin_ns(uint32_t ms);
+int on_bg_thread(struct tokend_client *c);
+void wake_bg(struct tokend_client *c);
+struct req *req_new(struct tokend_client *c, uint8_t type, int owner);
+struct req *req_for_grant(struct tokend_client *c, uint8_t type, int owner, const struct grant_rec *g);
+int req_build(struct tokend_client *c, struct req *r, struct tkw_msg *m);
+void req_send(struct tokend_client *c, struct req *r, int64_t now);
+void req_complete(struct tokend_client *c, struct req *r, int result);
+void req_unlink(struct tokend_client *c, struct req *r);
+void req_free(struct req *r);
+int req_abandon(struct tokend_client *c, struct req *r); /* 1 = ownership passed to the engine */
+void map_refresh(struct tokend_client *c, int64_t now);
+void map_free(struct shard_map *m);
+int map_route(struct tokend_client *c, uint32_t shard, struct tkn_addr *dest, uint32_t *epoch);
+int pick_worker(struct tokend_client *c, struct tkn_addr *out);
+struct grant_rec *grant_find(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence);
+void grant_remove(struct tokend_client *c, struct grant_rec *g);
+void grant_view(struct tokend_client *c, struct grant_rec *g, int64_t now, tokend_grant *out);
+int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64_t *left);
+void session_reset(struct tokend_client *c);
+void *bg_main(void *arg);
+int status_to_result(int wire_status);
+void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
+			const struct tkn_addr *to, uint32_t shard, uint32_t epoch);
+
+#endif

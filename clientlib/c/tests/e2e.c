@@ -1,0 +1,556 @@
+/*
+ * e2e.c - end-to-end scenarios of libtokend against a running tokend worker.
+ * Driven by clientlib/ctest (Go), which starts the server; usable by hand:
+ *
+ *   tokend-e2e HOST:PORT basic | conflict | shared | ranges | revoke | convert | value | many
+ *   tokend-e2e HOST:PORT hold NAME MS      acquire EX, print "fence F", hold MS ms, release
+ *   tokend-e2e HOST:PORT wait NAME MS      acquire EX waiting <= MS ms, print "fence F ms T"
+ *   tokend-e2e HOST:PORT fences NAME N     acquire+release EX N times, print "fence F" each
+ *   tokend-e2e HOST:PORT lost NAME MS      acquire EX, then wait <= MS ms for the lost callback
+ *   tokend-e2e HOST:PORT stuck NAME OTHER  acquire EX on NAME, print "fence F", wait 300 ms (the
+ *                                          driver makes NAME's worker unreachable), release: must
+ *                                          return TOKEND_ELOST after lease + grace, not hang;
+ *                                          then OTHER (on a live worker) can still be acquired
+ *   tokend-e2e HOST:PORT survive NAME MS   acquire EX, print "fence F", hold MS ms (the driver
+ *                                          crashes or moves the worker meanwhile), check it is
+ *                                          still valid with the same fence, release
+ *
+ * Every scenario prints "ok <scenario>" and exits 0, or prints "FAIL: ..."
+ * and exits 1. Token names get a per-run suffix so that runs do not collide.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "../tokend.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *addr;
+static char suffix[32];
+
+#define CHECK(cond, ...)                                                  \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			printf("FAIL: %s:%d: ", __FILE__, __LINE__);      \
+			printf(__VA_ARGS__);                              \
+			printf("\n");                                     \
+			fflush(stdout);                                   \
+			exit(1);                                          \
+		}                                                         \
+	} while (0)
+
+#define CHECK_RC(rc, want, what) \
+	CHECK((rc) == (want), "%s: got %s (%d), want %s", what, tokend_strerror(rc), rc, tokend_strerror(want))
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* Callback bookkeeping (written from the library's thread). */
+struct cb_state {
+	pthread_mutex_t mu;
+	int revokes, losts;
+	int release_on_revoke;
+	tokend_mode wanted;
+	int release_rc;
+};
+
+static void on_revoke(tokend_client *c, const tokend_grant *g, tokend_mode wanted, uint64_t start, uint64_t end,
+		      void *arg)
+{
+	struct cb_state *s = arg;
+	(void)start;
+	(void)end;
+	int rc = TOKEND_OK;
+	if (s->release_on_revoke)
+		rc = tokend_release(c, g, NULL, 0); /* allowed from a callback: does not wait */
+	pthread_mutex_lock(&s->mu);
+	s->revokes++;
+	s->wanted = wanted;
+	s->release_rc = rc;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void on_lost(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg)
+{
+	struct cb_state *s = arg;
+	(void)c;
+	(void)g;
+	(void)why;
+	pthread_mutex_lock(&s->mu);
+	s->losts++;
+	pthread_mutex_unlock(&s->mu);
+}
+
+static tokend_client *connect_cb(struct cb_state *s)
+{
+	const char *seeds[1] = {addr};
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	if (s) { /* callbacks only when someone records them */
+		o.on_revoke = on_revoke;
+		o.on_lost = on_lost;
+		o.cb_arg = s;
+	}
+	tokend_client *c = NULL;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect");
+	CHECK(tokend_session_id(c) != 0, "no session id");
+	return c;
+}
+
+static tokend_client *connect_plain(void) { return connect_cb(NULL); }
+
+static void name_of(char *buf, size_t cap, const char *base)
+{
+	snprintf(buf, cap, "%s/%s", base, suffix);
+}
+
+static void s_basic(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "basic");
+	tokend_client *c = connect_plain();
+	tokend_grant g, g2;
+	int rc = tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g);
+	CHECK_RC(rc, TOKEND_OK, "acquire EX");
+	CHECK(g.fence != 0 && g.mode == TOKEND_EX, "grant fence %" PRIu64 " mode %d", g.fence, g.mode);
+	CHECK(g.start == 0 && g.end == TOKEND_WHOLE_END, "whole range");
+	CHECK(g.validity_ms > 0, "validity 0");
+	CHECK(g.name_len == strlen(n) && memcmp(g.name, n, g.name_len) == 0, "grant name");
+	uint32_t left;
+	CHECK_RC(tokend_grant_check(c, &g, &left), TOKEND_OK, "grant_check");
+	/* the same session's second EX conflicts too (grants, not owners, conflict) */
+	rc = tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g2);
+	CHECK_RC(rc, TOKEND_ECONFLICT, "second EX try");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_ENOTHELD, "release twice");
+	CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_ENOTHELD, "grant_check after release");
+	rc = tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g2);
+	CHECK_RC(rc, TOKEND_OK, "reacquire");
+	CHECK(g2.fence > g.fence, "fence did not grow: %" PRIu64 " then %" PRIu64, g.fence, g2.fence);
+	/* bad arguments */
+	CHECK_RC(tokend_acquire(c, n, 0, TOKEND_EX, 0, &g), TOKEND_EINVAL, "empty name");
+	CHECK_RC(tokend_acquire(c, n, 256, TOKEND_EX, 0, &g), TOKEND_EINVAL, "long name");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), (tokend_mode)6, 0, &g), TOKEND_EINVAL, "bad mode");
+	CHECK_RC(tokend_acquire_range(c, n, strlen(n), TOKEND_EX, 5, 5, 0, &g), TOKEND_EINVAL, "empty range");
+	CHECK_RC(tokend_release(c, &g2, "x", 65), TOKEND_EINVAL, "value too long");
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
+	/* close released everything: another client gets it at once */
+	c = connect_plain();
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire after close");
+	CHECK(g.fence > g2.fence, "fence after close");
+	tokend_close(c);
+}
+
+struct releaser {
+	tokend_client *c;
+	tokend_grant g;
+	int delay_ms;
+	int rc;
+};
+
+static void *release_later(void *arg)
+{
+	struct releaser *r = arg;
+	sleep_ms(r->delay_ms);
+	r->rc = tokend_release(r->c, &r->g, NULL, 0);
+	return NULL;
+}
+
+static void s_conflict(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "conflict");
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_grant ga, gb;
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &ga), TOKEND_OK, "A EX");
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, TOKEND_TRY, &gb), TOKEND_ECONFLICT, "B try");
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_PR, TOKEND_TRY, &gb), TOKEND_ECONFLICT, "B PR try");
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 300, &gb), TOKEND_ETIMEDOUT, "B wait 300");
+	int64_t took = now_ms() - t0;
+	CHECK(took >= 250 && took < 2000, "wait 300 ms took %" PRId64 " ms", took);
+	/* A releases in 300 ms while B waits */
+	struct releaser r = {a, ga, 300, -99};
+	pthread_t th;
+	pthread_create(&th, NULL, release_later, &r);
+	t0 = now_ms();
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 5000, &gb), TOKEND_OK, "B wait for release");
+	took = now_ms() - t0;
+	pthread_join(th, NULL);
+	CHECK_RC(r.rc, TOKEND_OK, "A release");
+	CHECK(took >= 200 && took < 3000, "B got it after %" PRId64 " ms", took);
+	CHECK(gb.fence > ga.fence, "fence %" PRIu64 " after %" PRIu64, gb.fence, ga.fence);
+	CHECK(gb.validity_ms > 0, "async grant without validity");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	tokend_close(a);
+	tokend_close(b);
+}
+
+static void s_shared(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "shared");
+	tokend_client *a = connect_plain(), *b = connect_plain(), *c = connect_plain();
+	tokend_grant ga, gb, gc;
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_PR, TOKEND_TRY, &ga), TOKEND_OK, "A PR");
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_PR, TOKEND_TRY, &gb), TOKEND_OK, "B PR");
+	CHECK(ga.fence != gb.fence, "two grants, one fence");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_CR, TOKEND_TRY, &gc), TOKEND_OK, "C CR with PR holders");
+	CHECK_RC(tokend_release(c, &gc, NULL, 0), TOKEND_OK, "C release CR");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &gc), TOKEND_ECONFLICT, "C EX try");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_PW, TOKEND_TRY, &gc), TOKEND_ECONFLICT, "C PW try");
+	CHECK_RC(tokend_release(a, &ga, NULL, 0), TOKEND_OK, "A release");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_EX, TOKEND_TRY, &gc), TOKEND_ECONFLICT, "C EX try, B holds");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_acquire(c, n, strlen(n), TOKEND_EX, 2000, &gc), TOKEND_OK, "C EX");
+	tokend_close(a);
+	tokend_close(b);
+	tokend_close(c);
+}
+
+static void s_ranges(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "ranges");
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_grant g1, g2, g3;
+	CHECK_RC(tokend_acquire_range(a, n, strlen(n), TOKEND_EX, 0, 100, TOKEND_TRY, &g1), TOKEND_OK, "A [0,100)");
+	CHECK(g1.start == 0 && g1.end == 100, "range [%" PRIu64 ",%" PRIu64 ")", g1.start, g1.end);
+	CHECK_RC(tokend_acquire_range(b, n, strlen(n), TOKEND_EX, 100, 200, TOKEND_TRY, &g2), TOKEND_OK,
+		 "B [100,200)");
+	CHECK_RC(tokend_acquire_range(b, n, strlen(n), TOKEND_EX, 50, 150, TOKEND_TRY, &g3), TOKEND_ECONFLICT,
+		 "B [50,150)");
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_PR, TOKEND_TRY, &g3), TOKEND_ECONFLICT, "B whole PR");
+	CHECK_RC(tokend_acquire_range(b, n, strlen(n), TOKEND_EX, 200, TOKEND_WHOLE_END, TOKEND_TRY, &g3), TOKEND_OK,
+		 "B [200,end)");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "A release");
+	CHECK_RC(tokend_acquire_range(a, n, strlen(n), TOKEND_EX, 50, 99, TOKEND_TRY, &g1), TOKEND_OK, "A [50,99)");
+	tokend_close(a);
+	tokend_close(b);
+}
+
+static void s_revoke(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "revoke");
+	struct cb_state sa;
+	memset(&sa, 0, sizeof sa);
+	pthread_mutex_init(&sa.mu, NULL);
+	sa.release_on_revoke = 1;
+	sa.wanted = (tokend_mode)-1;
+	tokend_client *a = connect_cb(&sa), *b = connect_plain();
+	tokend_grant ga, gb;
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &ga), TOKEND_OK, "A EX");
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 5000, &gb), TOKEND_OK, "B EX after revoke");
+	int64_t took = now_ms() - t0;
+	CHECK(took < 3000, "revoke took %" PRId64 " ms", took);
+	CHECK(gb.fence > ga.fence, "fence");
+	/* The callback's release lets B in before the callback has returned
+	 * and recorded it: wait for its bookkeeping. */
+	int revokes = 0, rrc = -99;
+	tokend_mode wanted = (tokend_mode)-1;
+	for (int64_t t1 = now_ms(); now_ms() - t1 < 2000; sleep_ms(5)) {
+		pthread_mutex_lock(&sa.mu);
+		revokes = sa.revokes;
+		rrc = sa.release_rc;
+		wanted = sa.wanted;
+		pthread_mutex_unlock(&sa.mu);
+		if (revokes > 0)
+			break;
+	}
+	sleep_ms(100); /* a duplicate REVOKE must not call back again */
+	pthread_mutex_lock(&sa.mu);
+	revokes = sa.revokes;
+	pthread_mutex_unlock(&sa.mu);
+	CHECK(revokes == 1, "%d revoke callbacks", revokes);
+	CHECK(wanted == TOKEND_NL, "wanted mode %d", wanted);
+	CHECK_RC(rrc, TOKEND_OK, "release from the callback");
+	CHECK_RC(tokend_grant_check(a, &ga, NULL), TOKEND_ENOTHELD, "A's grant after revoke");
+	tokend_close(b);
+	tokend_close(a);
+	pthread_mutex_destroy(&sa.mu);
+}
+
+static void s_convert(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "convert");
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_grant g, gb;
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "EX");
+	uint64_t f0 = g.fence;
+	CHECK_RC(tokend_convert(a, &g, TOKEND_PR, TOKEND_TRY, NULL, 0), TOKEND_OK, "EX -> PR");
+	CHECK(g.mode == TOKEND_PR && g.fence == f0, "downgrade: mode %d fence %" PRIu64 " (was %" PRIu64 ")",
+	      g.mode, g.fence, f0);
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_PR, TOKEND_TRY, &gb), TOKEND_OK, "B PR next to PR");
+	CHECK_RC(tokend_convert(a, &g, TOKEND_EX, TOKEND_TRY, NULL, 0), TOKEND_ECONFLICT, "PR -> EX try, B holds");
+	CHECK(g.mode == TOKEND_PR && g.fence == f0, "failed upgrade changed the grant");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_convert(a, &g, TOKEND_EX, 2000, NULL, 0), TOKEND_OK, "PR -> EX");
+	CHECK(g.mode == TOKEND_EX && g.fence > f0, "upgrade: mode %d fence %" PRIu64, g.mode, g.fence);
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "release");
+	tokend_close(a);
+	tokend_close(b);
+}
+
+static void s_value(void)
+{
+	char n[128];
+	name_of(n, sizeof n, "value");
+	tokend_client *a = connect_plain();
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "PR");
+	CHECK_RC(tokend_release(a, &g, "v", 1), TOKEND_EINVAL, "a reader sets the value");
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "release PR");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "EX");
+	char v64[TOKEND_MAX_VALUE];
+	memset(v64, 'v', sizeof v64);
+	CHECK_RC(tokend_release(a, &g, v64, sizeof v64), TOKEND_OK, "release EX with a 64-byte value");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "PR again");
+	CHECK(g.value_state == TOKEND_VALUE_VALID && g.value_len == sizeof v64 && memcmp(g.value, v64, sizeof v64) == 0,
+	      "value state %d len %zu", g.value_state, g.value_len);
+	tokend_close(a);
+}
+
+/* Many tokens and threads on one handle: the handle is thread-safe. */
+struct worker_arg {
+	tokend_client *c;
+	int id;
+	int fails;
+};
+
+static void *many_worker(void *arg)
+{
+	struct worker_arg *w = arg;
+	for (int i = 0; i < 40; i++) {
+		char n[128];
+		snprintf(n, sizeof n, "many/%s/%d", suffix, (w->id * 7 + i) % 10);
+		tokend_grant g;
+		int rc = tokend_acquire(w->c, n, strlen(n), TOKEND_EX, 5000, &g);
+		if (rc != TOKEND_OK) {
+			printf("many: thread %d acquire %s: %s\n", w->id, n, tokend_strerror(rc));
+			w->fails++;
+			continue;
+		}
+		if (tokend_release(w->c, &g, NULL, 0) != TOKEND_OK)
+			w->fails++;
+	}
+	return NULL;
+}
+
+static void s_many(void)
+{
+	tokend_client *c = connect_plain();
+	pthread_t th[4];
+	struct worker_arg w[4];
+	for (int i = 0; i < 4; i++) {
+		w[i].c = c;
+		w[i].id = i;
+		w[i].fails = 0;
+		pthread_create(&th[i], NULL, many_worker, &w[i]);
+	}
+	int fails = 0;
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		fails += w[i].fails;
+	}
+	CHECK(fails == 0, "%d failures", fails);
+	tokend_close(c);
+}
+
+static void p_hold(const char *name, int ms)
+{
+	tokend_client *c = connect_plain();
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_WAIT_FOREVER, &g), TOKEND_OK, "hold acquire");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_OK, "still valid after holding");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "hold release");
+	printf("released\n");
+	tokend_close(c);
+}
+
+static void p_wait(const char *name, int ms)
+{
+	tokend_client *c = connect_plain();
+	tokend_grant g;
+	int64_t t0 = now_ms();
+	int rc = tokend_acquire(c, name, strlen(name), TOKEND_EX, ms, &g);
+	CHECK_RC(rc, TOKEND_OK, "wait acquire");
+	printf("fence %" PRIu64 " ms %" PRId64 "\n", g.fence, now_ms() - t0);
+	tokend_release(c, &g, NULL, 0);
+	tokend_close(c);
+}
+
+static void p_fences(const char *name, int n)
+{
+	tokend_client *c = connect_plain();
+	uint64_t last = 0;
+	for (int i = 0; i < n; i++) {
+		tokend_grant g;
+		CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, 10000, &g), TOKEND_OK, "fences acquire");
+		CHECK(g.fence > last, "fence %" PRIu64 " after %" PRIu64, g.fence, last);
+		last = g.fence;
+		printf("fence %" PRIu64 "\n", g.fence);
+		fflush(stdout);
+		CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "fences release");
+	}
+	tokend_close(c);
+}
+
+static void p_lost(const char *name, int ms)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "lost acquire");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	int64_t t0 = now_ms();
+	int losts = 0;
+	while (now_ms() - t0 < ms) {
+		pthread_mutex_lock(&s.mu);
+		losts = s.losts;
+		pthread_mutex_unlock(&s.mu);
+		if (losts)
+			break;
+		sleep_ms(20);
+	}
+	CHECK(losts == 1, "lost callback not called within %d ms", ms);
+	int rc = tokend_grant_check(c, &g, NULL);
+	CHECK(rc == TOKEND_ELOST, "grant_check after loss: %s", tokend_strerror(rc));
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_ELOST, "release a lost grant");
+	printf("lost after %" PRId64 " ms\n", now_ms() - t0);
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
+static void p_stuck(const char *name, const char *other)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	tokend_grant g, g2;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "stuck acquire");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(300);
+	int64_t t0 = now_ms();
+	int rc = tokend_release(c, &g, NULL, 0);
+	int64_t took = now_ms() - t0;
+	CHECK_RC(rc, TOKEND_ELOST, "release on an unreachable worker");
+	CHECK(took < 8000, "release took %" PRId64 " ms", took);
+	pthread_mutex_lock(&s.mu);
+	int losts = s.losts;
+	pthread_mutex_unlock(&s.mu);
+	CHECK(losts == 0, "lost callback for a grant being released");
+	CHECK(tokend_session_id(c) != 0, "the session should live on");
+	CHECK_RC(tokend_acquire(c, other, strlen(other), TOKEND_EX, 5000, &g2), TOKEND_OK, "acquire on a live worker");
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release on a live worker");
+	printf("release gave up after %" PRId64 " ms\n", took);
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
+static void p_survive(const char *name, int ms)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "survive acquire");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	/* after the fault the grant must come back (keepalive or reclaim) */
+	int64_t t0 = now_ms();
+	int rc;
+	while ((rc = tokend_grant_check(c, &g, NULL)) == TOKEND_EJEOPARDY && now_ms() - t0 < 5000)
+		sleep_ms(20);
+	CHECK_RC(rc, TOKEND_OK, "grant after the fault");
+	pthread_mutex_lock(&s.mu);
+	int losts = s.losts;
+	pthread_mutex_unlock(&s.mu);
+	CHECK(losts == 0, "lost callback called");
+	/* the session still works for new grants */
+	char other[300];
+	snprintf(other, sizeof other, "%s/other", name);
+	tokend_grant g2;
+	CHECK_RC(tokend_acquire(c, other, strlen(other), TOKEND_EX, 5000, &g2), TOKEND_OK, "acquire after the fault");
+	/* (fences are per token: g2 may even equal g.fence, in another shard) */
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release the new grant");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release the surviving grant");
+	printf("survived\n");
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s HOST:PORT scenario [args]\n", argv[0]);
+		return 2;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	addr = argv[1];
+	snprintf(suffix, sizeof suffix, "%ld-%ld", (long)getpid(), (long)time(NULL));
+	const char *s = argv[2];
+	if (!strcmp(s, "basic"))
+		s_basic();
+	else if (!strcmp(s, "conflict"))
+		s_conflict();
+	else if (!strcmp(s, "shared"))
+		s_shared();
+	else if (!strcmp(s, "ranges"))
+		s_ranges();
+	else if (!strcmp(s, "revoke"))
+		s_revoke();
+	else if (!strcmp(s, "convert"))
+		s_convert();
+	else if (!strcmp(s, "value"))
+		s_value();
+	else if (!strcmp(s, "many"))
+		s_many();
+	else if (!strcmp(s, "hold") && argc == 5)
+		p_hold(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "wait") && argc == 5)
+		p_wait(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "fences") && argc == 5)
+		p_fences(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "lost") && argc == 5)
+		p_lost(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "stuck") && argc == 5)
+		p_stuck(argv[3], argv[4]);
+	else if (!strcmp(s, "survive") && argc == 5)
+		p_survive(argv[3], atoi(argv[4]));
+	else {
+		fprintf(stderr, "unknown scenario %s\n", s);
+		return 2;
+	}
+	printf("ok %s\n", s);
+	return 0;
+}

@@ -1,0 +1,534 @@
+/*
+ * test_api.c - libtokend's API without a real service: argument checks,
+ * names, hashes, connect failures, and the client's main paths (connect,
+ * keepalive, acquire, release, revoke, convert, close) against a tiny
+ * in-process fake worker that grants everything. The fake also throws
+ * garbage at the client, which must drop it and carry on. Meant to run under
+ * ASan/UBSan (make test SAN=1) and valgrind (make valgrind).
+ *
+ * The fake uses the library's own codec; clientlib/ctest (Go) runs the real
+ * scenarios against a fake built on the Go codec and against tokend itself.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "../codec.h"
+#include "../tokend.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures;
+
+#define CHECK(cond, ...)                                          \
+	do {                                                      \
+		if (!(cond)) {                                    \
+			failures++;                               \
+			fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+			fprintf(stderr, __VA_ARGS__);             \
+			fputc('\n', stderr);                      \
+		}                                                 \
+	} while (0)
+
+#define CHECK_RC(rc, want, what) \
+	CHECK((rc) == (want), "%s: got %s, want %s", what, tokend_strerror(rc), tokend_strerror(want))
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------ fake worker */
+
+struct fake {
+	int fd;
+	int port;
+	char addr[64];
+	pthread_t th;
+	pthread_mutex_t mu;
+	int stop;          /* under mu */
+	int garbage;       /* answer every request with junk first (set before start) */
+	int silent;        /* answer nothing (set before start) */
+	uint64_t next_fence;
+	/* what it saw */
+	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
+	uint64_t released_fences[64];
+	int nreleased;
+	/* the last client address and grant, to send REVOKEs */
+	struct sockaddr_in client;
+	int have_client;
+	uint64_t session;
+	uint64_t revoke_seq;
+};
+
+static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_in *to)
+{
+	uint8_t dg[TKW_MAX_DATAGRAM];
+	size_t len;
+	int e = tkw_encode(m, dg, sizeof dg, &len);
+	if (e != TKW_OK) {
+		fprintf(stderr, "fake: encode type %#x: %s\n", m->h.type, tkw_err_name(e));
+		failures++;
+		return;
+	}
+	sendto(f->fd, dg, len, 0, (const struct sockaddr *)to, sizeof *to);
+}
+
+static void send_junk(struct fake *f, const struct sockaddr_in *to, const uint8_t *req, size_t n)
+{
+	uint8_t b[1300];
+	/* random bytes */
+	for (size_t i = 0; i < sizeof b; i++)
+		b[i] = (uint8_t)(rand() & 0xff);
+	sendto(f->fd, b, 100, 0, (const struct sockaddr *)to, sizeof *to);
+	/* too large */
+	sendto(f->fd, b, 1300, 0, (const struct sockaddr *)to, sizeof *to);
+	/* empty */
+	sendto(f->fd, b, 0, 0, (const struct sockaddr *)to, sizeof *to);
+	/* the request echoed back (a request type: dropped by clients) */
+	sendto(f->fd, req, n, 0, (const struct sockaddr *)to, sizeof *to);
+	/* the request as a "reply" with a broken checksum */
+	memcpy(b, req, n);
+	b[3] |= 0x80;
+	sendto(f->fd, b, n, 0, (const struct sockaddr *)to, sizeof *to);
+	/* truncated header */
+	sendto(f->fd, req, n > 40 ? 40 : n, 0, (const struct sockaddr *)to, sizeof *to);
+}
+
+static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct sockaddr_in *from)
+{
+	static struct tkw_msg q, r; /* only the fake's thread uses them */
+	if (tkw_decode(b, n, &q) != TKW_OK)
+		return;
+	if (f->silent)
+		return;
+	if (f->garbage)
+		send_junk(f, from, b, n);
+	memset(&r, 0, sizeof r);
+	r.h.type = (uint8_t)(q.h.type | TKW_REPLY);
+	r.h.session = q.h.session;
+	r.h.request = q.h.request;
+	r.h.shard = q.h.shard;
+	r.h.epoch = q.h.epoch;
+	r.h.map_version = 1;
+	pthread_mutex_lock(&f->mu);
+	f->client = *from;
+	f->have_client = 1;
+	switch (q.h.type) {
+	case TKW_MAP_REQUEST:
+		r.body_map_version = 1;
+		r.shard_count = 64;
+		r.grace_ms = 300;
+		r.nworkers = 1;
+		r.workers[0].index = 0;
+		r.workers[0].addr.p = (const uint8_t *)f->addr;
+		r.workers[0].addr.len = strlen(f->addr);
+		r.workers[0].id.p = (const uint8_t *)"fake";
+		r.workers[0].id.len = 4;
+		if (q.first_shard < 64) {
+			/* two pages: [first, 32) then [32, 64) */
+			uint32_t end = q.first_shard < 32 ? 32 : 64;
+			r.nruns = 1;
+			r.runs[0].first = q.first_shard;
+			r.runs[0].count = end - q.first_shard;
+			r.runs[0].worker = 0;
+			r.runs[0].epoch = 1;
+		}
+		break;
+	case TKW_SESSION_OPEN:
+		f->sessions_opened++;
+		f->session = 4242 + (uint64_t)f->sessions_opened;
+		r.h.session = f->session;
+		r.ttl_ms = q.ttl_ms ? q.ttl_ms : 2000;
+		r.shard_count = 64;
+		r.grace_ms = 300;
+		r.worker_ttl_ms = 900;
+		break;
+	case TKW_KEEPALIVE:
+		f->keepalives++;
+		f->renews += q.renew;
+		r.session_ttl_ms = q.renew ? 2000 : 0;
+		r.validity_ms = 800;
+		r.nentries = q.nentries;
+		for (unsigned i = 0; i < q.nentries; i++)
+			r.entry_status[i] = TKW_ST_OK;
+		break;
+	case TKW_SESSION_CLOSE:
+		f->sessions_closed++;
+		break;
+	case TKW_ACQUIRE:
+		f->acquires++;
+		r.fence = (UINT64_C(1) << 40) | ++f->next_fence;
+		r.mode = q.mode;
+		r.validity_ms = 800;
+		r.start = q.start;
+		r.end = q.end;
+		break;
+	case TKW_CONVERT:
+		f->converts++;
+		r.fence = q.fence; /* everything is a downgrade here */
+		r.mode = q.mode;
+		r.validity_ms = 800;
+		r.end = TKW_WHOLE_END;
+		break;
+	case TKW_RELEASE:
+		f->releases++;
+		if (f->nreleased < 64)
+			f->released_fences[f->nreleased++] = q.fence;
+		break;
+	case TKW_REVOKE_ACK:
+		f->revoke_acks++;
+		pthread_mutex_unlock(&f->mu);
+		return; /* one-way */
+	default:
+		r.h.status = TKW_ST_BAD_REQUEST;
+	}
+	pthread_mutex_unlock(&f->mu);
+	fake_send(f, &r, from);
+}
+
+static int fake_stopping(struct fake *f)
+{
+	pthread_mutex_lock(&f->mu);
+	int s = f->stop;
+	pthread_mutex_unlock(&f->mu);
+	return s;
+}
+
+static void *fake_main(void *arg)
+{
+	struct fake *f = arg;
+	uint8_t buf[2048];
+	while (!fake_stopping(f)) {
+		struct pollfd p = {f->fd, POLLIN, 0};
+		if (poll(&p, 1, 20) <= 0)
+			continue;
+		struct sockaddr_in from;
+		socklen_t fl = sizeof from;
+		ssize_t n = recvfrom(f->fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+		if (n >= 0)
+			fake_handle(f, buf, (size_t)n, &from);
+	}
+	return NULL;
+}
+
+static void fake_start(struct fake *f, int silent, int garbage)
+{
+	memset(f, 0, sizeof *f);
+	f->silent = silent;
+	f->garbage = garbage;
+	pthread_mutex_init(&f->mu, NULL);
+	f->fd = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bind(f->fd, (struct sockaddr *)&a, sizeof a);
+	socklen_t al = sizeof a;
+	getsockname(f->fd, (struct sockaddr *)&a, &al);
+	f->port = ntohs(a.sin_port);
+	snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+	pthread_create(&f->th, NULL, fake_main, f);
+}
+
+static void fake_stop(struct fake *f)
+{
+	pthread_mutex_lock(&f->mu);
+	f->stop = 1;
+	pthread_mutex_unlock(&f->mu);
+	pthread_join(f->th, NULL);
+	close(f->fd);
+	pthread_mutex_destroy(&f->mu);
+}
+
+/* The fake sends a REVOKE for `fence` of `name` to the last client. */
+static void fake_revoke(struct fake *f, const char *name, uint64_t fence, int wanted)
+{
+	static struct tkw_msg m;
+	memset(&m, 0, sizeof m);
+	pthread_mutex_lock(&f->mu);
+	m.h.type = TKW_REVOKE;
+	m.h.session = f->session;
+	m.h.request = ++f->revoke_seq;
+	m.h.shard = tkw_shard(name, strlen(name), 64);
+	m.h.epoch = 1;
+	m.h.map_version = 1;
+	m.fence = fence;
+	m.mode = (uint8_t)wanted;
+	m.end = TKW_WHOLE_END;
+	m.name.p = (const uint8_t *)name;
+	m.name.len = strlen(name);
+	struct sockaddr_in to = f->client;
+	pthread_mutex_unlock(&f->mu);
+	fake_send(f, &m, &to);
+}
+
+static int fake_get(struct fake *f, const int *field)
+{
+	pthread_mutex_lock(&f->mu);
+	int v = *field;
+	pthread_mutex_unlock(&f->mu);
+	return v;
+}
+
+static int fake_released(struct fake *f, uint64_t fence)
+{
+	pthread_mutex_lock(&f->mu);
+	int found = 0;
+	for (int i = 0; i < f->nreleased; i++)
+		found |= f->released_fences[i] == fence;
+	pthread_mutex_unlock(&f->mu);
+	return found;
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_names(void)
+{
+	CHECK(strcmp(tokend_version(), TOKEND_VERSION_STRING) == 0, "version");
+	CHECK(TOKEND_VERSION_NUMBER == TOKEND_VERSION_MAJOR * 10000 + TOKEND_VERSION_MINOR * 100 + TOKEND_VERSION_PATCH,
+	      "version number");
+	for (int s = 0; s >= -18; s--) {
+		const char *t = tokend_strerror(s);
+		CHECK(t && *t && strcmp(t, tokend_strerror(-999)) != 0, "strerror(%d)", s);
+		for (int u = s - 1; u >= -18; u--)
+			CHECK(strcmp(t, tokend_strerror(u)) != 0, "strerror(%d) == strerror(%d)", s, u);
+	}
+	tokend_mode m;
+	const char *names[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
+	for (int i = 0; i < 6; i++) {
+		CHECK(strcmp(tokend_mode_name((tokend_mode)i), names[i]) == 0, "mode name %d", i);
+		CHECK(tokend_mode_parse(names[i], &m) == TOKEND_OK && (int)m == i, "parse %s", names[i]);
+	}
+	CHECK(tokend_mode_parse("Shared", &m) == TOKEND_OK && m == TOKEND_PR, "shared");
+	CHECK(tokend_mode_parse("exclusive", &m) == TOKEND_OK && m == TOKEND_EX, "exclusive");
+	CHECK(tokend_mode_parse("xx", &m) == TOKEND_EINVAL, "bad mode");
+	CHECK(tokend_mode_parse(NULL, &m) == TOKEND_EINVAL, "NULL mode");
+	/* SPEC 8 table */
+	CHECK(tokend_hash("a", 1) == UINT64_C(0xaf63dc4c8601ec8c), "hash a");
+	CHECK(tokend_hash("file/7/page/3", 13) % 4096 == 2083, "shard of file/7/page/3");
+	CHECK(tokend_hash("\0", 1) == UINT64_C(0xaf63bd4c8601b7df), "hash of a zero byte");
+}
+
+static void test_connect_errors(void)
+{
+	tokend_options o;
+	tokend_client *c = (tokend_client *)1;
+	tokend_options_init(&o);
+	CHECK_RC(tokend_connect(NULL, &c), TOKEND_EINVAL, "NULL options");
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "no seeds");
+	CHECK(c == NULL, "*out not cleared");
+	const char *bad[] = {"nohostport"};
+	o.seeds = bad;
+	o.nseeds = 1;
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "seed without port");
+	const char *bad2[] = {"1.2.3.4:99999"};
+	o.seeds = bad2;
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "port out of range");
+	const char *bad3[] = {"::1:7700"};
+	o.seeds = bad3;
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "IPv6 without brackets");
+	o.seeds = NULL;
+	o.nseeds = 0;
+	o.multicast = "239.1.2.3:7701";
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_ENOTSUP, "multicast");
+	CHECK_RC(tokend_close(NULL), TOKEND_OK, "close NULL");
+	tokend_grant g;
+	memset(&g, 0, sizeof g);
+	CHECK_RC(tokend_acquire(NULL, "a", 1, TOKEND_EX, 0, &g), TOKEND_EINVAL, "acquire NULL client");
+	CHECK_RC(tokend_release(NULL, &g, NULL, 0), TOKEND_EINVAL, "release NULL client");
+	CHECK(tokend_session_id(NULL) == 0, "session id NULL");
+}
+
+/* A silent worker: connect gives up after connect_timeout_ms. */
+static void test_unreachable(void)
+{
+	struct fake f;
+	fake_start(&f, 1, 0);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr, "[::1]:9"};
+	o.seeds = seeds;
+	o.nseeds = 2;
+	o.connect_timeout_ms = 300;
+	tokend_client *c;
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EUNREACHABLE, "silent worker");
+	int64_t took = now_ms() - t0;
+	CHECK(took >= 250 && took < 2000, "connect gave up after %" PRId64 " ms", took);
+	fake_stop(&f);
+}
+
+static int revokes_seen;
+static int revoke_wanted = -1;
+static int revoke_release_rc = 99, revoke_convert_rc = 99, revoke_acquire_rc = 99, revoke_close_rc = 99;
+static pthread_mutex_t cb_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_revoke(tokend_client *c, const tokend_grant *g, tokend_mode wanted, uint64_t start, uint64_t end,
+		      void *arg)
+{
+	(void)start;
+	(void)end;
+	(void)arg;
+	tokend_grant copy = *g, other;
+	int acq = tokend_acquire(c, "x", 1, TOKEND_EX, 0, &other); /* would wait: refused */
+	int cl = tokend_close(c);                                  /* refused */
+	int conv = 99, rel;
+	if (wanted == TOKEND_PR) {
+		conv = tokend_convert(c, &copy, TOKEND_EX, 0, NULL, 0); /* an upgrade: refused */
+		rel = tokend_convert(c, &copy, TOKEND_PR, 0, NULL, 0);  /* a downgrade: allowed */
+	} else {
+		rel = tokend_release(c, g, NULL, 0);
+	}
+	pthread_mutex_lock(&cb_mu);
+	revokes_seen++;
+	revoke_wanted = (int)wanted;
+	revoke_release_rc = rel;
+	revoke_convert_rc = conv;
+	revoke_acquire_rc = acq;
+	revoke_close_rc = cl;
+	pthread_mutex_unlock(&cb_mu);
+}
+
+static int cb_get(const int *v)
+{
+	pthread_mutex_lock(&cb_mu);
+	int x = *v;
+	pthread_mutex_unlock(&cb_mu);
+	return x;
+}
+
+static int wait_for(int (*pred)(void *), void *arg, int ms)
+{
+	int64_t t0 = now_ms();
+	while (now_ms() - t0 < ms) {
+		if (pred(arg))
+			return 1;
+		sleep_ms(10);
+	}
+	return pred(arg);
+}
+
+struct fence_arg {
+	struct fake *f;
+	uint64_t fence;
+};
+
+static int released_pred(void *a)
+{
+	struct fence_arg *x = a;
+	return fake_released(x->f, x->fence);
+}
+
+static int revokes_pred(void *a)
+{
+	return cb_get(&revokes_seen) >= *(int *)a;
+}
+
+static void test_fake(int garbage)
+{
+	struct fake f;
+	fake_start(&f, 0, garbage);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.session_ttl_ms = 2000;
+	o.on_revoke = on_revoke;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	CHECK(tokend_session_id(c) == 4243, "session id %" PRIu64, tokend_session_id(c));
+
+	tokend_grant g, g2;
+	CHECK_RC(tokend_acquire(c, "tok", 3, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	CHECK(g.fence == ((UINT64_C(1) << 40) | 1), "fence %" PRIu64, g.fence);
+	CHECK(g.validity_ms > 500 && g.validity_ms <= 800, "validity %u", g.validity_ms);
+	CHECK_RC(tokend_acquire_range(c, "rng", 3, TOKEND_PW, 10, 20, 100, &g2), TOKEND_OK, "acquire range");
+	CHECK(g2.start == 10 && g2.end == 20 && g2.mode == TOKEND_PW, "range grant");
+
+	/* hold past several keepalive periods (W/3 = 300 ms; validity 800 ms) */
+	sleep_ms(1500);
+	uint32_t left = 0;
+	CHECK_RC(tokend_grant_check(c, &g, &left), TOKEND_OK, "still valid after 1.5 s");
+	CHECK(left > 0, "no validity left");
+	CHECK(fake_get(&f, &f.keepalives) >= 3, "%d keepalives", fake_get(&f, &f.keepalives));
+	CHECK(fake_get(&f, &f.renews) >= 3, "%d renews", fake_get(&f, &f.renews));
+
+	/* a REVOKE: callback once (duplicates are not handed over twice), released from it */
+	pthread_mutex_lock(&cb_mu);
+	revokes_seen = 0;
+	pthread_mutex_unlock(&cb_mu);
+	fake_revoke(&f, "tok", g.fence, TOKEND_NL);
+	fake_revoke(&f, "tok", g.fence, TOKEND_NL);
+	int one = 1;
+	CHECK(wait_for(revokes_pred, &one, 2000), "no revoke callback");
+	struct fence_arg fa = {&f, g.fence};
+	CHECK(wait_for(released_pred, &fa, 2000), "revoked grant not released");
+	sleep_ms(100);
+	CHECK(cb_get(&revokes_seen) == 1, "%d revoke callbacks for one revocation", cb_get(&revokes_seen));
+	CHECK(cb_get(&revoke_wanted) == TOKEND_NL, "wanted");
+	CHECK_RC(cb_get(&revoke_release_rc), TOKEND_OK, "release in the callback");
+	CHECK_RC(cb_get(&revoke_acquire_rc), TOKEND_ECALLBACK, "acquire in the callback");
+	CHECK_RC(cb_get(&revoke_close_rc), TOKEND_ECALLBACK, "close in the callback");
+	CHECK(fake_get(&f, &f.revoke_acks) >= 2, "%d REVOKE_ACKs", fake_get(&f, &f.revoke_acks));
+	CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_ENOTHELD, "revoked grant");
+
+	/* downgrade in a callback: PW range grant, wanted PR */
+	fake_revoke(&f, "rng", g2.fence, TOKEND_PR);
+	int two = 2;
+	CHECK(wait_for(revokes_pred, &two, 2000), "no second revoke callback");
+	CHECK_RC(cb_get(&revoke_release_rc), TOKEND_OK, "downgrade in the callback");
+	CHECK_RC(cb_get(&revoke_convert_rc), TOKEND_ECALLBACK, "upgrade in the callback");
+	sleep_ms(100);
+	CHECK(fake_get(&f, &f.converts) == 1, "%d converts", fake_get(&f, &f.converts));
+
+	/* a REVOKE for a fence we never had: answered by RELEASE */
+	uint64_t stranger = (UINT64_C(1) << 40) | 999;
+	fake_revoke(&f, "nobody", stranger, TOKEND_NL);
+	struct fence_arg fs = {&f, stranger};
+	CHECK(wait_for(released_pred, &fs, 2000), "unknown fence not released");
+
+	/* release with a value, twice */
+	CHECK_RC(tokend_acquire(c, "val", 3, TOKEND_EX, 0, &g), TOKEND_OK, "acquire val");
+	CHECK_RC(tokend_release(c, &g, "abc", 3), TOKEND_OK, "release with value");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_ENOTHELD, "release again");
+
+	int opened = fake_get(&f, &f.sessions_opened);
+	CHECK(opened == 1, "%d sessions opened", opened);
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
+	CHECK(fake_get(&f, &f.sessions_closed) >= 1, "no SESSION_CLOSE");
+	fake_stop(&f);
+}
+
+int main(void)
+{
+	srand(1);
+	test_names();
+	test_connect_errors();
+	test_unreachable();
+	test_fake(0);
+	test_fake(1);
+	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
+	return failures ? 1 : 0;
+}

@@ -1,0 +1,295 @@
+/*
+ * tokend.h - C client of tokend, the distributed token (lock) service.
+ *
+ * A client connects to the service (tokend_connect), acquires named tokens in
+ * one of the six DLM modes over an optional byte range (tokend_acquire,
+ * tokend_acquire_range), changes their mode (tokend_convert) and gives them
+ * back (tokend_release). Every grant carries a fence, a number that strictly
+ * grows for that token across all time: pass it to storage so that a stale
+ * holder is refused.
+ *
+ * The library speaks the UDP protocol of wire/SPEC.md and keeps grants alive
+ * by itself: a background thread (one per client) owns the socket's receive
+ * side and the keepalive timer. It calls two optional callbacks:
+ *
+ *   on_revoke  another client wants a conflicting mode; flush what you cache
+ *              under the grant, then tokend_release it (or tokend_convert it
+ *              down to `wanted`). Until you do, the other client waits.
+ *   on_lost    the grant can no longer be trusted (its lease ran out and could
+ *              not be renewed or reclaimed, or the session expired): stop
+ *              using what it protects. tokend_release it to forget it.
+ *
+ * THREADS. A client handle is fully thread-safe: any thread may call any
+ * function at any time, concurrently (except tokend_close, below). One mutex
+ * inside the handle guards its state; it is never held while a call waits for
+ * the network, so a thread blocked in tokend_acquire does not delay other
+ * threads, the keepalives, or the callbacks. Why not "one handle per thread":
+ * the background thread shares the handle's state anyway, so the mutex is
+ * needed regardless, and the revoke callback must be able to release a grant
+ * while an application thread is blocked waiting for another token; the
+ * cost of the lock is nothing next to a network round trip.
+ *
+ * CALLBACKS run on the background thread, one at a time, with no lock held.
+ * They must return quickly (no blocking I/O, no sleeping): while a callback
+ * runs, no datagram is received and no keepalive is sent. From a callback
+ * you may call tokend_release and tokend_convert to a mode the grant already
+ * covers (a downgrade, e.g. EX -> PR, or -> NL); these do not wait for the
+ * worker's answer: the request is queued, the background thread retransmits
+ * it until answered, the call returns TOKEND_OK at once, and the grant is
+ * given up (or lowered) locally from that moment. tokend_grant_check,
+ * tokend_strerror and the other non-blocking helpers may be called too.
+ * Calls that would have to wait (tokend_acquire, an upgrading convert,
+ * tokend_close) return TOKEND_ECALLBACK from a callback.
+ *
+ * tokend_close ends the handle: call it once, from a thread that is not the
+ * callback thread. Calls in progress in other threads return TOKEND_ECLOSED
+ * and close waits for them; no call may start after close has begun.
+ *
+ * ERRORS. Every function that can fail returns a tokend_status (0 = OK,
+ * negative = error); tokend_strerror names it. errno is never the only error
+ * report (it is left as the system calls set it).
+ *
+ * Not fork-safe: a child process must not use its parent's handles.
+ */
+#ifndef TOKEND_H
+#define TOKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TOKEND_VERSION_MAJOR 0
+#define TOKEND_VERSION_MINOR 1
+#define TOKEND_VERSION_PATCH 0
+#define TOKEND_VERSION_STRING "0.1.0"
+/* MAJOR*10000 + MINOR*100 + PATCH, for #if comparisons. */
+#define TOKEND_VERSION_NUMBER \
+	(TOKEND_VERSION_MAJOR * 10000 + TOKEND_VERSION_MINOR * 100 + TOKEND_VERSION_PATCH)
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define TOKEND_API __attribute__((visibility("default")))
+#else
+#define TOKEND_API
+#endif
+
+/* Status codes. */
+typedef enum tokend_status {
+	TOKEND_OK = 0,
+	TOKEND_EINVAL = -1,       /* invalid argument (name length, mode, range, value, NULL) */
+	TOKEND_ENOMEM = -2,       /* out of memory */
+	TOKEND_ENOTSUP = -3,      /* not supported (yet): multicast discovery */
+	TOKEND_ECONFLICT = -4,    /* a try-only request conflicts with a holder or a waiter */
+	TOKEND_ETIMEDOUT = -5,    /* the wait or connect deadline passed */
+	TOKEND_ENOTHELD = -6,     /* no such grant (already released, or never held) */
+	TOKEND_ELOST = -7,        /* the grant was lost: lease and grace passed, or reclaim refused */
+	TOKEND_ESESSION = -8,     /* the session expired or the service no longer knows it */
+	TOKEND_EUNREACHABLE = -9, /* no worker answered (connect) */
+	TOKEND_EREFUSED = -10,    /* the worker refused the request (BAD_REQUEST) */
+	TOKEND_ECANCELED = -11,   /* the queued request was canceled */
+	TOKEND_ESERVER = -12,     /* the worker reported an internal error */
+	TOKEND_EADDR = -13,       /* an address could not be parsed or resolved */
+	TOKEND_ESYS = -14,        /* a system call failed (socket, pipe, thread) */
+	TOKEND_ECLOSED = -15,     /* the handle is being closed */
+	TOKEND_ECALLBACK = -16,   /* this call would block and is not allowed from a callback */
+	TOKEND_ELIMIT = -17,      /* too many requests in flight on this handle */
+	TOKEND_EJEOPARDY = -18    /* held, but its lease is not confirmed right now (do not rely on it) */
+} tokend_status;
+
+/* The six DLM modes, weakest first. NL holds a place and conflicts with
+ * nothing; EX conflicts with everything but NL. Compatibility:
+ *
+ *        NL CR CW PR PW EX
+ *    NL  y  y  y  y  y  y
+ *    CR  y  y  y  y  y  .
+ *    CW  y  y  y  .  .  .
+ *    PR  y  y  .  y  .  .
+ *    PW  y  y  .  .  .  .
+ *    EX  y  .  .  .  .  .
+ */
+typedef enum tokend_mode {
+	TOKEND_NL = 0, /* null */
+	TOKEND_CR = 1, /* concurrent read */
+	TOKEND_CW = 2, /* concurrent write */
+	TOKEND_PR = 3, /* protected read: "shared" */
+	TOKEND_PW = 4, /* protected write */
+	TOKEND_EX = 5  /* exclusive */
+} tokend_mode;
+#define TOKEND_SHARED TOKEND_PR
+#define TOKEND_EXCLUSIVE TOKEND_EX
+
+/* wait_ms arguments: 0 = try once, never queue; > 0 = wait at most that
+ * long; TOKEND_WAIT_FOREVER = no limit. */
+#define TOKEND_TRY 0
+#define TOKEND_WAIT_FOREVER (-1)
+
+/* Byte ranges [start, end) of a token; the whole token is
+ * [0, TOKEND_WHOLE_END). Acquire also accepts 0,0 for the whole token. */
+#define TOKEND_WHOLE_END UINT64_MAX
+
+#define TOKEND_MAX_NAME 255 /* token names are 1..255 arbitrary bytes */
+#define TOKEND_MAX_VALUE 64 /* value blocks are 0..64 arbitrary bytes */
+
+/* State of a grant's value block. */
+#define TOKEND_VALUE_NONE 0  /* no value block was ever set */
+#define TOKEND_VALUE_VALID 1 /* value/value_len hold it */
+#define TOKEND_VALUE_LOST 2  /* it was lost in a worker crash */
+
+/*
+ * A grant, as returned by acquire. Plain data: copy it freely. Release and
+ * convert find the library's own record by (name, fence), so a copy works as
+ * well as the original.
+ */
+typedef struct tokend_grant {
+	uint64_t fence;      /* strictly increases per token; pass it to storage */
+	tokend_mode mode;    /* the granted mode */
+	uint64_t start, end; /* the granted range; whole token: 0, TOKEND_WHOLE_END */
+	uint32_t validity_ms; /* lease left when the call returned (keepalives extend it) */
+	int value_state;     /* TOKEND_VALUE_* */
+	size_t value_len;
+	unsigned char value[TOKEND_MAX_VALUE];
+	size_t name_len;
+	unsigned char name[TOKEND_MAX_NAME];
+} tokend_grant;
+
+typedef struct tokend_client tokend_client;
+
+/* Revoke callback: a conflicting request wants [start, end) of the token in a
+ * mode that needs this grant at most in mode `wanted` (TOKEND_NL: release it).
+ * Called at most once per (grant, wanted, range). */
+typedef void (*tokend_revoke_fn)(tokend_client *c, const tokend_grant *g, tokend_mode wanted,
+				 uint64_t start, uint64_t end, void *arg);
+
+/* Lost callback: the grant is no longer valid (why: TOKEND_ELOST or
+ * TOKEND_ESESSION). Called once per grant. */
+typedef void (*tokend_lost_fn)(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg);
+
+typedef struct tokend_options {
+	/* Seed workers, "host:port" or "[v6addr]:port"; at least one unless
+	 * multicast is set. The library fetches the shard map from any of them. */
+	const char *const *seeds;
+	size_t nseeds;
+	/* Multicast discovery group "group:port": not implemented yet, gives
+	 * TOKEND_ENOTSUP. */
+	const char *multicast;
+	uint32_t session_ttl_ms;     /* requested session TTL; 0 = the service's default */
+	uint32_t connect_timeout_ms; /* 0 = 5000 */
+	uint32_t rto_ms;             /* initial retransmission timeout; 0 = 20 (loopback/LAN) */
+	tokend_revoke_fn on_revoke;  /* optional */
+	tokend_lost_fn on_lost;      /* optional */
+	void *cb_arg;                /* passed to both callbacks */
+	void *reserved[8];           /* zero (tokend_options_init) */
+} tokend_options;
+
+/* Fill *o with the defaults (all zero). */
+TOKEND_API void tokend_options_init(tokend_options *o);
+
+/*
+ * Connect: resolve the seeds, fetch the shard map, open a session, start the
+ * background thread. On success *out is a new handle (free it with
+ * tokend_close). Errors: TOKEND_EINVAL, TOKEND_ENOTSUP (multicast),
+ * TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE (no map or
+ * session within connect_timeout_ms), TOKEND_ESERVER.
+ */
+TOKEND_API int tokend_connect(const tokend_options *opts, tokend_client **out);
+
+/*
+ * Acquire token `name` (1..255 bytes) in `mode` over the whole token.
+ * wait_ms: TOKEND_TRY (answer at once, never queue), a limit in ms, or
+ * TOKEND_WAIT_FOREVER. On TOKEND_OK *out describes the grant.
+ *
+ * Timing: a try returns after one round trip, or TOKEND_ETIMEDOUT after
+ * connect_timeout_ms if no worker answers. A wait of w ms queues at most w ms
+ * at the worker; the call returns at most about w + 250 ms after it started
+ * (the slack lets the worker's own TIMEOUT answer arrive; if it does not, the
+ * library withdraws the request with CANCEL).
+ *
+ * Errors: TOKEND_EINVAL, TOKEND_ECONFLICT (try), TOKEND_ETIMEDOUT,
+ * TOKEND_ESESSION, TOKEND_ECANCELED, TOKEND_EREFUSED, TOKEND_ESERVER,
+ * TOKEND_ELIMIT, TOKEND_ENOMEM, TOKEND_ECLOSED, TOKEND_ECALLBACK. If the
+ * session has expired, a new one is opened first (grants of the old one are
+ * lost and were reported to on_lost).
+ */
+TOKEND_API int tokend_acquire(tokend_client *c, const void *name, size_t name_len, tokend_mode mode,
+			      int64_t wait_ms, tokend_grant *out);
+
+/* Acquire over the byte range [start, end) (start < end; 0,0 or
+ * 0,TOKEND_WHOLE_END = the whole token). Modes conflict only on overlapping
+ * ranges. */
+TOKEND_API int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len,
+				    tokend_mode mode, uint64_t start, uint64_t end, int64_t wait_ms,
+				    tokend_grant *out);
+
+/*
+ * Release grant g. value != NULL also sets the token's value block to
+ * value[0..value_len) (value_len <= 64; only PW and EX holders may: else
+ * TOKEND_EINVAL); value == NULL leaves it unchanged. The grant is given up
+ * locally at once; the call waits for the worker's answer (except from a
+ * callback, where it returns TOKEND_OK at once).
+ *
+ * Errors: TOKEND_ENOTHELD (not held, or already released), TOKEND_ELOST (the
+ * grant had been lost, and is now forgotten; or the worker did not answer
+ * before the grant's lease and grace ran out: the RELEASE goes on in the
+ * background), TOKEND_ESESSION (the session ended: the service dropped the
+ * grant anyway), TOKEND_EREFUSED, TOKEND_EINVAL, TOKEND_ENOMEM,
+ * TOKEND_ECLOSED.
+ */
+TOKEND_API int tokend_release(tokend_client *c, const tokend_grant *g, const void *value,
+			      size_t value_len);
+
+/*
+ * Convert grant g to `mode`, updating *g on success. A downgrade (a mode the
+ * current one covers, e.g. EX -> PR) is immediate and keeps the fence; an
+ * upgrade may wait like acquire (wait_ms) and gets a new fence; if it fails
+ * the grant stays as it was. value/value_len as in tokend_release (PW/EX
+ * holders only). From a callback only downgrades are allowed (see THREADS).
+ * Errors: as acquire, plus TOKEND_ENOTHELD, TOKEND_ELOST, TOKEND_EJEOPARDY
+ * (the grant is being reclaimed after a worker failure: try again later).
+ * If an upgrade is given up (timeout) after the worker may have granted it,
+ * the library cannot tell whether the grant survived: it then reports the
+ * grant lost (on_lost) rather than guess.
+ */
+TOKEND_API int tokend_convert(tokend_client *c, tokend_grant *g, tokend_mode mode, int64_t wait_ms,
+			      const void *value, size_t value_len);
+
+/*
+ * Is grant g valid now? TOKEND_OK (and *remaining_ms, if not NULL, the lease
+ * left before renewal), TOKEND_EJEOPARDY (held, but the lease is not
+ * confirmed right now: a worker failed or the network is slow; it may come
+ * back), TOKEND_ELOST, TOKEND_ENOTHELD.
+ */
+TOKEND_API int tokend_grant_check(tokend_client *c, const tokend_grant *g, uint32_t *remaining_ms);
+
+/*
+ * Close: end the session (the service releases every grant still held),
+ * stop the background thread, free the handle. Waits at most about one
+ * second for the service to confirm. c == NULL is a no-op. Returns TOKEND_OK,
+ * or TOKEND_ECALLBACK (called from a callback: nothing is done).
+ */
+TOKEND_API int tokend_close(tokend_client *c);
+
+/* The session id (the service's lease id), 0 if none is open. */
+TOKEND_API uint64_t tokend_session_id(tokend_client *c);
+
+/* Human-readable text of a status code; never NULL. */
+TOKEND_API const char *tokend_strerror(int status);
+
+/* Mode names "NL".."EX"; parse also accepts "shared"/"sh"/"read" (PR) and
+ * "exclusive"/"write" (EX), case-insensitive. */
+TOKEND_API const char *tokend_mode_name(tokend_mode m);
+TOKEND_API int tokend_mode_parse(const char *s, tokend_mode *out);
+
+/* The token-name hash (64-bit FNV-1a) the service shards by; shard =
+ * hash % shard_count. */
+TOKEND_API uint64_t tokend_hash(const void *name, size_t name_len);
+
+/* The library's version string (may differ from TOKEND_VERSION_STRING
+ * when linked dynamically against another build). */
+TOKEND_API const char *tokend_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TOKEND_H */
