@@ -1,0 +1,372 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hdrhistogram "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Errors returned by this package.
+var (
+	// ErrTooManyErrors: a workload's operations failed more often than
+	// maxErrors; the run stops rather than report nonsense.
+	ErrTooManyErrors = errors.New("bench: too many failed operations")
+)
+
+// maxErrors bounds the failed operations one measurement tolerates (each is
+// counted and reported) before it gives up with ErrTooManyErrors.
+const maxErrors = 1000
+
+// Config says what Run measures. Zero fields take the defaults of
+// QuickConfig or FullConfig (see Defaults).
+type Config struct {
+	Quick    bool          // the short run: smaller held sets, shorter windows
+	Clients  int           // C: concurrent clients in the throughput workloads
+	Duration time.Duration // measurement window of one workload
+	Warmup   time.Duration // run before each window, not measured
+	MaxOps   int64         // per window, all clients together (a bound, rarely reached)
+	Shards   int           // shards of every tokend cluster
+	Payload  int           // echo datagram size in bytes (an ACQUIRE is ~100)
+
+	// Leases of the tokend clusters: the daemon's defaults (worker 5 s,
+	// session 10 s), not devcluster's 2 s test values, so that a shared
+	// machine's hiccups do not expire sessions in the middle of a window.
+	WorkerTTL  time.Duration
+	SessionTTL time.Duration
+
+	ContendedHold time.Duration // second contended variant: hold this long after a revoke before releasing
+
+	Readers     int           // shared-heavy: PR readers
+	Writers     int           // shared-heavy: EX writers
+	ReadHold    time.Duration // shared-heavy: a reader holds PR this long (cut short by a revoke)
+	WriteEvery  time.Duration // shared-heavy: a writer's pause between writes
+	RangeWriter int           // byte ranges: writers on one token
+	RangeSize   uint64        // byte ranges: bytes per writer's range
+
+	Held        []int // held-set sizes (cumulative: each level adds to the last)
+	Holders     int   // held set: raw sessions that hold the tokens
+	WorkerSets  []int // worker counts for the scaling workload
+	EtcdMembers []int // embedded etcd cluster sizes for the Mutex comparison
+
+	// Only runs just the named workloads when non-empty (uncontended,
+	// contended, shared, ranges, held, workers, echo, etcd).
+	Only []string
+
+	// CPUProfile, if set, receives a pprof CPU profile of the tokend
+	// uncontended workload at C clients (window only).
+	CPUProfile io.Writer
+	// HeldProfile, if set, receives a CPU profile of the uncontended
+	// measurement at the largest held-set size.
+	HeldProfile io.Writer
+	// Progress, if set, is told what runs now (one line per step).
+	Progress func(msg string)
+}
+
+// QuickConfig returns the parameters of --quick: the whole comparison in
+// well under two minutes on two cores.
+func QuickConfig() Config {
+	return Config{
+		Quick: true, Clients: 16, Duration: 2 * time.Second, Warmup: 300 * time.Millisecond,
+		MaxOps: 5_000_000, Shards: 256, Payload: 100,
+		WorkerTTL: 5 * time.Second, SessionTTL: 10 * time.Second,
+		ContendedHold: time.Millisecond,
+		Readers:       16, Writers: 1, ReadHold: time.Millisecond, WriteEvery: 20 * time.Millisecond,
+		RangeWriter: 8, RangeSize: 4096,
+		Held: []int{1_000, 100_000, 1_000_000}, Holders: 4,
+		WorkerSets: []int{1, 2, 4}, EtcdMembers: []int{1, 3},
+	}
+}
+
+// FullConfig returns the parameters of the full run: longer windows and a
+// held set up to 10M tokens.
+func FullConfig() Config {
+	c := QuickConfig()
+	c.Quick = false
+	c.Duration, c.Warmup = 5*time.Second, time.Second
+	c.MaxOps = 50_000_000
+	c.Held = []int{1_000, 100_000, 1_000_000, 10_000_000}
+	return c
+}
+
+// Defaults fills the zero fields of c from QuickConfig (if c.Quick) or
+// FullConfig.
+func (c Config) Defaults() Config {
+	d := FullConfig()
+	if c.Quick {
+		d = QuickConfig()
+	}
+	set := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	setD := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	set(&c.Clients, d.Clients)
+	setD(&c.Duration, d.Duration)
+	setD(&c.Warmup, d.Warmup)
+	if c.MaxOps == 0 {
+		c.MaxOps = d.MaxOps
+	}
+	set(&c.Shards, d.Shards)
+	set(&c.Payload, d.Payload)
+	setD(&c.WorkerTTL, d.WorkerTTL)
+	setD(&c.SessionTTL, d.SessionTTL)
+	setD(&c.ContendedHold, d.ContendedHold)
+	set(&c.Readers, d.Readers)
+	set(&c.Writers, d.Writers)
+	setD(&c.ReadHold, d.ReadHold)
+	setD(&c.WriteEvery, d.WriteEvery)
+	set(&c.RangeWriter, d.RangeWriter)
+	if c.RangeSize == 0 {
+		c.RangeSize = d.RangeSize
+	}
+	if c.Held == nil {
+		c.Held = d.Held
+	}
+	set(&c.Holders, d.Holders)
+	if c.WorkerSets == nil {
+		c.WorkerSets = d.WorkerSets
+	}
+	if c.EtcdMembers == nil {
+		c.EtcdMembers = d.EtcdMembers
+	}
+	return c
+}
+
+func (c *Config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		c.Progress(fmt.Sprintf(format, args...))
+	}
+}
+
+func (c *Config) runs(name string) bool {
+	return len(c.Only) == 0 || slices.Contains(c.Only, name)
+}
+
+// Latency is a latency distribution's summary, in microseconds.
+type Latency struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_us"`
+	P99   float64 `json:"p99_us"`
+	P999  float64 `json:"p999_us"`
+	Max   float64 `json:"max_us"`
+	Mean  float64 `json:"mean_us"`
+}
+
+// hist is an HDR histogram of durations in nanoseconds, 1 ns .. 1 min at
+// three significant digits.
+type hist struct{ h *hdrhistogram.Histogram }
+
+func newHist() *hist { return &hist{hdrhistogram.New(1, int64(time.Minute), 3)} }
+
+func (h *hist) record(d time.Duration) {
+	_ = h.h.RecordValue(min(max(int64(d), 1), int64(time.Minute))) // clamped, so never out of range
+}
+
+func (h *hist) merge(o *hist) { h.h.Merge(o.h) }
+
+func (h *hist) summary() *Latency {
+	if h.h.TotalCount() == 0 {
+		return nil
+	}
+	us := func(v int64) float64 { return float64(v) / 1e3 }
+	return &Latency{
+		Count: h.h.TotalCount(),
+		P50:   us(h.h.ValueAtQuantile(50)),
+		P99:   us(h.h.ValueAtQuantile(99)),
+		P999:  us(h.h.ValueAtQuantile(99.9)),
+		Max:   us(h.h.Max()),
+		Mean:  h.h.Mean() / 1e3,
+	}
+}
+
+// rec is what one client goroutine of a measured loop records into. It
+// is owned by that goroutine until the loop ends.
+type rec struct {
+	on     bool            // the current operation started inside the window
+	stop   <-chan struct{} // closed when the window ends: stop waiting
+	lat    [3]*hist
+	ops    int64
+	events int64 // workload-specific count (e.g. revocations seen)
+	aux    int64 // a second kind of operation (e.g. writes among reads)
+	errs   int64
+	last   error
+}
+
+// record adds d to histogram i if the current operation is measured.
+func (r *rec) record(i int, d time.Duration) {
+	if r.on {
+		r.lat[i].record(d)
+	}
+}
+
+// event counts one workload-specific event if the operation is measured.
+func (r *rec) event() {
+	if r.on {
+		r.events++
+	}
+}
+
+// tallyAux counts one operation of the second kind if it is measured.
+func (r *rec) tallyAux() {
+	if r.on {
+		r.aux++
+	}
+}
+
+// stopped reports whether the window has ended.
+func (r *rec) stopped() bool {
+	select {
+	case <-r.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// loopResult is what measure returns: the merged recordings of all clients.
+type loopResult struct {
+	window  time.Duration
+	ops     int64
+	events  int64
+	aux     int64
+	errs    int64
+	lastErr error
+	lat     [3]*hist
+	cpu     time.Duration // process CPU time (user+sys) during the window
+	others  time.Duration // CPU time of every other process of the machine meanwhile
+}
+
+func (l *loopResult) rate() float64 {
+	if l.window <= 0 {
+		return 0
+	}
+	return float64(l.ops) / l.window.Seconds()
+}
+
+// endGrace bounds how long operations still in flight when the window
+// ends may take before their context is canceled.
+const endGrace = 2 * time.Second
+
+// measure runs op in a closed loop on n goroutines (client i runs op(ctx, i,
+// r) back to back) for cfg.Warmup + cfg.Duration, or until cfg.MaxOps
+// operations completed in the window, whichever comes first. An operation
+// counts if it started and ended inside the window. op reports its own
+// latencies with r.record and should stop waiting when r.stop closes; an
+// error is counted, and more than maxErrors stop the loop with
+// ErrTooManyErrors. The window's process CPU time comes from getrusage.
+func measure(ctx context.Context, cfg *Config, n int, op func(ctx context.Context, i int, r *rec) error) (loopResult, error) {
+	stop := make(chan struct{})
+	recs := make([]*rec, n)
+	for i := range recs {
+		recs[i] = &rec{stop: stop}
+		for j := range recs[i].lat {
+			recs[i].lat[j] = newHist()
+		}
+	}
+	start := time.Now()
+	winStart := start.Add(cfg.Warmup)
+	end := winStart.Add(cfg.Duration)
+	var (
+		stopOnce sync.Once
+		stopMu   sync.Mutex // guards stopped
+		stopped  time.Time  // when the window ended (time, count or errors)
+	)
+	halt := func() {
+		stopOnce.Do(func() {
+			stopMu.Lock()
+			stopped = time.Now()
+			stopMu.Unlock()
+			close(stop)
+		})
+	}
+	timer := time.AfterFunc(time.Until(end), halt)
+	defer timer.Stop()
+	ctx, cancel := context.WithDeadline(ctx, end.Add(endGrace))
+	defer cancel()
+	var (
+		total   atomic.Int64
+		errs    atomic.Int64
+		wg      sync.WaitGroup
+		cpuOnce sync.Once
+		cpu0    time.Duration
+		busy0   time.Duration
+	)
+	for i := range n {
+		r := recs[i]
+		wg.Go(func() {
+			for ctx.Err() == nil && !r.stopped() {
+				t0 := time.Now()
+				r.on = !t0.Before(winStart)
+				if r.on {
+					cpuOnce.Do(func() { cpu0, busy0 = cpuTime(), machineBusy() })
+				}
+				err := op(ctx, i, r)
+				t1 := time.Now()
+				if err != nil {
+					if ctx.Err() != nil || r.stopped() {
+						return
+					}
+					r.errs++
+					r.last = err
+					if errs.Add(1) > maxErrors {
+						halt()
+						cancel()
+						return
+					}
+					continue
+				}
+				if r.on && t1.Before(end) {
+					r.ops++
+					if total.Add(1) >= cfg.MaxOps {
+						halt()
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	cpu1, busy1 := cpuTime(), machineBusy()
+	halt()
+	stopMu.Lock()
+	if stopped.After(end) {
+		stopped = end
+	}
+	window := max(stopped.Sub(winStart), 0)
+	stopMu.Unlock()
+	res := loopResult{window: window}
+	for j := range res.lat {
+		res.lat[j] = newHist()
+	}
+	for _, r := range recs {
+		res.ops += r.ops
+		res.events += r.events
+		res.aux += r.aux
+		res.errs += r.errs
+		if r.last != nil {
+			res.lastErr = r.last
+		}
+		for j := range r.lat {
+			res.lat[j].merge(r.lat[j])
+		}
+	}
+	res.cpu = cpu1 - cpu0
+	if busy0 > 0 {
+		res.others = max((busy1-busy0)-res.cpu, 0)
+	}
+	if errs.Load() > maxErrors {
+		return res, fmt.Errorf("%w: %d, last: %v", ErrTooManyErrors, errs.Load(), res.lastErr)
+	}
+	return res, nil
+}

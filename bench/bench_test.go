@@ -1,0 +1,154 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/wire"
+)
+
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
+
+// BenchmarkAcquireRelease measures acquire+release pairs (EX, whole token,
+// each client on its own token) through clientlib over loopback UDP
+// against an in-process devcluster with one worker, with 1 and 16 clients.
+// It reports pairs/s and the acquire latency's p50 and p99 in µs.
+//
+//	go test ./bench -run '^$' -bench AcquireRelease -benchtime 2s
+func BenchmarkAcquireRelease(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts etcd and a worker")
+	}
+	ctx := context.Background()
+	cfg := QuickConfig()
+	cl, err := startTokend(ctx, &cfg, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cl.Close() })
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			cs, err := dialClients(ctx, cl.Seeds(), n, revokeNotify)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer closeClients(cs)
+			hs := make([]*hist, n)
+			for i := range hs {
+				hs[i] = newHist()
+			}
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			for i, c := range cs {
+				k := b.N / n
+				if i < b.N%n {
+					k++
+				}
+				name := fmt.Sprintf("bench/test/%d/%d", n, i)
+				wg.Go(func() {
+					octx, cancel := context.WithTimeout(ctx, time.Minute)
+					defer cancel()
+					for range k {
+						t0 := time.Now()
+						tok, err := c.Acquire(octx, name, wire.EX)
+						if err != nil {
+							errs[i] = err
+							return
+						}
+						hs[i].record(time.Since(t0))
+						if err := tok.Release(octx); err != nil {
+							errs[i] = err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			for _, err := range errs {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, h := range hs[1:] {
+				hs[0].merge(h)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
+			if s := hs[0].summary(); s != nil {
+				b.ReportMetric(s.P50, "acquire-p50-µs")
+				b.ReportMetric(s.P99, "acquire-p99-µs")
+			}
+		})
+	}
+}
+
+// TestReportRendering checks that a report with every kind of row renders
+// as a table, JSON and SVG, and that the comparisons find their rows.
+func TestReportRendering(t *testing.T) {
+	lat := func(p50 float64) []NamedLatency {
+		return []NamedLatency{{Of: "acquire", Latency: Latency{Count: 10, P50: p50, P99: 2 * p50, P999: 3 * p50, Max: 4 * p50}}}
+	}
+	cfg := QuickConfig()
+	rs := []Result{
+		{Workload: "echo", System: "udp-echo", Clients: 1, Count: 1, Rate: 40000, Latencies: []NamedLatency{{Of: "round trip", Latency: Latency{P50: 20, P99: 40, P999: 60}}}},
+		{Workload: "echo", System: "udp-echo", Clients: 16, Count: 1, Rate: 80000, Latencies: lat(100)},
+		{Workload: "uncontended", System: "tokend", Clients: 1, Count: 1, Rate: 10000, Latencies: lat(28)},
+		{Workload: "uncontended", System: "tokend", Clients: 16, Count: 1, Rate: 30000, Latencies: lat(250)},
+		{Workload: "uncontended", System: "etcd-3", Clients: 16, Count: 1, Rate: 500, Latencies: lat(9000)},
+		{Workload: "contended", Variant: "release on revoke", System: "tokend", Clients: 16, Count: 1, Rate: 1500, Latencies: lat(3000)},
+		{Workload: "contended", System: "etcd-3", Clients: 16, Count: 1, Rate: 150, Latencies: lat(100000)},
+		{Workload: "held", Variant: "1k held", System: "tokend", Clients: 16, Count: 1, Rate: 30000, Extra: []Metric{{"held", 1000, "tokens"}, {"heap_per_token", 900, "B/token"}}},
+		{Workload: "held", Variant: "1M held", System: "tokend", Clients: 16, Count: 1, Rate: 27000, Extra: []Metric{{"held", 1e6, "tokens"}, {"heap_per_token", 170, "B/token"}}},
+	}
+	rep := &Report{Machine: ThisMachine(), Params: cfg.Params(), Results: rs, Comparisons: compare(&cfg, rs)}
+	want := map[string]bool{ // comparison -> met
+		"uncontended pairs/s, tokend / etcd-3 Mutex":            true,  // 60x
+		"contended handoffs/s, tokend / etcd-3 Mutex":           false, // 10x < 50x
+		"uncontended requests/s as % of UDP echo, 16 in flight": true,  // 75%
+		"acquire p50 / echo p50, 1 in flight":                   true,  // 1.4x
+		"worker heap per held token at 1M":                      true,  // 170 B
+		"uncontended pairs/s change from 1k held to largest":    true,  // -10%
+		"uncontended requests/s as % of UDP echo, 1 in flight":  false, // info only
+	}
+	got := map[string]*bool{}
+	for _, c := range rep.Comparisons {
+		got[c.Name] = c.Met
+	}
+	for name, met := range want {
+		m, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("comparison %q missing; have %v", name, rep.Comparisons)
+		case name == "uncontended requests/s as % of UDP echo, 1 in flight":
+			if m != nil {
+				t.Errorf("%q should be for information", name)
+			}
+		case m == nil || *m != met:
+			t.Errorf("%q: met = %v, want %v", name, m, met)
+		}
+	}
+	var tb, js, svg strings.Builder
+	if err := rep.PrintTable(&tb); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteSVG(&svg); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"etcd-3", "MISSED", "met"} {
+		if !strings.Contains(tb.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, tb.String())
+		}
+	}
+	if !strings.Contains(svg.String(), "<svg") || !strings.Contains(svg.String(), "</svg>") {
+		t.Errorf("not an SVG: %s", svg.String())
+	}
+}

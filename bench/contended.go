@@ -1,0 +1,102 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// maxHoldWait bounds how long a contended holder waits for a revocation
+// before it releases anyway (a revocation normally comes at once: every
+// other client is queued).
+const maxHoldWait = time.Second
+
+// lateRevoke is when a revocation counts as late: the worker's first
+// REVOKE retransmission comes after 20 ms (±25 %), so a revocation seen
+// this late was most likely not handed over the first time.
+const lateRevoke = 10 * time.Millisecond
+
+// latRevoke is the histogram of the time from a grant to its revocation
+// reaching the workload (OnRevoke), in the contended workload.
+const latRevoke = 2
+
+// runContended measures handoffs of one token among cfg.Clients clients.
+// Each client loops: acquire EX (waiting in the token's FIFO queue), keep
+// the token until the worker revokes it for the next waiter (OnRevoke),
+// optionally hold it a little longer ("flush"), release. Every grant is a
+// handoff: revoke -> release -> grant. The acquire latency is the time in
+// the queue, C-1 handoffs on average.
+func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+	var out []Result
+	for _, hold := range dedupeD(0, cfg.ContendedHold) {
+		variant := "release on revoke"
+		if hold > 0 {
+			variant = fmt.Sprintf("hold %v after revoke", hold)
+		}
+		cfg.progress("tokend contended: %d clients, %s", cfg.Clients, variant)
+		cs, err := dialClients(ctx, seeds, cfg.Clients, revokeNotify)
+		if err != nil {
+			return out, err
+		}
+		name := fmt.Sprintf("bench/c/%v", hold)
+		timers := make([]*time.Timer, len(cs))
+		for i := range timers {
+			timers[i] = time.NewTimer(time.Hour)
+			timers[i].Stop()
+		}
+		l, err := measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
+			c := cs[i]
+			t0 := time.Now()
+			tok, err := c.Acquire(ctx, name, wire.EX)
+			if err != nil {
+				return err
+			}
+			tGrant := time.Now()
+			r.record(latAcquire, tGrant.Sub(t0))
+			if c.waitRevoked(ctx, tok, r, timers[i], maxHoldWait) {
+				d := time.Since(tGrant)
+				r.record(latRevoke, d)
+				r.event()
+				if d >= lateRevoke {
+					r.tallyAux()
+				}
+			}
+			if hold > 0 {
+				time.Sleep(hold)
+			}
+			t1 := time.Now()
+			if err := release(ctx, tok); err != nil {
+				return err
+			}
+			r.record(latRelease, time.Since(t1))
+			return nil
+		})
+		closeClients(cs)
+		if err != nil {
+			return out, err
+		}
+		res := Result{Workload: "contended", Variant: variant, System: "tokend", Clients: cfg.Clients, Unit: "handoff",
+			Note: "one token, EX, hold until revoked"}.with(&l, "acquire", "release", "grant→revoke seen")
+		res.metric("revoked", 100*float64(l.events)/float64(max(l.ops, 1)), "% of grants")
+		res.metric("revoke_late", 100*float64(l.aux)/float64(max(l.ops, 1)), "% of grants (seen >= 10ms after the grant)")
+		if l.ops > 0 {
+			res.metric("handoff", 1e6/l.rate(), "µs")
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+func dedupeD(ds ...time.Duration) []time.Duration {
+	var out []time.Duration
+	seen := map[time.Duration]bool{}
+	for _, d := range ds {
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}

@@ -1,0 +1,471 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"math"
+	"strings"
+	"text/tabwriter"
+)
+
+// Comparison is one ratio of the report, with the target it is held to.
+type Comparison struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`             // "x", "%", "B/token"
+	Target string  `json:"target,omitempty"` // e.g. ">= 50x"; "" = for information
+	Met    *bool   `json:"met,omitempty"`
+	Detail string  `json:"detail"`
+}
+
+// find returns the first result that matches (variant "" matches any).
+func find(rs []Result, workload, system string, clients int, variant string) *Result {
+	for i := range rs {
+		r := &rs[i]
+		if r.Workload == workload && r.System == system && (clients == 0 || r.Clients == clients) &&
+			(variant == "" || r.Variant == variant) && r.Count > 0 {
+			return r
+		}
+	}
+	return nil
+}
+
+func (r *Result) extra(name string) (float64, bool) {
+	for _, m := range r.Extra {
+		if m.Name == name {
+			return m.Value, true
+		}
+	}
+	return 0, false
+}
+
+// compare computes the ratios the issue asks for from what was measured.
+func compare(cfg *Config, rs []Result) []Comparison {
+	var out []Comparison
+	check := func(c Comparison, ok bool, rows ...*Result) {
+		if c.Target != "" {
+			c.Met = &ok
+		}
+		var noisy []string
+		for _, r := range rows {
+			if o, _ := r.extra("others_cpu"); o >= disturbed {
+				noisy = append(noisy, fmt.Sprintf("%s: %.2f", strings.Join(strings.Fields(r.Workload+" "+r.Variant+" "+r.System), " "), o))
+			}
+		}
+		if len(noisy) > 0 {
+			c.Detail += "; DISTURBED, other processes' cores during " + strings.Join(noisy, ", ")
+		}
+		out = append(out, c)
+	}
+	C := cfg.Clients
+	tu := find(rs, "uncontended", "tokend", C, "")
+	tc := find(rs, "contended", "tokend", C, "release on revoke")
+	for _, members := range cfg.EtcdMembers {
+		sys := fmt.Sprintf("etcd-%d", members)
+		target := ""
+		if members == 3 {
+			target = ">= 50x"
+		}
+		if eu := find(rs, "uncontended", sys, C, ""); tu != nil && eu != nil {
+			v := tu.Rate / eu.Rate
+			check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, tokend / %s Mutex", sys), Value: v, Unit: "x", Target: target,
+				Detail: fmt.Sprintf("%s vs %s pairs/s at C=%d", num(tu.Rate), num(eu.Rate), C)}, v >= 50, tu, eu)
+		}
+		if ec := find(rs, "contended", sys, C, ""); tc != nil && ec != nil {
+			v := tc.Rate / ec.Rate
+			check(Comparison{Name: fmt.Sprintf("contended handoffs/s, tokend / %s Mutex", sys), Value: v, Unit: "x", Target: target,
+				Detail: fmt.Sprintf("%s vs %s handoffs/s at C=%d", num(tc.Rate), num(ec.Rate), C)}, v >= 50, tc, ec)
+		}
+	}
+	for _, n := range dedupe(C, 1) {
+		target := ""
+		if n == C {
+			target = ">= 70%"
+		}
+		tun := find(rs, "uncontended", "tokend", n, "")
+		echo := find(rs, "echo", "udp-echo", n, "")
+		if tun != nil && echo != nil {
+			v := 100 * 2 * tun.Rate / echo.Rate
+			check(Comparison{Name: fmt.Sprintf("uncontended requests/s as %% of UDP echo, %d in flight", n), Value: v, Unit: "%", Target: target,
+				Detail: fmt.Sprintf("%s requests/s (2 per pair) vs %s echo round trips/s", num(2*tun.Rate), num(echo.Rate))}, v >= 70, tun, echo)
+		}
+	}
+	if t1, e1 := find(rs, "uncontended", "tokend", 1, ""), find(rs, "echo", "udp-echo", 1, ""); t1 != nil && e1 != nil {
+		ta, ea := t1.lat("acquire"), e1.lat("round trip")
+		if ta != nil && ea != nil {
+			v := ta.P50 / ea.P50
+			check(Comparison{Name: "acquire p50 / echo p50, 1 in flight", Value: v, Unit: "x", Target: "<= 1.5x",
+				Detail: fmt.Sprintf("%.1f µs vs %.1f µs (p99 %.1f vs %.1f µs)", ta.P50, ea.P50, ta.P99, ea.P99)}, v <= 1.5, t1, e1)
+		}
+	}
+	var held []*Result
+	for i := range rs {
+		if rs[i].Workload == "held" && rs[i].Count > 0 {
+			held = append(held, &rs[i])
+		}
+	}
+	if len(held) > 0 {
+		at := held[len(held)-1]
+		for _, h := range held {
+			if n, _ := h.extra("held"); n == 1_000_000 {
+				at = h
+			}
+		}
+		n, _ := at.extra("held")
+		b, _ := at.extra("heap_per_token")
+		name := fmt.Sprintf("worker heap per held token at %s", count(int64(n)))
+		check(Comparison{Name: name, Value: b, Unit: "B/token", Target: "<= 200 B at 1M",
+			Detail: "live Go heap after GC minus baseline, divided by tokens held (worker in-process; RSS is process-wide)"}, b <= 200)
+	}
+	if len(held) > 1 {
+		base := held[0]
+		var worst float64
+		var parts []string
+		for _, h := range held {
+			d := h.Rate/base.Rate - 1
+			if math.Abs(d) > math.Abs(worst) {
+				worst = d
+			}
+			parts = append(parts, fmt.Sprintf("%s: %s", h.Variant, num(h.Rate)))
+		}
+		last, _ := held[len(held)-1].extra("held")
+		detail := "pairs/s with " + strings.Join(parts, ", ")
+		if last < 10_000_000 {
+			detail += fmt.Sprintf(" (largest measured %s; the target names 10M)", count(int64(last)))
+		}
+		check(Comparison{Name: "uncontended pairs/s change from 1k held to largest", Value: 100 * worst, Unit: "%",
+			Target: "within ±20%", Detail: detail}, math.Abs(worst) <= 0.20, held...)
+		// Per CPU-second the neighbours matter less (not at all only if
+		// they leave the caches alone): for information.
+		b0, _ := base.extra("per_cpu_s")
+		var worstCPU float64
+		parts = parts[:0]
+		for _, h := range held {
+			v, _ := h.extra("per_cpu_s")
+			if d := v/b0 - 1; b0 > 0 && math.Abs(d) > math.Abs(worstCPU) {
+				worstCPU = d
+			}
+			parts = append(parts, fmt.Sprintf("%s: %s", h.Variant, num(v)))
+		}
+		if b0 > 0 {
+			check(Comparison{Name: "ops per CPU-second change from 1k held to largest", Value: 100 * worstCPU, Unit: "%",
+				Detail: "process-wide ops/CPU-s with " + strings.Join(parts, ", ")}, true)
+		}
+	}
+	return out
+}
+
+// disturbed is how much CPU (cores) other processes may use during a
+// window before the comparisons that use it say so.
+const disturbed = 0.25
+
+// num prints a rate with thousands separators (3 significant digits
+// below 100).
+func num(v float64) string {
+	if v < 100 {
+		return fmt.Sprintf("%.3g", v)
+	}
+	s := fmt.Sprintf("%.0f", v)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func us(v float64) string {
+	switch {
+	case v == 0:
+		return "-"
+	case v < 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return num(v)
+}
+
+func metricString(m Metric) string {
+	switch m.Unit {
+	case "B":
+		return fmt.Sprintf("%s=%s", m.Name, bytesString(m.Value))
+	case "B/token":
+		return fmt.Sprintf("%s=%.0f B", m.Name, m.Value)
+	case "cores":
+		return fmt.Sprintf("%s=%.2f cores", m.Name, m.Value)
+	case "":
+		return fmt.Sprintf("%s=%s", m.Name, num(m.Value))
+	}
+	return fmt.Sprintf("%s=%s %s", m.Name, num(m.Value), m.Unit)
+}
+
+func bytesString(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case a >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", v/(1<<30))
+	case a >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case a >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", v/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", v)
+}
+
+// PrintTable writes the human-readable report: machine, parameters, the
+// side-by-side table, the comparisons against their targets, failures.
+func (rep *Report) PrintTable(w io.Writer) error {
+	m := rep.Machine
+	fmt.Fprintf(w, "tokend-bench  %s  (%.0f s)\n", rep.Started.Format("2006-01-02 15:04:05 MST"), rep.ElapsedS)
+	fmt.Fprintf(w, "machine: %d cores, GOMAXPROCS %d, %s %s/%s, CPU %q, memory %s\n",
+		m.Cores, m.GOMAXPROCS, m.GoVersion, m.OS, m.Arch, m.CPUModel, m.MemTotal)
+	fmt.Fprintf(w, "sharing: load average %s at start, %s at end; other processes used %.2f cores on average during the run\n",
+		rep.LoadStart, rep.LoadEnd, rep.OtherCPU)
+	var ps []string
+	for _, p := range rep.Params {
+		ps = append(ps, p.Name+"="+p.Value)
+	}
+	fmt.Fprintf(w, "params: %s\n", strings.Join(ps, "; "))
+	fmt.Fprintln(w, "latency: the first named op of each row, µs, from HDR histograms; rates are per second over the window")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "workload\tvariant\tsystem\tC\trate/s\tunit\tlatency of\tp50\tp99\tp99.9\tmax\terrors\tother")
+	for _, r := range rep.Results {
+		var l NamedLatency
+		if len(r.Latencies) > 0 {
+			l = r.Latencies[0]
+		}
+		var other []string
+		for _, nl := range r.Latencies[min(1, len(r.Latencies)):] {
+			other = append(other, fmt.Sprintf("%s p50/p99=%s/%s", nl.Of, us(nl.P50), us(nl.P99)))
+		}
+		for _, x := range r.Extra {
+			other = append(other, metricString(x))
+		}
+		if r.LastError != "" {
+			other = append(other, fmt.Sprintf("last error: %q", r.LastError))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
+			r.Workload, r.Variant, r.System, r.Clients, num(r.Rate), r.Unit, l.Of,
+			us(l.P50), us(l.P99), us(l.P999), us(l.Max), r.Errors, strings.Join(other, "; "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "against the targets:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range rep.Comparisons {
+		verdict := "info"
+		if c.Met != nil {
+			verdict = "MISSED"
+			if *c.Met {
+				verdict = "met"
+			}
+		}
+		val := fmt.Sprintf("%.1f%s", c.Value, c.Unit)
+		switch c.Unit {
+		case "x":
+			val = fmt.Sprintf("%.2fx", c.Value)
+			if c.Value >= 10 {
+				val = fmt.Sprintf("%.0fx", c.Value)
+			}
+		case "B/token":
+			val = fmt.Sprintf("%.0f B/token", c.Value)
+		case "%":
+			val = fmt.Sprintf("%+.1f%%", c.Value)
+			if strings.Contains(c.Name, "% of") {
+				val = fmt.Sprintf("%.1f%%", c.Value)
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", c.Name, val, c.Target, verdict, c.Detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, f := range rep.Failures {
+		fmt.Fprintf(w, "FAILED %s\n", f)
+	}
+	fmt.Fprintf(w, "\ngoroutines: %d before, %d after cleanup\n", rep.GoroutinesBefore, rep.GoroutinesAfter)
+	return nil
+}
+
+// WriteJSON writes the report as indented JSON.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// svg layout
+const (
+	svgWidth = 1180
+	svgLabel = 360 // label column
+	svgRight = 230 // value column
+	svgRow   = 20
+	svgTop   = 70
+	svgFont  = `font-family="Helvetica, Arial, sans-serif"`
+)
+
+// systemColor gives each system one color throughout the chart.
+func systemColor(s string) string {
+	switch s {
+	case "tokend":
+		return "#2b6cb0"
+	case "etcd-1":
+		return "#dd6b20"
+	case "etcd-3":
+		return "#c53030"
+	case "udp-echo":
+		return "#718096"
+	}
+	return "#38a169"
+}
+
+// logAxis maps values onto [x0, x1] on a log10 scale covering whole
+// decades around [lo, hi].
+type logAxis struct {
+	d0, d1 int // decades
+	x0, x1 float64
+}
+
+func newLogAxis(lo, hi, x0, x1 float64) logAxis {
+	lo, hi = max(lo, 1e-3), max(hi, 1e-3)
+	d0, d1 := int(math.Floor(math.Log10(lo))), int(math.Ceil(math.Log10(hi)))
+	if d1 <= d0 {
+		d1 = d0 + 1
+	}
+	return logAxis{d0, d1, x0, x1}
+}
+
+func (a logAxis) x(v float64) float64 {
+	v = max(v, math.Pow(10, float64(a.d0)))
+	f := (math.Log10(v) - float64(a.d0)) / float64(a.d1-a.d0)
+	return a.x0 + f*(a.x1-a.x0)
+}
+
+func decadeLabel(d int) string {
+	v := math.Pow(10, float64(d))
+	switch {
+	case d >= 9:
+		return fmt.Sprintf("%gG", v/1e9)
+	case d >= 6:
+		return fmt.Sprintf("%gM", v/1e6)
+	case d >= 3:
+		return fmt.Sprintf("%gk", v/1e3)
+	}
+	return fmt.Sprintf("%g", v)
+}
+
+// grid draws the decade grid lines and labels of axis a for rows
+// [y0, y1], labels above y0.
+func (a logAxis) grid(b *strings.Builder, y0, y1 float64) {
+	for d := a.d0; d <= a.d1; d++ {
+		x := a.x(math.Pow(10, float64(d)))
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e2e8f0"/>`+"\n", x, y0, x, y1)
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="11" fill="#4a5568" text-anchor="middle" %s>%s</text>`+"\n",
+			x, y0-4, svgFont, decadeLabel(d))
+	}
+}
+
+func rowLabel(r *Result) string {
+	s := r.Workload
+	if r.Variant != "" {
+		s += " · " + r.Variant
+	}
+	return fmt.Sprintf("%s · %s · C=%d", s, r.System, r.Clients)
+}
+
+// WriteSVG draws two panels: throughput of every row (bars, log scale),
+// and its latency percentiles p50, p99 and p99.9 (a line from p50 to p99.9
+// with a mark at each, log scale). Plain SVG, no scripts.
+func (rep *Report) WriteSVG(w io.Writer) error {
+	rows := make([]*Result, 0, len(rep.Results))
+	for i := range rep.Results {
+		if rep.Results[i].Count > 0 {
+			rows = append(rows, &rep.Results[i])
+		}
+	}
+	var b strings.Builder
+	plotX0, plotX1 := float64(svgLabel), float64(svgWidth-svgRight)
+	panelH := float64(len(rows)*svgRow) + 40
+	height := svgTop + 2*panelH + 80
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f">`+"\n",
+		svgWidth, height, svgWidth, height)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	m := rep.Machine
+	fmt.Fprintf(&b, `<text x="20" y="28" font-size="18" font-weight="bold" %s>tokend-bench: throughput and latency</text>`+"\n", svgFont)
+	fmt.Fprintf(&b, `<text x="20" y="48" font-size="12" fill="#4a5568" %s>%s</text>`+"\n", svgFont,
+		html.EscapeString(fmt.Sprintf("%s · %d cores (GOMAXPROCS %d) · %s · %s %s/%s · loopback, one process",
+			rep.Started.Format("2006-01-02 15:04"), m.Cores, m.GOMAXPROCS, m.CPUModel, m.GoVersion, m.OS, m.Arch)))
+
+	// Panel 1: throughput.
+	y := float64(svgTop) + 20
+	fmt.Fprintf(&b, `<text x="20" y="%.1f" font-size="14" font-weight="bold" %s>Throughput (operations/s, log scale; the unit is per row)</text>`+"\n", y-14, svgFont)
+	lo, hi := math.Inf(1), 0.0
+	for _, r := range rows {
+		lo, hi = min(lo, r.Rate), max(hi, r.Rate)
+	}
+	ax := newLogAxis(lo, hi, plotX0, plotX1)
+	ax.grid(&b, y+12, y+12+float64(len(rows)*svgRow))
+	for i, r := range rows {
+		ry := y + 14 + float64(i*svgRow)
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" font-size="11" text-anchor="end" %s>%s</text>`+"\n",
+			svgLabel-8, ry+11, svgFont, html.EscapeString(rowLabel(r)))
+		x := ax.x(r.Rate)
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%d" fill="%s" rx="2"/>`+"\n",
+			plotX0, ry+2, max(x-plotX0, 1), svgRow-6, systemColor(r.System))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11" %s>%s %s/s</text>`+"\n",
+			x+5, ry+11, svgFont, num(r.Rate), html.EscapeString(r.Unit))
+	}
+
+	// Panel 2: latency percentiles.
+	y += panelH + 30
+	fmt.Fprintf(&b, `<text x="20" y="%.1f" font-size="14" font-weight="bold" %s>Latency of the row's first operation (µs, log scale): ● p50  ◆ p99  ▲ p99.9</text>`+"\n", y-14, svgFont)
+	lo, hi = math.Inf(1), 0.0
+	for _, r := range rows {
+		if len(r.Latencies) > 0 {
+			l := r.Latencies[0]
+			lo, hi = min(lo, l.P50), max(hi, l.P999)
+		}
+	}
+	if hi == 0 {
+		lo, hi = 1, 10
+	}
+	ax = newLogAxis(lo, hi, plotX0, plotX1)
+	ax.grid(&b, y+12, y+12+float64(len(rows)*svgRow))
+	for i, r := range rows {
+		ry := y + 14 + float64(i*svgRow)
+		cy := ry + svgRow/2
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" font-size="11" text-anchor="end" %s>%s</text>`+"\n",
+			svgLabel-8, ry+11, svgFont, html.EscapeString(rowLabel(r)))
+		if len(r.Latencies) == 0 {
+			continue
+		}
+		l := r.Latencies[0]
+		c := systemColor(r.System)
+		x50, x99, x999 := ax.x(l.P50), ax.x(l.P99), ax.x(l.P999)
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/>`+"\n", x50, cy, x999, cy, c)
+		fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s"/>`+"\n", x50, cy, c)
+		fmt.Fprintf(&b, `<path d="M%.1f %.1f l4 4 l-4 4 l-4 -4 z" fill="%s"/>`+"\n", x99, cy-4, c)
+		fmt.Fprintf(&b, `<path d="M%.1f %.1f l4 8 h-8 z" fill="%s"/>`+"\n", x999, cy-4, c)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="11" %s>%s: %s / %s / %s</text>`+"\n",
+			max(x999, x50)+8, ry+11, svgFont, html.EscapeString(l.Of), us(l.P50), us(l.P99), us(l.P999))
+	}
+
+	// Legend.
+	ly := height - 30
+	lx := 20.0
+	for _, s := range []string{"tokend", "etcd-1", "etcd-3", "udp-echo"} {
+		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/>`+"\n", lx, ly-10, systemColor(s))
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="12" %s>%s</text>`+"\n", lx+16, ly, svgFont, s)
+		lx += 110
+	}
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="11" fill="#4a5568" %s>etcd-N: concurrency.Mutex on embedded etcd with N members; udp-echo: batched echo server, same payload</text>`+"\n", lx+10, ly, svgFont)
+	b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}

@@ -1,0 +1,147 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Report is everything one run measured.
+type Report struct {
+	Started     time.Time    `json:"started"`
+	ElapsedS    float64      `json:"elapsed_s"`
+	Machine     Machine      `json:"machine"`
+	Params      []Param      `json:"params"`
+	Results     []Result     `json:"results"`
+	Comparisons []Comparison `json:"comparisons"`
+	Failures    []string     `json:"failures,omitempty"` // workloads that failed, and why
+	// Goroutines before the run and after everything was closed.
+	GoroutinesBefore int `json:"goroutines_before"`
+	GoroutinesAfter  int `json:"goroutines_after"`
+	// The machine is shared: load averages at the start and the end, and
+	// the CPU other processes used during the run (cores, on average).
+	LoadStart string  `json:"load_avg_start"`
+	LoadEnd   string  `json:"load_avg_end"`
+	OtherCPU  float64 `json:"other_processes_cores"`
+}
+
+// Param is one parameter of the run, printed.
+type Param struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Params lists the parameters of c as printed in every report.
+func (c Config) Params() []Param {
+	ints := func(ns []int) string {
+		var s []string
+		for _, n := range ns {
+			s = append(s, fmt.Sprint(n))
+		}
+		return strings.Join(s, ",")
+	}
+	mode := "full"
+	if c.Quick {
+		mode = "quick"
+	}
+	ps := []Param{
+		{"mode", mode},
+		{"clients (C)", fmt.Sprint(c.Clients)},
+		{"window", c.Duration.String()},
+		{"warmup", c.Warmup.String()},
+		{"max ops per window", fmt.Sprint(c.MaxOps)},
+		{"shards", fmt.Sprint(c.Shards)},
+		{"tokend leases", fmt.Sprintf("worker %v, session %v, grace %v", c.WorkerTTL, c.SessionTTL, c.WorkerTTL)},
+		{"echo payload", fmt.Sprintf("%d B", c.Payload)},
+		{"contended hold variant", c.ContendedHold.String()},
+		{"shared-heavy", fmt.Sprintf("%d PR readers holding %v, %d EX writers every %v", c.Readers, c.ReadHold, c.Writers, c.WriteEvery)},
+		{"byte ranges", fmt.Sprintf("%d writers, %d-byte ranges", c.RangeWriter, c.RangeSize)},
+		{"held sizes", ints(c.Held)},
+		{"held sessions", fmt.Sprint(c.Holders)},
+		{"worker counts", ints(c.WorkerSets)},
+		{"etcd members", ints(c.EtcdMembers)},
+	}
+	if len(c.Only) > 0 {
+		ps = append(ps, Param{"only", strings.Join(c.Only, ",")})
+	}
+	return ps
+}
+
+// Workloads are the names Config.Only accepts, in the order Run runs them.
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "held", "workers", "etcd"}
+
+// Run runs every workload cfg selects, in the order of Workloads, and
+// returns the report. A workload that fails is recorded in
+// Report.Failures and the others still run; Run returns an error only when
+// ctx ends. Everything it starts is stopped before it returns.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg = cfg.Defaults()
+	rep := &Report{Started: time.Now(), Machine: ThisMachine(), Params: cfg.Params(),
+		GoroutinesBefore: runtime.NumGoroutine(), LoadStart: loadAvg()}
+	busy0, own0 := machineBusy(), cpuTime()
+	add := func(name string, rs []Result, err error) {
+		rep.Results = append(rep.Results, rs...)
+		if err != nil {
+			rep.Failures = append(rep.Failures, fmt.Sprintf("%s: %v", name, err))
+			cfg.progress("%s FAILED: %v", name, err)
+		}
+	}
+	if cfg.runs("echo") && ctx.Err() == nil {
+		rs, err := runEcho(ctx, &cfg)
+		add("echo", rs, err)
+	}
+	tokendOnes := []struct {
+		name string
+		run  func(context.Context, *Config, []string) ([]Result, error)
+	}{
+		{"uncontended", runUncontended},
+		{"contended", runContended},
+		{"shared", runShared},
+		{"ranges", runRanges},
+	}
+	var need bool
+	for _, w := range tokendOnes {
+		need = need || cfg.runs(w.name)
+	}
+	if need && ctx.Err() == nil {
+		cfg.progress("tokend: starting a cluster (1 worker, %d shards)", cfg.Shards)
+		cl, err := startTokend(ctx, &cfg, 1)
+		if err != nil {
+			add("tokend", nil, err)
+		} else {
+			for _, w := range tokendOnes {
+				if cfg.runs(w.name) && ctx.Err() == nil {
+					rs, err := w.run(ctx, &cfg, cl.Seeds())
+					add(w.name, rs, err)
+				}
+			}
+			cl.Close()
+		}
+	}
+	if cfg.runs("held") && ctx.Err() == nil {
+		rs, err := runHeld(ctx, &cfg)
+		add("held", rs, err)
+	}
+	if cfg.runs("workers") && ctx.Err() == nil {
+		rs, err := runWorkers(ctx, &cfg)
+		add("workers", rs, err)
+	}
+	if cfg.runs("etcd") && ctx.Err() == nil {
+		rs, err := runEtcdMutex(ctx, &cfg)
+		add("etcd", rs, err)
+	}
+	rep.Comparisons = compare(&cfg, rep.Results)
+	cfg.progress("cleaning up")
+	// A closed etcd member's peer connection can outlive it by up to 5 s
+	// (see embedded/etcdtest); wait for that, not longer.
+	rep.GoroutinesAfter = settle(rep.GoroutinesBefore, 8*time.Second)
+	rep.ElapsedS = time.Since(rep.Started).Seconds()
+	rep.LoadEnd = loadAvg()
+	if busy0 > 0 {
+		other := (machineBusy() - busy0) - (cpuTime() - own0)
+		rep.OtherCPU = max(other.Seconds(), 0) / rep.ElapsedS
+	}
+	return rep, ctx.Err()
+}

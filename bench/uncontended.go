@@ -1,0 +1,78 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime/pprof"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Histogram slots of the pair workloads.
+const (
+	latAcquire = 0
+	latRelease = 1
+	latPair    = 2
+)
+
+// uncontended measures acquire+release pairs: each of the clients loops on
+// its own token (EX, whole range), so nothing ever waits or is revoked.
+// prof, if not nil, receives a CPU profile of the measurement.
+func uncontended(ctx context.Context, cfg *Config, cs []*client, tag string, prof io.Writer) (loopResult, error) {
+	names := make([]string, len(cs))
+	for i := range names {
+		names[i] = fmt.Sprintf("bench/u/%s/%d", tag, i)
+	}
+	if prof != nil {
+		if err := pprof.StartCPUProfile(prof); err != nil {
+			return loopResult{}, fmt.Errorf("bench: cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	return measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
+		t0 := time.Now()
+		tok, err := cs[i].Acquire(ctx, names[i], wire.EX)
+		if err != nil {
+			return err
+		}
+		t1 := time.Now()
+		if err := tok.Release(ctx); err != nil {
+			return err
+		}
+		t2 := time.Now()
+		r.record(latAcquire, t1.Sub(t0))
+		r.record(latRelease, t2.Sub(t1))
+		r.record(latPair, t2.Sub(t0))
+		return nil
+	})
+}
+
+// runUncontended measures the uncontended pairs with 1 and with
+// cfg.Clients clients on the cluster at seeds.
+func runUncontended(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+	var out []Result
+	for _, n := range dedupe(1, cfg.Clients) {
+		cfg.progress("tokend uncontended: %d clients", n)
+		cs, err := dialClients(ctx, seeds, n, revokeNotify)
+		if err != nil {
+			return out, err
+		}
+		var prof io.Writer
+		if n == cfg.Clients {
+			prof = cfg.CPUProfile
+		}
+		l, err := uncontended(ctx, cfg, cs, fmt.Sprint(n), prof)
+		closeClients(cs)
+		if err != nil {
+			return out, err
+		}
+		res := Result{Workload: "uncontended", System: "tokend", Clients: n, Unit: "pair",
+			Note: "own token per client, EX, acquire+release"}.with(&l, "acquire", "release", "pair")
+		res.metric("ops", 2*l.rate(), "requests/s")
+		res.cpuMetrics(&l)
+		out = append(out, res)
+	}
+	return out, nil
+}

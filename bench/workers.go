@@ -1,0 +1,44 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+)
+
+// runWorkers measures the uncontended pairs of cfg.Clients clients on
+// clusters of each size in cfg.WorkerSets, started one after the other.
+// Tokens spread over the shards, hence over the workers. Ops per
+// CPU-second divide by the CPU time of the whole process (getrusage):
+// workers, clients, coordinator and etcd share it.
+func runWorkers(ctx context.Context, cfg *Config) ([]Result, error) {
+	var out []Result
+	for _, n := range cfg.WorkerSets {
+		cfg.progress("workers: %d, %d clients", n, cfg.Clients)
+		cl, err := startTokend(ctx, cfg, n)
+		if err != nil {
+			return out, err
+		}
+		l, err := func() (loopResult, error) {
+			cs, err := dialClients(ctx, cl.Seeds(), cfg.Clients, revokeNotify)
+			if err != nil {
+				return loopResult{}, err
+			}
+			defer closeClients(cs)
+			return uncontended(ctx, cfg, cs, fmt.Sprintf("w%d", n), nil)
+		}()
+		cl.Close()
+		if err != nil {
+			return out, err
+		}
+		variant := fmt.Sprintf("%d workers", n)
+		if n == 1 {
+			variant = "1 worker"
+		}
+		res := Result{Workload: "workers", Variant: variant, System: "tokend",
+			Clients: cfg.Clients, Unit: "pair", Note: "uncontended; CPU is the whole process"}.with(&l, "acquire", "release", "pair")
+		res.metric("ops", 2*l.rate(), "requests/s")
+		res.cpuMetrics(&l)
+		out = append(out, res)
+	}
+	return out, nil
+}
