@@ -6,6 +6,7 @@
 //
 //	/tokend/config               Config, written once at bootstrap
 //	/tokend/workers/<id>         Worker, on the worker's lease
+//	/tokend/drain/<id>           Drain: an operator asked to drain worker id (no lease: it outlives restarts)
 //	/tokend/clients/<session>    Client, on the session's lease (session = lease id in hex)
 //	/tokend/delegation/map       the delegation map, written only by the leader
 //	/tokend/leader/<lease>       concurrency.Election keys; the value is a Leader
@@ -30,6 +31,7 @@ const (
 	Prefix        = "/tokend/"
 	ConfigKey     = "/tokend/config"
 	WorkersPrefix = "/tokend/workers/"
+	DrainPrefix   = "/tokend/drain/"
 	ClientsPrefix = "/tokend/clients/"
 	DelegationKey = "/tokend/delegation/map"
 	LeaderPrefix  = "/tokend/leader/"
@@ -150,11 +152,31 @@ type Worker struct {
 	Version     string `json:"version"`
 	Started     string `json:"started"`
 	TTLms       int64  `json:"ttl_ms"`
-	Draining    bool   `json:"draining,omitempty"`
+	// Handoff is the TCP address ("host:port") where the worker hands the
+	// state of shards it gave up to their new owners (planned moves, see
+	// wire/SPEC.md section 18). Empty: it hands nothing off, and its shards
+	// are recovered with a grace period.
+	Handoff string `json:"handoff,omitempty"`
+	// Draining is set by the worker itself (SIGTERM): move its shards
+	// elsewhere. It lives and dies with this incarnation's registration.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // WorkerKey is the key of worker id.
 func WorkerKey(id string) string { return WorkersPrefix + id }
+
+// Drain is an operator's request to drain a worker (tokenctl drain): the
+// leader plans as if the worker's registration said draining, whatever
+// incarnation registers under that id, until the key is deleted (tokenctl
+// undrain).
+type Drain struct {
+	ID    string `json:"id"`
+	Since string `json:"since"` // for people only
+	By    string `json:"by,omitempty"`
+}
+
+// DrainKey is the drain marker of worker id.
+func DrainKey(id string) string { return DrainPrefix + id }
 
 // Client is a client session, attached to the session's lease.
 type Client struct {

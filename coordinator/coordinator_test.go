@@ -259,3 +259,35 @@ func TestDelegation(t *testing.T) {
 		t.Errorf("%d shards moved to w2, want 32", moved)
 	}
 }
+
+// TestDrainMark: an operator's drain mark (/tokend/drain/<id>) moves every
+// shard off the worker, also across a new incarnation of it, until the mark
+// is deleted.
+func TestDrainMark(t *testing.T) {
+	_, cli := etcdtest.StartOne(t)
+	start(t, cli, "s1", 16)
+	ctx := context.Background()
+	registerFake(t, cli, "w1")
+	l2 := registerFake(t, cli, "w2")
+	waitMap(t, cli, "balanced", func(m plan.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
+
+	if _, err := cli.Put(ctx, cluster.DrainKey("w2"), `{"id":"w2"}`); err != nil {
+		t.Fatal(err)
+	}
+	waitMap(t, cli, "w2 drained", func(m plan.Map) bool { return owned(m)["w1"] == 16 })
+
+	// w2 restarts as a new incarnation: still drained.
+	if _, err := cli.Revoke(ctx, l2); err != nil {
+		t.Fatal(err)
+	}
+	registerFake(t, cli, "w2")
+	time.Sleep(200 * time.Millisecond) // several settle periods
+	if m := waitMap(t, cli, "map", func(plan.Map) bool { return true }); owned(m)["w2"] != 0 {
+		t.Fatalf("a re-registered drained worker got %d shards", owned(m)["w2"])
+	}
+
+	if _, err := cli.Delete(ctx, cluster.DrainKey("w2")); err != nil {
+		t.Fatal(err)
+	}
+	waitMap(t, cli, "w2 undrained", func(m plan.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
+}

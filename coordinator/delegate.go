@@ -45,18 +45,30 @@ func (c *Coordinator) delegate(ctx context.Context, l *Leadership) {
 }
 
 func (c *Coordinator) followRegistry(ctx context.Context, l *Leadership) error {
-	resp, err := c.cfg.Client.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
+	// The registry and the operators' drain markers, read at one revision.
+	resp, err := c.cfg.Client.Txn(ctx).Then(
+		clientv3.OpGet(cluster.WorkersPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(cluster.DrainPrefix, clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
 		return err
 	}
 	workers := map[string]cluster.Worker{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 		c.putWorker(workers, kv.Key, kv.Value)
 	}
-	if err := c.replan(ctx, l, workers); err != nil {
+	drains := map[string]bool{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		drains[strings.TrimPrefix(string(kv.Key), cluster.DrainPrefix)] = true
+	}
+	if err := c.replan(ctx, l, workers, drains); err != nil {
 		return err
 	}
-	watch := c.cfg.Client.Watch(ctx, cluster.WorkersPrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	rev := resp.Header.Revision + 1
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends both watches when this returns
+	watch := c.cfg.Client.Watch(wctx, cluster.WorkersPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	dwatch := c.cfg.Client.Watch(wctx, cluster.DrainPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	var timer <-chan time.Time
 	for {
 		select {
@@ -81,9 +93,29 @@ func (c *Coordinator) followRegistry(ctx context.Context, l *Leadership) error {
 			if timer == nil {
 				timer = time.After(settle)
 			}
+		case wr, ok := <-dwatch:
+			if !ok {
+				return errors.New("drain watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("drain watch: %w", err)
+			}
+			for _, ev := range wr.Events {
+				id := strings.TrimPrefix(string(ev.Kv.Key), cluster.DrainPrefix)
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(drains, id)
+					c.log.Info("drain of worker withdrawn", "worker", id)
+				} else {
+					drains[id] = true
+					c.log.Info("worker to be drained", "worker", id)
+				}
+			}
+			if timer == nil {
+				timer = time.After(settle)
+			}
 		case <-timer:
 			timer = nil
-			if err := c.replan(ctx, l, workers); err != nil {
+			if err := c.replan(ctx, l, workers, drains); err != nil {
 				return err
 			}
 		}
@@ -107,7 +139,9 @@ func (c *Coordinator) putWorker(workers map[string]cluster.Worker, key, value []
 }
 
 // replan reads the current map, plans, and writes the new map if it differs.
-func (c *Coordinator) replan(ctx context.Context, l *Leadership, workers map[string]cluster.Worker) error {
+// A worker is draining if its registration says so (it is shutting down) or
+// an operator's drain marker names it.
+func (c *Coordinator) replan(ctx context.Context, l *Leadership, workers map[string]cluster.Worker, drains map[string]bool) error {
 	cur, modRev, err := ReadMap(ctx, c.cfg.Client)
 	if err != nil {
 		return err
@@ -122,7 +156,7 @@ func (c *Coordinator) replan(ctx context.Context, l *Leadership, workers map[str
 	live := make([]plan.Worker, 0, len(workers))
 	for _, w := range workers {
 		inc, _ := strconv.ParseUint(w.Incarnation, 16, 64)
-		live = append(live, plan.Worker{ID: w.ID, Incarnation: inc, Draining: w.Draining})
+		live = append(live, plan.Worker{ID: w.ID, Incarnation: inc, Draining: w.Draining || drains[w.ID]})
 	}
 	next, moves, err := plan.Plan(live, shards, cur)
 	if err != nil {

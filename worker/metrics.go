@@ -18,6 +18,11 @@ type metrics struct {
 	recoveries  prometheus.Counter
 	revokesSent prometheus.Counter
 
+	handoffsOut  prometheus.Counter     // shard states pulled from this worker
+	handoffsIn   *prometheus.CounterVec // result: imported, recovered
+	handoffBytes *prometheus.CounterVec // direction: in, out
+	handoffDur   prometheus.Histogram   // map applied to state imported, per pull
+
 	// Resolved children, so the hot path does not hash label values. Only
 	// touched under Worker.mu (ops, dropped) or written once (durBy).
 	opsBy  map[uint16]prometheus.Counter
@@ -42,6 +47,16 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			Help: "Shards taken over at an epoch above 1, started in their grace period."}),
 		revokesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "revokes_sent_total",
 			Help: "REVOKE datagrams sent, retransmissions included."}),
+		handoffsOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_out_total",
+			Help: "Shards whose state a new owner pulled from this worker (planned handoff)."}),
+		handoffsIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_in_total",
+			Help: "Shards taken over from a live previous owner, by result: imported (no grace period) or recovered (the handoff failed; grace period)."},
+			[]string{"result"}),
+		handoffBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_bytes_total",
+			Help: "Bytes of handoff answers received (in) and sent (out)."}, []string{"direction"}),
+		handoffDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "handoff_duration_seconds",
+			Help:    "Time from applying the map that moved shards here to serving them with the previous owner's state, per pull.",
+			Buckets: []float64{1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5}}),
 		opsBy:  map[uint16]prometheus.Counter{},
 		dropBy: map[string]prometheus.Counter{},
 	}
@@ -49,6 +64,9 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.revokesSent,
+		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur,
+		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
+			func() float64 { return float64(w.stats().awaiting) }),
 		gauge("held_tokens", "Grants held in the served shards.", func() float64 { return float64(w.stats().grants) }),
 		gauge("queued_requests", "Requests waiting in the served shards' queues.", func() float64 { return float64(w.stats().waiters) }),
 		gauge("sessions", "Live client sessions known to this worker.", func() float64 { return float64(w.stats().sessions) }),
@@ -114,7 +132,7 @@ func (m *metrics) observe(t wire.Type, seconds float64) {
 
 // workerStats is what the gauges report.
 type workerStats struct {
-	grants, waiters, sessions, shards, grace int
+	grants, waiters, sessions, shards, grace, awaiting int
 }
 
 func (w *Worker) stats() workerStats {
@@ -124,6 +142,10 @@ func (w *Worker) stats() workerStats {
 	s.sessions = len(w.sessions)
 	for _, st := range w.shards {
 		if st == nil {
+			continue
+		}
+		if st.tab == nil {
+			s.awaiting++
 			continue
 		}
 		ts := st.tab.Stats()
@@ -141,6 +163,6 @@ func (w *Worker) stats() workerStats {
 // serves now (the held_tokens gauge).
 func (w *Worker) HeldTokens() int { return w.stats().grants }
 
-// Shards returns the number of shards this worker serves now (the shards
-// gauge).
-func (w *Worker) Shards() int { return w.stats().shards }
+// Shards returns the number of shards this worker serves now, or will
+// once their handoff ends (the shards gauge).
+func (w *Worker) Shards() int { s := w.stats(); return s.shards + s.awaiting }

@@ -253,6 +253,14 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) 
 		ob.add(notOwnerReply(rh, status, hint), s.addr, h.Type)
 		return
 	}
+	if st.tab == nil {
+		// Planned handoff under way: the state comes from the previous
+		// owner within pullTimeout (or the shard is recovered). Retryable.
+		w.met.drop("handoff")
+		w.met.op(h.Type, wire.StatusUnavailable)
+		ob.add(awaitingReply(rh), s.addr, h.Type)
+		return
+	}
 	if w.overLimit(s, h) {
 		w.met.drop("limit")
 		w.met.op(h.Type, wire.StatusLimit)

@@ -58,6 +58,11 @@ type serving struct {
 	opens      map[openKey]*openState
 	revoking   map[uint64]*session // sessions with pending revokes
 
+	outgoing map[uint32]*outHandoff // shards given up: final state kept for the new owner to pull (handoff.go)
+	pulls    []*pullBatch           // handoffs to pull, for the pull loop
+	mapCh    chan struct{}          // closed and replaced whenever a map is applied
+	draining bool                   // Drain was called: every registration says so
+
 	wakeAt      int64          // when the timer loop wakes next (tables' clock)
 	housekeepAt int64          // when it next forgets expired opens and ended sessions
 	out         []table.Output // scratch for Step and Tick
@@ -71,12 +76,18 @@ func (s *serving) init() {
 	s.opens = map[openKey]*openState{}
 	s.revoking = map[uint64]*session{}
 	s.timed = map[uint32]struct{}{}
+	s.outgoing = map[uint32]*outHandoff{}
+	s.mapCh = make(chan struct{})
 }
 
 // shardState is a shard this worker serves: its table at the map's epoch.
+// While the shard's state is being pulled from its previous owner (a
+// planned handoff) tab is nil and from names that owner: token requests are
+// answered UNAVAILABLE until the pull ends.
 type shardState struct {
 	tab   *table.Table
 	epoch uint32
+	from  plan.Owner
 }
 
 // session is a live client session as this worker knows it.
@@ -162,7 +173,7 @@ func (w *Worker) endSession(ob *outbox, id uint64) {
 	delete(w.revoking, id)
 	for shard := range s.shards {
 		st := w.shards[shard]
-		if st == nil {
+		if st == nil || st.tab == nil {
 			continue
 		}
 		w.out = st.tab.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, w.out[:0])
@@ -183,15 +194,24 @@ func (w *Worker) dropAll() {
 	}
 	clear(w.revoking)
 	clear(w.timed)
+	clear(w.outgoing) // stale: the lease is gone, the leader recovers those shards
+	w.pulls = nil
 }
 
 // applyMap makes m the current map and brings the served shards in line:
 // a shard is served iff m says its owner is this incarnation, at m's epoch.
-// A shard lost or moved to another epoch drops its table; one gained starts
-// a new table. Caller holds mu.
-func (w *Worker) applyMap(ob *outbox, m plan.Map) {
+// A shard lost or moved to another epoch drops its table (keeping its final
+// state for the new owner if it moves on by a planned handoff); one gained
+// starts a new table, or waits for the previous owner's state. older, if
+// not nil, is a map older than m read from etcd's history, to find the
+// previous owners when the current map is not m's predecessor. Caller holds
+// mu.
+func (w *Worker) applyMap(ob *outbox, m plan.Map, older *plan.Map) {
+	prev := w.dmap
 	w.dmap = m
 	w.runs = plan.Runs(m)
+	close(w.mapCh)
+	w.mapCh = make(chan struct{})
 	if w.shards == nil {
 		return
 	}
@@ -201,8 +221,10 @@ func (w *Worker) applyMap(ob *outbox, m plan.Map) {
 		m = plan.Map{}
 	}
 	var (
-		lost           map[uint32]bool
-		gained, recovs int
+		lost                   map[uint32]bool
+		handed                 map[uint32]*outHandoff
+		gained, recovs, awaits int
+		batches                map[plan.Owner]*pullBatch
 	)
 	for s := range w.shards {
 		var want uint32
@@ -221,28 +243,68 @@ func (w *Worker) applyMap(ob *outbox, m plan.Map) {
 			}
 			lost[uint32(s)] = true
 			w.shards[s] = nil
-			w.log.Debug("shard lost", "shard", s, "epoch", cur.epoch)
-		}
-		if want != 0 {
-			w.shards[s] = w.adopt(ob, uint32(s), want)
-			gained++
-			if want > 1 {
-				recovs++
+			if oh := w.giveUp(ob, uint32(s), cur, m); oh != nil {
+				if handed == nil {
+					handed = map[uint32]*outHandoff{}
+				}
+				handed[uint32(s)] = oh
 			}
+			w.log.Debug("shard lost", "shard", s, "epoch", cur.epoch, "handoff", handed[uint32(s)] != nil)
 		}
+		if want == 0 {
+			continue
+		}
+		gained++
+		if want > 1 {
+			if from, doc, ok := w.predecessor(uint32(s), want, &prev, older); ok {
+				// Planned handoff: wait for the previous owner's state.
+				w.shards[s] = &shardState{epoch: want, from: from}
+				if batches == nil {
+					batches = map[plan.Owner]*pullBatch{}
+				}
+				b := batches[from]
+				if b == nil {
+					b = &pullBatch{from: from, addr: doc.Handoff, ttl: time.Duration(doc.TTLms) * time.Millisecond,
+						mapVersion: m.Version, started: ob.stamp}
+					batches[from] = b
+				}
+				b.shards = append(b.shards, shardEpochJ{Shard: uint32(s), Epoch: want})
+				awaits++
+				continue
+			}
+			recovs++
+		}
+		w.shards[s] = w.adopt(ob, uint32(s), want)
 	}
 	if gained > 0 || lost != nil {
-		w.log.Info("delegation changed", "map_version", m.Version, "gained", gained, "recovering", recovs, "lost", len(lost))
+		w.log.Info("delegation changed", "map_version", m.Version, "gained", gained, "handoffs_in", awaits,
+			"recovering", recovs, "lost", len(lost), "handoffs_out", len(handed))
+	}
+	for _, b := range batches {
+		w.pulls = append(w.pulls, b)
+	}
+	if len(batches) > 0 {
+		select {
+		case w.pullKick <- struct{}{}:
+		default:
+		}
 	}
 	if lost == nil {
 		return
 	}
 	// Queued requests and revokes of lost tables are gone with them. Final
-	// cached replies stay: a duplicate still gets the answer it had.
+	// cached replies stay: a duplicate still gets the answer it had. Those
+	// of shards handed off also go with the handoff, so that the new owner
+	// answers a retransmission the same way (invariant 4).
 	for _, sess := range w.sessions {
 		for id, c := range sess.cache {
-			if c.pending && lost[c.shard] {
+			if !lost[c.shard] {
+				continue
+			}
+			if c.pending {
 				delete(sess.cache, id)
+			} else if oh := handed[c.shard]; oh != nil {
+				oh.replies = append(oh.replies, handoffReply{Session: sess.id, Req: id, Type: c.typ, Fence: c.fence, Pkt: c.pkt})
 			}
 		}
 		for seq, r := range sess.revokes {
@@ -256,15 +318,11 @@ func (w *Worker) applyMap(ob *outbox, m plan.Map) {
 	}
 }
 
-// adopt starts serving shard at epoch. Epoch 1 is a fresh shard. A higher
-// epoch follows another owner, whose grants may still be valid at its
-// clients: the table starts in its grace period and accepts only reclaims
-// until then (invariant 6).
+// adopt starts serving shard at epoch without a handoff. Epoch 1 is a fresh
+// shard. A higher epoch follows another owner, whose grants may still be
+// valid at its clients: the table starts in its grace period and accepts
+// only reclaims until then (invariant 6).
 func (w *Worker) adopt(ob *outbox, shard, epoch uint32) *shardState {
-	// Hook for planned handoff (a later issue): when the previous owner is
-	// alive and hands the shard over, build the table with
-	// table.Import(snapshot, epoch, cfg) from its Export instead, with no
-	// grace period.
 	var (
 		tab *table.Table
 		err error
@@ -546,6 +604,19 @@ func (w *Worker) encodeOutcome(h wire.Header, o *table.Output, validityMs uint32
 	}
 	if err != nil {
 		w.log.Error("cannot encode reply", "err", err, "type", h.Type, "status", h.Status)
+		return nil
+	}
+	return pkt
+}
+
+var msgHandoff = []byte("shard handoff in progress")
+
+// awaitingReply encodes the UNAVAILABLE answer to a token request for a
+// shard whose state is still coming from its previous owner.
+func awaitingReply(h wire.Header) []byte {
+	h.Status = wire.StatusUnavailable
+	pkt, err := wire.ErrorBody{Message: msgHandoff}.Append(make([]byte, 0, wire.HeaderLen+1+len(msgHandoff)), h)
+	if err != nil {
 		return nil
 	}
 	return pkt

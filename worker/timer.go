@@ -44,7 +44,7 @@ func (w *Worker) runDue(ob *outbox) int64 {
 	next := n + int64(housekeeping)
 	for shard := range w.timed {
 		st := w.shards[shard]
-		if st == nil {
+		if st == nil || st.tab == nil {
 			delete(w.timed, shard)
 			continue
 		}
@@ -83,6 +83,7 @@ func (w *Worker) runDue(ob *outbox) int64 {
 				delete(w.gone, id)
 			}
 		}
+		w.expireHandoffs(n)
 	}
 	return next
 }

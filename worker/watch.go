@@ -23,7 +23,10 @@ func formatInc(inc uint64) string { return strconv.FormatUint(inc, 16) }
 func (w *Worker) loadAll(ctx context.Context) ([3]int64, error) {
 	var revs [3]int64
 	var err error
-	for i, sync := range []func(context.Context) (int64, error){w.syncMap, w.syncWorkers, w.syncClients} {
+	// The registry first: applying the map looks up the previous owners
+	// of shards handed over in it.
+	for _, i := range []int{1, 0, 2} {
+		sync := []func(context.Context) (int64, error){w.syncMap, w.syncWorkers, w.syncClients}[i]
 		if revs[i], err = sync(ctx); err != nil {
 			return revs, err
 		}
@@ -88,31 +91,64 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// A map more than one version ahead of ours: read its predecessor
+	// from etcd's history, to find the previous owners of the shards it
+	// gives us (a planned handoff needs them). Best effort: without it
+	// those shards are recovered with a grace period.
+	var older *plan.Map
+	if len(resp.Kvs) > 0 {
+		older = w.readPredecessor(ctx, resp.Kvs[0])
+	}
 	now := time.Now()
 	w.mu.Lock()
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	if len(resp.Kvs) == 0 {
-		w.setMap(ob, nil)
+		w.setMap(ob, nil, nil)
 	} else {
-		w.setMap(ob, resp.Kvs[0].Value)
+		w.setMap(ob, resp.Kvs[0].Value, older)
 	}
 	w.mu.Unlock()
 	w.flush(ob)
 	return resp.Header.Revision, nil
 }
 
+// readPredecessor returns the map that kv (the current map) replaced, if
+// ours is older than that one.
+func (w *Worker) readPredecessor(ctx context.Context, kv *mvccpb.KeyValue) *plan.Map {
+	var m plan.Map
+	if json.Unmarshal(kv.Value, &m) != nil || kv.ModRevision < 2 {
+		return nil
+	}
+	w.mu.Lock()
+	have := w.dmap.Version
+	w.mu.Unlock()
+	if have+1 >= m.Version {
+		return nil // ours is that map, or the current one
+	}
+	resp, err := w.cfg.Client.Get(ctx, cluster.DelegationKey, clientv3.WithRev(kv.ModRevision-1))
+	if err != nil || len(resp.Kvs) == 0 {
+		return nil // compacted, or there was none
+	}
+	var p plan.Map
+	if json.Unmarshal(resp.Kvs[0].Value, &p) != nil || p.Version+1 != m.Version || p.Validate() != nil {
+		return nil
+	}
+	return &p
+}
+
 func (w *Worker) mapEvent(ob *outbox, ev *clientv3.Event) {
 	if ev.Type == mvccpb.DELETE {
-		w.setMap(ob, nil)
+		w.setMap(ob, nil, nil)
 		return
 	}
-	w.setMap(ob, ev.Kv.Value)
+	w.setMap(ob, ev.Kv.Value, nil)
 }
 
 // setMap applies the map in value (nil: there is no map, so nothing may be
-// served). A map not newer than the current one is ignored. Caller holds mu.
-func (w *Worker) setMap(ob *outbox, value []byte) {
+// served). A map not newer than the current one is ignored. older is as in
+// applyMap. Caller holds mu.
+func (w *Worker) setMap(ob *outbox, value []byte, older *plan.Map) {
 	var m plan.Map
 	if value != nil {
 		if err := json.Unmarshal(value, &m); err != nil {
@@ -128,7 +164,7 @@ func (w *Worker) setMap(ob *outbox, value []byte) {
 	} else if w.dmap.Shards() != 0 {
 		w.log.Warn("delegation map deleted; serving nothing")
 	}
-	w.applyMap(ob, m)
+	w.applyMap(ob, m, older)
 	w.log.Debug("delegation map applied", "version", m.Version)
 }
 

@@ -25,6 +25,13 @@
 //   - the lease (lease.go; its supervisor in worker.go): keepalives, and, if etcd
 //     reports the lease gone, dropping every table and session state and
 //     registering again as a new incarnation.
+//   - planned handoffs (handoff.go): a TCP server from which new owners pull
+//     the final state of shards this worker gave up, and a pull loop that
+//     asks previous owners for the shards a map change gave this worker
+//     (one connection per previous owner), importing the state or, if that
+//     fails, recovering the shards with a grace period (wire/SPEC.md
+//     section 18). Drain (drain.go) marks the worker draining and waits
+//     until it has handed everything off.
 //
 // # State
 //
@@ -39,8 +46,10 @@
 // Registered on Config.Registry, namespace tokend, subsystem worker:
 // ops_total{type,result}, op_duration_seconds{type} (arrival of the batch
 // to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
-// recoveries_total, and the gauges held_tokens, queued_requests, sessions,
-// shards, grace_shards and lease_safe_seconds.
+// recoveries_total, handoffs_out_total, handoffs_in_total{result},
+// handoff_bytes_total{direction}, handoff_duration_seconds, and the gauges
+// held_tokens, queued_requests, sessions, shards, grace_shards,
+// handoff_waiting_shards and lease_safe_seconds.
 package worker
 
 import (
@@ -89,11 +98,16 @@ type Config struct {
 	UDPAddr  string           // listen address, e.g. 127.0.0.1:7700 (port 0 picks one); ignored with Conn
 	Conn     PacketConn       // optional: serve on this socket instead of binding UDPAddr; Close closes it
 	HTTPAddr string           // advertised in the registration, for people
-	TTL      time.Duration    // own lease TTL; default 5s
-	Drift    float64          // tolerated clock rate difference; default 0.01
-	Table    table.Config     // per-shard limits; the zero value means table.DefaultConfig()
-	Logger   *slog.Logger
-	Registry prometheus.Registerer // default: a fresh registry of its own
+	// HandoffAddr is the TCP listen address for planned handoffs (new
+	// owners pull the state of shards this worker gave up; wire/SPEC.md
+	// section 18). Default: the UDP address's IP, any port. "off": no
+	// handoffs (this worker's shards are recovered with a grace period).
+	HandoffAddr string
+	TTL         time.Duration // own lease TTL; default 5s
+	Drift       float64       // tolerated clock rate difference; default 0.01
+	Table       table.Config  // per-shard limits; the zero value means table.DefaultConfig()
+	Logger      *slog.Logger
+	Registry    prometheus.Registerer // default: a fresh registry of its own
 }
 
 // Worker is one token server process's worth of shards.
@@ -104,8 +118,10 @@ type Worker struct {
 	met  *metrics
 	base time.Time // origin of the tables' monotonic nanosecond clock
 
-	jobs chan func(context.Context) // the etcd pool's queue (bounded, see etcd.go)
-	kick chan struct{}              // size 1: wake the timer loop early
+	jobs     chan func(context.Context) // the etcd pool's queue (bounded, see etcd.go)
+	kick     chan struct{}              // size 1: wake the timer loop early
+	pullKick chan struct{}              // size 1: handoffs to pull were queued
+	handoff  net.Listener               // nil with HandoffAddr "off"
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -158,18 +174,28 @@ func New(cfg Config) (*Worker, error) {
 		}
 		cfg.ID = host + "-" + strconv.Itoa(udp.Port)
 	}
+	hl, err := listenHandoff(cfg.HandoffAddr, udp)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	w := &Worker{
-		cfg:  cfg,
-		conn: conn,
-		base: time.Now(),
-		jobs: make(chan func(context.Context), jobQueue),
-		kick: make(chan struct{}, 1),
+		cfg:      cfg,
+		conn:     conn,
+		base:     time.Now(),
+		jobs:     make(chan func(context.Context), jobQueue),
+		kick:     make(chan struct{}, 1),
+		pullKick: make(chan struct{}, 1),
+		handoff:  hl,
 	}
 	w.log = cfg.Logger.With("component", "worker", "worker", cfg.ID)
 	w.serving.init()
 	met, err := newMetrics(cfg.Registry, w)
 	if err != nil {
 		conn.Close()
+		if hl != nil {
+			hl.Close()
+		}
 		return nil, err
 	}
 	w.met = met
@@ -218,6 +244,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		cancel()
 		w.wg.Wait()
+		if w.handoff != nil {
+			w.handoff.Close()
+		}
 		return err
 	}
 	w.mu.Lock()
@@ -253,7 +282,22 @@ func (w *Worker) Start(ctx context.Context) error {
 	go func() { defer w.wg.Done(); w.superviseLease(runCtx, lease, stopKA) }()
 	go func() { defer w.wg.Done(); w.timerLoop(runCtx) }()
 	go func() { defer w.wg.Done(); w.recvLoop(runCtx) }()
+	w.wg.Add(1)
+	go func() { defer w.wg.Done(); w.pullLoop(runCtx) }()
+	if w.handoff != nil {
+		w.wg.Add(1)
+		go func() { defer w.wg.Done(); w.handoffServer(runCtx, w.handoff) }()
+	}
 	return nil
+}
+
+// HandoffAddr is the TCP address new owners pull handed-off shards from
+// ("" if handoffs are off).
+func (w *Worker) HandoffAddr() string {
+	if w.handoff == nil {
+		return ""
+	}
+	return w.handoff.Addr().String()
 }
 
 // takeLease grants a new lease, keeps it alive (under runCtx) and registers
@@ -271,7 +315,11 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 		Version:     cluster.Version,
 		Started:     cluster.Now(time.Now()),
 		TTLms:       w.cfg.TTL.Milliseconds(),
+		Handoff:     w.HandoffAddr(),
 	}
+	w.mu.Lock()
+	doc.Draining = w.draining // a re-registration keeps a drain
+	w.mu.Unlock()
 	kaCtx, stopKA := context.WithCancel(runCtx)
 	// Keep the lease alive while we wait for a previous incarnation's key.
 	w.wg.Add(1)
@@ -307,6 +355,9 @@ func (w *Worker) close() error {
 	if w.cancel != nil {
 		w.cancel()
 	}
+	if w.handoff != nil {
+		w.handoff.Close() // also closed by the server's goroutine; a second close does nothing
+	}
 	// Wake the receive loop from its blocking read (it then sees the
 	// context), and close the socket: nothing is answered from here on,
 	// before the lease is revoked, which is the safe order (invariant 5).
@@ -336,7 +387,8 @@ func (w *Worker) install(lease *ownLease, doc cluster.Worker, now time.Time) *ou
 	w.lease, w.doc, w.ready = lease, doc, true
 	w.me = plan.Owner{ID: doc.ID, Incarnation: uint64(lease.id)}
 	ob := newOutbox(now, w.mono(now))
-	w.applyMap(ob, w.dmap)
+	ob.safe = lease.SafeUntil()
+	w.applyMap(ob, w.dmap, nil)
 	return ob
 }
 

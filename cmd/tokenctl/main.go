@@ -3,6 +3,8 @@
 //	tokenctl acquire [flags] NAME   acquire a token and hold it until Ctrl-C, --for, or release
 //	tokenctl release NAME           end the holders of NAME started by "tokenctl acquire" on this host
 //	tokenctl status                 leader, config, workers, shards and sessions (from etcd)
+//	tokenctl drain WORKER-ID        move a worker's shards away by planned handoffs (and wait)
+//	tokenctl undrain WORKER-ID      let the leader give it shards again
 //
 // Exit codes: 0 success, 1 error, 2 usage, 3 not acquired (conflict with
 // --try, or the wait ran out), 4 the token was lost while held.
@@ -37,6 +39,8 @@ const usageText = `Usage:
   tokenctl acquire [flags] NAME   acquire NAME and hold it until Ctrl-C, --for, or "tokenctl release NAME"
   tokenctl release [flags] NAME   end the holders of NAME that "tokenctl acquire" started on this host
   tokenctl status [flags]         show the leader, config, workers, shards and sessions
+  tokenctl drain [flags] ID       move worker ID's shards to the others by planned handoffs, wait until done
+  tokenctl undrain [flags] ID     withdraw a drain: the leader may give worker ID shards again
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok, 1 error, 2 usage,
 3 not acquired (conflict or wait ran out), 4 lost while held.
 `
@@ -55,6 +59,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdRelease(ctx, args, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args, stdout, stderr)
+	case "drain":
+		err = cmdDrain(ctx, args, stdout, stderr)
+	case "undrain":
+		err = cmdUndrain(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

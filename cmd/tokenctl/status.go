@@ -84,6 +84,7 @@ func buildStatus[K kv](kvs []K) (*status, error) {
 	st := &status{}
 	var m plan.Map
 	var leaderRev int64
+	drains := map[string]bool{}
 	for _, kv := range kvs {
 		key, val := string(kv.GetKey()), kv.GetValue()
 		switch {
@@ -111,12 +112,18 @@ func buildStatus[K kv](kvs []K) (*status, error) {
 			if json.Unmarshal(val, &w) == nil {
 				st.Workers = append(st.Workers, workerStatus{Worker: w})
 			}
+		case strings.HasPrefix(key, cluster.DrainPrefix):
+			drains[strings.TrimPrefix(key, cluster.DrainPrefix)] = true
 		case strings.HasPrefix(key, cluster.ClientsPrefix):
 			var cl cluster.Client
 			if json.Unmarshal(val, &cl) == nil {
 				st.Sessions = append(st.Sessions, cl)
 			}
 		}
+	}
+	for i := range st.Workers {
+		// An operator's drain mark counts like the worker's own.
+		st.Workers[i].Draining = st.Workers[i].Draining || drains[st.Workers[i].ID]
 	}
 	for s := 0; s < m.Shards(); s++ {
 		o, epoch, ok := m.Lookup(s)

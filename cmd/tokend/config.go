@@ -67,6 +67,7 @@ type config struct {
 	grace      time.Duration
 
 	shutdownTimeout time.Duration
+	drainTimeout    time.Duration // SIGTERM: how long the worker drains before stopping (0: no drain)
 }
 
 // option is one configuration value: its flag, its environment variable
@@ -106,6 +107,7 @@ func defaults(m mode) *config {
 		sessionTTL:      10 * time.Second,
 		grace:           5 * time.Second,
 		shutdownTimeout: 10 * time.Second,
+		drainTimeout:    10 * time.Second,
 	}
 	return c
 }
@@ -135,6 +137,7 @@ func (c *config) options() []option {
 		{"session-ttl", "client session lease TTL (fixed when the cluster is first created)", durationVal(&c.sessionTTL), member},
 		{"grace", "recovery grace period for a crashed worker's shards (fixed when the cluster is first created)", durationVal(&c.grace), member},
 		{"shutdown-timeout", "how long an orderly shutdown may take before it is forced", durationVal(&c.shutdownTimeout), nil},
+		{"drain-timeout", "on SIGTERM, how long the worker may hand its shards to other workers before stopping (0: stop at once, like SIGINT)", durationVal(&c.drainTimeout), nil},
 	}
 }
 
@@ -284,6 +287,9 @@ func (c *config) validate() error {
 	}
 	if c.shutdownTimeout <= 0 {
 		return bad("shutdown-timeout", "must be positive, got %v", c.shutdownTimeout)
+	}
+	if c.drainTimeout < 0 {
+		return bad("drain-timeout", "must not be negative, got %v", c.drainTimeout)
 	}
 	if c.mode != modeServer || c.runWorker {
 		if err := checkHostPort(c.udpAddr, true); err != nil {

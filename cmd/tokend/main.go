@@ -3,6 +3,12 @@
 //	tokend            the embedded default: one etcd member, the coordinator and a worker on loopback
 //	tokend server     one of three servers: an etcd member, the coordinator, optionally a worker
 //	tokend worker     a worker joining an existing cluster through etcd client endpoints
+//
+// SIGTERM first drains the worker (its shards go to the other workers by
+// planned handoffs, at most --drain-timeout), then stops; SIGINT stops at
+// once (the shards are then recovered with a grace period). A second signal
+// forces the exit.
+//
 //	tokend up         a local cluster: N servers and M workers as separate processes on loopback
 //
 // Every flag can also be given as a TOKEND_* environment variable or a key in
@@ -79,12 +85,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	var drain atomic.Bool // SIGTERM: drain the worker before stopping
 	go func() {
 		s, ok := <-sigs
 		if !ok {
 			return
 		}
-		log.Info("shutting down (send the signal again to force)", "signal", s.String())
+		drain.Store(s == syscall.SIGTERM && cfg.drainTimeout > 0)
+		log.Info("shutting down (send the signal again to force)", "signal", s.String(), "drain", drain.Load())
 		stop()
 		if _, ok := <-sigs; ok {
 			fmt.Fprintln(stderr, "tokend: forced exit")
@@ -106,6 +114,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Error("fatal error; shutting down", "err", err)
 		d.stop()
 		return 1
+	}
+	if drain.Load() {
+		d.drain()
 	}
 	done := make(chan struct{})
 	go func() { d.stop(); close(done) }()
@@ -254,6 +265,29 @@ func (d *daemon) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// drain hands the worker's shards to the other workers (planned handoffs,
+// no grace period for their clients) before the process stops, bounded by
+// --drain-timeout. Without another live worker there is nobody to hand
+// them to: it stops at once, as on SIGINT.
+func (d *daemon) drain() {
+	if d.worker == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.drainTimeout)
+	defer cancel()
+	start := time.Now()
+	st, err := d.worker.Drain(ctx)
+	switch {
+	case errors.Is(err, worker.ErrNoPeers):
+		d.log.Info("no other live worker to drain to; stopping at once")
+	case err != nil:
+		d.log.Warn("drain incomplete; stopping anyway (the rest is recovered with a grace period)", "err", err,
+			"shards", st.Shards, "pending", st.Pending, "took", time.Since(start))
+	default:
+		d.log.Info("drained: every shard handed to other workers", "took", time.Since(start))
+	}
 }
 
 // stop shuts the parts down in dependency order: the worker first (its lease

@@ -573,14 +573,16 @@ func (s *supervisor) shutdown(code int) int {
 	return code
 }
 
-// stop sends SIGTERM to the live children of g and waits for them, killing
+// stop sends SIGINT to the live children of g and waits for them, killing
 // any that outlives its own shutdown timeout. It returns false if a second
-// signal made it kill every child instead.
+// signal made it kill every child instead. (SIGINT, not SIGTERM: the whole
+// cluster is going away, so a worker should not first drain its shards to
+// workers that are stopping too.)
 func (s *supervisor) stop(g []*upProc) bool {
 	inG := map[*upProc]bool{}
 	for _, p := range g {
 		if p.alive {
-			p.cmd.Process.Signal(syscall.SIGTERM)
+			p.cmd.Process.Signal(syscall.SIGINT)
 			inG[p] = true
 		}
 	}

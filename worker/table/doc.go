@@ -60,7 +60,11 @@
 // compatible with what has been reclaimed; everything else gets StatusGrace
 // (invariant 6). Values are then reported ValueLost until a writer sets them.
 // Export and Import move a shard to another owner under a higher epoch with
-// no grace period.
+// no grace period. At any time, in or out of grace, OpReclaim of a grant of
+// an earlier epoch that the table holds exactly so (session, fence, mode,
+// range) is answered with that grant and changes nothing: after an Import,
+// that is how clients, which reclaim whenever the epoch changes, confirm
+// what came over.
 //
 // Sessions are uint64 ids (the etcd lease of the client); OpEndSession drops
 // all their grants and waiters. A session's requests are (session, request

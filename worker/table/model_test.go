@@ -475,10 +475,18 @@ func (m *model) reclaim(in Input, out []Output) []Output {
 	if in.Session == 0 || !validName(in.Name) || !in.Mode.Valid() || in.Start >= in.End || in.SetValue {
 		return reply(out, &in, StatusBadRequest)
 	}
+	name := string(in.Name)
+	// The same grant, exactly: confirmed in or out of grace (planned handoff).
+	for _, g := range m.tokenGrants(name) {
+		if g.fence == in.Fence && FenceEpoch(in.Fence) < m.epoch && g.sess == in.Session && g.mode == in.Mode && g.start == in.Start && g.end == in.End {
+			o := m.grantOut(KindReply, g)
+			o.Req = in.Req
+			return append(out, o)
+		}
+	}
 	if !m.grace || FenceSeq(in.Fence) == 0 || FenceEpoch(in.Fence) == 0 || FenceEpoch(in.Fence) >= m.epoch {
 		return reply(out, &in, StatusReclaimRefused)
 	}
-	name := string(in.Name)
 	for _, g := range m.tokenGrants(name) {
 		if g.fence == in.Fence {
 			if g.sess == in.Session && g.mode == in.Mode && g.start == in.Start && g.end == in.End {

@@ -483,12 +483,23 @@ func (t *Table) reclaim(in *Input, out []Output) []Output {
 	if in.Session == 0 || !validName(in.Name) || !in.Mode.Valid() || in.Start >= in.End || in.SetValue {
 		return reply(out, in, StatusBadRequest)
 	}
-	// Only during grace, and only fences of earlier epochs: every fence
-	// issued later (this epoch) is then above every reclaimed one.
+	ti, h := t.lookup(in.Name)
+	// A grant of an earlier epoch that this table already holds exactly as
+	// claimed (session, fence, mode, range) is confirmed at any time: a
+	// retransmitted reclaim, or, after a planned handoff (Import), a client
+	// re-asserting at the new owner a grant that came over with the
+	// snapshot. It changes nothing.
+	if gi := t.findGrant(ti, in.Session, in.Fence); gi != 0 && FenceEpoch(in.Fence) < t.epoch {
+		if g := t.grs.at(gi); g.mode == in.Mode && g.start == in.Start && g.end == in.End {
+			return append(out, t.grantOut(KindReply, in.Session, in.Req, gi))
+		}
+	}
+	// Anything else only during grace, and only fences of earlier epochs:
+	// every fence issued later (this epoch) is then above every reclaimed
+	// one.
 	if !t.grace || FenceSeq(in.Fence) == 0 || FenceEpoch(in.Fence) == 0 || FenceEpoch(in.Fence) >= t.epoch {
 		return reply(out, in, StatusReclaimRefused)
 	}
-	ti, h := t.lookup(in.Name)
 	if ti != 0 {
 		for gi := t.toks.at(ti).grants; gi != 0; {
 			g := t.grs.at(gi)

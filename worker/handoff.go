@@ -1,0 +1,674 @@
+package worker
+
+// Planned handoff (wire/SPEC.md section 18): when the map moves a shard from
+// a live worker A to a worker B, A stops serving it at once and keeps the
+// table's final state (table.Export, plus the reply-cache entries of the
+// shard) for a while; B, instead of a grace period, pulls that state from A
+// over TCP and continues the table under the new epoch (table.Import). If
+// the pull fails for any reason, B recovers the shard with a grace period
+// long enough to cover everything A may have vouched for: safety never
+// depends on the handoff.
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/worker/table"
+)
+
+const (
+	// handoffProto is the version of the pull protocol.
+	handoffProto = 1
+	// pullTimeout bounds a new owner's wait for the old owner's state,
+	// retries included; then it recovers the shards with a grace period.
+	pullTimeout = 2 * time.Second
+	// pullRetry is the pause between attempts of a pull.
+	pullRetry = 100 * time.Millisecond
+	// mapWait is how long the old owner waits for its own map to catch up
+	// with the requester's before answering.
+	mapWait = time.Second
+	// connTimeout bounds one connection of the handoff server.
+	connTimeout = 5 * time.Second
+	// maxPullRequest and maxPullResponse bound the frames of the protocol.
+	maxPullRequest  = 1 << 20
+	maxPullResponse = 512 << 20
+	// maxHandoffConns bounds the connections served at once.
+	maxHandoffConns = 16
+	// outstandingFor is how long after giving a shard up Drain waits for
+	// the new owner to pull it: the new owner gives up after pullTimeout.
+	outstandingFor = pullTimeout + time.Second
+)
+
+// Handoff errors.
+var (
+	errHandoffRefused = errors.New("worker: handoff refused by the old owner")
+	errHandoffFrame   = errors.New("worker: bad handoff frame")
+)
+
+// outHandoff is the final state of a shard this worker gave up, kept for
+// its new owner to pull.
+type outHandoff struct {
+	epoch   uint32     // the new owner's epoch
+	to      plan.Owner // the new owner
+	snap    *table.Snapshot
+	replies []handoffReply
+	created int64 // tables' clock
+	expires int64
+	pulled  bool
+}
+
+// handoffReply is one final reply-cache entry of a shard handed off, so
+// that a retransmitted request gets the answer it had at the old owner
+// (invariant 4) instead of being applied again at the new one.
+type handoffReply struct {
+	Session uint64    `json:"session"`
+	Req     uint64    `json:"req"`
+	Type    wire.Type `json:"type"`
+	Fence   uint64    `json:"fence,omitempty"`
+	Pkt     []byte    `json:"pkt"`
+}
+
+// pullRequest is what a new owner sends.
+type pullRequest struct {
+	Proto       int           `json:"proto"`
+	From        string        `json:"from"`        // requester's id
+	Incarnation string        `json:"incarnation"` // requester's incarnation (hex)
+	To          string        `json:"to"`          // the old owner's incarnation the requester means (hex)
+	MapVersion  uint64        `json:"map_version"` // the map that moved the shards
+	Shards      []shardEpochJ `json:"shards"`
+}
+
+type shardEpochJ struct {
+	Shard uint32 `json:"shard"`
+	Epoch uint32 `json:"epoch"` // the new epoch
+}
+
+// pullResponse is what the old owner answers.
+type pullResponse struct {
+	Proto      int             `json:"proto"`
+	Error      string          `json:"error,omitempty"` // the whole request is refused
+	Retry      bool            `json:"retry,omitempty"` // ... for now: ask again (the old owner's map is behind)
+	MapVersion uint64          `json:"map_version"`
+	Shards     []shardHandoffJ `json:"shards"`
+}
+
+type shardHandoffJ struct {
+	Shard   uint32          `json:"shard"`
+	Epoch   uint32          `json:"epoch"`
+	OK      bool            `json:"ok"` // false: nothing to hand over for that shard and epoch
+	Snap    *table.Snapshot `json:"snap,omitempty"`
+	Replies []handoffReply  `json:"replies,omitempty"`
+}
+
+// pullBatch is one pull: every shard a map change moved from one old owner
+// to this worker.
+type pullBatch struct {
+	from       plan.Owner
+	addr       string // its handoff address
+	ttl        time.Duration
+	mapVersion uint64
+	shards     []shardEpochJ
+	started    time.Time
+}
+
+// ---- old owner ----
+
+// giveUp keeps the final state of shard st, which the new map m moves to
+// another worker at the next epoch, for that worker to pull. Nothing is kept
+// if the lease is not safe (the state may be stale: the leader may have
+// given the shard away as a recovery) or the table is in its grace period.
+// Caller holds mu.
+func (w *Worker) giveUp(ob *outbox, shard uint32, st *shardState, m plan.Map) *outHandoff {
+	delete(w.outgoing, shard)
+	if st.tab == nil || w.me == (plan.Owner{}) || !ob.stamp.Before(ob.safe) {
+		return nil
+	}
+	to, e, ok := m.Lookup(int(shard))
+	if !ok || to == w.me || e != st.epoch+1 {
+		return nil
+	}
+	snap, err := st.tab.Export()
+	if err != nil {
+		return nil // in grace: the new owner recovers it
+	}
+	keep := max(2*w.cluster.SessionTTL(), outstandingFor)
+	oh := &outHandoff{epoch: e, to: to, snap: snap, created: ob.now, expires: ob.now + int64(keep)}
+	w.outgoing[shard] = oh
+	return oh
+}
+
+// expireHandoffs forgets kept states past their time. Caller holds mu.
+func (w *Worker) expireHandoffs(now int64) {
+	for s, oh := range w.outgoing {
+		if oh.expires <= now {
+			delete(w.outgoing, s)
+		}
+	}
+}
+
+// outstandingHandoffs counts the kept states a new owner may still pull:
+// not pulled yet and younger than outstandingFor. Caller holds mu.
+func (w *Worker) outstandingHandoffs(now int64) int {
+	n := 0
+	for _, oh := range w.outgoing {
+		if !oh.pulled && now-oh.created < int64(outstandingFor) {
+			n++
+		}
+	}
+	return n
+}
+
+// handoffServer accepts pulls until ctx ends.
+func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, maxHandoffConns) // bounds the connections served at once
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			w.log.Warn("handoff accept failed", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			c.Close() // too many at once: the new owner retries
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			w.serveHandoff(ctx, c)
+		}()
+	}
+}
+
+// serveHandoff answers one pull on c.
+func (w *Worker) serveHandoff(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	c.SetDeadline(time.Now().Add(connTimeout))
+	var req pullRequest
+	if err := readFrame(bufio.NewReader(c), maxPullRequest, &req); err != nil {
+		w.log.Debug("bad handoff request", "from", c.RemoteAddr(), "err", err)
+		return
+	}
+	resp := w.answerPull(ctx, &req)
+	n, err := writeFrame(c, resp)
+	if err != nil {
+		w.log.Warn("handoff answer not sent", "to", req.From, "err", err)
+		return
+	}
+	sent := 0
+	for _, s := range resp.Shards {
+		if s.OK {
+			sent++
+		}
+	}
+	w.met.handoffBytes.WithLabelValues("out").Add(float64(n))
+	w.met.handoffsOut.Add(float64(sent))
+	w.log.Info("handed shards off", "to", req.From, "shards", sent, "asked", len(req.Shards), "bytes", n)
+}
+
+// answerPull builds the answer to req: the kept state of each shard asked
+// for, if this incarnation gave it to the requester at that epoch. It first
+// waits (up to mapWait) for this worker's map to reach the requester's.
+func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse {
+	resp := &pullResponse{Proto: handoffProto}
+	if req.Proto != handoffProto {
+		resp.Error = fmt.Sprintf("protocol %d not supported", req.Proto)
+		return resp
+	}
+	if len(req.Shards) > plan.MaxShards {
+		resp.Error = "too many shards"
+		return resp
+	}
+	deadline := time.Now().Add(mapWait)
+	w.mu.Lock()
+	for w.dmap.Version < req.MapVersion && time.Now().Before(deadline) {
+		ch := w.mapCh
+		w.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		w.mu.Lock()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	defer w.mu.Unlock()
+	resp.MapVersion = w.dmap.Version
+	switch {
+	case w.me == (plan.Owner{}) || req.To != formatInc(w.me.Incarnation):
+		resp.Error = "not that incarnation"
+		return resp
+	case !time.Now().Before(w.safeUntil()):
+		// Invariant 5: a worker that cannot vouch for its lease may have
+		// lost it; the leader may have treated the move as a recovery.
+		resp.Error = "lease not safe"
+		return resp
+	case w.dmap.Version < req.MapVersion:
+		resp.Error, resp.Retry = "map not caught up", true
+		return resp
+	}
+	inc, err := parseInc(req.Incarnation)
+	if err != nil {
+		resp.Error = "bad incarnation"
+		return resp
+	}
+	to := plan.Owner{ID: req.From, Incarnation: inc}
+	for _, se := range req.Shards {
+		sh := shardHandoffJ{Shard: se.Shard, Epoch: se.Epoch}
+		if oh := w.outgoing[se.Shard]; oh != nil && oh.epoch == se.Epoch && oh.to == to {
+			sh.OK, sh.Snap, sh.Replies = true, oh.snap, oh.replies
+			oh.pulled = true
+		}
+		resp.Shards = append(resp.Shards, sh)
+	}
+	return resp
+}
+
+// ---- new owner ----
+
+// predecessor returns the owner that served shard at epoch-1 according to
+// one of the maps given (the map before the one being applied, or an older
+// one read from etcd's history), if it is another worker, still registered
+// under that incarnation, and reachable for handoffs. Caller holds mu.
+func (w *Worker) predecessor(shard, epoch uint32, maps ...*plan.Map) (plan.Owner, cluster.Worker, bool) {
+	for _, m := range maps {
+		if m == nil {
+			continue
+		}
+		o, e, ok := m.Lookup(int(shard))
+		if !ok || e != epoch-1 || o == w.me {
+			continue
+		}
+		r, ok := w.registry[o.ID]
+		if !ok || r.Incarnation != formatInc(o.Incarnation) || r.Handoff == "" {
+			return plan.Owner{}, cluster.Worker{}, false
+		}
+		return o, r, true
+	}
+	return plan.Owner{}, cluster.Worker{}, false
+}
+
+// pullLoop starts the pulls that map changes queue, one goroutine per
+// batch, until ctx ends.
+func (w *Worker) pullLoop(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.pullKick:
+		}
+		w.mu.Lock()
+		batches := w.pulls
+		w.pulls = nil
+		w.mu.Unlock()
+		for _, b := range batches {
+			wg.Add(1)
+			go func() { defer wg.Done(); w.pull(ctx, b) }()
+		}
+	}
+}
+
+// pull asks b's old owner for the shards' state, retrying until
+// pullTimeout, and then imports it or recovers the shards.
+func (w *Worker) pull(ctx context.Context, b *pullBatch) {
+	ctx, cancel := context.WithDeadline(ctx, b.started.Add(pullTimeout))
+	defer cancel()
+	w.mu.Lock()
+	req := &pullRequest{Proto: handoffProto, From: w.me.ID, Incarnation: formatInc(w.me.Incarnation),
+		To: formatInc(b.from.Incarnation), MapVersion: b.mapVersion, Shards: b.shards}
+	w.mu.Unlock()
+	var (
+		resp  *pullResponse
+		n, nn int
+		err   error
+		gone  bool
+	)
+	for {
+		resp, nn, err = pullOnce(ctx, b.addr, req)
+		n += nn
+		if err == nil || errors.Is(err, errHandoffRefused) || ctx.Err() != nil {
+			break
+		}
+		// An old owner whose registration is gone has stopped vouching
+		// for anything (its lease expired, or it stopped serving before
+		// revoking it): recover at once, as after a crash.
+		if gone = !w.registered(b.from); gone {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pullRetry):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	w.met.handoffBytes.WithLabelValues("in").Add(float64(n))
+	w.finishPull(b, resp, err, gone)
+}
+
+// registered reports whether incarnation o is registered now.
+func (w *Worker) registered(o plan.Owner) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r, ok := w.registry[o.ID]
+	return ok && r.Incarnation == formatInc(o.Incarnation)
+}
+
+// pullOnce makes one attempt: connect, ask, read the answer.
+func pullOnce(ctx context.Context, addr string, req *pullRequest) (*pullResponse, int, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := writeFrame(c, req); err != nil {
+		return nil, 0, err
+	}
+	var resp pullResponse
+	cr := &countReader{r: bufio.NewReader(c)}
+	if err := readFrame(cr, maxPullResponse, &resp); err != nil {
+		return nil, cr.n, err
+	}
+	if resp.Error != "" && resp.Retry {
+		return nil, cr.n, errors.New("old owner: " + resp.Error)
+	}
+	if resp.Error != "" {
+		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
+	}
+	if resp.Proto != handoffProto {
+		return nil, cr.n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
+	}
+	return &resp, cr.n, nil
+}
+
+// finishPull ends the wait of b's shards that still await it: each is
+// imported from the answer, or, failing that, recovered with a grace period
+// that covers what the old owner may still have vouched for. Shards the map
+// has moved on meanwhile are left alone.
+func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone bool) {
+	got := map[uint32]*shardHandoffJ{}
+	if resp != nil {
+		for i := range resp.Shards {
+			got[resp.Shards[i].Shard] = &resp.Shards[i]
+		}
+	}
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(now, w.mono(now))
+	ob.safe = w.safeUntil()
+	var imported, recovered, tokens int
+	for _, se := range b.shards {
+		st := w.shardAt(se.Shard)
+		if st == nil || st.tab != nil || st.epoch != se.Epoch || st.from != b.from {
+			continue // no longer waiting for this
+		}
+		var why error
+		if sh := got[se.Shard]; sh == nil || !sh.OK || sh.Epoch != se.Epoch || sh.Snap == nil {
+			why = perr
+			if why == nil {
+				why = errors.New("old owner has nothing to hand over")
+			}
+		} else if sh.Snap.Epoch != se.Epoch-1 {
+			why = fmt.Errorf("snapshot of epoch %d, want %d", sh.Snap.Epoch, se.Epoch-1)
+		} else if tab, err := table.Import(sh.Snap, se.Epoch, w.cfg.Table); err != nil {
+			why = err
+		} else {
+			st.tab, st.from = tab, plan.Owner{}
+			w.adoptSessions(ob, se.Shard, st, sh)
+			w.timeShard(se.Shard, tab)
+			imported++
+			tokens += tab.Stats().Grants
+			continue
+		}
+		// Fallback: recover. The old owner stopped vouching for the shard
+		// when it applied the map (at the latest now, if it answered) or
+		// when it died; its grants last at most its TTL beyond that, and
+		// their holders get the usual grace period after that to reclaim.
+		// If its registration is gone, its vouching is over already: the
+		// grace period alone, as after a crash.
+		grace := b.ttl + w.cluster.Grace()
+		if gone {
+			grace = w.cluster.Grace()
+		}
+		tab, err := table.NewRecovering(se.Epoch, ob.now+int64(grace), w.cfg.Table)
+		if err != nil {
+			w.log.Error("cannot start shard", "shard", se.Shard, "epoch", se.Epoch, "err", err)
+			w.shards[se.Shard] = nil
+			continue
+		}
+		st.tab, st.from = tab, plan.Owner{}
+		w.timeShard(se.Shard, tab)
+		w.met.recoveries.Inc()
+		recovered++
+		if recovered == 1 {
+			w.log.Warn("handoff failed; recovering with a grace period", "from", b.from.String(), "shard", se.Shard,
+				"epoch", se.Epoch, "grace", grace, "err", why)
+		}
+	}
+	w.mu.Unlock()
+	w.flush(ob)
+	el := time.Since(b.started)
+	if imported > 0 {
+		w.met.handoffsIn.WithLabelValues("imported").Add(float64(imported))
+		w.met.handoffDur.Observe(el.Seconds())
+		w.log.Info("shards handed over", "from", b.from.String(), "shards", imported, "grants", tokens, "took", el)
+	}
+	if recovered > 0 {
+		w.met.handoffsIn.WithLabelValues("recovered").Add(float64(recovered))
+		w.log.Warn("shards recovered after a failed handoff", "from", b.from.String(), "shards", recovered, "took", el)
+	}
+}
+
+func (w *Worker) shardAt(shard uint32) *shardState {
+	if int(shard) >= len(w.shards) {
+		return nil
+	}
+	return w.shards[shard]
+}
+
+// adoptSessions ties the sessions of an imported shard to this worker: a
+// session already ended here ends in the table too; one not known yet is
+// created and checked in etcd (it may have ended before this worker
+// started watching). Then the reply-cache entries come over, re-sealed for
+// the new epoch, with a validity no longer than this worker can vouch for.
+// Caller holds mu.
+func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *shardHandoffJ) {
+	ids := map[uint64]bool{}
+	for _, tok := range sh.Snap.Tokens {
+		for _, g := range tok.Grants {
+			ids[g.Session] = true
+		}
+	}
+	for id := range ids {
+		if _, gone := w.gone[id]; gone {
+			w.out = st.tab.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, w.out[:0])
+			w.apply(ob, shard, st, w.out, nil)
+			continue
+		}
+		s := w.sessions[id]
+		if s == nil {
+			s = newSession(id, nil)
+			w.sessions[id] = s
+			w.enqueue(func(ctx context.Context) { w.checkSession(ctx, id) })
+		}
+		s.shards[shard] = struct{}{}
+	}
+	v := validity(ob.safe, ob.stamp)
+	for _, r := range sh.Replies {
+		s := w.sessions[r.Session]
+		if s == nil || r.Req < s.ack || s.cache[r.Req] != nil {
+			continue
+		}
+		pkt, err := reseal(r.Pkt, r, shard, st.epoch, w.dmap.Version, v)
+		if err != nil {
+			w.met.drop("handoff_reply")
+			continue
+		}
+		s.cache[r.Req] = &cached{typ: r.Type, shard: shard, fence: r.Fence, pkt: pkt}
+		s.top = max(s.top, r.Req)
+	}
+}
+
+// checkSession ends a session adopted with a handed-off shard if its key
+// is gone from etcd.
+func (w *Worker) checkSession(ctx context.Context, id uint64) {
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	resp, err := w.cfg.Client.Get(ctx, cluster.ClientKey(id))
+	cancel()
+	if err != nil || len(resp.Kvs) > 0 {
+		return
+	}
+	now := time.Now()
+	w.mu.Lock()
+	ob := newOutbox(now, w.mono(now))
+	ob.safe = w.safeUntil()
+	w.endSession(ob, id)
+	w.mu.Unlock()
+	w.flush(ob)
+}
+
+// reseal turns a cached reply of the old owner into this worker's: the
+// same answer to the same request, under the shard's new epoch and this
+// worker's map version, a GRANT's validity capped at what this worker
+// vouches for now. It checks that pkt is what r says it is (the input
+// comes from the network: invariant 7).
+func reseal(pkt []byte, r handoffReply, shard, epoch uint32, mapVersion uint64, validityMs uint32) ([]byte, error) {
+	h, err := wire.ParseHeader(pkt)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Type.IsRequest() || h.Type != r.Type.Reply() || h.Session != r.Session || h.Request != r.Req ||
+		h.Shard != shard || h.Status.Retryable() || h.Status == wire.StatusQueued {
+		return nil, errHandoffFrame
+	}
+	h.Epoch, h.MapVersion = epoch, mapVersion
+	if h.Kind() == wire.KindGrant {
+		var g wire.Grant
+		if err := g.Decode(h, pkt); err != nil {
+			return nil, err
+		}
+		g.ValidityMs = min(g.ValidityMs, validityMs)
+		return g.Append(make([]byte, 0, len(pkt)), h)
+	}
+	out := append(wire.AppendHeader(make([]byte, 0, len(pkt)), h), pkt[wire.HeaderLen:]...)
+	if err := wire.Seal(out); err != nil {
+		return nil, err
+	}
+	if _, err := wire.ParseHeader(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ---- frames ----
+
+// writeFrame writes v as one frame: a big-endian u32 length, then JSON.
+func writeFrame(c io.Writer, v any) (int, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	if len(b) > maxPullResponse {
+		return 0, fmt.Errorf("%w: %d bytes", errHandoffFrame, len(b))
+	}
+	buf := make([]byte, 4, 4+len(b))
+	binary.BigEndian.PutUint32(buf, uint32(len(b)))
+	n, err := c.Write(append(buf, b...))
+	return n, err
+}
+
+// readFrame reads one frame of at most limit bytes into v.
+func readFrame(r io.Reader, limit int, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || int64(n) > int64(limit) {
+		return fmt.Errorf("%w: length %d (limit %d)", errHandoffFrame, n, limit)
+	}
+	// Read what arrives rather than allocate what the peer claims.
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err != nil {
+		return err
+	}
+	if len(b) != int(n) {
+		return io.ErrUnexpectedEOF
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", errHandoffFrame, err)
+	}
+	return nil
+}
+
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// listenHandoff binds the handoff listener: addr, or, if empty, the UDP
+// socket's IP with any port. "off" disables handoffs (nil listener).
+func listenHandoff(addr string, udp *net.UDPAddr) (net.Listener, error) {
+	if addr == "off" {
+		return nil, nil
+	}
+	if addr == "" {
+		addr = net.JoinHostPort(udp.IP.String(), "0")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("worker: handoff listener: %w", err)
+	}
+	return ln, nil
+}
+
+func parseInc(s string) (uint64, error) { return strconv.ParseUint(s, 16, 64) }
