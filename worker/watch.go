@@ -165,6 +165,9 @@ func (w *Worker) setMap(ob *outbox, value []byte, older *plan.Map) {
 		w.log.Warn("delegation map deleted; serving nothing")
 	}
 	w.applyMap(ob, m, older)
+	if w.ann != nil {
+		w.ann.SetMapVersion(m.Version) // does not block
+	}
 	w.log.Debug("delegation map applied", "version", m.Version)
 }
 

@@ -68,6 +68,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/worker/table"
@@ -108,6 +109,11 @@ type Config struct {
 	Table       table.Config  // per-shard limits; the zero value means table.DefaultConfig()
 	Logger      *slog.Logger
 	Registry    prometheus.Registerer // default: a fresh registry of its own
+	// Announce, if Announce.Enabled, makes the worker announce its UDP
+	// address and applied map version on a multicast group (package
+	// announce): at once on every new map, and as a heartbeat. A failure to
+	// start announcing is logged, not fatal.
+	Announce announce.Config
 }
 
 // Worker is one token server process's worth of shards.
@@ -122,6 +128,7 @@ type Worker struct {
 	kick     chan struct{}              // size 1: wake the timer loop early
 	pullKick chan struct{}              // size 1: handoffs to pull were queued
 	handoff  net.Listener               // nil with HandoffAddr "off"
+	ann      *announce.Sender           // nil unless announcing; set by Start before the watchers, closed by close
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -255,6 +262,19 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.install(lease, doc, time.Now())
 	w.mu.Unlock()
 	w.log.Info("registered", "key", cluster.WorkerKey(doc.ID), "udp", doc.UDP, "incarnation", doc.Incarnation, "ttl", w.cfg.TTL)
+	if w.cfg.Announce.Enabled {
+		if w.cfg.Announce.Logger == nil {
+			w.cfg.Announce.Logger = w.log
+		}
+		ann, err := announce.NewSender(w.cfg.Announce, doc.UDP, doc.ID)
+		if err != nil {
+			w.log.Warn("not announcing on multicast", "err", err)
+		} else {
+			w.mu.Lock()
+			w.ann = ann // setMap announces each map from here on
+			w.mu.Unlock()
+		}
+	}
 
 	revs, err := w.loadAll(ctx)
 	if err != nil {
@@ -372,7 +392,11 @@ func (w *Worker) close() error {
 	w.mu.Lock()
 	lease := w.lease
 	w.ready = false
+	ann := w.ann
 	w.mu.Unlock()
+	if ann != nil {
+		ann.Close() // a last "bye": clients forget this worker at once
+	}
 	if lease != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err = errors.Join(lease.revoke(ctx), err)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/tokend/tokend/announce"
 )
 
 // errConfig marks every configuration error; main exits 2 on it.
@@ -58,8 +60,15 @@ type config struct {
 	runWorker     bool     // server mode only: also run an in-process worker
 	workerID      string   // default: derived from host name and UDP port
 	udpAddr       string   // worker's UDP listen address
+	handoffAddr   string   // worker's TCP listen address for planned handoffs
 	etcdEndpoints []string // worker mode: where etcd is
 	workerTTL     time.Duration
+
+	// multicast announcements (worker side; package announce)
+	announce          bool
+	announceGroup     string
+	announceInterface string
+	announceCluster   string
 
 	// cluster-wide values fixed at bootstrap (written to /tokend/config once)
 	shards     int
@@ -103,6 +112,8 @@ func defaults(m mode) *config {
 		udpAddr:         "127.0.0.1:7700",
 		etcdEndpoints:   []string{"127.0.0.1:2379"},
 		workerTTL:       5 * time.Second,
+		announceGroup:   announce.DefaultGroup,
+		announceCluster: announce.DefaultCluster,
 		shards:          4096,
 		sessionTTL:      10 * time.Second,
 		grace:           5 * time.Second,
@@ -131,8 +142,13 @@ func (c *config) options() []option {
 		{"worker", "server mode: also run a worker in this process", boolVal(&c.runWorker), []mode{modeServer}},
 		{"worker-id", "worker id (default: host name and UDP port)", stringVal(&c.workerID), nil},
 		{"udp-addr", "worker UDP host:port for clients (port 0 picks one)", stringVal(&c.udpAddr), nil},
+		{"handoff-addr", "worker TCP host:port other workers pull handed-off shards from (default: the UDP address's host, any port; off: no handoffs, moves cost a grace period)", stringVal(&c.handoffAddr), nil},
 		{"etcd-endpoints", "comma-separated etcd client endpoints (worker mode)", listVal(&c.etcdEndpoints), []mode{modeWorker}},
 		{"worker-ttl", "worker lease TTL in etcd: how fast a dead worker is noticed", durationVal(&c.workerTTL), nil},
+		{"announce", "announce the worker and its map version on IP multicast (disabled with a warning if multicast does not work on the interface)", boolVal(&c.announce), nil},
+		{"announce-group", "multicast group:port for announcements", stringVal(&c.announceGroup), nil},
+		{"announce-interface", "interface to announce on (default: the loopback interface; name the LAN interface for a cluster on several hosts)", stringVal(&c.announceInterface), nil},
+		{"announce-cluster", "cluster name in announcements; clients listen for this name (clusters sharing a host or LAN need distinct names)", stringVal(&c.announceCluster), nil},
 		{"shards", "number of shards (fixed when the cluster is first created)", intVal(&c.shards), member},
 		{"session-ttl", "client session lease TTL (fixed when the cluster is first created)", durationVal(&c.sessionTTL), member},
 		{"grace", "recovery grace period for a crashed worker's shards (fixed when the cluster is first created)", durationVal(&c.grace), member},
@@ -295,8 +311,21 @@ func (c *config) validate() error {
 		if err := checkHostPort(c.udpAddr, true); err != nil {
 			return bad("udp-addr", "%v", err)
 		}
+		if c.handoffAddr != "" && c.handoffAddr != "off" {
+			if err := checkHostPort(c.handoffAddr, true); err != nil {
+				return bad("handoff-addr", "%v", err)
+			}
+		}
 		if c.workerTTL < 2*time.Second {
 			return bad("worker-ttl", "must be at least 2s (etcd's minimum lease TTL), got %v", c.workerTTL)
+		}
+		if c.announce {
+			if _, err := announce.ParseGroup(c.announceGroup); err != nil {
+				return bad("announce-group", "%v", err)
+			}
+			if n := len(c.announceCluster); n == 0 || n > announce.MaxCluster {
+				return bad("announce-cluster", "%q: use 1-%d bytes", c.announceCluster, announce.MaxCluster)
+			}
 		}
 		if c.workerID != "" && !validID(c.workerID) {
 			return bad("worker-id", "%q: use 1-64 letters, digits, '.', '_' or '-'", c.workerID)

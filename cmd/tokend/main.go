@@ -37,6 +37,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/embedded"
@@ -204,8 +205,8 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	if cfg.mode != modeServer || cfg.runWorker {
 		d.worker, err = worker.New(worker.Config{
-			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HTTPAddr: ln.Addr().String(),
-			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg,
+			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HTTPAddr: ln.Addr().String(),
+			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg, Announce: announceConfig(cfg, d.log),
 		})
 		if err != nil {
 			return fmt.Errorf("--udp-addr: %w", err)
@@ -385,4 +386,19 @@ func firstOr(a, b []string) string {
 		return b[0]
 	}
 	return ""
+}
+
+// announceConfig is the worker's multicast announcement config: off unless
+// --announce, and off (with a warning) where multicast does not work on the
+// interface.
+func announceConfig(cfg *config, log *slog.Logger) announce.Config {
+	if !cfg.announce {
+		return announce.Config{}
+	}
+	if err := announce.Available(cfg.announceInterface); err != nil {
+		log.Warn("multicast announcements disabled", "err", err)
+		return announce.Config{}
+	}
+	return announce.Config{Enabled: true, Group: cfg.announceGroup, Interface: cfg.announceInterface,
+		Cluster: cfg.announceCluster, Logger: log}
 }
