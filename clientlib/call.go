@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tokend/tokend/wire"
@@ -37,8 +38,44 @@ type call struct {
 	firstSend time.Time // when the id was first sent: leases count from here
 	sends     int
 
-	ch  chan reply // answers to this id, GRANT_ASYNC included
-	buf []byte
+	ch    chan reply // answers to this id, GRANT_ASYNC included
+	buf   []byte
+	timer *time.Timer // exchange's retransmission timer, kept for reuse
+
+	// Bodies of pooled calls (newCall): body points at one of them, so
+	// that putting it in the encoder interface does not allocate, and its
+	// name is a copy in nameBuf.
+	acq     wire.Acquire
+	rel     wire.Release
+	nameBuf []byte // cap wire.MaxName
+}
+
+// callPool recycles the calls of the hot path (Acquire, Release) with
+// their channel, send buffer and timer: without it every request allocated
+// about 2.5 KB.
+var callPool = sync.Pool{New: func() any {
+	return &call{ch: make(chan reply, 4), buf: make([]byte, 0, wire.MaxDatagram), nameBuf: make([]byte, 0, wire.MaxName)}
+}}
+
+// newCall returns a blank call from the pool. Give it back with putCall
+// once nothing can refer to it any more.
+func newCall() *call { return callPool.Get().(*call) }
+
+// putCall recycles cl. The caller guarantees that cl is finished (so that
+// recvLoop no longer delivers to it) and that no goroutine keeps it.
+func putCall(cl *call) {
+	cl.drain()
+	if cl.timer != nil {
+		cl.timer.Stop()
+	}
+	*cl = call{ch: cl.ch, buf: cl.buf[:0], timer: cl.timer, nameBuf: cl.nameBuf[:0]}
+	callPool.Put(cl)
+}
+
+// nameBytes returns name as bytes, copied into cl's nameBuf.
+func (cl *call) nameBytes(name string) []byte {
+	cl.nameBuf = append(cl.nameBuf[:0], name...)
+	return cl.nameBuf
 }
 
 // accepts reports whether a datagram of type t answers c.
@@ -171,8 +208,12 @@ func (c *Client) register(ctx context.Context, cl *call, slot bool) error {
 			return ErrClosed
 		}
 	}
-	cl.ch = make(chan reply, 4)
-	cl.buf = make([]byte, 0, wire.MaxDatagram)
+	if cl.ch == nil {
+		cl.ch = make(chan reply, 4)
+	}
+	if cl.buf == nil {
+		cl.buf = make([]byte, 0, wire.MaxDatagram)
+	}
 	c.mu.Lock()
 	c.nextReq++
 	cl.id = c.nextReq
@@ -204,6 +245,7 @@ func (c *Client) finishLocked(cl *call) {
 	if cl.name != "" {
 		if c.inflight[cl.name]--; c.inflight[cl.name] <= 0 {
 			delete(c.inflight, cl.name)
+			c.unparkLocked(cl.name)
 		}
 	}
 	if cl.slot {
@@ -270,8 +312,9 @@ func (c *Client) send(cl *call) bool {
 
 // exOpts modify exchange.
 type exOpts struct {
-	stopAtQueued bool // return a QUEUED answer instead of re-polling
-	keepSession  bool // UNKNOWN_SESSION/SESSION_EXPIRED are plain answers (SESSION_CLOSE)
+	stopAtQueued bool          // return a QUEUED answer instead of re-polling
+	keepSession  bool          // UNKNOWN_SESSION/SESSION_EXPIRED are plain answers (SESSION_CLOSE)
+	rtoMax       time.Duration // caps the retransmission timeout below Config.RTOMax (0: no cap)
 }
 
 // exResult says how far an exchange got.
@@ -291,13 +334,20 @@ type exResult struct {
 func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exResult, error) {
 	var res exResult
 	rto, backoff := c.cfg.RTOMin, c.cfg.RTOMin
+	rtoMax := c.cfg.RTOMax
+	if o.rtoMax > 0 {
+		rtoMax = max(min(rtoMax, o.rtoMax), c.cfg.RTOMin)
+	}
 	grow := func(d *time.Duration) time.Duration {
 		cur := *d
-		*d = min(2**d, c.cfg.RTOMax)
+		*d = min(2**d, rtoMax)
 		return jitter(cur)
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	if cl.timer == nil {
+		cl.timer = time.NewTimer(time.Hour)
+	}
+	timer := cl.timer
+	defer timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale: reusable
 	sendNow := true
 	var mapWait <-chan struct{}
 	var verAtKick uint64

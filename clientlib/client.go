@@ -61,7 +61,9 @@ type Client struct {
 	kas        map[netip.AddrPort]*kaState
 	nextProbe  time.Time // next map refresh while some lease is in jeopardy
 	byName     map[string][]*Token
-	inflight   map[string]int // unfinished ACQUIRE/CONVERT/RECLAIM per token name
+	inflight   map[string]int            // unfinished ACQUIRE/CONVERT/RECLAIM per token name
+	parked     map[string][]parkedRevoke // REVOKEs waiting for inflight[name] to end
+	nParked    int
 	strays     map[strayKey]bool
 	udpAddrs   map[netip.AddrPort]*net.UDPAddr
 }
@@ -316,7 +318,7 @@ func (c *Client) recvLoop() {
 				lastDL = now
 			}
 		}
-		n, from, err := c.conn.ReadFrom(buf)
+		n, from, err := c.read(buf)
 		if err != nil {
 			if c.stopped.Load() || errors.Is(err, net.ErrClosed) {
 				return
@@ -333,8 +335,19 @@ func (c *Client) recvLoop() {
 			}
 			continue
 		}
-		out = c.handle(buf[:n], addrPortOf(from), &r, &mr, out)
+		out = c.handle(buf[:n], from, &r, &mr, out)
 	}
+}
+
+// read reads one datagram; from a *net.UDPConn without allocating its
+// source address.
+func (c *Client) read(buf []byte) (int, netip.AddrPort, error) {
+	if uc, ok := c.conn.(*net.UDPConn); ok {
+		n, ap, err := uc.ReadFromUDPAddrPort(buf)
+		return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+	}
+	n, from, err := c.conn.ReadFrom(buf)
+	return n, addrPortOf(from), err
 }
 
 // handle processes one datagram. r and mr are recvLoop's scratch space.

@@ -128,6 +128,30 @@ type releaseOptions struct {
 	hasValue bool
 }
 
+// collectOptions applies opts. (Without options nothing escapes to the
+// heap: the hot path passes none.)
+func collectOptions(opts []Option) reqOptions {
+	if len(opts) == 0 {
+		return reqOptions{}
+	}
+	o := new(reqOptions)
+	for _, opt := range opts {
+		opt.applyOption(o)
+	}
+	return *o
+}
+
+func collectReleaseOptions(opts []ReleaseOption) releaseOptions {
+	if len(opts) == 0 {
+		return releaseOptions{}
+	}
+	o := new(releaseOptions)
+	for _, opt := range opts {
+		opt.applyRelease(o)
+	}
+	return *o
+}
+
 type optionFunc func(*reqOptions)
 
 func (f optionFunc) applyOption(o *reqOptions) { f(o) }

@@ -202,9 +202,15 @@ func TestE2EDeadClientReleasesWithinTTL(t *testing.T) {
 		t.Errorf("fence %d not above the dead holder's %d", tb.Fence(), ta.Fence())
 	}
 	// Session TTL 2s: etcd expires the lease 2s after the last renewal it
-	// saw, checks expiry every 500ms, and the worker's watch adds a little.
-	if took := granted.Sub(cut); took > 2*time.Second+1500*time.Millisecond {
-		t.Errorf("waiter granted %v after the holder died; want within the session TTL", took)
+	// saw, checks expiry every 500ms, and the worker's watch adds a little:
+	// about 2.5s when the machine is idle. The bound is loose (3 TTLs)
+	// because a loaded 2-core machine delays etcd's expiry and the watch by
+	// seconds; it still fails if the grants outlive the session by far
+	// (e.g. the worker waiting for the default 10s TTL instead). That the
+	// waiter is granted at all, and only after the holder knew it had lost
+	// the token, is checked above.
+	if took := granted.Sub(cut); took > 6*time.Second {
+		t.Errorf("waiter granted %v after the holder died; want within a few session TTLs (2s)", took)
 	} else {
 		t.Logf("waiter granted %v after the holder was cut off", took)
 	}
@@ -284,7 +290,12 @@ func lossyRun(t *testing.T, seed uint64) {
 	var failed, done int64
 	var cmu sync.Mutex
 	for i := 0; i < clients; i++ {
-		cl := dial(t, c, fn, i+1, clientlib.Config{OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+		// Session TTL 6s, not the cluster's 2s: a renewal (KEEPALIVE, then
+		// etcd, then the reply, 20% loss each way) must succeed within 2/3
+		// of the TTL, which a loaded machine's etcd can miss with 2s. This
+		// test is about the invariants under loss, not about session TTLs.
+		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second,
+			OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
 		wg.Add(1)
 		go func() {
@@ -307,10 +318,16 @@ func lossyRun(t *testing.T, seed uint64) {
 				chk.granted(tok)
 				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
 				chk.releasing(tok)
-				if err := tok.Release(ctx); err != nil && !errors.Is(err, clientlib.ErrLost) {
+				cancel()
+				// A context of its own: the acquire may have used most of
+				// its 5s queued behind the others on a lossy network and a
+				// loaded machine, and a release with what is left of it
+				// could give up unanswered.
+				rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if err := tok.Release(rctx); err != nil && !errors.Is(err, clientlib.ErrLost) {
 					t.Errorf("release: %v", err)
 				}
-				cancel()
+				rcancel()
 				cmu.Lock()
 				done++
 				cmu.Unlock()

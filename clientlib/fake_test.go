@@ -30,6 +30,7 @@ type fakeConfig struct {
 	grace       time.Duration
 	runsPerPage int
 	realUDP     bool // real loopback sockets instead of faultnet (clients open their own)
+	noRevokeRTX bool // send each REVOKE once, never retransmit it
 }
 
 type fakeCluster struct {
@@ -325,7 +326,7 @@ func (w *fakeWorker) retransmitRevokes() {
 		case <-time.After(20 * time.Millisecond):
 		}
 		w.fc.mu.Lock()
-		if !w.silent {
+		if !w.silent && !w.fc.cfg.noRevokeRTX {
 			for _, r := range w.revs {
 				w.sendLocked(r.dgram, r.to)
 			}

@@ -2,6 +2,7 @@ package clientlib
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,8 +33,14 @@ func TestReleaseAfterMoveNotReclaimed(t *testing.T) {
 	if err := plain.Release(ctx); err != nil {
 		t.Errorf("release after the shard moved: %v, want success", err)
 	}
-	if err := valued.Release(ctx, SetValue([]byte("v"))); !errors.Is(err, ErrNotHeld) {
-		t.Errorf("release with a value after the shard moved: %v, want ErrNotHeld", err)
+	// The value cannot be stored: the release must fail. Which error
+	// depends on a race the test does not control: the RELEASE reaching
+	// the new owner first (NOT_HELD), or the map refresh that plain's
+	// RELEASE set off making the client reclaim the grant first, which the
+	// new owner, not in a grace period, refuses (lost).
+	if err := valued.Release(ctx, SetValue([]byte("v"))); !errors.Is(err, ErrNotHeld) &&
+		!(errors.Is(err, ErrLost) && strings.Contains(err.Error(), "RECLAIM_REFUSED")) {
+		t.Errorf("release with a value after the shard moved: %v, want ErrNotHeld or ErrLost (reclaim refused)", err)
 	}
 	// Released, and not held at the new owner.
 	if err := plain.Release(ctx); !errors.Is(err, ErrNotHeld) {
@@ -151,13 +158,14 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 	fc.setNoVouch(0, true)
 	eventually(t, 2*time.Second, "token out of validity", func() bool { return !tok.Valid() })
 	before := count()
-	time.Sleep(time.Second)
+	time.Sleep(2 * time.Second)
 	asked := count() - before
 	fc.setNoVouch(0, false)
-	eventually(t, time.Second, "token valid again", tok.Valid)
+	eventually(t, 2*time.Second, "token valid again", tok.Valid)
 	// The keepalive period is W/4 = 1s; while unvouched the client asks
-	// every W/40 = 100ms.
-	if asked < 5 {
-		t.Fatalf("%d keepalives in the second the worker could not vouch; want one every 100ms", asked)
+	// every W/40 = 100ms: about 20 in 2s, against at most 3 at the normal
+	// period. (The margin is for a loaded machine: timers run late.)
+	if asked < 6 {
+		t.Fatalf("%d keepalives in the 2s the worker could not vouch; want one every 100ms", asked)
 	}
 }

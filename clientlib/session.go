@@ -25,6 +25,10 @@ type lease struct {
 	deadline time.Time // grants are valid before this (and while the session lives)
 	tokens   map[*Token]struct{}
 	moved    bool // the map has a newer epoch for the shard: its tokens are reclaimed
+	// planned: maintain saw it holding tokens, so its deadline and the
+	// keepalives of its worker are scheduled; a grant on an unplanned
+	// lease wakes maintLoop.
+	planned bool
 }
 
 // extend moves the deadline forward (never back).
@@ -245,9 +249,16 @@ func (c *Client) maintain() time.Time {
 	perWorker := map[netip.AddrPort][]wire.ShardEpoch{}
 	for k, l := range c.leases {
 		if len(l.tokens) == 0 {
-			delete(c.leases, k)
+			// Kept while it could still vouch, for the next grant of the
+			// shard (a client that acquires and releases in a loop would
+			// otherwise make a new lease each time); not planned for.
+			l.planned = false
+			if l.moved || !now.Before(l.deadline) {
+				delete(c.leases, k)
+			}
 			continue
 		}
+		l.planned = true
 		if lost := c.lostAt(l); !now.Before(lost) {
 			for t := range l.tokens {
 				c.loseLocked(t, fmt.Errorf("%w: not vouched for since %v and not reclaimed within the grace period",
@@ -396,18 +407,32 @@ func (c *Client) renew() {
 	c.mu.Unlock()
 	for c.ctx.Err() == nil {
 		c.mu.Lock()
-		alive := (c.state == stateOpen || c.state == stateClosing) && c.now().Before(c.sessDL)
+		left := c.sessDL.Sub(c.now())
+		alive := (c.state == stateOpen || c.state == stateClosing) && left > 0
 		c.mu.Unlock()
 		if !alive {
 			return
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, max(c.sessionTTL/6, 4*c.cfg.RTOMin))
+		try := max(c.sessionTTL/6, 4*c.cfg.RTOMin)
+		if c.nextWorker(to) == to {
+			// No other worker to turn to: keep this request id (its
+			// retransmissions) until the session ends. A new id would
+			// only queue another etcd renewal at the worker behind the one
+			// a slow etcd has not answered yet, whose answer would then
+			// come to an id given up (a loaded 2-core machine: sessions
+			// expired "not renewed in time" while etcd took ~TTL/6).
+			try = max(try, left)
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, try)
 		cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Renew: true}, dest: to}
 		if c.register(ctx, cl, false) != nil {
 			cancel()
 			return
 		}
-		r, _, err := c.exchange(ctx, cl, exOpts{})
+		// Retransmit at least every TTL/12, not on the RTO schedule up to
+		// RTOMax (1s): about ten sends fit in the 2/3 TTL left, so lost
+		// datagrams do not end the session.
+		r, _, err := c.exchange(ctx, cl, exOpts{rtoMax: c.sessionTTL / 12})
 		cancel()
 		c.finish(cl)
 		if err == nil && r.h.Status == wire.StatusOK && r.kaTTL > 0 {

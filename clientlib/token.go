@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -23,9 +24,10 @@ type Token struct {
 	name  string
 	shard uint32
 	op    chan struct{} // size 1: serialises Release and Convert (a lock that honours ctx)
-	lost  chan struct{}
 
 	// Guarded by c.mu:
+	lost       chan struct{} // Lost's channel, made on first use (most tokens are just released)
+	lostClosed bool          // Lost is closed, or will be closed when made
 	mode       wire.Mode
 	fence      uint64
 	start, end uint64
@@ -131,7 +133,29 @@ func (t *Token) Valid() bool {
 // the Client was closed. It is closed before any other client can be
 // granted a conflicting token. It is not closed by the application's own
 // Release.
-func (t *Token) Lost() <-chan struct{} { return t.lost }
+func (t *Token) Lost() <-chan struct{} {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	if t.lost == nil {
+		if t.lostClosed {
+			return closedChan
+		}
+		t.lost = make(chan struct{})
+	}
+	return t.lost
+}
+
+// closedChan is the Lost channel of a token lost before anyone asked for it.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+// closeLostLocked closes Lost (made lazily: most tokens are released, and
+// nobody looks at their Lost channel).
+func (t *Token) closeLostLocked() {
+	t.lostClosed = true
+	if t.lost != nil {
+		close(t.lost)
+	}
+}
 
 // Err returns nil while the token is held, ErrNotHeld after Release, and
 // otherwise why Lost was closed (wrapping ErrLost, ErrSessionExpired,
@@ -172,60 +196,67 @@ func (t *Token) unlock() { <-t.op }
 // once and the client cancels the request in the background (CANCEL), giving
 // back the grant if it was made meanwhile.
 func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts ...Option) (*Token, error) {
-	op := fmt.Sprintf("clientlib: acquire %q", name)
-	var o reqOptions
-	for _, opt := range opts {
-		opt.applyOption(&o)
-	}
+	o := collectOptions(opts)
 	switch {
 	case len(name) == 0 || len(name) > wire.MaxName:
-		return nil, fmt.Errorf("%s: %w: name must be 1..%d bytes", op, ErrBadRequest, wire.MaxName)
+		return nil, fmt.Errorf("%s: %w: name must be 1..%d bytes", acquireOp(name), ErrBadRequest, wire.MaxName)
 	case !mode.Valid():
-		return nil, fmt.Errorf("%s: %w: mode %d", op, ErrBadRequest, mode)
+		return nil, fmt.Errorf("%s: %w: mode %d", acquireOp(name), ErrBadRequest, mode)
 	case o.hasValue:
-		return nil, fmt.Errorf("%s: %w: SetValue is for Release and Convert", op, ErrBadRequest)
+		return nil, fmt.Errorf("%s: %w: SetValue is for Release and Convert", acquireOp(name), ErrBadRequest)
 	case !wire.IsWhole(o.start, o.end) && o.start >= o.end:
-		return nil, fmt.Errorf("%s: %w: empty range [%d, %d)", op, ErrBadRequest, o.start, o.end)
+		return nil, fmt.Errorf("%s: %w: empty range [%d, %d)", acquireOp(name), ErrBadRequest, o.start, o.end)
 	}
 	if err := c.usable(); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
 	}
 	try, waitMs := waitParams(ctx, &o)
-	body := wire.Acquire{Try: try, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: []byte(name)}
-	cl := &call{typ: wire.TypeAcquire, body: body, name: name, routed: true,
-		shard: wire.Shard(body.Name, c.shardCount)}
+	cl := newCall()
+	cl.acq = wire.Acquire{Try: try, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
+	cl.typ, cl.body, cl.name, cl.routed = wire.TypeAcquire, &cl.acq, name, true
+	cl.shard = wire.Shard(cl.acq.Name, c.shardCount)
 	if err := c.register(ctx, cl, true); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+		putCall(cl)
+		return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
 	}
 	r, res, err := c.exchange(ctx, cl, exOpts{})
 	if err != nil {
 		if ctx.Err() != nil && cl.sends > 0 {
 			// It may have been queued or even granted: cancel it in the
 			// background; the id stays unfinished until that is done.
+			// abandonAcquire keeps cl: it does not go back to the pool.
 			if !c.spawn(func() { c.abandonAcquire(cl) }) {
 				c.finish(cl)
 			}
 		} else {
 			c.finish(cl)
+			putCall(cl)
 		}
-		return nil, giveUp(op, err, res)
+		return nil, giveUp(acquireOp(name), err, res)
 	}
 	if r.h.Status != wire.StatusOK {
 		c.finish(cl)
-		return nil, statusError(op, &r)
+		putCall(cl)
+		return nil, statusError(acquireOp(name), &r)
 	}
-	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1), lost: make(chan struct{})}
+	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1)}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.finishLocked(cl)
 	if c.state != stateOpen && c.state != stateClosing {
 		// The session ended or the client closed as the grant arrived.
-		return nil, fmt.Errorf("%s: %w", op, c.closedErrLocked())
+		err := c.closedErrLocked()
+		c.mu.Unlock()
+		putCall(cl)
+		return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
 	}
 	c.byName[name] = append(c.byName[name], t)
 	c.applyGrantLocked(t, cl, &r)
+	c.mu.Unlock()
+	putCall(cl)
 	return t, nil
 }
+
+func acquireOp(name string) string { return fmt.Sprintf("clientlib: acquire %q", name) }
 
 func (c *Client) closedErrLocked() error {
 	if c.state == stateDead {
@@ -267,6 +298,13 @@ func durMs(d time.Duration) uint32 {
 // way, a deadline that is near makes a keepalive go out at once.
 func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
 	l := c.leaseLocked(leaseKey{r.from, t.shard, r.h.Epoch})
+	if !l.planned {
+		// A lease to watch, maybe a worker to keep alive: maintLoop must
+		// plan anew. (A planned lease's deadline only moves later, which
+		// the current plan covers: waking maintLoop for every grant cost a
+		// goroutine hop and a pass over the leases per acquire.)
+		kick(c.maintKick)
+	}
 	l.extend(c.leaseEnd(cl.firstSend, r.validity))
 	if r.fence != t.fence {
 		t.revokes = nil
@@ -277,7 +315,6 @@ func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
 	if l.deadline.Sub(c.now()) < c.kaInterval() {
 		c.keepaliveSoonLocked(l.key.addr)
 	}
-	kick(c.maintKick) // new deadlines to watch, maybe a new worker to keep alive
 	c.checkMovedLocked(l)
 }
 
@@ -333,7 +370,7 @@ func (c *Client) loseLocked(t *Token, err error, release bool) {
 	}
 	t.state, t.err = tokLost, err
 	c.detachLocked(t)
-	close(t.lost)
+	t.closeLostLocked()
 	c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
 	if release && c.state == stateOpen {
 		c.strayLocked(t.shard, t.name, t.fence)
@@ -357,34 +394,29 @@ func (c *Client) loseAllLocked(err error, release bool) {
 // ErrNotHeld if the token was already released, the reason it was lost if it
 // was, and ErrNotHeld (from the worker) if the worker did not know the grant.
 func (t *Token) Release(ctx context.Context, opts ...ReleaseOption) error {
-	var o releaseOptions
-	for _, opt := range opts {
-		opt.applyRelease(&o)
-	}
-	return t.release(ctx, o, nil)
+	return t.release(ctx, collectReleaseOptions(opts), nil)
 }
 
 // release gives the token back; reason, if not nil, closes Lost with it
 // (the library releasing on the application's behalf).
 func (t *Token) release(ctx context.Context, o releaseOptions, reason error) error {
 	c := t.c
-	op := fmt.Sprintf("clientlib: release %q", t.name)
 	if len(o.value) > wire.MaxValue {
-		return fmt.Errorf("%s: %w: value longer than %d bytes", op, ErrBadRequest, wire.MaxValue)
+		return fmt.Errorf("%s: %w: value longer than %d bytes", releaseOp(t.name), ErrBadRequest, wire.MaxValue)
 	}
 	if err := t.lock(ctx); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w", releaseOp(t.name), err)
 	}
 	defer t.unlock()
 	c.mu.Lock()
 	if t.state != tokHeld {
 		err := t.errLocked()
 		c.mu.Unlock()
-		return fmt.Errorf("%s: %w", op, err)
+		return fmt.Errorf("%s: %w", releaseOp(t.name), err)
 	}
 	if o.hasValue && !t.mode.Writes() {
 		c.mu.Unlock()
-		return fmt.Errorf("%s: %w: a %s holder cannot set the value", op, ErrBadRequest, t.mode)
+		return fmt.Errorf("%s: %w: a %s holder cannot set the value", releaseOp(t.name), ErrBadRequest, t.mode)
 	}
 	fence := t.fence
 	var heldAt uint32 // the shard epoch whose owner vouches for the grant
@@ -395,7 +427,7 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	c.detachLocked(t)
 	if reason != nil {
 		t.err = reason
-		close(t.lost)
+		t.closeLostLocked()
 	}
 	// While this RELEASE is in flight the fence is no longer a Token, but
 	// it is not a stray either: a REVOKE for it must not send a second
@@ -405,22 +437,30 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	inFlight := !c.strays[key]
 	if inFlight {
 		c.strays[key] = true
-		defer func() {
-			c.mu.Lock()
-			delete(c.strays, key)
-			c.mu.Unlock()
-		}()
 	}
 	c.mu.Unlock()
-	body := wire.Release{Fence: fence, Name: []byte(t.name), HasValue: o.hasValue, Value: o.value}
-	cl := &call{typ: wire.TypeRelease, body: body, shard: t.shard, routed: true}
-	if err := c.register(ctx, cl, true); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+	cl := newCall()
+	cl.rel = wire.Release{Fence: fence, Name: cl.nameBytes(t.name), HasValue: o.hasValue, Value: o.value}
+	cl.typ, cl.body, cl.shard, cl.routed = wire.TypeRelease, &cl.rel, t.shard, true
+	var r reply
+	var res exResult
+	regErr := c.register(ctx, cl, true)
+	err := regErr
+	if err == nil {
+		r, res, err = c.exchange(ctx, cl, exOpts{})
 	}
-	defer c.finish(cl)
-	r, res, err := c.exchange(ctx, cl, exOpts{})
-	if err != nil {
-		return giveUp(op, err, res)
+	c.mu.Lock()
+	c.finishLocked(cl) // nothing if register failed
+	if inFlight {
+		delete(c.strays, key)
+	}
+	c.mu.Unlock()
+	putCall(cl)
+	switch {
+	case regErr != nil:
+		return fmt.Errorf("%s: %w", releaseOp(t.name), regErr)
+	case err != nil:
+		return giveUp(releaseOp(t.name), err, res)
 	}
 	if r.h.Status == wire.StatusNotHeld && r.h.Epoch > heldAt && heldAt != 0 && !o.hasValue {
 		// The shard moved (its worker died, or a rebalance) before this
@@ -432,10 +472,12 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 		return nil
 	}
 	if r.h.Status != wire.StatusOK {
-		return statusError(op, &r)
+		return statusError(releaseOp(t.name), &r)
 	}
 	return nil
 }
+
+func releaseOp(name string) string { return fmt.Sprintf("clientlib: release %q", name) }
 
 // Convert changes the mode of the grant in place. A downgrade (to a mode
 // that mode covers, wire.Covers) is immediate, keeps the fence and may set
@@ -449,10 +491,7 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 func (t *Token) Convert(ctx context.Context, mode wire.Mode, opts ...Option) error {
 	c := t.c
 	op := fmt.Sprintf("clientlib: convert %q to %s", t.name, mode)
-	var o reqOptions
-	for _, opt := range opts {
-		opt.applyOption(&o)
-	}
+	o := collectOptions(opts)
 	if !mode.Valid() {
 		return fmt.Errorf("%s: %w: mode %d", op, ErrBadRequest, mode)
 	}
@@ -527,7 +566,9 @@ func (t *Token) abandonConvert(cl *call, fence uint64, cause error) error {
 	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
 	defer cancel()
 	out, r := c.abandon(ctx, cl)
-	c.finish(cl)
+	// cl is finished (deferred) only after the outcome is applied, so that
+	// a REVOKE of the new fence, parked meanwhile, finds it.
+	defer c.finish(cl)
 	if out == outCanceled {
 		// Withdrawn from the queue, or granted and then released (with the
 		// whole grant) by the CANCEL: a worker may answer CANCELED either
@@ -548,7 +589,7 @@ func (t *Token) abandonConvert(cl *call, fence uint64, cause error) error {
 	case outReleased:
 		t.state, t.err = tokReleased, fmt.Errorf("%w: the conversion was granted as it was canceled, which released the grant", ErrLost)
 		c.detachLocked(t)
-		close(t.lost)
+		t.closeLostLocked()
 		return fmt.Errorf("%w; %w", cause, t.err)
 	}
 	c.loseLocked(t, fmt.Errorf("%w: outcome of a canceled conversion unknown", ErrLost), true)
@@ -678,20 +719,38 @@ func (c *Client) strayLocked(shard uint32, name string, fence uint64) {
 // onRevoke handles a REVOKE (SPEC.md 12): acknowledge it; hand it to the
 // application once per (fence, wanted, range); give back a fence this client
 // does not hold. While an ACQUIRE, CONVERT or RECLAIM of the same name is
-// unfinished the fence may be about to become ours: the REVOKE is then left
-// unacknowledged and the worker's retransmission brings it back. Called by
-// recvLoop; out is its send buffer.
+// unfinished the fence may be about to become ours: the REVOKE is then
+// parked, unacknowledged, and handled as if it arrived anew as soon as the
+// last of them finishes (typically: a GRANT_ASYNC and the REVOKE for the
+// next waiter arrive together, and the REVOKE is read before the waiting
+// Acquire has taken the grant). Called by recvLoop; out is its send buffer.
 func (c *Client) onRevoke(h wire.Header, m *wire.Revoke, from netip.AddrPort, out []byte) []byte {
 	c.mu.Lock()
-	t := c.findLocked(m.Name, m.Fence)
-	if t == nil && c.inflight[string(m.Name)] > 0 {
-		c.mu.Unlock()
+	ah, ua, ack, run := c.revokeLocked(h, m, from)
+	if run != nil {
+		c.spawnLocked(run)
+	}
+	c.mu.Unlock()
+	if !ack {
 		return out
 	}
+	return c.sendRevokeAck(ah, h.Request, ua, out)
+}
+
+// revokeLocked does onRevoke's work under c.mu and returns the header of
+// the REVOKE_ACK to send, or ack false when the REVOKE is parked, and the
+// call of the application's handler to run on a goroutine of its own, if
+// any.
+func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort) (ah wire.Header, ua *net.UDPAddr, ack bool, run func()) {
+	t := c.findLocked(m.Name, m.Fence)
+	if t == nil && c.inflight[string(m.Name)] > 0 {
+		c.parkRevokeLocked(h, m, from)
+		return wire.Header{}, nil, false, nil
+	}
 	c.nextReq++ // REVOKE_ACK takes a fresh id, finished as soon as it is sent
-	ah := wire.Header{Type: wire.TypeRevokeAck, Session: c.session.Load(), Request: c.nextReq,
+	ah = wire.Header{Type: wire.TypeRevokeAck, Session: c.session.Load(), Request: c.nextReq,
 		Ack: c.ackLocked(c.nextReq), Shard: h.Shard, Epoch: h.Epoch, MapVersion: c.mapVer.Load()}
-	ua := c.udpAddrLocked(from)
+	ua = c.udpAddrLocked(from)
 	if c.state == stateOpen {
 		switch {
 		case t == nil:
@@ -706,17 +765,93 @@ func (c *Client) onRevoke(h wire.Header, m *wire.Revoke, from netip.AddrPort, ou
 				handler = c.defaultRevoke
 			}
 			wanted, start, end := m.Mode, m.Start, m.End
-			c.spawnLocked(func() { handler(t, wanted, start, end) })
+			run = func() { handler(t, wanted, start, end) }
 		}
 	}
-	c.mu.Unlock()
-	out, err := wire.RevokeAck{Target: h.Request}.Append(out[:0], ah)
+	return ah, ua, true, run
+}
+
+// sendRevokeAck acknowledges the REVOKE with id target; out is a send buffer.
+func (c *Client) sendRevokeAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []byte) []byte {
+	out, err := wire.RevokeAck{Target: target}.Append(out[:0], ah)
 	if err != nil {
 		c.log.Error("cannot encode REVOKE_ACK", "err", err)
 		return out
 	}
 	c.write(out, ua)
 	return out
+}
+
+// parkedRevoke is a REVOKE waiting for the requests of its name to finish.
+type parkedRevoke struct {
+	h    wire.Header
+	m    wire.Revoke // Name is nil: see name
+	name string
+	from netip.AddrPort
+}
+
+// maxParked bounds the parked REVOKEs of a client; beyond it a REVOKE is
+// dropped and its retransmission brings it back.
+const maxParked = 1024
+
+// parkRevokeLocked keeps a REVOKE until the unfinished requests of its
+// name finish (finishLocked). A retransmission of one already parked
+// (same worker, same REVOKE id) is not kept twice.
+func (c *Client) parkRevokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort) {
+	ps := c.parked[string(m.Name)]
+	for i := range ps {
+		if ps[i].h.Request == h.Request && ps[i].from == from {
+			return
+		}
+	}
+	if c.nParked >= maxParked {
+		return
+	}
+	p := parkedRevoke{h: h, m: *m, name: string(m.Name), from: from}
+	p.m.Name = nil
+	if c.parked == nil {
+		c.parked = map[string][]parkedRevoke{}
+	}
+	c.parked[p.name] = append(ps, p)
+	c.nParked++
+}
+
+// unparkLocked hands the REVOKEs parked for name to a goroutine that
+// handles them as if they arrived now. It runs once the caller releases
+// c.mu, so after the grant that finished the last request of name has
+// been taken (Acquire, Convert and reclaim take it in the same critical
+// section as they finish).
+func (c *Client) unparkLocked(name string) {
+	ps := c.parked[name]
+	if len(ps) == 0 {
+		return
+	}
+	delete(c.parked, name)
+	c.nParked -= len(ps)
+	c.spawnLocked(func() {
+		var out []byte
+		var last func() // the last handler runs here, after the acks
+		for i := range ps {
+			p := &ps[i]
+			m := p.m
+			m.Name = []byte(p.name)
+			c.mu.Lock()
+			ah, ua, ack, run := c.revokeLocked(p.h, &m, p.from)
+			if run != nil {
+				if last != nil {
+					c.spawnLocked(last)
+				}
+				last = run
+			}
+			c.mu.Unlock()
+			if ack {
+				out = c.sendRevokeAck(ah, p.h.Request, ua, out)
+			}
+		}
+		if last != nil {
+			last() // this goroutine is the handler's own (Close waits for it)
+		}
+	})
 }
 
 // defaultRevoke is the OnRevoke used when Config.OnRevoke is nil: it gives
@@ -738,6 +873,9 @@ func (c *Client) checkMovedLocked(l *lease) {
 	}
 	if !l.moved {
 		l.moved = true
+		if len(l.tokens) == 0 {
+			return // an empty lease kept for the next grant (maintain drops it)
+		}
 		c.log.Info("shard moved; reclaiming", "shard", l.key.shard, "from", l.key.addr.String(),
 			"epoch", l.key.epoch, "to", rt.addr.String(), "new_epoch", rt.epoch, "tokens", len(l.tokens))
 	}

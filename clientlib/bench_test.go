@@ -1,0 +1,166 @@
+package clientlib
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// leanWorker answers just what an uncontended acquire+release loop needs
+// (SESSION_OPEN, MAP_REQUEST, KEEPALIVE, ACQUIRE with a GRANT, RELEASE and
+// SESSION_CLOSE with OK) over real loopback UDP, without allocating per
+// datagram, so that a benchmark's allocations and CPU are the client's.
+// Every token is always free. TEST ONLY.
+type leanWorker struct {
+	conn  *net.UDPConn
+	addr  string
+	shard uint32
+	wg    sync.WaitGroup
+}
+
+func newLeanWorker(tb testing.TB) *leanWorker {
+	tb.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := &leanWorker{conn: conn, addr: conn.LocalAddr().String(), shard: 64}
+	w.wg.Add(1)
+	go w.serve()
+	tb.Cleanup(func() {
+		_ = conn.Close()
+		w.wg.Wait()
+	})
+	return w
+}
+
+func (w *leanWorker) serve() {
+	defer w.wg.Done()
+	buf := make([]byte, wire.MaxDatagram+1)
+	out := make([]byte, 0, wire.MaxDatagram)
+	var (
+		session uint64 = 0x1000
+		fence   uint64
+		ka      wire.Keepalive
+		sts     []wire.Status
+		mr      wire.MapRequest
+	)
+	for {
+		n, from, err := w.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		b := buf[:n]
+		h, err := wire.ParseHeader(b)
+		if err != nil {
+			continue
+		}
+		rh := h.Reply()
+		rh.MapVersion = 1
+		switch h.Type {
+		case wire.TypeSessionOpen:
+			session++
+			rh.Session = session
+			out, err = wire.SessionReply{TTLMs: 10000, ShardCount: w.shard, GraceMs: 1000, WorkerTTLMs: 5000}.Append(out[:0], rh)
+		case wire.TypeMapRequest:
+			if mr.Decode(h, b) != nil {
+				continue
+			}
+			out, err = wire.MapReply{MapVersion: 1, ShardCount: w.shard, GraceMs: 1000,
+				Workers: []wire.MapWorker{{Index: 0, Addr: []byte(w.addr), ID: []byte("lean")}},
+				Runs:    []wire.MapRun{{First: 0, Count: w.shard, Worker: 0, Epoch: 1}}}.Append(out[:0], rh)
+		case wire.TypeKeepalive:
+			if ka.Decode(h, b) != nil {
+				continue
+			}
+			sts = sts[:0]
+			for range ka.Entries {
+				sts = append(sts, wire.StatusOK)
+			}
+			r := wire.KeepaliveReply{ValidityMs: 4000, Statuses: sts}
+			if ka.Renew {
+				r.SessionTTLMs = 10000
+			}
+			out, err = r.Append(out[:0], rh)
+		case wire.TypeAcquire:
+			fence++
+			out, err = wire.Grant{Fence: wire.MakeFence(1, fence), Mode: wire.EX, ValidityMs: 4000,
+				End: wire.WholeEnd}.Append(out[:0], rh)
+		case wire.TypeRelease, wire.TypeSessionClose:
+			out, err = wire.Empty{}.Append(out[:0], rh)
+		default:
+			continue
+		}
+		if err != nil {
+			panic(fmt.Sprintf("lean worker cannot encode %v: %v", rh.Type, err))
+		}
+		_, _ = w.conn.WriteToUDPAddrPort(out, from)
+	}
+}
+
+// BenchmarkAcquireRelease measures the client's acquire+release pairs
+// against a lean worker over loopback UDP: each client loops on its own
+// token. The worker does not allocate, so allocs/op is the client's (per
+// pair: two requests).
+//
+//	go test ./clientlib -run '^$' -bench AcquireRelease -benchmem -count 5
+func BenchmarkAcquireRelease(b *testing.B) {
+	w := newLeanWorker(b)
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			cs := make([]*Client, n)
+			for i := range cs {
+				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}})
+				cancel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				cs[i] = c
+			}
+			defer func() {
+				for _, c := range cs {
+					_ = c.Close()
+				}
+			}()
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			for i, c := range cs {
+				k := b.N / n
+				if i < b.N%n {
+					k++
+				}
+				name := fmt.Sprintf("bench/%d", i)
+				wg.Go(func() {
+					for range k {
+						tok, err := c.Acquire(ctx, name, wire.EX)
+						if err != nil {
+							errs[i] = err
+							return
+						}
+						if err := tok.Release(ctx); err != nil {
+							errs[i] = err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			for _, err := range errs {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
+		})
+	}
+}
