@@ -123,11 +123,13 @@ type cached struct {
 // revoke is a REVOKE datagram being retransmitted until it is acknowledged,
 // or the grant is released or converted, or the session ends.
 type revoke struct {
-	shard uint32
-	fence uint64
-	pkt   []byte
-	next  int64         // next retransmission (tables' clock)
-	rto   time.Duration // current interval
+	shard      uint32
+	fence      uint64
+	mode       wire.Mode // the mode the holder may keep, over [start, end)
+	start, end uint64
+	pkt        []byte
+	next       int64         // next retransmission (tables' clock)
+	rto        time.Duration // current interval
 }
 
 type openKey struct {
@@ -539,6 +541,15 @@ func (w *Worker) revokeOut(ob *outbox, shard uint32, st *shardState, o *table.Ou
 	if s == nil {
 		return
 	}
+	// One REVOKE per (grant, wanted mode, range) at a time: a grant made
+	// ahead of N identical waiters would otherwise be revoked N times over
+	// (N datagrams, acks and retransmission timers) while the holder acts
+	// on the first. The one outstanding is retransmitted until acknowledged.
+	for _, r := range s.revokes {
+		if r.shard == shard && r.fence == o.Fence && r.mode == o.Mode && r.start == o.Start && r.end == o.End {
+			return
+		}
+	}
 	s.revSeq++
 	h := wire.Header{Type: wire.TypeRevoke, Session: s.id, Request: s.revSeq, Shard: shard, Epoch: st.epoch,
 		MapVersion: w.dmap.Version}
@@ -547,7 +558,7 @@ func (w *Worker) revokeOut(ob *outbox, shard uint32, st *shardState, o *table.Ou
 		w.log.Error("cannot encode REVOKE", "err", err, "shard", shard, "fence", o.Fence)
 		return
 	}
-	r := &revoke{shard: shard, fence: o.Fence, pkt: pkt, rto: revokeRTO}
+	r := &revoke{shard: shard, fence: o.Fence, mode: o.Mode, start: o.Start, end: o.End, pkt: pkt, rto: revokeRTO}
 	r.next = ob.now + jitter(r.rto)
 	if s.revokes == nil {
 		s.revokes = map[uint64]*revoke{}
