@@ -65,6 +65,9 @@ type Config struct {
 	// HeldProfile, if set, receives a CPU profile of the uncontended
 	// measurement at the largest held-set size.
 	HeldProfile io.Writer
+	// ContendedProfile, if set, receives a CPU profile of the tokend
+	// contended workload (release on revoke).
+	ContendedProfile io.Writer
 	// Progress, if set, is told what runs now (one line per step).
 	Progress func(msg string)
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"runtime/pprof"
 	"time"
 
 	"github.com/tokend/tokend/wire"
@@ -46,6 +47,14 @@ func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, e
 			timers[i] = time.NewTimer(time.Hour)
 			timers[i].Stop()
 		}
+		profiling := false
+		if hold == 0 && cfg.ContendedProfile != nil {
+			if err := pprof.StartCPUProfile(cfg.ContendedProfile); err != nil {
+				closeClients(cs)
+				return out, fmt.Errorf("bench: cpu profile: %w", err)
+			}
+			profiling = true
+		}
 		l, err := measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
 			c := cs[i]
 			t0 := time.Now()
@@ -73,6 +82,9 @@ func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, e
 			r.record(latRelease, time.Since(t1))
 			return nil
 		})
+		if profiling {
+			pprof.StopCPUProfile()
+		}
 		closeClients(cs)
 		if err != nil {
 			return out, err

@@ -35,6 +35,7 @@ func run() error {
 		svgPath  = flag.String("svg", "", "draw throughput and latency percentiles as SVG to this file")
 		cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the tokend uncontended workload (C clients) to this file")
 		heldProf = flag.String("heldprofile", "", "write a CPU profile of the uncontended pairs at the largest held set to this file")
+		contProf = flag.String("contendedprofile", "", "write a CPU profile of the tokend contended workload (release on revoke) to this file")
 		only     = flag.String("only", "", "comma-separated workloads to run ("+strings.Join(bench.Workloads, ",")+"); default all")
 		clients  = flag.Int("clients", 0, "concurrent clients C (default 16)")
 		window   = flag.Duration("duration", 0, "measurement window per workload (default 2s quick, 5s full)")
@@ -83,6 +84,14 @@ func run() error {
 		}
 		defer f.Close()
 		cfg.HeldProfile = f
+	}
+	if *contProf != "" {
+		f, err := os.Create(*contProf)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.ContendedProfile = f
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
