@@ -280,6 +280,15 @@ func (c *Client) targetLocked(cl *call) (netip.AddrPort, uint32, bool) {
 
 // send (re)sends cl with a fresh ack and map version. It reports false when
 // there is nowhere to send it (no owner known for the shard).
+// routeMoved reports whether cl would now go to another worker or epoch
+// than it was last sent to.
+func (c *Client) routeMoved(cl *call) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dest, epoch, ok := c.targetLocked(cl)
+	return ok && (dest != cl.dest || epoch != cl.epoch)
+}
+
 func (c *Client) send(cl *call) bool {
 	c.mu.Lock()
 	dest, epoch, ok := c.targetLocked(cl)
@@ -351,12 +360,16 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 	sendNow := true
 	var mapWait <-chan struct{}
 	var verAtKick uint64
+	// While QUEUED, a new map may have moved the shard: queued requests do
+	// not move with a planned handoff (SPEC.md 18), so re-poll at once at
+	// the new owner instead of at the next 500 ms poll.
+	var moved <-chan struct{}
 	for {
 		if sendNow {
 			sendNow = false
 			if c.send(cl) {
 				if res.queued {
-					timer.Reset(pollInterval)
+					timer.Reset(c.cfg.pollEvery)
 				} else {
 					timer.Reset(grow(&rto))
 				}
@@ -374,6 +387,11 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			return reply{}, res, c.deadError()
 		case <-timer.C:
 			sendNow = true
+		case <-moved:
+			moved = c.newMap()
+			if c.routeMoved(cl) {
+				sendNow = true
+			}
 		case <-mapWait:
 			mapWait = nil
 			if c.mapVer.Load() != verAtKick {
@@ -406,7 +424,8 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 				}
 				if !res.queued {
 					res.queued = true
-					timer.Reset(pollInterval)
+					timer.Reset(c.cfg.pollEvery)
+					moved = c.newMap()
 				}
 				continue
 			}

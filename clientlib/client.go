@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -23,6 +24,7 @@ type Client struct {
 	conn    net.PacketConn
 	ownConn bool
 	seeds   []netip.AddrPort
+	ann     *announce.Listener // nil unless Config.Announce.Enabled; closed by shutdown
 
 	// Set by Dial before the background loops start; read-only afterwards.
 	shardCount uint32
@@ -57,6 +59,7 @@ type Client struct {
 	nextRenew  time.Time
 	dm         *dmap
 	mapDone    chan struct{} // closed when the next map fetch completes
+	mapNew     chan struct{} // closed when a map of another version is installed
 	leases     map[leaseKey]*lease
 	kas        map[netip.AddrPort]*kaState
 	nextProbe  time.Time // next map refresh while some lease is in jeopardy
@@ -101,6 +104,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		maintKick: make(chan struct{}, 1),
 		pending:   map[uint64]*call{},
 		mapDone:   make(chan struct{}),
+		mapNew:    make(chan struct{}),
 		leases:    map[leaseKey]*lease{},
 		kas:       map[netip.AddrPort]*kaState{},
 		byName:    map[string][]*Token{},
@@ -115,9 +119,13 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		c.seeds = append(c.seeds, ap)
 	}
+	if err := c.listenAnnouncements(ctx); err != nil {
+		return nil, fmt.Errorf("clientlib: dial: %w", err)
+	}
 	if c.conn == nil {
 		pc, err := net.ListenPacket("udp", ":0")
 		if err != nil {
+			c.closeAnnouncements()
 			return nil, fmt.Errorf("clientlib: dial: %w", err)
 		}
 		c.conn, c.ownConn = pc, true
@@ -213,6 +221,7 @@ func (c *Client) shutdown() {
 		_ = c.conn.SetReadDeadline(time.Unix(1, 0))
 	}
 	c.wg.Wait()
+	c.closeAnnouncements()
 	if !c.ownConn {
 		_ = c.conn.SetReadDeadline(time.Time{})
 	}

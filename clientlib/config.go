@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -13,11 +14,19 @@ import (
 // unless Config.Library says otherwise.
 const Library = "go/0.1.0"
 
-// Config configures a Client. Only Seeds is required.
+// Config configures a Client. Seeds, or Announce enabled, is required.
 type Config struct {
 	// Seeds are worker UDP addresses ("host:port") to open the session with
 	// and to fetch the delegation map from; the map then names every worker.
+	// May be empty when Announce is enabled: then the workers heard on the
+	// multicast group are the seeds (Dial waits for one until ctx ends).
 	Seeds []string
+	// Announce, if Announce.Enabled, makes the client listen to the
+	// workers' multicast announcements (package announce): an announced map
+	// version newer than the client's makes it fetch the map at once.
+	// Group, interface and cluster name must match the workers'. Off by
+	// default; without it the client learns map changes from replies.
+	Announce announce.Config
 	// PacketConn is the socket to use. nil: the Client opens a UDP socket on
 	// an ephemeral port and closes it in Close. A PacketConn given here is
 	// not closed by Close (tests pass a faultnet.Conn).
@@ -50,6 +59,10 @@ type Config struct {
 	// time.Now. Tests may inject an offset or a drifting clock; it must
 	// advance at roughly real speed, since timers are real.
 	Now func() time.Time
+
+	// pollEvery is how often a QUEUED request is re-polled; 0 =
+	// pollInterval. Tests only.
+	pollEvery time.Duration
 }
 
 // Defaults and fixed timings.
@@ -71,8 +84,8 @@ const (
 )
 
 func (cfg *Config) setDefaults() error {
-	if len(cfg.Seeds) == 0 {
-		return fmt.Errorf("%w: no seed addresses", ErrBadRequest)
+	if len(cfg.Seeds) == 0 && !cfg.Announce.Enabled {
+		return fmt.Errorf("%w: no seed addresses and announcements disabled", ErrBadRequest)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -82,6 +95,9 @@ func (cfg *Config) setDefaults() error {
 	}
 	if len(cfg.Library) > wire.MaxText {
 		return fmt.Errorf("%w: library name longer than %d bytes", ErrBadRequest, wire.MaxText)
+	}
+	if cfg.pollEvery <= 0 {
+		cfg.pollEvery = pollInterval
 	}
 	if cfg.RTOMin <= 0 {
 		cfg.RTOMin = defaultRTOMin

@@ -25,7 +25,8 @@
 // jitter, until a final answer or the caller's context ends. Retryable
 // answers (NOT_OWNER, STALE_EPOCH, GRACE, UNAVAILABLE, LIMIT, EXHAUSTED) are
 // retried with the same id after a backoff on the same schedule. A QUEUED
-// request is re-polled every 500 ms. When the context of a request that may
+// request is re-polled every 500 ms, and at once when a new map moves its
+// shard (queued requests do not move with a handoff). When the context of a request that may
 // be queued or granted ends, the client sends CANCEL and then resends the
 // request's id to learn its outcome from the worker's reply cache; a grant
 // that stands is released (Acquire) or kept (Convert).

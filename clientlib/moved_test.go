@@ -169,3 +169,50 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 		t.Fatalf("%d keepalives in the 2s the worker could not vouch; want one every 100ms", asked)
 	}
 }
+
+// TestQueuedFollowsNewMap: queued requests do not move with a planned
+// handoff (SPEC.md 18). A waiter queued at the old owner re-sends its
+// ACQUIRE to the new owner as soon as it has the new map, not at its next
+// poll (here never: the poll interval is an hour).
+func TestQueuedFollowsNewMap(t *testing.T) {
+	fc := newFakeCluster(t, 24, fakeConfig{workers: 2})
+	seeds := []string{fc.addr(0), fc.addr(1)}
+	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	waiter := fc.dial(t, Config{Seeds: seeds, pollEvery: time.Hour})
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := holder.Acquire(ctx, "q", wire.EX); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Acquire(ctx, "q", wire.EX)
+		done <- err
+	}()
+	eventually(t, 2*time.Second, "the waiter queued at worker 0", func() bool { return fc.waiters(0, "q") == 1 })
+	var req uint64 // the waiter's only request so far
+	fc.mu.Lock()
+	for _, s := range fc.seen {
+		if s.typ == wire.TypeAcquire && s.sess == waiter.Session() {
+			req = s.req
+		}
+	}
+	fc.mu.Unlock()
+	fc.setOwner(wire.Shard([]byte("q"), fc.cfg.shardCount), 1, 2, false)
+	// Any reply tells the waiter that the map is newer.
+	if _, err := waiter.Acquire(ctx, "other", wire.PR); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the waiter's ACQUIRE at worker 1", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, s := range fc.seen {
+			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 && s.req == req {
+				return true
+			}
+		}
+		return false
+	})
+	if err := <-done; err != nil {
+		t.Fatalf("waiter: %v", err)
+	}
+}

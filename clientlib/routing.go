@@ -9,6 +9,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -67,6 +68,14 @@ func (c *Client) requestMap() <-chan struct{} {
 	c.mu.Unlock()
 	kick(c.mapKick)
 	return ch
+}
+
+// newMap returns a channel closed when a map of another version than the
+// current one is installed.
+func (c *Client) newMap() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mapNew
 }
 
 // mapLoop fetches the map whenever asked (a newer version seen in a reply
@@ -240,10 +249,68 @@ func (c *Client) applyMapLocked(m *dmap) {
 	}
 	if c.dm == nil || m.version != c.dm.version {
 		c.log.Debug("delegation map", "version", m.version, "runs", len(m.runs), "workers", len(m.workers))
+		close(c.mapNew)
+		c.mapNew = make(chan struct{})
 	}
 	c.dm = m
 	c.mapVer.Store(m.version)
 	for _, l := range c.leases {
 		c.checkMovedLocked(l)
+	}
+}
+
+// listenAnnouncements starts listening to the workers' announcements if
+// Config.Announce is enabled, and, without seeds, waits (until ctx ends)
+// for workers to be announced and takes them as the seeds.
+func (c *Client) listenAnnouncements(ctx context.Context) error {
+	if !c.cfg.Announce.Enabled {
+		return nil
+	}
+	if c.cfg.Announce.Logger == nil {
+		c.cfg.Announce.Logger = c.log
+	}
+	l, err := announce.Listen(c.cfg.Announce, c.onAnnouncement)
+	if err != nil {
+		if len(c.seeds) > 0 { // announcements are hints: go on without them
+			c.log.Warn("not listening to announcements", "err", err)
+			return nil
+		}
+		return err
+	}
+	c.ann = l
+	if len(c.seeds) > 0 {
+		return nil
+	}
+	peers, err := l.WaitWorkers(ctx)
+	if err != nil {
+		c.closeAnnouncements()
+		return fmt.Errorf("%w: no seeds and no worker announced on %v: %w", ErrUnavailable, l.Group(), err)
+	}
+	for _, p := range peers {
+		if ap, err := resolve(p.Worker); err == nil {
+			c.seeds = append(c.seeds, ap)
+		}
+	}
+	if len(c.seeds) == 0 {
+		c.closeAnnouncements()
+		return fmt.Errorf("%w: announced workers are unresolvable", ErrUnavailable)
+	}
+	c.log.Debug("seeds from announcements", "seeds", len(c.seeds))
+	return nil
+}
+
+// onAnnouncement runs on the announce listener's goroutine: a map version
+// newer than ours makes mapLoop fetch the map (it rate-limits itself).
+// Before Dial has the first map, mapVer is 0 and the kick is absorbed.
+func (c *Client) onAnnouncement(ev announce.Event) {
+	if ev.Ann.MapVersion > c.mapVer.Load() {
+		kick(c.mapKick)
+	}
+}
+
+// closeAnnouncements stops listening (idempotent).
+func (c *Client) closeAnnouncements() {
+	if c.ann != nil {
+		_ = c.ann.Close()
 	}
 }
