@@ -1,0 +1,350 @@
+package check
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Forever is the Return time of an operation whose effect may come at any
+// later time, or never: a release that failed or was not answered (the grant
+// then ends with the session or a revocation, at a time nobody saw).
+const Forever int64 = math.MaxInt64
+
+// OpKind says what an operation did.
+type OpKind uint8
+
+// The operations of the token model.
+const (
+	OpAcquire OpKind = iota + 1 // a new grant: Output is its fence
+	OpRelease                   // the end of a grant, by Release or by the holder giving it up
+	OpConvert                   // a mode change of a held grant: Output is the new fence
+)
+
+func (k OpKind) String() string {
+	switch k {
+	case OpAcquire:
+		return "acquire"
+	case OpRelease:
+		return "release"
+	case OpConvert:
+		return "convert"
+	}
+	return fmt.Sprintf("OpKind(%d)", uint8(k))
+}
+
+// Input is what an operation asked for.
+type Input struct {
+	Kind       OpKind
+	Client     int
+	Token      string
+	Mode       wire.Mode // acquire: mode asked; convert: new mode
+	Start, End uint64    // acquire: range; wire.IsWhole spellings are the whole token
+	Fence      uint64    // release, convert: the fence of the grant operated on
+}
+
+// Output is what an operation returned: the fence granted (acquire,
+// convert); 0 for release.
+type Output struct{ Fence uint64 }
+
+// holder is one grant in the model's state.
+type holder struct {
+	client     int
+	fence      uint64
+	mode       wire.Mode
+	start, end uint64 // normalised: the whole token is [0, MaxUint64)
+}
+
+// tokState is the model state of one token: the highest fence granted and
+// the grants held, sorted by fence. It is never modified once built.
+type tokState struct {
+	last uint64
+	hs   []holder
+}
+
+func norm(start, end uint64) (uint64, uint64) {
+	if wire.IsWhole(start, end) {
+		return 0, math.MaxUint64
+	}
+	return start, end
+}
+
+func overlaps(a, b holder) bool { return a.start < b.end && b.start < a.end }
+
+// compatibleWith reports whether g may be held together with every holder
+// of s except the one with fence skip (invariant 1).
+func (s tokState) compatibleWith(g holder, skip uint64) bool {
+	for _, h := range s.hs {
+		if h.fence != skip && overlaps(h, g) && !wire.Compatible(h.mode, g.mode) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s tokState) find(client int, fence uint64) int {
+	for i, h := range s.hs {
+		if h.client == client && h.fence == fence {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s tokState) with(g holder, last uint64, drop int) tokState {
+	hs := make([]holder, 0, len(s.hs)+1)
+	for i, h := range s.hs {
+		if i != drop {
+			hs = append(hs, h)
+		}
+	}
+	if g.fence != 0 {
+		hs = append(hs, g)
+		slices.SortFunc(hs, func(a, b holder) int { return cmp.Compare(a.fence, b.fence) })
+	}
+	return tokState{last: last, hs: hs}
+}
+
+// step is the sequential specification of one token.
+func step(s tokState, in Input, out Output) (bool, tokState) {
+	switch in.Kind {
+	case OpAcquire:
+		st, en := norm(in.Start, in.End)
+		g := holder{client: in.Client, fence: out.Fence, mode: in.Mode, start: st, end: en}
+		// Invariant 2: every grant's fence is above every earlier one;
+		// invariant 1: compatible with everything held.
+		if out.Fence <= s.last || !s.compatibleWith(g, 0) {
+			return false, s
+		}
+		return true, s.with(g, out.Fence, -1)
+	case OpRelease:
+		i := s.find(in.Client, in.Fence)
+		if i < 0 {
+			return false, s
+		}
+		return true, s.with(holder{}, s.last, i)
+	case OpConvert:
+		i := s.find(in.Client, in.Fence)
+		if i < 0 {
+			return false, s
+		}
+		g := s.hs[i]
+		g.mode = in.Mode
+		if wire.Covers(s.hs[i].mode, in.Mode) {
+			// A downgrade keeps the fence and cannot conflict.
+			if out.Fence != in.Fence {
+				return false, s
+			}
+			return true, s.with(g, s.last, i)
+		}
+		g.fence = out.Fence
+		if out.Fence <= s.last || !s.compatibleWith(g, in.Fence) {
+			return false, s
+		}
+		return true, s.with(g, out.Fence, i)
+	}
+	return false, s
+}
+
+// TokenModel is the porcupine model of one token (histories are split per
+// token before checking; see History.Check).
+var TokenModel = porcupine.Model{
+	Init: func() any { return tokState{} },
+	Step: func(state, input, output any) (bool, any) {
+		out, _ := output.(Output) // nil for a release
+		return step(state.(tokState), input.(Input), out)
+	},
+	Equal: func(a, b any) bool {
+		x, y := a.(tokState), b.(tokState)
+		return x.last == y.last && slices.Equal(x.hs, y.hs)
+	},
+	Hash: func(state any) uint64 {
+		s := state.(tokState)
+		h := fnv.New64a()
+		fmt.Fprint(h, s.last, s.hs)
+		return h.Sum64()
+	},
+	DescribeOperation: func(input, output any) string {
+		in := input.(Input)
+		out, _ := output.(Output)
+		switch in.Kind {
+		case OpAcquire:
+			return fmt.Sprintf("c%d acquire %s %v [%d,%d) -> %#x", in.Client, in.Token, in.Mode, in.Start, in.End, out.Fence)
+		case OpRelease:
+			return fmt.Sprintf("c%d release %s %#x", in.Client, in.Token, in.Fence)
+		default:
+			return fmt.Sprintf("c%d convert %s %#x to %v -> %#x", in.Client, in.Token, in.Fence, in.Mode, out.Fence)
+		}
+	},
+	DescribeState: func(state any) string { return fmt.Sprint(state.(tokState)) },
+}
+
+// History records token operations as clients see them, with times on
+// one monotonic clock. Its methods are safe for concurrent use.
+//
+// What to record, so that the check never blames the service for the
+// test's own uncertainty:
+//   - an acquire (or convert) only when it returned a grant: Call just
+//     before the request, Return just after;
+//   - the end of every recorded grant: Call just before the holder stops
+//     relying on it (before Release; for a grant given up as lost or not
+//     Valid, the time just before its last successful Valid check), Return
+//     just after Release returned nil, or Forever when it did not.
+type History struct {
+	start time.Time
+	mu    sync.Mutex // guards ops
+	ops   []porcupine.Operation
+}
+
+// NewHistory starts an empty history; its clock starts now.
+func NewHistory() *History { return &History{start: time.Now()} }
+
+// Now returns the history's clock: nanoseconds since NewHistory, monotonic.
+func (h *History) Now() int64 { return int64(time.Since(h.start)) }
+
+// Add records one operation.
+func (h *History) Add(in Input, out Output, call, ret int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ops = append(h.ops, porcupine.Operation{ClientId: in.Client, Input: in, Output: out, Call: call, Return: ret})
+}
+
+// Each calls fn for every operation recorded so far, in recording order.
+func (h *History) Each(fn func(in Input, out Output, call, ret int64)) {
+	h.mu.Lock()
+	ops := slices.Clone(h.ops)
+	h.mu.Unlock()
+	for _, op := range ops {
+		out, _ := op.Output.(Output)
+		fn(op.Input.(Input), out, op.Call, op.Return)
+	}
+}
+
+// Len returns the number of operations recorded.
+func (h *History) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ops)
+}
+
+// Result is the verdict of a check.
+type Result struct {
+	Ops      int
+	Tokens   int
+	Illegal  []string // one description per token whose history is not linearizable
+	Unknown  []string // tokens the checker gave up on within its time limit
+	Duration time.Duration
+}
+
+// OK reports whether no history was found illegal.
+func (r Result) OK() bool { return len(r.Illegal) == 0 }
+
+func (r Result) String() string {
+	return fmt.Sprintf("%d ops on %d tokens checked in %v: %d illegal, %d unknown", r.Ops, r.Tokens,
+		r.Duration.Round(time.Millisecond), len(r.Illegal), len(r.Unknown))
+}
+
+// Check checks the history of every token against TokenModel with
+// porcupine, each token within perToken (0: no limit).
+func (h *History) Check(perToken time.Duration) Result {
+	h.mu.Lock()
+	ops := slices.Clone(h.ops)
+	h.mu.Unlock()
+	return CheckOps(ops, perToken)
+}
+
+// CheckOps checks a history given as porcupine operations whose Input is
+// an Input and Output an Output.
+func CheckOps(ops []porcupine.Operation, perToken time.Duration) Result {
+	began := time.Now()
+	byTok := map[string][]porcupine.Operation{}
+	for _, op := range ops {
+		tok := op.Input.(Input).Token
+		byTok[tok] = append(byTok[tok], op)
+	}
+	names := make([]string, 0, len(byTok))
+	for n := range byTok {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	res := Result{Ops: len(ops), Tokens: len(names)}
+	var mu sync.Mutex // guards res
+	var wg sync.WaitGroup
+	work := make(chan string)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				part := byTok[name]
+				r := porcupine.CheckOperationsTimeout(TokenModel, part, perToken) // 0: no limit
+				mu.Lock()
+				switch r {
+				case porcupine.Illegal:
+					res.Illegal = append(res.Illegal, describe(name, part))
+				case porcupine.Unknown:
+					res.Unknown = append(res.Unknown, name)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, n := range names {
+		work <- n
+	}
+	close(work)
+	wg.Wait()
+	slices.Sort(res.Illegal)
+	res.Duration = time.Since(began)
+	return res
+}
+
+// describe shows why a token's history is illegal: it finds the shortest
+// prefix of the operations, in call order, that is not linearizable (the
+// model is prefix-closed: dropping every operation called after some time
+// keeps a legal history legal), and lists the last operation of that
+// prefix, the culprit, with every operation overlapping the time since the
+// culprit's token was last idle, up to 60 of them.
+func describe(name string, ops []porcupine.Operation) string {
+	ops = slices.Clone(ops)
+	slices.SortStableFunc(ops, func(a, b porcupine.Operation) int { return cmp.Compare(a.Call, b.Call) })
+	lo, hi := 1, len(ops) // ops[:hi] is illegal; find the smallest such hi
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if porcupine.CheckOperationsTimeout(TokenModel, ops[:mid], 10*time.Second) == porcupine.Illegal {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	culprit := ops[hi-1]
+	// Show what overlaps the culprit, and the operations just before it.
+	from := hi - 1
+	for from > 0 && hi-from < 40 {
+		from--
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "token %q: %d operations not linearizable; the first %d are, the culprit is the last one shown:", name, len(ops), hi)
+	for _, op := range ops[from:hi] {
+		fmt.Fprintf(&b, "\n  %s", describeOp(op))
+	}
+	fmt.Fprintf(&b, "\n  culprit: %s", describeOp(culprit))
+	return b.String()
+}
+
+func describeOp(op porcupine.Operation) string {
+	ret := "∞"
+	if op.Return != Forever {
+		ret = fmt.Sprintf("%.3fms", float64(op.Return)/1e6)
+	}
+	return fmt.Sprintf("[%.3fms, %s] %s", float64(op.Call)/1e6, ret, TokenModel.DescribeOperation(op.Input, op.Output))
+}

@@ -1,0 +1,478 @@
+//go:build linux
+
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/faultnet/proxy"
+	"github.com/tokend/tokend/wire"
+)
+
+// The real-process scenarios start "tokend server" and "tokend worker"
+// processes (the pattern of package recovery, kept small here), put the
+// UDP fault proxy between the test's clients and the workers, and, where a
+// scenario cuts workers off from etcd, a TCP relay between each worker and
+// each etcd member.
+
+const (
+	rWorkerTTL  = 2 * time.Second
+	rSessionTTL = 2 * time.Second
+	rGrace      = 2 * time.Second
+	rShards     = 16
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// tokendBin builds cmd/tokend once per run.
+func tokendBin(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			binErr = fmt.Errorf("no go command to build tokend with: %w", err)
+			return
+		}
+		binPath = filepath.Join(binDir, "tokend")
+		out, err := exec.Command(goTool, "build", "-o", binPath, "github.com/tokend/tokend/cmd/tokend").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build cmd/tokend: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// tail keeps the last bytes written to it.
+type tail struct {
+	mu sync.Mutex // guards b
+	b  []byte
+}
+
+func (tb *tail) Write(p []byte) (int, error) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.b = append(tb.b, p...)
+	if over := len(tb.b) - 32<<10; over > 0 {
+		tb.b = append(tb.b[:0], tb.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (tb *tail) String() string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return string(tb.b)
+}
+
+// proc is one child process, killed by PID at cleanup.
+type proc struct {
+	t    *testing.T
+	name string
+	cmd  *exec.Cmd
+	out  *tail
+	done chan struct{}
+}
+
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Env = append(os.Environ(), env...)
+	p := &proc{t: t, name: name, cmd: cmd, out: &tail{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("--- last output of %s (pid %d):\n%s", name, cmd.Process.Pid, p.out)
+		}
+	})
+	return p
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) kill() {
+	if p.exited() {
+		return
+	}
+	syscall.Kill(p.pid(), syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", p.name, p.pid())
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := syscall.Kill(p.pid(), sig); err != nil {
+		p.t.Fatalf("%v to %s (pid %d): %v", sig, p.name, p.pid(), err)
+	}
+}
+
+func waitReady(t *testing.T, p *proc, httpAddr string, within time.Duration) {
+	t.Helper()
+	c := http.Client{Timeout: time.Second}
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if p.exited() {
+			t.Fatalf("%s exited early:\n%s", p.name, p.out)
+		}
+		resp, err := c.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s: /readyz not ready within %v", p.name, within)
+}
+
+var (
+	portsMu sync.Mutex // guards ports
+	ports   = map[int]bool{}
+)
+
+// freePort returns a loopback port not handed out before in this run.
+func freePort(t *testing.T, network string) int {
+	t.Helper()
+	for range 100 {
+		var port int
+		if network == "tcp" {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port = l.Addr().(*net.TCPAddr).Port
+			l.Close()
+		} else {
+			c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port = c.LocalAddr().(*net.UDPAddr).Port
+			c.Close()
+		}
+		portsMu.Lock()
+		fresh := !ports[port]
+		ports[port] = true
+		portsMu.Unlock()
+		if fresh {
+			return port
+		}
+	}
+	t.Fatal("no fresh port")
+	return 0
+}
+
+func loop(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// srvProc is one "tokend server" (etcd member and coordinator).
+type srvProc struct {
+	name               string
+	client, peer, http int
+	args               []string
+	p                  *proc
+}
+
+func (s *srvProc) endpoint() string { return loop(s.client) }
+
+// wrkProc is one "tokend worker".
+type wrkProc struct {
+	id        string
+	udp, http int
+	args      []string
+	relays    []*proxy.TCP // its etcd connections, if relayed
+	p         *proc
+	starts    int
+}
+
+func (w *wrkProc) addr() string { return loop(w.udp) }
+
+// rcluster is a real-process cluster behind a UDP fault proxy.
+type rcluster struct {
+	t       *testing.T
+	servers []*srvProc
+	workers []*wrkProc
+	cli     *clientv3.Client
+	px      *proxy.Proxy
+	seeds   []string // the proxy's frontends of the workers
+}
+
+type rclusterOpts struct {
+	servers, workers int
+	relayEtcd        bool          // workers reach etcd through TCP relays
+	sessionTTL       time.Duration // default rSessionTTL
+}
+
+func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
+	t.Helper()
+	skipShort(t)
+	if o.sessionTTL == 0 {
+		o.sessionTTL = rSessionTTL
+	}
+	bin := tokendBin(t)
+	start := time.Now()
+	c := &rcluster{t: t}
+	dir := t.TempDir()
+	var initial, endpoints []string
+	for i := range o.servers {
+		s := &srvProc{name: fmt.Sprintf("s%d", i+1), client: freePort(t, "tcp"), peer: freePort(t, "tcp"), http: freePort(t, "tcp")}
+		c.servers = append(c.servers, s)
+		initial = append(initial, fmt.Sprintf("%s=http://%s", s.name, loop(s.peer)))
+		endpoints = append(endpoints, s.endpoint())
+	}
+	for _, s := range c.servers {
+		s.args = []string{"server", "--name", s.name, "--data-dir", dir,
+			"--client-urls", "http://" + loop(s.client), "--peer-urls", "http://" + loop(s.peer),
+			"--http-addr", loop(s.http), "--initial-cluster", strings.Join(initial, ","),
+			"--shards", strconv.Itoa(rShards), "--session-ttl", o.sessionTTL.String(), "--grace", rGrace.String()}
+		s.p = startProc(t, s.name, bin, nil, s.args...)
+	}
+	for _, s := range c.servers {
+		waitReady(t, s.p, loop(s.http), 60*time.Second)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	c.cli = cli
+	var ups []string
+	for i := range o.workers {
+		w := &wrkProc{id: fmt.Sprintf("w%d", i+1), udp: freePort(t, "udp"), http: freePort(t, "tcp")}
+		eps := endpoints
+		if o.relayEtcd {
+			eps = nil
+			for _, ep := range endpoints {
+				r, err := proxy.NewTCP("127.0.0.1:0", ep)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { r.Close() })
+				w.relays = append(w.relays, r)
+				eps = append(eps, r.Addr())
+			}
+		}
+		w.args = []string{"worker", "--worker-id", w.id, "--etcd-endpoints", strings.Join(eps, ","),
+			"--udp-addr", w.addr(), "--http-addr", loop(w.http), "--worker-ttl", rWorkerTTL.String()}
+		c.workers = append(c.workers, w)
+		c.startWorker(w)
+		ups = append(ups, w.addr())
+	}
+	for _, w := range c.workers {
+		waitReady(t, w.p, loop(w.http), 30*time.Second)
+	}
+	c.waitBalanced(20 * time.Second)
+	c.px, err = proxy.New(proxy.Config{Upstreams: ups, Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.px.Close() })
+	for _, u := range ups {
+		f, _ := c.px.Frontend(u)
+		c.seeds = append(c.seeds, f)
+	}
+	t.Logf("cluster up in %v: %d servers, %d workers behind the fault proxy", time.Since(start).Round(time.Millisecond), o.servers, o.workers)
+	return c
+}
+
+func (c *rcluster) startWorker(w *wrkProc) {
+	w.starts++
+	w.p = startProc(c.t, fmt.Sprintf("%s#%d", w.id, w.starts), tokendBin(c.t), nil, w.args...)
+}
+
+// readMap reads the delegation map and the registered incarnations.
+func (c *rcluster) readMap(ctx context.Context) (plan.Map, map[string]string, error) {
+	m, _, err := coordinator.ReadMap(ctx, c.cli)
+	if err != nil {
+		return m, nil, err
+	}
+	resp, err := c.cli.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return m, nil, err
+	}
+	inc := map[string]string{}
+	for _, kv := range resp.Kvs {
+		var w cluster.Worker
+		if json.Unmarshal(kv.Value, &w) == nil {
+			inc[w.ID] = w.Incarnation
+		}
+	}
+	return m, inc, nil
+}
+
+// waitBalanced waits until every shard is owned by a live incarnation and
+// every live worker process owns one.
+func (c *rcluster) waitBalanced(within time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		m, inc, err := c.readMap(ctx)
+		cancel()
+		if err == nil && m.Shards() > 0 {
+			owns := map[string]bool{}
+			ok := true
+			for s := range m.Shards() {
+				o, _, has := m.Lookup(s)
+				if !has || inc[o.ID] != strconv.FormatUint(o.Incarnation, 16) {
+					ok = false
+					break
+				}
+				owns[o.ID] = true
+			}
+			for _, w := range c.workers {
+				if !w.p.exited() && !owns[w.id] {
+					ok = false
+				}
+			}
+			if ok {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("shards not balanced over the live workers within %v", within)
+}
+
+// shardsOf returns the shards worker id owns now, with their epochs.
+func (c *rcluster) shardsOf(id string) map[uint32]uint32 {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, _, err := c.readMap(ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	out := map[uint32]uint32{}
+	for s := range m.Shards() {
+		if o, e, ok := m.Lookup(s); ok && o.ID == id {
+			out[uint32(s)] = e
+		}
+	}
+	return out
+}
+
+// dial opens a Go client on a real UDP socket whose seeds are the proxy's
+// frontends; it returns the client and its socket's address (the proxy's
+// name for its links).
+func (c *rcluster) dial(cfg clientlib.Config) (*clientlib.Client, string) {
+	c.t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { pc.Close() })
+	cfg.Seeds, cfg.PacketConn = c.seeds, pc
+	if cfg.OnRevoke == nil {
+		cfg.OnRevoke = func(*clientlib.Token, wire.Mode, uint64, uint64) {}
+	}
+	var cl *clientlib.Client
+	for attempt := 0; attempt < 3; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cl, err = clientlib.DialConfig(ctx, cfg)
+		cancel()
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		c.t.Fatalf("dial: %v", err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl, pc.LocalAddr().String()
+}
+
+// nameIn returns a token name with prefix that hashes to shard.
+func nameIn(prefix string, shard uint32) string {
+	for i := 0; ; i++ {
+		n := fmt.Sprintf("%s/%d", prefix, i)
+		if wire.Shard([]byte(n), rShards) == shard {
+			return n
+		}
+	}
+}
+
+// namesIn returns n token names per shard, every shard.
+func namesIn(prefix string, n int) []string {
+	var out []string
+	for s := range uint32(rShards) {
+		for i := range n {
+			out = append(out, nameIn(fmt.Sprintf("%s/%d", prefix, i), s))
+		}
+	}
+	return out
+}
+
+// workerMetric returns the value of one sample of a worker's /metrics
+// (name with its labels, as exposed), or -1.
+func workerMetrics(httpAddr string) (map[string]float64, error) {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "tokend_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, nil
+}
