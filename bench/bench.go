@@ -55,8 +55,27 @@ type Config struct {
 	WorkerSets  []int // worker counts for the scaling workload
 	EtcdMembers []int // embedded etcd cluster sizes for the Mutex comparison
 
+	// Failover: FailoverWorkers worker processes (this binary re-executed,
+	// see WorkerChild), killed -9 FailoverKills times one after the other,
+	// each but the last followed by a replacement process. The worker TTL
+	// and grace period are short (etcd's minimum lease is 2 s) so that a
+	// failover takes seconds; they apply to this workload only.
+	FailoverWorkers int
+	FailoverKills   int
+	FailoverTTL     time.Duration
+	FailoverGrace   time.Duration
+	// FailoverSession is the session TTL of the failover cluster: 4 s as
+	// in recovery.TestWorkerKill. A client renews its session every
+	// third of it, and a renewal at another worker is what moves the
+	// client's "home" (where it asks for the map first) off a dead worker;
+	// with 10 s sessions and a 2 s grace, clients homed at the killed
+	// worker lose their held tokens (see bench/README.md, Failover).
+	FailoverSession time.Duration
+	FailoverHeld    int           // tokens held in every shard (by different clients)
+	FailoverPause   time.Duration // a shard's cycler pauses this long (±50 %) between pairs
+
 	// Only runs just the named workloads when non-empty (uncontended,
-	// contended, shared, ranges, held, workers, echo, etcd).
+	// contended, shared, ranges, held, workers, failover, echo, etcd).
 	Only []string
 
 	// CPUProfile, if set, receives a pprof CPU profile of the tokend
@@ -84,6 +103,9 @@ func QuickConfig() Config {
 		RangeWriter: 8, RangeSize: 4096,
 		Held: []int{1_000, 100_000, 1_000_000}, Holders: 4,
 		WorkerSets: []int{1, 2, 4}, EtcdMembers: []int{1, 3},
+		FailoverWorkers: 3, FailoverKills: 2, FailoverTTL: 2 * time.Second, FailoverGrace: 2 * time.Second,
+		FailoverSession: 4 * time.Second,
+		FailoverHeld:    2, FailoverPause: 20 * time.Millisecond,
 	}
 }
 
@@ -95,6 +117,7 @@ func FullConfig() Config {
 	c.Duration, c.Warmup = 5*time.Second, time.Second
 	c.MaxOps = 50_000_000
 	c.Held = []int{1_000, 100_000, 1_000_000, 10_000_000}
+	c.FailoverKills = 10
 	return c
 }
 
@@ -144,6 +167,13 @@ func (c Config) Defaults() Config {
 	if c.EtcdMembers == nil {
 		c.EtcdMembers = d.EtcdMembers
 	}
+	set(&c.FailoverWorkers, d.FailoverWorkers)
+	set(&c.FailoverKills, d.FailoverKills)
+	setD(&c.FailoverTTL, d.FailoverTTL)
+	setD(&c.FailoverGrace, d.FailoverGrace)
+	setD(&c.FailoverSession, d.FailoverSession)
+	set(&c.FailoverHeld, d.FailoverHeld)
+	setD(&c.FailoverPause, d.FailoverPause)
 	return c
 }
 

@@ -12,7 +12,67 @@ import (
 	"github.com/tokend/tokend/wire"
 )
 
-func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	WorkerChild() // TestFailover re-executes this binary as worker processes
+	etcdtest.VerifyTestMain(m)
+}
+
+// TestFailover runs a tiny failover workload: two worker processes (this
+// test binary re-executed), one kill -9. The killed worker's held tokens
+// must be valid again, its shards must grant again, and nothing may fail
+// on the other worker's shards.
+func TestFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and worker processes")
+	}
+	start := time.Now()
+	cfg := Config{Quick: true, Clients: 2, Shards: 16, Warmup: 100 * time.Millisecond,
+		FailoverWorkers: 2, FailoverKills: 1}.Defaults()
+	cfg.Progress = func(msg string) { t.Logf("[%5.2fs] %s", time.Since(start).Seconds(), msg) }
+	rs, kills, err := runFailover(context.Background(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kills) != 1 || kills[0].AllServe <= 0 || kills[0].HeldValid <= 0 {
+		t.Errorf("kills: %+v, want one that completed", kills)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("got %d rows, want 2: %+v", len(rs), rs)
+	}
+	aff, oth := &rs[0], &rs[1]
+	for _, of := range []string{"kill→first grant", "kill→held valid", "kill→all serve"} {
+		l := aff.lat(of)
+		if l == nil || l.Count != 1 {
+			t.Errorf("%s: %+v, want one value", of, l)
+			continue
+		}
+		// Bounded by the workload's own deadline: TTL + grace + 10 s.
+		if l.Max <= 0 || l.Max > float64((cfg.FailoverTTL+cfg.FailoverGrace+10*time.Second).Microseconds()) {
+			t.Errorf("%s = %v µs", of, l.Max)
+		}
+	}
+	for _, m := range []string{"held_lost", "held_not_reclaimed", "shards_not_serving"} {
+		if v, ok := aff.extra(m); !ok || v != 0 {
+			t.Errorf("%s = %v (present %v), want 0", m, v, ok)
+		}
+	}
+	if oth.Errors != 0 || aff.Errors != 0 {
+		t.Errorf("errors: %d on the other worker's shards (last %q), %d on the killed one's (last %q)",
+			oth.Errors, oth.LastError, aff.Errors, aff.LastError)
+	}
+	if oth.Count == 0 {
+		t.Errorf("no pairs on the other worker's shards during the failover")
+	}
+	var tb strings.Builder
+	rep := &Report{Machine: ThisMachine(), Params: cfg.Params(), Results: rs, Comparisons: compare(&cfg, rs), Kills: kills}
+	if err := rep.PrintTable(&tb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tb.String(), "failover: kill -> first new grant") || !strings.Contains(tb.String(), "kill by kill") {
+		t.Errorf("no failover comparison in the table:\n%s", tb.String())
+	}
+	t.Logf("\n%s", tb.String())
+}
 
 // BenchmarkAcquireRelease measures acquire+release pairs (EX, whole token,
 // each client on its own token) through clientlib over loopback UDP

@@ -1,8 +1,9 @@
 // Package bench is tokend's load generator and its side-by-side
-// comparisons. Everything runs in one process on loopback: a devcluster
-// (embedded etcd, coordinator, workers) for tokend, embedded etcd with one
-// and three members for etcd's own concurrency.Mutex, and a raw UDP echo
-// pair with the worker's batching for "the limit" of the network path.
+// comparisons. Everything runs on loopback, and in one process except the
+// failover workload's workers: a devcluster (embedded etcd, coordinator,
+// workers) for tokend, embedded etcd with one and three members for etcd's
+// own concurrency.Mutex, and a raw UDP echo pair with the worker's batching
+// for "the limit" of the network path.
 //
 // Workloads (one file each):
 //
@@ -15,6 +16,10 @@
 //   - held.go: a large held set (1k .. 10M tokens, by a raw-datagram holder
 //     that keeps no per-token state) and its cost in heap bytes per token.
 //   - workers.go: 1, 2, 4 workers: ops/s and ops per CPU-second.
+//   - failover.go: kill -9 worker processes under load, repeatedly: time
+//     until held tokens are valid again and until the shards grant again,
+//     and what the other workers' shards saw meanwhile. The workers are
+//     this binary re-executed (child.go, WorkerChild).
 //   - etcdmutex.go: the same uncontended and contended loops with
 //     go.etcd.io/etcd/client/v3/concurrency.Mutex.
 //   - echo.go: the UDP echo limit at the same concurrency.

@@ -132,3 +132,23 @@ func settle(want int, d time.Duration) int {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// procCPU returns the CPU time (user + system) process pid has used so
+// far, from /proc/<pid>/stat, or 0 where there is none (or it is gone).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')') // the command name may hold spaces
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)          // field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64)          // field 15
+	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ
+}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // Comparison is one ratio of the report, with the target it is held to.
@@ -154,7 +155,67 @@ func compare(cfg *Config, rs []Result) []Comparison {
 				Detail: "process-wide ops/CPU-s with " + strings.Join(parts, ", ")}, true)
 		}
 	}
+	failoverChecks(cfg, rs, check)
 	return out
+}
+
+// failoverChecks holds the failover rows to the bounds that
+// recovery.TestWorkerKill asserts for every kill (the issue names no
+// target): held tokens valid again within 2 worker TTLs, the first new
+// grant within TTL + grace + 1.5 s, and on the other workers' shards no
+// errors and no acquire slower than 1 s. It adds its comparisons with check.
+func failoverChecks(cfg *Config, rs []Result, check func(Comparison, bool, ...*Result)) {
+	var aff, oth *Result
+	for i := range rs {
+		r := &rs[i]
+		if r.Workload == "failover" && r.System == "tokend" {
+			if strings.HasSuffix(r.Variant, "its shards") {
+				aff = r
+			} else if strings.HasSuffix(r.Variant, "other shards") {
+				oth = r
+			}
+		}
+	}
+	if aff == nil {
+		return
+	}
+	kills, _ := aff.extra("kills")
+	ttl, grace := cfg.FailoverTTL, cfg.FailoverGrace
+	if l := aff.lat("kill→held valid"); l != nil {
+		bound := 2 * ttl
+		lost, _ := aff.extra("held_lost")
+		late, _ := aff.extra("held_not_reclaimed")
+		check(Comparison{Name: "failover: kill -> held tokens valid again, p99", Value: l.P99 / 1e6, Unit: "s",
+			Target: fmt.Sprintf("<= 2×TTL = %v, none lost", bound),
+			Detail: fmt.Sprintf("p50 %.2f s, max %.2f s over the %d of %.0f kills where all came back (worker TTL %v; recovery test bound); %.0f held tokens lost, %.0f not valid again in time",
+				l.P50/1e6, l.Max/1e6, l.Count, kills, ttl, lost, late)},
+			l.Max <= float64(bound.Microseconds()) && lost == 0 && late == 0 && float64(l.Count) == kills, aff)
+	}
+	if l := aff.lat("kill→first grant"); l != nil {
+		bound := ttl + grace + 1500*time.Millisecond
+		check(Comparison{Name: "failover: kill -> first new grant in its shards, p99", Value: l.P99 / 1e6, Unit: "s",
+			Target: fmt.Sprintf("<= TTL+grace+1.5s = %v", bound),
+			Detail: fmt.Sprintf("p50 %.2f s, max %.2f s over %.0f kills (grace %v; recovery test bound)", l.P50/1e6, l.Max/1e6, kills, grace)},
+			l.Max <= float64(bound.Microseconds()), aff)
+	}
+	if l := aff.lat("kill→all serve"); l != nil {
+		check(Comparison{Name: "failover: kill -> all its shards serve again, p99", Value: l.P99 / 1e6, Unit: "s",
+			Detail: fmt.Sprintf("p50 %.2f s, max %.2f s", l.P50/1e6, l.Max/1e6)}, true, aff)
+	}
+	if oth != nil {
+		slow, _ := oth.extra("slowest")
+		check(Comparison{Name: "failover: other workers' shards, slowest acquire", Value: slow, Unit: "ms",
+			Target: "<= 1s, no errors",
+			Detail: fmt.Sprintf("%d errors there, %d in the killed workers' shards; acquire p99 %s µs", oth.Errors, aff.Errors, us(latP99(oth)))},
+			slow <= 1000 && oth.Errors == 0, oth)
+	}
+}
+
+func latP99(r *Result) float64 {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	return r.Latencies[0].P99
 }
 
 // disturbed is how much CPU (cores) other processes may use during a
@@ -182,6 +243,8 @@ func us(v float64) string {
 	switch {
 	case v == 0:
 		return "-"
+	case v >= 1e6: // failovers: seconds read better
+		return fmt.Sprintf("%.2f s", v/1e6)
 	case v < 10:
 		return fmt.Sprintf("%.1f", v)
 	}
@@ -275,6 +338,10 @@ func (rep *Report) PrintTable(w io.Writer) error {
 			}
 		case "B/token":
 			val = fmt.Sprintf("%.0f B/token", c.Value)
+		case "s":
+			val = fmt.Sprintf("%.2f s", c.Value)
+		case "ms":
+			val = fmt.Sprintf("%.1f ms", c.Value)
 		case "%":
 			val = fmt.Sprintf("%+.1f%%", c.Value)
 			if strings.Contains(c.Name, "% of") {
@@ -285,6 +352,20 @@ func (rep *Report) PrintTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(rep.Kills) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "failover, kill by kill (seconds from the kill -9; 0 = not within the bound):")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  #\tworker\tshards\theld\tre-delegated\theld valid\tfirst grant\tall serve\tslowest other acquire\treplacement serving\theld lost")
+		for i, k := range rep.Kills {
+			fmt.Fprintf(tw, "  %d\t%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.1f ms (shard %d, %.2f s after)\t%.2f\t%d\n",
+				i+1, k.Worker, k.Shards, k.Held, k.Redelegated, k.HeldValid, k.FirstGrant, k.AllServe,
+				1e3*k.SlowestOther, k.SlowestOtherShard, k.SlowestOtherBegan, k.Replacement, k.Lost)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	for _, f := range rep.Failures {
 		fmt.Fprintf(w, "FAILED %s\n", f)

@@ -17,6 +17,8 @@ type Report struct {
 	Results     []Result     `json:"results"`
 	Comparisons []Comparison `json:"comparisons"`
 	Failures    []string     `json:"failures,omitempty"` // workloads that failed, and why
+	// Kills are the failover workload's kills, one by one.
+	Kills []Kill `json:"failover_kills,omitempty"`
 	// Goroutines before the run and after everything was closed.
 	GoroutinesBefore int `json:"goroutines_before"`
 	GoroutinesAfter  int `json:"goroutines_after"`
@@ -62,6 +64,8 @@ func (c Config) Params() []Param {
 		{"held sessions", fmt.Sprint(c.Holders)},
 		{"worker counts", ints(c.WorkerSets)},
 		{"etcd members", ints(c.EtcdMembers)},
+		{"failover", fmt.Sprintf("%d worker processes, %d kills -9; worker TTL %v, grace %v, session %v; %d held tokens and 1 cycler per shard, pause %v",
+			c.FailoverWorkers, c.FailoverKills, c.FailoverTTL, c.FailoverGrace, c.FailoverSession, c.FailoverHeld, c.FailoverPause)},
 	}
 	if len(c.Only) > 0 {
 		ps = append(ps, Param{"only", strings.Join(c.Only, ",")})
@@ -70,7 +74,7 @@ func (c Config) Params() []Param {
 }
 
 // Workloads are the names Config.Only accepts, in the order Run runs them.
-var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "held", "workers", "etcd"}
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "held", "workers", "failover", "etcd"}
 
 // Run runs every workload cfg selects, in the order of Workloads, and
 // returns the report. A workload that fails is recorded in
@@ -127,6 +131,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.runs("workers") && ctx.Err() == nil {
 		rs, err := runWorkers(ctx, &cfg)
 		add("workers", rs, err)
+	}
+	if cfg.runs("failover") && ctx.Err() == nil {
+		rs, ks, err := runFailover(ctx, &cfg)
+		rep.Kills = ks
+		add("failover", rs, err)
 	}
 	if cfg.runs("etcd") && ctx.Err() == nil {
 		rs, err := runEtcdMutex(ctx, &cfg)

@@ -1,7 +1,9 @@
 // Command tokend-bench runs tokend's benchmarks and comparisons on
 // loopback, in one process: tokend (devcluster), etcd's concurrency.Mutex
 // on embedded etcd with 1 and 3 members, and a batched UDP echo. It prints
-// a side-by-side table and can write JSON and an SVG chart.
+// a side-by-side table and can write JSON and an SVG chart. For the
+// failover workload it re-executes itself as worker processes (a hidden
+// mode, see bench.WorkerChild) and kills them with SIGKILL.
 //
 //	go run ./bench/cmd/tokend-bench --quick --json bench.json --svg bench.svg
 package main
@@ -22,6 +24,7 @@ import (
 )
 
 func main() {
+	bench.WorkerChild() // a failover worker process: runs it and exits
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "tokend-bench:", err)
 		os.Exit(1)
@@ -42,10 +45,12 @@ func run() error {
 		warmup   = flag.Duration("warmup", 0, "unmeasured warm-up before each window")
 		shards   = flag.Int("shards", 0, "shards per tokend cluster (default 256)")
 		held     = flag.String("held", "", "held-set sizes, comma-separated (default 1000,100000,1000000; full adds 10000000)")
+		kills    = flag.Int("kills", 0, "failover: how many times to kill -9 a worker process (default 2 quick, 10 full)")
 		quiet    = flag.Bool("quiet", false, "no progress lines even on a terminal")
 	)
 	flag.Parse()
-	cfg := bench.Config{Quick: *quick, Clients: *clients, Duration: *window, Warmup: *warmup, Shards: *shards}
+	cfg := bench.Config{Quick: *quick, Clients: *clients, Duration: *window, Warmup: *warmup, Shards: *shards,
+		FailoverKills: *kills}
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
 		for _, o := range cfg.Only {
