@@ -32,7 +32,7 @@
 //	TestScenario6EtcdFaults      the etcd leader killed, then paused
 //	TestScenario7CutsAndFlaps    one-way cuts and flapping links, client-worker and worker-etcd
 //	TestBadInputLiveWorker       malformed, truncated, oversized, random datagrams at a worker
-//	TestBugEtcdMemberCutOff      skipped: a known bug (see its comment); TOKEND_CHAOS_BUGS=1 runs it
+//	TestScenario6EtcdMemberCutOff the workers' links to one etcd member go silent for 9 s (regression)
 //
 // # Seeds, soaking and regressions
 //

@@ -128,9 +128,8 @@ func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAdd
 // answers the KEEPALIVE. The TTL etcd restarts on receipt is counted by
 // the client from its send, which is earlier: safe.
 func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
-	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	resp, err := w.cfg.Client.KeepAliveOnce(ctx, clientv3.LeaseID(id))
-	cancel()
+	r := keepAliveHedged(ctx, w.cfg.Client, clientv3.LeaseID(id), etcdTimeout, 100*time.Millisecond)
+	resp, err := r.resp, r.err
 	now := time.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))

@@ -85,9 +85,9 @@ func (l *ownLease) markLost() {
 }
 
 // keepAlive renews the lease every ttl/4 until ctx ends or the lease is
-// lost. Each renewal is a single KeepAliveOnce so that its send time is known
-// exactly; a failed renewal leaves aliveTill where it was, so SafeUntil runs
-// out by itself if etcd cannot be reached.
+// lost. Each renewal is a KeepAliveOnce whose send time is known exactly; a
+// failed round leaves aliveTill where it was, so SafeUntil runs out by
+// itself if etcd cannot be reached.
 func (l *ownLease) keepAlive(ctx context.Context) {
 	interval := l.ttl / 4
 	t := time.NewTimer(0)
@@ -98,20 +98,17 @@ func (l *ownLease) keepAlive(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, interval)
-		resp, err := l.cli.KeepAliveOnce(rctx, l.id)
-		cancel()
+		r := keepAliveHedged(ctx, l.cli, l.id, interval, min(interval/4, 100*time.Millisecond))
 		switch {
-		case err == nil && resp.TTL > 0:
-			till := sent.Add(min(l.ttl, time.Duration(resp.TTL)*time.Second))
+		case r.err == nil && r.resp.TTL > 0:
+			till := r.sent.Add(min(l.ttl, time.Duration(r.resp.TTL)*time.Second))
 			l.mu.Lock()
 			if till.After(l.aliveTill) {
 				l.aliveTill = till
 			}
 			l.mu.Unlock()
 			t.Reset(interval)
-		case errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0):
+		case errors.Is(r.err, rpctypes.ErrLeaseNotFound) || (r.err == nil && r.resp.TTL <= 0):
 			l.log.Error("own lease expired in etcd; stopping service", "lease", fmt.Sprintf("%x", int64(l.id)))
 			l.markLost()
 			return
@@ -119,10 +116,72 @@ func (l *ownLease) keepAlive(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			l.log.Warn("lease keepalive failed; retrying", "err", err)
+			l.log.Warn("lease keepalive failed; retrying", "err", r.err)
 			t.Reset(min(interval, 250*time.Millisecond))
 		}
 	}
+}
+
+// renewal is the outcome of one KeepAliveOnce.
+type renewal struct {
+	sent time.Time
+	resp *clientv3.LeaseKeepAliveResponse
+	err  error
+}
+
+// maxHedges bounds the KeepAliveOnce calls of one renewal round.
+const maxHedges = 3
+
+// keepAliveHedged renews lease id once, bounded by within: a KeepAliveOnce, and
+// another every hedge (or at once after an error) while none has answered,
+// up to maxHedges. The client balances streams round-robin over the etcd
+// endpoints, so a member whose connection has gone silent (a partition
+// that drops packets, a paused process: gRPC still thinks it is up) costs
+// one hedge delay instead of the round, and then the lease: seen as
+// "lease keepalive failed ... context deadline exceeded" until the lease
+// expired, in chaos.TestBugEtcdMemberCutOff. The first success or
+// lease-not-found wins; the rest are canceled. The worker renews its own
+// lease and its clients' session leases this way.
+func keepAliveHedged(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, within, hedge time.Duration) renewal {
+	rctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	results := make(chan renewal, maxHedges) // the losers never block
+	launched := 0
+	launch := func() {
+		launched++
+		sent := time.Now()
+		go func() {
+			resp, err := cli.KeepAliveOnce(rctx, id)
+			results <- renewal{sent: sent, resp: resp, err: err}
+		}()
+	}
+	launch()
+	pending := 1
+	timer := time.NewTimer(hedge)
+	defer timer.Stop()
+	var last renewal
+	for pending > 0 {
+		select {
+		case r := <-results:
+			pending--
+			if r.err == nil || errors.Is(r.err, rpctypes.ErrLeaseNotFound) {
+				return r
+			}
+			last = r
+			if launched < maxHedges && rctx.Err() == nil {
+				launch()
+				pending++
+				timer.Reset(hedge)
+			}
+		case <-timer.C:
+			if launched < maxHedges {
+				launch()
+				pending++
+				timer.Reset(hedge)
+			}
+		}
+	}
+	return last
 }
 
 // revoke ends the lease at once (clean shutdown): the registration vanishes
