@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/tokend/tokend/announce"
@@ -143,8 +144,19 @@ func (c *Client) perTarget() time.Duration {
 	return d + d/4
 }
 
+// mapHedgeFanout caps how many workers are asked for one map page at once.
+const mapHedgeFanout = 3
+
+// mapHedge is how long a map request goes unanswered before the next
+// worker is asked as well: a dead worker (typically the session's home,
+// asked first) must not hold up the map for perTarget, most of the grace
+// period in which a moved grant must be reclaimed.
+func (c *Client) mapHedge() time.Duration { return 4 * c.cfg.RTOMin }
+
 // fetchMap reads the whole delegation map, page by page (SPEC.md 15),
-// starting over if the version changes in between.
+// starting over if the version changes in between. Each page is asked of
+// the worker that answered the previous one, hedged with the others
+// (mapPage).
 func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 	targets := c.mapTargets()
 	if len(targets) == 0 {
@@ -158,14 +170,24 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 		restarts int
 	)
 	for first < c.shardCount {
-		p, err := c.mapPageFrom(ctx, targets[ti%len(targets)], first)
+		p, i, err := c.mapPage(ctx, targets, ti, first)
 		if err != nil {
 			if ctx.Err() != nil || c.ctx.Err() != nil {
 				return nil, err
 			}
-			ti++ // try the next worker
+			// Every worker failed: start the next round elsewhere, after
+			// a pause (a fast error must not make this spin).
+			ti++
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-c.ctx.Done():
+				return nil, ErrClosed
+			case <-time.After(c.cfg.RTOMin):
+			}
 			continue
 		}
+		ti = i
 		if p.shardCount != c.shardCount {
 			c.log.Error("map shard count differs from the session's", "map", p.shardCount, "session", c.shardCount)
 			return nil, fmt.Errorf("%w: map has %d shards, session %d", ErrInternal, p.shardCount, c.shardCount)
@@ -217,6 +239,73 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 		}
 	}
 	return m, nil
+}
+
+// mapPage asks for the map page from shard first on: targets[ti] first,
+// then, every mapHedge without an answer or at once when a worker fails,
+// the next target too (at most mapHedgeFanout at a time, each target once).
+// It returns the first page answered and the index of the target that
+// answered it, or an error once every target has failed or ctx ends. The
+// requests still out are cancelled and waited for before it returns.
+func (c *Client) mapPage(ctx context.Context, targets []netip.AddrPort, ti int, first uint32) (*mapPage, int, error) {
+	type result struct {
+		p   *mapPage
+		i   int
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	results := make(chan result, len(targets)) // never blocks a sender
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // the losers' exchanges return on ctx.Done
+		wg.Wait()
+	}()
+	launched, running := 0, 0
+	launch := func() {
+		i := (ti + launched) % len(targets)
+		launched++
+		running++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := c.mapPageFrom(ctx, targets[i], first)
+			results <- result{p, i, err}
+		}()
+	}
+	hedge := time.NewTimer(c.mapHedge())
+	defer hedge.Stop()
+	launch()
+	var lastErr error
+	for {
+		select {
+		case r := <-results:
+			running--
+			if r.err == nil {
+				return r.p, r.i, nil
+			}
+			lastErr = r.err
+			if ctx.Err() != nil || c.ctx.Err() != nil {
+				return nil, ti, r.err
+			}
+			if launched < len(targets) {
+				launch()
+				hedge.Reset(c.mapHedge())
+			} else if running == 0 {
+				return nil, ti, lastErr
+			}
+		case <-hedge.C:
+			if launched < len(targets) {
+				if running < mapHedgeFanout {
+					launch()
+				}
+				hedge.Reset(c.mapHedge())
+			}
+		case <-ctx.Done():
+			return nil, ti, ctx.Err()
+		case <-c.ctx.Done():
+			return nil, ti, ErrClosed
+		}
+	}
 }
 
 // mapPageFrom asks one worker for the map from shard first on.
