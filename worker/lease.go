@@ -27,6 +27,11 @@ type ownLease struct {
 	ttl   time.Duration
 	drift float64 // tolerated clock rate difference, e.g. 0.01
 	log   *slog.Logger
+	// check, if set, runs beside every renewal; SafeUntil is extended only
+	// if it succeeds too. The worker confirms with it that its delegation
+	// map is etcd's current one (Worker.mapCurrent), so that it never
+	// vouches, by more than a TTL, for a shard a newer map gave away.
+	check func(ctx context.Context, within, hedge time.Duration) error
 
 	mu        sync.Mutex // guards the fields below
 	aliveTill time.Time  // monotonic: k + ttl of the last acknowledged keepalive
@@ -98,10 +103,29 @@ func (l *ownLease) keepAlive(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r := keepAliveHedged(ctx, l.cli, l.id, interval, min(interval/4, 100*time.Millisecond))
+		hedge := min(interval/4, 100*time.Millisecond)
+		start := time.Now()
+		checked := make(chan error, 1)
+		if l.check != nil {
+			go func() { checked <- l.check(ctx, interval, hedge) }()
+		} else {
+			checked <- nil
+		}
+		r := keepAliveHedged(ctx, l.cli, l.id, interval, hedge)
+		cerr := <-checked
 		switch {
+		case r.err == nil && r.resp.TTL > 0 && cerr != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			// The lease lives, but a map newer than the applied one may
+			// have moved shards away: vouch no longer than before.
+			l.log.Warn("delegation map not confirmed current; not extending lease safety", "err", cerr)
+			t.Reset(min(interval, 250*time.Millisecond))
 		case r.err == nil && r.resp.TTL > 0:
-			till := r.sent.Add(min(l.ttl, time.Duration(r.resp.TTL)*time.Second))
+			// Both proofs date from start at the latest: the lease lived
+			// then, and every map written before start is applied.
+			till := start.Add(min(l.ttl, time.Duration(r.resp.TTL)*time.Second))
 			l.mu.Lock()
 			if till.After(l.aliveTill) {
 				l.aliveTill = till
@@ -129,43 +153,57 @@ type renewal struct {
 	err  error
 }
 
-// maxHedges bounds the KeepAliveOnce calls of one renewal round.
+// keepAliveHedged renews lease id once, bounded by within, with hedged
+// KeepAliveOnce calls (see hedged). The worker renews its own lease and its
+// clients' session leases this way. Lease-not-found is final.
+func keepAliveHedged(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, within, hedge time.Duration) renewal {
+	resp, sent, err := hedged(ctx, within, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+		return cli.KeepAliveOnce(ctx, id)
+	}, func(err error) bool { return errors.Is(err, rpctypes.ErrLeaseNotFound) })
+	return renewal{sent: sent, resp: resp, err: err}
+}
+
+// maxHedges bounds the calls of one hedged round.
 const maxHedges = 3
 
-// keepAliveHedged renews lease id once, bounded by within: a KeepAliveOnce, and
-// another every hedge (or at once after an error) while none has answered,
-// up to maxHedges. The client balances streams round-robin over the etcd
-// endpoints, so a member whose connection has gone silent (a partition
-// that drops packets, a paused process: gRPC still thinks it is up) costs
-// one hedge delay instead of the round, and then the lease: seen as
-// "lease keepalive failed ... context deadline exceeded" until the lease
-// expired, in chaos.TestBugEtcdMemberCutOff. The first success or
-// lease-not-found wins; the rest are canceled. The worker renews its own
-// lease and its clients' session leases this way.
-func keepAliveHedged(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, within, hedge time.Duration) renewal {
+// hedged runs call, bounded by within, and again every hedge (or at once
+// after an error) while none has answered, up to maxHedges calls at once.
+// The etcd client balances calls and streams round-robin over the members,
+// so a member whose connection has gone silent (a partition that drops
+// packets, a paused process: gRPC still thinks it is up) costs one hedge
+// delay instead of the round. Without this both workers' leases expired
+// when one of three members stalled (chaos.TestScenario6EtcdMemberCutOff).
+// The first success, or an error final says is final, wins; the rest are
+// canceled. sent is when the winning call was started.
+func hedged[T any](ctx context.Context, within, hedge time.Duration, call func(context.Context) (T, error), final func(error) bool) (res T, sent time.Time, err error) {
+	type result struct {
+		v    T
+		sent time.Time
+		err  error
+	}
 	rctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	results := make(chan renewal, maxHedges) // the losers never block
+	results := make(chan result, maxHedges) // the losers never block
 	launched := 0
 	launch := func() {
 		launched++
 		sent := time.Now()
 		go func() {
-			resp, err := cli.KeepAliveOnce(rctx, id)
-			results <- renewal{sent: sent, resp: resp, err: err}
+			v, err := call(rctx)
+			results <- result{v, sent, err}
 		}()
 	}
 	launch()
 	pending := 1
 	timer := time.NewTimer(hedge)
 	defer timer.Stop()
-	var last renewal
+	var last result
 	for pending > 0 {
 		select {
 		case r := <-results:
 			pending--
-			if r.err == nil || errors.Is(r.err, rpctypes.ErrLeaseNotFound) {
-				return r
+			if r.err == nil || (final != nil && final(r.err)) {
+				return r.v, r.sent, r.err
 			}
 			last = r
 			if launched < maxHedges && rctx.Err() == nil {
@@ -181,7 +219,7 @@ func keepAliveHedged(ctx context.Context, cli *clientv3.Client, id clientv3.Leas
 			}
 		}
 	}
-	return last
+	return last.v, last.sent, last.err
 }
 
 // revoke ends the lease at once (clean shutdown): the registration vanishes

@@ -16,6 +16,7 @@ type metrics struct {
 	dur         *prometheus.HistogramVec // type
 	dropped     *prometheus.CounterVec   // reason
 	recoveries  prometheus.Counter
+	mapResyncs  prometheus.Counter
 	revokesSent prometheus.Counter
 
 	handoffsOut  prometheus.Counter     // shard states pulled from this worker
@@ -45,6 +46,8 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			[]string{"reason"}),
 		recoveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "recoveries_total",
 			Help: "Shards taken over at an epoch above 1, started in their grace period."}),
+		mapResyncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "map_resyncs_total",
+			Help: "Delegation maps read because the lease renewal's check found the map watch behind etcd."}),
 		revokesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "revokes_sent_total",
 			Help: "REVOKE datagrams sent, retransmissions included."}),
 		handoffsOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_out_total",
@@ -63,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
-	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.revokesSent,
+	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent,
 		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),

@@ -195,3 +195,27 @@ func TestRecovery(t *testing.T) {
 		t.Fatalf("recoveries_total %v", v)
 	}
 }
+
+// TestStalledMapWatch: the map watch delivers nothing (its stream is on an
+// etcd member that went silent; gRPC reports no error), and a new map moves
+// half the shards away. The worker must still drop them within about a
+// lease renewal period: every renewal confirms the map is current, and
+// SafeUntil is extended only then. Otherwise it would serve the shards
+// forever while their new owner, its handoff having failed, serves them
+// too once its grace period is over.
+func TestStalledMapWatch(t *testing.T) {
+	cli := testEtcd(t)
+	w, reg := startWorker(t, cli, "w1", nil)
+	serveAll(t, cli, w)
+	waitFor(t, "worker serves every shard", func() bool { return w.stats().shards == testShards })
+	w.mu.Lock()
+	w.muteMapWatch = true
+	w.mu.Unlock()
+	me := w.testOwner()
+	putMap(t, cli, 2, []plan.Owner{{ID: "fake", Incarnation: 0xabc}, me},
+		[]plan.Run{{First: 0, Count: 8, Owner: 1, Epoch: 1}, {First: 8, Count: 8, Owner: 0, Epoch: 2}})
+	waitFor(t, "worker drops shards 8..15 without its watch", func() bool { return w.stats().shards == 8 })
+	if v := gatherValue(reg, "tokend_worker_map_resyncs_total", "", ""); v < 1 {
+		t.Fatalf("map_resyncs_total = %v, want >= 1", v)
+	}
+}

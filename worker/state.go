@@ -45,11 +45,15 @@ type serving struct {
 	ready   bool
 	me      plan.Owner // this incarnation, as the map names owners; zero while unregistered
 
-	dmap     plan.Map                  // current delegation map (zero before the first)
-	runs     []plan.Run                // plan.Runs(dmap), for MAP replies
-	registry map[string]cluster.Worker // live workers by id, for owner hints
-	shards   []*shardState             // by shard; nil = not served here
-	timed    map[uint32]struct{}       // served shards whose table may have a deadline (for the timer loop)
+	dmap   plan.Map // current delegation map (zero before the first)
+	mapRev int64    // etcd mod revision of the newest map key seen (0: none)
+	// muteMapWatch (tests) makes the map watch deliver nothing, as a
+	// watch stream on an etcd member that went silent does.
+	muteMapWatch bool
+	runs         []plan.Run                // plan.Runs(dmap), for MAP replies
+	registry     map[string]cluster.Worker // live workers by id, for owner hints
+	shards       []*shardState             // by shard; nil = not served here
+	timed        map[uint32]struct{}       // served shards whose table may have a deadline (for the timer loop)
 
 	sessions   map[uint64]*session // live sessions (from the watch, or opened here)
 	clientsRev int64               // revision of the last client-session event applied

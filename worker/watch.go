@@ -104,8 +104,10 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	if len(resp.Kvs) == 0 {
+		w.mapRev = 0
 		w.setMap(ob, nil, nil)
 	} else {
+		w.mapRev = max(w.mapRev, resp.Kvs[0].ModRevision)
 		w.setMap(ob, resp.Kvs[0].Value, older)
 	}
 	w.mu.Unlock()
@@ -138,11 +140,49 @@ func (w *Worker) readPredecessor(ctx context.Context, kv *mvccpb.KeyValue) *plan
 }
 
 func (w *Worker) mapEvent(ob *outbox, ev *clientv3.Event) {
+	if w.muteMapWatch {
+		return
+	}
 	if ev.Type == mvccpb.DELETE {
+		w.mapRev = 0
 		w.setMap(ob, nil, nil)
 		return
 	}
+	w.mapRev = max(w.mapRev, ev.Kv.ModRevision)
 	w.setMap(ob, ev.Kv.Value, nil)
+}
+
+// mapCurrent confirms, with a linearizable read of the map key's revision,
+// that the applied delegation map is etcd's current one, and applies etcd's
+// if the watch is behind (a watch stream on a member that went silent
+// delivers nothing and reports no error). It runs beside every renewal of
+// the worker's lease, and SafeUntil is extended only when it succeeds:
+// a map written at T that moves a shard away is applied before the worker
+// vouches for anything past T + TTL. The new owner of a shard whose handoff
+// failed waits longer than that (wire/SPEC.md 18), so the two never serve
+// it at once, however late this worker's watch is.
+func (w *Worker) mapCurrent(ctx context.Context, within, hedge time.Duration) error {
+	resp, _, err := hedged(ctx, within, hedge, func(ctx context.Context) (*clientv3.GetResponse, error) {
+		return w.cfg.Client.Get(ctx, cluster.DelegationKey, clientv3.WithKeysOnly())
+	}, nil)
+	if err != nil {
+		return err
+	}
+	var rev int64
+	if len(resp.Kvs) > 0 {
+		rev = resp.Kvs[0].ModRevision
+	}
+	w.mu.Lock()
+	have := w.mapRev
+	w.mu.Unlock()
+	if rev == have {
+		return nil
+	}
+	w.met.mapResyncs.Inc()
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	_, err = w.syncMap(ctx)
+	return err
 }
 
 // setMap applies the map in value (nil: there is no map, so nothing may be

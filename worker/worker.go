@@ -341,6 +341,7 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 	if err != nil {
 		return nil, nil, cluster.Worker{}, err
 	}
+	lease.check = w.mapCurrent
 	doc := cluster.Worker{
 		ID:          w.cfg.ID,
 		Incarnation: strconv.FormatInt(int64(lease.id), 16),
