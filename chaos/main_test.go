@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/tokend/tokend/internal/proctest"
 )
 
 var (
@@ -17,38 +17,11 @@ var (
 	seedFlag = flag.Uint64("seed", 0, "run the selected scenarios once with this seed (also TOKEND_CHAOS_SEED)")
 )
 
-// binDir holds the binaries built by the real-process scenarios.
-var binDir string
-
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childMain())
 	}
-	flag.Parse()
-	dir, err := os.MkdirTemp("", "tokend-chaos-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		// Every cluster, client, proxy and process watcher must be gone
-		// (an etcd peer connection may take a few seconds to end).
-		for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-			err := goleak.Find()
-			if err == nil {
-				break
-			}
-			if time.Since(start) > 10*time.Second {
-				fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-				code = 1
-				break
-			}
-		}
-	}
-	os.Exit(code)
+	os.Exit(proctest.Main(m, "tokend-chaos-", 10*time.Second))
 }
 
 // soak returns how long to soak, 0 for the short CI form.

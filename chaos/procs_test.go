@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/faultnet/proxy"
+	"github.com/tokend/tokend/internal/proctest"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -43,32 +43,7 @@ const (
 	rShards     = 16
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// tokendBin builds cmd/tokend once per run.
-func tokendBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			binErr = fmt.Errorf("no go command to build tokend with: %w", err)
-			return
-		}
-		binPath = filepath.Join(binDir, "tokend")
-		out, err := exec.Command(goTool, "build", "-o", binPath, "github.com/tokend/tokend/cmd/tokend").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build cmd/tokend: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+func tokendBin(t *testing.T) string { return proctest.Tokend(t) }
 
 // tail keeps the last bytes written to it.
 type tail struct {
@@ -170,44 +145,9 @@ func waitReady(t *testing.T, p *proc, httpAddr string, within time.Duration) {
 	t.Fatalf("%s: /readyz not ready within %v", p.name, within)
 }
 
-var (
-	portsMu sync.Mutex // guards ports
-	ports   = map[int]bool{}
-)
+func freePort(t *testing.T, network string) int { return proctest.FreePort(t, network) }
 
-// freePort returns a loopback port not handed out before in this run.
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	for range 100 {
-		var port int
-		if network == "tcp" {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = l.Addr().(*net.TCPAddr).Port
-			l.Close()
-		} else {
-			c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = c.LocalAddr().(*net.UDPAddr).Port
-			c.Close()
-		}
-		portsMu.Lock()
-		fresh := !ports[port]
-		ports[port] = true
-		portsMu.Unlock()
-		if fresh {
-			return port
-		}
-	}
-	t.Fatal("no fresh port")
-	return 0
-}
-
-func loop(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+func loop(port int) string { return proctest.Loop(port) }
 
 // srvProc is one "tokend server" (etcd member and coordinator).
 type srvProc struct {

@@ -5,14 +5,11 @@ package recovery
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,74 +18,17 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/internal/proctest"
 )
 
-// binDir holds the tokend binary, built once per run by tokendBin.
-var (
-	binDir   string
-	binOnce  sync.Once
-	binPath  string
-	binErr   error
-	binBuild time.Duration
-)
+func TestMain(m *testing.M) { os.Exit(proctest.Main(m, "tokend-recovery-", 5*time.Second)) }
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	dir, err := os.MkdirTemp("", "tokend-recovery-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		// Every client, etcd client and process watcher must be gone.
-		for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-			err := goleak.Find()
-			if err == nil {
-				break
-			}
-			if time.Since(start) > 5*time.Second {
-				fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-				code = 1
-				break
-			}
-		}
-	}
-	os.Exit(code)
-}
-
-// tokendBin builds cmd/tokend once (the first test that needs it pays) and
-// returns its path.
-func tokendBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			binErr = fmt.Errorf("no go command to build tokend with: %w", err)
-			return
-		}
-		start := time.Now()
-		binPath = filepath.Join(binDir, "tokend")
-		cmd := exec.Command(goTool, "build", "-o", binPath, "github.com/tokend/tokend/cmd/tokend")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build cmd/tokend: %v\n%s", err, out)
-		}
-		binBuild = time.Since(start)
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+func tokendBin(t *testing.T) string { return proctest.Tokend(t) }
 
 // skipShort skips tests that start processes under -short.
 func skipShort(t *testing.T) {
@@ -219,48 +159,12 @@ func (p *proc) waitReady(httpAddr string, within time.Duration) {
 // ports remembers every port handed out in this run: the kernel may give a
 // port that was just closed to the next bind(0), which then hands the same
 // port to two processes.
-var (
-	portsMu sync.Mutex // guards ports
-	ports   = map[int]bool{}
-)
-
-// freePort returns a loopback port, of the network's kind, that was free a
-// moment ago and has not been handed out before.
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	for range 100 {
-		var port int
-		if network == "tcp" {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = l.Addr().(*net.TCPAddr).Port
-			l.Close()
-		} else {
-			c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = c.LocalAddr().(*net.UDPAddr).Port
-			c.Close()
-		}
-		portsMu.Lock()
-		fresh := !ports[port]
-		ports[port] = true
-		portsMu.Unlock()
-		if fresh {
-			return port
-		}
-	}
-	t.Fatal("no fresh port")
-	return 0
-}
+func freePort(t *testing.T, network string) int { return proctest.FreePort(t, network) }
 
 func freeTCP(t *testing.T) int { return freePort(t, "tcp") }
 func freeUDP(t *testing.T) int { return freePort(t, "udp") }
 
-func loop(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+func loop(port int) string { return proctest.Loop(port) }
 
 // server is one "tokend server" process (etcd member and coordinator, no
 // worker), restartable on its data dir.
@@ -484,7 +388,7 @@ func startOneServer(t *testing.T, shards, nworkers int, clusterFlags, workerFlag
 	}
 	waitView(t, c.cli, "every worker owns shards", 20*time.Second, func(v view) bool { return v.balanced(ids...) })
 	t.Logf("cluster up in %v (tokend build %v): 1 server, %d workers, %d shards", time.Since(start).Round(time.Millisecond),
-		binBuild.Round(time.Millisecond), nworkers, shards)
+		proctest.BuildTime().Round(time.Millisecond), nworkers, shards)
 	return c
 }
 
