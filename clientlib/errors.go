@@ -44,6 +44,11 @@ var (
 	// ErrBadRequest: an argument is invalid (name, mode, range, value), or
 	// the worker refused the request as malformed (BAD_REQUEST).
 	ErrBadRequest = errors.New("clientlib: bad request")
+	// ErrDeadlock: the request waited in a wait-for cycle (two converters
+	// of one token, or holders that wait for each other's tokens) and was
+	// chosen to fail so that the others can go on (status DEADLOCK). The
+	// grants the caller holds are unchanged; give some back, then retry.
+	ErrDeadlock = errors.New("clientlib: deadlock")
 	// ErrInternal: the worker reported an internal error (INTERNAL).
 	ErrInternal = errors.New("clientlib: worker internal error")
 )
@@ -65,6 +70,8 @@ func statusSentinel(s wire.Status) error {
 		return ErrLost
 	case wire.StatusCanceled:
 		return ErrCanceled
+	case wire.StatusDeadlock:
+		return ErrDeadlock
 	case wire.StatusNotOwner, wire.StatusStaleEpoch, wire.StatusGrace,
 		wire.StatusUnavailable, wire.StatusLimit, wire.StatusExhausted:
 		return ErrUnavailable

@@ -108,8 +108,8 @@ func TestTypeAndStatusNames(t *testing.T) {
 			t.Errorf("invalid status %d: %q", i, s.String())
 		}
 	}
-	if n != 17 {
-		t.Errorf("%d statuses, want 17", n)
+	if n != 18 {
+		t.Errorf("%d statuses, want 18", n)
 	}
 	retry := map[Status]bool{StatusNotOwner: true, StatusStaleEpoch: true, StatusGrace: true,
 		StatusUnavailable: true, StatusLimit: true, StatusExhausted: true}

@@ -25,6 +25,7 @@ const (
 	StatusCanceled       Status = 13  // the queued request was canceled
 	StatusExhausted      Status = 14  // fence space of the shard's epoch used up
 	StatusSessionExpired Status = 15  // the session's lease ran out
+	StatusDeadlock       Status = 16  // the queued request closes a wait-for cycle: it was chosen to fail
 	StatusInternal       Status = 255 // worker bug
 )
 
@@ -50,6 +51,7 @@ var statuses = [256]statusInfo{
 	StatusCanceled:       {"CANCELED", "queued request was canceled", false},
 	StatusExhausted:      {"EXHAUSTED", "fence space of this shard epoch is used up", true},
 	StatusSessionExpired: {"SESSION_EXPIRED", "session lease expired", false},
+	StatusDeadlock:       {"DEADLOCK", "request would deadlock: chosen as the victim of a wait-for cycle", false},
 	StatusInternal:       {"INTERNAL", "internal worker error", false},
 }
 

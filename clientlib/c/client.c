@@ -634,6 +634,7 @@ const char *tokend_strerror(int status)
 	case TOKEND_ECALLBACK: return "call not allowed from a callback";
 	case TOKEND_ELIMIT: return "too many requests in flight";
 	case TOKEND_EJEOPARDY: return "grant lease not confirmed";
+	case TOKEND_EDEADLK: return "deadlock: the request was chosen to fail to break a wait-for cycle";
 	}
 	return "unknown tokend status";
 }

@@ -121,7 +121,7 @@ int tkw_type_known(uint8_t t)
 	return 0;
 }
 
-int tkw_status_known(uint8_t s) { return s <= 15 || s == 255; }
+int tkw_status_known(uint8_t s) { return s <= 16 || s == 255; }
 
 int tkw_status_retryable(uint8_t s)
 {
@@ -959,9 +959,9 @@ const char *tkw_status_name(int s)
 	static const char *const names[] = {
 		"OK", "QUEUED", "CONFLICT", "TIMEOUT", "NOT_OWNER", "STALE_EPOCH",
 		"UNKNOWN_SESSION", "GRACE", "UNAVAILABLE", "BAD_REQUEST", "NOT_HELD", "LIMIT",
-		"RECLAIM_REFUSED", "CANCELED", "EXHAUSTED", "SESSION_EXPIRED",
+		"RECLAIM_REFUSED", "CANCELED", "EXHAUSTED", "SESSION_EXPIRED", "DEADLOCK",
 	};
-	if (s >= 0 && s <= 15)
+	if (s >= 0 && s <= 16)
 		return names[s];
 	return s == 255 ? "INTERNAL" : "UNDEFINED";
 }

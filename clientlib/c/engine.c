@@ -89,6 +89,7 @@ int status_to_result(int st)
 	case TKW_ST_RECLAIM_REFUSED: return TOKEND_ELOST;
 	case TKW_ST_CANCELED: return TOKEND_ECANCELED;
 	case TKW_ST_LIMIT: return TOKEND_ELIMIT;
+	case TKW_ST_DEADLOCK: return TOKEND_EDEADLK;
 	default: return TOKEND_ESERVER;
 	}
 }

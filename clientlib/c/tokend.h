@@ -95,7 +95,8 @@ typedef enum tokend_status {
 	TOKEND_ECLOSED = -15,     /* the handle is being closed */
 	TOKEND_ECALLBACK = -16,   /* this call would block and is not allowed from a callback */
 	TOKEND_ELIMIT = -17,      /* too many requests in flight on this handle */
-	TOKEND_EJEOPARDY = -18    /* held, but its lease is not confirmed right now (do not rely on it) */
+	TOKEND_EJEOPARDY = -18,   /* held, but its lease is not confirmed right now (do not rely on it) */
+	TOKEND_EDEADLK = -19      /* the wait would deadlock: this request was chosen to fail; grants held stay */
 } tokend_status;
 
 /* The six DLM modes, weakest first. NL holds a place and conflicts with
