@@ -129,6 +129,9 @@ func (t *Table) check() error {
 			}
 			reqs[reqKey{t.sess.at(w.sess).id, w.req}] = wi
 		}
+		if c := t.convCycleIn(ws); c != "" {
+			fail("token %q: conversion deadlock left queued: %s", tok.name, c)
+		}
 		for gi := tok.grants; gi != 0; gi = t.grs.at(gi).tnext {
 			if (t.grs.at(gi).flags&grantConverting != 0) != convs[gi] {
 				fail("grant %d: converting flag does not match the queue", gi)
@@ -195,6 +198,49 @@ func (t *Table) check() error {
 		return fmt.Errorf("table check:\n  %s", strings.Join(errs, "\n  "))
 	}
 	return nil
+}
+
+// convCycleIn returns a cycle of waits among the conversions in queue ws
+// (in queue order), or "": the table answers such cycles StatusDeadlock
+// instead of queueing the conversion that would close them.
+func (t *Table) convCycleIn(ws []uint32) string {
+	var cs []*waiter
+	for _, wi := range ws {
+		if w := t.wts.at(wi); w.grant != 0 {
+			cs = append(cs, w)
+		}
+	}
+	waits := func(i, j int) bool {
+		a, b := cs[i], cs[j]
+		return i != j && (conflict(t.grs.at(b.grant).mode, b.start, b.end, a.mode, a.start, a.end) ||
+			j < i && conflict(b.mode, b.start, b.end, a.mode, a.start, a.end))
+	}
+	// Depth-first search for a back edge.
+	color := make([]int, len(cs))
+	var path []int
+	var dfs func(i int) bool
+	dfs = func(i int) bool {
+		color[i] = 1
+		path = append(path, i)
+		for j := range cs {
+			if waits(i, j) && (color[j] == 1 || color[j] == 0 && dfs(j)) {
+				return true
+			}
+		}
+		color[i] = 2
+		path = path[:len(path)-1]
+		return false
+	}
+	for i := range cs {
+		if color[i] == 0 && dfs(i) {
+			var reqs []string
+			for _, k := range path {
+				reqs = append(reqs, fmt.Sprintf("s=%d req=%d", t.sess.at(cs[k].sess).id, cs[k].req))
+			}
+			return strings.Join(reqs, " -> ")
+		}
+	}
+	return ""
 }
 
 // ---- canonical state, comparable between Table and model ----
@@ -516,6 +562,9 @@ func (g *gen) next(p *pair) error {
 		setValue()
 	case op < 74:
 		in.Op = OpCancel
+		if src.intn(4) == 0 {
+			in.Op = OpDeadlock // a detector's victim: mostly one that waits
+		}
 		in.Target = g.reqs[sess] - uint64(src.intn(4))
 		if ws := p.mod.waiters; len(ws) > 0 && src.intn(2) == 0 {
 			w := ws[src.intn(len(ws))]

@@ -38,6 +38,17 @@
 // it waits in the conversion queue, ahead of all acquires; an upgrade gets a
 // new fence. A grant has at most one conversion in flight.
 //
+// Conversion deadlocks are answered at once. A queued conversion waits for
+// every overlapping grant that conflicts with its new mode and for every
+// conflicting conversion queued ahead of it; a converting holder keeps its
+// grant until its conversion is granted. A conversion that would close a
+// cycle of such waits is answered StatusDeadlock instead of being queued
+// (the victim is the youngest request of the cycle: the one closing it) and
+// its grant stays as it was. Waits that run through other tokens, shards or
+// workers are for a detector outside the table: WaitEdges lists the waits
+// of queued requests, and OpDeadlock ends a chosen victim with
+// StatusDeadlock if it still waits.
+//
 // While a request waits, each holder whose grant blocks it gets one
 // KindRevoke: its fence, the token, the strongest mode it may keep
 // (Wanted; NL means release) and the wanted range. A revoke is emitted once

@@ -80,6 +80,8 @@ func (m *model) step(in Input, now int64) []Output {
 		out = m.reclaim(in, out)
 	case OpEndSession:
 		out = m.endSession(in.Session, out)
+	case OpDeadlock:
+		out = m.deadlock(in.Session, in.Target, out)
 	default:
 		out = reply(out, &in, StatusBadRequest)
 	}
@@ -418,6 +420,9 @@ func (m *model) convert(in Input, out []Output) []Output {
 	if st := m.canQueue(in); st != StatusOK {
 		return reply(out, &in, st)
 	}
+	if m.convDeadlock(name, g, in.Mode) {
+		return reply(out, &in, StatusDeadlock)
+	}
 	return m.enqueue(in, in.Mode, g.start, g.end, g, out)
 }
 
@@ -560,4 +565,54 @@ func (m *model) handoff(newEpoch uint32) {
 		g.serial = m.serial
 	}
 	m.epoch, m.seq = newEpoch, 0
+}
+
+// convWaits reports whether conversion a waits for conversion b (b ahead of
+// a when bAhead): b's grant conflicts with a's new mode, or b is ahead of a
+// with a conflicting mode.
+func convWaits(a, b *mWaiter, bAhead bool) bool {
+	return conflict(b.conv.mode, b.start, b.end, a.mode, a.start, a.end) ||
+		bAhead && conflict(b.mode, b.start, b.end, a.mode, a.start, a.end)
+}
+
+// convDeadlock: would a conversion of g to mode, queued last, close a cycle
+// of waits among the token's conversions? Naively: the transitive closure
+// of the wait relation over all of them, then look at the diagonal.
+func (m *model) convDeadlock(name string, g *mGrant, mode wire.Mode) bool {
+	var cs []*mWaiter
+	for _, w := range m.queue(name) {
+		if w.conv != nil {
+			cs = append(cs, w)
+		}
+	}
+	cs = append(cs, &mWaiter{name: name, mode: mode, start: g.start, end: g.end, conv: g})
+	n := len(cs)
+	reach := make([][]bool, n)
+	for i := range reach {
+		reach[i] = make([]bool, n)
+		for j := range reach[i] {
+			reach[i][j] = i != j && convWaits(cs[i], cs[j], j < i)
+		}
+	}
+	for k := range n {
+		for i := range n {
+			for j := range n {
+				reach[i][j] = reach[i][j] || reach[i][k] && reach[k][j]
+			}
+		}
+	}
+	return reach[n-1][n-1]
+}
+
+// deadlock ends the queued request (sess, req) with StatusDeadlock, if it
+// still waits.
+func (m *model) deadlock(sess, req uint64, out []Output) []Output {
+	for _, w := range m.waiters {
+		if w.sess == sess && w.req == req {
+			out = append(out, Output{Kind: KindAsync, Status: StatusDeadlock, Session: sess, Req: req, Name: w.name})
+			m.removeWaiter(w)
+			return m.wake(w.name, out)
+		}
+	}
+	return out
 }

@@ -28,6 +28,8 @@ import (
 //	cancel  s=S [req=R] target=R
 //	reclaim s=S [req=R] name=N mode=M fence=E:Q [range=A-B]
 //	end-session s=S
+//	deadlock s=S target=R    a detector's victim (OpDeadlock)
+//	edges [queued-by=T]      WaitEdges of requests queued at or before T (default now)
 //	tick now=T | next-deadline | state | stats | set-seq seq=Q
 //	export | import epoch=E
 //	matrix          for every (held, requested) pair of modes: granted together?
@@ -107,7 +109,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		}
 		h.now, h.reqs, h.snap = 0, map[uint64]uint64{}, nil
 		out = fmt.Sprintf("epoch=%d", epoch)
-	case "acquire", "convert", "release", "cancel", "reclaim", "end-session":
+	case "acquire", "convert", "release", "cancel", "reclaim", "end-session", "deadlock":
 		in := h.input(t, d, a, num)
 		out = formatOutputs(h.tab.Step(in, h.now, nil))
 	case "tick":
@@ -122,6 +124,8 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		out = h.matrix(d.Cmd == "wanted-matrix")
 	case "state":
 		out = h.dump()
+	case "edges":
+		out = formatEdges(h.tab.WaitEdges(num("queued-by", h.now), nil))
 	case "stats":
 		out = fmt.Sprintf("%+v", h.tab.Stats())
 	case "set-seq":
@@ -153,10 +157,10 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 
 func (h *harness) input(t *testing.T, d *datadriven.TestData, a args, num func(string, int64) int64) Input {
 	ops := map[string]Op{"acquire": OpAcquire, "convert": OpConvert, "release": OpRelease,
-		"cancel": OpCancel, "reclaim": OpReclaim, "end-session": OpEndSession}
+		"cancel": OpCancel, "reclaim": OpReclaim, "end-session": OpEndSession, "deadlock": OpDeadlock}
 	in := Input{Op: ops[d.Cmd], Session: uint64(num("s", 0)), Target: uint64(num("target", 0)),
 		Name: []byte(a["name"]), Start: WholeStart, End: WholeEnd, Try: a.has("try")}
-	if d.Cmd != "end-session" {
+	if d.Cmd != "end-session" && d.Cmd != "deadlock" {
 		if a.has("req") {
 			h.reqs[in.Session] = uint64(num("req", 0))
 		} else {
@@ -394,4 +398,26 @@ func formatSnapshot(s *Snapshot) string {
 		}
 	}
 	return b.String()
+}
+
+func formatEdges(es []Edge) string {
+	if len(es) == 0 {
+		return "(no edges)"
+	}
+	lines := make([]string, 0, len(es))
+	for _, e := range es {
+		kind := "wait"
+		if e.Conv {
+			kind = "conv"
+		}
+		l := fmt.Sprintf("%s s=%d req=%d since=%d %s -> s=%d", kind, e.Session, e.Req, e.Since, e.Name, e.Holder)
+		if e.Fence != 0 {
+			l += " fence=" + fenceStr(e.Fence)
+		} else {
+			l += fmt.Sprintf(" req=%d (ahead)", e.HolderReq)
+		}
+		lines = append(lines, l)
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }

@@ -49,6 +49,7 @@ type waiter struct {
 	req          uint64
 	start, end   uint64
 	deadline     int64
+	since        int64  // now when it was queued (for Edge.Since)
 	arrival      uint64 // tie-break for equal deadlines
 	tok, sess    uint32
 	grant        uint32
@@ -106,6 +107,9 @@ type Table struct {
 	heap  []uint32 // waiters by (deadline, arrival)
 	touch []uint32 // scratch: tokens to wake
 	fresh []uint32 // scratch: grants made by one wake
+	cycle []uint32 // scratch: conversions, for convCycle
+	seen  []bool   // scratch for convCycle
+	stack []int    // scratch for convCycle
 }
 
 // New returns an empty table for a shard at the given epoch (1..MaxEpoch).
@@ -189,6 +193,8 @@ func (t *Table) Step(in Input, now int64, out []Output) []Output {
 		return t.reclaim(&in, out)
 	case OpEndSession:
 		return t.endSession(in.Session, out)
+	case OpDeadlock:
+		return t.deadlock(in.Session, in.Target, out)
 	}
 	return reply(out, &in, StatusBadRequest)
 }
@@ -411,6 +417,10 @@ func (t *Table) convert(in *Input, out []Output) []Output {
 	if st := t.canQueue(ti, in); st != StatusOK {
 		return reply(out, in, st)
 	}
+	if t.convCycle(tok, gi, in.Mode) {
+		// A conversion deadlock: answered at once, and the grant stays.
+		return reply(out, in, StatusDeadlock)
+	}
 	wi := t.addWaiter(ti, g.sess, in, in.Mode, g.start, g.end, gi)
 	return t.queued(in, wi, out)
 }
@@ -528,6 +538,127 @@ func (t *Table) reclaim(in *Input, out []Output) []Output {
 	t.maxFence = max(t.maxFence, in.Fence)
 	gi := t.addGrant(ti, si, in.Mode, in.Start, in.End, in.Fence, in.Req)
 	return append(out, t.grantOut(KindReply, in.Session, in.Req, gi))
+}
+
+// deadlock ends the queued request (id, req), chosen by a deadlock detector,
+// with StatusDeadlock; anything else (granted meanwhile, gone) is left
+// alone.
+func (t *Table) deadlock(id, req uint64, out []Output) []Output {
+	ref, ok := t.byReq[reqKey{id, req}]
+	if !ok || ref&refGrant != 0 {
+		return out
+	}
+	w := t.wts.at(ref)
+	ti, si := w.tok, w.sess
+	out = append(out, Output{Kind: KindAsync, Status: StatusDeadlock, Session: id, Req: req, Name: t.toks.at(ti).name})
+	t.dropWaiter(ref)
+	t.maybeFreeSession(si)
+	out = t.wake(ti, out)
+	t.maybeFreeToken(ti)
+	return out
+}
+
+// ---- deadlocks ----
+
+// convCycle reports whether a conversion of grant gi to mode, were it
+// queued now (last in tok's conversion queue), would close a cycle among
+// the token's queued conversions. Conversion c waits for conversion d when
+// their ranges overlap and d's grant conflicts with c's new mode (d's holder
+// keeps that grant until d is granted), or d is queued ahead of c with a
+// conflicting mode (FIFO). Acquires are not part of such cycles: nothing on
+// the token waits for an acquire that a conversion ahead of it does not
+// already wait for, and acquires hold nothing here. Cycles that run through
+// other tokens are the detector's (WaitEdges).
+func (t *Table) convCycle(tok *token, gi uint32, mode wire.Mode) bool {
+	if tok.q == 0 {
+		return false
+	}
+	g := t.grs.at(gi)
+	convs := t.cycle[:0]
+	for wi := t.qs.at(tok.q).conv; wi != 0; wi = t.wts.at(wi).next {
+		convs = append(convs, wi)
+	}
+	defer func() { t.cycle = convs[:0] }()
+	// waits reports whether conversion a (index i in queue order) waits
+	// for conversion b (index j).
+	waits := func(i, j int) bool {
+		a, b := t.wts.at(convs[i]), t.wts.at(convs[j])
+		if !overlaps(a.start, a.end, b.start, b.end) {
+			return false
+		}
+		return !wire.Compatible(t.grs.at(b.grant).mode, a.mode) || j < i && !wire.Compatible(b.mode, a.mode)
+	}
+	// Search from the new conversion: every queued conversion it waits
+	// for, then what those wait for; a cycle closes when one of them
+	// waits for the new conversion, i.e. g's current mode blocks it.
+	seen := t.seen[:0]
+	for range convs {
+		seen = append(seen, false)
+	}
+	defer func() { t.seen = seen[:0] }()
+	stack := t.stack[:0]
+	defer func() { t.stack = stack[:0] }()
+	for j, wi := range convs {
+		d := t.wts.at(wi)
+		if overlaps(d.start, d.end, g.start, g.end) &&
+			(!wire.Compatible(t.grs.at(d.grant).mode, mode) || !wire.Compatible(d.mode, mode)) {
+			seen[j] = true
+			stack = append(stack, j)
+		}
+	}
+	for len(stack) > 0 {
+		i := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if c := t.wts.at(convs[i]); overlaps(c.start, c.end, g.start, g.end) && !wire.Compatible(g.mode, c.mode) {
+			return true
+		}
+		for j := range convs {
+			if !seen[j] && waits(i, j) {
+				seen[j] = true
+				stack = append(stack, j)
+			}
+		}
+	}
+	return false
+}
+
+// WaitEdges appends to out the waits of every request queued at or before
+// queuedBy (on the now clock): for each, one Edge per overlapping grant that
+// conflicts with it (other than the grant it converts) and one per
+// conflicting request queued ahead of it on its token. Edges of one waiter
+// are consecutive. A detector joins them across tables into a wait-for graph
+// between sessions; this table alone answers the cycles among the
+// conversions of one token (StatusDeadlock at once).
+func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
+	for _, wi := range t.heap {
+		w := t.wts.at(wi)
+		if w.since > queuedBy {
+			continue
+		}
+		tok := t.toks.at(w.tok)
+		e := Edge{Session: t.sess.at(w.sess).id, Req: w.req, Since: w.since, Conv: w.grant != 0, Name: tok.name}
+		for gi := tok.grants; gi != 0; gi = t.grs.at(gi).tnext {
+			g := t.grs.at(gi)
+			if gi != w.grant && overlaps(g.start, g.end, w.start, w.end) && !wire.Compatible(g.mode, w.mode) {
+				e.Holder, e.Fence, e.HolderReq = t.sess.at(g.sess).id, g.fence, 0
+				out = append(out, e)
+			}
+		}
+		q := t.qs.at(tok.q)
+		for _, head := range [2]uint32{q.conv, q.wait} {
+			if head == q.wait && w.grant != 0 {
+				break // a conversion waits only for conversions ahead
+			}
+			for ai := head; ai != 0 && ai != wi; ai = t.wts.at(ai).next {
+				a := t.wts.at(ai)
+				if overlaps(a.start, a.end, w.start, w.end) && !wire.Compatible(a.mode, w.mode) {
+					e.Holder, e.Fence, e.HolderReq = t.sess.at(a.sess).id, 0, a.req
+					out = append(out, e)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // endSession drops everything the session has here and wakes the tokens it
@@ -961,7 +1092,7 @@ func (t *Table) addWaiter(ti, si uint32, in *Input, mode wire.Mode, start, end u
 	wi := t.wts.alloc()
 	w := t.wts.at(wi)
 	t.arrivals++
-	*w = waiter{req: in.Req, start: start, end: end, deadline: in.Deadline, arrival: t.arrivals,
+	*w = waiter{req: in.Req, start: start, end: end, deadline: in.Deadline, since: t.now, arrival: t.arrivals,
 		tok: ti, sess: si, grant: gi, mode: mode}
 	tok := t.toks.at(ti)
 	if tok.q == 0 {

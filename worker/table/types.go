@@ -80,9 +80,15 @@ const (
 	// OpEndSession: Session. The session's lease is gone: all its grants
 	// and waiters go. No reply.
 	OpEndSession
+	// OpDeadlock: Session, Target. A deadlock detector chose the queued
+	// acquire or conversion Target of Session as the victim of a wait-for
+	// cycle across tokens: if it still waits, it ends with StatusDeadlock
+	// (a KindAsync output) and leaves its queue; the session's grants stay.
+	// If it no longer waits, nothing happens. No reply.
+	OpDeadlock
 )
 
-var opNames = [...]string{"?", "acquire", "convert", "release", "cancel", "reclaim", "end-session"}
+var opNames = [...]string{"?", "acquire", "convert", "release", "cancel", "reclaim", "end-session", "deadlock"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {
@@ -130,6 +136,7 @@ const (
 	StatusReclaimRefused Status = 12 // (12 RECLAIM_REFUSED) not in grace, or conflicts with reclaimed grants
 	StatusCanceled       Status = 13 // (13 CANCELED) a queued request was canceled or its grant released
 	StatusExhausted      Status = 14 // (14 EXHAUSTED) no fence left in this epoch
+	StatusDeadlock       Status = 16 // (16 DEADLOCK) the request would wait in a wait-for cycle: it was chosen to fail
 )
 
 func (s Status) String() string {
@@ -156,6 +163,8 @@ func (s Status) String() string {
 		return "Canceled"
 	case StatusExhausted:
 		return "Exhausted"
+	case StatusDeadlock:
+		return "Deadlock"
 	}
 	return fmt.Sprintf("Status(%d)", uint8(s))
 }
@@ -168,8 +177,8 @@ const (
 	KindReply Kind = iota + 1
 	// KindAsync is the final outcome of a request that was answered
 	// StatusQueued earlier (Session, Req): StatusOK with the grant (send
-	// GRANT_ASYNC), StatusTimeout, StatusCanceled, or StatusExhausted.
-	// Every queued request gets exactly one, unless its session ends first.
+	// GRANT_ASYNC), StatusTimeout, StatusCanceled, StatusExhausted, or
+	// StatusDeadlock (OpDeadlock). Every queued request gets exactly one, unless its session ends first.
 	KindAsync
 	// KindRevoke asks the holder Session to give back its grant Fence on
 	// Name: keep at most Mode (NL: release) on [Start, End). It is emitted
@@ -220,6 +229,22 @@ type Output struct {
 	End      uint64
 	Name     string
 	Value    string
+}
+
+// Edge is one wait of a queued request, as a deadlock detector across
+// tokens and shards needs it: request (Session, Req), queued on token Name
+// since Since (the now of the Step that queued it), cannot be granted before
+// session Holder gives something up: its grant Fence (which overlaps and
+// conflicts), or, with Fence 0, its request HolderReq queued ahead on the
+// same token (FIFO: the waiter is granted only after it). Conv says the
+// waiter is a conversion. Name is owned by the table, like Output.Name.
+type Edge struct {
+	Session, Req     uint64
+	Since            int64
+	Conv             bool
+	Holder           uint64
+	Fence, HolderReq uint64
+	Name             string
 }
 
 // Stats counts what a table holds, for the shell's metrics.
