@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -33,7 +34,7 @@ var (
 type Config struct {
 	Client   *clientv3.Client // required; the caller owns and closes it after Close
 	Name     string           // this server's name (required)
-	HTTPAddr string           // advertised in the leader value, for people
+	HTTPAddr string           // advertised in the leader value, for people; a specific host:port or ""
 	// Cluster is the config to bootstrap with if the cluster has none yet.
 	Cluster cluster.Config
 	// LeaderTTL is the TTL of the election session's lease: how long a dead
@@ -101,6 +102,9 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Name == "" {
 		return nil, errors.New("coordinator: Config.Name is required")
+	}
+	if host, _, err := net.SplitHostPort(cfg.HTTPAddr); cfg.HTTPAddr != "" && (err != nil || host == "" || net.ParseIP(host).IsUnspecified()) {
+		return nil, fmt.Errorf("coordinator: Config.HTTPAddr %q: want a specific host:port to advertise (not 0.0.0.0 or ::)", cfg.HTTPAddr)
 	}
 	if cfg.LeaderTTL == 0 {
 		cfg.LeaderTTL = 5 * time.Second

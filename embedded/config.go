@@ -27,15 +27,22 @@ const (
 )
 
 // Config describes one member. Zero fields take the defaults documented on
-// them. URLs are plain http (no TLS) and are both listened on and advertised,
-// so their host must be a specific address (an IP, or localhost), never
-// 0.0.0.0.
+// them. URLs are plain http (no TLS). PeerURLs and ClientURLs are advertised
+// (the other members and clients connect to them), so their host must be a
+// specific address (an IP, or localhost), never 0.0.0.0; the member listens
+// on them too unless ListenPeerURLs or ListenClientURLs say otherwise.
 type Config struct {
 	Name string // member name, e.g. "s1"; default "default"
 	Dir  string // data dir, created 0700 if missing; required
 
-	PeerURLs   []string // e.g. "http://10.0.0.1:2380"; required
-	ClientURLs []string // e.g. "http://10.0.0.1:2379"; required
+	PeerURLs   []string // advertised, e.g. "http://10.0.0.1:2380"; required
+	ClientURLs []string // advertised, e.g. "http://10.0.0.1:2379"; required
+
+	// ListenPeerURLs and ListenClientURLs are where the member listens,
+	// e.g. "http://0.0.0.0:2380" (every address). Default: PeerURLs and
+	// ClientURLs.
+	ListenPeerURLs   []string
+	ListenClientURLs []string
 
 	// InitialCluster lists every member at bootstrap:
 	// "s1=http://10.0.0.1:2380,s2=http://10.0.0.2:2380,...". It must name
@@ -79,6 +86,14 @@ func (c *Config) withDefaults() Config {
 	}
 	d.PeerURLs = canonical(d.PeerURLs)
 	d.ClientURLs = canonical(d.ClientURLs)
+	if len(d.ListenPeerURLs) == 0 {
+		d.ListenPeerURLs = d.PeerURLs
+	}
+	if len(d.ListenClientURLs) == 0 {
+		d.ListenClientURLs = d.ClientURLs
+	}
+	d.ListenPeerURLs = canonical(d.ListenPeerURLs)
+	d.ListenClientURLs = canonical(d.ListenClientURLs)
 	if d.InitialCluster == "" && len(d.PeerURLs) > 0 {
 		pairs := make([]string, len(d.PeerURLs))
 		for i, u := range d.PeerURLs {
@@ -133,14 +148,24 @@ func (c *Config) validate() error {
 	if len(c.ClientURLs) == 0 {
 		return badConfig("ClientURLs: empty")
 	}
-	hostports := map[string]string{} // host:port -> field that uses it
 	for _, f := range []struct {
 		name string
 		urls []string
 	}{{"PeerURLs", c.PeerURLs}, {"ClientURLs", c.ClientURLs}} {
 		for i, s := range f.urls {
+			if _, err := checkURL(fmt.Sprintf("%s[%d]", f.name, i), s, false); err != nil {
+				return err
+			}
+		}
+	}
+	hostports := map[string]string{} // listen host:port -> field that uses it
+	for _, f := range []struct {
+		name string
+		urls []string
+	}{{"ListenPeerURLs", c.ListenPeerURLs}, {"ListenClientURLs", c.ListenClientURLs}} {
+		for i, s := range f.urls {
 			field := fmt.Sprintf("%s[%d]", f.name, i)
-			u, err := checkURL(field, s)
+			u, err := checkURL(field, s, true)
 			if err != nil {
 				return err
 			}
@@ -178,7 +203,7 @@ func (c *Config) validateInitialCluster() error {
 		if !ok || name == "" {
 			return badConfig("InitialCluster %q: entry %q is not name=URL", c.InitialCluster, pair)
 		}
-		u, err := checkURL("InitialCluster member "+name, raw)
+		u, err := checkURL("InitialCluster member "+name, raw, false)
 		if err != nil {
 			return err
 		}
@@ -201,9 +226,10 @@ func (c *Config) validateInitialCluster() error {
 	return nil
 }
 
-// checkURL accepts exactly http://host:port where host is a specific IP
-// address or localhost and port is 1-65535.
-func checkURL(field, s string) (*url.URL, error) {
+// checkURL accepts exactly http://host:port where host is an IP address
+// or localhost and port is 1-65535. Only a listen URL may have an
+// unspecified host (0.0.0.0, ::).
+func checkURL(field, s string, listen bool) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return nil, badConfig("%s %q: %v", field, s, err)
@@ -223,8 +249,8 @@ func checkURL(field, s string) (*url.URL, error) {
 		if ip == nil {
 			return nil, badConfig("%s %q: host must be an IP address or localhost", field, s)
 		}
-		if ip.IsUnspecified() {
-			return nil, badConfig("%s %q: host must be a specific address: the URL is also advertised", field, s)
+		if ip.IsUnspecified() && !listen {
+			return nil, badConfig("%s %q: host must be a specific address: the URL is advertised (listen on 0.0.0.0 with ListenPeerURLs or ListenClientURLs)", field, s)
 		}
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {

@@ -122,9 +122,9 @@ func (c *Config) embedConfig(lg *zap.Logger) *embed.Config {
 	ec := embed.NewConfig()
 	ec.Name = c.Name
 	ec.Dir = c.Dir
-	ec.ListenPeerUrls = mustParse(c.PeerURLs)
+	ec.ListenPeerUrls = mustParse(c.ListenPeerURLs)
 	ec.AdvertisePeerUrls = mustParse(c.PeerURLs)
-	ec.ListenClientUrls = mustParse(c.ClientURLs)
+	ec.ListenClientUrls = mustParse(c.ListenClientURLs)
 	ec.AdvertiseClientUrls = mustParse(c.ClientURLs)
 	ec.InitialCluster = c.InitialCluster
 	ec.ClusterState = c.ClusterState

@@ -78,6 +78,9 @@ import (
 var (
 	ErrClosed    = errors.New("worker: closed")
 	ErrLeaseLost = errors.New("worker: own lease lost")
+	// ErrAdvertise: an address to register is unspecified (0.0.0.0, ::):
+	// nobody could connect to it. Give the advertised address in Config.
+	ErrAdvertise = errors.New("worker: an unspecified address cannot be advertised")
 )
 
 // PacketConn is the datagram socket a Worker serves on: the batched subset
@@ -98,7 +101,7 @@ type Config struct {
 	ID       string           // default: host name and UDP port
 	UDPAddr  string           // listen address, e.g. 127.0.0.1:7700 (port 0 picks one); ignored with Conn
 	Conn     PacketConn       // optional: serve on this socket instead of binding UDPAddr; Close closes it
-	HTTPAddr string           // advertised in the registration, for people
+	HTTPAddr string           // advertised in the registration, for people; "" registers none
 	// HandoffAddr is the TCP listen address for planned handoffs (new
 	// owners pull the state of shards this worker gave up; wire/SPEC.md
 	// section 18). Default: the UDP address's IP, any port. "off": no
@@ -114,6 +117,17 @@ type Config struct {
 	// announce): at once on every new map, and as a heartbeat. A failure to
 	// start announcing is logged, not fatal.
 	Announce announce.Config
+
+	// AdvertiseUDPAddr is the host:port registered for clients: the map
+	// sends them there. Default: the bound socket's address. A port 0 means
+	// the bound port. It must not be unspecified (ErrAdvertise): with
+	// UDPAddr 0.0.0.0:port, give the host's reachable address here.
+	AdvertiseUDPAddr string
+	// AdvertiseHandoffAddr is the host:port registered for other workers to
+	// pull handoffs from. Default: the listener's address, or, if that is
+	// unspecified, the advertised UDP host with the listener's port. A port
+	// 0 means the listener's port.
+	AdvertiseHandoffAddr string
 }
 
 // Worker is one token server process's worth of shards.
@@ -128,6 +142,8 @@ type Worker struct {
 	kick     chan struct{}              // size 1: wake the timer loop early
 	pullKick chan struct{}              // size 1: handoffs to pull were queued
 	handoff  net.Listener               // nil with HandoffAddr "off"
+	udpAdv   string                     // registered UDP address
+	hoAdv    string                     // registered handoff address; "" with HandoffAddr "off"
 	ann      *announce.Sender           // nil unless announcing; set by Start before the watchers, closed by close
 
 	cancel    context.CancelFunc
@@ -174,17 +190,35 @@ func New(cfg Config) (*Worker, error) {
 		conn.Close()
 		return nil, fmt.Errorf("worker: socket address %v is not UDP", conn.LocalAddr())
 	}
+	udpAdv, err := advertise(cfg.AdvertiseUDPAddr, udp, "")
+	if err == nil && cfg.HTTPAddr != "" {
+		_, err = advertise(cfg.HTTPAddr, nil, "")
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
 	if cfg.ID == "" {
 		host, _ := os.Hostname()
 		if host == "" {
 			host = "worker"
 		}
-		cfg.ID = host + "-" + strconv.Itoa(udp.Port)
+		_, port, _ := net.SplitHostPort(udpAdv)
+		cfg.ID = host + "-" + port
 	}
 	hl, err := listenHandoff(cfg.HandoffAddr, udp)
 	if err != nil {
 		conn.Close()
 		return nil, err
+	}
+	var hoAdv string
+	if hl != nil {
+		host, _, _ := net.SplitHostPort(udpAdv)
+		if hoAdv, err = advertise(cfg.AdvertiseHandoffAddr, hl.Addr(), host); err != nil {
+			conn.Close()
+			hl.Close()
+			return nil, err
+		}
 	}
 	w := &Worker{
 		cfg:      cfg,
@@ -194,6 +228,8 @@ func New(cfg Config) (*Worker, error) {
 		kick:     make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
 		handoff:  hl,
+		udpAdv:   udpAdv,
+		hoAdv:    hoAdv,
 	}
 	w.log = cfg.Logger.With("component", "worker", "worker", cfg.ID)
 	w.serving.init()
@@ -245,8 +281,58 @@ func setBuffers(c *net.UDPConn) {
 	_ = c.SetWriteBuffer(socketBuffer)
 }
 
-// Addr is the UDP address clients use.
+// advertise returns the host:port to register for a socket bound at
+// bound: adv if given (its port 0 replaced by bound's port), else bound,
+// else, if bound's host is unspecified, fallbackHost with bound's port. An
+// unspecified host is never returned (ErrAdvertise).
+func advertise(adv string, bound net.Addr, fallbackHost string) (string, error) {
+	var port int
+	var boundHost string
+	switch a := bound.(type) {
+	case *net.UDPAddr:
+		port, boundHost = a.Port, a.IP.String()
+		if a.IP == nil {
+			boundHost = ""
+		}
+	case *net.TCPAddr:
+		port, boundHost = a.Port, a.IP.String()
+		if a.IP == nil {
+			boundHost = ""
+		}
+	}
+	host, p := boundHost, strconv.Itoa(port)
+	if adv != "" {
+		h, ap, err := net.SplitHostPort(adv)
+		if err != nil {
+			return "", fmt.Errorf("worker: advertised address %q: %w", adv, err)
+		}
+		host = h
+		if ap != "0" {
+			p = ap
+		}
+	} else if unspecified(host) && fallbackHost != "" {
+		host = fallbackHost
+	}
+	if unspecified(host) {
+		what := adv
+		if what == "" {
+			what = net.JoinHostPort(host, p) + " (the bound address)"
+		}
+		return "", fmt.Errorf("%w: %s", ErrAdvertise, what)
+	}
+	return net.JoinHostPort(host, p), nil
+}
+
+func unspecified(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
+}
+
+// Addr is the UDP address the worker's socket is bound to.
 func (w *Worker) Addr() *net.UDPAddr { return w.conn.LocalAddr().(*net.UDPAddr) }
+
+// AdvertisedAddr is the UDP address registered for clients (Config.AdvertiseUDPAddr).
+func (w *Worker) AdvertisedAddr() string { return w.udpAdv }
 
 // ID is the worker's id.
 func (w *Worker) ID() string { return w.cfg.ID }
@@ -325,14 +411,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
-// HandoffAddr is the TCP address new owners pull handed-off shards from
-// ("" if handoffs are off).
-func (w *Worker) HandoffAddr() string {
-	if w.handoff == nil {
-		return ""
-	}
-	return w.handoff.Addr().String()
-}
+// HandoffAddr is the registered TCP address new owners pull handed-off
+// shards from ("" if handoffs are off).
+func (w *Worker) HandoffAddr() string { return w.hoAdv }
 
 // takeLease grants a new lease, keeps it alive (under runCtx) and registers
 // the worker on it: one incarnation. On failure it leaves nothing behind.
@@ -345,7 +426,7 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 	doc := cluster.Worker{
 		ID:          w.cfg.ID,
 		Incarnation: strconv.FormatInt(int64(lease.id), 16),
-		UDP:         w.Addr().String(),
+		UDP:         w.udpAdv,
 		HTTP:        w.cfg.HTTPAddr,
 		Version:     cluster.Version,
 		Started:     cluster.Now(time.Now()),

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -153,7 +154,7 @@ func buildStatus[K kv](kvs []K) (*status, error) {
 
 func printStatus(w io.Writer, st *status) {
 	if st.Leader != nil {
-		fmt.Fprintf(w, "leader    %s (http %s, since %s)\n", st.Leader.Name, st.Leader.HTTP, st.Leader.Since)
+		fmt.Fprintf(w, "leader    %s (http %s, since %s)\n", st.Leader.Name, orDash(st.Leader.HTTP), st.Leader.Since)
 	} else {
 		fmt.Fprintln(w, "leader    none")
 	}
@@ -166,11 +167,16 @@ func printStatus(w io.Writer, st *status) {
 	fmt.Fprintf(w, "workers   %d\n", len(st.Workers))
 	if len(st.Workers) > 0 {
 		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "  ID\tUDP\tINCARNATION\tSHARDS\tMAX EPOCH\tDRAINING\tVERSION")
+		fmt.Fprintln(tw, "  ID\tUDP\tHTTP\tHANDOFF\tINCARNATION\tSHARDS\tMAX EPOCH\tDRAINING\tVERSION")
 		for _, wk := range st.Workers {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%d\t%v\t%s\n", wk.ID, wk.UDP, wk.Incarnation, wk.Shards, wk.MaxEpoch, wk.Draining, wk.Version)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\t%d\t%v\t%s\n", wk.ID, wk.UDP, orDash(wk.HTTP), orDash(wk.Handoff), wk.Incarnation, wk.Shards, wk.MaxEpoch, wk.Draining, wk.Version)
 		}
 		tw.Flush()
+		for _, wk := range st.Workers {
+			if host, _, err := net.SplitHostPort(wk.UDP); err != nil || host == "" || net.ParseIP(host).IsUnspecified() {
+				fmt.Fprintf(w, "  warning: %s registered %q: clients cannot reach it (run it with --advertise-udp-addr, or a tokend that derives one)\n", wk.ID, wk.UDP)
+			}
+		}
 	}
 	fmt.Fprintf(w, "sessions  %d\n", len(st.Sessions))
 	if len(st.Sessions) > 0 {
@@ -181,4 +187,11 @@ func printStatus(w io.Writer, st *status) {
 		}
 		tw.Flush()
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -45,11 +45,14 @@ type config struct {
 	logFormat  string
 	logLevel   string
 	httpAddr   string
+	advHTTP    string // advertised HTTP host:port; "" after resolveAdvertise: not advertised
 
 	// etcd member (all-in-one and server)
 	name           string
-	peerURLs       []string
-	clientURLs     []string
+	peerURLs       []string // listen
+	clientURLs     []string // listen
+	advPeerURLs    []string // advertised; set by resolveAdvertise if not given
+	advClientURLs  []string // advertised; set by resolveAdvertise if not given
 	initialCluster string
 	clusterState   string
 	clusterToken   string
@@ -60,7 +63,9 @@ type config struct {
 	runWorker     bool     // server mode only: also run an in-process worker
 	workerID      string   // default: derived from host name and UDP port
 	udpAddr       string   // worker's UDP listen address
+	advUDP        string   // worker's advertised UDP host:port (port 0: the bound port); set by resolveAdvertise if not given
 	handoffAddr   string   // worker's TCP listen address for planned handoffs
+	advHandoff    string   // its advertised host:port (port 0: the bound port); set by resolveAdvertise if not given
 	etcdEndpoints []string // worker mode: where etcd is
 	workerTTL     time.Duration
 
@@ -130,10 +135,13 @@ func (c *config) options() []option {
 		{"data-dir", "directory for etcd's data (created if missing)", stringVal(&c.dataDir), member},
 		{"log-format", "log format: text or json", stringVal(&c.logFormat), nil},
 		{"log-level", "log level: debug, info, warn or error", stringVal(&c.logLevel), nil},
-		{"http-addr", "host:port for /metrics, /healthz and /readyz (port 0 picks one)", stringVal(&c.httpAddr), nil},
+		{"http-addr", "host:port to listen on for /metrics, /healthz and /readyz (port 0 picks one)", stringVal(&c.httpAddr), nil},
+		{"advertise-http-addr", "host:port registered for people and tools to reach HTTP at (default: --http-addr if specific, else derived from the default route's interface; not registered if --http-addr is loopback and the cluster is not)", stringVal(&c.advHTTP), nil},
 		{"name", "etcd member name (unique in the cluster)", stringVal(&c.name), member},
-		{"peer-urls", "comma-separated etcd peer URLs to listen on and advertise", listVal(&c.peerURLs), member},
-		{"client-urls", "comma-separated etcd client URLs to listen on and advertise", listVal(&c.clientURLs), member},
+		{"peer-urls", "comma-separated etcd peer URLs to listen on (http://0.0.0.0:2380 listens on every address)", listVal(&c.peerURLs), member},
+		{"client-urls", "comma-separated etcd client URLs to listen on (http://0.0.0.0:2379 listens on every address)", listVal(&c.clientURLs), member},
+		{"advertise-peer-urls", "comma-separated etcd peer URLs the other members connect to (default: --peer-urls, with 0.0.0.0 replaced by a derived address)", listVal(&c.advPeerURLs), member},
+		{"advertise-client-urls", "comma-separated etcd client URLs advertised to clients (default: --client-urls, with 0.0.0.0 replaced by a derived address)", listVal(&c.advClientURLs), member},
 		{"initial-cluster", "etcd initial cluster, name=peerURL,... (default: this member alone)", stringVal(&c.initialCluster), member},
 		{"cluster-state", "etcd initial cluster state: new or existing", stringVal(&c.clusterState), member},
 		{"cluster-token", "etcd initial cluster token", stringVal(&c.clusterToken), member},
@@ -141,8 +149,10 @@ func (c *config) options() []option {
 		{"compaction", "etcd periodic auto-compaction retention", durationVal(&c.compaction), member},
 		{"worker", "server mode: also run a worker in this process", boolVal(&c.runWorker), []mode{modeServer}},
 		{"worker-id", "worker id (default: host name and UDP port)", stringVal(&c.workerID), nil},
-		{"udp-addr", "worker UDP host:port for clients (port 0 picks one)", stringVal(&c.udpAddr), nil},
+		{"udp-addr", "worker UDP host:port to listen on for clients (port 0 picks one; 0.0.0.0 listens on every address)", stringVal(&c.udpAddr), nil},
+		{"advertise-udp-addr", "worker UDP host:port registered for clients (default: --udp-addr if specific, else the address of the interface with the default route; port 0: the bound port)", stringVal(&c.advUDP), nil},
 		{"handoff-addr", "worker TCP host:port other workers pull handed-off shards from (default: the UDP address's host, any port; off: no handoffs, moves cost a grace period)", stringVal(&c.handoffAddr), nil},
+		{"advertise-handoff-addr", "worker handoff host:port registered for other workers (default: --handoff-addr if specific, else the advertised UDP host with the bound port)", stringVal(&c.advHandoff), nil},
 		{"etcd-endpoints", "comma-separated etcd client endpoints (worker mode)", listVal(&c.etcdEndpoints), []mode{modeWorker}},
 		{"worker-ttl", "worker lease TTL in etcd: how fast a dead worker is noticed", durationVal(&c.workerTTL), nil},
 		{"announce", "announce the worker and its map version on IP multicast (disabled with a warning if multicast does not work on the interface)", boolVal(&c.announce), nil},
@@ -301,6 +311,11 @@ func (c *config) validate() error {
 	if err := checkHostPort(c.httpAddr, true); err != nil {
 		return bad("http-addr", "%v", err)
 	}
+	if c.advHTTP != "" {
+		if err := checkAdvertise(c.advHTTP); err != nil {
+			return bad("advertise-http-addr", "%v", err)
+		}
+	}
 	if c.shutdownTimeout <= 0 {
 		return bad("shutdown-timeout", "must be positive, got %v", c.shutdownTimeout)
 	}
@@ -314,6 +329,19 @@ func (c *config) validate() error {
 		if c.handoffAddr != "" && c.handoffAddr != "off" {
 			if err := checkHostPort(c.handoffAddr, true); err != nil {
 				return bad("handoff-addr", "%v", err)
+			}
+		}
+		if c.advUDP != "" {
+			if err := checkAdvertise(c.advUDP); err != nil {
+				return bad("advertise-udp-addr", "%v", err)
+			}
+		}
+		if c.advHandoff != "" {
+			if c.handoffAddr == "off" {
+				return bad("advertise-handoff-addr", "%q is set but --handoff-addr is off", c.advHandoff)
+			}
+			if err := checkAdvertise(c.advHandoff); err != nil {
+				return bad("advertise-handoff-addr", "%v", err)
 			}
 		}
 		if c.workerTTL < 2*time.Second {
@@ -367,8 +395,8 @@ func (c *config) validate() error {
 	for _, f := range []struct {
 		flag string
 		urls []string
-	}{{"peer-urls", c.peerURLs}, {"client-urls", c.clientURLs}} {
-		if len(f.urls) == 0 {
+	}{{"peer-urls", c.peerURLs}, {"client-urls", c.clientURLs}, {"advertise-peer-urls", c.advPeerURLs}, {"advertise-client-urls", c.advClientURLs}} {
+		if len(f.urls) == 0 && !strings.HasPrefix(f.flag, "advertise-") {
 			return bad(f.flag, "at least one URL is needed")
 		}
 		for _, s := range f.urls {
@@ -383,7 +411,21 @@ func (c *config) validate() error {
 		return bad("cluster-state", "%q is not new or existing", c.clusterState)
 	}
 	if c.initialCluster == "" {
-		c.initialCluster = c.name + "=" + c.peerURLs[0]
+		// This member alone, at its advertised peer URLs: known now
+		// unless they are derived from the host's network, in which case
+		// resolveAdvertise sets it.
+		if !anyUnspecified(c.peerURLs) || len(c.advPeerURLs) > 0 {
+			urls, _, err := advertiseURLs("peer-urls", "advertise-peer-urls", c.peerURLs, c.advPeerURLs, hostNet{}, nil)
+			if err != nil {
+				return err
+			}
+			pairs := make([]string, len(urls))
+			for i, u := range urls {
+				pairs[i] = c.name + "=" + u
+			}
+			c.initialCluster = strings.Join(pairs, ",")
+		}
+		return c.validateRest()
 	}
 	found := false
 	for _, m := range strings.Split(c.initialCluster, ",") {
@@ -401,6 +443,11 @@ func (c *config) validate() error {
 	if !found {
 		return bad("initial-cluster", "does not name this member %q (see --name)", c.name)
 	}
+	return c.validateRest()
+}
+
+// validateRest checks the etcd member's values after its URLs.
+func (c *config) validateRest() error {
 	if c.clusterToken == "" {
 		return bad("cluster-token", "must not be empty")
 	}
@@ -449,6 +496,31 @@ func checkHostPort(s string, allowZero bool) error {
 		return fmt.Errorf("%q: bad port %q", s, port)
 	}
 	return nil
+}
+
+// checkAdvertise checks an advertised host:port: like a listen address,
+// but it must name a host others can connect to.
+func checkAdvertise(s string) error {
+	if err := checkHostPort(s, true); err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(s)
+	if isUnspecified(host) {
+		return fmt.Errorf("%q: an unspecified address cannot be advertised: nobody can connect to it; give this host's reachable address", s)
+	}
+	return nil
+}
+
+// anyUnspecified reports whether a URL of urls has an unspecified host.
+func anyUnspecified(urls []string) bool {
+	for _, s := range urls {
+		if u, err := url.Parse(s); err == nil {
+			if host, _, err := net.SplitHostPort(u.Host); err == nil && isUnspecified(host) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func checkURL(s string) error {

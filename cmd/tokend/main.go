@@ -79,7 +79,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
+	notes, err := cfg.resolveAdvertise(hostNetwork(), cfg.peerAddrs(lookup))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
 	log := newLogger(cfg, stderr)
+	for _, n := range notes {
+		log.Info(n)
+	}
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -183,6 +191,9 @@ func (d *daemon) start(ctx context.Context) error {
 		return fmt.Errorf("--http-addr: %w", err)
 	}
 	d.httpLn = ln
+	if cfg.advHTTP != "" {
+		cfg.advHTTP = fillPort(cfg.advHTTP, ln.Addr())
+	}
 	d.http = &http.Server{Handler: d.mux(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := d.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -193,7 +204,7 @@ func (d *daemon) start(ctx context.Context) error {
 	// worker can bind its socket) before the member has started.
 	endpoints := cfg.etcdEndpoints
 	if cfg.mode != modeWorker {
-		endpoints = cfg.clientURLs
+		endpoints = cfg.advClientURLs
 	}
 	d.client, err = clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -205,7 +216,8 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	if cfg.mode != modeServer || cfg.runWorker {
 		d.worker, err = worker.New(worker.Config{
-			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HTTPAddr: ln.Addr().String(),
+			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HTTPAddr: cfg.advHTTP,
+			AdvertiseUDPAddr: cfg.advUDP, AdvertiseHandoffAddr: cfg.advHandoff,
 			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg, Announce: announceConfig(cfg, d.log),
 		})
 		if err != nil {
@@ -214,12 +226,15 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 
 	if cfg.mode != modeWorker {
-		d.log.Info("starting etcd member", "name", cfg.name, "dir", cfg.memberDir(), "client", cfg.clientURLs, "peer", cfg.peerURLs)
+		d.log.Info("starting etcd member", "name", cfg.name, "dir", cfg.memberDir(),
+			"client", cfg.advClientURLs, "peer", cfg.advPeerURLs, "listen_client", cfg.clientURLs, "listen_peer", cfg.peerURLs)
 		member, err := embedded.Start(ctx, embedded.Config{
 			Name:                cfg.name,
 			Dir:                 cfg.memberDir(),
-			PeerURLs:            cfg.peerURLs,
-			ClientURLs:          cfg.clientURLs,
+			PeerURLs:            cfg.advPeerURLs,
+			ClientURLs:          cfg.advClientURLs,
+			ListenPeerURLs:      cfg.peerURLs,
+			ListenClientURLs:    cfg.clientURLs,
 			InitialCluster:      cfg.initialCluster,
 			ClusterState:        cfg.clusterState,
 			ClusterToken:        cfg.clusterToken,
@@ -241,7 +256,7 @@ func (d *daemon) start(ctx context.Context) error {
 		d.coord, err = coordinator.New(coordinator.Config{
 			Client:   d.client,
 			Name:     cfg.name,
-			HTTPAddr: ln.Addr().String(),
+			HTTPAddr: cfg.advHTTP,
 			Cluster: cluster.Config{
 				Shards:       cfg.shards,
 				SessionTTLms: cfg.sessionTTL.Milliseconds(),
@@ -363,15 +378,19 @@ func (d *daemon) printEndpoints() {
 	fmt.Fprintf(w, "tokend %s (%s) is up\n", cluster.Version, cfg.mode)
 	if d.member != nil {
 		fmt.Fprintf(w, "  etcd client   %s   (data in %s)\n", strings.Join(d.member.ClientEndpoints(), ","), cfg.memberDir())
-		fmt.Fprintf(w, "  etcd peer     %s\n", strings.Join(cfg.peerURLs, ","))
+		fmt.Fprintf(w, "  etcd peer     %s\n", strings.Join(cfg.advPeerURLs, ","))
 	} else {
 		fmt.Fprintf(w, "  etcd          %s\n", strings.Join(cfg.etcdEndpoints, ","))
 	}
 	if d.worker != nil {
-		fmt.Fprintf(w, "  worker        %s udp://%s\n", d.worker.ID(), d.worker.Addr())
+		fmt.Fprintf(w, "  worker        %s udp://%s\n", d.worker.ID(), d.worker.AdvertisedAddr())
 	}
-	fmt.Fprintf(w, "  http          http://%s/metrics  /healthz  /readyz\n", d.httpLn.Addr())
-	ep := strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.clientURLs, cfg.etcdEndpoints), "http://"), "https://")
+	httpAddr := cfg.advHTTP
+	if httpAddr == "" {
+		httpAddr = d.httpLn.Addr().String()
+	}
+	fmt.Fprintf(w, "  http          http://%s/metrics  /healthz  /readyz\n", httpAddr)
+	ep := strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.advClientURLs, cfg.etcdEndpoints), "http://"), "https://")
 	if cfg.mode == modeWorker {
 		ep = strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.etcdEndpoints, nil), "http://"), "https://")
 	}
