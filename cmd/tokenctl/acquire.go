@@ -34,18 +34,43 @@ type holding struct {
 	ValueValid bool   `json:"value_valid"`
 }
 
+const acquireUsage = `acquire [flags] NAME [-- command args...]
+
+Without a command: acquire NAME, print the grant and hold it until Ctrl-C,
+--for, --yield or "tokenctl release NAME".
+
+With a command (like flock(1)): acquire NAME, run the command while the grant
+is valid, release it when the command ends, and exit with the command's
+status (128 + signal if it died of one). The command gets TOKEND_TOKEN,
+TOKEND_FENCE (the grant's fence: give it to storage) and TOKEND_VALID_UNTIL_MS
+(Unix time in ms until which the grant was valid when the command started;
+tokenctl renews it in the background). The command runs in a process group of
+its own (--foreground: in tokenctl's); SIGINT, SIGQUIT, SIGTERM and SIGHUP sent
+to tokenctl are passed on to it. When the grant's validity runs out without
+renewal (its worker failed or cannot be reached), the group gets SIGTERM, then
+SIGKILL after --kill-grace, and tokenctl exits 4; when the grant is lost,
+SIGKILL at once. A command that writes to storage without checking the fence
+is not protected against a write that is already in flight when it is killed.
+
+Exit codes: 0 ok (or the command's status), 1 error (e.g. no worker answered
+within --timeout or --wait), 2 usage, 3 not acquired (conflict with --try, or
+--wait ran out while queued), 4 the token was lost while held.`
+
 func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("acquire", stderr, "acquire [flags] NAME")
+	fs := newFlagSet("acquire", stderr, acquireUsage)
 	var c common
 	c.register(fs, true, false)
 	modeS := fs.String("mode", "ex", "mode: NL CR CW PR PW EX, or shared/exclusive")
 	rangeS := fs.String("range", "", "byte range START:END (end exclusive; default the whole token)")
 	try := fs.Bool("try", false, "fail at once (exit 3) instead of waiting")
-	wait := fs.Duration("wait", 0, "give up waiting after this long (exit 3); 0 waits until Ctrl-C")
+	wait := fs.Duration("wait", 0, "give up after this long, connecting included (exit 3 if queued that long); 0 waits until Ctrl-C")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up connecting (and a --try) when no worker answers within this long (exit 1)")
 	hold := fs.Duration("for", 0, "release after holding this long; 0 holds until Ctrl-C or release")
 	yield := fs.Bool("yield", false, "release at once when another client asks for the token (revoke)")
 	detach := fs.Bool("detach", false, "hold in the background; print the grant and return (end it with tokenctl release NAME)")
 	value := fs.String("value", "", "set the token's value block (<= 64 bytes) on release (PW/EX only)")
+	killGrace := fs.Duration("kill-grace", time.Second, "with a command: SIGKILL this long after SIGTERM when the grant's validity runs out")
+	foreground := fs.Bool("foreground", false, "with a command: run it in tokenctl's process group (for commands that read the terminal); then only the command itself is signalled")
 	readyFile := fs.String("ready-file", "", "") // internal: used by --detach
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -53,16 +78,29 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := c.check(); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usageErr("acquire: want exactly one token NAME, got %d arguments", fs.NArg())
+	if fs.NArg() == 0 {
+		return usageErr("acquire: want a token NAME")
 	}
 	name := fs.Arg(0)
+	var argv []string
+	if rest := fs.Args()[1:]; len(rest) > 0 {
+		if rest[0] != "--" || len(rest) < 2 {
+			return usageErr("acquire: want NAME, or NAME -- command args... (got %q after NAME)", strings.Join(rest, " "))
+		}
+		argv = rest[1:]
+	}
 	if len(name) == 0 || len(name) > wire.MaxName {
 		return usageErr("acquire: NAME must be 1..%d bytes", wire.MaxName)
+	}
+	if argv != nil && (*detach || *hold > 0 || *yield) {
+		return usageErr("acquire: --detach, --for and --yield are for holding without a command")
 	}
 	mode, err := wire.ParseMode(*modeS)
 	if err != nil {
 		return usageErr("--mode: %v", err)
+	}
+	if *timeout <= 0 {
+		return usageErr("--timeout: must be positive")
 	}
 	var opts []clientlib.Option
 	start, end := wire.WholeStart, wire.WholeEnd
@@ -76,9 +114,6 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *try {
 		opts = append(opts, clientlib.Try())
 	}
-	if *wait > 0 {
-		opts = append(opts, clientlib.Wait(*wait))
-	}
 	if len(*value) > wire.MaxValue {
 		return usageErr("--value: %d bytes, at most %d", len(*value), wire.MaxValue)
 	}
@@ -90,34 +125,94 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usageErr("--seeds: at least one worker address is needed")
 	}
 
+	began := time.Now()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	revoked := make(chan struct{}, 1)
-	cli, err := clientlib.DialConfig(ctx, clientlib.Config{
+	// Connecting is bounded by --timeout, and by --wait if that is shorter:
+	// seeds that never answer must not hang a script.
+	dialFor := *timeout
+	if *wait > 0 && *wait < dialFor {
+		dialFor = *wait
+	}
+	dctx, dcancel := context.WithTimeout(ctx, dialFor)
+	cli, err := clientlib.DialConfig(dctx, clientlib.Config{
 		Seeds:   seeds,
 		Library: "tokenctl",
 		OnRevoke: func(t *clientlib.Token, wanted wire.Mode, s, e uint64) {
-			fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), wanted)
+			if argv == nil {
+				fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), wanted)
+			}
 			select {
 			case revoked <- struct{}{}:
 			default:
 			}
 		},
 	})
+	dcancel()
 	if err != nil {
-		return readyFail(*readyFile, fmt.Errorf("connecting to %s: %w", c.seeds, err))
+		if ctx.Err() != nil {
+			return readyFail(*readyFile, exitError_{exitNotAcquired, "interrupted while connecting"})
+		}
+		return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("cannot reach tokend: no session opened with the seeds %s within %v (--seeds, --timeout): %v",
+			strings.Join(seeds, ", "), dialFor, err)})
 	}
 	defer cli.Close()
 
-	tok, err := cli.Acquire(ctx, name, mode, opts...)
+	// The acquire is bounded too: a --try by --timeout (one round trip), a
+	// --wait by what is left of it plus time for the worker's TIMEOUT answer.
+	// Without either it waits until Ctrl-C.
+	actx := ctx
+	var answerBy time.Duration
 	switch {
+	case *try:
+		answerBy = *timeout
+	case *wait > 0:
+		left := max(*wait-time.Since(began), time.Millisecond)
+		opts = append(opts, clientlib.Wait(left))
+		answerBy = left + time.Second
+	}
+	if answerBy > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, answerBy)
+		defer cancel()
+	}
+	tok, err := cli.Acquire(actx, name, mode, opts...)
+	switch {
+	case err == nil:
 	case errors.Is(err, clientlib.ErrConflict):
 		return readyFail(*readyFile, exitError_{exitNotAcquired, fmt.Sprintf("%s is held in a conflicting mode", name)})
-	case errors.Is(err, clientlib.ErrTimeout) || (err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded)):
+	case errors.Is(err, clientlib.ErrTimeout):
 		return readyFail(*readyFile, exitError_{exitNotAcquired, fmt.Sprintf("%s: not acquired within %v", name, *wait)})
-	case err != nil && ctx.Err() != nil:
+	case ctx.Err() != nil:
 		return readyFail(*readyFile, exitError_{exitNotAcquired, "interrupted while waiting"})
-	case err != nil:
+	case errors.Is(err, clientlib.ErrUnavailable):
+		return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("%s: no worker answered within %v (seeds %s; the worker that owns the token's shard is the one their map names): %v",
+			name, answerBy, strings.Join(seeds, ", "), err)})
+	default:
+		return readyFail(*readyFile, err)
+	}
+
+	if argv != nil {
+		sigs, stopSigs := commandSignals()
+		stop() // from here signals go to the command
+		runErr := runUnder(tok, argv, *killGrace, *foreground, sigs, stdout, stderr)
+		stopSigs()
+		var ropts []clientlib.ReleaseOption
+		if *value != "" {
+			ropts = append(ropts, clientlib.SetValue([]byte(*value)))
+		}
+		rctx, cancel := releaseCtx()
+		defer cancel()
+		if err := tok.Release(rctx, ropts...); err != nil && !errors.Is(err, clientlib.ErrLost) &&
+			!errors.Is(err, clientlib.ErrNotHeld) && !errors.Is(err, clientlib.ErrSessionExpired) && runErr == nil {
+			return fmt.Errorf("releasing %s: %w", name, err)
+		}
+		return runErr
+	}
+
+	// Never report a grant that is already lost, nor one in jeopardy.
+	if err := waitValid(tok, time.Millisecond, "it could be reported"); err != nil {
 		return readyFail(*readyFile, err)
 	}
 	v, vok := tok.Value()
@@ -157,7 +252,7 @@ hold:
 	for {
 		select {
 		case <-tok.Lost():
-			return exitError_{exitLost, fmt.Sprintf("%s was lost (session expired or the grant could not be kept)", name)}
+			return exitError_{exitLost, fmt.Sprintf("%s was lost (session expired or the grant could not be kept): %v", name, tok.Err())}
 		case <-revoked:
 			if *yield {
 				break hold
@@ -168,7 +263,7 @@ hold:
 			break hold
 		}
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	rctx, cancel := releaseCtx()
 	defer cancel()
 	if err := tok.Release(rctx, ropts...); err != nil && !errors.Is(err, clientlib.ErrLost) {
 		return fmt.Errorf("releasing %s: %w", name, err)

@@ -1,13 +1,17 @@
 // Command tokenctl is tokend's command-line client, for people and scripts.
 //
 //	tokenctl acquire [flags] NAME   acquire a token and hold it until Ctrl-C, --for, or release
+//	tokenctl acquire [flags] NAME -- command args...
+//	                                run a command while the token is held and valid (like flock(1))
 //	tokenctl release NAME           end the holders of NAME started by "tokenctl acquire" on this host
 //	tokenctl status                 leader, config, workers, shards and sessions (from etcd)
 //	tokenctl drain WORKER-ID        move a worker's shards away by planned handoffs (and wait)
 //	tokenctl undrain WORKER-ID      let the leader give it shards again
 //
-// Exit codes: 0 success, 1 error, 2 usage, 3 not acquired (conflict with
-// --try, or the wait ran out), 4 the token was lost while held.
+// Exit codes: 0 success (with a command: the command's status), 1 error
+// (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
+// acquired (conflict with --try, or the wait ran out while queued), 4 the
+// token was lost, or its validity ran out, while held (a command was stopped).
 package main
 
 import (
@@ -37,12 +41,15 @@ func main() {
 
 const usageText = `Usage:
   tokenctl acquire [flags] NAME   acquire NAME and hold it until Ctrl-C, --for, or "tokenctl release NAME"
+  tokenctl acquire [flags] NAME -- command args...
+                                  run the command while NAME is held and valid (like flock(1))
   tokenctl release [flags] NAME   end the holders of NAME that "tokenctl acquire" started on this host
   tokenctl status [flags]         show the leader, config, workers, shards and sessions
   tokenctl drain [flags] ID       move worker ID's shards to the others by planned handoffs, wait until done
   tokenctl undrain [flags] ID     withdraw a drain: the leader may give worker ID shards again
-Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok, 1 error, 2 usage,
-3 not acquired (conflict or wait ran out), 4 lost while held.
+Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
+status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
+ran out), 4 lost while held (the command was stopped).
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
@@ -43,7 +44,11 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, exitUsage, "Usage"},
 		{[]string{"frob"}, exitUsage, "unknown command \"frob\""},
-		{[]string{"acquire"}, exitUsage, "want exactly one token NAME"},
+		{[]string{"acquire"}, exitUsage, "want a token NAME"},
+		{[]string{"acquire", "x", "y"}, exitUsage, "NAME -- command"},
+		{[]string{"acquire", "x", "--"}, exitUsage, "NAME -- command"},
+		{[]string{"acquire", "--detach", "x", "--", "true"}, exitUsage, "without a command"},
+		{[]string{"acquire", "--timeout", "0", "x"}, exitUsage, "--timeout"},
 		{[]string{"acquire", "--mode", "rw", "x"}, exitUsage, "--mode"},
 		{[]string{"acquire", "--range", "9:1", "x"}, exitUsage, "--range"},
 		{[]string{"acquire", "-o", "yaml", "x"}, exitUsage, "-o: \"yaml\""},
@@ -97,5 +102,14 @@ func TestBuildStatus(t *testing.T) {
 	}
 	if _, err := buildStatus([]*mvccpb.KeyValue{{Key: []byte("/tokend/config"), Value: []byte("{")}}); err == nil {
 		t.Error("malformed config accepted")
+	}
+}
+
+func TestCommandEnv(t *testing.T) {
+	until := time.UnixMilli(1796290246846)
+	env := commandEnv([]string{"PATH=/bin", "TOKEND_FENCE=1", "TOKEND_TOKENX=keep", "TOKEND_VALID_UNTIL_MS=2", "TOKEND_TOKEN=old"}, "foo", 1099511627777, until)
+	want := []string{"PATH=/bin", "TOKEND_TOKENX=keep", "TOKEND_TOKEN=foo", "TOKEND_FENCE=1099511627777", "TOKEND_VALID_UNTIL_MS=1796290246846"}
+	if strings.Join(env, " ") != strings.Join(want, " ") {
+		t.Errorf("commandEnv = %q, want %q", env, want)
 	}
 }

@@ -1,6 +1,7 @@
-// Package proctest holds what the real-process tests (recovery/ and chaos/)
-// share: a TestMain that checks for leaked goroutines, one tokend binary
-// built per run, and fresh loopback ports. Only tests import it.
+// Package proctest holds what the real-process tests (recovery/, chaos/ and
+// tour/) share: a TestMain that checks for leaked goroutines, the tokend and
+// tokenctl binaries and the C client's tokend-lock built once per run, and
+// fresh loopback ports. Only tests import it.
 package proctest
 
 import (
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -61,23 +63,91 @@ func Main(m *testing.M, prefix string, leakWait time.Duration) int {
 func Tokend(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			binErr = fmt.Errorf("no go command to build tokend with: %w", err)
-			return
-		}
 		start := time.Now()
-		binPath = filepath.Join(binDir, "tokend")
-		out, err := exec.Command(goTool, "build", "-o", binPath, "github.com/tokend/tokend/cmd/tokend").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build cmd/tokend: %v\n%s", err, out)
-		}
+		binPath, binErr = goBuild("tokend")
 		binBuild = time.Since(start)
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+var (
+	ctlOnce sync.Once
+	ctlPath string
+	ctlErr  error
+)
+
+// Tokenctl builds cmd/tokenctl once per run and returns its path.
+func Tokenctl(t testing.TB) string {
+	t.Helper()
+	ctlOnce.Do(func() { ctlPath, ctlErr = goBuild("tokenctl") })
+	if ctlErr != nil {
+		t.Fatal(ctlErr)
+	}
+	return ctlPath
+}
+
+func goBuild(cmd string) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("no go command to build %s with: %w", cmd, err)
+	}
+	path := filepath.Join(binDir, cmd)
+	out, err := exec.Command(goTool, "build", "-o", path, "github.com/tokend/tokend/cmd/"+cmd).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build cmd/%s: %v\n%s", cmd, err, out)
+	}
+	return path, nil
+}
+
+// SourceDir is the repository's root directory (the one with go.mod).
+func SourceDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	cOnce sync.Once
+	cDir  string
+	cErr  error
+	cSkip string
+)
+
+// CBuild builds the C client (make -C clientlib/c, into a directory of
+// this run) once per run and returns that directory, which holds
+// libtokend.a, libtokend.so, tokend.pc and tokend-lock. It skips the test
+// when there is no C compiler or make.
+func CBuild(t testing.TB) string {
+	t.Helper()
+	cOnce.Do(func() {
+		for _, tool := range []string{"cc", "make"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				cSkip = "no " + tool + " to build the C client with"
+				return
+			}
+		}
+		cDir = filepath.Join(binDir, "c")
+		out, err := exec.Command("make", "-s", "-C", filepath.Join(SourceDir(), "clientlib", "c"), "B="+cDir, "all").CombinedOutput()
+		if err != nil {
+			cErr = fmt.Errorf("make -C clientlib/c: %v\n%s", err, out)
+		}
+	})
+	if cSkip != "" {
+		t.Skip(cSkip)
+	}
+	if cErr != nil {
+		t.Fatal(cErr)
+	}
+	return cDir
+}
+
+// TokendLock returns the path of tokend-lock built by CBuild (skipping
+// without a C toolchain).
+func TokendLock(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(CBuild(t), "tokend-lock")
 }
 
 // BuildTime is how long building tokend took (0 before Tokend).
