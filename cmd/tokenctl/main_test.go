@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +113,42 @@ func TestCommandEnv(t *testing.T) {
 	want := []string{"PATH=/bin", "TOKEND_TOKENX=keep", "TOKEND_TOKEN=foo", "TOKEND_FENCE=1099511627777", "TOKEND_VALID_UNTIL_MS=1796290246846"}
 	if strings.Join(env, " ") != strings.Join(want, " ") {
 		t.Errorf("commandEnv = %q, want %q", env, want)
+	}
+}
+
+// TestAcquireUnreachable: seeds that never answer end tokenctl acquire with
+// exit 1 and a message naming them, within --wait (or --timeout) plus a
+// little, never a hang (issue 17).
+func TestAcquireUnreachable(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	addr := pc.LocalAddr().String()
+	for _, tt := range []struct {
+		args  []string
+		bound time.Duration
+	}{
+		{[]string{"--wait", "1500ms"}, 1500 * time.Millisecond},
+		{[]string{"--try", "--timeout", "1s"}, time.Second},
+		{[]string{"--timeout", "1s"}, time.Second},
+		{[]string{"--timeout", "1s", "x", "--", "true"}, time.Second},
+	} {
+		args := append([]string{"acquire", "--seeds", addr}, tt.args...)
+		if !slices.Contains(tt.args, "--") {
+			args = append(args, "x")
+		}
+		var out, errb strings.Builder
+		start := time.Now()
+		code := run(context.Background(), args, &out, &errb)
+		took := time.Since(start)
+		if code != exitError || !strings.Contains(errb.String(), addr) {
+			t.Errorf("tokenctl %v: exit %d, stderr %q; want exit 1 naming %s", args, code, errb.String(), addr)
+		}
+		if took > tt.bound+time.Second {
+			t.Errorf("tokenctl %v took %v, want at most %v + 1s", args, took, tt.bound)
+		}
+		t.Logf("tokenctl %v: exit %d in %v: %s", args, code, took.Round(time.Millisecond), strings.TrimSpace(errb.String()))
 	}
 }
