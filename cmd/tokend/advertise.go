@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -30,7 +31,10 @@ type hostNet struct {
 	Default4 []string // interfaces with an IPv4 default route, best (lowest metric) first
 	Default6 []string // the same for IPv6
 	Hostname string
-	HostIPs  []netip.Addr // what Hostname resolves to
+	// LookupHost resolves Hostname; called only when the default route
+	// gives no address, so that a host with one never waits for DNS. Nil:
+	// the name resolves to nothing.
+	LookupHost func() []netip.Addr
 }
 
 // netIface is one interface that is up.
@@ -124,8 +128,8 @@ func deriveIP(h hostNet, v6 bool) (ip netip.Addr, why string, ok bool) {
 			}
 		}
 	}
-	if h.Hostname != "" {
-		for _, a := range h.HostIPs {
+	if h.Hostname != "" && h.LookupHost != nil {
+		for _, a := range h.LookupHost() {
 			if usable(a) {
 				return a, fmt.Sprintf("the address of the host name %q (no %s default route)", h.Hostname, fam), true
 			}
@@ -305,9 +309,10 @@ func parseRoutes(text string, v6 bool) []string {
 	return out
 }
 
-// hostNetwork reads this host's network for the derivation. Nothing is
-// sent: it reads the routing tables from /proc and the interfaces from the
-// kernel, and resolves the host name (bounded by a short timeout).
+// hostNetwork reads this host's network for the derivation: the routing
+// tables from /proc and the interfaces from the kernel. Nothing is sent;
+// only if the default route gives no address is the host name resolved
+// (bounded by a short timeout), which may ask DNS.
 func hostNetwork() hostNet {
 	var h hostNet
 	if ifs, err := net.Interfaces(); err == nil {
@@ -332,8 +337,11 @@ func hostNetwork() hostNet {
 		h.Default6 = parseRoutes(string(b), true)
 	}
 	h.Hostname, _ = os.Hostname()
-	if h.Hostname != "" {
-		h.HostIPs = lookup(h.Hostname)
+	var once sync.Once
+	var ips []netip.Addr
+	h.LookupHost = func() []netip.Addr {
+		once.Do(func() { ips = lookup(h.Hostname) })
+		return ips
 	}
 	return h
 }

@@ -24,10 +24,10 @@ var lan = hostNet{
 		{Name: "eth0", Addrs: addrs("fe80::1", "10.1.2.3", "fd00::3")},
 		{Name: "docker0", Addrs: addrs("172.17.0.1")},
 	},
-	Default4: []string{"eth0"},
-	Default6: []string{"eth0"},
-	Hostname: "h1",
-	HostIPs:  addrs("127.0.1.1"),
+	Default4:   []string{"eth0"},
+	Default6:   []string{"eth0"},
+	Hostname:   "h1",
+	LookupHost: func() []netip.Addr { return addrs("127.0.1.1") },
 }
 
 var (
@@ -43,7 +43,7 @@ func TestAdvertiseDerivation(t *testing.T) {
 	noRoute := lan
 	noRoute.Default4, noRoute.Default6 = nil, nil
 	byName := noRoute
-	byName.HostIPs = addrs("127.0.1.1", "172.17.0.1")
+	byName.LookupHost = func() []netip.Addr { return addrs("127.0.1.1", "172.17.0.1") }
 	single := hostNet{Ifaces: []netIface{lan.Ifaces[0], {Name: "veth0", Addrs: addrs("10.77.0.11")}}, Hostname: "ns"}
 	loopOnly := hostNet{Ifaces: []netIface{lan.Ifaces[0]}, Hostname: "ns"}
 	for _, tt := range []struct {
@@ -249,5 +249,14 @@ func TestFillPort(t *testing.T) {
 	}
 	if got := fillPort("10.1.2.3:7", &net.TCPAddr{Port: 4242}); got != "10.1.2.3:7" {
 		t.Error(got)
+	}
+}
+
+// A host with a default route never waits for DNS.
+func TestAdvertiseNoLookupWithDefaultRoute(t *testing.T) {
+	h := lan
+	h.LookupHost = func() []netip.Addr { t.Error("host name resolved although the default route gave an address"); return nil }
+	if got, _, err := advertiseAddr(udpL("0.0.0.0:7700", ""), h, remotePeers); err != nil || got != "10.1.2.3:7700" {
+		t.Errorf("%q, %v", got, err)
 	}
 }
