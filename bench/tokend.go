@@ -10,7 +10,6 @@ import (
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/devcluster"
-	"github.com/tokend/tokend/wire"
 )
 
 // startTokend starts an in-process cluster of n workers on loopback.
@@ -74,7 +73,7 @@ func dialClient(ctx context.Context, seeds []string, policy revokePolicy) (*clie
 		return nil, err
 	}
 	c := &client{conn: conn, revoked: make(chan *clientlib.Token, 1)}
-	onRevoke := func(t *clientlib.Token, _ wire.Mode, _, _ uint64) {
+	onRevoke := func(_ context.Context, t *clientlib.Token, _ clientlib.Revocation) {
 		// Keep only the newest revocation: a stale one (of a token already
 		// released) is replaced, and the workload compares tokens.
 		for {
@@ -90,7 +89,7 @@ func dialClient(ctx context.Context, seeds []string, policy revokePolicy) (*clie
 		}
 	}
 	if policy == revokeRelease {
-		onRevoke = func(t *clientlib.Token, _ wire.Mode, _, _ uint64) {
+		onRevoke = func(_ context.Context, t *clientlib.Token, _ clientlib.Revocation) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			_ = t.Release(ctx) // ErrNotHeld if the workload released it first

@@ -33,7 +33,7 @@ func childMain() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds,
-		OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	if err != nil {
 		fmt.Println("error", err)
 		return 1

@@ -348,7 +348,7 @@ func (c *rcluster) dial(cfg clientlib.Config) (*clientlib.Client, string) {
 	c.t.Cleanup(func() { pc.Close() })
 	cfg.Seeds, cfg.PacketConn = c.seeds, pc
 	if cfg.OnRevoke == nil {
-		cfg.OnRevoke = func(*clientlib.Token, wire.Mode, uint64, uint64) {}
+		cfg.OnRevoke = func(context.Context, *clientlib.Token, clientlib.Revocation) {}
 	}
 	var cl *clientlib.Client
 	for attempt := 0; attempt < 3; attempt++ {

@@ -621,7 +621,7 @@ func (c *rcluster) dialMaybe() *clientlib.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds, PacketConn: pc,
-		OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	if err != nil {
 		pc.Close()
 		return nil

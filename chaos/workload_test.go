@@ -69,7 +69,7 @@ func (e *inproc) dial(i int, cfg clientlib.Config) (*clientlib.Client, *faultnet
 	if cfg.OnRevoke == nil {
 		// Holders give tokens back when they are done, not on request:
 		// a slow holder then loses its token to the lease, the case to test.
-		cfg.OnRevoke = func(*clientlib.Token, wire.Mode, uint64, uint64) {}
+		cfg.OnRevoke = func(context.Context, *clientlib.Token, clientlib.Revocation) {}
 	}
 	var cl *clientlib.Client
 	for attempt := 0; ; attempt++ {

@@ -135,11 +135,14 @@ type reply struct {
 	page *mapPage // MAP reply
 }
 
-func (r *reply) value() ([]byte, bool) {
-	if r.vflags&wire.ValueValid == 0 {
-		return nil, false
+func (r *reply) value() ([]byte, ValueState) {
+	switch {
+	case r.vflags&wire.ValueValid != 0:
+		return append([]byte{}, r.val[:r.vlen]...), ValueValid
+	case r.vflags&wire.ValueLost != 0:
+		return nil, ValueLost
 	}
-	return append([]byte{}, r.val[:r.vlen]...), true
+	return nil, ValueNone
 }
 
 // decode fills r from datagram b whose header r.h has been parsed. Only the

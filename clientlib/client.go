@@ -61,6 +61,7 @@ type Client struct {
 	mapDone    chan struct{} // closed when the next map fetch completes
 	mapNew     chan struct{} // closed when a map of another version is installed
 	leases     map[leaseKey]*lease
+	vouched    chan struct{} // closed (and cleared) when a lease's deadline moves: confirm waits on it
 	kas        map[netip.AddrPort]*kaState
 	nextProbe  time.Time // next map refresh while some lease is in jeopardy
 	byName     map[string][]*Token

@@ -130,7 +130,7 @@ func TestAcquireRelease(t *testing.T) {
 
 func TestTryConflict(t *testing.T) {
 	fc := newFakeCluster(t, 2, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	t1, err := c1.Acquire(ctx, "t", wire.EX)
@@ -310,10 +310,9 @@ func TestRevokeCallback(t *testing.T) {
 		wanted wire.Mode
 	}
 	calls := make(chan call, 10)
-	c := fc.dial(t, Config{OnRevoke: func(t *Token, wanted wire.Mode, _, _ uint64) {
+	c := fc.dial(t, Config{OnRevoke: func(ctx context.Context, t *Token, r Revocation) {
+		wanted := r.Wanted
 		calls <- call{t, wanted}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
 		if wanted == wire.NL {
 			_ = t.Release(ctx)
 		} else {
@@ -374,10 +373,10 @@ func TestRevokeCallback(t *testing.T) {
 func TestRevokeRacingGrantAsync(t *testing.T) {
 	fc := newFakeCluster(t, 31, fakeConfig{noRevokeRTX: true})
 	revoked := make(chan uint64, 4)
-	onRevoke := func(tok *Token, _ wire.Mode, _, _ uint64) { revoked <- tok.Fence() }
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	onRevoke := func(_ context.Context, tok *Token, _ Revocation) { revoked <- tok.Fence() }
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{OnRevoke: onRevoke})
-	c3 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c3 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	ctx := ctxT(t, 10*time.Second)
 	for round := range 20 {
 		name := fmt.Sprintf("race/%d", round)
@@ -430,7 +429,7 @@ func TestRevokeRacingGrantAsync(t *testing.T) {
 
 func TestRevokeUnknownFence(t *testing.T) {
 	fc := newFakeCluster(t, 6, fakeConfig{})
-	c := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {
+	c := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {
 		t.Error("OnRevoke called for a fence the client does not hold")
 	}})
 	stray := wire.MakeFence(1, 999)
@@ -644,7 +643,7 @@ func TestReclaimRefused(t *testing.T) {
 // at the worker.
 func TestCancelOnContextEnd(t *testing.T) {
 	fc := newFakeCluster(t, 12, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}}) // holds on
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}}) // holds on
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	t1, err := c1.Acquire(ctx, "q", wire.EX)
@@ -762,7 +761,7 @@ func TestDialUnavailable(t *testing.T) {
 func TestCloseStopsEverything(t *testing.T) {
 	fc := newFakeCluster(t, 16, fakeConfig{})
 	ignore := goleak.IgnoreCurrent() // the fake's goroutines
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	if _, err := c1.Acquire(ctx, "k", wire.EX); err != nil {
@@ -819,7 +818,7 @@ func TestContentionUnderLoss(t *testing.T) {
 			holders.Add(-1) // before the RELEASE goes out
 		}
 	}
-	onRevoke := func(tok *Token, _ wire.Mode, _, _ uint64) {
+	onRevoke := func(_ context.Context, tok *Token, _ Revocation) {
 		drop(tok)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -929,7 +928,7 @@ func TestRealUDP(t *testing.T) {
 // ends is canceled; the token keeps its mode and fence.
 func TestConvertCanceled(t *testing.T) {
 	fc := newFakeCluster(t, 19, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}}) // holds on
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}}) // holds on
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	t1, err := c1.Acquire(ctx, "cv", wire.PR)
@@ -974,7 +973,7 @@ func TestConvertCanceled(t *testing.T) {
 // reply cache entry); once it is finished the ack moves past it.
 func TestAckHoldsAtOldestUnfinished(t *testing.T) {
 	fc := newFakeCluster(t, 20, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	t1, err := c1.Acquire(ctx, "a", wire.EX)
@@ -1035,7 +1034,7 @@ func TestAckHoldsAtOldestUnfinished(t *testing.T) {
 // longer holds the token.
 func TestConvertCanceledAfterGrant(t *testing.T) {
 	fc := newFakeCluster(t, 21, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 10*time.Second)
 	t1, err := c1.Acquire(ctx, "cg", wire.PR)

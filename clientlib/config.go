@@ -1,6 +1,7 @@
 package clientlib
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,14 +38,40 @@ type Config struct {
 	// Logger receives the client's structured logs; nil = discard.
 	Logger *slog.Logger
 	// OnRevoke is called, on a goroutine of its own, when a worker asks this
-	// client to give a token back because another request conflicts with it:
-	// keep at most mode wanted (wire.NL: release) on [start, end). The
-	// handler should flush what it caches under t and then t.Release or
-	// t.Convert down to wanted. It is called at most once per (grant,
-	// wanted, range). nil = the default: release the token (Lost then closes
-	// and Err reports ErrRevoked). Close waits for running handlers, so a
-	// handler must not call Close.
-	OnRevoke func(t *Token, wanted wire.Mode, start, end uint64)
+	// client to give a token back because another request conflicts with
+	// it: r says which grant (its fence and mode when the REVOKE came) and
+	// what to keep (at most r.Wanted, wire.NL: nothing, on r.Start..r.End).
+	// The handler should flush what it caches under t and then t.Release or
+	// t.Convert down to r.Wanted, passing ctx: it ends after HandlerTimeout
+	// or at Close, which bounds those calls against a dead worker. Neither
+	// waits behind an upgrading Convert of the same token that is still
+	// queued: that one is withdrawn first. If t.Fence() is no longer
+	// r.Fence, the grant was upgraded meanwhile (the new grant gets its own
+	// revocation if it conflicts too). Called at most once per (fence,
+	// wanted, range). nil = the default: release the token (Lost then
+	// closes and Err reports ErrRevoked). Close waits for running handlers,
+	// so a handler must not call Close.
+	OnRevoke func(ctx context.Context, t *Token, r Revocation)
+	// OnLost is called, on a goroutine of its own, when a held token is
+	// lost (Token.Lost closes; err is Token.Err: the session ended, the
+	// grant was not vouched for nor reclaimed in time, the reclaim was
+	// refused, the default revocation handler gave it back). It is not
+	// called for the application's own Release nor for the tokens that
+	// Close ends. nil = none.
+	OnLost func(t *Token, err error)
+	// OnJeopardy is called, on a goroutine of its own, when a held token's
+	// validity (Token.ValidUntil) comes within JeopardyBefore of running
+	// out without having been renewed: its worker has not vouched for it
+	// lately. Stop starting work that needs the token; the token is either
+	// renewed (Valid stays true) or reclaimed or, past its grace, lost
+	// (OnLost). Called once per stretch of doubt per token. nil = none.
+	OnJeopardy func(t *Token, validUntil time.Time)
+	// JeopardyBefore is how long before ValidUntil OnJeopardy is called;
+	// 0 = a third of the workers' lease TTL W (keepalives renew every W/4,
+	// so a healthy worker never gets this close).
+	JeopardyBefore time.Duration
+	// HandlerTimeout bounds the context given to OnRevoke; 0 = 3 s.
+	HandlerTimeout time.Duration
 	// Library names the client library in SESSION_OPEN; "" = Library.
 	Library string
 	// RTOMin and RTOMax bound the retransmission timeout: it starts at
@@ -113,6 +140,12 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.JeopardyBefore < 0 || cfg.HandlerTimeout < 0 {
+		return fmt.Errorf("%w: negative JeopardyBefore or HandlerTimeout", ErrBadRequest)
+	}
+	if cfg.HandlerTimeout == 0 {
+		cfg.HandlerTimeout = cleanupTimeout
 	}
 	if cfg.SessionTTL < 0 || cfg.SessionTTL/time.Millisecond > 0xFFFFFFFF {
 		return fmt.Errorf("%w: session TTL %v out of range", ErrBadRequest, cfg.SessionTTL)

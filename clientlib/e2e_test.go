@@ -71,7 +71,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 // gets the token, with a higher fence, when the first holder releases.
 func TestE2EExclusiveWaitsForRelease(t *testing.T) {
 	c := startCluster(t, nil, 1)
-	a := dial(t, c, nil, 0, clientlib.Config{OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+	a := dial(t, c, nil, 0, clientlib.Config{OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	b := dial(t, c, nil, 0, clientlib.Config{})
 	ta, err := a.Acquire(ctxFor(t, 5*time.Second), "foo", wire.EX)
 	if err != nil {
@@ -135,7 +135,8 @@ func TestE2ERevokeDowngrade(t *testing.T) {
 	converted := make(chan struct{}, 4)
 	var holder *clientlib.Token
 	var mu sync.Mutex
-	a := dial(t, c, nil, 0, clientlib.Config{OnRevoke: func(tok *clientlib.Token, wanted wire.Mode, _, _ uint64) {
+	a := dial(t, c, nil, 0, clientlib.Config{OnRevoke: func(_ context.Context, tok *clientlib.Token, r clientlib.Revocation) {
+		wanted := r.Wanted
 		revoked <- wanted
 		mu.Lock()
 		defer mu.Unlock()
@@ -295,7 +296,7 @@ func lossyRun(t *testing.T, seed uint64) {
 		// of the TTL, which a loaded machine's etcd can miss with 2s. This
 		// test is about the invariants under loss, not about session TTLs.
 		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second,
-			OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+			OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
 		wg.Add(1)
 		go func() {

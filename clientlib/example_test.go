@@ -76,14 +76,17 @@ func ExampleClient_Acquire_range() {
 func ExampleConfig_onRevoke() {
 	cfg := clientlib.Config{
 		Seeds: []string{"127.0.0.1:7700", "127.0.0.1:7701"},
-		OnRevoke: func(t *clientlib.Token, wanted wire.Mode, start, end uint64) {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			log.Printf("flushing %s [%d, %d)", t.Name(), start, end)
-			if wanted == wire.NL {
+		// ctx ends after Config.HandlerTimeout (3 s): Release and
+		// Convert cannot hang on a dead worker.
+		OnRevoke: func(ctx context.Context, t *clientlib.Token, r clientlib.Revocation) {
+			if t.Fence() != r.Fence {
+				return // upgraded since: the new grant is revoked on its own if need be
+			}
+			log.Printf("flushing %s [%d, %d) held %s under fence %d", t.Name(), r.Start, r.End, r.Mode, r.Fence)
+			if r.Wanted == wire.NL {
 				_ = t.Release(ctx)
 			} else {
-				_ = t.Convert(ctx, wanted) // keep what the other side allows
+				_ = t.Convert(ctx, r.Wanted) // keep what the other side allows
 			}
 		},
 	}

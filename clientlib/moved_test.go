@@ -1,6 +1,7 @@
 package clientlib
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -60,7 +61,7 @@ func TestReleaseAfterMoveNotReclaimed(t *testing.T) {
 func TestLateGrantFromPassedEpoch(t *testing.T) {
 	fc := newFakeCluster(t, 22, fakeConfig{workers: 2, grace: 600 * time.Millisecond})
 	seeds := []string{fc.addr(0), fc.addr(1)}
-	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(context.Context, *Token, Revocation) {}})
 	waiter := fc.dial(t, Config{Seeds: seeds})
 	ctx := ctxT(t, 10*time.Second)
 	held, err := holder.Acquire(ctx, "q", wire.EX)
@@ -138,7 +139,7 @@ func fenceOf(t *Token) uint64 {
 // that its grants are valid again as soon as the worker can vouch.
 // (recovery.TestEtcdMemberStop showed the extra W/4 out of validity.)
 func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
-	fc := newFakeCluster(t, 23, fakeConfig{workerTTL: 4 * time.Second, validity: 300 * time.Millisecond, grace: 5 * time.Second})
+	fc := newFakeCluster(t, 23, fakeConfig{workerTTL: 4 * time.Second, validity: 2500 * time.Millisecond, grace: 5 * time.Second})
 	c := fc.dial(t, Config{})
 	tok, err := c.Acquire(ctxT(t, 5*time.Second), "v", wire.EX)
 	if err != nil {
@@ -156,7 +157,7 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 		return n
 	}
 	fc.setNoVouch(0, true)
-	eventually(t, 2*time.Second, "token out of validity", func() bool { return !tok.Valid() })
+	eventually(t, 5*time.Second, "token out of validity", func() bool { return !tok.Valid() })
 	before := count()
 	time.Sleep(2 * time.Second)
 	asked := count() - before
@@ -177,7 +178,7 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 func TestQueuedFollowsNewMap(t *testing.T) {
 	fc := newFakeCluster(t, 24, fakeConfig{workers: 2})
 	seeds := []string{fc.addr(0), fc.addr(1)}
-	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(*Token, wire.Mode, uint64, uint64) {}})
+	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(context.Context, *Token, Revocation) {}})
 	waiter := fc.dial(t, Config{Seeds: seeds, pollEvery: time.Hour})
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := holder.Acquire(ctx, "q", wire.EX); err != nil {

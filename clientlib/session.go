@@ -31,10 +31,16 @@ type lease struct {
 	planned bool
 }
 
-// extend moves the deadline forward (never back).
-func (l *lease) extend(dl time.Time) {
-	if dl.After(l.deadline) {
-		l.deadline = dl
+// extendLocked moves the deadline of l forward (never back) and wakes
+// whoever waits for a grant to be confirmed.
+func (c *Client) extendLocked(l *lease, dl time.Time) {
+	if !dl.After(l.deadline) {
+		return
+	}
+	l.deadline = dl
+	if c.vouched != nil {
+		close(c.vouched)
+		c.vouched = nil
 	}
 }
 
@@ -145,10 +151,17 @@ func (c *Client) sessionGoneLocked(err error) {
 	if c.state != stateOpen && c.state != stateClosing {
 		return
 	}
+	closing := c.state == stateClosing
 	c.state = stateDead
 	c.deadErr = err
 	close(c.dead)
 	c.loseAllLocked(err, false)
+	if closing {
+		// Close's own SESSION_CLOSE overtook a renewal or keepalive still
+		// in flight: the end it asked for, not news.
+		c.log.Debug("tokend session ended while closing", "session", c.Session(), "err", err)
+		return
+	}
 	c.log.Warn("tokend session ended", "session", c.Session(), "err", err)
 }
 
@@ -260,14 +273,27 @@ func (c *Client) maintain() time.Time {
 		}
 		l.planned = true
 		if lost := c.lostAt(l); !now.Before(lost) {
+			// The grace rule applies to grants the application relies on,
+			// whose deadline was established and then lapsed; a pending
+			// grant (Acquire is still confirming it) is not lost by it.
+			pending := false
 			for t := range l.tokens {
+				if t.pending {
+					pending = true
+					continue
+				}
 				c.loseLocked(t, fmt.Errorf("%w: not vouched for since %v and not reclaimed within the grace period",
 					ErrLost, now.Sub(l.deadline).Round(time.Millisecond)), true)
 			}
-			delete(c.leases, k)
-			continue
+			if !pending {
+				delete(c.leases, k)
+				continue
+			}
 		} else {
 			soon(lost)
+		}
+		if c.cfg.OnJeopardy != nil {
+			soon(c.jeopardyLocked(l, now))
 		}
 		if !now.Before(l.deadline) {
 			probe = true // in jeopardy: watch the map for a new owner
@@ -308,6 +334,36 @@ func (c *Client) maintain() time.Time {
 		c.spawnLocked(func() { c.keepalive(addr, entries) })
 	}
 	return next
+}
+
+// jeopardyLocked calls OnJeopardy for the tokens of l whose validity is
+// within JeopardyBefore of its end, once per stretch of doubt, and returns
+// when it must look again.
+func (c *Client) jeopardyLocked(l *lease, now time.Time) time.Time {
+	until := l.deadline
+	if c.sessDL.Before(until) {
+		until = c.sessDL
+	}
+	jb := c.cfg.JeopardyBefore
+	if jb == 0 {
+		jb = c.workerTTL / 3
+	}
+	at := until.Add(-jb)
+	doubt := !now.Before(at)
+	for t := range l.tokens {
+		switch {
+		case !doubt:
+			t.jeopardy = false
+		case !t.jeopardy && !t.pending:
+			t.jeopardy = true
+			h := c.cfg.OnJeopardy
+			c.spawnLocked(func() { h(t, until) })
+		}
+	}
+	if doubt {
+		return now.Add(time.Minute) // renewal or loss will change things
+	}
+	return at
 }
 
 // keepaliveSoonLocked makes the keepalive to addr due now (a fresh grant
@@ -384,7 +440,7 @@ func (c *Client) keepaliveChunk(addr netip.AddrPort, chunk []wire.ShardEpoch) (o
 			continue
 		}
 		if r.kaValidity > 0 {
-			l.extend(c.leaseEnd(cl.firstSend, r.kaValidity))
+			c.extendLocked(l, c.leaseEnd(cl.firstSend, r.kaValidity))
 		}
 	}
 	if doubt {

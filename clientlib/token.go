@@ -28,16 +28,88 @@ type Token struct {
 	// Guarded by c.mu:
 	lost       chan struct{} // Lost's channel, made on first use (most tokens are just released)
 	lostClosed bool          // Lost is closed, or will be closed when made
+	done       chan struct{} // Done's channel, made on first use
+	doneClosed bool          // Done is closed, or will be closed when made
 	mode       wire.Mode
 	fence      uint64
 	start, end uint64
 	value      []byte
-	valueValid bool
+	vstate     ValueState
 	lease      *lease
 	state      tokenState
 	err        error
 	reclaiming bool
 	revokes    map[revokeKey]bool // revocations handed to the application for this fence
+	// pending: granted, but Acquire has not returned it yet (it waits for
+	// the grant to be confirmed valid). Nobody relies on it, so the grace
+	// rule does not declare it lost, and its revocations wait in deferred
+	// until the application has the token.
+	pending  bool
+	deferred []func()
+	jeopardy bool // OnJeopardy was called for the current stretch of doubt
+	// upgrade withdraws the upgrading Convert that waits in the token's
+	// queue, so that Release and a downgrade never wait behind it.
+	upgrade context.CancelCauseFunc
+}
+
+// Revocation is a worker's request that this client give back a grant
+// because another request conflicts with it (Config.OnRevoke).
+type Revocation struct {
+	Fence      uint64    // the grant it concerns
+	Mode       wire.Mode // the mode held under Fence when the REVOKE arrived
+	Wanted     wire.Mode // keep at most this mode (wire.NL: release the token)
+	Start, End uint64    // the range the conflicting request wants
+}
+
+// TokenState is what a Token is now (Token.State).
+type TokenState uint8
+
+const (
+	// TokenValid: held, and valid now (Valid is true).
+	TokenValid TokenState = iota
+	// TokenInJeopardy: held, but its validity ran out without renewal; the
+	// client is renewing or reclaiming it. Do not rely on it.
+	TokenInJeopardy
+	// TokenReleased: given back by Release (or by the library after a
+	// conversion was canceled; Err says).
+	TokenReleased
+	// TokenLost: lost (Err says why; Lost is closed).
+	TokenLost
+)
+
+func (s TokenState) String() string {
+	switch s {
+	case TokenValid:
+		return "valid"
+	case TokenInJeopardy:
+		return "in jeopardy"
+	case TokenReleased:
+		return "released"
+	case TokenLost:
+		return "lost"
+	}
+	return fmt.Sprintf("TokenState(%d)", uint8(s))
+}
+
+// ValueState says what Token.Value holds.
+type ValueState uint8
+
+const (
+	ValueNone  ValueState = iota // no value block was ever set for the token
+	ValueValid                   // Value returns it
+	ValueLost                    // it was lost with a crashed worker before anyone could give it back
+)
+
+func (s ValueState) String() string {
+	switch s {
+	case ValueNone:
+		return "none"
+	case ValueValid:
+		return "valid"
+	case ValueLost:
+		return "lost"
+	}
+	return fmt.Sprintf("ValueState(%d)", uint8(s))
 }
 
 type tokenState uint8
@@ -87,11 +159,35 @@ func (t *Token) Fence() uint64 {
 
 // Value returns a copy of the token's value block as of the grant and
 // whether it is valid (it is not if none was set, or if it was lost in a
-// worker crash).
+// worker crash: ValueState tells which).
 func (t *Token) Value() (v []byte, valid bool) {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
-	return slices.Clone(t.value), t.valueValid
+	return slices.Clone(t.value), t.vstate == ValueValid
+}
+
+// ValueState tells a valid value block from one never set and one lost.
+func (t *Token) ValueState() ValueState {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	return t.vstate
+}
+
+// State returns what the token is now: valid, in jeopardy, released or
+// lost, in one call.
+func (t *Token) State() TokenState {
+	c := t.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case t.state == tokReleased:
+		return TokenReleased
+	case t.state == tokLost:
+		return TokenLost
+	case c.now().Before(t.validUntilLocked()):
+		return TokenValid
+	}
+	return TokenInJeopardy
 }
 
 // ValidUntil returns the conservative local deadline of the grant: the
@@ -145,7 +241,23 @@ func (t *Token) Lost() <-chan struct{} {
 	return t.lost
 }
 
-// closedChan is the Lost channel of a token lost before anyone asked for it.
+// Done returns a channel closed when the token ends for any reason: the
+// application's Release, a loss (Lost closes too) or Close. Err then says
+// which.
+func (t *Token) Done() <-chan struct{} {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	if t.done == nil {
+		if t.doneClosed {
+			return closedChan
+		}
+		t.done = make(chan struct{})
+	}
+	return t.done
+}
+
+// closedChan is the Lost or Done channel of a token that ended before
+// anyone asked for it.
 var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
 
 // closeLostLocked closes Lost (made lazily: most tokens are released, and
@@ -154,6 +266,23 @@ func (t *Token) closeLostLocked() {
 	t.lostClosed = true
 	if t.lost != nil {
 		close(t.lost)
+	}
+}
+
+// endLocked ends the token: state (released or lost) with err, out of the
+// client's indexes, Done closed; with lost, Lost too.
+func (t *Token) endLocked(state tokenState, err error, lost bool) {
+	t.state, t.err = state, err
+	t.c.detachLocked(t)
+	t.deferred = nil
+	if lost {
+		t.closeLostLocked()
+	}
+	if !t.doneClosed {
+		t.doneClosed = true
+		if t.done != nil {
+			close(t.done)
+		}
 	}
 }
 
@@ -239,7 +368,7 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 		putCall(cl)
 		return nil, statusError(acquireOp(name), &r)
 	}
-	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1)}
+	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1), pending: true}
 	c.mu.Lock()
 	c.finishLocked(cl)
 	if c.state != stateOpen && c.state != stateClosing {
@@ -251,9 +380,109 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	}
 	c.byName[name] = append(c.byName[name], t)
 	c.applyGrantLocked(t, cl, &r)
+	fresh := c.freshLocked(t)
 	c.mu.Unlock()
 	putCall(cl)
+	if !fresh {
+		if err := c.confirm(ctx, t); err != nil {
+			return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
+		}
+	}
 	return t, nil
+}
+
+// freshFor is the validity a grant has left, at least, when Acquire or
+// Convert returns it: half the workers' lease TTL W (or of the session TTL
+// S if that is shorter), less the margin. Every grant of a worker that can
+// vouch for its lease has more (it renews its lease every W/4, the client
+// its session every S/3); only a grant made after a long wait in a queue,
+// or while the worker cannot renew its lease, needs confirming first.
+func (c *Client) freshFor() time.Duration {
+	d := min(c.workerTTL, c.sessionTTL)
+	return (d - c.margin(d)) / 2
+}
+
+// freshLocked reports whether t is valid for at least freshFor; if so, a
+// pending t is handed to the application (its deferred revocations run).
+func (c *Client) freshLocked(t *Token) bool {
+	if t.state != tokHeld || t.validUntilLocked().Sub(c.now()) < c.freshFor() {
+		return false
+	}
+	if t.pending {
+		t.pending = false
+		for _, run := range t.deferred {
+			c.spawnLocked(run)
+		}
+		t.deferred = nil
+	}
+	return true
+}
+
+// confirm waits until t is valid for at least freshFor (SPEC.md 13): a
+// grant that waited in a queue may come with a validity counted from the
+// first send of its request, long ago. A KEEPALIVE sent now for its shard
+// makes the worker vouch anew, counted from now; if the shard moved, the
+// reclaim at its new owner does. If ctx ends first, or t is lost, a pending
+// t is given back and confirm returns why.
+func (c *Client) confirm(ctx context.Context, t *Token) error {
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	<-poll.C
+	for {
+		c.mu.Lock()
+		if c.freshLocked(t) {
+			c.mu.Unlock()
+			return nil
+		}
+		if t.state != tokHeld {
+			err := t.errLocked()
+			c.mu.Unlock()
+			return fmt.Errorf("granted, then %w", err)
+		}
+		if l := t.lease; l != nil && !l.moved {
+			c.keepaliveSoonLocked(l.key.addr)
+		}
+		if c.sessDL.Sub(c.now()) < c.freshFor() && !c.renewing {
+			c.nextRenew = time.Time{}
+			kick(c.maintKick)
+		}
+		if c.vouched == nil {
+			c.vouched = make(chan struct{})
+		}
+		vouched := c.vouched
+		c.mu.Unlock()
+		poll.Reset(max(c.cfg.RTOMin, 50*time.Millisecond))
+		var err error
+		select {
+		case <-vouched:
+			continue
+		case <-poll.C:
+			continue
+		case <-ctx.Done():
+			err = fmt.Errorf("granted, but %w: the worker did not vouch for the grant before the context ended: %w", ErrUnavailable, ctx.Err())
+		case <-c.ctx.Done():
+			err = ErrClosed
+		case <-c.dead:
+			err = c.deadError()
+		}
+		c.mu.Lock()
+		if t.pending && t.state == tokHeld {
+			fence := t.fence
+			t.endLocked(tokReleased, err, false)
+			if c.state == stateOpen {
+				c.strayLocked(t.shard, t.name, fence)
+			}
+		}
+		c.mu.Unlock()
+		return err
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func acquireOp(name string) string { return fmt.Sprintf("clientlib: acquire %q", name) }
@@ -305,12 +534,12 @@ func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
 		// goroutine hop and a pass over the leases per acquire.)
 		kick(c.maintKick)
 	}
-	l.extend(c.leaseEnd(cl.firstSend, r.validity))
+	c.extendLocked(l, c.leaseEnd(cl.firstSend, r.validity))
 	if r.fence != t.fence {
 		t.revokes = nil
 	}
 	t.fence, t.mode, t.start, t.end = r.fence, r.mode, r.start, r.end
-	t.value, t.valueValid = r.value()
+	t.value, t.vstate = r.value()
 	c.attachLocked(t, l)
 	if l.deadline.Sub(c.now()) < c.kaInterval() {
 		c.keepaliveSoonLocked(l.key.addr)
@@ -368,10 +597,18 @@ func (c *Client) loseLocked(t *Token, err error, release bool) {
 	if t.state != tokHeld {
 		return
 	}
-	t.state, t.err = tokLost, err
-	c.detachLocked(t)
-	t.closeLostLocked()
-	c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
+	pending := t.pending
+	t.endLocked(tokLost, err, true)
+	if errors.Is(err, ErrClosed) || pending {
+		// Close ends what is still held, and a grant Acquire never
+		// returned was nobody's: neither is news for the operator.
+		c.log.Debug("token ended", "token", t.name, "fence", t.fence, "err", err)
+	} else {
+		c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
+		if h := c.cfg.OnLost; h != nil {
+			c.spawnLocked(func() { h(t, err) })
+		}
+	}
 	if release && c.state == stateOpen {
 		c.strayLocked(t.shard, t.name, t.fence)
 	}
@@ -404,6 +641,7 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	if len(o.value) > wire.MaxValue {
 		return fmt.Errorf("%s: %w: value longer than %d bytes", releaseOp(t.name), ErrBadRequest, wire.MaxValue)
 	}
+	t.withdrawUpgrade()
 	if err := t.lock(ctx); err != nil {
 		return fmt.Errorf("%s: %w", releaseOp(t.name), err)
 	}
@@ -423,11 +661,10 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	if t.lease != nil {
 		heldAt = t.lease.key.epoch
 	}
-	t.state, t.err = tokReleased, ErrNotHeld
-	c.detachLocked(t)
 	if reason != nil {
-		t.err = reason
-		t.closeLostLocked()
+		t.endLocked(tokReleased, reason, true)
+	} else {
+		t.endLocked(tokReleased, ErrNotHeld, false)
 	}
 	// While this RELEASE is in flight the fence is no longer a Token, but
 	// it is not a stray either: a REVOKE for it must not send a second
@@ -498,37 +735,89 @@ func (t *Token) Convert(ctx context.Context, mode wire.Mode, opts ...Option) err
 	if len(o.value) > wire.MaxValue {
 		return fmt.Errorf("%s: %w: value longer than %d bytes", op, ErrBadRequest, wire.MaxValue)
 	}
+	c.mu.Lock()
+	cur := t.mode
+	c.mu.Unlock()
+	if wire.Covers(cur, mode) {
+		t.withdrawUpgrade() // a downgrade does not wait behind a queued upgrade
+	}
 	if err := t.lock(ctx); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	defer t.unlock()
+	confirm, err := t.convertLocked(ctx, op, mode, &o)
+	t.unlock()
+	if err != nil || !confirm {
+		return err
+	}
+	if err := c.confirm(ctx, t); err != nil {
+		return fmt.Errorf("%s: converted, but %w", op, err)
+	}
+	return nil
+}
+
+// errWithdrawn ends an upgrade that waited in the queue when the
+// application releases or downgrades the same token meanwhile.
+var errWithdrawn = fmt.Errorf("%w: the upgrade was withdrawn because the token is being released or downgraded", ErrCanceled)
+
+// withdrawUpgrade cancels the upgrading Convert of t that waits, if any;
+// the Convert then settles the token's state and returns.
+func (t *Token) withdrawUpgrade() {
+	t.c.mu.Lock()
+	up := t.upgrade
+	t.c.mu.Unlock()
+	if up != nil {
+		up(errWithdrawn)
+	}
+}
+
+// convertLocked is Convert under the token's operation lock; confirm says
+// that the conversion was granted but is not yet valid for freshFor.
+func (t *Token) convertLocked(ctx context.Context, op string, mode wire.Mode, o *reqOptions) (confirm bool, err error) {
+	c := t.c
 	c.mu.Lock()
 	if t.state != tokHeld {
 		err := t.errLocked()
 		c.mu.Unlock()
-		return fmt.Errorf("%s: %w", op, err)
+		return false, fmt.Errorf("%s: %w", op, err)
 	}
 	cur, fence := t.mode, t.fence
 	c.mu.Unlock()
 	down := wire.Covers(cur, mode)
 	switch {
 	case mode == cur && !o.hasValue:
-		return nil
+		return false, nil
 	case o.hasValue && (!down || !cur.Writes()):
-		return fmt.Errorf("%s: %w: only a downgrade from PW or EX can set the value", op, ErrBadRequest)
+		return false, fmt.Errorf("%s: %w: only a downgrade from PW or EX can set the value", op, ErrBadRequest)
 	}
-	try, waitMs := waitParams(ctx, &o)
+	try, waitMs := waitParams(ctx, o)
 	body := wire.Convert{Try: try, Fence: fence, Mode: mode, WaitMs: waitMs, Name: []byte(t.name),
 		HasValue: o.hasValue, Value: o.value}
 	cl := &call{typ: wire.TypeConvert, body: body, name: t.name, shard: t.shard, routed: true}
 	if err := c.register(ctx, cl, true); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		return false, fmt.Errorf("%s: %w", op, err)
 	}
-	r, res, err := c.exchange(ctx, cl, exOpts{})
+	uctx := ctx
+	if !down {
+		var cancel context.CancelCauseFunc
+		uctx, cancel = context.WithCancelCause(ctx)
+		c.mu.Lock()
+		t.upgrade = cancel
+		c.mu.Unlock()
+		defer func() {
+			c.mu.Lock()
+			t.upgrade = nil
+			c.mu.Unlock()
+			cancel(nil)
+		}()
+	}
+	r, res, err := c.exchange(uctx, cl, exOpts{})
 	if err != nil {
-		if ctx.Err() == nil || cl.sends == 0 {
+		if uctx.Err() == nil || cl.sends == 0 {
 			c.finish(cl)
-			return giveUp(op, err, res)
+			return false, giveUp(op, err, res)
+		}
+		if cause := context.Cause(uctx); cause != nil {
+			err = cause
 		}
 		if down {
 			// A downgrade never waits; it may or may not have been applied.
@@ -539,24 +828,25 @@ func (t *Token) Convert(ctx context.Context, mode wire.Mode, opts ...Option) err
 			}
 			c.finishLocked(cl)
 			c.mu.Unlock()
-			return giveUp(op, err, res)
+			return false, giveUp(op, err, res)
 		}
-		return t.abandonConvert(cl, fence, giveUp(op, err, res))
+		return false, t.abandonConvert(cl, fence, giveUp(op, err, res))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.finishLocked(cl)
 	if r.h.Status == wire.StatusOK {
-		if t.state == tokHeld {
-			c.applyGrantLocked(t, cl, &r)
+		if t.state != tokHeld {
+			return false, nil
 		}
-		return nil
+		c.applyGrantLocked(t, cl, &r)
+		return !c.freshLocked(t), nil
 	}
 	if r.h.Status == wire.StatusNotHeld {
 		// The worker does not have the grant: believing otherwise is unsafe.
 		c.loseLocked(t, fmt.Errorf("%w: the worker does not know the grant (convert answered NOT_HELD)", ErrLost), false)
 	}
-	return statusError(op, &r)
+	return false, statusError(op, &r)
 }
 
 // abandonConvert cancels an upgrade whose caller gave up and settles the
@@ -587,9 +877,7 @@ func (t *Token) abandonConvert(cl *call, fence uint64, cause error) error {
 		c.applyGrantLocked(t, cl, &r)
 		return nil
 	case outReleased:
-		t.state, t.err = tokReleased, fmt.Errorf("%w: the conversion was granted as it was canceled, which released the grant", ErrLost)
-		c.detachLocked(t)
-		t.closeLostLocked()
+		t.endLocked(tokReleased, fmt.Errorf("%w: the conversion was granted as it was canceled, which released the grant", ErrLost), true)
 		return fmt.Errorf("%w; %w", cause, t.err)
 	}
 	c.loseLocked(t, fmt.Errorf("%w: outcome of a canceled conversion unknown", ErrLost), true)
@@ -764,8 +1052,18 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 			if handler == nil {
 				handler = c.defaultRevoke
 			}
-			wanted, start, end := m.Mode, m.Start, m.End
-			run = func() { handler(t, wanted, start, end) }
+			rev := Revocation{Fence: t.fence, Mode: t.mode, Wanted: m.Mode, Start: m.Start, End: m.End}
+			run = func() {
+				ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandlerTimeout)
+				defer cancel()
+				handler(ctx, t, rev)
+			}
+			if t.pending {
+				// Acquire has not returned t yet: the application gets the
+				// revocation once it has the token (freshLocked).
+				t.deferred = append(t.deferred, run)
+				run = nil
+			}
 		}
 	}
 	return ah, ua, true, run
@@ -856,9 +1154,7 @@ func (c *Client) unparkLocked(name string) {
 
 // defaultRevoke is the OnRevoke used when Config.OnRevoke is nil: it gives
 // the token back (whatever mode is wanted), closing Lost with ErrRevoked.
-func (c *Client) defaultRevoke(t *Token, _ wire.Mode, _, _ uint64) {
-	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
-	defer cancel()
+func (c *Client) defaultRevoke(ctx context.Context, t *Token, _ Revocation) {
 	if err := t.release(ctx, releaseOptions{}, ErrRevoked); err != nil && !errors.Is(err, ErrNotHeld) {
 		c.log.Debug("release on revocation", "token", t.name, "err", err)
 	}
@@ -912,7 +1208,13 @@ func (c *Client) reclaim(t *Token) {
 	}
 	fence := t.fence
 	body := wire.Reclaim{Fence: fence, Mode: t.mode, Start: t.start, End: t.end, Name: []byte(t.name)}
-	until := time.Now().Add(c.lostAt(l).Sub(c.now()))
+	lostAt := c.lostAt(l)
+	if t.pending {
+		// Not yet the application's: it may take as long as a new owner
+		// may accept it (its grace), counted from now at the earliest.
+		lostAt = later(lostAt, c.now().Add(c.workerTTL+c.grace))
+	}
+	until := time.Now().Add(lostAt.Sub(c.now()))
 	c.mu.Unlock()
 	ctx, cancel := context.WithDeadline(c.ctx, until)
 	defer cancel()

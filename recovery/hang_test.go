@@ -99,7 +99,7 @@ func TestWorkerHang(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds(), PacketConn: conn,
-			OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+			OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 		if err != nil {
 			t.Fatalf("client %s: %v", name, err)
 		}

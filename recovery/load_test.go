@@ -329,7 +329,7 @@ func startLoad(t *testing.T, start time.Time, cfg loadConfig) *load {
 			Logger:     logger.With("client", ci),
 			// Cyclers give their grants back within milliseconds anyway; a
 			// REVOKE of a long-held token is a bug (nobody conflicts).
-			OnRevoke: func(tok *clientlib.Token, _ wire.Mode, _, _ uint64) {
+			OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
 				if heldNames[tok.Name()] {
 					l.mu.Lock()
 					l.heldRevokes++

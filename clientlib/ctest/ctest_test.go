@@ -1707,7 +1707,7 @@ func cAndGo(t *testing.T, bin, addr, name string) {
 	// Hold each grant for its turn instead of giving it back on revoke
 	// (the default), so the C client really waits for the Go one.
 	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: []string{addr},
-		OnRevoke: func(*clientlib.Token, wire.Mode, uint64, uint64) {}})
+		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,9 +139,9 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cli, err := clientlib.DialConfig(dctx, clientlib.Config{
 		Seeds:   seeds,
 		Library: "tokenctl",
-		OnRevoke: func(t *clientlib.Token, wanted wire.Mode, s, e uint64) {
+		OnRevoke: func(_ context.Context, t *clientlib.Token, r clientlib.Revocation) {
 			if argv == nil {
-				fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), wanted)
+				fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), r.Wanted)
 			}
 			select {
 			case revoked <- struct{}{}:
