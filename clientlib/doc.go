@@ -48,13 +48,34 @@
 // without a reclaim, which is before the worker side may grant the token to
 // anyone else.
 //
-// # Revocation
+// A grant is valid when Acquire or Convert returns it, for at least half
+// of min(W, S) less the margin, whatever the wait: a grant that arrives
+// with less (after a long wait in the queue, its validity counted from the
+// request's first send has mostly passed) is confirmed first by a KEEPALIVE
+// sent after it arrived, or by its reclaim if the shard moved. Until then
+// it is nobody's: the grace rule does not declare it lost and its
+// revocations wait; if ctx ends first, the grant is given back and Acquire
+// fails with ErrUnavailable.
+//
+// # Revocation and the other callbacks
 //
 // A worker sends REVOKE to holders of a grant a waiter conflicts with. The
 // client acknowledges it (REVOKE_ACK) and calls Config.OnRevoke on a
-// goroutine of its own, once per (fence, wanted mode, range); the default
-// handler releases the token. A REVOKE for a fence the client does not hold
-// is answered with RELEASE of that fence.
+// goroutine of its own, once per (fence, wanted mode, range), with a
+// Revocation that names the grant (fence, mode held) and what is wanted,
+// and a context that ends after Config.HandlerTimeout (3 s) or at Close:
+// pass it to Release or Convert, which then cannot hang on a dead worker.
+// Neither waits behind an upgrade of the same token that is queued: it is
+// withdrawn first (its Convert returns ErrCanceled). The default handler
+// releases the token. A REVOKE for a fence the client does not hold is
+// answered with RELEASE of that fence.
+//
+// Config.OnJeopardy is called when a token's validity comes within
+// Config.JeopardyBefore (W/3) of its end without renewal; Config.OnLost
+// when it is lost. Token.Done closes when the token ends for any reason
+// (Release, loss, Close), Token.Lost only on a loss; Token.State says
+// valid, in jeopardy, released or lost in one call, and Token.ValueState
+// tells a value block never set from one lost with a worker.
 //
 // # Choices where SPEC.md leaves room
 //
