@@ -88,6 +88,9 @@ type pullRequest struct {
 	To          string        `json:"to"`          // the old owner's incarnation the requester means (hex)
 	MapVersion  uint64        `json:"map_version"` // the map that moved the shards
 	Shards      []shardEpochJ `json:"shards"`
+	// Deadlock, if set, makes this the leader's deadlock detector asking
+	// (wire/SPEC.md section 19), not a pull; see deadlock.go.
+	Deadlock *cluster.DeadlockQuery `json:"deadlock,omitempty"`
 }
 
 type shardEpochJ struct {
@@ -214,6 +217,10 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn) {
 	var req pullRequest
 	if err := readFrame(bufio.NewReader(c), maxPullRequest, &req); err != nil {
 		w.log.Debug("bad handoff request", "from", c.RemoteAddr(), "err", err)
+		return
+	}
+	if req.Deadlock != nil {
+		w.serveDeadlock(c, &req)
 		return
 	}
 	resp := w.answerPull(ctx, &req)

@@ -23,6 +23,7 @@ type metrics struct {
 	handoffsIn   *prometheus.CounterVec // result: imported, recovered
 	handoffBytes *prometheus.CounterVec // direction: in, out
 	handoffDur   prometheus.Histogram   // map applied to state imported, per pull
+	deadlocks    *prometheus.CounterVec // kind: conversion (answered by a table), cycle (a detector's victim)
 
 	// Resolved children, so the hot path does not hash label values. Only
 	// touched under Worker.mu (ops, dropped) or written once (durBy).
@@ -60,6 +61,9 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 		handoffDur: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "handoff_duration_seconds",
 			Help:    "Time from applying the map that moved shards here to serving them with the previous owner's state, per pull.",
 			Buckets: []float64{1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5}}),
+		deadlocks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "deadlocks_total",
+			Help: "Requests answered DEADLOCK, by kind: conversion (a conversion deadlock on one token), cycle (a victim the leader's detector chose)."},
+			[]string{"kind"}),
 		opsBy:  map[uint16]prometheus.Counter{},
 		dropBy: map[string]prometheus.Counter{},
 	}
@@ -67,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent,
-		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur,
+		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),
 		gauge("held_tokens", "Grants held in the served shards.", func() float64 { return float64(w.stats().grants) }),

@@ -474,6 +474,11 @@ func (w *Worker) replyOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 			}
 		}
 	}
+	if status == wire.StatusDeadlock {
+		w.met.deadlocks.WithLabelValues("conversion").Inc()
+		w.log.Info("deadlock: conversion answered DEADLOCK", "session", cluster.SessionString(s.id), "req", rq.h.Request,
+			"shard", shard, "epoch", st.epoch, "fence", rq.fence)
+	}
 	w.met.op(rq.h.Type, status)
 	ob.add(pkt, s.addr, rq.h.Type)
 }
