@@ -4,6 +4,12 @@
 // it makes is a transaction fenced by its election key
 // (CreateRevision(key) == rev), so a deposed leader can change nothing. The
 // coordinator is not on the data path: token operations never wait for it.
+//
+// Every leader also runs the deadlock detector (detect.go, wire/SPEC.md
+// section 19): it gathers the wait-for edges of every worker each round,
+// finds cycles with package deadlock, and tells the worker of each victim to
+// answer that request DEADLOCK. Metrics: deadlock_rounds_total and
+// deadlocks_total{kind}.
 package coordinator
 
 import (
@@ -45,6 +51,8 @@ type Config struct {
 	// context ends when leadership is lost or the coordinator closes. Writes
 	// must go through Leadership.Txn to be fenced.
 	OnLeader func(ctx context.Context, l *Leadership)
+	// Deadlock configures the deadlock detector every leader runs.
+	Deadlock DeadlockConfig
 	Logger   *slog.Logger
 	Registry prometheus.Registerer // metrics are registered here if set
 }
@@ -58,6 +66,9 @@ type Coordinator struct {
 	elections  prometheus.Counter
 	mapVersion prometheus.Gauge
 	moves      *prometheus.CounterVec
+
+	deadlockRounds prometheus.Counter
+	deadlocks      *prometheus.CounterVec // kind: one_worker, across_workers
 
 	mu      sync.Mutex // guards the fields below
 	leading *Leadership
@@ -115,6 +126,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Deadlock.defaults()
 	c := &Coordinator{
 		cfg: cfg,
 		log: cfg.Logger.With("component", "coordinator", "server", cfg.Name),
@@ -134,9 +146,17 @@ func New(cfg Config) (*Coordinator, error) {
 			Namespace: "tokend", Subsystem: "coordinator", Name: "shard_moves_total",
 			Help: "Shard moves written by this coordinator, by kind (assign, handoff, recovery).",
 		}, []string{"kind"}),
+		deadlockRounds: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "tokend", Subsystem: "coordinator", Name: "deadlock_rounds_total",
+			Help: "Rounds of the leader's deadlock detector (waits gathered from every worker).",
+		}),
+		deadlocks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tokend", Subsystem: "coordinator", Name: "deadlocks_total",
+			Help: "Wait-for cycles broken by the leader's detector (a victim answered DEADLOCK), by kind (one_worker, across_workers).",
+		}, []string{"kind"}),
 	}
 	if cfg.Registry != nil {
-		for _, m := range []prometheus.Collector{c.isLeader, c.elections, c.mapVersion, c.moves} {
+		for _, m := range []prometheus.Collector{c.isLeader, c.elections, c.mapVersion, c.moves, c.deadlockRounds, c.deadlocks} {
 			if err := cfg.Registry.Register(m); err != nil {
 				return nil, fmt.Errorf("coordinator: registering metrics: %w", err)
 			}
@@ -282,6 +302,13 @@ func (c *Coordinator) term(ctx context.Context) error {
 		defer wg.Done()
 		c.delegate(leadCtx, l)
 	}()
+	if !c.cfg.Deadlock.Off {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.detectDeadlocks(leadCtx)
+		}()
+	}
 	if c.cfg.OnLeader != nil {
 		wg.Add(1)
 		go func() {
