@@ -1,0 +1,412 @@
+//go:build linux
+
+package multihost
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/internal/proctest"
+)
+
+// nsPrefix starts the name of every namespace this test makes:
+// tkmh<pid>-<host>. A run deletes the namespaces of runs whose process is
+// gone.
+const nsPrefix = "tkmh"
+
+type host struct{ name, ip string }
+
+var (
+	servers = []host{{"s1", "10.77.0.1"}, {"s2", "10.77.0.2"}, {"s3", "10.77.0.3"}}
+	workers = []host{{"w1", "10.77.0.11"}, {"w2", "10.77.0.12"}}
+	client  = host{"c", "10.77.0.21"}
+)
+
+// TestThreeServersTwoWorkers runs the README's "Three servers" commands on
+// five hosts (network namespaces) and a client on a sixth. The servers
+// listen on 0.0.0.0 and the workers on 0.0.0.0:7700, and nobody is told an
+// address to advertise: each must derive its own, and the client must be
+// able to acquire and release through them.
+func TestThreeServersTwoWorkers(t *testing.T) {
+	began := time.Now()
+	tokend, tokenctl := proctest.Tokend(t), proctest.Tokenctl(t)
+	l := newLab(t)
+	t.Logf("network ready after %v", time.Since(began).Round(time.Millisecond))
+
+	var initial, endpoints []string
+	for _, s := range servers {
+		initial = append(initial, s.name+"=http://"+s.ip+":2380")
+		endpoints = append(endpoints, s.ip+":2379")
+	}
+	eps := strings.Join(endpoints, ",")
+	var srv []*proc
+	for _, s := range servers {
+		srv = append(srv, l.start(s, tokend, "server", "--name", s.name, "--data-dir", t.TempDir(),
+			"--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
+			"--initial-cluster", strings.Join(initial, ",")))
+	}
+	for _, p := range srv {
+		p.waitUp(t, 40*time.Second)
+	}
+	for i, p := range srv {
+		for _, want := range []string{"etcd client   http://" + servers[i].ip + ":2379", "etcd peer     http://" + servers[i].ip + ":2380",
+			"http          http://" + servers[i].ip + ":7780/metrics"} {
+			if !strings.Contains(p.out.String(), want) {
+				t.Errorf("%s's banner lacks %q:\n%s", p.name, want, p.out)
+			}
+		}
+	}
+	t.Logf("servers up after %v", time.Since(began).Round(time.Millisecond))
+
+	// A worker left on the loopback default in a cluster on other hosts
+	// is refused, naming the flag, instead of registering 127.0.0.1.
+	out, err := l.run(workers[0], 15*time.Second, tokend, "worker", "--etcd-endpoints", eps)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "--udp-addr") {
+		t.Errorf("a loopback worker in a cluster on other hosts: %v, want exit status 2 naming --udp-addr:\n%s", err, out)
+	}
+
+	var wrk []*proc
+	for _, w := range workers {
+		wrk = append(wrk, l.start(w, tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", eps,
+			"--udp-addr", "0.0.0.0:7700", "--http-addr", "0.0.0.0:7780"))
+	}
+	for i, p := range wrk {
+		p.waitUp(t, 30*time.Second)
+		want := "worker udp advertised as " + workers[i].ip + ":7700: the address of e0, the interface with the IPv4 default route"
+		if !strings.Contains(p.out.String(), want) {
+			t.Errorf("%s did not log why it chose its address (%q):\n%s", p.name, want, p.out)
+		}
+	}
+	t.Logf("workers up after %v", time.Since(began).Round(time.Millisecond))
+
+	// tokenctl status, from the client's host, until the map gives every
+	// shard to the two workers.
+	var st status
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := l.run(client, 15*time.Second, tokenctl, "status", "-o", "json", "--etcd", eps)
+		st = status{}
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &st)
+		}
+		if err == nil && st.Leader != nil && len(st.Workers) == 2 && st.Unowned == 0 && st.Workers[0].Delegated && st.Workers[1].Delegated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the map did not give every shard to the two workers within 30s: %v\n%s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	text, err := l.run(client, 15*time.Second, tokenctl, "status", "--etcd", eps)
+	if err != nil {
+		t.Fatalf("tokenctl status: %v\n%s", err, text)
+	}
+	t.Logf("tokenctl status --etcd %s (from %s):\n%s", eps, client.ip, text)
+	for _, bad := range []string{"0.0.0.0", "127.0.0.1", "[::]", "warning"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("tokenctl status shows %q", bad)
+		}
+	}
+
+	// Every registered address is the host's own, reachable one.
+	for i, w := range st.Workers {
+		if w.ID != workers[i].name {
+			t.Fatalf("worker %d is %q, want %q", i, w.ID, workers[i].name)
+		}
+		ip := workers[i].ip
+		if w.UDP != ip+":7700" || w.HTTP != ip+":7780" {
+			t.Errorf("%s registered udp %q http %q, want %s:7700 and %s:7780", w.ID, w.UDP, w.HTTP, ip, ip)
+		}
+		if h, port, err := net.SplitHostPort(w.Handoff); err != nil || h != ip || port == "0" {
+			t.Errorf("%s registered handoff %q, want %s:<port>", w.ID, w.Handoff, ip)
+		}
+	}
+	if h, port, err := net.SplitHostPort(st.Leader.HTTP); err != nil || port != "7780" || !isServer(h) {
+		t.Errorf("the leader key says http %q, want a server's address:7780", st.Leader.HTTP)
+	}
+	for _, u := range []string{"http://" + st.Leader.HTTP + "/readyz", "http://" + st.Workers[0].HTTP + "/readyz", "http://" + st.Workers[1].HTTP + "/readyz"} {
+		if out, err := l.runEnv(client, 15*time.Second, []string{httpGetEnv + "=" + u}, os.Args[0]); err != nil {
+			t.Errorf("GET %s from %s: %v: %s", u, client.ip, err, out)
+		}
+	}
+
+	// Acquire and release from the client's host, through either worker as
+	// the seed; the map sends the client on to the owner of each name's
+	// shard, at the address it registered.
+	for i := range 6 {
+		seed := workers[i%2].ip + ":7700"
+		name := "multihost-" + strconv.Itoa(i)
+		out, err := l.run(client, 30*time.Second, tokenctl, "acquire", "--seeds", seed, "--wait", "10s", "--for", "10ms", name)
+		if err != nil || !strings.Contains(out, "acquired "+name) || !strings.Contains(out, "released "+name) {
+			t.Fatalf("tokenctl acquire --seeds %s %s: %v\n%s", seed, name, err, out)
+		}
+	}
+	t.Logf("6 acquire/release pairs done after %v", time.Since(began).Round(time.Millisecond))
+
+	// An orderly stop: workers first, then the servers one at a time.
+	for _, p := range wrk {
+		p.signal(syscall.SIGINT)
+	}
+	for _, p := range wrk {
+		p.waitExit(t, 15*time.Second)
+	}
+	for i := len(srv) - 1; i >= 0; i-- {
+		srv[i].signal(syscall.SIGINT)
+		srv[i].waitExit(t, 15*time.Second)
+	}
+	t.Logf("all stopped after %v", time.Since(began).Round(time.Millisecond))
+}
+
+func isServer(h string) bool {
+	for _, s := range servers {
+		if s.ip == h {
+			return true
+		}
+	}
+	return false
+}
+
+// status is the part of "tokenctl status -o json" the test reads.
+type status struct {
+	Leader *struct {
+		Name string `json:"name"`
+		HTTP string `json:"http"`
+	} `json:"leader"`
+	Unowned int `json:"unowned_shards"`
+	Workers []struct {
+		ID        string `json:"id"`
+		UDP       string `json:"udp"`
+		HTTP      string `json:"http"`
+		Handoff   string `json:"handoff"`
+		Delegated bool   `json:"delegated"`
+	} `json:"workers"`
+}
+
+// lab is the test's network: one namespace per host, each with a veth
+// pair to a bridge in a namespace of its own ("sw"), on 10.77.0.0/24.
+type lab struct {
+	t      *testing.T
+	prefix string
+}
+
+func (l *lab) ns(name string) string { return l.prefix + name }
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// newLab makes the namespaces, or skips the test where it cannot. Every
+// namespace is deleted by t.Cleanup, after the processes in it are gone;
+// deleting one removes its end of the veth pair and the bridge with it.
+// Nothing is added to the host's own namespace.
+func newLab(t *testing.T) *lab {
+	if testing.Short() {
+		t.Skip("short: starts eight processes in network namespaces")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("no ip command (iproute2)")
+	}
+	removeLeftovers(t)
+	l := &lab{t: t, prefix: nsPrefix + strconv.Itoa(os.Getpid()) + "-"}
+	add := func(name string) {
+		ns := l.ns(name)
+		if err := ip("netns", "add", ns); err != nil {
+			t.Skipf("cannot create a network namespace here: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := ip("netns", "del", ns); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+	}
+	must := func(args ...string) {
+		if err := ip(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sw := l.ns("sw")
+	add("sw")
+	must("-n", sw, "link", "add", "br0", "type", "bridge")
+	must("-n", sw, "link", "set", "br0", "up")
+	for _, h := range append(append(append([]host{}, servers...), workers...), client) {
+		ns := l.ns(h.name)
+		add(h.name)
+		must("link", "add", "e0", "netns", ns, "type", "veth", "peer", "name", h.name, "netns", sw)
+		must("-n", sw, "link", "set", h.name, "master", "br0", "up")
+		must("-n", ns, "addr", "add", h.ip+"/24", "dev", "e0")
+		must("-n", ns, "link", "set", "e0", "up")
+		must("-n", ns, "link", "set", "lo", "up")
+		// A default route, as a real host has, so that tokend derives
+		// its address from it. It leads only to the bridge's namespace,
+		// which has no way out.
+		must("-n", ns, "route", "add", "default", "dev", "e0")
+	}
+	return l
+}
+
+// removeLeftovers deletes the namespaces of earlier runs of this test
+// whose process has gone (a run killed before its cleanup).
+func removeLeftovers(t *testing.T) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		rest, ok := strings.CutPrefix(name, nsPrefix)
+		if !ok {
+			continue
+		}
+		pidS, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidS)
+		if !ok || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			t.Logf("deleting namespace %s left by an earlier run", name)
+			if err := ip("netns", "del", name); err != nil {
+				t.Log(err)
+			}
+		}
+	}
+}
+
+// proc is a process in a host's namespace. Its t.Cleanup kills it by PID
+// and waits for it.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuf
+	done chan struct{} // closed once reaped
+}
+
+// start runs bin in h's namespace. ip netns exec executes bin in its own
+// process, so the PID is bin's.
+func (l *lab) start(h host, bin string, args ...string) *proc {
+	t := l.t
+	t.Helper()
+	t.Logf("%s (%s): %s %s", h.name, h.ip, bin, strings.Join(args, " "))
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test binary
+	p := &proc{name: h.name, cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", h.name, err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		if p.exited() {
+			if t.Failed() {
+				t.Logf("--- output of %s:\n%s", p.name, p.out)
+			}
+			return
+		}
+		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", p.name, cmd.Process.Pid)
+		}
+		if t.Failed() {
+			t.Logf("--- output of %s:\n%s", p.name, p.out)
+		}
+	})
+	return p
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) { syscall.Kill(p.cmd.Process.Pid, sig) }
+
+// waitUp waits for the banner tokend prints once it has started.
+func (p *proc) waitUp(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(p.out.String(), " is up\n") {
+		if p.exited() {
+			t.Fatalf("%s exited while starting:\n%s", p.name, p.out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not up within %v:\n%s", p.name, within, p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *proc) waitExit(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+		if err := p.cmd.ProcessState; !err.Success() {
+			t.Errorf("%s: %v", p.name, err)
+		}
+	case <-time.After(within):
+		t.Errorf("%s did not stop within %v of SIGINT", p.name, within)
+	}
+}
+
+// run runs bin in h's namespace and returns its output, killing it after
+// timeout.
+func (l *lab) run(h host, timeout time.Duration, bin string, args ...string) (string, error) {
+	return l.runEnv(h, timeout, nil, bin, args...)
+}
+
+func (l *lab) runEnv(h host, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Env = append(os.Environ(), env...)
+	var out syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("killed after %v: %w", timeout, err)
+	}
+	return out.String(), err
+}
+
+// syncBuf is a bytes.Buffer safe for a writing process and a reading test.
+type syncBuf struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
