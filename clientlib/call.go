@@ -334,6 +334,7 @@ type exResult struct {
 	answered bool        // some worker answered this id
 	queued   bool        // the latest answer was QUEUED
 	retry    wire.Status // the latest answer was this retryable status (0: none)
+	dest     netip.AddrPort // where the latest send went (invalid: nowhere, no route)
 }
 
 // exchange sends cl until it has a final answer (SPEC.md 12): retransmission
@@ -371,6 +372,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 		if sendNow {
 			sendNow = false
 			if c.send(cl) {
+				res.dest = cl.dest
 				if res.queued {
 					timer.Reset(c.cfg.pollEvery)
 				} else {
@@ -490,13 +492,17 @@ func giveUp(op string, err error, res exResult) error {
 	if errors.Is(err, ErrClosed) || errors.Is(err, ErrSessionExpired) {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	at := "no route to the token's shard"
+	if res.dest.IsValid() {
+		at = "worker " + res.dest.String()
+	}
 	switch {
 	case res.queued:
-		return fmt.Errorf("%s: %w while queued: %w", op, ErrTimeout, err)
+		return fmt.Errorf("%s: %w while queued at %s: %w", op, ErrTimeout, at, err)
 	case res.retry != 0:
-		return fmt.Errorf("%s: %w (last answer %s): %w", op, ErrUnavailable, res.retry, err)
+		return fmt.Errorf("%s: %w (last answer %s from %s): %w", op, ErrUnavailable, res.retry, at, err)
 	case !res.answered:
-		return fmt.Errorf("%s: %w (no answer): %w", op, ErrUnavailable, err)
+		return fmt.Errorf("%s: %w (no answer from %s): %w", op, ErrUnavailable, at, err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }

@@ -3,6 +3,8 @@ package clientlib
 import (
 	"context"
 	"errors"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -261,5 +263,37 @@ func TestLongWaitConfirmedByKeepalive(t *testing.T) {
 	}
 	if left := time.Until(tok.ValidUntil()); left < waiter.freshFor()-50*time.Millisecond || isClosed(tok.Lost()) {
 		t.Fatalf("granted with %v left (want %v), lost %v: %v", left, waiter.freshFor(), isClosed(tok.Lost()), tok.Err())
+	}
+}
+
+// TestUnreachableNamesWhatWasTried (issue 17): seeds that never answer end
+// Dial within its context, with an error naming them; a token request to
+// a worker that stopped answering names that worker.
+func TestUnreachableNamesWhatWasTried(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = DialConfig(ctx, Config{Seeds: []string{silent.LocalAddr().String()}})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Dial took %v with a 400ms context", d)
+	}
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) ||
+		!strings.Contains(err.Error(), silent.LocalAddr().String()) {
+		t.Fatalf("Dial error %v: want ErrUnavailable, the deadline, and the seed's address", err)
+	}
+
+	fc := newFakeCluster(t, 37, fakeConfig{})
+	c := fc.dial(t, Config{})
+	fc.setSilent(0, true)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	_, err = c.Acquire(ctx2, "z", wire.EX)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), fc.addr(0)) {
+		t.Fatalf("Acquire error %v: want ErrUnavailable naming %s", err, fc.addr(0))
 	}
 }

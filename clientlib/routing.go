@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -172,7 +173,10 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 	for first < c.shardCount {
 		p, i, err := c.mapPage(ctx, targets, ti, first)
 		if err != nil {
-			if ctx.Err() != nil || c.ctx.Err() != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w: no map page from %s: %w", ErrUnavailable, addrList(targets), err)
+			}
+			if c.ctx.Err() != nil {
 				return nil, err
 			}
 			// Every worker failed: start the next round elsewhere, after
@@ -180,7 +184,7 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 			ti++
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("%w: no map page from %s: %w", ErrUnavailable, addrList(targets), ctx.Err())
 			case <-c.ctx.Done():
 				return nil, ErrClosed
 			case <-time.After(c.cfg.RTOMin):
@@ -402,4 +406,20 @@ func (c *Client) closeAnnouncements() {
 	if c.ann != nil {
 		_ = c.ann.Close()
 	}
+}
+
+// addrList names the addresses for an error message (at most 8).
+func addrList(as []netip.AddrPort) string {
+	var b strings.Builder
+	for i, a := range as {
+		if i == 8 {
+			fmt.Fprintf(&b, " and %d more", len(as)-8)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(a.String())
+	}
+	return b.String()
 }

@@ -90,11 +90,22 @@ func (c *Client) openSession(ctx context.Context) error {
 	defer timer.Stop()
 	si := 0
 	var last string
+	tried := map[netip.AddrPort]bool{}
+	triedList := func() string {
+		var ts []netip.AddrPort
+		for _, s := range c.seeds {
+			if tried[s] && !slices.Contains(ts, s) {
+				ts = append(ts, s)
+			}
+		}
+		return addrList(ts)
+	}
 	sendNow := true
 	for {
 		if sendNow {
 			sendNow = false
 			cl.dest = c.seeds[si%len(c.seeds)]
+			tried[cl.dest] = true
 			c.send(cl)
 			timer.Reset(jitter(rto))
 			rto = min(2*rto, c.cfg.RTOMax)
@@ -102,9 +113,9 @@ func (c *Client) openSession(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if last != "" {
-				return fmt.Errorf("open session: %w (last answer %s): %w", ErrUnavailable, last, ctx.Err())
+				return fmt.Errorf("open session: %w (last answer %s; tried %s): %w", ErrUnavailable, last, triedList(), ctx.Err())
 			}
-			return fmt.Errorf("open session: %w (no answer): %w", ErrUnavailable, ctx.Err())
+			return fmt.Errorf("open session: %w (no answer from %s, %d sends): %w", ErrUnavailable, triedList(), cl.sends, ctx.Err())
 		case <-c.ctx.Done():
 			return ErrClosed
 		case <-timer.C:
