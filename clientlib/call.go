@@ -331,9 +331,9 @@ type exOpts struct {
 
 // exResult says how far an exchange got.
 type exResult struct {
-	answered bool        // some worker answered this id
-	queued   bool        // the latest answer was QUEUED
-	retry    wire.Status // the latest answer was this retryable status (0: none)
+	answered bool           // some worker answered this id
+	queued   bool           // the latest answer was QUEUED
+	retry    wire.Status    // the latest answer was this retryable status (0: none)
 	dest     netip.AddrPort // where the latest send went (invalid: nowhere, no route)
 }
 
