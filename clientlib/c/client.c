@@ -130,6 +130,64 @@ static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int
 	return rc;
 }
 
+/*
+ * Wait until the grant (name, fence) that the caller's ACQUIRE or CONVERT
+ * has just got is valid for at least fresh_ns(), then hand it over (*out).
+ * A grant that waited in a queue may come with a validity counted from the
+ * first send of its request, long ago, or none (SPEC 13): the worker is
+ * asked to vouch for it anew (grant_vouch), and the answer counts from that
+ * later send. Until the hand-over the grant is pending: nobody relies on it,
+ * so the loss rule does not apply to it, and its revocations wait.
+ *
+ * If it cannot be confirmed by deadline (or the handle closes), or it is
+ * lost meanwhile (reclaim refused, session ended), it is given back in the
+ * background and the call fails: TOKEND_ETIMEDOUT, TOKEND_ECLOSED, or why it
+ * was lost. `old` (an upgrade: the grant as the caller knew it before) is
+ * then reported to on_lost, since the caller's grant is gone with it.
+ */
+static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
+			 const tokend_grant *old, tokend_grant *out)
+{
+	int64_t next_vouch = 0;
+	int rc;
+	c->confirming++;
+	for (;;) {
+		struct grant_rec *g = grant_find(c, name, len, fence);
+		if (!g || g->state == G_RELEASING) {
+			rc = TOKEND_ENOTHELD; /* released by someone who guessed its fence */
+			break;
+		}
+		int64_t now = tkn_now(), left;
+		if (g->state == G_LOST) {
+			rc = g->lost_why ? g->lost_why : TOKEND_ELOST;
+			grant_give_up(c, g, old, rc);
+			break;
+		}
+		if (grant_valid(c, g, now, &left) == TOKEND_OK && left >= fresh_ns(c)) {
+			grant_handover(c, g);
+			grant_view(c, g, now, out);
+			rc = TOKEND_OK;
+			break;
+		}
+		rc = TOKEND_OK;
+		if (c->stopping || c->closing)
+			rc = TOKEND_ECLOSED;
+		else if (now >= deadline)
+			rc = TOKEND_ETIMEDOUT;
+		if (rc != TOKEND_OK) {
+			grant_give_up(c, g, old, TOKEND_ELOST);
+			break;
+		}
+		if (now >= next_vouch) {
+			grant_vouch(c, g, now);
+			next_vouch = now + VOUCH_EVERY_NS;
+		}
+		timed_wait(&c->cond, &c->mu, next_vouch < deadline ? next_vouch : deadline);
+	}
+	c->confirming--;
+	return rc;
+}
+
 /* ------------------------------------------------------------ session */
 
 static int open_session(struct tokend_client *c, int64_t deadline)
@@ -446,6 +504,8 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 				req_free(r);
 			} else {
 				rc = run_req(c, r, deadline, 0, out);
+				if (rc == TOKEND_OK)
+					rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out);
 			}
 		}
 	}
@@ -582,8 +642,11 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 		req_send(c, r, tkn_now());
 		goto out;
 	}
-	tokend_grant res;
-	rc = run_req(c, r, down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now()), 0, &res);
+	tokend_grant res, old = *gr;
+	int64_t deadline = down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now());
+	rc = run_req(c, r, deadline, 0, &res);
+	if (rc == TOKEND_OK && (g = grant_find(c, res.name, res.name_len, res.fence)) && g->pending)
+		rc = confirm_grant(c, res.name, res.name_len, res.fence, deadline, &old, &res);
 	if (rc == TOKEND_OK)
 		*gr = res;
 out:

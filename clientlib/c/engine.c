@@ -487,14 +487,19 @@ static void group_put(struct tokend_client *c, struct group *g)
 	free(g);
 }
 
-/* A reply vouches for the group: its deadline only moves forward (SPEC 13). */
-static void group_renew(struct group *g, int64_t first_send, uint32_t validity_ms)
+/* A reply vouches for the group: its deadline only moves forward (SPEC 13).
+ * Calls waiting to confirm a grant (confirm_grant in client.c) are woken. */
+static void group_renew(struct tokend_client *c, struct group *g, int64_t first_send, uint32_t validity_ms)
 {
 	if (validity_ms == 0)
 		return;
 	int64_t e = lease_end(first_send, validity_ms);
-	if (e > g->deadline)
+	if (e > g->deadline) {
 		g->deadline = e;
+		c->next_lost_check = 0; /* jeopardy may have ended */
+		if (c->confirming)
+			pthread_cond_broadcast(&c->cond);
+	}
 }
 
 struct grant_rec *grant_find(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence)
@@ -551,13 +556,19 @@ static void grant_lost(struct tokend_client *c, struct grant_rec *g, int why)
 		return;
 	int was_released = g->state == G_RELEASING;
 	g->state = G_LOST;
+	g->lost_why = why;
 	uint32_t epoch = g->grp ? g->grp->epoch : 1;
 	grant_set_group(c, g, NULL);
 	drop_reclaims(c, g);
 	if (why != TOKEND_ESESSION && g->session == c->session)
 		send_release_async(c, g->g.name, g->g.name_len, g->g.fence, NULL, g->shard, epoch);
-	if (!was_released)
+	if (g->pending) {
+		/* nobody has it yet: confirm_grant reports it to its caller */
+		if (c->confirming)
+			pthread_cond_broadcast(&c->cond);
+	} else if (!was_released) {
 		queue_event(c, EV_LOST, &g->g, 0, 0, 0, why);
+	}
 }
 
 /* How long a grant stays valid: the earlier of its group's deadline and the
@@ -606,11 +617,28 @@ static void fill_value(tokend_grant *g, const struct reply_grant *rep)
 	}
 }
 
+/* Keepalive period: S/3 for the session, W/4 for the workers' vouching,
+ * whichever is shorter. A worker renews its own lease every W/4 or so, so
+ * it vouches for at least about 3W/4 - margin; renewing every W/4 keeps a
+ * grant's validity above W/3 (the default jeopardy threshold) with room
+ * for round trips. */
 static int64_t ka_period(struct tokend_client *c)
 {
-	uint32_t p = c->S < c->W ? c->S : c->W;
-	int64_t ns = (int64_t)p * NS_PER_MS / 3;
+	int64_t s = (int64_t)c->S * NS_PER_MS / 3, w = (int64_t)c->W * NS_PER_MS / 4;
+	int64_t ns = s < w ? s : w;
 	return ns > 0 ? ns : 1000 * NS_PER_MS;
+}
+
+/*
+ * The validity a grant has at least when tokend_acquire or tokend_convert
+ * hands it over: (W - margin)/2, or (S - margin)/2 if the session TTL is the
+ * shorter (a session renewed every S/3 never has more than S - margin left).
+ */
+int64_t fresh_ns(struct tokend_client *c)
+{
+	int64_t w = ((int64_t)c->W * NS_PER_MS - margin_ns(c->W)) / 2;
+	int64_t s = ((int64_t)c->S * NS_PER_MS - margin_ns(c->S)) / 2;
+	return w < s ? w : s;
 }
 
 /* ------------------------------------------------------------ revocations */
@@ -638,6 +666,16 @@ static void deliver_revoke(struct tokend_client *c, struct grant_rec *g, uint8_t
 		return; /* already at or below what is wanted */
 	if (revoke_seen(g, wanted, start, end))
 		return;
+	if (g->pending) {
+		/* the caller does not have it yet: tell it after the hand-over */
+		if (g->ndeferred < 4) {
+			g->deferred[g->ndeferred].mode = wanted;
+			g->deferred[g->ndeferred].start = start;
+			g->deferred[g->ndeferred].end = end;
+			g->ndeferred++;
+		}
+		return;
+	}
 	queue_event(c, EV_REVOKE, &g->g, wanted, start, end, 0);
 }
 
@@ -937,13 +975,71 @@ static void ka_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		struct group *g = group_find(c, q->entry_shard[i], q->entry_epoch[i]);
 		if (m->entry_status[i] == TKW_ST_OK) {
 			if (g)
-				group_renew(g, r->first_send, m->validity_ms);
+				group_renew(c, g, r->first_send, m->validity_ms);
 		} else {
 			refresh = 1; /* NOT_OWNER / STALE_EPOCH: the shard moved */
 		}
 	}
 	if (refresh)
 		map_refresh(c, now);
+}
+
+/* ------------------------------------------------------------ confirming grants */
+
+/*
+ * Ask the worker to vouch for a pending grant anew (SPEC 13, "asynchronous
+ * grant"): a KEEPALIVE with a fresh request id, sent now (after the grant
+ * arrived), listing the grant's (shard, epoch); its reply renews the group
+ * counted from this send. If the shard has moved, the reclaim at the new
+ * owner does the same. A session about to run out is renewed too.
+ */
+void grant_vouch(struct tokend_client *c, struct grant_rec *g, int64_t now)
+{
+	if (c->sstate != S_OPEN)
+		return;
+	if (g->state == G_HELD && g->grp && !g->grp->stale) {
+		uint32_t shard = g->grp->shard, epoch = g->grp->epoch;
+		ka_send(c, &g->grp->dest, &shard, &epoch, 1, 0, now);
+	}
+	if (c->session_deadline - now < fresh_ns(c)) {
+		c->ka_next = now; /* the next tick renews the session */
+		wake_bg(c);
+	}
+}
+
+/* The caller of acquire/convert gets g now: it is no longer pending, and
+ * the revocations that came meanwhile are handed to the application. */
+void grant_handover(struct tokend_client *c, struct grant_rec *g)
+{
+	if (!g->pending)
+		return;
+	g->pending = 0;
+	for (int i = 0; i < g->ndeferred; i++)
+		queue_event(c, EV_REVOKE, &g->g, g->deferred[i].mode, g->deferred[i].start, g->deferred[i].end, 0);
+	g->ndeferred = 0;
+	c->next_lost_check = 0;
+}
+
+/*
+ * A pending grant that could not be confirmed in time (or was lost before
+ * the hand-over) is given back in the background and forgotten. report,
+ * if not NULL, is what the application knows of it (an upgrade's old
+ * grant): on_lost is told with why.
+ */
+void grant_give_up(struct tokend_client *c, struct grant_rec *g, const tokend_grant *report, int why)
+{
+	uint8_t name[TKW_MAX_NAME];
+	size_t len = g->g.name_len;
+	uint64_t fence = g->g.fence;
+	uint32_t shard = g->shard, epoch = g->grp ? g->grp->epoch : 1;
+	int held = g->state != G_LOST && g->session == c->session;
+	memcpy(name, g->g.name, len);
+	drop_reclaims(c, g);
+	grant_remove(c, g);
+	if (held) /* (grant_lost has given a lost one back already) */
+		send_release_async(c, name, len, fence, NULL, shard, epoch);
+	if (report)
+		queue_event(c, EV_LOST, report, 0, 0, 0, why);
 }
 
 /* ------------------------------------------------------------ reclaim */
@@ -993,7 +1089,7 @@ static struct group *grant_group(struct tokend_client *c, struct req *r, uint32_
 	struct group *grp = group_get(c, r->shard, epoch, &r->dest, r->first_send);
 	if (!grp)
 		return NULL;
-	group_renew(grp, r->first_send, r->rep.validity_ms);
+	group_renew(c, grp, r->first_send, r->rep.validity_ms);
 	if (grp->deadline - now < ka_period(c))
 		c->ka_next = now;
 	c->next_lost_check = 0;
@@ -1020,6 +1116,7 @@ static void acquire_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 	g->shard = r->shard;
 	g->session = r->session;
 	g->state = G_HELD;
+	g->pending = 1; /* until confirm_grant hands it over */
 	grant_set_group(c, g, grp);
 	g->next = c->grants;
 	c->grants = g;
@@ -1044,8 +1141,10 @@ static void convert_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 		return;
 	}
 	grant_set_group(c, g, grp);
+	if (r->owner == OWN_SYNC && !tkw_mode_covers(g->g.mode, r->rep.mode))
+		g->pending = 1; /* an upgrade: until confirm_grant hands it over */
 	if (g->g.fence != r->rep.fence)
-		g->nseen = 0; /* a new grant (upgrade): new revocations */
+		g->nseen = g->ndeferred = 0; /* a new grant (upgrade): new revocations */
 	g->g.fence = r->rep.fence;
 	g->g.mode = (tokend_mode)r->rep.mode;
 	g->g.start = r->rep.start;
@@ -1577,8 +1676,8 @@ static void check_lost(struct tokend_client *c, int64_t now)
 		grace = 0;
 	for (struct grant_rec *g = c->grants, *nx; g; g = nx) {
 		nx = g->next;
-		if (g->state == G_LOST || !g->grp)
-			continue;
+		if (g->state == G_LOST || !g->grp || g->pending)
+			continue; /* a pending grant is confirm_grant's business */
 		int64_t lost_at = g->grp->deadline + grace;
 		if (now < lost_at) {
 			if (lost_at < next)

@@ -32,6 +32,7 @@
 #define WAIT_SLACK_NS (250 * NS_PER_MS) /* see wait_deadline() in client.c */
 #define MAX_STASH 64
 #define STASH_TTL_NS (10000 * NS_PER_MS)
+#define VOUCH_EVERY_NS (500 * NS_PER_MS) /* a fresh confirming KEEPALIVE, see grant_vouch */
 #define LIB_ID "c/" TOKEND_VERSION_STRING
 
 /* Reply data kept in a request for whoever completes it. */
@@ -117,6 +118,14 @@ struct group {
 
 enum { G_HELD, G_RELEASING, G_RECLAIMING, G_LOST };
 
+/*
+ * A grant the library holds. A grant is "pending" from its GRANT (or an
+ * upgrade's) until tokend_acquire / tokend_convert hands it to the caller,
+ * which happens only once it is valid for at least fresh_ns() (SPEC 13,
+ * "asynchronous grant"). Nobody relies on a pending grant: the loss rule
+ * (deadline + grace) and jeopardy notices skip it, and its revocations wait
+ * in `deferred` until the hand-over.
+ */
 struct grant_rec {
 	struct grant_rec *next;
 	tokend_grant g;   /* the public view (name, fence, mode, range, value) */
@@ -124,6 +133,14 @@ struct grant_rec {
 	uint64_t session;
 	struct group *grp; /* NULL once lost */
 	int state;
+	int lost_why;     /* G_LOST: TOKEND_ELOST or TOKEND_ESESSION */
+	int pending;
+	int jeopardy;     /* on_jeopardy was told it is in doubt (until it recovers) */
+	struct {
+		uint8_t mode;
+		uint64_t start, end;
+	} deferred[4];    /* revocations that came while pending */
+	int ndeferred;
 	/* revocations already handed to the application (SPEC 12 dedup) */
 	struct {
 		uint8_t mode;
@@ -146,7 +163,7 @@ struct stash {
 	int64_t at;
 };
 
-enum { EV_REVOKE, EV_LOST };
+enum { EV_REVOKE, EV_LOST, EV_JEOPARDY };
 
 struct event {
 	struct event *next;
@@ -154,7 +171,7 @@ struct event {
 	tokend_grant g;
 	tokend_mode wanted;
 	uint64_t start, end;
-	int why;
+	int why; /* EV_LOST: the status; EV_JEOPARDY: 1 = recovered */
 };
 
 struct map_worker {
@@ -232,6 +249,7 @@ struct tokend_client {
 	int nstash;
 	struct event *ev_head, *ev_tail;
 	int64_t next_lost_check;
+	int confirming; /* calls waiting in confirm_grant: group renewals broadcast c->cond */
 
 	uint64_t drops; /* malformed or unexpected datagrams */
 
@@ -264,6 +282,10 @@ int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64
 void session_reset(struct tokend_client *c);
 void *bg_main(void *arg);
 int status_to_result(int wire_status);
+int64_t fresh_ns(struct tokend_client *c);
+void grant_vouch(struct tokend_client *c, struct grant_rec *g, int64_t now);
+void grant_handover(struct tokend_client *c, struct grant_rec *g);
+void grant_give_up(struct tokend_client *c, struct grant_rec *g, const tokend_grant *report, int why);
 void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
 			const struct tkn_addr *to, uint32_t shard, uint32_t epoch);
 

@@ -201,13 +201,28 @@ TOKEND_API int tokend_connect(const tokend_options *opts, tokend_client **out);
  * wait_ms: TOKEND_TRY (answer at once, never queue), a limit in ms, or
  * TOKEND_WAIT_FOREVER. On TOKEND_OK *out describes the grant.
  *
+ * Validity on return: TOKEND_OK means the grant is valid (tokend_grant_check
+ * says TOKEND_OK) with at least (W - margin)/2 left, W being the workers'
+ * lease TTL and margin W/100 + 10 ms (or (S - margin)/2 if the session TTL S
+ * is shorter), however long it waited. A grant that waited in a queue comes
+ * with a validity counted from the first send of the request, possibly long
+ * ago; before returning it the library asks the worker to vouch for it anew
+ * (a KEEPALIVE sent after the grant arrived, counted from that send) or, if
+ * its shard moved meanwhile, reclaims it from the new owner. Until then the
+ * grant is nobody's: it cannot be reported lost or in jeopardy, and its
+ * revocations are handed to on_revoke only after this call returns it.
+ *
  * Timing: a try returns after one round trip, or TOKEND_ETIMEDOUT after
  * connect_timeout_ms if no worker answers. A wait of w ms queues at most w ms
  * at the worker; the call returns at most about w + 250 ms after it started
  * (the slack lets the worker's own TIMEOUT answer arrive; if it does not, the
- * library withdraws the request with CANCEL).
+ * library withdraws the request with CANCEL). A grant that cannot be
+ * confirmed within that limit is given back (in the background) and the
+ * call returns TOKEND_ETIMEDOUT (TOKEND_ELOST if the reclaim was refused).
  *
  * Errors: TOKEND_EINVAL, TOKEND_ECONFLICT (try), TOKEND_ETIMEDOUT,
+ * TOKEND_EDEADLK (the wait closed a cycle of waiters and this request was
+ * chosen to fail; nothing is held, nothing else changed), TOKEND_ELOST,
  * TOKEND_ESESSION, TOKEND_ECANCELED, TOKEND_EREFUSED, TOKEND_ESERVER,
  * TOKEND_ELIMIT, TOKEND_ENOMEM, TOKEND_ECLOSED, TOKEND_ECALLBACK. If the
  * session has expired, a new one is opened first (grants of the old one are
@@ -246,11 +261,19 @@ TOKEND_API int tokend_release(tokend_client *c, const tokend_grant *g, const voi
  * upgrade may wait like acquire (wait_ms) and gets a new fence; if it fails
  * the grant stays as it was. value/value_len as in tokend_release (PW/EX
  * holders only). From a callback only downgrades are allowed (see THREADS).
+ * An upgrade returns TOKEND_OK only once the new grant is valid with at
+ * least (W - margin)/2 left, as acquire.
+ *
  * Errors: as acquire, plus TOKEND_ENOTHELD, TOKEND_ELOST, TOKEND_EJEOPARDY
- * (the grant is being reclaimed after a worker failure: try again later).
+ * (the grant is being reclaimed after a worker failure: try again later),
+ * and TOKEND_EDEADLK: the upgrade would deadlock (e.g. two PR holders both
+ * converting to EX) and this one was chosen to fail; the grant stays as it
+ * was, still held in its old mode with its old fence. Release it (or
+ * convert it down) to let the other party through.
  * If an upgrade is given up (timeout) after the worker may have granted it,
- * the library cannot tell whether the grant survived: it then reports the
- * grant lost (on_lost) rather than guess.
+ * or was granted but could not be confirmed in time, the library cannot
+ * rely on the grant: it gives it back and reports it lost (on_lost, with
+ * the grant as *g still describes it) rather than guess.
  */
 TOKEND_API int tokend_convert(tokend_client *c, tokend_grant *g, tokend_mode mode, int64_t wait_ms,
 			      const void *value, size_t value_len);

@@ -1528,6 +1528,10 @@ func TestFakeWorker(t *testing.T) {
 					t.Errorf("reclaimed %d, STALE_EPOCH keepalive entries %d", f.count("reclaimed"), f.count("keepalive STALE_EPOCH"))
 				}
 			})
+			t.Run("long-wait", func(t *testing.T) {
+				f := newFakeCluster(t, 2)
+				longWait(t, bin, f.addr(), "longwait", 3*fakeSessionTTL, fakeW)
+			})
 			t.Run("shard-move", func(t *testing.T) {
 				f := newFakeCluster(t, 2)
 				f.logCounts(t)
@@ -1567,8 +1571,9 @@ func freeUDPPort(t *testing.T) int {
 }
 
 // startTokend builds cmd/tokend once into a temp dir and starts it all-in-one
-// on loopback with a 2 s session TTL; it returns the worker's UDP address.
-func startTokend(t *testing.T) string {
+// on loopback with a 2 s session TTL (and the extra flags); it returns the
+// worker's UDP address.
+func startTokend(t *testing.T, extra ...string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -1589,6 +1594,7 @@ func startTokend(t *testing.T) string {
 		"--udp-addr", udpAddr,
 		"--session-ttl", "2s",
 		"--log-level", "warn")
+	cmd.Args = append(cmd.Args, extra...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -1667,6 +1673,38 @@ func workerServesUDP(t *testing.T, addr string) bool {
 		}
 	}
 	return false
+}
+
+// longWait: a waiter queued for hold behind a holder gets a grant that is
+// valid on return with more than W/4 left, stays valid, and is never
+// reported lost (issue 11; SPEC.md 13, "asynchronous grant").
+func longWait(t *testing.T, bin, addr, name string, hold, w time.Duration) {
+	t.Helper()
+	out, err := run(t, hold+60*time.Second, bin, addr, "longwait", name,
+		strconv.Itoa(int(hold/time.Millisecond)), strconv.Itoa(int(w/time.Millisecond)))
+	if err != nil || !strings.Contains(out, "ok longwait") {
+		t.Fatalf("longwait: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "validity ") {
+			t.Logf("W %v, queued %v: %s", w, hold, l)
+		}
+	}
+}
+
+// TestLongWait runs longWait against a real tokend with short TTLs (session
+// 2 s, worker 2 s, grace 2 s), so that a wait of 3 session TTLs is longer
+// than W + grace: before the fix such a grant came back already lost.
+func TestLongWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts tokend")
+	}
+	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
+	addr := startTokend(t, "--worker-ttl", "2s", "--grace", "2s")
+	if !workerServesUDP(t, addr) {
+		t.Skip("worker does not serve UDP yet")
+	}
+	longWait(t, bin, addr, "e2e-longwait", 6*time.Second, 2*time.Second)
 }
 
 func TestEndToEnd(t *testing.T) {

@@ -14,6 +14,13 @@
  *   tokend-e2e HOST:PORT survive NAME MS   acquire EX, print "fence F", hold MS ms (the driver
  *                                          crashes or moves the worker meanwhile), check it is
  *                                          still valid with the same fence, release
+ *   tokend-e2e HOST:PORT longwait NAME MS W
+ *                                          one client holds NAME for MS ms (ignoring the revoke)
+ *                                          while another waits for it: the waiter's grant must be
+ *                                          valid on return with more than W/4 ms left (W: the
+ *                                          worker TTL), stay valid for MS/3 ms (checked every
+ *                                          100 ms), and never be reported lost; prints
+ *                                          "validity V ms after waiting T ms"
  *
  * Every scenario prints "ok <scenario>" and exits 0, or prints "FAIL: ..."
  * and exits 1. Token names get a per-run suffix so that runs do not collide.
@@ -509,6 +516,49 @@ static void p_survive(const char *name, int ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* A grant after a long wait in the queue is valid on return (SPEC 13,
+ * "asynchronous grant"; issue 11), stays valid, and is never reported lost. */
+static void p_longwait(const char *name, int hold_ms, int w_ms)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *holder = connect_plain(), *c = connect_cb(&s);
+	tokend_grant h, g;
+	CHECK_RC(tokend_acquire(holder, name, strlen(name), TOKEND_EX, TOKEND_TRY, &h), TOKEND_OK, "holder acquire");
+	struct releaser r = {holder, h, hold_ms, -99};
+	pthread_t th;
+	pthread_create(&th, NULL, release_later, &r);
+	int64_t t0 = now_ms();
+	int rc = tokend_acquire(c, name, strlen(name), TOKEND_EX, (int64_t)hold_ms * 2 + 10000, &g);
+	int64_t waited = now_ms() - t0;
+	uint32_t left = 0;
+	int check = rc == TOKEND_OK ? tokend_grant_check(c, &g, &left) : rc;
+	pthread_join(th, NULL);
+	CHECK_RC(r.rc, TOKEND_OK, "holder release");
+	CHECK_RC(rc, TOKEND_OK, "waiter acquire");
+	printf("validity %" PRIu32 " ms after waiting %" PRId64 " ms (grant says %" PRIu32 " ms)\n", left, waited,
+	       g.validity_ms);
+	CHECK(waited >= hold_ms - 100, "granted after %" PRId64 " ms, before the holder let go", waited);
+	CHECK_RC(check, TOKEND_OK, "grant_check on return");
+	CHECK(left > (uint32_t)w_ms / 4, "only %" PRIu32 " ms left on return (W %d ms)", left, w_ms);
+	CHECK(g.fence > h.fence, "fence %" PRIu64 " after %" PRIu64, g.fence, h.fence);
+	/* renewed by keepalives from here on */
+	for (int64_t t1 = now_ms(); now_ms() - t1 < hold_ms / 3; sleep_ms(100)) {
+		rc = tokend_grant_check(c, &g, &left);
+		CHECK_RC(rc, TOKEND_OK, "grant_check while held");
+		CHECK(left > 0, "no validity left while held");
+	}
+	pthread_mutex_lock(&s.mu);
+	int losts = s.losts;
+	pthread_mutex_unlock(&s.mu);
+	CHECK(losts == 0, "on_lost called %d times", losts);
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release after the long wait");
+	tokend_close(c);
+	tokend_close(holder);
+	pthread_mutex_destroy(&s.mu);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -547,6 +597,8 @@ int main(int argc, char **argv)
 		p_stuck(argv[3], argv[4]);
 	else if (!strcmp(s, "survive") && argc == 5)
 		p_survive(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "longwait") && argc == 6)
+		p_longwait(argv[3], atoi(argv[4]), atoi(argv[5]));
 	else {
 		fprintf(stderr, "unknown scenario %s\n", s);
 		return 2;
