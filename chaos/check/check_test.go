@@ -33,6 +33,13 @@ func (h *hist) conv(c int, tok string, fence uint64, m wire.Mode, nf uint64, cal
 		Output: Output{Fence: nf}, Call: call, Return: ret})
 }
 
+// fail records an acquire (fence 0) or a convert of fence that ended with
+// status st.
+func (h *hist) fail(c int, kind OpKind, tok string, fence uint64, m wire.Mode, st wire.Status, call, ret int64) {
+	*h = append(*h, porcupine.Operation{ClientId: c, Input: Input{Kind: kind, Client: c, Token: tok, Fence: fence, Mode: m},
+		Output: Output{Status: st}, Call: call, Return: ret})
+}
+
 func TestTokenModelHandMade(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -123,6 +130,32 @@ func TestTokenModelHandMade(t *testing.T) {
 		}},
 		{"release of a grant never made", false, func(h *hist) {
 			h.rel(0, "a", f(1), 0, 10)
+		}},
+		{"conversion deadlock: the victim keeps its PR, the other upgrades after it releases", true, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.acq(1, "a", wire.PR, 0, 0, f(2), 0, 10)
+			h.fail(1, OpConvert, "a", f(2), wire.EX, wire.StatusDeadlock, 30, 31)
+			h.rel(1, "a", f(2), 40, 45)
+			h.conv(0, "a", f(1), wire.EX, f(3), 20, 50)
+		}},
+		{"a deadlock victim's acquire changes nothing", true, func(h *hist) {
+			h.acq(0, "a", wire.EX, 0, 0, f(1), 0, 10)
+			h.fail(1, OpAcquire, "a", 0, wire.EX, wire.StatusDeadlock, 20, 30)
+			h.rel(0, "a", f(1), 40, 50)
+			h.acq(1, "a", wire.EX, 0, 0, f(2), 45, 60)
+		}},
+		{"a deadlock victim still holds what it converted", false, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.acq(1, "a", wire.PR, 0, 0, f(2), 0, 10)
+			h.fail(1, OpConvert, "a", f(2), wire.EX, wire.StatusDeadlock, 30, 31)
+			h.conv(0, "a", f(1), wire.EX, f(3), 20, 35) // granted while the victim's PR is held
+			h.rel(1, "a", f(2), 40, 45)
+		}},
+		{"DEADLOCK for a convert of a grant not held", false, func(h *hist) {
+			h.fail(1, OpConvert, "a", f(2), wire.EX, wire.StatusDeadlock, 30, 31)
+		}},
+		{"no failure but DEADLOCK is a record", false, func(h *hist) {
+			h.fail(1, OpAcquire, "a", 0, wire.EX, wire.StatusTimeout, 30, 31)
 		}},
 		{"new epoch fences above the old", true, func(h *hist) {
 			h.acq(0, "a", wire.EX, 0, 0, wire.MakeFence(1, 900), 0, 10)

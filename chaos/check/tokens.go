@@ -53,8 +53,14 @@ type Input struct {
 }
 
 // Output is what an operation returned: the fence granted (acquire,
-// convert); 0 for release.
-type Output struct{ Fence uint64 }
+// convert); 0 for release. Status is the final status of an acquire or
+// convert that failed, or 0 (OK). Of the failures only DEADLOCK may be
+// recorded (wire/SPEC.md section 19): the request got nothing and changed
+// nothing, and a convert's grant stays held as it was.
+type Output struct {
+	Fence  uint64
+	Status wire.Status
+}
 
 // holder is one grant in the model's state.
 type holder struct {
@@ -116,6 +122,20 @@ func (s tokState) with(g holder, last uint64, drop int) tokState {
 
 // step is the sequential specification of one token.
 func step(s tokState, in Input, out Output) (bool, tokState) {
+	if out.Status != wire.StatusOK {
+		// A deadlock victim gets nothing and keeps what it held; a convert
+		// answered DEADLOCK is one of a grant still held (the victim keeps
+		// it). No other failure is a legal record.
+		switch {
+		case out.Status != wire.StatusDeadlock || out.Fence != 0:
+			return false, s
+		case in.Kind == OpAcquire:
+			return true, s
+		case in.Kind == OpConvert && s.find(in.Client, in.Fence) >= 0:
+			return true, s
+		}
+		return false, s
+	}
 	switch in.Kind {
 	case OpAcquire:
 		st, en := norm(in.Start, in.End)
@@ -176,13 +196,17 @@ var TokenModel = porcupine.Model{
 	DescribeOperation: func(input, output any) string {
 		in := input.(Input)
 		out, _ := output.(Output)
+		res := fmt.Sprintf("%#x", out.Fence)
+		if out.Status != wire.StatusOK {
+			res = out.Status.String()
+		}
 		switch in.Kind {
 		case OpAcquire:
-			return fmt.Sprintf("c%d acquire %s %v [%d,%d) -> %#x", in.Client, in.Token, in.Mode, in.Start, in.End, out.Fence)
+			return fmt.Sprintf("c%d acquire %s %v [%d,%d) -> %s", in.Client, in.Token, in.Mode, in.Start, in.End, res)
 		case OpRelease:
 			return fmt.Sprintf("c%d release %s %#x", in.Client, in.Token, in.Fence)
 		default:
-			return fmt.Sprintf("c%d convert %s %#x to %v -> %#x", in.Client, in.Token, in.Fence, in.Mode, out.Fence)
+			return fmt.Sprintf("c%d convert %s %#x to %v -> %s", in.Client, in.Token, in.Fence, in.Mode, res)
 		}
 	},
 	DescribeState: func(state any) string { return fmt.Sprint(state.(tokState)) },
@@ -193,8 +217,9 @@ var TokenModel = porcupine.Model{
 //
 // What to record, so that the check never blames the service for the
 // test's own uncertainty:
-//   - an acquire (or convert) only when it returned a grant: Call just
-//     before the request, Return just after;
+//   - an acquire (or convert) only when it returned a grant, or DEADLOCK
+//     (Output.Status; it changed nothing): Call just before the request,
+//     Return just after;
 //   - the end of every recorded grant: Call just before the holder stops
 //     relying on it (before Release; for a grant given up as lost or not
 //     Valid, the time just before its last successful Valid check), Return
