@@ -214,6 +214,28 @@ func advertiseURLs(flagName, advFlag string, listen, adv []string, h hostNet, pe
 	return out, whys, nil
 }
 
+// localURLs returns the URLs at which this process reaches its own
+// listeners: listen URLs on every address become loopback ones (the
+// advertised address may be a NAT's, unreachable from inside).
+func localURLs(listen []string) []string {
+	out := make([]string, 0, len(listen))
+	for _, s := range listen {
+		u, err := url.Parse(s)
+		if err == nil {
+			if host, port, err := net.SplitHostPort(u.Host); err == nil && isUnspecified(host) {
+				lo := "127.0.0.1"
+				if strings.Contains(host, ":") {
+					lo = "::1"
+				}
+				u.Host = net.JoinHostPort(lo, port)
+				s = u.String()
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
 // fillPort returns adv with a port 0 replaced by bound's port.
 func fillPort(adv string, bound net.Addr) string {
 	host, port, err := net.SplitHostPort(adv)

@@ -255,8 +255,19 @@ func TestFillPort(t *testing.T) {
 // A host with a default route never waits for DNS.
 func TestAdvertiseNoLookupWithDefaultRoute(t *testing.T) {
 	h := lan
-	h.LookupHost = func() []netip.Addr { t.Error("host name resolved although the default route gave an address"); return nil }
+	h.LookupHost = func() []netip.Addr {
+		t.Error("host name resolved although the default route gave an address")
+		return nil
+	}
 	if got, _, err := advertiseAddr(udpL("0.0.0.0:7700", ""), h, remotePeers); err != nil || got != "10.1.2.3:7700" {
 		t.Errorf("%q, %v", got, err)
+	}
+}
+
+func TestLocalURLs(t *testing.T) {
+	got := localURLs([]string{"http://0.0.0.0:2379", "http://10.1.2.3:2381", "http://[::]:2382"})
+	want := []string{"http://127.0.0.1:2379", "http://10.1.2.3:2381", "http://[::1]:2382"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v, want %v", got, want)
 	}
 }

@@ -204,7 +204,7 @@ func (d *daemon) start(ctx context.Context) error {
 	// worker can bind its socket) before the member has started.
 	endpoints := cfg.etcdEndpoints
 	if cfg.mode != modeWorker {
-		endpoints = cfg.advClientURLs
+		endpoints = localURLs(cfg.clientURLs)
 	}
 	d.client, err = clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
