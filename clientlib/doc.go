@@ -77,6 +77,19 @@
 // valid, in jeopardy, released or lost in one call, and Token.ValueState
 // tells a value block never set from one lost with a worker.
 //
+// # Deadlocks
+//
+// Acquire and Convert fail with an error wrapping ErrDeadlock when their
+// wait would never end (wire/SPEC.md section 19): at once for a conversion
+// deadlock (two PR holders both converting to EX: the second is the
+// victim), and within a few hundred milliseconds for a cycle of sessions
+// waiting for each other's tokens across shards or workers (the younger
+// request is the victim). The victim keeps everything it holds, a Convert's
+// token stays in its old mode with its old fence: give something back
+// (Release, or Convert down), then retry. A revoke handler that releases
+// promptly (within 50 ms) breaks a cycle across tokens before anyone is
+// answered ErrDeadlock.
+//
 // # Choices where SPEC.md leaves room
 //
 // What a worker (and the C client) should expect from this client:
