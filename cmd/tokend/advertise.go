@@ -214,6 +214,21 @@ func advertiseURLs(flagName, advFlag string, listen, adv []string, h hostNet, pe
 	return out, whys, nil
 }
 
+// checkLoopback refuses adv, the worker's advertised UDP address, if it is
+// loopback while a peer is not. The error names --advertise-udp-addr if
+// adv came from it (it differs from listen), else --udp-addr.
+func checkLoopback(adv, listen string, peers []peer) error {
+	host, _, err := net.SplitHostPort(adv)
+	remote := firstRemote(peers)
+	if err != nil || !isLoopback(host) || remote == nil {
+		return nil
+	}
+	if adv != listen {
+		return bad("advertise-udp-addr", "%q is a loopback address, but the cluster's other members are not on loopback (%s): its clients could not reach this worker", adv, remote.What)
+	}
+	return bad("udp-addr", "%q would be advertised, but it is a loopback address and the cluster's other members are not on loopback (%s); listen on a reachable address, or on 0.0.0.0 to derive one, or set --advertise-udp-addr", adv, remote.What)
+}
+
 // localURLs returns the URLs at which this process reaches its own
 // listeners: listen URLs on every address become loopback ones (the
 // advertised address may be a NAT's, unreachable from inside).

@@ -271,3 +271,19 @@ func TestLocalURLs(t *testing.T) {
 		t.Errorf("got %v, want %v", got, want)
 	}
 }
+
+func TestCheckLoopbackAgainstRegisteredWorkers(t *testing.T) {
+	others := []peer{{"registered worker w2 at 10.1.2.4:7700", netip.MustParseAddr("10.1.2.4")}}
+	if err := checkLoopback("127.0.0.1:7700", "127.0.0.1:7700", others); err == nil || !strings.Contains(err.Error(), "--udp-addr") || !strings.Contains(err.Error(), "w2") {
+		t.Errorf("loopback listen: %v", err)
+	}
+	if err := checkLoopback("127.0.0.1:7700", "0.0.0.0:7700", others); err == nil || !strings.Contains(err.Error(), "--advertise-udp-addr") {
+		t.Errorf("loopback advertised: %v", err)
+	}
+	if err := checkLoopback("127.0.0.1:7700", "127.0.0.1:7700", loopPeers); err != nil {
+		t.Errorf("all on loopback: %v", err)
+	}
+	if err := checkLoopback("10.1.2.3:7700", "0.0.0.0:7700", others); err != nil {
+		t.Errorf("reachable: %v", err)
+	}
+}

@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -214,6 +216,11 @@ func (d *daemon) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
+	if cfg.mode == modeWorker {
+		if err := d.checkRegistered(ctx); err != nil {
+			return err
+		}
+	}
 	if cfg.mode != modeServer || cfg.runWorker {
 		d.worker, err = worker.New(worker.Config{
 			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HTTPAddr: cfg.advHTTP,
@@ -281,6 +288,32 @@ func (d *daemon) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkRegistered refuses a loopback worker address when workers already
+// registered are on other hosts: their clients could not reach this one.
+// (The etcd endpoints said nothing: they are on loopback too, a proxy or
+// tunnel, say.) If etcd does not answer in time it checks nothing; the
+// worker's start waits for etcd anyway.
+func (d *daemon) checkRegistered(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	resp, err := d.client.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		d.log.Debug("cannot read the registered workers to check the advertised address", "err", err)
+		return nil
+	}
+	var peers []peer
+	for _, kv := range resp.Kvs {
+		var w cluster.Worker
+		if json.Unmarshal(kv.Value, &w) != nil || w.ID == d.cfg.workerID {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(w.UDP); err == nil {
+			peers = append(peers, peer{"registered worker " + w.ID + " at " + w.UDP, ap.Addr().Unmap()})
+		}
+	}
+	return checkLoopback(d.cfg.advUDP, d.cfg.udpAddr, peers)
 }
 
 // drain hands the worker's shards to the other workers (planned handoffs,
