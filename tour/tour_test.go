@@ -352,8 +352,12 @@ func TestTour(t *testing.T) {
 	// tokend-lock and tokenctl acquire NAME -- command: the command gets
 	// the fence.
 	step("tokenctl acquire NAME -- command")
-	out, errOut, code = run(t, env, 20*time.Second, ctl, "acquire", seeds, "backup/db", "--", "sh", "-c", `echo "fence=$TOKEND_FENCE token=$TOKEND_TOKEN"; exit 7`)
-	if code != 7 || !regexp.MustCompile(`^fence=\d+ token=backup/db\n$`).MatchString(out) {
+	out, errOut, code = run(t, env, 20*time.Second, ctl, "acquire", seeds, "backup/db", "--", "sh", "-c", `echo "fence $TOKEND_FENCE, valid until $TOKEND_VALID_UNTIL_MS"`)
+	if code != 0 || !regexp.MustCompile(`^fence \d+, valid until \d{13}\n$`).MatchString(out) {
+		t.Errorf("tokenctl acquire -- sh: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	out, errOut, code = run(t, env, 20*time.Second, ctl, "acquire", seeds, "backup/db", "--", "sh", "-c", `echo "$TOKEND_TOKEN"; exit 7`)
+	if code != 7 || out != "backup/db\n" {
 		t.Errorf("tokenctl acquire -- sh: exit %d (want the command's 7), stdout %q, stderr %q", code, out, errOut)
 	}
 
