@@ -165,6 +165,14 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 			}
 		}()
 	}
+	t.Cleanup(func() { // the loops end, and stop testing, before the test does
+		mu.Lock()
+		if stopAt.IsZero() || time.Now().Before(stopAt) {
+			stopAt = time.Now()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	select {
 	case <-longStarted:
 	case <-time.After(30 * time.Second):

@@ -370,11 +370,13 @@ int main(int argc, char **argv)
 	char reason_buf[128];
 	struct timespec poll = {0, POLL_MS * 1000000L};
 	for (;;) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
-		if (r == pid || (r < 0 && errno != EINTR)) {
-			reaped = r == pid;
+		/* Seen exited but not reaped yet (WNOWAIT): its pid cannot be
+		 * reused until the signal senders below have forgotten it. */
+		siginfo_t info;
+		info.si_pid = 0;
+		int r = waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT);
+		if ((r == 0 && info.si_pid == pid) || (r < 0 && errno != EINTR))
 			break;
-		}
 		if (!why) {
 			pthread_mutex_lock(&mu);
 			why = lost_why;
@@ -420,6 +422,9 @@ int main(int argc, char **argv)
 	if (!why)
 		why = lost_why;
 	pthread_mutex_unlock(&mu);
+	while ((reaped = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+	}
+	reaped = reaped == pid;
 	sigaction(SIGINT, &old_int, NULL);
 	sigaction(SIGQUIT, &old_quit, NULL);
 
