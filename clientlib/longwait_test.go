@@ -141,3 +141,59 @@ func TestCloseIsQuiet(t *testing.T) {
 		t.Fatalf("Close logged %d warnings, e.g. %q", len(recs), recs[0])
 	}
 }
+
+// TestValueSurvivesWorkerCrash: a token's value block survives the crash
+// of its worker while a PR holder has it (the DLM's rule): the holder's
+// RECLAIM carries its copy and the new owner takes it, so the next holder
+// sees the value, not "lost". Before, every value of a crashed worker's
+// shards came back lost.
+func TestValueSurvivesWorkerCrash(t *testing.T) {
+	c := startCluster(t, nil, 2)
+	writer := dial(t, c, nil, 0, clientlib.Config{})
+	holder := dial(t, c, nil, 0, clientlib.Config{})
+	reader := dial(t, c, nil, 0, clientlib.Config{})
+	ctx := ctxFor(t, 30*time.Second)
+	tw, err := writer.Acquire(ctx, "lvb", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Release(ctx, clientlib.SetValue([]byte("v42"))); err != nil {
+		t.Fatal(err)
+	}
+	th, err := holder.Acquire(ctx, "lvb", wire.PR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := th.Value(); !ok || string(v) != "v42" {
+		t.Fatalf("holder's value %q %v", v, ok)
+	}
+	var owner int = -1
+	for i, w := range c.Workers() {
+		if w.HeldTokens() == 1 {
+			owner = i
+		}
+	}
+	if owner < 0 {
+		t.Fatal("no worker holds the grant")
+	}
+	fence := th.Fence()
+	c.Workers()[owner].Close() // stops at once: its shards are recovered with a grace period
+	// The holder reclaims its grant at the new owner with the same fence.
+	deadline := time.Now().Add(20 * time.Second)
+	for th.State() != clientlib.TokenValid || th.Fence() != fence || time.Until(th.ValidUntil()) < 500*time.Millisecond {
+		if th.State() == clientlib.TokenLost || time.Now().After(deadline) {
+			t.Fatalf("holder's token %v (err %v)", th.State(), th.Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tr, err := reader.Acquire(ctx, "lvb", wire.PR) // waits out the grace period
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := tr.Value(); !ok || string(v) != "v42" || tr.ValueState() != clientlib.ValueValid {
+		t.Fatalf("value after the crash %q (%v), want \"v42\"", v, tr.ValueState())
+	}
+	if v, ok := th.Value(); !ok || string(v) != "v42" {
+		t.Fatalf("holder's value after its reclaim %q %v", v, ok)
+	}
+}

@@ -1208,6 +1208,11 @@ func (c *Client) reclaim(t *Token) {
 	}
 	fence := t.fence
 	body := wire.Reclaim{Fence: fence, Mode: t.mode, Start: t.start, End: t.end, Name: []byte(t.name)}
+	if t.vstate == ValueValid && (t.mode == wire.PR || t.mode.Writes()) {
+		// The holder's copy of the value block: the new owner recovers a
+		// value lost in the crash from it (SPEC.md 13).
+		body.HasValue, body.Value = true, slices.Clone(t.value)
+	}
 	lostAt := c.lostAt(l)
 	if t.pending {
 		// Not yet the application's: it may take as long as a new owner

@@ -74,6 +74,7 @@ const (
 	FlagTry          uint8 = 0x01 // ACQUIRE, CONVERT: fail at once on conflict
 	FlagReleaseValue uint8 = 0x01 // RELEASE: a value block follows the name
 	FlagConvertValue uint8 = 0x02 // CONVERT: a value block follows the name
+	FlagReclaimValue uint8 = 0x01 // RECLAIM: the holder's copy of the value block follows the name
 )
 
 // Kind names the body layout a datagram carries. It follows from the type
@@ -156,7 +157,7 @@ var types = func() (t [256]typeInfo) {
 	req(TypeRelease, "RELEASE", FlagReleaseValue, sessNonzero, true, KindRelease, KindEmpty)
 	req(TypeConvert, "CONVERT", FlagTry|FlagConvertValue, sessNonzero, true, KindConvert, KindGrant)
 	req(TypeCancel, "CANCEL", 0, sessNonzero, true, KindCancel, KindEmpty)
-	req(TypeReclaim, "RECLAIM", 0, sessNonzero, true, KindReclaim, KindGrant)
+	req(TypeReclaim, "RECLAIM", FlagReclaimValue, sessNonzero, true, KindReclaim, KindGrant)
 	req(TypeRevokeAck, "REVOKE_ACK", 0, sessNonzero, true, KindRevokeAck, KindInvalid)
 	req(TypeMapRequest, "MAP_REQUEST", 0, sessAny, false, KindMapRequest, KindMapReply)
 	t[TypeMapReply].name = "MAP_REPLY"

@@ -230,6 +230,8 @@ func describeBody(d *describer, m message) {
 		d.mode(m.Mode)
 		d.rng(m.Start, m.End)
 		d.bytes("token", m.Name)
+		d.bool("has_value", m.HasValue)
+		d.bytes("value", m.Value)
 	case *RevokeAck:
 		d.u("target", m.Target)
 	case *MapRequest:

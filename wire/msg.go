@@ -428,22 +428,40 @@ func (m *Cancel) Decode(h Header, b []byte) error {
 // reinstate a grant the client held from the previous owner, with its old
 // fence.
 type Reclaim struct {
-	Fence uint64 // the grant's fence (issued in an earlier epoch)
-	Mode  Mode   // the mode held
-	Start uint64 // the range held
-	End   uint64
-	Name  []byte // token name, 1..255 bytes
+	Fence    uint64 // the grant's fence (issued in an earlier epoch)
+	Mode     Mode   // the mode held
+	Start    uint64 // the range held
+	End      uint64
+	Name     []byte // token name, 1..255 bytes
+	HasValue bool   // flag VALUE: Value is the holder's copy of the token's value block
+	Value    []byte // 0..64 bytes; only with HasValue
 }
 
-// Append appends a RECLAIM datagram.
+// Append appends a RECLAIM datagram. Value is ignored unless HasValue.
 func (m Reclaim) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeReclaim, 0
-	return appendGrantRef(dst, h, KindReclaim, m.Fence, m.Mode, m.Start, m.End, m.Name)
+	if m.HasValue {
+		h.Flags = FlagReclaimValue
+	}
+	return appendGrantRef(dst, h, KindReclaim, m.Fence, m.Mode, m.Start, m.End, m.Name, m.HasValue, m.Value)
 }
 
-// Decode decodes a RECLAIM body. m.Name aliases b.
+// Decode decodes a RECLAIM body. m.Name and m.Value alias b.
 func (m *Reclaim) Decode(h Header, b []byte) error {
-	return decodeGrantRef(h, b, KindReclaim, &m.Fence, &m.Mode, &m.Start, &m.End, &m.Name)
+	r, err := body(&h, b, KindReclaim)
+	if err != nil {
+		return err
+	}
+	m.Fence = r.fence()
+	m.Mode = r.mode()
+	m.Start, m.End = r.rng()
+	m.Name = r.name()
+	m.HasValue = h.Flags&FlagReclaimValue != 0
+	m.Value = nil
+	if m.HasValue {
+		m.Value = r.value()
+	}
+	return r.done()
 }
 
 // RevokeAck (REVOKE_ACK, one-way) tells the worker the client has received
@@ -685,7 +703,7 @@ type Revoke struct {
 // Append appends a REVOKE datagram.
 func (m Revoke) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeRevoke, 0
-	return appendGrantRef(dst, h, KindRevoke, m.Fence, m.Mode, m.Start, m.End, m.Name)
+	return appendGrantRef(dst, h, KindRevoke, m.Fence, m.Mode, m.Start, m.End, m.Name, false, nil)
 }
 
 // Decode decodes a REVOKE body. m.Name aliases b.
@@ -871,9 +889,10 @@ func (m *NotOwner) Decode(h Header, b []byte) error {
 
 // appendGrantRef and decodeGrantRef encode the body that RECLAIM and REVOKE
 // share: a grant's fence, a mode, a range and the token name.
-func appendGrantRef(dst []byte, h Header, k Kind, fence uint64, mode Mode, start, end uint64, name []byte) ([]byte, error) {
+func appendGrantRef(dst []byte, h Header, k Kind, fence uint64, mode Mode, start, end uint64, name []byte,
+	hasValue bool, value []byte) ([]byte, error) {
 	s, e, err := wireRange(start, end)
-	if err = first(checkFence(fence), checkMode(mode), err, checkName(name)); err != nil {
+	if err = first(checkFence(fence), checkMode(mode), err, checkName(name), checkValue(value)); err != nil {
 		return dst, err
 	}
 	begun, dst, err := begin(dst, &h, k)
@@ -885,6 +904,9 @@ func appendGrantRef(dst []byte, h Header, k Kind, fence uint64, mode Mode, start
 	dst = appendU64(dst, s)
 	dst = appendU64(dst, e)
 	dst = appendBytes8(dst, name)
+	if hasValue {
+		dst = appendBytes8(dst, value)
+	}
 	return finish(dst, begun)
 }
 

@@ -351,7 +351,9 @@ func TestRandomMessages(t *testing.T) {
 		case KindCancel:
 			m = &Cancel{u64()}
 		case KindReclaim:
-			m = &Reclaim{u64(), mode(), u64(), u64(), bs(MaxName)}
+			rc := &Reclaim{Fence: u64(), Mode: mode(), Start: u64(), End: u64(), Name: bs(MaxName)}
+			rc.HasValue, rc.Value = value()
+			m = rc
 		case KindRevokeAck:
 			m = &RevokeAck{u64()}
 		case KindMapRequest:

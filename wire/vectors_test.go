@@ -150,6 +150,8 @@ func validVectors() []vector {
 	rh := vhdr(31, 30, vToken)
 	rh.Epoch = 4
 	add("reclaim", rh, &Reclaim{Fence: MakeFence(vEpoch, 1001), Mode: EX, Start: WholeStart, End: WholeEnd, Name: vToken})
+	add("reclaim-value", rh, &Reclaim{Fence: MakeFence(vEpoch, 1001), Mode: PW, Start: WholeStart, End: WholeEnd, Name: vToken,
+		HasValue: true, Value: []byte("lvb")})
 	rr := rh.Reply()
 	rr.Type = TypeReclaimReply
 	add("reclaim-reply-grant", rr, &Grant{Fence: MakeFence(vEpoch, 1001), Mode: EX, ValidityMs: 4900,

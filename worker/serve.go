@@ -350,7 +350,8 @@ func decodeToken(h wire.Header, pkt []byte, now int64) (in table.Input, name []b
 		if err = m.Decode(h, pkt); err != nil {
 			return in, nil, err
 		}
-		return table.Input{Op: table.OpReclaim, Name: m.Name, Mode: m.Mode, Fence: m.Fence, Start: m.Start, End: m.End}, m.Name, nil
+		return table.Input{Op: table.OpReclaim, Name: m.Name, Mode: m.Mode, Fence: m.Fence, Start: m.Start, End: m.End,
+			SetValue: m.HasValue, Value: m.Value}, m.Name, nil
 	}
 	return in, nil, wire.ErrKind
 }

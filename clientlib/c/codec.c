@@ -141,6 +141,7 @@ static uint8_t allowed_flags(uint8_t t)
 	case TKW_ACQUIRE: return TKW_FLAG_TRY;
 	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE;
 	case TKW_CONVERT: return TKW_FLAG_TRY | TKW_FLAG_CONVERT_VALUE;
+	case TKW_RECLAIM: return TKW_FLAG_RECLAIM_VALUE;
 	}
 	return 0;
 }
@@ -542,10 +543,13 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		break;
 	case TKW_K_RECLAIM:
 	case TKW_K_REVOKE:
+		m->has_value = m->kind == TKW_K_RECLAIM && (h->flags & TKW_FLAG_RECLAIM_VALUE) != 0;
 		CHECK(rd_fence(r, &m->fence));
 		CHECK(rd_mode(r, &m->mode));
 		CHECK(rd_range(r, &m->start, &m->end));
 		CHECK(rd_name(r, &m->name));
+		if (m->has_value)
+			CHECK(rd_value(r, &m->value));
 		break;
 	case TKW_K_REVOKE_ACK:
 		CHECK(rd_u64(r, &m->target));
@@ -768,6 +772,7 @@ static uint8_t derive_flags(const struct tkw_msg *m, int kind)
 	case TKW_K_RELEASE: return m->has_value ? TKW_FLAG_RELEASE_VALUE : 0;
 	case TKW_K_CONVERT:
 		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->has_value ? TKW_FLAG_CONVERT_VALUE : 0));
+	case TKW_K_RECLAIM: return m->has_value ? TKW_FLAG_RECLAIM_VALUE : 0;
 	}
 	return 0;
 }
@@ -839,6 +844,8 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 		wr_u8(w, m->mode);
 		wr_range(w, m->start, m->end);
 		wr_bytes8(w, m->name, TKW_MAX_NAME, TKW_ENAMELENGTH);
+		if (kind == TKW_K_RECLAIM && m->has_value)
+			wr_bytes8(w, m->value, TKW_MAX_VALUE, TKW_EVALUELENGTH);
 		break;
 	case TKW_K_MAP_REQUEST:
 		wr_u32(w, m->first_shard);

@@ -61,6 +61,7 @@ enum {
 #define TKW_FLAG_TRY 0x01           /* ACQUIRE, CONVERT */
 #define TKW_FLAG_RELEASE_VALUE 0x01 /* RELEASE */
 #define TKW_FLAG_CONVERT_VALUE 0x02 /* CONVERT */
+#define TKW_FLAG_RECLAIM_VALUE 0x01 /* RECLAIM: the holder's copy of the value block */
 
 /* GRANT value flags (S5). */
 #define TKW_VALUE_VALID 0x01
@@ -200,8 +201,8 @@ struct tkw_msg {
 	uint64_t start, end;
 	struct tkw_bytes name;
 	uint64_t fence;
-	int has_value;           /* RELEASE, CONVERT (flag) */
-	struct tkw_bytes value;  /* RELEASE, CONVERT, GRANT */
+	int has_value;           /* RELEASE, CONVERT, RECLAIM (flag) */
+	struct tkw_bytes value;  /* RELEASE, CONVERT, RECLAIM, GRANT */
 	uint64_t target;         /* CANCEL, REVOKE_ACK */
 	uint32_t first_shard;    /* MAP_REQUEST */
 	uint64_t body_map_version; /* MAP_REPLY (key "map_version" in the body) */

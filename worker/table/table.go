@@ -490,7 +490,7 @@ func (t *Table) cancel(in *Input, out []Output) []Output {
 }
 
 func (t *Table) reclaim(in *Input, out []Output) []Output {
-	if in.Session == 0 || !validName(in.Name) || !in.Mode.Valid() || in.Start >= in.End || in.SetValue {
+	if in.Session == 0 || !validName(in.Name) || !in.Mode.Valid() || in.Start >= in.End || len(in.Value) > MaxValueLen {
 		return reply(out, in, StatusBadRequest)
 	}
 	ti, h := t.lookup(in.Name)
@@ -537,7 +537,25 @@ func (t *Table) reclaim(in *Input, out []Output) []Output {
 	}
 	t.maxFence = max(t.maxFence, in.Fence)
 	gi := t.addGrant(ti, si, in.Mode, in.Start, in.End, in.Fence, in.Req)
+	t.recoverValue(t.toks.at(ti), in)
 	return append(out, t.grantOut(KindReply, in.Session, in.Req, gi))
+}
+
+// recoverValue takes the value block of a token whose values were lost in
+// a crash from a reclaiming holder's copy, by the DLM's rule: a PW or EX
+// holder's copy is the value (nobody else could write it), and so is a PR
+// holder's (no writer coexists with PR, so every PR holder has the same
+// one). CR, CW and NL holders may have seen an older value than a PW
+// holder wrote since: their copies are ignored. A token nobody recovers it
+// for keeps ValueLost.
+func (t *Table) recoverValue(tok *token, in *Input) {
+	if !t.valuesLost || !in.SetValue || tok.flags&tokValueValid != 0 {
+		return
+	}
+	switch in.Mode {
+	case wire.PR, wire.PW, wire.EX:
+		tok.setValue(in.Value)
+	}
 }
 
 // deadlock ends the queued request (id, req), chosen by a deadlock detector,

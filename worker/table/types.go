@@ -75,7 +75,9 @@ const (
 	// OpCancel: Session, Req (of the cancel itself), Target (the request
 	// id of the queued acquire or convert).
 	OpCancel
-	// OpReclaim: Session, Req, Name, Mode, Start, End, Fence (the old one).
+	// OpReclaim: Session, Req, Name, Mode, Start, End, Fence (the old one),
+	// and SetValue/Value: the holder's copy of the value block, which
+	// restores a value lost in a crash if the holder is PR, PW or EX.
 	OpReclaim
 	// OpEndSession: Session. The session's lease is gone: all its grants
 	// and waiters go. No reply.
@@ -113,7 +115,7 @@ type Input struct {
 	Fence    uint64 // OpRelease, OpConvert: the grant; OpReclaim: its old fence
 	Deadline int64  // absolute, same clock as now: a queued request times out when now >= Deadline
 	Try      bool   // fail with StatusConflict instead of queueing
-	SetValue bool   // OpRelease, OpConvert: set the token's value block to Value
+	SetValue bool   // OpRelease, OpConvert: set the token's value block to Value; OpReclaim: the holder's copy
 	Value    []byte // at most MaxValueLen bytes
 }
 

@@ -233,6 +233,10 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		d_u(d, "start", m->start);
 		d_u(d, "end", m->end);
 		d_b(d, "token", m->name);
+		if (m->kind == TKW_K_RECLAIM) {
+			d_u(d, "has_value", (uint64_t)m->has_value);
+			d_b(d, "value", m->value);
+		}
 		break;
 	case TKW_K_MAP_REQUEST:
 		d_u(d, "first_shard", m->first_shard);
