@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func addrs(ss ...string) []netip.Addr {
@@ -285,5 +286,35 @@ func TestCheckLoopbackAgainstRegisteredWorkers(t *testing.T) {
 	}
 	if err := checkLoopback("10.1.2.3:7700", "0.0.0.0:7700", others); err != nil {
 		t.Errorf("reachable: %v", err)
+	}
+}
+
+// tokend up's children advertise what they listen on, whatever
+// TOKEND_ADVERTISE_* variables they inherit.
+func TestUpAdvertisesLoopback(t *testing.T) {
+	cfg := &upConfig{servers: 1, workers: 1, dataDir: t.TempDir(), basePort: 20000, workerTTL: 5 * time.Second,
+		sessionTTL: 10 * time.Second, grace: 5 * time.Second, shutdownTimeout: 10 * time.Second, logFormat: "text", logLevel: "info"}
+	env := map[string]string{"TOKEND_ADVERTISE_UDP_ADDR": "10.9.9.9:7700", "TOKEND_ADVERTISE_HTTP_ADDR": "10.9.9.9:7780",
+		"TOKEND_ADVERTISE_PEER_URLS": "http://10.9.9.9:2380", "TOKEND_ADVERTISE_CLIENT_URLS": "http://10.9.9.9:2379",
+		"TOKEND_ADVERTISE_HANDOFF_ADDR": "10.9.9.9:0"}
+	for _, k := range planUp(cfg, false) {
+		m := modeWorker
+		if k.server {
+			m = modeServer
+		}
+		c, err := loadConfig(m, k.args[1:], func(k string) string { return env[k] }, &strings.Builder{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.resolveAdvertise(lan, c.peerAddrs(func(string) []netip.Addr { return nil })); err != nil {
+			t.Fatal(err)
+		}
+		got := c.advHTTP + " " + c.advUDP + " " + c.advHandoff
+		if k.server {
+			got = c.advHTTP + " " + strings.Join(c.advPeerURLs, ",") + " " + strings.Join(c.advClientURLs, ",")
+		}
+		if strings.Contains(got, "10.9.9.9") {
+			t.Errorf("%s advertises %s", k.name, got)
+		}
 	}
 }

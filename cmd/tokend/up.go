@@ -44,7 +44,7 @@ const (
 // upConfig is the configuration of "tokend up". It comes from flags only;
 // the children inherit the environment, so TOKEND_* variables for options
 // up does not set (TOKEND_SHARDS, say) reach them, while what up sets is
-// passed as flags and wins.
+// passed as flags and wins: every address, listened on and advertised.
 type upConfig struct {
 	servers         int
 	workers         int
@@ -254,6 +254,11 @@ func planUp(c *upConfig, existing bool) []upChild {
 				"--client-urls", "http://" + hostPort(s.client),
 				"--peer-urls", "http://" + hostPort(s.peer),
 				"--http-addr", hostPort(s.http),
+				// Advertised as listened on, also when a TOKEND_ADVERTISE_*
+				// variable in up's environment would say otherwise.
+				"--advertise-client-urls", "http://" + hostPort(s.client),
+				"--advertise-peer-urls", "http://" + hostPort(s.peer),
+				"--advertise-http-addr", hostPort(s.http),
 				"--initial-cluster", strings.Join(initial, ","),
 				"--cluster-state", state,
 				"--worker=false",
@@ -276,6 +281,9 @@ func planUp(c *upConfig, existing bool) []upChild {
 				"--etcd-endpoints", strings.Join(endpoints, ","),
 				"--udp-addr", hostPort(udp),
 				"--http-addr", hostPort(web),
+				"--advertise-udp-addr", hostPort(udp),
+				"--advertise-http-addr", hostPort(web),
+				"--advertise-handoff-addr", net.JoinHostPort(upHost, "0"),
 				"--worker-ttl", c.workerTTL.String(),
 			}, common...),
 		})
