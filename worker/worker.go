@@ -31,7 +31,10 @@
 //     (one connection per previous owner), importing the state or, if that
 //     fails, recovering the shards with a grace period (wire/SPEC.md
 //     section 18). Drain (drain.go) marks the worker draining and waits
-//     until it has handed everything off.
+//     until it has handed everything off. The same TCP server answers the
+//     leader's deadlock detector (deadlock.go, wire/SPEC.md section 19):
+//     it lists the wait-for edges of the queued requests and answers the
+//     victims it is sent DEADLOCK.
 //
 // # State
 //
@@ -47,7 +50,8 @@
 // ops_total{type,result}, op_duration_seconds{type} (arrival of the batch
 // to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
 // recoveries_total, handoffs_out_total, handoffs_in_total{result},
-// handoff_bytes_total{direction}, handoff_duration_seconds, and the gauges
+// handoff_bytes_total{direction}, handoff_duration_seconds,
+// deadlocks_total{kind} (conversion, cycle), and the gauges
 // held_tokens, queued_requests, sessions, shards, grace_shards,
 // handoff_waiting_shards and lease_safe_seconds.
 package worker
