@@ -570,3 +570,42 @@ func killTokenctl(pid int) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
+
+// TestAcquireUnansweredMap is issue 17's case behind the tour's "1 error":
+// the seed answers, but the map it gives names a worker address where
+// nothing answers (here: a wrong --advertise-udp-addr). tokenctl acquire
+// --wait ends with exit 1 within the wait plus a second, naming the address.
+func TestAcquireUnansweredMap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts tokend processes")
+	}
+	env := tourEnv(t)
+	ctl := proctest.Tokenctl(t)
+	udp, dead := proctest.Loop(proctest.FreePort(t, "udp")), proctest.Loop(proctest.FreePort(t, "udp"))
+	td := start(t, env, proctest.Tokend(t), "--data-dir", t.TempDir(),
+		"--client-urls", "http://"+proctest.Loop(proctest.FreePort(t, "tcp")),
+		"--peer-urls", "http://"+proctest.Loop(proctest.FreePort(t, "tcp")),
+		"--udp-addr", udp, "--advertise-udp-addr", dead,
+		"--http-addr", proctest.Loop(proctest.FreePort(t, "tcp")))
+	td.waitFor("is up", 60*time.Second)
+	for _, tt := range []struct {
+		args  []string
+		bound time.Duration
+	}{
+		{[]string{"--wait", "2s"}, 2 * time.Second},
+		{[]string{"--try", "--timeout", "2s"}, 2 * time.Second},
+	} {
+		args := append(append([]string{"acquire", "--seeds", udp}, tt.args...), "foo")
+		begin := time.Now()
+		_, errOut, code := run(t, env, 30*time.Second, ctl, args...)
+		took := time.Since(begin)
+		if code != 1 || !strings.Contains(errOut, "tokenctl: foo: no answer from the worker that owns its shard") ||
+			!strings.Contains(errOut, udp) || !strings.Contains(errOut, dead) {
+			t.Errorf("tokenctl %v: exit %d, stderr %q; want 1 naming the seed %s and the map's %s", args, code, errOut, udp, dead)
+		}
+		if took > tt.bound+1500*time.Millisecond {
+			t.Errorf("tokenctl %v took %v; want at most %v + 1.5s", args, took, tt.bound)
+		}
+		t.Logf("tokenctl %v: exit %d after %v: %s", args, code, took.Round(time.Millisecond), strings.TrimSpace(errOut))
+	}
+}

@@ -187,8 +187,8 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case ctx.Err() != nil:
 		return readyFail(*readyFile, exitError_{exitNotAcquired, "interrupted while waiting"})
 	case errors.Is(err, clientlib.ErrUnavailable):
-		return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("%s: no worker answered within %v (seeds %s; the worker that owns the token's shard is the one their map names): %v",
-			name, answerBy, strings.Join(seeds, ", "), err)})
+		return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("%s: no answer from the worker that owns its shard (the one the map from the seeds %s names) within %v: %v",
+			name, strings.Join(seeds, ", "), time.Since(began).Round(10*time.Millisecond), err)})
 	default:
 		return readyFail(*readyFile, err)
 	}
