@@ -40,6 +40,7 @@ var (
 // address to advertise: each must derive its own, and the client must be
 // able to acquire and release through them.
 func TestThreeServersTwoWorkers(t *testing.T) {
+	requireNetns(t)
 	began := time.Now()
 	tokend, tokenctl := proctest.Tokend(t), proctest.Tokenctl(t)
 	l := newLab(t)
@@ -212,11 +213,9 @@ func ip(args ...string) error {
 	return nil
 }
 
-// newLab makes the namespaces, or skips the test where it cannot. Every
-// namespace is deleted by t.Cleanup, after the processes in it are gone;
-// deleting one removes its end of the veth pair and the bridge with it.
-// Nothing is added to the host's own namespace.
-func newLab(t *testing.T) *lab {
+// requireNetns skips the test where it cannot make network namespaces,
+// before anything is built.
+func requireNetns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("short: starts eight processes in network namespaces")
 	}
@@ -226,6 +225,14 @@ func newLab(t *testing.T) *lab {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("no ip command (iproute2)")
 	}
+}
+
+// newLab makes the namespaces, or skips the test where it cannot. Every
+// namespace is deleted by t.Cleanup, after the processes in it are gone;
+// deleting one removes its end of the veth pair and the bridge with it.
+// Nothing is added to the host's own namespace.
+func newLab(t *testing.T) *lab {
+	requireNetns(t)
 	removeLeftovers(t)
 	l := &lab{t: t, prefix: nsPrefix + strconv.Itoa(os.Getpid()) + "-"}
 	add := func(name string) {
