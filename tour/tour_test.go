@@ -221,6 +221,9 @@ func TestTour(t *testing.T) {
 			}
 		}
 	}
+	if !strings.Contains(kv["/tokend/delegation/map"], `"ranges":[[0,4096,1]]`) {
+		t.Errorf("/tokend/delegation/map = %q: want all 4096 shards on the one worker", kv["/tokend/delegation/map"])
+	}
 	if workerID == "" || !hasPrefixKey(kv, "/tokend/leader/") {
 		t.Errorf("etcdctl output lacks a worker or the leader:\n%s", out)
 	}
@@ -310,10 +313,16 @@ func TestTour(t *testing.T) {
 	step("status")
 	out, errOut, code = run(t, env, 20*time.Second, ctl, "status", "--etcd", td.etcd)
 	for _, want := range []string{"leader    tokend (http " + td.http, "config    4096 shards, session ttl 4s, grace 2s",
-		"map       version ", "workers   1", workerID, td.udp, "sessions  "} {
+		"map       version 1, 0 shards without a live owner", "workers   1", "sessions  "} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("status: exit %d, output lacks %q:\n%s%s", code, want, out, errOut)
 		}
+	}
+	// The README's table: these columns, the worker's row.
+	readmeRow := regexp.MustCompile(`(?m)^  ID\s+UDP\s+HTTP\s+HANDOFF\s+INCARNATION\s+SHARDS\s+MAX EPOCH\s+DRAINING\s+VERSION\n  ` +
+		regexp.QuoteMeta(workerID) + `\s+` + regexp.QuoteMeta(td.udp) + `\s+` + regexp.QuoteMeta(td.http) + `\s+\S+\s+[0-9a-f]+\s+4096\s+1\s+false\s+0\.1\.0\n`)
+	if !readmeRow.MatchString(out) {
+		t.Errorf("status: the workers table is not the README's:\n%s", out)
 	}
 	if ws := statusJSON(t, env, ctl, td.etcd); len(ws) != 1 || ws[workerID].Shards != 4096 || ws[workerID].UDP != td.udp {
 		t.Errorf("status -o json: workers %+v, want %s alone with 4096 shards at %s", ws, workerID, td.udp)
