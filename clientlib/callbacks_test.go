@@ -3,6 +3,8 @@ package clientlib
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -297,3 +299,41 @@ func TestUnreachableNamesWhatWasTried(t *testing.T) {
 		t.Fatalf("Acquire error %v: want ErrUnavailable naming %s", err, fc.addr(0))
 	}
 }
+
+// TestSessionEndDuringCloseIsQuiet: a renewal or keepalive in flight when
+// Close's SESSION_CLOSE lands is answered UNKNOWN_SESSION; that end is the
+// one Close asked for and must not be logged as a warning (it was, about
+// every other Close of a client with renewals in flight).
+func TestSessionEndDuringCloseIsQuiet(t *testing.T) {
+	fc := newFakeCluster(t, 38, fakeConfig{})
+	var mu sync.Mutex
+	var warns []string
+	c := fc.dial(t, Config{Logger: slog.New(funcHandler(func(r slog.Record) {
+		if r.Level >= slog.LevelWarn {
+			mu.Lock()
+			warns = append(warns, r.Message)
+			mu.Unlock()
+		}
+	}))})
+	if _, err := c.Acquire(ctxT(t, 5*time.Second), "q", wire.PR); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.state = stateClosing // as Close does before its SESSION_CLOSE
+	c.mu.Unlock()
+	c.sessionGone(fmt.Errorf("%w (worker: UNKNOWN_SESSION)", ErrSessionExpired))
+	c.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(warns) > 0 {
+		t.Fatalf("warnings while closing: %q", warns)
+	}
+}
+
+// funcHandler is a slog.Handler calling a function for every record.
+type funcHandler func(slog.Record)
+
+func (f funcHandler) Enabled(context.Context, slog.Level) bool      { return true }
+func (f funcHandler) Handle(_ context.Context, r slog.Record) error { f(r); return nil }
+func (f funcHandler) WithAttrs([]slog.Attr) slog.Handler            { return f }
+func (f funcHandler) WithGroup(string) slog.Handler                 { return f }

@@ -166,7 +166,12 @@ func (c *Client) sessionGoneLocked(err error) {
 	c.state = stateDead
 	c.deadErr = err
 	close(c.dead)
-	c.loseAllLocked(err, false)
+	if closing {
+		// Close ends the tokens still held anyway (Err reports ErrClosed).
+		c.loseAllLocked(fmt.Errorf("%w: %w", ErrClosed, err), false)
+	} else {
+		c.loseAllLocked(err, false)
+	}
 	if closing {
 		// Close's own SESSION_CLOSE overtook a renewal or keepalive still
 		// in flight: the end it asked for, not news.
