@@ -348,6 +348,8 @@ int tokend_connect(const tokend_options *opts, tokend_client **out)
 	int rc = TOKEND_OK;
 	c->on_revoke = opts->on_revoke;
 	c->on_lost = opts->on_lost;
+	c->on_jeopardy = opts->on_jeopardy;
+	c->jeopardy_ns = (int64_t)opts->jeopardy_ms * NS_PER_MS;
 	c->cb_arg = opts->cb_arg;
 	c->req_ttl_ms = opts->session_ttl_ms;
 	c->rto0 = (int64_t)(opts->rto_ms ? opts->rto_ms : DEFAULT_RTO_MS) * NS_PER_MS;

@@ -105,14 +105,16 @@ static void signal_req(struct req *r)
 static void queue_event(struct tokend_client *c, int kind, const tokend_grant *g, int wanted,
 			uint64_t start, uint64_t end, int why)
 {
-	if ((kind == EV_REVOKE && !c->on_revoke) || (kind == EV_LOST && !c->on_lost) || c->closing)
+	if ((kind == EV_REVOKE && !c->on_revoke) || (kind == EV_LOST && !c->on_lost) ||
+	    (kind == EV_JEOPARDY && !c->on_jeopardy) || c->closing)
 		return;
 	struct event *e = calloc(1, sizeof *e);
 	if (!e)
 		return; /* cannot report it; the grant's own state still says so */
 	e->kind = kind;
 	e->g = *g;
-	e->g.validity_ms = 0;
+	if (kind != EV_JEOPARDY)
+		e->g.validity_ms = 0;
 	e->wanted = (tokend_mode)wanted;
 	e->start = start;
 	e->end = end;
@@ -138,6 +140,8 @@ static void dispatch_events(struct tokend_client *c)
 			pthread_mutex_unlock(&c->mu);
 			if (e->kind == EV_REVOKE)
 				c->on_revoke(c, &e->g, e->wanted, e->start, e->end, c->cb_arg);
+			else if (e->kind == EV_JEOPARDY)
+				c->on_jeopardy(c, &e->g, e->why, c->cb_arg);
 			else
 				c->on_lost(c, &e->g, (tokend_status)e->why, c->cb_arg);
 			pthread_mutex_lock(&c->mu);
@@ -962,8 +966,10 @@ static void ka_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 {
 	if (r->renew && m->session_ttl_ms > 0) {
 		int64_t e = lease_end(r->first_send, m->session_ttl_ms);
-		if (e > c->session_deadline)
+		if (e > c->session_deadline) {
 			c->session_deadline = e;
+			c->next_lost_check = 0; /* jeopardy may have ended */
+		}
 		c->renew_misses = 0;
 	}
 	/* The entries we asked about are in our own datagram. */
@@ -1655,6 +1661,43 @@ static void release_gave_up(struct tokend_client *c, struct grant_rec *g)
 	send_release_async(c, name, len, fence, NULL, shard, epoch);
 }
 
+/* The on_jeopardy threshold: jeopardy_ms, or a third of min(W, S). A
+ * healthy grant never gets that close: keepalives go out every min(S/3, W/4)
+ * and are answered with about 3W/4 (S for the session) or more. */
+static int64_t jeopardy_ns(struct tokend_client *c)
+{
+	if (c->jeopardy_ns > 0)
+		return c->jeopardy_ns;
+	uint32_t t = c->S < c->W ? c->S : c->W;
+	return (int64_t)t * NS_PER_MS / 3;
+}
+
+/*
+ * on_jeopardy for a held grant: once when its validity drops below the
+ * threshold without renewal, and once more ("recovered") when a keepalive
+ * or a reclaim has brought it back above. Returns when to look again.
+ */
+static int64_t check_jeopardy(struct tokend_client *c, struct grant_rec *g, int64_t now)
+{
+	if (!c->on_jeopardy || g->pending || (g->state != G_HELD && g->state != G_RECLAIMING))
+		return NEVER;
+	int64_t j = jeopardy_ns(c);
+	int64_t d = g->state == G_HELD ? grant_deadline(c, g) : 0;
+	if (!g->jeopardy) {
+		if (now < d - j)
+			return d - j;
+		g->jeopardy = 1;
+	} else if (d - now > j) {
+		g->jeopardy = 0;
+	} else {
+		return NEVER; /* a renewal resets next_lost_check */
+	}
+	tokend_grant v;
+	grant_view(c, g, now, &v);
+	queue_event(c, EV_JEOPARDY, &v, 0, 0, 0, !g->jeopardy);
+	return g->jeopardy ? NEVER : d - j;
+}
+
 /*
  * The session is lost at its deadline; a grant whose group deadline has
  * passed is in jeopardy, and lost at deadline + G - client_margin unless a
@@ -1678,6 +1721,9 @@ static void check_lost(struct tokend_client *c, int64_t now)
 		nx = g->next;
 		if (g->state == G_LOST || !g->grp || g->pending)
 			continue; /* a pending grant is confirm_grant's business */
+		int64_t jt = check_jeopardy(c, g, now);
+		if (jt < next)
+			next = jt;
 		int64_t lost_at = g->grp->deadline + grace;
 		if (now < lost_at) {
 			if (lost_at < next)

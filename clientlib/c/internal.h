@@ -215,7 +215,9 @@ struct tokend_client {
 	int thread_started;
 	tokend_revoke_fn on_revoke;
 	tokend_lost_fn on_lost;
+	tokend_jeopardy_fn on_jeopardy;
 	void *cb_arg;
+	int64_t jeopardy_ns; /* 0: a third of min(W, S) (jeopardy_ns() in engine.c) */
 	uint32_t req_ttl_ms;
 	int64_t rto0, connect_ns;
 	struct tkn_addr *seeds;

@@ -10,14 +10,19 @@
  *
  * The library speaks the UDP protocol of wire/SPEC.md and keeps grants alive
  * by itself: a background thread (one per client) owns the socket's receive
- * side and the keepalive timer. It calls two optional callbacks:
+ * side and the keepalive timer. It calls three optional callbacks, each with
+ * a copy of the grant concerned (its fence and mode at that moment):
  *
- *   on_revoke  another client wants a conflicting mode; flush what you cache
- *              under the grant, then tokend_release it (or tokend_convert it
- *              down to `wanted`). Until you do, the other client waits.
- *   on_lost    the grant can no longer be trusted (its lease ran out and could
- *              not be renewed or reclaimed, or the session expired): stop
- *              using what it protects. tokend_release it to forget it.
+ *   on_revoke    another client wants a conflicting mode; flush what you cache
+ *                under the grant, then tokend_release it (or tokend_convert it
+ *                down to `wanted`). Until you do, the other client waits.
+ *                (clientlib/c/examples/revoke.c: set a flag, let the
+ *                application thread flush and release.)
+ *   on_jeopardy  the grant's validity dropped below jeopardy_ms without
+ *                renewal (recovered = 0), or came back (recovered = 1).
+ *   on_lost      the grant can no longer be trusted (its lease ran out and
+ *                could not be renewed or reclaimed, or the session expired):
+ *                stop using what it protects. tokend_release it to forget it.
  *
  * THREADS. A client handle is fully thread-safe: any thread may call any
  * function at any time, concurrently (except tokend_close, below). One mutex
@@ -31,15 +36,18 @@
  *
  * CALLBACKS run on the background thread, one at a time, with no lock held.
  * They must return quickly (no blocking I/O, no sleeping): while a callback
- * runs, no datagram is received and no keepalive is sent. From a callback
- * you may call tokend_release and tokend_convert to a mode the grant already
- * covers (a downgrade, e.g. EX -> PR, or -> NL); these do not wait for the
- * worker's answer: the request is queued, the background thread retransmits
- * it until answered, the call returns TOKEND_OK at once, and the grant is
- * given up (or lowered) locally from that moment. tokend_grant_check,
- * tokend_strerror and the other non-blocking helpers may be called too.
- * Calls that would have to wait (tokend_acquire, an upgrading convert,
- * tokend_close) return TOKEND_ECALLBACK from a callback.
+ * runs, no datagram is received and no keepalive is sent. No library call
+ * made from a callback blocks. You may call tokend_release and
+ * tokend_convert to a mode the grant already covers (a downgrade, e.g.
+ * EX -> PR, or -> NL); these do not wait for the worker's answer: the call
+ * returns TOKEND_OK at once, the grant is given up (or lowered) locally from
+ * that moment, and the background thread retransmits the request until the
+ * worker answers or the grant's lease and grace run out (then it goes on in
+ * the background, best effort). tokend_grant_check,
+ * tokend_strerror and the other helpers never block. Calls that would have
+ * to wait (tokend_acquire, an upgrading convert, tokend_close) return
+ * TOKEND_ECALLBACK from a callback, at once. The library never prints: a
+ * normal tokend_close calls no callback and writes nothing.
  *
  * tokend_close ends the handle: call it once, from a thread that is not the
  * callback thread. Calls in progress in other threads return TOKEND_ECLOSED
@@ -167,6 +175,15 @@ typedef void (*tokend_revoke_fn)(tokend_client *c, const tokend_grant *g, tokend
  * TOKEND_ESESSION). Called once per grant. */
 typedef void (*tokend_lost_fn)(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg);
 
+/* Jeopardy callback. recovered == 0: the grant's validity has dropped below
+ * jeopardy_ms without being renewed (its worker has not vouched for it
+ * lately, or the session could not be renewed); g->validity_ms is what is
+ * left (0 once it ran out). Stop starting work that needs the grant: it is
+ * either renewed or reclaimed (then on_jeopardy is called again with
+ * recovered == 1), or lost (on_lost). Called once per stretch of doubt per
+ * grant, always before on_lost for a grant that is lost that way. */
+typedef void (*tokend_jeopardy_fn)(tokend_client *c, const tokend_grant *g, int recovered, void *arg);
+
 typedef struct tokend_options {
 	/* Seed workers, "host:port" or "[v6addr]:port"; at least one unless
 	 * multicast is set. The library fetches the shard map from any of them. */
@@ -180,8 +197,13 @@ typedef struct tokend_options {
 	uint32_t rto_ms;             /* initial retransmission timeout; 0 = 20 (loopback/LAN) */
 	tokend_revoke_fn on_revoke;  /* optional */
 	tokend_lost_fn on_lost;      /* optional */
-	void *cb_arg;                /* passed to both callbacks */
-	void *reserved[8];           /* zero (tokend_options_init) */
+	void *cb_arg;                /* passed to every callback */
+	/* Fields added in 0.2 took slots of `reserved`: the struct's size and
+	 * the offsets of the fields above are those of 0.1 (LP64 and ILP32). */
+	tokend_jeopardy_fn on_jeopardy; /* optional */
+	uint32_t jeopardy_ms;        /* on_jeopardy threshold; 0 = a third of the workers' lease
+				      * TTL W (or of the session TTL, if shorter) */
+	void *reserved[6];           /* zero (tokend_options_init) */
 } tokend_options;
 
 /* Fill *o with the defaults (all zero). */

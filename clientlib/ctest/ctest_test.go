@@ -113,6 +113,7 @@ var programs = map[string]string{
 	"test_codec": "tests/test_codec.c",
 	"test_api":   "tests/test_api.c",
 	"tokend-e2e": "tests/e2e.c",
+	"revoke":     "examples/revoke.c", // includes <tokend.h>, as installed
 }
 
 // buildC compiles the library and the named programs into a new temporary
@@ -148,7 +149,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 		}
 	}
 	for _, p := range progs {
-		args := append(append([]string{}, flags...), "-o", filepath.Join(out, p), filepath.Join(src, programs[p]))
+		args := append(append([]string{}, flags...), "-I", src, "-o", filepath.Join(out, p), filepath.Join(src, programs[p]))
 		args = append(append(args, objs...), "-pthread")
 		if o, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
 			t.Fatalf("cc %s: %v\n%s", p, err, o)
@@ -1252,6 +1253,13 @@ func (f *fakeCluster) blackhole(i int) {
 	f.mu.Unlock()
 }
 
+// restore: worker i answers again after blackhole.
+func (f *fakeCluster) restore(i int) {
+	f.mu.Lock()
+	delete(f.blackholed, i)
+	f.mu.Unlock()
+}
+
 // nameOn returns a token name with the prefix whose shard worker i serves.
 func (f *fakeCluster) nameOn(prefix string, i int) string {
 	f.mu.Lock()
@@ -1528,6 +1536,26 @@ func TestFakeWorker(t *testing.T) {
 					t.Errorf("reclaimed %d, STALE_EPOCH keepalive entries %d", f.count("reclaimed"), f.count("keepalive STALE_EPOCH"))
 				}
 			})
+			t.Run("jeopardy-then-lost", func(t *testing.T) {
+				f := newFakeCluster(t, 2)
+				f.logCounts(t)
+				p := start(t, bin, f.addr(), "jeopardy", f.nameOn("jeopardy", 1), "lost")
+				p.expect(t, "fence", 10*time.Second)
+				f.blackhole(1)
+				t.Log(p.expect(t, "jeopardy with", 25*time.Second))
+				p.wait(t, 10*time.Second)
+			})
+			t.Run("jeopardy-recovered", func(t *testing.T) {
+				f := newFakeCluster(t, 2)
+				f.logCounts(t)
+				p := start(t, bin, f.addr(), "jeopardy", f.nameOn("jeopardy", 1), "recover")
+				p.expect(t, "fence", 10*time.Second)
+				f.blackhole(1)
+				time.Sleep(fakeW) // past the jeopardy threshold, well before deadline + grace
+				f.restore(1)
+				t.Log(p.expect(t, "jeopardy with", 25*time.Second))
+				p.wait(t, 10*time.Second)
+			})
 			t.Run("long-wait", func(t *testing.T) {
 				f := newFakeCluster(t, 2)
 				longWait(t, bin, f.addr(), "longwait", 3*fakeSessionTTL, fakeW)
@@ -1546,6 +1574,38 @@ func TestFakeWorker(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestReadmeExample: the on_revoke example in clientlib/c/README.md is
+// examples/revoke.c verbatim, and it works: it holds a token until another
+// client asks for it, then flushes and releases it.
+func TestReadmeExample(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join(cDir(t), "examples", "revoke.c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(cDir(t), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "<!-- examples/revoke.c (verbatim) -->\n```c\n"
+	_, block, ok := strings.Cut(string(readme), marker)
+	if !ok {
+		t.Fatalf("README.md has no %q", marker)
+	}
+	if block, _, ok = strings.Cut(block, "```\n"); !ok || block != string(src) {
+		t.Fatalf("README.md's copy of examples/revoke.c differs from the file: update the README")
+	}
+	dir := buildC(t, false, "revoke", "tokend-e2e")
+	f := newFakeCluster(t, 2)
+	p := start(t, filepath.Join(dir, "revoke"), f.addr(), "readme-revoke")
+	p.expect(t, "holding readme-revoke", 10*time.Second)
+	out, err := run(t, 30*time.Second, filepath.Join(dir, "tokend-e2e"), f.addr(), "wait", "readme-revoke", "10000")
+	if err != nil {
+		t.Fatalf("the other client: %v\n%s", err, out)
+	}
+	t.Log(p.expect(t, "revoked: flushed", 10*time.Second))
+	p.wait(t, 10*time.Second)
 }
 
 // ---------------------------------------------------------------- a real tokend

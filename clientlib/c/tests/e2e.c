@@ -21,6 +21,11 @@
  *                                          worker TTL), stay valid for MS/3 ms (checked every
  *                                          100 ms), and never be reported lost; prints
  *                                          "validity V ms after waiting T ms"
+ *   tokend-e2e HOST:PORT jeopardy NAME lost|recover
+ *                                          acquire EX on NAME, print "fence F"; the driver makes
+ *                                          NAME's worker unreachable (and, for recover, reachable
+ *                                          again): on_jeopardy must come first, then on_lost
+ *                                          (lost) or on_jeopardy "recovered" and no loss (recover)
  *
  * Every scenario prints "ok <scenario>" and exits 0, or prints "FAIL: ..."
  * and exits 1. Token names get a per-run suffix so that runs do not collide.
@@ -70,6 +75,10 @@ static void sleep_ms(int ms)
 struct cb_state {
 	pthread_mutex_t mu;
 	int revokes, losts;
+	int jeopardies, recoveries;
+	char order[16]; /* 'j' jeopardy, 'r' recovered, 'l' lost, in call order */
+	uint32_t jeopardy_left; /* validity_ms the first on_jeopardy saw */
+	int64_t jeopardy_at, lost_at;
 	int release_on_revoke;
 	tokend_mode wanted;
 	int release_rc;
@@ -91,6 +100,15 @@ static void on_revoke(tokend_client *c, const tokend_grant *g, tokend_mode wante
 	pthread_mutex_unlock(&s->mu);
 }
 
+static int64_t now_ms(void);
+
+static void note(struct cb_state *s, char what)
+{
+	size_t n = strlen(s->order);
+	if (n + 1 < sizeof s->order)
+		s->order[n] = what;
+}
+
 static void on_lost(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg)
 {
 	struct cb_state *s = arg;
@@ -99,6 +117,26 @@ static void on_lost(tokend_client *c, const tokend_grant *g, tokend_status why, 
 	(void)why;
 	pthread_mutex_lock(&s->mu);
 	s->losts++;
+	s->lost_at = now_ms();
+	note(s, 'l');
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void on_jeopardy(tokend_client *c, const tokend_grant *g, int recovered, void *arg)
+{
+	struct cb_state *s = arg;
+	(void)c;
+	pthread_mutex_lock(&s->mu);
+	if (recovered) {
+		s->recoveries++;
+		note(s, 'r');
+	} else {
+		if (s->jeopardies++ == 0) {
+			s->jeopardy_left = g->validity_ms;
+			s->jeopardy_at = now_ms();
+		}
+		note(s, 'j');
+	}
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -112,6 +150,7 @@ static tokend_client *connect_cb(struct cb_state *s)
 	if (s) { /* callbacks only when someone records them */
 		o.on_revoke = on_revoke;
 		o.on_lost = on_lost;
+		o.on_jeopardy = on_jeopardy;
 		o.cb_arg = s;
 	}
 	tokend_client *c = NULL;
@@ -559,6 +598,47 @@ static void p_longwait(const char *name, int hold_ms, int w_ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* on_jeopardy comes before on_lost when a grant's worker stops answering,
+ * and says "recovered" when it answers again in time. */
+static void p_jeopardy(const char *name, const char *mode)
+{
+	int recover = !strcmp(mode, "recover");
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "jeopardy acquire");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	int64_t t0 = now_ms();
+	char order[sizeof s.order];
+	for (;;) {
+		pthread_mutex_lock(&s.mu);
+		memcpy(order, s.order, sizeof order);
+		int done = recover ? s.recoveries > 0 : s.losts > 0;
+		pthread_mutex_unlock(&s.mu);
+		if (done)
+			break;
+		CHECK(now_ms() - t0 < 20000, "no %s within 20 s; callbacks so far \"%s\"", recover ? "recovery" : "loss",
+		      order);
+		sleep_ms(10);
+	}
+	CHECK(!strcmp(order, recover ? "jr" : "jl"), "callbacks in order \"%s\"", order);
+	if (recover) {
+		/* a renewed grant: valid again, and not lost meanwhile */
+		CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_OK, "grant after recovery");
+		CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release after recovery");
+		printf("jeopardy with %" PRIu32 " ms left, then recovered\n", s.jeopardy_left);
+	} else {
+		CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_ELOST, "grant after loss");
+		printf("jeopardy with %" PRIu32 " ms left, lost %" PRId64 " ms later\n", s.jeopardy_left,
+		       s.lost_at - s.jeopardy_at);
+	}
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -597,6 +677,8 @@ int main(int argc, char **argv)
 		p_stuck(argv[3], argv[4]);
 	else if (!strcmp(s, "survive") && argc == 5)
 		p_survive(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "jeopardy") && argc == 5)
+		p_jeopardy(argv[3], argv[4]);
 	else if (!strcmp(s, "longwait") && argc == 6)
 		p_longwait(argv[3], atoi(argv[4]), atoi(argv[5]));
 	else {

@@ -14,6 +14,7 @@
 #include "../tokend.h"
 
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -181,7 +182,8 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		break;
 	case TKW_CONVERT:
 		f->converts++;
-		r.fence = q.fence; /* everything is a downgrade here */
+		/* to EX: an upgrade, with a new fence; anything else: a downgrade */
+		r.fence = q.mode == TKW_EX ? (UINT64_C(1) << 40) | ++f->next_fence : q.fence;
 		r.mode = q.mode;
 		r.validity_ms = 800;
 		r.end = TKW_WHOLE_END;
@@ -521,14 +523,130 @@ static void test_fake(int garbage)
 	fake_stop(&f);
 }
 
+/* tokend_options keeps the 0.1 layout: new fields took reserved slots. */
+struct options_0_1 {
+	const char *const *seeds;
+	size_t nseeds;
+	const char *multicast;
+	uint32_t session_ttl_ms, connect_timeout_ms, rto_ms;
+	tokend_revoke_fn on_revoke;
+	tokend_lost_fn on_lost;
+	void *cb_arg;
+	void *reserved[8];
+};
+
+static void test_options_abi(void)
+{
+	CHECK(sizeof(tokend_options) == sizeof(struct options_0_1), "sizeof(tokend_options) %zu, was %zu",
+	      sizeof(tokend_options), sizeof(struct options_0_1));
+	CHECK(offsetof(tokend_options, cb_arg) == offsetof(struct options_0_1, cb_arg), "cb_arg moved");
+	CHECK(offsetof(tokend_options, rto_ms) == offsetof(struct options_0_1, rto_ms), "rto_ms moved");
+	tokend_options o;
+	memset(&o, 0xff, sizeof o);
+	tokend_options_init(&o);
+	CHECK(o.on_jeopardy == NULL && o.jeopardy_ms == 0 && o.reserved[5] == NULL, "options_init leaves junk");
+}
+
+/* Callbacks that record what they were told (no action). */
+static struct {
+	int revokes, losts, jeopardies;
+	uint64_t fence;
+	int mode, wanted;
+} rec;
+
+static void rec_revoke(tokend_client *c, const tokend_grant *g, tokend_mode wanted, uint64_t start, uint64_t end,
+		       void *arg)
+{
+	(void)c, (void)start, (void)end, (void)arg;
+	pthread_mutex_lock(&cb_mu);
+	rec.revokes++;
+	rec.fence = g->fence;
+	rec.mode = (int)g->mode;
+	rec.wanted = (int)wanted;
+	pthread_mutex_unlock(&cb_mu);
+}
+
+static void rec_lost(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg)
+{
+	(void)c, (void)g, (void)why, (void)arg;
+	pthread_mutex_lock(&cb_mu);
+	rec.losts++;
+	pthread_mutex_unlock(&cb_mu);
+}
+
+static void rec_jeopardy(tokend_client *c, const tokend_grant *g, int recovered, void *arg)
+{
+	(void)c, (void)g, (void)recovered, (void)arg;
+	pthread_mutex_lock(&cb_mu);
+	rec.jeopardies++;
+	pthread_mutex_unlock(&cb_mu);
+}
+
+static int rec_revokes_pred(void *a)
+{
+	(void)a;
+	return cb_get(&rec.revokes) > 0;
+}
+
+/*
+ * on_revoke is told the grant that was revoked: after an upgrade (new
+ * fence), a REVOKE for the old fence is not the new grant's (it is answered
+ * by RELEASE of that fence), and one for the new fence carries the new fence
+ * and mode. Closing with grants held is quiet: no on_lost, no on_jeopardy.
+ */
+static void test_revoke_after_upgrade(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.on_revoke = rec_revoke;
+	o.on_lost = rec_lost;
+	o.on_jeopardy = rec_jeopardy;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	memset(&rec, 0, sizeof rec);
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, "up", 2, TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "acquire PR");
+	uint64_t f1 = g.fence;
+	CHECK_RC(tokend_convert(c, &g, TOKEND_EX, 1000, NULL, 0), TOKEND_OK, "upgrade to EX");
+	CHECK(g.fence != f1 && g.mode == TOKEND_EX, "upgrade: fence %" PRIu64 " (was %" PRIu64 ") mode %d", g.fence,
+	      f1, g.mode);
+	fake_revoke(&f, "up", f1, TOKEND_NL);
+	struct fence_arg fa = {&f, f1};
+	CHECK(wait_for(released_pred, &fa, 2000), "REVOKE of the old fence not answered by RELEASE");
+	CHECK(cb_get(&rec.revokes) == 0, "on_revoke called for the old fence");
+	fake_revoke(&f, "up", g.fence, TOKEND_PR);
+	CHECK(wait_for(rec_revokes_pred, NULL, 2000), "no on_revoke for the new fence");
+	pthread_mutex_lock(&cb_mu);
+	CHECK(rec.revokes == 1 && rec.fence == g.fence && rec.mode == TOKEND_EX && rec.wanted == TOKEND_PR,
+	      "on_revoke told %d times, fence %" PRIu64 " mode %d wanted %d", rec.revokes, rec.fence, rec.mode,
+	      rec.wanted);
+	pthread_mutex_unlock(&cb_mu);
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
+	CHECK(cb_get(&rec.losts) == 0 && cb_get(&rec.jeopardies) == 0, "close with a grant held: %d lost, %d jeopardy",
+	      cb_get(&rec.losts), cb_get(&rec.jeopardies));
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	srand(1);
 	test_names();
 	test_connect_errors();
+	test_options_abi();
 	test_unreachable();
 	test_fake(0);
 	test_fake(1);
+	test_revoke_after_upgrade();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
