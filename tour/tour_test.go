@@ -133,6 +133,7 @@ func run(t *testing.T, env []string, within time.Duration, bin string, args ...s
 type tokend struct {
 	*proc
 	etcd, udp, http string
+	args            []string // to start it again on the same data and ports
 }
 
 // startTokend runs "tokend" (all-in-one) as the tour's first step does,
@@ -145,10 +146,11 @@ func startTokend(t *testing.T, env []string) *tokend {
 		http: proctest.Loop(proctest.FreePort(t, "tcp")),
 	}
 	peer := proctest.Loop(proctest.FreePort(t, "tcp"))
-	td.proc = start(t, env, proctest.Tokend(t), "--data-dir", t.TempDir(),
-		"--client-urls", "http://"+td.etcd, "--peer-urls", "http://"+peer,
+	td.args = []string{"--data-dir", t.TempDir(),
+		"--client-urls", "http://" + td.etcd, "--peer-urls", "http://" + peer,
 		"--udp-addr", td.udp, "--http-addr", td.http,
-		"--worker-ttl", "2s", "--grace", "2s", "--session-ttl", "4s")
+		"--worker-ttl", "2s", "--grace", "2s", "--session-ttl", "4s"}
+	td.proc = start(t, env, proctest.Tokend(t), td.args...)
 	td.waitFor("is up", 60*time.Second)
 	return td
 }
@@ -370,6 +372,23 @@ func TestTour(t *testing.T) {
 		t.Errorf("tokenctl acquire -- sh: exit %d (want the command's 7), stdout %q, stderr %q", code, out, errOut)
 	}
 
+	// Kill a holder with kill -9: its session expires within the session
+	// TTL and the waiter is granted.
+	step("kill -9 a holder")
+	victim := start(t, env, ctl, "acquire", seeds, "victim")
+	victim.waitFor("acquired victim EX", 15*time.Second)
+	heir := start(t, env, ctl, "acquire", seeds, "victim")
+	victim.waitFor("tokenctl: revoke: another client wants victim", 15*time.Second)
+	syscall.Kill(victim.cmd.Process.Pid, syscall.SIGKILL)
+	killedAt := time.Now()
+	heir.waitFor("acquired victim EX", 30*time.Second)
+	step("the waiter was granted %v after the kill (session TTL 4s)", time.Since(killedAt).Round(time.Millisecond))
+	if f1, f2 := fenceOf(t, victim.out.String()), fenceOf(t, heir.out.String()); f2 <= f1 {
+		t.Errorf("the heir's fence %d is not above the killed holder's %d", f2, f1)
+	}
+	heir.cmd.Process.Signal(os.Interrupt)
+	heir.exit(15 * time.Second)
+
 	// Loss: the token's worker stops answering (SIGSTOP: the whole
 	// all-in-one). The holder exits 4 once its grant is lost.
 	step("exit 4: the worker stops answering")
@@ -388,6 +407,20 @@ func TestTour(t *testing.T) {
 	step("Ctrl-C")
 	td.cmd.Process.Signal(os.Interrupt)
 	if code := td.exit(30 * time.Second); code != 0 {
+		t.Errorf("tokend exit %d after Ctrl-C, want 0", code)
+	}
+
+	// Start it again: it picks up the same data directory.
+	step("start again")
+	before := kv["/tokend/config"]
+	again := start(t, env, proctest.Tokend(t), td.args...)
+	again.waitFor("is up", 60*time.Second)
+	out, errOut, code = run(t, env, 5*time.Minute, goTool, "tool", "etcdctl", "--endpoints="+td.etcd, "get", "/tokend/config", "--print-value-only")
+	if code != 0 || strings.TrimSpace(out) != before {
+		t.Errorf("/tokend/config after the restart: exit %d, %q%s; want the first run's %q", code, out, errOut, before)
+	}
+	again.cmd.Process.Signal(os.Interrupt)
+	if code := again.exit(30 * time.Second); code != 0 {
 		t.Errorf("tokend exit %d after Ctrl-C, want 0", code)
 	}
 	step("done")
