@@ -283,3 +283,25 @@ func checkAlternation(text string, stopped map[uint64]bool) error {
 	}
 	return nil
 }
+
+// TestCheckAlternation: the lock test's checker finds overlapping holders
+// and fences that go backwards, and lets only a stopped run lack its end.
+func TestCheckAlternation(t *testing.T) {
+	for _, tt := range []struct {
+		text    string
+		stopped map[uint64]bool
+		ok      bool
+	}{
+		{"start 1\nend 1\nstart 2\nend 2\n", nil, true},
+		{"start 1\nstart 2\nend 2\n", map[uint64]bool{1: true}, true},
+		{"start 1\nstart 2\nend 2\n", nil, false},                             // 1 ran on, not stopped
+		{"start 1\nstart 2\nend 1\nend 2\n", map[uint64]bool{1: true}, false}, // a stopped run wrote after the next start
+		{"start 2\nend 2\nstart 1\nend 1\n", nil, false},                      // fence went backwards
+		{"start 1\nend 2\n", nil, false},
+		{"end 1\n", nil, false},
+	} {
+		if err := checkAlternation(tt.text, tt.stopped); (err == nil) != tt.ok {
+			t.Errorf("checkAlternation(%q, %v) = %v, want ok %v", tt.text, tt.stopped, err, tt.ok)
+		}
+	}
+}
