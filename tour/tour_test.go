@@ -650,4 +650,15 @@ func TestAcquireUnansweredMap(t *testing.T) {
 		}
 		t.Logf("tokenctl %v: exit %d after %v: %s", args, code, took.Round(time.Millisecond), strings.TrimSpace(errOut))
 	}
+	if _, err := exec.LookPath("cc"); err != nil {
+		return
+	}
+	// tokend-lock -n: an error (exit 1), not "held elsewhere" (3), within
+	// the C client's connect timeout (5 s); the command does not run.
+	begin := time.Now()
+	out, errOut, code := run(t, env, 30*time.Second, proctest.TokendLock(t), "-s", udp, "-n", "foo", "echo", "ran")
+	if code != 1 || out != "" || !strings.Contains(errOut, "tokend-lock: foo not acquired: ") {
+		t.Errorf("tokend-lock -n: exit %d, stdout %q, stderr %q; want 1 and a message", code, out, errOut)
+	}
+	t.Logf("tokend-lock -n: exit %d after %v: %s", code, time.Since(begin).Round(time.Millisecond), strings.TrimSpace(errOut))
 }

@@ -255,9 +255,16 @@ int main(int argc, char **argv)
 	tokend_grant g;
 	rc = tokend_acquire(c, token_name, name_len, mode, wait_ms, &g);
 	if (rc != TOKEND_OK) {
-		int code = rc == TOKEND_ECONFLICT || rc == TOKEND_ETIMEDOUT ? EXIT_NOT_ACQUIRED : EXIT_ERROR;
+		/* A try that times out got no answer at all (an error); a wait
+		 * that times out may have been queued all along (not acquired). */
+		int code = rc == TOKEND_ECONFLICT || (rc == TOKEND_ETIMEDOUT && wait_ms != TOKEND_TRY)
+				   ? EXIT_NOT_ACQUIRED
+				   : EXIT_ERROR;
 		if (!quiet || code != EXIT_NOT_ACQUIRED)
-			fprintf(stderr, "tokend-lock: %s not acquired: %s\n", token_name, tokend_strerror(rc));
+			fprintf(stderr, "tokend-lock: %s not acquired: %s%s\n", token_name, tokend_strerror(rc),
+				rc == TOKEND_ETIMEDOUT && wait_ms == TOKEND_TRY
+					? " (no answer from the worker that owns its shard)"
+					: "");
 		tokend_close(c);
 		return code;
 	}
