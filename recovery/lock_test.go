@@ -26,7 +26,25 @@ type lockRun struct {
 	long   bool
 	code   int
 	stderr string
+	said   time.Time // when it first wrote to stderr
 }
+
+// stampedBuffer is a bytes.Buffer that remembers when it was first written.
+// Only exec's copying goroutine writes; the test reads after Wait.
+// (Not embedded: io.Copy would use bytes.Buffer's ReadFrom and skip Write.)
+type stampedBuffer struct {
+	b     bytes.Buffer
+	first time.Time
+}
+
+func (b *stampedBuffer) Write(p []byte) (int, error) {
+	if b.first.IsZero() {
+		b.first = time.Now()
+	}
+	return b.b.Write(p)
+}
+
+func (b *stampedBuffer) String() string { return b.b.String() }
 
 // TestLockCommandWorkerKill is issue 11's acceptance test for running a
 // command under a token (tokend-lock, and tokenctl acquire NAME -- cmd):
@@ -127,7 +145,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 					script = long
 				}
 				cmd := command(name, sd, script)
-				var errb bytes.Buffer
+				var errb stampedBuffer
 				cmd.Stderr = &errb
 				if isLong {
 					if err := cmd.Start(); err != nil {
@@ -160,7 +178,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 					return
 				}
 				mu.Lock()
-				runs = append(runs, lockRun{loop: l, long: isLong, code: code, stderr: errb.String()})
+				runs = append(runs, lockRun{loop: l, long: isLong, code: code, stderr: errb.String(), said: errb.first})
 				mu.Unlock()
 			}
 		}()
@@ -180,6 +198,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 	}
 	logf(t, start, "the long command runs; kill -9 %s (owner of %s's shard)", victim.id, name)
 	victim.p.kill()
+	killedAt := time.Now()
 	killed[victim.id] = true
 	mu.Lock()
 	stopAt = time.Now().Add(12 * time.Second) // worker TTL 2 s + grace 2 s, then some runs
@@ -205,6 +224,9 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 				f, _ := strconv.ParseUint(m[1], 10, 64)
 				stopped[f] = true
 			}
+		}
+		if r.long {
+			t.Logf("the long run reported its command stopped %v after the kill", r.said.Sub(killedAt).Round(time.Millisecond))
 		}
 		if r.long && r.code != 4 {
 			t.Errorf("the long run exited %d, want 4 (stopped when its worker died); stderr %q", r.code, r.stderr)

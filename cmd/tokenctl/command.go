@@ -136,7 +136,9 @@ watch:
 		if !foreground {
 			syscall.Kill(-pid, syscall.SIGKILL) // whatever is left of its process group
 		}
-		return exitError_{exitLost, fmt.Sprintf("%s (fence %d) %s", tok.Name(), tok.Fence(), reason)}
+		// Said now, not after the release (which may wait for a dead worker).
+		fmt.Fprintf(stderr, "tokenctl: %s (fence %d) %s\n", tok.Name(), tok.Fence(), reason)
+		return exitError_{exitLost, ""}
 	}
 	select {
 	case <-lost:
