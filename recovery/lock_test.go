@@ -27,6 +27,7 @@ type lockRun struct {
 	code   int
 	stderr string
 	said   time.Time // when it first wrote to stderr
+	ended  time.Time
 }
 
 // stampedBuffer is a bytes.Buffer that remembers when it was first written.
@@ -178,7 +179,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 					return
 				}
 				mu.Lock()
-				runs = append(runs, lockRun{loop: l, long: isLong, code: code, stderr: errb.String(), said: errb.first})
+				runs = append(runs, lockRun{loop: l, long: isLong, code: code, stderr: errb.String(), said: errb.first, ended: time.Now()})
 				mu.Unlock()
 			}
 		}()
@@ -226,7 +227,8 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 			}
 		}
 		if r.long {
-			t.Logf("the long run reported its command stopped %v after the kill", r.said.Sub(killedAt).Round(time.Millisecond))
+			t.Logf("the long run reported its command stopped %v after the kill, exited %v after it", r.said.Sub(killedAt).Round(time.Millisecond),
+				r.ended.Sub(killedAt).Round(time.Millisecond))
 		}
 		if r.long && r.code != 4 {
 			t.Errorf("the long run exited %d, want 4 (stopped when its worker died); stderr %q", r.code, r.stderr)

@@ -166,9 +166,16 @@ static int is_env(const char *e, const char *name)
 	return strncmp(e, name, n) == 0 && e[n] == '=';
 }
 
-/* finish releases the grant, closes the client and returns code. */
+/* finish releases the grant, closes the client and returns code. A grant
+ * that is lost or in jeopardy is not released: its worker may be dead, and
+ * a release would wait until lease + grace; closing the session (bounded)
+ * ends it as well. */
 static int finish(tokend_client *c, tokend_grant *g, int code)
 {
+	if (code == EXIT_LOST) {
+		tokend_close(c);
+		return code;
+	}
 	int rc = tokend_release(c, g, NULL, 0);
 	if (rc != TOKEND_OK && rc != TOKEND_ELOST && rc != TOKEND_ENOTHELD && rc != TOKEND_ESESSION)
 		fprintf(stderr, "tokend-lock: release %s: %s\n", token_name, tokend_strerror(rc));

@@ -198,6 +198,10 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		stop() // from here signals go to the command
 		runErr := runUnder(tok, argv, *killGrace, *foreground, sigs, stdout, stderr)
 		stopSigs()
+		var ec exitError_
+		if errors.As(runErr, &ec) && ec.code == exitLost {
+			return runErr // no release: Close ends the session, bounded, even with a dead worker
+		}
 		var ropts []clientlib.ReleaseOption
 		if *value != "" {
 			ropts = append(ropts, clientlib.SetValue([]byte(*value)))
