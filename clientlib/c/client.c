@@ -7,6 +7,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,6 +35,74 @@ static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t until)
 		until = now + 1000 * NS_PER_MS; /* re-check at least every second */
 	struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
 	pthread_cond_timedwait(cv, mu, &ts);
+}
+
+/* ------------------------------------------------------------ error messages */
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF_LIKE(f, a)
+#endif
+
+/* The message tokend_last_error returns (c->mu held). */
+static void set_err(struct tokend_client *c, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static void set_err(struct tokend_client *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
+	va_end(ap);
+}
+
+/* `acquire "name" EX`: the call, for messages. Names are bytes: anything
+ * but printable ASCII is shown as \xHH, and long names are cut. */
+static void op_name(char *buf, size_t cap, const char *verb, const uint8_t *name, size_t len, int mode)
+{
+	static const char *const modes[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
+	size_t n = (size_t)snprintf(buf, cap, "%s \"", verb);
+	for (size_t i = 0; i < len && n + 8 < cap; i++) {
+		if (i == 40) {
+			n += (size_t)snprintf(buf + n, cap - n, "...");
+			break;
+		}
+		uint8_t b = name[i];
+		if (b >= 0x20 && b < 0x7f && b != '"' && b != '\\')
+			buf[n++] = (char)b;
+		else
+			n += (size_t)snprintf(buf + n, cap - n, "\\x%02x", b);
+	}
+	if (n < cap)
+		snprintf(buf + n, cap - n, "\"%s%s", mode >= 0 ? " " : "", mode >= 0 && mode < 6 ? modes[mode] : "");
+}
+
+/* Why a token request failed, naming where it went (c->mu held). */
+static void req_failed(struct tokend_client *c, const char *op, const struct req *r, int rc, int64_t t0)
+{
+	char to[80] = "?";
+	long long ms = (long long)((tkn_now() - t0) / NS_PER_MS);
+	if (r->has_dest)
+		tkn_addr_format(&r->dest, to, sizeof to);
+	if (r->final_status > 0) {
+		set_err(c, "%s: %s answered %s%s%s", op, to, tkw_status_name(r->final_status), r->errtext[0] ? ": " : "",
+			r->errtext);
+	} else if (rc == TOKEND_ETIMEDOUT && r->queued) {
+		set_err(c, "%s: still queued at %s (shard %u, epoch %u) after %lld ms, the wait limit", op, to, r->shard,
+			r->epoch, ms);
+	} else if (rc == TOKEND_ETIMEDOUT || rc == TOKEND_ELOST) {
+		if (r->sends == 0 && r->routed && !r->has_dest)
+			set_err(c, "%s: no reachable owner of shard %u in map version %llu within %lld ms", op, r->shard,
+				(unsigned long long)c->map.version, ms);
+		else if (r->sends == 0)
+			set_err(c, "%s: not sent within %lld ms (no open session, or too many requests in flight)", op, ms);
+		else
+			set_err(c, "%s: no answer from %s (shard %u, epoch %u) to %d send%s in %lld ms", op, to, r->shard,
+				r->epoch, r->sends, r->sends == 1 ? "" : "s", ms);
+	} else if (rc == TOKEND_ESESSION) {
+		set_err(c, "%s: the session ended (expired, or unknown to the workers)", op);
+	} else {
+		set_err(c, "%s: %s", op, tokend_strerror(rc));
+	}
 }
 
 /* Every API call that touches the handle runs between enter and leave, so
@@ -117,11 +187,16 @@ static int wait_req(struct tokend_client *c, struct req *r, int64_t deadline, in
 	}
 }
 
-/* Run a sync request to its end and free it (unless the engine took it). */
-static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, tokend_grant *out)
+/* Run a sync request to its end and free it (unless the engine took it).
+ * A failure is described for tokend_last_error, as op (if not NULL). */
+static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, tokend_grant *out,
+		   const char *op)
 {
 	int handed;
+	int64_t t0 = tkn_now();
 	int rc = wait_req(c, r, deadline, closing_ok, &handed);
+	if (rc != TOKEND_OK && op)
+		req_failed(c, op, r, rc, t0);
 	if (!handed) {
 		if (rc == TOKEND_OK && out)
 			*out = r->out;
@@ -146,7 +221,7 @@ static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int
  * then reported to on_lost, since the caller's grant is gone with it.
  */
 static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
-			 const tokend_grant *old, tokend_grant *out)
+			 const tokend_grant *old, tokend_grant *out, const char *op)
 {
 	int64_t next_vouch = 0;
 	int rc;
@@ -160,6 +235,9 @@ static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t le
 		int64_t now = tkn_now(), left;
 		if (g->state == G_LOST) {
 			rc = g->lost_why ? g->lost_why : TOKEND_ELOST;
+			set_err(c, "%s: granted (fence %llu), then lost before it could be confirmed: %s", op,
+				(unsigned long long)fence,
+				rc == TOKEND_ESESSION ? "the session ended" : "the reclaim was refused");
 			grant_give_up(c, g, old, rc);
 			break;
 		}
@@ -175,6 +253,11 @@ static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t le
 		else if (now >= deadline)
 			rc = TOKEND_ETIMEDOUT;
 		if (rc != TOKEND_OK) {
+			char to[80] = "?";
+			if (g->grp)
+				tkn_addr_format(&g->grp->dest, to, sizeof to);
+			set_err(c, "%s: granted (fence %llu), but %s did not vouch for the grant again before the wait limit; "
+				   "it was given back", op, (unsigned long long)fence, to);
 			grant_give_up(c, g, old, TOKEND_ELOST);
 			break;
 		}
@@ -219,7 +302,24 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 		return rc;
 	}
 	int handed;
+	for (int i = 0; i < c->ntried;) /* a fresh list of where SESSION_OPEN went */
+		if (c->tried[i].type == TKW_SESSION_OPEN)
+			c->tried[i] = c->tried[--c->ntried];
+		else
+			i++;
 	rc = wait_req(c, r, limit, 0, &handed);
+	if (rc == TOKEND_ETIMEDOUT) {
+		char tried[200];
+		tried_format(c, TKW_SESSION_OPEN, tried, sizeof tried);
+		set_err(c, "no worker answered SESSION_OPEN within %lld ms; tried %s",
+			(long long)((tkn_now() - now) / NS_PER_MS), tried);
+	} else if (rc != TOKEND_OK) {
+		char to[80] = "?";
+		tkn_addr_format(&r->dest, to, sizeof to);
+		set_err(c, "opening a session at %s: %s%s%s", to,
+			r->final_status > 0 ? tkw_status_name(r->final_status) : tokend_strerror(rc),
+			r->errtext[0] ? ": " : "", r->errtext);
+	}
 	if (rc == TOKEND_OK) {
 		c->session = r->s_session;
 		c->S = r->s_ttl;
@@ -317,20 +417,28 @@ static void destroy(struct tokend_client *c)
 	free(c);
 }
 
-int tokend_connect(const tokend_options *opts, tokend_client **out)
+/* tokend_connect, with what went wrong in msg[0..cap). */
+static int do_connect(const tokend_options *opts, tokend_client **out, char *msg, size_t cap)
 {
 	if (!opts || !out)
 		return TOKEND_EINVAL;
 	*out = NULL;
-	if (opts->multicast)
-		return TOKEND_ENOTSUP; /* discovery by multicast: not implemented yet */
-	if (!opts->seeds || opts->nseeds == 0 || opts->nseeds > 1024)
+	if (opts->multicast) {
+		snprintf(msg, cap, "multicast discovery (%.100s) is not implemented yet", opts->multicast);
+		return TOKEND_ENOTSUP;
+	}
+	if (!opts->seeds || opts->nseeds == 0 || opts->nseeds > 1024) {
+		snprintf(msg, cap, "%zu seeds: give 1 to 1024 \"host:port\" addresses", opts->seeds ? opts->nseeds : 0);
 		return TOKEND_EINVAL;
+	}
 	char host[256];
 	unsigned port;
 	for (size_t i = 0; i < opts->nseeds; i++)
-		if (!opts->seeds[i] || tkn_split_hostport(opts->seeds[i], host, sizeof host, &port) != 0)
+		if (!opts->seeds[i] || tkn_split_hostport(opts->seeds[i], host, sizeof host, &port) != 0) {
+			snprintf(msg, cap, "seed %zu (%.100s): not \"host:port\" or \"[v6]:port\"", i,
+				 opts->seeds[i] ? opts->seeds[i] : "NULL");
 			return TOKEND_EINVAL;
+		}
 
 	struct tokend_client *c = calloc(1, sizeof *c);
 	if (!c)
@@ -360,6 +468,7 @@ int tokend_connect(const tokend_options *opts, tokend_client **out)
 
 	c->fd = tkn_udp_socket(&c->family);
 	if (c->fd < 0 || tkn_pipe(c->wake) != 0) {
+		snprintf(msg, cap, "%s: %s", c->fd < 0 ? "socket" : "pipe", strerror(errno));
 		rc = TOKEND_ESYS;
 		goto fail;
 	}
@@ -372,6 +481,7 @@ int tokend_connect(const tokend_options *opts, tokend_client **out)
 		if (tkn_resolve(opts->seeds[i], c->family, 0, &c->seeds[c->nseeds]) == 0)
 			c->nseeds++;
 	if (c->nseeds == 0) {
+		snprintf(msg, cap, "no seed could be resolved (first: %.100s)", opts->seeds[0]);
 		rc = TOKEND_EADDR;
 		goto fail;
 	}
@@ -389,10 +499,18 @@ int tokend_connect(const tokend_options *opts, tokend_client **out)
 	map_refresh(c, now);
 	while (!c->map.have && tkn_now() < deadline)
 		timed_wait(&c->cond, &c->mu, deadline);
-	if (!c->map.have)
+	if (!c->map.have) {
+		char tried[200];
+		tried_format(c, TKW_MAP_REQUEST, tried, sizeof tried);
+		snprintf(msg, cap, "no worker answered MAP_REQUEST within %lld ms; tried %.190s",
+			 (long long)(c->connect_ns / NS_PER_MS), tried);
 		rc = TOKEND_EUNREACHABLE;
-	else
+	} else {
 		rc = ensure_session(c, deadline);
+		if (rc != TOKEND_OK)
+			snprintf(msg, cap, "got the shard map (version %llu, %zu workers), but %.180s",
+				 (unsigned long long)c->map.version, c->map.nworkers, c->errmsg);
+	}
 	c->active--;
 	pthread_mutex_unlock(&c->mu);
 	if (rc == TOKEND_ETIMEDOUT)
@@ -404,6 +522,31 @@ int tokend_connect(const tokend_options *opts, tokend_client **out)
 fail:
 	destroy(c);
 	return rc;
+}
+
+int tokend_connect(const tokend_options *opts, tokend_client **out)
+{
+	char msg[256] = "";
+	int rc = do_connect(opts, out, msg, sizeof msg);
+	if (opts && opts->errbuf && opts->errbuf_len > 0) {
+		if (rc != TOKEND_OK && !msg[0])
+			snprintf(msg, sizeof msg, "%s", tokend_strerror(rc));
+		snprintf(opts->errbuf, opts->errbuf_len, "%s", rc == TOKEND_OK ? "" : msg);
+	}
+	return rc;
+}
+
+const char *tokend_last_error(tokend_client *c, char *buf, size_t len)
+{
+	if (!buf || len == 0)
+		return buf;
+	buf[0] = 0;
+	if (!c)
+		return buf;
+	pthread_mutex_lock(&c->mu);
+	snprintf(buf, len, "%s", c->errmsg);
+	pthread_mutex_unlock(&c->mu);
+	return buf;
 }
 
 int tokend_close(tokend_client *c)
@@ -430,7 +573,7 @@ int tokend_close(tokend_client *c)
 			memset(m, 0, sizeof *m);
 			m->h.type = TKW_SESSION_CLOSE;
 			if (req_build(c, r, m) == TOKEND_OK) {
-				(void)run_req(c, r, tkn_now() + CLOSE_WAIT_MS * NS_PER_MS, 1, NULL);
+				(void)run_req(c, r, tkn_now() + CLOSE_WAIT_MS * NS_PER_MS, 1, NULL, NULL);
 			} else {
 				req_unlink(c, r);
 				req_free(r);
@@ -505,9 +648,11 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 				req_unlink(c, r);
 				req_free(r);
 			} else {
-				rc = run_req(c, r, deadline, 0, out);
+				char op[160];
+				op_name(op, sizeof op, "acquire", name, name_len, (int)mode);
+				rc = run_req(c, r, deadline, 0, out, op);
 				if (rc == TOKEND_OK)
-					rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out);
+					rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out, op);
 			}
 		}
 	}
@@ -562,7 +707,9 @@ int tokend_release(tokend_client *c, const tokend_grant *gr, const void *value, 
 				if (async) {
 					req_send(c, r, tkn_now());
 				} else {
-					rc = run_req(c, r, NEVER, 0, NULL);
+					char op[160];
+					op_name(op, sizeof op, "release", g->g.name, g->g.name_len, -1);
+					rc = run_req(c, r, NEVER, 0, NULL, op);
 					if (rc == TOKEND_ECLOSED) {
 						/* the session close releases it */
 					}
@@ -646,9 +793,11 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 	}
 	tokend_grant res, old = *gr;
 	int64_t deadline = down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now());
-	rc = run_req(c, r, deadline, 0, &res);
+	char op[160];
+	op_name(op, sizeof op, "convert", old.name, old.name_len, (int)mode);
+	rc = run_req(c, r, deadline, 0, &res, op);
 	if (rc == TOKEND_OK && (g = grant_find(c, res.name, res.name_len, res.fence)) && g->pending)
-		rc = confirm_grant(c, res.name, res.name_len, res.fence, deadline, &old, &res);
+		rc = confirm_grant(c, res.name, res.name_len, res.fence, deadline, &old, &res, op);
 	if (rc == TOKEND_OK)
 		*gr = res;
 out:

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -295,6 +296,43 @@ static void backoff(struct tokend_client *c, struct req *r, int64_t now)
 	r->rto = r->rto * 2 > RTO_MAX_NS ? RTO_MAX_NS : r->rto * 2;
 }
 
+/* Remember where a MAP_REQUEST or SESSION_OPEN went (for error messages). */
+static void note_tried(struct tokend_client *c, uint8_t type, const struct tkn_addr *a)
+{
+	for (int i = 0; i < c->ntried; i++)
+		if (c->tried[i].type == type && tkn_addr_equal(&c->tried[i].a, a)) {
+			c->tried[i].sends++;
+			return;
+		}
+	if (c->ntried == 8)
+		return;
+	c->tried[c->ntried].type = type;
+	c->tried[c->ntried].a = *a;
+	c->tried[c->ntried].sends = 1;
+	c->ntried++;
+}
+
+/* "10.0.0.1:7700 (5 sends), [::1]:7700 (4 sends)": where requests of that
+ * type went since the list was last cleared. */
+void tried_format(struct tokend_client *c, uint8_t type, char *buf, size_t cap)
+{
+	size_t n = 0;
+	buf[0] = 0;
+	for (int i = 0; i < c->ntried && n + 1 < cap; i++) {
+		if (c->tried[i].type != type)
+			continue;
+		char a[80];
+		tkn_addr_format(&c->tried[i].a, a, sizeof a);
+		int k = snprintf(buf + n, cap - n, "%s%s (%d send%s)", n ? ", " : "", a, c->tried[i].sends,
+				 c->tried[i].sends == 1 ? "" : "s");
+		if (k < 0)
+			break;
+		n += (size_t)k;
+	}
+	if (n == 0)
+		snprintf(buf, cap, "nothing (no address could be used)");
+}
+
 /* Oldest unfinished request id of a session, UINT64_MAX if none (SPEC 11). */
 static uint64_t oldest_unfinished(struct tokend_client *c, uint64_t session)
 {
@@ -444,6 +482,8 @@ void req_send(struct tokend_client *c, struct req *r, int64_t now)
 	if (!r->first_send)
 		r->first_send = now;
 	r->sends++;
+	if (r->type == TKW_MAP_REQUEST || r->type == TKW_SESSION_OPEN)
+		note_tried(c, r->type, &r->dest);
 	if (r->queued)
 		r->next_send = now + QUEUED_POLL_NS;
 	else
@@ -1217,6 +1257,11 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 	}
 	r->final_status = st;
 	r->rep_epoch = m->h.epoch;
+	if (m->kind == TKW_K_ERROR && m->message.len > 0) {
+		size_t n = m->message.len < sizeof r->errtext - 1 ? m->message.len : sizeof r->errtext - 1;
+		memcpy(r->errtext, m->message.p, n);
+		r->errtext[n] = 0;
+	}
 	if (st == TKW_ST_OK && m->kind == TKW_K_GRANT)
 		copy_grant(&r->rep, m);
 	if (r->abandoned) {

@@ -97,6 +97,7 @@ struct req {
 	/* reply */
 	struct reply_grant rep;
 	uint32_t rep_epoch; /* header epoch of the final reply */
+	char errtext[128];  /* the worker's ERROR message, if any (for tokend_last_error) */
 	uint64_t s_session; /* SESSION_OPEN reply */
 	uint32_t s_ttl, s_shards, s_grace, s_wttl;
 	tokend_grant out;   /* ACQUIRE/CONVERT: what the caller gets */
@@ -255,6 +256,15 @@ struct tokend_client {
 
 	uint64_t drops; /* malformed or unexpected datagrams */
 
+	/* for messages: where MAP_REQUEST and SESSION_OPEN went lately */
+	struct tried {
+		uint8_t type;
+		struct tkn_addr a;
+		int sends;
+	} tried[8];
+	int ntried;
+	char errmsg[256]; /* tokend_last_error */
+
 	struct tkw_msg tx;  /* scratch for building datagrams */
 	struct tkw_msg aux; /* scratch for re-reading our own datagrams */
 	struct tkw_msg rx;  /* the background thread's decode buffer */
@@ -283,6 +293,7 @@ void grant_view(struct tokend_client *c, struct grant_rec *g, int64_t now, token
 int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64_t *left);
 void session_reset(struct tokend_client *c);
 void *bg_main(void *arg);
+void tried_format(struct tokend_client *c, uint8_t type, char *buf, size_t cap);
 int status_to_result(int wire_status);
 int64_t fresh_ns(struct tokend_client *c);
 void grant_vouch(struct tokend_client *c, struct grant_rec *g, int64_t now);

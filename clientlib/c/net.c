@@ -207,8 +207,14 @@ void tkn_addr_format(const struct tkn_addr *a, char *buf, size_t cap)
 		snprintf(buf, cap, "%s:%u", h, port);
 	} else if (a->sa.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *x = (const void *)&a->sa;
-		inet_ntop(AF_INET6, &x->sin6_addr, h, sizeof h);
 		port = ntohs(x->sin6_port);
+		if (IN6_IS_ADDR_V4MAPPED(&x->sin6_addr)) {
+			/* an IPv4 address on the dual-stack socket: say it as given */
+			inet_ntop(AF_INET, &x->sin6_addr.s6_addr[12], h, sizeof h);
+			snprintf(buf, cap, "%s:%u", h, port);
+			return;
+		}
+		inet_ntop(AF_INET6, &x->sin6_addr, h, sizeof h);
 		snprintf(buf, cap, "[%s]:%u", h, port);
 	} else {
 		snprintf(buf, cap, "?");

@@ -203,7 +203,12 @@ typedef struct tokend_options {
 	tokend_jeopardy_fn on_jeopardy; /* optional */
 	uint32_t jeopardy_ms;        /* on_jeopardy threshold; 0 = a third of the workers' lease
 				      * TTL W (or of the session TTL, if shorter) */
-	void *reserved[6];           /* zero (tokend_options_init) */
+	/* Optional: if tokend_connect fails, it writes what it tried and why
+	 * it failed here (NUL-terminated, truncated to errbuf_len); on success
+	 * an empty string. After connect, see tokend_last_error. */
+	char *errbuf;
+	size_t errbuf_len;
+	void *reserved[4];           /* zero (tokend_options_init) */
 } tokend_options;
 
 /* Fill *o with the defaults (all zero). */
@@ -212,9 +217,12 @@ TOKEND_API void tokend_options_init(tokend_options *o);
 /*
  * Connect: resolve the seeds, fetch the shard map, open a session, start the
  * background thread. On success *out is a new handle (free it with
- * tokend_close). Errors: TOKEND_EINVAL, TOKEND_ENOTSUP (multicast),
- * TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE (no map or
- * session within connect_timeout_ms), TOKEND_ESERVER.
+ * tokend_close). Returns within about connect_timeout_ms (default 5 s)
+ * whether or not anything answers. Errors: TOKEND_EINVAL, TOKEND_ENOTSUP
+ * (multicast), TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE
+ * (no map or session within connect_timeout_ms), TOKEND_ESERVER. On failure,
+ * opts->errbuf (if set) says what was tried, e.g. "no worker answered
+ * MAP_REQUEST within 300 ms; tried 127.0.0.1:7700 (5 sends)".
  */
 TOKEND_API int tokend_connect(const tokend_options *opts, tokend_client **out);
 
@@ -315,6 +323,17 @@ TOKEND_API int tokend_grant_check(tokend_client *c, const tokend_grant *g, uint3
  * or TOKEND_ECALLBACK (called from a callback: nothing is done).
  */
 TOKEND_API int tokend_close(tokend_client *c);
+
+/*
+ * The message of the most recent call on c that failed (from any thread),
+ * naming what was tried: the worker addresses, shard and epoch, how long
+ * and how often, or the worker's own error text; "" if none failed yet.
+ * Copied into buf (NUL-terminated, truncated to len); returns buf. Safe to
+ * call from a callback. For example, after TOKEND_ETIMEDOUT from a try:
+ * "acquire \"a\" EX: no answer from 10.0.0.7:7700 (shard 12, epoch 3) to 9
+ * sends in 5000 ms".
+ */
+TOKEND_API const char *tokend_last_error(tokend_client *c, char *buf, size_t len);
 
 /* The session id (the service's lease id), 0 if none is open. */
 TOKEND_API uint64_t tokend_session_id(tokend_client *c);

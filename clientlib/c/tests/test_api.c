@@ -65,6 +65,8 @@ struct fake {
 	int stop;          /* under mu */
 	int garbage;       /* answer every request with junk first (set before start) */
 	int silent;        /* answer nothing (set before start) */
+	const char *map_addr; /* the one worker its map lists; NULL: itself (set before start) */
+	int map_only;      /* answer MAP_REQUEST only (set before start) */
 	uint64_t next_fence;
 	/* what it saw */
 	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
@@ -116,7 +118,7 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 	static struct tkw_msg q, r; /* only the fake's thread uses them */
 	if (tkw_decode(b, n, &q) != TKW_OK)
 		return;
-	if (f->silent)
+	if (f->silent || (f->map_only && q.h.type != TKW_MAP_REQUEST))
 		return;
 	if (f->garbage)
 		send_junk(f, from, b, n);
@@ -137,8 +139,8 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		r.grace_ms = 300;
 		r.nworkers = 1;
 		r.workers[0].index = 0;
-		r.workers[0].addr.p = (const uint8_t *)f->addr;
-		r.workers[0].addr.len = strlen(f->addr);
+		r.workers[0].addr.p = (const uint8_t *)(f->map_addr ? f->map_addr : f->addr);
+		r.workers[0].addr.len = strlen((const char *)r.workers[0].addr.p);
 		r.workers[0].id.p = (const uint8_t *)"fake";
 		r.workers[0].id.len = 4;
 		if (q.first_shard < 64) {
@@ -229,11 +231,13 @@ static void *fake_main(void *arg)
 	return NULL;
 }
 
-static void fake_start(struct fake *f, int silent, int garbage)
+static void fake_start_map(struct fake *f, int silent, int garbage, const char *map_addr, int map_only)
 {
 	memset(f, 0, sizeof *f);
 	f->silent = silent;
 	f->garbage = garbage;
+	f->map_addr = map_addr;
+	f->map_only = map_only;
 	pthread_mutex_init(&f->mu, NULL);
 	f->fd = socket(AF_INET, SOCK_DGRAM, 0);
 	struct sockaddr_in a;
@@ -247,6 +251,8 @@ static void fake_start(struct fake *f, int silent, int garbage)
 	snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
 	pthread_create(&f->th, NULL, fake_main, f);
 }
+
+static void fake_start(struct fake *f, int silent, int garbage) { fake_start_map(f, silent, garbage, NULL, 0); }
 
 static void fake_stop(struct fake *f)
 {
@@ -368,12 +374,79 @@ static void test_unreachable(void)
 	o.seeds = seeds;
 	o.nseeds = 2;
 	o.connect_timeout_ms = 300;
+	char err[256];
+	o.errbuf = err;
+	o.errbuf_len = sizeof err;
 	tokend_client *c;
 	int64_t t0 = now_ms();
 	CHECK_RC(tokend_connect(&o, &c), TOKEND_EUNREACHABLE, "silent worker");
 	int64_t took = now_ms() - t0;
 	CHECK(took >= 250 && took < 2000, "connect gave up after %" PRId64 " ms", took);
+	CHECK(strstr(err, f.addr) && strstr(err, "MAP_REQUEST"), "connect's message: \"%s\"", err);
+	printf("silent seed: %s\n", err);
 	fake_stop(&f);
+}
+
+/*
+ * Issue 17: a map whose worker never answers. (1) The seed answers only
+ * MAP_REQUEST: connect fails within its deadline, naming the silent worker.
+ * (2) The seed also opens sessions: connect works, but acquire (try, and a
+ * wait) fails within its deadline, and tokend_last_error names the silent
+ * worker and the shard.
+ */
+static void test_silent_map(void)
+{
+	struct fake silent, seed;
+	fake_start(&silent, 1, 0); /* a bound UDP socket that never replies */
+	char err[256];
+	for (int opens = 0; opens <= 1; opens++) {
+		fake_start_map(&seed, 0, 0, silent.addr, !opens);
+		tokend_options o;
+		tokend_options_init(&o);
+		const char *seeds[] = {seed.addr};
+		o.seeds = seeds;
+		o.nseeds = 1;
+		o.connect_timeout_ms = 500;
+		o.errbuf = err;
+		o.errbuf_len = sizeof err;
+		tokend_client *c = NULL;
+		int64_t t0 = now_ms();
+		int rc = tokend_connect(&o, &c);
+		int64_t took = now_ms() - t0;
+		CHECK(took < 1500, "connect took %" PRId64 " ms (limit 500)", took);
+		if (!opens) {
+			CHECK_RC(rc, TOKEND_EUNREACHABLE, "connect, the map's worker silent");
+			CHECK(strstr(err, silent.addr) && strstr(err, "SESSION_OPEN"), "connect's message: \"%s\"", err);
+			printf("silent map: %s\n", err);
+			fake_stop(&seed);
+			continue;
+		}
+		CHECK_RC(rc, TOKEND_OK, "connect to a seed that opens sessions");
+		CHECK(err[0] == 0, "errbuf after success: \"%s\"", err);
+		if (rc != TOKEND_OK) {
+			fake_stop(&seed);
+			continue;
+		}
+		char last[256];
+		CHECK(tokend_last_error(c, last, sizeof last)[0] == 0, "last error before any failure: \"%s\"", last);
+		tokend_grant g;
+		t0 = now_ms();
+		CHECK_RC(tokend_acquire(c, "far", 3, TOKEND_EX, TOKEND_TRY, &g), TOKEND_ETIMEDOUT, "try on a silent worker");
+		took = now_ms() - t0;
+		CHECK(took >= 450 && took < 1500, "try gave up after %" PRId64 " ms (connect timeout 500)", took);
+		tokend_last_error(c, last, sizeof last);
+		CHECK(strstr(last, silent.addr) && strstr(last, "no answer") && strstr(last, "\"far\""),
+		      "acquire's message: \"%s\"", last);
+		printf("silent worker: %s\n", last);
+		t0 = now_ms();
+		CHECK_RC(tokend_acquire(c, "far", 3, TOKEND_EX, 300, &g), TOKEND_ETIMEDOUT, "wait on a silent worker");
+		took = now_ms() - t0;
+		CHECK(took >= 250 && took < 1500, "a 300 ms wait gave up after %" PRId64 " ms", took);
+		CHECK(strstr(tokend_last_error(c, last, sizeof last), silent.addr), "wait's message: \"%s\"", last);
+		tokend_close(c);
+		fake_stop(&seed);
+	}
+	fake_stop(&silent);
 }
 
 static int revokes_seen;
@@ -544,7 +617,9 @@ static void test_options_abi(void)
 	tokend_options o;
 	memset(&o, 0xff, sizeof o);
 	tokend_options_init(&o);
-	CHECK(o.on_jeopardy == NULL && o.jeopardy_ms == 0 && o.reserved[5] == NULL, "options_init leaves junk");
+	CHECK(o.on_jeopardy == NULL && o.jeopardy_ms == 0 && o.errbuf == NULL && o.errbuf_len == 0 &&
+		      o.reserved[3] == NULL,
+	      "options_init leaves junk");
 }
 
 /* Callbacks that record what they were told (no action). */
@@ -644,6 +719,7 @@ int main(void)
 	test_connect_errors();
 	test_options_abi();
 	test_unreachable();
+	test_silent_map();
 	test_fake(0);
 	test_fake(1);
 	test_revoke_after_upgrade();
