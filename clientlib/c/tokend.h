@@ -43,7 +43,7 @@
  * returns TOKEND_OK at once, the grant is given up (or lowered) locally from
  * that moment, and the background thread retransmits the request until the
  * worker answers or the grant's lease and grace run out (then it goes on in
- * the background, best effort). tokend_grant_check,
+ * the background, best effort). tokend_grant_check, tokend_last_error,
  * tokend_strerror and the other helpers never block. Calls that would have
  * to wait (tokend_acquire, an upgrading convert, tokend_close) return
  * TOKEND_ECALLBACK from a callback, at once. The library never prints: a

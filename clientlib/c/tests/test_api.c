@@ -67,6 +67,13 @@ struct fake {
 	int silent;        /* answer nothing (set before start) */
 	const char *map_addr; /* the one worker its map lists; NULL: itself (set before start) */
 	int map_only;      /* answer MAP_REQUEST only (set before start) */
+	/* ACQUIREs of names "q/..." queue for queue_ms, then GRANT_ASYNC (one at a time) */
+	int queue_ms;      /* under mu */
+	int ka_cannot_vouch; /* KEEPALIVE replies say validity 0 (under mu) */
+	int q_state;       /* 0 none, 1 queued, 2 granted */
+	uint64_t q_request, q_fence;
+	uint32_t q_shard;
+	int64_t q_grant_at;
 	uint64_t next_fence;
 	/* what it saw */
 	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
@@ -166,7 +173,7 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		f->keepalives++;
 		f->renews += q.renew;
 		r.session_ttl_ms = q.renew ? 2000 : 0;
-		r.validity_ms = 800;
+		r.validity_ms = f->ka_cannot_vouch ? 0 : 800;
 		r.nentries = q.nentries;
 		for (unsigned i = 0; i < q.nentries; i++)
 			r.entry_status[i] = TKW_ST_OK;
@@ -175,8 +182,25 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		f->sessions_closed++;
 		break;
 	case TKW_ACQUIRE:
-		f->acquires++;
-		r.fence = (UINT64_C(1) << 40) | ++f->next_fence;
+		if (f->queue_ms > 0 && q.name.len > 2 && !memcmp(q.name.p, "q/", 2)) {
+			if (f->q_state == 0 || f->q_request != q.h.request) {
+				f->acquires++;
+				f->q_state = 1;
+				f->q_request = q.h.request;
+				f->q_shard = q.h.shard;
+				f->q_fence = (UINT64_C(1) << 40) | ++f->next_fence;
+				f->q_grant_at = now_ms() + f->queue_ms;
+			}
+			if (f->q_state == 1) {
+				r.h.status = TKW_ST_QUEUED;
+				r.position = 0;
+				break;
+			}
+			r.fence = f->q_fence; /* a re-poll after the grant */
+		} else {
+			f->acquires++;
+			r.fence = (UINT64_C(1) << 40) | ++f->next_fence;
+		}
 		r.mode = q.mode;
 		r.validity_ms = 800;
 		r.start = q.start;
@@ -219,6 +243,27 @@ static void *fake_main(void *arg)
 	struct fake *f = arg;
 	uint8_t buf[2048];
 	while (!fake_stopping(f)) {
+		pthread_mutex_lock(&f->mu);
+		if (f->q_state == 1 && now_ms() >= f->q_grant_at) {
+			static struct tkw_msg g;
+			memset(&g, 0, sizeof g);
+			f->q_state = 2;
+			g.h.type = TKW_GRANT_ASYNC;
+			g.h.session = f->session;
+			g.h.request = f->q_request;
+			g.h.shard = f->q_shard;
+			g.h.epoch = 1;
+			g.h.map_version = 1;
+			g.fence = f->q_fence;
+			g.mode = TKW_EX;
+			g.validity_ms = 800;
+			g.end = TKW_WHOLE_END;
+			struct sockaddr_in to = f->client;
+			pthread_mutex_unlock(&f->mu);
+			fake_send(f, &g, &to);
+		} else {
+			pthread_mutex_unlock(&f->mu);
+		}
 		struct pollfd p = {f->fd, POLLIN, 0};
 		if (poll(&p, 1, 20) <= 0)
 			continue;
@@ -712,6 +757,72 @@ static void test_revoke_after_upgrade(void)
 	fake_stop(&f);
 }
 
+static void fake_set(struct fake *f, int *field, int v)
+{
+	pthread_mutex_lock(&f->mu);
+	*field = v;
+	pthread_mutex_unlock(&f->mu);
+}
+
+/*
+ * Asynchronous grants are confirmed before acquire returns them (SPEC 13;
+ * issue 11). The fake queues "q/..." for 700 ms and then sends GRANT_ASYNC
+ * with 800 ms of validity, which, counted from the first send of the
+ * ACQUIRE, leaves about 80 ms: acquire must get the worker to vouch anew
+ * (a KEEPALIVE sent after the grant) and return at least (W - margin)/2 =
+ * 440 ms (W 900 ms). When the worker cannot vouch, acquire fails at its
+ * wait limit with TOKEND_ETIMEDOUT and gives the grant back.
+ */
+static void test_async_confirm(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	fake_set(&f, &f.queue_ms, 700);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.session_ttl_ms = 2000;
+	o.on_lost = rec_lost;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	memset(&rec, 0, sizeof rec);
+	tokend_grant g, g2;
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_acquire(c, "q/a", 3, TOKEND_EX, 3000, &g), TOKEND_OK, "queued acquire");
+	int64_t took = now_ms() - t0;
+	uint32_t left = 0;
+	CHECK_RC(tokend_grant_check(c, &g, &left), TOKEND_OK, "the queued grant on return");
+	CHECK(took >= 650 && g.validity_ms >= 400 && left >= 400,
+	      "queued %" PRId64 " ms, then %" PRIu32 " ms of validity (%" PRIu32 " ms left): want >= 440", took,
+	      g.validity_ms, left);
+	printf("async grant after %" PRId64 " ms in the queue: %" PRIu32 " ms left\n", took, left);
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release the confirmed grant");
+
+	/* (a held grant would be lost now: nothing is vouched for) */
+	fake_set(&f, &f.ka_cannot_vouch, 1);
+	t0 = now_ms();
+	CHECK_RC(tokend_acquire(c, "q/b", 3, TOKEND_EX, 1000, &g2), TOKEND_ETIMEDOUT, "a grant nobody vouches for");
+	took = now_ms() - t0;
+	CHECK(took >= 1000 && took < 2000, "gave up after %" PRId64 " ms (wait 1000 ms + slack)", took);
+	pthread_mutex_lock(&f.mu);
+	struct fence_arg fa = {&f, f.q_fence};
+	pthread_mutex_unlock(&f.mu);
+	CHECK(wait_for(released_pred, &fa, 2000), "the unconfirmed grant was not given back");
+	char last[256];
+	CHECK(strstr(tokend_last_error(c, last, sizeof last), "vouch"), "message: \"%s\"", last);
+	CHECK(cb_get(&rec.losts) == 0, "on_lost for a grant the caller never had");
+	CHECK_RC(tokend_grant_check(c, &g2, NULL), TOKEND_ENOTHELD, "the unconfirmed grant");
+	tokend_close(c);
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	srand(1);
@@ -723,6 +834,7 @@ int main(void)
 	test_fake(0);
 	test_fake(1);
 	test_revoke_after_upgrade();
+	test_async_confirm();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
