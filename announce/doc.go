@@ -1,7 +1,7 @@
 // Package announce is tokend's IP multicast announcements: workers say "I am
 // at this UDP address and have applied delegation map version V", and
 // clients listen, so that they fetch a new map within milliseconds of a
-// change and can find workers without a seed list (DESIGN.md, "Discovery
+// change and can find workers without a seed list (docs/ARCHITECTURE.md, "Discovery
 // and announcements"). Announcements are hints: a client acts on one only
 // by asking a worker (MAP_REQUEST, wire/SPEC.md section 15), so a lost,
 // forged or stale announcement costs at most a useless request.

@@ -5,7 +5,7 @@
 // both, crash-stop and hanging clients and servers that later send stale
 // messages), and check what the clients saw with the checkers of package
 // chaos/check: a porcupine linearizability model of the tokens (invariants
-// 1 and 2 of DESIGN.md) and a fenced register with Jepsen's lock-set
+// 1 and 2 of docs/ARCHITECTURE.md) and a fenced register with Jepsen's lock-set
 // workload (no acknowledged update lost, no stale fence accepted).
 //
 // The package has no code of its own outside its tests.

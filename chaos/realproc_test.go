@@ -632,7 +632,7 @@ func (c *rcluster) dialMaybe() *clientlib.Client {
 
 // TestScenario6EtcdMemberCutOff is the third fault of scenario 6: the
 // workers' TCP connections to one of three etcd members stop carrying data
-// (a partition that drops packets: no RST, no FIN) for 9 s. DESIGN.md says
+// (a partition that drops packets: no RST, no FIN) for 9 s. docs/ARCHITECTURE.md says
 // users see nothing when 1 of 3 members is down.
 //
 // Regression: found by the soak (TestScenario6EtcdFaults, seed 836079755,

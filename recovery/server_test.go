@@ -234,7 +234,7 @@ func TestLeaderStop(t *testing.T) {
 // workers under load, then restarts its server process on its data dir.
 // The member killed is the etcd leader (leadership is moved to it first),
 // but not the coordinator leader's, so that only etcd is hit. etcd keeps
-// its quorum, and token operations see no errors (DESIGN.md: "1 of 3 etcd
+// its quorum, and token operations see no errors (docs/ARCHITECTURE.md: "1 of 3 etcd
 // members down: nothing"); no held token is lost, every shard keeps
 // granting, and the member rejoins.
 func TestEtcdMemberStop(t *testing.T) {

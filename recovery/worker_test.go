@@ -135,7 +135,7 @@ func TestWorkerKill(t *testing.T) {
 			slow, slowShard := l.slowest(kr.kill, time.Now(), kr.affected)
 			others = append(others, slow)
 			if slow > othersMax {
-				t.Errorf("kill %d: an acquire in shard %d, served by a live worker, took %v during the failover; DESIGN.md: others are untouched",
+				t.Errorf("kill %d: an acquire in shard %d, served by a live worker, took %v during the failover; docs/ARCHITECTURE.md: others are untouched",
 					r+1, slowShard, slow)
 			}
 			logf(t, start, "kill %d: re-delegated after %v, held tokens reclaimed after %v, first new grant after %v; slowest acquire begun since in another worker's shard %v (shard %d)",

@@ -19,7 +19,7 @@ const (
 	// the ack of every session waiting for the dead worker's shards for the
 	// lease TTL plus the grace period (see overLimit), and the session's
 	// traffic to the live workers must fit meanwhile, or it stalls on LIMIT
-	// where DESIGN.md promises the other shards are untouched. 1024 did
+	// where docs/ARCHITECTURE.md promises the other shards are untouched. 1024 did
 	// not last 4 s of a busy client (recovery.TestWorkerKill); 16384 covers
 	// about 1500 requests/s of one session to one worker over a failover
 	// with the default 5 s TTL and grace. An entry is about 200 bytes, so a

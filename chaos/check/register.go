@@ -19,7 +19,7 @@ type Access struct {
 	Len      int // length of the value read or written
 }
 
-// Register is a fenced register: the storage side of fencing (DESIGN.md,
+// Register is a fenced register: the storage side of fencing (docs/ARCHITECTURE.md,
 // "Tokens"). It holds a value, a list of element ids as in Jepsen's lock-set
 // workload. It refuses a write whose fence is below the highest fence of any
 // access it accepted, and a read whose fence is below the highest fence of

@@ -47,7 +47,7 @@
 //     shards keep their last owner and epoch instead of becoming unowned, so
 //     that when a worker appears the move is classified as a [Recovery] (the
 //     new owner waits out the grace period for the dead owner's grants,
-//     invariant 6 of DESIGN.md) and not as a fresh assignment. A shard that
+//     invariant 6 of docs/ARCHITECTURE.md) and not as a fresh assignment. A shard that
 //     never had an owner stays unowned with epoch 0.
 //
 // Donors give up their highest-numbered shards, and the freed shards are
