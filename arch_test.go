@@ -53,7 +53,7 @@ func imports(t *testing.T) map[string][]string {
 
 func isStd(p string) bool { return !strings.Contains(strings.Split(p, "/")[0], ".") }
 
-// TestLayering checks the import rules of STYLE.md: pure cores import only
+// TestLayering checks the import rules of docs/ARCHITECTURE.md §10: pure cores import only
 // the standard library (and wire); worker and coordinator do not import each
 // other; clients never talk to etcd; nothing imports cmd/ or bench/.
 func TestLayering(t *testing.T) {

@@ -1,7 +1,7 @@
 // Package table is the token state of one shard: who holds which token in
 // which mode, who waits, what to revoke, and which fence each grant carries.
-// It is the pure core inside the worker's UDP shell (see docs/ARCHITECTURE.md and
-// STYLE.md): no sockets, goroutines, clock, logging or metrics. The shell
+// It is the pure core inside the worker's UDP shell (docs/ARCHITECTURE.md,
+// sections 2 and 10): no sockets, goroutines, clock, logging or metrics. The shell
 // decodes a datagram into an Input, calls
 //
 //	out = t.Step(in, now, out[:0])

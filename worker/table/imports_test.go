@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// TestImports keeps the table pure (STYLE.md): besides the standard library
+// TestImports keeps the table pure (docs/ARCHITECTURE.md §10): besides the standard library
 // it may import only wire.
 func TestImports(t *testing.T) {
 	files, err := filepath.Glob("*.go")
