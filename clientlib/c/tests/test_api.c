@@ -74,6 +74,7 @@ struct fake {
 	uint64_t q_request, q_fence;
 	uint32_t q_shard;
 	int64_t q_grant_at;
+	uint64_t dl_request; /* "dl/..." ACQUIRE or upgrade: QUEUED, then DEADLOCK on the re-poll */
 	uint64_t next_fence;
 	/* what it saw */
 	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
@@ -182,6 +183,12 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		f->sessions_closed++;
 		break;
 	case TKW_ACQUIRE:
+		if (q.name.len > 3 && !memcmp(q.name.p, "dl/", 3) && q.mode == TKW_EX) {
+			int again = f->dl_request == q.h.request;
+			f->dl_request = q.h.request;
+			r.h.status = again ? TKW_ST_DEADLOCK : TKW_ST_QUEUED;
+			break;
+		}
 		if (f->queue_ms > 0 && q.name.len > 2 && !memcmp(q.name.p, "q/", 2)) {
 			if (f->q_state == 0 || f->q_request != q.h.request) {
 				f->acquires++;
@@ -207,6 +214,12 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		r.end = q.end;
 		break;
 	case TKW_CONVERT:
+		if (q.name.len > 3 && !memcmp(q.name.p, "dl/", 3) && q.mode == TKW_EX) {
+			int again = f->dl_request == q.h.request;
+			f->dl_request = q.h.request;
+			r.h.status = again ? TKW_ST_DEADLOCK : TKW_ST_QUEUED;
+			break;
+		}
 		f->converts++;
 		/* to EX: an upgrade, with a new fence; anything else: a downgrade */
 		r.fence = q.mode == TKW_EX ? (UINT64_C(1) << 40) | ++f->next_fence : q.fence;
@@ -823,6 +836,45 @@ static void test_async_confirm(void)
 	fake_stop(&f);
 }
 
+/*
+ * A DEADLOCK answer to a queued ACQUIRE or upgrade ends the wait at once
+ * with TOKEND_EDEADLK; the grant being converted stays, as it was.
+ */
+static void test_deadlock_answer(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	tokend_grant g, g2;
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_acquire(c, "dl/a", 4, TOKEND_EX, 10000, &g2), TOKEND_EDEADLK, "queued acquire answered DEADLOCK");
+	CHECK(now_ms() - t0 < 3000, "DEADLOCK took %" PRId64 " ms to end the wait", now_ms() - t0);
+	char last[256];
+	CHECK(strstr(tokend_last_error(c, last, sizeof last), "DEADLOCK"), "message: \"%s\"", last);
+	CHECK_RC(tokend_acquire(c, "dl/b", 4, TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "acquire PR");
+	tokend_grant before = g;
+	t0 = now_ms();
+	CHECK_RC(tokend_convert(c, &g, TOKEND_EX, 10000, NULL, 0), TOKEND_EDEADLK, "queued upgrade answered DEADLOCK");
+	CHECK(now_ms() - t0 < 3000, "DEADLOCK took %" PRId64 " ms to end the upgrade", now_ms() - t0);
+	CHECK(g.fence == before.fence && g.mode == TOKEND_PR, "the grant changed: fence %" PRIu64 " mode %d", g.fence,
+	      g.mode);
+	CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_OK, "the grant after DEADLOCK");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release after DEADLOCK");
+	tokend_close(c);
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	srand(1);
@@ -835,6 +887,7 @@ int main(void)
 	test_fake(1);
 	test_revoke_after_upgrade();
 	test_async_confirm();
+	test_deadlock_answer();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
