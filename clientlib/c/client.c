@@ -256,8 +256,9 @@ static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t le
 			char to[80] = "?";
 			if (g->grp)
 				tkn_addr_format(&g->grp->dest, to, sizeof to);
-			set_err(c, "%s: granted (fence %llu), but %s did not vouch for the grant again before the wait limit; "
-				   "it was given back", op, (unsigned long long)fence, to);
+			if (rc == TOKEND_ETIMEDOUT)
+				set_err(c, "%s: granted (fence %llu), but %s did not vouch for the grant again before the "
+					   "wait limit; it was given back", op, (unsigned long long)fence, to);
 			grant_give_up(c, g, old, TOKEND_ELOST);
 			break;
 		}

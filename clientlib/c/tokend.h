@@ -198,8 +198,9 @@ typedef struct tokend_options {
 	tokend_revoke_fn on_revoke;  /* optional */
 	tokend_lost_fn on_lost;      /* optional */
 	void *cb_arg;                /* passed to every callback */
-	/* Fields added in 0.2 took slots of `reserved`: the struct's size and
-	 * the offsets of the fields above are those of 0.1 (LP64 and ILP32). */
+	/* The fields below took slots of the first release's reserved[8]: the
+	 * struct's size and the offsets of the fields above are unchanged
+	 * (LP64 and ILP32; test_api checks). */
 	tokend_jeopardy_fn on_jeopardy; /* optional */
 	uint32_t jeopardy_ms;        /* on_jeopardy threshold; 0 = a third of the workers' lease
 				      * TTL W (or of the session TTL, if shorter) */

@@ -654,7 +654,7 @@ static void test_fake(int garbage)
 	fake_stop(&f);
 }
 
-/* tokend_options keeps the 0.1 layout: new fields took reserved slots. */
+/* tokend_options keeps the first release's layout: new fields took reserved slots. */
 struct options_0_1 {
 	const char *const *seeds;
 	size_t nseeds;
