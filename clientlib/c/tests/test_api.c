@@ -221,6 +221,25 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 			break;
 		}
 		f->converts++;
+		if (f->queue_ms > 0 && q.name.len > 2 && !memcmp(q.name.p, "q/", 2) && q.mode == TKW_EX) {
+			/* an upgrade that queues, like "q/..." acquires */
+			if (f->q_state == 0 || f->q_request != q.h.request) {
+				f->q_state = 1;
+				f->q_request = q.h.request;
+				f->q_shard = q.h.shard;
+				f->q_fence = (UINT64_C(1) << 40) | ++f->next_fence;
+				f->q_grant_at = now_ms() + f->queue_ms;
+			}
+			if (f->q_state == 1) {
+				r.h.status = TKW_ST_QUEUED;
+				break;
+			}
+			r.fence = f->q_fence;
+			r.mode = q.mode;
+			r.validity_ms = 800;
+			r.end = TKW_WHOLE_END;
+			break;
+		}
 		/* to EX: an upgrade, with a new fence; anything else: a downgrade */
 		r.fence = q.mode == TKW_EX ? (UINT64_C(1) << 40) | ++f->next_fence : q.fence;
 		r.mode = q.mode;
@@ -837,6 +856,87 @@ static void test_async_confirm(void)
 }
 
 /*
+ * An upgrade that waited in a queue is confirmed like an acquire; if it
+ * cannot be, convert returns TOKEND_ETIMEDOUT, the new grant is given back,
+ * and on_lost is told about the grant the caller had (old fence and mode).
+ */
+static struct {
+	int n;
+	uint64_t fence;
+	int mode, why;
+} lost_seen;
+
+static void lost_record(tokend_client *c, const tokend_grant *g, tokend_status why, void *arg)
+{
+	(void)c, (void)arg;
+	pthread_mutex_lock(&cb_mu);
+	lost_seen.n++;
+	lost_seen.fence = g->fence;
+	lost_seen.mode = (int)g->mode;
+	lost_seen.why = (int)why;
+	pthread_mutex_unlock(&cb_mu);
+}
+
+static int lost_seen_pred(void *a)
+{
+	(void)a;
+	return cb_get(&lost_seen.n) > 0;
+}
+
+static void test_upgrade_confirm(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	tokend_options o;
+	tokend_options_init(&o);
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.session_ttl_ms = 2000;
+	o.on_lost = lost_record;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	memset(&lost_seen, 0, sizeof lost_seen);
+	tokend_grant g, g2;
+	CHECK_RC(tokend_acquire(c, "q/u", 3, TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "acquire PR");
+	CHECK_RC(tokend_acquire(c, "q/v", 3, TOKEND_PR, TOKEND_TRY, &g2), TOKEND_OK, "acquire another PR");
+	fake_set(&f, &f.queue_ms, 700);
+	uint64_t f0 = g.fence;
+	CHECK_RC(tokend_convert(c, &g, TOKEND_EX, 3000, NULL, 0), TOKEND_OK, "queued upgrade");
+	uint32_t left = 0;
+	CHECK_RC(tokend_grant_check(c, &g, &left), TOKEND_OK, "the upgraded grant");
+	CHECK(g.fence != f0 && g.mode == TOKEND_EX && left >= 400, "upgrade: fence %" PRIu64 " mode %d, %" PRIu32 " ms left",
+	      g.fence, g.mode, left);
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release the upgraded grant");
+
+	/* now nothing is vouched for: the upgrade cannot be confirmed */
+	fake_set(&f, &f.ka_cannot_vouch, 1);
+	/* granted with too little left (800 - 500 ms), before g2 (renewed last at most
+	 * 225 ms ago) could be lost by the grace rule (800 - 225 + 300 ms) */
+	fake_set(&f, &f.queue_ms, 500);
+	tokend_grant before = g2;
+	CHECK_RC(tokend_convert(c, &g2, TOKEND_EX, 1000, NULL, 0), TOKEND_ETIMEDOUT, "an upgrade nobody vouches for");
+	CHECK(g2.fence == before.fence && g2.mode == TOKEND_PR, "*g changed on failure");
+	CHECK(wait_for(lost_seen_pred, NULL, 2000), "on_lost not called for the caller's grant");
+	pthread_mutex_lock(&cb_mu);
+	CHECK(lost_seen.fence == before.fence && lost_seen.mode == TOKEND_PR && lost_seen.why == TOKEND_ELOST,
+	      "on_lost told fence %" PRIu64 " mode %d why %d", lost_seen.fence, lost_seen.mode, lost_seen.why);
+	pthread_mutex_unlock(&cb_mu);
+	pthread_mutex_lock(&f.mu);
+	struct fence_arg fa = {&f, f.q_fence};
+	pthread_mutex_unlock(&f.mu);
+	CHECK(wait_for(released_pred, &fa, 2000), "the unconfirmed upgrade was not given back");
+	CHECK_RC(tokend_grant_check(c, &g2, NULL), TOKEND_ENOTHELD, "the caller's grant after a failed upgrade");
+	tokend_close(c);
+	fake_stop(&f);
+}
+
+/*
  * A DEADLOCK answer to a queued ACQUIRE or upgrade ends the wait at once
  * with TOKEND_EDEADLK; the grant being converted stays, as it was.
  */
@@ -888,6 +988,7 @@ int main(void)
 	test_revoke_after_upgrade();
 	test_async_confirm();
 	test_deadlock_answer();
+	test_upgrade_confirm();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
