@@ -1104,6 +1104,14 @@ static void start_reclaims(struct tokend_client *c, int64_t now)
 		m->mode = (uint8_t)g->g.mode;
 		m->start = g->g.start;
 		m->end = g->g.end;
+		if (g->g.value_state == TOKEND_VALUE_VALID &&
+		    (g->g.mode == TOKEND_PR || g->g.mode == TOKEND_PW || g->g.mode == TOKEND_EX)) {
+			/* The holder's copy of the value block: the new owner
+			 * recovers a value lost in the crash from it (SPEC 13). */
+			m->has_value = 1;
+			m->value.p = g->g.value;
+			m->value.len = g->g.value_len;
+		}
 		if (req_build(c, r, m) != TOKEND_OK) {
 			req_complete(c, r, TOKEND_EINVAL);
 			continue;
