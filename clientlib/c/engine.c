@@ -1633,7 +1633,8 @@ static void map_install(struct tokend_client *c, int64_t now)
 		pthread_mutex_lock(&c->mu);
 		now = tkn_now();
 	}
-	qsort(nm.workers, nm.nworkers, sizeof *nm.workers, cmp_worker);
+	if (nm.nworkers > 0) /* qsort wants a non-NULL array even for 0 elements */
+		qsort(nm.workers, nm.nworkers, sizeof *nm.workers, cmp_worker);
 	if (c->map.have && nm.version < c->map.version) {
 		map_free(&nm);
 	} else {
