@@ -67,8 +67,9 @@ type Config struct {
 	// (OnLost). Called once per stretch of doubt per token. nil = none.
 	OnJeopardy func(t *Token, validUntil time.Time)
 	// JeopardyBefore is how long before ValidUntil OnJeopardy is called;
-	// 0 = a third of the workers' lease TTL W (keepalives renew every W/4,
-	// so a healthy worker never gets this close).
+	// 0 = a third of min(W, S), the workers' lease TTL and the session TTL
+	// (keepalives renew every W/4 and the session every S/3, so a healthy
+	// cluster never gets this close).
 	JeopardyBefore time.Duration
 	// HandlerTimeout bounds the context given to OnRevoke; 0 = 3 s.
 	HandlerTimeout time.Duration

@@ -71,7 +71,7 @@
 // answered with RELEASE of that fence.
 //
 // Config.OnJeopardy is called when a token's validity comes within
-// Config.JeopardyBefore (W/3) of its end without renewal; Config.OnLost
+// Config.JeopardyBefore (min(W, S)/3) of its end without renewal; Config.OnLost
 // when it is lost. Token.Done closes when the token ends for any reason
 // (Release, loss, Close), Token.Lost only on a loss; Token.State says
 // valid, in jeopardy, released or lost in one call, and Token.ValueState

@@ -362,7 +362,7 @@ func (c *Client) jeopardyLocked(l *lease, now time.Time) time.Time {
 	}
 	jb := c.cfg.JeopardyBefore
 	if jb == 0 {
-		jb = c.workerTTL / 3
+		jb = min(c.workerTTL, c.sessionTTL) / 3
 	}
 	at := until.Add(-jb)
 	doubt := !now.Before(at)
