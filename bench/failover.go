@@ -17,8 +17,8 @@ import (
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -504,7 +504,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 // failoverView is the cluster as etcd shows it: the map and the
 // registered workers.
 type failoverView struct {
-	m       plan.Map
+	m       delegation.Map
 	workers map[string]cluster.Worker // by id
 }
 
@@ -551,7 +551,7 @@ func (fc *failoverCluster) waitView(ctx context.Context, what string, within tim
 }
 
 // live reports whether o is a registered incarnation.
-func (v failoverView) live(o plan.Owner) bool {
+func (v failoverView) live(o delegation.Owner) bool {
 	w, ok := v.workers[o.ID]
 	return ok && w.Incarnation == strconv.FormatUint(o.Incarnation, 16)
 }

@@ -110,7 +110,7 @@ func TestScenario9OnlyMonotonicTime(t *testing.T) {
 		"cluster/cluster.go: t.UTC":      "cluster.Now: the human-readable 'since' of etcd documents, never read back for a decision",
 	}
 	seen := map[string]bool{}
-	for _, dir := range []string{"worker", "worker/table", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster"} {
+	for _, dir := range []string{"worker", "worker/table", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {
 		for _, use := range wallClockUses(t, filepath.Join("..", dir)) {
 			use = strings.TrimPrefix(use, "../")
 			if _, ok := allowed[use]; ok {

@@ -23,8 +23,8 @@ import (
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/faultnet/proxy"
 	"github.com/tokend/tokend/internal/proctest"
 	"github.com/tokend/tokend/wire"
@@ -265,7 +265,7 @@ func (c *rcluster) startWorker(w *wrkProc) {
 }
 
 // readMap reads the delegation map and the registered incarnations.
-func (c *rcluster) readMap(ctx context.Context) (plan.Map, map[string]string, error) {
+func (c *rcluster) readMap(ctx context.Context) (delegation.Map, map[string]string, error) {
 	m, _, err := coordinator.ReadMap(ctx, c.cli)
 	if err != nil {
 		return m, nil, err

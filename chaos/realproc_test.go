@@ -18,7 +18,7 @@ import (
 	"github.com/tokend/tokend/chaos/check"
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/faultnet/proxy"
 	"github.com/tokend/tokend/wire"
 )
@@ -302,12 +302,12 @@ type mapHistory struct {
 	mu       sync.Mutex // guards the fields below
 	versions int
 	last     uint64
-	owners   map[[2]uint32]plan.Owner
+	owners   map[[2]uint32]delegation.Owner
 	errs     []string
 }
 
 func watchMaps(t *testing.T, cli *clientv3.Client) (*mapHistory, func()) {
-	mh := &mapHistory{owners: map[[2]uint32]plan.Owner{}}
+	mh := &mapHistory{owners: map[[2]uint32]delegation.Owner{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	wch := cli.Watch(ctx, cluster.DelegationKey, clientv3.WithRev(1))
 	done := make(chan struct{})
@@ -318,7 +318,7 @@ func watchMaps(t *testing.T, cli *clientv3.Client) (*mapHistory, func()) {
 				if ev.Type != clientv3.EventTypePut {
 					continue
 				}
-				var m plan.Map
+				var m delegation.Map
 				if err := json.Unmarshal(ev.Kv.Value, &m); err != nil {
 					continue
 				}
@@ -329,7 +329,7 @@ func watchMaps(t *testing.T, cli *clientv3.Client) (*mapHistory, func()) {
 	return mh, func() { cancel(); <-done }
 }
 
-func (mh *mapHistory) add(m plan.Map, rev int64) {
+func (mh *mapHistory) add(m delegation.Map, rev int64) {
 	mh.mu.Lock()
 	defer mh.mu.Unlock()
 	mh.versions++

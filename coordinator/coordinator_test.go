@@ -11,7 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/embedded/etcdtest"
 )
 
@@ -190,9 +190,9 @@ func registerFake(t *testing.T, cli *clientv3.Client, id string) clientv3.LeaseI
 	return g.ID
 }
 
-func waitMap(t *testing.T, cli *clientv3.Client, what string, cond func(plan.Map) bool) plan.Map {
+func waitMap(t *testing.T, cli *clientv3.Client, what string, cond func(delegation.Map) bool) delegation.Map {
 	t.Helper()
-	var m plan.Map
+	var m delegation.Map
 	waitFor(t, what, 10*time.Second, func() bool {
 		var err error
 		m, _, err = ReadMap(context.Background(), cli)
@@ -201,7 +201,7 @@ func waitMap(t *testing.T, cli *clientv3.Client, what string, cond func(plan.Map
 	return m
 }
 
-func owned(m plan.Map) map[string]int {
+func owned(m delegation.Map) map[string]int {
 	n := map[string]int{}
 	for s := range m.Owner {
 		if o, _, ok := m.Lookup(s); ok {
@@ -217,7 +217,7 @@ func TestDelegation(t *testing.T) {
 	ctx := context.Background()
 
 	l1 := registerFake(t, cli, "w1")
-	m := waitMap(t, cli, "all shards on w1", func(m plan.Map) bool { return owned(m)["w1"] == 64 })
+	m := waitMap(t, cli, "all shards on w1", func(m delegation.Map) bool { return owned(m)["w1"] == 64 })
 	for s := range m.Epoch {
 		if m.Epoch[s] != 1 {
 			t.Fatalf("shard %d epoch %d after the first assignment, want 1", s, m.Epoch[s])
@@ -231,7 +231,7 @@ func TestDelegation(t *testing.T) {
 		t.Fatal(err)
 	}
 	l1b := registerFake(t, cli, "w1")
-	m = waitMap(t, cli, "shards on the new incarnation", func(m plan.Map) bool {
+	m = waitMap(t, cli, "shards on the new incarnation", func(m delegation.Map) bool {
 		return len(m.Workers) == 1 && m.Workers[0].Incarnation == uint64(l1b) && owned(m)["w1"] == 64
 	})
 	for s := range m.Epoch {
@@ -245,7 +245,7 @@ func TestDelegation(t *testing.T) {
 
 	// A second worker: balanced, half the shards move.
 	registerFake(t, cli, "w2")
-	m = waitMap(t, cli, "balanced over two workers", func(m plan.Map) bool {
+	m = waitMap(t, cli, "balanced over two workers", func(m delegation.Map) bool {
 		n := owned(m)
 		return n["w1"] == 32 && n["w2"] == 32
 	})
@@ -269,12 +269,12 @@ func TestDrainMark(t *testing.T) {
 	ctx := context.Background()
 	registerFake(t, cli, "w1")
 	l2 := registerFake(t, cli, "w2")
-	waitMap(t, cli, "balanced", func(m plan.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
+	waitMap(t, cli, "balanced", func(m delegation.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
 
 	if _, err := cli.Put(ctx, cluster.DrainKey("w2"), `{"id":"w2"}`); err != nil {
 		t.Fatal(err)
 	}
-	waitMap(t, cli, "w2 drained", func(m plan.Map) bool { return owned(m)["w1"] == 16 })
+	waitMap(t, cli, "w2 drained", func(m delegation.Map) bool { return owned(m)["w1"] == 16 })
 
 	// w2 restarts as a new incarnation: still drained.
 	if _, err := cli.Revoke(ctx, l2); err != nil {
@@ -282,12 +282,12 @@ func TestDrainMark(t *testing.T) {
 	}
 	registerFake(t, cli, "w2")
 	time.Sleep(200 * time.Millisecond) // several settle periods
-	if m := waitMap(t, cli, "map", func(plan.Map) bool { return true }); owned(m)["w2"] != 0 {
+	if m := waitMap(t, cli, "map", func(delegation.Map) bool { return true }); owned(m)["w2"] != 0 {
 		t.Fatalf("a re-registered drained worker got %d shards", owned(m)["w2"])
 	}
 
 	if _, err := cli.Delete(ctx, cluster.DrainKey("w2")); err != nil {
 		t.Fatal(err)
 	}
-	waitMap(t, cli, "w2 undrained", func(m plan.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
+	waitMap(t, cli, "w2 undrained", func(m delegation.Map) bool { n := owned(m); return n["w1"] == 8 && n["w2"] == 8 })
 }

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator/plan"
 )
 
@@ -148,9 +149,9 @@ func (c *Coordinator) replan(ctx context.Context, l *Leadership, workers map[str
 	}
 	shards := c.ClusterConfig().Shards
 	if cur.Shards() == 0 {
-		cur = plan.Map{Owner: make([]int32, shards), Epoch: make([]uint32, shards)}
+		cur = delegation.Map{Owner: make([]int32, shards), Epoch: make([]uint32, shards)}
 		for i := range cur.Owner {
-			cur.Owner[i] = plan.NoOwner
+			cur.Owner[i] = delegation.NoOwner
 		}
 	}
 	live := make([]plan.Worker, 0, len(workers))
@@ -194,17 +195,17 @@ func (c *Coordinator) replan(ctx context.Context, l *Leadership, workers map[str
 
 // ReadMap reads the delegation map and its mod revision (0 if there is no
 // map yet, in which case the map is empty).
-func ReadMap(ctx context.Context, cli *clientv3.Client) (plan.Map, int64, error) {
+func ReadMap(ctx context.Context, cli *clientv3.Client) (delegation.Map, int64, error) {
 	resp, err := cli.Get(ctx, cluster.DelegationKey)
 	if err != nil {
-		return plan.Map{}, 0, err
+		return delegation.Map{}, 0, err
 	}
 	if len(resp.Kvs) == 0 {
-		return plan.Map{}, 0, nil
+		return delegation.Map{}, 0, nil
 	}
-	var m plan.Map
+	var m delegation.Map
 	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return plan.Map{}, 0, fmt.Errorf("coordinator: %s: %w", cluster.DelegationKey, err)
+		return delegation.Map{}, 0, fmt.Errorf("coordinator: %s: %w", cluster.DelegationKey, err)
 	}
 	return m, resp.Kvs[0].ModRevision, nil
 }

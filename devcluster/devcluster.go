@@ -22,8 +22,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/embedded"
 	"github.com/tokend/tokend/worker"
 )
@@ -210,7 +210,7 @@ func (c *Cluster) WaitServing(ctx context.Context) error {
 	}
 }
 
-func allOwnedByLive(ctx context.Context, cli *clientv3.Client, m plan.Map) bool {
+func allOwnedByLive(ctx context.Context, cli *clientv3.Client, m delegation.Map) bool {
 	if m.Shards() == 0 {
 		return false
 	}
@@ -218,14 +218,14 @@ func allOwnedByLive(ctx context.Context, cli *clientv3.Client, m plan.Map) bool 
 	if err != nil {
 		return false
 	}
-	live := map[plan.Owner]bool{}
+	live := map[delegation.Owner]bool{}
 	for _, kv := range resp.Kvs {
 		var w cluster.Worker
 		if json.Unmarshal(kv.Value, &w) != nil {
 			continue
 		}
 		if inc, err := strconv.ParseUint(w.Incarnation, 16, 64); err == nil {
-			live[plan.Owner{ID: w.ID, Incarnation: inc}] = true
+			live[delegation.Owner{ID: w.ID, Incarnation: inc}] = true
 		}
 	}
 	for s := 0; s < m.Shards(); s++ {

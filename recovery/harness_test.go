@@ -21,8 +21,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/coordinator/plan"
 	"github.com/tokend/tokend/internal/proctest"
 )
 
@@ -266,7 +266,7 @@ func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 
 // view is the cluster as etcd shows it: the map and the registered workers.
 type view struct {
-	m       plan.Map
+	m       delegation.Map
 	workers map[string]cluster.Worker // by id
 }
 
@@ -290,7 +290,7 @@ func readView(ctx context.Context, cli *clientv3.Client) (view, error) {
 }
 
 // live reports whether o is a registered incarnation.
-func (v view) live(o plan.Owner) bool {
+func (v view) live(o delegation.Owner) bool {
 	w, ok := v.workers[o.ID]
 	return ok && w.Incarnation == strconv.FormatUint(o.Incarnation, 16)
 }

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -32,7 +32,7 @@ func (w *Worker) answerDeadlock(proto int, q *cluster.DeadlockQuery, now time.Ti
 	switch {
 	case proto != cluster.DeadlockProto:
 		ans.Error = "protocol not supported"
-	case w.me == (plan.Owner{}) || q.Incarnation != ans.Incarnation:
+	case w.me == (delegation.Owner{}) || q.Incarnation != ans.Incarnation:
 		ans.Error = "not that incarnation"
 	}
 	if ans.Error != "" {

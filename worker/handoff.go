@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker/table"
 )
@@ -60,8 +60,8 @@ var (
 // outHandoff is the final state of a shard this worker gave up, kept for
 // its new owner to pull.
 type outHandoff struct {
-	epoch   uint32     // the new owner's epoch
-	to      plan.Owner // the new owner
+	epoch   uint32           // the new owner's epoch
+	to      delegation.Owner // the new owner
 	snap    *table.Snapshot
 	replies []handoffReply
 	created int64 // tables' clock
@@ -118,7 +118,7 @@ type shardHandoffJ struct {
 // pullBatch is one pull: every shard a map change moved from one old owner
 // to this worker.
 type pullBatch struct {
-	from       plan.Owner
+	from       delegation.Owner
 	addr       string // its handoff address
 	ttl        time.Duration
 	mapVersion uint64
@@ -133,9 +133,9 @@ type pullBatch struct {
 // if the lease is not safe (the state may be stale: the leader may have
 // given the shard away as a recovery) or the table is in its grace period.
 // Caller holds mu.
-func (w *Worker) giveUp(ob *outbox, shard uint32, st *shardState, m plan.Map) *outHandoff {
+func (w *Worker) giveUp(ob *outbox, shard uint32, st *shardState, m delegation.Map) *outHandoff {
 	delete(w.outgoing, shard)
-	if st.tab == nil || w.me == (plan.Owner{}) || !ob.stamp.Before(ob.safe) {
+	if st.tab == nil || w.me == (delegation.Owner{}) || !ob.stamp.Before(ob.safe) {
 		return nil
 	}
 	to, e, ok := m.Lookup(int(shard))
@@ -249,7 +249,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 		resp.Error = fmt.Sprintf("protocol %d not supported", req.Proto)
 		return resp
 	}
-	if len(req.Shards) > plan.MaxShards {
+	if len(req.Shards) > delegation.MaxShards {
 		resp.Error = "too many shards"
 		return resp
 	}
@@ -273,7 +273,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 	defer w.mu.Unlock()
 	resp.MapVersion = w.dmap.Version
 	switch {
-	case w.me == (plan.Owner{}) || req.To != formatInc(w.me.Incarnation):
+	case w.me == (delegation.Owner{}) || req.To != formatInc(w.me.Incarnation):
 		resp.Error = "not that incarnation"
 		return resp
 	case !time.Now().Before(w.safeUntil()):
@@ -290,7 +290,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 		resp.Error = "bad incarnation"
 		return resp
 	}
-	to := plan.Owner{ID: req.From, Incarnation: inc}
+	to := delegation.Owner{ID: req.From, Incarnation: inc}
 	for _, se := range req.Shards {
 		sh := shardHandoffJ{Shard: se.Shard, Epoch: se.Epoch}
 		if oh := w.outgoing[se.Shard]; oh != nil && oh.epoch == se.Epoch && oh.to == to {
@@ -308,7 +308,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 // one of the maps given (the map before the one being applied, or an older
 // one read from etcd's history), if it is another worker, still registered
 // under that incarnation, and reachable for handoffs. Caller holds mu.
-func (w *Worker) predecessor(shard, epoch uint32, maps ...*plan.Map) (plan.Owner, cluster.Worker, bool) {
+func (w *Worker) predecessor(shard, epoch uint32, maps ...*delegation.Map) (delegation.Owner, cluster.Worker, bool) {
 	for _, m := range maps {
 		if m == nil {
 			continue
@@ -319,11 +319,11 @@ func (w *Worker) predecessor(shard, epoch uint32, maps ...*plan.Map) (plan.Owner
 		}
 		r, ok := w.registry[o.ID]
 		if !ok || r.Incarnation != formatInc(o.Incarnation) || r.Handoff == "" {
-			return plan.Owner{}, cluster.Worker{}, false
+			return delegation.Owner{}, cluster.Worker{}, false
 		}
 		return o, r, true
 	}
-	return plan.Owner{}, cluster.Worker{}, false
+	return delegation.Owner{}, cluster.Worker{}, false
 }
 
 // pullLoop starts the pulls that map changes queue, one goroutine per
@@ -391,7 +391,7 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 }
 
 // registered reports whether incarnation o is registered now.
-func (w *Worker) registered(o plan.Owner) bool {
+func (w *Worker) registered(o delegation.Owner) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r, ok := w.registry[o.ID]
@@ -463,7 +463,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 		} else if tab, err := table.Import(sh.Snap, se.Epoch, w.cfg.Table); err != nil {
 			why = err
 		} else {
-			st.tab, st.from = tab, plan.Owner{}
+			st.tab, st.from = tab, delegation.Owner{}
 			w.adoptSessions(ob, se.Shard, st, sh)
 			w.timeShard(se.Shard, tab)
 			imported++
@@ -486,7 +486,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 			w.shards[se.Shard] = nil
 			continue
 		}
-		st.tab, st.from = tab, plan.Owner{}
+		st.tab, st.from = tab, delegation.Owner{}
 		w.timeShard(se.Shard, tab)
 		w.met.recoveries.Inc()
 		recovered++

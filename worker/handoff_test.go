@@ -12,7 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -37,7 +37,7 @@ func twoWorkers(t *testing.T) (*clientv3.Client, *Worker, *Worker) {
 	w2, r2 := startWorker(t, cli, "w2", nil)
 	regs[w1], regs[w2] = r1, r2
 	t.Cleanup(func() { delete(regs, w1); delete(regs, w2) })
-	putMap(t, cli, 1, []plan.Owner{w1.testOwner()}, []plan.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 1}})
+	putMap(t, cli, 1, []delegation.Owner{w1.testOwner()}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 1}})
 	waitFor(t, "w1 serves all shards", func() bool { return w1.stats().shards == testShards })
 	return cli, w1, w2
 }
@@ -56,8 +56,8 @@ func (w *Worker) met2(t *testing.T) *prometheus.Registry {
 func moveHalf(t *testing.T, cli *clientv3.Client, w1, w2 *Worker) {
 	t.Helper()
 	o1, o2 := w1.testOwner(), w2.testOwner()
-	ws := []plan.Owner{o1, o2}
-	putMap(t, cli, 2, ws, []plan.Run{{First: 0, Count: 8, Owner: 0, Epoch: 1}, {First: 8, Count: 8, Owner: 1, Epoch: 2}})
+	ws := []delegation.Owner{o1, o2}
+	putMap(t, cli, 2, ws, []delegation.Run{{First: 0, Count: 8, Owner: 0, Epoch: 1}, {First: 8, Count: 8, Owner: 1, Epoch: 2}})
 }
 
 func dialTest(t *testing.T, seeds ...string) *clientlib.Client {
@@ -341,7 +341,7 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("drain returned before the shards moved: %v", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	putMap(t, cli, 2, []plan.Owner{w2.testOwner()}, []plan.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
+	putMap(t, cli, 2, []delegation.Owner{w2.testOwner()}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/embedded/etcdtest"
 )
 
@@ -71,16 +71,16 @@ func startWorker(t testing.TB, cli *clientv3.Client, id string, conn PacketConn)
 }
 
 // me returns the worker's identity in maps.
-func (w *Worker) testOwner() plan.Owner {
+func (w *Worker) testOwner() delegation.Owner {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.me
 }
 
 // putMap writes a map giving shards [0, testShards) to owners by runs.
-func putMap(t testing.TB, cli *clientv3.Client, version uint64, workers []plan.Owner, runs []plan.Run) plan.Map {
+func putMap(t testing.TB, cli *clientv3.Client, version uint64, workers []delegation.Owner, runs []delegation.Run) delegation.Map {
 	t.Helper()
-	m, err := plan.FromRuns(version, testShards, workers, runs)
+	m, err := delegation.FromRuns(version, testShards, workers, runs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,22 +94,12 @@ func putMap(t testing.TB, cli *clientv3.Client, version uint64, workers []plan.O
 	return m
 }
 
-// serveAll gives every shard to w at epoch 1 via the planner (what the
-// coordinator would write for one worker) and waits until w serves them.
-func serveAll(t testing.TB, cli *clientv3.Client, w *Worker) plan.Map {
+// serveAll gives every shard to w at epoch 1, version 1 (what the
+// coordinator's planner writes for one worker and no map) and waits until w
+// serves them.
+func serveAll(t testing.TB, cli *clientv3.Client, w *Worker) delegation.Map {
 	t.Helper()
-	o := w.testOwner()
-	m, _, err := plan.Plan([]plan.Worker{{ID: o.ID, Incarnation: o.Incarnation}}, testShards, plan.Map{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cli.Put(context.Background(), cluster.DelegationKey, string(b)); err != nil {
-		t.Fatal(err)
-	}
+	m := putMap(t, cli, 1, []delegation.Owner{w.testOwner()}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 1}})
 	waitFor(t, "worker serves all shards", func() bool { return w.stats().shards == testShards })
 	return m
 }

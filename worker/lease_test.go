@@ -8,7 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -51,7 +51,7 @@ func TestLeaseLost(t *testing.T) {
 
 	// The leader re-delegates to the new incarnation at epoch 2: grace,
 	// and the holder reclaims its grant with its old fence.
-	putMap(t, cli, 2, []plan.Owner{me}, []plan.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
+	putMap(t, cli, 2, []delegation.Owner{me}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
 	waitFor(t, "worker serves again", func() bool { return w.stats().shards == testShards })
 	for s := range uint32(testShards) {
 		c.setEpoch(s, 2)

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -62,8 +62,8 @@ func TestNotOwner(t *testing.T) {
 		return w.registry["fake"].UDP != ""
 	})
 	me := w.testOwner()
-	putMap(t, cli, 2, []plan.Owner{{ID: "fake", Incarnation: 0xabc}, me},
-		[]plan.Run{{First: 0, Count: 8, Owner: 1, Epoch: 1}, {First: 8, Count: 8, Owner: 0, Epoch: 2}})
+	putMap(t, cli, 2, []delegation.Owner{{ID: "fake", Incarnation: 0xabc}, me},
+		[]delegation.Run{{First: 0, Count: 8, Owner: 1, Epoch: 1}, {First: 8, Count: 8, Owner: 0, Epoch: 2}})
 	waitFor(t, "worker drops shards 8..15", func() bool { return w.stats().shards == 8 })
 	if s := w.stats(); s.grants != 0 {
 		t.Fatalf("grant of a lost shard still held: %+v", s)
@@ -152,7 +152,7 @@ func TestRecovery(t *testing.T) {
 	cli := testEtcd(t)
 	w, reg := startWorker(t, cli, "w1", nil)
 	me := w.testOwner()
-	putMap(t, cli, 1, []plan.Owner{me}, []plan.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
+	putMap(t, cli, 1, []delegation.Owner{me}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
 	start := time.Now()
 	waitFor(t, "worker serves all shards", func() bool { return w.stats().shards == testShards })
 	if s := w.stats(); s.grace != testShards {
@@ -212,8 +212,8 @@ func TestStalledMapWatch(t *testing.T) {
 	w.muteMapWatch = true
 	w.mu.Unlock()
 	me := w.testOwner()
-	putMap(t, cli, 2, []plan.Owner{{ID: "fake", Incarnation: 0xabc}, me},
-		[]plan.Run{{First: 0, Count: 8, Owner: 1, Epoch: 1}, {First: 8, Count: 8, Owner: 0, Epoch: 2}})
+	putMap(t, cli, 2, []delegation.Owner{{ID: "fake", Incarnation: 0xabc}, me},
+		[]delegation.Run{{First: 0, Count: 8, Owner: 1, Epoch: 1}, {First: 8, Count: 8, Owner: 0, Epoch: 2}})
 	waitFor(t, "worker drops shards 8..15 without its watch", func() bool { return w.stats().shards == 8 })
 	if v := gatherValue(reg, "tokend_worker_map_resyncs_total", "", ""); v < 1 {
 		t.Fatalf("map_resyncs_total = %v, want >= 1", v)

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker/table"
 )
@@ -516,7 +516,7 @@ func (w *Worker) mapReply(first uint32) wire.MapReply {
 	}
 	runs := w.runs
 	if len(runs) == 0 {
-		runs = []plan.Run{{First: 0, Count: r.ShardCount, Owner: plan.NoOwner}}
+		runs = []delegation.Run{{First: 0, Count: r.ShardCount, Owner: delegation.NoOwner}}
 	}
 	size := wire.HeaderLen + 8 + 4 + 4 + 2 + 2
 	listed := map[int]bool{}
@@ -531,7 +531,7 @@ func (w *Worker) mapReply(first uint32) wire.MapReply {
 		mr := wire.MapRun{First: run.First, Count: run.Count, Worker: wire.NoWorker, Epoch: run.Epoch}
 		need := 14
 		var add *wire.MapWorker
-		if run.Owner != plan.NoOwner && run.Owner < int(wire.NoWorker) {
+		if run.Owner != delegation.NoOwner && run.Owner < int(wire.NoWorker) {
 			o := w.dmap.Workers[run.Owner]
 			if addr := w.addrOf(o); addr != "" && len(addr) <= wire.MaxText && len(o.ID) <= wire.MaxText {
 				mr.Worker = uint16(run.Owner)

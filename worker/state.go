@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker/table"
 )
@@ -43,14 +43,14 @@ type serving struct {
 	doc     cluster.Worker // its registration
 	cluster cluster.Config
 	ready   bool
-	me      plan.Owner // this incarnation, as the map names owners; zero while unregistered
+	me      delegation.Owner // this incarnation, as the map names owners; zero while unregistered
 
-	dmap   plan.Map // current delegation map (zero before the first)
-	mapRev int64    // etcd mod revision of the newest map key seen (0: none)
+	dmap   delegation.Map // current delegation map (zero before the first)
+	mapRev int64          // etcd mod revision of the newest map key seen (0: none)
 	// muteMapWatch (tests) makes the map watch deliver nothing, as a
 	// watch stream on an etcd member that went silent does.
 	muteMapWatch bool
-	runs         []plan.Run                // plan.Runs(dmap), for MAP replies
+	runs         []delegation.Run          // delegation.Runs(dmap), for MAP replies
 	registry     map[string]cluster.Worker // live workers by id, for owner hints
 	shards       []*shardState             // by shard; nil = not served here
 	timed        map[uint32]struct{}       // served shards whose table may have a deadline (for the timer loop)
@@ -91,7 +91,7 @@ func (s *serving) init() {
 type shardState struct {
 	tab   *table.Table
 	epoch uint32
-	from  plan.Owner
+	from  delegation.Owner
 }
 
 // session is a live client session as this worker knows it.
@@ -212,10 +212,10 @@ func (w *Worker) dropAll() {
 // not nil, is a map older than m read from etcd's history, to find the
 // previous owners when the current map is not m's predecessor. Caller holds
 // mu.
-func (w *Worker) applyMap(ob *outbox, m plan.Map, older *plan.Map) {
+func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 	prev := w.dmap
 	w.dmap = m
-	w.runs = plan.Runs(m)
+	w.runs = delegation.Runs(m)
 	close(w.mapCh)
 	w.mapCh = make(chan struct{})
 	if w.shards == nil {
@@ -224,17 +224,17 @@ func (w *Worker) applyMap(ob *outbox, m plan.Map, older *plan.Map) {
 	if m.Shards() != 0 && m.Shards() != len(w.shards) {
 		w.log.Error("delegation map has another shard count than the cluster; serving nothing from it",
 			"map_shards", m.Shards(), "cluster_shards", len(w.shards))
-		m = plan.Map{}
+		m = delegation.Map{}
 	}
 	var (
 		lost                   map[uint32]bool
 		handed                 map[uint32]*outHandoff
 		gained, recovs, awaits int
-		batches                map[plan.Owner]*pullBatch
+		batches                map[delegation.Owner]*pullBatch
 	)
 	for s := range w.shards {
 		var want uint32
-		if w.me != (plan.Owner{}) {
+		if w.me != (delegation.Owner{}) {
 			if o, e, ok := m.Lookup(s); ok && o == w.me {
 				want = e
 			}
@@ -266,7 +266,7 @@ func (w *Worker) applyMap(ob *outbox, m plan.Map, older *plan.Map) {
 				// Planned handoff: wait for the previous owner's state.
 				w.shards[s] = &shardState{epoch: want, from: from}
 				if batches == nil {
-					batches = map[plan.Owner]*pullBatch{}
+					batches = map[delegation.Owner]*pullBatch{}
 				}
 				b := batches[from]
 				if b == nil {
@@ -395,7 +395,7 @@ var (
 
 // addrOf returns the UDP address of an owner as the registry shows it, or
 // "" if that incarnation is not registered.
-func (w *Worker) addrOf(o plan.Owner) string {
+func (w *Worker) addrOf(o delegation.Owner) string {
 	if o == w.me {
 		return w.doc.UDP
 	}

@@ -13,7 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 func formatInc(inc uint64) string { return strconv.FormatUint(inc, 16) }
@@ -95,7 +95,7 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 	// from etcd's history, to find the previous owners of the shards it
 	// gives us (a planned handoff needs them). Best effort: without it
 	// those shards are recovered with a grace period.
-	var older *plan.Map
+	var older *delegation.Map
 	if len(resp.Kvs) > 0 {
 		older = w.readPredecessor(ctx, resp.Kvs[0])
 	}
@@ -117,8 +117,8 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 
 // readPredecessor returns the map that kv (the current map) replaced, if
 // ours is older than that one.
-func (w *Worker) readPredecessor(ctx context.Context, kv *mvccpb.KeyValue) *plan.Map {
-	var m plan.Map
+func (w *Worker) readPredecessor(ctx context.Context, kv *mvccpb.KeyValue) *delegation.Map {
+	var m delegation.Map
 	if json.Unmarshal(kv.Value, &m) != nil || kv.ModRevision < 2 {
 		return nil
 	}
@@ -132,7 +132,7 @@ func (w *Worker) readPredecessor(ctx context.Context, kv *mvccpb.KeyValue) *plan
 	if err != nil || len(resp.Kvs) == 0 {
 		return nil // compacted, or there was none
 	}
-	var p plan.Map
+	var p delegation.Map
 	if json.Unmarshal(resp.Kvs[0].Value, &p) != nil || p.Version+1 != m.Version || p.Validate() != nil {
 		return nil
 	}
@@ -188,8 +188,8 @@ func (w *Worker) mapCurrent(ctx context.Context, within, hedge time.Duration) er
 // setMap applies the map in value (nil: there is no map, so nothing may be
 // served). A map not newer than the current one is ignored. older is as in
 // applyMap. Caller holds mu.
-func (w *Worker) setMap(ob *outbox, value []byte, older *plan.Map) {
-	var m plan.Map
+func (w *Worker) setMap(ob *outbox, value []byte, older *delegation.Map) {
+	var m delegation.Map
 	if value != nil {
 		if err := json.Unmarshal(value, &m); err != nil {
 			w.log.Error("ignoring malformed delegation map", "err", err)

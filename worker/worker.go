@@ -74,7 +74,7 @@ import (
 
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -509,7 +509,7 @@ func (w *Worker) close() error {
 // shards it serves. Caller holds mu.
 func (w *Worker) install(lease *ownLease, doc cluster.Worker, now time.Time) *outbox {
 	w.lease, w.doc, w.ready = lease, doc, true
-	w.me = plan.Owner{ID: doc.ID, Incarnation: uint64(lease.id)}
+	w.me = delegation.Owner{ID: doc.ID, Incarnation: uint64(lease.id)}
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = lease.SafeUntil()
 	w.applyMap(ob, w.dmap, nil)
@@ -537,7 +537,7 @@ func (w *Worker) superviseLease(ctx context.Context, lease *ownLease, stopKA con
 		now := time.Now()
 		w.mu.Lock()
 		w.dropAll()
-		w.me, w.ready = plan.Owner{}, false
+		w.me, w.ready = delegation.Owner{}, false
 		w.mu.Unlock()
 		w.log.Error("own lease lost: dropped every shard and session state; registering as a new incarnation")
 		backoff := 100 * time.Millisecond

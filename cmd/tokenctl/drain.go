@@ -12,7 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // drainResult is what tokenctl drain reports.
@@ -150,23 +150,23 @@ func cmdUndrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 // readMap reads the delegation map (the zero Map if there is none).
-func readMap(ctx context.Context, cli *clientv3.Client) (plan.Map, error) {
+func readMap(ctx context.Context, cli *clientv3.Client) (delegation.Map, error) {
 	resp, err := cli.Get(ctx, cluster.DelegationKey)
 	if err != nil {
-		return plan.Map{}, fmt.Errorf("reading %s: %w", cluster.DelegationKey, err)
+		return delegation.Map{}, fmt.Errorf("reading %s: %w", cluster.DelegationKey, err)
 	}
-	var m plan.Map
+	var m delegation.Map
 	if len(resp.Kvs) == 0 {
 		return m, nil
 	}
 	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return plan.Map{}, fmt.Errorf("%s: %w", cluster.DelegationKey, err)
+		return delegation.Map{}, fmt.Errorf("%s: %w", cluster.DelegationKey, err)
 	}
 	return m, nil
 }
 
 // ownedBy counts the shards m gives to any incarnation of worker id.
-func ownedBy(m plan.Map, id string) int {
+func ownedBy(m delegation.Map, id string) int {
 	n := 0
 	for s := range m.Owner {
 		if o, _, ok := m.Lookup(s); ok && o.ID == id {

@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // status is the whole cluster as tokenctl status shows it.
@@ -83,7 +83,7 @@ type kv interface {
 
 func buildStatus[K kv](kvs []K) (*status, error) {
 	st := &status{}
-	var m plan.Map
+	var m delegation.Map
 	var leaderRev int64
 	drains := map[string]bool{}
 	for _, kv := range kvs {

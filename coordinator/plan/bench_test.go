@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // benchWorkers returns k live workers with realistic ids and lease ids.
@@ -20,7 +22,7 @@ func benchWorkers(k int) []Worker {
 func BenchmarkPlan(b *testing.B) {
 	const n = 65536
 	live := benchWorkers(1000)
-	base, _, err := Plan(live, n, Map{})
+	base, _, err := Plan(live, n, delegation.Map{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -29,9 +31,9 @@ func BenchmarkPlan(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		live []Worker
-		cur  Map
+		cur  delegation.Map
 	}{
-		{"initial", live, Map{}},
+		{"initial", live, delegation.Map{}},
 		{"join", joined, base},
 		{"leave", left, base},
 		{"steady", live, base},
@@ -48,7 +50,7 @@ func BenchmarkPlan(b *testing.B) {
 }
 
 func BenchmarkJSON(b *testing.B) {
-	m, _, err := Plan(benchWorkers(1000), 65536, Map{})
+	m, _, err := Plan(benchWorkers(1000), 65536, delegation.Map{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -64,7 +66,7 @@ func BenchmarkJSON(b *testing.B) {
 	b.Run("unmarshal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			var m Map
+			var m delegation.Map
 			if err := m.UnmarshalJSON(data); err != nil {
 				b.Fatal(err)
 			}
@@ -73,12 +75,12 @@ func BenchmarkJSON(b *testing.B) {
 }
 
 func BenchmarkRuns(b *testing.B) {
-	m, _, err := Plan(benchWorkers(1000), 65536, Map{})
+	m, _, err := Plan(benchWorkers(1000), 65536, delegation.Map{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		Runs(m)
+		delegation.Runs(m)
 	}
 }

@@ -3,12 +3,13 @@ package plan_test
 import (
 	"fmt"
 
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator/plan"
 )
 
 func ExamplePlan() {
 	live := []plan.Worker{{ID: "w1", Incarnation: 0x10}, {ID: "w2", Incarnation: 0x20}}
-	m, _, _ := plan.Plan(live, 6, plan.Map{})
+	m, _, _ := plan.Plan(live, 6, delegation.Map{})
 
 	// w3 joins and w1 is draining: w1's shards go to the others.
 	live = append(live, plan.Worker{ID: "w3", Incarnation: 0x30})

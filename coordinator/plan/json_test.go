@@ -2,22 +2,24 @@ package plan
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // checkJSONRoundTrip checks that m survives MarshalJSON and UnmarshalJSON
-// exactly, and that re-marshalling gives the same bytes.
-func checkJSONRoundTrip(t *testing.T, m Map) []byte {
+// exactly, and that re-marshalling gives the same bytes: the planner's maps
+// must be storable in etcd (package delegation tests the encoding itself).
+func checkJSONRoundTrip(t *testing.T, m delegation.Map) []byte {
 	t.Helper()
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatalf("Marshal: %v", err)
 	}
-	var back Map
+	var back delegation.Map
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("Unmarshal(%s): %v", b, err)
 	}
@@ -34,74 +36,13 @@ func checkJSONRoundTrip(t *testing.T, m Map) []byte {
 	return b
 }
 
-// docExample is the map of the example in the package comment.
-const docExample = `{"version":7,"shards":8,"workers":[{"id":"w1","incarnation":"694d5765fc71500b","ranges":[[0,3,1],[6,1,2]]},{"id":"w2","incarnation":"1b","ranges":[[3,3,1],[7,1,2]]}]}`
-
-func TestJSONExample(t *testing.T) {
-	m := Map{
-		Version: 7,
-		Workers: []Owner{{"w1", 0x694d5765fc71500b}, {"w2", 0x1b}},
-		Owner:   []int32{0, 0, 0, 1, 1, 1, 0, 1},
-		Epoch:   []uint32{1, 1, 1, 1, 1, 1, 2, 2},
-	}
-	if b := checkJSONRoundTrip(t, m); string(b) != docExample {
-		t.Fatalf("got  %s\nwant %s", b, docExample)
-	}
-	// Unmarshal is lenient about order, merging and whitespace.
-	loose := `{"shards":8, "version":7, "extra":true, "workers":[
-	  {"id":"w1","incarnation":"694D5765FC71500B","ranges":[[6,1,2],[0,1,1],[1,2,1]]},
-	  {"id":"w2","incarnation":"001b","ranges":[[7,1,2],[3,3,1]]}]}`
-	var got Map
-	if err := json.Unmarshal([]byte(loose), &got); err != nil || !got.Equal(m) {
-		t.Fatalf("Unmarshal(loose) = %+v, %v", got, err)
-	}
-	// Unowned shards, owners of nothing, odd ids and the empty map.
-	checkJSONRoundTrip(t, Map{Version: 1, Workers: []Owner{{"idle", 5}, {`w"<\>` + "\u00e9\x01", 0}}, Owner: []int32{-1, 1, -1}, Epoch: []uint32{0, 9, 0}})
-	checkJSONRoundTrip(t, Map{})
-	checkJSONRoundTrip(t, unowned(3, 5))
-}
-
-func TestJSONErrors(t *testing.T) {
-	for _, tc := range []string{
-		`[]`,
-		`{"version":-1,"shards":1}`,
-		`{"shards":-1}`,
-		`{"shards":1048577}`,
-		`{"shards":4,"workers":[{"id":"","incarnation":"1","ranges":[]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1"},{"id":"a","incarnation":"01"}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"0x1"}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":""}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"10000000000000000"}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":1}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,1,1,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,0,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[4,1,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[3,2,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[1,18446744073709551615,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,1,0]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,1,16777216]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,1,-1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,2,1],[1,1,1]]}]}`,
-		`{"shards":4,"workers":[{"id":"a","incarnation":"1","ranges":[[0,2,1]]},{"id":"b","incarnation":"1","ranges":[[1,1,1]]}]}`,
-	} {
-		var m Map
-		if err := json.Unmarshal([]byte(tc), &m); !errors.Is(err, ErrBadMap) {
-			t.Errorf("Unmarshal(%s) = %v, want ErrBadMap", tc, err)
-		}
-	}
-	if _, err := json.Marshal(Map{Owner: []int32{0}, Epoch: []uint32{1}}); !errors.Is(err, ErrBadMap) {
-		t.Errorf("Marshal(invalid) = %v, want ErrBadMap", err)
-	}
-}
-
 // TestJSONSize checks that the etcd value for 65,536 shards stays under etcd's
 // default request limit (1.5 MiB) even in the worst case, and reports the
 // sizes of a fresh map and one after heavy churn.
 func TestJSONSize(t *testing.T) {
 	const n, limit = 65536, 3 << 19
 	live := benchWorkers(1000)
-	fresh, _, err := Plan(live, n, Map{})
+	fresh, _, err := Plan(live, n, delegation.Map{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,13 +50,13 @@ func TestJSONSize(t *testing.T) {
 	t.Logf("fresh plan, 1000 workers: %d bytes", len(b))
 
 	// Worst case: every shard its own run, at the largest epoch.
-	worst := Map{Version: 1 << 40, Workers: make([]Owner, 1000), Owner: make([]int32, n), Epoch: make([]uint32, n)}
+	worst := delegation.Map{Version: 1 << 40, Workers: make([]delegation.Owner, 1000), Owner: make([]int32, n), Epoch: make([]uint32, n)}
 	for i, w := range live {
 		worst.Workers[i] = w.Owner()
 		worst.Workers[i].Incarnation = 1<<64 - 1 - uint64(i)
 	}
 	for s := range n {
-		worst.Owner[s], worst.Epoch[s] = int32(s%1000), MaxEpoch
+		worst.Owner[s], worst.Epoch[s] = int32(s%1000), delegation.MaxEpoch
 	}
 	b = checkJSONRoundTrip(t, worst)
 	t.Logf("worst case: %d bytes (%.2f MiB)", len(b), float64(len(b))/(1<<20))
@@ -146,27 +87,8 @@ func TestJSONSize(t *testing.T) {
 		}
 	}
 	b = checkJSONRoundTrip(t, m)
-	t.Logf("after 500 rounds of churn: %d workers, %d runs, %d bytes", len(m.Workers), len(Runs(m)), len(b))
+	t.Logf("after 500 rounds of churn: %d workers, %d runs, %d bytes", len(m.Workers), len(delegation.Runs(m)), len(b))
 	if len(b) >= 1<<20 {
 		t.Fatalf("churned map is %d bytes", len(b))
 	}
-}
-
-// FuzzUnmarshalJSON checks that whatever UnmarshalJSON accepts is a valid map
-// that round-trips exactly.
-func FuzzUnmarshalJSON(f *testing.F) {
-	f.Add([]byte(docExample))
-	f.Add([]byte(`{"version":1,"shards":3,"workers":[{"id":"a","incarnation":"ff","ranges":[[2,1,5],[0,1,1]]}]}`))
-	f.Add([]byte(`{"shards":2,"workers":[{"id":"a","incarnation":"1","ranges":[[0,2,1]]},{"id":"b","incarnation":"1","ranges":[]}]}`))
-	f.Add([]byte(`null`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		var m Map
-		if err := m.UnmarshalJSON(data); err != nil {
-			return
-		}
-		if err := m.Validate(); err != nil {
-			t.Fatalf("accepted an invalid map: %v", err)
-		}
-		checkJSONRoundTrip(t, m)
-	})
 }

@@ -2,6 +2,8 @@ package plan
 
 import (
 	"slices"
+
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // This file holds the test oracle: a naive planner that is slow but
@@ -10,19 +12,19 @@ import (
 
 // slot is one shard's assignment, independent of any worker table.
 type slot struct {
-	owner Owner
+	owner delegation.Owner
 	has   bool
 	epoch uint32
 }
 
 // slots returns m's assignment per shard, or n unowned slots if m has none.
-func slots(m Map, n int) []slot {
+func slots(m delegation.Map, n int) []slot {
 	if m.Shards() == 0 {
 		return make([]slot, n)
 	}
 	out := make([]slot, m.Shards())
 	for s, o := range m.Owner {
-		if o != NoOwner {
+		if o != delegation.NoOwner {
 			out[s] = slot{owner: m.Workers[o], has: true, epoch: m.Epoch[s]}
 		}
 	}
@@ -31,8 +33,8 @@ func slots(m Map, n int) []slot {
 
 // eligible returns the workers that may own shards: the non-draining ones,
 // or all if every live worker is draining.
-func eligible(live []Worker) map[Owner]bool {
-	e := map[Owner]bool{}
+func eligible(live []Worker) map[delegation.Owner]bool {
+	e := map[delegation.Owner]bool{}
 	for _, w := range live {
 		if !w.Draining {
 			e[w.Owner()] = true
@@ -57,12 +59,12 @@ func naivePlan(live []Worker, n int, cur []slot) []slot {
 	if len(elig) == 0 {
 		return out
 	}
-	var keys []Owner
+	var keys []delegation.Owner
 	for o := range elig {
 		keys = append(keys, o)
 	}
-	slices.SortFunc(keys, Owner.compare)
-	load := map[Owner]int{}
+	slices.SortFunc(keys, delegation.Owner.Compare)
+	load := map[delegation.Owner]int{}
 	var pool []int
 	for s := range out {
 		if out[s].has && elig[out[s].owner] {
@@ -116,7 +118,7 @@ func lowerBound(live []Worker, n int, cur []slot) int {
 	if len(elig) == 0 {
 		return 0
 	}
-	c := map[Owner]int{}
+	c := map[delegation.Owner]int{}
 	for _, sl := range cur {
 		if sl.has && elig[sl.owner] {
 			c[sl.owner]++
@@ -145,8 +147,8 @@ func moved(a, b []slot) int {
 }
 
 // loads returns the shard count of each owner in ss.
-func loads(ss []slot) map[Owner]int {
-	l := map[Owner]int{}
+func loads(ss []slot) map[delegation.Owner]int {
+	l := map[delegation.Owner]int{}
 	for _, sl := range ss {
 		if sl.has {
 			l[sl.owner]++

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // Worker is a live worker as the registry shows it.
@@ -15,7 +17,9 @@ type Worker struct {
 }
 
 // Owner returns the worker's identity in a Map.
-func (w Worker) Owner() Owner { return Owner{w.ID, w.Incarnation} }
+func (w Worker) Owner() delegation.Owner {
+	return delegation.Owner{ID: w.ID, Incarnation: w.Incarnation}
+}
 
 // MoveKind says what the new owner of a moved shard has to do.
 type MoveKind uint8
@@ -47,9 +51,9 @@ func (k MoveKind) String() string {
 // Move is one shard changing owner.
 type Move struct {
 	Shard uint32
-	From  Owner  // the zero Owner if Kind is Assign
-	To    Owner  // the new owner
-	Epoch uint32 // the new epoch: the old one plus one
+	From  delegation.Owner // the zero Owner if Kind is Assign
+	To    delegation.Owner // the new owner
+	Epoch uint32           // the new epoch: the old one plus one
 	Kind  MoveKind
 }
 
@@ -73,24 +77,24 @@ type wstate struct {
 // shares no memory with cur. If nothing changes, the returned map equals cur
 // (same version) and there are no moves; otherwise its version is
 // cur.Version+1.
-func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
-	if shards < 1 || shards > MaxShards {
-		return Map{}, nil, fmt.Errorf("%w: %d (want 1..%d)", ErrShardCount, shards, MaxShards)
+func Plan(live []Worker, shards int, cur delegation.Map) (delegation.Map, []Move, error) {
+	if shards < 1 || shards > delegation.MaxShards {
+		return delegation.Map{}, nil, fmt.Errorf("%w: %d (want 1..%d)", ErrShardCount, shards, delegation.MaxShards)
 	}
 	if err := cur.Validate(); err != nil {
-		return Map{}, nil, err
+		return delegation.Map{}, nil, err
 	}
 	fresh := cur.Shards() == 0
 	if !fresh && cur.Shards() != shards {
-		return Map{}, nil, fmt.Errorf("%w: %d, but the current map has %d shards", ErrShardCount, shards, cur.Shards())
+		return delegation.Map{}, nil, fmt.Errorf("%w: %d, but the current map has %d shards", ErrShardCount, shards, cur.Shards())
 	}
 	ws, err := sortWorkers(live)
 	if err != nil {
-		return Map{}, nil, err
+		return delegation.Map{}, nil, err
 	}
 	if len(ws) == 0 {
 		if fresh {
-			return unowned(cur.Version, shards), nil, nil
+			return delegation.Unowned(cur.Version, shards), nil, nil
 		}
 		return cur.Clone(), nil, nil
 	}
@@ -114,7 +118,7 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 	// tab maps the current table to live workers (-1: gone).
 	tab := make([]int32, len(cur.Workers))
 	for i, o := range cur.Workers {
-		j, ok := slices.BinarySearchFunc(ws, o, func(w Worker, o Owner) int { return w.Owner().compare(o) })
+		j, ok := slices.BinarySearchFunc(ws, o, func(w Worker, o delegation.Owner) int { return w.Owner().Compare(o) })
 		tab[i] = -1
 		if ok {
 			tab[i] = int32(j)
@@ -122,7 +126,7 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 	}
 	if !fresh {
 		for _, o := range cur.Owner {
-			if o != NoOwner {
+			if o != delegation.NoOwner {
 				if w := tab[o]; w >= 0 && st[w].elig {
 					st[w].kept++
 				}
@@ -152,7 +156,7 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 		return cur.Clone(), nil, nil
 	}
 	if cur.Version == math.MaxUint64 {
-		return Map{}, nil, fmt.Errorf("%w: map version %d", ErrExhausted, cur.Version)
+		return delegation.Map{}, nil, fmt.Errorf("%w: map version %d", ErrExhausted, cur.Version)
 	}
 
 	// The new table: the eligible workers with a nonzero target, in
@@ -163,9 +167,9 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 			nt++
 		}
 	}
-	next := Map{
+	next := delegation.Map{
 		Version: cur.Version + 1,
-		Workers: make([]Owner, 0, nt),
+		Workers: make([]delegation.Owner, 0, nt),
 		Owner:   make([]int32, shards),
 		Epoch:   make([]uint32, shards),
 	}
@@ -185,11 +189,11 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 	for s := range shards {
 		var (
 			old  uint32
-			from Owner
+			from delegation.Owner
 			kind = Assign
 		)
 		if !fresh {
-			if o := cur.Owner[s]; o != NoOwner {
+			if o := cur.Owner[s]; o != delegation.NoOwner {
 				if w := tab[o]; w >= 0 && st[w].elig && st[w].keep > 0 {
 					st[w].keep--
 					next.Owner[s], next.Epoch[s] = st[w].out, cur.Epoch[s]
@@ -202,8 +206,8 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 			}
 			old = cur.Epoch[s]
 		}
-		if old >= MaxEpoch {
-			return Map{}, nil, fmt.Errorf("%w: shard %d must move but is at epoch %d", ErrExhausted, s, old)
+		if old >= delegation.MaxEpoch {
+			return delegation.Map{}, nil, fmt.Errorf("%w: shard %d must move but is at epoch %d", ErrExhausted, s, old)
 		}
 		for !st[rw].elig || st[rw].need == 0 {
 			rw++
@@ -219,7 +223,7 @@ func Plan(live []Worker, shards int, cur Map) (Map, []Move, error) {
 // for empty ids and duplicates.
 func sortWorkers(live []Worker) ([]Worker, error) {
 	ws := slices.Clone(live)
-	slices.SortFunc(ws, func(a, b Worker) int { return a.Owner().compare(b.Owner()) })
+	slices.SortFunc(ws, func(a, b Worker) int { return a.Owner().Compare(b.Owner()) })
 	for i, w := range ws {
 		if w.ID == "" {
 			return nil, fmt.Errorf("%w: empty id (incarnation %x)", ErrBadWorker, w.Incarnation)

@@ -6,11 +6,13 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/tokend/tokend/cluster/delegation"
 )
 
 // checkPlan runs Plan and checks every promise of the package comment
 // against the oracle. It returns the new map.
-func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur Map) (Map, []Move) {
+func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur delegation.Map) (delegation.Map, []Move) {
 	t.Helper()
 	liveCopy, curCopy := slices.Clone(live), cur.Clone()
 	next, moves, err := Plan(live, n, cur)
@@ -40,7 +42,7 @@ func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur Map) (Map
 	}
 
 	// Epochs bump exactly on moved shards, and the moves list says so.
-	liveSet := map[Owner]bool{}
+	liveSet := map[delegation.Owner]bool{}
 	for _, w := range live {
 		liveSet[w.Owner()] = true
 	}
@@ -102,7 +104,7 @@ func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur Map) (Map
 	}
 
 	// Sticky: no eligible worker both loses and gains shards.
-	lost, gained := map[Owner]int{}, map[Owner]int{}
+	lost, gained := map[delegation.Owner]int{}, map[delegation.Owner]int{}
 	for s := range n {
 		b, a := before[s], after[s]
 		if b.has == a.has && b.owner == a.owner {
@@ -137,7 +139,7 @@ func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur Map) (Map
 	}
 
 	// The encodings round-trip.
-	r, err := FromRuns(next.Version, n, next.Workers, Runs(next))
+	r, err := delegation.FromRuns(next.Version, n, next.Workers, delegation.Runs(next))
 	if err != nil || !r.Equal(next) {
 		t.Fatalf("FromRuns(Runs(m)) = %v, want m", err)
 	}
@@ -147,7 +149,7 @@ func checkPlan(t *testing.T, rng *rand.Rand, live []Worker, n int, cur Map) (Map
 
 // checkBalanced checks that only eligible workers own shards, every shard is
 // owned, and eligible loads differ by at most one.
-func checkBalanced(t *testing.T, who string, elig map[Owner]bool, ss []slot) {
+func checkBalanced(t *testing.T, who string, elig map[delegation.Owner]bool, ss []slot) {
 	t.Helper()
 	for s, sl := range ss {
 		if !sl.has || !elig[sl.owner] {
@@ -166,19 +168,19 @@ func checkBalanced(t *testing.T, who string, elig map[Owner]bool, ss []slot) {
 
 // permuteTable returns m with its worker table shuffled and, sometimes, an
 // owner of no shard added: the same assignment under another table.
-func permuteTable(m Map, rng *rand.Rand) Map {
+func permuteTable(m delegation.Map, rng *rand.Rand) delegation.Map {
 	out := m.Clone()
 	if rng.IntN(3) == 0 {
-		out.Workers = append(out.Workers, Owner{"ghost", rng.Uint64()})
+		out.Workers = append(out.Workers, delegation.Owner{ID: "ghost", Incarnation: rng.Uint64()})
 	}
 	perm := rng.Perm(len(out.Workers))
-	ws := make([]Owner, len(out.Workers))
+	ws := make([]delegation.Owner, len(out.Workers))
 	for i, w := range out.Workers {
 		ws[perm[i]] = w
 	}
 	out.Workers = ws
 	for s, o := range out.Owner {
-		if o != NoOwner {
+		if o != delegation.NoOwner {
 			out.Owner[s] = int32(perm[o])
 		}
 	}
@@ -195,7 +197,7 @@ func oracleHistory(t *testing.T, seed uint64, rounds int) int {
 	}
 	var (
 		live    []Worker
-		cur     Map
+		cur     delegation.Map
 		nextID  int
 		nextInc = uint64(0x694d000000000000) + seed<<20
 		where   string
@@ -262,7 +264,7 @@ func TestPlanAgainstOracle(t *testing.T) {
 
 func TestPlanNoWorkers(t *testing.T) {
 	// No map yet: all shards unowned at epoch 0, version 0, no moves.
-	m, moves, err := Plan(nil, 8, Map{})
+	m, moves, err := Plan(nil, 8, delegation.Map{})
 	if err != nil || len(moves) != 0 || m.Version != 0 || m.Shards() != 8 {
 		t.Fatalf("Plan(nil, 8, {}) = %+v, %v, %v", m, moves, err)
 	}
@@ -298,16 +300,16 @@ func TestPlanNoWorkers(t *testing.T) {
 
 func TestPlanOneWorker(t *testing.T) {
 	w := Worker{ID: "solo", Incarnation: 0xabc}
-	m, moves := checkPlan(t, nil, []Worker{w}, 16, Map{})
+	m, moves := checkPlan(t, nil, []Worker{w}, 16, delegation.Map{})
 	if len(moves) != 16 || m.Version != 1 || len(m.Workers) != 1 {
 		t.Fatalf("%d moves, version %d, table %v", len(moves), m.Version, m.Workers)
 	}
 	for _, mv := range moves {
-		if mv.Kind != Assign || mv.Epoch != 1 || mv.From != (Owner{}) {
+		if mv.Kind != Assign || mv.Epoch != 1 || mv.From != (delegation.Owner{}) {
 			t.Fatalf("move %+v, want an assignment at epoch 1", mv)
 		}
 	}
-	if got := Runs(m); !slices.Equal(got, []Run{{First: 0, Count: 16, Owner: 0, Epoch: 1}}) {
+	if got := delegation.Runs(m); !slices.Equal(got, []delegation.Run{{First: 0, Count: 16, Owner: 0, Epoch: 1}}) {
 		t.Fatalf("Runs = %v", got)
 	}
 	// Draining the only worker moves nothing: nobody else can take over.
@@ -322,8 +324,8 @@ func TestPlanMoreWorkersThanShards(t *testing.T) {
 	for i := range 10 {
 		live = append(live, Worker{ID: fmt.Sprintf("w%02d", i), Incarnation: uint64(i + 1)})
 	}
-	m, _ := checkPlan(t, nil, live, 3, Map{})
-	want := []Owner{live[0].Owner(), live[1].Owner(), live[2].Owner()}
+	m, _ := checkPlan(t, nil, live, 3, delegation.Map{})
+	want := []delegation.Owner{live[0].Owner(), live[1].Owner(), live[2].Owner()}
 	if !slices.Equal(m.Workers, want) || !slices.Equal(m.Owner, []int32{0, 1, 2}) {
 		t.Fatalf("table %v owners %v, want w00 w01 w02 one shard each", m.Workers, m.Owner)
 	}
@@ -342,7 +344,7 @@ func TestPlanMoreWorkersThanShards(t *testing.T) {
 
 func TestPlanAllDraining(t *testing.T) {
 	live := []Worker{{ID: "a", Incarnation: 1}, {ID: "b", Incarnation: 2}, {ID: "c", Incarnation: 3}}
-	m, _ := checkPlan(t, nil, live, 10, Map{})
+	m, _ := checkPlan(t, nil, live, 10, delegation.Map{})
 	// Everyone draining at once: nobody else to go to, so nothing moves.
 	for i := range live {
 		live[i].Draining = true
@@ -370,14 +372,14 @@ func TestPlanAllDraining(t *testing.T) {
 
 func TestPlanRestartMovesShards(t *testing.T) {
 	live := []Worker{{ID: "a", Incarnation: 1}, {ID: "b", Incarnation: 2}, {ID: "c", Incarnation: 3}}
-	m, _ := checkPlan(t, nil, live, 12, Map{})
+	m, _ := checkPlan(t, nil, live, 12, delegation.Map{})
 	live[1].Incarnation = 20 // b restarted
 	m2, moves := checkPlan(t, nil, live, 12, m)
 	if len(moves) != 4 {
 		t.Fatalf("%d moves, want b's 4 shards", len(moves))
 	}
 	for _, mv := range moves {
-		if mv.Kind != Recovery || mv.From != (Owner{"b", 2}) || mv.To != (Owner{"b", 20}) || mv.Epoch != 2 {
+		if mv.Kind != Recovery || mv.From != (delegation.Owner{ID: "b", Incarnation: 2}) || mv.To != (delegation.Owner{ID: "b", Incarnation: 20}) || mv.Epoch != 2 {
 			t.Fatalf("move %+v, want a recovery from b/2 to b/14 at epoch 2", mv)
 		}
 	}
@@ -391,7 +393,7 @@ func TestPlanRestartMovesShards(t *testing.T) {
 func TestPlanLarge(t *testing.T) {
 	const n = 65536
 	live := benchWorkers(1000)
-	m, moves, err := Plan(live, n, Map{})
+	m, moves, err := Plan(live, n, delegation.Map{})
 	if err != nil || len(moves) != n {
 		t.Fatalf("initial plan: %d moves, %v", len(moves), err)
 	}
@@ -400,7 +402,7 @@ func TestPlanLarge(t *testing.T) {
 	// workers holding 66.
 	joined := append(slices.Clone(live), Worker{ID: "zz-new", Incarnation: 1})
 	mj, moves := checkPlan(t, nil, joined, n, m)
-	donors := map[Owner]bool{}
+	donors := map[delegation.Owner]bool{}
 	for _, mv := range moves {
 		if mv.Kind != Handoff || mv.To.ID != "zz-new" || donors[mv.From] {
 			t.Fatalf("move %+v", mv)
@@ -411,9 +413,9 @@ func TestPlanLarge(t *testing.T) {
 		t.Fatalf("join moved %d shards, want 65", len(moves))
 	}
 	// A worker holding 66 crashes: its 66 shards go one each to 66 workers.
-	var victim Owner
+	var victim delegation.Owner
 	for o, c := range loads(slots(mj, n)) {
-		if c == 66 && (victim.ID == "" || o.compare(victim) < 0) {
+		if c == 66 && (victim.ID == "" || o.Compare(victim) < 0) {
 			victim = o
 		}
 	}
@@ -430,7 +432,7 @@ func TestPlanLarge(t *testing.T) {
 }
 
 func TestPlanEpochExhausted(t *testing.T) {
-	m, err := FromRuns(5, 4, []Owner{{"a", 1}}, []Run{{First: 0, Count: 4, Owner: 0, Epoch: MaxEpoch}})
+	m, err := delegation.FromRuns(5, 4, []delegation.Owner{{ID: "a", Incarnation: 1}}, []delegation.Run{{First: 0, Count: 4, Owner: 0, Epoch: delegation.MaxEpoch}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,39 +445,39 @@ func TestPlanEpochExhausted(t *testing.T) {
 		t.Fatalf("err = %v, want ErrExhausted", err)
 	}
 	// One below the maximum is fine, and lands on MaxEpoch.
-	m.Epoch[0] = MaxEpoch - 1
-	m.Owner[1], m.Epoch[1] = NoOwner, 0
-	m.Owner[2], m.Owner[3] = NoOwner, NoOwner
+	m.Epoch[0] = delegation.MaxEpoch - 1
+	m.Owner[1], m.Epoch[1] = delegation.NoOwner, 0
+	m.Owner[2], m.Owner[3] = delegation.NoOwner, delegation.NoOwner
 	m.Epoch[2], m.Epoch[3] = 0, 0
 	m2, moves, err := Plan([]Worker{{ID: "b", Incarnation: 1}}, 4, m)
-	if err != nil || len(moves) != 4 || m2.Epoch[0] != MaxEpoch {
+	if err != nil || len(moves) != 4 || m2.Epoch[0] != delegation.MaxEpoch {
 		t.Fatalf("%d moves, epoch %d, %v", len(moves), m2.Epoch[0], err)
 	}
 }
 
 func TestPlanErrors(t *testing.T) {
 	good := []Worker{{ID: "a", Incarnation: 1}}
-	m, _, _ := Plan(good, 4, Map{})
+	m, _, _ := Plan(good, 4, delegation.Map{})
 	for _, tc := range []struct {
 		name   string
 		live   []Worker
 		shards int
-		cur    Map
+		cur    delegation.Map
 		want   error
 	}{
-		{"zero shards", good, 0, Map{}, ErrShardCount},
-		{"too many shards", good, MaxShards + 1, Map{}, ErrShardCount},
+		{"zero shards", good, 0, delegation.Map{}, ErrShardCount},
+		{"too many shards", good, delegation.MaxShards + 1, delegation.Map{}, ErrShardCount},
 		{"shard count mismatch", good, 5, m, ErrShardCount},
 		{"empty id", []Worker{{ID: "", Incarnation: 1}}, 4, m, ErrBadWorker},
 		{"duplicate worker", []Worker{{ID: "a", Incarnation: 1}, {ID: "a", Incarnation: 1, Draining: true}}, 4, m, ErrBadWorker},
-		{"epochs length", good, 4, Map{Owner: []int32{-1}, Epoch: nil}, ErrBadMap},
-		{"owner index", good, 1, Map{Owner: []int32{3}, Epoch: []uint32{1}}, ErrBadMap},
-		{"negative owner", good, 1, Map{Workers: []Owner{{"a", 1}}, Owner: []int32{-2}, Epoch: []uint32{1}}, ErrBadMap},
-		{"unowned with epoch", good, 1, Map{Owner: []int32{-1}, Epoch: []uint32{1}}, ErrBadMap},
-		{"owned at epoch 0", good, 1, Map{Workers: []Owner{{"a", 1}}, Owner: []int32{0}, Epoch: []uint32{0}}, ErrBadMap},
-		{"epoch too big", good, 1, Map{Workers: []Owner{{"a", 1}}, Owner: []int32{0}, Epoch: []uint32{MaxEpoch + 1}}, ErrBadMap},
-		{"duplicate table entry", good, 1, Map{Workers: []Owner{{"b", 1}, {"a", 1}, {"b", 1}}, Owner: []int32{0}, Epoch: []uint32{1}}, ErrBadMap},
-		{"empty table id", good, 1, Map{Workers: []Owner{{"", 1}}, Owner: []int32{0}, Epoch: []uint32{1}}, ErrBadMap},
+		{"epochs length", good, 4, delegation.Map{Owner: []int32{-1}, Epoch: nil}, delegation.ErrBadMap},
+		{"owner index", good, 1, delegation.Map{Owner: []int32{3}, Epoch: []uint32{1}}, delegation.ErrBadMap},
+		{"negative owner", good, 1, delegation.Map{Workers: []delegation.Owner{{ID: "a", Incarnation: 1}}, Owner: []int32{-2}, Epoch: []uint32{1}}, delegation.ErrBadMap},
+		{"unowned with epoch", good, 1, delegation.Map{Owner: []int32{-1}, Epoch: []uint32{1}}, delegation.ErrBadMap},
+		{"owned at epoch 0", good, 1, delegation.Map{Workers: []delegation.Owner{{ID: "a", Incarnation: 1}}, Owner: []int32{0}, Epoch: []uint32{0}}, delegation.ErrBadMap},
+		{"epoch too big", good, 1, delegation.Map{Workers: []delegation.Owner{{ID: "a", Incarnation: 1}}, Owner: []int32{0}, Epoch: []uint32{delegation.MaxEpoch + 1}}, delegation.ErrBadMap},
+		{"duplicate table entry", good, 1, delegation.Map{Workers: []delegation.Owner{{ID: "b", Incarnation: 1}, {ID: "a", Incarnation: 1}, {ID: "b", Incarnation: 1}}, Owner: []int32{0}, Epoch: []uint32{1}}, delegation.ErrBadMap},
+		{"empty table id", good, 1, delegation.Map{Workers: []delegation.Owner{{ID: "", Incarnation: 1}}, Owner: []int32{0}, Epoch: []uint32{1}}, delegation.ErrBadMap},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, _, err := Plan(tc.live, tc.shards, tc.cur); !errors.Is(err, tc.want) {

@@ -1,4 +1,4 @@
-package plan
+package delegation
 
 import "fmt"
 
@@ -44,7 +44,7 @@ func FromRuns(version uint64, shards int, workers []Owner, runs []Run) (Map, err
 	if shards < 0 || shards > MaxShards {
 		return Map{}, fmt.Errorf("%w: %d (want 0..%d)", ErrShardCount, shards, MaxShards)
 	}
-	m := unowned(version, shards)
+	m := Unowned(version, shards)
 	if len(workers) > 0 {
 		m.Workers = append([]Owner(nil), workers...)
 	}

@@ -1,4 +1,4 @@
-package plan
+package delegation
 
 import (
 	"cmp"
@@ -31,8 +31,9 @@ func (o Owner) String() string {
 	return o.ID + "/" + strconv.FormatUint(o.Incarnation, 16)
 }
 
-// compare orders owners by id, then incarnation.
-func (o Owner) compare(p Owner) int {
+// Compare orders owners by id, then incarnation, as the worker table of a
+// planned map is sorted.
+func (o Owner) Compare(p Owner) int {
 	if c := cmp.Compare(o.ID, p.ID); c != 0 {
 		return c
 	}
@@ -45,8 +46,8 @@ func (o Owner) compare(p Owner) int {
 // (at most MaxShards; zero means "no map yet"); each Owner[s] is NoOwner or an
 // index into Workers; an unowned shard has epoch 0 and an owned one an epoch
 // in 1..MaxEpoch; Workers has no empty id and no duplicate. Workers may list
-// owners that own no shard. Maps returned by Plan list exactly the owners of
-// at least one shard, sorted by id then incarnation.
+// owners that own no shard. Maps made by the planner (coordinator/plan) list
+// exactly the owners of at least one shard, sorted by id then incarnation.
 type Map struct {
 	Version uint64
 	Workers []Owner  // the worker table
@@ -123,7 +124,7 @@ func checkTable(ws []Owner) error {
 		if w.ID == "" {
 			return fmt.Errorf("%w: worker %d has an empty id", ErrBadMap, i)
 		}
-		if i > 0 && ws[i-1].compare(w) >= 0 {
+		if i > 0 && ws[i-1].Compare(w) >= 0 {
 			sorted = false
 		}
 	}
@@ -131,7 +132,7 @@ func checkTable(ws []Owner) error {
 		return nil
 	}
 	c := slices.Clone(ws)
-	slices.SortFunc(c, Owner.compare)
+	slices.SortFunc(c, Owner.Compare)
 	for i := 1; i < len(c); i++ {
 		if c[i-1] == c[i] {
 			return fmt.Errorf("%w: worker %v listed twice", ErrBadMap, c[i])
@@ -140,8 +141,9 @@ func checkTable(ws []Owner) error {
 	return nil
 }
 
-// unowned returns a map of n unowned shards.
-func unowned(version uint64, n int) Map {
+// Unowned returns a map of n shards that nobody owns (every owner NoOwner,
+// every epoch 0), with the given version and an empty worker table.
+func Unowned(version uint64, n int) Map {
 	m := Map{Version: version, Owner: make([]int32, n), Epoch: make([]uint32, n)}
 	for s := range m.Owner {
 		m.Owner[s] = NoOwner

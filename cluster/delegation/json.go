@@ -1,4 +1,4 @@
-package plan
+package delegation
 
 import (
 	"bytes"
@@ -97,7 +97,7 @@ func (m *Map) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("%w: %d shards (want 0..%d)", ErrBadMap, j.Shards, MaxShards)
 	}
 	n := int(j.Shards)
-	out := unowned(j.Version, n)
+	out := Unowned(j.Version, n)
 	if n == 0 {
 		out.Owner, out.Epoch = nil, nil
 	}
