@@ -1,0 +1,257 @@
+package session
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// Config bounds a session's state and seeds its jitter.
+type Config struct {
+	Cap  int    // cached replies beyond which new work is refused (SPEC §11: at least 1024)
+	Hard int    // ... and beyond which RECLAIMs and older requests are too (≥ Cap)
+	Seed uint64 // the REVOKE jitter is a function of it (see Jitter)
+}
+
+// Session is a worker's at-most-once state of one client session: the ack,
+// the reply cache and the REVOKEs in flight. Its zero value is not usable;
+// call New.
+type Session struct {
+	cfg   Config
+	ack   uint64            // highest ack seen: request ids below are finished
+	top   uint64            // highest request id ever given a cache entry
+	cache map[uint64]*Entry // request id -> reply
+	rev   revokes
+}
+
+// New returns an empty session.
+func New(cfg Config) *Session {
+	cfg.Hard = max(cfg.Hard, cfg.Cap)
+	return &Session{cfg: cfg, cache: map[uint64]*Entry{}}
+}
+
+// Entry is the reply-cache entry of one request id: the reply as last
+// sent, resent for duplicates. While the request waits in a table it is
+// QUEUED (Pending); its final outcome replaces it.
+type Entry struct {
+	Type    wire.Type // the request's type
+	Shard   uint32
+	Fence   uint64 // the request's fence (CONVERT: of the grant being converted)
+	Pending bool   // QUEUED in the shard's table
+	Pkt     []byte
+}
+
+// Verdict is what to do with an incoming request (SPEC §11).
+type Verdict uint8
+
+const (
+	Apply  Verdict = iota // new: apply it once
+	Stale                 // its id is below the ack: drop it
+	Resend                // answered before: send the cached reply again
+	Reused                // its id is cached for a request of another type: BAD_REQUEST
+)
+
+var verdictNames = [...]string{Apply: "apply", Stale: "stale", Resend: "resend", Reused: "reused"}
+
+func (v Verdict) String() string {
+	if int(v) < len(verdictNames) {
+		return verdictNames[v]
+	}
+	return "Verdict(?)"
+}
+
+// cached reports whether replies to requests of type t are cached: all but
+// the SPEC §11 exceptions (and SESSION_OPEN, deduplicated by its nonce).
+func cached(t wire.Type) bool {
+	switch t {
+	case wire.TypeKeepalive, wire.TypeSessionClose, wire.TypeRevokeAck, wire.TypeMapRequest, wire.TypeSessionOpen:
+		return false
+	}
+	return true
+}
+
+// Decide says what to do with request h, and for Resend the reply to send.
+// It changes nothing.
+func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
+	if h.Request < s.ack {
+		return Stale, nil
+	}
+	if !cached(h.Type) {
+		return Apply, nil
+	}
+	if e := s.cache[h.Request]; e != nil {
+		if e.Type != h.Type {
+			return Reused, nil
+		}
+		return Resend, e.Pkt
+	}
+	return Apply, nil
+}
+
+// Ack records the client's ack and forgets the cached replies below it.
+func (s *Session) Ack(ack uint64) {
+	if ack <= s.ack {
+		return
+	}
+	s.ack = ack
+	for id := range s.cache {
+		if id < ack {
+			delete(s.cache, id)
+		}
+	}
+}
+
+// OverLimit reports whether the cache is too full to take request h,
+// which is then answered LIMIT ("a new request beyond the bound").
+//
+// The bound holds back new work only. When a worker dies, the client's
+// requests that wait for its shards pin the session's ack for the lease TTL
+// plus the grace period, so every reply the session gets meanwhile from the
+// live workers stays cached. Two kinds of request are therefore let through
+// up to the hard bound, which bounds the memory of a client that
+// misbehaves:
+//
+//   - a request older than the newest one cached: the client sent it before
+//     and still waits for it (typically one redirected here from the dead
+//     worker). Refusing it would deadlock the session: it pins the ack, so
+//     the cache can only shrink once it is answered. The client keeps at
+//     most 256 unfinished requests (SPEC §11), so these add few entries.
+//   - a RECLAIM: it is how a held token survives the crash (invariant 3),
+//     and a reclaim answered LIMIT until its deadline loses the token.
+func (s *Session) OverLimit(h wire.Header) bool {
+	n := len(s.cache)
+	switch {
+	case n < s.cfg.Cap:
+		return false
+	case h.Type == wire.TypeReclaim || h.Request < s.top:
+		return n >= s.cfg.Hard
+	}
+	return true
+}
+
+// Outcome is the reply to a request applied now.
+type Outcome struct {
+	Req      uint64
+	Type     wire.Type // the request's type
+	Shard    uint32
+	Fence    uint64 // the request's fence: RELEASE, CONVERT the grant; RECLAIM the old one
+	Released uint64 // CANCEL: the fence of the grant it released (the target had been granted), 0 if none
+	Status   wire.Status
+	Pkt      []byte
+}
+
+// Applied records the reply to a request applied now: cached if its status
+// is final or QUEUED (a retryable one means not applied). A RELEASE or
+// CONVERT that succeeded ends the retransmission of the REVOKEs of its
+// grant, and so does a CANCEL that released one.
+func (s *Session) Applied(o Outcome) {
+	if !o.Status.Retryable() {
+		s.cache[o.Req] = &Entry{Type: o.Type, Shard: o.Shard, Fence: o.Fence, Pending: o.Status == wire.StatusQueued, Pkt: o.Pkt}
+		s.top = max(s.top, o.Req)
+	}
+	if o.Status != wire.StatusOK {
+		return
+	}
+	switch o.Type {
+	case wire.TypeRelease, wire.TypeConvert:
+		s.rev.stop(o.Shard, o.Fence)
+	case wire.TypeCancel:
+		if o.Released != 0 {
+			s.rev.stop(o.Shard, o.Released)
+		}
+	}
+}
+
+// CancelTarget returns the type of request target if it is a cached
+// ACQUIRE or CONVERT: a CANCEL of it that succeeded ends it, and the shell
+// records that with Settle(target, StatusCanceled, reply).
+func (s *Session) CancelTarget(target uint64) (wire.Type, bool) {
+	if e := s.cache[target]; e != nil && (e.Type == wire.TypeAcquire || e.Type == wire.TypeConvert) {
+		return e.Type, true
+	}
+	return 0, false
+}
+
+// Settle records the later outcome of request id (answered QUEUED before):
+// pkt replaces the cached reply, or, for a retryable status (the request
+// was not applied), the id is forgotten so that the client's retry is
+// applied afresh. A nil pkt (nothing to answer with) keeps what is cached.
+// A CONVERT granted ends the retransmission of the REVOKEs of the grant it
+// converted. An id not cached is ignored.
+func (s *Session) Settle(id uint64, status wire.Status, pkt []byte) {
+	e := s.cache[id]
+	if e == nil {
+		return
+	}
+	if status == wire.StatusOK && e.Type == wire.TypeConvert {
+		s.rev.stop(e.Shard, e.Fence)
+	}
+	if pkt == nil {
+		return
+	}
+	if status != wire.StatusOK && status.Retryable() {
+		delete(s.cache, id)
+		return
+	}
+	e.Pkt, e.Pending = pkt, false
+}
+
+// Entry returns the cache entry of request id.
+func (s *Session) Entry(id uint64) (Entry, bool) {
+	if e := s.cache[id]; e != nil {
+		return *e, true
+	}
+	return Entry{}, false
+}
+
+// Known reports whether request id is finished (below the ack) or cached.
+func (s *Session) Known(id uint64) bool { return id < s.ack || s.cache[id] != nil }
+
+// Adopt caches a final reply this worker did not make: one handed over
+// with a shard from its previous owner (SPEC §18), so that a
+// retransmission is answered as the old owner answered it. The caller
+// checks Known first.
+func (s *Session) Adopt(id uint64, e Entry) {
+	s.cache[id] = &e
+	s.top = max(s.top, id)
+}
+
+// Reply is a cached reply and its request id.
+type Reply struct {
+	Req uint64
+	Entry
+}
+
+// DropShards forgets what the session has in the shards lost reports (their
+// tables are gone): requests still QUEUED there and the REVOKEs of their
+// grants. Final replies stay cached, a duplicate still gets the answer it
+// had; they are also appended to finals, in request id order, for the
+// shell to hand over with the shards.
+func (s *Session) DropShards(lost func(shard uint32) bool, finals []Reply) []Reply {
+	n := len(finals)
+	for id, e := range s.cache {
+		if !lost(e.Shard) {
+			continue
+		}
+		if e.Pending {
+			delete(s.cache, id)
+		} else {
+			finals = append(finals, Reply{Req: id, Entry: *e})
+		}
+	}
+	slices.SortFunc(finals[n:], func(a, b Reply) int { return cmp.Compare(a.Req, b.Req) })
+	s.rev.dropShards(lost)
+	return finals
+}
+
+// Drop forgets every cached reply and every REVOKE: the session ended, or
+// the lease under which they were given is gone. The ack, the newest id
+// and the REVOKE sequence stay.
+func (s *Session) Drop() {
+	clear(s.cache)
+	s.rev.drop()
+}
+
+// Len returns the number of cached replies.
+func (s *Session) Len() int { return len(s.cache) }
