@@ -25,6 +25,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -546,7 +547,7 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 	v := validity(ob.safe, ob.stamp)
 	for _, r := range sh.Replies {
 		s := w.sessions[r.Session]
-		if s == nil || r.Req < s.ack || s.cache[r.Req] != nil {
+		if s == nil || s.core.Known(r.Req) {
 			continue
 		}
 		pkt, err := reseal(r.Pkt, r, shard, st.epoch, w.dmap.Version, v)
@@ -554,8 +555,7 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 			w.met.drop("handoff_reply")
 			continue
 		}
-		s.cache[r.Req] = &cached{typ: r.Type, shard: shard, fence: r.Fence, pkt: pkt}
-		s.top = max(s.top, r.Req)
+		s.core.Adopt(r.Req, core.Entry{Type: r.Type, Shard: shard, Fence: r.Fence, Pkt: pkt})
 	}
 }
 

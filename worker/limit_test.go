@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/tokend/tokend/wire"
+	core "github.com/tokend/tokend/worker/session"
 )
 
 // TestOverLimit: the reply-cache bound answers LIMIT to new work only. When
@@ -13,46 +14,47 @@ import (
 // refusing a RECLAIM would lose a held token (invariant 3).
 // recovery.TestWorkerKill shows both under load with real processes.
 func TestOverLimit(t *testing.T) {
-	w := &Worker{}
-	s := newSession(1, nil)
+	s := newSession(1, nil).core
 	const pinned = 100 // the oldest unfinished request: the session's ack
-	s.ack = pinned
-	for id := uint64(pinned + 1); len(s.cache) < replyCacheCap; id++ {
-		s.cache[id] = &cached{typ: wire.TypeAcquire}
-		s.top = id
+	s.Ack(pinned)
+	var top uint64 // the newest request id cached
+	for id := uint64(pinned + 1); s.Len() < replyCacheCap; id++ {
+		s.Applied(core.Outcome{Req: id, Type: wire.TypeAcquire, Status: wire.StatusOK})
+		top = id
 	}
 	for _, tc := range []struct {
 		name string
 		h    wire.Header
 		want bool
 	}{
-		{"new acquire", wire.Header{Type: wire.TypeAcquire, Request: s.top + 1}, true},
-		{"new release", wire.Header{Type: wire.TypeRelease, Request: s.top + 1}, true},
+		{"new acquire", wire.Header{Type: wire.TypeAcquire, Request: top + 1}, true},
+		{"new release", wire.Header{Type: wire.TypeRelease, Request: top + 1}, true},
 		{"the pinned acquire, redirected from a dead worker", wire.Header{Type: wire.TypeAcquire, Request: pinned, Ack: pinned}, false},
-		{"an older unanswered release", wire.Header{Type: wire.TypeRelease, Request: s.top - 1}, false},
-		{"new reclaim", wire.Header{Type: wire.TypeReclaim, Request: s.top + 1}, false},
+		{"an older unanswered release", wire.Header{Type: wire.TypeRelease, Request: top - 1}, false},
+		{"new reclaim", wire.Header{Type: wire.TypeReclaim, Request: top + 1}, false},
 	} {
-		if got := w.overLimit(s, tc.h); got != tc.want {
+		if got := s.OverLimit(tc.h); got != tc.want {
 			t.Errorf("%s: overLimit = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	// Below the bound nothing is refused.
-	delete(s.cache, s.top)
-	if w.overLimit(s, wire.Header{Type: wire.TypeAcquire, Request: s.top + 1}) {
+	// Below the bound nothing is refused. (A queued request that ends
+	// EXHAUSTED was not applied: its id leaves the cache.)
+	s.Settle(top, wire.StatusExhausted, []byte{})
+	if s.OverLimit(wire.Header{Type: wire.TypeAcquire, Request: top + 1}) {
 		t.Error("refused below the bound")
 	}
 	// Between the bounds, reclaims and old requests still go in; a client
 	// that keeps sending them is stopped at the hard bound.
-	for id := s.top + 1; len(s.cache) < replyCacheHard-1; id++ {
-		s.cache[id] = &cached{typ: wire.TypeReclaim}
+	for id := top + 1; s.Len() < replyCacheHard-1; id++ {
+		s.Applied(core.Outcome{Req: id, Type: wire.TypeReclaim, Status: wire.StatusOK})
 	}
-	if w.overLimit(s, wire.Header{Type: wire.TypeReclaim, Request: s.top + 1}) ||
-		w.overLimit(s, wire.Header{Type: wire.TypeAcquire, Request: pinned}) {
+	if s.OverLimit(wire.Header{Type: wire.TypeReclaim, Request: top + 1}) ||
+		s.OverLimit(wire.Header{Type: wire.TypeAcquire, Request: pinned}) {
 		t.Error("refused below the hard bound")
 	}
-	s.cache[0] = &cached{}
-	if !w.overLimit(s, wire.Header{Type: wire.TypeAcquire, Request: pinned}) ||
-		!w.overLimit(s, wire.Header{Type: wire.TypeReclaim, Request: s.top + 1}) {
+	s.Applied(core.Outcome{Req: 0, Type: wire.TypeAcquire, Status: wire.StatusOK})
+	if !s.OverLimit(wire.Header{Type: wire.TypeAcquire, Request: pinned}) ||
+		!s.OverLimit(wire.Header{Type: wire.TypeReclaim, Request: top + 1}) {
 		t.Error("let in beyond the hard bound")
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -161,7 +162,10 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.unknownSession(ob, h, from)
 		return
 	}
-	if h.Request < s.ack {
+	// At most once (invariant 4): a request below the ack is dropped; one
+	// answered before gets the reply it had (handleToken).
+	v, cachedPkt := s.core.Decide(h)
+	if v == core.Stale {
 		w.met.drop("stale")
 		return
 	}
@@ -177,29 +181,12 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 			w.met.drop(wire.Reason(err))
 			return
 		}
-		w.ackTo(s, h.Ack)
-		if _, ok := s.revokes[m.Target]; ok {
-			delete(s.revokes, m.Target)
-			if len(s.revokes) == 0 {
-				delete(w.revoking, s.id)
-			}
-		}
+		s.core.Ack(h.Ack)
+		s.core.AckRevoke(m.Target)
+		w.trackRevokes(s)
 		w.met.op(h.Type, wire.StatusOK)
 	default:
-		w.handleToken(ob, s, h, pkt)
-	}
-}
-
-// ackTo records the client's ack and forgets cached replies below it.
-func (w *Worker) ackTo(s *session, ack uint64) {
-	if ack <= s.ack {
-		return
-	}
-	s.ack = ack
-	for id := range s.cache {
-		if id < ack {
-			delete(s.cache, id)
-		}
+		w.handleToken(ob, s, h, pkt, v, cachedPkt)
 	}
 }
 
@@ -214,8 +201,9 @@ func (w *Worker) badRequest(ob *outbox, s *session, h wire.Header, reason string
 	ob.add(errorReply(rh, wire.StatusBadRequest), s.addr, h.Type)
 }
 
-// handleToken serves ACQUIRE, RELEASE, CONVERT, CANCEL and RECLAIM.
-func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) {
+// handleToken serves ACQUIRE, RELEASE, CONVERT, CANCEL and RECLAIM; v is
+// the session's verdict on h, cachedPkt the reply to resend for core.Resend.
+func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, v core.Verdict, cachedPkt []byte) {
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
 	// Invariant 5: answer nothing about tokens unless the lease is safe.
@@ -227,13 +215,13 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) 
 	}
 	// At most once (invariant 4): a request id seen before gets the reply
 	// it had (or, if still queued, its current state).
-	if c := s.cache[h.Request]; c != nil {
-		if c.typ != h.Type {
-			w.badRequest(ob, s, h, "id_reused")
-			return
-		}
+	switch v {
+	case core.Reused:
+		w.badRequest(ob, s, h, "id_reused")
+		return
+	case core.Resend:
 		w.met.op(h.Type, statusDuplicate)
-		ob.add(c.pkt, s.addr, h.Type)
+		ob.add(cachedPkt, s.addr, h.Type)
 		return
 	}
 	in, name, err := decodeToken(h, pkt, ob.now)
@@ -241,7 +229,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) 
 		w.badRequest(ob, s, h, wire.Reason(err))
 		return
 	}
-	w.ackTo(s, h.Ack)
+	s.core.Ack(h.Ack)
 	if name != nil && wire.Shard(name, uint32(len(w.shards))) != h.Shard {
 		w.badRequest(ob, s, h, "wrong_shard")
 		return
@@ -261,7 +249,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) 
 		ob.add(awaitingReply(rh), s.addr, h.Type)
 		return
 	}
-	if w.overLimit(s, h) {
+	if s.core.OverLimit(h) {
 		w.met.drop("limit")
 		w.met.op(h.Type, wire.StatusLimit)
 		ob.add(errorReply(rh, wire.StatusLimit), s.addr, h.Type)
@@ -273,40 +261,6 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte) 
 	w.out = st.tab.Step(in, ob.now, w.out[:0])
 	w.apply(ob, h.Shard, st, w.out, rq)
 	w.timeShard(h.Shard, st.tab)
-}
-
-// overLimit reports whether the session's reply cache is too full to take
-// request h, which is then answered LIMIT (SPEC §11: "a new request beyond
-// the bound").
-//
-// The bound holds back new work only. When a worker dies, the client's
-// requests that wait for its shards pin the session's ack (SPEC §11) for
-// the lease TTL plus the grace period, so every reply the session gets
-// meanwhile from the live workers stays cached, and a session busy on other
-// shards reaches the bound within a second. Two kinds of request are
-// therefore let through:
-//
-//   - a request older than the newest one cached: the client sent it before
-//     and still waits for it (typically one redirected here from the dead
-//     worker). Refusing it would deadlock the session: it pins the ack, so
-//     the cache can only shrink once it is answered. The client keeps at
-//     most 256 unfinished requests (SPEC §11), so these add few entries.
-//   - a RECLAIM: it is how a held token survives the crash (invariant 3),
-//     and a reclaim answered LIMIT until its deadline loses the token.
-//     Reclaims add as many entries as the session held grants at the
-//     previous owner.
-//
-// Both stop at replyCacheHard, which bounds the memory of a client that
-// misbehaves.
-func (w *Worker) overLimit(s *session, h wire.Header) bool {
-	n := len(s.cache)
-	switch {
-	case n < replyCacheCap:
-		return false
-	case h.Type == wire.TypeReclaim || h.Request < s.top:
-		return n >= replyCacheHard
-	}
-	return true
 }
 
 // statusDuplicate labels replies resent from the reply cache.
@@ -377,7 +331,7 @@ func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []by
 		w.badRequest(ob, s, h, wire.Reason(err))
 		return
 	}
-	w.ackTo(s, h.Ack)
+	s.core.Ack(h.Ack)
 	if !m.Renew {
 		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), s.addr, h.Type)
 		return
@@ -420,7 +374,7 @@ func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte) 
 		w.badRequest(ob, s, h, wire.Reason(err))
 		return
 	}
-	w.ackTo(s, h.Ack)
+	s.core.Ack(h.Ack)
 	if s.closing {
 		return // answered when etcd answers
 	}

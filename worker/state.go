@@ -9,6 +9,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -17,7 +18,7 @@ const (
 	// replyCacheCap bounds the cached replies per session (SPEC: at least
 	// 1024); a new request beyond it is answered LIMIT. A worker crash pins
 	// the ack of every session waiting for the dead worker's shards for the
-	// lease TTL plus the grace period (see overLimit), and the session's
+	// lease TTL plus the grace period (see session.OverLimit), and the session's
 	// traffic to the live workers must fit meanwhile, or it stalls on LIMIT
 	// where docs/ARCHITECTURE.md promises the other shards are untouched. 1024 did
 	// not last 4 s of a busy client (recovery.TestWorkerKill); 16384 covers
@@ -27,14 +28,11 @@ const (
 	// sum over all sessions is bounded by what the worker can answer while
 	// acks are pinned.
 	replyCacheCap  = 16384
-	replyCacheHard = 2 * replyCacheCap // ... and a RECLAIM or an older request still unanswered, beyond this (see overLimit)
+	replyCacheHard = 2 * replyCacheCap // ... and a RECLAIM or an older request still unanswered, beyond this (see session.OverLimit)
 	maxOpens       = 1 << 16           // remembered SESSION_OPENs (source, nonce)
 	maxGone        = 1 << 16           // remembered ended sessions
 	maxLookups     = 1024              // sessions being looked up in etcd at once
 	goneFor        = time.Minute
-
-	revokeRTO    = 20 * time.Millisecond // first REVOKE retransmission (SPEC §12), doubling ...
-	revokeRTOMax = time.Second           // ... up to this
 )
 
 // serving is the state guarded by Worker.mu, embedded in Worker.
@@ -96,44 +94,28 @@ type shardState struct {
 
 // session is a live client session as this worker knows it.
 type session struct {
-	id      uint64
-	addr    *net.UDPAddr // where it last sent from (REVOKE and GRANT_ASYNC go there)
-	ack     uint64       // highest ack seen: request ids below are finished
-	cache   map[uint64]*cached
-	top     uint64              // highest request id ever given a cache entry (see overLimit)
-	revSeq  uint64              // the worker's own request ids for REVOKEs to it
-	revokes map[uint64]*revoke  // pending REVOKEs by their request id
-	shards  map[uint32]struct{} // shards whose tables it has stepped (to end it there)
+	id     uint64
+	addr   *net.UDPAddr        // where it last sent from (REVOKE and GRANT_ASYNC go there)
+	core   *core.Session       // ack, reply cache (invariant 4), REVOKEs in flight
+	shards map[uint32]struct{} // shards whose tables it has stepped (to end it there)
 
 	renewing uint64 // request id of the KEEPALIVE whose renewal etcd works on (0: none)
 	closing  bool   // a SESSION_CLOSE is with etcd
 }
 
 func newSession(id uint64, addr *net.UDPAddr) *session {
-	return &session{id: id, addr: addr, cache: map[uint64]*cached{}, shards: map[uint32]struct{}{}}
+	c := core.New(core.Config{Cap: replyCacheCap, Hard: replyCacheHard, Seed: rand.Uint64()})
+	return &session{id: id, addr: addr, core: c, shards: map[uint32]struct{}{}}
 }
 
-// cached is the reply-cache entry of one request id (at most once,
-// invariant 4): the reply as last sent, resent for duplicates. While the
-// request waits in a table it is QUEUED; its final outcome replaces it.
-type cached struct {
-	typ     wire.Type // the request's type
-	shard   uint32
-	fence   uint64 // CONVERT: the fence of the grant being converted
-	pending bool   // QUEUED in the shard's table
-	pkt     []byte
-}
-
-// revoke is a REVOKE datagram being retransmitted until it is acknowledged,
-// or the grant is released or converted, or the session ends.
-type revoke struct {
-	shard      uint32
-	fence      uint64
-	mode       wire.Mode // the mode the holder may keep, over [start, end)
-	start, end uint64
-	pkt        []byte
-	next       int64         // next retransmission (tables' clock)
-	rto        time.Duration // current interval
+// trackRevokes keeps s in w.revoking, for the timer loop, while it has
+// REVOKEs in flight. Caller holds mu.
+func (w *Worker) trackRevokes(s *session) {
+	if s.core.Revoking() {
+		w.revoking[s.id] = s
+	} else {
+		delete(w.revoking, s.id)
+	}
 }
 
 type openKey struct {
@@ -177,6 +159,7 @@ func (w *Worker) endSession(ob *outbox, id uint64) {
 	}
 	delete(w.sessions, id)
 	delete(w.revoking, id)
+	s.core.Drop()
 	for shard := range s.shards {
 		st := w.shards[shard]
 		if st == nil || st.tab == nil {
@@ -194,8 +177,7 @@ func (w *Worker) dropAll() {
 		w.shards[i] = nil
 	}
 	for _, s := range w.sessions {
-		clear(s.cache)
-		s.revokes = nil
+		s.core.Drop()
 		clear(s.shards)
 	}
 	clear(w.revoking)
@@ -302,25 +284,16 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 	// cached replies stay: a duplicate still gets the answer it had. Those
 	// of shards handed off also go with the handoff, so that the new owner
 	// answers a retransmission the same way (invariant 4).
+	isLost := func(shard uint32) bool { return lost[shard] }
+	var finals []core.Reply
 	for _, sess := range w.sessions {
-		for id, c := range sess.cache {
-			if !lost[c.shard] {
-				continue
-			}
-			if c.pending {
-				delete(sess.cache, id)
-			} else if oh := handed[c.shard]; oh != nil {
-				oh.replies = append(oh.replies, handoffReply{Session: sess.id, Req: id, Type: c.typ, Fence: c.fence, Pkt: c.pkt})
+		finals = sess.core.DropShards(isLost, finals[:0])
+		for _, r := range finals {
+			if oh := handed[r.Shard]; oh != nil {
+				oh.replies = append(oh.replies, handoffReply{Session: sess.id, Req: r.Req, Type: r.Type, Fence: r.Fence, Pkt: r.Pkt})
 			}
 		}
-		for seq, r := range sess.revokes {
-			if lost[r.shard] {
-				delete(sess.revokes, seq)
-			}
-		}
-		if len(sess.revokes) == 0 {
-			delete(w.revoking, sess.id)
-		}
+		w.trackRevokes(sess)
 	}
 }
 
@@ -451,29 +424,19 @@ func (w *Worker) replyOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 	if pkt == nil {
 		return
 	}
-	if !status.Retryable() {
-		s.cache[rq.h.Request] = &cached{typ: rq.h.Type, shard: shard, fence: rq.fence, pending: status == wire.StatusQueued, pkt: pkt}
-		s.top = max(s.top, rq.h.Request)
+	oc := core.Outcome{Req: rq.h.Request, Type: rq.h.Type, Shard: shard, Fence: rq.fence, Status: status, Pkt: pkt}
+	if o.Released {
+		oc.Released = o.Fence
 	}
-	if status == wire.StatusOK {
-		switch rq.h.Type {
-		case wire.TypeRelease:
-			w.stopRevokes(s, shard, o.Fence)
-		case wire.TypeConvert:
-			w.stopRevokes(s, shard, rq.fence)
-		case wire.TypeCancel:
-			if o.Released {
-				w.stopRevokes(s, shard, o.Fence)
-			}
-			if c := s.cache[rq.tgt]; c != nil && (c.typ == wire.TypeAcquire || c.typ == wire.TypeConvert) {
-				th := wire.Header{Type: c.typ.Reply(), Status: wire.StatusCanceled, Session: s.id, Request: rq.tgt,
-					Shard: shard, Epoch: st.epoch, MapVersion: w.dmap.Version}
-				if p := errorReply(th, wire.StatusCanceled); p != nil {
-					c.pkt, c.pending = p, false
-				}
-			}
+	s.core.Applied(oc)
+	if status == wire.StatusOK && rq.h.Type == wire.TypeCancel {
+		if typ, ok := s.core.CancelTarget(rq.tgt); ok {
+			th := wire.Header{Type: typ.Reply(), Status: wire.StatusCanceled, Session: s.id, Request: rq.tgt,
+				Shard: shard, Epoch: st.epoch, MapVersion: w.dmap.Version}
+			s.core.Settle(rq.tgt, wire.StatusCanceled, errorReply(th, wire.StatusCanceled))
 		}
 	}
+	w.trackRevokes(s)
 	if status == wire.StatusDeadlock {
 		w.met.deadlocks.WithLabelValues("conversion").Inc()
 		w.log.Info("deadlock: conversion answered DEADLOCK", "session", cluster.SessionString(s.id), "req", rq.h.Request,
@@ -489,11 +452,11 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 	if s == nil {
 		return
 	}
-	c := s.cache[o.Req]
+	c, isCached := s.core.Entry(o.Req)
 	status := wire.Status(o.Status)
 	typ := wire.TypeAcquire
-	if c != nil {
-		typ = c.typ
+	if isCached {
+		typ = c.Type
 	}
 	rh := wire.Header{Type: typ.Reply(), Status: status, Session: s.id, Request: o.Req, Shard: shard,
 		Epoch: st.epoch, MapVersion: w.dmap.Version}
@@ -501,14 +464,8 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 	reply := w.encodeOutcome(rh, o, v)
 	w.met.op(typ, status)
 	if status == wire.StatusOK {
-		if c != nil {
-			if c.typ == wire.TypeConvert {
-				w.stopRevokes(s, shard, c.fence)
-			}
-			if reply != nil {
-				c.pkt, c.pending = reply, false
-			}
-		}
+		s.core.Settle(o.Req, status, reply)
+		w.trackRevokes(s)
 		if v == 0 {
 			// Invariant 5: a worker that cannot vouch for its lease sends
 			// no grant. Tables are also stepped off the receive loop (a
@@ -531,72 +488,39 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		return
 	}
 	// A final status (TIMEOUT, CANCELED) replaces the cached QUEUED; a
-	// retryable one (EXHAUSTED) means not applied: forget the id so that
-	// the client's retry is applied afresh.
-	if c == nil || reply == nil {
+	// retryable one (EXHAUSTED) means not applied: the id is forgotten so
+	// that the client's retry is applied afresh.
+	if !isCached || reply == nil {
 		return
 	}
-	if status.Retryable() {
-		delete(s.cache, o.Req)
-	} else {
-		c.pkt, c.pending = reply, false
-	}
+	s.core.Settle(o.Req, status, reply)
 	ob.add(reply, s.addr, 0)
 }
 
-// revokeOut sends a REVOKE to a holder and schedules its retransmission.
+// revokeOut sends a REVOKE to a holder and schedules its retransmission
+// (one outstanding per grant, wanted mode and range: session.Revoke).
 func (w *Worker) revokeOut(ob *outbox, shard uint32, st *shardState, o *table.Output) {
 	s := w.sessions[o.Session]
 	if s == nil {
 		return
 	}
-	// One REVOKE per (grant, wanted mode, range) at a time: a grant made
-	// ahead of N identical waiters would otherwise be revoked N times over
-	// (N datagrams, acks and retransmission timers) while the holder acts
-	// on the first. The one outstanding is retransmitted until acknowledged.
-	for _, r := range s.revokes {
-		if r.shard == shard && r.fence == o.Fence && r.mode == o.Mode && r.start == o.Start && r.end == o.End {
-			return
-		}
-	}
-	s.revSeq++
-	h := wire.Header{Type: wire.TypeRevoke, Session: s.id, Request: s.revSeq, Shard: shard, Epoch: st.epoch,
-		MapVersion: w.dmap.Version}
-	pkt, err := wire.Revoke{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, Name: []byte(o.Name)}.Append(nil, h)
+	k := core.RevokeKey{Shard: shard, Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End}
+	pkt, next, err := s.core.Revoke(k, ob.now, func(seq uint64) ([]byte, error) {
+		h := wire.Header{Type: wire.TypeRevoke, Session: s.id, Request: seq, Shard: shard, Epoch: st.epoch,
+			MapVersion: w.dmap.Version}
+		return wire.Revoke{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, Name: []byte(o.Name)}.Append(nil, h)
+	})
 	if err != nil {
 		w.log.Error("cannot encode REVOKE", "err", err, "shard", shard, "fence", o.Fence)
 		return
 	}
-	r := &revoke{shard: shard, fence: o.Fence, mode: o.Mode, start: o.Start, end: o.End, pkt: pkt, rto: revokeRTO}
-	r.next = ob.now + jitter(r.rto)
-	if s.revokes == nil {
-		s.revokes = map[uint64]*revoke{}
-	}
-	s.revokes[s.revSeq] = r
-	w.revoking[s.id] = s
-	w.wantWake(r.next)
-	w.met.revokesSent.Inc()
-	ob.add(pkt, s.addr, 0)
-}
-
-// stopRevokes ends the retransmission of every REVOKE of grant fence.
-func (w *Worker) stopRevokes(s *session, shard uint32, fence uint64) {
-	if len(s.revokes) == 0 {
+	if pkt == nil {
 		return
 	}
-	for seq, r := range s.revokes {
-		if r.fence == fence && r.shard == shard {
-			delete(s.revokes, seq)
-		}
-	}
-	if len(s.revokes) == 0 {
-		delete(w.revoking, s.id)
-	}
-}
-
-// jitter returns d scaled by a random factor in [0.75, 1.25] (SPEC §12).
-func jitter(d time.Duration) int64 {
-	return int64(float64(d) * (0.75 + rand.Float64()/2))
+	w.revoking[s.id] = s
+	w.wantWake(next)
+	w.met.revokesSent.Inc()
+	ob.add(pkt, s.addr, 0)
 }
 
 // encodeOutcome encodes a table outcome as a datagram with header h (type

@@ -60,15 +60,15 @@ func (w *Worker) runDue(ob *outbox) int64 {
 			next = d
 		}
 	}
+	var resend [][]byte
 	for _, s := range w.revoking {
-		for _, r := range s.revokes {
-			if r.next <= n {
-				ob.add(r.pkt, s.addr, 0)
-				w.met.revokesSent.Inc()
-				r.rto = min(2*r.rto, revokeRTOMax)
-				r.next = n + jitter(r.rto)
-			}
-			next = min(next, r.next)
+		resend = s.core.Tick(n, resend[:0])
+		for _, pkt := range resend {
+			ob.add(pkt, s.addr, 0)
+			w.met.revokesSent.Inc()
+		}
+		if d, ok := s.core.NextDeadline(); ok {
+			next = min(next, d)
 		}
 	}
 	if n >= w.housekeepAt {
