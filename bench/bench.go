@@ -18,6 +18,9 @@ var (
 	// ErrTooManyErrors: a workload's operations failed more often than
 	// maxErrors; the run stops rather than report nonsense.
 	ErrTooManyErrors = errors.New("bench: too many failed operations")
+	// ErrSkipped: a workload could not run here (a program it needs is not
+	// installed); the report notes it, and it is not a failure.
+	ErrSkipped = errors.New("bench: skipped")
 )
 
 // maxErrors bounds the failed operations one measurement tolerates (each is
@@ -89,6 +92,11 @@ type Config struct {
 	ContendedProfile io.Writer
 	// Progress, if set, is told what runs now (one line per step).
 	Progress func(msg string)
+
+	// serverCPU, if set, returns the CPU time the server processes the
+	// bench started have used so far: measure reports it per window and
+	// does not count it as other processes' CPU.
+	serverCPU func() time.Duration
 }
 
 // QuickConfig returns the parameters of --quick: the whole comparison in
@@ -278,6 +286,7 @@ type loopResult struct {
 	lastErr error
 	lat     [3]*hist
 	cpu     time.Duration // process CPU time (user+sys) during the window
+	server  time.Duration // CPU time of the server processes the bench started (cfg.serverCPU), meanwhile
 	others  time.Duration // CPU time of every other process of the machine meanwhile
 }
 
@@ -335,7 +344,14 @@ func measure(ctx context.Context, cfg *Config, n int, op func(ctx context.Contex
 		cpuOnce sync.Once
 		cpu0    time.Duration
 		busy0   time.Duration
+		srv0    time.Duration
 	)
+	serverCPU := func() time.Duration {
+		if cfg.serverCPU == nil {
+			return 0
+		}
+		return cfg.serverCPU()
+	}
 	for i := range n {
 		r := recs[i]
 		wg.Go(func() {
@@ -343,7 +359,7 @@ func measure(ctx context.Context, cfg *Config, n int, op func(ctx context.Contex
 				t0 := time.Now()
 				r.on = !t0.Before(winStart)
 				if r.on {
-					cpuOnce.Do(func() { cpu0, busy0 = cpuTime(), machineBusy() })
+					cpuOnce.Do(func() { cpu0, busy0, srv0 = cpuTime(), machineBusy(), serverCPU() })
 				}
 				err := op(ctx, i, r)
 				t1 := time.Now()
@@ -370,7 +386,7 @@ func measure(ctx context.Context, cfg *Config, n int, op func(ctx context.Contex
 		})
 	}
 	wg.Wait()
-	cpu1, busy1 := cpuTime(), machineBusy()
+	cpu1, busy1, srv1 := cpuTime(), machineBusy(), serverCPU()
 	halt()
 	stopMu.Lock()
 	if stopped.After(end) {
@@ -395,8 +411,9 @@ func measure(ctx context.Context, cfg *Config, n int, op func(ctx context.Contex
 		}
 	}
 	res.cpu = cpu1 - cpu0
+	res.server = max(srv1-srv0, 0)
 	if busy0 > 0 {
-		res.others = max((busy1-busy0)-res.cpu, 0)
+		res.others = max((busy1-busy0)-res.cpu-res.server, 0)
 	}
 	if errs.Load() > maxErrors {
 		return res, fmt.Errorf("%w: %d, last: %v", ErrTooManyErrors, errs.Load(), res.lastErr)

@@ -44,13 +44,21 @@ type childSpec struct {
 // output once it has registered and serves its socket.
 const childReady = "ready "
 
-// WorkerChild runs this process as a failover worker and exits it, if the
-// environment asks for one (the bench re-executes its own binary with
-// TOKEND_BENCH_WORKER set); otherwise it returns at once. The worker runs
+// WorkerChild runs this process as a failover worker, or as the echo
+// server, and exits it, if the environment asks for one (the bench
+// re-executes its own binary with TOKEND_BENCH_WORKER or TOKEND_BENCH_ECHO
+// set); otherwise it returns at once. The worker runs
 // until its standard input closes (the bench closed it or died) or it
 // gets SIGTERM. Call it first thing in main, and in TestMain of tests that
 // run the failover workload.
 func WorkerChild() {
+	if kind, ok := os.LookupEnv(echoChildEnv); ok { // an echo server process (echo.go)
+		if err := runEchoChild(kind, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "tokend-bench echo:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	spec, ok := os.LookupEnv(childEnv)
 	if !ok {
 		return

@@ -28,15 +28,15 @@ const latRevoke = 2
 // the token until the worker revokes it for the next waiter (OnRevoke),
 // optionally hold it a little longer ("flush"), release. Every grant is a
 // handoff: revoke -> release -> grant. The acquire latency is the time in
-// the queue, C-1 handoffs on average.
-func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+// the queue, C-1 handoffs on average. system names the rows.
+func runContended(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
 	var out []Result
 	for _, hold := range dedupeD(0, cfg.ContendedHold) {
 		variant := "release on revoke"
 		if hold > 0 {
 			variant = fmt.Sprintf("hold %v after revoke", hold)
 		}
-		cfg.progress("tokend contended: %d clients, %s", cfg.Clients, variant)
+		cfg.progress("%s contended: %d clients, %s", system, cfg.Clients, variant)
 		cs, err := dialClients(ctx, seeds, cfg.Clients, revokeNotify)
 		if err != nil {
 			return out, err
@@ -48,7 +48,7 @@ func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, e
 			timers[i].Stop()
 		}
 		profiling := false
-		if hold == 0 && cfg.ContendedProfile != nil {
+		if hold == 0 && cfg.ContendedProfile != nil && system == sysTokend {
 			if err := pprof.StartCPUProfile(cfg.ContendedProfile); err != nil {
 				closeClients(cs)
 				return out, fmt.Errorf("bench: cpu profile: %w", err)
@@ -89,7 +89,7 @@ func runContended(ctx context.Context, cfg *Config, seeds []string) ([]Result, e
 		if err != nil {
 			return out, err
 		}
-		res := Result{Workload: "contended", Variant: variant, System: "tokend", Clients: cfg.Clients, Unit: "handoff",
+		res := Result{Workload: "contended", Variant: variant, System: system, Clients: cfg.Clients, Unit: "handoff",
 			Note: "one token, EX, hold until revoked"}.with(&l, "acquire", "release", "grant→revoke seen")
 		res.metric("revoked", 100*float64(l.events)/float64(max(l.ops, 1)), "% of grants")
 		res.metric("revoke_late", 100*float64(l.aux)/float64(max(l.ops, 1)), "% of grants (seen >= 10ms after the grant)")

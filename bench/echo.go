@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
+	"strings"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -15,38 +18,62 @@ import (
 // system call: the worker's batch size.
 const echoBatch = 64
 
-// echoServer answers every datagram with itself, batching like the worker:
-// one goroutine, ReadBatch of up to 64 datagrams, one WriteBatch of the
-// replies. It is "the limit": the network path of a token request without
-// any token work.
-type echoServer struct {
-	conn *net.UDPConn
-	pc   *ipv4.PacketConn
-	done chan struct{}
-}
+// The echo server runs in a process of its own, like every server the
+// bench compares: the bench re-executes its own binary with echoChildEnv
+// set to "batched" or "plain", and WorkerChild turns that process into an
+// echo server that prints echoReady and its address, and serves until its
+// standard input closes.
+const (
+	echoChildEnv = "TOKEND_BENCH_ECHO"
+	echoReady    = "echo "
+)
 
-// startEcho starts an echo server on 127.0.0.1 (a free port).
-func startEcho() (*echoServer, error) {
+// Echo server kinds: batched reads and writes up to echoBatch datagrams per
+// system call (recvmmsg/sendmmsg, as the worker does); plain one per call.
+const (
+	echoBatched = "batched"
+	echoPlain   = "plain"
+)
+
+// runEchoChild serves echoes of the given kind on a free loopback port
+// until stdin reaches EOF.
+func runEchoChild(kind string, stdin io.Reader, stdout io.Writer) error {
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
-		return nil, fmt.Errorf("bench: echo server: %w", err)
+		return fmt.Errorf("echo server: %w", err)
 	}
-	s := &echoServer{conn: conn, pc: ipv4.NewPacketConn(conn), done: make(chan struct{})}
-	go s.serve()
-	return s, nil
+	defer conn.Close()
+	// The worker asks for 4 MB socket buffers; so does the limit.
+	conn.SetReadBuffer(4 << 20)
+	conn.SetWriteBuffer(4 << 20)
+	go func() { // ends with the process
+		io.Copy(io.Discard, stdin)
+		conn.Close()
+	}()
+	fmt.Fprintf(stdout, "%s%s\n", echoReady, conn.LocalAddr())
+	switch kind {
+	case echoBatched:
+		serveBatched(ipv4.NewPacketConn(conn))
+	case echoPlain:
+		servePlain(conn)
+	default:
+		return fmt.Errorf("echo server: unknown kind %q", kind)
+	}
+	return nil
 }
 
-func (s *echoServer) addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
-
-func (s *echoServer) serve() {
-	defer close(s.done)
+// serveBatched answers every datagram with itself, batching like the
+// worker: ReadBatch of up to 64 datagrams, one WriteBatch of the replies.
+// It is "the limit": the network path of a token request without any
+// token work.
+func serveBatched(pc *ipv4.PacketConn) {
 	in := make([]ipv4.Message, echoBatch)
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, 1536)}
 	}
 	out := make([]ipv4.Message, 0, echoBatch)
 	for {
-		n, err := s.pc.ReadBatch(in, 0)
+		n, err := pc.ReadBatch(in, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -59,7 +86,7 @@ func (s *echoServer) serve() {
 			out = append(out, ipv4.Message{Buffers: [][]byte{in[i].Buffers[0][:in[i].N]}, Addr: in[i].Addr})
 		}
 		for ms := out; len(ms) > 0; {
-			k, err := s.pc.WriteBatch(ms, 0)
+			k, err := pc.WriteBatch(ms, 0)
 			if err != nil {
 				if errors.Is(err, net.ErrClosed) {
 					return
@@ -71,10 +98,76 @@ func (s *echoServer) serve() {
 	}
 }
 
-// close stops the server and waits for its goroutine.
-func (s *echoServer) close() {
-	s.conn.Close()
-	<-s.done
+// servePlain answers every datagram with itself, one system call each way.
+func servePlain(conn *net.UDPConn) {
+	b := make([]byte, 1536)
+	for {
+		n, from, err := conn.ReadFromUDPAddrPort(b)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		conn.WriteToUDPAddrPort(b[:n], from)
+	}
+}
+
+// echoProc is an echo server process the bench started.
+type echoProc struct {
+	*proc
+	stdin io.Closer
+	addr  *net.UDPAddr
+}
+
+// startEcho starts an echo server process of the given kind and waits
+// until it serves.
+func startEcho(ctx context.Context, kind string) (*echoProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("bench: no executable to start the echo server from: %w", err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), echoChildEnv+"="+kind)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	lw := newLineWatcher()
+	p, err := startProc("echo server", cmd, lw)
+	if err != nil {
+		return nil, err
+	}
+	e := &echoProc{proc: p, stdin: stdin}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case line := <-lw.lines:
+			if a, ok := strings.CutPrefix(line, echoReady); ok {
+				if e.addr, err = net.ResolveUDPAddr("udp4", a); err != nil {
+					e.close()
+					return nil, fmt.Errorf("bench: echo server address %q: %w", a, err)
+				}
+				return e, nil
+			}
+		case <-p.done:
+			return nil, fmt.Errorf("bench: echo server exited: %v; its output: %s", p.cmd.ProcessState, p.out.last(1000))
+		case <-t.C:
+			e.close()
+			return nil, fmt.Errorf("bench: echo server not ready within 10s; its output: %s", p.out.last(1000))
+		case <-ctx.Done():
+			e.close()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// close ends the process: its stdin closes, then SIGKILL if it lingers.
+func (e *echoProc) close() {
+	e.stdin.Close()
+	e.stop(nil, 0)
 }
 
 // echoClient is one synchronous client: its own connected socket, one
@@ -123,21 +216,42 @@ func (c *echoClient) roundTrip() error {
 }
 
 // runEcho measures round trips per second and their latency with 1 and
-// with cfg.Clients datagrams in flight.
+// with cfg.Clients datagrams in flight, against an echo server process
+// that batches (the limit the comparisons use, system udp-echo) and one
+// that does not (udp-echo-plain).
 func runEcho(ctx context.Context, cfg *Config) ([]Result, error) {
-	srv, err := startEcho()
-	if err != nil {
-		return nil, err
+	var out []Result
+	for _, kind := range []string{echoBatched, echoPlain} {
+		srv, err := startEcho(ctx, kind)
+		if err != nil {
+			return out, err
+		}
+		cfg.serverCPU = srv.cpu
+		rs, err := echoLoops(ctx, cfg, srv, kind)
+		cfg.serverCPU = nil
+		srv.close()
+		out = append(out, rs...)
+		if err != nil {
+			return out, err
+		}
 	}
-	defer srv.close()
+	return out, nil
+}
+
+func echoLoops(ctx context.Context, cfg *Config, srv *echoProc, kind string) ([]Result, error) {
+	sys, note := "udp-echo", fmt.Sprintf("%d-byte datagrams, server process batches %d (recvmmsg/sendmmsg)", cfg.Payload, echoBatch)
+	if kind == echoPlain {
+		sys, note = "udp-echo-plain", fmt.Sprintf("%d-byte datagrams, server process: one recvfrom/sendto per datagram", cfg.Payload)
+	}
 	var out []Result
 	for _, n := range dedupe(1, cfg.Clients) {
-		cfg.progress("echo: %d in flight", n)
+		cfg.progress("echo (%s): %d in flight", kind, n)
 		clients := make([]*echoClient, n)
 		for i := range clients {
-			if clients[i], err = newEchoClient(srv.addr(), cfg.Payload); err != nil {
+			var err error
+			if clients[i], err = newEchoClient(srv.addr, cfg.Payload); err != nil {
 				closeEcho(clients)
-				return nil, err
+				return out, err
 			}
 		}
 		res, err := measure(ctx, cfg, n, func(_ context.Context, i int, r *rec) error {
@@ -152,10 +266,7 @@ func runEcho(ctx context.Context, cfg *Config) ([]Result, error) {
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Result{
-			Workload: "echo", System: "udp-echo", Clients: n, Unit: "round trip",
-			Note: fmt.Sprintf("%d-byte datagrams, server batches %d", cfg.Payload, echoBatch),
-		}.with(&res, "round trip"))
+		out = append(out, Result{Workload: "echo", System: sys, Clients: n, Unit: "round trip", Note: note}.with(&res, "round trip"))
 	}
 	return out, nil
 }

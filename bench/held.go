@@ -105,7 +105,7 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		}
 		slices.SortFunc(ls, func(a, b loopResult) int { return cmp.Compare(a.rate(), b.rate()) })
 		l := ls[len(ls)/2]
-		res := Result{Workload: "held", Variant: fmt.Sprintf("%s held", count(int64(size))), System: "tokend",
+		res := Result{Workload: "held", Variant: fmt.Sprintf("%s held", count(int64(size))), System: sysInProcess,
 			Clients: cfg.Clients, Unit: "pair",
 			Note: "uncontended pairs while the set is held"}.with(&l, "acquire", "release", "pair")
 		res.metric("held", float64(size), "tokens")

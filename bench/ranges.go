@@ -14,7 +14,7 @@ import (
 // tokens) and [i·S, (i+2)·S) when overlapping (each range overlaps both
 // neighbours: waits and revocations). A writer acquires (waiting), releases
 // at once, and releases at once when revoked.
-func runRanges(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+func runRanges(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
 	var out []Result
 	n, size := cfg.RangeWriter, cfg.RangeSize
 	for _, overlap := range []bool{false, true} {
@@ -47,7 +47,7 @@ func runRanges(ctx context.Context, cfg *Config, seeds []string) ([]Result, erro
 		if err != nil {
 			return out, err
 		}
-		res := Result{Workload: "ranges", Variant: variant, System: "tokend", Clients: n, Unit: "pair",
+		res := Result{Workload: "ranges", Variant: variant, System: system, Clients: n, Unit: "pair",
 			Note: fmt.Sprintf("one token, EX on %d-byte ranges", span)}.with(&l, "acquire", "release")
 		out = append(out, res)
 	}

@@ -367,6 +367,9 @@ func (rep *Report) PrintTable(w io.Writer) error {
 			return err
 		}
 	}
+	for _, f := range rep.Skipped {
+		fmt.Fprintf(w, "skipped %s\n", f)
+	}
 	for _, f := range rep.Failures {
 		fmt.Fprintf(w, "FAILED %s\n", f)
 	}

@@ -46,6 +46,9 @@ func (r Result) with(l *loopResult, names ...string) Result {
 		// The machine may be shared: say how busy the rest of it was.
 		r.metric("others_cpu", l.others.Seconds()/l.window.Seconds(), "cores")
 	}
+	if l.window > 0 && l.server > 0 {
+		r.metric("server_cpu", l.server.Seconds()/l.window.Seconds(), "cores")
+	}
 	if l.lastErr != nil {
 		r.LastError = l.lastErr.Error()
 	}
@@ -75,12 +78,14 @@ func (r *Result) lat(of string) *Latency {
 	return nil
 }
 
-// cpuMetrics adds the window's process CPU time and operations per
-// CPU-second (process-wide: workers, clients and etcd share the process).
+// cpuMetrics adds the window's CPU time and operations per CPU-second:
+// the bench process (clients; and the servers too when they run in it)
+// plus the server processes the bench started.
 func (r *Result) cpuMetrics(l *loopResult) {
-	if l.cpu <= 0 {
+	cpu := l.cpu + l.server
+	if cpu <= 0 {
 		return
 	}
-	r.metric("cpu", l.cpu.Seconds()/max(l.window.Seconds(), 1e-9), "cores")
-	r.metric("per_cpu_s", float64(l.ops)/l.cpu.Seconds(), "ops/CPU-s")
+	r.metric("cpu", cpu.Seconds()/max(l.window.Seconds(), 1e-9), "cores")
+	r.metric("per_cpu_s", float64(l.ops)/cpu.Seconds(), "ops/CPU-s")
 }

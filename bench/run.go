@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -17,6 +18,7 @@ type Report struct {
 	Results     []Result     `json:"results"`
 	Comparisons []Comparison `json:"comparisons"`
 	Failures    []string     `json:"failures,omitempty"` // workloads that failed, and why
+	Skipped     []string     `json:"skipped,omitempty"`  // workloads that could not run here, and why
 	// Kills are the failover workload's kills, one by one.
 	Kills []Kill `json:"failover_kills,omitempty"`
 	// Goroutines before the run and after everything was closed.
@@ -74,7 +76,16 @@ func (c Config) Params() []Param {
 }
 
 // Workloads are the names Config.Only accepts, in the order Run runs them.
-var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "held", "workers", "failover", "etcd"}
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "redis", "inprocess", "held", "workers", "failover", "etcd"}
+
+// Systems of the report's rows.
+const (
+	sysTokend    = "tokend"           // tokend in its own process, Go client
+	sysTokendC   = "tokend-c"         // tokend in its own process, C client (one handle per thread)
+	sysTokendC1  = "tokend-c-shared"  // tokend in its own process, C client (one handle shared by all threads)
+	sysInProcess = "tokend-inprocess" // tokend in the bench's process (devcluster), Go client
+	sysRedis     = "redis"            // redis-server in its own process, SET NX PX + Lua compare-and-delete
+)
 
 // Run runs every workload cfg selects, in the order of Workloads, and
 // returns the report. A workload that fails is recorded in
@@ -87,7 +98,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	busy0, own0 := machineBusy(), cpuTime()
 	add := func(name string, rs []Result, err error) {
 		rep.Results = append(rep.Results, rs...)
-		if err != nil {
+		if errors.Is(err, ErrSkipped) {
+			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", name, err))
+			cfg.progress("%s skipped: %v", name, err)
+		} else if err != nil {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("%s: %v", name, err))
 			cfg.progress("%s FAILED: %v", name, err)
 		}
@@ -98,7 +112,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	tokendOnes := []struct {
 		name string
-		run  func(context.Context, *Config, []string) ([]Result, error)
+		run  func(context.Context, *Config, []string, string) ([]Result, error)
 	}{
 		{"uncontended", runUncontended},
 		{"contended", runContended},
@@ -110,15 +124,47 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		need = need || cfg.runs(w.name)
 	}
 	if need && ctx.Err() == nil {
-		cfg.progress("tokend: starting a cluster (1 worker, %d shards)", cfg.Shards)
-		cl, err := startTokend(ctx, &cfg, 1)
+		cfg.progress("tokend: starting its own process (all-in-one, %d shards)", cfg.Shards)
+		pc, err := startProcCluster(ctx, &cfg, 1)
 		if err != nil {
 			add("tokend", nil, err)
 		} else {
+			cfg.serverCPU = pc.cpu
 			for _, w := range tokendOnes {
 				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := w.run(ctx, &cfg, cl.Seeds())
+					rs, err := w.run(ctx, &cfg, pc.Seeds(), sysTokend)
 					add(w.name, rs, err)
+				}
+			}
+			for _, w := range tokendOnes[:2] {
+				if cfg.runs(w.name) && ctx.Err() == nil {
+					rs, err := runC(ctx, &cfg, pc.Seeds(), w.name)
+					add(w.name+" (C client)", rs, err)
+				}
+			}
+			cfg.serverCPU = nil
+			if err := pc.close(); err != nil {
+				add("tokend", nil, err)
+			}
+		}
+	}
+	if cfg.runs("redis") && ctx.Err() == nil {
+		rs, err := runRedis(ctx, &cfg)
+		add("redis", rs, err)
+	}
+	// The same two workloads with tokend in this process (devcluster), for
+	// comparison with earlier runs: a request then crosses goroutines, not
+	// processes.
+	if (cfg.runs("uncontended") || cfg.runs("contended")) && cfg.runs("inprocess") && ctx.Err() == nil {
+		cfg.progress("tokend in-process: starting a cluster (1 worker, %d shards)", cfg.Shards)
+		cl, err := startTokend(ctx, &cfg, 1)
+		if err != nil {
+			add("tokend in-process", nil, err)
+		} else {
+			for _, w := range tokendOnes[:2] {
+				if cfg.runs(w.name) && ctx.Err() == nil {
+					rs, err := w.run(ctx, &cfg, cl.Seeds(), sysInProcess)
+					add(w.name+" (in-process)", rs, err)
 				}
 			}
 			cl.Close()
@@ -143,6 +189,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.Comparisons = compare(&cfg, rep.Results)
 	cfg.progress("cleaning up")
+	cleanupBuilds()
 	// A closed etcd member's peer connection can outlive it by up to 5 s
 	// (see embedded/etcdtest); wait for that, not longer.
 	rep.GoroutinesAfter = settle(rep.GoroutinesBefore, 8*time.Second)

@@ -19,7 +19,7 @@ const (
 // behind the readers' grants and makes the worker revoke them, and release
 // at once. Readers that arrive while a writer waits queue behind it (FIFO:
 // the writer does not starve).
-func runShared(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+func runShared(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
 	cfg.progress("tokend shared-heavy: %d readers, %d writers", cfg.Readers, cfg.Writers)
 	n := cfg.Readers + cfg.Writers
 	cs, err := dialClients(ctx, seeds, n, revokeNotify)
@@ -67,7 +67,7 @@ func runShared(ctx context.Context, cfg *Config, seeds []string) ([]Result, erro
 		return nil, err
 	}
 	reads := l.ops - l.aux
-	res := Result{Workload: "shared-heavy", System: "tokend", Clients: n, Unit: "grant",
+	res := Result{Workload: "shared-heavy", System: system, Clients: n, Unit: "grant",
 		Note: "PR readers hold " + cfg.ReadHold.String() + "; EX writer every " + cfg.WriteEvery.String()}.with(&l, "read acquire", "write acquire")
 	res.metric("reads", float64(reads)/l.window.Seconds(), "/s")
 	res.metric("writes", float64(l.aux)/l.window.Seconds(), "/s")

@@ -50,17 +50,17 @@ func uncontended(ctx context.Context, cfg *Config, cs []*client, tag string, pro
 }
 
 // runUncontended measures the uncontended pairs with 1 and with
-// cfg.Clients clients on the cluster at seeds.
-func runUncontended(ctx context.Context, cfg *Config, seeds []string) ([]Result, error) {
+// cfg.Clients clients on the cluster at seeds; system names it in the rows.
+func runUncontended(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
 	var out []Result
 	for _, n := range dedupe(1, cfg.Clients) {
-		cfg.progress("tokend uncontended: %d clients", n)
+		cfg.progress("%s uncontended: %d clients", system, n)
 		cs, err := dialClients(ctx, seeds, n, revokeNotify)
 		if err != nil {
 			return out, err
 		}
 		var prof io.Writer
-		if n == cfg.Clients {
+		if n == cfg.Clients && system == sysTokend {
 			prof = cfg.CPUProfile
 		}
 		l, err := uncontended(ctx, cfg, cs, fmt.Sprint(n), prof)
@@ -68,7 +68,7 @@ func runUncontended(ctx context.Context, cfg *Config, seeds []string) ([]Result,
 		if err != nil {
 			return out, err
 		}
-		res := Result{Workload: "uncontended", System: "tokend", Clients: n, Unit: "pair",
+		res := Result{Workload: "uncontended", System: system, Clients: n, Unit: "pair",
 			Note: "own token per client, EX, acquire+release"}.with(&l, "acquire", "release", "pair")
 		res.metric("ops", 2*l.rate(), "requests/s")
 		res.cpuMetrics(&l)

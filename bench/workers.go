@@ -6,27 +6,30 @@ import (
 )
 
 // runWorkers measures the uncontended pairs of cfg.Clients clients on
-// clusters of each size in cfg.WorkerSets, started one after the other.
-// Tokens spread over the shards, hence over the workers. Ops per
-// CPU-second divide by the CPU time of the whole process (getrusage):
-// workers, clients, coordinator and etcd share it.
+// clusters of each size in cfg.WorkerSets, started one after the other:
+// an all-in-one tokend process and n-1 "tokend worker" processes. Tokens
+// spread over the shards, hence over the workers. Ops per CPU-second
+// divide by the CPU time of the bench (the clients) plus every tokend
+// process (workers, coordinator, etcd).
 func runWorkers(ctx context.Context, cfg *Config) ([]Result, error) {
 	var out []Result
 	for _, n := range cfg.WorkerSets {
 		cfg.progress("workers: %d, %d clients", n, cfg.Clients)
-		cl, err := startTokend(ctx, cfg, n)
+		pc, err := startProcCluster(ctx, cfg, n)
 		if err != nil {
 			return out, err
 		}
+		cfg.serverCPU = pc.cpu
 		l, err := func() (loopResult, error) {
-			cs, err := dialClients(ctx, cl.Seeds(), cfg.Clients, revokeNotify)
+			cs, err := dialClients(ctx, pc.Seeds(), cfg.Clients, revokeNotify)
 			if err != nil {
 				return loopResult{}, err
 			}
 			defer closeClients(cs)
 			return uncontended(ctx, cfg, cs, fmt.Sprintf("w%d", n), nil)
 		}()
-		cl.Close()
+		cfg.serverCPU = nil
+		pc.close()
 		if err != nil {
 			return out, err
 		}
@@ -34,8 +37,8 @@ func runWorkers(ctx context.Context, cfg *Config) ([]Result, error) {
 		if n == 1 {
 			variant = "1 worker"
 		}
-		res := Result{Workload: "workers", Variant: variant, System: "tokend",
-			Clients: cfg.Clients, Unit: "pair", Note: "uncontended; CPU is the whole process"}.with(&l, "acquire", "release", "pair")
+		res := Result{Workload: "workers", Variant: variant, System: sysTokend,
+			Clients: cfg.Clients, Unit: "pair", Note: "uncontended; CPU is the bench's clients plus the tokend processes"}.with(&l, "acquire", "release", "pair")
 		res.metric("ops", 2*l.rate(), "requests/s")
 		res.cpuMetrics(&l)
 		out = append(out, res)
