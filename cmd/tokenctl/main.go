@@ -7,6 +7,7 @@
 //	tokenctl status                 leader, config, workers, shards and sessions (from etcd)
 //	tokenctl drain WORKER-ID        move a worker's shards away by planned handoffs (and wait)
 //	tokenctl undrain WORKER-ID      let the leader give it shards again
+//	tokenctl health [URL]           is the local (or named) tokend ready? For container health checks
 //
 // Exit codes: 0 success (with a command: the command's status), 1 error
 // (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
@@ -47,6 +48,7 @@ const usageText = `Usage:
   tokenctl status [flags]         show the leader, config, workers, shards and sessions
   tokenctl drain [flags] ID       move worker ID's shards to the others by planned handoffs, wait until done
   tokenctl undrain [flags] ID     withdraw a drain: the leader may give worker ID shards again
+  tokenctl health [flags] [URL]   exit 0 if a tokend's /readyz (default 127.0.0.1:7780) answers 200
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
 status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
 ran out), 4 lost while held (the command was stopped).
@@ -70,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdDrain(ctx, args, stdout, stderr)
 	case "undrain":
 		err = cmdUndrain(ctx, args, stdout, stderr)
+	case "health":
+		err = cmdHealth(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
