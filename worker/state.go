@@ -417,7 +417,7 @@ func (w *Worker) apply(ob *outbox, shard uint32, st *shardState, outs []table.Ou
 }
 
 func (w *Worker) replyOut(ob *outbox, shard uint32, st *shardState, o *table.Output, rq *reqCtx) {
-	s, status := rq.s, wire.Status(o.Status)
+	s, status := rq.s, o.Status
 	rh := rq.h.Reply()
 	rh.Status, rh.MapVersion = status, w.dmap.Version
 	pkt := w.encodeOutcome(rh, o, validity(ob.safe, ob.stamp))
@@ -453,7 +453,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		return
 	}
 	c, isCached := s.core.Entry(o.Req)
-	status := wire.Status(o.Status)
+	status := o.Status
 	typ := wire.TypeAcquire
 	if isCached {
 		typ = c.Type

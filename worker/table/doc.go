@@ -10,8 +10,7 @@
 // calls Tick(now, out) when NextDeadline says so. now is the shell's
 // monotonic clock in nanoseconds, stamped when the datagram arrived; it is
 // the only notion of time in here. The table imports only the standard
-// library and wire (for wire.Mode); Status values equal the wire status
-// codes.
+// library and wire, for its modes and status codes (Status is wire.Status).
 //
 // # Rules
 //

@@ -119,57 +119,27 @@ type Input struct {
 	Value    []byte // at most MaxValueLen bytes
 }
 
-// Status is the outcome of a request. Its numeric values are the wire status
-// codes of the protocol brief, so the shell converts with a plain cast; the
-// table never produces the codes that only the shell knows (NOT_OWNER,
-// STALE_EPOCH, UNKNOWN_SESSION, UNAVAILABLE, SESSION_EXPIRED, INTERNAL).
-type Status uint8
+// Status is the outcome of a request: the wire status code itself, so the
+// shell sends it as it is. The table produces only the codes below, never
+// those that only the shell knows (NOT_OWNER, STALE_EPOCH, UNKNOWN_SESSION,
+// UNAVAILABLE, SESSION_EXPIRED, INTERNAL).
+type Status = wire.Status
 
-// Statuses (wire codes in parentheses).
+// The statuses the table produces.
 const (
-	StatusOK             Status = 0  // (0 OK) granted, released, converted, canceled
-	StatusQueued         Status = 1  // (1 QUEUED) waiting; a KindAsync output ends the wait
-	StatusConflict       Status = 2  // (2 CONFLICT) a TRY request would have had to wait
-	StatusTimeout        Status = 3  // (3 TIMEOUT) the deadline passed while waiting
-	StatusGrace          Status = 7  // (7 GRACE) the shard is recovering: only reclaims now
-	StatusBadRequest     Status = 9  // (9 BAD_REQUEST) malformed or not allowed in this state
-	StatusNotHeld        Status = 10 // (10 NOT_HELD) no such grant (or request) for this session
-	StatusLimit          Status = 11 // (11 LIMIT) too many waiters on the token or grants in the session
-	StatusReclaimRefused Status = 12 // (12 RECLAIM_REFUSED) not in grace, or conflicts with reclaimed grants
-	StatusCanceled       Status = 13 // (13 CANCELED) a queued request was canceled or its grant released
-	StatusExhausted      Status = 14 // (14 EXHAUSTED) no fence left in this epoch
-	StatusDeadlock       Status = 16 // (16 DEADLOCK) the request would wait in a wait-for cycle: it was chosen to fail
+	StatusOK             = wire.StatusOK             // granted, released, converted, canceled
+	StatusQueued         = wire.StatusQueued         // waiting; a KindAsync output ends the wait
+	StatusConflict       = wire.StatusConflict       // a TRY request would have had to wait
+	StatusTimeout        = wire.StatusTimeout        // the deadline passed while waiting
+	StatusGrace          = wire.StatusGrace          // the shard is recovering: only reclaims now
+	StatusBadRequest     = wire.StatusBadRequest     // malformed or not allowed in this state
+	StatusNotHeld        = wire.StatusNotHeld        // no such grant (or request) for this session
+	StatusLimit          = wire.StatusLimit          // too many waiters on the token or grants in the session
+	StatusReclaimRefused = wire.StatusReclaimRefused // not in grace, or conflicts with reclaimed grants
+	StatusCanceled       = wire.StatusCanceled       // a queued request was canceled or its grant released
+	StatusExhausted      = wire.StatusExhausted      // no fence left in this epoch
+	StatusDeadlock       = wire.StatusDeadlock       // the request would wait in a wait-for cycle: it was chosen to fail
 )
-
-func (s Status) String() string {
-	switch s {
-	case StatusOK:
-		return "OK"
-	case StatusQueued:
-		return "Queued"
-	case StatusConflict:
-		return "Conflict"
-	case StatusTimeout:
-		return "Timeout"
-	case StatusGrace:
-		return "Grace"
-	case StatusBadRequest:
-		return "BadRequest"
-	case StatusNotHeld:
-		return "NotHeld"
-	case StatusLimit:
-		return "Limit"
-	case StatusReclaimRefused:
-		return "ReclaimRefused"
-	case StatusCanceled:
-		return "Canceled"
-	case StatusExhausted:
-		return "Exhausted"
-	case StatusDeadlock:
-		return "Deadlock"
-	}
-	return fmt.Sprintf("Status(%d)", uint8(s))
-}
 
 // Kind says what an Output is.
 type Kind uint8
