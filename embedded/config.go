@@ -228,7 +228,10 @@ func (c *Config) validateInitialCluster() error {
 
 // checkURL accepts exactly http://host:port where host is an IP address
 // or localhost and port is 1-65535. Only a listen URL may have an
-// unspecified host (0.0.0.0, ::).
+// unspecified host (0.0.0.0, ::). An advertised URL may also name its host
+// by DNS (server-0.tokend-server.ns.svc in a Kubernetes StatefulSet,
+// server1 in compose): etcd resolves it when it connects, and a listen
+// URL, which etcd must bind, takes an address.
 func checkURL(field, s string, listen bool) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -246,10 +249,12 @@ func checkURL(field, s string, listen bool) (*url.URL, error) {
 	}
 	if host != "localhost" {
 		ip := net.ParseIP(host)
-		if ip == nil {
-			return nil, badConfig("%s %q: host must be an IP address or localhost", field, s)
-		}
-		if ip.IsUnspecified() && !listen {
+		switch {
+		case ip == nil && listen:
+			return nil, badConfig("%s %q: host must be an IP address or localhost: the member binds it (a DNS name may be advertised, with ListenPeerURLs or ListenClientURLs to listen on)", field, s)
+		case ip == nil && !dnsName(host):
+			return nil, badConfig("%s %q: host must be an IP address, localhost or a DNS name", field, s)
+		case ip != nil && ip.IsUnspecified() && !listen:
 			return nil, badConfig("%s %q: host must be a specific address: the URL is advertised (listen on 0.0.0.0 with ListenPeerURLs or ListenClientURLs)", field, s)
 		}
 	}
@@ -257,4 +262,24 @@ func checkURL(field, s string, listen bool) (*url.URL, error) {
 		return nil, badConfig("%s %q: port must be 1-65535", field, s)
 	}
 	return u, nil
+}
+
+// dnsName reports whether host is a DNS name: dot-separated labels of
+// letters, digits and inner hyphens, 1-63 bytes each, 253 in all.
+func dnsName(host string) bool {
+	host = strings.TrimSuffix(host, ".")
+	if host == "" || len(host) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(host, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
