@@ -67,6 +67,7 @@ var classes = map[string]string{
 	"wire/...":              product,
 	"worker/...":            product,
 	"chaos/...":             testInfra,
+	"deploy":                testInfra, // checks of deploy/: Docker, systemd, Kubernetes, Prometheus
 	"clientlib/ctest":       testInfra,
 	"cmd/tokend-faultproxy": testInfra, // the fault proxy as a process, for tests and demos
 	"devcluster":            testInfra,

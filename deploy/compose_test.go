@@ -1,0 +1,212 @@
+package deploy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/cluster"
+)
+
+// TestCompose is the acceptance test of issue 15's first part, as a user
+// runs it: make -C deploy images, then docker-compose up with three
+// servers and three workers on a bridge network that the test creates
+// (and removes, with its volumes, in Cleanup). It waits until
+// "exec server1 tokenctl status" shows a leader and three workers serving
+// every shard, checks etcd's member list (three started members named
+// server1-3, with a leader), that each worker registered its container
+// address, and takes a token from another container ("run --rm tokenctl
+// acquire", resolving the service name worker) and with tokend-lock. Every
+// address it sends to is on the test's own network. It needs root, docker
+// and docker-compose, and skips without them.
+func TestCompose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the Docker acceptance test builds an image and runs six containers")
+	}
+	needTools(t, "docker", "docker-compose", "make", "go")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run Docker")
+	}
+	if _, err := runCmd(t, 20*time.Second, "", true, "docker", "info"); err != nil {
+		t.Skipf("docker is not usable: %v", err)
+	}
+	dir := deployDir()
+	image := "tokend:" + cluster.Version
+
+	start := time.Now()
+	runCmd(t, 5*time.Minute, dir, false, "make", "-s", "images")
+	t.Logf("make images: %v", time.Since(start).Round(100*time.Millisecond))
+	out, _ := runCmd(t, 20*time.Second, "", false, "docker", "image", "inspect", "-f", "{{.Config.User}} {{.Size}} {{index .Config.Volumes \"/var/lib/tokend\"}}", image)
+	var user, size, vol string
+	if f := strings.Fields(out); len(f) == 3 {
+		user, size, vol = f[0], f[1], f[2]
+	}
+	t.Logf("%s: %s bytes, USER %s", image, size, user)
+	if user != "10001:10001" || vol != "{}" {
+		t.Errorf("image %s: USER %q, volume /var/lib/tokend %q; want a numeric non-root user and the volume", image, user, vol)
+	}
+
+	var b [4]byte
+	rand.Read(b[:])
+	project := "tokendtest" + hex.EncodeToString(b[:])
+	compose := func(timeout time.Duration, mayFail bool, args ...string) (string, error) {
+		t.Helper()
+		return runCmd(t, timeout, dir, mayFail, "docker-compose", append([]string{"-p", project, "-f", "compose.yaml"}, args...)...)
+	}
+	t.Cleanup(func() {
+		// -t 5: SIGKILL a draining worker after 5 s; nothing is kept.
+		if _, err := compose(2*time.Minute, true, "down", "-v", "--remove-orphans", "-t", "5"); err != nil {
+			t.Error(err)
+		}
+		// Whatever down missed (a one-off container, say), by the
+		// project's label: no container, network or volume stays.
+		label := "label=com.docker.compose.project=" + project
+		for _, kind := range [][]string{{"container", "ls", "-aq"}, {"network", "ls", "-q"}, {"volume", "ls", "-q"}} {
+			out, _ := runCmd(t, 20*time.Second, "", true, "docker", append(kind, "--filter", label)...)
+			if ids := strings.Fields(out); len(ids) > 0 {
+				t.Errorf("left behind by down: %s %v; removing", kind[0], ids)
+				rm := []string{kind[0], "rm"}
+				if kind[0] == "container" {
+					rm = append(rm, "-f", "-v")
+				}
+				runCmd(t, time.Minute, "", true, "docker", append(rm, ids...)...)
+			}
+		}
+	})
+
+	start = time.Now()
+	compose(2*time.Minute, false, "up", "-d", "--scale", "worker=3")
+
+	// tokenctl status, from inside server1, until the cluster is whole.
+	var st struct {
+		Leader *struct {
+			Name string `json:"name"`
+		} `json:"leader"`
+		Config *struct {
+			Shards int `json:"shards"`
+		} `json:"config"`
+		Unowned int `json:"unowned_shards"`
+		Workers []struct {
+			ID     string `json:"id"`
+			UDP    string `json:"udp"`
+			Shards int    `json:"shards"`
+		} `json:"workers"`
+	}
+	whole := func() bool {
+		if st.Leader == nil || st.Config == nil || len(st.Workers) != 3 || st.Unowned != 0 {
+			return false
+		}
+		n := 0
+		for _, w := range st.Workers {
+			n += w.Shards
+		}
+		return n == st.Config.Shards
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, err := compose(20*time.Second, true, "exec", "-T", "server1", "tokenctl", "status", "-o", "json")
+		if err == nil {
+			st.Leader, st.Config, st.Workers = nil, nil, nil
+			if jerr := json.Unmarshal([]byte(out), &st); jerr == nil && whole() {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			logs, _ := compose(30*time.Second, true, "logs", "--tail", "20")
+			t.Fatalf("no leader and three workers serving every shard after 90 s; last status: %s %v\n%s", out, err, logs)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("cluster whole %v after up: leader %s, workers %d", time.Since(start).Round(100*time.Millisecond), st.Leader.Name, len(st.Workers))
+	text, _ := compose(20*time.Second, false, "exec", "-T", "server1", "tokenctl", "status")
+	t.Logf("exec server1 tokenctl status:\n%s", text)
+
+	// Three etcd members, one per server, with a leader. Asked at server1's
+	// address on the test's network.
+	server1 := containerIP(t, compose)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{netip.AddrPortFrom(server1, 2379).String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ml, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range ml.Members {
+		names = append(names, m.Name)
+		if want := "http://" + m.Name + ":2380"; len(m.PeerURLs) != 1 || m.PeerURLs[0] != want || m.IsLearner {
+			t.Errorf("etcd member %s: peer URLs %v, learner %v; want [%s], a voter", m.Name, m.PeerURLs, m.IsLearner, want)
+		}
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"server1", "server2", "server3"}) {
+		t.Errorf("etcd members %v, want server1, server2, server3", names)
+	}
+	es, err := cli.Status(ctx, cli.Endpoints()[0])
+	if err != nil || es.Leader == 0 {
+		t.Errorf("etcd status at server1: %v, leader %v", err, es)
+	}
+
+	// Each worker registered its own container address on the network,
+	// port 7700: reachable from the other containers.
+	var workerAddr string
+	for _, w := range st.Workers {
+		ap, err := netip.ParseAddrPort(w.UDP)
+		if err != nil || ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() || ap.Port() != 7700 ||
+			!netip.PrefixFrom(server1, 16).Masked().Contains(ap.Addr()) {
+			t.Errorf("worker %s registered %q: want its container address on the compose network, port 7700", w.ID, w.UDP)
+		}
+		workerAddr = w.UDP
+	}
+
+	// A token, from a container of its own, through the service name.
+	out, _ = compose(time.Minute, false, "run", "--rm", "-T", "tokenctl", "acquire", "--wait", "10s", "--for", "100ms", "deploy-acceptance")
+	if !strings.Contains(out, "acquired deploy-acceptance") || !strings.Contains(out, "released deploy-acceptance") {
+		t.Errorf("run --rm tokenctl acquire: %s", out)
+	}
+	// tokend-lock, static, with a numeric address (it has no name service
+	// in the image), running a command while the token is held.
+	if _, err := os.Stat(filepath.Join(dir, "build", "rootfs", "usr", "local", "bin", "tokend-lock")); err == nil {
+		out, _ = compose(time.Minute, false, "exec", "-T", "worker", "tokend-lock", "-s", workerAddr, "deploy-lock", "/usr/local/bin/tokend", "version")
+		if !strings.Contains(out, "tokend "+cluster.Version) {
+			t.Errorf("tokend-lock in a worker container: %s", out)
+		}
+	} else {
+		t.Log("tokend-lock is not in the image (no static C library)")
+	}
+	// The health check the compose file uses, across containers.
+	for _, s := range []string{"server2", "server3"} {
+		compose(20*time.Second, false, "exec", "-T", "server1", "tokenctl", "health", "http://"+s+":7780/readyz")
+	}
+}
+
+// containerIP returns server1's address on the compose network.
+func containerIP(t *testing.T, compose func(time.Duration, bool, ...string) (string, error)) netip.Addr {
+	t.Helper()
+	id, _ := compose(20*time.Second, false, "ps", "-q", "server1")
+	out, _ := runCmd(t, 20*time.Second, "", false, "docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", strings.TrimSpace(id))
+	f := strings.Fields(out)
+	if len(f) != 1 {
+		t.Fatalf("server1 is on %d networks (%q), want the project's one", len(f), out)
+	}
+	a, err := netip.ParseAddr(f[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
