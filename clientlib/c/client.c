@@ -183,7 +183,9 @@ static int wait_req(struct tokend_client *c, struct req *r, int64_t deadline, in
 		}
 		if (now >= r->next_send)
 			req_send(c, r, now);
-		timed_wait(&r->cond, &c->mu, r->next_send < deadline ? r->next_send : deadline);
+		int64_t until = r->next_send < deadline ? r->next_send : deadline;
+		if (!reader_wait(c, r, until)) /* the reply may come to this thread */
+			timed_wait(&r->cond, &c->mu, until);
 	}
 }
 
@@ -413,6 +415,14 @@ static void destroy(struct tokend_client *c)
 		close(c->wake[0]);
 	if (c->wake[1] >= 0)
 		close(c->wake[1]);
+	if (c->app_ep >= 0)
+		close(c->app_ep);
+	if (c->bg_ep >= 0)
+		close(c->bg_ep);
+	if (c->rwake[0] >= 0)
+		close(c->rwake[0]);
+	if (c->rwake[1] >= 0)
+		close(c->rwake[1]);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
@@ -445,6 +455,7 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 	if (!c)
 		return TOKEND_ENOMEM;
 	c->fd = c->wake[0] = c->wake[1] = -1;
+	c->app_ep = c->bg_ep = c->rwake[0] = c->rwake[1] = -1;
 	if (pthread_mutex_init(&c->mu, NULL) != 0) {
 		free(c);
 		return TOKEND_ESYS;
@@ -473,6 +484,7 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 		rc = TOKEND_ESYS;
 		goto fail;
 	}
+	(void)reader_init(c); /* without it, replies pass through the background thread */
 	c->seeds = calloc(opts->nseeds, sizeof *c->seeds);
 	if (!c->seeds) {
 		rc = TOKEND_ENOMEM;
@@ -561,6 +573,7 @@ int tokend_close(tokend_client *c)
 	for (struct req *r = c->reqs; r; r = r->next)
 		if (r->owner == OWN_SYNC && r->has_cond)
 			pthread_cond_signal(&r->cond);
+	reader_wake(c);
 	pthread_cond_broadcast(&c->cond);
 	while (c->active > 0)
 		timed_wait(&c->cond, &c->mu, tkn_now() + 100 * NS_PER_MS);

@@ -3,15 +3,21 @@
  * replies, grants and their validity, revocations, keepalives, the shard map,
  * and the background thread that receives datagrams and runs the timers.
  *
- * Every function here runs with c->mu held (the thread loop and the event
- * dispatch release it around poll() and the callbacks). Section numbers
- * ("SPEC 13") refer to wire/SPEC.md.
+ * Every function here runs with c->mu held (the thread loop, the event
+ * dispatch and reader_wait release it around poll()/epoll_wait() and the
+ * callbacks). Section numbers ("SPEC 13") refer to wire/SPEC.md.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
 #include <errno.h>
 #include <poll.h>
+#if defined(__linux__)
+#include <sys/epoll.h>
+#if defined(EPOLLEXCLUSIVE)
+#define TKN_EPOLL 1
+#endif
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,10 +101,12 @@ int status_to_result(int st)
 	}
 }
 
-static void signal_req(struct req *r)
+static void signal_req(struct tokend_client *c, struct req *r)
 {
 	if (r->owner == OWN_SYNC && r->has_cond)
 		pthread_cond_signal(&r->cond);
+	if (c->reading == r)
+		reader_wake(c); /* its thread waits in epoll_wait, not on r->cond */
 }
 
 /* ------------------------------------------------------------ events */
@@ -258,7 +266,7 @@ void req_complete(struct tokend_client *c, struct req *r, int result)
 		r->target = NULL;
 	}
 	if (r->owner == OWN_SYNC)
-		signal_req(r);
+		signal_req(c, r);
 	else
 		req_free(r);
 }
@@ -1250,7 +1258,7 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		/* no more fast retransmission: re-poll every 500 ms (SPEC 12) */
 		r->queued = 1;
 		r->next_send = now + QUEUED_POLL_NS;
-		signal_req(r);
+		signal_req(c, r);
 		return;
 	}
 	if (tkw_status_retryable(st)) {
@@ -1260,7 +1268,7 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 			map_refresh(c, now);
 		r->queued = 0;
 		backoff(c, r, now);
-		signal_req(r);
+		signal_req(c, r);
 		return;
 	}
 	r->final_status = st;
@@ -1596,7 +1604,7 @@ static void after_map_change(struct tokend_client *c, int64_t now)
 			r->rto = c->rto0;
 			if (!r->queued || r->epoch != ep)
 				r->next_send = now;
-			signal_req(r);
+			signal_req(c, r);
 		}
 	}
 	for (struct group *g = c->groups; g; g = g->next) {
@@ -1794,6 +1802,153 @@ static void check_lost(struct tokend_client *c, int64_t now)
 
 /* ------------------------------------------------------------ the thread */
 
+/* Read what the socket holds (up to 64 datagrams) and act on it. */
+static void receive(struct tokend_client *c, int64_t now)
+{
+	for (int i = 0; i < 64 && !c->stopping; i++) {
+		struct tkn_addr src;
+		memset(&src, 0, sizeof src);
+		src.len = sizeof src.sa;
+		ssize_t n = recvfrom(c->fd, c->rxbuf, sizeof c->rxbuf, 0, (struct sockaddr *)&src.sa, &src.len);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				break;
+			continue; /* ECONNREFUSED and the like: ICMP for an earlier send */
+		}
+		/* rxbuf is larger than any valid datagram: an oversized one is
+		 * seen as such and rejected (SPEC 2) */
+		on_datagram(c, c->rxbuf, (size_t)n, &src, now);
+	}
+}
+
+#if defined(TKN_EPOLL)
+static int ep_add(int ep, int fd, uint32_t events)
+{
+	struct epoll_event ev;
+	memset(&ev, 0, sizeof ev);
+	ev.events = events;
+	ev.data.fd = fd;
+	return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void drain(int fd)
+{
+	char buf[64];
+	while (read(fd, buf, sizeof buf) > 0) {
+	}
+}
+#endif
+
+/*
+ * Set up the two epoll sets (see struct tokend_client): before the
+ * background thread starts. Returns 0, or -1 if there is no epoll (then
+ * every datagram goes through the background thread, as with poll()).
+ */
+int reader_init(struct tokend_client *c)
+{
+#if defined(TKN_EPOLL)
+	/* The order matters: a datagram wakes the first exclusive waiter of
+	 * the socket's wait queue that has a thread waiting, and the sets are
+	 * queued in the order they are added. The waiting thread's first. */
+	if (tkn_pipe(c->rwake) != 0) {
+		c->rwake[0] = c->rwake[1] = -1;
+		return -1;
+	}
+	c->app_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (c->app_ep >= 0 && ep_add(c->app_ep, c->fd, EPOLLIN | EPOLLEXCLUSIVE) == 0 &&
+	    ep_add(c->app_ep, c->rwake[0], EPOLLIN) == 0) {
+		c->bg_ep = epoll_create1(EPOLL_CLOEXEC);
+		if (c->bg_ep >= 0 && ep_add(c->bg_ep, c->fd, EPOLLIN | EPOLLEXCLUSIVE) == 0 &&
+		    ep_add(c->bg_ep, c->wake[0], EPOLLIN) == 0)
+			return 0;
+	}
+	if (c->app_ep >= 0)
+		close(c->app_ep);
+	if (c->bg_ep >= 0)
+		close(c->bg_ep);
+	c->app_ep = c->bg_ep = -1;
+	return -1;
+#else
+	(void)c;
+	return -1;
+#endif
+}
+
+/* Interrupt the thread waiting in reader_wait, if any. */
+void reader_wake(struct tokend_client *c)
+{
+	char b = 1;
+	if (c->rwake[1] >= 0 && write(c->rwake[1], &b, 1) < 0) {
+		/* full pipe: it wakes anyway */
+	}
+}
+
+/*
+ * After a thread other than the background one acted on datagrams: the
+ * background thread sleeps until c->bg_sleep_until with timers computed
+ * before; wake it if something now needs it sooner (callbacks to run, a
+ * map to install, a keepalive, a jeopardy or loss check, a retransmission).
+ */
+static void after_receive(struct tokend_client *c, int64_t now)
+{
+	check_lost(c, now);
+	int64_t w = c->bg_sleep_until;
+	if (w == 0)
+		return; /* awake: it looks at everything before it sleeps again */
+	int wake = c->ev_head || c->mf.ready || (c->sstate == S_OPEN && c->ka_next < w) || c->next_lost_check < w;
+	for (struct req *q = c->reqs; q && !wake; q = q->next)
+		if (q->owner == OWN_ASYNC && !q->abandoned && !q->done && q->next_send < w)
+			wake = 1;
+	if (wake)
+		wake_bg(c);
+}
+
+/*
+ * Wait until `until` at the latest for something to happen to sync request
+ * r, reading the socket in this thread: a reply arrives here without
+ * passing through the background thread. Only while this is the handle's
+ * only call in progress (one thread per handle, the common case: a shared
+ * handle's replies would mostly be other threads', each a wake-up from
+ * here instead of from the background thread); returns 0 without waiting
+ * otherwise (or without epoll): then the caller waits on r->cond. Returns
+ * 1 after it waited.
+ */
+int reader_wait(struct tokend_client *c, struct req *r, int64_t until)
+{
+#if defined(TKN_EPOLL)
+	if (c->app_ep < 0 || c->reading || c->active > 1 || c->stopping || c->closing)
+		return 0; /* with other calls in progress, the replies are mostly theirs */
+	int64_t d = until - tkn_now();
+	if (d > 1000 * NS_PER_MS)
+		d = 1000 * NS_PER_MS;
+	int timeout = d <= 0 ? 0 : (int)((d + NS_PER_MS - 1) / NS_PER_MS);
+	struct epoll_event ev[2];
+	c->reading = r;
+	pthread_mutex_unlock(&c->mu);
+	int n = epoll_wait(c->app_ep, ev, 2, timeout);
+	pthread_mutex_lock(&c->mu);
+	c->reading = NULL;
+	int sock = 0;
+	for (int i = 0; i < n; i++) {
+		if (ev[i].data.fd == c->fd)
+			sock = 1;
+		else
+			drain(c->rwake[0]);
+	}
+	if (sock && !c->stopping) {
+		int64_t now = tkn_now();
+		receive(c, now);
+		after_receive(c, now);
+	}
+	return 1;
+#else
+	(void)c;
+	(void)r;
+	(void)until;
+	return 0;
+#endif
+}
+
 void *bg_main(void *arg)
 {
 	struct tokend_client *c = arg;
@@ -1829,6 +1984,26 @@ void *bg_main(void *arg)
 
 		int64_t d = wake - now;
 		int timeout = d <= 0 ? 0 : (int)((d + NS_PER_MS - 1) / NS_PER_MS);
+#if defined(TKN_EPOLL)
+		if (c->bg_ep >= 0) {
+			struct epoll_event ev[2];
+			c->bg_sleep_until = wake; /* exactly: see after_receive */
+			pthread_mutex_unlock(&c->mu);
+			int n = epoll_wait(c->bg_ep, ev, 2, timeout);
+			pthread_mutex_lock(&c->mu);
+			c->bg_sleep_until = 0;
+			int sock = 0;
+			for (int i = 0; i < n; i++) {
+				if (ev[i].data.fd == c->fd)
+					sock = 1;
+				else
+					drain(c->wake[0]);
+			}
+			if (sock)
+				receive(c, tkn_now());
+			continue;
+		}
+#endif
 		struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
 		pthread_mutex_unlock(&c->mu);
 		int pr = poll(p, 2, timeout);
@@ -1840,24 +2015,8 @@ void *bg_main(void *arg)
 			while (read(c->wake[0], buf, sizeof buf) > 0) {
 			}
 		}
-		if (p[0].revents & (POLLIN | POLLERR)) {
-			now = tkn_now();
-			for (int i = 0; i < 64 && !c->stopping; i++) {
-				struct tkn_addr src;
-				memset(&src, 0, sizeof src);
-				src.len = sizeof src.sa;
-				ssize_t n = recvfrom(c->fd, c->rxbuf, sizeof c->rxbuf, 0, (struct sockaddr *)&src.sa,
-						     &src.len);
-				if (n < 0) {
-					if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-						break;
-					continue; /* ECONNREFUSED and the like: ICMP for an earlier send */
-				}
-				/* rxbuf is larger than any valid datagram: an oversized one is
-				 * seen as such and rejected (SPEC 2) */
-				on_datagram(c, c->rxbuf, (size_t)n, &src, now);
-			}
-		}
+		if (p[0].revents & (POLLIN | POLLERR))
+			receive(c, tkn_now());
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;

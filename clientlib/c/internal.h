@@ -265,6 +265,20 @@ struct tokend_client {
 	int ntried;
 	char errmsg[256]; /* tokend_last_error */
 
+	/*
+	 * The reply goes to the thread that waits for it (Linux): a thread
+	 * waiting in wait_req reads the socket itself (reader_wait in
+	 * engine.c) instead of being woken by the background thread, which
+	 * saves a thread switch per request. Two epoll sets hold the socket
+	 * with EPOLLEXCLUSIVE, the waiting thread's registered first, so a
+	 * datagram wakes the waiting thread if there is one and the
+	 * background thread only if not. -1 where there is no epoll.
+	 */
+	int app_ep, bg_ep;   /* read-only after connect */
+	int rwake[2];        /* wakes the reading thread; read-only after connect */
+	struct req *reading; /* the request whose thread waits in app_ep, or NULL */
+	int64_t bg_sleep_until; /* the background thread sleeps until then; 0 while it is awake */
+
 	struct tkw_msg tx;  /* scratch for building datagrams */
 	struct tkw_msg aux; /* scratch for re-reading our own datagrams */
 	struct tkw_msg rx;  /* the background thread's decode buffer */
@@ -293,6 +307,9 @@ void grant_view(struct tokend_client *c, struct grant_rec *g, int64_t now, token
 int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64_t *left);
 void session_reset(struct tokend_client *c);
 void *bg_main(void *arg);
+int reader_init(struct tokend_client *c);
+int reader_wait(struct tokend_client *c, struct req *r, int64_t until); /* 1 = waited (see engine.c) */
+void reader_wake(struct tokend_client *c);
 void tried_format(struct tokend_client *c, uint8_t type, char *buf, size_t cap);
 int status_to_result(int wire_status);
 int64_t fresh_ns(struct tokend_client *c);
