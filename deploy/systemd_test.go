@@ -128,10 +128,10 @@ func TestSystemdUnits(t *testing.T) {
 				want[k] = v
 			}
 			for k, v := range want {
-				// The last assignment wins, but a filter list accumulates.
+				// The last assignment wins, but filters and files accumulate.
 				got := svc[k]
 				ok := len(got) > 0 && got[len(got)-1] == v
-				if k == "SystemCallFilter" {
+				if k == "SystemCallFilter" || k == "EnvironmentFile" {
 					ok = slices.Contains(got, v)
 				}
 				if !ok {
