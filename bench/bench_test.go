@@ -157,7 +157,10 @@ func TestReportRendering(t *testing.T) {
 	cfg := QuickConfig()
 	rs := []Result{
 		{Workload: "echo", System: "udp-echo", Clients: 1, Count: 1, Rate: 40000, Latencies: []NamedLatency{{Of: "round trip", Latency: Latency{P50: 20, P99: 40, P999: 60}}}},
-		{Workload: "echo", System: "udp-echo", Clients: 16, Count: 1, Rate: 80000, Latencies: lat(100)},
+		{Workload: "echo", System: "udp-echo", Clients: 16, Count: 1, Rate: 64000, Latencies: lat(100)},
+		{Workload: "uncontended", System: sysTokendC, Clients: 16, Count: 1, Rate: 27000, Latencies: lat(300)},
+		{Workload: "uncontended", System: sysRedis, Clients: 16, Count: 1, Rate: 12000, Latencies: lat(400)},
+		{Workload: "contended", Variant: "retry every 1ms", System: sysRedis, Clients: 16, Count: 1, Rate: 900, Latencies: lat(9000)},
 		{Workload: "uncontended", System: "tokend", Clients: 1, Count: 1, Rate: 10000, Latencies: lat(28)},
 		{Workload: "uncontended", System: "tokend", Clients: 16, Count: 1, Rate: 30000, Latencies: lat(250)},
 		{Workload: "uncontended", System: "etcd-3", Clients: 16, Count: 1, Rate: 500, Latencies: lat(9000)},
@@ -170,7 +173,10 @@ func TestReportRendering(t *testing.T) {
 	want := map[string]bool{ // comparison -> met
 		"uncontended pairs/s, tokend / etcd-3 Mutex":            true,  // 60x
 		"contended handoffs/s, tokend / etcd-3 Mutex":           false, // 10x < 50x
-		"uncontended requests/s as % of UDP echo, 16 in flight": true,  // 75%
+		"uncontended requests/s as % of UDP echo, 16 in flight": true,  // 94%
+		"uncontended pairs/s, tokend / Redis, 16 clients":       false, // 2.5x < 3x
+		"contended handoffs/s, tokend":                          false, // 1,500 < 25,000
+		"uncontended pairs/s, C client / Go client, 16 clients": true,  // info only
 		"acquire p50 / echo p50, 1 in flight":                   true,  // 1.4x
 		"worker heap per held token at 1M":                      true,  // 170 B
 		"uncontended pairs/s change from 1k held to largest":    true,  // -10%
@@ -185,7 +191,7 @@ func TestReportRendering(t *testing.T) {
 		switch {
 		case !ok:
 			t.Errorf("comparison %q missing; have %v", name, rep.Comparisons)
-		case name == "uncontended requests/s as % of UDP echo, 1 in flight":
+		case name == "uncontended requests/s as % of UDP echo, 1 in flight" || strings.Contains(name, "C client / Go client"):
 			if m != nil {
 				t.Errorf("%q should be for information", name)
 			}
@@ -203,7 +209,7 @@ func TestReportRendering(t *testing.T) {
 	if err := rep.WriteSVG(&svg); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"etcd-3", "MISSED", "met"} {
+	for _, s := range []string{"etcd-3", "MISSED", "met", "side by side", "tokend, C client", "Redis"} {
 		if !strings.Contains(tb.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, tb.String())
 		}

@@ -19,6 +19,11 @@ import (
 // sources (clientlib/c), as clientlib/ctest builds its tests. The bench
 // starts it against the tokend process, and it prints one JSON object.
 
+// cSourceEnv names an environment variable that points at another copy of
+// the C client's sources to build cload from (to compare two versions of
+// the library in the same conditions); by default clientlib/c.
+const cSourceEnv = "TOKEND_BENCH_CLIENT_C"
+
 // ErrNoCC: there is no C compiler; the C client's rows are skipped.
 var ErrNoCC = fmt.Errorf("%w: no C compiler (cc), the C client is not measured", ErrSkipped)
 
@@ -63,8 +68,11 @@ func cloadBinary(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	src := filepath.Join(root, "clientlib", "c")
+	if d := os.Getenv(cSourceEnv); d != "" {
+		src = d
+	}
 	return built("cload", func(dir string) (string, error) {
-		src := filepath.Join(root, "clientlib", "c")
 		lib := []string{"codec.c", "net.c", "engine.c", "client.c"}
 		objs := make([]string, len(lib))
 		errs := make([]error, len(lib))

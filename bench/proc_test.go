@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRESP checks the RESP reader on every reply kind the lock recipe
+// meets.
+func TestRESP(t *testing.T) {
+	in := "+OK\r\n$-1\r\n:1\r\n*2\r\n$1\r\na\r\n:2\r\n-ERR no\r\n$3\r\nabc\r\n"
+	c := &redisConn{r: bufio.NewReader(strings.NewReader(in))}
+	want := []any{"OK", nil, int64(1), []any{"a", int64(2)}, redisError("ERR no"), "abc"}
+	for i, w := range want {
+		v, err := c.read()
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if vs, ok := v.([]any); ok {
+			ws := w.([]any)
+			if len(vs) != len(ws) || vs[0] != ws[0] || vs[1] != ws[1] {
+				t.Errorf("reply %d = %#v, want %#v", i, v, w)
+			}
+			continue
+		}
+		if v != w {
+			t.Errorf("reply %d = %#v, want %#v", i, v, w)
+		}
+	}
+}
+
+// TestRedisLock runs the lock recipe against a redis-server the test
+// starts (skipped without one): a second client cannot take a held key,
+// and only the holder's token releases it.
+func TestRedisLock(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed")
+	}
+	ctx := context.Background()
+	srv, err := startRedis(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.stop(nil, 0)
+	ls, err := dialRedisLocks(ctx, srv.addr, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedisLocks(ls)
+	tok, ok, err := ls[0].tryLock("k")
+	if err != nil || !ok {
+		t.Fatalf("first lock: %v %v", ok, err)
+	}
+	if _, ok, err := ls[1].tryLock("k"); err != nil || ok {
+		t.Fatalf("second lock of a held key: %v %v, want refused", ok, err)
+	}
+	if err := ls[1].unlock("k", "not-the-token"); err == nil {
+		t.Fatal("release with another token succeeded")
+	}
+	if err := ls[0].unlock("k", tok); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := ls[1].tryLock("k"); err != nil || !ok {
+		t.Fatalf("lock after release: %v %v", ok, err)
+	}
+}
+
+// TestEchoProcesses starts both echo server processes and measures a
+// short window against each.
+func TestEchoProcesses(t *testing.T) {
+	cfg := Config{Quick: true, Clients: 2, Duration: 100 * time.Millisecond, Warmup: 10 * time.Millisecond}.Defaults()
+	rs, err := runEcho(context.Background(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 4 {
+		t.Fatalf("got %d rows, want 4 (2 kinds x 1 and 2 in flight)", len(rs))
+	}
+	for _, r := range rs {
+		if r.Count == 0 || r.Errors != 0 {
+			t.Errorf("%s C=%d: %d round trips, %d errors", r.System, r.Clients, r.Count, r.Errors)
+		}
+	}
+}
+
+// TestProcessWorkloads starts the real tokend binary (built from this
+// module) in its own process, runs tiny windows of the uncontended and
+// contended workloads with the Go client and with the C client (cload;
+// skipped without a C compiler), and checks that every row counted
+// operations without errors and that nothing is left running.
+func TestProcessWorkloads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts tokend")
+	}
+	ctx := context.Background()
+	cfg := Config{Quick: true, Clients: 2, Shards: 16, Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond}.Defaults()
+	defer cleanupBuilds()
+	pc, err := startProcCluster(ctx, &cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.close()
+	cfg.serverCPU = pc.cpu
+	var rs []Result
+	for _, run := range []func(context.Context, *Config, []string, string) ([]Result, error){runUncontended, runContended} {
+		r, err := run(ctx, &cfg, pc.Seeds(), sysTokend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r...)
+	}
+	for _, wl := range []string{"uncontended", "contended"} {
+		r, err := runC(ctx, &cfg, pc.Seeds(), wl)
+		if errors.Is(err, ErrNoCC) {
+			t.Log(err)
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r...)
+	}
+	for _, r := range rs {
+		if r.Count == 0 || r.Errors != 0 {
+			t.Errorf("%s %s %s C=%d: %d ops, %d errors (%s)", r.Workload, r.Variant, r.System, r.Clients, r.Count, r.Errors, r.LastError)
+		}
+	}
+	p := pc.procs[0]
+	if err := pc.close(); err != nil {
+		t.Fatal(err)
+	}
+	if !p.exited() {
+		t.Errorf("tokend (pid %d) still running after close", p.pid())
+	}
+	if c, err := net.DialTimeout("tcp", pc.etcd, 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Errorf("etcd of the stopped tokend still answers on %s", pc.etcd)
+	}
+}
