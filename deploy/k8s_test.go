@@ -1,0 +1,645 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tokend/tokend/cluster"
+)
+
+// The Kubernetes objects deploy/k8s uses, as far as it uses them. Decoding
+// is strict: a field these types do not have (a typo such as
+// "readinesProbe", or a field in the wrong place) fails the test, and so
+// does a value of the wrong type. They are a subset of k8s.io/api's, which
+// this module does not depend on for one test.
+type (
+	k8sObject struct {
+		APIVersion string          `json:"apiVersion"`
+		Kind       string          `json:"kind"`
+		Metadata   k8sMeta         `json:"metadata"`
+		Spec       json.RawMessage `json:"spec"`
+	}
+	k8sMeta struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	labelSelector struct {
+		MatchLabels map[string]string `json:"matchLabels"`
+	}
+	serviceSpec struct {
+		ClusterIP                string            `json:"clusterIP"`
+		PublishNotReadyAddresses bool              `json:"publishNotReadyAddresses"`
+		Selector                 map[string]string `json:"selector"`
+		Ports                    []struct {
+			Name       string `json:"name"`
+			Port       int    `json:"port"`
+			TargetPort any    `json:"targetPort"`
+			Protocol   string `json:"protocol"`
+		} `json:"ports"`
+	}
+	statefulSetSpec struct {
+		ServiceName         string `json:"serviceName"`
+		Replicas            *int   `json:"replicas"`
+		PodManagementPolicy string `json:"podManagementPolicy"`
+		UpdateStrategy      struct {
+			Type string `json:"type"`
+		} `json:"updateStrategy"`
+		Selector             labelSelector `json:"selector"`
+		Template             podTemplate   `json:"template"`
+		VolumeClaimTemplates []struct {
+			Metadata k8sMeta `json:"metadata"`
+			Spec     struct {
+				AccessModes      []string `json:"accessModes"`
+				StorageClassName *string  `json:"storageClassName"`
+				Resources        struct {
+					Requests map[string]string `json:"requests"`
+				} `json:"resources"`
+			} `json:"spec"`
+		} `json:"volumeClaimTemplates"`
+	}
+	deploymentSpec struct {
+		Replicas *int `json:"replicas"`
+		Strategy struct {
+			Type          string `json:"type"`
+			RollingUpdate struct {
+				MaxUnavailable any `json:"maxUnavailable"`
+				MaxSurge       any `json:"maxSurge"`
+			} `json:"rollingUpdate"`
+		} `json:"strategy"`
+		Selector labelSelector `json:"selector"`
+		Template podTemplate   `json:"template"`
+	}
+	podTemplate struct {
+		Metadata k8sMeta `json:"metadata"`
+		Spec     struct {
+			TerminationGracePeriodSeconds *int `json:"terminationGracePeriodSeconds"`
+			SecurityContext               struct {
+				RunAsNonRoot   *bool  `json:"runAsNonRoot"`
+				RunAsUser      *int64 `json:"runAsUser"`
+				RunAsGroup     *int64 `json:"runAsGroup"`
+				FSGroup        *int64 `json:"fsGroup"`
+				SeccompProfile struct {
+					Type string `json:"type"`
+				} `json:"seccompProfile"`
+			} `json:"securityContext"`
+			Affinity   json.RawMessage `json:"affinity"`
+			Containers []container     `json:"containers"`
+			Volumes    []struct {
+				Name     string `json:"name"`
+				EmptyDir *struct {
+					SizeLimit string `json:"sizeLimit"`
+				} `json:"emptyDir"`
+			} `json:"volumes"`
+		} `json:"spec"`
+	}
+	container struct {
+		Name            string   `json:"name"`
+		Image           string   `json:"image"`
+		ImagePullPolicy string   `json:"imagePullPolicy"`
+		Args            []string `json:"args"`
+		Env             []struct {
+			Name      string `json:"name"`
+			Value     string `json:"value"`
+			ValueFrom *struct {
+				FieldRef struct {
+					FieldPath string `json:"fieldPath"`
+				} `json:"fieldRef"`
+			} `json:"valueFrom"`
+		} `json:"env"`
+		Ports []struct {
+			Name          string `json:"name"`
+			ContainerPort int    `json:"containerPort"`
+			Protocol      string `json:"protocol"`
+		} `json:"ports"`
+		ReadinessProbe *probe `json:"readinessProbe"`
+		LivenessProbe  *probe `json:"livenessProbe"`
+		Resources      struct {
+			Requests map[string]string `json:"requests"`
+			Limits   map[string]string `json:"limits"`
+		} `json:"resources"`
+		SecurityContext *struct {
+			RunAsNonRoot             *bool `json:"runAsNonRoot"`
+			AllowPrivilegeEscalation *bool `json:"allowPrivilegeEscalation"`
+			ReadOnlyRootFilesystem   *bool `json:"readOnlyRootFilesystem"`
+			Capabilities             struct {
+				Drop []string `json:"drop"`
+			} `json:"capabilities"`
+		} `json:"securityContext"`
+		VolumeMounts []struct {
+			Name      string `json:"name"`
+			MountPath string `json:"mountPath"`
+		} `json:"volumeMounts"`
+	}
+	probe struct {
+		HTTPGet struct {
+			Path string `json:"path"`
+			Port any    `json:"port"`
+		} `json:"httpGet"`
+		InitialDelaySeconds int `json:"initialDelaySeconds"`
+		PeriodSeconds       int `json:"periodSeconds"`
+		TimeoutSeconds      int `json:"timeoutSeconds"`
+		FailureThreshold    int `json:"failureThreshold"`
+	}
+	pdbSpec struct {
+		MaxUnavailable any           `json:"maxUnavailable"`
+		Selector       labelSelector `json:"selector"`
+	}
+	hpaSpec struct {
+		ScaleTargetRef struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Name       string `json:"name"`
+		} `json:"scaleTargetRef"`
+		MinReplicas int `json:"minReplicas"`
+		MaxReplicas int `json:"maxReplicas"`
+		Metrics     []struct {
+			Type     string `json:"type"`
+			Resource struct {
+				Name   string `json:"name"`
+				Target struct {
+					Type               string `json:"type"`
+					AverageUtilization int    `json:"averageUtilization"`
+				} `json:"target"`
+			} `json:"resource"`
+		} `json:"metrics"`
+		Behavior struct {
+			ScaleDown struct {
+				StabilizationWindowSeconds int `json:"stabilizationWindowSeconds"`
+				Policies                   []struct {
+					Type          string `json:"type"`
+					Value         int    `json:"value"`
+					PeriodSeconds int    `json:"periodSeconds"`
+				} `json:"policies"`
+			} `json:"scaleDown"`
+		} `json:"behavior"`
+	}
+	netpolSpec struct {
+		PodSelector labelSelector `json:"podSelector"`
+		PolicyTypes []string      `json:"policyTypes"`
+		Ingress     []struct {
+			From []struct {
+				PodSelector *labelSelector `json:"podSelector"`
+			} `json:"from"`
+			Ports []struct {
+				Port     int    `json:"port"`
+				Protocol string `json:"protocol"`
+			} `json:"ports"`
+		} `json:"ingress"`
+	}
+)
+
+// strict decodes JSON into v, refusing unknown fields.
+func strict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+// k8sManifests returns deploy/k8s as kustomize builds it ("kubectl
+// kustomize", offline) or, without kubectl, the files kustomization.yaml
+// lists, as YAML documents.
+func k8sManifests(t *testing.T) (docs [][]byte, built bool) {
+	t.Helper()
+	dir := filepath.Join(deployDir(), "k8s")
+	var stream []byte
+	if kubectl, err := exec.LookPath("kubectl"); err == nil {
+		out, err := exec.Command(kubectl, "kustomize", dir).Output()
+		if err != nil {
+			t.Fatalf("kubectl kustomize %s: %v", dir, err)
+		}
+		stream, built = out, true
+	} else {
+		t.Log("kubectl is not installed: checking the files kustomization.yaml lists, without kustomize")
+		b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k struct{ Resources []string }
+		if err := yaml.Unmarshal(b, &k); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range k.Resources {
+			b, err := os.ReadFile(filepath.Join(dir, r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stream = append(append(stream, b...), "\n---\n"...)
+		}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(stream))
+	for {
+		var v any
+		err := dec.Decode(&v)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == nil {
+			continue
+		}
+		j, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, j)
+	}
+	return docs, built
+}
+
+// TestK8sManifests validates deploy/k8s offline: every object decodes
+// strictly into the fields Kubernetes has; workloads have probes on
+// /readyz and /healthz, requests and limits, a non-root read-only
+// security context and a stop grace above drain plus shutdown; selectors,
+// Services, the PodDisruptionBudget, the HPA and the NetworkPolicies name
+// ports and pods that exist; container ports are the ports the TOKEND_*
+// flags listen on; every TOKEND_* variable is a flag of its mode and every
+// $(VAR) is defined before use; the StatefulSet's initial cluster and
+// advertised URLs are its pods' stable names under its headless Service.
+func TestK8sManifests(t *testing.T) {
+	docs, built := k8sManifests(t)
+	var (
+		objs     []k8sObject
+		services = map[string]serviceSpec{}
+		sets     = map[string]statefulSetSpec{}
+		deploys  = map[string]deploymentSpec{}
+		pdbs     = map[string]pdbSpec{}
+		hpas     = map[string]hpaSpec{}
+		netpols  = map[string]netpolSpec{}
+	)
+	for _, d := range docs {
+		var o k8sObject
+		if err := strict(d, &o); err != nil {
+			t.Fatalf("%s: %v", d, err)
+		}
+		objs = append(objs, o)
+		id := o.Kind + "/" + o.Metadata.Name
+		var err error
+		switch o.APIVersion + " " + o.Kind {
+		case "v1 Namespace":
+			if o.Spec != nil {
+				t.Errorf("%s has a spec", id)
+			}
+		case "v1 Service":
+			var s serviceSpec
+			err = strict(o.Spec, &s)
+			services[o.Metadata.Name] = s
+		case "apps/v1 StatefulSet":
+			var s statefulSetSpec
+			err = strict(o.Spec, &s)
+			sets[o.Metadata.Name] = s
+		case "apps/v1 Deployment":
+			var s deploymentSpec
+			err = strict(o.Spec, &s)
+			deploys[o.Metadata.Name] = s
+		case "policy/v1 PodDisruptionBudget":
+			var s pdbSpec
+			err = strict(o.Spec, &s)
+			pdbs[o.Metadata.Name] = s
+		case "autoscaling/v2 HorizontalPodAutoscaler":
+			var s hpaSpec
+			err = strict(o.Spec, &s)
+			hpas[o.Metadata.Name] = s
+		case "networking.k8s.io/v1 NetworkPolicy":
+			var s netpolSpec
+			err = strict(o.Spec, &s)
+			netpols[o.Metadata.Name] = s
+		default:
+			t.Errorf("%s: unexpected %s %s", id, o.APIVersion, o.Kind)
+		}
+		if err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+		if o.Metadata.Labels["app.kubernetes.io/name"] != "tokend" {
+			t.Errorf("%s: no label app.kubernetes.io/name=tokend", id)
+		}
+		if built && o.Kind != "Namespace" && o.Metadata.Namespace != "tokend" {
+			t.Errorf("%s: namespace %q after kustomize, want tokend", id, o.Metadata.Namespace)
+		}
+	}
+	if len(sets) != 1 || len(deploys) != 1 || len(pdbs) != 2 || len(hpas) != 1 || len(services) != 2 || len(netpols) != 2 {
+		t.Fatalf("want 1 StatefulSet, 1 Deployment, 2 PDBs, 1 HPA, 2 Services, 2 NetworkPolicies; got %d, %d, %d, %d, %d, %d",
+			len(sets), len(deploys), len(pdbs), len(hpas), len(services), len(netpols))
+	}
+
+	// The pods, by workload.
+	type workload struct {
+		kind, name, mode string
+		selector         map[string]string
+		tmpl             podTemplate
+	}
+	var wls []workload
+	for name, s := range sets {
+		wls = append(wls, workload{"StatefulSet", name, "server", s.Selector.MatchLabels, s.Template})
+	}
+	for name, d := range deploys {
+		wls = append(wls, workload{"Deployment", name, "worker", d.Selector.MatchLabels, d.Template})
+	}
+	matches := func(sel, labels map[string]string) bool {
+		if len(sel) == 0 {
+			return false
+		}
+		for k, v := range sel {
+			if labels[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	selected := func(sel map[string]string) []workload {
+		var out []workload
+		for _, w := range wls {
+			if matches(sel, w.tmpl.Metadata.Labels) {
+				out = append(out, w)
+			}
+		}
+		return out
+	}
+	type portKey struct {
+		name, proto string
+		num         int
+	}
+	portsOf := func(w workload) []portKey {
+		var out []portKey
+		for _, c := range w.tmpl.Spec.Containers {
+			for _, p := range c.Ports {
+				proto := p.Protocol
+				if proto == "" {
+					proto = "TCP"
+				}
+				out = append(out, portKey{p.Name, proto, p.ContainerPort})
+			}
+		}
+		return out
+	}
+	hasPort := func(w workload, ref any, proto string) bool {
+		for _, p := range portsOf(w) {
+			if p.proto != proto {
+				continue
+			}
+			switch r := ref.(type) {
+			case string:
+				if p.name == r {
+					return true
+				}
+			case float64:
+				if p.num == int(r) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+
+	for _, w := range wls {
+		id := w.kind + "/" + w.name
+		if !matches(w.selector, w.tmpl.Metadata.Labels) {
+			t.Errorf("%s: selector %v does not select its own pods %v", id, w.selector, w.tmpl.Metadata.Labels)
+		}
+		ps := w.tmpl.Spec
+		if g := ps.TerminationGracePeriodSeconds; g == nil || *g <= 20 {
+			t.Errorf("%s: terminationGracePeriodSeconds %v, want above --drain-timeout + --shutdown-timeout (20 s)", id, g)
+		}
+		if sc := ps.SecurityContext; sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != 10001 || sc.SeccompProfile.Type != "RuntimeDefault" {
+			t.Errorf("%s: pod securityContext %+v, want runAsNonRoot, runAsUser 10001 (the image's), seccomp RuntimeDefault", id, sc)
+		}
+		if len(ps.Containers) != 1 {
+			t.Fatalf("%s: %d containers, want 1", id, len(ps.Containers))
+		}
+		c := ps.Containers[0]
+		if c.Image != "tokend" && !strings.HasPrefix(c.Image, "tokend:") {
+			t.Errorf("%s: image %q", id, c.Image)
+		}
+		if built && c.Image != "tokend:"+cluster.Version {
+			t.Errorf("%s: image %q after kustomize, want tokend:%s (kustomization.yaml's newTag follows cluster.Version)", id, c.Image, cluster.Version)
+		}
+		if len(c.Args) == 0 || c.Args[0] != w.mode {
+			t.Errorf("%s: args %q, want tokend %s", id, c.Args, w.mode)
+		}
+		for _, pr := range []struct {
+			what string
+			p    *probe
+			path string
+		}{{"readinessProbe", c.ReadinessProbe, "/readyz"}, {"livenessProbe", c.LivenessProbe, "/healthz"}} {
+			if pr.p == nil || pr.p.HTTPGet.Path != pr.path || !hasPort(w, pr.p.HTTPGet.Port, "TCP") || pr.p.PeriodSeconds == 0 {
+				t.Errorf("%s: %s %+v, want httpGet %s on the http port", id, pr.what, pr.p, pr.path)
+			}
+		}
+		for _, r := range []string{"cpu", "memory"} {
+			if c.Resources.Requests[r] == "" || c.Resources.Limits[r] == "" {
+				t.Errorf("%s: resources %+v: want requests and limits for %s", id, c.Resources, r)
+			}
+		}
+		if sc := c.SecurityContext; sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+			sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || !slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) {
+			t.Errorf("%s: container securityContext %+v, want runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, drop ALL", id, sc)
+		}
+		mounts := map[string]string{}
+		for _, m := range c.VolumeMounts {
+			mounts[m.MountPath] = m.Name
+		}
+		if mounts["/tmp"] == "" {
+			t.Errorf("%s: no volume on /tmp: the root file system is read-only and tokenctl acquire records holders in /tmp", id)
+		}
+		volumes := map[string]bool{}
+		for _, v := range ps.Volumes {
+			volumes[v.Name] = true
+		}
+		if w.kind == "StatefulSet" {
+			for _, vct := range sets[w.name].VolumeClaimTemplates {
+				volumes[vct.Metadata.Name] = true
+			}
+		}
+		for path, name := range mounts {
+			if !volumes[name] {
+				t.Errorf("%s: volume %q mounted on %s is not defined", id, name, path)
+			}
+		}
+
+		// Environment: every TOKEND_* is a flag of the mode; $(VAR) only
+		// after VAR (Kubernetes expands earlier variables only).
+		flags := flagDefaults(t, w.mode)
+		env := map[string]string{}
+		fieldRefs := map[string]string{}
+		refRE := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+		for _, e := range c.Env {
+			if strings.HasPrefix(e.Name, "TOKEND_") {
+				if _, ok := flags[envToFlag(e.Name)]; !ok {
+					t.Errorf("%s: %s is not a flag of tokend %s", id, e.Name, w.mode)
+				}
+			}
+			for _, m := range refRE.FindAllStringSubmatch(e.Value, -1) {
+				if _, ok := env[m[1]]; !ok {
+					t.Errorf("%s: %s uses $(%s) before it is defined: Kubernetes would pass it literally", id, e.Name, m[1])
+				}
+			}
+			if e.ValueFrom != nil {
+				fieldRefs[e.Name] = e.ValueFrom.FieldRef.FieldPath
+			}
+			env[e.Name] = e.Value
+		}
+		for _, a := range c.Args {
+			for _, m := range refRE.FindAllStringSubmatch(a, -1) {
+				if _, ok := env[m[1]]; !ok {
+					t.Errorf("%s: argument %q uses $(%s), which is not in env", id, a, m[1])
+				}
+			}
+		}
+
+		// Ports: each listener's port is a named container port.
+		listenPort := func(flag, value string) int {
+			host := value
+			if strings.Contains(value, "://") {
+				u, err := url.Parse(value)
+				if err != nil {
+					t.Errorf("%s: %s %q: %v", id, flag, value, err)
+					return 0
+				}
+				host = u.Host
+			}
+			_, p, err := net.SplitHostPort(host)
+			n, err2 := strconv.Atoi(p)
+			if err != nil || err2 != nil {
+				t.Errorf("%s: %s %q has no port", id, flag, value)
+			}
+			return n
+		}
+		wantPorts := map[string]portKey{"TOKEND_HTTP_ADDR": {"http", "TCP", 0}}
+		if w.mode == "server" {
+			wantPorts["TOKEND_PEER_URLS"] = portKey{"etcd-peer", "TCP", 0}
+			wantPorts["TOKEND_CLIENT_URLS"] = portKey{"etcd-client", "TCP", 0}
+		} else {
+			wantPorts["TOKEND_UDP_ADDR"] = portKey{"token", "UDP", 0}
+			wantPorts["TOKEND_HANDOFF_ADDR"] = portKey{"handoff", "TCP", 0}
+		}
+		for v, pk := range wantPorts {
+			pk.num = listenPort(v, env[v])
+			if !slices.Contains(portsOf(w), pk) {
+				t.Errorf("%s: %s=%s listens on %d/%s, but the container has no port %q with that number: %v", id, v, env[v], pk.num, pk.proto, pk.name, portsOf(w))
+			}
+			if adv, ok := env[strings.Replace(v, "TOKEND_", "TOKEND_ADVERTISE_", 1)]; ok && listenPort("advertise "+v, adv) != pk.num {
+				t.Errorf("%s: the advertised port of %s differs from the one it listens on", id, v)
+			}
+		}
+
+		switch w.mode {
+		case "worker":
+			if fieldRefs["POD_IP"] != "status.podIP" || env["TOKEND_ADVERTISE_UDP_ADDR"] != "$(POD_IP):"+strconv.Itoa(listenPort("udp", env["TOKEND_UDP_ADDR"])) {
+				t.Errorf("%s: TOKEND_ADVERTISE_UDP_ADDR %q, POD_IP from %q: want $(POD_IP):<udp port> from status.podIP", id, env["TOKEND_ADVERTISE_UDP_ADDR"], fieldRefs["POD_IP"])
+			}
+		case "server":
+			s := sets[w.name]
+			hs, ok := services[s.ServiceName]
+			if !ok || hs.ClusterIP != "None" || !hs.PublishNotReadyAddresses || !matches(hs.Selector, w.tmpl.Metadata.Labels) {
+				t.Errorf("%s: serviceName %q: want a headless Service selecting the servers that publishes not-ready addresses (the members must find each other before any is ready): %+v", id, s.ServiceName, hs)
+			}
+			if s.Replicas == nil || *s.Replicas != 3 {
+				t.Errorf("%s: replicas %v, want 3", id, s.Replicas)
+			}
+			if fieldRefs["POD_NAME"] != "metadata.name" || fieldRefs["POD_NAMESPACE"] != "metadata.namespace" {
+				t.Errorf("%s: POD_NAME and POD_NAMESPACE must come from the downward API: %v", id, fieldRefs)
+			}
+			peer := listenPort("peer", env["TOKEND_PEER_URLS"])
+			client := listenPort("client", env["TOKEND_CLIENT_URLS"])
+			host := func(pod string) string { return pod + "." + s.ServiceName + ".$(POD_NAMESPACE).svc" }
+			var members, endpoints []string
+			for i := range 3 {
+				pod := fmt.Sprintf("%s-%d", w.name, i)
+				members = append(members, fmt.Sprintf("%s=http://%s:%d", pod, host(pod), peer))
+				endpoints = append(endpoints, fmt.Sprintf("%s:%d", host(pod), client))
+			}
+			if got := env["TOKEND_INITIAL_CLUSTER"]; got != strings.Join(members, ",") {
+				t.Errorf("%s: TOKEND_INITIAL_CLUSTER\n%s\nwant the pods' stable names\n%s", id, got, strings.Join(members, ","))
+			}
+			for _, want := range []string{"--name=$(POD_NAME)", fmt.Sprintf("--advertise-peer-urls=http://%s:%d", host("$(POD_NAME)"), peer),
+				fmt.Sprintf("--advertise-client-urls=http://%s:%d", host("$(POD_NAME)"), client)} {
+				if !slices.Contains(c.Args, want) {
+					t.Errorf("%s: args %q lack %s", id, c.Args, want)
+				}
+			}
+			if mounts["/var/lib/tokend"] == "" || env["TOKEND_DATA_DIR"] != "/var/lib/tokend" || len(s.VolumeClaimTemplates) != 1 || s.VolumeClaimTemplates[0].Metadata.Name != mounts["/var/lib/tokend"] {
+				t.Errorf("%s: etcd's data dir must be the volumeClaimTemplate's volume on /var/lib/tokend", id)
+			}
+			// The workers find etcd at the same names.
+			for _, d := range deploys {
+				for _, e := range d.Template.Spec.Containers[0].Env {
+					if e.Name == "TOKEND_ETCD_ENDPOINTS" && e.Value != strings.Join(endpoints, ",") {
+						t.Errorf("worker TOKEND_ETCD_ENDPOINTS %s, want %s", e.Value, strings.Join(endpoints, ","))
+					}
+				}
+			}
+		}
+	}
+
+	// Services, PDBs, the HPA and the NetworkPolicies point at what exists.
+	for name, s := range services {
+		sel := selected(s.Selector)
+		if len(sel) != 1 {
+			t.Errorf("Service/%s selects %d workloads, want 1", name, len(sel))
+			continue
+		}
+		for _, p := range s.Ports {
+			proto := p.Protocol
+			if proto == "" {
+				proto = "TCP"
+			}
+			if !hasPort(sel[0], p.TargetPort, proto) {
+				t.Errorf("Service/%s port %s: targetPort %v/%s is not a port of %s", name, p.Name, p.TargetPort, proto, sel[0].name)
+			}
+		}
+	}
+	for name, p := range pdbs {
+		if len(selected(p.Selector.MatchLabels)) != 1 || p.MaxUnavailable != float64(1) {
+			t.Errorf("PodDisruptionBudget/%s: maxUnavailable %v, selects %d workloads; want 1 and 1", name, p.MaxUnavailable, len(selected(p.Selector.MatchLabels)))
+		}
+	}
+	for _, w := range wls {
+		if w.mode == "server" && !slices.ContainsFunc(slices.Collect(maps.Values(pdbs)), func(p pdbSpec) bool { return matches(p.Selector.MatchLabels, w.tmpl.Metadata.Labels) }) {
+			t.Errorf("no PodDisruptionBudget covers the servers")
+		}
+	}
+	for name, h := range hpas {
+		if _, ok := deploys[h.ScaleTargetRef.Name]; !ok || h.ScaleTargetRef.Kind != "Deployment" || h.MinReplicas < 1 || h.MaxReplicas < h.MinReplicas {
+			t.Errorf("HorizontalPodAutoscaler/%s: %+v does not scale the worker Deployment", name, h.ScaleTargetRef)
+		}
+	}
+	for name, np := range netpols {
+		sel := selected(np.PodSelector.MatchLabels)
+		if len(sel) != 1 {
+			t.Errorf("NetworkPolicy/%s selects %d workloads, want 1", name, len(sel))
+			continue
+		}
+		for _, in := range np.Ingress {
+			for _, p := range in.Ports {
+				if !hasPort(sel[0], float64(p.Port), p.Protocol) {
+					t.Errorf("NetworkPolicy/%s allows %d/%s, which %s does not listen on", name, p.Port, p.Protocol, sel[0].name)
+				}
+			}
+			for _, f := range in.From {
+				if f.PodSelector != nil && len(selected(f.PodSelector.MatchLabels)) == 0 {
+					t.Errorf("NetworkPolicy/%s allows from %v, which selects no pod", name, f.PodSelector.MatchLabels)
+				}
+			}
+		}
+	}
+	t.Logf("%d objects checked (kustomize: %v)", len(objs), built)
+}
