@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,9 +16,91 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
 
 	"github.com/tokend/tokend/cluster"
 )
+
+// TestComposeFile checks deploy/compose.yaml without Docker: every
+// TOKEND_* variable is a flag of its service's mode, servers have stable
+// host names and a named volume on the data dir, workers need nothing per
+// replica, health checks use tokenctl health (the image has no curl), and
+// Docker waits longer than drain plus shutdown before SIGKILL. With
+// docker-compose installed, "docker-compose config" must accept the file.
+func TestComposeFile(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(deployDir(), "compose.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cf struct {
+		Version  string
+		Services map[string]struct {
+			Image, Hostname            string
+			StopSignal                 string `yaml:"stop_signal"`
+			StopGracePeriod            string `yaml:"stop_grace_period"`
+			Command, Profiles, Volumes []string
+			Ports                      []string
+			Environment                map[string]string
+			Healthcheck                struct{ Test []string }
+			ReadOnly                   bool `yaml:"read_only"`
+		}
+		Volumes map[string]any
+	}
+	if err := yaml.Unmarshal(b, &cf); err != nil {
+		t.Fatal(err)
+	}
+	if cf.Version != "3.9" {
+		t.Errorf("compose file version %q: profiles need 3.9 for docker-compose 1.28+", cf.Version)
+	}
+	flags := map[string]map[string]string{"server": flagDefaults(t, "server"), "worker": flagDefaults(t, "worker")}
+	servers := 0
+	for name, s := range cf.Services {
+		if !strings.HasPrefix(s.Image, "tokend:") || len(s.Profiles) > 0 {
+			continue // tokenctl, prometheus, grafana: optional profiles
+		}
+		mode := s.Command[0]
+		for k := range s.Environment {
+			if _, ok := flags[mode][envToFlag(k)]; strings.HasPrefix(k, "TOKEND_") && !ok {
+				t.Errorf("%s: %s is not a flag of tokend %s", name, k, mode)
+			}
+		}
+		if !slices.Equal(s.Healthcheck.Test, []string{"CMD", "/usr/local/bin/tokenctl", "health", "-q"}) {
+			t.Errorf("%s: health check %q, want tokenctl health", name, s.Healthcheck.Test)
+		}
+		if d, err := time.ParseDuration(s.StopGracePeriod); err != nil || d <= 20*time.Second || s.StopSignal != "SIGTERM" {
+			t.Errorf("%s: stop_grace_period %q, stop_signal %q: want SIGTERM and more than --drain-timeout + --shutdown-timeout (20 s)", name, s.StopGracePeriod, s.StopSignal)
+		}
+		if !s.ReadOnly {
+			t.Errorf("%s: not read_only", name)
+		}
+		switch mode {
+		case "server":
+			servers++
+			vol := name + "-data:/var/lib/tokend"
+			if s.Hostname != name || !slices.Contains(s.Volumes, vol) {
+				t.Errorf("%s: hostname %q, volumes %q: want hostname %s and %s", name, s.Hostname, s.Volumes, name, vol)
+			}
+			if _, ok := cf.Volumes[name+"-data"]; !ok {
+				t.Errorf("%s: volume %s-data is not declared", name, name)
+			}
+			if !slices.Contains(s.Command, "http://"+name+":2380") || !strings.Contains(s.Environment["TOKEND_INITIAL_CLUSTER"], name+"=http://"+name+":2380") {
+				t.Errorf("%s: its advertised peer URL must be http://%s:2380 and in TOKEND_INITIAL_CLUSTER", name, name)
+			}
+		case "worker":
+			if s.Hostname != "" || len(s.Ports) > 0 || len(s.Volumes) > 0 || s.Environment["TOKEND_ADVERTISE_UDP_ADDR"] != "" || s.Environment["TOKEND_UDP_ADDR"] != "0.0.0.0:7700" {
+				t.Errorf("%s: a scaled worker can have no host name, published port, volume or advertised address of its own, and listens on 0.0.0.0:7700", name)
+			}
+		default:
+			t.Errorf("%s: command %q", name, s.Command)
+		}
+	}
+	if servers != 3 {
+		t.Errorf("%d servers, want 3", servers)
+	}
+	if _, err := exec.LookPath("docker-compose"); err == nil {
+		runCmd(t, time.Minute, deployDir(), false, "docker-compose", "-f", "compose.yaml", "config", "-q")
+	}
+}
 
 // TestCompose is the acceptance test of issue 15's first part, as a user
 // runs it: make -C deploy images, then docker-compose up with three
