@@ -88,7 +88,7 @@ func compare(cfg *Config, rs []Result) []Comparison {
 				target = ">= 3x"
 			}
 			v := ru.Rate / rr.Rate
-			check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, tokend / Redis, %d clients", n), Value: v, Unit: "x", Target: target,
+			check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, tokend / Redis, %s", clientsN(n)), Value: v, Unit: "x", Target: target,
 				Detail: fmt.Sprintf("%s vs %s pairs/s (Redis: SET NX PX + Lua compare-and-delete, a connection per client)", num(ru.Rate), num(rr.Rate))}, v >= 3, ru, rr)
 		}
 	}
@@ -106,7 +106,7 @@ func compare(cfg *Config, rs []Result) []Comparison {
 			if c1 := find(rs, "uncontended", sysTokendC1, n, ""); c1 != nil {
 				d += fmt.Sprintf("; one shared handle: %s (%.2fx)", num(c1.Rate), c1.Rate/g.Rate)
 			}
-			check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, C client / Go client, %d clients", n), Value: c.Rate / g.Rate, Unit: "x", Detail: d}, true, g, c)
+			check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, C client / Go client, %s", clientsN(n)), Value: c.Rate / g.Rate, Unit: "x", Detail: d}, true, g, c)
 		}
 	}
 	if g, c := find(rs, "contended", sysTokend, C, "release on revoke"), find(rs, "contended", sysTokendC, C, ""); g != nil && c != nil {
@@ -190,6 +190,14 @@ func compare(cfg *Config, rs []Result) []Comparison {
 	}
 	failoverChecks(cfg, rs, check)
 	return out
+}
+
+// clientsN is "1 client" or "n clients".
+func clientsN(n int) string {
+	if n == 1 {
+		return "1 client"
+	}
+	return fmt.Sprintf("%d clients", n)
 }
 
 // failoverChecks holds the failover rows to the bounds that
