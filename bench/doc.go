@@ -1,9 +1,15 @@
 // Package bench is tokend's load generator and its side-by-side
-// comparisons. Everything runs on loopback, and in one process except the
-// failover workload's workers: a devcluster (embedded etcd, coordinator,
-// workers) for tokend, embedded etcd with one and three members for etcd's
-// own concurrency.Mutex, and a raw UDP echo pair with the worker's batching
-// for "the limit" of the network path.
+// comparisons. Every server it measures runs in a process of its own on
+// loopback, as users run it: the real tokend binary (proc.go: built once
+// per run, started all-in-one, plus "tokend worker" processes for the
+// scaling workload), redis-server (redis.go, where installed), the UDP
+// echo servers (this binary re-executed), and for failover worker
+// processes (this binary re-executed). Clients stay in the bench process,
+// except the C client's, which run in cload (bench/cload/cload.c, built
+// with cc from clientlib/c). Still in the bench's process: the held-set
+// workload (its figure is the worker's Go heap per token), tokend's
+// uncontended and contended loops once more as an "in-process" column,
+// and embedded etcd for etcd's own concurrency.Mutex.
 //
 // Workloads (one file each):
 //
@@ -22,7 +28,11 @@
 //     this binary re-executed (child.go, WorkerChild).
 //   - etcdmutex.go: the same uncontended and contended loops with
 //     go.etcd.io/etcd/client/v3/concurrency.Mutex.
-//   - echo.go: the UDP echo limit at the same concurrency.
+//   - echo.go: the UDP echo limit at the same concurrency, against an echo
+//     server process that batches (recvmmsg/sendmmsg) and one that does not.
+//   - redis.go: Redis's lock recipe (SET NX PX + Lua compare-and-delete),
+//     uncontended and contended, with a minimal RESP client.
+//   - cload.go: the uncontended and contended loops with the C client.
 //
 // Every loop is bounded in time and in count; latency percentiles come from
 // HDR histograms; Run returns a Report that report.go prints as a table,

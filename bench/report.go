@@ -553,8 +553,14 @@ func systemColor(s string) string {
 		return "#dd6b20"
 	case "etcd-3":
 		return "#c53030"
-	case "udp-echo":
+	case "udp-echo", "udp-echo-plain":
 		return "#718096"
+	case sysTokendC, sysTokendC1:
+		return "#553c9a"
+	case sysInProcess:
+		return "#90cdf4"
+	case sysRedis:
+		return "#b83280"
 	}
 	return "#38a169"
 }
@@ -633,7 +639,7 @@ func (rep *Report) WriteSVG(w io.Writer) error {
 	m := rep.Machine
 	fmt.Fprintf(&b, `<text x="20" y="28" font-size="18" font-weight="bold" %s>tokend-bench: throughput and latency</text>`+"\n", svgFont)
 	fmt.Fprintf(&b, `<text x="20" y="48" font-size="12" fill="#4a5568" %s>%s</text>`+"\n", svgFont,
-		html.EscapeString(fmt.Sprintf("%s · %d cores (GOMAXPROCS %d) · %s · %s %s/%s · loopback, one process",
+		html.EscapeString(fmt.Sprintf("%s · %d cores (GOMAXPROCS %d) · %s · %s %s/%s · loopback, servers in their own processes",
 			rep.Started.Format("2006-01-02 15:04"), m.Cores, m.GOMAXPROCS, m.CPUModel, m.GoVersion, m.OS, m.Arch)))
 
 	// Panel 1: throughput.
@@ -693,12 +699,12 @@ func (rep *Report) WriteSVG(w io.Writer) error {
 	// Legend.
 	ly := height - 30
 	lx := 20.0
-	for _, s := range []string{"tokend", "etcd-1", "etcd-3", "udp-echo"} {
+	for _, s := range []string{sysTokend, sysTokendC, sysInProcess, sysRedis, "etcd-1", "etcd-3", "udp-echo"} {
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/>`+"\n", lx, ly-10, systemColor(s))
 		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="12" %s>%s</text>`+"\n", lx+16, ly, svgFont, s)
-		lx += 110
+		lx += 125
 	}
-	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="11" fill="#4a5568" %s>etcd-N: concurrency.Mutex on embedded etcd with N members; udp-echo: batched echo server, same payload</text>`+"\n", lx+10, ly, svgFont)
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="11" fill="#4a5568" %s>etcd-N: concurrency.Mutex, embedded etcd, N members; udp-echo: echo server process</text>`+"\n", 20.0, ly+18, svgFont)
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -1,9 +1,13 @@
 // Command tokend-bench runs tokend's benchmarks and comparisons on
-// loopback, in one process: tokend (devcluster), etcd's concurrency.Mutex
-// on embedded etcd with 1 and 3 members, and a batched UDP echo. It prints
-// a side-by-side table and can write JSON and an SVG chart. For the
-// failover workload it re-executes itself as worker processes (a hidden
-// mode, see bench.WorkerChild) and kills them with SIGKILL.
+// loopback, every server in a process of its own: tokend (the real binary,
+// built once per run from this module, or $TOKEND_BIN) with Go clients and
+// with C clients (cload, built with cc from clientlib/c), Redis's lock
+// recipe against redis-server where installed, etcd's concurrency.Mutex on
+// embedded etcd with 1 and 3 members, and UDP echo servers (batched and
+// plain). It prints a side-by-side table and can write JSON and an SVG
+// chart. For the echo servers and the failover workload it re-executes
+// itself (a hidden mode, see bench.WorkerChild); it kills only the
+// processes it started.
 //
 //	go run ./bench/cmd/tokend-bench --quick --json bench.json --svg bench.svg
 package main
