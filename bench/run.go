@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -71,6 +72,12 @@ func (c Config) Params() []Param {
 	}
 	if len(c.Only) > 0 {
 		ps = append(ps, Param{"only", strings.Join(c.Only, ",")})
+	}
+	if d := os.Getenv(cSourceEnv); d != "" {
+		ps = append(ps, Param{"C client built from", d})
+	}
+	if b := os.Getenv(tokendBinEnv); b != "" {
+		ps = append(ps, Param{"tokend binary", b})
 	}
 	return ps
 }
