@@ -8,6 +8,7 @@
 //	tokenctl drain WORKER-ID        move a worker's shards away by planned handoffs (and wait)
 //	tokenctl undrain WORKER-ID      let the leader give it shards again
 //	tokenctl health [URL]           is the local (or named) tokend ready? For container health checks
+//	tokenctl member list|add|remove|replace   the servers' etcd membership: replace a dead server
 //
 // Exit codes: 0 success (with a command: the command's status), 1 error
 // (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
@@ -49,6 +50,8 @@ const usageText = `Usage:
   tokenctl drain [flags] ID       move worker ID's shards to the others by planned handoffs, wait until done
   tokenctl undrain [flags] ID     withdraw a drain: the leader may give worker ID shards again
   tokenctl health [flags] [URL]   exit 0 if a tokend's /readyz (default 127.0.0.1:7780) answers 200
+  tokenctl member list|add|remove|replace [flags] ...
+                                  list the servers' etcd members; replace a dead one
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
 status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
 ran out), 4 lost while held (the command was stopped).
@@ -74,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdUndrain(ctx, args, stdout, stderr)
 	case "health":
 		err = cmdHealth(ctx, args, stdout, stderr)
+	case "member":
+		err = cmdMember(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
