@@ -5,11 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -172,45 +176,7 @@ func TestCompose(t *testing.T) {
 	compose(2*time.Minute, false, "up", "-d", "--scale", "worker=3")
 
 	// tokenctl status, from inside server1, until the cluster is whole.
-	var st struct {
-		Leader *struct {
-			Name string `json:"name"`
-		} `json:"leader"`
-		Config *struct {
-			Shards int `json:"shards"`
-		} `json:"config"`
-		Unowned int `json:"unowned_shards"`
-		Workers []struct {
-			ID     string `json:"id"`
-			UDP    string `json:"udp"`
-			Shards int    `json:"shards"`
-		} `json:"workers"`
-	}
-	whole := func() bool {
-		if st.Leader == nil || st.Config == nil || len(st.Workers) != 3 || st.Unowned != 0 {
-			return false
-		}
-		n := 0
-		for _, w := range st.Workers {
-			n += w.Shards
-		}
-		return n == st.Config.Shards
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		out, err := compose(20*time.Second, true, "exec", "-T", "server1", "tokenctl", "status", "-o", "json")
-		if err == nil {
-			st.Leader, st.Config, st.Workers = nil, nil, nil
-			if jerr := json.Unmarshal([]byte(out), &st); jerr == nil && whole() {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			logs, _ := compose(30*time.Second, true, "logs", "--tail", "20")
-			t.Fatalf("no leader and three workers serving every shard after 90 s; last status: %s %v\n%s", out, err, logs)
-		}
-		time.Sleep(time.Second)
-	}
+	st := waitWhole(t, compose, 3)
 	t.Logf("cluster whole %v after up: leader %s, workers %d", time.Since(start).Round(100*time.Millisecond), st.Leader.Name, len(st.Workers))
 	text, _ := compose(20*time.Second, false, "exec", "-T", "server1", "tokenctl", "status")
 	t.Logf("exec server1 tokenctl status:\n%s", text)
@@ -272,10 +238,91 @@ func TestCompose(t *testing.T) {
 	} else {
 		t.Log("tokend-lock is not in the image (no static C library)")
 	}
+	// Scaled out and back in: the new worker takes its share by planned
+	// handoffs, and the worker compose removes (SIGTERM) drains first, so
+	// no shard is recovered with a grace period.
+	start = time.Now()
+	compose(2*time.Minute, false, "up", "-d", "--no-recreate", "--scale", "worker=4")
+	waitWhole(t, compose, 4)
+	compose(2*time.Minute, false, "up", "-d", "--no-recreate", "--scale", "worker=3")
+	st = waitWhole(t, compose, 3)
+	moves := shardMoves(t, st.Leader.HTTP)
+	t.Logf("scaled to 4 workers and back to 3 in %v; the leader's shard moves: %v", time.Since(start).Round(100*time.Millisecond), moves)
+	if moves["handoff"] == 0 || moves["recovery"] != 0 {
+		t.Errorf("shard moves %v: want handoffs and no recovery (a drained worker's shards need no grace period)", moves)
+	}
+
 	// The health check the compose file uses, across containers.
 	for _, s := range []string{"server2", "server3"} {
 		compose(20*time.Second, false, "exec", "-T", "server1", "tokenctl", "health", "http://"+s+":7780/readyz")
 	}
+}
+
+// composeStatus is "tokenctl status -o json" as far as the test reads it.
+type composeStatus struct {
+	Leader *struct {
+		Name string `json:"name"`
+		HTTP string `json:"http"`
+	} `json:"leader"`
+	Config *struct {
+		Shards int `json:"shards"`
+	} `json:"config"`
+	Unowned int `json:"unowned_shards"`
+	Workers []struct {
+		ID     string `json:"id"`
+		UDP    string `json:"udp"`
+		Shards int    `json:"shards"`
+	} `json:"workers"`
+}
+
+// waitWhole polls "exec server1 tokenctl status" until there is a leader
+// and n workers serve every shard, for at most 90 s.
+func waitWhole(t *testing.T, compose func(time.Duration, bool, ...string) (string, error), n int) composeStatus {
+	t.Helper()
+	whole := func(st composeStatus) bool {
+		if st.Leader == nil || st.Config == nil || len(st.Workers) != n || st.Unowned != 0 {
+			return false
+		}
+		sum := 0
+		for _, w := range st.Workers {
+			sum += w.Shards
+		}
+		return sum == st.Config.Shards
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out, err := compose(20*time.Second, true, "exec", "-T", "server1", "tokenctl", "status", "-o", "json")
+		var st composeStatus
+		if err == nil && json.Unmarshal([]byte(out), &st) == nil && whole(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			logs, _ := compose(30*time.Second, true, "logs", "--tail", "20")
+			t.Fatalf("no leader and %d workers serving every shard after 90 s; last status: %s %v\n%s", n, out, err, logs)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// shardMoves reads the leader's tokend_coordinator_shard_moves_total by
+// kind from its /metrics, at its address on the test's network.
+func shardMoves(t *testing.T, httpAddr string) map[string]float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	moves := map[string]float64{}
+	re := regexp.MustCompile(`(?m)^tokend_coordinator_shard_moves_total\{kind="(\w+)"\} (\S+)$`)
+	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+		moves[m[1]], _ = strconv.ParseFloat(m[2], 64)
+	}
+	return moves
 }
 
 // containerIP returns server1's address on the compose network.
