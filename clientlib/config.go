@@ -171,6 +171,7 @@ type reqOptions struct {
 	hasWait    bool
 	value      []byte
 	hasValue   bool
+	detect     bool
 }
 
 type releaseOptions struct {
@@ -217,6 +218,19 @@ func Range(start, end uint64) Option {
 // when the token is held in a conflicting mode.
 func Try() Option {
 	return optionFunc(func(o *reqOptions) { o.try = true })
+}
+
+// DetectDeadlock makes a waiting Acquire or upgrading Convert take part in
+// the cluster's detection of wait-for cycles across tokens (wire/SPEC.md
+// section 19): if it closes a cycle of such requests, one of them (the
+// youngest) fails with ErrDeadlock instead of waiting. Use it when this
+// Client is one owner, like a transaction: it keeps the tokens it holds
+// until this request ends. Do not use it from a Client whose goroutines
+// hold and wait independently (one may give its token back on
+// revocation): a cycle through it is no deadlock. A conversion deadlock
+// on one token is answered whether or not the option is given.
+func DetectDeadlock() Option {
+	return optionFunc(func(o *reqOptions) { o.detect = true })
 }
 
 // Wait bounds how long the request may wait in the token's queue; the worker

@@ -163,13 +163,13 @@ func cycle(t *testing.T, a, b *clientlib.Client, x, y string) time.Duration {
 	}
 	res := make(chan outcome, 2)
 	go func() {
-		tok, err := a.Acquire(ctx, y, wire.EX)
+		tok, err := a.Acquire(ctx, y, wire.EX, clientlib.DetectDeadlock())
 		res <- outcome{who: "a", tok: tok, err: err, at: time.Now()}
 	}()
 	waitQueued()
 	start := time.Now()
 	go func() {
-		tok, err := b.Acquire(ctx, x, wire.PR)
+		tok, err := b.Acquire(ctx, x, wire.PR, clientlib.DetectDeadlock())
 		res <- outcome{who: "b", tok: tok, err: err, at: time.Now()}
 	}()
 	first := <-res

@@ -83,8 +83,11 @@
 // wait would never end (wire/SPEC.md section 19): at once for a conversion
 // deadlock (two PR holders both converting to EX: the second is the
 // victim), and within a few hundred milliseconds for a cycle of sessions
-// waiting for each other's tokens across shards or workers (the younger
-// request is the victim). The victim keeps everything it holds, a Convert's
+// waiting for each other's tokens across shards or workers, among requests
+// made with DetectDeadlock (the younger request is the victim). A Client
+// whose goroutines hold and wait independently should not use it: one of
+// them may give its token back on revocation, so a cycle through it
+// resolves by itself. The victim keeps everything it holds, a Convert's
 // token stays in its old mode with its old fence: give something back
 // (Release, or Convert down), then retry. A revoke handler that releases
 // promptly (within 50 ms) breaks a cycle across tokens before anyone is

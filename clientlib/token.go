@@ -341,7 +341,7 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	}
 	try, waitMs := waitParams(ctx, &o)
 	cl := newCall()
-	cl.acq = wire.Acquire{Try: try, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
+	cl.acq = wire.Acquire{Try: try, Detect: o.detect, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
 	cl.typ, cl.body, cl.name, cl.routed = wire.TypeAcquire, &cl.acq, name, true
 	cl.shard = wire.Shard(cl.acq.Name, c.shardCount)
 	if err := c.register(ctx, cl, true); err != nil {
@@ -790,7 +790,7 @@ func (t *Token) convertLocked(ctx context.Context, op string, mode wire.Mode, o 
 		return false, fmt.Errorf("%s: %w: only a downgrade from PW or EX can set the value", op, ErrBadRequest)
 	}
 	try, waitMs := waitParams(ctx, o)
-	body := wire.Convert{Try: try, Fence: fence, Mode: mode, WaitMs: waitMs, Name: []byte(t.name),
+	body := wire.Convert{Try: try, Detect: o.detect, Fence: fence, Mode: mode, WaitMs: waitMs, Name: []byte(t.name),
 		HasValue: o.hasValue, Value: o.value}
 	cl := &call{typ: wire.TypeConvert, body: body, name: t.name, shard: t.shard, routed: true}
 	if err := c.register(ctx, cl, true); err != nil {

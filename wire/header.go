@@ -70,11 +70,13 @@ const (
 
 // Flag bits, per type. Bits not listed for a type must be zero.
 const (
-	FlagRenew        uint8 = 0x01 // KEEPALIVE: renew the session's etcd lease
-	FlagTry          uint8 = 0x01 // ACQUIRE, CONVERT: fail at once on conflict
-	FlagReleaseValue uint8 = 0x01 // RELEASE: a value block follows the name
-	FlagConvertValue uint8 = 0x02 // CONVERT: a value block follows the name
-	FlagReclaimValue uint8 = 0x01 // RECLAIM: the holder's copy of the value block follows the name
+	FlagRenew         uint8 = 0x01 // KEEPALIVE: renew the session's etcd lease
+	FlagTry           uint8 = 0x01 // ACQUIRE, CONVERT: fail at once on conflict
+	FlagReleaseValue  uint8 = 0x01 // RELEASE: a value block follows the name
+	FlagConvertValue  uint8 = 0x02 // CONVERT: a value block follows the name
+	FlagReclaimValue  uint8 = 0x01 // RECLAIM: the holder's copy of the value block follows the name
+	FlagAcquireDetect uint8 = 0x02 // ACQUIRE: take part in cross-token deadlock detection (SPEC §19)
+	FlagConvertDetect uint8 = 0x04 // CONVERT: take part in cross-token deadlock detection (SPEC §19)
 )
 
 // Kind names the body layout a datagram carries. It follows from the type
@@ -153,9 +155,9 @@ var types = func() (t [256]typeInfo) {
 	req(TypeSessionOpen, "SESSION_OPEN", 0, sessZero, false, KindSessionOpen, KindSessionReply)
 	req(TypeKeepalive, "KEEPALIVE", FlagRenew, sessNonzero, false, KindKeepalive, KindKeepaliveReply)
 	req(TypeSessionClose, "SESSION_CLOSE", 0, sessNonzero, false, KindEmpty, KindEmpty)
-	req(TypeAcquire, "ACQUIRE", FlagTry, sessNonzero, true, KindAcquire, KindGrant)
+	req(TypeAcquire, "ACQUIRE", FlagTry|FlagAcquireDetect, sessNonzero, true, KindAcquire, KindGrant)
 	req(TypeRelease, "RELEASE", FlagReleaseValue, sessNonzero, true, KindRelease, KindEmpty)
-	req(TypeConvert, "CONVERT", FlagTry|FlagConvertValue, sessNonzero, true, KindConvert, KindGrant)
+	req(TypeConvert, "CONVERT", FlagTry|FlagConvertValue|FlagConvertDetect, sessNonzero, true, KindConvert, KindGrant)
 	req(TypeCancel, "CANCEL", 0, sessNonzero, true, KindCancel, KindEmpty)
 	req(TypeReclaim, "RECLAIM", FlagReclaimValue, sessNonzero, true, KindReclaim, KindGrant)
 	req(TypeRevokeAck, "REVOKE_ACK", 0, sessNonzero, true, KindRevokeAck, KindInvalid)

@@ -206,6 +206,7 @@ func describeBody(d *describer, m message) {
 		}
 	case *Acquire:
 		d.bool("try", m.Try)
+		d.bool("detect", m.Detect)
 		d.mode(m.Mode)
 		d.u("wait_ms", uint64(m.WaitMs))
 		d.rng(m.Start, m.End)
@@ -217,6 +218,7 @@ func describeBody(d *describer, m message) {
 		d.bytes("value", m.Value)
 	case *Convert:
 		d.bool("try", m.Try)
+		d.bool("detect", m.Detect)
 		d.fence(m.Fence)
 		d.mode(m.Mode)
 		d.u("wait_ms", uint64(m.WaitMs))

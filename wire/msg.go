@@ -237,6 +237,7 @@ func (m *KeepaliveReply) Decode(h Header, b []byte) error {
 // Acquire (ACQUIRE request) asks for a token in a mode over a byte range.
 type Acquire struct {
 	Try    bool   // flag TRY: answer CONFLICT at once instead of queueing
+	Detect bool   // flag DETECT: the session holds its grants until this request ends (SPEC §19)
 	Mode   Mode   // requested mode
 	WaitMs uint32 // longest time to stay queued (ignored with Try); WaitForever = no limit
 	Start  uint64 // range [Start, End); whole token = WholeStart, WholeEnd
@@ -249,6 +250,9 @@ func (m Acquire) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeAcquire, 0
 	if m.Try {
 		h.Flags = FlagTry
+	}
+	if m.Detect {
+		h.Flags |= FlagAcquireDetect
 	}
 	s, e, err := wireRange(m.Start, m.End)
 	if err = first(err, checkMode(m.Mode), checkName(m.Name)); err != nil {
@@ -273,6 +277,7 @@ func (m *Acquire) Decode(h Header, b []byte) error {
 		return err
 	}
 	m.Try = h.Flags&FlagTry != 0
+	m.Detect = h.Flags&FlagAcquireDetect != 0
 	m.Mode = r.mode()
 	m.WaitMs = r.u32()
 	m.Start, m.End = r.rng()
@@ -331,6 +336,7 @@ func (m *Release) Decode(h Header, b []byte) error {
 // fence, and may set the value block.
 type Convert struct {
 	Try      bool   // flag TRY: answer CONFLICT at once instead of queueing
+	Detect   bool   // flag DETECT: the session holds its grants until this request ends (SPEC §19)
 	Fence    uint64 // the grant's current fence
 	Mode     Mode   // the new mode
 	WaitMs   uint32 // as in Acquire
@@ -347,6 +353,9 @@ func (m Convert) Append(dst []byte, h Header) ([]byte, error) {
 	}
 	if m.HasValue {
 		h.Flags |= FlagConvertValue
+	}
+	if m.Detect {
+		h.Flags |= FlagConvertDetect
 	}
 	if err := first(checkFence(m.Fence), checkMode(m.Mode), checkName(m.Name), checkValue(m.Value)); err != nil {
 		return dst, err
@@ -372,6 +381,7 @@ func (m *Convert) Decode(h Header, b []byte) error {
 		return err
 	}
 	m.Try = h.Flags&FlagTry != 0
+	m.Detect = h.Flags&FlagConvertDetect != 0
 	m.Fence = r.fence()
 	m.Mode = r.mode()
 	m.WaitMs = r.u32()

@@ -339,13 +339,13 @@ func TestRandomMessages(t *testing.T) {
 			}
 			m = &KeepaliveReply{u32(), u32(), s}
 		case KindAcquire:
-			m = &Acquire{flag(), mode(), u32(), u64(), u64(), bs(MaxName)}
+			m = &Acquire{Try: flag(), Detect: flag(), Mode: mode(), WaitMs: u32(), Start: u64(), End: u64(), Name: bs(MaxName)}
 		case KindRelease:
 			r := &Release{Fence: u64(), Name: bs(MaxName)}
 			r.HasValue, r.Value = value()
 			m = r
 		case KindConvert:
-			c := &Convert{Try: flag(), Fence: u64(), Mode: mode(), WaitMs: u32(), Name: bs(MaxName)}
+			c := &Convert{Try: flag(), Detect: flag(), Fence: u64(), Mode: mode(), WaitMs: u32(), Name: bs(MaxName)}
 			c.HasValue, c.Value = value()
 			m = c
 		case KindCancel:

@@ -102,6 +102,7 @@ func validVectors() []vector {
 	add("acquire-wait-pr-range", h, &Acquire{Mode: PR, WaitMs: 2500, Start: 4096, End: 8192, Name: vToken2})
 	h = vhdr(12, 10, vMaxName)
 	add("acquire-max-name", h, &Acquire{Mode: CW, WaitMs: WaitForever, Start: 1, End: WholeEnd, Name: vMaxName})
+	add("acquire-detect", vhdr(13, 10, vToken), &Acquire{Detect: true, Mode: EX, WaitMs: 1000, Start: WholeStart, End: WholeEnd, Name: vToken})
 	add("acquire-reply-grant", vreply(TypeAcquire, StatusOK, 10, vToken), &Grant{Fence: MakeFence(vEpoch, 1001),
 		Mode: EX, ValidityMs: 4800, Start: WholeStart, End: WholeEnd, ValueFlags: ValueValid, Value: []byte("v1")})
 	add("acquire-reply-grant-value64", vreply(TypeAcquire, StatusOK, 11, vToken2), &Grant{Fence: MakeFence(vEpoch, 1002),
@@ -137,6 +138,8 @@ func validVectors() []vector {
 		Mode: EX, Name: vToken2})
 	add("convert-downgrade-value", vhdr(24, 20, vToken), &Convert{Fence: MakeFence(vEpoch, 1001),
 		Mode: CR, WaitMs: 100, Name: vToken, HasValue: true, Value: []byte("x")})
+	add("convert-upgrade-detect", vhdr(25, 20, vToken2), &Convert{Detect: true, Fence: MakeFence(vEpoch, 1002),
+		Mode: EX, WaitMs: 1000, Name: vToken2})
 	add("convert-reply-grant", vreply(TypeConvert, StatusOK, 23, vToken2), &Grant{Fence: MakeFence(vEpoch, 1003),
 		Mode: EX, ValidityMs: 4700, Start: 4096, End: 8192, ValueFlags: ValueValid, Value: []byte("v1")})
 	add("convert-reply-queued", vreply(TypeConvert, StatusQueued, 23, vToken2), &Queued{Position: 0})
@@ -274,7 +277,7 @@ func badVectors() []badVector {
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
 	add("bad-type-0b", resealed(acq, set(3, 0x0b)), ErrUnknownType)
 	add("bad-type-revoke-ack-reply", resealed(acq, set(3, 0x89)), ErrUnknownType)
-	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x03)), ErrBadFlags)
+	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x05)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
 	add("bad-status-in-request", resealed(acq, set(offStatus, 1)), ErrBadStatus)
 	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 17)), ErrBadStatus)

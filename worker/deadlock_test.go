@@ -94,10 +94,15 @@ func TestDeadlockExchange(t *testing.T) {
 	}
 	gx := a.acquire(x, wire.EX, false, 1000).grant(t)
 	gy := b.acquire(y, wire.EX, false, 1000).grant(t)
-	qa := a.acquire(y, wire.EX, false, 10000)
+	// Waits with DETECT are reported to the detector (SPEC §19); one
+	// without is not.
+	qa := a.do(wire.Acquire{Detect: true, Mode: wire.EX, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(y)}, a.shard(y))
 	wantStatus(t, qa, wire.StatusQueued)
-	qb := b.acquire(x, wire.PR, false, 10000)
+	qb := b.do(wire.Acquire{Detect: true, Mode: wire.PR, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(x)}, b.shard(x))
 	wantStatus(t, qb, wire.StatusQueued)
+	c := udpClient(t, w)
+	c.open(0)
+	wantStatus(t, c.acquire(x, wire.PR, false, 10000), wire.StatusQueued)
 
 	inc := formatInc(w.testOwner().Incarnation)
 	if ans := deadlockExchange(t, w, &cluster.DeadlockQuery{Incarnation: inc + "0", Waits: true}); ans.Error == "" {
@@ -138,7 +143,7 @@ func TestDeadlockExchange(t *testing.T) {
 		t.Fatalf("deadlocks_total{kind=cycle} = %v, want 1", n)
 	}
 	// A re-poll of the victim's request gets DEADLOCK from the reply cache.
-	rp, err := b.call(wire.Acquire{Mode: wire.PR, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(x)},
+	rp, err := b.call(wire.Acquire{Detect: true, Mode: wire.PR, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(x)},
 		b.header(b.shard(x), qb.h.Request), 2*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -276,7 +276,7 @@ func decodeToken(h wire.Header, pkt []byte, now int64) (in table.Input, name []b
 		if err = m.Decode(h, pkt); err != nil {
 			return in, nil, err
 		}
-		in = table.Input{Op: table.OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End}
+		in = table.Input{Op: table.OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End, Detect: m.Detect}
 		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
 		return in, m.Name, nil
 	case wire.TypeConvert:
@@ -284,7 +284,7 @@ func decodeToken(h wire.Header, pkt []byte, now int64) (in table.Input, name []b
 		if err = m.Decode(h, pkt); err != nil {
 			return in, nil, err
 		}
-		in = table.Input{Op: table.OpConvert, Name: m.Name, Mode: m.Mode, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}
+		in = table.Input{Op: table.OpConvert, Name: m.Name, Mode: m.Mode, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value, Detect: m.Detect}
 		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
 		return in, m.Name, nil
 	case wire.TypeRelease:

@@ -600,6 +600,16 @@ int tokend_close(tokend_client *c)
 	return TOKEND_OK;
 }
 
+int tokend_detect_deadlocks(tokend_client *c, int on)
+{
+	if (!c)
+		return TOKEND_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	c->detect = on != 0;
+	pthread_mutex_unlock(&c->mu);
+	return TOKEND_OK;
+}
+
 uint64_t tokend_session_id(tokend_client *c)
 {
 	if (!c)
@@ -651,6 +661,7 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 			memset(m, 0, sizeof *m);
 			m->h.type = TKW_ACQUIRE;
 			m->try_ = wait_ms == 0;
+			m->detect = c->detect && !m->try_;
 			m->mode = (uint8_t)mode;
 			m->wait_ms = wait_ms == 0 ? 0 : wire_wait(wait_ms);
 			m->start = start;
@@ -783,6 +794,7 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 	m->mode = (uint8_t)mode;
 	/* a downgrade never waits: send it as a try */
 	m->try_ = down || wait_ms == 0;
+	m->detect = c->detect && !m->try_;
 	m->wait_ms = m->try_ ? 0 : wire_wait(wait_ms);
 	m->name.p = g->g.name;
 	m->name.len = g->g.name_len;

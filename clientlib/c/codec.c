@@ -138,9 +138,9 @@ static uint8_t allowed_flags(uint8_t t)
 {
 	switch (t) {
 	case TKW_KEEPALIVE: return TKW_FLAG_RENEW;
-	case TKW_ACQUIRE: return TKW_FLAG_TRY;
+	case TKW_ACQUIRE: return TKW_FLAG_TRY | TKW_FLAG_ACQUIRE_DETECT;
 	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE;
-	case TKW_CONVERT: return TKW_FLAG_TRY | TKW_FLAG_CONVERT_VALUE;
+	case TKW_CONVERT: return TKW_FLAG_TRY | TKW_FLAG_CONVERT_VALUE | TKW_FLAG_CONVERT_DETECT;
 	case TKW_RECLAIM: return TKW_FLAG_RECLAIM_VALUE;
 	}
 	return 0;
@@ -514,6 +514,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		break;
 	case TKW_K_ACQUIRE:
 		m->try_ = (h->flags & TKW_FLAG_TRY) != 0;
+		m->detect = (h->flags & TKW_FLAG_ACQUIRE_DETECT) != 0;
 		CHECK(rd_mode(r, &m->mode));
 		CHECK(rd_u32(r, &m->wait_ms));
 		CHECK(rd_range(r, &m->start, &m->end));
@@ -528,6 +529,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		break;
 	case TKW_K_CONVERT:
 		m->try_ = (h->flags & TKW_FLAG_TRY) != 0;
+		m->detect = (h->flags & TKW_FLAG_CONVERT_DETECT) != 0;
 		m->has_value = (h->flags & TKW_FLAG_CONVERT_VALUE) != 0;
 		CHECK(rd_fence(r, &m->fence));
 		CHECK(rd_mode(r, &m->mode));
@@ -768,10 +770,12 @@ static uint8_t derive_flags(const struct tkw_msg *m, int kind)
 {
 	switch (kind) {
 	case TKW_K_KEEPALIVE: return m->renew ? TKW_FLAG_RENEW : 0;
-	case TKW_K_ACQUIRE: return m->try_ ? TKW_FLAG_TRY : 0;
+	case TKW_K_ACQUIRE:
+		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->detect ? TKW_FLAG_ACQUIRE_DETECT : 0));
 	case TKW_K_RELEASE: return m->has_value ? TKW_FLAG_RELEASE_VALUE : 0;
 	case TKW_K_CONVERT:
-		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->has_value ? TKW_FLAG_CONVERT_VALUE : 0));
+		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->has_value ? TKW_FLAG_CONVERT_VALUE : 0) |
+				 (m->detect ? TKW_FLAG_CONVERT_DETECT : 0));
 	case TKW_K_RECLAIM: return m->has_value ? TKW_FLAG_RECLAIM_VALUE : 0;
 	}
 	return 0;

@@ -62,6 +62,8 @@ enum {
 #define TKW_FLAG_RELEASE_VALUE 0x01 /* RELEASE */
 #define TKW_FLAG_CONVERT_VALUE 0x02 /* CONVERT */
 #define TKW_FLAG_RECLAIM_VALUE 0x01 /* RECLAIM: the holder's copy of the value block */
+#define TKW_FLAG_ACQUIRE_DETECT 0x02 /* ACQUIRE: cross-token deadlock detection (SPEC 19) */
+#define TKW_FLAG_CONVERT_DETECT 0x04 /* CONVERT: cross-token deadlock detection (SPEC 19) */
 
 /* GRANT value flags (S5). */
 #define TKW_VALUE_VALID 0x01
@@ -196,6 +198,7 @@ struct tkw_msg {
 	uint32_t session_ttl_ms; /* KEEPALIVE_REPLY */
 	uint32_t validity_ms;    /* KEEPALIVE_REPLY, GRANT */
 	int try_;                /* ACQUIRE, CONVERT (flag) */
+	int detect;              /* ACQUIRE, CONVERT (flag DETECT) */
 	uint8_t mode;
 	uint32_t wait_ms;
 	uint64_t start, end;

@@ -224,6 +224,8 @@ struct tokend_client {
 	struct tkn_addr *seeds;
 	size_t nseeds;
 
+	int detect; /* tokend_detect_deadlocks: DETECT on waiting acquires and upgrades (guarded by mu) */
+
 	/* lifetime */
 	int closing, stopping;
 	int active; /* API calls in progress */

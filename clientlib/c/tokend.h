@@ -339,6 +339,20 @@ TOKEND_API const char *tokend_last_error(tokend_client *c, char *buf, size_t len
 /* The session id (the service's lease id), 0 if none is open. */
 TOKEND_API uint64_t tokend_session_id(tokend_client *c);
 
+/*
+ * Deadlock detection across tokens (wire/SPEC.md section 19). With on != 0,
+ * every later acquire or upgrading convert of this handle that waits takes
+ * part: if it closes a wait-for cycle of such requests, the youngest one
+ * fails with TOKEND_EDEADLK instead of waiting. Turn it on only when the
+ * handle is one owner, like a transaction: it keeps the grants it holds
+ * until the waiting call returns. A handle whose threads hold and wait
+ * independently must leave it off (one of them may release on revocation,
+ * so a cycle through it is no deadlock). Off by default. A conversion
+ * deadlock on one token is answered TOKEND_EDEADLK either way.
+ * Returns TOKEND_OK, or TOKEND_EINVAL for c == NULL.
+ */
+TOKEND_API int tokend_detect_deadlocks(tokend_client *c, int on);
+
 /* Human-readable text of a status code; never NULL. */
 TOKEND_API const char *tokend_strerror(int status);
 

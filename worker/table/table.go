@@ -57,6 +57,7 @@ type waiter struct {
 	sprev, snext uint32 // the session's waiters
 	heap         int32  // position in Table.heap
 	mode         wire.Mode
+	detect       bool // Input.Detect: its wait is reported by WaitEdges
 }
 
 // queue holds a token's waiters: conversions first, then acquires, each in
@@ -641,7 +642,8 @@ func (t *Table) convCycle(tok *token, gi uint32, mode wire.Mode) bool {
 }
 
 // WaitEdges appends to out the waits of every request queued at or before
-// queuedBy (on the now clock): for each, one Edge per overlapping grant that
+// queuedBy (on the now clock) with Input.Detect set (its session holds its
+// grants until the request ends, so its waits are a session's): for each, one Edge per overlapping grant that
 // conflicts with it (other than the grant it converts) and one per
 // conflicting request queued ahead of it on its token. Edges of one waiter
 // are consecutive. A detector joins them across tables into a wait-for graph
@@ -650,8 +652,8 @@ func (t *Table) convCycle(tok *token, gi uint32, mode wire.Mode) bool {
 func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
 	for _, wi := range t.heap {
 		w := t.wts.at(wi)
-		if w.since > queuedBy {
-			continue
+		if w.since > queuedBy || !w.detect {
+			continue // too young, or not part of cross-token detection (SPEC §19)
 		}
 		tok := t.toks.at(w.tok)
 		e := Edge{Session: t.sess.at(w.sess).id, Req: w.req, Since: w.since, Conv: w.grant != 0, Name: tok.name}
@@ -1111,7 +1113,7 @@ func (t *Table) addWaiter(ti, si uint32, in *Input, mode wire.Mode, start, end u
 	w := t.wts.at(wi)
 	t.arrivals++
 	*w = waiter{req: in.Req, start: start, end: end, deadline: in.Deadline, since: t.now, arrival: t.arrivals,
-		tok: ti, sess: si, grant: gi, mode: mode}
+		tok: ti, sess: si, grant: gi, mode: mode, detect: in.Detect}
 	tok := t.toks.at(ti)
 	if tok.q == 0 {
 		tok.q = t.qs.alloc()

@@ -115,6 +115,7 @@ type Input struct {
 	Fence    uint64 // OpRelease, OpConvert: the grant; OpReclaim: its old fence
 	Deadline int64  // absolute, same clock as now: a queued request times out when now >= Deadline
 	Try      bool   // fail with StatusConflict instead of queueing
+	Detect   bool   // OpAcquire, OpConvert: the wait takes part in cross-token deadlock detection (WaitEdges)
 	SetValue bool   // OpRelease, OpConvert: set the token's value block to Value; OpReclaim: the holder's copy
 	Value    []byte // at most MaxValueLen bytes
 }

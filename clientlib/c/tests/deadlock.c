@@ -152,6 +152,9 @@ static void cycle(const char *x, const char *y)
 {
 	tokend_client *a = connect_client(), *b = connect_client();
 	tokend_grant ax, by, bx;
+	/* each handle is one owner: it keeps x (y) while it waits */
+	CHECK_RC(tokend_detect_deadlocks(a, 1), TOKEND_OK, "a: detect deadlocks");
+	CHECK_RC(tokend_detect_deadlocks(b, 1), TOKEND_OK, "b: detect deadlocks");
 	CHECK_RC(tokend_acquire(a, x, strlen(x), TOKEND_EX, WAIT_MS, &ax), TOKEND_OK, "a: acquire x");
 	CHECK_RC(tokend_acquire(b, y, strlen(y), TOKEND_EX, WAIT_MS, &by), TOKEND_OK, "b: acquire y");
 	struct waiter wa = {.c = a, .name = y};

@@ -201,6 +201,7 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		break;
 	case TKW_K_ACQUIRE:
 		d_u(d, "try", (uint64_t)m->try_);
+		d_u(d, "detect", (uint64_t)m->detect);
 		d_u(d, "mode", m->mode);
 		d_u(d, "wait_ms", m->wait_ms);
 		d_u(d, "start", m->start);
@@ -215,6 +216,7 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		break;
 	case TKW_K_CONVERT:
 		d_u(d, "try", (uint64_t)m->try_);
+		d_u(d, "detect", (uint64_t)m->detect);
 		d_u(d, "fence", m->fence);
 		d_u(d, "mode", m->mode);
 		d_u(d, "wait_ms", m->wait_ms);
@@ -434,6 +436,8 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 			m->validity_ms = (uint32_t)u;
 		else if (!strcmp(k, "try"))
 			m->try_ = (int)u;
+		else if (!strcmp(k, "detect"))
+			m->detect = (int)u;
 		else if (!strcmp(k, "mode"))
 			m->mode = (uint8_t)u;
 		else if (!strcmp(k, "wait_ms"))
