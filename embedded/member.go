@@ -212,6 +212,15 @@ func (m *Member) Close() error {
 		close(m.stop)
 		<-m.watched // so the stop below is not reported on errc
 		m.closing.Store(true)
+		// Stop the raft server (handing leadership over first, if it can)
+		// before the client listeners: a request still in flight, such as
+		// a linearizable read of the last server of a cluster going down,
+		// then ends at once with "server stopped" instead of holding the
+		// listeners' graceful stop for the request timeout (7 s), which
+		// made a server without quorum take ~9 s to exit.
+		if m.etcd.Server != nil {
+			m.etcd.Server.Stop()
+		}
 		m.etcd.Close()
 		_ = m.logger.Sync() // fails harmlessly on a terminal's stderr
 	})
