@@ -102,7 +102,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cfg = cfg.Defaults()
 	rep := &Report{Started: time.Now(), Machine: ThisMachine(), Params: cfg.Params(),
 		GoroutinesBefore: runtime.NumGoroutine(), LoadStart: loadAvg()}
-	busy0, own0 := machineBusy(), cpuTime()
+	// Our own CPU: this process and the processes it started and reaped
+	// (tokend, cload, redis-server, echo servers, failover workers).
+	own := func() time.Duration { return cpuTime() + childrenCPU() }
+	busy0, own0 := machineBusy(), own()
 	add := func(name string, rs []Result, err error) {
 		rep.Results = append(rep.Results, rs...)
 		if errors.Is(err, ErrSkipped) {
@@ -203,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.ElapsedS = time.Since(rep.Started).Seconds()
 	rep.LoadEnd = loadAvg()
 	if busy0 > 0 {
-		other := (machineBusy() - busy0) - (cpuTime() - own0)
+		other := (machineBusy() - busy0) - (own() - own0)
 		rep.OtherCPU = max(other.Seconds(), 0) / rep.ElapsedS
 	}
 	return rep, ctx.Err()
