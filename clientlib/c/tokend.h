@@ -11,8 +11,9 @@
  * The library speaks the UDP protocol of wire/SPEC.md and keeps grants alive
  * by itself: a background thread (one per client) reads the socket and runs
  * the keepalive timer (on Linux, a thread that is the handle's only call in
- * progress reads its own reply from the socket, saving a thread switch). It calls three optional callbacks, each with
- * a copy of the grant concerned (its fence and mode at that moment):
+ * progress reads its own reply from the socket, saving a thread switch). It
+ * calls three optional callbacks, each with a copy of the grant concerned
+ * (its fence and mode at that moment):
  *
  *   on_revoke    another client wants a conflicting mode; flush what you cache
  *                under the grant, then tokend_release it (or tokend_convert it
