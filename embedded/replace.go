@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+
+	"github.com/tokend/tokend/cluster"
 )
 
 // Replace swaps the dead member deadName of the cluster that cli reaches for
@@ -117,7 +118,7 @@ func reconfigure(ctx context.Context, cli *clientv3.Client, deadName string, c *
 		return "", fmt.Errorf("%w: %q", ErrNoSuchMember, deadName)
 	}
 	if dead != nil {
-		if alive(ctx, cli, dead.ClientURLs) {
+		if cluster.MemberAnswers(ctx, cli, dead.ClientURLs) {
 			return "", fmt.Errorf("%w: %q answers on %v", ErrMemberAlive, deadName, dead.ClientURLs)
 		}
 		if _, err := cli.MemberRemove(ctx, dead.ID); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
@@ -147,31 +148,6 @@ func reconfigure(ctx context.Context, cli *clientv3.Client, deadName string, c *
 		}
 	}
 	return strings.Join(pairs, ","), nil
-}
-
-// alive reports whether a member answers a Status request on one of urls.
-// A refused TCP connection answers "no" at once, without waiting for the
-// client's dial timeout.
-func alive(ctx context.Context, cli *clientv3.Client, urls []string) bool {
-	for _, s := range urls {
-		u, err := url.Parse(s)
-		if err != nil {
-			continue
-		}
-		d := net.Dialer{Timeout: time.Second}
-		conn, err := d.DialContext(ctx, "tcp", u.Host)
-		if err != nil {
-			continue
-		}
-		conn.Close()
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err = cli.Status(sctx, s)
-		cancel()
-		if err == nil {
-			return true
-		}
-	}
-	return false
 }
 
 func sameURLs(a, b []string) bool {

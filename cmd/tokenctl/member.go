@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -16,6 +15,8 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 )
@@ -229,7 +230,7 @@ func removeMember(ctx context.Context, cli *clientv3.Client, who string, force b
 	if m == nil {
 		return nil, fmt.Errorf("member %q: %w (tokenctl member list shows them)", who, errNoMember)
 	}
-	if !force && answers(ctx, cli, m.ClientURLs) {
+	if !force && cluster.MemberAnswers(ctx, cli, m.ClientURLs) {
 		return nil, fmt.Errorf("member %s answers on %s: it is alive; stop it first, or --force", who, strings.Join(m.ClientURLs, ","))
 	}
 	if _, err := cli.MemberRemove(ctx, m.ID); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
@@ -317,30 +318,6 @@ func retryUnhealthy(ctx context.Context, f func() error) error {
 		}
 		wait = min(2*wait, 2*time.Second)
 	}
-}
-
-// answers reports whether a member answers a Status request on one of
-// urls; a refused connection says no at once.
-func answers(ctx context.Context, cli *clientv3.Client, urls []string) bool {
-	for _, s := range urls {
-		u, err := url.Parse(s)
-		if err != nil {
-			continue
-		}
-		d := net.Dialer{Timeout: time.Second}
-		conn, err := d.DialContext(ctx, "tcp", u.Host)
-		if err != nil {
-			continue
-		}
-		conn.Close()
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err = cli.Status(sctx, s)
-		cancel()
-		if err == nil {
-			return true
-		}
-	}
-	return false
 }
 
 func sameSet(a, b []string) bool {
