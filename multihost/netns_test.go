@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -303,7 +302,7 @@ func removeLeftovers(t *testing.T) {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuf
+	out  *proctest.Buffer
 	done chan struct{} // closed once reaped
 }
 
@@ -315,7 +314,7 @@ func (l *lab) start(h host, bin string, args ...string) *proc {
 	t.Logf("%s (%s): %s %s", h.name, h.ip, bin, strings.Join(args, " "))
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test binary
-	p := &proc{name: h.name, cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
+	p := &proc{name: h.name, cmd: cmd, out: &proctest.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", h.name, err)
@@ -391,29 +390,11 @@ func (l *lab) runEnv(h host, timeout time.Duration, env []string, bin string, ar
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), env...)
-	var out syncBuf
+	var out proctest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("killed after %v: %w", timeout, err)
 	}
 	return out.String(), err
-}
-
-// syncBuf is a bytes.Buffer safe for a writing process and a reading test.
-type syncBuf struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -8,7 +8,6 @@
 package tour
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,7 +18,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,31 +27,13 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(proctest.Main(m, "tokend-tour-", 5*time.Second)) }
 
-// syncBuf is a bytes.Buffer safe for a process's writes and the test's reads.
-type syncBuf struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a process the test started; t.Cleanup kills it by PID (if still
 // running) and reaps it.
 type proc struct {
 	t        *testing.T
 	name     string
 	cmd      *exec.Cmd
-	out, err syncBuf
+	out, err proctest.Buffer
 	done     chan struct{} // closed when reaped
 }
 
