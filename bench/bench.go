@@ -252,6 +252,24 @@ func (r *rec) record(i int, d time.Duration) {
 	}
 }
 
+// pair runs and times one acquire+release: the acquire, the release and
+// the pair each go to their histogram.
+func (r *rec) pair(acquire, release func() error) error {
+	t0 := time.Now()
+	if err := acquire(); err != nil {
+		return err
+	}
+	t1 := time.Now()
+	if err := release(); err != nil {
+		return err
+	}
+	t2 := time.Now()
+	r.record(latAcquire, t1.Sub(t0))
+	r.record(latRelease, t2.Sub(t1))
+	r.record(latPair, t2.Sub(t0))
+	return nil
+}
+
 // event counts one workload-specific event if the operation is measured.
 func (r *rec) event() {
 	if r.on {

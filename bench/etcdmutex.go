@@ -201,19 +201,7 @@ func etcdWorkloads(ctx context.Context, cfg *Config, eps []string, system string
 			ms[i] = concurrency.NewMutex(cs[i].sess, fmt.Sprintf("/bench/u/%d", i))
 		}
 		l, err := measure(ctx, cfg, n, func(ctx context.Context, i int, r *rec) error {
-			t0 := time.Now()
-			if err := ms[i].Lock(ctx); err != nil {
-				return err
-			}
-			t1 := time.Now()
-			if err := ms[i].Unlock(ctx); err != nil {
-				return err
-			}
-			t2 := time.Now()
-			r.record(latAcquire, t1.Sub(t0))
-			r.record(latRelease, t2.Sub(t1))
-			r.record(latPair, t2.Sub(t0))
-			return nil
+			return r.pair(func() error { return ms[i].Lock(ctx) }, func() error { return ms[i].Unlock(ctx) })
 		})
 		closeMutexClients(cs)
 		if err != nil {

@@ -265,23 +265,15 @@ func runRedis(ctx context.Context, cfg *Config) ([]Result, error) {
 		}
 		l, err := measure(ctx, cfg, n, func(ctx context.Context, i int, r *rec) error {
 			key := "bench/u/" + strconv.Itoa(i)
-			t0 := time.Now()
-			tok, ok, err := ls[i].tryLock(key)
-			if err != nil {
+			var tok string
+			return r.pair(func() error {
+				t, ok, err := ls[i].tryLock(key)
+				if err == nil && !ok {
+					err = fmt.Errorf("redis: %s held by someone else", key)
+				}
+				tok = t
 				return err
-			}
-			if !ok {
-				return fmt.Errorf("redis: %s held by someone else", key)
-			}
-			t1 := time.Now()
-			if err := ls[i].unlock(key, tok); err != nil {
-				return err
-			}
-			t2 := time.Now()
-			r.record(latAcquire, t1.Sub(t0))
-			r.record(latRelease, t2.Sub(t1))
-			r.record(latPair, t2.Sub(t0))
-			return nil
+			}, func() error { return ls[i].unlock(key, tok) })
 		})
 		closeRedisLocks(ls)
 		if err != nil {

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"runtime/pprof"
-	"time"
 
+	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -32,20 +32,11 @@ func uncontended(ctx context.Context, cfg *Config, cs []*client, tag string, pro
 		defer pprof.StopCPUProfile()
 	}
 	return measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
-		t0 := time.Now()
-		tok, err := cs[i].Acquire(ctx, names[i], wire.EX)
-		if err != nil {
+		var tok *clientlib.Token
+		return r.pair(func() (err error) {
+			tok, err = cs[i].Acquire(ctx, names[i], wire.EX)
 			return err
-		}
-		t1 := time.Now()
-		if err := tok.Release(ctx); err != nil {
-			return err
-		}
-		t2 := time.Now()
-		r.record(latAcquire, t1.Sub(t0))
-		r.record(latRelease, t2.Sub(t1))
-		r.record(latPair, t2.Sub(t0))
-		return nil
+		}, func() error { return tok.Release(ctx) })
 	})
 }
 
