@@ -167,17 +167,14 @@ func (c *Client) sessionGoneLocked(err error) {
 	c.deadErr = err
 	close(c.dead)
 	if closing {
-		// Close ends the tokens still held anyway (Err reports ErrClosed).
-		c.loseAllLocked(fmt.Errorf("%w: %w", ErrClosed, err), false)
-	} else {
-		c.loseAllLocked(err, false)
-	}
-	if closing {
 		// Close's own SESSION_CLOSE overtook a renewal or keepalive still
-		// in flight: the end it asked for, not news.
+		// in flight: the end it asked for, not news. Close ends the tokens
+		// still held anyway (Err reports ErrClosed).
+		c.loseAllLocked(fmt.Errorf("%w: %w", ErrClosed, err), false)
 		c.log.Debug("tokend session ended while closing", "session", c.Session(), "err", err)
 		return
 	}
+	c.loseAllLocked(err, false)
 	c.log.Warn("tokend session ended", "session", c.Session(), "err", err)
 }
 

@@ -425,9 +425,8 @@ func (c *Client) freshLocked(t *Token) bool {
 // reclaim at its new owner does. If ctx ends first, or t is lost, a pending
 // t is given back and confirm returns why.
 func (c *Client) confirm(ctx context.Context, t *Token) error {
-	poll := time.NewTimer(0)
+	poll := time.NewTimer(time.Hour) // reset before each wait
 	defer poll.Stop()
-	<-poll.C
 	for {
 		c.mu.Lock()
 		if c.freshLocked(t) {
