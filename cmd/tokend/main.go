@@ -405,9 +405,13 @@ func (d *daemon) mux() *http.ServeMux {
 	return mux
 }
 
+// printEndpoints writes the banner in one write, so that a reader
+// watching for its first line, or a log line from another goroutine, never
+// sees half of it.
 func (d *daemon) printEndpoints() {
 	cfg := d.cfg
-	w := d.stdout
+	w := new(strings.Builder)
+	defer func() { io.WriteString(d.stdout, w.String()) }()
 	fmt.Fprintf(w, "tokend %s (%s) is up\n", cluster.Version, cfg.mode)
 	if d.member != nil {
 		fmt.Fprintf(w, "  etcd client   %s   (data in %s)\n", strings.Join(d.member.ClientEndpoints(), ","), cfg.memberDir())
