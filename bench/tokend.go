@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/devcluster"
+	"github.com/tokend/tokend/testkit/devcluster"
 )
 
 // startTokend starts an in-process cluster of n workers on loopback.

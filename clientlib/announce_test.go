@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokend/tokend/announce"
-	"github.com/tokend/tokend/devcluster"
+	"github.com/tokend/tokend/testkit/devcluster"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker"
 )

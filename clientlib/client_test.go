@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
 

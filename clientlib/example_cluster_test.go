@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/devcluster"
+	"github.com/tokend/tokend/testkit/devcluster"
 	"github.com/tokend/tokend/wire"
 )
 

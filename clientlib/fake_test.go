@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
 

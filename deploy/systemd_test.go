@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 // unitFile is a systemd unit: section -> key -> values in order.

@@ -11,7 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
 

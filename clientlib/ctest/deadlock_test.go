@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/devcluster"
+	"github.com/tokend/tokend/testkit/devcluster"
 	"github.com/tokend/tokend/wire"
 )
 

@@ -35,7 +35,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/tokend/tokend/faultnet/proxy"
+	"github.com/tokend/tokend/testkit/faultnet/proxy"
 )
 
 func main() {

@@ -18,7 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 // The test binary doubles as the tokend binary: with TOKEND_TEST_MAIN=1 it

@@ -1,6 +1,6 @@
 //go:build linux
 
-package recovery
+package failover
 
 import (
 	"context"

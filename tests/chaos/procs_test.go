@@ -25,8 +25,8 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/faultnet/proxy"
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/faultnet/proxy"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire"
 )
 

@@ -1,6 +1,6 @@
 //go:build linux
 
-package recovery
+package failover
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire"
 )
 

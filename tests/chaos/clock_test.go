@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/chaos/check"
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/devcluster"
+	"github.com/tokend/tokend/testkit/devcluster"
+	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -112,8 +112,8 @@ func TestScenario9OnlyMonotonicTime(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, dir := range []string{"worker", "worker/table", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {
-		for _, use := range wallClockUses(t, filepath.Join("..", dir)) {
-			use = strings.TrimPrefix(use, "../")
+		for _, use := range wallClockUses(t, filepath.Join("..", "..", dir)) {
+			use = strings.TrimPrefix(use, "../../")
 			if _, ok := allowed[use]; ok {
 				seen[use] = true
 				continue

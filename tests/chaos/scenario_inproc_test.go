@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/devcluster"
-	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/testkit/devcluster"
+	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
 

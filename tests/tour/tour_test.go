@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 func TestMain(m *testing.M) { os.Exit(proctest.Main(m, "tokend-tour-", 5*time.Second)) }

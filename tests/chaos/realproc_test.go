@@ -15,11 +15,11 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/tokend/tokend/chaos/check"
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
-	"github.com/tokend/tokend/faultnet/proxy"
+	"github.com/tokend/tokend/testkit/faultnet/proxy"
+	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/wire"
 )
 

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 // nsPrefix starts the name of every namespace this test makes:

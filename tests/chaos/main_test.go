@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 var (
@@ -52,7 +52,7 @@ func run(t *testing.T, pinned []uint64, fn func(t *testing.T, seed uint64, long 
 		return t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Cleanup(func() {
 				if t.Failed() {
-					t.Logf("FAILED with seed %d; repeat with: go test ./chaos -run '%s' -seed %d -v", seed, t.Name(), seed)
+					t.Logf("FAILED with seed %d; repeat with: go test ./tests/chaos -run '%s' -seed %d -v", seed, t.Name(), seed)
 				}
 			})
 			fn(t, seed, long)

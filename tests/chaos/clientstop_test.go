@@ -19,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/chaos/check"
 	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/wire"
 )
 

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/chaos/check"
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/devcluster"
-	"github.com/tokend/tokend/faultnet"
+	"github.com/tokend/tokend/testkit/devcluster"
+	"github.com/tokend/tokend/testkit/faultnet"
+	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker"
 )

@@ -7,4 +7,4 @@
 //
 // TOKEND_RECOVERY_KILLS=n makes TestWorkerKill kill a worker n times instead
 // of 3 and report failover percentiles over them.
-package recovery
+package failover

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 // httpGetEnv makes the test binary a one-shot HTTP client: the test runs

@@ -1,6 +1,6 @@
 //go:build linux
 
-package recovery
+package failover
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
-	"github.com/tokend/tokend/internal/proctest"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 func TestMain(m *testing.M) { os.Exit(proctest.Main(m, "tokend-recovery-", 5*time.Second)) }

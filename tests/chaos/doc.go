@@ -39,12 +39,12 @@
 // Every scenario runs once per pinned seed in the short form (seconds each,
 // what CI runs). A failure prints its seed and the command that repeats it:
 //
-//	go test ./chaos -run 'TestScenario2ClientPauses/seed=2' -seed 2 -v
+//	go test ./tests/chaos -run 'TestScenario2ClientPauses/seed=2' -seed 2 -v
 //
 // -soak D (or TOKEND_SOAK=D) runs each selected scenario again and again
 // with random seeds and its long sizes until D is over, for example:
 //
-//	go test ./chaos -run 'Scenario(1|2|8|9C|10)' -soak 10m -timeout 2h -v
+//	go test ./tests/chaos -run 'Scenario(1|2|8|9C|10)' -soak 10m -timeout 2h -v
 //
 // A seed that ever failed is added to its scenario's pinned list (the
 // slice passed to run) and stays there as a regression case. In-process
