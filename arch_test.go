@@ -64,6 +64,7 @@ var classes = map[string]string{
 	"cmd/tokend":            product,
 	"coordinator/...":       product,
 	"embedded/...":          product,
+	"internal/...":          product, // shared by the product's packages: the clock
 	"wire/...":              product,
 	"worker/...":            product,
 	"tests/...":             testInfra, // the suites: chaos, failover, multihost, tour
