@@ -17,7 +17,7 @@ const maxWaitEdges = 1 << 16
 // the handoff listener (wire/SPEC.md section 19): it ends the victims that
 // still wait with DEADLOCK, then lists the waits asked for.
 func (w *Worker) serveDeadlock(c net.Conn, req *pullRequest) {
-	ans := w.answerDeadlock(req.Proto, req.Deadlock, time.Now())
+	ans := w.answerDeadlock(req.Proto, req.Deadlock, w.clk.Now())
 	if _, err := writeFrame(c, ans); err != nil {
 		w.log.Debug("deadlock answer not sent", "to", c.RemoteAddr(), "err", err)
 	}

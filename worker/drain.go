@@ -65,7 +65,7 @@ func (w *Worker) Drain(ctx context.Context) (DrainStatus, error) {
 		w.mu.Unlock()
 		w.log.Info("draining: registration marked; waiting for the leader to move the shards away")
 	}
-	t := time.NewTicker(20 * time.Millisecond)
+	t, tc := w.clk.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
 		st := w.drainStatus()
@@ -76,7 +76,7 @@ func (w *Worker) Drain(ctx context.Context) (DrainStatus, error) {
 		case <-ctx.Done():
 			return st, fmt.Errorf("%w: %d shards still delegated here, %d handoffs not pulled: %w",
 				ErrDrainIncomplete, st.Shards, st.Pending, ctx.Err())
-		case <-t.C:
+		case <-tc:
 		}
 	}
 }
@@ -93,7 +93,7 @@ func (w *Worker) drainStatus() DrainStatus {
 			st.Shards++
 		}
 	}
-	st.Pending = w.outstandingHandoffs(w.mono(time.Now()))
+	st.Pending = w.outstandingHandoffs(w.mono(w.clk.Now()))
 	return st
 }
 

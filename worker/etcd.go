@@ -65,7 +65,7 @@ func (w *Worker) openSession(ctx context.Context, key openKey, from *net.UDPAddr
 	defer cancel()
 	id, rev, granted, err := w.createSession(ctx, secs, from, lib)
 	closing := ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
 	rh := h.Reply()
@@ -109,7 +109,7 @@ func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAdd
 	}
 	id := uint64(g.ID)
 	doc, err := json.Marshal(cluster.Client{
-		Session: cluster.SessionString(id), Addr: from.String(), Since: cluster.Now(time.Now()),
+		Session: cluster.SessionString(id), Addr: from.String(), Since: cluster.Now(w.clk.Now()),
 		Library: lib, Worker: w.cfg.ID,
 	})
 	if err == nil {
@@ -128,9 +128,9 @@ func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAdd
 // answers the KEEPALIVE. The TTL etcd restarts on receipt is counted by
 // the client from its send, which is earlier: safe.
 func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
-	r := keepAliveHedged(ctx, w.cfg.Client, clientv3.LeaseID(id), etcdTimeout, 100*time.Millisecond)
+	r := keepAliveHedged(ctx, w.clk, w.cfg.Client, clientv3.LeaseID(id), etcdTimeout, 100*time.Millisecond)
 	resp, err := r.resp, r.err
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
 	ob.safe = w.safeUntil()
@@ -181,7 +181,7 @@ func (w *Worker) closeSession(ctx context.Context, id uint64, h wire.Header, sta
 		w.log.Warn("cannot close session", "session", cluster.SessionString(id), "err", err)
 		return // no answer: the client retransmits
 	}
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
 	ob.safe = w.safeUntil()
@@ -211,7 +211,7 @@ func (w *Worker) lookupSession(ctx context.Context, h wire.Header, from *net.UDP
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	resp, err := w.cfg.Client.Get(ctx, cluster.ClientKey(h.Session))
 	cancel()
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	delete(w.lookups, h.Session)
 	ob := newOutbox(stamp, w.mono(now))

@@ -187,10 +187,8 @@ func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 				return
 			}
 			w.log.Warn("handoff accept failed", "err", err)
-			select {
-			case <-ctx.Done():
+			if !wait(ctx, w.clk, 50*time.Millisecond) {
 				return
-			case <-time.After(50 * time.Millisecond):
 			}
 			continue
 		}
@@ -212,6 +210,7 @@ func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 // serveHandoff answers one pull on c.
 func (w *Worker) serveHandoff(ctx context.Context, c net.Conn) {
 	defer c.Close()
+	// Socket deadlines are the kernel's: real time.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	c.SetDeadline(time.Now().Add(connTimeout))
@@ -254,15 +253,15 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 		resp.Error = "too many shards"
 		return resp
 	}
-	deadline := time.Now().Add(mapWait)
+	deadline := w.clk.Now().Add(mapWait)
 	w.mu.Lock()
-	for w.dmap.Version < req.MapVersion && time.Now().Before(deadline) {
+	for w.dmap.Version < req.MapVersion && w.clk.Now().Before(deadline) {
 		ch := w.mapCh
 		w.mu.Unlock()
-		t := time.NewTimer(time.Until(deadline))
+		t, tc := w.clk.NewTimer(deadline.Sub(w.clk.Now()))
 		select {
 		case <-ch:
-		case <-t.C:
+		case <-tc:
 		case <-ctx.Done():
 		}
 		t.Stop()
@@ -277,7 +276,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 	case w.me == (delegation.Owner{}) || req.To != formatInc(w.me.Incarnation):
 		resp.Error = "not that incarnation"
 		return resp
-	case !time.Now().Before(w.safeUntil()):
+	case !w.clk.Now().Before(w.safeUntil()):
 		// Invariant 5: a worker that cannot vouch for its lease may have
 		// lost it; the leader may have treated the move as a recovery.
 		resp.Error = "lease not safe"
@@ -352,8 +351,10 @@ func (w *Worker) pullLoop(ctx context.Context) {
 // pull asks b's old owner for the shards' state, retrying until
 // pullTimeout, and then imports it or recovers the shards.
 func (w *Worker) pull(ctx context.Context, b *pullBatch) {
-	ctx, cancel := context.WithDeadline(ctx, b.started.Add(pullTimeout))
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t := w.clk.AfterFunc(pullTimeout-w.clk.Since(b.started), func() { cancel(context.DeadlineExceeded) })
+	defer t.Stop()
 	w.mu.Lock()
 	req := &pullRequest{Proto: handoffProto, From: w.me.ID, Incarnation: formatInc(w.me.Incarnation),
 		To: formatInc(b.from.Incarnation), MapVersion: b.mapVersion, Shards: b.shards}
@@ -376,16 +377,12 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 		if gone = !w.registered(b.from); gone {
 			break
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(pullRetry):
-		}
-		if ctx.Err() != nil {
+		if !wait(ctx, w.clk, pullRetry) {
 			break
 		}
 	}
 	if err == nil && ctx.Err() != nil {
-		err = ctx.Err()
+		err = context.Cause(ctx)
 	}
 	w.met.handoffBytes.WithLabelValues("in").Add(float64(n))
 	w.finishPull(b, resp, err, gone)
@@ -407,11 +404,10 @@ func pullOnce(ctx context.Context, addr string, req *pullRequest) (*pullResponse
 		return nil, 0, err
 	}
 	defer c.Close()
+	// Socket deadlines are the kernel's: real time. The pull's timeout is
+	// on the worker's clock and ends ctx.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	if _, err := writeFrame(c, req); err != nil {
 		return nil, 0, err
 	}
@@ -443,7 +439,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 			got[resp.Shards[i].Shard] = &resp.Shards[i]
 		}
 	}
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
@@ -498,7 +494,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 	}
 	w.mu.Unlock()
 	w.flush(ob)
-	el := time.Since(b.started)
+	el := w.clk.Since(b.started)
 	if imported > 0 {
 		w.met.handoffsIn.WithLabelValues("imported").Add(float64(imported))
 		w.met.handoffDur.Observe(el.Seconds())
@@ -568,7 +564,7 @@ func (w *Worker) checkSession(ctx context.Context, id uint64) {
 	if err != nil || len(resp.Kvs) > 0 {
 		return
 	}
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/clock"
 )
 
 // ownLease is the worker's own etcd lease, to which its registration is
@@ -23,6 +24,7 @@ import (
 // worker serves only while SafeUntil is in the future.
 type ownLease struct {
 	cli   *clientv3.Client
+	clk   clock.Clock
 	id    clientv3.LeaseID
 	ttl   time.Duration
 	drift float64 // tolerated clock rate difference, e.g. 0.01
@@ -45,16 +47,16 @@ const leaseMargin = 50 * time.Millisecond
 
 // grantLease creates a lease with the given TTL, measuring its life from
 // before the request was sent.
-func grantLease(ctx context.Context, cli *clientv3.Client, ttl time.Duration, drift float64, log *slog.Logger) (*ownLease, error) {
+func grantLease(ctx context.Context, cli *clientv3.Client, clk clock.Clock, ttl time.Duration, drift float64, log *slog.Logger) (*ownLease, error) {
 	secs := int64((ttl + time.Second - 1) / time.Second)
-	sent := time.Now()
+	sent := clk.Now()
 	resp, err := cli.Grant(ctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("worker: granting lease: %w", err)
 	}
 	granted := time.Duration(resp.TTL) * time.Second
 	return &ownLease{
-		cli: cli, id: resp.ID, ttl: min(ttl, granted), drift: drift, log: log,
+		cli: cli, clk: clk, id: resp.ID, ttl: min(ttl, granted), drift: drift, log: log,
 		aliveTill: sent.Add(min(ttl, granted)),
 		lostCh:    make(chan struct{}),
 	}, nil
@@ -95,23 +97,23 @@ func (l *ownLease) markLost() {
 // itself if etcd cannot be reached.
 func (l *ownLease) keepAlive(ctx context.Context) {
 	interval := l.ttl / 4
-	t := time.NewTimer(0)
+	t, tc := l.clk.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tc:
 		}
 		hedge := min(interval/4, 100*time.Millisecond)
-		start := time.Now()
+		start := l.clk.Now()
 		checked := make(chan error, 1)
 		if l.check != nil {
 			go func() { checked <- l.check(ctx, interval, hedge) }()
 		} else {
 			checked <- nil
 		}
-		r := keepAliveHedged(ctx, l.cli, l.id, interval, hedge)
+		r := keepAliveHedged(ctx, l.clk, l.cli, l.id, interval, hedge)
 		cerr := <-checked
 		switch {
 		case r.err == nil && r.resp.TTL > 0 && cerr != nil:
@@ -156,8 +158,8 @@ type renewal struct {
 // keepAliveHedged renews lease id once, bounded by within, with hedged
 // KeepAliveOnce calls (see hedged). The worker renews its own lease and its
 // clients' session leases this way. Lease-not-found is final.
-func keepAliveHedged(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID, within, hedge time.Duration) renewal {
-	resp, sent, err := hedged(ctx, within, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+func keepAliveHedged(ctx context.Context, clk clock.Clock, cli *clientv3.Client, id clientv3.LeaseID, within, hedge time.Duration) renewal {
+	resp, sent, err := hedged(ctx, clk, within, hedge, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
 		return cli.KeepAliveOnce(ctx, id)
 	}, func(err error) bool { return errors.Is(err, rpctypes.ErrLeaseNotFound) })
 	return renewal{sent: sent, resp: resp, err: err}
@@ -175,7 +177,7 @@ const maxHedges = 3
 // when one of three members stalled (chaos.TestScenario6EtcdMemberCutOff).
 // The first success, or an error final says is final, wins; the rest are
 // canceled. sent is when the winning call was started.
-func hedged[T any](ctx context.Context, within, hedge time.Duration, call func(context.Context) (T, error), final func(error) bool) (res T, sent time.Time, err error) {
+func hedged[T any](ctx context.Context, clk clock.Clock, within, hedge time.Duration, call func(context.Context) (T, error), final func(error) bool) (res T, sent time.Time, err error) {
 	type result struct {
 		v    T
 		sent time.Time
@@ -187,7 +189,7 @@ func hedged[T any](ctx context.Context, within, hedge time.Duration, call func(c
 	launched := 0
 	launch := func() {
 		launched++
-		sent := time.Now()
+		sent := clk.Now()
 		go func() {
 			v, err := call(rctx)
 			results <- result{v, sent, err}
@@ -195,7 +197,7 @@ func hedged[T any](ctx context.Context, within, hedge time.Duration, call func(c
 	}
 	launch()
 	pending := 1
-	timer := time.NewTimer(hedge)
+	timer, timerC := clk.NewTimer(hedge)
 	defer timer.Stop()
 	var last result
 	for pending > 0 {
@@ -211,7 +213,7 @@ func hedged[T any](ctx context.Context, within, hedge time.Duration, call func(c
 				pending++
 				timer.Reset(hedge)
 			}
-		case <-timer.C:
+		case <-timerC:
 			if launched < maxHedges {
 				launch()
 				pending++
@@ -240,7 +242,7 @@ var errRegistered = errors.New("worker: id is registered by a live incarnation")
 // incarnation holds the key: two processes with one id must never both
 // believe they are that worker. If the key exists it waits (the previous
 // incarnation's lease may still be running out) until ctx ends.
-func register(ctx context.Context, cli *clientv3.Client, l *ownLease, doc cluster.Worker, log *slog.Logger) error {
+func register(ctx context.Context, cli *clientv3.Client, clk clock.Clock, l *ownLease, doc cluster.Worker, log *slog.Logger) error {
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return err
@@ -262,10 +264,8 @@ func register(ctx context.Context, cli *clientv3.Client, l *ownLease, doc cluste
 			log.Warn("worker id is still registered by another incarnation; waiting for its lease to run out", "key", key)
 			warned = true
 		}
-		select {
-		case <-ctx.Done():
+		if !wait(ctx, clk, 500*time.Millisecond) {
 			return fmt.Errorf("%w: %s: %w", errRegistered, key, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
 		}
 	}
 }

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -84,7 +83,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 				w.mu.Lock()
 				su := w.safeUntil()
 				w.mu.Unlock()
-				return max(time.Until(su).Seconds(), 0)
+				return max(su.Sub(w.clk.Now()).Seconds(), 0)
 			}),
 	}
 	for _, c := range cs {

@@ -75,7 +75,7 @@ func (w *Worker) flush(ob *outbox) {
 		}
 		ms = ms[min(n, len(ms)):]
 	}
-	el := time.Since(ob.stamp).Seconds()
+	el := w.clk.Since(ob.stamp).Seconds()
 	for _, t := range ob.typ {
 		if t != 0 {
 			w.met.observe(t, el)
@@ -108,11 +108,14 @@ func (w *Worker) recvLoop(ctx context.Context) {
 			}
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				w.log.Warn("receive failed", "err", err)
-				time.Sleep(time.Millisecond) // do not spin on a persistent error
+				// Do not spin on a persistent error. Real time: this paces
+				// the CPU, not the protocol, and a fake clock must not stall
+				// the receive loop on a transient error (ECONNREFUSED).
+				time.Sleep(time.Millisecond)
 			}
 			continue
 		}
-		stamp := time.Now()
+		stamp := w.clk.Now()
 		w.mu.Lock()
 		ob.reset(stamp, w.mono(stamp), w.safeUntil())
 		for i := range msgs[:n] {

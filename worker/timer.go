@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"time"
+
+	"github.com/tokend/tokend/internal/clock"
 )
 
 // housekeeping is the longest the timer loop sleeps: it also forgets
@@ -13,16 +15,16 @@ const housekeeping = time.Second
 // timing out, grace periods ending) and REVOKE retransmissions. It sleeps
 // until the earliest of them; whoever adds an earlier one kicks it.
 func (w *Worker) timerLoop(ctx context.Context) {
-	t := time.NewTimer(housekeeping)
+	t, tc := w.clk.NewTimer(housekeeping)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tc:
 		case <-w.kick:
 		}
-		now := time.Now()
+		now := w.clk.Now()
 		w.mu.Lock()
 		ob := newOutbox(now, w.mono(now))
 		ob.safe = w.safeUntil()
@@ -33,7 +35,7 @@ func (w *Worker) timerLoop(ctx context.Context) {
 		// A kick that arrives from here on is kept in the channel and
 		// wakes the next select at once.
 		t.Stop()
-		t.Reset(time.Duration(max(next-w.mono(time.Now()), int64(time.Millisecond/4))))
+		t.Reset(time.Duration(max(next-w.mono(w.clk.Now()), int64(time.Millisecond/4))))
 	}
 }
 
@@ -86,4 +88,16 @@ func (w *Worker) runDue(ob *outbox) int64 {
 		w.expireHandoffs(n)
 	}
 	return next
+}
+
+// wait blocks for d on clk, or until ctx ends; it reports whether d passed.
+func wait(ctx context.Context, clk clock.Clock, d time.Duration) bool {
+	t, c := clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-c:
+		return true
+	}
 }

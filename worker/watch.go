@@ -54,7 +54,7 @@ func (w *Worker) watchLoop(ctx context.Context, key string, prefix bool, rev int
 			if len(resp.Events) == 0 {
 				continue
 			}
-			now := time.Now()
+			now := w.clk.Now()
 			w.mu.Lock()
 			ob := newOutbox(now, w.mono(now))
 			ob.safe = w.safeUntil()
@@ -71,10 +71,8 @@ func (w *Worker) watchLoop(ctx context.Context, key string, prefix bool, rev int
 			return
 		}
 		w.log.Warn("watch interrupted; reading it again", "key", key, "err", werr)
-		select {
-		case <-ctx.Done():
+		if !wait(ctx, w.clk, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 2*time.Second)
 		if r, err := sync(ctx); err == nil {
@@ -99,7 +97,7 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 	if len(resp.Kvs) > 0 {
 		older = w.readPredecessor(ctx, resp.Kvs[0])
 	}
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
@@ -162,7 +160,7 @@ func (w *Worker) mapEvent(ob *outbox, ev *clientv3.Event) {
 // failed waits longer than that (wire/SPEC.md 18), so the two never serve
 // it at once, however late this worker's watch is.
 func (w *Worker) mapCurrent(ctx context.Context, within, hedge time.Duration) error {
-	resp, _, err := hedged(ctx, within, hedge, func(ctx context.Context) (*clientv3.GetResponse, error) {
+	resp, _, err := hedged(ctx, w.clk, within, hedge, func(ctx context.Context) (*clientv3.GetResponse, error) {
 		return w.cfg.Client.Get(ctx, cluster.DelegationKey, clientv3.WithKeysOnly())
 	}, nil)
 	if err != nil {
@@ -250,7 +248,7 @@ func (w *Worker) syncClients(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := time.Now()
+	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(now, w.mono(now))
 	ob.safe = w.safeUntil()

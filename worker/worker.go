@@ -11,7 +11,7 @@
 // waits for:
 //
 //   - the receive loop (serve.go): reads up to 64 datagrams per ReadBatch,
-//     stamps the batch with one time.Now, handles it under one lock and
+//     stamps the batch with one reading of Config.Clock, handles it under one lock and
 //     sends all replies with one WriteBatch. It never waits for etcd.
 //   - the timer loop (timer.go): wakes at the earliest table deadline
 //     (queued request timeouts, end of a grace period) or REVOKE
@@ -75,6 +75,7 @@ import (
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/worker/table"
 )
 
@@ -132,6 +133,10 @@ type Config struct {
 	// unspecified, the advertised UDP host with the listener's port. A port
 	// 0 means the listener's port.
 	AdvertiseHandoffAddr string
+
+	// Clock is the time the worker reads: batch stamps, lease safety,
+	// timers. Default clock.Real; tests inject testkit/fakeclock.
+	Clock clock.Clock
 }
 
 // Worker is one token server process's worth of shards.
@@ -140,6 +145,7 @@ type Worker struct {
 	log  *slog.Logger
 	conn PacketConn
 	met  *metrics
+	clk  clock.Clock
 	base time.Time // origin of the tables' monotonic nanosecond clock
 
 	jobs     chan func(context.Context) // the etcd pool's queue (bounded, see etcd.go)
@@ -182,6 +188,7 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	conn := cfg.Conn
 	if conn == nil {
 		var err error
@@ -227,7 +234,8 @@ func New(cfg Config) (*Worker, error) {
 	w := &Worker{
 		cfg:      cfg,
 		conn:     conn,
-		base:     time.Now(),
+		clk:      cfg.Clock,
+		base:     cfg.Clock.Now(),
 		jobs:     make(chan func(context.Context), jobQueue),
 		kick:     make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
@@ -363,7 +371,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.mu.Lock()
 	w.cluster = cc
 	w.shards = make([]*shardState, cc.Shards)
-	w.install(lease, doc, time.Now())
+	w.install(lease, doc, w.clk.Now())
 	w.mu.Unlock()
 	w.log.Info("registered", "key", cluster.WorkerKey(doc.ID), "udp", doc.UDP, "incarnation", doc.Incarnation, "ttl", w.cfg.TTL)
 	if w.cfg.Announce.Enabled {
@@ -422,7 +430,7 @@ func (w *Worker) HandoffAddr() string { return w.hoAdv }
 // takeLease grants a new lease, keeps it alive (under runCtx) and registers
 // the worker on it: one incarnation. On failure it leaves nothing behind.
 func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.CancelFunc, cluster.Worker, error) {
-	lease, err := grantLease(ctx, w.cfg.Client, w.cfg.TTL, w.cfg.Drift, w.log)
+	lease, err := grantLease(ctx, w.cfg.Client, w.clk, w.cfg.TTL, w.cfg.Drift, w.log)
 	if err != nil {
 		return nil, nil, cluster.Worker{}, err
 	}
@@ -433,7 +441,7 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 		UDP:         w.udpAdv,
 		HTTP:        w.cfg.HTTPAddr,
 		Version:     cluster.Version,
-		Started:     cluster.Now(time.Now()),
+		Started:     cluster.Now(w.clk.Now()),
 		TTLms:       w.cfg.TTL.Milliseconds(),
 		Handoff:     w.HandoffAddr(),
 	}
@@ -444,7 +452,7 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 	// Keep the lease alive while we wait for a previous incarnation's key.
 	w.wg.Add(1)
 	go func() { defer w.wg.Done(); lease.keepAlive(kaCtx) }()
-	if err := register(ctx, w.cfg.Client, lease, doc, w.log); err != nil {
+	if err := register(ctx, w.cfg.Client, w.clk, lease, doc, w.log); err != nil {
 		stopKA()
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		lease.revoke(rctx)
@@ -458,7 +466,7 @@ func (w *Worker) takeLease(ctx, runCtx context.Context) (*ownLease, context.Canc
 func (w *Worker) Ready() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ready && w.lease != nil && time.Now().Before(w.lease.SafeUntil())
+	return w.ready && w.lease != nil && w.clk.Now().Before(w.lease.SafeUntil())
 }
 
 // Close stops serving and closes the socket (every goroutine ends before it
@@ -482,7 +490,7 @@ func (w *Worker) close() error {
 	// context), and close the socket: nothing is answered from here on,
 	// before the lease is revoked, which is the safe order (invariant 5).
 	// (A faultnet.Conn ignores a deadline set during a blocked read; the
-	// close wakes it.)
+	// close wakes it.) A socket deadline is the kernel's: real time.
 	w.conn.SetReadDeadline(time.Now())
 	var err error
 	if cerr := w.conn.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
@@ -534,7 +542,6 @@ func (w *Worker) superviseLease(ctx context.Context, lease *ownLease, stopKA con
 		case <-lease.Lost():
 		}
 		stopKA()
-		now := time.Now()
 		w.mu.Lock()
 		w.dropAll()
 		w.me, w.ready = delegation.Owner{}, false
@@ -544,9 +551,8 @@ func (w *Worker) superviseLease(ctx context.Context, lease *ownLease, stopKA con
 		for {
 			nl, stop, doc, err := w.takeLease(ctx, ctx)
 			if err == nil {
-				now = time.Now()
 				w.mu.Lock()
-				ob := w.install(nl, doc, now)
+				ob := w.install(nl, doc, w.clk.Now())
 				w.mu.Unlock()
 				w.flush(ob)
 				w.log.Info("registered again", "incarnation", doc.Incarnation)
@@ -557,10 +563,8 @@ func (w *Worker) superviseLease(ctx context.Context, lease *ownLease, stopKA con
 				return
 			}
 			w.log.Warn("re-registration failed; retrying", "err", err, "in", backoff)
-			select {
-			case <-ctx.Done():
+			if !wait(ctx, w.clk, backoff) {
 				return
-			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, 5*time.Second)
 		}
