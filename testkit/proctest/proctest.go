@@ -1,7 +1,10 @@
-// Package proctest holds what the real-process tests (recovery/, chaos/ and
-// tour/) share: a TestMain that checks for leaked goroutines, the tokend and
-// tokenctl binaries and the C client's tokend-lock built once per run, and
-// fresh loopback ports. Only tests import it.
+// Package proctest holds what the real-process tests (tests/failover,
+// tests/chaos, tests/multihost, tests/tour, cmd/tokend) share beyond the
+// process harness internal/proc: a TestMain that checks for leaked
+// goroutines, the tokend and tokenctl binaries and the C client's
+// tokend-lock built once per run, fresh loopback ports, and Start, which
+// ties a process to a test (killed at cleanup, its output logged on
+// failure). Only tests import it.
 package proctest
 
 import (

@@ -114,7 +114,7 @@ func TestBadInputLiveWorker(t *testing.T) {
 		}
 		t.Logf("sent %v", sent)
 		time.Sleep(500 * time.Millisecond)
-		if w.p.exited() {
+		if w.p.Exited() {
 			t.Fatal("the worker process exited")
 		}
 		after, err := workerMetrics(loop(w.http))

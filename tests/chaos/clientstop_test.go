@@ -3,7 +3,6 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -11,15 +10,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/internal/proc"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/wire"
 )
@@ -57,9 +56,9 @@ func registerServer(t *testing.T, ls *check.LockSet) string {
 
 // child is a client process (the test binary in childMain mode).
 type child struct {
-	p     *proc
+	p     *proctest.Proc
 	in    io.WriteCloser
-	lines chan string
+	lines chan string // its standard output's lines; closed once it has exited
 }
 
 func startChild(t *testing.T, env ...string) *child {
@@ -68,45 +67,21 @@ func startChild(t *testing.T, env ...string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(self)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Env = append(os.Environ(), append(env, childEnv+"=client")...)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	errs := &tail{}
-	cmd.Stderr = errs
-	p := &proc{t: t, name: "client", cmd: cmd, out: errs, done: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{p: p, in: in, lines: make(chan string, 1024)}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(c.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			select {
-			case c.lines <- sc.Text():
-			default: // the test stopped listening to "valid" lines
-			}
-		}
-	}()
-	go func() { wg.Wait(); cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		in.Close()
-		p.kill()
-		if t.Failed() {
-			t.Logf("--- client process stderr:\n%s", errs)
+	c := &child{lines: make(chan string, 1024)}
+	lines := proc.NewLineWriter(func(l []byte) {
+		select {
+		case c.lines <- string(l):
+		default: // the test stopped listening to "valid" lines
 		}
 	})
+	c.p = proctest.Start(t, proc.Spec{Name: "client", Path: self, Env: append(env, childEnv+"=client"),
+		Stdout: lines, StdinPipe: true, Keep: 32 << 10})
+	c.in = c.p.Stdin()
+	go func() { // ends when the process has been reaped (at the latest by cleanup)
+		<-c.p.Done()
+		lines.Flush()
+		close(c.lines)
+	}()
 	return c
 }
 
@@ -186,7 +161,7 @@ func TestScenario3ClientStop(t *testing.T) {
 			}
 			stopFor := time.Duration(float64(rSessionTTL) * (1.5 + 1.5*rng.Float64()))
 			stopped := time.Now()
-			ch.p.signal(syscall.SIGSTOP)
+			ch.p.Signal(syscall.SIGSTOP)
 			t.Logf("round %d: SIGSTOP client process holding %s (fence %#x, valid %v more) for %v", r, name, fenceA,
 				time.Until(deadline).Round(time.Millisecond), stopFor.Round(time.Millisecond))
 			var g res
@@ -213,7 +188,7 @@ func TestScenario3ClientStop(t *testing.T) {
 				t.Errorf("the waiter's update was refused: %v", err)
 			}
 			time.Sleep(time.Until(stopped.Add(stopFor)))
-			ch.p.signal(syscall.SIGCONT)
+			ch.p.Signal(syscall.SIGCONT)
 			fmt.Fprintln(ch.in, "write")
 			l, _ := ch.next(t, "wrote ", 10*time.Second)
 			if l != fmt.Sprintf("wrote %d", http.StatusConflict) {

@@ -4,17 +4,12 @@ package chaos
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,9 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/cluster/delegation"
-	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/faultnet/proxy"
 	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire"
@@ -45,104 +38,11 @@ const (
 
 func tokendBin(t *testing.T) string { return proctest.Tokend(t) }
 
-// tail keeps the last bytes written to it.
-type tail struct {
-	mu sync.Mutex // guards b
-	b  []byte
-}
-
-func (tb *tail) Write(p []byte) (int, error) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	tb.b = append(tb.b, p...)
-	if over := len(tb.b) - 32<<10; over > 0 {
-		tb.b = append(tb.b[:0], tb.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (tb *tail) String() string {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	return string(tb.b)
-}
-
-// proc is one child process, killed by PID at cleanup.
-type proc struct {
-	t    *testing.T
-	name string
-	cmd  *exec.Cmd
-	out  *tail
-	done chan struct{}
-}
-
-func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+// startProc starts bin as a process of the test (see proctest.Start),
+// keeping the last 32 KiB of its output; env is added to the environment.
+func startProc(t *testing.T, name, bin string, env []string, args ...string) *proctest.Proc {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Env = append(os.Environ(), env...)
-	p := &proc{t: t, name: name, cmd: cmd, out: &tail{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("--- last output of %s (pid %d):\n%s", name, cmd.Process.Pid, p.out)
-		}
-	})
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) kill() {
-	if p.exited() {
-		return
-	}
-	syscall.Kill(p.pid(), syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", p.name, p.pid())
-	}
-}
-
-func (p *proc) signal(sig syscall.Signal) {
-	p.t.Helper()
-	if err := syscall.Kill(p.pid(), sig); err != nil {
-		p.t.Fatalf("%v to %s (pid %d): %v", sig, p.name, p.pid(), err)
-	}
-}
-
-func waitReady(t *testing.T, p *proc, httpAddr string, within time.Duration) {
-	t.Helper()
-	c := http.Client{Timeout: time.Second}
-	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if p.exited() {
-			t.Fatalf("%s exited early:\n%s", p.name, p.out)
-		}
-		resp, err := c.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-	}
-	t.Fatalf("%s: /readyz not ready within %v", p.name, within)
+	return proctest.Start(t, proc.Spec{Name: name, Path: bin, Args: args, Env: env, Keep: 32 << 10})
 }
 
 func freePort(t *testing.T, network string) int { return proctest.FreePort(t, network) }
@@ -154,7 +54,7 @@ type srvProc struct {
 	name               string
 	client, peer, http int
 	args               []string
-	p                  *proc
+	p                  *proctest.Proc
 }
 
 func (s *srvProc) endpoint() string { return loop(s.client) }
@@ -165,7 +65,7 @@ type wrkProc struct {
 	udp, http int
 	args      []string
 	relays    []*proxy.TCP // its etcd connections, if relayed
-	p         *proc
+	p         *proctest.Proc
 	starts    int
 }
 
@@ -212,7 +112,7 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 		s.p = startProc(t, s.name, bin, nil, s.args...)
 	}
 	for _, s := range c.servers {
-		waitReady(t, s.p, loop(s.http), 60*time.Second)
+		s.p.WaitReady(loop(s.http), 60*time.Second)
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -243,7 +143,7 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 		ups = append(ups, w.addr())
 	}
 	for _, w := range c.workers {
-		waitReady(t, w.p, loop(w.http), 30*time.Second)
+		w.p.WaitReady(loop(w.http), 30*time.Second)
 	}
 	c.waitBalanced(20 * time.Second)
 	c.px, err = proxy.New(proxy.Config{Upstreams: ups, Seed: seed})
@@ -264,58 +164,27 @@ func (c *rcluster) startWorker(w *wrkProc) {
 	w.p = startProc(c.t, fmt.Sprintf("%s#%d", w.id, w.starts), tokendBin(c.t), nil, w.args...)
 }
 
-// readMap reads the delegation map and the registered incarnations.
-func (c *rcluster) readMap(ctx context.Context) (delegation.Map, map[string]string, error) {
-	m, _, err := coordinator.ReadMap(ctx, c.cli)
-	if err != nil {
-		return m, nil, err
-	}
-	resp, err := c.cli.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return m, nil, err
-	}
-	inc := map[string]string{}
-	for _, kv := range resp.Kvs {
-		var w cluster.Worker
-		if json.Unmarshal(kv.Value, &w) == nil {
-			inc[w.ID] = w.Incarnation
-		}
-	}
-	return m, inc, nil
-}
+// readMap reads the delegation map and the registered workers.
+func (c *rcluster) readMap(ctx context.Context) (proc.View, error) { return proc.ReadView(ctx, c.cli) }
 
 // waitBalanced waits until every shard is owned by a live incarnation and
 // every live worker process owns one.
 func (c *rcluster) waitBalanced(within time.Duration) {
 	c.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m, inc, err := c.readMap(ctx)
-		cancel()
-		if err == nil && m.Shards() > 0 {
-			owns := map[string]bool{}
-			ok := true
-			for s := range m.Shards() {
-				o, _, has := m.Lookup(s)
-				if !has || inc[o.ID] != strconv.FormatUint(o.Incarnation, 16) {
-					ok = false
-					break
-				}
-				owns[o.ID] = true
-			}
-			for _, w := range c.workers {
-				if !w.p.exited() && !owns[w.id] {
-					ok = false
-				}
-			}
-			if ok {
-				return
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	_, err := proc.WaitView(ctx, c.cli, func(v proc.View) bool {
+		var live []string
+		for _, w := range c.workers {
+			if !w.p.Exited() {
+				live = append(live, w.id)
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		return v.Balanced(live...)
+	})
+	if err != nil {
+		c.t.Fatalf("shards not balanced over the live workers within %v: %v", within, err)
 	}
-	c.t.Fatalf("shards not balanced over the live workers within %v", within)
 }
 
 // shardsOf returns the shards worker id owns now, with their epochs.
@@ -323,17 +192,11 @@ func (c *rcluster) shardsOf(id string) map[uint32]uint32 {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, _, err := c.readMap(ctx)
+	v, err := c.readMap(ctx)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	out := map[uint32]uint32{}
-	for s := range m.Shards() {
-		if o, e, ok := m.Lookup(s); ok && o.ID == id {
-			out[uint32(s)] = e
-		}
-	}
-	return out
+	return v.ShardsOf(id)
 }
 
 // dial opens a Go client on a real UDP socket whose seeds are the proxy's

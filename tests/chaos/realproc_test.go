@@ -219,20 +219,20 @@ func TestScenario4WorkerPause(t *testing.T) {
 				d = []time.Duration{2500 * time.Millisecond, time.Second}[r] + time.Duration(rng.Int64N(int64(500*time.Millisecond)))
 			}
 			ev.at = l.w.hist.Now()
-			victim.p.signal(syscall.SIGSTOP)
+			victim.p.Signal(syscall.SIGSTOP)
 			t.Logf("round %d: SIGSTOP %s (%d shards) for %v", r, victim.id, len(ev.lost), d.Round(time.Millisecond))
 			time.Sleep(d)
-			victim.p.signal(syscall.SIGCONT)
+			victim.p.Signal(syscall.SIGCONT)
 			ev.resumed = l.w.hist.Now()
 			c.waitBalanced(30 * time.Second)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			m, _, err := c.readMap(ctx)
+			v, err := c.readMap(ctx)
 			cancel()
 			if err != nil {
 				t.Fatal(err)
 			}
 			for sh, e := range ev.lost {
-				if _, now, ok := m.Lookup(int(sh)); !ok || now > e {
+				if _, now, ok := v.Map.Lookup(int(sh)); !ok || now > e {
 					ev.moved[sh] = true
 				}
 			}
@@ -283,7 +283,7 @@ func TestScenario5WorkerKill(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 			victim := c.workers[rng.IntN(len(c.workers))]
 			n := len(c.shardsOf(victim.id))
-			victim.p.kill()
+			victim.p.Kill()
 			t.Logf("kill %d: SIGKILL %s (%d shards)", k, victim.id, n)
 			c.waitBalanced(30 * time.Second) // its shards moved to the others
 			time.Sleep(rGrace + 500*time.Millisecond)
@@ -418,18 +418,18 @@ func TestScenario6EtcdFaults(t *testing.T) {
 		time.Sleep(time.Second)
 		step("kill the etcd leader", func() {
 			s := c.etcdLeader()
-			s.p.kill()
+			s.p.Kill()
 			t.Logf("SIGKILL %s (etcd leader)", s.name)
 			time.Sleep(3 * time.Second)
 			s.p = startProc(t, s.name+"#2", tokendBin(t), nil, s.args...)
-			waitReady(t, s.p, loop(s.http), 60*time.Second)
+			s.p.WaitReady(loop(s.http), 60*time.Second)
 		})
 		step("pause the etcd leader", func() {
 			s := c.etcdLeader()
-			s.p.signal(syscall.SIGSTOP)
+			s.p.Signal(syscall.SIGSTOP)
 			t.Logf("SIGSTOP %s (etcd leader) for 3s", s.name)
 			time.Sleep(3 * time.Second)
-			s.p.signal(syscall.SIGCONT)
+			s.p.Signal(syscall.SIGCONT)
 		})
 		time.Sleep(rGrace + time.Second)
 		// A paused etcd leader made both workers lose their leases before
@@ -456,7 +456,7 @@ func (c *rcluster) etcdLeader() *srvProc {
 		cancel()
 		if err == nil {
 			for _, s := range c.servers {
-				if s.p.exited() {
+				if s.p.Exited() {
 					continue
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -17,16 +17,16 @@ import (
 
 // evenly reports whether every shard is owned by a live incarnation, only
 // the workers in ids own shards, and their counts differ by at most one.
-func (v view) evenly(ids ...string) bool {
-	if !v.balanced(ids...) {
+func evenly(v view, ids ...string) bool {
+	if !v.Balanced(ids...) {
 		return false
 	}
 	owns := map[string]int{}
-	for s := range v.m.Shards() {
-		o, _, _ := v.m.Lookup(s)
+	for s := range v.Map.Shards() {
+		o, _, _ := v.Map.Lookup(s)
 		owns[o.ID]++
 	}
-	lo, hi := v.m.Shards(), 0
+	lo, hi := v.Map.Shards(), 0
 	for id, n := range owns {
 		found := false
 		for _, want := range ids {
@@ -81,7 +81,7 @@ func TestDrain(t *testing.T) {
 	step := func(what string, within time.Duration, ids ...string) time.Duration {
 		t.Helper()
 		t0 := time.Now()
-		waitView(t, c.cli, what, within, func(v view) bool { return v.evenly(ids...) })
+		waitView(t, c.cli, what, within, func(v view) bool { return evenly(v, ids...) })
 		// The new owners pull the state within milliseconds; give the
 		// clients a moment to follow and reclaim before the next move.
 		time.Sleep(500 * time.Millisecond)
@@ -98,7 +98,7 @@ func TestDrain(t *testing.T) {
 	w3 := newWorker(t, "w3", []string{c.srv.endpoint()}, workerFlags...)
 	w3.start()
 	c.workers = append(c.workers, w3)
-	w3.p.waitReady(loop(w3.http), 30*time.Second)
+	w3.p.WaitReady(loop(w3.http), 30*time.Second)
 	step("w3 joined", 15*time.Second, "w1", "w2", "w3")
 
 	// 2. tokenctl drain w1.
@@ -119,10 +119,10 @@ func TestDrain(t *testing.T) {
 	// 4. SIGTERM w2: it drains itself, then exits.
 	w2 := c.workers[1]
 	t0 := time.Now()
-	w2.p.stop(syscall.SIGTERM, 20*time.Second)
+	w2.p.Stop(syscall.SIGTERM, 20*time.Second)
 	logf(t, start, "w2 exited %v after SIGTERM", time.Since(t0).Round(time.Millisecond))
-	if !strings.Contains(w2.p.out.String(), "drained: every shard handed to other workers") {
-		t.Errorf("w2 did not report a complete drain; its log:\n%s", w2.p.out.String())
+	if !strings.Contains(w2.p.Out.String(), "drained: every shard handed to other workers") {
+		t.Errorf("w2 did not report a complete drain; its log:\n%s", w2.p.Out.String())
 	}
 	step("w2 stopped by SIGTERM", 15*time.Second, "w1", "w3")
 

@@ -89,8 +89,8 @@ func TestWorkerHang(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lost := v.shardsOf(victim.id)
-	inc0 := v.workers[victim.id].Incarnation
+	lost := v.ShardsOf(victim.id)
+	inc0 := v.Workers[victim.id].Incarnation
 
 	// The trap: P holds EX in three of the victim's shards, Q queues for it.
 	dialTap := func(name string) (*clientlib.Client, *tapConn) {
@@ -146,13 +146,13 @@ func TestWorkerHang(t *testing.T) {
 		conn.setTap(late.tapFrom(victim.addr()))
 	}
 	stopped := time.Now()
-	victim.p.signal(syscall.SIGSTOP)
-	logf(t, start, "SIGSTOP %s (pid %d), which serves %d shards", victim.id, victim.p.pid(), len(lost))
+	victim.p.Signal(syscall.SIGSTOP)
+	logf(t, start, "SIGSTOP %s (pid %d), which serves %d shards", victim.id, victim.p.PID(), len(lost))
 
 	// Its lease expires and the leader re-delegates its shards.
 	waitView(t, c.cli, "the hung worker's shards re-delegated", hang, func(v view) bool {
 		for s := range lost {
-			o, _, ok := v.m.Lookup(int(s))
+			o, _, ok := v.Map.Lookup(int(s))
 			if !ok || o.ID == victim.id {
 				return false
 			}
@@ -165,7 +165,7 @@ func TestWorkerHang(t *testing.T) {
 	late.on = true
 	late.mu.Unlock()
 	woke := time.Now()
-	victim.p.signal(syscall.SIGCONT)
+	victim.p.Signal(syscall.SIGCONT)
 	logf(t, start, "SIGCONT %s after %v", victim.id, woke.Sub(stopped).Round(time.Millisecond))
 
 	// Q gets each token, from the new owner: a fence of a newer epoch.
@@ -192,16 +192,16 @@ func TestWorkerHang(t *testing.T) {
 	// It registers again as a new incarnation, and the leader rebalances
 	// shards onto it.
 	v = waitView(t, c.cli, "the woken worker registered again and given shards", 15*time.Second, func(v view) bool {
-		w, ok := v.workers[victim.id]
-		return ok && w.Incarnation != inc0 && v.balanced(c.ids()...)
+		w, ok := v.Workers[victim.id]
+		return ok && w.Incarnation != inc0 && v.Balanced(c.ids()...)
 	})
 	back := time.Now()
 	moved := map[uint32]uint32{}
-	for s, e := range v.shardsOf(victim.id) {
+	for s, e := range v.ShardsOf(victim.id) {
 		moved[s] = e - 1
 	}
 	logf(t, start, "%s registered again as incarnation %s (was %s) and owns %d shards, %v after SIGCONT",
-		victim.id, v.workers[victim.id].Incarnation, inc0, len(moved), back.Sub(woke).Round(time.Millisecond))
+		victim.id, v.Workers[victim.id].Incarnation, inc0, len(moved), back.Sub(woke).Round(time.Millisecond))
 	deadline := time.Now().Add(grace + 5*time.Second)
 	for len(l.grantedIn(back, moved)) < len(moved) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)

@@ -4,25 +4,19 @@ package failover
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/cluster/delegation"
-	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 )
 
@@ -38,122 +32,11 @@ func skipShort(t *testing.T) {
 	}
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex // guards b
-	b   []byte
-	max int
-}
-
-func (tb *tailBuffer) Write(p []byte) (int, error) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	tb.b = append(tb.b, p...)
-	if over := len(tb.b) - tb.max; over > 0 {
-		tb.b = append(tb.b[:0], tb.b[over:]...)
-	}
-	return len(p), nil
-}
-
-func (tb *tailBuffer) String() string {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	return string(tb.b)
-}
-
-// proc is one tokend process. Its t.Cleanup kills it by PID (SIGKILL works
-// on a stopped process too) and waits for it.
-type proc struct {
-	t    *testing.T
-	name string
-	args []string
-	cmd  *exec.Cmd
-	out  *tailBuffer
-	done chan struct{} // closed when the process has been reaped
-}
-
-func startProc(t *testing.T, name string, args ...string) *proc {
+// startProc starts tokend with args as a process of the test (see
+// proctest.Start), keeping the last 64 KiB of its output.
+func startProc(t *testing.T, name string, args ...string) *proctest.Proc {
 	t.Helper()
-	cmd := exec.Command(tokendBin(t), args...)
-	// The process dies with the test binary even if the test is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &proc{t: t, name: name, args: args, cmd: cmd, out: &tailBuffer{max: 64 << 10}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("--- last output of %s (pid %d, tokend %s):\n%s", name, cmd.Process.Pid, strings.Join(args, " "), p.out)
-		}
-	})
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL to the process by PID and waits until it is reaped.
-func (p *proc) kill() {
-	if p.exited() {
-		return
-	}
-	syscall.Kill(p.pid(), syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", p.name, p.pid())
-	}
-}
-
-// signal sends sig to the process by PID.
-func (p *proc) signal(sig syscall.Signal) {
-	p.t.Helper()
-	if err := syscall.Kill(p.pid(), sig); err != nil {
-		p.t.Fatalf("%v to %s (pid %d): %v", sig, p.name, p.pid(), err)
-	}
-}
-
-// stop sends sig and waits for the exit.
-func (p *proc) stop(sig syscall.Signal, within time.Duration) {
-	p.t.Helper()
-	p.signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(within):
-		p.t.Fatalf("%s did not exit within %v of %v", p.name, within, sig)
-	}
-}
-
-// waitReady polls the process's /readyz until it answers 200.
-func (p *proc) waitReady(httpAddr string, within time.Duration) {
-	p.t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if p.exited() {
-			p.t.Fatalf("%s exited early: %v\n%s", p.name, p.cmd.ProcessState, p.out)
-		}
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	p.t.Fatalf("%s: /readyz not ready within %v", p.name, within)
+	return proctest.Start(t, proc.Spec{Name: name, Path: tokendBin(t), Args: args, Keep: 64 << 10})
 }
 
 // ports remembers every port handed out in this run: the kernel may give a
@@ -174,7 +57,7 @@ type server struct {
 	dir                string
 	client, peer, http int
 	args               []string
-	p                  *proc
+	p                  *proctest.Proc
 }
 
 // newServers describes n servers forming one etcd cluster, with the given
@@ -210,7 +93,7 @@ type workerProc struct {
 	id        string
 	udp, http int
 	args      []string
-	p         *proc
+	p         *proctest.Proc
 	starts    int
 }
 
@@ -228,8 +111,8 @@ func (w *workerProc) start() {
 	w.p = startProc(w.t, fmt.Sprintf("%s#%d", w.id, w.starts), w.args...)
 	p := w.p
 	w.t.Cleanup(func() {
-		if w.t.Failed() && !p.exited() {
-			w.t.Logf("--- worker metrics of %s:\n%s", p.name, workerMetrics(loop(w.http)))
+		if w.t.Failed() && !p.Exited() {
+			w.t.Logf("--- worker metrics of %s:\n%s", p.Name, workerMetrics(loop(w.http)))
 		}
 	})
 }
@@ -265,98 +148,22 @@ func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 }
 
 // view is the cluster as etcd shows it: the map and the registered workers.
-type view struct {
-	m       delegation.Map
-	workers map[string]cluster.Worker // by id
-}
+type view = proc.View
 
 func readView(ctx context.Context, cli *clientv3.Client) (view, error) {
-	m, _, err := coordinator.ReadMap(ctx, cli)
-	if err != nil {
-		return view{}, err
-	}
-	resp, err := cli.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return view{}, err
-	}
-	v := view{m: m, workers: map[string]cluster.Worker{}}
-	for _, kv := range resp.Kvs {
-		var w cluster.Worker
-		if json.Unmarshal(kv.Value, &w) == nil {
-			v.workers[w.ID] = w
-		}
-	}
-	return v, nil
-}
-
-// live reports whether o is a registered incarnation.
-func (v view) live(o delegation.Owner) bool {
-	w, ok := v.workers[o.ID]
-	return ok && w.Incarnation == strconv.FormatUint(o.Incarnation, 16)
-}
-
-// shardsOf returns the shards the map gives to worker id, with their epochs.
-func (v view) shardsOf(id string) map[uint32]uint32 {
-	out := map[uint32]uint32{}
-	for s := range v.m.Shards() {
-		if o, e, ok := v.m.Lookup(s); ok && o.ID == id {
-			out[uint32(s)] = e
-		}
-	}
-	return out
-}
-
-// balanced reports whether every shard is owned by a live incarnation and
-// every worker in ids owns at least one.
-func (v view) balanced(ids ...string) bool {
-	if v.m.Shards() == 0 {
-		return false
-	}
-	owns := map[string]int{}
-	for s := range v.m.Shards() {
-		o, _, ok := v.m.Lookup(s)
-		if !ok || !v.live(o) {
-			return false
-		}
-		owns[o.ID]++
-	}
-	for _, id := range ids {
-		if owns[id] == 0 {
-			return false
-		}
-	}
-	return true
+	return proc.ReadView(ctx, cli)
 }
 
 // waitView polls etcd until cond holds or within passes.
 func waitView(t *testing.T, cli *clientv3.Client, what string, within time.Duration, cond func(view) bool) view {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	var last view
-	var lastErr error
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		v, err := readView(ctx, cli)
-		cancel()
-		if err == nil {
-			last = v
-			if cond(v) {
-				return v
-			}
-		}
-		lastErr = err
-		time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	v, err := proc.WaitView(ctx, cli, cond)
+	if err != nil {
+		t.Fatalf("%s: not within %v: %v", what, within, err)
 	}
-	t.Fatalf("%s: not within %v (map version %d, workers %v, last error %v)", what, within, last.m.Version, keys(last.workers), lastErr)
-	return view{}
-}
-
-func keys[V any](m map[string]V) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
+	return v
 }
 
 // oneServerCluster starts one "tokend server" (etcd, coordinator) and n
@@ -374,7 +181,7 @@ func startOneServer(t *testing.T, shards, nworkers int, clusterFlags, workerFlag
 	ss := newServers(t, 1, append([]string{"--shards", strconv.Itoa(shards)}, clusterFlags...)...)
 	c := &oneServer{srv: ss[0]}
 	c.srv.start()
-	c.srv.p.waitReady(loop(c.srv.http), 30*time.Second)
+	c.srv.p.WaitReady(loop(c.srv.http), 30*time.Second)
 	c.cli = etcdClient(t, c.srv.endpoint())
 	var ids []string
 	for i := range nworkers {
@@ -384,9 +191,9 @@ func startOneServer(t *testing.T, shards, nworkers int, clusterFlags, workerFlag
 		ids = append(ids, w.id)
 	}
 	for _, w := range c.workers {
-		w.p.waitReady(loop(w.http), 30*time.Second)
+		w.p.WaitReady(loop(w.http), 30*time.Second)
 	}
-	waitView(t, c.cli, "every worker owns shards", 20*time.Second, func(v view) bool { return v.balanced(ids...) })
+	waitView(t, c.cli, "every worker owns shards", 20*time.Second, func(v view) bool { return v.Balanced(ids...) })
 	t.Logf("cluster up in %v (tokend build %v): 1 server, %d workers, %d shards", time.Since(start).Round(time.Millisecond),
 		proctest.BuildTime().Round(time.Millisecond), nworkers, shards)
 	return c

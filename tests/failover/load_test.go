@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -258,7 +259,7 @@ type load struct {
 	chk     *checker
 	clients []*clientlib.Client
 	conns   []*tapConn
-	logs    *tailBuffer
+	logs    *proc.Buffer
 	cancel  context.CancelFunc // set once the goroutines run
 	wg      sync.WaitGroup
 	stopped sync.Once
@@ -302,7 +303,7 @@ func startLoad(t *testing.T, start time.Time, cfg loadConfig) *load {
 	if cfg.opTimeout == 0 {
 		cfg.opTimeout = 15 * time.Second
 	}
-	l := &load{t: t, start: start, shards: cfg.shards, chk: newChecker(), logs: &tailBuffer{max: 256 << 10}}
+	l := &load{t: t, start: start, shards: cfg.shards, chk: newChecker(), logs: &proc.Buffer{Max: 256 << 10}}
 	logger := slog.New(slog.NewTextHandler(l.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// Every client holds, in every shard, an EX token of its own and the
 	// shard's shared PR token.

@@ -99,8 +99,8 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 			live = append(live, w.addr())
 		}
 	}
-	v := waitView(t, c.cli, "a map", 10*time.Second, func(v view) bool { return v.balanced() })
-	owner, _, _ := v.m.Lookup(int(wire.Shard([]byte(name), shards(v))))
+	v := waitView(t, c.cli, "a map", 10*time.Second, func(v view) bool { return v.Balanced() })
+	owner, _, _ := v.Map.Lookup(int(wire.Shard([]byte(name), shards(v))))
 	var victim *workerProc
 	for _, w := range c.workers {
 		if w.id == owner.ID {
@@ -198,7 +198,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 		t.Fatal("the long command never started")
 	}
 	logf(t, start, "the long command runs; kill -9 %s (owner of %s's shard)", victim.id, name)
-	victim.p.kill()
+	victim.p.Kill()
 	killedAt := time.Now()
 	killed[victim.id] = true
 	mu.Lock()
@@ -266,7 +266,7 @@ func lockWorkerKill(t *testing.T, c *oneServer, killed map[string]bool, tool str
 }
 
 // shards is the shard count of the map.
-func shards(v view) uint32 { return uint32(v.m.Shards()) }
+func shards(v view) uint32 { return uint32(v.Map.Shards()) }
 
 // checkAlternation checks that lines are "start F" then "end F" pairs with
 // strictly increasing fences; a start may lack its end only if its fence is

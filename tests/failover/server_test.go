@@ -33,7 +33,7 @@ func startThreeServers(t *testing.T, nworkers int) *threeServers {
 		endpoints = append(endpoints, s.endpoint())
 	}
 	for _, s := range c.servers {
-		s.p.waitReady(loop(s.http), 60*time.Second)
+		s.p.WaitReady(loop(s.http), 60*time.Second)
 	}
 	c.cli = etcdClient(t, endpoints...)
 	var ids []string
@@ -44,9 +44,9 @@ func startThreeServers(t *testing.T, nworkers int) *threeServers {
 		ids = append(ids, w.id)
 	}
 	for _, w := range c.workers {
-		w.p.waitReady(loop(w.http), 30*time.Second)
+		w.p.WaitReady(loop(w.http), 30*time.Second)
 	}
-	waitView(t, c.cli, "every worker owns shards", 20*time.Second, func(v view) bool { return v.balanced(ids...) })
+	waitView(t, c.cli, "every worker owns shards", 20*time.Second, func(v view) bool { return v.Balanced(ids...) })
 	t.Logf("cluster up in %v: 3 servers, %d workers, %d shards", time.Since(start).Round(time.Millisecond), nworkers, testShards)
 	return c
 }
@@ -102,7 +102,7 @@ func (c *threeServers) etcdLeader(t *testing.T) string {
 	ids := c.memberIDs(t)
 	for range 50 {
 		for _, s := range c.servers {
-			if s.p.exited() {
+			if s.p.Exited() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -167,7 +167,7 @@ func TestLeaderStop(t *testing.T) {
 	}
 	etcdLeader := c.etcdLeader(t)
 	stopped := time.Now()
-	victim.p.kill()
+	victim.p.Kill()
 	logf(t, start, "SIGKILL %s, the coordinator leader (etcd leader: %s)", first, etcdLeader)
 	var live []string
 	for _, s := range c.servers {
@@ -206,12 +206,12 @@ func TestLeaderStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := c.workers[0]
-	affected := v.shardsOf(w.id)
+	affected := v.ShardsOf(w.id)
 	wstop := time.Now()
-	w.p.stop(syscall.SIGTERM, 10*time.Second)
+	w.p.Stop(syscall.SIGTERM, 10*time.Second)
 	waitView(t, c.cli, "the new leader re-delegates a stopped worker's shards", 5*time.Second, func(v view) bool {
 		for s := range affected {
-			if o, _, ok := v.m.Lookup(int(s)); !ok || o.ID == w.id || !v.live(o) {
+			if o, _, ok := v.Map.Lookup(int(s)); !ok || o.ID == w.id || !v.Live(o) {
 				return false
 			}
 		}
@@ -254,7 +254,7 @@ func TestEtcdMemberStop(t *testing.T) {
 	}
 	c.moveEtcdLeader(t, victim)
 	stopped := time.Now()
-	victim.p.kill()
+	victim.p.Kill()
 	logf(t, start, "SIGKILL %s, the etcd leader (the coordinator leader is %s)", victim.name, coordLeader)
 	var live []string
 	for _, s := range c.servers {
@@ -276,7 +276,7 @@ func TestEtcdMemberStop(t *testing.T) {
 
 	restarted := time.Now()
 	victim.start()
-	victim.p.waitReady(loop(victim.http), 30*time.Second)
+	victim.p.WaitReady(loop(victim.http), 30*time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := c.cli.Status(ctx, victim.endpoint())

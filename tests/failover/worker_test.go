@@ -82,19 +82,19 @@ func TestWorkerKill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kr := killRound{victim: victim.id, affected: v.shardsOf(victim.id)}
+		kr := killRound{victim: victim.id, affected: v.ShardsOf(victim.id)}
 		held := l.heldIn(kr.affected)
 		kr.kill = time.Now()
-		victim.p.kill()
+		victim.p.Kill()
 		rounds = append(rounds, kr)
 		logf(t, start, "kill %d/%d: SIGKILL %s (pid %d), which served %d shards with %d held tokens",
-			r+1, n, victim.id, victim.p.pid(), len(kr.affected), len(held))
+			r+1, n, victim.id, victim.p.PID(), len(kr.affected), len(held))
 
 		// The leader re-delegates the victim's shards once its lease expires.
 		waitView(t, c.cli, "the victim's shards re-delegated", 2*workerTTL+3*time.Second, func(v view) bool {
 			for s := range kr.affected {
-				o, _, ok := v.m.Lookup(int(s))
-				if !ok || o.ID == victim.id || !v.live(o) {
+				o, _, ok := v.Map.Lookup(int(s))
+				if !ok || o.ID == victim.id || !v.Live(o) {
 					return false
 				}
 			}
@@ -150,10 +150,10 @@ func TestWorkerKill(t *testing.T) {
 		// leader rebalances shards to it, each in a grace period there.
 		restarted := time.Now()
 		victim.start()
-		victim.p.waitReady(loop(victim.http), 20*time.Second)
-		v = waitView(t, c.cli, "rebalanced onto the restarted worker", 10*time.Second, func(v view) bool { return v.balanced(c.ids()...) })
+		victim.p.WaitReady(loop(victim.http), 20*time.Second)
+		v = waitView(t, c.cli, "rebalanced onto the restarted worker", 10*time.Second, func(v view) bool { return v.Balanced(c.ids()...) })
 		moved := map[uint32]uint32{}
-		for s, e := range v.shardsOf(victim.id) {
+		for s, e := range v.ShardsOf(victim.id) {
 			moved[s] = e - 1
 		}
 		deadline = time.Now().Add(grace + 5*time.Second)
