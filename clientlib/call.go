@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -38,9 +39,13 @@ type call struct {
 	firstSend time.Time // when the id was first sent: leases count from here
 	sends     int
 
-	ch    chan reply // answers to this id, GRANT_ASYNC included
-	buf   []byte
-	timer *time.Timer // exchange's retransmission timer, kept for reuse
+	ch  chan reply // answers to this id, GRANT_ASYNC included
+	buf []byte
+	// exchange's retransmission timer, kept for reuse with the clock
+	// that made it.
+	timer      clock.Timer
+	timerC     <-chan time.Time
+	timerClock clock.Clock
 
 	// Bodies of pooled calls (newCall): body points at one of them, so
 	// that putting it in the encoder interface does not allocate, and its
@@ -68,7 +73,7 @@ func putCall(cl *call) {
 	if cl.timer != nil {
 		cl.timer.Stop()
 	}
-	*cl = call{ch: cl.ch, buf: cl.buf[:0], timer: cl.timer, nameBuf: cl.nameBuf[:0]}
+	*cl = call{ch: cl.ch, buf: cl.buf[:0], timer: cl.timer, timerC: cl.timerC, timerClock: cl.timerClock, nameBuf: cl.nameBuf[:0]}
 	callPool.Put(cl)
 }
 
@@ -356,11 +361,12 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 		*d = min(2**d, rtoMax)
 		return jitter(cur)
 	}
-	if cl.timer == nil {
-		cl.timer = time.NewTimer(time.Hour)
+	if cl.timer == nil || cl.timerClock != c.clk {
+		cl.timer, cl.timerC = c.clk.NewTimer(time.Hour)
+		cl.timerClock = c.clk
 	}
-	timer := cl.timer
-	defer timer.Stop() // since Go 1.23 a stopped timer delivers nothing stale: reusable
+	timer, timerC := cl.timer, cl.timerC
+	defer timer.Stop() // and resetTimer drops what it may have delivered: reusable
 	sendNow := true
 	var mapWait <-chan struct{}
 	var verAtKick uint64
@@ -374,13 +380,13 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			if c.send(cl) {
 				res.dest = cl.dest
 				if res.queued {
-					timer.Reset(c.cfg.pollEvery)
+					resetTimer(timer, timerC, c.cfg.pollEvery)
 				} else {
-					timer.Reset(grow(&rto))
+					resetTimer(timer, timerC, grow(&rto))
 				}
 			} else {
 				mapWait, verAtKick = c.requestMap(), c.mapVer.Load()
-				timer.Reset(grow(&backoff))
+				resetTimer(timer, timerC, grow(&backoff))
 			}
 		}
 		select {
@@ -390,7 +396,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			return reply{}, res, ErrClosed
 		case <-c.dead:
 			return reply{}, res, c.deadError()
-		case <-timer.C:
+		case <-timerC:
 			sendNow = true
 		case <-moved:
 			moved = c.newMap()
@@ -419,7 +425,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 						continue
 					}
 				}
-				timer.Reset(grow(&backoff))
+				resetTimer(timer, timerC, grow(&backoff))
 				continue
 			}
 			res.answered, res.retry = true, 0
@@ -429,7 +435,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 				}
 				if !res.queued {
 					res.queued = true
-					timer.Reset(c.cfg.pollEvery)
+					resetTimer(timer, timerC, c.cfg.pollEvery)
 					moved = c.newMap()
 				}
 				continue

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/announce"
+	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -25,6 +26,10 @@ type Client struct {
 	ownConn bool
 	seeds   []netip.AddrPort
 	ann     *announce.Listener // nil unless Config.Announce.Enabled; closed by shutdown
+	clk     clock.Clock        // Config.Now for the time, Config.clock for timers
+	// realTimers: clk's timers are the system's, so contexts can carry
+	// their deadlines (withTimeout).
+	realTimers bool
 
 	// Set by Dial before the background loops start; read-only afterwards.
 	shardCount uint32
@@ -98,6 +103,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		clk:       newClock(cfg.clock, cfg.Now),
 		conn:      cfg.PacketConn,
 		dead:      make(chan struct{}),
 		slots:     make(chan struct{}, maxInFlight),
@@ -113,6 +119,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		strays:    map[strayKey]bool{},
 		udpAddrs:  map[netip.AddrPort]*net.UDPAddr{},
 	}
+	_, c.realTimers = clock.Or(cfg.clock).(clock.Real)
 	for _, s := range cfg.Seeds {
 		ap, err := resolve(s)
 		if err != nil {
@@ -189,7 +196,7 @@ func (c *Client) Close() error {
 
 // releaseAll gives back toks concurrently, each within closeTimeout.
 func (c *Client) releaseAll(toks []*Token) {
-	ctx, cancel := context.WithTimeout(c.ctx, closeTimeout)
+	ctx, cancel := context.WithTimeout(c.ctx, closeTimeout) // real time: see closeSession
 	defer cancel()
 	sem := make(chan struct{}, 32) // bounded fan-out
 	var wg sync.WaitGroup
@@ -247,8 +254,6 @@ func (c *Client) spawnLocked(f func()) bool {
 	}()
 	return true
 }
-
-func (c *Client) now() time.Time { return c.cfg.Now() }
 
 // margin is the client margin taken off a lease of length d (SPEC.md 13).
 func (c *Client) margin(d time.Duration) time.Duration {
@@ -323,6 +328,9 @@ func (c *Client) recvLoop() {
 		if !c.ownConn {
 			// A borrowed PacketConn may not wake a blocked read on
 			// SetReadDeadline; a rolling deadline bounds how long Close waits.
+			// Socket deadlines are in the system's time, not the client's
+			// clock's, and so is the pause after a failed read below: a
+			// fake clock that stands still must not stop the reader.
 			if now := time.Now(); now.Sub(lastDL) > 20*time.Millisecond {
 				_ = c.conn.SetReadDeadline(now.Add(50 * time.Millisecond))
 				lastDL = now

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/announce"
+	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -91,6 +92,9 @@ type Config struct {
 	// pollEvery is how often a QUEUED request is re-polled; 0 =
 	// pollInterval. Tests only.
 	pollEvery time.Duration
+	// clock runs the client's timers and, unless Now is set, tells the
+	// time; nil = clock.Real. Tests only (export_test.go).
+	clock clock.Clock
 }
 
 // Defaults and fixed timings.
@@ -138,9 +142,6 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.Drift <= 0 {
 		cfg.Drift = defaultDrift
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
 	}
 	if cfg.JeopardyBefore < 0 || cfg.HandlerTimeout < 0 {
 		return fmt.Errorf("%w: negative JeopardyBefore or HandlerTimeout", ErrBadRequest)

@@ -8,10 +8,10 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tokend/tokend/announce"
+	"github.com/tokend/tokend/internal/hedge"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -89,7 +89,7 @@ func (c *Client) mapLoop() {
 			return
 		case <-c.mapKick:
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		ctx, cancel := c.withTimeout(c.ctx, 5*time.Second)
 		m, err := c.fetchMap(ctx)
 		cancel()
 		c.mu.Lock()
@@ -102,11 +102,7 @@ func (c *Client) mapLoop() {
 		if err != nil && c.ctx.Err() == nil {
 			c.log.Debug("map refresh failed", "err", err)
 		}
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-time.After(c.cfg.RTOMin):
-		}
+		c.pause(c.cfg.RTOMin)
 	}
 }
 
@@ -182,12 +178,15 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 			// Every worker failed: start the next round elsewhere, after
 			// a pause (a fast error must not make this spin).
 			ti++
+			t, tick := c.clk.NewTimer(c.cfg.RTOMin)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return nil, fmt.Errorf("%w: no map page from %s: %w", ErrUnavailable, addrList(targets), ctx.Err())
 			case <-c.ctx.Done():
+				t.Stop()
 				return nil, ErrClosed
-			case <-time.After(c.cfg.RTOMin):
+			case <-tick:
 			}
 			continue
 		}
@@ -249,72 +248,32 @@ func (c *Client) fetchMap(ctx context.Context) (*dmap, error) {
 // then, every mapHedge without an answer or at once when a worker fails,
 // the next target too (at most mapHedgeFanout at a time, each target once).
 // It returns the first page answered and the index of the target that
-// answered it, or an error once every target has failed or ctx ends. The
-// requests still out are cancelled and waited for before it returns.
+// answered it, or an error once every target has failed or ctx ends. Like
+// every hedge.Run, it returns only once the requests still out are
+// cancelled and have returned.
 func (c *Client) mapPage(ctx context.Context, targets []netip.AddrPort, ti int, first uint32) (*mapPage, int, error) {
-	type result struct {
-		p   *mapPage
-		i   int
-		err error
-	}
+	// Run ends with ctx; the client's closing ends it too.
 	ctx, cancel := context.WithCancel(ctx)
-	results := make(chan result, len(targets)) // never blocks a sender
-	var wg sync.WaitGroup
-	defer func() {
-		cancel() // the losers' exchanges return on ctx.Done
-		wg.Wait()
-	}()
-	launched, running := 0, 0
-	launch := func() {
-		i := (ti + launched) % len(targets)
-		launched++
-		running++
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p, err := c.mapPageFrom(ctx, targets[i], first)
-			results <- result{p, i, err}
-		}()
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+	p, i, err := hedge.Run(ctx, hedge.Policy{Delay: c.mapHedge(), Attempts: len(targets),
+		Parallel: mapHedgeFanout, Clock: c.clk},
+		func(ctx context.Context, i int) (*mapPage, error) {
+			return c.mapPageFrom(ctx, targets[(ti+i)%len(targets)], first)
+		})
+	switch {
+	case err == nil:
+		return p, (ti + i) % len(targets), nil
+	case c.ctx.Err() != nil:
+		return nil, ti, ErrClosed
 	}
-	hedge := time.NewTimer(c.mapHedge())
-	defer hedge.Stop()
-	launch()
-	var lastErr error
-	for {
-		select {
-		case r := <-results:
-			running--
-			if r.err == nil {
-				return r.p, r.i, nil
-			}
-			lastErr = r.err
-			if ctx.Err() != nil || c.ctx.Err() != nil {
-				return nil, ti, r.err
-			}
-			if launched < len(targets) {
-				launch()
-				hedge.Reset(c.mapHedge())
-			} else if running == 0 {
-				return nil, ti, lastErr
-			}
-		case <-hedge.C:
-			if launched < len(targets) {
-				if running < mapHedgeFanout {
-					launch()
-				}
-				hedge.Reset(c.mapHedge())
-			}
-		case <-ctx.Done():
-			return nil, ti, ctx.Err()
-		case <-c.ctx.Done():
-			return nil, ti, ErrClosed
-		}
-	}
+	return nil, ti, err
 }
 
 // mapPageFrom asks one worker for the map from shard first on.
 func (c *Client) mapPageFrom(ctx context.Context, to netip.AddrPort, first uint32) (*mapPage, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.perTarget())
+	ctx, cancel := c.withTimeout(ctx, c.perTarget())
 	defer cancel()
 	cl := &call{typ: wire.TypeMapRequest, body: wire.MapRequest{FirstShard: first}, dest: to}
 	if err := c.register(ctx, cl, false); err != nil {

@@ -86,7 +86,7 @@ func (c *Client) openSession(ctx context.Context) error {
 		c.mu.Unlock()
 	}()
 	rto := c.cfg.RTOMin
-	timer := time.NewTimer(time.Hour)
+	timer, timerC := c.clk.NewTimer(time.Hour)
 	defer timer.Stop()
 	si := 0
 	var last string
@@ -107,7 +107,7 @@ func (c *Client) openSession(ctx context.Context) error {
 			cl.dest = c.seeds[si%len(c.seeds)]
 			tried[cl.dest] = true
 			c.send(cl)
-			timer.Reset(jitter(rto))
+			resetTimer(timer, timerC, jitter(rto))
 			rto = min(2*rto, c.cfg.RTOMax)
 		}
 		select {
@@ -118,7 +118,7 @@ func (c *Client) openSession(ctx context.Context) error {
 			return fmt.Errorf("open session: %w (no answer from %s, %d sends): %w", ErrUnavailable, triedList(), cl.sends, ctx.Err())
 		case <-c.ctx.Done():
 			return ErrClosed
-		case <-timer.C:
+		case <-timerC:
 			sendNow = true
 			if cl.sends%3 == 0 {
 				si++ // three sends per seed, then the next one
@@ -200,6 +200,8 @@ func (c *Client) usable() error {
 // closeSession sends SESSION_CLOSE to the home worker (then the others);
 // UNKNOWN_SESSION and SESSION_EXPIRED count as success (SPEC.md 11).
 func (c *Client) closeSession() {
+	// Close's bounds are in real time, whatever the client's clock: its
+	// caller waits in real time.
 	ctx, cancel := context.WithTimeout(c.ctx, closeTimeout)
 	defer cancel()
 	for _, to := range c.mapTargets() {
@@ -230,17 +232,17 @@ func (c *Client) closeSession() {
 // when their deadline plus grace passes, and refreshes the map while a lease
 // is in doubt. It sleeps until the next thing is due.
 func (c *Client) maintLoop() {
-	timer := time.NewTimer(0)
+	timer, timerC := c.clk.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
-		case <-timer.C:
+		case <-timerC:
 		case <-c.maintKick:
 		}
 		next := c.maintain()
-		timer.Reset(max(next.Sub(c.now()), time.Millisecond))
+		resetTimer(timer, timerC, max(next.Sub(c.now()), time.Millisecond))
 	}
 }
 
@@ -429,7 +431,7 @@ func (c *Client) keepalive(addr netip.AddrPort, entries []wire.ShardEpoch) {
 // keepaliveChunk reports whether addr answered, and whether it vouched for
 // the entries it owns (validity_ms > 0).
 func (c *Client) keepaliveChunk(addr netip.AddrPort, chunk []wire.ShardEpoch) (ok, vouched bool) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.kaInterval())
+	ctx, cancel := c.withTimeout(c.ctx, c.kaInterval())
 	defer cancel()
 	cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Entries: chunk}, dest: addr}
 	if c.register(ctx, cl, false) != nil {
@@ -492,7 +494,7 @@ func (c *Client) renew() {
 			// expired "not renewed in time" while etcd took ~TTL/6).
 			try = max(try, left)
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, try)
+		ctx, cancel := c.withTimeout(c.ctx, try)
 		cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Renew: true}, dest: to}
 		if c.register(ctx, cl, false) != nil {
 			cancel()
@@ -522,10 +524,7 @@ func (c *Client) renew() {
 		}
 		c.log.Debug("session renewal failed", "worker", to.String(), "err", err, "status", r.h.Status)
 		to = c.nextWorker(to)
-		select {
-		case <-c.ctx.Done():
-		case <-time.After(c.cfg.RTOMin):
-		}
+		c.pause(c.cfg.RTOMin)
 	}
 }
 

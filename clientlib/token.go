@@ -425,7 +425,7 @@ func (c *Client) freshLocked(t *Token) bool {
 // reclaim at its new owner does. If ctx ends first, or t is lost, a pending
 // t is given back and confirm returns why.
 func (c *Client) confirm(ctx context.Context, t *Token) error {
-	poll := time.NewTimer(time.Hour) // reset before each wait
+	poll, pollC := c.clk.NewTimer(time.Hour) // reset before each wait
 	defer poll.Stop()
 	for {
 		c.mu.Lock()
@@ -450,12 +450,12 @@ func (c *Client) confirm(ctx context.Context, t *Token) error {
 		}
 		vouched := c.vouched
 		c.mu.Unlock()
-		poll.Reset(max(c.cfg.RTOMin, 50*time.Millisecond))
+		resetTimer(poll, pollC, max(c.cfg.RTOMin, 50*time.Millisecond))
 		var err error
 		select {
 		case <-vouched:
 			continue
-		case <-poll.C:
+		case <-pollC:
 			continue
 		case <-ctx.Done():
 			err = fmt.Errorf("granted, but %w: the worker did not vouch for the grant before the context ended: %w", ErrUnavailable, ctx.Err())
@@ -502,6 +502,7 @@ func waitParams(ctx context.Context, o *reqOptions) (try bool, ms uint32) {
 		return false, durMs(o.wait)
 	}
 	if dl, ok := ctx.Deadline(); ok {
+		// A context's deadline is in the system's time.
 		return false, durMs(time.Until(dl))
 	}
 	return false, wire.WaitForever
@@ -852,7 +853,7 @@ func (t *Token) convertLocked(ctx context.Context, op string, mode wire.Mode, o 
 // token's state from what the worker says (see Convert). cl is finished.
 func (t *Token) abandonConvert(cl *call, fence uint64, cause error) error {
 	c := t.c
-	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+	ctx, cancel := c.withTimeout(c.ctx, cleanupTimeout)
 	defer cancel()
 	out, r := c.abandon(ctx, cl)
 	// cl is finished (deferred) only after the outcome is applied, so that
@@ -962,7 +963,7 @@ func (c *Client) abandon(ctx context.Context, target *call) (abandonOutcome, rep
 // grant if one stands; then it finishes the id.
 func (c *Client) abandonAcquire(cl *call) {
 	defer c.finish(cl)
-	ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+	ctx, cancel := c.withTimeout(c.ctx, cleanupTimeout)
 	defer cancel()
 	out, r := c.abandon(ctx, cl)
 	c.log.Debug("abandoned acquire", "token", cl.name, "request", cl.id, "outcome", out)
@@ -988,7 +989,7 @@ func (c *Client) strayLocked(shard uint32, name string, fence uint64) {
 			delete(c.strays, key)
 			c.mu.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(c.ctx, cleanupTimeout)
+		ctx, cancel := c.withTimeout(c.ctx, cleanupTimeout)
 		defer cancel()
 		cl := &call{typ: wire.TypeRelease, body: wire.Release{Fence: fence, Name: []byte(name)}, shard: shard, routed: true}
 		if c.register(ctx, cl, false) != nil {
@@ -1053,7 +1054,7 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 			}
 			rev := Revocation{Fence: t.fence, Mode: t.mode, Wanted: m.Mode, Start: m.Start, End: m.End}
 			run = func() {
-				ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandlerTimeout)
+				ctx, cancel := c.withTimeout(c.ctx, c.cfg.HandlerTimeout)
 				defer cancel()
 				handler(ctx, t, rev)
 			}
@@ -1218,9 +1219,9 @@ func (c *Client) reclaim(t *Token) {
 		// may accept it (its grace), counted from now at the earliest.
 		lostAt = later(lostAt, c.now().Add(c.workerTTL+c.grace))
 	}
-	until := time.Now().Add(lostAt.Sub(c.now()))
+	left := lostAt.Sub(c.now())
 	c.mu.Unlock()
-	ctx, cancel := context.WithDeadline(c.ctx, until)
+	ctx, cancel := c.withTimeout(c.ctx, left)
 	defer cancel()
 	cl := &call{typ: wire.TypeReclaim, body: body, name: t.name, shard: t.shard, routed: true,
 		minEpoch: l.key.epoch + 1}
