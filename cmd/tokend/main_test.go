@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 )
 
@@ -43,72 +43,29 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// proc is a tokend process started by a test.
-type proc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	out  *proctest.Buffer
-	done chan struct{}
-	err  error
+// testProc is a tokend process started by a test: this test binary,
+// running main (see proctest.Start).
+type testProc struct {
+	*proctest.Proc
+	t *testing.T
 }
 
-func startProc(t *testing.T, args ...string) *proc {
+func startProc(t *testing.T, args ...string) *testProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "TOKEND_TEST_MAIN=1")
-	p := &proc{t: t, cmd: cmd, out: &proctest.Buffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("output of tokend %s:\n%s", strings.Join(args, " "), p.out)
-		}
-	})
-	return p
+	return &testProc{t: t, Proc: proctest.Start(t, proc.Spec{Name: "tokend", Path: os.Args[0], Args: args, Env: []string{"TOKEND_TEST_MAIN=1"}})}
 }
 
-// signal sends sig and waits for the exit, returning the exit code and how long it took.
-func (p *proc) stop(sig syscall.Signal, within time.Duration) (int, time.Duration) {
+// stop sends sig and waits for the exit, returning the exit code and how long it took.
+func (p *testProc) stop(sig syscall.Signal, within time.Duration) (int, time.Duration) {
 	p.t.Helper()
 	start := time.Now()
-	p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(within):
-		p.t.Fatalf("tokend did not exit within %v of %v", within, sig)
-	}
-	return p.cmd.ProcessState.ExitCode(), time.Since(start)
+	p.Stop(sig, within)
+	return p.State().ExitCode(), time.Since(start)
 }
 
-func waitReady(t *testing.T, p *proc, httpAddr string, within time.Duration) {
+func waitReady(t *testing.T, p *testProc, httpAddr string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.done:
-			t.Fatalf("tokend exited early: %v", p.err)
-		default:
-		}
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("/readyz not ready within %v", within)
+	p.WaitReady(httpAddr, within)
 }
 
 func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
@@ -152,7 +109,7 @@ func TestAllInOne(t *testing.T) {
 	p := startProc(t, a.args()...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", a.http)
 	waitReady(t, p, httpAddr, 30*time.Second)
-	if out := p.out.String(); !strings.Contains(out, "go tool etcdctl --endpoints=127.0.0.1:") || !strings.Contains(out, "is up") {
+	if out := p.Out.String(); !strings.Contains(out, "go tool etcdctl --endpoints=127.0.0.1:") || !strings.Contains(out, "is up") {
 		t.Errorf("startup banner missing endpoints or first command:\n%s", out)
 	}
 
@@ -247,7 +204,7 @@ func TestWorkerKeyVanishesOnKill(t *testing.T) {
 	}
 	watch := cli.Watch(ctx, key, clientv3.WithRev(resp.Header.Revision+1))
 	killed := time.Now()
-	wp.cmd.Process.Kill()
+	wp.Process.Signal(syscall.SIGKILL)
 	for ev := range watch {
 		for _, e := range ev.Events {
 			if e.Type == clientv3.EventTypeDelete {
@@ -275,7 +232,7 @@ func TestThreeServers(t *testing.T) {
 	type srv struct {
 		name               string
 		client, peer, http int
-		p                  *proc
+		p                  *testProc
 	}
 	servers := make([]*srv, 3)
 	var initial []string

@@ -176,20 +176,9 @@ func freeRange(t *testing.T, n int) int {
 	return 0
 }
 
-func waitOutput(t *testing.T, p *proc, want string, within time.Duration) {
+func waitOutput(t *testing.T, p *testProc, want string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !strings.Contains(p.out.String(), want) {
-		select {
-		case <-p.done:
-			t.Fatalf("tokend up exited (%v) before printing %q", p.err, want)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in the output within %v", want, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	p.WaitOutput(want, within)
 }
 
 // upTable returns the pid of each child in the "ready" table.
@@ -261,7 +250,7 @@ func TestUp(t *testing.T) {
 	p := startProc(t, args...)
 	waitOutput(t, p, "are ready", 45*time.Second)
 	t.Logf("ready in %v", time.Since(start))
-	pids := upTable(t, p.out.String())
+	pids := upTable(t, p.Out.String())
 	if len(pids) != servers+workers {
 		t.Fatalf("table has %v, want %d children", pids, servers+workers)
 	}
@@ -329,7 +318,7 @@ func TestUp(t *testing.T) {
 		t.Fatalf("exit code %d after SIGINT, want 0", code)
 	}
 	waitGone(t, pids, time.Second)
-	out := p.out.String()
+	out := p.Out.String()
 	for _, want := range []string{"w1 stopped", "s1 stopped", "all stopped"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -342,18 +331,17 @@ func TestUp(t *testing.T) {
 	// Restart on the same data dir, then kill up itself.
 	p2 := startProc(t, append(args, "--shutdown-timeout", "3s")...)
 	waitOutput(t, p2, "are ready", 45*time.Second)
-	if !strings.Contains(p2.out.String(), "restarting the cluster") {
+	if !strings.Contains(p2.Out.String(), "restarting the cluster") {
 		t.Errorf("a restart on %s did not find the cluster", dir)
 	}
-	pids = upTable(t, p2.out.String())
+	pids = upTable(t, p2.Out.String())
 	if len(pids) != servers+workers {
 		t.Fatalf("table has %v, want %d children", pids, servers+workers)
 	}
 	if runtime.GOOS != "linux" {
 		return // only Linux has the parent-death signal
 	}
-	p2.cmd.Process.Kill()
-	<-p2.done
+	p2.Kill()
 	// Each child gets SIGTERM and stops within its 3 s shutdown timeout.
 	waitGone(t, pids, 10*time.Second)
 }

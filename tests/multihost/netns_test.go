@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 )
 
@@ -51,20 +52,20 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 		endpoints = append(endpoints, s.ip+":2379")
 	}
 	eps := strings.Join(endpoints, ",")
-	var srv []*proc
+	var srv []*proctest.Proc
 	for _, s := range servers {
 		srv = append(srv, l.start(s, tokend, "server", "--name", s.name, "--data-dir", t.TempDir(),
 			"--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
 			"--initial-cluster", strings.Join(initial, ",")))
 	}
 	for _, p := range srv {
-		p.waitUp(t, 40*time.Second)
+		p.WaitBanner(40 * time.Second)
 	}
 	for i, p := range srv {
 		for _, want := range []string{"etcd client   http://" + servers[i].ip + ":2379", "etcd peer     http://" + servers[i].ip + ":2380",
 			"http          http://" + servers[i].ip + ":7780/metrics"} {
-			if !strings.Contains(p.out.String(), want) {
-				t.Errorf("%s's banner lacks %q:\n%s", p.name, want, p.out)
+			if !strings.Contains(p.Out.String(), want) {
+				t.Errorf("%s's banner lacks %q:\n%s", p.Name, want, p.Out)
 			}
 		}
 	}
@@ -78,16 +79,16 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 		t.Errorf("a loopback worker in a cluster on other hosts: %v, want exit status 2 naming --udp-addr:\n%s", err, out)
 	}
 
-	var wrk []*proc
+	var wrk []*proctest.Proc
 	for _, w := range workers {
 		wrk = append(wrk, l.start(w, tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", eps,
 			"--udp-addr", "0.0.0.0:7700", "--http-addr", "0.0.0.0:7780"))
 	}
 	for i, p := range wrk {
-		p.waitUp(t, 30*time.Second)
+		p.WaitBanner(30 * time.Second)
 		want := "worker udp advertised as " + workers[i].ip + ":7700: the address of e0, the interface with the IPv4 default route"
-		if !strings.Contains(p.out.String(), want) {
-			t.Errorf("%s did not log why it chose its address (%q):\n%s", p.name, want, p.out)
+		if !strings.Contains(p.Out.String(), want) {
+			t.Errorf("%s did not log why it chose its address (%q):\n%s", p.Name, want, p.Out)
 		}
 	}
 	t.Logf("workers up after %v", time.Since(began).Round(time.Millisecond))
@@ -158,14 +159,14 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 
 	// An orderly stop: workers first, then the servers one at a time.
 	for _, p := range wrk {
-		p.signal(syscall.SIGINT)
+		p.Process.Signal(syscall.SIGINT)
 	}
 	for _, p := range wrk {
-		p.waitExit(t, 15*time.Second)
+		waitExit(t, p, 15*time.Second)
 	}
 	for i := len(srv) - 1; i >= 0; i-- {
-		srv[i].signal(syscall.SIGINT)
-		srv[i].waitExit(t, 15*time.Second)
+		srv[i].Process.Signal(syscall.SIGINT)
+		waitExit(t, srv[i], 15*time.Second)
 	}
 	t.Logf("all stopped after %v", time.Since(began).Round(time.Millisecond))
 }
@@ -297,84 +298,28 @@ func removeLeftovers(t *testing.T) {
 	}
 }
 
-// proc is a process in a host's namespace. Its t.Cleanup kills it by PID
-// and waits for it.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *proctest.Buffer
-	done chan struct{} // closed once reaped
-}
-
-// start runs bin in h's namespace. ip netns exec executes bin in its own
-// process, so the PID is bin's.
-func (l *lab) start(h host, bin string, args ...string) *proc {
+// start runs bin in h's namespace as a process of the test (see
+// proctest.Start). ip netns exec executes bin in its own process, so the
+// PID is bin's.
+func (l *lab) start(h host, bin string, args ...string) *proctest.Proc {
 	t := l.t
 	t.Helper()
 	t.Logf("%s (%s): %s %s", h.name, h.ip, bin, strings.Join(args, " "))
-	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test binary
-	p := &proc{name: h.name, cmd: cmd, out: &proctest.Buffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", h.name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		if p.exited() {
-			if t.Failed() {
-				t.Logf("--- output of %s:\n%s", p.name, p.out)
-			}
-			return
-		}
-		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", p.name, cmd.Process.Pid)
-		}
-		if t.Failed() {
-			t.Logf("--- output of %s:\n%s", p.name, p.out)
-		}
-	})
-	return p
+	return proctest.Start(t, proc.Spec{Name: h.name, Path: bin, Args: args, Wrap: l.wrap(h)})
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+// wrap is the command that runs a program in h's namespace.
+func (l *lab) wrap(h host) []string { return []string{"ip", "netns", "exec", l.ns(h.name)} }
 
-func (p *proc) signal(sig syscall.Signal) { syscall.Kill(p.cmd.Process.Pid, sig) }
-
-// waitUp waits for the banner tokend prints once it has started.
-func (p *proc) waitUp(t *testing.T, within time.Duration) {
+// waitExit waits for p's exit and checks that it was clean.
+func waitExit(t *testing.T, p *proctest.Proc, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !strings.Contains(p.out.String(), " is up\n") {
-		if p.exited() {
-			t.Fatalf("%s exited while starting:\n%s", p.name, p.out)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not up within %v:\n%s", p.name, within, p.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *proc) waitExit(t *testing.T, within time.Duration) {
-	t.Helper()
-	select {
-	case <-p.done:
-		if err := p.cmd.ProcessState; !err.Success() {
-			t.Errorf("%s: %v", p.name, err)
-		}
-	case <-time.After(within):
-		t.Errorf("%s did not stop within %v of SIGINT", p.name, within)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Errorf("%s did not stop within %v of SIGINT", p.Name, within)
+	} else if st := p.State(); !st.Success() {
+		t.Errorf("%s: %v", p.Name, st)
 	}
 }
 
@@ -385,16 +330,15 @@ func (l *lab) run(h host, timeout time.Duration, bin string, args ...string) (st
 }
 
 func (l *lab) runEnv(h host, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	p, err := proc.Start(proc.Spec{Name: h.name, Path: bin, Args: args, Env: env, Wrap: l.wrap(h), Pdeathsig: syscall.SIGKILL})
+	if err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.ns(h.name), bin}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Env = append(os.Environ(), env...)
-	var out proctest.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("killed after %v: %w", timeout, err)
+	if p.Wait(ctx) != nil {
+		p.Kill()
+		return p.Out.String(), fmt.Errorf("killed after %v: %w", timeout, p.Err())
 	}
-	return out.String(), err
+	return p.Out.String(), p.Err()
 }

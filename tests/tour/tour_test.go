@@ -8,6 +8,7 @@
 package tour
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,19 +23,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 )
 
 func TestMain(m *testing.M) { os.Exit(proctest.Main(m, "tokend-tour-", 5*time.Second)) }
 
-// proc is a process the test started; t.Cleanup kills it by PID (if still
-// running) and reaps it.
-type proc struct {
+// process is a process the test started (see proctest.Start), with its
+// standard output and error also kept apart.
+type process struct {
+	*proctest.Proc
 	t        *testing.T
-	name     string
-	cmd      *exec.Cmd
-	out, err proctest.Buffer
-	done     chan struct{} // closed when reaped
+	out, err proc.Buffer
 }
 
 // env is what every command of the tour runs with: holder records of
@@ -43,61 +43,29 @@ func tourEnv(t *testing.T) []string {
 	return append(os.Environ(), "XDG_RUNTIME_DIR="+t.TempDir())
 }
 
-func start(t *testing.T, env []string, bin string, args ...string) *proc {
+func start(t *testing.T, env []string, bin string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = env
-	cmd.Dir = proctest.SourceDir()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &proc{t: t, name: filepath.Base(bin) + " " + strings.Join(args, " "), cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = &p.out, &p.err
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("%s: %v", p.name, err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-			return
-		default:
-		}
-		syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-		if t.Failed() {
-			t.Logf("--- %s (pid %d) output:\n%s%s", p.name, cmd.Process.Pid, p.out.String(), p.err.String())
-		}
-	})
+	p := &process{t: t}
+	p.Proc = proctest.Start(t, proc.Spec{Name: filepath.Base(bin) + " " + strings.Join(args, " "), Path: bin, Args: args,
+		Env: env, Dir: proctest.SourceDir(), Stdout: &p.out, Stderr: &p.err})
 	return p
 }
 
-// waitFor polls the process's stdout and stderr until they contain s.
-func (p *proc) waitFor(s string, within time.Duration) {
+// waitFor waits until the process's stdout or stderr contains s.
+func (p *process) waitFor(s string, within time.Duration) {
 	p.t.Helper()
-	deadline := time.Now().Add(within)
-	for !strings.Contains(p.out.String()+p.err.String(), s) {
-		if time.Now().After(deadline) {
-			p.t.Fatalf("%s: no %q within %v; output:\n%s%s", p.name, s, within, p.out.String(), p.err.String())
-		}
-		select {
-		case <-p.done:
-			if !strings.Contains(p.out.String()+p.err.String(), s) {
-				p.t.Fatalf("%s exited (%v) without printing %q:\n%s%s", p.name, p.cmd.ProcessState, s, p.out.String(), p.err.String())
-			}
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	p.WaitOutput(s, within)
 }
 
 // exit waits for the process to end and returns its exit code.
-func (p *proc) exit(within time.Duration) int {
+func (p *process) exit(within time.Duration) int {
 	p.t.Helper()
-	select {
-	case <-p.done:
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(within):
-		p.t.Fatalf("%s did not exit within %v; output:\n%s%s", p.name, within, p.out.String(), p.err.String())
-		return -1
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		p.t.Fatalf("%s did not exit within %v; output:\n%s%s", p.Name, within, p.out.String(), p.err.String())
 	}
+	return p.State().ExitCode()
 }
 
 // run runs a command to its end (at most within) and returns its stdout,
@@ -111,7 +79,7 @@ func run(t *testing.T, env []string, within time.Duration, bin string, args ...s
 
 // tokend is a running all-in-one tokend on fresh loopback ports.
 type tokend struct {
-	*proc
+	*process
 	etcd, udp, http string
 	args            []string // to start it again on the same data and ports
 }
@@ -130,8 +98,8 @@ func startTokend(t *testing.T, env []string) *tokend {
 		"--client-urls", "http://" + td.etcd, "--peer-urls", "http://" + peer,
 		"--udp-addr", td.udp, "--http-addr", td.http,
 		"--worker-ttl", "2s", "--grace", "2s", "--session-ttl", "4s"}
-	td.proc = start(t, env, proctest.Tokend(t), td.args...)
-	td.waitFor("is up", 60*time.Second)
+	td.process = start(t, env, proctest.Tokend(t), td.args...)
+	td.WaitBanner(60 * time.Second)
 	return td
 }
 
@@ -226,7 +194,7 @@ func TestTour(t *testing.T) {
 	if strings.Contains(waiter.out.String(), "acquired") {
 		t.Fatalf("the waiter was granted foo while it was held: %s", waiter.out.String())
 	}
-	holder.cmd.Process.Signal(os.Interrupt)
+	holder.Process.Signal(syscall.SIGINT)
 	if code := holder.exit(15 * time.Second); code != 0 {
 		t.Errorf("holder exit %d after Ctrl-C, want 0", code)
 	}
@@ -240,7 +208,7 @@ func TestTour(t *testing.T) {
 	step("--yield")
 	other := start(t, env, ctl, "acquire", seeds, "--yield", "foo")
 	waiter.waitFor("tokenctl: revoke: another client wants foo", 15*time.Second)
-	waiter.cmd.Process.Signal(os.Interrupt)
+	waiter.Process.Signal(syscall.SIGINT)
 	waiter.exit(15 * time.Second)
 	other.waitFor("acquired foo EX", 15*time.Second)
 	third := start(t, env, ctl, "acquire", seeds, "--for", "1ms", "foo")
@@ -331,7 +299,7 @@ func TestTour(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s+ID\s.*\sDRAINING\s`).MatchString(out) || !regexp.MustCompile(`(?m)^\s+w2\s.*\strue\s`).MatchString(out) {
 		t.Errorf("status after the drain: want a DRAINING column, true for w2:\n%s", out)
 	}
-	w2.cmd.Process.Signal(syscall.SIGTERM)
+	w2.Process.Signal(syscall.SIGTERM)
 	if code := w2.exit(30 * time.Second); code != 0 {
 		t.Errorf("w2 exit %d after SIGTERM, want 0", code)
 	}
@@ -359,14 +327,14 @@ func TestTour(t *testing.T) {
 	victim.waitFor("acquired victim EX", 15*time.Second)
 	heir := start(t, env, ctl, "acquire", seeds, "victim")
 	victim.waitFor("tokenctl: revoke: another client wants victim", 15*time.Second)
-	syscall.Kill(victim.cmd.Process.Pid, syscall.SIGKILL)
+	victim.Process.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
 	heir.waitFor("acquired victim EX", 30*time.Second)
 	step("the waiter was granted %v after the kill (session TTL 4s)", time.Since(killedAt).Round(time.Millisecond))
 	if f1, f2 := fenceOf(t, victim.out.String()), fenceOf(t, heir.out.String()); f2 <= f1 {
 		t.Errorf("the heir's fence %d is not above the killed holder's %d", f2, f1)
 	}
-	heir.cmd.Process.Signal(os.Interrupt)
+	heir.Process.Signal(syscall.SIGINT)
 	heir.exit(15 * time.Second)
 
 	// Loss: the token's worker stops answering (SIGSTOP: the whole
@@ -375,9 +343,9 @@ func TestTour(t *testing.T) {
 	lost := start(t, env, ctl, "acquire", seeds, "foo")
 	lost.waitFor("acquired foo", 15*time.Second)
 	stopped := time.Now()
-	td.cmd.Process.Signal(syscall.SIGSTOP)
+	td.Process.Signal(syscall.SIGSTOP)
 	code = lost.exit(30 * time.Second)
-	td.cmd.Process.Signal(syscall.SIGCONT)
+	td.Process.Signal(syscall.SIGCONT)
 	if code != 4 || !strings.Contains(lost.err.String(), "tokenctl: foo was lost") {
 		t.Errorf("holder of a lost token: exit %d, stderr %q; want 4", code, lost.err.String())
 	}
@@ -385,7 +353,7 @@ func TestTour(t *testing.T) {
 
 	// Ctrl-C stops everything in order, exit 0.
 	step("Ctrl-C")
-	td.cmd.Process.Signal(os.Interrupt)
+	td.Process.Signal(syscall.SIGINT)
 	if code := td.exit(30 * time.Second); code != 0 {
 		t.Errorf("tokend exit %d after Ctrl-C, want 0", code)
 	}
@@ -394,12 +362,12 @@ func TestTour(t *testing.T) {
 	step("start again")
 	before := kv["/tokend/config"]
 	again := start(t, env, proctest.Tokend(t), td.args...)
-	again.waitFor("is up", 60*time.Second)
+	again.WaitBanner(60 * time.Second)
 	out, errOut, code = run(t, env, 5*time.Minute, goTool, "tool", "etcdctl", "--endpoints="+td.etcd, "get", "/tokend/config", "--print-value-only")
 	if code != 0 || strings.TrimSpace(out) != before {
 		t.Errorf("/tokend/config after the restart: exit %d, %q%s; want the first run's %q", code, out, errOut, before)
 	}
-	again.cmd.Process.Signal(os.Interrupt)
+	again.Process.Signal(syscall.SIGINT)
 	if code := again.exit(30 * time.Second); code != 0 {
 		t.Errorf("tokend exit %d after Ctrl-C, want 0", code)
 	}
@@ -442,7 +410,7 @@ func TestTokendLockAndCExample(t *testing.T) {
 	if code != 3 || !strings.Contains(errOut, "tokend-lock: held not acquired") {
 		t.Errorf("tokend-lock -n on a held token: exit %d, stderr %q; want 3", code, errOut)
 	}
-	holder.cmd.Process.Signal(syscall.SIGTERM) // passed on to sleep
+	holder.Process.Signal(syscall.SIGTERM) // passed on to sleep
 	if code := holder.exit(15 * time.Second); code != 128+int(syscall.SIGTERM) {
 		t.Errorf("tokend-lock after SIGTERM: exit %d, want %d (the command's)", code, 128+int(syscall.SIGTERM))
 	}
@@ -609,7 +577,7 @@ func TestAcquireUnansweredMap(t *testing.T) {
 		"--peer-urls", "http://"+proctest.Loop(proctest.FreePort(t, "tcp")),
 		"--udp-addr", udp, "--advertise-udp-addr", dead,
 		"--http-addr", proctest.Loop(proctest.FreePort(t, "tcp")))
-	td.waitFor("is up", 60*time.Second)
+	td.WaitBanner(60 * time.Second)
 	for _, tt := range []struct {
 		args  []string
 		bound time.Duration
