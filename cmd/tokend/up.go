@@ -8,7 +8,6 @@ package main
 // exits, and stops them in order. It never restarts a child.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,18 +15,17 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tokend/tokend/internal/proc"
 )
 
 const (
@@ -366,10 +364,10 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	}
 	signal.Notify(s.sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(s.sigs)
-	s.spawn = newSpawner()
-	// Closed last: its thread is the children's parent (see spawner), and
-	// every path through run has reaped every child by then.
-	defer s.spawn.close()
+	s.spawn = proc.NewSpawner()
+	// Closed last: its thread is the children's parent (see proc.Spawner),
+	// and every path through run has reaped every child by then.
+	defer s.spawn.Close()
 
 	what := "starting a new cluster"
 	if existing {
@@ -385,8 +383,8 @@ type upProc struct {
 	upChild
 	prefix string // "s1  | ", the same width for all
 
-	cmd *exec.Cmd
-	err error // how it exited: written by its waiter before it sends on exits
+	proc *proc.Process
+	err  error // how it exited: written by its waiter before it sends on exits
 
 	alive bool // owned by the supervisor's goroutine
 }
@@ -397,7 +395,7 @@ type supervisor struct {
 	cfg   *upConfig
 	exe   string
 	con   *console
-	spawn *spawner
+	spawn *proc.Spawner
 	procs []*upProc
 	live  int // children started and not yet reaped
 
@@ -451,41 +449,40 @@ func (s *supervisor) run() int {
 }
 
 // start starts p, with its output going line by line to the console (with
-// p's prefix) and to <data-dir>/logs/<name>.log.
+// p's prefix) and to <data-dir>/logs/<name>.log. The child is in a process
+// group of its own, so a terminal's Ctrl-C reaches only up, which stops the
+// children in order; on Linux it gets SIGTERM should up die, even by
+// SIGKILL, so no child outlives it (elsewhere children outlive an up that
+// is killed with SIGKILL).
 func (s *supervisor) start(p *upProc) error {
 	logf, err := os.OpenFile(filepath.Join(s.cfg.dataDir, "logs", p.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(logf, "--- %s tokend up started %s: %s\n", time.Now().Format(time.RFC3339), p.name, strings.Join(p.args, " "))
-	r, w, err := os.Pipe()
+	// One writer for stdout and stderr: one pipe keeps them in order. A
+	// last line without a newline gets one.
+	lines := proc.NewLineWriter(func(line []byte) {
+		line = append(line, '\n')
+		logf.Write(line) // a full disk must not stop the console
+		s.con.write(append([]byte(p.prefix), line...))
+	})
+	child, err := proc.Start(proc.Spec{
+		Name: p.name, Path: s.exe, Args: p.args,
+		Stdout: lines, Stderr: lines, Keep: -1,
+		Setpgid: true, Pdeathsig: syscall.SIGTERM, Spawner: s.spawn,
+	})
 	if err != nil {
 		logf.Close()
 		return err
 	}
-	cmd := exec.Command(s.exe, p.args...)
-	cmd.Stdout, cmd.Stderr = w, w // one pipe keeps stdout and stderr in order
-	cmd.SysProcAttr = childSysProcAttr()
-	err = s.spawn.start(cmd)
-	w.Close() // the child has its copy; EOF on r then means it has exited
-	if err != nil {
-		r.Close()
-		logf.Close()
-		return err
-	}
-	p.cmd, p.alive = cmd, true
+	p.proc, p.alive = child, true
 	s.live++
-	drained := make(chan struct{})
 	go func() {
-		copyLines(r, p.prefix, s.con, logf)
-		r.Close()
+		<-child.Done() // after its output has been copied
+		lines.Flush()  // its last lines come before the news of its exit
 		logf.Close()
-		close(drained)
-	}()
-	go func() {
-		err := cmd.Wait()
-		<-drained // its last lines come before the news of its exit
-		p.err = err
+		p.err = child.Err()
 		s.exits <- p
 	}()
 	return nil
@@ -507,7 +504,11 @@ func (s *supervisor) waitReady(g []*upProc) (code int, ok bool) {
 	pending := map[*upProc]bool{}
 	for _, p := range g {
 		pending[p] = true
-		go pollReady(ctx, p, readyc)
+		go func() {
+			if p.proc.WaitReady(ctx, p.http) == nil {
+				readyc <- p
+			}
+		}()
 	}
 	for len(pending) > 0 {
 		select {
@@ -533,30 +534,6 @@ func (s *supervisor) waitReady(g []*upProc) (code int, ok bool) {
 		}
 	}
 	return 0, true
-}
-
-// pollReady sends p on readyc once http://<p.http>/readyz answers 200, or
-// returns when ctx ends.
-func pollReady(ctx context.Context, p *upProc, readyc chan<- *upProc) {
-	client := &http.Client{Timeout: time.Second}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.http+"/readyz", nil)
-		if resp, err := client.Do(req); err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				readyc <- p
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }
 
 // shutdown stops every live child and returns code; a second signal kills
@@ -590,7 +567,7 @@ func (s *supervisor) stop(g []*upProc) bool {
 	inG := map[*upProc]bool{}
 	for _, p := range g {
 		if p.alive {
-			p.cmd.Process.Signal(syscall.SIGINT)
+			p.proc.Signal(syscall.SIGINT)
 			inG[p] = true
 		}
 	}
@@ -611,7 +588,7 @@ func (s *supervisor) stop(g []*upProc) bool {
 			for p := range inG {
 				if p.alive {
 					s.con.printf("tokend up: %s did not stop within %v; killing it\n", p.name, wait)
-					p.cmd.Process.Kill()
+					p.proc.Signal(syscall.SIGKILL)
 				}
 			}
 		case sig := <-s.sigs:
@@ -627,7 +604,7 @@ func (s *supervisor) stop(g []*upProc) bool {
 func (s *supervisor) killAll() {
 	for _, p := range s.procs {
 		if p.alive {
-			p.cmd.Process.Kill()
+			p.proc.Signal(syscall.SIGKILL)
 		}
 	}
 	for s.live > 0 {
@@ -660,7 +637,7 @@ func (s *supervisor) printTable() {
 	fmt.Fprintln(tw, "  NAME\tPID\tETCD CLIENT / UDP\tHTTP")
 	var endpoints []string
 	for _, p := range s.procs {
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.name, p.cmd.Process.Pid, p.addr, p.http)
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.name, p.proc.PID(), p.addr, p.http)
 		if p.server {
 			endpoints = append(endpoints, strings.TrimPrefix(p.addr, "http://"))
 		}
@@ -669,7 +646,7 @@ func (s *supervisor) printTable() {
 	eps := strings.Join(endpoints, ",")
 	victim := s.procs[len(s.procs)-1] // the last worker, or the last server without workers
 	fmt.Fprintf(&b, "Try, in another terminal:\n")
-	fmt.Fprintf(&b, "  kill -9 %d    crash %s (any pid above will do) and watch the others recover\n", victim.cmd.Process.Pid, victim.name)
+	fmt.Fprintf(&b, "  kill -9 %d    crash %s (any pid above will do) and watch the others recover\n", victim.proc.PID(), victim.name)
 	fmt.Fprintf(&b, "  go run ./cmd/tokenctl status --etcd %s\n", eps)
 	fmt.Fprintf(&b, "  go tool etcdctl --endpoints=%s member list\n", eps)
 	fmt.Fprintf(&b, "Nothing is restarted automatically. Ctrl-C stops the workers, then the servers; a second Ctrl-C kills them all.\n")
@@ -691,56 +668,4 @@ func (c *console) write(b []byte) {
 
 func (c *console) printf(format string, args ...any) {
 	c.write(fmt.Appendf(nil, format, args...))
-}
-
-// copyLines copies r line by line to file as is and to con with prefix,
-// until r ends. A last line without a newline gets one.
-func copyLines(r io.Reader, prefix string, con *console, file io.Writer) {
-	br := bufio.NewReader(r)
-	for {
-		line, err := br.ReadBytes('\n')
-		if len(line) > 0 {
-			if line[len(line)-1] != '\n' {
-				line = append(line, '\n')
-			}
-			file.Write(line) // a full disk must not stop the console
-			con.write(append([]byte(prefix), line...))
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// spawner starts processes from one goroutine locked to its OS thread. On
-// Linux the children's parent-death signal fires when the thread that
-// started them exits, not the process, and the Go runtime may end a thread;
-// this one lives until close, which up calls only after every child has
-// been reaped.
-type spawner struct {
-	reqs chan func()
-	done chan struct{}
-}
-
-func newSpawner() *spawner {
-	s := &spawner{reqs: make(chan func()), done: make(chan struct{})}
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		defer close(s.done)
-		for f := range s.reqs {
-			f()
-		}
-	}()
-	return s
-}
-
-func (s *spawner) start(cmd *exec.Cmd) error {
-	errc := make(chan error, 1)
-	s.reqs <- func() { errc <- cmd.Start() }
-	return <-errc
-}
-
-func (s *spawner) close() {
-	close(s.reqs)
-	<-s.done
 }

@@ -6,8 +6,8 @@ import (
 )
 
 // Buffer keeps what a process writes (as its standard output or error)
-// while others read it: all of it, or the last Max bytes if Max > 0. Set
-// Max before the first Write.
+// while others read it: all of it, the last Max bytes if Max > 0, or
+// nothing if Max < 0. Set Max before the first Write.
 type Buffer struct {
 	Max int
 
@@ -16,6 +16,9 @@ type Buffer struct {
 }
 
 func (s *Buffer) Write(p []byte) (int, error) {
+	if s.Max < 0 {
+		return len(p), nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b = append(s.b, p...)

@@ -58,7 +58,9 @@ type Spec struct {
 	// StdinPipe gives the process a pipe as standard input (Process.Stdin);
 	// otherwise it reads from the null device.
 	StdinPipe bool
-	// Keep bounds Out to the last Keep bytes of output; 0 keeps all.
+	// Keep bounds Out to the last Keep bytes of output; 0 keeps all, and
+	// a negative Keep nothing (for a long-lived process whose output goes
+	// to Stdout and Stderr).
 	Keep int
 
 	// Setpgid puts the process in a process group of its own: a terminal's
