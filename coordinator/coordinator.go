@@ -27,13 +27,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tokend/tokend/cluster"
-)
-
-// Errors returned by this package.
-var (
-	ErrNotLeader = errors.New("coordinator: not the leader")
-	ErrDeposed   = errors.New("coordinator: leadership lost before the write")
-	ErrClosed    = errors.New("coordinator: closed")
+	"github.com/tokend/tokend/internal/clock"
 )
 
 // Config configures a Coordinator.
@@ -55,6 +49,10 @@ type Config struct {
 	Deadlock DeadlockConfig
 	Logger   *slog.Logger
 	Registry prometheus.Registerer // metrics are registered here if set
+	// Clock runs the coordinator's timers (retry backoffs, the settle
+	// delay, the detector's rounds); nil = clock.Real. The deadlines of
+	// its etcd calls and sockets are in the system's time.
+	Clock clock.Clock
 }
 
 // Coordinator campaigns for leadership and runs OnLeader while it leads.
@@ -126,6 +124,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	cfg.Deadlock.defaults()
 	c := &Coordinator{
 		cfg: cfg,
@@ -232,10 +231,8 @@ func (c *Coordinator) run(ctx context.Context) {
 		if err != nil {
 			c.log.Warn("election round failed; retrying", "err", err, "in", backoff)
 		}
-		select {
-		case <-ctx.Done():
+		if !c.pause(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		if err != nil {
 			backoff = min(2*backoff, 2*time.Second)
@@ -262,7 +259,7 @@ func (c *Coordinator) term(ctx context.Context) error {
 		sess.Orphan()
 	}()
 	el := concurrency.NewElection(sess, cluster.ElectionPrefix)
-	val, _ := json.Marshal(cluster.Leader{Name: c.cfg.Name, HTTP: c.cfg.HTTPAddr, Since: cluster.Now(time.Now())})
+	val, _ := json.Marshal(cluster.Leader{Name: c.cfg.Name, HTTP: c.cfg.HTTPAddr, Since: cluster.Now(c.cfg.Clock.Now())})
 
 	campaignCtx, stopCampaign := context.WithCancel(ctx)
 	defer stopCampaign()
@@ -362,4 +359,17 @@ func LeaderInfo(ctx context.Context, cli *clientv3.Client) (cluster.Leader, stri
 		return cluster.Leader{}, "", fmt.Errorf("coordinator: malformed leader value: %w", err)
 	}
 	return l, string(resp.Kvs[0].Key), nil
+}
+
+// pause waits d on the coordinator's clock; it reports false if ctx ended
+// first.
+func (c *Coordinator) pause(ctx context.Context, d time.Duration) bool {
+	t, ch := c.cfg.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-ch:
+		return true
+	}
 }

@@ -14,10 +14,8 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator/plan"
+	"github.com/tokend/tokend/internal/clock"
 )
-
-// errMapMoved means the map changed under a replan; the loop starts over.
-var errMapMoved = errors.New("coordinator: delegation map changed during planning")
 
 // settle is how long the leader waits after a registry change for more
 // changes before planning, so that a burst of workers starting together gives
@@ -36,10 +34,8 @@ func (c *Coordinator) delegate(ctx context.Context, l *Leadership) {
 			return
 		}
 		c.log.Warn("delegation loop failed; restarting", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		if !c.pause(ctx, backoff) {
 			return
-		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
@@ -70,7 +66,20 @@ func (c *Coordinator) followRegistry(ctx context.Context, l *Leadership) error {
 	defer cancel() // ends both watches when this returns
 	watch := c.cfg.Client.Watch(wctx, cluster.WorkersPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	dwatch := c.cfg.Client.Watch(wctx, cluster.DrainPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
-	var timer <-chan time.Time
+	// settled fires settle after the first change since the last plan;
+	// nil while nothing waits to be planned.
+	var settled <-chan time.Time
+	var timer clock.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	changed := func() {
+		if settled == nil {
+			timer, settled = c.cfg.Clock.NewTimer(settle)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -91,9 +100,7 @@ func (c *Coordinator) followRegistry(ctx context.Context, l *Leadership) error {
 					c.putWorker(workers, ev.Kv.Key, ev.Kv.Value)
 				}
 			}
-			if timer == nil {
-				timer = time.After(settle)
-			}
+			changed()
 		case wr, ok := <-dwatch:
 			if !ok {
 				return errors.New("drain watch closed")
@@ -111,11 +118,9 @@ func (c *Coordinator) followRegistry(ctx context.Context, l *Leadership) error {
 					c.log.Info("worker to be drained", "worker", id)
 				}
 			}
-			if timer == nil {
-				timer = time.After(settle)
-			}
-		case <-timer:
-			timer = nil
+			changed()
+		case <-settled:
+			settled = nil
 			if err := c.replan(ctx, l, workers, drains); err != nil {
 				return err
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -53,8 +52,6 @@ const (
 	maxDeadlockAnswer = 64 << 20
 )
 
-var errDeadlockFrame = errors.New("coordinator: bad deadlock frame")
-
 // detectDeadlocks runs for one term: every Interval it gathers the waits of
 // every worker, feeds them to the detector, and tells the workers of the
 // victims to answer them DEADLOCK. A round starts only after the previous
@@ -66,17 +63,18 @@ func (c *Coordinator) detectDeadlocks(ctx context.Context) {
 		workers   map[string]cluster.Worker // by detector name (id@incarnation)
 		refreshed time.Time
 	)
-	t := time.NewTimer(cfg.Interval)
+	clk := c.cfg.Clock
+	t, tick := clk.NewTimer(cfg.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 		}
-		if workers == nil || time.Since(refreshed) >= registryEvery {
+		if workers == nil || clk.Since(refreshed) >= registryEvery {
 			if ws, err := c.readWorkers(ctx); err == nil {
-				workers, refreshed = ws, time.Now()
+				workers, refreshed = ws, clk.Now()
 			} else if ctx.Err() == nil {
 				c.log.Debug("deadlock detector: reading the registry", "err", err)
 			}
@@ -222,6 +220,7 @@ func exchangeDeadlock(ctx context.Context, addr string, q *cluster.DeadlockQuery
 		return nil, err
 	}
 	defer conn.Close()
+	// Socket deadlines are in the system's time, not the coordinator's clock.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
