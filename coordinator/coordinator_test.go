@@ -62,6 +62,8 @@ func (s *started) lastTerm() *Leadership {
 	return s.terms[len(s.terms)-1]
 }
 
+// waitFor polls cond until it holds or within passes: etcd and the
+// coordinator's goroutines expose no event for what the tests wait for.
 func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -69,7 +71,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %v", what, within)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // the poll interval: real time is the point
 	}
 }
 
@@ -281,10 +283,17 @@ func TestDrainMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	registerFake(t, cli, "w2")
-	time.Sleep(200 * time.Millisecond) // several settle periods
-	if m := waitMap(t, cli, "map", func(delegation.Map) bool { return true }); owned(m)["w2"] != 0 {
-		t.Fatalf("a re-registered drained worker got %d shards", owned(m)["w2"])
+	// A third worker registers after it: the first map that gives w3
+	// shards was planned with w2's new incarnation in the registry.
+	l3 := registerFake(t, cli, "w3")
+	m := waitMap(t, cli, "w3 given shards", func(m delegation.Map) bool { return owned(m)["w3"] > 0 })
+	if n := owned(m); n["w2"] != 0 {
+		t.Fatalf("a re-registered drained worker got %d shards (w1 %d, w3 %d)", n["w2"], n["w1"], n["w3"])
 	}
+	if _, err := cli.Revoke(ctx, l3); err != nil {
+		t.Fatal(err)
+	}
+	waitMap(t, cli, "w3 gone, w2 still drained", func(m delegation.Map) bool { return owned(m)["w1"] == 16 })
 
 	if _, err := cli.Delete(ctx, cluster.DrainKey("w2")); err != nil {
 		t.Fatal(err)
