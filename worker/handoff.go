@@ -25,6 +25,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
@@ -129,26 +130,16 @@ type pullBatch struct {
 
 // ---- old owner ----
 
-// giveUp keeps the final state of shard st, which the new map m moves to
-// another worker at the next epoch, for that worker to pull. Nothing is kept
-// if the lease is not safe (the state may be stale: the leader may have
-// given the shard away as a recovery) or the table is in its grace period.
-// Caller holds mu.
-func (w *Worker) giveUp(ob *outbox, shard uint32, st *shardState, m delegation.Map) *outHandoff {
-	delete(w.outgoing, shard)
-	if st.tab == nil || w.me == (delegation.Owner{}) || !ob.stamp.Before(ob.safe) {
-		return nil
-	}
-	to, e, ok := m.Lookup(int(shard))
-	if !ok || to == w.me || e != st.epoch+1 {
-		return nil
-	}
+// keepForHandoff keeps the final state of shard st, which ownership.Apply
+// decided to hand off to the owner to at the next epoch, for that owner to
+// pull. Caller holds mu.
+func (w *Worker) keepForHandoff(ob *outbox, shard uint32, st *shardState, to delegation.Owner) *outHandoff {
 	snap, err := st.tab.Export()
 	if err != nil {
 		return nil // in grace: the new owner recovers it
 	}
 	keep := max(2*w.cluster.SessionTTL(), outstandingFor)
-	oh := &outHandoff{epoch: e, to: to, snap: snap, created: ob.now, expires: ob.now + int64(keep)}
+	oh := &outHandoff{epoch: st.epoch + 1, to: to, snap: snap, created: ob.now, expires: ob.now + int64(keep)}
 	w.outgoing[shard] = oh
 	return oh
 }
@@ -304,26 +295,14 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 
 // ---- new owner ----
 
-// predecessor returns the owner that served shard at epoch-1 according to
-// one of the maps given (the map before the one being applied, or an older
-// one read from etcd's history), if it is another worker, still registered
-// under that incarnation, and reachable for handoffs. Caller holds mu.
-func (w *Worker) predecessor(shard, epoch uint32, maps ...*delegation.Map) (delegation.Owner, cluster.Worker, bool) {
-	for _, m := range maps {
-		if m == nil {
-			continue
-		}
-		o, e, ok := m.Lookup(int(shard))
-		if !ok || e != epoch-1 || o == w.me {
-			continue
-		}
-		r, ok := w.registry[o.ID]
-		if !ok || r.Incarnation != formatInc(o.Incarnation) || r.Handoff == "" {
-			return delegation.Owner{}, cluster.Worker{}, false
-		}
-		return o, r, true
+// pullable returns the registration of owner o if it is registered under
+// that incarnation with a handoff address. Caller holds mu.
+func (w *Worker) pullable(o delegation.Owner) (cluster.Worker, bool) {
+	r, ok := w.registry[o.ID]
+	if !ok || r.Incarnation != formatInc(o.Incarnation) || r.Handoff == "" {
+		return cluster.Worker{}, false
 	}
-	return delegation.Owner{}, cluster.Worker{}, false
+	return r, true
 }
 
 // pullLoop starts the pulls that map changes queue, one goroutine per
@@ -467,17 +446,11 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 			tokens += tab.Stats().Grants
 			continue
 		}
-		// Fallback: recover. The old owner stopped vouching for the shard
-		// when it applied the map (at the latest now, if it answered) or
-		// when it died; its grants last at most its TTL beyond that, and
-		// their holders get the usual grace period after that to reclaim.
-		// If its registration is gone, its vouching is over already: the
-		// grace period alone, as after a crash.
-		grace := b.ttl + w.cluster.Grace()
-		if gone {
-			grace = w.cluster.Grace()
-		}
-		tab, err := table.NewRecovering(se.Epoch, ob.now+int64(grace), w.cfg.Table)
+		// Fallback: recover, with a grace period that outlasts what the old
+		// owner may still vouch for (ownership.FallbackGraceEnd).
+		end := ownership.FallbackGraceEnd(ob.now, int64(b.ttl), int64(w.cluster.Grace()), gone)
+		grace := time.Duration(end - ob.now)
+		tab, err := table.NewRecovering(se.Epoch, end, w.cfg.Table)
 		if err != nil {
 			w.log.Error("cannot start shard", "shard", se.Shard, "epoch", se.Epoch, "err", err)
 			w.shards[se.Shard] = nil

@@ -9,6 +9,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
@@ -186,14 +187,11 @@ func (w *Worker) dropAll() {
 	w.pulls = nil
 }
 
-// applyMap makes m the current map and brings the served shards in line:
-// a shard is served iff m says its owner is this incarnation, at m's epoch.
-// A shard lost or moved to another epoch drops its table (keeping its final
-// state for the new owner if it moves on by a planned handoff); one gained
-// starts a new table, or waits for the previous owner's state. older, if
-// not nil, is a map older than m read from etcd's history, to find the
-// previous owners when the current map is not m's predecessor. Caller holds
-// mu.
+// applyMap makes m the current map and brings the served shards in line,
+// as ownership.Apply decides: a shard is served iff m says its owner is
+// this incarnation, at m's epoch. older, if not nil, is a map older than m
+// read from etcd's history, to find the previous owners when the current
+// map is not m's predecessor. Caller holds mu.
 func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 	prev := w.dmap
 	w.dmap = m
@@ -203,10 +201,20 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 	if w.shards == nil {
 		return
 	}
-	if m.Shards() != 0 && m.Shards() != len(w.shards) {
+	held := make([]ownership.Held, len(w.shards))
+	for s, st := range w.shards {
+		if st != nil {
+			held[s] = ownership.Held{Epoch: st.epoch, Table: st.tab != nil, Grace: st.tab != nil && st.tab.InGrace()}
+		}
+	}
+	res := ownership.Apply(ownership.Input{
+		Me: w.me, Held: held, Prev: prev, Older: older, Next: m,
+		Safe:    ob.stamp.Before(ob.safe),
+		CanPull: func(o delegation.Owner) bool { _, ok := w.pullable(o); return ok },
+	}, nil)
+	if res.BadMap {
 		w.log.Error("delegation map has another shard count than the cluster; serving nothing from it",
 			"map_shards", m.Shards(), "cluster_shards", len(w.shards))
-		m = delegation.Map{}
 	}
 	var (
 		lost                   map[uint32]bool
@@ -214,55 +222,48 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 		gained, recovs, awaits int
 		batches                map[delegation.Owner]*pullBatch
 	)
-	for s := range w.shards {
-		var want uint32
-		if w.me != (delegation.Owner{}) {
-			if o, e, ok := m.Lookup(s); ok && o == w.me {
-				want = e
-			}
-		}
-		cur := w.shards[s]
-		if cur != nil && cur.epoch == want {
-			continue
-		}
-		if cur != nil {
+	for _, a := range res.Actions {
+		s := a.Shard
+		switch a.Kind {
+		case ownership.Drop, ownership.HandOff:
 			if lost == nil {
 				lost = map[uint32]bool{}
 			}
-			lost[uint32(s)] = true
+			lost[s] = true
+			cur := w.shards[s]
 			w.shards[s] = nil
-			if oh := w.giveUp(ob, uint32(s), cur, m); oh != nil {
-				if handed == nil {
-					handed = map[uint32]*outHandoff{}
+			delete(w.outgoing, s)
+			if a.Kind == ownership.HandOff {
+				if oh := w.keepForHandoff(ob, s, cur, a.To); oh != nil {
+					if handed == nil {
+						handed = map[uint32]*outHandoff{}
+					}
+					handed[s] = oh
 				}
-				handed[uint32(s)] = oh
 			}
-			w.log.Debug("shard lost", "shard", s, "epoch", cur.epoch, "handoff", handed[uint32(s)] != nil)
-		}
-		if want == 0 {
-			continue
-		}
-		gained++
-		if want > 1 {
-			if from, doc, ok := w.predecessor(uint32(s), want, &prev, older); ok {
-				// Planned handoff: wait for the previous owner's state.
-				w.shards[s] = &shardState{epoch: want, from: from}
-				if batches == nil {
-					batches = map[delegation.Owner]*pullBatch{}
-				}
-				b := batches[from]
-				if b == nil {
-					b = &pullBatch{from: from, addr: doc.Handoff, ttl: time.Duration(doc.TTLms) * time.Millisecond,
-						mapVersion: m.Version, started: ob.stamp}
-					batches[from] = b
-				}
-				b.shards = append(b.shards, shardEpochJ{Shard: uint32(s), Epoch: want})
-				awaits++
-				continue
+			w.log.Debug("shard lost", "shard", s, "epoch", a.Epoch, "handoff", handed[s] != nil)
+		case ownership.Pull:
+			gained++
+			awaits++
+			doc, _ := w.pullable(a.From)
+			w.shards[s] = &shardState{epoch: a.Epoch, from: a.From}
+			if batches == nil {
+				batches = map[delegation.Owner]*pullBatch{}
 			}
-			recovs++
+			b := batches[a.From]
+			if b == nil {
+				b = &pullBatch{from: a.From, addr: doc.Handoff, ttl: time.Duration(doc.TTLms) * time.Millisecond,
+					mapVersion: m.Version, started: ob.stamp}
+				batches[a.From] = b
+			}
+			b.shards = append(b.shards, shardEpochJ{Shard: s, Epoch: a.Epoch})
+		case ownership.Recover, ownership.Fresh:
+			gained++
+			if a.Kind == ownership.Recover {
+				recovs++
+			}
+			w.shards[s] = w.adopt(ob, s, a.Epoch)
 		}
-		w.shards[s] = w.adopt(ob, uint32(s), want)
 	}
 	if gained > 0 || lost != nil {
 		w.log.Info("delegation changed", "map_version", m.Version, "gained", gained, "handoffs_in", awaits,
@@ -309,7 +310,7 @@ func (w *Worker) adopt(ob *outbox, shard, epoch uint32) *shardState {
 	if epoch == 1 {
 		tab, err = table.New(epoch, w.cfg.Table)
 	} else {
-		tab, err = table.NewRecovering(epoch, ob.now+int64(w.cluster.Grace()), w.cfg.Table)
+		tab, err = table.NewRecovering(epoch, ownership.GraceEnd(ob.now, int64(w.cluster.Grace())), w.cfg.Table)
 		w.met.recoveries.Inc()
 	}
 	if err != nil {
