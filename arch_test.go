@@ -37,6 +37,7 @@ var pure = map[string][]string{
 	"wire":                 nil,
 	"worker/table":         {"wire"},
 	"worker/session":       {"wire"},
+	"worker/ownership":     {"cluster/delegation"},
 	"coordinator/plan":     {"cluster/delegation"},
 	"coordinator/deadlock": nil,
 	"cluster/delegation":   nil,
