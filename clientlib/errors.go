@@ -53,6 +53,10 @@ var (
 	ErrInternal = errors.New("clientlib: worker internal error")
 )
 
+// errMapPageStart: a MAP reply does not start at the shard asked for; the
+// next worker is asked (it stays inside the package).
+var errMapPageStart = errors.New("clientlib: map reply does not start at the requested shard")
+
 // statusSentinel maps a final wire status to this package's sentinel.
 func statusSentinel(s wire.Status) error {
 	switch s {

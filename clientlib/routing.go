@@ -2,7 +2,6 @@ package clientlib
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -288,7 +287,7 @@ func (c *Client) mapPageFrom(ctx context.Context, to netip.AddrPort, first uint3
 		return nil, statusError("map request", &r)
 	}
 	if len(r.page.runs) > 0 && r.page.runs[0].First != first {
-		return nil, errors.New("map reply does not start at the requested shard")
+		return nil, errMapPageStart
 	}
 	return r.page, nil
 }
