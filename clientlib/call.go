@@ -56,8 +56,8 @@ type call struct {
 }
 
 // callPool recycles the calls of the hot path (Acquire, Release) with
-// their channel, send buffer and timer: without it every request allocated
-// about 2.5 KB.
+// their channel, send buffer and timer, so that such a request allocates
+// none of them.
 var callPool = sync.Pool{New: func() any {
 	return &call{ch: make(chan reply, 4), buf: make([]byte, 0, wire.MaxDatagram), nameBuf: make([]byte, 0, wire.MaxName)}
 }}

@@ -490,8 +490,7 @@ func (c *Client) renew() {
 			// retransmissions) until the session ends. A new id would
 			// only queue another etcd renewal at the worker behind the one
 			// a slow etcd has not answered yet, whose answer would then
-			// come to an id given up (a loaded 2-core machine: sessions
-			// expired "not renewed in time" while etcd took ~TTL/6).
+			// come to an id given up.
 			try = max(try, left)
 		}
 		ctx, cancel := c.withTimeout(c.ctx, try)
