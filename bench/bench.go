@@ -77,6 +77,12 @@ type Config struct {
 	FailoverHeld    int           // tokens held in every shard (by different clients)
 	FailoverPause   time.Duration // a shard's cycler pauses this long (±50 %) between pairs
 
+	// Sessions: live sessions held at each level (doubling), each level
+	// against a fresh tokend process, for SessionHold; the workload stops
+	// at the first level past the knee.
+	SessionLevels []int
+	SessionHold   time.Duration
+
 	// Only runs just the named workloads when non-empty (uncontended,
 	// contended, shared, ranges, held, workers, failover, echo, etcd).
 	Only []string
@@ -114,6 +120,7 @@ func QuickConfig() Config {
 		FailoverWorkers: 3, FailoverKills: 2, FailoverTTL: 2 * time.Second, FailoverGrace: 2 * time.Second,
 		FailoverSession: 4 * time.Second,
 		FailoverHeld:    2, FailoverPause: 20 * time.Millisecond,
+		SessionLevels: []int{1_000, 4_000}, SessionHold: 4 * time.Second,
 	}
 }
 
@@ -126,6 +133,8 @@ func FullConfig() Config {
 	c.MaxOps = 50_000_000
 	c.Held = []int{1_000, 100_000, 1_000_000, 10_000_000}
 	c.FailoverKills = 10
+	c.SessionLevels = []int{1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000}
+	c.SessionHold = 20 * time.Second // two session TTLs: six renewals each
 	return c
 }
 
@@ -182,6 +191,10 @@ func (c Config) Defaults() Config {
 	setD(&c.FailoverSession, d.FailoverSession)
 	set(&c.FailoverHeld, d.FailoverHeld)
 	setD(&c.FailoverPause, d.FailoverPause)
+	if c.SessionLevels == nil {
+		c.SessionLevels = d.SessionLevels
+	}
+	setD(&c.SessionHold, d.SessionHold)
 	return c
 }
 

@@ -143,3 +143,29 @@ func TestProcessWorkloads(t *testing.T) {
 		t.Errorf("etcd of the stopped tokend still answers on %s", pc.etcd)
 	}
 }
+
+// TestSessionsWorkload runs one small level of the sessions workload: every
+// session opens, renews and closes, and the mass reconnect brings them all
+// back.
+func TestSessionsWorkload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts tokend")
+	}
+	defer cleanupBuilds()
+	cfg := Config{Quick: true, Shards: 16, SessionTTL: 3 * time.Second, SessionLevels: []int{200}, SessionHold: 2500 * time.Millisecond}.Defaults()
+	rs, err := runSessions(context.Background(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("%d result rows, want 2 (hold, opens)", len(rs))
+	}
+	hold, opens := rs[0], rs[1]
+	// 200 sessions renewing every second for 2.5 s: at least 2 renewals each.
+	if hold.Count < 400 || hold.Errors != 0 || hold.Note != "" {
+		t.Errorf("hold: %d renewals, %d errors, note %q; want >= 400 and none: %+v", hold.Count, hold.Errors, hold.Note, hold.Extra)
+	}
+	if opens.Count != 200 || opens.Rate <= 0 || opens.Note != "" {
+		t.Errorf("opens: %d at %.0f/s, note %q; want all 200 (and all back after the mass reconnect)", opens.Count, opens.Rate, opens.Note)
+	}
+}

@@ -67,6 +67,7 @@ func (c Config) Params() []Param {
 		{"held sessions", fmt.Sprint(c.Holders)},
 		{"worker counts", ints(c.WorkerSets)},
 		{"etcd members", ints(c.EtcdMembers)},
+		{"sessions", fmt.Sprintf("levels %s, hold %v each, session TTL %v", ints(c.SessionLevels), c.SessionHold, c.SessionTTL)},
 		{"failover", fmt.Sprintf("%d worker processes, %d kills -9; worker TTL %v, grace %v, session %v; %d held tokens and 1 cycler per shard, pause %v",
 			c.FailoverWorkers, c.FailoverKills, c.FailoverTTL, c.FailoverGrace, c.FailoverSession, c.FailoverHeld, c.FailoverPause)},
 	}
@@ -83,7 +84,7 @@ func (c Config) Params() []Param {
 }
 
 // Workloads are the names Config.Only accepts, in the order Run runs them.
-var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "redis", "inprocess", "held", "workers", "failover", "etcd"}
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "redis", "inprocess", "held", "workers", "failover", "sessions", "etcd"}
 
 // Systems of the report's rows.
 const (
@@ -192,6 +193,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rs, ks, err := runFailover(ctx, &cfg)
 		rep.Kills = ks
 		add("failover", rs, err)
+	}
+	if cfg.runs("sessions") && ctx.Err() == nil {
+		rs, err := runSessions(ctx, &cfg)
+		add("sessions", rs, err)
 	}
 	if cfg.runs("etcd") && ctx.Err() == nil {
 		rs, err := runEtcdMutex(ctx, &cfg)
