@@ -1,9 +1,12 @@
 package embedded
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,8 +29,20 @@ const (
 	DefaultReadyTimeout        = 30 * time.Second
 )
 
+// TLSFiles names the PEM files of one side of a member: its certificate and
+// key, and the CA whose certificates it accepts from the other end.
+type TLSFiles struct {
+	CertFile string
+	KeyFile  string
+	CAFile   string
+}
+
+// IsZero reports whether no file is named.
+func (t TLSFiles) IsZero() bool { return t == TLSFiles{} }
+
 // Config describes one member. Zero fields take the defaults documented on
-// them. URLs are plain http (no TLS). PeerURLs and ClientURLs are advertised
+// them. URLs are https where the side has TLS files (ClientTLS, PeerTLS),
+// plain http where it has none. PeerURLs and ClientURLs are advertised
 // (the other members and clients connect to them), so their host must be a
 // specific address (an IP, or localhost), never 0.0.0.0; the member listens
 // on them too unless ListenPeerURLs or ListenClientURLs say otherwise.
@@ -51,6 +66,22 @@ type Config struct {
 	InitialCluster string
 	ClusterState   string // ClusterStateNew (default) or ClusterStateExisting
 	ClusterToken   string // default DefaultClusterToken
+
+	// ClientTLS secures the client URLs: the member serves them with
+	// CertFile and KeyFile and accepts only clients with a certificate that
+	// CAFile signed (client certificate authentication: the certificate's
+	// common name is the etcd user). A member with ClientTLS also turns on
+	// etcd authentication (see Start). Zero: plain http and no
+	// authentication, open to anyone who reaches the URLs.
+	ClientTLS TLSFiles
+	// PeerTLS secures the peer URLs the same way; the member dials the
+	// other members with the same certificate. Zero: plain http.
+	PeerTLS TLSFiles
+	// PeerAllowedCNs, if not empty, are the only certificate common names
+	// accepted from peers, so that a client certificate of the same CA
+	// cannot speak raft to the member (pki.MemberCN for certificates made
+	// by tokend certs).
+	PeerAllowedCNs []string
 
 	// QuotaBackendBytes is the backend size at which etcd raises the NOSPACE
 	// alarm and refuses writes; 0 means etcd's default (2 GiB).
@@ -148,12 +179,18 @@ func (c *Config) validate() error {
 	if len(c.ClientURLs) == 0 {
 		return badConfig("ClientURLs: empty")
 	}
+	if err := checkTLSFiles("ClientTLS", c.ClientTLS); err != nil {
+		return err
+	}
+	if err := checkTLSFiles("PeerTLS", c.PeerTLS); err != nil {
+		return err
+	}
 	for _, f := range []struct {
 		name string
 		urls []string
 	}{{"PeerURLs", c.PeerURLs}, {"ClientURLs", c.ClientURLs}} {
 		for i, s := range f.urls {
-			if _, err := checkURL(fmt.Sprintf("%s[%d]", f.name, i), s, false); err != nil {
+			if _, err := c.checkURL(fmt.Sprintf("%s[%d]", f.name, i), s, false); err != nil {
 				return err
 			}
 		}
@@ -165,7 +202,7 @@ func (c *Config) validate() error {
 	}{{"ListenPeerURLs", c.ListenPeerURLs}, {"ListenClientURLs", c.ListenClientURLs}} {
 		for i, s := range f.urls {
 			field := fmt.Sprintf("%s[%d]", f.name, i)
-			u, err := checkURL(field, s, true)
+			u, err := c.checkURL(field, s, true)
 			if err != nil {
 				return err
 			}
@@ -203,7 +240,7 @@ func (c *Config) validateInitialCluster() error {
 		if !ok || name == "" {
 			return badConfig("InitialCluster %q: entry %q is not name=URL", c.InitialCluster, pair)
 		}
-		u, err := checkURL("InitialCluster member "+name, raw, false)
+		u, err := c.checkURL("InitialCluster member "+name, raw, false)
 		if err != nil {
 			return err
 		}
@@ -226,22 +263,40 @@ func (c *Config) validateInitialCluster() error {
 	return nil
 }
 
-// checkURL accepts exactly http://host:port where host is an IP address
-// or localhost and port is 1-65535. Only a listen URL may have an
+// scheme is the URL scheme of the client or peer side: https with TLS
+// files, else http.
+func scheme(t TLSFiles) string {
+	if t.IsZero() {
+		return "http"
+	}
+	return "https"
+}
+
+// checkURL accepts exactly scheme://host:port where scheme is https for a
+// side with TLS files and http for one without, host is an IP address or
+// localhost and port is 1-65535. The side is the peer side for the fields
+// named Peer* and InitialCluster, else the client side. Only a listen URL may have an
 // unspecified host (0.0.0.0, ::). An advertised URL may also name its host
 // by DNS (server-0.tokend-server.ns.svc in a Kubernetes StatefulSet,
 // server1 in compose): etcd resolves it when it connects, and a listen
 // URL, which etcd must bind, takes an address.
-func checkURL(field, s string, listen bool) (*url.URL, error) {
+func (c *Config) checkURL(field, s string, listen bool) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return nil, badConfig("%s %q: %v", field, s, err)
 	}
-	if u.Scheme != "http" {
-		return nil, badConfig("%s %q: scheme must be http (TLS is not supported)", field, s)
+	want, side := scheme(c.ClientTLS), "ClientTLS"
+	if strings.Contains(field, "Peer") || strings.HasPrefix(field, "InitialCluster") {
+		want, side = scheme(c.PeerTLS), "PeerTLS"
+	}
+	if u.Scheme != want {
+		if want == "https" {
+			return nil, badConfig("%s %q: scheme must be https: %s is set", field, s, side)
+		}
+		return nil, badConfig("%s %q: scheme must be http (set %s for https)", field, s, side)
 	}
 	if u.User != nil || u.Path != "" || u.Opaque != "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, badConfig("%s %q: must be http://host:port with nothing after the port", field, s)
+		return nil, badConfig("%s %q: must be %s://host:port with nothing after the port", field, s, want)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil {
@@ -262,6 +317,30 @@ func checkURL(field, s string, listen bool) (*url.URL, error) {
 		return nil, badConfig("%s %q: port must be 1-65535", field, s)
 	}
 	return u, nil
+}
+
+// checkTLSFiles accepts no files, or all three: a certificate and key that
+// load as a pair and a CA file with at least one PEM certificate.
+func checkTLSFiles(field string, t TLSFiles) error {
+	if t.IsZero() {
+		return nil
+	}
+	for _, f := range []struct{ name, path string }{{"CertFile", t.CertFile}, {"KeyFile", t.KeyFile}, {"CAFile", t.CAFile}} {
+		if f.path == "" {
+			return badConfig("%s.%s: empty (give all three files, or none)", field, f.name)
+		}
+	}
+	if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil {
+		return badConfig("%s: certificate %s and key %s: %v", field, t.CertFile, t.KeyFile, err)
+	}
+	b, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return badConfig("%s.CAFile: %v", field, err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return badConfig("%s.CAFile %s: no PEM certificate in it", field, t.CAFile)
+	}
+	return nil
 }
 
 // dnsName reports whether host is a DNS name: dot-separated labels of

@@ -11,6 +11,15 @@
 // instead of hanging; [Member.Close] stops it; [Replace] swaps a dead member
 // of a cluster for a new one with an empty data directory.
 //
+// Security: with TLS files (Config.ClientTLS, Config.PeerTLS) the member
+// serves https only, requires a client certificate of the cluster's CA on
+// both sides (the common name of a client certificate is the etcd user),
+// and turns etcd authentication on when it starts, idempotently and safely
+// if several members of a new cluster race: user "tokend" with role
+// "tokend" (read-write on /tokend/, nothing else) and user "root". The
+// gRPC gateway (JSON at /v3/...) is always off. Without TLS files
+// everything is plain http and open to whoever reaches the URLs.
+//
 // Metrics: etcd registers its collectors on prometheus.DefaultRegisterer when
 // its packages are initialised; this package opens no metrics listener of its
 // own. The daemon serves them by gathering the default registry alongside its

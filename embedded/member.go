@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -81,6 +83,13 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 		return nil, fmt.Errorf("embedded: start %q: %w", c.Name, ctx.Err())
 	}
 
+	if !c.ClientTLS.IsZero() {
+		if err := ensureAuth(ctx, e.Server, c.ReadyTimeout); err != nil {
+			abort(e, closing)
+			return nil, fmt.Errorf("embedded: start %q: %w", c.Name, err)
+		}
+	}
+
 	m := &Member{
 		name:       c.Name,
 		id:         uint64(e.Server.MemberID()),
@@ -133,6 +142,31 @@ func (c *Config) embedConfig(lg *zap.Logger) *embed.Config {
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = c.CompactionRetention.String()
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	// The gateway (JSON over HTTP at /v3/...) is not used by tokend, and
+	// with TLS it reaches the gRPC server with the member's own
+	// certificate: off.
+	ec.EnableGRPCGateway = false
+	if !c.ClientTLS.IsZero() {
+		ec.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       c.ClientTLS.CertFile,
+			KeyFile:        c.ClientTLS.KeyFile,
+			TrustedCAFile:  c.ClientTLS.CAFile,
+			ClientCertAuth: true,
+		}
+		ec.ClientTLSInfo.Logger = lg
+		ec.ClientTLSInfo.MinVersion = tls.VersionTLS12
+	}
+	if !c.PeerTLS.IsZero() {
+		ec.PeerTLSInfo = transport.TLSInfo{
+			CertFile:       c.PeerTLS.CertFile,
+			KeyFile:        c.PeerTLS.KeyFile,
+			TrustedCAFile:  c.PeerTLS.CAFile,
+			ClientCertAuth: true,
+			AllowedCNs:     slices.Clone(c.PeerAllowedCNs),
+		}
+		ec.PeerTLSInfo.Logger = lg
+		ec.PeerTLSInfo.MinVersion = tls.VersionTLS12
+	}
 	return ec
 }
 

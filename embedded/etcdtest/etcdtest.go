@@ -13,12 +13,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/embedded"
+	"github.com/tokend/tokend/internal/pki"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -147,10 +150,15 @@ func Client(t testing.TB, endpoints ...string) *clientv3.Client {
 // startCluster starts n members concurrently (none is ready before a quorum
 // runs) and, if any fails, closes the others.
 func startCluster(t testing.TB, n int) ([]*embedded.Member, error) {
+	return startMembers(t, n, func(name string) embedded.Config { return Config(t, name) })
+}
+
+// startMembers starts n members s1..sN configured by config.
+func startMembers(t testing.TB, n int, config func(name string) embedded.Config) ([]*embedded.Member, error) {
 	cfgs := make([]embedded.Config, n)
 	var pairs []string
 	for i := range cfgs {
-		cfgs[i] = Config(t, fmt.Sprintf("s%d", i+1))
+		cfgs[i] = config(fmt.Sprintf("s%d", i+1))
 		pairs = append(pairs, cfgs[i].Name+"="+cfgs[i].PeerURLs[0])
 	}
 	ms := make([]*embedded.Member, n)
@@ -186,4 +194,83 @@ func closeAll(ms []*embedded.Member) {
 	for _, m := range ms {
 		m.Close()
 	}
+}
+
+// PKI writes a CA, a member certificate for each of names (valid for
+// 127.0.0.1 and localhost) and client certificates for the users tokend and
+// root into a new directory under t.TempDir(), and returns it.
+func PKI(t testing.TB, names ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	req := pki.Request{Dir: dir, Users: []string{pki.UserTokend, pki.UserRoot}}
+	for _, n := range names {
+		req.Servers = append(req.Servers, pki.Server{Name: n, Hosts: []string{"127.0.0.1", "localhost"}})
+	}
+	if _, err := pki.Write(req); err != nil {
+		t.Fatalf("etcdtest: certificates: %v", err)
+	}
+	return dir
+}
+
+// SecureConfig is Config with TLS on both sides (https URLs) using member
+// name's certificate from dir, made by PKI: the member turns etcd
+// authentication on when it starts.
+func SecureConfig(t testing.TB, name, dir string) embedded.Config {
+	t.Helper()
+	c := Config(t, name)
+	files := embedded.TLSFiles{
+		CertFile: filepath.Join(dir, pki.ServerCertFile(name)),
+		KeyFile:  filepath.Join(dir, pki.ServerKeyFile(name)),
+		CAFile:   filepath.Join(dir, pki.CACertFile),
+	}
+	c.ClientTLS, c.PeerTLS, c.PeerAllowedCNs = files, files, []string{pki.MemberCN}
+	c.PeerURLs = []string{"https" + strings.TrimPrefix(c.PeerURLs[0], "http")}
+	c.ClientURLs = []string{"https" + strings.TrimPrefix(c.ClientURLs[0], "http")}
+	return c
+}
+
+// StartSecureCluster is StartCluster with SecureConfig members; the client
+// it returns acts as user root. It returns the certificate directory too.
+func StartSecureCluster(t testing.TB, n int) ([]*embedded.Member, *clientv3.Client, string) {
+	t.Helper()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("s%d", i+1)
+	}
+	dir := PKI(t, names...)
+	var (
+		ms  []*embedded.Member
+		err error
+	)
+	for range attempts {
+		if ms, err = startMembers(t, n, func(name string) embedded.Config { return SecureConfig(t, name, dir) }); err == nil {
+			break
+		}
+		t.Logf("etcdtest: cluster did not start, retrying with other ports: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("etcdtest: start %d secure members: %v", n, err)
+	}
+	var eps []string
+	for _, m := range ms {
+		eps = append(eps, m.ClientEndpoints()...)
+	}
+	t.Cleanup(func() { closeAll(ms) })
+	return ms, SecureClient(t, dir, pki.UserRoot, eps...), dir
+}
+
+// SecureClient returns a client acting as user (pki.UserTokend or
+// pki.UserRoot) with its certificate from dir, closed at cleanup.
+func SecureClient(t testing.TB, dir, user string, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := cluster.Dial(cluster.DialConfig{Endpoints: endpoints, TLS: &cluster.ClientTLS{
+		CAFile:   filepath.Join(dir, pki.CACertFile),
+		CertFile: filepath.Join(dir, pki.ClientCertFile(user)),
+		KeyFile:  filepath.Join(dir, pki.ClientKeyFile(user)),
+	}})
+	if err != nil {
+		t.Fatalf("etcdtest: client for %v: %v", endpoints, err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
