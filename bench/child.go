@@ -1,15 +1,12 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"sync"
@@ -20,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/worker"
 )
 
@@ -110,15 +108,10 @@ func runChild(spec string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// workerProc is one worker process the bench started. It is killed only
-// by its PID, and reaped.
+// workerProc is one worker process the bench started (startProc).
 type workerProc struct {
-	spec  childSpec
-	cmd   *exec.Cmd
-	stdin io.Closer
-	out   *tailBuffer   // its standard error (the worker's warnings)
-	ready chan struct{} // closed when it printed childReady
-	done  chan struct{} // closed when it has been reaped
+	*proc.Process
+	spec childSpec
 }
 
 // startWorkerProc starts this binary as a worker process and waits (up to
@@ -132,122 +125,31 @@ func startWorkerProc(ctx context.Context, spec childSpec, within time.Duration) 
 	if err != nil {
 		return nil, err
 	}
-	p := &workerProc{spec: spec, out: &tailBuffer{max: 16 << 10}, ready: make(chan struct{}), done: make(chan struct{})}
-	p.cmd = exec.Command(exe)
-	p.cmd.Env = append(os.Environ(), childEnv+"="+string(js))
-	p.cmd.SysProcAttr = childAttr()
-	p.cmd.Stdout = &readyWriter{ready: p.ready}
-	p.cmd.Stderr = p.out
-	p.cmd.WaitDelay = 2 * time.Second // the pipes' copiers, should the process hang on to them
-	stdin, err := p.cmd.StdinPipe()
+	// Its standard output: ready closes at the first line that starts
+	// with childReady.
+	ready := make(chan struct{})
+	var once sync.Once
+	lw := proc.NewLineWriter(func(l []byte) {
+		if strings.HasPrefix(string(l), childReady) {
+			once.Do(func() { close(ready) })
+		}
+	})
+	p, err := startProc(proc.Spec{Name: "worker " + spec.ID, Path: exe, Env: []string{childEnv + "=" + string(js)}, Stdout: lw, StdinPipe: true})
 	if err != nil {
-		return nil, err
-	}
-	p.stdin = stdin
-	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: start worker %s: %w", spec.ID, err)
 	}
-	go func() {
-		p.cmd.Wait()
-		close(p.done)
-	}()
 	t := time.NewTimer(within)
 	defer t.Stop()
 	select {
-	case <-p.ready:
-		return p, nil
-	case <-p.done:
-		err = fmt.Errorf("exited: %v", p.cmd.ProcessState)
+	case <-ready:
+		return &workerProc{Process: p, spec: spec}, nil
+	case <-p.Done():
+		err = fmt.Errorf("exited: %v", p.State())
 	case <-t.C:
 		err = fmt.Errorf("not ready within %v", within)
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	p.kill()
-	return nil, fmt.Errorf("bench: worker %s (pid %d): %w; its output: %s", spec.ID, p.pid(), err, p.out.last(1000))
-}
-
-func (p *workerProc) pid() int { return p.cmd.Process.Pid }
-
-func (p *workerProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL to the process (by its PID) and waits until it has
-// been reaped, up to 10 s.
-func (p *workerProc) kill() error {
-	if p.exited() {
-		return nil
-	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("bench: kill worker %s (pid %d): %w", p.spec.ID, p.pid(), err)
-	}
-	select {
-	case <-p.done:
-		p.stdin.Close()
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("bench: worker %s (pid %d) not reaped 10s after SIGKILL", p.spec.ID, p.pid())
-	}
-}
-
-// readyWriter is a worker process's standard output: it closes ready at
-// the first line that starts with childReady, and discards everything.
-type readyWriter struct {
-	ready chan struct{}
-	buf   []byte
-	seen  bool
-}
-
-func (w *readyWriter) Write(b []byte) (int, error) {
-	if w.seen {
-		return len(b), nil
-	}
-	w.buf = append(w.buf, b...)
-	for {
-		line, rest, ok := bytes.Cut(w.buf, []byte("\n"))
-		if !ok {
-			break
-		}
-		w.buf = rest
-		if strings.HasPrefix(string(line), childReady) {
-			w.seen, w.buf = true, nil
-			close(w.ready)
-			break
-		}
-	}
-	return len(b), nil
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex // guards b
-	b   []byte
-	max int
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = append(t.b[:0], t.b[over:]...)
-	}
-	return len(p), nil
-}
-
-// last returns up to n of the last bytes written, or "(none)".
-func (t *tailBuffer) last(n int) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b := t.b[max(len(t.b)-n, 0):]
-	if len(b) == 0 {
-		return "(none)"
-	}
-	return strings.TrimSpace(string(b))
+	p.Kill()
+	return nil, fmt.Errorf("bench: worker %s (pid %d): %w; its output: %s", spec.ID, p.PID(), err, lastOutput(p, 1000))
 }

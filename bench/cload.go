@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/tokend/tokend/internal/proc"
 )
 
 // The C client's figures come from cload (bench/cload/cload.c), a small
@@ -143,7 +145,7 @@ func runCload(ctx context.Context, cfg *Config, seeds []string, r cloadRun) (*cl
 		srv0 = cfg.serverCPU()
 	}
 	t0 := time.Now()
-	p, err := startProc("cload", exec.Command(bin, args...), &stdout)
+	p, err := startProc(proc.Spec{Name: "cload", Path: bin, Args: args, Stdout: &stdout})
 	if err != nil {
 		return nil, loopResult{}, err
 	}
@@ -151,18 +153,18 @@ func runCload(ctx context.Context, cfg *Config, seeds []string, r cloadRun) (*cl
 	// queued acquire or a wait for a revocation within a second of it.
 	limit := cfg.Warmup + cfg.Duration + 30*time.Second
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(limit):
-		p.stop(nil, 0)
-		return nil, loopResult{}, fmt.Errorf("bench: cload did not end within %v; its output: %s", limit, p.out.last(1000))
+		p.Kill()
+		return nil, loopResult{}, fmt.Errorf("bench: cload did not end within %v; its output: %s", limit, lastOutput(p, 1000))
 	case <-ctx.Done():
-		p.stop(nil, 0)
+		p.Kill()
 		return nil, loopResult{}, ctx.Err()
 	}
 	elapsed := time.Since(t0)
-	st := p.cmd.ProcessState
+	st := p.State()
 	if !st.Success() {
-		return nil, loopResult{}, fmt.Errorf("bench: cload %s: %v; its output: %s", strings.Join(args, " "), st, p.out.last(1000))
+		return nil, loopResult{}, fmt.Errorf("bench: cload %s: %v; its output: %s", strings.Join(args, " "), st, lastOutput(p, 1000))
 	}
 	var res cloadResult
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {

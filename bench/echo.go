@@ -7,11 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/tokend/tokend/internal/proc"
 )
 
 // echoBatch is how many datagrams the echo server reads and writes per
@@ -116,9 +117,8 @@ func servePlain(conn *net.UDPConn) {
 
 // echoProc is an echo server process the bench started.
 type echoProc struct {
-	*proc
-	stdin io.Closer
-	addr  *net.UDPAddr
+	*proc.Process
+	addr *net.UDPAddr
 }
 
 // startEcho starts an echo server process of the given kind and waits
@@ -128,23 +128,17 @@ func startEcho(ctx context.Context, kind string) (*echoProc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: no executable to start the echo server from: %w", err)
 	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), echoChildEnv+"="+kind)
-	stdin, err := cmd.StdinPipe()
+	lw, lines := lineChan()
+	p, err := startProc(proc.Spec{Name: "echo server", Path: exe, Env: []string{echoChildEnv + "=" + kind}, Stdout: lw, StdinPipe: true})
 	if err != nil {
 		return nil, err
 	}
-	lw := newLineWatcher()
-	p, err := startProc("echo server", cmd, lw)
-	if err != nil {
-		return nil, err
-	}
-	e := &echoProc{proc: p, stdin: stdin}
+	e := &echoProc{Process: p}
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case line := <-lw.lines:
+		case line := <-lines:
 			if a, ok := strings.CutPrefix(line, echoReady); ok {
 				if e.addr, err = net.ResolveUDPAddr("udp4", a); err != nil {
 					e.close()
@@ -152,11 +146,11 @@ func startEcho(ctx context.Context, kind string) (*echoProc, error) {
 				}
 				return e, nil
 			}
-		case <-p.done:
-			return nil, fmt.Errorf("bench: echo server exited: %v; its output: %s", p.cmd.ProcessState, p.out.last(1000))
+		case <-p.Done():
+			return nil, fmt.Errorf("bench: echo server exited: %v; its output: %s", p.State(), lastOutput(p, 1000))
 		case <-t.C:
 			e.close()
-			return nil, fmt.Errorf("bench: echo server not ready within 10s; its output: %s", p.out.last(1000))
+			return nil, fmt.Errorf("bench: echo server not ready within 10s; its output: %s", lastOutput(p, 1000))
 		case <-ctx.Done():
 			e.close()
 			return nil, ctx.Err()
@@ -166,8 +160,8 @@ func startEcho(ctx context.Context, kind string) (*echoProc, error) {
 
 // close ends the process: its stdin closes, then SIGKILL if it lingers.
 func (e *echoProc) close() {
-	e.stdin.Close()
-	e.stop(nil, 0)
+	e.Stdin().Close()
+	e.Kill()
 }
 
 // echoClient is one synchronous client: its own connected socket, one
@@ -226,7 +220,7 @@ func runEcho(ctx context.Context, cfg *Config) ([]Result, error) {
 		if err != nil {
 			return out, err
 		}
-		cfg.serverCPU = srv.cpu
+		cfg.serverCPU = func() time.Duration { return cpuOf(srv.Process) }
 		rs, err := echoLoops(ctx, cfg, srv, kind)
 		cfg.serverCPU = nil
 		srv.close()

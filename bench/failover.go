@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,8 +16,8 @@ import (
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -322,7 +321,7 @@ func startFailoverCluster(ctx context.Context, cfg *Config) (fc *failoverCluster
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if _, err := fc.waitView(ctx, "every worker owns shards", 30*time.Second, func(v failoverView) bool { return v.balanced(fc.ids()...) }); err != nil {
+	if _, err := waitView(ctx, fc.cli, "every worker owns shards", 30*time.Second, func(v proc.View) bool { return v.Balanced(fc.ids()...) }); err != nil {
 		return nil, err
 	}
 	return fc, nil
@@ -358,8 +357,8 @@ func (fc *failoverCluster) seeds() []string {
 func (fc *failoverCluster) childCPU() time.Duration {
 	d := childrenCPU()
 	for _, p := range fc.procs {
-		if p != nil && !p.exited() {
-			d += procCPU(p.pid())
+		if p != nil {
+			d += cpuOf(p.Process)
 		}
 	}
 	return d
@@ -371,7 +370,7 @@ func (fc *failoverCluster) close() error {
 	var errs []error
 	for _, p := range fc.procs {
 		if p != nil {
-			errs = append(errs, p.kill())
+			errs = append(errs, p.Kill())
 		}
 	}
 	if fc.coord != nil {
@@ -396,15 +395,15 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 	if err != nil {
 		return killStat{}, err
 	}
-	affected := v.shardsOf(victim.spec.ID)
+	affected := v.ShardsOf(victim.spec.ID)
 	held := l.heldIn(affected)
-	ks := killStat{victim: victim.spec.ID, pid: victim.pid(), shards: len(affected), held: len(held)}
+	ks := killStat{victim: victim.spec.ID, pid: victim.PID(), shards: len(affected), held: len(held)}
 	if len(affected) == 0 {
 		return ks, fmt.Errorf("bench: failover: %s serves no shards", victim.spec.ID)
 	}
 	rd := l.open(affected, true)
 	kill := rd.since
-	if err := victim.kill(); err != nil {
+	if err := victim.Kill(); err != nil {
 		return ks, err
 	}
 	fc.dead = append(fc.dead, victim)
@@ -426,7 +425,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		}
 		if ks.mapped == 0 && !now.Before(nextMap) {
 			nextMap = now.Add(50 * time.Millisecond)
-			if v, err := fc.view(ctx); err == nil && v.movedOff(affected, victim.spec.ID) {
+			if v, err := fc.view(ctx); err == nil && movedOff(v, affected, victim.spec.ID) {
 				ks.mapped = time.Since(kill)
 			}
 		}
@@ -471,12 +470,12 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		return ks, err
 	}
 	fc.procs[i] = p
-	v, err = fc.waitView(ctx, "rebalanced onto the replacement", 20*time.Second, func(v failoverView) bool { return v.balanced(fc.ids()...) })
+	v, err = waitView(ctx, fc.cli, "rebalanced onto the replacement", 20*time.Second, func(v proc.View) bool { return v.Balanced(fc.ids()...) })
 	if err != nil {
 		return ks, err
 	}
 	moved := map[uint32]uint32{}
-	for s, e := range v.shardsOf(victim.spec.ID) {
+	for s, e := range v.ShardsOf(victim.spec.ID) {
 		moved[s] = e - 1 // a grant of the new owner's epoch
 	}
 	rd = l.open(moved, false)
@@ -497,104 +496,34 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		}
 	}
 	l.close(rd)
-	cfg.progress("failover: %s replaced (pid %d); %d shards moved to it serve after %v", victim.spec.ID, p.pid(), len(moved), ks.restart.Round(time.Millisecond))
+	cfg.progress("failover: %s replaced (pid %d); %d shards moved to it serve after %v", victim.spec.ID, p.PID(), len(moved), ks.restart.Round(time.Millisecond))
 	return ks, nil
 }
 
-// failoverView is the cluster as etcd shows it: the map and the
-// registered workers.
-type failoverView struct {
-	m       delegation.Map
-	workers map[string]cluster.Worker // by id
-}
-
-func (fc *failoverCluster) view(ctx context.Context) (failoverView, error) {
+// view reads the map and the registered workers, in at most 2 s.
+func (fc *failoverCluster) view(ctx context.Context) (proc.View, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	m, _, err := coordinator.ReadMap(ctx, fc.cli)
+	return proc.ReadView(ctx, fc.cli)
+}
+
+// waitView polls etcd until cond holds, or within passes.
+func waitView(ctx context.Context, cli *clientv3.Client, what string, within time.Duration, cond func(proc.View) bool) (proc.View, error) {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	v, err := proc.WaitView(ctx, cli, cond)
 	if err != nil {
-		return failoverView{}, err
-	}
-	resp, err := fc.cli.Get(ctx, cluster.WorkersPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return failoverView{}, err
-	}
-	v := failoverView{m: m, workers: map[string]cluster.Worker{}}
-	for _, kv := range resp.Kvs {
-		var w cluster.Worker
-		if json.Unmarshal(kv.Value, &w) == nil {
-			v.workers[w.ID] = w
-		}
+		return v, fmt.Errorf("bench: %s: not within %v: %w", what, within, err)
 	}
 	return v, nil
 }
 
-// waitView polls etcd until cond holds, or within passes.
-func (fc *failoverCluster) waitView(ctx context.Context, what string, within time.Duration, cond func(failoverView) bool) (failoverView, error) {
-	deadline := time.Now().Add(within)
-	var lastErr error
-	for {
-		v, err := fc.view(ctx)
-		if err == nil && cond(v) {
-			return v, nil
-		}
-		lastErr = err
-		if time.Now().After(deadline) {
-			return v, fmt.Errorf("bench: failover: %s: not within %v (last error %v)", what, within, lastErr)
-		}
-		select {
-		case <-ctx.Done():
-			return v, fmt.Errorf("bench: failover: %s: %w", what, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// live reports whether o is a registered incarnation.
-func (v failoverView) live(o delegation.Owner) bool {
-	w, ok := v.workers[o.ID]
-	return ok && w.Incarnation == strconv.FormatUint(o.Incarnation, 16)
-}
-
-// shardsOf returns the shards the map gives to worker id, with their epochs.
-func (v failoverView) shardsOf(id string) map[uint32]uint32 {
-	out := map[uint32]uint32{}
-	for s := range v.m.Shards() {
-		if o, e, ok := v.m.Lookup(s); ok && o.ID == id {
-			out[uint32(s)] = e
-		}
-	}
-	return out
-}
-
 // movedOff reports whether every one of shards is owned by a live worker
 // other than id.
-func (v failoverView) movedOff(shards map[uint32]uint32, id string) bool {
+func movedOff(v proc.View, shards map[uint32]uint32, id string) bool {
 	for s := range shards {
-		o, _, ok := v.m.Lookup(int(s))
-		if !ok || o.ID == id || !v.live(o) {
-			return false
-		}
-	}
-	return true
-}
-
-// balanced reports whether every shard is owned by a live incarnation and
-// every worker in ids owns at least one.
-func (v failoverView) balanced(ids ...string) bool {
-	if v.m.Shards() == 0 {
-		return false
-	}
-	owns := map[string]int{}
-	for s := range v.m.Shards() {
-		o, _, ok := v.m.Lookup(s)
-		if !ok || !v.live(o) {
-			return false
-		}
-		owns[o.ID]++
-	}
-	for _, id := range ids {
-		if owns[id] == 0 {
+		o, _, ok := v.Map.Lookup(int(s))
+		if !ok || o.ID == id || !v.Live(o) {
 			return false
 		}
 	}

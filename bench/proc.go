@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +17,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/tokend/tokend/internal/proc"
 )
 
 // The tokend workloads run against tokend as users run it: the real tokend
@@ -101,109 +102,55 @@ func tokendBinary(ctx context.Context) (string, error) {
 	})
 }
 
-// proc is a process the bench started: in a process group of its own,
-// killed by the kernel should the bench die (childAttr), stopped only by
-// its PID, and reaped.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *tailBuffer   // standard error, the last 16 KiB
-	done chan struct{} // closed once reaped
-}
-
-// startProc starts cmd as a proc. Its standard output goes to stdout (nil:
-// discarded).
-func startProc(name string, cmd *exec.Cmd, stdout io.Writer) (*proc, error) {
-	p := &proc{name: name, cmd: cmd, out: &tailBuffer{max: 16 << 10}, done: make(chan struct{})}
-	cmd.SysProcAttr = childAttr()
-	cmd.Stdout = stdout
-	cmd.Stderr = p.out
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+// startProc starts a process of the bench (internal/proc): on Linux in a
+// process group of its own (a Ctrl-C on the terminal reaches the bench,
+// which stops it in order) and killed by the kernel should the bench die;
+// stopped only by its PID or group, and reaped. The last 16 KiB of its
+// output are kept (lastOutput).
+func startProc(s proc.Spec) (*proc.Process, error) {
+	s.Setpgid = runtime.GOOS == "linux"
+	s.Pdeathsig = syscall.SIGKILL
+	s.Keep = 16 << 10
+	s.WaitDelay = 2 * time.Second // the pipes' copiers, should the process hang on to them
+	p, err := proc.Start(s)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	go func() {
-		cmd.Wait()
-		close(p.done)
-	}()
 	return p, nil
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
+// lastOutput returns up to the last n bytes p wrote, or "(none)".
+func lastOutput(p *proc.Process, n int) string {
+	if b := strings.TrimSpace(p.Out.Tail(n)); b != "" {
+		return b
 	}
+	return "(none)"
 }
 
-// cpu is the CPU time the process used so far (0 once reaped).
-func (p *proc) cpu() time.Duration {
-	if p.exited() {
+// cpuOf is the CPU time the process used so far (0 once reaped).
+func cpuOf(p *proc.Process) time.Duration {
+	if p.Exited() {
 		return 0
 	}
-	return procCPU(p.pid())
+	return procCPU(p.PID())
 }
 
-// stop sends sig to the process, waits up to grace for it to exit, then
-// kills its process group; it returns once the process is reaped (or 10 s
-// after the kill).
-func (p *proc) stop(sig os.Signal, grace time.Duration) error {
-	if p.exited() {
-		return nil
-	}
-	if sig != nil {
-		_ = p.cmd.Process.Signal(sig)
+// lineChan returns a writer for a process's standard output that hands
+// every line to the channel (dropping them once nobody reads, or once
+// full: 64 holds a banner's lines).
+func lineChan() (*proc.LineWriter, <-chan string) {
+	lines := make(chan string, 64)
+	return proc.NewLineWriter(func(l []byte) {
 		select {
-		case <-p.done:
-			return nil
-		case <-time.After(grace):
-		}
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL) // its group: the process and anything it started
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("bench: %s (pid %d) not reaped 10s after SIGKILL", p.name, p.pid())
-	}
-}
-
-// lineWatcher is a process's standard output: it hands every line to
-// lines (dropping them once nobody reads, or once full).
-type lineWatcher struct {
-	mu    sync.Mutex // guards buf
-	buf   []byte
-	lines chan string // buffered: see Write
-}
-
-func newLineWatcher() *lineWatcher { return &lineWatcher{lines: make(chan string, 64)} } // 64: a banner's lines
-
-func (w *lineWatcher) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, b...)
-	for {
-		i := strings.IndexByte(string(w.buf), '\n')
-		if i < 0 {
-			break
-		}
-		line := string(w.buf[:i])
-		w.buf = w.buf[i+1:]
-		select {
-		case w.lines <- line:
+		case lines <- string(l):
 		default:
 		}
-	}
-	return len(b), nil
+	}), lines
 }
 
 // tokendProc is one tokend process: all-in-one or a worker.
 type tokendProc struct {
-	*proc
+	*proc.Process
 	id   string
 	udp  string // the worker's UDP address
 	http string // host:port of /metrics, /readyz
@@ -275,9 +222,7 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 	for _, p := range pc.procs {
 		ids = append(ids, p.id)
 	}
-	// failoverCluster's view of etcd (the map and the registered workers).
-	fc := &failoverCluster{cli: pc.cli}
-	if _, err := fc.waitView(ctx, "every worker owns shards", 50*time.Second, func(v failoverView) bool { return v.balanced(ids...) }); err != nil {
+	if _, err := waitView(ctx, pc.cli, "every worker owns shards", 50*time.Second, func(v proc.View) bool { return v.Balanced(ids...) }); err != nil {
 		return nil, err
 	}
 	return pc, nil
@@ -286,20 +231,19 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 // startTokendProc starts bin with args and waits until it printed its
 // banner (worker and HTTP addresses) and its /readyz answers 200.
 func startTokendProc(ctx context.Context, bin, id string, args []string) (*tokendProc, error) {
-	lw := newLineWatcher()
-	cmd := exec.Command(bin, args...)
-	p, err := startProc("tokend "+id, cmd, lw)
+	lw, lines := lineChan()
+	p, err := startProc(proc.Spec{Name: "tokend " + id, Path: bin, Args: args, Stdout: lw})
 	if err != nil {
 		return nil, err
 	}
-	tp := &tokendProc{proc: p, id: id}
+	tp := &tokendProc{Process: p, id: id}
 	fail := func(err error) (*tokendProc, error) {
-		p.stop(nil, 0)
-		return nil, fmt.Errorf("bench: tokend %s (pid %d): %w; its output: %s", id, p.pid(), err, p.out.last(1000))
+		p.Kill()
+		return nil, fmt.Errorf("bench: tokend %s (pid %d): %w; its output: %s", id, p.PID(), err, lastOutput(p, 1000))
 	}
 	for tp.udp == "" || tp.http == "" {
 		select {
-		case line := <-lw.lines:
+		case line := <-lines:
 			f := strings.Fields(line)
 			switch {
 			case len(f) >= 3 && f[0] == "worker" && strings.HasPrefix(f[2], "udp://"):
@@ -307,29 +251,16 @@ func startTokendProc(ctx context.Context, bin, id string, args []string) (*token
 			case len(f) >= 2 && f[0] == "http" && strings.HasPrefix(f[1], "http://"):
 				tp.http = strings.TrimSuffix(strings.TrimPrefix(f[1], "http://"), "/metrics")
 			}
-		case <-p.done:
-			return fail(fmt.Errorf("exited: %v", p.cmd.ProcessState))
+		case <-p.Done():
+			return fail(fmt.Errorf("exited: %v", p.State()))
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		}
 	}
-	hc := &http.Client{Timeout: time.Second}
-	for {
-		resp, err := hc.Get("http://" + tp.http + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return tp, nil
-			}
-		}
-		select {
-		case <-p.done:
-			return fail(fmt.Errorf("exited: %v", p.cmd.ProcessState))
-		case <-ctx.Done():
-			return fail(fmt.Errorf("not ready: %w", ctx.Err()))
-		case <-time.After(20 * time.Millisecond):
-		}
+	if err := p.WaitReady(ctx, tp.http); err != nil {
+		return fail(err)
 	}
+	return tp, nil
 }
 
 // Seeds are the workers' UDP addresses.
@@ -345,7 +276,7 @@ func (pc *procCluster) Seeds() []string {
 func (pc *procCluster) cpu() time.Duration {
 	var d time.Duration
 	for _, p := range pc.procs {
-		d += p.cpu()
+		d += cpuOf(p.Process)
 	}
 	return d
 }
@@ -354,7 +285,7 @@ func (pc *procCluster) cpu() time.Duration {
 func (pc *procCluster) rss() int64 {
 	var n int64
 	for _, p := range pc.procs {
-		v := procField("/proc/"+strconv.Itoa(p.pid())+"/status", "VmRSS")
+		v := procField("/proc/"+strconv.Itoa(p.PID())+"/status", "VmRSS")
 		k, _ := strconv.ParseInt(strings.TrimSuffix(v, " kB"), 10, 64)
 		n += k << 10
 	}
@@ -373,7 +304,7 @@ func (pc *procCluster) close() error {
 	}
 	var errs []error
 	for i := len(pc.procs) - 1; i >= 0; i-- {
-		errs = append(errs, pc.procs[i].stop(os.Interrupt, 5*time.Second))
+		errs = append(errs, pc.procs[i].Stop(syscall.SIGINT, 5*time.Second))
 	}
 	if pc.dir != "" {
 		os.RemoveAll(pc.dir)

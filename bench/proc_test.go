@@ -47,7 +47,7 @@ func TestRedisLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.stop(nil, 0)
+	defer srv.Kill()
 	ls, err := dialRedisLocks(ctx, srv.addr, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -135,8 +135,8 @@ func TestProcessWorkloads(t *testing.T) {
 	if err := pc.close(); err != nil {
 		t.Fatal(err)
 	}
-	if !p.exited() {
-		t.Errorf("tokend (pid %d) still running after close", p.pid())
+	if !p.Exited() {
+		t.Errorf("tokend (pid %d) still running after close", p.PID())
 	}
 	if c, err := net.DialTimeout("tcp", pc.etcd, 200*time.Millisecond); err == nil {
 		c.Close()

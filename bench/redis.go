@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tokend/tokend/internal/proc"
 )
 
 // Redis is what people pick for a fast lock. The bench measures the
@@ -166,7 +168,7 @@ func (l *redisLock) unlock(key, tok string) error {
 
 // redisServer is a redis-server process the bench started.
 type redisServer struct {
-	*proc
+	*proc.Process
 	addr string
 }
 
@@ -182,13 +184,12 @@ func startRedis(ctx context.Context) (*redisServer, error) {
 		return nil, errors.New("bench: no free TCP port for redis-server")
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning", "--dir", tempDirForRedis())
-	p, err := startProc("redis-server", cmd, nil)
+	p, err := startProc(proc.Spec{Name: "redis-server", Path: bin, Args: []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning", "--dir", tempDirForRedis()}})
 	if err != nil {
 		return nil, err
 	}
-	s := &redisServer{proc: p, addr: addr}
+	s := &redisServer{Process: p, addr: addr}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := dialRedis(ctx, addr)
@@ -199,9 +200,9 @@ func startRedis(ctx context.Context) (*redisServer, error) {
 				return s, nil
 			}
 		}
-		if p.exited() || time.Now().After(deadline) || ctx.Err() != nil {
-			p.stop(nil, 0)
-			return nil, fmt.Errorf("bench: redis-server on %s not answering: %v; its output: %s", addr, err, p.out.last(1000))
+		if p.Exited() || time.Now().After(deadline) || ctx.Err() != nil {
+			p.Kill()
+			return nil, fmt.Errorf("bench: redis-server on %s not answering: %v; its output: %s", addr, err, lastOutput(p, 1000))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -253,8 +254,8 @@ func runRedis(ctx context.Context, cfg *Config) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer srv.stop(nil, 0) // nothing to save: SIGKILL
-	cfg.serverCPU = srv.cpu
+	defer srv.Kill() // nothing to save
+	cfg.serverCPU = func() time.Duration { return cpuOf(srv.Process) }
 	defer func() { cfg.serverCPU = nil }()
 	var out []Result
 	for _, n := range dedupe(1, cfg.Clients) {
