@@ -201,3 +201,20 @@ func TestWrapAndSpawner(t *testing.T) {
 		t.Errorf("stop: %v, %v", err, p.State())
 	}
 }
+
+func TestBuffer(t *testing.T) {
+	all, tail, none := &Buffer{}, &Buffer{Max: 3}, &Buffer{Max: -1}
+	for _, b := range []*Buffer{all, tail, none} {
+		b.Write([]byte("abcd"))
+		b.Write([]byte("ef"))
+	}
+	if all.String() != "abcdef" || all.Tail(2) != "ef" || all.Tail(10) != "abcdef" {
+		t.Errorf("unbounded: %q", all)
+	}
+	if tail.String() != "def" {
+		t.Errorf("Max 3 keeps %q, want def", tail)
+	}
+	if none.String() != "" {
+		t.Errorf("Max -1 keeps %q, want nothing", none)
+	}
+}

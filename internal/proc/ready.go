@@ -13,8 +13,8 @@ import (
 // it serves ("tokend 0.1.0 (all-in-one) is up\n").
 const Banner = " is up\n"
 
-// pollEvery is how often the waits below look again.
-const pollEvery = 50 * time.Millisecond
+// pollEvery is how often the waits look again.
+const pollEvery = 20 * time.Millisecond
 
 // WaitOutput waits until the process's Out contains s. It returns an error
 // wrapping ErrExited if the process exits without having written it, or

@@ -86,7 +86,7 @@ func (v View) Balanced(ids ...string) bool {
 	return true
 }
 
-// WaitView reads the view every 50 ms (each read bounded to 2 s) until
+// WaitView reads the view every 20 ms (each read bounded to 2 s) until
 // cond holds and returns that view, or, when ctx ends, the last view read
 // and an error that says what it showed.
 func WaitView(ctx context.Context, cli *clientv3.Client, cond func(View) bool) (View, error) {
