@@ -252,9 +252,7 @@ func TestHandoffStaleOwner(t *testing.T) {
 	w1.mu.Unlock()
 	var r *pullResponse
 	for range 20 { // the keepalive loop may renew in between
-		l.mu.Lock()
-		l.aliveTill = time.Now().Add(-time.Second)
-		l.mu.Unlock()
+		l.pretendExpired()
 		if r = ask(o2.Incarnation, toW1, 2); r.Error != "" {
 			break
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/worker/vouch"
 )
 
 func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
@@ -113,4 +114,13 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// pretendExpired makes l's proof of life end a second ago, as if the
+// worker had hung past its lease: until the next renewal it cannot vouch.
+func (l *ownLease) pretendExpired() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ttl := 4 * l.v.Interval()
+	l.v = vouch.Grant(int64(l.clk.Since(l.base)-time.Second)-ttl, ttl, ttl, 0)
 }

@@ -14,36 +14,29 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/internal/clock"
+	"github.com/tokend/tokend/worker/vouch"
 )
 
 // ownLease is the worker's own etcd lease, to which its registration is
-// attached. It knows, on the local monotonic clock, until when the lease is
-// certainly still alive in etcd: etcd restarts a lease's TTL when it
-// *receives* a keepalive, so a keepalive *sent* at k and acknowledged proves
-// the lease lives at least until k + TTL. Invariant 5 rests on this: the
-// worker serves only while SafeUntil is in the future.
+// attached. How long the worker may vouch for it is vouch.Lease's decision
+// (invariant 5): the worker serves only while SafeUntil is in the future.
+// ownLease sends the renewals and the map checks and reports their answers.
 type ownLease struct {
-	cli   *clientv3.Client
-	clk   clock.Clock
-	id    clientv3.LeaseID
-	ttl   time.Duration
-	drift float64 // tolerated clock rate difference, e.g. 0.01
-	log   *slog.Logger
+	cli  *clientv3.Client
+	clk  clock.Clock
+	base time.Time // origin of the vouch.Lease's nanoseconds: when the lease was asked for
+	id   clientv3.LeaseID
+	log  *slog.Logger
 	// check, if set, runs beside every renewal; SafeUntil is extended only
 	// if it succeeds too. The worker confirms with it that its delegation
 	// map is etcd's current one (Worker.mapCurrent), so that it never
 	// vouches, by more than a TTL, for a shard a newer map gave away.
 	check func(ctx context.Context, within, hedge time.Duration) error
 
-	mu        sync.Mutex // guards the fields below
-	aliveTill time.Time  // monotonic: k + ttl of the last acknowledged keepalive
-	lost      bool       // etcd said the lease is gone
-	lostCh    chan struct{}
+	mu     sync.Mutex  // guards the fields below
+	v      vouch.Lease // what the answers so far prove
+	lostCh chan struct{}
 }
-
-// leaseMargin is what SafeUntil keeps in hand beyond clock drift, for the
-// scheduling delay between checking and acting.
-const leaseMargin = 50 * time.Millisecond
 
 // grantLease creates a lease with the given TTL, measuring its life from
 // before the request was sent.
@@ -56,26 +49,23 @@ func grantLease(ctx context.Context, cli *clientv3.Client, clk clock.Clock, ttl 
 	}
 	granted := time.Duration(resp.TTL) * time.Second
 	return &ownLease{
-		cli: cli, clk: clk, id: resp.ID, ttl: min(ttl, granted), drift: drift, log: log,
-		aliveTill: sent.Add(min(ttl, granted)),
-		lostCh:    make(chan struct{}),
+		cli: cli, clk: clk, base: sent, id: resp.ID, log: log,
+		v:      vouch.Grant(0, int64(ttl), int64(granted), drift),
+		lostCh: make(chan struct{}),
 	}, nil
 }
 
 // SafeUntil returns the local time until which the worker may act as the
-// lease's owner: the proven life minus a margin for clock drift and
-// scheduling. The zero time means never (the lease is lost).
+// lease's owner (vouch.Lease.SafeUntil). The zero time means never (the
+// lease is lost).
 func (l *ownLease) SafeUntil() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lost {
+	until, ok := l.v.SafeUntil()
+	if !ok {
 		return time.Time{}
 	}
-	return l.aliveTill.Add(-l.margin())
-}
-
-func (l *ownLease) margin() time.Duration {
-	return time.Duration(float64(l.ttl)*l.drift) + leaseMargin
+	return l.base.Add(time.Duration(until))
 }
 
 // Lost is closed when etcd reports the lease gone; the worker must then stop
@@ -85,18 +75,21 @@ func (l *ownLease) Lost() <-chan struct{} { return l.lostCh }
 func (l *ownLease) markLost() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.lost {
-		l.lost = true
+	l.v.Lose()
+	select {
+	case <-l.lostCh:
+	default:
 		close(l.lostCh)
 	}
 }
 
-// keepAlive renews the lease every ttl/4 until ctx ends or the lease is
-// lost. Each renewal is a KeepAliveOnce whose send time is known exactly; a
-// failed round leaves aliveTill where it was, so SafeUntil runs out by
-// itself if etcd cannot be reached.
+// keepAlive runs renewal rounds until ctx ends or the lease is lost: a
+// KeepAliveOnce whose send time is known exactly and, beside it, the map
+// check. vouch.Lease judges each round and says when to run the next.
 func (l *ownLease) keepAlive(ctx context.Context) {
-	interval := l.ttl / 4
+	l.mu.Lock()
+	interval, hedge := time.Duration(l.v.Interval()), time.Duration(l.v.Hedge())
+	l.mu.Unlock()
 	t, tc := l.clk.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -105,7 +98,6 @@ func (l *ownLease) keepAlive(ctx context.Context) {
 			return
 		case <-tc:
 		}
-		hedge := min(interval/4, 100*time.Millisecond)
 		start := l.clk.Now()
 		checked := make(chan error, 1)
 		if l.check != nil {
@@ -115,36 +107,35 @@ func (l *ownLease) keepAlive(ctx context.Context) {
 		}
 		r := keepAliveHedged(ctx, l.clk, l.cli, l.id, interval, hedge)
 		cerr := <-checked
-		switch {
-		case r.err == nil && r.resp.TTL > 0 && cerr != nil:
-			if ctx.Err() != nil {
-				return
-			}
-			// The lease lives, but a map newer than the applied one may
-			// have moved shards away: vouch no longer than before.
-			l.log.Warn("delegation map not confirmed current; not extending lease safety", "err", cerr)
-			t.Reset(min(interval, 250*time.Millisecond))
-		case r.err == nil && r.resp.TTL > 0:
-			// Both proofs date from start at the latest: the lease lived
-			// then, and every map written before start is applied.
-			till := start.Add(min(l.ttl, time.Duration(r.resp.TTL)*time.Second))
-			l.mu.Lock()
-			if till.After(l.aliveTill) {
-				l.aliveTill = till
-			}
-			l.mu.Unlock()
-			t.Reset(interval)
-		case errors.Is(r.err, rpctypes.ErrLeaseNotFound) || (r.err == nil && r.resp.TTL <= 0):
+		rn := vouch.Renewal{
+			Start:      int64(start.Sub(l.base)),
+			Answered:   r.err == nil,
+			NotFound:   errors.Is(r.err, rpctypes.ErrLeaseNotFound),
+			MapCurrent: cerr == nil,
+		}
+		if r.err == nil {
+			rn.TTL = int64(time.Duration(r.resp.TTL) * time.Second)
+		}
+		l.mu.Lock()
+		verdict, again := l.v.Renewed(rn)
+		l.mu.Unlock()
+		switch verdict {
+		case vouch.Lost:
 			l.log.Error("own lease expired in etcd; stopping service", "lease", fmt.Sprintf("%x", int64(l.id)))
 			l.markLost()
 			return
-		default:
+		case vouch.Unconfirmed:
+			if ctx.Err() != nil {
+				return
+			}
+			l.log.Warn("delegation map not confirmed current; not extending lease safety", "err", cerr)
+		case vouch.Failed:
 			if ctx.Err() != nil {
 				return
 			}
 			l.log.Warn("lease keepalive failed; retrying", "err", r.err)
-			t.Reset(min(interval, 250*time.Millisecond))
 		}
+		t.Reset(time.Duration(again))
 	}
 }
 

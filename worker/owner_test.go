@@ -97,9 +97,7 @@ func TestNotOwner(t *testing.T) {
 	w.mu.Unlock()
 	var un msg
 	for range 20 { // the keepalive loop may renew in between: try again
-		l.mu.Lock()
-		l.aliveTill = time.Now().Add(-time.Second)
-		l.mu.Unlock()
+		l.pretendExpired()
 		un = c.acquire(mine, wire.EX, true, 0)
 		if un.h.Status == wire.StatusUnavailable {
 			break

@@ -12,6 +12,7 @@ import (
 	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
+	"github.com/tokend/tokend/worker/vouch"
 )
 
 // Bounds of the per-session and per-worker state.
@@ -383,10 +384,7 @@ func (w *Worker) addrOf(o delegation.Owner) string {
 // validity is how long, in ms from now, the worker vouches for its lease:
 // SafeUntil - now, floored, 0 if it cannot vouch (invariant 5).
 func validity(safeUntil, now time.Time) uint32 {
-	if !now.Before(safeUntil) {
-		return 0
-	}
-	return uint32(min(safeUntil.Sub(now)/time.Millisecond, 1<<32-1))
+	return vouch.ValidityMs(int64(safeUntil.Sub(now)))
 }
 
 // reqCtx is the request a Step answers.
