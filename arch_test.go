@@ -38,6 +38,7 @@ var pure = map[string][]string{
 	"worker/table":         {"wire"},
 	"worker/session":       {"wire"},
 	"worker/ownership":     {"cluster/delegation"},
+	"worker/vouch":         nil,
 	"coordinator/plan":     {"cluster/delegation"},
 	"coordinator/deadlock": nil,
 	"cluster/delegation":   nil,
