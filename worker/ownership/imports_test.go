@@ -11,9 +11,9 @@ import (
 )
 
 // TestImports keeps the ownership core pure (docs/ARCHITECTURE.md §10):
-// besides the standard library it may import only cluster/delegation, and none of the
-// packages that read a clock, do I/O, synchronise or draw random numbers;
-// it starts no goroutine.
+// besides the standard library it may import only cluster/delegation, and
+// none of the packages that read a clock, do I/O, synchronise or draw
+// random numbers; it starts no goroutine.
 func TestImports(t *testing.T) {
 	banned := map[string]bool{"time": true, "net": true, "os": true, "sync": true, "sync/atomic": true,
 		"log": true, "log/slog": true, "math/rand": true, "math/rand/v2": true, "crypto/rand": true,

@@ -11,9 +11,9 @@ import (
 )
 
 // TestImports keeps the vouch core pure (docs/ARCHITECTURE.md §10):
-// it may import only the standard library, and none of the
-// packages that read a clock, do I/O, synchronise or draw random numbers;
-// it starts no goroutine.
+// it may import only the standard library, and none of the packages that
+// read a clock, do I/O, synchronise or draw random numbers; it starts no
+// goroutine.
 func TestImports(t *testing.T) {
 	banned := map[string]bool{"time": true, "net": true, "os": true, "sync": true, "sync/atomic": true,
 		"log": true, "log/slog": true, "math/rand": true, "math/rand/v2": true, "crypto/rand": true,
