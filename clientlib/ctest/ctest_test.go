@@ -6,10 +6,10 @@
 //     and against package wire on tens of thousands of mutated datagrams
 //     (same error class, and every valid datagram re-encodes to itself);
 //   - runs the C API tests (tests/test_api.c);
-//   - runs the C end-to-end scenarios (tests/e2e.c) against an in-process fake
-//     worker cluster written with package wire: two UDP workers sharing one
-//     token table, with loss, duplication, a worker crash (new epoch, grace,
-//     reclaim), a shard move (NOT_OWNER, map refresh), a hung client (lost
+//   - runs the C end-to-end scenarios (tests/e2e.c) against in-process fake
+//     workers (testkit/fakeworker: the real token table behind loopback UDP),
+//     with loss, duplication, a worker crash (new epoch, grace, reclaim), a
+//     shard move (handoff, NOT_OWNER, map refresh), a hung client (lost
 //     callback) and a killed one (session expiry);
 //   - runs the same scenarios against a real all-in-one tokend, once its worker
 //     answers MAP_REQUEST on UDP (until then that part skips).
@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/testkit/fakeworker"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -470,144 +471,83 @@ const (
 	fakeSessionTTL = 2 * time.Second
 )
 
-type fakeGrant struct {
-	tok        *fakeToken
-	fence      uint64
-	mode       wire.Mode
-	start, end uint64
-	sess       *fakeSession
+// fake is a testkit/fakeworker cluster on loopback UDP, and counts of what
+// its workers did, for the scenarios' assertions.
+type fake struct {
+	*fakeworker.Cluster
+	mu     sync.Mutex
+	counts map[string]int // guarded by mu
 }
 
-type fakeWaiter struct {
-	sess       *fakeSession
-	hdr        wire.Header // the request's header (the reply's comes from it)
-	mode       wire.Mode
-	start, end uint64
-	deadline   time.Time // zero: no limit
-	convert    *fakeGrant
-	tok        *fakeToken
-}
-
-type fakeToken struct {
-	name       string
-	shard      uint32
-	grants     []*fakeGrant
-	queue      []*fakeWaiter
-	value      []byte
-	valueFlags uint8
-}
-
-// A reply cache entry: a final reply, or a queued waiter (its current state).
-type fakeEntry struct {
-	reply  []byte
-	waiter *fakeWaiter
-	async  *fakeGrant // granted after QUEUED (CANCEL releases it)
-}
-
-type fakeRevoke struct {
-	id     uint64
-	g      *fakeGrant
-	wanted wire.Mode
-	start  uint64
-	end    uint64
-	next   time.Time
-	rto    time.Duration
-}
-
-type fakeSession struct {
-	id        uint64
-	ttl       time.Duration
-	expires   time.Time
-	addr      *net.UDPAddr
-	ack       uint64
-	cache     map[uint64]*fakeEntry
-	revokeSeq uint64
-	revokes   map[uint64]*fakeRevoke
-	ignored   bool // a partition: everything from it is dropped
-}
-
-type fakeWorker struct {
-	idx  int
-	conn *net.UDPConn
-	addr string
-}
-
-type fakeCluster struct {
-	t       *testing.T
-	mu      sync.Mutex
-	workers []*fakeWorker
-	owner   [fakeShards]int
-	epoch   [fakeShards]uint32
-	seq     [fakeShards]uint64
-	version uint64
-
-	sessions map[uint64]*fakeSession
-	opens    map[string][]byte // source address + nonce -> SESSION_OPEN reply
-	tokens   map[string]*fakeToken
-
-	graceUntil  time.Time
-	reclaimable map[string]*fakeGrant // session/name/fence -> grant held before a crash
-
-	dropRate, dupRate float64
-	blackholed        map[int]bool // workers that drop everything (hung, still in the map)
-	rng               *rand.Rand
-	counts            map[string]int
-	done              chan struct{}
-	wg                sync.WaitGroup
-}
-
-func newFakeCluster(t *testing.T, nworkers int) *fakeCluster {
-	f := &fakeCluster{
-		t:           t,
-		version:     1,
-		sessions:    map[uint64]*fakeSession{},
-		opens:       map[string][]byte{},
-		tokens:      map[string]*fakeToken{},
-		reclaimable: map[string]*fakeGrant{},
-		rng:         rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)),
-		counts:      map[string]int{},
-		blackholed:  map[int]bool{},
-		done:        make(chan struct{}),
+// newFake starts nworkers fake workers: 64 shards in four runs with epochs
+// 1..4 (maps come one run per page, so clients must paginate), spread over
+// the workers in order.
+func newFake(t *testing.T, nworkers int) *fake {
+	f := &fake{counts: map[string]int{}}
+	c, err := fakeworker.New(fakeworker.Config{Workers: nworkers, Shards: fakeShards, SessionTTL: fakeSessionTTL,
+		WorkerTTL: fakeW, Validity: fakeW - fakeMargin, Grace: fakeGrace, RunsPerPage: 1,
+		Seed: uint64(time.Now().UnixNano()), Trace: f.observe})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for s := range f.epoch {
-		f.epoch[s] = uint32(1 + s/16) // four runs with epochs 1..4: paginated maps
-		f.owner[s] = s * nworkers / fakeShards
-	}
-	for i := 0; i < nworkers; i++ {
-		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.workers = append(f.workers, &fakeWorker{idx: i, conn: conn, addr: conn.LocalAddr().String()})
-	}
-	for _, w := range f.workers { // all sockets first: serve reads f.workers
-		f.wg.Add(1)
-		go f.serve(w)
-	}
-	f.wg.Add(1)
-	go f.tick()
-	t.Cleanup(f.close)
+	f.Cluster = c
+	t.Cleanup(c.Close)
+	c.Reassign(fakeworker.Fresh, func(s uint32, _ int, _ uint32) (int, uint32) {
+		return int(s) * nworkers / fakeShards, 1 + s/16
+	})
 	return f
 }
 
-func (f *fakeCluster) close() {
-	close(f.done)
-	for _, w := range f.workers {
-		w.conn.Close()
+// observe counts what the workers receive, resend from their reply caches,
+// expire and send (fakeworker's Trace).
+func (f *fake) observe(e fakeworker.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := e.Header
+	switch e.Kind {
+	case fakeworker.Received:
+		if e.Err != nil || !h.Type.IsRequest() {
+			f.counts["dropped"]++
+		} else {
+			f.counts[h.Type.String()]++
+		}
+	case fakeworker.Resent:
+		f.counts["cached"]++
+	case fakeworker.Expired:
+		f.counts["expired"]++
+	case fakeworker.Applied:
+		if h.Type == wire.TypeReclaim {
+			f.counts["reclaim"]++
+		}
+	case fakeworker.Sent:
+		switch {
+		case h.Type == wire.TypeRevoke || h.Type == wire.TypeGrantAsync:
+			f.counts[h.Type.String()]++
+		case h.Type == wire.TypeReclaimReply && h.Status == wire.StatusOK:
+			f.counts["reclaimed"]++
+		case h.Type == wire.TypeKeepaliveReply:
+			var m wire.KeepaliveReply
+			if m.Decode(h, e.Pkt) == nil {
+				for _, st := range m.Statuses {
+					if st != wire.StatusOK {
+						f.counts["keepalive "+st.String()]++
+					}
+				}
+			}
+		case h.Status != wire.StatusOK && h.Status != wire.StatusQueued:
+			f.counts[h.Status.String()]++
+		}
 	}
-	f.wg.Wait()
 }
 
-func (f *fakeCluster) addr() string { return f.workers[0].addr }
-
-func (f *fakeCluster) count(what string) int {
+func (f *fake) count(what string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.counts[what]
 }
 
 // logCounts logs what the fake saw, when the test failed.
-func (f *fakeCluster) logCounts(t *testing.T) {
+func (f *fake) logCounts(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			f.mu.Lock()
@@ -617,674 +557,32 @@ func (f *fakeCluster) logCounts(t *testing.T) {
 	})
 }
 
-func (f *fakeCluster) setLoss(drop, dup float64) {
-	f.mu.Lock()
-	f.dropRate, f.dupRate = drop, dup
-	f.mu.Unlock()
+// crash: every worker restarts with nothing in memory; every shard comes
+// back at a new epoch in its grace period, in which holders reclaim.
+func (f *fake) crash() {
+	all := make([]int, f.Workers())
+	for i := range all {
+		all[i] = i
+	}
+	f.Restart(all...)
 }
 
-// send a datagram from worker w, with the configured loss and duplication.
-func (f *fakeCluster) send(w *fakeWorker, b []byte, to *net.UDPAddr) {
-	if to == nil || f.rng.Float64() < f.dropRate {
-		return
-	}
-	w.conn.WriteToUDP(b, to)
-	if f.rng.Float64() < f.dupRate {
-		w.conn.WriteToUDP(b, to)
-	}
-}
-
-func (f *fakeCluster) serve(w *fakeWorker) {
-	defer f.wg.Done()
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := w.conn.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		b := append([]byte{}, buf[:n]...)
-		f.mu.Lock()
-		if f.rng.Float64() >= f.dropRate && !f.blackholed[w.idx] {
-			f.handle(w, b, from)
-		}
-		f.mu.Unlock()
-	}
-}
-
-func (f *fakeCluster) reply(w *fakeWorker, to *net.UDPAddr, h wire.Header, status wire.Status, body interface {
-	Append([]byte, wire.Header) ([]byte, error)
-}) []byte {
-	h.Status = status
-	h.MapVersion = f.version
-	b, err := body.Append(nil, h)
-	if err != nil {
-		f.t.Errorf("fake: encoding a %v reply: %v", h.Type, err)
-		return nil
-	}
-	f.send(w, b, to)
-	return b
-}
-
-func (f *fakeCluster) errReply(w *fakeWorker, to *net.UDPAddr, h wire.Header, st wire.Status, msg string) []byte {
-	return f.reply(w, to, h.Reply(), st, wire.ErrorBody{Message: []byte(msg)})
-}
-
-func (f *fakeCluster) handle(w *fakeWorker, b []byte, from *net.UDPAddr) {
-	h, err := wire.ParseHeader(b)
-	if err != nil || !h.Type.IsRequest() {
-		f.counts["dropped"]++
-		return
-	}
-	f.counts[h.Type.String()]++
-	now := time.Now()
-	switch h.Type {
-	case wire.TypeMapRequest:
-		var m wire.MapRequest
-		if m.Decode(h, b) == nil {
-			f.mapReply(w, from, h, m.FirstShard)
-		}
-		return
-	case wire.TypeSessionOpen:
-		var m wire.SessionOpen
-		if m.Decode(h, b) != nil {
-			return
-		}
-		key := from.String() + "/" + strconv.FormatUint(h.Request, 10)
-		if r, ok := f.opens[key]; ok {
-			f.send(w, r, from)
-			return
-		}
-		s := &fakeSession{id: 1 + f.rng.Uint64N(1<<62), ttl: fakeSessionTTL, addr: from,
-			cache: map[uint64]*fakeEntry{}, revokes: map[uint64]*fakeRevoke{}}
-		if m.TTLMs != 0 {
-			s.ttl = time.Duration(m.TTLMs) * time.Millisecond
-		}
-		s.expires = now.Add(s.ttl)
-		f.sessions[s.id] = s
-		rh := h.Reply()
-		rh.Session = s.id
-		f.opens[key] = f.reply(w, from, rh, wire.StatusOK, wire.SessionReply{
-			TTLMs: uint32(s.ttl / time.Millisecond), ShardCount: fakeShards,
-			GraceMs: uint32(fakeGrace / time.Millisecond), WorkerTTLMs: uint32(fakeW / time.Millisecond)})
-		return
-	}
-	s := f.sessions[h.Session]
-	if s == nil {
-		if h.Type != wire.TypeRevokeAck {
-			f.errReply(w, from, h, wire.StatusUnknownSession, "no such session")
-		}
-		return
-	}
-	if s.ignored {
-		return
-	}
-	s.addr = from
-	if h.Request < s.ack {
-		f.counts["stale"]++
-		return
-	}
-	if h.Ack > s.ack {
-		s.ack = h.Ack
-		for id, e := range s.cache {
-			if id < s.ack && (e.waiter == nil || e.reply != nil) {
-				delete(s.cache, id)
-			}
-		}
-	}
-	switch h.Type {
-	case wire.TypeRevokeAck:
-		var m wire.RevokeAck
-		if m.Decode(h, b) == nil {
-			delete(s.revokes, m.Target)
-		}
-		return
-	case wire.TypeKeepalive:
-		var m wire.Keepalive
-		if m.Decode(h, b) != nil {
-			return
-		}
-		rep := wire.KeepaliveReply{ValidityMs: uint32((fakeW - fakeMargin) / time.Millisecond)}
-		if m.Renew {
-			s.expires = now.Add(s.ttl)
-			rep.SessionTTLMs = uint32(s.ttl / time.Millisecond)
-		}
-		for _, e := range m.Entries {
-			st := wire.StatusOK
-			if e.Shard >= fakeShards || f.owner[e.Shard] != w.idx {
-				st = wire.StatusNotOwner
-			} else if f.epoch[e.Shard] != e.Epoch {
-				st = wire.StatusStaleEpoch
-			}
-			if st != wire.StatusOK {
-				f.counts["keepalive "+st.String()]++
-			}
-			rep.Statuses = append(rep.Statuses, st)
-		}
-		f.reply(w, from, h.Reply(), wire.StatusOK, rep)
-		return
-	case wire.TypeSessionClose:
-		f.endSession(s)
-		f.reply(w, from, h.Reply(), wire.StatusOK, wire.Empty{})
-		return
-	}
-	if e, ok := s.cache[h.Request]; ok {
-		f.counts["cached"]++
-		f.send(w, f.entryReply(e), from)
-		return
-	}
-	// token requests: ownership, grace, then apply once and cache
-	if h.Shard >= fakeShards || f.owner[h.Shard] != w.idx || f.epoch[h.Shard] != h.Epoch {
-		st := wire.StatusStaleEpoch
-		if h.Shard >= fakeShards || f.owner[h.Shard] != w.idx {
-			st = wire.StatusNotOwner
-		}
-		hint := wire.NotOwner{Message: []byte("not here")}
-		if h.Shard < fakeShards {
-			hint.Addr = []byte(f.workers[f.owner[h.Shard]].addr)
-			hint.Epoch = f.epoch[h.Shard]
-		}
-		f.counts[st.String()]++
-		f.reply(w, from, h.Reply(), st, hint)
-		return
-	}
-	if now.Before(f.graceUntil) && h.Type != wire.TypeReclaim {
-		f.counts["GRACE"]++
-		f.errReply(w, from, h, wire.StatusGrace, "recovering")
-		return
-	}
-	var entry *fakeEntry
-	switch h.Type {
-	case wire.TypeAcquire:
-		var m wire.Acquire
-		if m.Decode(h, b) != nil {
-			return
-		}
-		entry = f.acquire(w, s, h, &m, now)
-	case wire.TypeRelease:
-		var m wire.Release
-		if m.Decode(h, b) != nil {
-			return
-		}
-		entry = f.release(w, s, h, &m)
-	case wire.TypeConvert:
-		var m wire.Convert
-		if m.Decode(h, b) != nil {
-			return
-		}
-		entry = f.convert(w, s, h, &m, now)
-	case wire.TypeCancel:
-		var m wire.Cancel
-		if m.Decode(h, b) != nil {
-			return
-		}
-		entry = f.cancel(w, s, h, &m)
-	case wire.TypeReclaim:
-		var m wire.Reclaim
-		if m.Decode(h, b) != nil {
-			return
-		}
-		entry = f.reclaim(w, s, h, &m, now)
-	}
-	if entry != nil {
-		s.cache[h.Request] = entry
-		f.send(w, f.entryReply(entry), from)
-	}
-}
-
-func (f *fakeCluster) mapReply(w *fakeWorker, to *net.UDPAddr, h wire.Header, first uint32) {
-	m := wire.MapReply{MapVersion: f.version, ShardCount: fakeShards, GraceMs: uint32(fakeGrace / time.Millisecond)}
-	for _, x := range f.workers {
-		m.Workers = append(m.Workers, wire.MapWorker{Index: uint16(x.idx), Addr: []byte(x.addr), ID: []byte(fmt.Sprintf("fake-%d", x.idx))})
-	}
-	if first < fakeShards { // one run per page: clients must paginate
-		end := first
-		for end < fakeShards && f.owner[end] == f.owner[first] && f.epoch[end] == f.epoch[first] {
-			end++
-		}
-		m.Runs = []wire.MapRun{{First: first, Count: end - first, Worker: uint16(f.owner[first]), Epoch: f.epoch[first]}}
-	}
-	rh := h.Reply()
-	rh.MapVersion = f.version
-	f.reply(w, to, rh, wire.StatusOK, m)
-}
-
-// entryReply is the current answer for a cached request id.
-func (f *fakeCluster) entryReply(e *fakeEntry) []byte {
-	if e.reply != nil {
-		return e.reply
-	}
-	wt := e.waiter
-	pos := 0
-	for i, x := range wt.tok.queue {
-		if x == wt {
-			pos = i
-		}
-	}
-	h := wt.hdr.Reply()
-	h.Status = wire.StatusQueued
-	h.MapVersion = f.version
-	b, _ := wire.Queued{Position: uint32(pos)}.Append(nil, h)
-	return b
-}
-
-func (f *fakeCluster) token(name []byte, shard uint32) *fakeToken {
-	tk := f.tokens[string(name)]
-	if tk == nil {
-		tk = &fakeToken{name: string(name), shard: shard}
-		f.tokens[string(name)] = tk
-	}
-	return tk
-}
-
-func overlap(a0, a1, b0, b1 uint64) bool { return a0 < b1 && b0 < a1 }
-
-func (f *fakeCluster) conflicts(tk *fakeToken, mode wire.Mode, start, end uint64, self *fakeGrant) []*fakeGrant {
-	var out []*fakeGrant
-	for _, g := range tk.grants {
-		if g != self && overlap(g.start, g.end, start, end) && !wire.Compatible(g.mode, mode) {
-			out = append(out, g)
-		}
-	}
-	return out
-}
-
-func (f *fakeCluster) newGrant(tk *fakeToken, s *fakeSession, mode wire.Mode, start, end uint64) *fakeGrant {
-	f.seq[tk.shard]++
-	g := &fakeGrant{tok: tk, fence: wire.MakeFence(f.epoch[tk.shard], f.seq[tk.shard]), mode: mode, start: start, end: end, sess: s}
-	tk.grants = append(tk.grants, g)
-	return g
-}
-
-func (f *fakeCluster) grantBody(g *fakeGrant) wire.Grant {
-	b := wire.Grant{Fence: g.fence, Mode: g.mode, ValidityMs: uint32((fakeW - fakeMargin) / time.Millisecond),
-		Start: g.start, End: g.end, ValueFlags: g.tok.valueFlags}
-	if g.tok.valueFlags == wire.ValueValid {
-		b.Value = g.tok.value
-	}
-	return b
-}
-
-func (f *fakeCluster) grantReply(h wire.Header, g *fakeGrant) []byte {
-	rh := h.Reply()
-	rh.MapVersion = f.version
-	b, err := f.grantBody(g).Append(nil, rh)
-	if err != nil {
-		f.t.Errorf("fake: grant: %v", err)
-	}
-	return b
-}
-
-func (f *fakeCluster) finalErr(h wire.Header, st wire.Status, msg string) *fakeEntry {
-	rh := h.Reply()
-	rh.Status = st
-	rh.MapVersion = f.version
-	b, _ := wire.ErrorBody{Message: []byte(msg)}.Append(nil, rh)
-	return &fakeEntry{reply: b}
-}
-
-func (f *fakeCluster) okEmpty(h wire.Header) *fakeEntry {
-	rh := h.Reply()
-	rh.MapVersion = f.version
-	b, _ := wire.Empty{}.Append(nil, rh)
-	return &fakeEntry{reply: b}
-}
-
-// wanted: the highest mode a holder in mode held may keep next to mode m.
-func wanted(held, m wire.Mode) wire.Mode {
-	for w := wire.EX; w > wire.NL; w-- {
-		if wire.Covers(held, w) && wire.Compatible(w, m) {
-			return w
-		}
-	}
-	return wire.NL
-}
-
-func (f *fakeCluster) revoke(g *fakeGrant, m wire.Mode, start, end uint64, now time.Time) {
-	want := wanted(g.mode, m)
-	for _, r := range g.sess.revokes {
-		if r.g == g && r.wanted == want {
-			return
-		}
-	}
-	g.sess.revokeSeq++
-	r := &fakeRevoke{id: g.sess.revokeSeq, g: g, wanted: want, start: start, end: end, next: now, rto: 20 * time.Millisecond}
-	g.sess.revokes[r.id] = r
-	f.sendRevoke(g.sess, r, now)
-}
-
-func (f *fakeCluster) sendRevoke(s *fakeSession, r *fakeRevoke, now time.Time) {
-	g := r.g
-	h := wire.Header{Type: wire.TypeRevoke, Session: s.id, Request: r.id, Shard: g.tok.shard,
-		Epoch: f.epoch[g.tok.shard], MapVersion: f.version}
-	b, err := wire.Revoke{Fence: g.fence, Mode: r.wanted, Start: r.start, End: r.end, Name: []byte(g.tok.name)}.Append(nil, h)
-	if err != nil {
-		f.t.Errorf("fake: revoke: %v", err)
-		return
-	}
-	f.counts["REVOKE"]++
-	f.send(f.workers[f.owner[g.tok.shard]], b, s.addr)
-	r.next = now.Add(r.rto)
-	r.rto = min(2*r.rto, time.Second)
-}
-
-func (f *fakeCluster) queue(w *fakeWorker, s *fakeSession, h wire.Header, tk *fakeToken, mode wire.Mode, start, end uint64,
-	waitMs uint32, conv *fakeGrant, now time.Time) *fakeEntry {
-	wt := &fakeWaiter{sess: s, hdr: h, mode: mode, start: start, end: end, convert: conv, tok: tk}
-	if waitMs != wire.WaitForever {
-		wt.deadline = now.Add(time.Duration(waitMs) * time.Millisecond)
-	}
-	tk.queue = append(tk.queue, wt)
-	for _, g := range f.conflicts(tk, mode, start, end, conv) {
-		f.revoke(g, mode, start, end, now)
-	}
-	return &fakeEntry{waiter: wt}
-}
-
-func (f *fakeCluster) acquire(w *fakeWorker, s *fakeSession, h wire.Header, m *wire.Acquire, now time.Time) *fakeEntry {
-	if wire.Shard(m.Name, fakeShards) != h.Shard {
-		return f.finalErr(h, wire.StatusBadRequest, "wrong shard")
-	}
-	tk := f.token(m.Name, h.Shard)
-	if len(f.conflicts(tk, m.Mode, m.Start, m.End, nil)) == 0 && len(tk.queue) == 0 {
-		return &fakeEntry{reply: f.grantReply(h, f.newGrant(tk, s, m.Mode, m.Start, m.End))}
-	}
-	if m.Try || m.WaitMs == 0 {
-		return f.finalErr(h, wire.StatusConflict, "")
-	}
-	return f.queue(w, s, h, tk, m.Mode, m.Start, m.End, m.WaitMs, nil, now)
-}
-
-func (f *fakeCluster) findGrant(s *fakeSession, name []byte, fence uint64) *fakeGrant {
-	if tk := f.tokens[string(name)]; tk != nil {
-		for _, g := range tk.grants {
-			if g.sess == s && g.fence == fence {
-				return g
-			}
-		}
-	}
-	return nil
-}
-
-func (f *fakeCluster) dropGrant(g *fakeGrant) {
-	tk := g.tok
-	for i, x := range tk.grants {
-		if x == g {
-			tk.grants = append(tk.grants[:i], tk.grants[i+1:]...)
-			break
-		}
-	}
-	for id, r := range g.sess.revokes {
-		if r.g == g {
-			delete(g.sess.revokes, id)
-		}
-	}
-}
-
-func (f *fakeCluster) release(w *fakeWorker, s *fakeSession, h wire.Header, m *wire.Release) *fakeEntry {
-	g := f.findGrant(s, m.Name, m.Fence)
-	if g == nil {
-		return f.finalErr(h, wire.StatusNotHeld, "no such grant")
-	}
-	if m.HasValue {
-		if !g.mode.Writes() {
-			return f.finalErr(h, wire.StatusBadRequest, "reader sets value")
-		}
-		g.tok.value = append([]byte{}, m.Value...)
-		g.tok.valueFlags = wire.ValueValid
-	}
-	f.dropGrant(g)
-	f.runQueue(g.tok, time.Now())
-	return f.okEmpty(h)
-}
-
-func (f *fakeCluster) convert(w *fakeWorker, s *fakeSession, h wire.Header, m *wire.Convert, now time.Time) *fakeEntry {
-	g := f.findGrant(s, m.Name, m.Fence)
-	if g == nil {
-		return f.finalErr(h, wire.StatusNotHeld, "no such grant")
-	}
-	if m.HasValue {
-		if !g.mode.Writes() {
-			return f.finalErr(h, wire.StatusBadRequest, "reader sets value")
-		}
-		g.tok.value = append([]byte{}, m.Value...)
-		g.tok.valueFlags = wire.ValueValid
-	}
-	if wire.Covers(g.mode, m.Mode) { // downgrade: immediate, same fence
-		g.mode = m.Mode
-		f.runQueue(g.tok, now)
-		return &fakeEntry{reply: f.grantReply(h, g)}
-	}
-	if len(f.conflicts(g.tok, m.Mode, g.start, g.end, g)) == 0 && len(g.tok.queue) == 0 {
-		f.upgrade(g, m.Mode)
-		return &fakeEntry{reply: f.grantReply(h, g)}
-	}
-	if m.Try || m.WaitMs == 0 {
-		return f.finalErr(h, wire.StatusConflict, "")
-	}
-	return f.queue(w, s, h, g.tok, m.Mode, g.start, g.end, m.WaitMs, g, now)
-}
-
-func (f *fakeCluster) upgrade(g *fakeGrant, mode wire.Mode) {
-	f.seq[g.tok.shard]++
-	g.fence = wire.MakeFence(f.epoch[g.tok.shard], f.seq[g.tok.shard])
-	g.mode = mode
-}
-
-// runQueue grants waiters in FIFO order while the first one can be granted.
-func (f *fakeCluster) runQueue(tk *fakeToken, now time.Time) {
-	for len(tk.queue) > 0 {
-		wt := tk.queue[0]
-		if len(f.conflicts(tk, wt.mode, wt.start, wt.end, wt.convert)) > 0 {
-			return
-		}
-		tk.queue = tk.queue[1:]
-		var g *fakeGrant
-		if wt.convert != nil {
-			g = wt.convert
-			f.upgrade(g, wt.mode)
-		} else {
-			g = f.newGrant(tk, wt.sess, wt.mode, wt.start, wt.end)
-		}
-		e := wt.sess.cache[wt.hdr.Request]
-		if e == nil {
-			continue
-		}
-		e.reply = f.grantReply(wt.hdr, g)
-		e.async = g
-		h := wt.hdr.Reply()
-		h.Type = wire.TypeGrantAsync
-		h.MapVersion = f.version
-		b, err := f.grantBody(g).Append(nil, h)
-		if err != nil {
-			f.t.Errorf("fake: grant async: %v", err)
-			continue
-		}
-		f.counts["GRANT_ASYNC"]++
-		f.send(f.workers[f.owner[tk.shard]], b, wt.sess.addr)
-	}
-}
-
-func (f *fakeCluster) unqueue(wt *fakeWaiter) {
-	q := wt.tok.queue
-	for i, x := range q {
-		if x == wt {
-			wt.tok.queue = append(q[:i], q[i+1:]...)
-			return
-		}
-	}
-}
-
-func (f *fakeCluster) cancel(w *fakeWorker, s *fakeSession, h wire.Header, m *wire.Cancel) *fakeEntry {
-	e := s.cache[m.Target]
-	switch {
-	case e != nil && e.waiter != nil && e.reply == nil:
-		f.unqueue(e.waiter)
-		e.reply = f.finalErr(e.waiter.hdr, wire.StatusCanceled, "canceled").reply
-		f.runQueue(e.waiter.tok, time.Now())
-		return f.okEmpty(h)
-	case e != nil && e.async != nil:
-		f.dropGrant(e.async) // granted meanwhile: released
-		f.runQueue(e.async.tok, time.Now())
-		e.async = nil
-		return f.okEmpty(h)
-	}
-	return f.finalErr(h, wire.StatusNotHeld, "no such request")
-}
-
-func (f *fakeCluster) reclaim(w *fakeWorker, s *fakeSession, h wire.Header, m *wire.Reclaim, now time.Time) *fakeEntry {
-	f.counts["reclaim"]++
-	if g := f.findGrant(s, m.Name, m.Fence); g != nil { // after a handoff the grant is here
-		return &fakeEntry{reply: f.grantReply(h, g)}
-	}
-	key := fmt.Sprintf("%d/%s/%d", s.id, m.Name, m.Fence)
-	g := f.reclaimable[key]
-	if g == nil || !now.Before(f.graceUntil) || len(f.conflicts(g.tok, g.mode, g.start, g.end, nil)) > 0 {
-		return f.finalErr(h, wire.StatusReclaimRefused, "cannot reclaim")
-	}
-	delete(f.reclaimable, key)
-	g.tok.grants = append(g.tok.grants, g)
-	g.tok.valueFlags, g.tok.value = wire.ValueLost, nil
-	f.counts["reclaimed"]++
-	return &fakeEntry{reply: f.grantReply(h, g)}
-}
-
-func (f *fakeCluster) endSession(s *fakeSession) {
-	delete(f.sessions, s.id)
-	for _, tk := range f.tokens {
-		kept := tk.grants[:0]
-		for _, g := range tk.grants {
-			if g.sess != s {
-				kept = append(kept, g)
-			}
-		}
-		tk.grants = kept
-		q := tk.queue[:0]
-		for _, wt := range tk.queue {
-			if wt.sess != s {
-				q = append(q, wt)
-			}
-		}
-		tk.queue = q
-		f.runQueue(tk, time.Now())
-	}
-}
-
-func (f *fakeCluster) tick() {
-	defer f.wg.Done()
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.done:
-			return
-		case now := <-t.C:
-			f.mu.Lock()
-			for _, s := range f.sessions {
-				if now.After(s.expires) {
-					f.counts["expired"]++
-					f.endSession(s)
-					continue
-				}
-				for _, r := range s.revokes {
-					if !now.Before(r.next) {
-						f.sendRevoke(s, r, now)
-					}
-				}
-			}
-			for _, tk := range f.tokens {
-				for _, wt := range append([]*fakeWaiter{}, tk.queue...) {
-					if !wt.deadline.IsZero() && now.After(wt.deadline) {
-						f.unqueue(wt)
-						if e := wt.sess.cache[wt.hdr.Request]; e != nil {
-							e.reply = f.finalErr(wt.hdr, wire.StatusTimeout, "timeout").reply
-						}
-						f.runQueue(tk, now)
-					}
-				}
-			}
-			if !f.graceUntil.IsZero() && now.After(f.graceUntil) {
-				f.reclaimable = map[string]*fakeGrant{}
-				f.graceUntil = time.Time{}
-			}
-			f.mu.Unlock()
-		}
-	}
-}
-
-// crash: every shard restarts at a new epoch with an empty table and reply
-// caches; held grants may be reclaimed during the grace period.
-func (f *fakeCluster) crash() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for s := range f.epoch {
-		f.epoch[s]++
-		f.seq[s] = 0
-	}
-	f.version++
-	for _, tk := range f.tokens {
-		for _, g := range tk.grants {
-			f.reclaimable[fmt.Sprintf("%d/%s/%d", g.sess.id, tk.name, g.fence)] = g
-		}
-		tk.grants, tk.queue = nil, nil
-	}
-	for _, s := range f.sessions {
-		s.cache = map[uint64]*fakeEntry{}
-		s.revokes = map[uint64]*fakeRevoke{}
-	}
-	f.graceUntil = time.Now().Add(fakeGrace)
-}
-
-// move: every shard goes to the next worker at a new epoch, its state
+// move: every shard goes to the next worker at a new epoch, its table
 // handed over (a planned rebalance: no grace period).
-func (f *fakeCluster) move() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for s := range f.epoch {
-		f.owner[s] = (f.owner[s] + 1) % len(f.workers)
-		f.epoch[s]++
+func (f *fake) move() {
+	n := f.Workers()
+	f.Reassign(fakeworker.Handoff, func(_ uint32, o int, e uint32) (int, uint32) {
+		return (o + 1) % n, e + 1
+	})
+}
+
+// partition: every worker drops everything from the session holding fence.
+func (f *fake) partition(fence uint64) bool {
+	id, ok := f.HolderOf(fence)
+	if ok {
+		f.Ignore(id, true)
 	}
-	f.version++
-}
-
-// blackhole: worker i stops answering anything (hung), but stays in the map.
-func (f *fakeCluster) blackhole(i int) {
-	f.mu.Lock()
-	f.blackholed[i] = true
-	f.mu.Unlock()
-}
-
-// restore: worker i answers again after blackhole.
-func (f *fakeCluster) restore(i int) {
-	f.mu.Lock()
-	delete(f.blackholed, i)
-	f.mu.Unlock()
-}
-
-// nameOn returns a token name with the prefix whose shard worker i serves.
-func (f *fakeCluster) nameOn(prefix string, i int) string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for k := 0; ; k++ {
-		n := fmt.Sprintf("%s-%d", prefix, k)
-		if f.owner[wire.Shard([]byte(n), fakeShards)] == i {
-			return n
-		}
-	}
-}
-
-// partition: drop everything from the session holding `fence`.
-func (f *fakeCluster) partition(fence uint64) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, tk := range f.tokens {
-		for _, g := range tk.grants {
-			if g.fence == fence {
-				g.sess.ignored = true
-				return true
-			}
-		}
-	}
-	return false
+	return ok
 }
 
 // ---------------------------------------------------------------- running scenarios
@@ -1469,24 +767,24 @@ func TestFakeWorker(t *testing.T) {
 			}
 			bin := filepath.Join(buildC(t, san, "tokend-e2e"), "tokend-e2e")
 			t.Run("scenarios", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				for _, s := range scenarios {
 					t.Run(s, func(t *testing.T) {
 						t.Parallel()
-						runScenario(t, bin, f.addr(), s)
+						runScenario(t, bin, f.Addr(0), s)
 					})
 				}
 			})
 			t.Run("lossy", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
-				f.setLoss(0.1, 0.1)
+				f := newFake(t, 2)
+				f.SetLoss(0.1, 0.1)
 				repeat := 1 // CTEST_REPEAT=n hunts for rare failures
 				if n, err := strconv.Atoi(os.Getenv("CTEST_REPEAT")); err == nil && n > 1 {
 					repeat = n
 				}
 				for i := 0; i < repeat; i++ {
 					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges"} {
-						runScenario(t, bin, f.addr(), s)
+						runScenario(t, bin, f.Addr(0), s)
 					}
 				}
 				if f.count("cached") == 0 {
@@ -1494,19 +792,19 @@ func TestFakeWorker(t *testing.T) {
 				}
 			})
 			t.Run("killed-client", func(t *testing.T) {
-				f := newFakeCluster(t, 1)
-				killedClient(t, bin, f.addr(), "killed", fakeSessionTTL)
+				f := newFake(t, 1)
+				killedClient(t, bin, f.Addr(0), "killed", fakeSessionTTL)
 				if f.count("expired") == 0 {
 					t.Errorf("no session expired")
 				}
 			})
 			t.Run("fences", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
-				fencesAcross(t, bin, f.addr(), "fenced")
+				f := newFake(t, 2)
+				fencesAcross(t, bin, f.Addr(0), "fenced")
 			})
 			t.Run("hung-client-lost", func(t *testing.T) {
-				f := newFakeCluster(t, 1)
-				p := start(t, bin, f.addr(), "lost", "hung", "10000")
+				f := newFake(t, 1)
+				p := start(t, bin, f.Addr(0), "lost", "hung", "10000")
 				fence, _ := parseFence(t, p.expect(t, "fence", 10*time.Second))
 				if !f.partition(fence) {
 					t.Fatal("no grant with that fence")
@@ -1516,18 +814,18 @@ func TestFakeWorker(t *testing.T) {
 				t.Log(l)
 			})
 			t.Run("release-on-hung-worker", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.addr(), "stuck", f.nameOn("stuck", 1), f.nameOn("alive", 0))
+				p := start(t, bin, f.Addr(0), "stuck", f.NameOn("stuck", 1), f.NameOn("alive", 0))
 				p.expect(t, "fence", 10*time.Second)
-				f.blackhole(1)
+				f.SetMuted(1, true)
 				t.Log(p.expect(t, "release gave up", 15*time.Second))
 				p.wait(t, 10*time.Second)
 			})
 			t.Run("worker-crash", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.addr(), "survive", "crash", "1500")
+				p := start(t, bin, f.Addr(0), "survive", "crash", "1500")
 				p.expect(t, "fence", 10*time.Second)
 				f.crash()
 				p.expect(t, "survived", 15*time.Second)
@@ -1537,33 +835,33 @@ func TestFakeWorker(t *testing.T) {
 				}
 			})
 			t.Run("jeopardy-then-lost", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.addr(), "jeopardy", f.nameOn("jeopardy", 1), "lost")
+				p := start(t, bin, f.Addr(0), "jeopardy", f.NameOn("jeopardy", 1), "lost")
 				p.expect(t, "fence", 10*time.Second)
-				f.blackhole(1)
+				f.SetMuted(1, true)
 				t.Log(p.expect(t, "jeopardy with", 25*time.Second))
 				p.wait(t, 10*time.Second)
 			})
 			t.Run("jeopardy-recovered", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.addr(), "jeopardy", f.nameOn("jeopardy", 1), "recover")
+				p := start(t, bin, f.Addr(0), "jeopardy", f.NameOn("jeopardy", 1), "recover")
 				p.expect(t, "fence", 10*time.Second)
-				f.blackhole(1)
+				f.SetMuted(1, true)
 				time.Sleep(fakeW) // past the jeopardy threshold, well before deadline + grace
-				f.restore(1)
+				f.SetMuted(1, false)
 				t.Log(p.expect(t, "jeopardy with", 25*time.Second))
 				p.wait(t, 10*time.Second)
 			})
 			t.Run("long-wait", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
-				longWait(t, bin, f.addr(), "longwait", 3*fakeSessionTTL, fakeW)
+				f := newFake(t, 2)
+				longWait(t, bin, f.Addr(0), "longwait", 3*fakeSessionTTL, fakeW)
 			})
 			t.Run("shard-move", func(t *testing.T) {
-				f := newFakeCluster(t, 2)
+				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.addr(), "survive", "moved", "1500")
+				p := start(t, bin, f.Addr(0), "survive", "moved", "1500")
 				p.expect(t, "fence", 10*time.Second)
 				f.move()
 				p.expect(t, "survived", 15*time.Second)
@@ -1597,10 +895,10 @@ func TestReadmeExample(t *testing.T) {
 		t.Fatalf("README.md's copy of examples/revoke.c differs from the file: update the README")
 	}
 	dir := buildC(t, false, "revoke", "tokend-e2e")
-	f := newFakeCluster(t, 2)
-	p := start(t, filepath.Join(dir, "revoke"), f.addr(), "readme-revoke")
+	f := newFake(t, 2)
+	p := start(t, filepath.Join(dir, "revoke"), f.Addr(0), "readme-revoke")
 	p.expect(t, "holding readme-revoke", 10*time.Second)
-	out, err := run(t, 30*time.Second, filepath.Join(dir, "tokend-e2e"), f.addr(), "wait", "readme-revoke", "10000")
+	out, err := run(t, 30*time.Second, filepath.Join(dir, "tokend-e2e"), f.Addr(0), "wait", "readme-revoke", "10000")
 	if err != nil {
 		t.Fatalf("the other client: %v\n%s", err, out)
 	}
