@@ -16,6 +16,7 @@ import (
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/testkit/devcluster"
 	"github.com/tokend/tokend/tests/chaos/check"
+	"github.com/tokend/tokend/tests/chaos/load"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -167,7 +168,7 @@ func TestScenario9ClockSkew(t *testing.T) {
 		if long {
 			sections = 1000
 		}
-		w := newWorkload()
+		w := load.New()
 		clocks := make([]*skewedClock, clients)
 		for i := range clocks {
 			clocks[i] = &skewedClock{base: time.Now(),
@@ -175,12 +176,12 @@ func TestScenario9ClockSkew(t *testing.T) {
 				rate:   1 + (rng.Float64()-0.5)*0.01}
 			t.Logf("client %d: clock offset %v, rate %.4f, jumps %v", i, clocks[i].offset.Round(time.Second), clocks[i].rate, i%2 == 0)
 		}
-		runClients(clients, func(i int) {
+		load.RunClients(clients, func(i int) {
 			cfg := clientlib.Config{Now: clocks[i].now}
 			cl, _ := e.dial(i, cfg)
-			ops := opsConfig{tokens: tokenNames("s9", 4), ops: sections, opTimeout: 10 * time.Second,
-				think: 3 * time.Millisecond, register: true,
-				pause: func(rng *rand.Rand) bool {
+			ops := load.Config{Tokens: load.TokenNames("s9", 4), Ops: sections, OpTimeout: 10 * time.Second,
+				Think: 3 * time.Millisecond, Register: true,
+				Pause: func(rng *rand.Rand) bool {
 					if i%2 == 0 && rng.IntN(6) == 0 {
 						clocks[i].jump(time.Duration(rng.Int64N(int64(3 * time.Second))))
 					}
@@ -192,11 +193,11 @@ func TestScenario9ClockSkew(t *testing.T) {
 					e.cutClient(i, false)
 					return true
 				},
-				redial: func() *clientlib.Client { c, _ := e.dial(i, cfg); return c },
+				Redial: func() *clientlib.Client { c, _ := e.dial(i, cfg); return c },
 			}
-			w.runClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), ops)
+			w.RunClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), ops)
 		})
-		w.verify(t, 30*time.Second)
+		w.Verify(t, 30*time.Second)
 	})
 }
 
@@ -214,7 +215,8 @@ func TestScenario9SlowClockIsCaught(t *testing.T) {
 	slow := &skewedClock{base: time.Now(), rate: 0.6}
 	a, _ := e.dial(0, clientlib.Config{Now: slow.now})
 	b, _ := e.dial(1, clientlib.Config{})
-	hist := check.NewHistory()
+	w := load.New()
+	hist := w.Hist
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	call := hist.Now()
@@ -222,8 +224,7 @@ func TestScenario9SlowClockIsCaught(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hold := &holding{w: &workload{hist: hist}, client: 0, tok: ta, name: "s9/slow", fence: ta.Fence(), mode: wire.EX, lastValid: hist.Now()}
-	hist.Add(check.Input{Kind: check.OpAcquire, Client: 0, Token: "s9/slow", Mode: wire.EX}, check.Output{Fence: ta.Fence()}, call, hold.lastValid)
+	hold := w.Hold(0, ta, "s9/slow", wire.EX, call, hist.Now())
 	e.cutClient(0, true)
 	granted := make(chan struct{})
 	go func() {
@@ -236,11 +237,11 @@ func TestScenario9SlowClockIsCaught(t *testing.T) {
 		}
 		hist.Add(check.Input{Kind: check.OpAcquire, Client: 1, Token: "s9/slow", Mode: wire.EX}, check.Output{Fence: tb.Fence()}, call, hist.Now())
 	}()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && hold.valid(); {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && hold.Valid(); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	<-granted
-	hold.end(context.Canceled)
+	hold.End(context.Canceled)
 	res := hist.Check(10 * time.Second)
 	t.Logf("%v", res)
 	if res.OK() {

@@ -20,6 +20,7 @@ import (
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/testkit/faultnet/proxy"
 	"github.com/tokend/tokend/tests/chaos/check"
+	"github.com/tokend/tokend/tests/chaos/load"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -28,7 +29,7 @@ import (
 // invariant 3, tokens each client holds for the whole run.
 type rload struct {
 	t       *testing.T
-	w       *workload
+	w       *load.Workload
 	clients []*clientlib.Client
 	addrs   []string // the clients' socket addresses, as the proxy names them
 	cancel  context.CancelFunc
@@ -48,7 +49,7 @@ type heldTok struct {
 
 func startRLoad(t *testing.T, c *rcluster, seed uint64, clients int, hold bool) *rload {
 	t.Helper()
-	l := &rload{t: t, w: newWorkload()}
+	l := &rload{t: t, w: load.New()}
 	for range clients {
 		cl, addr := c.dial(clientlib.Config{})
 		l.clients = append(l.clients, cl)
@@ -71,23 +72,23 @@ func startRLoad(t *testing.T, c *rcluster, seed uint64, clients int, hold bool) 
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	for i, cl := range l.clients {
-		cfg := opsConfig{tokens: namesIn("cyc", 2), ops: 1 << 30, opTimeout: 15 * time.Second,
-			modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, think: 2 * time.Millisecond, register: true,
+		cfg := load.Config{Tokens: namesIn("cyc", 2), Ops: 1 << 30, OpTimeout: 15 * time.Second,
+			Modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, Think: 2 * time.Millisecond, Register: true,
 			// A client whose session expired starts a new one (its
 			// held tokens, if any, stay lost: that is reported).
-			redial: func() *clientlib.Client {
+			Redial: func() *clientlib.Client {
 				for ctx.Err() == nil {
 					if c := c.dialMaybe(); c != nil {
 						return c
 					}
-					sleepCtx(ctx, 100*time.Millisecond)
+					load.SleepCtx(ctx, 100*time.Millisecond)
 				}
 				return nil
 			}}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			l.w.runClient(ctx, i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
+			l.w.RunClient(ctx, i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		}()
 	}
 	if hold {
@@ -148,7 +149,7 @@ func (l *rload) verifyKnown(t *testing.T, known string) {
 	t.Helper()
 	l.stop()
 	l.scanHeld()
-	l.w.verify(t, time.Minute)
+	l.w.Verify(t, time.Minute)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i, v := range l.violations {
@@ -174,7 +175,7 @@ type grantRec struct {
 // (history time).
 func (l *rload) acquiresAfter(t0 int64) []grantRec {
 	var out []grantRec
-	l.w.hist.Each(func(in check.Input, o check.Output, call, ret int64) {
+	l.w.Hist.Each(func(in check.Input, o check.Output, call, ret int64) {
 		if in.Kind == check.OpAcquire && ret > t0 {
 			out = append(out, grantRec{in.Token, o.Fence, ret})
 		}
@@ -218,12 +219,12 @@ func TestScenario4WorkerPause(t *testing.T) {
 				// below; soak seed 1098394148 found the second one.
 				d = []time.Duration{2500 * time.Millisecond, time.Second}[r] + time.Duration(rng.Int64N(int64(500*time.Millisecond)))
 			}
-			ev.at = l.w.hist.Now()
+			ev.at = l.w.Hist.Now()
 			victim.p.Signal(syscall.SIGSTOP)
 			t.Logf("round %d: SIGSTOP %s (%d shards) for %v", r, victim.id, len(ev.lost), d.Round(time.Millisecond))
 			time.Sleep(d)
 			victim.p.Signal(syscall.SIGCONT)
-			ev.resumed = l.w.hist.Now()
+			ev.resumed = l.w.Hist.Now()
 			c.waitBalanced(30 * time.Second)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			v, err := c.readMap(ctx)
@@ -373,7 +374,7 @@ func sampleLeaders(ctx context.Context, c *rcluster) (overlaps *int, changes *[]
 				ch = append(ch, cur)
 				last = cur
 			}
-			sleepCtx(ctx, 50*time.Millisecond)
+			load.SleepCtx(ctx, 50*time.Millisecond)
 		}
 	}()
 	return &n, &ch, func() { <-done }
@@ -403,7 +404,7 @@ func TestScenario6EtcdFaults(t *testing.T) {
 		l := startRLoad(t, c, seed, 4, true)
 		grantsSince := func(t0 int64) int { return len(l.acquiresAfter(t0)) }
 		step := func(what string, fault func()) {
-			t0 := l.w.hist.Now()
+			t0 := l.w.Hist.Now()
 			fault()
 			deadline := time.Now().Add(15 * time.Second)
 			for grantsSince(t0) < 20 && time.Now().Before(deadline) {
@@ -525,7 +526,7 @@ func TestScenario7CutsAndFlaps(t *testing.T) {
 			fwg.Add(1)
 			go func() {
 				defer fwg.Done()
-				for on := true; sleepCtx(fctx, 500*time.Millisecond); on = !on {
+				for on := true; load.SleepCtx(fctx, 500*time.Millisecond); on = !on {
 					for _, rl := range flapW.relays {
 						if on {
 							rl.SetCut(proxy.Both)

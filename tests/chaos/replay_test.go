@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tokend/tokend/tests/chaos/load"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -66,7 +67,7 @@ func TestScenario8Replay(t *testing.T) {
 		e := startInproc(t, seed, 2, devcluster.Options{Shards: 32})
 		rng := rand.New(rand.NewPCG(seed, 8))
 		const clients = 6
-		w := newWorkload()
+		w := load.New()
 		revoked := make(chan int, 64) // REVOKEs of held tokens, by client
 		cls := make([]*clientlib.Client, clients+2)
 		recs := make([]*recConn, clients+2)
@@ -98,10 +99,10 @@ func TestScenario8Replay(t *testing.T) {
 			t.Cleanup(func() { cl.Close() })
 			cls[i], recs[i] = cl, rc
 		}
-		cfg := opsConfig{tokens: tokenNames("s8", 8), ops: 60, opTimeout: 5 * time.Second,
-			modes: []wire.Mode{wire.PR, wire.PW, wire.EX}, converts: true, register: true, think: time.Millisecond}
-		runClients(len(cls), func(i int) {
-			w.runClient(context.Background(), i, cls[i], rand.New(rand.NewPCG(seed, uint64(i))), cfg)
+		cfg := load.Config{Tokens: load.TokenNames("s8", 8), Ops: 60, OpTimeout: 5 * time.Second,
+			Modes: []wire.Mode{wire.PR, wire.PW, wire.EX}, Converts: true, Register: true, Think: time.Millisecond}
+		load.RunClients(len(cls), func(i int) {
+			w.RunClient(context.Background(), i, cls[i], rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
 		// The two extra clients end their sessions.
 		for _, cl := range cls[clients:] {
@@ -207,7 +208,7 @@ func TestScenario8Replay(t *testing.T) {
 				t.Errorf("try EX on held %s: %v, want ErrConflict", heldName(i), err)
 			}
 		}
-		for _, name := range cfg.tokens {
+		for _, name := range cfg.Tokens {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			tok, err := probe.Acquire(ctx, name, wire.EX, clientlib.Try())
 			cancel()
@@ -219,7 +220,7 @@ func TestScenario8Replay(t *testing.T) {
 			tok.Release(ctx)
 			cancel()
 		}
-		w.verify(t, 30*time.Second)
+		w.Verify(t, 30*time.Second)
 	})
 }
 

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"github.com/tokend/tokend/tests/chaos/load"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
@@ -37,22 +38,22 @@ func TestScenario1UDPChaos(t *testing.T) {
 			// issue's 100,000.
 			opsEach = envInt("TOKEND_CHAOS_OPS", 20_000) / clients
 		}
-		w := newWorkload()
-		cfg := opsConfig{tokens: tokenNames("s1", 32), ops: opsEach, opTimeout: 10 * time.Second,
-			modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, think: 2 * time.Millisecond, register: true}
+		w := load.New()
+		cfg := load.Config{Tokens: load.TokenNames("s1", 32), Ops: opsEach, OpTimeout: 10 * time.Second,
+			Modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, Think: 2 * time.Millisecond, Register: true}
 		cls := make([]*clientlib.Client, clients)
 		for i := range cls {
 			cls[i], _ = e.dial(i, clientlib.Config{})
 		}
 		start := time.Now()
-		runClients(clients, func(i int) {
-			w.runClient(context.Background(), i, cls[i], rand.New(rand.NewPCG(seed, uint64(i))), cfg)
+		load.RunClients(clients, func(i int) {
+			w.RunClient(context.Background(), i, cls[i], rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
 		st := e.fn.Stats()
 		t.Logf("seed %d: %v; network sent %d, dropped %d, duplicated %d", seed, time.Since(start).Round(time.Millisecond),
 			st.Sent, st.Dropped, st.Duplicated)
-		w.verify(t, 30*time.Second)
-		if done, all := w.n.completed.Load(), w.n.attempted.Load(); done*100 < all*95 {
+		w.Verify(t, 30*time.Second)
+		if done, all := w.N.Completed.Load(), w.N.Attempted.Load(); done*100 < all*95 {
 			t.Errorf("only %d of %d operations completed (want >= 95%%)", done, all)
 		}
 		e.fn.ClearRules()
@@ -79,13 +80,13 @@ func TestScenario2ClientPauses(t *testing.T) {
 		if long {
 			sections = 10_000 / clients
 		}
-		w := newWorkload()
+		w := load.New()
 		var longPauses atomic.Int64
-		runClients(clients, func(i int) {
+		load.RunClients(clients, func(i int) {
 			cl, _ := e.dial(i, clientlib.Config{})
-			cfg := opsConfig{tokens: tokenNames("s2", 4), ops: sections, opTimeout: 10 * time.Second,
-				think: 3 * time.Millisecond, register: true,
-				pause: func(rng *rand.Rand) bool {
+			cfg := load.Config{Tokens: load.TokenNames("s2", 4), Ops: sections, OpTimeout: 10 * time.Second,
+				Think: 3 * time.Millisecond, Register: true,
+				Pause: func(rng *rand.Rand) bool {
 					if rng.IntN(12) != 0 {
 						return false
 					}
@@ -98,15 +99,15 @@ func TestScenario2ClientPauses(t *testing.T) {
 					e.cutClient(i, false)
 					return true
 				},
-				redial: func() *clientlib.Client { c, _ := e.dial(i, clientlib.Config{}); return c },
+				Redial: func() *clientlib.Client { c, _ := e.dial(i, clientlib.Config{}); return c },
 			}
-			w.runClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
+			w.RunClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
-		w.verify(t, 30*time.Second)
-		if w.n.pauses.Load() == 0 {
+		w.Verify(t, 30*time.Second)
+		if w.N.Pauses.Load() == 0 {
 			t.Error("no pauses happened: the scenario tested nothing")
 		}
-		if longPauses.Load() >= 3 && w.n.lateRefused.Load() == 0 {
+		if longPauses.Load() >= 3 && w.N.LateRefused.Load() == 0 {
 			t.Errorf("%d pauses longer than 1.5 TTL under contention, and no late write refused", longPauses.Load())
 		}
 	})
@@ -129,18 +130,18 @@ func TestScenario10ReadersWriterRanges(t *testing.T) {
 			opsEach = 100_000 / clients
 			e.fn.SetDefault(faultnet.Rule{Duplicate: 0.02, MaxDelay: time.Millisecond})
 		}
-		w := newWorkload()
-		cfg := opsConfig{tokens: tokenNames("s10", 16), ops: opsEach, opTimeout: 10 * time.Second,
-			modes:  []wire.Mode{wire.CR, wire.CW, wire.PR, wire.PR, wire.PW, wire.EX, wire.EX},
-			ranges: true, converts: true, register: true}
+		w := load.New()
+		cfg := load.Config{Tokens: load.TokenNames("s10", 16), Ops: opsEach, OpTimeout: 10 * time.Second,
+			Modes:  []wire.Mode{wire.CR, wire.CW, wire.PR, wire.PR, wire.PW, wire.EX, wire.EX},
+			Ranges: true, Converts: true, Register: true}
 		start := time.Now()
-		runClients(clients, func(i int) {
+		load.RunClients(clients, func(i int) {
 			cl, _ := e.dial(i, clientlib.Config{})
-			w.runClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
+			w.RunClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
-		t.Logf("seed %d: %d ops in %v", seed, w.n.attempted.Load(), time.Since(start).Round(time.Millisecond))
-		w.verify(t, time.Minute)
-		if w.n.converted.Load() == 0 {
+		t.Logf("seed %d: %d ops in %v", seed, w.N.Attempted.Load(), time.Since(start).Round(time.Millisecond))
+		w.Verify(t, time.Minute)
+		if w.N.Converted.Load() == 0 {
 			t.Error("no converts: the scenario did not test them")
 		}
 		e.fn.ClearRules()
