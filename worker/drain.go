@@ -3,23 +3,12 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-)
-
-// Drain errors.
-var (
-	// ErrDrainIncomplete means Drain's context ended before the worker was
-	// rid of its shards.
-	ErrDrainIncomplete = errors.New("worker: drain incomplete")
-	// ErrNoPeers means no other live, non-draining worker is registered:
-	// there is nobody to drain to.
-	ErrNoPeers = errors.New("worker: no other live worker to drain to")
 )
 
 // DrainStatus is how far a drain has come.

@@ -53,12 +53,6 @@ const (
 	outstandingFor = pullTimeout + time.Second
 )
 
-// Handoff errors.
-var (
-	errHandoffRefused = errors.New("worker: handoff refused by the old owner")
-	errHandoffFrame   = errors.New("worker: bad handoff frame")
-)
-
 // outHandoff is the final state of a shard this worker gave up, kept for
 // its new owner to pull.
 type outHandoff struct {
@@ -165,12 +159,21 @@ func (w *Worker) outstandingHandoffs(now int64) int {
 	return n
 }
 
-// handoffServer accepts pulls until ctx ends.
+// handoffServer accepts pulls until ctx ends. It returns once every
+// goroutine it started has.
 func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, maxHandoffConns) // bounds the connections served at once
-	go func() { <-ctx.Done(); ln.Close() }()
+	done := make(chan struct{})
+	defer close(done) // before wg.Wait: ends the closer below
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			ln.Close() // wakes Accept
+		case <-done:
+		}
+	})
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -396,7 +399,7 @@ func pullOnce(ctx context.Context, addr string, req *pullRequest) (*pullResponse
 		return nil, cr.n, err
 	}
 	if resp.Error != "" && resp.Retry {
-		return nil, cr.n, errors.New("old owner: " + resp.Error)
+		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
 	}
 	if resp.Error != "" {
 		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
@@ -432,7 +435,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 		if sh := got[se.Shard]; sh == nil || !sh.OK || sh.Epoch != se.Epoch || sh.Snap == nil {
 			why = perr
 			if why == nil {
-				why = errors.New("old owner has nothing to hand over")
+				why = errHandoffNothing
 			}
 		} else if sh.Snap.Epoch != se.Epoch-1 {
 			why = fmt.Errorf("snapshot of epoch %d, want %d", sh.Snap.Epoch, se.Epoch-1)

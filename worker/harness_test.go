@@ -71,7 +71,7 @@ func startWorker(t testing.TB, cli *clientv3.Client, id string, conn PacketConn)
 	return w, reg
 }
 
-// me returns the worker's identity in maps.
+// testOwner returns the worker's identity in maps.
 func (w *Worker) testOwner() delegation.Owner {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -164,8 +164,8 @@ const maxHedges = 3
 // The etcd client balances calls and streams round-robin over the members,
 // so a member whose connection has gone silent (a partition that drops
 // packets, a paused process: gRPC still thinks it is up) costs one hedge
-// delay instead of the round. Without this both workers' leases expired
-// when one of three members stalled (chaos.TestScenario6EtcdMemberCutOff).
+// delay instead of the round, and a live worker keeps its lease while one
+// member of three stalls (chaos.TestScenario6EtcdMemberCutOff).
 // The first success, or an error final says is final, wins; the rest are
 // canceled. sent is when the winning call was started.
 func hedged[T any](ctx context.Context, clk clock.Clock, within, hedge time.Duration, call func(context.Context) (T, error), final func(error) bool) (res T, sent time.Time, err error) {
@@ -225,9 +225,6 @@ func (l *ownLease) revoke(ctx context.Context) error {
 	}
 	return err
 }
-
-// errRegistered means another incarnation still holds the worker's key.
-var errRegistered = errors.New("worker: id is registered by a live incarnation")
 
 // register puts the worker's document on its lease, only if no other
 // incarnation holds the key: two processes with one id must never both

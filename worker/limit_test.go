@@ -12,7 +12,7 @@ import (
 // shard, and redirected here) pins its ack; refusing that request would
 // deadlock the session (the cache shrinks only once it is answered), and
 // refusing a RECLAIM would lose a held token (invariant 3).
-// recovery.TestWorkerKill shows both under load with real processes.
+// failover.TestWorkerKill shows both under load with real processes.
 func TestOverLimit(t *testing.T) {
 	s := newSession(1, nil).core
 	const pinned = 100 // the oldest unfinished request: the session's ack

@@ -22,9 +22,8 @@ const (
 	// the ack of every session waiting for the dead worker's shards for the
 	// lease TTL plus the grace period (see session.OverLimit), and the session's
 	// traffic to the live workers must fit meanwhile, or it stalls on LIMIT
-	// where docs/ARCHITECTURE.md promises the other shards are untouched. 1024 did
-	// not last 4 s of a busy client (recovery.TestWorkerKill); 16384 covers
-	// about 1500 requests/s of one session to one worker over a failover
+	// where docs/ARCHITECTURE.md promises the other shards are untouched.
+	// 16384 covers about 1500 requests/s of one session to one worker over a failover
 	// with the default 5 s TTL and grace. An entry is about 200 bytes, so a
 	// session's cache stays under ~3 MB (~6 MB at replyCacheHard), and the
 	// sum over all sessions is bounded by what the worker can answer while
@@ -472,7 +471,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 			// lease: a worker waking up from a hang longer than its lease
 			// learns from its watch that a holder's session expired
 			// meanwhile and grants the token to the next waiter, in a shard
-			// the leader has already given to a new owner (recovery.
+			// the leader has already given to a new owner (failover.
 			// TestWorkerHang). The grant stays in the reply cache: a re-poll
 			// gets it once the lease is safe again (it is answered
 			// UNAVAILABLE until then), and a lost lease drops it with the

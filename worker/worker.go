@@ -79,15 +79,6 @@ import (
 	"github.com/tokend/tokend/worker/table"
 )
 
-// Errors returned by this package.
-var (
-	ErrClosed    = errors.New("worker: closed")
-	ErrLeaseLost = errors.New("worker: own lease lost")
-	// ErrAdvertise: an address to register is unspecified (0.0.0.0, ::):
-	// nobody could connect to it. Give the advertised address in Config.
-	ErrAdvertise = errors.New("worker: an unspecified address cannot be advertised")
-)
-
 // PacketConn is the datagram socket a Worker serves on: the batched subset
 // of golang.org/x/net/ipv4.PacketConn that the worker uses. faultnet.Conn
 // implements it, so tests run the same receive loop over a lossy in-memory
@@ -168,13 +159,13 @@ type Worker struct {
 // that a port conflict is reported before anything is registered.
 func New(cfg Config) (*Worker, error) {
 	if cfg.Client == nil {
-		return nil, errors.New("worker: Config.Client is required")
+		return nil, fmt.Errorf("%w: Client is required", ErrConfig)
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 5 * time.Second
 	}
 	if cfg.TTL < 2*time.Second {
-		return nil, fmt.Errorf("worker: TTL %v below etcd's 2s minimum", cfg.TTL)
+		return nil, fmt.Errorf("%w: TTL %v below etcd's 2s minimum", ErrConfig, cfg.TTL)
 	}
 	if cfg.Drift == 0 {
 		cfg.Drift = 0.01
