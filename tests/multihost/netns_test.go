@@ -43,7 +43,7 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	requireNetns(t)
 	began := time.Now()
 	tokend, tokenctl := proctest.Tokend(t), proctest.Tokenctl(t)
-	l := newLab(t)
+	l := newLab(t, append(append(append([]host{}, servers...), workers...), client)...)
 	t.Logf("network ready after %v", time.Since(began).Round(time.Millisecond))
 
 	var initial, endpoints []string
@@ -227,11 +227,11 @@ func requireNetns(t *testing.T) {
 	}
 }
 
-// newLab makes the namespaces, or skips the test where it cannot. Every
-// namespace is deleted by t.Cleanup, after the processes in it are gone;
-// deleting one removes its end of the veth pair and the bridge with it.
-// Nothing is added to the host's own namespace.
-func newLab(t *testing.T) *lab {
+// newLab makes a namespace for each of hosts, or skips the test where it
+// cannot. Every namespace is deleted by t.Cleanup, after the processes in
+// it are gone; deleting one removes its end of the veth pair and the
+// bridge with it. Nothing is added to the host's own namespace.
+func newLab(t *testing.T, hosts ...host) *lab {
 	requireNetns(t)
 	removeLeftovers(t)
 	l := &lab{t: t, prefix: nsPrefix + strconv.Itoa(os.Getpid()) + "-"}
@@ -255,7 +255,7 @@ func newLab(t *testing.T) *lab {
 	add("sw")
 	must("-n", sw, "link", "add", "br0", "type", "bridge")
 	must("-n", sw, "link", "set", "br0", "up")
-	for _, h := range append(append(append([]host{}, servers...), workers...), client) {
+	for _, h := range hosts {
 		ns := l.ns(h.name)
 		add(h.name)
 		must("link", "add", "e0", "netns", ns, "type", "veth", "peer", "name", h.name, "netns", sw)
