@@ -128,8 +128,10 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	if !cfg.realUDP {
 		fcfg.Listen = func(i int) (net.PacketConn, error) { return fc.net.Listen(fmt.Sprintf("127.0.0.1:%d", 7701+i)) }
 	}
+	fc.mu.Lock() // observe may run before New returns
 	fw, err := fakeworker.New(fcfg)
 	if err != nil {
+		fc.mu.Unlock()
 		t.Fatal(err)
 	}
 	fc.fw = fw
@@ -137,6 +139,7 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 		fc.workers = append(fc.workers, &fakeWorker{conn: fw.Conn(i), addr: fw.Addr(i),
 			revs: map[fakeReq]bool{}, vouch: map[uint64]time.Time{}, tokens: map[string]*fakeToken{}})
 	}
+	fc.mu.Unlock()
 	t.Cleanup(fc.close)
 	return fc
 }
