@@ -136,6 +136,9 @@ func TestAtMostOnceFaultnet(t *testing.T) {
 					return
 				}
 				hs.grant(tok, g.Fence, mode)
+				// Hold for a while of real time: the other clients'
+				// requests, retransmissions and the network's delays must
+				// overlap the hold for the history to test anything.
 				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
 				hs.release(tok, g.Fence)
 				h := c.header(c.shard(tok), 0)

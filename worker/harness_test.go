@@ -14,6 +14,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/testkit/fakeclock"
 	"github.com/tokend/tokend/worker/vouch"
 )
 
@@ -52,9 +53,25 @@ func testLogger(t testing.TB) *slog.Logger {
 // at cleanup. It does not write a map.
 func startWorker(t testing.TB, cli *clientv3.Client, id string, conn PacketConn) (*Worker, *prometheus.Registry) {
 	t.Helper()
+	return startWorkerCfg(t, Config{Client: cli, ID: id, Conn: conn})
+}
+
+// startWorkerCfg is startWorker with cfg: its zero fields get startWorker's
+// values (loopback UDP, a 2 s TTL, the test logger, a fresh registry).
+func startWorkerCfg(t testing.TB, cfg Config) (*Worker, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	w, err := New(Config{Client: cli, ID: id, UDPAddr: "127.0.0.1:0", Conn: conn, TTL: 2 * time.Second,
-		Logger: testLogger(t), Registry: reg})
+	if cfg.UDPAddr == "" {
+		cfg.UDPAddr = "127.0.0.1:0"
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 2 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	cfg.Registry = reg
+	w, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +122,9 @@ func serveAll(t testing.TB, cli *clientv3.Client, w *Worker) delegation.Map {
 	return m
 }
 
+// waitFor polls cond until it holds, failing the test after 10 s. Real
+// time is the point: what it waits for is brought about by other goroutines,
+// etcd and the network, not by the worker's clock.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -114,6 +134,25 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// runTimers moves clk, the worker's fake clock, to the timer loop's next
+// wake-up and waits until the loop has run there. It returns how far the
+// clock moved.
+func runTimers(t testing.TB, w *Worker, clk *fakeclock.Clock) time.Duration {
+	t.Helper()
+	w.mu.Lock()
+	d := time.Duration(w.wakeAt - w.mono(clk.Now()))
+	w.mu.Unlock()
+	d = max(d, time.Millisecond/4) // the loop never sleeps less
+	clk.Advance(d)
+	waitFor(t, "the timer loop ran", func() bool {
+		clk.Advance(0) // a timer armed for now while Advance ran
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.wakeAt > w.mono(clk.Now())
+	})
+	return d
 }
 
 // pretendExpired makes l's proof of life end a second ago, as if the

@@ -29,13 +29,15 @@ func (w *Worker) timerLoop(ctx context.Context) {
 		ob := newOutbox(now, w.mono(now))
 		ob.safe = w.safeUntil()
 		next := w.runDue(ob)
+		// wakeAt and the timer change together under mu: whoever reads
+		// wakeAt knows the loop wakes by then (wantWake relies on it). A
+		// kick that arrives from here on is kept in the channel and wakes
+		// the next select at once.
 		w.wakeAt = next
-		w.mu.Unlock()
-		w.flush(ob)
-		// A kick that arrives from here on is kept in the channel and
-		// wakes the next select at once.
 		t.Stop()
 		t.Reset(time.Duration(max(next-w.mono(w.clk.Now()), int64(time.Millisecond/4))))
+		w.mu.Unlock()
+		w.flush(ob)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/testkit/fakeclock"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -118,30 +119,57 @@ func TestTokens(t *testing.T) {
 }
 
 // TestRevokeRetransmit: a REVOKE is retransmitted until the holder
-// acknowledges it, and not after.
+// acknowledges it, and not after. The worker runs on a fake clock, moved
+// from one wake-up of its timer loop to the next.
 func TestRevokeRetransmit(t *testing.T) {
 	cli := testEtcd(t)
-	w, _ := startWorker(t, cli, "w1", nil)
+	clk := fakeclock.New(time.Time{})
+	w, reg := startWorkerCfg(t, Config{Client: cli, ID: "w1", Clock: clk})
 	serveAll(t, cli, w)
 	a, b := udpClient(t, w), udpClient(t, w)
 	a.open(0)
 	b.open(0)
 	wantStatus(t, a.acquire("t", wire.EX, false, 1000), wire.StatusOK)
 	wantStatus(t, b.acquire("t", wire.EX, false, wire.WaitForever), wire.StatusQueued)
+	sent := func() int { return int(gatherValue(reg, "tokend_worker_revokes_sent_total", "", "")) }
+	// received waits until a has received every REVOKE the worker sent.
+	received := func() int {
+		t.Helper()
+		waitFor(t, "the REVOKEs sent arrived", func() bool { return a.countEvents(isType(wire.TypeRevoke)) >= sent() })
+		return a.countEvents(isType(wire.TypeRevoke))
+	}
 
 	// Unacknowledged: the same REVOKE (same worker sequence) comes again.
-	time.Sleep(300 * time.Millisecond)
-	revokes := a.countEvents(isType(wire.TypeRevoke))
+	for el := time.Duration(0); ; {
+		w.mu.Lock()
+		d := time.Duration(w.wakeAt - w.mono(clk.Now()))
+		w.mu.Unlock()
+		if el+d > 300*time.Millisecond {
+			break
+		}
+		el += runTimers(t, w, clk)
+	}
+	revokes := received()
 	if revokes < 3 {
 		t.Fatalf("%d REVOKEs in 300 ms, want retransmissions", revokes)
 	}
 	rv, _ := a.event(0, isType(wire.TypeRevoke))
 	a.send(wire.RevokeAck{Target: rv.h.Request}, a.header(rv.h.Shard, 0))
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "the REVOKE_ACK handled", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.revoking) == 0
+	})
+	before := sent()
 	a.mu.Lock()
 	a.events = nil
 	a.mu.Unlock()
-	time.Sleep(500 * time.Millisecond)
+	for el := time.Duration(0); el < 500*time.Millisecond; {
+		el += runTimers(t, w, clk)
+	}
+	if n := sent() - before; n != 0 {
+		t.Fatalf("%d REVOKEs sent after REVOKE_ACK", n)
+	}
 	if n := a.countEvents(isType(wire.TypeRevoke)); n != 0 {
 		t.Fatalf("%d REVOKEs after REVOKE_ACK", n)
 	}
