@@ -1,9 +1,13 @@
 // Package worker is tokend's stateless UDP token server: the thin shell
-// around the pure token tables of worker/table. It registers itself in etcd
-// under a lease, serves the shards the coordinator delegates to it, keeps
-// all token state in memory, and serves a shard only while it is sure it owns
-// it: its delegation is current and its own lease has not run out by its
-// local clock (invariant 5).
+// around pure cores that take the time as an argument. worker/table is one
+// shard's tokens, worker/session what the worker keeps of a client session,
+// worker/ownership which shards to serve, hand off, pull or recover when the
+// map changes, and worker/vouch how long the worker may vouch for its own
+// lease. The shell registers in etcd under that lease, serves the shards
+// the coordinator delegates to it, keeps all token state in memory, and
+// serves a shard only while it is sure it owns it: its delegation is
+// current and its own lease has not run out by its local clock (invariant
+// 5). It reads the time from Config.Clock.
 //
 // # Goroutines
 //

@@ -45,9 +45,6 @@ func (l *Lease) SafeUntil() (until int64, ok bool) {
 	return l.aliveTill - l.margin, true
 }
 
-// Lost reports whether etcd said the lease is gone.
-func (l *Lease) Lost() bool { return l.lost }
-
 // Lose records that the lease is gone (etcd said so, or the worker revoked
 // it): nothing is vouched for from now on, whatever answers come later.
 func (l *Lease) Lose() { l.lost = true }
