@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -93,7 +94,7 @@ type Process struct {
 func Start(s Spec) (*Process, error) {
 	name := s.Name
 	if name == "" {
-		name = s.Path[strings.LastIndexByte(s.Path, '/')+1:]
+		name = filepath.Base(s.Path)
 	}
 	argv := append(append(append([]string{}, s.Wrap...), s.Path), s.Args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -111,7 +112,7 @@ func Start(s Spec) (*Process, error) {
 		return io.MultiWriter(p.Out, w)
 	}
 	cmd.Stdout = out(s.Stdout)
-	if s.Stderr == s.Stdout {
+	if sameWriter(s.Stdout, s.Stderr) {
 		cmd.Stderr = cmd.Stdout // one pipe, in order
 	} else {
 		cmd.Stderr = out(s.Stderr)
@@ -140,6 +141,17 @@ func Start(s Spec) (*Process, error) {
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// sameWriter reports whether a and b are the same writer (or both nil),
+// without panicking on writers of a type that cannot be compared.
+func sameWriter(a, b io.Writer) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // PID is the process's id.

@@ -31,7 +31,7 @@ func (p *Process) WaitOutput(ctx context.Context, s string) error {
 			if strings.Contains(p.Out.String(), s) {
 				return nil
 			}
-			return fmt.Errorf("%w (%v) without writing %q", ErrExited, p.cmd.ProcessState, s)
+			return fmt.Errorf("%w: %s (%v) without writing %q", ErrExited, p.Name, p.cmd.ProcessState, s)
 		case <-ctx.Done():
 			return fmt.Errorf("proc: %s: no %q: %w", p.Name, s, ctx.Err())
 		case <-t.C:
@@ -52,7 +52,7 @@ func (p *Process) WaitReady(ctx context.Context, httpAddr string) error {
 	url := "http://" + httpAddr + "/readyz"
 	for {
 		if p.Exited() {
-			return fmt.Errorf("%w (%v) before %s answered 200", ErrExited, p.cmd.ProcessState, url)
+			return fmt.Errorf("%w: %s (%v) before %s answered 200", ErrExited, p.Name, p.cmd.ProcessState, url)
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
