@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/testkit/fakeclock"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -198,7 +199,8 @@ func TestReleaseDoesNotWaitBehindUpgrade(t *testing.T) {
 func TestAcquireGivesUpUnconfirmed(t *testing.T) {
 	fc := newFakeCluster(t, 35, fakeConfig{workerTTL: 800 * time.Millisecond, grace: 400 * time.Millisecond})
 	holder := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
-	waiter := fc.dial(t, Config{})
+	clk := fakeclock.New(time.Time{})
+	waiter := fc.dial(t, withClock(Config{}, clk))
 	ctx := ctxT(t, 10*time.Second)
 	th, err := holder.Acquire(ctx, "c", wire.EX)
 	if err != nil {
@@ -212,7 +214,7 @@ func TestAcquireGivesUpUnconfirmed(t *testing.T) {
 		got <- err
 	}()
 	eventually(t, 2*time.Second, "the waiter queued", func() bool { return fc.waiters(0, "c") == 1 })
-	time.Sleep(time.Second) // longer than W: the grant's own validity will have run out
+	clk.Advance(time.Second) // longer than W: the grant's own validity will have run out
 	fc.setNoVouch(0, true)
 	if err := th.Release(ctx); err != nil {
 		t.Fatal(err)
@@ -240,7 +242,8 @@ func TestAcquireGivesUpUnconfirmed(t *testing.T) {
 func TestLongWaitConfirmedByKeepalive(t *testing.T) {
 	fc := newFakeCluster(t, 36, fakeConfig{workerTTL: 800 * time.Millisecond, grace: 400 * time.Millisecond})
 	holder := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
-	waiter := fc.dial(t, Config{})
+	clk := fakeclock.New(time.Time{})
+	waiter := fc.dial(t, withClock(Config{}, clk))
 	ctx := ctxT(t, 10*time.Second)
 	th, err := holder.Acquire(ctx, "k", wire.EX)
 	if err != nil {
@@ -255,7 +258,7 @@ func TestLongWaitConfirmedByKeepalive(t *testing.T) {
 		got <- tok
 	}()
 	eventually(t, 2*time.Second, "the waiter queued", func() bool { return fc.waiters(0, "k") == 1 })
-	time.Sleep(1500 * time.Millisecond) // W + G and more
+	clk.Advance(1500 * time.Millisecond) // W + G and more
 	if err := th.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -263,12 +266,12 @@ func TestLongWaitConfirmedByKeepalive(t *testing.T) {
 	if tok == nil {
 		t.FailNow()
 	}
-	if left := time.Until(tok.ValidUntil()); left < waiter.freshFor()-50*time.Millisecond || isClosed(tok.Lost()) {
+	if left := tok.ValidUntil().Sub(clk.Now()); left < waiter.freshFor() || isClosed(tok.Lost()) {
 		t.Fatalf("granted with %v left (want %v), lost %v: %v", left, waiter.freshFor(), isClosed(tok.Lost()), tok.Err())
 	}
 }
 
-// TestUnreachableNamesWhatWasTried (issue 17): seeds that never answer end
+// TestUnreachableNamesWhatWasTried: seeds that never answer end
 // Dial within its context, with an error naming them; a token request to
 // a worker that stopped answering names that worker.
 func TestUnreachableNamesWhatWasTried(t *testing.T) {

@@ -1,9 +1,31 @@
 package clientlib
 
-import "github.com/tokend/tokend/internal/clock"
+import (
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/internal/clock"
+)
 
 // SetClock makes the Client dialed with cfg run its timers, and tell the
 // time unless cfg.Now is set, on clk: a test passes a testkit/fakeclock and
 // moves time by hand. The clock stays out of the public Config because its
 // type is internal.
 func SetClock(cfg *Config, clk clock.Clock) { cfg.clock = clk }
+
+// withClock returns cfg with SetClock(clk) applied.
+func withClock(cfg Config, clk clock.Clock) Config {
+	SetClock(&cfg, clk)
+	return cfg
+}
+
+// Eventually and Always are eventually and always for the external tests.
+func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	eventually(t, d, what, cond)
+}
+
+func Always(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	always(t, d, what, cond)
+}
