@@ -37,19 +37,34 @@ func dlCluster(t *testing.T, workers int) *devcluster.Cluster {
 	return c
 }
 
-// dlClient dials a client whose revoke handler does nothing: a holder that
-// keeps what it holds while it waits for more, which is what deadlocks.
-func dlClient(t *testing.T, c *devcluster.Cluster) *clientlib.Client {
+// party is a client of the deadlock tests, with the names of the tokens
+// it has been asked to give back.
+type party struct {
+	*clientlib.Client
+	revoked chan string
+}
+
+// dlClient dials a client whose revoke handler gives nothing back: a holder
+// that keeps what it holds while it waits for more, which is what
+// deadlocks. It only reports the token's name on revoked.
+func dlClient(t *testing.T, c *devcluster.Cluster) *party {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	p := &party{revoked: make(chan string, 64)}
 	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.Seeds(),
-		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
+		OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
+			select {
+			case p.revoked <- tok.Name():
+			default: // nobody waits for this one
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cl.Close() })
-	return cl
+	p.Client = cl
+	return p
 }
 
 // namesOn returns one token name per worker id asked for, each in a shard
@@ -95,10 +110,28 @@ type outcome struct {
 	at  time.Time
 }
 
-// waitQueued gives a request time to reach its worker's queue before the
-// next one is sent, so that the requests' ages, and hence the victim, are
-// known. It asserts nothing.
-func waitQueued() { time.Sleep(150 * time.Millisecond) }
+// waitQueued waits until a request for name has reached its worker's
+// queue, before the next request is sent, so that the requests' ages, and
+// hence the victim, are known: the worker revokes holder's grant of name
+// as the request queues behind it.
+func waitQueued(t *testing.T, holder *party, name string) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case n := <-holder.revoked:
+			if n == name {
+				// Workers report ages in whole milliseconds: the next
+				// request must queue a millisecond later at least to be
+				// the younger. Real time is the point.
+				time.Sleep(2 * time.Millisecond)
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no request queued behind the grant of %s", name)
+		}
+	}
+}
 
 // TestDeadlockConversion: two PR holders both convert to EX. The second
 // conversion closes the cycle and is answered ErrDeadlock at once, keeping
@@ -117,7 +150,7 @@ func TestDeadlockConversion(t *testing.T) {
 	}
 	res := make(chan outcome, 2)
 	go func() { res <- outcome{who: "a", err: ta.Convert(ctx, wire.EX), at: time.Now()} }()
-	waitQueued()
+	waitQueued(t, b, "dl-conv")
 	start := time.Now()
 	go func() { res <- outcome{who: "b", err: tb.Convert(ctx, wire.EX), at: time.Now()} }()
 	first := <-res
@@ -150,7 +183,7 @@ func TestDeadlockConversion(t *testing.T) {
 // and asks for x. It returns how long b's request took to be answered
 // ErrDeadlock, checks that a's wait goes on and ends with the grant once b
 // releases y.
-func cycle(t *testing.T, a, b *clientlib.Client, x, y string) time.Duration {
+func cycle(t *testing.T, a, b *party, x, y string) time.Duration {
 	t.Helper()
 	ctx := dlCtx(t, 20*time.Second)
 	ta, err := a.Acquire(ctx, x, wire.EX)
@@ -166,7 +199,7 @@ func cycle(t *testing.T, a, b *clientlib.Client, x, y string) time.Duration {
 		tok, err := a.Acquire(ctx, y, wire.EX, clientlib.DetectDeadlock())
 		res <- outcome{who: "a", tok: tok, err: err, at: time.Now()}
 	}()
-	waitQueued()
+	waitQueued(t, b, y)
 	start := time.Now()
 	go func() {
 		tok, err := b.Acquire(ctx, x, wire.PR, clientlib.DetectDeadlock())
