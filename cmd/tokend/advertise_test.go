@@ -221,12 +221,12 @@ func TestResolveEnv(t *testing.T) {
 }
 
 func TestResolveServer(t *testing.T) {
-	ic := "--initial-cluster=s1=http://10.1.2.3:2380,s2=http://10.1.2.4:2380,s3=http://10.1.2.5:2380"
-	c, err := resolve(t, modeServer, lan, "--name", "s1", ic, "--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780")
+	ic := "--initial-cluster=s1=https://10.1.2.3:2380,s2=https://10.1.2.4:2380,s3=https://10.1.2.5:2380"
+	c, err := resolve(t, modeServer, lan, "--name", "s1", ic, "--peer-urls", "https://0.0.0.0:2380", "--client-urls", "https://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(c.advPeerURLs, []string{"http://10.1.2.3:2380"}) || !reflect.DeepEqual(c.advClientURLs, []string{"http://10.1.2.3:2379"}) || c.advHTTP != "10.1.2.3:7780" {
+	if !reflect.DeepEqual(c.advPeerURLs, []string{"https://10.1.2.3:2380"}) || !reflect.DeepEqual(c.advClientURLs, []string{"https://10.1.2.3:2379"}) || c.advHTTP != "10.1.2.3:7780" {
 		t.Errorf("peer %v client %v http %q", c.advPeerURLs, c.advClientURLs, c.advHTTP)
 	}
 	// The README's old command: loopback defaults in a remote cluster.
@@ -234,12 +234,12 @@ func TestResolveServer(t *testing.T) {
 		t.Errorf("loopback peer URLs in a remote cluster: %v", err)
 	}
 	// No initial cluster: this member alone, at its derived peer URL.
-	c, err = resolve(t, modeServer, lan, "--name", "s1", "--peer-urls", "http://0.0.0.0:2380")
-	if err != nil || c.initialCluster != "s1=http://10.1.2.3:2380" {
+	c, err = resolve(t, modeServer, lan, "--name", "s1", "--peer-urls", "https://0.0.0.0:2380")
+	if err != nil || c.initialCluster != "s1=https://10.1.2.3:2380" {
 		t.Errorf("derived initial cluster %q, %v", c.initialCluster, err)
 	}
-	c, err = resolve(t, modeServer, lan, "--name", "s1", "--peer-urls", "http://0.0.0.0:2380", "--advertise-peer-urls", "http://10.8.8.8:2380")
-	if err != nil || c.initialCluster != "s1=http://10.8.8.8:2380" {
+	c, err = resolve(t, modeServer, lan, "--name", "s1", "--peer-urls", "https://0.0.0.0:2380", "--advertise-peer-urls", "https://10.8.8.8:2380")
+	if err != nil || c.initialCluster != "s1=https://10.8.8.8:2380" {
 		t.Errorf("advertised initial cluster %q, %v", c.initialCluster, err)
 	}
 }

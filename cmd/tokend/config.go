@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokend/tokend/announce"
+	"github.com/tokend/tokend/internal/pki"
 )
 
 // errConfig marks every configuration error; main exits 2 on it.
@@ -82,6 +83,18 @@ type config struct {
 
 	shutdownTimeout time.Duration
 	drainTimeout    time.Duration // SIGTERM: how long the worker drains before stopping (0: no drain)
+
+	// etcd security (see tls.go): TLS and authentication unless insecure.
+	insecure bool
+	certsDir string // where the default files below are; default <data-dir>/pki, worker ./tokend-data/pki
+	// the member's side (all-in-one and server)
+	etcdCertFile, etcdKeyFile, etcdCAFile string // client URLs
+	peerCertFile, peerKeyFile, peerCAFile string // peer URLs
+	peerAllowedCN                         string // "" accepts any peer certificate of the CA
+	// this process's etcd client (coordinator, worker): user tokend
+	etcdCACert, etcdCert, etcdKey string
+	// set is the options given by flag, environment or file (not defaults).
+	set map[string]bool
 }
 
 // option is one configuration value: its flag, its environment variable
@@ -107,8 +120,8 @@ func defaults(m mode) *config {
 		logLevel:        "info",
 		httpAddr:        "127.0.0.1:7780",
 		name:            "tokend",
-		peerURLs:        []string{"http://127.0.0.1:2380"},
-		clientURLs:      []string{"http://127.0.0.1:2379"},
+		// peerURLs, clientURLs: https://127.0.0.1:2380 and :2379, http://
+		// with --insecure; set by validate.
 		clusterState:    "new",
 		clusterToken:    "tokend",
 		quotaBytes:      2 << 30,
@@ -124,6 +137,7 @@ func defaults(m mode) *config {
 		grace:           5 * time.Second,
 		shutdownTimeout: 10 * time.Second,
 		drainTimeout:    10 * time.Second,
+		peerAllowedCN:   pki.MemberCN,
 	}
 	return c
 }
@@ -138,8 +152,8 @@ func (c *config) options() []option {
 		{"http-addr", "host:port to listen on for /metrics, /healthz and /readyz (port 0 picks one)", stringVal(&c.httpAddr), nil},
 		{"advertise-http-addr", "host:port registered for people and tools to reach HTTP at (default: --http-addr if specific, else derived from the default route's interface; not registered if --http-addr is loopback and the cluster is not)", stringVal(&c.advHTTP), nil},
 		{"name", "etcd member name (unique in the cluster)", stringVal(&c.name), member},
-		{"peer-urls", "comma-separated etcd peer URLs to listen on (http://0.0.0.0:2380 listens on every address)", listVal(&c.peerURLs), member},
-		{"client-urls", "comma-separated etcd client URLs to listen on (http://0.0.0.0:2379 listens on every address)", listVal(&c.clientURLs), member},
+		{"peer-urls", "comma-separated etcd peer URLs to listen on (https://0.0.0.0:2380 listens on every address) (default https://127.0.0.1:2380; http:// with --insecure)", listVal(&c.peerURLs), member},
+		{"client-urls", "comma-separated etcd client URLs to listen on (https://0.0.0.0:2379 listens on every address) (default https://127.0.0.1:2379; http:// with --insecure)", listVal(&c.clientURLs), member},
 		{"advertise-peer-urls", "comma-separated etcd peer URLs the other members connect to (default: --peer-urls, with 0.0.0.0 replaced by a derived address)", listVal(&c.advPeerURLs), member},
 		{"advertise-client-urls", "comma-separated etcd client URLs advertised to clients (default: --client-urls, with 0.0.0.0 replaced by a derived address)", listVal(&c.advClientURLs), member},
 		{"initial-cluster", "etcd initial cluster, name=peerURL,... (default: this member alone)", stringVal(&c.initialCluster), member},
@@ -164,6 +178,18 @@ func (c *config) options() []option {
 		{"grace", "recovery grace period for a crashed worker's shards (fixed when the cluster is first created)", durationVal(&c.grace), member},
 		{"shutdown-timeout", "how long an orderly shutdown may take before it is forced", durationVal(&c.shutdownTimeout), nil},
 		{"drain-timeout", "on SIGTERM, how long the worker may hand its shards to other workers before stopping (0: stop at once, like SIGINT)", durationVal(&c.drainTimeout), nil},
+		{"insecure", "run etcd without TLS and without authentication (http:// URLs): anyone who reaches its client URL can rewrite the cluster's state", boolVal(&c.insecure), nil},
+		{"certs-dir", "directory with the files made by \"tokend certs\" (ca.crt, server-<name>.crt/.key, tokend.crt/.key); the all-in-one default creates them there on first start (default <data-dir>/pki; worker: ./tokend-data/pki)", stringVal(&c.certsDir), nil},
+		{"etcd-cert-file", "certificate the etcd member serves its client URLs with (default <certs-dir>/server-<name>.crt)", stringVal(&c.etcdCertFile), member},
+		{"etcd-key-file", "key of --etcd-cert-file (default <certs-dir>/server-<name>.key)", stringVal(&c.etcdKeyFile), member},
+		{"etcd-ca-file", "CA whose client certificates the etcd member accepts; the common name is the etcd user (default <certs-dir>/ca.crt)", stringVal(&c.etcdCAFile), member},
+		{"peer-cert-file", "certificate for etcd peer traffic, as server and client (default --etcd-cert-file)", stringVal(&c.peerCertFile), member},
+		{"peer-key-file", "key of --peer-cert-file (default --etcd-key-file)", stringVal(&c.peerKeyFile), member},
+		{"peer-ca-file", "CA of the other members' certificates (default --etcd-ca-file)", stringVal(&c.peerCAFile), member},
+		{"peer-cert-allowed-cn", "only peers whose certificate has this common name may connect (\"tokend certs\" makes member certificates with it; empty: any certificate of --peer-ca-file)", stringVal(&c.peerAllowedCN), member},
+		{"etcd-cacert", "CA that signed the etcd members' certificates, for this process's etcd client (default <certs-dir>/ca.crt)", stringVal(&c.etcdCACert), nil},
+		{"etcd-cert", "client certificate of this process's etcd client; its common name is the etcd user, tokend (default <certs-dir>/tokend.crt)", stringVal(&c.etcdCert), nil},
+		{"etcd-key", "key of --etcd-cert (default <certs-dir>/tokend.key)", stringVal(&c.etcdKey), nil},
 	}
 }
 
@@ -226,6 +252,7 @@ func loadConfig(m mode, args []string, getenv func(string) string, usage io.Writ
 			return nil, fmt.Errorf("%w: %s: %v", errConfig, envName("config"), err)
 		}
 	}
+	fileSet := map[string]bool{}
 	if c.configFile != "" {
 		file, err := readConfigFile(c.configFile)
 		if err != nil {
@@ -246,6 +273,7 @@ func loadConfig(m mode, args []string, getenv func(string) string, usage io.Writ
 			if err := fs.Set(k, file[k]); err != nil {
 				return nil, fmt.Errorf("%w: %s: key %q: %v", errConfig, c.configFile, k, err)
 			}
+			fileSet[k] = true
 		}
 	}
 	for name, v := range fromEnv {
@@ -254,6 +282,12 @@ func loadConfig(m mode, args []string, getenv func(string) string, usage io.Writ
 		}
 		if err := fs.Set(name, v); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", errConfig, envName(name), err)
+		}
+	}
+	c.set = map[string]bool{}
+	for name := range byName {
+		if fromFlags[name] || fromEnv[name] != "" || fileSet[name] {
+			c.set[name] = true
 		}
 	}
 	if err := c.validate(); err != nil {
@@ -370,8 +404,8 @@ func (c *config) validate() error {
 				if err != nil {
 					return bad("etcd-endpoints", "%q: %v", e, err)
 				}
-				if u.Scheme != "http" && u.Scheme != "https" {
-					return bad("etcd-endpoints", "%q: scheme must be http or https", e)
+				if err := c.checkScheme(u.Scheme); err != nil {
+					return bad("etcd-endpoints", "%q: %v", e, err)
 				}
 				hp = u.Host
 			}
@@ -379,6 +413,7 @@ func (c *config) validate() error {
 				return bad("etcd-endpoints", "%q: %v", e, err)
 			}
 		}
+		c.defaultTLSFiles()
 		return nil
 	}
 
@@ -392,6 +427,17 @@ func (c *config) validate() error {
 	if !validID(c.name) {
 		return bad("name", "%q: use 1-64 letters, digits, '.', '_' or '-'", c.name)
 	}
+	scheme := "https"
+	if c.insecure {
+		scheme = "http"
+	}
+	if len(c.peerURLs) == 0 {
+		c.peerURLs = []string{scheme + "://127.0.0.1:2380"}
+	}
+	if len(c.clientURLs) == 0 {
+		c.clientURLs = []string{scheme + "://127.0.0.1:2379"}
+	}
+	c.defaultTLSFiles()
 	for _, f := range []struct {
 		flag string
 		urls []string
@@ -400,7 +446,7 @@ func (c *config) validate() error {
 			return bad(f.flag, "at least one URL is needed")
 		}
 		for _, s := range f.urls {
-			if err := checkURL(s); err != nil {
+			if err := c.checkURL(s); err != nil {
 				return bad(f.flag, "%q: %v", s, err)
 			}
 		}
@@ -433,7 +479,7 @@ func (c *config) validate() error {
 		if !ok || name == "" {
 			return bad("initial-cluster", "%q: want name=peerURL", m)
 		}
-		if err := checkURL(u); err != nil {
+		if err := c.checkURL(u); err != nil {
 			return bad("initial-cluster", "%q: %v", m, err)
 		}
 		if name == c.name {
@@ -523,18 +569,33 @@ func anyUnspecified(urls []string) bool {
 	return false
 }
 
-func checkURL(s string) error {
+// checkURL checks an etcd member URL: https://host:port, or http:// with
+// --insecure.
+func (c *config) checkURL(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
 		return err
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("scheme must be http or https")
+	if err := c.checkScheme(u.Scheme); err != nil {
+		return err
 	}
 	if u.Path != "" && u.Path != "/" || u.RawQuery != "" {
 		return fmt.Errorf("must not have a path or query")
 	}
 	return checkHostPort(u.Host, false)
+}
+
+// checkScheme accepts https for a secure etcd and http for an insecure one.
+func (c *config) checkScheme(scheme string) error {
+	switch {
+	case scheme == "https" && !c.insecure, scheme == "http" && c.insecure:
+		return nil
+	case scheme == "http":
+		return fmt.Errorf("plain http, but etcd runs with TLS unless --insecure: use https:// (or --insecure to run without TLS and authentication)")
+	case scheme == "https":
+		return fmt.Errorf("https, but --insecure runs etcd without TLS: use http://, or drop --insecure")
+	}
+	return fmt.Errorf("scheme must be https (http with --insecure)")
 }
 
 // checkWritableDir creates dir if needed and proves it is writable.

@@ -29,7 +29,7 @@ func writeFile(t *testing.T, body string) string {
 
 func TestConfigPrecedence(t *testing.T) {
 	dir := t.TempDir()
-	file := writeFile(t, "udp-addr: 127.0.0.1:7001\nhttp-addr: 127.0.0.1:8001\nlog-level: warn\nshards: 64\npeer-urls: [\"http://127.0.0.1:3380\"]\n")
+	file := writeFile(t, "udp-addr: 127.0.0.1:7001\nhttp-addr: 127.0.0.1:8001\nlog-level: warn\nshards: 64\npeer-urls: [\"https://127.0.0.1:3380\"]\n")
 	tests := []struct {
 		name string
 		args []string
@@ -43,31 +43,31 @@ func TestConfigPrecedence(t *testing.T) {
 			name: "defaults",
 			args: []string{"--data-dir", dir},
 			env:  env(),
-			udp:  "127.0.0.1:7700", http: "127.0.0.1:7780", level: "info", shards: 4096, peers: "http://127.0.0.1:2380",
+			udp:  "127.0.0.1:7700", http: "127.0.0.1:7780", level: "info", shards: 4096, peers: "https://127.0.0.1:2380",
 		},
 		{
 			name: "file over defaults",
 			args: []string{"--data-dir", dir, "--config", file},
 			env:  env(),
-			udp:  "127.0.0.1:7001", http: "127.0.0.1:8001", level: "warn", shards: 64, peers: "http://127.0.0.1:3380",
+			udp:  "127.0.0.1:7001", http: "127.0.0.1:8001", level: "warn", shards: 64, peers: "https://127.0.0.1:3380",
 		},
 		{
 			name: "env over file",
 			args: []string{"--data-dir", dir, "--config", file},
 			env:  env("TOKEND_UDP_ADDR", "127.0.0.1:7002", "TOKEND_SHARDS", "128"),
-			udp:  "127.0.0.1:7002", http: "127.0.0.1:8001", level: "warn", shards: 128, peers: "http://127.0.0.1:3380",
+			udp:  "127.0.0.1:7002", http: "127.0.0.1:8001", level: "warn", shards: 128, peers: "https://127.0.0.1:3380",
 		},
 		{
 			name: "flag over env over file",
 			args: []string{"--data-dir", dir, "--config", file, "--udp-addr", "127.0.0.1:7003", "--log-level=debug"},
 			env:  env("TOKEND_UDP_ADDR", "127.0.0.1:7002", "TOKEND_LOG_LEVEL", "error"),
-			udp:  "127.0.0.1:7003", http: "127.0.0.1:8001", level: "debug", shards: 64, peers: "http://127.0.0.1:3380",
+			udp:  "127.0.0.1:7003", http: "127.0.0.1:8001", level: "debug", shards: 64, peers: "https://127.0.0.1:3380",
 		},
 		{
 			name: "config file named by env",
 			args: []string{"--data-dir", dir},
 			env:  env("TOKEND_CONFIG", file),
-			udp:  "127.0.0.1:7001", http: "127.0.0.1:8001", level: "warn", shards: 64, peers: "http://127.0.0.1:3380",
+			udp:  "127.0.0.1:7001", http: "127.0.0.1:8001", level: "warn", shards: 64, peers: "https://127.0.0.1:3380",
 		},
 	}
 	for _, tt := range tests {
@@ -85,7 +85,7 @@ func TestConfigPrecedence(t *testing.T) {
 
 func TestConfigDerived(t *testing.T) {
 	c, err := loadConfig(modeServer, []string{"--data-dir", t.TempDir(), "--name", "s2",
-		"--peer-urls", "http://127.0.0.1:2480", "--initial-cluster", "s1=http://127.0.0.1:2380,s2=http://127.0.0.1:2480"}, env(), io.Discard)
+		"--peer-urls", "https://127.0.0.1:2480", "--initial-cluster", "s1=https://127.0.0.1:2380,s2=https://127.0.0.1:2480"}, env(), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestConfigDerived(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.initialCluster != "tokend=http://127.0.0.1:2380" || !c.runWorker || c.workerTTL != 5*time.Second {
+	if c.initialCluster != "tokend=https://127.0.0.1:2380" || !c.runWorker || c.workerTTL != 5*time.Second {
 		t.Errorf("derived defaults: cluster=%q worker=%v ttl=%v", c.initialCluster, c.runWorker, c.workerTTL)
 	}
 }
@@ -119,12 +119,12 @@ func TestConfigErrors(t *testing.T) {
 		{"unwritable dir", modeAll, []string{"--data-dir", filepath.Join(notDir, "sub")}, nil, "", "--data-dir:"},
 		{"empty dir", modeAll, []string{"--data-dir", ""}, nil, "", "--data-dir: must not be empty"},
 		{"malformed url", modeAll, []string{"--peer-urls", "http//127.0.0.1:2380"}, nil, "", "--peer-urls:"},
-		{"url scheme", modeAll, []string{"--client-urls", "tcp://127.0.0.1:2379"}, nil, "", "--client-urls: \"tcp://127.0.0.1:2379\": scheme must be http or https"},
-		{"url port zero", modeAll, []string{"--client-urls", "http://127.0.0.1:0"}, nil, "", "--client-urls:"},
-		{"url path", modeAll, []string{"--client-urls", "http://127.0.0.1:2379/x"}, nil, "", "must not have a path"},
+		{"url scheme", modeAll, []string{"--client-urls", "tcp://127.0.0.1:2379"}, nil, "", "--client-urls: \"tcp://127.0.0.1:2379\": scheme must be https (http with --insecure)"},
+		{"url port zero", modeAll, []string{"--client-urls", "https://127.0.0.1:0"}, nil, "", "--client-urls:"},
+		{"url path", modeAll, []string{"--client-urls", "https://127.0.0.1:2379/x"}, nil, "", "must not have a path"},
 		{"cluster state", modeServer, []string{"--cluster-state", "old"}, nil, "", "--cluster-state: \"old\" is not new or existing"},
 		{"initial cluster syntax", modeServer, []string{"--initial-cluster", "s1"}, nil, "", "--initial-cluster: \"s1\": want name=peerURL"},
-		{"initial cluster misses me", modeServer, []string{"--name", "s9", "--initial-cluster", "s1=http://127.0.0.1:2380"}, nil, "", "does not name this member \"s9\""},
+		{"initial cluster misses me", modeServer, []string{"--name", "s9", "--initial-cluster", "s1=https://127.0.0.1:2380"}, nil, "", "does not name this member \"s9\""},
 		{"bad name", modeServer, []string{"--name", "a b"}, nil, "", "--name:"},
 		{"log format", modeAll, []string{"--log-format", "xml"}, nil, "", "--log-format: \"xml\" is not text or json"},
 		{"log level", modeAll, []string{"--log-level", "loud"}, nil, "", "--log-level:"},
@@ -141,7 +141,7 @@ func TestConfigErrors(t *testing.T) {
 		{"handoff addr", modeWorker, []string{"--handoff-addr", "127.0.0.1"}, nil, "", "--handoff-addr:"},
 		{"announce cluster empty", modeWorker, []string{"--announce", "--announce-cluster", ""}, nil, "", "--announce-cluster:"},
 		{"etcd endpoints", modeWorker, []string{"--etcd-endpoints", "127.0.0.1"}, nil, "", "--etcd-endpoints:"},
-		{"etcd endpoint scheme", modeWorker, []string{"--etcd-endpoints", "ftp://127.0.0.1:2379"}, nil, "", "scheme must be http or https"},
+		{"etcd endpoint scheme", modeWorker, []string{"--etcd-endpoints", "ftp://127.0.0.1:2379"}, nil, "", "scheme must be https (http with --insecure)"},
 		{"flag of another mode", modeWorker, []string{"--data-dir", "x"}, nil, "", "flag provided but not defined: -data-dir"},
 		{"stray argument", modeAll, []string{"extra"}, nil, "", "unexpected argument \"extra\""},
 		{"bad env value", modeAll, nil, env("TOKEND_SHARDS", "lots"), "", "TOKEND_SHARDS: \"lots\" is not an integer"},

@@ -10,6 +10,12 @@
 // forces the exit.
 //
 //	tokend up         a local cluster: N servers and M workers as separate processes on loopback
+//	tokend certs      the CA and certificates for etcd's TLS and authentication
+//
+// etcd runs over TLS with client certificates and authentication unless
+// --insecure: the all-in-one default creates its CA and certificates in
+// <data-dir>/pki on first start; servers and workers use those "tokend
+// certs" made (see tls.go).
 //
 // Every flag can also be given as a TOKEND_* environment variable or a key in
 // a YAML file (--config). Run "tokend <mode> -h" for the list.
@@ -37,7 +43,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
@@ -61,6 +66,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			m = modeWorker
 		case "up":
 			return runUp(args[1:], stdout, stderr)
+		case "certs":
+			return runCerts(args[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintln(stdout, "tokend", cluster.Version)
 			return 0
@@ -89,6 +96,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log := newLogger(cfg, stderr)
 	for _, n := range notes {
 		log.Info(n)
+	}
+	if err := cfg.prepareTLS(log); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
 	}
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -146,6 +157,7 @@ const usageText = `Usage:
   tokend server [flags]   run one server of a cluster: etcd member, coordinator, optional worker
   tokend worker [flags]   run a worker that joins a cluster through --etcd-endpoints
   tokend up [flags]       run a local cluster: servers and workers as processes on loopback
+  tokend certs [flags]    make the CA and certificates etcd's TLS and authentication need
   tokend version          print the version
 Run "tokend <command> -h" for the flags of a command.
 `
@@ -208,11 +220,7 @@ func (d *daemon) start(ctx context.Context) error {
 	if cfg.mode != modeWorker {
 		endpoints = localURLs(cfg.clientURLs)
 	}
-	d.client, err = clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	d.client, err = cluster.Dial(cluster.DialConfig{Endpoints: endpoints, TLS: cfg.clientTLS()})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
@@ -235,6 +243,7 @@ func (d *daemon) start(ctx context.Context) error {
 	if cfg.mode != modeWorker {
 		d.log.Info("starting etcd member", "name", cfg.name, "dir", cfg.memberDir(),
 			"client", cfg.advClientURLs, "peer", cfg.advPeerURLs, "listen_client", cfg.clientURLs, "listen_peer", cfg.peerURLs)
+		clientTLS, peerTLS, allowedCNs := cfg.memberTLS()
 		member, err := embedded.Start(ctx, embedded.Config{
 			Name:                cfg.name,
 			Dir:                 cfg.memberDir(),
@@ -247,6 +256,9 @@ func (d *daemon) start(ctx context.Context) error {
 			ClusterToken:        cfg.clusterToken,
 			QuotaBackendBytes:   cfg.quotaBytes,
 			CompactionRetention: cfg.compaction,
+			ClientTLS:           clientTLS,
+			PeerTLS:             peerTLS,
+			PeerAllowedCNs:      allowedCNs,
 		})
 		if err != nil {
 			return err
@@ -431,7 +443,7 @@ func (d *daemon) printEndpoints() {
 	if cfg.mode == modeWorker {
 		ep = strings.TrimPrefix(strings.TrimPrefix(firstOr(cfg.etcdEndpoints, nil), "http://"), "https://")
 	}
-	fmt.Fprintf(w, "Try, in another terminal:\n  go tool etcdctl --endpoints=%s get --prefix /tokend/\n", ep)
+	fmt.Fprintf(w, "Try, in another terminal:\n  %s\n", cfg.etcdctlHint(ep))
 }
 
 func firstOr(a, b []string) string {

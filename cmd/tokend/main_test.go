@@ -8,15 +8,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 )
@@ -68,9 +69,22 @@ func waitReady(t *testing.T, p *testProc, httpAddr string, within time.Duration)
 	p.WaitReady(httpAddr, within)
 }
 
+// etcdClient returns a plain client: for a cluster started with --insecure.
 func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	return secureClient(t, "", endpoints...)
+}
+
+// secureClient returns a client acting as etcd user root with the
+// certificates in certsDir, or a plain one if certsDir is "".
+func secureClient(t *testing.T, certsDir string, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	var tc *cluster.ClientTLS
+	if certsDir != "" {
+		tc = &cluster.ClientTLS{CAFile: filepath.Join(certsDir, pki.CACertFile),
+			CertFile: filepath.Join(certsDir, pki.ClientCertFile(pki.UserRoot)), KeyFile: filepath.Join(certsDir, pki.ClientKeyFile(pki.UserRoot))}
+	}
+	cli, err := cluster.Dial(cluster.DialConfig{Endpoints: endpoints, TLS: tc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +100,16 @@ type allInOne struct {
 func (a allInOne) args() []string {
 	return []string{
 		"--data-dir", a.dir,
-		"--client-urls", fmt.Sprintf("http://127.0.0.1:%d", a.client),
-		"--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", a.peer),
+		"--client-urls", fmt.Sprintf("https://127.0.0.1:%d", a.client),
+		"--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", a.peer),
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", a.http),
 		"--udp-addr", fmt.Sprintf("127.0.0.1:%d", a.udp),
 		"--worker-id", "w1",
 	}
 }
+
+// certs is where the all-in-one default keeps its certificates.
+func (a allInOne) certs() string { return filepath.Join(a.dir, "pki") }
 
 func newAllInOne(t *testing.T) allInOne {
 	return allInOne{dir: t.TempDir(), client: freePort(t), peer: freePort(t), http: freePort(t), udp: freePort(t)}
@@ -109,11 +126,25 @@ func TestAllInOne(t *testing.T) {
 	p := startProc(t, a.args()...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", a.http)
 	waitReady(t, p, httpAddr, 30*time.Second)
-	if out := p.Out.String(); !strings.Contains(out, "go tool etcdctl --endpoints=127.0.0.1:") || !strings.Contains(out, "is up") {
-		t.Errorf("startup banner missing endpoints or first command:\n%s", out)
+	wantHint := fmt.Sprintf("go tool etcdctl --endpoints=127.0.0.1:%d --cacert=%s --cert=%s --key=%s get --prefix /tokend/", a.client,
+		filepath.Join(a.certs(), "ca.crt"), filepath.Join(a.certs(), "root.crt"), filepath.Join(a.certs(), "root.key"))
+	if out := p.Out.String(); !strings.Contains(out, wantHint) || !strings.Contains(out, "is up") ||
+		!strings.Contains(out, fmt.Sprintf("etcd client   https://127.0.0.1:%d", a.client)) {
+		t.Errorf("startup banner missing endpoints or first command %q:\n%s", wantHint, out)
 	}
+	// The secure default made its CA and certificates, keys private.
+	for _, f := range []string{"ca.crt", "ca.key", "server-tokend.crt", "server-tokend.key", "tokend.crt", "tokend.key", "root.crt", "root.key"} {
+		fi, err := os.Stat(filepath.Join(a.certs(), f))
+		if err != nil {
+			t.Fatalf("certificates: %v", err)
+		}
+		if strings.HasSuffix(f, ".key") && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	caBefore, _ := os.ReadFile(filepath.Join(a.certs(), "ca.crt"))
 
-	cli := etcdClient(t, fmt.Sprintf("127.0.0.1:%d", a.client))
+	cli := secureClient(t, a.certs(), fmt.Sprintf("127.0.0.1:%d", a.client))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, cluster.Prefix, clientv3.WithPrefix())
@@ -167,9 +198,15 @@ func TestAllInOne(t *testing.T) {
 	}
 	t.Logf("stopped in %v", took)
 
-	// Restart on the same data dir.
+	// Restart on the same data dir: same CA, nothing made again.
 	p2 := startProc(t, a.args()...)
 	waitReady(t, p2, httpAddr, 30*time.Second)
+	if caAfter, _ := os.ReadFile(filepath.Join(a.certs(), "ca.crt")); string(caAfter) != string(caBefore) {
+		t.Error("the restart made a new CA")
+	}
+	if strings.Contains(p2.Out.String(), "created the etcd CA") {
+		t.Error("the restart created certificates again")
+	}
 	if code, _ := p2.stop(syscall.SIGTERM, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM on restart", code)
 	}
@@ -191,10 +228,10 @@ func TestWorkerKeyVanishesOnKill(t *testing.T) {
 		"--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", a.client),
 		"--udp-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", whttp),
-		"--worker-id", "w2", "--worker-ttl", ttl.String())
+		"--worker-id", "w2", "--worker-ttl", ttl.String(), "--certs-dir", a.certs())
 	waitReady(t, wp, fmt.Sprintf("127.0.0.1:%d", whttp), 30*time.Second)
 
-	cli := etcdClient(t, fmt.Sprintf("127.0.0.1:%d", a.client))
+	cli := secureClient(t, a.certs(), fmt.Sprintf("127.0.0.1:%d", a.client))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	key := cluster.WorkerKey("w2")
@@ -239,14 +276,18 @@ func TestThreeServers(t *testing.T) {
 	for i := range servers {
 		s := &srv{name: fmt.Sprintf("s%d", i+1), client: freePort(t), peer: freePort(t), http: freePort(t)}
 		servers[i] = s
-		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", s.name, s.peer))
+		initial = append(initial, fmt.Sprintf("%s=https://127.0.0.1:%d", s.name, s.peer))
 	}
 	dir := t.TempDir()
+	// What tokend up does before it starts servers on one machine.
+	if _, err := writeLocalCerts(filepath.Join(dir, "pki"), []pki.Server{{Name: "s1"}, {Name: "s2"}, {Name: "s3"}}); err != nil {
+		t.Fatal(err)
+	}
 	var endpoints []string
 	for i, s := range servers {
 		args := []string{"server", "--name", s.name, "--data-dir", dir,
-			"--client-urls", fmt.Sprintf("http://127.0.0.1:%d", s.client),
-			"--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", s.peer),
+			"--client-urls", fmt.Sprintf("https://127.0.0.1:%d", s.client),
+			"--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", s.peer),
 			"--http-addr", fmt.Sprintf("127.0.0.1:%d", s.http),
 			"--initial-cluster", strings.Join(initial, ","),
 		}
@@ -259,7 +300,7 @@ func TestThreeServers(t *testing.T) {
 	for _, s := range servers {
 		waitReady(t, s.p, fmt.Sprintf("127.0.0.1:%d", s.http), 60*time.Second)
 	}
-	cli := etcdClient(t, endpoints...)
+	cli := secureClient(t, filepath.Join(dir, "pki"), endpoints...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

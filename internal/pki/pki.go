@@ -148,8 +148,8 @@ func LoadCA(dir string) (*CA, error) {
 // hosts (DNS names or IP addresses) as a TLS server and as a client (members
 // dial each other with it). Its common name is MemberCN.
 func (ca *CA) IssueServer(name string, hosts []string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
-	if !dnsName(name) {
-		return nil, nil, fmt.Errorf("%w: server name %q: use letters, digits, '-' and '.'", ErrBadName, name)
+	if err := checkServer(name, hosts); err != nil {
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: MemberCN, Organization: []string{"tokend"}},
@@ -158,22 +158,33 @@ func (ca *CA) IssueServer(name string, hosts []string, now time.Time, validity t
 	}
 	for _, h := range hosts {
 		h = strings.TrimSpace(h)
-		switch ip := net.ParseIP(h); {
-		case ip != nil && ip.IsUnspecified():
-			return nil, nil, fmt.Errorf("%w: host %q of %s: an unspecified address names no host; give the address others connect to", ErrBadName, h, name)
-		case ip != nil:
+		if ip := net.ParseIP(h); ip != nil {
 			if !slices.ContainsFunc(tmpl.IPAddresses, ip.Equal) {
 				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 			}
-		case dnsName(h):
-			if !slices.Contains(tmpl.DNSNames, h) {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
-		default:
-			return nil, nil, fmt.Errorf("%w: host %q of %s: not an IP address or DNS name", ErrBadName, h, name)
+		} else if !slices.Contains(tmpl.DNSNames, h) {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
 	return ca.issue(tmpl, now, validity)
+}
+
+// checkServer accepts a member name that is a DNS label or name, and hosts
+// that are specific IP addresses or DNS names.
+func checkServer(name string, hosts []string) error {
+	if !dnsName(name) {
+		return fmt.Errorf("%w: server name %q: use letters, digits, '-' and '.'", ErrBadName, name)
+	}
+	for _, h := range hosts {
+		h = strings.TrimSpace(h)
+		switch ip := net.ParseIP(h); {
+		case ip != nil && ip.IsUnspecified():
+			return fmt.Errorf("%w: host %q of %s: an unspecified address names no host; give the address others connect to", ErrBadName, h, name)
+		case ip == nil && !dnsName(h):
+			return fmt.Errorf("%w: host %q of %s: not an IP address or DNS name", ErrBadName, h, name)
+		}
+	}
+	return nil
 }
 
 // IssueClient makes a client certificate for etcd user: its common name is
@@ -262,8 +273,8 @@ func Write(req Request) (Result, error) {
 	}
 	// Check names before anything is written.
 	for _, s := range req.Servers {
-		if !dnsName(s.Name) {
-			return res, fmt.Errorf("%w: server name %q: use letters, digits, '-' and '.'", ErrBadName, s.Name)
+		if err := checkServer(s.Name, s.Hosts); err != nil {
+			return res, err
 		}
 	}
 	for _, u := range req.Users {
