@@ -114,12 +114,12 @@ func envName(flagName string) string {
 // defaults returns the configuration before any flag, variable or file.
 func defaults(m mode) *config {
 	c := &config{
-		mode:            m,
-		dataDir:         "./tokend-data",
-		logFormat:       "text",
-		logLevel:        "info",
-		httpAddr:        "127.0.0.1:7780",
-		name:            "tokend",
+		mode:      m,
+		dataDir:   "./tokend-data",
+		logFormat: "text",
+		logLevel:  "info",
+		httpAddr:  "127.0.0.1:7780",
+		name:      "tokend",
 		// peerURLs, clientURLs: https://127.0.0.1:2380 and :2379, http://
 		// with --insecure; set by validate.
 		clusterState:    "new",
