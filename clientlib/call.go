@@ -286,8 +286,6 @@ func (c *Client) targetLocked(cl *call) (netip.AddrPort, uint32, bool) {
 	return rt.addr, rt.epoch, true
 }
 
-// send (re)sends cl with a fresh ack and map version. It reports false when
-// there is nowhere to send it (no owner known for the shard).
 // routeMoved reports whether cl would now go to another worker or epoch
 // than it was last sent to.
 func (c *Client) routeMoved(cl *call) bool {
@@ -297,6 +295,8 @@ func (c *Client) routeMoved(cl *call) bool {
 	return ok && (dest != cl.dest || epoch != cl.epoch)
 }
 
+// send (re)sends cl with a fresh ack and map version. It reports false when
+// there is nowhere to send it (no owner known for the shard).
 func (c *Client) send(cl *call) bool {
 	c.mu.Lock()
 	dest, epoch, ok := c.targetLocked(cl)
