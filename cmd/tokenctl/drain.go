@@ -9,7 +9,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
@@ -47,9 +46,9 @@ func cmdDrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	id := fs.Arg(0)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: splitList(c.etcd), DialTimeout: *timeout, Logger: zap.NewNop()})
+	cli, err := c.tls.dial(c.etcd, *timeout)
 	if err != nil {
-		return fmt.Errorf("--etcd %s: %w", c.etcd, err)
+		return err
 	}
 	defer cli.Close()
 
@@ -129,9 +128,9 @@ func cmdUndrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	id := fs.Arg(0)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: splitList(c.etcd), DialTimeout: *timeout, Logger: zap.NewNop()})
+	cli, err := c.tls.dial(c.etcd, *timeout)
 	if err != nil {
-		return fmt.Errorf("--etcd %s: %w", c.etcd, err)
+		return err
 	}
 	defer cli.Close()
 	resp, err := cli.Delete(ctx, cluster.DrainKey(id))

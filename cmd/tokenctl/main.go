@@ -120,6 +120,7 @@ type common struct {
 	output string
 	seeds  string
 	etcd   string
+	tls    etcdFlags
 }
 
 func (c *common) register(fs *flag.FlagSet, seeds, etcd bool) {
@@ -129,6 +130,7 @@ func (c *common) register(fs *flag.FlagSet, seeds, etcd bool) {
 	}
 	if etcd {
 		fs.StringVar(&c.etcd, "etcd", envOr("TOKENCTL_ETCD", "127.0.0.1:2379"), "comma-separated etcd client endpoints")
+		c.tls.register(fs)
 	}
 }
 

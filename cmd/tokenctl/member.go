@@ -17,7 +17,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 )
 
@@ -101,17 +100,21 @@ func cmdMember(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if len(urls) == 0 {
 			return usageErr("member %s: --peer-urls is required", sub)
 		}
+		scheme := "https"
+		if c.tls.insecure {
+			scheme = "http"
+		}
 		for _, u := range urls {
-			if p, err := url.Parse(u); err != nil || p.Scheme != "http" || p.Host == "" {
-				return usageErr("member %s: --peer-urls: %q is not http://host:port", sub, u)
+			if p, err := url.Parse(u); err != nil || p.Scheme != scheme || p.Host == "" {
+				return usageErr("member %s: --peer-urls: %q is not %s://host:port (https unless the cluster runs with --insecure)", sub, u, scheme)
 			}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: splitList(c.etcd), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := c.tls.dial(c.etcd, 5*time.Second)
 	if err != nil {
-		return fmt.Errorf("--etcd %s: %w", c.etcd, err)
+		return err
 	}
 	defer cli.Close()
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokend/tokend/embedded"
 	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/internal/pki"
 )
 
 // TestMemberReplace is the README's server replacement with tokenctl:
@@ -17,12 +18,12 @@ import (
 // with an empty data dir; add and remove by id work on a member that never
 // started.
 func TestMemberReplace(t *testing.T) {
-	ms, cli := etcdtest.StartCluster(t, 3)
+	ms, cli, certs := etcdtest.StartSecureCluster(t, 3)
 	etcd := strings.Join(cli.Endpoints(), ",")
 	member := func(wantCode int, args ...string) string {
 		t.Helper()
 		var out, errOut strings.Builder
-		code := run(context.Background(), append([]string{"member"}, append(args, "--etcd", etcd)...), &out, &errOut)
+		code := run(context.Background(), append([]string{"member"}, append(args, "--etcd", etcd, "--certs-dir", certs)...), &out, &errOut)
 		if code != wantCode {
 			t.Fatalf("tokenctl member %v: exit %d, want %d\n%s%s", args, code, wantCode, out.String(), errOut.String())
 		}
@@ -54,9 +55,12 @@ func TestMemberReplace(t *testing.T) {
 		t.Errorf("remove of no member: %s", out)
 	}
 
-	// s3 dies; s4 replaces it.
+	// s3 dies; s4 replaces it, with a certificate of the same CA.
 	ms[2].Close()
-	cfg := etcdtest.Config(t, "s4")
+	if _, err := pki.Write(pki.Request{Dir: certs, Servers: []pki.Server{{Name: "s4", Hosts: []string{"127.0.0.1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := etcdtest.SecureConfig(t, "s4", certs)
 	out = member(exitOK, "replace", "s3", "--name", "s4", "--peer-urls", cfg.PeerURLs[0], "-o", "json")
 	var a added
 	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &a); err != nil {
@@ -78,7 +82,7 @@ func TestMemberReplace(t *testing.T) {
 	}
 
 	// A member added and never started is removed by its id.
-	out = member(exitOK, "add", "s5", "--peer-urls", etcdtest.FreeURL(t))
+	out = member(exitOK, "add", "s5", "--peer-urls", "https"+strings.TrimPrefix(etcdtest.FreeURL(t), "http"))
 	if !strings.Contains(out, "TOKEND_NAME=s5") || !strings.Contains(out, "TOKEND_CLUSTER_STATE=existing") {
 		t.Errorf("add printed %s", out)
 	}
@@ -103,7 +107,8 @@ func TestMemberReplace(t *testing.T) {
 		{nil, "want list, add, remove or replace"},
 		{[]string{"frob"}, "unknown command"},
 		{[]string{"add", "s6"}, "--peer-urls is required"},
-		{[]string{"add", "--peer-urls", "https://x:1", "s6"}, "not http://host:port"},
+		{[]string{"add", "--peer-urls", "http://x:1", "s6"}, "not https://host:port"},
+		{[]string{"add", "--insecure", "--peer-urls", "https://x:1", "s6"}, "not http://host:port"},
 		{[]string{"remove"}, "want 1 argument"},
 		{[]string{"list", "x"}, "want 0 argument"},
 	} {

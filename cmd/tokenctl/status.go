@@ -13,7 +13,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
@@ -55,9 +54,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: splitList(c.etcd), DialTimeout: *timeout, Logger: zap.NewNop()})
+	cli, err := c.tls.dial(c.etcd, *timeout)
 	if err != nil {
-		return fmt.Errorf("--etcd %s: %w", c.etcd, err)
+		return err
 	}
 	defer cli.Close()
 	resp, err := cli.Get(ctx, cluster.Prefix, clientv3.WithPrefix())
