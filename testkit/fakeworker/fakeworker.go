@@ -80,7 +80,7 @@ const (
 	// Resent: a request seen before was answered from the reply cache.
 	Resent
 	// Expired: session Header.Session ended: its TTL ran out without a
-	// renewal.
+	// renewal. Worker is -1.
 	Expired
 	// Sent: a worker is about to send Pkt to Peer.
 	Sent
@@ -506,28 +506,6 @@ func (c *Cluster) Revoke(w int, id uint64, name string, fence uint64, mode wire.
 	return err
 }
 
-// Sessions returns the ids of the live sessions, sorted.
-func (c *Cluster) Sessions() []uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ids := make([]uint64, 0, len(c.sessions))
-	for id := range c.sessions {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids
-}
-
-// SessionAddr returns the address session id last sent from.
-func (c *Cluster) SessionAddr(id uint64) net.Addr {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.sessions[id]; s != nil {
-		return s.addr
-	}
-	return nil
-}
-
 // Grants returns the grants worker w's tables hold on name, by fence.
 func (c *Cluster) Grants(w int, name string) []Grant {
 	c.mu.Lock()
@@ -748,11 +726,7 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 		}
 		return
 	}
-	core := w.cores[s.id]
-	if core == nil {
-		core = session.New(session.Config{Cap: 1024, Hard: 4096, Seed: c.cfg.Seed ^ s.id})
-		w.cores[s.id] = core
-	}
+	core := w.core(c, s.id)
 	v, cached := core.Decide(h)
 	if v == session.Stale {
 		return
@@ -1007,14 +981,11 @@ func (w *worker) async(c *Cluster, ob *outbox, shard uint32, o *table.Output) {
 // revoke starts a REVOKE of grant fence from session id (one outstanding
 // per grant, mode and range). Caller holds mu.
 func (w *worker) revoke(c *Cluster, ob *outbox, id uint64, shard uint32, fence uint64, mode wire.Mode, start, end uint64, name string) error {
-	core, s := w.cores[id], c.sessions[id]
+	s := c.sessions[id]
 	if s == nil {
 		return fmt.Errorf("fakeworker: no session %#x", id)
 	}
-	if core == nil {
-		core = session.New(session.Config{Cap: 1024, Hard: 4096, Seed: c.cfg.Seed ^ s.id})
-		w.cores[s.id] = core
-	}
+	core := w.core(c, id)
 	k := session.RevokeKey{Shard: shard, Fence: fence, Mode: mode, Start: start, End: end}
 	var encErr error
 	p, _, err := core.Revoke(k, ob.now, func(seq uint64) ([]byte, error) {
@@ -1029,6 +1000,17 @@ func (w *worker) revoke(c *Cluster, ob *outbox, id uint64, shard uint32, fence u
 	}
 	c.send(ob, w, p, s.addr)
 	return nil
+}
+
+// core returns the worker's state of session id, made on first use with
+// the worker's bounds (SPEC §11).
+func (w *worker) core(c *Cluster, id uint64) *session.Session {
+	core := w.cores[id]
+	if core == nil {
+		core = session.New(session.Config{Cap: 16384, Hard: 2 * 16384, Seed: c.cfg.Seed ^ id})
+		w.cores[id] = core
+	}
+	return core
 }
 
 // endSessionLocked ends session id at every worker. Caller holds mu.
