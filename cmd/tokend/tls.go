@@ -219,11 +219,18 @@ func (c *config) etcdctlHint(endpoint string) string {
 	if c.insecure {
 		return "go tool etcdctl --endpoints=" + endpoint + " get --prefix /tokend/"
 	}
-	cert, key := c.etcdCert, c.etcdKey
-	if root := filepath.Join(c.certsDir, pki.ClientCertFile(pki.UserRoot)); fileExists(root) {
-		cert, key = root, filepath.Join(c.certsDir, pki.ClientKeyFile(pki.UserRoot))
+	flags := fmt.Sprintf("--cacert=%s --cert=%s --key=%s", c.etcdCACert, c.etcdCert, c.etcdKey)
+	if fileExists(filepath.Join(c.certsDir, pki.ClientCertFile(pki.UserRoot))) {
+		flags = etcdctlFlags(c.certsDir)
 	}
-	return fmt.Sprintf("go tool etcdctl --endpoints=%s --cacert=%s --cert=%s --key=%s get --prefix /tokend/", endpoint, c.etcdCACert, cert, key)
+	return "go tool etcdctl --endpoints=" + endpoint + " " + flags + " get --prefix /tokend/"
+}
+
+// etcdctlFlags are the etcdctl flags that authenticate as root with the
+// files writeLocalCerts made in dir (for tokend up's banner, too).
+func etcdctlFlags(dir string) string {
+	return fmt.Sprintf("--cacert=%s --cert=%s --key=%s", filepath.Join(dir, pki.CACertFile),
+		filepath.Join(dir, pki.ClientCertFile(pki.UserRoot)), filepath.Join(dir, pki.ClientKeyFile(pki.UserRoot)))
 }
 
 func fileExists(p string) bool {
