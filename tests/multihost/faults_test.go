@@ -150,11 +150,14 @@ var faultScenarios = []faultScenario{
 			InitialCluster string `json:"initial_cluster"`
 			ClusterState   string `json:"cluster_state"`
 		}
-		if err := json.Unmarshal([]byte(out), &r); err != nil || r.ClusterState != "existing" {
+		// The output mixes the progress line (stderr) and the JSON (stdout).
+		js := out[max(strings.Index(out, "{"), 0):]
+		if err := json.Unmarshal([]byte(js), &r); err != nil || r.ClusterState != "existing" {
 			t.Fatalf("tokenctl member replace said %q (%v), want JSON with cluster_state existing", out, err)
 		}
 		c.eps = "10.77.0.1:2379,10.77.0.2:2379,10.77.0.4:2379"
 		c.startServer(c.host("s4"), r.InitialCluster, "existing")
+		c.srv["s4"].WaitBanner(60 * time.Second)
 		c.waitHealthy("s4 joined", []string{"w1", "w2", "w3"}, 60*time.Second)
 		if members := c.members(); !slices.Equal(members, []string{"s1", "s2", "s4"}) {
 			t.Errorf("members after the replacement: %v, want s1 s2 s4", members)
@@ -164,6 +167,7 @@ var faultScenarios = []faultScenario{
 		for _, s := range fServers[:3] {
 			c.srv[s.name].Stop(syscall.SIGTERM, 30*time.Second)
 			c.startServer(s, c.initial, "new") // etcd ignores both: the data directory has the cluster
+			c.srv[s.name].WaitBanner(60 * time.Second)
 			c.waitHealthy(s.name+" restarted", []string{"w1", "w2", "w3"}, 60*time.Second)
 		}
 	}},
@@ -231,6 +235,9 @@ func startFCluster(t *testing.T, l *lab, tokend, tokenctl string) *fcluster {
 	for _, s := range fServers[:3] {
 		c.startServer(s, c.initial, "new")
 	}
+	for _, s := range fServers[:3] {
+		c.srv[s.name].WaitBanner(60 * time.Second) // each waits for a quorum
+	}
 	for _, w := range fWorkers[:3] {
 		c.startWorker(w)
 	}
@@ -248,8 +255,8 @@ func (c *fcluster) host(name string) host {
 	return host{}
 }
 
-// startServer starts (or restarts, with its data directory) server s. An
-// empty initial cluster restarts a member from its data.
+// startServer starts (or restarts, with its data directory) server s;
+// wait for its banner, which it prints once it has a quorum.
 func (c *fcluster) startServer(s host, initial, state string) {
 	dir, ok := c.dirs[s.name]
 	if !ok {
@@ -260,12 +267,8 @@ func (c *fcluster) startServer(s host, initial, state string) {
 		"--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
 		"--shards", fmt.Sprint(fShards), "--session-ttl", fSessionTTL.String(), "--grace", fGrace.String(),
 		"--worker-ttl", fWorkerTTL.String(), "--log-level", "warn"}
-	if initial != "" {
-		args = append(args, "--initial-cluster", initial, "--cluster-state", state)
-	}
-	p := c.l.start(s, c.tokend, args...)
-	p.WaitBanner(60 * time.Second)
-	c.srv[s.name] = p
+	args = append(args, "--initial-cluster", initial, "--cluster-state", state)
+	c.srv[s.name] = c.l.start(s, c.tokend, args...)
 }
 
 func (c *fcluster) startWorker(w host) {
@@ -381,6 +384,7 @@ type fload struct {
 	t      *testing.T
 	w      *load.Workload
 	cancel context.CancelFunc
+	halt   chan struct{} // closed: clients start no new operation
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
@@ -392,7 +396,7 @@ type fload struct {
 // that host's namespace and the first three workers as seeds.
 func (c *fcluster) startLoad(perHost int, seed uint64) *fload {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &fload{t: c.t, w: load.New(), cancel: cancel}
+	f := &fload{t: c.t, w: load.New(), cancel: cancel, halt: make(chan struct{})}
 	var seeds []string
 	for _, w := range fWorkers[:3] {
 		seeds = append(seeds, w.ip+":7700")
@@ -424,6 +428,7 @@ func (c *fcluster) startLoad(perHost int, seed uint64) *fload {
 			}
 			cfg := load.Config{Tokens: load.TokenNames("mh", 12), Ops: 1 << 30, OpTimeout: 15 * time.Second,
 				Modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, Think: 2 * time.Millisecond, Register: true,
+				Stop: f.halt,
 				// A client whose session ended starts a new one; what it held
 				// stays lost, and that is reported.
 				Redial: func() *clientlib.Client {
@@ -447,8 +452,9 @@ func (c *fcluster) startLoad(perHost int, seed uint64) *fload {
 // set intact, no held token lost, and (planned) no operation failed. It
 // logs the longest time without a completed acquire after the fault.
 func (f *fload) stop(t *testing.T, planned bool, faultAt int64, healed time.Duration) {
-	f.cancel()
+	close(f.halt) // the operations in progress finish (each within OpTimeout)
 	f.wg.Wait()
+	f.cancel()
 	f.mu.Lock()
 	for _, cl := range f.clients {
 		cl.Close()

@@ -37,7 +37,11 @@ type Config struct {
 	// pause, if set, is called in some critical sections after the read and
 	// before the write, to model a process pause (see scenario 2).
 	Pause func(rng *rand.Rand) bool
-	// redial, if set, replaces a client whose session expired.
+	// Stop, once closed, stops the client from starting operations; the
+	// one in progress finishes (ending ctx instead cancels it, and counts
+	// it failed).
+	Stop <-chan struct{}
+	// Redial, if set, replaces a client whose session expired.
 	Redial func() *clientlib.Client
 }
 
@@ -45,6 +49,7 @@ type Config struct {
 type Counters struct {
 	Attempted, Completed, Failed atomic.Int64
 	Lost, Converted              atomic.Int64
+	Revoked                      atomic.Int64 // released on revocation while held: not lost
 	Pauses, LateRefused          atomic.Int64
 	LateAccepted                 atomic.Int64
 }
@@ -141,7 +146,7 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 	if len(cfg.Modes) == 0 {
 		cfg.Modes = []wire.Mode{wire.EX}
 	}
-	for op := 0; op < cfg.Ops && ctx.Err() == nil && (cfg.Until.IsZero() || time.Now().Before(cfg.Until)); op++ {
+	for op := 0; op < cfg.Ops && ctx.Err() == nil && (cfg.Until.IsZero() || time.Now().Before(cfg.Until)) && !stopped(cfg.Stop); op++ {
 		w.N.Attempted.Add(1)
 		name := cfg.Tokens[rng.IntN(len(cfg.Tokens))]
 		mode := cfg.Modes[rng.IntN(len(cfg.Modes))]
@@ -178,9 +183,14 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 			w.convert(ctx, h, rng, cfg)
 		}
 		if err := h.tok.Err(); err != nil {
-			// Lost while held (lease ran out, session expired).
-			w.N.Lost.Add(1)
-			w.opError("held", err)
+			// Given back on another client's request (the library's
+			// default), or lost while held (lease ran out, session expired).
+			if errors.Is(err, clientlib.ErrRevoked) {
+				w.N.Revoked.Add(1)
+			} else {
+				w.N.Lost.Add(1)
+				w.opError("held", err)
+			}
 			h.End(errors.New("lost"))
 			w.N.Completed.Add(1)
 			continue
@@ -313,13 +323,22 @@ func (w *Workload) Verify(t testing.TB, perToken time.Duration) {
 	if !ls.OK() {
 		t.Errorf("lock set: lost %v, duplicated %v, audit %v", ls.Lost, ls.Dup, ls.Audit)
 	}
-	t.Logf("ops: %d attempted, %d completed, %d failed, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
-		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Failed.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
+	t.Logf("ops: %d attempted, %d completed, %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
+		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
 		w.N.Pauses.Load(), w.N.LateRefused.Load(), w.N.LateAccepted.Load())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for k, n := range w.errs {
 		t.Logf("  %dx %s", n, k)
+	}
+}
+
+func stopped(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
