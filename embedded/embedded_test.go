@@ -131,8 +131,12 @@ func TestCloseIdempotent(t *testing.T) {
 // TestCloseLogsNoErrors: a clean start and stop logs nothing at error level
 // (etcd's listeners complain about being closed; Member filters that out).
 func TestCloseLogsNoErrors(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { closeLogsNoErrors(t, etcdtest.Config(t, "s1")) })
+	t.Run("tls", func(t *testing.T) { closeLogsNoErrors(t, etcdtest.SecureConfig(t, "s1", etcdtest.PKI(t, "s1"))) })
+}
+
+func closeLogsNoErrors(t *testing.T, cfg embedded.Config) {
 	core, logs := observer.New(zap.InfoLevel)
-	cfg := etcdtest.Config(t, "s1")
 	cfg.Logger = zap.New(core)
 	m, err := embedded.Start(t.Context(), cfg)
 	if err != nil {
@@ -144,6 +148,9 @@ func TestCloseLogsNoErrors(t *testing.T) {
 	}
 	for _, e := range logs.FilterLevelExact(zap.ErrorLevel).All() {
 		t.Errorf("logged an error: %s %v", e.Message, e.ContextMap())
+	}
+	if n := logs.FilterMessageSnippet("grpc server due to error").Len(); n > 0 {
+		t.Errorf("logged the listeners' closing %d times", n)
 	}
 	if n := logs.FilterMessageSnippet("single port").Len(); n > 0 {
 		t.Errorf("logged the single-port warning %d times", n)

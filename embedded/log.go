@@ -15,7 +15,9 @@ var (
 		// One client port serves both, by design: splitting them would cost
 		// every deployment a second client port.
 		"Running http and grpc server on single port. This is not recommended for production.": true,
-		// Only relevant with etcd auth, which tokend does not enable.
+		// Simple tokens are issued only to users who log in with a
+		// password; tokend's users have none and authenticate by their
+		// client certificate.
 		"simple token is not cryptographically signed": true,
 	}
 	// Logged, as errors with a stack trace, at every clean shutdown: the
@@ -24,6 +26,8 @@ var (
 		"setting up serving from embedded etcd failed.": true,
 		"stopping insecure grpc server due to error":    true,
 		"stopped insecure grpc server due to error":     true,
+		"stopping secure grpc server due to error":      true,
+		"stopped secure grpc server due to error":       true,
 	}
 )
 
