@@ -929,8 +929,8 @@ func freeUDPPort(t *testing.T) int {
 }
 
 // startTokend builds cmd/tokend once into a temp dir and starts it all-in-one
-// on loopback with a 2 s session TTL (and the extra flags); it returns the
-// worker's UDP address.
+// on loopback, etcd without TLS, with a 2 s session TTL (and the extra
+// flags); it returns the worker's UDP address.
 func startTokend(t *testing.T, extra ...string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
@@ -951,6 +951,7 @@ func startTokend(t *testing.T, extra ...string) string {
 		"--http-addr", httpAddr,
 		"--udp-addr", udpAddr,
 		"--session-ttl", "2s",
+		"--insecure", // plain http on loopback: the test reaches etcd only through the worker
 		"--log-level", "warn")
 	cmd.Args = append(cmd.Args, extra...)
 	var out bytes.Buffer
