@@ -74,12 +74,13 @@ func namesOn(t *testing.T, c *devcluster.Cluster, prefix string, ids ...string) 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for {
+	var out []string
+	clientlib.Eventually(t, 20*time.Second, fmt.Sprintf("the map giving shards to all of %v", ids), func() bool {
 		m, _, err := coordinator.ReadMap(ctx, c.Client)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := make([]string, len(ids))
+		out = make([]string, len(ids))
 		found := 0
 		for n := 0; n < 4096 && found < len(ids); n++ {
 			name := fmt.Sprintf("%s-%d", prefix, n)
@@ -92,15 +93,9 @@ func namesOn(t *testing.T, c *devcluster.Cluster, prefix string, ids ...string) 
 				}
 			}
 		}
-		if found == len(ids) {
-			return out
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the map does not give shards to all of %v", ids)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return found == len(ids)
+	})
+	return out
 }
 
 type outcome struct {
