@@ -1,0 +1,151 @@
+package sim
+
+import (
+	"fmt"
+
+	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/wire"
+)
+
+// MapCost is what one map version costs, from the real encodings.
+type MapCost struct {
+	Runs       int // delegation.Runs
+	JSONBytes  int // the etcd value (delegation.Map.MarshalJSON)
+	Datagrams  int // MAP_REPLY datagrams of one full fetch (wire.MapReply.Append)
+	FetchBytes int // their bytes
+}
+
+// mapCost measures m: its runs, its JSON value and its full fetch.
+func mapCost(m delegation.Map, addr func(delegation.Owner) string, graceMs uint32) (MapCost, error) {
+	b, err := m.MarshalJSON()
+	if err != nil {
+		return MapCost{}, err
+	}
+	runs := delegation.Runs(m)
+	n, bytes, err := fetch(m, runs, addr, graceMs, 0, uint32(m.Shards()))
+	return MapCost{Runs: len(runs), JSONBytes: len(b), Datagrams: n, FetchBytes: bytes}, err
+}
+
+// fetch pages shards [first, end) of m into MAP_REPLY datagrams the way a
+// worker answers MAP_REQUEST (worker/serve.go mapReply: as many runs as
+// fit, each with its worker's entry the first time the datagram names it,
+// the client asking again from the first shard not covered) and returns
+// how many datagrams and bytes that takes. Every datagram is encoded with
+// wire.MapReply.Append, which checks it.
+func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) string, graceMs uint32, first, end uint32) (int, int, error) {
+	var (
+		n, bytes int
+		buf      = make([]byte, 0, wire.MaxDatagram)
+	)
+	ri := 0
+	for first < end {
+		for ri < len(runs) && runs[ri].First+runs[ri].Count <= first {
+			ri++
+		}
+		r := wire.MapReply{MapVersion: m.Version, ShardCount: uint32(m.Shards()), GraceMs: graceMs}
+		listed := map[int]bool{}
+		size := wire.HeaderLen + 8 + 4 + 4 + 2 + 2
+		for i := ri; i < len(runs) && first < end; i++ {
+			run := runs[i]
+			if run.First < first {
+				run.Count -= first - run.First
+				run.First = first
+			}
+			mr := wire.MapRun{First: run.First, Count: run.Count, Worker: wire.NoWorker, Epoch: run.Epoch}
+			need := 14
+			var add *wire.MapWorker
+			if run.Owner != delegation.NoOwner {
+				o := m.Workers[run.Owner]
+				mr.Worker = uint16(run.Owner)
+				if !listed[run.Owner] {
+					a := addr(o)
+					add = &wire.MapWorker{Index: uint16(run.Owner), Addr: []byte(a), ID: []byte(o.ID)}
+					need += 2 + 1 + len(a) + 1 + len(o.ID)
+				}
+			}
+			if size+need > wire.MaxDatagram {
+				break
+			}
+			size += need
+			if add != nil {
+				listed[run.Owner] = true
+				r.Workers = append(r.Workers, *add)
+			}
+			r.Runs = append(r.Runs, mr)
+			first = run.First + run.Count
+		}
+		if len(r.Runs) == 0 {
+			return n, bytes, fmt.Errorf("sim: a MAP_REPLY cannot carry the run at shard %d", first)
+		}
+		sortWorkers(r.Workers)
+		h := wire.Header{Request: 1, MapVersion: m.Version}
+		pkt, err := r.Append(buf[:0], h)
+		if err != nil {
+			return n, bytes, fmt.Errorf("sim: MAP_REPLY: %w", err)
+		}
+		n++
+		bytes += len(pkt)
+	}
+	return n, bytes, nil
+}
+
+func sortWorkers(ws []wire.MapWorker) {
+	for i := 1; i < len(ws); i++ {
+		for j := i; j > 0 && ws[j].Index < ws[j-1].Index; j-- {
+			ws[j], ws[j-1] = ws[j-1], ws[j]
+		}
+	}
+}
+
+// rangeDoc returns the part of m covering shards [first, first+count) as a
+// map of its own (a per-range document of the Planned design): the owners
+// it names and their shards, renumbered from 0.
+func rangeDoc(m delegation.Map, first, count int) delegation.Map {
+	d := delegation.Map{Version: m.Version, Owner: make([]int32, count), Epoch: make([]uint32, count)}
+	idx := map[int32]int32{}
+	for s := range count {
+		o := m.Owner[first+s]
+		d.Epoch[s] = m.Epoch[first+s]
+		if o == delegation.NoOwner {
+			d.Owner[s] = delegation.NoOwner
+			continue
+		}
+		j, ok := idx[o]
+		if !ok {
+			j = int32(len(d.Workers))
+			idx[o] = j
+			d.Workers = append(d.Workers, m.Workers[o])
+		}
+		d.Owner[s] = j
+	}
+	return d
+}
+
+// rangeCost is the cost of the per-range documents that contain a changed
+// shard: their JSON bytes (written to etcd and sent to each watcher) and
+// the MAP_REPLY datagrams that fetch those ranges.
+func rangeCost(m delegation.Map, changed []bool, per int, addr func(delegation.Owner) string, graceMs uint32) (docs, jsonBytes, datagrams int, err error) {
+	runs := delegation.Runs(m)
+	for first := 0; first < m.Shards(); first += per {
+		cnt := min(per, m.Shards()-first)
+		hit := false
+		for s := first; s < first+cnt && !hit; s++ {
+			hit = changed[s]
+		}
+		if !hit {
+			continue
+		}
+		b, err := rangeDoc(m, first, cnt).MarshalJSON()
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		n, _, err := fetch(m, runs, addr, graceMs, uint32(first), uint32(first+cnt))
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		docs++
+		jsonBytes += len(b)
+		datagrams += n
+	}
+	return docs, jsonBytes, datagrams, nil
+}
