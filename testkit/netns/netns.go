@@ -8,12 +8,16 @@
 //
 // A socket belongs to the namespace it was created in for its whole life,
 // whichever thread later reads or writes it. ListenPacket creates it on a
-// thread of its own that it moves into the namespace and never moves back:
-// the goroutine ends still locked to that thread, so the runtime discards
-// the thread instead of reusing it elsewhere.
+// locked thread that it moves into the namespace and then back to the one
+// it came from. The thread must survive: a child process started with a
+// parent-death signal (proctest.Start does that) is killed when the
+// thread that forked it ends, and the runtime ends a thread whose locked
+// goroutine exits, which would be any thread, including one that forked a
+// tokend. Only if the way back fails is the thread left to die.
 package netns
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -49,28 +53,38 @@ func Dial(ns, network, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// in runs f on a fresh OS thread inside namespace ns; the thread is
-// discarded afterwards.
+// in runs f on a locked OS thread inside namespace ns, then moves the
+// thread back.
 func in(ns string, f func() error) error {
-	fd, err := os.Open(filepath.Join(Dir, ns))
+	target, err := os.Open(filepath.Join(Dir, ns))
 	if err != nil {
 		return fmt.Errorf("netns: %w", err)
 	}
-	defer fd.Close()
+	defer target.Close()
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// No UnlockOSThread: the thread leaves the host's namespace, so it
-		// must die with this goroutine.
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- fmt.Errorf("netns: unshare: %w", err)
+		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("netns: %w", err)
 			return
 		}
-		if err := unix.Setns(int(fd.Fd()), unix.CLONE_NEWNET); err != nil {
+		defer home.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			done <- fmt.Errorf("netns: setns %s: %w", ns, err)
 			return
 		}
-		done <- f()
+		ferr := f()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Stay locked: the thread dies with this goroutine rather
+			// than serve others from the wrong namespace.
+			done <- errors.Join(ferr, fmt.Errorf("netns: back from %s: %w", ns, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- ferr
 	}()
 	return <-done
 }

@@ -142,7 +142,7 @@ var faultScenarios = []faultScenario{
 		c.srv["s3"].Kill()
 		delete(c.srv, "s3")
 		out, err := c.l.run(fClients[0], 60*time.Second, c.tokenctl, "member", "replace", "--etcd", "10.77.0.1:2379,10.77.0.2:2379",
-			"--peer-urls", "http://10.77.0.4:2380", "--name", "s4", "-o", "json", "s3")
+			"--peer-urls", "https://10.77.0.4:2380", "--name", "s4", "--certs-dir", c.certs, "-o", "json", "s3")
 		if err != nil {
 			t.Fatalf("tokenctl member replace: %v\n%s", err, out)
 		}
@@ -219,6 +219,7 @@ type fcluster struct {
 	tokend, tokenctl string
 	eps              string // etcd client endpoints for workers and tokenctl
 	initial          string // the servers' initial cluster
+	certs            string // tokend certs' directory, shared by every host (one filesystem)
 	srv, wrk         map[string]*proctest.Proc
 	dirs             map[string]string
 }
@@ -226,9 +227,19 @@ type fcluster struct {
 func startFCluster(t *testing.T, l *lab, tokend, tokenctl string) *fcluster {
 	c := &fcluster{t: t, l: l, tokend: tokend, tokenctl: tokenctl,
 		srv: map[string]*proctest.Proc{}, wrk: map[string]*proctest.Proc{}, dirs: map[string]string{}}
+	// TLS and etcd authentication, as tokend runs by default: one CA and
+	// a certificate for each server, the spare s4 included.
+	c.certs = t.TempDir()
+	certArgs := []string{"certs", "--dir", c.certs}
+	for _, s := range fServers {
+		certArgs = append(certArgs, "--server", s.name+"="+s.ip)
+	}
+	if out, err := exec.Command(tokend, certArgs...).CombinedOutput(); err != nil {
+		t.Fatalf("tokend certs: %v\n%s", err, out)
+	}
 	var initial, eps []string
 	for _, s := range fServers[:3] {
-		initial = append(initial, s.name+"=http://"+s.ip+":2380")
+		initial = append(initial, s.name+"=https://"+s.ip+":2380")
 		eps = append(eps, s.ip+":2379")
 	}
 	c.initial, c.eps = strings.Join(initial, ","), strings.Join(eps, ",")
@@ -264,15 +275,15 @@ func (c *fcluster) startServer(s host, initial, state string) {
 		c.dirs[s.name] = dir
 	}
 	args := []string{"server", "--name", s.name, "--data-dir", dir,
-		"--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
-		"--shards", fmt.Sprint(fShards), "--session-ttl", fSessionTTL.String(), "--grace", fGrace.String(),
+		"--peer-urls", "https://0.0.0.0:2380", "--client-urls", "https://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
+		"--certs-dir", c.certs, "--shards", fmt.Sprint(fShards), "--session-ttl", fSessionTTL.String(), "--grace", fGrace.String(),
 		"--worker-ttl", fWorkerTTL.String(), "--log-level", "warn"}
 	args = append(args, "--initial-cluster", initial, "--cluster-state", state)
 	c.srv[s.name] = c.l.start(s, c.tokend, args...)
 }
 
 func (c *fcluster) startWorker(w host) {
-	p := c.l.start(w, c.tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", c.eps,
+	p := c.l.start(w, c.tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", c.eps, "--certs-dir", c.certs,
 		"--udp-addr", "0.0.0.0:7700", "--http-addr", "0.0.0.0:7780", "--worker-ttl", fWorkerTTL.String(),
 		"--drain-timeout", "20s", "--log-level", "warn")
 	p.WaitBanner(60 * time.Second)
@@ -297,8 +308,9 @@ func (c *fcluster) waitHealthy(what string, want []string, within time.Duration)
 	c.t.Helper()
 	began := time.Now()
 	var last string
+	var lastIDs []string
 	for time.Since(began) < within {
-		out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "status", "-o", "json", "--etcd", c.eps)
+		out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "status", "-o", "json", "--etcd", c.eps, "--certs-dir", c.certs)
 		var st status
 		if err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Leader != nil && st.Unowned == 0 {
 			var ids []string
@@ -313,8 +325,23 @@ func (c *fcluster) waitHealthy(what string, want []string, within time.Duration)
 				return
 			}
 		}
-		last = out
+		last, lastIDs = out, nil
+		for _, w := range st.Workers {
+			lastIDs = append(lastIDs, w.ID)
+		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// A worker that should be registered, runs, but etcd no longer lists
+	// is hung or lost: its goroutines (SIGQUIT makes the Go runtime print
+	// them) say which. One that has exited says so in its output.
+	for _, id := range want {
+		if p := c.wrk[id]; p != nil && !slices.Contains(lastIDs, id) && !p.Exited() {
+			c.t.Logf("%s runs but is not registered: SIGQUIT for its goroutines", id)
+			_ = p.Process.Signal(syscall.SIGQUIT)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = p.Wait(ctx)
+			cancel()
+		}
 	}
 	c.t.Fatalf("%s: not healthy within %v (want workers %v); last status:\n%s", what, within, want, last)
 }
@@ -323,7 +350,7 @@ func (c *fcluster) waitHealthy(what string, want []string, within time.Duration)
 func (c *fcluster) etcdLeader() string {
 	c.t.Helper()
 	for range 50 {
-		out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "member", "list", "-o", "json", "--etcd", c.eps)
+		out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "member", "list", "-o", "json", "--etcd", c.eps, "--certs-dir", c.certs)
 		var ms []struct{ Name, Status string }
 		if err == nil && json.Unmarshal([]byte(out), &ms) == nil {
 			for _, m := range ms {
@@ -340,7 +367,7 @@ func (c *fcluster) etcdLeader() string {
 
 // members returns the etcd members' names, sorted.
 func (c *fcluster) members() []string {
-	out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "member", "list", "-o", "json", "--etcd", c.eps)
+	out, err := c.l.run(fClients[0], 15*time.Second, c.tokenctl, "member", "list", "-o", "json", "--etcd", c.eps, "--certs-dir", c.certs)
 	var ms []struct{ Name string }
 	if err != nil || json.Unmarshal([]byte(out), &ms) != nil {
 		c.t.Errorf("tokenctl member list: %v\n%s", err, out)
