@@ -22,7 +22,7 @@ func mapCost(m delegation.Map, addr func(delegation.Owner) string, graceMs uint3
 		return MapCost{}, err
 	}
 	runs := delegation.Runs(m)
-	n, bytes, err := fetch(m, runs, addr, graceMs, 0, uint32(m.Shards()))
+	n, bytes, err := fetch(m, runs, addr, graceMs, 0, uint32(m.Shards()), nil)
 	return MapCost{Runs: len(runs), JSONBytes: len(b), Datagrams: n, FetchBytes: bytes}, err
 }
 
@@ -31,8 +31,8 @@ func mapCost(m delegation.Map, addr func(delegation.Owner) string, graceMs uint3
 // fit, each with its worker's entry the first time the datagram names it,
 // the client asking again from the first shard not covered) and returns
 // how many datagrams and bytes that takes. Every datagram is encoded with
-// wire.MapReply.Append, which checks it.
-func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) string, graceMs uint32, first, end uint32) (int, int, error) {
+// wire.MapReply.Append, which checks it, and given to each if not nil.
+func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) string, graceMs uint32, first, end uint32, each func(pkt []byte)) (int, int, error) {
 	var (
 		n, bytes int
 		buf      = make([]byte, 0, wire.MaxDatagram)
@@ -85,6 +85,9 @@ func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) 
 		}
 		n++
 		bytes += len(pkt)
+		if each != nil {
+			each(pkt)
+		}
 	}
 	return n, bytes, nil
 }
@@ -139,7 +142,7 @@ func rangeCost(m delegation.Map, changed []bool, per int, addr func(delegation.O
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		n, _, err := fetch(m, runs, addr, graceMs, uint32(first), uint32(first+cnt))
+		n, _, err := fetch(m, runs, addr, graceMs, uint32(first), uint32(first+cnt), nil)
 		if err != nil {
 			return 0, 0, 0, err
 		}

@@ -80,6 +80,7 @@ type Phase struct {
 	MaxMapBytes               int     // largest map value written
 	MapFetchDgrams            int     // datagrams a client fetches after one change (largest)
 	RangeDocs                 int     // Planned: per-range documents rewritten by one change (largest)
+	ToDead                    int     // shards a plan gave to a worker already dead (its lease not expired yet)
 	Unowned                   int     // shards without a registered owner right after a plan (largest)
 	UnownedAtEnd              int     // ... at the end of the phase
 	Kills                     []*Recovery
@@ -207,6 +208,7 @@ func (r *Report) Table(w io.Writer) {
 	row("handoffs / recoveries", "real", func(p *Phase) string { return fmt.Sprintf("%d / %d", p.Handoffs, p.Recoveries) })
 	row("map value max", "real enc.", func(p *Phase) string { return si(float64(p.MaxMapBytes)) + "B" })
 	row("datagrams per map fetch", "real enc.", func(p *Phase) string { return fmt.Sprint(p.MapFetchDgrams) })
+	row("shards given to a dead worker", "real", func(p *Phase) string { return fmt.Sprint(p.ToDead) })
 	row("shards unowned after a plan", "real", func(p *Phase) string { return fmt.Sprint(p.Unowned) })
 	row("shards unowned at end", "real", func(p *Phase) string { return fmt.Sprint(p.UnownedAtEnd) })
 	fmt.Fprintln(tw, "failover (model times)\t\t")

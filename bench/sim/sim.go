@@ -839,6 +839,10 @@ func (s *Sim) replan() error {
 	var handoffs, recoveries, tokens int64
 	for _, mv := range moves {
 		tokens += s.tokens[mv.Shard]
+		if i, ok := s.byID[mv.To.ID]; ok && !s.workers[i].alive {
+			// Its lease has not run out yet: the leader cannot know.
+			p.ToDead++
+		}
 		switch mv.Kind {
 		case plan.Handoff:
 			handoffs++
