@@ -40,12 +40,6 @@ const (
 	ElectionPrefix = "/tokend/leader"
 )
 
-// Errors returned by this package.
-var (
-	ErrNoConfig  = errors.New("cluster: no /tokend/config yet (is a server running?)")
-	ErrBadConfig = errors.New("cluster: malformed /tokend/config")
-)
-
 // Config is the cluster-wide configuration, fixed when the cluster is first
 // created: changing the shard count would move every token.
 type Config struct {

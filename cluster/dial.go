@@ -3,7 +3,6 @@ package cluster
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -12,15 +11,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-)
-
-// Errors of Dial, wrapped with the file or endpoint at fault.
-var (
-	// ErrTLSFiles: a certificate, key or CA file is missing or unusable.
-	ErrTLSFiles = errors.New("cluster: etcd TLS files")
-	// ErrEndpoint: an endpoint's scheme does not match the dial's security
-	// (http:// with TLS, https:// without).
-	ErrEndpoint = errors.New("cluster: etcd endpoint")
 )
 
 // ClientTLS names the PEM files of an etcd client identity: the CA that
