@@ -128,7 +128,8 @@ type Sim struct {
 	wait []int64 // sOpening: when it asked
 
 	wheel  [][]int32
-	expire []int64 // per wheel slot: abandoned leases expiring then
+	expire []int64   // per wheel slot: abandoned leases expiring then
+	spread []float64 // per wheel slot: MAP_REPLY datagrams due then
 	slots  int64
 
 	renewQ   []renewal
@@ -219,6 +220,7 @@ func newSim(cfg Config) (*Sim, error) {
 	s.slots = maxDelay/cfg.Tick + 2
 	s.wheel = make([][]int32, s.slots)
 	s.expire = make([]int64, s.slots)
+	s.spread = make([]float64, s.slots)
 
 	for range cfg.Workers {
 		s.addWorker()
@@ -477,6 +479,16 @@ func (s *Sim) jitter() int64 {
 	return 1 + s.rng.Int64N(s.d.ReconnectJitter)
 }
 
+// spreadOver counts n datagrams spread evenly over the next d: clients
+// see a newer map version in the next reply they get (token holders send
+// KEEPALIVEs every W/4) and fetch it then.
+func (s *Sim) spreadOver(n float64, d int64) {
+	ticks := max(d/s.cfg.Tick, 1)
+	for t := int64(1); t <= ticks; t++ {
+		s.spread[(s.now/s.cfg.Tick+t)%s.slots] += n / float64(ticks)
+	}
+}
+
 // addExpiry notes an abandoned lease that expires at t.
 func (s *Sim) addExpiry(t int64) {
 	tk := max(t/s.cfg.Tick, s.now/s.cfg.Tick+1)
@@ -501,6 +513,8 @@ func (s *Sim) tick() error {
 	for _, i := range due {
 		s.session(i)
 	}
+	s.count(MapDatagrams, s.spread[slot])
+	s.spread[slot] = 0
 	// abandoned leases expiring now
 	s.revReady += float64(s.expire[slot])
 	s.expire[slot] = 0
@@ -508,14 +522,20 @@ func (s *Sim) tick() error {
 	// etcd: the write budget of this tick, control writes were taken already.
 	s.writeBud = min(s.writeBud+s.c.EtcdWritesPerSec*float64(tick)/1e9, s.c.EtcdWritesPerSec*float64(tick)/1e9)
 	if s.d.GroupSize > 1 && s.revReady > 0 {
-		// Planned: abandoned sessions are deleted by their workers, in
-		// txns of MaxTxnOps deletes, not by etcd's lessor.
+		// Planned: abandoned sessions are ended by their workers, not by
+		// etcd's lessor: one txn per MaxTxnOps sessions deletes their keys
+		// and puts one end record listing them, the only key the other
+		// workers watch (docs/SCALE.md), so each watcher gets one event
+		// per batch.
 		n := s.revReady
 		s.revReady = 0
+		b := math.Ceil(n / float64(s.c.MaxTxnOps))
 		s.count(Deletes, n)
-		s.count(Txns, math.Ceil(n/float64(s.c.MaxTxnOps)))
-		s.writeBud -= math.Ceil(n / float64(s.c.MaxTxnOps))
-		s.watch(int(float64(s.registered())*n), s.clientKV/2)
+		s.count(Txns, b)
+		s.writeBud -= b
+		reg := float64(s.registered())
+		s.count(WatchEvents, b*reg)
+		s.count(WatchBytes, n*17*reg) // a session id in hex and a comma
 	}
 	// the lessor revokes expired leases every LessorCheck, at its rate
 	if s.now%s.c.LessorCheck < tick && s.revReady > 0 {
@@ -831,7 +851,7 @@ func (s *Sim) replan() error {
 	s.watch(reg, written)
 	// Every client sees the newer version in a reply header and fetches
 	// the map (or, Planned, the ranges that changed).
-	s.count(MapDatagrams, float64(2*clients*fetchDg))
+	s.spreadOver(float64(2*clients*fetchDg), s.cfg.WorkerTTL/4)
 	p.MapFetchDgrams = max(p.MapFetchDgrams, fetchDg)
 	p.MaxMapBytes = max(p.MaxMapBytes, cost.JSONBytes)
 	p.MapVersionsN++
