@@ -66,7 +66,7 @@ var classes = map[string]string{
 	"cmd/tokend":            product,
 	"coordinator/...":       product,
 	"embedded/...":          product,
-	"internal/...":          product, // shared by the product's packages: the clock
+	"internal/...":          product, // shared by the product's packages: the clock, the process harness, etcd certificates, hedging
 	"wire/...":              product,
 	"worker/...":            product,
 	"tests/...":             testInfra, // the suites: chaos, failover, multihost, tour
@@ -98,6 +98,8 @@ var forbidden = []struct {
 		[]string{"coordinator/...", "worker/...", "clientlib/...", "embedded/...", "announce/..."}},
 	{"testkit/faultnet/...", "the fault network carries datagrams; it knows no server or client",
 		[]string{"go.etcd.io/...", "cluster/...", "coordinator/...", "worker/...", "clientlib/...", "embedded/...", "announce/..."}},
+	{"testkit/fakeworker", "the fake worker is built on the worker's pure cores, not on its shell",
+		[]string{"worker", "coordinator/...", "embedded/...", "go.etcd.io/..."}},
 	{"testkit/...", "test infrastructure serves the suites and never depends on them or on clientlib, whose tests use it",
 		[]string{"clientlib/...", "tests/..."}},
 }
