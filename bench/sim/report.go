@@ -54,6 +54,7 @@ type Recovery struct {
 	HeldValid int64 // model: its held tokens reclaimed (clients notice within W/4)
 	Shards    int   // shards it owned
 	Reclaims  int64 // held tokens reclaimed at the new owners
+	Sessions  int64 // sessions that reclaim (model: tokens spread uniformly)
 }
 
 // Drained is one worker of a rolling drain.
@@ -240,6 +241,17 @@ func (r *Report) Table(w io.Writer) {
 			n += k.Reclaims
 		}
 		return si(float64(n) / float64(len(p.Kills)))
+	})
+	row("sessions reclaiming / RECLAIMs each", "sim", func(p *Phase) string {
+		var n, r int64
+		for _, k := range p.Kills {
+			n += k.Sessions
+			r += k.Reclaims
+		}
+		if n == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%s / %.1f", si(float64(n)/float64(len(p.Kills))), float64(r)/float64(n))
 	})
 	row("drain: start → stopped (max)", "model", func(p *Phase) string {
 		if len(p.Drains) == 0 {

@@ -891,10 +891,20 @@ func (s *Sim) replan() error {
 			k.Grants = applied + s.cfg.Grace
 			k.HeldValid = applied + s.cfg.WorkerTTL/4
 			k.Reclaims = 0
+			lost := 0
 			for _, mv := range moves {
 				if mv.From.ID == k.Worker && mv.Kind == plan.Recovery {
 					k.Reclaims += s.tokens[mv.Shard]
+					lost++
 				}
+			}
+			// Sessions with a token in those shards, tokens spread
+			// uniformly: each of its Tokens/Sessions tokens misses them
+			// with probability 1 - lost/shards.
+			if s.cfg.Sessions > 0 {
+				per := float64(s.cfg.Tokens) / float64(s.cfg.Sessions)
+				miss := math.Pow(1-float64(lost)/float64(s.cfg.Shards), per)
+				k.Sessions = int64(float64(s.cfg.Sessions) * (1 - miss))
 			}
 		}
 	}
