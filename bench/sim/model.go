@@ -115,6 +115,10 @@ type Design struct {
 	// RangeShards: the map is split into documents of this many shards
 	// each, fetched by range; 0 is one document (today).
 	RangeShards int
+	// EndRate: with groups, sessions whose deadline passed are ended by
+	// their workers at most this many per second cluster-wide (each end
+	// reaches every worker); 0: at once.
+	EndRate float64
 }
 
 // Current is tokend as built.
@@ -130,6 +134,7 @@ func Planned() Design {
 		OpenRate:        100,
 		WatchNoPut:      true,
 		RangeShards:     1024,
+		EndRate:         50000,
 	}
 }
 

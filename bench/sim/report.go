@@ -183,7 +183,7 @@ func (r *Report) Table(w io.Writer) {
 		return func(p *Phase) string { return si(p.Rate(k).Sum) }
 	}
 	fmt.Fprintln(tw, "per second: avg / peak\t\t")
-	for _, k := range []Kind{Grants, Puts, Deletes, Revokes, Txns, Renewals, WorkerRenewals, Reads, ReadBytes, WatchEvents, WatchBytes, MapBytes, MapDatagrams, KeepaliveDgrams, OpenDgrams} {
+	for _, k := range []Kind{Grants, Puts, Deletes, Revokes, Txns, Renewals, WorkerRenewals, Reads, ReadBytes, WatchEvents, WatchBytes, MapBytes, MapDatagrams, KeepaliveDgrams, HolderDgrams, OpenDgrams} {
 		row(k.String(), "sim", avgPeak(k))
 	}
 	fmt.Fprintln(tw, "totals\t\t")

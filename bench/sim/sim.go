@@ -32,6 +32,7 @@ const (
 	MapBytes                    // bytes of map values written
 	MapDatagrams                // MAP_REPLY datagrams clients fetch after map changes
 	KeepaliveDgrams             // client KEEPALIVE RENEW datagrams and replies
+	HolderDgrams                // token holders' KEEPALIVEs (every W/4 to each worker they hold grants on) and replies
 	Opens                       // sessions opened
 	OpenDgrams                  // SESSION_OPEN datagrams incl. retransmissions
 	Lost                        // sessions lost (lease expired while the client lived)
@@ -46,7 +47,7 @@ var kindNames = [nKinds]string{
 	"etcd lease grants", "etcd puts", "etcd key deletes", "etcd lease revokes", "etcd txns",
 	"etcd session lease renewals", "etcd worker lease renewals", "etcd reads", "etcd read bytes",
 	"watch events delivered", "watch bytes delivered", "map versions", "map bytes written",
-	"MAP_REPLY datagrams", "KEEPALIVE datagrams", "sessions opened", "SESSION_OPEN datagrams",
+	"MAP_REPLY datagrams", "KEEPALIVE RENEW datagrams", "holder KEEPALIVE datagrams", "sessions opened", "SESSION_OPEN datagrams",
 	"sessions lost", "sessions re-homed", "RECLAIMs", "shards moved", "handoff bytes",
 }
 
@@ -126,6 +127,7 @@ type Sim struct {
 	exp  []int64
 	st   []uint8
 	wait []int64 // sOpening: when it asked
+	live int     // sessions live (renewing, or retrying at another worker)
 
 	wheel  [][]int32
 	expire []int64   // per wheel slot: abandoned leases expiring then
@@ -245,6 +247,7 @@ func newSim(cfg Config) (*Sim, error) {
 	s.wait = make([]int64, n)
 	s.refreshAlive()
 	period := cfg.SessionTTL / 3
+	s.live = n
 	for i := range n {
 		h := s.aliveIx[s.rng.IntN(len(s.aliveIx))]
 		s.home[i] = h
@@ -462,6 +465,7 @@ func (s *Sim) restart() {
 		}
 		s.st[i] = sWait
 	}
+	s.live = 0
 	// The queues hold only abandoned sessions now.
 	s.renewQ, s.openQ = nil, nil
 	for i := range s.wheel {
@@ -528,7 +532,11 @@ func (s *Sim) tick() error {
 		// workers watch (docs/SCALE.md), so each watcher gets one event
 		// per batch.
 		n := s.revReady
-		s.revReady = 0
+		if s.d.EndRate > 0 {
+			n = min(n, s.d.EndRate*float64(s.cfg.Tick)/1e9)
+		}
+		s.revReady -= n
+		s.phase.maxPendingRevokes = max(s.phase.maxPendingRevokes, s.revReady)
 		b := math.Ceil(n / float64(s.c.MaxTxnOps))
 		s.count(Deletes, n)
 		s.count(Txns, b)
@@ -577,6 +585,14 @@ func (s *Sim) background() {
 				groups += (w.homed + s.d.GroupSize - 1) / s.d.GroupSize
 			}
 		}
+	}
+	// Holders: each live session keeps its grants valid with a KEEPALIVE
+	// every W/4 to each worker it holds grants on: with its tokens spread
+	// uniformly, Workers × (1 − (1 − 1/Workers)^(Tokens/Sessions)) workers.
+	if s.cfg.Sessions > 0 && alive > 0 {
+		per := float64(s.cfg.Tokens) / float64(s.cfg.Sessions)
+		on := float64(alive) * (1 - math.Pow(1-1/float64(alive), per))
+		s.count(HolderDgrams, 2*float64(s.live)*on*4*float64(tick)/float64(s.cfg.WorkerTTL))
 	}
 	wr := float64(alive) * 4 * float64(tick) / float64(s.cfg.WorkerTTL)
 	s.count(WorkerRenewals, wr)
@@ -639,6 +655,7 @@ func (s *Sim) renew(i int32) {
 // opens a new session after the design's jitter.
 func (s *Sim) lose(i int32) {
 	s.count(Lost, 1)
+	s.live--
 	if s.home[i] >= 0 {
 		s.workers[s.home[i]].homed--
 		s.home[i] = -1
@@ -708,6 +725,7 @@ func (s *Sim) serveOpens() {
 		s.home[i] = h
 		s.workers[h].homed++
 		s.st[i] = sLive
+		s.live++
 		s.exp[i] = s.now + s.cfg.SessionTTL
 		s.schedule(i, s.now+s.cfg.SessionTTL/3)
 		if ops == 2 {

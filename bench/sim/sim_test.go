@@ -18,6 +18,9 @@ func small(d Design) Config {
 	c := Default()
 	c.Workers, c.Shards, c.Sessions, c.Tokens = 20, 1024, 20000, 200000
 	c.Design = d
+	if d.EndRate > 0 {
+		c.Design.EndRate = 5000 // binding: 20k ends take 4 s
+	}
 	c.Scenario = []Step{
 		{Kind: Steady, For: 12 * Second},
 		{Kind: Kill, N: 2, For: 15 * Second},
@@ -143,6 +146,17 @@ func TestConsistent(t *testing.T) {
 			}
 			if d.ReconnectJitter > 0 && restart.Rate(Opens).Peak > 2*float64(c.Sessions)*float64(Second)/float64(d.ReconnectJitter) {
 				t.Errorf("restart: %.0f opens in one second despite jitter", restart.Rate(Opens).Peak)
+			}
+			if e := c.Design.EndRate; e > 0 {
+				if p := restart.Rate(Deletes).Peak; p > e*1.01 || restart.Rate(Deletes).Sum != float64(c.Sessions) {
+					t.Errorf("restart: %.0f session ends in a second (rate %v), %.0f in all", p, e, restart.Rate(Deletes).Sum)
+				}
+			}
+			// Holders: a KEEPALIVE and its reply every W/4 to each worker
+			// holding one of their 10 tokens (at most 10 of 20 workers).
+			on := 20 * (1 - math.Pow(19.0/20, 10))
+			if got, want := steady.Rate(HolderDgrams).Avg, float64(c.Sessions)*on*2*4/5; !near(got, want, 0.01) {
+				t.Errorf("holder KEEPALIVEs %.0f/s, want %.0f", got, want)
 			}
 			if d.GroupSize == 1 {
 				// Today each abandoned lease is revoked by etcd's lessor, at
