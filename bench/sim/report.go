@@ -276,7 +276,7 @@ func (r *Report) Table(w io.Writer) {
 		return secs(p.OpenP50) + " / " + secs(p.OpenP99) + " / " + secs(p.OpenMax)
 	})
 	row("renewal wait for etcd max", "model", func(p *Phase) string { return secs(p.RenewLateMax) })
-	row("expired leases awaiting revoke max", "model", func(p *Phase) string { return si(p.MaxPendingRevokes) })
+	row("dead sessions awaiting their end max", "model", func(p *Phase) string { return si(p.MaxPendingRevokes) })
 	fmt.Fprintln(tw, "cost model\t\t")
 	row("etcd leader cores, renewals (peak)", "model", func(p *Phase) string { return fmt.Sprintf("%.1f", p.LeaderCores) })
 	row("etcd cores, watch delivery (peak)", "model", func(p *Phase) string { return fmt.Sprintf("%.1f", p.WatchCores) })

@@ -546,7 +546,7 @@ func (s *Sim) tick() error {
 		s.count(WatchBytes, n*17*reg) // a session id in hex and a comma
 	}
 	// the lessor revokes expired leases every LessorCheck, at its rate
-	if s.now%s.c.LessorCheck < tick && s.revReady > 0 {
+	if s.d.GroupSize == 1 && s.now%s.c.LessorCheck < tick && s.revReady > 0 {
 		n := min(s.revReady, s.c.LeaseRevokeRate*float64(s.c.LessorCheck)/1e9)
 		s.revReady -= n
 		s.count(Revokes, n)
