@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -15,36 +16,46 @@ import (
 )
 
 const (
-	// poolSize goroutines do the etcd work of sessions, so that the
-	// receive loop never waits for etcd.
-	poolSize = 4
-	// jobQueue bounds the work waiting for them. It is a buffer (not
-	// unbuffered) on purpose: a burst of session opens or renewals queues
-	// up to this many and anything beyond is dropped ("busy"): the client
-	// retransmits, and etcd is protected from an unbounded backlog.
-	jobQueue = 256
-	// etcdTimeout bounds one etcd call of the pool.
+	// The etcd work of sessions runs in two pools of goroutines, so that
+	// the receive loop never waits for etcd and a burst of opens (a mass
+	// reconnect) cannot starve the renewals that keep live sessions alive.
+	// Each pool has many goroutines because etcd batches concurrent
+	// proposals into one raft round and one fsync: a few sequential callers
+	// would cap opens at a few per fsync.
+	renewPoolSize = 16 // renewals, closes, session lookups
+	openPoolSize  = 32 // opens: a lease grant and a put each
+	// jobQueue bounds the work waiting for each pool. It is a buffer (not
+	// unbuffered) on purpose: a burst queues up to this many and anything
+	// beyond is dropped ("busy"): the client retransmits, and etcd is
+	// protected from an unbounded backlog.
+	jobQueue = 1024
+	// etcdTimeout bounds one etcd call of the pools.
 	etcdTimeout = 3 * time.Second
 )
 
-// enqueue hands job to the etcd pool; false if the queue is full. It never
-// blocks.
-func (w *Worker) enqueue(job func(context.Context)) bool {
+// enqueue hands a renewal, close or lookup to its pool; false if the queue
+// is full. It never blocks.
+func (w *Worker) enqueue(job func(context.Context)) bool { return offer(w.jobs, job) }
+
+// enqueueOpen hands a session open to its pool; false if the queue is full.
+func (w *Worker) enqueueOpen(job func(context.Context)) bool { return offer(w.openJobs, job) }
+
+func offer(q chan func(context.Context), job func(context.Context)) bool {
 	select {
-	case w.jobs <- job:
+	case q <- job:
 		return true
 	default:
 		return false
 	}
 }
 
-// poolLoop runs queued jobs until ctx ends.
-func (w *Worker) poolLoop(ctx context.Context) {
+// poolLoop runs jobs from q until ctx ends.
+func (w *Worker) poolLoop(ctx context.Context, q chan func(context.Context)) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case job := <-w.jobs:
+		case job := <-q:
 			job(ctx)
 		}
 	}
@@ -128,8 +139,7 @@ func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAdd
 // answers the KEEPALIVE. The TTL etcd restarts on receipt is counted by
 // the client from its send, which is earlier: safe.
 func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
-	r := keepAliveHedged(ctx, w.clk, w.cfg.Client, clientv3.LeaseID(id), etcdTimeout, 100*time.Millisecond)
-	resp, err := r.resp, r.err
+	resp, err := w.renewClientLease(ctx, clientv3.LeaseID(id))
 	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
@@ -164,6 +174,33 @@ func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, ent
 	}
 	w.mu.Unlock()
 	w.flush(ob)
+}
+
+// renewClientLease renews a client session's lease once: over the
+// worker's renewal stream, hedged after 100 ms (and at once on an error)
+// by KeepAliveOnce calls, which the etcd client balances over the members.
+// If the stream did not win, it may be stuck on a silent member: it is
+// reset, and the next renewal opens a new one.
+func (w *Worker) renewClientLease(ctx context.Context, id clientv3.LeaseID) (*clientv3.LeaseKeepAliveResponse, error) {
+	var calls atomic.Int32
+	var streamWon atomic.Bool
+	resp, _, err := hedged(ctx, w.clk, etcdTimeout, 100*time.Millisecond, func(ctx context.Context) (*clientv3.LeaseKeepAliveResponse, error) {
+		if calls.Add(1) == 1 {
+			ttl, err := w.renew.renew(ctx, id)
+			if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				streamWon.Store(true) // the stream answered
+			}
+			if err != nil {
+				return nil, err
+			}
+			return &clientv3.LeaseKeepAliveResponse{ID: id, TTL: ttl}, nil
+		}
+		return w.cfg.Client.KeepAliveOnce(ctx, id)
+	}, func(err error) bool { return errors.Is(err, rpctypes.ErrLeaseNotFound) })
+	if !streamWon.Load() && ctx.Err() == nil {
+		w.renew.reset()
+	}
+	return resp, err
 }
 
 // closeSession revokes the session's lease and answers SESSION_CLOSE. The

@@ -410,7 +410,7 @@ func (w *Worker) handleOpen(ob *outbox, h wire.Header, pkt []byte, from *net.UDP
 		return
 	}
 	lib, stamp := string(m.Lib), ob.stamp
-	if !w.enqueue(func(ctx context.Context) { w.openSession(ctx, key, from, h, m.TTLMs, lib, stamp) }) {
+	if !w.enqueueOpen(func(ctx context.Context) { w.openSession(ctx, key, from, h, m.TTLMs, lib, stamp) }) {
 		w.met.drop("busy")
 		return
 	}

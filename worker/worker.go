@@ -143,7 +143,9 @@ type Worker struct {
 	clk  clock.Clock
 	base time.Time // origin of the tables' monotonic nanosecond clock
 
-	jobs     chan func(context.Context) // the etcd pool's queue (bounded, see etcd.go)
+	jobs     chan func(context.Context) // the renewal pool's queue (bounded, see etcd.go)
+	openJobs chan func(context.Context) // the open pool's queue
+	renew    *renewer                   // session renewals over one LeaseKeepAlive stream
 	kick     chan struct{}              // size 1: wake the timer loop early
 	pullKick chan struct{}              // size 1: handoffs to pull were queued
 	handoff  net.Listener               // nil with HandoffAddr "off"
@@ -232,6 +234,7 @@ func New(cfg Config) (*Worker, error) {
 		clk:      cfg.Clock,
 		base:     cfg.Clock.Now(),
 		jobs:     make(chan func(context.Context), jobQueue),
+		openJobs: make(chan func(context.Context), jobQueue),
 		kick:     make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
 		handoff:  hl,
@@ -353,6 +356,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		return err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
+	w.renew = newRenewer(runCtx, w.cfg.Client, &w.wg)
 	w.cancel = cancel
 	lease, stopKA, doc, err := w.takeLease(ctx, runCtx)
 	if err != nil {
@@ -401,9 +405,13 @@ func (w *Worker) Start(ctx context.Context) error {
 		defer w.wg.Done()
 		w.watchLoop(runCtx, cluster.ClientsPrefix, true, revs[2], w.syncClients, w.clientEvent)
 	}()
-	for range poolSize {
+	for range renewPoolSize {
 		w.wg.Add(1)
-		go func() { defer w.wg.Done(); w.poolLoop(runCtx) }()
+		go func() { defer w.wg.Done(); w.poolLoop(runCtx, w.jobs) }()
+	}
+	for range openPoolSize {
+		w.wg.Add(1)
+		go func() { defer w.wg.Done(); w.poolLoop(runCtx, w.openJobs) }()
 	}
 	w.wg.Add(3)
 	go func() { defer w.wg.Done(); w.superviseLease(runCtx, lease, stopKA) }()
