@@ -25,6 +25,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 )
 
@@ -42,7 +43,8 @@ const (
 // upConfig is the configuration of "tokend up". It comes from flags only;
 // the children inherit the environment, so TOKEND_* variables for options
 // up does not set (TOKEND_SHARDS, say) reach them, while what up sets is
-// passed as flags and wins: every address, listened on and advertised.
+// passed as flags and wins: every address, listened on and advertised, and
+// whether and with which certificates etcd runs TLS.
 type upConfig struct {
 	servers         int
 	workers         int
@@ -54,6 +56,19 @@ type upConfig struct {
 	shutdownTimeout time.Duration
 	logFormat       string
 	logLevel        string
+	insecure        bool // etcd without TLS and authentication, as tokend --insecure
+}
+
+// certsDir is where up keeps the cluster's CA and certificates, which
+// every child uses: <data-dir>/pki.
+func (c *upConfig) certsDir() string { return filepath.Join(c.dataDir, "pki") }
+
+// scheme is the etcd URLs' scheme.
+func (c *upConfig) scheme() string {
+	if c.insecure {
+		return "http"
+	}
+	return "https"
 }
 
 // parseUp parses and validates the flags of "tokend up". Every error names
@@ -75,7 +90,7 @@ func parseUp(args []string, usage io.Writer) (*upConfig, error) {
 	fs.SetOutput(usage)
 	fs.Var(intVal(&c.servers), "servers", "number of servers (etcd member + coordinator each), 1-7; odd is recommended")
 	fs.Var(intVal(&c.workers), "workers", "number of worker processes, 0-64")
-	fs.Var(stringVal(&c.dataDir), "data-dir", "directory for every server's etcd data (<data-dir>/sN.etcd) and the logs (<data-dir>/logs)")
+	fs.Var(stringVal(&c.dataDir), "data-dir", "directory for every server's etcd data (<data-dir>/sN.etcd), the certificates (<data-dir>/pki) and the logs (<data-dir>/logs)")
 	fs.Var(intVal(&c.basePort), "base-port", "first of the consecutive loopback ports used: 3 per server (etcd client, etcd peer, HTTP), then 2 per worker (UDP, HTTP)")
 	fs.Var(durationVal(&c.workerTTL), "worker-ttl", "worker lease TTL: how fast a killed worker is noticed")
 	fs.Var(durationVal(&c.sessionTTL), "session-ttl", "client session TTL (fixed when the cluster is first created)")
@@ -83,6 +98,8 @@ func parseUp(args []string, usage io.Writer) (*upConfig, error) {
 	fs.Var(durationVal(&c.shutdownTimeout), "shutdown-timeout", "each child's orderly shutdown limit; up kills a child that takes longer")
 	fs.Var(stringVal(&c.logFormat), "log-format", "the children's log format: text or json")
 	fs.Var(stringVal(&c.logLevel), "log-level", "the children's log level: debug, info, warn or error")
+	fs.Var(boolVal(&c.insecure), "insecure", "run etcd without TLS and without authentication (http:// URLs, no certificates), as tokend --insecure; "+
+		"without it up makes a CA and certificates in <data-dir>/pki and every child uses them")
 	fs.Usage = func() {
 		fmt.Fprintf(usage, "Usage of tokend up:\n")
 		fs.PrintDefaults()
@@ -161,14 +178,19 @@ type upLayout struct {
 
 // prepareDataDir reports whether the data dir already holds a cluster (a
 // member dir of any server), checks that it was created with the same
-// --servers and --base-port, and records them for next time. With a cluster
-// there, every server starts with --cluster-state existing, also one whose
-// member dir is missing: it has been in the member list since the
-// bootstrap, so it must join, not bootstrap anew.
+// --servers, --base-port and --insecure, and records the first two for next
+// time. With a cluster there, every server starts with --cluster-state
+// existing, also one whose member dir is missing: it has been in the member
+// list since the bootstrap, so it must join, not bootstrap anew.
 func prepareDataDir(c *upConfig) (existing bool, err error) {
 	for i := 1; i <= 7; i++ {
 		if _, err := os.Stat(filepath.Join(c.dataDir, serverName(i)+".etcd")); err == nil {
 			existing = true
+		}
+	}
+	if existing {
+		if err := checkDataDirTLS(c); err != nil {
+			return false, err
 		}
 	}
 	want := upLayout{Servers: c.servers, BasePort: c.basePort}
@@ -198,6 +220,25 @@ func prepareDataDir(c *upConfig) (existing bool, err error) {
 	}
 }
 
+// checkDataDirTLS checks that the cluster in the data dir was made as c
+// would make it: with TLS (its CA is in <data-dir>/pki) unless --insecure.
+// The members keep the peer URLs they registered, http:// or https://, so
+// a cluster cannot change sides by a restart.
+func checkDataDirTLS(c *upConfig) error {
+	ca := filepath.Join(c.certsDir(), pki.CACertFile)
+	hasCA := fileExists(ca)
+	switch {
+	case !c.insecure && !hasCA:
+		return bad("data-dir", "%s holds a cluster made without TLS (with --insecure, or by an older tokend up): its members registered http:// peer URLs, and %s is missing. "+
+			"Run tokend up --insecure to keep it that way, or remove %s (or choose another --data-dir) for a new cluster with TLS and authentication",
+			c.dataDir, ca, c.dataDir)
+	case c.insecure && hasCA:
+		return bad("insecure", "%s holds a cluster made with TLS (%s exists) and its etcd requires authentication: drop --insecure, or choose another --data-dir",
+			c.dataDir, ca)
+	}
+	return nil
+}
+
 func serverName(i int) string { return "s" + strconv.Itoa(i) }
 func workerName(i int) string { return "w" + strconv.Itoa(i) }
 
@@ -214,11 +255,14 @@ type upChild struct {
 
 // planUp lays out the cluster: server i (from 1) uses basePort+3(i-1) for
 // its etcd client URL, the next port for its peer URL and the next for
-// HTTP; worker j then uses two ports, UDP and HTTP. It is pure.
+// HTTP; worker j then uses two ports, UDP and HTTP. Unless --insecure,
+// every child uses the certificates in <data-dir>/pki, which must exist
+// before they start (see writeLocalCerts). It is pure.
 func planUp(c *upConfig, existing bool) []upChild {
 	port := c.basePort
 	next := func() int { port++; return port - 1 }
 	hostPort := func(p int) string { return net.JoinHostPort(upHost, strconv.Itoa(p)) }
+	url := func(p int) string { return c.scheme() + "://" + hostPort(p) }
 	state := "new"
 	if existing {
 		state = "existing"
@@ -229,7 +273,7 @@ func planUp(c *upConfig, existing bool) []upChild {
 	var initial, endpoints []string
 	for i := range srvs {
 		srvs[i] = srv{next(), next(), next()}
-		initial = append(initial, serverName(i+1)+"=http://"+hostPort(srvs[i].peer))
+		initial = append(initial, serverName(i+1)+"="+url(srvs[i].peer))
 		endpoints = append(endpoints, hostPort(srvs[i].client))
 	}
 	common := []string{
@@ -237,25 +281,33 @@ func planUp(c *upConfig, existing bool) []upChild {
 		"--log-level", c.logLevel,
 		"--shutdown-timeout", c.shutdownTimeout.String(),
 	}
+	// Given as flags, so that they win over TOKEND_INSECURE or
+	// TOKEND_CERTS_DIR in up's environment. (The servers would find
+	// <data-dir>/pki by default, the workers would not.)
+	if c.insecure {
+		common = append(common, "--insecure")
+	} else {
+		common = append(common, "--insecure=false", "--certs-dir", c.certsDir())
+	}
 	var out []upChild
 	for i, s := range srvs {
 		name := serverName(i + 1)
 		out = append(out, upChild{
 			name:   name,
 			server: true,
-			addr:   "http://" + hostPort(s.client),
+			addr:   url(s.client),
 			http:   hostPort(s.http),
 			tcp:    []int{s.client, s.peer, s.http},
 			args: append([]string{"server",
 				"--name", name,
 				"--data-dir", c.dataDir,
-				"--client-urls", "http://" + hostPort(s.client),
-				"--peer-urls", "http://" + hostPort(s.peer),
+				"--client-urls", url(s.client),
+				"--peer-urls", url(s.peer),
 				"--http-addr", hostPort(s.http),
 				// Advertised as listened on, also when a TOKEND_ADVERTISE_*
 				// variable in up's environment would say otherwise.
-				"--advertise-client-urls", "http://" + hostPort(s.client),
-				"--advertise-peer-urls", "http://" + hostPort(s.peer),
+				"--advertise-client-urls", url(s.client),
+				"--advertise-peer-urls", url(s.peer),
 				"--advertise-http-addr", hostPort(s.http),
 				"--initial-cluster", strings.Join(initial, ","),
 				"--cluster-state", state,
@@ -334,6 +386,17 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 	if err := checkPorts(plan, cfg.basePort); err != nil {
 		fmt.Fprintln(stderr, "tokend up:", err)
 		return 1
+	}
+	if !cfg.insecure {
+		// The servers' names are their only hosts: every address is loopback.
+		var servers []pki.Server
+		for i := 1; i <= cfg.servers; i++ {
+			servers = append(servers, pki.Server{Name: serverName(i)})
+		}
+		if _, err := writeLocalCerts(cfg.certsDir(), servers); err != nil {
+			fmt.Fprintln(stderr, "tokend up: certificates:", err)
+			return 1
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -639,7 +702,8 @@ func (s *supervisor) printTable() {
 	for _, p := range s.procs {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.name, p.proc.PID(), p.addr, p.http)
 		if p.server {
-			endpoints = append(endpoints, strings.TrimPrefix(p.addr, "http://"))
+			_, hostPort, _ := strings.Cut(p.addr, "://")
+			endpoints = append(endpoints, hostPort)
 		}
 	}
 	tw.Flush()
@@ -647,8 +711,13 @@ func (s *supervisor) printTable() {
 	victim := s.procs[len(s.procs)-1] // the last worker, or the last server without workers
 	fmt.Fprintf(&b, "Try, in another terminal:\n")
 	fmt.Fprintf(&b, "  kill -9 %d    crash %s (any pid above will do) and watch the others recover\n", victim.proc.PID(), victim.name)
-	fmt.Fprintf(&b, "  go run ./cmd/tokenctl status --etcd %s\n", eps)
-	fmt.Fprintf(&b, "  go tool etcdctl --endpoints=%s member list\n", eps)
+	if s.cfg.insecure {
+		fmt.Fprintf(&b, "  go run ./cmd/tokenctl status --etcd %s --insecure\n", eps)
+		fmt.Fprintf(&b, "  go tool etcdctl --endpoints=%s member list\n", eps)
+	} else {
+		fmt.Fprintf(&b, "  go run ./cmd/tokenctl status --etcd %s --certs-dir %s\n", eps, s.cfg.certsDir())
+		fmt.Fprintf(&b, "  go tool etcdctl --endpoints=%s %s member list\n", eps, etcdctlFlags(s.cfg.certsDir()))
+	}
 	fmt.Fprintf(&b, "Nothing is restarted automatically. Ctrl-C stops the workers, then the servers; a second Ctrl-C kills them all.\n")
 	s.con.printf("%s", b.String())
 }

@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/pki"
 )
 
 func TestUpFlags(t *testing.T) {
@@ -62,9 +63,23 @@ func TestUpFlags(t *testing.T) {
 
 // TestUpPlan: the planned command lines are ones tokend server and tokend
 // worker accept, every port is distinct and in the range, and the servers
-// name each other.
+// name each other; every child uses TLS with <data-dir>/pki, or none with
+// --insecure, whatever up's environment says.
 func TestUpPlan(t *testing.T) {
-	cfg, err := parseUp([]string{"--data-dir", t.TempDir(), "--servers", "3", "--workers", "2", "--base-port", "20000"}, io.Discard)
+	for _, insecure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("insecure=%v", insecure), func(t *testing.T) { testUpPlan(t, insecure) })
+	}
+}
+
+func testUpPlan(t *testing.T, insecure bool) {
+	dir := t.TempDir()
+	args := []string{"--data-dir", dir, "--servers", "3", "--workers", "2", "--base-port", "20000"}
+	scheme, env := "https", map[string]string{"TOKEND_INSECURE": "true", "TOKEND_CERTS_DIR": "/elsewhere"}
+	if insecure {
+		args = append(args, "--insecure")
+		scheme, env = "http", map[string]string{"TOKEND_INSECURE": "false"}
+	}
+	cfg, err := parseUp(args, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,13 +96,19 @@ func TestUpPlan(t *testing.T) {
 			if k.server {
 				m = modeServer
 			}
-			c, err := loadConfig(m, k.args[1:], func(string) string { return "" }, io.Discard)
+			c, err := loadConfig(m, k.args[1:], func(k string) string { return env[k] }, io.Discard)
 			if err != nil {
 				t.Fatalf("%s: tokend %s rejects %q: %v", k.name, k.args[0], k.args[1:], err)
 			}
+			if c.insecure != insecure || (!insecure && c.certsDir != filepath.Join(dir, "pki")) {
+				t.Errorf("%s: insecure %v, certs dir %q; want insecure %v, certs in %s/pki", k.name, c.insecure, c.certsDir, insecure, dir)
+			}
 			if k.server {
-				if c.name != k.name || c.runWorker || !strings.Contains(c.initialCluster, "s3=http://127.0.0.1:20007") {
+				if c.name != k.name || c.runWorker || !strings.Contains(c.initialCluster, "s3="+scheme+"://127.0.0.1:20007") {
 					t.Errorf("%s: name %q, worker %v, initial cluster %q", k.name, c.name, c.runWorker, c.initialCluster)
+				}
+				if c.clientURLs[0] != k.addr || c.advClientURLs[0] != k.addr || !strings.HasPrefix(c.peerURLs[0], scheme+"://") || !strings.HasPrefix(c.advPeerURLs[0], scheme+"://") {
+					t.Errorf("%s: client URLs %v %v, peer URLs %v %v; want %s://", k.name, c.clientURLs, c.advClientURLs, c.peerURLs, c.advPeerURLs, scheme)
 				}
 				if want := map[bool]string{false: "new", true: "existing"}[existing]; c.clusterState != want {
 					t.Errorf("%s: cluster state %q, want %q", k.name, c.clusterState, want)
@@ -106,7 +127,9 @@ func TestUpPlan(t *testing.T) {
 }
 
 // TestUpDataDir: a data dir that holds a cluster remembers its layout; a
-// restart with another --servers or --base-port is refused, naming the flag.
+// restart with another --servers or --base-port is refused, naming the flag,
+// and so is one that would change the cluster's TLS: a secure restart of a
+// cluster without certificates, an insecure one of a cluster with them.
 func TestUpDataDir(t *testing.T) {
 	dir := t.TempDir()
 	parse := func(args ...string) *upConfig {
@@ -130,8 +153,21 @@ func TestUpDataDir(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "s2.etcd"), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// An insecure cluster (made by --insecure, or by up before TLS).
+	if existing, err := prepareDataDir(parse("--insecure")); err != nil || !existing {
+		t.Fatalf("dir with s2.etcd, --insecure: existing %v, %v", existing, err)
+	}
+	if _, err := prepareDataDir(parse()); !errors.Is(err, errConfig) || !strings.Contains(err.Error(), "--data-dir") || !strings.Contains(err.Error(), "--insecure") {
+		t.Errorf("secure restart of an insecure cluster: %v, want errConfig naming --data-dir and suggesting --insecure", err)
+	}
+	if _, err := writeLocalCerts(filepath.Join(dir, "pki"), []pki.Server{{Name: "s1"}}); err != nil {
+		t.Fatal(err)
+	}
 	if existing, err := prepareDataDir(parse()); err != nil || !existing {
-		t.Fatalf("dir with s2.etcd: existing %v, %v", existing, err)
+		t.Fatalf("dir with s2.etcd and pki: existing %v, %v", existing, err)
+	}
+	if _, err := prepareDataDir(parse("--insecure")); !errors.Is(err, errConfig) || !strings.Contains(err.Error(), "--insecure") {
+		t.Errorf("insecure restart of a secure cluster: %v, want errConfig naming --insecure", err)
 	}
 	for _, tt := range []struct{ args []string }{{[]string{"--servers", "5"}}, {[]string{"--base-port", "13000"}}} {
 		_, err := prepareDataDir(parse(tt.args...))
@@ -259,7 +295,24 @@ func TestUp(t *testing.T) {
 	for i := range servers {
 		endpoints = append(endpoints, fmt.Sprintf("127.0.0.1:%d", base+3*i))
 	}
-	cli := etcdClient(t, endpoints...)
+	certs := filepath.Join(dir, "pki")
+	eps := strings.Join(endpoints, ",")
+	for _, want := range []string{
+		fmt.Sprintf(" https://127.0.0.1:%d ", base),
+		"go run ./cmd/tokenctl status --etcd " + eps + " --certs-dir " + certs + "\n",
+		"go tool etcdctl --endpoints=" + eps + " " + etcdctlFlags(certs) + " member list\n",
+	} {
+		if !strings.Contains(p.Out.String(), want) {
+			t.Errorf("the ready table lacks %q:\n%s", want, p.Out.String())
+		}
+	}
+	// Secure by default: a client without TLS gets nothing.
+	plainCtx, plainCancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if _, err := etcdClient(t, endpoints...).Get(plainCtx, cluster.WorkersPrefix); err == nil {
+		t.Errorf("a client without TLS read etcd")
+	}
+	plainCancel()
+	cli := secureClient(t, certs, endpoints...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	members, err := cli.MemberList(ctx)
