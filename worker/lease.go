@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/internal/clock"
+	"github.com/tokend/tokend/internal/hedge"
 	"github.com/tokend/tokend/worker/vouch"
 )
 
@@ -160,59 +161,29 @@ func keepAliveHedged(ctx context.Context, clk clock.Clock, cli *clientv3.Client,
 const maxHedges = 3
 
 // hedged runs call, bounded by within, and again every hedge (or at once
-// after an error) while none has answered, up to maxHedges calls at once.
-// The etcd client balances calls and streams round-robin over the members,
-// so a member whose connection has gone silent (a partition that drops
+// after an error) while none has answered, up to maxHedges calls at once,
+// by the rule of internal/hedge: the first success, or an error final says
+// is final, wins, and the other calls are canceled and waited for. The
+// etcd client balances calls and streams round-robin over the members, so
+// a member whose connection has gone silent (a partition that drops
 // packets, a paused process: gRPC still thinks it is up) costs one hedge
 // delay instead of the round, and a live worker keeps its lease while one
-// member of three stalls (chaos.TestScenario6EtcdMemberCutOff).
-// The first success, or an error final says is final, wins; the rest are
-// canceled. sent is when the winning call was started.
-func hedged[T any](ctx context.Context, clk clock.Clock, within, hedge time.Duration, call func(context.Context) (T, error), final func(error) bool) (res T, sent time.Time, err error) {
-	type result struct {
+// member of three stalls (chaos.TestScenario6EtcdMemberCutOff). sent is
+// when the winning call was started: a lease is counted from there.
+func hedged[T any](ctx context.Context, clk clock.Clock, within, delay time.Duration, call func(context.Context) (T, error), final func(error) bool) (T, time.Time, error) {
+	type sentResult struct {
 		v    T
 		sent time.Time
-		err  error
 	}
 	rctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
-	results := make(chan result, maxHedges) // the losers never block
-	launched := 0
-	launch := func() {
-		launched++
-		sent := clk.Now()
-		go func() {
-			v, err := call(rctx)
-			results <- result{v, sent, err}
-		}()
-	}
-	launch()
-	pending := 1
-	timer, timerC := clk.NewTimer(hedge)
-	defer timer.Stop()
-	var last result
-	for pending > 0 {
-		select {
-		case r := <-results:
-			pending--
-			if r.err == nil || (final != nil && final(r.err)) {
-				return r.v, r.sent, r.err
-			}
-			last = r
-			if launched < maxHedges && rctx.Err() == nil {
-				launch()
-				pending++
-				timer.Reset(hedge)
-			}
-		case <-timerC:
-			if launched < maxHedges {
-				launch()
-				pending++
-				timer.Reset(hedge)
-			}
-		}
-	}
-	return last.v, last.sent, last.err
+	r, _, err := hedge.Run(rctx, hedge.Policy{Delay: delay, Attempts: maxHedges, Final: final, Clock: clk},
+		func(ctx context.Context, _ int) (sentResult, error) {
+			sent := clk.Now()
+			v, err := call(ctx)
+			return sentResult{v, sent}, err
+		})
+	return r.v, r.sent, err
 }
 
 // revoke ends the lease at once (clean shutdown): the registration vanishes
