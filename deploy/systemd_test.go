@@ -102,7 +102,8 @@ func envToFlag(env string) string {
 
 // TestSystemdUnits checks the units as a reviewer would (the settings
 // issue 15 asks for, every TOKEND_* variable of the environment files a
-// real flag of its mode, stop timeouts above drain plus shutdown), then
+// real flag of its mode, stop timeouts above drain plus shutdown, etcd over
+// TLS with the certificates in /etc/tokend/pki), then
 // runs systemd-analyze verify and security on them where it exists, with
 // ExecStart pointed at a copy of the test's tokend (verify needs the
 // binary to exist).
@@ -159,6 +160,19 @@ func TestSystemdUnits(t *testing.T) {
 				if _, ok := flags[envToFlag(k)]; !ok {
 					t.Errorf("%s: %s is not a flag of tokend %s (--%s)", tc.env, k, tc.mode, envToFlag(k))
 				}
+			}
+			// Secure by default: certificates in /etc/tokend/pki, https://
+			// only (in the commented-out examples too).
+			if e := env["TOKEND_CERTS_DIR"]; e.commented || e.value != "/etc/tokend/pki" {
+				t.Errorf("%s: TOKEND_CERTS_DIR=%q (commented %v), want /etc/tokend/pki", tc.env, e.value, e.commented)
+			}
+			for k, e := range env {
+				if strings.Contains(e.value, "http://") {
+					t.Errorf("%s: %s=%s: etcd runs over TLS, https:// only", tc.env, k, e.value)
+				}
+			}
+			if b, _ := os.ReadFile(filepath.Join(dir, tc.unit)); !strings.Contains(string(b), "tokend certs") || strings.Contains(string(b), "No TLS") {
+				t.Errorf("%s: its comment must say how to install the certificates (tokend certs)", tc.unit)
 			}
 			budget := 0.0
 			for _, f := range []string{"drain-timeout", "shutdown-timeout"} {
