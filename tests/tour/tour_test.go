@@ -81,7 +81,13 @@ func run(t *testing.T, env []string, within time.Duration, bin string, args ...s
 type tokend struct {
 	*process
 	etcd, udp, http string
+	certs           string   // where it made its CA and certificates: <data-dir>/pki
 	args            []string // to start it again on the same data and ports
+}
+
+// etcdctlTLS are the etcdctl flags the banner prints: root's certificate.
+func (td *tokend) etcdctlTLS() []string {
+	return []string{"--cacert=" + filepath.Join(td.certs, "ca.crt"), "--cert=" + filepath.Join(td.certs, "root.crt"), "--key=" + filepath.Join(td.certs, "root.key")}
 }
 
 // startTokend runs "tokend" (all-in-one) as the tour's first step does,
@@ -94,8 +100,10 @@ func startTokend(t *testing.T, env []string) *tokend {
 		http: proctest.Loop(proctest.FreePort(t, "tcp")),
 	}
 	peer := proctest.Loop(proctest.FreePort(t, "tcp"))
-	td.args = []string{"--data-dir", t.TempDir(),
-		"--client-urls", "http://" + td.etcd, "--peer-urls", "http://" + peer,
+	dir := t.TempDir()
+	td.certs = filepath.Join(dir, "pki")
+	td.args = []string{"--data-dir", dir,
+		"--client-urls", "https://" + td.etcd, "--peer-urls", "https://" + peer,
 		"--udp-addr", td.udp, "--http-addr", td.http,
 		"--worker-ttl", "2s", "--grace", "2s", "--session-ttl", "4s"}
 	td.process = start(t, env, proctest.Tokend(t), td.args...)
@@ -111,6 +119,9 @@ func TestTour(t *testing.T) {
 	env := tourEnv(t)
 	ctl := proctest.Tokenctl(t)
 	td := startTokend(t, env)
+	// tokenctl and "tokend worker" find the certificates as they would in
+	// ./tokend-data/pki.
+	env = append(env, "TOKEND_CERTS_DIR="+td.certs)
 	begin := time.Now()
 	step := func(format string, a ...any) {
 		t.Logf("[%5.1fs] %s", time.Since(begin).Seconds(), fmt.Sprintf(format, a...))
@@ -120,10 +131,10 @@ func TestTour(t *testing.T) {
 	banner := td.out.String()
 	for _, want := range []string{
 		"tokend 0.1.0 (all-in-one) is up",
-		"etcd client   http://" + td.etcd,
+		"etcd client   https://" + td.etcd,
 		"udp://" + td.udp,
 		"http          http://" + td.http + "/metrics  /healthz  /readyz",
-		"go tool etcdctl --endpoints=" + td.etcd + " get --prefix /tokend/",
+		"go tool etcdctl --endpoints=" + td.etcd + " " + strings.Join(td.etcdctlTLS(), " ") + " get --prefix /tokend/",
 	} {
 		if !strings.Contains(banner, want) {
 			t.Errorf("banner lacks %q:\n%s", want, banner)
@@ -145,7 +156,7 @@ func TestTour(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code := run(t, env, 5*time.Minute, goTool, "tool", "etcdctl", "--endpoints="+td.etcd, "get", "--prefix", "/tokend/")
+	out, errOut, code := run(t, env, 5*time.Minute, goTool, append(append([]string{"tool", "etcdctl", "--endpoints=" + td.etcd}, td.etcdctlTLS()...), "get", "--prefix", "/tokend/")...)
 	if code != 0 {
 		t.Fatalf("etcdctl exit %d: %s", code, errOut)
 	}
@@ -363,7 +374,7 @@ func TestTour(t *testing.T) {
 	before := kv["/tokend/config"]
 	again := start(t, env, proctest.Tokend(t), td.args...)
 	again.WaitBanner(60 * time.Second)
-	out, errOut, code = run(t, env, 5*time.Minute, goTool, "tool", "etcdctl", "--endpoints="+td.etcd, "get", "/tokend/config", "--print-value-only")
+	out, errOut, code = run(t, env, 5*time.Minute, goTool, append(append([]string{"tool", "etcdctl", "--endpoints=" + td.etcd}, td.etcdctlTLS()...), "get", "/tokend/config", "--print-value-only")...)
 	if code != 0 || strings.TrimSpace(out) != before {
 		t.Errorf("/tokend/config after the restart: exit %d, %q%s; want the first run's %q", code, out, errOut, before)
 	}
@@ -573,8 +584,8 @@ func TestAcquireUnansweredMap(t *testing.T) {
 	ctl := proctest.Tokenctl(t)
 	udp, dead := proctest.Loop(proctest.FreePort(t, "udp")), proctest.Loop(proctest.FreePort(t, "udp"))
 	td := start(t, env, proctest.Tokend(t), "--data-dir", t.TempDir(),
-		"--client-urls", "http://"+proctest.Loop(proctest.FreePort(t, "tcp")),
-		"--peer-urls", "http://"+proctest.Loop(proctest.FreePort(t, "tcp")),
+		"--client-urls", "https://"+proctest.Loop(proctest.FreePort(t, "tcp")),
+		"--peer-urls", "https://"+proctest.Loop(proctest.FreePort(t, "tcp")),
 		"--udp-addr", udp, "--advertise-udp-addr", dead,
 		"--http-addr", proctest.Loop(proctest.FreePort(t, "tcp")))
 	td.WaitBanner(60 * time.Second)
