@@ -44,6 +44,13 @@
 // one LeaseKeepAlive stream per worker instead of a KeepAliveOnce per
 // renewal, sessions grouped under one etcd lease per group, jittered
 // reconnects with a per-worker open rate limit, session watches that
-// skip puts, and the map split into per-range documents. Current is the
-// code as it is; Planned is the plan.
+// skip puts with session ends paced and batched into end records, and the
+// map split into per-range documents. Current is the code as it is;
+// Planned is the plan.
+//
+// Run runs a Config's scenario (Steps: steady, kill, join, rolling drain,
+// every client restarting) and returns a Report: per phase, rates per
+// virtual second (average and peak), totals, the planner's and the map's
+// figures, failover times and session outcomes; Report.Table prints it
+// with the source of every row.
 package sim

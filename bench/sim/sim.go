@@ -840,7 +840,6 @@ func (s *Sim) replan() error {
 	if len(moves) == 0 {
 		return nil
 	}
-	prev := s.m
 	s.m = next
 	cost, err := mapCost(next, s.addrOf, s.graceMs)
 	if err != nil {
@@ -904,7 +903,7 @@ func (s *Sim) replan() error {
 	}
 	applied := s.now + s.c.EtcdCallLatency + s.c.WatchLatency
 	for _, k := range p.Kills {
-		if k.LeaseGone > 0 && k.Mapped == 0 && !s.ownsAny(prev, next, k.Worker) {
+		if k.LeaseGone > 0 && k.Mapped == 0 && !owns(next, k.Worker) {
 			k.Mapped = applied
 			k.Grants = applied + s.cfg.Grace
 			k.HeldValid = applied + s.cfg.WorkerTTL/4
@@ -937,8 +936,9 @@ func (s *Sim) replan() error {
 	return nil
 }
 
-func (s *Sim) ownsAny(prev, next delegation.Map, id string) bool {
-	for _, o := range next.Workers {
+// owns reports whether worker id (any incarnation) owns a shard in m.
+func owns(m delegation.Map, id string) bool {
+	for _, o := range m.Workers {
 		if o.ID == id {
 			return true
 		}
@@ -956,11 +956,10 @@ func (s *Sim) unowned() int {
 		}
 	}
 	n := 0
-	for sh, o := range s.m.Owner {
+	for _, o := range s.m.Owner {
 		if o == delegation.NoOwner || !reg[s.m.Workers[o]] {
 			n++
 		}
-		_ = sh
 	}
 	return n
 }
