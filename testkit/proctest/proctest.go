@@ -2,7 +2,8 @@
 // tests/chaos, tests/multihost, tests/tour, cmd/tokend) share beyond the
 // process harness internal/proc: a TestMain that checks for leaked
 // goroutines, the tokend and tokenctl binaries and the C client's
-// tokend-lock built once per run, fresh loopback ports, and Start, which
+// tokend-lock built once per run, fresh loopback ports, certificates made
+// by "tokend certs" and an etcd client that uses them, and Start, which
 // ties a process to a test (killed at cleanup, its output logged on
 // failure). Only tests import it.
 package proctest
