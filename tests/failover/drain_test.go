@@ -95,7 +95,7 @@ func TestDrain(t *testing.T) {
 	}
 
 	// 1. A worker joins.
-	w3 := newWorker(t, "w3", []string{c.srv.endpoint()}, workerFlags...)
+	w3 := newWorker(t, "w3", c.srv.certs, []string{c.srv.endpoint()}, workerFlags...)
 	w3.start()
 	c.workers = append(c.workers, w3)
 	w3.p.WaitReady(loop(w3.http), 30*time.Second)

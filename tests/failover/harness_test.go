@@ -14,7 +14,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
@@ -55,26 +54,32 @@ type server struct {
 	t                  *testing.T
 	name               string
 	dir                string
+	certs              string // "tokend certs" made it for every server; workers and the test's etcd clients use it too
 	client, peer, http int
 	args               []string
 	p                  *proctest.Proc
 }
 
 // newServers describes n servers forming one etcd cluster, with the given
-// cluster-wide options (shards, session TTL, grace).
+// cluster-wide options (shards, session TTL, grace). They run as users run
+// them: etcd over TLS with authentication, with certificates "tokend
+// certs" made for all of them.
 func newServers(t *testing.T, n int, extra ...string) []*server {
 	dir := t.TempDir()
 	ss := make([]*server, n)
-	var initial []string
+	var initial, names []string
 	for i := range ss {
 		s := &server{t: t, name: fmt.Sprintf("s%d", i+1), dir: dir, client: freeTCP(t), peer: freeTCP(t), http: freeTCP(t)}
 		ss[i] = s
-		initial = append(initial, fmt.Sprintf("%s=http://%s", s.name, loop(s.peer)))
+		initial = append(initial, fmt.Sprintf("%s=https://%s", s.name, loop(s.peer)))
+		names = append(names, s.name)
 	}
+	certs := proctest.Certs(t, names...)
 	for _, s := range ss {
-		s.args = append([]string{"server", "--name", s.name, "--data-dir", s.dir,
-			"--client-urls", "http://" + loop(s.client),
-			"--peer-urls", "http://" + loop(s.peer),
+		s.certs = certs
+		s.args = append([]string{"server", "--name", s.name, "--data-dir", s.dir, "--certs-dir", certs,
+			"--client-urls", "https://" + loop(s.client),
+			"--peer-urls", "https://" + loop(s.peer),
 			"--http-addr", loop(s.http),
 			"--initial-cluster", strings.Join(initial, ","),
 		}, extra...)
@@ -97,9 +102,11 @@ type workerProc struct {
 	starts    int
 }
 
-func newWorker(t *testing.T, id string, endpoints []string, extra ...string) *workerProc {
+// newWorker describes a worker of the servers whose certificates are in
+// certs (server.certs).
+func newWorker(t *testing.T, id, certs string, endpoints []string, extra ...string) *workerProc {
 	w := &workerProc{t: t, id: id, udp: freeUDP(t), http: freeTCP(t)}
-	w.args = append([]string{"worker", "--worker-id", id,
+	w.args = append([]string{"worker", "--worker-id", id, "--certs-dir", certs,
 		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--udp-addr", loop(w.udp), "--http-addr", loop(w.http),
 	}, extra...)
@@ -137,14 +144,11 @@ func workerMetrics(httpAddr string) string {
 
 func (w *workerProc) addr() string { return loop(w.udp) }
 
-func etcdClient(t *testing.T, endpoints ...string) *clientv3.Client {
+// etcdClient dials endpoints as the operator (etcd user root) with the
+// certificates in certs.
+func etcdClient(t *testing.T, certs string, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return proctest.EtcdClient(t, certs, endpoints...)
 }
 
 // view is the cluster as etcd shows it: the map and the registered workers.
@@ -182,10 +186,10 @@ func startOneServer(t *testing.T, shards, nworkers int, clusterFlags, workerFlag
 	c := &oneServer{srv: ss[0]}
 	c.srv.start()
 	c.srv.p.WaitReady(loop(c.srv.http), 30*time.Second)
-	c.cli = etcdClient(t, c.srv.endpoint())
+	c.cli = etcdClient(t, c.srv.certs, c.srv.endpoint())
 	var ids []string
 	for i := range nworkers {
-		w := newWorker(t, fmt.Sprintf("w%d", i+1), []string{c.srv.endpoint()}, workerFlags...)
+		w := newWorker(t, fmt.Sprintf("w%d", i+1), c.srv.certs, []string{c.srv.endpoint()}, workerFlags...)
 		w.start()
 		c.workers = append(c.workers, w)
 		ids = append(ids, w.id)

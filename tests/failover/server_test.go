@@ -35,10 +35,10 @@ func startThreeServers(t *testing.T, nworkers int) *threeServers {
 	for _, s := range c.servers {
 		s.p.WaitReady(loop(s.http), 60*time.Second)
 	}
-	c.cli = etcdClient(t, endpoints...)
+	c.cli = etcdClient(t, c.servers[0].certs, endpoints...)
 	var ids []string
 	for i := range nworkers {
-		w := newWorker(t, fmt.Sprintf("w%d", i+1), endpoints, workerFlags...)
+		w := newWorker(t, fmt.Sprintf("w%d", i+1), c.servers[0].certs, endpoints, workerFlags...)
 		w.start()
 		c.workers = append(c.workers, w)
 		ids = append(ids, w.id)
@@ -129,7 +129,7 @@ func (c *threeServers) moveEtcdLeader(t *testing.T, to *server) {
 	if cur == to.name {
 		return
 	}
-	lcli := etcdClient(t, c.byName(cur).endpoint())
+	lcli := etcdClient(t, to.certs, c.byName(cur).endpoint())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	_, err := lcli.MoveLeader(ctx, c.memberIDs(t)[to.name])
 	cancel()
