@@ -23,8 +23,9 @@ import (
 // Scenario 9 is in three parts. What is and is not covered:
 //
 //   - Covered statically (TestScenario9OnlyMonotonicTime): the packages
-//     on the lease path (worker, worker/table, clientlib, wire, coordinator,
-//     cluster) contain no wall-clock arithmetic; every time they compare
+//     on the lease path (worker, worker/table, worker/ownership,
+//     worker/vouch, clientlib, wire, coordinator, cluster) contain no
+//     wall-clock arithmetic; every time they compare
 //     comes from time.Now/time.Since/Sub with Go's monotonic reading (the
 //     worker's tables get int64 nanoseconds from Worker.mono, a Sub from a
 //     base time.Now). A wall-clock step of the host (settimeofday, NTP
@@ -39,11 +40,13 @@ import (
 //     clock running 40 % slow, far beyond Config.Drift, does make a cut-off
 //     holder believe in its token after it was given to another client, and
 //     the history checker catches it, so the dynamic test could fail.
-//   - Not covered: workers have no injectable clock (worker.Config has no
-//     Now), so neither skew nor drift of a worker's monotonic clock is
-//     injected; stepping the real wall clock of a worker process would need
-//     root (clock_settime) or libfaketime, and by the static check would not
-//     be seen anyway. A monotonic clock that goes backwards is outside the
+//   - Not covered here: a worker's clock is injectable (worker.Config.Clock;
+//     the worker's own tests move a fake clock through its leases and
+//     timers), but the worker processes of these scenarios read the host's
+//     clock, so neither skew nor drift of a worker's monotonic clock is
+//     injected into them; stepping the real wall clock of a worker process
+//     would need root (clock_settime) or libfaketime, and by the static
+//     check would not be seen anyway. A monotonic clock that goes backwards is outside the
 //     failure model (it cannot happen on Linux).
 
 // wallClockUses lists the calls in dir's non-test Go files that read or
@@ -110,9 +113,10 @@ func TestScenario9OnlyMonotonicTime(t *testing.T) {
 		"clientlib/client.go: time.Unix": "SetReadDeadline(time.Unix(1, 0)): a deadline in the past to wake the reader at Close",
 		"cluster/cluster.go: t.UTC":      "cluster.Now: the human-readable 'since' of etcd documents, never read back for a decision",
 		"cluster/member.go: url.Parse":   "MemberAnswers parses an etcd member's URL, not a time",
+		"cluster/dial.go: url.Parse":     "Dial parses an etcd endpoint to check its scheme (http or https), not a time",
 	}
 	seen := map[string]bool{}
-	for _, dir := range []string{"worker", "worker/table", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {
+	for _, dir := range []string{"worker", "worker/table", "worker/ownership", "worker/vouch", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {
 		for _, use := range wallClockUses(t, filepath.Join("..", "..", dir)) {
 			use = strings.TrimPrefix(use, "../../")
 			if _, ok := allowed[use]; ok {
