@@ -14,7 +14,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/internal/proc"
@@ -76,6 +75,7 @@ type rcluster struct {
 	t       *testing.T
 	servers []*srvProc
 	workers []*wrkProc
+	certs   string // made by "tokend certs" for every server, the workers and the test
 	cli     *clientv3.Client
 	px      *proxy.Proxy
 	seeds   []string // the proxy's frontends of the workers
@@ -97,16 +97,22 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 	start := time.Now()
 	c := &rcluster{t: t}
 	dir := t.TempDir()
-	var initial, endpoints []string
+	var initial, endpoints, names []string
 	for i := range o.servers {
 		s := &srvProc{name: fmt.Sprintf("s%d", i+1), client: freePort(t, "tcp"), peer: freePort(t, "tcp"), http: freePort(t, "tcp")}
 		c.servers = append(c.servers, s)
-		initial = append(initial, fmt.Sprintf("%s=http://%s", s.name, loop(s.peer)))
+		initial = append(initial, fmt.Sprintf("%s=https://%s", s.name, loop(s.peer)))
 		endpoints = append(endpoints, s.endpoint())
+		names = append(names, s.name)
 	}
+	// etcd over TLS with authentication, as users run tokend: "tokend
+	// certs" makes every server's certificate and the workers' and the
+	// test's client certificates (valid on loopback, so also through the
+	// TCP relays).
+	c.certs = proctest.Certs(t, names...)
 	for _, s := range c.servers {
-		s.args = []string{"server", "--name", s.name, "--data-dir", dir,
-			"--client-urls", "http://" + loop(s.client), "--peer-urls", "http://" + loop(s.peer),
+		s.args = []string{"server", "--name", s.name, "--data-dir", dir, "--certs-dir", c.certs,
+			"--client-urls", "https://" + loop(s.client), "--peer-urls", "https://" + loop(s.peer),
 			"--http-addr", loop(s.http), "--initial-cluster", strings.Join(initial, ","),
 			"--shards", strconv.Itoa(rShards), "--session-ttl", o.sessionTTL.String(), "--grace", rGrace.String()}
 		s.p = startProc(t, s.name, bin, nil, s.args...)
@@ -114,12 +120,7 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 	for _, s := range c.servers {
 		s.p.WaitReady(loop(s.http), 60*time.Second)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	c.cli = cli
+	c.cli = proctest.EtcdClient(t, c.certs, endpoints...)
 	var ups []string
 	for i := range o.workers {
 		w := &wrkProc{id: fmt.Sprintf("w%d", i+1), udp: freePort(t, "udp"), http: freePort(t, "tcp")}
@@ -136,7 +137,7 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 				eps = append(eps, r.Addr())
 			}
 		}
-		w.args = []string{"worker", "--worker-id", w.id, "--etcd-endpoints", strings.Join(eps, ","),
+		w.args = []string{"worker", "--worker-id", w.id, "--certs-dir", c.certs, "--etcd-endpoints", strings.Join(eps, ","),
 			"--udp-addr", w.addr(), "--http-addr", loop(w.http), "--worker-ttl", rWorkerTTL.String()}
 		c.workers = append(c.workers, w)
 		c.startWorker(w)
@@ -146,10 +147,11 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 		w.p.WaitReady(loop(w.http), 30*time.Second)
 	}
 	c.waitBalanced(20 * time.Second)
-	c.px, err = proxy.New(proxy.Config{Upstreams: ups, Seed: seed})
+	px, err := proxy.New(proxy.Config{Upstreams: ups, Seed: seed})
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.px = px
 	t.Cleanup(func() { c.px.Close() })
 	for _, u := range ups {
 		f, _ := c.px.Frontend(u)
