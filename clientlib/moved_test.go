@@ -59,7 +59,10 @@ func TestReleaseAfterMoveNotReclaimed(t *testing.T) {
 // ignore that grant (its request has moved to epoch 2) and get the token
 // from worker 1. (recovery.TestWorkerHang provokes it with real processes.)
 func TestLateGrantFromPassedEpoch(t *testing.T) {
-	fc := newFakeCluster(t, 22, fakeConfig{workers: 2, grace: 600 * time.Millisecond})
+	// The grace period leaves the holder, which learns of the move from
+	// its next keepalive (every 500 ms), time to reclaim its grant at
+	// worker 1 before worker 1 grants the waiter instead.
+	fc := newFakeCluster(t, 22, fakeConfig{workers: 2, grace: 1500 * time.Millisecond})
 	seeds := []string{fc.addr(0), fc.addr(1)}
 	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: func(context.Context, *Token, Revocation) {}})
 	waiter := fc.dial(t, Config{Seeds: seeds})
@@ -91,6 +94,11 @@ func TestLateGrantFromPassedEpoch(t *testing.T) {
 			}
 		}
 		return false
+	})
+
+	eventually(t, 3*time.Second, "the holder's grant reclaimed at worker 1", func() bool {
+		gs := fc.grants(1, "q")
+		return len(gs) == 1 && gs[0].fence == held.Fence()
 	})
 
 	// The late grant, from worker 0 at epoch 1.
