@@ -58,8 +58,8 @@ type Config struct {
 	WorkerSets  []int // worker counts for the scaling workload
 	EtcdMembers []int // embedded etcd cluster sizes for the Mutex comparison
 
-	// Failover: FailoverWorkers worker processes (this binary re-executed,
-	// see WorkerChild), killed -9 FailoverKills times one after the other,
+	// Failover: FailoverWorkers "tokend worker" processes of one "tokend
+	// server", killed -9 FailoverKills times one after the other,
 	// each but the last followed by a replacement process. The worker TTL
 	// and grace period are short (etcd's minimum lease is 2 s) so that a
 	// failover takes seconds; they apply to this workload only.

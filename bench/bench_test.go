@@ -13,17 +13,17 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	WorkerChild() // TestFailover re-executes this binary as worker processes
+	WorkerChild() // the echo workload re-executes this binary as echo servers
 	etcdtest.VerifyTestMain(m)
 }
 
-// TestFailover runs a tiny failover workload: two worker processes (this
-// test binary re-executed), one kill -9. The killed worker's held tokens
+// TestFailover runs a tiny failover workload: a tokend server and two
+// tokend worker processes, one kill -9. The killed worker's held tokens
 // must be valid again, its shards must grant again, and nothing may fail
 // on the other worker's shards.
 func TestFailover(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts etcd and worker processes")
+		t.Skip("starts tokend server and worker processes")
 	}
 	start := time.Now()
 	cfg := Config{Quick: true, Clients: 2, Shards: 16, Warmup: 100 * time.Millisecond,

@@ -2,9 +2,10 @@
 // comparisons. Every server it measures runs in a process of its own on
 // loopback, as users run it: the real tokend binary (proc.go: built once
 // per run, started all-in-one, plus "tokend worker" processes for the
-// scaling workload), redis-server (redis.go, where installed), the UDP
-// echo servers (this binary re-executed), and for failover worker
-// processes (this binary re-executed). Clients stay in the bench process,
+// scaling workload; a "tokend server" and "tokend worker" processes for
+// failover; etcd over TLS with authentication, as tokend runs by default),
+// redis-server (redis.go, where installed) and the UDP echo servers (this
+// binary re-executed, child.go). Clients stay in the bench process,
 // except the C client's, which run in cload (bench/cload/cload.c, built
 // with cc from clientlib/c). Still in the bench's process: the held-set
 // workload (its figure is the worker's Go heap per token), tokend's
@@ -25,7 +26,7 @@
 //   - failover.go: kill -9 worker processes under load, repeatedly: time
 //     until held tokens are valid again and until the shards grant again,
 //     and what the other workers' shards saw meanwhile. The workers are
-//     this binary re-executed (child.go, WorkerChild).
+//     "tokend worker" processes of a "tokend server".
 //   - etcdmutex.go: the same uncontended and contended loops with
 //     go.etcd.io/etcd/client/v3/concurrency.Mutex.
 //   - echo.go: the UDP echo limit at the same concurrency, against an echo

@@ -4,28 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/clientlib"
-	"github.com/tokend/tokend/cluster"
-	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/wire"
 )
 
 // runFailover kills -9 worker processes under load and measures how long
-// their shards take to serve again. The cluster: one embedded etcd member
-// and a coordinator in this process, cfg.FailoverWorkers worker processes
-// (this binary re-executed, see child.go) with a worker TTL of
-// cfg.FailoverTTL and a grace period of cfg.FailoverGrace. The load:
+// their shards take to serve again. The cluster, as users run it: one
+// "tokend server" process (etcd member and coordinator) and
+// cfg.FailoverWorkers "tokend worker" processes with a worker TTL of
+// cfg.FailoverTTL and a grace period of cfg.FailoverGrace, etcd over TLS. The load:
 // cfg.Clients clientlib clients that hold cfg.FailoverHeld EX tokens in
 // every shard for the whole run, and one cycler per shard (on client
 // shard mod C) doing EX acquire+release pairs with cfg.FailoverPause
@@ -53,7 +52,7 @@ func runFailover(ctx context.Context, cfg *Config) (out []Result, ks []Kill, err
 	budget := 60*time.Second + time.Duration(cfg.FailoverKills)*(3*cfg.FailoverTTL+2*cfg.FailoverGrace+30*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	cfg.progress("failover: starting etcd, a coordinator and %d worker processes (worker TTL %v, grace %v)",
+	cfg.progress("failover: starting a tokend server and %d tokend worker processes (worker TTL %v, grace %v)",
 		cfg.FailoverWorkers, cfg.FailoverTTL, cfg.FailoverGrace)
 	fc, err := startFailoverCluster(ctx, cfg)
 	if err != nil {
@@ -263,15 +262,29 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return time.Duration(h.h.ValueAtQuantile(p))
 }
 
-// failoverCluster is etcd and a coordinator in this process, and worker
-// processes.
+// failoverCluster is tokend as users run it on one machine: a "tokend
+// server" process (etcd member and coordinator) and "tokend worker"
+// processes, etcd over TLS with authentication and certificates that
+// "tokend certs" made, all in a temporary directory removed by close.
 type failoverCluster struct {
-	etcd  *etcdCluster
-	cli   *clientv3.Client
-	coord *coordinator.Coordinator
-	specs []childSpec
-	procs []*workerProc // the current process of each spec
-	dead  []*workerProc // killed ones (reaped)
+	bin    string
+	dir    string
+	certs  string
+	etcd   string // the server's etcd client endpoint
+	server *tokendProc
+	cli    *clientv3.Client
+	specs  []failoverWorker
+	procs  []*tokendProc // the current process of each spec
+	dead   []*tokendProc // killed ones (reaped)
+}
+
+// failoverWorker is one worker of the failover cluster: every process
+// started for it has the same id and UDP address (a replacement is a new
+// incarnation).
+type failoverWorker struct {
+	ID      string
+	UDPAddr string
+	args    []string
 }
 
 func startFailoverCluster(ctx context.Context, cfg *Config) (fc *failoverCluster, err error) {
@@ -281,26 +294,30 @@ func startFailoverCluster(ctx context.Context, cfg *Config) (fc *failoverCluster
 			fc.close()
 		}
 	}()
-	if fc.etcd, err = startEtcd(ctx, 1); err != nil {
+	if fc.bin, err = tokendBinary(ctx); err != nil {
 		return nil, err
 	}
-	fc.cli, err = clientv3.New(clientv3.Config{Endpoints: fc.etcd.endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if fc.dir, err = os.MkdirTemp("", "tokend-bench-failover"); err != nil {
+		return nil, err
+	}
+	client, peer := freeTCPPort(), freeTCPPort()
+	if client == 0 || peer == 0 {
+		return nil, errors.New("bench: no free TCP port for etcd")
+	}
+	fc.etcd = fmt.Sprintf("127.0.0.1:%d", client)
+	fc.certs = filepath.Join(fc.dir, "certs")
+	if err := makeCerts(ctx, fc.bin, fc.certs, "s1=127.0.0.1"); err != nil {
+		return nil, err
+	}
+	fc.server, err = startTokendProc(ctx, fc.bin, "s1", []string{"server", "--name", "s1",
+		"--data-dir", filepath.Join(fc.dir, "s1"), "--certs-dir", fc.certs,
+		"--client-urls", "https://" + fc.etcd, "--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", peer),
+		"--http-addr", "127.0.0.1:0", "--log-level", "warn",
+		"--shards", strconv.Itoa(cfg.Shards), "--session-ttl", cfg.FailoverSession.String(), "--grace", cfg.FailoverGrace.String()})
 	if err != nil {
 		return nil, err
 	}
-	fc.coord, err = coordinator.New(coordinator.Config{
-		Client: fc.cli, Name: "bench",
-		Cluster: cluster.Config{
-			Shards: cfg.Shards, SessionTTLms: cfg.FailoverSession.Milliseconds(), GraceMs: cfg.FailoverGrace.Milliseconds(),
-			Created: cluster.Now(time.Now()), CreatedBy: "tokend-bench", Version: cluster.Version,
-		},
-		LeaderTTL: 2 * time.Second,
-		Logger:    slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err = fc.coord.Start(ctx); err != nil {
+	if fc.cli, err = dialEtcd(fc.certs, fc.etcd); err != nil {
 		return nil, err
 	}
 	for i := range cfg.FailoverWorkers {
@@ -308,14 +325,16 @@ func startFailoverCluster(ctx context.Context, cfg *Config) (fc *failoverCluster
 		if err != nil {
 			return nil, err
 		}
-		fc.specs = append(fc.specs, childSpec{ID: fmt.Sprintf("f%d", i+1), Endpoints: fc.etcd.endpoints(),
-			UDPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), TTLms: cfg.FailoverTTL.Milliseconds()})
+		w := failoverWorker{ID: fmt.Sprintf("f%d", i+1), UDPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+		w.args = []string{"worker", "--worker-id", w.ID, "--etcd-endpoints", fc.etcd, "--certs-dir", fc.certs,
+			"--udp-addr", w.UDPAddr, "--http-addr", "127.0.0.1:0", "--worker-ttl", cfg.FailoverTTL.String(), "--log-level", "warn"}
+		fc.specs = append(fc.specs, w)
 	}
-	fc.procs = make([]*workerProc, len(fc.specs))
+	fc.procs = make([]*tokendProc, len(fc.specs))
 	errs := make([]error, len(fc.specs))
 	var wg sync.WaitGroup
-	for i, s := range fc.specs {
-		wg.Go(func() { fc.procs[i], errs[i] = startWorkerProc(ctx, s, 30*time.Second) })
+	for i, w := range fc.specs {
+		wg.Go(func() { fc.procs[i], errs[i] = startTokendProc(ctx, fc.bin, w.ID, w.args) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -352,11 +371,11 @@ func (fc *failoverCluster) seeds() []string {
 	return out
 }
 
-// childCPU is the CPU time the worker processes used so far: the reaped
-// ones (getrusage) and the live ones (/proc).
+// childCPU is the CPU time the cluster's processes used so far: the
+// reaped ones (getrusage) and the live ones (/proc).
 func (fc *failoverCluster) childCPU() time.Duration {
 	d := childrenCPU()
-	for _, p := range fc.procs {
+	for _, p := range append([]*tokendProc{fc.server}, fc.procs...) {
 		if p != nil {
 			d += cpuOf(p.Process)
 		}
@@ -365,7 +384,8 @@ func (fc *failoverCluster) childCPU() time.Duration {
 }
 
 // close kills every worker process still running (by PID), then stops
-// the coordinator and etcd.
+// the server (SIGINT, killed if it does not exit within 5 s) and removes
+// the directory.
 func (fc *failoverCluster) close() error {
 	var errs []error
 	for _, p := range fc.procs {
@@ -373,14 +393,14 @@ func (fc *failoverCluster) close() error {
 			errs = append(errs, p.Kill())
 		}
 	}
-	if fc.coord != nil {
-		fc.coord.Close()
-	}
 	if fc.cli != nil {
 		fc.cli.Close()
 	}
-	if fc.etcd != nil {
-		fc.etcd.close()
+	if fc.server != nil {
+		errs = append(errs, fc.server.Stop(syscall.SIGINT, 5*time.Second))
+	}
+	if fc.dir != "" {
+		os.RemoveAll(fc.dir)
 	}
 	return errors.Join(errs...)
 }
@@ -395,11 +415,11 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 	if err != nil {
 		return killStat{}, err
 	}
-	affected := v.ShardsOf(victim.spec.ID)
+	affected := v.ShardsOf(victim.id)
 	held := l.heldIn(affected)
-	ks := killStat{victim: victim.spec.ID, pid: victim.PID(), shards: len(affected), held: len(held)}
+	ks := killStat{victim: victim.id, pid: victim.PID(), shards: len(affected), held: len(held)}
 	if len(affected) == 0 {
-		return ks, fmt.Errorf("bench: failover: %s serves no shards", victim.spec.ID)
+		return ks, fmt.Errorf("bench: failover: %s serves no shards", victim.id)
 	}
 	rd := l.open(affected, true)
 	kill := rd.since
@@ -425,7 +445,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		}
 		if ks.mapped == 0 && !now.Before(nextMap) {
 			nextMap = now.Add(50 * time.Millisecond)
-			if v, err := fc.view(ctx); err == nil && movedOff(v, affected, victim.spec.ID) {
+			if v, err := fc.view(ctx); err == nil && movedOff(v, affected, victim.id) {
 				ks.mapped = time.Since(kill)
 			}
 		}
@@ -465,7 +485,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 
 	// The replacement: a new process with the same id and port.
 	started := time.Now()
-	p, err := startWorkerProc(ctx, victim.spec, 30*time.Second)
+	p, err := startTokendProc(ctx, fc.bin, fc.specs[i].ID, fc.specs[i].args)
 	if err != nil {
 		return ks, err
 	}
@@ -475,7 +495,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		return ks, err
 	}
 	moved := map[uint32]uint32{}
-	for s, e := range v.ShardsOf(victim.spec.ID) {
+	for s, e := range v.ShardsOf(victim.id) {
 		moved[s] = e - 1 // a grant of the new owner's epoch
 	}
 	rd = l.open(moved, false)
@@ -487,7 +507,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		}
 		if time.Now().After(deadline) {
 			l.close(rd)
-			return ks, fmt.Errorf("bench: failover: the shards moved to the replacement of %s do not all serve within %v", victim.spec.ID, time.Since(started))
+			return ks, fmt.Errorf("bench: failover: the shards moved to the replacement of %s do not all serve within %v", victim.id, time.Since(started))
 		}
 		select {
 		case <-ctx.Done():
@@ -496,7 +516,7 @@ func (fc *failoverCluster) killOne(ctx context.Context, cfg *Config, l *failover
 		}
 	}
 	l.close(rd)
-	cfg.progress("failover: %s replaced (pid %d); %d shards moved to it serve after %v", victim.spec.ID, p.PID(), len(moved), ks.restart.Round(time.Millisecond))
+	cfg.progress("failover: %s replaced (pid %d); %d shards moved to it serve after %v", victim.id, p.PID(), len(moved), ks.restart.Round(time.Millisecond))
 	return ks, nil
 }
 

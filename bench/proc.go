@@ -16,8 +16,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 )
 
@@ -195,9 +196,14 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 		"--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0", "--log-level", "warn",
 		"--worker-ttl", cfg.WorkerTTL.String(),
 	}
+	// etcd over TLS with authentication, as users run tokend: the
+	// all-in-one makes its CA and certificates in <data-dir>/pki on its
+	// first start; the workers and the bench's etcd client use them.
+	dataDir := filepath.Join(pc.dir, "all")
+	certs := filepath.Join(dataDir, "pki")
 	all := append([]string{
-		"--data-dir", filepath.Join(pc.dir, "all"), "--worker-id", "w1",
-		"--client-urls", "http://" + pc.etcd, "--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peer),
+		"--data-dir", dataDir, "--worker-id", "w1",
+		"--client-urls", "https://" + pc.etcd, "--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", peer),
 		"--shards", strconv.Itoa(cfg.Shards), "--session-ttl", cfg.SessionTTL.String(), "--grace", cfg.WorkerTTL.String(),
 	}, common...)
 	p, err := startTokendProc(ctx, bin, "w1", all)
@@ -207,14 +213,14 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 	pc.procs = append(pc.procs, p)
 	for i := 2; i <= workers; i++ {
 		id := fmt.Sprintf("w%d", i)
-		args := append([]string{"worker", "--worker-id", id, "--etcd-endpoints", pc.etcd}, common...)
+		args := append([]string{"worker", "--worker-id", id, "--etcd-endpoints", pc.etcd, "--certs-dir", certs}, common...)
 		p, err := startTokendProc(ctx, bin, id, args)
 		if err != nil {
 			return nil, err
 		}
 		pc.procs = append(pc.procs, p)
 	}
-	pc.cli, err = clientv3.New(clientv3.Config{Endpoints: []string{pc.etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	pc.cli, err = dialEtcd(certs, pc.etcd)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +235,7 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 }
 
 // startTokendProc starts bin with args and waits until it printed its
-// banner (worker and HTTP addresses) and its /readyz answers 200.
+// banner (its worker's and its HTTP address) and its /readyz answers 200.
 func startTokendProc(ctx context.Context, bin, id string, args []string) (*tokendProc, error) {
 	lw, lines := lineChan()
 	p, err := startProc(proc.Spec{Name: "tokend " + id, Path: bin, Args: args, Stdout: lw})
@@ -241,7 +247,9 @@ func startTokendProc(ctx context.Context, bin, id string, args []string) (*token
 		p.Kill()
 		return nil, fmt.Errorf("bench: tokend %s (pid %d): %w; its output: %s", id, p.PID(), err, lastOutput(p, 1000))
 	}
-	for tp.udp == "" || tp.http == "" {
+	// The banner comes in one write; its worker line (none for a server)
+	// comes before its http line.
+	for tp.http == "" {
 		select {
 		case line := <-lines:
 			f := strings.Fields(line)
@@ -310,6 +318,39 @@ func (pc *procCluster) close() error {
 		os.RemoveAll(pc.dir)
 	}
 	return errors.Join(errs...)
+}
+
+// makeCerts runs "tokend certs --dir dir --server NAME=HOST ..." for
+// servers, as an operator would before starting a cluster of "tokend
+// server" processes.
+func makeCerts(ctx context.Context, bin, dir string, servers ...string) error {
+	args := []string{"certs", "--dir", dir}
+	for _, s := range servers {
+		args = append(args, "--server", s)
+	}
+	p, err := startProc(proc.Spec{Name: "tokend certs", Path: bin, Args: args})
+	if err != nil {
+		return err
+	}
+	if err := p.Wait(ctx); err != nil {
+		p.Kill()
+		return fmt.Errorf("bench: tokend certs: %w", err)
+	}
+	if err := p.Err(); err != nil {
+		return fmt.Errorf("bench: tokend certs: %v; its output: %s", err, lastOutput(p, 1000))
+	}
+	return nil
+}
+
+// dialEtcd returns an etcd client of endpoints acting as the etcd user
+// root (the operator) with the certificates in certsDir, made by "tokend
+// certs" or by the all-in-one's first start.
+func dialEtcd(certsDir string, endpoints ...string) (*clientv3.Client, error) {
+	return cluster.Dial(cluster.DialConfig{Endpoints: endpoints, TLS: &cluster.ClientTLS{
+		CAFile:   filepath.Join(certsDir, pki.CACertFile),
+		CertFile: filepath.Join(certsDir, pki.ClientCertFile(pki.UserRoot)),
+		KeyFile:  filepath.Join(certsDir, pki.ClientKeyFile(pki.UserRoot)),
+	}})
 }
 
 // freeTCPPort returns a loopback TCP port that was free a moment ago, or 0.
