@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,10 +36,15 @@ var (
 )
 
 // TestThreeServersTwoWorkers runs the README's "Three servers" commands on
-// five hosts (network namespaces) and a client on a sixth. The servers
-// listen on 0.0.0.0 and the workers on 0.0.0.0:7700, and nobody is told an
-// address to advertise: each must derive its own, and the client must be
-// able to acquire and release through them.
+// five hosts (network namespaces) and a client on a sixth, as they stand:
+// etcd over TLS with authentication, the certificates made once by
+// "tokend certs" in the operator's directory and copied where each command
+// looks for them by default (a server's <data-dir>/pki, a worker's
+// ./tokend-data/pki; the hosts share one filesystem, so each gets a
+// directory of its own). The servers listen on 0.0.0.0 and the workers on
+// 0.0.0.0:7700, and nobody is told an address to advertise: each must
+// derive its own, and the client must be able to acquire and release
+// through them.
 func TestThreeServersTwoWorkers(t *testing.T) {
 	requireNetns(t)
 	began := time.Now()
@@ -46,23 +52,36 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	l := newLab(t, append(append(append([]host{}, servers...), workers...), client)...)
 	t.Logf("network ready after %v", time.Since(began).Round(time.Millisecond))
 
+	// The operator makes the certificates, in ./certs of their directory.
+	op := t.TempDir()
+	certArgs := []string{"certs", "--dir", "certs"}
+	for _, s := range servers {
+		certArgs = append(certArgs, "--server", s.name+"="+s.ip)
+	}
+	if out, err := l.runIn(client, op, 15*time.Second, tokend, certArgs...); err != nil {
+		t.Fatalf("tokend certs: %v\n%s", err, out)
+	}
+	certs := filepath.Join(op, "certs")
+
 	var initial, endpoints []string
 	for _, s := range servers {
-		initial = append(initial, s.name+"=http://"+s.ip+":2380")
+		initial = append(initial, s.name+"=https://"+s.ip+":2380")
 		endpoints = append(endpoints, s.ip+":2379")
 	}
 	eps := strings.Join(endpoints, ",")
 	var srv []*proctest.Proc
 	for _, s := range servers {
-		srv = append(srv, l.start(s, tokend, "server", "--name", s.name, "--data-dir", t.TempDir(),
-			"--peer-urls", "http://0.0.0.0:2380", "--client-urls", "http://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
+		dataDir := t.TempDir()
+		copyCerts(t, certs, filepath.Join(dataDir, "pki"), "ca.crt", "server-"+s.name+".crt", "server-"+s.name+".key", "tokend.crt", "tokend.key")
+		srv = append(srv, l.start(s, tokend, "server", "--name", s.name, "--data-dir", dataDir,
+			"--peer-urls", "https://0.0.0.0:2380", "--client-urls", "https://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
 			"--initial-cluster", strings.Join(initial, ",")))
 	}
 	for _, p := range srv {
 		p.WaitBanner(40 * time.Second)
 	}
 	for i, p := range srv {
-		for _, want := range []string{"etcd client   http://" + servers[i].ip + ":2379", "etcd peer     http://" + servers[i].ip + ":2380",
+		for _, want := range []string{"etcd client   https://" + servers[i].ip + ":2379", "etcd peer     https://" + servers[i].ip + ":2380",
 			"http          http://" + servers[i].ip + ":7780/metrics"} {
 			if !strings.Contains(p.Out.String(), want) {
 				t.Errorf("%s's banner lacks %q:\n%s", p.Name, want, p.Out)
@@ -71,9 +90,17 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	}
 	t.Logf("servers up after %v", time.Since(began).Round(time.Millisecond))
 
+	// Each worker runs in a directory of its own, with the worker's part
+	// of the certificates in ./tokend-data/pki.
+	wdirs := map[string]string{}
+	for _, w := range workers {
+		wdirs[w.name] = t.TempDir()
+		copyCerts(t, certs, filepath.Join(wdirs[w.name], "tokend-data", "pki"), "ca.crt", "tokend.crt", "tokend.key")
+	}
+
 	// A worker left on the loopback default in a cluster on other hosts
 	// is refused, naming the flag, instead of registering 127.0.0.1.
-	out, err := l.run(workers[0], 15*time.Second, tokend, "worker", "--etcd-endpoints", eps)
+	out, err := l.runIn(workers[0], wdirs[workers[0].name], 15*time.Second, tokend, "worker", "--etcd-endpoints", eps)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "--udp-addr") {
 		t.Errorf("a loopback worker in a cluster on other hosts: %v, want exit status 2 naming --udp-addr:\n%s", err, out)
@@ -81,7 +108,7 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 
 	var wrk []*proctest.Proc
 	for _, w := range workers {
-		wrk = append(wrk, l.start(w, tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", eps,
+		wrk = append(wrk, l.startIn(w, wdirs[w.name], tokend, "worker", "--worker-id", w.name, "--etcd-endpoints", eps,
 			"--udp-addr", "0.0.0.0:7700", "--http-addr", "0.0.0.0:7780"))
 	}
 	for i, p := range wrk {
@@ -93,12 +120,12 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	}
 	t.Logf("workers up after %v", time.Since(began).Round(time.Millisecond))
 
-	// tokenctl status, from the client's host, until the map gives every
-	// shard to the two workers.
+	// tokenctl status, from the client's host in the operator's directory,
+	// until the map gives every shard to the two workers.
 	var st status
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, err := l.run(client, 15*time.Second, tokenctl, "status", "-o", "json", "--etcd", eps)
+		out, err := l.runIn(client, op, 15*time.Second, tokenctl, "status", "-o", "json", "--etcd", eps, "--certs-dir", "certs")
 		st = status{}
 		if err == nil {
 			err = json.Unmarshal([]byte(out), &st)
@@ -111,11 +138,11 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	text, err := l.run(client, 15*time.Second, tokenctl, "status", "--etcd", eps)
+	text, err := l.runIn(client, op, 15*time.Second, tokenctl, "status", "--etcd", eps, "--certs-dir", "certs")
 	if err != nil {
 		t.Fatalf("tokenctl status: %v\n%s", err, text)
 	}
-	t.Logf("tokenctl status --etcd %s (from %s):\n%s", eps, client.ip, text)
+	t.Logf("tokenctl status --etcd %s --certs-dir certs (from %s):\n%s", eps, client.ip, text)
 	for _, bad := range []string{"0.0.0.0", "127.0.0.1", "[::]", "warning"} {
 		if strings.Contains(text, bad) {
 			t.Errorf("tokenctl status shows %q", bad)
@@ -139,7 +166,7 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 		t.Errorf("the leader key says http %q, want a server's address:7780", st.Leader.HTTP)
 	}
 	for _, u := range []string{"http://" + st.Leader.HTTP + "/readyz", "http://" + st.Workers[0].HTTP + "/readyz", "http://" + st.Workers[1].HTTP + "/readyz"} {
-		if out, err := l.runEnv(client, 15*time.Second, []string{httpGetEnv + "=" + u}, os.Args[0]); err != nil {
+		if out, err := l.runEnv(client, "", 15*time.Second, []string{httpGetEnv + "=" + u}, os.Args[0]); err != nil {
 			t.Errorf("GET %s from %s: %v: %s", u, client.ip, err, out)
 		}
 	}
@@ -302,10 +329,39 @@ func removeLeftovers(t *testing.T) {
 // proctest.Start). ip netns exec executes bin in its own process, so the
 // PID is bin's.
 func (l *lab) start(h host, bin string, args ...string) *proctest.Proc {
+	l.t.Helper()
+	return l.startIn(h, "", bin, args...)
+}
+
+// startIn is start with dir as the working directory ("": the test's).
+func (l *lab) startIn(h host, dir, bin string, args ...string) *proctest.Proc {
 	t := l.t
 	t.Helper()
 	t.Logf("%s (%s): %s %s", h.name, h.ip, bin, strings.Join(args, " "))
-	return proctest.Start(t, proc.Spec{Name: h.name, Path: bin, Args: args, Wrap: l.wrap(h)})
+	return proctest.Start(t, proc.Spec{Name: h.name, Path: bin, Args: args, Dir: dir, Wrap: l.wrap(h)})
+}
+
+// copyCerts copies the named files of the directory "tokend certs" made
+// into dir (created 0700), as an operator copies them to a host; keys stay
+// 0600.
+func copyCerts(t *testing.T, from, dir string, names ...string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(from, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		perm := os.FileMode(0o644)
+		if strings.HasSuffix(n, ".key") {
+			perm = 0o600
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), b, perm); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // wrap is the command that runs a program in h's namespace.
@@ -326,11 +382,16 @@ func waitExit(t *testing.T, p *proctest.Proc, within time.Duration) {
 // run runs bin in h's namespace and returns its output, killing it after
 // timeout.
 func (l *lab) run(h host, timeout time.Duration, bin string, args ...string) (string, error) {
-	return l.runEnv(h, timeout, nil, bin, args...)
+	return l.runEnv(h, "", timeout, nil, bin, args...)
 }
 
-func (l *lab) runEnv(h host, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
-	p, err := proc.Start(proc.Spec{Name: h.name, Path: bin, Args: args, Env: env, Wrap: l.wrap(h), Pdeathsig: syscall.SIGKILL})
+// runIn is run with dir as the working directory.
+func (l *lab) runIn(h host, dir string, timeout time.Duration, bin string, args ...string) (string, error) {
+	return l.runEnv(h, dir, timeout, nil, bin, args...)
+}
+
+func (l *lab) runEnv(h host, dir string, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
+	p, err := proc.Start(proc.Spec{Name: h.name, Path: bin, Args: args, Env: env, Dir: dir, Wrap: l.wrap(h), Pdeathsig: syscall.SIGKILL})
 	if err != nil {
 		return "", err
 	}
