@@ -3,9 +3,13 @@ package deploy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
@@ -29,26 +33,33 @@ import (
 // TOKEND_* variable is a flag of its service's mode, servers have stable
 // host names and a named volume on the data dir, workers need nothing per
 // replica, health checks use tokenctl health (the image has no curl), and
-// Docker waits longer than drain plus shutdown before SIGKILL. With
-// docker-compose installed, "docker-compose config" must accept the file.
+// Docker waits longer than drain plus shutdown before SIGKILL. It is secure
+// by default: the one-shot service certs makes the certificates in the
+// volume pki, every other tokend service waits for it and mounts pki
+// read-only at TOKEND_CERTS_DIR, sees no key but its own (the others are
+// masked with /dev/null), and uses https:// only. With docker-compose
+// installed, "docker-compose config" must accept the file.
 func TestComposeFile(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(deployDir(), "compose.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	type service struct {
+		Image, Hostname, Restart   string
+		StopSignal                 string `yaml:"stop_signal"`
+		StopGracePeriod            string `yaml:"stop_grace_period"`
+		Command, Profiles, Volumes []string
+		Entrypoint                 []string
+		Ports                      []string
+		Environment                map[string]string
+		Healthcheck                struct{ Test []string }
+		ReadOnly                   bool      `yaml:"read_only"`
+		DependsOn                  dependsOn `yaml:"depends_on"`
+	}
 	var cf struct {
 		Version  string
-		Services map[string]struct {
-			Image, Hostname            string
-			StopSignal                 string `yaml:"stop_signal"`
-			StopGracePeriod            string `yaml:"stop_grace_period"`
-			Command, Profiles, Volumes []string
-			Ports                      []string
-			Environment                map[string]string
-			Healthcheck                struct{ Test []string }
-			ReadOnly                   bool `yaml:"read_only"`
-		}
-		Volumes map[string]any
+		Services map[string]service
+		Volumes  map[string]any
 	}
 	if err := yaml.Unmarshal(b, &cf); err != nil {
 		t.Fatal(err)
@@ -56,11 +67,60 @@ func TestComposeFile(t *testing.T) {
 	if cf.Version != "3.9" {
 		t.Errorf("compose file version %q: profiles need 3.9 for docker-compose 1.28+", cf.Version)
 	}
+
+	// The keys service certs makes: the CA's, root's, tokend's and one per
+	// --server.
+	certs, ok := cf.Services["certs"]
+	if !ok || len(certs.Command) == 0 || certs.Command[0] != "certs" {
+		t.Fatalf("no one-shot service certs running tokend certs: %q", certs.Command)
+	}
+	keys := []string{"ca.key", "root.key", "tokend.key"}
+	for i, a := range certs.Command {
+		if a == "--server" && i+1 < len(certs.Command) {
+			name, _, _ := strings.Cut(certs.Command[i+1], "=")
+			keys = append(keys, "server-"+name+".key")
+		}
+	}
+	if !slices.Contains(certs.Volumes, "pki:/var/lib/tokend") || !slices.Contains(certs.Command, "/var/lib/tokend") || certs.Restart != "no" || !certs.ReadOnly {
+		t.Errorf("certs: volumes %q, command %q, restart %q: want tokend certs --dir /var/lib/tokend on the volume pki (the image user owns a new volume there), run once", certs.Volumes, certs.Command, certs.Restart)
+	}
+	if _, ok := cf.Volumes["pki"]; !ok {
+		t.Errorf("volume pki is not declared")
+	}
+	// secure checks a service that reaches etcd: it waits for certs, mounts
+	// pki read-only at TOKEND_CERTS_DIR, masks every key but own, and
+	// names no http:// URL.
+	secure := func(name string, s service, own ...string) {
+		t.Helper()
+		if s.DependsOn["certs"].Condition != "service_completed_successfully" {
+			t.Errorf("%s: depends_on certs %+v, want condition service_completed_successfully", name, s.DependsOn)
+		}
+		if s.Environment["TOKEND_CERTS_DIR"] != "/etc/tokend/pki" || !slices.Contains(s.Volumes, "pki:/etc/tokend/pki:ro") {
+			t.Errorf("%s: TOKEND_CERTS_DIR %q, volumes %q: want pki:/etc/tokend/pki:ro and TOKEND_CERTS_DIR=/etc/tokend/pki", name, s.Environment["TOKEND_CERTS_DIR"], s.Volumes)
+		}
+		for _, k := range keys {
+			masked := slices.Contains(s.Volumes, "/dev/null:/etc/tokend/pki/"+k+":ro")
+			if mine := slices.Contains(own, k); mine == masked {
+				t.Errorf("%s: %s masked %v; want only %q readable", name, k, masked, own)
+			}
+		}
+		for _, v := range append(slices.Clone(s.Command), slices.Collect(maps.Values(s.Environment))...) {
+			if strings.Contains(v, "http://") {
+				t.Errorf("%s: %q: etcd is reached over TLS, https:// only", name, v)
+			}
+		}
+	}
+	if tc, ok := cf.Services["tokenctl"]; !ok {
+		t.Errorf("no tokenctl service")
+	} else {
+		secure("tokenctl", tc, "root.key")
+	}
+
 	flags := map[string]map[string]string{"server": flagDefaults(t, "server"), "worker": flagDefaults(t, "worker")}
 	servers := 0
 	for name, s := range cf.Services {
-		if !strings.HasPrefix(s.Image, "tokend:") || len(s.Profiles) > 0 {
-			continue // tokenctl, prometheus, grafana: optional profiles
+		if !strings.HasPrefix(s.Image, "tokend:") || len(s.Profiles) > 0 || name == "certs" {
+			continue // certs, tokenctl (checked above), prometheus, grafana
 		}
 		mode := s.Command[0]
 		for k := range s.Environment {
@@ -77,9 +137,15 @@ func TestComposeFile(t *testing.T) {
 		if !s.ReadOnly {
 			t.Errorf("%s: not read_only", name)
 		}
+		// tokenctl in the container uses tokend's certificate too: root's
+		// key is not there.
+		if s.Environment["TOKEND_ETCD_CERT"] != "/etc/tokend/pki/tokend.crt" {
+			t.Errorf("%s: TOKEND_ETCD_CERT %q, want /etc/tokend/pki/tokend.crt (for tokenctl, whose default is root's)", name, s.Environment["TOKEND_ETCD_CERT"])
+		}
 		switch mode {
 		case "server":
 			servers++
+			secure(name, s, "server-"+name+".key", "tokend.key")
 			vol := name + "-data:/var/lib/tokend"
 			if s.Hostname != name || !slices.Contains(s.Volumes, vol) {
 				t.Errorf("%s: hostname %q, volumes %q: want hostname %s and %s", name, s.Hostname, s.Volumes, name, vol)
@@ -87,12 +153,20 @@ func TestComposeFile(t *testing.T) {
 			if _, ok := cf.Volumes[name+"-data"]; !ok {
 				t.Errorf("%s: volume %s-data is not declared", name, name)
 			}
-			if !slices.Contains(s.Command, "http://"+name+":2380") || !strings.Contains(s.Environment["TOKEND_INITIAL_CLUSTER"], name+"=http://"+name+":2380") {
-				t.Errorf("%s: its advertised peer URL must be http://%s:2380 and in TOKEND_INITIAL_CLUSTER", name, name)
+			if !slices.Contains(s.Command, "https://"+name+":2380") || !strings.Contains(s.Environment["TOKEND_INITIAL_CLUSTER"], name+"=https://"+name+":2380") {
+				t.Errorf("%s: its advertised peer URL must be https://%s:2380 and in TOKEND_INITIAL_CLUSTER", name, name)
+			}
+			if !slices.Contains(certs.Command, name) {
+				t.Errorf("%s: certs makes no certificate for it (--server %s)", name, name)
 			}
 		case "worker":
-			if s.Hostname != "" || len(s.Ports) > 0 || len(s.Volumes) > 0 || s.Environment["TOKEND_ADVERTISE_UDP_ADDR"] != "" || s.Environment["TOKEND_UDP_ADDR"] != "0.0.0.0:7700" {
-				t.Errorf("%s: a scaled worker can have no host name, published port, volume or advertised address of its own, and listens on 0.0.0.0:7700", name)
+			secure(name, s, "tokend.key")
+			perReplica := s.Hostname != "" || len(s.Ports) > 0 || s.Environment["TOKEND_ADVERTISE_UDP_ADDR"] != ""
+			for _, v := range s.Volumes {
+				perReplica = perReplica || !strings.HasPrefix(v, "pki:") && !strings.HasPrefix(v, "/dev/null:")
+			}
+			if perReplica || s.Environment["TOKEND_UDP_ADDR"] != "0.0.0.0:7700" {
+				t.Errorf("%s: a scaled worker can have no host name, published port, volume (but the shared pki) or advertised address of its own, and listens on 0.0.0.0:7700", name)
 			}
 		default:
 			t.Errorf("%s: command %q", name, s.Command)
@@ -109,12 +183,15 @@ func TestComposeFile(t *testing.T) {
 // TestCompose is the acceptance test of issue 15's first part, as a user
 // runs it: make -C deploy images, then docker-compose up with three
 // servers and three workers on a bridge network that the test creates
-// (and removes, with its volumes, in Cleanup). It waits until
+// (and removes, with its volumes, in Cleanup); service certs makes the
+// certificates on the way, as on a fresh clone. It waits until
 // "exec server1 tokenctl status" shows a leader and three workers serving
-// every shard, checks etcd's member list (three started members named
-// server1-3, with a leader), that each worker registered its container
+// every shard, checks etcd's member list over TLS as root (three started
+// members named server1-3 at https:// peer URLs, with a leader; no answer
+// without TLS), that each worker registered its container
 // address, and takes a token from another container ("run --rm tokenctl
-// acquire", resolving the service name worker) and with tokend-lock. Every
+// acquire", resolving the service name worker) and with tokend-lock, and
+// that a worker cannot use the CA's key. Every
 // address it sends to is on the test's own network. It needs root, docker
 // and docker-compose, and skips without them.
 func TestCompose(t *testing.T) {
@@ -182,15 +259,52 @@ func TestCompose(t *testing.T) {
 	t.Logf("exec server1 tokenctl status:\n%s", text)
 
 	// Three etcd members, one per server, with a leader. Asked at server1's
-	// address on the test's network.
+	// address on the test's network, over TLS as the operator (root), with
+	// the certificates service certs made in the volume pki; without a
+	// client certificate etcd refuses.
 	server1 := containerIP(t, compose)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{netip.AddrPortFrom(server1, 2379).String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	endpoint := netip.AddrPortFrom(server1, 2379).String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pki, _ := runCmd(t, 20*time.Second, "", false, "docker", "volume", "inspect", "-f", "{{.Mountpoint}}", project+"_pki")
+	tc, err := (cluster.ClientTLS{
+		CAFile:   filepath.Join(strings.TrimSpace(pki), "ca.crt"),
+		CertFile: filepath.Join(strings.TrimSpace(pki), "root.crt"),
+		KeyFile:  filepath.Join(strings.TrimSpace(pki), "root.key"),
+	}).Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// server1's certificate names the service, not the container address
+	// the test dials, and gRPC sets the TLS server name from the address:
+	// verify the chain for the name server1 here instead.
+	tc.InsecureSkipVerify = true
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no server certificate")
+		}
+		inter := x509.NewCertPool()
+		for _, c := range cs.PeerCertificates[1:] {
+			inter.AddCert(c)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: "server1", Roots: tc.RootCAs, Intermediates: inter})
+		return err
+	}
+	plain, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	if _, err := plain.MemberList(pctx); err == nil {
+		t.Errorf("etcd at %s answered a client without TLS", endpoint)
+	}
+	pcancel()
+	plain.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: tc, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	ml, err := cli.MemberList(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +312,7 @@ func TestCompose(t *testing.T) {
 	var names []string
 	for _, m := range ml.Members {
 		names = append(names, m.Name)
-		if want := "http://" + m.Name + ":2380"; len(m.PeerURLs) != 1 || m.PeerURLs[0] != want || m.IsLearner {
+		if want := "https://" + m.Name + ":2380"; len(m.PeerURLs) != 1 || m.PeerURLs[0] != want || m.IsLearner {
 			t.Errorf("etcd member %s: peer URLs %v, learner %v; want [%s], a voter", m.Name, m.PeerURLs, m.IsLearner, want)
 		}
 	}
@@ -252,10 +366,36 @@ func TestCompose(t *testing.T) {
 		t.Errorf("shard moves %v: want handoffs and no recovery (a drained worker's shards need no grace period)", moves)
 	}
 
+	// The CA's key is the certs service's alone: in a worker, "tokend
+	// certs", which would keep every file that fits, cannot load it.
+	out, err = compose(time.Minute, true, "exec", "-T", "worker", "tokend", "certs", "--dir", "/etc/tokend/pki")
+	if err == nil || !strings.Contains(out, "ca.key") {
+		t.Errorf("tokend certs in a worker container loaded the CA's key: %v\n%s", err, out)
+	}
+
 	// The health check the compose file uses, across containers.
 	for _, s := range []string{"server2", "server3"} {
 		compose(20*time.Second, false, "exec", "-T", "server1", "tokenctl", "health", "http://"+s+":7780/readyz")
 	}
+}
+
+// dependsOn is a service's depends_on, in either form: service ->
+// condition (service_started for the short form's list).
+type dependsOn map[string]struct{ Condition string }
+
+func (d *dependsOn) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.SequenceNode {
+		var names []string
+		if err := n.Decode(&names); err != nil {
+			return err
+		}
+		*d = dependsOn{}
+		for _, s := range names {
+			(*d)[s] = struct{ Condition string }{"service_started"}
+		}
+		return nil
+	}
+	return n.Decode((*map[string]struct{ Condition string })(d))
 }
 
 // composeStatus is "tokenctl status -o json" as far as the test reads it.
