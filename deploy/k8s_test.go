@@ -107,6 +107,10 @@ type (
 				EmptyDir *struct {
 					SizeLimit string `json:"sizeLimit"`
 				} `json:"emptyDir"`
+				Secret *struct {
+					SecretName  string `json:"secretName"`
+					DefaultMode *int   `json:"defaultMode"`
+				} `json:"secret"`
 			} `json:"volumes"`
 		} `json:"spec"`
 	}
@@ -146,6 +150,7 @@ type (
 		VolumeMounts []struct {
 			Name      string `json:"name"`
 			MountPath string `json:"mountPath"`
+			ReadOnly  bool   `json:"readOnly"`
 		} `json:"volumeMounts"`
 	}
 	probe struct {
@@ -190,6 +195,15 @@ type (
 				} `json:"policies"`
 			} `json:"scaleDown"`
 		} `json:"behavior"`
+	}
+	// k8sSecret is a Secret: no spec, its files in data or stringData.
+	k8sSecret struct {
+		APIVersion string            `json:"apiVersion"`
+		Kind       string            `json:"kind"`
+		Metadata   k8sMeta           `json:"metadata"`
+		Type       string            `json:"type"`
+		Data       map[string]string `json:"data"`
+		StringData map[string]string `json:"stringData"`
 	}
 	netpolSpec struct {
 		PodSelector labelSelector `json:"podSelector"`
@@ -505,6 +519,36 @@ func TestK8sManifests(t *testing.T) {
 			}
 		}
 
+		// etcd over TLS: the mode's Secret (secrets.yaml) read-only at
+		// TOKEND_CERTS_DIR, readable by the pod's group only, and no
+		// http:// URL anywhere.
+		wantSecret := k8sSecretNames[w.mode]
+		var secretMount bool
+		for _, m := range c.VolumeMounts {
+			secretMount = secretMount || m.MountPath == "/etc/tokend/pki" && m.ReadOnly
+		}
+		var sec, mode string
+		for _, v := range ps.Volumes {
+			if v.Name == mounts["/etc/tokend/pki"] && v.Secret != nil {
+				sec = v.Secret.SecretName
+				if v.Secret.DefaultMode != nil {
+					mode = fmt.Sprintf("%#o", *v.Secret.DefaultMode)
+				}
+			}
+		}
+		if env["TOKEND_CERTS_DIR"] != "/etc/tokend/pki" || !secretMount || sec != wantSecret {
+			t.Errorf("%s: TOKEND_CERTS_DIR %q, Secret %q on /etc/tokend/pki (read-only %v): want the Secret %s read-only at TOKEND_CERTS_DIR=/etc/tokend/pki",
+				id, env["TOKEND_CERTS_DIR"], sec, secretMount, wantSecret)
+		}
+		if fg := ps.SecurityContext.FSGroup; mode != "0440" || fg == nil || *fg != 10001 {
+			t.Errorf("%s: Secret defaultMode %s, fsGroup %v: want 0440 and fsGroup 10001 (the keys readable by the image's group only)", id, mode, fg)
+		}
+		for _, v := range append(slices.Clone(c.Args), slices.Collect(maps.Values(env))...) {
+			if strings.Contains(v, "http://") {
+				t.Errorf("%s: %q: etcd is reached over TLS, https:// only", id, v)
+			}
+		}
+
 		// Ports: each listener's port is a named container port.
 		listenPort := func(flag, value string) int {
 			host := value
@@ -564,14 +608,14 @@ func TestK8sManifests(t *testing.T) {
 			var members, endpoints []string
 			for i := range 3 {
 				pod := fmt.Sprintf("%s-%d", w.name, i)
-				members = append(members, fmt.Sprintf("%s=http://%s:%d", pod, host(pod), peer))
+				members = append(members, fmt.Sprintf("%s=https://%s:%d", pod, host(pod), peer))
 				endpoints = append(endpoints, fmt.Sprintf("%s:%d", host(pod), client))
 			}
 			if got := env["TOKEND_INITIAL_CLUSTER"]; got != strings.Join(members, ",") {
 				t.Errorf("%s: TOKEND_INITIAL_CLUSTER\n%s\nwant the pods' stable names\n%s", id, got, strings.Join(members, ","))
 			}
-			for _, want := range []string{"--name=$(POD_NAME)", fmt.Sprintf("--advertise-peer-urls=http://%s:%d", host("$(POD_NAME)"), peer),
-				fmt.Sprintf("--advertise-client-urls=http://%s:%d", host("$(POD_NAME)"), client)} {
+			for _, want := range []string{"--name=$(POD_NAME)", fmt.Sprintf("--advertise-peer-urls=https://%s:%d", host("$(POD_NAME)"), peer),
+				fmt.Sprintf("--advertise-client-urls=https://%s:%d", host("$(POD_NAME)"), client)} {
 				if !slices.Contains(c.Args, want) {
 					t.Errorf("%s: args %q lack %s", id, c.Args, want)
 				}
@@ -642,4 +686,86 @@ func TestK8sManifests(t *testing.T) {
 		}
 	}
 	t.Logf("%d objects checked (kustomize: %v)", len(objs), built)
+}
+
+// k8sSecretNames are the Secrets the pods mount at /etc/tokend/pki, by mode.
+var k8sSecretNames = map[string]string{"server": "tokend-etcd-server", "worker": "tokend-etcd-worker"}
+
+// TestK8sSecrets checks deploy/k8s/secrets.yaml, the placeholder Secrets
+// the pods mount: each holds exactly the files "tokend certs" makes for
+// its mode (never ca.key or root.key), every placeholder is named in the
+// documented "kubectl create secret generic" command, and the file is not
+// in kustomization.yaml (applying it again would put the placeholders
+// back over the real files).
+func TestK8sSecrets(t *testing.T) {
+	dir := filepath.Join(deployDir(), "k8s")
+	b, err := os.ReadFile(filepath.Join(dir, "secrets.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"tokend-etcd-server": {"ca.crt", "server-server-0.crt", "server-server-0.key", "server-server-1.crt", "server-server-1.key",
+			"server-server-2.crt", "server-server-2.key", "tokend.crt", "tokend.key"},
+		"tokend-etcd-worker": {"ca.crt", "tokend.crt", "tokend.key"},
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	seen := map[string]bool{}
+	for {
+		var v any
+		err := dec.Decode(&v)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, _ := json.Marshal(v)
+		var s k8sSecret
+		if err := strict(j, &s); err != nil {
+			t.Fatalf("secrets.yaml: %v", err)
+		}
+		name := s.Metadata.Name
+		seen[name] = true
+		keys := slices.Sorted(maps.Keys(s.StringData))
+		if s.APIVersion != "v1" || s.Kind != "Secret" || s.Type != "Opaque" || s.Metadata.Namespace != "tokend" || s.Metadata.Labels["app.kubernetes.io/name"] != "tokend" {
+			t.Errorf("secrets.yaml %s: %s %s type %q in %q: want a v1 Opaque Secret in tokend, labelled", name, s.APIVersion, s.Kind, s.Type, s.Metadata.Namespace)
+		}
+		if !slices.Equal(keys, want[name]) || len(s.Data) > 0 {
+			t.Errorf("secrets.yaml %s: files %q, want %q", name, keys, want[name])
+		}
+		// The documented command makes the same Secret.
+		cmd := regexp.MustCompile(`create secret generic ` + regexp.QuoteMeta(name) + `((?:[^\n\\]|\\\n#)*)`).FindStringSubmatch(string(b))
+		if cmd == nil {
+			t.Errorf("secrets.yaml: no \"kubectl create secret generic %s\" command", name)
+			continue
+		}
+		var files []string
+		for _, m := range regexp.MustCompile(`--from-file=certs/(\S+)`).FindAllStringSubmatch(cmd[1], -1) {
+			files = append(files, m[1])
+		}
+		if slices.Sort(files); !slices.Equal(files, want[name]) {
+			t.Errorf("secrets.yaml: the command for %s takes %q, want %q", name, files, want[name])
+		}
+	}
+	for name := range want {
+		if !seen[name] {
+			t.Errorf("secrets.yaml has no Secret %s", name)
+		}
+	}
+	for mode, name := range k8sSecretNames {
+		if _, ok := want[name]; !ok {
+			t.Errorf("the %s pods mount %s, which secrets.yaml does not define", mode, name)
+		}
+	}
+	k, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kz struct{ Resources []string }
+	if err := yaml.Unmarshal(k, &kz); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(kz.Resources, "secrets.yaml") {
+		t.Errorf("kustomization.yaml lists secrets.yaml: kubectl apply -k would overwrite the real certificates with placeholders")
+	}
 }
