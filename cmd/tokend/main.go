@@ -414,6 +414,15 @@ func (d *daemon) mux() *http.ServeMux {
 		}
 		fmt.Fprintln(w, why)
 	})
+	// tokenctl holders: one token's holders and waiters, from the worker
+	// that serves it (worker.ServeToken).
+	mux.HandleFunc("/v1/token", func(w http.ResponseWriter, r *http.Request) {
+		if !d.started.Load() || d.worker == nil {
+			http.Error(w, "no worker running here", http.StatusServiceUnavailable)
+			return
+		}
+		d.worker.ServeToken(w, r)
+	})
 	return mux
 }
 
