@@ -5,6 +5,9 @@
 //	                                run a command while the token is held and valid (like flock(1))
 //	tokenctl release NAME           end the holders of NAME started by "tokenctl acquire" on this host
 //	tokenctl status                 leader, config, workers, shards and sessions (from etcd)
+//	tokenctl holders NAME           who holds and who waits for a token (asked of the worker serving it)
+//	tokenctl sessions               the live client sessions (from etcd)
+//	tokenctl evict SESSION          end a client session: its grants go to those waiting
 //	tokenctl drain WORKER-ID        move a worker's shards away by planned handoffs (and wait)
 //	tokenctl undrain WORKER-ID      let the leader give it shards again
 //	tokenctl health [URL]           is the local (or named) tokend ready? For container health checks
@@ -47,6 +50,9 @@ const usageText = `Usage:
                                   run the command while NAME is held and valid (like flock(1))
   tokenctl release [flags] NAME   end the holders of NAME that "tokenctl acquire" started on this host
   tokenctl status [flags]         show the leader, config, workers, shards and sessions
+  tokenctl holders [flags] NAME   who holds and who waits for NAME, with modes, ranges, fences, sessions
+  tokenctl sessions [flags]       list the live client sessions
+  tokenctl evict [flags] SESSION  end a client session (revoke its lease): its tokens go to those waiting
   tokenctl drain [flags] ID       move worker ID's shards to the others by planned handoffs, wait until done
   tokenctl undrain [flags] ID     withdraw a drain: the leader may give worker ID shards again
   tokenctl health [flags] [URL]   exit 0 if a tokend's /readyz (default 127.0.0.1:7780) answers 200
@@ -71,6 +77,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdRelease(ctx, args, stdout, stderr)
 	case "status":
 		err = cmdStatus(ctx, args, stdout, stderr)
+	case "holders":
+		err = cmdHolders(ctx, args, stdout, stderr)
+	case "sessions":
+		err = cmdSessions(ctx, args, stdout, stderr)
+	case "evict":
+		err = cmdEvict(ctx, args, stdout, stderr)
 	case "drain":
 		err = cmdDrain(ctx, args, stdout, stderr)
 	case "undrain":
