@@ -115,6 +115,20 @@ func TestServeToken(t *testing.T) {
 	if code, body := get("name=" + url.QueryEscape(name)); code != http.StatusMisdirectedRequest || !strings.Contains(body, "w9") {
 		t.Errorf("moved shard: %d %q", code, body)
 	}
+	// A worker that cannot vouch for its lease answers nothing about tokens
+	// (invariant 5); a renewal may restore it between the two steps, so try
+	// a few times.
+	unavailable := false
+	for i := 0; i < 5 && !unavailable; i++ {
+		w.mu.Lock()
+		w.lease.pretendExpired()
+		w.mu.Unlock()
+		code, body := get("name=nobody")
+		unavailable = code == http.StatusServiceUnavailable && strings.Contains(body, "cannot vouch")
+	}
+	if !unavailable {
+		t.Error("a worker that cannot vouch for its lease describes tokens")
+	}
 	resp, err := http.Post(srv.URL+"/v1/token?name=x", "text/plain", nil)
 	if err != nil {
 		t.Fatal(err)
