@@ -51,6 +51,11 @@ type HolderInfo struct {
 	End        uint64 `json:"end"`
 	Fence      uint64 `json:"fence"`
 	Converting bool   `json:"converting,omitempty"` // a conversion of it waits (among the waiters)
+	// Since is when this worker took the grant (granted, or reclaimed
+	// after a failover); absent for a grant handed over from another
+	// worker, whose snapshot does not carry it.
+	Since  *time.Time `json:"since,omitempty"`
+	HeldMs int64      `json:"held_ms,omitempty"`
 }
 
 // WaiterInfo is one queued request of a TokenInfo.
@@ -172,6 +177,13 @@ func (w *Worker) describe(name []byte, limit int) (*TokenInfo, *describeError) {
 	w.mu.Unlock()
 
 	// Times, off the lock: the tables' clock is nanoseconds since w.base.
+	for i, g := range v.Grants {
+		if g.Since != 0 {
+			t := w.base.Add(time.Duration(g.Since)).UTC()
+			info.Holders[i].Since = &t
+			info.Holders[i].HeldMs = max(now-g.Since, 0) / int64(time.Millisecond)
+		}
+	}
 	for i, q := range v.Waiters {
 		wi := &info.Waiters[i]
 		wi.Since = w.base.Add(time.Duration(q.Since)).UTC()

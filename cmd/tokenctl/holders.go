@@ -46,13 +46,15 @@ type holdersInfo struct {
 }
 
 type holderEntry struct {
-	Session    string `json:"session"`
-	Client     string `json:"client,omitempty"`
-	Mode       string `json:"mode"`
-	Start      uint64 `json:"start"`
-	End        uint64 `json:"end"`
-	Fence      uint64 `json:"fence"`
-	Converting bool   `json:"converting,omitempty"`
+	Session    string     `json:"session"`
+	Client     string     `json:"client,omitempty"`
+	Mode       string     `json:"mode"`
+	Start      uint64     `json:"start"`
+	End        uint64     `json:"end"`
+	Fence      uint64     `json:"fence"`
+	Converting bool       `json:"converting,omitempty"`
+	Since      *time.Time `json:"since,omitempty"`
+	HeldMs     int64      `json:"held_ms,omitempty"`
 }
 
 type waiterEntry struct {
@@ -280,14 +282,18 @@ func printHolders(w io.Writer, info *holdersInfo) {
 	fmt.Fprintf(w, "holders   %d%s\n", info.HolderCount, shown(len(info.Holders), info.HolderCount, "oldest"))
 	if len(info.Holders) > 0 {
 		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "  MODE\tRANGE\tFENCE\tSESSION\tCLIENT\t")
+		fmt.Fprintln(tw, "  MODE\tRANGE\tFENCE\tSESSION\tCLIENT\tHELD\t")
 		for _, h := range info.Holders {
 			conv := ""
 			if h.Converting {
 				conv = "converting"
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d (%d:%d)\t%s\t%s\t%s\n", h.Mode, rangeString(h.Start, h.End), h.Fence,
-				wire.FenceEpoch(h.Fence), wire.FenceSeq(h.Fence), h.Session, orDash(h.Client), conv)
+			held := "-" // handed over from another worker: not known
+			if h.Since != nil {
+				held = (time.Duration(h.HeldMs) * time.Millisecond).String()
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d (%d:%d)\t%s\t%s\t%s\t%s\n", h.Mode, rangeString(h.Start, h.End), h.Fence,
+				wire.FenceEpoch(h.Fence), wire.FenceSeq(h.Fence), h.Session, orDash(h.Client), held, conv)
 		}
 		tw.Flush()
 	}

@@ -30,6 +30,10 @@ type GrantView struct {
 	Start, End uint64
 	Req        uint64 // the request that gave the grant its mode
 	Converting bool   // a conversion of it is queued (among the Waiters, with its Fence)
+	// Since is the now of the Step that gave this table the grant: granted,
+	// or reclaimed after a failover. 0 for a grant imported in a handoff
+	// (the snapshot does not carry it).
+	Since int64
 }
 
 // WaiterView is one queued request of a TokenView.
@@ -60,7 +64,7 @@ func (t *Table) Describe(name []byte, limit int) (v TokenView, ok bool) {
 	ring := make([]GrantView, 0, min(limit, 64))
 	for gi := tok.grants; gi != 0; {
 		g := t.grs.at(gi)
-		gv := GrantView{Session: t.sess.at(g.sess).id, Fence: g.fence, Mode: g.mode, Start: g.start, End: g.end,
+		gv := GrantView{Session: t.sess.at(g.sess).id, Fence: g.fence, Mode: g.mode, Start: g.start, End: g.end, Since: g.since,
 			Req: g.req, Converting: g.flags&grantConverting != 0}
 		if len(ring) < limit {
 			ring = append(ring, gv)

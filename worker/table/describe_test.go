@@ -63,7 +63,7 @@ func formatView(v TokenView) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s grants=%d waiters=%d value=%v", v.Name, v.NGrants, v.NWaiters, v.ValueValid)
 	for _, g := range v.Grants {
-		fmt.Fprintf(&b, "\n  grant s=%d fence=%s %v %s req=%d", g.Session, fenceStr(g.Fence), g.Mode, rangeStr(g.Start, g.End), g.Req)
+		fmt.Fprintf(&b, "\n  grant s=%d fence=%s %v %s req=%d since=%d", g.Session, fenceStr(g.Fence), g.Mode, rangeStr(g.Start, g.End), g.Req, g.Since)
 		if g.Converting {
 			b.WriteString(" converting")
 		}

@@ -32,6 +32,7 @@ type grant struct {
 	fence        uint64
 	start, end   uint64
 	req          uint64 // the request that gave the grant its current mode
+	since        int64  // the table's now when it took the grant (0: imported)
 	tok, sess    uint32
 	tnext        uint32 // next grant of the token
 	sprev, snext uint32 // the session's grants
@@ -1057,7 +1058,7 @@ func (t *Table) addGrant(ti, si uint32, mode wire.Mode, start, end, fence, req u
 	gi := t.grs.alloc()
 	tok, s := t.toks.at(ti), t.sess.at(si)
 	*t.grs.at(gi) = grant{fence: fence, start: start, end: end, req: req, tok: ti, sess: si,
-		tnext: tok.grants, snext: s.grants, mode: mode}
+		tnext: tok.grants, snext: s.grants, mode: mode, since: t.now}
 	tok.grants = gi
 	if s.grants != 0 {
 		t.grs.at(s.grants).sprev = gi
