@@ -313,7 +313,7 @@ func (sw *swarm) openAll(ctx context.Context, window int, within time.Duration) 
 			if inflight == 0 && len(todo) == 0 {
 				return nil
 			}
-			done, err := l.turn(ctx, func(s *swSession) bool { return s.state != swOpening })
+			done, err := l.turn(ctx, wire.TypeSessionOpenReply)
 			if err != nil {
 				if ctx.Err() != nil {
 					return errSwarmTimeout
@@ -334,12 +334,18 @@ func (sw *swarm) hold(ctx context.Context, d time.Duration) {
 		now := time.Now()
 		for _, s := range ss {
 			if s.state == swOpen {
-				s.renewDue = now.Add(time.Duration(rand.Int64N(int64(s.ttl/3) + 1)))
+				// Spread the first renewals over one period, but never
+				// later than the one the open phase scheduled.
+				due := now.Add(time.Duration(rand.Int64N(int64(s.ttl/3) + 1)))
+				if !s.renewDue.IsZero() && s.renewDue.Before(due) {
+					due = s.renewDue
+				}
+				s.renewDue = due
 				l.schedule(s, s.renewDue)
 			}
 		}
 		for ctx.Err() == nil {
-			if _, err := l.turn(ctx, func(*swSession) bool { return false }); err != nil {
+			if _, err := l.turn(ctx, 0); err != nil {
 				return nil
 			}
 		}
@@ -381,7 +387,7 @@ func (sw *swarm) closeAll(ctx context.Context, within time.Duration) {
 			if inflight == 0 && len(todo) == 0 {
 				return nil
 			}
-			done, err := l.turn(ctx, func(s *swSession) bool { return s.state != swClosing })
+			done, err := l.turn(ctx, wire.TypeSessionCloseReply)
 			if err != nil {
 				return nil
 			}
@@ -437,8 +443,9 @@ func (l *swLoop) send(s *swSession, req uint64, now time.Time) {
 }
 
 // turn waits for one datagram or the earliest due action, handles it, and
-// returns how many sessions became finished by the phase's test.
-func (l *swLoop) turn(ctx context.Context, finished func(*swSession) bool) (int, error) {
+// returns how many of the phase's requests (replies of type finishing:
+// opens or closes; 0 for none) it finished.
+func (l *swLoop) turn(ctx context.Context, finishing wire.Type) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -483,7 +490,7 @@ func (l *swLoop) turn(ctx context.Context, finished func(*swSession) bool) (int,
 	if err != nil {
 		return done, err
 	}
-	if s := l.reply(l.rbuf[:n]); s != nil && finished(s) {
+	if s, typ := l.reply(l.rbuf[:n]); s != nil && finishing != 0 && typ == finishing {
 		done++
 	}
 	return done, nil
@@ -507,16 +514,22 @@ func (l *swLoop) find(h wire.Header) *swSession {
 }
 
 // reply handles one datagram; it returns the session whose request it
-// finished, if any.
-func (l *swLoop) reply(b []byte) *swSession {
+// finished, if any, and the reply's type.
+func (l *swLoop) reply(b []byte) (*swSession, wire.Type) {
 	h, err := wire.ParseHeader(b)
 	if err != nil || !h.Type.IsReply() {
-		return nil
+		return nil, 0
 	}
 	s := l.find(h)
 	if s == nil {
-		return nil // a late duplicate
+		return nil, 0 // a late duplicate
 	}
+	return l.settle(s, h, b), h.Type
+}
+
+// settle applies reply h (datagram b) to s, whose request it answers; it
+// returns s if the request is finished (not retried).
+func (l *swLoop) settle(s *swSession, h wire.Header, b []byte) *swSession {
 	now := time.Now()
 	sw := l.sw
 	switch h.Type {
@@ -541,6 +554,10 @@ func (l *swLoop) reply(b []byte) *swSession {
 		s.state, s.id, s.ttl = swOpen, h.Session, time.Duration(r.TTLMs)*time.Millisecond
 		delete(l.byNonce, s.nonce)
 		l.byID[s.id] = s
+		// An open session renews from now on, also while the others are
+		// still opening: at 1,000 opens/s, 30,000 take longer than a TTL.
+		s.renewDue = s.first.Add(s.ttl / 3)
+		l.schedule(s, s.renewDue)
 		sw.mu.Lock()
 		sw.openLat.record(now.Sub(s.first))
 		sw.mu.Unlock()
