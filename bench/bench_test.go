@@ -13,7 +13,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	WorkerChild() // the echo workload re-executes this binary as echo servers
+	EchoChild() // the echo workload re-executes this binary as echo servers
 	etcdtest.VerifyTestMain(m)
 }
 

@@ -5,12 +5,12 @@ import (
 	"os"
 )
 
-// WorkerChild runs this process as the echo server and exits it, if the
+// EchoChild runs this process as the echo server and exits it, if the
 // environment asks for one (the echo workload re-executes the bench's own
 // binary with TOKEND_BENCH_ECHO set, see echo.go); otherwise it returns at
 // once. Call it first thing in main, and in TestMain of tests that run the
 // echo workload.
-func WorkerChild() {
+func EchoChild() {
 	if kind, ok := os.LookupEnv(echoChildEnv); ok {
 		if err := runEchoChild(kind, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "tokend-bench echo:", err)

@@ -21,7 +21,7 @@ const echoBatch = 64
 
 // The echo server runs in a process of its own, like every server the
 // bench compares: the bench re-executes its own binary with echoChildEnv
-// set to "batched" or "plain", and WorkerChild turns that process into an
+// set to "batched" or "plain", and EchoChild turns that process into an
 // echo server that prints echoReady and its address, and serves until its
 // standard input closes.
 const (

@@ -5,9 +5,9 @@
 // recipe against redis-server where installed, etcd's concurrency.Mutex on
 // embedded etcd with 1 and 3 members, and UDP echo servers (batched and
 // plain). It prints a side-by-side table and can write JSON and an SVG
-// chart. For the echo servers and the failover workload it re-executes
-// itself (a hidden mode, see bench.WorkerChild); it kills only the
-// processes it started.
+// chart. For the echo servers it re-executes itself (a hidden mode, see
+// bench.EchoChild); the failover and sessions workloads run tokend server
+// and worker processes. It kills only the processes it started.
 //
 //	go run ./bench/cmd/tokend-bench --quick --json bench.json --svg bench.svg
 package main
@@ -28,7 +28,7 @@ import (
 )
 
 func main() {
-	bench.WorkerChild() // a failover worker process: runs it and exits
+	bench.EchoChild() // an echo server process: runs it and exits
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "tokend-bench:", err)
 		os.Exit(1)
