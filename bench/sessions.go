@@ -51,7 +51,8 @@ type sessionLevel struct {
 	renewals         int64 // renewals answered
 	late             int64 // answered after the next renewal was due
 	notRenewed       int64 // answered with session_ttl_ms 0
-	lost             int64 // sessions the worker no longer knew (expired, unknown)
+	lost             int64 // sessions the worker no longer knew (expired, unknown), during the hold
+	openLost         int64 // opens refused, or sessions lost while the others opened
 	retrans          int64 // retransmissions of opens and renewals
 	hold             time.Duration
 	cpu              time.Duration // tokend process CPU during the hold
@@ -110,10 +111,16 @@ func sessionsLevel(ctx context.Context, cfg *Config, n int) (*sessionLevel, erro
 	}
 	l.openTook = time.Since(began)
 
+	// The knee is judged on the hold alone: renewals during the opens
+	// and the mass reconnect compete with a burst of etcd writes.
+	l.openLat, l.openLost = sw.openLat, sw.lost
+	sw.startHold()
 	cpu0, hold0 := pc.cpu(), time.Now()
 	sw.hold(ctx, cfg.SessionHold)
 	l.hold, l.cpu = time.Since(hold0), pc.cpu()-cpu0
 	l.rssAfter = pc.rss()
+	l.renewLt = sw.renewLat
+	l.renewals, l.late, l.notRenewed, l.lost = sw.renewals, sw.late, sw.notRenewed, sw.lost
 
 	// Closing is measured at small levels only: above, the process is
 	// stopped with its sessions (closing 100k one by one measures etcd's
@@ -134,8 +141,7 @@ func sessionsLevel(ctx context.Context, cfg *Config, n int) (*sessionLevel, erro
 		return nil, fmt.Errorf("mass reconnect: %w", err)
 	}
 
-	l.openLat, l.renewLt = sw.openLat, sw.renewLat
-	l.renewals, l.late, l.notRenewed, l.lost, l.retrans = sw.renewals, sw.late, sw.notRenewed, sw.lost, sw.retrans
+	l.retrans = sw.retrans
 	return l, nil
 }
 
@@ -168,6 +174,9 @@ func (l *sessionLevel) results(cfg *Config) []Result {
 		open.metric("close_all_s", l.closeTook.Seconds(), "s")
 	}
 	open.metric("mass_reconnect_s", l.burstTook.Seconds(), "s")
+	if l.openLost > 0 {
+		open.metric("lost_while_opening", float64(l.openLost), "")
+	}
 	if l.burstOpened < l.n {
 		open.Note = fmt.Sprintf("mass reconnect: only %d of %d back within 2 min", l.burstOpened, l.n)
 	}
@@ -250,6 +259,15 @@ func (sw *swarm) close() {
 	for _, c := range sw.socks {
 		c.Close()
 	}
+}
+
+// startHold zeroes the renewal counters and starts a new latency
+// histogram: the hold is measured on its own.
+func (sw *swarm) startHold() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	sw.renewLat, sw.openLat = newHist(), newHist() // the mass reconnect's opens are not the sustained ones
+	sw.renewals, sw.late, sw.notRenewed, sw.lost = 0, 0, 0, 0
 }
 
 // reset makes every session idle again (after closeAll), keeping counters.
