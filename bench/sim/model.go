@@ -19,22 +19,26 @@ type Costs struct {
 	// EtcdLeaderCores: cores of the etcd leader available to lease
 	// renewals (they are served by the leader alone). Default 16.
 	EtcdLeaderCores float64
-	// RenewOnceCPU: CPU per session renewal done as today, one
-	// KeepAliveOnce (a new gRPC stream) per renewal. Default 470 µs:
-	// measured by tokend-bench's sessions workload, 0.14 cores per 1,000
-	// sessions (300 renewals/s), the whole tokend process (etcd member,
-	// coordinator, worker), all of it charged to the leader.
+	// RenewOnceCPU: CPU per session renewal done as tokend did before
+	// 2026-12-03 (design "once"), one KeepAliveOnce (a new gRPC stream) per
+	// renewal. Default 470 µs: measured by tokend-bench's sessions
+	// workload, 0.14 cores per 1,000 sessions (300 renewals/s), the whole
+	// tokend process (etcd member, coordinator, worker), all of it charged
+	// to the leader.
 	RenewOnceCPU int64
-	// RenewStreamCPU: CPU per renewal on a long-lived LeaseKeepAlive
-	// stream (the Planned design). Default 20 µs: an assumption (the
-	// lessor's Renew plus one message on an open stream), not measured.
+	// RenewStreamCPU: CPU per renewal on the worker's long-lived
+	// LeaseKeepAlive stream (worker/renew.go, the current design). Default
+	// 150 µs: measured the same way, 0.74 cores for 4,868 renewals/s at
+	// 16,000 sessions (bench/results/2026-12-03-sessions-after), the whole
+	// process again, so it overstates the leader's own share.
 	RenewStreamCPU int64
 	// EtcdCallLatency: one etcd round trip from a worker. Default 2 ms:
 	// the sessions bench opened ~1,000 sessions/s through the worker's
 	// pool of 4 goroutines doing Grant then Put, i.e. 4 / (2 × 2 ms).
 	EtcdCallLatency int64
-	// PoolSize: goroutines of a worker doing session etcd work
-	// (worker/etcd.go poolSize).
+	// PoolSize: goroutines of a worker opening sessions in etcd
+	// (worker/etcd.go openPoolSize; 4, shared with renewals, before
+	// 2026-12-03).
 	PoolSize int
 	// LeaseRevokeRate: leases etcd's lessor revokes per second at most
 	// once expired (server/lease/lessor.go defaultLeaseRevokeRate).
@@ -73,9 +77,9 @@ func DefaultCosts() Costs {
 		EtcdWritesPerSec:  25000,
 		EtcdLeaderCores:   16,
 		RenewOnceCPU:      470_000,
-		RenewStreamCPU:    20_000,
+		RenewStreamCPU:    150_000,
 		EtcdCallLatency:   2 * Millisecond,
-		PoolSize:          4,
+		PoolSize:          32,
 		LeaseRevokeRate:   1000,
 		LessorCheck:       500 * Millisecond,
 		WatchLatency:      5 * Millisecond,
@@ -121,8 +125,13 @@ type Design struct {
 	EndRate float64
 }
 
-// Current is tokend as built.
-func Current() Design { return Design{Name: "current", GroupSize: 1} }
+// Current is tokend as built: a lease per session, renewed over one
+// LeaseKeepAlive stream per worker.
+func Current() Design { return Design{Name: "current", GroupSize: 1, KeepAliveStream: true} }
+
+// Once is tokend before 2026-12-03: one KeepAliveOnce per renewal. It is
+// kept to show what the stream moved.
+func Once() Design { return Design{Name: "once", GroupSize: 1} }
 
 // Planned is the design docs/SCALE.md proposes for 1M clients.
 func Planned() Design {
@@ -145,8 +154,10 @@ func DesignByName(name string) (Design, error) {
 		return Current(), nil
 	case "planned":
 		return Planned(), nil
+	case "once":
+		return Once(), nil
 	}
-	return Design{}, fmt.Errorf("sim: unknown design %q (current, planned)", name)
+	return Design{}, fmt.Errorf("sim: unknown design %q (current, once, planned)", name)
 }
 
 // StepKind is what a scenario step does at its start.

@@ -176,9 +176,9 @@ func TestConsistent(t *testing.T) {
 // too small for the renewals, sessions are lost and reopened, and the
 // report says so.
 func TestOverloadLosesSessions(t *testing.T) {
-	c := small(Current())
+	c := small(Once())
 	c.Costs = DefaultCosts()
-	c.Costs.EtcdLeaderCores = 0.5 // 1,064 renewals/s: a round of 20k takes 19 s > S
+	c.Costs.EtcdLeaderCores = 0.5 // 1,064 renewals/s by KeepAliveOnce: a round of 20k takes 19 s > S
 	c.Scenario = []Step{{Kind: Steady, For: 30 * Second}}
 	r := run(t, c)
 	p := r.Phases[0]

@@ -42,7 +42,7 @@ func main() {
 		grace    = flag.Duration("G", time.Duration(def.Grace), "grace period")
 		tick     = flag.Duration("tick", time.Duration(def.Tick), "virtual time step")
 		seed     = flag.Uint64("seed", def.Seed, "seed of the simulation's randomness")
-		designs  = flag.String("design", "current,planned", "designs to run, comma-separated: current, planned")
+		designs  = flag.String("design", "current,planned", "designs to run, comma-separated: current, once (before the renewal stream), planned")
 		scenario = flag.String("scenario", "run:20s,kill:10:30s,join:100:20s,drain:10:20s,restart:90s",
 			"phases, comma-separated: run:DUR, kill:N:DUR, join:N:DUR, drain:N:DUR, restart:DUR")
 		jsonOut = flag.String("json", "", "also write the reports as JSON to this file")
