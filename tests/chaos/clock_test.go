@@ -114,6 +114,8 @@ func TestScenario9OnlyMonotonicTime(t *testing.T) {
 		"cluster/cluster.go: t.UTC":      "cluster.Now: the human-readable 'since' of etcd documents, never read back for a decision",
 		"cluster/member.go: url.Parse":   "MemberAnswers parses an etcd member's URL, not a time",
 		"cluster/dial.go: url.Parse":     "Dial parses an etcd endpoint to check its scheme (http or https), not a time",
+		"worker/describe.go: stamp.UTC":  "GET /v1/token shows operators wall-clock times (as of, since, deadline): display only, never read back",
+		"worker/describe.go: ….UTC":      "the same display of since and deadline times",
 	}
 	seen := map[string]bool{}
 	for _, dir := range []string{"worker", "worker/table", "worker/ownership", "worker/vouch", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {

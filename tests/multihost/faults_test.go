@@ -467,8 +467,8 @@ func (c *fcluster) startLoad(perHost int, seed uint64) *fload {
 					}
 					return nil
 				}}
-			rng := rand.New(rand.NewPCG(seed, uint64(id)))
-			f.wg.Go(func() { f.w.RunClient(ctx, id, cl, rng, cfg) })
+			cid, rng := id, rand.New(rand.NewPCG(seed, uint64(id)))
+			f.wg.Go(func() { f.w.RunClient(ctx, cid, cl, rng, cfg) })
 			id++
 		}
 	}
