@@ -241,6 +241,9 @@ func (m *Member) Err() <-chan error { return m.errc }
 // milliseconds for a single member and up to about 1 s in a cluster (etcd
 // gives the connections from live peers 1 s to end; a leader first hands
 // leadership over, which is quick while the others are up).
+// stopGrace bounds the leadership handover of Close.
+const stopGrace = 2 * time.Second
+
 func (m *Member) Close() error {
 	m.closeOnce.Do(func() {
 		close(m.stop)
@@ -252,8 +255,25 @@ func (m *Member) Close() error {
 		// then ends at once with "server stopped" instead of holding the
 		// listeners' graceful stop for the request timeout (7 s), which
 		// made a server without quorum take ~9 s to exit.
-		if m.etcd.Server != nil {
-			m.etcd.Server.Stop()
+		//
+		// Stop hands leadership over first; on the last member of a
+		// cluster going down there is nobody to hand it to, and the
+		// attempt (with linearizable reads retrying meanwhile, and over
+		// TLS holding the client listener's HTTP shutdown) can last the
+		// request timeout. After stopGrace the raft server is stopped
+		// without handover.
+		if srv := m.etcd.Server; srv != nil {
+			stopped := make(chan struct{})
+			go func() {
+				defer close(stopped)
+				srv.Stop()
+			}()
+			select {
+			case <-stopped:
+			case <-time.After(stopGrace):
+				srv.HardStop()
+				<-stopped
+			}
 		}
 		m.etcd.Close()
 		_ = m.logger.Sync() // fails harmlessly on a terminal's stderr

@@ -782,13 +782,16 @@ func TestFakeWorker(t *testing.T) {
 				if n, err := strconv.Atoi(os.Getenv("CTEST_REPEAT")); err == nil && n > 1 {
 					repeat = n
 				}
-				for i := 0; i < repeat; i++ {
+				// A round is about fifty requests, so with 10 % of replies
+				// lost a round without a cached answer happens (0.9^50, about
+				// 1 in 200): run more rounds, up to five, until one comes.
+				for i := 0; i < repeat || (f.count("cached") == 0 && i < 5); i++ {
 					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges"} {
 						runScenario(t, bin, f.Addr(0), s)
 					}
 				}
 				if f.count("cached") == 0 {
-					t.Errorf("no retransmission was answered from the reply cache")
+					t.Errorf("no retransmission was answered from the reply cache in five rounds")
 				}
 			})
 			t.Run("killed-client", func(t *testing.T) {
