@@ -227,7 +227,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		ob.add(cachedPkt, s.addr, h.Type)
 		return
 	}
-	in, name, err := decodeToken(h, pkt, ob.now)
+	in, name, err := table.Decode(h, pkt, ob.now)
 	if err != nil {
 		w.badRequest(ob, s, h, wire.Reason(err))
 		return
@@ -268,62 +268,6 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 
 // statusDuplicate labels replies resent from the reply cache.
 const statusDuplicate = wire.Status(254)
-
-// decodeToken decodes a token request's body into a table input. name is
-// the token name the header's shard must match (nil for CANCEL). Names and
-// values alias pkt; the table copies what it keeps.
-func decodeToken(h wire.Header, pkt []byte, now int64) (in table.Input, name []byte, err error) {
-	switch h.Type {
-	case wire.TypeAcquire:
-		var m wire.Acquire
-		if err = m.Decode(h, pkt); err != nil {
-			return in, nil, err
-		}
-		in = table.Input{Op: table.OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End, Detect: m.Detect}
-		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
-		return in, m.Name, nil
-	case wire.TypeConvert:
-		var m wire.Convert
-		if err = m.Decode(h, pkt); err != nil {
-			return in, nil, err
-		}
-		in = table.Input{Op: table.OpConvert, Name: m.Name, Mode: m.Mode, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value, Detect: m.Detect}
-		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
-		return in, m.Name, nil
-	case wire.TypeRelease:
-		var m wire.Release
-		if err = m.Decode(h, pkt); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpRelease, Name: m.Name, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}, m.Name, nil
-	case wire.TypeCancel:
-		var m wire.Cancel
-		if err = m.Decode(h, pkt); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpCancel, Target: m.Target}, nil, nil
-	case wire.TypeReclaim:
-		var m wire.Reclaim
-		if err = m.Decode(h, pkt); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpReclaim, Name: m.Name, Mode: m.Mode, Fence: m.Fence, Start: m.Start, End: m.End,
-			SetValue: m.HasValue, Value: m.Value}, m.Name, nil
-	}
-	return in, nil, wire.ErrKind
-}
-
-// waitDeadline turns wait_ms into the table's Try and Deadline: TRY (or
-// wait 0, SPEC §17.5) fails at once, WaitForever never times out.
-func waitDeadline(try bool, waitMs uint32, now int64) (bool, int64) {
-	switch {
-	case try || waitMs == 0:
-		return true, now
-	case waitMs == wire.WaitForever:
-		return false, math.MaxInt64
-	}
-	return false, now + int64(waitMs)*int64(time.Millisecond)
-}
 
 // handleKeepalive answers a KEEPALIVE: per entry whether this worker serves
 // that shard at that epoch, and for how long it vouches. With RENEW the

@@ -22,7 +22,6 @@ package fakeworker
 import (
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net"
 	"sort"
@@ -821,7 +820,7 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 		c.send(ob, w, cached, s.addr)
 		return
 	}
-	in, name, err := decodeToken(h, b, ob.now+int64(c.cfg.WaitSlack))
+	in, name, err := table.Decode(h, b, ob.now+int64(c.cfg.WaitSlack))
 	if err != nil {
 		c.send(ob, w, w.errReply(c, rh, wire.StatusBadRequest), s.addr)
 		return
@@ -1102,60 +1101,3 @@ func (c *Cluster) mapPage(first uint32) wire.MapReply {
 }
 
 func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
-
-// decodeToken decodes a token request's body into a table input, as the
-// worker does; name is the token name the header's shard must match (nil
-// for CANCEL).
-func decodeToken(h wire.Header, b []byte, now int64) (in table.Input, name []byte, err error) {
-	switch h.Type {
-	case wire.TypeAcquire:
-		var m wire.Acquire
-		if err = m.Decode(h, b); err != nil {
-			return in, nil, err
-		}
-		in = table.Input{Op: table.OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End, Detect: m.Detect}
-		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
-		return in, m.Name, nil
-	case wire.TypeConvert:
-		var m wire.Convert
-		if err = m.Decode(h, b); err != nil {
-			return in, nil, err
-		}
-		in = table.Input{Op: table.OpConvert, Name: m.Name, Mode: m.Mode, Fence: m.Fence, SetValue: m.HasValue,
-			Value: m.Value, Detect: m.Detect}
-		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
-		return in, m.Name, nil
-	case wire.TypeRelease:
-		var m wire.Release
-		if err = m.Decode(h, b); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpRelease, Name: m.Name, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}, m.Name, nil
-	case wire.TypeCancel:
-		var m wire.Cancel
-		if err = m.Decode(h, b); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpCancel, Target: m.Target}, nil, nil
-	case wire.TypeReclaim:
-		var m wire.Reclaim
-		if err = m.Decode(h, b); err != nil {
-			return in, nil, err
-		}
-		return table.Input{Op: table.OpReclaim, Name: m.Name, Mode: m.Mode, Fence: m.Fence, Start: m.Start, End: m.End,
-			SetValue: m.HasValue, Value: m.Value}, m.Name, nil
-	}
-	return in, nil, wire.ErrKind
-}
-
-// waitDeadline turns wait_ms into the table's Try and Deadline: TRY (or
-// wait 0) fails at once, WaitForever never times out.
-func waitDeadline(try bool, waitMs uint32, now int64) (bool, int64) {
-	switch {
-	case try || waitMs == 0:
-		return true, now
-	case waitMs == wire.WaitForever:
-		return false, math.MaxInt64
-	}
-	return false, now + int64(waitMs)*int64(time.Millisecond)
-}
