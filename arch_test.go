@@ -46,9 +46,10 @@ var pure = map[string][]string{
 
 // banned are the standard packages (with everything under them) that a pure
 // core may not import: the clock, the network, the operating system,
-// synchronisation and logging belong to the shells. Time comes in as
-// nanoseconds (int64), as worker/table takes it.
-var banned = []string{"time", "net", "os", "sync", "log", "syscall"}
+// synchronisation, logging and randomness belong to the shells. Time comes
+// in as nanoseconds (int64), as worker/table takes it, and randomness as a
+// seed.
+var banned = []string{"time", "net", "os", "sync", "log", "syscall", "math/rand", "crypto/rand", "unsafe"}
 
 // Every package of the module is in one class, by its longest listed prefix;
 // a new package must be placed here.
