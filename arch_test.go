@@ -41,7 +41,7 @@ var pure = map[string][]string{
 	"worker/vouch":         nil,
 	"coordinator/plan":     {"cluster/delegation"},
 	"coordinator/deadlock": nil,
-	"cluster/delegation":   nil,
+	"cluster/delegation":   {"wire"},
 }
 
 // banned are the standard packages (with everything under them) that a pure
@@ -374,7 +374,7 @@ func TestLayering(t *testing.T) {
 		}
 		for _, imp := range p.Imports {
 			if isBanned(imp) {
-				t.Errorf("%s is a pure core but imports %s: the clock, network, OS, synchronisation and logging belong to the shell (banned: %v and below)", pc, imp, banned)
+				t.Errorf("%s is a pure core but imports %s: the clock, network, OS, synchronisation, logging and randomness belong to the shell (banned: %v and below)", pc, imp, banned)
 			}
 		}
 		for _, pos := range goStmts(t, p) {

@@ -1,13 +1,11 @@
 package worker
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"math"
 	"net"
 	"os"
-	"slices"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -411,47 +409,5 @@ func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPA
 // one datagram. A run whose owner's address is unknown (not registered
 // now) is sent as "no owner" (SPEC §15): the client waits and asks again.
 func (w *Worker) mapReply(first uint32) wire.MapReply {
-	r := wire.MapReply{MapVersion: w.dmap.Version, ShardCount: uint32(len(w.shards)), GraceMs: uint32(w.cluster.GraceMs)}
-	if first >= r.ShardCount {
-		return r
-	}
-	runs := w.runs
-	if len(runs) == 0 {
-		runs = []delegation.Run{{First: 0, Count: r.ShardCount, Owner: delegation.NoOwner}}
-	}
-	size := wire.HeaderLen + 8 + 4 + 4 + 2 + 2
-	listed := map[int]bool{}
-	for _, run := range runs {
-		if run.First+run.Count <= first {
-			continue
-		}
-		if run.First < first {
-			run.Count -= first - run.First
-			run.First = first
-		}
-		mr := wire.MapRun{First: run.First, Count: run.Count, Worker: wire.NoWorker, Epoch: run.Epoch}
-		need := 14
-		var add *wire.MapWorker
-		if run.Owner != delegation.NoOwner && run.Owner < int(wire.NoWorker) {
-			o := w.dmap.Workers[run.Owner]
-			if addr := w.addrOf(o); addr != "" && len(addr) <= wire.MaxText && len(o.ID) <= wire.MaxText {
-				mr.Worker = uint16(run.Owner)
-				if !listed[run.Owner] {
-					add = &wire.MapWorker{Index: uint16(run.Owner), Addr: []byte(addr), ID: []byte(o.ID)}
-					need += 2 + 1 + len(addr) + 1 + len(o.ID)
-				}
-			}
-		}
-		if size+need > wire.MaxDatagram {
-			break
-		}
-		size += need
-		if add != nil {
-			listed[run.Owner] = true
-			r.Workers = append(r.Workers, *add)
-		}
-		r.Runs = append(r.Runs, mr)
-	}
-	slices.SortFunc(r.Workers, func(a, b wire.MapWorker) int { return cmp.Compare(a.Index, b.Index) })
-	return r
+	return delegation.Page(w.dmap, w.runs, uint32(len(w.shards)), first, uint32(w.cluster.GraceMs), w.addrOf)
 }

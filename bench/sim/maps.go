@@ -26,10 +26,9 @@ func mapCost(m delegation.Map, addr func(delegation.Owner) string, graceMs uint3
 	return MapCost{Runs: len(runs), JSONBytes: len(b), Datagrams: n, FetchBytes: bytes}, err
 }
 
-// fetch pages shards [first, end) of m into MAP_REPLY datagrams the way a
-// worker answers MAP_REQUEST (worker/serve.go mapReply: as many runs as
-// fit, each with its worker's entry the first time the datagram names it,
-// the client asking again from the first shard not covered) and returns
+// fetch pages shards [first, end) of m into MAP_REPLY datagrams with
+// delegation.Page, as a worker answers MAP_REQUEST (the client asking again
+// from the first shard not covered), and returns
 // how many datagrams and bytes that takes. Every datagram is encoded with
 // wire.MapReply.Append, which checks it, and given to each if not nil.
 func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) string, graceMs uint32, first, end uint32, each func(pkt []byte)) (int, int, error) {
@@ -42,42 +41,16 @@ func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) 
 		for ri < len(runs) && runs[ri].First+runs[ri].Count <= first {
 			ri++
 		}
-		r := wire.MapReply{MapVersion: m.Version, ShardCount: uint32(m.Shards()), GraceMs: graceMs}
-		listed := map[int]bool{}
-		size := wire.HeaderLen + 8 + 4 + 4 + 2 + 2
-		for i := ri; i < len(runs) && first < end; i++ {
-			run := runs[i]
-			if run.First < first {
-				run.Count -= first - run.First
-				run.First = first
-			}
-			mr := wire.MapRun{First: run.First, Count: run.Count, Worker: wire.NoWorker, Epoch: run.Epoch}
-			need := 14
-			var add *wire.MapWorker
-			if run.Owner != delegation.NoOwner {
-				o := m.Workers[run.Owner]
-				mr.Worker = uint16(run.Owner)
-				if !listed[run.Owner] {
-					a := addr(o)
-					add = &wire.MapWorker{Index: uint16(run.Owner), Addr: []byte(a), ID: []byte(o.ID)}
-					need += 2 + 1 + len(a) + 1 + len(o.ID)
-				}
-			}
-			if size+need > wire.MaxDatagram {
-				break
-			}
-			size += need
-			if add != nil {
-				listed[run.Owner] = true
-				r.Workers = append(r.Workers, *add)
-			}
-			r.Runs = append(r.Runs, mr)
-			first = run.First + run.Count
+		hi := ri
+		for hi < len(runs) && runs[hi].First < end {
+			hi++
 		}
+		r := delegation.Page(m, runs[ri:hi], uint32(m.Shards()), first, graceMs, addr)
 		if len(r.Runs) == 0 {
 			return n, bytes, fmt.Errorf("sim: a MAP_REPLY cannot carry the run at shard %d", first)
 		}
-		sortWorkers(r.Workers)
+		last := r.Runs[len(r.Runs)-1]
+		first = last.First + last.Count
 		h := wire.Header{Request: 1, MapVersion: m.Version}
 		pkt, err := r.Append(buf[:0], h)
 		if err != nil {
@@ -90,14 +63,6 @@ func fetch(m delegation.Map, runs []delegation.Run, addr func(delegation.Owner) 
 		}
 	}
 	return n, bytes, nil
-}
-
-func sortWorkers(ws []wire.MapWorker) {
-	for i := 1; i < len(ws); i++ {
-		for j := i; j > 0 && ws[j].Index < ws[j-1].Index; j-- {
-			ws[j], ws[j-1] = ws[j-1], ws[j]
-		}
-	}
 }
 
 // rangeDoc returns the part of m covering shards [first, first+count) as a
