@@ -27,8 +27,6 @@ var (
 	ErrLength = errors.New("wire: body length mismatch")
 	// ErrChecksum: the CRC32C field does not match the datagram.
 	ErrChecksum = errors.New("wire: checksum mismatch")
-	// ErrReserved: the reserved auth tag is not all zero.
-	ErrReserved = errors.New("wire: reserved field not zero")
 	// ErrUnknownType: the type byte is not a v1 message type.
 	ErrUnknownType = errors.New("wire: unknown message type")
 	// ErrBadFlags: a flag bit undefined for the message type is set (also
@@ -81,6 +79,9 @@ var (
 	errHeaderEpoch    = fmt.Errorf("%w: epoch zero or above MaxEpoch", ErrBadHeader)
 	errEntryStatus    = fmt.Errorf("%w: keepalive entry status not OK, NOT_OWNER or STALE_EPOCH", ErrBadStatus)
 	errQueued         = fmt.Errorf("%w: QUEUED only answers ACQUIRE or CONVERT", ErrBadStatus)
+	errCookieStatus   = fmt.Errorf("%w: COOKIE only answers SESSION_OPEN", ErrBadStatus)
+	errKeyName        = fmt.Errorf("%w: key name longer than 64 bytes or not UTF-8", ErrBadBody)
+	errCookieLen      = fmt.Errorf("%w: cookie neither empty nor 20 bytes", ErrBadBody)
 	errEntries        = fmt.Errorf("%w: more than MaxKeepaliveEntries entries", ErrTooLarge)
 )
 
@@ -95,7 +96,6 @@ var reasons = [...]struct {
 	{ErrVersion, "version"},
 	{ErrLength, "length"},
 	{ErrChecksum, "checksum"},
-	{ErrReserved, "reserved"},
 	{ErrUnknownType, "unknown_type"},
 	{ErrBadFlags, "bad_flags"},
 	{ErrBadStatus, "bad_status"},

@@ -6,9 +6,9 @@ import (
 	"hash/crc32"
 )
 
-// Sizes and limits of v1 (SPEC.md "Limits").
+// Sizes and limits of v2 (SPEC.md "Limits").
 const (
-	Version             = 1                       // protocol version byte
+	Version             = 2                       // protocol version byte
 	HeaderLen           = 64                      // bytes of header before every body
 	MaxDatagram         = 1200                    // largest datagram, header included
 	MaxBody             = MaxDatagram - HeaderLen // largest body (1136)
@@ -16,6 +16,11 @@ const (
 	MaxValue            = 64                      // value blocks are 0..MaxValue bytes
 	MaxText             = 255                     // error text, library, address, worker id
 	MaxKeepaliveEntries = (MaxBody - 2) / 8       // KEEPALIVE entries per datagram (141)
+	MaxKeyName          = 64                      // client key names are 0..MaxKeyName bytes
+	NonceLen            = 16                      // SESSION_OPEN client and worker nonces
+	CookieLen           = 20                      // SESSION_OPEN cookies
+	AuthOffset          = 48                      // the header's 12-byte auth tag
+	AuthLen             = 12
 
 	// WaitForever as ACQUIRE/CONVERT wait_ms: no worker-side limit (the
 	// client cancels when its own deadline passes).
@@ -104,12 +109,13 @@ const (
 	KindQueued                     // Queued
 	KindError                      // ErrorBody
 	KindNotOwner                   // NotOwner
+	KindCookie                     // Cookie
 	numKinds
 )
 
 var kindNames = [numKinds]string{"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY",
 	"KEEPALIVE", "KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
-	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER"}
+	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE"}
 
 // String returns the body layout's name as used in SPEC.md and the vectors.
 func (k Kind) String() string {
@@ -253,6 +259,10 @@ func (h Header) Kind() Kind {
 			}
 		case h.Status == StatusNotOwner, h.Status == StatusStaleEpoch:
 			return KindNotOwner
+		case h.Status == StatusCookie:
+			if h.Type == TypeSessionOpenReply {
+				return KindCookie
+			}
 		case h.Status.Valid():
 			return KindError
 		}
@@ -276,6 +286,9 @@ func (h *Header) check() error {
 		}
 		if h.Status == StatusQueued && !ti.queued {
 			return errQueued
+		}
+		if h.Status == StatusCookie && h.Type != TypeSessionOpenReply {
+			return errCookieStatus
 		}
 	} else if h.Status != StatusOK {
 		return ErrBadStatus
@@ -359,8 +372,8 @@ func Seal(b []byte) error {
 
 // ParseHeader validates datagram b and returns its header. The checks run in
 // the order of SPEC.md: size (ErrShort, ErrTooLarge), magic (ErrBadMagic),
-// version (ErrVersion), body length (ErrLength), checksum (ErrChecksum), auth
-// tag (ErrReserved), then the header rules (ErrUnknownType, ErrBadFlags,
+// version (ErrVersion), body length (ErrLength), checksum (ErrChecksum),
+// then the header rules (ErrUnknownType, ErrBadFlags,
 // ErrBadStatus, ErrBadHeader). On an error from the header rules the returned
 // Header holds the raw fields (useful for logs); before that it is zero.
 // Decode the body with the body struct that h.Kind() names. ParseHeader
@@ -384,11 +397,7 @@ func ParseHeader(b []byte) (Header, error) {
 	if binary.BigEndian.Uint32(b[offCRC:]) != Checksum(b) {
 		return Header{}, ErrChecksum
 	}
-	for _, c := range b[offAuth:offCRC] {
-		if c != 0 {
-			return Header{}, ErrReserved
-		}
-	}
+	// The auth tag (bytes 48..59) is the business of package wire/auth.
 	h := Header{
 		Type:       Type(b[3]),
 		Flags:      b[offFlags],

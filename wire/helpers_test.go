@@ -21,6 +21,8 @@ func newBody(k Kind) message {
 		return &SessionOpen{}
 	case KindSessionReply:
 		return &SessionReply{}
+	case KindCookie:
+		return &Cookie{}
 	case KindKeepalive:
 		return &Keepalive{}
 	case KindKeepaliveReply:
@@ -84,7 +86,7 @@ func sentinelName(err error) string {
 	names := map[string]string{
 		"short": "ErrShort", "too_large": "ErrTooLarge", "bad_magic": "ErrBadMagic",
 		"version": "ErrVersion", "length": "ErrLength", "checksum": "ErrChecksum",
-		"reserved": "ErrReserved", "unknown_type": "ErrUnknownType", "bad_flags": "ErrBadFlags",
+		"unknown_type": "ErrUnknownType", "bad_flags": "ErrBadFlags",
 		"bad_status": "ErrBadStatus", "bad_header": "ErrBadHeader", "name_length": "ErrNameLength",
 		"value_length": "ErrValueLength", "bad_mode": "ErrBadMode", "bad_range": "ErrBadRange",
 		"bad_body": "ErrBadBody", "kind": "ErrKind",
@@ -185,11 +187,17 @@ func describeBody(d *describer, m message) {
 	case *SessionOpen:
 		d.u("ttl_ms", uint64(m.TTLMs))
 		d.bytes("lib", m.Lib)
+		d.bytes("nonce", m.Nonce[:])
+		d.bytes("key_name", m.KeyName)
+		d.bytes("cookie", m.Cookie)
 	case *SessionReply:
 		d.u("ttl_ms", uint64(m.TTLMs))
 		d.u("shard_count", uint64(m.ShardCount))
 		d.u("grace_ms", uint64(m.GraceMs))
 		d.u("worker_ttl_ms", uint64(m.WorkerTTLMs))
+		d.bytes("worker_nonce", m.WorkerNonce[:])
+	case *Cookie:
+		d.bytes("cookie", m.Cookie[:])
 	case *Keepalive:
 		d.bool("renew", m.Renew)
 		d.u("entries", uint64(len(m.Entries)))

@@ -108,11 +108,11 @@ func TestTypeAndStatusNames(t *testing.T) {
 			t.Errorf("invalid status %d: %q", i, s.String())
 		}
 	}
-	if n != 18 {
-		t.Errorf("%d statuses, want 18", n)
+	if n != 19 {
+		t.Errorf("%d statuses, want 19", n)
 	}
 	retry := map[Status]bool{StatusNotOwner: true, StatusStaleEpoch: true, StatusGrace: true,
-		StatusUnavailable: true, StatusLimit: true, StatusExhausted: true}
+		StatusUnavailable: true, StatusLimit: true, StatusExhausted: true, StatusCookie: true}
 	for i := 0; i < 256; i++ {
 		if Status(i).Retryable() != retry[Status(i)] {
 			t.Errorf("%v retryable = %v", Status(i), Status(i).Retryable())

@@ -46,9 +46,15 @@ func (*Empty) Decode(h Header, b []byte) error {
 
 // SessionOpen (SESSION_OPEN request) asks for a new session. Its header has
 // session 0 and a random non-zero request id (the nonce the reply echoes).
+// The first one of an authenticated open carries no cookie and is answered
+// COOKIE; the second carries that cookie and a MAC under the client key
+// (SPEC.md section 20).
 type SessionOpen struct {
-	TTLMs uint32 // requested session TTL in ms; 0 = the worker's default
-	Lib   []byte // client library and version, e.g. "go/0.1.0": 0..255 bytes UTF-8
+	TTLMs   uint32         // requested session TTL in ms; 0 = the worker's default
+	Lib     []byte         // client library and version, e.g. "go/0.1.0": 0..255 bytes UTF-8
+	Nonce   [NonceLen]byte // the client's random nonce (all zero without authentication)
+	KeyName []byte         // the client key's name: 0..64 bytes UTF-8 (empty without authentication)
+	Cookie  []byte         // empty, or the CookieLen bytes of a COOKIE reply
 }
 
 // Append appends a SESSION_OPEN datagram.
@@ -57,12 +63,21 @@ func (m SessionOpen) Append(dst []byte, h Header) ([]byte, error) {
 	if err := checkText(m.Lib); err != nil {
 		return dst, err
 	}
+	if len(m.KeyName) > MaxKeyName || checkText(m.KeyName) != nil {
+		return dst, errKeyName
+	}
+	if len(m.Cookie) != 0 && len(m.Cookie) != CookieLen {
+		return dst, errCookieLen
+	}
 	start, dst, err := begin(dst, &h, KindSessionOpen)
 	if err != nil {
 		return dst, err
 	}
 	dst = appendU32(dst, m.TTLMs)
 	dst = appendBytes8(dst, m.Lib)
+	dst = append(dst, m.Nonce[:]...)
+	dst = appendBytes8(dst, m.KeyName)
+	dst = appendBytes8(dst, m.Cookie)
 	return finish(dst, start)
 }
 
@@ -74,6 +89,46 @@ func (m *SessionOpen) Decode(h Header, b []byte) error {
 	}
 	m.TTLMs = r.u32()
 	m.Lib = r.text()
+	copy(m.Nonce[:], r.take(NonceLen))
+	m.KeyName = r.text()
+	if r.err == nil && len(m.KeyName) > MaxKeyName {
+		r.fail(errKeyName)
+	}
+	m.Cookie = r.take(int(r.u8()))
+	if r.err == nil && len(m.Cookie) != 0 && len(m.Cookie) != CookieLen {
+		r.fail(errCookieLen)
+	}
+	return r.done()
+}
+
+// Cookie is the body of a SESSION_OPEN reply with status COOKIE: the client
+// sends its SESSION_OPEN again, with this cookie and a MAC.
+type Cookie struct {
+	Cookie [CookieLen]byte
+}
+
+// Append appends a COOKIE reply datagram (h.Status is set to COOKIE).
+func (m Cookie) Append(dst []byte, h Header) ([]byte, error) {
+	h.Type, h.Flags, h.Status = TypeSessionOpenReply, 0, StatusCookie
+	start, dst, err := begin(dst, &h, KindCookie)
+	if err != nil {
+		return dst, err
+	}
+	dst = appendBytes8(dst, m.Cookie[:])
+	return finish(dst, start)
+}
+
+// Decode decodes a COOKIE reply body.
+func (m *Cookie) Decode(h Header, b []byte) error {
+	r, err := body(&h, b, KindCookie)
+	if err != nil {
+		return err
+	}
+	n := r.u8()
+	if r.err == nil && n != CookieLen {
+		r.fail(errCookieLen)
+	}
+	copy(m.Cookie[:], r.take(int(n)))
 	return r.done()
 }
 
@@ -84,6 +139,9 @@ type SessionReply struct {
 	ShardCount  uint32 // the cluster's fixed shard count (> 0)
 	GraceMs     uint32 // grace period G of a recovering shard, ms
 	WorkerTTLMs uint32 // workers' etcd lease TTL W, ms (> 0)
+	// WorkerNonce is the worker's random nonce, from which with the
+	// client's the session key is derived (all zero without authentication).
+	WorkerNonce [NonceLen]byte
 }
 
 // Append appends a SESSION_OPEN reply datagram.
@@ -100,6 +158,7 @@ func (m SessionReply) Append(dst []byte, h Header) ([]byte, error) {
 	dst = appendU32(dst, m.ShardCount)
 	dst = appendU32(dst, m.GraceMs)
 	dst = appendU32(dst, m.WorkerTTLMs)
+	dst = append(dst, m.WorkerNonce[:]...)
 	return finish(dst, start)
 }
 
@@ -113,6 +172,7 @@ func (m *SessionReply) Decode(h Header, b []byte) error {
 	m.ShardCount = r.nonzero32()
 	m.GraceMs = r.u32()
 	m.WorkerTTLMs = r.nonzero32()
+	copy(m.WorkerNonce[:], r.take(NonceLen))
 	return r.done()
 }
 

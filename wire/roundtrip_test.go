@@ -323,9 +323,20 @@ func TestRandomMessages(t *testing.T) {
 		case KindEmpty:
 			m = &Empty{}
 		case KindSessionOpen:
-			m = &SessionOpen{TTLMs: u32(), Lib: bs(MaxText)}
+			so := &SessionOpen{TTLMs: u32(), Lib: bs(MaxText), KeyName: bs(MaxKeyName)}
+			copy(so.Nonce[:], bs(NonceLen))
+			if flag() {
+				so.Cookie = append(make([]byte, 0, CookieLen), bs(CookieLen)...)
+			}
+			m = so
 		case KindSessionReply:
-			m = &SessionReply{u32(), u32(), u32(), u32()}
+			sr := &SessionReply{TTLMs: u32(), ShardCount: u32(), GraceMs: u32(), WorkerTTLMs: u32()}
+			copy(sr.WorkerNonce[:], bs(NonceLen))
+			m = sr
+		case KindCookie:
+			c := &Cookie{}
+			copy(c.Cookie[:], bs(CookieLen))
+			m = c
 		case KindKeepalive:
 			e := make([]ShardEpoch, rng.IntN(4))
 			for i := range e {

@@ -26,6 +26,7 @@ const (
 	StatusExhausted      Status = 14  // fence space of the shard's epoch used up
 	StatusSessionExpired Status = 15  // the session's lease ran out
 	StatusDeadlock       Status = 16  // the queued request closes a wait-for cycle: it was chosen to fail
+	StatusCookie         Status = 17  // SESSION_OPEN: send it again with this cookie
 	StatusInternal       Status = 255 // worker bug
 )
 
@@ -52,6 +53,7 @@ var statuses = [256]statusInfo{
 	StatusExhausted:      {"EXHAUSTED", "fence space of this shard epoch is used up", true},
 	StatusSessionExpired: {"SESSION_EXPIRED", "session lease expired", false},
 	StatusDeadlock:       {"DEADLOCK", "request would deadlock: chosen as the victim of a wait-for cycle", false},
+	StatusCookie:         {"COOKIE", "open again with the cookie", true},
 	StatusInternal:       {"INTERNAL", "internal worker error", false},
 }
 

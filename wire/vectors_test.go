@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -15,16 +16,19 @@ import (
 var update = flag.Bool("update", false, "rewrite testdata/vectors.txt and the FuzzDecode seed corpus")
 
 const (
-	vSession = 0x694d9a6f8e2b1c01 // looks like an etcd lease id
+	vSession = 0x694d9a6f8e2b1c01 // a random 63-bit session id
 	vNonce   = 0x5eed0c0ffee0d00d // SESSION_OPEN request id
 	vMapVer  = 17
 	vEpoch   = 3
 )
 
 var (
-	vToken   = []byte("file/7/page/3")
-	vToken2  = []byte("inode:42")
-	vMaxName = func() []byte { // 255 bytes 0x00..0xfe: names are arbitrary bytes
+	vClientNonce = [NonceLen]byte{0xc1, 0x1e, 0x47, 0x7e, 0x40, 0x4c, 0xe0, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09}
+	vWorkerNonce = [NonceLen]byte{0x30, 0x4b, 0xe4, 0x40, 0x4c, 0xe0, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19}
+	vCookie      = [CookieLen]byte{0x00, 0x00, 0x30, 0x39, 0xc0, 0x0c, 0x1e, 0xc0, 0x0c, 0x1e, 0xc0, 0x0c, 0x1e, 0xc0, 0x0c, 0x1e, 0xc0, 0x0c, 0x1e, 0xc0}
+	vToken       = []byte("file/7/page/3")
+	vToken2      = []byte("inode:42")
+	vMaxName     = func() []byte { // 255 bytes 0x00..0xfe: names are arbitrary bytes
 		b := make([]byte, MaxName)
 		for i := range b {
 			b[i] = byte(i)
@@ -64,9 +68,15 @@ func validVectors() []vector {
 	// Sessions.
 	add("session-open", Header{Request: vNonce}, &SessionOpen{TTLMs: 10000, Lib: []byte("go/0.1.0")})
 	add("session-open-defaults", Header{Request: vNonce + 1}, &SessionOpen{})
-	so := Header{Type: TypeSessionOpen, Request: vNonce}.Reply()
+	add("session-open-cookie", Header{Request: vNonce + 2}, &SessionOpen{TTLMs: 10000, Lib: []byte("go/0.1.0"),
+		Nonce: vClientNonce, KeyName: []byte("default"), Cookie: vCookie[:]})
+	so := Header{Type: TypeSessionOpen, Request: vNonce + 2}.Reply()
+	so.Status, so.MapVersion = StatusCookie, vMapVer
+	add("session-open-reply-cookie", so, &Cookie{Cookie: vCookie})
+	so = Header{Type: TypeSessionOpen, Request: vNonce}.Reply()
 	so.Session, so.MapVersion = vSession, vMapVer
-	add("session-open-reply", so, &SessionReply{TTLMs: 10000, ShardCount: 4096, GraceMs: 5000, WorkerTTLMs: 5000})
+	add("session-open-reply", so, &SessionReply{TTLMs: 10000, ShardCount: 4096, GraceMs: 5000, WorkerTTLMs: 5000,
+		WorkerNonce: vWorkerNonce})
 	so = Header{Type: TypeSessionOpen, Request: vNonce}.Reply()
 	so.Status, so.MapVersion = StatusUnavailable, vMapVer
 	add("session-open-reply-unavailable", so, &ErrorBody{Message: []byte("worker lease not current")})
@@ -261,7 +271,8 @@ func badVectors() []badVector {
 	add("bad-short-header", acq[:HeaderLen-1], ErrShort)
 	add("bad-too-large", resealed(acq, func(c []byte) []byte { return append(c, make([]byte, MaxDatagram+1-len(c))...) }), ErrTooLarge)
 	add("bad-magic", resealed(acq, set(0, 'T', 'k')), ErrBadMagic)
-	add("bad-version", resealed(acq, set(2, 2)), ErrVersion)
+	add("bad-version-1", resealed(acq, set(2, 1)), ErrVersion)
+	add("bad-version-3", resealed(acq, set(2, 3)), ErrVersion)
 	add("bad-length-field", func() []byte {
 		c := append([]byte(nil), acq...)
 		binary.BigEndian.PutUint16(c[offLen:], uint16(len(c)-HeaderLen+1))
@@ -271,7 +282,6 @@ func badVectors() []badVector {
 	add("bad-truncated", acq[:len(acq)-1], ErrLength)
 	add("bad-checksum", func() []byte { c := append([]byte(nil), acq...); c[len(c)-1] ^= 0x20; return c }(), ErrChecksum)
 	add("bad-checksum-zero", set(offCRC, 0, 0, 0, 0)(append([]byte(nil), acq...)), ErrChecksum)
-	add("bad-auth-tag", resealed(acq, set(offAuth+11, 1)), ErrReserved)
 
 	// Header rules.
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
@@ -280,10 +290,18 @@ func badVectors() []badVector {
 	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x05)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
 	add("bad-status-in-request", resealed(acq, set(offStatus, 1)), ErrBadStatus)
-	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 17)), ErrBadStatus)
+	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 18)), ErrBadStatus)
+	add("bad-status-cookie-acquire", resealed(byName["acquire-reply-conflict"], set(offStatus, byte(StatusCookie))), ErrBadStatus)
 	add("bad-status-queued-release", resealed(byName["release-reply-not-held"], set(offStatus, 1)), ErrBadStatus)
 	add("bad-session-zero", resealed(acq, set(8, 0, 0, 0, 0, 0, 0, 0, 0)), ErrBadHeader)
 	add("bad-session-top-bit", resealed(acq, set(8, 0x80)), ErrBadHeader)
+	soBody := func(keyName []byte, cookie []byte) []byte {
+		return withBody(byName["session-open"], cat(be32(0), []byte{0}, vClientNonce[:], []byte{byte(len(keyName))}, keyName, []byte{byte(len(cookie))}, cookie)...)
+	}
+	add("bad-session-open-cookie-length", soBody([]byte("default"), vCookie[:19]), ErrBadBody)
+	add("bad-session-open-key-name-long", soBody(bytes.Repeat([]byte("k"), MaxKeyName+1), nil), ErrBadBody)
+	add("bad-session-open-nonce-missing", withBody(byName["session-open"], cat(be32(0), []byte{0}, vClientNonce[:7])...), ErrShort)
+	add("bad-cookie-reply-length", withBody(byName["session-open-reply-cookie"], cat([]byte{19}, vCookie[:19])...), ErrBadBody)
 	add("bad-session-open-with-session", resealed(byName["session-open"], set(15, 1)), ErrBadHeader)
 	add("bad-session-reply-ok-no-session", resealed(byName["session-open-reply"], set(8, 0, 0, 0, 0, 0, 0, 0, 0)), ErrBadHeader)
 	add("bad-request-zero", resealed(acq, set(16, 0, 0, 0, 0, 0, 0, 0, 0)), ErrBadHeader)
@@ -358,7 +376,7 @@ var hashNames = [][]byte{
 // crcInputs are the CRC32C vectors.
 var crcInputs = [][]byte{[]byte("123456789"), make([]byte, 32), []byte("TK")}
 
-const vectorsHeader = `# tokend wire protocol v1: golden vectors for every implementation.
+const vectorsHeader = `# tokend wire protocol v2: golden vectors for every implementation.
 # Generated by "go test ./wire -run TestVectors -update"; do not edit by hand.
 # The format is described in wire/SPEC.md, section "Test vectors". In short:
 # - Records are separated by blank lines; lines starting with '#' are comments.

@@ -29,10 +29,10 @@ import (
 const KeyLen = 32
 
 // NonceLen is the length of the client's and the worker's session nonces.
-const NonceLen = 16
+const NonceLen = wire.NonceLen
 
 // TagLen is the length of a datagram's MAC: the header's auth field.
-const TagLen = 12
+const TagLen = wire.AuthLen
 
 // Key is a 256-bit secret: a client key, the cluster key, a session key or
 // a cookie secret.

@@ -9,7 +9,7 @@ import (
 
 // CookieLen is the length of a cookie: a 4-byte timestamp then a 16-byte
 // tag.
-const CookieLen = 20
+const CookieLen = wire.CookieLen
 
 // Cookies mints and checks the stateless cookies of a worker's session
 // opens. A cookie binds the opener's source address and port, its nonce
