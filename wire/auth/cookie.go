@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/tokend/tokend/wire"
 )
 
 // CookieLen is the length of a cookie: a 4-byte timestamp then a 16-byte
