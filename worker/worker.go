@@ -132,6 +132,10 @@ type Config struct {
 	// Clock is the time the worker reads: batch stamps, lease safety,
 	// timers. Default clock.Real; tests inject testkit/fakeclock.
 	Clock clock.Clock
+
+	// Auth authenticates clients and handoffs (wire/SPEC.md section 20);
+	// nil runs without authentication (tokend --insecure).
+	Auth *Auth
 }
 
 // Worker is one token server process's worth of shards.
