@@ -1,5 +1,5 @@
 /*
- * codec.c - tokend wire protocol v1: encode/decode, CRC32C, FNV-1a.
+ * codec.c - tokend wire protocol v2: encode/decode, CRC32C, FNV-1a.
  *
  * Pure code (no I/O, no clock, no allocation), written from wire/SPEC.md.
  * "S7" etc. refer to the sections of SPEC.md. The decoder validates in the
@@ -121,12 +121,12 @@ int tkw_type_known(uint8_t t)
 	return 0;
 }
 
-int tkw_status_known(uint8_t s) { return s <= 16 || s == 255; }
+int tkw_status_known(uint8_t s) { return s <= 17 || s == 255; }
 
 int tkw_status_retryable(uint8_t s)
 {
 	return s == TKW_ST_NOT_OWNER || s == TKW_ST_STALE_EPOCH || s == TKW_ST_GRACE ||
-	       s == TKW_ST_UNAVAILABLE || s == TKW_ST_LIMIT || s == TKW_ST_EXHAUSTED;
+	       s == TKW_ST_UNAVAILABLE || s == TKW_ST_LIMIT || s == TKW_ST_EXHAUSTED || s == TKW_ST_COOKIE;
 }
 
 static int is_request(uint8_t t) { return t >= 0x01 && t <= 0x3F; }
@@ -189,6 +189,8 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 											    : TKW_K_INVALID;
 	if (s == TKW_ST_NOT_OWNER || s == TKW_ST_STALE_EPOCH)
 		return TKW_K_NOT_OWNER;
+	if (s == TKW_ST_COOKIE)
+		return t == (TKW_SESSION_OPEN | TKW_REPLY) ? TKW_K_COOKIE : TKW_K_INVALID;
 	if (s != TKW_ST_OK)
 		return TKW_K_ERROR;
 	switch (t & 0x7F) {
@@ -478,16 +480,42 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	switch (m->kind) {
 	case TKW_K_EMPTY:
 		break;
-	case TKW_K_SESSION_OPEN:
+	case TKW_K_SESSION_OPEN: {
+		const uint8_t *q;
 		CHECK(rd_u32(r, &m->ttl_ms));
 		CHECK(rd_text(r, &m->lib));
+		CHECK(rd_take(r, TKW_NONCE_LEN, &q));
+		memcpy(m->nonce, q, TKW_NONCE_LEN);
+		CHECK(rd_text(r, &m->key_name));
+		if (m->key_name.len > TKW_MAX_KEY_NAME)
+			return TKW_EBADBODY;
+		/* the cookie's bytes are read before its length is judged, as
+		 * the Go reference does */
+		CHECK(rd_bytes8(r, &m->cookie));
+		if (m->cookie.len != 0 && m->cookie.len != TKW_COOKIE_LEN)
+			return TKW_EBADBODY;
 		break;
-	case TKW_K_SESSION_REPLY:
+	}
+	case TKW_K_SESSION_REPLY: {
+		const uint8_t *q;
 		CHECK(rd_nonzero32(r, &m->ttl_ms));
 		CHECK(rd_nonzero32(r, &m->shard_count));
 		CHECK(rd_u32(r, &m->grace_ms));
 		CHECK(rd_nonzero32(r, &m->worker_ttl_ms));
+		CHECK(rd_take(r, TKW_NONCE_LEN, &q));
+		memcpy(m->worker_nonce, q, TKW_NONCE_LEN);
 		break;
+	}
+	case TKW_K_COOKIE: {
+		/* the length is judged before the bytes are read (Go: wire.Cookie) */
+		uint8_t l;
+		CHECK(rd_u8(r, &l));
+		if (l != TKW_COOKIE_LEN)
+			return TKW_EBADBODY;
+		m->cookie.len = l;
+		CHECK(rd_take(r, l, &m->cookie.p));
+		break;
+	}
 	case TKW_K_KEEPALIVE:
 		m->renew = (h->flags & TKW_FLAG_RENEW) != 0;
 		CHECK(rd_u16(r, &m->nentries));
@@ -597,7 +625,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	return r->off == r->n ? TKW_OK : TKW_EBADBODY; /* trailing bytes */
 }
 
-/* Header rules, steps 7..10 of S7. */
+/* Header rules, steps 6..9 of S7. */
 static int check_header(const struct tkw_header *h)
 {
 	uint8_t t = h->type;
@@ -612,6 +640,8 @@ static int check_header(const struct tkw_header *h)
 		if (!tkw_status_known(h->status))
 			return TKW_EBADSTATUS;
 		if (h->status == TKW_ST_QUEUED && t != (TKW_ACQUIRE | TKW_REPLY) && t != (TKW_CONVERT | TKW_REPLY))
+			return TKW_EBADSTATUS;
+		if (h->status == TKW_ST_COOKIE && t != (TKW_SESSION_OPEN | TKW_REPLY))
 			return TKW_EBADSTATUS;
 	}
 	/* Session id: top bit 0; zero exactly where S3 says. */
@@ -658,9 +688,8 @@ int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m)
 	h->crc = get32(b + 60);
 	if (datagram_crc(b, n) != h->crc)
 		return TKW_ECHECKSUM;
-	for (int i = 48; i < 60; i++)
-		if (b[i] != 0)
-			return TKW_ERESERVED;
+	/* The auth tag is carried, not checked here (auth.c, S20). */
+	memcpy(h->auth, b + TKW_AUTH_OFF, TKW_AUTH_LEN);
 	h->type = b[3];
 	h->flags = b[4];
 	h->status = b[5];
@@ -789,12 +818,26 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 	case TKW_K_SESSION_OPEN:
 		wr_u32(w, m->ttl_ms);
 		wr_bytes8(w, m->lib, TKW_MAX_TEXT, TKW_ETOOLARGE);
+		wr_put(w, m->nonce, TKW_NONCE_LEN);
+		wr_bytes8(w, m->key_name, TKW_MAX_KEY_NAME, TKW_EBADBODY);
+		if (m->cookie.len != 0 && m->cookie.len != TKW_COOKIE_LEN && !w->err)
+			w->err = TKW_EBADBODY;
+		wr_bytes8(w, m->cookie, TKW_COOKIE_LEN, TKW_EBADBODY);
 		break;
 	case TKW_K_SESSION_REPLY:
 		wr_u32(w, m->ttl_ms);
 		wr_u32(w, m->shard_count);
 		wr_u32(w, m->grace_ms);
 		wr_u32(w, m->worker_ttl_ms);
+		wr_put(w, m->worker_nonce, TKW_NONCE_LEN);
+		break;
+	case TKW_K_COOKIE:
+		if (m->cookie.len != TKW_COOKIE_LEN) {
+			if (!w->err)
+				w->err = TKW_EBADBODY;
+			return;
+		}
+		wr_bytes8(w, m->cookie, TKW_COOKIE_LEN, TKW_EBADBODY);
 		break;
 	case TKW_K_KEEPALIVE:
 		if (m->nentries > TKW_MAX_KA_ENTRIES) {
@@ -925,6 +968,7 @@ int tkw_encode(const struct tkw_msg *m, uint8_t *out, size_t cap, size_t *len)
 	put32(out + 32, h->shard);
 	put32(out + 36, h->epoch);
 	put64(out + 40, h->map_version);
+	memcpy(out + TKW_AUTH_OFF, h->auth, TKW_AUTH_LEN);
 
 	struct wr w = {out, cap, TKW_HEADER_LEN, 0};
 	enc_body(&w, m, kind);
@@ -947,7 +991,7 @@ const char *tkw_err_name(int err)
 {
 	static const char *const names[TKW_NERR] = {
 		"OK", "ErrShort", "ErrTooLarge", "ErrBadMagic", "ErrVersion", "ErrLength",
-		"ErrChecksum", "ErrReserved", "ErrUnknownType", "ErrBadFlags", "ErrBadStatus",
+		"ErrChecksum", "ErrUnknownType", "ErrBadFlags", "ErrBadStatus",
 		"ErrBadHeader", "ErrNameLength", "ErrValueLength", "ErrBadMode", "ErrBadRange",
 		"ErrBadBody",
 	};
@@ -960,7 +1004,7 @@ const char *tkw_kind_name(int kind)
 		"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY", "KEEPALIVE",
 		"KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 		"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED",
-		"ERROR", "NOT_OWNER",
+		"ERROR", "NOT_OWNER", "COOKIE",
 	};
 	return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "INVALID";
 }
@@ -970,9 +1014,9 @@ const char *tkw_status_name(int s)
 	static const char *const names[] = {
 		"OK", "QUEUED", "CONFLICT", "TIMEOUT", "NOT_OWNER", "STALE_EPOCH",
 		"UNKNOWN_SESSION", "GRACE", "UNAVAILABLE", "BAD_REQUEST", "NOT_HELD", "LIMIT",
-		"RECLAIM_REFUSED", "CANCELED", "EXHAUSTED", "SESSION_EXPIRED", "DEADLOCK",
+		"RECLAIM_REFUSED", "CANCELED", "EXHAUSTED", "SESSION_EXPIRED", "DEADLOCK", "COOKIE",
 	};
-	if (s >= 0 && s <= 16)
+	if (s >= 0 && s <= 17)
 		return names[s];
 	return s == 255 ? "INTERNAL" : "UNDEFINED";
 }

@@ -1,5 +1,5 @@
 /*
- * codec.h - the tokend wire protocol v1: datagram encode/decode, CRC32C and
+ * codec.h - the tokend wire protocol v2: datagram encode/decode, CRC32C and
  * the FNV-1a token hash. Internal to libtokend (not installed).
  *
  * Written from wire/SPEC.md alone. Pure: no I/O, no clock, no allocation, no
@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 /* Limits (S2). */
-#define TKW_VERSION 1
+#define TKW_VERSION 2
 #define TKW_HEADER_LEN 64
 #define TKW_MAX_DATAGRAM 1200
 #define TKW_MAX_BODY (TKW_MAX_DATAGRAM - TKW_HEADER_LEN) /* 1136 */
@@ -30,6 +30,11 @@ extern "C" {
 #define TKW_WHOLE_END UINT64_MAX /* decoded end of the whole token */
 #define TKW_WAIT_FOREVER 0xFFFFFFFFu
 #define TKW_NO_WORKER 0xFFFFu
+#define TKW_MAX_KEY_NAME 64 /* SESSION_OPEN key_name: 0..64 bytes */
+#define TKW_NONCE_LEN 16    /* SESSION_OPEN nonce, SESSION_REPLY worker_nonce */
+#define TKW_COOKIE_LEN 20   /* SESSION_OPEN cookie, COOKIE body */
+#define TKW_AUTH_OFF 48     /* the header's auth tag: bytes 48..59 (S20) */
+#define TKW_AUTH_LEN 12
 /*
  * Capacity of the MAP reply arrays. A valid worker entry takes at least 6
  * bytes and a run 14, and the fixed part of the body 20, so a body of at most
@@ -88,6 +93,7 @@ enum {
 	TKW_ST_EXHAUSTED = 14,
 	TKW_ST_SESSION_EXPIRED = 15,
 	TKW_ST_DEADLOCK = 16,
+	TKW_ST_COOKIE = 17,
 	TKW_ST_INTERNAL = 255
 };
 
@@ -114,7 +120,8 @@ enum tkw_kind {
 	TKW_K_GRANT,
 	TKW_K_QUEUED,
 	TKW_K_ERROR,
-	TKW_K_NOT_OWNER
+	TKW_K_NOT_OWNER,
+	TKW_K_COOKIE
 };
 
 /*
@@ -129,7 +136,6 @@ enum tkw_err {
 	TKW_EVERSION,
 	TKW_ELENGTH,
 	TKW_ECHECKSUM,
-	TKW_ERESERVED,
 	TKW_EUNKNOWNTYPE,
 	TKW_EBADFLAGS,
 	TKW_EBADSTATUS,
@@ -159,6 +165,9 @@ struct tkw_header {
 	uint32_t shard;
 	uint32_t epoch;
 	uint64_t map_version;
+	/* The auth tag as received (decode), or as written (encode); the codec
+	 * does not check it: auth.c does (S20). */
+	uint8_t auth[TKW_AUTH_LEN];
 	uint32_t crc; /* decode only */
 };
 
@@ -187,6 +196,10 @@ struct tkw_msg {
 
 	uint32_t ttl_ms;         /* SESSION_OPEN, SESSION_REPLY */
 	struct tkw_bytes lib;    /* SESSION_OPEN */
+	uint8_t nonce[TKW_NONCE_LEN];        /* SESSION_OPEN */
+	struct tkw_bytes key_name;           /* SESSION_OPEN: 0..64 bytes */
+	struct tkw_bytes cookie;             /* SESSION_OPEN: empty or 20 bytes; COOKIE: 20 bytes */
+	uint8_t worker_nonce[TKW_NONCE_LEN]; /* SESSION_REPLY */
 	uint32_t shard_count;    /* SESSION_REPLY, MAP_REPLY */
 	uint32_t grace_ms;       /* SESSION_REPLY, MAP_REPLY */
 	uint32_t worker_ttl_ms;  /* SESSION_REPLY */

@@ -253,6 +253,9 @@ func goDecode(b []byte) error {
 	case wire.KindNotOwner:
 		var m wire.NotOwner
 		return m.Decode(h, b)
+	case wire.KindCookie:
+		var m wire.Cookie
+		return m.Decode(h, b)
 	}
 	return fmt.Errorf("no decoder for kind %v", h.Kind())
 }
@@ -263,7 +266,7 @@ var sentinels = []struct {
 }{
 	{wire.ErrShort, "ErrShort"}, {wire.ErrTooLarge, "ErrTooLarge"}, {wire.ErrBadMagic, "ErrBadMagic"},
 	{wire.ErrVersion, "ErrVersion"}, {wire.ErrLength, "ErrLength"}, {wire.ErrChecksum, "ErrChecksum"},
-	{wire.ErrReserved, "ErrReserved"}, {wire.ErrUnknownType, "ErrUnknownType"}, {wire.ErrBadFlags, "ErrBadFlags"},
+	{wire.ErrUnknownType, "ErrUnknownType"}, {wire.ErrBadFlags, "ErrBadFlags"},
 	{wire.ErrBadStatus, "ErrBadStatus"}, {wire.ErrBadHeader, "ErrBadHeader"}, {wire.ErrNameLength, "ErrNameLength"},
 	{wire.ErrValueLength, "ErrValueLength"}, {wire.ErrBadMode, "ErrBadMode"}, {wire.ErrBadRange, "ErrBadRange"},
 	{wire.ErrBadBody, "ErrBadBody"},

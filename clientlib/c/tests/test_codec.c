@@ -177,12 +177,19 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 	case TKW_K_SESSION_OPEN:
 		d_u(d, "ttl_ms", m->ttl_ms);
 		d_b(d, "lib", m->lib);
+		d_b(d, "nonce", (struct tkw_bytes){m->nonce, TKW_NONCE_LEN});
+		d_b(d, "key_name", m->key_name);
+		d_b(d, "cookie", m->cookie);
 		break;
 	case TKW_K_SESSION_REPLY:
 		d_u(d, "ttl_ms", m->ttl_ms);
 		d_u(d, "shard_count", m->shard_count);
 		d_u(d, "grace_ms", m->grace_ms);
 		d_u(d, "worker_ttl_ms", m->worker_ttl_ms);
+		d_b(d, "worker_nonce", (struct tkw_bytes){m->worker_nonce, TKW_NONCE_LEN});
+		break;
+	case TKW_K_COOKIE:
+		d_b(d, "cookie", m->cookie);
 		break;
 	case TKW_K_KEEPALIVE:
 		d_u(d, "renew", (uint64_t)m->renew);
@@ -289,7 +296,8 @@ static int is_bytes_key(const char *k)
 {
 	const char *dot = strrchr(k, '.');
 	const char *f = dot ? dot + 1 : k;
-	return !strcmp(f, "lib") || !strcmp(f, "token") || !strcmp(f, "value") || !strcmp(f, "addr") ||
+	return !strcmp(f, "lib") || !strcmp(f, "nonce") || !strcmp(f, "key_name") || !strcmp(f, "cookie") ||
+	       !strcmp(f, "worker_nonce") || !strcmp(f, "token") || !strcmp(f, "value") || !strcmp(f, "addr") ||
 	       !strcmp(f, "id") || !strcmp(f, "message") || !strcmp(f, "owner_addr");
 }
 
@@ -324,7 +332,7 @@ static int arena_hex(struct arena *a, const char *hex, struct tkw_bytes *out)
 
 static int kind_by_name(const char *s)
 {
-	for (int k = TKW_K_EMPTY; k <= TKW_K_NOT_OWNER; k++)
+	for (int k = TKW_K_EMPTY; k <= TKW_K_COOKIE; k++)
 		if (!strcmp(tkw_kind_name(k), s))
 			return k;
 	return TKW_K_INVALID;
@@ -350,6 +358,14 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 				return -1;
 			if (!strcmp(k, "lib"))
 				m->lib = b;
+			else if (!strcmp(k, "nonce") && b.len == TKW_NONCE_LEN)
+				memcpy(m->nonce, b.p, TKW_NONCE_LEN);
+			else if (!strcmp(k, "worker_nonce") && b.len == TKW_NONCE_LEN)
+				memcpy(m->worker_nonce, b.p, TKW_NONCE_LEN);
+			else if (!strcmp(k, "key_name"))
+				m->key_name = b;
+			else if (!strcmp(k, "cookie"))
+				m->cookie = b;
 			else if (!strcmp(k, "token"))
 				m->name = b;
 			else if (!strcmp(k, "value"))
