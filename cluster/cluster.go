@@ -7,7 +7,7 @@
 //	/tokend/config               Config, written once at bootstrap
 //	/tokend/workers/<id>         Worker, on the worker's lease
 //	/tokend/drain/<id>           Drain: an operator asked to drain worker id (no lease: it outlives restarts)
-//	/tokend/clients/<session>    Client, on the session's lease (session = lease id in hex)
+//	/tokend/clients/<session>    Client, on the session's lease (session = random session id in hex)
 //	/tokend/delegation/map       the delegation map, written only by the leader
 //	/tokend/leader/<lease>       concurrency.Election keys; the value is a Leader
 package cluster
@@ -172,19 +172,33 @@ type Drain struct {
 // DrainKey is the drain marker of worker id.
 func DrainKey(id string) string { return DrainPrefix + id }
 
-// Client is a client session, attached to the session's lease.
+// Client is a client session, attached to the session's lease. The session
+// id is random (wire/SPEC.md section 20), unrelated to the lease id.
 type Client struct {
-	Session string `json:"session"` // lease id, hex
+	Session string `json:"session"` // session id, hex
+	Lease   string `json:"lease"`   // the etcd lease it lives on, hex; renewals and closes use it
 	Addr    string `json:"addr"`
 	Since   string `json:"since"`
 	Library string `json:"library"`
 	Worker  string `json:"worker"` // the worker that opened it
+	// KeyName names the client key the session was opened with; empty
+	// without authentication.
+	KeyName string `json:"key_name,omitempty"`
+	// SealedKey is the session key sealed under the cluster key with
+	// label "session " + session id in hex (auth.SealKey), base64
+	// (standard encoding); empty without authentication.
+	SealedKey string `json:"sealed_key,omitempty"`
 }
+
+// SessionKeyLabel is the label a session's key is sealed with
+// (Client.SealedKey).
+func SessionKeyLabel(session uint64) string { return "session " + SessionString(session) }
 
 // ClientKey is the key of a session.
 func ClientKey(session uint64) string { return ClientsPrefix + SessionString(session) }
 
-// SessionString formats a session (lease) id as etcd does: lower-case hex.
+// SessionString formats a session id (or a lease id) as etcd formats lease
+// ids: lower-case hex.
 func SessionString(session uint64) string { return strconv.FormatUint(session, 16) }
 
 // ParseSession is the inverse of SessionString.

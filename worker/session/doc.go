@@ -10,7 +10,7 @@
 // The shell keeps one Session per live session and calls it on the receive
 // loop:
 //
-//	v, pkt := s.Decide(h)  // Stale: drop; Resend: send pkt; Reused: BAD_REQUEST; Apply: go on
+//	v, pkt := s.Decide(h)  // Stale, Replay: drop; Resend: send pkt; Reused: BAD_REQUEST; Apply: go on
 //	s.Ack(h.Ack)           // once the body decodes
 //	s.OverLimit(h)         // true: answer LIMIT (after the ownership checks)
 //	s.Applied(outcome)     // the table's reply, cached if final or QUEUED
@@ -33,6 +33,10 @@
 // QUEUED; a retryable status was not applied and is not cached, so the
 // client's retry with the same id is applied afresh. KEEPALIVE,
 // SESSION_CLOSE, REVOKE_ACK, MAP_REQUEST and SESSION_OPEN are not cached.
+// Of KEEPALIVE, SESSION_CLOSE and REVOKE_ACK the shell Marks the ids it
+// applies: a copy of one, or one whose id is Window or more below the
+// newest id seen, is a Replay and dropped (wire/SPEC.md section 20), so
+// that a captured renewal cannot keep a dead client's session alive.
 //
 // The cache holds up to Config.Cap replies; beyond that a new request is
 // refused (LIMIT). A RECLAIM, and a request whose id is below the newest id

@@ -210,12 +210,16 @@ func (h *harness) request(t *testing.T, d *datadriven.TestData, a map[string]str
 		return []string{fmt.Sprintf("resend %s", pkt)}
 	case Reused:
 		return []string{"BAD_REQUEST: id reused for another type"}
+	case Replay:
+		return []string{fmt.Sprintf("drop: replay (id %d applied before or below the window, newest %d)", hd.Request, h.s.win.hi)}
 	}
 	h.s.Ack(hd.Ack)
 	switch hd.Type {
 	case wire.TypeKeepalive, wire.TypeSessionClose:
+		h.s.Mark(hd.Request)
 		return []string{"apply; not cached"}
 	case wire.TypeRevokeAck:
+		h.s.Mark(hd.Request)
 		h.s.AckRevoke(num("target", 0))
 		return []string{"apply; not cached"}
 	}

@@ -22,6 +22,7 @@ type Session struct {
 	ack   uint64            // highest ack seen: request ids below are finished
 	top   uint64            // highest request id ever given a cache entry
 	cache map[uint64]*Entry // request id -> reply
+	win   window            // KEEPALIVE, SESSION_CLOSE, REVOKE_ACK ids applied (replays)
 	rev   revokes
 }
 
@@ -50,9 +51,10 @@ const (
 	Stale                 // its id is below the ack: drop it
 	Resend                // answered before: send the cached reply again
 	Reused                // its id is cached for a request of another type: BAD_REQUEST
+	Replay                // applied before and no longer cached: drop it (a replay)
 )
 
-var verdictNames = [...]string{Apply: "apply", Stale: "stale", Resend: "resend", Reused: "reused"}
+var verdictNames = [...]string{Apply: "apply", Stale: "stale", Resend: "resend", Reused: "reused", Replay: "replay"}
 
 func (v Verdict) String() string {
 	if int(v) < len(verdictNames) {
@@ -73,11 +75,22 @@ func cached(t wire.Type) bool {
 
 // Decide says what to do with request h, and for Resend the reply to send.
 // It changes nothing.
+//
+// Replays (wire/SPEC.md section 20): a KEEPALIVE, SESSION_CLOSE or
+// REVOKE_ACK whose id was applied (Mark) or is below the window is a
+// Replay. The other types need no window: an applied one stays cached
+// until the ack passes it, and one not cached was not applied (a retryable
+// status, or its shard or the worker's lease was lost meanwhile) and may
+// be applied, so that a request redirected from a dead worker after a long
+// failover is still served.
 func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 	if h.Request < s.ack {
 		return Stale, nil
 	}
 	if !cached(h.Type) {
+		if s.win.below(h.Request) || s.win.marked(h.Request) {
+			return Replay, nil
+		}
 		return Apply, nil
 	}
 	if e := s.cache[h.Request]; e != nil {
@@ -88,6 +101,11 @@ func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 	}
 	return Apply, nil
 }
+
+// Mark records that request id, of a type whose reply is not cached
+// (KEEPALIVE, SESSION_CLOSE, REVOKE_ACK), was applied: a copy of it is a
+// Replay from now on.
+func (s *Session) Mark(id uint64) { s.win.mark(id) }
 
 // Ack records the client's ack and forgets the cached replies below it.
 func (s *Session) Ack(ack uint64) {
@@ -149,6 +167,7 @@ func (s *Session) Applied(o Outcome) {
 	if !o.Status.Retryable() {
 		s.cache[o.Req] = &Entry{Type: o.Type, Shard: o.Shard, Fence: o.Fence, Pending: o.Status == wire.StatusQueued, Pkt: o.Pkt}
 		s.top = max(s.top, o.Req)
+		s.win.advance(o.Req)
 	}
 	if o.Status != wire.StatusOK {
 		return
@@ -215,6 +234,7 @@ func (s *Session) Known(id uint64) bool { return id < s.ack || s.cache[id] != ni
 func (s *Session) Adopt(id uint64, e Entry) {
 	s.cache[id] = &e
 	s.top = max(s.top, id)
+	s.win.advance(id)
 }
 
 // Reply is a cached reply and its request id.
@@ -246,8 +266,8 @@ func (s *Session) DropShards(lost func(shard uint32) bool, finals []Reply) []Rep
 }
 
 // Drop forgets every cached reply and every REVOKE: the session ended, or
-// the lease under which they were given is gone. The ack, the newest id
-// and the REVOKE sequence stay.
+// the lease under which they were given is gone. The ack, the newest id,
+// the window of applied ids and the REVOKE sequence stay.
 func (s *Session) Drop() {
 	clear(s.cache)
 	s.rev.drop()
