@@ -11,6 +11,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -41,7 +42,9 @@ const (
 	// mapWait is how long the old owner waits for its own map to catch up
 	// with the requester's before answering.
 	mapWait = time.Second
-	// connTimeout bounds one connection of the handoff server.
+	// connTimeout bounds one connection of the handoff server, from
+	// accept to the answer's last byte; handshakeTimeout and idleTimeout
+	// (handoff_auth.go) bound its parts.
 	connTimeout = 5 * time.Second
 	// maxPullRequest and maxPullResponse bound the frames of the protocol.
 	maxPullRequest  = 1 << 20
@@ -81,12 +84,16 @@ type pullRequest struct {
 	Proto       int           `json:"proto"`
 	From        string        `json:"from"`        // requester's id
 	Incarnation string        `json:"incarnation"` // requester's incarnation (hex)
+	ToID        string        `json:"to_id"`       // the old owner's id
 	To          string        `json:"to"`          // the old owner's incarnation the requester means (hex)
 	MapVersion  uint64        `json:"map_version"` // the map that moved the shards
 	Shards      []shardEpochJ `json:"shards"`
 	// Deadlock, if set, makes this the leader's deadlock detector asking
 	// (wire/SPEC.md section 19), not a pull; see deadlock.go.
 	Deadlock *cluster.DeadlockQuery `json:"deadlock,omitempty"`
+	// Nonce is the requester's nonce: the request is authenticated
+	// (handoff_auth.go). Required when the old owner runs with Auth.
+	Nonce []byte `json:"nonce,omitempty"`
 }
 
 type shardEpochJ struct {
@@ -186,39 +193,84 @@ func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 			}
 			continue
 		}
+		// Refused connections are closed at once: a new owner retries.
+		g, ip := w.met.ho, remoteIP(c)
+		if !g.admit(ip) {
+			c.Close()
+			g.refused.WithLabelValues(refusedPeer).Inc()
+			g.warn(w.log, w.clk.Now(), ip.String(), "handoff connection refused: too many from one address", "limit", maxPeerConns)
+			continue
+		}
+		leave := sync.OnceFunc(func() { g.leave(ip) })
 		select {
 		case sem <- struct{}{}:
 		default:
-			c.Close() // too many at once: the new owner retries
+			leave()
+			c.Close()
+			g.refused.WithLabelValues(refusedGlobal).Inc()
+			g.warn(w.log, w.clk.Now(), "*", "handoff connection refused: too many at once", "limit", maxHandoffConns, "from", ip)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			w.serveHandoff(ctx, c)
+			defer leave()
+			w.serveHandoff(ctx, c, leave)
 		}()
 	}
 }
 
-// serveHandoff answers one pull on c.
-func (w *Worker) serveHandoff(ctx context.Context, c net.Conn) {
+// serveHandoff answers one pull on c. With Auth it first authenticates
+// the requester (authenticated, called then, uncounts the connection from
+// its source's limit) and seals its answer.
+func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, authenticated func()) {
 	defer c.Close()
 	// Socket deadlines are the kernel's: real time.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
-	c.SetDeadline(time.Now().Add(connTimeout))
+	start := time.Now()
+	tc := &timeoutConn{Conn: c, done: func() bool { return ctx.Err() != nil }, idle: idleTimeout, end: start.Add(handshakeTimeout)}
+	br := bufio.NewReader(tc)
+	g, src := w.met.ho, remoteIP(c).String()
 	var req pullRequest
-	if err := readFrame(bufio.NewReader(c), maxPullRequest, &req); err != nil {
+	if err := readFrame(br, maxPullRequest, &req); err != nil {
+		if isTimeout(err) {
+			g.refused.WithLabelValues(refusedTimeout).Inc()
+		} else if !errors.Is(err, io.EOF) {
+			g.refused.WithLabelValues(refusedBad).Inc()
+		}
 		w.log.Debug("bad handoff request", "from", c.RemoteAddr(), "err", err)
 		return
 	}
 	if req.Deadlock != nil {
-		w.serveDeadlock(c, &req)
+		tc.end = start.Add(connTimeout)
+		w.serveDeadlock(tc, &req)
 		return
 	}
+	var key, giverNonce []byte
+	if w.cfg.Auth != nil {
+		var ok bool
+		if key, giverNonce, ok = w.authPuller(tc, br, &req, src); !ok {
+			return
+		}
+		authenticated()
+	}
+	tc.end = start.Add(connTimeout)
 	resp := w.answerPull(ctx, &req)
-	n, err := writeFrame(c, resp)
+	frame, err := marshalFrame(resp)
+	if err == nil && key != nil {
+		var mac []byte
+		if mac, err = handoffMAC(key, dirGiver, &req, req.Nonce, giverNonce, frame); err == nil {
+			var seal []byte
+			seal, err = marshalFrame(pullSeal{MAC: mac})
+			frame = append(frame, seal...)
+		}
+	}
+	n := 0
+	if err == nil {
+		n, err = tc.Write(frame)
+	}
 	if err != nil {
 		w.log.Warn("handoff answer not sent", "to", req.From, "err", err)
 		return
@@ -267,7 +319,7 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 	defer w.mu.Unlock()
 	resp.MapVersion = w.dmap.Version
 	switch {
-	case w.me == (delegation.Owner{}) || req.To != formatInc(w.me.Incarnation):
+	case w.me == (delegation.Owner{}) || req.To != formatInc(w.me.Incarnation) || (req.ToID != "" && req.ToID != w.me.ID):
 		resp.Error = "not that incarnation"
 		return resp
 	case !w.clk.Now().Before(w.safeUntil()):
@@ -339,8 +391,12 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 	defer t.Stop()
 	w.mu.Lock()
 	req := &pullRequest{Proto: handoffProto, From: w.me.ID, Incarnation: formatInc(w.me.Incarnation),
-		To: formatInc(b.from.Incarnation), MapVersion: b.mapVersion, Shards: b.shards}
+		ToID: b.from.ID, To: formatInc(b.from.Incarnation), MapVersion: b.mapVersion, Shards: b.shards}
 	w.mu.Unlock()
+	var key []byte
+	if w.cfg.Auth != nil {
+		key = handoffKey(w.cfg.Auth.ClusterKey)
+	}
 	var (
 		resp  *pullResponse
 		n, nn int
@@ -348,7 +404,7 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 		gone  bool
 	)
 	for {
-		resp, nn, err = pullOnce(ctx, b.addr, req)
+		resp, nn, err = pullOnce(ctx, b.addr, req, key)
 		n += nn
 		if err == nil || errors.Is(err, errHandoffRefused) || ctx.Err() != nil {
 			break
@@ -366,6 +422,12 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
 	}
+	var af *authFailure
+	if errors.As(err, &af) {
+		g := w.met.ho
+		g.authFailures.WithLabelValues(af.reason).Inc()
+		g.warn(w.log, w.clk.Now(), b.addr, "handoff answer refused: not authenticated", "reason", af.reason, "from", b.from.String())
+	}
 	w.met.handoffBytes.WithLabelValues("in").Add(float64(n))
 	w.finishPull(b, resp, err, gone)
 }
@@ -376,38 +438,6 @@ func (w *Worker) registered(o delegation.Owner) bool {
 	defer w.mu.Unlock()
 	r, ok := w.registry[o.ID]
 	return ok && r.Incarnation == formatInc(o.Incarnation)
-}
-
-// pullOnce makes one attempt: connect, ask, read the answer.
-func pullOnce(ctx context.Context, addr string, req *pullRequest) (*pullResponse, int, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer c.Close()
-	// Socket deadlines are the kernel's: real time. The pull's timeout is
-	// on the worker's clock and ends ctx.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if _, err := writeFrame(c, req); err != nil {
-		return nil, 0, err
-	}
-	var resp pullResponse
-	cr := &countReader{r: bufio.NewReader(c)}
-	if err := readFrame(cr, maxPullResponse, &resp); err != nil {
-		return nil, cr.n, err
-	}
-	if resp.Error != "" && resp.Retry {
-		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
-	}
-	if resp.Error != "" {
-		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
-	}
-	if resp.Proto != handoffProto {
-		return nil, cr.n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
-	}
-	return &resp, cr.n, nil
 }
 
 // finishPull ends the wait of b's shards that still await it: each is
@@ -586,38 +616,60 @@ func reseal(pkt []byte, r handoffReply, shard, epoch uint32, mapVersion uint64, 
 
 // writeFrame writes v as one frame: a big-endian u32 length, then JSON.
 func writeFrame(c io.Writer, v any) (int, error) {
-	b, err := json.Marshal(v)
+	b, err := marshalFrame(v)
 	if err != nil {
 		return 0, err
 	}
-	if len(b) > maxPullResponse {
-		return 0, fmt.Errorf("%w: %d bytes", errHandoffFrame, len(b))
+	return c.Write(b)
+}
+
+// marshalFrame returns v as one frame.
+func marshalFrame(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
 	}
-	buf := make([]byte, 4, 4+len(b))
-	binary.BigEndian.PutUint32(buf, uint32(len(b)))
-	n, err := c.Write(append(buf, b...))
-	return n, err
+	if len(b) > maxPullResponse {
+		return nil, fmt.Errorf("%w: %d bytes", errHandoffFrame, len(b))
+	}
+	return append(binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b))), b...), nil
 }
 
 // readFrame reads one frame of at most limit bytes into v.
 func readFrame(r io.Reader, limit int, v any) error {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || int64(n) > int64(limit) {
-		return fmt.Errorf("%w: length %d (limit %d)", errHandoffFrame, n, limit)
-	}
-	// Read what arrives rather than allocate what the peer claims.
-	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	b, err := readRawFrame(r, limit)
 	if err != nil {
 		return err
 	}
-	if len(b) != int(n) {
-		return io.ErrUnexpectedEOF
+	return unmarshalFrame(b, v)
+}
+
+// readRawFrame reads one frame of at most limit bytes and returns it
+// whole, its length included.
+func readRawFrame(r io.Reader, limit int) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
 	}
-	if err := json.Unmarshal(b, v); err != nil {
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || int64(n) > int64(limit) {
+		return nil, fmt.Errorf("%w: length %d (limit %d)", errHandoffFrame, n, limit)
+	}
+	// Read what arrives rather than allocate what the peer claims.
+	var buf bytes.Buffer
+	buf.Write(hdr[:])
+	if _, err := buf.ReadFrom(io.LimitReader(r, int64(n))); err != nil {
+		return nil, err
+	}
+	if buf.Len() != 4+int(n) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return buf.Bytes(), nil
+}
+
+// unmarshalFrame decodes frame (as readRawFrame returns it) into v.
+func unmarshalFrame(frame []byte, v any) error {
+	if err := json.Unmarshal(frame[4:], v); err != nil {
 		return fmt.Errorf("%w: %v", errHandoffFrame, err)
 	}
 	return nil

@@ -227,7 +227,7 @@ func TestHandoffStaleOwner(t *testing.T) {
 		defer cancel()
 		resp, _, err := pullOnce(ctx, w1.HandoffAddr(), &pullRequest{Proto: handoffProto, From: o2.ID,
 			Incarnation: formatInc(inc), To: to, MapVersion: m.Version,
-			Shards: []shardEpochJ{{Shard: 9, Epoch: epoch}}})
+			Shards: []shardEpochJ{{Shard: 9, Epoch: epoch}}}, nil)
 		if err != nil && !errors.Is(err, errHandoffRefused) {
 			t.Fatal(err)
 		}

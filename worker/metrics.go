@@ -23,6 +23,7 @@ type metrics struct {
 	handoffBytes *prometheus.CounterVec // direction: in, out
 	handoffDur   prometheus.Histogram   // map applied to state imported, per pull
 	deadlocks    *prometheus.CounterVec // kind: conversion (answered by a table), cycle (a detector's victim)
+	ho           *handoffGuard          // handoff connections' limits, auth failures and their logs (handoff_auth.go)
 
 	// Resolved children, so the hot path does not hash label values. Only
 	// touched under Worker.mu (ops, dropped) or written once (durBy).
@@ -65,12 +66,13 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			[]string{"kind"}),
 		opsBy:  map[uint16]prometheus.Counter{},
 		dropBy: map[string]prometheus.Counter{},
+		ho:     newHandoffGuard(ns, sub),
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent,
-		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks,
+		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks, m.ho.authFailures, m.ho.refused,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),
 		gauge("held_tokens", "Grants held in the served shards.", func() float64 { return float64(w.stats().grants) }),

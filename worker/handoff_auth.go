@@ -1,0 +1,406 @@
+package worker
+
+// The guard of the handoff listener (wire/SPEC.md section 18, "Who may
+// pull" and "Connections"): mutual authentication of the two workers of a
+// pull under a key derived from the cluster key, a MAC over the answer that
+// binds the handed-off state to that exchange, deadlines, and limits on the
+// connections held at once, overall and per source address.
+
+import (
+	"bufio"
+	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokend/tokend/wire/auth"
+)
+
+const (
+	// handoffInfo is the HKDF info of the handoff key.
+	handoffInfo = "tokend v2 handoff"
+	// handoffNonceLen is the length of each side's nonce.
+	handoffNonceLen = 16
+	// handshakeTimeout bounds the time from accepting a connection to
+	// having read its request and, when authenticated, its proof.
+	handshakeTimeout = 2 * time.Second
+	// idleTimeout bounds each read and each write (in chunks of
+	// idleChunk bytes) of a handoff connection: a peer that stops reading
+	// or writing is dropped.
+	idleTimeout = time.Second
+	idleChunk   = 64 << 10
+	// maxPeerConns bounds the connections one source address holds at once
+	// before it has proven knowledge of the cluster key (without Auth:
+	// for the connection's whole life).
+	maxPeerConns = 2
+	// warnEvery is the least time between two WARN logs about one source.
+	warnEvery = time.Minute
+	// maxWarned bounds the sources whose last WARN is remembered.
+	maxWarned = 4096
+)
+
+// The directions of the exchange's MACs.
+const (
+	dirPuller byte = 1 // the new owner's proof
+	dirGiver  byte = 2 // the old owner's seal over its answer
+)
+
+// pullChallenge is the old owner's first answer to an authenticated pull:
+// its nonce, or an error for the whole request.
+type pullChallenge struct {
+	Proto int    `json:"proto"`
+	Nonce []byte `json:"nonce,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// pullProof is the new owner's proof of the handoff key.
+type pullProof struct {
+	Proof []byte `json:"proof"`
+}
+
+// pullSeal follows the answer of an authenticated pull: the old owner's
+// MAC over the exchange and the answer's frame.
+type pullSeal struct {
+	MAC []byte `json:"mac"`
+}
+
+// authFailure is an authentication failure of a pull seen by the new
+// owner; reason is its metric label.
+type authFailure struct{ reason string }
+
+func (e *authFailure) Error() string { return "handoff authentication failed: " + e.reason }
+
+// Reasons of tokend_worker_handoff_auth_failures_total.
+const (
+	// Seen by the old owner.
+	authNoNonce  = "no_nonce"  // a pull without credentials while Auth is set
+	authBadProof = "bad_proof" // the new owner's proof is missing or wrong
+	// Seen by the new owner.
+	authNoChallenge = "no_challenge" // the old owner answered without authenticating
+	authBadSeal     = "bad_seal"     // the answer's MAC is missing or wrong
+)
+
+// Reasons of tokend_worker_handoff_refused_connections_total.
+const (
+	refusedGlobal  = "global_limit"      // maxHandoffConns connections open
+	refusedPeer    = "peer_limit"        // maxPeerConns unauthenticated connections from that address
+	refusedTimeout = "handshake_timeout" // request or proof not read in time
+	refusedBad     = "bad_request"       // a malformed first frame
+)
+
+// handoffKey derives the key both workers of a pull prove:
+// HKDF-SHA256(secret = cluster key, no salt, info = "tokend v2 handoff").
+func handoffKey(cluster auth.Key) []byte {
+	k, err := hkdf.Key(sha256.New, cluster[:], nil, handoffInfo, auth.KeyLen)
+	if err != nil {
+		panic("worker: hkdf: " + err.Error()) // only for lengths above 255·32
+	}
+	return k
+}
+
+// newHandoffNonce returns a fresh random nonce.
+func newHandoffNonce() ([]byte, error) {
+	n := make([]byte, handoffNonceLen)
+	_, err := rand.Read(n)
+	return n, err
+}
+
+// handoffMAC computes the MAC of direction dir of the exchange of req:
+// HMAC-SHA256(key, dir || puller nonce || giver nonce || from ||
+// incarnation || to_id || to || map_version || shard count ||
+// (shard, epoch)... || extra), strings as a u16 big-endian length and
+// their bytes, numbers big-endian (map_version u64, the rest u32). extra
+// is the answer's frame for dirGiver, empty for dirPuller.
+func handoffMAC(key []byte, dir byte, req *pullRequest, pullerNonce, giverNonce, extra []byte) ([]byte, error) {
+	m := hmac.New(sha256.New, key)
+	b := make([]byte, 0, 128+8*len(req.Shards))
+	b = append(b, dir)
+	b = append(append(b, pullerNonce...), giverNonce...)
+	for _, s := range []string{req.From, req.Incarnation, req.ToID, req.To} {
+		if len(s) > 0xffff {
+			return nil, fmt.Errorf("%w: field of %d bytes", errHandoffFrame, len(s))
+		}
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.BigEndian.AppendUint64(b, req.MapVersion)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Shards)))
+	for _, se := range req.Shards {
+		b = binary.BigEndian.AppendUint32(b, se.Shard)
+		b = binary.BigEndian.AppendUint32(b, se.Epoch)
+	}
+	m.Write(b)
+	m.Write(extra)
+	return m.Sum(nil), nil
+}
+
+// handoffGuard holds the handoff listener's admission state and the
+// counters and logs of its refusals and authentication failures.
+type handoffGuard struct {
+	authFailures *prometheus.CounterVec // reason
+	refused      *prometheus.CounterVec // reason
+
+	mu     sync.Mutex           // guards the fields below
+	peers  map[netip.Addr]int   // connections counted against each source address
+	warned map[string]time.Time // source -> time of its last WARN
+}
+
+// newHandoffGuard returns a guard whose collectors the caller registers.
+func newHandoffGuard(ns, sub string) *handoffGuard {
+	return &handoffGuard{
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_auth_failures_total",
+			Help: "Handoff exchanges that failed authentication, by reason (no_nonce, bad_proof: seen by the old owner; no_challenge, bad_seal: seen by the new owner)."},
+			[]string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_refused_connections_total",
+			Help: "Handoff listener connections closed without an answer, by reason (global_limit, peer_limit, handshake_timeout, bad_request)."},
+			[]string{"reason"}),
+		peers:  map[netip.Addr]int{},
+		warned: map[string]time.Time{},
+	}
+}
+
+// admit counts a connection from ip unless ip holds maxPeerConns already.
+func (g *handoffGuard) admit(ip netip.Addr) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peers[ip] >= maxPeerConns {
+		return false
+	}
+	g.peers[ip]++
+	return true
+}
+
+// leave uncounts a connection admit counted.
+func (g *handoffGuard) leave(ip netip.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.peers[ip]--; g.peers[ip] <= 0 {
+		delete(g.peers, ip)
+	}
+}
+
+// warn logs msg at WARN if source was not warned about in the last
+// warnEvery, else at DEBUG.
+func (g *handoffGuard) warn(log *slog.Logger, now time.Time, source, msg string, args ...any) {
+	g.mu.Lock()
+	last, seen := g.warned[source]
+	loud := !seen || now.Sub(last) >= warnEvery
+	if loud {
+		if len(g.warned) >= maxWarned {
+			for s, t := range g.warned {
+				if now.Sub(t) >= warnEvery {
+					delete(g.warned, s)
+				}
+			}
+		}
+		if len(g.warned) < maxWarned {
+			g.warned[source] = now
+		}
+	}
+	g.mu.Unlock()
+	args = append(args, "source", source)
+	if loud {
+		log.Warn(msg, args...)
+	} else {
+		log.Debug(msg, args...)
+	}
+}
+
+// remoteIP is the source address of c (unmapped), or the zero Addr.
+func remoteIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// timeoutConn bounds each Read and each chunk of a Write by idle, and all
+// of them by end, the exchange's deadline (socket deadlines: real time).
+// Once ctx ends every operation fails.
+type timeoutConn struct {
+	net.Conn
+	done func() bool // reports whether the exchange is cancelled
+	idle time.Duration
+	end  time.Time
+}
+
+func (c *timeoutConn) arm() {
+	d := time.Now().Add(c.idle)
+	if c.end.Before(d) {
+		d = c.end
+	}
+	c.Conn.SetDeadline(d)
+	if c.done() { // after the deadline is set: a cancellation's deadline is not overwritten
+		c.Conn.SetDeadline(time.Now())
+	}
+}
+
+func (c *timeoutConn) Read(p []byte) (int, error) {
+	c.arm()
+	return c.Conn.Read(p)
+}
+
+func (c *timeoutConn) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), idleChunk)
+		c.arm()
+		m, err := c.Conn.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// isTimeout reports whether err is a socket deadline's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// authPuller authenticates the requester of req on the connection read
+// through r and written through c: it sends this worker's nonce and checks
+// the requester's proof (in constant time). It returns the handoff key and
+// the nonce, or ok false: nothing more is to be sent (a failure is
+// counted and logged).
+func (w *Worker) authPuller(c io.Writer, r io.Reader, req *pullRequest, src string) (key, nonce []byte, ok bool) {
+	g := w.met.ho
+	fail := func(reason string, args ...any) {
+		g.authFailures.WithLabelValues(reason).Inc()
+		g.warn(w.log, w.clk.Now(), src, "handoff pull refused: not authenticated", append(args, "reason", reason, "from", req.From)...)
+	}
+	if len(req.Nonce) != handoffNonceLen {
+		fail(authNoNonce)
+		writeFrame(c, pullChallenge{Proto: handoffProto, Error: "authentication required"})
+		return nil, nil, false
+	}
+	nonce, err := newHandoffNonce()
+	if err != nil {
+		w.log.Error("handoff nonce", "err", err)
+		return nil, nil, false
+	}
+	if _, err := writeFrame(c, pullChallenge{Proto: handoffProto, Nonce: nonce}); err != nil {
+		w.log.Debug("handoff challenge not sent", "to", req.From, "err", err)
+		return nil, nil, false
+	}
+	var p pullProof
+	if err := readFrame(r, maxProofFrame, &p); err != nil {
+		if isTimeout(err) {
+			g.refused.WithLabelValues(refusedTimeout).Inc()
+		} else {
+			fail(authBadProof, "err", err)
+		}
+		return nil, nil, false
+	}
+	key = handoffKey(w.cfg.Auth.ClusterKey)
+	want, err := handoffMAC(key, dirPuller, req, req.Nonce, nonce, nil)
+	if err != nil || !hmac.Equal(p.Proof, want) {
+		fail(authBadProof)
+		return nil, nil, false
+	}
+	return key, nonce, true
+}
+
+// maxProofFrame bounds the frames of a proof and of a seal.
+const maxProofFrame = 1 << 10
+
+// pullOnce makes one attempt: connect, ask, read the answer. With key
+// (handoffKey of the cluster key) the exchange is authenticated: the old
+// owner must answer with a challenge and seal its answer; an answer whose
+// seal does not verify is refused before it is decoded.
+func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*pullResponse, int, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.Close()
+	// Socket deadlines are the kernel's: real time. The pull's timeout is
+	// on the worker's clock and ends ctx.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	r := *req
+	if key != nil {
+		if r.Nonce, err = newHandoffNonce(); err != nil {
+			return nil, 0, err
+		}
+	}
+	if _, err := writeFrame(c, &r); err != nil {
+		return nil, 0, err
+	}
+	cr := &countReader{r: bufio.NewReader(c)}
+	var giverNonce []byte
+	if key != nil {
+		// An old owner without Auth answers at once: its answer is read
+		// as a challenge without a nonce, and refused.
+		raw, err := readRawFrame(cr, maxPullResponse)
+		if err != nil {
+			return nil, cr.n, err
+		}
+		var ch pullChallenge
+		if err := unmarshalFrame(raw, &ch); err != nil {
+			return nil, cr.n, err
+		}
+		if ch.Error != "" {
+			return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, ch.Error)
+		}
+		if len(ch.Nonce) != handoffNonceLen {
+			return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authNoChallenge})
+		}
+		giverNonce = ch.Nonce
+		proof, err := handoffMAC(key, dirPuller, &r, r.Nonce, giverNonce, nil)
+		if err != nil {
+			return nil, cr.n, err
+		}
+		if _, err := writeFrame(c, pullProof{Proof: proof}); err != nil {
+			return nil, cr.n, err
+		}
+	}
+	raw, err := readRawFrame(cr, maxPullResponse)
+	if err != nil {
+		return nil, cr.n, err
+	}
+	if key != nil {
+		var seal pullSeal
+		if err := readFrame(cr, maxProofFrame, &seal); err != nil {
+			return nil, cr.n, err
+		}
+		want, err := handoffMAC(key, dirGiver, &r, r.Nonce, giverNonce, raw)
+		if err != nil {
+			return nil, cr.n, err
+		}
+		if !hmac.Equal(seal.MAC, want) {
+			return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authBadSeal})
+		}
+	}
+	var resp pullResponse
+	if err := unmarshalFrame(raw, &resp); err != nil {
+		return nil, cr.n, err
+	}
+	if resp.Error != "" && resp.Retry {
+		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
+	}
+	if resp.Error != "" {
+		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
+	}
+	if resp.Proto != handoffProto {
+		return nil, cr.n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
+	}
+	return &resp, cr.n, nil
+}
