@@ -13,6 +13,13 @@
 // session expiry. Close stops them. Time comes from an internal/clock.Clock
 // (real time unless injected).
 //
+// Workers authenticate (wire/SPEC.md section 20) unless Config.Insecure:
+// SESSION_OPEN goes through a COOKIE round trip, and every datagram of a
+// session is tagged with the session's key in both directions; datagrams
+// whose tag does not verify, and those of sessions nobody knows, are
+// dropped and counted (AuthFailures). The client keys the workers know are
+// Config.Keys; ClientKey and WriteKeyFile give a client the default one.
+//
 // What the fake does not do: leases of its own (a worker always vouches for
 // Config.Validity unless told not to), etcd, handoffs of reply caches with a
 // shard, deadlock detection across tokens. TEST ONLY: it is no reference
@@ -20,16 +27,20 @@
 package fakeworker
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
+	"os"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker/session"
 	"github.com/tokend/tokend/worker/table"
 )
@@ -49,6 +60,14 @@ type Config struct {
 	NoExpiry bool
 	// NoRevokeRetransmit sends each REVOKE once.
 	NoRevokeRetransmit bool
+	// Insecure makes the workers speak without authentication, as a
+	// cluster started with --insecure: SESSION_OPEN is answered at once,
+	// tags are zero and none is checked.
+	Insecure bool
+	// Keys are the client keys the workers know, by name; nil: one random
+	// key named DefaultKeyName (ClientKey).
+	Keys map[string]auth.Key
+
 	// WaitSlack is added to every request's wait_ms, as if the request had
 	// spent that long on the way: a client whose context ends with its
 	// wait then cancels before the worker's TIMEOUT comes.
@@ -122,6 +141,13 @@ type Grant struct {
 	Start, End uint64
 }
 
+// DefaultKeyName names the client key a Cluster makes when Config.Keys is
+// nil.
+const DefaultKeyName = "test"
+
+// CookieLifetime is how long a COOKIE answer stays valid, in seconds.
+const CookieLifetime = 5
+
 // NoOwner is the owner of a shard that no worker serves.
 const NoOwner = -1
 
@@ -143,10 +169,13 @@ type Cluster struct {
 	hintless bool
 	answers  map[wire.Type]wire.Status
 	sessions map[uint64]*sess
-	gone     map[uint64]bool
-	opens    map[string][]byte // "addr/nonce" -> SESSION_OPEN reply
-	nextSess uint64
-	ignored  map[uint64]bool // sessions whose datagrams are dropped
+	gone     map[uint64]*sess    // ended sessions, kept to answer them SESSION_EXPIRED
+	opens    map[string][]byte   // key name and nonce, or addr and request id -> SESSION_OPEN reply
+	cookies  *auth.Cookies       // nil: insecure
+	keys     map[string]auth.Key // client keys by name
+	keyName  string              // the key ClientKey returns
+	authFail uint64              // datagrams dropped: bad tag, unknown key or session, bad cookie
+	ignored  map[uint64]bool     // sessions whose datagrams are dropped
 	rng      *rand.Rand
 	drop     float64
 	dup      float64
@@ -158,6 +187,9 @@ type sess struct {
 	ttl     time.Duration
 	expires int64
 	addr    net.Addr
+	// The session's MACs, guarded by Cluster.mu like the rest (nil:
+	// insecure).
+	c2w, w2c *auth.MAC
 }
 
 type reqKey struct{ sess, req uint64 }
@@ -238,10 +270,13 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{cfg: cfg, clk: clock.Or(cfg.Clock), trace: cfg.Trace, done: make(chan struct{}),
 		version: 1, owner: make([]int, cfg.Shards), epoch: make([]uint32, cfg.Shards),
-		answers: map[wire.Type]wire.Status{}, sessions: map[uint64]*sess{}, gone: map[uint64]bool{},
-		opens: map[string][]byte{}, nextSess: 0x1000, ignored: map[uint64]bool{},
+		answers: map[wire.Type]wire.Status{}, sessions: map[uint64]*sess{}, gone: map[uint64]*sess{},
+		opens: map[string][]byte{}, ignored: map[uint64]bool{}, keys: map[string]auth.Key{},
 		rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa4e))}
 	c.start = c.clk.Now()
+	if err := c.setupKeys(); err != nil {
+		return nil, err
+	}
 	for i := range cfg.Workers {
 		conn, err := cfg.Listen(i)
 		if err != nil {
@@ -265,6 +300,81 @@ func New(cfg Config) (*Cluster, error) {
 	c.wg.Add(1)
 	go c.tick()
 	return c, nil
+}
+
+// setupKeys makes the cookie secret and the client keys. Called by New.
+func (c *Cluster) setupKeys() error {
+	if c.cfg.Insecure {
+		return nil
+	}
+	secret, err := auth.NewKey()
+	if err != nil {
+		return fmt.Errorf("fakeworker: %w", err)
+	}
+	c.cookies = auth.NewCookies(secret, CookieLifetime)
+	if c.cfg.Keys == nil {
+		k, err := auth.NewKey()
+		if err != nil {
+			return fmt.Errorf("fakeworker: %w", err)
+		}
+		c.keys[DefaultKeyName], c.keyName = k, DefaultKeyName
+		return nil
+	}
+	for name, k := range c.cfg.Keys {
+		if !auth.ValidKeyName(name) {
+			return fmt.Errorf("fakeworker: invalid key name %q", name)
+		}
+		c.keys[name] = k
+		if c.keyName == "" || name < c.keyName {
+			c.keyName = name
+		}
+	}
+	return nil
+}
+
+// ClientKey returns the name and key a client authenticates with:
+// DefaultKeyName's without Config.Keys, else the first name in order.
+// ok is false without authentication (Config.Insecure) or keys.
+func (c *Cluster) ClientKey() (name string, k auth.Key, ok bool) {
+	if c.keyName == "" {
+		return "", auth.Key{}, false
+	}
+	return c.keyName, c.keys[c.keyName], true
+}
+
+// WriteKeyFile writes ClientKey as a client key file at path (mode 0600),
+// for clientlib.Config.KeyFile or the C client.
+func (c *Cluster) WriteKeyFile(path string) error {
+	name, k, ok := c.ClientKey()
+	if !ok {
+		return errors.New("fakeworker: no client key: the cluster does not authenticate")
+	}
+	return os.WriteFile(path, auth.FormatKeyFile(name, k), 0o600)
+}
+
+// AuthFailures returns how many datagrams the workers dropped because no
+// key they hold verifies them: a bad tag, an unknown key, session or
+// cookie.
+func (c *Cluster) AuthFailures() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.authFail
+}
+
+// Seal tags datagram b (its header names the session) with the session's
+// worker to client key, as its worker would: a test forging what a worker
+// sends passes the client's checks with it.
+func (c *Cluster) Seal(b []byte) error {
+	h, err := wire.ParseHeader(b)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg.Insecure {
+		return nil
+	}
+	return c.seal(h.Session, b)
 }
 
 // Close stops the workers and waits for their goroutines.
@@ -700,15 +810,12 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 	if !h.Type.IsRequest() {
 		return
 	}
-	switch h.Type {
-	case wire.TypeMapRequest:
-		var m wire.MapRequest
-		if m.Decode(h, b) == nil {
-			c.send(ob, w, w.encode(c, h.Reply(), wire.StatusOK, c.mapPage(m.FirstShard)), from)
-		}
-		return
-	case wire.TypeSessionOpen:
+	if h.Type == wire.TypeSessionOpen {
 		w.open(c, ob, h, b, from)
+		return
+	}
+	if h.Type == wire.TypeMapRequest && (h.Session == 0 || c.cfg.Insecure) {
+		w.mapRequest(c, ob, h, b, from)
 		return
 	}
 	if c.ignored[h.Session] {
@@ -716,13 +823,29 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 	}
 	s := c.sessions[h.Session]
 	if s == nil {
+		// An ended session's datagrams are answered SESSION_EXPIRED, with
+		// its key; without authentication unknown ones UNKNOWN_SESSION.
+		// Authenticating workers ignore what no key they hold verifies.
+		g := c.gone[h.Session]
+		if !c.cfg.Insecure && (g == nil || !g.c2w.Verify(b)) {
+			c.authFail++
+			return
+		}
 		if h.Type != wire.TypeRevokeAck {
 			st := wire.StatusUnknownSession
-			if c.gone[h.Session] {
+			if g != nil {
 				st = wire.StatusSessionExpired
 			}
 			c.send(ob, w, w.errReply(c, h.Reply(), st), from)
 		}
+		return
+	}
+	if s.c2w != nil && !s.c2w.Verify(b) {
+		c.authFail++
+		return
+	}
+	if h.Type == wire.TypeMapRequest {
+		w.mapRequest(c, ob, h, b, from)
 		return
 	}
 	core := w.core(c, s.id)
@@ -754,27 +877,93 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 	}
 }
 
+func (w *worker) mapRequest(c *Cluster, ob *outbox, h wire.Header, b []byte, from net.Addr) {
+	var m wire.MapRequest
+	if m.Decode(h, b) == nil {
+		c.send(ob, w, w.encode(c, h.Reply(), wire.StatusOK, c.mapPage(m.FirstShard)), from)
+	}
+}
+
+// open serves SESSION_OPEN (wire/SPEC.md sections 11 and 20): with
+// authentication, a COOKIE answer first; then, for the open with the
+// cookie, the key, the tag and the cookie are checked (a failure is
+// dropped and counted; a stale or foreign cookie gets a fresh COOKIE), a
+// retransmission gets the same answer, and a new session gets an OK
+// tagged with its session key. Answer(TypeSessionOpen, st) makes the
+// checked open answered st, tagged with the open key.
 func (w *worker) open(c *Cluster, ob *outbox, h wire.Header, b []byte, from net.Addr) {
 	var m wire.SessionOpen
 	if m.Decode(h, b) != nil {
 		return
 	}
 	key := fmt.Sprintf("%v/%d", from, h.Request)
+	var ck auth.Key
+	if !c.cfg.Insecure {
+		if len(m.KeyName) == 0 {
+			c.send(ob, w, w.encode(c, h.Reply(), wire.StatusBadRequest,
+				wire.ErrorBody{Message: []byte("this cluster requires a client key")}), from)
+			return
+		}
+		name, nonce, ap := string(m.KeyName), auth.Nonce(m.Nonce), addrPortOf(from)
+		secs := uint32(ob.now/int64(time.Second)) + 1
+		cookie := func() []byte {
+			return w.encode(c, h.Reply(), wire.StatusCookie, wire.Cookie{Cookie: c.cookies.Mint(secs, ap, nonce, name)})
+		}
+		if len(m.Cookie) == 0 {
+			c.send(ob, w, cookie(), from)
+			return
+		}
+		k, ok := c.keys[name]
+		if !ok || !auth.NewMAC(auth.OpenKey(k), auth.ClientToWorker).Verify(b) {
+			c.authFail++
+			return
+		}
+		if err := c.cookies.Check(secs, ap, nonce, name, m.Cookie); err != nil {
+			c.authFail++
+			c.send(ob, w, cookie(), from)
+			return
+		}
+		key, ck = "key "+name+"/"+hex.EncodeToString(m.Nonce[:]), k
+	}
 	if r, ok := c.opens[key]; ok {
 		c.send(ob, w, r, from)
 		return
 	}
-	c.nextSess++
-	s := &sess{id: c.nextSess, ttl: c.cfg.SessionTTL, addr: from}
+	if st, ok := c.answers[wire.TypeSessionOpen]; ok {
+		r := w.errReply(c, h.Reply(), st)
+		if !c.cfg.Insecure {
+			_ = auth.NewMAC(auth.OpenKey(ck), auth.WorkerToClient).Seal(r)
+		}
+		c.send(ob, w, r, from)
+		return
+	}
+	id, err := auth.NewSessionID()
+	for err == nil && (c.sessions[id] != nil || c.gone[id] != nil) {
+		id, err = auth.NewSessionID()
+	}
+	if err != nil {
+		return
+	}
+	s := &sess{id: id, ttl: c.cfg.SessionTTL, addr: from}
 	if m.TTLMs != 0 {
 		s.ttl = time.Duration(m.TTLMs) * time.Millisecond
+	}
+	body := wire.SessionReply{TTLMs: ms(s.ttl), ShardCount: c.cfg.Shards, GraceMs: ms(c.cfg.Grace),
+		WorkerTTLMs: ms(c.cfg.WorkerTTL)}
+	if !c.cfg.Insecure {
+		wn, err := auth.NewNonce()
+		if err != nil {
+			return
+		}
+		body.WorkerNonce = wn
+		sk := auth.SessionKey(ck, auth.Nonce(m.Nonce), wn, id)
+		s.c2w, s.w2c = auth.NewMAC(sk, auth.ClientToWorker), auth.NewMAC(sk, auth.WorkerToClient)
 	}
 	s.expires = ob.now + int64(s.ttl)
 	c.sessions[s.id] = s
 	rh := h.Reply()
 	rh.Session = s.id
-	r := w.encode(c, rh, wire.StatusOK, wire.SessionReply{TTLMs: ms(s.ttl), ShardCount: c.cfg.Shards,
-		GraceMs: ms(c.cfg.Grace), WorkerTTLMs: ms(c.cfg.WorkerTTL)})
+	r := w.encode(c, rh, wire.StatusOK, body)
 	c.opens[key] = r
 	c.send(ob, w, r, from)
 }
@@ -991,6 +1180,9 @@ func (w *worker) revoke(c *Cluster, ob *outbox, id uint64, shard uint32, fence u
 		h := wire.Header{Type: wire.TypeRevoke, Session: id, Request: seq, Shard: shard, Epoch: c.epoch[shard],
 			MapVersion: c.version}
 		b, err := wire.Revoke{Fence: fence, Mode: mode, Start: start, End: end, Name: []byte(name)}.Append(nil, h)
+		if err == nil {
+			err = c.seal(h.Session, b)
+		}
 		encErr = err
 		return b, err
 	})
@@ -1014,8 +1206,12 @@ func (w *worker) core(c *Cluster, id uint64) *session.Session {
 
 // endSessionLocked ends session id at every worker. Caller holds mu.
 func (c *Cluster) endSessionLocked(ob *outbox, id uint64) {
+	if s := c.sessions[id]; s != nil {
+		c.gone[id] = s
+	} else if c.gone[id] == nil {
+		c.gone[id] = &sess{id: id}
+	}
 	delete(c.sessions, id)
-	c.gone[id] = true
 	for _, w := range c.workers {
 		for shard, t := range w.tables {
 			outs := t.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, nil)
@@ -1042,14 +1238,45 @@ type appender interface {
 }
 
 // encode encodes body under reply header h with status st and the map
-// version.
+// version, tagged with the session's key if h names one.
 func (w *worker) encode(c *Cluster, h wire.Header, st wire.Status, body appender) []byte {
 	h.Status, h.MapVersion = st, c.version
 	b, err := body.Append(nil, h)
+	if err == nil {
+		err = c.seal(h.Session, b)
+	}
 	if err != nil {
 		panic(fmt.Sprintf("fakeworker: encoding %v %v: %v", h.Type, st, err))
 	}
 	return b
+}
+
+// seal tags b, a datagram of session id, with the session's worker to
+// client key; without authentication, or for session 0, the zero tag
+// stays. Caller holds mu.
+func (c *Cluster) seal(id uint64, b []byte) error {
+	if c.cfg.Insecure || id == 0 {
+		return nil
+	}
+	s := c.sessions[id]
+	if s == nil {
+		s = c.gone[id]
+	}
+	if s == nil || s.w2c == nil {
+		return fmt.Errorf("fakeworker: no key for session %#x", id)
+	}
+	return s.w2c.Seal(b)
+}
+
+// addrPortOf is a's address and port, IPv4 unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap = ua.AddrPort()
+	} else if a != nil {
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 func (w *worker) errReply(c *Cluster, h wire.Header, st wire.Status) []byte {

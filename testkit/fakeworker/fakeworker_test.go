@@ -10,17 +10,21 @@ import (
 
 	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // rawClient speaks the wire protocol by hand over faultnet: one request at
 // a time; whatever else arrives (REVOKE, GRANT_ASYNC) is kept in extra.
+// With the cluster's key it authenticates (c2w, w2c; nil: insecure) and
+// fails the test on a datagram whose tag does not verify.
 type rawClient struct {
-	t     *testing.T
-	conn  *faultnet.Conn
-	sess  uint64
-	req   uint64
-	extra []wire.Header
-	pkts  [][]byte
+	t        *testing.T
+	conn     *faultnet.Conn
+	sess     uint64
+	req      uint64
+	extra    []wire.Header
+	pkts     [][]byte
+	c2w, w2c *auth.MAC
 }
 
 func newCluster(t *testing.T, cfg Config) (*Cluster, *faultnet.Network) {
@@ -43,12 +47,45 @@ func dialRaw(t *testing.T, c *Cluster, n *faultnet.Network) *rawClient {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	cl := &rawClient{t: t, conn: conn}
-	h, _ := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, wire.SessionOpen{})
-	if h.Status != wire.StatusOK || h.Session == 0 {
-		t.Fatalf("SESSION_OPEN: %v", h.Status)
+	name, k, keyed := c.ClientKey()
+	if !keyed {
+		h, _ := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, wire.SessionOpen{})
+		if h.Status != wire.StatusOK || h.Session == 0 {
+			t.Fatalf("SESSION_OPEN: %v", h.Status)
+		}
+		cl.sess = h.Session
+		return cl
+	}
+	nonce, _ := auth.NewNonce()
+	open := wire.SessionOpen{Nonce: nonce, KeyName: []byte(name)}
+	h, b := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, open)
+	var ck wire.Cookie
+	if h.Status != wire.StatusCookie || ck.Decode(h, b) != nil || !zeroTag(b) {
+		t.Fatalf("SESSION_OPEN without cookie: %v, want an untagged COOKIE", h.Status)
+	}
+	open.Cookie = ck.Cookie[:]
+	cl.c2w = auth.NewMAC(auth.OpenKey(k), auth.ClientToWorker)
+	h, b = cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, open)
+	var r wire.SessionReply
+	if h.Status != wire.StatusOK || r.Decode(h, b) != nil {
+		t.Fatalf("SESSION_OPEN with cookie: %v", h.Status)
+	}
+	sk := auth.SessionKey(k, nonce, auth.Nonce(r.WorkerNonce), h.Session)
+	cl.c2w, cl.w2c = auth.NewMAC(sk, auth.ClientToWorker), auth.NewMAC(sk, auth.WorkerToClient)
+	if !cl.w2c.Verify(b) {
+		t.Fatal("the OK answer to SESSION_OPEN does not verify under the session key")
 	}
 	cl.sess = h.Session
 	return cl
+}
+
+func zeroTag(b []byte) bool {
+	for _, x := range b[wire.AuthOffset : wire.AuthOffset+wire.AuthLen] {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // send sends a request with the next id (or id, if not 0) and returns the id.
@@ -59,6 +96,9 @@ func (cl *rawClient) send(to string, id uint64, typ wire.Type, shard, epoch uint
 		id = cl.req
 	}
 	b, err := body.Append(nil, wire.Header{Type: typ, Session: cl.sess, Request: id, Shard: shard, Epoch: epoch})
+	if err == nil && cl.c2w != nil {
+		err = cl.c2w.Seal(b)
+	}
 	if err != nil {
 		cl.t.Fatal(err)
 	}
@@ -94,6 +134,9 @@ func (cl *rawClient) wait(ok func(wire.Header) bool) (wire.Header, []byte) {
 		h, err := wire.ParseHeader(b)
 		if err != nil {
 			cl.t.Fatal(err)
+		}
+		if cl.w2c != nil && h.Session != 0 && !cl.w2c.Verify(b) {
+			cl.t.Fatalf("%v %v of session %#x: the tag does not verify", h.Type, h.Status, h.Session)
 		}
 		if ok(h) {
 			return h, b
@@ -275,5 +318,122 @@ func eventually(t *testing.T, what string, f func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// TestAuthentication: the COOKIE round trip; datagrams whose tag does not
+// verify (a wrong key, a flipped byte, an unknown session) are dropped and
+// counted, unanswered; the fake's Seal makes a forgery a worker's.
+func TestAuthentication(t *testing.T) {
+	c, n := newCluster(t, Config{})
+	a := dialRaw(t, c, n)
+	shard := wire.Shard([]byte("k"), c.Shards())
+	a.grant(a.call(c.Addr(0), wire.TypeAcquire, shard, 1, whole("k", wire.EX)))
+	if got := c.AuthFailures(); got != 0 {
+		t.Fatalf("%d auth failures after an authenticated exchange", got)
+	}
+
+	// A RELEASE tagged with another key, and one with a flipped byte.
+	other, _ := auth.NewKey()
+	good := a.c2w
+	a.c2w = auth.NewMAC(other, auth.ClientToWorker)
+	a.send(c.Addr(0), 0, wire.TypeRelease, shard, 1, wire.Release{Fence: wire.MakeFence(1, 1), Name: []byte("k")})
+	eventually(t, "a wrongly tagged RELEASE counted", func() bool { return c.AuthFailures() == 1 })
+	a.c2w = nil
+	a.send(c.Addr(0), 0, wire.TypeRelease, shard, 1, wire.Release{Fence: wire.MakeFence(1, 1), Name: []byte("k")})
+	eventually(t, "an untagged RELEASE counted", func() bool { return c.AuthFailures() == 2 })
+	if gs := c.Grants(0, "k"); len(gs) != 1 {
+		t.Fatalf("a forged RELEASE released the grant: %+v", gs)
+	}
+	// A guessed session id.
+	a.c2w, a.sess = good, a.sess^1
+	a.send(c.Addr(0), 0, wire.TypeKeepalive, 0, 0, wire.Keepalive{Renew: true})
+	eventually(t, "a guessed session counted", func() bool { return c.AuthFailures() == 3 })
+	a.sess ^= 1
+	// Nothing of the three was answered: the next datagram is the answer
+	// to the next request.
+	h, _ := a.call(c.Addr(0), wire.TypeKeepalive, 0, 0, wire.Keepalive{Renew: true})
+	if h.Status != wire.StatusOK || len(a.extra) != 0 {
+		t.Fatalf("KEEPALIVE: %v; %d other datagrams arrived", h.Status, len(a.extra))
+	}
+
+	// Seal signs as the session's worker.
+	b, err := wire.Empty{}.Append(nil, wire.Header{Type: wire.TypeReleaseReply, Session: a.sess, Request: 99, Shard: shard, Epoch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Seal(b); err != nil || !a.w2c.Verify(b) {
+		t.Fatalf("Seal: %v, verifies %v", err, a.w2c.Verify(b))
+	}
+}
+
+// TestOpenRefused: an open with an unknown key name or with a wrong key
+// gets a COOKIE and then nothing; one without a key name BAD_REQUEST; a
+// cookie for another nonce a fresh COOKIE.
+func TestOpenRefused(t *testing.T) {
+	c, n := newCluster(t, Config{Keys: map[string]auth.Key{"alice": {1}}})
+	if name, k, ok := c.ClientKey(); !ok || name != "alice" || k != (auth.Key{1}) {
+		t.Fatalf("ClientKey: %q %v", name, ok)
+	}
+	conn, err := n.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	cl := &rawClient{t: t, conn: conn}
+	if h, _ := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, wire.SessionOpen{}); h.Status != wire.StatusBadRequest {
+		t.Fatalf("open without a key name: %v", h.Status)
+	}
+	for i, tc := range []struct {
+		name string
+		key  auth.Key
+	}{{"bob", auth.Key{1}}, {"alice", auth.Key{2}}} {
+		open := wire.SessionOpen{Nonce: auth.Nonce{byte(i)}, KeyName: []byte(tc.name)}
+		h, b := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, open)
+		var ck wire.Cookie
+		if h.Status != wire.StatusCookie || ck.Decode(h, b) != nil {
+			t.Fatalf("%s: %v, want COOKIE", tc.name, h.Status)
+		}
+		open.Cookie = ck.Cookie[:]
+		cl.c2w = auth.NewMAC(auth.OpenKey(tc.key), auth.ClientToWorker)
+		before := c.AuthFailures()
+		cl.send(c.Addr(0), 0, wire.TypeSessionOpen, 0, 0, open)
+		eventually(t, tc.name+": the open dropped and counted", func() bool { return c.AuthFailures() == before+1 })
+		cl.c2w = nil
+	}
+	// The right key with a cookie minted for another nonce.
+	open := wire.SessionOpen{Nonce: auth.Nonce{7}, KeyName: []byte("alice")}
+	h, b := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, open)
+	var ck wire.Cookie
+	if h.Status != wire.StatusCookie || ck.Decode(h, b) != nil {
+		t.Fatalf("%v, want COOKIE", h.Status)
+	}
+	open.Nonce, open.Cookie = auth.Nonce{8}, ck.Cookie[:]
+	cl.c2w = auth.NewMAC(auth.OpenKey(auth.Key{1}), auth.ClientToWorker)
+	if h, _ := cl.call(c.Addr(0), wire.TypeSessionOpen, 0, 0, open); h.Status != wire.StatusCookie {
+		t.Fatalf("a cookie for another nonce: %v, want a fresh COOKIE", h.Status)
+	}
+	if len(cl.extra) != 0 {
+		t.Fatalf("%d unexpected answers to refused opens", len(cl.extra))
+	}
+}
+
+// TestInsecure: without authentication the open is answered at once, tags
+// are zero, and unknown sessions get UNKNOWN_SESSION.
+func TestInsecure(t *testing.T) {
+	c, n := newCluster(t, Config{Insecure: true})
+	if _, _, ok := c.ClientKey(); ok {
+		t.Fatal("an insecure cluster has a client key")
+	}
+	a := dialRaw(t, c, n)
+	shard := wire.Shard([]byte("i"), c.Shards())
+	h, b := a.call(c.Addr(0), wire.TypeAcquire, shard, 1, whole("i", wire.EX))
+	a.grant(h, b)
+	if !zeroTag(b) {
+		t.Fatal("an insecure worker tagged its answer")
+	}
+	a.sess ^= 1
+	if h, _ := a.call(c.Addr(0), wire.TypeKeepalive, 0, 0, wire.Keepalive{}); h.Status != wire.StatusUnknownSession {
+		t.Fatalf("unknown session: %v", h.Status)
 	}
 }
