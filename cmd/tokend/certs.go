@@ -22,8 +22,15 @@ Makes what etcd's TLS and authentication need, in DIR:
                               its own member on loopback)
   tokend.crt, tokend.key      etcd user tokend (servers' coordinators, workers): /tokend/ only
   root.crt, root.key          etcd user root (the operator: tokenctl member, etcdctl)
+  cluster.key                 the cluster key: servers and workers only (it seals the client
+                              keys and session keys kept in etcd; whoever has it can pose as
+                              any worker)
+  client.key                  the client key "default": servers register it in etcd at start,
+                              clients (tokenctl --key-file, clientlib Config.KeyFile) use it;
+                              "tokenctl keys add" makes more, one per client
 
-Keys are written 0600, the directory 0700. What exists already and fits is
+Keys are written 0600, the directory 0700. Key files that exist are never
+replaced (not even with --force). What exists already and fits is
 kept, so running it again with one more --server adds that server's
 certificate with the same CA; a certificate that does not fit (other
 hosts, another CA) is refused unless --force, which reissues it (never the
@@ -31,9 +38,11 @@ CA: remove ca.crt and ca.key for a new one).
 
 Copy to each server's --certs-dir (default <data-dir>/pki): ca.crt,
 server-NAME.crt, server-NAME.key, tokend.crt, tokend.key. To each worker's
-(default ./tokend-data/pki): ca.crt, tokend.crt, tokend.key. To the
-operator's (tokenctl --certs-dir, default ./tokend-data/pki): ca.crt,
-root.crt, root.key.
+(default ./tokend-data/pki): ca.crt, tokend.crt, tokend.key, cluster.key.
+To the operator's (tokenctl --certs-dir, default ./tokend-data/pki):
+ca.crt, root.crt, root.key, cluster.key (for tokenctl keys). To each
+client's: client.key, or a key of its own from "tokenctl keys add".
+The servers also take client.key (they register it; --client-key-file).
 
 Example, three servers:
   tokend certs --dir ./certs --server s1=10.77.0.1 --server s2=10.77.0.2 --server s3=10.77.0.3
@@ -120,6 +129,12 @@ func runCerts(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	res, err := pki.Write(req)
+	if err == nil {
+		var kr pki.Result
+		kr, err = pki.WriteKeys(*dir)
+		res.Created = append(res.Created, kr.Created...)
+		res.Kept = append(res.Kept, kr.Kept...)
+	}
 	for _, f := range res.Created {
 		fmt.Fprintf(stdout, "created %s\n", f)
 	}
@@ -134,8 +149,8 @@ func runCerts(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if len(servers) > 0 {
-		fmt.Fprintf(stdout, "Copy %s, server-NAME.crt/.key and tokend.crt/.key to each server's --certs-dir (default <data-dir>/pki); %s and tokend.crt/.key to each worker's; root.crt/.key are the operator's.\n",
-			filepath.Join(*dir, pki.CACertFile), pki.CACertFile)
+		fmt.Fprintf(stdout, "Copy %s, server-NAME.crt/.key, tokend.crt/.key, %s and %s to each server's --certs-dir (default <data-dir>/pki); %s, tokend.crt/.key and %s to each worker's; root.crt/.key are the operator's; %s is the clients'.\n",
+			filepath.Join(*dir, pki.CACertFile), pki.ClusterKeyFile, pki.DefaultClientKeyFile, pki.CACertFile, pki.ClusterKeyFile, pki.DefaultClientKeyFile)
 	}
 	return 0
 }

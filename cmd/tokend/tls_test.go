@@ -119,8 +119,10 @@ func TestInsecureWarns(t *testing.T) {
 	}
 }
 
-// TestCertsCommand: tokend certs writes the files, keeps them on a second
-// run, refuses to change them without --force, and rejects bad input with 2.
+// TestCertsCommand: tokend certs writes the files (with cluster.key and
+// client.key), keeps them on a second run, refuses to change them without
+// --force, never replaces a key file (not even with --force), and rejects
+// bad input with 2.
 func TestCertsCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "certs")
 	certs := func(args ...string) (int, string, string) {
@@ -129,10 +131,10 @@ func TestCertsCommand(t *testing.T) {
 		return code, out.String(), errb.String()
 	}
 	code, out, stderr := certs("--server", "s1=10.0.0.1,s1.example", "--server", "s2=10.0.0.2")
-	if code != 0 || strings.Count(out, "created ") != 10 {
+	if code != 0 || strings.Count(out, "created ") != 12 {
 		t.Fatalf("exit %d\n%s%s", code, out, stderr)
 	}
-	for _, f := range []string{"ca.key", "server-s1.key", "tokend.key", "root.key"} {
+	for _, f := range []string{"ca.key", "server-s1.key", "tokend.key", "root.key", "cluster.key", "client.key"} {
 		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: %v %v", f, fi, err)
 		}
@@ -149,9 +151,19 @@ func TestCertsCommand(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "--force") {
 		t.Errorf("changing s1's hosts: exit %d, stderr %q", code, stderr)
 	}
+	if name, _, err := pki.ReadKeyFile(filepath.Join(dir, "client.key")); err != nil || name != "default" {
+		t.Errorf("client.key: %q %v", name, err)
+	}
+	if name, _, err := pki.ReadKeyFile(filepath.Join(dir, "cluster.key")); err != nil || name != "cluster" {
+		t.Errorf("cluster.key: %q %v", name, err)
+	}
+	clusterKey, _ := os.ReadFile(filepath.Join(dir, "cluster.key"))
 	code, out, _ = certs("--server", "s1=10.0.0.9", "--force")
-	if code != 0 || !strings.Contains(out, "created "+filepath.Join(dir, "server-s1.crt")) {
+	if code != 0 || !strings.Contains(out, "created "+filepath.Join(dir, "server-s1.crt")) || !strings.Contains(out, "kept    "+filepath.Join(dir, "cluster.key")) {
 		t.Errorf("--force: exit %d\n%s", code, out)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "cluster.key")); string(after) != string(clusterKey) {
+		t.Error("--force replaced cluster.key")
 	}
 	for _, args := range [][]string{
 		{"--server", "s 1=10.0.0.1"},

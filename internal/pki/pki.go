@@ -2,8 +2,9 @@
 // CA, a certificate per etcd member (used on its client URLs and, as server
 // and client, between peers) and client certificates whose common name is
 // the etcd user they authenticate as ("tokend" for servers and workers,
-// "root" for the operator). It uses only the standard library: ECDSA P-256
-// keys, x509 certificates, PEM files.
+// "root" for the operator), and the key files of the datagram
+// authentication (keys.go). It uses only the standard library and
+// wire/auth: ECDSA P-256 keys, x509 certificates, PEM files, key files.
 //
 // A directory made by [Write] holds, by these names:
 //
@@ -11,6 +12,8 @@
 //	server-<name>.crt, .key          etcd member <name>: CN tokend-member, SANs its name and hosts
 //	tokend.crt, tokend.key           etcd user tokend: coordinators and workers
 //	root.crt, root.key               etcd user root: the operator (tokenctl member, etcdctl)
+//	cluster.key                      the cluster key (WriteKeys): servers and workers only
+//	client.key                       the client key "default" (WriteKeys): for clients
 //
 // Keys are written 0600, certificates 0644, the directory 0700.
 package pki

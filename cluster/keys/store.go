@@ -1,0 +1,178 @@
+package keys
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/wire/auth"
+)
+
+// reloadBackoff is how long the Store waits between attempts to reload
+// the keys after its watch failed.
+const reloadBackoff = 200 * time.Millisecond
+
+// Store is every client key in etcd, unsealed, kept up to date by a
+// watch: a key added appears and a key revoked disappears as soon as the
+// watch delivers the change. Its ClientKey is what a worker's
+// authentication looks keys up with (worker.KeyLookup): lock-free and safe
+// for concurrent use. A document that does not open under the cluster key
+// is left out and logged.
+type Store struct {
+	cli        *clientv3.Client
+	clusterKey auth.Key
+	log        *slog.Logger
+
+	// keys is replaced whole on every change (copy on write): changes are
+	// rare, lookups are on every SESSION_OPEN.
+	keys atomic.Pointer[map[string]auth.Key]
+	rev  atomic.Int64 // the etcd revision keys reflects
+
+	mu      sync.Mutex    // guards changed
+	changed chan struct{} // closed and replaced on every applied change
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// OpenStore loads every key (bounded by ctx) and starts watching for
+// changes until Close. log may be nil.
+func OpenStore(ctx context.Context, cli *clientv3.Client, clusterKey auth.Key, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{cli: cli, clusterKey: clusterKey, log: log, changed: make(chan struct{}), done: make(chan struct{})}
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.run(wctx)
+	return s, nil
+}
+
+// ClientKey returns the key of name, and false if name has no key (never
+// added, revoked, or not openable under the cluster key).
+func (s *Store) ClientKey(name string) (auth.Key, bool) {
+	k, ok := (*s.keys.Load())[name]
+	return k, ok
+}
+
+// Len returns the number of keys known.
+func (s *Store) Len() int { return len(*s.keys.Load()) }
+
+// WaitRevision waits until the Store reflects etcd revision rev or later
+// (the revision of a write's response, say), or ctx ends.
+func (s *Store) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		s.mu.Unlock()
+		if s.rev.Load() >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-s.done:
+			return fmt.Errorf("keys: store closed at revision %d, waiting for %d", s.rev.Load(), rev)
+		case <-ctx.Done():
+			return fmt.Errorf("keys: store at revision %d, waiting for %d: %w", s.rev.Load(), rev, ctx.Err())
+		}
+	}
+}
+
+// Close stops the watch and waits for it.
+func (s *Store) Close() {
+	s.cancel()
+	<-s.done
+}
+
+// publish installs keys as of revision rev and wakes WaitRevision.
+func (s *Store) publish(keys map[string]auth.Key, rev int64) {
+	s.keys.Store(&keys)
+	s.rev.Store(rev)
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// load reads every key afresh.
+func (s *Store) load(ctx context.Context) error {
+	resp, err := s.cli.Get(ctx, Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("keys: reading %s: %w", Prefix, err)
+	}
+	keys := make(map[string]auth.Key, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		name, k, err := unseal(s.clusterKey, string(kv.Key), kv.Value)
+		if err != nil {
+			s.log.Warn("client key left out: it does not open under the cluster key", "key", name, "err", err)
+			continue
+		}
+		keys[name] = k
+	}
+	s.publish(keys, resp.Header.Revision)
+	return nil
+}
+
+// run applies the watch's changes; when the watch fails (compaction, lost
+// leader, closed connection) it reloads everything and watches again.
+func (s *Store) run(ctx context.Context) {
+	defer close(s.done)
+	for {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := s.cli.Watch(wctx, Prefix, clientv3.WithPrefix(), clientv3.WithRev(s.rev.Load()+1))
+		for resp := range wch {
+			if err := resp.Err(); err != nil {
+				s.log.Info("client key watch ended; reloading the keys", "err", err)
+				break
+			}
+			s.apply(resp)
+		}
+		cancel()
+		for {
+			if ctx.Err() != nil {
+				return
+			}
+			err := s.load(ctx)
+			if err == nil {
+				break
+			}
+			s.log.Warn("reloading the client keys", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(reloadBackoff):
+			}
+		}
+	}
+}
+
+// apply applies one watch response's events.
+func (s *Store) apply(resp clientv3.WatchResponse) {
+	keys := maps.Clone(*s.keys.Load())
+	for _, ev := range resp.Events {
+		name, k, err := unseal(s.clusterKey, string(ev.Kv.Key), ev.Kv.Value)
+		switch {
+		case ev.Type == clientv3.EventTypeDelete:
+			delete(keys, name)
+		case err != nil:
+			delete(keys, name)
+			s.log.Warn("client key left out: it does not open under the cluster key", "key", name, "err", err)
+		default:
+			keys[name] = k
+		}
+	}
+	rev := resp.Header.Revision
+	if n := len(resp.Events); n > 0 {
+		rev = max(rev, resp.Events[n-1].Kv.ModRevision)
+	}
+	s.publish(keys, rev)
+}
