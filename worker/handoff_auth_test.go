@@ -1,0 +1,380 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/wire/auth"
+)
+
+// noClientKeys knows no client key: the handoff tests open no sessions.
+type noClientKeys struct{}
+
+func (noClientKeys) ClientKey(string) (auth.Key, bool) { return auth.Key{}, false }
+
+func testClusterKey(t *testing.T) auth.Key {
+	t.Helper()
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// authOf returns the Auth of a worker holding cluster key k, or nil (no
+// authentication) for a nil k.
+func authOf(k *auth.Key) *Auth {
+	if k == nil {
+		return nil
+	}
+	return &Auth{ClusterKey: *k, Keys: noClientKeys{}}
+}
+
+// authWorkers is twoWorkers with cluster keys k1 and k2 (nil: without
+// Auth) and w1's handoff address advertised as adv1 (if not empty).
+func authWorkers(t *testing.T, k1, k2 *auth.Key, adv1 string) (*clientv3.Client, *Worker, *Worker) {
+	t.Helper()
+	cli := testEtcd(t)
+	w1, r1 := startWorkerCfg(t, Config{Client: cli, ID: "w1", Auth: authOf(k1), AdvertiseHandoffAddr: adv1})
+	w2, r2 := startWorkerCfg(t, Config{Client: cli, ID: "w2", Auth: authOf(k2)})
+	regs[w1], regs[w2] = r1, r2
+	t.Cleanup(func() { delete(regs, w1); delete(regs, w2) })
+	putMap(t, cli, 1, []delegation.Owner{w1.testOwner()}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 1}})
+	waitFor(t, "w1 serves all shards", func() bool { return w1.stats().shards == testShards })
+	return cli, w1, w2
+}
+
+// keepShard9 makes w1 give shard 9 up to w2 at epoch 2 (as a map would)
+// without w2 knowing, and returns the request w2 would send for it.
+func keepShard9(t *testing.T, w1, w2 *Worker) *pullRequest {
+	t.Helper()
+	now := time.Now()
+	w1.mu.Lock()
+	ob := newOutbox(now, w1.mono(now))
+	ob.safe = w1.safeUntil()
+	m := w1.dmap.Clone()
+	m.Version++
+	m.Workers = append(m.Workers, w2.testOwner())
+	m.Owner[9], m.Epoch[9] = 1, 2
+	w1.applyMap(ob, m, nil)
+	oh := w1.outgoing[9]
+	w1.mu.Unlock()
+	if oh == nil {
+		t.Fatal("w1 kept nothing for shard 9")
+	}
+	o1, o2 := w1.testOwner(), w2.testOwner()
+	return &pullRequest{Proto: handoffProto, From: o2.ID, Incarnation: formatInc(o2.Incarnation),
+		ToID: o1.ID, To: formatInc(o1.Incarnation), MapVersion: m.Version, Shards: []shardEpochJ{{Shard: 9, Epoch: 2}}}
+}
+
+func pullFor(t *testing.T, addr string, req *pullRequest, key []byte) (*pullResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, _, err := pullOnce(ctx, addr, req, key)
+	return resp, err
+}
+
+func authFailures(w *Worker, t *testing.T, reason string) float64 {
+	return gatherValue(w.met2(t), "tokend_worker_handoff_auth_failures_total", "reason", reason)
+}
+
+func refusedConns(w *Worker, t *testing.T, reason string) float64 {
+	return gatherValue(w.met2(t), "tokend_worker_handoff_refused_connections_total", "reason", reason)
+}
+
+// TestHandoffAuthenticated: two workers with the cluster key hand shards
+// over as without authentication: imported, no grace period, no failure.
+func TestHandoffAuthenticated(t *testing.T) {
+	k := testClusterKey(t)
+	cli, w1, w2 := authWorkers(t, &k, &k, "")
+	moveHalf(t, cli, w1, w2)
+	waitFor(t, "w2 serves the moved shards", func() bool {
+		s := w2.stats()
+		return s.shards == 8 && s.awaiting == 0
+	})
+	if s := w2.stats(); s.grace != 0 {
+		t.Fatalf("w2 after an authenticated handoff: %+v (want no grace)", s)
+	}
+	if v := gatherValue(w2.met2(t), "tokend_worker_handoffs_in_total", "result", "imported"); v != 8 {
+		t.Fatalf("imported %v shards, want 8", v)
+	}
+	for _, w := range []*Worker{w1, w2} {
+		for _, r := range []string{authNoNonce, authBadProof, authNoChallenge, authBadSeal} {
+			if v := authFailures(w, t, r); v != 0 {
+				t.Errorf("%s counted %v auth failures %s", w.cfg.ID, v, r)
+			}
+		}
+	}
+}
+
+// TestHandoffAuthRefusals: an old owner with Auth gives no state to a pull
+// without credentials or with another key, and counts it; the right key
+// gets the state.
+func TestHandoffAuthRefusals(t *testing.T) {
+	k, other := testClusterKey(t), testClusterKey(t)
+	_, w1, w2 := authWorkers(t, &k, &k, "")
+	req := keepShard9(t, w1, w2)
+	addr := w1.HandoffAddr()
+
+	resp, err := pullFor(t, addr, req, nil)
+	if resp != nil || !errors.Is(err, errHandoffRefused) {
+		t.Fatalf("pull without credentials: %+v, %v", resp, err)
+	}
+	if v := authFailures(w1, t, authNoNonce); v != 1 {
+		t.Fatalf("no_nonce counted %v, want 1", v)
+	}
+	resp, err = pullFor(t, addr, req, handoffKey(other))
+	if resp != nil || err == nil {
+		t.Fatalf("pull with another key: %+v, %v", resp, err)
+	}
+	waitFor(t, "bad_proof counted", func() bool { return authFailures(w1, t, authBadProof) == 1 })
+	w1.mu.Lock()
+	pulled := w1.outgoing[9].pulled
+	w1.mu.Unlock()
+	if pulled {
+		t.Fatal("a refused pull marked the state pulled")
+	}
+	resp, err = pullFor(t, addr, req, handoffKey(k))
+	if err != nil || len(resp.Shards) != 1 || !resp.Shards[0].OK || resp.Shards[0].Snap == nil {
+		t.Fatalf("pull with the cluster key: %+v, %v", resp, err)
+	}
+	// The right key asking for another worker id is refused after it is
+	// authenticated.
+	bad := *req
+	bad.ToID = "w9"
+	if resp, err := pullFor(t, addr, &bad, handoffKey(k)); resp != nil || !errors.Is(err, errHandoffRefused) {
+		t.Fatalf("pull naming another old owner: %+v, %v", resp, err)
+	}
+}
+
+// TestHandoffAuthMismatch: when the two workers do not share the cluster
+// key, or one runs without Auth, no state is imported: the new owner
+// recovers the shards with a grace period and the failure is counted where
+// it is seen. An old owner with Auth sends nothing; one without Auth sends
+// its state to anyone (--insecure), but a new owner with Auth does not
+// apply an answer that is not authenticated.
+func TestHandoffAuthMismatch(t *testing.T) {
+	k, other := testClusterKey(t), testClusterKey(t)
+	for _, tc := range []struct {
+		name     string
+		k1, k2   *auth.Key
+		old      bool // seen by the old owner (else the new)
+		reason   string
+		mustOnce bool
+	}{
+		{"other key", &k, &other, true, authBadProof, false},
+		{"puller without auth", &k, nil, true, authNoNonce, true},
+		{"giver without auth", nil, &k, false, authNoChallenge, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, w1, w2 := authWorkers(t, tc.k1, tc.k2, "")
+			moveHalf(t, cli, w1, w2)
+			waitFor(t, "w2 serves the moved shards", func() bool {
+				s := w2.stats()
+				return s.shards == 8 && s.awaiting == 0
+			})
+			if s := w2.stats(); s.grace != 8 {
+				t.Fatalf("w2: %+v (want 8 shards in grace)", s)
+			}
+			if v := gatherValue(w1.met2(t), "tokend_worker_handoffs_out_total", "", ""); tc.old && v != 0 {
+				t.Fatalf("w1 with Auth handed off %v shards", v)
+			}
+			seen := w2
+			if tc.old {
+				seen = w1
+			}
+			waitFor(t, tc.reason+" counted", func() bool { return authFailures(seen, t, tc.reason) >= 1 })
+			if v := authFailures(seen, t, tc.reason); tc.mustOnce && v != 1 {
+				t.Fatalf("%s counted %v times: a refusal is final, want 1", tc.reason, v)
+			}
+		})
+	}
+}
+
+// tamperProxy forwards TCP connections to target, frame by frame from the
+// server (a big-endian u32 length, then the body), passing each body the
+// server sends through tamper while on is set. It counts the frames tamper
+// changed.
+type tamperProxy struct {
+	ln      net.Listener
+	target  atomic.Value // string
+	on      atomic.Bool
+	tamper  func([]byte) []byte
+	changed atomic.Int32
+	wg      sync.WaitGroup
+}
+
+func newTamperProxy(t *testing.T, tamper func([]byte) []byte) *tamperProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tamperProxy{ln: ln, tamper: tamper}
+	p.wg.Go(p.run)
+	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	return p
+}
+
+func (p *tamperProxy) run() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Go(func() {
+			defer c.Close()
+			target, _ := p.target.Load().(string)
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			p.wg.Go(func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() })
+			r := bufio.NewReader(s)
+			for {
+				var hdr [4]byte
+				if _, err := io.ReadFull(r, hdr[:]); err != nil {
+					c.(*net.TCPConn).CloseWrite()
+					return
+				}
+				body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+				if _, err := io.ReadFull(r, body); err != nil {
+					return
+				}
+				if out := p.tamper(body); p.on.Load() && !bytes.Equal(out, body) {
+					p.changed.Add(1)
+					body = out
+				}
+				c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...))
+			}
+		})
+	}
+}
+
+// raiseMaxFence changes the handed-off snapshot's highest fence: JSON that
+// stays valid and a state that would import.
+func raiseMaxFence(b []byte) []byte {
+	return bytes.Replace(b, []byte(`"MaxFence":0,`), []byte(`"MaxFence":9,`), 1)
+}
+
+// TestHandoffTamperedAnswer: an answer changed on the way is refused by the
+// new owner before it is decoded, and counted; the shards are recovered
+// with a grace period.
+func TestHandoffTamperedAnswer(t *testing.T) {
+	k := testClusterKey(t)
+	p := newTamperProxy(t, raiseMaxFence)
+	cli, w1, w2 := authWorkers(t, &k, &k, p.ln.Addr().String())
+	p.target.Store(w1.handoff.Addr().String())
+
+	// Through the proxy changing nothing the pull works.
+	req := keepShard9(t, w1, w2)
+	resp, err := pullFor(t, p.ln.Addr().String(), req, handoffKey(k))
+	if err != nil || !resp.Shards[0].OK || resp.Shards[0].Snap.MaxFence != 0 {
+		t.Fatalf("pull through the proxy: %+v, %v", resp, err)
+	}
+	// Changed on the way, it is refused.
+	p.on.Store(true)
+	resp, err = pullFor(t, p.ln.Addr().String(), req, handoffKey(k))
+	var af *authFailure
+	if resp != nil || !errors.Is(err, errHandoffRefused) || !errors.As(err, &af) || af.reason != authBadSeal {
+		t.Fatalf("tampered pull: %+v, %v", resp, err)
+	}
+	if p.changed.Load() == 0 {
+		t.Fatal("the proxy changed nothing: the test proves nothing")
+	}
+
+	// A real handoff through the proxy (map version 3: keepShard9 made
+	// w1's own map version 2).
+	putMap(t, cli, 3, []delegation.Owner{w1.testOwner(), w2.testOwner()},
+		[]delegation.Run{{First: 0, Count: 8, Owner: 0, Epoch: 1}, {First: 8, Count: 8, Owner: 1, Epoch: 2}})
+	waitFor(t, "w2 serves the moved shards", func() bool {
+		s := w2.stats()
+		return s.shards == 8 && s.awaiting == 0
+	})
+	if s := w2.stats(); s.grace != 8 {
+		t.Fatalf("w2 after a tampered handoff: %+v (want 8 shards in grace)", s)
+	}
+	if v := authFailures(w2, t, authBadSeal); v != 1 {
+		t.Fatalf("bad_seal counted %v times, want 1", v)
+	}
+}
+
+// dialFrom opens a TCP connection to addr from source address src.
+func dialFrom(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedByPeer reports whether the server closed c (a read ends in EOF or
+// a reset), waiting up to 10 s.
+func closedByPeer(c net.Conn) bool {
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// TestHandoffIdleConnections: silent connections from one address hold at
+// most maxPeerConns slots, the rest are closed at once and counted; a real
+// handoff meanwhile completes without a grace period; the silent ones are
+// dropped after the handshake timeout.
+func TestHandoffIdleConnections(t *testing.T) {
+	k := testClusterKey(t)
+	cli, w1, w2 := authWorkers(t, &k, &k, "")
+	addr := w1.handoff.Addr().String()
+	const n = maxHandoffConns + 4
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dialFrom(t, "127.0.0.2", addr)
+	}
+	waitFor(t, "the extra connections refused", func() bool { return refusedConns(w1, t, refusedPeer) == n-maxPeerConns })
+	closed := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+			closed++
+		}
+	}
+	if closed < n-maxPeerConns {
+		t.Fatalf("%d connections closed by the server, want %d", closed, n-maxPeerConns)
+	}
+
+	moveHalf(t, cli, w1, w2)
+	waitFor(t, "w2 serves the moved shards", func() bool {
+		s := w2.stats()
+		return s.shards == 8 && s.awaiting == 0
+	})
+	if s := w2.stats(); s.grace != 0 {
+		t.Fatalf("w2 after a handoff beside idle connections: %+v (want no grace)", s)
+	}
+	if v := gatherValue(w2.met2(t), "tokend_worker_handoffs_in_total", "result", "imported"); v != 8 {
+		t.Fatalf("imported %v shards, want 8", v)
+	}
+	// The admitted silent connections are dropped by the handshake timeout.
+	for _, c := range conns {
+		if !closedByPeer(c) {
+			t.Fatal("a silent connection stayed open")
+		}
+	}
+	waitFor(t, "timeouts counted", func() bool { return refusedConns(w1, t, refusedTimeout) == maxPeerConns })
+}
