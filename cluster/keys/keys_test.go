@@ -151,7 +151,8 @@ func TestEnsure(t *testing.T) {
 	}
 }
 
-// TestStore: a Store loads the keys there at open, sees a key added and a
+// TestStore: a Store knows no key before Start, loads the keys there at
+// Start, sees a key added and a
 // key revoked by the time its watch delivers the change (WaitRevision on
 // the write's revision), leaves out a document that does not open under
 // the cluster key, and answers lookups while it changes.
@@ -166,11 +167,14 @@ func TestStore(t *testing.T) {
 	if err := Add(ctx, cli, other, "stranger", newKey(t), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	s, err := OpenStore(ctx, cli, ck, nil)
-	if err != nil {
+	s := NewStore(cli, ck, nil)
+	defer s.Close()
+	if _, ok := s.ClientKey("alice"); ok {
+		t.Error("a store knows keys before Start")
+	}
+	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	if k, ok := s.ClientKey("alice"); !ok || k != alice {
 		t.Fatal("alice missing at open")
 	}
@@ -289,4 +293,11 @@ func TestEndSessions(t *testing.T) {
 	if ended, err := EndSessions(ctx, cli, "alice"); err != nil || len(ended) != 0 {
 		t.Errorf("again: %v %v", ended, err)
 	}
+}
+
+// TestStoreCloseWithoutStart: a store that never started closes at once.
+func TestStoreCloseWithoutStart(t *testing.T) {
+	s := NewStore(nil, auth.Key{}, nil)
+	s.Close()
+	s.Close()
 }

@@ -34,26 +34,44 @@ type Store struct {
 	keys atomic.Pointer[map[string]auth.Key]
 	rev  atomic.Int64 // the etcd revision keys reflects
 
-	mu      sync.Mutex    // guards changed
-	changed chan struct{} // closed and replaced on every applied change
+	mu      sync.Mutex         // guards the two fields below
+	changed chan struct{}      // closed and replaced on every applied change
+	cancel  context.CancelFunc // set by Start; stops run
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	done chan struct{} // closed when run returns
 }
 
-// OpenStore loads every key (bounded by ctx) and starts watching for
-// changes until Close. log may be nil.
-func OpenStore(ctx context.Context, cli *clientv3.Client, clusterKey auth.Key, log *slog.Logger) (*Store, error) {
+// NewStore returns a Store that knows no key until Start: a worker can be
+// built with it before etcd is reachable. log may be nil.
+func NewStore(cli *clientv3.Client, clusterKey auth.Key, log *slog.Logger) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{cli: cli, clusterKey: clusterKey, log: log, changed: make(chan struct{}), done: make(chan struct{})}
+	s.keys.Store(&map[string]auth.Key{})
+	return s
+}
+
+// Start loads every key (bounded by ctx) and starts watching for changes
+// until Close. Call it once.
+func (s *Store) Start(ctx context.Context) error {
 	if err := s.load(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
+	s.mu.Lock()
 	s.cancel = cancel
+	s.mu.Unlock()
 	go s.run(wctx)
+	return nil
+}
+
+// OpenStore is NewStore and Start.
+func OpenStore(ctx context.Context, cli *clientv3.Client, clusterKey auth.Key, log *slog.Logger) (*Store, error) {
+	s := NewStore(cli, clusterKey, log)
+	if err := s.Start(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -87,9 +105,16 @@ func (s *Store) WaitRevision(ctx context.Context, rev int64) error {
 	}
 }
 
-// Close stops the watch and waits for it.
+// Close stops the watch and waits for it. It is safe to call more than
+// once, and without Start.
 func (s *Store) Close() {
-	s.cancel()
+	s.mu.Lock()
+	cancel := s.cancel
+	s.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
 	<-s.done
 }
 

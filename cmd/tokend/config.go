@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // errConfig marks every configuration error; main exits 2 on it.
@@ -93,6 +94,12 @@ type config struct {
 	peerAllowedCN                         string // "" accepts any peer certificate of the CA
 	// this process's etcd client (coordinator, worker): user tokend
 	etcdCACert, etcdCert, etcdKey string
+	// datagram authentication (keys.go), unless insecure
+	clusterKeyFile string // the cluster key: every mode
+	clientKeyFile  string // the client key servers register (all-in-one, server); optional
+	clusterKey     auth.Key
+	clientKeyName  string // "" when there is no client key to register
+	clientKey      auth.Key
 	// set is the options given by flag, environment or file (not defaults).
 	set map[string]bool
 }
@@ -190,6 +197,8 @@ func (c *config) options() []option {
 		{"etcd-cacert", "CA that signed the etcd members' certificates, for this process's etcd client (default <certs-dir>/ca.crt)", stringVal(&c.etcdCACert), nil},
 		{"etcd-cert", "client certificate of this process's etcd client; its common name is the etcd user, tokend (default <certs-dir>/tokend.crt)", stringVal(&c.etcdCert), nil},
 		{"etcd-key", "key of --etcd-cert (default <certs-dir>/tokend.key)", stringVal(&c.etcdKey), nil},
+		{"cluster-key-file", "the cluster key, made by \"tokend certs\" (or the all-in-one's first start): it seals the client and session keys in etcd; servers and workers only (default <certs-dir>/cluster.key)", stringVal(&c.clusterKeyFile), nil},
+		{"client-key-file", "a client key this server registers in etcd at start if absent, so that clients holding the same file can authenticate (default <certs-dir>/client.key, skipped if that file does not exist)", stringVal(&c.clientKeyFile), member},
 	}
 }
 

@@ -15,7 +15,9 @@
 // etcd runs over TLS with client certificates and authentication unless
 // --insecure: the all-in-one default creates its CA and certificates in
 // <data-dir>/pki on first start; servers and workers use those "tokend
-// certs" made (see tls.go).
+// certs" made (see tls.go). Clients are authenticated with keys unless
+// --insecure (see keys.go): the cluster key in cluster.key, client keys
+// sealed in etcd, the default one registered from client.key.
 //
 // Every flag can also be given as a TOKEND_* environment variable or a key in
 // a YAML file (--config). Run "tokend <mode> -h" for the list.
@@ -46,6 +48,7 @@ import (
 
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/embedded"
 	"github.com/tokend/tokend/worker"
@@ -98,6 +101,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Info(n)
 	}
 	if err := cfg.prepareTLS(log); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	if err := cfg.prepareKeys(log); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
@@ -185,6 +192,7 @@ type daemon struct {
 	member *embedded.Member
 	client *clientv3.Client
 	coord  *coordinator.Coordinator
+	keys   *keys.Store // the worker's client keys; nil without a worker or with --insecure
 	worker *worker.Worker
 
 	// started is set once start has returned and the banner is printed;
@@ -230,10 +238,16 @@ func (d *daemon) start(ctx context.Context) error {
 		}
 	}
 	if cfg.mode != modeServer || cfg.runWorker {
+		if !cfg.insecure {
+			// Loaded by Start once etcd answers; the worker's socket is
+			// bound now.
+			d.keys = keys.NewStore(d.client, cfg.clusterKey, d.log)
+		}
 		d.worker, err = worker.New(worker.Config{
 			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HTTPAddr: cfg.advHTTP,
 			AdvertiseUDPAddr: cfg.advUDP, AdvertiseHandoffAddr: cfg.advHandoff,
 			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg, Announce: announceConfig(cfg, d.log),
+			Auth: cfg.workerAuth(d.keys),
 		})
 		if err != nil {
 			return fmt.Errorf("--udp-addr: %w", err)
@@ -269,6 +283,9 @@ func (d *daemon) start(ctx context.Context) error {
 				d.fatal <- fmt.Errorf("etcd: %w", err)
 			}
 		}()
+		if err := d.registerClientKey(ctx, d.client); err != nil {
+			return err
+		}
 	}
 
 	if cfg.mode != modeWorker {
@@ -295,6 +312,11 @@ func (d *daemon) start(ctx context.Context) error {
 		}
 	}
 	if d.worker != nil {
+		if d.keys != nil {
+			if err := d.keys.Start(ctx); err != nil {
+				return err
+			}
+		}
 		if err := d.worker.Start(ctx); err != nil {
 			return err
 		}
@@ -361,6 +383,9 @@ func (d *daemon) stop() {
 			if err := d.worker.Close(); err != nil {
 				d.log.Warn("closing worker", "err", err)
 			}
+		}
+		if d.keys != nil {
+			d.keys.Close()
 		}
 		if d.coord != nil {
 			d.coord.Close()

@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
@@ -115,8 +116,9 @@ func newAllInOne(t *testing.T) allInOne {
 	return allInOne{dir: t.TempDir(), client: freePort(t), peer: freePort(t), http: freePort(t), udp: freePort(t)}
 }
 
-// TestAllInOne is the README's first command: it starts, turns ready, shows
-// the worker, the leader and the config in etcd, stops on SIGINT with exit 0
+// TestAllInOne is the README's first command: it starts, turns ready, makes
+// its certificates and keys (0600), registers the default client key,
+// shows the worker, the leader and the config in etcd, stops on SIGINT with exit 0
 // in under 5 s, and restarts on the same data dir.
 func TestAllInOne(t *testing.T) {
 	if testing.Short() {
@@ -133,7 +135,7 @@ func TestAllInOne(t *testing.T) {
 		t.Errorf("startup banner missing endpoints or first command %q:\n%s", wantHint, out)
 	}
 	// The secure default made its CA and certificates, keys private.
-	for _, f := range []string{"ca.crt", "ca.key", "server-tokend.crt", "server-tokend.key", "tokend.crt", "tokend.key", "root.crt", "root.key"} {
+	for _, f := range []string{"ca.crt", "ca.key", "server-tokend.crt", "server-tokend.key", "tokend.crt", "tokend.key", "root.crt", "root.key", "cluster.key", "client.key"} {
 		fi, err := os.Stat(filepath.Join(a.certs(), f))
 		if err != nil {
 			t.Fatalf("certificates: %v", err)
@@ -165,6 +167,10 @@ func TestAllInOne(t *testing.T) {
 	var c cluster.Config
 	if err := json.Unmarshal([]byte(seen[cluster.ConfigKey]), &c); err != nil || c.Shards != 4096 {
 		t.Errorf("config document %q (%v)", seen[cluster.ConfigKey], err)
+	}
+	// The default client key is registered, sealed: the list shows it.
+	if list, err := keys.List(ctx, cli); err != nil || len(list) != 1 || list[0].Name != "default" {
+		t.Errorf("client keys in etcd: %v, %v; want default", list, err)
 	}
 	leaders := 0
 	for k := range seen {

@@ -56,6 +56,10 @@ func (c *config) defaultTLSFiles() {
 	in(&c.etcdCACert, pki.CACertFile)
 	in(&c.etcdCert, pki.ClientCertFile(pki.UserTokend))
 	in(&c.etcdKey, pki.ClientKeyFile(pki.UserTokend))
+	in(&c.clusterKeyFile, pki.ClusterKeyFile)
+	if c.mode != modeWorker {
+		in(&c.clientKeyFile, pki.DefaultClientKeyFile)
+	}
 }
 
 // clientTLS is this process's etcd client identity; nil with --insecure.
@@ -103,7 +107,8 @@ func (c *config) prepareTLS(log *slog.Logger) error {
 		if c.mode == modeWorker {
 			where = strings.Join(c.etcdEndpoints, ",")
 		}
-		log.Warn("etcd runs WITHOUT TLS and authentication (--insecure): anyone who can reach " + where + " can read and rewrite the cluster's state, e.g. register a fake worker")
+		log.Warn("etcd runs WITHOUT TLS and authentication (--insecure): anyone who can reach " + where + " can read and rewrite the cluster's state, e.g. register a fake worker; " +
+			"and clients are NOT authenticated: anyone who can reach the workers' UDP ports can open sessions and take tokens")
 		return nil
 	}
 	explicit := false

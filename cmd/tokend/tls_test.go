@@ -21,9 +21,9 @@ func runErr(t *testing.T, args ...string) (int, string) {
 	return code, errb.String()
 }
 
-// TestTLSConfigErrors: missing or bad certificate files, http without
-// --insecure and TLS flags with it, and data dirs of the other kind are
-// configuration errors (exit 2) that say what to do.
+// TestTLSConfigErrors: missing or bad certificate and key files, http
+// without --insecure and TLS or key flags with it, and data dirs of the
+// other kind are configuration errors (exit 2) that say what to do.
 func TestTLSConfigErrors(t *testing.T) {
 	certs := t.TempDir()
 	if _, err := writeLocalCerts(certs, []pki.Server{{Name: "s1"}}); err != nil {
@@ -39,6 +39,16 @@ func TestTLSConfigErrors(t *testing.T) {
 	if _, err := writeLocalCerts(filepath.Join(secureDir, "pki"), []pki.Server{{Name: "tokend"}}); err != nil {
 		t.Fatal(err)
 	}
+	keyDir := t.TempDir() // what tokend certs makes: certificates and keys
+	if _, err := writeLocalCerts(keyDir, []pki.Server{{Name: "s1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.WriteKeys(keyDir); err != nil {
+		t.Fatal(err)
+	}
+	openKey := filepath.Join(t.TempDir(), "open.key")
+	b, _ := os.ReadFile(filepath.Join(keyDir, pki.ClusterKeyFile))
+	os.WriteFile(openKey, b, 0o644)
 	port := func() string { return fmt.Sprint(freePort(t)) }
 	for _, tt := range []struct {
 		name string
@@ -62,6 +72,22 @@ func TestTLSConfigErrors(t *testing.T) {
 			[]string{"--etcd-endpoints:", "plain http"}},
 		{"TLS file with --insecure", []string{"worker", "--insecure", "--etcd-cert", garbage},
 			[]string{"--etcd-cert:", "together with --insecure"}},
+		{"server without a cluster key", []string{"server", "--name", "s1", "--data-dir", t.TempDir(), "--certs-dir", certs},
+			[]string{"--cluster-key-file:", filepath.Join(certs, "cluster.key"), "does not exist", "tokend certs", "--insecure"}},
+		{"worker without a cluster key", []string{"worker", "--certs-dir", certs},
+			[]string{"--cluster-key-file:", filepath.Join(certs, "cluster.key"), "does not exist", "tokend certs"}},
+		{"client key as the cluster key", []string{"worker", "--certs-dir", keyDir, "--cluster-key-file", filepath.Join(keyDir, "client.key")},
+			[]string{"--cluster-key-file:", `holds the key "default", not the cluster key`}},
+		{"cluster key others can read", []string{"worker", "--certs-dir", keyDir, "--cluster-key-file", openKey},
+			[]string{"--cluster-key-file:", "chmod 600"}},
+		{"cluster key as the client key", []string{"server", "--name", "s1", "--data-dir", t.TempDir(), "--certs-dir", keyDir,
+			"--client-key-file", filepath.Join(keyDir, "cluster.key")},
+			[]string{"--client-key-file:", "the cluster key, not a client key"}},
+		{"missing client key given", []string{"server", "--name", "s1", "--data-dir", t.TempDir(), "--certs-dir", keyDir,
+			"--client-key-file", filepath.Join(keyDir, "alice.key")},
+			[]string{"--client-key-file:", "alice.key does not exist", "tokenctl keys add"}},
+		{"key file with --insecure", []string{"worker", "--insecure", "--cluster-key-file", openKey},
+			[]string{"--cluster-key-file:", "together with --insecure"}},
 		{"old insecure data dir", []string{"--data-dir", oldDir, "--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"},
 			[]string{"--data-dir:", "made without TLS", "--insecure", "move the directory away"}},
 		{"--insecure on a secure data dir", []string{"--insecure", "--data-dir", secureDir, "--http-addr", "127.0.0.1:0", "--udp-addr", "127.0.0.1:0"},
@@ -85,7 +111,8 @@ func TestTLSConfigErrors(t *testing.T) {
 }
 
 // TestInsecureWarns: --insecure runs etcd over plain http without
-// authentication, and says so at start.
+// authentication and the workers without client authentication, makes
+// neither certificates nor keys, and says so at start.
 func TestInsecureWarns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -98,7 +125,8 @@ func TestInsecureWarns(t *testing.T) {
 	p := startProc(t, args...)
 	waitReady(t, p, fmt.Sprintf("127.0.0.1:%d", a.http), 30*time.Second)
 	out := p.Out.String()
-	if !strings.Contains(out, "etcd runs WITHOUT TLS and authentication (--insecure)") || !strings.Contains(out, "level=WARN") {
+	if !strings.Contains(out, "etcd runs WITHOUT TLS and authentication (--insecure)") || !strings.Contains(out, "level=WARN") ||
+		!strings.Contains(out, "clients are NOT authenticated") {
 		t.Errorf("no warning at start:\n%s", out)
 	}
 	if !strings.Contains(out, fmt.Sprintf("go tool etcdctl --endpoints=127.0.0.1:%d get --prefix /tokend/", a.client)) {

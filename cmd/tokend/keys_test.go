@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/cluster/keys"
+	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/wire/auth"
+)
+
+// TestRegisterClientKey: a server registers its client key file's key
+// once (every further start, and every other server with the same file,
+// changes nothing); a server with another key under the same name, or
+// another cluster key, fails to start with an error that says what to do,
+// and the stored key stays.
+func TestRegisterClientKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	_, cli := etcdtest.StartOne(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ck, k := mustKey(t), mustKey(t)
+	server := func(clusterKey, clientKey auth.Key) *daemon {
+		return &daemon{log: slog.New(slog.DiscardHandler), cfg: &config{
+			mode: modeServer, clusterKeyFile: "/etc/tokend/cluster.key", clientKeyFile: "/etc/tokend/client.key",
+			clusterKey: clusterKey, clientKeyName: "default", clientKey: clientKey,
+		}}
+	}
+	for range 2 {
+		if err := server(ck, k).registerClientKey(ctx, cli); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		name       string
+		clusterKey auth.Key
+		clientKey  auth.Key
+		want       []string
+	}{
+		{"another client key", ck, mustKey(t), []string{"--client-key-file /etc/tokend/client.key", `another key named "default"`, "tokenctl keys revoke default"}},
+		{"another cluster key", mustKey(t), k, []string{"--cluster-key-file /etc/tokend/cluster.key", "the same cluster key"}},
+	} {
+		err := server(tt.clusterKey, tt.clientKey).registerClientKey(ctx, cli)
+		for _, w := range tt.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want it to say %q", tt.name, err, w)
+			}
+		}
+	}
+	s, err := keys.OpenStore(ctx, cli, ck, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, ok := s.ClientKey("default"); !ok || got != k {
+		t.Error("the registered key is not the first server's")
+	}
+	insecure := server(ck, mustKey(t))
+	insecure.cfg.insecure = true
+	if err := insecure.registerClientKey(ctx, cli); err != nil {
+		t.Errorf("--insecure registers nothing, and fails on nothing: %v", err)
+	}
+}
+
+func mustKey(t *testing.T) auth.Key {
+	t.Helper()
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
