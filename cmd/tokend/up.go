@@ -256,8 +256,8 @@ type upChild struct {
 // planUp lays out the cluster: server i (from 1) uses basePort+3(i-1) for
 // its etcd client URL, the next port for its peer URL and the next for
 // HTTP; worker j then uses two ports, UDP and HTTP. Unless --insecure,
-// every child uses the certificates in <data-dir>/pki, which must exist
-// before they start (see writeLocalCerts). It is pure.
+// every child uses the certificates and keys in <data-dir>/pki, which must
+// exist before they start (see writeLocalCerts, pki.WriteKeys). It is pure.
 func planUp(c *upConfig, existing bool) []upChild {
 	port := c.basePort
 	next := func() int { port++; return port - 1 }
@@ -395,6 +395,12 @@ func runUp(args []string, stdout, stderr io.Writer) int {
 		}
 		if _, err := writeLocalCerts(cfg.certsDir(), servers); err != nil {
 			fmt.Fprintln(stderr, "tokend up: certificates:", err)
+			return 1
+		}
+		// The cluster key every child reads, and the client key the
+		// servers register.
+		if _, err := pki.WriteKeys(cfg.certsDir()); err != nil {
+			fmt.Fprintln(stderr, "tokend up: keys:", err)
 			return 1
 		}
 	}
@@ -698,12 +704,14 @@ func (s *supervisor) printTable() {
 	fmt.Fprintf(&b, "tokend up: %s and %s are ready (data and logs in %s)\n", count(s.cfg.servers, "server"), count(s.cfg.workers, "worker"), s.cfg.dataDir)
 	tw := tabwriter.NewWriter(&b, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "  NAME\tPID\tETCD CLIENT / UDP\tHTTP")
-	var endpoints []string
+	var endpoints, seeds []string
 	for _, p := range s.procs {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.name, p.proc.PID(), p.addr, p.http)
+		_, hostPort, _ := strings.Cut(p.addr, "://")
 		if p.server {
-			_, hostPort, _ := strings.Cut(p.addr, "://")
 			endpoints = append(endpoints, hostPort)
+		} else {
+			seeds = append(seeds, hostPort)
 		}
 	}
 	tw.Flush()
@@ -717,6 +725,13 @@ func (s *supervisor) printTable() {
 	} else {
 		fmt.Fprintf(&b, "  go run ./cmd/tokenctl status --etcd %s --certs-dir %s\n", eps, s.cfg.certsDir())
 		fmt.Fprintf(&b, "  go tool etcdctl --endpoints=%s %s member list\n", eps, etcdctlFlags(s.cfg.certsDir()))
+	}
+	if len(seeds) > 0 {
+		keyFlag := " --key-file " + filepath.Join(s.cfg.certsDir(), pki.DefaultClientKeyFile)
+		if s.cfg.insecure {
+			keyFlag = " --insecure"
+		}
+		fmt.Fprintf(&b, "  go run ./cmd/tokenctl acquire --seeds %s%s foo\n", strings.Join(seeds, ","), keyFlag)
 	}
 	fmt.Fprintf(&b, "Nothing is restarted automatically. Ctrl-C stops the workers, then the servers; a second Ctrl-C kills them all.\n")
 	s.con.printf("%s", b.String())

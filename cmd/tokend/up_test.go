@@ -301,6 +301,8 @@ func TestUp(t *testing.T) {
 		fmt.Sprintf(" https://127.0.0.1:%d ", base),
 		"go run ./cmd/tokenctl status --etcd " + eps + " --certs-dir " + certs + "\n",
 		"go tool etcdctl --endpoints=" + eps + " " + etcdctlFlags(certs) + " member list\n",
+		fmt.Sprintf("go run ./cmd/tokenctl acquire --seeds 127.0.0.1:%d,127.0.0.1:%d --key-file %s foo\n",
+			base+3*servers, base+3*servers+2, filepath.Join(certs, "client.key")),
 	} {
 		if !strings.Contains(p.Out.String(), want) {
 			t.Errorf("the ready table lacks %q:\n%s", want, p.Out.String())
@@ -337,6 +339,11 @@ func TestUp(t *testing.T) {
 	}
 	if !slices.Equal(keys, []string{cluster.WorkerKey("w1"), cluster.WorkerKey("w2")}) {
 		t.Errorf("worker keys %v, want w1 and w2", keys)
+	}
+	// The servers registered the default client key (once, though three tried).
+	if resp, err := cli.Get(ctx, cluster.Prefix+"keys/", clientv3.WithPrefix(), clientv3.WithKeysOnly()); err != nil ||
+		len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != cluster.Prefix+"keys/default" {
+		t.Errorf("client keys in etcd: %v, %v; want /tokend/keys/default", resp, err)
 	}
 
 	// Crash w2: up reports it and keeps the rest; its key goes within the TTL.
