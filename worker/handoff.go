@@ -205,26 +205,48 @@ func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 		select {
 		case sem <- struct{}{}:
 		default:
-			leave()
-			c.Close()
-			g.refused.WithLabelValues(refusedGlobal).Inc()
-			g.warn(w.log, w.clk.Now(), "*", "handoff connection refused: too many at once", "limit", maxHandoffConns, "from", ip)
-			continue
+			// Full: the connection longest in its handshake makes room
+			// (its goroutine ends at once); if every connection is past
+			// its handshake, this one is refused.
+			if !g.evictOldest() {
+				leave()
+				c.Close()
+				g.refused.WithLabelValues(refusedGlobal).Inc()
+				g.warn(w.log, w.clk.Now(), "*", "handoff connection refused: too many at once", "limit", maxHandoffConns, "from", ip)
+				continue
+			}
+			g.warn(w.log, w.clk.Now(), "*", "handoff connection in its handshake closed for a new one: too many at once",
+				"limit", maxHandoffConns, "from", ip)
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				leave()
+				c.Close()
+				return
+			}
+		}
+		hs := g.begin(c)
+		passed := func() {
+			g.end(hs)
+			if w.cfg.Auth != nil {
+				leave()
+			}
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
 			defer leave()
-			w.serveHandoff(ctx, c, leave)
+			defer g.end(hs)
+			w.serveHandoff(ctx, c, passed)
 		}()
 	}
 }
 
 // serveHandoff answers one pull on c. With Auth it first authenticates
-// the requester (authenticated, called then, uncounts the connection from
-// its source's limit) and seals its answer.
-func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, authenticated func()) {
+// the requester and seals its answer. It calls passed once the handshake
+// is over: the request read and, with Auth, the requester authenticated.
+func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	defer c.Close()
 	// Socket deadlines are the kernel's: real time.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
@@ -235,12 +257,13 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, authenticated fun
 	g, src := w.met.ho, remoteIP(c).String()
 	var req pullRequest
 	if err := readFrame(br, maxPullRequest, &req); err != nil {
-		if isTimeout(err) {
+		switch {
+		case isTimeout(err):
 			g.refused.WithLabelValues(refusedTimeout).Inc()
-		} else if !errors.Is(err, io.EOF) {
+		case errors.Is(err, errHandoffFrame):
 			g.refused.WithLabelValues(refusedBad).Inc()
 		}
-		w.log.Debug("bad handoff request", "from", c.RemoteAddr(), "err", err)
+		w.log.Debug("no handoff request", "from", c.RemoteAddr(), "err", err)
 		return
 	}
 	if req.Deadlock != nil {
@@ -254,8 +277,8 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, authenticated fun
 		if key, giverNonce, ok = w.authPuller(tc, br, &req, src); !ok {
 			return
 		}
-		authenticated()
 	}
+	passed()
 	tc.end = start.Add(connTimeout)
 	resp := w.answerPull(ctx, &req)
 	frame, err := marshalFrame(resp)

@@ -97,6 +97,7 @@ const (
 	refusedGlobal  = "global_limit"      // maxHandoffConns connections open
 	refusedPeer    = "peer_limit"        // maxPeerConns unauthenticated connections from that address
 	refusedTimeout = "handshake_timeout" // request or proof not read in time
+	refusedEvicted = "evicted"           // closed in its handshake to make room for a new connection
 	refusedBad     = "bad_request"       // a malformed first frame
 )
 
@@ -152,9 +153,16 @@ type handoffGuard struct {
 	authFailures *prometheus.CounterVec // reason
 	refused      *prometheus.CounterVec // reason
 
-	mu     sync.Mutex           // guards the fields below
-	peers  map[netip.Addr]int   // connections counted against each source address
-	warned map[string]time.Time // source -> time of its last WARN
+	mu      sync.Mutex              // guards the fields below
+	peers   map[netip.Addr]int      // connections counted against each source address
+	pending map[*handshake]struct{} // connections in their handshake
+	warned  map[string]time.Time    // source -> time of its last WARN
+}
+
+// handshake is a connection in its handshake.
+type handshake struct {
+	c  net.Conn
+	at time.Time
 }
 
 // newHandoffGuard returns a guard whose collectors the caller registers.
@@ -164,11 +172,48 @@ func newHandoffGuard(ns, sub string) *handoffGuard {
 			Help: "Handoff exchanges that failed authentication, by reason (no_nonce, bad_proof: seen by the old owner; no_challenge, bad_seal: seen by the new owner)."},
 			[]string{"reason"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_refused_connections_total",
-			Help: "Handoff listener connections closed without an answer, by reason (global_limit, peer_limit, handshake_timeout, bad_request)."},
+			Help: "Handoff listener connections closed without an answer, by reason (global_limit, peer_limit, evicted, handshake_timeout, bad_request)."},
 			[]string{"reason"}),
-		peers:  map[netip.Addr]int{},
-		warned: map[string]time.Time{},
+		peers:   map[netip.Addr]int{},
+		pending: map[*handshake]struct{}{},
+		warned:  map[string]time.Time{},
 	}
+}
+
+// begin records that c is in its handshake.
+func (g *handoffGuard) begin(c net.Conn) *handshake {
+	h := &handshake{c: c, at: time.Now()}
+	g.mu.Lock()
+	g.pending[h] = struct{}{}
+	g.mu.Unlock()
+	return h
+}
+
+// end records that h's handshake is over (or its connection closed).
+func (g *handoffGuard) end(h *handshake) {
+	g.mu.Lock()
+	delete(g.pending, h)
+	g.mu.Unlock()
+}
+
+// evictOldest closes the connection longest in its handshake, if any, and
+// reports whether there was one.
+func (g *handoffGuard) evictOldest() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var old *handshake
+	for h := range g.pending {
+		if old == nil || h.at.Before(old.at) {
+			old = h
+		}
+	}
+	if old == nil {
+		return false
+	}
+	delete(g.pending, old)
+	old.c.Close()
+	g.refused.WithLabelValues(refusedEvicted).Inc()
+	return true
 }
 
 // admit counts a connection from ip unless ip holds maxPeerConns already.
@@ -301,9 +346,11 @@ func (w *Worker) authPuller(c io.Writer, r io.Reader, req *pullRequest, src stri
 	}
 	var p pullProof
 	if err := readFrame(r, maxProofFrame, &p); err != nil {
-		if isTimeout(err) {
+		switch {
+		case isTimeout(err):
 			g.refused.WithLabelValues(refusedTimeout).Inc()
-		} else {
+		case errors.Is(err, net.ErrClosed): // evicted, and counted then
+		default:
 			fail(authBadProof, "err", err)
 		}
 		return nil, nil, false

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -377,4 +378,39 @@ func TestHandoffIdleConnections(t *testing.T) {
 		}
 	}
 	waitFor(t, "timeouts counted", func() bool { return refusedConns(w1, t, refusedTimeout) == maxPeerConns })
+}
+
+// TestHandoffFullListener: when silent connections from many addresses
+// fill every slot, a new connection closes the one longest in its
+// handshake instead of being refused, so a real handoff completes without a
+// grace period.
+func TestHandoffFullListener(t *testing.T) {
+	k := testClusterKey(t)
+	cli, w1, w2 := authWorkers(t, &k, &k, "")
+	addr := w1.handoff.Addr().String()
+	var conns []net.Conn
+	for i := range maxHandoffConns / maxPeerConns {
+		for range maxPeerConns {
+			conns = append(conns, dialFrom(t, fmt.Sprintf("127.0.0.%d", 2+i), addr))
+		}
+	}
+	waitFor(t, "every slot taken", func() bool {
+		w1.met.ho.mu.Lock()
+		defer w1.met.ho.mu.Unlock()
+		return len(w1.met.ho.pending) == maxHandoffConns
+	})
+	moveHalf(t, cli, w1, w2)
+	waitFor(t, "w2 serves the moved shards", func() bool {
+		s := w2.stats()
+		return s.shards == 8 && s.awaiting == 0
+	})
+	if s := w2.stats(); s.grace != 0 {
+		t.Fatalf("w2 after a handoff to a full listener: %+v (want no grace)", s)
+	}
+	if v := refusedConns(w1, t, refusedEvicted); v < 1 {
+		t.Fatalf("evicted %v connections, want at least 1", v)
+	}
+	if v := refusedConns(w1, t, refusedGlobal); v != 0 {
+		t.Fatalf("refused %v connections for the global limit, want 0", v)
+	}
 }
