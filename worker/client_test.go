@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // rawConn is what the test client needs of a socket: a real *net.UDPConn
@@ -63,6 +64,13 @@ type tclient struct {
 	events     []msg // REVOKE, GRANT_ASYNC, and replies nobody waited for
 	eventCh    chan struct{}
 	epochs     map[uint32]uint32 // per shard: epoch to send (default 1)
+
+	// With a session opened by openAuth: the session's MACs (a MAC is
+	// not safe for concurrent use: macMu guards them) and the count of
+	// datagrams received whose tag did not verify.
+	macMu   sync.Mutex
+	out, in *auth.MAC
+	badTags int
 
 	done chan struct{}
 }
@@ -170,15 +178,31 @@ func (c *tclient) finish(id uint64) {
 	c.mu.Unlock()
 }
 
-// send encodes and sends one datagram.
+// send encodes and sends one datagram (sealed with the session's MAC
+// after openAuth).
 func (c *tclient) send(m appender, h wire.Header) []byte {
 	c.t.Helper()
 	pkt, err := m.Append(nil, h)
 	if err != nil {
 		c.t.Fatalf("encode %T: %v", m, err)
 	}
+	c.macMu.Lock()
+	if c.out != nil && h.Session != 0 {
+		if err := c.out.Seal(pkt); err != nil {
+			c.t.Fatalf("seal: %v", err)
+		}
+	}
+	c.macMu.Unlock()
 	c.sendRaw(pkt)
 	return pkt
+}
+
+// verified reports whether m's tag verifies under the session's w→c MAC
+// (true if the client has none).
+func (c *tclient) verified(m msg) bool {
+	c.macMu.Lock()
+	defer c.macMu.Unlock()
+	return c.in == nil || m.h.Session == 0 || c.in.Verify(m.raw)
 }
 
 func (c *tclient) sendRaw(pkt []byte) {
@@ -206,6 +230,12 @@ func (c *tclient) call(m appender, h wire.Header, timeout time.Duration) (msg, e
 	for {
 		select {
 		case r := <-ch:
+			if !c.verified(r) {
+				c.macMu.Lock()
+				c.badTags++
+				c.macMu.Unlock()
+				c.t.Errorf("reply to %v request %d does not verify", h.Type, h.Request)
+			}
 			return r, nil
 		case <-time.After(rto):
 			c.sendRaw(pkt)

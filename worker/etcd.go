@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net"
@@ -13,7 +14,11 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
+
+// errNoLease: a session whose document named no readable lease.
+var errNoLease = errors.New("worker: session document names no lease")
 
 const (
 	// The etcd work of sessions runs in two pools of goroutines, so that
@@ -61,34 +66,76 @@ func (w *Worker) poolLoop(ctx context.Context, q chan func(context.Context)) {
 	}
 }
 
-// openSession creates the session's lease and key, then answers the
-// SESSION_OPEN (and remembers the answer for retransmissions).
-func (w *Worker) openSession(ctx context.Context, key openKey, from *net.UDPAddr, h wire.Header, ttlMs uint32, lib string, stamp time.Time) {
+// openJob is a SESSION_OPEN that passed the receive loop's checks.
+type openJob struct {
+	key   openKey
+	from  *net.UDPAddr
+	h     wire.Header
+	ttlMs uint32
+	lib   string
+	stamp time.Time
+	// With Auth: the client's key, nonce and key name.
+	auth      bool
+	clientKey auth.Key
+	nonce     auth.Nonce
+	keyName   string
+}
+
+// openSession draws the session id (and, with Auth, the worker nonce and
+// the session key), creates the session's lease and document, then
+// answers the SESSION_OPEN and remembers the answer for retransmissions.
+func (w *Worker) openSession(ctx context.Context, j openJob) {
 	w.mu.Lock()
 	cc := w.cluster
 	w.mu.Unlock()
-	ttl := time.Duration(ttlMs) * time.Millisecond
+	ttl := time.Duration(j.ttlMs) * time.Millisecond
 	if ttl == 0 {
 		ttl = cc.SessionTTL()
 	}
+	ttl = min(ttl, w.cfg.Limits.MaxSessionTTL)
 	secs := max(int64((ttl+time.Second-1)/time.Second), 1)
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	id, rev, granted, err := w.createSession(ctx, secs, from, lib)
+	id, err := auth.NewSessionID()
+	var (
+		doc     cluster.Client
+		in      sessInfo
+		key     auth.Key
+		wnonce  auth.Nonce
+		openOut *auth.MAC // seals error replies (open key, worker to client)
+	)
+	if err == nil && j.auth {
+		openOut = auth.NewMAC(auth.OpenKey(j.clientKey), auth.WorkerToClient)
+		if wnonce, err = auth.NewNonce(); err == nil {
+			key = auth.SessionKey(j.clientKey, j.nonce, wnonce, id)
+			in.sealed, err = auth.SealKey(w.cfg.Auth.ClusterKey, cluster.SessionKeyLabel(id), key)
+			in.keyName = j.keyName
+			doc.KeyName, doc.SealedKey = j.keyName, base64.StdEncoding.EncodeToString(in.sealed)
+		}
+	}
+	var (
+		rev     int64
+		granted time.Duration
+	)
+	if err == nil {
+		doc.Session, doc.Addr, doc.Since, doc.Library, doc.Worker =
+			cluster.SessionString(id), j.from.String(), cluster.Now(w.clk.Now()), j.lib, w.cfg.ID
+		in.lease, rev, granted, err = w.createSession(ctx, id, secs, doc)
+	}
 	closing := ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(stamp, w.mono(now))
-	rh := h.Reply()
+	ob := newOutbox(j.stamp, w.mono(now))
+	rh := j.h.Reply()
 	rh.MapVersion = w.dmap.Version
 	if err != nil {
-		delete(w.opens, key)
-		w.met.op(h.Type, wire.StatusUnavailable)
+		w.guard.recent.Delete(j.key)
+		w.met.op(j.h.Type, wire.StatusUnavailable)
+		ob.add(errorReply(rh, wire.StatusUnavailable), j.from, j.h.Type, openOut)
 		w.mu.Unlock()
 		if !closing {
-			w.log.Warn("cannot open session", "err", err, "client", from)
+			w.log.Warn("cannot open session", "err", err, "client", j.from)
 		}
-		ob.add(errorReply(rh, wire.StatusUnavailable), from, h.Type)
 		w.flush(ob)
 		return
 	}
@@ -98,35 +145,44 @@ func (w *Worker) openSession(ctx context.Context, key openKey, from *net.UDPAddr
 		ShardCount:  uint32(cc.Shards),
 		GraceMs:     uint32(cc.GraceMs),
 		WorkerTTLMs: uint32(w.cfg.TTL.Milliseconds()),
-	}.Append(make([]byte, 0, wire.HeaderLen+16), rh)
+		WorkerNonce: wnonce,
+	}.Append(make([]byte, 0, wire.HeaderLen+32), rh)
 	if err != nil {
 		w.log.Error("cannot encode SESSION_OPEN reply", "err", err)
 	}
-	w.opens[key] = &openState{pkt: pkt, expires: w.mono(now) + int64(granted)}
-	w.addSession(id, from, rev)
-	w.met.op(h.Type, wire.StatusOK)
-	ob.add(pkt, from, h.Type)
+	in.addr = j.from
+	s := w.addSession(id, in, rev)
+	var out *auth.MAC
+	if j.auth {
+		out = auth.NewMAC(key, auth.WorkerToClient)
+		if s != nil && s.keys.in == nil {
+			s.keys.set(key)
+		}
+		if pkt != nil && out.Seal(pkt) != nil {
+			pkt = nil
+		}
+	}
+	w.guard.recent.Put(j.key, &openState{pkt: pkt}, ob.now, ob.now+int64(openRemember))
+	w.met.op(j.h.Type, wire.StatusOK)
+	ob.add(pkt, j.from, j.h.Type, nil)
 	w.mu.Unlock()
 	w.flush(ob)
-	w.log.Debug("session opened", "session", cluster.SessionString(id), "client", from, "ttl", granted)
+	w.log.Debug("session opened", "session", cluster.SessionString(id), "client", j.from, "ttl", granted, "key", j.keyName)
 }
 
-// createSession grants the session lease and puts its key on it. It
-// returns the session id, the key's revision and the granted TTL.
-func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAddr, lib string) (uint64, int64, time.Duration, error) {
+// createSession grants the session lease and puts the session document
+// doc on it. It returns the lease, the key's revision and the granted TTL.
+func (w *Worker) createSession(ctx context.Context, id uint64, secs int64, doc cluster.Client) (clientv3.LeaseID, int64, time.Duration, error) {
 	g, err := w.cfg.Client.Grant(ctx, secs)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	id := uint64(g.ID)
-	doc, err := json.Marshal(cluster.Client{
-		Session: cluster.SessionString(id), Addr: from.String(), Since: cluster.Now(w.clk.Now()),
-		Library: lib, Worker: w.cfg.ID,
-	})
+	doc.Lease = cluster.SessionString(uint64(g.ID))
+	b, err := json.Marshal(doc)
 	if err == nil {
 		var p *clientv3.PutResponse
-		if p, err = w.cfg.Client.Put(ctx, cluster.ClientKey(id), string(doc), clientv3.WithLease(g.ID)); err == nil {
-			return id, p.Header.Revision, time.Duration(g.TTL) * time.Second, nil
+		if p, err = w.cfg.Client.Put(ctx, cluster.ClientKey(id), string(b), clientv3.WithLease(g.ID)); err == nil {
+			return g.ID, p.Header.Revision, time.Duration(g.TTL) * time.Second, nil
 		}
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
@@ -138,16 +194,27 @@ func (w *Worker) createSession(ctx context.Context, secs int64, from *net.UDPAdd
 // renewSession renews the session's lease (KEEPALIVE with RENEW) and then
 // answers the KEEPALIVE. The TTL etcd restarts on receipt is counted by
 // the client from its send, which is earlier: safe.
-func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
-	resp, err := w.renewClientLease(ctx, clientv3.LeaseID(id))
+func (w *Worker) renewSession(ctx context.Context, id uint64, lease clientv3.LeaseID, h wire.Header, entries []wire.ShardEpoch, stamp time.Time) {
+	var (
+		resp *clientv3.LeaseKeepAliveResponse
+		err  error
+	)
+	if lease == 0 {
+		err = errNoLease
+	} else {
+		resp, err = w.renewClientLease(ctx, lease)
+	}
 	now := w.clk.Now()
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
 	ob.safe = w.safeUntil()
 	s := w.sessions[id]
-	var to *net.UDPAddr
+	var (
+		to  *net.UDPAddr
+		out *auth.MAC
+	)
 	if s != nil {
-		to = s.addr
+		to, out = s.addr, s.keys.out
 		if s.renewing == h.Request {
 			s.renewing = 0
 		}
@@ -158,7 +225,7 @@ func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, ent
 		rh.MapVersion = w.dmap.Version
 		w.met.op(h.Type, wire.StatusSessionExpired)
 		if to != nil {
-			ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type)
+			ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type, out)
 		}
 		w.endSession(ob, id)
 	default:
@@ -170,7 +237,7 @@ func (w *Worker) renewSession(ctx context.Context, id uint64, h wire.Header, ent
 		}
 		// Validity is read now, after etcd answered: later than the
 		// client's send, so only shorter from the client's view.
-		ob.add(w.keepaliveReply(h, entries, ttl, ob.safe, now), to, h.Type)
+		ob.add(w.keepaliveReply(h, entries, ttl, ob.safe, now), to, h.Type, out)
 	}
 	w.mu.Unlock()
 	w.flush(ob)
@@ -205,15 +272,22 @@ func (w *Worker) renewClientLease(ctx context.Context, id clientv3.LeaseID) (*cl
 
 // closeSession revokes the session's lease and answers SESSION_CLOSE. The
 // session ends here at once; the watch ends it on every other worker.
-func (w *Worker) closeSession(ctx context.Context, id uint64, h wire.Header, stamp time.Time) {
+func (w *Worker) closeSession(ctx context.Context, s *session, lease clientv3.LeaseID, h wire.Header, stamp time.Time) {
+	id := s.id
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	_, err := w.cfg.Client.Revoke(ctx, clientv3.LeaseID(id))
+	var err error
+	if lease == 0 {
+		// The document was not readable: delete it (the lease then
+		// expires with nothing on it).
+		_, err = w.cfg.Client.Delete(ctx, cluster.ClientKey(id))
+	} else {
+		_, err = w.cfg.Client.Revoke(ctx, lease)
+	}
 	cancel()
 	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		w.mu.Lock()
-		if s := w.sessions[id]; s != nil {
-			s.closing = false
-		}
+		s.closing = false
+		s.core.Unmark(h.Request)
 		w.mu.Unlock()
 		w.log.Warn("cannot close session", "session", cluster.SessionString(id), "err", err)
 		return // no answer: the client retransmits
@@ -222,19 +296,18 @@ func (w *Worker) closeSession(ctx context.Context, id uint64, h wire.Header, sta
 	w.mu.Lock()
 	ob := newOutbox(stamp, w.mono(now))
 	ob.safe = w.safeUntil()
-	var to *net.UDPAddr
-	if s := w.sessions[id]; s != nil {
-		to = s.addr
-	}
+	// s answers even if the watch ended it meanwhile (the revoke deleted
+	// its key).
+	to, out := s.addr, s.keys.out
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
 	if err == nil {
 		pkt, _ := wire.Empty{}.Append(make([]byte, 0, wire.HeaderLen), rh)
 		w.met.op(h.Type, wire.StatusOK)
-		ob.add(pkt, to, h.Type)
+		ob.add(pkt, to, h.Type, out)
 	} else {
 		w.met.op(h.Type, wire.StatusSessionExpired)
-		ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type)
+		ob.add(errorReply(rh, wire.StatusSessionExpired), to, h.Type, out)
 	}
 	w.endSession(ob, id)
 	w.mu.Unlock()
@@ -256,12 +329,20 @@ func (w *Worker) lookupSession(ctx context.Context, h wire.Header, from *net.UDP
 	case err != nil:
 		// Say nothing; the client retransmits.
 	case len(resp.Kvs) > 0:
-		w.addSession(h.Session, from, resp.Kvs[0].ModRevision)
+		if _, in, ok := parseClient(resp.Kvs[0]); ok {
+			w.addSession(h.Session, in, resp.Kvs[0].ModRevision)
+		}
 	default:
+		if len(w.guard.negative) < maxNegative {
+			w.guard.negative[h.Session] = w.mono(now) + int64(negativeFor)
+		}
+		if w.cfg.Auth != nil {
+			break // silence: as for a bad tag (section 20)
+		}
 		rh := h.Reply()
 		rh.MapVersion = w.dmap.Version
 		w.met.op(h.Type, wire.StatusUnknownSession)
-		ob.add(errorReply(rh, wire.StatusUnknownSession), from, h.Type)
+		ob.add(errorReply(rh, wire.StatusUnknownSession), from, h.Type, nil)
 	}
 	w.mu.Unlock()
 	w.flush(ob)

@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"math"
 	"net"
 	"os"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
 )
@@ -39,10 +39,19 @@ func (o *outbox) reset(stamp time.Time, now int64, safe time.Time) {
 }
 
 // add queues pkt for to; typ is the request type it answers (0 for REVOKE
-// and GRANT_ASYNC), for the latency histogram.
-func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type) {
+// and GRANT_ASYNC), for the latency histogram. With mac (the session's
+// worker-to-client MAC, nil without Auth) it seals pkt first, unless pkt
+// carries a tag already (a cached reply sent before: sealing it again
+// would write the same bytes into a buffer a flush may be sending).
+// Caller holds Worker.mu if mac belongs to a session.
+func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type, mac *auth.MAC) {
 	if pkt == nil || to == nil {
 		return
+	}
+	if mac != nil && !sealed(pkt) {
+		if err := mac.Seal(pkt); err != nil {
+			return
+		}
 	}
 	n := len(o.msgs)
 	if n < cap(o.msgs) {
@@ -160,17 +169,38 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 	}
 	s := w.knownSession(h.Session)
 	if s == nil {
-		w.unknownSession(ob, h, from)
+		w.unknownSession(ob, h, pkt, from)
 		return
+	}
+	// Section 20: the tag is checked before the body is decoded; a bad
+	// tag is dropped as an unknown session is (no reply).
+	if a := w.cfg.Auth; a != nil {
+		if !s.keys.macs(a, s.id) {
+			w.authFail("bad_session_key", from.AddrPort(), ob.now)
+			return
+		}
+		if !s.keys.in.Verify(pkt) {
+			w.authFail("bad_tag", from.AddrPort(), ob.now)
+			return
+		}
 	}
 	// At most once (invariant 4): a request below the ack is dropped; one
-	// answered before gets the reply it had (handleToken).
+	// answered before gets the reply it had (handleToken); a replayed
+	// KEEPALIVE, SESSION_CLOSE or REVOKE_ACK is dropped.
 	v, cachedPkt := s.core.Decide(h)
-	if v == core.Stale {
+	switch v {
+	case core.Stale:
 		w.met.drop("stale")
 		return
+	case core.Replay:
+		w.amet.fail("replay")
+		w.met.drop("replay")
+		return
+	case core.Apply:
+		// Only a request applied for the first time moves the session
+		// (section 20): a replayed one cannot point REVOKEs elsewhere.
+		s.addr = from
 	}
-	s.addr = from
 	switch h.Type {
 	case wire.TypeKeepalive:
 		w.handleKeepalive(ob, s, h, pkt)
@@ -183,11 +213,12 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 			return
 		}
 		s.core.Ack(h.Ack)
+		s.core.Mark(h.Request)
 		s.core.AckRevoke(m.Target)
 		w.trackRevokes(s)
 		w.met.op(h.Type, wire.StatusOK)
 	default:
-		w.handleToken(ob, s, h, pkt, v, cachedPkt)
+		w.handleToken(ob, s, h, pkt, from, v, cachedPkt)
 	}
 }
 
@@ -199,19 +230,20 @@ func (w *Worker) badRequest(ob *outbox, s *session, h wire.Header, reason string
 	w.met.op(h.Type, wire.StatusBadRequest)
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
-	ob.add(errorReply(rh, wire.StatusBadRequest), s.addr, h.Type)
+	ob.add(errorReply(rh, wire.StatusBadRequest), s.addr, h.Type, s.keys.out)
 }
 
 // handleToken serves ACQUIRE, RELEASE, CONVERT, CANCEL and RECLAIM; v is
-// the session's verdict on h, cachedPkt the reply to resend for core.Resend.
-func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, v core.Verdict, cachedPkt []byte) {
+// the session's verdict on h, cachedPkt the reply to resend for core.Resend
+// (to from, the sender of this copy).
+func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, from *net.UDPAddr, v core.Verdict, cachedPkt []byte) {
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
 	// Invariant 5: answer nothing about tokens unless the lease is safe.
 	if !ob.stamp.Before(ob.safe) {
 		w.met.drop("unavailable")
 		w.met.op(h.Type, wire.StatusUnavailable)
-		ob.add(errorReply(rh, wire.StatusUnavailable), s.addr, h.Type)
+		ob.add(errorReply(rh, wire.StatusUnavailable), s.addr, h.Type, s.keys.out)
 		return
 	}
 	// At most once (invariant 4): a request id seen before gets the reply
@@ -222,7 +254,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		return
 	case core.Resend:
 		w.met.op(h.Type, statusDuplicate)
-		ob.add(cachedPkt, s.addr, h.Type)
+		ob.add(cachedPkt, from, h.Type, s.keys.out)
 		return
 	}
 	in, name, err := table.Decode(h, pkt, ob.now)
@@ -239,7 +271,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 	if st == nil {
 		w.met.drop(label(status.String()))
 		w.met.op(h.Type, status)
-		ob.add(notOwnerReply(rh, status, hint), s.addr, h.Type)
+		ob.add(notOwnerReply(rh, status, hint), s.addr, h.Type, s.keys.out)
 		return
 	}
 	if st.tab == nil {
@@ -247,13 +279,15 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		// owner within pullTimeout (or the shard is recovered). Retryable.
 		w.met.drop("handoff")
 		w.met.op(h.Type, wire.StatusUnavailable)
-		ob.add(awaitingReply(rh), s.addr, h.Type)
+		ob.add(awaitingReply(rh), s.addr, h.Type, s.keys.out)
 		return
 	}
 	if s.core.OverLimit(h) {
-		w.met.drop("limit")
-		w.met.op(h.Type, wire.StatusLimit)
-		ob.add(errorReply(rh, wire.StatusLimit), s.addr, h.Type)
+		w.limited(ob, h, s.addr, limQueued, s.keys.out)
+		return
+	}
+	if in.Op == table.OpAcquire && w.names(s) >= w.cfg.Limits.NamesPerSession {
+		w.limited(ob, h, s.addr, limNames, s.keys.out)
 		return
 	}
 	in.Session, in.Req = s.id, h.Request
@@ -278,18 +312,20 @@ func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []by
 	}
 	s.core.Ack(h.Ack)
 	if !m.Renew {
-		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), s.addr, h.Type)
+		s.core.Mark(h.Request)
+		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), s.addr, h.Type, s.keys.out)
 		return
 	}
 	if s.renewing == h.Request {
 		return // a retransmission: answered when etcd answers
 	}
 	entries := append([]wire.ShardEpoch(nil), m.Entries...)
-	stamp := ob.stamp
-	if !w.enqueue(func(ctx context.Context) { w.renewSession(ctx, s.id, h, entries, stamp) }) {
+	stamp, lease := ob.stamp, s.lease
+	if !w.enqueue(func(ctx context.Context) { w.renewSession(ctx, s.id, lease, h, entries, stamp) }) {
 		w.met.drop("busy")
 		return
 	}
+	s.core.Mark(h.Request) // applied: a copy of it renews nothing (section 20)
 	s.renewing = h.Request
 }
 
@@ -323,68 +359,176 @@ func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte) 
 	if s.closing {
 		return // answered when etcd answers
 	}
-	stamp := ob.stamp
-	if !w.enqueue(func(ctx context.Context) { w.closeSession(ctx, s.id, h, stamp) }) {
+	stamp, lease := ob.stamp, s.lease
+	if !w.enqueue(func(ctx context.Context) { w.closeSession(ctx, s, lease, h, stamp) }) {
 		w.met.drop("busy")
 		return
 	}
+	s.core.Mark(h.Request)
 	s.closing = true
 }
 
-// handleOpen opens a session: deduplicated by (source, nonce), the etcd
-// work done off the receive loop.
+// msgNeedKey answers an open without a key name at a worker that
+// authenticates.
+const msgNeedKey = "this cluster requires a client key; see docs/SECURITY.md"
+
+// handleOpen opens a session (wire/SPEC.md section 20): with Auth, a
+// cookie first, then the checks of the open with cookie; retransmissions
+// answered from the table of recent opens; the rate and size limits; then
+// the etcd work, done off the receive loop.
 func (w *Worker) handleOpen(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
 	var m wire.SessionOpen
 	if err := m.Decode(h, pkt); err != nil {
 		w.met.drop(wire.Reason(err))
 		return
 	}
-	key := openKey{from: from.AddrPort(), nonce: h.Request}
-	if o := w.opens[key]; o != nil {
+	ap := from.AddrPort()
+	rh := h.Reply()
+	rh.MapVersion = w.dmap.Version
+	job := openJob{from: from, h: h, ttlMs: m.TTLMs, lib: string(m.Lib), stamp: ob.stamp,
+		key: openKey{from: ap, req: h.Request}}
+	var errMAC *auth.MAC // seals error replies: the open key's, worker to client
+	if a := w.cfg.Auth; a != nil {
+		name := string(m.KeyName)
+		if name == "" {
+			// Unauthenticated, like a COOKIE reply: no state, no etcd.
+			w.met.drop("no_key")
+			w.met.op(h.Type, wire.StatusBadRequest)
+			ob.add(textReply(rh, wire.StatusBadRequest, msgNeedKey), from, h.Type, nil)
+			return
+		}
+		now := w.cookieNow(ob.now)
+		if len(m.Cookie) == 0 {
+			w.sendCookie(ob, rh, from, now, m.Nonce, name)
+			return
+		}
+		ck, ok := a.Keys.ClientKey(name)
+		if !ok {
+			w.authFail("unknown_key", ap, ob.now)
+			return
+		}
+		openK := auth.OpenKey(ck)
+		if !auth.NewMAC(openK, auth.ClientToWorker).Verify(pkt) {
+			w.authFail("bad_tag", ap, ob.now)
+			return
+		}
+		switch err := w.guard.cookies.Check(now, ap, m.Nonce, name, m.Cookie); {
+		case errors.Is(err, auth.ErrCookieExpired):
+			w.sendCookie(ob, rh, from, now, m.Nonce, name)
+			return
+		case err != nil:
+			w.authFail("bad_cookie", ap, ob.now)
+			return
+		}
+		errMAC = auth.NewMAC(openK, auth.WorkerToClient)
+		job.key = openKey{name: name, nonce: m.Nonce}
+		job.auth, job.clientKey, job.nonce, job.keyName = true, ck, m.Nonce, name
+	}
+	if o, ok := w.guard.recent.Get(job.key, ob.now); ok {
 		if o.pkt != nil {
 			w.met.op(h.Type, statusDuplicate)
-			ob.add(o.pkt, from, h.Type)
+			ob.add(o.pkt, from, h.Type, nil) // sealed when made
 		}
 		return // still in the works: the reply comes when etcd answers
 	}
-	if len(w.opens) >= maxOpens {
+	if lim := w.openLimit(ap.Addr(), ob.now); lim != "" {
+		w.limited(ob, h, from, lim, errMAC)
+		return
+	}
+	if len(w.sessions) >= w.cfg.Limits.Sessions {
+		w.limited(ob, h, from, limSessions, errMAC)
+		return
+	}
+	if !w.guard.recent.Put(job.key, &openState{}, ob.now, ob.now+int64(openRemember)) {
+		w.limited(ob, h, from, limRecent, errMAC)
+		return
+	}
+	if !w.enqueueOpen(func(ctx context.Context) { w.openSession(ctx, job) }) {
+		w.guard.recent.Delete(job.key)
 		w.met.drop("busy")
 		return
 	}
-	lib, stamp := string(m.Lib), ob.stamp
-	if !w.enqueueOpen(func(ctx context.Context) { w.openSession(ctx, key, from, h, m.TTLMs, lib, stamp) }) {
-		w.met.drop("busy")
+}
+
+// sendCookie answers a SESSION_OPEN with a fresh cookie (unauthenticated;
+// nothing kept). Caller holds mu.
+func (w *Worker) sendCookie(ob *outbox, rh wire.Header, from *net.UDPAddr, now uint32, nonce auth.Nonce, name string) {
+	c := wire.Cookie{Cookie: w.guard.cookies.Mint(now, from.AddrPort(), nonce, name)}
+	pkt, err := c.Append(make([]byte, 0, wire.HeaderLen+1+wire.CookieLen), rh)
+	if err != nil {
 		return
 	}
-	w.opens[key] = &openState{expires: math.MaxInt64}
+	w.met.op(wire.TypeSessionOpen, wire.StatusCookie)
+	ob.add(pkt, from, wire.TypeSessionOpen, nil)
 }
 
 // unknownSession handles a request from a session this worker does not
-// know: an ended one gets SESSION_EXPIRED; otherwise etcd is asked (a new
-// session may not have reached the watch yet) and the datagram dropped;
-// the client's retransmission finds the session, or the lookup answers
-// UNKNOWN_SESSION.
-func (w *Worker) unknownSession(ob *outbox, h wire.Header, from *net.UDPAddr) {
-	if h.Type == wire.TypeRevokeAck {
-		w.met.drop("unknown_session")
-		return
-	}
-	rh := h.Reply()
-	rh.MapVersion = w.dmap.Version
-	if _, ok := w.gone[h.Session]; ok {
+// know. An ended one (remembered with its key) is answered
+// SESSION_EXPIRED, authenticated. Otherwise the datagram is dropped, and
+// the session looked up in etcd (a new session may not have reached the
+// watch yet), within the lookup rate and unless it was just looked up in
+// vain: the client's retransmission finds the session. Without Auth a
+// lookup that finds nothing answers UNKNOWN_SESSION; with Auth an unknown
+// session is silence, as a bad tag is (section 20).
+func (w *Worker) unknownSession(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
+	ap := from.AddrPort()
+	if t := w.gone[h.Session]; t != nil {
+		var out *auth.MAC
+		if a := w.cfg.Auth; a != nil {
+			if !t.keys.macs(a, h.Session) {
+				w.authFail("unknown_session", ap, ob.now)
+				return
+			}
+			if !t.keys.in.Verify(pkt) {
+				w.authFail("bad_tag", ap, ob.now)
+				return
+			}
+			out = t.keys.out
+		}
+		if h.Type == wire.TypeRevokeAck {
+			w.met.drop("session_expired")
+			return
+		}
+		rh := h.Reply()
+		rh.MapVersion = w.dmap.Version
 		w.met.drop("session_expired")
 		w.met.op(h.Type, wire.StatusSessionExpired)
-		ob.add(errorReply(rh, wire.StatusSessionExpired), from, h.Type)
+		ob.add(errorReply(rh, wire.StatusSessionExpired), from, h.Type, out)
 		return
 	}
-	w.met.drop("unknown_session")
+	if w.cfg.Auth != nil {
+		w.authFail("unknown_session", ap, ob.now)
+	} else {
+		w.met.drop("unknown_session")
+	}
+	if h.Type == wire.TypeRevokeAck {
+		return
+	}
 	if _, ok := w.lookups[h.Session]; ok || len(w.lookups) >= maxLookups {
+		return
+	}
+	if until, ok := w.guard.negative[h.Session]; ok && until > ob.now {
+		return
+	}
+	if !w.guard.lookupRate.Allow(ob.now) {
 		return
 	}
 	stamp := ob.stamp
 	if w.enqueue(func(ctx context.Context) { w.lookupSession(ctx, h, from, stamp) }) {
 		w.lookups[h.Session] = struct{}{}
 	}
+}
+
+// names is the number of names s holds or waits for in this worker's
+// shards. Caller holds mu.
+func (w *Worker) names(s *session) int {
+	n := 0
+	for shard := range s.shards {
+		if st := w.shards[shard]; st != nil && st.tab != nil {
+			n += st.tab.SessionLoad(s.id)
+		}
+	}
+	return n
 }
 
 // handleMap answers MAP_REQUEST from the current map (never cached).
@@ -402,7 +546,7 @@ func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPA
 		return
 	}
 	w.met.op(h.Type, wire.StatusOK)
-	ob.add(pkt, from, h.Type)
+	ob.add(pkt, from, h.Type, nil)
 }
 
 // mapReply describes the map from shard first on, as many runs as fit in

@@ -114,7 +114,7 @@ func TestSessionExpiry(t *testing.T) {
 	q := b.acquire("x", wire.EX, false, wire.WaitForever)
 	wantStatus(t, q, wire.StatusQueued)
 
-	if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(a.session)); err != nil {
+	if _, err := cli.Revoke(context.Background(), sessionDoc(t, cli, a.session).lease); err != nil {
 		t.Fatal(err)
 	}
 	m, ok := b.event(5*time.Second, isType(wire.TypeGrantAsync))

@@ -6,9 +6,12 @@ import (
 	"net/netip"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
@@ -30,10 +33,12 @@ const (
 	// acks are pinned.
 	replyCacheCap  = 16384
 	replyCacheHard = 2 * replyCacheCap // ... and a RECLAIM or an older request still unanswered, beyond this (see session.OverLimit)
-	maxOpens       = 1 << 16           // remembered SESSION_OPENs (source, nonce)
 	maxGone        = 1 << 16           // remembered ended sessions
 	maxLookups     = 1024              // sessions being looked up in etcd at once
-	goneFor        = time.Minute
+	// goneFor is how long an ended session is remembered (with its key,
+	// to answer its datagrams SESSION_EXPIRED): at least the longest
+	// session TTL (Limits.MaxSessionTTL), and at least this.
+	goneFor = time.Minute
 )
 
 // serving is the state guarded by Worker.mu, embedded in Worker.
@@ -56,10 +61,10 @@ type serving struct {
 
 	sessions   map[uint64]*session // live sessions (from the watch, or opened here)
 	clientsRev int64               // revision of the last client-session event applied
-	gone       map[uint64]int64    // ended sessions -> when to forget them (tables' clock)
+	gone       map[uint64]*tomb    // ended sessions
 	lookups    map[uint64]struct{} // unknown sessions being looked up in etcd
-	opens      map[openKey]*openState
 	revoking   map[uint64]*session // sessions with pending revokes
+	guard      guardState          // cookies, open rate limits, recent opens, negative lookups (authn.go)
 
 	outgoing map[uint32]*outHandoff // shards given up: final state kept for the new owner to pull (handoff.go)
 	pulls    []*pullBatch           // handoffs to pull, for the pull loop
@@ -74,9 +79,8 @@ type serving struct {
 func (s *serving) init() {
 	s.registry = map[string]cluster.Worker{}
 	s.sessions = map[uint64]*session{}
-	s.gone = map[uint64]int64{}
+	s.gone = map[uint64]*tomb{}
 	s.lookups = map[uint64]struct{}{}
-	s.opens = map[openKey]*openState{}
 	s.revoking = map[uint64]*session{}
 	s.timed = map[uint32]struct{}{}
 	s.outgoing = map[uint32]*outHandoff{}
@@ -99,6 +103,8 @@ type session struct {
 	addr   *net.UDPAddr        // where it last sent from (REVOKE and GRANT_ASYNC go there)
 	core   *core.Session       // ack, reply cache (invariant 4), REVOKEs in flight
 	shards map[uint32]struct{} // shards whose tables it has stepped (to end it there)
+	lease  clientv3.LeaseID    // the etcd lease it lives on (0: not known yet)
+	keys   sessKeys            // its key, with Auth
 
 	renewing uint64 // request id of the KEEPALIVE whose renewal etcd works on (0: none)
 	closing  bool   // a SESSION_CLOSE is with etcd
@@ -119,32 +125,60 @@ func (w *Worker) trackRevokes(s *session) {
 	}
 }
 
+// openKey identifies a SESSION_OPEN and its retransmissions: with Auth
+// by key name and client nonce, without by source and request id.
 type openKey struct {
 	from  netip.AddrPort
-	nonce uint64
+	req   uint64
+	name  string
+	nonce auth.Nonce
 }
 
 // openState remembers a SESSION_OPEN so that retransmissions do not open a
 // second session.
 type openState struct {
-	pkt     []byte // the reply; nil while etcd works on it
-	expires int64  // tables' clock
+	pkt []byte // the reply, sealed; nil while etcd works on it
+}
+
+// tomb is an ended session, remembered for goneFor with its key.
+type tomb struct {
+	until int64 // tables' clock
+	keys  sessKeys
 }
 
 // knownSession returns the session, or nil.
 func (w *Worker) knownSession(id uint64) *session { return w.sessions[id] }
 
 // addSession records a live session learned at etcd revision rev (its key's
-// mod revision). It is not re-added if it ended already, or if the watch is
-// past rev (it was deleted after).
-func (w *Worker) addSession(id uint64, addr *net.UDPAddr, rev int64) {
-	if _, ok := w.sessions[id]; ok {
-		return
+// mod revision) and returns it. It is not re-added if it ended already, or
+// if the watch is past rev (it was deleted after): then it returns nil. A
+// session known already (handed over with a shard before its document was
+// read) gets what the document says.
+func (w *Worker) addSession(id uint64, in sessInfo, rev int64) *session {
+	if s, ok := w.sessions[id]; ok {
+		s.learn(in)
+		return s
 	}
 	if _, ok := w.gone[id]; ok || rev <= w.clientsRev {
-		return
+		return nil
 	}
-	w.sessions[id] = newSession(id, addr)
+	s := newSession(id, in.addr)
+	s.learn(in)
+	w.sessions[id] = s
+	return s
+}
+
+// learn takes what s's document says that s does not know yet.
+func (s *session) learn(in sessInfo) {
+	if s.lease == 0 {
+		s.lease = in.lease
+	}
+	if s.addr == nil {
+		s.addr = in.addr
+	}
+	if s.keys.in == nil && len(s.keys.sealed) == 0 {
+		s.keys.keyName, s.keys.sealed, s.keys.bad = in.keyName, in.sealed, false
+	}
 }
 
 // endSession drops everything of a session whose lease is gone: its grants
@@ -152,8 +186,12 @@ func (w *Worker) addSession(id uint64, addr *net.UDPAddr, rev int64) {
 // its reply cache and its revokes.
 func (w *Worker) endSession(ob *outbox, id uint64) {
 	s := w.sessions[id]
-	if len(w.gone) < maxGone {
-		w.gone[id] = ob.now + int64(goneFor)
+	if t := w.gone[id]; t == nil && len(w.gone) < maxGone {
+		t = &tomb{until: ob.now + int64(max(goneFor, w.cfg.Limits.MaxSessionTTL))}
+		if s != nil {
+			t.keys = s.keys
+		}
+		w.gone[id] = t
 	}
 	if s == nil {
 		return
@@ -441,7 +479,7 @@ func (w *Worker) replyOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 			"shard", shard, "epoch", st.epoch, "fence", rq.fence)
 	}
 	w.met.op(rq.h.Type, status)
-	ob.add(pkt, s.addr, rq.h.Type)
+	ob.add(pkt, s.addr, rq.h.Type, s.keys.out)
 }
 
 // asyncOut handles the outcome of a request answered QUEUED earlier.
@@ -481,7 +519,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		ah := rh
 		ah.Type, ah.Status = wire.TypeGrantAsync, wire.StatusOK
 		if p := w.encodeOutcome(ah, o, v); p != nil {
-			ob.add(p, s.addr, 0)
+			ob.add(p, s.addr, 0, s.keys.out)
 		}
 		return
 	}
@@ -492,7 +530,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		return
 	}
 	s.core.Settle(o.Req, status, reply)
-	ob.add(reply, s.addr, 0)
+	ob.add(reply, s.addr, 0, s.keys.out)
 }
 
 // revokeOut sends a REVOKE to a holder and schedules its retransmission
@@ -518,7 +556,7 @@ func (w *Worker) revokeOut(ob *outbox, shard uint32, st *shardState, o *table.Ou
 	w.revoking[s.id] = s
 	w.wantWake(next)
 	w.met.revokesSent.Inc()
-	ob.add(pkt, s.addr, 0)
+	ob.add(pkt, s.addr, 0, s.keys.out)
 }
 
 // encodeOutcome encodes a table outcome as a datagram with header h (type

@@ -68,7 +68,7 @@ func (w *Worker) runDue(ob *outbox) int64 {
 	for _, s := range w.revoking {
 		resend = s.core.Tick(n, resend[:0])
 		for _, pkt := range resend {
-			ob.add(pkt, s.addr, 0)
+			ob.add(pkt, s.addr, 0, s.keys.out)
 			w.met.revokesSent.Inc()
 		}
 		if d, ok := s.core.NextDeadline(); ok {
@@ -77,13 +77,9 @@ func (w *Worker) runDue(ob *outbox) int64 {
 	}
 	if n >= w.housekeepAt {
 		w.housekeepAt = n + int64(housekeeping)
-		for k, o := range w.opens {
-			if o.expires <= n {
-				delete(w.opens, k)
-			}
-		}
+		w.housekeepGuard(n)
 		for id, t := range w.gone {
-			if t <= n {
+			if t.until <= n {
 				delete(w.gone, id)
 			}
 		}

@@ -3,8 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"net"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -254,15 +252,17 @@ func (w *Worker) syncClients(ctx context.Context) (int64, error) {
 	ob.safe = w.safeUntil()
 	live := map[uint64]bool{}
 	for _, kv := range resp.Kvs {
-		id, addr, ok := parseClient(kv)
+		id, in, ok := parseClient(kv)
 		if !ok {
 			continue
 		}
 		live[id] = true
-		if w.sessions[id] == nil {
-			if _, gone := w.gone[id]; !gone {
-				w.sessions[id] = newSession(id, addr)
-			}
+		if s := w.sessions[id]; s != nil {
+			s.learn(in)
+		} else if _, gone := w.gone[id]; !gone {
+			s = newSession(id, in.addr)
+			s.learn(in)
+			w.sessions[id] = s
 		}
 	}
 	for id := range w.sessions {
@@ -284,25 +284,22 @@ func (w *Worker) clientEvent(ob *outbox, ev *clientv3.Event) {
 		if err == nil {
 			w.endSession(ob, id)
 		}
-	} else if id, addr, ok := parseClient(ev.Kv); ok {
-		w.addSession(id, addr, ev.Kv.ModRevision)
+	} else if id, in, ok := parseClient(ev.Kv); ok {
+		w.addSession(id, in, ev.Kv.ModRevision)
 	}
 	w.clientsRev = max(w.clientsRev, ev.Kv.ModRevision)
 }
 
-// parseClient reads a session key: its id and the address it was opened
-// from (nil if unreadable; the session's next datagram sets it).
-func parseClient(kv *mvccpb.KeyValue) (uint64, *net.UDPAddr, bool) {
+// parseClient reads a session key: its id and what its document says (an
+// unreadable document says nothing).
+func parseClient(kv *mvccpb.KeyValue) (uint64, sessInfo, bool) {
 	id, err := cluster.ParseSession(strings.TrimPrefix(string(kv.Key), cluster.ClientsPrefix))
 	if err != nil || id == 0 || id >= 1<<63 {
-		return 0, nil, false
+		return 0, sessInfo{}, false
 	}
 	var doc cluster.Client
-	var addr *net.UDPAddr
-	if json.Unmarshal(kv.Value, &doc) == nil {
-		if ap, err := netip.ParseAddrPort(doc.Addr); err == nil {
-			addr = net.UDPAddrFromAddrPort(ap)
-		}
+	if json.Unmarshal(kv.Value, &doc) != nil {
+		return id, sessInfo{}, true
 	}
-	return id, addr, true
+	return id, infoOf(doc), true
 }

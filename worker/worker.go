@@ -136,6 +136,9 @@ type Config struct {
 	// Auth authenticates clients and handoffs (wire/SPEC.md section 20);
 	// nil runs without authentication (tokend --insecure).
 	Auth *Auth
+	// Limits bound what clients may cost the worker; the zero value
+	// means the defaults (see Limits).
+	Limits Limits
 }
 
 // Worker is one token server process's worth of shards.
@@ -144,6 +147,7 @@ type Worker struct {
 	log  *slog.Logger
 	conn PacketConn
 	met  *metrics
+	amet *authMetrics
 	clk  clock.Clock
 	base time.Time // origin of the tables' monotonic nanosecond clock
 
@@ -161,7 +165,7 @@ type Worker struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 
-	mu sync.Mutex // guards every field below: lease and registration, map, shard tables, sessions (reply caches, revokes), opens, lookups
+	mu sync.Mutex // guards every field below: lease and registration, map, shard tables, sessions (reply caches, revokes, MACs), opens, lookups
 	serving
 }
 
@@ -190,6 +194,17 @@ func New(cfg Config) (*Worker, error) {
 		cfg.Registry = prometheus.NewRegistry()
 	}
 	cfg.Clock = clock.Or(cfg.Clock)
+	if cfg.Auth != nil && cfg.Auth.Keys == nil {
+		return nil, fmt.Errorf("%w: Auth.Keys is required", ErrConfig)
+	}
+	lim, err := cfg.Limits.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Limits = lim
+	if cfg.Table.MaxGrantsPerSession == 0 || cfg.Table.MaxGrantsPerSession > lim.NamesPerSession {
+		cfg.Table.MaxGrantsPerSession = lim.NamesPerSession
+	}
 	conn := cfg.Conn
 	if conn == nil {
 		var err error
@@ -247,7 +262,11 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w.log = cfg.Logger.With("component", "worker", "worker", cfg.ID)
 	w.serving.init()
+	w.guard.init(cfg.Limits, cfg.Auth)
 	met, err := newMetrics(cfg.Registry, w)
+	if err == nil {
+		w.amet, err = newAuthMetrics(cfg.Registry)
+	}
 	if err != nil {
 		conn.Close()
 		if hl != nil {

@@ -33,6 +33,7 @@ import (
 //	next-deadline | state | end
 //	drop-shards shards=N,N               the map took those shards away
 //	adopt req=R type=T [shard=N]         a final reply handed over with a shard (if not Known)
+//	unmark req=R                         a KEEPALIVE, SESSION_CLOSE or REVOKE_ACK R failed without effect
 //	jitter [seeds=N] [tries=N]           the jitter factor over seeds × request ids × tries
 //
 // After every command the harness lists the REVOKEs that stopped.
@@ -182,6 +183,9 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			h.s.Adopt(id, Entry{Type: typ, Shard: uint32(num("shard", 0)), Pkt: reply(typ, id, wire.StatusOK)})
 			out = append(out, "adopted")
 		}
+	case "unmark":
+		h.s.Unmark(num("req", 0))
+		out = append(out, "unmarked")
 	case "jitter":
 		out = jitterStats(num("seeds", 100), num("tries", 10))
 	default:

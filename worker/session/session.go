@@ -107,6 +107,10 @@ func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 // Replay from now on.
 func (s *Session) Mark(id uint64) { s.win.mark(id) }
 
+// Unmark undoes Mark(id): the request failed without effect (its etcd work
+// failed) and the client's retransmission is to be applied.
+func (s *Session) Unmark(id uint64) { s.win.unmark(id) }
+
 // Ack records the client's ack and forgets the cached replies below it.
 func (s *Session) Ack(ack uint64) {
 	if ack <= s.ack {

@@ -43,3 +43,10 @@ func (w *window) mark(id uint64) {
 func (w *window) marked(id uint64) bool {
 	return id <= w.hi && !w.below(id) && w.bits[(id%Window)/64]&(1<<(id%64)) != 0
 }
+
+// unmark forgets id: it was not applied after all.
+func (w *window) unmark(id uint64) {
+	if id <= w.hi && !w.below(id) {
+		w.bits[(id%Window)/64] &^= 1 << (id % 64)
+	}
+}

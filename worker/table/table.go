@@ -1251,3 +1251,12 @@ func (t *Table) heapDown(i0 int) bool {
 	}
 	return i > i0
 }
+
+// SessionLoad returns the grants plus queued acquires of session in this
+// table: what Config.MaxGrantsPerSession bounds.
+func (t *Table) SessionLoad(session uint64) int {
+	if si, ok := t.sessions[session]; ok {
+		return int(t.sess.at(si).n)
+	}
+	return 0
+}

@@ -1,0 +1,589 @@
+package worker
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
+)
+
+// testKeys is a KeyLookup over a fixed map.
+type testKeys map[string]auth.Key
+
+func (k testKeys) ClientKey(name string) (auth.Key, bool) { v, ok := k[name]; return v, ok }
+
+// authFixture is a worker that authenticates, serving every shard, and the
+// client key "alice" it knows.
+type authFixture struct {
+	cli     *clientv3.Client
+	w       *Worker
+	reg     *prometheus.Registry
+	cluster auth.Key
+	alice   auth.Key
+}
+
+func newAuthFixture(t *testing.T, lim Limits) *authFixture {
+	t.Helper()
+	f := &authFixture{cli: testEtcd(t)}
+	var err error
+	if f.cluster, err = auth.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	if f.alice, err = auth.NewKey(); err != nil {
+		t.Fatal(err)
+	}
+	f.w, f.reg = startWorkerCfg(t, Config{Client: f.cli, ID: "w1", Limits: lim,
+		Auth: &Auth{ClusterKey: f.cluster, Keys: testKeys{"alice": f.alice}}})
+	serveAll(t, f.cli, f.w)
+	return f
+}
+
+// failures is tokend_worker_auth_failures_total{reason}.
+func (f *authFixture) failures(reason string) float64 {
+	return gatherValue(f.reg, "tokend_worker_auth_failures_total", "reason", reason)
+}
+
+// limitedCount is tokend_worker_limited_total{limit}.
+func (f *authFixture) limitedCount(lim string) float64 {
+	return gatherValue(f.reg, "tokend_worker_limited_total", "limit", lim)
+}
+
+// openMsg is a SESSION_OPEN with a fresh nonce and request id.
+func openMsg(name string, ttlMs uint32) (wire.SessionOpen, wire.Header) {
+	var m wire.SessionOpen
+	n, _ := auth.NewNonce()
+	m.Nonce, m.KeyName, m.TTLMs, m.Lib = n, []byte(name), ttlMs, []byte("test/0")
+	return m, wire.Header{Request: rand.Uint64() | 1}
+}
+
+// sealOpen encodes m, sealed with the open key of k.
+func sealOpen(t testing.TB, m wire.SessionOpen, h wire.Header, k auth.Key) []byte {
+	t.Helper()
+	pkt, err := m.Append(nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := auth.NewMAC(auth.OpenKey(k), auth.ClientToWorker).Seal(pkt); err != nil {
+		t.Fatal(err)
+	}
+	return pkt
+}
+
+// cookie asks for a cookie and returns it.
+func (c *tclient) cookie(m wire.SessionOpen, h wire.Header) []byte {
+	c.t.Helper()
+	m.Cookie = nil
+	r, err := c.call(m, h, 5*time.Second)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	wantStatus(c.t, r, wire.StatusCookie)
+	if len(r.raw) > wire.HeaderLen+1+wire.CookieLen || r.raw[wire.AuthOffset] != 0 {
+		c.t.Fatalf("COOKIE reply of %d bytes or tagged", len(r.raw))
+	}
+	var ck wire.Cookie
+	if err := ck.Decode(r.h, r.raw); err != nil {
+		c.t.Fatal(err)
+	}
+	return ck.Cookie[:]
+}
+
+// callRaw sends pkt (retransmitting) until a reply to request id arrives.
+func (c *tclient) callRaw(pkt []byte, id uint64, timeout time.Duration) (msg, bool) {
+	c.t.Helper()
+	ch := make(chan msg, 4)
+	c.mu.Lock()
+	c.waiting[id] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, id)
+		c.mu.Unlock()
+	}()
+	deadline := time.After(timeout)
+	for {
+		c.sendRaw(pkt)
+		select {
+		case r := <-ch:
+			return r, true
+		case <-time.After(c.rto):
+		case <-deadline:
+			return msg{}, false
+		}
+	}
+}
+
+// openAuth opens an authenticated session with key k named name, as
+// section 20 says, and installs the session's MACs.
+func (c *tclient) openAuth(name string, k auth.Key, ttlMs uint32) msg {
+	c.t.Helper()
+	m, h := openMsg(name, ttlMs)
+	m.Cookie = c.cookie(m, h)
+	r, ok := c.callRaw(sealOpen(c.t, m, h, k), h.Request, 5*time.Second)
+	if !ok {
+		c.t.Fatal("no reply to SESSION_OPEN with cookie")
+	}
+	wantStatus(c.t, r, wire.StatusOK)
+	var sr wire.SessionReply
+	if err := sr.Decode(r.h, r.raw); err != nil {
+		c.t.Fatal(err)
+	}
+	sk := auth.SessionKey(k, m.Nonce, sr.WorkerNonce, r.h.Session)
+	if !auth.NewMAC(sk, auth.WorkerToClient).Verify(r.raw) {
+		c.t.Fatal("SESSION_OPEN OK reply not tagged with the session key")
+	}
+	c.macMu.Lock()
+	c.in, c.out = auth.NewMAC(sk, auth.WorkerToClient), auth.NewMAC(sk, auth.ClientToWorker)
+	c.macMu.Unlock()
+	c.mu.Lock()
+	c.session = r.h.Session
+	c.mu.Unlock()
+	return r
+}
+
+// docOf is a session document as a test reads it.
+type docOf struct {
+	cluster.Client
+	lease clientv3.LeaseID
+}
+
+// sessionDoc reads the session document of id.
+func sessionDoc(t testing.TB, cli *clientv3.Client, id uint64) docOf {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), cluster.ClientKey(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 {
+		t.Fatalf("no session document for %x", id)
+	}
+	var d docOf
+	if err := json.Unmarshal(resp.Kvs[0].Value, &d.Client); err != nil {
+		t.Fatal(err)
+	}
+	l, err := cluster.ParseSession(d.Lease)
+	if err != nil {
+		t.Fatalf("session document lease %q: %v", d.Lease, err)
+	}
+	if resp.Kvs[0].Lease != int64(l) {
+		t.Fatalf("session key on lease %x, document names %x", resp.Kvs[0].Lease, l)
+	}
+	d.lease = clientv3.LeaseID(l)
+	return d
+}
+
+// etcdWrites counts the leases and session keys in etcd.
+func etcdWrites(t testing.TB, cli *clientv3.Client) (leases, sessions int) {
+	t.Helper()
+	ls, err := cli.Leases(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := cli.Get(context.Background(), cluster.ClientsPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ls.Leases), int(ks.Count)
+}
+
+// quiet asserts that c receives nothing more within d (beyond what it has
+// queued already): each case below has sent what it sends, and a reply
+// would come within a round trip; d bounds the wait for a reply that
+// would make the test fail, not for a condition to pass.
+func (c *tclient) quiet(d time.Duration, what string) {
+	c.t.Helper()
+	if m, ok := c.event(d, func(msg) bool { return true }); ok {
+		c.t.Fatalf("%s: got %v, want no reply", what, m)
+	}
+}
+
+// TestAuthOpen: the open of section 20. Without a cookie: a COOKIE reply,
+// nothing kept, nothing in etcd. With it: a session with a random id whose
+// document names its lease, key and sealed key; the OK reply is tagged
+// with the session key; a retransmission gets the same reply.
+func TestAuthOpen(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	c := udpClient(t, f.w)
+	leases0, _ := etcdWrites(t, f.cli)
+
+	m, h := openMsg("alice", 3000)
+	m.Cookie = c.cookie(m, h)
+	if l, s := etcdWrites(t, f.cli); l != leases0 || s != 0 {
+		t.Fatalf("a cookie cost %d leases, %d sessions", l-leases0, s)
+	}
+	pkt := sealOpen(t, m, h, f.alice)
+	r1, ok := c.callRaw(pkt, h.Request, 5*time.Second)
+	if !ok {
+		t.Fatal("no reply")
+	}
+	wantStatus(t, r1, wire.StatusOK)
+	r2, ok := c.callRaw(pkt, h.Request, 5*time.Second)
+	if !ok || r2.h.Session != r1.h.Session {
+		t.Fatalf("retransmitted open: session %x, first %x", r2.h.Session, r1.h.Session)
+	}
+	id := r1.h.Session
+	d := sessionDoc(t, f.cli, id)
+	if uint64(d.lease) == id || d.KeyName != "alice" || d.Session != cluster.SessionString(id) {
+		t.Fatalf("session %x document %+v", id, d.Client)
+	}
+	sealedKey, err := base64.StdEncoding.DecodeString(d.SealedKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr wire.SessionReply
+	if err := sr.Decode(r1.h, r1.raw); err != nil {
+		t.Fatal(err)
+	}
+	sk, err := auth.UnsealKey(f.cluster, cluster.SessionKeyLabel(id), sealedKey)
+	if err != nil || sk != auth.SessionKey(f.alice, m.Nonce, sr.WorkerNonce, id) {
+		t.Fatalf("sealed key does not open to the session key: %v", err)
+	}
+	if l, s := etcdWrites(t, f.cli); l != leases0+1 || s != 1 {
+		t.Fatalf("one open made %d leases, %d sessions", l-leases0, s)
+	}
+
+	// A session works with tags both ways, and a closed one answers
+	// SESSION_EXPIRED, authenticated, for at least its TTL.
+	c.openAuth("alice", f.alice, 3000)
+	wantStatus(t, c.acquire("a", wire.EX, true, 0), wire.StatusOK)
+	h2 := c.header(0, 0)
+	wantStatus(t, mustCall(t, c, wire.Empty{}, wire.Header{Type: wire.TypeSessionClose, Session: h2.Session, Request: h2.Request, Ack: h2.Ack}), wire.StatusOK)
+	r := c.acquire("b", wire.EX, true, 0)
+	wantStatus(t, r, wire.StatusSessionExpired)
+	if !c.verified(r) {
+		t.Fatal("SESSION_EXPIRED not authenticated")
+	}
+}
+
+func mustCall(t testing.TB, c *tclient, m appender, h wire.Header) msg {
+	t.Helper()
+	r, err := c.call(m, h, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestAuthOpenRefused: an open without a key name is answered BAD_REQUEST
+// with a text saying what to do; unknown keys, bad tags and bad cookies
+// are dropped unanswered and counted, and none costs etcd anything.
+func TestAuthOpenRefused(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	c := udpClient(t, f.w)
+	leases0, _ := etcdWrites(t, f.cli)
+
+	m, h := openMsg("", 0)
+	r := mustCall(t, c, m, h)
+	wantStatus(t, r, wire.StatusBadRequest)
+	var e wire.ErrorBody
+	if err := e.Decode(r.h, r.raw); err != nil || string(e.Message) != msgNeedKey {
+		t.Fatalf("BAD_REQUEST text %q (%v)", e.Message, err)
+	}
+
+	other, _ := auth.NewKey()
+	cases := []struct {
+		reason string
+		pkt    func() []byte
+	}{
+		{"unknown_key", func() []byte {
+			m, h := openMsg("mallory", 0)
+			m.Cookie = c.cookie(m, h)
+			return sealOpen(t, m, h, f.alice)
+		}},
+		{"bad_tag", func() []byte { // the key of another client
+			m, h := openMsg("alice", 0)
+			m.Cookie = c.cookie(m, h)
+			return sealOpen(t, m, h, other)
+		}},
+		{"bad_cookie", func() []byte { // a cookie for another nonce
+			m, h := openMsg("alice", 0)
+			m.Cookie = c.cookie(m, h)
+			m.Nonce[0] ^= 1
+			return sealOpen(t, m, h, f.alice)
+		}},
+	}
+	for _, tc := range cases {
+		pkt := tc.pkt()
+		before := f.failures(tc.reason)
+		c.sendRaw(pkt)
+		waitFor(t, tc.reason+" counted", func() bool { return f.failures(tc.reason) == before+1 })
+		c.quiet(100*time.Millisecond, tc.reason)
+	}
+	if l, s := etcdWrites(t, f.cli); l != leases0 || s != 0 {
+		t.Fatalf("refused opens made %d leases, %d sessions", l-leases0, s)
+	}
+}
+
+// TestAuthTTLClamped: a session TTL of 49.7 days is granted as the
+// worker's maximum.
+func TestAuthTTLClamped(t *testing.T) {
+	f := newAuthFixture(t, Limits{MaxSessionTTL: 7 * time.Second})
+	c := udpClient(t, f.w)
+	r := c.openAuth("alice", f.alice, 1<<32-1)
+	var sr wire.SessionReply
+	if err := sr.Decode(r.h, r.raw); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := f.cli.TimeToLive(context.Background(), sessionDoc(t, f.cli, c.session).lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sr.TTLMs != 7000 || ttl.GrantedTTL != 7 {
+		t.Fatalf("granted %d ms, lease TTL %d s; want 7 s", sr.TTLMs, ttl.GrantedTTL)
+	}
+}
+
+// forge returns a token request of session on shard, tagged with zeros
+// (or with the tag of another key): what an attacker without the session
+// key can send.
+func forge(t testing.TB, m appender, h wire.Header) []byte {
+	t.Helper()
+	pkt, err := m.Append(nil, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pkt
+}
+
+// TestAttackGuessedSessions: datagrams for guessed session ids get no
+// reply and are counted, exactly as a live session's datagram with a bad
+// tag is; and random ids do not turn into a stream of etcd reads.
+func TestAttackGuessedSessions(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	victim := udpClient(t, f.w)
+	victim.openAuth("alice", f.alice, 0)
+	wantStatus(t, victim.acquire("x", wire.EX, true, 0), wire.StatusOK)
+	attacker := udpClient(t, f.w)
+	sh := victim.shard("x")
+	acq := wire.Acquire{Try: true, Mode: wire.EX, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte("x")}
+
+	const guesses = 2000
+	unknown0, bad0 := f.failures("unknown_session"), f.failures("bad_tag")
+	for i := range guesses {
+		id, _ := auth.NewSessionID()
+		attacker.sendRaw(forge(t, acq, wire.Header{Session: id, Request: uint64(i + 1), Ack: 1, Shard: sh, Epoch: 1}))
+	}
+	waitFor(t, "guesses counted", func() bool { return f.failures("unknown_session") == unknown0+guesses })
+	// The live id with a bad tag: the same silence.
+	for i := range 10 {
+		attacker.sendRaw(forge(t, acq, wire.Header{Session: victim.session, Request: uint64(1000 + i), Ack: 1, Shard: sh, Epoch: 1}))
+	}
+	waitFor(t, "bad tags counted", func() bool { return f.failures("bad_tag") == bad0+10 })
+	attacker.quiet(100*time.Millisecond, "guessed and forged datagrams")
+	f.w.mu.Lock()
+	negative := len(f.w.guard.negative)
+	f.w.mu.Unlock()
+	if negative > guesses/4 {
+		t.Fatalf("%d of %d random ids looked up in etcd; the lookup rate allows about %d", negative, guesses, lookupBurst)
+	}
+	wantStatus(t, victim.acquire("y", wire.EX, true, 0), wire.StatusOK)
+}
+
+// TestAttackForgedRelease: RELEASE and CONVERT forged for the victim's
+// session from another port are dropped and counted; the victim's grant
+// stays.
+func TestAttackForgedRelease(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	victim, other := udpClient(t, f.w), udpClient(t, f.w)
+	victim.openAuth("alice", f.alice, 0)
+	other.openAuth("alice", f.alice, 0)
+	g := victim.acquire("x", wire.EX, true, 0)
+	wantStatus(t, g, wire.StatusOK)
+	fence := g.grant(t).Fence
+	attacker := udpClient(t, f.w)
+	sh := victim.shard("x")
+	bad0 := f.failures("bad_tag")
+	attacker.sendRaw(forge(t, wire.Release{Fence: fence, Name: []byte("x")},
+		wire.Header{Session: victim.session, Request: 1 << 30, Ack: 1, Shard: sh, Epoch: 1}))
+	attacker.sendRaw(forge(t, wire.Convert{Fence: fence, Mode: wire.NL, Name: []byte("x")},
+		wire.Header{Session: victim.session, Request: 1<<30 + 1, Ack: 1, Shard: sh, Epoch: 1}))
+	// Tagged with another session's key (an insider's): still refused.
+	p := forge(t, wire.Release{Fence: fence, Name: []byte("x")},
+		wire.Header{Session: victim.session, Request: 1<<30 + 2, Ack: 1, Shard: sh, Epoch: 1})
+	other.macMu.Lock()
+	other.out.Seal(p)
+	other.macMu.Unlock()
+	attacker.sendRaw(p)
+	waitFor(t, "forgeries counted", func() bool { return f.failures("bad_tag") == bad0+3 })
+	attacker.quiet(100*time.Millisecond, "forged RELEASE and CONVERT")
+	if r := other.acquire("x", wire.EX, true, 0); r.h.Status == wire.StatusOK {
+		t.Fatal("the victim's grant was released by a forgery")
+	}
+	wantStatus(t, victim.release("x", fence), wire.StatusOK)
+}
+
+// TestAttackHijack: a forged KEEPALIVE from the attacker's port does not
+// move the session's address, nor does a replay of the victim's own
+// KEEPALIVE: the victim's REVOKEs still go to the victim.
+func TestAttackHijack(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	victim, other := udpClient(t, f.w), udpClient(t, f.w)
+	victim.openAuth("alice", f.alice, 0)
+	other.openAuth("alice", f.alice, 0)
+	wantStatus(t, victim.acquire("x", wire.EX, false, wire.WaitForever), wire.StatusOK)
+	attacker := udpClient(t, f.w)
+
+	// A captured KEEPALIVE of the victim, replayed from the attacker's port.
+	h := victim.header(0, 0)
+	h.Type = wire.TypeKeepalive
+	captured := victim.send(wire.Keepalive{}, h)
+	if _, ok := victim.event(5*time.Second, func(m msg) bool { return m.h.Request == h.Request }); !ok {
+		t.Fatal("no KEEPALIVE reply")
+	}
+	victim.finish(h.Request)
+	replay0, bad0 := f.failures("replay"), f.failures("bad_tag")
+	attacker.sendRaw(captured)
+	attacker.sendRaw(forge(t, wire.Keepalive{}, wire.Header{Session: victim.session, Request: 1 << 40, Ack: 1}))
+	waitFor(t, "replay and forgery counted", func() bool {
+		return f.failures("replay") == replay0+1 && f.failures("bad_tag") == bad0+1
+	})
+	wantStatus(t, other.acquire("x", wire.EX, false, wire.WaitForever), wire.StatusQueued)
+	if _, ok := victim.event(5*time.Second, isType(wire.TypeRevoke)); !ok {
+		t.Fatal("the victim got no REVOKE")
+	}
+	if n := attacker.countEvents(func(msg) bool { return true }); n != 0 {
+		t.Fatalf("the attacker received %d datagrams", n)
+	}
+}
+
+// TestAttackAckPoisoning: a forged request with request = ack = 2^62
+// is dropped; the victim's next requests (small ids) are still served.
+func TestAttackAckPoisoning(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	victim := udpClient(t, f.w)
+	victim.openAuth("alice", f.alice, 0)
+	attacker := udpClient(t, f.w)
+	bad0 := f.failures("bad_tag")
+	attacker.sendRaw(forge(t, wire.Keepalive{}, wire.Header{Session: victim.session, Request: 1 << 62, Ack: 1 << 62}))
+	waitFor(t, "forgery counted", func() bool { return f.failures("bad_tag") == bad0+1 })
+	wantStatus(t, victim.acquire("x", wire.EX, true, 0), wire.StatusOK)
+}
+
+// TestAttackKeepaliveReplay: after the client dies, its captured
+// KEEPALIVE with RENEW, replayed, renews nothing: the session expires on
+// time and the replays are counted.
+func TestAttackKeepaliveReplay(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	victim := udpClient(t, f.w)
+	victim.openAuth("alice", f.alice, 2000)
+	h := victim.header(0, 0)
+	h.Type = wire.TypeKeepalive
+	r := mustCall(t, victim, wire.Keepalive{Renew: true}, h)
+	wantStatus(t, r, wire.StatusOK)
+	captured := victim.send(wire.Keepalive{Renew: true}, h) // the same bytes: what an observer kept
+	lease := sessionDoc(t, f.cli, victim.session).lease
+	victim.close() // the client dies
+
+	attacker := udpClient(t, f.w)
+	replay0 := f.failures("replay")
+	start := time.Now()
+	for {
+		attacker.sendRaw(captured)
+		ttl, err := f.cli.TimeToLive(context.Background(), lease)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl.TTL <= 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("replayed KEEPALIVEs kept the dead client's session alive")
+		}
+		time.Sleep(100 * time.Millisecond) // the replay rate, not a synchronisation
+	}
+	if f.failures("replay") <= replay0 {
+		t.Fatal("replays not counted")
+	}
+}
+
+// TestAttackOpenFlood: a flood of opens without cookies, and with forged
+// cookies, makes no etcd write at all.
+func TestAttackOpenFlood(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	attacker := udpClient(t, f.w)
+	leases0, _ := etcdWrites(t, f.cli)
+	m, h := openMsg("alice", 0)
+	forged := attacker.cookie(m, h) // a real timestamp, then a tag of its own
+	forged[len(forged)-1] ^= 1
+	const flood = 2000
+	for range flood {
+		m, h := openMsg("alice", 0)
+		attacker.send(m, h)
+		m.Cookie = forged
+		attacker.sendRaw(sealOpen(t, m, h, f.alice))
+	}
+	waitFor(t, "forged cookies counted", func() bool { return f.failures("bad_cookie") >= flood })
+	if l, s := etcdWrites(t, f.cli); l != leases0 || s != 0 {
+		t.Fatalf("the flood made %d leases and %d sessions", l-leases0, s)
+	}
+}
+
+// TestAttackOpensTable: an insider holding a valid key who floods opens
+// from one address is answered LIMIT past its source's rate and cannot
+// fill the table of recent opens; a new legitimate client from another
+// address still opens.
+func TestAttackOpensTable(t *testing.T) {
+	f := newAuthFixture(t, Limits{RecentOpens: 64, OpenRatePerSource: 1, OpenBurstPerSource: 8})
+	insider := udpClient(t, f.w)
+	var limited int
+	for range 40 {
+		m, h := openMsg("alice", 0)
+		m.Cookie = insider.cookie(m, h)
+		r, ok := insider.callRaw(sealOpen(t, m, h, f.alice), h.Request, 5*time.Second)
+		if !ok {
+			t.Fatal("no reply to an open")
+		}
+		if r.h.Status == wire.StatusLimit {
+			limited++
+			var e wire.ErrorBody
+			if err := e.Decode(r.h, r.raw); err != nil || string(e.Message) != limitText[limOpenSrc] {
+				t.Fatalf("LIMIT text %q", e.Message)
+			}
+			if !auth.NewMAC(auth.OpenKey(f.alice), auth.WorkerToClient).Verify(r.raw) {
+				t.Fatal("LIMIT after a verified tag not tagged with the open key")
+			}
+		}
+	}
+	if limited < 40-10 || f.limitedCount(limOpenSrc) != float64(limited) {
+		t.Fatalf("%d of 40 opens limited, %v counted", limited, f.limitedCount(limOpenSrc))
+	}
+	// A legitimate client from another address (127.0.0.2).
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Skipf("no 127.0.0.2: %v", err)
+	}
+	legit := newTClient(t, conn, f.w.Addr(), testShards)
+	legit.openAuth("alice", f.alice, 0)
+	wantStatus(t, legit.acquire("x", wire.EX, true, 0), wire.StatusOK)
+}
+
+// TestAttackNamesPerSession: one session asking for more names than the
+// limit is answered LIMIT, with a text naming the limit, and counted.
+func TestAttackNamesPerSession(t *testing.T) {
+	const cap = 20
+	f := newAuthFixture(t, Limits{NamesPerSession: cap})
+	c := udpClient(t, f.w)
+	c.openAuth("alice", f.alice, 0)
+	var limited int
+	for i := range 3 * cap {
+		r := c.acquire("n"+string(rune('a'+i%26))+string(rune('a'+i/26)), wire.EX, true, 0)
+		if r.h.Status == wire.StatusLimit {
+			limited++
+			continue
+		}
+		wantStatus(t, r, wire.StatusOK)
+	}
+	if limited != 2*cap || f.limitedCount(limNames) != 2*cap {
+		t.Fatalf("%d LIMIT answers, %v counted; want %d", limited, f.limitedCount(limNames), 2*cap)
+	}
+}
