@@ -2,6 +2,12 @@
 // loopback: one embedded etcd member, a coordinator, and any number of
 // workers. End-to-end tests, examples and benchmarks use it; the daemon
 // (cmd/tokend) wires the same parts from its configuration.
+//
+// Clients are authenticated (wire/SPEC.md section 20) unless
+// Options.Insecure: the cluster makes a cluster key and the client key
+// "default" in its data dir, registers the client key in etcd as a server
+// does, and gives every worker the cluster key and a keys.Store. Clients
+// use KeyFile. (etcd itself runs without TLS here.)
 package devcluster
 
 import (
@@ -23,8 +29,11 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/embedded"
+	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker"
 )
 
@@ -40,6 +49,9 @@ type Options struct {
 	// Conn, if set, gives worker i its socket (e.g. a faultnet.Conn);
 	// otherwise workers listen on 127.0.0.1:0.
 	Conn func(i int) (worker.PacketConn, error)
+	// Insecure runs the workers without client authentication, as tokend
+	// --insecure: no keys are made, clients need none.
+	Insecure bool
 }
 
 // Cluster is a running in-process cluster.
@@ -50,8 +62,41 @@ type Cluster struct {
 	Client  *clientv3.Client
 	Coord   *coordinator.Coordinator
 
+	// authentication; zero with Options.Insecure
+	keyDir     string      // holds cluster.key and client.key
+	clusterKey auth.Key    // read from keyDir/cluster.key
+	keys       *keys.Store // the workers' client keys
+
 	mu      sync.Mutex // guards workers
 	workers []*worker.Worker
+}
+
+// KeyFile returns the path of the client key file ("default", registered
+// in etcd) for clients of the cluster: clientlib.Config.KeyFile, tokenctl
+// --key-file. It is "" with Options.Insecure.
+func (c *Cluster) KeyFile() string {
+	if c.keyDir == "" {
+		return ""
+	}
+	return filepath.Join(c.keyDir, pki.DefaultClientKeyFile)
+}
+
+// ClusterKeyFile returns the path of the cluster key file (for tokenctl
+// keys --cluster-key-file); "" with Options.Insecure.
+func (c *Cluster) ClusterKeyFile() string {
+	if c.keyDir == "" {
+		return ""
+	}
+	return filepath.Join(c.keyDir, pki.ClusterKeyFile)
+}
+
+// Auth returns what a worker of this cluster authenticates with, for a
+// test that starts a worker of its own; nil with Options.Insecure.
+func (c *Cluster) Auth() *worker.Auth {
+	if c.keys == nil {
+		return nil
+	}
+	return &worker.Auth{ClusterKey: c.clusterKey, Keys: c.keys}
 }
 
 func freeURL() (string, error) {
@@ -118,6 +163,12 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		c.Close()
 		return nil, err
 	}
+	if !o.Insecure {
+		if err := c.startAuth(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	c.Coord, err = coordinator.New(coordinator.Config{
 		Client: c.Client, Name: "dev",
 		Cluster: cluster.Config{
@@ -147,6 +198,33 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	return c, nil
 }
 
+// startAuth makes the cluster key and the client key "default" in
+// <Dir>/pki, registers the client key in etcd and opens the workers'
+// key store.
+func (c *Cluster) startAuth(ctx context.Context) error {
+	dir := filepath.Join(c.opts.Dir, "pki")
+	if _, err := pki.WriteKeys(dir); err != nil {
+		return fmt.Errorf("devcluster: keys: %w", err)
+	}
+	_, ck, err := pki.ReadKeyFile(filepath.Join(dir, pki.ClusterKeyFile))
+	if err != nil {
+		return fmt.Errorf("devcluster: %w", err)
+	}
+	name, k, err := pki.ReadKeyFile(filepath.Join(dir, pki.DefaultClientKeyFile))
+	if err != nil {
+		return fmt.Errorf("devcluster: %w", err)
+	}
+	if _, err := keys.Ensure(ctx, c.Client, ck, name, k, time.Now()); err != nil {
+		return fmt.Errorf("devcluster: registering the client key: %w", err)
+	}
+	store, err := keys.OpenStore(ctx, c.Client, ck, c.opts.Logger)
+	if err != nil {
+		return fmt.Errorf("devcluster: %w", err)
+	}
+	c.keyDir, c.clusterKey, c.keys = dir, ck, store
+	return nil
+}
+
 // AddWorker starts one more worker and returns it. It does not wait for
 // the rebalance; call WaitServing for that.
 func (c *Cluster) AddWorker(ctx context.Context) (*worker.Worker, error) {
@@ -156,6 +234,7 @@ func (c *Cluster) AddWorker(ctx context.Context) (*worker.Worker, error) {
 	cfg := worker.Config{
 		Client: c.Client, ID: fmt.Sprintf("w%d", i+1), UDPAddr: "127.0.0.1:0",
 		TTL: c.opts.WorkerTTL, Logger: c.opts.Logger, Registry: prometheus.NewRegistry(),
+		Auth: c.Auth(),
 	}
 	if c.opts.Conn != nil {
 		conn, err := c.opts.Conn(i)
@@ -247,6 +326,9 @@ func (c *Cluster) Close() error {
 	}
 	if c.Coord != nil {
 		c.Coord.Close()
+	}
+	if c.keys != nil {
+		c.keys.Close()
 	}
 	if c.Client != nil {
 		c.Client.Close()

@@ -14,10 +14,12 @@ import (
 
 // Certs makes, with "tokend certs" as an operator would, what a secure
 // cluster of the named servers on this machine needs: a CA, a member
-// certificate for each server (valid on loopback), and the client
-// certificates of the etcd users tokend and root, in a directory of the
-// test. Servers, workers and tokenctl take the directory as --certs-dir;
-// EtcdClient dials with it.
+// certificate for each server (valid on loopback), the client certificates
+// of the etcd users tokend and root, the cluster key (cluster.key) and the
+// client key "default" (client.key), in a directory of the test. Servers,
+// workers and tokenctl take the directory as --certs-dir (servers register
+// client.key, everyone finds cluster.key there); EtcdClient dials with it;
+// clients take KeyFile(dir).
 func Certs(t testing.TB, servers ...string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "certs")
@@ -48,3 +50,14 @@ func EtcdClient(t testing.TB, certsDir string, endpoints ...string) *clientv3.Cl
 	t.Cleanup(func() { cli.Close() })
 	return cli
 }
+
+// KeyFile returns the client key file (the key "default", which the
+// servers register at start) in certsDir, made by Certs or by the
+// all-in-one's first start: for clientlib.Config.KeyFile, tokenctl
+// --key-file, the C client's key file, or $TOKEND_KEY_FILE.
+func KeyFile(certsDir string) string { return filepath.Join(certsDir, pki.DefaultClientKeyFile) }
+
+// ClusterKeyFile returns the cluster key file in certsDir (for tokenctl
+// keys --cluster-key-file, and tokend --cluster-key-file where a test keeps
+// it elsewhere).
+func ClusterKeyFile(certsDir string) string { return filepath.Join(certsDir, pki.ClusterKeyFile) }
