@@ -283,22 +283,26 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 	struct req *r = req_new(c, TKW_SESSION_OPEN, OWN_SYNC);
 	if (!r)
 		return TOKEND_ENOMEM;
-	do
-		r->id = tkn_random_seed();
-	while (r->id == 0); /* the nonce (SPEC 11) */
+	int rc = TOKEND_OK;
+	uint8_t id[8];
+	do {
+		if (tka_random(id, sizeof id) != 0 || (c->keyed && tka_random(c->open_nonce, TKA_NONCE_LEN) != 0)) {
+			set_err(c, "opening a session: no random bytes from libcrypto (RAND_bytes)");
+			rc = TOKEND_ESYS;
+			break;
+		}
+		r->id = 0;
+		for (int i = 0; i < 8; i++)
+			r->id = r->id << 8 | id[i];
+	} while (r->id == 0); /* a random non-zero request id (SPEC 20, step 1) */
 	if (c->session_dest.len) {
 		r->dest = c->session_dest;
 		r->has_dest = 1;
 	} else {
 		r->has_dest = pick_worker(c, &r->dest);
 	}
-	struct tkw_msg *m = &c->tx;
-	memset(m, 0, sizeof *m);
-	m->h.type = TKW_SESSION_OPEN;
-	m->ttl_ms = c->req_ttl_ms;
-	m->lib.p = (const uint8_t *)LIB_ID;
-	m->lib.len = strlen(LIB_ID);
-	int rc = req_build(c, r, m);
+	if (rc == TOKEND_OK)
+		rc = open_build(c, r, NULL);
 	if (rc != TOKEND_OK) {
 		req_unlink(c, r);
 		req_free(r);
@@ -311,7 +315,15 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 		else
 			i++;
 	rc = wait_req(c, r, limit, 0, &handed);
-	if (rc == TOKEND_ETIMEDOUT) {
+	if (rc == TOKEND_ETIMEDOUT && r->got_cookie) {
+		char to[80] = "?";
+		tkn_addr_format(&r->dest, to, sizeof to);
+		set_err(c,
+			"%s sent a cookie but did not accept the session with key \"%s\" within %lld ms: is the key "
+			"registered with this cluster (tokenctl keys add) and not revoked?",
+			to, c->key_name, (long long)((tkn_now() - now) / NS_PER_MS));
+		rc = TOKEND_EAUTH;
+	} else if (rc == TOKEND_ETIMEDOUT) {
 		char tried[200];
 		tried_format(c, TKW_SESSION_OPEN, tried, sizeof tried);
 		set_err(c, "no worker answered SESSION_OPEN within %lld ms; tried %s",
@@ -323,6 +335,13 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 			r->final_status > 0 ? tkw_status_name(r->final_status) : tokend_strerror(rc),
 			r->errtext[0] ? ": " : "", r->errtext);
 	}
+	if (rc == TOKEND_OK && c->keyed &&
+	    (tka_mac_init(&c->sess_c2w, r->s_key, TKA_CLIENT_TO_WORKER) != 0 ||
+	     tka_mac_init(&c->sess_w2c, r->s_key, TKA_WORKER_TO_CLIENT) != 0)) {
+		set_err(c, "opening a session: deriving its keys failed (libcrypto)");
+		rc = TOKEND_ESYS; /* the worker's session expires by itself */
+	}
+	tka_wipe(r->s_key, sizeof r->s_key);
 	if (rc == TOKEND_OK) {
 		c->session = r->s_session;
 		c->S = r->s_ttl;
@@ -425,7 +444,57 @@ static void destroy(struct tokend_client *c)
 		close(c->rwake[1]);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->mu);
+	tka_wipe(c, sizeof *c); /* keys */
 	free(c);
+}
+
+/* Where the client key comes from when nothing else names one. */
+#define DEFAULT_KEY_FILE "tokend-data/pki/client.key"
+
+/*
+ * The client key of opts (see tokend_options): 1 with name and key filled,
+ * 0 for an unauthenticated client (insecure), or a negative status with
+ * msg saying why.
+ */
+static int client_key(const tokend_options *opts, char name[TKA_MAX_NAME + 1], uint8_t key[TKA_KEY_LEN],
+		      char *msg, size_t cap)
+{
+	char why[400];
+	if (opts->insecure) {
+		if (opts->key || opts->key_file) {
+			snprintf(msg, cap, "options.insecure and a client key (key or key_file) exclude each other");
+			return TOKEND_EINVAL;
+		}
+		return 0;
+	}
+	if (opts->key) {
+		if (tka_parse_key_file(opts->key, strlen(opts->key), name, key, why, sizeof why) != 0) {
+			snprintf(msg, cap, "options.key: %.200s", why);
+			return TOKEND_EAUTH;
+		}
+		return 1;
+	}
+	const char *path = opts->key_file, *from = "options.key_file";
+	if (!path || !*path) {
+		path = getenv("TOKEND_KEY_FILE");
+		from = "$TOKEND_KEY_FILE";
+	}
+	if (!path || !*path) {
+		if (access(DEFAULT_KEY_FILE, F_OK) != 0) {
+			snprintf(msg, cap,
+				 "no client key: set options.key_file (or key), or $TOKEND_KEY_FILE, or run where "
+				 "%s exists; options.insecure only for a cluster started with --insecure",
+				 DEFAULT_KEY_FILE);
+			return TOKEND_EAUTH;
+		}
+		path = DEFAULT_KEY_FILE;
+		from = "the default key file";
+	}
+	if (tka_load_key_file(path, name, key, why, sizeof why) != 0) {
+		snprintf(msg, cap, "%s: %.220s", from, why);
+		return TOKEND_EAUTH;
+	}
+	return 1;
 }
 
 /* tokend_connect, with what went wrong in msg[0..cap). */
@@ -450,10 +519,33 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 				 opts->seeds[i] ? opts->seeds[i] : "NULL");
 			return TOKEND_EINVAL;
 		}
+	char key_name[TKA_MAX_NAME + 1];
+	uint8_t key[TKA_KEY_LEN];
+	int keyed = client_key(opts, key_name, key, msg, cap);
+	if (keyed < 0)
+		return keyed;
 
 	struct tokend_client *c = calloc(1, sizeof *c);
-	if (!c)
+	if (!c) {
+		tka_wipe(key, sizeof key);
 		return TOKEND_ENOMEM;
+	}
+	if (keyed) {
+		uint8_t open_key[TKA_KEY_LEN];
+		c->keyed = 1;
+		memcpy(c->key_name, key_name, sizeof key_name);
+		memcpy(c->client_key, key, sizeof key);
+		int bad = tka_open_key(key, open_key) != 0 || tka_mac_init(&c->open_c2w, open_key, TKA_CLIENT_TO_WORKER) != 0 ||
+			  tka_mac_init(&c->open_w2c, open_key, TKA_WORKER_TO_CLIENT) != 0;
+		tka_wipe(open_key, sizeof open_key);
+		tka_wipe(key, sizeof key);
+		if (bad) {
+			snprintf(msg, cap, "deriving the open key failed (libcrypto)");
+			tka_wipe(c, sizeof *c);
+			free(c);
+			return TOKEND_ESYS;
+		}
+	}
 	c->fd = c->wake[0] = c->wake[1] = -1;
 	c->app_ep = c->bg_ep = c->rwake[0] = c->rwake[1] = -1;
 	if (pthread_mutex_init(&c->mu, NULL) != 0) {
@@ -606,6 +698,18 @@ int tokend_detect_deadlocks(tokend_client *c, int on)
 		return TOKEND_EINVAL;
 	pthread_mutex_lock(&c->mu);
 	c->detect = on != 0;
+	pthread_mutex_unlock(&c->mu);
+	return TOKEND_OK;
+}
+
+int tokend_get_stats(tokend_client *c, tokend_stats *out)
+{
+	if (!c || !out)
+		return TOKEND_EINVAL;
+	memset(out, 0, sizeof *out);
+	pthread_mutex_lock(&c->mu);
+	out->dropped = c->drops;
+	out->auth_failures = c->auth_failures;
 	pthread_mutex_unlock(&c->mu);
 	return TOKEND_OK;
 }
@@ -875,6 +979,7 @@ const char *tokend_strerror(int status)
 	case TOKEND_ELIMIT: return "too many requests in flight";
 	case TOKEND_EJEOPARDY: return "grant lease not confirmed";
 	case TOKEND_EDEADLK: return "deadlock: the request was chosen to fail to break a wait-for cycle";
+	case TOKEND_EAUTH: return "authentication failed or not configured";
 	}
 	return "unknown tokend status";
 }

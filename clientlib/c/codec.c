@@ -670,9 +670,8 @@ static int check_header(const struct tkw_header *h)
 	return TKW_OK;
 }
 
-int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m)
+int tkw_check_frame(const uint8_t *b, size_t n)
 {
-	memset(m, 0, sizeof *m);
 	if (n < TKW_HEADER_LEN)
 		return TKW_ESHORT;
 	if (n > TKW_MAX_DATAGRAM)
@@ -681,13 +680,20 @@ int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m)
 		return TKW_EBADMAGIC;
 	if (b[2] != TKW_VERSION)
 		return TKW_EVERSION;
+	if ((size_t)((b[6] << 8) | b[7]) != n - TKW_HEADER_LEN)
+		return TKW_ELENGTH;
+	if (datagram_crc(b, n) != get32(b + 60))
+		return TKW_ECHECKSUM;
+	return TKW_OK;
+}
+
+int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m)
+{
+	memset(m, 0, sizeof *m);
+	CHECK(tkw_check_frame(b, n));
 	struct tkw_header *h = &m->h;
 	h->body_len = (uint16_t)((b[6] << 8) | b[7]);
-	if (h->body_len != n - TKW_HEADER_LEN)
-		return TKW_ELENGTH;
 	h->crc = get32(b + 60);
-	if (datagram_crc(b, n) != h->crc)
-		return TKW_ECHECKSUM;
 	/* The auth tag is carried, not checked here (auth.c, S20). */
 	memcpy(h->auth, b + TKW_AUTH_OFF, TKW_AUTH_LEN);
 	h->type = b[3];

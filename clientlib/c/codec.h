@@ -260,6 +260,13 @@ int tkw_status_retryable(uint8_t status);
 int tkw_decode(const uint8_t *b, size_t n, struct tkw_msg *m);
 
 /*
+ * Steps 1..5 of S7 alone (size, magic, version, body length, checksum): the
+ * frame a receiver checks before the auth tag (S20) and before any other
+ * field. TKW_OK or the first failing check's class.
+ */
+int tkw_check_frame(const uint8_t *b, size_t n);
+
+/*
  * Encode m into out (cap >= TKW_MAX_DATAGRAM recommended): header from m->h
  * (flags derived from the body fields, body length and CRC computed), body
  * from the fields of the layout that (type, status) calls for. The result is

@@ -298,6 +298,53 @@ int req_build(struct tokend_client *c, struct req *r, struct tkw_msg *m)
 	return TOKEND_OK;
 }
 
+/*
+ * Build r's SESSION_OPEN: the handle's TTL, library, nonce and key name,
+ * with cookie (20 bytes) or without (NULL). Every build of one open keeps
+ * its request id and nonce (SPEC 20, "Opening").
+ */
+int open_build(struct tokend_client *c, struct req *r, const uint8_t *cookie)
+{
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_SESSION_OPEN;
+	m->ttl_ms = c->req_ttl_ms;
+	m->lib.p = (const uint8_t *)LIB_ID;
+	m->lib.len = strlen(LIB_ID);
+	if (c->keyed) {
+		memcpy(m->nonce, c->open_nonce, TKA_NONCE_LEN);
+		m->key_name.p = (const uint8_t *)c->key_name;
+		m->key_name.len = strlen(c->key_name);
+	}
+	if (cookie) {
+		m->cookie.p = cookie;
+		m->cookie.len = TKW_COOKIE_LEN;
+	}
+	r->cookie = cookie != NULL;
+	return req_build(c, r, m);
+}
+
+/*
+ * Seal datagram b before it leaves: its auth tag under key (NULL: all zero,
+ * for MAP_REQUEST and a SESSION_OPEN without cookie, and for every datagram
+ * of an unauthenticated client), then the checksum (SPEC 20 "Tag").
+ */
+static void seal(uint8_t *b, size_t n, const struct tka_mac *key)
+{
+	if (tka_seal(key, b, n) != 0)
+		tkw_reseal(b, n); /* libcrypto failed: an all-zero tag, which no worker accepts */
+}
+
+/* The key that tags what r sends. */
+static const struct tka_mac *send_key(struct tokend_client *c, const struct req *r)
+{
+	if (!c->keyed)
+		return NULL;
+	if (r->type == TKW_SESSION_OPEN)
+		return r->cookie ? &c->open_c2w : NULL;
+	return r->in_session ? &c->sess_c2w : NULL;
+}
+
 static void backoff(struct tokend_client *c, struct req *r, int64_t now)
 {
 	r->next_send = now + jitter(c, r->rto);
@@ -483,7 +530,7 @@ void req_send(struct tokend_client *c, struct req *r, int64_t now)
 		put64(r->dg + 24, ack < r->id ? ack : r->id);
 	}
 	put64(r->dg + 40, c->map.version);
-	tkw_reseal(r->dg, r->dglen);
+	seal(r->dg, r->dglen, send_key(c, r));
 	if (sendto(c->fd, r->dg, r->dglen, 0, (const struct sockaddr *)&r->dest.sa, r->dest.len) < 0) {
 		/* ENOBUFS, EHOSTUNREACH, ICMP errors...: like a lost datagram */
 	}
@@ -832,8 +879,10 @@ static void send_revoke_ack(struct tokend_client *c, const struct tkw_msg *rv, c
 	m->target = rv->h.request;
 	uint8_t dg[TKW_HEADER_LEN + 8];
 	size_t len;
-	if (tkw_encode(m, dg, sizeof dg, &len) == TKW_OK &&
-	    sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
+	if (tkw_encode(m, dg, sizeof dg, &len) != TKW_OK)
+		return;
+	seal(dg, len, c->keyed ? &c->sess_c2w : NULL);
+	if (sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
 		/* lost: the worker retransmits the REVOKE */
 	}
 }
@@ -1254,6 +1303,27 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		map_page(c, r, m, now);
 		return;
 	}
+	if (r->type == TKW_SESSION_OPEN && st == TKW_ST_COOKIE) {
+		/* SPEC 20 step 3: the same open again, with the cookie, tagged */
+		r->got_cookie = 1;
+		if (!c->keyed) {
+			r->final_status = st;
+			snprintf(r->errtext, sizeof r->errtext,
+				 "the workers authenticate, and this client has no key (insecure)");
+			req_complete(c, r, TOKEND_EAUTH);
+			return;
+		}
+		if (r->abandoned || m->cookie.len != TKW_COOKIE_LEN)
+			return;
+		if (open_build(c, r, m->cookie.p) != TOKEND_OK) {
+			req_complete(c, r, TOKEND_EINVAL);
+			return;
+		}
+		r->rto = c->rto0;
+		req_send(c, r, now);
+		signal_req(c, r);
+		return;
+	}
 	if (st == TKW_ST_QUEUED) {
 		/* no more fast retransmission: re-poll every 500 ms (SPEC 12) */
 		r->queued = 1;
@@ -1289,6 +1359,13 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 	}
 	switch (r->type) {
 	case TKW_SESSION_OPEN:
+		if (st == TKW_ST_OK && c->keyed && !r->s_key_ok) {
+			/* SPEC 20: a keyed client refuses an unauthenticated session */
+			snprintf(r->errtext, sizeof r->errtext,
+				 "the worker's OK reply is not authenticated: was the cluster started with --insecure?");
+			req_complete(c, r, TOKEND_EAUTH);
+			return;
+		}
 		if (st == TKW_ST_OK) {
 			r->s_session = m->h.session;
 			r->s_ttl = m->ttl_ms;
@@ -1370,10 +1447,92 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 }
 
 /* A datagram from the socket (SPEC 7: drop anything invalid or unexpected). */
+/* The unfinished SESSION_OPEN with request id `id`, or NULL. */
+static struct req *open_req(struct tokend_client *c, uint64_t id)
+{
+	for (struct req *r = c->reqs; r; r = r->next)
+		if (r->type == TKW_SESSION_OPEN && r->id == id && !r->done)
+			return r;
+	return NULL;
+}
+
+static uint64_t get64(const uint8_t *q)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | q[i];
+	return v;
+}
+
+enum { AUTH_OK, AUTH_FAIL, AUTH_NOT_OURS };
+
+/*
+ * SPEC 20: may datagram b (its frame and checksum checked, its body not
+ * decoded yet) be acted on? Which key checks it follows from its header:
+ * SESSION_OPEN replies with the open key (errors), the session key derived
+ * from the reply itself (OK; the reply's worker nonce is at a fixed offset)
+ * or none (COOKIE); a MAP reply without session none; everything else the
+ * key of the open session. An OK reply with an all-zero tag passes here
+ * and is refused by on_reply, with a message. Unkeyed clients check nothing.
+ */
+static int auth_check(struct tokend_client *c, const uint8_t *b, size_t n)
+{
+	if (!c->keyed)
+		return AUTH_OK;
+	uint8_t t = b[3], st = b[5];
+	uint64_t session = get64(b + 8);
+	if (t == (TKW_MAP_REQUEST | TKW_REPLY) && session == 0)
+		return AUTH_OK;
+	if (t == (TKW_SESSION_OPEN | TKW_REPLY)) {
+		if (st == TKW_ST_COOKIE)
+			return AUTH_OK;
+		struct req *r = open_req(c, get64(b + 16));
+		if (!r)
+			return AUTH_NOT_OURS;
+		if (st != TKW_ST_OK) {
+			if (tka_verify(&c->open_w2c, b, n))
+				return AUTH_OK;
+			/* an unauthenticated retryable answer changes nothing but
+			 * the pace of retransmission */
+			return tka_tag_zero(b, n) && tkw_status_retryable(st) ? AUTH_OK : AUTH_FAIL;
+		}
+		if (tka_tag_zero(b, n))
+			return AUTH_OK; /* refused in on_reply, with a message */
+		if (n < TKW_HEADER_LEN + 16 + TKA_NONCE_LEN)
+			return AUTH_FAIL;
+		uint8_t sk[TKA_KEY_LEN];
+		struct tka_mac w2c;
+		int ok = tka_session_key(c->client_key, c->open_nonce, b + TKW_HEADER_LEN + 16, session, sk) == 0 &&
+			 tka_mac_init(&w2c, sk, TKA_WORKER_TO_CLIENT) == 0 && tka_verify(&w2c, b, n);
+		if (ok) {
+			memcpy(r->s_key, sk, sizeof sk);
+			r->s_key_ok = 1;
+		}
+		tka_wipe(sk, sizeof sk);
+		tka_wipe(&w2c, sizeof w2c);
+		return ok ? AUTH_OK : AUTH_FAIL;
+	}
+	if (c->sstate != S_OPEN || session != c->session)
+		return AUTH_NOT_OURS;
+	return tka_verify(&c->sess_w2c, b, n) ? AUTH_OK : AUTH_FAIL;
+}
+
 static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, const struct tkn_addr *src,
 			int64_t now)
 {
 	struct tkw_msg *m = &c->rx;
+	if (tkw_check_frame(b, n) != TKW_OK) {
+		c->drops++;
+		return;
+	}
+	switch (auth_check(c, b, n)) {
+	case AUTH_FAIL:
+		c->auth_failures++;
+		/* fall through */
+	case AUTH_NOT_OURS:
+		c->drops++;
+		return;
+	}
 	if (tkw_decode(b, n, m) != TKW_OK) {
 		c->drops++;
 		return;

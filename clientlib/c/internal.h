@@ -13,6 +13,7 @@
 #ifndef TOKEND_INTERNAL_H
 #define TOKEND_INTERNAL_H
 
+#include "auth.h"
 #include "codec.h"
 #include "net.h"
 #include "tokend.h"
@@ -100,6 +101,10 @@ struct req {
 	char errtext[128];  /* the worker's ERROR message, if any (for tokend_last_error) */
 	uint64_t s_session; /* SESSION_OPEN reply */
 	uint32_t s_ttl, s_shards, s_grace, s_wttl;
+	int cookie;         /* SESSION_OPEN: dg carries a cookie (tagged with the open key) */
+	int got_cookie;     /* SESSION_OPEN: a COOKIE reply came */
+	int s_key_ok;       /* SESSION_OPEN: s_key verified the OK reply's tag */
+	uint8_t s_key[TKA_KEY_LEN]; /* SESSION_OPEN: the session key of that reply */
 	tokend_grant out;   /* ACQUIRE/CONVERT: what the caller gets */
 };
 
@@ -221,6 +226,11 @@ struct tokend_client {
 	int64_t jeopardy_ns; /* 0: a third of min(W, S) (jeopardy_ns() in engine.c) */
 	uint32_t req_ttl_ms;
 	int64_t rto0, connect_ns;
+	/* authentication (SPEC 20), read-only after connect */
+	int keyed;                      /* a client key: every session is authenticated */
+	char key_name[TKA_MAX_NAME + 1];
+	uint8_t client_key[TKA_KEY_LEN];
+	struct tka_mac open_c2w, open_w2c; /* MAC keys under the open key */
 	struct tkn_addr *seeds;
 	size_t nseeds;
 
@@ -239,6 +249,8 @@ struct tokend_client {
 	size_t unfinished;
 	int64_t session_deadline;
 	uint32_t S, W, G, shard_count;
+	uint8_t open_nonce[TKA_NONCE_LEN]; /* the nonce of the SESSION_OPEN in progress */
+	struct tka_mac sess_c2w, sess_w2c; /* MAC keys of the open session (keyed) */
 	struct tkn_addr session_dest;
 	size_t dest_rr;
 	int renew_misses;
@@ -257,6 +269,7 @@ struct tokend_client {
 	int confirming; /* calls waiting in confirm_grant: group renewals broadcast c->cond */
 
 	uint64_t drops; /* malformed or unexpected datagrams */
+	uint64_t auth_failures; /* of drops: tag did not verify */
 
 	/* for messages: where MAP_REQUEST and SESSION_OPEN went lately */
 	struct tried {
@@ -294,6 +307,7 @@ void wake_bg(struct tokend_client *c);
 struct req *req_new(struct tokend_client *c, uint8_t type, int owner);
 struct req *req_for_grant(struct tokend_client *c, uint8_t type, int owner, const struct grant_rec *g);
 int req_build(struct tokend_client *c, struct req *r, struct tkw_msg *m);
+int open_build(struct tokend_client *c, struct req *r, const uint8_t *cookie);
 void req_send(struct tokend_client *c, struct req *r, int64_t now);
 void req_complete(struct tokend_client *c, struct req *r, int result);
 void req_unlink(struct tokend_client *c, struct req *r);

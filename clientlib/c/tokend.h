@@ -106,7 +106,9 @@ typedef enum tokend_status {
 	TOKEND_ECALLBACK = -16,   /* this call would block and is not allowed from a callback */
 	TOKEND_ELIMIT = -17,      /* too many requests in flight on this handle */
 	TOKEND_EJEOPARDY = -18,   /* held, but its lease is not confirmed right now (do not rely on it) */
-	TOKEND_EDEADLK = -19      /* the wait would deadlock: this request was chosen to fail; grants held stay */
+	TOKEND_EDEADLK = -19,     /* the wait would deadlock: this request was chosen to fail; grants held stay */
+	TOKEND_EAUTH = -20        /* authentication: no client key, a bad key file, or a worker that does not
+				   * authenticate (or requires a key this client does not have) */
 } tokend_status;
 
 /* The six DLM modes, weakest first. NL holds a place and conflicts with
@@ -211,7 +213,21 @@ typedef struct tokend_options {
 	 * an empty string. After connect, see tokend_last_error. */
 	char *errbuf;
 	size_t errbuf_len;
-	void *reserved[4];           /* zero (tokend_options_init) */
+	/*
+	 * Authentication (wire/SPEC.md section 20). Every session is
+	 * authenticated with a client key, read from the first of: key (the
+	 * contents of a key file: "tokend-key v1 NAME BASE64URL"), the file
+	 * key_file, the file named by $TOKEND_KEY_FILE, the file
+	 * tokend-data/pki/client.key (relative to the working directory: where
+	 * an all-in-one tokend started in that directory writes it). Without
+	 * a key, connect fails with TOKEND_EAUTH, unless insecure is non-zero:
+	 * then sessions are not authenticated, which only a cluster started
+	 * with --insecure accepts (key and key_file must then be NULL).
+	 */
+	const char *key_file;
+	const char *key;
+	int insecure;
+	void *reserved[1];           /* zero (tokend_options_init) */
 } tokend_options;
 
 /* Fill *o with the defaults (all zero). */
@@ -338,8 +354,20 @@ TOKEND_API int tokend_close(tokend_client *c);
  */
 TOKEND_API const char *tokend_last_error(tokend_client *c, char *buf, size_t len);
 
-/* The session id (the service's lease id), 0 if none is open. */
+/* The session id (random, chosen by the worker that opened it), 0 if none
+ * is open. */
 TOKEND_API uint64_t tokend_session_id(tokend_client *c);
+
+/* Counters of a handle, since connect. */
+typedef struct tokend_stats {
+	uint64_t dropped;       /* datagrams dropped: malformed, unexpected, or for another session */
+	uint64_t auth_failures; /* of those, the ones whose auth tag did not verify (a forgery, or a
+				 * worker with another key) */
+	uint64_t reserved[6];
+} tokend_stats;
+
+/* Fill *out with c's counters. TOKEND_OK, or TOKEND_EINVAL for NULL. */
+TOKEND_API int tokend_get_stats(tokend_client *c, tokend_stats *out);
 
 /*
  * Deadlock detection across tokens (wire/SPEC.md section 19). With on != 0,

@@ -2,19 +2,24 @@
  * test_api.c - libtokend's API without a real service: argument checks,
  * names, hashes, connect failures, and the client's main paths (connect,
  * keepalive, acquire, release, revoke, convert, close) against a tiny
- * in-process fake worker that grants everything. The fake also throws
- * garbage at the client, which must drop it and carry on. Meant to run under
- * ASan/UBSan (make test SAN=1) and valgrind (make valgrind).
+ * in-process fake worker that grants everything. The fake authenticates
+ * like a worker (wire/SPEC.md 20: cookie, open key, session keys; it knows
+ * one client key, TEST_KEY) unless it plays an --insecure one. It also
+ * throws garbage and forgeries at the client, which must drop them and carry
+ * on. Meant to run under ASan/UBSan (make test SAN=1) and valgrind (make
+ * valgrind).
  *
  * The fake uses the library's own codec; clientlib/ctest (Go) runs the real
  * scenarios against a fake built on the Go codec and against tokend itself.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "../auth.h"
 #include "../codec.h"
 #include "../tokend.h"
 
 #include <arpa/inet.h>
 #include <stddef.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -23,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +62,11 @@ static void sleep_ms(int ms)
 
 /* ------------------------------------------------------------ fake worker */
 
+/* The one client key the fake knows: name "test", bytes 0, 1, ..., 31. */
+#define TEST_KEY "tokend-key v1 test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+/* Same name, another key. */
+#define WRONG_KEY "tokend-key v1 test AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+
 struct fake {
 	int fd;
 	int port;
@@ -85,8 +96,18 @@ struct fake {
 	int have_client;
 	uint64_t session;
 	uint64_t revoke_seq;
+	/* authentication (SPEC 20) */
+	int insecure;        /* an unauthenticated worker: zero tags, no checks (set before start) */
+	int forge;           /* seal what the fake sends with a key the client does not have (under mu) */
+	int auth_drops;      /* datagrams dropped: bad tag, unknown key, bad cookie (under mu) */
+	struct tka_mac open_c2w, open_w2c;   /* TEST_KEY's open key; read-only after start */
+	uint8_t client_key[TKA_KEY_LEN];     /* read-only after start */
+	struct tka_mac s_c2w, s_w2c, forged; /* the session's keys (under mu) */
+	int have_sk;         /* under mu */
+	uint8_t cookie[TKW_COOKIE_LEN];      /* the fake thread's */
 };
 
+/* Which key tags what the fake sends (SPEC 20 "Which key signs what"). */
 static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_in *to)
 {
 	uint8_t dg[TKW_MAX_DATAGRAM];
@@ -97,7 +118,46 @@ static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_i
 		failures++;
 		return;
 	}
+	struct tka_mac key;
+	const struct tka_mac *k = &key;
+	pthread_mutex_lock(&f->mu);
+	if (f->insecure || (m->h.type == (TKW_MAP_REQUEST | TKW_REPLY) && m->h.session == 0))
+		k = NULL;
+	else if (m->h.type == (TKW_SESSION_OPEN | TKW_REPLY) && m->h.status == TKW_ST_COOKIE)
+		k = NULL;
+	else if (m->h.type == (TKW_SESSION_OPEN | TKW_REPLY) && m->h.status != TKW_ST_OK)
+		key = f->open_w2c;
+	else
+		key = f->forge ? f->forged : f->s_w2c;
+	pthread_mutex_unlock(&f->mu);
+	if (tka_seal(k, dg, len) != 0) {
+		fprintf(stderr, "fake: tka_seal failed\n");
+		failures++;
+		return;
+	}
 	sendto(f->fd, dg, len, 0, (const struct sockaddr *)to, sizeof *to);
+}
+
+/* Does the fake accept what came (SPEC 20)? Counts what it drops. Only the
+ * fake's thread writes the session keys, so it reads them without mu. */
+static int fake_verify(struct fake *f, const uint8_t *b, size_t n, const struct tkw_msg *q)
+{
+	int ok;
+	if (f->insecure || (q->h.type == TKW_MAP_REQUEST && q->h.session == 0))
+		return 1;
+	if (q->h.type == TKW_SESSION_OPEN && q->cookie.len == 0)
+		ok = tka_tag_zero(b, n);
+	else if (q->h.type == TKW_SESSION_OPEN)
+		ok = q->key_name.len == 4 && !memcmp(q->key_name.p, "test", 4) && tka_verify(&f->open_c2w, b, n) &&
+		     !memcmp(q->cookie.p + 4, q->nonce, TKA_NONCE_LEN);
+	else
+		ok = f->have_sk && q->h.session == f->session && tka_verify(&f->s_c2w, b, n);
+	if (!ok) {
+		pthread_mutex_lock(&f->mu);
+		f->auth_drops++;
+		pthread_mutex_unlock(&f->mu);
+	}
+	return ok;
 }
 
 static void send_junk(struct fake *f, const struct sockaddr_in *to, const uint8_t *req, size_t n)
@@ -127,6 +187,8 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 	if (tkw_decode(b, n, &q) != TKW_OK)
 		return;
 	if (f->silent || (f->map_only && q.h.type != TKW_MAP_REQUEST))
+		return;
+	if (!fake_verify(f, b, n, &q))
 		return;
 	if (f->garbage)
 		send_junk(f, from, b, n);
@@ -162,9 +224,29 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		}
 		break;
 	case TKW_SESSION_OPEN:
+		if (!f->insecure && q.cookie.len == 0) {
+			/* a cookie the fake recognises: four zero bytes, then the nonce */
+			memset(f->cookie, 0, 4);
+			memcpy(f->cookie + 4, q.nonce, TKA_NONCE_LEN);
+			r.h.status = TKW_ST_COOKIE;
+			r.cookie.p = f->cookie;
+			r.cookie.len = TKW_COOKIE_LEN;
+			break;
+		}
 		f->sessions_opened++;
 		f->session = 4242 + (uint64_t)f->sessions_opened;
 		r.h.session = f->session;
+		if (!f->insecure) {
+			uint8_t sk[TKA_KEY_LEN];
+			tka_random(r.worker_nonce, TKA_NONCE_LEN);
+			if (tka_session_key(f->client_key, q.nonce, r.worker_nonce, f->session, sk) != 0 ||
+			    tka_mac_init(&f->s_c2w, sk, TKA_CLIENT_TO_WORKER) != 0 ||
+			    tka_mac_init(&f->s_w2c, sk, TKA_WORKER_TO_CLIENT) != 0) {
+				fprintf(stderr, "fake: session key\n");
+				failures++;
+			}
+			f->have_sk = 1;
+		}
 		r.ttl_ms = q.ttl_ms ? q.ttl_ms : 2000;
 		r.shard_count = 64;
 		r.grace_ms = 300;
@@ -308,9 +390,20 @@ static void *fake_main(void *arg)
 	return NULL;
 }
 
-static void fake_start_map(struct fake *f, int silent, int garbage, const char *map_addr, int map_only)
+static void fake_start_full(struct fake *f, int silent, int garbage, const char *map_addr, int map_only,
+			    int insecure)
 {
 	memset(f, 0, sizeof *f);
+	f->insecure = insecure;
+	char name[TKA_MAX_NAME + 1], err[200];
+	uint8_t open[TKA_KEY_LEN], zero[TKA_KEY_LEN] = {0};
+	if (tka_parse_key_file(TEST_KEY, strlen(TEST_KEY), name, f->client_key, err, sizeof err) != 0 ||
+	    tka_open_key(f->client_key, open) != 0 || tka_mac_init(&f->open_c2w, open, TKA_CLIENT_TO_WORKER) != 0 ||
+	    tka_mac_init(&f->open_w2c, open, TKA_WORKER_TO_CLIENT) != 0 ||
+	    tka_mac_init(&f->forged, zero, TKA_WORKER_TO_CLIENT) != 0) {
+		fprintf(stderr, "fake: keys: %s\n", err);
+		failures++;
+	}
 	f->silent = silent;
 	f->garbage = garbage;
 	f->map_addr = map_addr;
@@ -327,6 +420,11 @@ static void fake_start_map(struct fake *f, int silent, int garbage, const char *
 	f->port = ntohs(a.sin_port);
 	snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
 	pthread_create(&f->th, NULL, fake_main, f);
+}
+
+static void fake_start_map(struct fake *f, int silent, int garbage, const char *map_addr, int map_only)
+{
+	fake_start_full(f, silent, garbage, map_addr, map_only, 0);
 }
 
 static void fake_start(struct fake *f, int silent, int garbage) { fake_start_map(f, silent, garbage, NULL, 0); }
@@ -388,10 +486,10 @@ static void test_names(void)
 	CHECK(strcmp(tokend_version(), TOKEND_VERSION_STRING) == 0, "version");
 	CHECK(TOKEND_VERSION_NUMBER == TOKEND_VERSION_MAJOR * 10000 + TOKEND_VERSION_MINOR * 100 + TOKEND_VERSION_PATCH,
 	      "version number");
-	for (int s = 0; s >= -18; s--) {
+	for (int s = 0; s >= -20; s--) {
 		const char *t = tokend_strerror(s);
 		CHECK(t && *t && strcmp(t, tokend_strerror(-999)) != 0, "strerror(%d)", s);
-		for (int u = s - 1; u >= -18; u--)
+		for (int u = s - 1; u >= -20; u--)
 			CHECK(strcmp(t, tokend_strerror(u)) != 0, "strerror(%d) == strerror(%d)", s, u);
 	}
 	tokend_mode m;
@@ -415,6 +513,7 @@ static void test_connect_errors(void)
 	tokend_options o;
 	tokend_client *c = (tokend_client *)1;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	CHECK_RC(tokend_connect(NULL, &c), TOKEND_EINVAL, "NULL options");
 	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "no seeds");
 	CHECK(c == NULL, "*out not cleared");
@@ -447,6 +546,7 @@ static void test_unreachable(void)
 	fake_start(&f, 1, 0);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr, "[::1]:9"};
 	o.seeds = seeds;
 	o.nseeds = 2;
@@ -480,6 +580,7 @@ static void test_silent_map(void)
 		fake_start_map(&seed, 0, 0, silent.addr, !opens);
 		tokend_options o;
 		tokend_options_init(&o);
+	o.key = TEST_KEY;
 		const char *seeds[] = {seed.addr};
 		o.seeds = seeds;
 		o.nseeds = 1;
@@ -598,6 +699,7 @@ static void test_fake(int garbage)
 	fake_start(&f, 0, garbage);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
@@ -695,7 +797,7 @@ static void test_options_abi(void)
 	memset(&o, 0xff, sizeof o);
 	tokend_options_init(&o);
 	CHECK(o.on_jeopardy == NULL && o.jeopardy_ms == 0 && o.errbuf == NULL && o.errbuf_len == 0 &&
-		      o.reserved[3] == NULL,
+		      o.key_file == NULL && o.key == NULL && o.insecure == 0 && o.reserved[0] == NULL,
 	      "options_init leaves junk");
 }
 
@@ -752,6 +854,7 @@ static void test_revoke_after_upgrade(void)
 	fake_start(&f, 0, 0);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
@@ -812,6 +915,7 @@ static void test_async_confirm(void)
 	fake_set(&f, &f.queue_ms, 700);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
@@ -889,6 +993,7 @@ static void test_upgrade_confirm(void)
 	fake_start(&f, 0, 0);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
@@ -946,6 +1051,7 @@ static void test_deadlock_answer(void)
 	fake_start(&f, 0, 0);
 	tokend_options o;
 	tokend_options_init(&o);
+	o.key = TEST_KEY;
 	const char *seeds[] = {f.addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
@@ -975,6 +1081,212 @@ static void test_deadlock_answer(void)
 	fake_stop(&f);
 }
 
+/* Connect to f with o; the status, and the message in err. */
+static int try_connect(struct fake *f, tokend_options *o, char *err, size_t cap, tokend_client **c)
+{
+	static const char *seeds[1];
+	seeds[0] = f->addr;
+	o->seeds = seeds;
+	o->nseeds = 1;
+	o->errbuf = err;
+	o->errbuf_len = cap;
+	if (!o->connect_timeout_ms)
+		o->connect_timeout_ms = 1000;
+	*c = NULL;
+	return tokend_connect(o, c);
+}
+
+static int write_file(const char *path, const char *text)
+{
+	FILE *w = fopen(path, "w");
+	if (!w)
+		return -1;
+	fputs(text, w);
+	return fclose(w);
+}
+
+/*
+ * Where the client key comes from (tokend_options): key, key_file,
+ * $TOKEND_KEY_FILE, tokend-data/pki/client.key in the working directory;
+ * none (and not insecure) is TOKEND_EAUTH with a message naming the ways;
+ * bad ones are TOKEND_EAUTH naming the file and the fault, never the key.
+ */
+static void test_key_sources(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	char dir[] = "/tmp/test_api_keysXXXXXX", path[128], cwd[512], err[256];
+	tokend_options o;
+	tokend_client *c;
+	if (!mkdtemp(dir) || !getcwd(cwd, sizeof cwd) || chdir(dir) != 0) {
+		CHECK(0, "temp dir: %s", strerror(errno));
+		fake_stop(&f);
+		return;
+	}
+	unsetenv("TOKEND_KEY_FILE");
+
+	tokend_options_init(&o);
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_EAUTH, "no key anywhere");
+	CHECK(strstr(err, "no client key") && strstr(err, "key_file") && strstr(err, "TOKEND_KEY_FILE") &&
+		      strstr(err, "tokend-data/pki/client.key") && strstr(err, "insecure"),
+	      "no key: \"%s\"", err);
+	CHECK(fake_get(&f, &f.sessions_opened) == 0, "a session opened without a key");
+
+	tokend_options_init(&o);
+	o.key = "tokend-key v1 test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGx";
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_EAUTH, "a short key");
+	CHECK(strstr(err, "options.key") && strstr(err, "43 characters") && !strstr(err, "AAEC"), "short key: \"%s\"",
+	      err);
+
+	tokend_options_init(&o);
+	o.key_file = "missing.key";
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_EAUTH, "a missing key file");
+	CHECK(strstr(err, "missing.key") && strstr(err, "No such file"), "missing file: \"%s\"", err);
+
+	tokend_options_init(&o);
+	o.key = TEST_KEY;
+	o.insecure = 1;
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_EINVAL, "insecure and a key");
+
+	snprintf(path, sizeof path, "%s/env.key", dir);
+	CHECK(write_file(path, TEST_KEY "\n") == 0, "write %s", path);
+	setenv("TOKEND_KEY_FILE", path, 1);
+	tokend_options_init(&o);
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_OK, "key from $TOKEND_KEY_FILE");
+	tokend_close(c);
+	setenv("TOKEND_KEY_FILE", "/nonexistent/tokend.key", 1);
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_EAUTH, "$TOKEND_KEY_FILE names no file");
+	CHECK(strstr(err, "$TOKEND_KEY_FILE") && strstr(err, "/nonexistent/tokend.key"), "env: \"%s\"", err);
+	unsetenv("TOKEND_KEY_FILE");
+
+	CHECK(mkdir("tokend-data", 0700) == 0 && mkdir("tokend-data/pki", 0700) == 0, "mkdir");
+	CHECK(write_file("tokend-data/pki/client.key", TEST_KEY "\n") == 0, "write the default key file");
+	tokend_options_init(&o);
+	CHECK_RC(try_connect(&f, &o, err, sizeof err, &c), TOKEND_OK, "the default key file");
+	tokend_close(c);
+	CHECK(fake_get(&f, &f.sessions_opened) == 2, "%d sessions", fake_get(&f, &f.sessions_opened));
+	CHECK(fake_get(&f, &f.auth_drops) == 0, "the fake dropped %d datagrams", fake_get(&f, &f.auth_drops));
+
+	unlink("tokend-data/pki/client.key");
+	rmdir("tokend-data/pki");
+	rmdir("tokend-data");
+	unlink(path);
+	CHECK(chdir(cwd) == 0, "chdir back");
+	rmdir(dir);
+	fake_stop(&f);
+}
+
+/*
+ * Keys that do not match: a keyed client and an --insecure worker (its OK
+ * reply carries no tag: refused), an insecure client and an authenticating
+ * worker (answered COOKIE: refused), a client whose key the worker does not
+ * have (its open is dropped: the message says so). And an insecure client
+ * with an insecure worker works.
+ */
+static void test_auth_mismatch(void)
+{
+	struct fake keyed, insecure;
+	fake_start(&keyed, 0, 0);
+	fake_start_full(&insecure, 0, 0, NULL, 0, 1);
+	char err[256];
+	tokend_options o;
+	tokend_client *c;
+
+	tokend_options_init(&o);
+	o.key = TEST_KEY;
+	CHECK_RC(try_connect(&insecure, &o, err, sizeof err, &c), TOKEND_EAUTH, "keyed client, insecure worker");
+	CHECK(strstr(err, "not authenticated") && strstr(err, "--insecure"), "keyed vs insecure: \"%s\"", err);
+	printf("keyed client, insecure worker: %s\n", err);
+
+	tokend_options_init(&o);
+	o.insecure = 1;
+	CHECK_RC(try_connect(&keyed, &o, err, sizeof err, &c), TOKEND_EAUTH, "insecure client, keyed worker");
+	CHECK(strstr(err, "COOKIE") && strstr(err, "no key"), "insecure vs keyed: \"%s\"", err);
+	printf("insecure client, keyed worker: %s\n", err);
+
+	tokend_options_init(&o);
+	o.key = WRONG_KEY;
+	o.connect_timeout_ms = 500;
+	int64_t t0 = now_ms();
+	CHECK_RC(try_connect(&keyed, &o, err, sizeof err, &c), TOKEND_EAUTH, "a key the worker does not have");
+	CHECK(now_ms() - t0 < 2000, "wrong key took %" PRId64 " ms", now_ms() - t0);
+	CHECK(strstr(err, "cookie") && strstr(err, "\"test\"") && strstr(err, "tokenctl keys add"),
+	      "wrong key: \"%s\"", err);
+	CHECK(fake_get(&keyed, &keyed.auth_drops) > 0, "the fake dropped no open");
+	CHECK(fake_get(&keyed, &keyed.sessions_opened) == 0, "a session opened with the wrong key");
+	printf("wrong key: %s\n", err);
+
+	tokend_options_init(&o);
+	o.insecure = 1;
+	CHECK_RC(try_connect(&insecure, &o, err, sizeof err, &c), TOKEND_OK, "insecure client, insecure worker");
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, "i", 1, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "insecure acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "insecure release");
+	tokend_close(c);
+	fake_stop(&keyed);
+	fake_stop(&insecure);
+}
+
+static int auth_failures_pred(void *a)
+{
+	tokend_stats st;
+	tokend_get_stats(a, &st);
+	return st.auth_failures > 0;
+}
+
+/*
+ * Datagrams that do not carry the session's tag are dropped and counted,
+ * never acted on: a REVOKE and a KEEPALIVE reply sealed with another key
+ * change nothing; the same REVOKE with the right tag reaches on_revoke.
+ */
+static void test_forged(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	char err[256];
+	tokend_options o;
+	tokend_client *c;
+	tokend_options_init(&o);
+	o.key = TEST_KEY;
+	o.on_revoke = on_revoke;
+	int rc = try_connect(&f, &o, err, sizeof err, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, "forge", 5, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	pthread_mutex_lock(&cb_mu);
+	revokes_seen = 0;
+	pthread_mutex_unlock(&cb_mu);
+	pthread_mutex_lock(&f.mu);
+	f.forge = 1;
+	pthread_mutex_unlock(&f.mu);
+	fake_revoke(&f, "forge", g.fence, TOKEND_NL);
+	CHECK(wait_for(auth_failures_pred, c, 2000), "a forged REVOKE was not counted");
+	/* the forged keepalive replies (the fake answers under the wrong key
+	 * while forge is on) are dropped too: the grant loses its renewals */
+	pthread_mutex_lock(&f.mu);
+	f.forge = 0;
+	pthread_mutex_unlock(&f.mu);
+	CHECK(cb_get(&revokes_seen) == 0, "a forged REVOKE reached on_revoke");
+	CHECK(fake_get(&f, &f.revoke_acks) == 0, "a forged REVOKE was acknowledged");
+	CHECK_RC(tokend_grant_check(c, &g, NULL), TOKEND_OK, "the grant after a forged REVOKE");
+	fake_revoke(&f, "forge", g.fence, TOKEND_NL);
+	int one = 1;
+	CHECK(wait_for(revokes_pred, &one, 2000), "the genuine REVOKE did not reach on_revoke");
+	tokend_stats st;
+	CHECK_RC(tokend_get_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.auth_failures >= 1 && st.dropped >= st.auth_failures, "stats: dropped %" PRIu64 ", auth %" PRIu64,
+	      st.dropped, st.auth_failures);
+	CHECK(fake_get(&f, &f.auth_drops) == 0, "the fake dropped %d of the client's datagrams",
+	      fake_get(&f, &f.auth_drops));
+	CHECK_RC(tokend_get_stats(NULL, &st), TOKEND_EINVAL, "stats of NULL");
+	tokend_close(c);
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	srand(1);
@@ -989,6 +1301,9 @@ int main(void)
 	test_async_confirm();
 	test_deadlock_answer();
 	test_upgrade_confirm();
+	test_key_sources();
+	test_auth_mismatch();
+	test_forged();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
