@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -412,5 +415,71 @@ func TestHandoffFullListener(t *testing.T) {
 	}
 	if v := refusedConns(w1, t, refusedGlobal); v != 0 {
 		t.Fatalf("refused %v connections for the global limit, want 0", v)
+	}
+}
+
+// TestHandoffMACVector: the handoff key and both MACs of wire/SPEC.md
+// section 18 for fixed inputs, as computed independently with Python's
+// hmac and hashlib (HKDF written out from RFC 5869).
+func TestHandoffMACVector(t *testing.T) {
+	var ck auth.Key
+	for i := range ck {
+		ck[i] = byte(i)
+	}
+	nb, na := make([]byte, 16), make([]byte, 16)
+	for i := range nb {
+		nb[i], na[i] = byte(0x10+i), byte(0x20+i)
+	}
+	req := &pullRequest{From: "w2", Incarnation: "1a", ToID: "w1", To: "2b", MapVersion: 7,
+		Shards: []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 10, Epoch: 2}}}
+	k := handoffKey(ck)
+	if got := hex.EncodeToString(k); got != "c7fcad26387dc5ed033be7f823560ee86b5a89b9a9dd65fc0ac5e7a0960b23ea" {
+		t.Errorf("handoff key %s", got)
+	}
+	for _, v := range []struct {
+		dir   byte
+		extra string
+		want  string
+	}{
+		{dirPuller, "", "f587aa14b64e255382294a50906a60d63dab19abd72e6f6d93bc4e14c5031ed5"},
+		{dirGiver, "\x00\x00\x00\x02{}", "246039772c7c8ee62d1993b6bfc7fb6fe1a5383c761c84e1536432722cc82b01"},
+	} {
+		mac, err := handoffMAC(k, v.dir, req, nb, na, []byte(v.extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(mac); got != v.want {
+			t.Errorf("direction %d: MAC %s, want %s", v.dir, got, v.want)
+		}
+	}
+	// Every field is covered: changing any one changes the proof.
+	base, _ := handoffMAC(k, dirPuller, req, nb, na, nil)
+	for name, change := range map[string]func(r *pullRequest){
+		"from":        func(r *pullRequest) { r.From = "w3" },
+		"incarnation": func(r *pullRequest) { r.Incarnation = "1b" },
+		"to_id":       func(r *pullRequest) { r.ToID = "w0" },
+		"to":          func(r *pullRequest) { r.To = "2c" },
+		"map_version": func(r *pullRequest) { r.MapVersion = 8 },
+		"shard":       func(r *pullRequest) { r.Shards = []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 11, Epoch: 2}} },
+		"epoch":       func(r *pullRequest) { r.Shards = []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 10, Epoch: 3}} },
+		"shards":      func(r *pullRequest) { r.Shards = r.Shards[:1] },
+		"boundary":    func(r *pullRequest) { r.From, r.Incarnation = "w21", "a" },
+	} {
+		r := *req
+		change(&r)
+		if mac, _ := handoffMAC(k, dirPuller, &r, nb, na, nil); hmac.Equal(mac, base) {
+			t.Errorf("%s changed, same proof", name)
+		}
+	}
+	if mac, _ := handoffMAC(k, dirPuller, req, na, nb, nil); hmac.Equal(mac, base) {
+		t.Error("nonces swapped, same proof")
+	}
+	if mac, _ := handoffMAC(k, dirGiver, req, nb, na, nil); hmac.Equal(mac, base) {
+		t.Error("other direction, same MAC")
+	}
+	long := *req
+	long.From = strings.Repeat("x", 1<<16)
+	if _, err := handoffMAC(k, dirPuller, &long, nb, na, nil); !errors.Is(err, errHandoffFrame) {
+		t.Errorf("a field of 64 KiB: %v", err)
 	}
 }
