@@ -1,13 +1,19 @@
 /*
  * tokend-lock - run a command while holding a tokend token, like flock(1).
  *
- *   tokend-lock [-s host:port]... [-m mode] [-w ms | -n] [-g ms] [-f] [-q] NAME command [args...]
+ *   tokend-lock [-s host:port]... [-m mode] [-w ms | -n] [-g ms] [-f] [-q]
+ *               [--key-file FILE | --insecure] NAME command [args...]
  *
  * Acquires token NAME (default mode EX, waiting as long as it takes), checks
  * that the grant is valid, runs the command with TOKEND_TOKEN, TOKEND_FENCE
  * and TOKEND_VALID_UNTIL_MS in its environment, releases the token when the
  * command ends and exits with the command's status (128 + signal if it was
  * killed).
+ *
+ * The session is authenticated with the client key of --key-file FILE, else
+ * of $TOKEND_KEY_FILE, else of tokend-data/pki/client.key if it exists
+ * (tokend_options in tokend.h); --insecure is for a cluster started with
+ * --insecure.
  *
  * The command runs only while the grant is valid. tokend-lock watches it
  * (the library renews it in the background) and, the moment its validity
@@ -86,8 +92,12 @@ static pid_t lost_target; /* target as the library's thread sees it (same value 
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: tokend-lock [-s host:port]... [-m mode] [-w ms | -n] [-g ms] [-f] [-q] NAME command [args...]\n"
+		"usage: tokend-lock [-s host:port]... [-m mode] [-w ms | -n] [-g ms] [-f] [-q]\n"
+		"                   [--key-file FILE | --insecure] NAME command [args...]\n"
 		"  -s host:port  tokend worker to start from (repeatable; default $TOKEND_SERVER or 127.0.0.1:7700)\n"
+		"  --key-file FILE  the client key (\"tokend-key v1 NAME KEY\"; default $TOKEND_KEY_FILE, else\n"
+		"                tokend-data/pki/client.key if it exists)\n"
+		"  --insecure    no client key: only for a cluster started with --insecure\n"
 		"  -m mode       NL CR CW PR PW EX, shared or exclusive (default EX)\n"
 		"  -w ms         wait at most ms for the token (default: no limit)\n"
 		"  -n            do not wait: fail at once (exit 3) if the token is held\n"
@@ -183,8 +193,57 @@ static int finish(tokend_client *c, tokend_grant *g, int code)
 	return code;
 }
 
+/*
+ * Take the long options (--key-file FILE, --key-file=FILE, --insecure) out
+ * of argv[1..], up to NAME (the first argument that is no option), so that
+ * getopt sees only the short ones. Returns the new argc, or -1 on a bad one.
+ */
+static int long_options(int argc, char **argv, const char **key_file, int *insecure)
+{
+	int out = 1, i = 1;
+	while (i < argc) {
+		char *a = argv[i];
+		if (a[0] != '-' || !strcmp(a, "-") || !strcmp(a, "--"))
+			break;
+		if (!strcmp(a, "--insecure")) {
+			*insecure = 1;
+			i++;
+		} else if (!strcmp(a, "--key-file")) {
+			if (i + 1 >= argc)
+				return -1;
+			*key_file = argv[i + 1];
+			i += 2;
+		} else if (!strncmp(a, "--key-file=", 11)) {
+			*key_file = a + 11;
+			i++;
+		} else if (a[1] == '-') {
+			fprintf(stderr, "tokend-lock: unknown option %s\n", a);
+			return -1;
+		} else {
+			/* a short option, with its value if it takes one separately */
+			int takes = strchr("smwg", a[1]) != NULL && a[2] == 0;
+			argv[out++] = argv[i++];
+			if (takes && i < argc)
+				argv[out++] = argv[i++];
+		}
+	}
+	while (i < argc)
+		argv[out++] = argv[i++];
+	argv[out] = NULL;
+	return out;
+}
+
 int main(int argc, char **argv)
 {
+	const char *key_file = NULL;
+	int insecure = 0;
+	argc = long_options(argc, argv, &key_file, &insecure);
+	if (argc < 0)
+		usage();
+	if (key_file && insecure) {
+		fprintf(stderr, "tokend-lock: --key-file and --insecure exclude each other\n");
+		usage();
+	}
 	const char *seeds[64];
 	size_t nseeds = 0;
 	tokend_mode mode = TOKEND_EX;
@@ -247,16 +306,29 @@ int main(int argc, char **argv)
 	sigaddset(&chld, SIGCHLD);
 	pthread_sigmask(SIG_BLOCK, &chld, NULL);
 
+	const char *env_key = getenv("TOKEND_KEY_FILE");
+	if (!insecure && !key_file && !(env_key && *env_key) && access("tokend-data/pki/client.key", F_OK) != 0) {
+		fprintf(stderr, "tokend-lock: no client key: give --key-file FILE (or set $TOKEND_KEY_FILE); "
+				"`tokend certs` writes <certs-dir>/client.key. --insecure only for a cluster started "
+				"with --insecure\n");
+		return EXIT_ERROR;
+	}
+
 	tokend_options o;
 	tokend_options_init(&o);
 	o.seeds = seeds;
 	o.nseeds = nseeds;
 	o.on_lost = on_lost;
+	o.key_file = key_file;
+	o.insecure = insecure;
+	char connect_err[256];
+	o.errbuf = connect_err;
+	o.errbuf_len = sizeof connect_err;
 	tokend_client *c;
 	int rc = tokend_connect(&o, &c);
 	if (rc != TOKEND_OK) {
 		fprintf(stderr, "tokend-lock: connect to %s%s: %s\n", seeds[0], nseeds > 1 ? " (and the other -s)" : "",
-			tokend_strerror(rc));
+			connect_err[0] ? connect_err : tokend_strerror(rc));
 		return EXIT_ERROR;
 	}
 	tokend_grant g;
