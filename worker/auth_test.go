@@ -32,7 +32,7 @@ type authFixture struct {
 	alice   auth.Key
 }
 
-func newAuthFixture(t *testing.T, lim Limits) *authFixture {
+func newAuthFixture(t testing.TB, lim Limits) *authFixture {
 	t.Helper()
 	f := &authFixture{cli: testEtcd(t)}
 	var err error
