@@ -256,7 +256,11 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	br := bufio.NewReader(tc)
 	g, src := w.met.ho, remoteIP(c).String()
 	var req pullRequest
-	if err := readFrame(br, maxPullRequest, &req); err != nil {
+	reqFrame, err := readRawFrame(br, maxPullRequest)
+	if err == nil {
+		err = unmarshalFrame(reqFrame, &req)
+	}
+	if err != nil {
 		switch {
 		case isTimeout(err):
 			g.refused.WithLabelValues(refusedTimeout).Inc()
@@ -266,7 +270,9 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 		w.log.Debug("no handoff request", "from", c.RemoteAddr(), "err", err)
 		return
 	}
-	if req.Deadlock != nil {
+	if req.Deadlock != nil && len(req.Nonce) == 0 {
+		// The leader's detector without a nonce (section 19): served
+		// unauthenticated, as the detector holds no key.
 		tc.end = start.Add(connTimeout)
 		w.serveDeadlock(tc, &req)
 		return
@@ -274,21 +280,27 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	var key, giverNonce []byte
 	if w.cfg.Auth != nil {
 		var ok bool
-		if key, giverNonce, ok = w.authPuller(tc, br, &req, src); !ok {
+		if key, giverNonce, ok = w.authPuller(tc, br, reqFrame, &req, src); !ok {
 			return
 		}
 	}
 	passed()
 	tc.end = start.Add(connTimeout)
-	resp := w.answerPull(ctx, &req)
-	frame, err := marshalFrame(resp)
+	var (
+		resp *pullResponse
+		ans  any
+	)
+	if req.Deadlock != nil {
+		ans = w.answerDeadlock(req.Proto, req.Deadlock, w.clk.Now())
+	} else {
+		resp = w.answerPull(ctx, &req)
+		ans = resp
+	}
+	frame, err := marshalFrame(ans)
 	if err == nil && key != nil {
-		var mac []byte
-		if mac, err = handoffMAC(key, dirGiver, &req, req.Nonce, giverNonce, frame); err == nil {
-			var seal []byte
-			seal, err = marshalFrame(pullSeal{MAC: mac})
-			frame = append(frame, seal...)
-		}
+		var seal []byte
+		seal, err = marshalFrame(pullSeal{MAC: handoffMAC(key, dirGiver, req.Nonce, giverNonce, reqFrame, frame)})
+		frame = append(frame, seal...)
 	}
 	n := 0
 	if err == nil {
@@ -296,6 +308,9 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	}
 	if err != nil {
 		w.log.Warn("handoff answer not sent", "to", req.From, "err", err)
+		return
+	}
+	if resp == nil {
 		return
 	}
 	sent := 0

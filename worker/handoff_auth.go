@@ -13,7 +13,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -118,33 +117,19 @@ func newHandoffNonce() ([]byte, error) {
 	return n, err
 }
 
-// handoffMAC computes the MAC of direction dir of the exchange of req:
-// HMAC-SHA256(key, dir || puller nonce || giver nonce || from ||
-// incarnation || to_id || to || map_version || shard count ||
-// (shard, epoch)... || extra), strings as a u16 big-endian length and
-// their bytes, numbers big-endian (map_version u64, the rest u32). extra
-// is the answer's frame for dirGiver, empty for dirPuller.
-func handoffMAC(key []byte, dir byte, req *pullRequest, pullerNonce, giverNonce, extra []byte) ([]byte, error) {
+// handoffMAC computes the MAC of direction dir of one exchange:
+// HMAC-SHA256(key, dir || puller's nonce || giver's nonce || frames...),
+// the frames whole as sent (length included): the request's for dirPuller,
+// the request's and the answer's for dirGiver.
+func handoffMAC(key []byte, dir byte, pullerNonce, giverNonce []byte, frames ...[]byte) []byte {
 	m := hmac.New(sha256.New, key)
-	b := make([]byte, 0, 128+8*len(req.Shards))
-	b = append(b, dir)
-	b = append(append(b, pullerNonce...), giverNonce...)
-	for _, s := range []string{req.From, req.Incarnation, req.ToID, req.To} {
-		if len(s) > 0xffff {
-			return nil, fmt.Errorf("%w: field of %d bytes", errHandoffFrame, len(s))
-		}
-		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
-		b = append(b, s...)
+	m.Write([]byte{dir})
+	m.Write(pullerNonce)
+	m.Write(giverNonce)
+	for _, f := range frames {
+		m.Write(f)
 	}
-	b = binary.BigEndian.AppendUint64(b, req.MapVersion)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(req.Shards)))
-	for _, se := range req.Shards {
-		b = binary.BigEndian.AppendUint32(b, se.Shard)
-		b = binary.BigEndian.AppendUint32(b, se.Epoch)
-	}
-	m.Write(b)
-	m.Write(extra)
-	return m.Sum(nil), nil
+	return m.Sum(nil)
 }
 
 // handoffGuard holds the handoff listener's admission state and the
@@ -319,12 +304,12 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// authPuller authenticates the requester of req on the connection read
-// through r and written through c: it sends this worker's nonce and checks
-// the requester's proof (in constant time). It returns the handoff key and
-// the nonce, or ok false: nothing more is to be sent (a failure is
-// counted and logged).
-func (w *Worker) authPuller(c io.Writer, r io.Reader, req *pullRequest, src string) (key, nonce []byte, ok bool) {
+// authPuller authenticates the requester of req (read as reqFrame) on the
+// connection read through r and written through c: it sends this worker's
+// nonce and checks the requester's proof (in constant time). It returns
+// the handoff key and the nonce, or ok false: nothing more is to be sent
+// (a failure is counted and logged).
+func (w *Worker) authPuller(c io.Writer, r io.Reader, reqFrame []byte, req *pullRequest, src string) (key, nonce []byte, ok bool) {
 	g := w.met.ho
 	fail := func(reason string, args ...any) {
 		g.authFailures.WithLabelValues(reason).Inc()
@@ -356,8 +341,7 @@ func (w *Worker) authPuller(c io.Writer, r io.Reader, req *pullRequest, src stri
 		return nil, nil, false
 	}
 	key = handoffKey(w.cfg.Auth.ClusterKey)
-	want, err := handoffMAC(key, dirPuller, req, req.Nonce, nonce, nil)
-	if err != nil || !hmac.Equal(p.Proof, want) {
+	if !hmac.Equal(p.Proof, handoffMAC(key, dirPuller, req.Nonce, nonce, reqFrame)) {
 		fail(authBadProof)
 		return nil, nil, false
 	}
@@ -367,11 +351,12 @@ func (w *Worker) authPuller(c io.Writer, r io.Reader, req *pullRequest, src stri
 // maxProofFrame bounds the frames of a proof and of a seal.
 const maxProofFrame = 1 << 10
 
-// pullOnce makes one attempt: connect, ask, read the answer. With key
-// (handoffKey of the cluster key) the exchange is authenticated: the old
-// owner must answer with a challenge and seal its answer; an answer whose
-// seal does not verify is refused before it is decoded.
-func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*pullResponse, int, error) {
+// exchange makes one exchange on the handoff listener at addr: it sends
+// req and returns the answer's frame. With key (handoffKey of the cluster
+// key) the exchange is authenticated: the other side must answer with a
+// challenge and seal its answer; an answer whose seal does not verify is
+// refused before it is decoded. n counts the bytes read.
+func exchange(ctx context.Context, addr string, req *pullRequest, key []byte) (frame []byte, n int, err error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -388,66 +373,68 @@ func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*
 			return nil, 0, err
 		}
 	}
-	if _, err := writeFrame(c, &r); err != nil {
+	reqFrame, err := marshalFrame(&r)
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, err := c.Write(reqFrame); err != nil {
 		return nil, 0, err
 	}
 	cr := &countReader{r: bufio.NewReader(c)}
-	var giverNonce []byte
-	if key != nil {
-		// An old owner without Auth answers at once: its answer is read
-		// as a challenge without a nonce, and refused.
-		raw, err := readRawFrame(cr, maxPullResponse)
-		if err != nil {
-			return nil, cr.n, err
-		}
-		var ch pullChallenge
-		if err := unmarshalFrame(raw, &ch); err != nil {
-			return nil, cr.n, err
-		}
-		if ch.Error != "" {
-			return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, ch.Error)
-		}
-		if len(ch.Nonce) != handoffNonceLen {
-			return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authNoChallenge})
-		}
-		giverNonce = ch.Nonce
-		proof, err := handoffMAC(key, dirPuller, &r, r.Nonce, giverNonce, nil)
-		if err != nil {
-			return nil, cr.n, err
-		}
-		if _, err := writeFrame(c, pullProof{Proof: proof}); err != nil {
-			return nil, cr.n, err
-		}
+	if key == nil {
+		frame, err := readRawFrame(cr, maxPullResponse)
+		return frame, cr.n, err
 	}
+	// An old owner without Auth answers at once: its answer is read as a
+	// challenge without a nonce, and refused.
 	raw, err := readRawFrame(cr, maxPullResponse)
 	if err != nil {
 		return nil, cr.n, err
 	}
-	if key != nil {
-		var seal pullSeal
-		if err := readFrame(cr, maxProofFrame, &seal); err != nil {
-			return nil, cr.n, err
-		}
-		want, err := handoffMAC(key, dirGiver, &r, r.Nonce, giverNonce, raw)
-		if err != nil {
-			return nil, cr.n, err
-		}
-		if !hmac.Equal(seal.MAC, want) {
-			return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authBadSeal})
-		}
+	var ch pullChallenge
+	if err := unmarshalFrame(raw, &ch); err != nil {
+		return nil, cr.n, err
+	}
+	if ch.Error != "" {
+		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, ch.Error)
+	}
+	if len(ch.Nonce) != handoffNonceLen {
+		return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authNoChallenge})
+	}
+	if _, err := writeFrame(c, pullProof{Proof: handoffMAC(key, dirPuller, r.Nonce, ch.Nonce, reqFrame)}); err != nil {
+		return nil, cr.n, err
+	}
+	if frame, err = readRawFrame(cr, maxPullResponse); err != nil {
+		return nil, cr.n, err
+	}
+	var seal pullSeal
+	if err := readFrame(cr, maxProofFrame, &seal); err != nil {
+		return nil, cr.n, err
+	}
+	if !hmac.Equal(seal.MAC, handoffMAC(key, dirGiver, r.Nonce, ch.Nonce, reqFrame, frame)) {
+		return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authBadSeal})
+	}
+	return frame, cr.n, nil
+}
+
+// pullOnce makes one attempt of a pull: exchange, then decode the answer.
+func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*pullResponse, int, error) {
+	raw, n, err := exchange(ctx, addr, req, key)
+	if err != nil {
+		return nil, n, err
 	}
 	var resp pullResponse
 	if err := unmarshalFrame(raw, &resp); err != nil {
-		return nil, cr.n, err
+		return nil, n, err
 	}
 	if resp.Error != "" && resp.Retry {
-		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
+		return nil, n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
 	}
 	if resp.Error != "" {
-		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
+		return nil, n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
 	}
 	if resp.Proto != handoffProto {
-		return nil, cr.n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
+		return nil, n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
 	}
-	return &resp, cr.n, nil
+	return &resp, n, nil
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire/auth"
 )
@@ -430,56 +430,49 @@ func TestHandoffMACVector(t *testing.T) {
 	for i := range nb {
 		nb[i], na[i] = byte(0x10+i), byte(0x20+i)
 	}
-	req := &pullRequest{From: "w2", Incarnation: "1a", ToID: "w1", To: "2b", MapVersion: 7,
-		Shards: []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 10, Epoch: 2}}}
+	reqFrame, ansFrame := []byte("\x00\x00\x00\x0b{\"proto\":1}"), []byte("\x00\x00\x00\x02{}")
 	k := handoffKey(ck)
 	if got := hex.EncodeToString(k); got != "c7fcad26387dc5ed033be7f823560ee86b5a89b9a9dd65fc0ac5e7a0960b23ea" {
 		t.Errorf("handoff key %s", got)
 	}
-	for _, v := range []struct {
-		dir   byte
-		extra string
-		want  string
-	}{
-		{dirPuller, "", "f587aa14b64e255382294a50906a60d63dab19abd72e6f6d93bc4e14c5031ed5"},
-		{dirGiver, "\x00\x00\x00\x02{}", "246039772c7c8ee62d1993b6bfc7fb6fe1a5383c761c84e1536432722cc82b01"},
-	} {
-		mac, err := handoffMAC(k, v.dir, req, nb, na, []byte(v.extra))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := hex.EncodeToString(mac); got != v.want {
-			t.Errorf("direction %d: MAC %s, want %s", v.dir, got, v.want)
-		}
+	p := handoffMAC(k, dirPuller, nb, na, reqFrame)
+	if got := hex.EncodeToString(p); got != "1d677a738a1f4bca4c90c534c02c6db0f5683e0bad9fce0b46d6546bb1e3f70d" {
+		t.Errorf("proof %s", got)
 	}
-	// Every field is covered: changing any one changes the proof.
-	base, _ := handoffMAC(k, dirPuller, req, nb, na, nil)
-	for name, change := range map[string]func(r *pullRequest){
-		"from":        func(r *pullRequest) { r.From = "w3" },
-		"incarnation": func(r *pullRequest) { r.Incarnation = "1b" },
-		"to_id":       func(r *pullRequest) { r.ToID = "w0" },
-		"to":          func(r *pullRequest) { r.To = "2c" },
-		"map_version": func(r *pullRequest) { r.MapVersion = 8 },
-		"shard":       func(r *pullRequest) { r.Shards = []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 11, Epoch: 2}} },
-		"epoch":       func(r *pullRequest) { r.Shards = []shardEpochJ{{Shard: 9, Epoch: 2}, {Shard: 10, Epoch: 3}} },
-		"shards":      func(r *pullRequest) { r.Shards = r.Shards[:1] },
-		"boundary":    func(r *pullRequest) { r.From, r.Incarnation = "w21", "a" },
-	} {
-		r := *req
-		change(&r)
-		if mac, _ := handoffMAC(k, dirPuller, &r, nb, na, nil); hmac.Equal(mac, base) {
-			t.Errorf("%s changed, same proof", name)
-		}
+	m := handoffMAC(k, dirGiver, nb, na, reqFrame, ansFrame)
+	if got := hex.EncodeToString(m); got != "79dbc525445bf299a35a768e78f19f2aeab7d34eb1a8d3f03bff1ab54634e66e" {
+		t.Errorf("seal %s", got)
 	}
-	if mac, _ := handoffMAC(k, dirPuller, req, na, nb, nil); hmac.Equal(mac, base) {
+	if hmac.Equal(handoffMAC(k, dirPuller, na, nb, reqFrame), p) {
 		t.Error("nonces swapped, same proof")
 	}
-	if mac, _ := handoffMAC(k, dirGiver, req, nb, na, nil); hmac.Equal(mac, base) {
+	if hmac.Equal(handoffMAC(k, dirGiver, nb, na, reqFrame), p) {
 		t.Error("other direction, same MAC")
 	}
-	long := *req
-	long.From = strings.Repeat("x", 1<<16)
-	if _, err := handoffMAC(k, dirPuller, &long, nb, na, nil); !errors.Is(err, errHandoffFrame) {
-		t.Errorf("a field of 64 KiB: %v", err)
+}
+
+// TestHandoffDeadlockQuery: the leader's deadlock detector is answered
+// without a nonce (it holds no key, section 19) and, with a nonce, only
+// after the same authentication as a pull, the answer sealed.
+func TestHandoffDeadlockQuery(t *testing.T) {
+	k, other := testClusterKey(t), testClusterKey(t)
+	_, w1, _ := authWorkers(t, &k, &k, "")
+	q := &pullRequest{Proto: cluster.DeadlockProto, Deadlock: &cluster.DeadlockQuery{
+		Incarnation: formatInc(w1.testOwner().Incarnation), Waits: true}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, key := range [][]byte{nil, handoffKey(k)} {
+		raw, _, err := exchange(ctx, w1.HandoffAddr(), q, key)
+		if err != nil {
+			t.Fatalf("key %v: %v", key != nil, err)
+		}
+		var ans cluster.DeadlockAnswer
+		if err := unmarshalFrame(raw, &ans); err != nil || ans.Error != "" || ans.Worker != "w1" {
+			t.Fatalf("key %v: answer %+v, %v", key != nil, ans, err)
+		}
 	}
+	if raw, _, err := exchange(ctx, w1.HandoffAddr(), q, handoffKey(other)); err == nil {
+		t.Fatalf("another key got an answer: %q", raw)
+	}
+	waitFor(t, "bad_proof counted", func() bool { return authFailures(w1, t, authBadProof) == 1 })
 }
