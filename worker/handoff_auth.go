@@ -1,10 +1,11 @@
 package worker
 
-// The guard of the handoff listener (wire/SPEC.md section 18, "Who may
-// pull" and "Connections"): mutual authentication of the two workers of a
-// pull under a key derived from the cluster key, a MAC over the answer that
-// binds the handed-off state to that exchange, deadlines, and limits on the
-// connections held at once, overall and per source address.
+// The guard of the handoff listener (wire/SPEC.md section 18,
+// "Authentication" and "Connections"): mutual authentication of the two
+// sides of an exchange under a key derived from the cluster key, a MAC over
+// the answer that binds the handed-off state to that exchange, deadlines,
+// and limits on the connections held at once, overall and per source
+// address.
 
 import (
 	"bufio"
