@@ -112,23 +112,46 @@ var sanFlags = []string{"-fsanitize=address,undefined", "-fno-omit-frame-pointer
 
 var programs = map[string]string{
 	"test_codec": "tests/test_codec.c",
+	"test_auth":  "tests/test_auth.c",
 	"test_api":   "tests/test_api.c",
 	"tokend-e2e": "tests/e2e.c",
 	"revoke":     "examples/revoke.c", // includes <tokend.h>, as installed
 }
 
+var (
+	cryptoOnce               sync.Once
+	cryptoCFlags, cryptoLibs []string
+)
+
+// libcrypto returns the compiler and linker flags of OpenSSL's libcrypto,
+// from pkg-config when it knows them, else plain -lcrypto.
+func libcrypto() (cflags, libs []string) {
+	cryptoOnce.Do(func() {
+		cryptoLibs = []string{"-lcrypto"}
+		if out, err := exec.Command("pkg-config", "--cflags", "libcrypto").Output(); err == nil {
+			cryptoCFlags = strings.Fields(string(out))
+		}
+		if out, err := exec.Command("pkg-config", "--libs", "libcrypto").Output(); err == nil && len(strings.Fields(string(out))) > 0 {
+			cryptoLibs = strings.Fields(string(out))
+		}
+	})
+	return cryptoCFlags, cryptoLibs
+}
+
 // buildC compiles the library and the named programs into a new temporary
-// directory and returns it.
+// directory and returns it. The library needs OpenSSL's libcrypto (Debian:
+// libssl-dev).
 func buildC(t *testing.T, san bool, progs ...string) string {
 	t.Helper()
 	cc := findCC(t)
 	src := cDir(t)
 	out := t.TempDir()
-	flags := append([]string{}, cFlags...)
+	cryptoC, cryptoL := libcrypto()
+	flags := append(append([]string{}, cFlags...), cryptoC...)
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "net.c", "engine.c", "client.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup
@@ -140,6 +163,9 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 			args := append(append([]string{}, flags...), "-c", filepath.Join(src, f), "-o", objs[i])
 			if o, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
 				errs[i] = fmt.Errorf("cc %s: %v\n%s", f, err, o)
+				if bytes.Contains(o, []byte("openssl/")) {
+					errs[i] = fmt.Errorf("%w\nthe C client needs OpenSSL's libcrypto headers (Debian: apt-get install libssl-dev)", errs[i])
+				}
 			}
 		}()
 	}
@@ -151,7 +177,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	}
 	for _, p := range progs {
 		args := append(append([]string{}, flags...), "-I", src, "-o", filepath.Join(out, p), filepath.Join(src, programs[p]))
-		args = append(append(args, objs...), "-pthread")
+		args = append(append(append(args, objs...), cryptoL...), "-pthread")
 		if o, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
 			t.Fatalf("cc %s: %v\n%s", p, err, o)
 		}
@@ -159,13 +185,14 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	return out
 }
 
-// run runs a C program with a timeout and returns its combined output.
-func run(t *testing.T, timeout time.Duration, bin string, args ...string) (string, error) {
+// run runs a C program with a timeout, with env added to its environment,
+// and returns its combined output.
+func run(t *testing.T, timeout time.Duration, env []string, bin string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS=print_stacktrace=1")
+	cmd.Env = append(append(os.Environ(), "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS=print_stacktrace=1"), env...)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("timed out after %v: %w", timeout, err)
@@ -183,9 +210,34 @@ func TestCodecVectors(t *testing.T) {
 				t.Skip("no ASan/UBSan here")
 			}
 			dir := buildC(t, san, "test_codec")
-			out, err := run(t, 2*time.Minute, filepath.Join(dir, "test_codec"), vectorsPath(t))
+			out, err := run(t, 2*time.Minute, nil, filepath.Join(dir, "test_codec"), vectorsPath(t))
 			if err != nil || !strings.Contains(out, " 0 failures") {
 				t.Fatalf("test_codec: %v\n%s", err, out)
+			}
+			t.Log(strings.TrimSpace(out))
+		})
+	}
+}
+
+// TestAuthVectors checks the C client's cryptography (auth.c, OpenSSL
+// libcrypto) against every line of wire/auth/testdata/vectors.txt, the
+// vectors package wire/auth pins itself to, and its key file parser against
+// files it must refuse.
+func TestAuthVectors(t *testing.T) {
+	for _, san := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "asan"}[san]
+		t.Run(name, func(t *testing.T) {
+			if san && !sanitizers(t, findCC(t)) {
+				t.Skip("no ASan/UBSan here")
+			}
+			dir := buildC(t, san, "test_auth")
+			vectors, err := filepath.Abs(filepath.Join("..", "..", "wire", "auth", "testdata", "vectors.txt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := run(t, time.Minute, nil, filepath.Join(dir, "test_auth"), vectors)
+			if err != nil || !strings.Contains(out, " 0 failures") {
+				t.Fatalf("test_auth: %v\n%s", err, out)
 			}
 			t.Log(strings.TrimSpace(out))
 		})
@@ -441,7 +493,7 @@ func TestAPI(t *testing.T) {
 				t.Skip("no ASan/UBSan here")
 			}
 			dir := buildC(t, san, "test_api")
-			out, err := run(t, 2*time.Minute, filepath.Join(dir, "test_api"))
+			out, err := run(t, 2*time.Minute, nil, filepath.Join(dir, "test_api"))
 			if err != nil || !strings.Contains(out, "test_api: ok") {
 				t.Fatalf("test_api: %v\n%s", err, out)
 			}
@@ -456,13 +508,26 @@ func TestAPI(t *testing.T) {
 			t.Skip("slow")
 		}
 		dir := buildC(t, false, "test_api")
-		out, err := run(t, 5*time.Minute, vg, "-q", "--error-exitcode=99", "--leak-check=full",
+		out, err := run(t, 5*time.Minute, nil, vg, "-q", "--error-exitcode=99", "--leak-check=full",
 			"--errors-for-leak-kinds=all", filepath.Join(dir, "test_api"))
 		if err != nil || !strings.Contains(out, "test_api: ok") {
 			t.Fatalf("test_api under valgrind: %v\n%s", err, out)
 		}
 	})
 }
+
+// ---------------------------------------------------------------- where clients connect
+
+// target is where a C client connects: a worker's address, and the client
+// key file it authenticates with (wire/SPEC.md section 20).
+type target struct {
+	addr    string
+	keyFile string
+}
+
+// env is what a C client run against tg has in its environment: the
+// library reads its key file from $TOKEND_KEY_FILE.
+func (tg target) env() []string { return []string{"TOKEND_KEY_FILE=" + tg.keyFile} }
 
 // ---------------------------------------------------------------- a fake worker cluster
 
@@ -478,8 +543,9 @@ const (
 // its workers did, for the scenarios' assertions.
 type fake struct {
 	*fakeworker.Cluster
-	mu     sync.Mutex
-	counts map[string]int // guarded by mu
+	keyFile string // the client key file of the cluster's default key
+	mu      sync.Mutex
+	counts  map[string]int // guarded by mu
 }
 
 // newFake starts nworkers fake workers: 64 shards in four runs with epochs
@@ -495,6 +561,10 @@ func newFake(t *testing.T, nworkers int) *fake {
 	}
 	f.Cluster = c
 	t.Cleanup(c.Close)
+	f.keyFile = filepath.Join(t.TempDir(), "client.key")
+	if err := c.WriteKeyFile(f.keyFile); err != nil {
+		t.Fatal(err)
+	}
 	c.Reassign(fakeworker.Fresh, func(s uint32, _ int, _ uint32) (int, uint32) {
 		return int(s) * nworkers / fakeShards, 1 + s/16
 	})
@@ -542,6 +612,9 @@ func (f *fake) observe(e fakeworker.Event) {
 		}
 	}
 }
+
+// at is worker i of the fake, for a C client.
+func (f *fake) at(i int) target { return target{f.Addr(i), f.keyFile} }
 
 func (f *fake) count(what string) int {
 	f.mu.Lock()
@@ -599,10 +672,12 @@ type proc struct {
 	done  chan error
 }
 
-func start(t *testing.T, bin string, args ...string) *proc {
+// start starts a C program against tg; its first argument is tg's address.
+func start(t *testing.T, tg target, bin string, args ...string) *proc {
 	t.Helper()
+	args = append([]string{tg.addr}, args...)
 	p := &proc{cmd: exec.Command(bin, args...), lines: make(chan string, 100), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	p.cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=1")
+	p.cmd.Env = append(append(os.Environ(), "ASAN_OPTIONS=detect_leaks=1"), tg.env()...)
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -691,11 +766,17 @@ func parseFence(t *testing.T, line string) (fence uint64, ms int64) {
 	return fence, ms
 }
 
+// runAt runs a C program against tg, with tg's address as its first argument.
+func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...string) (string, error) {
+	t.Helper()
+	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
+}
+
 var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many"}
 
-func runScenario(t *testing.T, bin, addr, s string) {
+func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()
-	out, err := run(t, 90*time.Second, bin, addr, s)
+	out, err := runAt(t, 90*time.Second, tg, bin, s)
 	if err != nil || !strings.Contains(out, "ok "+s) {
 		t.Fatalf("%s: %v\n%s", s, err, out)
 	}
@@ -703,12 +784,12 @@ func runScenario(t *testing.T, bin, addr, s string) {
 
 // killedClient: a holder killed with SIGKILL loses its token when its session
 // expires; a waiter then gets it with a larger fence.
-func killedClient(t *testing.T, bin, addr, name string, ttl time.Duration) {
-	holder := start(t, bin, addr, "hold", name, "60000")
+func killedClient(t *testing.T, bin string, tg target, name string, ttl time.Duration) {
+	holder := start(t, tg, bin, "hold", name, "60000")
 	f1, _ := parseFence(t, holder.expect(t, "fence", 30*time.Second))
 	holder.cmd.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
-	out, err := run(t, 60*time.Second, bin, addr, "wait", name, "20000")
+	out, err := runAt(t, 60*time.Second, tg, bin, "wait", name, "20000")
 	if err != nil {
 		t.Fatalf("waiter: %v\n%s", err, out)
 	}
@@ -725,7 +806,7 @@ func killedClient(t *testing.T, bin, addr, name string, ttl time.Duration) {
 
 // fencesAcross: two clients take turns on one token; each sees increasing
 // fences, and no fence is granted twice.
-func fencesAcross(t *testing.T, bin, addr, name string) {
+func fencesAcross(t *testing.T, bin string, tg target, name string) {
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
 	errs := make([]error, 2)
@@ -733,7 +814,7 @@ func fencesAcross(t *testing.T, bin, addr, name string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			outs[i], errs[i] = run(t, 90*time.Second, bin, addr, "fences", name, "25")
+			outs[i], errs[i] = runAt(t, 90*time.Second, tg, bin, "fences", name, "25")
 		}()
 	}
 	wg.Wait()
@@ -774,7 +855,7 @@ func TestFakeWorker(t *testing.T) {
 				for _, s := range scenarios {
 					t.Run(s, func(t *testing.T) {
 						t.Parallel()
-						runScenario(t, bin, f.Addr(0), s)
+						runScenario(t, bin, f.at(0), s)
 					})
 				}
 			})
@@ -790,7 +871,7 @@ func TestFakeWorker(t *testing.T) {
 				// 1 in 200): run more rounds, up to five, until one comes.
 				for i := 0; i < repeat || (f.count("cached") == 0 && i < 5); i++ {
 					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges"} {
-						runScenario(t, bin, f.Addr(0), s)
+						runScenario(t, bin, f.at(0), s)
 					}
 				}
 				if f.count("cached") == 0 {
@@ -799,18 +880,18 @@ func TestFakeWorker(t *testing.T) {
 			})
 			t.Run("killed-client", func(t *testing.T) {
 				f := newFake(t, 1)
-				killedClient(t, bin, f.Addr(0), "killed", fakeSessionTTL)
+				killedClient(t, bin, f.at(0), "killed", fakeSessionTTL)
 				if f.count("expired") == 0 {
 					t.Errorf("no session expired")
 				}
 			})
 			t.Run("fences", func(t *testing.T) {
 				f := newFake(t, 2)
-				fencesAcross(t, bin, f.Addr(0), "fenced")
+				fencesAcross(t, bin, f.at(0), "fenced")
 			})
 			t.Run("hung-client-lost", func(t *testing.T) {
 				f := newFake(t, 1)
-				p := start(t, bin, f.Addr(0), "lost", "hung", "10000")
+				p := start(t, f.at(0), bin, "lost", "hung", "10000")
 				fence, _ := parseFence(t, p.expect(t, "fence", 10*time.Second))
 				if !f.partition(fence) {
 					t.Fatal("no grant with that fence")
@@ -822,7 +903,7 @@ func TestFakeWorker(t *testing.T) {
 			t.Run("release-on-hung-worker", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.Addr(0), "stuck", f.NameOn("stuck", 1), f.NameOn("alive", 0))
+				p := start(t, f.at(0), bin, "stuck", f.NameOn("stuck", 1), f.NameOn("alive", 0))
 				p.expect(t, "fence", 10*time.Second)
 				f.SetMuted(1, true)
 				t.Log(p.expect(t, "release gave up", 15*time.Second))
@@ -831,7 +912,7 @@ func TestFakeWorker(t *testing.T) {
 			t.Run("worker-crash", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.Addr(0), "survive", "crash", "1500")
+				p := start(t, f.at(0), bin, "survive", "crash", "1500")
 				p.expect(t, "fence", 10*time.Second)
 				f.crash()
 				p.expect(t, "survived", 15*time.Second)
@@ -843,7 +924,7 @@ func TestFakeWorker(t *testing.T) {
 			t.Run("jeopardy-then-lost", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.Addr(0), "jeopardy", f.NameOn("jeopardy", 1), "lost")
+				p := start(t, f.at(0), bin, "jeopardy", f.NameOn("jeopardy", 1), "lost")
 				p.expect(t, "fence", 10*time.Second)
 				f.SetMuted(1, true)
 				t.Log(p.expect(t, "jeopardy with", 25*time.Second))
@@ -852,7 +933,7 @@ func TestFakeWorker(t *testing.T) {
 			t.Run("jeopardy-recovered", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.Addr(0), "jeopardy", f.NameOn("jeopardy", 1), "recover")
+				p := start(t, f.at(0), bin, "jeopardy", f.NameOn("jeopardy", 1), "recover")
 				p.expect(t, "fence", 10*time.Second)
 				f.SetMuted(1, true)
 				time.Sleep(fakeW) // past the jeopardy threshold, well before deadline + grace
@@ -862,12 +943,12 @@ func TestFakeWorker(t *testing.T) {
 			})
 			t.Run("long-wait", func(t *testing.T) {
 				f := newFake(t, 2)
-				longWait(t, bin, f.Addr(0), "longwait", 3*fakeSessionTTL, fakeW)
+				longWait(t, bin, f.at(0), "longwait", 3*fakeSessionTTL, fakeW)
 			})
 			t.Run("shard-move", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)
-				p := start(t, bin, f.Addr(0), "survive", "moved", "1500")
+				p := start(t, f.at(0), bin, "survive", "moved", "1500")
 				p.expect(t, "fence", 10*time.Second)
 				f.move()
 				p.expect(t, "survived", 15*time.Second)
@@ -902,9 +983,9 @@ func TestReadmeExample(t *testing.T) {
 	}
 	dir := buildC(t, false, "revoke", "tokend-e2e")
 	f := newFake(t, 2)
-	p := start(t, filepath.Join(dir, "revoke"), f.Addr(0), "readme-revoke")
+	p := start(t, f.at(0), filepath.Join(dir, "revoke"), "readme-revoke")
 	p.expect(t, "holding readme-revoke", 10*time.Second)
-	out, err := run(t, 30*time.Second, filepath.Join(dir, "tokend-e2e"), f.Addr(0), "wait", "readme-revoke", "10000")
+	out, err := runAt(t, 30*time.Second, f.at(0), filepath.Join(dir, "tokend-e2e"), "wait", "readme-revoke", "10000")
 	if err != nil {
 		t.Fatalf("the other client: %v\n%s", err, out)
 	}
@@ -934,10 +1015,12 @@ func freeUDPPort(t *testing.T) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-// startTokend builds cmd/tokend once into a temp dir and starts it all-in-one
-// on loopback, etcd without TLS, with a 2 s session TTL (and the extra
-// flags); it returns the worker's UDP address.
-func startTokend(t *testing.T, extra ...string) string {
+// startTokend builds cmd/tokend into a temp dir and starts it all-in-one on
+// loopback as a user would, secure (etcd with TLS, clients authenticated),
+// with a 2 s session TTL (and the extra flags). On its first start it makes
+// its certificates and keys in <data-dir>/pki; it returns the worker's UDP
+// address and that client key file.
+func startTokend(t *testing.T, extra ...string) target {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -952,12 +1035,11 @@ func startTokend(t *testing.T, extra ...string) string {
 	udpAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
 	cmd := exec.Command(bin,
 		"--data-dir", filepath.Join(dir, "data"),
-		"--client-urls", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
-		"--peer-urls", fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		"--client-urls", fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
+		"--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
 		"--http-addr", httpAddr,
 		"--udp-addr", udpAddr,
 		"--session-ttl", "2s",
-		"--insecure", // plain http on loopback: the test reaches etcd only through the worker
 		"--log-level", "warn")
 	cmd.Args = append(cmd.Args, extra...)
 	var out bytes.Buffer
@@ -991,7 +1073,11 @@ func startTokend(t *testing.T, extra ...string) string {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return udpAddr
+				keyFile := filepath.Join(dir, "data", "pki", "client.key")
+				if _, err := os.Stat(keyFile); err != nil {
+					t.Fatalf("tokend is ready but made no client key: %v", err)
+				}
+				return target{udpAddr, keyFile}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -1043,9 +1129,9 @@ func workerServesUDP(t *testing.T, addr string) bool {
 // longWait: a waiter queued for hold behind a holder gets a grant that is
 // valid on return with more than W/4 left, stays valid, and is never
 // reported lost (issue 11; SPEC.md 13, "asynchronous grant").
-func longWait(t *testing.T, bin, addr, name string, hold, w time.Duration) {
+func longWait(t *testing.T, bin string, tg target, name string, hold, w time.Duration) {
 	t.Helper()
-	out, err := run(t, hold+60*time.Second, bin, addr, "longwait", name,
+	out, err := runAt(t, hold+60*time.Second, tg, bin, "longwait", name,
 		strconv.Itoa(int(hold/time.Millisecond)), strconv.Itoa(int(w/time.Millisecond)))
 	if err != nil || !strings.Contains(out, "ok longwait") {
 		t.Fatalf("longwait: %v\n%s", err, out)
@@ -1065,11 +1151,11 @@ func TestLongWait(t *testing.T) {
 		t.Skip("starts tokend")
 	}
 	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
-	addr := startTokend(t, "--worker-ttl", "2s", "--grace", "2s")
-	if !workerServesUDP(t, addr) {
+	tg := startTokend(t, "--worker-ttl", "2s", "--grace", "2s")
+	if !workerServesUDP(t, tg.addr) {
 		t.Skip("worker does not serve UDP yet")
 	}
-	longWait(t, bin, addr, "e2e-longwait", 6*time.Second, 2*time.Second)
+	longWait(t, bin, tg, "e2e-longwait", 6*time.Second, 2*time.Second)
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -1077,18 +1163,18 @@ func TestEndToEnd(t *testing.T) {
 		t.Skip("starts tokend")
 	}
 	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
-	addr := startTokend(t)
-	if !workerServesUDP(t, addr) {
+	tg := startTokend(t)
+	if !workerServesUDP(t, tg.addr) {
 		t.Skip("worker does not serve UDP yet")
 	}
 	t.Run("scenarios", func(t *testing.T) {
 		for _, s := range scenarios {
-			t.Run(s, func(t *testing.T) { runScenario(t, bin, addr, s) })
+			t.Run(s, func(t *testing.T) { runScenario(t, bin, tg, s) })
 		}
 	})
-	t.Run("killed-client", func(t *testing.T) { killedClient(t, bin, addr, "e2e-killed", 2*time.Second) })
-	t.Run("fences-two-c-clients", func(t *testing.T) { fencesAcross(t, bin, addr, "e2e-fences") })
-	t.Run("c-and-go-clients", func(t *testing.T) { cAndGo(t, bin, addr, "e2e-c-and-go") })
+	t.Run("killed-client", func(t *testing.T) { killedClient(t, bin, tg, "e2e-killed", 2*time.Second) })
+	t.Run("fences-two-c-clients", func(t *testing.T) { fencesAcross(t, bin, tg, "e2e-fences") })
+	t.Run("c-and-go-clients", func(t *testing.T) { cAndGo(t, bin, tg, "e2e-c-and-go") })
 }
 
 // cAndGo runs a C client and a Go client taking turns on one exclusive
@@ -1096,20 +1182,20 @@ func TestEndToEnd(t *testing.T) {
 // each client's own fences increase, and together they are one contiguous
 // run of sequence numbers in one epoch (the token's shard sees no other
 // traffic here), so no grant was made twice or skipped.
-func cAndGo(t *testing.T, bin, addr, name string) {
+func cAndGo(t *testing.T, bin string, tg target, name string) {
 	const n = 20
 	var cOut string
 	var cErr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		cOut, cErr = run(t, 90*time.Second, bin, addr, "fences", name, strconv.Itoa(n))
+		cOut, cErr = runAt(t, 90*time.Second, tg, bin, "fences", name, strconv.Itoa(n))
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Hold each grant for its turn instead of giving it back on revoke
 	// (the default), so the C client really waits for the Go one.
-	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: []string{addr},
+	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: []string{tg.addr}, KeyFile: tg.keyFile,
 		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	if err != nil {
 		t.Fatal(err)

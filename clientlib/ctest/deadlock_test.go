@@ -68,9 +68,9 @@ func namesServedBy(t *testing.T, c *devcluster.Cluster, prefix string) []string 
 
 var deadlockRE = regexp.MustCompile(`deadlock after (\d+) ms`)
 
-func runDeadlock(t *testing.T, bin string, args ...string) {
+func runDeadlock(t *testing.T, c *devcluster.Cluster, bin string, args ...string) {
 	t.Helper()
-	out, err := run(t, 60*time.Second, bin, args...)
+	out, err := run(t, 60*time.Second, target{keyFile: c.KeyFile()}.env(), bin, args...)
 	if err != nil || !strings.Contains(out, "ok "+args[0]) {
 		t.Fatalf("%v: %v\n%s", args, err, out)
 	}
@@ -91,16 +91,16 @@ func TestDeadlockC(t *testing.T) {
 	t.Run("one-worker", func(t *testing.T) {
 		c := startDevCluster(t, 1)
 		seeds := c.Seeds()
-		runDeadlock(t, bin, append([]string{"conv", "c-conv"}, seeds...)...)
+		runDeadlock(t, c, bin, append([]string{"conv", "c-conv"}, seeds...)...)
 		x, y := "c-x", "c-y"
 		if wire.Shard([]byte(x), 64) == wire.Shard([]byte(y), 64) {
 			y += "'"
 		}
-		runDeadlock(t, bin, append([]string{"cycle", x, y}, seeds...)...)
+		runDeadlock(t, c, bin, append([]string{"cycle", x, y}, seeds...)...)
 	})
 	t.Run("two-workers", func(t *testing.T) {
 		c := startDevCluster(t, 2)
 		n := namesServedBy(t, c, "c-cyc")
-		runDeadlock(t, bin, append([]string{"cycle", n[0], n[1]}, c.Seeds()...)...)
+		runDeadlock(t, c, bin, append([]string{"cycle", n[0], n[1]}, c.Seeds()...)...)
 	})
 }
