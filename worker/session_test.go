@@ -49,6 +49,10 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("client keys after duplicate opens: %v", resp.Kvs)
 	}
 	c.session = ids[0]
+	// Without Auth too, the session id is random, not the lease's id.
+	if d := sessionDoc(t, cli, ids[0]); uint64(d.lease) == ids[0] || d.SealedKey != "" || d.KeyName != "" {
+		t.Fatalf("insecure session %x: document %+v", ids[0], d.Client)
+	}
 
 	// Known at once: the first token request is served.
 	g := c.acquire("a", wire.EX, true, 0)

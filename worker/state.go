@@ -519,7 +519,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		ah := rh
 		ah.Type, ah.Status = wire.TypeGrantAsync, wire.StatusOK
 		if p := w.encodeOutcome(ah, o, v); p != nil {
-			ob.add(p, s.addr, 0, s.keys.out)
+			w.toSession(ob, s, p)
 		}
 		return
 	}
@@ -530,7 +530,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		return
 	}
 	s.core.Settle(o.Req, status, reply)
-	ob.add(reply, s.addr, 0, s.keys.out)
+	w.toSession(ob, s, reply)
 }
 
 // revokeOut sends a REVOKE to a holder and schedules its retransmission
@@ -556,6 +556,19 @@ func (w *Worker) revokeOut(ob *outbox, shard uint32, st *shardState, o *table.Ou
 	w.revoking[s.id] = s
 	w.wantWake(next)
 	w.met.revokesSent.Inc()
+	w.toSession(ob, s, pkt)
+}
+
+// toSession queues a datagram the worker sends unasked (GRANT_ASYNC, a
+// late final reply, REVOKE) for session s, sealed with its key. With Auth,
+// a session whose key this worker has not unsealed yet (one handed over
+// with a shard, not heard from here) has it unsealed now; if that fails
+// nothing is sent (a REVOKE is retransmitted later). Caller holds mu.
+func (w *Worker) toSession(ob *outbox, s *session, pkt []byte) {
+	if a := w.cfg.Auth; a != nil && !s.keys.macs(a, s.id) {
+		w.met.drop("no_session_key")
+		return
+	}
 	ob.add(pkt, s.addr, 0, s.keys.out)
 }
 

@@ -68,7 +68,7 @@ func (w *Worker) runDue(ob *outbox) int64 {
 	for _, s := range w.revoking {
 		resend = s.core.Tick(n, resend[:0])
 		for _, pkt := range resend {
-			ob.add(pkt, s.addr, 0, s.keys.out)
+			w.toSession(ob, s, pkt)
 			w.met.revokesSent.Inc()
 		}
 		if d, ok := s.core.NextDeadline(); ok {

@@ -40,6 +40,17 @@
 //     it lists the wait-for edges of the queued requests and answers the
 //     victims it is sent DEADLOCK.
 //
+// # Authentication
+//
+// With Config.Auth (wire/SPEC.md section 20; authn.go): a SESSION_OPEN is
+// answered a stateless cookie first, and opens a session only with that
+// cookie and a MAC under the client's key; every later datagram of a
+// session carries a MAC under the session key, checked before its body is
+// read, and every datagram the worker sends to a session is sealed. The
+// session key travels between workers sealed under the cluster key in the
+// session document. Rate limits and the table of recent opens are the pure
+// core worker/guard; the replay window is in worker/session.
+//
 // # State
 //
 // One mutex (Worker.mu) guards all mutable serving state: the shard tables,
@@ -55,7 +66,10 @@
 // to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
 // recoveries_total, handoffs_out_total, handoffs_in_total{result},
 // handoff_bytes_total{direction}, handoff_duration_seconds,
-// deadlocks_total{kind} (conversion, cycle), and the gauges
+// deadlocks_total{kind} (conversion, cycle), auth_failures_total{reason}
+// (datagrams dropped unanswered by authentication: bad_tag,
+// unknown_session, unknown_key, bad_cookie, bad_session_key, replay),
+// limited_total{limit} (requests answered LIMIT by Config.Limits), and the gauges
 // held_tokens, queued_requests, sessions, shards, grace_shards,
 // handoff_waiting_shards and lease_safe_seconds.
 package worker
