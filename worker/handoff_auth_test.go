@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -475,4 +476,38 @@ func TestHandoffDeadlockQuery(t *testing.T) {
 		t.Fatalf("another key got an answer: %q", raw)
 	}
 	waitFor(t, "bad_proof counted", func() bool { return authFailures(w1, t, authBadProof) == 1 })
+}
+
+// levelCounter is a slog handler that counts records by level.
+type levelCounter struct {
+	mu sync.Mutex
+	n  map[slog.Level]int
+}
+
+func (h *levelCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *levelCounter) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n[r.Level]++
+	return nil
+}
+func (h *levelCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *levelCounter) WithGroup(string) slog.Handler      { return h }
+
+// TestHandoffWarnOncePerMinute: refusals are logged at WARN at most once a
+// minute per source, the rest at DEBUG.
+func TestHandoffWarnOncePerMinute(t *testing.T) {
+	g := newHandoffGuard("tokend", "worker")
+	h := &levelCounter{n: map[slog.Level]int{}}
+	log := slog.New(h)
+	t0 := time.Unix(1000, 0)
+	for _, at := range []struct {
+		src string
+		d   time.Duration
+	}{{"a", 0}, {"a", 30 * time.Second}, {"b", 31 * time.Second}, {"a", 59 * time.Second}, {"a", 61 * time.Second}, {"b", 62 * time.Second}} {
+		g.warn(log, t0.Add(at.d), at.src, "refused")
+	}
+	if h.n[slog.LevelWarn] != 3 || h.n[slog.LevelDebug] != 3 {
+		t.Fatalf("logged %v, want 3 WARN (a at 0 s and 61 s, b at 31 s) and 3 DEBUG", h.n)
+	}
 }
