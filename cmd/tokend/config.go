@@ -186,7 +186,7 @@ func (c *config) options() []option {
 		{"shutdown-timeout", "how long an orderly shutdown may take before it is forced", durationVal(&c.shutdownTimeout), nil},
 		{"drain-timeout", "on SIGTERM, how long the worker may hand its shards to other workers before stopping (0: stop at once, like SIGINT)", durationVal(&c.drainTimeout), nil},
 		{"insecure", "etcd without TLS and without authentication: http:// URLs, and clients without certificates; anyone who reaches its client URL can rewrite the cluster's state (a warning is logged at start)", boolVal(&c.insecure), nil},
-		{"certs-dir", "directory with the files made by \"tokend certs\" (ca.crt, server-<name>.crt/.key, tokend.crt/.key); the all-in-one default creates them there on first start (default <data-dir>/pki; worker: ./tokend-data/pki)", stringVal(&c.certsDir), nil},
+		{"certs-dir", "directory with the files made by \"tokend certs\" (ca.crt, server-<name>.crt/.key, tokend.crt/.key, cluster.key, client.key); the all-in-one default creates them there on first start (default <data-dir>/pki; worker: ./tokend-data/pki)", stringVal(&c.certsDir), nil},
 		{"etcd-cert-file", "certificate the etcd member serves its client URLs with (default <certs-dir>/server-<name>.crt)", stringVal(&c.etcdCertFile), member},
 		{"etcd-key-file", "key of --etcd-cert-file (default <certs-dir>/server-<name>.key)", stringVal(&c.etcdKeyFile), member},
 		{"etcd-ca-file", "CA whose client certificates the etcd member accepts; the common name is the etcd user (default <certs-dir>/ca.crt)", stringVal(&c.etcdCAFile), member},
