@@ -587,3 +587,36 @@ func TestAttackNamesPerSession(t *testing.T) {
 		t.Fatalf("%d LIMIT answers, %v counted; want %d", limited, f.limitedCount(limNames), 2*cap)
 	}
 }
+
+// TestAuthLimits: the number of sessions and the table of recent opens
+// are bounded; an open beyond either is answered LIMIT (tagged with the
+// open key) and counted.
+func TestAuthLimits(t *testing.T) {
+	for _, tc := range []struct {
+		lim  string
+		conf Limits
+	}{
+		{limSessions, Limits{Sessions: 2}},
+		{limRecent, Limits{RecentOpens: 2, OpenRatePerSource: -1, OpenRate: -1}},
+	} {
+		t.Run(tc.lim, func(t *testing.T) {
+			f := newAuthFixture(t, tc.conf)
+			c := udpClient(t, f.w)
+			udpClient(t, f.w).openAuth("alice", f.alice, 0)
+			udpClient(t, f.w).openAuth("alice", f.alice, 0)
+			m, h := openMsg("alice", 0)
+			m.Cookie = c.cookie(m, h)
+			r, ok := c.callRaw(sealOpen(t, m, h, f.alice), h.Request, 5*time.Second)
+			if !ok {
+				t.Fatal("no reply")
+			}
+			wantStatus(t, r, wire.StatusLimit)
+			if !auth.NewMAC(auth.OpenKey(f.alice), auth.WorkerToClient).Verify(r.raw) {
+				t.Fatal("LIMIT not tagged with the open key")
+			}
+			if f.limitedCount(tc.lim) != 1 {
+				t.Fatalf("limited_total{limit=%q} = %v", tc.lim, f.limitedCount(tc.lim))
+			}
+		})
+	}
+}

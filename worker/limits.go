@@ -10,8 +10,10 @@ import (
 // and counted under tokend_worker_limited_total{limit}. The zero value of
 // a field means its default.
 type Limits struct {
-	// Sessions bounds the live sessions this worker knows: an open
-	// beyond it is refused ("sessions"). Default 100,000.
+	// Sessions bounds the live sessions this worker knows (every worker
+	// knows every live session of the cluster): an open beyond it is
+	// refused ("sessions"). Default 1,000,000, the cluster size
+	// docs/SCALE.md plans for.
 	Sessions int
 	// NamesPerSession bounds the names one session holds or waits for in
 	// the shards of this worker ("names_per_session"). Default 10,000.
@@ -42,7 +44,7 @@ func (l Limits) withDefaults() (Limits, error) {
 			*v = d
 		}
 	}
-	def(&l.Sessions, 100_000)
+	def(&l.Sessions, 1_000_000)
 	def(&l.NamesPerSession, 10_000)
 	def(&l.RecentOpens, 1<<16)
 	deff(&l.OpenRate, 2000)

@@ -196,16 +196,16 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.amet.fail("replay")
 		w.met.drop("replay")
 		return
-	case core.Apply:
-		// Only a request applied for the first time moves the session
-		// (section 20): a replayed one cannot point REVOKEs elsewhere.
-		s.addr = from
 	}
+	// Replies go to from, the sender of this datagram. Only a request
+	// applied for the first time moves s.addr, where REVOKE and
+	// GRANT_ASYNC go (section 20): a replayed one, or one refused with a
+	// retryable status, cannot point them elsewhere.
 	switch h.Type {
 	case wire.TypeKeepalive:
-		w.handleKeepalive(ob, s, h, pkt)
+		w.handleKeepalive(ob, s, h, pkt, from)
 	case wire.TypeSessionClose:
-		w.handleClose(ob, s, h, pkt)
+		w.handleClose(ob, s, h, pkt, from)
 	case wire.TypeRevokeAck:
 		var m wire.RevokeAck
 		if err := m.Decode(h, pkt); err != nil {
@@ -214,6 +214,7 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		}
 		s.core.Ack(h.Ack)
 		s.core.Mark(h.Request)
+		s.addr = from
 		s.core.AckRevoke(m.Target)
 		w.trackRevokes(s)
 		w.met.op(h.Type, wire.StatusOK)
@@ -225,12 +226,12 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 // badRequest answers a request from a known session whose body does not
 // decode, or that is not acceptable: BAD_REQUEST, not cached (nothing was
 // applied; invariant 7), counted as a drop by reason.
-func (w *Worker) badRequest(ob *outbox, s *session, h wire.Header, reason string) {
+func (w *Worker) badRequest(ob *outbox, s *session, h wire.Header, to *net.UDPAddr, reason string) {
 	w.met.drop(reason)
 	w.met.op(h.Type, wire.StatusBadRequest)
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
-	ob.add(errorReply(rh, wire.StatusBadRequest), s.addr, h.Type, s.keys.out)
+	ob.add(errorReply(rh, wire.StatusBadRequest), to, h.Type, s.keys.out)
 }
 
 // handleToken serves ACQUIRE, RELEASE, CONVERT, CANCEL and RECLAIM; v is
@@ -243,14 +244,14 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 	if !ob.stamp.Before(ob.safe) {
 		w.met.drop("unavailable")
 		w.met.op(h.Type, wire.StatusUnavailable)
-		ob.add(errorReply(rh, wire.StatusUnavailable), s.addr, h.Type, s.keys.out)
+		ob.add(errorReply(rh, wire.StatusUnavailable), from, h.Type, s.keys.out)
 		return
 	}
 	// At most once (invariant 4): a request id seen before gets the reply
 	// it had (or, if still queued, its current state).
 	switch v {
 	case core.Reused:
-		w.badRequest(ob, s, h, "id_reused")
+		w.badRequest(ob, s, h, from, "id_reused")
 		return
 	case core.Resend:
 		w.met.op(h.Type, statusDuplicate)
@@ -259,19 +260,19 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 	}
 	in, name, err := table.Decode(h, pkt, ob.now)
 	if err != nil {
-		w.badRequest(ob, s, h, wire.Reason(err))
+		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
 	s.core.Ack(h.Ack)
 	if name != nil && wire.Shard(name, uint32(len(w.shards))) != h.Shard {
-		w.badRequest(ob, s, h, "wrong_shard")
+		w.badRequest(ob, s, h, from, "wrong_shard")
 		return
 	}
 	st, status, hint := w.owner(h.Shard, h.Epoch)
 	if st == nil {
 		w.met.drop(label(status.String()))
 		w.met.op(h.Type, status)
-		ob.add(notOwnerReply(rh, status, hint), s.addr, h.Type, s.keys.out)
+		ob.add(notOwnerReply(rh, status, hint), from, h.Type, s.keys.out)
 		return
 	}
 	if st.tab == nil {
@@ -279,18 +280,19 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		// owner within pullTimeout (or the shard is recovered). Retryable.
 		w.met.drop("handoff")
 		w.met.op(h.Type, wire.StatusUnavailable)
-		ob.add(awaitingReply(rh), s.addr, h.Type, s.keys.out)
+		ob.add(awaitingReply(rh), from, h.Type, s.keys.out)
 		return
 	}
 	if s.core.OverLimit(h) {
-		w.limited(ob, h, s.addr, limQueued, s.keys.out)
+		w.limited(ob, h, from, limQueued, s.keys.out)
 		return
 	}
 	if in.Op == table.OpAcquire && w.names(s) >= w.cfg.Limits.NamesPerSession {
-		w.limited(ob, h, s.addr, limNames, s.keys.out)
+		w.limited(ob, h, from, limNames, s.keys.out)
 		return
 	}
 	in.Session, in.Req = s.id, h.Request
+	s.addr = from
 	rq := &reqCtx{s: s, h: h, fence: in.Fence, tgt: in.Target}
 	s.shards[h.Shard] = struct{}{}
 	w.out = st.tab.Step(in, ob.now, w.out[:0])
@@ -304,16 +306,17 @@ const statusDuplicate = wire.Status(254)
 // handleKeepalive answers a KEEPALIVE: per entry whether this worker serves
 // that shard at that epoch, and for how long it vouches. With RENEW the
 // session's etcd lease is renewed first, off the receive loop.
-func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []byte) {
+func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []byte, from *net.UDPAddr) {
 	var m wire.Keepalive
 	if err := m.Decode(h, pkt); err != nil {
-		w.badRequest(ob, s, h, wire.Reason(err))
+		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
 	s.core.Ack(h.Ack)
 	if !m.Renew {
 		s.core.Mark(h.Request)
-		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), s.addr, h.Type, s.keys.out)
+		s.addr = from
+		ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), from, h.Type, s.keys.out)
 		return
 	}
 	if s.renewing == h.Request {
@@ -326,6 +329,7 @@ func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []by
 		return
 	}
 	s.core.Mark(h.Request) // applied: a copy of it renews nothing (section 20)
+	s.addr = from
 	s.renewing = h.Request
 }
 
@@ -349,10 +353,10 @@ func (w *Worker) keepaliveReply(h wire.Header, entries []wire.ShardEpoch, ttlMs 
 
 // handleClose revokes the session's lease (off the receive loop); every
 // worker then drops its grants.
-func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte) {
+func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte, from *net.UDPAddr) {
 	var m wire.Empty
 	if err := m.Decode(h, pkt); err != nil {
-		w.badRequest(ob, s, h, wire.Reason(err))
+		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
 	s.core.Ack(h.Ack)
@@ -365,6 +369,7 @@ func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte) 
 		return
 	}
 	s.core.Mark(h.Request)
+	s.addr = from
 	s.closing = true
 }
 
