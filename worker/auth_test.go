@@ -620,3 +620,26 @@ func TestAuthLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestAuthMapRequest: a MAP_REQUEST of session 0 is answered untagged; one
+// of a session is checked and answered with the session's key.
+func TestAuthMapRequest(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	c := udpClient(t, f.w)
+	r := mustCall(t, c, wire.MapRequest{}, wire.Header{Request: 1})
+	wantStatus(t, r, wire.StatusOK)
+	if sealed(r.raw) {
+		t.Fatal("MAP reply to session 0 tagged")
+	}
+	c.openAuth("alice", f.alice, 0)
+	h := c.header(0, 0)
+	h.Shard, h.Epoch = 0, 0
+	r = mustCall(t, c, wire.MapRequest{}, h) // call checks the tag
+	wantStatus(t, r, wire.StatusOK)
+	if !sealed(r.raw) {
+		t.Fatal("MAP reply to a session untagged")
+	}
+	bad0 := f.failures("bad_tag")
+	c.sendRaw(forge(t, wire.MapRequest{}, wire.Header{Session: c.session, Request: 1 << 40, Ack: 1}))
+	waitFor(t, "forged MAP_REQUEST counted", func() bool { return f.failures("bad_tag") == bad0+1 })
+}

@@ -161,8 +161,10 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 	}
 	switch h.Type {
 	case wire.TypeMapRequest:
-		w.handleMap(ob, h, pkt, from)
-		return
+		if h.Session == 0 {
+			w.handleMap(ob, h, pkt, from, nil) // not authenticated (section 20)
+			return
+		}
 	case wire.TypeSessionOpen:
 		w.handleOpen(ob, h, pkt, from)
 		return
@@ -183,6 +185,10 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 			w.authFail("bad_tag", from.AddrPort(), ob.now)
 			return
 		}
+	}
+	if h.Type == wire.TypeMapRequest {
+		w.handleMap(ob, h, pkt, from, s.keys.out) // read-only: no at-most-once state
+		return
 	}
 	// At most once (invariant 4): a request below the ack is dropped; one
 	// answered before gets the reply it had (handleToken); a replayed
@@ -536,8 +542,9 @@ func (w *Worker) names(s *session) int {
 	return n
 }
 
-// handleMap answers MAP_REQUEST from the current map (never cached).
-func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
+// handleMap answers MAP_REQUEST from the current map (never cached),
+// sealed with mac for a request of a session (nil for session 0).
+func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr, mac *auth.MAC) {
 	var m wire.MapRequest
 	if err := m.Decode(h, pkt); err != nil {
 		w.met.drop(wire.Reason(err))
@@ -551,7 +558,7 @@ func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPA
 		return
 	}
 	w.met.op(h.Type, wire.StatusOK)
-	ob.add(pkt, from, h.Type, nil)
+	ob.add(pkt, from, h.Type, mac)
 }
 
 // mapReply describes the map from shard first on, as many runs as fit in
