@@ -289,6 +289,9 @@ func TestThreeServers(t *testing.T) {
 	if _, err := writeLocalCerts(filepath.Join(dir, "pki"), []pki.Server{{Name: "s1"}, {Name: "s2"}, {Name: "s3"}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := pki.WriteKeys(filepath.Join(dir, "pki")); err != nil {
+		t.Fatal(err)
+	}
 	var endpoints []string
 	for i, s := range servers {
 		args := []string{"server", "--name", s.name, "--data-dir", dir,
