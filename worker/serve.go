@@ -293,9 +293,21 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.limited(ob, h, from, limQueued, s.keys.out)
 		return
 	}
-	if in.Op == table.OpAcquire && w.names(s) >= w.cfg.Limits.NamesPerSession {
-		w.limited(ob, h, from, limNames, s.keys.out)
-		return
+	switch in.Op {
+	case table.OpAcquire:
+		// names is a sum over the session's shards: it is computed only
+		// when the bound (names counted so far, releases not subtracted)
+		// reaches the limit.
+		if s.nameBound >= w.cfg.Limits.NamesPerSession {
+			s.nameBound = w.names(s)
+		}
+		if s.nameBound >= w.cfg.Limits.NamesPerSession {
+			w.limited(ob, h, from, limNames, s.keys.out)
+			return
+		}
+		s.nameBound++
+	case table.OpReclaim:
+		s.nameBound++ // never refused: a reclaim keeps a held token (invariant 3)
 	}
 	in.Session, in.Req = s.id, h.Request
 	s.addr = from

@@ -104,7 +104,10 @@ type session struct {
 	core   *core.Session       // ack, reply cache (invariant 4), REVOKEs in flight
 	shards map[uint32]struct{} // shards whose tables it has stepped (to end it there)
 	lease  clientv3.LeaseID    // the etcd lease it lives on (0: not known yet)
-	keys   sessKeys            // its key, with Auth
+	// nameBound is at least the names it holds or waits for here
+	// (Worker.names), for Limits.NamesPerSession.
+	nameBound int
+	keys      sessKeys // its key, with Auth
 
 	renewing uint64 // request id of the KEEPALIVE whose renewal etcd works on (0: none)
 	closing  bool   // a SESSION_CLOSE is with etcd
