@@ -55,6 +55,12 @@
  * callback thread. Calls in progress in other threads return TOKEND_ECLOSED
  * and close waits for them; no call may start after close has begun.
  *
+ * AUTHENTICATION. Sessions are authenticated with a client key (a key file
+ * "tokend-key v1 NAME KEY": tokend_options says where it is looked for);
+ * every datagram carries a MAC, and what does not verify is dropped and
+ * counted (tokend_get_stats). Cryptography: OpenSSL libcrypto (link with
+ * pkg-config's libcrypto flags, or -lcrypto).
+ *
  * ERRORS. Every function that can fail returns a tokend_status (0 = OK,
  * negative = error); tokend_strerror names it. errno is never the only error
  * report (it is left as the system calls set it).
@@ -239,7 +245,9 @@ TOKEND_API void tokend_options_init(tokend_options *o);
  * tokend_close). Returns within about connect_timeout_ms (default 5 s)
  * whether or not anything answers. Errors: TOKEND_EINVAL, TOKEND_ENOTSUP
  * (multicast), TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE
- * (no map or session within connect_timeout_ms), TOKEND_ESERVER. On failure,
+ * (no map or session within connect_timeout_ms), TOKEND_ESERVER,
+ * TOKEND_EAUTH (no client key, a bad key file, a key the workers do not
+ * know, or a worker that does not authenticate). On failure,
  * opts->errbuf (if set) says what was tried, e.g. "no worker answered
  * MAP_REQUEST within 300 ms; tried 127.0.0.1:7700 (5 sends)".
  */
