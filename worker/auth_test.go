@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -642,4 +645,52 @@ func TestAuthMapRequest(t *testing.T) {
 	bad0 := f.failures("bad_tag")
 	c.sendRaw(forge(t, wire.MapRequest{}, wire.Header{Session: c.session, Request: 1 << 40, Ack: 1}))
 	waitFor(t, "forged MAP_REQUEST counted", func() bool { return f.failures("bad_tag") == bad0+1 })
+}
+
+// warnCounter counts WARN records.
+type warnCounter struct {
+	slog.Handler
+	mu sync.Mutex
+	n  int
+}
+
+func (h *warnCounter) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && strings.Contains(r.Message, "authentication") {
+		h.mu.Lock()
+		h.n++
+		h.mu.Unlock()
+	}
+	return nil
+}
+func (h *warnCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *warnCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *warnCounter) WithGroup(string) slog.Handler            { return h }
+
+func (h *warnCounter) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
+}
+
+// TestAuthFailuresLogged: authentication failures are counted each, and
+// logged at WARN once per source address per minute.
+func TestAuthFailuresLogged(t *testing.T) {
+	cli := testEtcd(t)
+	wc := &warnCounter{}
+	alice, _ := auth.NewKey()
+	w, reg := startWorkerCfg(t, Config{Client: cli, ID: "w1", Logger: slog.New(wc),
+		Auth: &Auth{ClusterKey: alice, Keys: testKeys{"alice": alice}}})
+	serveAll(t, cli, w)
+	a, b := udpClient(t, w), udpClient(t, w)
+	for _, c := range []*tclient{a, b} {
+		for i := range 50 {
+			c.sendRaw(forge(t, wire.Keepalive{}, wire.Header{Session: 12345, Request: uint64(i + 1), Ack: 1}))
+		}
+	}
+	waitFor(t, "failures counted", func() bool {
+		return gatherValue(reg, "tokend_worker_auth_failures_total", "reason", "unknown_session") == 100
+	})
+	if n := wc.count(); n != 1 {
+		t.Fatalf("%d WARN records for 100 failures from one address (127.0.0.1), want 1", n)
+	}
 }
