@@ -44,7 +44,7 @@ func TestAnnouncements(t *testing.T) {
 	}
 	defer dc.Close()
 	wa, err := worker.New(worker.Config{Client: dc.Client, ID: "wa", UDPAddr: "127.0.0.1:0", TTL: 2 * time.Second,
-		Registry: prometheus.NewRegistry(), Announce: acfg})
+		Registry: prometheus.NewRegistry(), Announce: acfg, Auth: dc.Auth()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestAnnouncements(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err := DialConfig(ctx, Config{Announce: acfg})
+	c, err := DialConfig(ctx, Config{Announce: acfg, KeyFile: dc.KeyFile()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,32 +4,50 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // leanWorker answers just what an uncontended acquire+release loop needs
 // (SESSION_OPEN, MAP_REQUEST, KEEPALIVE, ACQUIRE with a GRANT, RELEASE and
 // SESSION_CLOSE with OK) over real loopback UDP, without allocating per
 // datagram, so that a benchmark's allocations and CPU are the client's.
-// Every token is always free. TEST ONLY.
+// Every token is always free. With a key it authenticates like a worker
+// (wire/SPEC.md section 20) but checks no cookie: every session's key
+// comes from the key, the client's nonce, a zero worker nonce and the
+// session id. TEST ONLY.
 type leanWorker struct {
-	conn  *net.UDPConn
-	addr  string
-	shard uint32
-	wg    sync.WaitGroup
+	conn    *net.UDPConn
+	addr    string
+	shard   uint32
+	key     *auth.Key // nil: insecure
+	keyFile string
+	wg      sync.WaitGroup
 }
 
-func newLeanWorker(tb testing.TB) *leanWorker {
+func newLeanWorker(tb testing.TB, authenticate bool) *leanWorker {
 	tb.Helper()
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	w := &leanWorker{conn: conn, addr: conn.LocalAddr().String(), shard: 64}
+	if authenticate {
+		k, err := auth.NewKey()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		w.key, w.keyFile = &k, filepath.Join(tb.TempDir(), "client.key")
+		if err := os.WriteFile(w.keyFile, auth.FormatKeyFile("bench", k), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	w.wg.Add(1)
 	go w.serve()
 	tb.Cleanup(func() {
@@ -49,6 +67,10 @@ func (w *leanWorker) serve() {
 		ka      wire.Keepalive
 		sts     []wire.Status
 		mr      wire.MapRequest
+		open    wire.SessionOpen
+		// The MACs of each session by id: the worker's only
+		// allocations are per session.
+		macs = map[uint64][2]*auth.MAC{}
 	)
 	for {
 		n, from, err := w.conn.ReadFromUDPAddrPort(buf)
@@ -62,10 +84,30 @@ func (w *leanWorker) serve() {
 		}
 		rh := h.Reply()
 		rh.MapVersion = 1
+		var w2c *auth.MAC
+		if w.key != nil && h.Type != wire.TypeSessionOpen {
+			m, ok := macs[h.Session]
+			if !ok || !m[0].Verify(b) {
+				continue
+			}
+			w2c = m[1]
+		}
 		switch h.Type {
 		case wire.TypeSessionOpen:
+			if open.Decode(h, b) != nil {
+				continue
+			}
+			if w.key != nil && len(open.Cookie) == 0 {
+				out, err = wire.Cookie{}.Append(out[:0], rh)
+				break
+			}
 			session++
 			rh.Session = session
+			if w.key != nil {
+				sk := auth.SessionKey(*w.key, auth.Nonce(open.Nonce), auth.Nonce{}, session)
+				w2c = auth.NewMAC(sk, auth.WorkerToClient)
+				macs[session] = [2]*auth.MAC{auth.NewMAC(sk, auth.ClientToWorker), w2c}
+			}
 			out, err = wire.SessionReply{TTLMs: 10000, ShardCount: w.shard, GraceMs: 1000, WorkerTTLMs: 5000}.Append(out[:0], rh)
 		case wire.TypeMapRequest:
 			if mr.Decode(h, b) != nil {
@@ -96,6 +138,9 @@ func (w *leanWorker) serve() {
 		default:
 			continue
 		}
+		if err == nil && w2c != nil {
+			err = w2c.Seal(out)
+		}
 		if err != nil {
 			panic(fmt.Sprintf("lean worker cannot encode %v: %v", rh.Type, err))
 		}
@@ -105,19 +150,26 @@ func (w *leanWorker) serve() {
 
 // BenchmarkAcquireRelease measures the client's acquire+release pairs
 // against a lean worker over loopback UDP: each client loops on its own
-// token. The worker does not allocate, so allocs/op is the client's (per
-// pair: two requests).
+// token; auth=true authenticates every datagram (both sides' cost), false
+// is a cluster started with --insecure. The worker does not allocate per
+// datagram, so allocs/op is the client's (per pair: two requests).
 //
 //	go test ./clientlib -run '^$' -bench AcquireRelease -benchmem -count 5
 func BenchmarkAcquireRelease(b *testing.B) {
-	w := newLeanWorker(b)
+	for _, authenticate := range []bool{false, true} {
+		w := newLeanWorker(b, authenticate)
+		b.Run(fmt.Sprintf("auth=%v", authenticate), func(b *testing.B) { benchAcquireRelease(b, w) })
+	}
+}
+
+func benchAcquireRelease(b *testing.B, w *leanWorker) {
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
 			ctx := context.Background()
 			cs := make([]*Client, n)
 			for i := range cs {
 				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}})
+				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile, Insecure: w.key == nil})
 				cancel()
 				if err != nil {
 					b.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // encoder is a wire body: every request struct of package wire.
@@ -41,6 +42,9 @@ type call struct {
 
 	ch  chan reply // answers to this id, GRANT_ASYNC included
 	buf []byte
+	// mac tags a SESSION_OPEN that carries a cookie (open key, client to
+	// worker); nil: the zero tag. Other requests take the session's.
+	mac *auth.MAC
 	// exchange's retransmission timer, kept for reuse with the clock
 	// that made it.
 	timer      clock.Timer
@@ -131,7 +135,10 @@ type reply struct {
 	hintAddr  string // NOT_OWNER
 	hintEpoch uint32
 
-	sess wire.SessionReply // SESSION_OPEN reply
+	sess   wire.SessionReply // SESSION_OPEN reply
+	keys   *sessionKeys      // SESSION_OPEN OK: the session's MACs, its tag verified (nil: insecure)
+	unauth bool              // SESSION_OPEN OK with the zero tag, to a client with a key
+	cookie [wire.CookieLen]byte
 
 	kaTTL      uint32 // KEEPALIVE reply
 	kaValidity uint32
@@ -185,6 +192,12 @@ func (r *reply) decode(b []byte, mr *wire.MapReply) error {
 		r.msg, r.hintAddr, r.hintEpoch = string(n.Message), string(n.Addr), n.Epoch
 	case wire.KindSessionReply:
 		return r.sess.Decode(r.h, b)
+	case wire.KindCookie:
+		var ck wire.Cookie
+		if err := ck.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.cookie = ck.Cookie
 	case wire.KindKeepaliveReply:
 		var k wire.KeepaliveReply
 		if err := k.Decode(r.h, b); err != nil {
@@ -318,6 +331,17 @@ func (c *Client) send(cl *call) bool {
 	if err != nil {
 		// The public API checks its arguments, so this is a bug here.
 		c.log.Error("cannot encode request", "type", cl.typ, "err", err)
+		return false
+	}
+	if cl.typ == wire.TypeSessionOpen {
+		if cl.mac != nil {
+			err = cl.mac.Seal(b)
+		}
+	} else {
+		err = c.sealSession(b)
+	}
+	if err != nil {
+		c.log.Error("cannot seal request", "type", cl.typ, "err", err)
 		return false
 	}
 	cl.buf = b[:0]

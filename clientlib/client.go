@@ -30,6 +30,7 @@ type Client struct {
 	// realTimers: clk's timers are the system's, so contexts can carry
 	// their deadlines (withTimeout).
 	realTimers bool
+	key        *clientKey // nil: Config.Insecure
 
 	// Set by Dial before the background loops start; read-only afterwards.
 	shardCount uint32
@@ -50,6 +51,10 @@ type Client struct {
 	maintKick chan struct{} // size 1: wake maintLoop early
 	closeOnce sync.Once
 
+	keys atomic.Pointer[sessionKeys] // the session's MACs, set with session (nil: insecure)
+	// authFailures counts datagrams dropped for a tag that does not verify.
+	authFailures atomic.Uint64
+
 	mu         sync.Mutex // guards the fields below
 	state      clientState
 	noSpawn    bool // Close has begun stopping goroutines: spawn refuses
@@ -57,7 +62,7 @@ type Client struct {
 	nextReq    uint64
 	unfinished []uint64 // ascending ids of unfinished requests
 	pending    map[uint64]*call
-	open       *call // SESSION_OPEN in flight (matched by nonce)
+	open       *opening // SESSION_OPEN in flight (matched by its random request id)
 	sessDL     time.Time
 	home       netip.AddrPort // where the session is renewed
 	renewing   bool
@@ -120,6 +125,11 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		udpAddrs:  map[netip.AddrPort]*net.UDPAddr{},
 	}
 	_, c.realTimers = clock.Or(cfg.clock).(clock.Real)
+	key, err := loadKey(&c.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("clientlib: dial: %w", err)
+	}
+	c.key = key
 	for _, s := range cfg.Seeds {
 		ap, err := resolve(s)
 		if err != nil {
@@ -164,7 +174,8 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Session returns the session id (the etcd lease id of the session key).
+// Session returns the session id: a random 63-bit number the worker drew
+// (wire/SPEC.md section 20).
 func (c *Client) Session() uint64 { return c.session.Load() }
 
 // Close gives back every held token (best effort, within a short timeout),
@@ -375,37 +386,36 @@ func (c *Client) handle(b []byte, from netip.AddrPort, r *reply, mr *wire.MapRep
 		c.log.Debug("dropped datagram", "from", from.String(), "reason", wire.Reason(err))
 		return out
 	}
+	if h.Type == wire.TypeSessionOpenReply {
+		c.openReply(h, b, from, r)
+		return out
+	}
+	if h.Type != wire.TypeRevoke && h.Type != wire.TypeGrantAsync && !h.Type.IsReply() {
+		c.log.Debug("dropped datagram", "from", from.String(), "type", h.Type, "reason", "not for a client")
+		return out
+	}
+	if h.Session != c.Session() {
+		return out
+	}
+	// Every other datagram is of the session: its tag is checked before
+	// anything in it is believed, the map version included.
+	if !c.verifySession(b) {
+		c.authFailed(h.Type.String(), b)
+		return out
+	}
 	if h.MapVersion > c.mapVer.Load() {
 		kick(c.mapKick) // the sender knows a newer map (SPEC.md 15)
 	}
 	switch {
 	case h.Type == wire.TypeRevoke:
-		if h.Session != c.Session() {
-			return out
-		}
 		var m wire.Revoke
 		if err := m.Decode(h, b); err != nil {
 			c.log.Debug("dropped REVOKE", "from", from.String(), "reason", wire.Reason(err))
 			return out
 		}
 		return c.onRevoke(h, &m, from, out)
-	case h.Type == wire.TypeGrantAsync || h.Type.IsReply():
+	default: // GRANT_ASYNC or a reply
 		*r = reply{h: h, from: from, async: h.Type == wire.TypeGrantAsync}
-		if h.Type == wire.TypeSessionOpenReply {
-			if err := r.decode(b, mr); err != nil {
-				c.log.Debug("dropped reply", "type", h.Type, "reason", wire.Reason(err))
-				return out
-			}
-			c.mu.Lock()
-			if cl := c.open; cl != nil && cl.id == h.Request {
-				cl.deliver(r)
-			}
-			c.mu.Unlock()
-			return out
-		}
-		if h.Session != c.Session() {
-			return out
-		}
 		if err := r.decode(b, mr); err != nil {
 			c.log.Debug("dropped reply", "type", h.Type, "reason", wire.Reason(err))
 			return out
@@ -415,8 +425,6 @@ func (c *Client) handle(b []byte, from netip.AddrPort, r *reply, mr *wire.MapRep
 			cl.deliver(r)
 		}
 		c.mu.Unlock()
-	default:
-		c.log.Debug("dropped datagram", "from", from.String(), "type", h.Type, "reason", "not for a client")
 	}
 	return out
 }

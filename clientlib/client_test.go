@@ -793,7 +793,7 @@ func TestDialUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, err = DialConfig(ctxT(t, 200*time.Millisecond), Config{Seeds: []string{fc.addr(0)}, PacketConn: conn})
+	_, err = DialConfig(ctxT(t, 200*time.Millisecond), Config{Seeds: []string{fc.addr(0)}, PacketConn: conn, KeyFile: fc.keyFile})
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("dial: %v", err)
 	}
@@ -920,7 +920,8 @@ func TestContentionUnderLoss(t *testing.T) {
 	}
 }
 
-// TestReceiveNoAlloc: handing a GRANT to its waiting request does not allocate.
+// TestReceiveNoAlloc: verifying a GRANT's tag and handing it to its
+// waiting request does not allocate.
 func TestReceiveNoAlloc(t *testing.T) {
 	if testing.Short() {
 		t.Skip()
@@ -936,6 +937,9 @@ func TestReceiveNoAlloc(t *testing.T) {
 		MapVersion: c.mapVer.Load()}
 	b, err := wire.Grant{Fence: wire.MakeFence(1, 1), Mode: wire.EX, ValidityMs: 1000,
 		ValueFlags: wire.ValueValid, Value: []byte("v")}.Append(nil, h)
+	if err == nil {
+		err = fc.fw.Seal(b) // verified under the session key in every run
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -943,6 +947,12 @@ func TestReceiveNoAlloc(t *testing.T) {
 	var r reply
 	var mr wire.MapReply
 	out := make([]byte, 0, wire.MaxDatagram)
+	out = c.handle(b, from, &r, &mr, out)
+	select {
+	case <-cl.ch:
+	default:
+		t.Fatal("the GRANT was not handed to its request")
+	}
 	allocs := testing.AllocsPerRun(200, func() {
 		out = c.handle(b, from, &r, &mr, out)
 		<-cl.ch

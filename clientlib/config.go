@@ -33,6 +33,19 @@ type Config struct {
 	// an ephemeral port and closes it in Close. A PacketConn given here is
 	// not closed by Close (tests pass a faultnet.Conn).
 	PacketConn net.PacketConn
+	// KeyFile is the client key file ("tokend-key v1 NAME BASE64URL", as
+	// `tokend certs` and `tokenctl keys add` write it): every datagram of
+	// the session is authenticated with it (wire/SPEC.md section 20). ""
+	// = the file named by $TOKEND_KEY_FILE, else DefaultKeyFile
+	// (tokend-data/pki/client.key, where `go run ./cmd/tokend` writes it)
+	// if it exists in the working directory. Without a key and without
+	// Insecure, Dial fails with ErrAuth.
+	KeyFile string
+	// Insecure talks to a cluster started with --insecure: no key is read
+	// (KeyFile is ignored), datagrams carry zero auth tags and nothing the
+	// workers send is checked. An authenticating cluster refuses such a
+	// client.
+	Insecure bool
 	// SessionTTL is the session lease TTL to ask for; 0 = the worker's
 	// default (10 s). The worker may clamp it; the client renews every TTL/3.
 	SessionTTL time.Duration

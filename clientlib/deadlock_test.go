@@ -52,7 +52,7 @@ func dlClient(t *testing.T, c *devcluster.Cluster) *party {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p := &party{revoked: make(chan string, 64)}
-	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.Seeds(),
+	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.Seeds(), KeyFile: c.KeyFile(),
 		OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
 			select {
 			case p.revoked <- tok.Name():

@@ -3,16 +3,41 @@
 // protocol of wire/SPEC.md. The C client in clientlib/c speaks the same
 // protocol; the worker is its counterpart.
 //
-//	c, err := clientlib.Dial(ctx, "10.0.0.5:7700", "10.0.0.6:7700")
+//	c, err := clientlib.DialConfig(ctx, clientlib.Config{
+//		Seeds:   []string{"10.0.0.5:7700", "10.0.0.6:7700"},
+//		KeyFile: "/etc/tokend/client.key", // tokenctl keys add NAME --out FILE
+//	})
 //	tok, err := c.Acquire(ctx, "file/7/page/3", wire.EX)
 //	... write, passing tok.Fence() to storage ...
 //	err = tok.Release(ctx)
 //
+// # Authentication
+//
+// Every datagram of a session is authenticated (wire/SPEC.md section 20)
+// with a client key: a file "tokend-key v1 NAME BASE64URL" named by
+// Config.KeyFile, else by $TOKEND_KEY_FILE (KeyFileEnv), else
+// tokend-data/pki/client.key (DefaultKeyFile) if it exists in the working
+// directory, which is where `go run ./cmd/tokend` writes the cluster's
+// default key. `tokenctl keys add NAME` makes a key of its own for each
+// application; `tokenctl keys revoke NAME` shuts it out and ends its
+// sessions. Config.Insecure is for clusters started with --insecure: no
+// key, zero tags, nothing checked.
+//
+// With a key, the client refuses a session whose OK answer is not
+// authenticated (a worker started with --insecure: ErrAuth), and it drops
+// every datagram whose tag does not verify under the session's key before
+// reading anything in it: a forged REVOKE, GRANT_ASYNC, reply or map
+// changes nothing. Stats().AuthFailures counts them. Only an authenticated
+// UNKNOWN_SESSION or SESSION_EXPIRED ends the session early; without
+// authenticated answers it ends when its own deadline passes. A key the
+// cluster does not know gets no answer but the COOKIE: Dial then fails
+// when its context ends, with ErrAuth naming the key.
+//
 // # How it works
 //
 // A Client owns one UDP socket and one goroutine reading it. Dial sends
-// SESSION_OPEN to the seeds in turn (with a random nonce as request id),
-// learns the shard count, the session TTL S, the workers' lease TTL W and the
+// SESSION_OPEN to the seeds in turn (with a random request id and nonce,
+// and, once the worker answered COOKIE, again with the cookie), learns the shard count, the session TTL S, the workers' lease TTL W and the
 // grace period G, and fetches the delegation map page by page (MAP_REQUEST).
 // Every token request goes to the owner of wire.Shard(name, shardCount) at
 // that shard's epoch; NOT_OWNER and STALE_EPOCH are followed (the hint at
@@ -97,7 +122,12 @@
 //
 // What a worker (and the C client) should expect from this client:
 //
-//   - SESSION_OPEN goes to one seed at a time, three sends each.
+//   - SESSION_OPEN goes to one seed at a time, three sends each (timeouts;
+//     the send with a fresh cookie goes at once and does not count). A
+//     cookie goes only to the worker that gave it; another worker gets
+//     the open without one. Its request id and nonce stay the same
+//     throughout, so a worker answers a retransmission from its table of
+//     recent opens.
 //   - MAP_REQUEST carries the session and an id from the session's counter
 //     (it counts for ack like any request). The map is asked of the home
 //     worker, then the map's workers, then the seeds, six sends each; a map

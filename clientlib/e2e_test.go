@@ -42,7 +42,7 @@ func startCluster(t *testing.T, fn *faultnet.Network, workers int) *devcluster.C
 
 func dial(t *testing.T, c *devcluster.Cluster, fn *faultnet.Network, host int, cfg clientlib.Config) *clientlib.Client {
 	t.Helper()
-	cfg.Seeds = c.Seeds()
+	cfg.Seeds, cfg.KeyFile = c.Seeds(), c.KeyFile()
 	if fn != nil {
 		conn, err := fn.Listen(fmt.Sprintf("127.0.2.%d:0", host))
 		if err != nil {

@@ -49,6 +49,14 @@ var (
 	// chosen to fail so that the others can go on (status DEADLOCK). The
 	// grants the caller holds are unchanged; give some back, then retry.
 	ErrDeadlock = errors.New("clientlib: deadlock")
+	// ErrAuth: the client cannot authenticate or the cluster does not
+	// authenticate: no key (Config.KeyFile, $TOKEND_KEY_FILE,
+	// DefaultKeyFile) nor Config.Insecure, a key file that does not
+	// parse, a key the cluster does not know (its workers drop the open:
+	// Dial ends with ctx), a worker that answers without authentication
+	// (started with --insecure), or an insecure client refused by an
+	// authenticating cluster.
+	ErrAuth = errors.New("clientlib: authentication failed")
 	// ErrInternal: the worker reported an internal error (INTERNAL).
 	ErrInternal = errors.New("clientlib: worker internal error")
 )

@@ -23,12 +23,13 @@ func Example_handoff() {
 	}
 	defer cluster.Close()
 
-	first, err := clientlib.Dial(ctx, cluster.Seeds()...)
+	// The cluster's client key; see ExampleDialConfig_keyFile.
+	first, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: cluster.Seeds(), KeyFile: cluster.KeyFile()})
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer first.Close()
-	second, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: cluster.Seeds()})
+	second, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: cluster.Seeds(), KeyFile: cluster.KeyFile()})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -33,6 +33,27 @@ func Example() {
 	}
 }
 
+// Authenticate with a client key file: `tokenctl keys add NAME --out FILE`
+// makes one, `tokend certs` writes the cluster's default one
+// (pki/client.key). Without KeyFile the client reads $TOKEND_KEY_FILE, else
+// tokend-data/pki/client.key in the working directory, where
+// `go run ./cmd/tokend` writes it.
+func ExampleDialConfig_keyFile() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := clientlib.DialConfig(ctx, clientlib.Config{
+		Seeds:   []string{"10.0.0.5:7700", "10.0.0.6:7700"},
+		KeyFile: "/etc/tokend/client.key",
+	})
+	if errors.Is(err, clientlib.ErrAuth) {
+		log.Fatalf("not authenticated: %v", err) // no key, a key the cluster does not know, or an --insecure cluster
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
+
 // Try fails at once instead of waiting in the token's queue.
 func ExampleClient_Acquire_try() {
 	ctx := context.Background()

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -32,6 +33,7 @@ type fakeConfig struct {
 	runsPerPage int
 	realUDP     bool // real loopback sockets instead of faultnet (clients open their own)
 	noRevokeRTX bool // send each REVOKE once, never retransmit it
+	insecure    bool // the workers do not authenticate
 }
 
 type fakeCluster struct {
@@ -39,6 +41,9 @@ type fakeCluster struct {
 	net *faultnet.Network
 	cfg fakeConfig
 	fw  *fakeworker.Cluster
+	// keyFile holds the workers' client key (dial's default KeyFile);
+	// "" when insecure.
+	keyFile string
 
 	mu            sync.Mutex // guards everything below
 	mapVersion    uint64     // the map as tests see and set it (see sync)
@@ -124,7 +129,8 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	fc.synced, fc.syncedEpoch = slices.Clone(fc.owner), slices.Clone(fc.epoch)
 	fcfg := fakeworker.Config{Workers: cfg.workers, Shards: cfg.shardCount, SessionTTL: cfg.sessionTTL,
 		WorkerTTL: cfg.workerTTL, Validity: cfg.validity, Grace: cfg.grace, RunsPerPage: cfg.runsPerPage,
-		NoExpiry: true, NoRevokeRetransmit: cfg.noRevokeRTX, WaitSlack: time.Second, Seed: seed, Trace: fc.observe}
+		NoExpiry: true, NoRevokeRetransmit: cfg.noRevokeRTX, WaitSlack: time.Second, Seed: seed, Trace: fc.observe,
+		Insecure: cfg.insecure}
 	if !cfg.realUDP {
 		fcfg.Listen = func(i int) (net.PacketConn, error) { return fc.net.Listen(fmt.Sprintf("127.0.0.1:%d", 7701+i)) }
 	}
@@ -135,6 +141,14 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 		t.Fatal(err)
 	}
 	fc.fw = fw
+	if !cfg.insecure {
+		fc.keyFile = filepath.Join(t.TempDir(), "client.key")
+		if err := fw.WriteKeyFile(fc.keyFile); err != nil {
+			fc.mu.Unlock()
+			fw.Close()
+			t.Fatal(err)
+		}
+	}
 	for i := range cfg.workers {
 		fc.workers = append(fc.workers, &fakeWorker{conn: fw.Conn(i), addr: fw.Addr(i),
 			revs: map[fakeReq]bool{}, vouch: map[uint64]time.Time{}, tokens: map[string]*fakeToken{}})
@@ -153,7 +167,9 @@ func (fc *fakeCluster) close() {
 	}
 }
 
-// dial opens a client on a fresh faultnet address with the first worker as seed.
+// dial opens a client on a fresh faultnet address with the first worker as
+// seed, with the workers' client key unless cfg has a KeyFile or is
+// Insecure.
 func (fc *fakeCluster) dial(t testing.TB, cfg Config) *Client {
 	t.Helper()
 	if !fc.cfg.realUDP {
@@ -166,6 +182,9 @@ func (fc *fakeCluster) dial(t testing.TB, cfg Config) *Client {
 	}
 	if cfg.Seeds == nil {
 		cfg.Seeds = []string{fc.addr(0)}
+	}
+	if cfg.KeyFile == "" && !cfg.Insecure {
+		cfg.KeyFile, cfg.Insecure = fc.keyFile, fc.keyFile == ""
 	}
 	if cfg.RTOMax == 0 {
 		cfg.RTOMax = 200 * time.Millisecond

@@ -105,6 +105,9 @@ func TestLateGrantFromPassedEpoch(t *testing.T) {
 	late := wire.MakeFence(1, 99)
 	h := wire.Header{Type: wire.TypeGrantAsync, Session: waiter.Session(), Request: req, Shard: shard, Epoch: 1, MapVersion: 1}
 	pkt, err := wire.Grant{Fence: late, Mode: wire.EX, ValidityMs: 1000, Start: wire.WholeStart, End: wire.WholeEnd}.Append(nil, h)
+	if err == nil {
+		err = fc.fw.Seal(pkt) // authentic: what is tested is the epoch
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

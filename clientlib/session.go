@@ -3,13 +3,15 @@ package clientlib
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // leaseKey names the promise of one worker about one shard at one epoch.
@@ -66,25 +68,50 @@ func (c *Client) lostAt(l *lease) time.Time {
 	return l.deadline.Add(c.grace - c.margin(c.grace))
 }
 
-// openSession sends SESSION_OPEN with a random nonce to the seeds in turn
-// (three sends each) until one answers (SPEC.md 11).
+// opening is the SESSION_OPEN in flight. Set before its first send and
+// read-only afterwards, except that only recvLoop uses w2c.
+type opening struct {
+	call  *call
+	nonce auth.Nonce
+	w2c   *auth.MAC // open key, worker to client: its error answers (nil: insecure)
+}
+
+// openSession opens the session (wire/SPEC.md sections 11 and 20): a
+// random request id and nonce; SESSION_OPEN to the seeds in turn (three
+// sends each) until one answers. An authenticating worker first answers
+// COOKIE; the same SESSION_OPEN goes again with the cookie, tagged with
+// the open key, and the OK answer must verify under the session key.
 func (c *Client) openSession(ctx context.Context) error {
-	nonce := rand.Uint64()
-	for nonce == 0 {
-		nonce = rand.Uint64()
+	id, err := randomID()
+	if err != nil {
+		return err
 	}
-	ttl := uint32(c.cfg.SessionTTL / time.Millisecond)
-	cl := &call{id: nonce, typ: wire.TypeSessionOpen, dest: c.seeds[0],
-		body: wire.SessionOpen{TTLMs: ttl, Lib: []byte(c.cfg.Library)},
-		ch:   make(chan reply, 4), buf: make([]byte, 0, wire.MaxDatagram)}
+	op := &opening{}
+	body := wire.SessionOpen{TTLMs: uint32(c.cfg.SessionTTL / time.Millisecond), Lib: []byte(c.cfg.Library)}
+	var openC2W *auth.MAC
+	if c.key != nil {
+		if op.nonce, err = auth.NewNonce(); err != nil {
+			return err
+		}
+		body.Nonce, body.KeyName = op.nonce, []byte(c.key.name)
+		op.w2c = auth.NewMAC(c.key.open, auth.WorkerToClient)
+		openC2W = auth.NewMAC(c.key.open, auth.ClientToWorker)
+	}
+	cl := &call{id: id, typ: wire.TypeSessionOpen, dest: c.seeds[0], body: body,
+		ch: make(chan reply, 4), buf: make([]byte, 0, wire.MaxDatagram)}
+	op.call = cl
 	c.mu.Lock()
-	c.open = cl
+	c.open = op
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
 		c.open = nil
 		c.mu.Unlock()
 	}()
+	// The latest cookie and the worker that gave it: the open goes with it
+	// (tagged) to that worker, without it (untagged) to another.
+	var cookie [wire.CookieLen]byte
+	var cookieFrom netip.AddrPort
 	rto := c.cfg.RTOMin
 	timer, timerC := c.clk.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -100,18 +127,31 @@ func (c *Client) openSession(ctx context.Context) error {
 		}
 		return addrList(ts)
 	}
-	sendNow := true
+	sendNow, timeouts := true, 0
 	for {
 		if sendNow {
 			sendNow = false
 			cl.dest = c.seeds[si%len(c.seeds)]
 			tried[cl.dest] = true
+			cl.mac = nil
+			if cookieFrom == cl.dest {
+				b := body
+				b.Cookie = cookie[:]
+				cl.body, cl.mac = b, openC2W
+			} else {
+				cl.body = body
+			}
 			c.send(cl)
 			resetTimer(timer, timerC, jitter(rto))
 			rto = min(2*rto, c.cfg.RTOMax)
 		}
 		select {
 		case <-ctx.Done():
+			if cookieFrom.IsValid() && last == wire.StatusCookie.String() {
+				return fmt.Errorf("open session: %w: %s answered COOKIE but never the open tagged with key %q (%s): "+
+					"the cluster does not know that key, it was revoked, or it is not the right key: %w",
+					ErrAuth, cookieFrom, c.key.name, c.key.from, ctx.Err())
+			}
 			if last != "" {
 				return fmt.Errorf("open session: %w (last answer %s; tried %s): %w", ErrUnavailable, last, triedList(), ctx.Err())
 			}
@@ -120,16 +160,32 @@ func (c *Client) openSession(ctx context.Context) error {
 			return ErrClosed
 		case <-timerC:
 			sendNow = true
-			if cl.sends%3 == 0 {
+			if timeouts++; timeouts%3 == 0 {
 				si++ // three sends per seed, then the next one
 			}
 		case r := <-cl.ch:
 			switch s := r.h.Status; {
+			case s == wire.StatusCookie && c.key == nil:
+				return fmt.Errorf("open session: %w: %s authenticates its clients (it answered COOKIE): "+
+					"set Config.KeyFile, not Config.Insecure", ErrAuth, r.from)
+			case s == wire.StatusCookie:
+				last = s.String()
+				if r.from == cl.dest && (r.cookie != cookie || cookieFrom != r.from) {
+					cookie, cookieFrom = r.cookie, r.from
+					sendNow = true // the same open at once, with the cookie
+				}
+			case s == wire.StatusOK && r.unauth:
+				return fmt.Errorf("open session: %w: worker %s does not authenticate: started with --insecure? "+
+					"(refusing an unauthenticated session: the client has key %q; set Config.Insecure "+
+					"for such a cluster)", ErrAuth, r.from, c.key.name)
 			case s == wire.StatusOK:
 				c.sessionOpened(cl, &r)
 				return nil
 			case s.Retryable():
 				last = s.String() // the timer resends
+			case s == wire.StatusBadRequest && c.key == nil:
+				return fmt.Errorf("open session: %w: %s refused a client without a key (worker: %s: %s): "+
+					"if the cluster authenticates its clients, set Config.KeyFile", ErrAuth, r.from, s, r.msg)
 			default:
 				return statusError("open session", &r)
 			}
@@ -137,11 +193,70 @@ func (c *Client) openSession(ctx context.Context) error {
 	}
 }
 
+// randomID returns a random non-zero request id for SESSION_OPEN: it is
+// what matches the open's unauthenticated answers (COOKIE), so it is not
+// guessable.
+func randomID() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := crand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("open session: random request id: %w", err)
+		}
+		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+			return id, nil
+		}
+	}
+}
+
+// openReply hands an answer to the SESSION_OPEN in flight, after the
+// checks of wire/SPEC.md section 20 for a client with a key: COOKIE comes
+// untagged; OK must verify under the session key its session id and
+// nonces make (an untagged OK is handed on marked unauth, to be refused);
+// anything else must verify under the open key. recvLoop only.
+func (c *Client) openReply(h wire.Header, b []byte, from netip.AddrPort, r *reply) {
+	c.mu.Lock()
+	op := c.open
+	c.mu.Unlock()
+	if op == nil || op.call.id != h.Request {
+		return
+	}
+	*r = reply{h: h, from: from}
+	if err := r.decode(b, nil); err != nil {
+		c.log.Debug("dropped reply", "type", h.Type, "reason", wire.Reason(err))
+		return
+	}
+	if c.key != nil {
+		switch {
+		case h.Status == wire.StatusCookie:
+		case h.Status == wire.StatusOK && zeroTag(b):
+			r.unauth = true
+		case h.Status == wire.StatusOK:
+			sk := newSessionKeys(c.key.key, op.nonce, auth.Nonce(r.sess.WorkerNonce), h.Session)
+			if !sk.w2c.Verify(b) {
+				c.authFailed("SESSION_OPEN OK", b)
+				return
+			}
+			r.keys = sk
+		case !op.w2c.Verify(b):
+			c.authFailed("SESSION_OPEN "+h.Status.String(), b)
+			return
+		}
+	}
+	c.mu.Lock()
+	if c.open == op {
+		op.call.deliver(r)
+	}
+	c.mu.Unlock()
+}
+
 func (c *Client) sessionOpened(cl *call, r *reply) {
 	c.shardCount = r.sess.ShardCount
 	c.grace = time.Duration(r.sess.GraceMs) * time.Millisecond
 	c.workerTTL = time.Duration(r.sess.WorkerTTLMs) * time.Millisecond
 	c.sessionTTL = time.Duration(r.sess.TTLMs) * time.Millisecond
+	if r.keys != nil {
+		c.keys.Store(r.keys) // before the session id: recvLoop verifies what names it
+	}
 	c.session.Store(r.h.Session)
 	c.mu.Lock()
 	c.home = r.from

@@ -1072,6 +1072,9 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 // sendRevokeAck acknowledges the REVOKE with id target; out is a send buffer.
 func (c *Client) sendRevokeAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []byte) []byte {
 	out, err := wire.RevokeAck{Target: target}.Append(out[:0], ah)
+	if err == nil {
+		err = c.sealSession(out)
+	}
 	if err != nil {
 		c.log.Error("cannot encode REVOKE_ACK", "err", err)
 		return out
