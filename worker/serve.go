@@ -161,8 +161,10 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 	}
 	switch h.Type {
 	case wire.TypeMapRequest:
-		if h.Session == 0 {
-			w.handleMap(ob, h, pkt, from, nil) // not authenticated (section 20)
+		if h.Session == 0 || w.cfg.Auth == nil {
+			// Not authenticated (section 20); without Auth the session,
+			// if any, does not matter.
+			w.handleMap(ob, h, pkt, from, nil)
 			return
 		}
 	case wire.TypeSessionOpen:
