@@ -45,6 +45,7 @@ import (
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/testkit/fakeworker"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // ---------------------------------------------------------------- building C
@@ -111,11 +112,12 @@ var cFlags = []string{"-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-
 var sanFlags = []string{"-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"}
 
 var programs = map[string]string{
-	"test_codec": "tests/test_codec.c",
-	"test_auth":  "tests/test_auth.c",
-	"test_api":   "tests/test_api.c",
-	"tokend-e2e": "tests/e2e.c",
-	"revoke":     "examples/revoke.c", // includes <tokend.h>, as installed
+	"test_codec":  "tests/test_codec.c",
+	"test_auth":   "tests/test_auth.c",
+	"test_api":    "tests/test_api.c",
+	"tokend-e2e":  "tests/e2e.c",
+	"revoke":      "examples/revoke.c", // includes <tokend.h>, as installed
+	"tokend-lock": "tokend-lock.c",
 }
 
 var (
@@ -1016,10 +1018,11 @@ func freeUDPPort(t *testing.T) int {
 }
 
 // startTokend builds cmd/tokend into a temp dir and starts it all-in-one on
-// loopback as a user would, secure (etcd with TLS, clients authenticated),
-// with a 2 s session TTL (and the extra flags). On its first start it makes
-// its certificates and keys in <data-dir>/pki; it returns the worker's UDP
-// address and that client key file.
+// loopback as a user would, secure (etcd with TLS, clients authenticated)
+// unless extra holds --insecure, with a 2 s session TTL (and the extra
+// flags). On its first start a secure one makes its certificates and keys
+// in <data-dir>/pki; it returns the worker's UDP address and that client
+// key file ("" when insecure).
 func startTokend(t *testing.T, extra ...string) target {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
@@ -1031,12 +1034,14 @@ func startTokend(t *testing.T, extra ...string) target {
 	if out, err := exec.Command(goBin, "build", "-o", bin, "github.com/tokend/tokend/cmd/tokend").CombinedOutput(); err != nil {
 		t.Fatalf("go build tokend: %v\n%s", err, out)
 	}
+	insecure := slices.Contains(extra, "--insecure")
+	scheme := map[bool]string{false: "https", true: "http"}[insecure]
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	udpAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
 	cmd := exec.Command(bin,
 		"--data-dir", filepath.Join(dir, "data"),
-		"--client-urls", fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
-		"--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
+		"--client-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
+		"--peer-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
 		"--http-addr", httpAddr,
 		"--udp-addr", udpAddr,
 		"--session-ttl", "2s",
@@ -1073,6 +1078,9 @@ func startTokend(t *testing.T, extra ...string) target {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				if insecure {
+					return target{addr: udpAddr}
+				}
 				keyFile := filepath.Join(dir, "data", "pki", "client.key")
 				if _, err := os.Stat(keyFile); err != nil {
 					t.Fatalf("tokend is ready but made no client key: %v", err)
@@ -1175,6 +1183,70 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("killed-client", func(t *testing.T) { killedClient(t, bin, tg, "e2e-killed", 2*time.Second) })
 	t.Run("fences-two-c-clients", func(t *testing.T) { fencesAcross(t, bin, tg, "e2e-fences") })
 	t.Run("c-and-go-clients", func(t *testing.T) { cAndGo(t, bin, tg, "e2e-c-and-go") })
+	t.Run("tokend-lock", func(t *testing.T) {
+		lock := filepath.Join(buildC(t, false, "tokend-lock"), "tokend-lock")
+		out, err := run(t, 30*time.Second, tg.env(), lock, "-s", tg.addr, "-n", "e2e-lock", "sh", "-c", `echo "fence=$TOKEND_FENCE"`)
+		if err != nil || !strings.Contains(out, "fence=") {
+			t.Fatalf("tokend-lock with the key from $TOKEND_KEY_FILE: %v\n%s", err, out)
+		}
+		out, err = run(t, 30*time.Second, nil, lock, "--key-file", tg.keyFile, "-s", tg.addr, "-n", "e2e-lock", "true")
+		if err != nil {
+			t.Fatalf("tokend-lock --key-file: %v\n%s", err, out)
+		}
+		out, err = run(t, 30*time.Second, nil, lock, "--insecure", "-s", tg.addr, "-n", "e2e-lock", "true")
+		if exitCode(err) != 1 || !strings.Contains(out, "key") {
+			t.Fatalf("tokend-lock --insecure against an authenticating cluster: want exit 1 and a message about the key, got %v\n%s", err, out)
+		}
+		t.Logf("--insecure against a secure cluster: %s", strings.TrimSpace(out))
+		unknown := filepath.Join(t.TempDir(), "unknown.key")
+		if err := os.WriteFile(unknown, auth.FormatKeyFile("not-registered", auth.Key{7}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err = run(t, 30*time.Second, nil, lock, "--key-file", unknown, "-s", tg.addr, "-n", "e2e-lock", "true")
+		if exitCode(err) != 1 || !strings.Contains(out, "not-registered") || !strings.Contains(out, "tokenctl keys add") {
+			t.Fatalf("tokend-lock with a key the cluster does not know: want exit 1 naming the key, got %v\n%s", err, out)
+		}
+		t.Logf("unknown key: %s", strings.TrimSpace(out))
+	})
+}
+
+// exitCode is a finished command's exit status (-1 if it did not exit).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err == nil {
+		return 0
+	}
+	return -1
+}
+
+// TestInsecureCluster: against a cluster started with --insecure, a C
+// client without a key works (tokend-lock --insecure) and one with a key
+// refuses the unauthenticated session with a message that says why.
+func TestInsecureCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts tokend")
+	}
+	lock := filepath.Join(buildC(t, false, "tokend-lock"), "tokend-lock")
+	tg := startTokend(t, "--insecure")
+	if !workerServesUDP(t, tg.addr) {
+		t.Skip("worker does not serve UDP yet")
+	}
+	out, err := run(t, 30*time.Second, nil, lock, "--insecure", "-s", tg.addr, "-n", "insecure-lock", "sh", "-c", `echo "fence=$TOKEND_FENCE"`)
+	if err != nil || !strings.Contains(out, "fence=") {
+		t.Fatalf("tokend-lock --insecure: %v\n%s", err, out)
+	}
+	key := filepath.Join(t.TempDir(), "client.key")
+	if err := os.WriteFile(key, auth.FormatKeyFile("default", auth.Key{1}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, 30*time.Second, nil, lock, "--key-file", key, "-s", tg.addr, "-n", "insecure-lock", "true")
+	if exitCode(err) != 1 || !strings.Contains(out, "not authenticated") || !strings.Contains(out, "--insecure") {
+		t.Fatalf("a keyed client against an insecure cluster: want exit 1 and why, got %v\n%s", err, out)
+	}
+	t.Logf("keyed client, insecure cluster: %s", strings.TrimSpace(out))
 }
 
 // cAndGo runs a C client and a Go client taking turns on one exclusive
