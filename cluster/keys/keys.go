@@ -188,6 +188,15 @@ func Revoke(ctx context.Context, cli *clientv3.Client, name string) error {
 	return nil
 }
 
+// Exists is the etcd comparison "key name is stored". A worker that puts
+// a session document in a transaction guarded by it cannot open a
+// session with a key revoked meanwhile: the put either comes before the
+// revocation's delete, and EndSessions (which runs after it) ends the
+// session, or it fails.
+func Exists(name string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(Path(name)), ">", 0)
+}
+
 // sessionKeyName is the part of a session document (cluster.Client) that
 // names the client key its session was opened with.
 type sessionKeyName struct {

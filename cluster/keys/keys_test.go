@@ -43,7 +43,8 @@ func newKey(t *testing.T) auth.Key {
 // TestAddListRevoke: a key is stored sealed (the document holds neither
 // the key nor anything that opens without the cluster key or under
 // another name), listed without it, refused a second time, and revoked
-// once; bad names are refused before etcd is touched.
+// once, after which a write guarded by Exists fails; bad names are
+// refused before etcd is touched.
 func TestAddListRevoke(t *testing.T) {
 	_, cli := etcdtest.StartOne(t)
 	ctx := ctxT(t)
@@ -89,8 +90,22 @@ func TestAddListRevoke(t *testing.T) {
 	if len(list) != 2 || list[0] != want[0] || list[1] != want[1] {
 		t.Errorf("list %v, want %v", list, want)
 	}
+	guarded := func() bool {
+		t.Helper()
+		resp, err := cli.Txn(ctx).If(Exists("alice")).Then(clientv3.OpPut(cluster.ClientsPrefix+"guarded", "{}")).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Succeeded
+	}
+	if !guarded() {
+		t.Error("a put guarded by Exists(alice) failed while alice is stored")
+	}
 	if err := Revoke(ctx, cli, "alice"); err != nil {
 		t.Fatal(err)
+	}
+	if guarded() {
+		t.Error("a put guarded by Exists(alice) succeeded after alice's revocation")
 	}
 	if err := Revoke(ctx, cli, "alice"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second revoke: %v, want ErrNotFound", err)
