@@ -242,6 +242,7 @@ void req_free(struct req *r)
 {
 	if (r->has_cond)
 		pthread_cond_destroy(&r->cond);
+	tka_wipe(r->s_key, sizeof r->s_key);
 	free(r);
 }
 

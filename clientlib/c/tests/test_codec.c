@@ -785,6 +785,47 @@ static void unit_checks(void)
 	m.value.len = 65;
 	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EVALUELENGTH)
 		FAIL("encode 65-byte value");
+	/* SESSION_OPEN: key name 0..64 bytes, cookie empty or 20 bytes; COOKIE: 20 bytes */
+	memset(&m, 0, sizeof m);
+	m.h.type = TKW_SESSION_OPEN;
+	m.h.request = 1;
+	m.key_name.p = big;
+	m.key_name.len = 64;
+	m.cookie.p = big;
+	m.cookie.len = 20;
+	checks++;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || len != 64 + 4 + 1 + 16 + 65 + 21)
+		FAIL("encode an open with a 64-byte key name and a cookie");
+	m.key_name.len = 65;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode a 65-byte key name");
+	m.key_name.len = 4;
+	m.cookie.len = 19;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode a 19-byte cookie");
+	m.h.type = TKW_SESSION_OPEN | TKW_REPLY;
+	m.h.status = TKW_ST_COOKIE;
+	m.cookie.len = 20;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || len != 64 + 21)
+		FAIL("encode a COOKIE reply");
+	m.cookie.len = 0;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode an empty COOKIE reply");
+	m.h.type = TKW_ACQUIRE | TKW_REPLY;
+	m.h.session = 1;
+	m.h.epoch = 1;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADSTATUS)
+		FAIL("encode COOKIE in an ACQUIRE reply");
+	/* the auth tag is carried as given, and decoded as received */
+	m.h.type = TKW_SESSION_OPEN;
+	m.h.status = 0;
+	m.h.session = 0;
+	m.h.epoch = 0;
+	memset(m.h.auth, 0xa5, sizeof m.h.auth);
+	static struct tkw_msg d;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || out[TKW_AUTH_OFF] != 0xa5 ||
+	    tkw_decode(out, len, &d) != TKW_OK || memcmp(d.h.auth, m.h.auth, sizeof d.h.auth) != 0)
+		FAIL("auth tag not carried");
 }
 
 static int classify(void)
