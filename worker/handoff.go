@@ -11,10 +11,7 @@ package worker
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +22,7 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/cluster/handoffauth"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
@@ -48,7 +46,7 @@ const (
 	connTimeout = 5 * time.Second
 	// maxPullRequest and maxPullResponse bound the frames of the protocol.
 	maxPullRequest  = 1 << 20
-	maxPullResponse = 512 << 20
+	maxPullResponse = handoffauth.MaxFrame
 	// maxHandoffConns bounds the connections served at once.
 	maxHandoffConns = 16
 	// outstandingFor is how long after giving a shard up Drain waits for
@@ -92,7 +90,8 @@ type pullRequest struct {
 	// (wire/SPEC.md section 19), not a pull; see deadlock.go.
 	Deadlock *cluster.DeadlockQuery `json:"deadlock,omitempty"`
 	// Nonce is the requester's nonce: the request is authenticated
-	// (handoff_auth.go). Required when the old owner runs with Auth.
+	// (handoff_auth.go). Required, of a pull and of a deadlock query,
+	// when the worker asked runs with Auth.
 	Nonce []byte `json:"nonce,omitempty"`
 }
 
@@ -243,8 +242,9 @@ func (w *Worker) handoffServer(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// serveHandoff answers one pull on c. With Auth it first authenticates
-// the requester and seals its answer. It calls passed once the handshake
+// serveHandoff answers one pull or deadlock-detector query on c. With
+// Auth it first authenticates the asker, whichever it is, and seals its
+// answer. It calls passed once the handshake
 // is over: the request read and, with Auth, the requester authenticated.
 func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	defer c.Close()
@@ -256,23 +256,22 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	br := bufio.NewReader(tc)
 	g, src := w.met.ho, remoteIP(c).String()
 	var req pullRequest
-	reqFrame, err := readRawFrame(br, maxPullRequest)
+	reqFrame, err := handoffauth.ReadRawFrame(br, maxPullRequest)
 	if err == nil {
-		err = unmarshalFrame(reqFrame, &req)
+		err = handoffauth.UnmarshalFrame(reqFrame, &req)
 	}
 	if err != nil {
 		switch {
 		case isTimeout(err):
 			g.refused.WithLabelValues(refusedTimeout).Inc()
-		case errors.Is(err, errHandoffFrame):
+		case errors.Is(err, handoffauth.ErrFrame):
 			g.refused.WithLabelValues(refusedBad).Inc()
 		}
 		w.log.Debug("no handoff request", "from", c.RemoteAddr(), "err", err)
 		return
 	}
-	if req.Deadlock != nil && len(req.Nonce) == 0 {
-		// The leader's detector without a nonce (section 19): served
-		// unauthenticated, as the detector holds no key.
+	if w.cfg.Auth == nil && req.Deadlock != nil && len(req.Nonce) == 0 {
+		// The leader's detector of an --insecure cluster (section 19).
 		tc.end = start.Add(connTimeout)
 		w.serveDeadlock(tc, &req)
 		return
@@ -280,7 +279,7 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 	var key, giverNonce []byte
 	if w.cfg.Auth != nil {
 		var ok bool
-		if key, giverNonce, ok = w.authPuller(tc, br, reqFrame, &req, src); !ok {
+		if key, giverNonce, ok = w.authAsker(tc, br, reqFrame, &req, src); !ok {
 			return
 		}
 	}
@@ -296,10 +295,10 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 		resp = w.answerPull(ctx, &req)
 		ans = resp
 	}
-	frame, err := marshalFrame(ans)
+	frame, err := handoffauth.MarshalFrame(ans)
 	if err == nil && key != nil {
 		var seal []byte
-		seal, err = marshalFrame(pullSeal{MAC: handoffMAC(key, dirGiver, req.Nonce, giverNonce, reqFrame, frame)})
+		seal, err = handoffauth.MarshalFrame(handoffauth.Seal{MAC: handoffauth.MAC(key, handoffauth.DirAnswerer, req.Nonce, giverNonce, reqFrame, frame)})
 		frame = append(frame, seal...)
 	}
 	n := 0
@@ -433,7 +432,7 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 	w.mu.Unlock()
 	var key []byte
 	if w.cfg.Auth != nil {
-		key = handoffKey(w.cfg.Auth.ClusterKey)
+		key = handoffauth.Key(w.cfg.Auth.ClusterKey)
 	}
 	var (
 		resp  *pullResponse
@@ -652,77 +651,12 @@ func reseal(pkt []byte, r handoffReply, shard, epoch uint32, mapVersion uint64, 
 
 // ---- frames ----
 
-// writeFrame writes v as one frame: a big-endian u32 length, then JSON.
-func writeFrame(c io.Writer, v any) (int, error) {
-	b, err := marshalFrame(v)
-	if err != nil {
-		return 0, err
-	}
-	return c.Write(b)
-}
+// writeFrame writes v as one frame (handoffauth.WriteFrame).
+func writeFrame(c io.Writer, v any) (int, error) { return handoffauth.WriteFrame(c, v) }
 
-// marshalFrame returns v as one frame.
-func marshalFrame(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxPullResponse {
-		return nil, fmt.Errorf("%w: %d bytes", errHandoffFrame, len(b))
-	}
-	return append(binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b))), b...), nil
-}
-
-// readFrame reads one frame of at most limit bytes into v.
-func readFrame(r io.Reader, limit int, v any) error {
-	b, err := readRawFrame(r, limit)
-	if err != nil {
-		return err
-	}
-	return unmarshalFrame(b, v)
-}
-
-// readRawFrame reads one frame of at most limit bytes and returns it
-// whole, its length included.
-func readRawFrame(r io.Reader, limit int) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || int64(n) > int64(limit) {
-		return nil, fmt.Errorf("%w: length %d (limit %d)", errHandoffFrame, n, limit)
-	}
-	// Read what arrives rather than allocate what the peer claims.
-	var buf bytes.Buffer
-	buf.Write(hdr[:])
-	if _, err := buf.ReadFrom(io.LimitReader(r, int64(n))); err != nil {
-		return nil, err
-	}
-	if buf.Len() != 4+int(n) {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return buf.Bytes(), nil
-}
-
-// unmarshalFrame decodes frame (as readRawFrame returns it) into v.
-func unmarshalFrame(frame []byte, v any) error {
-	if err := json.Unmarshal(frame[4:], v); err != nil {
-		return fmt.Errorf("%w: %v", errHandoffFrame, err)
-	}
-	return nil
-}
-
-type countReader struct {
-	r io.Reader
-	n int
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += n
-	return n, err
-}
+// readFrame reads one frame of at most limit bytes into v
+// (handoffauth.ReadFrame).
+func readFrame(r io.Reader, limit int, v any) error { return handoffauth.ReadFrame(r, limit, v) }
 
 // listenHandoff binds the handoff listener: addr, or, if empty, the UDP
 // socket's IP with any port. "off" disables handoffs (nil listener).

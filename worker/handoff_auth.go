@@ -2,18 +2,16 @@ package worker
 
 // The guard of the handoff listener (wire/SPEC.md section 18,
 // "Authentication" and "Connections"): mutual authentication of the two
-// sides of an exchange under a key derived from the cluster key, a MAC over
-// the answer that binds the handed-off state to that exchange, deadlines,
-// and limits on the connections held at once, overall and per source
-// address.
+// sides of an exchange (a pull or a deadlock-detector query) under a key
+// derived from the cluster key, a MAC over the answer that binds it to
+// that exchange, deadlines, and limits on the connections held at once,
+// overall and per source address. The key, the MACs, the frames and the
+// asking side are package cluster/handoffauth, shared with the
+// coordinator's detector.
 
 import (
-	"bufio"
 	"context"
-	"crypto/hkdf"
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -25,14 +23,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokend/tokend/wire/auth"
+	"github.com/tokend/tokend/cluster/handoffauth"
 )
 
 const (
-	// handoffInfo is the HKDF info of the handoff key.
-	handoffInfo = "tokend v2 handoff"
-	// handoffNonceLen is the length of each side's nonce.
-	handoffNonceLen = 16
 	// handshakeTimeout bounds the time from accepting a connection to
 	// having read its request and, when authenticated, its proof.
 	handshakeTimeout = 2 * time.Second
@@ -51,33 +45,8 @@ const (
 	maxWarned = 4096
 )
 
-// The directions of the exchange's MACs.
-const (
-	dirPuller byte = 1 // the new owner's proof
-	dirGiver  byte = 2 // the old owner's seal over its answer
-)
-
-// pullChallenge is the old owner's first answer to an authenticated pull:
-// its nonce, or an error for the whole request.
-type pullChallenge struct {
-	Proto int    `json:"proto"`
-	Nonce []byte `json:"nonce,omitempty"`
-	Error string `json:"error,omitempty"`
-}
-
-// pullProof is the new owner's proof of the handoff key.
-type pullProof struct {
-	Proof []byte `json:"proof"`
-}
-
-// pullSeal follows the answer of an authenticated pull: the old owner's
-// MAC over the exchange and the answer's frame.
-type pullSeal struct {
-	MAC []byte `json:"mac"`
-}
-
-// authFailure is an authentication failure of a pull seen by the new
-// owner; reason is its metric label.
+// authFailure is an authentication failure of an answer seen by the
+// asker; reason is its metric label.
 type authFailure struct{ reason string }
 
 func (e *authFailure) Error() string { return "handoff authentication failed: " + e.reason }
@@ -85,7 +54,7 @@ func (e *authFailure) Error() string { return "handoff authentication failed: " 
 // Reasons of tokend_worker_handoff_auth_failures_total.
 const (
 	// Seen by the old owner.
-	authNoNonce  = "no_nonce"  // a pull without credentials while Auth is set
+	authNoNonce  = "no_nonce"  // a pull or detector query without credentials while Auth is set
 	authBadProof = "bad_proof" // the new owner's proof is missing or wrong
 	// Seen by the new owner.
 	authNoChallenge = "no_challenge" // the old owner answered without authenticating
@@ -100,38 +69,6 @@ const (
 	refusedEvicted = "evicted"           // closed in its handshake to make room for a new connection
 	refusedBad     = "bad_request"       // a malformed first frame
 )
-
-// handoffKey derives the key both workers of a pull prove:
-// HKDF-SHA256(secret = cluster key, no salt, info = "tokend v2 handoff").
-func handoffKey(cluster auth.Key) []byte {
-	k, err := hkdf.Key(sha256.New, cluster[:], nil, handoffInfo, auth.KeyLen)
-	if err != nil {
-		panic("worker: hkdf: " + err.Error()) // only for lengths above 255·32
-	}
-	return k
-}
-
-// newHandoffNonce returns a fresh random nonce.
-func newHandoffNonce() ([]byte, error) {
-	n := make([]byte, handoffNonceLen)
-	_, err := rand.Read(n)
-	return n, err
-}
-
-// handoffMAC computes the MAC of direction dir of one exchange:
-// HMAC-SHA256(key, dir || puller's nonce || giver's nonce || frames...),
-// the frames whole as sent (length included): the request's for dirPuller,
-// the request's and the answer's for dirGiver.
-func handoffMAC(key []byte, dir byte, pullerNonce, giverNonce []byte, frames ...[]byte) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte{dir})
-	m.Write(pullerNonce)
-	m.Write(giverNonce)
-	for _, f := range frames {
-		m.Write(f)
-	}
-	return m.Sum(nil)
-}
 
 // handoffGuard holds the handoff listener's admission state and the
 // counters and logs of its refusals and authentication failures.
@@ -305,33 +242,37 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// authPuller authenticates the requester of req (read as reqFrame) on the
-// connection read through r and written through c: it sends this worker's
-// nonce and checks the requester's proof (in constant time). It returns
-// the handoff key and the nonce, or ok false: nothing more is to be sent
-// (a failure is counted and logged).
-func (w *Worker) authPuller(c io.Writer, r io.Reader, reqFrame []byte, req *pullRequest, src string) (key, nonce []byte, ok bool) {
+// authAsker authenticates the asker of req (read as reqFrame: a pull or a
+// detector query) on the connection read through r and written through c:
+// it sends this worker's nonce and checks the asker's proof (in constant
+// time). It returns the handoff key and the nonce, or ok false: nothing
+// more is to be sent (a failure is counted and logged).
+func (w *Worker) authAsker(c io.Writer, r io.Reader, reqFrame []byte, req *pullRequest, src string) (key, nonce []byte, ok bool) {
 	g := w.met.ho
+	what := "handoff pull refused: not authenticated"
+	if req.Deadlock != nil {
+		what = "deadlock detector query refused: not authenticated"
+	}
 	fail := func(reason string, args ...any) {
 		g.authFailures.WithLabelValues(reason).Inc()
-		g.warn(w.log, w.clk.Now(), src, "handoff pull refused: not authenticated", append(args, "reason", reason, "from", req.From)...)
+		g.warn(w.log, w.clk.Now(), src, what, append(args, "reason", reason, "from", req.From)...)
 	}
-	if len(req.Nonce) != handoffNonceLen {
+	if len(req.Nonce) != handoffauth.NonceLen {
 		fail(authNoNonce)
-		writeFrame(c, pullChallenge{Proto: handoffProto, Error: "authentication required"})
+		handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: handoffProto, Error: "authentication required"})
 		return nil, nil, false
 	}
-	nonce, err := newHandoffNonce()
+	nonce, err := handoffauth.NewNonce()
 	if err != nil {
 		w.log.Error("handoff nonce", "err", err)
 		return nil, nil, false
 	}
-	if _, err := writeFrame(c, pullChallenge{Proto: handoffProto, Nonce: nonce}); err != nil {
+	if _, err := handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: handoffProto, Nonce: nonce}); err != nil {
 		w.log.Debug("handoff challenge not sent", "to", req.From, "err", err)
 		return nil, nil, false
 	}
-	var p pullProof
-	if err := readFrame(r, maxProofFrame, &p); err != nil {
+	var p handoffauth.Proof
+	if err := handoffauth.ReadFrame(r, handoffauth.MaxProofFrame, &p); err != nil {
 		switch {
 		case isTimeout(err):
 			g.refused.WithLabelValues(refusedTimeout).Inc()
@@ -341,81 +282,34 @@ func (w *Worker) authPuller(c io.Writer, r io.Reader, reqFrame []byte, req *pull
 		}
 		return nil, nil, false
 	}
-	key = handoffKey(w.cfg.Auth.ClusterKey)
-	if !hmac.Equal(p.Proof, handoffMAC(key, dirPuller, req.Nonce, nonce, reqFrame)) {
+	key = handoffauth.Key(w.cfg.Auth.ClusterKey)
+	if !hmac.Equal(p.Proof, handoffauth.MAC(key, handoffauth.DirAsker, req.Nonce, nonce, reqFrame)) {
 		fail(authBadProof)
 		return nil, nil, false
 	}
 	return key, nonce, true
 }
 
-// maxProofFrame bounds the frames of a proof and of a seal.
-const maxProofFrame = 1 << 10
-
-// exchange makes one exchange on the handoff listener at addr: it sends
-// req and returns the answer's frame. With key (handoffKey of the cluster
-// key) the exchange is authenticated: the other side must answer with a
-// challenge and seal its answer; an answer whose seal does not verify is
-// refused before it is decoded. n counts the bytes read.
+// exchange makes one pull exchange (handoffauth.Exchange) with the old
+// owner at addr: it sends req, with a nonce when key (handoffauth.Key of
+// the cluster key) is set, and returns the answer's frame. Refusals wrap
+// errHandoffRefused; authentication failures also carry an *authFailure.
+// n counts the bytes read.
 func exchange(ctx context.Context, addr string, req *pullRequest, key []byte) (frame []byte, n int, err error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, 0, err
+	frame, n, err = handoffauth.Exchange(ctx, addr, key, func(nonce []byte) ([]byte, error) {
+		r := *req
+		r.Nonce = nonce
+		return handoffauth.MarshalFrame(&r)
+	}, maxPullResponse)
+	switch {
+	case errors.Is(err, handoffauth.ErrNoChallenge):
+		err = fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authNoChallenge})
+	case errors.Is(err, handoffauth.ErrBadSeal):
+		err = fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authBadSeal})
+	case errors.Is(err, handoffauth.ErrRefused):
+		err = fmt.Errorf("%w: %w", errHandoffRefused, err)
 	}
-	defer c.Close()
-	// Socket deadlines are the kernel's: real time. The pull's timeout is
-	// on the worker's clock and ends ctx.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	r := *req
-	if key != nil {
-		if r.Nonce, err = newHandoffNonce(); err != nil {
-			return nil, 0, err
-		}
-	}
-	reqFrame, err := marshalFrame(&r)
-	if err != nil {
-		return nil, 0, err
-	}
-	if _, err := c.Write(reqFrame); err != nil {
-		return nil, 0, err
-	}
-	cr := &countReader{r: bufio.NewReader(c)}
-	if key == nil {
-		frame, err := readRawFrame(cr, maxPullResponse)
-		return frame, cr.n, err
-	}
-	// An old owner without Auth answers at once: its answer is read as a
-	// challenge without a nonce, and refused.
-	raw, err := readRawFrame(cr, maxPullResponse)
-	if err != nil {
-		return nil, cr.n, err
-	}
-	var ch pullChallenge
-	if err := unmarshalFrame(raw, &ch); err != nil {
-		return nil, cr.n, err
-	}
-	if ch.Error != "" {
-		return nil, cr.n, fmt.Errorf("%w: %s", errHandoffRefused, ch.Error)
-	}
-	if len(ch.Nonce) != handoffNonceLen {
-		return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authNoChallenge})
-	}
-	if _, err := writeFrame(c, pullProof{Proof: handoffMAC(key, dirPuller, r.Nonce, ch.Nonce, reqFrame)}); err != nil {
-		return nil, cr.n, err
-	}
-	if frame, err = readRawFrame(cr, maxPullResponse); err != nil {
-		return nil, cr.n, err
-	}
-	var seal pullSeal
-	if err := readFrame(cr, maxProofFrame, &seal); err != nil {
-		return nil, cr.n, err
-	}
-	if !hmac.Equal(seal.MAC, handoffMAC(key, dirGiver, r.Nonce, ch.Nonce, reqFrame, frame)) {
-		return nil, cr.n, fmt.Errorf("%w: %w", errHandoffRefused, &authFailure{authBadSeal})
-	}
-	return frame, cr.n, nil
+	return frame, n, err
 }
 
 // pullOnce makes one attempt of a pull: exchange, then decode the answer.
@@ -425,7 +319,7 @@ func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*
 		return nil, n, err
 	}
 	var resp pullResponse
-	if err := unmarshalFrame(raw, &resp); err != nil {
+	if err := handoffauth.UnmarshalFrame(raw, &resp); err != nil {
 		return nil, n, err
 	}
 	if resp.Error != "" && resp.Retry {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/cluster/handoffauth"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker/table"
@@ -144,7 +146,7 @@ func TestHandoffAuthRefusals(t *testing.T) {
 	if v := authFailures(w1, t, authNoNonce); v != 1 {
 		t.Fatalf("no_nonce counted %v, want 1", v)
 	}
-	resp, err = pullFor(t, addr, req, handoffKey(other))
+	resp, err = pullFor(t, addr, req, handoffauth.Key(other))
 	if resp != nil || err == nil {
 		t.Fatalf("pull with another key: %+v, %v", resp, err)
 	}
@@ -155,7 +157,7 @@ func TestHandoffAuthRefusals(t *testing.T) {
 	if pulled {
 		t.Fatal("a refused pull marked the state pulled")
 	}
-	resp, err = pullFor(t, addr, req, handoffKey(k))
+	resp, err = pullFor(t, addr, req, handoffauth.Key(k))
 	if err != nil || len(resp.Shards) != 1 || !resp.Shards[0].OK || resp.Shards[0].Snap == nil {
 		t.Fatalf("pull with the cluster key: %+v, %v", resp, err)
 	}
@@ -163,7 +165,7 @@ func TestHandoffAuthRefusals(t *testing.T) {
 	// authenticated.
 	bad := *req
 	bad.ToID = "w9"
-	if resp, err := pullFor(t, addr, &bad, handoffKey(k)); resp != nil || !errors.Is(err, errHandoffRefused) {
+	if resp, err := pullFor(t, addr, &bad, handoffauth.Key(k)); resp != nil || !errors.Is(err, errHandoffRefused) {
 		t.Fatalf("pull naming another old owner: %+v, %v", resp, err)
 	}
 }
@@ -290,13 +292,13 @@ func TestHandoffTamperedAnswer(t *testing.T) {
 
 	// Through the proxy changing nothing the pull works.
 	req := keepShard9(t, w1, w2)
-	resp, err := pullFor(t, p.ln.Addr().String(), req, handoffKey(k))
+	resp, err := pullFor(t, p.ln.Addr().String(), req, handoffauth.Key(k))
 	if err != nil || !resp.Shards[0].OK || resp.Shards[0].Snap.MaxFence != 0 {
 		t.Fatalf("pull through the proxy: %+v, %v", resp, err)
 	}
 	// Changed on the way, it is refused.
 	p.on.Store(true)
-	resp, err = pullFor(t, p.ln.Addr().String(), req, handoffKey(k))
+	resp, err = pullFor(t, p.ln.Addr().String(), req, handoffauth.Key(k))
 	var af *authFailure
 	if resp != nil || !errors.Is(err, errHandoffRefused) || !errors.As(err, &af) || af.reason != authBadSeal {
 		t.Fatalf("tampered pull: %+v, %v", resp, err)
@@ -435,50 +437,175 @@ func TestHandoffMACVector(t *testing.T) {
 		nb[i], na[i] = byte(0x10+i), byte(0x20+i)
 	}
 	reqFrame, ansFrame := []byte("\x00\x00\x00\x0b{\"proto\":1}"), []byte("\x00\x00\x00\x02{}")
-	k := handoffKey(ck)
+	k := handoffauth.Key(ck)
 	if got := hex.EncodeToString(k); got != "c7fcad26387dc5ed033be7f823560ee86b5a89b9a9dd65fc0ac5e7a0960b23ea" {
 		t.Errorf("handoff key %s", got)
 	}
-	p := handoffMAC(k, dirPuller, nb, na, reqFrame)
+	p := handoffauth.MAC(k, handoffauth.DirAsker, nb, na, reqFrame)
 	if got := hex.EncodeToString(p); got != "1d677a738a1f4bca4c90c534c02c6db0f5683e0bad9fce0b46d6546bb1e3f70d" {
 		t.Errorf("proof %s", got)
 	}
-	m := handoffMAC(k, dirGiver, nb, na, reqFrame, ansFrame)
+	m := handoffauth.MAC(k, handoffauth.DirAnswerer, nb, na, reqFrame, ansFrame)
 	if got := hex.EncodeToString(m); got != "79dbc525445bf299a35a768e78f19f2aeab7d34eb1a8d3f03bff1ab54634e66e" {
 		t.Errorf("seal %s", got)
 	}
-	if hmac.Equal(handoffMAC(k, dirPuller, na, nb, reqFrame), p) {
+	if hmac.Equal(handoffauth.MAC(k, handoffauth.DirAsker, na, nb, reqFrame), p) {
 		t.Error("nonces swapped, same proof")
 	}
-	if hmac.Equal(handoffMAC(k, dirGiver, nb, na, reqFrame), p) {
+	if hmac.Equal(handoffauth.MAC(k, handoffauth.DirAnswerer, nb, na, reqFrame), p) {
 		t.Error("other direction, same MAC")
 	}
 }
 
-// TestHandoffDeadlockQuery: the leader's deadlock detector is answered
-// without a nonce (it holds no key, section 19) and, with a nonce, only
-// after the same authentication as a pull, the answer sealed.
+// deadlockQuery sends q to w's handoff listener as the leader's detector
+// does, authenticated with key (handoffauth.Key of the cluster key) or,
+// with a nil key, without a nonce.
+func deadlockQuery(t *testing.T, w *Worker, q *cluster.DeadlockQuery, key []byte) (*cluster.DeadlockAnswer, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, _, err := exchange(ctx, w.HandoffAddr(), &pullRequest{Proto: cluster.DeadlockProto, Deadlock: q}, key)
+	if err != nil {
+		return nil, err
+	}
+	var ans cluster.DeadlockAnswer
+	if err := handoffauth.UnmarshalFrame(raw, &ans); err != nil {
+		return nil, err
+	}
+	return &ans, nil
+}
+
+// rawDeadlockQuery sends q without a nonce, as a detector without the
+// cluster key would, and returns every byte the worker sends until it
+// closes the connection.
+func rawDeadlockQuery(t *testing.T, w *Worker, q *cluster.DeadlockQuery) []byte {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", w.HandoffAddr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := handoffauth.WriteFrame(c, cluster.DeadlockRequest{Proto: cluster.DeadlockProto, Deadlock: q}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading until the worker closes: %v", err)
+	}
+	return b
+}
+
+// wantAuthRequired checks that b is exactly one frame, the challenge that
+// refuses a request without credentials.
+func wantAuthRequired(t *testing.T, b []byte) {
+	t.Helper()
+	frame, err := handoffauth.ReadRawFrame(bytes.NewReader(b), handoffauth.MaxProofFrame)
+	if err != nil || len(frame) != len(b) {
+		t.Fatalf("answer to an unauthenticated query %q (%v): want one challenge frame", b, err)
+	}
+	var ch handoffauth.Challenge
+	if err := handoffauth.UnmarshalFrame(frame, &ch); err != nil || ch.Error != "authentication required" || ch.Nonce != nil {
+		t.Fatalf("answer to an unauthenticated query %q (%v): want the refusal", b, err)
+	}
+}
+
+// TestHandoffDeadlockQuery: a worker with Auth answers the leader's
+// deadlock detector only after the same authentication as a pull, the
+// answer sealed. A query without a nonce gets the refusal and nothing
+// else; one with another key gets nothing; each is counted.
 func TestHandoffDeadlockQuery(t *testing.T) {
 	k, other := testClusterKey(t), testClusterKey(t)
 	_, w1, _ := authWorkers(t, &k, &k, "")
-	q := &pullRequest{Proto: cluster.DeadlockProto, Deadlock: &cluster.DeadlockQuery{
-		Incarnation: formatInc(w1.testOwner().Incarnation), Waits: true}}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, key := range [][]byte{nil, handoffKey(k)} {
-		raw, _, err := exchange(ctx, w1.HandoffAddr(), q, key)
-		if err != nil {
-			t.Fatalf("key %v: %v", key != nil, err)
-		}
-		var ans cluster.DeadlockAnswer
-		if err := unmarshalFrame(raw, &ans); err != nil || ans.Error != "" || ans.Worker != "w1" {
-			t.Fatalf("key %v: answer %+v, %v", key != nil, ans, err)
-		}
+	q := &cluster.DeadlockQuery{Incarnation: formatInc(w1.testOwner().Incarnation), Waits: true}
+	ans, err := deadlockQuery(t, w1, q, handoffauth.Key(k))
+	if err != nil || ans.Error != "" || ans.Worker != "w1" {
+		t.Fatalf("authenticated query: answer %+v, %v", ans, err)
 	}
-	if raw, _, err := exchange(ctx, w1.HandoffAddr(), q, handoffKey(other)); err == nil {
-		t.Fatalf("another key got an answer: %q", raw)
+	wantAuthRequired(t, rawDeadlockQuery(t, w1, q))
+	if v := authFailures(w1, t, authNoNonce); v != 1 {
+		t.Fatalf("no_nonce counted %v, want 1", v)
+	}
+	if ans, err := deadlockQuery(t, w1, q, handoffauth.Key(other)); err == nil {
+		t.Fatalf("another key got an answer: %+v", ans)
 	}
 	waitFor(t, "bad_proof counted", func() bool { return authFailures(w1, t, authBadProof) == 1 })
+}
+
+// TestHandoffDeadlockQueryInsecure: a worker without Auth (--insecure)
+// answers a detector without the key, and a detector with the key refuses
+// its answer (no challenge).
+func TestHandoffDeadlockQueryInsecure(t *testing.T) {
+	k := testClusterKey(t)
+	_, w1, _ := authWorkers(t, nil, nil, "")
+	q := &cluster.DeadlockQuery{Incarnation: formatInc(w1.testOwner().Incarnation), Waits: true}
+	if ans, err := deadlockQuery(t, w1, q, nil); err != nil || ans.Error != "" || ans.Worker != "w1" {
+		t.Fatalf("query without a nonce: answer %+v, %v", ans, err)
+	}
+	var af *authFailure
+	if ans, err := deadlockQuery(t, w1, q, handoffauth.Key(k)); !errors.As(err, &af) || af.reason != authNoChallenge {
+		t.Fatalf("query with the key to a worker without Auth: answer %+v, %v (want no_challenge)", ans, err)
+	}
+}
+
+// TestDeadlockExchangeAuthenticated: TestDeadlockExchange's cycle on a
+// worker with Auth and clients with authenticated sessions. A detector
+// without the key learns nothing and ends nothing (the victim still
+// waits); with the key it lists the waits and ends the victim, whose
+// DEADLOCK reply is sealed with its session's key.
+func TestDeadlockExchangeAuthenticated(t *testing.T) {
+	f := newAuthFixture(t, Limits{})
+	w, key := f.w, handoffauth.Key(f.cluster)
+	a, b := udpClient(t, w), udpClient(t, w)
+	a.openAuth("alice", f.alice, 0)
+	b.openAuth("alice", f.alice, 0)
+	x, y := "x", "y"
+	for a.shard(y) == a.shard(x) {
+		y += "'"
+	}
+	gx := a.acquire(x, wire.EX, false, 1000).grant(t)
+	gy := b.acquire(y, wire.EX, false, 1000).grant(t)
+	qa := a.do(wire.Acquire{Detect: true, Mode: wire.EX, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(y)}, a.shard(y))
+	wantStatus(t, qa, wire.StatusQueued)
+	qb := b.do(wire.Acquire{Detect: true, Mode: wire.PR, WaitMs: 10000, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte(x)}, b.shard(x))
+	wantStatus(t, qb, wire.StatusQueued)
+
+	inc := formatInc(w.testOwner().Incarnation)
+	victim := cluster.DeadlockVictim{Shard: b.shard(x), Epoch: b.epoch(b.shard(x)), Session: b.session, Req: qb.h.Request}
+	wantAuthRequired(t, rawDeadlockQuery(t, w, &cluster.DeadlockQuery{Incarnation: inc, Waits: true,
+		Victims: []cluster.DeadlockVictim{victim}}))
+	if v := gatherValue(f.reg, "tokend_worker_handoff_auth_failures_total", "reason", authNoNonce); v != 1 {
+		t.Fatalf("no_nonce counted %v, want 1", v)
+	}
+
+	ans, err := deadlockQuery(t, w, &cluster.DeadlockQuery{Incarnation: inc, Waits: true}, key)
+	if err != nil || ans.Error != "" || ans.Worker != "w1" || ans.Incarnation != inc {
+		t.Fatalf("answer %+v, %v", ans, err)
+	}
+	got := map[[2]uint64]uint64{} // (waiter session, req) -> fence waited for
+	for _, e := range ans.Waits {
+		got[[2]uint64{e.Session, e.Req}] = e.Fence
+	}
+	if len(got) != 2 || got[[2]uint64{a.session, qa.h.Request}] != gy.Fence || got[[2]uint64{b.session, qb.h.Request}] != gx.Fence {
+		t.Fatalf("waits %+v, want a waiting for fence %#x and b for %#x (the unauthenticated victim still waiting)",
+			ans.Waits, gy.Fence, gx.Fence)
+	}
+
+	ans, err = deadlockQuery(t, w, &cluster.DeadlockQuery{Incarnation: inc, Victims: []cluster.DeadlockVictim{victim}}, key)
+	if err != nil || !slices.Equal(ans.Ended, []cluster.DeadlockVictim{victim}) {
+		t.Fatalf("ended %+v (%v), want %+v", ans, err, victim)
+	}
+	d, ok := b.event(2*time.Second, func(m msg) bool { return m.h.Request == qb.h.Request })
+	if !ok {
+		t.Fatal("the victim got no answer")
+	}
+	wantStatus(t, d, wire.StatusDeadlock)
+	if !b.verified(d) {
+		t.Fatal("the victim's DEADLOCK does not verify under its session's key")
+	}
+	if n := gatherValue(f.reg, "tokend_worker_deadlocks_total", "kind", "cycle"); n != 1 {
+		t.Fatalf("deadlocks_total{kind=cycle} = %v, want 1", n)
+	}
 }
 
 // levelCounter is a slog handler that counts records by level.
@@ -529,7 +656,7 @@ func BenchmarkHandoffPull(b *testing.B) {
 			var key []byte
 			if authed {
 				ck := auth.Key{1}
-				k, key = &ck, handoffKey(ck)
+				k, key = &ck, handoffauth.Key(ck)
 			}
 			_, w1, w2 := authWorkers(b, k, k, "")
 			req := keepShard9(b, w1, w2)

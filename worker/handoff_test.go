@@ -64,7 +64,7 @@ func dialTest(t *testing.T, seeds ...string) *clientlib.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := clientlib.Dial(ctx, seeds...)
+	c, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds, Insecure: true}) // twoWorkers run without Auth
 	if err != nil {
 		t.Fatal(err)
 	}
