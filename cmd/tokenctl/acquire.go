@@ -52,6 +52,10 @@ SIGKILL after --kill-grace, and tokenctl exits 4; when the grant is lost,
 SIGKILL at once. A command that writes to storage without checking the fence
 is not protected against a write that is already in flight when it is killed.
 
+The client authenticates with the key in --key-file (default
+<certs-dir>/client.key: ./tokend-data/pki/client.key is the one tokend's
+first start makes); --insecure for a cluster started with --insecure.
+
 Exit codes: 0 ok (or the command's status), 1 error (e.g. no worker answered
 within --timeout or --wait), 2 usage, 3 not acquired (conflict with --try, or
 --wait ran out while queued), 4 the token was lost while held.`
@@ -71,6 +75,8 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	value := fs.String("value", "", "set the token's value block (<= 64 bytes) on release (PW/EX only)")
 	killGrace := fs.Duration("kill-grace", time.Second, "with a command: SIGKILL this long after SIGTERM when the grant's validity runs out")
 	foreground := fs.Bool("foreground", false, "with a command: run it in tokenctl's process group (for commands that read the terminal); then only the command itself is signalled")
+	var key keyFlags
+	key.register(fs)
 	readyFile := fs.String("ready-file", "", "") // internal: used by --detach
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -117,6 +123,10 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(*value) > wire.MaxValue {
 		return usageErr("--value: %d bytes, at most %d", len(*value), wire.MaxValue)
 	}
+	keyFile, err := key.resolve(fs)
+	if err != nil {
+		return err
+	}
 	if *detach {
 		return detachHolder(ctx, args, stdout, c.output)
 	}
@@ -137,8 +147,10 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	dctx, dcancel := context.WithTimeout(ctx, dialFor)
 	cli, err := clientlib.DialConfig(dctx, clientlib.Config{
-		Seeds:   seeds,
-		Library: "tokenctl",
+		Seeds:    seeds,
+		Library:  "tokenctl",
+		KeyFile:  keyFile,
+		Insecure: key.insecure,
 		OnRevoke: func(_ context.Context, t *clientlib.Token, r clientlib.Revocation) {
 			if argv == nil {
 				fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), r.Wanted)
@@ -153,6 +165,12 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		if ctx.Err() != nil {
 			return readyFail(*readyFile, exitError_{exitNotAcquired, "interrupted while connecting"})
+		}
+		switch {
+		case errors.Is(err, clientlib.ErrAuth) && key.insecure:
+			return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("the cluster authenticates its clients: drop --insecure and give a client key file (--key-file): %v", err)})
+		case errors.Is(err, clientlib.ErrAuth):
+			return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("cannot authenticate with the key file %s (--key-file): %v", keyFile, err)})
 		}
 		return readyFail(*readyFile, exitError_{exitError, fmt.Sprintf("cannot reach tokend: no session opened with the seeds %s within %v (--seeds, --timeout): %v",
 			strings.Join(seeds, ", "), dialFor, err)})

@@ -82,7 +82,7 @@ func evict(ctx context.Context, cli *clientv3.Client, id uint64) (evictResult, e
 		return evictResult{}, fmt.Errorf("%s is not a session tokend wrote (no lease, or not JSON): not touched", key)
 	}
 	res := evictResult{sessionInfo: s, Evicted: true}
-	// The key's own lease, not id: the two are one today, but the key is
+	// The key's own lease: session ids are not lease ids, and the key is
 	// what the workers watch.
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
 		if !errors.Is(err, rpctypes.ErrLeaseNotFound) {

@@ -12,6 +12,7 @@
 //	tokenctl undrain WORKER-ID      let the leader give it shards again
 //	tokenctl health [URL]           is the local (or named) tokend ready? For container health checks
 //	tokenctl member list|add|remove|replace   the servers' etcd membership: replace a dead server
+//	tokenctl keys add|list|revoke   the client keys in etcd: add one per client, revoke one (ending its sessions)
 //
 // Exit codes: 0 success (with a command: the command's status), 1 error
 // (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
@@ -58,6 +59,9 @@ const usageText = `Usage:
   tokenctl health [flags] [URL]   exit 0 if a tokend's /readyz (default 127.0.0.1:7780) answers 200
   tokenctl member list|add|remove|replace [flags] ...
                                   list the servers' etcd members; replace a dead one
+  tokenctl keys add|list|revoke [flags] [NAME]
+                                  the client keys: add one per client, list them, revoke one
+                                  (ending its sessions)
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
 status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
 ran out), 4 lost while held (the command was stopped).
@@ -91,6 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdHealth(ctx, args, stdout, stderr)
 	case "member":
 		err = cmdMember(ctx, args, stdout, stderr)
+	case "keys":
+		err = cmdKeys(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

@@ -135,7 +135,7 @@ func TestAcquireUnreachable(t *testing.T) {
 		{[]string{"--timeout", "1s"}, time.Second},
 		{[]string{"--timeout", "1s", "x", "--", "true"}, time.Second},
 	} {
-		args := append([]string{"acquire", "--seeds", addr}, tt.args...)
+		args := append([]string{"acquire", "--insecure", "--seeds", addr}, tt.args...)
 		if !slices.Contains(tt.args, "--") {
 			args = append(args, "x")
 		}

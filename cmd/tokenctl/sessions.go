@@ -25,7 +25,7 @@ type sessionsResult struct {
 // and the etcd lease the key lives on.
 type sessionInfo struct {
 	cluster.Client
-	Lease string `json:"lease"` // hex; today the session id itself
+	Lease string `json:"lease"` // hex: the etcd lease the document lives on (not the session id)
 }
 
 // cmdSessions lists the live client sessions from etcd: the keys under
@@ -98,6 +98,7 @@ func sessionOf(key, val []byte, lease int64) (sessionInfo, bool) {
 	if s.Session == "" {
 		s.Session = strings.TrimPrefix(string(key), cluster.ClientsPrefix)
 	}
+	s.SealedKey = "" // sealed, but of no use to a reader
 	s.Lease = cluster.SessionString(uint64(lease))
 	return s, true
 }
@@ -127,9 +128,9 @@ func cmpSession(a, b string) int {
 func printSessions(w io.Writer, ss []sessionInfo, now time.Time) {
 	if len(ss) > 0 {
 		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "SESSION\tCLIENT\tLIBRARY\tWORKER\tSINCE\tAGE")
+		fmt.Fprintln(tw, "SESSION\tCLIENT\tKEY\tLIBRARY\tWORKER\tSINCE\tAGE")
 		for _, s := range ss {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Session, orDash(s.Addr), orDash(s.Library), orDash(s.Worker), orDash(s.Since), age(s.Since, now))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Session, orDash(s.Addr), orDash(s.KeyName), orDash(s.Library), orDash(s.Worker), orDash(s.Since), age(s.Since, now))
 		}
 		tw.Flush()
 	}
