@@ -10,20 +10,39 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // BenchmarkAcquireRelease measures ACQUIRE (EX, TRY) + RELEASE pairs over
 // real loopback UDP against one worker, with 1 and 8 clients in flight
 // (each its own session, socket and token). It reports pairs/s.
+//
+// With auth=true the worker authenticates (wire/SPEC.md section 20): every
+// datagram is sealed and checked at both ends.
 func BenchmarkAcquireRelease(b *testing.B) {
-	cli := testEtcd(b)
-	w, _ := startWorker(b, cli, "bench", nil)
-	serveAll(b, cli, w)
+	for _, withAuth := range []bool{false, true} {
+		b.Run(fmt.Sprintf("auth=%v", withAuth), func(b *testing.B) { benchAcquireRelease(b, withAuth) })
+	}
+}
+
+func benchAcquireRelease(b *testing.B, withAuth bool) {
+	var (
+		w     *Worker
+		alice auth.Key
+	)
+	if withAuth {
+		f := newAuthFixture(b, Limits{})
+		w, alice = f.w, f.alice
+	} else {
+		cli := testEtcd(b)
+		w, _ = startWorker(b, cli, "bench", nil)
+		serveAll(b, cli, w)
+	}
 	for _, inflight := range []int{1, 8} {
 		b.Run(fmt.Sprintf("inflight=%d", inflight), func(b *testing.B) {
 			loops := make([]*benchClient, inflight)
 			for i := range loops {
-				loops[i] = newBenchClient(b, w, fmt.Sprintf("bench/%d", i))
+				loops[i] = newBenchClient(b, w, fmt.Sprintf("bench/%d", i), withAuth, alice)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -54,12 +73,18 @@ type benchClient struct {
 	id      uint64
 	buf     []byte
 	rbuf    []byte
-	lastN   int // length of the last reply in rbuf
+	lastN   int       // length of the last reply in rbuf
+	out, in *auth.MAC // with auth: the session's MACs
 }
 
-func newBenchClient(b *testing.B, w *Worker, name string) *benchClient {
+func newBenchClient(b *testing.B, w *Worker, name string, withAuth bool, key auth.Key) *benchClient {
 	tc := udpClient(b, w)
-	tc.open(120000) // the session outlives the benchmark without keepalives
+	// The session outlives the benchmark without keepalives.
+	if withAuth {
+		tc.openAuth("alice", key, 60000)
+	} else {
+		tc.open(120000)
+	}
 	conn, err := net.DialUDP("udp4", nil, w.Addr())
 	if err != nil {
 		b.Fatal(err)
@@ -67,7 +92,7 @@ func newBenchClient(b *testing.B, w *Worker, name string) *benchClient {
 	b.Cleanup(func() { conn.Close() })
 	return &benchClient{conn: conn, session: tc.session, name: []byte(name),
 		shard: wire.Shard([]byte(name), testShards), id: 1 << 20,
-		buf: make([]byte, 0, wire.MaxDatagram), rbuf: make([]byte, 2048)}
+		buf: make([]byte, 0, wire.MaxDatagram), rbuf: make([]byte, 2048), out: tc.out, in: tc.in}
 }
 
 func (c *benchClient) run(n int) error {
@@ -99,6 +124,11 @@ func (c *benchClient) roundTrip(m appender) (wire.Header, error) {
 	if err != nil {
 		return h, err
 	}
+	if c.out != nil {
+		if err := c.out.Seal(pkt); err != nil {
+			return h, err
+		}
+	}
 	for try := 0; try < 50; try++ {
 		if _, err := c.conn.Write(pkt); err != nil {
 			return h, err
@@ -114,6 +144,9 @@ func (c *benchClient) roundTrip(m appender) (wire.Header, error) {
 			}
 			rh, err := wire.ParseHeader(c.rbuf[:n])
 			if err == nil && rh.Request == c.id && rh.Type.IsReply() {
+				if c.in != nil && !c.in.Verify(c.rbuf[:n]) {
+					return h, fmt.Errorf("reply to request %d does not verify", c.id)
+				}
 				c.lastN = n
 				return rh, nil
 			}
