@@ -15,6 +15,10 @@ const DeadlockProto = 1
 type DeadlockRequest struct {
 	Proto    int            `json:"proto"`
 	Deadlock *DeadlockQuery `json:"deadlock"`
+	// Nonce is the detector's nonce: the exchange is authenticated under
+	// the cluster key (package cluster/handoffauth; wire/SPEC.md section
+	// 18). Required when the worker runs with authentication.
+	Nonce []byte `json:"nonce,omitempty"`
 }
 
 // DeadlockQuery asks a worker to end Victims with DEADLOCK (each only if it

@@ -8,8 +8,10 @@
 // Every leader also runs the deadlock detector (detect.go, wire/SPEC.md
 // section 19): it gathers the wait-for edges of every worker each round,
 // finds cycles with package deadlock, and tells the worker of each victim to
-// answer that request DEADLOCK. Metrics: deadlock_rounds_total and
-// deadlocks_total{kind}.
+// answer that request DEADLOCK. With Config.ClusterKey its exchanges are
+// authenticated both ways (package cluster/handoffauth). Metrics:
+// deadlock_rounds_total, deadlocks_total{kind} and
+// deadlock_auth_failures_total{reason}.
 package coordinator
 
 import (
@@ -27,7 +29,9 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/handoffauth"
 	"github.com/tokend/tokend/internal/clock"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // Config configures a Coordinator.
@@ -47,8 +51,13 @@ type Config struct {
 	OnLeader func(ctx context.Context, l *Leadership)
 	// Deadlock configures the deadlock detector every leader runs.
 	Deadlock DeadlockConfig
-	Logger   *slog.Logger
-	Registry prometheus.Registerer // metrics are registered here if set
+	// ClusterKey authenticates the deadlock detector's queries to the
+	// workers and their answers (wire/SPEC.md section 18, as a pull);
+	// nil = unauthenticated, for a cluster run with --insecure, whose
+	// workers answer without a key.
+	ClusterKey *auth.Key
+	Logger     *slog.Logger
+	Registry   prometheus.Registerer // metrics are registered here if set
 	// Clock runs the coordinator's timers (retry backoffs, the settle
 	// delay, the detector's rounds); nil = clock.Real. The deadlines of
 	// its etcd calls and sockets are in the system's time.
@@ -67,6 +76,9 @@ type Coordinator struct {
 
 	deadlockRounds prometheus.Counter
 	deadlocks      *prometheus.CounterVec // kind: one_worker, across_workers
+	deadlockAuth   *prometheus.CounterVec // reason: no_challenge, bad_seal
+	handoffKey     []byte                 // handoffauth.Key of Config.ClusterKey, or nil
+	warned         warnings               // the detector's WARN logs about each worker
 
 	mu      sync.Mutex // guards the fields below
 	leading *Leadership
@@ -153,9 +165,17 @@ func New(cfg Config) (*Coordinator, error) {
 			Namespace: "tokend", Subsystem: "coordinator", Name: "deadlocks_total",
 			Help: "Wait-for cycles broken by the leader's detector (a victim answered DEADLOCK), by kind (one_worker, across_workers).",
 		}, []string{"kind"}),
+		deadlockAuth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "tokend", Subsystem: "coordinator", Name: "deadlock_auth_failures_total",
+			Help: "Workers' answers to the deadlock detector refused because they were not authenticated, by reason (no_challenge: the worker holds no key; bad_seal: the answer's MAC is missing or wrong).",
+		}, []string{"reason"}),
+		warned: warnings{last: map[string]time.Time{}},
+	}
+	if cfg.ClusterKey != nil {
+		c.handoffKey = handoffauth.Key(*cfg.ClusterKey)
 	}
 	if cfg.Registry != nil {
-		for _, m := range []prometheus.Collector{c.isLeader, c.elections, c.mapVersion, c.moves, c.deadlockRounds, c.deadlocks} {
+		for _, m := range []prometheus.Collector{c.isLeader, c.elections, c.mapVersion, c.moves, c.deadlockRounds, c.deadlocks, c.deadlockAuth} {
 			if err := cfg.Registry.Register(m); err != nil {
 				return nil, fmt.Errorf("coordinator: registering metrics: %w", err)
 			}

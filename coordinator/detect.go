@@ -1,13 +1,11 @@
 package coordinator
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"net"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/handoffauth"
 	"github.com/tokend/tokend/coordinator/deadlock"
 )
 
@@ -120,10 +119,10 @@ func (c *Coordinator) gatherWaits(ctx context.Context, workers map[string]cluste
 		go func() {
 			defer wg.Done()
 			ans, err := exchangeDeadlock(ctx, w.Handoff, &cluster.DeadlockQuery{
-				Incarnation: w.Incarnation, Waits: true, MinAgeMs: cfg.MinAge.Milliseconds()}, cfg.Timeout)
+				Incarnation: w.Incarnation, Waits: true, MinAgeMs: cfg.MinAge.Milliseconds()}, cfg.Timeout, c.handoffKey)
 			if err != nil {
 				if ctx.Err() == nil {
-					c.log.Debug("deadlock detector: no waits from worker", "worker", w.ID, "err", err)
+					c.detectorFailed(w, slog.LevelDebug, "deadlock detector: no waits from worker", err)
 				}
 				return
 			}
@@ -160,10 +159,10 @@ func (c *Coordinator) endVictims(ctx context.Context, workers map[string]cluster
 			for _, v := range vs {
 				q.Victims = append(q.Victims, cluster.DeadlockVictim{Shard: v.Shard, Epoch: v.Epoch, Session: v.Session, Req: v.Req})
 			}
-			ans, err := exchangeDeadlock(ctx, w.Handoff, q, cfg.Timeout)
+			ans, err := exchangeDeadlock(ctx, w.Handoff, q, cfg.Timeout, c.handoffKey)
 			if err != nil {
 				if ctx.Err() == nil {
-					c.log.Warn("deadlock detector: victims not delivered", "worker", w.ID, "victims", len(vs), "err", err)
+					c.detectorFailed(w, slog.LevelWarn, "deadlock detector: victims not delivered", err, "victims", len(vs))
 				}
 				return
 			}
@@ -211,51 +210,83 @@ func sessionsString(ss []uint64) string {
 
 // exchangeDeadlock sends one query to a worker's handoff address and reads
 // its answer (one frame each way: a big-endian u32 length, then JSON).
-func exchangeDeadlock(ctx context.Context, addr string, q *cluster.DeadlockQuery, timeout time.Duration) (*cluster.DeadlockAnswer, error) {
+// With key (handoffauth.Key of the cluster key) the exchange is
+// authenticated as a handoff pull is: an answer without a challenge or
+// whose seal fails is refused (handoffauth.ErrNoChallenge,
+// handoffauth.ErrBadSeal).
+func exchangeDeadlock(ctx context.Context, addr string, q *cluster.DeadlockQuery, timeout time.Duration, key []byte) (*cluster.DeadlockAnswer, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	frame, _, err := handoffauth.Exchange(ctx, addr, key, func(nonce []byte) ([]byte, error) {
+		return handoffauth.MarshalFrame(cluster.DeadlockRequest{Proto: cluster.DeadlockProto, Deadlock: q, Nonce: nonce})
+	}, maxDeadlockAnswer)
 	if err != nil {
 		return nil, err
-	}
-	defer conn.Close()
-	// Socket deadlines are in the system's time, not the coordinator's clock.
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	b, err := json.Marshal(cluster.DeadlockRequest{Proto: cluster.DeadlockProto, Deadlock: q})
-	if err != nil {
-		return nil, err
-	}
-	frame := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b)))
-	if _, err := conn.Write(append(frame, b...)); err != nil {
-		return nil, err
-	}
-	r := bufio.NewReader(conn)
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > maxDeadlockAnswer {
-		return nil, fmt.Errorf("%w: length %d", errDeadlockFrame, n)
-	}
-	body, err := io.ReadAll(io.LimitReader(r, int64(n)))
-	if err != nil {
-		return nil, err
-	}
-	if len(body) != int(n) {
-		return nil, io.ErrUnexpectedEOF
 	}
 	var ans cluster.DeadlockAnswer
-	if err := json.Unmarshal(body, &ans); err != nil {
-		return nil, fmt.Errorf("%w: %v", errDeadlockFrame, err)
+	if err := handoffauth.UnmarshalFrame(frame, &ans); err != nil {
+		return nil, fmt.Errorf("%w: %w", errDeadlockFrame, err)
 	}
 	if ans.Error != "" {
 		return nil, fmt.Errorf("coordinator: worker refused: %s", ans.Error)
 	}
 	return &ans, nil
+}
+
+// detectorFailed counts and logs an exchange with worker w that failed
+// with err: an authentication failure at WARN (at most once a minute per
+// worker), anything else at level.
+func (c *Coordinator) detectorFailed(w cluster.Worker, level slog.Level, msg string, err error, args ...any) {
+	args = append(args, "worker", w.ID, "err", err)
+	var reason string
+	switch {
+	case errors.Is(err, handoffauth.ErrNoChallenge):
+		reason = "no_challenge"
+	case errors.Is(err, handoffauth.ErrBadSeal):
+		reason = "bad_seal"
+	default:
+		c.log.Log(context.Background(), level, msg, args...)
+		return
+	}
+	c.deadlockAuth.WithLabelValues(reason).Inc()
+	level = slog.LevelDebug
+	if c.warned.due(w.ID, c.cfg.Clock.Now()) {
+		level = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), level, "deadlock detector: worker's answer not authenticated (do the servers and workers share the cluster key, or all run --insecure?)",
+		append(args, "reason", reason)...)
+}
+
+const (
+	// warnEvery is the least time between two WARN logs about one worker.
+	warnEvery = time.Minute
+	// maxWarned bounds the workers whose last WARN is remembered.
+	maxWarned = 4096
+)
+
+// warnings remembers when each worker was last warned about.
+type warnings struct {
+	mu   sync.Mutex // guards last
+	last map[string]time.Time
+}
+
+// due reports whether a WARN about id is due at now (none in the last
+// warnEvery) and, if so, records it.
+func (w *warnings) due(id string, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.last[id]; ok && now.Sub(t) < warnEvery {
+		return false
+	}
+	if len(w.last) >= maxWarned {
+		for k, t := range w.last {
+			if now.Sub(t) >= warnEvery {
+				delete(w.last, k)
+			}
+		}
+	}
+	if len(w.last) < maxWarned {
+		w.last[id] = now
+	}
+	return true
 }
