@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -16,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
 )
@@ -147,6 +149,7 @@ func (c *tclient) openAuth(name string, k auth.Key, ttlMs uint32) msg {
 	}
 	c.macMu.Lock()
 	c.in, c.out = auth.NewMAC(sk, auth.WorkerToClient), auth.NewMAC(sk, auth.ClientToWorker)
+	c.skey = sk
 	c.macMu.Unlock()
 	c.mu.Lock()
 	c.session = r.h.Session
@@ -693,4 +696,57 @@ func TestAuthFailuresLogged(t *testing.T) {
 	if n := wc.count(); n != 1 {
 		t.Fatalf("%d WARN records for 100 failures from one address (127.0.0.1), want 1", n)
 	}
+}
+
+// TestAuthSessionAtOtherWorker: a session opened at one worker is served,
+// authenticated, by another, which learns it from etcd and unseals its
+// key on first use; that worker's replies and REVOKEs are sealed too.
+func TestAuthSessionAtOtherWorker(t *testing.T) {
+	cli := testEtcd(t)
+	ck, _ := auth.NewKey()
+	alice, _ := auth.NewKey()
+	a := &Auth{ClusterKey: ck, Keys: testKeys{"alice": alice}}
+	w1, _ := startWorkerCfg(t, Config{Client: cli, ID: "w1", Auth: a})
+	w2, _ := startWorkerCfg(t, Config{Client: cli, ID: "w2", Auth: a})
+	putMap(t, cli, 1, []delegation.Owner{w1.testOwner(), w2.testOwner()},
+		[]delegation.Run{{First: 0, Count: testShards / 2, Owner: 0, Epoch: 1}, {First: testShards / 2, Count: testShards / 2, Owner: 1, Epoch: 1}})
+	waitFor(t, "both serve", func() bool { return w1.stats().shards == testShards/2 && w2.stats().shards == testShards/2 })
+
+	c1, other := udpClient(t, w1), udpClient(t, w1)
+	c1.openAuth("alice", alice, 0)
+	other.openAuth("alice", alice, 0)
+	c2 := newTClient(t, mustListen(t), w2.Addr(), testShards)
+	c2.session, c2.next = c1.session, 1000
+	c2.in, c2.out = auth.NewMAC(c1.skey, auth.WorkerToClient), auth.NewMAC(c1.skey, auth.ClientToWorker)
+	o2 := newTClient(t, mustListen(t), w2.Addr(), testShards)
+	o2.session, o2.next = other.session, 1000
+	o2.in, o2.out = auth.NewMAC(other.skey, auth.WorkerToClient), auth.NewMAC(other.skey, auth.ClientToWorker)
+
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("t%d", i); c2.shard(n) >= testShards/2 {
+			name = n
+		}
+	}
+	g := c2.acquire(name, wire.EX, false, wire.WaitForever) // call checks the reply's tag
+	wantStatus(t, g, wire.StatusOK)
+	wantStatus(t, o2.acquire(name, wire.EX, false, wire.WaitForever), wire.StatusQueued)
+	r, ok := c2.event(5*time.Second, isType(wire.TypeRevoke))
+	if !ok || !c2.verified(r) {
+		t.Fatalf("REVOKE from the other worker: %v (received %v)", r, ok)
+	}
+	wantStatus(t, c2.release(name, g.grant(t).Fence), wire.StatusOK)
+	m, ok := o2.event(5*time.Second, isType(wire.TypeGrantAsync))
+	if !ok || !o2.verified(m) {
+		t.Fatalf("GRANT_ASYNC from the other worker: %v (received %v)", m, ok)
+	}
+}
+
+func mustListen(t testing.TB) *net.UDPConn {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }

@@ -70,6 +70,7 @@ type tclient struct {
 	// datagrams received whose tag did not verify.
 	macMu   sync.Mutex
 	out, in *auth.MAC
+	skey    auth.Key // the session key
 	badTags int
 
 	done chan struct{}
