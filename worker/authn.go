@@ -29,6 +29,11 @@ const (
 	// lookupRate per second (burst lookupBurst); an id not found is not
 	// looked up again for negativeFor, and at most maxNegative are
 	// remembered. So random ids cost etcd a bounded number of reads.
+	// The BAD_REQUEST answering an open without a key name is longer
+	// than the request and goes to an address nobody checked: at most
+	// noKeyRate per second (burst noKeyBurst) are sent.
+	noKeyRate   = 100
+	noKeyBurst  = 200
 	lookupRate  = 50
 	lookupBurst = 100
 	negativeFor = 5 * time.Second
@@ -105,6 +110,7 @@ type guardState struct {
 	srcRate    guard.Buckets[netip.Addr]
 	recent     guard.Recent[openKey, *openState]
 	lookupRate guard.Bucket
+	noKeyRate  guard.Bucket
 	negative   map[uint64]int64     // unknown session ids not found in etcd -> until (tables' clock)
 	warned     map[netip.Addr]int64 // source -> when its last authentication failure was logged
 }
@@ -114,6 +120,7 @@ func (g *guardState) init(l Limits, a *Auth) {
 	g.srcRate = guard.Buckets[netip.Addr]{Rate: l.OpenRatePerSource, Burst: l.OpenBurstPerSource, Max: l.RecentOpens}
 	g.recent = guard.Recent[openKey, *openState]{Max: l.RecentOpens}
 	g.lookupRate = guard.Bucket{Rate: lookupRate, Burst: lookupBurst}
+	g.noKeyRate = guard.Bucket{Rate: noKeyRate, Burst: noKeyBurst}
 	g.negative = map[uint64]int64{}
 	g.warned = map[netip.Addr]int64{}
 	if a != nil {

@@ -418,6 +418,9 @@ func (w *Worker) handleOpen(ob *outbox, h wire.Header, pkt []byte, from *net.UDP
 		if name == "" {
 			// Unauthenticated, like a COOKIE reply: no state, no etcd.
 			w.met.drop("no_key")
+			if !w.guard.noKeyRate.Allow(ob.now) {
+				return
+			}
 			w.met.op(h.Type, wire.StatusBadRequest)
 			ob.add(textReply(rh, wire.StatusBadRequest, msgNeedKey), from, h.Type, nil)
 			return
