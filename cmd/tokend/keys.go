@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker"
 )
 
@@ -86,6 +87,16 @@ func (c *config) workerAuth(store *keys.Store) *worker.Auth {
 		return nil
 	}
 	return &worker.Auth{ClusterKey: c.clusterKey, Keys: store}
+}
+
+// coordinatorKey is the key the coordinator's deadlock detector
+// authenticates its queries to the workers with: nil with --insecure.
+func (c *config) coordinatorKey() *auth.Key {
+	if c.insecure {
+		return nil
+	}
+	k := c.clusterKey
+	return &k
 }
 
 // registerClientKey stores the client key file's key in etcd unless its

@@ -301,8 +301,9 @@ func (d *daemon) start(ctx context.Context) error {
 				CreatedBy:    cfg.name,
 				Version:      cluster.Version,
 			},
-			Logger:   d.log,
-			Registry: d.reg,
+			ClusterKey: cfg.coordinatorKey(),
+			Logger:     d.log,
+			Registry:   d.reg,
 		})
 		if err != nil {
 			return err

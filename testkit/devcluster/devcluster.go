@@ -90,6 +90,16 @@ func (c *Cluster) ClusterKeyFile() string {
 	return filepath.Join(c.keyDir, pki.ClusterKeyFile)
 }
 
+// coordinatorKey is the key the coordinator's deadlock detector
+// authenticates with: nil with Options.Insecure.
+func (c *Cluster) coordinatorKey() *auth.Key {
+	if c.keys == nil {
+		return nil
+	}
+	k := c.clusterKey
+	return &k
+}
+
 // Auth returns what a worker of this cluster authenticates with, for a
 // test that starts a worker of its own; nil with Options.Insecure.
 func (c *Cluster) Auth() *worker.Auth {
@@ -175,8 +185,9 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			Shards: o.Shards, SessionTTLms: o.SessionTTL.Milliseconds(), GraceMs: o.Grace.Milliseconds(),
 			Created: cluster.Now(time.Now()), CreatedBy: "devcluster", Version: cluster.Version,
 		},
-		LeaderTTL: 2 * time.Second,
-		Logger:    o.Logger,
+		LeaderTTL:  2 * time.Second,
+		ClusterKey: c.coordinatorKey(),
+		Logger:     o.Logger,
 	})
 	if err == nil {
 		err = c.Coord.Start(ctx)
