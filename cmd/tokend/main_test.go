@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,11 +17,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
+	"github.com/tokend/tokend/wire"
 )
 
 // The test binary doubles as the tokend binary: with TOKEND_TEST_MAIN=1 it
@@ -118,7 +121,8 @@ func newAllInOne(t *testing.T) allInOne {
 
 // TestAllInOne is the README's first command: it starts, turns ready, makes
 // its certificates and keys (0600), registers the default client key,
-// shows the worker, the leader and the config in etcd, stops on SIGINT with exit 0
+// shows the worker, the leader and the config in etcd, serves a client
+// with client.key and refuses one without a key, stops on SIGINT with exit 0
 // in under 5 s, and restarts on the same data dir.
 func TestAllInOne(t *testing.T) {
 	if testing.Short() {
@@ -197,6 +201,30 @@ func TestAllInOne(t *testing.T) {
 		}
 	}
 	cli.Close()
+
+	// Clients authenticate: with client.key a token is taken and given
+	// back; without a key the worker refuses the session.
+	seeds := []string{fmt.Sprintf("127.0.0.1:%d", a.udp)}
+	tc, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds, KeyFile: filepath.Join(a.certs(), "client.key")})
+	if err != nil {
+		t.Fatalf("a client with client.key: %v", err)
+	}
+	tok, err := tc.Acquire(ctx, "all-in-one", wire.EX)
+	if err != nil {
+		t.Fatalf("acquire with client.key: %v", err)
+	}
+	if err := tok.Release(ctx); err != nil {
+		t.Errorf("release: %v", err)
+	}
+	tc.Close()
+	nctx, ncancel := context.WithTimeout(ctx, 3*time.Second)
+	if nc, err := clientlib.DialConfig(nctx, clientlib.Config{Seeds: seeds, Insecure: true}); !errors.Is(err, clientlib.ErrAuth) {
+		t.Errorf("a client without a key: %v, want clientlib.ErrAuth", err)
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	ncancel()
 
 	code, took := p.stop(syscall.SIGINT, 5*time.Second)
 	if code != 0 {
