@@ -599,15 +599,13 @@ func (c *Client) renew() {
 		if !alive {
 			return
 		}
-		try := max(c.sessionTTL/6, 4*c.cfg.RTOMin)
-		if c.nextWorker(to) == to {
-			// No other worker to turn to: keep this request id (its
-			// retransmissions) until the session ends. A new id would
-			// only queue another etcd renewal at the worker behind the one
-			// a slow etcd has not answered yet, whose answer would then
-			// come to an id given up.
-			try = max(try, left)
-		}
+		// Each try takes a fresh request id: a worker renews once per id
+		// and does not answer a copy of a KEEPALIVE it applied (wire/SPEC.md
+		// section 20), so once the answer to an id is lost, sending the id
+		// again is in vain; the retransmissions within a try cover a lost
+		// request. A slow etcd may get one renewal queued per try; their
+		// late answers come to ids given up.
+		try := min(max(c.sessionTTL/8, 4*c.cfg.RTOMin), left)
 		ctx, cancel := c.withTimeout(c.ctx, try)
 		cl := &call{typ: wire.TypeKeepalive, body: wire.Keepalive{Renew: true}, dest: to}
 		if c.register(ctx, cl, false) != nil {
