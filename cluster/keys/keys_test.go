@@ -196,8 +196,8 @@ func TestStore(t *testing.T) {
 	if _, ok := s.ClientKey("stranger"); ok {
 		t.Error("a key sealed under another cluster key was taken")
 	}
-	if s.Len() != 1 {
-		t.Errorf("Len %d, want 1", s.Len())
+	if s.Len() != 1 || s.LeftOut() != 1 {
+		t.Errorf("Len %d, LeftOut %d; want 1 and 1 (stranger)", s.Len(), s.LeftOut())
 	}
 
 	// Adds and revocations, each seen once the store reaches its revision.
@@ -220,8 +220,15 @@ func TestStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHead(t, s, cli)
-	if _, ok := s.ClientKey("bob"); ok {
-		t.Error("bob kept after its document became unreadable")
+	if _, ok := s.ClientKey("bob"); ok || s.LeftOut() != 2 {
+		t.Errorf("bob kept (%v) after its document became unreadable; LeftOut %d, want 2", ok, s.LeftOut())
+	}
+	if _, err := cli.Delete(ctx, Path("stranger")); err != nil {
+		t.Fatal(err)
+	}
+	waitHead(t, s, cli)
+	if s.LeftOut() != 1 {
+		t.Errorf("LeftOut %d after stranger's deletion, want 1", s.LeftOut())
 	}
 
 	// Lookups race with changes without a data race (go test -race).

@@ -29,9 +29,9 @@ type Store struct {
 	clusterKey auth.Key
 	log        *slog.Logger
 
-	// keys is replaced whole on every change (copy on write): changes are
+	// snap is replaced whole on every change (copy on write): changes are
 	// rare, lookups are on every SESSION_OPEN.
-	keys atomic.Pointer[map[string]auth.Key]
+	snap atomic.Pointer[snapshot]
 	rev  atomic.Int64 // the etcd revision keys reflects
 
 	mu      sync.Mutex         // guards the two fields below
@@ -48,7 +48,7 @@ func NewStore(cli *clientv3.Client, clusterKey auth.Key, log *slog.Logger) *Stor
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{cli: cli, clusterKey: clusterKey, log: log, changed: make(chan struct{}), done: make(chan struct{})}
-	s.keys.Store(&map[string]auth.Key{})
+	s.snap.Store(&snapshot{keys: map[string]auth.Key{}, bad: map[string]bool{}})
 	return s
 }
 
@@ -78,12 +78,24 @@ func OpenStore(ctx context.Context, cli *clientv3.Client, clusterKey auth.Key, l
 // ClientKey returns the key of name, and false if name has no key (never
 // added, revoked, or not openable under the cluster key).
 func (s *Store) ClientKey(name string) (auth.Key, bool) {
-	k, ok := (*s.keys.Load())[name]
+	k, ok := s.snap.Load().keys[name]
 	return k, ok
 }
 
 // Len returns the number of keys known.
-func (s *Store) Len() int { return len(*s.keys.Load()) }
+func (s *Store) Len() int { return len(s.snap.Load().keys) }
+
+// LeftOut returns the number of documents under Prefix that do not open
+// under the cluster key (written with another cluster key, or damaged).
+// Some and no key that opens means this process has the wrong cluster
+// key.
+func (s *Store) LeftOut() int { return len(s.snap.Load().bad) }
+
+// snapshot is the Store's view as of one revision.
+type snapshot struct {
+	keys map[string]auth.Key
+	bad  map[string]bool // names whose documents do not open
+}
 
 // WaitRevision waits until the Store reflects etcd revision rev or later
 // (the revision of a write's response, say), or ctx ends.
@@ -118,9 +130,9 @@ func (s *Store) Close() {
 	<-s.done
 }
 
-// publish installs keys as of revision rev and wakes WaitRevision.
-func (s *Store) publish(keys map[string]auth.Key, rev int64) {
-	s.keys.Store(&keys)
+// publish installs snap as of revision rev and wakes WaitRevision.
+func (s *Store) publish(snap *snapshot, rev int64) {
+	s.snap.Store(snap)
 	s.rev.Store(rev)
 	s.mu.Lock()
 	close(s.changed)
@@ -134,16 +146,17 @@ func (s *Store) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keys: reading %s: %w", Prefix, err)
 	}
-	keys := make(map[string]auth.Key, len(resp.Kvs))
+	snap := &snapshot{keys: make(map[string]auth.Key, len(resp.Kvs)), bad: map[string]bool{}}
 	for _, kv := range resp.Kvs {
 		name, k, err := unseal(s.clusterKey, string(kv.Key), kv.Value)
 		if err != nil {
 			s.log.Warn("client key left out: it does not open under the cluster key", "key", name, "err", err)
+			snap.bad[name] = true
 			continue
 		}
-		keys[name] = k
+		snap.keys[name] = k
 	}
-	s.publish(keys, resp.Header.Revision)
+	s.publish(snap, resp.Header.Revision)
 	return nil
 }
 
@@ -182,22 +195,24 @@ func (s *Store) run(ctx context.Context) {
 
 // apply applies one watch response's events.
 func (s *Store) apply(resp clientv3.WatchResponse) {
-	keys := maps.Clone(*s.keys.Load())
+	old := s.snap.Load()
+	snap := &snapshot{keys: maps.Clone(old.keys), bad: maps.Clone(old.bad)}
 	for _, ev := range resp.Events {
 		name, k, err := unseal(s.clusterKey, string(ev.Kv.Key), ev.Kv.Value)
+		delete(snap.keys, name)
+		delete(snap.bad, name)
 		switch {
 		case ev.Type == clientv3.EventTypeDelete:
-			delete(keys, name)
 		case err != nil:
-			delete(keys, name)
+			snap.bad[name] = true
 			s.log.Warn("client key left out: it does not open under the cluster key", "key", name, "err", err)
 		default:
-			keys[name] = k
+			snap.keys[name] = k
 		}
 	}
 	rev := resp.Header.Revision
 	if n := len(resp.Events); n > 0 {
 		rev = max(rev, resp.Events[n-1].Kv.ModRevision)
 	}
-	s.publish(keys, rev)
+	s.publish(snap, rev)
 }

@@ -99,6 +99,17 @@ func (c *config) coordinatorKey() *auth.Key {
 	return &k
 }
 
+// checkClusterKey refuses to run a worker whose cluster key opens none of
+// the client keys in etcd while some are there: it has another cluster
+// key than the servers, and could authenticate nobody.
+func (d *daemon) checkClusterKey() error {
+	if n := d.keys.LeftOut(); n > 0 && d.keys.Len() == 0 {
+		return fmt.Errorf("--cluster-key-file %s: none of the %d client keys in etcd opens under this cluster key: "+
+			"every server and worker needs the same cluster.key (the one \"tokend certs\" made for this cluster)", d.cfg.clusterKeyFile, n)
+	}
+	return nil
+}
+
 // registerClientKey stores the client key file's key in etcd unless its
 // name has it already; a different key under that name is an error that
 // says what to do (never an overwrite).

@@ -317,6 +317,9 @@ func (d *daemon) start(ctx context.Context) error {
 			if err := d.keys.Start(ctx); err != nil {
 				return err
 			}
+			if err := d.checkClusterKey(); err != nil {
+				return err
+			}
 		}
 		if err := d.worker.Start(ctx); err != nil {
 			return err

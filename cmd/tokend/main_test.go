@@ -24,6 +24,7 @@ import (
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // The test binary doubles as the tokend binary: with TOKEND_TEST_MAIN=1 it
@@ -291,6 +292,36 @@ func TestWorkerKeyVanishesOnKill(t *testing.T) {
 		}
 	}
 	t.Fatalf("no delete event: %v", ctx.Err())
+}
+
+// TestWorkerWrongClusterKey: a worker whose cluster key is not the
+// servers' opens none of the client keys in etcd, and refuses to start
+// (exit 1) with a message naming the file.
+func TestWorkerWrongClusterKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	a := newAllInOne(t)
+	p := startProc(t, a.args()...)
+	waitReady(t, p, fmt.Sprintf("127.0.0.1:%d", a.http), 30*time.Second)
+	wrong := filepath.Join(t.TempDir(), "cluster.key")
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteKeyFile(wrong, pki.ClusterKeyName, k); err != nil {
+		t.Fatal(err)
+	}
+	wp := startProc(t, "worker",
+		"--etcd-endpoints", fmt.Sprintf("127.0.0.1:%d", a.client),
+		"--udp-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--http-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		"--worker-id", "w2", "--certs-dir", a.certs(), "--cluster-key-file", wrong)
+	wp.WaitExit(30 * time.Second)
+	if code := wp.State().ExitCode(); code != 1 || !strings.Contains(wp.Out.String(), "none of the 1 client keys in etcd opens under this cluster key") ||
+		!strings.Contains(wp.Out.String(), wrong) {
+		t.Errorf("worker with another cluster key: exit %d:\n%s", code, wp.Out.String())
+	}
 }
 
 // TestThreeServers runs the README's three-server recipe: three "tokend
