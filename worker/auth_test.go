@@ -430,7 +430,10 @@ func TestAttackForgedRelease(t *testing.T) {
 
 // TestAttackHijack: a forged KEEPALIVE from the attacker's port does not
 // move the session's address, nor does a replay of the victim's own
-// KEEPALIVE: the victim's REVOKEs still go to the victim.
+// KEEPALIVEs: the victim's REVOKEs still go to the victim. A replayed
+// KEEPALIVE with RENEW is dropped and counted; one without RENEW changes
+// nothing and is answered again (its reply may have been lost), to its
+// sender.
 func TestAttackHijack(t *testing.T) {
 	f := newAuthFixture(t, Limits{})
 	victim, other := udpClient(t, f.w), udpClient(t, f.w)
@@ -439,16 +442,23 @@ func TestAttackHijack(t *testing.T) {
 	wantStatus(t, victim.acquire("x", wire.EX, false, wire.WaitForever), wire.StatusOK)
 	attacker := udpClient(t, f.w)
 
-	// A captured KEEPALIVE of the victim, replayed from the attacker's port.
-	h := victim.header(0, 0)
-	h.Type = wire.TypeKeepalive
-	captured := victim.send(wire.Keepalive{}, h)
-	if _, ok := victim.event(5*time.Second, func(m msg) bool { return m.h.Request == h.Request }); !ok {
-		t.Fatal("no KEEPALIVE reply")
+	// Captured KEEPALIVEs of the victim, replayed from the attacker's port.
+	capture := func(m wire.Keepalive) []byte {
+		h := victim.header(0, 0)
+		h.Type = wire.TypeKeepalive
+		p := victim.send(m, h)
+		if _, ok := victim.event(5*time.Second, func(m msg) bool { return m.h.Request == h.Request }); !ok {
+			t.Fatal("no KEEPALIVE reply")
+		}
+		victim.finish(h.Request)
+		return p
 	}
-	victim.finish(h.Request)
+	attacker.sendRaw(capture(wire.Keepalive{}))
+	if _, ok := attacker.event(5*time.Second, isType(wire.TypeKeepaliveReply)); !ok {
+		t.Fatal("a copy of a KEEPALIVE without RENEW not answered")
+	}
 	replay0, bad0 := f.failures("replay"), f.failures("bad_tag")
-	attacker.sendRaw(captured)
+	attacker.sendRaw(capture(wire.Keepalive{Renew: true}))
 	attacker.sendRaw(forge(t, wire.Keepalive{}, wire.Header{Session: victim.session, Request: 1 << 40, Ack: 1}))
 	waitFor(t, "replay and forgery counted", func() bool {
 		return f.failures("replay") == replay0+1 && f.failures("bad_tag") == bad0+1
@@ -458,7 +468,7 @@ func TestAttackHijack(t *testing.T) {
 		t.Fatal("the victim got no REVOKE")
 	}
 	if n := attacker.countEvents(func(msg) bool { return true }); n != 0 {
-		t.Fatalf("the attacker received %d datagrams", n)
+		t.Fatalf("the attacker received %d more datagrams", n)
 	}
 }
 

@@ -201,6 +201,17 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.met.drop("stale")
 		return
 	case core.Replay:
+		if h.Type == wire.TypeKeepalive && h.Flags&wire.FlagRenew == 0 {
+			// A KEEPALIVE without RENEW changes nothing: a copy (its
+			// reply was lost) is answered again, to its sender, and moves
+			// nothing.
+			var m wire.Keepalive
+			if m.Decode(h, pkt) == nil {
+				w.met.op(h.Type, statusDuplicate)
+				ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), from, h.Type, s.keys.out)
+				return
+			}
+		}
 		w.amet.fail("replay")
 		w.met.drop("replay")
 		return

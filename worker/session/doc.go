@@ -35,8 +35,9 @@
 // SESSION_CLOSE, REVOKE_ACK, MAP_REQUEST and SESSION_OPEN are not cached.
 // Of KEEPALIVE, SESSION_CLOSE and REVOKE_ACK the shell Marks the ids it
 // applies: a copy of one, or one whose id is Window or more below the
-// newest id seen, is a Replay and dropped (wire/SPEC.md section 20), so
-// that a captured renewal cannot keep a dead client's session alive.
+// newest id seen, is a Replay (wire/SPEC.md section 20): the shell drops
+// it, or answers a KEEPALIVE without RENEW again, so that a captured
+// renewal cannot keep a dead client's session alive.
 //
 // The cache holds up to Config.Cap replies; beyond that a new request is
 // refused (LIMIT). A RECLAIM, and a request whose id is below the newest id
