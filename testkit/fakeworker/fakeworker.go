@@ -827,7 +827,7 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 		// its key; without authentication unknown ones UNKNOWN_SESSION.
 		// Authenticating workers ignore what no key they hold verifies.
 		g := c.gone[h.Session]
-		if !c.cfg.Insecure && (g == nil || !g.c2w.Verify(b)) {
+		if !c.cfg.Insecure && (g == nil || g.c2w == nil || !g.c2w.Verify(b)) {
 			c.authFail++
 			return
 		}

@@ -349,7 +349,12 @@ func TestAuthentication(t *testing.T) {
 	a.c2w, a.sess = good, a.sess^1
 	a.send(c.Addr(0), 0, wire.TypeKeepalive, 0, 0, wire.Keepalive{Renew: true})
 	eventually(t, "a guessed session counted", func() bool { return c.AuthFailures() == 3 })
-	a.sess ^= 1
+	// One ended by EndSession without ever being opened: no key either.
+	a.sess ^= 3
+	c.EndSession(a.sess)
+	a.send(c.Addr(0), 0, wire.TypeKeepalive, 0, 0, wire.Keepalive{Renew: true})
+	eventually(t, "a session ended unopened counted", func() bool { return c.AuthFailures() == 4 })
+	a.sess ^= 2
 	// Nothing of the three was answered: the next datagram is the answer
 	// to the next request.
 	h, _ := a.call(c.Addr(0), wire.TypeKeepalive, 0, 0, wire.Keepalive{Renew: true})
