@@ -112,8 +112,9 @@ func WriteKeyFile(path, name string, k auth.Key) error {
 }
 
 // ReadKeyFile reads a key file (wire/auth's format). It refuses, with
-// ErrBadFile, a file that others than its owner may read or write (chmod
-// 600 it) and one that does not parse; the error names the file and never
+// ErrBadFile, a file that others than its owner and group may access
+// (chmod 600 it; a group may read it, as a Kubernetes Secret mounted 0440
+// with an fsGroup is) and one that does not parse; the error names the file and never
 // shows the key. A missing file is an error matching fs.ErrNotExist.
 func ReadKeyFile(path string) (name string, k auth.Key, err error) {
 	f, err := os.Open(path)
@@ -131,8 +132,8 @@ func ReadKeyFile(path string) (name string, k auth.Key, err error) {
 	if !fi.Mode().IsRegular() {
 		return "", auth.Key{}, fmt.Errorf("%w: %s is not a regular file", ErrBadFile, path)
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", auth.Key{}, fmt.Errorf("%w: %s has mode %04o: a key file must be private to its owner (chmod 600 %s)", ErrBadFile, path, perm, path)
+	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+		return "", auth.Key{}, fmt.Errorf("%w: %s has mode %04o: others than its owner and group must not have access to a key file (chmod 600 %s)", ErrBadFile, path, perm, path)
 	}
 	// A key file is one short line; more is not a key file.
 	b, err := io.ReadAll(io.LimitReader(f, 256))

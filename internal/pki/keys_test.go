@@ -68,7 +68,7 @@ func TestWriteKeys(t *testing.T) {
 }
 
 // TestKeyFileSafety: WriteKeyFile never replaces a file; ReadKeyFile
-// refuses files others may read, garbage (without echoing it), and says
+// accepts a file its group may read and refuses one others may access, garbage (without echoing it), and says
 // "not exist" for a missing file.
 func TestKeyFileSafety(t *testing.T) {
 	dir := t.TempDir()
@@ -88,9 +88,15 @@ func TestKeyFileSafety(t *testing.T) {
 		t.Errorf("bad name: %v", err)
 	}
 
-	os.Chmod(path, 0o640)
-	if _, _, err := ReadKeyFile(path); !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "chmod 600") {
-		t.Errorf("mode 0640: %v", err)
+	os.Chmod(path, 0o440) // a Kubernetes Secret with an fsGroup
+	if _, got, err := ReadKeyFile(path); err != nil || got != k1 {
+		t.Errorf("mode 0440: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o604, 0o602} {
+		os.Chmod(path, mode)
+		if _, _, err := ReadKeyFile(path); !errors.Is(err, ErrBadFile) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("mode %04o: %v", mode, err)
+		}
 	}
 	garbage := filepath.Join(dir, "garbage.key")
 	os.WriteFile(garbage, []byte("tokend-key v1 alice s3cr3t-not-base64\n"), 0o600)
