@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -322,4 +323,23 @@ func TestStoreCloseWithoutStart(t *testing.T) {
 	s := NewStore(nil, auth.Key{}, nil)
 	s.Close()
 	s.Close()
+}
+
+// BenchmarkClientKey measures a lookup as a worker makes one per
+// SESSION_OPEN, from every CPU at once, in a store of 1000 keys.
+func BenchmarkClientKey(b *testing.B) {
+	s := NewStore(nil, auth.Key{}, nil)
+	snap := &snapshot{keys: map[string]auth.Key{}, bad: map[string]bool{}}
+	for i := range 1000 {
+		snap.keys["client-"+strconv.Itoa(i)] = auth.Key{byte(i)}
+	}
+	s.publish(snap, 1)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, ok := s.ClientKey("client-500"); !ok {
+				b.Fatal("not found")
+			}
+		}
+	})
 }
