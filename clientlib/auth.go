@@ -64,12 +64,14 @@ func loadKey(cfg *Config) (*clientKey, error) {
 }
 
 // sessionKeys are the MACs of one session, derived from the client key,
-// both nonces and the session id. recvLoop alone verifies with w2c; every
-// sender seals with c2w under sendMu (auth.MAC keeps hash state).
+// both nonces and the session id. auth.MAC keeps hash state: every sender
+// seals with c2w under sendMu; recvLoop verifies with w2c under recvMu
+// (uncontended: it is the only receiver).
 type sessionKeys struct {
-	w2c    *auth.MAC
 	sendMu sync.Mutex // guards c2w
 	c2w    *auth.MAC
+	recvMu sync.Mutex // guards w2c
+	w2c    *auth.MAC
 }
 
 func newSessionKeys(k auth.Key, clientNonce, workerNonce auth.Nonce, session uint64) *sessionKeys {
@@ -82,6 +84,13 @@ func (sk *sessionKeys) seal(b []byte) error {
 	sk.sendMu.Lock()
 	defer sk.sendMu.Unlock()
 	return sk.c2w.Seal(b)
+}
+
+// verify reports whether datagram b carries the session's worker tag.
+func (sk *sessionKeys) verify(b []byte) bool {
+	sk.recvMu.Lock()
+	defer sk.recvMu.Unlock()
+	return sk.w2c.Verify(b)
 }
 
 // errNoSessionKeys: a session datagram to send before the session's keys
@@ -103,13 +112,12 @@ func (c *Client) sealSession(b []byte) error {
 
 // verifySession reports whether datagram b, which names the client's
 // session, carries the worker's tag; an insecure client checks nothing.
-// recvLoop only.
 func (c *Client) verifySession(b []byte) bool {
 	if c.key == nil {
 		return true
 	}
 	sk := c.keys.Load()
-	return sk != nil && sk.w2c.Verify(b)
+	return sk != nil && sk.verify(b)
 }
 
 // zeroTag reports whether datagram b carries the all-zero auth tag of an

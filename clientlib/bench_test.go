@@ -236,7 +236,7 @@ func BenchmarkSessionTag(b *testing.B) {
 	rh := h.Reply()
 	grant, err := wire.Grant{Fence: wire.MakeFence(1, 1), Mode: wire.EX, ValidityMs: 1000}.Append(nil, rh)
 	if err == nil {
-		err = c.keys.Load().w2c.Seal(grant)
+		err = auth.NewMAC(auth.SessionKey(k, auth.Nonce{1}, auth.Nonce{2}, 42), auth.WorkerToClient).Seal(grant)
 	}
 	if err != nil {
 		b.Fatal(err)

@@ -232,7 +232,7 @@ func (c *Client) openReply(h wire.Header, b []byte, from netip.AddrPort, r *repl
 			r.unauth = true
 		case h.Status == wire.StatusOK:
 			sk := newSessionKeys(c.key.key, op.nonce, auth.Nonce(r.sess.WorkerNonce), h.Session)
-			if !sk.w2c.Verify(b) {
+			if !sk.verify(b) {
 				c.authFailed("SESSION_OPEN OK", b)
 				return
 			}
