@@ -134,7 +134,8 @@
 //     older than the cached one is ignored.
 //   - Session renewal is a KEEPALIVE with RENEW and no entries, every S/3
 //     (from the first send of the last renewal that worked), each try
-//     bounded by S/6; a reply with session_ttl_ms = 0 counts as a failure
+//     bounded by S/8 and with a request id of its own (a worker answers
+//     an id once); a reply with session_ttl_ms = 0 counts as a failure
 //     and the next worker is tried. Grant keepalives carry no RENEW.
 //   - wait_ms: Wait(d) gives d; without Wait, the time left until the
 //     context's deadline, or WaitForever if it has none. Try and Wait(0)
