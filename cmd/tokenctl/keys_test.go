@@ -140,6 +140,7 @@ func TestKeys(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "KEY") || !strings.Contains(out, " alice ") || !strings.Contains(out, " default ") {
 		t.Errorf("sessions show no key names: exit %d:\n%s", code, out)
 	}
+	revoked := time.Now()
 	out, code = tokenctl(t, append([]string{"keys", "revoke", "alice"}, etcd...)...)
 	if code != exitOK || !strings.Contains(out, "revoked key alice; ended 2 session(s)") ||
 		!strings.Contains(out, sess(a1)) || !strings.Contains(out, sess(a2)) || strings.Contains(out, sess(d)) {
@@ -147,6 +148,7 @@ func TestKeys(t *testing.T) {
 	}
 	select {
 	case <-held.Lost():
+		t.Logf("alice's grant lost %v after tokenctl keys revoke started", time.Since(revoked).Round(time.Millisecond))
 	case <-ctx.Done():
 		t.Error("alice's grant is not lost after her key was revoked")
 	}
