@@ -560,7 +560,8 @@ func (c *Cluster) SetHintless(on bool) {
 
 // Answer makes every worker answer requests of type typ with status st
 // instead of serving them (after the ownership checks; not cached).
-// StatusOK serves them again.
+// SESSION_OPEN is answered so after its key, tag and cookie checks, tagged
+// with the open key. StatusOK serves them again.
 func (c *Cluster) Answer(typ wire.Type, st wire.Status) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
