@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -74,4 +76,37 @@ func mustKey(t *testing.T) auth.Key {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// TestKeyFileDefaults: the key files default to --certs-dir's cluster.key
+// and (servers only) client.key, and follow TOKEND_CLUSTER_KEY_FILE and
+// TOKEND_CLIENT_KEY_FILE as every flag follows its variable; a worker has
+// no --client-key-file.
+func TestKeyFileDefaults(t *testing.T) {
+	dir := t.TempDir()
+	c, err := loadConfig(modeServer, []string{"--data-dir", dir, "--certs-dir", "/etc/tokend/pki"}, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.clusterKeyFile != "/etc/tokend/pki/cluster.key" || c.clientKeyFile != "/etc/tokend/pki/client.key" {
+		t.Errorf("server: cluster key %q, client key %q", c.clusterKeyFile, c.clientKeyFile)
+	}
+	c, err = loadConfig(modeAll, []string{"--data-dir", dir}, env("TOKEND_CLUSTER_KEY_FILE", "/k/c.key", "TOKEND_CLIENT_KEY_FILE", "/k/alice.key"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.clusterKeyFile != "/k/c.key" || c.clientKeyFile != "/k/alice.key" || !c.set["cluster-key-file"] {
+		t.Errorf("from the environment: cluster key %q, client key %q", c.clusterKeyFile, c.clientKeyFile)
+	}
+	c, err = loadConfig(modeWorker, nil, env(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.clusterKeyFile != filepath.Join(defaultWorkerCertsDir, "cluster.key") || c.clientKeyFile != "" {
+		t.Errorf("worker: cluster key %q, client key %q", c.clusterKeyFile, c.clientKeyFile)
+	}
+	var usage strings.Builder
+	if _, err := loadConfig(modeWorker, []string{"--client-key-file", "x"}, env(), &usage); err == nil {
+		t.Error("a worker accepted --client-key-file")
+	}
 }
