@@ -39,6 +39,7 @@ var pure = map[string][]string{
 	"worker/session":       {"wire"},
 	"worker/ownership":     {"cluster/delegation"},
 	"worker/vouch":         nil,
+	"worker/guard":         nil,
 	"coordinator/plan":     {"cluster/delegation"},
 	"coordinator/deadlock": nil,
 	"cluster/delegation":   {"wire"},
