@@ -100,6 +100,8 @@ int tka_seal(const struct tka_mac *m, uint8_t *b, size_t n)
 {
 	if (n < TKW_HEADER_LEN || n > TKW_MAX_DATAGRAM)
 		return -1;
+	b[6] = (uint8_t)((n - TKW_HEADER_LEN) >> 8); /* the body length is under the tag */
+	b[7] = (uint8_t)(n - TKW_HEADER_LEN);
 	if (m) {
 		uint8_t sum[32];
 		if (tag_of(m, b, n, sum) != 0)

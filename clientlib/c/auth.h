@@ -53,7 +53,7 @@ int tka_mac_init(struct tka_mac *m, const uint8_t k[TKA_KEY_LEN], int dir);
 
 /*
  * Finish datagram b[0..n) (a whole datagram, header and body, n <= 1200):
- * the auth field gets the first 12 bytes of HMAC-SHA256(MAC key, b with
+ * its body length field is set to n - 64, then the auth field gets the first 12 bytes of HMAC-SHA256(MAC key, b with
  * bytes 48..63 taken as zero), then the checksum is recomputed over the
  * result. m == NULL writes an all-zero tag (unauthenticated datagrams).
  * Returns 0, or -1 (too short or too long, or libcrypto failed).

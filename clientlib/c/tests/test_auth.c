@@ -3,6 +3,11 @@
  * the vectors package wire/auth (Go) pins itself to:
  *
  *   test_auth VECTORS.TXT
+ *   test_auth --seal     read "KEY DIR DATAGRAM" lines (hex, DIR 1 = client to
+ *                        worker, 2 = worker to client) on stdin and print each
+ *                        datagram sealed with the MAC of (KEY, DIR), and
+ *                        whether the result verifies (for the Go differential
+ *                        test)
  *
  * Every line of the file is checked (an unknown name is a failure): the
  * open and session keys, the three sealed datagrams (tag recomputed and
@@ -262,8 +267,31 @@ static void key_files(void)
 		FAIL("a missing key file: \"%s\"", err);
 }
 
+static int seal_lines(void)
+{
+	static char line[3 * TKW_MAX_DATAGRAM + 200], keyhex[100], dghex[2 * TKW_MAX_DATAGRAM + 10];
+	static char out[2 * TKW_MAX_DATAGRAM + 1];
+	while (fgets(line, sizeof line, stdin)) {
+		uint8_t key[32], dg[TKW_MAX_DATAGRAM];
+		int dir;
+		struct tka_mac m;
+		long n;
+		if (sscanf(line, "%99s %d %2409s", keyhex, &dir, dghex) != 3 || unhex(keyhex, key, sizeof key) != 32 ||
+		    (n = unhex(dghex, dg, sizeof dg)) < 0 || tka_mac_init(&m, key, dir) != 0 ||
+		    tka_seal(&m, dg, (size_t)n) != 0) {
+			printf("BAD -\n");
+			continue;
+		}
+		tohex(dg, (size_t)n, out);
+		printf("%s %d\n", out, tka_verify(&m, dg, (size_t)n));
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "--seal"))
+		return seal_lines();
 	if (argc != 2) {
 		fprintf(stderr, "usage: %s wire/auth/testdata/vectors.txt\n", argv[0]);
 		return 2;
