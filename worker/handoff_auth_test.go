@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -683,4 +684,52 @@ func BenchmarkHandoffPull(b *testing.B) {
 			b.SetBytes(int64(n))
 		})
 	}
+}
+
+// BenchmarkDeadlockQuery: one detector query (waits of a worker with
+// nothing queued) over loopback, without and with authentication: what
+// each worker costs the leader per round.
+func BenchmarkDeadlockQuery(b *testing.B) {
+	for _, authed := range []bool{false, true} {
+		b.Run(fmt.Sprintf("auth=%v", authed), func(b *testing.B) {
+			var k *auth.Key
+			var key []byte
+			if authed {
+				ck := auth.Key{1}
+				k, key = &ck, handoffauth.Key(ck)
+			}
+			_, w1, _ := authWorkers(b, k, k, "")
+			q := &pullRequest{Proto: cluster.DeadlockProto, Deadlock: &cluster.DeadlockQuery{
+				Incarnation: formatInc(w1.testOwner().Incarnation), Waits: true}}
+			ctx := context.Background()
+			b.ResetTimer()
+			for range b.N {
+				raw, _, err := exchange(ctx, w1.HandoffAddr(), q, key)
+				var ans cluster.DeadlockAnswer
+				if err == nil {
+					err = handoffauth.UnmarshalFrame(raw, &ans)
+				}
+				if err != nil || ans.Error != "" {
+					b.Fatalf("query: %+v, %v", ans, err)
+				}
+				// Without Auth a connection counts against its source
+				// address (maxPeerConns) until the worker's goroutine has
+				// closed it: let it, off the clock.
+				b.StopTimer()
+				for !peersGone(w1) {
+					runtime.Gosched()
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// peersGone reports whether w's handoff listener counts no connection
+// against any source address.
+func peersGone(w *Worker) bool {
+	g := w.met.ho
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.peers) == 0
 }
