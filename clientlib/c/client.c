@@ -315,7 +315,15 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 		else
 			i++;
 	rc = wait_req(c, r, limit, 0, &handed);
-	if (rc == TOKEND_ETIMEDOUT && r->got_cookie) {
+	if (rc == TOKEND_ETIMEDOUT && r->bad_ok) {
+		char to[80] = "?";
+		tkn_addr_format(&r->dest, to, sizeof to);
+		set_err(c,
+			"%s opened a session, but its reply does not verify under key \"%s\": the workers hold "
+			"another key of that name (another cluster's key file?)",
+			to, c->key_name);
+		rc = TOKEND_EAUTH;
+	} else if (rc == TOKEND_ETIMEDOUT && r->got_cookie) {
 		char to[80] = "?";
 		tkn_addr_format(&r->dest, to, sizeof to);
 		set_err(c,

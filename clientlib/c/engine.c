@@ -1447,7 +1447,6 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 	}
 }
 
-/* A datagram from the socket (SPEC 7: drop anything invalid or unexpected). */
 /* The unfinished SESSION_OPEN with request id `id`, or NULL. */
 static struct req *open_req(struct tokend_client *c, uint64_t id)
 {
@@ -1508,6 +1507,8 @@ static int auth_check(struct tokend_client *c, const uint8_t *b, size_t n)
 		if (ok) {
 			memcpy(r->s_key, sk, sizeof sk);
 			r->s_key_ok = 1;
+		} else {
+			r->bad_ok = 1;
 		}
 		tka_wipe(sk, sizeof sk);
 		tka_wipe(&w2c, sizeof w2c);
@@ -1518,6 +1519,8 @@ static int auth_check(struct tokend_client *c, const uint8_t *b, size_t n)
 	return tka_verify(&c->sess_w2c, b, n) ? AUTH_OK : AUTH_FAIL;
 }
 
+/* A datagram from the socket (SPEC 7, 20: drop anything invalid, unexpected
+ * or not authenticated). */
 static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, const struct tkn_addr *src,
 			int64_t now)
 {

@@ -104,6 +104,7 @@ struct req {
 	int cookie;         /* SESSION_OPEN: dg carries a cookie (tagged with the open key) */
 	int got_cookie;     /* SESSION_OPEN: a COOKIE reply came */
 	int s_key_ok;       /* SESSION_OPEN: s_key verified the OK reply's tag */
+	int bad_ok;         /* SESSION_OPEN: an OK reply came whose tag did not verify */
 	uint8_t s_key[TKA_KEY_LEN]; /* SESSION_OPEN: the session key of that reply */
 	tokend_grant out;   /* ACQUIRE/CONVERT: what the caller gets */
 };

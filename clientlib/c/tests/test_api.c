@@ -1180,8 +1180,9 @@ static void test_key_sources(void)
  * Keys that do not match: a keyed client and an --insecure worker (its OK
  * reply carries no tag: refused), an insecure client and an authenticating
  * worker (answered COOKIE: refused), a client whose key the worker does not
- * have (its open is dropped: the message says so). And an insecure client
- * with an insecure worker works.
+ * have (its open is dropped: the message says so), a worker whose OK reply
+ * is tagged with another key (dropped: the message says so). And an
+ * insecure client with an insecure worker works.
  */
 static void test_auth_mismatch(void)
 {
@@ -1215,6 +1216,18 @@ static void test_auth_mismatch(void)
 	CHECK(fake_get(&keyed, &keyed.auth_drops) > 0, "the fake dropped no open");
 	CHECK(fake_get(&keyed, &keyed.sessions_opened) == 0, "a session opened with the wrong key");
 	printf("wrong key: %s\n", err);
+
+	/* a worker whose OK reply is tagged with another session key */
+	pthread_mutex_lock(&keyed.mu);
+	keyed.forge = 1;
+	pthread_mutex_unlock(&keyed.mu);
+	tokend_options_init(&o);
+	o.key = TEST_KEY;
+	o.connect_timeout_ms = 500;
+	CHECK_RC(try_connect(&keyed, &o, err, sizeof err, &c), TOKEND_EAUTH, "an OK reply that does not verify");
+	CHECK(strstr(err, "does not verify") && strstr(err, "\"test\""), "forged OK: \"%s\"", err);
+	CHECK(fake_get(&keyed, &keyed.sessions_opened) >= 1, "the fake opened no session");
+	printf("OK reply under another key: %s\n", err);
 
 	tokend_options_init(&o);
 	o.insecure = 1;
