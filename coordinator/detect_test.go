@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"encoding/json"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -345,4 +346,21 @@ func gatherCounter(t *testing.T, reg *prometheus.Registry, name, label, value st
 		}
 	}
 	return 0
+}
+
+// TestDetectorWarnOncePerMinute: an unauthenticated answer is logged at
+// WARN at most once a minute per worker.
+func TestDetectorWarnOncePerMinute(t *testing.T) {
+	w := warnings{last: map[string]time.Time{}}
+	t0 := time.Unix(1000, 0)
+	var got []bool
+	for _, at := range []struct {
+		id string
+		d  time.Duration
+	}{{"w1", 0}, {"w1", 30 * time.Second}, {"w2", 31 * time.Second}, {"w1", 59 * time.Second}, {"w1", 61 * time.Second}, {"w2", 62 * time.Second}} {
+		got = append(got, w.due(at.id, t0.Add(at.d)))
+	}
+	if want := []bool{true, false, true, false, true, false}; !slices.Equal(got, want) {
+		t.Fatalf("WARN due %v, want %v", got, want)
+	}
 }

@@ -53,9 +53,10 @@ func (e *authFailure) Error() string { return "handoff authentication failed: " 
 
 // Reasons of tokend_worker_handoff_auth_failures_total.
 const (
-	// Seen by the old owner.
+	// Seen by the worker asked: a pull's old owner, or the worker the
+	// deadlock detector queries.
 	authNoNonce  = "no_nonce"  // a pull or detector query without credentials while Auth is set
-	authBadProof = "bad_proof" // the new owner's proof is missing or wrong
+	authBadProof = "bad_proof" // the asker's proof is missing or wrong
 	// Seen by the new owner.
 	authNoChallenge = "no_challenge" // the old owner answered without authenticating
 	authBadSeal     = "bad_seal"     // the answer's MAC is missing or wrong
@@ -92,7 +93,7 @@ type handshake struct {
 func newHandoffGuard(ns, sub string) *handoffGuard {
 	return &handoffGuard{
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_auth_failures_total",
-			Help: "Handoff exchanges that failed authentication, by reason (no_nonce, bad_proof: seen by the old owner; no_challenge, bad_seal: seen by the new owner)."},
+			Help: "Handoff pulls and deadlock-detector queries that failed authentication, by reason (no_nonce, bad_proof: seen by the worker asked; no_challenge, bad_seal: seen by a pulling new owner)."},
 			[]string{"reason"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_refused_connections_total",
 			Help: "Handoff listener connections closed without an answer, by reason (global_limit, peer_limit, evicted, handshake_timeout, bad_request)."},
