@@ -50,6 +50,9 @@ func TestBadInputLiveWorker(t *testing.T) {
 		}
 		reseal := func(p []byte) []byte { wire.Seal(p); return p }
 		rng := rand.New(rand.NewPCG(seed, 7))
+		// A reason "auth:R" is counted in tokend_worker_auth_failures_total
+		// under R: a datagram of a session without the session's tag is
+		// refused before its body is looked at (wire/SPEC.md section 20).
 		kinds := []struct {
 			reason string // the drop reason it must be counted under
 			make   func() []byte
@@ -65,16 +68,20 @@ func TestBadInputLiveWorker(t *testing.T) {
 			}},
 			{"length", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); return p[:len(p)-1-rng.IntN(10)] }},
 			{"bad_magic", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[0] = 'X'; return reseal(p) }},
-			{"version", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[2] = 2; return reseal(p) }},
+			{"version", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[2] = 1; return reseal(p) }},
 			{"unknown_type", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[3] = 0x3F; return reseal(p) }},
-			{"reserved", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[50] = 1; return reseal(p) }},
+			{"auth:bad_tag", func() []byte { p := valid(sess, 1, shard, epoch, wire.EX); p[50] = 1; return reseal(p) }},
 			{"not_request", func() []byte { // a well-formed reply, sent to the worker
 				p, _ := wire.ErrorBody{}.Append(nil, wire.Header{Type: wire.TypeAcquire | 0x80, Status: wire.StatusConflict,
 					Session: sess, Request: 1, Shard: shard, Epoch: epoch})
 				return p
 			}},
-			{"bad_mode", func() []byte { p := valid(sess, 1<<40, shard, epoch, wire.EX); p[64] = 9; return reseal(p) }},
-			{"stale", func() []byte { return valid(sess, 0, shard, epoch, wire.EX) }}, // request id below the session's ack
+			{"auth:bad_tag", func() []byte { // the holder's own RELEASE, with the right fence, forged
+				p, _ := wire.Release{Fence: fence, Name: []byte("held")}.Append(nil,
+					wire.Header{Session: sess, Request: 1<<40 + rng.Uint64N(1<<20), Ack: 1, Shard: shard, Epoch: epoch})
+				return p
+			}},
+			{"auth:unknown_session", func() []byte { return valid(sess^(1+rng.Uint64N(1<<40)), 1<<40, shard, epoch, wire.EX) }},
 			{"", func() []byte { // random bytes: whatever reason they fail with
 				p := make([]byte, rng.IntN(1500))
 				for i := range p {
@@ -82,12 +89,6 @@ func TestBadInputLiveWorker(t *testing.T) {
 				}
 				return p
 			}},
-		}
-		// A request id of 0 is invalid in a header: "stale" needs an id
-		// below the ack instead.
-		kinds[10].make = func() []byte {
-			p, _ := wire.Release{Fence: fence, Name: []byte("held")}.Append(nil, wire.Header{Session: sess, Request: 1, Ack: 1, Shard: shard, Epoch: epoch})
-			return p
 		}
 		var conns []net.PacketConn
 		for range 4 {
@@ -122,6 +123,9 @@ func TestBadInputLiveWorker(t *testing.T) {
 			t.Fatalf("the worker no longer serves /metrics: %v", err)
 		}
 		drop := func(m map[string]float64, reason string) float64 {
+			if r, ok := strings.CutPrefix(reason, "auth:"); ok {
+				return m[`tokend_worker_auth_failures_total{reason="`+r+`"}`]
+			}
 			return m[`tokend_worker_dropped_datagrams_total{reason="`+reason+`"}`]
 		}
 		var total float64

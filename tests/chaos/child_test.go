@@ -19,7 +19,7 @@ import (
 const childEnv = "TOKEND_CHAOS_CHILD"
 
 // childMain is a client application in its own process. With
-// TOKEND_CHAOS_SEEDS (comma-separated), TOKEND_CHAOS_TOKEN and
+// TOKEND_CHAOS_SEEDS (comma-separated), TOKEND_KEY_FILE, TOKEND_CHAOS_TOKEN and
 // TOKEND_CHAOS_REGISTER (the test's register server) it acquires the token
 // EX, reads the register under its fence, says so on stdout with how long
 // its token stays valid ("read <ms>"), keeps reporting that ("valid <ms>",

@@ -127,7 +127,8 @@ func TestScenario3ClientStop(t *testing.T) {
 		}
 		for r := range rounds {
 			name := fmt.Sprintf("s3/%d/%d", seed, r)
-			ch := startChild(t, "TOKEND_CHAOS_SEEDS="+strings.Join(c.seeds, ","), "TOKEND_CHAOS_TOKEN="+name, "TOKEND_CHAOS_REGISTER="+reg)
+			ch := startChild(t, "TOKEND_CHAOS_SEEDS="+strings.Join(c.seeds, ","), "TOKEND_CHAOS_TOKEN="+name, "TOKEND_CHAOS_REGISTER="+reg,
+				"TOKEND_KEY_FILE="+proctest.KeyFile(c.certs))
 			line, _ := ch.next(t, "read ", 20*time.Second)
 			var fenceA uint64
 			var rem int64

@@ -121,9 +121,21 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 		s.p.WaitReady(loop(s.http), 60*time.Second)
 	}
 	c.cli = proctest.EtcdClient(t, c.certs, endpoints...)
-	var ups []string
+	// The proxy comes first: each worker advertises its frontend, so the
+	// authenticated maps and hints that reach clients name frontends
+	// without the proxy rewriting (and so breaking the tags of) anything.
+	px, err := proxy.New(proxy.Config{Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.px = px
+	t.Cleanup(func() { c.px.Close() })
 	for i := range o.workers {
 		w := &wrkProc{id: fmt.Sprintf("w%d", i+1), udp: freePort(t, "udp"), http: freePort(t, "tcp")}
+		front, err := c.px.Frontend(w.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
 		eps := endpoints
 		if o.relayEtcd {
 			eps = nil
@@ -138,25 +150,15 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 			}
 		}
 		w.args = []string{"worker", "--worker-id", w.id, "--certs-dir", c.certs, "--etcd-endpoints", strings.Join(eps, ","),
-			"--udp-addr", w.addr(), "--http-addr", loop(w.http), "--worker-ttl", rWorkerTTL.String()}
+			"--udp-addr", w.addr(), "--advertise-udp-addr", front, "--http-addr", loop(w.http), "--worker-ttl", rWorkerTTL.String()}
 		c.workers = append(c.workers, w)
 		c.startWorker(w)
-		ups = append(ups, w.addr())
+		c.seeds = append(c.seeds, front)
 	}
 	for _, w := range c.workers {
 		w.p.WaitReady(loop(w.http), 30*time.Second)
 	}
 	c.waitBalanced(20 * time.Second)
-	px, err := proxy.New(proxy.Config{Upstreams: ups, Seed: seed})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.px = px
-	t.Cleanup(func() { c.px.Close() })
-	for _, u := range ups {
-		f, _ := c.px.Frontend(u)
-		c.seeds = append(c.seeds, f)
-	}
 	t.Logf("cluster up in %v: %d servers, %d workers behind the fault proxy", time.Since(start).Round(time.Millisecond), o.servers, o.workers)
 	return c
 }
@@ -211,7 +213,7 @@ func (c *rcluster) dial(cfg clientlib.Config) (*clientlib.Client, string) {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(func() { pc.Close() })
-	cfg.Seeds, cfg.PacketConn = c.seeds, pc
+	cfg.Seeds, cfg.PacketConn, cfg.KeyFile = c.seeds, pc, proctest.KeyFile(c.certs)
 	if cfg.OnRevoke == nil {
 		cfg.OnRevoke = func(context.Context, *clientlib.Token, clientlib.Revocation) {}
 	}

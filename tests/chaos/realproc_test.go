@@ -19,6 +19,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/testkit/faultnet/proxy"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/tests/chaos/check"
 	"github.com/tokend/tokend/tests/chaos/load"
 	"github.com/tokend/tokend/wire"
@@ -621,7 +622,7 @@ func (c *rcluster) dialMaybe() *clientlib.Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds, PacketConn: pc,
+	cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds, PacketConn: pc, KeyFile: proctest.KeyFile(c.certs),
 		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 	if err != nil {
 		pc.Close()

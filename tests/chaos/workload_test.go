@@ -56,7 +56,7 @@ func (e *inproc) dial(i int, cfg clientlib.Config) (*clientlib.Client, *faultnet
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { conn.Close() })
-	cfg.Seeds = e.c.Seeds()
+	cfg.Seeds, cfg.KeyFile = e.c.Seeds(), e.c.KeyFile()
 	cfg.PacketConn = conn
 	if cfg.OnRevoke == nil {
 		// Holders give tokens back when they are done, not on request:

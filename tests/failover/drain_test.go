@@ -74,7 +74,7 @@ func TestDrain(t *testing.T) {
 	skipShort(t)
 	start := time.Now()
 	c := startOneServer(t, testShards, 2, clusterFlags, workerFlags)
-	l := startLoad(t, start, loadConfig{seeds: c.seeds(), shards: testShards})
+	l := startLoad(t, start, loadConfig{seeds: c.seeds(), keyFile: c.keyFile(), shards: testShards})
 	defer l.stop()
 	time.Sleep(time.Second)
 

@@ -80,7 +80,7 @@ func TestWorkerHang(t *testing.T) {
 	const hang = 3 * time.Second
 	start := time.Now()
 	c := startOneServer(t, testShards, 3, clusterFlags, workerFlags)
-	l := startLoad(t, start, loadConfig{seeds: c.seeds(), shards: testShards})
+	l := startLoad(t, start, loadConfig{seeds: c.seeds(), keyFile: c.keyFile(), shards: testShards})
 
 	victim := c.workers[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -98,7 +98,7 @@ func TestWorkerHang(t *testing.T) {
 		t.Cleanup(func() { conn.Close() })
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds(), PacketConn: conn,
+		cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: c.seeds(), KeyFile: c.keyFile(), PacketConn: conn,
 			OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 		if err != nil {
 			t.Fatalf("client %s: %v", name, err)

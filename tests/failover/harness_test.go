@@ -203,6 +203,9 @@ func startOneServer(t *testing.T, shards, nworkers int, clusterFlags, workerFlag
 	return c
 }
 
+// keyFile is the client key file "tokend certs" made for the cluster.
+func (c *oneServer) keyFile() string { return proctest.KeyFile(c.srv.certs) }
+
 func (c *oneServer) seeds() []string {
 	var out []string
 	for _, w := range c.workers {

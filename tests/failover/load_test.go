@@ -272,6 +272,7 @@ type load struct {
 
 type loadConfig struct {
 	seeds           []string
+	keyFile         string // the client key file
 	shards          uint32
 	clients         int // default 4
 	cyclersPerShard int // default 2, on different clients
@@ -326,6 +327,7 @@ func startLoad(t *testing.T, start time.Time, cfg loadConfig) *load {
 		l.conns = append(l.conns, conn)
 		c, err := clientlib.DialConfig(ctx, clientlib.Config{
 			Seeds:      cfg.seeds,
+			KeyFile:    cfg.keyFile,
 			PacketConn: conn,
 			Logger:     logger.With("client", ci),
 			// Cyclers give their grants back within milliseconds anyway; a

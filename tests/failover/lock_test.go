@@ -73,14 +73,18 @@ func TestLockCommandWorkerKill(t *testing.T) {
 				bin = ctl
 			}
 			lockWorkerKill(t, c, killed, tool, func(name string, seeds []string, script string) *exec.Cmd {
+				var cmd *exec.Cmd
 				if tool == "tokend-lock" {
 					args := []string{"-w", "15000"}
 					for _, s := range seeds {
 						args = append(args, "-s", s)
 					}
-					return exec.Command(bin, append(args, name, "sh", "-c", script)...)
+					cmd = exec.Command(bin, append(args, name, "sh", "-c", script)...)
+				} else {
+					cmd = exec.Command(bin, "acquire", "--seeds", strings.Join(seeds, ","), "--wait", "15s", name, "--", "sh", "-c", script)
 				}
-				return exec.Command(bin, "acquire", "--seeds", strings.Join(seeds, ","), "--wait", "15s", name, "--", "sh", "-c", script)
+				cmd.Env = append(os.Environ(), "TOKEND_KEY_FILE="+c.keyFile()) // both tools read it
+				return cmd
 			})
 		})
 	}

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/coordinator"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 // threeServers is three "tokend server" processes (etcd members and
@@ -50,6 +51,9 @@ func startThreeServers(t *testing.T, nworkers int) *threeServers {
 	t.Logf("cluster up in %v: 3 servers, %d workers, %d shards", time.Since(start).Round(time.Millisecond), nworkers, testShards)
 	return c
 }
+
+// keyFile is the client key file "tokend certs" made for the cluster.
+func (c *threeServers) keyFile() string { return proctest.KeyFile(c.servers[0].certs) }
 
 func (c *threeServers) seeds() []string {
 	var out []string
@@ -154,7 +158,7 @@ func TestLeaderStop(t *testing.T) {
 	skipShort(t)
 	start := time.Now()
 	c := startThreeServers(t, 3)
-	l := startLoad(t, start, loadConfig{seeds: c.seeds(), shards: testShards})
+	l := startLoad(t, start, loadConfig{seeds: c.seeds(), keyFile: c.keyFile(), shards: testShards})
 	time.Sleep(500 * time.Millisecond)
 
 	first := c.leader(t)
@@ -241,7 +245,7 @@ func TestEtcdMemberStop(t *testing.T) {
 	skipShort(t)
 	start := time.Now()
 	c := startThreeServers(t, 3)
-	l := startLoad(t, start, loadConfig{seeds: c.seeds(), shards: testShards})
+	l := startLoad(t, start, loadConfig{seeds: c.seeds(), keyFile: c.keyFile(), shards: testShards})
 	time.Sleep(500 * time.Millisecond)
 
 	coordLeader := c.leader(t)

@@ -68,7 +68,7 @@ func TestWorkerKill(t *testing.T) {
 	skipShort(t)
 	start := time.Now()
 	c := startOneServer(t, testShards, 3, clusterFlags, workerFlags)
-	l := startLoad(t, start, loadConfig{seeds: c.seeds(), shards: testShards})
+	l := startLoad(t, start, loadConfig{seeds: c.seeds(), keyFile: c.keyFile(), shards: testShards})
 	time.Sleep(time.Second)
 
 	n := kills(t)

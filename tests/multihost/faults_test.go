@@ -436,7 +436,7 @@ func (c *fcluster) startLoad(perHost int, seed uint64) *fload {
 		}
 		dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
 		defer dcancel()
-		cl, err := clientlib.DialConfig(dctx, clientlib.Config{Seeds: seeds, PacketConn: pc})
+		cl, err := clientlib.DialConfig(dctx, clientlib.Config{Seeds: seeds, PacketConn: pc, KeyFile: proctest.KeyFile(c.certs)})
 		if err != nil {
 			pc.Close()
 			return nil

@@ -72,7 +72,8 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	var srv []*proctest.Proc
 	for _, s := range servers {
 		dataDir := t.TempDir()
-		copyCerts(t, certs, filepath.Join(dataDir, "pki"), "ca.crt", "server-"+s.name+".crt", "server-"+s.name+".key", "tokend.crt", "tokend.key")
+		copyCerts(t, certs, filepath.Join(dataDir, "pki"), "ca.crt", "server-"+s.name+".crt", "server-"+s.name+".key", "tokend.crt", "tokend.key",
+			"cluster.key", "client.key")
 		srv = append(srv, l.start(s, tokend, "server", "--name", s.name, "--data-dir", dataDir,
 			"--peer-urls", "https://0.0.0.0:2380", "--client-urls", "https://0.0.0.0:2379", "--http-addr", "0.0.0.0:7780",
 			"--initial-cluster", strings.Join(initial, ",")))
@@ -95,7 +96,7 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	wdirs := map[string]string{}
 	for _, w := range workers {
 		wdirs[w.name] = t.TempDir()
-		copyCerts(t, certs, filepath.Join(wdirs[w.name], "tokend-data", "pki"), "ca.crt", "tokend.crt", "tokend.key")
+		copyCerts(t, certs, filepath.Join(wdirs[w.name], "tokend-data", "pki"), "ca.crt", "tokend.crt", "tokend.key", "cluster.key")
 	}
 
 	// A worker left on the loopback default in a cluster on other hosts
@@ -177,7 +178,8 @@ func TestThreeServersTwoWorkers(t *testing.T) {
 	for i := range 6 {
 		seed := workers[i%2].ip + ":7700"
 		name := "multihost-" + strconv.Itoa(i)
-		out, err := l.run(client, 30*time.Second, tokenctl, "acquire", "--seeds", seed, "--wait", "10s", "--for", "10ms", name)
+		out, err := l.run(client, 30*time.Second, tokenctl, "acquire", "--seeds", seed, "--wait", "10s", "--for", "10ms",
+			"--key-file", filepath.Join(certs, "client.key"), name)
 		if err != nil || !strings.Contains(out, "acquired "+name) || !strings.Contains(out, "released "+name) {
 			t.Fatalf("tokenctl acquire --seeds %s %s: %v\n%s", seed, name, err, out)
 		}

@@ -27,6 +27,10 @@
 // frontend is opened for a worker address the first time it is seen), and
 // the datagram is resealed. Clients are given the frontends as seeds and
 // never learn a real worker address, so all their traffic passes the proxy.
+// Authenticated datagrams cannot be rewritten without breaking their tags:
+// with authentication on, start each worker advertising its frontend
+// (tokend --advertise-udp-addr F(W); Frontend opens one before the worker
+// runs), and the maps carry frontends already.
 // (Map announcements on the multicast group are not proxied: clients behind
 // the proxy must not join it.)
 //
@@ -380,11 +384,20 @@ func (p *Proxy) readUpstream(s *net.UDPConn, c netip.AddrPort) {
 }
 
 // rewriteLocked replaces worker addresses by their frontends in a MAP
-// reply or a NOT_OWNER hint, and reseals the datagram.
+// reply or a NOT_OWNER hint, and reseals the datagram. An authenticated
+// datagram (non-zero auth tag, wire/SPEC.md section 20) passes unchanged:
+// a rewrite would break its tag. Behind the proxy, authenticated workers
+// advertise their frontends (tokend --advertise-udp-addr), so their maps
+// and hints need no rewriting.
 func (p *Proxy) rewriteLocked(b []byte) ([]byte, bool) {
 	h, err := wire.ParseHeader(b)
 	if err != nil {
 		return nil, false
+	}
+	for _, c := range b[wire.AuthOffset : wire.AuthOffset+wire.AuthLen] {
+		if c != 0 {
+			return nil, false
+		}
 	}
 	front := func(addr []byte) ([]byte, bool) {
 		u, err := parse(string(addr))
