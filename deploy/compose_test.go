@@ -27,6 +27,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // TestComposeFile checks deploy/compose.yaml without Docker: every
@@ -37,8 +39,12 @@ import (
 // by default: the one-shot service certs makes the certificates in the
 // volume pki, every other tokend service waits for it and mounts pki
 // read-only at TOKEND_CERTS_DIR, sees no key but its own (the others are
-// masked with /dev/null), and uses https:// only. With docker-compose
-// installed, "docker-compose config" must accept the file.
+// masked with /dev/null), and uses https:// only. Clients authenticate:
+// servers have cluster.key and client.key (and seeds, for "exec serverN
+// tokenctl acquire"), workers cluster.key only, the tokenctl service
+// client.key (its TOKEND_KEY_FILE) and cluster.key, and nothing runs
+// --insecure. With docker-compose installed, "docker-compose config" must
+// accept the file.
 func TestComposeFile(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(deployDir(), "compose.yaml"))
 	if err != nil {
@@ -68,13 +74,13 @@ func TestComposeFile(t *testing.T) {
 		t.Errorf("compose file version %q: profiles need 3.9 for docker-compose 1.28+", cf.Version)
 	}
 
-	// The keys service certs makes: the CA's, root's, tokend's and one per
-	// --server.
+	// The keys service certs makes: the CA's, root's, tokend's, the
+	// cluster key, the default client key and one per --server.
 	certs, ok := cf.Services["certs"]
 	if !ok || len(certs.Command) == 0 || certs.Command[0] != "certs" {
 		t.Fatalf("no one-shot service certs running tokend certs: %q", certs.Command)
 	}
-	keys := []string{"ca.key", "root.key", "tokend.key"}
+	keys := []string{"ca.key", "root.key", "tokend.key", pki.ClusterKeyFile, pki.DefaultClientKeyFile}
 	for i, a := range certs.Command {
 		if a == "--server" && i+1 < len(certs.Command) {
 			name, _, _ := strings.Cut(certs.Command[i+1], "=")
@@ -109,11 +115,20 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("%s: %q: etcd is reached over TLS, https:// only", name, v)
 			}
 		}
+		// Client authentication stays on.
+		if slices.Contains(s.Command, "--insecure") || s.Environment["TOKEND_INSECURE"] != "" {
+			t.Errorf("%s: --insecure turns client authentication off", name)
+		}
 	}
 	if tc, ok := cf.Services["tokenctl"]; !ok {
 		t.Errorf("no tokenctl service")
 	} else {
-		secure("tokenctl", tc, "root.key")
+		// The operator (root) and a client (client.key, which tokend-lock
+		// finds through TOKEND_KEY_FILE); cluster.key seals new client keys.
+		secure("tokenctl", tc, "root.key", pki.DefaultClientKeyFile, pki.ClusterKeyFile)
+		if tc.Environment["TOKEND_KEY_FILE"] != "/etc/tokend/pki/client.key" {
+			t.Errorf("tokenctl: TOKEND_KEY_FILE %q, want /etc/tokend/pki/client.key (for tokend-lock and the libraries, whose default is relative)", tc.Environment["TOKEND_KEY_FILE"])
+		}
 	}
 
 	flags := map[string]map[string]string{"server": flagDefaults(t, "server"), "worker": flagDefaults(t, "worker")}
@@ -145,7 +160,11 @@ func TestComposeFile(t *testing.T) {
 		switch mode {
 		case "server":
 			servers++
-			secure(name, s, "server-"+name+".key", "tokend.key")
+			// It registers client.key at start; cluster.key seals it.
+			secure(name, s, "server-"+name+".key", "tokend.key", pki.ClusterKeyFile, pki.DefaultClientKeyFile)
+			if s.Environment["TOKENCTL_SEEDS"] != "worker:7700" {
+				t.Errorf("%s: TOKENCTL_SEEDS %q, want worker:7700 (exec %s tokenctl acquire)", name, s.Environment["TOKENCTL_SEEDS"], name)
+			}
 			vol := name + "-data:/var/lib/tokend"
 			if s.Hostname != name || !slices.Contains(s.Volumes, vol) {
 				t.Errorf("%s: hostname %q, volumes %q: want hostname %s and %s", name, s.Hostname, s.Volumes, name, vol)
@@ -160,7 +179,9 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("%s: certs makes no certificate for it (--server %s)", name, name)
 			}
 		case "worker":
-			secure(name, s, "tokend.key")
+			// The cluster key opens the client keys in etcd; a worker
+			// needs no client key.
+			secure(name, s, "tokend.key", pki.ClusterKeyFile)
 			perReplica := s.Hostname != "" || len(s.Ports) > 0 || s.Environment["TOKEND_ADVERTISE_UDP_ADDR"] != ""
 			for _, v := range s.Volumes {
 				perReplica = perReplica || !strings.HasPrefix(v, "pki:") && !strings.HasPrefix(v, "/dev/null:")
@@ -266,11 +287,11 @@ func TestCompose(t *testing.T) {
 	endpoint := netip.AddrPortFrom(server1, 2379).String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pki, _ := runCmd(t, 20*time.Second, "", false, "docker", "volume", "inspect", "-f", "{{.Mountpoint}}", project+"_pki")
+	pkiDir, _ := runCmd(t, 20*time.Second, "", false, "docker", "volume", "inspect", "-f", "{{.Mountpoint}}", project+"_pki")
 	tc, err := (cluster.ClientTLS{
-		CAFile:   filepath.Join(strings.TrimSpace(pki), "ca.crt"),
-		CertFile: filepath.Join(strings.TrimSpace(pki), "root.crt"),
-		KeyFile:  filepath.Join(strings.TrimSpace(pki), "root.key"),
+		CAFile:   filepath.Join(strings.TrimSpace(pkiDir), "ca.crt"),
+		CertFile: filepath.Join(strings.TrimSpace(pkiDir), "root.crt"),
+		KeyFile:  filepath.Join(strings.TrimSpace(pkiDir), "root.key"),
 	}).Config()
 	if err != nil {
 		t.Fatal(err)
@@ -337,17 +358,60 @@ func TestCompose(t *testing.T) {
 		workerAddr = w.UDP
 	}
 
-	// A token, from a container of its own, through the service name.
+	// A token, from a container of its own, through the service name,
+	// authenticated with client.key; and from inside server1, with the
+	// same file (the servers registered it at start: keys list shows it).
 	out, _ = compose(time.Minute, false, "run", "--rm", "-T", "tokenctl", "acquire", "--wait", "10s", "--for", "100ms", "deploy-acceptance")
 	if !strings.Contains(out, "acquired deploy-acceptance") || !strings.Contains(out, "released deploy-acceptance") {
 		t.Errorf("run --rm tokenctl acquire: %s", out)
 	}
+	out, _ = compose(time.Minute, false, "exec", "-T", "server1", "tokenctl", "acquire", "--wait", "10s", "--for", "100ms", "deploy-exec")
+	if !strings.Contains(out, "acquired deploy-exec") || !strings.Contains(out, "released deploy-exec") {
+		t.Errorf("exec server1 tokenctl acquire: %s", out)
+	}
+	out, _ = compose(time.Minute, false, "run", "--rm", "-T", "tokenctl", "keys", "list", "-o", "json")
+	var kl struct {
+		Keys []struct {
+			Name string `json:"name"`
+		} `json:"keys"`
+	}
+	err = json.Unmarshal([]byte(out), &kl)
+	registered := false
+	for _, k := range kl.Keys {
+		registered = registered || k.Name == pki.DefaultClientKeyName
+	}
+	if err != nil || !registered {
+		t.Errorf("run --rm tokenctl keys list: %v, want the key %q the servers register: %s", err, pki.DefaultClientKeyName, out)
+	}
+
+	// Without a key the workers refuse, and say why.
+	out, err = compose(time.Minute, true, "run", "--rm", "-T", "tokenctl", "acquire", "--insecure", "--wait", "5s", "--for", "100ms", "deploy-nokey")
+	if err == nil || strings.Contains(out, "acquired") || !strings.Contains(out, "the cluster authenticates its clients") {
+		t.Errorf("run --rm tokenctl acquire --insecure: %v, want refused (the cluster authenticates its clients):\n%s", err, out)
+	}
+	// With a forged key under the name default, the workers drop the
+	// open unanswered and count it under tokend_worker_auth_failures_total.
+	forged := forgedKeyFile(t)
+	before := authFailures(t, st)
+	out, err = compose(time.Minute, true, "run", "--rm", "-T", "-v", forged+":/etc/tokend/forged.key:ro", "tokenctl",
+		"acquire", "--key-file", "/etc/tokend/forged.key", "--timeout", "3s", "--wait", "5s", "--for", "100ms", "deploy-forged")
+	if err == nil || strings.Contains(out, "acquired") {
+		t.Errorf("run --rm tokenctl acquire with a forged key: %v, want refused:\n%s", err, out)
+	}
+	if after := authFailures(t, st); after <= before {
+		t.Errorf("tokend_worker_auth_failures_total over the workers: %v before the forged key, %v after: want it counted", before, after)
+	} else {
+		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", strings.TrimSpace(out), before, after)
+	}
+
 	// tokend-lock, static, with a numeric address (it has no name service
-	// in the image), running a command while the token is held.
+	// in the image), running a command while the token is held; its key
+	// is the tokenctl service's TOKEND_KEY_FILE.
 	if _, err := os.Stat(filepath.Join(dir, "build", "rootfs", "usr", "local", "bin", "tokend-lock")); err == nil {
-		out, _ = compose(time.Minute, false, "exec", "-T", "worker", "tokend-lock", "-s", workerAddr, "deploy-lock", "/usr/local/bin/tokend", "version")
+		out, _ = compose(time.Minute, false, "run", "--rm", "-T", "--entrypoint", "/usr/local/bin/tokend-lock", "tokenctl",
+			"-s", workerAddr, "deploy-lock", "/usr/local/bin/tokend", "version")
 		if !strings.Contains(out, "tokend "+cluster.Version) {
-			t.Errorf("tokend-lock in a worker container: %s", out)
+			t.Errorf("tokend-lock in the tokenctl service: %s", out)
 		}
 	} else {
 		t.Log("tokend-lock is not in the image (no static C library)")
@@ -411,6 +475,7 @@ type composeStatus struct {
 	Workers []struct {
 		ID     string `json:"id"`
 		UDP    string `json:"udp"`
+		HTTP   string `json:"http"`
 		Shards int    `json:"shards"`
 	} `json:"workers"`
 }
@@ -448,18 +513,9 @@ func waitWhole(t *testing.T, compose func(time.Duration, bool, ...string) (strin
 // kind from its /metrics, at its address on the test's network.
 func shardMoves(t *testing.T, httpAddr string) map[string]float64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	moves := map[string]float64{}
 	re := regexp.MustCompile(`(?m)^tokend_coordinator_shard_moves_total\{kind="(\w+)"\} (\S+)$`)
-	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+	for _, m := range re.FindAllStringSubmatch(metricsText(t, httpAddr), -1) {
 		moves[m[1]], _ = strconv.ParseFloat(m[2], 64)
 	}
 	return moves
@@ -479,4 +535,58 @@ func containerIP(t *testing.T, compose func(time.Duration, bool, ...string) (str
 		t.Fatal(err)
 	}
 	return a
+}
+
+// forgedKeyFile writes a key file named like client.key ("default") but
+// with a random key, readable by the image's user only, and returns its
+// path: the workers know the name, and the key does not verify.
+func forgedKeyFile(t *testing.T) string {
+	t.Helper()
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "forged.key")
+	if err := pki.WriteKeyFile(path, pki.DefaultClientKeyName, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, 10001, 10001); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// authFailures sums tokend_worker_auth_failures_total over the workers
+// of st, read from their /metrics at their addresses on the test's
+// network.
+func authFailures(t *testing.T, st composeStatus) float64 {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^tokend_worker_auth_failures_total\{[^}]*\} (\S+)$`)
+	sum := 0.0
+	for _, w := range st.Workers {
+		for _, m := range re.FindAllStringSubmatch(metricsText(t, w.HTTP), -1) {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+// metricsText returns the /metrics page at httpAddr.
+func metricsText(t *testing.T, httpAddr string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
