@@ -103,7 +103,9 @@ func envToFlag(env string) string {
 // TestSystemdUnits checks the units as a reviewer would (the settings
 // issue 15 asks for, every TOKEND_* variable of the environment files a
 // real flag of its mode, stop timeouts above drain plus shutdown, etcd over
-// TLS with the certificates in /etc/tokend/pki), then
+// TLS with the certificates in /etc/tokend/pki, client authentication
+// with the key files there: cluster.key on servers and workers, client.key
+// on servers, installed 0600 for tokend), then
 // runs systemd-analyze verify and security on them where it exists, with
 // ExecStart pointed at a copy of the test's tokend (verify needs the
 // binary to exist).
@@ -112,9 +114,15 @@ func TestSystemdUnits(t *testing.T) {
 	for _, tc := range []struct {
 		unit, mode, env string
 		extra           map[string]string // [Service] key -> value required besides the common ones
+		keyFiles        map[string]string // TOKEND_* key file setting -> its file
+		keys            []string          // the key files its comment installs, 0600
 	}{
-		{"tokend-server.service", "server", "server.env", map[string]string{"StateDirectory": "tokend", "EnvironmentFile": "/etc/tokend/server.env"}},
-		{"tokend-worker@.service", "worker", "worker.env", map[string]string{"EnvironmentFile": "/etc/tokend/worker.env"}},
+		{"tokend-server.service", "server", "server.env", map[string]string{"StateDirectory": "tokend", "EnvironmentFile": "/etc/tokend/server.env"},
+			map[string]string{"TOKEND_CLUSTER_KEY_FILE": "/etc/tokend/pki/cluster.key", "TOKEND_CLIENT_KEY_FILE": "/etc/tokend/pki/client.key"},
+			[]string{"client.key", "cluster.key", "server-s1.key", "tokend.key"}},
+		{"tokend-worker@.service", "worker", "worker.env", map[string]string{"EnvironmentFile": "/etc/tokend/worker.env"},
+			map[string]string{"TOKEND_CLUSTER_KEY_FILE": "/etc/tokend/pki/cluster.key"},
+			[]string{"cluster.key", "tokend.key"}},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			u := readUnit(t, filepath.Join(dir, tc.unit))
@@ -171,8 +179,36 @@ func TestSystemdUnits(t *testing.T) {
 					t.Errorf("%s: %s=%s: etcd runs over TLS, https:// only", tc.env, k, e.value)
 				}
 			}
-			if b, _ := os.ReadFile(filepath.Join(dir, tc.unit)); !strings.Contains(string(b), "tokend certs") || strings.Contains(string(b), "No TLS") {
+			unitText, _ := os.ReadFile(filepath.Join(dir, tc.unit))
+			if !strings.Contains(string(unitText), "tokend certs") || strings.Contains(string(unitText), "No TLS") {
 				t.Errorf("%s: its comment must say how to install the certificates (tokend certs)", tc.unit)
+			}
+			// Clients authenticate: the key files are set, in
+			// /etc/tokend/pki, and the comment installs exactly this
+			// mode's keys, 0600 and owned by tokend (a key file others may
+			// read is refused at start).
+			for k, want := range tc.keyFiles {
+				if e := env[k]; e.commented || e.value != want {
+					t.Errorf("%s: %s=%q (commented %v), want %s", tc.env, k, e.value, e.commented, want)
+				}
+			}
+			if e, ok := env["TOKEND_INSECURE"]; ok && !e.commented {
+				t.Errorf("%s: TOKEND_INSECURE=%s turns client authentication off", tc.env, e.value)
+			}
+			var keys []string
+			install := regexp.MustCompile(`(?m)^#\s+install -m (\d+) -o tokend -g tokend ((?:certs/\S+ )+)/etc/tokend/pki/$`)
+			for _, m := range install.FindAllStringSubmatch(string(unitText), -1) {
+				for _, f := range strings.Fields(m[2]) {
+					if f = strings.TrimPrefix(f, "certs/"); strings.HasSuffix(f, ".key") {
+						keys = append(keys, f)
+						if m[1] != "0600" {
+							t.Errorf("%s: installs %s with mode %s, want 0600", tc.unit, f, m[1])
+						}
+					}
+				}
+			}
+			if slices.Sort(keys); !slices.Equal(keys, tc.keys) {
+				t.Errorf("%s: its comment installs the keys %q, want %q", tc.unit, keys, tc.keys)
 			}
 			budget := 0.0
 			for _, f := range []string{"drain-timeout", "shutdown-timeout"} {
