@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -93,7 +94,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	b.Cleanup(func() { cl.Close() })
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			cs, err := dialClients(ctx, cl.Seeds(), n, revokeNotify)
+			cs, err := dialClients(ctx, devTarget(cl), n, revokeNotify)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -165,6 +166,9 @@ func TestReportRendering(t *testing.T) {
 		{Workload: "uncontended", System: "tokend", Clients: 16, Count: 1, Rate: 30000, Latencies: lat(250)},
 		{Workload: "uncontended", System: "etcd-3", Clients: 16, Count: 1, Rate: 500, Latencies: lat(9000)},
 		{Workload: "contended", Variant: "release on revoke", System: "tokend", Clients: 16, Count: 1, Rate: 1500, Latencies: lat(3000)},
+		{Workload: "uncontended", System: sysNoAuth, Clients: 1, Count: 1, Rate: 12500, Latencies: lat(25)},
+		{Workload: "uncontended", System: sysNoAuth, Clients: 16, Count: 1, Rate: 33000, Latencies: lat(230)},
+		{Workload: "contended", Variant: "release on revoke", System: sysNoAuth, Clients: 16, Count: 1, Rate: 1600, Latencies: lat(2900)},
 		{Workload: "contended", System: "etcd-3", Clients: 16, Count: 1, Rate: 150, Latencies: lat(100000)},
 		{Workload: "held", Variant: "1k held", System: "tokend", Clients: 16, Count: 1, Rate: 30000, Extra: []Metric{{"held", 1000, "tokens"}, {"heap_per_token", 900, "B/token"}}},
 		{Workload: "held", Variant: "1M held", System: "tokend", Clients: 16, Count: 1, Rate: 27000, Extra: []Metric{{"held", 1e6, "tokens"}, {"heap_per_token", 170, "B/token"}}},
@@ -181,6 +185,9 @@ func TestReportRendering(t *testing.T) {
 		"worker heap per held token at 1M":                      true,  // 170 B
 		"uncontended pairs/s change from 1k held to largest":    true,  // -10%
 		"uncontended requests/s as % of UDP echo, 1 in flight":  false, // info only
+		"uncontended pairs/s, auth on / off, 1 client":          true,  // info only
+		"uncontended pairs/s, auth on / off, 16 clients":        true,  // info only
+		"contended handoffs/s, auth on / off, 16 clients":       true,  // info only
 	}
 	got := map[string]*bool{}
 	for _, c := range rep.Comparisons {
@@ -191,7 +198,8 @@ func TestReportRendering(t *testing.T) {
 		switch {
 		case !ok:
 			t.Errorf("comparison %q missing; have %v", name, rep.Comparisons)
-		case name == "uncontended requests/s as % of UDP echo, 1 in flight" || strings.Contains(name, "C client / Go client"):
+		case name == "uncontended requests/s as % of UDP echo, 1 in flight" || strings.Contains(name, "C client / Go client") ||
+			strings.Contains(name, "auth on / off"):
 			if m != nil {
 				t.Errorf("%q should be for information", name)
 			}
@@ -209,7 +217,12 @@ func TestReportRendering(t *testing.T) {
 	if err := rep.WriteSVG(&svg); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"etcd-3", "MISSED", "met", "side by side", "tokend, C client", "Redis"} {
+	for _, c := range rep.Comparisons {
+		if c.Name == "uncontended pairs/s, auth on / off, 1 client" && math.Abs(c.Value-0.8) > 1e-9 {
+			t.Errorf("%s = %v, want 0.8 (10,000 / 12,500)", c.Name, c.Value)
+		}
+	}
+	for _, s := range []string{"etcd-3", "MISSED", "met", "side by side", "tokend, C client", "tokend no auth, Go client", "Redis"} {
 		if !strings.Contains(tb.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, tb.String())
 		}

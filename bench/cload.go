@@ -76,13 +76,22 @@ func cloadBinary(ctx context.Context) (string, error) {
 	}
 	return built("cload", func(dir string) (string, error) {
 		lib := []string{"codec.c", "net.c", "engine.c", "client.c"}
+		flags := append([]string{}, cFlags...)
+		var libs []string
+		if _, err := os.Stat(filepath.Join(src, "auth.c")); err == nil {
+			// Authentication (wire/SPEC.md section 20) with OpenSSL's
+			// libcrypto; sources from before it have no auth.c.
+			lib = append(lib, "auth.c")
+			cf, l := libcrypto(ctx)
+			flags, libs = append(flags, cf...), l
+		}
 		objs := make([]string, len(lib))
 		errs := make([]error, len(lib))
 		var wg sync.WaitGroup
 		for i, f := range lib {
 			objs[i] = filepath.Join(dir, strings.TrimSuffix(f, ".c")+".o")
 			wg.Go(func() {
-				args := append(append([]string{}, cFlags...), "-I", src, "-c", filepath.Join(src, f), "-o", objs[i])
+				args := append(append([]string{}, flags...), "-I", src, "-c", filepath.Join(src, f), "-o", objs[i])
 				if b, err := exec.CommandContext(ctx, cc, args...).CombinedOutput(); err != nil {
 					errs[i] = fmt.Errorf("cc %s: %v\n%s", f, err, b)
 				}
@@ -93,13 +102,27 @@ func cloadBinary(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("bench: build the C client: %w", err)
 		}
 		out := filepath.Join(dir, "cload")
-		args := append(append([]string{}, cFlags...), "-I", src, filepath.Join(root, "bench", "cload", "cload.c"))
-		args = append(append(args, objs...), "-o", out)
+		args := append(append([]string{}, flags...), "-I", src, filepath.Join(root, "bench", "cload", "cload.c"))
+		args = append(append(append(args, objs...), libs...), "-o", out)
 		if b, err := exec.CommandContext(ctx, cc, args...).CombinedOutput(); err != nil {
 			return "", fmt.Errorf("bench: build cload: %v\n%s", err, b)
 		}
 		return out, nil
 	})
+}
+
+// libcrypto returns the compiler and linker flags of OpenSSL's libcrypto,
+// which the C client's authentication needs: from pkg-config when it knows
+// them, else plain -lcrypto.
+func libcrypto(ctx context.Context) (cflags, libs []string) {
+	libs = []string{"-lcrypto"}
+	if out, err := exec.CommandContext(ctx, "pkg-config", "--cflags", "libcrypto").Output(); err == nil {
+		cflags = strings.Fields(string(out))
+	}
+	if out, err := exec.CommandContext(ctx, "pkg-config", "--libs", "libcrypto").Output(); err == nil && len(strings.Fields(string(out))) > 0 {
+		libs = strings.Fields(string(out))
+	}
+	return cflags, libs
 }
 
 // cloadResult is what cload prints.
@@ -127,18 +150,23 @@ type cloadRun struct {
 	prefix  string // token names
 }
 
-// runCload runs cload against seeds and returns its result, with the CPU
+// runCload runs cload against the cluster tgt and returns its result, with the CPU
 // it used and what other processes used meanwhile (server processes of
 // cfg.serverCPU excluded) over the whole run, connects and warm-up
 // included.
-func runCload(ctx context.Context, cfg *Config, seeds []string, r cloadRun) (*cloadResult, loopResult, error) {
+func runCload(ctx context.Context, cfg *Config, tgt target, r cloadRun) (*cloadResult, loopResult, error) {
 	bin, err := cloadBinary(ctx)
 	if err != nil {
 		return nil, loopResult{}, err
 	}
-	args := []string{"--seeds", strings.Join(seeds, ","), "--threads", fmt.Sprint(r.threads), "--mode", r.mode,
+	args := []string{"--seeds", strings.Join(tgt.seeds, ","), "--threads", fmt.Sprint(r.threads), "--mode", r.mode,
 		"--handles", r.handles, "--warmup-ms", fmt.Sprint(cfg.Warmup.Milliseconds()),
 		"--duration-ms", fmt.Sprint(cfg.Duration.Milliseconds()), "--max-ops", fmt.Sprint(cfg.MaxOps), "--prefix", r.prefix}
+	if tgt.insecure() {
+		args = append(args, "--insecure")
+	} else {
+		args = append(args, "--key-file", tgt.keyFile)
+	}
 	var stdout bytes.Buffer
 	busy0, own0, srv0 := machineBusy(), cpuTime(), time.Duration(0)
 	if cfg.serverCPU != nil {
@@ -182,10 +210,10 @@ func runCload(ctx context.Context, cfg *Config, seeds []string, r cloadRun) (*cl
 }
 
 // runC measures workload ("uncontended" or "contended") with the C client
-// on the cluster at seeds: uncontended with 1 and cfg.Clients threads,
+// on the cluster tgt: uncontended with 1 and cfg.Clients threads,
 // contended with cfg.Clients, each with a handle per thread, and at
 // cfg.Clients also with one handle shared by every thread.
-func runC(ctx context.Context, cfg *Config, seeds []string, workload string) ([]Result, error) {
+func runC(ctx context.Context, cfg *Config, tgt target, workload string) ([]Result, error) {
 	var runs []cloadRun
 	for _, n := range dedupe(1, cfg.Clients) {
 		if workload == "contended" && n != cfg.Clients {
@@ -204,7 +232,7 @@ func runC(ctx context.Context, cfg *Config, seeds []string, workload string) ([]
 		}
 		cfg.progress("%s %s: %d threads", sys, workload, r.threads)
 		r.prefix = fmt.Sprintf("bench/cload/%s/%d/%d", workload, i, time.Now().UnixNano())
-		c, l, err := runCload(ctx, cfg, seeds, r)
+		c, l, err := runCload(ctx, cfg, tgt, r)
 		if err != nil {
 			return out, err
 		}

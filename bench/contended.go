@@ -29,7 +29,7 @@ const latRevoke = 2
 // optionally hold it a little longer ("flush"), release. Every grant is a
 // handoff: revoke -> release -> grant. The acquire latency is the time in
 // the queue, C-1 handoffs on average. system names the rows.
-func runContended(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
+func runContended(ctx context.Context, cfg *Config, tgt target, system string) ([]Result, error) {
 	var out []Result
 	for _, hold := range dedupeD(0, cfg.ContendedHold) {
 		variant := "release on revoke"
@@ -37,7 +37,7 @@ func runContended(ctx context.Context, cfg *Config, seeds []string, system strin
 			variant = fmt.Sprintf("hold %v after revoke", hold)
 		}
 		cfg.progress("%s contended: %d clients, %s", system, cfg.Clients, variant)
-		cs, err := dialClients(ctx, seeds, cfg.Clients, revokeNotify)
+		cs, err := dialClients(ctx, tgt, cfg.Clients, revokeNotify)
 		if err != nil {
 			return out, err
 		}

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokend/tokend/clientlib"
+	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
 	"github.com/tokend/tokend/wire"
 )
@@ -69,7 +70,7 @@ func runFailover(ctx context.Context, cfg *Config) (out []Result, ks []Kill, err
 	for i := range cs {
 		seeds := fc.seeds()
 		seeds = append(seeds[i%len(seeds):], seeds[:i%len(seeds)]...)
-		c, err := dialClients(ctx, seeds, 1, revokeNotify)
+		c, err := dialClients(ctx, target{seeds: seeds, keyFile: filepath.Join(fc.certs, pki.DefaultClientKeyFile)}, 1, revokeNotify)
 		if err != nil {
 			closeClients(cs)
 			return nil, nil, err

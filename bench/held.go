@@ -31,7 +31,7 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		return nil, err
 	}
 	defer cl.Close()
-	cs, err := dialClients(ctx, cl.Seeds(), cfg.Clients, revokeNotify)
+	cs, err := dialClients(ctx, devTarget(cl), cfg.Clients, revokeNotify)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +49,7 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		}
 	}()
 	for i := range hs {
-		if hs[i], err = dialHolder(ctx, cl.Seeds()[0], fmt.Sprintf("bench/held/%d/", i)); err != nil {
+		if hs[i], err = dialHolder(ctx, devTarget(cl), fmt.Sprintf("bench/held/%d/", i)); err != nil {
 			return nil, err
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // holder is a lean raw-datagram client (wire/SPEC.md) that opens one
@@ -26,7 +27,9 @@ import (
 // strictly increasing request ids, ack = oldest unfinished id, at most
 // holderWindow unfinished, retransmission with the same id, retry of
 // retryable statuses, map refresh on NOT_OWNER/STALE_EPOCH, and session
-// renewal (KEEPALIVE RENEW). It never waits in a queue (ACQUIRE TRY on
+// renewal (KEEPALIVE RENEW), and authentication (wire/SPEC.md section
+// 20, rawauth.go): replies whose tag does not verify are dropped and
+// counted (badTags). It never waits in a queue (ACQUIRE TRY on
 // names nobody else uses) and does not renew per-shard validity: it only
 // holds, it does not act on what it holds.
 type holder struct {
@@ -34,6 +37,9 @@ type holder struct {
 	pc     *ipv4.PacketConn
 	seed   *net.UDPAddr
 	prefix string
+	key    *rawKey   // nil: the cluster runs --insecure
+	c2w    *auth.MAC // the session's MACs (nil without a key)
+	w2c    *auth.MAC
 
 	session   uint64
 	shards    uint32
@@ -45,6 +51,7 @@ type holder struct {
 	held      int64  // tokens held now
 	named     int64  // token names used so far: prefix0 .. prefix(named-1)
 	errs      int64  // requests that failed (final status other than OK)
+	badTags   int64  // replies dropped: their auth tag did not verify
 	lastErr   wire.Status
 
 	rbuf []byte
@@ -71,9 +78,14 @@ const (
 // errHolder reports a holder failure.
 var errHolder = errors.New("bench: holder")
 
-// dialHolder opens a session at seed and fetches the delegation map.
-func dialHolder(ctx context.Context, seed, prefix string) (*holder, error) {
-	sa, err := net.ResolveUDPAddr("udp4", seed)
+// dialHolder opens a session at tgt's first seed and fetches the
+// delegation map.
+func dialHolder(ctx context.Context, tgt target, prefix string) (*holder, error) {
+	key, err := loadRawKey(tgt)
+	if err != nil {
+		return nil, err
+	}
+	sa, err := net.ResolveUDPAddr("udp4", tgt.seeds[0])
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +94,7 @@ func dialHolder(ctx context.Context, seed, prefix string) (*holder, error) {
 		return nil, err
 	}
 	raw.SetReadBuffer(4 << 20) // best effort: room for a window of replies
-	h := &holder{raw: raw, pc: ipv4.NewPacketConn(raw), seed: sa, prefix: prefix, rbuf: make([]byte, 2048)}
+	h := &holder{raw: raw, pc: ipv4.NewPacketConn(raw), seed: sa, prefix: prefix, key: key, rbuf: make([]byte, 2048)}
 	if err := h.open(ctx); err != nil {
 		raw.Close()
 		return nil, err
@@ -97,7 +109,7 @@ func dialHolder(ctx context.Context, seed, prefix string) (*holder, error) {
 // call sends the datagram made by build (retransmitting the same bytes)
 // to `to` until a datagram that match accepts arrives; it returns that
 // datagram's header and bytes (valid until the next call).
-func (h *holder) call(ctx context.Context, to *net.UDPAddr, pkt []byte, match func(wire.Header) bool) (wire.Header, []byte, error) {
+func (h *holder) call(ctx context.Context, to *net.UDPAddr, pkt []byte, match func(wire.Header, []byte) bool) (wire.Header, []byte, error) {
 	for try := 0; try < holderTries && ctx.Err() == nil; try++ {
 		if _, err := h.raw.WriteToUDP(pkt, to); err != nil {
 			return wire.Header{}, nil, err
@@ -112,7 +124,7 @@ func (h *holder) call(ctx context.Context, to *net.UDPAddr, pkt []byte, match fu
 				return wire.Header{}, nil, err
 			}
 			rh, err := wire.ParseHeader(h.rbuf[:n])
-			if err == nil && match(rh) {
+			if err == nil && match(rh, h.rbuf[:n]) {
 				return rh, h.rbuf[:n], nil
 			}
 		}
@@ -123,20 +135,47 @@ func (h *holder) call(ctx context.Context, to *net.UDPAddr, pkt []byte, match fu
 	return wire.Header{}, nil, fmt.Errorf("%w: no answer from %v", errHolder, to)
 }
 
+// open opens the session (wire/SPEC.md section 20: with a key, a first
+// open without cookie, then the same open with the worker's cookie).
 func (h *holder) open(ctx context.Context) error {
-	nonce := rand.Uint64() | 1
-	pkt, err := wire.SessionOpen{TTLMs: uint32(holderTTL / time.Millisecond), Lib: []byte(holderLib)}.
-		Append(nil, wire.Header{Request: nonce})
+	id := rand.Uint64() | 1
+	nonce, err := auth.NewNonce()
 	if err != nil {
 		return err
 	}
+	openC2W, openW2C := h.key.openMACs()
+	m := wire.SessionOpen{TTLMs: uint32(holderTTL / time.Millisecond), Lib: []byte(holderLib)}
+	var cookie []byte
 	for ctx.Err() == nil {
+		pkt, err := h.key.openDatagram(nil, m, id, nonce, cookie, openC2W)
+		if err != nil {
+			return err
+		}
 		sent := time.Now()
-		rh, b, err := h.call(ctx, h.seed, pkt, func(rh wire.Header) bool {
-			return rh.Type == wire.TypeSessionOpenReply && rh.Request == nonce
+		var sk auth.Key
+		rh, b, err := h.call(ctx, h.seed, pkt, func(rh wire.Header, b []byte) bool {
+			if rh.Type != wire.TypeSessionOpenReply || rh.Request != id {
+				return false
+			}
+			var ok bool
+			if sk, ok = h.key.verifyOpenReply(rh, b, nonce, openW2C); !ok {
+				h.badTags++
+			}
+			return ok
 		})
 		if err != nil {
 			return err
+		}
+		if rh.Status == wire.StatusCookie {
+			if h.key == nil {
+				return errNoKey
+			}
+			var c wire.Cookie
+			if err := c.Decode(rh, b); err != nil {
+				return err
+			}
+			cookie = c.Cookie[:]
+			continue
 		}
 		if rh.Status.Retryable() {
 			time.Sleep(holderRTO)
@@ -150,6 +189,7 @@ func (h *holder) open(ctx context.Context) error {
 			return err
 		}
 		h.session, h.shards, h.renewedAt = rh.Session, r.ShardCount, sent
+		h.c2w, h.w2c = h.key.sessionMACs(sk)
 		h.ttl = time.Duration(r.TTLMs) * time.Millisecond
 		return nil
 	}
@@ -172,7 +212,7 @@ func (h *holder) fetchMap(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			rh, b, err := h.call(ctx, h.seed, pkt, func(rh wire.Header) bool {
+			rh, b, err := h.call(ctx, h.seed, pkt, func(rh wire.Header, _ []byte) bool {
 				return rh.Type == wire.TypeMapReply && rh.Request == id
 			})
 			if err != nil {
@@ -274,6 +314,9 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 		if err != nil {
 			return err
 		}
+		if err := sealWith(h.c2w, buf); err != nil {
+			return err
+		}
 		bufs[len(out)] = buf
 		out = append(out, ipv4.Message{Buffers: [][]byte{buf}, Addr: to})
 		return nil
@@ -284,6 +327,9 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 		}
 		if h.errs > maxErrors {
 			return fmt.Errorf("%w: %d acquires refused, last %v", errHolder, h.errs, h.lastErr)
+		}
+		if h.badTags > maxErrors {
+			return fmt.Errorf("%w: %d replies whose auth tag does not verify", errHolder, h.badTags)
 		}
 		if refresh {
 			if err := h.fetchMap(ctx); err != nil {
@@ -340,6 +386,10 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 			if err != nil || rh.Session != h.session {
 				continue
 			}
+			if !verifiedBy(h.w2c, b) {
+				h.badTags++
+				continue
+			}
 			p := pending[rh.Request]
 			if p == nil || !rh.Type.IsReply() {
 				continue // a duplicate, or a REVOKE (nobody else uses these names)
@@ -391,8 +441,11 @@ func (h *holder) close(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, _, err = h.call(ctx, h.seed, pkt, func(rh wire.Header) bool {
-		return rh.Type == wire.TypeSessionCloseReply && rh.Request == id
+	if err := sealWith(h.c2w, pkt); err != nil {
+		return err
+	}
+	_, _, err = h.call(ctx, h.seed, pkt, func(rh wire.Header, b []byte) bool {
+		return rh.Type == wire.TypeSessionCloseReply && rh.Request == id && verifiedBy(h.w2c, b)
 	})
 	h.held = 0
 	return err

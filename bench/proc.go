@@ -161,23 +161,29 @@ type tokendProc struct {
 // all-in-one process (etcd member, coordinator, a worker) and n-1 worker
 // processes, with a temporary data directory removed by close.
 type procCluster struct {
-	dir   string
-	etcd  string // client endpoint of the all-in-one's etcd member
-	cli   *clientv3.Client
-	procs []*tokendProc
+	dir      string
+	certs    string // the all-in-one's certificates and keys (<data-dir>/pki)
+	insecure bool   // started with --insecure
+	etcd     string // client endpoint of the all-in-one's etcd member
+	cli      *clientv3.Client
+	procs    []*tokendProc
 }
 
 // startProcCluster starts tokend with the given number of workers (the
 // first inside the all-in-one process) and waits until every shard is
-// served and every worker owns some. On error nothing is left running.
-func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCluster, err error) {
+// served and every worker owns some. As users run it, etcd runs over TLS
+// with authentication and the workers authenticate their clients (the
+// client key file the all-in-one's first start writes, procCluster.target);
+// insecure starts every process with --insecure instead: etcd without TLS,
+// and clients without keys. On error nothing is left running.
+func startProcCluster(ctx context.Context, cfg *Config, workers int, insecure bool) (pc *procCluster, err error) {
 	bin, err := tokendBinary(ctx)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	pc = &procCluster{}
+	pc = &procCluster{insecure: insecure}
 	defer func() {
 		if err != nil {
 			pc.close()
@@ -197,13 +203,19 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 		"--worker-ttl", cfg.WorkerTTL.String(),
 	}
 	// etcd over TLS with authentication, as users run tokend: the
-	// all-in-one makes its CA and certificates in <data-dir>/pki on its
-	// first start; the workers and the bench's etcd client use them.
+	// all-in-one makes its CA, certificates and keys (cluster.key,
+	// client.key) in <data-dir>/pki on its first start; the workers, the
+	// bench's etcd client and the clients use them.
 	dataDir := filepath.Join(pc.dir, "all")
-	certs := filepath.Join(dataDir, "pki")
+	pc.certs = filepath.Join(dataDir, "pki")
+	scheme := "https://"
+	if insecure {
+		scheme = "http://"
+		common = append(common, "--insecure")
+	}
 	all := append([]string{
 		"--data-dir", dataDir, "--worker-id", "w1",
-		"--client-urls", "https://" + pc.etcd, "--peer-urls", fmt.Sprintf("https://127.0.0.1:%d", peer),
+		"--client-urls", scheme + pc.etcd, "--peer-urls", fmt.Sprintf("%s127.0.0.1:%d", scheme, peer),
 		"--shards", strconv.Itoa(cfg.Shards), "--session-ttl", cfg.SessionTTL.String(), "--grace", cfg.WorkerTTL.String(),
 	}, common...)
 	p, err := startTokendProc(ctx, bin, "w1", all)
@@ -213,14 +225,21 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int) (pc *procCl
 	pc.procs = append(pc.procs, p)
 	for i := 2; i <= workers; i++ {
 		id := fmt.Sprintf("w%d", i)
-		args := append([]string{"worker", "--worker-id", id, "--etcd-endpoints", pc.etcd, "--certs-dir", certs}, common...)
+		args := append([]string{"worker", "--worker-id", id, "--etcd-endpoints", pc.etcd}, common...)
+		if !insecure {
+			args = append(args, "--certs-dir", pc.certs)
+		}
 		p, err := startTokendProc(ctx, bin, id, args)
 		if err != nil {
 			return nil, err
 		}
 		pc.procs = append(pc.procs, p)
 	}
-	pc.cli, err = dialEtcd(certs, pc.etcd)
+	if insecure {
+		pc.cli, err = cluster.Dial(cluster.DialConfig{Endpoints: []string{pc.etcd}})
+	} else {
+		pc.cli, err = dialEtcd(pc.certs, pc.etcd)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -278,6 +297,16 @@ func (pc *procCluster) Seeds() []string {
 		out = append(out, p.udp)
 	}
 	return out
+}
+
+// target is the cluster for its clients: the workers' addresses and the
+// client key file the all-in-one wrote (none with --insecure).
+func (pc *procCluster) target() target {
+	t := target{seeds: pc.Seeds()}
+	if !pc.insecure {
+		t.keyFile = filepath.Join(pc.certs, pki.DefaultClientKeyFile)
+	}
+	return t
 }
 
 // cpu is the CPU time the cluster's processes used so far.

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/clientlib"
 )
 
 // TestRESP checks the RESP reader on every reply kind the lock recipe
@@ -90,33 +93,51 @@ func TestEchoProcesses(t *testing.T) {
 }
 
 // TestProcessWorkloads starts the real tokend binary (built from this
-// module) in its own process, runs tiny windows of the uncontended and
-// contended workloads with the Go client and with the C client (cload;
-// skipped without a C compiler), and checks that every row counted
-// operations without errors and that nothing is left running.
+// module) in its own process, as users run it (clients authenticate with
+// the client key file its first start wrote) and with --insecure, runs
+// tiny windows of the uncontended and contended workloads with the Go
+// client and with the C client (cload; skipped without a C compiler), and
+// checks that every row counted operations without errors and that
+// nothing is left running.
 func TestProcessWorkloads(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts tokend")
 	}
+	defer cleanupBuilds()
+	for _, insecure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("insecure=%v", insecure), func(t *testing.T) { testProcessWorkloads(t, insecure) })
+	}
+}
+
+func testProcessWorkloads(t *testing.T, insecure bool) {
 	ctx := context.Background()
 	cfg := Config{Quick: true, Clients: 2, Shards: 16, Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond}.Defaults()
-	defer cleanupBuilds()
-	pc, err := startProcCluster(ctx, &cfg, 1)
+	pc, err := startProcCluster(ctx, &cfg, 1, insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.close()
+	tgt := pc.target()
+	if tgt.insecure() != insecure {
+		t.Fatalf("target %+v of a cluster started with insecure=%v", tgt, insecure)
+	}
+	if !insecure {
+		// The cluster authenticates: a client without its key is refused.
+		if _, err := dialClients(ctx, target{seeds: tgt.seeds}, 1, revokeNotify); !errors.Is(err, clientlib.ErrAuth) {
+			t.Fatalf("a client without a key: %v, want %v", err, clientlib.ErrAuth)
+		}
+	}
 	cfg.serverCPU = pc.cpu
 	var rs []Result
-	for _, run := range []func(context.Context, *Config, []string, string) ([]Result, error){runUncontended, runContended} {
-		r, err := run(ctx, &cfg, pc.Seeds(), sysTokend)
+	for _, run := range []func(context.Context, *Config, target, string) ([]Result, error){runUncontended, runContended} {
+		r, err := run(ctx, &cfg, tgt, sysTokend)
 		if err != nil {
 			t.Fatal(err)
 		}
 		rs = append(rs, r...)
 	}
 	for _, wl := range []string{"uncontended", "contended"} {
-		r, err := runC(ctx, &cfg, pc.Seeds(), wl)
+		r, err := runC(ctx, &cfg, tgt, wl)
 		if errors.Is(err, ErrNoCC) {
 			t.Log(err)
 			break
@@ -162,6 +183,9 @@ func TestSessionsWorkload(t *testing.T) {
 	}
 	hold, opens := rs[0], rs[1]
 	// 200 sessions renewing every second for 2.5 s: at least 2 renewals each.
+	if bad, ok := hold.extra("bad_auth_tags"); ok {
+		t.Errorf("hold: %v replies whose auth tag did not verify", bad)
+	}
 	if hold.Count < 400 || hold.Errors != 0 || hold.Note != "" {
 		t.Errorf("hold: %d renewals, %d errors, note %q; want >= 400 and none: %+v", hold.Count, hold.Errors, hold.Note, hold.Extra)
 	}

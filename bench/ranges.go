@@ -14,7 +14,7 @@ import (
 // tokens) and [i·S, (i+2)·S) when overlapping (each range overlaps both
 // neighbours: waits and revocations). A writer acquires (waiting), releases
 // at once, and releases at once when revoked.
-func runRanges(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
+func runRanges(ctx context.Context, cfg *Config, tgt target, system string) ([]Result, error) {
 	var out []Result
 	n, size := cfg.RangeWriter, cfg.RangeSize
 	for _, overlap := range []bool{false, true} {
@@ -23,7 +23,7 @@ func runRanges(ctx context.Context, cfg *Config, seeds []string, system string) 
 			variant, span = "overlapping", 2*size
 		}
 		cfg.progress("tokend byte ranges: %d writers, %s", n, variant)
-		cs, err := dialClients(ctx, seeds, n, revokeRelease)
+		cs, err := dialClients(ctx, tgt, n, revokeRelease)
 		if err != nil {
 			return out, err
 		}

@@ -188,8 +188,36 @@ func compare(cfg *Config, rs []Result) []Comparison {
 				Detail: "process-wide ops/CPU-s with " + strings.Join(parts, ", ")}, true)
 		}
 	}
+	authChecks(C, rs, check)
 	failoverChecks(cfg, rs, check)
 	return out
+}
+
+// authChecks sets tokend with authentication (as users run it) against
+// the same process started with --insecure, Go client: the cost of
+// authentication, for information.
+func authChecks(C int, rs []Result, check func(Comparison, bool, ...*Result)) {
+	for _, n := range dedupe(1, C) {
+		on, off := find(rs, "uncontended", sysTokend, n, ""), find(rs, "uncontended", sysNoAuth, n, "")
+		if on == nil || off == nil {
+			continue
+		}
+		d := fmt.Sprintf("%s vs %s pairs/s", num(on.Rate), num(off.Rate))
+		if a, b := on.lat("acquire"), off.lat("acquire"); a != nil && b != nil {
+			d += fmt.Sprintf("; acquire p50 %.1f vs %.1f µs (%.2fx), p99 %.1f vs %.1f µs", a.P50, b.P50, a.P50/b.P50, a.P99, b.P99)
+		}
+		check(Comparison{Name: fmt.Sprintf("uncontended pairs/s, auth on / off, %s", clientsN(n)), Value: on.Rate / off.Rate, Unit: "x",
+			Detail: d}, true, on, off)
+	}
+	on, off := find(rs, "contended", sysTokend, C, "release on revoke"), find(rs, "contended", sysNoAuth, C, "release on revoke")
+	if on != nil && off != nil {
+		d := fmt.Sprintf("%s vs %s handoffs/s", num(on.Rate), num(off.Rate))
+		if a, b := on.lat("acquire"), off.lat("acquire"); a != nil && b != nil {
+			d += fmt.Sprintf("; acquire p50 %.1f vs %.1f µs", a.P50, b.P50)
+		}
+		check(Comparison{Name: fmt.Sprintf("contended handoffs/s, auth on / off, %s", clientsN(C)), Value: on.Rate / off.Rate, Unit: "x",
+			Detail: d}, true, on, off)
+	}
 }
 
 // clientsN is "1 client" or "n clients".
@@ -325,6 +353,7 @@ var sideBySide = []struct {
 	title, system, contended string
 }{
 	{"tokend, Go client", sysTokend, "release on revoke"},
+	{"tokend no auth, Go client", sysNoAuth, "release on revoke"},
 	{"tokend, C client", sysTokendC, "release on revoke"},
 	{"tokend, C shared handle", sysTokendC1, "release on revoke"},
 	{"Redis", sysRedis, ""},
@@ -547,8 +576,10 @@ const (
 // systemColor gives each system one color throughout the chart.
 func systemColor(s string) string {
 	switch s {
-	case "tokend":
+	case sysTokend:
 		return "#2b6cb0"
+	case sysNoAuth:
+		return "#63b3ed"
 	case "etcd-1":
 		return "#dd6b20"
 	case "etcd-3":
@@ -699,7 +730,7 @@ func (rep *Report) WriteSVG(w io.Writer) error {
 	// Legend.
 	ly := height - 30
 	lx := 20.0
-	for _, s := range []string{sysTokend, sysTokendC, sysInProcess, sysRedis, "etcd-1", "etcd-3", "udp-echo"} {
+	for _, s := range []string{sysTokend, sysNoAuth, sysTokendC, sysInProcess, sysRedis, "etcd-1", "etcd-3", "udp-echo"} {
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="12" height="12" fill="%s"/>`+"\n", lx, ly-10, systemColor(s))
 		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="12" %s>%s</text>`+"\n", lx+16, ly, svgFont, s)
 		lx += 125

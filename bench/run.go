@@ -84,11 +84,12 @@ func (c Config) Params() []Param {
 }
 
 // Workloads are the names Config.Only accepts, in the order Run runs them.
-var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "redis", "inprocess", "held", "workers", "failover", "sessions", "etcd"}
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "noauth", "redis", "inprocess", "held", "workers", "failover", "sessions", "etcd"}
 
 // Systems of the report's rows.
 const (
 	sysTokend    = "tokend"           // tokend in its own process, Go client
+	sysNoAuth    = "tokend (no auth)" // the same, tokend and clients started with --insecure / Insecure
 	sysTokendC   = "tokend-c"         // tokend in its own process, C client (one handle per thread)
 	sysTokendC1  = "tokend-c-shared"  // tokend in its own process, C client (one handle shared by all threads)
 	sysInProcess = "tokend-inprocess" // tokend in the bench's process (devcluster), Go client
@@ -123,7 +124,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	tokendOnes := []struct {
 		name string
-		run  func(context.Context, *Config, []string, string) ([]Result, error)
+		run  func(context.Context, *Config, target, string) ([]Result, error)
 	}{
 		{"uncontended", runUncontended},
 		{"contended", runContended},
@@ -136,26 +137,50 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if need && ctx.Err() == nil {
 		cfg.progress("tokend: starting its own process (all-in-one, %d shards)", cfg.Shards)
-		pc, err := startProcCluster(ctx, &cfg, 1)
+		pc, err := startProcCluster(ctx, &cfg, 1, false)
 		if err != nil {
 			add("tokend", nil, err)
 		} else {
 			cfg.serverCPU = pc.cpu
 			for _, w := range tokendOnes {
 				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := w.run(ctx, &cfg, pc.Seeds(), sysTokend)
+					rs, err := w.run(ctx, &cfg, pc.target(), sysTokend)
 					add(w.name, rs, err)
 				}
 			}
 			for _, w := range tokendOnes[:2] {
 				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := runC(ctx, &cfg, pc.Seeds(), w.name)
+					rs, err := runC(ctx, &cfg, pc.target(), w.name)
 					add(w.name+" (C client)", rs, err)
 				}
 			}
 			cfg.serverCPU = nil
 			if err := pc.close(); err != nil {
 				add("tokend", nil, err)
+			}
+		}
+	}
+	// Authentication off: the uncontended and contended loops of the Go
+	// client again, against a tokend process started with --insecure
+	// (clients without keys), so that the report sets the cost of
+	// authentication side by side (compare: "auth on / off").
+	if (cfg.runs("uncontended") || cfg.runs("contended")) && cfg.runs("noauth") && ctx.Err() == nil {
+		cfg.progress("tokend --insecure: starting its own process (all-in-one, %d shards)", cfg.Shards)
+		pc, err := startProcCluster(ctx, &cfg, 1, true)
+		if err != nil {
+			add("tokend (no auth)", nil, err)
+		} else {
+			nc := cfg
+			nc.serverCPU = pc.cpu
+			nc.ContendedHold = 0 // release on revoke only: the variant the comparison uses
+			for _, w := range tokendOnes[:2] {
+				if cfg.runs(w.name) && ctx.Err() == nil {
+					rs, err := w.run(ctx, &nc, pc.target(), sysNoAuth)
+					add(w.name+" (no auth)", rs, err)
+				}
+			}
+			if err := pc.close(); err != nil {
+				add("tokend (no auth)", nil, err)
 			}
 		}
 	}
@@ -174,7 +199,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		} else {
 			for _, w := range tokendOnes[:2] {
 				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := w.run(ctx, &cfg, cl.Seeds(), sysInProcess)
+					rs, err := w.run(ctx, &cfg, devTarget(cl), sysInProcess)
 					add(w.name+" (in-process)", rs, err)
 				}
 			}

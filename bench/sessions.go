@@ -3,6 +3,7 @@ package bench
 import (
 	"container/heap"
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // The sessions workload measures what sessions cost the control plane:
@@ -25,7 +27,9 @@ import (
 // default), so that CPU and memory are that level's.
 //
 // Sessions are driven by a swarm of raw-datagram sessions (SPEC.md §11,
-// §13): each opens with a random nonce, renews with KEEPALIVE RENEW every
+// §13, §20): each opens with a random request id and nonce (with a key:
+// the open without cookie, then with the worker's cookie, see rawauth.go),
+// tags its datagrams and verifies the replies with its session key, renews with KEEPALIVE RENEW every
 // third of its TTL (first renewals spread over one period), retransmits
 // with the same request id, and closes with SESSION_CLOSE. A few sockets
 // carry them all, so that N is not bounded by file descriptors or a client
@@ -54,6 +58,7 @@ type sessionLevel struct {
 	lost             int64 // sessions the worker no longer knew (expired, unknown), during the hold
 	openLost         int64 // opens refused, or sessions lost while the others opened
 	retrans          int64 // retransmissions of opens and renewals
+	badTags          int64 // replies dropped: their auth tag did not verify
 	hold             time.Duration
 	cpu              time.Duration // tokend process CPU during the hold
 	rssBefore        int64
@@ -93,12 +98,12 @@ func runSessions(ctx context.Context, cfg *Config) ([]Result, error) {
 }
 
 func sessionsLevel(ctx context.Context, cfg *Config, n int) (*sessionLevel, error) {
-	pc, err := startProcCluster(ctx, cfg, 1)
+	pc, err := startProcCluster(ctx, cfg, 1, false)
 	if err != nil {
 		return nil, err
 	}
 	defer pc.close()
-	sw, err := newSwarm(pc.Seeds()[0], n)
+	sw, err := newSwarm(pc.target(), n)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +146,7 @@ func sessionsLevel(ctx context.Context, cfg *Config, n int) (*sessionLevel, erro
 		return nil, fmt.Errorf("mass reconnect: %w", err)
 	}
 
-	l.retrans = sw.retrans
+	l.retrans, l.badTags = sw.retrans, sw.badTags
 	return l, nil
 }
 
@@ -161,6 +166,9 @@ func (l *sessionLevel) results(cfg *Config) []Result {
 	hold.metric("not_renewed", float64(l.notRenewed), "")
 	hold.metric("lost_sessions", float64(l.lost), "")
 	hold.metric("retransmissions", float64(l.retrans), "")
+	if l.badTags > 0 {
+		hold.metric("bad_auth_tags", float64(l.badTags), "")
+	}
 	if d := l.rssAfter - l.rssBefore; d > 0 {
 		hold.metric("rss_per_session", float64(d)/float64(l.n), "B")
 	}
@@ -189,6 +197,7 @@ var errSwarmTimeout = errors.New("bench: sessions did not all open in time")
 // swarm drives many raw sessions over a few sockets.
 type swarm struct {
 	seed  *net.UDPAddr
+	key   *rawKey // nil: the cluster runs --insecure
 	socks []*net.UDPConn
 	ss    []*swSession
 	ttl   time.Duration // asked for: 0 = the worker's default
@@ -201,6 +210,7 @@ type swarm struct {
 	notRenewed int64
 	lost       int64
 	retrans    int64
+	badTags    int64 // replies dropped: their auth tag did not verify
 }
 
 type swState uint8
@@ -218,8 +228,11 @@ const (
 type swSession struct {
 	sock  int
 	state swState
-	id    uint64 // session id, once open
-	nonce uint64 // SESSION_OPEN request id
+	id    uint64     // session id, once open
+	nonce uint64     // SESSION_OPEN request id
+	cnon  auth.Nonce // SESSION_OPEN client nonce
+	c2w   *auth.MAC  // the session's MACs, once open (nil without a key)
+	w2c   *auth.MAC
 	ttl   time.Duration
 	next  uint64 // last request id used
 
@@ -234,12 +247,16 @@ type swSession struct {
 	due       time.Time // next action: retransmit or renew
 }
 
-func newSwarm(seed string, n int) (*swarm, error) {
-	sa, err := net.ResolveUDPAddr("udp4", seed)
+func newSwarm(tgt target, n int) (*swarm, error) {
+	key, err := loadRawKey(tgt)
 	if err != nil {
 		return nil, err
 	}
-	sw := &swarm{seed: sa, openLat: newHist(), renewLat: newHist()}
+	sa, err := net.ResolveUDPAddr("udp4", tgt.seeds[0])
+	if err != nil {
+		return nil, err
+	}
+	sw := &swarm{seed: sa, key: key, openLat: newHist(), renewLat: newHist()}
 	for range swarmSockets {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
@@ -318,8 +335,10 @@ func (sw *swarm) openAll(ctx context.Context, window int, within time.Duration) 
 				s := todo[0]
 				todo = todo[1:]
 				s.nonce = rand.Uint64() | 1
-				pkt, err := wire.SessionOpen{TTLMs: uint32(sw.ttl / time.Millisecond), Lib: []byte(swarmLib)}.
-					Append(nil, wire.Header{Request: s.nonce})
+				if _, err := crand.Read(s.cnon[:]); err != nil {
+					return err
+				}
+				pkt, err := sw.key.openDatagram(nil, sw.openMsg(), s.nonce, s.cnon, nil, nil)
 				if err != nil {
 					return err
 				}
@@ -398,6 +417,9 @@ func (sw *swarm) closeAll(ctx context.Context, within time.Duration) {
 				if err != nil {
 					return err
 				}
+				if err := sealWith(s.c2w, pkt); err != nil {
+					return err
+				}
 				s.state, s.pkt = swClosing, pkt
 				l.send(s, s.next, time.Now())
 				inflight++
@@ -418,6 +440,8 @@ func (sw *swarm) closeAll(ctx context.Context, within time.Duration) {
 // their next action, the sessions by id and by open nonce, and the socket.
 type swLoop struct {
 	sw      *swarm
+	openC2W *auth.MAC // the open key's MACs (nil without a key)
+	openW2C *auth.MAC
 	conn    *net.UDPConn
 	h       swHeap
 	byID    map[uint64]*swSession
@@ -429,6 +453,7 @@ type swLoop struct {
 func (sw *swarm) loop(sock int, ss []*swSession) *swLoop {
 	l := &swLoop{sw: sw, conn: sw.socks[sock], rbuf: make([]byte, wire.MaxDatagram+1),
 		byID: make(map[uint64]*swSession, len(ss)), byNonce: map[uint64]*swSession{}}
+	l.openC2W, l.openW2C = sw.key.openMACs()
 	for _, s := range ss {
 		s.heapIndex = 0
 		if s.id != 0 {
@@ -487,6 +512,9 @@ func (l *swLoop) turn(ctx context.Context, finishing wire.Type) (int, error) {
 			if err != nil {
 				return done, err
 			}
+			if err := sealWith(s.c2w, pkt); err != nil {
+				return done, err
+			}
 			s.pkt = append(s.pkt[:0], pkt...)
 			l.send(s, s.next, now)
 		default:
@@ -542,7 +570,57 @@ func (l *swLoop) reply(b []byte) (*swSession, wire.Type) {
 	if s == nil {
 		return nil, 0 // a late duplicate
 	}
+	var sk auth.Key
+	ok := true
+	if h.Type == wire.TypeSessionOpenReply {
+		sk, ok = l.sw.key.verifyOpenReply(h, b, s.cnon, l.openW2C)
+	} else {
+		ok = verifiedBy(s.w2c, b)
+	}
+	if !ok {
+		l.sw.mu.Lock()
+		l.sw.badTags++
+		l.sw.mu.Unlock()
+		return nil, 0
+	}
+	if h.Type == wire.TypeSessionOpenReply && h.Status == wire.StatusCookie {
+		return l.cookie(s, h, b), h.Type
+	}
+	if h.Type == wire.TypeSessionOpenReply && h.Status == wire.StatusOK {
+		s.c2w, s.w2c = l.sw.key.sessionMACs(sk)
+	}
 	return l.settle(s, h, b), h.Type
+}
+
+// openMsg is the swarm's SESSION_OPEN (without nonce, key and cookie).
+func (sw *swarm) openMsg() wire.SessionOpen {
+	return wire.SessionOpen{TTLMs: uint32(sw.ttl / time.Millisecond), Lib: []byte(swarmLib)}
+}
+
+// cookie handles a COOKIE answer (datagram b) to s's open: the same open
+// goes again at once with the cookie, tagged with the open key, and its
+// latency still counts from the first send. It returns s if the open is
+// finished: refused, because the swarm has no key.
+func (l *swLoop) cookie(s *swSession, h wire.Header, b []byte) *swSession {
+	var c wire.Cookie
+	var pkt []byte
+	err := c.Decode(h, b)
+	if err == nil && l.sw.key != nil {
+		pkt, err = l.sw.key.openDatagram(s.pkt[:0], l.sw.openMsg(), s.nonce, s.cnon, c.Cookie[:], l.openC2W)
+	}
+	if err != nil || l.sw.key == nil {
+		l.unschedule(s)
+		s.req, s.state = 0, swDone
+		l.sw.mu.Lock()
+		l.sw.lost++
+		l.sw.mu.Unlock()
+		return s
+	}
+	now := time.Now()
+	s.pkt, s.last, s.rto = pkt, now, swarmRTO
+	_, _ = l.conn.WriteToUDP(s.pkt, l.sw.seed)
+	l.schedule(s, now.Add(s.rto))
+	return nil
 }
 
 // settle applies reply h (datagram b) to s, whose request it answers; it

@@ -19,10 +19,10 @@ const (
 // behind the readers' grants and makes the worker revoke them, and release
 // at once. Readers that arrive while a writer waits queue behind it (FIFO:
 // the writer does not starve).
-func runShared(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
+func runShared(ctx context.Context, cfg *Config, tgt target, system string) ([]Result, error) {
 	cfg.progress("tokend shared-heavy: %d readers, %d writers", cfg.Readers, cfg.Writers)
 	n := cfg.Readers + cfg.Writers
-	cs, err := dialClients(ctx, seeds, n, revokeNotify)
+	cs, err := dialClients(ctx, tgt, n, revokeNotify)
 	if err != nil {
 		return nil, err
 	}

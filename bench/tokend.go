@@ -12,7 +12,20 @@ import (
 	"github.com/tokend/tokend/testkit/devcluster"
 )
 
-// startTokend starts an in-process cluster of n workers on loopback.
+// target is a tokend cluster as its clients see it: the workers'
+// addresses and how a client authenticates (wire/SPEC.md section 20).
+type target struct {
+	seeds []string
+	// keyFile is the client key file; "" for a cluster started with
+	// --insecure (clients then set clientlib.Config.Insecure).
+	keyFile string
+}
+
+// insecure reports whether the cluster runs without authentication.
+func (t target) insecure() bool { return t.keyFile == "" }
+
+// startTokend starts an in-process cluster of n workers on loopback; it
+// authenticates its clients (its target's key file).
 func startTokend(ctx context.Context, cfg *Config, workers int) (*devcluster.Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -22,6 +35,11 @@ func startTokend(ctx context.Context, cfg *Config, workers int) (*devcluster.Clu
 		return nil, fmt.Errorf("bench: start tokend (%d workers): %w", workers, err)
 	}
 	return c, nil
+}
+
+// devTarget is the target of an in-process cluster.
+func devTarget(c *devcluster.Cluster) target {
+	return target{seeds: c.Seeds(), keyFile: c.KeyFile()}
 }
 
 // client is one benchmark client: a clientlib session on its own loopback
@@ -43,9 +61,9 @@ const (
 	revokeRelease
 )
 
-// dialClients opens n sessions with the cluster at seeds, concurrently.
-// On error the ones opened are closed.
-func dialClients(ctx context.Context, seeds []string, n int, policy revokePolicy) ([]*client, error) {
+// dialClients opens n sessions with the cluster tgt, concurrently. On
+// error the ones opened are closed.
+func dialClients(ctx context.Context, tgt target, n int, policy revokePolicy) ([]*client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cs := make([]*client, n)
@@ -56,7 +74,7 @@ func dialClients(ctx context.Context, seeds []string, n int, policy revokePolicy
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			cs[i], errs[i] = dialClient(ctx, seeds, policy)
+			cs[i], errs[i] = dialClient(ctx, tgt, policy)
 		})
 	}
 	wg.Wait()
@@ -67,7 +85,7 @@ func dialClients(ctx context.Context, seeds []string, n int, policy revokePolicy
 	return cs, nil
 }
 
-func dialClient(ctx context.Context, seeds []string, policy revokePolicy) (*client, error) {
+func dialClient(ctx context.Context, tgt target, policy revokePolicy) (*client, error) {
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -95,7 +113,8 @@ func dialClient(ctx context.Context, seeds []string, policy revokePolicy) (*clie
 			_ = t.Release(ctx) // ErrNotHeld if the workload released it first
 		}
 	}
-	c.Client, err = clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds, PacketConn: conn, OnRevoke: onRevoke})
+	c.Client, err = clientlib.DialConfig(ctx, clientlib.Config{Seeds: tgt.seeds, KeyFile: tgt.keyFile,
+		Insecure: tgt.insecure(), PacketConn: conn, OnRevoke: onRevoke})
 	if err != nil {
 		conn.Close()
 		return nil, err

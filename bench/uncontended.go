@@ -41,12 +41,12 @@ func uncontended(ctx context.Context, cfg *Config, cs []*client, tag string, pro
 }
 
 // runUncontended measures the uncontended pairs with 1 and with
-// cfg.Clients clients on the cluster at seeds; system names it in the rows.
-func runUncontended(ctx context.Context, cfg *Config, seeds []string, system string) ([]Result, error) {
+// cfg.Clients clients on the cluster tgt; system names it in the rows.
+func runUncontended(ctx context.Context, cfg *Config, tgt target, system string) ([]Result, error) {
 	var out []Result
 	for _, n := range dedupe(1, cfg.Clients) {
 		cfg.progress("%s uncontended: %d clients", system, n)
-		cs, err := dialClients(ctx, seeds, n, revokeNotify)
+		cs, err := dialClients(ctx, tgt, n, revokeNotify)
 		if err != nil {
 			return out, err
 		}

@@ -15,13 +15,13 @@ func runWorkers(ctx context.Context, cfg *Config) ([]Result, error) {
 	var out []Result
 	for _, n := range cfg.WorkerSets {
 		cfg.progress("workers: %d, %d clients", n, cfg.Clients)
-		pc, err := startProcCluster(ctx, cfg, n)
+		pc, err := startProcCluster(ctx, cfg, n, false)
 		if err != nil {
 			return out, err
 		}
 		cfg.serverCPU = pc.cpu
 		l, err := func() (loopResult, error) {
-			cs, err := dialClients(ctx, pc.Seeds(), cfg.Clients, revokeNotify)
+			cs, err := dialClients(ctx, pc.target(), cfg.Clients, revokeNotify)
 			if err != nil {
 				return loopResult{}, err
 			}

@@ -15,6 +15,10 @@
  *   cload --seeds 127.0.0.1:7700 --threads 16 --mode uncontended \
  *         --handles thread --warmup-ms 300 --duration-ms 2000 --prefix bench/c1
  *
+ * It authenticates with the client key file of --key-file FILE (else
+ * $TOKEND_KEY_FILE, as the library reads it); --insecure connects without
+ * a key, to a cluster started with --insecure.
+ *
  * Every loop ends with the window (time) or at --max-ops, whichever comes
  * first. An operation counts if it started and ended inside the window.
  * Exit status 0 if the run completed (errors are counted in the JSON), 2 on
@@ -159,6 +163,8 @@ static struct {
 	int64_t warmup_ns, duration_ns;
 	uint64_t max_ops;
 	const char *prefix;
+	const char *key_file; /* NULL: the library's default ($TOKEND_KEY_FILE, ...) */
+	int insecure;
 	const char *seeds[MAX_SEEDS];
 	size_t nseeds;
 	int64_t start, win_start, end;
@@ -281,6 +287,8 @@ static tokend_client *connect_one(void)
 	tokend_options_init(&o);
 	o.seeds = R.seeds;
 	o.nseeds = R.nseeds;
+	o.key_file = R.key_file;
+	o.insecure = R.insecure;
 	o.errbuf = errbuf;
 	o.errbuf_len = sizeof errbuf;
 	if (R.contended)
@@ -298,7 +306,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: cload --seeds host:port[,host:port...] [--threads N] [--mode uncontended|contended]\n"
 			"             [--handles thread|shared] [--warmup-ms N] [--duration-ms N] [--max-ops N]\n"
-			"             [--prefix NAME]\n");
+			"             [--prefix NAME] [--key-file FILE | --insecure]\n");
 	exit(2);
 }
 
@@ -327,6 +335,10 @@ int main(int argc, char **argv)
 	R.prefix = "bench/cload";
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		if (strcmp(a, "--insecure") == 0) {
+			R.insecure = 1;
+			continue;
+		}
 		if (!v)
 			usage();
 		i++;
@@ -354,12 +366,14 @@ int main(int argc, char **argv)
 			R.max_ops = (uint64_t)atoll(v);
 		} else if (strcmp(a, "--prefix") == 0) {
 			R.prefix = v;
+		} else if (strcmp(a, "--key-file") == 0) {
+			R.key_file = v;
 		} else {
 			usage();
 		}
 	}
 	if (R.nseeds == 0 || R.threads < 1 || R.threads > MAX_THREADS || R.duration_ns <= 0 || R.warmup_ns < 0 ||
-	    R.max_ops == 0)
+	    R.max_ops == 0 || (R.insecure && R.key_file))
 		usage();
 	pthread_mutex_init(&R.ops_mu, NULL);
 	pthread_mutex_init(&R.rev_mu, NULL);
