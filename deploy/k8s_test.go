@@ -21,6 +21,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // The Kubernetes objects deploy/k8s uses, as far as it uses them. Decoding
@@ -543,6 +545,15 @@ func TestK8sManifests(t *testing.T) {
 		if fg := ps.SecurityContext.FSGroup; mode != "0440" || fg == nil || *fg != 10001 {
 			t.Errorf("%s: Secret defaultMode %s, fsGroup %v: want 0440 and fsGroup 10001 (the keys readable by the image's group only)", id, mode, fg)
 		}
+		keyFileModeAccepted(t, id, mode)
+		// Client authentication stays on; a server's tokenctl acquire
+		// finds the workers through their Service.
+		if _, ok := env["TOKEND_INSECURE"]; ok || slices.Contains(c.Args, "--insecure") {
+			t.Errorf("%s: --insecure turns client authentication off", id)
+		}
+		if w.mode == "server" && env["TOKENCTL_SEEDS"] != "tokend-worker.$(POD_NAMESPACE).svc:7700" {
+			t.Errorf("%s: TOKENCTL_SEEDS %q, want tokend-worker.$(POD_NAMESPACE).svc:7700 (kubectl exec server-0 -- tokenctl acquire)", id, env["TOKENCTL_SEEDS"])
+		}
 		for _, v := range append(slices.Clone(c.Args), slices.Collect(maps.Values(env))...) {
 			if strings.Contains(v, "http://") {
 				t.Errorf("%s: %q: etcd is reached over TLS, https:// only", id, v)
@@ -691,22 +702,31 @@ func TestK8sManifests(t *testing.T) {
 // k8sSecretNames are the Secrets the pods mount at /etc/tokend/pki, by mode.
 var k8sSecretNames = map[string]string{"server": "tokend-etcd-server", "worker": "tokend-etcd-worker"}
 
+// k8sClientSecret is the Secret client pods mount: client.key.
+const k8sClientSecret = "tokend-client"
+
 // TestK8sSecrets checks deploy/k8s/secrets.yaml, the placeholder Secrets
 // the pods mount: each holds exactly the files "tokend certs" makes for
-// its mode (never ca.key or root.key), every placeholder is named in the
-// documented "kubectl create secret generic" command, and the file is not
-// in kustomization.yaml (applying it again would put the placeholders
-// back over the real files).
+// its mode (never ca.key or root.key; cluster.key for servers and
+// workers, client.key for servers and in a Secret of its own for
+// clients), every placeholder is named in the documented "kubectl create
+// secret generic" command, the client pod's mount is documented with
+// TOKEND_KEY_FILE, and the file is not in kustomization.yaml (applying it
+// again would put the placeholders back over the real files).
 func TestK8sSecrets(t *testing.T) {
 	dir := filepath.Join(deployDir(), "k8s")
 	b, err := os.ReadFile(filepath.Join(dir, "secrets.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Servers: etcd's files, the cluster key and the client key they
+	// register; workers: etcd's files and the cluster key; clients: the
+	// client key only.
 	want := map[string][]string{
-		"tokend-etcd-server": {"ca.crt", "server-server-0.crt", "server-server-0.key", "server-server-1.crt", "server-server-1.key",
+		"tokend-etcd-server": {"ca.crt", "client.key", "cluster.key", "server-server-0.crt", "server-server-0.key", "server-server-1.crt", "server-server-1.key",
 			"server-server-2.crt", "server-server-2.key", "tokend.crt", "tokend.key"},
-		"tokend-etcd-worker": {"ca.crt", "tokend.crt", "tokend.key"},
+		"tokend-etcd-worker": {"ca.crt", "cluster.key", "tokend.crt", "tokend.key"},
+		k8sClientSecret:      {"client.key"},
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	seen := map[string]bool{}
@@ -757,6 +777,10 @@ func TestK8sSecrets(t *testing.T) {
 			t.Errorf("the %s pods mount %s, which secrets.yaml does not define", mode, name)
 		}
 	}
+	mount := regexp.MustCompile(`secretName: ` + k8sClientSecret + `, defaultMode: 0440\}[\s\S]*TOKEND_KEY_FILE, value: (/\S+)/client.key\}[\s\S]*mountPath: (/\S+),`).FindStringSubmatch(string(b))
+	if mount == nil || mount[1] != mount[2] {
+		t.Errorf("secrets.yaml: no client pod example mounting %s (mode 0440) where TOKEND_KEY_FILE points: %q", k8sClientSecret, mount)
+	}
 	k, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -767,5 +791,31 @@ func TestK8sSecrets(t *testing.T) {
 	}
 	if slices.Contains(kz.Resources, "secrets.yaml") {
 		t.Errorf("kustomization.yaml lists secrets.yaml: kubectl apply -k would overwrite the real certificates with placeholders")
+	}
+}
+
+// keyFileModeAccepted checks that tokend reads a key file with the mode a
+// Secret volume gives it (defaultMode, owner root, group the pod's
+// fsGroup): a mode it refuses would stop every pod at start.
+func keyFileModeAccepted(t *testing.T, id, mode string) {
+	t.Helper()
+	m, err := strconv.ParseUint(mode, 0, 32)
+	if err != nil {
+		t.Errorf("%s: Secret defaultMode %q: %v", id, mode, err)
+		return
+	}
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), pki.ClusterKeyFile)
+	if err := pki.WriteKeyFile(path, pki.ClusterKeyName, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, os.FileMode(m)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pki.ReadKeyFile(path); err != nil {
+		t.Errorf("%s: a key file mounted with the Secret's defaultMode %s is refused: %v", id, mode, err)
 	}
 }
