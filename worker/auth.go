@@ -1,6 +1,10 @@
 package worker
 
-import "github.com/tokend/tokend/wire/auth"
+import (
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokend/tokend/wire/auth"
+)
 
 // Auth turns on the authentication of wire/SPEC.md section 20. A worker
 // with Config.Auth nil runs unauthenticated (tokend --insecure).
@@ -18,4 +22,21 @@ type Auth struct {
 // and must be fast and safe for concurrent use.
 type KeyLookup interface {
 	ClientKey(name string) (auth.Key, bool)
+}
+
+// KeyGuard is implemented by a KeyLookup whose keys live in etcd
+// (cluster/keys.Store): the put that creates a session is made only while
+// StillValid(name) holds, so a revocation, which then ends the key's
+// sessions, cannot miss a session whose open was under way.
+type KeyGuard interface {
+	StillValid(name string) clientv3.Cmp
+}
+
+// keyGuard returns the KeyGuard of the client keys, if they have one.
+func (w *Worker) keyGuard() (KeyGuard, bool) {
+	if w.cfg.Auth == nil {
+		return nil, false
+	}
+	g, ok := w.cfg.Auth.Keys.(KeyGuard)
+	return g, ok
 }

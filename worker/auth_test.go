@@ -760,3 +760,48 @@ func mustListen(t testing.TB) *net.UDPConn {
 	}
 	return conn
 }
+
+// guardedKeys is testKeys whose keys are valid in etcd while the key
+// /test/keys/<name> exists, as cluster/keys.Store's are while
+// /tokend/keys/<name> does.
+type guardedKeys struct{ testKeys }
+
+func (guardedKeys) StillValid(name string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision("/test/keys/"+name), ">", 0)
+}
+
+// TestAuthOpenKeyRevoked: a worker whose keys live in etcd creates a
+// session only while its key is still there, so an open under way when
+// the key is revoked leaves no session behind (tokenctl keys revoke ends
+// the sessions it finds; this one it could not have found).
+func TestAuthOpenKeyRevoked(t *testing.T) {
+	cli := testEtcd(t)
+	cluster, _ := auth.NewKey()
+	alice, _ := auth.NewKey()
+	w, _ := startWorkerCfg(t, Config{Client: cli, ID: "w1",
+		Auth: &Auth{ClusterKey: cluster, Keys: guardedKeys{testKeys{"alice": alice}}}})
+	serveAll(t, cli, w)
+	c := udpClient(t, w)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/test/keys/alice", "x"); err != nil {
+		t.Fatal(err)
+	}
+	r := c.openAuth("alice", alice, 0)
+	wantStatus(t, r, wire.StatusOK)
+
+	if _, err := cli.Delete(ctx, "/test/keys/alice"); err != nil {
+		t.Fatal(err)
+	}
+	_, before := etcdWrites(t, cli)
+	m, h := openMsg("alice", 0)
+	m.Cookie = c.cookie(m, h)
+	r2, ok := c.callRaw(sealOpen(t, m, h, alice), h.Request, 5*time.Second)
+	if !ok {
+		t.Fatal("no reply")
+	}
+	wantStatus(t, r2, wire.StatusUnavailable)
+	if _, after := etcdWrites(t, cli); after != before {
+		t.Fatalf("an open after the revocation made %d session documents", after-before)
+	}
+}

@@ -20,6 +20,10 @@ import (
 // errNoLease: a session whose document named no readable lease.
 var errNoLease = errors.New("worker: session document names no lease")
 
+// errKeyRevoked: the client key of an open was revoked while it was being
+// opened (tokenctl keys revoke).
+var errKeyRevoked = errors.New("worker: the client key was revoked during the open")
+
 const (
 	// The etcd work of sessions runs in two pools of goroutines, so that
 	// the receive loop never waits for etcd and a burst of opens (a mass
@@ -180,9 +184,20 @@ func (w *Worker) createSession(ctx context.Context, id uint64, secs int64, doc c
 	doc.Lease = cluster.SessionString(uint64(g.ID))
 	b, err := json.Marshal(doc)
 	if err == nil {
-		var p *clientv3.PutResponse
-		if p, err = w.cfg.Client.Put(ctx, cluster.ClientKey(id), string(b), clientv3.WithLease(g.ID)); err == nil {
-			return g.ID, p.Header.Revision, time.Duration(g.TTL) * time.Second, nil
+		// With authentication the put holds only while the client key is
+		// in etcd: a revocation (which then ends the key's sessions) cannot
+		// miss a session whose open was under way.
+		var cmps []clientv3.Cmp
+		if g, ok := w.keyGuard(); ok && doc.KeyName != "" {
+			cmps = append(cmps, g.StillValid(doc.KeyName))
+		}
+		var t *clientv3.TxnResponse
+		t, err = w.cfg.Client.Txn(ctx).If(cmps...).Then(clientv3.OpPut(cluster.ClientKey(id), string(b), clientv3.WithLease(g.ID))).Commit()
+		switch {
+		case err == nil && t.Succeeded:
+			return g.ID, t.Header.Revision, time.Duration(g.TTL) * time.Second, nil
+		case err == nil:
+			err = errKeyRevoked
 		}
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)

@@ -82,6 +82,11 @@ func (s *Store) ClientKey(name string) (auth.Key, bool) {
 	return k, ok
 }
 
+// StillValid is the etcd comparison that holds while name's key is
+// stored (worker.KeyGuard): a worker creates a session opened with it only
+// under this condition.
+func (s *Store) StillValid(name string) clientv3.Cmp { return Exists(name) }
+
 // Len returns the number of keys known.
 func (s *Store) Len() int { return len(s.snap.Load().keys) }
 
