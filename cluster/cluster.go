@@ -8,6 +8,7 @@
 //	/tokend/workers/<id>         Worker, on the worker's lease
 //	/tokend/drain/<id>           Drain: an operator asked to drain worker id (no lease: it outlives restarts)
 //	/tokend/clients/<session>    Client, on the session's lease (session = random session id in hex)
+//	/tokend/keys/<name>          a client key, sealed under the cluster key (package cluster/keys)
 //	/tokend/delegation/map       the delegation map, written only by the leader
 //	/tokend/leader/<lease>       concurrency.Election keys; the value is a Leader
 package cluster
