@@ -375,7 +375,8 @@ func TestCompose(t *testing.T) {
 			Name string `json:"name"`
 		} `json:"keys"`
 	}
-	err = json.Unmarshal([]byte(out), &kl)
+	// docker-compose's own progress lines come first, on stderr.
+	err = json.Unmarshal([]byte(out[max(strings.Index(out, "{"), 0):]), &kl)
 	registered := false
 	for _, k := range kl.Keys {
 		registered = registered || k.Name == pki.DefaultClientKeyName
@@ -401,7 +402,7 @@ func TestCompose(t *testing.T) {
 	if after := authFailures(t, st); after <= before {
 		t.Errorf("tokend_worker_auth_failures_total over the workers: %v before the forged key, %v after: want it counted", before, after)
 	} else {
-		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", strings.TrimSpace(out), before, after)
+		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", lastLine(out), before, after)
 	}
 
 	// tokend-lock, static, with a numeric address (it has no name service
@@ -589,4 +590,11 @@ func metricsText(t *testing.T, httpAddr string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// lastLine is the last non-empty line of out: a command's own message
+// after docker-compose's progress lines.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
