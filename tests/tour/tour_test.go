@@ -400,6 +400,9 @@ func TestTokendLockAndCExample(t *testing.T) {
 	env := tourEnv(t)
 	lock := proctest.TokendLock(t)
 	td := startTokend(t, env)
+	// The README runs these next to ./tokend-data, where the C library
+	// finds tokend-data/pki/client.key; this tokend's data is elsewhere.
+	env = append(env, "TOKEND_KEY_FILE="+filepath.Join(td.certs, "client.key"))
 
 	out, errOut, code := run(t, env, 20*time.Second, lock, "-s", td.udp, "-w", "5000", "backup/db",
 		"sh", "-c", `echo "fence=$TOKEND_FENCE token=$TOKEND_TOKEN until=$TOKEND_VALID_UNTIL_MS"`)
@@ -583,7 +586,9 @@ func TestAcquireUnansweredMap(t *testing.T) {
 	env := tourEnv(t)
 	ctl := proctest.Tokenctl(t)
 	udp, dead := proctest.Loop(proctest.FreePort(t, "udp")), proctest.Loop(proctest.FreePort(t, "udp"))
-	td := start(t, env, proctest.Tokend(t), "--data-dir", t.TempDir(),
+	dir := t.TempDir()
+	env = append(env, "TOKEND_KEY_FILE="+filepath.Join(dir, "pki", "client.key"))
+	td := start(t, env, proctest.Tokend(t), "--data-dir", dir,
 		"--client-urls", "https://"+proctest.Loop(proctest.FreePort(t, "tcp")),
 		"--peer-urls", "https://"+proctest.Loop(proctest.FreePort(t, "tcp")),
 		"--udp-addr", udp, "--advertise-udp-addr", dead,
