@@ -414,8 +414,11 @@ func TestCompose(t *testing.T) {
 		if !strings.Contains(out, "tokend "+cluster.Version) {
 			t.Errorf("tokend-lock in the tokenctl service: %s", out)
 		}
+	} else if log, _ := os.ReadFile(filepath.Join(dir, "build", "c", "static.log")); strings.Contains(string(log), "undefined reference") {
+		// The libraries are there and the link is wrong.
+		t.Errorf("tokend-lock left out of the image by a link error (make lock):\n%s", log)
 	} else {
-		t.Log("tokend-lock is not in the image (no static C library)")
+		t.Log("tokend-lock is not in the image (no static C library or libcrypto.a)")
 	}
 	// Scaled out and back in: the new worker takes its share by planned
 	// handoffs, and the worker compose removes (SIGTERM) drains first, so

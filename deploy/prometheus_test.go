@@ -117,8 +117,9 @@ func declaredFamilies(t *testing.T) map[string]family {
 }
 
 // liveFamilies starts an all-in-one tokend on loopback as users start it
-// (etcd over TLS with authentication; it makes its certificates on this
-// first start), gives it a token request and a malformed datagram (so the
+// (etcd over TLS with authentication, clients authenticated; it makes its
+// certificates and key files on this first start), gives it a token
+// request with its client key and a malformed datagram (so the
 // request and drop counters have series), and returns the families on its
 // /metrics with their types.
 func liveFamilies(t *testing.T) map[string]string {
@@ -126,8 +127,9 @@ func liveFamilies(t *testing.T) map[string]string {
 	tokend, tokenctl := proctest.Tokend(t), proctest.Tokenctl(t)
 	httpAddr := proctest.Loop(proctest.FreePort(t, "tcp"))
 	udpAddr := proctest.Loop(proctest.FreePort(t, "udp"))
+	dataDir := t.TempDir()
 	p := proctest.Start(t, proc.Spec{Name: "tokend", Path: tokend, Keep: 64 << 10, Args: []string{
-		"--data-dir", t.TempDir(), "--http-addr", httpAddr, "--udp-addr", udpAddr,
+		"--data-dir", dataDir, "--http-addr", httpAddr, "--udp-addr", udpAddr,
 		"--client-urls", "https://" + proctest.Loop(proctest.FreePort(t, "tcp")),
 		"--peer-urls", "https://" + proctest.Loop(proctest.FreePort(t, "tcp"))}})
 	defer p.Stop(syscall.SIGINT, 20*time.Second)
@@ -144,7 +146,9 @@ func liveFamilies(t *testing.T) map[string]string {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	runCmd(t, 30*time.Second, t.TempDir(), false, tokenctl, "acquire", "--seeds", udpAddr, "--wait", "10s", "--for", "10ms", "deploy-metrics")
+	// Authenticated with the client key the first start made.
+	runCmd(t, 30*time.Second, t.TempDir(), false, tokenctl, "acquire", "--seeds", udpAddr, "--key-file", filepath.Join(dataDir, "pki", "client.key"),
+		"--wait", "10s", "--for", "10ms", "deploy-metrics")
 	c, err := net.Dial("udp", udpAddr)
 	if err != nil {
 		t.Fatal(err)
