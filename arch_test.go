@@ -35,6 +35,7 @@ const module = "github.com/tokend/tokend"
 // reads and writes).
 var pure = map[string][]string{
 	"wire":                 nil,
+	"fenceproof":           {"wire"},
 	"worker/table":         {"wire"},
 	"worker/session":       {"wire"},
 	"worker/ownership":     {"cluster/delegation"},
@@ -68,6 +69,7 @@ var classes = map[string]string{
 	"cmd/tokend":            product,
 	"coordinator/...":       product,
 	"embedded/...":          product,
+	"fenceproof":            product, // signed fences: what storage verifies
 	"internal/...":          product, // shared by the product's packages: the clock, the process harness, etcd certificates, hedging
 	"wire/...":              product,
 	"worker/...":            product,
