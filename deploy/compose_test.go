@@ -402,7 +402,7 @@ func TestCompose(t *testing.T) {
 	if after := authFailures(t, st); after <= before {
 		t.Errorf("tokend_worker_auth_failures_total over the workers: %v before the forged key, %v after: want it counted", before, after)
 	} else {
-		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", lastLine(out), before, after)
+		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", commandMessage(out, "tokenctl:"), before, after)
 	}
 
 	// tokend-lock, static, with a numeric address (it has no name service
@@ -595,9 +595,15 @@ func metricsText(t *testing.T, httpAddr string) string {
 	return string(b)
 }
 
-// lastLine is the last non-empty line of out: a command's own message
-// after docker-compose's progress lines.
-func lastLine(out string) string {
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	return lines[len(lines)-1]
+// commandMessage is the last line of out that starts with prefix: a
+// command's own message among docker-compose's progress lines (and the
+// exit status it prints).
+func commandMessage(out, prefix string) string {
+	lines := strings.Split(out, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return strings.TrimSpace(out)
 }
