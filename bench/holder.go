@@ -25,7 +25,8 @@ import (
 //
 // It does what SPEC.md asks of a client for the requests it makes:
 // strictly increasing request ids, ack = oldest unfinished id, at most
-// holderWindow unfinished, retransmission with the same id, retry of
+// holderWindow unfinished, retransmission with the same id (a renewal
+// with a new one), retry of
 // retryable statuses, map refresh on NOT_OWNER/STALE_EPOCH, and session
 // renewal (KEEPALIVE RENEW), and authentication (wire/SPEC.md section
 // 20, rawauth.go): replies whose tag does not verify are dropped and
@@ -362,6 +363,15 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 				if now.Sub(p.sent) >= p.rto {
 					p.sent = now
 					p.rto = min(2*p.rto, holderRTOMax)
+					if p.idx < 0 {
+						// A worker renews once per request id and drops
+						// a copy (SPEC.md section 20, Replays): a renewal
+						// whose answer was lost goes again under a new id.
+						delete(pending, id)
+						h.next++
+						id = h.next
+						pending[id] = p
+					}
 					if err := build(id, p); err != nil {
 						return err
 					}

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/testkit/devcluster"
+	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
 )
 
@@ -149,4 +153,93 @@ func readKeyFile(path string) (string, auth.Key, error) {
 		return "", auth.Key{}, err
 	}
 	return auth.ParseKeyFile(b)
+}
+
+// dropProxy relays datagrams between one client and a worker, dropping
+// the first n replies of type drop on their way back.
+type dropProxy struct {
+	front, back *net.UDPConn
+	dropped     atomic.Int64
+}
+
+func startDropProxy(t *testing.T, worker string, drop wire.Type, n int64) *dropProxy {
+	t.Helper()
+	wa, err := net.ResolveUDPAddr("udp4", worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{}
+	if p.front, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if p.back, err = net.DialUDP("udp4", nil, wa); err != nil {
+		p.front.Close()
+		t.Fatal(err)
+	}
+	var client atomic.Pointer[net.UDPAddr]
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		b := make([]byte, wire.MaxDatagram)
+		for {
+			k, from, err := p.front.ReadFromUDP(b)
+			if err != nil {
+				return
+			}
+			client.Store(from)
+			p.back.Write(b[:k])
+		}
+	})
+	wg.Go(func() {
+		b := make([]byte, wire.MaxDatagram)
+		for {
+			k, err := p.back.Read(b)
+			if err != nil {
+				return
+			}
+			if h, err := wire.ParseHeader(b[:k]); err == nil && h.Type == drop && p.dropped.Load() < n {
+				p.dropped.Add(1)
+				continue
+			}
+			if to := client.Load(); to != nil {
+				p.front.WriteToUDP(b[:k], to)
+			}
+		}
+	})
+	t.Cleanup(func() {
+		p.front.Close()
+		p.back.Close()
+		wg.Wait()
+	})
+	return p
+}
+
+// TestSwarmRenewalRetry: a renewal whose answer is lost is sent again
+// under a new request id (a worker renews once per id and drops a copy),
+// so the session stays renewed.
+func TestSwarmRenewalRetry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and a worker")
+	}
+	cl := startDev(t, false)
+	p := startDropProxy(t, cl.Seeds()[0], wire.TypeKeepaliveReply, 2)
+	sw, err := newSwarm(target{seeds: []string{p.front.LocalAddr().String()}, keyFile: cl.KeyFile()}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sw.close()
+	sw.ttl = 3 * time.Second
+	ctx := context.Background()
+	if err := sw.openAll(ctx, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sw.startHold()
+	// The first renewal is due within a second; its answer and the next
+	// one's are dropped, and retries go after 200 and 400 ms.
+	sw.hold(ctx, 3*time.Second)
+	if p.dropped.Load() != 2 {
+		t.Fatalf("the proxy dropped %d KEEPALIVE replies, want 2", p.dropped.Load())
+	}
+	if sw.renewals < 1 || sw.lost != 0 || sw.badTags != 0 {
+		t.Fatalf("%d renewals answered, %d sessions lost, %d bad tags; want >= 1, 0, 0", sw.renewals, sw.lost, sw.badTags)
+	}
 }

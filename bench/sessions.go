@@ -29,9 +29,11 @@ import (
 // Sessions are driven by a swarm of raw-datagram sessions (SPEC.md §11,
 // §13, §20): each opens with a random request id and nonce (with a key:
 // the open without cookie, then with the worker's cookie, see rawauth.go),
-// tags its datagrams and verifies the replies with its session key, renews with KEEPALIVE RENEW every
-// third of its TTL (first renewals spread over one period), retransmits
-// with the same request id, and closes with SESSION_CLOSE. A few sockets
+// tags its datagrams and verifies the replies with its session key,
+// renews with KEEPALIVE RENEW every third of its TTL (first renewals
+// spread over one period), retransmits an open or a close with the same
+// request id and a renewal with a new one, and closes with SESSION_CLOSE.
+// A few sockets
 // carry them all, so that N is not bounded by file descriptors or a client
 // library's goroutines.
 
@@ -499,6 +501,20 @@ func (l *swLoop) turn(ctx context.Context, finishing wire.Type) (int, error) {
 		s := l.h[0]
 		switch {
 		case s.req != 0: // retransmit
+			if s.state == swOpen {
+				// A renewal: a worker renews once per request id and
+				// drops a copy (SPEC.md section 20, Replays), so it goes
+				// again under a new id; its latency counts from the first.
+				s.next++
+				pkt, err := wire.Keepalive{Renew: true}.Append(l.wbuf[:0], wire.Header{Session: s.id, Request: s.next, Ack: s.next})
+				if err != nil {
+					return done, err
+				}
+				if err := sealWith(s.c2w, pkt); err != nil {
+					return done, err
+				}
+				s.pkt, s.req = append(s.pkt[:0], pkt...), s.next
+			}
 			s.rto = min(2*s.rto, swarmRTOMax)
 			s.last = now
 			_, _ = l.conn.WriteToUDP(s.pkt, l.sw.seed)
