@@ -82,6 +82,7 @@ var (
 	errCookieStatus   = fmt.Errorf("%w: COOKIE only answers SESSION_OPEN", ErrBadStatus)
 	errKeyName        = fmt.Errorf("%w: key name longer than 64 bytes or not UTF-8", ErrBadBody)
 	errCookieLen      = fmt.Errorf("%w: cookie neither empty nor 20 bytes", ErrBadBody)
+	errProofLen       = fmt.Errorf("%w: proof not 1..MaxProof bytes", ErrBadBody)
 	errEntries        = fmt.Errorf("%w: more than MaxKeepaliveEntries entries", ErrTooLarge)
 )
 

@@ -17,6 +17,7 @@ const (
 	MaxText             = 255                     // error text, library, address, worker id
 	MaxKeepaliveEntries = (MaxBody - 2) / 8       // KEEPALIVE entries per datagram (141)
 	MaxKeyName          = 64                      // client key names are 0..MaxKeyName bytes
+	MaxProof            = 1024                    // FENCE_PROOF replies carry proofs of 1..MaxProof bytes
 	NonceLen            = 16                      // SESSION_OPEN client and worker nonces
 	CookieLen           = 20                      // SESSION_OPEN cookies
 	AuthOffset          = 48                      // the header's 12-byte auth tag
@@ -58,6 +59,7 @@ const (
 	TypeReclaim      Type = 0x08
 	TypeRevokeAck    Type = 0x09 // one-way: there is no reply type 0x89
 	TypeMapRequest   Type = 0x0A
+	TypeFenceProof   Type = 0x0B // read-only: a signed proof of a held grant's fence
 
 	TypeRevoke     Type = 0x41 // worker -> client
 	TypeGrantAsync Type = 0x42 // worker -> client
@@ -71,6 +73,7 @@ const (
 	TypeCancelReply       = TypeCancel | replyBit
 	TypeReclaimReply      = TypeReclaim | replyBit
 	TypeMapReply          = TypeMapRequest | replyBit
+	TypeFenceProofReply   = TypeFenceProof | replyBit
 )
 
 // Flag bits, per type. Bits not listed for a type must be zero.
@@ -110,12 +113,15 @@ const (
 	KindError                      // ErrorBody
 	KindNotOwner                   // NotOwner
 	KindCookie                     // Cookie
+	KindFenceProof                 // FenceProof
+	KindProof                      // Proof
 	numKinds
 )
 
 var kindNames = [numKinds]string{"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY",
 	"KEEPALIVE", "KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
-	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE"}
+	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE",
+	"FENCE_PROOF", "PROOF"}
 
 // String returns the body layout's name as used in SPEC.md and the vectors.
 func (k Kind) String() string {
@@ -168,6 +174,7 @@ var types = func() (t [256]typeInfo) {
 	req(TypeReclaim, "RECLAIM", FlagReclaimValue, sessNonzero, true, KindReclaim, KindGrant)
 	req(TypeRevokeAck, "REVOKE_ACK", 0, sessNonzero, true, KindRevokeAck, KindInvalid)
 	req(TypeMapRequest, "MAP_REQUEST", 0, sessAny, false, KindMapRequest, KindMapReply)
+	req(TypeFenceProof, "FENCE_PROOF", 0, sessNonzero, true, KindFenceProof, KindProof)
 	t[TypeMapReply].name = "MAP_REPLY"
 	t[TypeRevoke] = typeInfo{name: "REVOKE", class: classServer, sess: sessNonzero, epoch: true, kind: KindRevoke}
 	t[TypeGrantAsync] = typeInfo{name: "GRANT_ASYNC", class: classServer, sess: sessNonzero, epoch: true, kind: KindGrant}

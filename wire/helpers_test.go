@@ -53,6 +53,10 @@ func newBody(k Kind) message {
 		return &ErrorBody{}
 	case KindNotOwner:
 		return &NotOwner{}
+	case KindFenceProof:
+		return &FenceProof{}
+	case KindProof:
+		return &Proof{}
 	}
 	return nil
 }
@@ -294,6 +298,12 @@ func describeBody(d *describer, m message) {
 		d.bytes("message", m.Message)
 		d.bytes("owner_addr", m.Addr)
 		d.u("owner_epoch", uint64(m.Epoch))
+	case *FenceProof:
+		d.fence(m.Fence)
+		d.rng(m.Start, m.End)
+		d.bytes("token", m.Name)
+	case *Proof:
+		d.bytes("proof", m.Proof)
 	default:
 		panic(fmt.Sprintf("describeBody: %T", m))
 	}

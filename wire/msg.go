@@ -991,3 +991,77 @@ func decodeGrantRef(h Header, b []byte, k Kind, fence *uint64, mode *Mode, start
 	*name = r.name()
 	return r.done()
 }
+
+// FenceProof (FENCE_PROOF request) asks for a signed proof of a grant this
+// session holds: its fence, range and token name (package fenceproof,
+// SPEC.md §5). It is read-only: the worker changes nothing.
+type FenceProof struct {
+	Fence      uint64 // the grant's fence
+	Start, End uint64 // the grant's range; the whole token is WholeStart, WholeEnd
+	Name       []byte // token name, 1..255 bytes
+}
+
+// Append appends a FENCE_PROOF datagram.
+func (m FenceProof) Append(dst []byte, h Header) ([]byte, error) {
+	h.Type, h.Flags = TypeFenceProof, 0
+	s, e, err := wireRange(m.Start, m.End)
+	if err = first(checkFence(m.Fence), err, checkName(m.Name)); err != nil {
+		return dst, err
+	}
+	start, dst, err := begin(dst, &h, KindFenceProof)
+	if err != nil {
+		return dst, err
+	}
+	dst = appendU64(dst, m.Fence)
+	dst = appendU64(dst, s)
+	dst = appendU64(dst, e)
+	dst = appendBytes8(dst, m.Name)
+	return finish(dst, start)
+}
+
+// Decode decodes a FENCE_PROOF body. m.Name aliases b.
+func (m *FenceProof) Decode(h Header, b []byte) error {
+	r, err := body(&h, b, KindFenceProof)
+	if err != nil {
+		return err
+	}
+	m.Fence = r.fence()
+	m.Start, m.End = r.rng()
+	m.Name = r.name()
+	return r.done()
+}
+
+// Proof (status-OK reply to FENCE_PROOF) carries a signed fence proof. The
+// codec treats it as opaque bytes; package fenceproof parses and verifies it.
+type Proof struct {
+	Proof []byte // 1..MaxProof bytes
+}
+
+// Append appends a FENCE_PROOF reply with status OK.
+func (m Proof) Append(dst []byte, h Header) ([]byte, error) {
+	h.Flags = 0
+	if len(m.Proof) == 0 || len(m.Proof) > MaxProof {
+		return dst, errProofLen
+	}
+	start, dst, err := begin(dst, &h, KindProof)
+	if err != nil {
+		return dst, err
+	}
+	dst = appendU16(dst, uint16(len(m.Proof)))
+	dst = append(dst, m.Proof...)
+	return finish(dst, start)
+}
+
+// Decode decodes a PROOF body. m.Proof aliases b.
+func (m *Proof) Decode(h Header, b []byte) error {
+	r, err := body(&h, b, KindProof)
+	if err != nil {
+		return err
+	}
+	n := r.u16()
+	if r.err == nil && (n == 0 || int(n) > MaxProof) {
+		r.fail(errProofLen)
+	}
+	m.Proof = r.take(int(n))
+	return r.done()
+}

@@ -391,6 +391,10 @@ func TestRandomMessages(t *testing.T) {
 			m = &ErrorBody{bs(MaxText)}
 		case KindNotOwner:
 			m = &NotOwner{bs(MaxText), bs(20), u32()}
+		case KindFenceProof:
+			m = &FenceProof{u64(), u64(), u64(), bs(MaxName)}
+		case KindProof:
+			m = &Proof{bs(MaxProof)}
 		}
 		b, err := m.Append(nil, h)
 		if err != nil {

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +37,14 @@ var (
 		return b
 	}()
 	vValue64 = []byte(strings.Repeat("0123456789abcdef", 4))
+	vProof   = func() []byte {
+		b, err := hex.DecodeString("360a8ad832fcddeed9c28f5f3b8fd520478531cff22cdfcf5d38c7ce521cd5c0883bbfe505d00d8609da815dc0e65b29ea430d95f6132edd0b30c75117f1e604" +
+			"0d66696c652f372f706167652f3300000300000003e9050000000000000000ffffffffffffffff000008230000000303772d61000001a23bd2cb00")
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}()
 )
 
 // vhdr is a client request header for token name (shard = Shard(name, 4096)).
@@ -204,6 +213,15 @@ func validVectors() []vector {
 		}})
 	mr.Request = 78
 	add("map-reply-past-end", mr, &MapReply{MapVersion: vMapVer, ShardCount: 4096, GraceMs: 5000})
+
+	// Fence proofs (the proof bytes are opaque to the codec: here the first
+	// proof of fenceproof/testdata/vectors.txt).
+	add("fence-proof", vhdr(34, 33, vToken), &FenceProof{Fence: MakeFence(vEpoch, 1001), Start: WholeStart, End: WholeEnd, Name: vToken})
+	add("fence-proof-range", vhdr(35, 33, vToken2), &FenceProof{Fence: MakeFence(vEpoch, 1004), Start: 4096, End: 8192, Name: vToken2})
+	add("fence-proof-reply", vreply(TypeFenceProof, StatusOK, 34, vToken), &Proof{Proof: vProof})
+	add("fence-proof-reply-not-held", vreply(TypeFenceProof, StatusNotHeld, 35, vToken2), &ErrorBody{Message: []byte("no such grant")})
+	add("fence-proof-reply-bad-request", vreply(TypeFenceProof, StatusBadRequest, 34, vToken),
+		&ErrorBody{Message: []byte("fence proofs need authentication (the cluster key)")})
 	return v
 }
 
@@ -285,7 +303,7 @@ func badVectors() []badVector {
 
 	// Header rules.
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
-	add("bad-type-0b", resealed(acq, set(3, 0x0b)), ErrUnknownType)
+	add("bad-type-0c", resealed(acq, set(3, 0x0c)), ErrUnknownType)
 	add("bad-type-revoke-ack-reply", resealed(acq, set(3, 0x89)), ErrUnknownType)
 	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x05)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
@@ -348,6 +366,17 @@ func badVectors() []badVector {
 	add("bad-cancel-target-not-before-request", withBody(byName["cancel"], be64(30)...), ErrBadBody)
 	add("bad-cancel-target-below-ack", withBody(byName["cancel"], be64(10)...), ErrBadBody)
 	add("bad-revoke-ack-target-zero", withBody(byName["revoke-ack"], be64(0)...), ErrBadBody)
+	fp := byName["fence-proof"]
+	add("bad-fence-proof-fence-zero", withBody(fp, cat(be64(0), be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrBadBody)
+	add("bad-fence-proof-range-empty", withBody(fp, cat(fence, be64(9), be64(9), []byte{byte(len(vToken))}, vToken)...), ErrBadRange)
+	add("bad-fence-proof-epoch-zero", resealed(fp, set(36, 0, 0, 0, 0)), ErrBadHeader)
+	add("bad-fence-proof-flags", resealed(fp, set(offFlags, 0x01)), ErrBadFlags)
+	pr := byName["fence-proof-reply"]
+	add("bad-proof-empty", withBody(pr, 0, 0), ErrBadBody)
+	add("bad-proof-too-long", withBody(pr, cat(binary.BigEndian.AppendUint16(nil, MaxProof+1), make([]byte, MaxProof+1))...), ErrBadBody)
+	add("bad-proof-length-past-end", withBody(pr, cat([]byte{0, 100}, make([]byte, 99))...), ErrShort)
+	add("bad-proof-trailing", withBody(pr, cat([]byte{0, 1, 7, 7})...), ErrBadBody)
+	add("bad-status-queued-fence-proof", resealed(byName["fence-proof-reply-not-held"], set(offStatus, 1)), ErrBadStatus)
 	mp := byName["map-reply"]
 	mapBody := func(ver uint64, workers []byte, runs ...[]byte) []byte {
 		return withBody(mp, cat(be64(ver), be32(4096), be32(5000), workers, []byte{0, byte(len(runs))}, cat(runs...))...)

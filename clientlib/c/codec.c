@@ -112,10 +112,10 @@ int tkw_type_known(uint8_t t)
 {
 	switch (t) {
 	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05:
-	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A:
+	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B:
 	case 0x41: case 0x42:
 	case 0x81: case 0x82: case 0x83: case 0x84: case 0x85:
-	case 0x86: case 0x87: case 0x88: case 0x8A:
+	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B:
 		return 1;
 	}
 	return 0;
@@ -152,6 +152,7 @@ static int needs_epoch(uint8_t t)
 	switch (t) {
 	case TKW_ACQUIRE: case TKW_RELEASE: case TKW_CONVERT: case TKW_CANCEL:
 	case TKW_RECLAIM: case TKW_REVOKE_ACK: case TKW_REVOKE: case TKW_GRANT_ASYNC:
+	case TKW_FENCE_PROOF: case TKW_FENCE_PROOF | TKW_REPLY:
 	case TKW_ACQUIRE | TKW_REPLY: case TKW_RELEASE | TKW_REPLY:
 	case TKW_CONVERT | TKW_REPLY: case TKW_CANCEL | TKW_REPLY:
 	case TKW_RECLAIM | TKW_REPLY:
@@ -177,6 +178,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 		case TKW_RECLAIM: return TKW_K_RECLAIM;
 		case TKW_REVOKE_ACK: return TKW_K_REVOKE_ACK;
 		case TKW_MAP_REQUEST: return TKW_K_MAP_REQUEST;
+		case TKW_FENCE_PROOF: return TKW_K_FENCE_PROOF;
 		case TKW_REVOKE: return TKW_K_REVOKE;
 		case TKW_GRANT_ASYNC: return TKW_K_GRANT;
 		}
@@ -199,6 +201,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 	case TKW_SESSION_CLOSE: case TKW_RELEASE: case TKW_CANCEL: return TKW_K_EMPTY;
 	case TKW_ACQUIRE: case TKW_CONVERT: case TKW_RECLAIM: return TKW_K_GRANT;
 	case TKW_MAP_REQUEST: return TKW_K_MAP_REPLY;
+	case TKW_FENCE_PROOF: return TKW_K_PROOF;
 	}
 	return TKW_K_INVALID;
 }
@@ -589,6 +592,20 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	case TKW_K_MAP_REQUEST:
 		CHECK(rd_u32(r, &m->first_shard));
 		break;
+	case TKW_K_FENCE_PROOF:
+		CHECK(rd_fence(r, &m->fence));
+		CHECK(rd_range(r, &m->start, &m->end));
+		CHECK(rd_name(r, &m->name));
+		break;
+	case TKW_K_PROOF: {
+		uint16_t n;
+		CHECK(rd_u16(r, &n));
+		if (n == 0 || n > TKW_MAX_PROOF)
+			return TKW_EBADBODY;
+		CHECK(rd_take(r, n, &m->proof.p));
+		m->proof.len = n;
+		break;
+	}
 	case TKW_K_MAP_REPLY:
 		CHECK(dec_map_reply(r, m));
 		break;
@@ -903,6 +920,20 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 	case TKW_K_MAP_REQUEST:
 		wr_u32(w, m->first_shard);
 		break;
+	case TKW_K_FENCE_PROOF:
+		wr_u64(w, m->fence);
+		wr_range(w, m->start, m->end);
+		wr_bytes8(w, m->name, TKW_MAX_NAME, TKW_ENAMELENGTH);
+		break;
+	case TKW_K_PROOF:
+		if (m->proof.len == 0 || m->proof.len > TKW_MAX_PROOF || !m->proof.p) {
+			if (!w->err)
+				w->err = TKW_EBADBODY;
+			return;
+		}
+		wr_u16(w, (uint16_t)m->proof.len);
+		wr_put(w, m->proof.p, m->proof.len);
+		break;
 	case TKW_K_MAP_REPLY:
 		if (m->nworkers > TKW_MAP_MAX_WORKERS || m->nruns > TKW_MAP_MAX_RUNS) {
 			w->err = TKW_ETOOLARGE;
@@ -1010,7 +1041,7 @@ const char *tkw_kind_name(int kind)
 		"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY", "KEEPALIVE",
 		"KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 		"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED",
-		"ERROR", "NOT_OWNER", "COOKIE",
+		"ERROR", "NOT_OWNER", "COOKIE", "FENCE_PROOF", "PROOF",
 	};
 	return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "INVALID";
 }

@@ -33,6 +33,7 @@ extern "C" {
 #define TKW_MAX_KEY_NAME 64 /* SESSION_OPEN key_name: 0..64 bytes */
 #define TKW_NONCE_LEN 16    /* SESSION_OPEN nonce, SESSION_REPLY worker_nonce */
 #define TKW_COOKIE_LEN 20   /* SESSION_OPEN cookie, COOKIE body */
+#define TKW_MAX_PROOF 1024  /* PROOF body: a fence proof of 1..1024 bytes */
 #define TKW_AUTH_OFF 48     /* the header's auth tag: bytes 48..59 (S20) */
 #define TKW_AUTH_LEN 12
 /*
@@ -56,6 +57,7 @@ enum {
 	TKW_RECLAIM = 0x08,
 	TKW_REVOKE_ACK = 0x09,
 	TKW_MAP_REQUEST = 0x0A,
+	TKW_FENCE_PROOF = 0x0B, /* read-only: a signed proof of a held grant's fence */
 	TKW_REVOKE = 0x41,
 	TKW_GRANT_ASYNC = 0x42,
 	TKW_REPLY = 0x80 /* reply type = request type | TKW_REPLY */
@@ -121,7 +123,9 @@ enum tkw_kind {
 	TKW_K_QUEUED,
 	TKW_K_ERROR,
 	TKW_K_NOT_OWNER,
-	TKW_K_COOKIE
+	TKW_K_COOKIE,
+	TKW_K_FENCE_PROOF,
+	TKW_K_PROOF
 };
 
 /*
@@ -221,6 +225,7 @@ struct tkw_msg {
 	struct tkw_bytes value;  /* RELEASE, CONVERT, RECLAIM, GRANT */
 	uint64_t target;         /* CANCEL, REVOKE_ACK */
 	uint32_t first_shard;    /* MAP_REQUEST */
+	struct tkw_bytes proof;  /* PROOF: 1..TKW_MAX_PROOF bytes */
 	uint64_t body_map_version; /* MAP_REPLY (key "map_version" in the body) */
 	uint16_t nworkers;
 	struct tkw_map_worker workers[TKW_MAP_MAX_WORKERS];

@@ -368,6 +368,12 @@ func goDecode(b []byte) error {
 	case wire.KindCookie:
 		var m wire.Cookie
 		return m.Decode(h, b)
+	case wire.KindFenceProof:
+		var m wire.FenceProof
+		return m.Decode(h, b)
+	case wire.KindProof:
+		var m wire.Proof
+		return m.Decode(h, b)
 	}
 	return fmt.Errorf("no decoder for kind %v", h.Kind())
 }

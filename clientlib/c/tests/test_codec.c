@@ -138,7 +138,7 @@ static void d_u(struct dump *d, const char *key, uint64_t v)
 
 static void d_b(struct dump *d, const char *key, struct tkw_bytes b)
 {
-	char h[2 * 256 + 1];
+	char h[2 * TKW_MAX_PROOF + 1];
 	tohex(b.p, b.len, h);
 	d_add(d, key, h);
 }
@@ -250,6 +250,15 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 	case TKW_K_MAP_REQUEST:
 		d_u(d, "first_shard", m->first_shard);
 		break;
+	case TKW_K_FENCE_PROOF:
+		d_u(d, "fence", m->fence);
+		d_u(d, "start", m->start);
+		d_u(d, "end", m->end);
+		d_b(d, "token", m->name);
+		break;
+	case TKW_K_PROOF:
+		d_b(d, "proof", m->proof);
+		break;
 	case TKW_K_MAP_REPLY:
 		d_u(d, "map_version", m->body_map_version);
 		d_u(d, "shard_count", m->shard_count);
@@ -298,7 +307,7 @@ static int is_bytes_key(const char *k)
 	const char *f = dot ? dot + 1 : k;
 	return !strcmp(f, "lib") || !strcmp(f, "nonce") || !strcmp(f, "key_name") || !strcmp(f, "cookie") ||
 	       !strcmp(f, "worker_nonce") || !strcmp(f, "token") || !strcmp(f, "value") || !strcmp(f, "addr") ||
-	       !strcmp(f, "id") || !strcmp(f, "message") || !strcmp(f, "owner_addr");
+	       !strcmp(f, "id") || !strcmp(f, "message") || !strcmp(f, "owner_addr") || !strcmp(f, "proof");
 }
 
 static int values_equal(const char *key, const char *want, const char *got)
@@ -332,7 +341,7 @@ static int arena_hex(struct arena *a, const char *hex, struct tkw_bytes *out)
 
 static int kind_by_name(const char *s)
 {
-	for (int k = TKW_K_EMPTY; k <= TKW_K_COOKIE; k++)
+	for (int k = TKW_K_EMPTY; k <= TKW_K_PROOF; k++)
 		if (!strcmp(tkw_kind_name(k), s))
 			return k;
 	return TKW_K_INVALID;
@@ -374,6 +383,8 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 				m->message = b;
 			else if (!strcmp(k, "owner_addr"))
 				m->owner_addr = b;
+			else if (!strcmp(k, "proof"))
+				m->proof = b;
 			else if (sscanf(k, "worker.%u.%31s", &idx, field) == 2 && idx < TKW_MAP_MAX_WORKERS) {
 				if (!strcmp(field, "addr"))
 					m->workers[idx].addr = b;
