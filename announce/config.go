@@ -1,6 +1,7 @@
 package announce
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"log/slog"
 	"net"
@@ -23,12 +24,17 @@ const (
 	DefaultInterval = time.Second
 	// DefaultTTL is the multicast TTL: 1 keeps announcements on the link.
 	DefaultTTL = 1
+	// MaxSkew is how far a signed announcement's SentAt may be from the
+	// listener's clock, either way: further, it is dropped as a replay
+	// ("timestamp"). Hosts of a cluster keep their clocks within it (NTP).
+	MaxSkew = 30 * time.Second
 )
 
 // Config configures a Sender or a Listener. The zero value is disabled;
 // with Enabled set, the zero values of the other fields mean: group
 // DefaultGroup, the loopback interface, cluster DefaultCluster, heartbeat
-// every second, TTL 1, multicast loopback on.
+// every second, TTL 1, multicast loopback on, unsigned announcements (a
+// Sender); a Listener needs PublicKey, or Insecure.
 type Config struct {
 	// Enabled turns announcements on. Off by default: multicast is not
 	// available everywhere (containers, some clouds), and clients work
@@ -58,6 +64,21 @@ type Config struct {
 	// announcements. Off by default: clients on the worker's host (every
 	// client of a one-host cluster) must hear them.
 	NoLoopback bool
+	// SigningKey makes a Sender sign its announcements: the cluster's
+	// announce signing key, SigningKey(cluster key). nil = unsigned, for a
+	// cluster started with --insecure. Listeners ignore it.
+	SigningKey ed25519.PrivateKey
+	// PublicKey makes a Listener accept only announcements signed with the
+	// cluster's announce key, PublicKey(cluster key) (`tokenctl
+	// announce-key` prints it), sent less than MaxSkew from now: others are
+	// dropped and counted ("unsigned", "signature", "timestamp"). Senders
+	// ignore it.
+	PublicKey ed25519.PublicKey
+	// Insecure lets a Listener without PublicKey accept every well-formed
+	// announcement, signed or not, unverified: for a cluster started with
+	// --insecure. Without PublicKey and without Insecure, Listen fails with
+	// ErrNoKey. Ignored when PublicKey is set.
+	Insecure bool
 	// Logger receives the package's logs; nil = discard.
 	Logger *slog.Logger
 }
@@ -105,6 +126,12 @@ func resolve(cfg Config) (*resolved, error) {
 	}
 	if cfg.TTL < 1 || cfg.TTL > 255 {
 		return nil, fmt.Errorf("announce: multicast TTL %d outside [1, 255]", cfg.TTL)
+	}
+	if cfg.SigningKey != nil && len(cfg.SigningKey) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("announce: signing key of %d bytes, want %d", len(cfg.SigningKey), ed25519.PrivateKeySize)
+	}
+	if cfg.PublicKey != nil && len(cfg.PublicKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("announce: public key of %d bytes, want %d", len(cfg.PublicKey), ed25519.PublicKeySize)
 	}
 	r.ifi, r.src, err = lookupInterface(cfg.Interface)
 	if err != nil {

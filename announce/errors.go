@@ -12,6 +12,8 @@ var (
 	ErrLength    = errors.New("announce: length field does not match the datagram")
 	ErrChecksum  = errors.New("announce: bad checksum")
 	ErrMalformed = errors.New("announce: malformed announcement")
+	ErrUnsigned  = errors.New("announce: announcement not signed")
+	ErrSignature = errors.New("announce: announcement signature does not verify")
 
 	ErrDisabled     = errors.New("announce: multicast announcements are disabled")
 	ErrNotMulticast = errors.New("announce: group is not an IPv4 multicast address")
@@ -19,4 +21,5 @@ var (
 	ErrNoMulticast  = errors.New("announce: interface does not support multicast")
 	ErrUnavailable  = errors.New("announce: multicast does not work on this interface")
 	ErrClosed       = errors.New("announce: closed")
+	ErrNoKey        = errors.New("announce: announcements need the cluster's announce key: tokenctl announce-key")
 )

@@ -8,18 +8,40 @@ import (
 	"time"
 )
 
-// FuzzDecode checks that Decode never panics and that whatever it accepts
-// is the canonical encoding of what it returns. The seed corpus is in
+// reencode encodes a as Decode returned it from b: signed with the
+// vector's key if it was signed, with b's signature bytes in place of the
+// new signature (the fuzzer cannot sign), so that a canonical b comes back
+// byte for byte.
+func reencode(a Announcement, b []byte) ([]byte, error) {
+	if !a.Signed {
+		return a.Append(nil)
+	}
+	again, err := a.AppendSigned(nil, SigningKey(vectorClusterKey))
+	if err == nil && len(again) == len(b) {
+		copy(again[len(again)-SignatureLen:], b[len(b)-SignatureLen:])
+	}
+	return again, err
+}
+
+// FuzzDecode checks that Decode and DecodeVerify never panic, that whatever
+// Decode accepts is the canonical encoding of what it returns, and that
+// DecodeVerify accepts nothing but the signed vector. The seed corpus is in
 // testdata/fuzz/FuzzDecode.
 func FuzzDecode(f *testing.F) {
 	good, _ := hex.DecodeString(golden)
+	signed, _ := hex.DecodeString(goldenSigned)
 	f.Add(good)
+	f.Add(signed)
+	pub := PublicKey(vectorClusterKey)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := DecodeVerify(b, pub); err == nil && !bytes.Equal(b, signed) {
+			t.Fatalf("verified %x", b)
+		}
 		a, err := Decode(b)
 		if err != nil {
 			return
 		}
-		again, err := a.Append(nil)
+		again, err := reencode(a, b)
 		if err != nil {
 			t.Fatalf("accepted %x but cannot encode %+v: %v", b, a, err)
 		}
@@ -44,7 +66,7 @@ func FuzzDecodeSealed(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := a.Append(nil)
+		again, err := reencode(a, b)
 		if err != nil || !bytes.Equal(again, b) {
 			t.Fatalf("accepted %x as %+v; re-encoded %x, %v", b, a, again, err)
 		}
@@ -57,8 +79,10 @@ func FuzzDecodeSealed(f *testing.F) {
 // with FuzzDecode's properties.
 func TestDecodeMutations(t *testing.T) {
 	good, _ := hex.DecodeString(golden)
-	bye := Announcement{Cluster: "c", Addr: "[::]:1", Interval: time.Millisecond, Sender: 1, Seq: 2, Bye: true}
+	signed, _ := hex.DecodeString(goldenSigned)
+	bye := Announcement{Cluster: "c", Addr: "[::]:1", Interval: time.Millisecond, Sender: 1, Seq: 2, SentAt: 3, Bye: true}
 	bb, _ := bye.Append(nil)
+	pub := PublicKey(vectorClusterKey)
 	rng := rand.New(rand.NewPCG(1, 2))
 	n := 200000
 	if testing.Short() {
@@ -66,7 +90,7 @@ func TestDecodeMutations(t *testing.T) {
 	}
 	accepted := 0
 	for i := range n {
-		b := bytes.Clone([][]byte{good, bb}[i%2])
+		b := bytes.Clone([][]byte{good, bb, signed}[i%3])
 		for range 1 + rng.IntN(4) {
 			switch rng.IntN(4) {
 			case 0: // flip a byte
@@ -88,12 +112,15 @@ func TestDecodeMutations(t *testing.T) {
 		if i%4 < 2 && len(b) >= HeaderLen {
 			reseal(b)
 		}
+		if _, err := DecodeVerify(b, pub); err == nil && !bytes.Equal(b, signed) {
+			t.Fatalf("verified %x", b)
+		}
 		a, err := Decode(b)
 		if err != nil {
 			continue
 		}
 		accepted++
-		if again, err := a.Append(nil); err != nil || !bytes.Equal(again, b) {
+		if again, err := reencode(a, b); err != nil || !bytes.Equal(again, b) {
 			t.Fatalf("accepted %x as %+v; re-encoded %x, %v", b, a, again, err)
 		}
 	}

@@ -49,12 +49,16 @@ type Stats struct {
 //
 // A datagram is dropped and counted in Stats().Dropped when it did not
 // arrive on the configured interface addressed to the group ("foreign"),
-// does not decode (the labels of Reason), belongs to another cluster
+// does not decode (the labels of Reason: "version" for another format
+// version), is not signed with cfg.PublicKey ("unsigned", "signature") or
+// was sent more than MaxSkew from now ("timestamp") when cfg.PublicKey is
+// set, belongs to another cluster
 // ("cluster"), was already seen or overtaken ("duplicate"), comes from a
 // replaced or departed sender ("stale"), or the worker table is full
 // ("full"); failed reads count as "read_error".
 //
-// Listen returns ErrDisabled unless cfg.Enabled, and errors wrapping
+// Listen returns ErrDisabled unless cfg.Enabled, ErrNoKey without
+// cfg.PublicKey and without cfg.Insecure, and errors wrapping
 // ErrNotMulticast or ErrInterface/ErrNoMulticast for a bad group or
 // interface. Several Listeners (in one or several processes) may listen to
 // one group and port on one host: each receives every announcement.
@@ -62,6 +66,9 @@ func Listen(cfg Config, on func(Event)) (*Listener, error) {
 	r, err := resolve(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if r.PublicKey == nil && !r.Insecure {
+		return nil, ErrNoKey
 	}
 	group := net.IP(r.group.Addr().AsSlice())
 	// For a multicast address net.ListenUDP binds the wildcard address and
@@ -144,9 +151,13 @@ func (l *Listener) handle(b []byte, cm *ipv4.ControlMessage, src net.Addr, now t
 		l.stats.Dropped["foreign"]++
 		return Event{}, false
 	}
-	a, err := Decode(b)
+	a, err := DecodeVerify(b, l.cfg.PublicKey)
 	if err != nil {
 		l.stats.Dropped[Reason(err)]++
+		return Event{}, false
+	}
+	if l.cfg.PublicKey != nil && !fresh(a.SentAt, now) {
+		l.stats.Dropped[dropTimestamp]++
 		return Event{}, false
 	}
 	if a.Cluster != l.cfg.Cluster {
@@ -169,6 +180,13 @@ func (l *Listener) handle(b []byte, cm *ipv4.ControlMessage, src net.Addr, now t
 		l.changed = make(chan struct{})
 	}
 	return Event{Kind: kind, Worker: worker, Ann: a, From: from, At: now}, true
+}
+
+// fresh says whether sentAt (ms since the Unix epoch) is within MaxSkew of
+// now.
+func fresh(sentAt uint64, now time.Time) bool {
+	d := now.UnixMilli() - int64(min(sentAt, 1<<63-1))
+	return d <= MaxSkew.Milliseconds() && d >= -MaxSkew.Milliseconds()
 }
 
 // Workers returns the workers heard from and not forgotten (no bye, no

@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/net/ipv4"
+
+	"github.com/tokend/tokend/wire/auth"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -38,7 +40,8 @@ func needMulticast(t *testing.T) {
 
 // testConfig returns an enabled config on the loopback interface with a
 // group, port and cluster name of its own, so that tests (and daemons)
-// running at the same time do not hear each other.
+// running at the same time do not hear each other, and the announce keys of
+// a cluster key of its own: senders sign, listeners verify.
 func testConfig(t *testing.T) Config {
 	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -47,11 +50,17 @@ func testConfig(t *testing.T) Config {
 	}
 	port := c.LocalAddr().(*net.UDPAddr).Port
 	c.Close()
+	k, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	return Config{
-		Enabled:  true,
-		Group:    fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), port),
-		Cluster:  fmt.Sprintf("test-%d", rand.Uint64()),
-		Interval: 50 * time.Millisecond,
+		Enabled:    true,
+		Group:      fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), port),
+		Cluster:    fmt.Sprintf("test-%d", rand.Uint64()),
+		Interval:   50 * time.Millisecond,
+		SigningKey: SigningKey(k),
+		PublicKey:  PublicKey(k),
 	}
 }
 
@@ -231,10 +240,14 @@ func TestBadDatagramsCounted(t *testing.T) {
 	cfg := testConfig(t)
 	c := newCollector()
 	l := listen(t, cfg, c.on)
-	good := Announcement{Cluster: cfg.Cluster, Addr: "127.0.0.1:7700", Interval: time.Second, Sender: 5, Seq: 1, MapVersion: 2}
-	gb, _ := good.Append(nil)
+	good := Announcement{Cluster: cfg.Cluster, Addr: "127.0.0.1:7700", Interval: time.Second, Sender: 5, Seq: 1, MapVersion: 2,
+		SentAt: uint64(time.Now().UnixMilli())}
+	gb, err := good.AppendSigned(nil, cfg.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	crc := append([]byte{}, gb...)
-	crc[len(crc)-1] ^= 1
+	crc[HeaderLen] ^= 1
 	big := make([]byte, MaxDatagram+100)
 	copy(big, gb)
 	rawSend(t, cfg,
@@ -352,6 +365,8 @@ func TestConfigErrors(t *testing.T) {
 		{Enabled: true, Cluster: string(make([]byte, MaxCluster+1))},
 		{Enabled: true, Interval: time.Microsecond},
 		{Enabled: true, TTL: 256},
+		{Enabled: true, PublicKey: make([]byte, 31)},
+		{Enabled: true, Insecure: true, SigningKey: make([]byte, 32)},
 	} {
 		if _, err := Listen(cfg, nil); err == nil {
 			t.Errorf("%+v accepted", cfg)
@@ -375,4 +390,126 @@ func TestNoMulticastFlag(t *testing.T) {
 		}
 	}
 	t.Skip("no up interface without the multicast flag here")
+}
+
+// TestForgedAnnouncementsDropped: a listener with the cluster's announce key
+// drops and counts every announcement not signed with it (unsigned, signed
+// with another key, of the old unsigned format version 1) and every signed
+// one sent more than MaxSkew from now (a recorded one replayed), and
+// delivers the genuine one.
+func TestForgedAnnouncementsDropped(t *testing.T) {
+	needMulticast(t)
+	cfg := testConfig(t)
+	c := newCollector()
+	l := listen(t, cfg, c.on)
+	now := uint64(time.Now().UnixMilli())
+	forge := func(sender uint64, sentAt uint64, key func() []byte) []byte {
+		a := Announcement{Cluster: cfg.Cluster, Addr: "127.0.0.1:7701", WorkerID: "fake", Interval: time.Second,
+			Sender: sender, Seq: 1, MapVersion: 99, SentAt: sentAt}
+		var b []byte
+		var err error
+		if key == nil {
+			b, err = a.Append(nil)
+		} else {
+			b, err = a.AppendSigned(nil, key())
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	other, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := forge(6, now, nil)
+	v1[2] = 1
+	reseal(v1)
+	ours := func() []byte { return cfg.SigningKey }
+	stale := uint64(MaxSkew.Milliseconds()) + 1000
+	rawSend(t, cfg,
+		forge(1, now, nil), // unsigned
+		forge(2, now, func() []byte { return SigningKey(other) }), // another cluster's key
+		forge(3, now-stale, ours),                                 // replayed: too old
+		forge(4, now+stale, ours),                                 // from the future
+		v1,                                                        // the old format
+	)
+	genuine := Announcement{Cluster: cfg.Cluster, Addr: "127.0.0.1:7700", WorkerID: "real", Interval: time.Second,
+		Sender: 5, Seq: 1, MapVersion: 2, SentAt: uint64(time.Now().UnixMilli())}
+	gb, err := genuine.AppendSigned(nil, cfg.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawSend(t, cfg, gb)
+	ev := c.next(t, "the genuine announcement", func(Event) bool { return true })
+	if ev.Ann.Sender != 5 || !ev.Ann.Signed {
+		t.Fatalf("delivered %+v", ev)
+	}
+	want := map[string]uint64{"unsigned": 1, "signature": 1, dropTimestamp: 2, "version": 1}
+	deadline := time.Now().Add(wait)
+	for {
+		st := l.Stats()
+		ok := st.Received == 6 && st.Delivered == 1
+		for k, v := range want {
+			ok = ok && st.Dropped[k] == v
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats %+v, want drops %v", st, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ps := l.Workers(); len(ps) != 1 || ps[0].WorkerID != "real" {
+		t.Fatalf("Workers = %+v", ps)
+	}
+}
+
+// TestUnsignedSenderKeyedListener: a worker that does not sign (an insecure
+// cluster's) is never known to a listener that verifies, and a Sender with
+// the signing key is.
+func TestUnsignedSenderKeyedListener(t *testing.T) {
+	needMulticast(t)
+	cfg := testConfig(t)
+	l := listen(t, cfg, nil)
+	unsigned := cfg
+	unsigned.SigningKey = nil
+	sender(t, unsigned, "127.0.0.1:7701", "unsigned")
+	deadline := time.Now().Add(wait)
+	for l.Stats().Dropped["unsigned"] < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("unsigned announcements not counted: %+v", l.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sender(t, cfg, "127.0.0.1:7700", "signed")
+	ps, err := l.WaitWorkers(context.Background())
+	if err != nil || len(ps) != 1 || ps[0].WorkerID != "signed" {
+		t.Fatalf("WaitWorkers = %+v, %v", ps, err)
+	}
+}
+
+// TestInsecureListener: without a key, Listen needs Insecure, and then
+// accepts unsigned and signed announcements alike.
+func TestInsecureListener(t *testing.T) {
+	needMulticast(t)
+	cfg := testConfig(t)
+	cfg.PublicKey = nil
+	if _, err := Listen(cfg, nil); !errors.Is(err, ErrNoKey) {
+		t.Fatalf("Listen without a key: %v", err)
+	}
+	cfg.Insecure = true
+	l := listen(t, cfg, nil)
+	unsigned := cfg
+	unsigned.SigningKey = nil
+	sender(t, unsigned, "127.0.0.1:7701", "unsigned")
+	sender(t, cfg, "127.0.0.1:7700", "signed")
+	deadline := time.Now().Add(wait)
+	for len(l.Workers()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Workers = %+v, stats %+v", l.Workers(), l.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

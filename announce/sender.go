@@ -48,7 +48,8 @@ type SenderStats struct {
 // its UDP address as clients should use it; an unspecified host such as
 // 0.0.0.0 makes listeners use the datagram's source address) with id
 // workerID (for logs; may be ""). The first announcement goes out at once,
-// with map version 0 until SetMapVersion. The socket is bound to the
+// with map version 0 until SetMapVersion. With cfg.SigningKey every
+// announcement is signed. The socket is bound to the
 // interface's IPv4 address, so the datagrams carry a real source address.
 //
 // NewSender returns ErrDisabled unless cfg.Enabled, and errors wrapping
@@ -62,7 +63,7 @@ func NewSender(cfg Config, addr, workerID string) (*Sender, error) {
 	var nonce [8]byte
 	rand.Read(nonce[:])
 	ann := Announcement{Cluster: r.Cluster, Addr: addr, WorkerID: workerID, Interval: r.Interval,
-		Sender: binary.BigEndian.Uint64(nonce[:]) | 1, Seq: 1}
+		Sender: binary.BigEndian.Uint64(nonce[:]) | 1, Seq: 1, SentAt: uint64(time.Now().UnixMilli())}
 	if err := ann.check(); err != nil {
 		return nil, fmt.Errorf("announce: sender: %w", err)
 	}
@@ -143,7 +144,14 @@ func (s *Sender) loop() {
 // s.ann (the loop, or Close after it).
 func (s *Sender) send(bye bool) error {
 	s.ann.MapVersion, s.ann.Bye = s.version.Load(), bye
-	b, err := s.ann.Append(s.buf[:0])
+	s.ann.SentAt = uint64(time.Now().UnixMilli())
+	var b []byte
+	var err error
+	if s.cfg.SigningKey != nil {
+		b, err = s.ann.AppendSigned(s.buf[:0], s.cfg.SigningKey)
+	} else {
+		b, err = s.ann.Append(s.buf[:0])
+	}
 	s.ann.Seq++
 	if err == nil {
 		_, err = s.p.WriteTo(b, nil, s.dst)

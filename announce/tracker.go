@@ -66,8 +66,9 @@ type Peer struct {
 // forget a worker.
 const forgetAfter = 3
 
-// maxPeers bounds a tracker's table: announcements are unauthenticated, and
-// a flood of forged ones must not grow memory without bound.
+// maxPeers bounds a tracker's table: announcements of an insecure cluster
+// are unauthenticated, and a flood of forged ones must not grow memory
+// without bound.
 const maxPeers = 4096
 
 // Drop reasons of the tracker (and Listener.Stats labels).
@@ -75,6 +76,7 @@ const (
 	dropDuplicate = "duplicate" // a (sender, seq) already seen or overtaken
 	dropStale     = "stale"     // from a sender instance that was replaced or said bye
 	dropFull      = "full"      // the table is full of live workers
+	dropTimestamp = "timestamp" // signed, but sent more than MaxSkew from now: a replay
 )
 
 // tracker is the pure part of a Listener: which workers are alive, with

@@ -143,9 +143,18 @@ type Stats struct {
 	// verify under the session's (or, while opening, the open) key:
 	// forgeries, or datagrams from another cluster.
 	AuthFailures uint64
+	// AnnouncementsDropped counts the multicast announcements the client
+	// dropped, by reason (announce.Listener.Stats): "unsigned" and
+	// "signature" for forgeries, "timestamp" for replays, "version" for
+	// another format version; nil without Config.Announce.
+	AnnouncementsDropped map[string]uint64
 }
 
 // Stats returns the Client's counters.
 func (c *Client) Stats() Stats {
-	return Stats{AuthFailures: c.authFailures.Load()}
+	s := Stats{AuthFailures: c.authFailures.Load()}
+	if c.ann != nil {
+		s.AnnouncementsDropped = c.ann.Stats().Dropped
+	}
+	return s
 }

@@ -28,6 +28,11 @@ type Config struct {
 	// version newer than the client's makes it fetch the map at once.
 	// Group, interface and cluster name must match the workers'. Off by
 	// default; without it the client learns map changes from replies.
+	// Announce.PublicKey, the cluster's announce key (`tokenctl
+	// announce-key` prints it; announce.ParsePublicKey reads it), is
+	// required unless Insecure: only announcements signed with it are used,
+	// the others are dropped and counted (Stats). With Insecure the client
+	// accepts unsigned announcements (Announce.Insecure follows Insecure).
 	Announce announce.Config
 	// PacketConn is the socket to use. nil: the Client opens a UDP socket on
 	// an ephemeral port and closes it in Close. A PacketConn given here is
@@ -131,6 +136,12 @@ const (
 func (cfg *Config) setDefaults() error {
 	if len(cfg.Seeds) == 0 && !cfg.Announce.Enabled {
 		return fmt.Errorf("%w: no seed addresses and announcements disabled", ErrBadRequest)
+	}
+	if cfg.Announce.Enabled {
+		cfg.Announce.Insecure = cfg.Insecure
+		if cfg.Announce.PublicKey == nil && !cfg.Insecure {
+			return fmt.Errorf("%w: %w", ErrAuth, announce.ErrNoKey)
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

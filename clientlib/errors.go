@@ -54,8 +54,9 @@ var (
 	// DefaultKeyFile) nor Config.Insecure, a key file that does not
 	// parse, a key the cluster does not know (its workers drop the open:
 	// Dial ends with ctx), a worker that answers without authentication
-	// (started with --insecure), or an insecure client refused by an
-	// authenticating cluster.
+	// (started with --insecure), an insecure client refused by an
+	// authenticating cluster, or announcements enabled without the
+	// cluster's announce key (Config.Announce.PublicKey).
 	ErrAuth = errors.New("clientlib: authentication failed")
 	// ErrInternal: the worker reported an internal error (INTERNAL).
 	ErrInternal = errors.New("clientlib: worker internal error")

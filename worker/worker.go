@@ -128,7 +128,9 @@ type Config struct {
 	Registry    prometheus.Registerer // default: a fresh registry of its own
 	// Announce, if Announce.Enabled, makes the worker announce its UDP
 	// address and applied map version on a multicast group (package
-	// announce): at once on every new map, and as a heartbeat. A failure to
+	// announce): at once on every new map, and as a heartbeat. With Auth,
+	// announcements are signed with the announce key derived from
+	// Auth.ClusterKey (Announce.SigningKey is set from it). A failure to
 	// start announcing is logged, not fatal.
 	Announce announce.Config
 
@@ -413,6 +415,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	if w.cfg.Announce.Enabled {
 		if w.cfg.Announce.Logger == nil {
 			w.cfg.Announce.Logger = w.log
+		}
+		if w.cfg.Auth != nil {
+			w.cfg.Announce.SigningKey = announce.SigningKey(w.cfg.Auth.ClusterKey)
 		}
 		ann, err := announce.NewSender(w.cfg.Announce, doc.UDP, doc.ID)
 		if err != nil {
