@@ -210,9 +210,14 @@ func TestComposeFile(t *testing.T) {
 // every shard, checks etcd's member list over TLS as root (three started
 // members named server1-3 at https:// peer URLs, with a leader; no answer
 // without TLS), that each worker registered its container
-// address, and takes a token from another container ("run --rm tokenctl
-// acquire", resolving the service name worker) and with tokend-lock, and
-// that a worker cannot use the CA's key. Every
+// address, and takes a token with client.key from server1 ("exec server1
+// tokenctl acquire"), from another container ("run --rm tokenctl
+// acquire", resolving the service name worker) and with tokend-lock. It
+// checks client authentication: the servers registered client.key, a
+// client without a key is refused with the reason, one with a forged key
+// is dropped and counted in tokend_worker_auth_failures_total, a key from
+// "keys add" works until "keys revoke". And that a worker cannot use the
+// CA's key. Every
 // address it sends to is on the test's own network. It needs root, docker
 // and docker-compose, and skips without them.
 func TestCompose(t *testing.T) {
@@ -405,6 +410,31 @@ func TestCompose(t *testing.T) {
 		t.Logf("forged key refused (%s); tokend_worker_auth_failures_total over the workers %v -> %v", commandMessage(out, "tokenctl:"), before, after)
 	}
 
+	// The operator's flow: "keys add" in the tokenctl service prints a new
+	// client's key file; a client holding it takes a token; after "keys
+	// revoke" the workers no longer know the key and refuse it.
+	out, _ = compose(time.Minute, false, "run", "--rm", "-T", "tokenctl", "keys", "add", "-o", "json", "deploy-client")
+	var added struct {
+		KeyFile string `json:"key_file"`
+	}
+	if err := json.Unmarshal([]byte(out[max(strings.Index(out, "{"), 0):]), &added); err != nil || added.KeyFile == "" {
+		t.Fatalf("run --rm tokenctl keys add: %v\n%s", err, out)
+	}
+	own := imageKeyFile(t, []byte(added.KeyFile+"\n"))
+	acquireWith := func(name string, mayFail bool) (string, error) {
+		return compose(time.Minute, mayFail, "run", "--rm", "-T", "-v", own+":/etc/tokend/own.key:ro", "tokenctl",
+			"acquire", "--key-file", "/etc/tokend/own.key", "--timeout", "3s", "--wait", "10s", "--for", "100ms", name)
+	}
+	if out, _ = acquireWith("deploy-own", false); !strings.Contains(out, "acquired deploy-own") {
+		t.Errorf("acquire with the key from keys add: %s", out)
+	}
+	compose(time.Minute, false, "run", "--rm", "-T", "tokenctl", "keys", "revoke", "deploy-client")
+	if out, err = acquireWith("deploy-revoked", true); err == nil || strings.Contains(out, "acquired") {
+		t.Errorf("acquire with a revoked key: %v, want refused:\n%s", err, out)
+	} else {
+		t.Logf("revoked key refused: %s", commandMessage(out, "tokenctl:"))
+	}
+
 	// tokend-lock, static, with a numeric address (it has no name service
 	// in the image), running a command while the token is held; its key
 	// is the tokenctl service's TOKEND_KEY_FILE.
@@ -550,12 +580,20 @@ func forgedKeyFile(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return imageKeyFile(t, auth.FormatKeyFile(pki.DefaultClientKeyName, k))
+}
+
+// imageKeyFile writes a key file's text to a new file, mode 0600 and
+// owned by the image's user (10001), to be mounted into a container, and
+// returns its path.
+func imageKeyFile(t *testing.T, text []byte) string {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "forged.key")
-	if err := pki.WriteKeyFile(path, pki.DefaultClientKeyName, k); err != nil {
+	path := filepath.Join(dir, "client.key")
+	if err := os.WriteFile(path, text, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chown(path, 10001, 10001); err != nil {
