@@ -3,12 +3,18 @@
 // clients listen, so that they fetch a new map within milliseconds of a
 // change and can find workers without a seed list (docs/ARCHITECTURE.md, "Discovery
 // and announcements"). Announcements are hints: a client acts on one only
-// by asking a worker (MAP_REQUEST, wire/SPEC.md section 15), so a lost,
-// forged or stale announcement costs at most a useless request.
+// by asking a worker (MAP_REQUEST, wire/SPEC.md section 15), so a lost or
+// stale announcement costs at most a useless request. In a cluster that
+// authenticates, workers sign their announcements with the announce signing
+// key derived from the cluster key (SigningKey) and clients, given its
+// public half (PublicKey; `tokenctl announce-key` prints it), drop and count
+// every announcement that is unsigned, badly signed or replayed: a seedless
+// client never takes a forger for a worker.
 //
 // The datagram format is specified in SPEC.md in this folder (magic "TA",
-// version 1, CRC32C, cluster name, map version, worker address); Append and
-// Decode implement it, Decode never panics. Sender and Listener are the
+// version 2, CRC32C, cluster name, map version, worker address, send time,
+// Ed25519 signature); Append, AppendSigned, Decode and DecodeVerify
+// implement it, and never panic. Sender and Listener are the
 // thin shell: sockets (golang.org/x/net/ipv4), a heartbeat timer and a
 // receive goroutine around the pure tracker (tracker.go), which decides
 // with time as an input which datagrams are news.
@@ -34,6 +40,7 @@
 // Worker side, one Sender per worker process, created once the worker is
 // registered (its address is final):
 //
+//	cfg.SigningKey = announce.SigningKey(clusterKey) // nil: unsigned (--insecure)
 //	s, err := announce.NewSender(cfg, doc.UDP, doc.ID) // announces at once, then every cfg.Interval
 //	...
 //	s.SetMapVersion(m.Version) // after every map the worker applies; non-blocking, may be called under a lock
@@ -42,6 +49,7 @@
 //
 // Client side, one Listener per client:
 //
+//	cfg.PublicKey = announceKey // or cfg.Insecure = true for an --insecure cluster
 //	l, err := announce.Listen(cfg, func(ev announce.Event) {
 //		if ev.Ann.MapVersion > myMapVersion() {
 //			kickMapRefresh() // must not block: runs on the listener's goroutine
@@ -68,22 +76,10 @@
 // home worker, then the map's workers, then the seeds); with no seeds they
 // wait in Dial for the first announced workers and use them as seeds.
 //
-// A ready-to-apply patch doing exactly this was written alongside the
-// package (its path is in the report); it touches:
-//
-//   - worker/worker.go: Config.Announce; Worker.ann; Start creates the
-//     Sender after registering (a failure is a warning); close closes it
-//     after the goroutines have stopped.
-//   - worker/watch.go: setMap calls ann.SetMapVersion after applyMap.
-//   - clientlib/config.go: Config.Announce; setDefaults accepts no seeds
-//     when Announce is enabled.
-//   - clientlib/client.go: Client.ann; DialConfig calls
-//     listenAnnouncements before opening the session; shutdown closes it.
-//   - clientlib/routing.go: listenAnnouncements, onAnnouncement (kicks
-//     mapLoop on a newer version), closeAnnouncements.
-//   - cmd/tokend: flags --announce, --announce-group, --announce-interface,
-//     --announce-cluster (env TOKEND_ANNOUNCE_*, YAML keys alike);
-//     announceConfig probes Available and disables with a warning.
-//   - clientlib/announce_test.go (new): discovery without seeds, and a
-//     client that has the new map about 2 ms after it is announced.
+// The pieces: worker/worker.go (Config.Announce; Start creates the Sender
+// after registering, signing with Auth.ClusterKey's announce key; setMap
+// announces each applied map), clientlib (Config.Announce with its
+// PublicKey; without seeds Dial waits for announced workers; a newer
+// announced version kicks the map refresh), cmd/tokend (--announce flags)
+// and cmd/tokenctl (announce-key).
 package announce
