@@ -188,8 +188,12 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 			return
 		}
 	}
-	if h.Type == wire.TypeMapRequest {
+	switch h.Type {
+	case wire.TypeMapRequest:
 		w.handleMap(ob, h, pkt, from, s.keys.out) // read-only: no at-most-once state
+		return
+	case wire.TypeFenceProof:
+		w.handleFenceProof(ob, s, h, pkt, from) // read-only, like MAP_REQUEST
 		return
 	}
 	// At most once (invariant 4): a request below the ack is dropped; one

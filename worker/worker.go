@@ -76,6 +76,7 @@ package worker
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +94,7 @@ import (
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/fenceproof"
 	"github.com/tokend/tokend/internal/clock"
 	"github.com/tokend/tokend/worker/table"
 )
@@ -176,6 +178,7 @@ type Worker struct {
 	udpAdv   string                     // registered UDP address
 	hoAdv    string                     // registered handoff address; "" with HandoffAddr "off"
 	ann      *announce.Sender           // nil unless announcing; set by Start before the watchers, closed by close
+	fenceKey ed25519.PrivateKey         // signs FENCE_PROOF replies; nil without Auth
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -277,6 +280,9 @@ func New(cfg Config) (*Worker, error) {
 		hoAdv:    hoAdv,
 	}
 	w.log = cfg.Logger.With("component", "worker", "worker", cfg.ID)
+	if cfg.Auth != nil {
+		w.fenceKey = fenceproof.PrivateKey(cfg.Auth.ClusterKey[:])
+	}
 	w.serving.init()
 	w.guard.init(cfg.Limits, cfg.Auth)
 	met, err := newMetrics(cfg.Registry, w)

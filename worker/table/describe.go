@@ -95,3 +95,16 @@ func (t *Table) Describe(name []byte, limit int) (v TokenView, ok bool) {
 	}
 	return v, true
 }
+
+// Held reports the grant with fence on token name if session holds it,
+// without changing anything (a FENCE_PROOF, wire/SPEC.md §5).
+func (t *Table) Held(session uint64, name []byte, fence uint64) (GrantView, bool) {
+	ti, _ := t.lookup(name)
+	gi := t.findGrant(ti, session, fence)
+	if gi == 0 {
+		return GrantView{}, false
+	}
+	g := t.grs.at(gi)
+	return GrantView{Session: session, Fence: g.fence, Mode: g.mode, Start: g.start, End: g.end, Req: g.req,
+		Since: g.since, Converting: g.flags&grantConverting != 0}, true
+}
