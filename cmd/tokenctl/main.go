@@ -13,6 +13,7 @@
 //	tokenctl health [URL]           is the local (or named) tokend ready? For container health checks
 //	tokenctl member list|add|remove|replace   the servers' etcd membership: replace a dead server
 //	tokenctl keys add|list|revoke   the client keys in etcd: add one per client, revoke one (ending its sessions)
+//	tokenctl announce-key           the public key clients verify the workers' multicast announcements with
 //
 // Exit codes: 0 success (with a command: the command's status), 1 error
 // (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
@@ -62,6 +63,8 @@ const usageText = `Usage:
   tokenctl keys add|list|revoke [flags] [NAME]
                                   the client keys: add one per client, list them, revoke one
                                   (ending its sessions)
+  tokenctl announce-key [flags]   print the announce key (from the cluster key) that clients
+                                  verify multicast announcements with
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
 status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
 ran out), 4 lost while held (the command was stopped).
@@ -97,6 +100,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdMember(ctx, args, stdout, stderr)
 	case "keys":
 		err = cmdKeys(ctx, args, stdout, stderr)
+	case "announce-key":
+		err = cmdAnnounceKey(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
