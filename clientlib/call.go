@@ -145,6 +145,8 @@ type reply struct {
 	kaStatuses []wire.Status
 
 	page *mapPage // MAP reply
+
+	proof []byte // FENCE_PROOF reply
 }
 
 func (r *reply) value() ([]byte, ValueState) {
@@ -210,6 +212,12 @@ func (r *reply) decode(b []byte, mr *wire.MapReply) error {
 			return err
 		}
 		r.page = newMapPage(mr)
+	case wire.KindProof:
+		var p wire.Proof
+		if err := p.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.proof = append([]byte(nil), p.Proof...)
 	default:
 		return fmt.Errorf("%w: %v", wire.ErrKind, r.h.Kind())
 	}

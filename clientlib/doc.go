@@ -33,6 +33,23 @@
 // cluster does not know gets no answer but the COOKIE: Dial then fails
 // when its context ends, with ErrAuth naming the key.
 //
+// # Fence proofs
+//
+// A fence is a number storage compares; a client could send storage any
+// number. Token.Proof asks the worker for a proof of the grant: token name,
+// fence, mode and range, signed with the cluster's fence key (an Ed25519
+// key derived from the cluster key; docs/SECURITY.md §4). Storage verifies
+// it with fenceproof.Verify and the public key that `tokenctl fence-key`
+// prints (servers also publish it in etcd at /tokend/fence-key), without
+// calling tokend, and then compares the fence as before:
+//
+//	proof, err := tok.Proof(ctx) // one round trip; once per grant
+//	... write, passing tok.Fence() and proof to storage ...
+//
+// A cluster started with --insecure has no cluster key and no proofs:
+// Proof fails with ErrBadRequest. A token released, lost or converted to a
+// new fence has none either (ErrNotHeld).
+//
 // # How it works
 //
 // A Client owns one UDP socket and one goroutine reading it. Dial sends

@@ -716,6 +716,48 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 
 func releaseOp(name string) string { return fmt.Sprintf("clientlib: release %q", name) }
 
+// Proof returns a fence proof of this grant: its token name, fence, mode
+// and range, signed by the worker serving the token with the cluster's
+// fence key (docs/SECURITY.md §4). Send it to storage with the write:
+// storage checks it with fenceproof.Verify and the cluster's public fence
+// key (tokenctl fence-key, or /tokend/fence-key in etcd) without calling
+// tokend, then compares the fence as before. Asking is a round trip to the
+// worker; a proof stays true of its fence, so one per grant is enough.
+//
+// It fails with ErrNotHeld if the token is no longer held (released, lost,
+// or converted to a new fence since), and with ErrBadRequest against a
+// cluster that runs without authentication (--insecure), whose workers
+// have no key to sign with.
+func (t *Token) Proof(ctx context.Context) ([]byte, error) {
+	c := t.c
+	op := fmt.Sprintf("clientlib: fence proof of %q", t.name)
+	if err := t.lock(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	defer t.unlock()
+	c.mu.Lock()
+	if t.state != tokHeld {
+		err := t.errLocked()
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	body := wire.FenceProof{Fence: t.fence, Start: t.start, End: t.end, Name: []byte(t.name)}
+	c.mu.Unlock()
+	cl := &call{typ: wire.TypeFenceProof, body: body, shard: t.shard, routed: true}
+	if err := c.register(ctx, cl, true); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	r, res, err := c.exchange(ctx, cl, exOpts{})
+	c.finish(cl)
+	switch {
+	case err != nil:
+		return nil, giveUp(op, err, res)
+	case r.h.Status != wire.StatusOK:
+		return nil, statusError(op, &r)
+	}
+	return r.proof, nil
+}
+
 // Convert changes the mode of the grant in place. A downgrade (to a mode
 // that mode covers, wire.Covers) is immediate, keeps the fence and may set
 // the value block (SetValue, from PW or EX). An upgrade may wait like

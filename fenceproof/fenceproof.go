@@ -211,7 +211,9 @@ func Parse(b []byte) (Proof, error) {
 	return p, nil
 }
 
-// Marshal returns the proof's bytes, as Sign returned them.
+// Marshal returns the proof's bytes: those Parse was given, or, for a
+// Proof built from Sig and Claims, the signature followed by the claims
+// encoded afresh.
 func (p Proof) Marshal() []byte {
 	raw := p.raw
 	if raw == nil {
