@@ -12,7 +12,8 @@ import (
 )
 
 // runHeld grows a held set through the sizes of cfg.Held on a cluster of
-// its own (one worker). cfg.Holders raw sessions (holder.go) acquire the
+// its own (one worker). Raw sessions (holder.go; cfg.Holders, or more so
+// that none holds more than holderNames, the worker's limit) acquire the
 // tokens and keep them; at each size it reports
 //
 //   - how fast the held set was acquired (pipelined ACQUIREs, tokens/s),
@@ -36,7 +37,7 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		return nil, err
 	}
 	defer closeClients(cs)
-	hs := make([]*holder, cfg.Holders)
+	hs := make([]*holder, cfg.Holders, max(cfg.Holders, cfg.Held[len(cfg.Held)-1]/holderNames+1))
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -67,20 +68,38 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		if add <= 0 {
 			continue
 		}
-		cfg.progress("held set: acquiring %d more tokens (to %d)", add, size)
+		// A session holds at most holderNames tokens: more sessions as
+		// the set grows, cfg.Holders of them acquiring at a time.
+		for nh := max(cfg.Holders, (size+holderNames-1)/holderNames); len(hs) < nh; {
+			h, err := dialHolder(ctx, devTarget(cl), fmt.Sprintf("bench/held/%d/", len(hs)))
+			if err != nil {
+				return out, err
+			}
+			hs = append(hs, h)
+		}
+		cfg.progress("held set: acquiring %d more tokens (to %d, %d sessions)", add, size, len(hs))
+		stopRenew := renewIdle(ctx, hs)
 		t0 := time.Now()
 		errs := make([]error, len(hs))
+		sem := make(chan struct{}, cfg.Holders)
 		var wg sync.WaitGroup
 		for i, h := range hs {
-			share := add / int64(len(hs))
-			if int64(i) < add%int64(len(hs)) {
-				share++
+			want := int64(size / len(hs))
+			if i < size%len(hs) {
+				want++
 			}
-			wg.Go(func() { errs[i] = h.acquire(ctx, share) })
+			if want <= h.held {
+				continue
+			}
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				errs[i] = h.acquire(ctx, want-h.held)
+			})
 		}
 		wg.Wait()
 		acqTime := time.Since(t0)
-		if err := errors.Join(errs...); err != nil {
+		if err := errors.Join(append(errs, stopRenew())...); err != nil {
 			return out, err
 		}
 		held = int64(size)
@@ -94,7 +113,11 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		// machine moves by ±20 % with the neighbours' load.
 		var ls []loopResult
 		for k := range heldRepeats {
+			stopRenew := renewIdle(ctx, hs)
 			l, err := uncontended(ctx, cfg, cs, "held", prof)
+			if rerr := stopRenew(); err == nil {
+				err = rerr
+			}
 			if err != nil {
 				return out, err
 			}
@@ -125,6 +148,41 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		out = append(out, res)
 	}
 	return out, nil
+}
+
+// renewIdle keeps the sessions of the holders that are not acquiring
+// renewed (acquire renews its own) until the returned function is called;
+// that function returns the first renewal error.
+func renewIdle(ctx context.Context, hs []*holder) (stop func() error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			for _, h := range hs {
+				if !h.mu.TryLock() {
+					continue // acquiring
+				}
+				err := h.renewIfDue(ctx)
+				h.mu.Unlock()
+				if err != nil && ctx.Err() == nil {
+					done <- err
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				done <- nil
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() error {
+		cancel()
+		return <-done
+	}
 }
 
 // heldRepeats is how many windows each held-set size is measured for; the

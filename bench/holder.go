@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -34,6 +35,8 @@ import (
 // names nobody else uses) and does not renew per-shard validity: it only
 // holds, it does not act on what it holds.
 type holder struct {
+	mu sync.Mutex // held by acquire and renewIfDue's caller: one user of the socket at a time
+
 	raw    *net.UDPConn
 	pc     *ipv4.PacketConn
 	seed   *net.UDPAddr
@@ -74,6 +77,10 @@ const (
 	holderPoll   = 5 * time.Millisecond    // read timeout of the pipeline loop
 	holderScan   = 10 * time.Millisecond   // how often the pipeline looks for requests to resend
 	holderLib    = "tokend-bench-holder/1" // library name in SESSION_OPEN
+	// holderNames is the most tokens a holder holds: the worker's default
+	// limit of names per session (worker.Limits.NamesPerSession), above
+	// which it answers LIMIT.
+	holderNames = 10_000
 )
 
 // errHolder reports a holder failure.
@@ -107,11 +114,16 @@ func dialHolder(ctx context.Context, tgt target, prefix string) (*holder, error)
 	return h, nil
 }
 
-// call sends the datagram made by build (retransmitting the same bytes)
-// to `to` until a datagram that match accepts arrives; it returns that
-// datagram's header and bytes (valid until the next call).
+// call sends pkt (retransmitting the same bytes) to `to` until a datagram
+// that match accepts arrives; it returns that datagram's header and bytes
+// (valid until the next call).
 func (h *holder) call(ctx context.Context, to *net.UDPAddr, pkt []byte, match func(wire.Header, []byte) bool) (wire.Header, []byte, error) {
-	for try := 0; try < holderTries && ctx.Err() == nil; try++ {
+	return h.callTries(ctx, to, pkt, match, holderTries)
+}
+
+// callTries is call with at most tries sends.
+func (h *holder) callTries(ctx context.Context, to *net.UDPAddr, pkt []byte, match func(wire.Header, []byte) bool, tries int) (wire.Header, []byte, error) {
+	for try := 0; try < tries && ctx.Err() == nil; try++ {
 		if _, err := h.raw.WriteToUDP(pkt, to); err != nil {
 			return wire.Header{}, nil, err
 		}
@@ -264,6 +276,8 @@ type pend struct {
 // needed. Tokens refused with a final status are counted in h.errs and
 // replaced by others; more than maxErrors refusals stop it.
 func (h *holder) acquire(ctx context.Context, n int64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	target := h.held + n
 	pending := make(map[uint64]*pend, holderWindow)
 	lo := h.next + 1 // no request below lo is unfinished
@@ -339,7 +353,10 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 			refresh = false
 		}
 		now := time.Now()
-		if !renewing && now.Sub(h.renewedAt) > h.ttl/3 && len(pending) < holderWindow {
+		// The renewal goes even with the window full (one more than
+		// holderWindow, well within SPEC.md's 256): requests the worker
+		// keeps answering with a retryable status must not starve it.
+		if !renewing && now.Sub(h.renewedAt) > h.ttl/3 {
 			h.next++
 			p := &pend{idx: -1, sent: now, first: now, rto: holderRTO}
 			pending[h.next] = p
@@ -426,6 +443,46 @@ func (h *holder) acquire(ctx context.Context, n int64) error {
 		}
 	}
 	return nil
+}
+
+// renewIfDue renews the session if a third of its TTL has passed since
+// the last renewal, for a holder that is not acquiring (acquire renews
+// by itself). Each try takes a new request id: a worker renews once per
+// id and drops a copy (SPEC.md section 20, Replays).
+func (h *holder) renewIfDue(ctx context.Context) error {
+	if time.Since(h.renewedAt) <= h.ttl/3 {
+		return nil
+	}
+	for try := 0; try < holderTries && ctx.Err() == nil; try++ {
+		h.next++
+		id := h.next
+		pkt, err := wire.Keepalive{Renew: true}.Append(nil, wire.Header{Session: h.session, Request: id, Ack: id, MapVersion: h.mapVer})
+		if err != nil {
+			return err
+		}
+		if err := sealWith(h.c2w, pkt); err != nil {
+			return err
+		}
+		sent := time.Now()
+		rh, _, err := h.callTries(ctx, h.seed, pkt, func(rh wire.Header, b []byte) bool {
+			return rh.Type == wire.TypeKeepaliveReply && rh.Request == id && rh.Session == h.session && verifiedBy(h.w2c, b)
+		}, 1)
+		if errors.Is(err, errHolder) || (err == nil && rh.Status.Retryable()) {
+			continue // no answer in time, or not applied: again, with a new id
+		}
+		if err != nil {
+			return err
+		}
+		if rh.Status != wire.StatusOK {
+			return fmt.Errorf("%w: session renewal: %v", errHolder, rh.Status)
+		}
+		h.renewedAt = sent
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: session renewal: no answer", errHolder)
 }
 
 // flush sends a batch.
