@@ -36,6 +36,9 @@ const (
 	ClientsPrefix = "/tokend/clients/"
 	DelegationKey = "/tokend/delegation/map"
 	LeaderPrefix  = "/tokend/leader/"
+	// FenceKey holds the cluster's public fence key (package fenceproof),
+	// hex, put by the servers at start: what storage verifies proofs with.
+	FenceKey = "/tokend/fence-key"
 	// ElectionPrefix is LeaderPrefix as concurrency.NewElection wants it:
 	// it appends the "/" itself.
 	ElectionPrefix = "/tokend/leader"

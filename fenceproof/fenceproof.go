@@ -28,8 +28,10 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/tokend/tokend/wire"
 )
@@ -235,4 +237,18 @@ func Verify(pub ed25519.PublicKey, b []byte) (Claims, error) {
 		return Claims{}, ErrSignature
 	}
 	return p.Claims, nil
+}
+
+// FormatPublicKey returns pub as lowercase hex (64 characters), as
+// `tokenctl fence-key` prints it and /tokend/fence-key in etcd holds it.
+func FormatPublicKey(pub ed25519.PublicKey) string { return hex.EncodeToString(pub) }
+
+// ParsePublicKey reads a public fence key written by FormatPublicKey
+// (surrounding white space is ignored).
+func ParsePublicKey(s string) (ed25519.PublicKey, error) {
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("fenceproof: a public fence key is %d hex characters", 2*ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(b), nil
 }

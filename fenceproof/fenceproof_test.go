@@ -264,3 +264,20 @@ func TestVectors(t *testing.T) {
 		t.Errorf("%d proofs and %d bad lines read", proofs, bads)
 	}
 }
+
+func TestPublicKeyText(t *testing.T) {
+	pub := PublicKey(vCluster)
+	s := FormatPublicKey(pub)
+	if s != "5e87b2830fd92470c490b489a6784d7a273a56cfdecfebc443382993a102c28f" { // testdata/vectors.txt
+		t.Fatalf("FormatPublicKey = %s", s)
+	}
+	got, err := ParsePublicKey(" " + s + "\n")
+	if err != nil || !bytes.Equal(got, pub) {
+		t.Fatalf("ParsePublicKey: %x, %v", got, err)
+	}
+	for _, bad := range []string{"", s[:62], s + "00", "zz" + s[2:]} {
+		if _, err := ParsePublicKey(bad); err == nil {
+			t.Errorf("ParsePublicKey(%q) accepted", bad)
+		}
+	}
+}

@@ -14,6 +14,7 @@
 //	tokenctl member list|add|remove|replace   the servers' etcd membership: replace a dead server
 //	tokenctl keys add|list|revoke   the client keys in etcd: add one per client, revoke one (ending its sessions)
 //	tokenctl announce-key           the public key clients verify the workers' multicast announcements with
+//	tokenctl fence-key              the public key storage verifies fence proofs with
 //
 // Exit codes: 0 success (with a command: the command's status), 1 error
 // (e.g. no worker answered within --timeout or --wait), 2 usage, 3 not
@@ -65,6 +66,8 @@ const usageText = `Usage:
                                   (ending its sessions)
   tokenctl announce-key [flags]   print the announce key (from the cluster key) that clients
                                   verify multicast announcements with
+  tokenctl fence-key [flags]      print the public fence key (hex, from the cluster key) that
+                                  storage verifies fence proofs with
 Run "tokenctl <command> -h" for its flags. Exit codes: 0 ok (or the command's
 status), 1 error (e.g. unreachable), 2 usage, 3 not acquired (conflict or wait
 ran out), 4 lost while held (the command was stopped).
@@ -102,6 +105,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdKeys(ctx, args, stdout, stderr)
 	case "announce-key":
 		err = cmdAnnounceKey(ctx, args, stdout, stderr)
+	case "fence-key":
+		err = cmdFenceKey(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

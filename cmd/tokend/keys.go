@@ -10,7 +10,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/keys"
+	"github.com/tokend/tokend/fenceproof"
 	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker"
@@ -106,6 +108,33 @@ func (d *daemon) checkClusterKey() error {
 	if n := d.keys.LeftOut(); n > 0 && d.keys.Len() == 0 {
 		return fmt.Errorf("--cluster-key-file %s: none of the %d client keys in etcd opens under this cluster key: "+
 			"every server and worker needs the same cluster.key (the one \"tokend certs\" made for this cluster)", d.cfg.clusterKeyFile, n)
+	}
+	return nil
+}
+
+// publishFenceKey puts the public fence key of the cluster key at
+// /tokend/fence-key (cluster.FenceKey) unless it is there already; another
+// value there means another cluster key, an error that says so.
+func (d *daemon) publishFenceKey(ctx context.Context, cli *clientv3.Client) error {
+	c := d.cfg
+	if c.insecure {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	pub := fenceproof.FormatPublicKey(fenceproof.PublicKey(c.clusterKey[:]))
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(cluster.FenceKey), "=", 0)).
+		Then(clientv3.OpPut(cluster.FenceKey, pub)).Else(clientv3.OpGet(cluster.FenceKey)).Commit()
+	if err != nil {
+		return fmt.Errorf("publishing the fence key: %w", err)
+	}
+	if resp.Succeeded {
+		d.log.Info("published the public fence key in etcd", "key", cluster.FenceKey, "fence_key", pub)
+		return nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && string(kvs[0].Value) != pub {
+		return fmt.Errorf("--cluster-key-file %s: %s holds another public fence key (%s, this cluster key's is %s): every server and worker needs the same cluster key",
+			c.clusterKeyFile, cluster.FenceKey, kvs[0].Value, pub)
 	}
 	return nil
 }

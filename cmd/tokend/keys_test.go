@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/cluster/keys"
 	"github.com/tokend/tokend/embedded/etcdtest"
+	"github.com/tokend/tokend/fenceproof"
 	"github.com/tokend/tokend/wire/auth"
 )
 
@@ -108,5 +111,47 @@ func TestKeyFileDefaults(t *testing.T) {
 	var usage strings.Builder
 	if _, err := loadConfig(modeWorker, []string{"--client-key-file", "x"}, env(), &usage); err == nil {
 		t.Error("a worker accepted --client-key-file")
+	}
+}
+
+// TestPublishFenceKey: a server puts the public fence key of its cluster
+// key at /tokend/fence-key; another start changes nothing; a server with
+// another cluster key fails to start and says why; --insecure publishes
+// nothing.
+func TestPublishFenceKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	_, cli := etcdtest.StartOne(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	server := func(clusterKey auth.Key, insecure bool) *daemon {
+		return &daemon{log: slog.New(slog.DiscardHandler), cfg: &config{
+			mode: modeServer, clusterKeyFile: "/etc/tokend/cluster.key", clusterKey: clusterKey, insecure: insecure,
+		}}
+	}
+	if err := server(mustKey(t), true).publishFenceKey(ctx, cli); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := cli.Get(ctx, cluster.FenceKey); err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("--insecure published %v (%v)", r, err)
+	}
+	ck := mustKey(t)
+	for range 2 {
+		if err := server(ck, false).publishFenceKey(ctx, cli); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := cli.Get(ctx, cluster.FenceKey)
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("%v, %v", r, err)
+	}
+	pub, err := fenceproof.ParsePublicKey(string(r.Kvs[0].Value))
+	if err != nil || !bytes.Equal(pub, fenceproof.PublicKey(ck[:])) {
+		t.Fatalf("%s holds %q (%v), not the cluster key's public fence key", cluster.FenceKey, r.Kvs[0].Value, err)
+	}
+	err = server(mustKey(t), false).publishFenceKey(ctx, cli)
+	if err == nil || !strings.Contains(err.Error(), "another public fence key") || !strings.Contains(err.Error(), "same cluster key") {
+		t.Errorf("another cluster key: %v", err)
 	}
 }

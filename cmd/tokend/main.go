@@ -286,6 +286,9 @@ func (d *daemon) start(ctx context.Context) error {
 		if err := d.registerClientKey(ctx, d.client); err != nil {
 			return err
 		}
+		if err := d.publishFenceKey(ctx, d.client); err != nil {
+			return err
+		}
 	}
 
 	if cfg.mode != modeWorker {
