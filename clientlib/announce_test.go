@@ -310,3 +310,68 @@ func TestAnnounceNeedsKey(t *testing.T) {
 		t.Fatalf("Announce.Insecure without Insecure: %v", err)
 	}
 }
+
+// TestAnnouncementsInsecure: in a cluster started with --insecure, workers
+// announce unsigned and an insecure client without an announce key finds
+// them without seeds.
+func TestAnnouncementsInsecure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd")
+	}
+	if err := announce.Available(""); err != nil {
+		t.Skipf("no multicast on loopback: %v", err)
+	}
+	acfg := testGroup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dc, err := devcluster.Start(ctx, devcluster.Options{Workers: 1, Insecure: true}) // w1 does not announce
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	wa, err := worker.New(worker.Config{Client: dc.Client, ID: "wa", UDPAddr: "127.0.0.1:0", TTL: 2 * time.Second,
+		Registry: prometheus.NewRegistry(), Announce: acfg, Auth: dc.Auth()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wa.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer wa.Close()
+	if err := dc.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	signed := make(chan bool, 1)
+	witness, err := announce.Listen(announce.Config{Enabled: true, Group: acfg.Group, Cluster: acfg.Cluster, Insecure: true},
+		func(ev announce.Event) {
+			select {
+			case signed <- ev.Ann.Signed:
+			default:
+			}
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer witness.Close()
+	select {
+	case s := <-signed:
+		if s {
+			t.Fatal("a worker of an insecure cluster signs its announcements")
+		}
+	case <-ctx.Done():
+		t.Fatal("no announcement")
+	}
+	c, err := DialConfig(ctx, Config{Announce: acfg, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if len(c.seeds) != 1 || c.seeds[0].String() != wa.Addr().String() {
+		t.Fatalf("seeds %v, want the announcing worker %v", c.seeds, wa.Addr())
+	}
+	tok, err := c.Acquire(ctx, "a", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.Release(ctx)
+}
