@@ -1,6 +1,7 @@
 package announce
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -97,7 +98,12 @@ func NewSender(cfg Config, addr, workerID string) (*Sender, error) {
 		buf:  make([]byte, 0, MaxDatagram),
 	}
 	go s.loop()
-	s.log.Debug("announcing", "cluster", r.Cluster, "addr", addr, "interval", r.Interval)
+	if r.SigningKey != nil {
+		s.log.Debug("announcing, signed", "cluster", r.Cluster, "addr", addr, "interval", r.Interval,
+			"announce_key", FormatPublicKey(r.SigningKey.Public().(ed25519.PublicKey)))
+	} else {
+		s.log.Debug("announcing, unsigned", "cluster", r.Cluster, "addr", addr, "interval", r.Interval)
+	}
 	return s, nil
 }
 
