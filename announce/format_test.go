@@ -335,3 +335,21 @@ func TestDecodeAllocs(t *testing.T) {
 		t.Errorf("Decode of a bad datagram allocates %v times", n)
 	}
 }
+
+func BenchmarkAppendSigned(b *testing.B) {
+	a, key := sample(), SigningKey(vectorClusterKey)
+	buf := make([]byte, 0, MaxDatagram)
+	for b.Loop() {
+		a.AppendSigned(buf[:0], key)
+	}
+}
+
+func BenchmarkDecodeVerify(b *testing.B) {
+	signed, _ := hex.DecodeString(goldenSigned)
+	pub := PublicKey(vectorClusterKey)
+	for b.Loop() {
+		if _, err := DecodeVerify(signed, pub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
