@@ -271,17 +271,25 @@ func DecodeVerify(b []byte, pub ed25519.PublicKey) (Announcement, error) {
 	if err != nil || pub == nil {
 		return a, err
 	}
+	if err := verify(b, &a, pub); err != nil {
+		return Announcement{}, err
+	}
+	return a, nil
+}
+
+// verify checks the signature of datagram b, which Decode turned into a.
+func verify(b []byte, a *Announcement, pub ed25519.PublicKey) error {
 	if !a.Signed {
-		return Announcement{}, ErrUnsigned
+		return ErrUnsigned
 	}
 	if len(pub) != ed25519.PublicKeySize {
-		return Announcement{}, fmt.Errorf("%w: public key of %d bytes", ErrSignature, len(pub))
+		return fmt.Errorf("%w: public key of %d bytes", ErrSignature, len(pub))
 	}
 	n := len(b) - SignatureLen
 	if !ed25519.Verify(pub, b[:n], b[n:]) {
-		return Announcement{}, ErrSignature
+		return ErrSignature
 	}
-	return a, nil
+	return nil
 }
 
 // Reason names the class of err for a dropped-datagram metric label:

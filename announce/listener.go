@@ -50,12 +50,12 @@ type Stats struct {
 // A datagram is dropped and counted in Stats().Dropped when it did not
 // arrive on the configured interface addressed to the group ("foreign"),
 // does not decode (the labels of Reason: "version" for another format
-// version), is not signed with cfg.PublicKey ("unsigned", "signature") or
-// was sent more than MaxSkew from now ("timestamp") when cfg.PublicKey is
-// set, belongs to another cluster
-// ("cluster"), was already seen or overtaken ("duplicate"), comes from a
-// replaced or departed sender ("stale"), or the worker table is full
-// ("full"); failed reads count as "read_error".
+// version), belongs to another cluster ("cluster"), is not signed with
+// cfg.PublicKey ("unsigned", "signature") or was sent more than MaxSkew from
+// now ("timestamp") when cfg.PublicKey is set, was already seen or
+// overtaken ("duplicate"), comes from a replaced or departed sender
+// ("stale"), or the worker table is full ("full"); failed reads count as
+// "read_error".
 //
 // Listen returns ErrDisabled unless cfg.Enabled, ErrNoKey without
 // cfg.PublicKey and without cfg.Insecure, and errors wrapping
@@ -151,18 +151,26 @@ func (l *Listener) handle(b []byte, cm *ipv4.ControlMessage, src net.Addr, now t
 		l.stats.Dropped["foreign"]++
 		return Event{}, false
 	}
-	a, err := DecodeVerify(b, l.cfg.PublicKey)
+	a, err := Decode(b)
 	if err != nil {
 		l.stats.Dropped[Reason(err)]++
 		return Event{}, false
 	}
-	if l.cfg.PublicKey != nil && !fresh(a.SentAt, now) {
-		l.stats.Dropped[dropTimestamp]++
-		return Event{}, false
-	}
+	// Another cluster's announcements (signed with another key) are
+	// dropped as such before the costlier signature check.
 	if a.Cluster != l.cfg.Cluster {
 		l.stats.Dropped["cluster"]++
 		return Event{}, false
+	}
+	if l.cfg.PublicKey != nil {
+		if err := verify(b, &a, l.cfg.PublicKey); err != nil {
+			l.stats.Dropped[Reason(err)]++
+			return Event{}, false
+		}
+		if !fresh(a.SentAt, now) {
+			l.stats.Dropped[dropTimestamp]++
+			return Event{}, false
+		}
 	}
 	var from netip.AddrPort
 	if u, isUDP := src.(*net.UDPAddr); isUDP {

@@ -190,6 +190,11 @@ func TestClusterFiltering(t *testing.T) {
 	l := listen(t, cfg, c.on)
 	other := cfg
 	other.Cluster = cfg.Cluster + "-other"
+	otherKey, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.SigningKey = SigningKey(otherKey) // another cluster has another key: still counted as "cluster"
 	sender(t, other, "127.0.0.1:7701", "foreign")
 	// Let the foreign sender's announcements arrive (and be dropped) first.
 	deadline := time.Now().Add(wait)
