@@ -141,13 +141,42 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			add("tokend", nil, err)
 		} else {
-			cfg.serverCPU = pc.cpu
-			for _, w := range tokendOnes {
-				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := w.run(ctx, &cfg, pc.target(), sysTokend)
-					add(w.name, rs, err)
+			// Authentication off: the uncontended and contended loops of
+			// the Go client also run against a second tokend process
+			// started with --insecure (clients without keys), each right
+			// after the same loop against the first, so that the two are
+			// measured under the same neighbours and the report can set
+			// them side by side (compare: "auth on / off"). Idle, the
+			// other process costs little (it shows in others_cpu).
+			var npc *procCluster
+			if (cfg.runs("uncontended") || cfg.runs("contended")) && cfg.runs("noauth") {
+				cfg.progress("tokend --insecure: starting its own process (all-in-one, %d shards)", cfg.Shards)
+				if npc, err = startProcCluster(ctx, &cfg, 1, true); err != nil {
+					add("tokend (no auth)", nil, err)
+					npc = nil
 				}
 			}
+			for i, w := range tokendOnes {
+				if !cfg.runs(w.name) || ctx.Err() != nil {
+					continue
+				}
+				cfg.serverCPU = pc.cpu
+				rs, err := w.run(ctx, &cfg, pc.target(), sysTokend)
+				add(w.name, rs, err)
+				if npc != nil && i < 2 && ctx.Err() == nil {
+					nc := cfg
+					nc.serverCPU = npc.cpu
+					nc.ContendedHold = 0 // release on revoke only: the variant the comparison uses
+					rs, err := w.run(ctx, &nc, npc.target(), sysNoAuth)
+					add(w.name+" (no auth)", rs, err)
+				}
+			}
+			if npc != nil {
+				if err := npc.close(); err != nil {
+					add("tokend (no auth)", nil, err)
+				}
+			}
+			cfg.serverCPU = pc.cpu
 			for _, w := range tokendOnes[:2] {
 				if cfg.runs(w.name) && ctx.Err() == nil {
 					rs, err := runC(ctx, &cfg, pc.target(), w.name)
@@ -157,30 +186,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			cfg.serverCPU = nil
 			if err := pc.close(); err != nil {
 				add("tokend", nil, err)
-			}
-		}
-	}
-	// Authentication off: the uncontended and contended loops of the Go
-	// client again, against a tokend process started with --insecure
-	// (clients without keys), so that the report sets the cost of
-	// authentication side by side (compare: "auth on / off").
-	if (cfg.runs("uncontended") || cfg.runs("contended")) && cfg.runs("noauth") && ctx.Err() == nil {
-		cfg.progress("tokend --insecure: starting its own process (all-in-one, %d shards)", cfg.Shards)
-		pc, err := startProcCluster(ctx, &cfg, 1, true)
-		if err != nil {
-			add("tokend (no auth)", nil, err)
-		} else {
-			nc := cfg
-			nc.serverCPU = pc.cpu
-			nc.ContendedHold = 0 // release on revoke only: the variant the comparison uses
-			for _, w := range tokendOnes[:2] {
-				if cfg.runs(w.name) && ctx.Err() == nil {
-					rs, err := w.run(ctx, &nc, pc.target(), sysNoAuth)
-					add(w.name+" (no auth)", rs, err)
-				}
-			}
-			if err := pc.close(); err != nil {
-				add("tokend (no auth)", nil, err)
 			}
 		}
 	}
