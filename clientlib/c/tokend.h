@@ -391,6 +391,44 @@ TOKEND_API int tokend_get_stats(tokend_client *c, tokend_stats *out);
  */
 TOKEND_API int tokend_detect_deadlocks(tokend_client *c, int on);
 
+/*
+ * Fence proofs (docs/SECURITY.md section 4). A worker signs, on request, the
+ * claims of a grant a session holds with the cluster's fence key (Ed25519,
+ * derived from the cluster key); storage checks such a proof with the
+ * public fence key alone, without calling tokend. The public key is 32
+ * bytes: `tokenctl fence-key` prints it in hex, and the servers publish it
+ * in etcd at /tokend/fence-key.
+ */
+#define TOKEND_FENCE_KEY_LEN 32
+
+/* What a verified proof states: the grant of fence on name over
+ * [start, end) in mode, by worker worker_id serving shard at epoch, at
+ * issued_at_ms (Unix milliseconds of the worker's clock). */
+typedef struct tokend_fence_claims {
+	uint64_t fence;
+	tokend_mode mode;
+	uint64_t start, end; /* whole token: 0, TOKEND_WHOLE_END */
+	uint32_t shard, epoch;
+	uint64_t issued_at_ms;
+	size_t name_len;
+	unsigned char name[TOKEND_MAX_NAME];
+	size_t worker_id_len;
+	unsigned char worker_id[255];
+} tokend_fence_claims;
+
+/*
+ * Verify fence proof proof[0..len) under the public fence key pub32
+ * (TOKEND_FENCE_KEY_LEN bytes). TOKEND_OK: *out holds the claims. Otherwise
+ * *out is zeroed and the result is TOKEND_EINVAL (a NULL argument, or not a
+ * proof: wrong length or layout, invalid fence, mode, range or epoch),
+ * TOKEND_EAUTH (the signature does not verify: forged, altered, or another
+ * cluster's key) or TOKEND_ENOMEM. A verified proof says the fence was
+ * granted; storage still compares it with the highest fence it has seen.
+ * Needs no handle; thread-safe.
+ */
+TOKEND_API int tokend_fence_proof_verify(const unsigned char *pub32, const unsigned char *proof, size_t len,
+					 tokend_fence_claims *out);
+
 /* Human-readable text of a status code; never NULL. */
 TOKEND_API const char *tokend_strerror(int status);
 

@@ -112,12 +112,13 @@ var cFlags = []string{"-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-
 var sanFlags = []string{"-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"}
 
 var programs = map[string]string{
-	"test_codec":  "tests/test_codec.c",
-	"test_auth":   "tests/test_auth.c",
-	"test_api":    "tests/test_api.c",
-	"tokend-e2e":  "tests/e2e.c",
-	"revoke":      "examples/revoke.c", // includes <tokend.h>, as installed
-	"tokend-lock": "tokend-lock.c",
+	"test_codec":      "tests/test_codec.c",
+	"test_auth":       "tests/test_auth.c",
+	"test_fenceproof": "tests/test_fenceproof.c",
+	"test_api":        "tests/test_api.c",
+	"tokend-e2e":      "tests/e2e.c",
+	"revoke":          "examples/revoke.c", // includes <tokend.h>, as installed
+	"tokend-lock":     "tokend-lock.c",
 }
 
 var (
@@ -153,7 +154,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "fenceproof.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup
@@ -240,6 +241,31 @@ func TestAuthVectors(t *testing.T) {
 			out, err := run(t, time.Minute, nil, filepath.Join(dir, "test_auth"), vectors)
 			if err != nil || !strings.Contains(out, " 0 failures") {
 				t.Fatalf("test_auth: %v\n%s", err, out)
+			}
+			t.Log(strings.TrimSpace(out))
+		})
+	}
+}
+
+// TestFenceProofVectors checks tokend_fence_proof_verify (fenceproof.c,
+// libcrypto Ed25519) against fenceproof/testdata/vectors.txt, the vectors
+// package fenceproof pins itself to: every proof verifies with its claims,
+// and every change to one is refused.
+func TestFenceProofVectors(t *testing.T) {
+	for _, san := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "asan"}[san]
+		t.Run(name, func(t *testing.T) {
+			if san && !sanitizers(t, findCC(t)) {
+				t.Skip("no ASan/UBSan here")
+			}
+			dir := buildC(t, san, "test_fenceproof")
+			vectors, err := filepath.Abs(filepath.Join("..", "..", "fenceproof", "testdata", "vectors.txt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := run(t, time.Minute, nil, filepath.Join(dir, "test_fenceproof"), vectors)
+			if err != nil || !strings.Contains(out, " 0 failures") {
+				t.Fatalf("test_fenceproof: %v\n%s", err, out)
 			}
 			t.Log(strings.TrimSpace(out))
 		})
