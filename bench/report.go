@@ -447,7 +447,12 @@ func (rep *Report) printSideBySide(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "* echo: round trips/s with 1 or C datagrams in flight, and their p50; the limit of the network path")
+	for _, i := range cols {
+		if strings.HasPrefix(sideBySide[i].system, "udp-echo") {
+			fmt.Fprintln(w, "* echo: round trips/s with 1 or C datagrams in flight, and their p50; the limit of the network path")
+			break
+		}
+	}
 	fmt.Fprintln(w)
 	return nil
 }
