@@ -14,8 +14,10 @@ var msgProofNeedsAuth = []byte("fence proofs need authentication (the cluster ke
 // handleFenceProof answers FENCE_PROOF (wire/SPEC.md §5): a proof, signed
 // with the cluster's fence key, that session s holds the grant with that
 // fence on that name over exactly that range, in a shard this worker serves
-// at the header's epoch. It is read-only: no reply cache, no ack, no
-// address change. Caller holds mu; the datagram's tag has been checked.
+// at the header's epoch; GRACE while the shard recovers and has no such
+// grant (it may not be reclaimed yet). It is read-only: no reply cache, no
+// ack, no address change. Caller holds mu; the datagram's tag has been
+// checked.
 func (w *Worker) handleFenceProof(ob *outbox, s *session, h wire.Header, pkt []byte, from *net.UDPAddr) {
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
@@ -57,6 +59,13 @@ func (w *Worker) handleFenceProof(ob *outbox, s *session, h wire.Header, pkt []b
 		return
 	}
 	g, ok := st.tab.Held(s.id, m.Name, m.Fence)
+	if !ok && st.tab.InGrace() {
+		// Recovering: the grant may not have been reclaimed yet. GRACE is
+		// retryable, as for other token requests in the grace period.
+		w.met.op(h.Type, wire.StatusGrace)
+		ob.add(errorReply(rh, wire.StatusGrace), from, h.Type, s.keys.out)
+		return
+	}
 	if !ok || !sameRange(g.Start, g.End, m.Start, m.End) {
 		w.met.op(h.Type, wire.StatusNotHeld)
 		ob.add(errorReply(rh, wire.StatusNotHeld), from, h.Type, s.keys.out)

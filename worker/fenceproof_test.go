@@ -2,11 +2,17 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
+	"time"
 
+	"github.com/tokend/tokend/cluster"
+	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/embedded/etcdtest"
 	"github.com/tokend/tokend/fenceproof"
 	"github.com/tokend/tokend/wire"
+	"github.com/tokend/tokend/wire/auth"
 )
 
 // proofOf sends FENCE_PROOF for (name, fence, range) and returns the reply.
@@ -114,5 +120,54 @@ func TestFenceProofInsecure(t *testing.T) {
 	var e wire.ErrorBody
 	if err := e.Decode(r.h, r.raw); err != nil || !bytes.Equal(e.Message, msgProofNeedsAuth) {
 		t.Errorf("message %q, %v", e.Message, err)
+	}
+}
+
+// TestFenceProofGrace: while a recovered shard is in its grace period, a
+// grant not reclaimed yet gets GRACE (retryable), not NOT_HELD; once
+// reclaimed it gets a proof of its old fence at the shard's new epoch.
+func TestFenceProofGrace(t *testing.T) {
+	// A grace period long enough that the test never sees it end.
+	_, cli := etcdtest.StartOne(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := cluster.Bootstrap(ctx, cli, cluster.Config{Shards: testShards, SessionTTLms: 2000, GraceMs: 60000,
+		Created: cluster.Now(time.Now()), CreatedBy: "test", Version: cluster.Version}); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := startWorkerCfg(t, Config{Client: cli, ID: "w1", Auth: &Auth{ClusterKey: ck, Keys: testKeys{"alice": alice}}})
+	putMap(t, cli, 1, []delegation.Owner{w.testOwner()}, []delegation.Run{{First: 0, Count: testShards, Owner: 0, Epoch: 2}})
+	waitFor(t, "worker serves all shards", func() bool { return w.stats().shards == testShards })
+	if s := w.stats(); s.grace != testShards {
+		t.Fatalf("stats %+v, want every shard in grace", s)
+	}
+	a := udpClient(t, w)
+	a.openAuth("alice", alice, 0)
+	for s := range uint32(testShards) {
+		a.setEpoch(s, 2)
+	}
+	old := wire.MakeFence(1, 77)
+	if r := a.proofOf("x", old, wire.WholeStart, wire.WholeEnd); r.h.Status != wire.StatusGrace {
+		t.Fatalf("before the reclaim: %v, want GRACE", r.h.Status)
+	}
+	rc := a.do(wire.Reclaim{Fence: old, Mode: wire.EX, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte("x")}, a.shard("x"))
+	wantStatus(t, rc, wire.StatusOK)
+	r := a.proofOf("x", old, wire.WholeStart, wire.WholeEnd)
+	wantStatus(t, r, wire.StatusOK)
+	var p wire.Proof
+	if err := p.Decode(r.h, r.raw); err != nil {
+		t.Fatal(err)
+	}
+	c, err := fenceproof.Verify(fenceproof.PublicKey(ck[:]), p.Proof)
+	if err != nil || c.Fence != old || c.Epoch != 2 || c.Mode != wire.EX {
+		t.Fatalf("claims %+v, %v; want fence %#x at epoch 2", c, err, old)
 	}
 }
