@@ -225,7 +225,8 @@ func (p Proof) Marshal() []byte {
 }
 
 // Verify checks proof b against the cluster's public fence key and returns
-// its claims. It fails with ErrMalformed or ErrSignature. A verified proof
+// its claims, whose byte-slice fields alias b. It fails with ErrMalformed
+// or ErrSignature. A verified proof
 // says the fence was granted to someone; storage still compares fences
 // (docs/SECURITY.md §4).
 func Verify(pub ed25519.PublicKey, b []byte) (Claims, error) {
