@@ -82,8 +82,7 @@ func cmdKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch sub {
 	case "add":
 		out = flags.String("out", "", "write the key file here (mode 0600; never replaces a file) instead of printing it")
-		clusterKeyFile = flags.String("cluster-key-file", os.Getenv("TOKEND_CLUSTER_KEY_FILE"),
-			"the cluster key, to seal the new key with (default <certs-dir>/cluster.key; env TOKEND_CLUSTER_KEY_FILE)")
+		clusterKeyFile = addClusterKeyFlag(flags, ", to seal the new key with")
 	case "list", "revoke":
 	default:
 		return usageErr("keys: unknown command %q: want add, list or revoke", sub)
@@ -109,20 +108,9 @@ func cmdKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var clusterKey auth.Key
 	if sub == "add" {
-		path := *clusterKeyFile
-		if path == "" {
-			path = filepath.Join(c.tls.certsDir, pki.ClusterKeyFile)
+		if clusterKey, err = readClusterKey(*clusterKeyFile, c.tls.certsDir); err != nil {
+			return err
 		}
-		kn, k, err := pki.ReadKeyFile(path)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			return usageErr("--cluster-key-file: %s does not exist: run this where the cluster key is (a server's --certs-dir), or name it with --cluster-key-file", path)
-		case err != nil:
-			return usageErr("--cluster-key-file: %v", err)
-		case kn != pki.ClusterKeyName:
-			return usageErr("--cluster-key-file: %s holds the key %q, not the cluster key", path, kn)
-		}
-		clusterKey = k
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
