@@ -36,8 +36,9 @@ const (
 	ClientsPrefix = "/tokend/clients/"
 	DelegationKey = "/tokend/delegation/map"
 	LeaderPrefix  = "/tokend/leader/"
-	// FenceKey holds the cluster's public fence key (package fenceproof),
-	// hex, put by the servers at start: what storage verifies proofs with.
+	// FenceKey holds the cluster's public fence key (package fenceproof)
+	// as a FenceKeyDoc, put by the servers at start: what storage verifies
+	// proofs with.
 	FenceKey = "/tokend/fence-key"
 	// ElectionPrefix is LeaderPrefix as concurrency.NewElection wants it:
 	// it appends the "/" itself.
@@ -171,6 +172,12 @@ type Drain struct {
 	ID    string `json:"id"`
 	Since string `json:"since"` // for people only
 	By    string `json:"by,omitempty"`
+}
+
+// FenceKeyDoc is the document at FenceKey.
+type FenceKeyDoc struct {
+	Algorithm string `json:"algorithm"`  // "ed25519"
+	PublicKey string `json:"public_key"` // hex, fenceproof.FormatPublicKey
 }
 
 // DrainKey is the drain marker of worker id.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -123,8 +124,12 @@ func (d *daemon) publishFenceKey(ctx context.Context, cli *clientv3.Client) erro
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	pub := fenceproof.FormatPublicKey(fenceproof.PublicKey(c.clusterKey[:]))
+	doc, err := json.Marshal(cluster.FenceKeyDoc{Algorithm: "ed25519", PublicKey: pub})
+	if err != nil {
+		return err
+	}
 	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(cluster.FenceKey), "=", 0)).
-		Then(clientv3.OpPut(cluster.FenceKey, pub)).Else(clientv3.OpGet(cluster.FenceKey)).Commit()
+		Then(clientv3.OpPut(cluster.FenceKey, string(doc))).Else(clientv3.OpGet(cluster.FenceKey)).Commit()
 	if err != nil {
 		return fmt.Errorf("publishing the fence key: %w", err)
 	}
@@ -132,9 +137,12 @@ func (d *daemon) publishFenceKey(ctx context.Context, cli *clientv3.Client) erro
 		d.log.Info("published the public fence key in etcd", "key", cluster.FenceKey, "fence_key", pub)
 		return nil
 	}
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 && string(kvs[0].Value) != pub {
-		return fmt.Errorf("--cluster-key-file %s: %s holds another public fence key (%s, this cluster key's is %s): every server and worker needs the same cluster key",
-			c.clusterKeyFile, cluster.FenceKey, kvs[0].Value, pub)
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+		var have cluster.FenceKeyDoc
+		if json.Unmarshal(kvs[0].Value, &have) != nil || have.PublicKey != pub {
+			return fmt.Errorf("--cluster-key-file %s: %s holds another public fence key (%s, this cluster key's is %s): every server and worker needs the same cluster key",
+				c.clusterKeyFile, cluster.FenceKey, kvs[0].Value, pub)
+		}
 	}
 	return nil
 }

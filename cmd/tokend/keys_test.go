@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -146,7 +147,11 @@ func TestPublishFenceKey(t *testing.T) {
 	if err != nil || len(r.Kvs) != 1 {
 		t.Fatalf("%v, %v", r, err)
 	}
-	pub, err := fenceproof.ParsePublicKey(string(r.Kvs[0].Value))
+	var doc cluster.FenceKeyDoc
+	if err := json.Unmarshal(r.Kvs[0].Value, &doc); err != nil || doc.Algorithm != "ed25519" {
+		t.Fatalf("%s holds %q (%v), want an ed25519 cluster.FenceKeyDoc", cluster.FenceKey, r.Kvs[0].Value, err)
+	}
+	pub, err := fenceproof.ParsePublicKey(doc.PublicKey)
 	if err != nil || !bytes.Equal(pub, fenceproof.PublicKey(ck[:])) {
 		t.Fatalf("%s holds %q (%v), not the cluster key's public fence key", cluster.FenceKey, r.Kvs[0].Value, err)
 	}
