@@ -110,12 +110,13 @@ func exprString(sel *ast.SelectorExpr) string {
 func TestScenario9OnlyMonotonicTime(t *testing.T) {
 	// Reviewed uses that take no decision on wall-clock time.
 	allowed := map[string]string{
-		"clientlib/client.go: time.Unix": "SetReadDeadline(time.Unix(1, 0)): a deadline in the past to wake the reader at Close",
-		"cluster/cluster.go: t.UTC":      "cluster.Now: the human-readable 'since' of etcd documents, never read back for a decision",
-		"cluster/member.go: url.Parse":   "MemberAnswers parses an etcd member's URL, not a time",
-		"cluster/dial.go: url.Parse":     "Dial parses an etcd endpoint to check its scheme (http or https), not a time",
-		"worker/describe.go: stamp.UTC":  "GET /v1/token shows operators wall-clock times (as of, since, deadline): display only, never read back",
-		"worker/describe.go: ….UTC":      "the same display of since and deadline times",
+		"clientlib/client.go: time.Unix":    "SetReadDeadline(time.Unix(1, 0)): a deadline in the past to wake the reader at Close",
+		"cluster/cluster.go: t.UTC":         "cluster.Now: the human-readable 'since' of etcd documents, never read back for a decision",
+		"cluster/member.go: url.Parse":      "MemberAnswers parses an etcd member's URL, not a time",
+		"cluster/dial.go: url.Parse":        "Dial parses an etcd endpoint to check its scheme (http or https), not a time",
+		"worker/describe.go: stamp.UTC":     "GET /v1/token shows operators wall-clock times (as of, since, deadline): display only, never read back",
+		"worker/describe.go: ….UTC":         "the same display of since and deadline times",
+		"worker/fenceproof.go: ….UnixMilli": "a fence proof's issued-at claim, for storage and people to read; no lease or grant decision reads it back",
 	}
 	seen := map[string]bool{}
 	for _, dir := range []string{"worker", "worker/table", "worker/ownership", "worker/vouch", "clientlib", "wire", "coordinator", "coordinator/plan", "cluster", "cluster/delegation"} {
