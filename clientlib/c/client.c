@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -438,6 +439,8 @@ static void destroy(struct tokend_client *c)
 	free(c->seeds);
 	if (c->fd >= 0)
 		close(c->fd);
+	if (c->mfd >= 0)
+		close(c->mfd);
 	if (c->wake[0] >= 0)
 		close(c->wake[0]);
 	if (c->wake[1] >= 0)
@@ -511,17 +514,36 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 	if (!opts || !out)
 		return TOKEND_EINVAL;
 	*out = NULL;
+	struct tkm_config mcfg;
+	uint8_t ann_pub[TKM_PUB_LEN];
+	int ann_keyed = 0;
 	if (opts->multicast) {
-		snprintf(msg, cap, "multicast discovery (%.100s) is not implemented yet", opts->multicast);
-		return TOKEND_ENOTSUP;
+		if (tkm_parse_config(opts->multicast, &mcfg, msg, cap) != 0)
+			return TOKEND_EINVAL;
+		if (opts->announce_key) {
+			if (tkm_parse_public_key(opts->announce_key, ann_pub) != 0) {
+				snprintf(msg, cap, "announce_key: an announce key is 32 bytes in unpadded base64url "
+						   "(43 characters, as tokenctl announce-key prints it)");
+				return TOKEND_EAUTH;
+			}
+			ann_keyed = 1;
+		} else if (!opts->insecure) {
+			snprintf(msg, cap, "announcements need the cluster's announce key: tokenctl announce-key");
+			return TOKEND_EAUTH;
+		}
+	} else if (opts->announce_key) {
+		snprintf(msg, cap, "announce_key without multicast");
+		return TOKEND_EINVAL;
 	}
-	if (!opts->seeds || opts->nseeds == 0 || opts->nseeds > 1024) {
+	if (opts->multicast && (!opts->seeds || opts->nseeds == 0)) {
+		/* seedless: the workers come from announcements */
+	} else if (!opts->seeds || opts->nseeds == 0 || opts->nseeds > 1024) {
 		snprintf(msg, cap, "%zu seeds: give 1 to 1024 \"host:port\" addresses", opts->seeds ? opts->nseeds : 0);
 		return TOKEND_EINVAL;
 	}
 	char host[256];
 	unsigned port;
-	for (size_t i = 0; i < opts->nseeds; i++)
+	for (size_t i = 0; opts->seeds && i < opts->nseeds; i++)
 		if (!opts->seeds[i] || tkn_split_hostport(opts->seeds[i], host, sizeof host, &port) != 0) {
 			snprintf(msg, cap, "seed %zu (%.100s): not \"host:port\" or \"[v6]:port\"", i,
 				 opts->seeds[i] ? opts->seeds[i] : "NULL");
@@ -554,7 +576,7 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 			return TOKEND_ESYS;
 		}
 	}
-	c->fd = c->wake[0] = c->wake[1] = -1;
+	c->fd = c->wake[0] = c->wake[1] = c->mfd = -1;
 	c->app_ep = c->bg_ep = c->rwake[0] = c->rwake[1] = -1;
 	if (pthread_mutex_init(&c->mu, NULL) != 0) {
 		free(c);
@@ -584,19 +606,52 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 		rc = TOKEND_ESYS;
 		goto fail;
 	}
+	size_t ngiven = opts->seeds ? opts->nseeds : 0;
+	if (opts->multicast) {
+		char why[200];
+		c->mcfg = mcfg;
+		c->ann_keyed = ann_keyed;
+		memcpy(c->ann_pub, ann_pub, sizeof ann_pub);
+		c->mfd = tkm_listen(&mcfg, why, sizeof why);
+		if (c->mfd < 0) {
+			snprintf(msg, cap, "multicast discovery: %.200s", why);
+			rc = TOKEND_ESYS;
+			goto fail;
+		}
+	}
 	(void)reader_init(c); /* without it, replies pass through the background thread */
-	c->seeds = calloc(opts->nseeds, sizeof *c->seeds);
+	c->seeds_cap = ngiven ? ngiven : MAX_DISCOVERED;
+	c->seeds = calloc(c->seeds_cap, sizeof *c->seeds);
 	if (!c->seeds) {
 		rc = TOKEND_ENOMEM;
 		goto fail;
 	}
-	for (size_t i = 0; i < opts->nseeds; i++)
+	for (size_t i = 0; i < ngiven; i++)
 		if (tkn_resolve(opts->seeds[i], c->family, 0, &c->seeds[c->nseeds]) == 0)
 			c->nseeds++;
-	if (c->nseeds == 0) {
+	if (ngiven > 0 && c->nseeds == 0) {
 		snprintf(msg, cap, "no seed could be resolved (first: %.100s)", opts->seeds[0]);
 		rc = TOKEND_EADDR;
 		goto fail;
+	}
+	int64_t deadline = tkn_now() + c->connect_ns;
+	if (ngiven == 0) {
+		/* Without seeds: the first verified announcement names them. */
+		for (int64_t now = tkn_now(); c->nseeds == 0 && now < deadline; now = tkn_now()) {
+			struct pollfd p = {c->mfd, POLLIN, 0};
+			int64_t d = deadline - now;
+			if (poll(&p, 1, (int)((d + NS_PER_MS - 1) / NS_PER_MS)) > 0)
+				(void)ann_receive(c, now);
+		}
+		if (c->nseeds == 0) {
+			snprintf(msg, cap,
+				 "no seeds, and no verified announcement of cluster %.40s on %.30s (%.20s) within "
+				 "%lld ms (%llu dropped)",
+				 c->mcfg.cluster, c->mcfg.group, c->mcfg.iface[0] ? c->mcfg.iface : "loopback",
+				 (long long)(c->connect_ns / NS_PER_MS), (unsigned long long)c->ann_drops);
+			rc = TOKEND_EUNREACHABLE;
+			goto fail;
+		}
 	}
 
 	pthread_mutex_lock(&c->mu);
@@ -608,7 +663,7 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 	}
 	c->thread_started = 1;
 	c->active++;
-	int64_t now = tkn_now(), deadline = now + c->connect_ns;
+	int64_t now = tkn_now();
 	map_refresh(c, now);
 	while (!c->map.have && tkn_now() < deadline)
 		timed_wait(&c->cond, &c->mu, deadline);
@@ -718,6 +773,8 @@ int tokend_get_stats(tokend_client *c, tokend_stats *out)
 	pthread_mutex_lock(&c->mu);
 	out->dropped = c->drops;
 	out->auth_failures = c->auth_failures;
+	out->announce_accepted = c->ann_ok;
+	out->announce_dropped = c->ann_drops;
 	pthread_mutex_unlock(&c->mu);
 	return TOKEND_OK;
 }

@@ -1984,6 +1984,70 @@ static void receive(struct tokend_client *c, int64_t now)
 	}
 }
 
+/*
+ * One announcement datagram b[0..n) from src: verified and used, or dropped
+ * and counted. A verified worker becomes a seed (when the client has room
+ * for it: the seeds it was given, or up to 16 discovered ones); a newer map
+ * version than the client's starts a map fetch. Returns 1 if accepted.
+ */
+static int ann_handle(struct tokend_client *c, const uint8_t *b, size_t n, const struct tkn_addr *src, int64_t now)
+{
+	struct tkm_ann a;
+	int r = tkm_decode(b, n, c->mcfg.cluster, c->ann_keyed ? c->ann_pub : NULL, tkm_unix_ms(), &a);
+	if (r != TKM_OK) {
+		c->ann_drops++;
+		return 0;
+	}
+	c->ann_ok++;
+	if (a.bye)
+		return 1;
+	char host[256], hp[300];
+	unsigned port;
+	if (tkn_split_hostport(a.addr, host, sizeof host, &port) != 0)
+		return 1;
+	/* an unspecified host means the datagram's source address */
+	if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
+		char s[128];
+		tkn_addr_format(src, s, sizeof s);
+		char *colon = strrchr(s, ':');
+		if (!colon)
+			return 1;
+		*colon = 0;
+		snprintf(hp, sizeof hp, "%s:%u", s, port);
+	} else {
+		snprintf(hp, sizeof hp, "%s", a.addr);
+	}
+	struct tkn_addr w;
+	if (tkn_resolve(hp, c->family, 1, &w) != 0)
+		return 1; /* names are not looked up here (no DNS on this thread) */
+	int known = 0;
+	for (size_t i = 0; i < c->nseeds && !known; i++)
+		known = tkn_addr_equal(&c->seeds[i], &w);
+	if (!known && c->nseeds < c->seeds_cap)
+		c->seeds[c->nseeds++] = w;
+	if (c->map.have && a.map_version > c->map.version && !c->mf.active)
+		map_refresh(c, now);
+	return 1;
+}
+
+int ann_receive(struct tokend_client *c, int64_t now)
+{
+	int ok = 0;
+	for (int i = 0; i < 64 && !c->stopping && c->mfd >= 0; i++) {
+		struct tkn_addr src;
+		memset(&src, 0, sizeof src);
+		src.len = sizeof src.sa;
+		ssize_t n = recvfrom(c->mfd, c->ann_buf, sizeof c->ann_buf, 0, (struct sockaddr *)&src.sa, &src.len);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+				break;
+			continue;
+		}
+		ok += ann_handle(c, c->ann_buf, (size_t)n, &src, now);
+	}
+	return ok;
+}
+
 #if defined(TKN_EPOLL)
 static int ep_add(int ep, int fd, uint32_t events)
 {
@@ -2022,7 +2086,7 @@ int reader_init(struct tokend_client *c)
 	    ep_add(c->app_ep, c->rwake[0], EPOLLIN) == 0) {
 		c->bg_ep = epoll_create1(EPOLL_CLOEXEC);
 		if (c->bg_ep >= 0 && ep_add(c->bg_ep, c->fd, EPOLLIN | EPOLLEXCLUSIVE) == 0 &&
-		    ep_add(c->bg_ep, c->wake[0], EPOLLIN) == 0)
+		    ep_add(c->bg_ep, c->wake[0], EPOLLIN) == 0 && (c->mfd < 0 || ep_add(c->bg_ep, c->mfd, EPOLLIN) == 0))
 			return 0;
 	}
 	if (c->app_ep >= 0)
@@ -2149,27 +2213,31 @@ void *bg_main(void *arg)
 		int timeout = d <= 0 ? 0 : (int)((d + NS_PER_MS - 1) / NS_PER_MS);
 #if defined(TKN_EPOLL)
 		if (c->bg_ep >= 0) {
-			struct epoll_event ev[2];
+			struct epoll_event ev[3];
 			c->bg_sleep_until = wake; /* exactly: see after_receive */
 			pthread_mutex_unlock(&c->mu);
-			int n = epoll_wait(c->bg_ep, ev, 2, timeout);
+			int n = epoll_wait(c->bg_ep, ev, 3, timeout);
 			pthread_mutex_lock(&c->mu);
 			c->bg_sleep_until = 0;
-			int sock = 0;
+			int sock = 0, ann = 0;
 			for (int i = 0; i < n; i++) {
 				if (ev[i].data.fd == c->fd)
 					sock = 1;
+				else if (ev[i].data.fd == c->mfd)
+					ann = 1;
 				else
 					drain(c->wake[0]);
 			}
 			if (sock)
 				receive(c, tkn_now());
+			if (ann)
+				(void)ann_receive(c, tkn_now());
 			continue;
 		}
 #endif
-		struct pollfd p[2] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}};
+		struct pollfd p[3] = {{c->fd, POLLIN, 0}, {c->wake[0], POLLIN, 0}, {c->mfd, POLLIN, 0}};
 		pthread_mutex_unlock(&c->mu);
-		int pr = poll(p, 2, timeout);
+		int pr = poll(p, c->mfd >= 0 ? 3 : 2, timeout);
 		pthread_mutex_lock(&c->mu);
 		if (pr <= 0)
 			continue; /* timeout, EINTR */
@@ -2180,6 +2248,8 @@ void *bg_main(void *arg)
 		}
 		if (p[0].revents & (POLLIN | POLLERR))
 			receive(c, tkn_now());
+		if (c->mfd >= 0 && (p[2].revents & (POLLIN | POLLERR)))
+			(void)ann_receive(c, tkn_now());
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;

@@ -13,6 +13,7 @@
 #ifndef TOKEND_INTERNAL_H
 #define TOKEND_INTERNAL_H
 
+#include "ann.h"
 #include "auth.h"
 #include "codec.h"
 #include "net.h"
@@ -28,6 +29,7 @@
 #define RTO_MAX_NS (1000 * NS_PER_MS)
 #define QUEUED_POLL_NS (500 * NS_PER_MS) /* SPEC 12: re-poll of a queued request */
 #define DEFAULT_CONNECT_MS 5000
+#define MAX_DISCOVERED 16 /* seeds multicast discovery adds to a seedless client */
 #define DEFAULT_RTO_MS 20
 #define CLOSE_WAIT_MS 1000
 #define WAIT_SLACK_NS (250 * NS_PER_MS) /* see wait_deadline() in client.c */
@@ -233,7 +235,15 @@ struct tokend_client {
 	uint8_t client_key[TKA_KEY_LEN];
 	struct tka_mac open_c2w, open_w2c; /* MAC keys under the open key */
 	struct tkn_addr *seeds;
-	size_t nseeds;
+	size_t nseeds, seeds_cap; /* multicast discovery adds seeds up to seeds_cap (guarded by mu) */
+
+	/* multicast discovery (ann.h): mfd < 0 = off */
+	int mfd;
+	struct tkm_config mcfg;
+	int ann_keyed;                /* verify with ann_pub */
+	uint8_t ann_pub[TKM_PUB_LEN];
+	uint64_t ann_ok, ann_drops;   /* guarded by mu */
+	uint8_t ann_buf[TKM_MAX_DATAGRAM + 1];
 
 	int detect; /* tokend_detect_deadlocks: DETECT on waiting acquires and upgrades (guarded by mu) */
 
@@ -325,6 +335,9 @@ int grant_valid(struct tokend_client *c, struct grant_rec *g, int64_t now, int64
 void session_reset(struct tokend_client *c);
 void *bg_main(void *arg);
 int reader_init(struct tokend_client *c);
+/* Read what the multicast socket holds and act on it (mu held). Returns the
+ * number of announcements accepted. */
+int ann_receive(struct tokend_client *c, int64_t now);
 int reader_wait(struct tokend_client *c, struct req *r, int64_t until); /* 1 = waited (see engine.c) */
 void reader_wake(struct tokend_client *c);
 void tried_format(struct tokend_client *c, uint8_t type, char *buf, size_t cap);

@@ -96,7 +96,7 @@ typedef enum tokend_status {
 	TOKEND_OK = 0,
 	TOKEND_EINVAL = -1,       /* invalid argument (name length, mode, range, value, NULL) */
 	TOKEND_ENOMEM = -2,       /* out of memory */
-	TOKEND_ENOTSUP = -3,      /* not supported (yet): multicast discovery */
+	TOKEND_ENOTSUP = -3,      /* not supported */
 	TOKEND_ECONFLICT = -4,    /* a try-only request conflicts with a holder or a waiter */
 	TOKEND_ETIMEDOUT = -5,    /* the wait or connect deadline passed */
 	TOKEND_ENOTHELD = -6,     /* no such grant (already released, or never held) */
@@ -199,8 +199,17 @@ typedef struct tokend_options {
 	 * multicast is set. The library fetches the shard map from any of them. */
 	const char *const *seeds;
 	size_t nseeds;
-	/* Multicast discovery group "group:port": not implemented yet, gives
-	 * TOKEND_ENOTSUP. */
+	/*
+	 * Multicast discovery (announce/SPEC.md): non-NULL listens to the
+	 * workers' announcements, "[CLUSTER@][GROUP:PORT][%IFACE]", every part
+	 * optional: "" = cluster "tokend", group 239.255.84.75:7790, the
+	 * loopback interface (a cluster spread over hosts names its LAN
+	 * interface, e.g. "prod@239.255.84.75:7790%eth0"). Without seeds,
+	 * connect waits (within connect_timeout_ms) for a verified announcement
+	 * and uses the workers it names as seeds; afterwards an announcement of
+	 * a newer map version makes the client fetch the map. Needs
+	 * announce_key, unless insecure.
+	 */
 	const char *multicast;
 	uint32_t session_ttl_ms;     /* requested session TTL; 0 = the service's default */
 	uint32_t connect_timeout_ms; /* 0 = 5000 */
@@ -233,7 +242,16 @@ typedef struct tokend_options {
 	const char *key_file;
 	const char *key;
 	int insecure;
-	void *reserved[1];           /* zero (tokend_options_init) */
+	/*
+	 * The cluster's announce key, as `tokenctl announce-key` prints it
+	 * (43 characters of unpadded base64url): with multicast, only
+	 * announcements signed with it (Ed25519) and sent less than 30 s from
+	 * this host's clock are used; others are dropped and counted
+	 * (tokend_stats.announce_dropped). With multicast and neither this nor
+	 * insecure, connect fails with TOKEND_EAUTH. With insecure and no key,
+	 * announcements are used unverified. (It took the last reserved slot.)
+	 */
+	const char *announce_key;
 } tokend_options;
 
 /* Fill *o with the defaults (all zero). */
@@ -243,11 +261,12 @@ TOKEND_API void tokend_options_init(tokend_options *o);
  * Connect: resolve the seeds, fetch the shard map, open a session, start the
  * background thread. On success *out is a new handle (free it with
  * tokend_close). Returns within about connect_timeout_ms (default 5 s)
- * whether or not anything answers. Errors: TOKEND_EINVAL, TOKEND_ENOTSUP
- * (multicast), TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE
+ * whether or not anything answers. Errors: TOKEND_EINVAL, TOKEND_EADDR, TOKEND_ESYS, TOKEND_ENOMEM, TOKEND_EUNREACHABLE
  * (no map or session within connect_timeout_ms), TOKEND_ESERVER,
  * TOKEND_EAUTH (no client key, a bad key file, a key the workers do not
- * know, or a worker that does not authenticate). On failure,
+ * know, a worker that does not authenticate; multicast without a valid
+ * announce_key). With multicast and no seeds, TOKEND_EUNREACHABLE also
+ * when no verified announcement arrived in time. On failure,
  * opts->errbuf (if set) says what was tried, e.g. "no worker answered
  * MAP_REQUEST within 300 ms; tried 127.0.0.1:7700 (5 sends)".
  */
@@ -371,7 +390,10 @@ typedef struct tokend_stats {
 	uint64_t dropped;       /* datagrams dropped: malformed, unexpected, or for another session */
 	uint64_t auth_failures; /* of those, the ones whose auth tag did not verify (a forgery, or a
 				 * worker with another key) */
-	uint64_t reserved[6];
+	uint64_t announce_accepted; /* announcements used (multicast) */
+	uint64_t announce_dropped;  /* announcements dropped: unsigned, forged (signature), stale (sent_at
+				     * more than 30 s away), another cluster, another version, malformed */
+	uint64_t reserved[4];
 } tokend_stats;
 
 /* Fill *out with c's counters. TOKEND_OK, or TOKEND_EINVAL for NULL. */

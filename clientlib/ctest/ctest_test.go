@@ -116,6 +116,8 @@ var programs = map[string]string{
 	"test_auth":       "tests/test_auth.c",
 	"test_fenceproof": "tests/test_fenceproof.c",
 	"test_api":        "tests/test_api.c",
+	"test_ann":        "tests/test_ann.c",
+	"tokend-discover": "tests/discover.c",
 	"tokend-e2e":      "tests/e2e.c",
 	"revoke":          "examples/revoke.c", // includes <tokend.h>, as installed
 	"tokend-lock":     "tokend-lock.c",
@@ -154,7 +156,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "fenceproof.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "fenceproof.c", "ann.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup

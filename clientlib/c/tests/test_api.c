@@ -529,8 +529,24 @@ static void test_connect_errors(void)
 	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "IPv6 without brackets");
 	o.seeds = NULL;
 	o.nseeds = 0;
+	/* multicast discovery: the announce key is required, parsed strictly */
+	char eb[256];
+	o.errbuf = eb;
+	o.errbuf_len = sizeof eb;
 	o.multicast = "239.1.2.3:7701";
-	CHECK_RC(tokend_connect(&o, &c), TOKEND_ENOTSUP, "multicast");
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EAUTH, "multicast without an announce key");
+	CHECK(strstr(eb, "announcements need the cluster's announce key: tokenctl announce-key") != NULL,
+	      "no announce key: %s", eb);
+	o.announce_key = "bOa5Z6w11Yf9NvIOVUzlmoQHGXdNN64/sNfV8zkDo1Q"; /* '/' is not base64url */
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EAUTH, "a malformed announce key");
+	o.announce_key = "bOa5Z6w11Yf9NvIOVUzlmoQHGXdNN64_sNfV8zkDo1Q";
+	o.multicast = "10.1.2.3:7701";
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "a group that is not multicast");
+	o.multicast = NULL;
+	CHECK_RC(tokend_connect(&o, &c), TOKEND_EINVAL, "announce_key without multicast");
+	o.announce_key = NULL;
+	o.errbuf = NULL;
+	o.errbuf_len = 0;
 	CHECK_RC(tokend_close(NULL), TOKEND_OK, "close NULL");
 	tokend_grant g;
 	memset(&g, 0, sizeof g);
@@ -797,7 +813,7 @@ static void test_options_abi(void)
 	memset(&o, 0xff, sizeof o);
 	tokend_options_init(&o);
 	CHECK(o.on_jeopardy == NULL && o.jeopardy_ms == 0 && o.errbuf == NULL && o.errbuf_len == 0 &&
-		      o.key_file == NULL && o.key == NULL && o.insecure == 0 && o.reserved[0] == NULL,
+		      o.key_file == NULL && o.key == NULL && o.insecure == 0 && o.announce_key == NULL,
 	      "options_init leaves junk");
 }
 
