@@ -249,7 +249,8 @@ typedef struct tokend_options {
 	 * this host's clock are used; others are dropped and counted
 	 * (tokend_stats.announce_dropped). With multicast and neither this nor
 	 * insecure, connect fails with TOKEND_EAUTH. With insecure and no key,
-	 * announcements are used unverified. (It took the last reserved slot.)
+	 * announcements are used unverified. (It occupies the last of the
+	 * first release's reserved slots.)
 	 */
 	const char *announce_key;
 } tokend_options;

@@ -12,9 +12,12 @@
 //     shard move (handoff, NOT_OWNER, map refresh), a hung client (lost
 //     callback) and a killed one (session expiry);
 //   - runs the same scenarios against a real all-in-one tokend, once its worker
-//     answers MAP_REQUEST on UDP (until then that part skips).
+//     answers MAP_REQUEST on UDP (until then that part skips);
+//   - checks the announcement decoder against the golden datagrams of package
+//     announce, and multicast discovery against a real announcing tokend and
+//     forged announcements (multicast_test.go).
 //
-// The folder holds no other Go file: cgo is not allowed in tests, and C files
+// The folder holds only _test.go files: cgo is not allowed in tests, and C files
 // next to Go files would break "go build".
 package ctest
 
