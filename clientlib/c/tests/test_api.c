@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 static int failures;
 
 #define CHECK(cond, ...)                                          \
@@ -89,6 +91,7 @@ struct fake {
 	uint64_t next_fence;
 	/* what it saw */
 	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
+	int map_requests;
 	uint64_t released_fences[64];
 	int nreleased;
 	/* the last client address and grant, to send REVOKEs */
@@ -204,6 +207,7 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 	f->have_client = 1;
 	switch (q.h.type) {
 	case TKW_MAP_REQUEST:
+		f->map_requests++;
 		r.body_map_version = 1;
 		r.shard_count = 64;
 		r.grace_ms = 300;
@@ -1316,6 +1320,192 @@ static void test_forged(void)
 	fake_stop(&f);
 }
 
+/* ------------------------------------------------------------ announcements */
+
+/* The announce signing seed and public key of announce/format_test.go
+ * (goldenSeed, goldenPublic as tokenctl announce-key prints it). */
+static const uint8_t golden_seed[32] = {
+	0x85, 0x4b, 0xa4, 0x6d, 0x5b, 0xa8, 0x84, 0x47, 0xea, 0xff, 0x5e, 0xcc, 0x55, 0xca, 0x9e, 0xca,
+	0xbf, 0x74, 0x1b, 0x71, 0xad, 0xfa, 0x4e, 0xb6, 0x5d, 0xad, 0xf8, 0xa8, 0x0a, 0x35, 0x1e, 0xdf};
+#define GOLDEN_ANNOUNCE_KEY "bOa5Z6w11Yf9NvIOVUzlmoQHGXdNN64_sNfV8zkDo1Q"
+
+static uint8_t *put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+/* An announcement (announce/SPEC.md) of cluster "api", worker addr, map
+ * version mv, sent now, signed with seed (NULL: unsigned). Returns its
+ * length. */
+static size_t ann_build(uint8_t *b, const char *addr, uint64_t mv, uint64_t seq, const uint8_t *seed)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t sent = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	uint8_t *p = b;
+	*p++ = 'T';
+	*p++ = 'A';
+	*p++ = 2;
+	*p++ = seed ? 0x02 : 0;
+	p += 8; /* length, reserved, checksum: below */
+	p = put_be(p, 1000, 4);
+	p = put_be(p, 42, 8);
+	p = put_be(p, seq, 8);
+	p = put_be(p, mv, 8);
+	p = put_be(p, sent, 8);
+	const char *texts[3] = {"api", addr, "fake"};
+	for (int i = 0; i < 3; i++) {
+		size_t l = strlen(texts[i]);
+		*p++ = (uint8_t)l;
+		memcpy(p, texts[i], l);
+		p += l;
+	}
+	size_t body = (size_t)(p - b), n = body + (seed ? 64 : 0);
+	memset(b + 4, 0, 8);
+	put_be(b + 4, n, 2);
+	put_be(b + 8, tkw_crc32c(b, body), 4);
+	if (seed) {
+		size_t siglen = 64;
+		EVP_PKEY *k = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, 32);
+		EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+		if (!k || !ctx || EVP_DigestSignInit(ctx, NULL, NULL, NULL, k) != 1 ||
+		    EVP_DigestSign(ctx, b + body, &siglen, b, body) != 1 || siglen != 64) {
+			fprintf(stderr, "ann_build: Ed25519 signing failed\n");
+			failures++;
+		}
+		EVP_MD_CTX_free(ctx);
+		EVP_PKEY_free(k);
+	}
+	return n;
+}
+
+static int fake_map_requests(struct fake *f)
+{
+	pthread_mutex_lock(&f->mu);
+	int n = f->map_requests;
+	pthread_mutex_unlock(&f->mu);
+	return n;
+}
+
+static tokend_stats stats_of(tokend_client *c)
+{
+	tokend_stats s;
+	tokend_get_stats(c, &s);
+	return s;
+}
+
+/*
+ * A client with seeds listens to announcements: a verified one of a newer
+ * map version than the client's makes it fetch the map; forged ones
+ * (unsigned, another key) are dropped and counted. Skipped where multicast
+ * does not come back on the loopback interface.
+ */
+static void test_announce_refresh(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	int sfd = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in lo, group;
+	memset(&lo, 0, sizeof lo);
+	lo.sin_family = AF_INET;
+	lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof lo;
+	unsigned char loop = 1;
+	if (sfd < 0 || bind(sfd, (struct sockaddr *)&lo, sizeof lo) != 0 ||
+	    getsockname(sfd, (struct sockaddr *)&lo, &sl) != 0 ||
+	    setsockopt(sfd, IPPROTO_IP, IP_MULTICAST_IF, &lo.sin_addr, sizeof lo.sin_addr) != 0 ||
+	    setsockopt(sfd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop) != 0) {
+		printf("announce refresh: skipped: sender socket: %s\n", strerror(errno));
+		if (sfd >= 0)
+			close(sfd);
+		fake_stop(&f);
+		return;
+	}
+	/* a group and port of its own: the sender's ephemeral port */
+	memset(&group, 0, sizeof group);
+	group.sin_family = AF_INET;
+	group.sin_port = lo.sin_port;
+	group.sin_addr.s_addr = htonl(0xefffc800u | (uint32_t)(1 + rand() % 250)); /* 239.255.200.x */
+	char mc[64], gs[32];
+	inet_ntop(AF_INET, &group.sin_addr, gs, sizeof gs);
+	snprintf(mc, sizeof mc, "api@%s:%u", gs, (unsigned)ntohs(group.sin_port));
+
+	const char *seeds[] = {f.addr};
+	char eb[256];
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.key = TEST_KEY;
+	o.multicast = mc;
+	o.announce_key = GOLDEN_ANNOUNCE_KEY;
+	o.errbuf = eb;
+	o.errbuf_len = sizeof eb;
+	tokend_client *c = NULL;
+	int rc = tokend_connect(&o, &c);
+	if (rc == TOKEND_ESYS) {
+		printf("announce refresh: skipped: %s\n", eb);
+		close(sfd);
+		fake_stop(&f);
+		return;
+	}
+	CHECK_RC(rc, TOKEND_OK, "connect with multicast and seeds");
+	if (rc != TOKEND_OK) {
+		close(sfd);
+		fake_stop(&f);
+		return;
+	}
+	uint8_t b[1300];
+	uint64_t seq = 1;
+	/* a verified announcement of the client's own map version: accepted,
+	 * nothing fetched; also the probe that multicast works here */
+	int64_t end = now_ms() + 2000;
+	while (stats_of(c).announce_accepted == 0 && now_ms() < end) {
+		size_t n = ann_build(b, f.addr, 1, seq++, golden_seed);
+		sendto(sfd, b, n, 0, (struct sockaddr *)&group, sizeof group);
+		struct pollfd none = {-1, 0, 0};
+		poll(&none, 0, 20);
+	}
+	if (stats_of(c).announce_accepted == 0) {
+		printf("announce refresh: skipped: multicast does not come back on loopback\n");
+		tokend_close(c);
+		close(sfd);
+		fake_stop(&f);
+		return;
+	}
+	int before = fake_map_requests(&f);
+	/* forgeries of a newer version: unsigned, another key */
+	uint8_t other[32];
+	memcpy(other, golden_seed, sizeof other);
+	other[0] ^= 1;
+	uint64_t dropped0 = stats_of(c).announce_dropped;
+	size_t n = ann_build(b, f.addr, 9, seq++, NULL);
+	sendto(sfd, b, n, 0, (struct sockaddr *)&group, sizeof group);
+	n = ann_build(b, f.addr, 9, seq++, other);
+	sendto(sfd, b, n, 0, (struct sockaddr *)&group, sizeof group);
+	end = now_ms() + 2000;
+	while (stats_of(c).announce_dropped < dropped0 + 2 && now_ms() < end) {
+		struct pollfd none = {-1, 0, 0};
+		poll(&none, 0, 5);
+	}
+	CHECK(stats_of(c).announce_dropped == dropped0 + 2, "forged announcements: %" PRIu64 " dropped, want %" PRIu64,
+	      stats_of(c).announce_dropped, dropped0 + 2);
+	/* the real one of a newer version: the client fetches the map */
+	n = ann_build(b, f.addr, 9, seq++, golden_seed);
+	sendto(sfd, b, n, 0, (struct sockaddr *)&group, sizeof group);
+	end = now_ms() + 2000;
+	while (fake_map_requests(&f) == before && now_ms() < end) {
+		struct pollfd none = {-1, 0, 0};
+		poll(&none, 0, 5);
+	}
+	CHECK(fake_map_requests(&f) > before, "no MAP_REQUEST after a verified announcement of map version 9");
+	tokend_close(c);
+	close(sfd);
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	srand(1);
@@ -1333,6 +1523,7 @@ int main(void)
 	test_key_sources();
 	test_auth_mismatch();
 	test_forged();
+	test_announce_refresh();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }
