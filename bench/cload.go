@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -75,13 +76,23 @@ func cloadBinary(ctx context.Context) (string, error) {
 		src = d
 	}
 	return built("cload", func(dir string) (string, error) {
-		lib := []string{"codec.c", "net.c", "engine.c", "client.c"}
+		// The library is every .c file of the folder but the tokend-lock
+		// command, as the Makefile's LIB_SRC lists them.
+		all, err := filepath.Glob(filepath.Join(src, "*.c"))
+		if err != nil {
+			return "", err
+		}
+		var lib []string
+		for _, f := range all {
+			if f := filepath.Base(f); f != "tokend-lock.c" {
+				lib = append(lib, f)
+			}
+		}
 		flags := append([]string{}, cFlags...)
 		var libs []string
-		if _, err := os.Stat(filepath.Join(src, "auth.c")); err == nil {
+		if slices.Contains(lib, "auth.c") {
 			// Authentication (wire/SPEC.md section 20) with OpenSSL's
 			// libcrypto; sources from before it have no auth.c.
-			lib = append(lib, "auth.c")
 			cf, l := libcrypto(ctx)
 			flags, libs = append(flags, cf...), l
 		}
