@@ -250,6 +250,9 @@ func (w *Worker) renewSession(ctx context.Context, id uint64, lease clientv3.Lea
 		} else if ctx.Err() == nil {
 			w.log.Warn("cannot renew session", "session", cluster.SessionString(id), "err", err)
 		}
+		if s != nil && ttl > 0 {
+			s.renewedID, s.renewedTTL = h.Request, ttl
+		}
 		// Validity is read now, after etcd answered: later than the
 		// client's send, so only shorter from the client's view.
 		ob.add(w.keepaliveReply(h, entries, ttl, ob.safe, now), to, h.Type, out)

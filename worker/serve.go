@@ -205,14 +205,22 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.met.drop("stale")
 		return
 	case core.Replay:
-		if h.Type == wire.TypeKeepalive && h.Flags&wire.FlagRenew == 0 {
-			// A KEEPALIVE without RENEW changes nothing: a copy (its
-			// reply was lost) is answered again, to its sender, and moves
-			// nothing.
+		if h.Type == wire.TypeKeepalive {
+			// A copy of a KEEPALIVE (its reply was lost) is answered
+			// again, to its sender, and moves nothing: without RENEW as
+			// afresh; with RENEW, once etcd renewed the lease for it, with
+			// the TTL granted then (counted by the client from its first
+			// send of that id, which came before the renewal: safe), and
+			// renews nothing.
 			var m wire.Keepalive
-			if m.Decode(h, pkt) == nil {
+			renewed := h.Flags&wire.FlagRenew == 0 || s.renewedID == h.Request
+			if renewed && m.Decode(h, pkt) == nil {
+				var ttl uint32
+				if m.Renew {
+					ttl = s.renewedTTL
+				}
 				w.met.op(h.Type, statusDuplicate)
-				ob.add(w.keepaliveReply(h, m.Entries, 0, ob.safe, ob.stamp), from, h.Type, s.keys.out)
+				ob.add(w.keepaliveReply(h, m.Entries, ttl, ob.safe, ob.stamp), from, h.Type, s.keys.out)
 				return
 			}
 		}

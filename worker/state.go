@@ -110,6 +110,11 @@ type session struct {
 	keys      sessKeys // its key, with Auth
 
 	renewing uint64 // request id of the KEEPALIVE whose renewal etcd works on (0: none)
+	// renewedID and renewedTTL are the last KEEPALIVE with RENEW that etcd
+	// renewed and the TTL it granted (ms): a copy of it, whose answer was
+	// lost, is answered again with that TTL and renews nothing.
+	renewedID  uint64
+	renewedTTL uint32
 	closing  bool   // a SESSION_CLOSE is with etcd
 }
 
