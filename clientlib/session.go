@@ -112,6 +112,10 @@ func (c *Client) openSession(ctx context.Context) error {
 	// (tagged) to that worker, without it (untagged) to another.
 	var cookie [wire.CookieLen]byte
 	var cookieFrom netip.AddrPort
+	// created is the first send that can have created the session, where
+	// its TTL counts from: an open with a cookie (no worker opens one
+	// without), or, without a key, the first send.
+	var created time.Time
 	rto := c.cfg.RTOMin
 	timer, timerC := c.clk.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -140,6 +144,9 @@ func (c *Client) openSession(ctx context.Context) error {
 				cl.body, cl.mac = b, openC2W
 			} else {
 				cl.body = body
+			}
+			if created.IsZero() && (c.key == nil || cl.mac != nil) {
+				created = c.now()
 			}
 			c.send(cl)
 			resetTimer(timer, timerC, jitter(rto))
@@ -173,13 +180,14 @@ func (c *Client) openSession(ctx context.Context) error {
 				if r.from == cl.dest && (r.cookie != cookie || cookieFrom != r.from) {
 					cookie, cookieFrom = r.cookie, r.from
 					sendNow = true // the same open at once, with the cookie
+					rto = c.cfg.RTOMin
 				}
 			case s == wire.StatusOK && r.unauth:
 				return fmt.Errorf("open session: %w: worker %s does not authenticate: started with --insecure? "+
 					"(refusing an unauthenticated session: the client has key %q; set Config.Insecure "+
 					"for such a cluster)", ErrAuth, r.from, c.key.name)
 			case s == wire.StatusOK:
-				c.sessionOpened(cl, &r)
+				c.sessionOpened(created, &r)
 				return nil
 			case s.Retryable():
 				last = s.String() // the timer resends
@@ -249,7 +257,9 @@ func (c *Client) openReply(h wire.Header, b []byte, from netip.AddrPort, r *repl
 	c.mu.Unlock()
 }
 
-func (c *Client) sessionOpened(cl *call, r *reply) {
+// sessionOpened starts the session of OK reply r to an open first sent
+// (in the form that can create a session) at created.
+func (c *Client) sessionOpened(created time.Time, r *reply) {
 	c.shardCount = r.sess.ShardCount
 	c.grace = time.Duration(r.sess.GraceMs) * time.Millisecond
 	c.workerTTL = time.Duration(r.sess.WorkerTTLMs) * time.Millisecond
@@ -260,8 +270,8 @@ func (c *Client) sessionOpened(cl *call, r *reply) {
 	c.session.Store(r.h.Session)
 	c.mu.Lock()
 	c.home = r.from
-	c.sessDL = c.leaseEnd(cl.firstSend, r.sess.TTLMs)
-	c.nextRenew = cl.firstSend.Add(c.sessionTTL / 3)
+	c.sessDL = c.leaseEnd(created, r.sess.TTLMs)
+	c.nextRenew = created.Add(c.sessionTTL / 3)
 	c.mu.Unlock()
 }
 
