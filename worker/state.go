@@ -115,7 +115,7 @@ type session struct {
 	// lost, is answered again with that TTL and renews nothing.
 	renewedID  uint64
 	renewedTTL uint32
-	closing  bool   // a SESSION_CLOSE is with etcd
+	closing    bool // a SESSION_CLOSE is with etcd
 }
 
 func newSession(id uint64, addr *net.UDPAddr) *session {
