@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/ipv4"
 
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/testkit/devcluster"
 	"github.com/tokend/tokend/testkit/fakeworker"
+	"github.com/tokend/tokend/testkit/mcast"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker"
@@ -135,40 +135,14 @@ func testGroup(t *testing.T) announce.Config {
 // interval until the test ends.
 func replayer(t *testing.T, cfg announce.Config, interval time.Duration, b []byte) {
 	t.Helper()
-	group, err := announce.ParseGroup(cfg.Group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lo *net.Interface
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range ifs {
-		if ifs[i].Flags&net.FlagLoopback != 0 && ifs[i].Flags&net.FlagUp != 0 {
-			lo = &ifs[i]
-			break
-		}
-	}
-	if lo == nil {
-		t.Fatal("no loopback interface")
-	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := ipv4.NewPacketConn(c)
-	if err := errors.Join(p.SetMulticastInterface(lo), p.SetMulticastTTL(1), p.SetMulticastLoopback(true)); err != nil {
-		c.Close()
-		t.Fatal(err)
-	}
+	send := mcast.Sender(t, cfg.Group)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		tk := time.NewTicker(interval)
 		defer tk.Stop()
 		for {
-			p.WriteTo(b, nil, net.UDPAddrFromAddrPort(group))
+			send(b)
 			select {
 			case <-stop:
 				return
@@ -176,7 +150,7 @@ func replayer(t *testing.T, cfg announce.Config, interval time.Duration, b []byt
 			}
 		}
 	}()
-	t.Cleanup(func() { close(stop); <-done; c.Close() })
+	t.Cleanup(func() { close(stop); <-done })
 }
 
 // TestForgedAnnouncements is the acceptance test of forged announcements to

@@ -2,7 +2,6 @@ package ctest
 
 import (
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -14,10 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/ipv4"
-
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/testkit/mcast"
 	"github.com/tokend/tokend/wire/auth"
 )
 
@@ -38,39 +36,6 @@ func TestAnnounceDecoder(t *testing.T) {
 			}
 		})
 	}
-}
-
-// mcastSender multicasts datagrams to group on the loopback interface.
-func mcastSender(t *testing.T, group string) func(b []byte) {
-	t.Helper()
-	g, err := announce.ParseGroup(group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lo *net.Interface
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range ifs {
-		if ifs[i].Flags&net.FlagLoopback != 0 && ifs[i].Flags&net.FlagUp != 0 {
-			lo = &ifs[i]
-			break
-		}
-	}
-	if lo == nil {
-		t.Fatal("no loopback interface")
-	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	p := ipv4.NewPacketConn(c)
-	if err := errors.Join(p.SetMulticastInterface(lo), p.SetMulticastTTL(1), p.SetMulticastLoopback(true)); err != nil {
-		t.Fatal(err)
-	}
-	return func(b []byte) { p.WriteTo(b, nil, net.UDPAddrFromAddrPort(g)) }
 }
 
 // TestMulticastDiscovery: a seedless C client holding the cluster's announce
@@ -153,7 +118,7 @@ func TestMulticastDiscovery(t *testing.T) {
 		mk(otherCluster, announce.SigningKey(clusterKey)),
 		v1,
 	}
-	send := mcastSender(t, group)
+	send := mcast.Sender(t, group)
 	stop, sent := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(sent)
@@ -174,7 +139,7 @@ func TestMulticastDiscovery(t *testing.T) {
 
 	// Another group on which only the forgeries are heard: no worker.
 	fakeGroup := fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), freeUDPPort(t))
-	sendFake := mcastSender(t, fakeGroup)
+	sendFake := mcast.Sender(t, fakeGroup)
 	stop2, sent2 := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(sent2)
