@@ -18,6 +18,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "../auth.h"
 #include "../codec.h"
+#include "hex.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -33,39 +34,6 @@ static int failures, checks;
 		fprintf(stderr, "FAIL: " __VA_ARGS__); \
 		fputc('\n', stderr);                  \
 	} while (0)
-
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-static long unhex(const char *s, uint8_t *out, size_t cap)
-{
-	size_t n = strlen(s);
-	if (n % 2 || n / 2 > cap)
-		return -1;
-	for (size_t i = 0; i < n / 2; i++) {
-		int a = hexval((unsigned char)s[2 * i]), b = hexval((unsigned char)s[2 * i + 1]);
-		if (a < 0 || b < 0)
-			return -1;
-		out[i] = (uint8_t)(a << 4 | b);
-	}
-	return (long)(n / 2);
-}
-
-static void tohex(const uint8_t *p, size_t n, char *out)
-{
-	static const char d[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = d[p[i] >> 4];
-		out[2 * i + 1] = d[p[i] & 15];
-	}
-	out[2 * n] = 0;
-}
 
 /* Compare got with the hex of a vector. */
 static void want_hex(const char *what, const uint8_t *got, size_t n, const char *hex)

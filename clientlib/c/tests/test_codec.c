@@ -18,6 +18,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../codec.h"
+#include "hex.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -38,44 +39,7 @@ static int checks;
 
 /* ------------------------------------------------------------ helpers */
 
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Decode hex s into out (cap bytes); returns the length or -1. */
-static long unhex(const char *s, uint8_t *out, size_t cap)
-{
-	size_t n = strlen(s);
-	if (n % 2)
-		return -1;
-	if (n / 2 > cap)
-		return -1;
-	for (size_t i = 0; i < n / 2; i++) {
-		int a = hexval((unsigned char)s[2 * i]), b = hexval((unsigned char)s[2 * i + 1]);
-		if (a < 0 || b < 0)
-			return -1;
-		out[i] = (uint8_t)(a << 4 | b);
-	}
-	return (long)(n / 2);
-}
-
-static void tohex(const uint8_t *p, size_t n, char *out)
-{
-	static const char d[] = "0123456789abcdef";
-	for (size_t i = 0; i < n; i++) {
-		out[2 * i] = d[p[i] >> 4];
-		out[2 * i + 1] = d[p[i] & 15];
-	}
-	out[2 * n] = 0;
-}
-
 static int parse_u64(const char *s, uint64_t *v)
 {
 	char *end;

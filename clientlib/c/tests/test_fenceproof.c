@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../tokend.h"
+#include "hex.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -32,29 +33,6 @@ static int failures, checks;
 		if (!(cond))          \
 			FAIL(__VA_ARGS__); \
 	} while (0)
-
-static int hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-static long unhex(const char *s, unsigned char *out, size_t cap)
-{
-	size_t n = strlen(s);
-	if (n % 2 || n / 2 > cap)
-		return -1;
-	for (size_t i = 0; i < n / 2; i++) {
-		int a = hexval((unsigned char)s[2 * i]), b = hexval((unsigned char)s[2 * i + 1]);
-		if (a < 0 || b < 0)
-			return -1;
-		out[i] = (unsigned char)(a << 4 | b);
-	}
-	return (long)(n / 2);
-}
 
 /* The claims of the record being read, as the file lists them. */
 struct want {
