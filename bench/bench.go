@@ -96,6 +96,11 @@ type Config struct {
 	// ContendedProfile, if set, receives a CPU profile of the tokend
 	// contended workload (release on revoke).
 	ContendedProfile io.Writer
+	// ServerProfileDir, if set, starts the tokend processes with --pprof
+	// and saves a CPU profile of the tokend process during each contended
+	// window (release on revoke) there, as contended-<system>.pprof (the
+	// authenticated and the --insecure process alike).
+	ServerProfileDir string
 	// Progress, if set, is told what runs now (one line per step).
 	Progress func(msg string)
 

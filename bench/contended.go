@@ -3,7 +3,12 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/tokend/tokend/wire"
@@ -55,6 +60,14 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 			}
 			profiling = true
 		}
+		var serverProf chan error
+		if hold == 0 && cfg.ServerProfileDir != "" && tgt.pprof != "" {
+			serverProf = make(chan error, 1)
+			go func() {
+				serverProf <- fetchProfile(ctx, tgt.pprof, cfg.Warmup+cfg.Duration,
+					filepath.Join(cfg.ServerProfileDir, "contended-"+fileSafe(system)+".pprof"))
+			}()
+		}
 		l, err := measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
 			c := cs[i]
 			t0 := time.Now()
@@ -85,6 +98,11 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 		if profiling {
 			pprof.StopCPUProfile()
 		}
+		if serverProf != nil {
+			if perr := <-serverProf; perr != nil {
+				cfg.progress("%s contended: server profile: %v", system, perr)
+			}
+		}
 		closeClients(cs)
 		if err != nil {
 			return out, err
@@ -111,4 +129,44 @@ func dedupeD(ds ...time.Duration) []time.Duration {
 		}
 	}
 	return out
+}
+
+// fetchProfile saves a CPU profile of d (whole seconds, at least 1) from
+// the tokend process whose --pprof handlers listen at hostport.
+func fetchProfile(ctx context.Context, hostport string, d time.Duration, path string) error {
+	secs := max(int((d+time.Second-1)/time.Second), 1)
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", hostport, secs), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// fileSafe turns a system's label ("tokend (no auth)") into a file name part.
+func fileSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
+			return r
+		}
+		return '-'
+	}, s)
 }

@@ -164,6 +164,7 @@ type procCluster struct {
 	dir      string
 	certs    string // the all-in-one's certificates and keys (<data-dir>/pki)
 	insecure bool   // started with --insecure
+	pprof    bool   // started with --pprof
 	etcd     string // client endpoint of the all-in-one's etcd member
 	cli      *clientv3.Client
 	procs    []*tokendProc
@@ -212,6 +213,10 @@ func startProcCluster(ctx context.Context, cfg *Config, workers int, insecure bo
 	if insecure {
 		scheme = "http://"
 		common = append(common, "--insecure")
+	}
+	if cfg.ServerProfileDir != "" {
+		common = append(common, "--pprof")
+		pc.pprof = true
 	}
 	all := append([]string{
 		"--data-dir", dataDir, "--worker-id", "w1",
@@ -305,6 +310,9 @@ func (pc *procCluster) target() target {
 	t := target{seeds: pc.Seeds()}
 	if !pc.insecure {
 		t.keyFile = filepath.Join(pc.certs, pki.DefaultClientKeyFile)
+	}
+	if pc.pprof {
+		t.pprof = pc.procs[0].http
 	}
 	return t
 }

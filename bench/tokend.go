@@ -19,6 +19,9 @@ type target struct {
 	// keyFile is the client key file; "" for a cluster started with
 	// --insecure (clients then set clientlib.Config.Insecure).
 	keyFile string
+	// pprof is the host:port of the tokend process's /debug/pprof/ (a
+	// cluster started for Config.ServerProfileDir); "" otherwise.
+	pprof string
 }
 
 // insecure reports whether the cluster runs without authentication.

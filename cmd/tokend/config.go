@@ -47,6 +47,7 @@ type config struct {
 	logFormat  string
 	logLevel   string
 	httpAddr   string
+	pprof      bool   // serve net/http/pprof under /debug/pprof/ on httpAddr
 	advHTTP    string // advertised HTTP host:port; "" after resolveAdvertise: not advertised
 
 	// etcd member (all-in-one and server)
@@ -157,6 +158,7 @@ func (c *config) options() []option {
 		{"log-format", "log format: text or json", stringVal(&c.logFormat), nil},
 		{"log-level", "log level: debug, info, warn or error", stringVal(&c.logLevel), nil},
 		{"http-addr", "host:port to listen on for /metrics, /healthz and /readyz (port 0 picks one)", stringVal(&c.httpAddr), nil},
+		{"pprof", "also serve Go's runtime profiles under /debug/pprof/ on --http-addr (off by default: they reveal internals and cost CPU while taken)", boolVal(&c.pprof), nil},
 		{"advertise-http-addr", "host:port registered for people and tools to reach HTTP at (default: --http-addr if specific, else derived from the default route's interface; not registered if --http-addr is loopback and the cluster is not)", stringVal(&c.advHTTP), nil},
 		{"name", "etcd member name (unique in the cluster)", stringVal(&c.name), member},
 		{"peer-urls", "comma-separated etcd peer URLs to listen on (https://0.0.0.0:2380 listens on every address) (default https://127.0.0.1:2380; http:// with --insecure)", listVal(&c.peerURLs), member},
