@@ -96,10 +96,18 @@ type Config struct {
 	// ContendedProfile, if set, receives a CPU profile of the tokend
 	// contended workload (release on revoke).
 	ContendedProfile io.Writer
+	// AuthRounds is how many times the uncontended and contended loops run
+	// against the authenticated and the --insecure process each (workload
+	// noauth), alternating which goes first (AB BA AB ...), so that drift
+	// and neighbours weigh on both alike; the auth on / off comparison is
+	// the median of the rounds' ratios.
+	AuthRounds int
 	// ServerProfileDir, if set, starts the tokend processes with --pprof
-	// and saves a CPU profile of the tokend process during each contended
-	// window (release on revoke) there, as contended-<system>.pprof (the
-	// authenticated and the --insecure process alike).
+	// and saves CPU profiles of each contended window (release on revoke)
+	// against a tokend process there (the authenticated and the --insecure
+	// process alike): the tokend process's as contended-<system>.pprof,
+	// the bench process's (the Go clients) as
+	// contended-<system>-clients.pprof.
 	ServerProfileDir string
 	// Progress, if set, is told what runs now (one line per step).
 	Progress func(msg string)
@@ -126,6 +134,7 @@ func QuickConfig() Config {
 		FailoverSession: 4 * time.Second,
 		FailoverHeld:    2, FailoverPause: 20 * time.Millisecond,
 		SessionLevels: []int{1_000, 4_000}, SessionHold: 4 * time.Second,
+		AuthRounds: 3,
 	}
 }
 
@@ -140,6 +149,7 @@ func FullConfig() Config {
 	c.FailoverKills = 10
 	c.SessionLevels = []int{1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000}
 	c.SessionHold = 20 * time.Second // two session TTLs: six renewals each
+	c.AuthRounds = 5
 	return c
 }
 
@@ -167,6 +177,7 @@ func (c Config) Defaults() Config {
 		c.MaxOps = d.MaxOps
 	}
 	set(&c.Shards, d.Shards)
+	set(&c.AuthRounds, d.AuthRounds)
 	set(&c.Payload, d.Payload)
 	setD(&c.WorkerTTL, d.WorkerTTL)
 	setD(&c.SessionTTL, d.SessionTTL)

@@ -53,8 +53,18 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 			timers[i].Stop()
 		}
 		profiling := false
-		if hold == 0 && cfg.ContendedProfile != nil && system == sysTokend {
-			if err := pprof.StartCPUProfile(cfg.ContendedProfile); err != nil {
+		var clientProf *os.File
+		if hold == 0 && cfg.ServerProfileDir != "" && tgt.pprof != "" {
+			f, err := os.Create(filepath.Join(cfg.ServerProfileDir, "contended-"+fileSafe(system)+"-clients.pprof"))
+			if err != nil {
+				closeClients(cs)
+				return out, fmt.Errorf("bench: cpu profile: %w", err)
+			}
+			clientProf = f
+			defer f.Close()
+		}
+		if w := profileTo(cfg.ContendedProfile, clientProf, system); hold == 0 && w != nil {
+			if err := pprof.StartCPUProfile(w); err != nil {
 				closeClients(cs)
 				return out, fmt.Errorf("bench: cpu profile: %w", err)
 			}
@@ -159,6 +169,19 @@ func fetchProfile(ctx context.Context, hostport string, d time.Duration, path st
 		return err
 	}
 	return f.Close()
+}
+
+// profileTo picks where the bench process's CPU profile of a contended
+// window goes: the per-system file of Config.ServerProfileDir, else
+// Config.ContendedProfile for the authenticated tokend process.
+func profileTo(contended io.Writer, perSystem *os.File, system string) io.Writer {
+	if perSystem != nil {
+		return perSystem
+	}
+	if contended != nil && system == sysTokend {
+		return contended
+	}
+	return nil
 }
 
 // fileSafe turns a system's label ("tokend (no auth)") into a file name part.

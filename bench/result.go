@@ -1,11 +1,17 @@
 package bench
 
+import "fmt"
+
 // Result is one measured line of the report.
 type Result struct {
 	Workload string `json:"workload"`          // uncontended, contended, shared-heavy, ranges, held, workers, echo
 	Variant  string `json:"variant,omitempty"` // e.g. "prompt", "overlapping", "1000000 held", "2 workers"
 	System   string `json:"system"`            // tokend, etcd-1, etcd-3, udp-echo
 	Clients  int    `json:"clients"`           // concurrent clients (operations in flight)
+	// Round numbers the repeated windows of the auth on / off comparison
+	// (Config.AuthRounds) after the first; 0 for every other row. Only
+	// that comparison reads rows of a later round.
+	Round int `json:"round,omitempty"`
 
 	WindowS float64 `json:"window_s"` // measured seconds
 	Count   int64   `json:"count"`    // operations completed in the window
@@ -88,4 +94,15 @@ func (r *Result) cpuMetrics(l *loopResult) {
 	}
 	r.metric("cpu", cpu.Seconds()/max(l.window.Seconds(), 1e-9), "cores")
 	r.metric("per_cpu_s", float64(l.ops)/cpu.Seconds(), "ops/CPU-s")
+}
+
+// label is the row's variant with its round, if any.
+func (r *Result) label() string {
+	if r.Round <= 1 {
+		return r.Variant
+	}
+	if r.Variant == "" {
+		return fmt.Sprintf("round %d", r.Round)
+	}
+	return fmt.Sprintf("%s, round %d", r.Variant, r.Round)
 }

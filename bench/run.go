@@ -68,6 +68,7 @@ func (c Config) Params() []Param {
 		{"worker counts", ints(c.WorkerSets)},
 		{"etcd members", ints(c.EtcdMembers)},
 		{"sessions", fmt.Sprintf("levels %s, hold %v each, session TTL %v", ints(c.SessionLevels), c.SessionHold, c.SessionTTL)},
+		{"auth on / off", fmt.Sprintf("%d rounds of the uncontended and contended loops against each, alternating which goes first", c.AuthRounds)},
 		{"failover", fmt.Sprintf("%d worker processes, %d kills -9; worker TTL %v, grace %v, session %v; %d held tokens and 1 cycler per shard, pause %v",
 			c.FailoverWorkers, c.FailoverKills, c.FailoverTTL, c.FailoverGrace, c.FailoverSession, c.FailoverHeld, c.FailoverPause)},
 	}
@@ -163,12 +164,37 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				cfg.serverCPU = pc.cpu
 				rs, err := w.run(ctx, &cfg, pc.target(), sysTokend)
 				add(w.name, rs, err)
-				if npc != nil && i < 2 && ctx.Err() == nil {
-					nc := cfg
-					nc.serverCPU = npc.cpu
-					nc.ContendedHold = 0 // release on revoke only: the variant the comparison uses
-					rs, err := w.run(ctx, &nc, npc.target(), sysNoAuth)
-					add(w.name+" (no auth)", rs, err)
+				if npc == nil || i >= 2 {
+					continue
+				}
+				// Rounds: AB, then BA, AB, ... (A authenticated, B not);
+				// the rows of rounds after the first are labelled with
+				// their round, and only release on revoke is repeated.
+				for r := 1; r <= cfg.AuthRounds && ctx.Err() == nil; r++ {
+					on, off := cfg, cfg
+					on.ContendedHold, off.ContendedHold = 0, 0
+					off.serverCPU = npc.cpu
+					runs := []struct {
+						c    *Config
+						t    target
+						sys  string
+						name string
+					}{{&off, npc.target(), sysNoAuth, " (no auth)"}, {&on, pc.target(), sysTokend, ""}}
+					if r%2 == 0 {
+						runs[0], runs[1] = runs[1], runs[0]
+					}
+					for _, x := range runs {
+						if r == 1 && x.sys == sysTokend || ctx.Err() != nil {
+							continue // round 1's authenticated run is the one above
+						}
+						rs, err := w.run(ctx, x.c, x.t, x.sys)
+						if r > 1 {
+							for j := range rs {
+								rs[j].Round = r
+							}
+						}
+						add(fmt.Sprintf("%s%s, round %d", w.name, x.name, r), rs, err)
+					}
 				}
 			}
 			if npc != nil {

@@ -201,6 +201,12 @@ func TestAllInOne(t *testing.T) {
 			}
 		}
 	}
+	// Profiles only with --pprof (this start has none).
+	if r, err := http.Get("http://" + httpAddr + "/debug/pprof/"); err != nil || r.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /debug/pprof/ without --pprof: %v %v, want 404", r, err)
+	} else {
+		r.Body.Close()
+	}
 	cli.Close()
 
 	// Clients authenticate: with client.key a token is taken and given
@@ -233,9 +239,19 @@ func TestAllInOne(t *testing.T) {
 	}
 	t.Logf("stopped in %v", took)
 
-	// Restart on the same data dir: same CA, nothing made again.
-	p2 := startProc(t, a.args()...)
+	// Restart on the same data dir: same CA, nothing made again; with
+	// --pprof it serves Go's profiles.
+	p2 := startProc(t, append(a.args(), "--pprof")...)
 	waitReady(t, p2, httpAddr, 30*time.Second)
+	if r, err := http.Get("http://" + httpAddr + "/debug/pprof/cmdline"); err != nil || r.StatusCode != http.StatusOK {
+		t.Errorf("GET /debug/pprof/cmdline with --pprof: %v %v, want 200", r, err)
+	} else {
+		body, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if !strings.Contains(string(body), "--pprof") {
+			t.Errorf("/debug/pprof/cmdline = %q, want the command line", body)
+		}
+	}
 	if caAfter, _ := os.ReadFile(filepath.Join(a.certs(), "ca.crt")); string(caAfter) != string(caBefore) {
 		t.Error("the restart made a new CA")
 	}

@@ -43,7 +43,7 @@ func run() error {
 		cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the tokend uncontended workload (C clients) to this file")
 		heldProf = flag.String("heldprofile", "", "write a CPU profile of the uncontended pairs at the largest held set to this file")
 		contProf = flag.String("contendedprofile", "", "write a CPU profile of the tokend contended workload (release on revoke) to this file")
-		srvProf  = flag.String("serverprofiles", "", "start tokend with --pprof and save CPU profiles of the tokend process during the contended windows (auth on and off) in this directory")
+		srvProf  = flag.String("serverprofiles", "", "start tokend with --pprof and save CPU profiles of the contended windows (auth on and off) in this directory: the tokend process's and the Go clients'")
 		only     = flag.String("only", "", "comma-separated workloads to run ("+strings.Join(bench.Workloads, ",")+"); default all")
 		clients  = flag.Int("clients", 0, "concurrent clients C (default 16)")
 		window   = flag.Duration("duration", 0, "measurement window per workload (default 2s quick, 5s full)")
