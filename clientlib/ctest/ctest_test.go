@@ -375,6 +375,9 @@ func goDecode(b []byte) error {
 	case wire.KindRevokeAck:
 		var m wire.RevokeAck
 		return m.Decode(h, b)
+	case wire.KindGrantAck:
+		var m wire.GrantAck
+		return m.Decode(h, b)
 	case wire.KindMapRequest:
 		var m wire.MapRequest
 		return m.Decode(h, b)
