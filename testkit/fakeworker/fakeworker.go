@@ -60,6 +60,9 @@ type Config struct {
 	NoExpiry bool
 	// NoRevokeRetransmit sends each REVOKE and GRANT_ASYNC once.
 	NoRevokeRetransmit bool
+	// ReplyCache bounds the cached replies of a session, as the worker's
+	// Limits.ReplyCache (16384).
+	ReplyCache int
 	// Insecure makes the workers speak without authentication, as a
 	// cluster started with --insecure: SESSION_OPEN is answered at once,
 	// tags are zero and none is checked.
@@ -1211,7 +1214,11 @@ func (w *worker) revoke(c *Cluster, ob *outbox, id uint64, shard uint32, fence u
 func (w *worker) core(c *Cluster, id uint64) *session.Session {
 	core := w.cores[id]
 	if core == nil {
-		core = session.New(session.Config{Cap: 16384, Hard: 2 * 16384, Seed: c.cfg.Seed ^ id})
+		n := c.cfg.ReplyCache
+		if n <= 0 {
+			n = 16384
+		}
+		core = session.New(session.Config{Cap: n, Hard: 2 * n, Seed: c.cfg.Seed ^ id})
 		w.cores[id] = core
 	}
 	return core
