@@ -39,6 +39,12 @@ type call struct {
 	hintEpoch uint32
 	firstSend time.Time // when the id was first sent: leases count from here
 	sends     int
+	// exempt: answered QUEUED, so the ack no longer waits for it (SPEC.md
+	// 11). Guarded by c.mu. reissued: send gave cl a fresh id (the
+	// request moved to another owner or epoch while exempt); exchange
+	// clears it.
+	exempt   bool
+	reissued bool
 
 	ch  chan reply // answers to this id, GRANT_ASYNC included
 	buf []byte
@@ -283,13 +289,47 @@ func (c *Client) finishLocked(cl *call) {
 	}
 }
 
-// ackLocked is the header ack of a request: the oldest unfinished id
-// (SPEC.md 11), never above the request's own id since that is unfinished.
+// ackLocked is the header ack of a request: the oldest unfinished id that
+// is not exempt (answered QUEUED: the worker keeps those whatever the ack,
+// SPEC.md 11), never above the request's own id since that is unfinished.
 func (c *Client) ackLocked(own uint64) uint64 {
-	if len(c.unfinished) > 0 && c.unfinished[0] < own {
-		return c.unfinished[0]
+	for _, id := range c.unfinished {
+		if id >= own {
+			break
+		}
+		if cl := c.pending[id]; cl != nil && cl.exempt {
+			continue
+		}
+		return id
 	}
 	return own
+}
+
+// reissueLocked gives cl, an exempt request about to be sent to another
+// owner or epoch of its shard, a fresh request id: the ack may have passed
+// its id, and a worker drops an id below the ack that it does not know
+// (SPEC.md 11). The old id was sent only to the previous (owner, epoch),
+// so it can never be applied at the new one (its copies carry the old
+// epoch): the request is still applied at most once there.
+func (c *Client) reissueLocked(cl *call) {
+	delete(c.pending, cl.id)
+	if i, ok := slices.BinarySearch(c.unfinished, cl.id); ok {
+		c.unfinished = slices.Delete(c.unfinished, i, i+1)
+	}
+	c.nextReq++
+	cl.id = c.nextReq
+	c.unfinished = append(c.unfinished, cl.id)
+	c.pending[cl.id] = cl
+	cl.exempt, cl.reissued, cl.sends = false, true, 0
+}
+
+// markQueued makes cl exempt from the ack: it was answered QUEUED.
+func (c *Client) markQueued(cl *call) {
+	c.mu.Lock()
+	if c.pending[cl.id] == cl {
+		cl.exempt = true
+	}
+	c.mu.Unlock()
 }
 
 // targetLocked says where cl goes now and at which epoch.
@@ -324,6 +364,9 @@ func (c *Client) send(cl *call) bool {
 	if !ok {
 		c.mu.Unlock()
 		return false
+	}
+	if cl.exempt && cl.sends > 0 && (dest != cl.dest || epoch != cl.epoch) {
+		c.reissueLocked(cl)
 	}
 	h := wire.Header{Type: cl.typ, Session: c.session.Load(), Request: cl.id, Ack: c.ackLocked(cl.id),
 		Shard: cl.shard, Epoch: epoch, MapVersion: c.mapVer.Load()}
@@ -410,6 +453,11 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 		if sendNow {
 			sendNow = false
 			if c.send(cl) {
+				if cl.reissued {
+					// A new request under a fresh id at the new owner: fast
+					// retransmission until it is answered.
+					cl.reissued, res.queued, rto = false, false, c.cfg.RTOMin
+				}
 				res.dest = cl.dest
 				if res.queued {
 					resetTimer(timer, timerC, c.cfg.pollEvery)
@@ -462,6 +510,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			}
 			res.answered, res.retry = true, 0
 			if s == wire.StatusQueued {
+				c.markQueued(cl)
 				if o.stopAtQueued {
 					return r, res, nil
 				}
@@ -471,6 +520,12 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 					moved = c.newMap()
 				}
 				continue
+			}
+			if !r.async && cl.exempt {
+				// The outcome of a request answered QUEUED, learned by a
+				// re-poll: the worker may forget it (a GRANT_ASYNC is
+				// acknowledged as it arrives, in handle).
+				c.sendGrantAck(r.h, cl.id, r.from, nil)
 			}
 			if (s == wire.StatusUnknownSession || s == wire.StatusSessionExpired) && !o.keepSession {
 				c.sessionGone(fmt.Errorf("%w (worker %s: %s)", ErrSessionExpired, r.from, s))

@@ -425,6 +425,35 @@ func (c *Client) handle(b []byte, from netip.AddrPort, r *reply, mr *wire.MapRep
 			cl.deliver(r)
 		}
 		c.mu.Unlock()
+		if h.Type == wire.TypeGrantAsync {
+			// Acknowledged whatever becomes of it (a duplicate, the grant
+			// of an abandoned request): the worker retransmits it until
+			// then (SPEC.md 12).
+			out = c.sendGrantAck(h, h.Request, from, out)
+		}
 	}
+	return out
+}
+
+// sendGrantAck sends GRANT_ACK for queued request target, whose outcome
+// came in h from worker from: a fresh request id, finished as soon as it
+// is sent, and the shard and epoch of h (SPEC.md 5). out is a send buffer
+// (nil: one is made).
+func (c *Client) sendGrantAck(h wire.Header, target uint64, from netip.AddrPort, out []byte) []byte {
+	c.mu.Lock()
+	c.nextReq++
+	ah := wire.Header{Type: wire.TypeGrantAck, Session: c.session.Load(), Request: c.nextReq,
+		Ack: c.ackLocked(c.nextReq), Shard: h.Shard, Epoch: h.Epoch, MapVersion: c.mapVer.Load()}
+	ua := c.udpAddrLocked(from)
+	c.mu.Unlock()
+	out, err := wire.GrantAck{Target: target}.Append(out[:0], ah)
+	if err == nil {
+		err = c.sealSession(out)
+	}
+	if err != nil {
+		c.log.Error("cannot encode GRANT_ACK", "err", err)
+		return out
+	}
+	c.write(out, ua)
 	return out
 }

@@ -1030,10 +1030,11 @@ func TestConvertCanceled(t *testing.T) {
 	}
 }
 
-// TestAckHoldsAtOldestUnfinished: while a request waits in a queue, the ack
-// of every later request stays at or below its id (the worker must keep its
-// reply cache entry); once it is finished the ack moves past it.
-func TestAckHoldsAtOldestUnfinished(t *testing.T) {
+// TestAckSkipsQueued: while a request waits in a queue (answered QUEUED),
+// the ack of later requests moves past it (SPEC.md 11: the worker keeps it
+// whatever the ack), while its own re-polls carry an ack no higher than
+// its id; it is granted as usual, and its outcome acknowledged (GRANT_ACK).
+func TestAckSkipsQueued(t *testing.T) {
 	fc := newFakeCluster(t, 20, fakeConfig{})
 	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
@@ -1070,23 +1071,32 @@ func TestAckHoldsAtOldestUnfinished(t *testing.T) {
 	if _, err := c2.Acquire(ctx, "c", wire.PR); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, time.Second, "the GRANT_ACK", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		for _, s := range fc.seen {
+			if s.sess == c2.Session() && s.typ == wire.TypeGrantAck {
+				return true
+			}
+		}
+		return false
+	})
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	var during, after int
+	var past, held int
 	for _, s := range fc.seen {
-		if s.sess != c2.Session() || s.typ == wire.TypeSessionOpen || s.req <= queued {
-			continue
-		}
-		if s.typ == wire.TypeAcquire && s.ack > queued {
-			after++
-			continue
-		}
-		if s.typ == wire.TypeAcquire {
-			during++
+		switch {
+		case s.sess != c2.Session() || s.typ != wire.TypeAcquire:
+		case s.req == queued && s.ack > queued:
+			t.Errorf("the queued request %d sent with ack %d", s.req, s.ack)
+		case s.req > queued && s.ack > queued:
+			past++
+		case s.req > queued:
+			held++
 		}
 	}
-	if during < 3 || after < 1 {
-		t.Fatalf("acks: %d later acquires held the ack at or below %d, %d moved past it", during, queued, after)
+	if past < 4 || held != 0 {
+		t.Fatalf("acks: %d later acquires moved the ack past the queued %d, %d held it", past, queued, held)
 	}
 }
 

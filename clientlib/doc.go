@@ -62,13 +62,18 @@
 // header carries a newer map version makes the client refetch the map.
 //
 // Request ids strictly increase per session; every datagram carries ack =
-// the oldest unfinished id. A request is retransmitted with the same id, the
+// the oldest unfinished id not answered QUEUED (the worker keeps those
+// whatever the ack, so a long wait does not hold back the rest of the
+// session). A request is retransmitted with the same id, the
 // timeout starting at Config.RTOMin (20 ms), doubling to RTOMax (1 s), ±25 %
 // jitter, until a final answer or the caller's context ends. Retryable
 // answers (NOT_OWNER, STALE_EPOCH, GRACE, UNAVAILABLE, LIMIT, EXHAUSTED) are
 // retried with the same id after a backoff on the same schedule. A QUEUED
 // request is re-polled every 500 ms, and at once when a new map moves its
-// shard (queued requests do not move with a handoff). When the context of a request that may
+// shard (queued requests do not move with a handoff), then under a fresh
+// id. Every GRANT_ASYNC is acknowledged with GRANT_ACK (the worker
+// retransmits it until then), and so is the outcome of a queued request
+// learned by a re-poll. When the context of a request that may
 // be queued or granted ends, the client sends CANCEL and then resends the
 // request's id to learn its outcome from the worker's reply cache; a grant
 // that stands is released (Acquire) or kept (Convert).
@@ -190,8 +195,8 @@
 //     the REVOKE for the next waiter together; waiting for the worker's
 //     retransmission cost 20 ms per contended handoff). Beyond 1024 parked
 //     REVOKEs the retransmission brings them back. GRANT_ASYNC for an id
-//     the client no longer waits for is ignored (the REVOKE path frees
-//     such a grant).
+//     the client no longer waits for is acknowledged and otherwise
+//     ignored (the REVOKE path frees such a grant).
 //   - Whenever the map shows a newer epoch for a shard where tokens are held
 //     (crash or planned move alike), the client RECLAIMs them at the new
 //     owner. After a handoff without grace, the worker must answer OK with

@@ -29,3 +29,8 @@ func Always(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	always(t, d, what, cond)
 }
+
+// SetPollEvery sets how often the Client dialed with cfg re-polls a
+// QUEUED request (default 500 ms): a test that wants to see what arrives
+// without a re-poll sets it to an hour.
+func SetPollEvery(cfg *Config, d time.Duration) { cfg.pollEvery = d }

@@ -171,7 +171,9 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 // TestQueuedFollowsNewMap: queued requests do not move with a planned
 // handoff (SPEC.md 18). A waiter queued at the old owner re-sends its
 // ACQUIRE to the new owner as soon as it has the new map, not at its next
-// poll (here never: the poll interval is an hour).
+// poll (here never: the poll interval is an hour), under a fresh request
+// id: the ack skipped the old one (SPEC.md 11), which never goes to the
+// new owner.
 func TestQueuedFollowsNewMap(t *testing.T) {
 	fc := newFakeCluster(t, 24, fakeConfig{workers: 2})
 	seeds := []string{fc.addr(0), fc.addr(1)}
@@ -204,7 +206,7 @@ func TestQueuedFollowsNewMap(t *testing.T) {
 		fc.mu.Lock()
 		defer fc.mu.Unlock()
 		for _, s := range fc.seen {
-			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 && s.req == req {
+			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 && s.req > req {
 				return true
 			}
 		}
@@ -212,5 +214,12 @@ func TestQueuedFollowsNewMap(t *testing.T) {
 	})
 	if err := <-done; err != nil {
 		t.Fatalf("waiter: %v", err)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	for _, s := range fc.seen {
+		if s.sess == waiter.Session() && s.worker == 1 && s.req == req {
+			t.Fatalf("the old request id %d sent to the new owner", req)
+		}
 	}
 }

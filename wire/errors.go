@@ -62,7 +62,7 @@ var (
 	errUTF8           = fmt.Errorf("%w: message is not UTF-8", ErrBadBody)
 	errZero           = fmt.Errorf("%w: field must not be zero", ErrBadBody)
 	errEpoch          = fmt.Errorf("%w: epoch zero or above MaxEpoch", ErrBadBody)
-	errTarget         = fmt.Errorf("%w: canceled request id not in [ack, request id)", ErrBadBody)
+	errTarget         = fmt.Errorf("%w: target request id not in [1, request id)", ErrBadBody)
 	errValueFlags     = fmt.Errorf("%w: value bytes without VALID", ErrBadBody)
 	errMapVersion     = fmt.Errorf("%w: body map version differs from header", ErrBadBody)
 	errWorkerOrder    = fmt.Errorf("%w: worker indexes not strictly increasing", ErrBadBody)

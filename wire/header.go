@@ -60,6 +60,7 @@ const (
 	TypeRevokeAck    Type = 0x09 // one-way: there is no reply type 0x89
 	TypeMapRequest   Type = 0x0A
 	TypeFenceProof   Type = 0x0B // read-only: a signed proof of a held grant's fence
+	TypeGrantAck     Type = 0x0C // one-way: the outcome of a QUEUED request arrived; there is no reply type 0x8C
 
 	TypeRevoke     Type = 0x41 // worker -> client
 	TypeGrantAsync Type = 0x42 // worker -> client
@@ -115,13 +116,14 @@ const (
 	KindCookie                     // Cookie
 	KindFenceProof                 // FenceProof
 	KindProof                      // Proof
+	KindGrantAck                   // GrantAck
 	numKinds
 )
 
 var kindNames = [numKinds]string{"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY",
 	"KEEPALIVE", "KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE",
-	"FENCE_PROOF", "PROOF"}
+	"FENCE_PROOF", "PROOF", "GRANT_ACK"}
 
 // String returns the body layout's name as used in SPEC.md and the vectors.
 func (k Kind) String() string {
@@ -175,6 +177,7 @@ var types = func() (t [256]typeInfo) {
 	req(TypeRevokeAck, "REVOKE_ACK", 0, sessNonzero, true, KindRevokeAck, KindInvalid)
 	req(TypeMapRequest, "MAP_REQUEST", 0, sessAny, false, KindMapRequest, KindMapReply)
 	req(TypeFenceProof, "FENCE_PROOF", 0, sessNonzero, true, KindFenceProof, KindProof)
+	req(TypeGrantAck, "GRANT_ACK", 0, sessNonzero, true, KindGrantAck, KindInvalid)
 	t[TypeMapReply].name = "MAP_REPLY"
 	t[TypeRevoke] = typeInfo{name: "REVOKE", class: classServer, sess: sessNonzero, epoch: true, kind: KindRevoke}
 	t[TypeGrantAsync] = typeInfo{name: "GRANT_ASYNC", class: classServer, sess: sessNonzero, epoch: true, kind: KindGrant}

@@ -39,6 +39,8 @@ func newBody(k Kind) message {
 		return &Reclaim{}
 	case KindRevokeAck:
 		return &RevokeAck{}
+	case KindGrantAck:
+		return &GrantAck{}
 	case KindMapRequest:
 		return &MapRequest{}
 	case KindMapReply:
@@ -247,6 +249,8 @@ func describeBody(d *describer, m message) {
 		d.bool("has_value", m.HasValue)
 		d.bytes("value", m.Value)
 	case *RevokeAck:
+		d.u("target", m.Target)
+	case *GrantAck:
 		d.u("target", m.Target)
 	case *MapRequest:
 		d.u("first_shard", uint64(m.FirstShard))

@@ -457,11 +457,14 @@ func (m *Convert) Decode(h Header, b []byte) error {
 // Cancel (CANCEL request) withdraws a queued ACQUIRE or CONVERT of the same
 // session; if it was granted meanwhile, the grant is released.
 type Cancel struct {
-	Target uint64 // request id of the ACQUIRE/CONVERT: header Ack <= Target < header Request
+	Target uint64 // request id of the ACQUIRE/CONVERT: 0 < Target < header Request
 }
 
+// check: the target is an earlier request of the session. It may lie
+// below the ack: a request answered QUEUED does not hold the ack back
+// (SPEC §11).
 func (m Cancel) check(h *Header) error {
-	if m.Target == 0 || m.Target < h.Ack || m.Target >= h.Request {
+	if m.Target == 0 || m.Target >= h.Request {
 		return errTarget
 	}
 	return nil
@@ -563,6 +566,48 @@ func (m *RevokeAck) Decode(h Header, b []byte) error {
 	m.Target = r.u64()
 	if r.err == nil && m.Target == 0 {
 		r.fail(errZero)
+	}
+	return r.done()
+}
+
+// GrantAck (GRANT_ACK, one-way) tells the worker the client has the
+// outcome of a request answered QUEUED: a GRANT_ASYNC, or the final reply
+// to a re-poll. The worker stops retransmitting the GRANT_ASYNC and may
+// forget the request's reply (SPEC §11, §12).
+type GrantAck struct {
+	Target uint64 // request id of the ACQUIRE/CONVERT: 0 < Target < header Request
+}
+
+func (m GrantAck) check(h *Header) error {
+	if m.Target == 0 || m.Target >= h.Request {
+		return errTarget
+	}
+	return nil
+}
+
+// Append appends a GRANT_ACK datagram.
+func (m GrantAck) Append(dst []byte, h Header) ([]byte, error) {
+	h.Type, h.Flags = TypeGrantAck, 0
+	if err := m.check(&h); err != nil {
+		return dst, err
+	}
+	start, dst, err := begin(dst, &h, KindGrantAck)
+	if err != nil {
+		return dst, err
+	}
+	dst = appendU64(dst, m.Target)
+	return finish(dst, start)
+}
+
+// Decode decodes a GRANT_ACK body.
+func (m *GrantAck) Decode(h Header, b []byte) error {
+	r, err := body(&h, b, KindGrantAck)
+	if err != nil {
+		return err
+	}
+	m.Target = r.u64()
+	if r.err == nil {
+		r.fail(m.check(&h))
 	}
 	return r.done()
 }

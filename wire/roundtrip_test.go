@@ -141,7 +141,9 @@ func TestEncodeErrors(t *testing.T) {
 		{"release long value", req, &Release{Fence: f, Name: vToken, HasValue: true, Value: make([]byte, 65)}, ErrValueLength},
 		{"convert bad mode", req, &Convert{Fence: f, Mode: 9, Name: vToken}, ErrBadMode},
 		{"cancel later id", req, &Cancel{Target: 10}, ErrBadBody},
-		{"cancel below ack", req, &Cancel{Target: 8}, ErrBadBody},
+		{"cancel zero", req, &Cancel{}, ErrBadBody},
+		{"grant-ack zero", req, &GrantAck{}, ErrBadBody},
+		{"grant-ack later id", req, &GrantAck{Target: 10}, ErrBadBody},
 		{"revoke-ack zero", req, &RevokeAck{}, ErrBadBody},
 		{"keepalive too many", Header{Session: 1, Request: 1}, &Keepalive{Entries: make([]ShardEpoch, MaxKeepaliveEntries+1)}, ErrTooLarge},
 		{"keepalive epoch zero", Header{Session: 1, Request: 1}, &Keepalive{Entries: []ShardEpoch{{1, 0}}}, ErrBadBody},
@@ -165,6 +167,7 @@ func TestEncodeErrors(t *testing.T) {
 		{"map reply too large", Header{Type: TypeMapReply, Request: 1, MapVersion: 1}, &tooManyRuns, ErrTooLarge},
 		{"map reply no shards", Header{Type: TypeMapReply, Request: 1}, &MapReply{}, ErrBadBody},
 		{"revoke ack reply", Header{Type: TypeRevokeAck | 0x80, Session: 1, Request: 1, Epoch: 1}, &Empty{}, ErrUnknownType},
+		{"grant ack reply", Header{Type: TypeGrantAck | 0x80, Session: 1, Request: 1, Epoch: 1}, &Empty{}, ErrUnknownType},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := []byte("prefix")
@@ -367,6 +370,8 @@ func TestRandomMessages(t *testing.T) {
 			m = rc
 		case KindRevokeAck:
 			m = &RevokeAck{u64()}
+		case KindGrantAck:
+			m = &GrantAck{u64()}
 		case KindMapRequest:
 			m = &MapRequest{u32()}
 		case KindMapReply:

@@ -165,6 +165,9 @@ func validVectors() []vector {
 
 	// Cancel.
 	add("cancel", vhdr(30, 11, vToken2), &Cancel{Target: 11})
+	// The target may lie below the ack: a request answered QUEUED does
+	// not hold the ack back.
+	add("cancel-below-ack", vhdr(30, 29, vToken2), &Cancel{Target: 11})
 	add("cancel-reply", vreply(TypeCancel, StatusOK, 30, vToken2), &Empty{})
 	add("cancel-reply-not-held", vreply(TypeCancel, StatusNotHeld, 30, vToken2), &ErrorBody{})
 
@@ -193,6 +196,9 @@ func validVectors() []vector {
 	ga.Type = TypeGrantAsync
 	add("grant-async", ga, &Grant{Fence: MakeFence(vEpoch, 1004), Mode: PR, ValidityMs: 4600,
 		Start: 4096, End: 8192, ValueFlags: ValueValid})
+	// Its acknowledgement: a fresh request id, the ack past the queued
+	// request, target = the queued request's id.
+	add("grant-ack", vhdr(34, 34, vToken2), &GrantAck{Target: 11})
 
 	// Map.
 	add("map-request", Header{Request: 77}, &MapRequest{FirstShard: 0})
@@ -303,7 +309,7 @@ func badVectors() []badVector {
 
 	// Header rules.
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
-	add("bad-type-0c", resealed(acq, set(3, 0x0c)), ErrUnknownType)
+	add("bad-type-0d", resealed(acq, set(3, 0x0d)), ErrUnknownType)
 	add("bad-type-revoke-ack-reply", resealed(acq, set(3, 0x89)), ErrUnknownType)
 	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x05)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
@@ -364,7 +370,9 @@ func badVectors() []badVector {
 	add("bad-keepalive-reply-entry-status", withBody(byName["keepalive-reply"], cat(be32(0), be32(0), []byte{0, 1, byte(StatusGrace)})...), ErrBadStatus)
 	add("bad-session-reply-shard-count-zero", withBody(byName["session-open-reply"], cat(be32(10000), be32(0), be32(0), be32(5000))...), ErrBadBody)
 	add("bad-cancel-target-not-before-request", withBody(byName["cancel"], be64(30)...), ErrBadBody)
-	add("bad-cancel-target-below-ack", withBody(byName["cancel"], be64(10)...), ErrBadBody)
+	add("bad-cancel-target-zero", withBody(byName["cancel"], be64(0)...), ErrBadBody)
+	add("bad-grant-ack-target-zero", withBody(byName["grant-ack"], be64(0)...), ErrBadBody)
+	add("bad-grant-ack-target-not-before-request", withBody(byName["grant-ack"], be64(34)...), ErrBadBody)
 	add("bad-revoke-ack-target-zero", withBody(byName["revoke-ack"], be64(0)...), ErrBadBody)
 	fp := byName["fence-proof"]
 	add("bad-fence-proof-fence-zero", withBody(fp, cat(be64(0), be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrBadBody)

@@ -577,7 +577,7 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 		}
 		s := w.sessions[id]
 		if s == nil {
-			s = newSession(id, nil)
+			s = w.newSession(id, nil)
 			w.sessions[id] = s
 			w.enqueue(func(ctx context.Context) { w.checkSession(ctx, id) })
 		}

@@ -14,9 +14,9 @@ import (
 // refusing a RECLAIM would lose a held token (invariant 3).
 // failover.TestWorkerKill shows both under load with real processes.
 func TestOverLimit(t *testing.T) {
-	s := newSession(1, nil).core
+	s := core.New(core.Config{Cap: replyCacheCap, Hard: replyCacheHard})
 	const pinned = 100 // the oldest unfinished request: the session's ack
-	s.Ack(pinned)
+	s.Ack(pinned, 0)
 	var top uint64 // the newest request id cached
 	for id := uint64(pinned + 1); s.Len() < replyCacheCap; id++ {
 		s.Applied(core.Outcome{Req: id, Type: wire.TypeAcquire, Status: wire.StatusOK})
@@ -39,7 +39,7 @@ func TestOverLimit(t *testing.T) {
 	}
 	// Below the bound nothing is refused. (A queued request that ends
 	// EXHAUSTED was not applied: its id leaves the cache.)
-	s.Settle(top, wire.StatusExhausted, []byte{})
+	s.Settle(top, wire.StatusExhausted, []byte{}, 0)
 	if s.OverLimit(wire.Header{Type: wire.TypeAcquire, Request: top + 1}) {
 		t.Error("refused below the bound")
 	}

@@ -31,6 +31,11 @@ type Limits struct {
 	// retransmitted SESSION_OPEN ("recent_opens"); the rate limits are
 	// tracked for as many source addresses. Default 65,536.
 	RecentOpens int
+	// ReplyCache bounds the cached replies of one session (wire/SPEC.md
+	// section 11): a new request beyond it is answered LIMIT
+	// ("queued_requests"); a RECLAIM, or a request older than the newest
+	// one cached, only beyond twice it. Default 16,384; at least 1,024.
+	ReplyCache int
 }
 
 func (l Limits) withDefaults() (Limits, error) {
@@ -47,6 +52,7 @@ func (l Limits) withDefaults() (Limits, error) {
 	def(&l.Sessions, 1_000_000)
 	def(&l.NamesPerSession, 10_000)
 	def(&l.RecentOpens, 1<<16)
+	def(&l.ReplyCache, replyCacheCap)
 	deff(&l.OpenRate, 2000)
 	deff(&l.OpenBurst, 2*l.OpenRate)
 	deff(&l.OpenRatePerSource, 200)
@@ -54,8 +60,8 @@ func (l Limits) withDefaults() (Limits, error) {
 	if l.MaxSessionTTL == 0 {
 		l.MaxSessionTTL = time.Minute
 	}
-	if l.Sessions < 0 || l.NamesPerSession < 0 || l.RecentOpens < 0 || l.MaxSessionTTL < time.Second {
-		return l, fmt.Errorf("%w: negative limit or MaxSessionTTL below 1s: %+v", ErrConfig, l)
+	if l.Sessions < 0 || l.NamesPerSession < 0 || l.RecentOpens < 0 || l.MaxSessionTTL < time.Second || l.ReplyCache < 1024 {
+		return l, fmt.Errorf("%w: negative limit, MaxSessionTTL below 1s or ReplyCache below 1024: %+v", ErrConfig, l)
 	}
 	return l, nil
 }

@@ -18,6 +18,8 @@ type metrics struct {
 	mapResyncs  prometheus.Counter
 	revokesSent prometheus.Counter
 
+	grantsResent prometheus.Counter // GRANT_ASYNC retransmissions
+
 	handoffsOut  prometheus.Counter     // shard states pulled from this worker
 	handoffsIn   *prometheus.CounterVec // result: imported, recovered
 	handoffBytes *prometheus.CounterVec // direction: in, out
@@ -51,6 +53,8 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			Help: "Delegation maps read because the lease renewal's check found the map watch behind etcd."}),
 		revokesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "revokes_sent_total",
 			Help: "REVOKE datagrams sent, retransmissions included."}),
+		grantsResent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "grant_async_retransmissions_total",
+			Help: "GRANT_ASYNC datagrams sent again because the client had not acknowledged them (GRANT_ACK) or re-polled yet."}),
 		handoffsOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_out_total",
 			Help: "Shards whose state a new owner pulled from this worker (planned handoff)."}),
 		handoffsIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_in_total",
@@ -71,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
-	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent,
+	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent, m.grantsResent,
 		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks, m.ho.authFailures, m.ho.refused,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),

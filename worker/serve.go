@@ -198,7 +198,7 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 	}
 	// At most once (invariant 4): a request below the ack is dropped; one
 	// answered before gets the reply it had (handleToken); a replayed
-	// KEEPALIVE, SESSION_CLOSE or REVOKE_ACK is dropped.
+	// KEEPALIVE, SESSION_CLOSE, REVOKE_ACK or GRANT_ACK is dropped.
 	v, cachedPkt := s.core.Decide(h)
 	switch v {
 	case core.Stale:
@@ -243,10 +243,26 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 			w.met.drop(wire.Reason(err))
 			return
 		}
-		s.core.Ack(h.Ack)
+		s.core.Ack(h.Ack, ob.now)
 		s.core.Mark(h.Request)
 		s.addr = from
 		s.core.AckRevoke(m.Target)
+		w.trackRevokes(s)
+		w.met.op(h.Type, wire.StatusOK)
+	case wire.TypeGrantAck:
+		// The client has the outcome of queued request m.Target: its
+		// GRANT_ASYNC is not sent again, and its cached outcome may go
+		// (wire/SPEC.md sections 11, 12). One-way, not cached, like
+		// REVOKE_ACK.
+		var m wire.GrantAck
+		if err := m.Decode(h, pkt); err != nil {
+			w.met.drop(wire.Reason(err))
+			return
+		}
+		s.core.Ack(h.Ack, ob.now)
+		s.core.Mark(h.Request)
+		s.addr = from
+		s.core.AckOutcome(m.Target)
 		w.trackRevokes(s)
 		w.met.op(h.Type, wire.StatusOK)
 	default:
@@ -285,6 +301,10 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.badRequest(ob, s, h, from, "id_reused")
 		return
 	case core.Resend:
+		// A re-poll of a granted request gets the GRANT: its GRANT_ASYNC
+		// need not be retransmitted any more.
+		s.core.Repolled(h.Request)
+		w.trackRevokes(s)
 		w.met.op(h.Type, statusDuplicate)
 		ob.add(cachedPkt, from, h.Type, s.keys.out)
 		return
@@ -294,7 +314,7 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
-	s.core.Ack(h.Ack)
+	s.core.Ack(h.Ack, ob.now)
 	if name != nil && wire.Shard(name, uint32(len(w.shards))) != h.Shard {
 		w.badRequest(ob, s, h, from, "wrong_shard")
 		return
@@ -355,7 +375,7 @@ func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []by
 		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
-	s.core.Ack(h.Ack)
+	s.core.Ack(h.Ack, ob.now)
 	if !m.Renew {
 		s.core.Mark(h.Request)
 		s.addr = from
@@ -402,7 +422,7 @@ func (w *Worker) handleClose(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.badRequest(ob, s, h, from, wire.Reason(err))
 		return
 	}
-	s.core.Ack(h.Ack)
+	s.core.Ack(h.Ack, ob.now)
 	if s.closing {
 		return // answered when etcd answers
 	}
@@ -536,7 +556,7 @@ func (w *Worker) unknownSession(ob *outbox, h wire.Header, pkt []byte, from *net
 			}
 			out = t.keys.out
 		}
-		if h.Type == wire.TypeRevokeAck {
+		if h.Type == wire.TypeRevokeAck || h.Type == wire.TypeGrantAck {
 			w.met.drop("session_expired")
 			return
 		}
@@ -552,7 +572,7 @@ func (w *Worker) unknownSession(ob *outbox, h wire.Header, pkt []byte, from *net
 	} else {
 		w.met.drop("unknown_session")
 	}
-	if h.Type == wire.TypeRevokeAck {
+	if h.Type == wire.TypeRevokeAck || h.Type == wire.TypeGrantAck {
 		return
 	}
 	if _, ok := w.lookups[h.Session]; ok || len(w.lookups) >= maxLookups {

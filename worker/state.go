@@ -31,6 +31,7 @@ const (
 	// session's cache stays under ~3 MB (~6 MB at replyCacheHard), and the
 	// sum over all sessions is bounded by what the worker can answer while
 	// acks are pinned.
+	// It is the default of Limits.ReplyCache.
 	replyCacheCap  = 16384
 	replyCacheHard = 2 * replyCacheCap // ... and a RECLAIM or an older request still unanswered, beyond this (see session.OverLimit)
 	maxGone        = 1 << 16           // remembered ended sessions
@@ -63,7 +64,7 @@ type serving struct {
 	clientsRev int64               // revision of the last client-session event applied
 	gone       map[uint64]*tomb    // ended sessions
 	lookups    map[uint64]struct{} // unknown sessions being looked up in etcd
-	revoking   map[uint64]*session // sessions with pending revokes
+	revoking   map[uint64]*session // sessions with REVOKEs or GRANT_ASYNCs being retransmitted
 	guard      guardState          // cookies, open rate limits, recent opens, negative lookups (authn.go)
 
 	outgoing map[uint32]*outHandoff // shards given up: final state kept for the new owner to pull (handoff.go)
@@ -118,13 +119,14 @@ type session struct {
 	closing    bool // a SESSION_CLOSE is with etcd
 }
 
-func newSession(id uint64, addr *net.UDPAddr) *session {
-	c := core.New(core.Config{Cap: replyCacheCap, Hard: replyCacheHard, Seed: rand.Uint64()})
+func (w *Worker) newSession(id uint64, addr *net.UDPAddr) *session {
+	n := w.cfg.Limits.ReplyCache
+	c := core.New(core.Config{Cap: n, Hard: 2 * n, Seed: rand.Uint64()})
 	return &session{id: id, addr: addr, core: c, shards: map[uint32]struct{}{}}
 }
 
 // trackRevokes keeps s in w.revoking, for the timer loop, while it has
-// REVOKEs in flight. Caller holds mu.
+// REVOKEs or GRANT_ASYNCs in flight. Caller holds mu.
 func (w *Worker) trackRevokes(s *session) {
 	if s.core.Revoking() {
 		w.revoking[s.id] = s
@@ -170,7 +172,7 @@ func (w *Worker) addSession(id uint64, in sessInfo, rev int64) *session {
 	if _, ok := w.gone[id]; ok || rev <= w.clientsRev {
 		return nil
 	}
-	s := newSession(id, in.addr)
+	s := w.newSession(id, in.addr)
 	s.learn(in)
 	w.sessions[id] = s
 	return s
@@ -477,7 +479,7 @@ func (w *Worker) replyOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		if typ, ok := s.core.CancelTarget(rq.tgt); ok {
 			th := wire.Header{Type: typ.Reply(), Status: wire.StatusCanceled, Session: s.id, Request: rq.tgt,
 				Shard: shard, Epoch: st.epoch, MapVersion: w.dmap.Version}
-			s.core.Settle(rq.tgt, wire.StatusCanceled, errorReply(th, wire.StatusCanceled))
+			s.core.Settle(rq.tgt, wire.StatusCanceled, errorReply(th, wire.StatusCanceled), ob.now)
 		}
 	}
 	w.trackRevokes(s)
@@ -508,7 +510,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 	reply := w.encodeOutcome(rh, o, v)
 	w.met.op(typ, status)
 	if status == wire.StatusOK {
-		s.core.Settle(o.Req, status, reply)
+		s.core.Settle(o.Req, status, reply, ob.now)
 		w.trackRevokes(s)
 		if v == 0 {
 			// Invariant 5: a worker that cannot vouch for its lease sends
@@ -527,6 +529,12 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 		ah := rh
 		ah.Type, ah.Status = wire.TypeGrantAsync, wire.StatusOK
 		if p := w.encodeOutcome(ah, o, v); p != nil {
+			// Retransmitted until the client acknowledges it (wire/SPEC.md
+			// section 12): its validity counts from the client's first send
+			// of the request, so a late copy only understates it.
+			next := s.core.GrantAsync(o.Req, shard, o.Fence, p, ob.now)
+			w.revoking[s.id] = s
+			w.wantWake(next)
 			w.toSession(ob, s, p)
 		}
 		return
@@ -537,7 +545,7 @@ func (w *Worker) asyncOut(ob *outbox, shard uint32, st *shardState, o *table.Out
 	if !isCached || reply == nil {
 		return
 	}
-	s.core.Settle(o.Req, status, reply)
+	s.core.Settle(o.Req, status, reply, ob.now)
 	w.toSession(ob, s, reply)
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/clock"
+	core "github.com/tokend/tokend/worker/session"
 )
 
 // housekeeping is the longest the timer loop sleeps: it also forgets
@@ -12,7 +13,8 @@ import (
 const housekeeping = time.Second
 
 // timerLoop runs what is due by time: table deadlines (queued requests
-// timing out, grace periods ending) and REVOKE retransmissions. It sleeps
+// timing out, grace periods ending) and REVOKE and GRANT_ASYNC
+// retransmissions. It sleeps
 // until the earliest of them; whoever adds an earlier one kicks it.
 func (w *Worker) timerLoop(ctx context.Context) {
 	t, tc := w.clk.NewTimer(housekeeping)
@@ -64,13 +66,18 @@ func (w *Worker) runDue(ob *outbox) int64 {
 			next = d
 		}
 	}
-	var resend [][]byte
+	var resend []core.Due
 	for _, s := range w.revoking {
 		resend = s.core.Tick(n, resend[:0])
-		for _, pkt := range resend {
-			w.toSession(ob, s, pkt)
-			w.met.revokesSent.Inc()
+		for _, d := range resend {
+			w.toSession(ob, s, d.Pkt)
+			if d.Grant {
+				w.met.grantsResent.Inc()
+			} else {
+				w.met.revokesSent.Inc()
+			}
 		}
+		w.trackRevokes(s) // a GRANT_ASYNC sent for the last time is over
 		if d, ok := s.core.NextDeadline(); ok {
 			next = min(next, d)
 		}

@@ -260,7 +260,7 @@ func (w *Worker) syncClients(ctx context.Context) (int64, error) {
 		if s := w.sessions[id]; s != nil {
 			s.learn(in)
 		} else if _, gone := w.gone[id]; !gone {
-			s = newSession(id, in.addr)
+			s = w.newSession(id, in.addr)
 			s.learn(in)
 			w.sessions[id] = s
 		}

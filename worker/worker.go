@@ -64,6 +64,7 @@
 // Registered on Config.Registry, namespace tokend, subsystem worker:
 // ops_total{type,result}, op_duration_seconds{type} (arrival of the batch
 // to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
+// grant_async_retransmissions_total,
 // recoveries_total, handoffs_out_total, handoffs_in_total{result},
 // handoff_bytes_total{direction}, handoff_duration_seconds,
 // deadlocks_total{kind} (conversion, cycle), auth_failures_total{reason}

@@ -112,7 +112,7 @@ int tkw_type_known(uint8_t t)
 {
 	switch (t) {
 	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05:
-	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B:
+	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B: case 0x0C:
 	case 0x41: case 0x42:
 	case 0x81: case 0x82: case 0x83: case 0x84: case 0x85:
 	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B:
@@ -152,7 +152,7 @@ static int needs_epoch(uint8_t t)
 	switch (t) {
 	case TKW_ACQUIRE: case TKW_RELEASE: case TKW_CONVERT: case TKW_CANCEL:
 	case TKW_RECLAIM: case TKW_REVOKE_ACK: case TKW_REVOKE: case TKW_GRANT_ASYNC:
-	case TKW_FENCE_PROOF: case TKW_FENCE_PROOF | TKW_REPLY:
+	case TKW_GRANT_ACK: case TKW_FENCE_PROOF: case TKW_FENCE_PROOF | TKW_REPLY:
 	case TKW_ACQUIRE | TKW_REPLY: case TKW_RELEASE | TKW_REPLY:
 	case TKW_CONVERT | TKW_REPLY: case TKW_CANCEL | TKW_REPLY:
 	case TKW_RECLAIM | TKW_REPLY:
@@ -179,6 +179,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 		case TKW_REVOKE_ACK: return TKW_K_REVOKE_ACK;
 		case TKW_MAP_REQUEST: return TKW_K_MAP_REQUEST;
 		case TKW_FENCE_PROOF: return TKW_K_FENCE_PROOF;
+		case TKW_GRANT_ACK: return TKW_K_GRANT_ACK;
 		case TKW_REVOKE: return TKW_K_REVOKE;
 		case TKW_GRANT_ASYNC: return TKW_K_GRANT;
 		}
@@ -570,8 +571,10 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 			CHECK(rd_value(r, &m->value));
 		break;
 	case TKW_K_CANCEL:
+	case TKW_K_GRANT_ACK:
+		/* An earlier request, possibly below the ack (S11). */
 		CHECK(rd_u64(r, &m->target));
-		if (m->target < h->ack || m->target >= h->request)
+		if (m->target == 0 || m->target >= h->request)
 			return TKW_EBADBODY;
 		break;
 	case TKW_K_RECLAIM:
@@ -906,6 +909,7 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 		break;
 	case TKW_K_CANCEL:
 	case TKW_K_REVOKE_ACK:
+	case TKW_K_GRANT_ACK:
 		wr_u64(w, m->target);
 		break;
 	case TKW_K_RECLAIM:
@@ -1041,7 +1045,7 @@ const char *tkw_kind_name(int kind)
 		"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY", "KEEPALIVE",
 		"KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 		"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED",
-		"ERROR", "NOT_OWNER", "COOKIE", "FENCE_PROOF", "PROOF",
+		"ERROR", "NOT_OWNER", "COOKIE", "FENCE_PROOF", "PROOF", "GRANT_ACK",
 	};
 	return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "INVALID";
 }

@@ -58,6 +58,7 @@ enum {
 	TKW_REVOKE_ACK = 0x09,
 	TKW_MAP_REQUEST = 0x0A,
 	TKW_FENCE_PROOF = 0x0B, /* read-only: a signed proof of a held grant's fence */
+	TKW_GRANT_ACK = 0x0C,   /* one-way: the outcome of a QUEUED request arrived */
 	TKW_REVOKE = 0x41,
 	TKW_GRANT_ASYNC = 0x42,
 	TKW_REPLY = 0x80 /* reply type = request type | TKW_REPLY */
@@ -125,7 +126,8 @@ enum tkw_kind {
 	TKW_K_NOT_OWNER,
 	TKW_K_COOKIE,
 	TKW_K_FENCE_PROOF,
-	TKW_K_PROOF
+	TKW_K_PROOF,
+	TKW_K_GRANT_ACK
 };
 
 /*
@@ -223,7 +225,7 @@ struct tkw_msg {
 	uint64_t fence;
 	int has_value;           /* RELEASE, CONVERT, RECLAIM (flag) */
 	struct tkw_bytes value;  /* RELEASE, CONVERT, RECLAIM, GRANT */
-	uint64_t target;         /* CANCEL, REVOKE_ACK */
+	uint64_t target;         /* CANCEL, REVOKE_ACK, GRANT_ACK */
 	uint32_t first_shard;    /* MAP_REQUEST */
 	struct tkw_bytes proof;  /* PROOF: 1..TKW_MAX_PROOF bytes */
 	uint64_t body_map_version; /* MAP_REPLY (key "map_version" in the body) */

@@ -389,12 +389,14 @@ void tried_format(struct tokend_client *c, uint8_t type, char *buf, size_t cap)
 		snprintf(buf, cap, "nothing (no address could be used)");
 }
 
-/* Oldest unfinished request id of a session, UINT64_MAX if none (SPEC 11). */
+/* Oldest unfinished request id of a session that is not exempt (answered
+ * QUEUED: the worker keeps those whatever the ack), UINT64_MAX if none
+ * (SPEC 11). */
 static uint64_t oldest_unfinished(struct tokend_client *c, uint64_t session)
 {
 	uint64_t o = UINT64_MAX;
 	for (struct req *r = c->reqs; r; r = r->next)
-		if (r->counted && r->session == session && r->id < o)
+		if (r->counted && !r->exempt && r->session == session && r->id < o)
 			o = r->id;
 	return o;
 }
@@ -502,6 +504,22 @@ void req_send(struct tokend_client *c, struct req *r, int64_t now)
 			map_refresh(c, now); /* unknown or unowned shard: wait and ask */
 			backoff(c, r, now);
 			return;
+		}
+		if (r->exempt && r->sends > 0 && (ep != r->epoch || !tkn_addr_equal(&d, &r->dest))) {
+			/* Answered QUEUED and moved to another owner or epoch: the
+			 * ack may have passed its id, which the new owner would drop
+			 * as stale, so it goes as a new request under a fresh id. The
+			 * old id went only to the old epoch: it can never be applied
+			 * at the new one (SPEC 11). */
+			if (r->counted) {
+				r->counted = 0;
+				c->unfinished--;
+			}
+			r->id = 0;
+			r->exempt = r->queued = 0;
+			r->first_send = 0;
+			r->sends = 0;
+			r->rto = c->rto0;
 		}
 		r->dest = d;
 		r->has_dest = 1;
@@ -885,6 +903,34 @@ static void send_revoke_ack(struct tokend_client *c, const struct tkw_msg *rv, c
 	seal(dg, len, c->keyed ? &c->sess_c2w : NULL);
 	if (sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
 		/* lost: the worker retransmits the REVOKE */
+	}
+}
+
+/* GRANT_ACK: the outcome of queued request `target` arrived in m (a
+ * GRANT_ASYNC, or the final reply to a re-poll); the worker stops
+ * retransmitting it and may forget it (SPEC 11, 12). A fresh request id,
+ * finished as soon as sent, and m's shard and epoch. */
+static void send_grant_ack(struct tokend_client *c, const struct tkw_msg *m, uint64_t target, const struct tkn_addr *src)
+{
+	uint64_t id = c->next_id++;
+	uint64_t ack = oldest_unfinished(c, c->session);
+	struct tkw_msg *a = &c->tx;
+	memset(a, 0, sizeof *a);
+	a->h.type = TKW_GRANT_ACK;
+	a->h.session = c->session;
+	a->h.request = id;
+	a->h.ack = ack < id ? ack : id;
+	a->h.shard = m->h.shard;
+	a->h.epoch = m->h.epoch;
+	a->h.map_version = c->map.version;
+	a->target = target;
+	uint8_t dg[TKW_HEADER_LEN + 8];
+	size_t len;
+	if (tkw_encode(a, dg, sizeof dg, &len) != TKW_OK)
+		return;
+	seal(dg, len, c->keyed ? &c->sess_c2w : NULL);
+	if (sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
+		/* lost: the worker retransmits the GRANT_ASYNC, or the re-poll comes again */
 	}
 }
 
@@ -1326,8 +1372,10 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		return;
 	}
 	if (st == TKW_ST_QUEUED) {
-		/* no more fast retransmission: re-poll every 500 ms (SPEC 12) */
+		/* no more fast retransmission: re-poll every 500 ms (SPEC 12);
+		 * the ack no longer waits for it (SPEC 11) */
 		r->queued = 1;
+		r->exempt = 1;
 		r->next_send = now + QUEUED_POLL_NS;
 		signal_req(c, r);
 		return;
@@ -1553,6 +1601,9 @@ static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, con
 		on_revoke(c, m, src);
 		return;
 	}
+	if (t == TKW_GRANT_ASYNC && c->sstate == S_OPEN && m->h.session == c->session)
+		/* whatever becomes of it (a duplicate, an abandoned request's) */
+		send_grant_ack(c, m, m->h.request, src);
 	struct req *r;
 	for (r = c->reqs; r; r = r->next) {
 		if (r->id != m->h.request || r->done || (r->in_session && !r->counted))
@@ -1574,6 +1625,8 @@ static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, con
 		c->drops++;
 		return;
 	}
+	if (r->exempt && t != TKW_GRANT_ASYNC && m->h.status != TKW_ST_QUEUED && !tkw_status_retryable(m->h.status))
+		send_grant_ack(c, m, r->id, src); /* a queued request's outcome, by a re-poll */
 	on_reply(c, r, m, now);
 }
 

@@ -375,6 +375,9 @@ func goDecode(b []byte) error {
 	case wire.KindRevokeAck:
 		var m wire.RevokeAck
 		return m.Decode(h, b)
+	case wire.KindGrantAck:
+		var m wire.GrantAck
+		return m.Decode(h, b)
 	case wire.KindMapRequest:
 		var m wire.MapRequest
 		return m.Decode(h, b)
@@ -649,9 +652,15 @@ type fake struct {
 // 1..4 (maps come one run per page, so clients must paginate), spread over
 // the workers in order.
 func newFake(t *testing.T, nworkers int) *fake {
+	return newFakeCache(t, nworkers, 0)
+}
+
+// newFakeCache is newFake with the workers' reply caches bounded to
+// replyCache replies per session (0: the default).
+func newFakeCache(t *testing.T, nworkers, replyCache int) *fake {
 	f := &fake{counts: map[string]int{}}
 	c, err := fakeworker.New(fakeworker.Config{Workers: nworkers, Shards: fakeShards, SessionTTL: fakeSessionTTL,
-		WorkerTTL: fakeW, Validity: fakeW - fakeMargin, Grace: fakeGrace, RunsPerPage: 1,
+		WorkerTTL: fakeW, Validity: fakeW - fakeMargin, Grace: fakeGrace, RunsPerPage: 1, ReplyCache: replyCache,
 		Seed: uint64(time.Now().UnixNano()), Trace: f.observe})
 	if err != nil {
 		t.Fatal(err)
@@ -973,6 +982,22 @@ func TestFakeWorker(t *testing.T) {
 				}
 				if f.count("cached") == 0 {
 					t.Errorf("no retransmission was answered from the reply cache in five rounds")
+				}
+			})
+			t.Run("queued-does-not-pin-ack", func(t *testing.T) {
+				// 2,200 operations while one request waits, against a
+				// reply cache of 1,024: no LIMIT (SPEC.md 11); every
+				// GRANT_ASYNC acknowledged (SPEC.md 12).
+				f := newFakeCache(t, 1, 1024)
+				out, err := runAt(t, 60*time.Second, f.at(0), bin, "pinned", "pinned", "1100")
+				if err != nil || !strings.Contains(out, "ok pinned") {
+					t.Fatalf("pinned: %v\n%s", err, out)
+				}
+				if n := f.count("LIMIT"); n != 0 {
+					t.Errorf("%d requests answered LIMIT while one waited", n)
+				}
+				if g, a := f.count("GRANT_ASYNC"), f.count("GRANT_ACK"); g == 0 || a == 0 {
+					t.Errorf("%d GRANT_ASYNCs sent, %d GRANT_ACKs received", g, a)
 				}
 			})
 			t.Run("killed-client", func(t *testing.T) {

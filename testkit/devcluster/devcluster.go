@@ -52,6 +52,8 @@ type Options struct {
 	// Insecure runs the workers without client authentication, as tokend
 	// --insecure: no keys are made, clients need none.
 	Insecure bool
+	// Limits are the workers' (worker.Config.Limits); zero: the defaults.
+	Limits worker.Limits
 }
 
 // Cluster is a running in-process cluster.
@@ -67,8 +69,9 @@ type Cluster struct {
 	clusterKey auth.Key    // read from keyDir/cluster.key
 	keys       *keys.Store // the workers' client keys
 
-	mu      sync.Mutex // guards workers
+	mu      sync.Mutex // guards workers and regs
 	workers []*worker.Worker
+	regs    []*prometheus.Registry // by worker: its metrics
 }
 
 // KeyFile returns the path of the client key file ("default", registered
@@ -242,10 +245,11 @@ func (c *Cluster) AddWorker(ctx context.Context) (*worker.Worker, error) {
 	c.mu.Lock()
 	i := len(c.workers)
 	c.mu.Unlock()
+	reg := prometheus.NewRegistry()
 	cfg := worker.Config{
 		Client: c.Client, ID: fmt.Sprintf("w%d", i+1), UDPAddr: "127.0.0.1:0",
-		TTL: c.opts.WorkerTTL, Logger: c.opts.Logger, Registry: prometheus.NewRegistry(),
-		Auth: c.Auth(),
+		TTL: c.opts.WorkerTTL, Logger: c.opts.Logger, Registry: reg,
+		Auth: c.Auth(), Limits: c.opts.Limits,
 	}
 	if c.opts.Conn != nil {
 		conn, err := c.opts.Conn(i)
@@ -264,8 +268,16 @@ func (c *Cluster) AddWorker(ctx context.Context) (*worker.Worker, error) {
 	}
 	c.mu.Lock()
 	c.workers = append(c.workers, w)
+	c.regs = append(c.regs, reg)
 	c.mu.Unlock()
 	return w, nil
+}
+
+// Metrics returns the metrics of worker i (the i-th started, from 0).
+func (c *Cluster) Metrics(i int) prometheus.Gatherer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.regs[i]
 }
 
 // Workers returns the workers started so far (including closed ones).

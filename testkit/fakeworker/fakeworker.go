@@ -58,8 +58,11 @@ type Config struct {
 	// NoExpiry keeps sessions until they close or EndSession ends them,
 	// however long they go without a renewal.
 	NoExpiry bool
-	// NoRevokeRetransmit sends each REVOKE once.
+	// NoRevokeRetransmit sends each REVOKE and GRANT_ASYNC once.
 	NoRevokeRetransmit bool
+	// ReplyCache bounds the cached replies of a session, as the worker's
+	// Limits.ReplyCache (16384).
+	ReplyCache int
 	// Insecure makes the workers speak without authentication, as a
 	// cluster started with --insecure: SESSION_OPEN is answered at once,
 	// tags are zero and none is checked.
@@ -730,7 +733,7 @@ func (c *Cluster) tick() {
 	tk, ch := c.clk.NewTicker(5 * time.Millisecond)
 	defer tk.Stop()
 	var outs []table.Output
-	var pkts [][]byte
+	var pkts []session.Due
 	for {
 		select {
 		case <-c.done:
@@ -761,7 +764,7 @@ func (c *Cluster) tick() {
 				}
 				if s := c.sessions[id]; s != nil {
 					for _, p := range pkts {
-						c.send(ob, w, p, s.addr)
+						c.send(ob, w, p.Pkt, s.addr)
 					}
 				}
 			}
@@ -864,14 +867,21 @@ func (w *worker) handle(c *Cluster, ob *outbox, h wire.Header, b []byte, from ne
 			c.send(ob, w, w.errReply(c, h.Reply(), wire.StatusBadRequest), from)
 			return
 		}
-		core.Ack(h.Ack)
+		core.Ack(h.Ack, ob.now)
 		c.endSessionLocked(ob, s.id)
 		c.send(ob, w, w.encode(c, h.Reply(), wire.StatusOK, wire.Empty{}), from)
 	case wire.TypeRevokeAck:
 		var m wire.RevokeAck
 		if m.Decode(h, b) == nil {
-			core.Ack(h.Ack)
+			core.Ack(h.Ack, ob.now)
 			core.AckRevoke(m.Target)
+		}
+	case wire.TypeGrantAck:
+		var m wire.GrantAck
+		if m.Decode(h, b) == nil {
+			core.Ack(h.Ack, ob.now)
+			core.Mark(h.Request)
+			core.AckOutcome(m.Target)
 		}
 	default:
 		w.token(c, ob, s, core, h, b, v, cached)
@@ -975,7 +985,7 @@ func (w *worker) keepalive(c *Cluster, ob *outbox, s *sess, core *session.Sessio
 		c.send(ob, w, w.errReply(c, h.Reply(), wire.StatusBadRequest), s.addr)
 		return
 	}
-	core.Ack(h.Ack)
+	core.Ack(h.Ack, ob.now)
 	r := wire.KeepaliveReply{ValidityMs: ms(c.cfg.Validity)}
 	if w.noVouch {
 		r.ValidityMs = 0
@@ -1006,6 +1016,7 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 		c.send(ob, w, w.errReply(c, rh, wire.StatusBadRequest), s.addr)
 		return
 	case session.Resend:
+		core.Repolled(h.Request)
 		ob.events = append(ob.events, Event{Kind: Resent, Worker: w.idx, Peer: s.addr, Header: h, Pkt: append([]byte(nil), b...)})
 		c.send(ob, w, cached, s.addr)
 		return
@@ -1015,7 +1026,7 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 		c.send(ob, w, w.errReply(c, rh, wire.StatusBadRequest), s.addr)
 		return
 	}
-	core.Ack(h.Ack)
+	core.Ack(h.Ack, ob.now)
 	if name != nil && wire.Shard(name, c.cfg.Shards) != h.Shard {
 		c.send(ob, w, w.errReply(c, rh, wire.StatusBadRequest), s.addr)
 		return
@@ -1094,7 +1105,7 @@ func (w *worker) reply(c *Cluster, ob *outbox, shard uint32, o *table.Output, rq
 		if typ, ok := rq.core.CancelTarget(rq.in.Target); ok {
 			th := wire.Header{Type: typ.Reply(), Session: h.Session, Request: rq.in.Target,
 				Shard: shard, Epoch: c.epoch[shard]}
-			rq.core.Settle(rq.in.Target, wire.StatusCanceled, w.errReply(c, th, wire.StatusCanceled))
+			rq.core.Settle(rq.in.Target, wire.StatusCanceled, w.errReply(c, th, wire.StatusCanceled), ob.now)
 		}
 	}
 	if !o.Status.Retryable() {
@@ -1154,16 +1165,20 @@ func (w *worker) async(c *Cluster, ob *outbox, shard uint32, o *table.Output) {
 		Epoch: c.epoch[shard]}
 	p := w.outcome(c, rh, o)
 	if o.Status == wire.StatusOK {
-		core.Settle(o.Req, o.Status, p)
+		core.Settle(o.Req, o.Status, p, ob.now)
 		ah := rh
 		ah.Type = wire.TypeGrantAsync
-		c.send(ob, w, w.outcome(c, ah, o), s.addr)
+		ap := w.outcome(c, ah, o)
+		if ap != nil {
+			core.GrantAsync(o.Req, shard, o.Fence, ap, ob.now)
+		}
+		c.send(ob, w, ap, s.addr)
 		return
 	}
 	if !isCached || p == nil {
 		return
 	}
-	core.Settle(o.Req, o.Status, p)
+	core.Settle(o.Req, o.Status, p, ob.now)
 	c.send(ob, w, p, s.addr)
 }
 
@@ -1199,7 +1214,11 @@ func (w *worker) revoke(c *Cluster, ob *outbox, id uint64, shard uint32, fence u
 func (w *worker) core(c *Cluster, id uint64) *session.Session {
 	core := w.cores[id]
 	if core == nil {
-		core = session.New(session.Config{Cap: 16384, Hard: 2 * 16384, Seed: c.cfg.Seed ^ id})
+		n := c.cfg.ReplyCache
+		if n <= 0 {
+			n = 16384
+		}
+		core = session.New(session.Config{Cap: n, Hard: 2 * n, Seed: c.cfg.Seed ^ id})
 		w.cores[id] = core
 	}
 	return core

@@ -25,18 +25,22 @@ import (
 //	    a request as the shell handles it: Decide; then (if applied) Ack,
 //	    OverLimit, and Applied with the table's status S (default OK). A
 //	    CANCEL that succeeds settles its target CANCELED; a REVOKE_ACK acks
-//	    REVOKE target. The reply datagram is shown as type#req:STATUS.
+//	    REVOKE target, a GRANT_ACK the outcome of request target; a
+//	    request resent from the cache is a re-poll (Repolled). The reply
+//	    datagram is shown as type#req:STATUS.
 //	async req=R status=S [nopkt]         the later outcome of a QUEUED request (Settle)
+//	grant req=R shard=N fence=F          the GRANT_ASYNC of queued request R is sent (GrantAsync)
 //	fill from=R to=R [type=T] [shard=N]  requests R..R applied OK, output: the cache size
 //	revoke shard=N fence=F mode=M [range=A-B]   the table asks for a REVOKE
 //	tick                                 the timer loop runs at now: retransmissions due
 //	next-deadline | state | end
 //	drop-shards shards=N,N               the map took those shards away
 //	adopt req=R type=T [shard=N]         a final reply handed over with a shard (if not Known)
-//	unmark req=R                         a KEEPALIVE, SESSION_CLOSE or REVOKE_ACK R failed without effect
+//	unmark req=R                         a KEEPALIVE, SESSION_CLOSE, REVOKE_ACK or GRANT_ACK R failed without effect
 //	jitter [seeds=N] [tries=N]           the jitter factor over seeds × request ids × tries
 //
-// After every command the harness lists the REVOKEs that stopped.
+// After every command the harness lists the REVOKEs and GRANT_ASYNCs that
+// stopped being retransmitted.
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -103,7 +107,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		if ok && !has("nopkt") {
 			pkt = reply(e.Type, id, st)
 		}
-		h.s.Settle(id, st, pkt)
+		h.s.Settle(id, st, pkt, h.now)
 		switch e2, ok2 := h.s.Entry(id); {
 		case !ok:
 			out = append(out, "not cached: ignored")
@@ -141,12 +145,25 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		default:
 			out = append(out, fmt.Sprintf("send %s, again at %s", pkt, ms(next)))
 		}
+	case "grant":
+		id := num("req", 0)
+		pkt := []byte(fmt.Sprintf("GRANT_ASYNC#%d", id))
+		next := h.s.GrantAsync(id, uint32(num("shard", 0)), num("fence", 0), pkt, h.now)
+		out = append(out, fmt.Sprintf("send %s, again at %s", pkt, ms(next)))
 	case "tick":
-		for _, pkt := range h.s.Tick(h.now, nil) {
-			seq, _ := strconv.ParseUint(strings.TrimPrefix(string(pkt), "REVOKE#"), 10, 64)
-			r := h.s.rev.m[seq]
+		for _, d := range h.s.Tick(h.now, nil) {
+			m, prefix := h.s.rev.m, "REVOKE#"
+			if d.Grant {
+				m, prefix = h.s.rev.g, "GRANT_ASYNC#"
+			}
+			id, _ := strconv.ParseUint(strings.TrimPrefix(string(d.Pkt), prefix), 10, 64)
+			r := m[id]
+			if r == nil {
+				out = append(out, fmt.Sprintf("resend %s (try %d): the last", d.Pkt, GrantTries))
+				continue
+			}
 			out = append(out, fmt.Sprintf("resend %s (try %d), again at %s = +%s (interval %s x %.3f)",
-				pkt, r.tries, ms(r.next), ms(r.next-h.now), ms(r.rto), float64(r.next-h.now)/float64(r.rto)))
+				d.Pkt, r.tries, ms(r.next), ms(r.next-h.now), ms(r.rto), float64(r.next-h.now)/float64(r.rto)))
 		}
 	case "next-deadline":
 		if dl, ok := h.s.NextDeadline(); ok {
@@ -194,7 +211,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 	after := h.revokeSeqs()
 	for _, seq := range before {
 		if !slices.Contains(after, seq) {
-			out = append(out, fmt.Sprintf("REVOKE#%d stopped", seq))
+			out = append(out, fmt.Sprintf("%s stopped", seqName(seq)))
 		}
 	}
 	if len(out) == 0 {
@@ -211,13 +228,14 @@ func (h *harness) request(t *testing.T, d *datadriven.TestData, a map[string]str
 	case Stale:
 		return []string{fmt.Sprintf("drop: stale (id %d below the ack %d)", hd.Request, h.s.ack)}
 	case Resend:
+		h.s.Repolled(hd.Request)
 		return []string{fmt.Sprintf("resend %s", pkt)}
 	case Reused:
 		return []string{"BAD_REQUEST: id reused for another type"}
 	case Replay:
 		return []string{fmt.Sprintf("drop: replay (id %d applied before or below the window, newest %d)", hd.Request, h.s.win.hi)}
 	}
-	h.s.Ack(hd.Ack)
+	h.s.Ack(hd.Ack, h.now)
 	switch hd.Type {
 	case wire.TypeKeepalive, wire.TypeSessionClose:
 		h.s.Mark(hd.Request)
@@ -225,6 +243,10 @@ func (h *harness) request(t *testing.T, d *datadriven.TestData, a map[string]str
 	case wire.TypeRevokeAck:
 		h.s.Mark(hd.Request)
 		h.s.AckRevoke(num("target", 0))
+		return []string{"apply; not cached"}
+	case wire.TypeGrantAck:
+		h.s.Mark(hd.Request)
+		h.s.AckOutcome(num("target", 0))
 		return []string{"apply; not cached"}
 	}
 	if h.s.OverLimit(hd) {
@@ -247,7 +269,7 @@ func (h *harness) request(t *testing.T, d *datadriven.TestData, a map[string]str
 	if st == wire.StatusOK && hd.Type == wire.TypeCancel {
 		tgt := num("target", 0)
 		if typ, ok := h.s.CancelTarget(tgt); ok {
-			h.s.Settle(tgt, wire.StatusCanceled, reply(typ, tgt, wire.StatusCanceled))
+			h.s.Settle(tgt, wire.StatusCanceled, reply(typ, tgt, wire.StatusCanceled), h.now)
 			e, _ := h.s.Entry(tgt)
 			lines = append(lines, fmt.Sprintf("target cached %s", e.Pkt))
 		}
@@ -271,14 +293,36 @@ func (h *harness) dump() []string {
 		if e.Pending {
 			line += " pending"
 		}
+		if e.Exempt {
+			line += " exempt"
+		}
+		if e.Expire != 0 {
+			line += " expires " + ms(e.Expire)
+		}
 		out = append(out, line)
 	}
 	for _, seq := range h.revokeSeqs() {
+		if seq&grantBit != 0 {
+			r := h.s.rev.g[seq&^grantBit]
+			out = append(out, fmt.Sprintf("  %s shard=%d fence=%d try %d, again at %s",
+				seqName(seq), r.key.Shard, r.key.Fence, r.tries, ms(r.next)))
+			continue
+		}
 		r := h.s.rev.m[seq]
 		out = append(out, fmt.Sprintf("  REVOKE#%d shard=%d fence=%d keep=%s [%d,%d) try %d, again at %s",
 			seq, r.key.Shard, r.key.Fence, r.key.Mode, r.key.Start, r.key.End, r.tries, ms(r.next)))
 	}
 	return out
+}
+
+// grantBit marks GRANT_ASYNCs among revokeSeqs.
+const grantBit = 1 << 63
+
+func seqName(seq uint64) string {
+	if seq&grantBit != 0 {
+		return fmt.Sprintf("GRANT_ASYNC#%d", seq&^grantBit)
+	}
+	return fmt.Sprintf("REVOKE#%d", seq)
 }
 
 func (h *harness) revokeSeqs() []uint64 {
@@ -288,6 +332,9 @@ func (h *harness) revokeSeqs() []uint64 {
 	var seqs []uint64
 	for seq := range h.s.rev.m {
 		seqs = append(seqs, seq)
+	}
+	for id := range h.s.rev.g {
+		seqs = append(seqs, id|grantBit)
 	}
 	slices.Sort(seqs)
 	return seqs

@@ -22,7 +22,7 @@ type Session struct {
 	ack   uint64            // highest ack seen: request ids below are finished
 	top   uint64            // highest request id ever given a cache entry
 	cache map[uint64]*Entry // request id -> reply
-	win   window            // KEEPALIVE, SESSION_CLOSE, REVOKE_ACK ids applied (replays)
+	win   window            // KEEPALIVE, SESSION_CLOSE, REVOKE_ACK, GRANT_ACK ids applied (replays)
 	rev   revokes
 }
 
@@ -40,8 +40,20 @@ type Entry struct {
 	Shard   uint32
 	Fence   uint64 // the request's fence (CONVERT: of the grant being converted)
 	Pending bool   // QUEUED in the shard's table
-	Pkt     []byte
+	// Exempt: answered QUEUED, so the client's ack does not wait for it
+	// (SPEC §11). It is kept whatever the ack while it waits, and once
+	// settled until the client acknowledges its outcome (GRANT_ACK) or,
+	// below the ack, until Expire.
+	Exempt bool
+	Expire int64 // below the ack and settled: forgotten at this time (0: not yet set)
+	Pkt    []byte
 }
+
+// Linger is how long the settled outcome of a request answered QUEUED is
+// kept below the ack without the client acknowledging it (GRANT_ACK): long
+// enough for its re-polls (every 500 ms) to fetch it through a burst of
+// loss, bounded for clients that never send GRANT_ACK. In nanoseconds.
+const Linger int64 = 30e9
 
 // Verdict is what to do with an incoming request (SPEC §11).
 type Verdict uint8
@@ -67,7 +79,7 @@ func (v Verdict) String() string {
 // the SPEC §11 exceptions (and SESSION_OPEN, deduplicated by its nonce).
 func cached(t wire.Type) bool {
 	switch t {
-	case wire.TypeKeepalive, wire.TypeSessionClose, wire.TypeRevokeAck, wire.TypeMapRequest, wire.TypeSessionOpen:
+	case wire.TypeKeepalive, wire.TypeSessionClose, wire.TypeRevokeAck, wire.TypeGrantAck, wire.TypeMapRequest, wire.TypeSessionOpen:
 		return false
 	}
 	return true
@@ -76,8 +88,12 @@ func cached(t wire.Type) bool {
 // Decide says what to do with request h, and for Resend the reply to send.
 // It changes nothing.
 //
-// Replays (wire/SPEC.md section 20): a KEEPALIVE, SESSION_CLOSE or
-// REVOKE_ACK whose id was applied (Mark) or is below the window is a
+// A request below the ack is Stale unless it was answered QUEUED and is
+// still cached (SPEC §11: those do not hold the ack back): then it is a
+// Resend of its state, as above the ack.
+//
+// Replays (wire/SPEC.md section 20): a KEEPALIVE, SESSION_CLOSE,
+// REVOKE_ACK or GRANT_ACK whose id was applied (Mark) or is below the window is a
 // Replay. The other types need no window: an applied one stays cached
 // until the ack passes it, and one not cached was not applied (a retryable
 // status, or its shard or the worker's lease was lost meanwhile) and may
@@ -85,6 +101,11 @@ func cached(t wire.Type) bool {
 // failover is still served.
 func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 	if h.Request < s.ack {
+		// Only requests answered QUEUED are cached below the ack: a
+		// re-poll of one gets its state; anything else is stale.
+		if e := s.cache[h.Request]; e != nil && e.Type == h.Type {
+			return Resend, e.Pkt
+		}
 		return Stale, nil
 	}
 	if !cached(h.Type) {
@@ -103,7 +124,7 @@ func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 }
 
 // Mark records that request id, of a type whose reply is not cached
-// (KEEPALIVE, SESSION_CLOSE, REVOKE_ACK), was applied: a copy of it is a
+// (KEEPALIVE, SESSION_CLOSE, REVOKE_ACK, GRANT_ACK), was applied: a copy of it is a
 // Replay from now on.
 func (s *Session) Mark(id uint64) { s.win.mark(id) }
 
@@ -111,18 +132,50 @@ func (s *Session) Mark(id uint64) { s.win.mark(id) }
 // failed) and the client's retransmission is to be applied.
 func (s *Session) Unmark(id uint64) { s.win.unmark(id) }
 
-// Ack records the client's ack and forgets the cached replies below it.
-func (s *Session) Ack(ack uint64) {
+// Ack records the client's ack, at now, and forgets the cached replies
+// below it, except those of requests answered QUEUED (Entry.Exempt): one
+// still waiting stays; a settled one whose outcome the client has not
+// acknowledged stays for Linger from when the ack first passed it (or it
+// settled below the ack), and is forgotten by a later Ack after that.
+func (s *Session) Ack(ack uint64, now int64) {
 	if ack <= s.ack {
 		return
 	}
 	s.ack = ack
-	for id := range s.cache {
-		if id < ack {
+	for id, e := range s.cache {
+		switch {
+		case id >= ack || e.Pending:
+		case !e.Exempt || (e.Expire != 0 && e.Expire <= now):
 			delete(s.cache, id)
+		case e.Expire == 0:
+			e.Expire = now + Linger
 		}
 	}
 }
+
+// AckOutcome handles GRANT_ACK for request id: the client has its outcome.
+// The GRANT_ASYNC retransmission of id stops, and the cached outcome is
+// forgotten (below the ack), or treated from now on as any final reply
+// (forgotten when the ack passes it). A request still waiting is not
+// affected: nothing was sent for it that could be acknowledged.
+func (s *Session) AckOutcome(id uint64) {
+	s.rev.ackGrant(id)
+	e := s.cache[id]
+	if e == nil || !e.Exempt || e.Pending {
+		return
+	}
+	if id < s.ack {
+		delete(s.cache, id)
+		return
+	}
+	e.Exempt, e.Expire = false, 0
+}
+
+// Repolled records that request id was answered from the cache (a
+// re-poll): if it was granted, the reply carries the GRANT, so its
+// GRANT_ASYNC need not be retransmitted any more. The cached reply stays:
+// that reply may be lost too.
+func (s *Session) Repolled(id uint64) { s.rev.ackGrant(id) }
 
 // OverLimit reports whether the cache is too full to take request h,
 // which is then answered LIMIT ("a new request beyond the bound").
@@ -169,7 +222,8 @@ type Outcome struct {
 // grant, and so does a CANCEL that released one.
 func (s *Session) Applied(o Outcome) {
 	if !o.Status.Retryable() {
-		s.cache[o.Req] = &Entry{Type: o.Type, Shard: o.Shard, Fence: o.Fence, Pending: o.Status == wire.StatusQueued, Pkt: o.Pkt}
+		q := o.Status == wire.StatusQueued
+		s.cache[o.Req] = &Entry{Type: o.Type, Shard: o.Shard, Fence: o.Fence, Pending: q, Exempt: q, Pkt: o.Pkt}
 		s.top = max(s.top, o.Req)
 		s.win.advance(o.Req)
 	}
@@ -196,13 +250,14 @@ func (s *Session) CancelTarget(target uint64) (wire.Type, bool) {
 	return 0, false
 }
 
-// Settle records the later outcome of request id (answered QUEUED before):
-// pkt replaces the cached reply, or, for a retryable status (the request
-// was not applied), the id is forgotten so that the client's retry is
-// applied afresh. A nil pkt (nothing to answer with) keeps what is cached.
-// A CONVERT granted ends the retransmission of the REVOKEs of the grant it
+// Settle records the later outcome of request id (answered QUEUED before),
+// at now: pkt replaces the cached reply, or, for a retryable status (the
+// request was not applied), the id is forgotten so that the client's retry
+// is applied afresh. A nil pkt (nothing to answer with) keeps what is
+// cached. An outcome settled below the ack lingers (see Ack). A CONVERT
+// granted ends the retransmission of the REVOKEs of the grant it
 // converted. An id not cached is ignored.
-func (s *Session) Settle(id uint64, status wire.Status, pkt []byte) {
+func (s *Session) Settle(id uint64, status wire.Status, pkt []byte, now int64) {
 	e := s.cache[id]
 	if e == nil {
 		return
@@ -218,6 +273,9 @@ func (s *Session) Settle(id uint64, status wire.Status, pkt []byte) {
 		return
 	}
 	e.Pkt, e.Pending = pkt, false
+	if e.Exempt && id < s.ack && e.Expire == 0 {
+		e.Expire = now + Linger
+	}
 }
 
 // Entry returns the cache entry of request id.

@@ -21,6 +21,11 @@
  *                                          worker TTL), stay valid for MS/3 ms (checked every
  *                                          100 ms), and never be reported lost; prints
  *                                          "validity V ms after waiting T ms"
+ *   tokend-e2e HOST:PORT pinned NAME N     one client holds NAME while another waits for it (one
+ *                                          request answered QUEUED) and meanwhile does N acquire
+ *                                          and release pairs on other names; then the waiter is
+ *                                          granted NAME. The driver counts the LIMIT answers:
+ *                                          with the ack skipping the queued request, none
  *   tokend-e2e HOST:PORT jeopardy NAME lost|recover
  *                                          acquire EX on NAME, print "fence F"; the driver makes
  *                                          NAME's worker unreachable (and, for recover, reachable
@@ -598,6 +603,49 @@ static void p_longwait(const char *name, int hold_ms, int w_ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+struct waiter {
+	tokend_client *c;
+	const char *name;
+	tokend_grant g;
+	int rc;
+};
+
+static void *wait_for(void *arg)
+{
+	struct waiter *w = arg;
+	w->rc = tokend_acquire(w->c, w->name, strlen(w->name), TOKEND_EX, 60000, &w->g);
+	return NULL;
+}
+
+/* While one request of the client waits in a queue, n more operations:
+ * the ack skips the queued request (SPEC 11), so none is refused LIMIT
+ * however small the worker's reply cache. */
+static void p_pinned(const char *name, int n)
+{
+	tokend_client *holder = connect_plain(), *c = connect_plain();
+	tokend_grant h;
+	CHECK_RC(tokend_acquire(holder, name, strlen(name), TOKEND_EX, TOKEND_TRY, &h), TOKEND_OK, "holder acquire");
+	struct waiter w = {c, name, {0}, -99};
+	pthread_t th;
+	pthread_create(&th, NULL, wait_for, &w);
+	sleep_ms(300); /* let it queue: an operation before that only holds the ack back a little longer */
+	char other[64];
+	snprintf(other, sizeof other, "%s-op", name);
+	for (int i = 0; i < n; i++) {
+		tokend_grant g;
+		CHECK_RC(tokend_acquire(c, other, strlen(other), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire while queued");
+		CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release while queued");
+	}
+	printf("done %d\n", n);
+	CHECK_RC(tokend_release(holder, &h, NULL, 0), TOKEND_OK, "holder release");
+	pthread_join(th, NULL);
+	CHECK_RC(w.rc, TOKEND_OK, "waiter acquire");
+	CHECK(w.g.fence > h.fence, "fence %" PRIu64 " after %" PRIu64, w.g.fence, h.fence);
+	CHECK_RC(tokend_release(c, &w.g, NULL, 0), TOKEND_OK, "waiter release");
+	tokend_close(c);
+	tokend_close(holder);
+}
+
 /* on_jeopardy comes before on_lost when a grant's worker stops answering,
  * and says "recovered" when it answers again in time. */
 static void p_jeopardy(const char *name, const char *mode)
@@ -679,6 +727,8 @@ int main(int argc, char **argv)
 		p_survive(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "jeopardy") && argc == 5)
 		p_jeopardy(argv[3], argv[4]);
+	else if (!strcmp(s, "pinned") && argc == 5)
+		p_pinned(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "longwait") && argc == 6)
 		p_longwait(argv[3], atoi(argv[4]), atoi(argv[5]));
 	else {

@@ -90,7 +90,7 @@ struct fake {
 	uint64_t dl_request; /* "dl/..." ACQUIRE or upgrade: QUEUED, then DEADLOCK on the re-poll */
 	uint64_t next_fence;
 	/* what it saw */
-	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, converts;
+	int sessions_opened, sessions_closed, keepalives, renews, acquires, releases, revoke_acks, grant_acks, converts;
 	int map_requests;
 	uint64_t released_fences[64];
 	int nreleased;
@@ -339,6 +339,10 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		break;
 	case TKW_REVOKE_ACK:
 		f->revoke_acks++;
+		pthread_mutex_unlock(&f->mu);
+		return; /* one-way */
+	case TKW_GRANT_ACK:
+		f->grant_acks++;
 		pthread_mutex_unlock(&f->mu);
 		return; /* one-way */
 	default:

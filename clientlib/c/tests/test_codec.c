@@ -197,6 +197,7 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		break;
 	case TKW_K_CANCEL:
 	case TKW_K_REVOKE_ACK:
+	case TKW_K_GRANT_ACK:
 		d_u(d, "target", m->target);
 		break;
 	case TKW_K_RECLAIM:
