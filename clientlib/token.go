@@ -50,6 +50,12 @@ type Token struct {
 	// upgrade withdraws the upgrading Convert that waits in the token's
 	// queue, so that Release and a downgrade never wait behind it.
 	upgrade context.CancelCauseFunc
+	// cached: a grant the application released, kept for a re-acquire
+	// (cache.go); no application handle points to it. cachedAt is when,
+	// cprev and cnext its neighbours in the LRU list.
+	cached       bool
+	cachedAt     time.Time
+	cprev, cnext *Token
 }
 
 // Revocation is a worker's request that this client give back a grant
@@ -336,6 +342,29 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	case !wire.IsWhole(o.start, o.end) && o.start >= o.end:
 		return nil, fmt.Errorf("%s: %w: empty range [%d, %d)", acquireOp(name), ErrBadRequest, o.start, o.end)
 	}
+	if c.cacheMax > 0 {
+		c.mu.Lock()
+		if c.state == stateOpen {
+			now := c.now()
+			if t := c.hitLocked(name, mode, o.start, o.end, now); t != nil {
+				c.mu.Unlock()
+				c.cacheHits.Add(1)
+				return t, nil
+			}
+			var drop [4]uint64
+			fences := c.missLocked(name, mode, o.start, o.end, now, drop[:0])
+			c.mu.Unlock()
+			c.cacheMisses.Add(1)
+			if len(fences) > 0 {
+				// Given back first: the worker would make this request
+				// wait for (or, with Try, fail on) this session's own
+				// cached grant.
+				c.giveBack(ctx, wire.Shard([]byte(name), c.shardCount), name, fences)
+			}
+		} else {
+			c.mu.Unlock()
+		}
+	}
 	if err := c.usable(); err != nil {
 		return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
 	}
@@ -567,8 +596,13 @@ func (c *Client) attachLocked(t *Token, l *lease) {
 	l.tokens[t] = struct{}{}
 }
 
-// detachLocked forgets t: it leaves its lease and the name index.
+// detachLocked forgets t: it leaves its lease, the name index and the
+// cache.
 func (c *Client) detachLocked(t *Token) {
+	if t.cached {
+		c.unlinkLocked(t)
+		t.cached = false
+	}
 	if t.lease != nil {
 		delete(t.lease.tokens, t)
 		t.lease = nil
@@ -597,11 +631,12 @@ func (c *Client) loseLocked(t *Token, err error, release bool) {
 	if t.state != tokHeld {
 		return
 	}
-	pending := t.pending
+	quiet := t.pending || t.cached
 	t.endLocked(tokLost, err, true)
-	if errors.Is(err, ErrClosed) || pending {
+	if errors.Is(err, ErrClosed) || quiet {
 		// Close ends what is still held, and a grant Acquire never
-		// returned was nobody's: neither is news for the operator.
+		// returned, or one in the cache, was nobody's: neither is news
+		// for the operator.
 		c.log.Debug("token ended", "token", t.name, "fence", t.fence, "err", err)
 	} else {
 		c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
@@ -660,6 +695,13 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	var heldAt uint32 // the shard epoch whose owner vouches for the grant
 	if t.lease != nil {
 		heldAt = t.lease.key.epoch
+	}
+	if reason == nil && !o.hasValue {
+		if now := c.now(); c.cacheableLocked(t, now) {
+			c.cacheLocked(t, now)
+			c.mu.Unlock()
+			return nil
+		}
 	}
 	if reason != nil {
 		t.endLocked(tokReleased, reason, true)
@@ -1085,6 +1127,8 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 		switch {
 		case t == nil:
 			c.strayLocked(h.Shard, string(m.Name), m.Fence)
+		case t.cached:
+			c.revokeCachedLocked(t)
 		case !t.revokes[revokeKey{m.Mode, m.Start, m.End}]:
 			if t.revokes == nil {
 				t.revokes = map[revokeKey]bool{}
