@@ -31,16 +31,37 @@ type tokenCache struct {
 	n          int
 }
 
+// cacheRelease is Release's fast path: if no operation holds t's
+// operation lock and t is cacheable, t's grant is cached and cacheRelease
+// reports true; otherwise Release goes on as without the cache (it waits
+// for the lock, withdraws an upgrade, and looks again).
+//
+// It does not take the operation lock: every holder of that lock (Release,
+// Convert, Proof) looks at t under c.mu right after taking it, so an empty
+// lock seen under c.mu means that any operation not yet seen will find t
+// released, and one already under way (say a Convert waiting for its
+// answer) is seen.
+func (t *Token) cacheRelease() bool {
+	c := t.c
+	c.mu.Lock()
+	ok := len(t.op) == 0 && c.cacheableLocked(t)
+	if ok {
+		c.cacheLocked(t)
+	}
+	c.mu.Unlock()
+	return ok
+}
+
 // cacheableLocked reports whether releasing t may keep its grant cached
 // instead of sending RELEASE: the cache is on and the session open; t is
-// the application's (not pending), held and valid now, not being
-// reclaimed; no REVOKE was seen for its fence (someone else wants it);
+// the application's (not pending), held, not being reclaimed (its
+// validity is checked when it is handed out again); no REVOKE was seen for its fence (someone else wants it);
 // and its value block cannot change while it is cached: mode PR, PW or EX
 // over the whole token, so no other session may hold a writing grant
 // beside it (a CR or NL grant, or one of a byte range, may see a PW
 // holder of another range set the value meanwhile, and would hand out a
 // stale value).
-func (c *Client) cacheableLocked(t *Token, now time.Time) bool {
+func (c *Client) cacheableLocked(t *Token) bool {
 	if c.cacheMax <= 0 || c.state != stateOpen || t.state != tokHeld || t.pending || t.cached ||
 		t.reclaiming || len(t.revokes) > 0 || t.upgrade != nil {
 		return false
@@ -52,10 +73,7 @@ func (c *Client) cacheableLocked(t *Token, now time.Time) bool {
 		return false
 	}
 	l := t.lease
-	if l == nil || l.moved {
-		return false
-	}
-	return now.Before(t.validUntilLocked())
+	return l != nil && !l.moved
 }
 
 // cacheLocked ends the application's handle t as released and keeps its
@@ -63,11 +81,14 @@ func (c *Client) cacheableLocked(t *Token, now time.Time) bool {
 // name index and its lease (so keepalives, reclaims and REVOKEs find it as
 // any held grant). The entry shares t's operation lock: the old handle can
 // only fail with ErrNotHeld from now on. If the cache is full, its least
-// recently released entry is given back in the background.
-func (c *Client) cacheLocked(t *Token, now time.Time) {
+// recently released entry is given back in the background. The entry's
+// idle time counts from maintain's last pass (not from a clock read here:
+// Release's fast path reads no clock), so it may end up to one pass early.
+func (c *Client) cacheLocked(t *Token) {
+	at := c.lastMaint
 	n := &Token{c: c, name: t.name, shard: t.shard, op: t.op,
 		mode: t.mode, fence: t.fence, start: t.start, end: t.end, value: t.value, vstate: t.vstate,
-		lease: t.lease, state: tokHeld, cached: true, cachedAt: now}
+		lease: t.lease, state: tokHeld, cached: true, cachedAt: at}
 	ts := c.byName[t.name]
 	for i := range ts {
 		if ts[i] == t {
@@ -77,9 +98,9 @@ func (c *Client) cacheLocked(t *Token, now time.Time) {
 	delete(t.lease.tokens, t)
 	t.lease.tokens[n] = struct{}{}
 	t.lease = nil
-	t.endLocked(tokReleased, ErrNotHeld, false)
+	t.settleLocked(tokReleased, ErrNotHeld, false)
 	c.pushLocked(n)
-	if c.maintNext.After(now.Add(c.cacheIdle)) {
+	if c.maintNext.After(at.Add(c.cacheIdle)) {
 		kick(c.maintKick) // its idle time ends before maintain would look
 	}
 	for c.cache.n > c.cacheMax {
@@ -95,7 +116,7 @@ func (c *Client) cacheLocked(t *Token, now time.Time) {
 // promises any grant it returns.
 func (c *Client) hitLocked(name string, mode wire.Mode, start, end uint64, now time.Time) *Token {
 	for _, t := range c.byName[name] {
-		if !t.cached || !wire.Covers(t.mode, mode) || !rangeContains(t.start, t.end, start, end) {
+		if !t.cached || !covers[t.mode][mode] || !rangeContains(t.start, t.end, start, end) {
 			continue
 		}
 		if t.state != tokHeld || t.validUntilLocked().Sub(now) < c.freshFor() {
@@ -230,6 +251,17 @@ func (c *Client) revokeCachedLocked(t *Token) {
 	c.cacheRevoked.Add(1)
 	c.strayLocked(t.shard, t.name, fence)
 }
+
+// covers is wire.Covers as a table, for the hit path (modes are valid
+// there: Acquire checked the one asked, grants carry valid ones).
+var covers = func() (tab [wire.EX + 1][wire.EX + 1]bool) {
+	for a := range tab {
+		for b := range tab[a] {
+			tab[a][b] = wire.Covers(wire.Mode(a), wire.Mode(b))
+		}
+	}
+	return tab
+}()
 
 // rangeContains reports whether [s1, e1) contains [s2, e2); the whole
 // token's spellings (wire.IsWhole) count as [0, WholeEnd).

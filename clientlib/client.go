@@ -89,6 +89,7 @@ type Client struct {
 	udpAddrs   map[netip.AddrPort]*net.UDPAddr
 	cache      tokenCache
 	maintNext  time.Time // when maintain runs next, as it planned
+	lastMaint  time.Time // when maintain last ran: a clock reading for the cache's idle times
 }
 
 type clientState uint8
@@ -174,6 +175,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.mu.Lock()
 	c.applyMapLocked(m)
+	c.lastMaint = c.now()
 	c.mu.Unlock()
 	select {
 	case <-c.mapKick: // kicked by replies that came before the map: it is fresh

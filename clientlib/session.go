@@ -383,6 +383,7 @@ func (c *Client) maintain() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer func() { c.maintNext = next }()
+	c.lastMaint = now
 	if c.state != stateOpen && c.state != stateClosing {
 		return next
 	}

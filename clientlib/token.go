@@ -278,8 +278,13 @@ func (t *Token) closeLostLocked() {
 // endLocked ends the token: state (released or lost) with err, out of the
 // client's indexes, Done closed; with lost, Lost too.
 func (t *Token) endLocked(state tokenState, err error, lost bool) {
-	t.state, t.err = state, err
 	t.c.detachLocked(t)
+	t.settleLocked(state, err, lost)
+}
+
+// settleLocked is endLocked for a t already out of the client's indexes.
+func (t *Token) settleLocked(state tokenState, err error, lost bool) {
+	t.state, t.err = state, err
 	t.deferred = nil
 	if lost {
 		t.closeLostLocked()
@@ -673,6 +678,9 @@ func (t *Token) Release(ctx context.Context, opts ...ReleaseOption) error {
 // (the library releasing on the application's behalf).
 func (t *Token) release(ctx context.Context, o releaseOptions, reason error) error {
 	c := t.c
+	if reason == nil && !o.hasValue && c.cacheMax > 0 && t.cacheRelease() {
+		return nil
+	}
 	if len(o.value) > wire.MaxValue {
 		return fmt.Errorf("%s: %w: value longer than %d bytes", releaseOp(t.name), ErrBadRequest, wire.MaxValue)
 	}
@@ -696,12 +704,10 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	if t.lease != nil {
 		heldAt = t.lease.key.epoch
 	}
-	if reason == nil && !o.hasValue {
-		if now := c.now(); c.cacheableLocked(t, now) {
-			c.cacheLocked(t, now)
-			c.mu.Unlock()
-			return nil
-		}
+	if reason == nil && !o.hasValue && c.cacheableLocked(t) {
+		c.cacheLocked(t)
+		c.mu.Unlock()
+		return nil
 	}
 	if reason != nil {
 		t.endLocked(tokReleased, reason, true)
