@@ -665,7 +665,10 @@ func (c *Client) loseAllLocked(err error, release bool) {
 }
 
 // Release gives the token back. With SetValue (PW and EX holders only) it
-// also sets the token's value block. The token stops being valid at once,
+// also sets the token's value block. Unless Config.NoTokenCache is set, a
+// grant nobody else asked for is kept cached for a re-acquire instead of
+// being sent back (see "Token cache" in the package documentation); to
+// the application it is released all the same. The token stops being valid at once,
 // whatever the outcome: if the worker cannot be reached before ctx ends, the
 // grant ends with a later revocation or with the session. It returns
 // ErrNotHeld if the token was already released, the reason it was lost if it
