@@ -22,6 +22,9 @@ const (
 	// DefaultTokenCacheIdle is how long a cached grant waits for a
 	// re-acquire when Config.TokenCacheIdle is 0.
 	DefaultTokenCacheIdle = 30 * time.Second
+	// maxBackgroundReleases bounds the grants being given back in the
+	// background beyond which a full cache keeps no more (cacheableLocked).
+	maxBackgroundReleases = 64
 )
 
 // tokenCache is the LRU list of cached grants: head is the most recently
@@ -61,9 +64,17 @@ func (t *Token) cacheRelease() bool {
 // beside it (a CR or NL grant, or one of a byte range, may see a PW
 // holder of another range set the value meanwhile, and would hand out a
 // stale value).
+//
+// A full cache evicts a grant for each one it keeps, with a RELEASE in the
+// background; while maxBackgroundReleases of those are in flight (a
+// worker slow to answer), Release gives its grant back itself instead, so
+// an application that churns through names cannot pile up goroutines.
 func (c *Client) cacheableLocked(t *Token) bool {
 	if c.cacheMax <= 0 || c.state != stateOpen || t.state != tokHeld || t.pending || t.cached ||
 		t.reclaiming || len(t.revokes) > 0 || t.upgrade != nil {
+		return false
+	}
+	if c.cache.n >= c.cacheMax && len(c.strays) >= maxBackgroundReleases {
 		return false
 	}
 	if t.mode != wire.PR && t.mode != wire.PW && t.mode != wire.EX {

@@ -410,6 +410,29 @@ func TestCacheBounds(t *testing.T) {
 	if s := c.Stats(); s.CacheEvictions != 3 || s.Cached != 0 {
 		t.Fatalf("stats: %+v", s)
 	}
+	// While maxBackgroundReleases grants are being given back in the
+	// background (a slow worker), a full cache keeps no more: Release
+	// gives its grant back itself.
+	c = fc.dial(t, Config{TokenCache: 2}) // idle for 30 s: nothing expires here
+	release("m0")
+	release("m1")
+	c.mu.Lock()
+	for i := range maxBackgroundReleases {
+		c.strays[strayKey{"busy", uint64(i)}] = true
+	}
+	c.mu.Unlock()
+	release("m2")
+	if gs := fc.grants(0, "m2"); len(gs) != 0 {
+		t.Fatalf("m2 kept with the background releases at their bound: %+v", gs)
+	}
+	if s := c.Stats(); s.Cached != 2 || s.CacheEvictions != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+	c.mu.Lock()
+	for i := range maxBackgroundReleases {
+		delete(c.strays, strayKey{"busy", uint64(i)})
+	}
+	c.mu.Unlock()
 	if _, err := DialConfig(ctx, Config{Seeds: []string{fc.addr(0)}, TokenCache: -1}); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("negative TokenCache: %v", err)
 	}
