@@ -167,8 +167,9 @@
 //     recently released given back first, and none kept longer than
 //     Config.TokenCacheIdle (default 30 s, counted from the maintenance
 //     pass before its release); given back with RELEASE in the
-//     background. Close gives them back with the session (SESSION_CLOSE);
-//     the session's end ends them.
+//     background (while 64 of those are unanswered, a full cache keeps
+//     no more: Release sends its own). Close gives them back with the
+//     session (SESSION_CLOSE); the session's end ends them.
 //   - Counted: Stats().CacheHits, CacheMisses, CacheEvictions,
 //     CacheRevoked, CacheDropped and Cached; Stats().Sent counts datagrams.
 //

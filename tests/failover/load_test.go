@@ -335,7 +335,7 @@ func startLoad(t *testing.T, start time.Time, cfg loadConfig) *load {
 			// real-process scenarios run the cache through the same
 			// failures).
 			NoTokenCache: true,
-			Logger:     logger.With("client", ci),
+			Logger:       logger.With("client", ci),
 			// Cyclers give their grants back within milliseconds anyway; a
 			// REVOKE of a long-held token is a bug (nobody conflicts).
 			OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
