@@ -530,3 +530,48 @@ func TestCachedGrantAcrossHandoff(t *testing.T) {
 		t.Fatalf("stats: %+v", s)
 	}
 }
+
+// TestCachedGrantCarriesValueAcrossCrash: a cached grant is reclaimed with
+// the holder's copy of the value block, like a held one, so the value
+// survives the crash of its worker even though nobody holds the token.
+func TestCachedGrantCarriesValueAcrossCrash(t *testing.T) {
+	fc := newFakeCluster(t, 40, fakeConfig{workers: 2, workerTTL: time.Second, grace: 1500 * time.Millisecond})
+	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond, OnRevoke: noRevoke(t)})
+	ctx := ctxT(t, 15*time.Second)
+	tok, err := c.Acquire(ctx, "val", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Release(ctx, SetValue([]byte("kept"))); err != nil {
+		t.Fatal(err)
+	}
+	tok, err = c.Acquire(ctx, "val", wire.PW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tok.Fence()
+	if err := tok.Release(ctx); err != nil { // cached, with the value
+		t.Fatal(err)
+	}
+	shard := wire.Shard([]byte("val"), fc.cfg.shardCount)
+	fc.setSilent(0, true) // crash
+	fc.setOwner(shard, 1, 2, true)
+	eventually(t, 4*time.Second, "the cached grant reclaimed at the new owner", func() bool {
+		gs := fc.grants(1, "val")
+		return len(gs) == 1 && gs[0].fence == f
+	})
+	// Another client waits for the token: the cached grant is revoked and
+	// given back, and the value came along.
+	c2 := fc.dial(t, Config{Seeds: []string{fc.addr(1)}})
+	t2, err := c2.Acquire(ctx, "val", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := t2.Value(); !ok || string(v) != "kept" || t2.Fence() <= f {
+		t.Fatalf("after the crash: value %q %v (state %v), fence %#x after %#x", v, ok, t2.ValueState(), t2.Fence(), f)
+	}
+	if s := c.Stats(); s.CacheRevoked != 1 {
+		t.Fatalf("stats: %+v", s)
+	}
+	fc.setSilent(0, false)
+}
