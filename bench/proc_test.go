@@ -96,7 +96,7 @@ func TestEchoProcesses(t *testing.T) {
 // module) in its own process, as users run it (clients authenticate with
 // the client key file its first start wrote) and with --insecure, runs
 // tiny windows of the uncontended and contended workloads with the Go
-// client and with the C client (cload; skipped without a C compiler), and
+// client (and the cached one: every pair a cache hit) and with the C client (cload; skipped without a C compiler), and
 // checks that every row counted operations without errors and that
 // nothing is left running.
 func TestProcessWorkloads(t *testing.T) {
@@ -129,7 +129,7 @@ func testProcessWorkloads(t *testing.T, insecure bool) {
 	}
 	cfg.serverCPU = pc.cpu
 	var rs []Result
-	for _, run := range []func(context.Context, *Config, target, string) ([]Result, error){runUncontended, runContended} {
+	for _, run := range []func(context.Context, *Config, target, string) ([]Result, error){runUncontended, runContended, runCached} {
 		r, err := run(ctx, &cfg, tgt, sysTokend)
 		if err != nil {
 			t.Fatal(err)

@@ -88,7 +88,14 @@ func dialClients(ctx context.Context, tgt target, n int, policy revokePolicy) ([
 	return cs, nil
 }
 
+// dialClient opens a session for the workloads that measure the worker:
+// without the client's token cache, every pair reaches tokend.
 func dialClient(ctx context.Context, tgt target, policy revokePolicy) (*client, error) {
+	return dialClientCache(ctx, tgt, policy, false)
+}
+
+// dialClientCache is dialClient with the client's token cache on or off.
+func dialClientCache(ctx context.Context, tgt target, policy revokePolicy, cache bool) (*client, error) {
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -117,7 +124,7 @@ func dialClient(ctx context.Context, tgt target, policy revokePolicy) (*client, 
 		}
 	}
 	c.Client, err = clientlib.DialConfig(ctx, clientlib.Config{Seeds: tgt.seeds, KeyFile: tgt.keyFile,
-		Insecure: tgt.insecure(), PacketConn: conn, OnRevoke: onRevoke})
+		Insecure: tgt.insecure(), PacketConn: conn, OnRevoke: onRevoke, NoTokenCache: !cache})
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -148,11 +148,28 @@ type Stats struct {
 	// "signature" for forgeries, "timestamp" for replays, "version" for
 	// another format version; nil without Config.Announce.
 	AnnouncementsDropped map[string]uint64
+	// Sent counts the datagrams the client sent (retransmissions included).
+	Sent uint64
+	// The token cache: CacheHits counts the Acquires served from it (no
+	// datagram), CacheMisses those that went to a worker while the cache
+	// was on. CacheEvictions counts the cached grants given back for the
+	// cache's bounds (TokenCache, TokenCacheIdle), CacheRevoked those given
+	// back on a worker's REVOKE (the application was not asked), and
+	// CacheDropped those given back before an Acquire of their name that
+	// they did not serve (conflicting, or no longer fresh). Cached is how
+	// many grants the cache holds now.
+	CacheHits, CacheMisses, CacheEvictions, CacheRevoked, CacheDropped uint64
+	Cached                                                             int
 }
 
 // Stats returns the Client's counters.
 func (c *Client) Stats() Stats {
-	s := Stats{AuthFailures: c.authFailures.Load()}
+	s := Stats{AuthFailures: c.authFailures.Load(), Sent: c.sent.Load(),
+		CacheHits: c.cacheHits.Load(), CacheMisses: c.cacheMisses.Load(), CacheEvictions: c.cacheEvictions.Load(),
+		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load()}
+	c.mu.Lock()
+	s.Cached = c.cache.n
+	c.mu.Unlock()
 	if c.ann != nil {
 		s.AnnouncementsDropped = c.ann.Stats().Dropped
 	}

@@ -54,6 +54,13 @@ type Client struct {
 	keys atomic.Pointer[sessionKeys] // the session's MACs, set with session (nil: insecure)
 	// authFailures counts datagrams dropped for a tag that does not verify.
 	authFailures atomic.Uint64
+	sent         atomic.Uint64 // datagrams sent
+	// The token cache's bounds (0: off; set by Dial) and counters (Stats).
+	cacheMax                     int
+	cacheIdle                    time.Duration
+	cacheHits, cacheMisses       atomic.Uint64
+	cacheEvictions, cacheRevoked atomic.Uint64
+	cacheDropped                 atomic.Uint64
 
 	mu         sync.Mutex // guards the fields below
 	state      clientState
@@ -80,6 +87,9 @@ type Client struct {
 	nParked    int
 	strays     map[strayKey]bool
 	udpAddrs   map[netip.AddrPort]*net.UDPAddr
+	cache      tokenCache
+	maintNext  time.Time // when maintain runs next, as it planned
+	lastMaint  time.Time // when maintain last ran: a clock reading for the cache's idle times
 }
 
 type clientState uint8
@@ -124,6 +134,9 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		strays:    map[strayKey]bool{},
 		udpAddrs:  map[netip.AddrPort]*net.UDPAddr{},
 	}
+	if !cfg.NoTokenCache {
+		c.cacheMax, c.cacheIdle = cfg.TokenCache, cfg.TokenCacheIdle
+	}
 	_, c.realTimers = clock.Or(cfg.clock).(clock.Real)
 	key, err := loadKey(&c.cfg)
 	if err != nil {
@@ -162,6 +175,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.mu.Lock()
 	c.applyMapLocked(m)
+	c.lastMaint = c.now()
 	c.mu.Unlock()
 	select {
 	case <-c.mapKick: // kicked by replies that came before the map: it is fresh
@@ -192,7 +206,11 @@ func (c *Client) Close() error {
 		}
 		var toks []*Token
 		for _, ts := range c.byName {
-			toks = append(toks, ts...)
+			for _, t := range ts {
+				if !t.cached { // SESSION_CLOSE gives back the cached grants
+					toks = append(toks, t)
+				}
+			}
 		}
 		c.mu.Unlock()
 		if wasOpen {
@@ -321,6 +339,7 @@ func (c *Client) udpAddrLocked(ap netip.AddrPort) *net.UDPAddr {
 
 // write sends one datagram; errors are logged, the retransmission covers them.
 func (c *Client) write(b []byte, to *net.UDPAddr) {
+	c.sent.Add(1)
 	if _, err := c.conn.WriteTo(b, to); err != nil && !c.stopped.Load() {
 		c.log.Debug("send failed", "to", to.String(), "err", err)
 	}

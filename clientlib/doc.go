@@ -124,6 +124,63 @@
 // valid, in jeopardy, released or lost in one call, and Token.ValueState
 // tells a value block never set from one lost with a worker.
 //
+// # Token cache
+//
+// Release of a grant nobody else has asked for keeps it: the worker still
+// holds it for the session, and the next Acquire of the same name that it
+// can serve returns it with no datagram, as a new *Token with the same
+// fence (the worker never saw it leave). Config.NoTokenCache turns this
+// off, for applications that want every release to reach the worker. The
+// rules:
+//
+//   - Kept: a grant in PR, PW or EX over the whole token, released by the
+//     application with no SetValue (a value write is sent, and the grant
+//     with it), for which no REVOKE came (someone else wants it), that is
+//     not being reclaimed and whose Client is open. NL, CR and CW grants
+//     and byte ranges are released as without the cache: beside them
+//     another session may hold a writing grant and set the value block,
+//     so a re-acquire would hand out a stale value.
+//   - Served: an Acquire of mode m over range r by a cached grant in mode
+//     c over the whole token when c covers m (wire.Covers: every mode that
+//     conflicts with m conflicts with c; EX covers all, PW covers PR, CW, CR
+//     and NL, PR covers CR and NL) and the grant is valid for at least
+//     half of min(W, S) less the margin, as any grant Acquire returns. The
+//     Token holds the cached grant as it is: Mode says c, Range the whole
+//     token, Value the value block (unchanged: nobody else could set it).
+//     Options do not matter (Try, Wait, Range inside, DetectDeadlock: the
+//     grant is there at once). Otherwise the Acquire goes to the worker,
+//     and first gives back (RELEASE, waiting for the answer) the cached
+//     grants of the name that conflict with it or are no longer fresh: the
+//     worker would make it wait for, or with Try fail on, the session's own
+//     grant.
+//   - Revoked: a REVOKE of a cached grant is answered by the library at
+//     once with RELEASE (whatever mode is wanted); OnRevoke is not called.
+//     REVOKE and re-acquire are decided under the client's lock: if the
+//     REVOKE comes first, the grant is gone from the cache and the Acquire
+//     goes to the worker; if the Acquire comes first, the application holds
+//     the grant and the REVOKE takes the usual path (OnRevoke).
+//   - Held meanwhile: to the worker and to other clients a cached grant is
+//     held. Keepalives vouch for it, a shard move reclaims it (crash) or
+//     confirms it (handoff) with its fence, and a lapse of validity past
+//     the grace period ends it, quietly: OnJeopardy and OnLost are for
+//     grants the application holds. Another client's request that waits
+//     revokes it within a round trip, but a Try or Wait(0) of a conflicting
+//     mode fails with ErrConflict while it is cached (a TRY sends no
+//     REVOKE): applications that poll with Try across clients should turn
+//     the cache off, or lower TokenCacheIdle.
+//   - Bounded: at most Config.TokenCache grants (default 1024), least
+//     recently released given back first, and none kept longer than
+//     Config.TokenCacheIdle (default 30 s, counted from the maintenance
+//     pass before its release); given back with RELEASE in the
+//     background (while 64 of those are unanswered, a full cache keeps
+//     no more: Release sends its own). Close gives them back with the
+//     session (SESSION_CLOSE); the session's end ends them.
+//   - Counted: Stats().CacheHits, CacheMisses, CacheEvictions,
+//     CacheRevoked, CacheDropped and Cached; Stats().Sent counts datagrams.
+//
+// The Token a Release ended stays ended (State TokenReleased, Err
+// ErrNotHeld) whatever becomes of its grant: a re-acquire gets a new Token.
+//
 // # Deadlocks
 //
 // Acquire and Convert fail with an error wrapping ErrDeadlock when their

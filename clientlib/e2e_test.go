@@ -224,12 +224,15 @@ type checker struct {
 	held    map[string]map[*clientlib.Token]bool
 	maxSeen map[string]uint64 // highest fence of any grant recorded
 	maxEx   map[string]uint64 // highest fence of a conflicting-class grant
+	owner   map[string]map[uint64]int
 	errs    []string
 	grants  int
+	hits    int
 }
 
 func newChecker() *checker {
-	return &checker{held: map[string]map[*clientlib.Token]bool{}, maxSeen: map[string]uint64{}, maxEx: map[string]uint64{}}
+	return &checker{held: map[string]map[*clientlib.Token]bool{}, maxSeen: map[string]uint64{}, maxEx: map[string]uint64{},
+		owner: map[string]map[uint64]int{}}
 }
 
 func overlap(a, b *clientlib.Token) bool {
@@ -238,7 +241,8 @@ func overlap(a, b *clientlib.Token) bool {
 	return as < be && bs < ae
 }
 
-func (c *checker) granted(t *clientlib.Token) {
+// granted records t, granted to client.
+func (c *checker) granted(t *clientlib.Token, client int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.grants++
@@ -248,6 +252,27 @@ func (c *checker) granted(t *clientlib.Token) {
 			c.errs = append(c.errs, fmt.Sprintf("invariant 1: %s granted %v fence %d while %v fence %d is held", name, t.Mode(), t.Fence(), h.Mode(), h.Fence()))
 		}
 	}
+	if c.owner[name] == nil {
+		c.owner[name] = map[uint64]int{}
+	}
+	if o, ok := c.owner[name][t.Fence()]; ok {
+		// A fence seen before: a grant the client kept cached after its
+		// release (the worker never saw it leave). Legal only for the
+		// client it was granted to, and only if nothing that conflicts
+		// with it was granted since.
+		c.hits++
+		switch {
+		case o != client:
+			c.errs = append(c.errs, fmt.Sprintf("cache: %s fence %d of client %d re-acquired by client %d", name, t.Fence(), o, client))
+		case t.Mode() != wire.PR && t.Fence() < c.maxSeen[name]:
+			c.errs = append(c.errs, fmt.Sprintf("cache: %s %v fence %d re-acquired after grant %d", name, t.Mode(), t.Fence(), c.maxSeen[name]))
+		case t.Mode() == wire.PR && t.Fence() < c.maxEx[name]:
+			c.errs = append(c.errs, fmt.Sprintf("cache: %s PR fence %d re-acquired after writer fence %d", name, t.Fence(), c.maxEx[name]))
+		}
+		c.held[name][t] = true
+		return
+	}
+	c.owner[name][t.Fence()] = client
 	// Invariant 2 as a fenced register sees it: a grant that conflicts
 	// with earlier grants must carry a higher fence than all of them.
 	if t.Mode() != wire.PR && t.Fence() <= c.maxSeen[name] {
@@ -290,13 +315,18 @@ func lossyRun(t *testing.T, seed uint64) {
 	var wg sync.WaitGroup
 	var failed, done int64
 	var cmu sync.Mutex
+	var cls []*clientlib.Client
 	for i := 0; i < clients; i++ {
 		// Session TTL 6s, not the cluster's 2s: a renewal (KEEPALIVE, then
 		// etcd, then the reply, 20% loss each way) must succeed within 2/3
 		// of the TTL, which a loaded machine's etcd can miss with 2s. This
 		// test is about the invariants under loss, not about session TTLs.
-		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second,
+		// Odd clients keep released grants cached: their re-acquires reuse
+		// fences, which the checker allows only while nothing conflicting
+		// was granted since.
+		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second, NoTokenCache: i%2 == 0,
 			OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
+		cls = append(cls, cl)
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))
 		wg.Add(1)
 		go func() {
@@ -316,7 +346,7 @@ func lossyRun(t *testing.T, seed uint64) {
 					cmu.Unlock()
 					continue
 				}
-				chk.granted(tok)
+				chk.granted(tok, i)
 				// Hold it 0-2 ms in real time, as an application would,
 				// so that requests interleave differently each round.
 				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
@@ -342,14 +372,18 @@ func lossyRun(t *testing.T, seed uint64) {
 		t.Error(e)
 	}
 	st := fn.Stats()
-	t.Logf("seed %d: %d grants, %d ops done, %d failed; network sent %d dropped %d duplicated %d", seed, chk.grants, done, failed, st.Sent, st.Dropped, st.Duplicated)
+	t.Logf("seed %d: %d grants (%d cached re-acquires), %d ops done, %d failed; network sent %d dropped %d duplicated %d",
+		seed, chk.grants, chk.hits, done, failed, st.Sent, st.Dropped, st.Duplicated)
 	if done < clients*opsEach*8/10 {
 		t.Errorf("only %d of %d operations completed", done, clients*opsEach)
 	}
 	// Every grant must be gone once every client released (a request
 	// applied twice would leave one behind).
 	fn.ClearRules()
-	clientlib.Eventually(t, 5*time.Second, "no grant held after every client released", func() bool {
+	for _, cl := range cls {
+		cl.Close() // gives back the cached grants (SESSION_CLOSE)
+	}
+	clientlib.Eventually(t, 5*time.Second, "no grant held after every client released and closed", func() bool {
 		held := 0
 		for _, w := range c.Workers() {
 			held += w.HeldTokens()

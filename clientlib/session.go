@@ -382,6 +382,8 @@ func (c *Client) maintain() time.Time {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer func() { c.maintNext = next }()
+	c.lastMaint = now
 	if c.state != stateOpen && c.state != stateClosing {
 		return next
 	}
@@ -397,6 +399,9 @@ func (c *Client) maintain() time.Time {
 		} else {
 			soon(c.nextRenew)
 		}
+	}
+	if c.cache.n > 0 {
+		soon(c.expireCacheLocked(now))
 	}
 	probe := false
 	perWorker := map[netip.AddrPort][]wire.ShardEpoch{}
@@ -494,7 +499,7 @@ func (c *Client) jeopardyLocked(l *lease, now time.Time) time.Time {
 		switch {
 		case !doubt:
 			t.jeopardy = false
-		case !t.jeopardy && !t.pending:
+		case !t.jeopardy && !t.pending && !t.cached:
 			t.jeopardy = true
 			h := c.cfg.OnJeopardy
 			c.spawnLocked(func() { h(t, until) })

@@ -50,6 +50,12 @@ type Token struct {
 	// upgrade withdraws the upgrading Convert that waits in the token's
 	// queue, so that Release and a downgrade never wait behind it.
 	upgrade context.CancelCauseFunc
+	// cached: a grant the application released, kept for a re-acquire
+	// (cache.go); no application handle points to it. cachedAt is when,
+	// cprev and cnext its neighbours in the LRU list.
+	cached       bool
+	cachedAt     time.Time
+	cprev, cnext *Token
 }
 
 // Revocation is a worker's request that this client give back a grant
@@ -272,8 +278,13 @@ func (t *Token) closeLostLocked() {
 // endLocked ends the token: state (released or lost) with err, out of the
 // client's indexes, Done closed; with lost, Lost too.
 func (t *Token) endLocked(state tokenState, err error, lost bool) {
-	t.state, t.err = state, err
 	t.c.detachLocked(t)
+	t.settleLocked(state, err, lost)
+}
+
+// settleLocked is endLocked for a t already out of the client's indexes.
+func (t *Token) settleLocked(state tokenState, err error, lost bool) {
+	t.state, t.err = state, err
 	t.deferred = nil
 	if lost {
 		t.closeLostLocked()
@@ -335,6 +346,29 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 		return nil, fmt.Errorf("%s: %w: SetValue is for Release and Convert", acquireOp(name), ErrBadRequest)
 	case !wire.IsWhole(o.start, o.end) && o.start >= o.end:
 		return nil, fmt.Errorf("%s: %w: empty range [%d, %d)", acquireOp(name), ErrBadRequest, o.start, o.end)
+	}
+	if c.cacheMax > 0 {
+		c.mu.Lock()
+		if c.state == stateOpen {
+			now := c.now()
+			if t := c.hitLocked(name, mode, o.start, o.end, now); t != nil {
+				c.mu.Unlock()
+				c.cacheHits.Add(1)
+				return t, nil
+			}
+			var drop [4]uint64
+			fences := c.missLocked(name, mode, o.start, o.end, now, drop[:0])
+			c.mu.Unlock()
+			c.cacheMisses.Add(1)
+			if len(fences) > 0 {
+				// Given back first: the worker would make this request
+				// wait for (or, with Try, fail on) this session's own
+				// cached grant.
+				c.giveBack(ctx, wire.Shard([]byte(name), c.shardCount), name, fences)
+			}
+		} else {
+			c.mu.Unlock()
+		}
 	}
 	if err := c.usable(); err != nil {
 		return nil, fmt.Errorf("%s: %w", acquireOp(name), err)
@@ -567,8 +601,13 @@ func (c *Client) attachLocked(t *Token, l *lease) {
 	l.tokens[t] = struct{}{}
 }
 
-// detachLocked forgets t: it leaves its lease and the name index.
+// detachLocked forgets t: it leaves its lease, the name index and the
+// cache.
 func (c *Client) detachLocked(t *Token) {
+	if t.cached {
+		c.unlinkLocked(t)
+		t.cached = false
+	}
 	if t.lease != nil {
 		delete(t.lease.tokens, t)
 		t.lease = nil
@@ -597,11 +636,12 @@ func (c *Client) loseLocked(t *Token, err error, release bool) {
 	if t.state != tokHeld {
 		return
 	}
-	pending := t.pending
+	quiet := t.pending || t.cached
 	t.endLocked(tokLost, err, true)
-	if errors.Is(err, ErrClosed) || pending {
+	if errors.Is(err, ErrClosed) || quiet {
 		// Close ends what is still held, and a grant Acquire never
-		// returned was nobody's: neither is news for the operator.
+		// returned, or one in the cache, was nobody's: neither is news
+		// for the operator.
 		c.log.Debug("token ended", "token", t.name, "fence", t.fence, "err", err)
 	} else {
 		c.log.Warn("token lost", "token", t.name, "fence", t.fence, "err", err)
@@ -625,7 +665,10 @@ func (c *Client) loseAllLocked(err error, release bool) {
 }
 
 // Release gives the token back. With SetValue (PW and EX holders only) it
-// also sets the token's value block. The token stops being valid at once,
+// also sets the token's value block. Unless Config.NoTokenCache is set, a
+// grant nobody else asked for is kept cached for a re-acquire instead of
+// being sent back (see "Token cache" in the package documentation); to
+// the application it is released all the same. The token stops being valid at once,
 // whatever the outcome: if the worker cannot be reached before ctx ends, the
 // grant ends with a later revocation or with the session. It returns
 // ErrNotHeld if the token was already released, the reason it was lost if it
@@ -638,6 +681,9 @@ func (t *Token) Release(ctx context.Context, opts ...ReleaseOption) error {
 // (the library releasing on the application's behalf).
 func (t *Token) release(ctx context.Context, o releaseOptions, reason error) error {
 	c := t.c
+	if reason == nil && !o.hasValue && c.cacheMax > 0 && t.cacheRelease() {
+		return nil
+	}
 	if len(o.value) > wire.MaxValue {
 		return fmt.Errorf("%s: %w: value longer than %d bytes", releaseOp(t.name), ErrBadRequest, wire.MaxValue)
 	}
@@ -660,6 +706,11 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 	var heldAt uint32 // the shard epoch whose owner vouches for the grant
 	if t.lease != nil {
 		heldAt = t.lease.key.epoch
+	}
+	if reason == nil && !o.hasValue && c.cacheableLocked(t) {
+		c.cacheLocked(t)
+		c.mu.Unlock()
+		return nil
 	}
 	if reason != nil {
 		t.endLocked(tokReleased, reason, true)
@@ -1085,6 +1136,8 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 		switch {
 		case t == nil:
 			c.strayLocked(h.Shard, string(m.Name), m.Fence)
+		case t.cached:
+			c.revokeCachedLocked(t)
 		case !t.revokes[revokeKey{m.Mode, m.Start, m.End}]:
 			if t.revokes == nil {
 				t.revokes = map[revokeKey]bool{}

@@ -173,11 +173,14 @@ type grantRec struct {
 }
 
 // acquiresAfter returns the acquires recorded as returning after t0
-// (history time).
+// (history time) that a worker answered: not those a client's token cache
+// served, whose grant is older (granted before t0, perhaps by a worker
+// stopped since, and valid by the lease rules as any held grant; the
+// model checks that nothing conflicting was granted meanwhile).
 func (l *rload) acquiresAfter(t0 int64) []grantRec {
 	var out []grantRec
 	l.w.Hist.Each(func(in check.Input, o check.Output, call, ret int64) {
-		if in.Kind == check.OpAcquire && ret > t0 {
+		if in.Kind == check.OpAcquire && !in.Cached && ret > t0 {
 			out = append(out, grantRec{in.Token, o.Fence, ret})
 		}
 	})

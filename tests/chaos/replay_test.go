@@ -209,8 +209,11 @@ func TestScenario8Replay(t *testing.T) {
 			}
 		}
 		for _, name := range cfg.Tokens {
+			// Free, or kept in a client's token cache after its release:
+			// then held to a Try, and given back at once to a request
+			// that waits (the library answers the REVOKE).
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			tok, err := probe.Acquire(ctx, name, wire.EX, clientlib.Try())
+			tok, err := probe.Acquire(ctx, name, wire.EX, clientlib.Wait(2*time.Second))
 			cancel()
 			if err != nil {
 				t.Errorf("try EX on free %s after the replay: %v", name, err)

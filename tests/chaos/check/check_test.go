@@ -23,6 +23,13 @@ func (h *hist) acq(c int, tok string, m wire.Mode, start, end, fence uint64, cal
 		Output: Output{Fence: fence}, Call: call, Return: ret})
 }
 
+// hit records a cached re-acquire (clientlib's token cache) of fence in
+// mode m over the whole token.
+func (h *hist) hit(c int, tok string, m wire.Mode, fence uint64, call, ret int64) {
+	*h = append(*h, porcupine.Operation{ClientId: c, Input: Input{Kind: OpAcquire, Client: c, Token: tok, Mode: m, Cached: true},
+		Output: Output{Fence: fence}, Call: call, Return: ret})
+}
+
 func (h *hist) rel(c int, tok string, fence uint64, call, ret int64) {
 	*h = append(*h, porcupine.Operation{ClientId: c, Input: Input{Kind: OpRelease, Client: c, Token: tok, Fence: fence},
 		Call: call, Return: ret})
@@ -156,6 +163,48 @@ func TestTokenModelHandMade(t *testing.T) {
 		}},
 		{"no failure but DEADLOCK is a record", false, func(h *hist) {
 			h.fail(1, OpAcquire, "a", 0, wire.EX, wire.StatusTimeout, 30, 31)
+		}},
+		{"cached re-acquire of a released grant", true, func(h *hist) {
+			h.acq(0, "a", wire.EX, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.hit(0, "a", wire.EX, f(1), 40, 50)
+			h.rel(0, "a", f(1), 60, 70)
+			h.acq(1, "a", wire.EX, 0, 0, f(2), 65, 80)
+		}},
+		{"cached re-acquire after a conflicting grant", false, func(h *hist) {
+			h.acq(0, "a", wire.EX, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.acq(1, "a", wire.PR, 0, 0, f(2), 40, 50)
+			h.rel(1, "a", f(2), 60, 70)
+			h.hit(0, "a", wire.EX, f(1), 80, 90)
+		}},
+		{"cached reader after another reader", true, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.acq(1, "a", wire.PR, 0, 0, f(2), 40, 50)
+			h.hit(0, "a", wire.PR, f(1), 60, 70)
+		}},
+		{"cached reader after a writer's range", false, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.acq(1, "a", wire.PW, 8192, 9000, f(2), 40, 50)
+			h.rel(1, "a", f(2), 60, 70)
+			h.hit(0, "a", wire.PR, f(1), 80, 90)
+		}},
+		{"cached re-acquire of a grant still held", false, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.hit(0, "a", wire.PR, f(1), 20, 30)
+		}},
+		{"cached re-acquire of a grant never made", false, func(h *hist) {
+			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)
+			h.hit(1, "a", wire.PR, f(2), 20, 30)
+		}},
+		{"cached after a downgrade, beside a reader", true, func(h *hist) {
+			h.acq(0, "a", wire.EX, 0, 0, f(1), 0, 10)
+			h.conv(0, "a", f(1), wire.PR, f(1), 20, 30)
+			h.rel(0, "a", f(1), 40, 50)
+			h.acq(1, "a", wire.PR, 0, 0, f(2), 60, 70)
+			h.hit(0, "a", wire.PR, f(1), 80, 90)
 		}},
 		{"new epoch fences above the old", true, func(h *hist) {
 			h.acq(0, "a", wire.EX, 0, 0, wire.MakeFence(1, 900), 0, 10)

@@ -50,6 +50,11 @@ type Input struct {
 	Mode       wire.Mode // acquire: mode asked; convert: new mode
 	Start, End uint64    // acquire: range; wire.IsWhole spellings are the whole token
 	Fence      uint64    // release, convert: the fence of the grant operated on
+	// Cached: an acquire the client served from its token cache
+	// (clientlib's "Token cache"): Output.Fence is that of a grant the
+	// client released earlier and kept, Mode and Start/End are the grant's
+	// as held (they may cover more than was asked).
+	Cached bool
 }
 
 // Output is what an operation returned: the fence granted (acquire,
@@ -70,11 +75,13 @@ type holder struct {
 	start, end uint64 // normalised: the whole token is [0, MaxUint64)
 }
 
-// tokState is the model state of one token: the highest fence granted and
-// the grants held, sorted by fence. It is never modified once built.
+// tokState is the model state of one token: the highest fence granted,
+// the highest granted in each mode, and the grants held, sorted by fence.
+// It is never modified once built.
 type tokState struct {
-	last uint64
-	hs   []holder
+	last   uint64
+	byMode [wire.EX + 1]uint64
+	hs     []holder
 }
 
 func norm(start, end uint64) (uint64, uint64) {
@@ -113,11 +120,36 @@ func (s tokState) with(g holder, last uint64, drop int) tokState {
 			hs = append(hs, h)
 		}
 	}
+	byMode := s.byMode
 	if g.fence != 0 {
 		hs = append(hs, g)
 		slices.SortFunc(hs, func(a, b holder) int { return cmp.Compare(a.fence, b.fence) })
+		byMode[g.mode] = max(byMode[g.mode], g.fence)
 	}
-	return tokState{last: last, hs: hs}
+	return tokState{last: last, byMode: byMode, hs: hs}
+}
+
+// reusable reports whether a grant of fence f in mode m, released by its
+// holder into its client's cache, may be handed out again (a cached
+// re-acquire): it was granted (f <= last), nobody holds it now, and no
+// grant that conflicts with m was made after it. A cached grant is still
+// held at the worker, so any such grant means the worker took it away
+// (revoked, expired) and the client's cache should have forgotten it.
+func (s tokState) reusable(f uint64, m wire.Mode) bool {
+	if f == 0 || f > s.last {
+		return false
+	}
+	for _, h := range s.hs {
+		if h.fence == f {
+			return false
+		}
+	}
+	for o := range s.byMode {
+		if !wire.Compatible(wire.Mode(o), m) && s.byMode[o] > f {
+			return false
+		}
+	}
+	return true
 }
 
 // step is the sequential specification of one token.
@@ -140,6 +172,15 @@ func step(s tokState, in Input, out Output) (bool, tokState) {
 	case OpAcquire:
 		st, en := norm(in.Start, in.End)
 		g := holder{client: in.Client, fence: out.Fence, mode: in.Mode, start: st, end: en}
+		if in.Cached {
+			// Invariant 2 for a cached re-acquire: the same grant, which
+			// the worker held all along, so nothing conflicting came
+			// after it; invariant 1 as for any grant.
+			if !s.reusable(out.Fence, in.Mode) || !s.compatibleWith(g, 0) {
+				return false, s
+			}
+			return true, s.with(g, s.last, -1)
+		}
 		// Invariant 2: every grant's fence is above every earlier one;
 		// invariant 1: compatible with everything held.
 		if out.Fence <= s.last || !s.compatibleWith(g, 0) {
@@ -185,12 +226,12 @@ var TokenModel = porcupine.Model{
 	},
 	Equal: func(a, b any) bool {
 		x, y := a.(tokState), b.(tokState)
-		return x.last == y.last && slices.Equal(x.hs, y.hs)
+		return x.last == y.last && x.byMode == y.byMode && slices.Equal(x.hs, y.hs)
 	},
 	Hash: func(state any) uint64 {
 		s := state.(tokState)
 		h := fnv.New64a()
-		fmt.Fprint(h, s.last, s.hs)
+		fmt.Fprint(h, s.last, s.byMode, s.hs)
 		return h.Sum64()
 	},
 	DescribeOperation: func(input, output any) string {
@@ -202,7 +243,11 @@ var TokenModel = porcupine.Model{
 		}
 		switch in.Kind {
 		case OpAcquire:
-			return fmt.Sprintf("c%d acquire %s %v [%d,%d) -> %s", in.Client, in.Token, in.Mode, in.Start, in.End, res)
+			cached := ""
+			if in.Cached {
+				cached = " (cached)"
+			}
+			return fmt.Sprintf("c%d acquire %s %v [%d,%d) -> %s%s", in.Client, in.Token, in.Mode, in.Start, in.End, res, cached)
 		case OpRelease:
 			return fmt.Sprintf("c%d release %s %#x", in.Client, in.Token, in.Fence)
 		default:

@@ -52,6 +52,7 @@ type Counters struct {
 	Revoked                      atomic.Int64 // released on revocation while held: not lost
 	Pauses, LateRefused          atomic.Int64
 	LateAccepted                 atomic.Int64
+	Cached                       atomic.Int64 // acquires served from the client's token cache
 }
 
 // Workload drives clients and records what they see.
@@ -146,6 +147,11 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 	if len(cfg.Modes) == 0 {
 		cfg.Modes = []wire.Mode{wire.EX}
 	}
+	// The fences this client was granted, per token: an acquire that
+	// returns one of them again was served from the client's token cache
+	// (check.Input.Cached), which the model allows only while nothing that
+	// conflicts with it was granted since.
+	mine := map[string]map[uint64]bool{}
 	for op := 0; op < cfg.Ops && ctx.Err() == nil && (cfg.Until.IsZero() || time.Now().Before(cfg.Until)) && !stopped(cfg.Stop); op++ {
 		w.N.Attempted.Add(1)
 		name := cfg.Tokens[rng.IntN(len(cfg.Tokens))]
@@ -172,15 +178,29 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 			SleepCtx(ctx, 10*time.Millisecond) // no spinning on a persistent error
 			continue
 		}
-		h := &Holding{w: w, client: id, tok: tok, name: name, fence: tok.Fence(), mode: mode, from: start, to: end,
+		fence := tok.Fence()
+		if mine[name] == nil {
+			mine[name] = map[uint64]bool{}
+		}
+		cached := mine[name][fence]
+		mine[name][fence] = true
+		if cached {
+			// The grant as the cache kept it: its mode covers the one
+			// asked, its range (the whole token) the range asked.
+			mode = tok.Mode()
+			start, end = tok.Range()
+			w.N.Cached.Add(1)
+		}
+		h := &Holding{w: w, client: id, tok: tok, name: name, fence: fence, mode: mode, from: start, to: end,
 			// Reliance starts with the first Valid check: a revocation
 			// handler may give the grant back before Acquire returns.
 			lastValid: call}
-		w.Hist.Add(check.Input{Kind: check.OpAcquire, Client: id, Token: name, Mode: mode, Start: start, End: end},
+		w.Hist.Add(check.Input{Kind: check.OpAcquire, Client: id, Token: name, Mode: mode, Start: start, End: end, Cached: cached},
 			check.Output{Fence: h.fence}, call, ret)
 		w.critical(ctx, h, rng, cfg)
 		if cfg.Converts && rng.IntN(3) == 0 && h.Valid() {
 			w.convert(ctx, h, rng, cfg)
+			mine[name][h.fence] = true
 		}
 		if err := h.tok.Err(); err != nil {
 			// Given back on another client's request (the library's
@@ -323,8 +343,8 @@ func (w *Workload) Verify(t testing.TB, perToken time.Duration) {
 	if !ls.OK() {
 		t.Errorf("lock set: lost %v, duplicated %v, audit %v", ls.Lost, ls.Dup, ls.Audit)
 	}
-	t.Logf("ops: %d attempted, %d completed, %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
-		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
+	t.Logf("ops: %d attempted, %d completed (%d from a token cache), %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
+		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Cached.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
 		w.N.Pauses.Load(), w.N.LateRefused.Load(), w.N.LateAccepted.Load())
 	w.mu.Lock()
 	defer w.mu.Unlock()

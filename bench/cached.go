@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// cachedBatch is how many pairs one operation of the cached loop makes:
+// a served pair takes a few hundred nanoseconds, so the loop's per-operation
+// clock reads and counters are paid once per batch.
+const cachedBatch = 256
+
+// runCached measures re-acquire+release pairs served by the Go client's
+// token cache: one client, one goroutine, one token (EX, whole), with the
+// cache on, against the tokend process tgt. Its first acquire goes to the
+// worker; every pair after it should be served locally: the row reports
+// the datagrams the client sent meanwhile (its keepalives only) and fails
+// if a pair was not a cache hit.
+func runCached(ctx context.Context, cfg *Config, tgt target, system string) ([]Result, error) {
+	cfg.progress("%s cached: 1 client", system)
+	c, err := dialClientCache(ctx, tgt, revokeNotify, true)
+	if err != nil {
+		return nil, fmt.Errorf("bench: dial tokend: %w", err)
+	}
+	defer closeClients([]*client{c})
+	const name = "bench/cached"
+	tok, err := c.Acquire(ctx, name, wire.EX)
+	if err != nil {
+		return nil, err
+	}
+	if err := tok.Release(ctx); err != nil {
+		return nil, err
+	}
+	before := c.Stats()
+	l, err := measure(ctx, cfg, 1, func(ctx context.Context, _ int, _ *rec) error {
+		for range cachedBatch {
+			tok, err := c.Acquire(ctx, name, wire.EX)
+			if err != nil {
+				return err
+			}
+			if err := tok.Release(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	after := c.Stats()
+	if err != nil {
+		return nil, err
+	}
+	if misses := after.CacheMisses - before.CacheMisses; misses > 0 {
+		return nil, fmt.Errorf("bench: cached: %d of the re-acquires went to the worker (revoked %d, evicted %d)", misses,
+			after.CacheRevoked-before.CacheRevoked, after.CacheEvictions-before.CacheEvictions)
+	}
+	l.ops *= cachedBatch // operations were batches; the unit is the pair
+	res := Result{Workload: "cached", System: system, Clients: 1, Unit: "pair",
+		Note: "one token re-acquired (EX) from the Go client's token cache and released into it"}.with(&l)
+	res.metric("datagrams", float64(after.Sent-before.Sent), "sent during warm-up and window (keepalives)")
+	res.metric("cache_hits", float64(after.CacheHits-before.CacheHits), "")
+	res.cpuMetrics(&l)
+	return []Result{res}, nil
+}
