@@ -123,8 +123,12 @@ func dialClientCache(ctx context.Context, tgt target, policy revokePolicy, cache
 			_ = t.Release(ctx) // ErrNotHeld if the workload released it first
 		}
 	}
+	tokenCache := 0
+	if cache {
+		tokenCache = clientlib.DefaultTokenCache
+	}
 	c.Client, err = clientlib.DialConfig(ctx, clientlib.Config{Seeds: tgt.seeds, KeyFile: tgt.keyFile,
-		Insecure: tgt.insecure(), PacketConn: conn, OnRevoke: onRevoke, NoTokenCache: !cache})
+		Insecure: tgt.insecure(), PacketConn: conn, OnRevoke: onRevoke, TokenCache: tokenCache})
 	if err != nil {
 		conn.Close()
 		return nil, err

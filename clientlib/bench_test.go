@@ -169,8 +169,7 @@ func benchAcquireRelease(b *testing.B, w *leanWorker) {
 			cs := make([]*Client, n)
 			for i := range cs {
 				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile, Insecure: w.key == nil,
-					NoTokenCache: true}) // every pair goes to the worker
+				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile, Insecure: w.key == nil}) // no token cache: every pair goes to the worker
 				cancel()
 				if err != nil {
 					b.Fatal(err)
@@ -229,7 +228,7 @@ func BenchmarkCachedReacquire(b *testing.B) {
 	w := newLeanWorker(b, true)
 	ctx := context.Background()
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile})
+	c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile, TokenCache: DefaultTokenCache})
 	cancel()
 	if err != nil {
 		b.Fatal(err)

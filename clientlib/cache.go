@@ -16,8 +16,8 @@ import (
 
 // Cache defaults.
 const (
-	// DefaultTokenCache is how many released grants a Client keeps cached
-	// when Config.TokenCache is 0.
+	// DefaultTokenCache is a good Config.TokenCache: how many released
+	// grants a Client keeps cached.
 	DefaultTokenCache = 1024
 	// DefaultTokenCacheIdle is how long a cached grant waits for a
 	// re-acquire when Config.TokenCacheIdle is 0.

@@ -55,7 +55,7 @@ func noRevoke(t *testing.T) func(context.Context, *Token, Revocation) {
 // without a datagram; the released handle stays released.
 func TestCacheHitSendsNoDatagram(t *testing.T) {
 	fc := newFakeCluster(t, 31, fakeConfig{})
-	c := fc.dial(t, Config{OnRevoke: noRevoke(t)})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: noRevoke(t)})
 	ctx := ctxT(t, 5*time.Second)
 
 	t1, err := c.Acquire(ctx, "a", wire.EX)
@@ -123,7 +123,7 @@ func TestCacheHitSendsNoDatagram(t *testing.T) {
 func TestCacheKeepsOnlyWhatCannotChange(t *testing.T) {
 	fc := newFakeCluster(t, 32, fakeConfig{})
 	var revoked atomic.Int32
-	c := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) { revoked.Add(1) }})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: func(context.Context, *Token, Revocation) { revoked.Add(1) }})
 	ctx := ctxT(t, 5*time.Second)
 
 	tok, err := c.Acquire(ctx, "v", wire.EX)
@@ -202,8 +202,8 @@ func TestCacheKeepsOnlyWhatCannotChange(t *testing.T) {
 // next Acquire goes to the worker and waits its turn.
 func TestCachedGrantRevokedWithoutApplication(t *testing.T) {
 	fc := newFakeCluster(t, 33, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: noRevoke(t)})
-	c2 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}}) // holds until it releases
+	c1 := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: noRevoke(t)})
+	c2 := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: func(context.Context, *Token, Revocation) {}}) // holds until it releases
 	ctx := ctxT(t, 5*time.Second)
 
 	t1, err := c1.Acquire(ctx, "a", wire.EX)
@@ -252,7 +252,7 @@ func TestCachedGrantRevokedWithoutApplication(t *testing.T) {
 // grant is given back first.
 func TestCachedGrantConflictsWithTry(t *testing.T) {
 	fc := newFakeCluster(t, 34, fakeConfig{})
-	c1 := fc.dial(t, Config{OnRevoke: noRevoke(t)})
+	c1 := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: noRevoke(t)})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 
@@ -294,7 +294,7 @@ func TestCacheRevokeRacesReacquire(t *testing.T) {
 	// Holders do not answer revocations: each gives its token back when
 	// its check is done, so the worker's grants are stable meanwhile.
 	idle := func(context.Context, *Token, Revocation) {}
-	cs := []*Client{fc.dial(t, Config{OnRevoke: idle}), fc.dial(t, Config{OnRevoke: idle})}
+	cs := []*Client{fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: idle}), fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: idle})}
 	ctx := ctxT(t, 60*time.Second)
 	var mu sync.Mutex
 	var last uint64
@@ -349,11 +349,11 @@ func TestCacheRevokeRacesReacquire(t *testing.T) {
 		cs[0].Stats().CacheRevoked, cs[1].Stats().CacheRevoked)
 }
 
-// TestCacheOff: with NoTokenCache every release reaches the worker and
-// every acquire is a new grant.
+// TestCacheOff: by default (Config.TokenCache 0) there is no token cache:
+// every release reaches the worker and every acquire is a new grant.
 func TestCacheOff(t *testing.T) {
 	fc := newFakeCluster(t, 36, fakeConfig{})
-	c := fc.dial(t, Config{NoTokenCache: true})
+	c := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	var last uint64
 	for range 3 {
@@ -443,7 +443,7 @@ func TestCacheBounds(t *testing.T) {
 // a re-acquire afterwards is served from the cache, without a datagram.
 func TestCachedGrantAcrossCrash(t *testing.T) {
 	fc := newFakeCluster(t, 38, fakeConfig{workers: 2, workerTTL: time.Second, grace: 1500 * time.Millisecond})
-	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond, OnRevoke: noRevoke(t)})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond, OnRevoke: noRevoke(t)})
 	ctx := ctxT(t, 15*time.Second)
 	tok, err := c.Acquire(ctx, "r", wire.EX)
 	if err != nil {
@@ -482,7 +482,7 @@ func TestCachedGrantAcrossCrash(t *testing.T) {
 // from the cache.
 func TestCachedGrantAcrossHandoff(t *testing.T) {
 	fc := newFakeCluster(t, 39, fakeConfig{workers: 2})
-	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, OnRevoke: noRevoke(t)})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, Seeds: []string{fc.addr(0), fc.addr(1)}, OnRevoke: noRevoke(t)})
 	ctx := ctxT(t, 10*time.Second)
 	tok, err := c.Acquire(ctx, "h", wire.PW)
 	if err != nil {
@@ -515,7 +515,7 @@ func TestCachedGrantAcrossHandoff(t *testing.T) {
 		t.Fatalf("after handoff: fence %#x (want %#x) valid %v, %d requests", hit.Fence(), f, hit.Valid(), tokenRequests(fc, c)-before)
 	}
 	// The new owner revokes it for another client like any grant.
-	c2 := fc.dial(t, Config{Seeds: []string{fc.addr(1)}})
+	c2 := fc.dial(t, Config{TokenCache: DefaultTokenCache, Seeds: []string{fc.addr(1)}})
 	if err := hit.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -536,7 +536,7 @@ func TestCachedGrantAcrossHandoff(t *testing.T) {
 // survives the crash of its worker even though nobody holds the token.
 func TestCachedGrantCarriesValueAcrossCrash(t *testing.T) {
 	fc := newFakeCluster(t, 40, fakeConfig{workers: 2, workerTTL: time.Second, grace: 1500 * time.Millisecond})
-	c := fc.dial(t, Config{Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond, OnRevoke: noRevoke(t)})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, Seeds: []string{fc.addr(0), fc.addr(1)}, RTOMax: 50 * time.Millisecond, OnRevoke: noRevoke(t)})
 	ctx := ctxT(t, 15*time.Second)
 	tok, err := c.Acquire(ctx, "val", wire.EX)
 	if err != nil {
@@ -562,7 +562,7 @@ func TestCachedGrantCarriesValueAcrossCrash(t *testing.T) {
 	})
 	// Another client waits for the token: the cached grant is revoked and
 	// given back, and the value came along.
-	c2 := fc.dial(t, Config{Seeds: []string{fc.addr(1)}})
+	c2 := fc.dial(t, Config{TokenCache: DefaultTokenCache, Seeds: []string{fc.addr(1)}})
 	t2, err := c2.Acquire(ctx, "val", wire.EX)
 	if err != nil {
 		t.Fatal(err)

@@ -134,7 +134,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		strays:    map[strayKey]bool{},
 		udpAddrs:  map[netip.AddrPort]*net.UDPAddr{},
 	}
-	if !cfg.NoTokenCache {
+	if cfg.TokenCache > 0 {
 		c.cacheMax, c.cacheIdle = cfg.TokenCache, cfg.TokenCacheIdle
 	}
 	_, c.realTimers = clock.Or(cfg.clock).(clock.Real)

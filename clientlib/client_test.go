@@ -98,7 +98,7 @@ func isClosed(ch <-chan struct{}) bool {
 
 func TestAcquireRelease(t *testing.T) {
 	fc := newFakeCluster(t, 1, fakeConfig{})
-	c := fc.dial(t, Config{NoTokenCache: true}) // every release reaches the worker
+	c := fc.dial(t, Config{}) // no token cache: every release reaches the worker
 	ctx := ctxT(t, 5*time.Second)
 
 	tok, err := c.Acquire(ctx, "a", wire.EX)
@@ -170,7 +170,7 @@ func TestTryConflict(t *testing.T) {
 	fc := newFakeCluster(t, 2, fakeConfig{})
 	// Without the cache: c1's cached grant would go on conflicting with a
 	// Try (TestCachedGrantConflictsWithTry).
-	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}, NoTokenCache: true})
+	c1 := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
 	c2 := fc.dial(t, Config{})
 	ctx := ctxT(t, 5*time.Second)
 	t1, err := c1.Acquire(ctx, "t", wire.EX)

@@ -102,17 +102,16 @@ type Config struct {
 	// and the workers; default 0.01. The client margin taken off every lease
 	// is d·Drift + 10 ms for a lease of length d (SPEC.md section 13).
 	Drift float64
-	// TokenCache is how many released grants the client keeps cached for a
-	// re-acquire with no datagram (see "Token cache" in the package
-	// documentation); 0 = DefaultTokenCache (1024). Beyond it the least
-	// recently released is given back (RELEASE, in the background).
+	// TokenCache turns the token cache on (see "Token cache" in the package
+	// documentation): how many released grants the client keeps cached for
+	// a re-acquire with no datagram; DefaultTokenCache (1024) is a good
+	// size. Beyond it the least recently released is given back (RELEASE,
+	// in the background). 0, the default, turns it off: every Release
+	// sends RELEASE and every Acquire goes to the worker.
 	TokenCache int
 	// TokenCacheIdle is how long a cached grant waits for a re-acquire
 	// before it is given back; 0 = DefaultTokenCacheIdle (30 s).
 	TokenCacheIdle time.Duration
-	// NoTokenCache turns the token cache off: every Release sends RELEASE
-	// and every Acquire goes to the worker.
-	NoTokenCache bool
 	// Now returns the current time, with a monotonic reading; nil =
 	// time.Now. Tests may inject an offset or a drifting clock; it must
 	// advance at roughly real speed, since timers are real.
@@ -186,9 +185,6 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.TokenCache < 0 || cfg.TokenCacheIdle < 0 {
 		return fmt.Errorf("%w: negative TokenCache or TokenCacheIdle", ErrBadRequest)
-	}
-	if cfg.TokenCache == 0 {
-		cfg.TokenCache = DefaultTokenCache
 	}
 	if cfg.TokenCacheIdle == 0 {
 		cfg.TokenCacheIdle = DefaultTokenCacheIdle

@@ -126,12 +126,14 @@
 //
 // # Token cache
 //
-// Release of a grant nobody else has asked for keeps it: the worker still
-// holds it for the session, and the next Acquire of the same name that it
-// can serve returns it with no datagram, as a new *Token with the same
-// fence (the worker never saw it leave). Config.NoTokenCache turns this
-// off, for applications that want every release to reach the worker. The
-// rules:
+// With Config.TokenCache set (DefaultTokenCache is a good size), Release
+// of a grant nobody else has asked for keeps it: the worker still holds it
+// for the session, and the next Acquire of the same name that it can serve
+// returns it with no datagram, as a new *Token with the same fence (the
+// worker never saw it leave). It is off by default (every release reaches
+// the worker) because of the one thing other clients can tell: while a
+// grant is cached, their Try of a conflicting mode fails (see "Held
+// meanwhile" below). The rules:
 //
 //   - Kept: a grant in PR, PW or EX over the whole token, released by the
 //     application with no SetValue (a value write is sent, and the grant
@@ -166,9 +168,9 @@
 //     grants the application holds. Another client's request that waits
 //     revokes it within a round trip, but a Try or Wait(0) of a conflicting
 //     mode fails with ErrConflict while it is cached (a TRY sends no
-//     REVOKE): applications that poll with Try across clients should turn
+//     REVOKE): applications that poll with Try across clients should leave
 //     the cache off, or lower TokenCacheIdle.
-//   - Bounded: at most Config.TokenCache grants (default 1024), least
+//   - Bounded: at most Config.TokenCache grants, least
 //     recently released given back first, and none kept longer than
 //     Config.TokenCacheIdle (default 30 s, counted from the maintenance
 //     pass before its release); given back with RELEASE in the

@@ -324,7 +324,11 @@ func lossyRun(t *testing.T, seed uint64) {
 		// Odd clients keep released grants cached: their re-acquires reuse
 		// fences, which the checker allows only while nothing conflicting
 		// was granted since.
-		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second, NoTokenCache: i%2 == 0,
+		cache := 0
+		if i%2 == 1 {
+			cache = clientlib.DefaultTokenCache
+		}
+		cl := dial(t, c, fn, i+1, clientlib.Config{SessionTTL: 6 * time.Second, TokenCache: cache,
 			OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
 		cls = append(cls, cl)
 		rng := rand.New(rand.NewPCG(seed, uint64(i)))

@@ -665,7 +665,7 @@ func (c *Client) loseAllLocked(err error, release bool) {
 }
 
 // Release gives the token back. With SetValue (PW and EX holders only) it
-// also sets the token's value block. Unless Config.NoTokenCache is set, a
+// also sets the token's value block. With Config.TokenCache set, a
 // grant nobody else asked for is kept cached for a re-acquire instead of
 // being sent back (see "Token cache" in the package documentation); to
 // the application it is released all the same. The token stops being valid at once,

@@ -66,7 +66,7 @@ func dialTest(t *testing.T, seeds ...string) *clientlib.Client {
 	defer cancel()
 	// twoWorkers run without Auth; the tests count the workers' grants
 	// after releases, so every release must reach them (no token cache).
-	c, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds, Insecure: true, NoTokenCache: true})
+	c, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: seeds, Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}

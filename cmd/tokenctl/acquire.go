@@ -151,9 +151,6 @@ func cmdAcquire(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		Library:  "tokenctl",
 		KeyFile:  keyFile,
 		Insecure: key.insecure,
-		// One grant per process: a cached release would only wait for
-		// the SESSION_CLOSE; the RELEASE says what happened.
-		NoTokenCache: true,
 		OnRevoke: func(_ context.Context, t *clientlib.Token, r clientlib.Revocation) {
 			if argv == nil {
 				fmt.Fprintf(stderr, "tokenctl: revoke: another client wants %s; keep at most %s\n", t.Name(), r.Wanted)

@@ -45,7 +45,7 @@ func TestScenario1UDPChaos(t *testing.T) {
 		for i := range cls {
 			// Even clients keep released grants in their token cache, so
 			// that the model checks cached re-acquires under loss too.
-			cls[i], _ = e.dial(i, clientlib.Config{NoTokenCache: i%2 == 1})
+			cls[i], _ = e.dial(i, clientlib.Config{TokenCache: evenCache(i)})
 		}
 		start := time.Now()
 		load.RunClients(clients, func(i int) {
@@ -145,7 +145,7 @@ func TestScenario10ReadersWriterRanges(t *testing.T) {
 			// Even clients keep released PR, PW and EX grants of whole
 			// tokens in their token cache: the model checks the cached
 			// re-acquires (check.Input.Cached) among the rest.
-			cls[i], _ = e.dial(i, clientlib.Config{NoTokenCache: i%2 == 1})
+			cls[i], _ = e.dial(i, clientlib.Config{TokenCache: evenCache(i)})
 			w.RunClient(context.Background(), i, cls[i], rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
 		t.Logf("seed %d: %d ops in %v", seed, w.N.Attempted.Load(), time.Since(start).Round(time.Millisecond))
@@ -162,4 +162,13 @@ func TestScenario10ReadersWriterRanges(t *testing.T) {
 		}
 		e.waitNoGrants(10 * time.Second)
 	})
+}
+
+// evenCache is the Config.TokenCache of client i in the scenarios that
+// run half their clients with the token cache: on for even clients.
+func evenCache(i int) int {
+	if i%2 == 0 {
+		return clientlib.DefaultTokenCache
+	}
+	return 0
 }

