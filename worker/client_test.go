@@ -58,6 +58,7 @@ type tclient struct {
 
 	mu         sync.Mutex // guards the fields below
 	session    uint64
+	opened     uint64 // the nonce of the open that made session (openAuth)
 	next       uint64
 	unfinished map[uint64]bool
 	waiting    map[uint64]chan msg
