@@ -1244,6 +1244,7 @@ func (c *Client) reclaim(t *Token) {
 			c.startReclaimLocked(t) // moved again meanwhile
 		}
 		c.mu.Unlock()
+		kick(c.maintKick) // a DONE may wait for this reclaim (done.go)
 	}()
 	c.mu.Lock()
 	l := t.lease
