@@ -153,12 +153,18 @@ func (t *Tracker) Live(gen uint64, sessions []uint64, out []Ended) []Ended {
 	return t.settle(out)
 }
 
-// Done records that session said Done for map version v.
+// Done records that session said Done for map version v. It costs one
+// lookup per recovery group, whatever the number of sessions awaited.
 func (t *Tracker) Done(session, v uint64, out []Ended) []Ended {
 	if v > t.done[session] {
 		t.done[session] = v
 	}
-	return t.settle(out)
+	for _, g := range t.groups {
+		if _, ok := g.await[session]; ok && t.counts(g, session) {
+			delete(g.await, session)
+		}
+	}
+	return t.finish(out)
 }
 
 // End records that session ended: it is awaited no more.
@@ -167,7 +173,7 @@ func (t *Tracker) End(session uint64, out []Ended) []Ended {
 	for _, g := range t.groups {
 		delete(g.await, session)
 	}
-	return t.settle(out)
+	return t.finish(out)
 }
 
 // Awaited returns how many sessions the recovery of shard still waits for,
@@ -195,10 +201,10 @@ func (t *Tracker) counts(g *group, session uint64) bool {
 	return ok && v >= g.version && v <= t.version
 }
 
-// settle ends every group that awaits nobody, appending its shards (in
-// shard order) to out.
+// settle stops awaiting every session whose Done counts now (after the
+// applied version or the live sessions changed), then ends what awaits
+// nobody.
 func (t *Tracker) settle(out []Ended) []Ended {
-	kept := t.groups[:0]
 	for _, g := range t.groups {
 		if g.live {
 			for s := range g.await {
@@ -207,6 +213,15 @@ func (t *Tracker) settle(out []Ended) []Ended {
 				}
 			}
 		}
+	}
+	return t.finish(out)
+}
+
+// finish ends every group that awaits nobody, appending its shards (in
+// shard order) to out.
+func (t *Tracker) finish(out []Ended) []Ended {
+	kept := t.groups[:0]
+	for _, g := range t.groups {
 		if !g.live || len(g.await) > 0 {
 			kept = append(kept, g)
 			continue
