@@ -359,6 +359,10 @@ func (c *Client) send(cl *call) bool {
 	return true
 }
 
+// graceRetryMax is the longest a request answered GRACE waits before it
+// is sent again (±25 %).
+const graceRetryMax = 200 * time.Millisecond
+
 // exOpts modify exchange.
 type exOpts struct {
 	stopAtQueued bool          // return a QUEUED answer instead of re-polling
@@ -457,7 +461,14 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 						continue
 					}
 				}
-				resetTimer(timer, timerC, grow(&backoff))
+				d := grow(&backoff)
+				if s == wire.StatusGrace {
+					// A grace period may end early, as soon as every
+					// live session has reclaimed (SPEC §13): ask again
+					// soon rather than up to RTOMax later.
+					d = min(d, jitter(graceRetryMax))
+				}
+				resetTimer(timer, timerC, d)
 				continue
 			}
 			res.answered, res.retry = true, 0
