@@ -346,6 +346,9 @@ static const struct tka_mac *send_key(struct tokend_client *c, const struct req 
 	return r->in_session ? &c->sess_c2w : NULL;
 }
 
+/* The longest wait before a request answered GRACE goes again (±25 %). */
+#define GRACE_RETRY_NS (200 * NS_PER_MS)
+
 static void backoff(struct tokend_client *c, struct req *r, int64_t now)
 {
 	r->next_send = now + jitter(c, r->rto);
@@ -1439,6 +1442,8 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		if (st == TKW_ST_NOT_OWNER || st == TKW_ST_STALE_EPOCH)
 			map_refresh(c, now);
 		r->queued = 0;
+		if (st == TKW_ST_GRACE && r->rto > GRACE_RETRY_NS)
+			r->rto = GRACE_RETRY_NS; /* grace may end early (SPEC 13): ask again soon */
 		backoff(c, r, now);
 		signal_req(c, r);
 		return;
