@@ -434,10 +434,20 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			return reply{}, res, c.deadError()
 		case <-timerC:
 			sendNow = true
+			if cl.routed && moved == nil {
+				// Unanswered: its worker may be dead. Follow a new map
+				// at once rather than at the next retransmission, up to
+				// RTOMax later (a failover's requests reach the new
+				// owner as soon as its clients see the map).
+				moved = c.newMap()
+			}
 		case <-moved:
 			moved = c.newMap()
 			if c.routeMoved(cl) {
 				sendNow = true
+				if !res.queued {
+					rto = c.cfg.RTOMin // another worker: a fresh schedule
+				}
 			}
 		case <-mapWait:
 			mapWait = nil
