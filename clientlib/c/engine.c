@@ -1015,6 +1015,9 @@ static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const 
 
 /* ------------------------------------------------------------ DONE */
 
+/* How often a DONE waiting for reclaims looks at them again. */
+#define DONE_RECHECK_NS (10 * NS_PER_MS)
+
 /* Note a DONE owed to the worker at a (once). */
 static void done_owe(struct tokend_client *c, const struct tkn_addr *a)
 {
@@ -1081,8 +1084,13 @@ static int64_t done_tick(struct tokend_client *c, int64_t now)
 			wake = min64(wake, d->next);
 			continue;
 		}
-		if (!done_ready(c, &d->a))
-			continue; /* a reclaim's answer brings the loop back */
+		if (!done_ready(c, &d->a)) {
+			/* reclaims still under way there: look again shortly (not
+			 * on every turn of the loop: done_ready scans the grants) */
+			d->next = now + DONE_RECHECK_NS;
+			wake = min64(wake, d->next);
+			continue;
+		}
 		d->next = now + ka_period(c); /* again then, unless answered */
 		wake = min64(wake, d->next);
 		ka_send_done(c, &d->a, NULL, NULL, 0, 0, c->map.version, now);
