@@ -39,6 +39,7 @@ var pure = map[string][]string{
 	"worker/table":         {"wire"},
 	"worker/session":       {"wire"},
 	"worker/ownership":     {"cluster/delegation"},
+	"worker/grace":         nil,
 	"worker/vouch":         nil,
 	"worker/guard":         nil,
 	"coordinator/plan":     {"cluster/delegation"},

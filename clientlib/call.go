@@ -402,6 +402,10 @@ func (c *Client) send(cl *call) bool {
 	return true
 }
 
+// graceRetryMax is the longest a request answered GRACE waits before it
+// is sent again (±25 %).
+const graceRetryMax = 200 * time.Millisecond
+
 // exOpts modify exchange.
 type exOpts struct {
 	stopAtQueued bool          // return a QUEUED answer instead of re-polling
@@ -478,10 +482,20 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 			return reply{}, res, c.deadError()
 		case <-timerC:
 			sendNow = true
+			if cl.routed && moved == nil {
+				// Unanswered: its worker may be dead. Follow a new map
+				// at once rather than at the next retransmission, up to
+				// RTOMax later (a failover's requests reach the new
+				// owner as soon as its clients see the map).
+				moved = c.newMap()
+			}
 		case <-moved:
 			moved = c.newMap()
 			if c.routeMoved(cl) {
 				sendNow = true
+				if !res.queued {
+					rto = c.cfg.RTOMin // another worker: a fresh schedule
+				}
 			}
 		case <-mapWait:
 			mapWait = nil
@@ -505,7 +519,14 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 						continue
 					}
 				}
-				resetTimer(timer, timerC, grow(&backoff))
+				d := grow(&backoff)
+				if s == wire.StatusGrace {
+					// A grace period may end early, as soon as every
+					// live session has reclaimed (SPEC §13): ask again
+					// soon rather than up to RTOMax later.
+					d = min(d, jitter(graceRetryMax))
+				}
+				resetTimer(timer, timerC, d)
 				continue
 			}
 			res.answered, res.retry = true, 0

@@ -80,7 +80,8 @@ type Client struct {
 	leases     map[leaseKey]*lease
 	vouched    chan struct{} // closed (and cleared) when a lease's deadline moves: confirm waits on it
 	kas        map[netip.AddrPort]*kaState
-	nextProbe  time.Time // next map refresh while some lease is in jeopardy
+	done       map[netip.AddrPort]*doneState // DONEs owed to recovering workers (done.go)
+	nextProbe  time.Time                     // next map refresh while some lease is in jeopardy
 	byName     map[string][]*Token
 	inflight   map[string]int            // unfinished ACQUIRE/CONVERT/RECLAIM per token name
 	parked     map[string][]parkedRevoke // REVOKEs waiting for inflight[name] to end
@@ -129,6 +130,7 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		mapNew:    make(chan struct{}),
 		leases:    map[leaseKey]*lease{},
 		kas:       map[netip.AddrPort]*kaState{},
+		done:      map[netip.AddrPort]*doneState{},
 		byName:    map[string][]*Token{},
 		inflight:  map[string]int{},
 		strays:    map[strayKey]bool{},

@@ -645,6 +645,19 @@ func TestReclaimAfterEpochChange(t *testing.T) {
 	if _, ok := tok.Value(); ok {
 		t.Fatal("value valid after a crash")
 	}
+	// The new owner hears DONE (SPEC §13, "Early end of grace"), and only
+	// after the reclaim it follows.
+	eventually(t, 2*time.Second, "DONE at the new owner", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return strings.Contains(fc.reclaimDone[1], "d")
+	})
+	fc.mu.Lock()
+	order := fc.reclaimDone[1]
+	fc.mu.Unlock()
+	if !strings.HasPrefix(order, "r") || strings.Index(order, "d") < strings.LastIndex(order, "r") {
+		t.Fatalf("new owner saw %q (r: RECLAIM applied, d: DONE), want the reclaim first", order)
+	}
 	// The reclaimed grant holds: another client cannot get it. Its Try is
 	// answered GRACE, and retried, until the new owner's grace period
 	// ends; then CONFLICT.

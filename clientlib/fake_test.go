@@ -45,21 +45,24 @@ type fakeCluster struct {
 	// "" when insecure.
 	keyFile string
 
-	mu            sync.Mutex // guards everything below
-	mapVersion    uint64     // the map as tests see and set it (see sync)
-	owner         []int      // shard -> worker index, -1 = none
-	epoch         []uint32
-	synced        []int // owner, epoch and refuseReclaim as last handed to fw
-	syncedEpoch   []uint32
-	refuseSynced  bool
-	workers       []*fakeWorker
-	sessions      map[uint64]*fakeSession
-	applied       map[fakeReq]int // how often each (session, request id) was applied
-	bodies        map[fakeReq]string
-	seen          []fakeSeen
-	cancels       []uint64 // targets named in CANCEL requests that were applied
-	releases      []uint64 // fences named in RELEASE requests that were applied
-	notOwner      int      // NOT_OWNER/STALE_EPOCH answers sent
+	mu           sync.Mutex // guards everything below
+	mapVersion   uint64     // the map as tests see and set it (see sync)
+	owner        []int      // shard -> worker index, -1 = none
+	epoch        []uint32
+	synced       []int // owner, epoch and refuseReclaim as last handed to fw
+	syncedEpoch  []uint32
+	refuseSynced bool
+	workers      []*fakeWorker
+	sessions     map[uint64]*fakeSession
+	applied      map[fakeReq]int // how often each (session, request id) was applied
+	bodies       map[fakeReq]string
+	seen         []fakeSeen
+	cancels      []uint64 // targets named in CANCEL requests that were applied
+	releases     []uint64 // fences named in RELEASE requests that were applied
+	notOwner     int      // NOT_OWNER/STALE_EPOCH answers sent
+	// per worker, in order: "r" for each RECLAIM applied, "d" for each
+	// KEEPALIVE with DONE received (SPEC §13, "Early end of grace")
+	reclaimDone   map[int]string
 	mapRequests   int
 	refuseReclaim bool     // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
 	problems      []string // protocol violations by the client
@@ -122,7 +125,8 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	}
 	fc := &fakeCluster{t: t, net: faultnet.New(seed), cfg: cfg, mapVersion: 1,
 		owner: make([]int, cfg.shardCount), epoch: make([]uint32, cfg.shardCount),
-		sessions: map[uint64]*fakeSession{}, applied: map[fakeReq]int{}, bodies: map[fakeReq]string{}}
+		sessions: map[uint64]*fakeSession{}, applied: map[fakeReq]int{}, bodies: map[fakeReq]string{},
+		reclaimDone: map[int]string{}}
 	for s := range fc.epoch {
 		fc.epoch[s] = 1
 	}
@@ -279,8 +283,14 @@ func (fc *fakeCluster) observe(e fakeworker.Event) {
 	switch e.Kind {
 	case fakeworker.Received:
 		fc.received(e)
+		if e.Err == nil && h.Type == wire.TypeKeepalive && h.Flags&wire.FlagDone != 0 {
+			fc.reclaimDone[e.Worker] += "d"
+		}
 	case fakeworker.Applied:
 		fc.applied[fakeReq{h.Session, h.Request}]++
+		if h.Type == wire.TypeReclaim {
+			fc.reclaimDone[e.Worker] += "r"
+		}
 		switch h.Type {
 		case wire.TypeCancel:
 			var m wire.Cancel

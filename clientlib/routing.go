@@ -298,15 +298,20 @@ func (c *Client) applyMapLocked(m *dmap) {
 	if c.dm != nil && m.version < c.dm.version {
 		return
 	}
-	if c.dm == nil || m.version != c.dm.version {
+	changed := c.dm == nil || m.version != c.dm.version
+	if changed {
 		c.log.Debug("delegation map", "version", m.version, "runs", len(m.runs), "workers", len(m.workers))
 		close(c.mapNew)
 		c.mapNew = make(chan struct{})
+		c.markDoneLocked(c.dm, m)
 	}
 	c.dm = m
 	c.mapVer.Store(m.version)
 	for _, l := range c.leases {
 		c.checkMovedLocked(l)
+	}
+	if changed && len(c.done) > 0 {
+		kick(c.maintKick) // DONEs may be due (once the reclaims just started end)
 	}
 }
 

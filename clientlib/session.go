@@ -478,6 +478,11 @@ func (c *Client) maintain() time.Time {
 		slices.SortFunc(entries, func(a, b wire.ShardEpoch) int { return cmp.Compare(a.Shard, b.Shard) })
 		c.spawnLocked(func() { c.keepalive(addr, entries) })
 	}
+	if c.state == stateOpen {
+		if t := c.doneDueLocked(now); !t.IsZero() {
+			soon(t)
+		}
+	}
 	return next
 }
 

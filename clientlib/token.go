@@ -1297,6 +1297,7 @@ func (c *Client) reclaim(t *Token) {
 			c.startReclaimLocked(t) // moved again meanwhile
 		}
 		c.mu.Unlock()
+		kick(c.maintKick) // a DONE may wait for this reclaim (done.go)
 	}()
 	c.mu.Lock()
 	l := t.lease

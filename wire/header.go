@@ -80,6 +80,7 @@ const (
 // Flag bits, per type. Bits not listed for a type must be zero.
 const (
 	FlagRenew         uint8 = 0x01 // KEEPALIVE: renew the session's etcd lease
+	FlagDone          uint8 = 0x02 // KEEPALIVE: reclaims done as of the map version that follows the entries (SPEC §13)
 	FlagTry           uint8 = 0x01 // ACQUIRE, CONVERT: fail at once on conflict
 	FlagReleaseValue  uint8 = 0x01 // RELEASE: a value block follows the name
 	FlagConvertValue  uint8 = 0x02 // CONVERT: a value block follows the name
@@ -167,7 +168,7 @@ var types = func() (t [256]typeInfo) {
 		}
 	}
 	req(TypeSessionOpen, "SESSION_OPEN", 0, sessZero, false, KindSessionOpen, KindSessionReply)
-	req(TypeKeepalive, "KEEPALIVE", FlagRenew, sessNonzero, false, KindKeepalive, KindKeepaliveReply)
+	req(TypeKeepalive, "KEEPALIVE", FlagRenew|FlagDone, sessNonzero, false, KindKeepalive, KindKeepaliveReply)
 	req(TypeSessionClose, "SESSION_CLOSE", 0, sessNonzero, false, KindEmpty, KindEmpty)
 	req(TypeAcquire, "ACQUIRE", FlagTry|FlagAcquireDetect, sessNonzero, true, KindAcquire, KindGrant)
 	req(TypeRelease, "RELEASE", FlagReleaseValue, sessNonzero, true, KindRelease, KindEmpty)

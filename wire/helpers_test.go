@@ -158,7 +158,7 @@ func printable(p []byte) string {
 }
 
 var flagNames = map[Type][]string{
-	TypeKeepalive: {"RENEW"},
+	TypeKeepalive: {"RENEW", "DONE"},
 	TypeAcquire:   {"TRY"},
 	TypeRelease:   {"VALUE"},
 	TypeConvert:   {"TRY", "VALUE"},
@@ -211,6 +211,7 @@ func describeBody(d *describer, m message) {
 			d.u(fmt.Sprintf("entry.%d.shard", i), uint64(e.Shard))
 			d.u(fmt.Sprintf("entry.%d.epoch", i), uint64(e.Epoch))
 		}
+		d.u("done", m.Done)
 	case *KeepaliveReply:
 		d.u("session_ttl_ms", uint64(m.SessionTTLMs))
 		d.u("validity_ms", uint64(m.ValidityMs))

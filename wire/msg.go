@@ -187,6 +187,10 @@ type ShardEpoch struct {
 type Keepalive struct {
 	Renew   bool         // flag RENEW: renew the session's etcd lease
 	Entries []ShardEpoch // 0..MaxKeepaliveEntries (shard, epoch) pairs
+	// Done, if not 0, sets flag DONE: the session has finished its
+	// reclaims at this worker as of map version Done (SPEC §13, "Early end
+	// of grace"). It follows the entries as a u64.
+	Done uint64
 }
 
 // Append appends a KEEPALIVE datagram.
@@ -195,8 +199,14 @@ func (m Keepalive) Append(dst []byte, h Header) ([]byte, error) {
 	if m.Renew {
 		h.Flags = FlagRenew
 	}
+	if m.Done != 0 {
+		h.Flags |= FlagDone
+	}
 	if len(m.Entries) > MaxKeepaliveEntries {
 		return dst, errEntries
+	}
+	if m.Done != 0 && len(m.Entries) > MaxKeepaliveEntries-1 {
+		return dst, errEntries // 2 + 141·8 + 8 bytes do not fit
 	}
 	for _, e := range m.Entries {
 		if err := checkEpoch(e.Epoch); err != nil {
@@ -211,6 +221,9 @@ func (m Keepalive) Append(dst []byte, h Header) ([]byte, error) {
 	for _, e := range m.Entries {
 		dst = appendU32(dst, e.Shard)
 		dst = appendU32(dst, e.Epoch)
+	}
+	if m.Done != 0 {
+		dst = appendU64(dst, m.Done)
 	}
 	return finish(dst, start)
 }
@@ -233,6 +246,13 @@ func (m *Keepalive) Decode(h Header, b []byte) error {
 			r.fail(checkEpoch(e.Epoch))
 		}
 		m.Entries = append(m.Entries, e)
+	}
+	m.Done = 0
+	if h.Flags&FlagDone != 0 {
+		m.Done = r.u64()
+		if r.err == nil && m.Done == 0 {
+			r.fail(errZero)
+		}
 	}
 	return r.done()
 }

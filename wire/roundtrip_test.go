@@ -345,7 +345,11 @@ func TestRandomMessages(t *testing.T) {
 			for i := range e {
 				e[i] = ShardEpoch{u32(), u32()}
 			}
-			m = &Keepalive{Renew: flag(), Entries: e}
+			ka := &Keepalive{Renew: flag(), Entries: e}
+			if flag() {
+				ka.Done = u64() | 1
+			}
+			m = ka
 		case KindKeepaliveReply:
 			s := make([]Status, rng.IntN(4))
 			for i := range s {

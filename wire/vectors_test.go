@@ -99,6 +99,8 @@ func validVectors() []vector {
 	}
 	ka.Request = 7
 	add("keepalive-max-entries", ka, &Keepalive{Entries: many})
+	ka.Request, ka.Ack = 8, 8
+	add("keepalive-done", ka, &Keepalive{Entries: []ShardEpoch{{7, 4}}, Done: vMapVer})
 	kr := Header{Type: TypeKeepalive, Session: vSession, Request: 5, MapVersion: vMapVer}.Reply()
 	add("keepalive-reply", kr, &KeepaliveReply{SessionTTLMs: 10000, ValidityMs: 4850,
 		Statuses: []Status{StatusOK, StatusStaleEpoch}})
@@ -367,6 +369,10 @@ func badVectors() []badVector {
 	add("bad-keepalive-too-many", withBody(ka, cat([]byte{0, MaxKeepaliveEntries + 1}, make([]byte, 8*(MaxKeepaliveEntries+1)-10))...), ErrTooLarge)
 	add("bad-keepalive-count-short", withBody(ka, cat([]byte{0, 3}, be32(7), be32(3), be32(8), be32(3))...), ErrShort)
 	add("bad-keepalive-epoch-zero", withBody(ka, cat([]byte{0, 1}, be32(7), be32(0))...), ErrBadBody)
+	kd := byName["keepalive-done"]
+	add("bad-keepalive-done-zero", withBody(kd, cat([]byte{0, 0}, be64(0))...), ErrBadBody)
+	add("bad-keepalive-done-short", withBody(kd, cat([]byte{0, 0}, be32(17))...), ErrShort)
+	add("bad-keepalive-done-without-flag", withBody(byName["keepalive-empty"], cat([]byte{0, 0}, be64(17))...), ErrBadBody)
 	add("bad-keepalive-reply-entry-status", withBody(byName["keepalive-reply"], cat(be32(0), be32(0), []byte{0, 1, byte(StatusGrace)})...), ErrBadStatus)
 	add("bad-session-reply-shard-count-zero", withBody(byName["session-open-reply"], cat(be32(10000), be32(0), be32(0), be32(5000))...), ErrBadBody)
 	add("bad-cancel-target-not-before-request", withBody(byName["cancel"], be64(30)...), ErrBadBody)

@@ -15,6 +15,8 @@ type metrics struct {
 	dur         *prometheus.HistogramVec // type
 	dropped     *prometheus.CounterVec   // reason
 	recoveries  prometheus.Counter
+	graceEarly  *prometheus.CounterVec   // reason
+	graceDur    *prometheus.HistogramVec // end: early, deadline
 	mapResyncs  prometheus.Counter
 	revokesSent prometheus.Counter
 
@@ -49,6 +51,13 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			[]string{"reason"}),
 		recoveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "recoveries_total",
 			Help: "Shards taken over at an epoch above 1, started in their grace period."}),
+		graceEarly: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "grace_ended_early_total",
+			Help: "Recovered shards whose grace period ended before its deadline, by reason: all_done (every live session reclaimed or said DONE, or ended), no_sessions (no live session at all)."},
+			[]string{"reason"}),
+		graceDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "grace_duration_seconds",
+			Help:    "Time from taking a shard over without a handoff to the end of its grace period, by how it ended: early (worker/grace) or deadline.",
+			Buckets: []float64{1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2, 3, 5, 10}},
+			[]string{"end"}),
 		mapResyncs: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "map_resyncs_total",
 			Help: "Delegation maps read because the lease renewal's check found the map watch behind etcd."}),
 		revokesSent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "revokes_sent_total",
@@ -75,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
-	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.mapResyncs, m.revokesSent, m.grantsResent,
+	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.graceEarly, m.graceDur, m.mapResyncs, m.revokesSent, m.grantsResent,
 		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks, m.ho.authFailures, m.ho.refused,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),

@@ -376,6 +376,11 @@ func (w *Worker) handleKeepalive(ob *outbox, s *session, h wire.Header, pkt []by
 		return
 	}
 	s.core.Ack(h.Ack, ob.now)
+	if m.Done != 0 {
+		// The session finished its reclaims here as of map m.Done
+		// (SPEC §13): it may end recoveries' grace periods early.
+		w.endEarly(ob, w.gt.Done(s.id, m.Done, w.ended[:0]))
+	}
 	if !m.Renew {
 		s.core.Mark(h.Request)
 		s.addr = from

@@ -12,6 +12,7 @@ import (
 	"github.com/tokend/tokend/cluster/delegation"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
+	"github.com/tokend/tokend/worker/grace"
 	"github.com/tokend/tokend/worker/ownership"
 	core "github.com/tokend/tokend/worker/session" // named core: the shell's own per-session type is session
 	"github.com/tokend/tokend/worker/table"
@@ -75,6 +76,14 @@ type serving struct {
 	wakeAt      int64          // when the timer loop wakes next (tables' clock)
 	housekeepAt int64          // when it next forgets expired opens and ended sessions
 	out         []table.Output // scratch for Step and Tick
+
+	// Early end of grace (earlygrace.go): the tracker of this
+	// incarnation's recoveries, the shards in grace by recovery, whether a
+	// read of the live sessions is under way, and scratch.
+	gt          *grace.Tracker
+	recov       map[uint32]recovery
+	liveReading bool
+	ended       []grace.Ended
 }
 
 func (s *serving) init() {
@@ -86,6 +95,8 @@ func (s *serving) init() {
 	s.timed = map[uint32]struct{}{}
 	s.outgoing = map[uint32]*outHandoff{}
 	s.mapCh = make(chan struct{})
+	s.gt = grace.New()
+	s.recov = map[uint32]recovery{}
 }
 
 // shardState is a shard this worker serves: its table at the map's epoch.
@@ -203,6 +214,7 @@ func (w *Worker) endSession(ob *outbox, id uint64) {
 		}
 		w.gone[id] = t
 	}
+	w.endEarly(ob, w.gt.End(id, w.ended[:0]))
 	if s == nil {
 		return
 	}
@@ -233,6 +245,9 @@ func (w *Worker) dropAll() {
 	clear(w.timed)
 	clear(w.outgoing) // stale: the lease is gone, the leader recovers those shards
 	w.pulls = nil
+	w.gt = grace.New() // a read under way answers the old tracker and is dropped
+	w.liveReading = false
+	clear(w.recov)
 }
 
 // applyMap makes m the current map and brings the served shards in line,
@@ -278,6 +293,7 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 				lost = map[uint32]bool{}
 			}
 			lost[s] = true
+			w.forgetRecovery(s)
 			cur := w.shards[s]
 			w.shards[s] = nil
 			delete(w.outgoing, s)
@@ -294,6 +310,7 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 			gained++
 			awaits++
 			doc, _ := w.pullable(a.From)
+			w.forgetRecovery(s)
 			w.shards[s] = &shardState{epoch: a.Epoch, from: a.From}
 			if batches == nil {
 				batches = map[delegation.Owner]*pullBatch{}
@@ -307,12 +324,18 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 			b.shards = append(b.shards, shardEpochJ{Shard: s, Epoch: a.Epoch})
 		case ownership.Recover, ownership.Fresh:
 			gained++
+			w.forgetRecovery(s)
+			w.shards[s] = w.adopt(ob, s, a.Epoch)
 			if a.Kind == ownership.Recover {
 				recovs++
+				if w.shards[s] != nil {
+					w.startRecovery(ob, s, a.Epoch, a.From, m.Version)
+				}
 			}
-			w.shards[s] = w.adopt(ob, s, a.Epoch)
 		}
 	}
+	w.endEarly(ob, w.gt.Map(m.Version, w.ended[:0]))
+	w.readLiveSoon()
 	if gained > 0 || lost != nil {
 		w.log.Info("delegation changed", "map_version", m.Version, "gained", gained, "handoffs_in", awaits,
 			"recovering", recovs, "lost", len(lost), "handoffs_out", len(handed))

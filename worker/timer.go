@@ -58,6 +58,9 @@ func (w *Worker) runDue(ob *outbox) int64 {
 		if ok && d <= n {
 			w.out = st.tab.Tick(n, w.out[:0])
 			w.apply(ob, shard, st, w.out, nil)
+			if !st.tab.InGrace() {
+				w.graceOver(ob, shard)
+			}
 			d, ok = st.tab.NextDeadline()
 		}
 		if !ok {
@@ -91,6 +94,7 @@ func (w *Worker) runDue(ob *outbox) int64 {
 			}
 		}
 		w.expireHandoffs(n)
+		w.readLiveSoon() // after a failed read, or a full pool
 	}
 	return next
 }

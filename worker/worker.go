@@ -2,8 +2,10 @@
 // around pure cores that take the time as an argument. worker/table is one
 // shard's tokens, worker/session what the worker keeps of a client session,
 // worker/ownership which shards to serve, hand off, pull or recover when the
-// map changes, and worker/vouch how long the worker may vouch for its own
-// lease. The shell registers in etcd under that lease, serves the shards
+// map changes, worker/grace when a recovered shard's grace period may end
+// early (every live session said DONE or ended: wire/SPEC.md section 13;
+// earlygrace.go), and worker/vouch how long the worker may vouch for its
+// own lease. The shell registers in etcd under that lease, serves the shards
 // the coordinator delegates to it, keeps all token state in memory, and
 // serves a shard only while it is sure it owns it: its delegation is
 // current and its own lease has not run out by its local clock (invariant
@@ -22,7 +24,8 @@
 //     retransmission, runs Tick and sends what comes out.
 //   - the etcd pool (etcd.go): a few goroutines behind a bounded queue that
 //     open, renew and close sessions and look up unknown ones; each answers
-//     its datagram when etcd answers. A full queue drops the datagram
+//     its datagram when etcd answers. It also reads the live sessions and
+//     registrations for recovered shards (earlygrace.go). A full queue drops the datagram
 //     (counted "busy"); the client retransmits.
 //   - three watchers (watch.go): the delegation map, the worker registry
 //     (for owner hints and MAP replies) and the client sessions.

@@ -137,7 +137,7 @@ static int is_reply(uint8_t t) { return t >= 0x80; }
 static uint8_t allowed_flags(uint8_t t)
 {
 	switch (t) {
-	case TKW_KEEPALIVE: return TKW_FLAG_RENEW;
+	case TKW_KEEPALIVE: return TKW_FLAG_RENEW | TKW_FLAG_DONE;
 	case TKW_ACQUIRE: return TKW_FLAG_TRY | TKW_FLAG_ACQUIRE_DETECT;
 	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE;
 	case TKW_CONVERT: return TKW_FLAG_TRY | TKW_FLAG_CONVERT_VALUE | TKW_FLAG_CONVERT_DETECT;
@@ -529,6 +529,12 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 			CHECK(rd_u32(r, &m->entry_shard[i]));
 			CHECK(rd_epoch(r, &m->entry_epoch[i], 0));
 		}
+		m->done_version = 0;
+		if (h->flags & TKW_FLAG_DONE) {
+			CHECK(rd_u64(r, &m->done_version));
+			if (m->done_version == 0)
+				return TKW_EBADBODY;
+		}
 		break;
 	case TKW_K_KEEPALIVE_REPLY:
 		CHECK(rd_u32(r, &m->session_ttl_ms));
@@ -824,7 +830,8 @@ void tkw_reseal(uint8_t *b, size_t n)
 static uint8_t derive_flags(const struct tkw_msg *m, int kind)
 {
 	switch (kind) {
-	case TKW_K_KEEPALIVE: return m->renew ? TKW_FLAG_RENEW : 0;
+	case TKW_K_KEEPALIVE:
+		return (uint8_t)((m->renew ? TKW_FLAG_RENEW : 0) | (m->done_version ? TKW_FLAG_DONE : 0));
 	case TKW_K_ACQUIRE:
 		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->detect ? TKW_FLAG_ACQUIRE_DETECT : 0));
 	case TKW_K_RELEASE: return m->has_value ? TKW_FLAG_RELEASE_VALUE : 0;
@@ -875,6 +882,8 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 			wr_u32(w, m->entry_shard[i]);
 			wr_u32(w, m->entry_epoch[i]);
 		}
+		if (m->done_version)
+			wr_u64(w, m->done_version);
 		break;
 	case TKW_K_KEEPALIVE_REPLY:
 		if (m->nentries > TKW_MAX_KA_ENTRIES) {

@@ -66,6 +66,7 @@ enum {
 
 /* Flag bits (S4). */
 #define TKW_FLAG_RENEW 0x01         /* KEEPALIVE */
+#define TKW_FLAG_DONE 0x02          /* KEEPALIVE: done_version follows the entries */
 #define TKW_FLAG_TRY 0x01           /* ACQUIRE, CONVERT */
 #define TKW_FLAG_RELEASE_VALUE 0x01 /* RELEASE */
 #define TKW_FLAG_CONVERT_VALUE 0x02 /* CONVERT */
@@ -210,6 +211,7 @@ struct tkw_msg {
 	uint32_t grace_ms;       /* SESSION_REPLY, MAP_REPLY */
 	uint32_t worker_ttl_ms;  /* SESSION_REPLY */
 	int renew;               /* KEEPALIVE (flag) */
+	uint64_t done_version;   /* KEEPALIVE: flag DONE with this map version; 0: no DONE */
 	uint16_t nentries;       /* KEEPALIVE, KEEPALIVE_REPLY */
 	uint32_t entry_shard[TKW_MAX_KA_ENTRIES];
 	uint32_t entry_epoch[TKW_MAX_KA_ENTRIES];

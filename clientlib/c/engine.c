@@ -346,6 +346,9 @@ static const struct tka_mac *send_key(struct tokend_client *c, const struct req 
 	return r->in_session ? &c->sess_c2w : NULL;
 }
 
+/* The longest wait before a request answered GRACE goes again (±25 %). */
+#define GRACE_RETRY_NS (200 * NS_PER_MS)
+
 static void backoff(struct tokend_client *c, struct req *r, int64_t now)
 {
 	r->next_send = now + jitter(c, r->rto);
@@ -1023,8 +1026,8 @@ void session_reset(struct tokend_client *c)
 
 /* ------------------------------------------------------------ keepalives */
 
-static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const uint32_t *shards,
-		    const uint32_t *epochs, unsigned n, int renew, int64_t now)
+static void ka_send_done(struct tokend_client *c, const struct tkn_addr *dest, const uint32_t *shards,
+			 const uint32_t *epochs, unsigned n, int renew, uint64_t done_version, int64_t now)
 {
 	struct req *r = req_new(c, TKW_KEEPALIVE, OWN_ASYNC);
 	if (!r)
@@ -1032,10 +1035,12 @@ static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const 
 	r->dest = *dest;
 	r->has_dest = 1;
 	r->renew = renew;
+	r->done_version = done_version;
 	struct tkw_msg *m = &c->tx;
 	memset(m, 0, sizeof *m);
 	m->h.type = TKW_KEEPALIVE;
 	m->renew = renew;
+	m->done_version = done_version;
 	m->nentries = (uint16_t)n;
 	if (n > 0) { /* memcpy from NULL is undefined even for 0 bytes */
 		memcpy(m->entry_shard, shards, n * sizeof *shards);
@@ -1046,6 +1051,111 @@ static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const 
 		return;
 	}
 	req_send(c, r, now);
+}
+
+static void ka_send(struct tokend_client *c, const struct tkn_addr *dest, const uint32_t *shards,
+		    const uint32_t *epochs, unsigned n, int renew, int64_t now)
+{
+	ka_send_done(c, dest, shards, epochs, n, renew, 0, now);
+}
+
+/* ------------------------------------------------------------ DONE */
+
+/* How often a DONE waiting for reclaims looks at them again. */
+#define DONE_RECHECK_NS (10 * NS_PER_MS)
+
+/* Note a DONE owed to the worker at a (once). */
+static void done_owe(struct tokend_client *c, const struct tkn_addr *a)
+{
+	for (int i = 0; i < c->ndone; i++)
+		if (tkn_addr_equal(&c->done[i].a, a))
+			return;
+	if (c->ndone == TKN_MAX_DONE)
+		return; /* that worker keeps its full grace period */
+	c->done[c->ndone].a = *a;
+	c->done[c->ndone].next = 0;
+	c->ndone++;
+}
+
+/*
+ * Before installing nm: every worker that nm gives a (shard, epoch) above
+ * epoch 1 that the current map does not have (every such worker, for the
+ * first map) is owed a DONE (SPEC 13, "Early end of grace"). Workers are
+ * sorted by index in both maps.
+ */
+static void done_mark(struct tokend_client *c, const struct shard_map *nm)
+{
+	const struct shard_map *om = &c->map;
+	for (uint32_t s = 0; s < nm->shard_count; s++) {
+		if (nm->owner[s] == TKW_NO_WORKER || nm->epoch[s] <= 1)
+			continue;
+		const struct map_worker *w = map_worker_by_index(nm, nm->owner[s]);
+		if (!w || !w->resolved)
+			continue;
+		if (om->have && s < om->shard_count && om->owner[s] != TKW_NO_WORKER && om->epoch[s] == nm->epoch[s]) {
+			const struct map_worker *ow = map_worker_by_index(om, om->owner[s]);
+			if (ow && ow->resolved && tkn_addr_equal(&ow->a, &w->a))
+				continue;
+		}
+		done_owe(c, &w->a);
+	}
+}
+
+/* Whether every reclaim owed to the worker at a has its final answer: no
+ * grant of this session waits to be reclaimed there. */
+static int done_ready(struct tokend_client *c, const struct tkn_addr *a)
+{
+	for (struct grant_rec *g = c->grants; g; g = g->next) {
+		if (g->session != c->session)
+			continue;
+		if (g->state != G_RECLAIMING && !(g->state == G_HELD && g->grp && g->grp->stale))
+			continue;
+		struct tkn_addr d;
+		uint32_t ep;
+		if (!map_route(c, g->shard, &d, &ep) || tkn_addr_equal(&d, a))
+			return 0;
+	}
+	return 1;
+}
+
+/* Send the DONEs that are due; returns when to look again. */
+static int64_t done_tick(struct tokend_client *c, int64_t now)
+{
+	int64_t wake = INT64_MAX;
+	if (c->sstate != S_OPEN || !c->map.have)
+		return wake;
+	for (int i = 0; i < c->ndone; i++) {
+		struct done_owed *d = &c->done[i];
+		if (now < d->next) {
+			wake = min64(wake, d->next);
+			continue;
+		}
+		if (!done_ready(c, &d->a)) {
+			/* reclaims still under way there: look again shortly (not
+			 * on every turn of the loop: done_ready scans the grants) */
+			d->next = now + DONE_RECHECK_NS;
+			wake = min64(wake, d->next);
+			continue;
+		}
+		d->next = now + ka_period(c); /* again then, unless answered */
+		wake = min64(wake, d->next);
+		ka_send_done(c, &d->a, NULL, NULL, 0, 0, c->map.version, now);
+	}
+	return wake;
+}
+
+/* The worker at a answered a DONE for version v. */
+static void done_answered(struct tokend_client *c, const struct tkn_addr *a, uint64_t v)
+{
+	for (int i = 0; i < c->ndone; i++) {
+		if (!tkn_addr_equal(&c->done[i].a, a))
+			continue;
+		if (c->map.version == v)
+			c->done[i] = c->done[--c->ndone];
+		else
+			c->done[i].next = 0; /* a newer map came meanwhile: say it for that one */
+		return;
+	}
 }
 
 /*
@@ -1108,6 +1218,8 @@ static void ka_tick(struct tokend_client *c, int64_t now)
 
 static void ka_reply(struct tokend_client *c, struct req *r, const struct tkw_msg *m, int64_t now)
 {
+	if (r->done_version)
+		done_answered(c, &r->dest, r->done_version);
 	if (r->renew && m->session_ttl_ms > 0) {
 		int64_t e = lease_end(r->first_send, m->session_ttl_ms);
 		if (e > c->session_deadline) {
@@ -1386,6 +1498,8 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		if (st == TKW_ST_NOT_OWNER || st == TKW_ST_STALE_EPOCH)
 			map_refresh(c, now);
 		r->queued = 0;
+		if (st == TKW_ST_GRACE && r->rto > GRACE_RETRY_NS)
+			r->rto = GRACE_RETRY_NS; /* grace may end early (SPEC 13): ask again soon */
 		backoff(c, r, now);
 		signal_req(c, r);
 		return;
@@ -1862,6 +1976,8 @@ static void map_install(struct tokend_client *c, int64_t now)
 	if (c->map.have && nm.version < c->map.version) {
 		map_free(&nm);
 	} else {
+		if (!c->map.have || nm.version != c->map.version)
+			done_mark(c, &nm);
 		map_free(&c->map);
 		c->map = nm;
 		c->map.have = 1;
@@ -2251,6 +2367,7 @@ void *bg_main(void *arg)
 		ka_tick(c, now);
 		if (c->sstate == S_OPEN)
 			wake = min64(wake, c->ka_next);
+		wake = min64(wake, done_tick(c, now));
 		check_lost(c, now);
 		wake = min64(wake, c->next_lost_check);
 		if (c->stash)

@@ -58,6 +58,9 @@ enum { OWN_SYNC, OWN_ASYNC };
  * callbacks, map fetches). Every live request is on c->reqs until it is
  * finished; a finished request no longer holds the ack back.
  */
+/* Workers a client owes a DONE at once (engine.c, done_owe). */
+#define TKN_MAX_DONE 64
+
 struct req {
 	struct req *next, *prev;
 	int linked;         /* on c->reqs */
@@ -93,6 +96,7 @@ struct req {
 	uint64_t fence;     /* RELEASE, CONVERT, RECLAIM: the grant's fence */
 	uint8_t mode;
 	int renew;          /* KEEPALIVE with RENEW */
+	uint64_t done_version; /* KEEPALIVE with DONE: the map version it is about */
 	struct req *target; /* CANCEL: the abandoned request */
 	struct req *cancel; /* abandoned ACQUIRE/CONVERT: its CANCEL */
 	uint64_t late_fence; /* abandoned ACQUIRE/CONVERT: a grant that arrived anyway */
@@ -270,6 +274,16 @@ struct tokend_client {
 
 	struct shard_map map;
 	struct map_fetch mf;
+	/*
+	 * DONEs owed to workers that a new map gave shards (SPEC 13, "Early
+	 * end of grace"): sent once the reclaims there are answered. At most
+	 * TKN_MAX_DONE workers; one beyond keeps its full grace period.
+	 */
+	struct done_owed {
+		struct tkn_addr a;
+		int64_t next; /* not before: the retry of a DONE unanswered */
+	} done[TKN_MAX_DONE];
+	int ndone;
 
 	struct req *reqs;
 	struct grant_rec *grants;

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -646,6 +647,9 @@ type fake struct {
 	keyFile string // the client key file of the cluster's default key
 	mu      sync.Mutex
 	counts  map[string]int // guarded by mu
+	// since the last crash, per worker: what it received of RECLAIM
+	// applied ("r") and KEEPALIVE with DONE ("d"), in order (guarded by mu)
+	order map[int]string
 }
 
 // newFake starts nworkers fake workers: 64 shards in four runs with epochs
@@ -658,7 +662,7 @@ func newFake(t *testing.T, nworkers int) *fake {
 // newFakeCache is newFake with the workers' reply caches bounded to
 // replyCache replies per session (0: the default).
 func newFakeCache(t *testing.T, nworkers, replyCache int) *fake {
-	f := &fake{counts: map[string]int{}}
+	f := &fake{counts: map[string]int{}, order: map[int]string{}}
 	c, err := fakeworker.New(fakeworker.Config{Workers: nworkers, Shards: fakeShards, SessionTTL: fakeSessionTTL,
 		WorkerTTL: fakeW, Validity: fakeW - fakeMargin, Grace: fakeGrace, RunsPerPage: 1, ReplyCache: replyCache,
 		Seed: uint64(time.Now().UnixNano()), Trace: f.observe})
@@ -690,6 +694,10 @@ func (f *fake) observe(e fakeworker.Event) {
 		} else {
 			f.counts[h.Type.String()]++
 		}
+		if e.Err == nil && h.Type == wire.TypeKeepalive && h.Flags&wire.FlagDone != 0 {
+			f.counts["done"]++
+			f.order[e.Worker] += "d"
+		}
 	case fakeworker.Resent:
 		f.counts["cached"]++
 	case fakeworker.Expired:
@@ -697,6 +705,7 @@ func (f *fake) observe(e fakeworker.Event) {
 	case fakeworker.Applied:
 		if h.Type == wire.TypeReclaim {
 			f.counts["reclaim"]++
+			f.order[e.Worker] += "r"
 		}
 	case fakeworker.Sent:
 		switch {
@@ -739,9 +748,22 @@ func (f *fake) logCounts(t *testing.T) {
 	})
 }
 
+// waitDones waits (up to 5 s) until every worker has received the DONE a
+// new client owes it (its first map has shards above epoch 1; SPEC §13,
+// "Early end of grace"): a fault injected before would let the DONE's
+// answer tell the client the new map before its keepalives do.
+func (f *fake) waitDones() {
+	for deadline := time.Now().Add(5 * time.Second); f.count("done") < f.Workers() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // crash: every worker restarts with nothing in memory; every shard comes
 // back at a new epoch in its grace period, in which holders reclaim.
 func (f *fake) crash() {
+	f.mu.Lock()
+	clear(f.order)
+	f.mu.Unlock()
 	all := make([]int, f.Workers())
 	for i := range all {
 		all[i] = i
@@ -1036,11 +1058,38 @@ func TestFakeWorker(t *testing.T) {
 				f.logCounts(t)
 				p := start(t, f.at(0), bin, "survive", "crash", "1500")
 				p.expect(t, "fence", 10*time.Second)
+				f.waitDones()
 				f.crash()
 				p.expect(t, "survived", 15*time.Second)
 				p.wait(t, 10*time.Second)
 				if f.count("reclaimed") == 0 || f.count("keepalive STALE_EPOCH") == 0 {
 					t.Errorf("reclaimed %d, STALE_EPOCH keepalive entries %d", f.count("reclaimed"), f.count("keepalive STALE_EPOCH"))
+				}
+				// Early end of grace (SPEC §13): every worker, all of whose
+				// shards came back at new epochs, hears DONE from the
+				// client, and the one it reclaimed at only after the
+				// reclaim was applied.
+				var order map[int]string
+				for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					f.mu.Lock()
+					order = maps.Clone(f.order)
+					f.mu.Unlock()
+					all := true
+					for w := range f.Workers() {
+						all = all && strings.Contains(order[w], "d")
+					}
+					if all || time.Now().After(deadline) {
+						break
+					}
+				}
+				for w := range f.Workers() {
+					o := order[w]
+					if !strings.Contains(o, "d") {
+						t.Errorf("worker %d: no DONE after the crash (saw %q)", w, o)
+					}
+					if strings.Contains(o, "r") && strings.Index(o, "d") < strings.LastIndex(o, "r") {
+						t.Errorf("worker %d: a DONE before the reclaim it follows (saw %q)", w, o)
+					}
 				}
 			})
 			t.Run("jeopardy-then-lost", func(t *testing.T) {
@@ -1072,6 +1121,7 @@ func TestFakeWorker(t *testing.T) {
 				f.logCounts(t)
 				p := start(t, f.at(0), bin, "survive", "moved", "1500")
 				p.expect(t, "fence", 10*time.Second)
+				f.waitDones()
 				f.move()
 				p.expect(t, "survived", 15*time.Second)
 				p.wait(t, 10*time.Second)

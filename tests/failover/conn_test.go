@@ -16,6 +16,9 @@ import (
 type tapConn struct {
 	net.PacketConn
 	cut atomic.Bool
+	// dropOut, if set before the client uses the socket, drops the
+	// datagrams it sends for which it returns true.
+	dropOut func(b []byte) bool
 
 	mu  sync.Mutex // guards tap
 	tap func(b []byte, from net.Addr)
@@ -37,7 +40,7 @@ func (c *tapConn) setTap(f func(b []byte, from net.Addr)) {
 }
 
 func (c *tapConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if c.cut.Load() {
+	if c.cut.Load() || (c.dropOut != nil && c.dropOut(b)) {
 		return len(b), nil
 	}
 	return c.PacketConn.WriteTo(b, addr)

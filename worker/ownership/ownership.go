@@ -64,7 +64,11 @@ type Action struct {
 	Shard uint32
 	Epoch uint32           // Drop, HandOff: the epoch given up; the others: the epoch served from now on
 	To    delegation.Owner // HandOff: the new owner, at Epoch+1
-	From  delegation.Owner // Pull: the previous owner
+	// From: Pull: the previous owner; Recover: the owner of Epoch-1 if a
+	// map known here names one (zero: unknown). The worker ends a
+	// recovery's grace early only after an owner it knows is gone
+	// (worker/grace).
+	From delegation.Owner
 }
 
 // Outcome is what Apply decided.
@@ -101,7 +105,7 @@ func Apply(in Input, out []Action) Outcome {
 		} else if from, ok := predecessor(in, shard, want); ok {
 			out = append(out, Action{Kind: Pull, Shard: shard, Epoch: want, From: from})
 		} else {
-			out = append(out, Action{Kind: Recover, Shard: shard, Epoch: want})
+			out = append(out, Action{Kind: Recover, Shard: shard, Epoch: want, From: from})
 		}
 	}
 	o.Actions = out
@@ -137,8 +141,8 @@ func giveUp(in Input, next delegation.Map, shard uint32, cur Held) Action {
 }
 
 // predecessor returns the owner that served shard at epoch-1 by the first
-// of Prev and Older that knows one, if it is another worker that can be
-// pulled from.
+// of Prev and Older that knows one, if it is another worker, and whether
+// it can be pulled from.
 func predecessor(in Input, shard, epoch uint32) (delegation.Owner, bool) {
 	for _, m := range []*delegation.Map{&in.Prev, in.Older} {
 		if m == nil {

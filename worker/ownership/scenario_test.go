@@ -201,6 +201,11 @@ func (ac Action) describe() string {
 		return fmt.Sprintf("shard %d: handoff epoch %d to %s", ac.Shard, ac.Epoch, ac.To)
 	case Pull:
 		return fmt.Sprintf("shard %d: pull epoch %d from %s", ac.Shard, ac.Epoch, ac.From)
+	case Recover:
+		if ac.From != (delegation.Owner{}) {
+			return fmt.Sprintf("shard %d: recover epoch %d after %s", ac.Shard, ac.Epoch, ac.From)
+		}
+		return fmt.Sprintf("shard %d: recover epoch %d", ac.Shard, ac.Epoch)
 	default:
 		return fmt.Sprintf("shard %d: %s epoch %d", ac.Shard, ac.Kind, ac.Epoch)
 	}

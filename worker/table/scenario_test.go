@@ -31,6 +31,7 @@ import (
 //	deadlock s=S target=R    a detector's victim (OpDeadlock)
 //	edges [queued-by=T]      WaitEdges of requests queued at or before T (default now)
 //	tick now=T | next-deadline | state | stats | set-seq seq=Q
+//	end-grace                end the grace period early (EndGrace)
 //	export | import epoch=E
 //	matrix          for every (held, requested) pair of modes: granted together?
 //	wanted-matrix   for every conflicting pair: the mode the revoke asks to keep
@@ -114,6 +115,8 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		out = formatOutputs(h.tab.Step(in, h.now, nil))
 	case "tick":
 		out = formatOutputs(h.tab.Tick(h.now, nil))
+	case "end-grace":
+		out = fmt.Sprintf("was in grace: %v", h.tab.EndGrace())
 	case "next-deadline":
 		if dl, ok := h.tab.NextDeadline(); ok {
 			out = fmt.Sprintf("next deadline %d", dl)

@@ -150,6 +150,18 @@ func (t *Table) Epoch() uint32 { return t.epoch }
 // latest now it was given).
 func (t *Table) InGrace() bool { return t.grace }
 
+// EndGrace ends the grace period now, before its deadline, and reports
+// whether the table was in one. The caller has established that no session
+// may still reclaim a grant here (worker/grace): from now on reclaims of
+// grants the table does not hold are refused and new requests are served
+// (invariant 6 holds because every grant of the previous owner has been
+// reclaimed or given up). Values nobody recovered stay ValueLost.
+func (t *Table) EndGrace() bool {
+	was := t.grace
+	t.grace = false
+	return was
+}
+
 // Stats returns what the table holds.
 func (t *Table) Stats() Stats {
 	return Stats{Tokens: t.toks.live, Grants: t.grs.live, Waiters: t.wts.live, Sessions: t.sess.live, Seq: t.seq}

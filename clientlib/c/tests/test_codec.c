@@ -162,6 +162,7 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 			d_ui(d, "entry", i, "shard", m->entry_shard[i]);
 			d_ui(d, "entry", i, "epoch", m->entry_epoch[i]);
 		}
+		d_u(d, "done", m->done_version);
 		break;
 	case TKW_K_KEEPALIVE_REPLY:
 		d_u(d, "session_ttl_ms", m->session_ttl_ms);
@@ -420,6 +421,8 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 			m->worker_ttl_ms = (uint32_t)u;
 		else if (!strcmp(k, "renew"))
 			m->renew = (int)u;
+		else if (!strcmp(k, "done"))
+			m->done_version = u;
 		else if (!strcmp(k, "entries"))
 			m->nentries = (uint16_t)u;
 		else if (!strcmp(k, "session_ttl_ms"))
