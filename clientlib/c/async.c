@@ -235,11 +235,13 @@ int64_t tokend_timeout(tokend_client *c)
 	if (!c || !c->evloop)
 		return -1;
 	pthread_mutex_lock(&c->mu);
-	int64_t now = tkn_now(), d = c->closing ? -1 : evl_next(c, now) - now;
+	int64_t ms = -1;
+	if (!c->closing) {
+		int64_t now = tkn_now(), d = evl_next(c, now) - now;
+		ms = d <= 0 ? 0 : (d + NS_PER_MS - 1) / NS_PER_MS; /* rounded up: at 0 something is due */
+	}
 	pthread_mutex_unlock(&c->mu);
-	if (d < 0)
-		return c->closing ? -1 : 0;
-	return (d + NS_PER_MS - 1) / NS_PER_MS; /* rounded up: at 0 something is due */
+	return ms;
 }
 
 int tokend_process(tokend_client *c)

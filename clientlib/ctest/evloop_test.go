@@ -13,10 +13,11 @@ import (
 // the example examples/eventloop.c.
 
 // evloopScenarios are tests/evloop.c's scenarios; keepalive holds a grant
-// for three session TTLs of the fake (2 s) on tokend_process alone.
+// for three session TTLs of the fake (2 s) on tokend_process alone; expire
+// stops the loop for two.
 var evloopScenarios = [][]string{
 	{"many"}, {"queued"}, {"cancel"}, {"convert"}, {"close"}, {"badargs"},
-	{"keepalive", "6000"},
+	{"keepalive", "6000"}, {"expire", "2000"},
 }
 
 func runEvloop(t *testing.T, bin string, tg target, args []string) {
@@ -76,7 +77,7 @@ func TestEventLoop(t *testing.T) {
 		}
 		bin := filepath.Join(buildC(t, false, "tokend-evloop"), "tokend-evloop")
 		f := newFake(t, 2)
-		for _, s := range []string{"close", "cancel", "queued"} {
+		for _, s := range []string{"close", "cancel", "queued", "many", "convert", "badargs"} {
 			out, err := run(t, 3*time.Minute, f.at(0).env(), vg, "-q", "--error-exitcode=99", "--leak-check=full",
 				"--errors-for-leak-kinds=all", bin, f.at(0).addr, s)
 			if err != nil || !strings.Contains(out, "ok "+s) {

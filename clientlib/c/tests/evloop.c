@@ -20,6 +20,10 @@
  *                                     hold a grant MS ms with only tokend_timeout/tokend_process
  *                                     driving the handle: still valid, same session, no on_lost
  *                                     or on_jeopardy
+ *   tokend-evloop HOST:PORT expire TTL
+ *                                     the loop stops turning for 2 TTL ms (the session TTL): on_lost
+ *                                     from the next tokend_process, then the next async acquire
+ *                                     opens a new session
  *   tokend-evloop HOST:PORT close     close with acquires queued and releases in flight: every
  *                                     callback called with TOKEND_ECLOSED, the grants released
  *   tokend-evloop HOST:PORT badargs   bad arguments and misuse give clear statuses
@@ -427,6 +431,46 @@ static void s_keepalive(int ms)
 	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
 }
 
+/*
+ * The loop stops turning for longer than the session TTL: the session and
+ * its grant are lost (on_lost, from the next tokend_process); the next
+ * acquire opens a new session.
+ */
+static void s_expire(int ttl_ms)
+{
+	char n[128];
+	name_of(n, sizeof n, "expire", 0);
+	struct seen s = {0};
+	tokend_client *c = connect_flags(TOKEND_NO_THREAD, &s);
+	uint64_t sid = tokend_session_id(c);
+	struct done d = {0}, d2 = {0};
+	ncalled = 0;
+	CHECK_RC(tokend_acquire_async(c, n, strlen(n), TOKEND_EX, 0, 0, TOKEND_TRY, done_cb, &d, NULL), TOKEND_OK,
+		 "acquire_async");
+	pump(c, 5000, &ncalled, 1);
+	CHECK_RC(d.status, TOKEND_OK, "acquire");
+	struct timespec ts = {(time_t)(ttl_ms * 2 / 1000), (long)(ttl_ms * 2 % 1000) * 1000000L};
+	nanosleep(&ts, NULL); /* the loop is stuck */
+	CHECK_RC(tokend_process(c), TOKEND_OK, "process");
+	CHECK(s.losts == 1, "on_lost called %d times after the session ran out", s.losts);
+	int rc = tokend_grant_check(c, &d.g, NULL);
+	CHECK(rc == TOKEND_ELOST || rc == TOKEND_ESESSION, "grant_check after expiry: %s", tokend_strerror(rc));
+	CHECK(tokend_session_id(c) == 0, "session id after expiry");
+	/* a new session, and the token again (the worker expired the old one) */
+	int64_t end = now_ms() + 10000;
+	do {
+		memset(&d2, 0, sizeof d2);
+		CHECK_RC(tokend_acquire_async(c, n, strlen(n), TOKEND_EX, 0, 0, 1000, done_cb, &d2, NULL), TOKEND_OK,
+			 "acquire_async after expiry");
+		pump(c, 5000, &d2.called, 1);
+	} while (d2.status != TOKEND_OK && now_ms() < end);
+	CHECK_RC(d2.status, TOKEND_OK, "acquire after expiry");
+	CHECK(tokend_session_id(c) != 0 && tokend_session_id(c) != sid, "no new session");
+	CHECK(d2.g.fence > d.g.fence, "fence after expiry");
+	CHECK_RC(tokend_release(c, &d.g, NULL, 0), TOKEND_ELOST, "release of the lost grant");
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
+}
+
 #define NCLOSE 5
 
 static void s_close(void)
@@ -575,6 +619,8 @@ int main(int argc, char **argv)
 		s_convert();
 	else if (!strcmp(s, "keepalive") && argc == 4)
 		s_keepalive(atoi(argv[3]));
+	else if (!strcmp(s, "expire") && argc == 4)
+		s_expire(atoi(argv[3]));
 	else if (!strcmp(s, "close"))
 		s_close();
 	else if (!strcmp(s, "badargs"))
