@@ -268,9 +268,14 @@ int tokend_process(tokend_client *c)
  */
 static int aop_new(struct tokend_client *c, int kind, tokend_done_fn cb, void *arg, struct aop **out)
 {
-	if (c->naops >= TOKEND_MAX_ASYNC) {
-		set_err(c, "%d asynchronous operations in flight: the most a handle takes (TOKEND_MAX_ASYNC)",
-			TOKEND_MAX_ASYNC);
+	/* Withdrawn requests keep their ids until their CANCEL is answered:
+	 * they count too, so that keepalives always find an id. */
+	size_t live = 0;
+	for (struct req *r = c->reqs; r; r = r->next)
+		live += r->in_session && !r->done;
+	if (c->naops >= TOKEND_MAX_ASYNC || live >= TOKEND_MAX_ASYNC) {
+		set_err(c, "%zu asynchronous operations and %zu requests in flight: the most a handle takes is %d "
+			   "(TOKEND_MAX_ASYNC)", c->naops, live, TOKEND_MAX_ASYNC);
 		return TOKEND_ELIMIT;
 	}
 	struct aop *op = calloc(1, sizeof *op);

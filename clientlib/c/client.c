@@ -248,6 +248,11 @@ static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int
  * background and the call fails: TOKEND_ETIMEDOUT, TOKEND_ECLOSED, or why it
  * was lost. `old` (an upgrade: the grant as the caller knew it before) is
  * then reported to on_lost, since the caller's grant is gone with it.
+ *
+ * confirm_step is one look: 1 once decided (*rc), 0 to look again by
+ * *until (a KEEPALIVE asking to vouch goes out every VOUCH_EVERY_NS);
+ * confirm_grant waits between looks, an asynchronous operation (async.c)
+ * looks again from tokend_process.
  */
 int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
 		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,

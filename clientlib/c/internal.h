@@ -55,7 +55,9 @@ struct aop; /* an asynchronous operation (async.c) */
 
 /*
  * One request id's life. Sync requests belong to the application thread
- * waiting for them (it retransmits them and frees them); async ones belong to
+ * waiting for them (it retransmits them and frees them), or to the
+ * asynchronous operation (async.c) that does the same from tokend_process;
+ * async ones belong to
  * the background thread (keepalives, reclaims, cancels, releases made from
  * callbacks, map fetches). Every live request is on c->reqs until it is
  * finished; a finished request no longer holds the ack back.

@@ -538,8 +538,10 @@ TOKEND_API int tokend_process(tokend_client *c);
 typedef void (*tokend_done_fn)(tokend_client *c, int status, const tokend_grant *g, void *arg);
 
 /* Asynchronous operations a handle takes at once (acquires, converts and
- * releases not yet completed): the session's 256 request ids (wire/SPEC.md
- * section 11) less a reserve for keepalives, CANCELs and renewals. */
+ * releases not yet completed; also the most requests it has unfinished on
+ * its session when one starts, withdrawn ones waiting for their CANCEL's
+ * answer included): the session's 256 request ids (wire/SPEC.md section 11)
+ * less a reserve for keepalives, CANCELs and renewals. */
 #define TOKEND_MAX_ASYNC 224
 
 /*

@@ -426,6 +426,16 @@ static void s_keepalive(int ms)
 	CHECK(tokend_session_id(c) == sid, "the session changed: %" PRIx64 " then %" PRIx64, sid,
 	      tokend_session_id(c));
 	CHECK(s.losts == 0 && s.jeopardies == 0, "on_lost %d, on_jeopardy %d", s.losts, s.jeopardies);
+	FILE *f = fopen("/proc/self/status", "r"); /* Linux: no thread but this one did it */
+	if (f) {
+		char line[256];
+		int threads = -1;
+		while (fgets(line, sizeof line, f))
+			if (sscanf(line, "Threads: %d", &threads) == 1)
+				break;
+		fclose(f);
+		CHECK(threads == 1, "%d threads in the process, want 1", threads);
+	}
 	printf("held %d ms on tokend_process alone; least validity seen %" PRIu32 " ms\n", ms, min_left);
 	CHECK_RC(tokend_release(c, &d.g, NULL, 0), TOKEND_OK, "release");
 	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
