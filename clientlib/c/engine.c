@@ -2317,6 +2317,8 @@ void *bg_main(void *arg)
  * without one (tokend_process): install a fetched map, send the engine's own
  * requests when due, keepalives, loss and jeopardy checks, the stash. Returns
  * when it needs to run next (at most a second from now, as the thread).
+ * Keep it in step with bg_main: a timer added there belongs here too (and
+ * its next time in engine_next).
  */
 int64_t engine_timers(struct tokend_client *c, int64_t now)
 {
