@@ -47,8 +47,7 @@ static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t until)
 #endif
 
 /* The message tokend_last_error returns (c->mu held). */
-static void set_err(struct tokend_client *c, const char *fmt, ...) PRINTF_LIKE(2, 3);
-static void set_err(struct tokend_client *c, const char *fmt, ...)
+void set_err(struct tokend_client *c, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -58,7 +57,7 @@ static void set_err(struct tokend_client *c, const char *fmt, ...)
 
 /* `acquire "name" EX`: the call, for messages. Names are bytes: anything
  * but printable ASCII is shown as \xHH, and long names are cut. */
-static void op_name(char *buf, size_t cap, const char *verb, const uint8_t *name, size_t len, int mode)
+void op_name(char *buf, size_t cap, const char *verb, const uint8_t *name, size_t len, int mode)
 {
 	static const char *const modes[] = {"NL", "CR", "CW", "PR", "PW", "EX"};
 	size_t n = (size_t)snprintf(buf, cap, "%s \"", verb);
@@ -78,7 +77,7 @@ static void op_name(char *buf, size_t cap, const char *verb, const uint8_t *name
 }
 
 /* Why a token request failed, naming where it went (c->mu held). */
-static void req_failed(struct tokend_client *c, const char *op, const struct req *r, int rc, int64_t t0)
+void req_failed(struct tokend_client *c, const char *op, const struct req *r, int rc, int64_t t0)
 {
 	char to[80] = "?";
 	long long ms = (long long)((tkn_now() - t0) / NS_PER_MS);
@@ -122,6 +121,19 @@ static void leave(struct tokend_client *c)
 		pthread_cond_broadcast(&c->cond);
 }
 
+int api_enter(struct tokend_client *c) { return enter(c); }
+void api_leave(struct tokend_client *c) { leave(c); }
+
+/* Wait on cv until `until` at the latest; a handle without a background
+ * thread drives the engine meanwhile instead (async.c). */
+static void wait_for(struct tokend_client *c, pthread_cond_t *cv, int64_t until)
+{
+	if (c->evloop)
+		evl_drive(c, until);
+	else
+		timed_wait(cv, &c->mu, until);
+}
+
 static int valid_name(const void *name, size_t len)
 {
 	return name != NULL && len >= 1 && len <= TOKEND_MAX_NAME;
@@ -150,7 +162,7 @@ static uint32_t wire_wait(int64_t wait_ms)
  * doubt about the outcome and a CANCEL racing a grant may (see cancel_done
  * in engine.c). So a call returns at most about w + 250 ms after it started.
  */
-static int64_t wait_deadline(struct tokend_client *c, int64_t wait_ms, int64_t now)
+int64_t wait_deadline(struct tokend_client *c, int64_t wait_ms, int64_t now)
 {
 	if (wait_ms < 0)
 		return NEVER;
@@ -162,31 +174,45 @@ static int64_t wait_deadline(struct tokend_client *c, int64_t wait_ms, int64_t n
 }
 
 /*
- * Wait for a sync request's outcome, retransmitting it when due. If the
+ * One look at a sync request: 1 once it has its outcome (*rc), 0 if it is
+ * to be looked at again by *until (it is retransmitted when due). If the
  * deadline passes (or the handle closes) the request is abandoned; then
  * *handed tells whether the engine took it over (the caller must not free it).
  */
-static int wait_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, int *handed)
+int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, int *handed, int *rc,
+	     int64_t *until)
 {
 	*handed = 0;
+	if (r->done) {
+		*rc = r->result;
+		return 1;
+	}
+	int64_t now = tkn_now();
+	*rc = TOKEND_OK;
+	if (c->stopping || (c->closing && !closing_ok))
+		*rc = TOKEND_ECLOSED;
+	else if (now >= deadline)
+		*rc = TOKEND_ETIMEDOUT;
+	if (*rc != TOKEND_OK) {
+		*handed = req_abandon(c, r);
+		return 1;
+	}
+	if (now >= r->next_send)
+		req_send(c, r, now);
+	*until = r->next_send < deadline ? r->next_send : deadline;
+	return 0;
+}
+
+/* Wait for a sync request's outcome (req_step). */
+static int wait_req(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, int *handed)
+{
 	for (;;) {
-		if (r->done)
-			return r->result;
-		int64_t now = tkn_now();
-		int rc = TOKEND_OK;
-		if (c->stopping || (c->closing && !closing_ok))
-			rc = TOKEND_ECLOSED;
-		else if (now >= deadline)
-			rc = TOKEND_ETIMEDOUT;
-		if (rc != TOKEND_OK) {
-			*handed = req_abandon(c, r);
+		int rc;
+		int64_t until;
+		if (req_step(c, r, deadline, closing_ok, handed, &rc, &until))
 			return rc;
-		}
-		if (now >= r->next_send)
-			req_send(c, r, now);
-		int64_t until = r->next_send < deadline ? r->next_send : deadline;
 		if (!reader_wait(c, r, until)) /* the reply may come to this thread */
-			timed_wait(&r->cond, &c->mu, until);
+			wait_for(c, &r->cond, until);
 	}
 }
 
@@ -222,55 +248,66 @@ static int run_req(struct tokend_client *c, struct req *r, int64_t deadline, int
  * background and the call fails: TOKEND_ETIMEDOUT, TOKEND_ECLOSED, or why it
  * was lost. `old` (an upgrade: the grant as the caller knew it before) is
  * then reported to on_lost, since the caller's grant is gone with it.
+ *
+ * confirm_step is one look: 1 once decided (*rc), 0 to look again by
+ * *until (a KEEPALIVE asking to vouch goes out every VOUCH_EVERY_NS);
+ * confirm_grant waits between looks, an asynchronous operation (async.c)
+ * looks again from tokend_process.
  */
+int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
+		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,
+		 int64_t *until)
+{
+	struct grant_rec *g = grant_find(c, name, len, fence);
+	if (!g || g->state == G_RELEASING) {
+		*rc = TOKEND_ENOTHELD; /* released by someone who guessed its fence */
+		return 1;
+	}
+	int64_t now = tkn_now(), left;
+	if (g->state == G_LOST) {
+		*rc = g->lost_why ? g->lost_why : TOKEND_ELOST;
+		set_err(c, "%s: granted (fence %llu), then lost before it could be confirmed: %s", op,
+			(unsigned long long)fence, *rc == TOKEND_ESESSION ? "the session ended" : "the reclaim was refused");
+		grant_give_up(c, g, old, *rc);
+		return 1;
+	}
+	if (grant_valid(c, g, now, &left) == TOKEND_OK && left >= fresh_ns(c)) {
+		grant_handover(c, g);
+		grant_view(c, g, now, out);
+		*rc = TOKEND_OK;
+		return 1;
+	}
+	*rc = TOKEND_OK;
+	if (c->stopping || c->closing)
+		*rc = TOKEND_ECLOSED;
+	else if (now >= deadline)
+		*rc = TOKEND_ETIMEDOUT;
+	if (*rc != TOKEND_OK) {
+		char to[80] = "?";
+		if (g->grp)
+			tkn_addr_format(&g->grp->dest, to, sizeof to);
+		if (*rc == TOKEND_ETIMEDOUT)
+			set_err(c, "%s: granted (fence %llu), but %s did not vouch for the grant again before the "
+				   "wait limit; it was given back", op, (unsigned long long)fence, to);
+		grant_give_up(c, g, old, TOKEND_ELOST);
+		return 1;
+	}
+	if (now >= *next_vouch) {
+		grant_vouch(c, g, now);
+		*next_vouch = now + VOUCH_EVERY_NS;
+	}
+	*until = *next_vouch < deadline ? *next_vouch : deadline;
+	return 0;
+}
+
 static int confirm_grant(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
 			 const tokend_grant *old, tokend_grant *out, const char *op)
 {
-	int64_t next_vouch = 0;
+	int64_t next_vouch = 0, until;
 	int rc;
 	c->confirming++;
-	for (;;) {
-		struct grant_rec *g = grant_find(c, name, len, fence);
-		if (!g || g->state == G_RELEASING) {
-			rc = TOKEND_ENOTHELD; /* released by someone who guessed its fence */
-			break;
-		}
-		int64_t now = tkn_now(), left;
-		if (g->state == G_LOST) {
-			rc = g->lost_why ? g->lost_why : TOKEND_ELOST;
-			set_err(c, "%s: granted (fence %llu), then lost before it could be confirmed: %s", op,
-				(unsigned long long)fence,
-				rc == TOKEND_ESESSION ? "the session ended" : "the reclaim was refused");
-			grant_give_up(c, g, old, rc);
-			break;
-		}
-		if (grant_valid(c, g, now, &left) == TOKEND_OK && left >= fresh_ns(c)) {
-			grant_handover(c, g);
-			grant_view(c, g, now, out);
-			rc = TOKEND_OK;
-			break;
-		}
-		rc = TOKEND_OK;
-		if (c->stopping || c->closing)
-			rc = TOKEND_ECLOSED;
-		else if (now >= deadline)
-			rc = TOKEND_ETIMEDOUT;
-		if (rc != TOKEND_OK) {
-			char to[80] = "?";
-			if (g->grp)
-				tkn_addr_format(&g->grp->dest, to, sizeof to);
-			if (rc == TOKEND_ETIMEDOUT)
-				set_err(c, "%s: granted (fence %llu), but %s did not vouch for the grant again before the "
-					   "wait limit; it was given back", op, (unsigned long long)fence, to);
-			grant_give_up(c, g, old, TOKEND_ELOST);
-			break;
-		}
-		if (now >= next_vouch) {
-			grant_vouch(c, g, now);
-			next_vouch = now + VOUCH_EVERY_NS;
-		}
-		timed_wait(&c->cond, &c->mu, next_vouch < deadline ? next_vouch : deadline);
-	}
+	while (!confirm_step(c, name, len, fence, deadline, old, out, op, &next_vouch, &rc, &until))
+		wait_for(c, &c->cond, until);
 	c->confirming--;
 	return rc;
 }
@@ -370,7 +407,7 @@ static int open_session(struct tokend_client *c, int64_t deadline)
 }
 
 /* Make sure a session is open, opening one (again) if needed. */
-static int ensure_session(struct tokend_client *c, int64_t deadline)
+int ensure_session(struct tokend_client *c, int64_t deadline)
 {
 	for (;;) {
 		if (c->closing)
@@ -380,7 +417,7 @@ static int ensure_session(struct tokend_client *c, int64_t deadline)
 		if (c->sstate == S_OPENING) {
 			if (tkn_now() >= deadline)
 				return TOKEND_ETIMEDOUT;
-			timed_wait(&c->cond, &c->mu, deadline);
+			wait_for(c, &c->cond, deadline);
 			continue;
 		}
 		c->sstate = S_OPENING;
@@ -509,11 +546,19 @@ static int client_key(const tokend_options *opts, char name[TKA_MAX_NAME + 1], u
 }
 
 /* tokend_connect, with what went wrong in msg[0..cap). */
-static int do_connect(const tokend_options *opts, tokend_client **out, char *msg, size_t cap)
+static int do_connect(const tokend_options *opts, unsigned flags, tokend_client **out, char *msg, size_t cap)
 {
 	if (!opts || !out)
 		return TOKEND_EINVAL;
 	*out = NULL;
+	if (flags & ~(unsigned)TOKEND_NO_THREAD) {
+		snprintf(msg, cap, "unknown flags 0x%x", flags & ~(unsigned)TOKEND_NO_THREAD);
+		return TOKEND_EINVAL;
+	}
+	if ((flags & TOKEND_NO_THREAD) && opts->multicast) {
+		snprintf(msg, cap, "multicast discovery needs the background thread (not with TOKEND_NO_THREAD)");
+		return TOKEND_ENOTSUP;
+	}
 	struct tkm_config mcfg;
 	uint8_t ann_pub[TKM_PUB_LEN];
 	int ann_keyed = 0;
@@ -599,9 +644,10 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 			NS_PER_MS;
 	c->rng = tkn_random_seed();
 	c->sstate = S_NONE;
+	c->evloop = (flags & TOKEND_NO_THREAD) != 0;
 
 	c->fd = tkn_udp_socket(&c->family);
-	if (c->fd < 0 || tkn_pipe(c->wake) != 0) {
+	if (c->fd < 0 || (!c->evloop && tkn_pipe(c->wake) != 0)) {
 		snprintf(msg, cap, "%s: %s", c->fd < 0 ? "socket" : "pipe", strerror(errno));
 		rc = TOKEND_ESYS;
 		goto fail;
@@ -619,7 +665,8 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 			goto fail;
 		}
 	}
-	(void)reader_init(c); /* without it, replies pass through the background thread */
+	if (!c->evloop)
+		(void)reader_init(c); /* without it, replies pass through the background thread */
 	c->seeds_cap = ngiven ? ngiven : MAX_DISCOVERED;
 	c->seeds = calloc(c->seeds_cap, sizeof *c->seeds);
 	if (!c->seeds) {
@@ -656,17 +703,17 @@ static int do_connect(const tokend_options *opts, tokend_client **out, char *msg
 
 	pthread_mutex_lock(&c->mu);
 	/* c->thread is written before the thread can take the lock */
-	if (pthread_create(&c->thread, NULL, bg_main, c) != 0) {
+	if (!c->evloop && pthread_create(&c->thread, NULL, bg_main, c) != 0) {
 		pthread_mutex_unlock(&c->mu);
 		rc = TOKEND_ESYS;
 		goto fail;
 	}
-	c->thread_started = 1;
+	c->thread_started = !c->evloop;
 	c->active++;
 	int64_t now = tkn_now();
 	map_refresh(c, now);
 	while (!c->map.have && tkn_now() < deadline)
-		timed_wait(&c->cond, &c->mu, deadline);
+		wait_for(c, &c->cond, deadline);
 	if (!c->map.have) {
 		char tried[200];
 		tried_format(c, TKW_MAP_REQUEST, tried, sizeof tried);
@@ -692,10 +739,12 @@ fail:
 	return rc;
 }
 
-int tokend_connect(const tokend_options *opts, tokend_client **out)
+int tokend_connect(const tokend_options *opts, tokend_client **out) { return tokend_connect_ex(opts, 0, out); }
+
+int tokend_connect_ex(const tokend_options *opts, unsigned flags, tokend_client **out)
 {
 	char msg[256] = "";
-	int rc = do_connect(opts, out, msg, sizeof msg);
+	int rc = do_connect(opts, flags, out, msg, sizeof msg);
 	if (opts && opts->errbuf && opts->errbuf_len > 0) {
 		if (rc != TOKEND_OK && !msg[0])
 			snprintf(msg, sizeof msg, "%s", tokend_strerror(rc));
@@ -732,6 +781,8 @@ int tokend_close(tokend_client *c)
 	pthread_cond_broadcast(&c->cond);
 	while (c->active > 0)
 		timed_wait(&c->cond, &c->mu, tkn_now() + 100 * NS_PER_MS);
+	if (c->evloop)
+		aops_close(c);
 	if (c->sstate == S_OPEN) {
 		/* End the session: every worker drops its grants (SPEC 11). */
 		struct req *r = req_new(c, TKW_SESSION_CLOSE, OWN_SYNC);
@@ -816,43 +867,53 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 	}
 	int64_t deadline = wait_deadline(c, wait_ms, tkn_now());
 	rc = ensure_session(c, deadline);
+	struct req *r;
+	if (rc == TOKEND_OK)
+		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
 	if (rc == TOKEND_OK) {
-		struct req *r = req_new(c, TKW_ACQUIRE, OWN_SYNC);
-		if (!r) {
-			rc = TOKEND_ENOMEM;
-		} else {
-			r->routed = 1;
-			r->shard = tkw_shard(name, name_len, c->shard_count);
-			memcpy(r->name, name, name_len);
-			r->name_len = (uint8_t)name_len;
-			r->mode = (uint8_t)mode;
-			struct tkw_msg *m = &c->tx;
-			memset(m, 0, sizeof *m);
-			m->h.type = TKW_ACQUIRE;
-			m->try_ = wait_ms == 0;
-			m->detect = c->detect && !m->try_;
-			m->mode = (uint8_t)mode;
-			m->wait_ms = wait_ms == 0 ? 0 : wire_wait(wait_ms);
-			m->start = start;
-			m->end = end;
-			m->name.p = name;
-			m->name.len = name_len;
-			rc = req_build(c, r, m);
-			if (rc != TOKEND_OK) {
-				req_unlink(c, r);
-				req_free(r);
-			} else {
-				char op[160];
-				op_name(op, sizeof op, "acquire", name, name_len, (int)mode);
-				rc = run_req(c, r, deadline, 0, out, op);
-				if (rc == TOKEND_OK)
-					rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out, op);
-			}
-		}
+		char op[160];
+		op_name(op, sizeof op, "acquire", name, name_len, (int)mode);
+		rc = run_req(c, r, deadline, 0, out, op);
+		if (rc == TOKEND_OK)
+			rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out, op);
 	}
 	leave(c);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
+}
+
+/* A new sync ACQUIRE request (not sent yet), arguments checked, range
+ * normalized, session open. */
+int acquire_req(struct tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
+		uint64_t end, int64_t wait_ms, struct req **out)
+{
+	struct req *r = req_new(c, TKW_ACQUIRE, OWN_SYNC);
+	if (!r)
+		return TOKEND_ENOMEM;
+	r->routed = 1;
+	r->shard = tkw_shard(name, name_len, c->shard_count);
+	memcpy(r->name, name, name_len);
+	r->name_len = (uint8_t)name_len;
+	r->mode = (uint8_t)mode;
+	struct tkw_msg *m = &c->tx;
+	memset(m, 0, sizeof *m);
+	m->h.type = TKW_ACQUIRE;
+	m->try_ = wait_ms == 0;
+	m->detect = c->detect && !m->try_;
+	m->mode = (uint8_t)mode;
+	m->wait_ms = wait_ms == 0 ? 0 : wire_wait(wait_ms);
+	m->start = start;
+	m->end = end;
+	m->name.p = name;
+	m->name.len = name_len;
+	int rc = req_build(c, r, m);
+	if (rc != TOKEND_OK) {
+		req_unlink(c, r);
+		req_free(r);
+		return rc;
+	}
+	*out = r;
+	return TOKEND_OK;
 }
 
 /* ------------------------------------------------------------ release, convert */
@@ -872,48 +933,61 @@ int tokend_release(tokend_client *c, const tokend_grant *gr, const void *value, 
 		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
-	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
-	if (!g || g->state == G_RELEASING) {
-		rc = TOKEND_ENOTHELD;
-	} else if (g->state == G_LOST) {
-		grant_remove(c, g); /* the engine gave it back when it was lost */
-		rc = TOKEND_ELOST;
-	} else if (value && !writer_mode(g->g.mode)) {
-		rc = TOKEND_EINVAL; /* only PW and EX holders set the value block */
-	} else {
-		int async = on_bg_thread(c);
-		struct req *r = req_for_grant(c, TKW_RELEASE, async ? OWN_ASYNC : OWN_SYNC, g);
-		if (!r) {
-			rc = TOKEND_ENOMEM;
-		} else {
-			struct tkw_msg *m = &c->tx;
-			m->has_value = value != NULL;
-			m->value.p = value;
-			m->value.len = value ? value_len : 0;
-			rc = req_build(c, r, m);
-			if (rc != TOKEND_OK) {
-				req_complete(c, r, rc);
-				if (!async)
-					req_free(r);
-			} else {
-				/* given up from now on, whatever the answer */
-				g->state = G_RELEASING;
-				if (async) {
-					req_send(c, r, tkn_now());
-				} else {
-					char op[160];
-					op_name(op, sizeof op, "release", g->g.name, g->g.name_len, -1);
-					rc = run_req(c, r, NEVER, 0, NULL, op);
-					if (rc == TOKEND_ECLOSED) {
-						/* the session close releases it */
-					}
-				}
-			}
+	struct req *r;
+	rc = release_req(c, gr, value, value_len, &r);
+	if (rc == TOKEND_OK && r) {
+		char op[160];
+		op_name(op, sizeof op, "release", gr->name, gr->name_len, -1);
+		rc = run_req(c, r, NEVER, 0, NULL, op);
+		if (rc == TOKEND_ECLOSED) {
+			/* the session close releases it */
 		}
 	}
 	leave(c);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
+}
+
+/*
+ * Start releasing gr: the grant is given up locally. From a callback the
+ * RELEASE is the engine's (sent now, *out = NULL); otherwise *out is the
+ * sync request to wait for (not sent yet).
+ */
+int release_req(struct tokend_client *c, const tokend_grant *gr, const void *value, size_t value_len,
+		struct req **out)
+{
+	*out = NULL;
+	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
+	if (!g || g->state == G_RELEASING)
+		return TOKEND_ENOTHELD;
+	if (g->state == G_LOST) {
+		grant_remove(c, g); /* the engine gave it back when it was lost */
+		return TOKEND_ELOST;
+	}
+	if (value && !writer_mode(g->g.mode))
+		return TOKEND_EINVAL; /* only PW and EX holders set the value block */
+	int async = on_bg_thread(c);
+	struct req *r = req_for_grant(c, TKW_RELEASE, async ? OWN_ASYNC : OWN_SYNC, g);
+	if (!r)
+		return TOKEND_ENOMEM;
+	struct tkw_msg *m = &c->tx;
+	m->has_value = value != NULL;
+	m->value.p = value;
+	m->value.len = value ? value_len : 0;
+	int rc = req_build(c, r, m);
+	if (rc != TOKEND_OK) {
+		req_complete(c, r, rc);
+		if (!async)
+			req_free(r);
+		return rc;
+	}
+	/* given up from now on, whatever the answer */
+	g->state = G_RELEASING;
+	if (async)
+		req_send(c, r, tkn_now());
+	else
+		*out = r;
+	return TOKEND_OK;
 }
 
 int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,
@@ -928,9 +1002,42 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 		pthread_mutex_unlock(&c->mu);
 		return rc;
 	}
+	struct req *r;
+	int down;
+	rc = convert_req(c, gr, mode, wait_ms, value, value_len, &r, &down);
+	if (rc != TOKEND_OK || !r)
+		goto out;
+	struct grant_rec *g;
+	tokend_grant res, old = *gr;
+	int64_t deadline = down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now());
+	char op[160];
+	op_name(op, sizeof op, "convert", old.name, old.name_len, (int)mode);
+	rc = run_req(c, r, deadline, 0, &res, op);
+	if (rc == TOKEND_OK && (g = grant_find(c, res.name, res.name_len, res.fence)) && g->pending)
+		rc = confirm_grant(c, res.name, res.name_len, res.fence, deadline, &old, &res, op);
+	if (rc == TOKEND_OK)
+		*gr = res;
+out:
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+/*
+ * Start converting gr to mode (a downgrade lowers the grant, and gr->mode,
+ * at once; *down says it was one). From a callback (downgrades only) the
+ * CONVERT is the engine's (sent now, *out = NULL); otherwise *out is the
+ * sync request to wait for (not sent yet).
+ */
+int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,
+		size_t value_len, struct req **out, int *down_out)
+{
+	*out = NULL;
+	int rc = TOKEND_OK;
 	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
 	int async = on_bg_thread(c);
 	int down = g && tkw_mode_covers((int)g->g.mode, (int)mode);
+	*down_out = down;
 	if (!g || g->state == G_RELEASING)
 		rc = TOKEND_ENOTHELD;
 	else if (g->state == G_LOST)
@@ -944,12 +1051,10 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 	else if (g->session != c->session || c->sstate != S_OPEN)
 		rc = TOKEND_ESESSION;
 	if (rc != TOKEND_OK)
-		goto out;
+		return rc;
 	struct req *r = req_new(c, TKW_CONVERT, async ? OWN_ASYNC : OWN_SYNC);
-	if (!r) {
-		rc = TOKEND_ENOMEM;
-		goto out;
-	}
+	if (!r)
+		return TOKEND_ENOMEM;
 	r->routed = 1;
 	r->shard = g->shard;
 	memcpy(r->name, g->g.name, g->g.name_len);
@@ -975,30 +1080,18 @@ int tokend_convert(tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t
 		req_complete(c, r, rc);
 		if (!async)
 			req_free(r);
-		goto out;
+		return rc;
 	}
 	if (down) {
 		/* Holding less than we have is always safe: lower it now. */
 		g->g.mode = mode;
 		gr->mode = mode;
 	}
-	if (async) {
+	if (async)
 		req_send(c, r, tkn_now());
-		goto out;
-	}
-	tokend_grant res, old = *gr;
-	int64_t deadline = down ? tkn_now() + c->connect_ns : wait_deadline(c, wait_ms, tkn_now());
-	char op[160];
-	op_name(op, sizeof op, "convert", old.name, old.name_len, (int)mode);
-	rc = run_req(c, r, deadline, 0, &res, op);
-	if (rc == TOKEND_OK && (g = grant_find(c, res.name, res.name_len, res.fence)) && g->pending)
-		rc = confirm_grant(c, res.name, res.name_len, res.fence, deadline, &old, &res, op);
-	if (rc == TOKEND_OK)
-		*gr = res;
-out:
-	leave(c);
-	pthread_mutex_unlock(&c->mu);
-	return rc;
+	else
+		*out = r;
+	return TOKEND_OK;
 }
 
 int tokend_grant_check(tokend_client *c, const tokend_grant *gr, uint32_t *remaining_ms)

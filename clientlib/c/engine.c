@@ -72,6 +72,8 @@ static void put64(uint8_t *q, uint64_t v)
 
 int on_bg_thread(struct tokend_client *c)
 {
+	if (c->evloop) /* no thread: "in a callback" (async.c) */
+		return c->in_cb && pthread_equal(pthread_self(), c->cb_thread);
 	return c->thread_started && pthread_equal(pthread_self(), c->thread);
 }
 
@@ -2423,4 +2425,68 @@ void *bg_main(void *arg)
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;
+}
+
+/* ------------------------------------------------------------ no thread (async.c) */
+
+/*
+ * What the background thread's loop does between two waits, for a handle
+ * without one (tokend_process): install a fetched map, send the engine's own
+ * requests when due, keepalives, loss and jeopardy checks, the stash. Returns
+ * when it needs to run next (at most a second from now, as the thread).
+ * Keep it in step with bg_main: a timer added there belongs here too (and
+ * its next time in engine_next).
+ */
+int64_t engine_timers(struct tokend_client *c, int64_t now)
+{
+	while (c->mf.ready && !c->stopping)
+		map_install(c, now);
+	int64_t wake = now + 1000 * NS_PER_MS;
+	for (struct req *r = c->reqs; r; r = r->next) {
+		if (r->owner != OWN_ASYNC || r->abandoned || r->done)
+			continue;
+		if (r->next_send <= now)
+			req_send(c, r, now);
+		wake = min64(wake, r->next_send);
+	}
+	ka_tick(c, now);
+	if (c->sstate == S_OPEN)
+		wake = min64(wake, c->ka_next);
+	check_lost(c, now);
+	wake = min64(wake, c->next_lost_check);
+	if (c->stash)
+		stash_sweep(c, now);
+	return c->ev_head || c->mf.ready ? now : wake;
+}
+
+/* When engine_timers must run next, without running anything (tokend_timeout). */
+int64_t engine_next(struct tokend_client *c, int64_t now)
+{
+	if (c->ev_head || c->mf.ready)
+		return now;
+	int64_t wake = now + 1000 * NS_PER_MS;
+	for (struct req *r = c->reqs; r; r = r->next)
+		if (r->owner == OWN_ASYNC && !r->abandoned && !r->done)
+			wake = min64(wake, r->next_send);
+	if (c->sstate == S_OPEN)
+		wake = min64(wake, c->ka_next);
+	return min64(wake, c->next_lost_check);
+}
+
+/* Read what the socket holds, without waiting (tokend_process). */
+void engine_receive(struct tokend_client *c, int64_t now) { receive(c, now); }
+
+/* Run the queued on_revoke/on_lost/on_jeopardy callbacks on this thread,
+ * which counts as the callback thread meanwhile (on_bg_thread). */
+void engine_dispatch(struct tokend_client *c)
+{
+	if (!c->ev_head)
+		return;
+	int was = c->in_cb;
+	pthread_t t = c->cb_thread;
+	c->in_cb = 1;
+	c->cb_thread = pthread_self();
+	dispatch_events(c);
+	c->in_cb = was;
+	c->cb_thread = t;
 }

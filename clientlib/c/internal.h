@@ -51,9 +51,13 @@ struct reply_grant {
 
 enum { OWN_SYNC, OWN_ASYNC };
 
+struct aop; /* an asynchronous operation (async.c) */
+
 /*
  * One request id's life. Sync requests belong to the application thread
- * waiting for them (it retransmits them and frees them); async ones belong to
+ * waiting for them (it retransmits them and frees them), or to the
+ * asynchronous operation (async.c) that does the same from tokend_process;
+ * async ones belong to
  * the background thread (keepalives, reclaims, cancels, releases made from
  * callbacks, map fetches). Every live request is on c->reqs until it is
  * finished; a finished request no longer holds the ack back.
@@ -320,6 +324,18 @@ struct tokend_client {
 	struct req *reading; /* the request whose thread waits in app_ep, or NULL */
 	int64_t bg_sleep_until; /* the background thread sleeps until then; 0 while it is awake */
 
+	/*
+	 * A handle without a background thread (tokend_connect_ex with
+	 * TOKEND_NO_THREAD, async.c): the application drives the engine with
+	 * tokend_process, and blocking calls drive it while they wait.
+	 */
+	int evloop;          /* read-only after connect */
+	int in_cb;           /* evloop: callbacks are running on cb_thread */
+	pthread_t cb_thread;
+	struct aop *aops;    /* asynchronous operations, oldest first */
+	size_t naops;        /* of them, the ones not finished */
+	uint64_t next_aop;   /* the last operation id given */
+
 	struct tkw_msg tx;  /* scratch for building datagrams */
 	struct tkw_msg aux; /* scratch for re-reading our own datagrams */
 	struct tkw_msg rx;  /* the background thread's decode buffer */
@@ -363,5 +379,43 @@ void grant_handover(struct tokend_client *c, struct grant_rec *g);
 void grant_give_up(struct tokend_client *c, struct grant_rec *g, const tokend_grant *report, int why);
 void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
 			const struct tkn_addr *to, uint32_t shard, uint32_t epoch);
+
+/* ---- engine.c: a handle without a background thread (c->mu held) ---- */
+int64_t engine_timers(struct tokend_client *c, int64_t now);
+int64_t engine_next(struct tokend_client *c, int64_t now);
+void engine_receive(struct tokend_client *c, int64_t now);
+void engine_dispatch(struct tokend_client *c);
+
+/* ---- client.c, shared with async.c (c->mu held) ---- */
+int api_enter(struct tokend_client *c);
+void api_leave(struct tokend_client *c);
+void set_err(struct tokend_client *c, const char *fmt, ...)
+#if defined(__GNUC__)
+	__attribute__((format(printf, 2, 3)))
+#endif
+	;
+void op_name(char *buf, size_t cap, const char *verb, const uint8_t *name, size_t len, int mode);
+void req_failed(struct tokend_client *c, const char *op, const struct req *r, int rc, int64_t t0);
+int64_t wait_deadline(struct tokend_client *c, int64_t wait_ms, int64_t now);
+int ensure_session(struct tokend_client *c, int64_t deadline);
+int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closing_ok, int *handed, int *rc,
+	     int64_t *until);
+int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
+		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,
+		 int64_t *until);
+int acquire_req(struct tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
+		uint64_t end, int64_t wait_ms, struct req **out);
+int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,
+		size_t value_len, struct req **out, int *down);
+int release_req(struct tokend_client *c, const tokend_grant *gr, const void *value, size_t value_len,
+		struct req **out);
+
+/* ---- async.c (c->mu held) ---- */
+/* Wait until `until` at most for something to happen, driving the engine
+ * (a handle without thread: blocking calls wait this way). */
+void evl_drive(struct tokend_client *c, int64_t until);
+/* tokend_close: every operation in flight ends with TOKEND_ECLOSED, its
+ * callback called. */
+void aops_close(struct tokend_client *c);
 
 #endif

@@ -65,6 +65,48 @@
  * negative = error); tokend_strerror names it. errno is never the only error
  * report (it is left as the system calls set it).
  *
+ * EVENT LOOPS. A handle opened with tokend_connect_ex(opts, TOKEND_NO_THREAD,
+ * &c) has no background thread: the application's event loop drives it, in
+ * the manner of c-ares, and may keep many requests in flight from one thread:
+ *
+ *   poll tokend_fd(c) for reading, with a timeout of tokend_timeout(c) ms
+ *   (asked again after every call on the handle: a call may start a timer);
+ *   call tokend_process(c) when it is readable or the timeout has passed.
+ *
+ * tokend_process reads the datagrams that are ready (it never waits), runs
+ * the timers (retransmissions, keepalives and session renewal, re-polls of
+ * queued requests, jeopardy and loss), and calls the callbacks that are due,
+ * on the calling thread: first the completion callbacks of asynchronous
+ * operations (tokend_acquire_async, tokend_release_async,
+ * tokend_convert_async), oldest first, then on_revoke, on_jeopardy and
+ * on_lost. If nothing calls tokend_process, nothing is renewed: grants and
+ * the session run out as if the network were down (on_jeopardy, on_lost
+ * when it is called again). tokend_timeout is at most 1000 ms while a
+ * session is open.
+ *
+ * Callbacks of a no-thread handle (completions and on_*) follow the rules
+ * of THREADS above for callbacks: they must not block; tokend_release, a
+ * downgrading tokend_convert, the *_async calls, tokend_cancel_async and
+ * the helpers may be called from them; calls that would wait
+ * (tokend_acquire, an upgrading tokend_convert, tokend_close,
+ * tokend_process) return TOKEND_ECALLBACK. A completion callback is called
+ * exactly once for every start call that returned TOKEND_OK, never from
+ * within that call.
+ *
+ * The blocking calls work on a no-thread handle too: while one waits it does
+ * tokend_process's work itself (so callbacks may be called from inside it,
+ * on that thread), until its own request completes. tokend_connect_ex
+ * itself blocks (the map fetch and SESSION_OPEN, within connect_timeout_ms,
+ * as tokend_connect), and so does an asynchronous acquire started after the
+ * session ran out: it opens a new one first (from a callback it returns
+ * TOKEND_ECALLBACK instead). A no-thread handle is meant for one thread, the
+ * event loop's; other threads may call tokend_grant_check, tokend_last_error,
+ * tokend_get_stats and tokend_session_id. tokend_close completes every
+ * operation in flight with TOKEND_ECLOSED (its callback called, from inside
+ * tokend_close), ends the session and frees everything. Multicast discovery
+ * needs the background thread (TOKEND_ENOTSUP with TOKEND_NO_THREAD).
+ * clientlib/c/examples/eventloop.c shows a poll() loop.
+ *
  * Not fork-safe: a child process must not use its parent's handles.
  */
 #ifndef TOKEND_H
@@ -273,6 +315,18 @@ TOKEND_API void tokend_options_init(tokend_options *o);
  */
 TOKEND_API int tokend_connect(const tokend_options *opts, tokend_client **out);
 
+/* tokend_connect_ex flags. */
+#define TOKEND_NO_THREAD 0x1u /* no background thread: the application drives the handle (EVENT LOOPS) */
+
+/*
+ * tokend_connect with flags (0: the same as tokend_connect). With
+ * TOKEND_NO_THREAD the handle has no background thread (see EVENT LOOPS);
+ * connect still blocks until the session is open. Errors: as tokend_connect;
+ * TOKEND_EINVAL for unknown flags, TOKEND_ENOTSUP for TOKEND_NO_THREAD with
+ * multicast.
+ */
+TOKEND_API int tokend_connect_ex(const tokend_options *opts, unsigned flags, tokend_client **out);
+
 /*
  * Acquire token `name` (1..255 bytes) in `mode` over the whole token.
  * wait_ms: TOKEND_TRY (answer at once, never queue), a limit in ms, or
@@ -451,6 +505,92 @@ typedef struct tokend_fence_claims {
  */
 TOKEND_API int tokend_fence_proof_verify(const unsigned char *pub32, const unsigned char *proof, size_t len,
 					 tokend_fence_claims *out);
+
+/*
+ * ---- Event loops (see EVENT LOOPS above): handles opened with
+ * TOKEND_NO_THREAD. On a handle with a background thread these calls return
+ * TOKEND_ENOTSUP (tokend_timeout: -1). ----
+ */
+
+/* The descriptor to poll for reading (a UDP socket; do not read it, close it
+ * or change its flags). TOKEND_EINVAL for NULL. */
+TOKEND_API int tokend_fd(tokend_client *c);
+
+/* Milliseconds until tokend_process must run (rounded up; 0: now), at most
+ * 1000 while a session is open; -1 if never (NULL, a handle with a thread,
+ * or closing). Ask again after every call on the handle. */
+TOKEND_API int64_t tokend_timeout(tokend_client *c);
+
+/* Read the datagrams that are ready, run the timers that are due, call the
+ * callbacks that are due (see EVENT LOOPS). Never waits. TOKEND_OK, or
+ * TOKEND_EINVAL, TOKEND_ENOTSUP, TOKEND_ECALLBACK (from a callback: nothing
+ * done), TOKEND_ECLOSED. */
+TOKEND_API int tokend_process(tokend_client *c);
+
+/*
+ * Completion of an asynchronous operation: status is what the blocking call
+ * would have returned. g: acquire: the grant on TOKEND_OK (keep a copy), NULL
+ * otherwise; release: the grant that was passed; convert: the grant after
+ * the conversion on TOKEND_OK (replace your copy with it: an upgrade has a
+ * new fence), else as it stands (a downgrade is applied at once in any
+ * case). g is valid during the call only.
+ */
+typedef void (*tokend_done_fn)(tokend_client *c, int status, const tokend_grant *g, void *arg);
+
+/* Asynchronous operations a handle takes at once (acquires, converts and
+ * releases not yet completed; also the most requests it has unfinished on
+ * its session when one starts, withdrawn ones waiting for their CANCEL's
+ * answer included): the session's 256 request ids (wire/SPEC.md section 11)
+ * less a reserve for keepalives, CANCELs and renewals. */
+#define TOKEND_MAX_ASYNC 224
+
+/*
+ * Start acquiring, as tokend_acquire_range (same arguments, same waiting,
+ * timing, validity on completion and errors), without waiting: cb(c,
+ * status, grant, arg) is called once from tokend_process when it is done.
+ * *id (if id != NULL) gets the operation's id for tokend_cancel_async
+ * (ids are never 0 and never reused by the handle). Returns TOKEND_OK
+ * (started), or without calling cb: TOKEND_EINVAL (cb NULL, a bad name,
+ * mode, range or wait), TOKEND_ENOTSUP (a handle with a thread),
+ * TOKEND_ELIMIT (TOKEND_MAX_ASYNC in flight), TOKEND_ENOMEM,
+ * TOKEND_ECLOSED, TOKEND_ECALLBACK (from a callback while the session must
+ * be opened again), or an error opening a new session.
+ */
+TOKEND_API int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, tokend_mode mode,
+				    uint64_t start, uint64_t end, int64_t wait_ms, tokend_done_fn cb, void *arg,
+				    uint64_t *id);
+
+/*
+ * Start releasing g, as tokend_release (value copied); the grant is given
+ * up locally at once; cb gets what tokend_release would have returned.
+ * Errors known at once (TOKEND_ENOTHELD, TOKEND_ELOST, TOKEND_EINVAL...)
+ * are returned without calling cb, as for acquire.
+ */
+TOKEND_API int tokend_release_async(tokend_client *c, const tokend_grant *g, const void *value,
+				    size_t value_len, tokend_done_fn cb, void *arg, uint64_t *id);
+
+/*
+ * Start converting g to mode, as tokend_convert (waiting as it does; value
+ * copied). *g is not changed: cb gets the converted grant. Errors known at
+ * once (TOKEND_ENOTHELD, TOKEND_EJEOPARDY, TOKEND_ESESSION...) are returned
+ * without calling cb.
+ */
+TOKEND_API int tokend_convert_async(tokend_client *c, const tokend_grant *g, tokend_mode mode, int64_t wait_ms,
+				    const void *value, size_t value_len, tokend_done_fn cb, void *arg,
+				    uint64_t *id);
+
+/*
+ * Withdraw the acquire or upgrading convert `id`: a request already sent is
+ * withdrawn with CANCEL (wire/SPEC.md section 12), as a blocking call does
+ * when its wait runs out, and a grant that came meanwhile is given back.
+ * Its callback is then called from the next tokend_process with
+ * TOKEND_ECANCELED, or with the error it had already got; never TOKEND_OK.
+ * An upgrade withdrawn after the worker may have granted it loses the grant
+ * (on_lost), as with tokend_convert. Returns TOKEND_OK, TOKEND_ENOTHELD (no
+ * such operation in flight: finished, or never started), TOKEND_ENOTSUP (a
+ * release or downgrade: they do not wait), TOKEND_EINVAL (NULL, id 0).
+ */
+TOKEND_API int tokend_cancel_async(tokend_client *c, uint64_t id);
 
 /* Human-readable text of a status code; never NULL. */
 TOKEND_API const char *tokend_strerror(int status);

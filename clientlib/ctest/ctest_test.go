@@ -123,7 +123,9 @@ var programs = map[string]string{
 	"test_ann":        "tests/test_ann.c",
 	"tokend-discover": "tests/discover.c",
 	"tokend-e2e":      "tests/e2e.c",
-	"revoke":          "examples/revoke.c", // includes <tokend.h>, as installed
+	"tokend-evloop":   "tests/evloop.c",
+	"eventloop":       "examples/eventloop.c", // includes <tokend.h>, as installed
+	"revoke":          "examples/revoke.c",    // includes <tokend.h>, as installed
 	"tokend-lock":     "tokend-lock.c",
 }
 
@@ -160,7 +162,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "fenceproof.c", "ann.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "async.c", "fenceproof.c", "ann.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup
