@@ -2353,27 +2353,7 @@ void *bg_main(void *arg)
 	pthread_mutex_lock(&c->mu);
 	while (!c->stopping) {
 		int64_t now = tkn_now();
-		if (c->mf.ready) {
-			map_install(c, now);
-			continue;
-		}
-		/* timers */
-		int64_t wake = now + 1000 * NS_PER_MS;
-		for (struct req *r = c->reqs; r; r = r->next) {
-			if (r->owner != OWN_ASYNC || r->abandoned || r->done)
-				continue;
-			if (r->next_send <= now)
-				req_send(c, r, now);
-			wake = min64(wake, r->next_send);
-		}
-		ka_tick(c, now);
-		if (c->sstate == S_OPEN)
-			wake = min64(wake, c->ka_next);
-		wake = min64(wake, done_tick(c, now));
-		check_lost(c, now);
-		wake = min64(wake, c->next_lost_check);
-		if (c->stash)
-			stash_sweep(c, now);
+		int64_t wake = engine_timers(c, now); /* the same timers as tokend_process */
 		if (c->ev_head) {
 			dispatch_events(c);
 			continue;
@@ -2434,8 +2414,8 @@ void *bg_main(void *arg)
  * without one (tokend_process): install a fetched map, send the engine's own
  * requests when due, keepalives, loss and jeopardy checks, the stash. Returns
  * when it needs to run next (at most a second from now, as the thread).
- * Keep it in step with bg_main: a timer added there belongs here too (and
- * its next time in engine_next).
+ * bg_main runs it too, so both kinds of handle run the same timers; a timer
+ * added here needs its next time in engine_next as well.
  */
 int64_t engine_timers(struct tokend_client *c, int64_t now)
 {
@@ -2452,6 +2432,7 @@ int64_t engine_timers(struct tokend_client *c, int64_t now)
 	ka_tick(c, now);
 	if (c->sstate == S_OPEN)
 		wake = min64(wake, c->ka_next);
+	wake = min64(wake, done_tick(c, now));
 	check_lost(c, now);
 	wake = min64(wake, c->next_lost_check);
 	if (c->stash)
@@ -2468,8 +2449,11 @@ int64_t engine_next(struct tokend_client *c, int64_t now)
 	for (struct req *r = c->reqs; r; r = r->next)
 		if (r->owner == OWN_ASYNC && !r->abandoned && !r->done)
 			wake = min64(wake, r->next_send);
-	if (c->sstate == S_OPEN)
+	if (c->sstate == S_OPEN) {
 		wake = min64(wake, c->ka_next);
+		for (int i = 0; c->map.have && i < c->ndone; i++)
+			wake = min64(wake, c->done[i].next); /* done_tick */
+	}
 	return min64(wake, c->next_lost_check);
 }
 
