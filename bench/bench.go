@@ -149,7 +149,7 @@ func FullConfig() Config {
 	c.FailoverKills = 10
 	c.SessionLevels = []int{1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000}
 	c.SessionHold = 20 * time.Second // two session TTLs: six renewals each
-	c.AuthRounds = 5
+	c.AuthRounds = 9
 	return c
 }
 

@@ -124,6 +124,7 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 		if l.ops > 0 {
 			res.metric("handoff", 1e6/l.rate(), "µs")
 		}
+		res.cpuMetrics(&l)
 		out = append(out, res)
 	}
 	return out, nil

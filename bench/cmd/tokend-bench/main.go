@@ -50,12 +50,13 @@ func run() error {
 		warmup   = flag.Duration("warmup", 0, "unmeasured warm-up before each window")
 		shards   = flag.Int("shards", 0, "shards per tokend cluster (default 256)")
 		held     = flag.String("held", "", "held-set sizes, comma-separated (default 1000,100000,1000000; full adds 10000000)")
+		rounds   = flag.Int("authrounds", 0, "noauth: rounds of the auth on / off comparison, alternating which goes first (default 3 quick, 9 full)")
 		kills    = flag.Int("kills", 0, "failover: how many times to kill -9 a worker process (default 2 quick, 10 full)")
 		quiet    = flag.Bool("quiet", false, "no progress lines even on a terminal")
 	)
 	flag.Parse()
 	cfg := bench.Config{Quick: *quick, Clients: *clients, Duration: *window, Warmup: *warmup, Shards: *shards,
-		FailoverKills: *kills}
+		FailoverKills: *kills, AuthRounds: *rounds}
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
 		for _, o := range cfg.Only {
