@@ -39,19 +39,23 @@ func (c *Client) markDoneLocked(old, m *dmap) {
 			c.done[r.addr] = &doneState{}
 		}
 	}
-	// A worker the map no longer names is owed nothing.
+	// A worker the map no longer names is owed nothing (one with a DONE
+	// in flight is forgotten when that DONE ends: sendDone).
 	for addr := range c.done {
-		named := false
-		for _, w := range m.workers {
-			if w == addr {
-				named = true
-				break
-			}
-		}
-		if !named && !c.done[addr].inflight {
+		if !m.names(addr) && !c.done[addr].inflight {
 			delete(c.done, addr)
 		}
 	}
+}
+
+// names reports whether m lists the worker at addr.
+func (m *dmap) names(addr netip.AddrPort) bool {
+	for _, w := range m.workers {
+		if w == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // doneReadyLocked reports whether every reclaim this client owes addr has
@@ -104,6 +108,12 @@ func (c *Client) sendDone(addr netip.AddrPort, v uint64) {
 	if d := c.done[addr]; d != nil {
 		d.inflight = false
 		switch {
+		case c.dm == nil || !c.dm.names(addr):
+			// The map left that worker out while the DONE was on its way
+			// (markDoneLocked kept it then): it is owed nothing now, and
+			// without this a DONE it never answers would be retried until
+			// some later map came.
+			delete(c.done, addr)
 		case !ok:
 			d.next = c.now().Add(c.kaInterval())
 		case c.dm != nil && c.dm.version == v:

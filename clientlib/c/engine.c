@@ -1087,6 +1087,20 @@ static void done_owe(struct tokend_client *c, const struct tkn_addr *a)
  */
 static void done_mark(struct tokend_client *c, const struct shard_map *nm)
 {
+	/* A worker nm no longer names is owed nothing (as in the Go client):
+	 * without this a DONE owed to a worker that died or left before
+	 * answering would be sent every keepalive period for good, and hold
+	 * one of the TKN_MAX_DONE slots, so that after enough such workers
+	 * no recovering worker would hear a DONE from this handle again. */
+	for (int i = 0; i < c->ndone;) {
+		int named = 0;
+		for (size_t k = 0; k < nm->nworkers && !named; k++)
+			named = nm->workers[k].resolved && tkn_addr_equal(&nm->workers[k].a, &c->done[i].a);
+		if (named)
+			i++;
+		else
+			c->done[i] = c->done[--c->ndone];
+	}
 	const struct shard_map *om = &c->map;
 	for (uint32_t s = 0; s < nm->shard_count; s++) {
 		if (nm->owner[s] == TKW_NO_WORKER || nm->epoch[s] <= 1)

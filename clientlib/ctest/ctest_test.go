@@ -652,6 +652,10 @@ type fake struct {
 	// since the last crash, per worker: what it received of RECLAIM
 	// applied ("r") and KEEPALIVE with DONE ("d"), in order (guarded by mu)
 	order map[int]string
+	// per worker: the KEEPALIVEs with DONE it received, and the newest map
+	// version a client's request to it carried (guarded by mu)
+	dones   map[int]int
+	clientV map[int]uint64
 }
 
 // newFake starts nworkers fake workers: 64 shards in four runs with epochs
@@ -664,7 +668,7 @@ func newFake(t *testing.T, nworkers int) *fake {
 // newFakeCache is newFake with the workers' reply caches bounded to
 // replyCache replies per session (0: the default).
 func newFakeCache(t *testing.T, nworkers, replyCache int) *fake {
-	f := &fake{counts: map[string]int{}, order: map[int]string{}}
+	f := &fake{counts: map[string]int{}, order: map[int]string{}, dones: map[int]int{}, clientV: map[int]uint64{}}
 	c, err := fakeworker.New(fakeworker.Config{Workers: nworkers, Shards: fakeShards, SessionTTL: fakeSessionTTL,
 		WorkerTTL: fakeW, Validity: fakeW - fakeMargin, Grace: fakeGrace, RunsPerPage: 1, ReplyCache: replyCache,
 		Seed: uint64(time.Now().UnixNano()), Trace: f.observe})
@@ -699,6 +703,10 @@ func (f *fake) observe(e fakeworker.Event) {
 		if e.Err == nil && h.Type == wire.TypeKeepalive && h.Flags&wire.FlagDone != 0 {
 			f.counts["done"]++
 			f.order[e.Worker] += "d"
+			f.dones[e.Worker]++
+		}
+		if e.Err == nil && h.Type.IsRequest() {
+			f.clientV[e.Worker] = max(f.clientV[e.Worker], h.MapVersion)
 		}
 	case fakeworker.Resent:
 		f.counts["cached"]++
@@ -1117,6 +1125,67 @@ func TestFakeWorker(t *testing.T) {
 			t.Run("long-wait", func(t *testing.T) {
 				f := newFake(t, 2)
 				longWait(t, bin, f.at(0), "longwait", 3*fakeSessionTTL, fakeW)
+			})
+			t.Run("done-forgets-departed-worker", func(t *testing.T) {
+				// A DONE owed to a worker that never answered it is
+				// forgotten once the map no longer names that worker (SPEC
+				// §13, "Early end of grace"; as the Go client does): it is
+				// not sent there every keepalive period for good, holding
+				// one of the handle's TKN_MAX_DONE slots.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				p := start(t, f.at(0), bin, "hold", f.NameOn("held", 0), "15000")
+				p.expect(t, "fence", 10*time.Second)
+				f.waitDones()
+				waitClientMap := func(v uint64) {
+					t.Helper()
+					for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+						f.mu.Lock()
+						seen := f.clientV[0]
+						f.mu.Unlock()
+						if seen >= v {
+							return
+						}
+						if time.Now().After(deadline) {
+							t.Fatalf("the client did not install map version %d (it says %d)", v, seen)
+						}
+					}
+				}
+				// Worker 1 hangs; its shards come back there at new epochs,
+				// so the client owes it a DONE it cannot deliver.
+				f.SetMuted(1, true)
+				f.Reassign(fakeworker.Fresh, func(_ uint32, o int, e uint32) (int, uint32) {
+					if o == 1 {
+						return 1, e + 1
+					}
+					return o, e
+				})
+				waitClientMap(f.MapVersion())
+				// Then the map drops worker 1: its shards go to worker 0.
+				f.Reassign(fakeworker.Fresh, func(_ uint32, o int, e uint32) (int, uint32) {
+					if o == 1 {
+						return 0, e + 1
+					}
+					return o, e
+				})
+				waitClientMap(f.MapVersion())
+				// Keepalives (DONE among them) still unanswered are given up
+				// at the next keepalive tick, min(S, W)/3 = 500 ms (waited
+				// for with room to spare on a loaded machine).
+				time.Sleep(2 * fakeW)
+				f.mu.Lock()
+				before := f.dones[1]
+				f.mu.Unlock()
+				f.SetMuted(1, false)
+				time.Sleep(2 * fakeW) // three keepalive periods
+				f.mu.Lock()
+				after := f.dones[1]
+				f.mu.Unlock()
+				if after != before {
+					t.Errorf("worker 1, which the map no longer names, received %d DONEs after it came back", after-before)
+				}
+				p.expect(t, "released", 20*time.Second)
+				p.wait(t, 10*time.Second)
 			})
 			t.Run("shard-move", func(t *testing.T) {
 				f := newFake(t, 2)
