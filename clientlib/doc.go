@@ -169,7 +169,10 @@
 //     revokes it within a round trip, but a Try or Wait(0) of a conflicting
 //     mode fails with ErrConflict while it is cached (a TRY sends no
 //     REVOKE): applications that poll with Try across clients should leave
-//     the cache off, or lower TokenCacheIdle.
+//     the cache off, or lower TokenCacheIdle. The same holds for this
+//     client's own Try for a moment after its cache gave a conflicting
+//     grant of the name back (evicted, idle, or revoked): that RELEASE may
+//     still be on its way.
 //   - Bounded: at most Config.TokenCache grants, least
 //     recently released given back first, and none kept longer than
 //     Config.TokenCacheIdle (default 30 s, counted from the maintenance

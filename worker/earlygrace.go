@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -112,17 +113,29 @@ func (w *Worker) readLive(ctx context.Context, gt *grace.Tracker, gen uint64) {
 	).Commit()
 	var sessions []uint64
 	registered := map[string]bool{} // id/incarnation (hex), as formatInc writes it
-	if err == nil && len(resp.Responses) == 2 {
+	if err == nil && len(resp.Responses) != 2 {
+		err = fmt.Errorf("etcd answered %d ranges, want 2", len(resp.Responses))
+	}
+	// Anything this read cannot make sense of keeps the full grace period
+	// (an error here ends nothing early): a session key that does not
+	// parse may still be a live session, and a registration that does not
+	// parse may still be the previous owner's.
+	if err == nil {
 		for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 			id, perr := cluster.ParseSession(strings.TrimPrefix(string(kv.Key), cluster.ClientsPrefix))
-			if perr == nil && id != 0 {
-				sessions = append(sessions, id)
+			if perr != nil || id == 0 {
+				err = fmt.Errorf("session key %q: not a session id", kv.Key)
+				break
 			}
+			sessions = append(sessions, id)
 		}
+	}
+	if err == nil {
 		for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 			var doc cluster.Worker
-			if json.Unmarshal(kv.Value, &doc) != nil {
-				continue
+			if jerr := json.Unmarshal(kv.Value, &doc); jerr != nil {
+				err = fmt.Errorf("registration %q: %w", kv.Key, jerr)
+				break
 			}
 			registered[doc.ID+"/"+doc.Incarnation] = true
 		}
