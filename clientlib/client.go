@@ -467,14 +467,5 @@ func (c *Client) sendGrantAck(h wire.Header, target uint64, from netip.AddrPort,
 		Ack: c.ackLocked(c.nextReq), Shard: h.Shard, Epoch: h.Epoch, MapVersion: c.mapVer.Load()}
 	ua := c.udpAddrLocked(from)
 	c.mu.Unlock()
-	out, err := wire.GrantAck{Target: target}.Append(out[:0], ah)
-	if err == nil {
-		err = c.sealSession(out)
-	}
-	if err != nil {
-		c.log.Error("cannot encode GRANT_ACK", "err", err)
-		return out
-	}
-	c.write(out, ua)
-	return out
+	return c.sendAck(ah, target, ua, out)
 }

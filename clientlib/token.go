@@ -1115,7 +1115,7 @@ func (c *Client) onRevoke(h wire.Header, m *wire.Revoke, from netip.AddrPort, ou
 	if !ack {
 		return out
 	}
-	return c.sendRevokeAck(ah, h.Request, ua, out)
+	return c.sendAck(ah, h.Request, ua, out)
 }
 
 // revokeLocked does onRevoke's work under c.mu and returns the header of
@@ -1164,14 +1164,21 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 	return ah, ua, true, run
 }
 
-// sendRevokeAck acknowledges the REVOKE with id target; out is a send buffer.
-func (c *Client) sendRevokeAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []byte) []byte {
-	out, err := wire.RevokeAck{Target: target}.Append(out[:0], ah)
+// sendAck seals and sends a one-way acknowledgement of request target
+// with header ah: REVOKE_ACK or GRANT_ACK, as ah.Type says. out is a send
+// buffer.
+func (c *Client) sendAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []byte) []byte {
+	var err error
+	if ah.Type == wire.TypeGrantAck {
+		out, err = wire.GrantAck{Target: target}.Append(out[:0], ah)
+	} else {
+		out, err = wire.RevokeAck{Target: target}.Append(out[:0], ah)
+	}
 	if err == nil {
 		err = c.sealSession(out)
 	}
 	if err != nil {
-		c.log.Error("cannot encode REVOKE_ACK", "err", err)
+		c.log.Error("cannot encode "+ah.Type.String(), "err", err)
 		return out
 	}
 	c.write(out, ua)
@@ -1241,7 +1248,7 @@ func (c *Client) unparkLocked(name string) {
 			}
 			c.mu.Unlock()
 			if ack {
-				out = c.sendRevokeAck(ah, p.h.Request, ua, out)
+				out = c.sendAck(ah, p.h.Request, ua, out)
 			}
 		}
 		if last != nil {

@@ -480,11 +480,14 @@ type Cancel struct {
 	Target uint64 // request id of the ACQUIRE/CONVERT: 0 < Target < header Request
 }
 
-// check: the target is an earlier request of the session. It may lie
-// below the ack: a request answered QUEUED does not hold the ack back
-// (SPEC §11).
-func (m Cancel) check(h *Header) error {
-	if m.Target == 0 || m.Target >= h.Request {
+// check: the target is an earlier request of the session (earlier).
+func (m Cancel) check(h *Header) error { return earlier(m.Target, h) }
+
+// earlier checks the target of a CANCEL or GRANT_ACK: an earlier request
+// of the session, 0 < target < the header's request id. It may lie below
+// the ack: a request answered QUEUED does not hold the ack back (SPEC §11).
+func earlier(target uint64, h *Header) error {
+	if target == 0 || target >= h.Request {
 		return errTarget
 	}
 	return nil
@@ -598,12 +601,7 @@ type GrantAck struct {
 	Target uint64 // request id of the ACQUIRE/CONVERT: 0 < Target < header Request
 }
 
-func (m GrantAck) check(h *Header) error {
-	if m.Target == 0 || m.Target >= h.Request {
-		return errTarget
-	}
-	return nil
-}
+func (m GrantAck) check(h *Header) error { return earlier(m.Target, h) }
 
 // Append appends a GRANT_ACK datagram.
 func (m GrantAck) Append(dst []byte, h Header) ([]byte, error) {

@@ -237,32 +237,24 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.handleKeepalive(ob, s, h, pkt, from)
 	case wire.TypeSessionClose:
 		w.handleClose(ob, s, h, pkt, from)
-	case wire.TypeRevokeAck:
-		var m wire.RevokeAck
-		if err := m.Decode(h, pkt); err != nil {
+	case wire.TypeRevokeAck, wire.TypeGrantAck:
+		// One-way and not cached. REVOKE_ACK stops the REVOKE with id
+		// target; GRANT_ACK says the client has the outcome of queued
+		// request target: its GRANT_ASYNC is not sent again, and its
+		// cached outcome may go (wire/SPEC.md sections 11, 12).
+		target, err := ackTarget(h, pkt)
+		if err != nil {
 			w.met.drop(wire.Reason(err))
 			return
 		}
 		s.core.Ack(h.Ack, ob.now)
 		s.core.Mark(h.Request)
 		s.addr = from
-		s.core.AckRevoke(m.Target)
-		w.trackRevokes(s)
-		w.met.op(h.Type, wire.StatusOK)
-	case wire.TypeGrantAck:
-		// The client has the outcome of queued request m.Target: its
-		// GRANT_ASYNC is not sent again, and its cached outcome may go
-		// (wire/SPEC.md sections 11, 12). One-way, not cached, like
-		// REVOKE_ACK.
-		var m wire.GrantAck
-		if err := m.Decode(h, pkt); err != nil {
-			w.met.drop(wire.Reason(err))
-			return
+		if h.Type == wire.TypeRevokeAck {
+			s.core.AckRevoke(target)
+		} else {
+			s.core.AckOutcome(target)
 		}
-		s.core.Ack(h.Ack, ob.now)
-		s.core.Mark(h.Request)
-		s.addr = from
-		s.core.AckOutcome(m.Target)
 		w.trackRevokes(s)
 		w.met.op(h.Type, wire.StatusOK)
 	default:
@@ -631,4 +623,17 @@ func (w *Worker) handleMap(ob *outbox, h wire.Header, pkt []byte, from *net.UDPA
 // now) is sent as "no owner" (SPEC §15): the client waits and asks again.
 func (w *Worker) mapReply(first uint32) wire.MapReply {
 	return delegation.Page(w.dmap, w.runs, uint32(len(w.shards)), first, uint32(w.cluster.GraceMs), w.addrOf)
+}
+
+// ackTarget decodes a REVOKE_ACK or GRANT_ACK body: the request id it
+// acknowledges.
+func ackTarget(h wire.Header, pkt []byte) (uint64, error) {
+	if h.Type == wire.TypeGrantAck {
+		var m wire.GrantAck
+		err := m.Decode(h, pkt)
+		return m.Target, err
+	}
+	var m wire.RevokeAck
+	err := m.Decode(h, pkt)
+	return m.Target, err
 }

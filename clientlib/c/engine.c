@@ -886,42 +886,18 @@ static void stash_sweep(struct tokend_client *c, int64_t now)
 	}
 }
 
-static void send_revoke_ack(struct tokend_client *c, const struct tkw_msg *rv, const struct tkn_addr *src)
-{
-	/* A fresh request id, finished as soon as sent (SPEC 11 "Exceptions"). */
-	uint64_t id = c->next_id++;
-	uint64_t ack = oldest_unfinished(c, c->session);
-	struct tkw_msg *m = &c->tx;
-	memset(m, 0, sizeof *m);
-	m->h.type = TKW_REVOKE_ACK;
-	m->h.session = c->session;
-	m->h.request = id;
-	m->h.ack = ack < id ? ack : id;
-	m->h.shard = rv->h.shard;
-	m->h.epoch = rv->h.epoch;
-	m->h.map_version = c->map.version;
-	m->target = rv->h.request;
-	uint8_t dg[TKW_HEADER_LEN + 8];
-	size_t len;
-	if (tkw_encode(m, dg, sizeof dg, &len) != TKW_OK)
-		return;
-	seal(dg, len, c->keyed ? &c->sess_c2w : NULL);
-	if (sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
-		/* lost: the worker retransmits the REVOKE */
-	}
-}
-
-/* GRANT_ACK: the outcome of queued request `target` arrived in m (a
- * GRANT_ASYNC, or the final reply to a re-poll); the worker stops
- * retransmitting it and may forget it (SPEC 11, 12). A fresh request id,
- * finished as soon as sent, and m's shard and epoch. */
-static void send_grant_ack(struct tokend_client *c, const struct tkw_msg *m, uint64_t target, const struct tkn_addr *src)
+/* A one-way acknowledgement, REVOKE_ACK or GRANT_ACK of request `target`,
+ * with the shard and epoch of m, the datagram it answers. A fresh request id,
+ * finished as soon as sent (SPEC 11 "Exceptions"). If it is lost, the worker
+ * sends m again (or the re-poll comes again). */
+static void send_ack(struct tokend_client *c, uint8_t type, const struct tkw_msg *m, uint64_t target,
+		     const struct tkn_addr *src)
 {
 	uint64_t id = c->next_id++;
 	uint64_t ack = oldest_unfinished(c, c->session);
 	struct tkw_msg *a = &c->tx;
 	memset(a, 0, sizeof *a);
-	a->h.type = TKW_GRANT_ACK;
+	a->h.type = type;
 	a->h.session = c->session;
 	a->h.request = id;
 	a->h.ack = ack < id ? ack : id;
@@ -935,7 +911,7 @@ static void send_grant_ack(struct tokend_client *c, const struct tkw_msg *m, uin
 		return;
 	seal(dg, len, c->keyed ? &c->sess_c2w : NULL);
 	if (sendto(c->fd, dg, len, 0, (const struct sockaddr *)&src->sa, src->len) < 0) {
-		/* lost: the worker retransmits the GRANT_ASYNC, or the re-poll comes again */
+		/* lost: the worker sends m again, or the re-poll comes again */
 	}
 }
 
@@ -945,7 +921,7 @@ static void on_revoke(struct tokend_client *c, const struct tkw_msg *m, const st
 		c->drops++;
 		return;
 	}
-	send_revoke_ack(c, m, src);
+	send_ack(c, TKW_REVOKE_ACK, m, m->h.request, src);
 	struct grant_rec *g = grant_find(c, m->name.p, m->name.len, m->fence);
 	if (g && g->state != G_LOST) {
 		deliver_revoke(c, g, m->mode, m->start, m->end);
@@ -1733,7 +1709,7 @@ static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, con
 	}
 	if (t == TKW_GRANT_ASYNC && c->sstate == S_OPEN && m->h.session == c->session)
 		/* whatever becomes of it (a duplicate, an abandoned request's) */
-		send_grant_ack(c, m, m->h.request, src);
+		send_ack(c, TKW_GRANT_ACK, m, m->h.request, src);
 	struct req *r;
 	for (r = c->reqs; r; r = r->next) {
 		if (r->id != m->h.request || r->done || (r->in_session && !r->counted))
@@ -1756,7 +1732,7 @@ static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, con
 		return;
 	}
 	if (r->exempt && t != TKW_GRANT_ASYNC && m->h.status != TKW_ST_QUEUED && !tkw_status_retryable(m->h.status))
-		send_grant_ack(c, m, r->id, src); /* a queued request's outcome, by a re-poll */
+		send_ack(c, TKW_GRANT_ACK, m, r->id, src); /* a queued request's outcome, by a re-poll */
 	on_reply(c, r, m, now);
 }
 
