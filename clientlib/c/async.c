@@ -312,6 +312,40 @@ static int valid_grant(const tokend_grant *g)
 	return g && valid_name(g->name, g->name_len) && tkw_fence_valid(g->fence);
 }
 
+/* The start of every asynchronous call, once its arguments are checked:
+ * c->mu taken, the call entered (api_enter) and an operation of kind made.
+ * On failure nothing is held. */
+static int aop_start(tokend_client *c, int kind, tokend_done_fn cb, void *arg, struct aop **op)
+{
+	if (!c->evloop)
+		return TOKEND_ENOTSUP;
+	pthread_mutex_lock(&c->mu);
+	int rc = api_enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	rc = aop_new(c, kind, cb, arg, op);
+	if (rc != TOKEND_OK) {
+		api_leave(c);
+		pthread_mutex_unlock(&c->mu);
+	}
+	return rc;
+}
+
+/* The end of its start: op runs (aop_link) if rc is OK and is freed otherwise; the call
+ * is left and c->mu given back. */
+static int aop_started(tokend_client *c, struct aop *op, int rc, uint64_t *id)
+{
+	if (rc == TOKEND_OK)
+		aop_link(c, op, id);
+	else
+		free(op);
+	api_leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
 int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 			 uint64_t end, int64_t wait_ms, tokend_done_fn cb, void *arg, uint64_t *id)
 {
@@ -324,21 +358,14 @@ int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, to
 		end = TOKEND_WHOLE_END;
 	if (start >= end)
 		return TOKEND_EINVAL;
-	if (!c->evloop)
-		return TOKEND_ENOTSUP;
-	pthread_mutex_lock(&c->mu);
-	int rc = api_enter(c);
-	if (rc != TOKEND_OK) {
-		pthread_mutex_unlock(&c->mu);
-		return rc;
-	}
 	struct aop *op = NULL;
+	int rc = aop_start(c, AOP_ACQUIRE, cb, arg, &op);
+	if (rc != TOKEND_OK)
+		return rc;
 	struct req *r = NULL;
 	int64_t deadline = wait_deadline(c, wait_ms, tkn_now());
 	if (c->sstate != S_OPEN && on_bg_thread(c))
 		rc = TOKEND_ECALLBACK; /* opening a session again waits */
-	if (rc == TOKEND_OK)
-		rc = aop_new(c, AOP_ACQUIRE, cb, arg, &op);
 	if (rc == TOKEND_OK)
 		rc = ensure_session(c, deadline);
 	if (rc == TOKEND_OK)
@@ -347,13 +374,8 @@ int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, to
 		op->r = r;
 		op->deadline = deadline;
 		op_name(op->op, sizeof op->op, "acquire", name, name_len, (int)mode);
-		aop_link(c, op, id);
-	} else {
-		free(op);
 	}
-	api_leave(c);
-	pthread_mutex_unlock(&c->mu);
-	return rc;
+	return aop_started(c, op, rc, id);
 }
 
 int tokend_release_async(tokend_client *c, const tokend_grant *g, const void *value, size_t value_len,
@@ -363,30 +385,18 @@ int tokend_release_async(tokend_client *c, const tokend_grant *g, const void *va
 		*id = 0;
 	if (!c || !cb || !valid_grant(g) || (value && value_len > TOKEND_MAX_VALUE))
 		return TOKEND_EINVAL;
-	if (!c->evloop)
-		return TOKEND_ENOTSUP;
-	pthread_mutex_lock(&c->mu);
-	int rc = api_enter(c);
-	if (rc != TOKEND_OK) {
-		pthread_mutex_unlock(&c->mu);
-		return rc;
-	}
 	struct aop *op = NULL;
+	int rc = aop_start(c, AOP_RELEASE, cb, arg, &op);
+	if (rc != TOKEND_OK)
+		return rc;
 	struct req *r = NULL;
-	rc = aop_new(c, AOP_RELEASE, cb, arg, &op);
-	if (rc == TOKEND_OK)
-		rc = release_req(c, g, value, value_len, &r);
+	rc = release_req(c, g, value, value_len, &r);
 	if (rc == TOKEND_OK) {
 		op->r = r; /* NULL from a callback: the engine's; done */
 		op->g = *g;
 		op_name(op->op, sizeof op->op, "release", g->name, g->name_len, -1);
-		aop_link(c, op, id);
-	} else {
-		free(op);
 	}
-	api_leave(c);
-	pthread_mutex_unlock(&c->mu);
-	return rc;
+	return aop_started(c, op, rc, id);
 }
 
 int tokend_convert_async(tokend_client *c, const tokend_grant *g, tokend_mode mode, int64_t wait_ms,
@@ -397,34 +407,21 @@ int tokend_convert_async(tokend_client *c, const tokend_grant *g, tokend_mode mo
 	if (!c || !cb || !valid_grant(g) || (int)mode < TOKEND_NL || (int)mode > TOKEND_EX ||
 	    wait_ms < TOKEND_WAIT_FOREVER || (value && value_len > TOKEND_MAX_VALUE))
 		return TOKEND_EINVAL;
-	if (!c->evloop)
-		return TOKEND_ENOTSUP;
-	pthread_mutex_lock(&c->mu);
-	int rc = api_enter(c);
-	if (rc != TOKEND_OK) {
-		pthread_mutex_unlock(&c->mu);
-		return rc;
-	}
 	struct aop *op = NULL;
+	int rc = aop_start(c, AOP_CONVERT, cb, arg, &op);
+	if (rc != TOKEND_OK)
+		return rc;
 	struct req *r = NULL;
-	rc = aop_new(c, AOP_CONVERT, cb, arg, &op);
-	if (rc == TOKEND_OK) {
-		op->g = *g;
-		rc = convert_req(c, &op->g, mode, wait_ms, value, value_len, &r, &op->down);
-	}
+	op->g = *g;
+	rc = convert_req(c, &op->g, mode, wait_ms, value, value_len, &r, &op->down);
 	if (rc == TOKEND_OK) {
 		int64_t now = tkn_now();
 		op->r = r; /* NULL from a callback (a downgrade): the engine's; done */
 		op->old = op->g;
 		op->deadline = op->down ? now + c->connect_ns : wait_deadline(c, wait_ms, now);
 		op_name(op->op, sizeof op->op, "convert", g->name, g->name_len, (int)mode);
-		aop_link(c, op, id);
-	} else {
-		free(op);
 	}
-	api_leave(c);
-	pthread_mutex_unlock(&c->mu);
-	return rc;
+	return aop_started(c, op, rc, id);
 }
 
 int tokend_cancel_async(tokend_client *c, uint64_t id)
