@@ -20,6 +20,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../tokend.h"
+#include "check.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -27,33 +28,12 @@
 #include <string.h>
 #include <time.h>
 
-#define CHECK(cond, ...)                                                  \
-	do {                                                              \
-		if (!(cond)) {                                            \
-			printf("FAIL: %s:%d: ", __FILE__, __LINE__);      \
-			printf(__VA_ARGS__);                              \
-			printf("\n");                                     \
-			fflush(stdout);                                   \
-			exit(1);                                          \
-		}                                                         \
-	} while (0)
-
-#define CHECK_RC(rc, want, what) \
-	CHECK((rc) == (want), "%s: got %s (%d), want %s", what, tokend_strerror(rc), rc, tokend_strerror(want))
-
 /* The acceptance bound, and how long a waiter may wait at all. */
 #define BOUND_MS 1000
 #define WAIT_MS 10000
 
 static const char *const *seeds;
 static size_t nseeds;
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int ms)
 {

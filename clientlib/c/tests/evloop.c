@@ -33,6 +33,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "../tokend.h"
+#include "check.h"
 
 #include <inttypes.h>
 #include <poll.h>
@@ -45,27 +46,6 @@
 
 static const char *addr;
 static char suffix[32];
-
-#define CHECK(cond, ...)                                             \
-	do {                                                         \
-		if (!(cond)) {                                       \
-			printf("FAIL: %s:%d: ", __FILE__, __LINE__); \
-			printf(__VA_ARGS__);                         \
-			printf("\n");                                \
-			fflush(stdout);                              \
-			exit(1);                                     \
-		}                                                    \
-	} while (0)
-
-#define CHECK_RC(rc, want, what) \
-	CHECK((rc) == (want), "%s: got %s (%d), want %s", what, tokend_strerror(rc), rc, tokend_strerror(want))
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void name_of(char *buf, size_t cap, const char *base, int i)
 {
