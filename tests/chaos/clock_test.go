@@ -184,7 +184,7 @@ func TestScenario9ClockSkew(t *testing.T) {
 			t.Logf("client %d: clock offset %v, rate %.4f, jumps %v", i, clocks[i].offset.Round(time.Second), clocks[i].rate, i%2 == 0)
 		}
 		load.RunClients(clients, func(i int) {
-			cfg := clientlib.Config{Now: clocks[i].now}
+			cfg := clientlib.Config{Now: clocks[i].now, TokenCache: evenCache(i)}
 			cl, _ := e.dial(i, cfg)
 			ops := load.Config{Tokens: load.TokenNames("s9", 4), Ops: sections, OpTimeout: 10 * time.Second,
 				Think: 3 * time.Millisecond, Register: true,

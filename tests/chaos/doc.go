@@ -10,6 +10,11 @@
 //
 // The package has no code of its own outside its tests.
 //
+// Every scenario whose clients run a workload runs half of them (the even
+// ones) with the client token cache on (clientlib.Config.TokenCache), so
+// re-acquires served from a cache, and revokes of cached grants answered
+// by the library, are part of every checked history (check.Input.Cached).
+//
 // # Scenarios
 //
 // In process (devcluster on a seeded faultnet network):

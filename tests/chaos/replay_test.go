@@ -81,7 +81,7 @@ func TestScenario8Replay(t *testing.T) {
 			t.Cleanup(func() { conn.Close() })
 			rc := &recConn{Conn: conn}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: e.c.Seeds(), KeyFile: e.c.KeyFile(), PacketConn: rc,
+			cl, err := clientlib.DialConfig(ctx, clientlib.Config{Seeds: e.c.Seeds(), KeyFile: e.c.KeyFile(), PacketConn: rc, TokenCache: evenCache(i),
 				OnRevoke: func(_ context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
 					if tok.Name() != heldName(i) {
 						tok.Release(context.Background())

@@ -88,7 +88,7 @@ func TestScenario2ClientPauses(t *testing.T) {
 		w := load.New()
 		var longPauses atomic.Int64
 		load.RunClients(clients, func(i int) {
-			cl, _ := e.dial(i, clientlib.Config{})
+			cl, _ := e.dial(i, clientlib.Config{TokenCache: evenCache(i)})
 			cfg := load.Config{Tokens: load.TokenNames("s2", 4), Ops: sections, OpTimeout: 10 * time.Second,
 				Think: 3 * time.Millisecond, Register: true,
 				Pause: func(rng *rand.Rand) bool {
@@ -104,7 +104,7 @@ func TestScenario2ClientPauses(t *testing.T) {
 					e.cutClient(i, false)
 					return true
 				},
-				Redial: func() *clientlib.Client { c, _ := e.dial(i, clientlib.Config{}); return c },
+				Redial: func() *clientlib.Client { c, _ := e.dial(i, clientlib.Config{TokenCache: evenCache(i)}); return c },
 			}
 			w.RunClient(context.Background(), i, cl, rand.New(rand.NewPCG(seed, uint64(i))), cfg)
 		})
