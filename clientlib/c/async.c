@@ -269,10 +269,13 @@ int tokend_process(tokend_client *c)
 static int aop_new(struct tokend_client *c, int kind, tokend_done_fn cb, void *arg, struct aop **out)
 {
 	/* Withdrawn requests keep their ids until their CANCEL is answered:
-	 * they count too, so that keepalives always find an id. */
+	 * they count too, so that keepalives always find an id. The library's
+	 * own keepalives and CANCELs do not: the reserve between
+	 * TOKEND_MAX_ASYNC and the session's 256 ids is theirs, and whether
+	 * one happens to be in flight must not decide a caller's start. */
 	size_t live = 0;
 	for (struct req *r = c->reqs; r; r = r->next)
-		live += r->in_session && !r->done;
+		live += r->in_session && !r->done && r->type != TKW_KEEPALIVE && r->type != TKW_CANCEL;
 	if (c->naops >= TOKEND_MAX_ASYNC || live >= TOKEND_MAX_ASYNC) {
 		set_err(c, "%zu asynchronous operations and %zu requests in flight: the most a handle takes is %d "
 			   "(TOKEND_MAX_ASYNC)", c->naops, live, TOKEND_MAX_ASYNC);
