@@ -92,24 +92,34 @@ func (c *Client) cacheableLocked(t *Token) bool {
 // name index and its lease (so keepalives, reclaims and REVOKEs find it as
 // any held grant). The entry shares t's operation lock: the old handle can
 // only fail with ErrNotHeld from now on. If the cache is full, its least
-// recently released entry is given back in the background. The entry's
+// recently released entry is given back in the background.
+//
+// The grant record moves to the entry (a small handle, the only
+// allocation of a release and re-acquire) with the application's Lost and
+// Done channels cleared; t keeps what it held (relMode, relFence, ...) and
+// points to releasedGrant. The entry's
 // idle time counts from maintain's last pass (not from a clock read here:
 // Release's fast path reads no clock), so it may end up to one pass early.
 func (c *Client) cacheLocked(t *Token) {
 	at := c.lastMaint
-	n := &Token{c: c, name: t.name, shard: t.shard, op: t.op,
-		mode: t.mode, fence: t.fence, start: t.start, end: t.end, value: t.value, vstate: t.vstate,
-		lease: t.lease, state: tokHeld, cached: true, cachedAt: at}
+	g := t.grant
+	done := g.done
+	*g = grant{mode: g.mode, fence: g.fence, start: g.start, end: g.end, value: g.value, vstate: g.vstate,
+		lease: g.lease, state: tokHeld, cached: true, cachedAt: at}
+	n := &Token{c: c, name: t.name, op: t.op, shard: t.shard, grant: g}
 	ts := c.byName[t.name]
 	for i := range ts {
 		if ts[i] == t {
 			ts[i] = n
 		}
 	}
-	delete(t.lease.tokens, t)
-	t.lease.tokens[n] = struct{}{}
-	t.lease = nil
-	t.settleLocked(tokReleased, ErrNotHeld, false)
+	delete(g.lease.tokens, t)
+	g.lease.tokens[n] = struct{}{}
+	t.relMode, t.relVstate, t.relFence, t.relValue = g.mode, g.vstate, g.fence, g.value
+	t.grant = &releasedGrant
+	if done != nil {
+		close(done)
+	}
 	c.pushLocked(n)
 	if c.maintNext.After(at.Add(c.cacheIdle)) {
 		kick(c.maintKick) // its idle time ends before maintain would look
