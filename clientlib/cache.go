@@ -104,8 +104,17 @@ func (c *Client) cacheLocked(t *Token) {
 	at := c.lastMaint
 	g := t.grant
 	done := g.done
-	*g = grant{mode: g.mode, fence: g.fence, start: g.start, end: g.end, value: g.value, vstate: g.vstate,
-		lease: g.lease, state: tokHeld, cached: true, cachedAt: at}
+	// The application's period of the grant ends: what cacheableLocked
+	// did not already require to be zero is cleared (field by field: a
+	// whole-struct store costs write barriers for every pointer).
+	g.done, g.doneClosed, g.lost, g.lostClosed, g.err = nil, false, nil, false, nil
+	if g.revokes != nil {
+		g.revokes = nil
+	}
+	if g.deferred != nil {
+		g.deferred = nil
+	}
+	g.jeopardy, g.cached, g.cachedAt = false, true, at
 	n := &Token{c: c, name: t.name, op: t.op, shard: t.shard, grant: g}
 	ts := c.byName[t.name]
 	for i := range ts {
@@ -113,8 +122,7 @@ func (c *Client) cacheLocked(t *Token) {
 			ts[i] = n
 		}
 	}
-	delete(g.lease.tokens, t)
-	g.lease.tokens[n] = struct{}{}
+	g.lease.tokens[g] = n
 	t.relMode, t.relVstate, t.relFence, t.relValue = g.mode, g.vstate, g.fence, g.value
 	t.grant = &releasedGrant
 	if done != nil {
@@ -135,12 +143,16 @@ func (c *Client) cacheLocked(t *Token) {
 // conflicts with the one asked conflicts with it), its range contains the
 // one asked, and it is valid for at least freshFor, the validity Acquire
 // promises any grant it returns.
-func (c *Client) hitLocked(name string, mode wire.Mode, start, end uint64, now time.Time) *Token {
+//
+// It reads the clock with Since, not Now: deadlines carry a monotonic
+// reading, so with the real clock that is one monotonic read (time.Since),
+// a quarter of the cost of time.Now's wall and monotonic reads.
+func (c *Client) hitLocked(name string, mode wire.Mode, start, end uint64) *Token {
 	for _, t := range c.byName[name] {
 		if !t.cached || !covers[t.mode][mode] || !rangeContains(t.start, t.end, start, end) {
 			continue
 		}
-		if t.state != tokHeld || t.validUntilLocked().Sub(now) < c.freshFor() {
+		if t.state != tokHeld || -c.clk.Since(t.validUntilLocked()) < c.freshFor() {
 			continue
 		}
 		c.unlinkLocked(t)

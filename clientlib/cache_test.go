@@ -465,7 +465,7 @@ func TestCachedGrantAcrossCrash(t *testing.T) {
 	eventually(t, 3*time.Second, "a cache hit after the reclaim", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		hit = c.hitLocked("r", wire.EX, 0, 0, c.now())
+		hit = c.hitLocked("r", wire.EX, 0, 0)
 		return hit != nil
 	})
 	if hit.Fence() != f || !hit.Valid() {

@@ -391,14 +391,13 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	if c.cacheMax > 0 {
 		c.mu.Lock()
 		if c.state == stateOpen {
-			now := c.now()
-			if t := c.hitLocked(name, mode, o.start, o.end, now); t != nil {
+			if t := c.hitLocked(name, mode, o.start, o.end); t != nil {
 				c.mu.Unlock()
 				c.cacheHits.Add(1)
 				return t, nil
 			}
 			var drop [4]uint64
-			fences := c.missLocked(name, mode, o.start, o.end, now, drop[:0])
+			fences := c.missLocked(name, mode, o.start, o.end, c.now(), drop[:0])
 			c.mu.Unlock()
 			c.cacheMisses.Add(1)
 			if len(fences) > 0 {
@@ -625,7 +624,7 @@ func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
 func (c *Client) leaseLocked(k leaseKey) *lease {
 	l := c.leases[k]
 	if l == nil {
-		l = &lease{key: k, tokens: map[*Token]struct{}{}}
+		l = &lease{key: k, tokens: map[*grant]*Token{}}
 		c.leases[k] = l
 	}
 	return l
@@ -636,10 +635,10 @@ func (c *Client) attachLocked(t *Token, l *lease) {
 		return
 	}
 	if t.lease != nil {
-		delete(t.lease.tokens, t)
+		delete(t.lease.tokens, t.grant)
 	}
 	t.lease = l
-	l.tokens[t] = struct{}{}
+	l.tokens[t.grant] = t
 }
 
 // detachLocked forgets t: it leaves its lease, the name index and the
@@ -650,7 +649,7 @@ func (c *Client) detachLocked(t *Token) {
 		t.cached = false
 	}
 	if t.lease != nil {
-		delete(t.lease.tokens, t)
+		delete(t.lease.tokens, t.grant)
 		t.lease = nil
 	}
 	ts := slices.DeleteFunc(c.byName[t.name], func(u *Token) bool { return u == t })
@@ -1321,7 +1320,7 @@ func (c *Client) checkMovedLocked(l *lease) {
 		c.log.Info("shard moved; reclaiming", "shard", l.key.shard, "from", l.key.addr.String(),
 			"epoch", l.key.epoch, "to", rt.addr.String(), "new_epoch", rt.epoch, "tokens", len(l.tokens))
 	}
-	for t := range l.tokens {
+	for _, t := range l.tokens {
 		c.startReclaimLocked(t)
 	}
 }
