@@ -162,7 +162,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "async.c", "fenceproof.c", "ann.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "async.c", "cache.c", "fenceproof.c", "ann.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup
