@@ -1187,6 +1187,27 @@ func TestFakeWorker(t *testing.T) {
 				p.expect(t, "released", 20*time.Second)
 				p.wait(t, 10*time.Second)
 			})
+			// Token cache: a grant cached (released by the application,
+			// still held by the library) across a worker crash and a
+			// planned move is reclaimed like a held one, and the
+			// re-acquire after it is a cache hit with the same fence.
+			cached := func(t *testing.T, fault func(f *fake), what string) {
+				f := newFake(t, 2)
+				f.logCounts(t)
+				p := start(t, f.at(0), bin, "cached", what, "1500")
+				p.expect(t, "fence", 10*time.Second)
+				f.waitDones()
+				fault(f)
+				l := p.expect(t, "hit", 15*time.Second)
+				p.expect(t, "survived", 15*time.Second)
+				p.wait(t, 10*time.Second)
+				if f.count("reclaim") == 0 {
+					t.Errorf("no reclaim of the cached grant")
+				}
+				t.Logf("%s: %s", what, l)
+			}
+			t.Run("cached-crash", func(t *testing.T) { cached(t, (*fake).crash, "cached-crash") })
+			t.Run("cached-move", func(t *testing.T) { cached(t, (*fake).move, "cached-move") })
 			t.Run("shard-move", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)

@@ -14,6 +14,10 @@
  *   tokend-e2e HOST:PORT survive NAME MS   acquire EX, print "fence F", hold MS ms (the driver
  *                                          crashes or moves the worker meanwhile), check it is
  *                                          still valid with the same fence, release
+ *   tokend-e2e HOST:PORT cached NAME MS    token cache on: acquire EX, release it into the cache,
+ *                                          print "fence F", wait MS ms (the driver crashes or
+ *                                          moves the worker), re-acquire: "hit" (same fence) or
+ *                                          "refetched", then another client gets it; no callbacks
  *   tokend-e2e HOST:PORT longwait NAME MS W
  *                                          one client holds NAME for MS ms (ignoring the revoke)
  *                                          while another waits for it: the waiter's grant must be
@@ -741,6 +745,55 @@ static void p_survive(const char *name, int ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* A grant cached while the driver crashes or moves its worker: it is
+ * reclaimed like a held one, and the re-acquire after the fault is served
+ * from the cache with the same fence (printed "hit"), or, if the cache had
+ * to drop it, granted anew with a larger one ("refetched"); never an error,
+ * never a callback. */
+static void p_cached(const char *name, int ms)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	CHECK_RC(tokend_token_cache(c, 16, 60000), TOKEND_OK, "cache on");
+	tokend_grant g, g2;
+	tokend_cache_stats st;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "cached acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release into the cache");
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.cached == 1, "%llu cached", (unsigned long long)st.cached);
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	int rc = TOKEND_ETIMEDOUT;
+	for (int64_t t0 = now_ms(); now_ms() - t0 < 8000; sleep_ms(50)) {
+		rc = tokend_acquire(c, name, strlen(name), TOKEND_EX, 5000, &g2);
+		if (rc == TOKEND_OK)
+			break;
+	}
+	CHECK_RC(rc, TOKEND_OK, "re-acquire after the fault");
+	CHECK_RC(tokend_grant_check(c, &g2, NULL), TOKEND_OK, "the re-acquired grant");
+	CHECK(g2.fence >= g.fence, "fence %llu after %llu", (unsigned long long)g2.fence, (unsigned long long)g.fence);
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	printf("%s hits %llu\n", g2.fence == g.fence ? "hit" : "refetched", (unsigned long long)st.hits);
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release into the cache again");
+	/* another client's request is answered by the cache at the new owner */
+	tokend_client *b = connect_plain();
+	tokend_grant gb;
+	CHECK_RC(tokend_acquire(b, name, strlen(name), TOKEND_EX, 5000, &gb), TOKEND_OK, "other client after the fault");
+	CHECK(gb.fence > g2.fence, "other client's fence");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "other client's release");
+	tokend_close(b);
+	pthread_mutex_lock(&s.mu);
+	CHECK(s.revokes == 0 && s.losts == 0 && s.jeopardies == 0, "callbacks for a cached grant: %d revokes %d losts %d "
+	      "jeopardies", s.revokes, s.losts, s.jeopardies);
+	pthread_mutex_unlock(&s.mu);
+	printf("survived\n");
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
 /* A grant after a long wait in the queue is valid on return (SPEC 13,
  * "asynchronous grant"; issue 11), stays valid, and is never reported lost. */
 static void p_longwait(const char *name, int hold_ms, int w_ms)
@@ -908,6 +961,8 @@ int main(int argc, char **argv)
 		p_stuck(argv[3], argv[4]);
 	else if (!strcmp(s, "survive") && argc == 5)
 		p_survive(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "cached") && argc == 5)
+		p_cached(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "jeopardy") && argc == 5)
 		p_jeopardy(argv[3], argv[4]);
 	else if (!strcmp(s, "pinned") && argc == 5)
