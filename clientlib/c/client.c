@@ -197,7 +197,7 @@ int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closi
 		*handed = req_abandon(c, r);
 		return 1;
 	}
-	if (r->type == TKW_ACQUIRE && r->sends == 0 && c->cache_n + (c->cache_max > 0) > 0) {
+	if (r->type == TKW_ACQUIRE && r->sends == 0) {
 		/* a RELEASE of a cached grant of the name goes first (cache.c) */
 		int64_t w = cache_releasing(c, r->name, r->name_len);
 		if (w) {

@@ -1208,6 +1208,19 @@ func TestFakeWorker(t *testing.T) {
 			}
 			t.Run("cached-crash", func(t *testing.T) { cached(t, (*fake).crash, "cached-crash") })
 			t.Run("cached-move", func(t *testing.T) { cached(t, (*fake).move, "cached-move") })
+			t.Run("cached-fresh", func(t *testing.T) {
+				// A cached grant its worker no longer vouches for is not
+				// handed out below the validity acquire promises.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				p := start(t, f.at(0), bin, "cachedfresh", f.NameOn("cachedfresh", 1), fmt.Sprint((fakeW * 2 / 3).Milliseconds()))
+				p.expect(t, "fence", 10*time.Second)
+				f.SetMuted(1, true)
+				time.Sleep(fakeW)
+				f.SetMuted(1, false)
+				t.Log(p.expect(t, "fresh", 25*time.Second))
+				p.wait(t, 10*time.Second)
+			})
 			t.Run("shard-move", func(t *testing.T) {
 				f := newFake(t, 2)
 				f.logCounts(t)

@@ -18,6 +18,10 @@
  *                                          print "fence F", wait MS ms (the driver crashes or
  *                                          moves the worker), re-acquire: "hit" (same fence) or
  *                                          "refetched", then another client gets it; no callbacks
+ *   tokend-e2e HOST:PORT cachedfresh NAME MS
+ *                                          token cache on: a cached grant, print "fence F"; the
+ *                                          driver mutes its worker; after MS ms the re-acquire
+ *                                          must not be served from the cache (validity too low)
  *   tokend-e2e HOST:PORT longwait NAME MS W
  *                                          one client holds NAME for MS ms (ignoring the revoke)
  *                                          while another waits for it: the waiter's grant must be
@@ -794,6 +798,31 @@ static void p_cached(const char *name, int ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* A cached grant whose worker stops vouching for it (the driver mutes the
+ * worker after "fence F" and unmutes it later) is not handed out once its
+ * validity is below what acquire promises: the re-acquire after MS ms is a
+ * miss and gets a new, larger fence ("fresh F2"). */
+static void p_cachedfresh(const char *name, int ms)
+{
+	tokend_client *c = connect_plain();
+	CHECK_RC(tokend_token_cache(c, 16, 60000), TOKEND_OK, "cache on");
+	tokend_grant g, g2;
+	tokend_cache_stats st;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release into the cache");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, 10000, &g2), TOKEND_OK, "re-acquire");
+	CHECK(g2.fence > g.fence, "a cached grant in doubt was handed out: fence %llu, cached %llu",
+	      (unsigned long long)g2.fence, (unsigned long long)g.fence);
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.hits == 0, "%llu hits", (unsigned long long)st.hits);
+	printf("fresh %" PRIu64 "\n", g2.fence);
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release");
+	tokend_close(c);
+}
+
 /* A grant after a long wait in the queue is valid on return (SPEC 13,
  * "asynchronous grant"; issue 11), stays valid, and is never reported lost. */
 static void p_longwait(const char *name, int hold_ms, int w_ms)
@@ -963,6 +992,8 @@ int main(int argc, char **argv)
 		p_survive(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "cached") && argc == 5)
 		p_cached(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "cachedfresh") && argc == 5)
+		p_cachedfresh(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "jeopardy") && argc == 5)
 		p_jeopardy(argv[3], argv[4]);
 	else if (!strcmp(s, "pinned") && argc == 5)
