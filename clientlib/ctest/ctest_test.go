@@ -1591,3 +1591,35 @@ func cAndGo(t *testing.T, bin string, tg target, name string) {
 	}
 	t.Logf("C and Go fences form one sequence %d..%d; the holder changed %d times", wire.FenceSeq(all[0]), wire.FenceSeq(all[len(all)-1]), interleaved)
 }
+
+// TestCacheValgrind runs the C token cache's scenario against the fake
+// cluster under valgrind (leaks and memory errors fail it): the e2e
+// scenario "cache" (hits, REVOKE of a cached grant, bounds, a handle
+// without a thread) and a cached grant across a worker crash.
+func TestCacheValgrind(t *testing.T) {
+	vg, err := exec.LookPath("valgrind")
+	if err != nil {
+		t.Skip("valgrind is not installed")
+	}
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
+	vgArgs := []string{"-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=all", bin}
+	f := newFake(t, 2)
+	out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(vgArgs, f.at(0).addr, "cache")...)
+	if err != nil || !strings.Contains(out, "ok cache") {
+		t.Fatalf("cache under valgrind: %v\n%s", err, out)
+	}
+	// start puts the address first: run valgrind through a script
+	script := filepath.Join(t.TempDir(), "vg-e2e")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec "+vg+" "+strings.Join(vgArgs, " ")+` "$@"`+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, f.at(0), script, "cached", "cached-vg", "3000")
+	p.expect(t, "fence", 60*time.Second)
+	f.waitDones()
+	f.crash()
+	p.expect(t, "survived", 60*time.Second)
+	p.wait(t, 60*time.Second)
+}
