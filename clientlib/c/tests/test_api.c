@@ -83,6 +83,7 @@ struct fake {
 	/* ACQUIREs of names "q/..." queue for queue_ms, then GRANT_ASYNC (one at a time) */
 	int queue_ms;      /* under mu */
 	int ka_cannot_vouch; /* KEEPALIVE replies say validity 0 (under mu) */
+	int drop_releases;   /* RELEASEs go unanswered (under mu) */
 	int q_state;       /* 0 none, 1 queued, 2 granted */
 	uint64_t q_request, q_fence;
 	uint32_t q_shard;
@@ -333,6 +334,10 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		r.end = TKW_WHOLE_END;
 		break;
 	case TKW_RELEASE:
+		if (f->drop_releases) {
+			pthread_mutex_unlock(&f->mu);
+			return;
+		}
 		f->releases++;
 		if (f->nreleased < 64)
 			f->released_fences[f->nreleased++] = q.fence;
@@ -805,6 +810,20 @@ static void test_fake(int garbage)
  * fence, a REVOKE of the cached grant is answered by a RELEASE without
  * on_revoke, and a value release is not cached.
  */
+struct cache_ex {
+	tokend_client *c;
+	int rc, done;
+	tokend_grant g;
+};
+
+static void *cache_ex_acquire(void *arg)
+{
+	struct cache_ex *x = arg;
+	x->rc = tokend_acquire(x->c, "co", 2, TOKEND_EX, TOKEND_TRY, &x->g);
+	__atomic_store_n(&x->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
 static void test_cache(void)
 {
 	struct fake f;
@@ -865,6 +884,31 @@ static void test_cache(void)
 	CHECK(cb_get(&revokes_seen) == 0, "%d revoke callbacks for a cached grant", cb_get(&revokes_seen));
 	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
 	CHECK(st.revoked == 1 && st.cached == 0, "revoked %" PRIu64 " cached %" PRIu64, st.revoked, st.cached);
+
+	/* a conflicting re-acquire gives the cached grant back and sends its
+	 * ACQUIRE only once that RELEASE is answered */
+	CHECK_RC(tokend_acquire(c, "co", 2, TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "acquire PR");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release PR into the cache");
+	pthread_mutex_lock(&f.mu);
+	f.drop_releases = 1;
+	pthread_mutex_unlock(&f.mu);
+	acq = fake_get(&f, &f.acquires);
+	struct cache_ex x = {c, TOKEND_ETIMEDOUT, 0, {0}};
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, cache_ex_acquire, &x) == 0, "thread");
+	sleep_ms(300);
+	CHECK(fake_get(&f, &f.acquires) == acq, "the ACQUIRE went out before the cached grant's RELEASE was answered");
+	CHECK(!__atomic_load_n(&x.done, __ATOMIC_SEQ_CST), "the EX acquire returned while the PR was being given back");
+	pthread_mutex_lock(&f.mu);
+	f.drop_releases = 0;
+	pthread_mutex_unlock(&f.mu);
+	pthread_join(th, NULL);
+	CHECK_RC(x.rc, TOKEND_OK, "EX after the cached PR was given back");
+	CHECK(x.g.fence > g.fence, "EX fence %" PRIu64 " after the cached PR's %" PRIu64, x.g.fence, g.fence);
+	fa.fence = g.fence;
+	CHECK(fake_released(&f, g.fence), "the cached PR was not released");
+	CHECK(fake_get(&f, &f.acquires) == acq + 1, "%d ACQUIREs", fake_get(&f, &f.acquires) - acq);
+	CHECK_RC(tokend_release(c, &x.g, "y", 1), TOKEND_OK, "release EX");
 
 	/* a value release is sent */
 	CHECK_RC(tokend_acquire(c, "cv", 2, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
