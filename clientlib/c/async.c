@@ -371,6 +371,11 @@ int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, to
 		rc = TOKEND_ECALLBACK; /* opening a session again waits */
 	if (rc == TOKEND_OK)
 		rc = ensure_session(c, deadline);
+	if (rc == TOKEND_OK && cache_acquire(c, name, name_len, (int)mode, start, end, &op->g)) {
+		/* from the token cache: completes (op->r NULL) at the next tokend_process */
+		op_name(op->op, sizeof op->op, "acquire", name, name_len, (int)mode);
+		return aop_started(c, op, rc, id);
+	}
 	if (rc == TOKEND_OK)
 		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
 	if (rc == TOKEND_OK) {
