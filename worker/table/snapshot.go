@@ -94,27 +94,26 @@ func (t *Table) Export() (*Snapshot, error) {
 // exportWaiters returns every queued request in arrival order, which is
 // also the order within each of a token's two queues.
 func (t *Table) exportWaiters() []WaiterState {
-	type arrived struct {
-		arrival uint64
-		w       WaiterState
-	}
-	var all []arrived
-	for _, wi := range t.heap {
-		w := t.wts.at(wi)
-		ws := WaiterState{Session: t.sess.at(w.sess).id, Req: w.req, Name: []byte(t.toks.at(w.tok).name),
-			Mode: w.mode, Start: w.start, End: w.end, Deadline: w.deadline, Since: w.since, Detect: w.detect}
-		if w.grant != 0 {
-			ws.Conv = t.grs.at(w.grant).fence
-		}
-		all = append(all, arrived{w.arrival, ws})
-	}
-	slices.SortFunc(all, func(a, b arrived) int { return cmpU64(a.arrival, b.arrival) })
-	if len(all) == 0 {
+	if len(t.heap) == 0 {
 		return nil
 	}
-	out := make([]WaiterState, len(all))
-	for i := range all {
-		out[i] = all[i].w
+	type arrived struct {
+		arrival uint64
+		wi      uint32
+	}
+	order := make([]arrived, len(t.heap))
+	for i, wi := range t.heap {
+		order[i] = arrived{t.wts.at(wi).arrival, wi}
+	}
+	slices.SortFunc(order, func(a, b arrived) int { return cmpU64(a.arrival, b.arrival) })
+	out := make([]WaiterState, len(order))
+	for i, a := range order {
+		w := t.wts.at(a.wi)
+		out[i] = WaiterState{Session: t.sess.at(w.sess).id, Req: w.req, Name: []byte(t.toks.at(w.tok).name),
+			Mode: w.mode, Start: w.start, End: w.end, Deadline: w.deadline, Since: w.since, Detect: w.detect}
+		if w.grant != 0 {
+			out[i].Conv = t.grs.at(w.grant).fence
+		}
 	}
 	return out
 }
