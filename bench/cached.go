@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/tokend/tokend/wire"
 )
@@ -60,5 +62,41 @@ func runCached(ctx context.Context, cfg *Config, tgt target, system string) ([]R
 	res.metric("datagrams", float64(after.Sent-before.Sent), "sent during warm-up and window (keepalives)")
 	res.metric("cache_hits", float64(after.CacheHits-before.CacheHits), "")
 	res.cpuMetrics(&l)
-	return []Result{res}, nil
+	out := []Result{res}
+	if system == sysTokend {
+		rc, err := runCachedC(ctx, cfg, tgt)
+		if errors.Is(err, ErrNoCC) {
+			return out, nil // no C compiler: the Go row only
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, rc)
+	}
+	return out, nil
+}
+
+// runCachedC is the same loop with the C client (cload --cache): one
+// thread, one handle, one token; every pair after the first should be a
+// hit of the library's token cache.
+func runCachedC(ctx context.Context, cfg *Config, tgt target) (Result, error) {
+	cfg.progress("%s cached: 1 thread", sysTokendC)
+	r := cloadRun{mode: "uncontended", handles: "thread", threads: 1, cache: 1024,
+		prefix: fmt.Sprintf("bench/cload/cached/%d", time.Now().UnixNano())}
+	c, l, err := runCload(ctx, cfg, tgt, r)
+	if err != nil {
+		return Result{}, err
+	}
+	if c.Misses > 1 {
+		return Result{}, fmt.Errorf("bench: cached (C): %d of the acquires went to the worker", c.Misses)
+	}
+	res := Result{Workload: "cached", System: sysTokendC, Clients: 1, Unit: "pair", WindowS: c.WindowS, Count: c.Ops,
+		Rate: c.Rate, Errors: c.Errors, LastError: c.LastError,
+		Note: "one token re-acquired (EX) from the C client's token cache (cload --cache) and released into it"}
+	res.Latencies = slicesNonEmpty([]NamedLatency{{"acquire", c.Acquire}, {"release", c.Release}, {"pair", c.Pair}})
+	res.metric("cache_hits", float64(c.Hits), "")
+	if l.window > 0 {
+		res.metric("cload_cpu", l.cpu.Seconds()/l.window.Seconds(), "cores")
+	}
+	return res, nil
 }

@@ -146,6 +146,8 @@ type cloadResult struct {
 	Rate      float64 `json:"rate_per_s"`
 	Errors    int64   `json:"errors"`
 	Revoked   int64   `json:"revoked"`
+	Hits      int64   `json:"cache_hits"`
+	Misses    int64   `json:"cache_misses"`
 	LastError string  `json:"last_error"`
 	Acquire   Latency `json:"acquire"`
 	Release   Latency `json:"release"`
@@ -159,6 +161,7 @@ type cloadRun struct {
 	handles string // thread, shared
 	threads int
 	prefix  string // token names
+	cache   int    // --cache: the handles' token cache (0: off)
 }
 
 // runCload runs cload against the cluster tgt and returns its result, with the CPU
@@ -173,6 +176,9 @@ func runCload(ctx context.Context, cfg *Config, tgt target, r cloadRun) (*cloadR
 	args := []string{"--seeds", strings.Join(tgt.seeds, ","), "--threads", fmt.Sprint(r.threads), "--mode", r.mode,
 		"--handles", r.handles, "--warmup-ms", fmt.Sprint(cfg.Warmup.Milliseconds()),
 		"--duration-ms", fmt.Sprint(cfg.Duration.Milliseconds()), "--max-ops", fmt.Sprint(cfg.MaxOps), "--prefix", r.prefix}
+	if r.cache > 0 {
+		args = append(args, "--cache", fmt.Sprint(r.cache))
+	}
 	if tgt.insecure() {
 		args = append(args, "--insecure")
 	} else {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/wire"
@@ -78,6 +79,10 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 					filepath.Join(cfg.ServerProfileDir, "contended-"+fileSafe(system)+".pprof"))
 			}()
 		}
+		// Every handoff, warm-up included, against what the clients sent
+		// meanwhile: the datagrams a handoff costs the clients.
+		var handoffs atomic.Int64
+		sent0 := clientsSent(cs)
 		l, err := measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
 			c := cs[i]
 			t0 := time.Now()
@@ -103,8 +108,10 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 				return err
 			}
 			r.record(latRelease, time.Since(t1))
+			handoffs.Add(1)
 			return nil
 		})
+		sent := clientsSent(cs) - sent0
 		if profiling {
 			pprof.StopCPUProfile()
 		}
@@ -123,6 +130,9 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 		res.metric("revoke_late", 100*float64(l.aux)/float64(max(l.ops, 1)), "% of grants (seen >= 10ms after the grant)")
 		if l.ops > 0 {
 			res.metric("handoff", 1e6/l.rate(), "µs")
+		}
+		if n := handoffs.Load(); n > 0 {
+			res.metric("client_datagrams", float64(sent)/float64(n), "per handoff, sent by the clients (warm-up and window, keepalives included)")
 		}
 		res.cpuMetrics(&l)
 		out = append(out, res)
@@ -193,4 +203,13 @@ func fileSafe(s string) string {
 		}
 		return '-'
 	}, s)
+}
+
+// clientsSent is how many datagrams the clients cs have sent.
+func clientsSent(cs []*client) uint64 {
+	var n uint64
+	for _, c := range cs {
+		n += c.Stats().Sent
+	}
+	return n
 }

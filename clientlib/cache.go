@@ -92,24 +92,42 @@ func (c *Client) cacheableLocked(t *Token) bool {
 // name index and its lease (so keepalives, reclaims and REVOKEs find it as
 // any held grant). The entry shares t's operation lock: the old handle can
 // only fail with ErrNotHeld from now on. If the cache is full, its least
-// recently released entry is given back in the background. The entry's
+// recently released entry is given back in the background.
+//
+// The grant record moves to the entry (a small handle, the only
+// allocation of a release and re-acquire) with the application's Lost and
+// Done channels cleared; t keeps what it held (relMode, relFence, ...) and
+// points to releasedGrant. The entry's
 // idle time counts from maintain's last pass (not from a clock read here:
 // Release's fast path reads no clock), so it may end up to one pass early.
 func (c *Client) cacheLocked(t *Token) {
 	at := c.lastMaint
-	n := &Token{c: c, name: t.name, shard: t.shard, op: t.op,
-		mode: t.mode, fence: t.fence, start: t.start, end: t.end, value: t.value, vstate: t.vstate,
-		lease: t.lease, state: tokHeld, cached: true, cachedAt: at}
+	g := t.grant
+	done := g.done
+	// The application's period of the grant ends: what cacheableLocked
+	// did not already require to be zero is cleared (field by field: a
+	// whole-struct store costs write barriers for every pointer).
+	g.done, g.doneClosed, g.lost, g.lostClosed, g.err = nil, false, nil, false, nil
+	if g.revokes != nil {
+		g.revokes = nil
+	}
+	if g.deferred != nil {
+		g.deferred = nil
+	}
+	g.jeopardy, g.cached, g.cachedAt = false, true, at
+	n := &Token{c: c, name: t.name, op: t.op, shard: t.shard, grant: g}
 	ts := c.byName[t.name]
 	for i := range ts {
 		if ts[i] == t {
 			ts[i] = n
 		}
 	}
-	delete(t.lease.tokens, t)
-	t.lease.tokens[n] = struct{}{}
-	t.lease = nil
-	t.settleLocked(tokReleased, ErrNotHeld, false)
+	g.lease.tokens[g] = n
+	t.relMode, t.relVstate, t.relFence, t.relValue = g.mode, g.vstate, g.fence, g.value
+	t.grant = &releasedGrant
+	if done != nil {
+		close(done)
+	}
 	c.pushLocked(n)
 	if c.maintNext.After(at.Add(c.cacheIdle)) {
 		kick(c.maintKick) // its idle time ends before maintain would look
@@ -125,12 +143,16 @@ func (c *Client) cacheLocked(t *Token) {
 // conflicts with the one asked conflicts with it), its range contains the
 // one asked, and it is valid for at least freshFor, the validity Acquire
 // promises any grant it returns.
-func (c *Client) hitLocked(name string, mode wire.Mode, start, end uint64, now time.Time) *Token {
+//
+// It reads the clock with Since, not Now: deadlines carry a monotonic
+// reading, so with the real clock that is one monotonic read (time.Since),
+// a quarter of the cost of time.Now's wall and monotonic reads.
+func (c *Client) hitLocked(name string, mode wire.Mode, start, end uint64) *Token {
 	for _, t := range c.byName[name] {
 		if !t.cached || !covers[t.mode][mode] || !rangeContains(t.start, t.end, start, end) {
 			continue
 		}
-		if t.state != tokHeld || t.validUntilLocked().Sub(now) < c.freshFor() {
+		if t.state != tokHeld || -c.clk.Since(t.validUntilLocked()) < c.freshFor() {
 			continue
 		}
 		c.unlinkLocked(t)

@@ -465,7 +465,7 @@ func TestCachedGrantAcrossCrash(t *testing.T) {
 	eventually(t, 3*time.Second, "a cache hit after the reclaim", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		hit = c.hitLocked("r", wire.EX, 0, 0, c.now())
+		hit = c.hitLocked("r", wire.EX, 0, 0)
 		return hit != nil
 	})
 	if hit.Fence() != f || !hit.Valid() {
@@ -574,4 +574,59 @@ func TestCachedGrantCarriesValueAcrossCrash(t *testing.T) {
 		t.Fatalf("stats: %+v", s)
 	}
 	fc.setSilent(0, false)
+}
+
+// TestCachedReleaseLeavesOldHandle: a release into the cache moves the
+// grant record to a new handle (the Token layout: a handle over a grant);
+// the application's old handle keeps what it held, with its own Done
+// (closed) and Lost (never closed) channels, and whatever happens to the
+// grant under the next handle does not reach it.
+func TestCachedReleaseLeavesOldHandle(t *testing.T) {
+	fc := newFakeCluster(t, 40, fakeConfig{})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: noRevoke(t)})
+	ctx := ctxT(t, 5*time.Second)
+
+	t1, err := c.Acquire(ctx, "o", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := t1.Fence()
+	done1, lost1 := t1.Done(), t1.Lost()
+	if err := t1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !isClosed(done1) || isClosed(lost1) {
+		t.Fatalf("after the cached release: done %v lost %v", isClosed(done1), isClosed(lost1))
+	}
+	t2, err := c.Acquire(ctx, "o", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if t2 == t1 || t2.Fence() != f {
+		t.Fatalf("hit: same handle %v fence %#x, want %#x", t2 == t1, t2.Fence(), f)
+	}
+	done2, lost2 := t2.Done(), t2.Lost()
+	if isClosed(done2) || isClosed(lost2) || t2.Err() != nil {
+		t.Fatalf("hit handle: done %v lost %v err %v", isClosed(done2), isClosed(lost2), t2.Err())
+	}
+	if err := t2.Convert(ctx, wire.PR); err != nil { // a downgrade keeps the fence
+		t.Fatal(err)
+	}
+	if err := t1.Release(ctx); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("release of the old handle: %v", err)
+	}
+	if err := t1.Convert(ctx, wire.NL); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("convert of the old handle: %v", err)
+	}
+	c.Close() // ends the grant under t2
+	if !isClosed(done2) || !errors.Is(t2.Err(), ErrClosed) {
+		t.Fatalf("hit handle after Close: done %v err %v", isClosed(done2), t2.Err())
+	}
+	if t1.Mode() != wire.EX || t1.Fence() != f || t1.State() != TokenReleased || t1.Valid() ||
+		!errors.Is(t1.Err(), ErrNotHeld) || isClosed(t1.Lost()) || isClosed(lost1) || !isClosed(t1.Done()) {
+		t.Fatalf("old handle: mode %v fence %#x state %v err %v lost %v", t1.Mode(), t1.Fence(), t1.State(), t1.Err(), isClosed(lost1))
+	}
+	if s, e := t1.Range(); s != 0 || e != wire.WholeEnd {
+		t.Fatalf("old handle range [%d, %d)", s, e)
+	}
 }

@@ -24,9 +24,9 @@ type leaseKey struct {
 // one shard at one epoch (SPEC.md 13). Guarded by Client.mu.
 type lease struct {
 	key      leaseKey
-	deadline time.Time // grants are valid before this (and while the session lives)
-	tokens   map[*Token]struct{}
-	moved    bool // the map has a newer epoch for the shard: its tokens are reclaimed
+	deadline time.Time         // grants are valid before this (and while the session lives)
+	tokens   map[*grant]*Token // the grants held under it, each with its current handle
+	moved    bool              // the map has a newer epoch for the shard: its tokens are reclaimed
 	// planned: maintain saw it holding tokens, so its deadline and the
 	// keepalives of its worker are scheduled; a grant on an unplanned
 	// lease wakes maintLoop.
@@ -422,7 +422,7 @@ func (c *Client) maintain() time.Time {
 			// whose deadline was established and then lapsed; a pending
 			// grant (Acquire is still confirming it) is not lost by it.
 			pending := false
-			for t := range l.tokens {
+			for _, t := range l.tokens {
 				if t.pending {
 					pending = true
 					continue
@@ -500,7 +500,7 @@ func (c *Client) jeopardyLocked(l *lease, now time.Time) time.Time {
 	}
 	at := until.Add(-jb)
 	doubt := !now.Before(at)
-	for t := range l.tokens {
+	for _, t := range l.tokens {
 		switch {
 		case !doubt:
 			t.jeopardy = false

@@ -22,9 +22,23 @@ import (
 type Token struct {
 	c     *Client
 	name  string
-	shard uint32
 	op    chan struct{} // size 1: serialises Release and Convert (a lock that honours ctx)
+	shard uint32
+	// What the handle held when Release kept its grant cached (cacheLocked):
+	// its grant is then &releasedGrant. Guarded by c.mu.
+	relMode   wire.Mode
+	relVstate ValueState
+	relFence  uint64
+	relValue  []byte
+	// *grant is the grant record, guarded by c.mu (the pointer too): a
+	// cache hit hands the cached record out under a new handle, so a hit
+	// allocates only a handle.
+	*grant
+}
 
+// grant is a Token's state. A released handle whose grant stayed cached
+// points to releasedGrant, which nobody writes.
+type grant struct {
 	// Guarded by c.mu:
 	lost       chan struct{} // Lost's channel, made on first use (most tokens are just released)
 	lostClosed bool          // Lost is closed, or will be closed when made
@@ -57,6 +71,15 @@ type Token struct {
 	cachedAt     time.Time
 	cprev, cnext *Token
 }
+
+// releasedGrant is the grant of every handle released into the cache:
+// released (ErrNotHeld), Done closed, Lost never closed; read-only.
+var releasedGrant = grant{state: tokReleased, err: ErrNotHeld, done: closedChan, doneClosed: true,
+	lost: make(chan struct{}), end: wire.WholeEnd}
+
+// cachedAway reports whether t was released into the cache (its grant
+// went on under another handle). Under c.mu.
+func (t *Token) cachedAway() bool { return t.grant == &releasedGrant }
 
 // Revocation is a worker's request that this client give back a grant
 // because another request conflicts with it (Config.OnRevoke).
@@ -143,6 +166,9 @@ func (t *Token) Name() string { return t.name }
 func (t *Token) Mode() wire.Mode {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
+	if t.cachedAway() {
+		return t.relMode
+	}
 	return t.mode
 }
 
@@ -160,6 +186,9 @@ func (t *Token) Range() (start, end uint64) {
 func (t *Token) Fence() uint64 {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
+	if t.cachedAway() {
+		return t.relFence
+	}
 	return t.fence
 }
 
@@ -169,6 +198,9 @@ func (t *Token) Fence() uint64 {
 func (t *Token) Value() (v []byte, valid bool) {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
+	if t.cachedAway() {
+		return slices.Clone(t.relValue), t.relVstate == ValueValid
+	}
 	return slices.Clone(t.value), t.vstate == ValueValid
 }
 
@@ -176,6 +208,9 @@ func (t *Token) Value() (v []byte, valid bool) {
 func (t *Token) ValueState() ValueState {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
+	if t.cachedAway() {
+		return t.relVstate
+	}
 	return t.vstate
 }
 
@@ -278,12 +313,18 @@ func (t *Token) closeLostLocked() {
 // endLocked ends the token: state (released or lost) with err, out of the
 // client's indexes, Done closed; with lost, Lost too.
 func (t *Token) endLocked(state tokenState, err error, lost bool) {
+	if t.cachedAway() {
+		return
+	}
 	t.c.detachLocked(t)
 	t.settleLocked(state, err, lost)
 }
 
 // settleLocked is endLocked for a t already out of the client's indexes.
 func (t *Token) settleLocked(state tokenState, err error, lost bool) {
+	if t.cachedAway() {
+		return // ended already; releasedGrant is read-only
+	}
 	t.state, t.err = state, err
 	t.deferred = nil
 	if lost {
@@ -350,14 +391,13 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	if c.cacheMax > 0 {
 		c.mu.Lock()
 		if c.state == stateOpen {
-			now := c.now()
-			if t := c.hitLocked(name, mode, o.start, o.end, now); t != nil {
+			if t := c.hitLocked(name, mode, o.start, o.end); t != nil {
 				c.mu.Unlock()
 				c.cacheHits.Add(1)
 				return t, nil
 			}
 			var drop [4]uint64
-			fences := c.missLocked(name, mode, o.start, o.end, now, drop[:0])
+			fences := c.missLocked(name, mode, o.start, o.end, c.now(), drop[:0])
 			c.mu.Unlock()
 			c.cacheMisses.Add(1)
 			if len(fences) > 0 {
@@ -402,7 +442,7 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 		putCall(cl)
 		return nil, statusError(acquireOp(name), &r)
 	}
-	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1), pending: true}
+	t := &Token{c: c, name: name, shard: cl.shard, op: make(chan struct{}, 1), grant: &grant{pending: true}}
 	c.mu.Lock()
 	c.finishLocked(cl)
 	if c.state != stateOpen && c.state != stateClosing {
@@ -584,7 +624,7 @@ func (c *Client) applyGrantLocked(t *Token, cl *call, r *reply) {
 func (c *Client) leaseLocked(k leaseKey) *lease {
 	l := c.leases[k]
 	if l == nil {
-		l = &lease{key: k, tokens: map[*Token]struct{}{}}
+		l = &lease{key: k, tokens: map[*grant]*Token{}}
 		c.leases[k] = l
 	}
 	return l
@@ -595,10 +635,10 @@ func (c *Client) attachLocked(t *Token, l *lease) {
 		return
 	}
 	if t.lease != nil {
-		delete(t.lease.tokens, t)
+		delete(t.lease.tokens, t.grant)
 	}
 	t.lease = l
-	l.tokens[t] = struct{}{}
+	l.tokens[t.grant] = t
 }
 
 // detachLocked forgets t: it leaves its lease, the name index and the
@@ -609,7 +649,7 @@ func (c *Client) detachLocked(t *Token) {
 		t.cached = false
 	}
 	if t.lease != nil {
-		delete(t.lease.tokens, t)
+		delete(t.lease.tokens, t.grant)
 		t.lease = nil
 	}
 	ts := slices.DeleteFunc(c.byName[t.name], func(u *Token) bool { return u == t })
@@ -1280,7 +1320,7 @@ func (c *Client) checkMovedLocked(l *lease) {
 		c.log.Info("shard moved; reclaiming", "shard", l.key.shard, "from", l.key.addr.String(),
 			"epoch", l.key.epoch, "to", rt.addr.String(), "new_epoch", rt.epoch, "tokens", len(l.tokens))
 	}
-	for t := range l.tokens {
+	for _, t := range l.tokens {
 		c.startReclaimLocked(t)
 	}
 }

@@ -108,8 +108,8 @@ func TestTypeAndStatusNames(t *testing.T) {
 			t.Errorf("invalid status %d: %q", i, s.String())
 		}
 	}
-	if n != 19 {
-		t.Errorf("%d statuses, want 19", n)
+	if n != 20 {
+		t.Errorf("%d statuses, want 20", n)
 	}
 	retry := map[Status]bool{StatusNotOwner: true, StatusStaleEpoch: true, StatusGrace: true,
 		StatusUnavailable: true, StatusLimit: true, StatusExhausted: true, StatusCookie: true}

@@ -27,6 +27,7 @@ const (
 	StatusSessionExpired Status = 15  // the session's lease ran out
 	StatusDeadlock       Status = 16  // the queued request closes a wait-for cycle: it was chosen to fail
 	StatusCookie         Status = 17  // SESSION_OPEN: send it again with this cookie
+	StatusUnknownRequest Status = 18  // the new owner of a handed-off shard does not know this request id
 	StatusInternal       Status = 255 // worker bug
 )
 
@@ -54,6 +55,7 @@ var statuses = [256]statusInfo{
 	StatusSessionExpired: {"SESSION_EXPIRED", "session lease expired", false},
 	StatusDeadlock:       {"DEADLOCK", "request would deadlock: chosen as the victim of a wait-for cycle", false},
 	StatusCookie:         {"COOKIE", "open again with the cookie", true},
+	StatusUnknownRequest: {"UNKNOWN_REQUEST", "request id unknown to the shard's new owner: send it again under a fresh id", false},
 	StatusInternal:       {"INTERNAL", "internal worker error", false},
 }
 

@@ -133,7 +133,7 @@ func validVectors() []vector {
 		Mode: CW, ValidityMs: 0, Start: 1, End: WholeEnd})
 	add("acquire-reply-queued", vreply(TypeAcquire, StatusQueued, 11, vToken2), &Queued{Position: 2})
 	for _, s := range []Status{StatusConflict, StatusTimeout, StatusUnknownSession, StatusGrace, StatusUnavailable,
-		StatusBadRequest, StatusLimit, StatusCanceled, StatusExhausted, StatusSessionExpired, StatusDeadlock, StatusInternal} {
+		StatusBadRequest, StatusLimit, StatusCanceled, StatusExhausted, StatusSessionExpired, StatusDeadlock, StatusUnknownRequest, StatusInternal} {
 		name := "acquire-reply-" + strings.ReplaceAll(strings.ToLower(s.String()), "_", "-")
 		msg := []byte(s.Text())
 		if s == StatusConflict {
@@ -322,7 +322,7 @@ func badVectors() []badVector {
 	add("bad-flags-release", resealed(byName["release"], set(offFlags, 0x04)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
 	add("bad-status-in-request", resealed(acq, set(offStatus, 1)), ErrBadStatus)
-	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 18)), ErrBadStatus)
+	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 19)), ErrBadStatus)
 	add("bad-status-cookie-acquire", resealed(byName["acquire-reply-conflict"], set(offStatus, byte(StatusCookie))), ErrBadStatus)
 	add("bad-status-queued-release", resealed(byName["release-reply-not-held"], set(offStatus, 1)), ErrBadStatus)
 	add("bad-session-zero", resealed(acq, set(8, 0, 0, 0, 0, 0, 0, 0, 0)), ErrBadHeader)

@@ -138,6 +138,11 @@ func (w *Worker) keepForHandoff(ob *outbox, shard uint32, st *shardState, to del
 	if err != nil {
 		return nil // in grace: the new owner recovers it
 	}
+	// Protocol 1 does not move queued requests (wire/SPEC.md 17): their
+	// clients re-send them to the new owner under fresh ids, so a waiter
+	// moved as well would be granted to nobody; and their deadlines are
+	// in this worker's clock.
+	snap.Waiters = nil
 	keep := max(2*w.cluster.SessionTTL(), outstandingFor)
 	oh := &outHandoff{epoch: st.epoch + 1, to: to, snap: snap, created: ob.now, expires: ob.now + int64(keep)}
 	w.outgoing[shard] = oh
@@ -506,7 +511,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 			}
 		} else if sh.Snap.Epoch != se.Epoch-1 {
 			why = fmt.Errorf("snapshot of epoch %d, want %d", sh.Snap.Epoch, se.Epoch-1)
-		} else if tab, err := table.Import(sh.Snap, se.Epoch, w.cfg.Table); err != nil {
+		} else if tab, err := table.Import(withoutWaiters(sh.Snap), se.Epoch, w.cfg.Table); err != nil {
 			why = err
 		} else {
 			st.tab, st.from = tab, delegation.Owner{}
@@ -614,6 +619,13 @@ func (w *Worker) checkSession(ctx context.Context, id uint64) {
 	w.endSession(ob, id)
 	w.mu.Unlock()
 	w.flush(ob)
+}
+
+// withoutWaiters drops the queued requests of a pulled snapshot: under
+// protocol 1 they stay behind (see keepForHandoff), whatever a peer sent.
+func withoutWaiters(s *table.Snapshot) *table.Snapshot {
+	s.Waiters = nil
+	return s
 }
 
 // reseal turns a cached reply of the old owner into this worker's: the

@@ -385,3 +385,79 @@ func TestFrames(t *testing.T) {
 		}
 	}
 }
+
+// TestHandoffProto1LeavesQueued: under handoff protocol 1 a queued request
+// stays behind (wire/SPEC.md 17): the old owner's kept state has no
+// waiters although the table exported one, and the waiting client, which
+// re-sends under a fresh id, gets the token from the new owner once its
+// holder releases it there, with nothing left over afterwards.
+func TestHandoffProto1LeavesQueued(t *testing.T) {
+	cli, w1, w2 := twoWorkers(t)
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	// The holder keeps its token when revoked: the request must queue.
+	c, err := clientlib.DialConfig(dctx, clientlib.Config{Seeds: []string{w1.Addr().String()}, Insecure: true,
+		OnRevoke: func(context.Context, *clientlib.Token, clientlib.Revocation) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	other := dialTest(t, w1.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	name := namesIn(8, 16, 1)[0]
+	held, err := c.Acquire(ctx, name, wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		tok *clientlib.Token
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		tok, err := other.Acquire(ctx, name, wire.EX)
+		got <- result{tok, err}
+	}()
+	waitFor(t, "the request queued at w1", func() bool {
+		select {
+		case r := <-got:
+			t.Fatalf("acquire ended before the move: %v", r.err)
+		default:
+		}
+		return w1.stats().waiters == 1
+	})
+
+	moveHalf(t, cli, w1, w2)
+	waitFor(t, "w2 serves the moved shards", func() bool {
+		s := w2.stats()
+		return s.shards == 8 && s.awaiting == 0
+	})
+	shard := wire.Shard([]byte(name), testShards)
+	w1.mu.Lock()
+	oh := w1.outgoing[shard]
+	w1.mu.Unlock()
+	if oh == nil || oh.snap == nil {
+		t.Fatalf("w1 kept no state for shard %d", shard)
+	}
+	if len(oh.snap.Waiters) != 0 {
+		t.Fatalf("w1's kept state carries %d waiters under protocol 1", len(oh.snap.Waiters))
+	}
+
+	waitFor(t, "holder valid at w2", func() bool { return held.Valid() && w2.stats().grants == 1 })
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("queued acquire across the handoff: %v", r.err)
+	}
+	if wire.FenceEpoch(r.tok.Fence()) != 2 {
+		t.Fatalf("fence %#x not of w2's epoch 2", r.tok.Fence())
+	}
+	if err := r.tok.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "nothing left at w2", func() bool { s := w2.stats(); return s.grants == 0 && s.waiters == 0 })
+}

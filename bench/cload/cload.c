@@ -15,6 +15,10 @@
  *   cload --seeds 127.0.0.1:7700 --threads 16 --mode uncontended \
  *         --handles thread --warmup-ms 300 --duration-ms 2000 --prefix bench/c1
  *
+ * --cache N turns on every handle's token cache (tokend_token_cache, at most
+ * N grants): an uncontended loop then re-acquires from the cache; the JSON
+ * reports the handles' cache_hits and cache_misses.
+ *
  * It authenticates with the client key file of --key-file FILE (else
  * $TOKEND_KEY_FILE, as the library reads it); --insecure connects without
  * a key, to a cluster started with --insecure.
@@ -160,6 +164,7 @@ struct thread {
 
 static struct {
 	int threads, contended, shared;
+	size_t cache; /* --cache N: the token cache of every handle (0: off) */
 	int64_t warmup_ns, duration_ns;
 	uint64_t max_ops;
 	const char *prefix;
@@ -299,6 +304,11 @@ static tokend_client *connect_one(void)
 		fprintf(stderr, "cload: connect: %s: %s\n", tokend_strerror(rc), errbuf);
 		return NULL;
 	}
+	if (R.cache && (rc = tokend_token_cache(c, R.cache, 0)) != TOKEND_OK) {
+		fprintf(stderr, "cload: token cache: %s\n", tokend_strerror(rc));
+		tokend_close(c);
+		return NULL;
+	}
 	return c;
 }
 
@@ -306,7 +316,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: cload --seeds host:port[,host:port...] [--threads N] [--mode uncontended|contended]\n"
 			"             [--handles thread|shared] [--warmup-ms N] [--duration-ms N] [--max-ops N]\n"
-			"             [--prefix NAME] [--key-file FILE | --insecure]\n");
+			"             [--prefix NAME] [--key-file FILE | --insecure] [--cache N]\n");
 	exit(2);
 }
 
@@ -368,6 +378,8 @@ int main(int argc, char **argv)
 			R.prefix = v;
 		} else if (strcmp(a, "--key-file") == 0) {
 			R.key_file = v;
+		} else if (strcmp(a, "--cache") == 0) {
+			R.cache = (size_t)atoll(v);
 		} else {
 			usage();
 		}
@@ -434,10 +446,19 @@ int main(int argc, char **argv)
 		if (t->errors)
 			last = t->last_msg[0] ? t->last_msg : tokend_strerror(t->last_error);
 	}
+	uint64_t hits = 0, misses = 0;
+	for (int i = 0; i < (R.shared ? 1 : R.threads); i++) {
+		tokend_cache_stats cs;
+		if (tokend_get_cache_stats(R.shared ? shared : R.th[i].c, &cs) == TOKEND_OK) {
+			hits += cs.hits;
+			misses += cs.misses;
+		}
+	}
 	printf("{\"threads\":%d,\"mode\":\"%s\",\"handles\":\"%s\",\"window_s\":%.6f,\"ops\":%" PRIu64
-	       ",\"rate_per_s\":%.3f,\"errors\":%" PRIu64 ",\"revoked\":%" PRIu64 ",\"last_error\":",
+	       ",\"rate_per_s\":%.3f,\"errors\":%" PRIu64 ",\"revoked\":%" PRIu64 ",\"cache_hits\":%" PRIu64
+	       ",\"cache_misses\":%" PRIu64 ",\"last_error\":",
 	       R.threads, R.contended ? "contended" : "uncontended", R.shared ? "shared" : "thread", window, ops,
-	       window > 0 ? (double)ops / window : 0, errors, revoked);
+	       window > 0 ? (double)ops / window : 0, errors, revoked, hits, misses);
 	json_string(stdout, last);
 	printf(",");
 	h_json(stdout, "acquire", all[LAT_ACQUIRE]);

@@ -269,10 +269,13 @@ int tokend_process(tokend_client *c)
 static int aop_new(struct tokend_client *c, int kind, tokend_done_fn cb, void *arg, struct aop **out)
 {
 	/* Withdrawn requests keep their ids until their CANCEL is answered:
-	 * they count too, so that keepalives always find an id. */
+	 * they count too, so that keepalives always find an id. The library's
+	 * own keepalives and CANCELs do not: the reserve between
+	 * TOKEND_MAX_ASYNC and the session's 256 ids is theirs, and whether
+	 * one happens to be in flight must not decide a caller's start. */
 	size_t live = 0;
 	for (struct req *r = c->reqs; r; r = r->next)
-		live += r->in_session && !r->done;
+		live += r->in_session && !r->done && r->type != TKW_KEEPALIVE && r->type != TKW_CANCEL;
 	if (c->naops >= TOKEND_MAX_ASYNC || live >= TOKEND_MAX_ASYNC) {
 		set_err(c, "%zu asynchronous operations and %zu requests in flight: the most a handle takes is %d "
 			   "(TOKEND_MAX_ASYNC)", c->naops, live, TOKEND_MAX_ASYNC);
@@ -368,6 +371,11 @@ int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, to
 		rc = TOKEND_ECALLBACK; /* opening a session again waits */
 	if (rc == TOKEND_OK)
 		rc = ensure_session(c, deadline);
+	if (rc == TOKEND_OK && cache_acquire(c, name, name_len, (int)mode, start, end, &op->g)) {
+		/* from the token cache: completes (op->r NULL) at the next tokend_process */
+		op_name(op->op, sizeof op->op, "acquire", name, name_len, (int)mode);
+		return aop_started(c, op, rc, id);
+	}
 	if (rc == TOKEND_OK)
 		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
 	if (rc == TOKEND_OK) {

@@ -197,6 +197,14 @@ int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closi
 		*handed = req_abandon(c, r);
 		return 1;
 	}
+	if (r->type == TKW_ACQUIRE && r->sends == 0) {
+		/* a RELEASE of a cached grant of the name goes first (cache.c) */
+		int64_t w = cache_releasing(c, r->name, r->name_len);
+		if (w) {
+			*until = w < deadline ? w : deadline;
+			return 0;
+		}
+	}
 	if (now >= r->next_send)
 		req_send(c, r, now);
 	*until = r->next_send < deadline ? r->next_send : deadline;
@@ -868,6 +876,8 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 	int64_t deadline = wait_deadline(c, wait_ms, tkn_now());
 	rc = ensure_session(c, deadline);
 	struct req *r;
+	if (rc == TOKEND_OK && cache_acquire(c, name, name_len, (int)mode, start, end, out))
+		goto out; /* from the token cache */
 	if (rc == TOKEND_OK)
 		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
 	if (rc == TOKEND_OK) {
@@ -877,6 +887,7 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 		if (rc == TOKEND_OK)
 			rc = confirm_grant(c, out->name, out->name_len, out->fence, deadline, NULL, out, op);
 	}
+out:
 	leave(c);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
@@ -958,7 +969,7 @@ int release_req(struct tokend_client *c, const tokend_grant *gr, const void *val
 {
 	*out = NULL;
 	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
-	if (!g || g->state == G_RELEASING)
+	if (!g || g->state == G_RELEASING || g->cached)
 		return TOKEND_ENOTHELD;
 	if (g->state == G_LOST) {
 		grant_remove(c, g); /* the engine gave it back when it was lost */
@@ -966,6 +977,8 @@ int release_req(struct tokend_client *c, const tokend_grant *gr, const void *val
 	}
 	if (value && !writer_mode(g->g.mode))
 		return TOKEND_EINVAL; /* only PW and EX holders set the value block */
+	if (!value && cache_release(c, g))
+		return TOKEND_OK; /* kept in the token cache: nothing to send */
 	int async = on_bg_thread(c);
 	struct req *r = req_for_grant(c, TKW_RELEASE, async ? OWN_ASYNC : OWN_SYNC, g);
 	if (!r)
@@ -1038,7 +1051,7 @@ int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int
 	int async = on_bg_thread(c);
 	int down = g && tkw_mode_covers((int)g->g.mode, (int)mode);
 	*down_out = down;
-	if (!g || g->state == G_RELEASING)
+	if (!g || g->state == G_RELEASING || g->cached)
 		rc = TOKEND_ENOTHELD;
 	else if (g->state == G_LOST)
 		rc = TOKEND_ELOST;
@@ -1103,7 +1116,7 @@ int tokend_grant_check(tokend_client *c, const tokend_grant *gr, uint32_t *remai
 	pthread_mutex_lock(&c->mu);
 	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
 	int64_t left = 0;
-	int rc = g ? grant_valid(c, g, tkn_now(), &left) : TOKEND_ENOTHELD;
+	int rc = g && !g->cached ? grant_valid(c, g, tkn_now(), &left) : TOKEND_ENOTHELD;
 	pthread_mutex_unlock(&c->mu);
 	if (remaining_ms) {
 		left /= NS_PER_MS;

@@ -121,7 +121,7 @@ int tkw_type_known(uint8_t t)
 	return 0;
 }
 
-int tkw_status_known(uint8_t s) { return s <= 17 || s == 255; }
+int tkw_status_known(uint8_t s) { return s <= 18 || s == 255; }
 
 int tkw_status_retryable(uint8_t s)
 {

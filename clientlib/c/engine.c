@@ -268,6 +268,13 @@ void req_complete(struct tokend_client *c, struct req *r, int result)
 		r->target->cancel = NULL;
 		r->target = NULL;
 	}
+	if (r->from_cache) {
+		/* an ACQUIRE of the name may be waiting for it (cache_releasing) */
+		for (struct req *a = c->reqs; a; a = a->next)
+			if (a->type == TKW_ACQUIRE && a->sends == 0 && a->name_len == r->name_len &&
+			    memcmp(a->name, r->name, r->name_len) == 0)
+				signal_req(c, a);
+	}
 	if (r->owner == OWN_SYNC)
 		signal_req(c, r);
 	else
@@ -677,6 +684,16 @@ static void grant_lost(struct tokend_client *c, struct grant_rec *g, int why)
 {
 	if (g->state == G_LOST)
 		return;
+	if (g->cached) {
+		/* nobody uses it: give it back (while the session lives) and forget it */
+		uint32_t ep = g->grp ? g->grp->epoch : 1;
+		cache_unlink(c, g);
+		drop_reclaims(c, g);
+		if (why != TOKEND_ESESSION && g->session == c->session)
+			send_release_async(c, g->g.name, g->g.name_len, g->g.fence, NULL, g->shard, ep);
+		grant_remove(c, g);
+		return;
+	}
 	int was_released = g->state == G_RELEASING;
 	g->state = G_LOST;
 	g->lost_why = why;
@@ -802,18 +819,19 @@ static void deliver_revoke(struct tokend_client *c, struct grant_rec *g, uint8_t
 	queue_event(c, EV_REVOKE, &g->g, wanted, start, end, 0);
 }
 
-void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
-			const struct tkn_addr *to, uint32_t shard, uint32_t epoch)
+/* Returns the RELEASE on its way (a new one or one already sent), or NULL. */
+struct req *send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
+			       const struct tkn_addr *to, uint32_t shard, uint32_t epoch)
 {
 	if (c->sstate != S_OPEN || len == 0 || len > TKW_MAX_NAME)
-		return;
+		return NULL;
 	for (struct req *r = c->reqs; r; r = r->next)
 		if (r->type == TKW_RELEASE && r->fence == fence && r->name_len == len &&
 		    memcmp(r->name, name, len) == 0)
-			return; /* already on its way */
+			return r; /* already on its way */
 	struct req *r = req_new(c, TKW_RELEASE, OWN_ASYNC);
 	if (!r)
-		return;
+		return NULL;
 	memcpy(r->name, name, len);
 	r->name_len = (uint8_t)len;
 	r->fence = fence;
@@ -833,9 +851,10 @@ void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len
 	m->name.len = len;
 	if (req_build(c, r, m) != TOKEND_OK) {
 		req_complete(c, r, TOKEND_EINVAL);
-		return;
+		return NULL;
 	}
 	req_send(c, r, tkn_now());
+	return r;
 }
 
 /* An ACQUIRE or CONVERT of this name still waiting for its answer? */
@@ -923,6 +942,10 @@ static void on_revoke(struct tokend_client *c, const struct tkw_msg *m, const st
 	}
 	send_ack(c, TKW_REVOKE_ACK, m, m->h.request, src);
 	struct grant_rec *g = grant_find(c, m->name.p, m->name.len, m->fence);
+	if (g && g->cached) {
+		cache_revoke(c, g, m->mode); /* the application never hears of it */
+		return;
+	}
 	if (g && g->state != G_LOST) {
 		deliver_revoke(c, g, m->mode, m->start, m->end);
 		return;
@@ -1562,8 +1585,8 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 	case TKW_RELEASE:
 		g = grant_find(c, r->name, r->name_len, r->fence);
 		if (g && g->state == G_RELEASING) {
-			if (st == TKW_ST_OK || st == TKW_ST_NOT_HELD)
-				grant_remove(c, g);
+			if (st == TKW_ST_OK || st == TKW_ST_NOT_HELD || r->from_cache)
+				grant_remove(c, g); /* (a cached one refused: nobody's; a REVOKE finds it gone) */
 			else
 				g->state = G_HELD; /* refused: still ours */
 		}
@@ -2065,7 +2088,7 @@ static int64_t jeopardy_ns(struct tokend_client *c)
  */
 static int64_t check_jeopardy(struct tokend_client *c, struct grant_rec *g, int64_t now)
 {
-	if (!c->on_jeopardy || g->pending || (g->state != G_HELD && g->state != G_RECLAIMING))
+	if (!c->on_jeopardy || g->pending || g->cached || (g->state != G_HELD && g->state != G_RECLAIMING))
 		return NEVER;
 	int64_t j = jeopardy_ns(c);
 	int64_t d = g->state == G_HELD ? grant_deadline(c, g) : 0;
@@ -2425,6 +2448,8 @@ int64_t engine_timers(struct tokend_client *c, int64_t now)
 	wake = min64(wake, done_tick(c, now));
 	check_lost(c, now);
 	wake = min64(wake, c->next_lost_check);
+	if (c->cache_n)
+		wake = min64(wake, cache_expire(c, now));
 	if (c->stash)
 		stash_sweep(c, now);
 	return c->ev_head || c->mf.ready ? now : wake;
@@ -2444,6 +2469,8 @@ int64_t engine_next(struct tokend_client *c, int64_t now)
 		for (int i = 0; c->map.have && i < c->ndone; i++)
 			wake = min64(wake, c->done[i].next); /* done_tick */
 	}
+	if (c->cache_tail)
+		wake = min64(wake, c->cache_tail->cached_at + c->cache_idle_ns); /* cache_expire */
 	return min64(wake, c->next_lost_check);
 }
 

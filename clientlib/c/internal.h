@@ -100,6 +100,7 @@ struct req {
 	uint64_t fence;     /* RELEASE, CONVERT, RECLAIM: the grant's fence */
 	uint8_t mode;
 	int renew;          /* KEEPALIVE with RENEW */
+	int from_cache;     /* RELEASE of a grant taken out of the token cache (cache.c) */
 	uint64_t done_version; /* KEEPALIVE with DONE: the map version it is about */
 	struct req *target; /* CANCEL: the abandoned request */
 	struct req *cancel; /* abandoned ACQUIRE/CONVERT: its CANCEL */
@@ -165,6 +166,11 @@ struct grant_rec {
 		uint64_t start, end;
 	} seen[4];
 	int nseen; /* revocations seen; the last four are kept */
+	/* token cache (cache.c): released by the application, kept held by
+	 * the library for a compatible re-acquire; on the LRU list */
+	int cached;
+	int64_t cached_at;
+	struct grant_rec *cprev, *cnext;
 };
 
 /* A REVOKE for a fence we do not know yet while an ACQUIRE/CONVERT of the
@@ -253,6 +259,13 @@ struct tokend_client {
 	uint8_t ann_pub[TKM_PUB_LEN];
 	uint64_t ann_ok, ann_drops;   /* guarded by mu */
 	uint8_t ann_buf[TKM_MAX_DATAGRAM + 1];
+
+	/* token cache (cache.c; guarded by mu): cache_max 0 = off. head is
+	 * the most recently released grant, tail the next to go. */
+	size_t cache_max, cache_n;
+	int64_t cache_idle_ns;
+	struct grant_rec *cache_head, *cache_tail;
+	uint64_t cache_hits, cache_misses, cache_revoked, cache_evictions;
 
 	int detect; /* tokend_detect_deadlocks: DETECT on waiting acquires and upgrades (guarded by mu) */
 
@@ -377,7 +390,7 @@ int64_t fresh_ns(struct tokend_client *c);
 void grant_vouch(struct tokend_client *c, struct grant_rec *g, int64_t now);
 void grant_handover(struct tokend_client *c, struct grant_rec *g);
 void grant_give_up(struct tokend_client *c, struct grant_rec *g, const tokend_grant *report, int why);
-void send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
+struct req *send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
 			const struct tkn_addr *to, uint32_t shard, uint32_t epoch);
 
 /* ---- engine.c: a handle without a background thread (c->mu held) ---- */
@@ -409,6 +422,24 @@ int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int
 		size_t value_len, struct req **out, int *down);
 int release_req(struct tokend_client *c, const tokend_grant *gr, const void *value, size_t value_len,
 		struct req **out);
+
+/* ---- cache.c: the token cache (c->mu held) ---- */
+/* Release's fast path: 1 = g is cached (nothing to send). */
+int cache_release(struct tokend_client *c, struct grant_rec *g);
+/* Acquire's: 1 = a cached grant serves it (*out); else the cached grants
+ * of name that must not stay beside the request are given back. */
+int cache_acquire(struct tokend_client *c, const uint8_t *name, size_t len, int mode, uint64_t start,
+		  uint64_t end, tokend_grant *out);
+/* A RELEASE of a cached grant of name is unanswered: an ACQUIRE of name
+ * waits for it (returns when to look again) before its first send; 0 if none. */
+int64_t cache_releasing(struct tokend_client *c, const uint8_t *name, size_t len);
+/* The engine is done with a cached grant (lost, session ended): out of the
+ * list, silently. */
+void cache_unlink(struct tokend_client *c, struct grant_rec *g);
+/* A REVOKE of the cached grant g: released at once, the application not told. */
+void cache_revoke(struct tokend_client *c, struct grant_rec *g, int wanted);
+/* Evict grants idle too long; returns when to look again. */
+int64_t cache_expire(struct tokend_client *c, int64_t now);
 
 /* ---- async.c (c->mu held) ---- */
 /* Wait until `until` at most for something to happen, driving the engine

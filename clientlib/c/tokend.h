@@ -455,6 +455,51 @@ typedef struct tokend_stats {
 TOKEND_API int tokend_get_stats(tokend_client *c, tokend_stats *out);
 
 /*
+ * TOKEN CACHE (off by default), as the kernel lock managers keep one:
+ * tokend_token_cache(c, max, idle_ms) with max > 0 turns it on. Then
+ * releasing a grant nobody else wants (tokend_release or
+ * tokend_release_async without a value; no revocation seen for it; mode
+ * PR, PW or EX over the whole token; held and confirmed) keeps it held by
+ * the library instead of sending RELEASE: the call returns TOKEND_OK at
+ * once and the application's copy answers TOKEND_ENOTHELD from then on. A
+ * later acquire (blocking or asynchronous) of that name in a mode the
+ * cached one covers, over a range it contains, is served locally with no
+ * datagram: the same grant, the same fence, valid for at least what
+ * acquire promises (else it is not used). Conflicting or stale cached
+ * grants of the name are given back first, and the acquire's request
+ * waits until that RELEASE is answered.
+ *
+ * A REVOKE of a cached grant is answered by the library with a RELEASE at
+ * once; on_revoke, on_jeopardy and on_lost are never called for cached
+ * grants. At most max grants are kept (least recently released given back
+ * first), each at most idle_ms (0: TOKEND_DEFAULT_TOKEN_CACHE_IDLE_MS; the
+ * library looks about once a second, so later by up to that). Cached
+ * grants are kept alive, and reclaimed after a worker failure or a planned
+ * move, as held ones; one lost is dropped silently. max = 0 turns the
+ * cache off and gives back what it holds. Trade-off: while a grant is
+ * cached, another client's TRY of a conflicting mode fails (its REVOKE
+ * frees the token for the next request) and a waiter waits one round trip
+ * more. Callable any time (also from a callback). TOKEND_OK, TOKEND_EINVAL
+ * (c NULL, idle_ms < 0), TOKEND_ECLOSED.
+ */
+#define TOKEND_DEFAULT_TOKEN_CACHE 1024
+#define TOKEND_DEFAULT_TOKEN_CACHE_IDLE_MS 30000
+TOKEND_API int tokend_token_cache(tokend_client *c, size_t max, int idle_ms);
+
+/* Token cache counters, since connect. */
+typedef struct tokend_cache_stats {
+	uint64_t hits;      /* acquires served from the cache */
+	uint64_t misses;    /* acquires with the cache on that it could not serve */
+	uint64_t revoked;   /* cached grants given back on a REVOKE */
+	uint64_t evictions; /* given back for the count bound, idle time, or tokend_token_cache */
+	uint64_t cached;    /* grants in the cache now */
+	uint64_t reserved[3];
+} tokend_cache_stats;
+
+/* Fill *out with c's cache counters. TOKEND_OK, or TOKEND_EINVAL for NULL. */
+TOKEND_API int tokend_get_cache_stats(tokend_client *c, tokend_cache_stats *out);
+
+/*
  * Deadlock detection across tokens (wire/SPEC.md section 19). With on != 0,
  * every later acquire or upgrading convert of this handle that waits takes
  * part: if it closes a wait-for cycle of such requests, the youngest one

@@ -162,7 +162,7 @@ func buildC(t *testing.T, san bool, progs ...string) string {
 	if san {
 		flags = append(flags, sanFlags...)
 	}
-	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "async.c", "fenceproof.c", "ann.c"}
+	lib := []string{"codec.c", "auth.c", "net.c", "engine.c", "client.c", "async.c", "cache.c", "fenceproof.c", "ann.c"}
 	objs := make([]string, len(lib))
 	errs := make([]error, len(lib))
 	var wg sync.WaitGroup
@@ -910,7 +910,7 @@ func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...s
 	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
 }
 
-var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many"}
+var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache"}
 
 func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()
@@ -1008,7 +1008,7 @@ func TestFakeWorker(t *testing.T) {
 				// lost a round without a cached answer happens (0.9^50, about
 				// 1 in 200): run more rounds, up to five, until one comes.
 				for i := 0; i < repeat || (f.count("cached") == 0 && i < 5); i++ {
-					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges"} {
+					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges", "cache"} {
 						runScenario(t, bin, f.at(0), s)
 					}
 				}
@@ -1185,6 +1185,40 @@ func TestFakeWorker(t *testing.T) {
 					t.Errorf("worker 1, which the map no longer names, received %d DONEs after it came back", after-before)
 				}
 				p.expect(t, "released", 20*time.Second)
+				p.wait(t, 10*time.Second)
+			})
+			// Token cache: a grant cached (released by the application,
+			// still held by the library) across a worker crash and a
+			// planned move is reclaimed like a held one, and the
+			// re-acquire after it is a cache hit with the same fence.
+			cached := func(t *testing.T, fault func(f *fake), what string) {
+				f := newFake(t, 2)
+				f.logCounts(t)
+				p := start(t, f.at(0), bin, "cached", what, "1500")
+				p.expect(t, "fence", 10*time.Second)
+				f.waitDones()
+				fault(f)
+				l := p.expect(t, "hit", 15*time.Second)
+				p.expect(t, "survived", 15*time.Second)
+				p.wait(t, 10*time.Second)
+				if f.count("reclaim") == 0 {
+					t.Errorf("no reclaim of the cached grant")
+				}
+				t.Logf("%s: %s", what, l)
+			}
+			t.Run("cached-crash", func(t *testing.T) { cached(t, (*fake).crash, "cached-crash") })
+			t.Run("cached-move", func(t *testing.T) { cached(t, (*fake).move, "cached-move") })
+			t.Run("cached-fresh", func(t *testing.T) {
+				// A cached grant its worker no longer vouches for is not
+				// handed out below the validity acquire promises.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				p := start(t, f.at(0), bin, "cachedfresh", f.NameOn("cachedfresh", 1), fmt.Sprint((fakeW * 2 / 3).Milliseconds()))
+				p.expect(t, "fence", 10*time.Second)
+				f.SetMuted(1, true)
+				time.Sleep(fakeW)
+				f.SetMuted(1, false)
+				t.Log(p.expect(t, "fresh", 25*time.Second))
 				p.wait(t, 10*time.Second)
 			})
 			t.Run("shard-move", func(t *testing.T) {
@@ -1556,4 +1590,36 @@ func cAndGo(t *testing.T, bin string, tg target, name string) {
 		}
 	}
 	t.Logf("C and Go fences form one sequence %d..%d; the holder changed %d times", wire.FenceSeq(all[0]), wire.FenceSeq(all[len(all)-1]), interleaved)
+}
+
+// TestCacheValgrind runs the C token cache's scenario against the fake
+// cluster under valgrind (leaks and memory errors fail it): the e2e
+// scenario "cache" (hits, REVOKE of a cached grant, bounds, a handle
+// without a thread) and a cached grant across a worker crash.
+func TestCacheValgrind(t *testing.T) {
+	vg, err := exec.LookPath("valgrind")
+	if err != nil {
+		t.Skip("valgrind is not installed")
+	}
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
+	vgArgs := []string{"-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=all", bin}
+	f := newFake(t, 2)
+	out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(vgArgs, f.at(0).addr, "cache")...)
+	if err != nil || !strings.Contains(out, "ok cache") {
+		t.Fatalf("cache under valgrind: %v\n%s", err, out)
+	}
+	// start puts the address first: run valgrind through a script
+	script := filepath.Join(t.TempDir(), "vg-e2e")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec "+vg+" "+strings.Join(vgArgs, " ")+` "$@"`+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, f.at(0), script, "cached", "cached-vg", "3000")
+	p.expect(t, "fence", 60*time.Second)
+	f.waitDones()
+	f.crash()
+	p.expect(t, "survived", 60*time.Second)
+	p.wait(t, 60*time.Second)
 }

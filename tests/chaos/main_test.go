@@ -52,7 +52,12 @@ func run(t *testing.T, pinned []uint64, fn func(t *testing.T, seed uint64, long 
 		return t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Cleanup(func() {
 				if t.Failed() {
-					t.Logf("FAILED with seed %d; repeat with: go test ./tests/chaos -run '%s' -seed %d -v", seed, t.Name(), seed)
+					// A soak run is the long form: the repeat must be too.
+					extra := ""
+					if long {
+						extra = " -soak 1s"
+					}
+					t.Logf("FAILED with seed %d; repeat with: go test ./tests/chaos -run '%s' -seed %d%s -v", seed, t.Name(), seed, extra)
 				}
 			})
 			fn(t, seed, long)

@@ -399,20 +399,25 @@ func (p *pair) tick(now int64) error {
 	return p.compare(nil, got, want)
 }
 
-func (p *pair) handoff(newEpoch uint32) error {
+func (p *pair) handoff(newEpoch uint32, dropQueued bool) error {
 	p.steps++
-	p.log = append(p.log, fmt.Sprintf("handoff epoch=%d", newEpoch))
+	p.log = append(p.log, fmt.Sprintf("handoff epoch=%d dropqueued=%v", newEpoch, dropQueued))
 	snap, err := p.tab.Export()
 	if err != nil {
 		return p.fail("export: %v", err)
+	}
+	if dropQueued { // handoff protocol 1: the old owner does not move queued requests
+		snap.Waiters = nil
 	}
 	tab, err := Import(snap, newEpoch, p.tab.cfg)
 	if err != nil {
 		return p.fail("import: %v", err)
 	}
 	p.tab = tab
-	p.mod.handoff(newEpoch)
-	clear(p.pending)
+	p.mod.handoff(newEpoch, dropQueued)
+	if dropQueued {
+		clear(p.pending)
+	}
 	return p.compare(nil, nil, nil)
 }
 
@@ -591,7 +596,7 @@ func (g *gen) next(p *pair) error {
 		if p.tab.grace {
 			return p.tick(g.now)
 		}
-		return p.handoff(p.tab.epoch + 1 + uint32(src.intn(3)))
+		return p.handoff(p.tab.epoch+1+uint32(src.intn(3)), src.intn(2) == 0)
 	}
 	if src.intn(50) != 0 {
 		g.reqs[in.Session]++ // request ids grow per session (mostly)

@@ -75,6 +75,11 @@
 // range) is answered with that grant and changes nothing: after an Import,
 // that is how clients, which reclaim whenever the epoch changes, confirm
 // what came over.
+// The snapshot also lists the queued requests in arrival order
+// (Snapshot.Waiters); Import queues them again in that order, under the same
+// session and request id and with the same deadline (testdata/
+// handoff-queue.txt). The shell drops them while the handoff protocol does
+// not move queued requests (worker/handoff.go).
 //
 // Sessions are uint64 ids (the etcd lease of the client); OpEndSession drops
 // all their grants and waiters. A session's requests are (session, request

@@ -543,13 +543,17 @@ func (m *model) endSession(sess uint64, out []Output) []Output {
 	return out
 }
 
-// handoff mirrors Export + Import: waiters are dropped silently, the epoch
-// moves on, and grants are re-created token by token (names sorted), by
-// fence, which is the order a session's grant list then has.
-func (m *model) handoff(newEpoch uint32) {
-	m.waiters = nil
-	for _, g := range m.grants {
-		g.converting = false
+// handoff mirrors Export + Import: waiters stay queued in arrival order
+// (dropQueued: an old owner that does not move them, and they are dropped
+// silently), the epoch moves on, and grants are re-created token by token
+// (names sorted), by fence, which is the order a session's grant list then
+// has.
+func (m *model) handoff(newEpoch uint32, dropQueued bool) {
+	if dropQueued {
+		m.waiters = nil
+		for _, g := range m.grants {
+			g.converting = false
+		}
 	}
 	slices.SortFunc(m.grants, func(a, b *mGrant) int {
 		if a.name != b.name {

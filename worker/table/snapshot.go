@@ -9,16 +9,35 @@ import (
 )
 
 // Snapshot is the transferable state of a shard, for a planned handoff
-// (no crash, no grace period): grants with their fences, value blocks, and
-// the fence position. Queued requests are not part of it: their clients
-// retransmit to the new owner and queue there again. It is plain data (JSON
-// works); the byte layout on the way is the shell's business.
+// (no crash, no grace period): grants with their fences, value blocks, the
+// fence position, and the queued requests in arrival order, so that a
+// waiter keeps its place and its request id at the new owner. A snapshot
+// without Waiters (from an old owner that does not move them) is valid: its
+// clients retransmit to the new owner and queue there again. It is plain
+// data (JSON works); the byte layout on the way is the shell's business.
 type Snapshot struct {
 	Epoch      uint32 // epoch of the exporting table
 	Seq        uint64 // last sequence number it issued in that epoch
 	MaxFence   uint64 // highest fence it issued or reclaimed
 	ValuesLost bool   // unset values are still reported ValueLost (shard recovered from a crash)
 	Tokens     []TokenState
+	Waiters    []WaiterState // queued requests, in arrival order
+}
+
+// WaiterState is one queued request of a Snapshot: an acquire, or (Conv not
+// 0) a conversion of the session's grant with fence Conv on the same token.
+// Deadline and Since are in the exporting table's clock; a shell whose new
+// owner runs another clock rebases them before Import.
+type WaiterState struct {
+	Session    uint64
+	Req        uint64
+	Name       []byte
+	Mode       wire.Mode
+	Start, End uint64
+	Conv       uint64 // fence of the grant being converted; 0 for an acquire
+	Deadline   int64
+	Since      int64
+	Detect     bool
 }
 
 // TokenState is one token of a Snapshot.
@@ -68,7 +87,35 @@ func (t *Table) Export() (*Snapshot, error) {
 		}
 	}
 	slices.SortFunc(s.Tokens, func(a, b TokenState) int { return bytes.Compare(a.Name, b.Name) })
+	s.Waiters = t.exportWaiters()
 	return s, nil
+}
+
+// exportWaiters returns every queued request in arrival order, which is
+// also the order within each of a token's two queues.
+func (t *Table) exportWaiters() []WaiterState {
+	if len(t.heap) == 0 {
+		return nil
+	}
+	type arrived struct {
+		arrival uint64
+		wi      uint32
+	}
+	order := make([]arrived, len(t.heap))
+	for i, wi := range t.heap {
+		order[i] = arrived{t.wts.at(wi).arrival, wi}
+	}
+	slices.SortFunc(order, func(a, b arrived) int { return cmpU64(a.arrival, b.arrival) })
+	out := make([]WaiterState, len(order))
+	for i, a := range order {
+		w := t.wts.at(a.wi)
+		out[i] = WaiterState{Session: t.sess.at(w.sess).id, Req: w.req, Name: []byte(t.toks.at(w.tok).name),
+			Mode: w.mode, Start: w.start, End: w.end, Deadline: w.deadline, Since: w.since, Detect: w.detect}
+		if w.grant != 0 {
+			out[i].Conv = t.grs.at(w.grant).fence
+		}
+	}
+	return out
 }
 
 func cmpU64(a, b uint64) int {
@@ -138,7 +185,50 @@ func Import(s *Snapshot, newEpoch uint32, cfg Config) (*Table, error) {
 			}
 		}
 	}
+	for i := range s.Waiters {
+		if err := t.importWaiter(&s.Waiters[i]); err != nil {
+			return nil, fmt.Errorf("%w: waiter %d: %v", ErrBadSnapshot, i, err)
+		}
+	}
 	return t, nil
+}
+
+// importWaiter queues ws at the tail of its token's queue, as it was at the
+// old owner (the snapshot lists waiters in arrival order). It sends no
+// revocations: the old owner sent them when the request queued. Limits are
+// not applied, as for grants; what the snapshot cannot have held is refused.
+func (t *Table) importWaiter(ws *WaiterState) error {
+	if ws.Session == 0 || !validName(ws.Name) || !ws.Mode.Valid() || ws.Start >= ws.End {
+		return fmt.Errorf("bad waiter %+v", *ws)
+	}
+	if _, dup := t.byReq[reqKey{ws.Session, ws.Req}]; dup {
+		return fmt.Errorf("request %d of session %d twice", ws.Req, ws.Session)
+	}
+	ti, h := t.lookup(ws.Name)
+	si := t.sessions[ws.Session]
+	var gi uint32
+	if ws.Conv != 0 {
+		gi = t.findGrant(ti, ws.Session, ws.Conv)
+		if gi == 0 {
+			return fmt.Errorf("conversion of grant %#x not held by session %d on %q", ws.Conv, ws.Session, ws.Name)
+		}
+		g := t.grs.at(gi)
+		if g.flags&grantConverting != 0 || g.start != ws.Start || g.end != ws.End || wire.Covers(g.mode, ws.Mode) {
+			return fmt.Errorf("bad conversion of grant %#x", ws.Conv)
+		}
+		si = g.sess
+	} else {
+		if ti == 0 {
+			ti = t.newToken(ws.Name, h)
+		}
+		if si == 0 {
+			si = t.newSession(ws.Session)
+		}
+	}
+	in := Input{Req: ws.Req, Deadline: ws.Deadline, Detect: ws.Detect}
+	wi := t.addWaiter(ti, si, &in, ws.Mode, ws.Start, ws.End, gi)
+	t.wts.at(wi).since = ws.Since
+	return nil
 }
 
 // checkImported checks grant g against token ti's grants imported so far.

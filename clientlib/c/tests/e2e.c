@@ -2,7 +2,7 @@
  * e2e.c - end-to-end scenarios of libtokend against a running tokend worker.
  * Driven by clientlib/ctest (Go), which starts the server; usable by hand:
  *
- *   tokend-e2e HOST:PORT basic | conflict | shared | ranges | revoke | convert | value | many
+ *   tokend-e2e HOST:PORT basic | conflict | shared | ranges | revoke | convert | value | many | cache
  *   tokend-e2e HOST:PORT hold NAME MS      acquire EX, print "fence F", hold MS ms, release
  *   tokend-e2e HOST:PORT wait NAME MS      acquire EX waiting <= MS ms, print "fence F ms T"
  *   tokend-e2e HOST:PORT fences NAME N     acquire+release EX N times, print "fence F" each
@@ -14,6 +14,14 @@
  *   tokend-e2e HOST:PORT survive NAME MS   acquire EX, print "fence F", hold MS ms (the driver
  *                                          crashes or moves the worker meanwhile), check it is
  *                                          still valid with the same fence, release
+ *   tokend-e2e HOST:PORT cached NAME MS    token cache on: acquire EX, release it into the cache,
+ *                                          print "fence F", wait MS ms (the driver crashes or
+ *                                          moves the worker), re-acquire: "hit" (same fence) or
+ *                                          "refetched", then another client gets it; no callbacks
+ *   tokend-e2e HOST:PORT cachedfresh NAME MS
+ *                                          token cache on: a cached grant, print "fence F"; the
+ *                                          driver mutes its worker; after MS ms the re-acquire
+ *                                          must not be served from the cache (validity too low)
  *   tokend-e2e HOST:PORT longwait NAME MS W
  *                                          one client holds NAME for MS ms (ignoring the revoke)
  *                                          while another waits for it: the waiter's grant must be
@@ -366,6 +374,209 @@ struct worker_arg {
 	int fails;
 };
 
+/* Token cache on a handle with a thread and on one without. */
+static void cache_stats(tokend_client *c, tokend_cache_stats *st)
+{
+	CHECK_RC(tokend_get_cache_stats(c, st), TOKEND_OK, "cache stats");
+}
+
+struct async_res {
+	int calls, status;
+	tokend_grant g;
+};
+
+static void async_done(tokend_client *c, int status, const tokend_grant *g, void *arg)
+{
+	struct async_res *r = arg;
+	(void)c;
+	r->calls++;
+	r->status = status;
+	if (g)
+		r->g = *g;
+}
+
+static void pump(tokend_client *c, struct async_res *r)
+{
+	for (int64_t t0 = now_ms(); r->calls == 0 && now_ms() - t0 < 5000; sleep_ms(1))
+		CHECK_RC(tokend_process(c), TOKEND_OK, "process");
+	CHECK(r->calls == 1, "completion callback called %d times", r->calls);
+}
+
+struct cache_waiter {
+	tokend_client *c;
+	const char *name;
+	int finished, rc;
+	int pad;
+	tokend_grant g;
+};
+
+static void *cache_wait(void *arg)
+{
+	struct cache_waiter *w = arg;
+	w->rc = tokend_acquire(w->c, w->name, strlen(w->name), TOKEND_EX, 5000, &w->g);
+	__atomic_store_n(&w->finished, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void s_cache(void)
+{
+	char n[128], n2[128], n3[128];
+	name_of(n, sizeof n, "cache");
+	name_of(n2, sizeof n2, "cache2");
+	name_of(n3, sizeof n3, "cache3");
+	struct cb_state sa;
+	memset(&sa, 0, sizeof sa);
+	pthread_mutex_init(&sa.mu, NULL);
+	tokend_client *a = connect_cb(&sa), *b = connect_plain();
+	tokend_cache_stats st;
+	tokend_grant g1, g2, gb;
+
+	/* off by default: a release sends RELEASE, B gets the token at once */
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g1), TOKEND_OK, "A EX (no cache)");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "A release (no cache)");
+	cache_stats(a, &st);
+	CHECK(st.cached == 0 && st.misses == 0 && st.hits == 0, "cache off: cached %llu misses %llu",
+	      (unsigned long long)st.cached, (unsigned long long)st.misses);
+	CHECK_RC(tokend_token_cache(a, TOKEND_DEFAULT_TOKEN_CACHE, 0), TOKEND_OK, "cache on");
+
+	/* release keeps it; the old copy is no longer held; re-acquires are hits with the same fence */
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g1), TOKEND_OK, "A EX");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "A release into the cache");
+	cache_stats(a, &st);
+	CHECK(st.cached == 1 && st.misses == 1, "cached %llu misses %llu", (unsigned long long)st.cached,
+	      (unsigned long long)st.misses);
+	CHECK_RC(tokend_grant_check(a, &g1, NULL), TOKEND_ENOTHELD, "a cached grant's old copy");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_ENOTHELD, "second release");
+	CHECK_RC(tokend_convert(a, &g1, TOKEND_PR, TOKEND_TRY, NULL, 0), TOKEND_ENOTHELD, "convert a cached grant");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_PR, TOKEND_TRY, &g2), TOKEND_OK, "A PR from the cache");
+	CHECK(g2.fence == g1.fence && g2.mode == TOKEND_EX, "hit: fence %llu mode %d, cached fence %llu",
+	      (unsigned long long)g2.fence, g2.mode, (unsigned long long)g1.fence);
+	CHECK(g2.validity_ms > 0, "hit with no validity");
+	CHECK_RC(tokend_grant_check(a, &g2, NULL), TOKEND_OK, "a hit is held");
+	CHECK_RC(tokend_release(a, &g2, NULL, 0), TOKEND_OK, "release the hit");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g2), TOKEND_OK, "A EX from the cache");
+	CHECK(g2.fence == g1.fence, "second hit fence");
+	cache_stats(a, &st);
+	CHECK(st.hits == 2 && st.cached == 0, "hits %llu cached %llu", (unsigned long long)st.hits,
+	      (unsigned long long)st.cached);
+
+	/* a REVOKE of a cached grant is answered by the library; on_revoke is not called */
+	CHECK_RC(tokend_release(a, &g2, NULL, 0), TOKEND_OK, "A release into the cache");
+	int64_t t0 = now_ms();
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 5000, &gb), TOKEND_OK, "B EX while A has it cached");
+	int64_t took = now_ms() - t0;
+	CHECK(took < 3000, "B waited %lld ms", (long long)took);
+	CHECK(gb.fence > g1.fence, "B's fence %llu after A's %llu", (unsigned long long)gb.fence,
+	      (unsigned long long)g1.fence);
+	cache_stats(a, &st);
+	CHECK(st.revoked == 1 && st.cached == 0, "revoked %llu cached %llu", (unsigned long long)st.revoked,
+	      (unsigned long long)st.cached);
+	pthread_mutex_lock(&sa.mu);
+	CHECK(sa.revokes == 0 && sa.losts == 0, "callbacks for a cached grant: %d revokes %d losts", sa.revokes,
+	      sa.losts);
+	pthread_mutex_unlock(&sa.mu);
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+
+	/* a conflicting re-acquire is a miss: the cached PR grant is given back first, and a try
+	 * then succeeds (it does not meet this session's own cached grant) */
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_PR, TOKEND_TRY, &g1), TOKEND_OK, "A PR");
+	CHECK(g1.fence > gb.fence, "A's fence after B's");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "A release PR into the cache");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g2), TOKEND_OK, "A EX over its cached PR");
+	CHECK(g2.fence > g1.fence, "EX fence %llu after the cached PR's %llu", (unsigned long long)g2.fence,
+	      (unsigned long long)g1.fence);
+	/* not cached: a release that sets the value, a byte range */
+	CHECK_RC(tokend_release(a, &g2, "v", 1), TOKEND_OK, "release with a value");
+	CHECK_RC(tokend_acquire_range(a, n2, strlen(n2), TOKEND_EX, 0, 10, TOKEND_TRY, &g1), TOKEND_OK, "range");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "release a range");
+	cache_stats(a, &st);
+	CHECK(st.cached == 0, "%llu cached after a value release and a range", (unsigned long long)st.cached);
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, TOKEND_TRY, &gb), TOKEND_OK, "B try: nothing cached");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+
+	/* the count bound evicts the least recently released; max 0 gives back everything */
+	CHECK_RC(tokend_token_cache(a, 2, 0), TOKEND_OK, "cache of 2");
+	const char *names[3] = {n, n2, n3};
+	tokend_grant gs[3];
+	for (int i = 0; i < 3; i++)
+		CHECK_RC(tokend_acquire(a, names[i], strlen(names[i]), TOKEND_EX, TOKEND_TRY, &gs[i]), TOKEND_OK, "EX");
+	for (int i = 0; i < 3; i++)
+		CHECK_RC(tokend_release(a, &gs[i], NULL, 0), TOKEND_OK, "release");
+	cache_stats(a, &st);
+	uint64_t ev = st.evictions;
+	CHECK(st.cached == 2 && ev == 1, "cached %llu evictions %llu", (unsigned long long)st.cached,
+	      (unsigned long long)ev);
+	/* the evicted one (n, released first) is free for B at once */
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 2000, &gb), TOKEND_OK, "B EX of the evicted one");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_token_cache(a, 0, 0), TOKEND_OK, "cache off");
+	cache_stats(a, &st);
+	CHECK(st.cached == 0 && st.evictions == ev + 2, "off: cached %llu evictions %llu",
+	      (unsigned long long)st.cached, (unsigned long long)st.evictions);
+
+	/* idle time */
+	CHECK_RC(tokend_token_cache(a, 16, 200), TOKEND_OK, "cache with 200 ms idle");
+	CHECK_RC(tokend_acquire(a, n, strlen(n), TOKEND_EX, TOKEND_TRY, &g1), TOKEND_OK, "A EX");
+	CHECK_RC(tokend_release(a, &g1, NULL, 0), TOKEND_OK, "A release into the cache");
+	for (t0 = now_ms(); now_ms() - t0 < 5000; sleep_ms(20)) {
+		cache_stats(a, &st);
+		if (st.cached == 0)
+			break;
+	}
+	CHECK(st.cached == 0 && st.evictions == ev + 3, "idle: cached %llu evictions %llu",
+	      (unsigned long long)st.cached, (unsigned long long)st.evictions);
+	CHECK_RC(tokend_acquire(b, n, strlen(n), TOKEND_EX, 2000, &gb), TOKEND_OK, "B EX after the idle eviction");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	pthread_mutex_lock(&sa.mu);
+	CHECK(sa.revokes == 0 && sa.losts == 0, "callbacks: %d revokes %d losts", sa.revokes, sa.losts);
+	pthread_mutex_unlock(&sa.mu);
+	tokend_close(a);
+
+	/* a handle without a thread: asynchronous release into the cache, asynchronous hit */
+	const char *seeds[1] = {addr};
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	tokend_client *e = NULL;
+	CHECK_RC(tokend_connect_ex(&o, TOKEND_NO_THREAD, &e), TOKEND_OK, "connect without a thread");
+	CHECK_RC(tokend_token_cache(e, 8, 0), TOKEND_OK, "cache on");
+	CHECK_RC(tokend_acquire(e, n, strlen(n), TOKEND_EX, 2000, &g1), TOKEND_OK, "EX");
+	struct async_res r1 = {0, -99, {0}}, r2 = {0, -99, {0}};
+	CHECK_RC(tokend_release_async(e, &g1, NULL, 0, async_done, &r1, NULL), TOKEND_OK, "release_async");
+	pump(e, &r1);
+	CHECK_RC(r1.status, TOKEND_OK, "release_async into the cache");
+	CHECK_RC(tokend_acquire_async(e, n, strlen(n), TOKEND_PW, 0, 0, TOKEND_TRY, async_done, &r2, NULL), TOKEND_OK,
+		 "acquire_async");
+	CHECK(r2.calls == 0, "completion called from within the start call");
+	pump(e, &r2);
+	CHECK_RC(r2.status, TOKEND_OK, "acquire_async from the cache");
+	CHECK(r2.g.fence == g1.fence, "async hit fence %llu, cached %llu", (unsigned long long)r2.g.fence,
+	      (unsigned long long)g1.fence);
+	cache_stats(e, &st);
+	CHECK(st.hits == 1, "async hits %llu", (unsigned long long)st.hits);
+	CHECK_RC(tokend_release(e, &r2.g, NULL, 0), TOKEND_OK, "release into the cache");
+	/* B's request revokes it; this handle answers from tokend_process */
+	struct cache_waiter w = {b, n, 0, -99, 0, {0}};
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, cache_wait, &w) == 0, "thread");
+	for (t0 = now_ms(); now_ms() - t0 < 6000; sleep_ms(1)) {
+		CHECK_RC(tokend_process(e), TOKEND_OK, "process");
+		if (__atomic_load_n(&w.finished, __ATOMIC_SEQ_CST))
+			break;
+	}
+	pthread_join(th, NULL);
+	CHECK_RC(w.rc, TOKEND_OK, "B EX while the no-thread handle has it cached");
+	CHECK(w.g.fence > g1.fence, "B's fence after the cached one");
+	CHECK_RC(tokend_release(b, &w.g, NULL, 0), TOKEND_OK, "B release");
+	cache_stats(e, &st);
+	CHECK(st.revoked == 1 && st.cached == 0, "no-thread: revoked %llu cached %llu", (unsigned long long)st.revoked,
+	      (unsigned long long)st.cached);
+	tokend_close(e);
+	tokend_close(b);
+	pthread_mutex_destroy(&sa.mu);
+}
+
 static void *many_worker(void *arg)
 {
 	struct worker_arg *w = arg;
@@ -538,6 +749,80 @@ static void p_survive(const char *name, int ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* A grant cached while the driver crashes or moves its worker: it is
+ * reclaimed like a held one, and the re-acquire after the fault is served
+ * from the cache with the same fence (printed "hit"), or, if the cache had
+ * to drop it, granted anew with a larger one ("refetched"); never an error,
+ * never a callback. */
+static void p_cached(const char *name, int ms)
+{
+	struct cb_state s;
+	memset(&s, 0, sizeof s);
+	pthread_mutex_init(&s.mu, NULL);
+	tokend_client *c = connect_cb(&s);
+	CHECK_RC(tokend_token_cache(c, 16, 60000), TOKEND_OK, "cache on");
+	tokend_grant g, g2;
+	tokend_cache_stats st;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "cached acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release into the cache");
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.cached == 1, "%llu cached", (unsigned long long)st.cached);
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	int rc = TOKEND_ETIMEDOUT;
+	for (int64_t t0 = now_ms(); now_ms() - t0 < 8000; sleep_ms(50)) {
+		rc = tokend_acquire(c, name, strlen(name), TOKEND_EX, 5000, &g2);
+		if (rc == TOKEND_OK)
+			break;
+	}
+	CHECK_RC(rc, TOKEND_OK, "re-acquire after the fault");
+	CHECK_RC(tokend_grant_check(c, &g2, NULL), TOKEND_OK, "the re-acquired grant");
+	CHECK(g2.fence >= g.fence, "fence %llu after %llu", (unsigned long long)g2.fence, (unsigned long long)g.fence);
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	printf("%s hits %llu\n", g2.fence == g.fence ? "hit" : "refetched", (unsigned long long)st.hits);
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release into the cache again");
+	/* another client's request is answered by the cache at the new owner */
+	tokend_client *b = connect_plain();
+	tokend_grant gb;
+	CHECK_RC(tokend_acquire(b, name, strlen(name), TOKEND_EX, 5000, &gb), TOKEND_OK, "other client after the fault");
+	CHECK(gb.fence > g2.fence, "other client's fence");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "other client's release");
+	tokend_close(b);
+	pthread_mutex_lock(&s.mu);
+	CHECK(s.revokes == 0 && s.losts == 0 && s.jeopardies == 0, "callbacks for a cached grant: %d revokes %d losts %d "
+	      "jeopardies", s.revokes, s.losts, s.jeopardies);
+	pthread_mutex_unlock(&s.mu);
+	printf("survived\n");
+	tokend_close(c);
+	pthread_mutex_destroy(&s.mu);
+}
+
+/* A cached grant whose worker stops vouching for it (the driver mutes the
+ * worker after "fence F" and unmutes it later) is not handed out once its
+ * validity is below what acquire promises: the re-acquire after MS ms is a
+ * miss and gets a new, larger fence ("fresh F2"). */
+static void p_cachedfresh(const char *name, int ms)
+{
+	tokend_client *c = connect_plain();
+	CHECK_RC(tokend_token_cache(c, 16, 60000), TOKEND_OK, "cache on");
+	tokend_grant g, g2;
+	tokend_cache_stats st;
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release into the cache");
+	printf("fence %" PRIu64 "\n", g.fence);
+	fflush(stdout);
+	sleep_ms(ms);
+	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, 10000, &g2), TOKEND_OK, "re-acquire");
+	CHECK(g2.fence > g.fence, "a cached grant in doubt was handed out: fence %llu, cached %llu",
+	      (unsigned long long)g2.fence, (unsigned long long)g.fence);
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.hits == 0, "%llu hits", (unsigned long long)st.hits);
+	printf("fresh %" PRIu64 "\n", g2.fence);
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release");
+	tokend_close(c);
+}
+
 /* A grant after a long wait in the queue is valid on return (SPEC 13,
  * "asynchronous grant"; issue 11), stays valid, and is never reported lost. */
 static void p_longwait(const char *name, int hold_ms, int w_ms)
@@ -691,6 +976,8 @@ int main(int argc, char **argv)
 		s_value();
 	else if (!strcmp(s, "many"))
 		s_many();
+	else if (!strcmp(s, "cache"))
+		s_cache();
 	else if (!strcmp(s, "hold") && argc == 5)
 		p_hold(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "wait") && argc == 5)
@@ -703,6 +990,10 @@ int main(int argc, char **argv)
 		p_stuck(argv[3], argv[4]);
 	else if (!strcmp(s, "survive") && argc == 5)
 		p_survive(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "cached") && argc == 5)
+		p_cached(argv[3], atoi(argv[4]));
+	else if (!strcmp(s, "cachedfresh") && argc == 5)
+		p_cachedfresh(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "jeopardy") && argc == 5)
 		p_jeopardy(argv[3], argv[4]);
 	else if (!strcmp(s, "pinned") && argc == 5)

@@ -83,6 +83,7 @@ struct fake {
 	/* ACQUIREs of names "q/..." queue for queue_ms, then GRANT_ASYNC (one at a time) */
 	int queue_ms;      /* under mu */
 	int ka_cannot_vouch; /* KEEPALIVE replies say validity 0 (under mu) */
+	int drop_releases;   /* RELEASEs go unanswered (under mu) */
 	int q_state;       /* 0 none, 1 queued, 2 granted */
 	uint64_t q_request, q_fence;
 	uint32_t q_shard;
@@ -333,6 +334,10 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		r.end = TKW_WHOLE_END;
 		break;
 	case TKW_RELEASE:
+		if (f->drop_releases) {
+			pthread_mutex_unlock(&f->mu);
+			return;
+		}
 		f->releases++;
 		if (f->nreleased < 64)
 			f->released_fences[f->nreleased++] = q.fence;
@@ -796,6 +801,121 @@ static void test_fake(int garbage)
 	CHECK(opened == 1, "%d sessions opened", opened);
 	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
 	CHECK(fake_get(&f, &f.sessions_closed) >= 1, "no SESSION_CLOSE");
+	fake_stop(&f);
+}
+
+/*
+ * The token cache against the fake: off by default; once on, a released
+ * grant stays held (no RELEASE), re-acquires send nothing and keep the
+ * fence, a REVOKE of the cached grant is answered by a RELEASE without
+ * on_revoke, and a value release is not cached.
+ */
+struct cache_ex {
+	tokend_client *c;
+	int rc, done;
+	tokend_grant g;
+};
+
+static void *cache_ex_acquire(void *arg)
+{
+	struct cache_ex *x = arg;
+	x->rc = tokend_acquire(x->c, "co", 2, TOKEND_EX, TOKEND_TRY, &x->g);
+	__atomic_store_n(&x->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void test_cache(void)
+{
+	struct fake f;
+	fake_start(&f, 0, 0);
+	tokend_options o;
+	tokend_options_init(&o);
+	o.key = TEST_KEY;
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.session_ttl_ms = 2000;
+	o.on_revoke = on_revoke;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	tokend_cache_stats st;
+	CHECK_RC(tokend_token_cache(NULL, 1, 0), TOKEND_EINVAL, "cache of NULL");
+	CHECK_RC(tokend_token_cache(c, 1, -1), TOKEND_EINVAL, "negative idle time");
+	CHECK_RC(tokend_get_cache_stats(NULL, &st), TOKEND_EINVAL, "cache stats of NULL");
+	CHECK_RC(tokend_get_cache_stats(c, NULL), TOKEND_EINVAL, "cache stats into NULL");
+
+	tokend_grant g, g2;
+	CHECK_RC(tokend_acquire(c, "cc", 2, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release, cache off");
+	struct fence_arg fa = {&f, g.fence};
+	CHECK(wait_for(released_pred, &fa, 2000), "no RELEASE with the cache off");
+
+	CHECK_RC(tokend_token_cache(c, TOKEND_DEFAULT_TOKEN_CACHE, 0), TOKEND_OK, "cache on");
+	CHECK_RC(tokend_acquire(c, "cc", 2, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	int acq = fake_get(&f, &f.acquires), rel = fake_get(&f, &f.releases);
+	for (int i = 0; i < 100; i++) {
+		CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release into the cache");
+		CHECK_RC(tokend_acquire(c, "cc", 2, i % 2 ? TOKEND_PR : TOKEND_EX, TOKEND_TRY, &g2), TOKEND_OK,
+			 "acquire from the cache");
+		CHECK(g2.fence == g.fence && g2.mode == TOKEND_EX, "hit %d: fence %" PRIu64 " mode %d", i, g2.fence,
+		      g2.mode);
+	}
+	CHECK(fake_get(&f, &f.acquires) == acq && fake_get(&f, &f.releases) == rel,
+	      "the cached pairs sent %d ACQUIREs and %d RELEASEs", fake_get(&f, &f.acquires) - acq,
+	      fake_get(&f, &f.releases) - rel);
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.hits == 100 && st.misses == 1 && st.cached == 0, "hits %" PRIu64 " misses %" PRIu64 " cached %" PRIu64,
+	      st.hits, st.misses, st.cached);
+
+	/* a REVOKE of the cached grant: RELEASE at once, no callback */
+	pthread_mutex_lock(&cb_mu);
+	revokes_seen = 0;
+	pthread_mutex_unlock(&cb_mu);
+	CHECK_RC(tokend_release(c, &g2, NULL, 0), TOKEND_OK, "release into the cache");
+	fake_revoke(&f, "cc", g.fence, TOKEND_NL);
+	fa.fence = g.fence;
+	CHECK(wait_for(released_pred, &fa, 2000), "cached grant not released on REVOKE");
+	sleep_ms(50);
+	CHECK(cb_get(&revokes_seen) == 0, "%d revoke callbacks for a cached grant", cb_get(&revokes_seen));
+	CHECK_RC(tokend_get_cache_stats(c, &st), TOKEND_OK, "stats");
+	CHECK(st.revoked == 1 && st.cached == 0, "revoked %" PRIu64 " cached %" PRIu64, st.revoked, st.cached);
+
+	/* a conflicting re-acquire gives the cached grant back and sends its
+	 * ACQUIRE only once that RELEASE is answered */
+	CHECK_RC(tokend_acquire(c, "co", 2, TOKEND_PR, TOKEND_TRY, &g), TOKEND_OK, "acquire PR");
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release PR into the cache");
+	pthread_mutex_lock(&f.mu);
+	f.drop_releases = 1;
+	pthread_mutex_unlock(&f.mu);
+	acq = fake_get(&f, &f.acquires);
+	struct cache_ex x = {c, TOKEND_ETIMEDOUT, 0, {0}};
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, cache_ex_acquire, &x) == 0, "thread");
+	sleep_ms(300);
+	CHECK(fake_get(&f, &f.acquires) == acq, "the ACQUIRE went out before the cached grant's RELEASE was answered");
+	CHECK(!__atomic_load_n(&x.done, __ATOMIC_SEQ_CST), "the EX acquire returned while the PR was being given back");
+	pthread_mutex_lock(&f.mu);
+	f.drop_releases = 0;
+	pthread_mutex_unlock(&f.mu);
+	pthread_join(th, NULL);
+	CHECK_RC(x.rc, TOKEND_OK, "EX after the cached PR was given back");
+	CHECK(x.g.fence > g.fence, "EX fence %" PRIu64 " after the cached PR's %" PRIu64, x.g.fence, g.fence);
+	fa.fence = g.fence;
+	CHECK(fake_released(&f, g.fence), "the cached PR was not released");
+	CHECK(fake_get(&f, &f.acquires) == acq + 1, "%d ACQUIREs", fake_get(&f, &f.acquires) - acq);
+	CHECK_RC(tokend_release(c, &x.g, "y", 1), TOKEND_OK, "release EX");
+
+	/* a value release is sent */
+	CHECK_RC(tokend_acquire(c, "cv", 2, TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "acquire");
+	CHECK_RC(tokend_release(c, &g, "x", 1), TOKEND_OK, "release with a value");
+	fa.fence = g.fence;
+	CHECK(wait_for(released_pred, &fa, 2000), "a value release was cached");
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close with the cache on");
 	fake_stop(&f);
 }
 
@@ -1520,6 +1640,7 @@ int main(void)
 	test_silent_map();
 	test_fake(0);
 	test_fake(1);
+	test_cache();
 	test_revoke_after_upgrade();
 	test_async_confirm();
 	test_deadlock_answer();
