@@ -415,7 +415,7 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	}
 	try, waitMs := waitParams(ctx, &o)
 	cl := newCall()
-	cl.acq = wire.Acquire{Try: try, Detect: o.detect, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
+	cl.acq = wire.Acquire{Try: try, Detect: o.detect, Grow: o.grow, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
 	cl.typ, cl.body, cl.name, cl.routed = wire.TypeAcquire, &cl.acq, name, true
 	cl.shard = wire.Shard(cl.acq.Name, c.shardCount)
 	if err := c.register(ctx, cl, true); err != nil {
