@@ -189,7 +189,9 @@ const (
 // reclaim) fills Fence, Mode, Start, End, Name, Value and VFlags. A
 // KindReply with StatusQueued fills Position (1 = first in line). A cancel's
 // StatusOK reply has Released set, and Fence, when a grant was released
-// rather than a waiter removed. Name and Value are immutable strings owned
+// rather than a waiter removed. A partial release's StatusOK reply fills Fence,
+// Mode, Start and End with what the grant keeps (a full release: Fence
+// only). Name and Value are immutable strings owned
 // by the table; they stay valid after the Step.
 type Output struct {
 	Kind     Kind
