@@ -140,11 +140,12 @@ func (d *describer) mode(m Mode)                { d.add("mode", fmt.Sprint(uint8
 func (d *describer) fence(f uint64) {
 	d.add("fence", fmt.Sprint(f), fmt.Sprintf("epoch %d seq %d", FenceEpoch(f), FenceSeq(f)))
 }
-func rangeText(start, end uint64) string {
+// decodedRange is a range as decoders return it (whole: 0, WholeEnd).
+func decodedRange(start, end uint64) (uint64, uint64) {
 	if IsWhole(start, end) {
-		return "whole"
+		return 0, WholeEnd
 	}
-	return fmt.Sprintf("%d-%d", start, end)
+	return start, end
 }
 func (d *describer) rng(start, end uint64) {
 	if IsWhole(start, end) {
@@ -325,21 +326,25 @@ func describeBody(d *describer, m message) {
 		d.u("count", uint64(len(m.Entries)))
 		for i, e := range m.Entries {
 			d.add(fmt.Sprintf("entry.%d.mode", i), fmt.Sprint(uint8(e.Mode)), e.Mode.String())
-			d.add(fmt.Sprintf("entry.%d.range", i), rangeText(e.Start, e.End), "")
+			st, en := decodedRange(e.Start, e.End)
+			d.u(fmt.Sprintf("entry.%d.start", i), st)
+			d.u(fmt.Sprintf("entry.%d.end", i), en)
 			d.bytes(fmt.Sprintf("entry.%d.token", i), e.Name)
 		}
 	case *GrantBatch:
 		d.u("validity_ms", uint64(m.ValidityMs))
 		d.u("count", uint64(len(m.Grants)))
 		for i, g := range m.Grants {
-			d.add(fmt.Sprintf("grant.%d.fence", i), fmt.Sprintf("%d:%d", FenceEpoch(g.Fence), FenceSeq(g.Fence)), "")
+			d.add(fmt.Sprintf("grant.%d.fence", i), fmt.Sprint(g.Fence), fmt.Sprintf("epoch %d seq %d", FenceEpoch(g.Fence), FenceSeq(g.Fence)))
 			d.add(fmt.Sprintf("grant.%d.mode", i), fmt.Sprint(uint8(g.Mode)), g.Mode.String())
-			d.add(fmt.Sprintf("grant.%d.range", i), rangeText(g.Start, g.End), "")
-			d.add(fmt.Sprintf("grant.%d.value_flags", i), fmt.Sprintf("0x%02x", g.ValueFlags), "")
+			st, en := decodedRange(g.Start, g.End)
+			d.u(fmt.Sprintf("grant.%d.start", i), st)
+			d.u(fmt.Sprintf("grant.%d.end", i), en)
+			d.u(fmt.Sprintf("grant.%d.value_flags", i), uint64(g.ValueFlags))
 			d.bytes(fmt.Sprintf("grant.%d.value", i), g.Value)
 		}
 	case *BatchConflict:
-		d.u("entry", uint64(m.Entry))
+		d.u("conflict_entry", uint64(m.Entry))
 		d.bytes("message", m.Message)
 	default:
 		panic(fmt.Sprintf("describeBody: %T", m))
