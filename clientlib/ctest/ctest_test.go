@@ -910,7 +910,7 @@ func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...s
 	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
 }
 
-var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many"}
+var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "batch"}
 
 func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()
