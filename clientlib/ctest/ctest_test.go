@@ -411,6 +411,15 @@ func goDecode(b []byte) error {
 	case wire.KindProof:
 		var m wire.Proof
 		return m.Decode(h, b)
+	case wire.KindAcquireBatch:
+		var m wire.AcquireBatch
+		return m.Decode(h, b)
+	case wire.KindGrantBatch:
+		var m wire.GrantBatch
+		return m.Decode(h, b)
+	case wire.KindBatchConflict:
+		var m wire.BatchConflict
+		return m.Decode(h, b)
 	}
 	return fmt.Errorf("no decoder for kind %v", h.Kind())
 }
