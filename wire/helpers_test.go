@@ -140,6 +140,7 @@ func (d *describer) mode(m Mode)                { d.add("mode", fmt.Sprint(uint8
 func (d *describer) fence(f uint64) {
 	d.add("fence", fmt.Sprint(f), fmt.Sprintf("epoch %d seq %d", FenceEpoch(f), FenceSeq(f)))
 }
+
 // decodedRange is a range as decoders return it (whole: 0, WholeEnd).
 func decodedRange(start, end uint64) (uint64, uint64) {
 	if IsWhole(start, end) {
