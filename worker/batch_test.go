@@ -3,6 +3,7 @@ package worker
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tokend/tokend/wire"
 )
@@ -32,7 +33,7 @@ func TestAcquireBatch(t *testing.T) {
 	a, b := udpClient(t, w), udpClient(t, w)
 	a.open(0)
 	b.open(0)
-	n := sameShard(a, 4)
+	n := sameShard(a, 5)
 	sh := a.shard(n[0])
 
 	r := a.do(wire.AcquireBatch{Entries: []wire.BatchEntry{whole(n[0], wire.EX), whole(n[1], wire.PR), whole(n[2], wire.EX)}}, sh)
@@ -70,6 +71,24 @@ func TestAcquireBatch(t *testing.T) {
 	// Released grants from a batch free their tokens one by one.
 	wantStatus(t, a.release(n[2], gb.Grants[2].Fence), wire.StatusOK)
 	wantStatus(t, b.acquire(n[2], wire.EX, true, 0), wire.StatusOK)
+
+	// A copy of the batch (same request id, its reply lost) gets the
+	// same reply from the cache, not a second set of grants.
+	h := b.header(sh, 0)
+	bb := wire.AcquireBatch{Entries: []wire.BatchEntry{whole(n[4], wire.EX)}}
+	r1, err := b.call(bb, h, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := b.call(bb, h, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, r1, wire.StatusOK)
+	if string(r1.raw[wire.HeaderLen:]) != string(r2.raw[wire.HeaderLen:]) {
+		t.Fatalf("a copy of the batch got another reply: %v then %v", r1, r2)
+	}
+	b.finish(h.Request)
 
 	// An entry of another shard: BAD_REQUEST, nothing granted.
 	other := "batch/x"
