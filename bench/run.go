@@ -85,7 +85,7 @@ func (c Config) Params() []Param {
 }
 
 // Workloads are the names Config.Only accepts, in the order Run runs them.
-var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "cached", "noauth", "redis", "inprocess", "held", "workers", "failover", "sessions", "etcd"}
+var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges", "cached", "batched", "noauth", "redis", "inprocess", "held", "workers", "failover", "sessions", "etcd"}
 
 // Systems of the report's rows.
 const (
@@ -132,6 +132,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{"shared", runShared},
 		{"ranges", runRanges},
 		{"cached", runCached},
+		{"batched", runBatched},
 	}
 	var need bool
 	for _, w := range tokendOnes {

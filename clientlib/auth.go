@@ -160,13 +160,18 @@ type Stats struct {
 	// many grants the cache holds now.
 	CacheHits, CacheMisses, CacheEvictions, CacheRevoked, CacheDropped uint64
 	Cached                                                             int
+	// AcquireBatch: BatchGranted counts the tokens granted by
+	// ACQUIRE_BATCH datagrams, BatchFallbacks the shards whose batch
+	// conflicted and that were acquired token by token instead.
+	BatchGranted, BatchFallbacks uint64
 }
 
 // Stats returns the Client's counters.
 func (c *Client) Stats() Stats {
 	s := Stats{AuthFailures: c.authFailures.Load(), Sent: c.sent.Load(),
 		CacheHits: c.cacheHits.Load(), CacheMisses: c.cacheMisses.Load(), CacheEvictions: c.cacheEvictions.Load(),
-		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load()}
+		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load(),
+		BatchGranted: c.batchGrants.Load(), BatchFallbacks: c.batchFallbacks.Load()}
 	c.mu.Lock()
 	s.Cached = c.cache.n
 	c.mu.Unlock()

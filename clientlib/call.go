@@ -62,7 +62,8 @@ type call struct {
 	// name is a copy in nameBuf.
 	acq     wire.Acquire
 	rel     wire.Release
-	nameBuf []byte // cap wire.MaxName
+	batch   wire.AcquireBatch // AcquireBatch (not pooled: batch.go makes its own call)
+	nameBuf []byte            // cap wire.MaxName
 }
 
 // callPool recycles the calls of the hot path (Acquire, Release) with
@@ -153,6 +154,18 @@ type reply struct {
 	page *mapPage // MAP reply
 
 	proof []byte // FENCE_PROOF reply
+
+	batch []batchGrant // GRANT_BATCH, copied
+	entry uint8        // BATCH_CONFLICT: the entry that conflicted
+}
+
+// batchGrant is one grant of a GRANT_BATCH, copied out of the buffer.
+type batchGrant struct {
+	fence      uint64
+	mode       wire.Mode
+	start, end uint64
+	vflags     uint8
+	val        []byte
 }
 
 func (r *reply) value() ([]byte, ValueState) {
@@ -218,6 +231,21 @@ func (r *reply) decode(b []byte, mr *wire.MapReply) error {
 			return err
 		}
 		r.page = newMapPage(mr)
+	case wire.KindGrantBatch:
+		var g wire.GrantBatch
+		if err := g.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.validity = g.ValidityMs
+		for _, x := range g.Grants {
+			r.batch = append(r.batch, batchGrant{x.Fence, x.Mode, x.Start, x.End, x.ValueFlags, append([]byte(nil), x.Value...)})
+		}
+	case wire.KindBatchConflict:
+		var bc wire.BatchConflict
+		if err := bc.Decode(r.h, b); err != nil {
+			return err
+		}
+		r.entry, r.msg = bc.Entry, string(bc.Message)
 	case wire.KindProof:
 		var p wire.Proof
 		if err := p.Decode(r.h, b); err != nil {

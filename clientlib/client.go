@@ -59,6 +59,7 @@ type Client struct {
 	cacheMax                     int
 	cacheIdle                    time.Duration
 	cacheHits, cacheMisses       atomic.Uint64
+	batchGrants, batchFallbacks  atomic.Uint64 // AcquireBatch: tokens granted by ACQUIRE_BATCH; shards that fell back to Acquire
 	cacheEvictions, cacheRevoked atomic.Uint64
 	cacheDropped                 atomic.Uint64
 

@@ -202,6 +202,14 @@
 // promptly (within 50 ms) breaks a cycle across tokens before anyone is
 // answered ErrDeadlock.
 //
+// AcquireBatch takes several tokens all or nothing without that risk among
+// its callers: it takes them in one fixed global order (shard, name, range),
+// one ACQUIRE_BATCH datagram per shard (up to 8 tokens, granted together or
+// not at all, never queued; wire/SPEC.md section 21), falling back to
+// Acquire in the same order when a shard's batch conflicts, and releases
+// what it got if anything fails. The C client's tokend_acquire_batch uses
+// the same order.
+//
 // # Choices where SPEC.md leaves room
 //
 // What a worker (and the C client) should expect from this client:

@@ -18,6 +18,7 @@ const (
 	MaxKeepaliveEntries = (MaxBody - 2) / 8       // KEEPALIVE entries per datagram (141)
 	MaxKeyName          = 64                      // client key names are 0..MaxKeyName bytes
 	MaxProof            = 1024                    // FENCE_PROOF replies carry proofs of 1..MaxProof bytes
+	MaxBatch            = 8                       // ACQUIRE_BATCH entries (and GRANT_BATCH grants), 1..MaxBatch
 	NonceLen            = 16                      // SESSION_OPEN client and worker nonces
 	CookieLen           = 20                      // SESSION_OPEN cookies
 	AuthOffset          = 48                      // the header's 12-byte auth tag
@@ -61,6 +62,7 @@ const (
 	TypeMapRequest   Type = 0x0A
 	TypeFenceProof   Type = 0x0B // read-only: a signed proof of a held grant's fence
 	TypeGrantAck     Type = 0x0C // one-way: the outcome of a QUEUED request arrived; there is no reply type 0x8C
+	TypeAcquireBatch Type = 0x0D // all-or-none acquire of up to MaxBatch tokens of one shard, never queued
 
 	TypeRevoke     Type = 0x41 // worker -> client
 	TypeGrantAsync Type = 0x42 // worker -> client
@@ -75,6 +77,7 @@ const (
 	TypeReclaimReply      = TypeReclaim | replyBit
 	TypeMapReply          = TypeMapRequest | replyBit
 	TypeFenceProofReply   = TypeFenceProof | replyBit
+	TypeAcquireBatchReply = TypeAcquireBatch | replyBit
 )
 
 // Flag bits, per type. Bits not listed for a type must be zero.
@@ -120,13 +123,16 @@ const (
 	KindFenceProof                 // FenceProof
 	KindProof                      // Proof
 	KindGrantAck                   // GrantAck
+	KindAcquireBatch               // AcquireBatch
+	KindGrantBatch                 // GrantBatch
+	KindBatchConflict              // BatchConflict
 	numKinds
 )
 
 var kindNames = [numKinds]string{"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY",
 	"KEEPALIVE", "KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE",
-	"FENCE_PROOF", "PROOF", "GRANT_ACK"}
+	"FENCE_PROOF", "PROOF", "GRANT_ACK", "ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT"}
 
 // String returns the body layout's name as used in SPEC.md and the vectors.
 func (k Kind) String() string {
@@ -181,6 +187,7 @@ var types = func() (t [256]typeInfo) {
 	req(TypeMapRequest, "MAP_REQUEST", 0, sessAny, false, KindMapRequest, KindMapReply)
 	req(TypeFenceProof, "FENCE_PROOF", 0, sessNonzero, true, KindFenceProof, KindProof)
 	req(TypeGrantAck, "GRANT_ACK", 0, sessNonzero, true, KindGrantAck, KindInvalid)
+	req(TypeAcquireBatch, "ACQUIRE_BATCH", 0, sessNonzero, true, KindAcquireBatch, KindGrantBatch)
 	t[TypeMapReply].name = "MAP_REPLY"
 	t[TypeRevoke] = typeInfo{name: "REVOKE", class: classServer, sess: sessNonzero, epoch: true, kind: KindRevoke}
 	t[TypeGrantAsync] = typeInfo{name: "GRANT_ASYNC", class: classServer, sess: sessNonzero, epoch: true, kind: KindGrant}
@@ -276,6 +283,8 @@ func (h Header) Kind() Kind {
 			if h.Type == TypeSessionOpenReply {
 				return KindCookie
 			}
+		case h.Status == StatusConflict && h.Type == TypeAcquireBatchReply:
+			return KindBatchConflict
 		case h.Status.Valid():
 			return KindError
 		}

@@ -41,6 +41,12 @@ func newBody(k Kind) message {
 		return &RevokeAck{}
 	case KindGrantAck:
 		return &GrantAck{}
+	case KindAcquireBatch:
+		return &AcquireBatch{}
+	case KindGrantBatch:
+		return &GrantBatch{}
+	case KindBatchConflict:
+		return &BatchConflict{}
 	case KindMapRequest:
 		return &MapRequest{}
 	case KindMapReply:
@@ -133,6 +139,14 @@ func (d *describer) bytes(key string, p []byte) { d.add(key, fmt.Sprintf("%x", p
 func (d *describer) mode(m Mode)                { d.add("mode", fmt.Sprint(uint8(m)), m.String()) }
 func (d *describer) fence(f uint64) {
 	d.add("fence", fmt.Sprint(f), fmt.Sprintf("epoch %d seq %d", FenceEpoch(f), FenceSeq(f)))
+}
+
+// decodedRange is a range as decoders return it (whole: 0, WholeEnd).
+func decodedRange(start, end uint64) (uint64, uint64) {
+	if IsWhole(start, end) {
+		return 0, WholeEnd
+	}
+	return start, end
 }
 func (d *describer) rng(start, end uint64) {
 	if IsWhole(start, end) {
@@ -317,6 +331,30 @@ func describeBody(d *describer, m message) {
 		d.bytes("token", m.Name)
 	case *Proof:
 		d.bytes("proof", m.Proof)
+	case *AcquireBatch:
+		d.u("count", uint64(len(m.Entries)))
+		for i, e := range m.Entries {
+			d.add(fmt.Sprintf("entry.%d.mode", i), fmt.Sprint(uint8(e.Mode)), e.Mode.String())
+			st, en := decodedRange(e.Start, e.End)
+			d.u(fmt.Sprintf("entry.%d.start", i), st)
+			d.u(fmt.Sprintf("entry.%d.end", i), en)
+			d.bytes(fmt.Sprintf("entry.%d.token", i), e.Name)
+		}
+	case *GrantBatch:
+		d.u("validity_ms", uint64(m.ValidityMs))
+		d.u("count", uint64(len(m.Grants)))
+		for i, g := range m.Grants {
+			d.add(fmt.Sprintf("grant.%d.fence", i), fmt.Sprint(g.Fence), fmt.Sprintf("epoch %d seq %d", FenceEpoch(g.Fence), FenceSeq(g.Fence)))
+			d.add(fmt.Sprintf("grant.%d.mode", i), fmt.Sprint(uint8(g.Mode)), g.Mode.String())
+			st, en := decodedRange(g.Start, g.End)
+			d.u(fmt.Sprintf("grant.%d.start", i), st)
+			d.u(fmt.Sprintf("grant.%d.end", i), en)
+			d.u(fmt.Sprintf("grant.%d.value_flags", i), uint64(g.ValueFlags))
+			d.bytes(fmt.Sprintf("grant.%d.value", i), g.Value)
+		}
+	case *BatchConflict:
+		d.u("conflict_entry", uint64(m.Entry))
+		d.bytes("message", m.Message)
 	default:
 		panic(fmt.Sprintf("describeBody: %T", m))
 	}

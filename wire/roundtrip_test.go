@@ -404,6 +404,20 @@ func TestRandomMessages(t *testing.T) {
 			m = &FenceProof{u64(), u64(), u64(), bs(MaxName)}
 		case KindProof:
 			m = &Proof{bs(MaxProof)}
+		case KindAcquireBatch:
+			ab := &AcquireBatch{}
+			for i := 0; i < rng.IntN(MaxBatch+1); i++ {
+				ab.Entries = append(ab.Entries, BatchEntry{mode(), u64(), u64(), bs(8)})
+			}
+			m = ab
+		case KindGrantBatch:
+			gb := &GrantBatch{ValidityMs: u32()}
+			for i := 0; i < rng.IntN(MaxBatch+1); i++ {
+				gb.Grants = append(gb.Grants, BatchGrant{u64(), mode(), u64(), u64(), uint8(rng.IntN(4)), bs(MaxValue)})
+			}
+			m = gb
+		case KindBatchConflict:
+			m = &BatchConflict{uint8(rng.IntN(MaxBatch + 1)), bs(MaxText)}
 		}
 		b, err := m.Append(nil, h)
 		if err != nil {

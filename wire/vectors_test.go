@@ -207,6 +207,18 @@ func validVectors() []vector {
 	// request, target = the queued request's id.
 	add("grant-ack", vhdr(34, 34, vToken2), &GrantAck{Target: 11})
 
+	// Batch acquire (SPEC §21): two ranges of one token and the whole of
+	// it in CR, all in the token's shard.
+	ab := []BatchEntry{{EX, 0, 4096, vToken}, {PR, 4096, 8192, vToken}, {CR, WholeStart, WholeEnd, vToken}}
+	add("acquire-batch", vhdr(50, 50, vToken), &AcquireBatch{Entries: ab})
+	add("acquire-batch-reply-grants", vreply(TypeAcquireBatch, StatusOK, 50, vToken), &GrantBatch{ValidityMs: 4800,
+		Grants: []BatchGrant{{MakeFence(vEpoch, 1010), EX, 0, 4096, ValueValid, []byte("v1")},
+			{MakeFence(vEpoch, 1011), PR, 4096, 8192, ValueValid, []byte("v1")},
+			{MakeFence(vEpoch, 1012), CR, WholeStart, WholeEnd, ValueLost, nil}}})
+	add("acquire-batch-reply-conflict", vreply(TypeAcquireBatch, StatusConflict, 50, vToken),
+		&BatchConflict{Entry: 1, Message: []byte("entry 1 conflicts")})
+	add("acquire-batch-reply-grace", vreply(TypeAcquireBatch, StatusGrace, 50, vToken), &ErrorBody{Message: []byte(StatusGrace.Text())})
+
 	// Map.
 	add("map-request", Header{Request: 77}, &MapRequest{FirstShard: 0})
 	add("map-request-session", Header{Session: vSession, Request: 33, Ack: 33, MapVersion: 16}, &MapRequest{FirstShard: 2048})
@@ -316,7 +328,7 @@ func badVectors() []badVector {
 
 	// Header rules.
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
-	add("bad-type-0d", resealed(acq, set(3, 0x0d)), ErrUnknownType)
+	add("bad-type-0f", resealed(acq, set(3, 0x0f)), ErrUnknownType)
 	add("bad-type-revoke-ack-reply", resealed(acq, set(3, 0x89)), ErrUnknownType)
 	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x09)), ErrBadFlags)
 	add("bad-flags-release", resealed(byName["release"], set(offFlags, 0x04)), ErrBadFlags)
@@ -388,6 +400,10 @@ func badVectors() []badVector {
 	add("bad-cancel-target-zero", withBody(byName["cancel"], be64(0)...), ErrBadBody)
 	add("bad-grant-ack-target-zero", withBody(byName["grant-ack"], be64(0)...), ErrBadBody)
 	add("bad-grant-ack-target-not-before-request", withBody(byName["grant-ack"], be64(34)...), ErrBadBody)
+	add("bad-acquire-batch-count-zero", withBody(byName["acquire-batch"], 0), ErrBadBody)
+	add("bad-acquire-batch-count-nine", withBody(byName["acquire-batch"], 9), ErrBadBody)
+	add("bad-acquire-batch-short", withBody(byName["acquire-batch"], cat([]byte{2, byte(EX)}, be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrShort)
+	add("bad-batch-conflict-entry", withBody(byName["acquire-batch-reply-conflict"], 8, 0), ErrBadBody)
 	add("bad-revoke-ack-target-zero", withBody(byName["revoke-ack"], be64(0)...), ErrBadBody)
 	fp := byName["fence-proof"]
 	add("bad-fence-proof-fence-zero", withBody(fp, cat(be64(0), be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrBadBody)

@@ -301,6 +301,10 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		ob.add(cachedPkt, from, h.Type, s.keys.out)
 		return
 	}
+	if h.Type == wire.TypeAcquireBatch {
+		w.handleBatch(ob, s, h, rh, pkt, from)
+		return
+	}
 	in, name, err := table.Decode(h, pkt, ob.now)
 	if err != nil {
 		w.badRequest(ob, s, h, from, wire.Reason(err))
@@ -311,23 +315,8 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.badRequest(ob, s, h, from, "wrong_shard")
 		return
 	}
-	st, status, hint := w.owner(h.Shard, h.Epoch)
+	st := w.servable(ob, s, h, rh, from)
 	if st == nil {
-		w.met.drop(label(status.String()))
-		w.met.op(h.Type, status)
-		ob.add(notOwnerReply(rh, status, hint), from, h.Type, s.keys.out)
-		return
-	}
-	if st.tab == nil {
-		// Planned handoff under way: the state comes from the previous
-		// owner within pullTimeout (or the shard is recovered). Retryable.
-		w.met.drop("handoff")
-		w.met.op(h.Type, wire.StatusUnavailable)
-		ob.add(awaitingReply(rh), from, h.Type, s.keys.out)
-		return
-	}
-	if s.core.OverLimit(h) {
-		w.limited(ob, h, from, limQueued, s.keys.out)
 		return
 	}
 	switch in.Op {
@@ -353,6 +342,33 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 	w.out = st.tab.Step(in, ob.now, w.out[:0])
 	w.apply(ob, h.Shard, st, w.out, rq)
 	w.timeShard(h.Shard, st.tab)
+}
+
+// servable returns the state of the request's shard if this worker may
+// apply the request to it now; otherwise it answers the retryable status
+// (NOT_OWNER, STALE_EPOCH, UNAVAILABLE during a handoff, LIMIT) and
+// returns nil.
+func (w *Worker) servable(ob *outbox, s *session, h, rh wire.Header, from *net.UDPAddr) *shardState {
+	st, status, hint := w.owner(h.Shard, h.Epoch)
+	if st == nil {
+		w.met.drop(label(status.String()))
+		w.met.op(h.Type, status)
+		ob.add(notOwnerReply(rh, status, hint), from, h.Type, s.keys.out)
+		return nil
+	}
+	if st.tab == nil {
+		// Planned handoff under way: the state comes from the previous
+		// owner within pullTimeout (or the shard is recovered). Retryable.
+		w.met.drop("handoff")
+		w.met.op(h.Type, wire.StatusUnavailable)
+		ob.add(awaitingReply(rh), from, h.Type, s.keys.out)
+		return nil
+	}
+	if s.core.OverLimit(h) {
+		w.limited(ob, h, from, limQueued, s.keys.out)
+		return nil
+	}
+	return st
 }
 
 // statusDuplicate labels replies resent from the reply cache.

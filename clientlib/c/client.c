@@ -856,6 +856,68 @@ int tokend_acquire(tokend_client *c, const void *name, size_t name_len, tokend_m
 	return tokend_acquire_range(c, name, name_len, mode, 0, 0, wait_ms, out);
 }
 
+/* The global order of tokend_acquire_batch: shard, name bytes (shorter
+ * first on a common prefix, as Go compares strings), start, end. */
+struct batch_key {
+	uint32_t shard;
+	size_t i;
+	const tokend_batch_req *r;
+	uint64_t start, end;
+};
+
+static int batch_cmp(const void *a, const void *b)
+{
+	const struct batch_key *x = a, *y = b;
+	if (x->shard != y->shard)
+		return x->shard < y->shard ? -1 : 1;
+	size_t n = x->r->name_len < y->r->name_len ? x->r->name_len : y->r->name_len;
+	int c = memcmp(x->r->name, y->r->name, n);
+	if (c)
+		return c;
+	if (x->r->name_len != y->r->name_len)
+		return x->r->name_len < y->r->name_len ? -1 : 1;
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	if (x->end != y->end)
+		return x->end < y->end ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+#define BATCH_MAX 64
+
+int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t n, int64_t wait_ms,
+			 tokend_grant *out)
+{
+	if (!c || !reqs || !out || n == 0 || n > BATCH_MAX)
+		return TOKEND_EINVAL;
+	struct batch_key keys[BATCH_MAX];
+	pthread_mutex_lock(&c->mu);
+	uint32_t shards = c->shard_count;
+	pthread_mutex_unlock(&c->mu);
+	for (size_t i = 0; i < n; i++) {
+		const tokend_batch_req *r = &reqs[i];
+		if (!valid_name(r->name, r->name_len) || !valid_mode((int)r->mode))
+			return TOKEND_EINVAL;
+		keys[i] = (struct batch_key){tkw_shard(r->name, r->name_len, shards), i, r, r->start, r->end};
+		if (keys[i].start == 0 && keys[i].end == 0)
+			keys[i].end = TOKEND_WHOLE_END;
+		if (keys[i].start >= keys[i].end)
+			return TOKEND_EINVAL;
+	}
+	qsort(keys, n, sizeof keys[0], batch_cmp);
+	for (size_t k = 0; k < n; k++) {
+		const struct batch_key *b = &keys[k];
+		int rc = tokend_acquire_range(c, b->r->name, b->r->name_len, b->r->mode, b->start, b->end, wait_ms,
+					      &out[b->i]);
+		if (rc != TOKEND_OK) {
+			while (k-- > 0)
+				(void)tokend_release(c, &out[keys[k].i], NULL, 0);
+			return rc;
+		}
+	}
+	return TOKEND_OK;
+}
+
 int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 			 uint64_t end, int64_t wait_ms, tokend_grant *out)
 {

@@ -112,10 +112,10 @@ int tkw_type_known(uint8_t t)
 {
 	switch (t) {
 	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05:
-	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B: case 0x0C:
+	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D:
 	case 0x41: case 0x42:
 	case 0x81: case 0x82: case 0x83: case 0x84: case 0x85:
-	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B:
+	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B: case 0x8D:
 		return 1;
 	}
 	return 0;
@@ -156,6 +156,7 @@ static int needs_epoch(uint8_t t)
 	case TKW_ACQUIRE | TKW_REPLY: case TKW_RELEASE | TKW_REPLY:
 	case TKW_CONVERT | TKW_REPLY: case TKW_CANCEL | TKW_REPLY:
 	case TKW_RECLAIM | TKW_REPLY:
+	case TKW_ACQUIRE_BATCH: case TKW_ACQUIRE_BATCH | TKW_REPLY:
 		return 1;
 	}
 	return 0;
@@ -180,6 +181,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 		case TKW_MAP_REQUEST: return TKW_K_MAP_REQUEST;
 		case TKW_FENCE_PROOF: return TKW_K_FENCE_PROOF;
 		case TKW_GRANT_ACK: return TKW_K_GRANT_ACK;
+		case TKW_ACQUIRE_BATCH: return TKW_K_ACQUIRE_BATCH;
 		case TKW_REVOKE: return TKW_K_REVOKE;
 		case TKW_GRANT_ASYNC: return TKW_K_GRANT;
 		}
@@ -194,6 +196,8 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 		return TKW_K_NOT_OWNER;
 	if (s == TKW_ST_COOKIE)
 		return t == (TKW_SESSION_OPEN | TKW_REPLY) ? TKW_K_COOKIE : TKW_K_INVALID;
+	if (s == TKW_ST_CONFLICT && t == (TKW_ACQUIRE_BATCH | TKW_REPLY))
+		return TKW_K_BATCH_CONFLICT;
 	if (s != TKW_ST_OK)
 		return TKW_K_ERROR;
 	switch (t & 0x7F) {
@@ -203,6 +207,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 	case TKW_ACQUIRE: case TKW_CONVERT: case TKW_RECLAIM: return TKW_K_GRANT;
 	case TKW_MAP_REQUEST: return TKW_K_MAP_REPLY;
 	case TKW_FENCE_PROOF: return TKW_K_PROOF;
+	case TKW_ACQUIRE_BATCH: return TKW_K_GRANT_BATCH;
 	}
 	return TKW_K_INVALID;
 }
@@ -641,6 +646,42 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	case TKW_K_QUEUED:
 		CHECK(rd_u32(r, &m->position));
 		break;
+	case TKW_K_ACQUIRE_BATCH:
+		CHECK(rd_u8(r, &m->count));
+		if (m->count == 0 || m->count > TKW_MAX_BATCH)
+			return TKW_EBADBODY;
+		for (unsigned i = 0; i < m->count; i++) {
+			struct tkw_batch_item *e = &m->batch[i];
+			CHECK(rd_mode(r, &e->mode));
+			CHECK(rd_range(r, &e->start, &e->end));
+			CHECK(rd_name(r, &e->name));
+		}
+		break;
+	case TKW_K_GRANT_BATCH:
+		CHECK(rd_u32(r, &m->validity_ms));
+		CHECK(rd_u8(r, &m->count));
+		if (m->count == 0 || m->count > TKW_MAX_BATCH)
+			return TKW_EBADBODY;
+		for (unsigned i = 0; i < m->count; i++) {
+			struct tkw_batch_item *g = &m->batch[i];
+			CHECK(rd_fence(r, &g->fence));
+			CHECK(rd_mode(r, &g->mode));
+			CHECK(rd_range(r, &g->start, &g->end));
+			CHECK(rd_u8(r, &g->value_flags));
+			if ((g->value_flags & ~(TKW_VALUE_VALID | TKW_VALUE_LOST)) ||
+			    g->value_flags == (TKW_VALUE_VALID | TKW_VALUE_LOST))
+				return TKW_EBADFLAGS;
+			CHECK(rd_value(r, &g->value));
+			if (g->value.len != 0 && !(g->value_flags & TKW_VALUE_VALID))
+				return TKW_EBADBODY;
+		}
+		break;
+	case TKW_K_BATCH_CONFLICT:
+		CHECK(rd_u8(r, &m->conflict_entry));
+		if (m->conflict_entry >= TKW_MAX_BATCH)
+			return TKW_EBADBODY;
+		CHECK(rd_text(r, &m->message));
+		break;
 	case TKW_K_ERROR:
 		CHECK(rd_text(r, &m->message));
 		break;
@@ -988,6 +1029,35 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 	case TKW_K_QUEUED:
 		wr_u32(w, m->position);
 		break;
+	case TKW_K_ACQUIRE_BATCH:
+	case TKW_K_GRANT_BATCH:
+		if (m->count == 0 || m->count > TKW_MAX_BATCH) {
+			if (!w->err)
+				w->err = TKW_EBADBODY;
+			return;
+		}
+		if (kind == TKW_K_GRANT_BATCH)
+			wr_u32(w, m->validity_ms);
+		wr_u8(w, m->count);
+		for (unsigned i = 0; i < m->count; i++) {
+			const struct tkw_batch_item *e = &m->batch[i];
+			if (kind == TKW_K_ACQUIRE_BATCH) {
+				wr_u8(w, e->mode);
+				wr_range(w, e->start, e->end);
+				wr_bytes8(w, e->name, TKW_MAX_NAME, TKW_ENAMELENGTH);
+			} else {
+				wr_u64(w, e->fence);
+				wr_u8(w, e->mode);
+				wr_range(w, e->start, e->end);
+				wr_u8(w, e->value_flags);
+				wr_bytes8(w, e->value, TKW_MAX_VALUE, TKW_EVALUELENGTH);
+			}
+		}
+		break;
+	case TKW_K_BATCH_CONFLICT:
+		wr_u8(w, m->conflict_entry);
+		wr_bytes8(w, m->message, TKW_MAX_TEXT, TKW_ETOOLARGE);
+		break;
 	case TKW_K_ERROR:
 		wr_bytes8(w, m->message, TKW_MAX_TEXT, TKW_ETOOLARGE);
 		break;
@@ -1063,6 +1133,7 @@ const char *tkw_kind_name(int kind)
 		"KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 		"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED",
 		"ERROR", "NOT_OWNER", "COOKIE", "FENCE_PROOF", "PROOF", "GRANT_ACK",
+		"ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT",
 	};
 	return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "INVALID";
 }

@@ -34,6 +34,7 @@ extern "C" {
 #define TKW_NONCE_LEN 16    /* SESSION_OPEN nonce, SESSION_REPLY worker_nonce */
 #define TKW_COOKIE_LEN 20   /* SESSION_OPEN cookie, COOKIE body */
 #define TKW_MAX_PROOF 1024  /* PROOF body: a fence proof of 1..1024 bytes */
+#define TKW_MAX_BATCH 8     /* ACQUIRE_BATCH entries, GRANT_BATCH grants (S21) */
 #define TKW_AUTH_OFF 48     /* the header's auth tag: bytes 48..59 (S20) */
 #define TKW_AUTH_LEN 12
 /*
@@ -59,6 +60,7 @@ enum {
 	TKW_MAP_REQUEST = 0x0A,
 	TKW_FENCE_PROOF = 0x0B, /* read-only: a signed proof of a held grant's fence */
 	TKW_GRANT_ACK = 0x0C,   /* one-way: the outcome of a QUEUED request arrived */
+	TKW_ACQUIRE_BATCH = 0x0D, /* all-or-none acquire of 1..8 tokens of one shard (S21) */
 	TKW_REVOKE = 0x41,
 	TKW_GRANT_ASYNC = 0x42,
 	TKW_REPLY = 0x80 /* reply type = request type | TKW_REPLY */
@@ -131,7 +133,10 @@ enum tkw_kind {
 	TKW_K_COOKIE,
 	TKW_K_FENCE_PROOF,
 	TKW_K_PROOF,
-	TKW_K_GRANT_ACK
+	TKW_K_GRANT_ACK,
+	TKW_K_ACQUIRE_BATCH,
+	TKW_K_GRANT_BATCH,
+	TKW_K_BATCH_CONFLICT
 };
 
 /*
@@ -200,6 +205,16 @@ struct tkw_map_run {
  * Ranges are in decoded form: the whole token is start 0, end TKW_WHOLE_END.
  * About 10 KiB: keep one per thread, not one per request.
  */
+/* One ACQUIRE_BATCH entry (mode, range, name) or GRANT_BATCH grant (all). */
+struct tkw_batch_item {
+	uint8_t mode;
+	uint64_t start, end;
+	struct tkw_bytes name;  /* ACQUIRE_BATCH */
+	uint64_t fence;         /* GRANT_BATCH */
+	uint8_t value_flags;    /* GRANT_BATCH */
+	struct tkw_bytes value; /* GRANT_BATCH */
+};
+
 struct tkw_msg {
 	struct tkw_header h;
 	int kind; /* enum tkw_kind, set by tkw_decode; tkw_encode derives it */
@@ -245,6 +260,9 @@ struct tkw_msg {
 	struct tkw_bytes message;    /* ERROR, NOT_OWNER */
 	struct tkw_bytes owner_addr; /* NOT_OWNER */
 	uint32_t owner_epoch;        /* NOT_OWNER */
+	uint8_t count;               /* ACQUIRE_BATCH, GRANT_BATCH: 1..TKW_MAX_BATCH */
+	struct tkw_batch_item batch[TKW_MAX_BATCH];
+	uint8_t conflict_entry;      /* BATCH_CONFLICT: 0..TKW_MAX_BATCH-1 */
 };
 
 /* CRC32C (Castagnoli) of n bytes, as in S3 ("123456789" -> 0xE3069283). */

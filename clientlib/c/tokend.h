@@ -369,6 +369,28 @@ TOKEND_API int tokend_acquire_range(tokend_client *c, const void *name, size_t n
 				    tokend_mode mode, uint64_t start, uint64_t end, int64_t wait_ms,
 				    tokend_grant *out);
 
+/* One token of tokend_acquire_batch: name, mode, range (0,0 = whole). */
+typedef struct tokend_batch_req {
+	const void *name;
+	size_t name_len;
+	tokend_mode mode;
+	uint64_t start, end;
+} tokend_batch_req;
+
+/*
+ * Acquire the n tokens of reqs all or nothing (wire/SPEC.md section 21):
+ * on TOKEND_OK out[i] is the grant of reqs[i] for every i; on any error
+ * nothing is held (what was granted has been released) and out is
+ * undefined. The tokens are taken one by one (one ACQUIRE each, wait_ms as
+ * in tokend_acquire, per token) in one fixed global order, by shard, then
+ * name, then range, the order the Go client's AcquireBatch uses too: two
+ * callers that batch overlapping sets, listed in any order, cannot wait for
+ * each other in a cycle. n is 1..64. Errors: as tokend_acquire, and
+ * TOKEND_EINVAL for n out of range or an invalid request.
+ */
+TOKEND_API int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t n, int64_t wait_ms,
+				    tokend_grant *out);
+
 /*
  * Release grant g. value != NULL also sets the token's value block to
  * value[0..value_len) (value_len <= 64; only PW and EX holders may: else

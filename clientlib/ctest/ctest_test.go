@@ -411,6 +411,15 @@ func goDecode(b []byte) error {
 	case wire.KindProof:
 		var m wire.Proof
 		return m.Decode(h, b)
+	case wire.KindAcquireBatch:
+		var m wire.AcquireBatch
+		return m.Decode(h, b)
+	case wire.KindGrantBatch:
+		var m wire.GrantBatch
+		return m.Decode(h, b)
+	case wire.KindBatchConflict:
+		var m wire.BatchConflict
+		return m.Decode(h, b)
 	}
 	return fmt.Errorf("no decoder for kind %v", h.Kind())
 }
@@ -910,7 +919,7 @@ func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...s
 	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
 }
 
-var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache"}
+var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache", "batch"}
 
 func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()

@@ -1021,7 +1021,17 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 		c.send(ob, w, cached, s.addr)
 		return
 	}
-	in, name, err := table.Decode(h, b, ob.now+int64(c.cfg.WaitSlack))
+	var (
+		in    table.Input
+		name  []byte
+		batch []table.BatchEntry
+		err   error
+	)
+	if h.Type == wire.TypeAcquireBatch {
+		batch, err = decodeBatch(h, b, c.cfg.Shards)
+	} else {
+		in, name, err = table.Decode(h, b, ob.now+int64(c.cfg.WaitSlack))
+	}
 	if err != nil {
 		c.send(ob, w, w.errReply(c, rh, wire.StatusBadRequest), s.addr)
 		return
@@ -1052,6 +1062,12 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 	}
 	if core.OverLimit(h) {
 		c.send(ob, w, w.errReply(c, rh, wire.StatusLimit), s.addr)
+		return
+	}
+	if batch != nil {
+		outs := w.tables[h.Shard].AcquireAll(s.id, h.Request, batch, ob.now, nil)
+		w.batchReply(c, ob, h.Shard, outs, core, h, s.addr)
+		w.apply(c, ob, h.Shard, outs, nil)
 		return
 	}
 	in.Session, in.Req = s.id, h.Request
@@ -1352,3 +1368,65 @@ func (c *Cluster) mapPage(first uint32) wire.MapReply {
 }
 
 func ms(d time.Duration) uint32 { return uint32(d / time.Millisecond) }
+
+// decodeBatch decodes an ACQUIRE_BATCH whose entries must all be in the
+// header's shard (wire/SPEC.md section 21).
+func decodeBatch(h wire.Header, b []byte, shards uint32) ([]table.BatchEntry, error) {
+	var m wire.AcquireBatch
+	if err := m.Decode(h, b); err != nil {
+		return nil, err
+	}
+	out := make([]table.BatchEntry, len(m.Entries))
+	for i, e := range m.Entries {
+		if wire.Shard(e.Name, shards) != h.Shard {
+			return nil, wire.ErrBadBody
+		}
+		out[i] = table.BatchEntry{Name: e.Name, Mode: e.Mode, Start: e.Start, End: e.End}
+	}
+	return out, nil
+}
+
+// batchReply answers an ACQUIRE_BATCH from AcquireAll's replies, as the
+// worker's handleBatch does. Caller holds mu.
+func (w *worker) batchReply(c *Cluster, ob *outbox, shard uint32, outs []table.Output, core *session.Session,
+	h wire.Header, to net.Addr) {
+	var (
+		grants []wire.BatchGrant
+		failed *table.Output
+	)
+	for i := range outs {
+		o := &outs[i]
+		if o.Kind != table.KindReply {
+			continue
+		}
+		if o.Status != wire.StatusOK {
+			failed = o
+			continue
+		}
+		g := wire.BatchGrant{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, ValueFlags: uint8(o.VFlags)}
+		if o.VFlags&table.ValueValid != 0 {
+			g.Value = []byte(o.Value)
+		}
+		grants = append(grants, g)
+	}
+	rh := h.Reply()
+	var p []byte
+	st := wire.StatusOK
+	switch {
+	case failed == nil:
+		p = w.encode(c, rh, st, wire.GrantBatch{ValidityMs: ms(c.cfg.Validity), Grants: grants})
+		for i := range outs {
+			if outs[i].Kind == table.KindReply {
+				w.grant(shard, &outs[i])
+			}
+		}
+	case failed.Status == wire.StatusConflict:
+		st = failed.Status
+		p = w.encode(c, rh, st, wire.BatchConflict{Entry: uint8(failed.Entry)})
+	default:
+		st = failed.Status
+		p = w.errReply(c, rh, st)
+	}
+	core.Applied(session.Outcome{Req: h.Request, Type: h.Type, Shard: shard, Status: st, Pkt: p})
+	c.send(ob, w, p, to)
+}

@@ -6,7 +6,9 @@
 //
 //	out = t.Step(in, now, out[:0])
 //
-// and sends what comes back: replies, asynchronous grants and revokes. It
+// and sends what comes back: replies, asynchronous grants and revokes.
+// An ACQUIRE_BATCH goes to AcquireAll instead, which grants up to MaxBatch
+// tokens at once or none, never queueing (testdata/batch.txt). It
 // calls Tick(now, out) when NextDeadline says so. now is the shell's
 // monotonic clock in nanoseconds, stamped when the datagram arrived; it is
 // the only notion of time in here. The table imports only the standard

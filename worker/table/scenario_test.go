@@ -27,6 +27,7 @@ import (
 //	release s=S [req=R] name=N fence=E:Q [range=A-B] [value=V]   range: a partial release
 //	cancel  s=S [req=R] target=R
 //	reclaim s=S [req=R] name=N mode=M fence=E:Q [range=A-B]
+//	acquire-all s=S [req=R] e=(N:M[:A-B], ...)   AcquireAll of the entries (names, modes, ranges)
 //	end-session s=S
 //	deadlock s=S target=R    a detector's victim (OpDeadlock)
 //	edges [queued-by=T]      WaitEdges of requests queued at or before T (default now)
@@ -113,6 +114,8 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 	case "acquire", "convert", "release", "cancel", "reclaim", "end-session", "deadlock":
 		in := h.input(t, d, a, num)
 		out = formatOutputs(h.tab.Step(in, h.now, nil))
+	case "acquire-all":
+		out = h.acquireAll(t, d, a, num)
 	case "tick":
 		out = formatOutputs(h.tab.Tick(h.now, nil))
 	case "end-grace":
@@ -433,5 +436,50 @@ func formatEdges(es []Edge) string {
 		lines = append(lines, l)
 	}
 	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// acquireAll runs an AcquireAll; every line of its output names the entry.
+func (h *harness) acquireAll(t *testing.T, d *datadriven.TestData, a args, num func(string, int64) int64) string {
+	sess := uint64(num("s", 0))
+	if a.has("req") {
+		h.reqs[sess] = uint64(num("req", 0))
+	} else {
+		h.reqs[sess]++
+	}
+	var entries []BatchEntry
+	for _, ca := range d.CmdArgs {
+		if ca.Key != "e" {
+			continue
+		}
+		for _, v := range ca.Vals {
+			parts := strings.Split(v, ":")
+			if len(parts) < 2 {
+				d.Fatalf(t, "e=%q: want NAME:MODE[:A-B]", v)
+			}
+			mode, err := wire.ParseMode(parts[1])
+			if err != nil {
+				d.Fatalf(t, "%v", err)
+			}
+			e := BatchEntry{Name: []byte(parts[0]), Mode: mode, Start: WholeStart, End: WholeEnd}
+			if len(parts) > 2 {
+				lo, hi, _ := strings.Cut(parts[2], "-")
+				e.Start, e.End = parseBound(t, d, lo), parseBound(t, d, hi)
+			}
+			entries = append(entries, e)
+		}
+	}
+	outs := h.tab.AcquireAll(sess, h.reqs[sess], entries, h.now, nil)
+	var lines []string
+	for _, o := range outs {
+		line := formatOutput(o)
+		if o.Kind == KindReply {
+			line += fmt.Sprintf(" entry=%d", o.Entry)
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) == 0 {
+		return "(no output)"
+	}
 	return strings.Join(lines, "\n")
 }

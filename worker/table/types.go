@@ -207,6 +207,19 @@ type Output struct {
 	End      uint64
 	Name     string
 	Value    string
+	Entry    int // AcquireAll: the entry the reply is about (the granted one, or the one that failed)
+}
+
+// MaxBatch is the most entries one AcquireAll (one ACQUIRE_BATCH) carries.
+const MaxBatch = wire.MaxBatch
+
+// BatchEntry is one token of an AcquireAll: a name, a mode and a byte range
+// [Start, End). Like Input, the table does not retain Name.
+type BatchEntry struct {
+	Name  []byte
+	Mode  wire.Mode
+	Start uint64
+	End   uint64
 }
 
 // Edge is one wait of a queued request, as a deadlock detector across

@@ -262,6 +262,68 @@ static void s_shared(void)
 	tokend_close(c);
 }
 
+struct batcher {
+	const char *x, *y, *z;
+	int rounds, rc;
+};
+
+/* Batch x, y, z (listed in the caller's order) in EX, rounds times. */
+static void *batch_rounds(void *arg)
+{
+	struct batcher *b = arg;
+	tokend_client *c = connect_plain();
+	tokend_batch_req r[3] = {{b->x, strlen(b->x), TOKEND_EX, 0, 0}, {b->y, strlen(b->y), TOKEND_EX, 0, 0},
+				 {b->z, strlen(b->z), TOKEND_EX, 0, 0}};
+	tokend_grant g[3];
+	b->rc = TOKEND_OK;
+	for (int i = 0; i < b->rounds && b->rc == TOKEND_OK; i++) {
+		b->rc = tokend_acquire_batch(c, r, 3, 10000, g);
+		for (int k = 0; k < 3 && b->rc == TOKEND_OK; k++)
+			b->rc = tokend_release(c, &g[k], NULL, 0);
+	}
+	tokend_close(c);
+	return NULL;
+}
+
+static void s_batch(void)
+{
+	char n1[128], n2[128], n3[128], n4[128];
+	name_of(n1, sizeof n1, "batch1");
+	name_of(n2, sizeof n2, "batch2");
+	name_of(n3, sizeof n3, "batch3");
+	name_of(n4, sizeof n4, "batch4");
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_batch_req ra[3] = {{n3, strlen(n3), TOKEND_EX, 0, 0}, {n1, strlen(n1), TOKEND_PR, 0, 0},
+				  {n2, strlen(n2), TOKEND_EX, 0, 100}};
+	tokend_grant ga[3], gb[3], g;
+	CHECK_RC(tokend_acquire_batch(a, ra, 3, TOKEND_TRY, ga), TOKEND_OK, "A batch");
+	CHECK(ga[0].mode == TOKEND_EX && ga[0].name_len == strlen(n3) && !memcmp(ga[0].name, n3, ga[0].name_len),
+	      "grant 0 is not %s EX", n3);
+	CHECK(ga[1].mode == TOKEND_PR && ga[2].start == 0 && ga[2].end == 100, "grants out of order");
+	/* B: n4 free, n1 shared, n3 held EX: with TRY nothing is kept */
+	tokend_batch_req rb[3] = {{n4, strlen(n4), TOKEND_EX, 0, 0}, {n1, strlen(n1), TOKEND_PR, 0, 0},
+				  {n3, strlen(n3), TOKEND_EX, 0, 0}};
+	CHECK_RC(tokend_acquire_batch(b, rb, 3, TOKEND_TRY, gb), TOKEND_ECONFLICT, "B batch try");
+	CHECK_RC(tokend_acquire(a, n4, strlen(n4), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "B kept n4");
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "release n4");
+	CHECK_RC(tokend_acquire_batch(b, rb, 0, TOKEND_TRY, gb), TOKEND_EINVAL, "empty batch");
+	for (int k = 0; k < 3; k++)
+		CHECK_RC(tokend_release(a, &ga[k], NULL, 0), TOKEND_OK, "A release");
+	CHECK_RC(tokend_acquire_batch(b, rb, 3, 2000, gb), TOKEND_OK, "B batch after release");
+	tokend_close(a);
+	tokend_close(b);
+	/* Two clients batch one set listed in opposite orders: the fixed
+	 * order means neither waits for the other forever. */
+	struct batcher x = {n1, n2, n3, 20, -99}, y = {n3, n2, n1, 20, -99};
+	pthread_t tx, ty;
+	pthread_create(&tx, NULL, batch_rounds, &x);
+	pthread_create(&ty, NULL, batch_rounds, &y);
+	pthread_join(tx, NULL);
+	pthread_join(ty, NULL);
+	CHECK_RC(x.rc, TOKEND_OK, "batcher x");
+	CHECK_RC(y.rc, TOKEND_OK, "batcher y");
+}
+
 static void s_ranges(void)
 {
 	char n[128];
@@ -968,6 +1030,8 @@ int main(int argc, char **argv)
 		s_shared();
 	else if (!strcmp(s, "ranges"))
 		s_ranges();
+	else if (!strcmp(s, "batch"))
+		s_batch();
 	else if (!strcmp(s, "revoke"))
 		s_revoke();
 	else if (!strcmp(s, "convert"))

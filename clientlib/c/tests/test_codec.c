@@ -267,6 +267,31 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		d_b(d, "owner_addr", m->owner_addr);
 		d_u(d, "owner_epoch", m->owner_epoch);
 		break;
+	case TKW_K_ACQUIRE_BATCH:
+		d_u(d, "count", m->count);
+		for (unsigned i = 0; i < m->count; i++) {
+			d_ui(d, "entry", i, "mode", m->batch[i].mode);
+			d_ui(d, "entry", i, "start", m->batch[i].start);
+			d_ui(d, "entry", i, "end", m->batch[i].end);
+			d_bi(d, "entry", i, "token", m->batch[i].name);
+		}
+		break;
+	case TKW_K_GRANT_BATCH:
+		d_u(d, "validity_ms", m->validity_ms);
+		d_u(d, "count", m->count);
+		for (unsigned i = 0; i < m->count; i++) {
+			d_ui(d, "grant", i, "fence", m->batch[i].fence);
+			d_ui(d, "grant", i, "mode", m->batch[i].mode);
+			d_ui(d, "grant", i, "start", m->batch[i].start);
+			d_ui(d, "grant", i, "end", m->batch[i].end);
+			d_ui(d, "grant", i, "value_flags", m->batch[i].value_flags);
+			d_bi(d, "grant", i, "value", m->batch[i].value);
+		}
+		break;
+	case TKW_K_BATCH_CONFLICT:
+		d_u(d, "conflict_entry", m->conflict_entry);
+		d_b(d, "message", m->message);
+		break;
 	}
 }
 
@@ -311,7 +336,7 @@ static int arena_hex(struct arena *a, const char *hex, struct tkw_bytes *out)
 
 static int kind_by_name(const char *s)
 {
-	for (int k = TKW_K_EMPTY; k <= TKW_K_PROOF; k++)
+	for (int k = TKW_K_EMPTY; k <= TKW_K_BATCH_CONFLICT; k++)
 		if (!strcmp(tkw_kind_name(k), s))
 			return k;
 	return TKW_K_INVALID;
@@ -355,6 +380,12 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 				m->owner_addr = b;
 			else if (!strcmp(k, "proof"))
 				m->proof = b;
+			else if (sscanf(k, "entry.%u.%31s", &idx, field) == 2 && idx < TKW_MAX_BATCH &&
+				 !strcmp(field, "token"))
+				m->batch[idx].name = b;
+			else if (sscanf(k, "grant.%u.%31s", &idx, field) == 2 && idx < TKW_MAX_BATCH &&
+				 !strcmp(field, "value"))
+				m->batch[idx].value = b;
 			else if (sscanf(k, "worker.%u.%31s", &idx, field) == 2 && idx < TKW_MAP_MAX_WORKERS) {
 				if (!strcmp(field, "addr"))
 					m->workers[idx].addr = b;
@@ -366,7 +397,32 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 		}
 		if (parse_u64(v, &u))
 			return -1;
-		if (sscanf(k, "entry.%u.%31s", &idx, field) == 2) {
+		if (sscanf(k, "entry.%u.%31s", &idx, field) == 2 &&
+		    (!strcmp(field, "mode") || !strcmp(field, "start") || !strcmp(field, "end"))) {
+			if (idx >= TKW_MAX_BATCH)
+				return -1;
+			if (!strcmp(field, "mode"))
+				m->batch[idx].mode = (uint8_t)u;
+			else if (!strcmp(field, "start"))
+				m->batch[idx].start = u;
+			else
+				m->batch[idx].end = u;
+		} else if (sscanf(k, "grant.%u.%31s", &idx, field) == 2) {
+			if (idx >= TKW_MAX_BATCH)
+				return -1;
+			if (!strcmp(field, "fence"))
+				m->batch[idx].fence = u;
+			else if (!strcmp(field, "mode"))
+				m->batch[idx].mode = (uint8_t)u;
+			else if (!strcmp(field, "start"))
+				m->batch[idx].start = u;
+			else if (!strcmp(field, "end"))
+				m->batch[idx].end = u;
+			else if (!strcmp(field, "value_flags"))
+				m->batch[idx].value_flags = (uint8_t)u;
+			else
+				return -1;
+		} else if (sscanf(k, "entry.%u.%31s", &idx, field) == 2) {
 			if (idx >= TKW_MAX_KA_ENTRIES)
 				return -1;
 			if (!strcmp(field, "shard"))
@@ -467,6 +523,10 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 			m->position = (uint32_t)u;
 		else if (!strcmp(k, "owner_epoch"))
 			m->owner_epoch = (uint32_t)u;
+		else if (!strcmp(k, "count"))
+			m->count = (uint8_t)u;
+		else if (!strcmp(k, "conflict_entry"))
+			m->conflict_entry = (uint8_t)u;
 		else if (!strcmp(k, "map_version")) {
 			/* header first, then (MAP_REPLY) the body's copy */
 			if (m->kind == TKW_K_INVALID)

@@ -1,0 +1,173 @@
+package clientlib
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/tokend/tokend/wire"
+)
+
+// BatchRequest is one token of an AcquireBatch: a name, a mode, and a byte
+// range [Start, End) (both 0, or wire.WholeStart and wire.WholeEnd: the
+// whole token).
+type BatchRequest struct {
+	Name       string
+	Mode       wire.Mode
+	Start, End uint64
+}
+
+// AcquireBatch acquires every token of reqs, all or nothing, and returns
+// their Tokens in the order of reqs. It cannot deadlock against other
+// callers of AcquireBatch: it takes the tokens in one fixed global order,
+// by shard, then name, then range. For each shard in that order it first
+// sends one ACQUIRE_BATCH (SPEC §21; up to wire.MaxBatch tokens per
+// datagram, granted together or not at all, never queued); if that
+// conflicts, it acquires that shard's tokens one by one with Acquire, in
+// the same order, waiting as opts say (Wait, Try). If anything fails, it
+// releases what it got and returns the error; opts are those of Acquire
+// (Range is ignored: each request has its own).
+//
+// Tokens a batch grant makes are ordinary Tokens: released, converted and
+// revoked one by one.
+func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...Option) ([]*Token, error) {
+	type item struct {
+		BatchRequest
+		i     int
+		shard uint32
+	}
+	items := make([]item, len(reqs))
+	for i, r := range reqs {
+		if len(r.Name) == 0 || len(r.Name) > wire.MaxName || !r.Mode.Valid() ||
+			(!wire.IsWhole(r.Start, r.End) && r.Start >= r.End) {
+			return nil, fmt.Errorf("%s: %w: request %d (%q, mode %d, [%d, %d))",
+				batchOp, ErrBadRequest, i, r.Name, r.Mode, r.Start, r.End)
+		}
+		if r.Start == 0 && r.End == 0 {
+			r.Start, r.End = wire.WholeStart, wire.WholeEnd
+		}
+		items[i] = item{r, i, wire.Shard([]byte(r.Name), c.shardCount)}
+	}
+	slices.SortStableFunc(items, func(a, b item) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), cmp.Compare(a.Name, b.Name),
+			cmp.Compare(a.Start, b.Start), cmp.Compare(a.End, b.End))
+	})
+	out := make([]*Token, len(reqs))
+	fail := func(err error) ([]*Token, error) {
+		for _, t := range out {
+			if t != nil {
+				_ = t.Release(context.WithoutCancel(ctx))
+			}
+		}
+		return nil, err
+	}
+	for lo := 0; lo < len(items); {
+		hi := lo + 1
+		for hi < len(items) && hi-lo < wire.MaxBatch && items[hi].shard == items[lo].shard {
+			hi++
+		}
+		group := items[lo:hi]
+		entries := make([]wire.BatchEntry, len(group))
+		for k, it := range group {
+			entries[k] = wire.BatchEntry{Mode: it.Mode, Start: it.Start, End: it.End, Name: []byte(it.Name)}
+		}
+		toks, err := c.acquireBatch(ctx, group[0].shard, entries)
+		switch {
+		case err == nil:
+			for k, it := range group {
+				out[it.i] = toks[k]
+			}
+		case errors.Is(err, ErrConflict):
+			// Someone holds or waits for one of them: wait for each in
+			// the global order, holding the earlier ones.
+			c.batchFallbacks.Add(1)
+			for _, it := range group {
+				t, err := c.Acquire(ctx, it.Name, it.Mode, append(opts[:len(opts):len(opts)], Range(it.Start, it.End))...)
+				if err != nil {
+					return fail(fmt.Errorf("%s: %w", batchOp, err))
+				}
+				out[it.i] = t
+			}
+		default:
+			return fail(err)
+		}
+		lo = hi
+	}
+	return out, nil
+}
+
+const batchOp = "clientlib: acquire batch"
+
+// acquireBatch sends one ACQUIRE_BATCH of entries (all of shard) and makes
+// a Token of each grant, in entry order.
+func (c *Client) acquireBatch(ctx context.Context, shard uint32, entries []wire.BatchEntry) ([]*Token, error) {
+	if err := c.usable(); err != nil {
+		return nil, fmt.Errorf("%s: %w", batchOp, err)
+	}
+	cl := newCall()
+	cl.batch.Entries = entries
+	cl.typ, cl.body, cl.routed, cl.shard = wire.TypeAcquireBatch, &cl.batch, true, shard
+	if err := c.register(ctx, cl, true); err != nil {
+		putCall(cl)
+		return nil, fmt.Errorf("%s: %w", batchOp, err)
+	}
+	// A batch never queues, so its answer comes at once: it is not
+	// abandoned with ctx (an unknown outcome could leave grants behind).
+	r, res, err := c.exchange(context.WithoutCancel(ctx), cl, exOpts{})
+	if err != nil {
+		c.finish(cl)
+		putCall(cl)
+		return nil, giveUp(batchOp, err, res)
+	}
+	if r.h.Status != wire.StatusOK {
+		c.finish(cl)
+		putCall(cl)
+		if r.h.Status == wire.StatusConflict {
+			return nil, fmt.Errorf("%s: %w (worker: entry %d, %q)", batchOp, ErrConflict, r.entry, entries[min(int(r.entry), len(entries)-1)].Name)
+		}
+		return nil, statusError(batchOp, &r)
+	}
+	if len(r.batch) != len(entries) {
+		c.finish(cl)
+		putCall(cl)
+		return nil, fmt.Errorf("%s: %w: %d grants for %d entries", batchOp, ErrInternal, len(r.batch), len(entries))
+	}
+	toks := make([]*Token, len(entries))
+	c.mu.Lock()
+	c.finishLocked(cl)
+	if c.state != stateOpen && c.state != stateClosing {
+		err := c.closedErrLocked()
+		c.mu.Unlock()
+		putCall(cl)
+		return nil, fmt.Errorf("%s: %w", batchOp, err)
+	}
+	fresh := true
+	for k, g := range r.batch {
+		name := string(entries[k].Name)
+		t := &Token{c: c, name: name, shard: shard, op: make(chan struct{}, 1), grant: &grant{pending: true}}
+		gr := r
+		gr.batch = nil
+		gr.fence, gr.mode, gr.start, gr.end, gr.vflags = g.fence, g.mode, g.start, g.end, g.vflags
+		gr.vlen = uint8(copy(gr.val[:], g.val))
+		c.byName[name] = append(c.byName[name], t)
+		c.applyGrantLocked(t, cl, &gr)
+		fresh = fresh && c.freshLocked(t)
+		toks[k] = t
+	}
+	c.mu.Unlock()
+	putCall(cl)
+	c.batchGrants.Add(uint64(len(toks)))
+	if !fresh {
+		for _, t := range toks {
+			if err := c.confirm(ctx, t); err != nil {
+				for _, t := range toks {
+					_ = t.Release(context.WithoutCancel(ctx))
+				}
+				return nil, fmt.Errorf("%s: %w", batchOp, err)
+			}
+		}
+	}
+	return toks, nil
+}
