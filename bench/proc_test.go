@@ -193,3 +193,43 @@ func TestSessionsWorkload(t *testing.T) {
 		t.Errorf("opens: %d at %.0f/s, note %q; want all 200 (and all back after the mass reconnect)", opens.Count, opens.Rate, opens.Note)
 	}
 }
+
+// TestSequentialWriterGrow runs the sequential-writer rows of the ranges
+// workload against a tokend process: with Grow and the token cache a file
+// costs one ACQUIRE at the worker, without it one per page.
+func TestSequentialWriterGrow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts tokend")
+	}
+	defer cleanupBuilds()
+	ctx := context.Background()
+	cfg := Config{Quick: true, Clients: 1, Shards: 16, Duration: 500 * time.Millisecond, Warmup: 50 * time.Millisecond}.Defaults()
+	pc, err := startProcCluster(ctx, &cfg, 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.close()
+	cfg.serverCPU = pc.cpu
+	rs, err := runSequential(ctx, &cfg, pc.target(), sysTokend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("%d rows, want 2", len(rs))
+	}
+	for _, r := range rs {
+		if r.Count == 0 || r.Errors != 0 {
+			t.Fatalf("%s: %d files, %d errors (%s)", r.Variant, r.Count, r.Errors, r.LastError)
+		}
+		per := -1.0
+		for _, m := range r.Extra {
+			if m.Name == "acquires_per_file" {
+				per = m.Value
+			}
+		}
+		t.Logf("%s: %.1f files/s, %.2f ACQUIREs per file (%d pages)", r.Variant, r.Rate, per, seqPages)
+		if r.Variant == "sequential-grow" && per != 1 {
+			t.Errorf("with Grow: %.2f ACQUIREs per file, want 1", per)
+		}
+	}
+}

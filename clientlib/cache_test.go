@@ -630,3 +630,47 @@ func TestCachedReleaseLeavesOldHandle(t *testing.T) {
 		t.Fatalf("old handle range [%d, %d)", s, e)
 	}
 }
+
+// TestCacheGrowSequentialWriter: with Grow and the token cache, a writer
+// that acquires page after page of one object sends one ACQUIRE: the first
+// is granted the whole token, the others are cache hits.
+func TestCacheGrowSequentialWriter(t *testing.T) {
+	fc := newFakeCluster(t, 31, fakeConfig{})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache, OnRevoke: noRevoke(t)})
+	ctx := ctxT(t, 5*time.Second)
+	before := tokenRequests(fc, c)
+	const page = 4096
+	for i := uint64(0); i < 16; i++ {
+		tk, err := c.Acquire(ctx, "file", wire.PW, Range(i*page, (i+1)*page), Grow())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, e := tk.Range(); s != 0 || e != wire.WholeEnd {
+			t.Fatalf("page %d: range [%d, %d), want the whole token", i, s, e)
+		}
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tokenRequests(fc, c) - before; n != 1 {
+		t.Fatalf("%d token requests for 16 pages with Grow, want 1", n)
+	}
+	if s := c.Stats(); s.CacheMisses != 1 || s.CacheHits != 15 {
+		t.Fatalf("stats: %+v", s)
+	}
+	// Without Grow each page is its own grant: 16 ACQUIREs (a cached page
+	// cannot serve the next one).
+	before = tokenRequests(fc, c)
+	for i := uint64(0); i < 16; i++ {
+		tk, err := c.Acquire(ctx, "other", wire.PW, Range(i*page, (i+1)*page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := tokenRequests(fc, c) - before; n < 16 {
+		t.Fatalf("%d token requests for 16 pages without Grow, want at least 16", n)
+	}
+}

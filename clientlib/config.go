@@ -213,6 +213,7 @@ type reqOptions struct {
 	value      []byte
 	hasValue   bool
 	detect     bool
+	grow       bool
 }
 
 type releaseOptions struct {
@@ -253,6 +254,17 @@ func (f optionFunc) applyOption(o *reqOptions) { f(o) }
 // is the whole token. Modes conflict only on overlapping ranges.
 func Range(start, end uint64) Option {
 	return optionFunc(func(o *reqOptions) { o.start, o.end = start, end })
+}
+
+// Grow lets the worker grant Acquire a larger range than asked, up to the
+// whole token, when no other session holds or waits on it (wire/SPEC.md
+// section 10, flag GROW); Token.Range says what was granted. With the token
+// cache on, a sequential writer that acquires page after page of one object
+// with Grow pays one ACQUIRE per object: the later pages are cache hits.
+// A later conflicting request revokes the grant as usual (this client gives
+// the whole grant back; it does not yet split it).
+func Grow() Option {
+	return optionFunc(func(o *reqOptions) { o.grow = true })
 }
 
 // Try makes the request fail at once with ErrConflict instead of queueing

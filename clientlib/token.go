@@ -415,7 +415,7 @@ func (c *Client) Acquire(ctx context.Context, name string, mode wire.Mode, opts 
 	}
 	try, waitMs := waitParams(ctx, &o)
 	cl := newCall()
-	cl.acq = wire.Acquire{Try: try, Detect: o.detect, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
+	cl.acq = wire.Acquire{Try: try, Detect: o.detect, Grow: o.grow, Mode: mode, WaitMs: waitMs, Start: o.start, End: o.end, Name: cl.nameBytes(name)}
 	cl.typ, cl.body, cl.name, cl.routed = wire.TypeAcquire, &cl.acq, name, true
 	cl.shard = wire.Shard(cl.acq.Name, c.shardCount)
 	if err := c.register(ctx, cl, true); err != nil {
@@ -806,6 +806,82 @@ func (t *Token) release(ctx context.Context, o releaseOptions, reason error) err
 }
 
 func releaseOp(name string) string { return fmt.Sprintf("clientlib: release %q", name) }
+
+// ReleaseRange gives back only [start, end) of the grant, a prefix or a
+// suffix of its range (Range(0, 0) style whole-token bounds as in Range),
+// and keeps the rest under the same fence (wire/SPEC.md section 10, RELEASE
+// flag RANGE): what a holder of a grown grant (Grow) does when a REVOKE
+// names a part it does not need. Range then reports what is left; the
+// fence must no longer be used for the bytes given back. A range equal to
+// the grant's is a full Release. Errors: ErrBadRequest for a range that is
+// not a prefix or suffix (nothing changes), ErrNotHeld if the token is not
+// held (also while it sits released in the token cache).
+func (t *Token) ReleaseRange(ctx context.Context, start, end uint64) error {
+	c := t.c
+	op := releaseOp(t.name)
+	if wire.IsWhole(start, end) {
+		start, end = wire.WholeStart, wire.WholeEnd
+	}
+	if err := t.lock(ctx); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	c.mu.Lock()
+	if t.state != tokHeld || t.cachedAway() {
+		err := t.errLocked()
+		c.mu.Unlock()
+		t.unlock()
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	gs, ge := t.start, t.end
+	if wire.IsWhole(gs, ge) {
+		gs, ge = wire.WholeStart, wire.WholeEnd
+	}
+	if start == gs && end == ge {
+		c.mu.Unlock()
+		t.unlock()
+		return t.Release(ctx)
+	}
+	prefix := start == gs && end > gs && end < ge
+	suffix := end == ge && start > gs && start < ge
+	if !prefix && !suffix {
+		c.mu.Unlock()
+		t.unlock()
+		return fmt.Errorf("%s: %w: [%d, %d) is not a prefix or suffix of the grant [%d, %d)", op, ErrBadRequest, start, end, gs, ge)
+	}
+	fence := t.fence
+	c.mu.Unlock()
+	defer t.unlock()
+	cl := newCall()
+	cl.rel = wire.Release{Fence: fence, Name: cl.nameBytes(t.name), HasRange: true, Start: start, End: end}
+	cl.typ, cl.body, cl.shard, cl.routed = wire.TypeRelease, &cl.rel, t.shard, true
+	var r reply
+	var res exResult
+	regErr := c.register(ctx, cl, true)
+	err := regErr
+	if err == nil {
+		r, res, err = c.exchange(ctx, cl, exOpts{})
+	}
+	c.mu.Lock()
+	c.finishLocked(cl)
+	if err == nil && r.h.Status == wire.StatusOK && t.fence == fence {
+		if prefix {
+			t.start = end
+		} else {
+			t.end = start
+		}
+	}
+	c.mu.Unlock()
+	putCall(cl)
+	switch {
+	case regErr != nil:
+		return fmt.Errorf("%s: %w", op, regErr)
+	case err != nil:
+		return giveUp(op, err, res)
+	case r.h.Status != wire.StatusOK:
+		return statusError(op, &r)
+	}
+	return nil
+}
 
 // Proof returns a fence proof of this grant: its token name, fence, mode
 // and range, signed by the worker serving the token with the cluster's

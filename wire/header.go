@@ -90,6 +90,8 @@ const (
 	FlagReclaimValue  uint8 = 0x01 // RECLAIM: the holder's copy of the value block follows the name
 	FlagAcquireDetect uint8 = 0x02 // ACQUIRE: take part in cross-token deadlock detection (SPEC §19)
 	FlagConvertDetect uint8 = 0x04 // CONVERT: take part in cross-token deadlock detection (SPEC §19)
+	FlagAcquireGrow   uint8 = 0x04 // ACQUIRE: the worker may grant a larger range when nobody else is there (SPEC §10)
+	FlagReleaseRange  uint8 = 0x02 // RELEASE: a range follows the name: give back only that prefix or suffix (SPEC §10)
 )
 
 // Kind names the body layout a datagram carries. It follows from the type
@@ -176,8 +178,8 @@ var types = func() (t [256]typeInfo) {
 	req(TypeSessionOpen, "SESSION_OPEN", 0, sessZero, false, KindSessionOpen, KindSessionReply)
 	req(TypeKeepalive, "KEEPALIVE", FlagRenew|FlagDone, sessNonzero, false, KindKeepalive, KindKeepaliveReply)
 	req(TypeSessionClose, "SESSION_CLOSE", 0, sessNonzero, false, KindEmpty, KindEmpty)
-	req(TypeAcquire, "ACQUIRE", FlagTry|FlagAcquireDetect, sessNonzero, true, KindAcquire, KindGrant)
-	req(TypeRelease, "RELEASE", FlagReleaseValue, sessNonzero, true, KindRelease, KindEmpty)
+	req(TypeAcquire, "ACQUIRE", FlagTry|FlagAcquireDetect|FlagAcquireGrow, sessNonzero, true, KindAcquire, KindGrant)
+	req(TypeRelease, "RELEASE", FlagReleaseValue|FlagReleaseRange, sessNonzero, true, KindRelease, KindEmpty)
 	req(TypeConvert, "CONVERT", FlagTry|FlagConvertValue|FlagConvertDetect, sessNonzero, true, KindConvert, KindGrant)
 	req(TypeCancel, "CANCEL", 0, sessNonzero, true, KindCancel, KindEmpty)
 	req(TypeReclaim, "RECLAIM", FlagReclaimValue, sessNonzero, true, KindReclaim, KindGrant)

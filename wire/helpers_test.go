@@ -236,6 +236,7 @@ func describeBody(d *describer, m message) {
 	case *Acquire:
 		d.bool("try", m.Try)
 		d.bool("detect", m.Detect)
+		d.bool("grow", m.Grow)
 		d.mode(m.Mode)
 		d.u("wait_ms", uint64(m.WaitMs))
 		d.rng(m.Start, m.End)
@@ -243,6 +244,13 @@ func describeBody(d *describer, m message) {
 	case *Release:
 		d.fence(m.Fence)
 		d.bytes("token", m.Name)
+		d.bool("has_range", m.HasRange)
+		if m.HasRange {
+			d.rng(m.Start, m.End)
+		} else {
+			d.u("start", 0)
+			d.u("end", 0)
+		}
 		d.bool("has_value", m.HasValue)
 		d.bytes("value", m.Value)
 	case *Convert:

@@ -318,6 +318,7 @@ func (m *KeepaliveReply) Decode(h Header, b []byte) error {
 type Acquire struct {
 	Try    bool   // flag TRY: answer CONFLICT at once instead of queueing
 	Detect bool   // flag DETECT: the session holds its grants until this request ends (SPEC §19)
+	Grow   bool   // flag GROW: may be granted a larger range, up to the whole token, if nobody else is there (SPEC §10)
 	Mode   Mode   // requested mode
 	WaitMs uint32 // longest time to stay queued (ignored with Try); WaitForever = no limit
 	Start  uint64 // range [Start, End); whole token = WholeStart, WholeEnd
@@ -333,6 +334,9 @@ func (m Acquire) Append(dst []byte, h Header) ([]byte, error) {
 	}
 	if m.Detect {
 		h.Flags |= FlagAcquireDetect
+	}
+	if m.Grow {
+		h.Flags |= FlagAcquireGrow
 	}
 	s, e, err := wireRange(m.Start, m.End)
 	if err = first(err, checkMode(m.Mode), checkName(m.Name)); err != nil {
@@ -358,6 +362,7 @@ func (m *Acquire) Decode(h Header, b []byte) error {
 	}
 	m.Try = h.Flags&FlagTry != 0
 	m.Detect = h.Flags&FlagAcquireDetect != 0
+	m.Grow = h.Flags&FlagAcquireGrow != 0
 	m.Mode = r.mode()
 	m.WaitMs = r.u32()
 	m.Start, m.End = r.rng()
@@ -366,21 +371,33 @@ func (m *Acquire) Decode(h Header, b []byte) error {
 }
 
 // Release (RELEASE request) gives a grant back, optionally setting the
-// token's value block (holders in PW or EX only; the worker checks).
+// token's value block (holders in PW or EX only; the worker checks). With
+// HasRange it gives back only [Start, End), a prefix or suffix of the
+// grant's range, and keeps the rest under the same fence (SPEC §10).
 type Release struct {
 	Fence    uint64 // the grant's fence
 	Name     []byte // token name, 1..255 bytes
+	HasRange bool   // flag RANGE: release only [Start, End)
+	Start    uint64 // only with HasRange; whole token = WholeStart, WholeEnd
+	End      uint64
 	HasValue bool   // flag VALUE: set the value block to Value
 	Value    []byte // 0..64 bytes; only with HasValue
 }
 
-// Append appends a RELEASE datagram. Value is ignored unless HasValue.
+// Append appends a RELEASE datagram. Value is ignored unless HasValue,
+// Start and End unless HasRange.
 func (m Release) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeRelease, 0
 	if m.HasValue {
 		h.Flags = FlagReleaseValue
 	}
-	if err := first(checkFence(m.Fence), checkName(m.Name), checkValue(m.Value)); err != nil {
+	var s, e uint64
+	var rerr error
+	if m.HasRange {
+		h.Flags |= FlagReleaseRange
+		s, e, rerr = wireRange(m.Start, m.End)
+	}
+	if err := first(rerr, checkFence(m.Fence), checkName(m.Name), checkValue(m.Value)); err != nil {
 		return dst, err
 	}
 	start, dst, err := begin(dst, &h, KindRelease)
@@ -389,6 +406,10 @@ func (m Release) Append(dst []byte, h Header) ([]byte, error) {
 	}
 	dst = appendU64(dst, m.Fence)
 	dst = appendBytes8(dst, m.Name)
+	if m.HasRange {
+		dst = appendU64(dst, s)
+		dst = appendU64(dst, e)
+	}
 	if m.HasValue {
 		dst = appendBytes8(dst, m.Value)
 	}
@@ -403,6 +424,11 @@ func (m *Release) Decode(h Header, b []byte) error {
 	}
 	m.Fence = r.fence()
 	m.Name = r.name()
+	m.HasRange = h.Flags&FlagReleaseRange != 0
+	m.Start, m.End = 0, 0
+	if m.HasRange {
+		m.Start, m.End = r.rng()
+	}
 	m.HasValue = h.Flags&FlagReleaseValue != 0
 	m.Value = nil
 	if m.HasValue {

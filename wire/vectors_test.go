@@ -124,6 +124,7 @@ func validVectors() []vector {
 	h = vhdr(12, 10, vMaxName)
 	add("acquire-max-name", h, &Acquire{Mode: CW, WaitMs: WaitForever, Start: 1, End: WholeEnd, Name: vMaxName})
 	add("acquire-detect", vhdr(13, 10, vToken), &Acquire{Detect: true, Mode: EX, WaitMs: 1000, Start: WholeStart, End: WholeEnd, Name: vToken})
+	add("acquire-grow", vhdr(14, 10, vToken2), &Acquire{Grow: true, Mode: PW, WaitMs: 1000, Start: 0, End: 4096, Name: vToken2})
 	add("acquire-reply-grant", vreply(TypeAcquire, StatusOK, 10, vToken), &Grant{Fence: MakeFence(vEpoch, 1001),
 		Mode: EX, ValidityMs: 4800, Start: WholeStart, End: WholeEnd, ValueFlags: ValueValid, Value: []byte("v1")})
 	add("acquire-reply-grant-value64", vreply(TypeAcquire, StatusOK, 11, vToken2), &Grant{Fence: MakeFence(vEpoch, 1002),
@@ -151,6 +152,10 @@ func validVectors() []vector {
 		HasValue: true, Value: vValue64})
 	add("release-empty-value", vhdr(22, 12, vToken), &Release{Fence: MakeFence(vEpoch, 1001), Name: vToken,
 		HasValue: true, Value: []byte{}})
+	add("release-range-prefix", vhdr(26, 12, vToken2), &Release{Fence: MakeFence(vEpoch, 1003), Name: vToken2,
+		HasRange: true, Start: 0, End: 8192})
+	add("release-range-suffix-value", vhdr(27, 12, vToken2), &Release{Fence: MakeFence(vEpoch, 1003), Name: vToken2,
+		HasRange: true, Start: 8192, End: WholeEnd, HasValue: true, Value: []byte("v7")})
 	add("release-reply", vreply(TypeRelease, StatusOK, 20, vToken), &Empty{})
 	add("release-reply-not-held", vreply(TypeRelease, StatusNotHeld, 20, vToken), &ErrorBody{Message: []byte("no such grant")})
 
@@ -325,7 +330,8 @@ func badVectors() []badVector {
 	add("bad-type-zero", resealed(acq, set(3, 0x00)), ErrUnknownType)
 	add("bad-type-0f", resealed(acq, set(3, 0x0f)), ErrUnknownType)
 	add("bad-type-revoke-ack-reply", resealed(acq, set(3, 0x89)), ErrUnknownType)
-	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x05)), ErrBadFlags)
+	add("bad-flags-acquire", resealed(acq, set(offFlags, 0x09)), ErrBadFlags)
+	add("bad-flags-release", resealed(byName["release"], set(offFlags, 0x04)), ErrBadFlags)
 	add("bad-flags-reply", resealed(byName["acquire-reply-grant"], set(offFlags, 0x01)), ErrBadFlags)
 	add("bad-status-in-request", resealed(acq, set(offStatus, 1)), ErrBadStatus)
 	add("bad-status-undefined", resealed(byName["acquire-reply-conflict"], set(offStatus, 19)), ErrBadStatus)
@@ -362,6 +368,9 @@ func badVectors() []badVector {
 	rel := byName["release-value64"]
 	add("bad-value-too-long", withBody(rel, cat(fence, []byte{byte(len(vToken))}, vToken, []byte{65}, vValue64, []byte{'!'})...), ErrValueLength)
 	add("bad-value-flag-missing-value", withBody(rel, cat(fence, []byte{byte(len(vToken))}, vToken)...), ErrShort)
+	relRange := byName["release-range-prefix"]
+	add("bad-range-release-empty", withBody(relRange, cat(fence, []byte{byte(len(vToken))}, vToken, be64(10), be64(10))...), ErrBadRange)
+	add("bad-range-release-missing", withBody(relRange, cat(fence, []byte{byte(len(vToken))}, vToken)...), ErrShort)
 	add("bad-fence-zero", withBody(rel, cat(be64(0), []byte{byte(len(vToken))}, vToken, []byte{0})...), ErrBadBody)
 	add("bad-fence-seq-zero", withBody(rel, cat(be64(MakeFence(3, 0)), []byte{byte(len(vToken))}, vToken, []byte{0})...), ErrBadBody)
 	add("bad-fence-epoch-zero", withBody(rel, cat(be64(7), []byte{byte(len(vToken))}, vToken, []byte{0})...), ErrBadBody)

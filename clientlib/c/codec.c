@@ -138,8 +138,8 @@ static uint8_t allowed_flags(uint8_t t)
 {
 	switch (t) {
 	case TKW_KEEPALIVE: return TKW_FLAG_RENEW | TKW_FLAG_DONE;
-	case TKW_ACQUIRE: return TKW_FLAG_TRY | TKW_FLAG_ACQUIRE_DETECT;
-	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE;
+	case TKW_ACQUIRE: return TKW_FLAG_TRY | TKW_FLAG_ACQUIRE_DETECT | TKW_FLAG_ACQUIRE_GROW;
+	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE | TKW_FLAG_RELEASE_RANGE;
 	case TKW_CONVERT: return TKW_FLAG_TRY | TKW_FLAG_CONVERT_VALUE | TKW_FLAG_CONVERT_DETECT;
 	case TKW_RECLAIM: return TKW_FLAG_RECLAIM_VALUE;
 	}
@@ -558,6 +558,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	case TKW_K_ACQUIRE:
 		m->try_ = (h->flags & TKW_FLAG_TRY) != 0;
 		m->detect = (h->flags & TKW_FLAG_ACQUIRE_DETECT) != 0;
+		m->grow = (h->flags & TKW_FLAG_ACQUIRE_GROW) != 0;
 		CHECK(rd_mode(r, &m->mode));
 		CHECK(rd_u32(r, &m->wait_ms));
 		CHECK(rd_range(r, &m->start, &m->end));
@@ -565,8 +566,11 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		break;
 	case TKW_K_RELEASE:
 		m->has_value = (h->flags & TKW_FLAG_RELEASE_VALUE) != 0;
+		m->has_range = (h->flags & TKW_FLAG_RELEASE_RANGE) != 0;
 		CHECK(rd_fence(r, &m->fence));
 		CHECK(rd_name(r, &m->name));
+		if (m->has_range)
+			CHECK(rd_range(r, &m->start, &m->end));
 		if (m->has_value)
 			CHECK(rd_value(r, &m->value));
 		break;
@@ -874,8 +878,10 @@ static uint8_t derive_flags(const struct tkw_msg *m, int kind)
 	case TKW_K_KEEPALIVE:
 		return (uint8_t)((m->renew ? TKW_FLAG_RENEW : 0) | (m->done_version ? TKW_FLAG_DONE : 0));
 	case TKW_K_ACQUIRE:
-		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->detect ? TKW_FLAG_ACQUIRE_DETECT : 0));
-	case TKW_K_RELEASE: return m->has_value ? TKW_FLAG_RELEASE_VALUE : 0;
+		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->detect ? TKW_FLAG_ACQUIRE_DETECT : 0) |
+				 (m->grow ? TKW_FLAG_ACQUIRE_GROW : 0));
+	case TKW_K_RELEASE:
+		return (uint8_t)((m->has_value ? TKW_FLAG_RELEASE_VALUE : 0) | (m->has_range ? TKW_FLAG_RELEASE_RANGE : 0));
 	case TKW_K_CONVERT:
 		return (uint8_t)((m->try_ ? TKW_FLAG_TRY : 0) | (m->has_value ? TKW_FLAG_CONVERT_VALUE : 0) |
 				 (m->detect ? TKW_FLAG_CONVERT_DETECT : 0));
@@ -946,6 +952,8 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 	case TKW_K_RELEASE:
 		wr_u64(w, m->fence);
 		wr_bytes8(w, m->name, TKW_MAX_NAME, TKW_ENAMELENGTH);
+		if (m->has_range)
+			wr_range(w, m->start, m->end);
 		if (m->has_value)
 			wr_bytes8(w, m->value, TKW_MAX_VALUE, TKW_EVALUELENGTH);
 		break;

@@ -75,6 +75,8 @@ enum {
 #define TKW_FLAG_RECLAIM_VALUE 0x01 /* RECLAIM: the holder's copy of the value block */
 #define TKW_FLAG_ACQUIRE_DETECT 0x02 /* ACQUIRE: cross-token deadlock detection (SPEC 19) */
 #define TKW_FLAG_CONVERT_DETECT 0x04 /* CONVERT: cross-token deadlock detection (SPEC 19) */
+#define TKW_FLAG_ACQUIRE_GROW 0x04 /* ACQUIRE: may be granted a larger range (SPEC 10) */
+#define TKW_FLAG_RELEASE_RANGE 0x02 /* RELEASE: give back only a prefix or suffix (SPEC 10) */
 
 /* GRANT value flags (S5). */
 #define TKW_VALUE_VALID 0x01
@@ -236,6 +238,8 @@ struct tkw_msg {
 	uint32_t validity_ms;    /* KEEPALIVE_REPLY, GRANT */
 	int try_;                /* ACQUIRE, CONVERT (flag) */
 	int detect;              /* ACQUIRE, CONVERT (flag DETECT) */
+	int grow;                /* ACQUIRE (flag GROW) */
+	int has_range;           /* RELEASE (flag RANGE): start, end are the range given back */
 	uint8_t mode;
 	uint32_t wait_ms;
 	uint64_t start, end;

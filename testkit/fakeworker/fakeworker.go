@@ -1147,6 +1147,10 @@ func (w *worker) follow(shard uint32, typ wire.Type, in table.Input, o *table.Ou
 		delete(w.held, shardFence{shard, in.Fence})
 		w.grant(shard, o)
 	case wire.TypeRelease:
+		if in.Partial && o.End != 0 { // a full release reports no range
+			w.grant(shard, o) // a partial release: the rest, same fence
+			return
+		}
 		delete(w.held, shardFence{shard, in.Fence})
 	case wire.TypeCancel:
 		if o.Released {

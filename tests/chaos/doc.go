@@ -25,7 +25,7 @@
 //	TestScenario9OnlyMonotonicTime     no wall-clock arithmetic on the lease path (static)
 //	TestScenario9ClockSkew             client clocks offset, drifting, jumping
 //	TestScenario9SlowClockIsCaught     negative control: an out-of-model clock is caught
-//	TestScenario10ReadersWriterRanges  all modes, byte ranges, converts: the model check
+//	TestScenario10ReadersWriterRanges  all modes, byte ranges (half of them with Grow: grown grants are checked on the range granted), converts: the model check
 //
 // With real processes (tokend binaries built once per run, Linux only; the
 // UDP fault proxy of faultnet/proxy between clients and workers, TCP relays

@@ -138,7 +138,7 @@ func TestScenario10ReadersWriterRanges(t *testing.T) {
 		w := load.New()
 		cfg := load.Config{Tokens: load.TokenNames("s10", 16), Ops: opsEach, OpTimeout: 10 * time.Second,
 			Modes:  []wire.Mode{wire.CR, wire.CW, wire.PR, wire.PR, wire.PW, wire.EX, wire.EX},
-			Ranges: true, Converts: true, Register: true}
+			Ranges: true, Grow: true, Converts: true, Register: true}
 		start := time.Now()
 		cls := make([]*clientlib.Client, clients)
 		load.RunClients(clients, func(i int) {
@@ -155,6 +155,9 @@ func TestScenario10ReadersWriterRanges(t *testing.T) {
 		}
 		if w.N.Cached.Load() == 0 {
 			t.Error("no cached re-acquires: the scenario did not test the token cache")
+		}
+		if w.N.Grown.Load() == 0 {
+			t.Error("no grown grants: the scenario did not test Grow")
 		}
 		e.fn.ClearRules()
 		for _, cl := range cls {

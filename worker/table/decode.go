@@ -17,7 +17,7 @@ func Decode(h wire.Header, pkt []byte, now int64) (in Input, name []byte, err er
 		if err = m.Decode(h, pkt); err != nil {
 			return in, nil, err
 		}
-		in = Input{Op: OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End, Detect: m.Detect}
+		in = Input{Op: OpAcquire, Name: m.Name, Mode: m.Mode, Start: m.Start, End: m.End, Detect: m.Detect, Grow: m.Grow}
 		in.Try, in.Deadline = waitDeadline(m.Try, m.WaitMs, now)
 		return in, m.Name, nil
 	case wire.TypeConvert:
@@ -33,7 +33,8 @@ func Decode(h wire.Header, pkt []byte, now int64) (in Input, name []byte, err er
 		if err = m.Decode(h, pkt); err != nil {
 			return in, nil, err
 		}
-		return Input{Op: OpRelease, Name: m.Name, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value}, m.Name, nil
+		return Input{Op: OpRelease, Name: m.Name, Fence: m.Fence, SetValue: m.HasValue, Value: m.Value,
+			Partial: m.HasRange, Start: m.Start, End: m.End}, m.Name, nil
 	case wire.TypeCancel:
 		var m wire.Cancel
 		if err = m.Decode(h, pkt); err != nil {

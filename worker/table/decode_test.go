@@ -38,3 +38,40 @@ func TestDecodeWait(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeGrowAndRange: ACQUIRE's GROW becomes Input.Grow, RELEASE's RANGE
+// becomes a Partial release of [Start, End).
+func TestDecodeGrowAndRange(t *testing.T) {
+	name := []byte("n")
+	h := wire.Header{Session: 1, Request: 1, Ack: 1, Shard: wire.Shard(name, 16), Epoch: 1}
+	decode := func(m interface {
+		Append([]byte, wire.Header) ([]byte, error)
+	}) Input {
+		pkt, err := m.Append(nil, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ph, err := wire.ParseHeader(pkt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, _, err := Decode(ph, pkt, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	if in := decode(wire.Acquire{Grow: true, Mode: wire.PW, WaitMs: 10, Start: 0, End: 4096, Name: name}); !in.Grow || in.Start != 0 || in.End != 4096 {
+		t.Errorf("acquire grow: %+v", in)
+	}
+	if in := decode(wire.Acquire{Mode: wire.PW, WaitMs: 10, Start: 0, End: 4096, Name: name}); in.Grow {
+		t.Errorf("acquire without grow: %+v", in)
+	}
+	f := wire.MakeFence(1, 1)
+	if in := decode(wire.Release{Fence: f, Name: name, HasRange: true, Start: 8192, End: wire.WholeEnd}); !in.Partial || in.Start != 8192 || in.End != wire.WholeEnd {
+		t.Errorf("release range: %+v", in)
+	}
+	if in := decode(wire.Release{Fence: f, Name: name}); in.Partial {
+		t.Errorf("release without range: %+v", in)
+	}
+}

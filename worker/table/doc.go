@@ -56,6 +56,16 @@
 // per (grant, waiter) pair, when the later of the two appears, and again
 // only after the holder converts (the shell retransmits until then).
 //
+// An acquire with Grow (wire flag GROW) that is granted at once, on a token
+// where no other session holds a grant and nothing waits, gets the largest
+// range around what it asked that overlaps none of the session's own grants
+// there (the whole token if it has none); otherwise exactly what it asked.
+// A partial release (Partial, wire flag RANGE) gives back a prefix or a
+// suffix of a grant and keeps the rest under the same fence; the token's
+// queue is then scanned as after a release, and the holder is revoked again
+// for waiters the rest still blocks. Any other partial range, or one of a
+// grant that is converting, is StatusBadRequest.
+//
 // Fences are epoch<<40 | seq, with seq counting from 1 in each epoch of the
 // shard; epochs grow with every change of owner, so fences strictly increase
 // per token across all time (invariant 2). When seq would wrap the table

@@ -22,9 +22,9 @@ import (
 // Commands (time is the harness clock "now", moved by now=N on any command):
 //
 //	new [epoch=1] [max-waiters=N] [max-grants=N] [grace=T]   fresh table (recovering until T with grace)
-//	acquire s=S [req=R] name=N mode=M [range=A-B|whole] [try] [detect] [wait=D|deadline=T]
+//	acquire s=S [req=R] name=N mode=M [range=A-B|whole] [try] [detect] [grow] [wait=D|deadline=T]
 //	convert s=S [req=R] name=N fence=E:Q mode=M [try] [detect] [wait=D] [value=V]
-//	release s=S [req=R] name=N fence=E:Q [value=V]
+//	release s=S [req=R] name=N fence=E:Q [range=A-B] [value=V]   range: a partial release
 //	cancel  s=S [req=R] target=R
 //	reclaim s=S [req=R] name=N mode=M fence=E:Q [range=A-B]
 //	acquire-all s=S [req=R] e=(N:M[:A-B], ...)   AcquireAll of the entries (names, modes, ranges)
@@ -168,7 +168,8 @@ func (h *harness) input(t *testing.T, d *datadriven.TestData, a args, num func(s
 	ops := map[string]Op{"acquire": OpAcquire, "convert": OpConvert, "release": OpRelease,
 		"cancel": OpCancel, "reclaim": OpReclaim, "end-session": OpEndSession, "deadlock": OpDeadlock}
 	in := Input{Op: ops[d.Cmd], Session: uint64(num("s", 0)), Target: uint64(num("target", 0)),
-		Name: []byte(a["name"]), Start: WholeStart, End: WholeEnd, Try: a.has("try"), Detect: a.has("detect")}
+		Name: []byte(a["name"]), Start: WholeStart, End: WholeEnd, Try: a.has("try"), Detect: a.has("detect"),
+		Grow: a.has("grow"), Partial: d.Cmd == "release" && a.has("range")}
 	if d.Cmd != "end-session" && d.Cmd != "deadlock" {
 		if a.has("req") {
 			h.reqs[in.Session] = uint64(num("req", 0))

@@ -336,7 +336,11 @@ func (t *Table) acquire(in *Input, out []Output) []Output {
 		if si == 0 {
 			si = t.newSession(in.Session)
 		}
-		gi := t.addGrant(ti, si, in.Mode, in.Start, in.End, fence, in.Req)
+		start, end := in.Start, in.End
+		if in.Grow {
+			start, end = t.grow(ti, in.Session, start, end)
+		}
+		gi := t.addGrant(ti, si, in.Mode, start, end, fence, in.Req)
 		return append(out, t.grantOut(KindReply, in.Session, in.Req, gi))
 	}
 	if in.Try {
@@ -350,6 +354,33 @@ func (t *Table) acquire(in *Input, out []Output) []Output {
 	}
 	wi := t.addWaiter(ti, si, in, in.Mode, in.Start, in.End, 0)
 	return t.queued(in, wi, out)
+}
+
+// grow returns the range an acquire with Grow gets on token ti (0: new):
+// [start, end) itself unless nobody but session id holds or waits on the
+// token; then the largest range around it that overlaps none of the
+// session's own grants there (the whole token if it has none).
+func (t *Table) grow(ti uint32, id, start, end uint64) (uint64, uint64) {
+	if ti == 0 {
+		return WholeStart, WholeEnd
+	}
+	tok := t.toks.at(ti)
+	if tok.q != 0 {
+		return start, end
+	}
+	lo, hi := WholeStart, WholeEnd
+	for gi := tok.grants; gi != 0; gi = t.grs.at(gi).tnext {
+		g := t.grs.at(gi)
+		switch {
+		case t.sess.at(g.sess).id != id, overlaps(g.start, g.end, start, end):
+			return start, end
+		case g.end <= start && g.end > lo:
+			lo = g.end
+		case g.start >= end && g.start < hi:
+			hi = g.start
+		}
+	}
+	return lo, hi
 }
 
 // canQueue checks whether request in may wait on token ti.
@@ -452,11 +483,34 @@ func (t *Table) release(in *Input, out []Output) []Output {
 		return reply(out, in, StatusNotHeld)
 	}
 	g := t.grs.at(gi)
+	partial := in.Partial && !(in.Start == g.start && in.End == g.end)
+	if partial {
+		prefix := in.Start == g.start && in.End > g.start && in.End < g.end
+		suffix := in.End == g.end && in.Start > g.start && in.Start < g.end
+		if !prefix && !suffix || g.flags&grantConverting != 0 {
+			return reply(out, in, StatusBadRequest)
+		}
+	}
 	if in.SetValue {
 		if !g.mode.Writes() {
 			return reply(out, in, StatusBadRequest)
 		}
 		t.toks.at(ti).setValue(in.Value)
+	}
+	if partial {
+		// Shrink: the rest keeps its fence; waiters it no longer blocks
+		// may go, and those it still blocks are revoked again.
+		if in.Start == g.start {
+			g.start = in.End
+		} else {
+			g.end = in.Start
+		}
+		out = append(out, Output{Kind: KindReply, Status: StatusOK, Session: in.Session, Req: in.Req,
+			Fence: g.fence, Mode: g.mode, Start: g.start, End: g.end, Name: t.toks.at(ti).name})
+		out = t.wake(ti, out)
+		out = t.revokeFor(gi, out)
+		t.maybeFreeToken(ti)
+		return out
 	}
 	si := g.sess
 	out = append(out, Output{Kind: KindReply, Status: StatusOK, Session: in.Session, Req: in.Req,

@@ -65,12 +65,13 @@ type Op uint8
 // The operations. Each one except OpEndSession is a client request, answered
 // by exactly one KindReply output.
 const (
-	// OpAcquire: Session, Req, Name, Mode, Start, End, Try, Deadline.
+	// OpAcquire: Session, Req, Name, Mode, Start, End, Try, Deadline, Grow.
 	OpAcquire Op = iota + 1
 	// OpConvert: Session, Req, Name, Fence, Mode, Try, Deadline, and
 	// SetValue/Value (downgrade from PW/EX only).
 	OpConvert
-	// OpRelease: Session, Req, Name, Fence, and SetValue/Value (PW/EX only).
+	// OpRelease: Session, Req, Name, Fence, and SetValue/Value (PW/EX only);
+	// with Partial, only [Start, End), a prefix or suffix of the grant.
 	OpRelease
 	// OpCancel: Session, Req (of the cancel itself), Target (the request
 	// id of the queued acquire or convert).
@@ -116,6 +117,8 @@ type Input struct {
 	Deadline int64  // absolute, same clock as now: a queued request times out when now >= Deadline
 	Try      bool   // fail with StatusConflict instead of queueing
 	Detect   bool   // OpAcquire, OpConvert: the wait takes part in cross-token deadlock detection (WaitEdges)
+	Grow     bool   // OpAcquire: if no other session holds or waits on the token, grant the largest free range around [Start, End)
+	Partial  bool   // OpRelease: give back only [Start, End), a prefix or suffix of the grant; the rest keeps its fence
 	SetValue bool   // OpRelease, OpConvert: set the token's value block to Value; OpReclaim: the holder's copy
 	Value    []byte // at most MaxValueLen bytes
 }
@@ -186,7 +189,9 @@ const (
 // reclaim) fills Fence, Mode, Start, End, Name, Value and VFlags. A
 // KindReply with StatusQueued fills Position (1 = first in line). A cancel's
 // StatusOK reply has Released set, and Fence, when a grant was released
-// rather than a waiter removed. Name and Value are immutable strings owned
+// rather than a waiter removed. A partial release's StatusOK reply fills Fence,
+// Mode, Start and End with what the grant keeps (a full release: Fence
+// only). Name and Value are immutable strings owned
 // by the table; they stay valid after the Step.
 type Output struct {
 	Kind     Kind

@@ -174,6 +174,7 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 	case TKW_K_ACQUIRE:
 		d_u(d, "try", (uint64_t)m->try_);
 		d_u(d, "detect", (uint64_t)m->detect);
+		d_u(d, "grow", (uint64_t)m->grow);
 		d_u(d, "mode", m->mode);
 		d_u(d, "wait_ms", m->wait_ms);
 		d_u(d, "start", m->start);
@@ -183,6 +184,9 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 	case TKW_K_RELEASE:
 		d_u(d, "fence", m->fence);
 		d_b(d, "token", m->name);
+		d_u(d, "has_range", (uint64_t)m->has_range);
+		d_u(d, "start", m->has_range ? m->start : 0);
+		d_u(d, "end", m->has_range ? m->end : 0);
 		d_u(d, "has_value", (uint64_t)m->has_value);
 		d_b(d, "value", m->value);
 		break;
@@ -489,6 +493,10 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 			m->try_ = (int)u;
 		else if (!strcmp(k, "detect"))
 			m->detect = (int)u;
+		else if (!strcmp(k, "grow"))
+			m->grow = (int)u;
+		else if (!strcmp(k, "has_range"))
+			m->has_range = (int)u;
 		else if (!strcmp(k, "mode"))
 			m->mode = (uint8_t)u;
 		else if (!strcmp(k, "wait_ms"))

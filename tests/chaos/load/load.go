@@ -31,6 +31,7 @@ type Config struct {
 	OpTimeout time.Duration // per Acquire/Release
 	Modes     []wire.Mode   // drawn uniformly; default EX
 	Ranges    bool          // half the acquires take a random byte range
+	Grow      bool          // with Ranges, half the ranged acquires ask with clientlib.Grow: the history records the range granted
 	Converts  bool          // holders sometimes convert up or down
 	Think     time.Duration // the critical section sleeps [0, think)
 	Register  bool          // writers read-modify-write the lock set, readers read it
@@ -53,6 +54,7 @@ type Counters struct {
 	Pauses, LateRefused          atomic.Int64
 	LateAccepted                 atomic.Int64
 	Cached                       atomic.Int64 // acquires served from the client's token cache
+	Grown                        atomic.Int64 // acquires granted a larger range than asked (Config.Grow)
 }
 
 // Workload drives clients and records what they see.
@@ -161,6 +163,9 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 		if cfg.Ranges {
 			start, end = RandRange(rng)
 			opts = append(opts, clientlib.Range(start, end))
+			if cfg.Grow && rng.IntN(2) == 0 {
+				opts = append(opts, clientlib.Grow())
+			}
 		}
 		actx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
 		call := w.Hist.Now()
@@ -184,6 +189,12 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 		}
 		cached := mine[name][fence]
 		mine[name][fence] = true
+		if s, e := tok.Range(); !cached && cfg.Grow && (s != start || e != end) && !wire.IsWhole(start, end) {
+			// Grown: the model and the critical section take the range
+			// granted, which covers the one asked.
+			start, end = s, e
+			w.N.Grown.Add(1)
+		}
 		if cached {
 			// The grant as the cache kept it: its mode covers the one
 			// asked, its range (the whole token) the range asked.
@@ -343,8 +354,8 @@ func (w *Workload) Verify(t testing.TB, perToken time.Duration) {
 	if !ls.OK() {
 		t.Errorf("lock set: lost %v, duplicated %v, audit %v", ls.Lost, ls.Dup, ls.Audit)
 	}
-	t.Logf("ops: %d attempted, %d completed (%d from a token cache), %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
-		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Cached.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
+	t.Logf("ops: %d attempted, %d completed (%d from a token cache, %d grown), %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
+		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Cached.Load(), w.N.Grown.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
 		w.N.Pauses.Load(), w.N.LateRefused.Load(), w.N.LateAccepted.Load())
 	w.mu.Lock()
 	defer w.mu.Unlock()
