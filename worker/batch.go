@@ -42,25 +42,7 @@ func (w *Worker) handleBatch(ob *outbox, s *session, h, rh wire.Header, pkt []by
 	s.addr = from
 	s.shards[h.Shard] = struct{}{}
 	w.out = st.tab.AcquireAll(s.id, h.Request, entries, ob.now, w.out[:0])
-	var (
-		grants []wire.BatchGrant
-		failed *table.Output
-	)
-	for i := range w.out {
-		o := &w.out[i]
-		if o.Kind != table.KindReply {
-			continue
-		}
-		if o.Status != wire.StatusOK {
-			failed = o
-			continue
-		}
-		g := wire.BatchGrant{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, ValueFlags: uint8(o.VFlags)}
-		if o.VFlags&table.ValueValid != 0 {
-			g.Value = []byte(o.Value)
-		}
-		grants = append(grants, g)
-	}
+	grants, failed := table.BatchGrants(w.out, nil)
 	rh.MapVersion = w.dmap.Version
 	var (
 		reply []byte

@@ -1390,25 +1390,7 @@ func decodeBatch(h wire.Header, b []byte, shards uint32) ([]table.BatchEntry, er
 // worker's handleBatch does. Caller holds mu.
 func (w *worker) batchReply(c *Cluster, ob *outbox, shard uint32, outs []table.Output, core *session.Session,
 	h wire.Header, to net.Addr) {
-	var (
-		grants []wire.BatchGrant
-		failed *table.Output
-	)
-	for i := range outs {
-		o := &outs[i]
-		if o.Kind != table.KindReply {
-			continue
-		}
-		if o.Status != wire.StatusOK {
-			failed = o
-			continue
-		}
-		g := wire.BatchGrant{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, ValueFlags: uint8(o.VFlags)}
-		if o.VFlags&table.ValueValid != 0 {
-			g.Value = []byte(o.Value)
-		}
-		grants = append(grants, g)
-	}
+	grants, failed := table.BatchGrants(outs, nil)
 	rh := h.Reply()
 	var p []byte
 	st := wire.StatusOK

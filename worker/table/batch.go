@@ -67,3 +67,27 @@ func (t *Table) AcquireAll(session, req uint64, entries []BatchEntry, now int64,
 	}
 	return out
 }
+
+// BatchGrants reads AcquireAll's outputs for the reply: the grants in entry
+// order, appended to grants, or the output of the entry that failed (then
+// grants holds nothing of this batch). Outputs other than replies (there
+// are none today) are skipped.
+func BatchGrants(outs []Output, grants []wire.BatchGrant) ([]wire.BatchGrant, *Output) {
+	var failed *Output
+	for i := range outs {
+		o := &outs[i]
+		if o.Kind != KindReply {
+			continue
+		}
+		if o.Status != StatusOK {
+			failed = o
+			continue
+		}
+		g := wire.BatchGrant{Fence: o.Fence, Mode: o.Mode, Start: o.Start, End: o.End, ValueFlags: uint8(o.VFlags)}
+		if o.VFlags&ValueValid != 0 {
+			g.Value = []byte(o.Value)
+		}
+		grants = append(grants, g)
+	}
+	return grants, failed
+}
