@@ -722,25 +722,35 @@ static int revokes_pred(void *a)
 	return cb_get(&revokes_seen) >= *(int *)a;
 }
 
-static void test_fake(int garbage)
+/*
+ * Start a fake worker (garbage: it also sends junk) and connect to it with
+ * the options most tests use: TEST_KEY, a 2 s session, on_revoke. On
+ * failure the check has failed and the fake is stopped.
+ */
+static int connect_fake(struct fake *f, int garbage, tokend_client **c)
 {
-	struct fake f;
-	fake_start(&f, 0, garbage);
+	fake_start(f, 0, garbage);
 	tokend_options o;
 	tokend_options_init(&o);
 	o.key = TEST_KEY;
-	const char *seeds[] = {f.addr};
+	const char *seeds[] = {f->addr};
 	o.seeds = seeds;
 	o.nseeds = 1;
 	o.session_ttl_ms = 2000;
 	o.on_revoke = on_revoke;
-	tokend_client *c;
-	int rc = tokend_connect(&o, &c);
+	int rc = tokend_connect(&o, c);
 	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
-	if (rc != TOKEND_OK) {
-		fake_stop(&f);
+	if (rc != TOKEND_OK)
+		fake_stop(f);
+	return rc;
+}
+
+static void test_fake(int garbage)
+{
+	struct fake f;
+	tokend_client *c;
+	if (connect_fake(&f, garbage, &c) != TOKEND_OK)
 		return;
-	}
 	CHECK(tokend_session_id(c) == 4243, "session id %" PRIu64, tokend_session_id(c));
 
 	tokend_grant g, g2;
@@ -827,22 +837,9 @@ static void *cache_ex_acquire(void *arg)
 static void test_cache(void)
 {
 	struct fake f;
-	fake_start(&f, 0, 0);
-	tokend_options o;
-	tokend_options_init(&o);
-	o.key = TEST_KEY;
-	const char *seeds[] = {f.addr};
-	o.seeds = seeds;
-	o.nseeds = 1;
-	o.session_ttl_ms = 2000;
-	o.on_revoke = on_revoke;
 	tokend_client *c;
-	int rc = tokend_connect(&o, &c);
-	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
-	if (rc != TOKEND_OK) {
-		fake_stop(&f);
+	if (connect_fake(&f, 0, &c) != TOKEND_OK)
 		return;
-	}
 	tokend_cache_stats st;
 	CHECK_RC(tokend_token_cache(NULL, 1, 0), TOKEND_EINVAL, "cache of NULL");
 	CHECK_RC(tokend_token_cache(c, 1, -1), TOKEND_EINVAL, "negative idle time");
