@@ -157,9 +157,11 @@ type Stats struct {
 	// back on a worker's REVOKE (the application was not asked), and
 	// CacheDropped those given back before an Acquire of their name that
 	// they did not serve (conflicting, or no longer fresh). Cached is how
-	// many grants the cache holds now.
-	CacheHits, CacheMisses, CacheEvictions, CacheRevoked, CacheDropped uint64
-	Cached                                                             int
+	// many grants the cache holds now. CacheSplits counts the cached grants
+	// a REVOKE wanted only a prefix or suffix of (a grown range): that part
+	// was given back and the rest stayed cached.
+	CacheHits, CacheMisses, CacheEvictions, CacheRevoked, CacheDropped, CacheSplits uint64
+	Cached                                                                          int
 	// AcquireBatch: BatchGranted counts the tokens granted by
 	// ACQUIRE_BATCH datagrams, BatchFallbacks the shards whose batch
 	// conflicted and that were acquired token by token instead.
@@ -170,7 +172,7 @@ type Stats struct {
 func (c *Client) Stats() Stats {
 	s := Stats{AuthFailures: c.authFailures.Load(), Sent: c.sent.Load(),
 		CacheHits: c.cacheHits.Load(), CacheMisses: c.cacheMisses.Load(), CacheEvictions: c.cacheEvictions.Load(),
-		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load(),
+		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load(), CacheSplits: c.cacheSplits.Load(),
 		BatchGranted: c.batchGrants.Load(), BatchFallbacks: c.batchFallbacks.Load()}
 	c.mu.Lock()
 	s.Cached = c.cache.n

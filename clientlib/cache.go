@@ -276,13 +276,75 @@ func (c *Client) unlinkLocked(t *Token) {
 	c.cache.n--
 }
 
-// revokeCachedLocked answers a REVOKE of the cached grant t: out of the
-// cache, and RELEASE at once; the application never hears of it.
-func (c *Client) revokeCachedLocked(t *Token) {
+// revokeCachedLocked answers a REVOKE of the cached grant t, which wants
+// [start, end) of it: out of the cache, and RELEASE at once; the
+// application never hears of it. A grant grown beyond what the REVOKE
+// wants (GPFS) is split instead when the wanted part is a prefix or suffix
+// of it: that part goes back with a RELEASE flagged RANGE and the rest
+// stays cached under the same fence (splitCachedLocked).
+func (c *Client) revokeCachedLocked(t *Token, start, end uint64) {
+	gs, ge := normRange(t.start, t.end)
+	ws, we := normRange(start, end)
+	switch {
+	case we <= gs || ge <= ws:
+		// Nothing of what is left: a REVOKE of the part a split already
+		// gives back (its RANGE release is on its way).
+		return
+	case ws <= gs && ge <= we:
+		// All of it (or a hole in the middle, below): give it back whole.
+	case ws <= gs:
+		c.splitCachedLocked(t, gs, we, we, ge)
+		return
+	case ge <= we:
+		c.splitCachedLocked(t, ws, ge, gs, ws)
+		return
+	}
 	fence := t.fence
 	t.endLocked(tokReleased, ErrRevoked, false)
 	c.cacheRevoked.Add(1)
 	c.strayLocked(t.shard, t.name, fence)
+}
+
+// splitCachedLocked gives back [gs, ge) of the cached grant t and keeps
+// [ks, ke) cached. The entry shrinks at once (holding less than the worker
+// believes is safe); a hit on it then reports ValueUnknown, since another
+// client may set the token's value from the part given back. If the
+// worker does not take the partial release, the whole grant goes back.
+func (c *Client) splitCachedLocked(t *Token, gs, ge, ks, ke uint64) {
+	fence := t.fence
+	t.start, t.end = ks, ke
+	t.vstate, t.value = ValueUnknown, nil
+	c.cacheSplits.Add(1)
+	key := strayKey{t.name, fence}
+	if c.strays[key] {
+		return
+	}
+	c.strays[key] = true
+	ok := c.spawnLocked(func() {
+		ctx, cancel := c.withTimeout(c.ctx, cleanupTimeout)
+		defer cancel()
+		cl := &call{typ: wire.TypeRelease, shard: t.shard, routed: true,
+			body: wire.Release{Fence: fence, Name: []byte(t.name), HasRange: true, Start: gs, End: ge}}
+		err := c.register(ctx, cl, false)
+		var r reply
+		if err == nil {
+			r, _, err = c.exchange(ctx, cl, exOpts{})
+			c.finish(cl)
+		}
+		c.mu.Lock()
+		delete(c.strays, key)
+		if (err != nil || r.h.Status != wire.StatusOK) && t.cached && t.fence == fence {
+			c.log.Debug("splitting a cached grant", "token", t.name, "fence", fence, "status", r.h.Status, "err", err)
+			c.unlinkLocked(t)
+			t.endLocked(tokReleased, ErrRevoked, false)
+			c.cacheRevoked.Add(1)
+			c.strayLocked(t.shard, t.name, fence)
+		}
+		c.mu.Unlock()
+	})
+	if !ok {
+		delete(c.strays, key)
+	}
 }
 
 // covers is wire.Covers as a table, for the hit path (modes are valid

@@ -61,7 +61,7 @@ type Client struct {
 	cacheHits, cacheMisses       atomic.Uint64
 	batchGrants, batchFallbacks  atomic.Uint64 // AcquireBatch: tokens granted by ACQUIRE_BATCH; shards that fell back to Acquire
 	cacheEvictions, cacheRevoked atomic.Uint64
-	cacheDropped                 atomic.Uint64
+	cacheDropped, cacheSplits    atomic.Uint64
 
 	mu         sync.Mutex // guards the fields below
 	state      clientState

@@ -157,6 +157,12 @@
 //     grant.
 //   - Revoked: a REVOKE of a cached grant is answered by the library at
 //     once with RELEASE (whatever mode is wanted); OnRevoke is not called.
+//     A grant grown beyond what the REVOKE wants (Grow) is split when the
+//     wanted part is a prefix or suffix of it: that part goes back with a
+//     partial release, the rest stays cached with its fence
+//     (Stats().CacheSplits) and serves Acquires inside it with Range what
+//     is left and ValueState ValueUnknown (the client that took the part
+//     given back may set the value). A hole in the middle sends it all back.
 //     REVOKE and re-acquire are decided under the client's lock: if the
 //     REVOKE comes first, the grant is gone from the cache and the Acquire
 //     goes to the worker; if the Acquire comes first, the application holds

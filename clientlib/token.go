@@ -127,6 +127,10 @@ const (
 	ValueNone  ValueState = iota // no value block was ever set for the token
 	ValueValid                   // Value returns it
 	ValueLost                    // it was lost with a crashed worker before anyone could give it back
+	// ValueUnknown: the grant came from the token cache after part of it
+	// was given back to another client, who may have set the value since;
+	// acquire with the cache off to read it.
+	ValueUnknown
 )
 
 func (s ValueState) String() string {
@@ -137,6 +141,8 @@ func (s ValueState) String() string {
 		return "valid"
 	case ValueLost:
 		return "lost"
+	case ValueUnknown:
+		return "unknown"
 	}
 	return fmt.Sprintf("ValueState(%d)", uint8(s))
 }
@@ -1253,7 +1259,7 @@ func (c *Client) revokeLocked(h wire.Header, m *wire.Revoke, from netip.AddrPort
 		case t == nil:
 			c.strayLocked(h.Shard, string(m.Name), m.Fence)
 		case t.cached:
-			c.revokeCachedLocked(t)
+			c.revokeCachedLocked(t, m.Start, m.End)
 		case !t.revokes[revokeKey{m.Mode, m.Start, m.End}]:
 			if t.revokes == nil {
 				t.revokes = map[revokeKey]bool{}

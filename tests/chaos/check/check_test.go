@@ -30,6 +30,13 @@ func (h *hist) hit(c int, tok string, m wire.Mode, fence uint64, call, ret int64
 		Output: Output{Fence: fence}, Call: call, Return: ret})
 }
 
+// hitRange records a cached re-acquire of fence over [start, end): a
+// grown grant the cache split, keeping that range.
+func (h *hist) hitRange(c int, tok string, m wire.Mode, start, end, fence uint64, call, ret int64) {
+	*h = append(*h, porcupine.Operation{ClientId: c, Input: Input{Kind: OpAcquire, Client: c, Token: tok, Mode: m, Start: start, End: end, Cached: true},
+		Output: Output{Fence: fence}, Call: call, Return: ret})
+}
+
 func (h *hist) rel(c int, tok string, fence uint64, call, ret int64) {
 	*h = append(*h, porcupine.Operation{ClientId: c, Input: Input{Kind: OpRelease, Client: c, Token: tok, Fence: fence},
 		Call: call, Return: ret})
@@ -190,6 +197,19 @@ func TestTokenModelHandMade(t *testing.T) {
 			h.acq(1, "a", wire.PW, 8192, 9000, f(2), 40, 50)
 			h.rel(1, "a", f(2), 60, 70)
 			h.hit(0, "a", wire.PR, f(1), 80, 90)
+		}},
+		{"cached split grant beside the part given back", true, func(h *hist) {
+			h.acq(0, "a", wire.PW, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.acq(1, "a", wire.PW, 1<<20, wire.WholeEnd, f(2), 40, 50)
+			h.hitRange(0, "a", wire.PW, 0, 1<<20, f(1), 60, 70)
+		}},
+		{"cached split grant over the part given back", false, func(h *hist) {
+			h.acq(0, "a", wire.PW, 0, 0, f(1), 0, 10)
+			h.rel(0, "a", f(1), 20, 30)
+			h.acq(1, "a", wire.PW, 1<<20, 1<<21, f(2), 40, 50)
+			h.rel(1, "a", f(2), 55, 58)
+			h.hitRange(0, "a", wire.PW, 0, 1<<21, f(1), 60, 70)
 		}},
 		{"cached re-acquire of a grant still held", false, func(h *hist) {
 			h.acq(0, "a", wire.PR, 0, 0, f(1), 0, 10)

@@ -76,11 +76,15 @@ type holder struct {
 }
 
 // tokState is the model state of one token: the highest fence granted,
-// the highest granted in each mode, and the grants held, sorted by fence.
-// It is never modified once built.
+// the highest granted over the whole token in each mode, the highest
+// granted for each (mode, byte range) of the others (ranged: one entry per
+// mode and range, sorted; the workloads draw ranges from small sets, so
+// it stays small), and the grants held, sorted by fence. It is never
+// modified once built.
 type tokState struct {
 	last   uint64
 	byMode [wire.EX + 1]uint64
+	ranged []holder // client unused
 	hs     []holder
 }
 
@@ -120,22 +124,47 @@ func (s tokState) with(g holder, last uint64, drop int) tokState {
 			hs = append(hs, h)
 		}
 	}
-	byMode := s.byMode
+	byMode, ranged := s.byMode, s.ranged
 	if g.fence != 0 {
 		hs = append(hs, g)
 		slices.SortFunc(hs, func(a, b holder) int { return cmp.Compare(a.fence, b.fence) })
-		byMode[g.mode] = max(byMode[g.mode], g.fence)
+		if g.start == 0 && g.end == math.MaxUint64 {
+			byMode[g.mode] = max(byMode[g.mode], g.fence)
+		} else {
+			ranged = withRanged(ranged, holder{fence: g.fence, mode: g.mode, start: g.start, end: g.end})
+		}
 	}
-	return tokState{last: last, byMode: byMode, hs: hs}
+	return tokState{last: last, byMode: byMode, ranged: ranged, hs: hs}
+}
+
+// withRanged returns rs with r's fence recorded for r's mode and range
+// (the higher of the two if one is there), rs itself unchanged.
+func withRanged(rs []holder, r holder) []holder {
+	key := func(a, b holder) int {
+		return cmp.Or(cmp.Compare(a.mode, b.mode), cmp.Compare(a.start, b.start), cmp.Compare(a.end, b.end))
+	}
+	i, found := slices.BinarySearchFunc(rs, r, key)
+	if found {
+		if rs[i].fence >= r.fence {
+			return rs
+		}
+		out := slices.Clone(rs)
+		out[i].fence = r.fence
+		return out
+	}
+	return slices.Insert(slices.Clone(rs), i, r)
 }
 
 // reusable reports whether a grant of fence f in mode m, released by its
 // holder into its client's cache, may be handed out again (a cached
-// re-acquire): it was granted (f <= last), nobody holds it now, and no
-// grant that conflicts with m was made after it. A cached grant is still
+// re-acquire over g's range): it was granted (f <= last), nobody holds it
+// now, and no grant that conflicts with m on a range overlapping g's was
+// made after it (a cached grant grown to the whole token may have given
+// back a part another client then got: the client splits it). A cached
+// grant is still
 // held at the worker, so any such grant means the worker took it away
 // (revoked, expired) and the client's cache should have forgotten it.
-func (s tokState) reusable(f uint64, m wire.Mode) bool {
+func (s tokState) reusable(f uint64, m wire.Mode, g holder) bool {
 	if f == 0 || f > s.last {
 		return false
 	}
@@ -146,6 +175,11 @@ func (s tokState) reusable(f uint64, m wire.Mode) bool {
 	}
 	for o := range s.byMode {
 		if !wire.Compatible(wire.Mode(o), m) && s.byMode[o] > f {
+			return false
+		}
+	}
+	for _, r := range s.ranged {
+		if r.fence > f && !wire.Compatible(r.mode, m) && overlaps(r, g) {
 			return false
 		}
 	}
@@ -176,7 +210,7 @@ func step(s tokState, in Input, out Output) (bool, tokState) {
 			// Invariant 2 for a cached re-acquire: the same grant, which
 			// the worker held all along, so nothing conflicting came
 			// after it; invariant 1 as for any grant.
-			if !s.reusable(out.Fence, in.Mode) || !s.compatibleWith(g, 0) {
+			if !s.reusable(out.Fence, in.Mode, g) || !s.compatibleWith(g, 0) {
 				return false, s
 			}
 			return true, s.with(g, s.last, -1)
@@ -226,12 +260,12 @@ var TokenModel = porcupine.Model{
 	},
 	Equal: func(a, b any) bool {
 		x, y := a.(tokState), b.(tokState)
-		return x.last == y.last && x.byMode == y.byMode && slices.Equal(x.hs, y.hs)
+		return x.last == y.last && x.byMode == y.byMode && slices.Equal(x.ranged, y.ranged) && slices.Equal(x.hs, y.hs)
 	},
 	Hash: func(state any) uint64 {
 		s := state.(tokState)
 		h := fnv.New64a()
-		fmt.Fprint(h, s.last, s.byMode, s.hs)
+		fmt.Fprint(h, s.last, s.byMode, s.ranged, s.hs)
 		return h.Sum64()
 	},
 	DescribeOperation: func(input, output any) string {
