@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,11 +164,16 @@ func BenchmarkAcquireRelease(b *testing.B) {
 }
 
 func benchAcquireRelease(b *testing.B, w *leanWorker) {
-	for _, n := range []int{1, 16} {
-		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+	for _, v := range []struct{ clients, goroutines int }{{1, 1}, {16, 16}, {1, 16}, {1, 64}} {
+		b.Run(fmt.Sprintf("clients=%d/goroutines=%d", v.clients, v.goroutines), func(b *testing.B) {
 			ctx := context.Background()
+			n := v.goroutines
 			cs := make([]*Client, n)
 			for i := range cs {
+				if i >= v.clients {
+					cs[i] = cs[i%v.clients]
+					continue
+				}
 				dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				c, err := DialConfig(dctx, Config{Seeds: []string{w.addr}, KeyFile: w.keyFile, Insecure: w.key == nil}) // no token cache: every pair goes to the worker
 				cancel()
@@ -177,11 +183,12 @@ func benchAcquireRelease(b *testing.B, w *leanWorker) {
 				cs[i] = c
 			}
 			defer func() {
-				for _, c := range cs {
+				for _, c := range cs[:v.clients] {
 					_ = c.Close()
 				}
 			}()
 			b.ReportAllocs()
+			cpu0 := processCPU()
 			b.ResetTimer()
 			var wg sync.WaitGroup
 			errs := make([]error, n)
@@ -213,6 +220,17 @@ func benchAcquireRelease(b *testing.B, w *leanWorker) {
 				}
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pairs/s")
+			// CPU per pair (client and lean worker together): steadier than
+			// pairs/s on a shared machine.
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/pair")
+			var sent, calls uint64
+			for _, c := range cs[:v.clients] {
+				sent += c.Stats().Sent
+				if c.sendq != nil {
+					calls += c.sendq.calls.Load()
+				}
+			}
+			b.ReportMetric(float64(calls)/float64(sent), "sendcalls/datagram")
 		})
 	}
 }
@@ -302,4 +320,13 @@ func BenchmarkSessionTag(b *testing.B) {
 			}
 		}
 	})
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

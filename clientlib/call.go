@@ -426,7 +426,7 @@ func (c *Client) send(cl *call) bool {
 	cl.buf = b[:0]
 	cl.dest, cl.epoch = dest, epoch
 	cl.sends++
-	c.write(b, ua)
+	c.write(b, ua, true)
 	return true
 }
 

@@ -24,6 +24,8 @@ type Client struct {
 	log     *slog.Logger
 	conn    net.PacketConn
 	ownConn bool
+	bconn   batchConn  // conn for recvmmsg and sendmmsg; nil if conn is not a UDP socket
+	sendq   *sendQueue // combines concurrent sends; nil with bconn
 	seeds   []netip.AddrPort
 	ann     *announce.Listener // nil unless Config.Announce.Enabled; closed by shutdown
 	clk     clock.Clock        // Config.Now for the time, Config.clock for timers
@@ -163,6 +165,9 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("clientlib: dial: %w", err)
 		}
 		c.conn, c.ownConn = pc, true
+	}
+	if c.bconn = newBatchConn(c.conn); c.bconn != nil {
+		c.sendq = &sendQueue{bc: c.bconn}
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.spawn(c.recvLoop)
@@ -340,19 +345,46 @@ func (c *Client) udpAddrLocked(ap netip.AddrPort) *net.UDPAddr {
 	return ua
 }
 
-// write sends one datagram; errors are logged, the retransmission covers them.
-func (c *Client) write(b []byte, to *net.UDPAddr) {
+// write sends one datagram, combined with concurrent ones (batchio.go);
+// errors are logged, the retransmission covers them. b may be reused as
+// soon as write returns. lead is false on the receive loop, which must not
+// be kept sending other goroutines' datagrams.
+func (c *Client) write(b []byte, to *net.UDPAddr, lead bool) {
 	c.sent.Add(1)
-	if _, err := c.conn.WriteTo(b, to); err != nil && !c.stopped.Load() {
-		c.log.Debug("send failed", "to", to.String(), "err", err)
+	q := c.sendq
+	how := sendAlone
+	if q != nil {
+		how = q.enqueue(b, to, lead)
+		if how == sendQueued {
+			return
+		}
+		q.calls.Add(1)
+	}
+	if _, err := c.conn.WriteTo(b, to); err != nil {
+		c.sendFailed(err)
+	}
+	if how == sendNow {
+		q.drain(c.sendFailed)
+	}
+}
+
+func (c *Client) sendFailed(err error) {
+	if !c.stopped.Load() {
+		c.log.Debug("send failed", "err", err)
 	}
 }
 
 // recvLoop is the only reader of the socket. It validates each datagram,
 // hands replies and GRANT_ASYNC to the waiting request and handles REVOKE.
 func (c *Client) recvLoop() {
-	buf := make([]byte, wire.MaxDatagram+1) // +1: an oversized datagram is seen, not cut
-	var out []byte                          // REVOKE_ACK and the like, sent from here
+	var buf []byte
+	var rb batchReader
+	if uc, ok := c.conn.(*net.UDPConn); ok && c.bconn != nil {
+		rb = newBatchReader(c.bconn, uc)
+	} else {
+		buf = make([]byte, wire.MaxDatagram+1) // +1: an oversized datagram is seen, not cut
+	}
+	var out []byte // REVOKE_ACK and the like, sent from here
 	out = make([]byte, 0, wire.MaxDatagram)
 	var lastDL time.Time
 	var r reply
@@ -369,7 +401,14 @@ func (c *Client) recvLoop() {
 				lastDL = now
 			}
 		}
-		n, from, err := c.read(buf)
+		var n int
+		var from netip.AddrPort
+		var err error
+		if rb != nil {
+			n, err = rb.read()
+		} else {
+			n, from, err = c.read(buf)
+		}
 		if err != nil {
 			if c.stopped.Load() || errors.Is(err, net.ErrClosed) {
 				return
@@ -386,7 +425,14 @@ func (c *Client) recvLoop() {
 			}
 			continue
 		}
-		out = c.handle(buf[:n], from, &r, &mr, out)
+		if rb == nil {
+			out = c.handle(buf[:n], from, &r, &mr, out)
+			continue
+		}
+		for i := range n {
+			b, from := rb.datagram(i)
+			out = c.handle(b, from, &r, &mr, out)
+		}
 	}
 }
 

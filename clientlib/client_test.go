@@ -1064,6 +1064,18 @@ func TestAckSkipsQueued(t *testing.T) {
 		done <- err
 	}()
 	eventually(t, time.Second, "queued", func() bool { return fc.waiters(0, "a") == 1 })
+	// And the client has the QUEUED: until then its acks rightly hold at
+	// the request (the reply may still be in its socket's buffer).
+	eventually(t, time.Second, "QUEUED at the client", func() bool {
+		c2.mu.Lock()
+		defer c2.mu.Unlock()
+		for _, cl := range c2.pending {
+			if cl.typ == wire.TypeAcquire && cl.exempt {
+				return true
+			}
+		}
+		return false
+	})
 	var queued uint64
 	fc.mu.Lock()
 	for _, s := range fc.seen {

@@ -1303,7 +1303,7 @@ func (c *Client) sendAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []b
 		c.log.Error("cannot encode "+ah.Type.String(), "err", err)
 		return out
 	}
-	c.write(out, ua)
+	c.write(out, ua, false)
 	return out
 }
 
