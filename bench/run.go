@@ -91,6 +91,7 @@ var Workloads = []string{"echo", "uncontended", "contended", "shared", "ranges",
 const (
 	sysTokend    = "tokend"           // tokend in its own process, Go client
 	sysNoAuth    = "tokend (no auth)" // the same, tokend and clients started with --insecure / Insecure
+	sysTokendG1  = "tokend-shared"    // tokend in its own process, one Go client shared by all goroutines
 	sysTokendC   = "tokend-c"         // tokend in its own process, C client (one handle per thread)
 	sysTokendC1  = "tokend-c-shared"  // tokend in its own process, C client (one handle shared by all threads)
 	sysInProcess = "tokend-inprocess" // tokend in the bench's process (devcluster), Go client

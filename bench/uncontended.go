@@ -65,5 +65,29 @@ func runUncontended(ctx context.Context, cfg *Config, tgt target, system string)
 		res.cpuMetrics(&l)
 		out = append(out, res)
 	}
-	return out, nil
+	if system != sysTokend || cfg.Clients < 2 {
+		return out, nil
+	}
+	// One Client shared by cfg.Clients goroutines: one socket with that many
+	// requests in flight, as the batched echo has, so the client's combined
+	// sends and batched reads show.
+	cfg.progress("%s uncontended: 1 client, %d goroutines", system, cfg.Clients)
+	c, err := dialClient(ctx, tgt, revokeNotify)
+	if err != nil {
+		return out, err
+	}
+	cs := make([]*client, cfg.Clients)
+	for i := range cs {
+		cs[i] = c
+	}
+	l, err := uncontended(ctx, cfg, cs, "shared", nil)
+	closeClients(cs[:1])
+	if err != nil {
+		return out, err
+	}
+	res := Result{Workload: "uncontended", System: sysTokendG1, Clients: cfg.Clients, Unit: "pair",
+		Note: "own token per goroutine, one Client for all, EX, acquire+release"}.with(&l, "acquire", "release", "pair")
+	res.metric("ops", 2*l.rate(), "requests/s")
+	res.cpuMetrics(&l)
+	return append(out, res), nil
 }
