@@ -919,7 +919,8 @@ func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...s
 	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
 }
 
-var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache", "batch"}
+var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache", "batch",
+	"grow", "cachesplit"}
 
 func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()
@@ -1039,6 +1040,39 @@ func TestFakeWorker(t *testing.T) {
 				}
 				if g, a := f.count("GRANT_ASYNC"), f.count("GRANT_ACK"); g == 0 || a == 0 {
 					t.Errorf("%d GRANT_ASYNCs sent, %d GRANT_ACKs received", g, a)
+				}
+			})
+			t.Run("batch-wire", func(t *testing.T) {
+				// tokend_acquire_batch sends one ACQUIRE_BATCH per shard,
+				// at most 8 tokens each (SPEC §21): 10 tokens of one
+				// shard are two datagrams and no ACQUIRE.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				shards := fmt.Sprint(f.Shards())
+				out, err := runAt(t, 60*time.Second, f.at(0), bin, "batchwire", shards)
+				if err != nil || !strings.Contains(out, "ok batchwire") {
+					t.Fatalf("batchwire: %v\n%s", err, out)
+				}
+				// and another client's batch of two, which conflicts
+				if b, a := f.count("ACQUIRE_BATCH"), f.count("ACQUIRE"); b < 3 || a != 0 {
+					t.Errorf("%d ACQUIRE_BATCH and %d ACQUIRE received, want 3 (or more, resent) and none", b, a)
+				}
+				// A conflict falls back to one ACQUIRE per token, which
+				// waits until the conflict goes away.
+				batches, acquires := f.count("ACQUIRE_BATCH"), f.count("ACQUIRE")
+				out, err = runAt(t, 60*time.Second, f.at(0), bin, "batchfall", shards)
+				if err != nil || !strings.Contains(out, "ok batchfall") {
+					t.Fatalf("batchfall: %v\n%s", err, out)
+				}
+				if n := f.count("ACQUIRE_BATCH") - batches; n < 2 {
+					t.Errorf("%d ACQUIRE_BATCH in the fallback run, want the try's and the wait's", n)
+				}
+				if n := f.count("CONFLICT"); n < 2 {
+					t.Errorf("%d CONFLICT answers, want the batches' two at least", n)
+				}
+				// B's two TRYs, the try batch's none, the waiting batch's four
+				if n := f.count("ACQUIRE") - acquires; n < 6 {
+					t.Errorf("%d ACQUIREs in the fallback run, want 6 or more", n)
 				}
 			})
 			t.Run("killed-client", func(t *testing.T) {
@@ -1603,8 +1637,11 @@ func cAndGo(t *testing.T, bin string, tg target, name string) {
 
 // TestCacheValgrind runs the C token cache's scenario against the fake
 // cluster under valgrind (leaks and memory errors fail it): the e2e
-// scenario "cache" (hits, REVOKE of a cached grant, bounds, a handle
-// without a thread) and a cached grant across a worker crash.
+// scenarios "cache" (hits, REVOKE of a cached grant, bounds, a handle
+// without a thread), "cachesplit" (a cached grown grant split on a REVOKE),
+// "grow" (GROW, partial releases), "batchwire" and "batchfall"
+// (ACQUIRE_BATCH and its fallback), and a cached grant across a worker
+// crash.
 func TestCacheValgrind(t *testing.T) {
 	vg, err := exec.LookPath("valgrind")
 	if err != nil {
@@ -1616,9 +1653,11 @@ func TestCacheValgrind(t *testing.T) {
 	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
 	vgArgs := []string{"-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=all", bin}
 	f := newFake(t, 2)
-	out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(vgArgs, f.at(0).addr, "cache")...)
-	if err != nil || !strings.Contains(out, "ok cache") {
-		t.Fatalf("cache under valgrind: %v\n%s", err, out)
+	for _, s := range [][]string{{"cache"}, {"cachesplit"}, {"grow"}, {"batchwire", fmt.Sprint(f.Shards())}, {"batchfall", fmt.Sprint(f.Shards())}} {
+		out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(append(vgArgs, f.at(0).addr), s...)...)
+		if err != nil || !strings.Contains(out, "ok "+s[0]) {
+			t.Fatalf("%s under valgrind: %v\n%s", s[0], err, out)
+		}
 	}
 	// start puts the address first: run valgrind through a script
 	script := filepath.Join(t.TempDir(), "vg-e2e")
