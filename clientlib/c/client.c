@@ -1193,12 +1193,6 @@ int tokend_release_range(tokend_client *c, tokend_grant *gr, uint64_t start, uin
 	if (async)
 		goto out;
 	rc = run_req(c, r, tkn_now() + c->connect_ns, 0, NULL, op);
-	if (rc != TOKEND_OK && rc != TOKEND_ETIMEDOUT && (g = grant_find(c, gr->name, gr->name_len, gr->fence)) &&
-	    g->state != G_RELEASING) {
-		/* refused: as the grant stands again (partial_done in engine.c) */
-		gr->start = g->g.start;
-		gr->end = g->g.end;
-	}
 out:
 	leave(c);
 	pthread_mutex_unlock(&c->mu);

@@ -875,52 +875,47 @@ struct req *partial_release(struct tokend_client *c, struct grant_rec *g, uint64
 		return NULL;
 	}
 	r->partial = 1;
-	r->old_start = g->g.start;
-	r->old_end = g->g.end;
 	if (start == g->g.start)
 		g->g.start = end; /* a prefix given back */
 	else
 		g->g.end = start; /* a suffix */
-	r->keep_start = g->g.start;
-	r->keep_end = g->g.end;
 	if (owner == OWN_ASYNC)
 		req_send(c, r, tkn_now());
 	return r;
 }
 
 /*
- * The answer to a partial RELEASE r of grant g (NULL: gone since). Taken:
- * nothing more to do (g shrank when r was made). The worker no longer has
- * the grant: lost. Refused otherwise: the worker kept it whole, so the
- * grant is as it was again, unless it changed since (then it keeps the
- * smaller range: holding less than the worker believes is safe); a cached
- * one is given back whole instead (as the Go client does).
+ * The answer to a partial RELEASE of grant g (NULL: gone since). g shrank
+ * when the request was made, and stays so whatever the answer: holding
+ * less than the worker believes is safe, while growing back could claim
+ * what the worker no longer has (a reclaim after a worker crash carried
+ * the smaller range, and the new owner refuses the range given back as
+ * outside the grant). A cached grant the worker did not shrink is given
+ * back whole (as the Go client does); one the worker does not have is lost.
  */
-static void partial_done(struct tokend_client *c, struct req *r, struct grant_rec *g, int st)
+static void partial_done(struct tokend_client *c, struct grant_rec *g, int st)
 {
 	if (st == TKW_ST_OK || !g || g->state == G_RELEASING || g->state == G_LOST)
 		return;
-	if (g->cached) {
+	if (g->cached)
 		cache_revoke(c, g, TOKEND_NL, 0, TKW_WHOLE_END);
-		return;
-	}
-	if (st == TKW_ST_NOT_HELD) {
+	else if (st == TKW_ST_NOT_HELD)
 		grant_lost(c, g, TOKEND_ELOST);
-		return;
-	}
-	if (g->g.start == r->keep_start && g->g.end == r->keep_end) {
-		g->g.start = r->old_start;
-		g->g.end = r->old_end;
-	}
 }
 
-/* An ACQUIRE or CONVERT of this name still waiting for its answer? */
+/* An ACQUIRE, CONVERT or ACQUIRE_BATCH of this name still waiting for its answer? */
 static int pending_grant_for(struct tokend_client *c, const uint8_t *name, size_t len)
 {
-	for (struct req *r = c->reqs; r; r = r->next)
-		if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && !r->abandoned &&
-		    r->session == c->session && r->name_len == len && memcmp(r->name, name, len) == 0)
+	for (struct req *r = c->reqs; r; r = r->next) {
+		if (r->abandoned || r->session != c->session)
+			continue;
+		if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && r->name_len == len &&
+		    memcmp(r->name, name, len) == 0)
 			return 1;
+		for (int k = 0; r->type == TKW_ACQUIRE_BATCH && r->batch && k < r->batch->n; k++)
+			if (r->batch->e[k].name_len == len && memcmp(r->batch->e[k].name, name, len) == 0)
+				return 1;
+	}
 	return 0;
 }
 
@@ -1701,7 +1696,7 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 	case TKW_RELEASE:
 		g = grant_find(c, r->name, r->name_len, r->fence);
 		if (r->partial) {
-			partial_done(c, r, g, st);
+			partial_done(c, g, st);
 		} else if (g && g->state == G_RELEASING) {
 			if (st == TKW_ST_OK || st == TKW_ST_NOT_HELD || r->from_cache)
 				grant_remove(c, g); /* (a cached one refused: nobody's; a REVOKE finds it gone) */

@@ -101,9 +101,7 @@ struct req {
 	uint8_t mode;
 	int renew;          /* KEEPALIVE with RENEW */
 	int from_cache;     /* RELEASE of a grant taken out of the token cache (cache.c) */
-	int partial;        /* RELEASE with flag RANGE: the grant shrank to keep_* when it was made */
-	uint64_t old_start, old_end;   /* partial: the grant's range before; restored if refused */
-	uint64_t keep_start, keep_end; /* partial: what the grant kept */
+	int partial;        /* RELEASE with flag RANGE (the grant shrank when it was made) */
 	struct batch_ents *batch;      /* ACQUIRE_BATCH: its entries, in order (freed with the request) */
 	tokend_grant *bout;            /* ACQUIRE_BATCH, sync: where the grants go, in entry order */
 	int orphan;                    /* ACQUIRE_BATCH its caller gave up: grants it gets are given back */

@@ -400,23 +400,23 @@ TOKEND_API int tokend_acquire_ex(tokend_client *c, const void *name, size_t name
  * and keep the rest under the same fence (wire/SPEC.md section 10, RELEASE
  * flag RANGE): what a holder of a grown grant does when on_revoke names a
  * part it does not need. 0,0 means the whole token. The grant shrinks in
- * the library at once (holding less than the worker believes is always
- * safe) and *g with it: from then on the fence must not be used for the
- * bytes given back. The call waits for the worker's answer (at most
- * connect_timeout_ms); if the worker refuses, the grant is as it was
- * again (*g restored) and the call returns the error. A range equal to
- * the grant's is a full tokend_release (no value). From a callback it does
- * not wait: the RELEASE goes in the background and the call returns
- * TOKEND_OK.
+ * the library at once, and *g with it, whatever the worker answers
+ * (holding less than the worker believes is always safe): from then on the
+ * fence must not be used for the bytes given back. The call waits for the
+ * worker's answer (at most connect_timeout_ms). A range equal to the
+ * grant's is a full tokend_release (no value). From a callback it does not
+ * wait: the RELEASE goes in the background and the call returns TOKEND_OK.
  *
  * Errors: TOKEND_EINVAL (NULL, or [start, end) is not a prefix or suffix
  * strictly inside the grant: a hole in the middle, a range reaching
  * outside it, start >= end; nothing changes), TOKEND_ENOTHELD (not held,
- * released, or in the token cache), TOKEND_ELOST, TOKEND_EJEOPARDY (being
- * reclaimed after a worker failure: try again later), TOKEND_ESESSION,
- * TOKEND_EREFUSED, TOKEND_ENOMEM, TOKEND_ECLOSED, and TOKEND_ETIMEDOUT: no
- * answer in time; *g stays shrunk (the only safe guess) and the RELEASE
- * goes on in the background.
+ * released, or in the token cache; or the worker does not have it: then
+ * it is lost), TOKEND_ELOST, TOKEND_EJEOPARDY (being reclaimed after a
+ * worker failure: try again later; nothing changes), TOKEND_ESESSION,
+ * TOKEND_ENOMEM, TOKEND_ECLOSED; and, with the grant shrunk all the same,
+ * TOKEND_EREFUSED (the worker keeps the whole grant until it is released)
+ * and TOKEND_ETIMEDOUT (no answer in time: the RELEASE goes on in the
+ * background).
  */
 TOKEND_API int tokend_release_range(tokend_client *c, tokend_grant *g, uint64_t start, uint64_t end);
 
