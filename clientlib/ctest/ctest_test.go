@@ -1075,6 +1075,50 @@ func TestFakeWorker(t *testing.T) {
 					t.Errorf("%d ACQUIREs in the fallback run, want 6 or more", n)
 				}
 			})
+			t.Run("batch-late", func(t *testing.T) {
+				// A batch whose answer does not come in time fails, and
+				// the library keeps asking: what a late answer grants is
+				// given back, not left held by a session nobody uses it in.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				const shard = 40 // worker 1's
+				if w, _ := f.Owner(shard); w != 1 {
+					t.Fatalf("shard %d is worker %d's", shard, w)
+				}
+				f.SetMuted(1, true)
+				gofile := filepath.Join(t.TempDir(), "go")
+				p := start(t, f.at(0), bin, "batchlate", fmt.Sprint(f.Shards()), fmt.Sprint(shard), gofile)
+				p.expect(t, "timed out", 30*time.Second)
+				names := strings.Fields(strings.TrimPrefix(p.expect(t, "names ", 5*time.Second), "names "))
+				batches, releases := f.count("ACQUIRE_BATCH"), f.count("RELEASE")
+				f.SetMuted(1, false)
+				// The late batch is granted (nothing else asks for its
+				// names: no CONFLICT) and its three grants given back,
+				// while the client still runs.
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+					if f.count("ACQUIRE_BATCH") > batches && f.count("RELEASE")-releases >= len(names) {
+						break
+					}
+				}
+				if b, r := f.count("ACQUIRE_BATCH")-batches, f.count("RELEASE")-releases; b == 0 || r < len(names) || f.count("CONFLICT") != 0 {
+					t.Fatalf("after the worker came back: %d ACQUIRE_BATCH, %d RELEASE, %d CONFLICT; want the late batch granted and its %d grants given back",
+						b, r, f.count("CONFLICT"), len(names))
+				}
+				for _, n := range names {
+					gs := f.Grants(1, n)
+					for deadline := time.Now().Add(5 * time.Second); len(gs) != 0 && time.Now().Before(deadline); gs = f.Grants(1, n) {
+						time.Sleep(5 * time.Millisecond) // (the RELEASE is counted as it arrives, applied just after)
+					}
+					if len(gs) != 0 {
+						t.Fatalf("%s still held after the late batch: %+v", n, gs)
+					}
+				}
+				if err := os.WriteFile(gofile, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				p.expect(t, "rebatched", 20*time.Second)
+				p.wait(t, 10*time.Second)
+			})
 			t.Run("killed-client", func(t *testing.T) {
 				f := newFake(t, 1)
 				killedClient(t, bin, f.at(0), "killed", fakeSessionTTL)

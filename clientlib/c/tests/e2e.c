@@ -10,6 +10,12 @@
  *   tokend-e2e HOST:PORT batchfall SHARDS  a batch of 4 tokens of one shard, one of them held by
  *                                          another client for 300 ms: the batch conflicts, falls
  *                                          back to one ACQUIRE each, and succeeds once it is free
+ *   tokend-e2e HOST:PORT batchlate SHARDS SHARD FILE
+ *                                          a batch of 3 tokens of shard SHARD, whose worker the
+ *                                          driver has muted: "timed out" and "names N1 N2 N3";
+ *                                          then, once FILE exists (the driver unmuted the worker
+ *                                          and saw the late batch granted and given back), the
+ *                                          same batch succeeds
  *   tokend-e2e HOST:PORT hold NAME MS      acquire EX, print "fence F", hold MS ms, release
  *   tokend-e2e HOST:PORT wait NAME MS      acquire EX waiting <= MS ms, print "fence F ms T"
  *   tokend-e2e HOST:PORT fences NAME N     acquire+release EX N times, print "fence F" each
@@ -836,16 +842,16 @@ static void s_cachesplit(void)
 	pthread_mutex_destroy(&sa.mu);
 }
 
-/* n names of one shard (shard count `shards`), "bw<i>/<suffix>". */
-static void same_shard(char names[][128], int n, const char *base, uint32_t shards)
+/* n names of one shard (shard count `shards`), "<base><i>/<suffix>": of
+ * shard `want`, or (want < 0) of the first name's. */
+static void same_shard(char names[][128], int n, const char *base, uint32_t shards, int64_t want)
 {
-	uint64_t want = 0;
 	int k = 0;
 	for (int i = 0; k < n && i < 100000; i++) {
 		char cand[128];
 		snprintf(cand, sizeof cand, "%s%d/%s", base, i, suffix);
-		uint64_t s = tokend_hash(cand, strlen(cand)) % shards;
-		if (k == 0)
+		int64_t s = (int64_t)(tokend_hash(cand, strlen(cand)) % shards);
+		if (want < 0)
 			want = s;
 		if (s == want)
 			snprintf(names[k++], 128, "%s", cand);
@@ -856,7 +862,7 @@ static void same_shard(char names[][128], int n, const char *base, uint32_t shar
 static void p_batchwire(uint32_t shards)
 {
 	char names[10][128];
-	same_shard(names, 10, "bw", shards);
+	same_shard(names, 10, "bw", shards, -1);
 	tokend_batch_req r[10];
 	tokend_grant g[10];
 	for (int i = 0; i < 10; i++)
@@ -903,7 +909,7 @@ static void *fall_batch(void *arg)
 static void p_batchfall(uint32_t shards)
 {
 	char names[4][128];
-	same_shard(names, 4, "bf", shards);
+	same_shard(names, 4, "bf", shards, -1);
 	tokend_batch_req r[4];
 	for (int i = 0; i < 4; i++)
 		r[i] = (tokend_batch_req){names[i], strlen(names[i]), TOKEND_EX, 0, 0};
@@ -928,6 +934,38 @@ static void p_batchfall(uint32_t shards)
 	for (int i = 0; i < 4; i++)
 		CHECK_RC(tokend_release(a, &f.g[i], NULL, 0), TOKEND_OK, "release");
 	tokend_close(b);
+	tokend_close(a);
+}
+
+static void p_batchlate(uint32_t shards, int shard, const char *go)
+{
+	char names[3][128];
+	same_shard(names, 3, "bl", shards, shard);
+	tokend_batch_req r[3];
+	tokend_grant g[3];
+	for (int i = 0; i < 3; i++)
+		r[i] = (tokend_batch_req){names[i], strlen(names[i]), TOKEND_EX, 0, 0};
+	const char *seeds[1] = {addr};
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.connect_timeout_ms = 1000; /* a try's limit */
+	tokend_client *a = NULL;
+	CHECK_RC(tokend_connect(&o, &a), TOKEND_OK, "connect");
+	CHECK_RC(tokend_acquire_batch(a, r, 3, TOKEND_TRY, g), TOKEND_ETIMEDOUT, "batch to a muted worker");
+	printf("timed out\nnames %s %s %s\n", names[0], names[1], names[2]);
+	for (int64_t t0 = now_ms(); access(go, F_OK) != 0; sleep_ms(10))
+		CHECK(now_ms() - t0 < 30000, "no %s within 30 s", go);
+	/* the late grants were given back: the same batch gets them (a try's
+	 * conflict with a grant still on its way back is asked again) */
+	int rc = TOKEND_ECONFLICT;
+	for (int64_t t0 = now_ms(); rc != TOKEND_OK && now_ms() - t0 < 10000; sleep_ms(20))
+		rc = tokend_acquire_batch(a, r, 3, TOKEND_TRY, g);
+	CHECK_RC(rc, TOKEND_OK, "the batch again");
+	for (int i = 0; i < 3; i++)
+		CHECK_RC(tokend_release(a, &g[i], NULL, 0), TOKEND_OK, "release");
+	printf("rebatched\n");
 	tokend_close(a);
 }
 
@@ -1342,6 +1380,8 @@ int main(int argc, char **argv)
 		p_batchwire((uint32_t)atoi(argv[3]));
 	else if (!strcmp(s, "batchfall") && argc == 4)
 		p_batchfall((uint32_t)atoi(argv[3]));
+	else if (!strcmp(s, "batchlate") && argc == 6)
+		p_batchlate((uint32_t)atoi(argv[3]), atoi(argv[4]), argv[5]);
 	else if (!strcmp(s, "hold") && argc == 5)
 		p_hold(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "wait") && argc == 5)
