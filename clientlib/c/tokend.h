@@ -17,7 +17,9 @@
  *
  *   on_revoke    another client wants a conflicting mode; flush what you cache
  *                under the grant, then tokend_release it (or tokend_convert it
- *                down to `wanted`). Until you do, the other client waits.
+ *                down to `wanted`, or give back the part of a grown grant
+ *                the other wants with tokend_release_range). Until you do,
+ *                the other client waits.
  *                (clientlib/c/examples/revoke.c: set a flag, let the
  *                application thread flush and release.)
  *   on_jeopardy  the grant's validity dropped below jeopardy_ms without
@@ -39,11 +41,12 @@
  * CALLBACKS run on the background thread, one at a time, with no lock held.
  * They must return quickly (no blocking I/O, no sleeping): while a callback
  * runs, no datagram is received and no keepalive is sent. No library call
- * made from a callback blocks. You may call tokend_release and
- * tokend_convert to a mode the grant already covers (a downgrade, e.g.
- * EX -> PR, or -> NL); these do not wait for the worker's answer: the call
- * returns TOKEND_OK at once, the grant is given up (or lowered) locally from
- * that moment, and the background thread retransmits the request until the
+ * made from a callback blocks. You may call tokend_release,
+ * tokend_release_range and tokend_convert to a mode the grant already
+ * covers (a downgrade, e.g. EX -> PR, or -> NL); these do not wait for the
+ * worker's answer: the call returns TOKEND_OK at once, the grant is given
+ * up (shrunk, or lowered) locally from that moment, and the background
+ * thread retransmits the request until the
  * worker answers or the grant's lease and grace run out (then it goes on in
  * the background, best effort). tokend_grant_check, tokend_last_error,
  * tokend_strerror and the other helpers never block. Calls that would have
@@ -85,8 +88,9 @@
  * session is open.
  *
  * Callbacks of a no-thread handle (completions and on_*) follow the rules
- * of THREADS above for callbacks: they must not block; tokend_release, a
- * downgrading tokend_convert, the *_async calls, tokend_cancel_async and
+ * of THREADS above for callbacks: they must not block; tokend_release,
+ * tokend_release_range, a downgrading tokend_convert, the *_async calls,
+ * tokend_cancel_async and
  * the helpers may be called from them; calls that would wait
  * (tokend_acquire, an upgrading tokend_convert, tokend_close,
  * tokend_process) return TOKEND_ECALLBACK. A completion callback is called
