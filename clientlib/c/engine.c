@@ -1740,7 +1740,7 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		if (m->kind == TKW_K_BATCH_CONFLICT)
 			snprintf(r->errtext, sizeof r->errtext, "entry %u conflicts%s%.*s", (unsigned)m->conflict_entry,
 				 m->message.len ? ": " : "", (int)(m->message.len < 80 ? m->message.len : 80),
-				 (const char *)m->message.p);
+				 m->message.len ? (const char *)m->message.p : "");
 		req_complete(c, r, status_to_result(st));
 		break;
 	default:
@@ -2167,8 +2167,9 @@ int req_abandon(struct tokend_client *c, struct req *r)
 	    r->session == c->session && c->sstate == S_OPEN && !c->closing) {
 		/*
 		 * Its outcome matters though the caller leaves: a partial
-		 * RELEASE goes on (a refusal grows the grant back), and a batch
-		 * granted late must not leave grants nobody knows of. The
+		 * RELEASE goes on (its answer may say the grant is lost, or
+		 * give a cached one back whole), and a batch granted late
+		 * must not leave grants nobody knows of. The
 		 * engine retransmits it until it is answered (the reply cache
 		 * answers a repeat with the same outcome, SPEC 11).
 		 */

@@ -126,7 +126,7 @@ struct req {
 };
 
 /* The entries of an ACQUIRE_BATCH, for its reply (the GRANT_BATCH names
- * no token) and for cache_releasing. */
+ * no token) and for a REVOKE that comes before it (pending_grant_for). */
 struct batch_ents {
 	int n;
 	struct {
