@@ -8,7 +8,7 @@
  *                                          shard count): the driver counts two ACQUIRE_BATCHes and
  *                                          no ACQUIRE
  *   tokend-e2e HOST:PORT batchfall SHARDS  a batch of 4 tokens of one shard, one of them held by
- *                                          another client for 300 ms: the batch conflicts, falls
+ *                                          another client for a second: the batch conflicts, falls
  *                                          back to one ACQUIRE each, and succeeds once it is free
  *   tokend-e2e HOST:PORT batchlate SHARDS SHARD FILE
  *                                          a batch of 3 tokens of shard SHARD, whose worker the
@@ -732,7 +732,13 @@ static void s_grow(void)
 	CHECK(g.end == TOKEND_WHOLE_END, "not grown");
 	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 5 * MiB, 6 * MiB, 5000, &gb), TOKEND_OK,
 		 "B waits for a part of A's grant");
+	/* (B's grant may come before the callback has noted what it did) */
 	pthread_mutex_lock(&sa.mu);
+	for (int64_t t0 = now_ms(); sa.revokes == 0 && now_ms() - t0 < 5000;) {
+		pthread_mutex_unlock(&sa.mu);
+		sleep_ms(5);
+		pthread_mutex_lock(&sa.mu);
+	}
 	CHECK(sa.revokes >= 1 && sa.release_rc == TOKEND_OK && sa.shrunk_start == 0 && sa.shrunk_end == 5 * MiB,
 	      "on_revoke: %d calls, release_range %s, kept [%llu, %llu)", sa.revokes, tokend_strerror(sa.release_rc),
 	      (unsigned long long)sa.shrunk_start, (unsigned long long)sa.shrunk_end);
@@ -893,16 +899,15 @@ struct fall {
 	tokend_client *c;
 	tokend_batch_req *r;
 	int n, rc;
-	int64_t took;
+	int64_t done_at;
 	tokend_grant g[4];
 };
 
 static void *fall_batch(void *arg)
 {
 	struct fall *f = arg;
-	int64_t t0 = now_ms();
-	f->rc = tokend_acquire_batch(f->c, f->r, f->n, 5000, f->g);
-	f->took = now_ms() - t0;
+	f->rc = tokend_acquire_batch(f->c, f->r, f->n, 10000, f->g);
+	f->done_at = now_ms();
 	return NULL;
 }
 
@@ -926,11 +931,12 @@ static void p_batchfall(uint32_t shards)
 	struct fall f = {a, r, 4, -99, 0, {{0}}};
 	pthread_t th;
 	CHECK(pthread_create(&th, NULL, fall_batch, &f) == 0, "thread");
-	sleep_ms(300);
+	sleep_ms(1000); /* (the batch is sent meanwhile: the driver counts its CONFLICT) */
+	int64_t let_go = now_ms();
 	CHECK_RC(tokend_release(b, &held, NULL, 0), TOKEND_OK, "B lets go");
 	pthread_join(th, NULL);
 	CHECK_RC(f.rc, TOKEND_OK, "batch after the conflict went away");
-	CHECK(f.took >= 250, "the batch returned after %lld ms, before B let go", (long long)f.took);
+	CHECK(f.done_at >= let_go, "the batch returned %lld ms before B let go", (long long)(let_go - f.done_at));
 	for (int i = 0; i < 4; i++)
 		CHECK_RC(tokend_release(a, &f.g[i], NULL, 0), TOKEND_OK, "release");
 	tokend_close(b);
