@@ -1018,7 +1018,7 @@ func TestFakeWorker(t *testing.T) {
 				// lost a round without a cached answer happens (0.9^50, about
 				// 1 in 200): run more rounds, up to five, until one comes.
 				for i := 0; i < repeat || (f.count("cached") == 0 && i < 5); i++ {
-					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges", "cache"} {
+					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges", "cache", "grow", "cachesplit", "batch"} {
 						runScenario(t, bin, f.at(0), s)
 					}
 				}
