@@ -352,10 +352,16 @@ static int aop_started(tokend_client *c, struct aop *op, int rc, uint64_t *id)
 int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 			 uint64_t end, int64_t wait_ms, tokend_done_fn cb, void *arg, uint64_t *id)
 {
+	return tokend_acquire_async_ex(c, name, name_len, mode, start, end, wait_ms, 0, cb, arg, id);
+}
+
+int tokend_acquire_async_ex(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
+			    uint64_t end, int64_t wait_ms, unsigned flags, tokend_done_fn cb, void *arg, uint64_t *id)
+{
 	if (id)
 		*id = 0;
 	if (!c || !cb || !valid_name(name, name_len) || (int)mode < TOKEND_NL || (int)mode > TOKEND_EX ||
-	    wait_ms < TOKEND_WAIT_FOREVER)
+	    wait_ms < TOKEND_WAIT_FOREVER || (flags & ~TOKEND_ACQUIRE_GROW))
 		return TOKEND_EINVAL;
 	if (start == 0 && end == 0)
 		end = TOKEND_WHOLE_END;
@@ -377,7 +383,7 @@ int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, to
 		return aop_started(c, op, rc, id);
 	}
 	if (rc == TOKEND_OK)
-		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
+		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, flags, &r);
 	if (rc == TOKEND_OK) {
 		op->r = r;
 		op->deadline = deadline;

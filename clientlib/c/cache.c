@@ -157,12 +157,46 @@ int64_t cache_releasing(struct tokend_client *c, const uint8_t *name, size_t len
 	return w;
 }
 
-void cache_revoke(struct tokend_client *c, struct grant_rec *g, int wanted)
+/*
+ * A grant grown beyond what the REVOKE wants (tokend_acquire_ex with
+ * TOKEND_ACQUIRE_GROW) is split when the wanted range covers a prefix or a
+ * suffix of it and leaves the rest: that part goes back with a RELEASE
+ * flagged RANGE (partial_release: the entry shrinks at once) and the rest
+ * stays cached under the same fence, its value state unknown, since
+ * another client may set the value from the part given back. If the worker
+ * refuses the partial release, the whole grant goes back (partial_done in
+ * engine.c). A hole in the middle, or all of it, sends the whole grant
+ * back; a REVOKE of nothing it still has (a repeat about the part a split
+ * gives back) changes nothing.
+ */
+void cache_revoke(struct tokend_client *c, struct grant_rec *g, int wanted, uint64_t start, uint64_t end)
 {
 	if (tkw_mode_covers(wanted, (int)g->g.mode))
 		return; /* already at or below what is wanted */
+	uint64_t gs = g->g.start, ge = g->g.end, ws = start, we = end;
+	if (we <= gs || ge <= ws)
+		return;
+	if ((ws > gs || we < ge) && g->state == G_HELD && (ws <= gs || ge <= we)) {
+		uint64_t rs = ws <= gs ? gs : ws, re = ws <= gs ? we : ge; /* the part given back */
+		struct req *r = partial_release(c, g, rs, re, OWN_ASYNC);
+		if (r) {
+			r->from_cache = 1; /* an acquire of the name waits for it (cache_releasing) */
+			g->g.value_state = TOKEND_VALUE_UNKNOWN;
+			g->g.value_len = 0;
+			c->cache_splits++;
+			return;
+		}
+	}
 	c->cache_revoked++;
 	give_back(c, g);
+}
+
+int cache_has(struct tokend_client *c, const uint8_t *name, size_t len)
+{
+	for (struct grant_rec *g = c->cache_head; g; g = g->cnext)
+		if (g->g.name_len == len && memcmp(g->g.name, name, len) == 0)
+			return 1;
+	return cache_releasing(c, name, len) != 0;
 }
 
 int64_t cache_expire(struct tokend_client *c, int64_t now)
@@ -211,6 +245,7 @@ int tokend_get_cache_stats(tokend_client *c, tokend_cache_stats *out)
 	out->revoked = c->cache_revoked;
 	out->evictions = c->cache_evictions;
 	out->cached = c->cache_n;
+	out->splits = c->cache_splits;
 	pthread_mutex_unlock(&c->mu);
 	return TOKEND_OK;
 }

@@ -885,11 +885,102 @@ static int batch_cmp(const void *a, const void *b)
 
 #define BATCH_MAX 64
 
+/*
+ * One ACQUIRE_BATCH (SPEC 21) of keys[0..n), 2..TKW_MAX_BATCH tokens of one
+ * shard: on TOKEND_OK out[keys[k].i] is the grant of each, confirmed as
+ * tokend_acquire confirms one; otherwise nothing of it is held (grants it
+ * got are given back in the background). TOKEND_ENOTSUP: not sent, since
+ * the token cache holds (or is giving back) one of the names: a hit is
+ * served, and a cached grant in the way given back first, only one by one.
+ * A batch never queues, so it waits for its answer at most as a try does
+ * (and no longer than wait_ms would let a queued ACQUIRE wait); if none
+ * comes, the engine keeps asking and gives back what a late answer grants.
+ */
+static int batch_send(tokend_client *c, const struct batch_key *keys, size_t n, int64_t wait_ms, tokend_grant *out)
+{
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	int64_t now = tkn_now(), deadline = now + c->connect_ns;
+	if (wait_ms > 0 && wait_deadline(c, wait_ms, now) < deadline)
+		deadline = wait_deadline(c, wait_ms, now);
+	rc = ensure_session(c, deadline);
+	for (size_t k = 0; k < n && rc == TOKEND_OK; k++)
+		if (cache_has(c, keys[k].r->name, keys[k].r->name_len))
+			rc = TOKEND_ENOTSUP;
+	struct batch_ents *b = NULL;
+	struct req *r = NULL;
+	if (rc == TOKEND_OK) {
+		b = calloc(1, sizeof *b);
+		r = b ? req_new(c, TKW_ACQUIRE_BATCH, OWN_SYNC) : NULL;
+		if (!r) {
+			free(b);
+			rc = TOKEND_ENOMEM;
+		}
+	}
+	tokend_grant res[TKW_MAX_BATCH];
+	if (rc == TOKEND_OK) {
+		r->routed = 1;
+		r->shard = keys[0].shard;
+		r->batch = b;
+		r->bout = res;
+		memcpy(r->name, keys[0].r->name, keys[0].r->name_len); /* for messages */
+		r->name_len = (uint8_t)keys[0].r->name_len;
+		struct tkw_msg *m = &c->tx;
+		memset(m, 0, sizeof *m);
+		m->h.type = TKW_ACQUIRE_BATCH;
+		m->count = (uint8_t)n;
+		b->n = (int)n;
+		for (size_t k = 0; k < n; k++) {
+			const struct batch_key *key = &keys[k];
+			b->e[k].mode = (uint8_t)key->r->mode;
+			b->e[k].name_len = (uint8_t)key->r->name_len;
+			memcpy(b->e[k].name, key->r->name, key->r->name_len);
+			b->e[k].start = key->start;
+			b->e[k].end = key->end;
+			m->batch[k].mode = (uint8_t)key->r->mode;
+			m->batch[k].start = key->start;
+			m->batch[k].end = key->end;
+			m->batch[k].name.p = key->r->name;
+			m->batch[k].name.len = key->r->name_len;
+		}
+		rc = req_build(c, r, m);
+		if (rc != TOKEND_OK) {
+			req_unlink(c, r);
+			req_free(r);
+		}
+	}
+	if (rc == TOKEND_OK) {
+		char op[160];
+		op_name(op, sizeof op, "acquire batch, first", keys[0].r->name, keys[0].r->name_len,
+			(int)keys[0].r->mode);
+		rc = run_req(c, r, deadline, 0, NULL, op);
+		int granted = rc == TOKEND_OK;
+		for (size_t k = 0; k < n && rc == TOKEND_OK; k++)
+			rc = confirm_grant(c, res[k].name, res[k].name_len, res[k].fence, deadline, NULL, &res[k], op);
+		for (size_t k = 0; k < n; k++) {
+			struct grant_rec *g;
+			if (rc == TOKEND_OK)
+				out[keys[k].i] = res[k];
+			else if (granted && (g = grant_find(c, res[k].name, res[k].name_len, res[k].fence)))
+				grant_give_up(c, g, NULL, 0);
+		}
+	}
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
 int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t n, int64_t wait_ms,
 			 tokend_grant *out)
 {
-	if (!c || !reqs || !out || n == 0 || n > BATCH_MAX)
+	if (!c || !reqs || !out || n == 0 || n > BATCH_MAX || wait_ms < TOKEND_WAIT_FOREVER)
 		return TOKEND_EINVAL;
+	if (on_bg_thread(c))
+		return TOKEND_ECALLBACK;
 	struct batch_key keys[BATCH_MAX];
 	pthread_mutex_lock(&c->mu);
 	uint32_t shards = c->shard_count;
@@ -905,15 +996,31 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 			return TOKEND_EINVAL;
 	}
 	qsort(keys, n, sizeof keys[0], batch_cmp);
-	for (size_t k = 0; k < n; k++) {
-		const struct batch_key *b = &keys[k];
-		int rc = tokend_acquire_range(c, b->r->name, b->r->name_len, b->r->mode, b->start, b->end, wait_ms,
-					      &out[b->i]);
+	/* Per shard in the order, up to TKW_MAX_BATCH tokens in one
+	 * ACQUIRE_BATCH; if that fails (a conflict, or anything else), that
+	 * shard's tokens one by one, each waiting as wait_ms says. A shard with
+	 * one token of the batch gets an ordinary ACQUIRE: one datagram either
+	 * way, and it may queue at once. */
+	for (size_t lo = 0; lo < n;) {
+		size_t hi = lo + 1;
+		while (hi < n && hi - lo < TKW_MAX_BATCH && keys[hi].shard == keys[lo].shard)
+			hi++;
+		int rc = hi - lo > 1 ? batch_send(c, keys + lo, hi - lo, wait_ms, out) : TOKEND_ENOTSUP;
+		size_t got = rc == TOKEND_OK ? hi : lo; /* out[keys[0..got).i] are held */
+		/* (a try's conflict stays one: the same rule, FIFO included,
+		 * decides a TRY ACQUIRE, SPEC 21) */
+		if (rc != TOKEND_OK && rc != TOKEND_ECLOSED && !(rc == TOKEND_ECONFLICT && wait_ms == TOKEND_TRY))
+			for (rc = TOKEND_OK; got < hi && rc == TOKEND_OK; got += rc == TOKEND_OK) {
+				const struct batch_key *b = &keys[got];
+				rc = tokend_acquire_range(c, b->r->name, b->r->name_len, b->r->mode, b->start, b->end,
+							  wait_ms, &out[b->i]);
+			}
 		if (rc != TOKEND_OK) {
-			while (k-- > 0)
+			for (size_t k = 0; k < got; k++)
 				(void)tokend_release(c, &out[keys[k].i], NULL, 0);
 			return rc;
 		}
+		lo = hi;
 	}
 	return TOKEND_OK;
 }
@@ -921,7 +1028,14 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 			 uint64_t end, int64_t wait_ms, tokend_grant *out)
 {
-	if (!c || !out || !valid_name(name, name_len) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER)
+	return tokend_acquire_ex(c, name, name_len, mode, start, end, wait_ms, 0, out);
+}
+
+int tokend_acquire_ex(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
+		      uint64_t end, int64_t wait_ms, unsigned flags, tokend_grant *out)
+{
+	if (!c || !out || !valid_name(name, name_len) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER ||
+	    (flags & ~TOKEND_ACQUIRE_GROW))
 		return TOKEND_EINVAL;
 	if (start == 0 && end == 0)
 		end = TOKEND_WHOLE_END;
@@ -941,7 +1055,7 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 	if (rc == TOKEND_OK && cache_acquire(c, name, name_len, (int)mode, start, end, out))
 		goto out; /* from the token cache */
 	if (rc == TOKEND_OK)
-		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, &r);
+		rc = acquire_req(c, name, name_len, mode, start, end, wait_ms, flags, &r);
 	if (rc == TOKEND_OK) {
 		char op[160];
 		op_name(op, sizeof op, "acquire", name, name_len, (int)mode);
@@ -958,7 +1072,7 @@ out:
 /* A new sync ACQUIRE request (not sent yet), arguments checked, range
  * normalized, session open. */
 int acquire_req(struct tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
-		uint64_t end, int64_t wait_ms, struct req **out)
+		uint64_t end, int64_t wait_ms, unsigned flags, struct req **out)
 {
 	struct req *r = req_new(c, TKW_ACQUIRE, OWN_SYNC);
 	if (!r)
@@ -973,6 +1087,7 @@ int acquire_req(struct tokend_client *c, const void *name, size_t name_len, toke
 	m->h.type = TKW_ACQUIRE;
 	m->try_ = wait_ms == 0;
 	m->detect = c->detect && !m->try_;
+	m->grow = (flags & TOKEND_ACQUIRE_GROW) != 0;
 	m->mode = (uint8_t)mode;
 	m->wait_ms = wait_ms == 0 ? 0 : wire_wait(wait_ms);
 	m->start = start;
@@ -1016,6 +1131,69 @@ int tokend_release(tokend_client *c, const tokend_grant *gr, const void *value, 
 			/* the session close releases it */
 		}
 	}
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+int tokend_release_range(tokend_client *c, tokend_grant *gr, uint64_t start, uint64_t end)
+{
+	if (!c || !valid_grant_arg(gr))
+		return TOKEND_EINVAL;
+	if (start == 0 && end == 0)
+		end = TOKEND_WHOLE_END;
+	if (start >= end)
+		return TOKEND_EINVAL;
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	char op[160];
+	op_name(op, sizeof op, "release range of", gr->name, gr->name_len, -1);
+	struct grant_rec *g = grant_find(c, gr->name, gr->name_len, gr->fence);
+	struct req *r = NULL;
+	if (!g || g->state == G_RELEASING || g->cached)
+		rc = TOKEND_ENOTHELD;
+	else if (g->state == G_LOST)
+		rc = g->lost_why ? g->lost_why : TOKEND_ELOST;
+	else if (g->state == G_RECLAIMING)
+		rc = TOKEND_EJEOPARDY;
+	else if (g->session != c->session || c->sstate != S_OPEN)
+		rc = TOKEND_ESESSION;
+	if (rc != TOKEND_OK)
+		goto out;
+	uint64_t gs = g->g.start, ge = g->g.end;
+	if (start == gs && end == ge) {
+		/* all of it: a full release */
+		rc = release_req(c, gr, NULL, 0, &r);
+		if (rc == TOKEND_OK && r) {
+			op_name(op, sizeof op, "release", gr->name, gr->name_len, -1);
+			rc = run_req(c, r, NEVER, 0, NULL, op);
+		}
+		goto out;
+	}
+	int prefix = start == gs && end < ge, suffix = end == ge && start > gs;
+	if (!prefix && !suffix) {
+		set_err(c, "%s: [%llu, %llu) is not a prefix or suffix of the grant [%llu, %llu)", op,
+			(unsigned long long)start, (unsigned long long)end, (unsigned long long)gs,
+			(unsigned long long)ge);
+		rc = TOKEND_EINVAL;
+		goto out;
+	}
+	int async = on_bg_thread(c);
+	r = partial_release(c, g, start, end, async ? OWN_ASYNC : OWN_SYNC);
+	if (!r) {
+		rc = TOKEND_ENOMEM;
+		goto out;
+	}
+	gr->start = g->g.start;
+	gr->end = g->g.end;
+	if (async)
+		goto out;
+	rc = run_req(c, r, tkn_now() + c->connect_ns, 0, NULL, op);
+out:
 	leave(c);
 	pthread_mutex_unlock(&c->mu);
 	return rc;

@@ -244,6 +244,7 @@ void req_free(struct req *r)
 {
 	if (r->has_cond)
 		pthread_cond_destroy(&r->cond);
+	free(r->batch);
 	tka_wipe(r->s_key, sizeof r->s_key);
 	free(r);
 }
@@ -826,7 +827,7 @@ struct req *send_release_async(struct tokend_client *c, const uint8_t *name, siz
 	if (c->sstate != S_OPEN || len == 0 || len > TKW_MAX_NAME)
 		return NULL;
 	for (struct req *r = c->reqs; r; r = r->next)
-		if (r->type == TKW_RELEASE && r->fence == fence && r->name_len == len &&
+		if (r->type == TKW_RELEASE && !r->partial && r->fence == fence && r->name_len == len &&
 		    memcmp(r->name, name, len) == 0)
 			return r; /* already on its way */
 	struct req *r = req_new(c, TKW_RELEASE, OWN_ASYNC);
@@ -857,13 +858,64 @@ struct req *send_release_async(struct tokend_client *c, const uint8_t *name, siz
 	return r;
 }
 
-/* An ACQUIRE or CONVERT of this name still waiting for its answer? */
+struct req *partial_release(struct tokend_client *c, struct grant_rec *g, uint64_t start, uint64_t end, int owner)
+{
+	struct req *r = req_for_grant(c, TKW_RELEASE, owner, g);
+	if (!r)
+		return NULL;
+	struct tkw_msg *m = &c->tx;
+	if (g->grp)
+		m->h.epoch = g->grp->epoch;
+	m->has_range = 1;
+	m->start = start;
+	m->end = end;
+	if (req_build(c, r, m) != TOKEND_OK) {
+		req_unlink(c, r);
+		req_free(r);
+		return NULL;
+	}
+	r->partial = 1;
+	if (start == g->g.start)
+		g->g.start = end; /* a prefix given back */
+	else
+		g->g.end = start; /* a suffix */
+	if (owner == OWN_ASYNC)
+		req_send(c, r, tkn_now());
+	return r;
+}
+
+/*
+ * The answer to a partial RELEASE of grant g (NULL: gone since). g shrank
+ * when the request was made, and stays so whatever the answer: holding
+ * less than the worker believes is safe, while growing back could claim
+ * what the worker no longer has (a reclaim after a worker crash carried
+ * the smaller range, and the new owner refuses the range given back as
+ * outside the grant). A cached grant the worker did not shrink is given
+ * back whole (as the Go client does); one the worker does not have is lost.
+ */
+static void partial_done(struct tokend_client *c, struct grant_rec *g, int st)
+{
+	if (st == TKW_ST_OK || !g || g->state == G_RELEASING || g->state == G_LOST)
+		return;
+	if (g->cached)
+		cache_revoke(c, g, TOKEND_NL, 0, TKW_WHOLE_END);
+	else if (st == TKW_ST_NOT_HELD)
+		grant_lost(c, g, TOKEND_ELOST);
+}
+
+/* An ACQUIRE, CONVERT or ACQUIRE_BATCH of this name still waiting for its answer? */
 static int pending_grant_for(struct tokend_client *c, const uint8_t *name, size_t len)
 {
-	for (struct req *r = c->reqs; r; r = r->next)
-		if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && !r->abandoned &&
-		    r->session == c->session && r->name_len == len && memcmp(r->name, name, len) == 0)
+	for (struct req *r = c->reqs; r; r = r->next) {
+		if (r->abandoned || r->session != c->session)
+			continue;
+		if ((r->type == TKW_ACQUIRE || r->type == TKW_CONVERT) && r->name_len == len &&
+		    memcmp(r->name, name, len) == 0)
 			return 1;
+		for (int k = 0; r->type == TKW_ACQUIRE_BATCH && r->batch && k < r->batch->n; k++)
+			if (r->batch->e[k].name_len == len && memcmp(r->batch->e[k].name, name, len) == 0)
+				return 1;
+	}
 	return 0;
 }
 
@@ -943,7 +995,7 @@ static void on_revoke(struct tokend_client *c, const struct tkw_msg *m, const st
 	send_ack(c, TKW_REVOKE_ACK, m, m->h.request, src);
 	struct grant_rec *g = grant_find(c, m->name.p, m->name.len, m->fence);
 	if (g && g->cached) {
-		cache_revoke(c, g, m->mode); /* the application never hears of it */
+		cache_revoke(c, g, m->mode, m->start, m->end); /* the application never hears of it */
 		return;
 	}
 	if (g && g->state != G_LOST) {
@@ -1440,6 +1492,65 @@ static void convert_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 	req_complete(c, r, TOKEND_OK);
 }
 
+/*
+ * GRANT_BATCH for r (SPEC 21): one grant per entry, in entry order, each
+ * recorded as acquire_ok records one (pending until the caller confirms
+ * it), its view in r->bout. An orphan's grants (its caller gave up), or
+ * all of them when they cannot be recorded, are given back.
+ */
+static void batch_ok(struct tokend_client *c, struct req *r, const struct tkw_msg *m, uint32_t epoch, int64_t now)
+{
+	const struct batch_ents *b = r->batch;
+	struct grant_rec *gs[TKW_MAX_BATCH] = {0};
+	int n = m->count, rc = TOKEND_OK;
+	if (r->orphan || !b || n != b->n) {
+		rc = r->orphan ? TOKEND_ECANCELED : TOKEND_ESERVER;
+		if (!r->orphan)
+			snprintf(r->errtext, sizeof r->errtext, "%d grants for %d entries", n, b ? b->n : 0);
+	}
+	for (int k = 0; k < n && rc == TOKEND_OK; k++)
+		if (!(gs[k] = calloc(1, sizeof *gs[k])))
+			rc = TOKEND_ENOMEM;
+	r->rep.validity_ms = m->validity_ms;
+	struct group *grp = rc == TOKEND_OK ? grant_group(c, r, epoch, now) : NULL;
+	if (!grp) {
+		for (int k = 0; k < n; k++) {
+			free(gs[k]);
+			if (b && k < b->n)
+				send_release_async(c, b->e[k].name, b->e[k].name_len, m->batch[k].fence, NULL, r->shard,
+						   epoch);
+		}
+		req_complete(c, r, rc == TOKEND_OK ? TOKEND_ENOMEM : rc);
+		return;
+	}
+	for (int k = 0; k < n; k++) {
+		struct grant_rec *g = gs[k];
+		const struct tkw_batch_item *it = &m->batch[k];
+		struct reply_grant rep = {0};
+		rep.value_flags = it->value_flags;
+		rep.value_len = (uint8_t)it->value.len;
+		memcpy(rep.value, it->value.p, it->value.len);
+		memcpy(g->g.name, b->e[k].name, b->e[k].name_len);
+		g->g.name_len = b->e[k].name_len;
+		g->g.fence = it->fence;
+		g->g.mode = (tokend_mode)it->mode;
+		g->g.start = it->start;
+		g->g.end = it->end;
+		fill_value(&g->g, &rep);
+		g->shard = r->shard;
+		g->session = r->session;
+		g->state = G_HELD;
+		g->pending = 1; /* until the caller confirms it */
+		grant_set_group(c, g, grp);
+		g->next = c->grants;
+		c->grants = g;
+		if (r->bout)
+			grant_view(c, g, now, &r->bout[k]);
+		stash_match(c, g);
+	}
+	req_complete(c, r, TOKEND_OK);
+}
+
 /* The CANCEL of an abandoned ACQUIRE/CONVERT got its answer. */
 static void cancel_done(struct tokend_client *c, struct req *k, int st)
 {
@@ -1584,7 +1695,9 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		break;
 	case TKW_RELEASE:
 		g = grant_find(c, r->name, r->name_len, r->fence);
-		if (g && g->state == G_RELEASING) {
+		if (r->partial) {
+			partial_done(c, g, st);
+		} else if (g && g->state == G_RELEASING) {
 			if (st == TKW_ST_OK || st == TKW_ST_NOT_HELD || r->from_cache)
 				grant_remove(c, g); /* (a cached one refused: nobody's; a REVOKE finds it gone) */
 			else
@@ -1618,6 +1731,17 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		break;
 	case TKW_CANCEL:
 		cancel_done(c, r, st);
+		break;
+	case TKW_ACQUIRE_BATCH:
+		if (st == TKW_ST_OK) {
+			batch_ok(c, r, m, m->h.epoch, now);
+			break;
+		}
+		if (m->kind == TKW_K_BATCH_CONFLICT)
+			snprintf(r->errtext, sizeof r->errtext, "entry %u conflicts%s%.*s", (unsigned)m->conflict_entry,
+				 m->message.len ? ": " : "", (int)(m->message.len < 80 ? m->message.len : 80),
+				 m->message.len ? (const char *)m->message.p : "");
+		req_complete(c, r, status_to_result(st));
 		break;
 	default:
 		req_complete(c, r, status_to_result(st));
@@ -2038,6 +2162,23 @@ int req_abandon(struct tokend_client *c, struct req *r)
 			}
 			req_complete(c, k, TOKEND_EINVAL);
 		}
+	}
+	if (((r->type == TKW_RELEASE && r->partial) || r->type == TKW_ACQUIRE_BATCH) && !r->done &&
+	    r->session == c->session && c->sstate == S_OPEN && !c->closing) {
+		/*
+		 * Its outcome matters though the caller leaves: a partial
+		 * RELEASE goes on (its answer may say the grant is lost, or
+		 * give a cached one back whole), and a batch granted late
+		 * must not leave grants nobody knows of. The
+		 * engine retransmits it until it is answered (the reply cache
+		 * answers a repeat with the same outcome, SPEC 11).
+		 */
+		r->owner = OWN_ASYNC;
+		r->orphan = r->type == TKW_ACQUIRE_BATCH;
+		r->bout = NULL;
+		if (!on_bg_thread(c))
+			wake_bg(c);
+		return 1;
 	}
 	req_unlink(c, r);
 	return 0;

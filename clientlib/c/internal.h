@@ -101,6 +101,10 @@ struct req {
 	uint8_t mode;
 	int renew;          /* KEEPALIVE with RENEW */
 	int from_cache;     /* RELEASE of a grant taken out of the token cache (cache.c) */
+	int partial;        /* RELEASE with flag RANGE (the grant shrank when it was made) */
+	struct batch_ents *batch;      /* ACQUIRE_BATCH: its entries, in order (freed with the request) */
+	tokend_grant *bout;            /* ACQUIRE_BATCH, sync: where the grants go, in entry order */
+	int orphan;                    /* ACQUIRE_BATCH its caller gave up: grants it gets are given back */
 	uint64_t done_version; /* KEEPALIVE with DONE: the map version it is about */
 	struct req *target; /* CANCEL: the abandoned request */
 	struct req *cancel; /* abandoned ACQUIRE/CONVERT: its CANCEL */
@@ -119,6 +123,18 @@ struct req {
 	int bad_ok;         /* SESSION_OPEN: an OK reply came whose tag did not verify */
 	uint8_t s_key[TKA_KEY_LEN]; /* SESSION_OPEN: the session key of that reply */
 	tokend_grant out;   /* ACQUIRE/CONVERT: what the caller gets */
+};
+
+/* The entries of an ACQUIRE_BATCH, for its reply (the GRANT_BATCH names
+ * no token) and for a REVOKE that comes before it (pending_grant_for). */
+struct batch_ents {
+	int n;
+	struct {
+		uint8_t mode;
+		uint8_t name_len;
+		uint8_t name[TKW_MAX_NAME];
+		uint64_t start, end;
+	} e[TKW_MAX_BATCH];
 };
 
 /*
@@ -265,7 +281,7 @@ struct tokend_client {
 	size_t cache_max, cache_n;
 	int64_t cache_idle_ns;
 	struct grant_rec *cache_head, *cache_tail;
-	uint64_t cache_hits, cache_misses, cache_revoked, cache_evictions;
+	uint64_t cache_hits, cache_misses, cache_revoked, cache_evictions, cache_splits;
 
 	int detect; /* tokend_detect_deadlocks: DETECT on waiting acquires and upgrades (guarded by mu) */
 
@@ -392,6 +408,10 @@ void grant_handover(struct tokend_client *c, struct grant_rec *g);
 void grant_give_up(struct tokend_client *c, struct grant_rec *g, const tokend_grant *report, int why);
 struct req *send_release_async(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence,
 			const struct tkn_addr *to, uint32_t shard, uint32_t epoch);
+/* A RELEASE with flag RANGE giving back [start, end), a prefix or suffix
+ * strictly inside held grant g: g shrinks now; an OWN_ASYNC one is sent
+ * now. NULL (nothing changed) when out of memory. */
+struct req *partial_release(struct tokend_client *c, struct grant_rec *g, uint64_t start, uint64_t end, int owner);
 
 /* ---- engine.c: a handle without a background thread (c->mu held) ---- */
 int64_t engine_timers(struct tokend_client *c, int64_t now);
@@ -417,7 +437,7 @@ int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint6
 		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,
 		 int64_t *until);
 int acquire_req(struct tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
-		uint64_t end, int64_t wait_ms, struct req **out);
+		uint64_t end, int64_t wait_ms, unsigned flags, struct req **out);
 int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,
 		size_t value_len, struct req **out, int *down);
 int release_req(struct tokend_client *c, const tokend_grant *gr, const void *value, size_t value_len,
@@ -436,8 +456,12 @@ int64_t cache_releasing(struct tokend_client *c, const uint8_t *name, size_t len
 /* The engine is done with a cached grant (lost, session ended): out of the
  * list, silently. */
 void cache_unlink(struct tokend_client *c, struct grant_rec *g);
-/* A REVOKE of the cached grant g: released at once, the application not told. */
-void cache_revoke(struct tokend_client *c, struct grant_rec *g, int wanted);
+/* A REVOKE of the cached grant g wanting [start, end) in a mode that needs
+ * g at most in `wanted`: given back at once (or the part wanted, if that
+ * is a prefix or suffix of it), the application not told. */
+void cache_revoke(struct tokend_client *c, struct grant_rec *g, int wanted, uint64_t start, uint64_t end);
+/* A name the token cache holds a grant of, or is giving one back: 1. */
+int cache_has(struct tokend_client *c, const uint8_t *name, size_t len);
 /* Evict grants idle too long; returns when to look again. */
 int64_t cache_expire(struct tokend_client *c, int64_t now);
 

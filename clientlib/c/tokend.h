@@ -17,7 +17,9 @@
  *
  *   on_revoke    another client wants a conflicting mode; flush what you cache
  *                under the grant, then tokend_release it (or tokend_convert it
- *                down to `wanted`). Until you do, the other client waits.
+ *                down to `wanted`, or give back the part of a grown grant
+ *                the other wants with tokend_release_range). Until you do,
+ *                the other client waits.
  *                (clientlib/c/examples/revoke.c: set a flag, let the
  *                application thread flush and release.)
  *   on_jeopardy  the grant's validity dropped below jeopardy_ms without
@@ -39,11 +41,12 @@
  * CALLBACKS run on the background thread, one at a time, with no lock held.
  * They must return quickly (no blocking I/O, no sleeping): while a callback
  * runs, no datagram is received and no keepalive is sent. No library call
- * made from a callback blocks. You may call tokend_release and
- * tokend_convert to a mode the grant already covers (a downgrade, e.g.
- * EX -> PR, or -> NL); these do not wait for the worker's answer: the call
- * returns TOKEND_OK at once, the grant is given up (or lowered) locally from
- * that moment, and the background thread retransmits the request until the
+ * made from a callback blocks. You may call tokend_release,
+ * tokend_release_range and tokend_convert to a mode the grant already
+ * covers (a downgrade, e.g. EX -> PR, or -> NL); these do not wait for the
+ * worker's answer: the call returns TOKEND_OK at once, the grant is given
+ * up (shrunk, or lowered) locally from that moment, and the background
+ * thread retransmits the request until the
  * worker answers or the grant's lease and grace run out (then it goes on in
  * the background, best effort). tokend_grant_check, tokend_last_error,
  * tokend_strerror and the other helpers never block. Calls that would have
@@ -85,8 +88,9 @@
  * session is open.
  *
  * Callbacks of a no-thread handle (completions and on_*) follow the rules
- * of THREADS above for callbacks: they must not block; tokend_release, a
- * downgrading tokend_convert, the *_async calls, tokend_cancel_async and
+ * of THREADS above for callbacks: they must not block; tokend_release,
+ * tokend_release_range, a downgrading tokend_convert, the *_async calls,
+ * tokend_cancel_async and
  * the helpers may be called from them; calls that would wait
  * (tokend_acquire, an upgrading tokend_convert, tokend_close,
  * tokend_process) return TOKEND_ECALLBACK. A completion callback is called
@@ -197,6 +201,9 @@ typedef enum tokend_mode {
 #define TOKEND_VALUE_NONE 0  /* no value block was ever set */
 #define TOKEND_VALUE_VALID 1 /* value/value_len hold it */
 #define TOKEND_VALUE_LOST 2  /* it was lost in a worker crash */
+#define TOKEND_VALUE_UNKNOWN 3 /* not known: a grant the token cache split (TOKEN CACHE below) no
+				* longer covers the whole token, and another client may have set
+				* the value from the part given back; value_len is 0 */
 
 /*
  * A grant, as returned by acquire. Plain data: copy it freely. Release and
@@ -369,6 +376,54 @@ TOKEND_API int tokend_acquire_range(tokend_client *c, const void *name, size_t n
 				    tokend_mode mode, uint64_t start, uint64_t end, int64_t wait_ms,
 				    tokend_grant *out);
 
+/* tokend_acquire_ex and tokend_acquire_async_ex flags. */
+#define TOKEND_ACQUIRE_GROW 0x1u /* the worker may grant more than [start, end), see tokend_acquire_ex */
+
+/*
+ * tokend_acquire_range with flags (0: the same as tokend_acquire_range).
+ *
+ * TOKEND_ACQUIRE_GROW (wire/SPEC.md section 10, as GPFS byte-range
+ * tokens): if no other client holds a grant on the token and nothing
+ * waits on it, the worker grants the largest range that contains [start,
+ * end) and overlaps none of this client's own grants of the token (with
+ * none: the whole token); otherwise exactly [start, end). out->start and
+ * out->end say what was granted. A sequential writer that asks with GROW
+ * for its first page typically gets the whole object, and with the token
+ * cache on (tokend_token_cache) the later pages are cache hits: one
+ * ACQUIRE per object. When another client later wants part of a grown
+ * grant, on_revoke says which range; tokend_release_range gives back a
+ * prefix or suffix and keeps the rest (the token cache does that by
+ * itself for cached grants). Errors: as tokend_acquire_range, and
+ * TOKEND_EINVAL for unknown flags.
+ */
+TOKEND_API int tokend_acquire_ex(tokend_client *c, const void *name, size_t name_len, tokend_mode mode,
+				 uint64_t start, uint64_t end, int64_t wait_ms, unsigned flags, tokend_grant *out);
+
+/*
+ * Give back [start, end) of grant *g, a prefix or a suffix of its range,
+ * and keep the rest under the same fence (wire/SPEC.md section 10, RELEASE
+ * flag RANGE): what a holder of a grown grant does when on_revoke names a
+ * part it does not need. 0,0 means the whole token. The grant shrinks in
+ * the library at once, and *g with it, whatever the worker answers
+ * (holding less than the worker believes is always safe): from then on the
+ * fence must not be used for the bytes given back. The call waits for the
+ * worker's answer (at most connect_timeout_ms). A range equal to the
+ * grant's is a full tokend_release (no value). From a callback it does not
+ * wait: the RELEASE goes in the background and the call returns TOKEND_OK.
+ *
+ * Errors: TOKEND_EINVAL (NULL, or [start, end) is not a prefix or suffix
+ * strictly inside the grant: a hole in the middle, a range reaching
+ * outside it, start >= end; nothing changes), TOKEND_ENOTHELD (not held,
+ * released, or in the token cache; or the worker does not have it: then
+ * it is lost), TOKEND_ELOST, TOKEND_EJEOPARDY (being reclaimed after a
+ * worker failure: try again later; nothing changes), TOKEND_ESESSION,
+ * TOKEND_ENOMEM, TOKEND_ECLOSED; and, with the grant shrunk all the same,
+ * TOKEND_EREFUSED (the worker keeps the whole grant until it is released)
+ * and TOKEND_ETIMEDOUT (no answer in time: the RELEASE goes on in the
+ * background).
+ */
+TOKEND_API int tokend_release_range(tokend_client *c, tokend_grant *g, uint64_t start, uint64_t end);
+
 /* One token of tokend_acquire_batch: name, mode, range (0,0 = whole). */
 typedef struct tokend_batch_req {
 	const void *name;
@@ -381,12 +436,19 @@ typedef struct tokend_batch_req {
  * Acquire the n tokens of reqs all or nothing (wire/SPEC.md section 21):
  * on TOKEND_OK out[i] is the grant of reqs[i] for every i; on any error
  * nothing is held (what was granted has been released) and out is
- * undefined. The tokens are taken one by one (one ACQUIRE each, wait_ms as
- * in tokend_acquire, per token) in one fixed global order, by shard, then
- * name, then range, the order the Go client's AcquireBatch uses too: two
- * callers that batch overlapping sets, listed in any order, cannot wait for
- * each other in a cycle. n is 1..64. Errors: as tokend_acquire, and
- * TOKEND_EINVAL for n out of range or an invalid request.
+ * undefined. The tokens are taken in one fixed global order, by shard,
+ * then name, then range, the order the Go client's AcquireBatch uses too:
+ * two callers that batch overlapping sets, listed in any order, cannot
+ * wait for each other in a cycle. The tokens of one shard go in one
+ * datagram (ACQUIRE_BATCH, up to 8 tokens; more in several, in the
+ * order), granted together at once or not at all; it never waits. If it
+ * is not granted (a token is held or waited for in a conflicting mode, or
+ * any other failure), that shard's tokens are taken one by one (one
+ * ACQUIRE each, wait_ms as in tokend_acquire, per token), holding the ones
+ * before. A shard with one token of the batch, or one whose tokens the
+ * token cache holds, is taken one by one from the start. n is 1..64.
+ * Errors: as tokend_acquire, and TOKEND_EINVAL for n out of range or an
+ * invalid request.
  */
 TOKEND_API int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t n, int64_t wait_ms,
 				    tokend_grant *out);
@@ -493,7 +555,15 @@ TOKEND_API int tokend_get_stats(tokend_client *c, tokend_stats *out);
  *
  * A REVOKE of a cached grant is answered by the library with a RELEASE at
  * once; on_revoke, on_jeopardy and on_lost are never called for cached
- * grants. At most max grants are kept (least recently released given back
+ * grants. A cached grant grown beyond what the REVOKE wants
+ * (TOKEND_ACQUIRE_GROW) is split instead when the wanted range covers a
+ * prefix or a suffix of it: that part is given back (RELEASE flag RANGE)
+ * and the rest stays cached under the same fence, served to a later
+ * acquire it contains with value_state TOKEND_VALUE_UNKNOWN (another
+ * client may set the value from the part given back); a hole in the middle
+ * sends the whole grant back (tokend_cache_stats: splits, revoked). A
+ * split grant covers no longer the whole token: released again, it is
+ * given back, not cached. At most max grants are kept (least recently released given back
  * first), each at most idle_ms (0: TOKEND_DEFAULT_TOKEN_CACHE_IDLE_MS; the
  * library looks about once a second, so later by up to that). Cached
  * grants are kept alive, and reclaimed after a worker failure or a planned
@@ -515,7 +585,10 @@ typedef struct tokend_cache_stats {
 	uint64_t revoked;   /* cached grants given back on a REVOKE */
 	uint64_t evictions; /* given back for the count bound, idle time, or tokend_token_cache */
 	uint64_t cached;    /* grants in the cache now */
-	uint64_t reserved[3];
+	uint64_t splits;    /* cached grown grants split on a REVOKE: a prefix or suffix given back, the
+			     * rest kept (it took the first of the first release's reserved slots: the
+			     * struct's size is unchanged) */
+	uint64_t reserved[2];
 } tokend_cache_stats;
 
 /* Fill *out with c's cache counters. TOKEND_OK, or TOKEND_EINVAL for NULL. */
@@ -626,6 +699,12 @@ typedef void (*tokend_done_fn)(tokend_client *c, int status, const tokend_grant 
 TOKEND_API int tokend_acquire_async(tokend_client *c, const void *name, size_t name_len, tokend_mode mode,
 				    uint64_t start, uint64_t end, int64_t wait_ms, tokend_done_fn cb, void *arg,
 				    uint64_t *id);
+
+/* tokend_acquire_async with flags, as tokend_acquire_ex (TOKEND_ACQUIRE_GROW);
+ * TOKEND_EINVAL for unknown flags. */
+TOKEND_API int tokend_acquire_async_ex(tokend_client *c, const void *name, size_t name_len, tokend_mode mode,
+				       uint64_t start, uint64_t end, int64_t wait_ms, unsigned flags,
+				       tokend_done_fn cb, void *arg, uint64_t *id);
 
 /*
  * Start releasing g, as tokend_release (value copied); the grant is given

@@ -919,7 +919,8 @@ func runAt(t *testing.T, timeout time.Duration, tg target, bin string, args ...s
 	return run(t, timeout, tg.env(), bin, append([]string{tg.addr}, args...)...)
 }
 
-var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache", "batch"}
+var scenarios = []string{"basic", "conflict", "shared", "ranges", "revoke", "convert", "value", "many", "cache", "batch",
+	"grow", "cachesplit"}
 
 func runScenario(t *testing.T, bin string, tg target, s string) {
 	t.Helper()
@@ -1017,7 +1018,7 @@ func TestFakeWorker(t *testing.T) {
 				// lost a round without a cached answer happens (0.9^50, about
 				// 1 in 200): run more rounds, up to five, until one comes.
 				for i := 0; i < repeat || (f.count("cached") == 0 && i < 5); i++ {
-					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges", "cache"} {
+					for _, s := range []string{"basic", "conflict", "revoke", "convert", "ranges", "cache", "grow", "cachesplit", "batch"} {
 						runScenario(t, bin, f.at(0), s)
 					}
 				}
@@ -1040,6 +1041,83 @@ func TestFakeWorker(t *testing.T) {
 				if g, a := f.count("GRANT_ASYNC"), f.count("GRANT_ACK"); g == 0 || a == 0 {
 					t.Errorf("%d GRANT_ASYNCs sent, %d GRANT_ACKs received", g, a)
 				}
+			})
+			t.Run("batch-wire", func(t *testing.T) {
+				// tokend_acquire_batch sends one ACQUIRE_BATCH per shard,
+				// at most 8 tokens each (SPEC §21): 10 tokens of one
+				// shard are two datagrams and no ACQUIRE.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				shards := fmt.Sprint(f.Shards())
+				out, err := runAt(t, 60*time.Second, f.at(0), bin, "batchwire", shards)
+				if err != nil || !strings.Contains(out, "ok batchwire") {
+					t.Fatalf("batchwire: %v\n%s", err, out)
+				}
+				// and another client's batch of two, which conflicts
+				if b, a := f.count("ACQUIRE_BATCH"), f.count("ACQUIRE"); b < 3 || a != 0 {
+					t.Errorf("%d ACQUIRE_BATCH and %d ACQUIRE received, want 3 (or more, resent) and none", b, a)
+				}
+				// A conflict falls back to one ACQUIRE per token, which
+				// waits until the conflict goes away.
+				batches, acquires := f.count("ACQUIRE_BATCH"), f.count("ACQUIRE")
+				out, err = runAt(t, 60*time.Second, f.at(0), bin, "batchfall", shards)
+				if err != nil || !strings.Contains(out, "ok batchfall") {
+					t.Fatalf("batchfall: %v\n%s", err, out)
+				}
+				if n := f.count("ACQUIRE_BATCH") - batches; n < 2 {
+					t.Errorf("%d ACQUIRE_BATCH in the fallback run, want the try's and the wait's", n)
+				}
+				if n := f.count("CONFLICT"); n < 2 {
+					t.Errorf("%d CONFLICT answers, want the batches' two at least", n)
+				}
+				// B's two TRYs, the try batch's none, the waiting batch's four
+				if n := f.count("ACQUIRE") - acquires; n < 6 {
+					t.Errorf("%d ACQUIREs in the fallback run, want 6 or more", n)
+				}
+			})
+			t.Run("batch-late", func(t *testing.T) {
+				// A batch whose answer does not come in time fails, and
+				// the library keeps asking: what a late answer grants is
+				// given back, not left held by a session nobody uses it in.
+				f := newFake(t, 2)
+				f.logCounts(t)
+				const shard = 40 // worker 1's
+				if w, _ := f.Owner(shard); w != 1 {
+					t.Fatalf("shard %d is worker %d's", shard, w)
+				}
+				f.SetMuted(1, true)
+				gofile := filepath.Join(t.TempDir(), "go")
+				p := start(t, f.at(0), bin, "batchlate", fmt.Sprint(f.Shards()), fmt.Sprint(shard), gofile)
+				p.expect(t, "timed out", 30*time.Second)
+				names := strings.Fields(strings.TrimPrefix(p.expect(t, "names ", 5*time.Second), "names "))
+				batches, releases := f.count("ACQUIRE_BATCH"), f.count("RELEASE")
+				f.SetMuted(1, false)
+				// The late batch is granted (nothing else asks for its
+				// names: no CONFLICT) and its three grants given back,
+				// while the client still runs.
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+					if f.count("ACQUIRE_BATCH") > batches && f.count("RELEASE")-releases >= len(names) {
+						break
+					}
+				}
+				if b, r := f.count("ACQUIRE_BATCH")-batches, f.count("RELEASE")-releases; b == 0 || r < len(names) || f.count("CONFLICT") != 0 {
+					t.Fatalf("after the worker came back: %d ACQUIRE_BATCH, %d RELEASE, %d CONFLICT; want the late batch granted and its %d grants given back",
+						b, r, f.count("CONFLICT"), len(names))
+				}
+				for _, n := range names {
+					gs := f.Grants(1, n)
+					for deadline := time.Now().Add(5 * time.Second); len(gs) != 0 && time.Now().Before(deadline); gs = f.Grants(1, n) {
+						time.Sleep(5 * time.Millisecond) // (the RELEASE is counted as it arrives, applied just after)
+					}
+					if len(gs) != 0 {
+						t.Fatalf("%s still held after the late batch: %+v", n, gs)
+					}
+				}
+				if err := os.WriteFile(gofile, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				p.expect(t, "rebatched", 20*time.Second)
+				p.wait(t, 10*time.Second)
 			})
 			t.Run("killed-client", func(t *testing.T) {
 				f := newFake(t, 1)
@@ -1603,8 +1681,11 @@ func cAndGo(t *testing.T, bin string, tg target, name string) {
 
 // TestCacheValgrind runs the C token cache's scenario against the fake
 // cluster under valgrind (leaks and memory errors fail it): the e2e
-// scenario "cache" (hits, REVOKE of a cached grant, bounds, a handle
-// without a thread) and a cached grant across a worker crash.
+// scenarios "cache" (hits, REVOKE of a cached grant, bounds, a handle
+// without a thread), "cachesplit" (a cached grown grant split on a REVOKE),
+// "grow" (GROW, partial releases), "batchwire" and "batchfall"
+// (ACQUIRE_BATCH and its fallback), and a cached grant across a worker
+// crash.
 func TestCacheValgrind(t *testing.T) {
 	vg, err := exec.LookPath("valgrind")
 	if err != nil {
@@ -1616,9 +1697,11 @@ func TestCacheValgrind(t *testing.T) {
 	bin := filepath.Join(buildC(t, false, "tokend-e2e"), "tokend-e2e")
 	vgArgs := []string{"-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=all", bin}
 	f := newFake(t, 2)
-	out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(vgArgs, f.at(0).addr, "cache")...)
-	if err != nil || !strings.Contains(out, "ok cache") {
-		t.Fatalf("cache under valgrind: %v\n%s", err, out)
+	for _, s := range [][]string{{"cache"}, {"cachesplit"}, {"grow"}, {"batchwire", fmt.Sprint(f.Shards())}, {"batchfall", fmt.Sprint(f.Shards())}} {
+		out, err := run(t, 3*time.Minute, f.at(0).env(), vg, append(append(vgArgs, f.at(0).addr), s...)...)
+		if err != nil || !strings.Contains(out, "ok "+s[0]) {
+			t.Fatalf("%s under valgrind: %v\n%s", s[0], err, out)
+		}
 	}
 	// start puts the address first: run valgrind through a script
 	script := filepath.Join(t.TempDir(), "vg-e2e")

@@ -3,6 +3,19 @@
  * Driven by clientlib/ctest (Go), which starts the server; usable by hand:
  *
  *   tokend-e2e HOST:PORT basic | conflict | shared | ranges | revoke | convert | value | many | cache
+ *                        | batch | grow | cachesplit
+ *   tokend-e2e HOST:PORT batchwire SHARDS  a batch of 10 tokens of one shard (SHARDS: the cluster's
+ *                                          shard count): the driver counts two ACQUIRE_BATCHes and
+ *                                          no ACQUIRE
+ *   tokend-e2e HOST:PORT batchfall SHARDS  a batch of 4 tokens of one shard, one of them held by
+ *                                          another client for a second: the batch conflicts, falls
+ *                                          back to one ACQUIRE each, and succeeds once it is free
+ *   tokend-e2e HOST:PORT batchlate SHARDS SHARD FILE
+ *                                          a batch of 3 tokens of shard SHARD, whose worker the
+ *                                          driver has muted: "timed out" and "names N1 N2 N3";
+ *                                          then, once FILE exists (the driver unmuted the worker
+ *                                          and saw the late batch granted and given back), the
+ *                                          same batch succeeds
  *   tokend-e2e HOST:PORT hold NAME MS      acquire EX, print "fence F", hold MS ms, release
  *   tokend-e2e HOST:PORT wait NAME MS      acquire EX waiting <= MS ms, print "fence F ms T"
  *   tokend-e2e HOST:PORT fences NAME N     acquire+release EX N times, print "fence F" each
@@ -73,6 +86,8 @@ struct cb_state {
 	uint32_t jeopardy_left; /* validity_ms the first on_jeopardy saw */
 	int64_t jeopardy_at, lost_at;
 	int release_on_revoke;
+	int shrink_on_revoke; /* give back the wanted range's side with tokend_release_range */
+	uint64_t shrunk_start, shrunk_end; /* what the grant kept */
 	tokend_mode wanted;
 	int release_rc;
 };
@@ -81,12 +96,17 @@ static void on_revoke(tokend_client *c, const tokend_grant *g, tokend_mode wante
 		      void *arg)
 {
 	struct cb_state *s = arg;
-	(void)start;
-	(void)end;
 	int rc = TOKEND_OK;
+	tokend_grant cp = *g;
 	if (s->release_on_revoke)
 		rc = tokend_release(c, g, NULL, 0); /* allowed from a callback: does not wait */
+	else if (s->shrink_on_revoke && start > g->start)
+		rc = tokend_release_range(c, &cp, start, g->end); /* does not wait either */
+	else if (s->shrink_on_revoke && end < g->end)
+		rc = tokend_release_range(c, &cp, g->start, end);
 	pthread_mutex_lock(&s->mu);
+	s->shrunk_start = cp.start;
+	s->shrunk_end = cp.end;
 	s->revokes++;
 	s->wanted = wanted;
 	s->release_rc = rc;
@@ -639,6 +659,322 @@ static void s_cache(void)
 	pthread_mutex_destroy(&sa.mu);
 }
 
+#define MiB (UINT64_C(1) << 20)
+
+/* Growing grants (TOKEND_ACQUIRE_GROW) and partial releases. */
+static void s_grow(void)
+{
+	char n[128], n2[128];
+	name_of(n, sizeof n, "grow");
+	name_of(n2, sizeof n2, "grow2");
+	size_t len = strlen(n);
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_grant g, bad, gb, gb2, g3;
+	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, 0x2, &g), TOKEND_EINVAL, "unknown flag");
+	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
+		 "A PW [0, 4096) with GROW");
+	CHECK(g.start == 0 && g.end == TOKEND_WHOLE_END, "A's grant [%llu, %llu), want it grown to the whole token",
+	      (unsigned long long)g.start, (unsigned long long)g.end);
+	uint64_t f = g.fence;
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, MiB, 2 * MiB, TOKEND_TRY, &gb), TOKEND_ECONFLICT,
+		 "B inside A's grown grant");
+
+	/* not a prefix or suffix strictly inside: refused, nothing changes */
+	bad = g;
+	CHECK_RC(tokend_release_range(a, &bad, 10, 20), TOKEND_EINVAL, "a hole in the middle");
+	CHECK_RC(tokend_release_range(a, &bad, 20, 10), TOKEND_EINVAL, "start >= end");
+	CHECK_RC(tokend_release_range(NULL, &bad, 0, 10), TOKEND_EINVAL, "NULL handle");
+	CHECK_RC(tokend_release_range(a, NULL, 0, 10), TOKEND_EINVAL, "NULL grant");
+	CHECK(bad.start == 0 && bad.end == TOKEND_WHOLE_END && bad.fence == f, "a refused range changed the grant");
+
+	/* the suffix goes back: B can take it, not the part A kept */
+	CHECK_RC(tokend_release_range(a, &g, MiB, TOKEND_WHOLE_END), TOKEND_OK, "give back [1 MiB, whole)");
+	CHECK(g.fence == f && g.start == 0 && g.end == MiB, "after the suffix: fence %llu [%llu, %llu)",
+	      (unsigned long long)g.fence, (unsigned long long)g.start, (unsigned long long)g.end);
+	CHECK_RC(tokend_grant_check(a, &g, NULL), TOKEND_OK, "A keeps the rest");
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, MiB, 2 * MiB, TOKEND_TRY, &gb), TOKEND_OK,
+		 "B in the part given back");
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, MiB - 10, MiB, TOKEND_TRY, &gb2), TOKEND_ECONFLICT,
+		 "B in the part A kept");
+	/* then a prefix */
+	CHECK_RC(tokend_release_range(a, &g, 0, 4096), TOKEND_OK, "give back [0, 4096)");
+	CHECK(g.fence == f && g.start == 4096 && g.end == MiB, "after the prefix: [%llu, %llu)",
+	      (unsigned long long)g.start, (unsigned long long)g.end);
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, &gb2), TOKEND_OK, "B the prefix");
+	bad = g;
+	bad.start = 0;
+	CHECK_RC(tokend_release_range(a, &bad, 0, 4096), TOKEND_EINVAL, "a part A no longer has");
+
+	/* beside another holder, GROW grants what was asked */
+	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PR, 10 * MiB, 11 * MiB, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g3),
+		 TOKEND_OK, "A PR with GROW beside B");
+	CHECK(g3.start == 10 * MiB && g3.end == 11 * MiB, "grew to [%llu, %llu) beside another holder",
+	      (unsigned long long)g3.start, (unsigned long long)g3.end);
+	CHECK_RC(tokend_release_range(a, &g3, 10 * MiB, 11 * MiB), TOKEND_OK, "a range equal to the grant's");
+	CHECK_RC(tokend_grant_check(a, &g3, NULL), TOKEND_ENOTHELD, "released in full");
+	CHECK_RC(tokend_release_range(a, &g3, 10 * MiB, 10 * MiB + 5), TOKEND_ENOTHELD, "range of a released grant");
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "A release");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_release(b, &gb2, NULL, 0), TOKEND_OK, "B release prefix");
+	tokend_close(b);
+	tokend_close(a);
+
+	/* on_revoke shrinks a grown grant (from the callback: does not wait);
+	 * the waiter gets its range, the holder keeps the rest */
+	struct cb_state sa;
+	memset(&sa, 0, sizeof sa);
+	pthread_mutex_init(&sa.mu, NULL);
+	sa.shrink_on_revoke = 1;
+	a = connect_cb(&sa);
+	b = connect_plain();
+	CHECK_RC(tokend_acquire_ex(a, n2, strlen(n2), TOKEND_EX, 0, 100, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g),
+		 TOKEND_OK, "A EX with GROW");
+	CHECK(g.end == TOKEND_WHOLE_END, "not grown");
+	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 5 * MiB, 6 * MiB, 5000, &gb), TOKEND_OK,
+		 "B waits for a part of A's grant");
+	/* (B's grant may come before the callback has noted what it did) */
+	pthread_mutex_lock(&sa.mu);
+	for (int64_t t0 = now_ms(); sa.revokes == 0 && now_ms() - t0 < 5000;) {
+		pthread_mutex_unlock(&sa.mu);
+		sleep_ms(5);
+		pthread_mutex_lock(&sa.mu);
+	}
+	CHECK(sa.revokes >= 1 && sa.release_rc == TOKEND_OK && sa.shrunk_start == 0 && sa.shrunk_end == 5 * MiB,
+	      "on_revoke: %d calls, release_range %s, kept [%llu, %llu)", sa.revokes, tokend_strerror(sa.release_rc),
+	      (unsigned long long)sa.shrunk_start, (unsigned long long)sa.shrunk_end);
+	pthread_mutex_unlock(&sa.mu);
+	CHECK_RC(tokend_grant_check(a, &g, NULL), TOKEND_OK, "A keeps [0, 5 MiB)");
+	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 0, 10, TOKEND_TRY, &gb2), TOKEND_ECONFLICT,
+		 "B in the part A kept");
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "A release");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	tokend_close(b);
+	tokend_close(a);
+	pthread_mutex_destroy(&sa.mu);
+
+	/* asynchronous acquire with GROW on a handle without a thread */
+	const char *seeds[1] = {addr};
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	tokend_client *e = NULL;
+	CHECK_RC(tokend_connect_ex(&o, TOKEND_NO_THREAD, &e), TOKEND_OK, "connect without a thread");
+	struct async_res r1 = {0, -99, {0}};
+	CHECK_RC(tokend_acquire_async_ex(e, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, 0x4, async_done, &r1, NULL),
+		 TOKEND_EINVAL, "async: unknown flag");
+	CHECK_RC(tokend_acquire_async_ex(e, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, TOKEND_ACQUIRE_GROW, async_done,
+					 &r1, NULL),
+		 TOKEND_OK, "acquire_async_ex with GROW");
+	pump(e, &r1);
+	CHECK_RC(r1.status, TOKEND_OK, "async GROW");
+	CHECK(r1.g.start == 0 && r1.g.end == TOKEND_WHOLE_END, "async grant [%llu, %llu), want the whole token",
+	      (unsigned long long)r1.g.start, (unsigned long long)r1.g.end);
+	CHECK_RC(tokend_release_range(e, &r1.g, 0, MiB), TOKEND_OK, "no thread: give back a prefix");
+	CHECK(r1.g.start == MiB && r1.g.end == TOKEND_WHOLE_END, "no thread: kept [%llu, %llu)",
+	      (unsigned long long)r1.g.start, (unsigned long long)r1.g.end);
+	CHECK_RC(tokend_release(e, &r1.g, NULL, 0), TOKEND_OK, "no thread: release");
+	tokend_close(e);
+}
+
+/* The token cache splits a cached grown grant on a REVOKE of a prefix or
+ * suffix of it, and gives it back whole for a hole in the middle. */
+static void s_cachesplit(void)
+{
+	char n[128], n2[128];
+	name_of(n, sizeof n, "split");
+	name_of(n2, sizeof n2, "split2");
+	size_t len = strlen(n);
+	struct cb_state sa;
+	memset(&sa, 0, sizeof sa);
+	pthread_mutex_init(&sa.mu, NULL);
+	tokend_client *a = connect_cb(&sa), *b = connect_plain();
+	tokend_cache_stats st;
+	tokend_grant g, g2, gb, gb2;
+	CHECK_RC(tokend_token_cache(a, TOKEND_DEFAULT_TOKEN_CACHE, 0), TOKEND_OK, "cache on");
+	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
+		 "A PW with GROW");
+	CHECK(g.start == 0 && g.end == TOKEND_WHOLE_END, "not grown: [%llu, %llu)", (unsigned long long)g.start,
+	      (unsigned long long)g.end);
+	uint64_t f = g.fence;
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "A release into the cache");
+	cache_stats(a, &st);
+	CHECK(st.cached == 1, "grown grant not cached (%llu)", (unsigned long long)st.cached);
+
+	/* B wants the suffix from 1 MiB: A's cache gives back that part only */
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, MiB, TOKEND_WHOLE_END, 5000, &gb), TOKEND_OK,
+		 "B the suffix while A has it cached");
+	cache_stats(a, &st);
+	CHECK(st.splits == 1 && st.revoked == 0 && st.cached == 1, "after the split: splits %llu revoked %llu cached %llu",
+	      (unsigned long long)st.splits, (unsigned long long)st.revoked, (unsigned long long)st.cached);
+	pthread_mutex_lock(&sa.mu);
+	CHECK(sa.revokes == 0, "on_revoke called %d times for a cached grant", sa.revokes);
+	pthread_mutex_unlock(&sa.mu);
+	/* the rest is served locally, same fence, value unknown */
+	CHECK_RC(tokend_acquire_range(a, n, len, TOKEND_PW, 4096, 8192, TOKEND_TRY, &g2), TOKEND_OK,
+		 "A re-acquires inside the kept part");
+	CHECK(g2.fence == f && g2.start == 0 && g2.end == MiB && g2.value_state == TOKEND_VALUE_UNKNOWN,
+	      "hit: fence %llu (cached %llu) [%llu, %llu) value state %d", (unsigned long long)g2.fence,
+	      (unsigned long long)f, (unsigned long long)g2.start, (unsigned long long)g2.end, g2.value_state);
+	cache_stats(a, &st);
+	CHECK(st.hits == 1 && st.cached == 0, "hits %llu cached %llu", (unsigned long long)st.hits,
+	      (unsigned long long)st.cached);
+	/* the worker still has the kept part as A's */
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, 0, 10, TOKEND_TRY, &gb2), TOKEND_ECONFLICT,
+		 "B in the part A kept");
+	/* released again it covers no longer the whole token: given back */
+	CHECK_RC(tokend_release(a, &g2, NULL, 0), TOKEND_OK, "A release the split grant");
+	cache_stats(a, &st);
+	CHECK(st.cached == 0, "a split grant was cached again");
+	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, 0, 10, 2000, &gb2), TOKEND_OK, "B after A gave it back");
+	CHECK_RC(tokend_release(b, &gb2, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release the suffix");
+
+	/* a hole in the middle: the whole grant goes back */
+	CHECK_RC(tokend_acquire_ex(a, n2, strlen(n2), TOKEND_EX, 0, 10, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
+		 "A EX with GROW");
+	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "into the cache");
+	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 100, 200, 5000, &gb), TOKEND_OK,
+		 "B in the middle");
+	cache_stats(a, &st);
+	CHECK(st.splits == 1 && st.revoked == 1 && st.cached == 0, "middle: splits %llu revoked %llu cached %llu",
+	      (unsigned long long)st.splits, (unsigned long long)st.revoked, (unsigned long long)st.cached);
+	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 0, 10, TOKEND_TRY, &gb2), TOKEND_OK,
+		 "B where A's grant was");
+	CHECK_RC(tokend_release(b, &gb2, NULL, 0), TOKEND_OK, "B release");
+	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release");
+	tokend_close(b);
+	tokend_close(a);
+	pthread_mutex_destroy(&sa.mu);
+}
+
+/* n names of one shard (shard count `shards`), "<base><i>/<suffix>": of
+ * shard `want`, or (want < 0) of the first name's. */
+static void same_shard(char names[][128], int n, const char *base, uint32_t shards, int64_t want)
+{
+	int k = 0;
+	for (int i = 0; k < n && i < 100000; i++) {
+		char cand[128];
+		snprintf(cand, sizeof cand, "%s%d/%s", base, i, suffix);
+		int64_t s = (int64_t)(tokend_hash(cand, strlen(cand)) % shards);
+		if (want < 0)
+			want = s;
+		if (s == want)
+			snprintf(names[k++], 128, "%s", cand);
+	}
+	CHECK(k == n, "only %d names of one shard", k);
+}
+
+static void p_batchwire(uint32_t shards)
+{
+	char names[10][128];
+	same_shard(names, 10, "bw", shards, -1);
+	tokend_batch_req r[10];
+	tokend_grant g[10];
+	for (int i = 0; i < 10; i++)
+		r[i] = (tokend_batch_req){names[i], strlen(names[i]), i % 2 ? TOKEND_PR : TOKEND_EX, 0, 0};
+	CHECK_RC(tokend_acquire_batch(NULL, r, 10, TOKEND_TRY, g), TOKEND_EINVAL, "NULL handle");
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	CHECK_RC(tokend_acquire_batch(a, r, 10, TOKEND_TRY, g), TOKEND_OK, "batch of 10 of one shard");
+	/* (then B's batch of 2, which conflicts: a try's conflict is final) */
+	for (int i = 0; i < 10; i++) {
+		CHECK(g[i].name_len == strlen(names[i]) && !memcmp(g[i].name, names[i], g[i].name_len) &&
+			      g[i].mode == r[i].mode,
+		      "grant %d is not the request's", i);
+		CHECK_RC(tokend_grant_check(a, &g[i], NULL), TOKEND_OK, "batch grant held");
+		for (int j = 0; j < i; j++)
+			CHECK(g[i].fence != g[j].fence, "one fence twice");
+	}
+	tokend_grant x[2];
+	tokend_batch_req rb[2] = {r[0], r[9]};
+	rb[1].mode = TOKEND_EX;
+	CHECK_RC(tokend_acquire_batch(b, rb, 2, TOKEND_TRY, x), TOKEND_ECONFLICT, "another client while A holds them");
+	for (int i = 0; i < 10; i++)
+		CHECK_RC(tokend_release(a, &g[i], NULL, 0), TOKEND_OK, "release");
+	tokend_close(b);
+	tokend_close(a);
+}
+
+struct fall {
+	tokend_client *c;
+	tokend_batch_req *r;
+	int n, rc;
+	int64_t done_at;
+	tokend_grant g[4];
+};
+
+static void *fall_batch(void *arg)
+{
+	struct fall *f = arg;
+	f->rc = tokend_acquire_batch(f->c, f->r, f->n, 10000, f->g);
+	f->done_at = now_ms();
+	return NULL;
+}
+
+static void p_batchfall(uint32_t shards)
+{
+	char names[4][128];
+	same_shard(names, 4, "bf", shards, -1);
+	tokend_batch_req r[4];
+	for (int i = 0; i < 4; i++)
+		r[i] = (tokend_batch_req){names[i], strlen(names[i]), TOKEND_EX, 0, 0};
+	tokend_client *a = connect_plain(), *b = connect_plain();
+	tokend_grant held, x;
+	CHECK_RC(tokend_acquire(b, names[2], strlen(names[2]), TOKEND_EX, TOKEND_TRY, &held), TOKEND_OK, "B holds one");
+	/* a try conflicts and keeps nothing */
+	tokend_grant g[4];
+	CHECK_RC(tokend_acquire_batch(a, r, 4, TOKEND_TRY, g), TOKEND_ECONFLICT, "batch try beside B");
+	CHECK_RC(tokend_acquire(b, names[0], strlen(names[0]), TOKEND_EX, TOKEND_TRY, &x), TOKEND_OK,
+		 "the failed try kept nothing");
+	CHECK_RC(tokend_release(b, &x, NULL, 0), TOKEND_OK, "release");
+	/* a wait falls back to one by one and succeeds once B lets go */
+	struct fall f = {a, r, 4, -99, 0, {{0}}};
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, fall_batch, &f) == 0, "thread");
+	sleep_ms(1000); /* (the batch is sent meanwhile: the driver counts its CONFLICT) */
+	int64_t let_go = now_ms();
+	CHECK_RC(tokend_release(b, &held, NULL, 0), TOKEND_OK, "B lets go");
+	pthread_join(th, NULL);
+	CHECK_RC(f.rc, TOKEND_OK, "batch after the conflict went away");
+	CHECK(f.done_at >= let_go, "the batch returned %lld ms before B let go", (long long)(let_go - f.done_at));
+	for (int i = 0; i < 4; i++)
+		CHECK_RC(tokend_release(a, &f.g[i], NULL, 0), TOKEND_OK, "release");
+	tokend_close(b);
+	tokend_close(a);
+}
+
+static void p_batchlate(uint32_t shards, int shard, const char *go)
+{
+	char names[3][128];
+	same_shard(names, 3, "bl", shards, shard);
+	tokend_batch_req r[3];
+	tokend_grant g[3];
+	for (int i = 0; i < 3; i++)
+		r[i] = (tokend_batch_req){names[i], strlen(names[i]), TOKEND_EX, 0, 0};
+	const char *seeds[1] = {addr};
+	tokend_options o;
+	tokend_options_init(&o);
+	o.seeds = seeds;
+	o.nseeds = 1;
+	o.connect_timeout_ms = 1000; /* a try's limit */
+	tokend_client *a = NULL;
+	CHECK_RC(tokend_connect(&o, &a), TOKEND_OK, "connect");
+	CHECK_RC(tokend_acquire_batch(a, r, 3, TOKEND_TRY, g), TOKEND_ETIMEDOUT, "batch to a muted worker");
+	printf("timed out\nnames %s %s %s\n", names[0], names[1], names[2]);
+	for (int64_t t0 = now_ms(); access(go, F_OK) != 0; sleep_ms(10))
+		CHECK(now_ms() - t0 < 30000, "no %s within 30 s", go);
+	/* the late grants were given back: the same batch gets them (a try's
+	 * conflict with a grant still on its way back is asked again) */
+	int rc = TOKEND_ECONFLICT;
+	for (int64_t t0 = now_ms(); rc != TOKEND_OK && now_ms() - t0 < 10000; sleep_ms(20))
+		rc = tokend_acquire_batch(a, r, 3, TOKEND_TRY, g);
+	CHECK_RC(rc, TOKEND_OK, "the batch again");
+	for (int i = 0; i < 3; i++)
+		CHECK_RC(tokend_release(a, &g[i], NULL, 0), TOKEND_OK, "release");
+	printf("rebatched\n");
+	tokend_close(a);
+}
+
 static void *many_worker(void *arg)
 {
 	struct worker_arg *w = arg;
@@ -1042,6 +1378,16 @@ int main(int argc, char **argv)
 		s_many();
 	else if (!strcmp(s, "cache"))
 		s_cache();
+	else if (!strcmp(s, "grow"))
+		s_grow();
+	else if (!strcmp(s, "cachesplit"))
+		s_cachesplit();
+	else if (!strcmp(s, "batchwire") && argc == 4)
+		p_batchwire((uint32_t)atoi(argv[3]));
+	else if (!strcmp(s, "batchfall") && argc == 4)
+		p_batchfall((uint32_t)atoi(argv[3]));
+	else if (!strcmp(s, "batchlate") && argc == 6)
+		p_batchlate((uint32_t)atoi(argv[3]), atoi(argv[4]), argv[5]);
 	else if (!strcmp(s, "hold") && argc == 5)
 		p_hold(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "wait") && argc == 5)

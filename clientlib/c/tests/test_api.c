@@ -759,6 +759,20 @@ static void test_fake(int garbage)
 	CHECK(g.validity_ms > 500 && g.validity_ms <= 800, "validity %u", g.validity_ms);
 	CHECK_RC(tokend_acquire_range(c, "rng", 3, TOKEND_PW, 10, 20, 100, &g2), TOKEND_OK, "acquire range");
 	CHECK(g2.start == 10 && g2.end == 20 && g2.mode == TOKEND_PW, "range grant");
+	/* rejected before anything is sent */
+	tokend_grant g3 = g2;
+	CHECK_RC(tokend_acquire_ex(c, "rng", 3, TOKEND_PW, 30, 40, TOKEND_TRY, 0x80, &g3), TOKEND_EINVAL,
+		 "acquire_ex: unknown flags");
+	CHECK_RC(tokend_acquire_ex(NULL, "rng", 3, TOKEND_PW, 30, 40, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g3),
+		 TOKEND_EINVAL, "acquire_ex: NULL");
+	CHECK_RC(tokend_acquire_ex(c, "rng", 3, TOKEND_PW, 40, 30, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g3),
+		 TOKEND_EINVAL, "acquire_ex: start > end");
+	CHECK_RC(tokend_release_range(c, &g3, 12, 15), TOKEND_EINVAL, "release_range: a hole in the middle");
+	CHECK_RC(tokend_release_range(c, &g3, 5, 15), TOKEND_EINVAL, "release_range: starts outside");
+	CHECK_RC(tokend_release_range(c, &g3, 15, 25), TOKEND_EINVAL, "release_range: ends outside");
+	CHECK_RC(tokend_release_range(c, &g3, 15, 15), TOKEND_EINVAL, "release_range: empty");
+	CHECK_RC(tokend_release_range(c, &g3, 0, 0), TOKEND_EINVAL, "release_range: the whole token");
+	CHECK(g3.start == 10 && g3.end == 20 && g3.fence == g2.fence, "a refused range changed the grant");
 
 	/* hold past several keepalive periods (W/3 = 300 ms; validity 800 ms) */
 	sleep_ms(1500);
@@ -928,8 +942,17 @@ struct options_0_1 {
 	void *reserved[8];
 };
 
+/* tokend_cache_stats keeps the first release's layout: splits took a reserved slot. */
+struct cache_stats_0_1 {
+	uint64_t hits, misses, revoked, evictions, cached;
+	uint64_t reserved[3];
+};
+
 static void test_options_abi(void)
 {
+	CHECK(sizeof(tokend_cache_stats) == sizeof(struct cache_stats_0_1) &&
+		      offsetof(tokend_cache_stats, splits) == offsetof(struct cache_stats_0_1, reserved),
+	      "tokend_cache_stats layout changed");
 	CHECK(sizeof(tokend_options) == sizeof(struct options_0_1), "sizeof(tokend_options) %zu, was %zu",
 	      sizeof(tokend_options), sizeof(struct options_0_1));
 	CHECK(offsetof(tokend_options, cb_arg) == offsetof(struct options_0_1, cb_arg), "cb_arg moved");
