@@ -88,6 +88,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -183,6 +184,9 @@ type Worker struct {
 	hoAdv    string                     // registered handoff address; "" with HandoffAddr "off"
 	ann      *announce.Sender           // nil unless announcing; set by Start before the watchers, closed by close
 	fenceKey ed25519.PrivateKey         // signs FENCE_PROOF replies; nil without Auth
+	// handoffMax, if not 0, caps the pull protocol this worker speaks
+	// (tests: a worker of an earlier version; see handoffTop).
+	handoffMax atomic.Int32
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
