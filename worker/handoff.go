@@ -119,7 +119,7 @@ type shardEpochJ struct {
 
 // pullResponse is what the old owner answers.
 type pullResponse struct {
-	Proto      int             `json:"proto"` // the request's, or (with Error) the newest the old owner speaks
+	Proto int `json:"proto"` // the request's, or (with Error) the newest the old owner speaks
 	// Clock (protocol 2) is the old owner's table clock (ns) when it
 	// answered: the waiters' deadlines are on it (table.Snapshot.Rebase).
 	Clock      int64           `json:"clock,omitempty"`
