@@ -168,10 +168,13 @@ func (w *Worker) keepForHandoff(ob *outbox, shard uint32, st *shardState, to del
 }
 
 // handoffTop is the newest pull protocol this worker speaks: handoffProto,
-// unless a test made it a worker of an earlier version.
+// unless Config.HandoffProto (or a test) caps it.
 func (w *Worker) handoffTop() int {
 	if m := int(w.handoffMax.Load()); m != 0 {
 		return m
+	}
+	if w.cfg.HandoffProto != 0 {
+		return w.cfg.HandoffProto
 	}
 	return handoffProto
 }

@@ -128,11 +128,17 @@ type Config struct {
 	// section 18). Default: the UDP address's IP, any port. "off": no
 	// handoffs (this worker's shards are recovered with a grace period).
 	HandoffAddr string
-	TTL         time.Duration // own lease TTL; default 5s
-	Drift       float64       // tolerated clock rate difference; default 0.01
-	Table       table.Config  // per-shard limits; the zero value means table.DefaultConfig()
-	Logger      *slog.Logger
-	Registry    prometheus.Registerer // default: a fresh registry of its own
+	// HandoffProto caps the handoff protocol this worker speaks, pulling
+	// and answering (wire/SPEC.md section 18): 0 is the newest (2, which
+	// moves queued requests with a shard); 1 leaves them behind, as
+	// workers of an earlier version do, for clients of an earlier version
+	// (wire/SPEC.md section 17, "Upgrades").
+	HandoffProto int
+	TTL          time.Duration // own lease TTL; default 5s
+	Drift        float64       // tolerated clock rate difference; default 0.01
+	Table        table.Config  // per-shard limits; the zero value means table.DefaultConfig()
+	Logger       *slog.Logger
+	Registry     prometheus.Registerer // default: a fresh registry of its own
 	// Announce, if Announce.Enabled, makes the worker announce its UDP
 	// address and applied map version on a multicast group (package
 	// announce): at once on every new map, and as a heartbeat. With Auth,
@@ -204,6 +210,10 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 5 * time.Second
+	}
+	if cfg.HandoffProto < 0 || cfg.HandoffProto > handoffProto {
+		return nil, fmt.Errorf("%w: HandoffProto %d: this worker speaks handoff protocols %d to %d", ErrConfig,
+			cfg.HandoffProto, handoffProtoMin, handoffProto)
 	}
 	if cfg.TTL < 2*time.Second {
 		return nil, fmt.Errorf("%w: TTL %v below etcd's 2s minimum", ErrConfig, cfg.TTL)
