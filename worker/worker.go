@@ -37,7 +37,10 @@
 //     asks previous owners for the shards a map change gave this worker
 //     (one connection per previous owner), importing the state or, if that
 //     fails, recovering the shards with a grace period (wire/SPEC.md
-//     section 18). Drain (drain.go) marks the worker draining and waits
+//     section 18). With protocol 2 the queued requests move too, and the
+//     new owner answers them under their ids; an ACQUIRE or CONVERT below
+//     a session's ack that it does not hold is answered UNKNOWN_REQUEST.
+//     Drain (drain.go) marks the worker draining and waits
 //     until it has handed everything off. The same TCP server answers the
 //     leader's deadlock detector (deadlock.go, wire/SPEC.md section 19):
 //     it lists the wait-for edges of the queued requests and answers the
