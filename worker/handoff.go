@@ -565,6 +565,12 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 		} else {
 			st.tab, st.from = tab, delegation.Owner{}
 			w.adoptSessions(ob, se.Shard, st, sh)
+			if len(sh.Snap.Waiters) > 0 {
+				// The holders that block moved requests are revoked
+				// again: the old owner's REVOKEs stopped with the move.
+				w.out = tab.Revokes(w.out[:0])
+				w.apply(ob, se.Shard, st, w.out, nil)
+			}
 			w.timeShard(se.Shard, tab)
 			imported++
 			tokens += tab.Stats().Grants

@@ -66,6 +66,12 @@ func TestHandoffMovesQueue(t *testing.T) {
 	if s := w2.stats(); s.grace != 0 || s.grants != 1 || s.waiters != 3 {
 		t.Fatalf("w2 after the handoff: %+v (want no grace, 1 grant, 3 waiters)", s)
 	}
+	// w2 revokes the holder again (w1's REVOKEs stopped with the move).
+	if rv, ok := holder.event(3*time.Second, func(m msg) bool { return m.h.Type == wire.TypeRevoke && m.h.Epoch == 2 }); !ok {
+		t.Fatal("no REVOKE from w2 for the holder blocking the moved requests")
+	} else if m := (wire.Revoke{}); m.Decode(rv.h, rv.raw) != nil || m.Fence != hfence {
+		t.Fatalf("REVOKE from w2: %v", rv)
+	}
 
 	// What w1 kept answers a pull of either protocol: protocol 2 with the
 	// waiters and w1's clock, protocol 1 without them; another protocol is

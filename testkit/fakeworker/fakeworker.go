@@ -494,7 +494,9 @@ func (c *Cluster) reassignLocked(ob *outbox, how Start, f func(uint32, int, uint
 		case how == Handoff && snap != nil:
 			t, err = table.Import(snap, e, c.cfg.Table)
 			if err == nil {
+				w.tables[s] = t
 				w.adoptWaiters(c, s, e, t, snap.Waiters)
+				w.apply(c, ob, s, t.Revokes(nil), nil) // the old owner's REVOKEs stopped
 				for _, o := range outcomes {
 					w.adoptOutcome(c, ob, o.id, e, o.r)
 				}

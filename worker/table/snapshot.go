@@ -280,3 +280,24 @@ func (t *Table) checkImported(ti uint32, g *GrantState) error {
 
 // maxFenceAllowed is the highest fence a snapshot may carry into this table.
 func (t *Table) maxFenceAllowed() uint64 { return Fence(t.epoch, 0) - 1 }
+
+// Revokes appends the REVOKEs the queued requests call for now: for every
+// grant, one per waiter of its token that it blocks, as when those
+// requests queued. Import sends none; a new owner that imported queued
+// requests sends these, since a REVOKE of the old owner may have been lost
+// when it stopped retransmitting it (holders that got it already answer
+// it again and hand it to no one twice: wire/SPEC.md section 12).
+func (t *Table) Revokes(out []Output) []Output {
+	for _, page := range t.toks.pages {
+		for o := range page {
+			tok := &page[o]
+			if tok.name == "" || tok.q == 0 {
+				continue
+			}
+			for gi := tok.grants; gi != 0; gi = t.grs.at(gi).tnext {
+				out = t.revokeFor(gi, out)
+			}
+		}
+	}
+	return out
+}

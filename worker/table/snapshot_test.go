@@ -169,6 +169,20 @@ func TestHandoffThreeWaitersRebased(t *testing.T) {
 	if d, ok := tab.NextDeadline(); !ok || d != 5000+delta {
 		t.Fatalf("next deadline %d %v, want %d", d, ok, 5000+delta)
 	}
+	// The holder blocks the three: one REVOKE (to NL) per waiter, as when
+	// they queued; a table without waiters calls for none.
+	out = tab.Revokes(out[:0])
+	if len(out) != 3 {
+		t.Fatalf("revokes after the move: %s", outputsString(out))
+	}
+	for _, o := range out {
+		if o.Kind != KindRevoke || o.Session != 1 || o.Fence != holder || o.Mode != wire.NL {
+			t.Fatalf("revokes after the move: %s", outputsString(out))
+		}
+	}
+	if empty, _ := New(6, Config{}); len(empty.Revokes(nil)) != 0 {
+		t.Fatal("revokes from an empty table")
+	}
 	out = tab.Step(Input{Op: OpRelease, Session: 1, Req: 2, Name: name, Fence: holder}, delta+2000, out[:0])
 	var granted []Output
 	for _, o := range out {
