@@ -444,7 +444,7 @@ const graceRetryMax = 200 * time.Millisecond
 
 // exOpts modify exchange.
 type exOpts struct {
-	stopAtQueued bool          // return a QUEUED answer instead of re-polling
+	stopAtQueued bool          // return a QUEUED answer instead of re-polling, and UNKNOWN_REQUEST instead of asking under a fresh id
 	keepSession  bool          // UNKNOWN_SESSION/SESSION_EXPIRED are plain answers (SESSION_CLOSE)
 	rtoMax       time.Duration // caps the retransmission timeout below Config.RTOMax (0: no cap)
 }
@@ -565,14 +565,16 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 				resetTimer(timer, timerC, d)
 				continue
 			}
-			if s == wire.StatusUnknownRequest && cl.routed && (cl.typ == wire.TypeAcquire || cl.typ == wire.TypeConvert) {
+			if s == wire.StatusUnknownRequest && cl.routed && !o.stopAtQueued && (cl.typ == wire.TypeAcquire || cl.typ == wire.TypeConvert) {
 				if r.from != cl.dest || r.h.Epoch != cl.epoch {
 					continue // the answer to an earlier send, elsewhere
 				}
 				// The shard's owner does not know this id (a request
 				// answered QUEUED by a previous owner that did not hand
 				// it over): not applied, so the same request goes again
-				// under a fresh id (SPEC.md 18).
+				// under a fresh id (SPEC.md 18). Not for a request whose
+				// caller gave up (abandon asks with stopAtQueued): there
+				// the answer says that nothing stands.
 				c.mu.Lock()
 				c.reissueLocked(cl)
 				c.mu.Unlock()
