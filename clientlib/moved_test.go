@@ -271,7 +271,10 @@ func TestQueuedMovesWithHandoff(t *testing.T) {
 	shard := wire.Shard([]byte("q"), fc.cfg.shardCount)
 	fc.mu.Lock()
 	fc.syncLocked()
+	fc.mu.Unlock()
+	// Without fc.mu: the handoff sends REVOKEs, which fc.observe sees.
 	fc.fw.SetOwner(shard, 1, 2, fakeworker.Handoff)
+	fc.mu.Lock()
 	fc.owner[shard], fc.epoch[shard] = 1, 2
 	fc.synced[shard], fc.syncedEpoch[shard] = 1, 2
 	fc.mapVersion = fc.fw.MapVersion()
