@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/testkit/fakeworker"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -269,16 +268,7 @@ func TestQueuedMovesWithHandoff(t *testing.T) {
 	}
 	before := []map[uint64]bool{acquires(first), acquires(second)}
 	shard := wire.Shard([]byte("q"), fc.cfg.shardCount)
-	fc.mu.Lock()
-	fc.syncLocked()
-	fc.mu.Unlock()
-	// Without fc.mu: the handoff sends REVOKEs, which fc.observe sees.
-	fc.fw.SetOwner(shard, 1, 2, fakeworker.Handoff)
-	fc.mu.Lock()
-	fc.owner[shard], fc.epoch[shard] = 1, 2
-	fc.synced[shard], fc.syncedEpoch[shard] = 1, 2
-	fc.mapVersion = fc.fw.MapVersion()
-	fc.mu.Unlock()
+	fc.handOff(shard, 1, 2)
 	if n := fc.waiters(1, "q"); n != 2 {
 		t.Fatalf("%d waiters moved, want 2", n)
 	}
