@@ -32,11 +32,16 @@ func tokenRequests(fc *fakeCluster, c *Client) int {
 
 // handOff moves shard to worker w at epoch by a planned handoff: the new
 // owner imports the old owner's table (grants, fences, values).
+// Queued requests move too, and the new owner revokes the holders that
+// block them.
 func (fc *fakeCluster) handOff(shard uint32, w int, epoch uint32) {
 	fc.mu.Lock()
-	defer fc.mu.Unlock()
 	fc.syncLocked()
+	fc.mu.Unlock()
+	// Without fc.mu: the handoff may send REVOKEs, which fc.observe sees.
 	fc.fw.SetOwner(shard, w, epoch, fakeworker.Handoff)
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
 	fc.owner[shard], fc.epoch[shard] = w, epoch
 	fc.synced[shard], fc.syncedEpoch[shard] = w, epoch
 	fc.mapVersion = fc.fw.MapVersion()

@@ -40,11 +40,12 @@ type call struct {
 	firstSend time.Time // when the id was first sent: leases count from here
 	sends     int
 	// exempt: answered QUEUED, so the ack no longer waits for it (SPEC.md
-	// 11). Guarded by c.mu. reissued: send gave cl a fresh id (the
-	// request moved to another owner or epoch while exempt); exchange
-	// clears it.
-	exempt   bool
-	reissued bool
+	// 11). Guarded by c.mu. restart: cl is to be answered anew, at fast
+	// retransmission: send sent it, answered QUEUED, to its shard's new
+	// owner or epoch (under the same id, SPEC.md 18), or exchange gave it
+	// a fresh id after UNKNOWN_REQUEST; exchange clears it.
+	exempt  bool
+	restart bool
 
 	ch  chan reply // answers to this id, GRANT_ASYNC included
 	buf []byte
@@ -333,12 +334,12 @@ func (c *Client) ackLocked(own uint64) uint64 {
 	return own
 }
 
-// reissueLocked gives cl, an exempt request about to be sent to another
-// owner or epoch of its shard, a fresh request id: the ack may have passed
-// its id, and a worker drops an id below the ack that it does not know
-// (SPEC.md 11). The old id was sent only to the previous (owner, epoch),
-// so it can never be applied at the new one (its copies carry the old
-// epoch): the request is still applied at most once there.
+// reissueLocked gives cl, a request answered QUEUED that its shard's new
+// owner answered UNKNOWN_REQUEST under its id, a fresh request id: the old
+// id was not applied there and never will be (the new owner did not get
+// it with the shard, and answers any copy of it the same way, since it is
+// below the ack there: SPEC.md 18), and copies of it that went to the old
+// owner carry the old epoch; so the request is still applied at most once.
 func (c *Client) reissueLocked(cl *call) {
 	delete(c.pending, cl.id)
 	if i, ok := slices.BinarySearch(c.unfinished, cl.id); ok {
@@ -348,7 +349,7 @@ func (c *Client) reissueLocked(cl *call) {
 	cl.id = c.nextReq
 	c.unfinished = append(c.unfinished, cl.id)
 	c.pending[cl.id] = cl
-	cl.exempt, cl.reissued, cl.sends = false, true, 0
+	cl.exempt, cl.restart, cl.sends = false, true, 0
 }
 
 // markQueued makes cl exempt from the ack: it was answered QUEUED.
@@ -394,7 +395,14 @@ func (c *Client) send(cl *call) bool {
 		return false
 	}
 	if cl.exempt && cl.sends > 0 && (dest != cl.dest || epoch != cl.epoch) {
-		c.reissueLocked(cl)
+		// Answered QUEUED, and the shard moved: ask the new owner under
+		// the same id (SPEC.md 17.13, 18). It got the request with the
+		// shard (a planned handoff): it answers as the old owner would
+		// have, and the request keeps its place. Otherwise it answers
+		// UNKNOWN_REQUEST, and exchange sends it again under a fresh id.
+		// cl stays exempt: the new owner keeps the request whatever the
+		// ack, if it knows it.
+		cl.restart = true
 	}
 	h := wire.Header{Type: cl.typ, Session: c.session.Load(), Request: cl.id, Ack: c.ackLocked(cl.id),
 		Shard: cl.shard, Epoch: epoch, MapVersion: c.mapVer.Load()}
@@ -436,7 +444,7 @@ const graceRetryMax = 200 * time.Millisecond
 
 // exOpts modify exchange.
 type exOpts struct {
-	stopAtQueued bool          // return a QUEUED answer instead of re-polling
+	stopAtQueued bool          // return a QUEUED answer instead of re-polling, and UNKNOWN_REQUEST instead of asking under a fresh id
 	keepSession  bool          // UNKNOWN_SESSION/SESSION_EXPIRED are plain answers (SESSION_CLOSE)
 	rtoMax       time.Duration // caps the retransmission timeout below Config.RTOMax (0: no cap)
 }
@@ -477,18 +485,18 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 	sendNow := true
 	var mapWait <-chan struct{}
 	var verAtKick uint64
-	// While QUEUED, a new map may have moved the shard: queued requests do
-	// not move with a planned handoff (SPEC.md 18), so re-poll at once at
-	// the new owner instead of at the next 500 ms poll.
+	// While QUEUED, a new map may have moved the shard: re-poll at once at
+	// the new owner (under the same id: a planned handoff moves queued
+	// requests, SPEC.md 18) instead of at the next 500 ms poll.
 	var moved <-chan struct{}
 	for {
 		if sendNow {
 			sendNow = false
 			if c.send(cl) {
-				if cl.reissued {
-					// A new request under a fresh id at the new owner: fast
-					// retransmission until it is answered.
-					cl.reissued, res.queued, rto = false, false, c.cfg.RTOMin
+				if cl.restart {
+					// At the shard's new owner (same id, or a fresh one):
+					// fast retransmission until it is answered.
+					cl.restart, res.queued, rto = false, false, c.cfg.RTOMin
 				}
 				res.dest = cl.dest
 				if res.queued {
@@ -555,6 +563,23 @@ func (c *Client) exchange(ctx context.Context, cl *call, o exOpts) (reply, exRes
 					d = min(d, jitter(graceRetryMax))
 				}
 				resetTimer(timer, timerC, d)
+				continue
+			}
+			if s == wire.StatusUnknownRequest && cl.routed && !o.stopAtQueued && (cl.typ == wire.TypeAcquire || cl.typ == wire.TypeConvert) {
+				if r.from != cl.dest || r.h.Epoch != cl.epoch {
+					continue // the answer to an earlier send, elsewhere
+				}
+				// The shard's owner does not know this id (a request
+				// answered QUEUED by a previous owner that did not hand
+				// it over): not applied, so the same request goes again
+				// under a fresh id (SPEC.md 18). Not for a request whose
+				// caller gave up (abandon asks with stopAtQueued): there
+				// the answer says that nothing stands.
+				c.mu.Lock()
+				c.reissueLocked(cl)
+				c.mu.Unlock()
+				res.answered, res.retry, res.queued = true, 0, false
+				sendNow = true
 				continue
 			}
 			res.answered, res.retry = true, 0

@@ -70,8 +70,10 @@
 // answers (NOT_OWNER, STALE_EPOCH, GRACE, UNAVAILABLE, LIMIT, EXHAUSTED) are
 // retried with the same id after a backoff on the same schedule. A QUEUED
 // request is re-polled every 500 ms, and at once when a new map moves its
-// shard (queued requests do not move with a handoff), then under a fresh
-// id. Every GRANT_ASYNC is acknowledged with GRANT_ACK (the worker
+// shard: under the same id at the new owner, which answers it as the old
+// owner would have when the request came with the shard (a planned
+// handoff keeps its place in the queue), or UNKNOWN_REQUEST, and then the
+// request goes again under a fresh id (wire/SPEC.md section 18). Every GRANT_ASYNC is acknowledged with GRANT_ACK (the worker
 // retransmits it until then), and so is the outcome of a queued request
 // learned by a re-poll. When the context of a request that may
 // be queued or granted ends, the client sends CANCEL and then resends the

@@ -168,12 +168,14 @@ func TestKeepaliveWhileWorkerCannotVouch(t *testing.T) {
 	eventually(t, 2*time.Second, "token valid again", tok.Valid)
 }
 
-// TestQueuedFollowsNewMap: queued requests do not move with a planned
-// handoff (SPEC.md 18). A waiter queued at the old owner re-sends its
-// ACQUIRE to the new owner as soon as it has the new map, not at its next
-// poll (here never: the poll interval is an hour), under a fresh request
-// id: the ack skipped the old one (SPEC.md 11), which never goes to the
-// new owner.
+// TestQueuedFollowsNewMap: a waiter queued at the old owner asks the new
+// owner about its ACQUIRE as soon as it has the new map, not at its next
+// poll (here never: the poll interval is an hour), under the same request
+// id first (SPEC.md 18). Here the shard starts afresh at the new owner
+// (nothing moved): it answers UNKNOWN_REQUEST if the waiter's ack has
+// passed the id there, and the waiter sends the request again under a
+// fresh id; otherwise it queues the request under its id. Either way the
+// waiter gets the token once the holder's grant is gone with the move.
 func TestQueuedFollowsNewMap(t *testing.T) {
 	fc := newFakeCluster(t, 24, fakeConfig{workers: 2})
 	seeds := []string{fc.addr(0), fc.addr(1)}
@@ -202,11 +204,11 @@ func TestQueuedFollowsNewMap(t *testing.T) {
 	if _, err := waiter.Acquire(ctx, "other", wire.PR); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the waiter's ACQUIRE at worker 1", func() bool {
+	eventually(t, 5*time.Second, "the waiter's ACQUIRE at worker 1 under its id", func() bool {
 		fc.mu.Lock()
 		defer fc.mu.Unlock()
 		for _, s := range fc.seen {
-			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 && s.req > req {
+			if s.typ == wire.TypeAcquire && s.sess == waiter.Session() && s.worker == 1 && s.req == req {
 				return true
 			}
 		}
@@ -215,11 +217,88 @@ func TestQueuedFollowsNewMap(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("waiter: %v", err)
 	}
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	for _, s := range fc.seen {
-		if s.sess == waiter.Session() && s.worker == 1 && s.req == req {
-			t.Fatalf("the old request id %d sent to the new owner", req)
+}
+
+// TestQueuedMovesWithHandoff: a planned handoff moves the waiter's queued
+// ACQUIRE with the shard (SPEC.md 18); the waiter, asking the new owner
+// under the same id, finds its place there and gets the token under that
+// id when the holder releases, before a waiter that queued after it: no
+// request is sent under a fresh id, none is answered UNKNOWN_REQUEST.
+func TestQueuedMovesWithHandoff(t *testing.T) {
+	fc := newFakeCluster(t, 25, fakeConfig{workers: 2})
+	seeds := []string{fc.addr(0), fc.addr(1)}
+	keep := func(context.Context, *Token, Revocation) {}
+	holder := fc.dial(t, Config{Seeds: seeds, OnRevoke: keep})
+	first := fc.dial(t, Config{Seeds: seeds, OnRevoke: keep})
+	second := fc.dial(t, Config{Seeds: seeds, OnRevoke: keep})
+	ctx := ctxT(t, 10*time.Second)
+	held, err := holder.Acquire(ctx, "q", wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		who int
+		tok *Token
+		err error
+	}
+	got := make(chan result, 2)
+	for i, c := range []*Client{first, second} {
+		go func() {
+			tok, err := c.Acquire(ctx, "q", wire.EX)
+			got <- result{i, tok, err}
+		}()
+		eventually(t, 2*time.Second, "the waiter queued at worker 0", func() bool { return fc.waiters(0, "q") == i+1 })
+	}
+	// The first waiter's ack passes its queued request.
+	if tok, err := first.Acquire(ctx, "other", wire.PR); err != nil {
+		t.Fatal(err)
+	} else if err := tok.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acquires := func(c *Client) map[uint64]bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		ids := map[uint64]bool{}
+		for _, s := range fc.seen {
+			if s.typ == wire.TypeAcquire && s.sess == c.Session() {
+				ids[s.req] = true
+			}
+		}
+		return ids
+	}
+	before := []map[uint64]bool{acquires(first), acquires(second)}
+	shard := wire.Shard([]byte("q"), fc.cfg.shardCount)
+	fc.handOff(shard, 1, 2)
+	if n := fc.waiters(1, "q"); n != 2 {
+		t.Fatalf("%d waiters moved, want 2", n)
+	}
+	eventually(t, 3*time.Second, "the holder's grant valid at worker 1", func() bool {
+		return held.Valid() && len(fc.grants(1, "q")) == 1
+	})
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		r := <-got
+		if r.err != nil || r.who != i {
+			t.Fatalf("waiter %d got the token as number %d: %v", r.who, i, r.err)
+		}
+		if wire.FenceEpoch(r.tok.Fence()) != 2 {
+			t.Fatalf("fence %#x not of epoch 2", r.tok.Fence())
+		}
+		if err := r.tok.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 2*time.Second, "nothing left at worker 1", func() bool {
+		return len(fc.grants(1, "q")) == 0 && fc.waiters(1, "q") == 0
+	})
+	// No ACQUIRE went under a fresh id.
+	for i, c := range []*Client{first, second} {
+		for id := range acquires(c) {
+			if !before[i][id] {
+				t.Fatalf("waiter %d sent an ACQUIRE under the fresh id %d", i, id)
+			}
 		}
 	}
 }

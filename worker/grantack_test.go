@@ -178,8 +178,8 @@ func TestAttackForgedGrantAck(t *testing.T) {
 // than twice the reply cache's bound, without a LIMIT; the queued request, below the
 // ack all along, is still answered from its state (QUEUED, then the
 // GRANT), can be granted and acknowledged, and then a late copy of it is
-// stale (invariant 4). A late copy of an operation below the ack is
-// dropped, not applied again.
+// not applied again (invariant 4), nor is a late copy of an operation
+// below the ack: both ACQUIREs are answered UNKNOWN_REQUEST.
 func TestQueuedDoesNotPinAck(t *testing.T) {
 	cli := testEtcd(t)
 	w, reg := startWorkerCfg(t, Config{Client: cli, ID: "w1", Limits: Limits{ReplyCache: 1024}})
@@ -239,8 +239,10 @@ func TestQueuedDoesNotPinAck(t *testing.T) {
 		return !ok
 	})
 	// Late copies below the ack: the acknowledged request and the first
-	// operation are dropped as stale, not applied again.
-	stale0 := gatherValue(reg, "tokend_worker_dropped_datagrams_total", "reason", "stale")
+	// operation are not applied again: answered UNKNOWN_REQUEST (ACQUIREs,
+	// wire/SPEC.md 18), and nothing else.
+	unknown0 := gatherValue(reg, "tokend_worker_dropped_datagrams_total", "reason", "unknown_request")
+	grants := w.stats().grants
 	b.send(wire.Acquire{Mode: wire.EX, WaitMs: wire.WaitForever, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte("pin")},
 		b.header(q.h.Shard, q.h.Request))
 	b.finish(q.h.Request)
@@ -248,8 +250,17 @@ func TestQueuedDoesNotPinAck(t *testing.T) {
 	b.send(wire.Acquire{Try: true, Mode: wire.EX, Start: wire.WholeStart, End: wire.WholeEnd, Name: []byte("op")},
 		b.header(firstH.Shard, firstH.Request))
 	b.finish(firstH.Request)
-	waitFor(t, "late copies dropped as stale", func() bool {
-		return gatherValue(reg, "tokend_worker_dropped_datagrams_total", "reason", "stale") == stale0+2
+	waitFor(t, "late copies answered UNKNOWN_REQUEST", func() bool {
+		return gatherValue(reg, "tokend_worker_dropped_datagrams_total", "reason", "unknown_request") == unknown0+2
 	})
+	for _, id := range []uint64{q.h.Request, firstH.Request} {
+		m, ok := b.event(time.Second, func(m msg) bool { return m.h.Request == id && m.h.Type == wire.TypeAcquireReply })
+		if !ok || m.h.Status != wire.StatusUnknownRequest {
+			t.Fatalf("late copy of request %d: %v %v, want UNKNOWN_REQUEST", id, m, ok)
+		}
+	}
+	if n := w.stats().grants; n != grants {
+		t.Fatalf("%d grants after the late copies, %d before", n, grants)
+	}
 	b.quiet(100*time.Millisecond, "late copies below the ack")
 }

@@ -8,6 +8,13 @@ package worker
 // the pull fails for any reason, B recovers the shard with a grace period
 // long enough to cover everything A may have vouched for: safety never
 // depends on the handoff.
+//
+// Protocol 2 also moves the queued requests: A sends the table's waiters,
+// in arrival order, and the outcomes of requests answered QUEUED that the
+// client has not acknowledged yet; B queues the waiters again under the
+// same (session, request id) and caches them as requests answered QUEUED,
+// so that the client's re-poll under the same id at B finds its place.
+// Protocol 1 (a peer of an earlier version) leaves them behind.
 
 import (
 	"bufio"
@@ -30,8 +37,14 @@ import (
 )
 
 const (
-	// handoffProto is the version of the pull protocol.
-	handoffProto = 1
+	// handoffProto is the newest version of the pull protocol this worker
+	// speaks, and the one its pulls ask first; handoffProtoMin the oldest
+	// it still answers and falls back to (wire/SPEC.md section 18).
+	handoffProto    = 2
+	handoffProtoMin = 1
+	// challengeProto is the proto of the authentication challenge, the
+	// same whatever the pull's version (the detector's queries share it).
+	challengeProto = 1
 	// pullTimeout bounds a new owner's wait for the old owner's state,
 	// retries included; then it recovers the shards with a grace period.
 	pullTimeout = 2 * time.Second
@@ -75,6 +88,10 @@ type handoffReply struct {
 	Type    wire.Type `json:"type"`
 	Fence   uint64    `json:"fence,omitempty"`
 	Pkt     []byte    `json:"pkt"`
+	// Exempt (protocol 2): the outcome of a request answered QUEUED that
+	// the client has not acknowledged (GRANT_ACK): the new owner keeps it
+	// whatever the session's ack, as the old owner did.
+	Exempt bool `json:"exempt,omitempty"`
 }
 
 // pullRequest is what a new owner sends.
@@ -102,7 +119,10 @@ type shardEpochJ struct {
 
 // pullResponse is what the old owner answers.
 type pullResponse struct {
-	Proto      int             `json:"proto"`
+	Proto int `json:"proto"` // the request's, or (with Error) the newest the old owner speaks
+	// Clock (protocol 2) is the old owner's table clock (ns) when it
+	// answered: the waiters' deadlines are on it (table.Snapshot.Rebase).
+	Clock      int64           `json:"clock,omitempty"`
 	Error      string          `json:"error,omitempty"` // the whole request is refused
 	Retry      bool            `json:"retry,omitempty"` // ... for now: ask again (the old owner's map is behind)
 	MapVersion uint64          `json:"map_version"`
@@ -138,15 +158,25 @@ func (w *Worker) keepForHandoff(ob *outbox, shard uint32, st *shardState, to del
 	if err != nil {
 		return nil // in grace: the new owner recovers it
 	}
-	// Protocol 1 does not move queued requests (wire/SPEC.md 17): their
-	// clients re-send them to the new owner under fresh ids, so a waiter
-	// moved as well would be granted to nobody; and their deadlines are
-	// in this worker's clock.
-	snap.Waiters = nil
+	// The waiters stay in the snapshot: a pull of protocol 2 takes them
+	// (their deadlines are in this worker's clock: answerPull says when it
+	// answers), one of protocol 1 leaves them behind.
 	keep := max(2*w.cluster.SessionTTL(), outstandingFor)
 	oh := &outHandoff{epoch: st.epoch + 1, to: to, snap: snap, created: ob.now, expires: ob.now + int64(keep)}
 	w.outgoing[shard] = oh
 	return oh
+}
+
+// handoffTop is the newest pull protocol this worker speaks: handoffProto,
+// unless Config.HandoffProto (or a test) caps it.
+func (w *Worker) handoffTop() int {
+	if m := int(w.handoffMax.Load()); m != 0 {
+		return m
+	}
+	if w.cfg.HandoffProto != 0 {
+		return w.cfg.HandoffProto
+	}
+	return handoffProto
 }
 
 // expireHandoffs forgets kept states past their time. Caller holds mu.
@@ -332,9 +362,11 @@ func (w *Worker) serveHandoff(ctx context.Context, c net.Conn, passed func()) {
 // for, if this incarnation gave it to the requester at that epoch. It first
 // waits (up to mapWait) for this worker's map to reach the requester's.
 func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse {
-	resp := &pullResponse{Proto: handoffProto}
-	if req.Proto != handoffProto {
-		resp.Error = fmt.Sprintf("protocol %d not supported", req.Proto)
+	resp := &pullResponse{Proto: req.Proto}
+	if top := w.handoffTop(); req.Proto < handoffProtoMin || req.Proto > top {
+		// As a worker of protocol 1 only answered: naming the newest it
+		// speaks, so that a newer requester asks again in that one.
+		resp.Proto, resp.Error = top, protoRefusal(req.Proto)
 		return resp
 	}
 	if len(req.Shards) > delegation.MaxShards {
@@ -379,10 +411,20 @@ func (w *Worker) answerPull(ctx context.Context, req *pullRequest) *pullResponse
 		return resp
 	}
 	to := delegation.Owner{ID: req.From, Incarnation: inc}
+	if req.Proto >= 2 {
+		resp.Clock = w.mono(w.clk.Now())
+	}
 	for _, se := range req.Shards {
 		sh := shardHandoffJ{Shard: se.Shard, Epoch: se.Epoch}
 		if oh := w.outgoing[se.Shard]; oh != nil && oh.epoch == se.Epoch && oh.to == to {
 			sh.OK, sh.Snap, sh.Replies = true, oh.snap, oh.replies
+			if req.Proto < 2 && len(oh.snap.Waiters) > 0 {
+				// Protocol 1 leaves the queued requests behind (their
+				// clients send them again under fresh ids).
+				snap := *oh.snap
+				snap.Waiters = nil
+				sh.Snap = &snap
+			}
 			oh.pulled = true
 		}
 		resp.Shards = append(resp.Shards, sh)
@@ -432,7 +474,7 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 	t := w.clk.AfterFunc(pullTimeout-w.clk.Since(b.started), func() { cancel(context.DeadlineExceeded) })
 	defer t.Stop()
 	w.mu.Lock()
-	req := &pullRequest{Proto: handoffProto, From: w.me.ID, Incarnation: formatInc(w.me.Incarnation),
+	req := &pullRequest{Proto: w.handoffTop(), From: w.me.ID, Incarnation: formatInc(w.me.Incarnation),
 		ToID: b.from.ID, To: formatInc(b.from.Incarnation), MapVersion: b.mapVersion, Shards: b.shards}
 	w.mu.Unlock()
 	var key []byte
@@ -448,6 +490,13 @@ func (w *Worker) pull(ctx context.Context, b *pullBatch) {
 	for {
 		resp, nn, err = pullOnce(ctx, b.addr, req, key)
 		n += nn
+		if pd := (*protoDowngrade)(nil); errors.As(err, &pd) && ctx.Err() == nil {
+			// A mixed pair: the old owner is of an earlier version.
+			w.log.Info("handoff: the old owner speaks an older protocol; asking in it", "from", b.from.String(),
+				"proto", pd.proto, "asked", req.Proto)
+			req.Proto = pd.proto
+			continue
+		}
 		if err == nil || errors.Is(err, errHandoffRefused) || ctx.Err() != nil {
 			break
 		}
@@ -511,11 +560,17 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 			}
 		} else if sh.Snap.Epoch != se.Epoch-1 {
 			why = fmt.Errorf("snapshot of epoch %d, want %d", sh.Snap.Epoch, se.Epoch-1)
-		} else if tab, err := table.Import(withoutWaiters(sh.Snap), se.Epoch, w.cfg.Table); err != nil {
+		} else if tab, err := table.Import(movedWaiters(resp.Proto, resp.Clock, ob.now, sh.Snap), se.Epoch, w.cfg.Table); err != nil {
 			why = err
 		} else {
 			st.tab, st.from = tab, delegation.Owner{}
 			w.adoptSessions(ob, se.Shard, st, sh)
+			if len(sh.Snap.Waiters) > 0 {
+				// The holders that block moved requests are revoked
+				// again: the old owner's REVOKEs stopped with the move.
+				w.out = tab.Revokes(w.out[:0])
+				w.apply(ob, se.Shard, st, w.out, nil)
+			}
 			w.timeShard(se.Shard, tab)
 			imported++
 			tokens += tab.Stats().Grants
@@ -565,14 +620,20 @@ func (w *Worker) shardAt(shard uint32) *shardState {
 // session already ended here ends in the table too; one not known yet is
 // created and checked in etcd (it may have ended before this worker
 // started watching). Then the reply-cache entries come over, re-sealed for
-// the new epoch, with a validity no longer than this worker can vouch for.
-// Caller holds mu.
+// the new epoch, with a validity no longer than this worker can vouch for,
+// and each queued request moved with the shard (protocol 2) is cached as
+// a request answered QUEUED, whatever the session's ack: a re-poll under
+// its id is answered QUEUED (with its place), and its outcome settles it
+// as if it had queued here (wire/SPEC.md section 18). Caller holds mu.
 func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *shardHandoffJ) {
 	ids := map[uint64]bool{}
 	for _, tok := range sh.Snap.Tokens {
 		for _, g := range tok.Grants {
 			ids[g.Session] = true
 		}
+	}
+	for _, ws := range sh.Snap.Waiters {
+		ids[ws.Session] = true
 	}
 	for id := range ids {
 		if _, gone := w.gone[id]; gone {
@@ -591,15 +652,51 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 	v := validity(ob.safe, ob.stamp)
 	for _, r := range sh.Replies {
 		s := w.sessions[r.Session]
-		if s == nil || s.core.Known(r.Req) {
+		if s == nil {
 			continue
+		}
+		if _, cached := s.core.Entry(r.Req); cached {
+			continue
+		}
+		below := s.core.Known(r.Req) // not cached: below the ack
+		if below && !r.Exempt {
+			continue // finished at the client
 		}
 		pkt, err := reseal(r.Pkt, r, shard, st.epoch, w.dmap.Version, v)
 		if err != nil {
 			w.met.drop("handoff_reply")
 			continue
 		}
-		s.core.Adopt(r.Req, core.Entry{Type: r.Type, Shard: shard, Fence: r.Fence, Pkt: pkt})
+		e := core.Entry{Type: r.Type, Shard: shard, Fence: r.Fence, Pkt: pkt, Exempt: r.Exempt}
+		if below {
+			e.Expire = ob.now + core.Linger
+		}
+		s.core.Adopt(r.Req, e)
+	}
+	for _, ws := range sh.Snap.Waiters {
+		s := w.sessions[ws.Session]
+		if s == nil {
+			continue // ended: its waiters are gone from the table
+		}
+		pos, ok := st.tab.Queued(ws.Session, ws.Req)
+		if !ok {
+			continue
+		}
+		if _, cached := s.core.Entry(ws.Req); cached {
+			continue
+		}
+		typ := wire.TypeAcquire
+		if ws.Conv != 0 {
+			typ = wire.TypeConvert
+		}
+		h := wire.Header{Type: typ.Reply(), Status: wire.StatusQueued, Session: ws.Session, Request: ws.Req,
+			Shard: shard, Epoch: st.epoch, MapVersion: w.dmap.Version}
+		pkt, err := wire.Queued{Position: pos - 1}.Append(make([]byte, 0, wire.HeaderLen+4), h)
+		if err != nil {
+			w.met.drop("handoff_waiter")
+			continue
+		}
+		s.core.Adopt(ws.Req, core.Entry{Type: typ, Shard: shard, Fence: ws.Conv, Pending: true, Exempt: true, Pkt: pkt})
 	}
 }
 
@@ -621,10 +718,18 @@ func (w *Worker) checkSession(ctx context.Context, id uint64) {
 	w.flush(ob)
 }
 
-// withoutWaiters drops the queued requests of a pulled snapshot: under
-// protocol 1 they stay behind (see keepForHandoff), whatever a peer sent.
-func withoutWaiters(s *table.Snapshot) *table.Snapshot {
-	s.Waiters = nil
+// movedWaiters readies the queued requests of a snapshot pulled in
+// protocol proto for this worker's table: under protocol 1 they stay
+// behind, whatever a peer sent; under 2 their deadlines move from the old
+// owner's clock (its reading clock when it answered) to this worker's
+// (now, when the answer is imported: the time on the way only lengthens
+// their waits, by as much).
+func movedWaiters(proto int, clock, now int64, s *table.Snapshot) *table.Snapshot {
+	if proto < 2 {
+		s.Waiters = nil
+		return s
+	}
+	s.Rebase(now - clock)
 	return s
 }
 

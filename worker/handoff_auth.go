@@ -260,7 +260,7 @@ func (w *Worker) authAsker(c io.Writer, r io.Reader, reqFrame []byte, req *pullR
 	}
 	if len(req.Nonce) != handoffauth.NonceLen {
 		fail(authNoNonce)
-		handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: handoffProto, Error: "authentication required"})
+		handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: challengeProto, Error: "authentication required"})
 		return nil, nil, false
 	}
 	nonce, err := handoffauth.NewNonce()
@@ -268,7 +268,7 @@ func (w *Worker) authAsker(c io.Writer, r io.Reader, reqFrame []byte, req *pullR
 		w.log.Error("handoff nonce", "err", err)
 		return nil, nil, false
 	}
-	if _, err := handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: handoffProto, Nonce: nonce}); err != nil {
+	if _, err := handoffauth.WriteFrame(c, handoffauth.Challenge{Proto: challengeProto, Nonce: nonce}); err != nil {
 		w.log.Debug("handoff challenge not sent", "to", req.From, "err", err)
 		return nil, nil, false
 	}
@@ -313,7 +313,24 @@ func exchange(ctx context.Context, addr string, req *pullRequest, key []byte) (f
 	return frame, n, err
 }
 
+// protoRefusal is the error of an answer to a pull of a protocol the old
+// owner does not speak (every version has answered so).
+func protoRefusal(proto int) string { return fmt.Sprintf("protocol %d not supported", proto) }
+
+// protoDowngrade is the answer of an old owner that does not speak the
+// pull's protocol version but an older one, proto.
+type protoDowngrade struct {
+	proto int
+	msg   string
+}
+
+func (e *protoDowngrade) Error() string {
+	return fmt.Sprintf("worker: handoff: the old owner speaks protocol %d: %s", e.proto, e.msg)
+}
+
 // pullOnce makes one attempt of a pull: exchange, then decode the answer.
+// An answer in another protocol than req's is refused, except the refusal
+// of an owner that speaks only an older one (*protoDowngrade).
 func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*pullResponse, int, error) {
 	raw, n, err := exchange(ctx, addr, req, key)
 	if err != nil {
@@ -326,11 +343,16 @@ func pullOnce(ctx context.Context, addr string, req *pullRequest, key []byte) (*
 	if resp.Error != "" && resp.Retry {
 		return nil, n, fmt.Errorf("%w: %s", errHandoffRetry, resp.Error)
 	}
+	if resp.Error == protoRefusal(req.Proto) && resp.Proto >= handoffProtoMin && resp.Proto < req.Proto {
+		// An old owner that speaks only an older protocol refuses a newer
+		// one, naming the one it speaks: ask again in that one.
+		return nil, n, &protoDowngrade{proto: resp.Proto, msg: resp.Error}
+	}
 	if resp.Error != "" {
 		return nil, n, fmt.Errorf("%w: %s", errHandoffRefused, resp.Error)
 	}
-	if resp.Proto != handoffProto {
-		return nil, n, fmt.Errorf("%w: protocol %d", errHandoffRefused, resp.Proto)
+	if resp.Proto != req.Proto {
+		return nil, n, fmt.Errorf("%w: protocol %d answered to %d", errHandoffRefused, resp.Proto, req.Proto)
 	}
 	return &resp, n, nil
 }

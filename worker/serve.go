@@ -196,7 +196,8 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.handleFenceProof(ob, s, h, pkt, from) // read-only, like MAP_REQUEST
 		return
 	}
-	// At most once (invariant 4): a request below the ack is dropped; one
+	// At most once (invariant 4): a request below the ack is dropped (an
+	// ACQUIRE or CONVERT answered UNKNOWN_REQUEST, handleToken); one
 	// answered before gets the reply it had (handleToken); a replayed
 	// KEEPALIVE, SESSION_CLOSE, REVOKE_ACK or GRANT_ACK is dropped.
 	v, cachedPkt := s.core.Decide(h)
@@ -299,6 +300,21 @@ func (w *Worker) handleToken(ob *outbox, s *session, h wire.Header, pkt []byte, 
 		w.trackRevokes(s)
 		w.met.op(h.Type, statusDuplicate)
 		ob.add(cachedPkt, from, h.Type, s.keys.out)
+		return
+	case core.Unknown:
+		// An ACQUIRE or CONVERT below the ack that is not cached: not
+		// applied, and never to be applied under this id here. Once the
+		// shard is known to be served here at that epoch (its state
+		// imported if it came by a handoff, so that a waiter moved with
+		// it is cached and answered above), say so: a client asking again
+		// under its id a request queued at the shard's previous owner
+		// sends it again under a fresh id (wire/SPEC.md section 18).
+		if w.servable(ob, s, h, rh, from) == nil {
+			return
+		}
+		w.met.drop("unknown_request")
+		w.met.op(h.Type, wire.StatusUnknownRequest)
+		ob.add(errorReply(rh, wire.StatusUnknownRequest), from, h.Type, s.keys.out)
 		return
 	}
 	if h.Type == wire.TypeAcquireBatch {

@@ -362,7 +362,8 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 		finals = sess.core.DropShards(isLost, finals[:0])
 		for _, r := range finals {
 			if oh := handed[r.Shard]; oh != nil {
-				oh.replies = append(oh.replies, handoffReply{Session: sess.id, Req: r.Req, Type: r.Type, Fence: r.Fence, Pkt: r.Pkt})
+				oh.replies = append(oh.replies, handoffReply{Session: sess.id, Req: r.Req, Type: r.Type, Fence: r.Fence, Pkt: r.Pkt,
+					Exempt: r.Exempt})
 			}
 		}
 		w.trackRevokes(sess)

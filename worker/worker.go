@@ -37,7 +37,10 @@
 //     asks previous owners for the shards a map change gave this worker
 //     (one connection per previous owner), importing the state or, if that
 //     fails, recovering the shards with a grace period (wire/SPEC.md
-//     section 18). Drain (drain.go) marks the worker draining and waits
+//     section 18). With protocol 2 the queued requests move too, and the
+//     new owner answers them under their ids; an ACQUIRE or CONVERT below
+//     a session's ack that it does not hold is answered UNKNOWN_REQUEST.
+//     Drain (drain.go) marks the worker draining and waits
 //     until it has handed everything off. The same TCP server answers the
 //     leader's deadlock detector (deadlock.go, wire/SPEC.md section 19):
 //     it lists the wait-for edges of the queued requests and answers the
@@ -88,6 +91,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -127,11 +131,17 @@ type Config struct {
 	// section 18). Default: the UDP address's IP, any port. "off": no
 	// handoffs (this worker's shards are recovered with a grace period).
 	HandoffAddr string
-	TTL         time.Duration // own lease TTL; default 5s
-	Drift       float64       // tolerated clock rate difference; default 0.01
-	Table       table.Config  // per-shard limits; the zero value means table.DefaultConfig()
-	Logger      *slog.Logger
-	Registry    prometheus.Registerer // default: a fresh registry of its own
+	// HandoffProto caps the handoff protocol this worker speaks, pulling
+	// and answering (wire/SPEC.md section 18): 0 is the newest (2, which
+	// moves queued requests with a shard); 1 leaves them behind, as
+	// workers of an earlier version do, for clients of an earlier version
+	// (wire/SPEC.md section 17, "Upgrades").
+	HandoffProto int
+	TTL          time.Duration // own lease TTL; default 5s
+	Drift        float64       // tolerated clock rate difference; default 0.01
+	Table        table.Config  // per-shard limits; the zero value means table.DefaultConfig()
+	Logger       *slog.Logger
+	Registry     prometheus.Registerer // default: a fresh registry of its own
 	// Announce, if Announce.Enabled, makes the worker announce its UDP
 	// address and applied map version on a multicast group (package
 	// announce): at once on every new map, and as a heartbeat. With Auth,
@@ -183,6 +193,9 @@ type Worker struct {
 	hoAdv    string                     // registered handoff address; "" with HandoffAddr "off"
 	ann      *announce.Sender           // nil unless announcing; set by Start before the watchers, closed by close
 	fenceKey ed25519.PrivateKey         // signs FENCE_PROOF replies; nil without Auth
+	// handoffMax, if not 0, caps the pull protocol this worker speaks
+	// (tests: a worker of an earlier version; see handoffTop).
+	handoffMax atomic.Int32
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -200,6 +213,10 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 5 * time.Second
+	}
+	if cfg.HandoffProto < 0 || cfg.HandoffProto > handoffProto {
+		return nil, fmt.Errorf("%w: HandoffProto %d: this worker speaks handoff protocols %d to %d", ErrConfig,
+			cfg.HandoffProto, handoffProtoMin, handoffProto)
 	}
 	if cfg.TTL < 2*time.Second {
 		return nil, fmt.Errorf("%w: TTL %v below etcd's 2s minimum", ErrConfig, cfg.TTL)

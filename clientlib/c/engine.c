@@ -519,19 +519,14 @@ void req_send(struct tokend_client *c, struct req *r, int64_t now)
 			return;
 		}
 		if (r->exempt && r->sends > 0 && (ep != r->epoch || !tkn_addr_equal(&d, &r->dest))) {
-			/* Answered QUEUED and moved to another owner or epoch: the
-			 * ack may have passed its id, which the new owner would drop
-			 * as stale, so it goes as a new request under a fresh id. The
-			 * old id went only to the old epoch: it can never be applied
-			 * at the new one (SPEC 11). */
-			if (r->counted) {
-				r->counted = 0;
-				c->unfinished--;
-			}
-			r->id = 0;
-			r->exempt = r->queued = 0;
-			r->first_send = 0;
-			r->sends = 0;
+			/* Answered QUEUED and moved to another owner or epoch: ask
+			 * the new owner under the same id (SPEC 18), at fast
+			 * retransmission until it answers. A planned handoff brought
+			 * the request along: it answers as the old owner would have.
+			 * Otherwise it answers UNKNOWN_REQUEST, and the request goes
+			 * again under a fresh id (on_reply). Still exempt: the new
+			 * owner keeps it whatever the ack, if it has it. */
+			r->queued = 0;
 			r->rto = c->rto0;
 		}
 		r->dest = d;
@@ -1627,6 +1622,25 @@ static void on_reply(struct tokend_client *c, struct req *r, const struct tkw_ms
 		if (st == TKW_ST_GRACE && r->rto > GRACE_RETRY_NS)
 			r->rto = GRACE_RETRY_NS; /* grace may end early (SPEC 13): ask again soon */
 		backoff(c, r, now);
+		signal_req(c, r);
+		return;
+	}
+	if (st == TKW_ST_UNKNOWN_REQUEST && r->routed && !r->abandoned &&
+	    (r->type == TKW_ACQUIRE || r->type == TKW_CONVERT)) {
+		/* The shard's owner does not hold this id (a request answered
+		 * QUEUED by a previous owner that did not hand it over): not
+		 * applied there, and never will be under this id, so the same
+		 * request goes again under a fresh id (SPEC 18). */
+		if (r->counted) {
+			r->counted = 0;
+			c->unfinished--;
+		}
+		r->id = 0;
+		r->exempt = r->queued = 0;
+		r->first_send = 0;
+		r->sends = 0;
+		r->rto = c->rto0;
+		req_send(c, r, now);
 		signal_req(c, r);
 		return;
 	}

@@ -86,7 +86,7 @@ struct req {
 	int64_t rto;
 	int sends;
 	int queued;         /* got QUEUED: re-poll every 500 ms */
-	int exempt;         /* answered QUEUED: the ack skips it (SPEC 11); a fresh id if it moves */
+	int exempt;         /* answered QUEUED: the ack skips it (SPEC 11); same id if it moves (SPEC 18) */
 	int abandoned;      /* the caller gave up: never sent again; its CANCEL finishes it */
 	int done;
 	int result;         /* tokend_status once done */

@@ -131,7 +131,10 @@ const (
 	// holders reclaim (SPEC §13), as after the old owner crashed.
 	Recover
 	// Handoff: the old owner's table is exported and imported at the new
-	// epoch (SPEC §18); queued requests are not moved. A shard that had no
+	// epoch (SPEC §18, protocol 2): queued requests move with it, cached
+	// at the new owner as requests answered QUEUED, and so do the
+	// outcomes of requests answered QUEUED that their clients have not
+	// acknowledged (other cached replies do not). A shard that had no
 	// table, or whose table is in its grace period, is recovered instead.
 	Handoff
 )
@@ -451,23 +454,32 @@ func (c *Cluster) Reassign(how Start, f func(shard uint32, owner int, epoch uint
 }
 
 func (c *Cluster) reassignLocked(ob *outbox, how Start, f func(uint32, int, uint32) (int, uint32)) {
-	lost := map[int]map[uint32]bool{}
+	type outcome struct {
+		id uint64
+		r  session.Reply
+	}
 	for s := range c.cfg.Shards {
 		o, e := f(s, c.owner[s], c.epoch[s])
 		if o == c.owner[s] && e == c.epoch[s] {
 			continue
 		}
-		var snap *table.Snapshot
+		var (
+			snap     *table.Snapshot
+			outcomes []outcome // unacknowledged outcomes of requests answered QUEUED
+		)
 		if old := c.owner[s]; old != NoOwner {
 			w := c.workers[old]
 			if t := w.tables[s]; t != nil && how == Handoff {
 				snap, _ = t.Export() // nil in grace: recovered below
 			}
 			w.dropShard(s)
-			if lost[old] == nil {
-				lost[old] = map[uint32]bool{}
+			for id, core := range w.cores {
+				for _, r := range core.DropShards(func(x uint32) bool { return x == s }, nil) {
+					if r.Exempt {
+						outcomes = append(outcomes, outcome{id, r})
+					}
+				}
 			}
-			lost[old][s] = true
 		}
 		c.owner[s], c.epoch[s] = o, e
 		if o == NoOwner {
@@ -481,6 +493,14 @@ func (c *Cluster) reassignLocked(ob *outbox, how Start, f func(uint32, int, uint
 			t, err = table.New(e, c.cfg.Table)
 		case how == Handoff && snap != nil:
 			t, err = table.Import(snap, e, c.cfg.Table)
+			if err == nil {
+				w.tables[s] = t
+				w.adoptWaiters(c, s, e, t, snap.Waiters)
+				w.apply(c, ob, s, t.Revokes(nil), nil) // the old owner's REVOKEs stopped
+				for _, o := range outcomes {
+					w.adoptOutcome(c, ob, o.id, e, o.r)
+				}
+			}
 			for _, tok := range snap.Tokens {
 				for _, g := range tok.Grants {
 					w.held[shardFence{s, g.Fence}] = &heldGrant{Grant{g.Session, g.Fence, g.Mode, g.Start, g.End}, string(tok.Name)}
@@ -494,12 +514,65 @@ func (c *Cluster) reassignLocked(ob *outbox, how Start, f func(uint32, int, uint
 		}
 		w.tables[s] = t
 	}
-	for i, shards := range lost {
-		for _, core := range c.workers[i].cores {
-			core.DropShards(func(s uint32) bool { return shards[s] }, nil)
-		}
-	}
 	c.version++
+}
+
+// adoptWaiters caches the requests queued in table t, imported for shard
+// at epoch, as requests answered QUEUED (whatever the session's ack), and
+// follows them for Waiters. Caller holds mu.
+func (w *worker) adoptWaiters(c *Cluster, shard, epoch uint32, t *table.Table, ws []table.WaiterState) {
+	for _, q := range ws {
+		if c.sessions[q.Session] == nil {
+			continue
+		}
+		pos, ok := t.Queued(q.Session, q.Req)
+		if !ok {
+			continue
+		}
+		w.waiting[reqKey{q.Session, q.Req}] = waiter{shard, string(q.Name)}
+		core := w.core(c, q.Session)
+		if _, cached := core.Entry(q.Req); cached {
+			continue
+		}
+		typ := wire.TypeAcquire
+		if q.Conv != 0 {
+			typ = wire.TypeConvert
+		}
+		h := wire.Header{Type: typ.Reply(), Session: q.Session, Request: q.Req, Shard: shard, Epoch: epoch}
+		core.Adopt(q.Req, session.Entry{Type: typ, Shard: shard, Fence: q.Conv, Pending: true, Exempt: true,
+			Pkt: w.encode(c, h, wire.StatusQueued, wire.Queued{Position: pos - 1})})
+	}
+}
+
+// adoptOutcome caches at this worker, the shard's new owner, the
+// unacknowledged outcome r of a request answered QUEUED by the old owner
+// of session id, under the shard's new epoch. Caller holds mu.
+func (w *worker) adoptOutcome(c *Cluster, ob *outbox, id uint64, epoch uint32, r session.Reply) {
+	if c.sessions[id] == nil {
+		return
+	}
+	core := w.core(c, id)
+	if _, cached := core.Entry(r.Req); cached {
+		return
+	}
+	h, err := wire.ParseHeader(r.Pkt)
+	if err != nil {
+		return
+	}
+	h.Epoch, h.MapVersion = epoch, c.version+1 // the map being made
+	b := append(wire.AppendHeader(nil, h), r.Pkt[wire.HeaderLen:]...)
+	if err := wire.Seal(b); err != nil {
+		return
+	}
+	if err := c.seal(id, b); err != nil {
+		return
+	}
+	e := r.Entry
+	e.Pkt = b
+	if core.Known(r.Req) {
+		e.Expire = ob.now + session.Linger
+	}
+	core.Adopt(r.Req, e)
 }
 
 // dropShard forgets shard's table and what it held.
@@ -1054,6 +1127,12 @@ func (w *worker) token(c *Cluster, ob *outbox, s *sess, core *session.Session, h
 			hint.Epoch = c.epoch[h.Shard]
 		}
 		c.send(ob, w, w.encode(c, rh, st, hint), s.addr)
+		return
+	}
+	if v == session.Unknown {
+		// Below the ack and not cached: not applied here (wire/SPEC.md
+		// section 18).
+		c.send(ob, w, w.errReply(c, rh, wire.StatusUnknownRequest), s.addr)
 		return
 	}
 	if st, ok := c.answers[h.Type]; ok {

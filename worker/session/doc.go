@@ -10,7 +10,7 @@
 // The shell keeps one Session per live session and calls it on the receive
 // loop:
 //
-//	v, pkt := s.Decide(h)  // Stale, Replay: drop; Resend: send pkt; Reused: BAD_REQUEST; Apply: go on
+//	v, pkt := s.Decide(h)  // Stale, Replay: drop; Resend: send pkt; Reused: BAD_REQUEST; Unknown: UNKNOWN_REQUEST; Apply: go on
 //	s.Ack(h.Ack, now)      // once the body decodes
 //	s.OverLimit(h)         // true: answer LIMIT (after the ownership checks)
 //	s.Applied(outcome)     // the table's reply, cached if final or QUEUED
@@ -26,8 +26,11 @@
 //
 // # Rules (wire/SPEC.md §11, §12)
 //
-// A request whose id is below the highest ack seen is stale and dropped;
-// Ack forgets the cached replies below the new ack. Requests answered
+// A request whose id is below the highest ack seen is stale and dropped,
+// except an ACQUIRE or CONVERT, which is Unknown: the shell answers
+// UNKNOWN_REQUEST, so that a client asking a new owner for a queued
+// request under its old id (SPEC §18) learns that it was not applied
+// there. Ack forgets the cached replies below the new ack. Requests answered
 // QUEUED are exempt (the client's ack skips them, SPEC §11): each is kept
 // whatever the ack while it waits and, settled, until the client
 // acknowledges its outcome (GRANT_ACK), or for Linger once it is below the

@@ -227,6 +227,8 @@ func (h *harness) request(t *testing.T, d *datadriven.TestData, a map[string]str
 	switch v {
 	case Stale:
 		return []string{fmt.Sprintf("drop: stale (id %d below the ack %d)", hd.Request, h.s.ack)}
+	case Unknown:
+		return []string{fmt.Sprintf("UNKNOWN_REQUEST (id %d below the ack %d, not cached); not cached", hd.Request, h.s.ack)}
 	case Resend:
 		h.s.Repolled(hd.Request)
 		return []string{fmt.Sprintf("resend %s", pkt)}

@@ -64,9 +64,18 @@ const (
 	Resend                // answered before: send the cached reply again
 	Reused                // its id is cached for a request of another type: BAD_REQUEST
 	Replay                // applied before and no longer cached: drop it (a replay)
+	// Unknown: an ACQUIRE or CONVERT below the ack that is not cached as
+	// a request answered QUEUED: answer UNKNOWN_REQUEST (not applied,
+	// not cached) once the shard is known to be served here. Typically
+	// a request answered QUEUED by a shard's previous owner, asked again
+	// under its id at the new owner, which did not get it with the shard
+	// (wire/SPEC.md section 18, "Queued requests"); the client sends it
+	// again under a fresh id. A late copy of a finished request gets the
+	// same answer, which its client ignores.
+	Unknown
 )
 
-var verdictNames = [...]string{Apply: "apply", Stale: "stale", Resend: "resend", Reused: "reused", Replay: "replay"}
+var verdictNames = [...]string{Apply: "apply", Stale: "stale", Resend: "resend", Reused: "reused", Replay: "replay", Unknown: "unknown"}
 
 func (v Verdict) String() string {
 	if int(v) < len(verdictNames) {
@@ -90,7 +99,11 @@ func cached(t wire.Type) bool {
 //
 // A request below the ack is Stale unless it was answered QUEUED and is
 // still cached (SPEC §11: those do not hold the ack back): then it is a
-// Resend of its state, as above the ack.
+// Resend of its state, as above the ack. An ACQUIRE or CONVERT below the
+// ack that is not so cached is Unknown rather than Stale: the client may
+// be asking again, under its id, a request that was answered QUEUED by
+// another worker (SPEC §18), and must learn that it was not applied here
+// instead of waiting for an answer that never comes.
 //
 // Replays (wire/SPEC.md section 20): a KEEPALIVE, SESSION_CLOSE,
 // REVOKE_ACK or GRANT_ACK whose id was applied (Mark) or is below the window is a
@@ -105,6 +118,9 @@ func (s *Session) Decide(h wire.Header) (Verdict, []byte) {
 		// re-poll of one gets its state; anything else is stale.
 		if e := s.cache[h.Request]; e != nil && e.Type == h.Type {
 			return Resend, e.Pkt
+		}
+		if h.Type == wire.TypeAcquire || h.Type == wire.TypeConvert {
+			return Unknown, nil
 		}
 		return Stale, nil
 	}
@@ -289,10 +305,14 @@ func (s *Session) Entry(id uint64) (Entry, bool) {
 // Known reports whether request id is finished (below the ack) or cached.
 func (s *Session) Known(id uint64) bool { return id < s.ack || s.cache[id] != nil }
 
-// Adopt caches a final reply this worker did not make: one handed over
-// with a shard from its previous owner (SPEC §18), so that a
-// retransmission is answered as the old owner answered it. The caller
-// checks Known first.
+// Adopt caches a reply this worker did not make: one handed over with a
+// shard from its previous owner (SPEC §18), so that a retransmission is
+// answered as the old owner answered it. A final reply is adopted if the
+// id is not Known; a request answered QUEUED (e.Exempt) whatever the ack,
+// if it is not cached: one still waiting (e.Pending, its waiter imported
+// into the shard's table) is settled later like one queued here, a
+// settled one lingers below the ack as one settled here does (e.Expire,
+// set by the caller, or by the next Ack).
 func (s *Session) Adopt(id uint64, e Entry) {
 	s.cache[id] = &e
 	s.top = max(s.top, id)

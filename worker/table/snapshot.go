@@ -3,6 +3,7 @@ package table
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/tokend/tokend/wire"
@@ -27,7 +28,7 @@ type Snapshot struct {
 // WaiterState is one queued request of a Snapshot: an acquire, or (Conv not
 // 0) a conversion of the session's grant with fence Conv on the same token.
 // Deadline and Since are in the exporting table's clock; a shell whose new
-// owner runs another clock rebases them before Import.
+// owner runs another clock rebases them before Import (Snapshot.Rebase).
 type WaiterState struct {
 	Session    uint64
 	Req        uint64
@@ -116,6 +117,34 @@ func (t *Table) exportWaiters() []WaiterState {
 		}
 	}
 	return out
+}
+
+// Rebase moves the waiters' Deadline and Since from the exporting
+// table's clock to another one, whose reading is delta above it at the
+// same instant (the new owner's clock minus the old owner's), so that a
+// queued request times out at the new owner when it would have at the old
+// one. No deadline (math.MaxInt64) stays none; sums that would overflow
+// are clamped.
+func (s *Snapshot) Rebase(delta int64) {
+	for i := range s.Waiters {
+		w := &s.Waiters[i]
+		if w.Deadline != math.MaxInt64 {
+			w.Deadline = addClamped(w.Deadline, delta)
+		}
+		w.Since = addClamped(w.Since, delta)
+	}
+}
+
+// addClamped returns a+b, clamped to the int64 range (never MaxInt64, which
+// means "no deadline").
+func addClamped(a, b int64) int64 {
+	switch {
+	case b > 0 && a > math.MaxInt64-1-b:
+		return math.MaxInt64 - 1
+	case b < 0 && a < math.MinInt64-b:
+		return math.MinInt64
+	}
+	return a + b
 }
 
 func cmpU64(a, b uint64) int {
@@ -251,3 +280,24 @@ func (t *Table) checkImported(ti uint32, g *GrantState) error {
 
 // maxFenceAllowed is the highest fence a snapshot may carry into this table.
 func (t *Table) maxFenceAllowed() uint64 { return Fence(t.epoch, 0) - 1 }
+
+// Revokes appends the REVOKEs the queued requests call for now: for every
+// grant, one per waiter of its token that it blocks, as when those
+// requests queued. Import sends none; a new owner that imported queued
+// requests sends these, since a REVOKE of the old owner may have been lost
+// when it stopped retransmitting it (holders that got it already answer
+// it again and hand it to no one twice: wire/SPEC.md section 12).
+func (t *Table) Revokes(out []Output) []Output {
+	for _, page := range t.toks.pages {
+		for o := range page {
+			tok := &page[o]
+			if tok.name == "" || tok.q == 0 {
+				continue
+			}
+			for gi := tok.grants; gi != 0; gi = t.grs.at(gi).tnext {
+				out = t.revokeFor(gi, out)
+			}
+		}
+	}
+	return out
+}

@@ -3,6 +3,7 @@ package table
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 
@@ -121,5 +122,108 @@ func BenchmarkHandoff10kWaiters(b *testing.B) {
 	}
 	if n := tab.Stats().Waiters; n != 10000 {
 		b.Fatalf("%d waiters after the handoffs", n)
+	}
+}
+
+// TestHandoffThreeWaitersRebased: three requests queued on a token behind
+// a holder move with the shard in order, under their request ids, with
+// their deadlines moved to the new owner's clock (Rebase): Queued reports
+// their places, the first is granted when the holder releases (an async
+// outcome under its old id), and the others time out when they would have
+// at the old owner.
+func TestHandoffThreeWaitersRebased(t *testing.T) {
+	old, err := New(5, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := []byte("f")
+	var out []Output
+	out = old.Step(Input{Op: OpAcquire, Session: 1, Req: 1, Name: name, Mode: wire.EX, Start: WholeStart, End: WholeEnd, Try: true}, 1000, out[:0])
+	holder := out[0].Fence
+	for i, s := range []uint64{2, 3, 4} {
+		out = old.Step(Input{Op: OpAcquire, Session: s, Req: 10 + s, Name: name, Mode: wire.EX, Start: WholeStart, End: WholeEnd,
+			Deadline: 5000 + int64(i)*1000}, 1000+int64(i), out[:0])
+		if out[0].Status != StatusQueued || out[0].Position != uint32(i+1) {
+			t.Fatalf("session %d: %s", s, outputsString(out))
+		}
+	}
+	snap, err := old.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The new owner's clock reads 1,000,000 more than the old owner's.
+	const delta = 1_000_000
+	snap.Rebase(delta)
+	tab, err := Import(snap, 6, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []uint64{2, 3, 4} {
+		if pos, ok := tab.Queued(s, 10+s); !ok || pos != uint32(i+1) {
+			t.Fatalf("session %d request %d after the move: queued %v at %d, want %d", s, 10+s, ok, pos, i+1)
+		}
+	}
+	if _, ok := tab.Queued(2, 99); ok {
+		t.Fatal("an unknown request reported queued")
+	}
+	if d, ok := tab.NextDeadline(); !ok || d != 5000+delta {
+		t.Fatalf("next deadline %d %v, want %d", d, ok, 5000+delta)
+	}
+	// The holder blocks the three: one REVOKE (to NL) per waiter, as when
+	// they queued; a table without waiters calls for none.
+	out = tab.Revokes(out[:0])
+	if len(out) != 3 {
+		t.Fatalf("revokes after the move: %s", outputsString(out))
+	}
+	for _, o := range out {
+		if o.Kind != KindRevoke || o.Session != 1 || o.Fence != holder || o.Mode != wire.NL {
+			t.Fatalf("revokes after the move: %s", outputsString(out))
+		}
+	}
+	if empty, _ := New(6, Config{}); len(empty.Revokes(nil)) != 0 {
+		t.Fatal("revokes from an empty table")
+	}
+	out = tab.Step(Input{Op: OpRelease, Session: 1, Req: 2, Name: name, Fence: holder}, delta+2000, out[:0])
+	var granted []Output
+	for _, o := range out {
+		if o.Kind == KindAsync {
+			granted = append(granted, o)
+		}
+	}
+	if len(granted) != 1 || granted[0].Session != 2 || granted[0].Req != 12 || granted[0].Status != StatusOK ||
+		FenceEpoch(granted[0].Fence) != 6 {
+		t.Fatalf("after the holder's release: %s", outputsString(out))
+	}
+	if _, ok := tab.Queued(2, 12); ok {
+		t.Fatal("the granted request is still reported queued")
+	}
+	// Session 3 waits until 6000 on the old clock: not before.
+	if out = tab.Tick(delta+5999, out[:0]); len(out) != 0 {
+		t.Fatalf("tick before the deadline: %s", outputsString(out))
+	}
+	out = tab.Tick(delta+6000, out[:0])
+	if len(out) != 1 || out[0].Session != 3 || out[0].Req != 13 || out[0].Status != StatusTimeout {
+		t.Fatalf("tick at session 3's deadline: %s", outputsString(out))
+	}
+}
+
+// TestRebase: no deadline stays none; sums are clamped.
+func TestRebase(t *testing.T) {
+	s := &Snapshot{Waiters: []WaiterState{
+		{Deadline: math.MaxInt64, Since: 10},
+		{Deadline: 100, Since: 50},
+		{Deadline: math.MaxInt64 - 5, Since: 0},
+	}}
+	s.Rebase(10)
+	want := []WaiterState{{Deadline: math.MaxInt64, Since: 20}, {Deadline: 110, Since: 60}, {Deadline: math.MaxInt64 - 1, Since: 10}}
+	for i, w := range s.Waiters {
+		if w.Deadline != want[i].Deadline || w.Since != want[i].Since {
+			t.Errorf("waiter %d: %d/%d, want %d/%d", i, w.Deadline, w.Since, want[i].Deadline, want[i].Since)
+		}
+	}
+	s.Rebase(math.MinInt64)
+	s.Rebase(math.MinInt64)
+	if s.Waiters[1].Deadline != math.MinInt64 {
+		t.Errorf("clamped below: %d", s.Waiters[1].Deadline)
 	}
 }

@@ -1326,3 +1326,14 @@ func (t *Table) SessionLoad(session uint64) int {
 	}
 	return 0
 }
+
+// Queued reports whether request req of session waits in the table, and
+// its place in its token's queue (1 = next in line), as a QUEUED reply
+// would give it. A request granted from the queue is no longer queued.
+func (t *Table) Queued(session, req uint64) (position uint32, ok bool) {
+	ref, ok := t.byReq[reqKey{session, req}]
+	if !ok || ref&refGrant != 0 {
+		return 0, false
+	}
+	return t.position(ref), true
+}
