@@ -19,6 +19,10 @@ func TestZeroAllocs(t *testing.T) {
 	acq, _ := benchAcquire.Append(nil, req)
 	grant, _ := benchGrant.Append(nil, reply)
 	rel, _ := benchRelease.Append(nil, req)
+	bundle, err := Bundle{Datagrams: [][]byte{acq, rel}}.Append(nil, Header{Type: TypeBundle, Session: req.Session, Request: req.Request})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		f    func()
@@ -45,6 +49,35 @@ func TestZeroAllocs(t *testing.T) {
 			var m Release
 			if err != nil || m.Decode(h, rel) != nil {
 				t.Fatal("decode failed")
+			}
+		}},
+		{"build BUNDLE", func() {
+			bh := Header{Type: TypeBundle, Session: req.Session, Request: req.Request}
+			buf = AppendHeader(buf[:0], bh)
+			for _, d := range [][]byte{acq, rel} {
+				if BundleFits(len(buf), len(d)) {
+					buf = AppendBundled(buf, d)
+				}
+			}
+			if Seal(buf) != nil {
+				t.Fatal("seal failed")
+			}
+		}},
+		{"split BUNDLE", func() {
+			h, err := ParseHeader(bundle)
+			if err != nil || CheckBundle(h, bundle) != nil {
+				t.Fatal("bundle rejected")
+			}
+			n := 0
+			for e := bundle[HeaderLen:]; len(e) > 0; n++ {
+				var d []byte
+				d, e = NextBundled(e)
+				if _, err := ParseHeader(d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n != 2 {
+				t.Fatal(n)
 			}
 		}},
 		{"reject garbage", func() {

@@ -63,6 +63,7 @@ const (
 	TypeFenceProof   Type = 0x0B // read-only: a signed proof of a held grant's fence
 	TypeGrantAck     Type = 0x0C // one-way: the outcome of a QUEUED request arrived; there is no reply type 0x8C
 	TypeAcquireBatch Type = 0x0D // all-or-none acquire of up to MaxBatch tokens of one shard, never queued
+	TypeBundle       Type = 0x0E // several whole requests of one session in one datagram (SPEC §22)
 
 	TypeRevoke     Type = 0x41 // worker -> client
 	TypeGrantAsync Type = 0x42 // worker -> client
@@ -78,6 +79,7 @@ const (
 	TypeMapReply          = TypeMapRequest | replyBit
 	TypeFenceProofReply   = TypeFenceProof | replyBit
 	TypeAcquireBatchReply = TypeAcquireBatch | replyBit
+	TypeBundleReply       = TypeBundle | replyBit // several whole replies and server messages of one session
 )
 
 // Flag bits, per type. Bits not listed for a type must be zero.
@@ -92,6 +94,7 @@ const (
 	FlagConvertDetect uint8 = 0x04 // CONVERT: take part in cross-token deadlock detection (SPEC §19)
 	FlagAcquireGrow   uint8 = 0x04 // ACQUIRE: the worker may grant a larger range when nobody else is there (SPEC §10)
 	FlagReleaseRange  uint8 = 0x02 // RELEASE: a range follows the name: give back only that prefix or suffix (SPEC §10)
+	FlagBundle        uint8 = 0x01 // SESSION_OPEN: the client sends and takes BUNDLEs; its OK reply: so does the worker (SPEC §22)
 )
 
 // Kind names the body layout a datagram carries. It follows from the type
@@ -126,13 +129,15 @@ const (
 	KindAcquireBatch               // AcquireBatch
 	KindGrantBatch                 // GrantBatch
 	KindBatchConflict              // BatchConflict
+	KindBundle                     // Bundle
 	numKinds
 )
 
 var kindNames = [numKinds]string{"INVALID", "EMPTY", "SESSION_OPEN", "SESSION_REPLY",
 	"KEEPALIVE", "KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 	"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED", "ERROR", "NOT_OWNER", "COOKIE",
-	"FENCE_PROOF", "PROOF", "GRANT_ACK", "ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT"}
+	"FENCE_PROOF", "PROOF", "GRANT_ACK", "ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT",
+	"BUNDLE"}
 
 // String returns the body layout's name as used in SPEC.md and the vectors.
 func (k Kind) String() string {
@@ -175,7 +180,8 @@ var types = func() (t [256]typeInfo) {
 				queued: ty == TypeAcquire || ty == TypeConvert}
 		}
 	}
-	req(TypeSessionOpen, "SESSION_OPEN", 0, sessZero, false, KindSessionOpen, KindSessionReply)
+	req(TypeSessionOpen, "SESSION_OPEN", FlagBundle, sessZero, false, KindSessionOpen, KindSessionReply)
+	t[TypeSessionOpenReply].flags = FlagBundle // only with status OK (check)
 	req(TypeKeepalive, "KEEPALIVE", FlagRenew|FlagDone, sessNonzero, false, KindKeepalive, KindKeepaliveReply)
 	req(TypeSessionClose, "SESSION_CLOSE", 0, sessNonzero, false, KindEmpty, KindEmpty)
 	req(TypeAcquire, "ACQUIRE", FlagTry|FlagAcquireDetect|FlagAcquireGrow, sessNonzero, true, KindAcquire, KindGrant)
@@ -188,6 +194,7 @@ var types = func() (t [256]typeInfo) {
 	req(TypeFenceProof, "FENCE_PROOF", 0, sessNonzero, true, KindFenceProof, KindProof)
 	req(TypeGrantAck, "GRANT_ACK", 0, sessNonzero, true, KindGrantAck, KindInvalid)
 	req(TypeAcquireBatch, "ACQUIRE_BATCH", 0, sessNonzero, true, KindAcquireBatch, KindGrantBatch)
+	req(TypeBundle, "BUNDLE", 0, sessNonzero, false, KindBundle, KindBundle)
 	t[TypeMapReply].name = "MAP_REPLY"
 	t[TypeRevoke] = typeInfo{name: "REVOKE", class: classServer, sess: sessNonzero, epoch: true, kind: KindRevoke}
 	t[TypeGrantAsync] = typeInfo{name: "GRANT_ASYNC", class: classServer, sess: sessNonzero, epoch: true, kind: KindGrant}
@@ -299,7 +306,7 @@ func (h *Header) check() error {
 	if ti.class == classNone {
 		return ErrUnknownType
 	}
-	if h.Flags&^ti.flags != 0 {
+	if h.Flags&^ti.flags != 0 || (h.Flags != 0 && h.Type == TypeSessionOpenReply && h.Status != StatusOK) {
 		return ErrBadFlags
 	}
 	if ti.class == classReply {
@@ -311,6 +318,9 @@ func (h *Header) check() error {
 		}
 		if h.Status == StatusCookie && h.Type != TypeSessionOpenReply {
 			return errCookieStatus
+		}
+		if h.Status != StatusOK && h.Type == TypeBundleReply {
+			return errBundleStatus
 		}
 	} else if h.Status != StatusOK {
 		return ErrBadStatus
@@ -331,7 +341,7 @@ func (h *Header) check() error {
 	if h.Request == 0 {
 		return errRequestZero
 	}
-	if h.Ack != 0 && (ti.class != classRequest || h.Session == 0 || h.Ack > h.Request) {
+	if h.Ack != 0 && (ti.class != classRequest || h.Session == 0 || h.Ack > h.Request || h.Type == TypeBundle) {
 		return errAck
 	}
 	if h.Epoch > MaxEpoch || (ti.epoch && h.Epoch == 0) {

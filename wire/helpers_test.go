@@ -47,6 +47,8 @@ func newBody(k Kind) message {
 		return &GrantBatch{}
 	case KindBatchConflict:
 		return &BatchConflict{}
+	case KindBundle:
+		return &Bundle{}
 	case KindMapRequest:
 		return &MapRequest{}
 	case KindMapReply:
@@ -355,6 +357,11 @@ func describeBody(d *describer, m message) {
 	case *BatchConflict:
 		d.u("conflict_entry", uint64(m.Entry))
 		d.bytes("message", m.Message)
+	case *Bundle:
+		d.u("count", uint64(len(m.Datagrams)))
+		for i, dg := range m.Datagrams {
+			d.add(fmt.Sprintf("datagram.%d", i), fmt.Sprintf("%x", dg), Type(dg[3]).String())
+		}
 	default:
 		panic(fmt.Sprintf("describeBody: %T", m))
 	}

@@ -90,7 +90,7 @@ func TestTypeAndStatusNames(t *testing.T) {
 			t.Errorf("%v reply %v", ty, r)
 		}
 	}
-	if n != 26 || TypeRevokeAck.Reply() != 0 || TypeGrantAck.Reply() != 0 || TypeAcquireReply.Reply() != 0 || TypeRevoke.Request() != 0 {
+	if n != 28 || TypeRevokeAck.Reply() != 0 || TypeGrantAck.Reply() != 0 || TypeAcquireReply.Reply() != 0 || TypeRevoke.Request() != 0 {
 		t.Errorf("%d types", n)
 	}
 	if TypeMapReply.String() != "MAP_REPLY" || TypeAcquireReply.String() != "ACQUIRE_REPLY" {

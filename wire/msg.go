@@ -55,11 +55,17 @@ type SessionOpen struct {
 	Nonce   [NonceLen]byte // the client's random nonce (all zero without authentication)
 	KeyName []byte         // the client key's name: 0..64 bytes UTF-8 (empty without authentication)
 	Cookie  []byte         // empty, or the CookieLen bytes of a COOKIE reply
+	// Bundle (header flag BUNDLE) says the client sends and takes BUNDLE
+	// datagrams on this session if the worker says so too (SPEC §22).
+	Bundle bool
 }
 
 // Append appends a SESSION_OPEN datagram.
 func (m SessionOpen) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeSessionOpen, 0
+	if m.Bundle {
+		h.Flags = FlagBundle
+	}
 	if err := checkText(m.Lib); err != nil {
 		return dst, err
 	}
@@ -87,6 +93,7 @@ func (m *SessionOpen) Decode(h Header, b []byte) error {
 	if err != nil {
 		return err
 	}
+	m.Bundle = h.Flags&FlagBundle != 0
 	m.TTLMs = r.u32()
 	m.Lib = r.text()
 	copy(m.Nonce[:], r.take(NonceLen))
@@ -142,11 +149,18 @@ type SessionReply struct {
 	// WorkerNonce is the worker's random nonce, from which with the
 	// client's the session key is derived (all zero without authentication).
 	WorkerNonce [NonceLen]byte
+	// Bundle (header flag BUNDLE, only in answer to a SESSION_OPEN with
+	// it) says the worker sends and takes BUNDLE datagrams on this
+	// session (SPEC §22).
+	Bundle bool
 }
 
 // Append appends a SESSION_OPEN reply datagram.
 func (m SessionReply) Append(dst []byte, h Header) ([]byte, error) {
 	h.Type, h.Flags = TypeSessionOpenReply, 0
+	if m.Bundle {
+		h.Flags = FlagBundle
+	}
 	if m.TTLMs == 0 || m.ShardCount == 0 || m.WorkerTTLMs == 0 {
 		return dst, errZero
 	}
@@ -168,6 +182,7 @@ func (m *SessionReply) Decode(h Header, b []byte) error {
 	if err != nil {
 		return err
 	}
+	m.Bundle = h.Flags&FlagBundle != 0
 	m.TTLMs = r.nonzero32()
 	m.ShardCount = r.nonzero32()
 	m.GraceMs = r.u32()

@@ -418,6 +418,16 @@ func TestRandomMessages(t *testing.T) {
 			m = gb
 		case KindBatchConflict:
 			m = &BatchConflict{uint8(rng.IntN(MaxBatch + 1)), bs(MaxText)}
+		case KindBundle:
+			bu := &Bundle{}
+			for i := 0; i < rng.IntN(4); i++ {
+				d := AppendHeader(nil, Header{Type: Type(rng.IntN(256)), Session: h.Session, Request: 1})
+				if flag() {
+					d[15] ^= 1 // another session
+				}
+				bu.Datagrams = append(bu.Datagrams, append(d, bs(40)...))
+			}
+			m = bu
 		}
 		b, err := m.Append(nil, h)
 		if err != nil {

@@ -219,6 +219,26 @@ func validVectors() []vector {
 		&BatchConflict{Entry: 1, Message: []byte("entry 1 conflicts")})
 	add("acquire-batch-reply-grace", vreply(TypeAcquireBatch, StatusGrace, 50, vToken), &ErrorBody{Message: []byte(StatusGrace.Text())})
 
+	// Bundles (SPEC §22): a session opened with BUNDLE, then whole
+	// datagrams of that session, each as it would be sent alone.
+	add("session-open-bundle", Header{Request: vNonce + 3}, &SessionOpen{TTLMs: 10000, Lib: []byte("go/0.2.0"), Bundle: true})
+	so = Header{Type: TypeSessionOpen, Request: vNonce + 3}.Reply()
+	so.Session, so.MapVersion = vSession, vMapVer
+	add("session-open-reply-bundle", so, &SessionReply{TTLMs: 10000, ShardCount: 4096, GraceMs: 5000, WorkerTTLMs: 5000,
+		Bundle: true})
+	encoded := func(name string) []byte {
+		for _, x := range v {
+			if x.name == name {
+				return mustEncode(x)
+			}
+		}
+		panic(name)
+	}
+	add("bundle", Header{Type: TypeBundle, Session: vSession, Request: 10, MapVersion: 17},
+		&Bundle{Datagrams: [][]byte{encoded("acquire-try-ex"), encoded("release")}})
+	add("bundle-reply", Header{Type: TypeBundleReply, Session: vSession, Request: 10, MapVersion: vMapVer},
+		&Bundle{Datagrams: [][]byte{encoded("acquire-reply-grant"), encoded("release-reply"), encoded("revoke-release")}})
+
 	// Map.
 	add("map-request", Header{Request: 77}, &MapRequest{FirstShard: 0})
 	add("map-request-session", Header{Session: vSession, Request: 33, Ack: 33, MapVersion: 16}, &MapRequest{FirstShard: 2048})
@@ -283,6 +303,7 @@ func withBody(b []byte, body ...byte) []byte {
 }
 
 func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 func cat(parts ...[]byte) []byte {
 	var out []byte
@@ -405,6 +426,23 @@ func badVectors() []badVector {
 	add("bad-acquire-batch-short", withBody(byName["acquire-batch"], cat([]byte{2, byte(EX)}, be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrShort)
 	add("bad-batch-conflict-entry", withBody(byName["acquire-batch-reply-conflict"], 8, 0), ErrBadBody)
 	add("bad-revoke-ack-target-zero", withBody(byName["revoke-ack"], be64(0)...), ErrBadBody)
+	bun, bunr := byName["bundle"], byName["bundle-reply"]
+	entry := func(d []byte) []byte { return AppendBundled(nil, d) }
+	add("bad-bundle-empty", withBody(bun), ErrBadBody)
+	add("bad-bundle-entry-shorter-than-header", withBody(bun, cat(be16(63), acq[:63])...), ErrBadBody)
+	add("bad-bundle-entry-past-end", withBody(bun, cat(be16(uint16(len(acq)+1)), acq)...), ErrShort)
+	add("bad-bundle-length-cut", withBody(bun, cat(entry(acq), []byte{0})...), ErrShort)
+	add("bad-bundle-session-open-inside", withBody(bun, entry(byName["session-open"])...), ErrBadBody)
+	add("bad-bundle-reply-inside-request", withBody(bun, entry(byName["release-reply"])...), ErrBadBody)
+	add("bad-bundle-request-inside-reply", withBody(bunr, entry(acq)...), ErrBadBody)
+	add("bad-bundle-nested", withBody(bun, entry(bun)...), ErrBadBody)
+	other := append([]byte(nil), acq...)
+	other[15] ^= 1 // another session id
+	add("bad-bundle-other-session", withBody(bun, cat(entry(acq), entry(other))...), ErrBadBody)
+	add("bad-bundle-ack", resealed(bun, set(31, 1)), ErrBadHeader)
+	add("bad-bundle-reply-status", resealed(bunr, set(offStatus, byte(StatusBadRequest))), ErrBadStatus)
+	add("bad-bundle-flags", resealed(bun, set(offFlags, 0x01)), ErrBadFlags)
+	add("bad-flags-cookie-bundle", resealed(byName["session-open-reply-cookie"], set(offFlags, FlagBundle)), ErrBadFlags)
 	fp := byName["fence-proof"]
 	add("bad-fence-proof-fence-zero", withBody(fp, cat(be64(0), be64(0), be64(0), []byte{byte(len(vToken))}, vToken)...), ErrBadBody)
 	add("bad-fence-proof-range-empty", withBody(fp, cat(fence, be64(9), be64(9), []byte{byte(len(vToken))}, vToken)...), ErrBadRange)
