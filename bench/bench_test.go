@@ -240,3 +240,16 @@ func TestReportRendering(t *testing.T) {
 		t.Errorf("not an SVG: %s", svg.String())
 	}
 }
+
+// TestCacheMissCheck: a cached row survives a few late-keepalive misses
+// and fails once more than 1 % of its pairs went to the worker.
+func TestCacheMissCheck(t *testing.T) {
+	for _, c := range []struct {
+		misses, pairs int64
+		fail          bool
+	}{{0, 0, false}, {0, 1000, false}, {10, 1000, false}, {11, 1000, true}, {1, 0, true}, {-1, 10, false}} {
+		if err := cacheMissCheck("cached", c.misses, c.pairs); (err != nil) != c.fail {
+			t.Errorf("%d misses of %d pairs: %v, want fail %v", c.misses, c.pairs, err, c.fail)
+		}
+	}
+}

@@ -52,15 +52,17 @@ func runCached(ctx context.Context, cfg *Config, tgt target, system string) ([]R
 	if err != nil {
 		return nil, err
 	}
-	if misses := after.CacheMisses - before.CacheMisses; misses > 0 {
-		return nil, fmt.Errorf("bench: cached: %d of the re-acquires went to the worker (revoked %d, evicted %d)", misses,
+	l.ops *= cachedBatch // operations were batches; the unit is the pair
+	misses := after.CacheMisses - before.CacheMisses
+	if err := cacheMissCheck("cached", int64(misses), int64(l.ops)); err != nil {
+		return nil, fmt.Errorf("%w (revoked %d, evicted %d)", err,
 			after.CacheRevoked-before.CacheRevoked, after.CacheEvictions-before.CacheEvictions)
 	}
-	l.ops *= cachedBatch // operations were batches; the unit is the pair
 	res := Result{Workload: "cached", System: system, Clients: 1, Unit: "pair",
 		Note: "one token re-acquired (EX) from the Go client's token cache and released into it"}.with(&l)
 	res.metric("datagrams", float64(after.Sent-before.Sent), "sent during warm-up and window (keepalives)")
 	res.metric("cache_hits", float64(after.CacheHits-before.CacheHits), "")
+	res.metric("cache_misses", float64(misses), "re-acquires that went to the worker (a grant whose validity ran out between keepalives on a busy machine)")
 	res.cpuMetrics(&l)
 	out := []Result{res}
 	if system == sysTokend {
@@ -87,16 +89,29 @@ func runCachedC(ctx context.Context, cfg *Config, tgt target) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if c.Misses > 1 {
-		return Result{}, fmt.Errorf("bench: cached (C): %d of the acquires went to the worker", c.Misses)
+	if err := cacheMissCheck("cached (C)", c.Misses-1, c.Ops); err != nil { // the first acquire always goes
+		return Result{}, err
 	}
 	res := Result{Workload: "cached", System: sysTokendC, Clients: 1, Unit: "pair", WindowS: c.WindowS, Count: c.Ops,
 		Rate: c.Rate, Errors: c.Errors, LastError: c.LastError,
 		Note: "one token re-acquired (EX) from the C client's token cache (cload --cache) and released into it"}
 	res.Latencies = slicesNonEmpty([]NamedLatency{{"acquire", c.Acquire}, {"release", c.Release}, {"pair", c.Pair}})
 	res.metric("cache_hits", float64(c.Hits), "")
+	res.metric("cache_misses", float64(max(c.Misses-1, 0)), "acquires after the first that went to the worker")
 	if l.window > 0 {
 		res.metric("cload_cpu", l.cpu.Seconds()/l.window.Seconds(), "cores")
 	}
 	return res, nil
+}
+
+// cacheMissCheck fails a cached row when more than 1 % of its pairs went
+// to the worker: then the row no longer measures the cache. A few misses
+// are legitimate: a cached grant whose validity ran out because a
+// keepalive came late (a busy machine) is not served from the cache, and
+// the row reports them.
+func cacheMissCheck(row string, misses, pairs int64) error {
+	if misses > 0 && misses*100 > pairs {
+		return fmt.Errorf("bench: %s: %d of %d re-acquires went to the worker", row, misses, pairs)
+	}
+	return nil
 }
