@@ -112,10 +112,10 @@ int tkw_type_known(uint8_t t)
 {
 	switch (t) {
 	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05:
-	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D:
+	case 0x06: case 0x07: case 0x08: case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x0E:
 	case 0x41: case 0x42:
 	case 0x81: case 0x82: case 0x83: case 0x84: case 0x85:
-	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B: case 0x8D:
+	case 0x86: case 0x87: case 0x88: case 0x8A: case 0x8B: case 0x8D: case 0x8E:
 		return 1;
 	}
 	return 0;
@@ -133,10 +133,28 @@ static int is_request(uint8_t t) { return t >= 0x01 && t <= 0x3F; }
 static int is_server(uint8_t t) { return t >= 0x40 && t <= 0x7F; }
 static int is_reply(uint8_t t) { return t >= 0x80; }
 
-/* Flag bits defined per type (S4); replies have none. */
+int tkw_bundles(uint8_t outer, uint8_t inner)
+{
+	if (!tkw_type_known(inner))
+		return 0;
+	switch (outer) {
+	case TKW_BUNDLE:
+		return is_request(inner) && inner != TKW_SESSION_OPEN && inner != TKW_MAP_REQUEST &&
+		       inner != TKW_BUNDLE;
+	case TKW_BUNDLE | TKW_REPLY:
+		return !is_request(inner) && inner != (TKW_SESSION_OPEN | TKW_REPLY) &&
+		       inner != (TKW_MAP_REQUEST | TKW_REPLY) && inner != (TKW_BUNDLE | TKW_REPLY);
+	}
+	return 0;
+}
+
+/* Flag bits defined per type (S4); replies have none but SESSION_REPLY's
+ * BUNDLE, which check_header allows with status OK only (S22). */
 static uint8_t allowed_flags(uint8_t t)
 {
 	switch (t) {
+	case TKW_SESSION_OPEN: return TKW_FLAG_BUNDLE;
+	case TKW_SESSION_OPEN | TKW_REPLY: return TKW_FLAG_BUNDLE;
 	case TKW_KEEPALIVE: return TKW_FLAG_RENEW | TKW_FLAG_DONE;
 	case TKW_ACQUIRE: return TKW_FLAG_TRY | TKW_FLAG_ACQUIRE_DETECT | TKW_FLAG_ACQUIRE_GROW;
 	case TKW_RELEASE: return TKW_FLAG_RELEASE_VALUE | TKW_FLAG_RELEASE_RANGE;
@@ -182,6 +200,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 		case TKW_FENCE_PROOF: return TKW_K_FENCE_PROOF;
 		case TKW_GRANT_ACK: return TKW_K_GRANT_ACK;
 		case TKW_ACQUIRE_BATCH: return TKW_K_ACQUIRE_BATCH;
+		case TKW_BUNDLE: return TKW_K_BUNDLE;
 		case TKW_REVOKE: return TKW_K_REVOKE;
 		case TKW_GRANT_ASYNC: return TKW_K_GRANT;
 		}
@@ -208,6 +227,7 @@ int tkw_kind_of(uint8_t t, uint8_t s)
 	case TKW_MAP_REQUEST: return TKW_K_MAP_REPLY;
 	case TKW_FENCE_PROOF: return TKW_K_PROOF;
 	case TKW_ACQUIRE_BATCH: return TKW_K_GRANT_BATCH;
+	case TKW_BUNDLE: return TKW_K_BUNDLE;
 	}
 	return TKW_K_INVALID;
 }
@@ -483,6 +503,37 @@ static int dec_map_reply(struct rd *r, struct tkw_msg *m)
 	return TKW_OK;
 }
 
+/*
+ * BUNDLE and BUNDLE_REPLY (S22), the checks of Go's wire.CheckBundle in its
+ * order: at least one entry; each a u16 length n >= 64 (ErrBadBody) and n
+ * bytes within the body (ErrShort), a datagram of a type the bundle may carry
+ * and of the bundle's session (ErrBadBody). The datagrams themselves are not
+ * validated further: the receiver does that, one by one.
+ */
+static int dec_bundle(struct rd *r, struct tkw_msg *m)
+{
+	if (r->n == 0)
+		return TKW_EBADBODY; /* a bundle without datagrams */
+	while (r->off < r->n) {
+		uint16_t n;
+		const uint8_t *d;
+		CHECK(rd_u16(r, &n));
+		if (n < TKW_HEADER_LEN)
+			return TKW_EBADBODY;
+		CHECK(rd_take(r, n, &d));
+		if (n > TKW_MAX_BODY - TKW_BUNDLE_ENTRY_OVERHEAD)
+			return TKW_ETOOLARGE; /* unreachable: the body is at most 1136 bytes */
+		if (!tkw_bundles(m->h.type, d[3]) || get64(d + 8) != m->h.session)
+			return TKW_EBADBODY;
+		if (m->count >= TKW_MAX_BUNDLE)
+			return TKW_EBADBODY; /* unreachable: see TKW_MAX_BUNDLE */
+		m->datagrams[m->count].p = d;
+		m->datagrams[m->count].len = n;
+		m->count++;
+	}
+	return TKW_OK;
+}
+
 static int dec_body(struct rd *r, struct tkw_msg *m)
 {
 	const struct tkw_header *h = &m->h;
@@ -491,6 +542,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		break;
 	case TKW_K_SESSION_OPEN: {
 		const uint8_t *q;
+		m->bundle = (h->flags & TKW_FLAG_BUNDLE) != 0;
 		CHECK(rd_u32(r, &m->ttl_ms));
 		CHECK(rd_text(r, &m->lib));
 		CHECK(rd_take(r, TKW_NONCE_LEN, &q));
@@ -507,6 +559,7 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 	}
 	case TKW_K_SESSION_REPLY: {
 		const uint8_t *q;
+		m->bundle = (h->flags & TKW_FLAG_BUNDLE) != 0;
 		CHECK(rd_nonzero32(r, &m->ttl_ms));
 		CHECK(rd_nonzero32(r, &m->shard_count));
 		CHECK(rd_u32(r, &m->grace_ms));
@@ -690,6 +743,9 @@ static int dec_body(struct rd *r, struct tkw_msg *m)
 		CHECK(rd_text(r, &m->owner_addr));
 		CHECK(rd_epoch(r, &m->owner_epoch, 1));
 		break;
+	case TKW_K_BUNDLE:
+		CHECK(dec_bundle(r, m));
+		break;
 	default:
 		return TKW_EUNKNOWNTYPE; /* unreachable after the header checks */
 	}
@@ -702,7 +758,8 @@ static int check_header(const struct tkw_header *h)
 	uint8_t t = h->type;
 	if (!tkw_type_known(t))
 		return TKW_EUNKNOWNTYPE;
-	if (h->flags & ~allowed_flags(t))
+	if ((h->flags & ~allowed_flags(t)) ||
+	    (h->flags && t == (TKW_SESSION_OPEN | TKW_REPLY) && h->status != TKW_ST_OK))
 		return TKW_EBADFLAGS;
 	if (is_request(t) || is_server(t)) {
 		if (h->status != 0)
@@ -713,6 +770,8 @@ static int check_header(const struct tkw_header *h)
 		if (h->status == TKW_ST_QUEUED && t != (TKW_ACQUIRE | TKW_REPLY) && t != (TKW_CONVERT | TKW_REPLY))
 			return TKW_EBADSTATUS;
 		if (h->status == TKW_ST_COOKIE && t != (TKW_SESSION_OPEN | TKW_REPLY))
+			return TKW_EBADSTATUS;
+		if (h->status != TKW_ST_OK && t == (TKW_BUNDLE | TKW_REPLY))
 			return TKW_EBADSTATUS;
 	}
 	/* Session id: top bit 0; zero exactly where S3 says. */
@@ -731,8 +790,8 @@ static int check_header(const struct tkw_header *h)
 	if (h->request == 0)
 		return TKW_EBADHEADER;
 	if (is_request(t)) {
-		if (h->ack > h->request || (h->session == 0 && h->ack != 0))
-			return TKW_EBADHEADER;
+		if (h->ack > h->request || (h->session == 0 && h->ack != 0) || (t == TKW_BUNDLE && h->ack != 0))
+			return TKW_EBADHEADER; /* a bundle acks nothing: its datagrams do (S22) */
 	} else if (h->ack != 0) {
 		return TKW_EBADHEADER;
 	}
@@ -875,6 +934,9 @@ void tkw_reseal(uint8_t *b, size_t n)
 static uint8_t derive_flags(const struct tkw_msg *m, int kind)
 {
 	switch (kind) {
+	case TKW_K_SESSION_OPEN:
+	case TKW_K_SESSION_REPLY:
+		return m->bundle ? TKW_FLAG_BUNDLE : 0;
 	case TKW_K_KEEPALIVE:
 		return (uint8_t)((m->renew ? TKW_FLAG_RENEW : 0) | (m->done_version ? TKW_FLAG_DONE : 0));
 	case TKW_K_ACQUIRE:
@@ -1066,6 +1128,30 @@ static void enc_body(struct wr *w, const struct tkw_msg *m, int kind)
 		wr_bytes8(w, m->owner_addr, TKW_MAX_TEXT, TKW_ETOOLARGE);
 		wr_u32(w, m->owner_epoch);
 		break;
+	case TKW_K_BUNDLE:
+		/* each datagram whole, as it would be sent alone; the decoder
+		 * run by tkw_encode checks types and sessions (S22) */
+		if (m->count == 0 || m->count > TKW_MAX_BUNDLE) {
+			if (!w->err)
+				w->err = TKW_EBADBODY;
+			return;
+		}
+		for (unsigned i = 0; i < m->count; i++) {
+			struct tkw_bytes d = m->datagrams[i];
+			if (!d.p || d.len < TKW_HEADER_LEN) {
+				if (!w->err)
+					w->err = TKW_EBADBODY;
+				return;
+			}
+			if (d.len > TKW_MAX_BODY - TKW_BUNDLE_ENTRY_OVERHEAD) {
+				if (!w->err)
+					w->err = TKW_ETOOLARGE;
+				return;
+			}
+			wr_u16(w, (uint16_t)d.len);
+			wr_put(w, d.p, d.len);
+		}
+		break;
 	default:
 		w->err = TKW_EUNKNOWNTYPE;
 	}
@@ -1133,7 +1219,7 @@ const char *tkw_kind_name(int kind)
 		"KEEPALIVE_REPLY", "ACQUIRE", "RELEASE", "CONVERT", "CANCEL", "RECLAIM",
 		"REVOKE_ACK", "MAP_REQUEST", "MAP_REPLY", "REVOKE", "GRANT", "QUEUED",
 		"ERROR", "NOT_OWNER", "COOKIE", "FENCE_PROOF", "PROOF", "GRANT_ACK",
-		"ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT",
+		"ACQUIRE_BATCH", "GRANT_BATCH", "BATCH_CONFLICT", "BUNDLE",
 	};
 	return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "INVALID";
 }

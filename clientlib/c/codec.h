@@ -38,6 +38,13 @@ extern "C" {
 #define TKW_AUTH_OFF 48     /* the header's auth tag: bytes 48..59 (S20) */
 #define TKW_AUTH_LEN 12
 /*
+ * BUNDLE and BUNDLE_REPLY (S22): each datagram inside takes a u16 length and
+ * at least a header, so a body of at most 1136 bytes holds at most
+ * 1136 / (2 + 64) = 17 of them.
+ */
+#define TKW_BUNDLE_ENTRY_OVERHEAD 2
+#define TKW_MAX_BUNDLE (TKW_MAX_BODY / (TKW_BUNDLE_ENTRY_OVERHEAD + TKW_HEADER_LEN))
+/*
  * Capacity of the MAP reply arrays. A valid worker entry takes at least 6
  * bytes and a run 14, and the fixed part of the body 20, so a body of at most
  * 1136 bytes can never list more than 186 workers or 79 runs: these arrays
@@ -61,12 +68,14 @@ enum {
 	TKW_FENCE_PROOF = 0x0B, /* read-only: a signed proof of a held grant's fence */
 	TKW_GRANT_ACK = 0x0C,   /* one-way: the outcome of a QUEUED request arrived */
 	TKW_ACQUIRE_BATCH = 0x0D, /* all-or-none acquire of 1..8 tokens of one shard (S21) */
+	TKW_BUNDLE = 0x0E,        /* whole datagrams of one session in one (S22); reply 0x8E */
 	TKW_REVOKE = 0x41,
 	TKW_GRANT_ASYNC = 0x42,
 	TKW_REPLY = 0x80 /* reply type = request type | TKW_REPLY */
 };
 
 /* Flag bits (S4). */
+#define TKW_FLAG_BUNDLE 0x01        /* SESSION_OPEN, and its reply with status OK (S22) */
 #define TKW_FLAG_RENEW 0x01         /* KEEPALIVE */
 #define TKW_FLAG_DONE 0x02          /* KEEPALIVE: done_version follows the entries */
 #define TKW_FLAG_TRY 0x01           /* ACQUIRE, CONVERT */
@@ -136,7 +145,8 @@ enum tkw_kind {
 	TKW_K_GRANT_ACK,
 	TKW_K_ACQUIRE_BATCH,
 	TKW_K_GRANT_BATCH,
-	TKW_K_BATCH_CONFLICT
+	TKW_K_BATCH_CONFLICT,
+	TKW_K_BUNDLE /* BUNDLE, and BUNDLE_REPLY (status OK only) */
 };
 
 /*
@@ -220,6 +230,7 @@ struct tkw_msg {
 	int kind; /* enum tkw_kind, set by tkw_decode; tkw_encode derives it */
 
 	uint32_t ttl_ms;         /* SESSION_OPEN, SESSION_REPLY */
+	int bundle;              /* SESSION_OPEN, SESSION_REPLY (flag BUNDLE, S22) */
 	struct tkw_bytes lib;    /* SESSION_OPEN */
 	uint8_t nonce[TKW_NONCE_LEN];        /* SESSION_OPEN */
 	struct tkw_bytes key_name;           /* SESSION_OPEN: 0..64 bytes */
@@ -260,9 +271,17 @@ struct tkw_msg {
 	struct tkw_bytes message;    /* ERROR, NOT_OWNER */
 	struct tkw_bytes owner_addr; /* NOT_OWNER */
 	uint32_t owner_epoch;        /* NOT_OWNER */
-	uint8_t count;               /* ACQUIRE_BATCH, GRANT_BATCH: 1..TKW_MAX_BATCH */
+	uint8_t count;               /* ACQUIRE_BATCH, GRANT_BATCH: 1..TKW_MAX_BATCH; BUNDLE: 1..TKW_MAX_BUNDLE */
 	struct tkw_batch_item batch[TKW_MAX_BATCH];
 	uint8_t conflict_entry;      /* BATCH_CONFLICT: 0..TKW_MAX_BATCH-1 */
+	/*
+	 * BUNDLE, BUNDLE_REPLY: the datagrams inside, whole, in order (point
+	 * into the decoded bundle). tkw_decode checks only what S22 asks of the
+	 * bundle (lengths, types a bundle may carry, the bundle's session): a
+	 * receiver passes each to tkw_check_frame, its auth check and
+	 * tkw_decode as if it had arrived alone, and drops only the bad ones.
+	 */
+	struct tkw_bytes datagrams[TKW_MAX_BUNDLE];
 };
 
 /* CRC32C (Castagnoli) of n bytes, as in S3 ("123456789" -> 0xE3069283). */
@@ -283,6 +302,13 @@ int tkw_status_known(uint8_t status);
 int tkw_kind_of(uint8_t type, uint8_t status);
 /* Retryable statuses: not applied, not cached, resend the same id (S6, S17.6). */
 int tkw_status_retryable(uint8_t status);
+/*
+ * May a bundle of type outer (TKW_BUNDLE or its reply) carry a datagram of
+ * type inner (S22)? A BUNDLE carries requests other than SESSION_OPEN,
+ * MAP_REQUEST and BUNDLE; a BUNDLE_REPLY carries replies and server-initiated
+ * messages other than the replies to those.
+ */
+int tkw_bundles(uint8_t outer, uint8_t inner);
 
 /*
  * Decode and validate datagram b[0..n) in the order of S7. On success m holds

@@ -420,6 +420,9 @@ func goDecode(b []byte) error {
 	case wire.KindBatchConflict:
 		var m wire.BatchConflict
 		return m.Decode(h, b)
+	case wire.KindBundle:
+		var m wire.Bundle
+		return m.Decode(h, b)
 	}
 	return fmt.Errorf("no decoder for kind %v", h.Kind())
 }
@@ -500,7 +503,7 @@ func mutate(r *rand.Rand, b []byte) []byte {
 		if len(m) >= 64 {
 			switch r.IntN(8) {
 			case 0:
-				m[3] = []byte{0x00, 0x0b, 0x41, 0x42, 0x81, 0x89, 0x8a, 0xff}[r.IntN(8)]
+				m[3] = []byte{0x00, 0x0b, 0x0e, 0x41, 0x42, 0x81, 0x89, 0x8a, 0x8e, 0xff}[r.IntN(10)]
 			case 1:
 				m[4] = byte(r.IntN(4))
 			case 2:

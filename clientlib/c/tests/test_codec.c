@@ -102,7 +102,7 @@ static void d_u(struct dump *d, const char *key, uint64_t v)
 
 static void d_b(struct dump *d, const char *key, struct tkw_bytes b)
 {
-	char h[2 * TKW_MAX_PROOF + 1];
+	char h[2 * TKW_MAX_BODY + 1];
 	tohex(b.p, b.len, h);
 	d_add(d, key, h);
 }
@@ -292,6 +292,14 @@ static void dump_msg(const struct tkw_msg *m, struct dump *d)
 		d_u(d, "conflict_entry", m->conflict_entry);
 		d_b(d, "message", m->message);
 		break;
+	case TKW_K_BUNDLE:
+		d_u(d, "count", m->count);
+		for (unsigned i = 0; i < m->count; i++) {
+			char k[32];
+			snprintf(k, sizeof k, "datagram.%u", i);
+			d_b(d, k, m->datagrams[i]);
+		}
+		break;
 	}
 }
 
@@ -300,6 +308,8 @@ static int is_bytes_key(const char *k)
 {
 	const char *dot = strrchr(k, '.');
 	const char *f = dot ? dot + 1 : k;
+	if (!strncmp(k, "datagram.", 9))
+		return 1; /* datagram.<i>: a whole datagram in a bundle */
 	return !strcmp(f, "lib") || !strcmp(f, "nonce") || !strcmp(f, "key_name") || !strcmp(f, "cookie") ||
 	       !strcmp(f, "worker_nonce") || !strcmp(f, "token") || !strcmp(f, "value") || !strcmp(f, "addr") ||
 	       !strcmp(f, "id") || !strcmp(f, "message") || !strcmp(f, "owner_addr") || !strcmp(f, "proof");
@@ -336,7 +346,7 @@ static int arena_hex(struct arena *a, const char *hex, struct tkw_bytes *out)
 
 static int kind_by_name(const char *s)
 {
-	for (int k = TKW_K_EMPTY; k <= TKW_K_BATCH_CONFLICT; k++)
+	for (int k = TKW_K_EMPTY; k <= TKW_K_BUNDLE; k++)
 		if (!strcmp(tkw_kind_name(k), s))
 			return k;
 	return TKW_K_INVALID;
@@ -386,6 +396,8 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 			else if (sscanf(k, "grant.%u.%31s", &idx, field) == 2 && idx < TKW_MAX_BATCH &&
 				 !strcmp(field, "value"))
 				m->batch[idx].value = b;
+			else if (sscanf(k, "datagram.%u", &idx) == 1 && idx < TKW_MAX_BUNDLE)
+				m->datagrams[idx] = b;
 			else if (sscanf(k, "worker.%u.%31s", &idx, field) == 2 && idx < TKW_MAP_MAX_WORKERS) {
 				if (!strcmp(field, "addr"))
 					m->workers[idx].addr = b;
@@ -536,6 +548,10 @@ static int msg_from_pairs(const struct pair *p, int n, struct tkw_msg *m, struct
 		} else
 			return -1;
 	}
+	/* The BUNDLE flag has no body key: vectors.txt shows it in "flags"
+	 * alone, the only place a receiver finds it (S22). */
+	if (m->kind == TKW_K_SESSION_OPEN || m->kind == TKW_K_SESSION_REPLY)
+		m->bundle = (m->h.flags & TKW_FLAG_BUNDLE) != 0;
 	return 0;
 }
 
@@ -875,6 +891,151 @@ static void unit_checks(void)
 		FAIL("auth tag not carried");
 }
 
+/* A 64-byte SESSION_CLOSE of session s, request id i: the smallest datagram
+ * a BUNDLE may carry. */
+static void session_close(uint8_t *b, uint64_t s, uint64_t i)
+{
+	static struct tkw_msg m;
+	size_t len;
+	memset(&m, 0, sizeof m);
+	m.h.type = TKW_SESSION_CLOSE;
+	m.h.session = s;
+	m.h.request = i;
+	if (tkw_encode(&m, b, TKW_HEADER_LEN, &len) != TKW_OK || len != TKW_HEADER_LEN)
+		FAIL("encode a SESSION_CLOSE");
+}
+
+/* Bundles (S22) beyond what the vectors show: the type table, the most
+ * datagrams a bundle holds, and what the encoder refuses. */
+static void bundle_checks(void)
+{
+	/* the types a bundle may carry, spelled out from S22 */
+	static const uint8_t in_bundle[] = {0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0B, 0x0C, 0x0D};
+	static const uint8_t in_reply[] = {0x41, 0x42, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8B, 0x8D};
+	for (int t = 0; t < 256; t++) {
+		int want_b = memchr(in_bundle, t, sizeof in_bundle) != NULL;
+		int want_r = memchr(in_reply, t, sizeof in_reply) != NULL;
+		checks++;
+		if (tkw_bundles(TKW_BUNDLE, (uint8_t)t) != want_b || tkw_bundles(TKW_BUNDLE | TKW_REPLY, (uint8_t)t) != want_r)
+			FAIL("tkw_bundles(.., %#x): %d %d, want %d %d", t, tkw_bundles(TKW_BUNDLE, (uint8_t)t),
+			     tkw_bundles(TKW_BUNDLE | TKW_REPLY, (uint8_t)t), want_b, want_r);
+		if (tkw_bundles((uint8_t)t, TKW_ACQUIRE) && t != TKW_BUNDLE)
+			FAIL("tkw_bundles(%#x, ACQUIRE): not a bundle type", t);
+	}
+
+	/* TKW_MAX_BUNDLE 64-byte datagrams fill a bundle: all decode, in order */
+	static uint8_t inner[TKW_MAX_BUNDLE + 1][TKW_HEADER_LEN];
+	static struct tkw_msg m, d;
+	uint8_t out[TKW_MAX_DATAGRAM];
+	size_t len;
+	const uint64_t sess = 77;
+	checks++;
+	if (TKW_MAX_BUNDLE != 17 ||
+	    TKW_HEADER_LEN + (TKW_MAX_BUNDLE + 1) * (TKW_BUNDLE_ENTRY_OVERHEAD + TKW_HEADER_LEN) <= TKW_MAX_DATAGRAM)
+		FAIL("TKW_MAX_BUNDLE %d is not the most 64-byte datagrams a bundle holds", TKW_MAX_BUNDLE);
+	memset(&m, 0, sizeof m);
+	m.h.type = TKW_BUNDLE;
+	m.h.session = sess;
+	m.h.request = 1;
+	for (unsigned i = 0; i <= TKW_MAX_BUNDLE; i++) {
+		session_close(inner[i], sess, i + 1);
+		if (i < TKW_MAX_BUNDLE)
+			m.datagrams[i] = (struct tkw_bytes){inner[i], TKW_HEADER_LEN};
+	}
+	m.count = TKW_MAX_BUNDLE;
+	int e = tkw_encode(&m, out, sizeof out, &len);
+	checks++;
+	if (e != TKW_OK || len != TKW_HEADER_LEN + TKW_MAX_BUNDLE * (2 + TKW_HEADER_LEN))
+		FAIL("encode a full bundle: %s, %zu bytes", tkw_err_name(e), len);
+	else if ((e = tkw_decode(out, len, &d)) != TKW_OK || d.kind != TKW_K_BUNDLE || d.count != TKW_MAX_BUNDLE)
+		FAIL("decode a full bundle: %s, kind %s, count %u", tkw_err_name(e), tkw_kind_name(d.kind), d.count);
+	else
+		for (unsigned i = 0; i < TKW_MAX_BUNDLE; i++) {
+			struct tkw_bytes b = d.datagrams[i];
+			if (b.p != out + TKW_HEADER_LEN + i * (2 + TKW_HEADER_LEN) + 2 || b.len != TKW_HEADER_LEN ||
+			    memcmp(b.p, inner[i], TKW_HEADER_LEN) != 0 || tkw_decode(b.p, b.len, &m) != TKW_OK ||
+			    m.h.request != i + 1)
+				FAIL("full bundle: datagram %u", i);
+		}
+
+	/* what the encoder refuses */
+	memset(&m, 0, sizeof m);
+	m.h.type = TKW_BUNDLE | TKW_REPLY;
+	m.h.session = sess;
+	m.h.request = 1;
+	checks++;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode an empty bundle");
+	m.count = TKW_MAX_BUNDLE + 1;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode %d datagrams in a bundle", TKW_MAX_BUNDLE + 1);
+	m.count = 1;
+	uint8_t reply[TKW_HEADER_LEN];
+	memcpy(reply, inner[0], sizeof reply);
+	reply[3] = TKW_SESSION_CLOSE | TKW_REPLY;
+	m.datagrams[0] = (struct tkw_bytes){reply, TKW_HEADER_LEN - 1};
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode a bundled datagram shorter than a header");
+	m.datagrams[0].len = TKW_HEADER_LEN;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK)
+		FAIL("encode a BUNDLE_REPLY");
+	m.h.status = TKW_ST_BAD_REQUEST;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADSTATUS)
+		FAIL("encode a BUNDLE_REPLY with status BAD_REQUEST");
+	m.h.status = TKW_ST_OK;
+	m.h.session = sess + 1;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode a bundled datagram of another session");
+	m.h.session = sess;
+	m.datagrams[0].p = inner[0];
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADBODY)
+		FAIL("encode a request in a BUNDLE_REPLY");
+	m.h.type = TKW_BUNDLE;
+	m.h.ack = 1;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_EBADHEADER)
+		FAIL("encode a BUNDLE with an ack");
+	m.h.ack = 0;
+	/* 17 datagrams of 66 bytes do not fit in 1200 */
+	static uint8_t big[TKW_MAX_BUNDLE][TKW_HEADER_LEN + 2];
+	for (unsigned i = 0; i < TKW_MAX_BUNDLE; i++) {
+		memcpy(big[i], inner[i], TKW_HEADER_LEN);
+		m.datagrams[i] = (struct tkw_bytes){big[i], sizeof big[i]};
+	}
+	m.count = TKW_MAX_BUNDLE;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_ETOOLARGE)
+		FAIL("encode a bundle over 1200 bytes");
+
+	/* the flag: SESSION_OPEN and its OK reply carry it, nothing else */
+	memset(&m, 0, sizeof m);
+	m.h.type = TKW_SESSION_OPEN;
+	m.h.request = 1;
+	m.bundle = 1;
+	checks++;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || out[4] != TKW_FLAG_BUNDLE ||
+	    tkw_decode(out, len, &d) != TKW_OK || !d.bundle)
+		FAIL("SESSION_OPEN with BUNDLE");
+	m.bundle = 0;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || out[4] != 0 || tkw_decode(out, len, &d) != TKW_OK ||
+	    d.bundle)
+		FAIL("SESSION_OPEN without BUNDLE");
+	m.h.type = TKW_SESSION_OPEN | TKW_REPLY;
+	m.h.session = sess;
+	m.ttl_ms = m.shard_count = m.worker_ttl_ms = 1;
+	m.bundle = 1;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || out[4] != TKW_FLAG_BUNDLE ||
+	    tkw_decode(out, len, &d) != TKW_OK || !d.bundle)
+		FAIL("SESSION_REPLY with BUNDLE");
+	/* the same flag on a refusal (status UNAVAILABLE, error body) */
+	m.h.status = TKW_ST_UNAVAILABLE;
+	m.h.session = 0;
+	if (tkw_encode(&m, out, sizeof out, &len) != TKW_OK || out[4] != 0)
+		FAIL("an error SESSION_REPLY has no flags to derive");
+	out[4] = TKW_FLAG_BUNDLE;
+	tkw_reseal(out, len);
+	if (tkw_decode(out, len, &d) != TKW_EBADFLAGS)
+		FAIL("an error SESSION_REPLY with BUNDLE decodes");
+}
+
 static int classify(void)
 {
 	static char line[8192];
@@ -985,6 +1146,7 @@ int main(int argc, char **argv)
 		fclose(f);
 	}
 	unit_checks();
+	bundle_checks();
 
 	if (nrecords < 100 || nmisc < 10)
 		FAIL("only %d message records and %d crc/hash lines: wrong file?", nrecords, nmisc);
