@@ -1844,6 +1844,16 @@ static void on_datagram(struct tokend_client *c, const uint8_t *b, size_t n, con
 		c->drops++;
 		return;
 	}
+	if (b[3] == (TKW_BUNDLE | TKW_REPLY)) {
+		/*
+		 * This library never sets the BUNDLE flag in its SESSION_OPEN, so
+		 * no worker may send it a BUNDLE_REPLY (SPEC 22): one that comes
+		 * anyway is unexpected, dropped whole without looking inside. Its
+		 * own tag is zero by design, so it is not an auth failure.
+		 */
+		c->drops++;
+		return;
+	}
 	switch (auth_check(c, b, n)) {
 	case AUTH_FAIL:
 		c->auth_failures++;

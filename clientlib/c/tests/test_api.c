@@ -84,6 +84,9 @@ struct fake {
 	int queue_ms;      /* under mu */
 	int ka_cannot_vouch; /* KEEPALIVE replies say validity 0 (under mu) */
 	int drop_releases;   /* RELEASEs go unanswered (under mu) */
+	int bundle_acquires; /* answer this many ACQUIREs inside a BUNDLE_REPLY, not alone (under mu) */
+	int bundles_sent;    /* under mu */
+	int open_flags;      /* the flags of every SESSION_OPEN, or'ed (under mu) */
 	int q_state;       /* 0 none, 1 queued, 2 granted */
 	uint64_t q_request, q_fence;
 	uint32_t q_shard;
@@ -111,16 +114,17 @@ struct fake {
 	uint8_t cookie[TKW_COOKIE_LEN];      /* the fake thread's */
 };
 
-/* Which key tags what the fake sends (SPEC 20 "Which key signs what"). */
-static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_in *to)
+/* Encode and tag m into dg (TKW_MAX_DATAGRAM bytes) as the fake sends it
+ * alone; 0, or -1 (counted as a failure). Which key tags what: SPEC 20
+ * "Which key signs what". */
+static int fake_seal(struct fake *f, struct tkw_msg *m, uint8_t *dg, size_t *lenp)
 {
-	uint8_t dg[TKW_MAX_DATAGRAM];
 	size_t len;
-	int e = tkw_encode(m, dg, sizeof dg, &len);
+	int e = tkw_encode(m, dg, TKW_MAX_DATAGRAM, &len);
 	if (e != TKW_OK) {
 		fprintf(stderr, "fake: encode type %#x: %s\n", m->h.type, tkw_err_name(e));
 		failures++;
-		return;
+		return -1;
 	}
 	struct tka_mac key;
 	const struct tka_mac *k = &key;
@@ -136,6 +140,42 @@ static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_i
 	pthread_mutex_unlock(&f->mu);
 	if (tka_seal(k, dg, len) != 0) {
 		fprintf(stderr, "fake: tka_seal failed\n");
+		failures++;
+		return -1;
+	}
+	*lenp = len;
+	return 0;
+}
+
+static void fake_send(struct fake *f, struct tkw_msg *m, const struct sockaddr_in *to)
+{
+	uint8_t dg[TKW_MAX_DATAGRAM];
+	size_t len;
+	if (fake_seal(f, m, dg, &len) == 0)
+		sendto(f->fd, dg, len, 0, (const struct sockaddr *)to, sizeof *to);
+}
+
+/* Send m inside a BUNDLE_REPLY (SPEC 22), tagged as it would be alone; the
+ * bundle's own tag is zero. */
+static void fake_send_bundled(struct fake *f, struct tkw_msg *m, const struct sockaddr_in *to)
+{
+	static uint8_t in[TKW_MAX_DATAGRAM];
+	static struct tkw_msg b;
+	uint8_t dg[TKW_MAX_DATAGRAM];
+	size_t len;
+	if (fake_seal(f, m, in, &len) != 0)
+		return;
+	memset(&b, 0, sizeof b);
+	b.h.type = TKW_BUNDLE | TKW_REPLY;
+	b.h.session = m->h.session;
+	b.h.request = m->h.request;
+	b.h.map_version = m->h.map_version;
+	b.count = 1;
+	b.datagrams[0].p = in;
+	b.datagrams[0].len = len;
+	int e = tkw_encode(&b, dg, sizeof dg, &len);
+	if (e != TKW_OK) {
+		fprintf(stderr, "fake: encode a BUNDLE_REPLY: %s\n", tkw_err_name(e));
 		failures++;
 		return;
 	}
@@ -203,6 +243,7 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 	r.h.shard = q.h.shard;
 	r.h.epoch = q.h.epoch;
 	r.h.map_version = 1;
+	int bundled = 0;
 	pthread_mutex_lock(&f->mu);
 	f->client = *from;
 	f->have_client = 1;
@@ -229,6 +270,7 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		}
 		break;
 	case TKW_SESSION_OPEN:
+		f->open_flags |= q.h.flags;
 		if (!f->insecure && q.cookie.len == 0) {
 			/* a cookie the fake recognises: four zero bytes, then the nonce */
 			memset(f->cookie, 0, 4);
@@ -294,6 +336,11 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		} else {
 			f->acquires++;
 			r.fence = (UINT64_C(1) << 40) | ++f->next_fence;
+			if (f->bundle_acquires > 0) {
+				f->bundle_acquires--;
+				f->bundles_sent++;
+				bundled = 1;
+			}
 		}
 		r.mode = q.mode;
 		r.validity_ms = 800;
@@ -354,7 +401,10 @@ static void fake_handle(struct fake *f, const uint8_t *b, size_t n, const struct
 		r.h.status = TKW_ST_BAD_REQUEST;
 	}
 	pthread_mutex_unlock(&f->mu);
-	fake_send(f, &r, from);
+	if (bundled)
+		fake_send_bundled(f, &r, from);
+	else
+		fake_send(f, &r, from);
 }
 
 static int fake_stopping(struct fake *f)
@@ -1541,6 +1591,56 @@ static tokend_stats stats_of(tokend_client *c)
 }
 
 /*
+ * A BUNDLE_REPLY to a client that never asked for bundles (its SESSION_OPEN
+ * has no BUNDLE flag, SPEC 22) is dropped whole and counted, not opened: the
+ * grant it carries is not taken, and the retransmitted ACQUIRE's answer,
+ * sent alone with the next fence, is. Not an auth failure: a bundle's own
+ * tag is zero by design. Keyed and insecure clients alike.
+ */
+static void test_bundle_reply(int insecure)
+{
+	struct fake f;
+	fake_start_full(&f, 0, 0, NULL, 0, insecure);
+	tokend_options o;
+	tokend_options_init(&o);
+	if (insecure)
+		o.insecure = 1;
+	else
+		o.key = TEST_KEY;
+	const char *seeds[] = {f.addr};
+	o.seeds = seeds;
+	o.nseeds = 1;
+	tokend_client *c;
+	int rc = tokend_connect(&o, &c);
+	CHECK_RC(rc, TOKEND_OK, "connect to the fake");
+	if (rc != TOKEND_OK) {
+		fake_stop(&f);
+		return;
+	}
+	tokend_stats before = stats_of(c);
+	fake_set(&f, &f.bundle_acquires, 3);
+	tokend_grant g;
+	CHECK_RC(tokend_acquire(c, "bun", 3, TOKEND_EX, 0, &g), TOKEND_OK, "acquire answered in bundles first");
+	tokend_stats after = stats_of(c);
+	int sent = fake_get(&f, &f.bundles_sent);
+	CHECK(sent == 3, "the fake sent %d bundles, want 3", sent);
+	/* fences 1..3 went out in the bundles; a slow run may retransmit once
+	 * more than needed, whose answer (alone) is then unexpected too */
+	CHECK(fake_get(&f, &f.acquires) >= 4, "%d ACQUIREs reached the fake, want 4", fake_get(&f, &f.acquires));
+	CHECK(g.fence >= ((UINT64_C(1) << 40) | 4), "fence %#" PRIx64 ": a grant from inside a bundle was taken",
+	      g.fence);
+	CHECK(after.dropped - before.dropped >= (uint64_t)sent, "%" PRIu64 " datagrams dropped, want the %d bundles",
+	      after.dropped - before.dropped, sent);
+	CHECK(after.auth_failures == before.auth_failures, "%" PRIu64 " auth failures for bundles",
+	      after.auth_failures - before.auth_failures);
+	CHECK(fake_get(&f, &f.open_flags) == 0, "SESSION_OPEN flags %#x: the client asked for bundles",
+	      fake_get(&f, &f.open_flags));
+	CHECK_RC(tokend_release(c, &g, NULL, 0), TOKEND_OK, "release after the bundles");
+	CHECK_RC(tokend_close(c), TOKEND_OK, "close");
+	fake_stop(&f);
+}
+
+/*
  * A client with seeds listens to announcements: a verified one of a newer
  * map version than the client's makes it fetch the map; forged ones
  * (unsigned, another key) are dropped and counted. Skipped where multicast
@@ -1668,6 +1768,8 @@ int main(void)
 	test_key_sources();
 	test_auth_mismatch();
 	test_forged();
+	test_bundle_reply(0);
+	test_bundle_reply(1);
 	test_announce_refresh();
 	printf("test_api: %s (%d failures)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
