@@ -148,8 +148,16 @@ type Stats struct {
 	// "signature" for forgeries, "timestamp" for replays, "version" for
 	// another format version; nil without Config.Announce.
 	AnnouncementsDropped map[string]uint64
-	// Sent counts the datagrams the client sent (retransmissions included).
+	// Sent counts the datagrams the client sent (retransmissions included),
+	// each datagram in a BUNDLE counted.
 	Sent uint64
+	// Bundles (wire/SPEC.md section 22; Config.NoBundle): BundlesSent
+	// counts the BUNDLEs the client sent and BundledSent the datagrams in
+	// them (Sent − BundledSent + BundlesSent UDP datagrams went out);
+	// BundlesReceived counts the BUNDLE_REPLYs taken and BundledReceived
+	// the datagrams in them (each then checked as if it came alone),
+	// BundlesDropped the BUNDLE_REPLYs dropped whole for a bad layout.
+	BundlesSent, BundledSent, BundlesReceived, BundledReceived, BundlesDropped uint64
 	// The token cache: CacheHits counts the Acquires served from it (no
 	// datagram), CacheMisses those that went to a worker while the cache
 	// was on. CacheEvictions counts the cached grants given back for the
@@ -173,7 +181,11 @@ func (c *Client) Stats() Stats {
 	s := Stats{AuthFailures: c.authFailures.Load(), Sent: c.sent.Load(),
 		CacheHits: c.cacheHits.Load(), CacheMisses: c.cacheMisses.Load(), CacheEvictions: c.cacheEvictions.Load(),
 		CacheRevoked: c.cacheRevoked.Load(), CacheDropped: c.cacheDropped.Load(), CacheSplits: c.cacheSplits.Load(),
-		BatchGranted: c.batchGrants.Load(), BatchFallbacks: c.batchFallbacks.Load()}
+		BatchGranted: c.batchGrants.Load(), BatchFallbacks: c.batchFallbacks.Load(),
+		BundlesReceived: c.bundlesRecv.Load(), BundledReceived: c.bundledRecv.Load(), BundlesDropped: c.bundlesBad.Load()}
+	if c.sendq != nil {
+		s.BundlesSent, s.BundledSent = c.sendq.sentBundle.Load(), c.sendq.inBundles.Load()
+	}
 	c.mu.Lock()
 	s.Cached = c.cache.n
 	c.mu.Unlock()

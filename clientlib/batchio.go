@@ -1,6 +1,7 @@
 package clientlib
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
@@ -15,13 +16,18 @@ import (
 // Batched socket I/O. Many goroutines of one Client send at once under
 // load; each sendto is a system call, and on a small machine the system
 // calls are most of a request's cost. So sends are combined: the goroutine
-// that finds nobody sending writes its datagram at once and then, with one
-// sendmmsg per round, whatever the others queued meanwhile (flat
-// combining: no goroutine waits for a timer, an idle client sends each
-// datagram as before). The receive loop reads up to recvBatch datagrams
-// per recvmmsg. Both need a *net.UDPConn (x/net wraps its file
-// descriptor); a borrowed net.PacketConn of another kind (Config.PacketConn:
-// fault injection, tests) keeps one system call per datagram.
+// that finds nobody sending writes its datagram at once and then, round
+// after round, whatever the others queued meanwhile (flat combining: no
+// goroutine waits for a timer, an idle client sends each datagram as
+// before). In a round, the datagrams queued for one worker that takes
+// bundles (wire/SPEC.md section 22) go in BUNDLEs, several to a UDP
+// datagram, so that the network's per-datagram cost (on loopback, the
+// receive path runs in the sender's system call) is paid once for them.
+// On a *net.UDPConn a round is one sendmmsg (x/net wraps the file
+// descriptor) and the receive loop reads up to recvBatch datagrams per
+// recvmmsg; a borrowed net.PacketConn of another kind (Config.PacketConn:
+// fault injection, tests) is written one datagram at a time, bundles
+// included, and read one at a time.
 
 const (
 	sendQueueMax = 64 // datagrams queued behind a running send; more are sent directly
@@ -50,16 +56,29 @@ func newBatchConn(pc net.PacketConn) batchConn {
 	return ipv6.NewPacketConn(uc)
 }
 
-// sendQueue combines concurrent sends into sendmmsg calls.
+// sendQueue combines concurrent sends into bundles and sendmmsg calls.
 type sendQueue struct {
-	bc batchConn
+	bc batchConn      // nil: pc is not a UDP socket, written one datagram at a time
+	pc net.PacketConn // the socket, for that case
+	// takes reports whether a destination takes BUNDLEs; nil: none does.
+	// Called by the draining goroutine without mu.
+	takes func(to net.Addr) bool
 
 	mu    sync.Mutex
 	busy  bool           // a goroutine is sending and will drain q
 	q     []ipv4.Message // queued behind it; Buffers[0] is a copy (cap wire.MaxDatagram)
 	spare []ipv4.Message // the other half of the double buffer (nil while flushing)
 
-	calls atomic.Uint64 // system calls made to send (sendto and sendmmsg)
+	// Only the draining goroutine (busy) uses these: what a round sends,
+	// the bundles it built (Buffers[0] of cap wire.MaxDatagram) and which
+	// queued datagrams went into one.
+	packed  []ipv4.Message
+	bundles []ipv4.Message
+	used    []bool
+
+	calls      atomic.Uint64 // system calls made to send (sendto and sendmmsg)
+	sentBundle atomic.Uint64 // BUNDLEs sent
+	inBundles  atomic.Uint64 // datagrams sent inside them
 }
 
 // enqueue outcomes.
@@ -114,22 +133,136 @@ func (s *sendQueue) drain(fail func(error)) {
 		}
 		s.q, s.spare = s.spare[:0], nil
 		s.mu.Unlock()
-		for rest := out; len(rest) > 0; {
-			s.calls.Add(1)
-			n, err := s.bc.WriteBatch(rest, 0)
-			if err != nil || n <= 0 {
-				fail(err)
-				break
-			}
-			rest = rest[n:]
-		}
+		ms := s.pack(out)
+		s.write(ms, fail)
 		for i := range out {
 			out[i].Addr = nil
+		}
+		for i := range ms {
+			ms[i].Addr = nil
 		}
 		s.mu.Lock()
 		s.spare = out[:0]
 		s.mu.Unlock()
 	}
+}
+
+// write sends ms: sendmmsg as many times as it takes, or one WriteTo each.
+func (s *sendQueue) write(ms []ipv4.Message, fail func(error)) {
+	if s.bc == nil {
+		for i := range ms {
+			s.calls.Add(1)
+			if _, err := s.pc.WriteTo(ms[i].Buffers[0], ms[i].Addr); err != nil {
+				fail(err)
+			}
+		}
+		return
+	}
+	for rest := ms; len(rest) > 0; {
+		s.calls.Add(1)
+		n, err := s.bc.WriteBatch(rest, 0)
+		if err != nil || n <= 0 {
+			fail(err)
+			break
+		}
+		rest = rest[n:]
+	}
+}
+
+// pack returns what a round sends for the queued datagrams out: each
+// alone, except that the datagrams for a destination that takes bundles
+// go in BUNDLEs (SPEC §22), in their order, each bundle at most
+// wire.MaxDatagram bytes and of one session; a datagram with nothing to
+// bundle it with goes alone. A bundle's header names the session, the
+// first datagram's request id and map version. It does not allocate once
+// its buffers have grown to the queue's size.
+func (s *sendQueue) pack(out []ipv4.Message) []ipv4.Message {
+	if s.takes == nil || len(out) < 2 {
+		return out
+	}
+	s.packed = s.packed[:0]
+	s.used = append(s.used[:0], make([]bool, len(out))...)
+	nb := 0
+	for i := range out {
+		if s.used[i] {
+			continue
+		}
+		m := &out[i]
+		d := m.Buffers[0]
+		if !bundleable(d) || !s.takes(m.Addr) {
+			s.packed = append(s.packed, *m)
+			continue
+		}
+		var b []byte
+		k := 0 // datagrams in b
+		for j := i + 1; j < len(out); j++ {
+			o := &out[j]
+			if s.used[j] || !sameAddr(o.Addr, m.Addr) {
+				continue
+			}
+			e := o.Buffers[0]
+			if !bundleable(e) || sessionOf(e) != sessionOf(d) || !wire.BundleFits(max(len(b), wire.HeaderLen+wire.BundleEntryOverhead+len(d)), len(e)) {
+				break // the next datagram for m.Addr starts another bundle or goes alone: order kept
+			}
+			if k == 0 {
+				b = s.bundleBuf(nb)
+				b = wire.AppendHeader(b, wire.Header{Type: wire.TypeBundle, Session: sessionOf(d),
+					Request: binary.BigEndian.Uint64(d[16:]), MapVersion: binary.BigEndian.Uint64(d[40:])})
+				b = wire.AppendBundled(b, d)
+				k = 1
+			}
+			b = wire.AppendBundled(b, e)
+			s.used[j] = true
+			k++
+		}
+		if k == 0 {
+			s.packed = append(s.packed, *m)
+			continue
+		}
+		if wire.Seal(b) != nil { // cannot happen: BundleFits kept it in size
+			s.packed = append(s.packed, *m)
+			for j := i + 1; j < len(out); j++ {
+				if s.used[j] && sameAddr(out[j].Addr, m.Addr) {
+					s.packed = append(s.packed, out[j])
+				}
+			}
+			continue
+		}
+		bm := &s.bundles[nb]
+		nb++
+		bm.Buffers[0], bm.Addr = b, m.Addr
+		s.packed = append(s.packed, *bm)
+		s.sentBundle.Add(1)
+		s.inBundles.Add(uint64(k))
+	}
+	return s.packed
+}
+
+// bundleBuf returns the empty buffer of the round's i-th bundle.
+func (s *sendQueue) bundleBuf(i int) []byte {
+	for len(s.bundles) <= i {
+		s.bundles = append(s.bundles, ipv4.Message{Buffers: [][]byte{make([]byte, 0, wire.MaxDatagram)}})
+	}
+	return s.bundles[i].Buffers[0][:0]
+}
+
+// bundleable reports whether datagram d, the client's own, may go in a
+// BUNDLE: a request of a session other than SESSION_OPEN and MAP_REQUEST.
+func bundleable(d []byte) bool {
+	return len(d) >= wire.HeaderLen && wire.Bundles(wire.TypeBundle, wire.Type(d[3])) && sessionOf(d) != 0
+}
+
+func sessionOf(d []byte) uint64 { return binary.BigEndian.Uint64(d[8:]) }
+
+// sameAddr reports whether a and b are the same UDP destination (the
+// client's are the same *net.UDPAddr for the same address: udpAddrLocked).
+func sameAddr(a, b net.Addr) bool {
+	if a == b {
+		return true
+	}
+	ua, ok1 := a.(*net.UDPAddr)
+	ub, ok2 := b.(*net.UDPAddr)
+	return ok1 && ok2 && ua.Port == ub.Port && ua.IP.Equal(ub.IP)
 }
 
 // batchReader reads datagrams for the receive loop, several per system

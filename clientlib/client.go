@@ -25,7 +25,7 @@ type Client struct {
 	conn    net.PacketConn
 	ownConn bool
 	bconn   batchConn  // conn for recvmmsg and sendmmsg; nil if conn is not a UDP socket
-	sendq   *sendQueue // combines concurrent sends; nil with bconn
+	sendq   *sendQueue // combines concurrent sends, in bundles where it can
 	seeds   []netip.AddrPort
 	ann     *announce.Listener // nil unless Config.Announce.Enabled; closed by shutdown
 	clk     clock.Clock        // Config.Now for the time, Config.clock for timers
@@ -57,6 +57,13 @@ type Client struct {
 	// authFailures counts datagrams dropped for a tag that does not verify.
 	authFailures atomic.Uint64
 	sent         atomic.Uint64 // datagrams sent
+	// bundlers are the workers that take BUNDLEs (SPEC §22): their OK
+	// SESSION_REPLY had the flag, or they sent a BUNDLE_REPLY with a
+	// datagram of the session in it. Copied on write (rare); nil: none.
+	bundlers                 atomic.Pointer[map[netip.AddrPort]struct{}]
+	bundlersMu               sync.Mutex    // serializes the writers of bundlers
+	bundlesRecv, bundledRecv atomic.Uint64 // BUNDLE_REPLYs taken, and the datagrams in them
+	bundlesBad               atomic.Uint64 // BUNDLE_REPLYs dropped whole
 	// The token cache's bounds (0: off; set by Dial) and counters (Stats).
 	cacheMax                     int
 	cacheIdle                    time.Duration
@@ -166,8 +173,10 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		}
 		c.conn, c.ownConn = pc, true
 	}
-	if c.bconn = newBatchConn(c.conn); c.bconn != nil {
-		c.sendq = &sendQueue{bc: c.bconn}
+	c.bconn = newBatchConn(c.conn)
+	c.sendq = &sendQueue{bc: c.bconn, pc: c.conn}
+	if !cfg.NoBundle {
+		c.sendq.takes = c.takesBundles
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.spawn(c.recvLoop)
@@ -368,6 +377,43 @@ func (c *Client) write(b []byte, to *net.UDPAddr, lead bool) {
 	}
 }
 
+// takeBundlesFrom records that worker from takes BUNDLEs.
+func (c *Client) takeBundlesFrom(from netip.AddrPort) {
+	if m := c.bundlers.Load(); m != nil {
+		if _, ok := (*m)[from]; ok {
+			return
+		}
+	}
+	c.bundlersMu.Lock()
+	defer c.bundlersMu.Unlock()
+	old := c.bundlers.Load()
+	m := map[netip.AddrPort]struct{}{from: {}}
+	if old != nil {
+		if _, ok := (*old)[from]; ok {
+			return
+		}
+		for k := range *old {
+			m[k] = struct{}{}
+		}
+	}
+	c.bundlers.Store(&m)
+}
+
+// takesBundles reports whether the worker at to takes BUNDLEs (sendQueue).
+func (c *Client) takesBundles(to net.Addr) bool {
+	m := c.bundlers.Load()
+	if m == nil {
+		return false
+	}
+	ua, ok := to.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	ap := ua.AddrPort()
+	_, ok = (*m)[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]
+	return ok
+}
+
 func (c *Client) sendFailed(err error) {
 	if !c.stopped.Load() {
 		c.log.Debug("send failed", "err", err)
@@ -454,23 +500,71 @@ func (c *Client) handle(b []byte, from netip.AddrPort, r *reply, mr *wire.MapRep
 		c.log.Debug("dropped datagram", "from", from.String(), "reason", wire.Reason(err))
 		return out
 	}
+	if h.Type == wire.TypeBundleReply {
+		return c.handleBundle(h, b, from, r, mr, out)
+	}
+	out, _ = c.handleOne(h, b, from, r, mr, out)
+	return out
+}
+
+// handleBundle takes a BUNDLE_REPLY (SPEC §22): if the bundle is well
+// formed, each datagram in it is handled as if it had come alone from the
+// same worker, with every check (a bad one is dropped alone); if not, the
+// whole bundle is dropped and counted. A worker that sent one with a
+// datagram of the session in it (its tag verified) takes bundles.
+func (c *Client) handleBundle(h wire.Header, b []byte, from netip.AddrPort, r *reply, mr *wire.MapReply, out []byte) []byte {
+	if err := wire.CheckBundle(h, b); err != nil {
+		c.bundlesBad.Add(1)
+		c.log.Debug("dropped BUNDLE_REPLY", "from", from.String(), "reason", wire.Reason(err))
+		return out
+	}
+	c.bundlesRecv.Add(1)
+	genuine := false
+	for e := b[wire.HeaderLen:]; len(e) > 0; {
+		var d []byte
+		d, e = wire.NextBundled(e)
+		c.bundledRecv.Add(1)
+		h, err := wire.ParseHeader(d)
+		if err != nil {
+			c.log.Debug("dropped datagram in a bundle", "from", from.String(), "reason", wire.Reason(err))
+			continue
+		}
+		var ok bool
+		out, ok = c.handleOne(h, d, from, r, mr, out)
+		genuine = genuine || ok
+	}
+	if genuine && !c.cfg.NoBundle {
+		c.takeBundlesFrom(from)
+	}
+	return out
+}
+
+// handleOne processes one datagram with header h, whether it came alone
+// or in a bundle (never a bundle itself). ok reports that it was of the
+// session and its tag verified.
+func (c *Client) handleOne(h wire.Header, b []byte, from netip.AddrPort, r *reply, mr *wire.MapReply, out []byte) (_ []byte, ok bool) {
 	if h.Type == wire.TypeSessionOpenReply {
 		c.openReply(h, b, from, r)
-		return out
+		return out, false
 	}
-	if h.Type != wire.TypeRevoke && h.Type != wire.TypeGrantAsync && !h.Type.IsReply() {
+	if h.Type != wire.TypeRevoke && h.Type != wire.TypeGrantAsync && !h.Type.IsReply() || h.Type == wire.TypeBundleReply {
 		c.log.Debug("dropped datagram", "from", from.String(), "type", h.Type, "reason", "not for a client")
-		return out
+		return out, false
 	}
 	if h.Session != c.Session() {
-		return out
+		return out, false
 	}
 	// Every other datagram is of the session: its tag is checked before
 	// anything in it is believed, the map version included.
 	if !c.verifySession(b) {
 		c.authFailed(h.Type.String(), b)
-		return out
+		return out, false
 	}
+	return c.handleSession(h, b, from, r, mr, out), true
+}
+
+// handleSession processes datagram b of the session, its tag verified.
+func (c *Client) handleSession(h wire.Header, b []byte, from netip.AddrPort, r *reply, mr *wire.MapReply, out []byte) []byte {
 	if h.MapVersion > c.mapVer.Load() {
 		kick(c.mapKick) // the sender knows a newer map (SPEC.md 15)
 	}

@@ -112,6 +112,14 @@ type Config struct {
 	// TokenCacheIdle is how long a cached grant waits for a re-acquire
 	// before it is given back; 0 = DefaultTokenCacheIdle (30 s).
 	TokenCacheIdle time.Duration
+	// NoBundle sends every datagram alone. By default the client offers
+	// bundles when it opens its session (wire/SPEC.md section 22), and
+	// requests that wait to be sent together to a worker that takes them
+	// go in BUNDLEs, several to a UDP datagram, which saves system calls
+	// and packet processing on both sides under load; an idle client
+	// sends each request at once, alone, either way. BUNDLE_REPLYs are
+	// taken in both cases.
+	NoBundle bool
 	// Now returns the current time, with a monotonic reading; nil =
 	// time.Now. Tests may inject an offset or a drifting clock; it must
 	// advance at roughly real speed, since timers are real.

@@ -34,6 +34,7 @@ type fakeConfig struct {
 	realUDP     bool // real loopback sockets instead of faultnet (clients open their own)
 	noRevokeRTX bool // send each REVOKE once, never retransmit it
 	insecure    bool // the workers do not authenticate
+	noBundle    bool // the workers are from before bundles (fakeworker.Config.NoBundle)
 }
 
 type fakeCluster struct {
@@ -64,6 +65,8 @@ type fakeCluster struct {
 	// KEEPALIVE with DONE received (SPEC §13, "Early end of grace")
 	reclaimDone   map[int]string
 	mapRequests   int
+	bundles       map[int]int // BUNDLEs received, per worker
+	flaggedOpens  map[int]int // SESSION_OPENs with flag BUNDLE received, per worker
 	refuseReclaim bool     // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
 	problems      []string // protocol violations by the client
 }
@@ -126,7 +129,7 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	fc := &fakeCluster{t: t, net: faultnet.New(seed), cfg: cfg, mapVersion: 1,
 		owner: make([]int, cfg.shardCount), epoch: make([]uint32, cfg.shardCount),
 		sessions: map[uint64]*fakeSession{}, applied: map[fakeReq]int{}, bodies: map[fakeReq]string{},
-		reclaimDone: map[int]string{}}
+		reclaimDone: map[int]string{}, bundles: map[int]int{}, flaggedOpens: map[int]int{}}
 	for s := range fc.epoch {
 		fc.epoch[s] = 1
 	}
@@ -134,7 +137,7 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	fcfg := fakeworker.Config{Workers: cfg.workers, Shards: cfg.shardCount, SessionTTL: cfg.sessionTTL,
 		WorkerTTL: cfg.workerTTL, Validity: cfg.validity, Grace: cfg.grace, RunsPerPage: cfg.runsPerPage,
 		NoExpiry: true, NoRevokeRetransmit: cfg.noRevokeRTX, WaitSlack: time.Second, Seed: seed, Trace: fc.observe,
-		Insecure: cfg.insecure}
+		Insecure: cfg.insecure, NoBundle: cfg.noBundle}
 	if !cfg.realUDP {
 		fcfg.Listen = func(i int) (net.PacketConn, error) { return fc.net.Listen(fmt.Sprintf("127.0.0.1:%d", 7701+i)) }
 	}
@@ -339,12 +342,21 @@ func (fc *fakeCluster) received(e fakeworker.Event) {
 		fc.problem("non-request %v sent to a worker", h.Type)
 		return
 	}
-	fc.seen = append(fc.seen, fakeSeen{h.Type, h.Session, h.Request, h.Ack, e.Worker})
 	switch h.Type {
+	case wire.TypeBundle:
+		// Framing only: the datagrams in it are traced one by one.
+		fc.bundles[e.Worker]++
+		return
 	case wire.TypeMapRequest:
 		fc.mapRequests++
-		return
 	case wire.TypeSessionOpen:
+		if h.Flags&wire.FlagBundle != 0 {
+			fc.flaggedOpens[e.Worker]++
+		}
+	}
+	fc.seen = append(fc.seen, fakeSeen{h.Type, h.Session, h.Request, h.Ack, e.Worker})
+	switch h.Type {
+	case wire.TypeMapRequest, wire.TypeSessionOpen:
 		return
 	}
 	if s := fc.sessions[h.Session]; s != nil {

@@ -132,19 +132,23 @@ func (c *Client) openSession(ctx context.Context) error {
 		return addrList(ts)
 	}
 	sendNow, timeouts := true, 0
+	flagTries := 0 // sends since the open began or took a new cookie
 	for {
 		if sendNow {
 			sendNow = false
 			cl.dest = c.seeds[si%len(c.seeds)]
 			tried[cl.dest] = true
 			cl.mac = nil
+			b := body
+			// Offer bundles on every other send, first with the flag: an
+			// older worker drops an open with it (SPEC §22).
+			b.Bundle = !c.cfg.NoBundle && flagTries%2 == 0
+			flagTries++
 			if cookieFrom == cl.dest {
-				b := body
 				b.Cookie = cookie[:]
-				cl.body, cl.mac = b, openC2W
-			} else {
-				cl.body = body
+				cl.mac = openC2W
 			}
+			cl.body = b
 			if created.IsZero() && (c.key == nil || cl.mac != nil) {
 				created = c.now()
 			}
@@ -181,6 +185,7 @@ func (c *Client) openSession(ctx context.Context) error {
 					cookie, cookieFrom = r.cookie, r.from
 					sendNow = true // the same open at once, with the cookie
 					rto = c.cfg.RTOMin
+					flagTries = 0 // a new open (tagged): with the flag first again
 				}
 			case s == wire.StatusOK && r.unauth:
 				return fmt.Errorf("open session: %w: worker %s does not authenticate: started with --insecure? "+
@@ -268,6 +273,9 @@ func (c *Client) sessionOpened(created time.Time, r *reply) {
 		c.keys.Store(r.keys) // before the session id: recvLoop verifies what names it
 	}
 	c.session.Store(r.h.Session)
+	if r.sess.Bundle && !c.cfg.NoBundle {
+		c.takeBundlesFrom(r.from)
+	}
 	c.mu.Lock()
 	c.home = r.from
 	c.sessDL = c.leaseEnd(created, r.sess.TTLMs)

@@ -20,6 +20,11 @@
 // dropped and counted (AuthFailures). The client keys the workers know are
 // Config.Keys; ClientKey and WriteKeyFile give a client the default one.
 //
+// Workers take BUNDLEs and, to a session that offered bundles in its
+// SESSION_OPEN, send what one step produces for it as BUNDLE_REPLYs
+// (wire/SPEC.md section 22); Config.NoBundle plays an older worker that
+// knows no bundles.
+//
 // What the fake does not do: leases of its own (a worker always vouches for
 // Config.Validity unless told not to), etcd, handoffs of reply caches with a
 // shard, deadlock detection across tokens. TEST ONLY: it is no reference
@@ -27,6 +32,7 @@
 package fakeworker
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -71,6 +77,12 @@ type Config struct {
 	// key named DefaultKeyName (ClientKey).
 	Keys map[string]auth.Key
 
+	// NoBundle plays a worker from before bundles (wire/SPEC.md section
+	// 22): it drops a SESSION_OPEN with flag BUNDLE (as ErrBadFlags) and
+	// every BUNDLE (an unknown type), and never sends a BUNDLE_REPLY.
+	// Both are traced as Received, not handled.
+	NoBundle bool
+
 	// WaitSlack is added to every request's wait_ms, as if the request had
 	// spent that long on the way: a client whose context ends with its
 	// wait then cancels before the worker's TIMEOUT comes.
@@ -93,7 +105,9 @@ type EventKind uint8
 
 const (
 	// Received: a datagram reached a worker (not muted, not lost). Header
-	// is zero and Err set if its header did not parse.
+	// is zero and Err set if its header did not parse. A BUNDLE is traced
+	// as received, and then each datagram in it (if the bundle is well
+	// formed and the worker takes bundles).
 	Received EventKind = iota + 1
 	// Applied: a token request was stepped into a shard's table and its
 	// outcome was final or QUEUED (a retryable answer means not applied).
@@ -103,7 +117,8 @@ const (
 	// Expired: session Header.Session ended: its TTL ran out without a
 	// renewal. Worker is -1.
 	Expired
-	// Sent: a worker is about to send Pkt to Peer.
+	// Sent: a worker is about to send Pkt to Peer, alone or in a
+	// BUNDLE_REPLY (not traced itself).
 	Sent
 	// Handled: a worker has finished with a received datagram.
 	Handled
@@ -186,6 +201,8 @@ type Cluster struct {
 	drop     float64
 	dup      float64
 	closed   bool
+	// Bundles received and sent, datagrams in them, bundles dropped whole.
+	bundlesIn, bundledIn, bundlesOut, bundledOut, bundlesBad uint64
 }
 
 type sess struct {
@@ -196,6 +213,7 @@ type sess struct {
 	// The session's MACs, guarded by Cluster.mu like the rest (nil:
 	// insecure).
 	c2w, w2c *auth.MAC
+	bundle   bool // its SESSION_OPEN offered bundles: it gets BUNDLE_REPLYs
 }
 
 type reqKey struct{ sess, req uint64 }
@@ -231,10 +249,11 @@ type heldGrant struct {
 
 // pkt is a datagram to send once the lock is released.
 type pkt struct {
-	w    int
-	b    []byte
-	to   net.Addr
-	lost bool // muted worker or loss: traced, not sent
+	w      int
+	b      []byte
+	to     net.Addr
+	lost   bool // muted worker or loss: traced, not sent
+	bundle bool // may go in a BUNDLE_REPLY: a session that takes them, a type a bundle carries
 }
 
 // outbox collects what one locked step sends and traces.
@@ -781,15 +800,62 @@ func (c *Cluster) serve(w *worker) {
 		}
 		h, herr := wire.ParseHeader(b)
 		c.emit(Event{Kind: Received, Worker: w.idx, Peer: from, Header: h, Pkt: b, Err: herr})
-		c.mu.Lock()
-		ob := &outbox{now: c.now()}
-		if herr == nil && !w.muted {
-			w.handle(c, ob, h, b, from)
+		ob := &outbox{}
+		switch {
+		case herr != nil:
+		case c.cfg.NoBundle && (h.Type == wire.TypeBundle || h.Type == wire.TypeSessionOpen && h.Flags&wire.FlagBundle != 0):
+			// An older worker: unknown type, unknown flag.
+		case h.Type == wire.TypeBundle:
+			c.bundleIn(w, ob, h, b, from)
+		default:
+			c.mu.Lock()
+			ob.now = c.now()
+			if !w.muted {
+				w.handle(c, ob, h, b, from)
+			}
+			c.mu.Unlock()
 		}
-		c.mu.Unlock()
 		c.flush(ob)
 		c.emit(Event{Kind: Handled, Worker: w.idx, Peer: from, Header: h, Pkt: b, Err: herr})
 	}
+}
+
+// bundleIn serves BUNDLE b: each datagram in it is traced and handled as
+// if it had come alone, and what they produce is sent in one flush (so
+// in BUNDLE_REPLYs to a session that takes them). A bundle of a bad
+// layout is dropped whole.
+func (c *Cluster) bundleIn(w *worker, ob *outbox, h wire.Header, b []byte, from net.Addr) {
+	if err := wire.CheckBundle(h, b); err != nil {
+		c.mu.Lock()
+		c.bundlesBad++
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Lock()
+	c.bundlesIn++
+	c.mu.Unlock()
+	for e := b[wire.HeaderLen:]; len(e) > 0; {
+		var d []byte
+		d, e = wire.NextBundled(e)
+		dh, err := wire.ParseHeader(d)
+		c.emit(Event{Kind: Received, Worker: w.idx, Peer: from, Header: dh, Pkt: d, Err: err})
+		c.mu.Lock()
+		c.bundledIn++
+		ob.now = c.now()
+		if err == nil && !w.muted {
+			w.handle(c, ob, dh, d, from)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Bundles returns how many BUNDLEs the workers took (and the datagrams in
+// them) and dropped whole, and how many BUNDLE_REPLYs they sent (and the
+// datagrams in them).
+func (c *Cluster) Bundles() (in, bundledIn, bad, out, bundledOut uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bundlesIn, c.bundledIn, c.bundlesBad, c.bundlesOut, c.bundledOut
 }
 
 func (c *Cluster) isDone() bool {
@@ -853,24 +919,64 @@ func (c *Cluster) send(ob *outbox, w *worker, b []byte, to net.Addr) {
 		return
 	}
 	lost := w.muted || (c.drop > 0 && c.rng.Float64() < c.drop)
-	ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, lost: lost})
+	bundle := false
+	if len(b) >= wire.HeaderLen && wire.Bundles(wire.TypeBundleReply, wire.Type(b[3])) {
+		s := c.sessions[binary.BigEndian.Uint64(b[8:])]
+		bundle = s != nil && s.bundle && !c.cfg.NoBundle
+	}
+	ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, lost: lost, bundle: bundle})
 	if !lost && c.dup > 0 && c.rng.Float64() < c.dup {
-		ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to})
+		ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, bundle: bundle})
 	}
 }
 
-// flush traces and sends what a locked step produced. Caller does not hold mu.
+// flush traces and sends what a locked step produced: the datagrams for
+// one session at one address that may be bundled go in BUNDLE_REPLYs, in
+// their order. Caller does not hold mu.
 func (c *Cluster) flush(ob *outbox) {
 	for _, e := range ob.events {
 		c.emit(e)
 	}
-	for _, p := range ob.pkts {
-		if p.lost {
+	used := make([]bool, len(ob.pkts))
+	for i, p := range ob.pkts {
+		if p.lost || used[i] {
 			continue
 		}
 		h, _ := wire.ParseHeader(p.b)
 		c.emit(Event{Kind: Sent, Worker: p.w, Peer: p.to, Header: h, Pkt: p.b})
-		_, _ = c.workers[p.w].conn.WriteTo(p.b, p.to)
+		out := p.b
+		if p.bundle {
+			var b []byte
+			n := 1
+			for j := i + 1; j < len(ob.pkts); j++ {
+				q := ob.pkts[j]
+				if q.lost || used[j] || q.w != p.w || addrPortOf(q.to) != addrPortOf(p.to) ||
+					binary.BigEndian.Uint64(q.b[8:]) != h.Session {
+					continue
+				}
+				if b == nil {
+					b = wire.AppendHeader(nil, wire.Header{Type: wire.TypeBundleReply, Session: h.Session,
+						Request: h.Request, MapVersion: h.MapVersion})
+					b = wire.AppendBundled(b, p.b)
+				}
+				if !q.bundle || !wire.BundleFits(len(b), len(q.b)) {
+					break // it starts the next bundle, or goes alone: order kept
+				}
+				qh, _ := wire.ParseHeader(q.b)
+				c.emit(Event{Kind: Sent, Worker: q.w, Peer: q.to, Header: qh, Pkt: q.b})
+				b = wire.AppendBundled(b, q.b)
+				used[j] = true
+				n++
+			}
+			if n > 1 && wire.Seal(b) == nil {
+				out = b
+				c.mu.Lock()
+				c.bundlesOut++
+				c.bundledOut += uint64(n)
+				c.mu.Unlock()
+			}
+		}
+		_, _ = c.workers[p.w].conn.WriteTo(out, p.to)
 	}
 }
 
@@ -1028,12 +1134,12 @@ func (w *worker) open(c *Cluster, ob *outbox, h wire.Header, b []byte, from net.
 	if err != nil {
 		return
 	}
-	s := &sess{id: id, ttl: c.cfg.SessionTTL, addr: from}
+	s := &sess{id: id, ttl: c.cfg.SessionTTL, addr: from, bundle: m.Bundle && !c.cfg.NoBundle}
 	if m.TTLMs != 0 {
 		s.ttl = time.Duration(m.TTLMs) * time.Millisecond
 	}
 	body := wire.SessionReply{TTLMs: ms(s.ttl), ShardCount: c.cfg.Shards, GraceMs: ms(c.cfg.Grace),
-		WorkerTTLMs: ms(c.cfg.WorkerTTL)}
+		WorkerTTLMs: ms(c.cfg.WorkerTTL), Bundle: s.bundle}
 	if !c.cfg.Insecure {
 		wn, err := auth.NewNonce()
 		if err != nil {
