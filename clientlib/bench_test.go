@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,14 +23,18 @@ import (
 // Every token is always free. With a key it authenticates like a worker
 // (wire/SPEC.md section 20) but checks no cookie: every session's key
 // comes from the key, the client's nonce, a zero worker nonce and the
-// session id. TEST ONLY.
+// session id. It takes BUNDLEs and answers the datagrams of one in
+// BUNDLE_REPLYs to a session that offered bundles (SPEC §22), unless
+// noBundle, where it plays an older worker (drops an open with the flag
+// and every BUNDLE). TEST ONLY.
 type leanWorker struct {
-	conn    *net.UDPConn
-	addr    string
-	shard   uint32
-	key     *auth.Key // nil: insecure
-	keyFile string
-	wg      sync.WaitGroup
+	conn     *net.UDPConn
+	addr     string
+	shard    uint32
+	key      *auth.Key // nil: insecure
+	keyFile  string
+	noBundle bool
+	wg       sync.WaitGroup
 }
 
 func newLeanWorker(tb testing.TB, authenticate bool) *leanWorker {
@@ -58,21 +63,26 @@ func newLeanWorker(tb testing.TB, authenticate bool) *leanWorker {
 	return w
 }
 
+// leanState is the lean worker's state and scratch space, owned by serve.
+type leanState struct {
+	session uint64
+	fence   uint64
+	ka      wire.Keepalive
+	sts     []wire.Status
+	mr      wire.MapRequest
+	open    wire.SessionOpen
+	// The MACs of each session by id, and whether it takes bundles: the
+	// worker's only allocations are per session.
+	macs    map[uint64][2]*auth.MAC
+	bundles map[uint64]bool
+}
+
 func (w *leanWorker) serve() {
 	defer w.wg.Done()
 	buf := make([]byte, wire.MaxDatagram+1)
 	out := make([]byte, 0, wire.MaxDatagram)
-	var (
-		session uint64 = 0x1000
-		fence   uint64
-		ka      wire.Keepalive
-		sts     []wire.Status
-		mr      wire.MapRequest
-		open    wire.SessionOpen
-		// The MACs of each session by id: the worker's only
-		// allocations are per session.
-		macs = map[uint64][2]*auth.MAC{}
-	)
+	bout := make([]byte, 0, wire.MaxDatagram) // the BUNDLE_REPLY being built
+	st := &leanState{session: 0x1000, macs: map[uint64][2]*auth.MAC{}, bundles: map[uint64]bool{}}
 	for {
 		n, from, err := w.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -83,70 +93,133 @@ func (w *leanWorker) serve() {
 		if err != nil {
 			continue
 		}
-		rh := h.Reply()
-		rh.MapVersion = 1
-		var w2c *auth.MAC
-		if w.key != nil && h.Type != wire.TypeSessionOpen {
-			m, ok := macs[h.Session]
-			if !ok || !m[0].Verify(b) {
-				continue
+		if h.Type != wire.TypeBundle {
+			var ok bool
+			if out, ok = w.answer(st, h, b, out); ok {
+				_, _ = w.conn.WriteToUDPAddrPort(out, from)
 			}
-			w2c = m[1]
-		}
-		switch h.Type {
-		case wire.TypeSessionOpen:
-			if open.Decode(h, b) != nil {
-				continue
-			}
-			if w.key != nil && len(open.Cookie) == 0 {
-				out, err = wire.Cookie{}.Append(out[:0], rh)
-				break
-			}
-			session++
-			rh.Session = session
-			if w.key != nil {
-				sk := auth.SessionKey(*w.key, auth.Nonce(open.Nonce), auth.Nonce{}, session)
-				w2c = auth.NewMAC(sk, auth.WorkerToClient)
-				macs[session] = [2]*auth.MAC{auth.NewMAC(sk, auth.ClientToWorker), w2c}
-			}
-			out, err = wire.SessionReply{TTLMs: 10000, ShardCount: w.shard, GraceMs: 1000, WorkerTTLMs: 5000}.Append(out[:0], rh)
-		case wire.TypeMapRequest:
-			if mr.Decode(h, b) != nil {
-				continue
-			}
-			out, err = wire.MapReply{MapVersion: 1, ShardCount: w.shard, GraceMs: 1000,
-				Workers: []wire.MapWorker{{Index: 0, Addr: []byte(w.addr), ID: []byte("lean")}},
-				Runs:    []wire.MapRun{{First: 0, Count: w.shard, Worker: 0, Epoch: 1}}}.Append(out[:0], rh)
-		case wire.TypeKeepalive:
-			if ka.Decode(h, b) != nil {
-				continue
-			}
-			sts = sts[:0]
-			for range ka.Entries {
-				sts = append(sts, wire.StatusOK)
-			}
-			r := wire.KeepaliveReply{ValidityMs: 4000, Statuses: sts}
-			if ka.Renew {
-				r.SessionTTLMs = 10000
-			}
-			out, err = r.Append(out[:0], rh)
-		case wire.TypeAcquire:
-			fence++
-			out, err = wire.Grant{Fence: wire.MakeFence(1, fence), Mode: wire.EX, ValidityMs: 4000,
-				End: wire.WholeEnd}.Append(out[:0], rh)
-		case wire.TypeRelease, wire.TypeSessionClose:
-			out, err = wire.Empty{}.Append(out[:0], rh)
-		default:
 			continue
 		}
-		if err == nil && w2c != nil {
-			err = w2c.Seal(out)
+		if w.noBundle || wire.CheckBundle(h, b) != nil {
+			continue
 		}
-		if err != nil {
-			panic(fmt.Sprintf("lean worker cannot encode %v: %v", rh.Type, err))
+		// Each datagram as if alone; the answers in BUNDLE_REPLYs if the
+		// session takes them.
+		bundle := st.bundles[h.Session]
+		bout = bout[:0]
+		nb := 0
+		for e := b[wire.HeaderLen:]; len(e) > 0; {
+			var d []byte
+			d, e = wire.NextBundled(e)
+			dh, err := wire.ParseHeader(d)
+			if err != nil {
+				continue
+			}
+			var ok bool
+			if out, ok = w.answer(st, dh, d, out); !ok {
+				continue
+			}
+			if !bundle || !wire.Bundles(wire.TypeBundleReply, wire.Type(out[3])) {
+				_, _ = w.conn.WriteToUDPAddrPort(out, from)
+				continue
+			}
+			if nb > 0 && !wire.BundleFits(len(bout), len(out)) {
+				bout, nb = w.sendBundle(bout, nb, from)
+			}
+			if nb == 0 {
+				rh, _ := wire.ParseHeader(out)
+				bout = wire.AppendHeader(bout[:0], wire.Header{Type: wire.TypeBundleReply, Status: wire.StatusOK,
+					Session: rh.Session, Request: rh.Request, MapVersion: rh.MapVersion})
+			}
+			bout = wire.AppendBundled(bout, out)
+			nb++
 		}
-		_, _ = w.conn.WriteToUDPAddrPort(out, from)
+		if nb > 0 {
+			w.sendBundle(bout, nb, from)
+		}
 	}
+}
+
+// sendBundle sends the BUNDLE_REPLY b of nb datagrams (one alone) and
+// returns b emptied.
+func (w *leanWorker) sendBundle(b []byte, nb int, to netip.AddrPort) ([]byte, int) {
+	if nb == 1 {
+		_, _ = w.conn.WriteToUDPAddrPort(b[wire.HeaderLen+wire.BundleEntryOverhead:], to)
+	} else if wire.Seal(b) == nil {
+		_, _ = w.conn.WriteToUDPAddrPort(b, to)
+	}
+	return b[:0], 0
+}
+
+// answer returns in out the answer to datagram b with header h, or false
+// for none.
+func (w *leanWorker) answer(st *leanState, h wire.Header, b, out []byte) ([]byte, bool) {
+	rh := h.Reply()
+	rh.MapVersion = 1
+	var w2c *auth.MAC
+	if w.key != nil && h.Type != wire.TypeSessionOpen {
+		m, ok := st.macs[h.Session]
+		if !ok || !m[0].Verify(b) {
+			return out, false
+		}
+		w2c = m[1]
+	}
+	var err error
+	switch h.Type {
+	case wire.TypeSessionOpen:
+		if st.open.Decode(h, b) != nil || (w.noBundle && st.open.Bundle) {
+			return out, false
+		}
+		if w.key != nil && len(st.open.Cookie) == 0 {
+			out, err = wire.Cookie{}.Append(out[:0], rh)
+			break
+		}
+		st.session++
+		rh.Session = st.session
+		if w.key != nil {
+			sk := auth.SessionKey(*w.key, auth.Nonce(st.open.Nonce), auth.Nonce{}, st.session)
+			w2c = auth.NewMAC(sk, auth.WorkerToClient)
+			st.macs[st.session] = [2]*auth.MAC{auth.NewMAC(sk, auth.ClientToWorker), w2c}
+		}
+		st.bundles[st.session] = st.open.Bundle
+		out, err = wire.SessionReply{TTLMs: 10000, ShardCount: w.shard, GraceMs: 1000, WorkerTTLMs: 5000,
+			Bundle: st.open.Bundle}.Append(out[:0], rh)
+	case wire.TypeMapRequest:
+		if st.mr.Decode(h, b) != nil {
+			return out, false
+		}
+		out, err = wire.MapReply{MapVersion: 1, ShardCount: w.shard, GraceMs: 1000,
+			Workers: []wire.MapWorker{{Index: 0, Addr: []byte(w.addr), ID: []byte("lean")}},
+			Runs:    []wire.MapRun{{First: 0, Count: w.shard, Worker: 0, Epoch: 1}}}.Append(out[:0], rh)
+	case wire.TypeKeepalive:
+		if st.ka.Decode(h, b) != nil {
+			return out, false
+		}
+		st.sts = st.sts[:0]
+		for range st.ka.Entries {
+			st.sts = append(st.sts, wire.StatusOK)
+		}
+		r := wire.KeepaliveReply{ValidityMs: 4000, Statuses: st.sts}
+		if st.ka.Renew {
+			r.SessionTTLMs = 10000
+		}
+		out, err = r.Append(out[:0], rh)
+	case wire.TypeAcquire:
+		st.fence++
+		out, err = wire.Grant{Fence: wire.MakeFence(1, st.fence), Mode: wire.EX, ValidityMs: 4000,
+			End: wire.WholeEnd}.Append(out[:0], rh)
+	case wire.TypeRelease, wire.TypeSessionClose:
+		out, err = wire.Empty{}.Append(out[:0], rh)
+	default:
+		return out, false
+	}
+	if err == nil && w2c != nil {
+		err = w2c.Seal(out)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("lean worker cannot encode %v: %v", rh.Type, err))
+	}
+	return out, true
 }
 
 // BenchmarkAcquireRelease measures the client's acquire+release pairs
@@ -223,14 +296,17 @@ func benchAcquireRelease(b *testing.B, w *leanWorker) {
 			// CPU per pair (client and lean worker together): steadier than
 			// pairs/s on a shared machine.
 			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/pair")
-			var sent, calls uint64
+			var sent, calls, bundled, bundles uint64
 			for _, c := range cs[:v.clients] {
-				sent += c.Stats().Sent
-				if c.sendq != nil {
-					calls += c.sendq.calls.Load()
-				}
+				st := c.Stats()
+				sent, bundled, bundles = sent+st.Sent, bundled+st.BundledSent, bundles+st.BundlesSent
+				calls += c.sendq.calls.Load()
 			}
 			b.ReportMetric(float64(calls)/float64(sent), "sendcalls/datagram")
+			// How much went in BUNDLEs, and the UDP datagrams the clients
+			// sent per pair (2 without bundles).
+			b.ReportMetric(float64(bundled)/float64(sent), "bundled/datagram")
+			b.ReportMetric(float64(sent-bundled+bundles)/float64(b.N), "udp/pair")
 		})
 	}
 }
