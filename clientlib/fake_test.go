@@ -67,8 +67,8 @@ type fakeCluster struct {
 	mapRequests   int
 	bundles       map[int]int // BUNDLEs received, per worker
 	flaggedOpens  map[int]int // SESSION_OPENs with flag BUNDLE received, per worker
-	refuseReclaim bool     // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
-	problems      []string // protocol violations by the client
+	refuseReclaim bool        // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
+	problems      []string    // protocol violations by the client
 }
 
 type fakeReq struct{ sess, req uint64 }

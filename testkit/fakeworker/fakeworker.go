@@ -253,6 +253,7 @@ type pkt struct {
 	b      []byte
 	to     net.Addr
 	lost   bool // muted worker or loss: traced, not sent
+	dup    bool // sent twice (a bundle it goes in is)
 	bundle bool // may go in a BUNDLE_REPLY: a session that takes them, a type a bundle carries
 }
 
@@ -924,10 +925,8 @@ func (c *Cluster) send(ob *outbox, w *worker, b []byte, to net.Addr) {
 		s := c.sessions[binary.BigEndian.Uint64(b[8:])]
 		bundle = s != nil && s.bundle && !c.cfg.NoBundle
 	}
-	ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, lost: lost, bundle: bundle})
-	if !lost && c.dup > 0 && c.rng.Float64() < c.dup {
-		ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, bundle: bundle})
-	}
+	dup := !lost && c.dup > 0 && c.rng.Float64() < c.dup
+	ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, lost: lost, dup: dup, bundle: bundle})
 }
 
 // flush traces and sends what a locked step produced: the datagrams for
@@ -942,42 +941,55 @@ func (c *Cluster) flush(ob *outbox) {
 		if p.lost || used[i] {
 			continue
 		}
-		h, _ := wire.ParseHeader(p.b)
-		c.emit(Event{Kind: Sent, Worker: p.w, Peer: p.to, Header: h, Pkt: p.b})
-		out := p.b
+		group := []pkt{p} // what goes in one UDP datagram
 		if p.bundle {
-			var b []byte
-			n := 1
+			size := wire.HeaderLen + wire.BundleEntryOverhead + len(p.b)
 			for j := i + 1; j < len(ob.pkts); j++ {
 				q := ob.pkts[j]
 				if q.lost || used[j] || q.w != p.w || addrPortOf(q.to) != addrPortOf(p.to) ||
-					binary.BigEndian.Uint64(q.b[8:]) != h.Session {
+					binary.BigEndian.Uint64(q.b[8:]) != binary.BigEndian.Uint64(p.b[8:]) {
 					continue
 				}
-				if b == nil {
-					b = wire.AppendHeader(nil, wire.Header{Type: wire.TypeBundleReply, Session: h.Session,
-						Request: h.Request, MapVersion: h.MapVersion})
-					b = wire.AppendBundled(b, p.b)
-				}
-				if !q.bundle || !wire.BundleFits(len(b), len(q.b)) {
+				if !q.bundle || !wire.BundleFits(size, len(q.b)) {
 					break // it starts the next bundle, or goes alone: order kept
 				}
-				qh, _ := wire.ParseHeader(q.b)
-				c.emit(Event{Kind: Sent, Worker: q.w, Peer: q.to, Header: qh, Pkt: q.b})
-				b = wire.AppendBundled(b, q.b)
+				size += wire.BundleEntryOverhead + len(q.b)
+				group = append(group, q)
 				used[j] = true
-				n++
-			}
-			if n > 1 && wire.Seal(b) == nil {
-				out = b
-				c.mu.Lock()
-				c.bundlesOut++
-				c.bundledOut += uint64(n)
-				c.mu.Unlock()
 			}
 		}
-		_, _ = c.workers[p.w].conn.WriteTo(out, p.to)
+		out := p.b
+		if len(group) > 1 {
+			h, _ := wire.ParseHeader(p.b)
+			out = wire.AppendHeader(nil, wire.Header{Type: wire.TypeBundleReply, Session: h.Session,
+				Request: h.Request, MapVersion: h.MapVersion})
+			for _, q := range group {
+				out = wire.AppendBundled(out, q.b)
+				p.dup = p.dup || q.dup
+			}
+			if err := wire.Seal(out); err != nil {
+				panic(fmt.Sprintf("fakeworker: bundle: %v", err))
+			}
+			c.mu.Lock()
+			c.bundlesOut++
+			c.bundledOut += uint64(len(group))
+			c.mu.Unlock()
+		}
+		for range 1 + btoi(p.dup) {
+			for _, q := range group {
+				h, _ := wire.ParseHeader(q.b)
+				c.emit(Event{Kind: Sent, Worker: q.w, Peer: q.to, Header: h, Pkt: q.b})
+			}
+			_, _ = c.workers[p.w].conn.WriteTo(out, p.to)
+		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (c *Cluster) emit(e Event) {
