@@ -228,6 +228,22 @@
 //     the open without one. Its request id and nonce stay the same
 //     throughout, so a worker answers a retransmission from its table of
 //     recent opens.
+//   - Bundles (wire/SPEC.md section 22; off with Config.NoBundle):
+//     SESSION_OPEN offers them (flag BUNDLE) on every other send, starting
+//     with the first and, after a COOKIE, the first with the cookie: an
+//     older worker drops an open with the flag. The client bundles to a
+//     worker whose OK SESSION_REPLY had the flag, or that sent it a
+//     BUNDLE_REPLY with at least one datagram of the session whose tag
+//     verified. Sends are combined (flat combining): the goroutine that
+//     finds nobody sending writes its datagram at once, alone, and then
+//     sends what the others queued meanwhile, where the datagrams for one
+//     such worker and one session go in BUNDLEs in their order (up to
+//     1200 bytes; one with nothing to go with goes alone). A bundle's
+//     header carries the first datagram's request id and map version.
+//     Datagrams are retransmitted byte for byte, alone or in another
+//     bundle. A BUNDLE_REPLY of a bad layout is dropped whole
+//     (Stats().BundlesDropped); otherwise each datagram in it is handled
+//     as if it came alone, with every check.
 //   - MAP_REQUEST carries the session and an id from the session's counter
 //     (it counts for ack like any request). The map is asked of the home
 //     worker, then the map's workers, then the seeds, six sends each; a map
