@@ -442,3 +442,110 @@ func TestInsecure(t *testing.T) {
 		t.Fatalf("unknown session: %v", h.Status)
 	}
 }
+
+// TestBundles: a session that offered bundles in its SESSION_OPEN gets the
+// flag back, and the requests of a BUNDLE are each served and answered in
+// one BUNDLE_REPLY (that a session that did not offer them gets none is
+// clientlib's TestBundleNoBundle). With NoBundle the worker plays an older one: the open with the flag and the
+// BUNDLE are dropped, the open without it is answered without it.
+func TestBundles(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old=%v", old), func(t *testing.T) {
+			c, n := newCluster(t, Config{Insecure: true, NoBundle: old})
+			cl := &rawClient{t: t}
+			conn, err := n.Listen("127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = conn.Close() })
+			cl.conn = conn
+			to := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(c.Addr(0)))
+			// silent reports whether nothing comes back for a while.
+			silent := func() bool {
+				buf := make([]byte, wire.MaxDatagram)
+				_ = conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				_, _, err := conn.ReadFrom(buf)
+				return err != nil
+			}
+			open := func(bundle bool) (wire.Header, wire.SessionReply, bool) {
+				cl.req++
+				b, err := wire.SessionOpen{Bundle: bundle}.Append(nil, wire.Header{Type: wire.TypeSessionOpen, Request: cl.req})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := conn.WriteTo(b, to); err != nil {
+					t.Fatal(err)
+				}
+				if old && bundle {
+					return wire.Header{}, wire.SessionReply{}, silent()
+				}
+				id := cl.req
+				h, rb := cl.wait(func(h wire.Header) bool { return h.Type == wire.TypeSessionOpenReply && h.Request == id })
+				var r wire.SessionReply
+				if h.Status != wire.StatusOK || r.Decode(h, rb) != nil {
+					t.Fatalf("SESSION_OPEN: %v", h.Status)
+				}
+				return h, r, true
+			}
+			h, r, ok := open(true)
+			if old {
+				if !ok {
+					t.Fatal("an old worker answered a SESSION_OPEN with flag BUNDLE")
+				}
+				h, r, _ = open(false)
+			}
+			if r.Bundle == old {
+				t.Fatalf("SESSION_OPEN reply flag BUNDLE %v, want %v", r.Bundle, !old)
+			}
+			cl.sess = h.Session
+			// A BUNDLE of two ACQUIREs.
+			var ds [][]byte
+			for _, name := range []string{"x", "y"} {
+				cl.req++
+				b, err := whole(name, wire.EX).Append(nil, wire.Header{Type: wire.TypeAcquire, Session: cl.sess, Request: cl.req,
+					Shard: wire.Shard([]byte(name), c.Shards()), Epoch: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ds = append(ds, b)
+			}
+			bundle, err := wire.Bundle{Datagrams: ds}.Append(nil, wire.Header{Type: wire.TypeBundle, Session: cl.sess, Request: cl.req - 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.WriteTo(bundle, to); err != nil {
+				t.Fatal(err)
+			}
+			if old {
+				if !silent() {
+					t.Fatal("an old worker answered a BUNDLE")
+				}
+				if in, _, _, out, _ := c.Bundles(); in != 0 || out != 0 {
+					t.Fatalf("an old worker took %d BUNDLEs and sent %d", in, out)
+				}
+				return
+			}
+			bh, bb := cl.wait(func(h wire.Header) bool { return h.Type == wire.TypeBundleReply })
+			var got wire.Bundle
+			if err := got.Decode(bh, bb); err != nil {
+				t.Fatal(err)
+			}
+			if len(got.Datagrams) != 2 {
+				t.Fatalf("BUNDLE_REPLY of %d datagrams, want 2", len(got.Datagrams))
+			}
+			for i, d := range got.Datagrams {
+				dh, err := wire.ParseHeader(d)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dh.Type != wire.TypeAcquireReply || dh.Request != cl.req-1+uint64(i) {
+					t.Fatalf("datagram %d in the BUNDLE_REPLY: %v to %d", i, dh.Type, dh.Request)
+				}
+				cl.grant(dh, d)
+			}
+			if in, bin, bad, out, bout := c.Bundles(); in != 1 || bin != 2 || bad != 0 || out != 1 || bout != 2 {
+				t.Fatalf("Bundles() = %d, %d, %d, %d, %d; want 1, 2, 0, 1, 2", in, bin, bad, out, bout)
+			}
+		})
+	}
+}
