@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/ipv4"
+
 	"github.com/tokend/tokend/wire"
 )
 
@@ -456,5 +458,23 @@ func TestReceiveBundleNoAlloc(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per bundle", allocs)
+	}
+}
+
+// TestSendQueuePackNoAlloc: packing a round into bundles allocates nothing
+// once the queue's buffers have grown.
+func TestSendQueuePackNoAlloc(t *testing.T) {
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	q := &sendQueue{takes: func(net.Addr) bool { return true }}
+	out := make([]ipv4.Message, 40)
+	for i := range out {
+		out[i] = ipv4.Message{Buffers: [][]byte{testRequest(t, 7, uint64(i+1), 1, 40)}, Addr: to}
+	}
+	if ms := q.pack(out); len(ms) >= len(out) {
+		t.Fatalf("%d datagrams packed into %d", len(out), len(ms))
+	}
+	allocs := testing.AllocsPerRun(100, func() { q.pack(out) })
+	if allocs != 0 {
+		t.Fatalf("%v allocations per round", allocs)
 	}
 }
