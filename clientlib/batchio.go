@@ -181,7 +181,12 @@ func (s *sendQueue) pack(out []ipv4.Message) []ipv4.Message {
 		return out
 	}
 	s.packed = s.packed[:0]
-	s.used = append(s.used[:0], make([]bool, len(out))...)
+	if cap(s.used) < len(out) {
+		s.used = make([]bool, len(out), max(len(out), sendQueueMax))
+	} else {
+		s.used = s.used[:len(out)]
+		clear(s.used)
+	}
 	nb := 0
 	for i := range out {
 		if s.used[i] {
