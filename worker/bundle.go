@@ -71,6 +71,9 @@ type bundleGroup struct {
 // keeps o.msgs's order. A group of one is sent alone. It also returns how
 // many bundles it made and how many datagrams they carry.
 func (o *outbox) pack() (ms []ipv4.Message, bundles, bundled int) {
+	if o.takes < 2 {
+		return o.msgs, 0, 0 // nothing to bundle with
+	}
 	p := &o.pk
 	p.grp, p.next = p.grp[:0], p.next[:0]
 	if p.open == nil {

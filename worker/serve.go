@@ -37,6 +37,7 @@ type outbox struct {
 	// datagram alone.
 	sessions map[uint64]*session
 	take     []bool // per message: it may go in a BUNDLE_REPLY (see add)
+	takes    int    // how many may
 	pk       packer // flush's scratch for packing bundles, reused
 }
 
@@ -61,7 +62,7 @@ func (w *Worker) bundling() map[uint64]*session {
 
 func (o *outbox) reset(stamp time.Time, now int64, safe time.Time) {
 	o.stamp, o.now, o.safe = stamp, now, safe
-	o.msgs, o.typ, o.take = o.msgs[:0], o.typ[:0], o.take[:0]
+	o.msgs, o.typ, o.take, o.takes = o.msgs[:0], o.typ[:0], o.take[:0], 0
 }
 
 // add queues pkt for to; typ is the request type it answers (0 for REVOKE
@@ -87,6 +88,9 @@ func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type, mac *auth.MAC) 
 		take = s != nil && s.bundle
 	}
 	o.take = append(o.take, take)
+	if take {
+		o.takes++
+	}
 	n := len(o.msgs)
 	if n < cap(o.msgs) {
 		o.msgs = o.msgs[:n+1]

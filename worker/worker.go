@@ -18,7 +18,10 @@
 //
 //   - the receive loop (serve.go): reads up to 64 datagrams per ReadBatch,
 //     stamps the batch with one reading of Config.Clock, handles it under one lock and
-//     sends all replies with one WriteBatch. It never waits for etcd.
+//     sends all replies with one WriteBatch. It never waits for etcd. A
+//     BUNDLE's datagrams are handled one by one as if each had come alone,
+//     and what any outbox sends to a session that takes bundles goes out
+//     packed into BUNDLE_REPLYs (bundle.go, wire/SPEC.md section 22).
 //   - the timer loop (timer.go): wakes at the earliest table deadline
 //     (queued request timeouts, end of a grace period) or REVOKE
 //     retransmission, runs Tick and sends what comes out.
