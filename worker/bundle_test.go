@@ -18,6 +18,11 @@ import (
 	"github.com/tokend/tokend/wire"
 )
 
+// bundleRTO is the retransmission timeout of the clients of these tests:
+// they count bundles and duplicates, which a retransmission would add to,
+// and loopback loses nothing.
+const bundleRTO = 3 * time.Second
+
 // bundleOf encodes a BUNDLE of the session's datagrams pkts (whole, as
 // they would be sent alone), with the first one's request id.
 func (c *tclient) bundleOf(pkts ...[]byte) []byte {
@@ -172,7 +177,7 @@ func TestBundle(t *testing.T) {
 	serveAll(t, cli, w)
 
 	c := udpClient(t, w)
-	c.rto = time.Second // a retransmitted bundle would be answered again
+	c.rto = bundleRTO
 	c.offerBundle = true
 	if r := c.open(0); r.h.Flags&wire.FlagBundle == 0 {
 		t.Fatal("OK SESSION_REPLY to an open with BUNDLE does not carry the flag")
@@ -227,6 +232,7 @@ func TestBundle(t *testing.T) {
 	// The token released inside the bundle is free, the one acquired
 	// inside it is held.
 	o := udpClient(t, w)
+	o.rto = bundleRTO
 	o.open(0)
 	wantStatus(t, o.acquire("r", wire.EX, true, 0), wire.StatusOK)
 	wantStatus(t, o.acquire("a", wire.EX, true, 0), wire.StatusConflict)
@@ -263,7 +269,7 @@ func TestBundleOff(t *testing.T) {
 	w, reg := startWorkerCfg(t, Config{Client: cli, ID: "w1", NoBundle: true})
 	serveAll(t, cli, w)
 	c := udpClient(t, w)
-	c.rto = time.Second
+	c.rto = bundleRTO
 	c.offerBundle = true
 	if r := c.open(0); r.h.Flags != 0 {
 		t.Fatalf("SESSION_REPLY flags %#x from a worker with bundles off", r.h.Flags)
@@ -291,7 +297,7 @@ func TestBundleOff(t *testing.T) {
 func TestBundleForged(t *testing.T) {
 	f := newAuthFixture(t, Limits{})
 	c := udpClient(t, f.w)
-	c.rto = time.Second
+	c.rto = bundleRTO
 	c.offerBundle = true
 	if r := c.openAuth("alice", f.alice, 0); r.h.Flags&wire.FlagBundle == 0 {
 		t.Fatal("OK SESSION_REPLY to an authenticated open with BUNDLE does not carry the flag")
@@ -336,7 +342,7 @@ func TestBadBundle(t *testing.T) {
 	w, reg := startWorker(t, cli, "w1", nil)
 	serveAll(t, cli, w)
 	c := udpClient(t, w)
-	c.rto = time.Second
+	c.rto = bundleRTO
 	c.offerBundle = true
 	c.open(0)
 
@@ -472,7 +478,7 @@ func TestBundleCopy(t *testing.T) {
 	w, reg := startWorker(t, cli, "w1", nil)
 	serveAll(t, cli, w)
 	c := udpClient(t, w)
-	c.rto = time.Second
+	c.rto = bundleRTO
 	c.offerBundle = true
 	c.open(0)
 	pa, ida := func() ([]byte, uint64) {
@@ -535,7 +541,7 @@ func TestBundleOtherWorker(t *testing.T) {
 			c1.open(0)
 			// The same session, talking to w2 from another socket.
 			c2 := udpClient(t, w2)
-			c2.rto = time.Second
+			c2.rto = bundleRTO
 			c2.session = c1.session
 			waitFor(t, "w2 knows the session", func() bool {
 				w2.mu.Lock()
