@@ -199,6 +199,10 @@ type Client struct {
 	// label "session " + session id in hex (auth.SealKey), base64
 	// (standard encoding); empty without authentication.
 	SealedKey string `json:"sealed_key,omitempty"`
+	// Bundle says the session takes BUNDLE_REPLYs (wire/SPEC.md section
+	// 22): its SESSION_OPEN asked for them and the worker that opened it
+	// agreed. Every worker may then bundle its datagrams to the session.
+	Bundle bool `json:"bundle,omitempty"`
 }
 
 // SessionKeyLabel is the label a session's key is sealed with

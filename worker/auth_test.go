@@ -133,6 +133,7 @@ func (c *tclient) callRaw(pkt []byte, id uint64, timeout time.Duration) (msg, bo
 func (c *tclient) openAuth(name string, k auth.Key, ttlMs uint32) msg {
 	c.t.Helper()
 	m, h := openMsg(name, ttlMs)
+	m.Bundle = c.offerBundle
 	m.Cookie = c.cookie(m, h)
 	r, ok := c.callRaw(sealOpen(c.t, m, h, k), h.Request, 5*time.Second)
 	if !ok {

@@ -86,6 +86,7 @@ type sessInfo struct {
 	lease   clientv3.LeaseID
 	keyName string
 	sealed  []byte
+	bundle  bool // the session takes BUNDLE_REPLYs (wire/SPEC.md section 22)
 }
 
 func infoOf(doc cluster.Client) sessInfo {
@@ -98,6 +99,7 @@ func infoOf(doc cluster.Client) sessInfo {
 	}
 	in.keyName = doc.KeyName
 	in.sealed, _ = base64.StdEncoding.DecodeString(doc.SealedKey)
+	in.bundle = doc.Bundle
 	return in
 }
 

@@ -8,9 +8,9 @@ import (
 )
 
 // TestBadInput (invariant 7): a burst of random, truncated, oversized,
-// corrupted, misdirected and stale datagrams is dropped or answered with an
-// error and counted by reason; the worker keeps serving and its state is
-// unchanged.
+// corrupted, misdirected and stale datagrams, alone and in bundles, is
+// dropped or answered with an error and counted by reason; the worker
+// keeps serving and its state is unchanged.
 func TestBadInput(t *testing.T) {
 	cli := testEtcd(t)
 	w, reg := startWorker(t, cli, "w1", nil)
@@ -33,7 +33,15 @@ func TestBadInput(t *testing.T) {
 	}
 	sh := a.shard("held")
 	const burst = 10000
-	kinds := 10
+	kinds := 12
+	bundle := func(entries ...[]byte) []byte {
+		p := wire.AppendHeader(nil, wire.Header{Type: wire.TypeBundle, Session: a.session, Request: 1 << 41})
+		for _, e := range entries {
+			p = append(p, e...)
+		}
+		wire.Seal(p)
+		return p
+	}
 	for i := range burst {
 		var p []byte
 		switch i % kinds {
@@ -70,6 +78,17 @@ func TestBadInput(t *testing.T) {
 			p[4] = 0
 			p[5] = byte(wire.StatusConflict)
 			wire.Seal(p)
+		case 10: // a bundle of random bytes: dropped whole
+			junk := make([]byte, rng.IntN(600))
+			for j := range junk {
+				junk[j] = byte(rng.UintN(256))
+			}
+			p = bundle(junk)
+		case 11: // a well-formed bundle of bad datagrams: each dropped or refused alone
+			bad := valid(a.session, sh, 1, "held")
+			bad[64+rng.IntN(len(bad)-64)] ^= 0x20 // checksum
+			p = bundle(wire.AppendBundled(nil, valid(a.session, (sh+1)%testShards, 1, "held")),
+				wire.AppendBundled(nil, valid(a.session, sh, 9, "held")), wire.AppendBundled(nil, bad))
 		}
 		a.sendRaw(p)
 		if i%200 == 199 {
@@ -94,7 +113,7 @@ func TestBadInput(t *testing.T) {
 
 	total := 0.0
 	for _, reason := range []string{"short", "length", "too_large", "checksum", "unknown_type", "wrong_shard",
-		"stale_epoch", "unknown_session", "bad_mode", "not_request", "bad_magic"} {
+		"stale_epoch", "unknown_session", "bad_mode", "not_request", "bad_magic", "bad_bundle"} {
 		v := gatherValue(reg, "tokend_worker_dropped_datagrams_total", "reason", reason)
 		if v == 0 {
 			t.Errorf("no drops counted for %q", reason)

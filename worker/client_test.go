@@ -24,9 +24,10 @@ type rawConn interface {
 // msg is a datagram the test client received, with its body decoded by
 // kind.
 type msg struct {
-	h   wire.Header
-	raw []byte
-	at  time.Time
+	h       wire.Header
+	raw     []byte
+	at      time.Time
+	bundled bool // it came inside a BUNDLE_REPLY
 }
 
 func (m msg) grant(t testing.TB) wire.Grant {
@@ -48,13 +49,17 @@ type appender interface {
 // tclient is a small raw-datagram client built on wire, for tests only:
 // it numbers requests, retransmits until a reply arrives, computes acks
 // from its unfinished requests, and keeps server-initiated messages
-// (REVOKE, GRANT_ASYNC) and late replies in a queue.
+// (REVOKE, GRANT_ASYNC) and late replies in a queue. It takes the
+// datagrams of a BUNDLE_REPLY one by one, as if each had come alone.
 type tclient struct {
 	t      testing.TB
 	conn   rawConn
 	srv    net.Addr
 	shards uint32
 	rto    time.Duration
+	// offerBundle sets the BUNDLE flag in the SESSION_OPENs of open and
+	// openAuth (wire/SPEC.md section 22).
+	offerBundle bool
 
 	mu         sync.Mutex // guards the fields below
 	session    uint64
@@ -63,6 +68,7 @@ type tclient struct {
 	unfinished map[uint64]bool
 	waiting    map[uint64]chan msg
 	events     []msg // REVOKE, GRANT_ASYNC, and replies nobody waited for
+	bundles    int   // BUNDLE_REPLYs received
 	eventCh    chan struct{}
 	epochs     map[uint32]uint32 // per shard: epoch to send (default 1)
 
@@ -118,21 +124,47 @@ func (c *tclient) readLoop() {
 			c.t.Errorf("client got a malformed datagram: %v", err)
 			continue
 		}
-		m := msg{h: h, raw: raw, at: time.Now()}
-		c.mu.Lock()
-		if ch, ok := c.waiting[h.Request]; ok && h.Type.IsReply() {
-			select {
-			case ch <- m:
-			default:
-			}
-		} else {
-			c.events = append(c.events, m)
-			select {
-			case c.eventCh <- struct{}{}:
-			default:
-			}
+		now := time.Now()
+		if h.Type != wire.TypeBundleReply {
+			c.deliver(msg{h: h, raw: raw, at: now})
+			continue
 		}
+		if err := wire.CheckBundle(h, raw); err != nil {
+			c.t.Errorf("client got a malformed bundle: %v", err)
+			continue
+		}
+		c.mu.Lock()
+		c.bundles++
 		c.mu.Unlock()
+		for e := raw[wire.HeaderLen:]; len(e) > 0; {
+			var d []byte
+			d, e = wire.NextBundled(e)
+			ih, err := wire.ParseHeader(d)
+			if err != nil {
+				c.t.Errorf("client got a malformed datagram in a bundle: %v", err)
+				continue
+			}
+			c.deliver(msg{h: ih, raw: d, at: now, bundled: true})
+		}
+	}
+}
+
+// deliver hands m to whoever waits for its reply, or queues it as an
+// event.
+func (c *tclient) deliver(m msg) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ch, ok := c.waiting[m.h.Request]; ok && m.h.Type.IsReply() {
+		select {
+		case ch <- m:
+		default:
+		}
+		return
+	}
+	c.events = append(c.events, m)
+	select {
+	case c.eventCh <- struct{}{}:
+	default:
 	}
 }
 
@@ -184,6 +216,15 @@ func (c *tclient) finish(id uint64) {
 // after openAuth).
 func (c *tclient) send(m appender, h wire.Header) []byte {
 	c.t.Helper()
+	pkt := c.encode(m, h)
+	c.sendRaw(pkt)
+	return pkt
+}
+
+// encode encodes one datagram, sealed with the session's MAC after
+// openAuth.
+func (c *tclient) encode(m appender, h wire.Header) []byte {
+	c.t.Helper()
 	pkt, err := m.Append(nil, h)
 	if err != nil {
 		c.t.Fatalf("encode %T: %v", m, err)
@@ -195,7 +236,6 @@ func (c *tclient) send(m appender, h wire.Header) []byte {
 		}
 	}
 	c.macMu.Unlock()
-	c.sendRaw(pkt)
 	return pkt
 }
 
@@ -267,7 +307,7 @@ func (c *tclient) do(m appender, shard uint32) msg {
 func (c *tclient) open(ttlMs uint32) msg {
 	c.t.Helper()
 	h := wire.Header{Request: rand.Uint64() | 1}
-	r, err := c.call(wire.SessionOpen{TTLMs: ttlMs, Lib: []byte("test/0")}, h, 5*time.Second)
+	r, err := c.call(wire.SessionOpen{TTLMs: ttlMs, Lib: []byte("test/0"), Bundle: c.offerBundle}, h, 5*time.Second)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func (w *Worker) answerDeadlock(proto int, q *cluster.DeadlockQuery, now time.Ti
 		w.mu.Unlock()
 		return ans
 	}
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	for _, v := range q.Victims {
 		if w.endVictim(ob, v) {

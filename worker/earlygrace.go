@@ -142,7 +142,7 @@ func (w *Worker) readLive(ctx context.Context, gt *grace.Tracker, gen uint64) {
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	if w.gt != gt {
 		// A new incarnation: its recoveries wait for a read of their own.

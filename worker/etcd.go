@@ -78,6 +78,9 @@ type openJob struct {
 	ttlMs uint32
 	lib   string
 	stamp time.Time
+	// bundle: the open asked for bundles and this worker takes them
+	// (wire/SPEC.md section 22).
+	bundle bool
 	// With Auth: the client's key, nonce and key name.
 	auth      bool
 	clientKey auth.Key
@@ -124,12 +127,13 @@ func (w *Worker) openSession(ctx context.Context, j openJob) {
 	if err == nil {
 		doc.Session, doc.Addr, doc.Since, doc.Library, doc.Worker =
 			cluster.SessionString(id), j.from.String(), cluster.Now(w.clk.Now()), j.lib, w.cfg.ID
+		doc.Bundle, in.bundle = j.bundle, j.bundle
 		in.lease, rev, granted, err = w.createSession(ctx, id, secs, doc)
 	}
 	closing := ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(j.stamp, w.mono(now))
+	ob := w.outbox(j.stamp, w.mono(now))
 	rh := j.h.Reply()
 	rh.MapVersion = w.dmap.Version
 	if err != nil {
@@ -150,6 +154,7 @@ func (w *Worker) openSession(ctx context.Context, j openJob) {
 		GraceMs:     uint32(cc.GraceMs),
 		WorkerTTLMs: uint32(w.cfg.TTL.Milliseconds()),
 		WorkerNonce: wnonce,
+		Bundle:      j.bundle,
 	}.Append(make([]byte, 0, wire.HeaderLen+32), rh)
 	if err != nil {
 		w.log.Error("cannot encode SESSION_OPEN reply", "err", err)
@@ -221,7 +226,7 @@ func (w *Worker) renewSession(ctx context.Context, id uint64, lease clientv3.Lea
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(stamp, w.mono(now))
+	ob := w.outbox(stamp, w.mono(now))
 	ob.safe = w.safeUntil()
 	s := w.sessions[id]
 	var (
@@ -342,7 +347,7 @@ func (w *Worker) lookupSession(ctx context.Context, h wire.Header, from *net.UDP
 	now := w.clk.Now()
 	w.mu.Lock()
 	delete(w.lookups, h.Session)
-	ob := newOutbox(stamp, w.mono(now))
+	ob := w.outbox(stamp, w.mono(now))
 	switch {
 	case err != nil:
 		// Say nothing; the client retransmits.

@@ -544,7 +544,7 @@ func (w *Worker) finishPull(b *pullBatch, resp *pullResponse, perr error, gone b
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	var imported, recovered, tokens int
 	for _, se := range b.shards {
@@ -711,7 +711,7 @@ func (w *Worker) checkSession(ctx context.Context, id uint64) {
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	w.endSession(ob, id)
 	w.mu.Unlock()

@@ -22,6 +22,10 @@ type metrics struct {
 
 	grantsResent prometheus.Counter // GRANT_ASYNC retransmissions
 
+	// Bundles (wire/SPEC.md section 22; bundle.go): BUNDLEs taken and the
+	// datagrams in them, BUNDLE_REPLYs sent and the datagrams in them.
+	bundlesIn, bundledIn, bundlesOut, bundledOut prometheus.Counter
+
 	handoffsOut  prometheus.Counter     // shard states pulled from this worker
 	handoffsIn   *prometheus.CounterVec // result: imported, recovered
 	handoffBytes *prometheus.CounterVec // direction: in, out
@@ -64,6 +68,14 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			Help: "REVOKE datagrams sent, retransmissions included."}),
 		grantsResent: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "grant_async_retransmissions_total",
 			Help: "GRANT_ASYNC datagrams sent again because the client had not acknowledged them (GRANT_ACK) or re-polled yet."}),
+		bundlesIn: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bundles_received_total",
+			Help: "BUNDLE datagrams taken (a malformed one is counted in dropped_datagrams_total{reason=\"bad_bundle\"})."}),
+		bundledIn: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bundled_datagrams_received_total",
+			Help: "Datagrams received inside BUNDLEs, each then handled as if it had come alone."}),
+		bundlesOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bundles_sent_total",
+			Help: "BUNDLE_REPLY datagrams sent."}),
+		bundledOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bundled_datagrams_sent_total",
+			Help: "Datagrams sent inside BUNDLE_REPLYs rather than alone."}),
 		handoffsOut: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_out_total",
 			Help: "Shards whose state a new owner pulled from this worker (planned handoff)."}),
 		handoffsIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_in_total",
@@ -85,6 +97,7 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{m.ops, m.dur, m.dropped, m.recoveries, m.graceEarly, m.graceDur, m.mapResyncs, m.revokesSent, m.grantsResent,
+		m.bundlesIn, m.bundledIn, m.bundlesOut, m.bundledOut,
 		m.handoffsOut, m.handoffsIn, m.handoffBytes, m.handoffDur, m.deadlocks, m.ho.authFailures, m.ho.refused,
 		gauge("handoff_waiting_shards", "Shards gained whose state is being pulled from their previous owner.",
 			func() float64 { return float64(w.stats().awaiting) }),

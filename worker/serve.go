@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -23,19 +24,45 @@ const (
 
 // outbox collects the datagrams one batch (or one timer or etcd event)
 // sends, to be written with one WriteBatch after the lock is released.
+// Datagrams for a session that takes bundles are packed into BUNDLE_REPLYs
+// at flush (pack, bundle.go).
 type outbox struct {
 	stamp time.Time // arrival of the batch (or the event's time)
 	now   int64     // stamp on the tables' clock
 	safe  time.Time // the lease's SafeUntil, read once for the batch
 	msgs  []ipv4.Message
 	typ   []wire.Type // per message: the request type it answers (for latency), 0 if none
+	// sessions, if not nil, are the live sessions (Worker.sessions), read
+	// by add under Worker.mu to learn which take bundles; nil sends every
+	// datagram alone.
+	sessions map[uint64]*session
+	take     []bool // per message: it may go in a BUNDLE_REPLY (see add)
+	takes    int    // how many may
+	pk       packer // flush's scratch for packing bundles, reused
 }
 
 func newOutbox(stamp time.Time, now int64) *outbox { return &outbox{stamp: stamp, now: now} }
 
+// outbox is newOutbox that bundles, unless Config.NoBundle, the datagrams
+// of sessions that take bundles. Caller holds mu.
+func (w *Worker) outbox(stamp time.Time, now int64) *outbox {
+	o := newOutbox(stamp, now)
+	o.sessions = w.bundling()
+	return o
+}
+
+// bundling is the sessions map an outbox reads to bundle, or nil with
+// Config.NoBundle.
+func (w *Worker) bundling() map[uint64]*session {
+	if w.cfg.NoBundle {
+		return nil
+	}
+	return w.sessions
+}
+
 func (o *outbox) reset(stamp time.Time, now int64, safe time.Time) {
 	o.stamp, o.now, o.safe = stamp, now, safe
-	o.msgs, o.typ = o.msgs[:0], o.typ[:0]
+	o.msgs, o.typ, o.take, o.takes = o.msgs[:0], o.typ[:0], o.take[:0], 0
 }
 
 // add queues pkt for to; typ is the request type it answers (0 for REVOKE
@@ -45,13 +72,24 @@ func (o *outbox) reset(stamp time.Time, now int64, safe time.Time) {
 // would write the same bytes into a buffer a flush may be sending).
 // Caller holds Worker.mu if mac belongs to a session.
 func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type, mac *auth.MAC) {
-	if pkt == nil || to == nil {
+	if len(pkt) < wire.HeaderLen || to == nil {
 		return
 	}
 	if mac != nil && !sealed(pkt) {
 		if err := mac.Seal(pkt); err != nil {
 			return
 		}
+	}
+	// The session's flag is read now, under Worker.mu: flush runs
+	// without it.
+	take := false
+	if o.sessions != nil && wire.Bundles(wire.TypeBundleReply, wire.Type(pkt[3])) {
+		s := o.sessions[binary.BigEndian.Uint64(pkt[8:])]
+		take = s != nil && s.bundle
+	}
+	o.take = append(o.take, take)
+	if take {
+		o.takes++
 	}
 	n := len(o.msgs)
 	if n < cap(o.msgs) {
@@ -65,12 +103,18 @@ func (o *outbox) add(pkt []byte, to *net.UDPAddr, typ wire.Type, mac *auth.MAC) 
 	o.typ = append(o.typ, typ)
 }
 
-// flush sends what ob holds and records reply latencies.
+// flush sends what ob holds, bundled where it may be (outbox.pack), and
+// records reply latencies.
 func (w *Worker) flush(ob *outbox) {
 	if ob == nil || len(ob.msgs) == 0 {
 		return
 	}
-	ms := ob.msgs
+	ms, bundles, bundled := ob.pack()
+	if bundles > 0 {
+		w.met.bundlesOut.Add(float64(bundles))
+		w.met.bundledOut.Add(float64(bundled))
+	}
+	defer ob.release()
 	for len(ms) > 0 {
 		n, err := w.conn.WriteBatch(ms, 0)
 		if err != nil {
@@ -88,11 +132,6 @@ func (w *Worker) flush(ob *outbox) {
 			w.met.observe(t, el)
 		}
 	}
-	// Let the sent datagrams be collected.
-	for i := range ob.msgs {
-		ob.msgs[i].Buffers[0] = nil
-		ob.msgs[i].Addr = nil
-	}
 }
 
 // recvLoop is the receive loop: one ReadBatch, one time stamp, one lock,
@@ -104,6 +143,9 @@ func (w *Worker) recvLoop(ctx context.Context) {
 		msgs[i].Buffers = [][]byte{make([]byte, recvBuf)}
 	}
 	ob := &outbox{msgs: make([]ipv4.Message, 0, batchSize)}
+	w.mu.Lock()
+	ob.sessions = w.bundling()
+	w.mu.Unlock()
 	for {
 		n, err := w.conn.ReadBatch(msgs, 0)
 		if ctx.Err() != nil {
@@ -155,7 +197,17 @@ func (w *Worker) handle(ob *outbox, pkt []byte, from *net.UDPAddr) {
 		w.met.drop(wire.Reason(err))
 		return
 	}
-	if !h.Type.IsRequest() {
+	if h.Type == wire.TypeBundle {
+		w.handleBundle(ob, h, pkt, from)
+		return
+	}
+	w.handleParsed(ob, h, pkt, from)
+}
+
+// handleParsed processes one datagram, alone or from a bundle, whose
+// header h ParseHeader accepted. Caller holds mu.
+func (w *Worker) handleParsed(ob *outbox, h wire.Header, pkt []byte, from *net.UDPAddr) {
+	if !h.Type.IsRequest() || h.Type == wire.TypeBundle {
 		w.met.drop("not_request")
 		return
 	}
@@ -483,7 +535,7 @@ func (w *Worker) handleOpen(ob *outbox, h wire.Header, pkt []byte, from *net.UDP
 	rh := h.Reply()
 	rh.MapVersion = w.dmap.Version
 	job := openJob{from: from, h: h, ttlMs: m.TTLMs, lib: string(m.Lib), stamp: ob.stamp,
-		key: openKey{from: ap, req: h.Request}}
+		key: openKey{from: ap, req: h.Request}, bundle: m.Bundle && !w.cfg.NoBundle}
 	var errMAC *auth.MAC // seals error replies: the open key's, worker to client
 	if a := w.cfg.Auth; a != nil {
 		name := string(m.KeyName)

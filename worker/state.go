@@ -120,6 +120,9 @@ type session struct {
 	// (Worker.names), for Limits.NamesPerSession.
 	nameBound int
 	keys      sessKeys // its key, with Auth
+	// bundle: the session takes BUNDLE_REPLYs (its document says so,
+	// wire/SPEC.md section 22); the outbox packs its datagrams.
+	bundle bool
 
 	renewing uint64 // request id of the KEEPALIVE whose renewal etcd works on (0: none)
 	// renewedID and renewedTTL are the last KEEPALIVE with RENEW that etcd
@@ -199,6 +202,9 @@ func (s *session) learn(in sessInfo) {
 	}
 	if s.keys.in == nil && len(s.keys.sealed) == 0 {
 		s.keys.keyName, s.keys.sealed, s.keys.bad = in.keyName, in.sealed, false
+	}
+	if in.bundle {
+		s.bundle = true // a document never takes it back
 	}
 }
 

@@ -28,7 +28,7 @@ func (w *Worker) timerLoop(ctx context.Context) {
 		}
 		now := w.clk.Now()
 		w.mu.Lock()
-		ob := newOutbox(now, w.mono(now))
+		ob := w.outbox(now, w.mono(now))
 		ob.safe = w.safeUntil()
 		next := w.runDue(ob)
 		// wakeAt and the timer change together under mu: whoever reads

@@ -54,7 +54,7 @@ func (w *Worker) watchLoop(ctx context.Context, key string, prefix bool, rev int
 			}
 			now := w.clk.Now()
 			w.mu.Lock()
-			ob := newOutbox(now, w.mono(now))
+			ob := w.outbox(now, w.mono(now))
 			ob.safe = w.safeUntil()
 			for _, ev := range resp.Events {
 				event(ob, ev)
@@ -97,7 +97,7 @@ func (w *Worker) syncMap(ctx context.Context) (int64, error) {
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	if len(resp.Kvs) == 0 {
 		w.mapRev = 0
@@ -248,7 +248,7 @@ func (w *Worker) syncClients(ctx context.Context) (int64, error) {
 	}
 	now := w.clk.Now()
 	w.mu.Lock()
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = w.safeUntil()
 	live := map[uint64]bool{}
 	for _, kv := range resp.Kvs {

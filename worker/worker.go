@@ -18,7 +18,10 @@
 //
 //   - the receive loop (serve.go): reads up to 64 datagrams per ReadBatch,
 //     stamps the batch with one reading of Config.Clock, handles it under one lock and
-//     sends all replies with one WriteBatch. It never waits for etcd.
+//     sends all replies with one WriteBatch. It never waits for etcd. A
+//     BUNDLE's datagrams are handled one by one as if each had come alone,
+//     and what any outbox sends to a session that takes bundles goes out
+//     packed into BUNDLE_REPLYs (bundle.go, wire/SPEC.md section 22).
 //   - the timer loop (timer.go): wakes at the earliest table deadline
 //     (queued request timeouts, end of a grace period) or REVOKE
 //     retransmission, runs Tick and sends what comes out.
@@ -70,7 +73,9 @@
 // Registered on Config.Registry, namespace tokend, subsystem worker:
 // ops_total{type,result}, op_duration_seconds{type} (arrival of the batch
 // to the reply sent), dropped_datagrams_total{reason}, revokes_sent_total,
-// grant_async_retransmissions_total,
+// grant_async_retransmissions_total, bundles_received_total,
+// bundled_datagrams_received_total, bundles_sent_total,
+// bundled_datagrams_sent_total (wire/SPEC.md section 22),
 // recoveries_total, handoffs_out_total, handoffs_in_total{result},
 // handoff_bytes_total{direction}, handoff_duration_seconds,
 // deadlocks_total{kind} (conversion, cycle), auth_failures_total{reason}
@@ -171,6 +176,13 @@ type Config struct {
 	// Limits bound what clients may cost the worker; the zero value
 	// means the defaults (see Limits).
 	Limits Limits
+	// NoBundle turns bundles off (wire/SPEC.md section 22): the worker
+	// answers a SESSION_OPEN without the BUNDLE flag, records no session
+	// as taking bundles and sends no BUNDLE_REPLY, as a worker of an
+	// earlier version does. It still takes the BUNDLEs a client sends (a
+	// worker may take them on any session it knows), so that turning it
+	// on in a running cluster strands no client that learned otherwise.
+	NoBundle bool
 }
 
 // Worker is one token server process's worth of shards.
@@ -590,7 +602,7 @@ func (w *Worker) close() error {
 func (w *Worker) install(lease *ownLease, doc cluster.Worker, now time.Time) *outbox {
 	w.lease, w.doc, w.ready = lease, doc, true
 	w.me = delegation.Owner{ID: doc.ID, Incarnation: uint64(lease.id)}
-	ob := newOutbox(now, w.mono(now))
+	ob := w.outbox(now, w.mono(now))
 	ob.safe = lease.SafeUntil()
 	w.applyMap(ob, w.dmap, nil)
 	return ob

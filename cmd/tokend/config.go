@@ -70,6 +70,7 @@ type config struct {
 	handoffAddr   string   // worker's TCP listen address for planned handoffs
 	advHandoff    string   // its advertised host:port (port 0: the bound port); set by resolveAdvertise if not given
 	handoffProto  int      // newest handoff protocol spoken (0: the newest)
+	noBundle      bool     // the worker neither offers nor sends bundles (wire/SPEC.md section 22)
 	etcdEndpoints []string // worker mode: where etcd is
 	workerTTL     time.Duration
 
@@ -177,6 +178,7 @@ func (c *config) options() []option {
 		{"advertise-udp-addr", "worker UDP host:port registered for clients (default: --udp-addr if specific, else the address of the interface with the default route; port 0: the bound port)", stringVal(&c.advUDP), nil},
 		{"handoff-addr", "worker TCP host:port other workers pull handed-off shards from (default: the UDP address's host, any port; off: no handoffs, moves cost a grace period)", stringVal(&c.handoffAddr), nil},
 		{"handoff-proto", "newest handoff protocol the worker speaks (0: the newest, 2, which moves queued requests with a shard; 1: as workers of an earlier version, for clients of an earlier version during an upgrade)", intVal(&c.handoffProto), nil},
+		{"no-bundle", "the worker does not agree to bundles (several datagrams of one session in one, wire/SPEC.md section 22) and sends none, as workers of an earlier version; it still takes those a client sends", boolVal(&c.noBundle), nil},
 		{"advertise-handoff-addr", "worker handoff host:port registered for other workers (default: --handoff-addr if specific, else the advertised UDP host with the bound port)", stringVal(&c.advHandoff), nil},
 		{"etcd-endpoints", "comma-separated etcd client endpoints (worker mode)", listVal(&c.etcdEndpoints), []mode{modeWorker}},
 		{"worker-ttl", "worker lease TTL in etcd: how fast a dead worker is noticed", durationVal(&c.workerTTL), nil},

@@ -101,6 +101,41 @@ func TestConfigDerived(t *testing.T) {
 	}
 }
 
+// TestConfigNoBundle: bundles are on unless --no-bundle, TOKEND_NO_BUNDLE
+// or the file's no-bundle key turns them off, in every mode that runs a
+// worker.
+func TestConfigNoBundle(t *testing.T) {
+	file := writeFile(t, "no-bundle: true\n")
+	for _, tt := range []struct {
+		name string
+		mode mode
+		args []string
+		env  func(string) string
+		want bool
+	}{
+		{"default", modeAll, nil, env(), false},
+		{"flag", modeAll, []string{"--no-bundle"}, env(), true},
+		{"flag false over env", modeAll, []string{"--no-bundle=false"}, env("TOKEND_NO_BUNDLE", "true"), false},
+		{"env", modeAll, nil, env("TOKEND_NO_BUNDLE", "true"), true},
+		{"file", modeAll, []string{"--config", file}, env(), true},
+		{"worker mode", modeWorker, []string{"--no-bundle", "--etcd-endpoints", "https://127.0.0.1:2379"}, env(), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.mode != modeWorker {
+				args = append([]string{"--data-dir", t.TempDir()}, args...)
+			}
+			c, err := loadConfig(tt.mode, args, tt.env, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.noBundle != tt.want {
+				t.Errorf("noBundle = %v, want %v", c.noBundle, tt.want)
+			}
+		})
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	notDir := filepath.Join(dir, "file")

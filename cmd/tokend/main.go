@@ -245,7 +245,7 @@ func (d *daemon) start(ctx context.Context) error {
 			d.keys = keys.NewStore(d.client, cfg.clusterKey, d.log)
 		}
 		d.worker, err = worker.New(worker.Config{
-			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HandoffProto: cfg.handoffProto, HTTPAddr: cfg.advHTTP,
+			Client: d.client, ID: cfg.workerID, UDPAddr: cfg.udpAddr, HandoffAddr: cfg.handoffAddr, HandoffProto: cfg.handoffProto, NoBundle: cfg.noBundle, HTTPAddr: cfg.advHTTP,
 			AdvertiseUDPAddr: cfg.advUDP, AdvertiseHandoffAddr: cfg.advHandoff,
 			TTL: cfg.workerTTL, Logger: d.log, Registry: d.reg, Announce: announceConfig(cfg, d.log),
 			Auth: cfg.workerAuth(d.keys),
