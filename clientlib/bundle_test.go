@@ -478,3 +478,33 @@ func TestSendQueuePackNoAlloc(t *testing.T) {
 		t.Fatalf("%v allocations per round", allocs)
 	}
 }
+
+// TestBundleWorkerDowngraded: a worker that took bundles is replaced at
+// the same address by one from before bundles (which drops every
+// BUNDLE). The client still takes the address for one that bundles, so
+// its first sends may go in BUNDLEs and be lost; every call still
+// completes, because retransmissions always go alone.
+func TestBundleWorkerDowngraded(t *testing.T) {
+	fc := newFakeCluster(t, 2207, fakeConfig{realUDP: true})
+	c := fc.dial(t, Config{})
+	hammer(t, fc, c, 64, 100, func() bool { return c.Stats().BundlesSent > 0 })
+	if c.Stats().BundlesSent == 0 {
+		t.Skip("no BUNDLE sent in 100 rounds: the machine never ran two senders at once")
+	}
+	fc.fw.SetNoBundle(true)
+	before := c.Stats()
+	_, in0, _, out0, _ := fc.fw.Bundles()
+	hammer(t, fc, c, 64, 20, func() bool { return c.Stats().BundlesSent > before.BundlesSent })
+	st := c.Stats()
+	_, in1, _, out1, _ := fc.fw.Bundles()
+	t.Logf("after the downgrade: %d BUNDLEs sent (and lost), %d datagrams sent", st.BundlesSent-before.BundlesSent, st.Sent-before.Sent)
+	if in1 != in0 || out1 != out0 {
+		t.Fatalf("the older worker took %d BUNDLEs and sent %d", in1-in0, out1-out0)
+	}
+	fc.mu.Lock()
+	again := fc.bundledAgain
+	fc.mu.Unlock()
+	if again != 0 {
+		t.Fatalf("%d retransmissions went in a BUNDLE", again)
+	}
+}

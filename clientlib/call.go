@@ -434,6 +434,12 @@ func (c *Client) send(cl *call) bool {
 	cl.buf = b[:0]
 	cl.dest, cl.epoch = dest, epoch
 	cl.sends++
+	if cl.sends > 1 {
+		// A retransmission goes alone, never in a BUNDLE (SPEC §22): if
+		// an older worker took over this address, it still answers.
+		c.writeAlone(b, ua)
+		return true
+	}
 	c.write(b, ua, true)
 	return true
 }

@@ -377,6 +377,18 @@ func (c *Client) write(b []byte, to *net.UDPAddr, lead bool) {
 	}
 }
 
+// writeAlone sends datagram b to to in a system call of its own, outside
+// the send queue, so that it is never bundled.
+func (c *Client) writeAlone(b []byte, to *net.UDPAddr) {
+	c.sent.Add(1)
+	if q := c.sendq; q != nil {
+		q.calls.Add(1)
+	}
+	if _, err := c.conn.WriteTo(b, to); err != nil {
+		c.sendFailed(err)
+	}
+}
+
 // takeBundlesFrom records that worker from takes BUNDLEs.
 func (c *Client) takeBundlesFrom(from netip.AddrPort) {
 	if m := c.bundlers.Load(); m != nil {

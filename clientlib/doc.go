@@ -240,8 +240,9 @@
 //     such worker and one session go in BUNDLEs in their order (up to
 //     1200 bytes; one with nothing to go with goes alone). A bundle's
 //     header carries the first datagram's request id and map version.
-//     Datagrams are retransmitted byte for byte, alone or in another
-//     bundle. A BUNDLE_REPLY of a bad layout is dropped whole
+//     A request's retransmissions go byte for byte and alone, never in a
+//     bundle, so that a worker an older one replaced at the same address
+//     still answers them. A BUNDLE_REPLY of a bad layout is dropped whole
 //     (Stats().BundlesDropped); otherwise each datagram in it is handled
 //     as if it came alone, with every check.
 //   - MAP_REQUEST carries the session and an id from the session's counter

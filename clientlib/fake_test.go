@@ -65,10 +65,12 @@ type fakeCluster struct {
 	// KEEPALIVE with DONE received (SPEC §13, "Early end of grace")
 	reclaimDone   map[int]string
 	mapRequests   int
-	bundles       map[int]int // BUNDLEs received, per worker
-	flaggedOpens  map[int]int // SESSION_OPENs with flag BUNDLE received, per worker
-	refuseReclaim bool        // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
-	problems      []string    // protocol violations by the client
+	bundles       map[int]int        // BUNDLEs received, per worker
+	flaggedOpens  map[int]int        // SESSION_OPENs with flag BUNDLE received, per worker
+	requestSeen   map[[2]uint64]bool // (session, request id) of every request received, alone or in a BUNDLE
+	bundledAgain  int                // datagrams that came in a BUNDLE after they had come once already
+	refuseReclaim bool               // answer every RECLAIM RECLAIM_REFUSED (set before the first request)
+	problems      []string           // protocol violations by the client
 }
 
 type fakeReq struct{ sess, req uint64 }
@@ -129,7 +131,8 @@ func newFakeCluster(t testing.TB, seed uint64, cfg fakeConfig) *fakeCluster {
 	fc := &fakeCluster{t: t, net: faultnet.New(seed), cfg: cfg, mapVersion: 1,
 		owner: make([]int, cfg.shardCount), epoch: make([]uint32, cfg.shardCount),
 		sessions: map[uint64]*fakeSession{}, applied: map[fakeReq]int{}, bodies: map[fakeReq]string{},
-		reclaimDone: map[int]string{}, bundles: map[int]int{}, flaggedOpens: map[int]int{}}
+		reclaimDone: map[int]string{}, bundles: map[int]int{}, flaggedOpens: map[int]int{},
+		requestSeen: map[[2]uint64]bool{}}
 	for s := range fc.epoch {
 		fc.epoch[s] = 1
 	}
@@ -346,6 +349,19 @@ func (fc *fakeCluster) received(e fakeworker.Event) {
 	case wire.TypeBundle:
 		// Framing only: the datagrams in it are traced one by one.
 		fc.bundles[e.Worker]++
+		if wire.CheckBundle(h, e.Pkt) == nil {
+			for rest := e.Pkt[wire.HeaderLen:]; len(rest) > 0; {
+				var d []byte
+				d, rest = wire.NextBundled(rest)
+				if ih, err := wire.ParseHeader(d); err == nil {
+					id := [2]uint64{ih.Session, ih.Request}
+					if fc.requestSeen[id] {
+						fc.bundledAgain++
+					}
+					fc.requestSeen[id] = true
+				}
+			}
+		}
 		return
 	case wire.TypeMapRequest:
 		fc.mapRequests++
@@ -355,6 +371,7 @@ func (fc *fakeCluster) received(e fakeworker.Event) {
 		}
 	}
 	fc.seen = append(fc.seen, fakeSeen{h.Type, h.Session, h.Request, h.Ack, e.Worker})
+	fc.requestSeen[[2]uint64{h.Session, h.Request}] = true
 	switch h.Type {
 	case wire.TypeMapRequest, wire.TypeSessionOpen:
 		return

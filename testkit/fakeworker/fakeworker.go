@@ -42,6 +42,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/internal/clock"
@@ -175,12 +176,13 @@ const NoOwner = -1
 // Cluster is a set of fake workers sharing one delegation map and one set of
 // sessions.
 type Cluster struct {
-	cfg   Config
-	clk   clock.Clock
-	start time.Time
-	trace func(Event)
-	done  chan struct{}
-	wg    sync.WaitGroup
+	cfg      Config
+	noBundle atomic.Bool // cfg.NoBundle, switched by SetNoBundle
+	clk      clock.Clock
+	start    time.Time
+	trace    func(Event)
+	done     chan struct{}
+	wg       sync.WaitGroup
 
 	mu       sync.Mutex // guards the fields below and every worker's state
 	workers  []*worker
@@ -300,6 +302,7 @@ func New(cfg Config) (*Cluster, error) {
 		opens: map[string][]byte{}, ignored: map[uint64]bool{}, keys: map[string]auth.Key{},
 		rng: rand.New(rand.NewPCG(cfg.Seed, 0xfa4e))}
 	c.start = c.clk.Now()
+	c.noBundle.Store(cfg.NoBundle)
 	if err := c.setupKeys(); err != nil {
 		return nil, err
 	}
@@ -639,6 +642,12 @@ func (c *Cluster) SetMuted(w int, on bool) {
 	c.workers[w].muted = on
 }
 
+// SetNoBundle switches every worker to play one from before bundles
+// (Config.NoBundle) or back, as if an older binary had taken over the
+// same addresses: BUNDLEs and flagged opens are dropped, nothing is sent
+// bundled.
+func (c *Cluster) SetNoBundle(on bool) { c.noBundle.Store(on) }
+
 // SetNoVouch makes worker w answer KEEPALIVE with validity 0, as a worker
 // unsure of its lease does; it still serves token requests.
 func (c *Cluster) SetNoVouch(w int, on bool) {
@@ -804,7 +813,7 @@ func (c *Cluster) serve(w *worker) {
 		ob := &outbox{}
 		switch {
 		case herr != nil:
-		case c.cfg.NoBundle && (h.Type == wire.TypeBundle || h.Type == wire.TypeSessionOpen && h.Flags&wire.FlagBundle != 0):
+		case c.noBundle.Load() && (h.Type == wire.TypeBundle || h.Type == wire.TypeSessionOpen && h.Flags&wire.FlagBundle != 0):
 			// An older worker: unknown type, unknown flag.
 		case h.Type == wire.TypeBundle:
 			c.bundleIn(w, ob, h, b, from)
@@ -923,7 +932,7 @@ func (c *Cluster) send(ob *outbox, w *worker, b []byte, to net.Addr) {
 	bundle := false
 	if len(b) >= wire.HeaderLen && wire.Bundles(wire.TypeBundleReply, wire.Type(b[3])) {
 		s := c.sessions[binary.BigEndian.Uint64(b[8:])]
-		bundle = s != nil && s.bundle && !c.cfg.NoBundle
+		bundle = s != nil && s.bundle && !c.noBundle.Load()
 	}
 	dup := !lost && c.dup > 0 && c.rng.Float64() < c.dup
 	ob.pkts = append(ob.pkts, pkt{w: w.idx, b: b, to: to, lost: lost, dup: dup, bundle: bundle})
@@ -1146,7 +1155,7 @@ func (w *worker) open(c *Cluster, ob *outbox, h wire.Header, b []byte, from net.
 	if err != nil {
 		return
 	}
-	s := &sess{id: id, ttl: c.cfg.SessionTTL, addr: from, bundle: m.Bundle && !c.cfg.NoBundle}
+	s := &sess{id: id, ttl: c.cfg.SessionTTL, addr: from, bundle: m.Bundle && !c.noBundle.Load()}
 	if m.TTLMs != 0 {
 		s.ttl = time.Duration(m.TTLMs) * time.Millisecond
 	}
