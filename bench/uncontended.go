@@ -81,6 +81,7 @@ func runUncontended(ctx context.Context, cfg *Config, tgt target, system string)
 		cs[i] = c
 	}
 	l, err := uncontended(ctx, cfg, cs, "shared", nil)
+	st := c.Stats()
 	closeClients(cs[:1])
 	if err != nil {
 		return out, err
@@ -89,5 +90,12 @@ func runUncontended(ctx context.Context, cfg *Config, tgt target, system string)
 		Note: "own token per goroutine, one Client for all, EX, acquire+release"}.with(&l, "acquire", "release", "pair")
 	res.metric("ops", 2*l.rate(), "requests/s")
 	res.cpuMetrics(&l)
+	if st.Sent > 0 {
+		// Bundles (wire/SPEC.md §22): how many of the client's datagrams
+		// went in BUNDLEs, and how many UDP datagrams it sent per request.
+		res.metric("bundled_sent", float64(st.BundledSent)/float64(st.Sent), "of the requests, in BUNDLEs (warm-up included)")
+		res.metric("bundled_received", float64(st.BundledReceived), "replies taken from BUNDLE_REPLYs (warm-up included)")
+		res.metric("udp_per_request", float64(st.Sent-st.BundledSent+st.BundlesSent)/float64(st.Sent), "UDP datagrams the client sent per request")
+	}
 	return append(out, res), nil
 }
