@@ -360,12 +360,7 @@ int tokend_acquire_async_ex(tokend_client *c, const void *name, size_t name_len,
 {
 	if (id)
 		*id = 0;
-	if (!c || !cb || !valid_name(name, name_len) || (int)mode < TOKEND_NL || (int)mode > TOKEND_EX ||
-	    wait_ms < TOKEND_WAIT_FOREVER || (flags & ~TOKEND_ACQUIRE_GROW))
-		return TOKEND_EINVAL;
-	if (start == 0 && end == 0)
-		end = TOKEND_WHOLE_END;
-	if (start >= end)
+	if (!c || !cb || check_acquire(name, name_len, mode, start, &end, wait_ms, flags) != TOKEND_OK)
 		return TOKEND_EINVAL;
 	struct aop *op = NULL;
 	int rc = aop_start(c, AOP_ACQUIRE, cb, arg, &op);

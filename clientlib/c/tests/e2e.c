@@ -327,6 +327,8 @@ static void s_batch(void)
 	CHECK_RC(tokend_acquire(a, n4, strlen(n4), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "B kept n4");
 	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "release n4");
 	CHECK_RC(tokend_acquire_batch(b, rb, 0, TOKEND_TRY, gb), TOKEND_EINVAL, "empty batch");
+	tokend_batch_req rbad[2] = {{n4, strlen(n4), TOKEND_EX, 0, 0}, {n1, strlen(n1), TOKEND_PR, 7, 7}};
+	CHECK_RC(tokend_acquire_batch(b, rbad, 2, TOKEND_TRY, gb), TOKEND_EINVAL, "an entry's empty range");
 	for (int k = 0; k < 3; k++)
 		CHECK_RC(tokend_release(a, &ga[k], NULL, 0), TOKEND_OK, "A release");
 	CHECK_RC(tokend_acquire_batch(b, rb, 3, 2000, gb), TOKEND_OK, "B batch after release");
