@@ -139,7 +139,7 @@ static int valid_name(const void *name, size_t len)
 	return name != NULL && len >= 1 && len <= TOKEND_MAX_NAME;
 }
 
-static int valid_mode(int m) { return m >= TOKEND_NL && m <= TOKEND_EX; }
+int valid_mode(int m) { return m >= TOKEND_NL && m <= TOKEND_EX; }
 
 int check_range(uint64_t start, uint64_t *end)
 {
@@ -1115,7 +1115,7 @@ int acquire_req(struct tokend_client *c, const void *name, size_t name_len, toke
 
 /* ------------------------------------------------------------ release, convert */
 
-static int valid_grant_arg(const tokend_grant *g)
+int valid_grant_arg(const tokend_grant *g)
 {
 	return g && valid_name(g->name, g->name_len) && tkw_fence_valid(g->fence);
 }

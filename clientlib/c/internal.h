@@ -436,6 +436,10 @@ int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closi
 int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
 		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,
 		 int64_t *until);
+/* A mode the API knows: 1. */
+int valid_mode(int m);
+/* A grant as a caller hands it back (a name, a valid fence): 1. */
+int valid_grant_arg(const tokend_grant *g);
 /* The range [start, *end) of a call: 0,0 is the whole token (*end becomes
  * TOKEND_WHOLE_END); an empty or inverted one is TOKEND_EINVAL. */
 int check_range(uint64_t start, uint64_t *end);
