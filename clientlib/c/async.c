@@ -308,13 +308,6 @@ static void aop_link(struct tokend_client *c, struct aop *op, uint64_t *id)
 	aop_step(c, op);
 }
 
-static int valid_name(const void *name, size_t len) { return name != NULL && len >= 1 && len <= TOKEND_MAX_NAME; }
-
-static int valid_grant(const tokend_grant *g)
-{
-	return g && valid_name(g->name, g->name_len) && tkw_fence_valid(g->fence);
-}
-
 /* The start of every asynchronous call, once its arguments are checked:
  * c->mu taken, the call entered (api_enter) and an operation of kind made.
  * On failure nothing is held. */
@@ -360,12 +353,7 @@ int tokend_acquire_async_ex(tokend_client *c, const void *name, size_t name_len,
 {
 	if (id)
 		*id = 0;
-	if (!c || !cb || !valid_name(name, name_len) || (int)mode < TOKEND_NL || (int)mode > TOKEND_EX ||
-	    wait_ms < TOKEND_WAIT_FOREVER || (flags & ~TOKEND_ACQUIRE_GROW))
-		return TOKEND_EINVAL;
-	if (start == 0 && end == 0)
-		end = TOKEND_WHOLE_END;
-	if (start >= end)
+	if (!c || !cb || check_acquire(name, name_len, mode, start, &end, wait_ms, flags) != TOKEND_OK)
 		return TOKEND_EINVAL;
 	struct aop *op = NULL;
 	int rc = aop_start(c, AOP_ACQUIRE, cb, arg, &op);
@@ -397,7 +385,7 @@ int tokend_release_async(tokend_client *c, const tokend_grant *g, const void *va
 {
 	if (id)
 		*id = 0;
-	if (!c || !cb || !valid_grant(g) || (value && value_len > TOKEND_MAX_VALUE))
+	if (!c || !cb || !valid_grant_arg(g) || (value && value_len > TOKEND_MAX_VALUE))
 		return TOKEND_EINVAL;
 	struct aop *op = NULL;
 	int rc = aop_start(c, AOP_RELEASE, cb, arg, &op);
@@ -418,7 +406,7 @@ int tokend_convert_async(tokend_client *c, const tokend_grant *g, tokend_mode mo
 {
 	if (id)
 		*id = 0;
-	if (!c || !cb || !valid_grant(g) || (int)mode < TOKEND_NL || (int)mode > TOKEND_EX ||
+	if (!c || !cb || !valid_grant_arg(g) || !valid_mode((int)mode) ||
 	    wait_ms < TOKEND_WAIT_FOREVER || (value && value_len > TOKEND_MAX_VALUE))
 		return TOKEND_EINVAL;
 	struct aop *op = NULL;

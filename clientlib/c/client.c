@@ -139,7 +139,23 @@ static int valid_name(const void *name, size_t len)
 	return name != NULL && len >= 1 && len <= TOKEND_MAX_NAME;
 }
 
-static int valid_mode(int m) { return m >= TOKEND_NL && m <= TOKEND_EX; }
+int valid_mode(int m) { return m >= TOKEND_NL && m <= TOKEND_EX; }
+
+int check_range(uint64_t start, uint64_t *end)
+{
+	if (start == 0 && *end == 0)
+		*end = TOKEND_WHOLE_END;
+	return start < *end ? TOKEND_OK : TOKEND_EINVAL;
+}
+
+int check_acquire(const void *name, size_t name_len, tokend_mode mode, uint64_t start, uint64_t *end,
+		  int64_t wait_ms, unsigned flags)
+{
+	if (!valid_name(name, name_len) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER ||
+	    (flags & ~TOKEND_ACQUIRE_GROW))
+		return TOKEND_EINVAL;
+	return check_range(start, end);
+}
 
 static int writer_mode(int m) { return m == TOKEND_PW || m == TOKEND_EX; }
 
@@ -990,9 +1006,7 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 		if (!valid_name(r->name, r->name_len) || !valid_mode((int)r->mode))
 			return TOKEND_EINVAL;
 		keys[i] = (struct batch_key){tkw_shard(r->name, r->name_len, shards), i, r, r->start, r->end};
-		if (keys[i].start == 0 && keys[i].end == 0)
-			keys[i].end = TOKEND_WHOLE_END;
-		if (keys[i].start >= keys[i].end)
+		if (check_range(keys[i].start, &keys[i].end) != TOKEND_OK)
 			return TOKEND_EINVAL;
 	}
 	qsort(keys, n, sizeof keys[0], batch_cmp);
@@ -1034,12 +1048,7 @@ int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, to
 int tokend_acquire_ex(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 		      uint64_t end, int64_t wait_ms, unsigned flags, tokend_grant *out)
 {
-	if (!c || !out || !valid_name(name, name_len) || !valid_mode((int)mode) || wait_ms < TOKEND_WAIT_FOREVER ||
-	    (flags & ~TOKEND_ACQUIRE_GROW))
-		return TOKEND_EINVAL;
-	if (start == 0 && end == 0)
-		end = TOKEND_WHOLE_END;
-	if (start >= end)
+	if (!c || !out || check_acquire(name, name_len, mode, start, &end, wait_ms, flags) != TOKEND_OK)
 		return TOKEND_EINVAL;
 	if (on_bg_thread(c))
 		return TOKEND_ECALLBACK;
@@ -1106,7 +1115,7 @@ int acquire_req(struct tokend_client *c, const void *name, size_t name_len, toke
 
 /* ------------------------------------------------------------ release, convert */
 
-static int valid_grant_arg(const tokend_grant *g)
+int valid_grant_arg(const tokend_grant *g)
 {
 	return g && valid_name(g->name, g->name_len) && tkw_fence_valid(g->fence);
 }
@@ -1138,11 +1147,7 @@ int tokend_release(tokend_client *c, const tokend_grant *gr, const void *value, 
 
 int tokend_release_range(tokend_client *c, tokend_grant *gr, uint64_t start, uint64_t end)
 {
-	if (!c || !valid_grant_arg(gr))
-		return TOKEND_EINVAL;
-	if (start == 0 && end == 0)
-		end = TOKEND_WHOLE_END;
-	if (start >= end)
+	if (!c || !valid_grant_arg(gr) || check_range(start, &end) != TOKEND_OK)
 		return TOKEND_EINVAL;
 	pthread_mutex_lock(&c->mu);
 	int rc = enter(c);

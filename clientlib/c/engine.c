@@ -1428,6 +1428,40 @@ static struct group *grant_group(struct tokend_client *c, struct req *r, uint32_
 	return grp;
 }
 
+/* g's grant becomes the one rep says: fence, mode, range and value. */
+static void grant_fill(struct grant_rec *g, const struct reply_grant *rep)
+{
+	g->g.fence = rep->fence;
+	g->g.mode = (tokend_mode)rep->mode;
+	g->g.start = rep->start;
+	g->g.end = rep->end;
+	fill_value(&g->g, rep);
+}
+
+/*
+ * g, new, becomes the grant of name that rep says r's session got: held,
+ * pending until the caller confirms it (confirm_grant), in grp and on
+ * c->grants; its view in *out (if out).
+ */
+static void grant_link(struct tokend_client *c, const struct req *r, struct grant_rec *g, const uint8_t *name,
+		       uint8_t name_len, const struct reply_grant *rep, struct group *grp, int64_t now,
+		       tokend_grant *out)
+{
+	memcpy(g->g.name, name, name_len);
+	g->g.name_len = name_len;
+	grant_fill(g, rep);
+	g->shard = r->shard;
+	g->session = r->session;
+	g->state = G_HELD;
+	g->pending = 1;
+	grant_set_group(c, g, grp);
+	g->next = c->grants;
+	c->grants = g;
+	if (out)
+		grant_view(c, g, now, out);
+	stash_match(c, g);
+}
+
 static void acquire_ok(struct tokend_client *c, struct req *r, uint32_t epoch, int64_t now)
 {
 	struct grant_rec *g = calloc(1, sizeof *g);
@@ -1438,22 +1472,7 @@ static void acquire_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 		req_complete(c, r, TOKEND_ENOMEM);
 		return;
 	}
-	memcpy(g->g.name, r->name, r->name_len);
-	g->g.name_len = r->name_len;
-	g->g.fence = r->rep.fence;
-	g->g.mode = (tokend_mode)r->rep.mode;
-	g->g.start = r->rep.start;
-	g->g.end = r->rep.end;
-	fill_value(&g->g, &r->rep);
-	g->shard = r->shard;
-	g->session = r->session;
-	g->state = G_HELD;
-	g->pending = 1; /* until confirm_grant hands it over */
-	grant_set_group(c, g, grp);
-	g->next = c->grants;
-	c->grants = g;
-	grant_view(c, g, now, &r->out);
-	stash_match(c, g);
+	grant_link(c, r, g, r->name, r->name_len, &r->rep, grp, now, &r->out);
 	req_complete(c, r, TOKEND_OK);
 }
 
@@ -1477,11 +1496,7 @@ static void convert_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 		g->pending = 1; /* an upgrade: until confirm_grant hands it over */
 	if (g->g.fence != r->rep.fence)
 		g->nseen = g->ndeferred = 0; /* a new grant (upgrade): new revocations */
-	g->g.fence = r->rep.fence;
-	g->g.mode = (tokend_mode)r->rep.mode;
-	g->g.start = r->rep.start;
-	g->g.end = r->rep.end;
-	fill_value(&g->g, &r->rep);
+	grant_fill(g, &r->rep);
 	grant_view(c, g, now, &r->out);
 	stash_match(c, g);
 	req_complete(c, r, TOKEND_OK);
@@ -1489,9 +1504,9 @@ static void convert_ok(struct tokend_client *c, struct req *r, uint32_t epoch, i
 
 /*
  * GRANT_BATCH for r (SPEC 21): one grant per entry, in entry order, each
- * recorded as acquire_ok records one (pending until the caller confirms
- * it), its view in r->bout. An orphan's grants (its caller gave up), or
- * all of them when they cannot be recorded, are given back.
+ * recorded by grant_link as acquire_ok records one (pending until the
+ * caller confirms it), its view in r->bout. An orphan's grants (its caller
+ * gave up), or all of them when they cannot be recorded, are given back.
  */
 static void batch_ok(struct tokend_client *c, struct req *r, const struct tkw_msg *m, uint32_t epoch, int64_t now)
 {
@@ -1521,27 +1536,10 @@ static void batch_ok(struct tokend_client *c, struct req *r, const struct tkw_ms
 	for (int k = 0; k < n; k++) {
 		struct grant_rec *g = gs[k];
 		const struct tkw_batch_item *it = &m->batch[k];
-		struct reply_grant rep = {0};
-		rep.value_flags = it->value_flags;
-		rep.value_len = (uint8_t)it->value.len;
+		struct reply_grant rep = {.fence = it->fence, .mode = it->mode, .start = it->start, .end = it->end,
+					  .value_flags = it->value_flags, .value_len = (uint8_t)it->value.len};
 		memcpy(rep.value, it->value.p, it->value.len);
-		memcpy(g->g.name, b->e[k].name, b->e[k].name_len);
-		g->g.name_len = b->e[k].name_len;
-		g->g.fence = it->fence;
-		g->g.mode = (tokend_mode)it->mode;
-		g->g.start = it->start;
-		g->g.end = it->end;
-		fill_value(&g->g, &rep);
-		g->shard = r->shard;
-		g->session = r->session;
-		g->state = G_HELD;
-		g->pending = 1; /* until the caller confirms it */
-		grant_set_group(c, g, grp);
-		g->next = c->grants;
-		c->grants = g;
-		if (r->bout)
-			grant_view(c, g, now, &r->bout[k]);
-		stash_match(c, g);
+		grant_link(c, r, g, b->e[k].name, b->e[k].name_len, &rep, grp, now, r->bout ? &r->bout[k] : NULL);
 	}
 	req_complete(c, r, TOKEND_OK);
 }

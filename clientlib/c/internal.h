@@ -436,6 +436,17 @@ int req_step(struct tokend_client *c, struct req *r, int64_t deadline, int closi
 int confirm_step(struct tokend_client *c, const uint8_t *name, size_t len, uint64_t fence, int64_t deadline,
 		 const tokend_grant *old, tokend_grant *out, const char *op, int64_t *next_vouch, int *rc,
 		 int64_t *until);
+/* A mode the API knows: 1. */
+int valid_mode(int m);
+/* A grant as a caller hands it back (a name, a valid fence): 1. */
+int valid_grant_arg(const tokend_grant *g);
+/* The range [start, *end) of a call: 0,0 is the whole token (*end becomes
+ * TOKEND_WHOLE_END); an empty or inverted one is TOKEND_EINVAL. */
+int check_range(uint64_t start, uint64_t *end);
+/* An acquire's arguments but the handle and where the result goes, the
+ * range as check_range takes it: TOKEND_OK or TOKEND_EINVAL. */
+int check_acquire(const void *name, size_t name_len, tokend_mode mode, uint64_t start, uint64_t *end,
+		  int64_t wait_ms, unsigned flags);
 int acquire_req(struct tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
 		uint64_t end, int64_t wait_ms, unsigned flags, struct req **out);
 int convert_req(struct tokend_client *c, tokend_grant *gr, tokend_mode mode, int64_t wait_ms, const void *value,

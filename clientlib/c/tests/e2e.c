@@ -151,7 +151,9 @@ static void on_jeopardy(tokend_client *c, const tokend_grant *g, int recovered, 
 	pthread_mutex_unlock(&s->mu);
 }
 
-static tokend_client *connect_cb(struct cb_state *s)
+/* A handle on addr, flags as tokend_connect_ex takes them; its callbacks
+ * recorded in *s, if s. */
+static tokend_client *connect_flags(struct cb_state *s, unsigned flags)
 {
 	const char *seeds[1] = {addr};
 	tokend_options o;
@@ -165,13 +167,21 @@ static tokend_client *connect_cb(struct cb_state *s)
 		o.cb_arg = s;
 	}
 	tokend_client *c = NULL;
-	int rc = tokend_connect(&o, &c);
-	CHECK_RC(rc, TOKEND_OK, "connect");
+	int rc = tokend_connect_ex(&o, flags, &c);
+	CHECK_RC(rc, TOKEND_OK, flags & TOKEND_NO_THREAD ? "connect without a thread" : "connect");
 	CHECK(tokend_session_id(c) != 0, "no session id");
 	return c;
 }
 
+static tokend_client *connect_cb(struct cb_state *s) { return connect_flags(s, 0); }
+
 static tokend_client *connect_plain(void) { return connect_cb(NULL); }
+
+static void cb_init(struct cb_state *s)
+{
+	memset(s, 0, sizeof *s);
+	pthread_mutex_init(&s->mu, NULL);
+}
 
 static void name_of(char *buf, size_t cap, const char *base)
 {
@@ -327,6 +337,8 @@ static void s_batch(void)
 	CHECK_RC(tokend_acquire(a, n4, strlen(n4), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "B kept n4");
 	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "release n4");
 	CHECK_RC(tokend_acquire_batch(b, rb, 0, TOKEND_TRY, gb), TOKEND_EINVAL, "empty batch");
+	tokend_batch_req rbad[2] = {{n4, strlen(n4), TOKEND_EX, 0, 0}, {n1, strlen(n1), TOKEND_PR, 7, 7}};
+	CHECK_RC(tokend_acquire_batch(b, rbad, 2, TOKEND_TRY, gb), TOKEND_EINVAL, "an entry's empty range");
 	for (int k = 0; k < 3; k++)
 		CHECK_RC(tokend_release(a, &ga[k], NULL, 0), TOKEND_OK, "A release");
 	CHECK_RC(tokend_acquire_batch(b, rb, 3, 2000, gb), TOKEND_OK, "B batch after release");
@@ -370,8 +382,7 @@ static void s_revoke(void)
 	char n[128];
 	name_of(n, sizeof n, "revoke");
 	struct cb_state sa;
-	memset(&sa, 0, sizeof sa);
-	pthread_mutex_init(&sa.mu, NULL);
+	cb_init(&sa);
 	sa.release_on_revoke = 1;
 	sa.wanted = (tokend_mode)-1;
 	tokend_client *a = connect_cb(&sa), *b = connect_plain();
@@ -507,8 +518,7 @@ static void s_cache(void)
 	name_of(n2, sizeof n2, "cache2");
 	name_of(n3, sizeof n3, "cache3");
 	struct cb_state sa;
-	memset(&sa, 0, sizeof sa);
-	pthread_mutex_init(&sa.mu, NULL);
+	cb_init(&sa);
 	tokend_client *a = connect_cb(&sa), *b = connect_plain();
 	tokend_cache_stats st;
 	tokend_grant g1, g2, gb;
@@ -615,13 +625,7 @@ static void s_cache(void)
 	tokend_close(a);
 
 	/* a handle without a thread: asynchronous release into the cache, asynchronous hit */
-	const char *seeds[1] = {addr};
-	tokend_options o;
-	tokend_options_init(&o);
-	o.seeds = seeds;
-	o.nseeds = 1;
-	tokend_client *e = NULL;
-	CHECK_RC(tokend_connect_ex(&o, TOKEND_NO_THREAD, &e), TOKEND_OK, "connect without a thread");
+	tokend_client *e = connect_flags(NULL, TOKEND_NO_THREAD);
 	CHECK_RC(tokend_token_cache(e, 8, 0), TOKEND_OK, "cache on");
 	CHECK_RC(tokend_acquire(e, n, strlen(n), TOKEND_EX, 2000, &g1), TOKEND_OK, "EX");
 	struct async_res r1 = {0, -99, {0}}, r2 = {0, -99, {0}};
@@ -661,6 +665,17 @@ static void s_cache(void)
 
 #define MiB (UINT64_C(1) << 20)
 
+/* c's grant of n in mode, asked for [0, end) with TOKEND_ACQUIRE_GROW: n
+ * has no other holder, so it has grown to the whole token. */
+static void acquire_grown(tokend_client *c, const char *n, tokend_mode mode, uint64_t end, tokend_grant *g)
+{
+	char what[160];
+	snprintf(what, sizeof what, "%s %s [0, %llu) with GROW", n, tokend_mode_name(mode), (unsigned long long)end);
+	CHECK_RC(tokend_acquire_ex(c, n, strlen(n), mode, 0, end, TOKEND_TRY, TOKEND_ACQUIRE_GROW, g), TOKEND_OK, what);
+	CHECK(g->start == 0 && g->end == TOKEND_WHOLE_END, "%s: grant [%llu, %llu), want it grown to the whole token",
+	      what, (unsigned long long)g->start, (unsigned long long)g->end);
+}
+
 /* Growing grants (TOKEND_ACQUIRE_GROW) and partial releases. */
 static void s_grow(void)
 {
@@ -671,10 +686,7 @@ static void s_grow(void)
 	tokend_client *a = connect_plain(), *b = connect_plain();
 	tokend_grant g, bad, gb, gb2, g3;
 	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, 0x2, &g), TOKEND_EINVAL, "unknown flag");
-	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
-		 "A PW [0, 4096) with GROW");
-	CHECK(g.start == 0 && g.end == TOKEND_WHOLE_END, "A's grant [%llu, %llu), want it grown to the whole token",
-	      (unsigned long long)g.start, (unsigned long long)g.end);
+	acquire_grown(a, n, TOKEND_PW, 4096, &g);
 	uint64_t f = g.fence;
 	CHECK_RC(tokend_acquire_range(b, n, len, TOKEND_PW, MiB, 2 * MiB, TOKEND_TRY, &gb), TOKEND_ECONFLICT,
 		 "B inside A's grown grant");
@@ -722,14 +734,11 @@ static void s_grow(void)
 	/* on_revoke shrinks a grown grant (from the callback: does not wait);
 	 * the waiter gets its range, the holder keeps the rest */
 	struct cb_state sa;
-	memset(&sa, 0, sizeof sa);
-	pthread_mutex_init(&sa.mu, NULL);
+	cb_init(&sa);
 	sa.shrink_on_revoke = 1;
 	a = connect_cb(&sa);
 	b = connect_plain();
-	CHECK_RC(tokend_acquire_ex(a, n2, strlen(n2), TOKEND_EX, 0, 100, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g),
-		 TOKEND_OK, "A EX with GROW");
-	CHECK(g.end == TOKEND_WHOLE_END, "not grown");
+	acquire_grown(a, n2, TOKEND_EX, 100, &g);
 	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 5 * MiB, 6 * MiB, 5000, &gb), TOKEND_OK,
 		 "B waits for a part of A's grant");
 	/* (B's grant may come before the callback has noted what it did) */
@@ -753,13 +762,7 @@ static void s_grow(void)
 	pthread_mutex_destroy(&sa.mu);
 
 	/* asynchronous acquire with GROW on a handle without a thread */
-	const char *seeds[1] = {addr};
-	tokend_options o;
-	tokend_options_init(&o);
-	o.seeds = seeds;
-	o.nseeds = 1;
-	tokend_client *e = NULL;
-	CHECK_RC(tokend_connect_ex(&o, TOKEND_NO_THREAD, &e), TOKEND_OK, "connect without a thread");
+	tokend_client *e = connect_flags(NULL, TOKEND_NO_THREAD);
 	struct async_res r1 = {0, -99, {0}};
 	CHECK_RC(tokend_acquire_async_ex(e, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, 0x4, async_done, &r1, NULL),
 		 TOKEND_EINVAL, "async: unknown flag");
@@ -786,16 +789,12 @@ static void s_cachesplit(void)
 	name_of(n2, sizeof n2, "split2");
 	size_t len = strlen(n);
 	struct cb_state sa;
-	memset(&sa, 0, sizeof sa);
-	pthread_mutex_init(&sa.mu, NULL);
+	cb_init(&sa);
 	tokend_client *a = connect_cb(&sa), *b = connect_plain();
 	tokend_cache_stats st;
 	tokend_grant g, g2, gb, gb2;
 	CHECK_RC(tokend_token_cache(a, TOKEND_DEFAULT_TOKEN_CACHE, 0), TOKEND_OK, "cache on");
-	CHECK_RC(tokend_acquire_ex(a, n, len, TOKEND_PW, 0, 4096, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
-		 "A PW with GROW");
-	CHECK(g.start == 0 && g.end == TOKEND_WHOLE_END, "not grown: [%llu, %llu)", (unsigned long long)g.start,
-	      (unsigned long long)g.end);
+	acquire_grown(a, n, TOKEND_PW, 4096, &g);
 	uint64_t f = g.fence;
 	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "A release into the cache");
 	cache_stats(a, &st);
@@ -831,8 +830,7 @@ static void s_cachesplit(void)
 	CHECK_RC(tokend_release(b, &gb, NULL, 0), TOKEND_OK, "B release the suffix");
 
 	/* a hole in the middle: the whole grant goes back */
-	CHECK_RC(tokend_acquire_ex(a, n2, strlen(n2), TOKEND_EX, 0, 10, TOKEND_TRY, TOKEND_ACQUIRE_GROW, &g), TOKEND_OK,
-		 "A EX with GROW");
+	acquire_grown(a, n2, TOKEND_EX, 10, &g);
 	CHECK_RC(tokend_release(a, &g, NULL, 0), TOKEND_OK, "into the cache");
 	CHECK_RC(tokend_acquire_range(b, n2, strlen(n2), TOKEND_EX, 100, 200, 5000, &gb), TOKEND_OK,
 		 "B in the middle");
@@ -1059,8 +1057,7 @@ static void p_fences(const char *name, int n)
 static void p_lost(const char *name, int ms)
 {
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *c = connect_cb(&s);
 	tokend_grant g;
 	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "lost acquire");
@@ -1088,8 +1085,7 @@ static void p_lost(const char *name, int ms)
 static void p_stuck(const char *name, const char *other)
 {
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *c = connect_cb(&s);
 	tokend_grant g, g2;
 	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "stuck acquire");
@@ -1116,8 +1112,7 @@ static void p_stuck(const char *name, const char *other)
 static void p_survive(const char *name, int ms)
 {
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *c = connect_cb(&s);
 	tokend_grant g;
 	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "survive acquire");
@@ -1155,8 +1150,7 @@ static void p_survive(const char *name, int ms)
 static void p_cached(const char *name, int ms)
 {
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *c = connect_cb(&s);
 	CHECK_RC(tokend_token_cache(c, 16, 60000), TOKEND_OK, "cache on");
 	tokend_grant g, g2;
@@ -1226,8 +1220,7 @@ static void p_cachedfresh(const char *name, int ms)
 static void p_longwait(const char *name, int hold_ms, int w_ms)
 {
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *holder = connect_plain(), *c = connect_cb(&s);
 	tokend_grant h, g;
 	CHECK_RC(tokend_acquire(holder, name, strlen(name), TOKEND_EX, TOKEND_TRY, &h), TOKEND_OK, "holder acquire");
@@ -1313,8 +1306,7 @@ static void p_jeopardy(const char *name, const char *mode)
 {
 	int recover = !strcmp(mode, "recover");
 	struct cb_state s;
-	memset(&s, 0, sizeof s);
-	pthread_mutex_init(&s.mu, NULL);
+	cb_init(&s);
 	tokend_client *c = connect_cb(&s);
 	tokend_grant g;
 	CHECK_RC(tokend_acquire(c, name, strlen(name), TOKEND_EX, TOKEND_TRY, &g), TOKEND_OK, "jeopardy acquire");
