@@ -46,6 +46,7 @@ func (t *Table) check() error {
 	sessGrants := map[uint32]int{}
 	sessWaiters := map[uint32]int{}
 	sessN := map[uint32]int{}
+	sessConv := map[uint32]int{}
 	reqs := map[reqKey]uint32{}
 	t.forTokens(func(ti uint32, tok *token) {
 		ntok++
@@ -124,6 +125,7 @@ func (t *Table) check() error {
 					fail("waiter %d: bad conversion of grant %d", wi, w.grant)
 				}
 				convs[w.grant] = true
+				sessConv[w.sess]++
 			} else {
 				sessN[w.sess]++
 			}
@@ -156,8 +158,15 @@ func (t *Table) check() error {
 	if len(t.sessions) != t.sess.live {
 		fail("sessions: %d indexed, %d live", len(t.sessions), t.sess.live)
 	}
+	ending := 0
 	for id, si := range t.sessions {
 		s := t.sess.at(si)
+		if s.ending {
+			ending++
+		}
+		if int(s.conv) != sessConv[si] {
+			fail("session %d: conv=%d, %d conversions queued", id, s.conv, sessConv[si])
+		}
 		if s.id != id {
 			fail("session %d: record says %d", id, s.id)
 		}
@@ -182,6 +191,9 @@ func (t *Table) check() error {
 			fail("session %d: %d grants %d waiters n=%d; want %d %d n=%d (and not empty)", id, ng, nw, s.n,
 				sessGrants[si], sessWaiters[si], sessN[si])
 		}
+	}
+	if ending != t.ending {
+		fail("%d sessions ending, counted %d", ending, t.ending)
 	}
 	if len(reqs) != len(t.byReq) {
 		fail("byReq has %d entries, want %d", len(t.byReq), len(reqs))
