@@ -201,6 +201,9 @@ func (t *Table) Tick(now int64, out []Output) []Output {
 // StatusBadRequest and changes nothing (invariant 7); a request of a session
 // being ended in steps gets StatusSessionExpired and changes nothing.
 func (t *Table) Step(in Input, now int64, out []Output) []Output {
+	if in.Op == OpEndSession {
+		t.markEnding(in.Session)
+	}
 	out = t.advance(now, out)
 	switch in.Op {
 	case OpAcquire, OpConvert, OpRelease, OpCancel, OpReclaim:
@@ -768,15 +771,29 @@ func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
 // session's waiters and grants (limit <= 0: all of them), waiters first,
 // newest first, then grants, newest first, and wakes the tokens they were
 // on, appending the asynchronous grants and revokes that follow. The
-// session's own waiters get no outcome. done reports that the session has
+// session's own waiters get no outcome (but those whose deadline has
+// passed time out as in Tick). done reports that the session has
 // nothing left here (Footprint is 0); until then it is part-ended: it gains
 // nothing (its requests are answered StatusSessionExpired, its waiters are
 // never granted) and Export fails with ErrEnding. Steps until done drop
 // what OpEndSession drops, in the same order, so a 10M-grant session can
 // be ended without stopping the shard for the whole of it.
 func (t *Table) EndSession(id uint64, limit int, now int64, out []Output) (_ []Output, done bool) {
+	t.markEnding(id)
 	out = t.advance(now, out)
 	return t.endSession(id, limit, out)
+}
+
+// markEnding marks session id (if it has anything here) as ending, before
+// the clock moves: a waiter of it that the Tick part of the step would
+// grant stays a waiter, to be dropped.
+func (t *Table) markEnding(id uint64) {
+	if si := t.sessions[id]; si != 0 {
+		if s := t.sess.at(si); !s.ending {
+			s.ending = true
+			t.ending++
+		}
+	}
 }
 
 // Footprint is the number of grants plus queued requests (acquires and
@@ -810,10 +827,6 @@ func (t *Table) endSession(id uint64, limit int, out []Output) ([]Output, bool) 
 		return out, true
 	}
 	s := t.sess.at(si)
-	if !s.ending {
-		s.ending = true
-		t.ending++
-	}
 	touched := t.touch[:0]
 	n := 0
 	for s.waiters != 0 && (limit <= 0 || n < limit) {
