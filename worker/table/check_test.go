@@ -442,7 +442,7 @@ func (p *pair) handoff(newEpoch uint32, dropQueued bool) error {
 		}
 	}
 	for _, id := range ending {
-		if err := p.endStep(id, 0, p.now); err != nil {
+		if err := p.endStep(id, -1, p.now); err != nil {
 			return err
 		}
 	}
@@ -639,7 +639,7 @@ func (g *gen) next(p *pair) error {
 		if ids := p.mod.endingSessions(); len(ids) > 0 && src.intn(3) != 0 {
 			sess = ids[src.intn(len(ids))]
 		}
-		return p.endStep(sess, 1+src.intn(3), g.now)
+		return p.endStep(sess, src.intn(4), g.now) // 0: only marks it
 	case op < 90:
 		g.now += int64(src.intn(20))
 		return p.tick(g.now)

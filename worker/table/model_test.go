@@ -91,7 +91,7 @@ func (m *model) step(in Input, now int64) []Output {
 	case OpReclaim:
 		out = m.reclaim(in, out)
 	case OpEndSession:
-		out, _ = m.endSession(in.Session, 0, out)
+		out, _ = m.endSession(in.Session, -1, out)
 	case OpDeadlock:
 		out = m.deadlock(in.Session, in.Target, out)
 	default:
@@ -575,7 +575,7 @@ func (m *model) reclaim(in Input, out []Output) []Output {
 }
 
 // endSession: the session's waiters (newest first), then its grants (newest
-// first) go, at most limit of them (<= 0: all); the tokens they were on
+// first) go, at most limit of them (< 0: all); the tokens they were on
 // are woken in that order. Until nothing is left the session is ending.
 func (m *model) endSession(sess uint64, limit int, out []Output) ([]Output, bool) {
 	var touched []string
@@ -585,7 +585,7 @@ func (m *model) endSession(sess uint64, limit int, out []Output) ([]Output, bool
 		}
 	}
 	dropped := 0
-	room := func() bool { return limit <= 0 || dropped < limit }
+	room := func() bool { return limit < 0 || dropped < limit }
 	for i := len(m.waiters) - 1; i >= 0 && room(); i-- {
 		if w := m.waiters[i]; w.sess == sess {
 			touch(w.name)

@@ -223,7 +223,7 @@ func (t *Table) Step(in Input, now int64, out []Output) []Output {
 	case OpReclaim:
 		return t.reclaim(&in, out)
 	case OpEndSession:
-		out, _ = t.endSession(in.Session, 0, out)
+		out, _ = t.endSession(in.Session, -1, out)
 		return out
 	case OpDeadlock:
 		return t.deadlock(in.Session, in.Target, out)
@@ -768,7 +768,8 @@ func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
 
 // EndSession ends session id here (its lease is gone) in a bounded step:
 // first what Tick(now) would do, then it drops at most limit of the
-// session's waiters and grants (limit <= 0: all of them), waiters first,
+// session's waiters and grants (limit < 0: all of them; 0: none, it only
+// marks the session part-ended), waiters first,
 // newest first, then grants, newest first, and wakes the tokens they were
 // on, appending the asynchronous grants and revokes that follow. The
 // session's own waiters get no outcome (but those whose deadline has
@@ -818,7 +819,7 @@ func (t *Table) isEnding(id uint64) bool {
 	return si != 0 && t.sess.at(si).ending
 }
 
-// endSession drops at most limit (<= 0: all) of what the session has here,
+// endSession drops at most limit (< 0: all) of what the session has here,
 // its waiters newest first, then its grants newest first, and wakes the
 // tokens it touched in that order.
 func (t *Table) endSession(id uint64, limit int, out []Output) ([]Output, bool) {
@@ -829,13 +830,13 @@ func (t *Table) endSession(id uint64, limit int, out []Output) ([]Output, bool) 
 	s := t.sess.at(si)
 	touched := t.touch[:0]
 	n := 0
-	for s.waiters != 0 && (limit <= 0 || n < limit) {
+	for s.waiters != 0 && (limit < 0 || n < limit) {
 		wi := s.waiters
 		touched = t.mark(touched, t.wts.at(wi).tok)
 		t.dropWaiter(wi)
 		n++
 	}
-	for s.grants != 0 && (limit <= 0 || n < limit) {
+	for s.grants != 0 && (limit < 0 || n < limit) {
 		gi := s.grants
 		touched = t.mark(touched, t.grs.at(gi).tok)
 		out = t.dropGrant(gi, out)
