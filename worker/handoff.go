@@ -637,8 +637,7 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 	}
 	for id := range ids {
 		if _, gone := w.gone[id]; gone {
-			w.out = st.tab.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, w.out[:0])
-			w.apply(ob, shard, st, w.out, nil)
+			w.endTables(ob, id, map[uint32]struct{}{shard: {}})
 			continue
 		}
 		s := w.sessions[id]
