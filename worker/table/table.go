@@ -769,16 +769,16 @@ func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
 // EndSession ends session id here (its lease is gone) in a bounded step:
 // first what Tick(now) would do, then it drops at most limit of the
 // session's waiters and grants (limit < 0: all of them; 0: none, it only
-// marks the session part-ended), waiters first,
-// newest first, then grants, newest first, and wakes the tokens they were
-// on, appending the asynchronous grants and revokes that follow. The
-// session's own waiters get no outcome (but those whose deadline has
-// passed time out as in Tick). done reports that the session has
-// nothing left here (Footprint is 0); until then it is part-ended: it gains
-// nothing (its requests are answered StatusSessionExpired, its waiters are
-// never granted) and Export fails with ErrEnding. Steps until done drop
-// what OpEndSession drops, in the same order, so a 10M-grant session can
-// be ended without stopping the shard for the whole of it.
+// marks the session part-ended), waiters first, newest first, then grants,
+// newest first, and wakes the tokens they were on, appending the
+// asynchronous grants and revokes that follow. The session's own waiters
+// get no outcome (but those whose deadline has passed time out as in
+// Tick). done reports that the session has nothing left here (Footprint is
+// 0); until then it is part-ended: it gains nothing (its requests are
+// answered StatusSessionExpired, its waiters are never granted) and Export
+// fails with ErrEnding. Steps until done drop what OpEndSession drops, in
+// the same order, so that a session of millions of grants is ended without
+// stopping the shard for the whole of it.
 func (t *Table) EndSession(id uint64, limit int, now int64, out []Output) (_ []Output, done bool) {
 	t.markEnding(id)
 	out = t.advance(now, out)
