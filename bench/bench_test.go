@@ -253,3 +253,31 @@ func TestCacheMissCheck(t *testing.T) {
 		}
 	}
 }
+
+// TestHeldWorkload runs a small held set: two sizes, two holders of up to
+// 6,000 tokens each (more than a worker ends at once, so their closes at
+// the end are ended a slice at a time), and the teardown that closes them.
+func TestHeldWorkload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts etcd and a worker")
+	}
+	start := time.Now()
+	cfg := Config{Quick: true, Clients: 2, Duration: 200 * time.Millisecond, Warmup: 50 * time.Millisecond,
+		Held: []int{1_000, 12_000}, Holders: 2}.Defaults()
+	cfg.Progress = func(msg string) { t.Logf("[%5.2fs] %s", time.Since(start).Seconds(), msg) }
+	rs, err := runHeld(context.Background(), &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("got %d rows, want 2: %+v", len(rs), rs)
+	}
+	for i, want := range cfg.Held {
+		if v, ok := rs[i].extra("held"); !ok || v != float64(want) {
+			t.Errorf("row %d: held %v, want %d", i, v, want)
+		}
+		if v, _ := rs[i].extra("refused"); v != 0 {
+			t.Errorf("row %d: %v acquires refused", i, v)
+		}
+	}
+}

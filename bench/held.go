@@ -39,14 +39,8 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 	defer closeClients(cs)
 	hs := make([]*holder, cfg.Holders, max(cfg.Holders, cfg.Held[len(cfg.Held)-1]/holderNames+1))
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, h := range hs {
-			if h != nil {
-				if cerr := h.close(cctx); cerr != nil && err == nil {
-					err = fmt.Errorf("bench: close held session: %w", cerr)
-				}
-			}
+		if cerr := closeHolders(hs); cerr != nil && err == nil {
+			err = cerr
 		}
 	}()
 	for i := range hs {
@@ -148,6 +142,48 @@ func runHeld(ctx context.Context, cfg *Config) (out []Result, err error) {
 		out = append(out, res)
 	}
 	return out, nil
+}
+
+// closeHolders closes the held sessions (the worker gives their tokens
+// back), closeParallel at a time, each within closeTimeout: at 10M held
+// there are a thousand of them, which one after the other, under one
+// deadline, took minutes or ran out of time. It returns the first error and
+// how many failed.
+func closeHolders(hs []*holder) error {
+	const (
+		closeParallel = 16
+		closeTimeout  = 10 * time.Second
+	)
+	errs := make([]error, len(hs))
+	sem := make(chan struct{}, closeParallel)
+	var wg sync.WaitGroup
+	for i, h := range hs {
+		if h == nil {
+			continue
+		}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+			defer cancel()
+			errs[i] = h.close(ctx)
+		})
+	}
+	wg.Wait()
+	var first error
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			if failed == 0 {
+				first = err
+			}
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("bench: close held sessions: %d of %d failed, first: %w", failed, len(hs), first)
+	}
+	return nil
 }
 
 // renewIdle keeps the sessions of the holders that are not acquiring

@@ -156,7 +156,9 @@ type pullBatch struct {
 func (w *Worker) keepForHandoff(ob *outbox, shard uint32, st *shardState, to delegation.Owner) *outHandoff {
 	snap, err := st.tab.Export()
 	if err != nil {
-		return nil // in grace: the new owner recovers it
+		// In grace: the new owner recovers it. (ErrEnding cannot happen:
+		// applyMap finished the shard's pending ends first.)
+		return nil
 	}
 	// The waiters stay in the snapshot: a pull of protocol 2 takes them
 	// (their deadlines are in this worker's clock: answerPull says when it
@@ -637,8 +639,7 @@ func (w *Worker) adoptSessions(ob *outbox, shard uint32, st *shardState, sh *sha
 	}
 	for id := range ids {
 		if _, gone := w.gone[id]; gone {
-			w.out = st.tab.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, w.out[:0])
-			w.apply(ob, shard, st, w.out, nil)
+			w.endTables(ob, id, map[uint32]struct{}{shard: {}})
 			continue
 		}
 		s := w.sessions[id]

@@ -103,6 +103,8 @@ func newMetrics(reg prometheus.Registerer, w *Worker) (*metrics, error) {
 			func() float64 { return float64(w.stats().awaiting) }),
 		gauge("held_tokens", "Grants held in the served shards.", func() float64 { return float64(w.stats().grants) }),
 		gauge("queued_requests", "Requests waiting in the served shards' queues.", func() float64 { return float64(w.stats().waiters) }),
+		gauge("ending_tokens", "Grants and queued requests of ended sessions still to be dropped (a big session is ended a slice at a time).",
+			func() float64 { return float64(w.stats().ending) }),
 		gauge("sessions", "Live client sessions known to this worker.", func() float64 { return float64(w.stats().sessions) }),
 		gauge("shards", "Shards served.", func() float64 { return float64(w.stats().shards) }),
 		gauge("grace_shards", "Served shards still in their recovery grace period.", func() float64 { return float64(w.stats().grace) }),
@@ -167,6 +169,7 @@ func (m *metrics) observe(t wire.Type, seconds float64) {
 // workerStats is what the gauges report.
 type workerStats struct {
 	grants, waiters, sessions, shards, grace, awaiting int
+	ending                                             int // grants and waiters of ended sessions still to drop
 }
 
 func (w *Worker) stats() workerStats {
@@ -174,6 +177,7 @@ func (w *Worker) stats() workerStats {
 	defer w.mu.Unlock()
 	var s workerStats
 	s.sessions = len(w.sessions)
+	s.ending = w.endingTokens()
 	for _, st := range w.shards {
 		if st == nil {
 			continue

@@ -64,6 +64,7 @@ type serving struct {
 	sessions   map[uint64]*session // live sessions (from the watch, or opened here)
 	clientsRev int64               // revision of the last client-session event applied
 	gone       map[uint64]*tomb    // ended sessions
+	ends       []endJob            // ended sessions' table state still to drop, oldest end first (ending.go)
 	lookups    map[uint64]struct{} // unknown sessions being looked up in etcd
 	revoking   map[uint64]*session // sessions with REVOKEs or GRANT_ASYNCs being retransmitted
 	guard      guardState          // cookies, open rate limits, recent opens, negative lookups (authn.go)
@@ -209,8 +210,9 @@ func (s *session) learn(in sessInfo) {
 }
 
 // endSession drops everything of a session whose lease is gone: its grants
-// and waiters in every table it touched (waking the waiters behind them),
-// its reply cache and its revokes.
+// and waiters in every table it touched (waking the waiters behind them;
+// a big session's in slices, by the end loop: ending.go), its reply cache
+// and its revokes.
 func (w *Worker) endSession(ob *outbox, id uint64) {
 	s := w.sessions[id]
 	if t := w.gone[id]; t == nil && len(w.gone) < maxGone {
@@ -227,14 +229,7 @@ func (w *Worker) endSession(ob *outbox, id uint64) {
 	delete(w.sessions, id)
 	delete(w.revoking, id)
 	s.core.Drop()
-	for shard := range s.shards {
-		st := w.shards[shard]
-		if st == nil || st.tab == nil {
-			continue
-		}
-		w.out = st.tab.Step(table.Input{Op: table.OpEndSession, Session: id}, ob.now, w.out[:0])
-		w.apply(ob, shard, st, w.out, nil)
-	}
+	w.endTables(ob, id, s.shards)
 }
 
 // dropAll forgets every table and every session's state: the lease is
@@ -249,6 +244,7 @@ func (w *Worker) dropAll() {
 	}
 	clear(w.revoking)
 	clear(w.timed)
+	w.ends = nil      // their tables are gone
 	clear(w.outgoing) // stale: the lease is gone, the leader recovers those shards
 	w.pulls = nil
 	w.gt = grace.New() // a read under way answers the old tracker and is dropped
@@ -301,6 +297,9 @@ func (w *Worker) applyMap(ob *outbox, m delegation.Map, older *delegation.Map) {
 			lost[s] = true
 			w.forgetRecovery(s)
 			cur := w.shards[s]
+			if a.Kind == ownership.HandOff {
+				w.finishEnds(ob, s, cur) // before the export, while the shard is served
+			}
 			w.shards[s] = nil
 			delete(w.outgoing, s)
 			if a.Kind == ownership.HandOff {

@@ -25,6 +25,9 @@
 //   - the timer loop (timer.go): wakes at the earliest table deadline
 //     (queued request timeouts, end of a grace period) or REVOKE
 //     retransmission, runs Tick and sends what comes out.
+//   - the end loop (ending.go): drops the grants and waiters of ended
+//     sessions too big to end at once (over 2048 in all), 2048 per hold
+//     of the lock, so that requests are served in between.
 //   - the etcd pool (etcd.go): a few goroutines behind a bounded queue that
 //     open, renew and close sessions and look up unknown ones; each answers
 //     its datagram when etcd answers. It also reads the live sessions and
@@ -82,7 +85,8 @@
 // (datagrams dropped unanswered by authentication: bad_tag,
 // unknown_session, unknown_key, bad_cookie, bad_session_key, replay),
 // limited_total{limit} (requests answered LIMIT by Config.Limits), and the gauges
-// held_tokens, queued_requests, sessions, shards, grace_shards,
+// held_tokens, queued_requests, ending_tokens (grants and waiters of ended
+// sessions still to be dropped: ending.go), sessions, shards, grace_shards,
 // handoff_waiting_shards and lease_safe_seconds.
 package worker
 
@@ -200,6 +204,7 @@ type Worker struct {
 	renew    *renewer                   // session renewals over one LeaseKeepAlive stream
 	kick     chan struct{}              // size 1: wake the timer loop early
 	pullKick chan struct{}              // size 1: handoffs to pull were queued
+	endKick  chan struct{}              // size 1: ended sessions' table state was queued (ending.go)
 	handoff  net.Listener               // nil with HandoffAddr "off"
 	udpAdv   string                     // registered UDP address
 	hoAdv    string                     // registered handoff address; "" with HandoffAddr "off"
@@ -208,6 +213,9 @@ type Worker struct {
 	// handoffMax, if not 0, caps the pull protocol this worker speaks
 	// (tests: a worker of an earlier version; see handoffTop).
 	handoffMax atomic.Int32
+	// endGate, if set (tests), is a channel the end loop receives from
+	// before each slice, so that a test decides when each slice runs.
+	endGate atomic.Pointer[chan struct{}]
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -308,6 +316,7 @@ func New(cfg Config) (*Worker, error) {
 		openJobs: make(chan func(context.Context), jobQueue),
 		kick:     make(chan struct{}, 1),
 		pullKick: make(chan struct{}, 1),
+		endKick:  make(chan struct{}, 1),
 		handoff:  hl,
 		udpAdv:   udpAdv,
 		hoAdv:    hoAdv,
@@ -498,8 +507,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	go func() { defer w.wg.Done(); w.superviseLease(runCtx, lease, stopKA) }()
 	go func() { defer w.wg.Done(); w.timerLoop(runCtx) }()
 	go func() { defer w.wg.Done(); w.recvLoop(runCtx) }()
-	w.wg.Add(1)
+	w.wg.Add(2)
 	go func() { defer w.wg.Done(); w.pullLoop(runCtx) }()
+	go func() { defer w.wg.Done(); w.endLoop(runCtx) }()
 	if w.handoff != nil {
 		w.wg.Add(1)
 		go func() { defer w.wg.Done(); w.handoffServer(runCtx, w.handoff) }()

@@ -9,7 +9,8 @@ import "github.com/tokend/tokend/wire"
 // to the entry that failed: StatusConflict (that entry conflicts with a
 // grant or an earlier waiter), StatusBadRequest (malformed, or two entries
 // of the batch overlap on one token in incompatible modes), StatusGrace,
-// StatusLimit or StatusExhausted; the table is then unchanged.
+// StatusLimit, StatusExhausted or StatusSessionExpired (the session is
+// being ended: EndSession); the table is then unchanged.
 //
 // A batch is atomic within this table (one shard); batches across shards
 // are the client's business (SPEC §21).
@@ -33,6 +34,9 @@ func (t *Table) AcquireAll(session, req uint64, entries []BatchEntry, now int64,
 				return fail(i, StatusBadRequest)
 			}
 		}
+	}
+	if t.isEnding(session) {
+		return fail(0, StatusSessionExpired)
 	}
 	if t.grace {
 		return fail(0, StatusGrace)

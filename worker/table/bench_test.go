@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/tokend/tokend/wire"
 )
@@ -143,4 +144,60 @@ func BenchmarkHeldTokens1M(b *testing.B) {
 		per = heldTokens(b, 1_000_000)
 	}
 	b.ReportMetric(per, "bytes/token")
+}
+
+// BenchmarkEndSession ends a session holding 1M grants (one per token)
+// either at once (OpEndSession) or in steps of 2048 (EndSession, as the
+// worker does between releases of its lock). ns/grant is the whole end's
+// cost per grant dropped; max-step-us the longest the table, and so the
+// worker's lock, is held in one call.
+func BenchmarkEndSession(b *testing.B) {
+	const n = 1_000_000
+	for _, c := range []struct {
+		name  string
+		limit int
+	}{{"whole", 0}, {"steps-2048", 2048}} {
+		b.Run(c.name, func(b *testing.B) {
+			var total, worst time.Duration
+			out := make([]Output, 0, 16)
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				tab := heldBy(b, 1, n)
+				b.StartTimer()
+				for done := false; !done; {
+					t0 := time.Now()
+					if c.limit == 0 {
+						out = tab.Step(Input{Op: OpEndSession, Session: 1}, 1, out[:0])
+						done = true
+					} else {
+						out, done = tab.EndSession(1, c.limit, 1, out[:0])
+					}
+					d := time.Since(t0)
+					total += d
+					worst = max(worst, d)
+				}
+				if st := tab.Stats(); st.Grants != 0 || st.Sessions != 0 {
+					b.Fatalf("after the end: %+v", st)
+				}
+			}
+			b.ReportMetric(float64(total.Nanoseconds())/float64(b.N*n), "ns/grant")
+			b.ReportMetric(float64(worst.Microseconds()), "max-step-us")
+		})
+	}
+}
+
+// heldBy returns a table where session holds n tokens in EX.
+func heldBy(tb testing.TB, session uint64, n int) *Table {
+	tab, _ := New(1, Config{})
+	out := make([]Output, 0, 4)
+	name := make([]byte, 0, 32)
+	for i := 0; i < n; i++ {
+		name = strconv.AppendInt(append(name[:0], "file/"...), int64(i), 10)
+		out = tab.Step(Input{Op: OpAcquire, Session: session, Req: uint64(i + 1), Name: name, Mode: wire.EX,
+			Start: WholeStart, End: WholeEnd}, 0, out[:0])
+		if out[0].Status != StatusOK {
+			tb.Fatalf("%+v", out[0])
+		}
+	}
+	return tab
 }

@@ -1,6 +1,7 @@
 package table
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -46,6 +47,7 @@ func (t *Table) check() error {
 	sessGrants := map[uint32]int{}
 	sessWaiters := map[uint32]int{}
 	sessN := map[uint32]int{}
+	sessConv := map[uint32]int{}
 	reqs := map[reqKey]uint32{}
 	t.forTokens(func(ti uint32, tok *token) {
 		ntok++
@@ -124,6 +126,7 @@ func (t *Table) check() error {
 					fail("waiter %d: bad conversion of grant %d", wi, w.grant)
 				}
 				convs[w.grant] = true
+				sessConv[w.sess]++
 			} else {
 				sessN[w.sess]++
 			}
@@ -156,8 +159,15 @@ func (t *Table) check() error {
 	if len(t.sessions) != t.sess.live {
 		fail("sessions: %d indexed, %d live", len(t.sessions), t.sess.live)
 	}
+	ending := 0
 	for id, si := range t.sessions {
 		s := t.sess.at(si)
+		if s.ending {
+			ending++
+		}
+		if int(s.conv) != sessConv[si] {
+			fail("session %d: conv=%d, %d conversions queued", id, s.conv, sessConv[si])
+		}
 		if s.id != id {
 			fail("session %d: record says %d", id, s.id)
 		}
@@ -182,6 +192,9 @@ func (t *Table) check() error {
 			fail("session %d: %d grants %d waiters n=%d; want %d %d n=%d (and not empty)", id, ng, nw, s.n,
 				sessGrants[si], sessWaiters[si], sessN[si])
 		}
+	}
+	if ending != t.ending {
+		fail("%d sessions ending, counted %d", ending, t.ending)
 	}
 	if len(reqs) != len(t.byReq) {
 		fail("byReq has %d entries, want %d", len(t.byReq), len(reqs))
@@ -399,9 +412,40 @@ func (p *pair) tick(now int64) error {
 	return p.compare(nil, got, want)
 }
 
+// endStep runs one step of ending session sess (Table.EndSession) with at
+// most limit dropped, and checks that both sides agree on whether it is
+// done.
+func (p *pair) endStep(sess uint64, limit int, now int64) error {
+	p.steps++
+	p.now = now
+	p.log = append(p.log, fmt.Sprintf("now=%d end-step s=%d max=%d", now, sess, limit))
+	got, gdone := p.tab.EndSession(sess, limit, now, nil)
+	want, wdone := p.mod.endStep(sess, limit, now)
+	if gdone != wdone {
+		return p.fail("end step of s=%d: table done=%v, model done=%v", sess, gdone, wdone)
+	}
+	if gdone != (p.tab.Footprint(sess) == 0) || gdone == p.tab.Ending(sess) {
+		return p.fail("end step of s=%d: done=%v, footprint %d, ending %v", sess, gdone, p.tab.Footprint(sess), p.tab.Ending(sess))
+	}
+	return p.compare(&Input{Op: OpEndSession, Session: sess}, got, want)
+}
+
 func (p *pair) handoff(newEpoch uint32, dropQueued bool) error {
 	p.steps++
 	p.log = append(p.log, fmt.Sprintf("handoff epoch=%d dropqueued=%v", newEpoch, dropQueued))
+	// A shard with a part-ended session cannot be exported; the shell
+	// finishes the end first.
+	ending := p.mod.endingSessions()
+	if len(ending) > 0 {
+		if _, err := p.tab.Export(); !errors.Is(err, ErrEnding) {
+			return p.fail("export with a part-ended session: %v, want ErrEnding", err)
+		}
+	}
+	for _, id := range ending {
+		if err := p.endStep(id, -1, p.now); err != nil {
+			return err
+		}
+	}
 	snap, err := p.tab.Export()
 	if err != nil {
 		return p.fail("export: %v", err)
@@ -473,10 +517,22 @@ func (p *pair) compare(in *Input, got, want []Output) error {
 		}
 	}
 	if in != nil && in.Op == OpEndSession {
+		// The session's waiters that went (all, or those of one step)
+		// get no outcome.
+		still := map[reqKey]bool{}
+		for _, w := range ms.waiters {
+			still[reqKey{w.sess, w.req}] = true
+		}
 		for k := range p.pending {
-			if k.sess == in.Session {
+			if k.sess == in.Session && !still[k] {
 				delete(p.pending, k)
 			}
+		}
+	}
+	// Invariant of a part-ended session: it gains nothing.
+	for _, o := range got {
+		if o.Status == StatusOK && o.Kind != KindRevoke && !o.Released && p.tab.Ending(o.Session) {
+			return p.fail("part-ended session %d was granted %+v", o.Session, o)
 		}
 	}
 	if len(p.pending) != len(ms.waiters) {
@@ -575,8 +631,15 @@ func (g *gen) next(p *pair) error {
 			w := ws[src.intn(len(ws))]
 			in.Session, in.Target = w.sess, w.req
 		}
-	case op < 78:
+	case op < 76:
 		in.Op = OpEndSession
+	case op < 78:
+		// A step of ending a session in steps; mostly one already
+		// part-ended, so that ends finish and their sessions come back.
+		if ids := p.mod.endingSessions(); len(ids) > 0 && src.intn(3) != 0 {
+			sess = ids[src.intn(len(ids))]
+		}
+		return p.endStep(sess, src.intn(4), g.now) // 0: only marks it
 	case op < 90:
 		g.now += int64(src.intn(20))
 		return p.tick(g.now)

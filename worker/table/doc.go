@@ -94,7 +94,12 @@
 // not move queued requests (worker/handoff.go).
 //
 // Sessions are uint64 ids (the etcd lease of the client); OpEndSession drops
-// all their grants and waiters. A session's requests are (session, request
+// all their grants and waiters. EndSession does it in bounded steps
+// (testdata/endslice.txt), so that a session holding millions of grants
+// does not stop the shard: waiters first, then grants, each step waking
+// what it frees; meanwhile the session is part-ended and gains nothing (its
+// requests get StatusSessionExpired, its waiters are passed over) and the
+// table cannot be exported. A session's requests are (session, request
 // id); OpCancel names the request to cancel: a waiter leaves its queue, or,
 // if it was granted from the queue meanwhile, that grant is released (a
 // canceled conversion that was granted releases the whole grant).

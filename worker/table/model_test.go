@@ -1,6 +1,7 @@
 package table
 
 import (
+	"maps"
 	"math"
 	"slices"
 
@@ -27,6 +28,7 @@ type model struct {
 	waiters []*mWaiter // in arrival order
 	values  map[string]string
 	sent    map[pairKey]bool // revokes emitted
+	ending  map[uint64]bool  // sessions part-ended by endSession with a limit
 	serial  int
 	ids     int
 	arrival int
@@ -55,7 +57,8 @@ type mWaiter struct {
 type pairKey struct{ grant, version, waiter int }
 
 func newModel(epoch uint32, cfg Config) *model {
-	return &model{cfg: cfg, epoch: epoch, now: math.MinInt64, values: map[string]string{}, sent: map[pairKey]bool{}}
+	return &model{cfg: cfg, epoch: epoch, now: math.MinInt64, values: map[string]string{}, sent: map[pairKey]bool{},
+		ending: map[uint64]bool{}}
 }
 
 func newRecoveringModel(epoch uint32, graceEnd int64, cfg Config) *model {
@@ -65,8 +68,17 @@ func newRecoveringModel(epoch uint32, graceEnd int64, cfg Config) *model {
 }
 
 func (m *model) step(in Input, now int64) []Output {
+	if in.Op == OpEndSession && m.has(in.Session) {
+		m.ending[in.Session] = true // before the clock moves
+	}
 	out := m.advance(now, nil)
 	out = m.revokes(out)
+	switch in.Op {
+	case OpAcquire, OpConvert, OpRelease, OpCancel, OpReclaim:
+		if m.isEnding(in.Session) {
+			return m.revokes(reply(out, &in, StatusSessionExpired))
+		}
+	}
 	switch in.Op {
 	case OpAcquire:
 		out = m.acquire(in, out)
@@ -79,7 +91,7 @@ func (m *model) step(in Input, now int64) []Output {
 	case OpReclaim:
 		out = m.reclaim(in, out)
 	case OpEndSession:
-		out = m.endSession(in.Session, out)
+		out, _ = m.endSession(in.Session, -1, out)
 	case OpDeadlock:
 		out = m.deadlock(in.Session, in.Target, out)
 	default:
@@ -90,6 +102,54 @@ func (m *model) step(in Input, now int64) []Output {
 
 func (m *model) tick(now int64) []Output {
 	return m.revokes(m.advance(now, nil))
+}
+
+// endStep mirrors Table.EndSession.
+func (m *model) endStep(sess uint64, limit int, now int64) ([]Output, bool) {
+	if m.has(sess) {
+		m.ending[sess] = true // before the clock moves
+	}
+	out := m.advance(now, nil)
+	out = m.revokes(out)
+	out, done := m.endSession(sess, limit, out)
+	return m.revokes(out), done
+}
+
+// has reports whether the session holds or waits for anything.
+func (m *model) has(sess uint64) bool {
+	for _, g := range m.grants {
+		if g.sess == sess {
+			return true
+		}
+	}
+	for _, w := range m.waiters {
+		if w.sess == sess {
+			return true
+		}
+	}
+	return false
+}
+
+// endingSessions returns the part-ended sessions, sorted.
+func (m *model) endingSessions() []uint64 {
+	var ids []uint64
+	for _, id := range slices.Sorted(maps.Keys(m.ending)) {
+		if m.isEnding(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// isEnding: a session is part-ended from its first limited end step until
+// it has nothing left (however it lost the rest: more steps, or its last
+// waiters timing out); then it is forgotten, like any session with nothing
+// here.
+func (m *model) isEnding(sess uint64) bool {
+	if m.ending[sess] && !m.has(sess) {
+		delete(m.ending, sess)
+	}
+	return m.ending[sess]
 }
 
 func (m *model) advance(now int64, out []Output) []Output {
@@ -191,7 +251,7 @@ func (m *model) nextFence() (uint64, bool) {
 func (m *model) wake(name string, out []Output) []Output {
 	var still []*mWaiter // waiters passed over, in order
 	for _, w := range m.queue(name) {
-		if m.blocked(name, w.conv, w.mode, w.start, w.end, still, w.conv != nil) {
+		if m.isEnding(w.sess) || m.blocked(name, w.conv, w.mode, w.start, w.end, still, w.conv != nil) {
 			still = append(still, w)
 			continue
 		}
@@ -515,32 +575,43 @@ func (m *model) reclaim(in Input, out []Output) []Output {
 }
 
 // endSession: the session's waiters (newest first), then its grants (newest
-// first) go; the tokens they were on are woken in that order.
-func (m *model) endSession(sess uint64, out []Output) []Output {
+// first) go, at most limit of them (< 0: all); the tokens they were on
+// are woken in that order. Until nothing is left the session is ending.
+func (m *model) endSession(sess uint64, limit int, out []Output) ([]Output, bool) {
 	var touched []string
 	touch := func(n string) {
 		if !slices.Contains(touched, n) {
 			touched = append(touched, n)
 		}
 	}
-	for i := len(m.waiters) - 1; i >= 0; i-- {
+	dropped := 0
+	room := func() bool { return limit < 0 || dropped < limit }
+	for i := len(m.waiters) - 1; i >= 0 && room(); i-- {
 		if w := m.waiters[i]; w.sess == sess {
 			touch(w.name)
 			m.removeWaiter(w)
+			dropped++
 		}
 	}
 	gs := slices.Clone(m.grants)
 	slices.SortFunc(gs, func(a, b *mGrant) int { return b.serial - a.serial })
 	for _, g := range gs {
-		if g.sess == sess {
+		if g.sess == sess && room() {
 			touch(g.name)
 			out = m.dropGrant(g, out)
+			dropped++
 		}
+	}
+	done := !m.has(sess)
+	if !done {
+		m.ending[sess] = true
+	} else {
+		delete(m.ending, sess)
 	}
 	for _, n := range touched {
 		out = m.wake(n, out)
 	}
-	return out
+	return out, done
 }
 
 // handoff mirrors Export + Import: waiters stay queued in arrival order

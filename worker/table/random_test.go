@@ -69,7 +69,8 @@ func setup(src source) (*pair, *gen) {
 }
 
 // TestRandomAgainstModel drives random sequences of acquire, try, convert,
-// release, cancel, end-session, tick, reclaim and handoff through the Table
+// release, cancel, end-session (whole, and in steps of EndSession), tick,
+// reclaim and handoff through the Table
 // and the naive model, and after every step checks invariant 1, invariant 2,
 // FIFO fairness (the model is the specification of who gets what, in which
 // order) and the Table's internal consistency.

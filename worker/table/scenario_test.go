@@ -28,7 +28,7 @@ import (
 //	cancel  s=S [req=R] target=R
 //	reclaim s=S [req=R] name=N mode=M fence=E:Q [range=A-B]
 //	acquire-all s=S [req=R] e=(N:M[:A-B], ...)   AcquireAll of the entries (names, modes, ranges)
-//	end-session s=S
+//	end-session s=S [max=N]   OpEndSession; with max, one step of EndSession (then: done or footprint left)
 //	deadlock s=S target=R    a detector's victim (OpDeadlock)
 //	edges [queued-by=T]      WaitEdges of requests queued at or before T (default now)
 //	tick now=T | next-deadline | state | stats | set-seq seq=Q
@@ -111,7 +111,20 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		}
 		h.now, h.reqs, h.snap = 0, map[uint64]uint64{}, nil
 		out = fmt.Sprintf("epoch=%d", epoch)
-	case "acquire", "convert", "release", "cancel", "reclaim", "end-session", "deadlock":
+	case "end-session":
+		if !a.has("max") {
+			out = formatOutputs(h.tab.Step(h.input(t, d, a, num), h.now, nil))
+			break
+		}
+		s := uint64(num("s", 0))
+		outs, done := h.tab.EndSession(s, int(num("max", 0)), h.now, nil)
+		out = formatOutputs(outs)
+		if done {
+			out += "\ndone"
+		} else {
+			out += fmt.Sprintf("\nending: footprint=%d", h.tab.Footprint(s))
+		}
+	case "acquire", "convert", "release", "cancel", "reclaim", "deadlock":
 		in := h.input(t, d, a, num)
 		out = formatOutputs(h.tab.Step(in, h.now, nil))
 	case "acquire-all":
@@ -385,7 +398,11 @@ func (h *harness) dump() string {
 		b.WriteString("\nsessions:")
 		for _, id := range ids {
 			s := t.sess.at(t.sessions[id])
-			fmt.Fprintf(&b, " s=%d(n=%d)", id, s.n)
+			fmt.Fprintf(&b, " s=%d(n=%d", id, s.n)
+			if s.ending {
+				b.WriteString(" ending")
+			}
+			b.WriteString(")")
 		}
 	}
 	return b.String()

@@ -61,10 +61,15 @@ type GrantState struct {
 
 // Export returns a snapshot of the table, tokens sorted by name. It fails
 // with ErrInGrace during the grace period: a shard whose grants are not all
-// reclaimed cannot be handed on without its grace period.
+// reclaimed cannot be handed on without its grace period; and with
+// ErrEnding while a session is part-ended (EndSession): the new owner would
+// take its grants as live.
 func (t *Table) Export() (*Snapshot, error) {
 	if t.grace {
 		return nil, ErrInGrace
+	}
+	if t.ending > 0 {
+		return nil, ErrEnding
 	}
 	s := &Snapshot{Epoch: t.epoch, Seq: t.seq, MaxFence: t.maxFence, ValuesLost: t.valuesLost}
 	for _, page := range t.toks.pages {

@@ -19,15 +19,22 @@ import "math/bits"
 // dropped when its shard moves.
 type slab[T any] struct {
 	pages [][]T
-	next  uint32   // next never-used index
-	free  []uint32 // released indices, reused last-in first-out
-	live  int      // records in use
+	next  uint32 // next never-used index
+	// free is a stack of released indices, reused last-in first-out:
+	// nfree of them, in chunks of freeChunk that are never copied or
+	// dropped, so that no release pays for moving the whole stack (as
+	// appending to one slice would, once per growth: tens of
+	// milliseconds at a million, in the middle of ending a session).
+	free  [][]uint32
+	nfree int
+	live  int // records in use
 }
 
 const (
 	pageMinShift = 6  // first page: 64 records
 	pageMaxShift = 12 // later pages: 4096 records
 	pageMax      = 1 << pageMaxShift
+	freeChunk    = 4096 // indices per chunk of the free stack
 	// maxIndex bounds slab indices so that byReq can tag grant references
 	// with the top bit.
 	maxIndex = 1<<31 - 1
@@ -67,10 +74,9 @@ func (s *slab[T]) at(i uint32) *T {
 // alloc returns the index of a zeroed record.
 func (s *slab[T]) alloc() uint32 {
 	s.live++
-	if n := len(s.free); n > 0 {
-		i := s.free[n-1]
-		s.free = s.free[:n-1]
-		return i
+	if s.nfree > 0 {
+		s.nfree--
+		return s.free[s.nfree/freeChunk][s.nfree%freeChunk]
 	}
 	if s.next == 0 {
 		s.next = 1 // index 0 means "none"
@@ -90,6 +96,10 @@ func (s *slab[T]) alloc() uint32 {
 func (s *slab[T]) release(i uint32) {
 	var zero T
 	*s.at(i) = zero
-	s.free = append(s.free, i)
+	if s.nfree == len(s.free)*freeChunk {
+		s.free = append(s.free, make([]uint32, freeChunk))
+	}
+	s.free[s.nfree/freeChunk][s.nfree%freeChunk] = i
+	s.nfree++
 	s.live--
 }

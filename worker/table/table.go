@@ -76,6 +76,12 @@ type session struct {
 	grants  uint32 // first grant (list through grant.snext, newest first)
 	waiters uint32 // first waiter (list through waiter.snext, newest first)
 	n       uint32 // grants + queued acquires, for Config.MaxGrantsPerSession
+	conv    uint32 // queued conversions (n + conv is the footprint EndSession drops)
+	// ending: EndSession has started and not finished. The session gains
+	// nothing more: its requests are answered StatusSessionExpired and its
+	// waiters are never granted (they block those behind them until a step
+	// drops them, as they did before).
+	ending bool
 }
 
 type reqKey struct{ sess, req uint64 }
@@ -95,6 +101,7 @@ type Table struct {
 	graceEnd   int64
 	valuesLost bool // recovered from a crash: unset values are reported ValueLost
 	arrivals   uint64
+	ending     int // sessions with ending set
 
 	seed     maphash.Seed
 	index    map[uint64]uint32 // name hash -> first token of the chain
@@ -189,11 +196,21 @@ func (t *Table) Tick(now int64, out []Output) []Output {
 
 // Step applies one input at time now and appends the replies and effects to
 // out, in the order they happen: first what Tick(now) would do, then the
-// reply, then its consequences. Every input except OpEndSession gets exactly
-// one KindReply. A malformed input gets StatusBadRequest and changes nothing
-// (invariant 7).
+// reply, then its consequences. Every input except OpEndSession and
+// OpDeadlock gets exactly one KindReply. A malformed input gets
+// StatusBadRequest and changes nothing (invariant 7); a request of a session
+// being ended in steps gets StatusSessionExpired and changes nothing.
 func (t *Table) Step(in Input, now int64, out []Output) []Output {
+	if in.Op == OpEndSession {
+		t.markEnding(in.Session)
+	}
 	out = t.advance(now, out)
+	switch in.Op {
+	case OpAcquire, OpConvert, OpRelease, OpCancel, OpReclaim:
+		if t.isEnding(in.Session) {
+			return reply(out, &in, StatusSessionExpired)
+		}
+	}
 	switch in.Op {
 	case OpAcquire:
 		return t.acquire(&in, out)
@@ -206,7 +223,8 @@ func (t *Table) Step(in Input, now int64, out []Output) []Output {
 	case OpReclaim:
 		return t.reclaim(&in, out)
 	case OpEndSession:
-		return t.endSession(in.Session, out)
+		out, _ = t.endSession(in.Session, -1, out)
+		return out
 	case OpDeadlock:
 		return t.deadlock(in.Session, in.Target, out)
 	}
@@ -748,32 +766,85 @@ func (t *Table) WaitEdges(queuedBy int64, out []Edge) []Edge {
 	return out
 }
 
-// endSession drops everything the session has here and wakes the tokens it
-// touched, in the order: its waiters newest first, then its grants newest
-// first.
-func (t *Table) endSession(id uint64, out []Output) []Output {
+// EndSession ends session id here (its lease is gone) in a bounded step:
+// first what Tick(now) would do, then it drops at most limit of the
+// session's waiters and grants (limit < 0: all of them; 0: none, it only
+// marks the session part-ended), waiters first, newest first, then grants,
+// newest first, and wakes the tokens they were on, appending the
+// asynchronous grants and revokes that follow. The session's own waiters
+// get no outcome (but those whose deadline has passed time out as in
+// Tick). done reports that the session has nothing left here (Footprint is
+// 0); until then it is part-ended: it gains nothing (its requests are
+// answered StatusSessionExpired, its waiters are never granted) and Export
+// fails with ErrEnding. Steps until done drop what OpEndSession drops, in
+// the same order, so that a session of millions of grants is ended without
+// stopping the shard for the whole of it.
+func (t *Table) EndSession(id uint64, limit int, now int64, out []Output) (_ []Output, done bool) {
+	t.markEnding(id)
+	out = t.advance(now, out)
+	return t.endSession(id, limit, out)
+}
+
+// markEnding marks session id (if it has anything here) as ending, before
+// the clock moves: a waiter of it that the Tick part of the step would
+// grant stays a waiter, to be dropped.
+func (t *Table) markEnding(id uint64) {
+	if si := t.sessions[id]; si != 0 {
+		if s := t.sess.at(si); !s.ending {
+			s.ending = true
+			t.ending++
+		}
+	}
+}
+
+// Footprint is the number of grants plus queued requests (acquires and
+// conversions) of session in this table: what ending it drops.
+func (t *Table) Footprint(session uint64) int {
+	if si := t.sessions[session]; si != 0 {
+		s := t.sess.at(si)
+		return int(s.n + s.conv)
+	}
+	return 0
+}
+
+// Ending reports whether session is part-ended here: EndSession has
+// started on it and not finished.
+func (t *Table) Ending(session uint64) bool { return t.isEnding(session) }
+
+func (t *Table) isEnding(id uint64) bool {
+	if t.ending == 0 {
+		return false
+	}
+	si := t.sessions[id]
+	return si != 0 && t.sess.at(si).ending
+}
+
+// endSession drops at most limit (< 0: all) of what the session has here,
+// its waiters newest first, then its grants newest first, and wakes the
+// tokens it touched in that order.
+func (t *Table) endSession(id uint64, limit int, out []Output) ([]Output, bool) {
 	si := t.sessions[id]
 	if si == 0 {
-		return out
+		return out, true
 	}
 	s := t.sess.at(si)
 	touched := t.touch[:0]
-	for wi := s.waiters; wi != 0; {
-		w := t.wts.at(wi)
-		next := w.snext
-		touched = t.mark(touched, w.tok)
+	n := 0
+	for s.waiters != 0 && (limit < 0 || n < limit) {
+		wi := s.waiters
+		touched = t.mark(touched, t.wts.at(wi).tok)
 		t.dropWaiter(wi)
-		wi = next
+		n++
 	}
-	for gi := s.grants; gi != 0; {
-		g := t.grs.at(gi)
-		next := g.snext
-		touched = t.mark(touched, g.tok)
+	for s.grants != 0 && (limit < 0 || n < limit) {
+		gi := s.grants
+		touched = t.mark(touched, t.grs.at(gi).tok)
 		out = t.dropGrant(gi, out)
-		gi = next
+		n++
 	}
+	done := s.grants == 0 && s.waiters == 0
 	t.maybeFreeSession(si)
-	return t.wakeAll(touched, out)
+	return t.wakeAll(touched, out), done
 }
 
 // ---- granting ----
@@ -854,6 +925,9 @@ func (t *Table) wake(ti uint32, out []Output) []Output {
 			next := w.next
 			c := conflicts[w.mode]
 			ok := gmask&c == 0 || t.grantsAdmit(tok, w)
+			if ok && t.ending > 0 && t.sess.at(w.sess).ending {
+				ok = false // its session is being ended: it gains nothing
+			}
 			if ok && ahead&c != 0 {
 				if pass == 0 {
 					ok = t.clearAhead(q.conv, wi, w.mode, w.start, w.end)
@@ -1096,6 +1170,9 @@ func (t *Table) newSession(id uint64) uint32 {
 func (t *Table) maybeFreeSession(si uint32) {
 	s := t.sess.at(si)
 	if s.grants == 0 && s.waiters == 0 {
+		if s.ending {
+			t.ending--
+		}
 		delete(t.sessions, s.id)
 		t.sess.release(si)
 	}
@@ -1207,6 +1284,8 @@ func (t *Table) addWaiter(ti, si uint32, in *Input, mode wire.Mode, start, end u
 	s.waiters = wi
 	if gi == 0 {
 		s.n++
+	} else {
+		s.conv++
 	}
 	t.heapPush(wi)
 	t.byReq[reqKey{s.id, in.Req}] = wi
@@ -1245,6 +1324,8 @@ func (t *Table) dropWaiter(wi uint32) {
 	}
 	if w.grant == 0 {
 		s.n--
+	} else {
+		s.conv--
 	}
 	t.heapRemove(int(w.heap))
 	if key := (reqKey{s.id, w.req}); t.byReq[key] == wi {

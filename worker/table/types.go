@@ -42,6 +42,10 @@ var (
 	ErrBadEpoch    = errors.New("table: bad epoch")
 	ErrInGrace     = errors.New("table: shard is in its grace period")
 	ErrBadSnapshot = errors.New("table: bad snapshot")
+	// ErrEnding: Export while a session is part-ended (EndSession in
+	// steps). The shell finishes every pending end of a shard before it
+	// exports it, so that a snapshot never carries a dead session's grants.
+	ErrEnding = errors.New("table: a session is part-ended")
 )
 
 // Config holds the per-table limits. A zero limit means "no limit".
@@ -81,7 +85,8 @@ const (
 	// restores a value lost in a crash if the holder is PR, PW or EX.
 	OpReclaim
 	// OpEndSession: Session. The session's lease is gone: all its grants
-	// and waiters go. No reply.
+	// and waiters go at once. No reply. Table.EndSession does the same in
+	// bounded steps.
 	OpEndSession
 	// OpDeadlock: Session, Target. A deadlock detector chose the queued
 	// acquire or conversion Target of Session as the victim of a wait-for
@@ -126,7 +131,9 @@ type Input struct {
 // Status is the outcome of a request: the wire status code itself, so the
 // shell sends it as it is. The table produces only the codes below, never
 // those that only the shell knows (NOT_OWNER, STALE_EPOCH, UNKNOWN_SESSION,
-// UNAVAILABLE, SESSION_EXPIRED, INTERNAL).
+// UNAVAILABLE, INTERNAL). SESSION_EXPIRED is the shell's answer to a
+// session that ended; the table gives it only to a session it is ending in
+// steps (Table.EndSession), which the shell has stopped forwarding anyway.
 type Status = wire.Status
 
 // The statuses the table produces.
@@ -143,6 +150,7 @@ const (
 	StatusCanceled       = wire.StatusCanceled       // a queued request was canceled or its grant released
 	StatusExhausted      = wire.StatusExhausted      // no fence left in this epoch
 	StatusDeadlock       = wire.StatusDeadlock       // the request would wait in a wait-for cycle: it was chosen to fail
+	StatusSessionExpired = wire.StatusSessionExpired // the session is being ended (Table.EndSession): it may gain nothing
 )
 
 // Kind says what an Output is.
