@@ -82,7 +82,7 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 		// Every handoff, warm-up included, against what the clients sent
 		// meanwhile: the datagrams a handoff costs the clients.
 		var handoffs atomic.Int64
-		sent0 := clientsSent(cs)
+		sent0, udp0 := clientsSent(cs)
 		l, err := measure(ctx, cfg, len(cs), func(ctx context.Context, i int, r *rec) error {
 			c := cs[i]
 			t0 := time.Now()
@@ -111,7 +111,8 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 			handoffs.Add(1)
 			return nil
 		})
-		sent := clientsSent(cs) - sent0
+		sent, udp := clientsSent(cs)
+		sent, udp = sent-sent0, udp-udp0
 		if profiling {
 			pprof.StopCPUProfile()
 		}
@@ -133,6 +134,7 @@ func runContended(ctx context.Context, cfg *Config, tgt target, system string) (
 		}
 		if n := handoffs.Load(); n > 0 {
 			res.metric("client_datagrams", float64(sent)/float64(n), "per handoff, sent by the clients (warm-up and window, keepalives included)")
+			res.metric("client_udp", float64(udp)/float64(n), "UDP datagrams per handoff, sent by the clients: the acknowledgements ride in the RELEASE's BUNDLE")
 		}
 		res.cpuMetrics(&l)
 		out = append(out, res)
@@ -205,11 +207,13 @@ func fileSafe(s string) string {
 	}, s)
 }
 
-// clientsSent is how many datagrams the clients cs have sent.
-func clientsSent(cs []*client) uint64 {
-	var n uint64
+// clientsSent is how many datagrams the clients cs have sent, and in how
+// many UDP datagrams (those in a BUNDLE share one).
+func clientsSent(cs []*client) (sent, udp uint64) {
 	for _, c := range cs {
-		n += c.Stats().Sent
+		st := c.Stats()
+		sent += st.Sent
+		udp += st.Sent - st.BundledSent + st.BundlesSent
 	}
-	return n
+	return sent, udp
 }

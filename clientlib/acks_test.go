@@ -23,6 +23,7 @@ type tapConn struct {
 	dropGrants int
 	read       map[wire.Type]int
 	written    map[wire.Type]int
+	bundled    map[wire.Type]int // written inside BUNDLEs
 	dropped    int
 	okAcquire  int // ACQUIRE replies read with status OK (a grant by reply, not GRANT_ASYNC)
 }
@@ -34,7 +35,7 @@ func newTapConn(t *testing.T, dropGrants int) *tapConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { uc.Close() })
-	return &tapConn{PacketConn: uc, dropGrants: dropGrants, read: map[wire.Type]int{}, written: map[wire.Type]int{}}
+	return &tapConn{PacketConn: uc, dropGrants: dropGrants, read: map[wire.Type]int{}, written: map[wire.Type]int{}, bundled: map[wire.Type]int{}}
 }
 
 func (c *tapConn) ReadFrom(p []byte) (int, net.Addr, error) {
@@ -65,6 +66,13 @@ func (c *tapConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	if len(p) >= wire.HeaderLen {
 		c.mu.Lock()
 		c.written[wire.Type(p[3])]++
+		if wire.Type(p[3]) == wire.TypeBundle {
+			for e := p[wire.HeaderLen:]; len(e) >= 2; {
+				var d []byte
+				d, e = wire.NextBundled(e)
+				c.bundled[wire.Type(d[3])]++
+			}
+		}
 		c.mu.Unlock()
 	}
 	return c.PacketConn.WriteTo(p, a)
@@ -226,4 +234,92 @@ func TestQueuedDoesNotPinAck(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatalf("the waiter: %v", err)
 	}
+}
+
+// TestAcksRideWithRelease: in a handoff, the holder's REVOKE_ACK and the
+// waiter's GRANT_ACK are held (batchio.go) and go to the worker in one
+// BUNDLE with the RELEASE that follows, never alone: one UDP datagram
+// instead of two for each side (SPEC §22). With the usual 2 ms hold, a
+// waiter that keeps its grant longer sends its GRANT_ACK alone.
+func TestAcksRideWithRelease(t *testing.T) {
+	c := startCluster(t, nil, 1)
+	ctx := ctxFor(t, 30*time.Second)
+	for _, long := range []bool{false, true} {
+		name := "ride"
+		hold := time.Hour
+		if long {
+			name, hold = "alone", 0
+		}
+		tapH, tapW := newTapConn(t, 0), newTapConn(t, 0)
+		cfgH := clientlib.Config{PacketConn: tapH, OnRevoke: func(ctx context.Context, tok *clientlib.Token, _ clientlib.Revocation) {
+			if err := tok.Release(ctx); err != nil {
+				t.Errorf("release on revoke: %v", err)
+			}
+		}}
+		cfgW := clientlib.Config{PacketConn: tapW}
+		clientlib.SetAckHold(&cfgH, hold)
+		clientlib.SetAckHold(&cfgW, hold)
+		// A session open answered only in its retransmission without the
+		// bundle flag (a slow start) makes a client that sends no
+		// BUNDLEs: dial again.
+		dialBundling := func(cfg clientlib.Config) *clientlib.Client {
+			t.Helper()
+			for range 5 {
+				cl := dial(t, c, nil, 0, cfg)
+				if clientlib.TakesBundles(cl) {
+					return cl
+				}
+				t.Log("session opened without bundles: dialing again")
+				cl.Close()
+			}
+			t.Fatal("no session that takes bundles in 5 tries")
+			return nil
+		}
+		holder := dialBundling(cfgH)
+		waiter := dialBundling(cfgW)
+		if _, err := holder.Acquire(ctx, name, wire.EX); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := waiter.Acquire(ctx, name, wire.EX)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if long {
+			clientlib.Eventually(t, 5*time.Second, "the GRANT_ACK sent alone", func() bool {
+				_, w, _ := tapW.counts()
+				return w[wire.TypeGrantAck] >= 1
+			})
+		}
+		if err := tok.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clientlib.Eventually(t, 5*time.Second, "the holder's REVOKE_ACK sent", func() bool {
+			tapH.mu.Lock()
+			defer tapH.mu.Unlock()
+			return tapH.written[wire.TypeRevokeAck]+tapH.bundled[wire.TypeRevokeAck] == 1
+		})
+		check := func(who string, tap *tapConn, ack wire.Type) {
+			t.Helper()
+			tap.mu.Lock()
+			defer tap.mu.Unlock()
+			// A retransmitted REVOKE or GRANT_ASYNC (a slow machine) is
+			// acknowledged again, so "at least once".
+			if tap.written[ack] != 0 || tap.bundled[ack] < 1 || tap.bundled[wire.TypeRelease] != 1 {
+				t.Errorf("%s: %s sent alone %d times and in bundles %d times, RELEASE in bundles %d times; want only in the RELEASE's bundle",
+					who, ack, tap.written[ack], tap.bundled[ack], tap.bundled[wire.TypeRelease])
+			}
+		}
+		if !long {
+			check("holder", tapH, wire.TypeRevokeAck)
+			check("waiter", tapW, wire.TypeGrantAck)
+			for _, cl := range []*clientlib.Client{holder, waiter} {
+				if st := cl.Stats(); st.AcksHeld < 1 || st.AcksAlone != 0 {
+					t.Errorf("Stats: %d acknowledgements held, %d sent alone; want 1 or more and 0", st.AcksHeld, st.AcksAlone)
+				}
+			}
+		} else if st := waiter.Stats(); st.AcksAlone < 1 {
+			t.Errorf("Stats: %d acknowledgements sent alone, want at least the GRANT_ACK", st.AcksAlone)
+		}
+	}
+	t.Logf("GRANT_ASYNC retransmissions: %v", metric(t, c.Metrics(0), "tokend_worker_grant_async_retransmissions_total", "", ""))
 }

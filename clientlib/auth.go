@@ -158,6 +158,11 @@ type Stats struct {
 	// the datagrams in them (each then checked as if it came alone),
 	// BundlesDropped the BUNDLE_REPLYs dropped whole for a bad layout.
 	BundlesSent, BundledSent, BundlesReceived, BundledReceived, BundlesDropped uint64
+	// AcksHeld counts the REVOKE_ACKs and GRANT_ACKs held to go ahead of
+	// the next request to their worker in its BUNDLE (a worker that takes
+	// bundles; at most 2 ms), and AcksAlone those of them sent alone
+	// because no request came meanwhile.
+	AcksHeld, AcksAlone uint64
 	// The token cache: CacheHits counts the Acquires served from it (no
 	// datagram), CacheMisses those that went to a worker while the cache
 	// was on. CacheEvictions counts the cached grants given back for the
@@ -185,6 +190,7 @@ func (c *Client) Stats() Stats {
 		BundlesReceived: c.bundlesRecv.Load(), BundledReceived: c.bundledRecv.Load(), BundlesDropped: c.bundlesBad.Load()}
 	if c.sendq != nil {
 		s.BundlesSent, s.BundledSent = c.sendq.sentBundle.Load(), c.sendq.inBundles.Load()
+		s.AcksHeld, s.AcksAlone = c.sendq.acksHeld.Load(), c.sendq.acksLate.Load()
 	}
 	c.mu.Lock()
 	s.Cached = c.cache.n

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -32,6 +33,10 @@ import (
 const (
 	sendQueueMax = 64 // datagrams queued behind a running send; more are sent directly
 	recvBatch    = 16 // datagrams per recvmmsg
+	// ackHold is how long a REVOKE_ACK or GRANT_ACK for a worker that takes
+	// bundles may wait for a request to that worker to ride with (SPEC
+	// §22): far below the worker's first retransmission (20 ms −25 %).
+	ackHold = 2 * time.Millisecond
 )
 
 // batchConn is the part of x/net's ipv4 and ipv6 PacketConn the client
@@ -68,6 +73,18 @@ type sendQueue struct {
 	busy  bool           // a goroutine is sending and will drain q
 	q     []ipv4.Message // queued behind it; Buffers[0] is a copy (cap wire.MaxDatagram)
 	spare []ipv4.Message // the other half of the double buffer (nil while flushing)
+	// held are acknowledgements (REVOKE_ACK, GRANT_ACK) waiting up to
+	// ackHold for the next datagram to their worker, to go ahead of it in
+	// its BUNDLE (hold); heldT sends them when none comes (flushHeld).
+	// Every datagram queued for a worker takes that worker's held
+	// acknowledgements ahead of it, so none arrives after a datagram sent
+	// later (whose ack may have passed its id, which would make it stale).
+	held   []ipv4.Message
+	spareH []ipv4.Message // held's double buffer
+	heldT  *time.Timer
+	holdD  time.Duration // how long one is held at most: ackHold, but for tests
+	closed bool          // close ran: nothing is held any more
+	fail   func(error)
 
 	// Only the draining goroutine (busy) uses these: what a round sends,
 	// the bundles it built (Buffers[0] of cap wire.MaxDatagram) and which
@@ -79,6 +96,24 @@ type sendQueue struct {
 	calls      atomic.Uint64 // system calls made to send (sendto and sendmmsg)
 	sentBundle atomic.Uint64 // BUNDLEs sent
 	inBundles  atomic.Uint64 // datagrams sent inside them
+	acksHeld   atomic.Uint64 // acknowledgements held (hold)
+	acksLate   atomic.Uint64 // of those, sent alone: by the timer, close, or ahead of a retransmission
+}
+
+// newSendQueue returns the send queue of socket pc (bc: its batch view,
+// nil if it has none). takes says which destinations take BUNDLEs (nil:
+// none, and no acknowledgement is held); fail gets the send errors; hold
+// is how long an acknowledgement may wait (0: ackHold).
+func newSendQueue(bc batchConn, pc net.PacketConn, takes func(net.Addr) bool, fail func(error), hold time.Duration) *sendQueue {
+	if hold <= 0 {
+		hold = ackHold
+	}
+	s := &sendQueue{bc: bc, pc: pc, takes: takes, fail: fail, holdD: hold}
+	if takes != nil {
+		s.heldT = time.AfterFunc(time.Hour, s.flushHeld)
+		s.heldT.Stop()
+	}
+	return s
 }
 
 // enqueue outcomes.
@@ -86,37 +121,172 @@ const (
 	sendNow    = iota // nobody is sending: send b, then drain
 	sendQueued        // b is queued; the running sender sends it
 	sendAlone         // the queue is full: send b, do not drain
+	sendDrain         // b is queued behind acknowledgements held for to: drain
 )
 
 // enqueue decides what the caller does with datagram b for to. A caller
 // that may not lead (the receive loop, which must not be kept sending
 // other goroutines' datagrams) sends alone when nobody is sending.
+// Acknowledgements held for to go into the queue first, ahead of b.
 func (s *sendQueue) enqueue(b []byte, to net.Addr, mayLead bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	held := len(s.held) > 0 && s.heldFor(to)
 	if !s.busy {
-		if !mayLead {
+		if !mayLead && !held {
 			return sendAlone
 		}
 		s.busy = true
-		return sendNow
+		if !held {
+			return sendNow
+		}
+		s.moveHeld(to)
+		s.appendQ(b, to)
+		return sendDrain
 	}
-	n := len(s.q)
-	if n == sendQueueMax {
+	if held {
+		s.moveHeld(to)
+	} else if len(s.q) >= sendQueueMax {
 		return sendAlone
 	}
-	if n < cap(s.q) {
-		s.q = s.q[:n+1]
+	s.appendQ(b, to)
+	return sendQueued
+}
+
+// appendQ queues a copy of b for to. Caller holds mu.
+func (s *sendQueue) appendQ(b []byte, to net.Addr) {
+	s.q = appendMsg(s.q, b, to)
+}
+
+// appendMsg appends a copy of b for to to ms, reusing the buffer of a
+// slot it had before.
+func appendMsg(ms []ipv4.Message, b []byte, to net.Addr) []ipv4.Message {
+	n := len(ms)
+	if n < cap(ms) {
+		ms = ms[:n+1]
 	} else {
-		s.q = append(s.q, ipv4.Message{})
+		ms = append(ms, ipv4.Message{})
 	}
-	m := &s.q[n]
+	m := &ms[n]
 	if m.Buffers == nil {
 		m.Buffers = [][]byte{make([]byte, 0, wire.MaxDatagram)}
 	}
 	m.Buffers[0] = append(m.Buffers[0][:0], b...)
 	m.Addr = to
-	return sendQueued
+	return ms
+}
+
+// hold keeps acknowledgement b for to until the next datagram for to is
+// sent, or ackHold at most, so that it rides in that datagram's BUNDLE
+// instead of costing a system call and a datagram of its own on both
+// sides (SPEC §22). It reports false when b is not held (to does not
+// take bundles, too many are held, or the queue is closed): the caller
+// sends it now. Called by the receive loop.
+func (s *sendQueue) hold(b []byte, to net.Addr) bool {
+	if s.heldT == nil || !s.takes(to) {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.held) >= sendQueueMax {
+		return false
+	}
+	s.held = appendMsg(s.held, b, to)
+	if len(s.held) == 1 {
+		s.heldT.Reset(s.holdD)
+	}
+	s.acksHeld.Add(1)
+	return true
+}
+
+// heldFor reports whether an acknowledgement for to is held. Caller holds
+// mu.
+func (s *sendQueue) heldFor(to net.Addr) bool {
+	for i := range s.held {
+		if sameAddr(s.held[i].Addr, to) {
+			return true
+		}
+	}
+	return false
+}
+
+// moveHeld moves the acknowledgements held for to (every one if to is
+// nil) to the end of the queue, in their order. Caller holds mu.
+func (s *sendQueue) moveHeld(to net.Addr) {
+	kept := s.spareH[:0]
+	for i := range s.held {
+		m := &s.held[i]
+		if to == nil || sameAddr(m.Addr, to) {
+			s.q = appendMsg(s.q, m.Buffers[0], m.Addr)
+		} else {
+			kept = appendMsg(kept, m.Buffers[0], m.Addr)
+		}
+		m.Addr = nil
+	}
+	s.held, s.spareH = kept, s.held[:0]
+	if len(s.held) == 0 {
+		s.heldT.Stop()
+	}
+}
+
+// flushHeld sends the acknowledgements still held when ackHold has
+// passed: queued behind a running sender, or sent by this goroutine.
+func (s *sendQueue) flushHeld() {
+	s.mu.Lock()
+	if len(s.held) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.acksLate.Add(uint64(len(s.held)))
+	s.moveHeld(nil)
+	if s.busy {
+		s.mu.Unlock()
+		return
+	}
+	s.busy = true
+	s.mu.Unlock()
+	s.drain(s.fail)
+}
+
+// takeHeld returns copies of the acknowledgements held for to, no longer
+// held, for a caller that sends a datagram to to outside the queue
+// (Client.writeAlone): it sends them first.
+func (s *sendQueue) takeHeld(to net.Addr) []ipv4.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.held) == 0 || !s.heldFor(to) {
+		return nil
+	}
+	var out []ipv4.Message
+	kept := s.spareH[:0]
+	for i := range s.held {
+		m := &s.held[i]
+		if sameAddr(m.Addr, to) {
+			out = append(out, ipv4.Message{Buffers: [][]byte{append([]byte(nil), m.Buffers[0]...)}, Addr: m.Addr})
+		} else {
+			kept = appendMsg(kept, m.Buffers[0], m.Addr)
+		}
+		m.Addr = nil
+	}
+	s.held, s.spareH = kept, s.held[:0]
+	if len(s.held) == 0 {
+		s.heldT.Stop()
+	}
+	s.acksLate.Add(uint64(len(out)))
+	return out
+}
+
+// close sends what is held and holds nothing from now on. Called once the
+// client stops, before its socket closes.
+func (s *sendQueue) close() {
+	if s.heldT == nil {
+		return
+	}
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.heldT.Stop()
+	s.flushHeld()
 }
 
 // drain sends what was queued while the caller sent, round after round,

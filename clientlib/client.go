@@ -174,10 +174,11 @@ func DialConfig(ctx context.Context, cfg Config) (*Client, error) {
 		c.conn, c.ownConn = pc, true
 	}
 	c.bconn = newBatchConn(c.conn)
-	c.sendq = &sendQueue{bc: c.bconn, pc: c.conn}
+	var takes func(net.Addr) bool
 	if !cfg.NoBundle {
-		c.sendq.takes = c.takesBundles
+		takes = c.takesBundles
 	}
+	c.sendq = newSendQueue(c.bconn, c.conn, takes, c.sendFailed, cfg.ackHold)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.spawn(c.recvLoop)
 	if err := c.openSession(ctx); err != nil {
@@ -267,6 +268,9 @@ func (c *Client) shutdown() {
 	}
 	c.loseAllLocked(ErrClosed, false)
 	c.mu.Unlock()
+	if c.sendq != nil {
+		c.sendq.close() // what it holds goes out before the socket closes
+	}
 	c.stopped.Store(true)
 	c.cancel()
 	if c.ownConn {
@@ -364,7 +368,11 @@ func (c *Client) write(b []byte, to *net.UDPAddr, lead bool) {
 	how := sendAlone
 	if q != nil {
 		how = q.enqueue(b, to, lead)
-		if how == sendQueued {
+		switch how {
+		case sendQueued:
+			return
+		case sendDrain:
+			q.drain(c.sendFailed)
 			return
 		}
 		q.calls.Add(1)
@@ -382,6 +390,9 @@ func (c *Client) write(b []byte, to *net.UDPAddr, lead bool) {
 func (c *Client) writeAlone(b []byte, to *net.UDPAddr) {
 	c.sent.Add(1)
 	if q := c.sendq; q != nil {
+		if held := q.takeHeld(to); held != nil {
+			q.write(held, c.sendFailed) // ahead of b, as in the queue
+		}
 		q.calls.Add(1)
 	}
 	if _, err := c.conn.WriteTo(b, to); err != nil {

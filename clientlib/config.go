@@ -128,6 +128,9 @@ type Config struct {
 	// pollEvery is how often a QUEUED request is re-polled; 0 =
 	// pollInterval. Tests only.
 	pollEvery time.Duration
+	// ackHold is how long an acknowledgement may wait for a request to
+	// ride with (batchio.go); 0 = ackHold. Tests only.
+	ackHold time.Duration
 	// clock runs the client's timers and, unless Now is set, tells the
 	// time; nil = clock.Real. Tests only (export_test.go).
 	clock clock.Clock

@@ -244,7 +244,12 @@
 //     bundle, so that a worker an older one replaced at the same address
 //     still answers them. A BUNDLE_REPLY of a bad layout is dropped whole
 //     (Stats().BundlesDropped); otherwise each datagram in it is handled
-//     as if it came alone, with every check.
+//     as if it came alone, with every check. A REVOKE_ACK or GRANT_ACK for
+//     such a worker is held for at most 2 ms and goes ahead of the next
+//     request to that worker in its BUNDLE (in a handoff, the RELEASE that
+//     follows), or alone when the 2 ms end; every held one for a worker
+//     goes out before any later datagram to it (Stats().AcksHeld,
+//     Stats().AcksAlone).
 //   - MAP_REQUEST carries the session and an id from the session's counter
 //     (it counts for ack like any request). The map is asked of the home
 //     worker, then the map's workers, then the seeds, six sends each; a map

@@ -34,3 +34,16 @@ func Always(t testing.TB, d time.Duration, what string, cond func() bool) {
 // QUEUED request (default 500 ms): a test that wants to see what arrives
 // without a re-poll sets it to an hour.
 func SetPollEvery(cfg *Config, d time.Duration) { cfg.pollEvery = d }
+
+// SetAckHold sets how long the Client dialed with cfg holds a REVOKE_ACK
+// or GRANT_ACK for a worker that takes bundles, waiting for a request to
+// send it with (default 2 ms): a test that wants to see which datagram
+// carried it sets it to an hour.
+func SetAckHold(cfg *Config, d time.Duration) { cfg.ackHold = d }
+
+// TakesBundles reports whether c knows a worker that takes BUNDLEs (its
+// session open was answered with the flag, or a BUNDLE_REPLY came).
+func TakesBundles(c *Client) bool {
+	m := c.bundlers.Load()
+	return m != nil && len(*m) > 0
+}

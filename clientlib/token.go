@@ -1303,6 +1303,13 @@ func (c *Client) sendAck(ah wire.Header, target uint64, ua *net.UDPAddr, out []b
 		c.log.Error("cannot encode "+ah.Type.String(), "err", err)
 		return out
 	}
+	if q := c.sendq; q != nil && q.hold(out, ua) {
+		// It goes ahead of the next request to that worker, in one
+		// BUNDLE (typically the RELEASE that follows a revocation), or
+		// alone within ackHold.
+		c.sent.Add(1)
+		return out
+	}
 	c.write(out, ua, false)
 	return out
 }
