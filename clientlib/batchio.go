@@ -213,11 +213,18 @@ func (s *sendQueue) heldFor(to net.Addr) bool {
 // moveHeld moves the acknowledgements held for to (every one if to is
 // nil) to the end of the queue, in their order. Caller holds mu.
 func (s *sendQueue) moveHeld(to net.Addr) {
+	s.unhold(to, func(b []byte, to net.Addr) { s.q = appendMsg(s.q, b, to) })
+}
+
+// unhold ends the hold of the acknowledgements for to (every one if to is
+// nil), giving each to take in their order; the others stay held. Caller
+// holds mu.
+func (s *sendQueue) unhold(to net.Addr, take func(b []byte, to net.Addr)) {
 	kept := s.spareH[:0]
 	for i := range s.held {
 		m := &s.held[i]
 		if to == nil || sameAddr(m.Addr, to) {
-			s.q = appendMsg(s.q, m.Buffers[0], m.Addr)
+			take(m.Buffers[0], m.Addr)
 		} else {
 			kept = appendMsg(kept, m.Buffers[0], m.Addr)
 		}
@@ -258,20 +265,9 @@ func (s *sendQueue) takeHeld(to net.Addr) []ipv4.Message {
 		return nil
 	}
 	var out []ipv4.Message
-	kept := s.spareH[:0]
-	for i := range s.held {
-		m := &s.held[i]
-		if sameAddr(m.Addr, to) {
-			out = append(out, ipv4.Message{Buffers: [][]byte{append([]byte(nil), m.Buffers[0]...)}, Addr: m.Addr})
-		} else {
-			kept = appendMsg(kept, m.Buffers[0], m.Addr)
-		}
-		m.Addr = nil
-	}
-	s.held, s.spareH = kept, s.held[:0]
-	if len(s.held) == 0 {
-		s.heldT.Stop()
-	}
+	s.unhold(to, func(b []byte, to net.Addr) {
+		out = append(out, ipv4.Message{Buffers: [][]byte{append([]byte(nil), b...)}, Addr: to})
+	})
 	s.acksLate.Add(uint64(len(out)))
 	return out
 }

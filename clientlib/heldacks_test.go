@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/ipv4"
+
 	"github.com/tokend/tokend/wire"
 )
 
@@ -214,5 +216,59 @@ func TestHeldAckQueueFull(t *testing.T) {
 	}
 	if n != sendQueueMax+1 {
 		t.Fatalf("%d datagrams sent, want %d", n, sendQueueMax+1)
+	}
+}
+
+// TestHeldAckTakenForRetransmission: a datagram sent outside the queue
+// (a retransmission, Client.writeAlone) takes the acknowledgements held
+// for its worker, as copies, to send ahead of it; those for another
+// worker stay held.
+func TestHeldAckTakenForRetransmission(t *testing.T) {
+	q := newHoldQueue(t, &recordConn{max: 100}, takesAll, time.Hour)
+	ga, ra := testAck(t, wire.TypeGrantAck, 7, 5, 3), testAck(t, wire.TypeRevokeAck, 7, 6, 1)
+	if !q.hold(ga, workerA) || !q.hold(ra, workerB) {
+		t.Fatal("not held")
+	}
+	if q.takeHeld(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 11}) != nil {
+		t.Fatal("took acknowledgements held for another worker")
+	}
+	got := q.takeHeld(workerA)
+	if len(got) != 1 || !slices.Equal(got[0].Buffers[0], ga) || !sameAddr(got[0].Addr, workerA) {
+		t.Fatalf("took %d acknowledgements, want the one for A", len(got))
+	}
+	if q.hold(testAck(t, wire.TypeGrantAck, 7, 9, 3), workerA); !slices.Equal(got[0].Buffers[0], ga) {
+		t.Fatal("what was taken shares a buffer still in use")
+	}
+	if q.takeHeld(workerA) == nil || q.takeHeld(workerB) == nil || q.takeHeld(workerB) != nil {
+		t.Fatal("acknowledgements not taken exactly once")
+	}
+}
+
+// nullConn is a batchConn that takes every datagram and keeps nothing.
+type nullConn struct{}
+
+func (nullConn) ReadBatch([]ipv4.Message, int) (int, error)       { select {} }
+func (nullConn) WriteBatch(ms []ipv4.Message, _ int) (int, error) { return len(ms), nil }
+
+// TestHeldAckNoAlloc: holding an acknowledgement and sending it ahead of a
+// request, in one bundle, allocates nothing once the buffers have grown.
+func TestHeldAckNoAlloc(t *testing.T) {
+	q := newHoldQueue(t, nil, takesAll, time.Hour)
+	q.bc = nullConn{}
+	ga, req := testAck(t, wire.TypeGrantAck, 7, 5, 3), testRequest(t, 7, 6, 2, 10)
+	fail := func(err error) { t.Errorf("send failed: %v", err) }
+	round := func() {
+		q.hold(ga, workerA)
+		if q.enqueue(req, workerA, true) != sendDrain {
+			t.Fatal("the request did not take the held acknowledgement")
+		}
+		q.drain(fail)
+	}
+	round()
+	if allocs := testing.AllocsPerRun(100, round); allocs != 0 {
+		t.Fatalf("%v allocations per round", allocs)
+	}
+	if n := q.sentBundle.Load(); n != 102 {
+		t.Fatalf("%d bundles sent, want 102", n)
 	}
 }
