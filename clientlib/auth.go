@@ -190,7 +190,7 @@ func (c *Client) Stats() Stats {
 		BundlesReceived: c.bundlesRecv.Load(), BundledReceived: c.bundledRecv.Load(), BundlesDropped: c.bundlesBad.Load()}
 	if c.sendq != nil {
 		s.BundlesSent, s.BundledSent = c.sendq.sentBundle.Load(), c.sendq.inBundles.Load()
-		s.AcksHeld, s.AcksAlone = c.sendq.acksHeld.Load(), c.sendq.acksLate.Load()
+		s.AcksHeld, s.AcksAlone = c.sendq.acksHeld.Load(), c.sendq.acksAlone.Load()
 	}
 	c.mu.Lock()
 	s.Cached = c.cache.n

@@ -97,7 +97,7 @@ type sendQueue struct {
 	sentBundle atomic.Uint64 // BUNDLEs sent
 	inBundles  atomic.Uint64 // datagrams sent inside them
 	acksHeld   atomic.Uint64 // acknowledgements held (hold)
-	acksLate   atomic.Uint64 // of those, sent alone: by the timer, close, or ahead of a retransmission
+	acksAlone  atomic.Uint64 // of those, sent alone: by the timer, close, or ahead of a retransmission
 }
 
 // newSendQueue returns the send queue of socket pc (bc: its batch view,
@@ -131,31 +131,26 @@ const (
 func (s *sendQueue) enqueue(b []byte, to net.Addr, mayLead bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	held := len(s.held) > 0 && s.heldFor(to)
-	if !s.busy {
-		if !mayLead && !held {
+	held := s.heldFor(to)
+	if held {
+		s.moveHeld(to)
+	}
+	switch {
+	case !s.busy && !held:
+		if !mayLead {
 			return sendAlone
 		}
 		s.busy = true
-		if !held {
-			return sendNow
-		}
-		s.moveHeld(to)
-		s.appendQ(b, to)
+		return sendNow
+	case !s.busy:
+		s.busy = true
+		s.q = appendMsg(s.q, b, to)
 		return sendDrain
-	}
-	if held {
-		s.moveHeld(to)
-	} else if len(s.q) >= sendQueueMax {
+	case !held && len(s.q) >= sendQueueMax:
 		return sendAlone
 	}
-	s.appendQ(b, to)
-	return sendQueued
-}
-
-// appendQ queues a copy of b for to. Caller holds mu.
-func (s *sendQueue) appendQ(b []byte, to net.Addr) {
 	s.q = appendMsg(s.q, b, to)
+	return sendQueued
 }
 
 // appendMsg appends a copy of b for to to ms, reusing the buffer of a
@@ -244,7 +239,7 @@ func (s *sendQueue) flushHeld() {
 		s.mu.Unlock()
 		return
 	}
-	s.acksLate.Add(uint64(len(s.held)))
+	s.acksAlone.Add(uint64(len(s.held)))
 	s.moveHeld(nil)
 	if s.busy {
 		s.mu.Unlock()
@@ -261,14 +256,14 @@ func (s *sendQueue) flushHeld() {
 func (s *sendQueue) takeHeld(to net.Addr) []ipv4.Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.held) == 0 || !s.heldFor(to) {
+	if !s.heldFor(to) {
 		return nil
 	}
 	var out []ipv4.Message
 	s.unhold(to, func(b []byte, to net.Addr) {
 		out = append(out, ipv4.Message{Buffers: [][]byte{append([]byte(nil), b...)}, Addr: to})
 	})
-	s.acksLate.Add(uint64(len(out)))
+	s.acksAlone.Add(uint64(len(out)))
 	return out
 }
 

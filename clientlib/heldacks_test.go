@@ -114,7 +114,7 @@ func TestHeldAckRidesAhead(t *testing.T) {
 			t.Fatalf("idle queue: outcome %d, want drain", how)
 		}
 		q.drain(func(err error) { t.Errorf("send failed: %v", err) })
-		if n := q.acksLate.Load(); n != 0 {
+		if n := q.acksAlone.Load(); n != 0 {
 			t.Fatalf("%d acknowledgements counted late", n)
 		}
 		got := sent(t, rc)
@@ -157,8 +157,8 @@ func TestHeldAckTimer(t *testing.T) {
 	if got := sent(t, rc); len(got[0]) != 1 || got[0][0] != string(ga) {
 		t.Fatalf("sent %v, want the acknowledgement alone", got)
 	}
-	if q.acksLate.Load() != 1 || q.acksHeld.Load() != 1 {
-		t.Fatalf("held %d, late %d; want 1 and 1", q.acksHeld.Load(), q.acksLate.Load())
+	if q.acksAlone.Load() != 1 || q.acksHeld.Load() != 1 {
+		t.Fatalf("held %d, late %d; want 1 and 1", q.acksHeld.Load(), q.acksAlone.Load())
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
