@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tokend/tokend/embedded"
+	"github.com/tokend/tokend/testkit/freeport"
 )
 
 // etcdCluster is an embedded etcd cluster on loopback for the comparison.
@@ -25,12 +26,11 @@ type etcdCluster struct {
 }
 
 func freeURL() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
-	return "http://" + l.Addr().String(), nil
+	return "http://127.0.0.1:" + strconv.Itoa(p), nil
 }
 
 // startEtcd starts n members in a new temp dir, trying new ports up to

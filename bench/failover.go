@@ -18,6 +18,7 @@ import (
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/internal/proc"
+	"github.com/tokend/tokend/testkit/freeport"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -347,14 +348,7 @@ func startFailoverCluster(ctx context.Context, cfg *Config) (fc *failoverCluster
 	return fc, nil
 }
 
-func freeUDPPort() (int, error) {
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port, nil
-}
+func freeUDPPort() (int, error) { return freeport.Port() }
 
 func (fc *failoverCluster) ids() []string {
 	var out []string

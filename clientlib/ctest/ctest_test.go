@@ -48,6 +48,7 @@ import (
 
 	"github.com/tokend/tokend/clientlib"
 	"github.com/tokend/tokend/testkit/fakeworker"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire"
 	"github.com/tokend/tokend/wire/auth"
 )
@@ -1362,26 +1363,6 @@ func TestReadmeExample(t *testing.T) {
 
 // ---------------------------------------------------------------- a real tokend
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
 // startTokend builds cmd/tokend into a temp dir and starts it all-in-one on
 // loopback as a user would, secure (etcd with TLS, clients authenticated)
 // unless extra holds --insecure, with a 2 s session TTL (and the extra
@@ -1401,12 +1382,12 @@ func startTokend(t *testing.T, extra ...string) target {
 	}
 	insecure := slices.Contains(extra, "--insecure")
 	scheme := map[bool]string{false: "https", true: "http"}[insecure]
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	udpAddr := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", proctest.FreePort(t, "tcp"))
+	udpAddr := fmt.Sprintf("127.0.0.1:%d", proctest.FreePort(t, "udp"))
 	cmd := exec.Command(bin,
 		"--data-dir", filepath.Join(dir, "data"),
-		"--client-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
-		"--peer-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, freePort(t)),
+		"--client-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, proctest.FreePort(t, "tcp")),
+		"--peer-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, proctest.FreePort(t, "tcp")),
 		"--http-addr", httpAddr,
 		"--udp-addr", udpAddr,
 		"--session-ttl", "2s",

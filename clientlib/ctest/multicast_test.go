@@ -16,6 +16,7 @@ import (
 	"github.com/tokend/tokend/announce"
 	"github.com/tokend/tokend/internal/pki"
 	"github.com/tokend/tokend/testkit/mcast"
+	"github.com/tokend/tokend/testkit/proctest"
 	"github.com/tokend/tokend/wire/auth"
 )
 
@@ -54,7 +55,7 @@ func TestMulticastDiscovery(t *testing.T) {
 		t.Skipf("no multicast on loopback: %v", err)
 	}
 	bin := filepath.Join(buildC(t, false, "tokend-discover"), "tokend-discover")
-	group := fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), freeUDPPort(t))
+	group := fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), proctest.FreePort(t, "udp"))
 	cluster := fmt.Sprintf("ctest-%d", rand.Uint64())
 
 	fake, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -138,7 +139,7 @@ func TestMulticastDiscovery(t *testing.T) {
 	t.Cleanup(func() { close(stop); <-sent })
 
 	// Another group on which only the forgeries are heard: no worker.
-	fakeGroup := fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), freeUDPPort(t))
+	fakeGroup := fmt.Sprintf("239.255.%d.%d:%d", 100+rand.IntN(100), 1+rand.IntN(254), proctest.FreePort(t, "udp"))
 	sendFake := mcast.Sender(t, fakeGroup)
 	stop2, sent2 := make(chan struct{}), make(chan struct{})
 	go func() {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -37,24 +36,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	// Also check UDP on the same number, for worker ports.
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // testProc is a tokend process started by a test: this test binary,
 // running main (see proctest.Start).
 type testProc struct {
 	*proctest.Proc
 	t *testing.T
 }
+
+// freePort is a loopback port free for TCP and UDP (see testkit/freeport).
+func freePort(t *testing.T) int { return proctest.FreePort(t, "tcp") }
 
 func startProc(t *testing.T, args ...string) *testProc {
 	t.Helper()

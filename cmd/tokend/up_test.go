@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/testkit/proctest"
 )
 
 func TestUpFlags(t *testing.T) {
@@ -177,41 +176,6 @@ func TestUpDataDir(t *testing.T) {
 	}
 }
 
-// freeRange returns the first of n consecutive loopback ports that are free
-// for both TCP and UDP, below Linux's ephemeral range so that no outgoing
-// connection takes one meanwhile.
-func freeRange(t *testing.T, n int) int {
-	t.Helper()
-	for range 50 {
-		base := 15000 + rand.IntN(17000-n)
-		var held []io.Closer
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
-			l, err := net.Listen("tcp", addr)
-			if err != nil {
-				ok = false
-				break
-			}
-			held = append(held, l)
-			u, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				ok = false
-				break
-			}
-			held = append(held, u)
-		}
-		for _, c := range held {
-			c.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatalf("no %d consecutive free ports found", n)
-	return 0
-}
-
 func waitOutput(t *testing.T, p *testProc, want string, within time.Duration) {
 	t.Helper()
 	p.WaitOutput(want, within)
@@ -278,7 +242,7 @@ func TestUp(t *testing.T) {
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	const servers, workers = 3, 2
 	const ttl = 2 * time.Second
-	base := freeRange(t, 3*servers+2*workers)
+	base := proctest.FreeRange(t, 3*servers+2*workers)
 	dir := t.TempDir()
 	args := []string{"up", "--servers", strconv.Itoa(servers), "--workers", strconv.Itoa(workers),
 		"--data-dir", dir, "--base-port", strconv.Itoa(base), "--worker-ttl", ttl.String()}

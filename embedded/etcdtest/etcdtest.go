@@ -11,9 +11,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +22,7 @@ import (
 	"github.com/tokend/tokend/cluster"
 	"github.com/tokend/tokend/embedded"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/testkit/freeport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -63,16 +64,15 @@ func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
 	os.Exit(code)
 }
 
-// FreeURL returns "http://127.0.0.1:<port>" with a port that was free a
-// moment ago (another process may take it before it is used).
+// FreeURL returns "http://127.0.0.1:<port>" with a port that no other test
+// of this run holds (see testkit/freeport).
 func FreeURL(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatalf("etcdtest: find a free port: %v", err)
 	}
-	defer l.Close()
-	return "http://" + l.Addr().String()
+	return "http://127.0.0.1:" + strconv.Itoa(p)
 }
 
 // Logger returns the logger members started here use: etcd's errors, shown

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,6 +32,7 @@ import (
 	"github.com/tokend/tokend/coordinator"
 	"github.com/tokend/tokend/embedded"
 	"github.com/tokend/tokend/internal/pki"
+	"github.com/tokend/tokend/testkit/freeport"
 	"github.com/tokend/tokend/wire/auth"
 	"github.com/tokend/tokend/worker"
 )
@@ -113,12 +113,11 @@ func (c *Cluster) Auth() *worker.Auth {
 }
 
 func freeURL() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		return "", err
 	}
-	defer l.Close()
-	return "http://" + l.Addr().String(), nil
+	return "http://127.0.0.1:" + strconv.Itoa(p), nil
 }
 
 // Start starts the cluster and waits until every worker serves its shards.

@@ -11,7 +11,6 @@ package proctest
 import (
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tokend/tokend/testkit/freeport"
 )
 
 var (
@@ -157,42 +158,26 @@ func TokendLock(t testing.TB) string {
 // BuildTime is how long building tokend took (0 before Tokend).
 func BuildTime() time.Duration { return binBuild }
 
-var (
-	portsMu sync.Mutex // guards ports
-	ports   = map[int]bool{}
-)
-
-// FreePort returns a loopback port ("tcp" or "udp") not handed out before
-// in this run.
+// FreePort returns a loopback port free for both TCP and UDP that no other
+// test of this run holds (see package freeport); network is kept for the
+// callers' readability.
 func FreePort(t testing.TB, network string) int {
 	t.Helper()
-	for range 100 {
-		var port int
-		if network == "tcp" {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = l.Addr().(*net.TCPAddr).Port
-			l.Close()
-		} else {
-			c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = c.LocalAddr().(*net.UDPAddr).Port
-			c.Close()
-		}
-		portsMu.Lock()
-		fresh := !ports[port]
-		ports[port] = true
-		portsMu.Unlock()
-		if fresh {
-			return port
-		}
+	p, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no fresh port")
-	return 0
+	return p
+}
+
+// FreeRange returns the first of n consecutive such ports.
+func FreeRange(t testing.TB, n int) int {
+	t.Helper()
+	p, err := freeport.Range(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // Loop is 127.0.0.1:port.
