@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
+	"github.com/tokend/tokend/testkit/allocs"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -451,13 +452,13 @@ func TestReceiveBundleNoAlloc(t *testing.T) {
 	}
 	<-cls[0].ch
 	<-cls[1].ch
-	allocs := testing.AllocsPerRun(200, func() {
+	n := allocs.PerRun(200, func() {
 		out = c.handle(b, from, &r, &mr, out)
 		<-cls[0].ch
 		<-cls[1].ch
 	})
-	if allocs != 0 {
-		t.Fatalf("%v allocations per bundle", allocs)
+	if n != 0 {
+		t.Fatalf("%v allocations per bundle", n)
 	}
 }
 

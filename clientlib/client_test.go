@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tokend/tokend/testkit/allocs"
 	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
@@ -968,12 +969,12 @@ func TestReceiveNoAlloc(t *testing.T) {
 	default:
 		t.Fatal("the GRANT was not handed to its request")
 	}
-	allocs := testing.AllocsPerRun(200, func() {
+	n := allocs.PerRun(200, func() {
 		out = c.handle(b, from, &r, &mr, out)
 		<-cl.ch
 	})
-	if allocs != 0 {
-		t.Fatalf("%v allocations per reply", allocs)
+	if n != 0 {
+		t.Fatalf("%v allocations per reply", n)
 	}
 }
 

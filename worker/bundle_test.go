@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/testkit/allocs"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -736,7 +737,7 @@ func TestBundleAllocs(t *testing.T) {
 			}
 			b := f.c.bundleOf(pkts[0], forged, pkts[1])
 			f.handle(b) // the metric children exist
-			if n := testing.AllocsPerRun(200, func() { f.handle(b) }); n != 0 {
+			if n := allocs.PerRun(200, func() { f.handle(b) }); n != 0 {
 				t.Errorf("%v allocations per bundle", n)
 			}
 		})
