@@ -108,6 +108,10 @@ func (c *Client) acquireBatch(ctx context.Context, shard uint32, entries []wire.
 	}
 	cl := newCall()
 	cl.batch.Entries = entries
+	cl.names = make([]string, len(entries))
+	for k := range entries {
+		cl.names[k] = string(entries[k].Name)
+	}
 	cl.typ, cl.body, cl.routed, cl.shard = wire.TypeAcquireBatch, &cl.batch, true, shard
 	if err := c.register(ctx, cl, true); err != nil {
 		putCall(cl)

@@ -1,10 +1,13 @@
 package clientlib
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -55,4 +58,70 @@ func TestAcquireBatchFake(t *testing.T) {
 		}
 	}
 	_ = held.Release(ctx)
+}
+
+// TestBatchRevokeBeforeReply: the network reorders a REVOKE of a batch's
+// grant ahead of the batch's reply. The client must park it until the
+// grant is known (as it does for ACQUIRE), not take the fence for a stray
+// and give it back: that would leave the application holding a grant the
+// worker had already handed to someone else.
+func TestBatchRevokeBeforeReply(t *testing.T) {
+	fc := newFakeCluster(t, 8, fakeConfig{})
+	revoked := make(chan uint64, 4)
+	c := fc.dial(t, Config{OnRevoke: func(_ context.Context, tk *Token, r Revocation) { revoked <- r.Fence }})
+	ctx := ctxT(t, 5*time.Second)
+	// Two names of one shard: the batch is one ACQUIRE_BATCH.
+	other := "rb1"
+	for i := 0; wire.Shard([]byte(other), fc.cfg.shardCount) != wire.Shard([]byte("rb2"), fc.cfg.shardCount); i++ {
+		other = fmt.Sprintf("rb1-%d", i)
+	}
+	reqs := []BatchRequest{{Name: other, Mode: wire.EX}, {Name: "rb2", Mode: wire.EX}}
+	// Nothing from the worker reaches c until the batch is granted there.
+	fc.net.SetLink(fc.workers[0].conn.LocalAddr(), c.conn.LocalAddr(), faultnet.Rule{Cut: true})
+	type result struct {
+		toks []*Token
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		toks, err := c.AcquireBatch(ctx, reqs)
+		got <- result{toks, err}
+	}()
+	var fence uint64
+	eventually(t, 2*time.Second, "batch granted at the worker", func() bool {
+		gs := fc.grants(0, "rb2")
+		if len(gs) == 1 {
+			fence = gs[0].fence
+		}
+		return len(gs) == 1 && len(fc.grants(0, other)) == 1
+	})
+	// The REVOKE goes out first; the reply follows with the client's next
+	// retransmission.
+	fc.net.ClearRules()
+	fc.sendRevoke(0, c.Session(), "rb2", fence, wire.EX)
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.toks[1].Fence() != fence {
+		t.Fatalf("rb2 fence %#x, worker granted %#x", r.toks[1].Fence(), fence)
+	}
+	select {
+	case f := <-revoked:
+		if f != fence {
+			t.Fatalf("OnRevoke for fence %#x, want %#x", f, fence)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the REVOKE that overtook the batch's reply never reached the application")
+	}
+	// The grant is still the application's at the worker: nothing gave it
+	// back behind its back.
+	if gs := fc.grants(0, "rb2"); len(gs) != 1 || gs[0].fence != fence || gs[0].sess != c.Session() {
+		t.Fatalf("worker grants of rb2 %+v while the application holds fence %#x", gs, fence)
+	}
+	for _, tk := range r.toks {
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -24,10 +24,14 @@ type encoder interface {
 // goroutine running exchange touches its fields after register, except ch,
 // which recvLoop fills under c.mu.
 type call struct {
-	id       uint64
-	typ      wire.Type
-	body     encoder
-	name     string // token name, counted in c.inflight while unfinished ("" = not)
+	id   uint64
+	typ  wire.Type
+	body encoder
+	name string // token name, counted in c.inflight while unfinished ("" = not)
+	// names: the token names of an ACQUIRE_BATCH, each counted in
+	// c.inflight like name, so that a REVOKE of one of its grants that
+	// overtakes the reply is parked, not taken for a stray's.
+	names    []string
 	shard    uint32
 	routed   bool   // token request: destination and epoch come from the map
 	minEpoch uint32 // routed: wait for a route at this epoch or later (RECLAIM)
@@ -286,6 +290,9 @@ func (c *Client) register(ctx context.Context, cl *call, slot bool) error {
 	if cl.name != "" {
 		c.inflight[cl.name]++
 	}
+	for _, n := range cl.names {
+		c.inflight[n]++
+	}
 	c.mu.Unlock()
 	return nil
 }
@@ -307,14 +314,23 @@ func (c *Client) finishLocked(cl *call) {
 		c.unfinished = slices.Delete(c.unfinished, i, i+1)
 	}
 	if cl.name != "" {
-		if c.inflight[cl.name]--; c.inflight[cl.name] <= 0 {
-			delete(c.inflight, cl.name)
-			c.unparkLocked(cl.name)
-		}
+		c.unflightLocked(cl.name)
+	}
+	for _, n := range cl.names {
+		c.unflightLocked(n)
 	}
 	if cl.slot {
 		cl.slot = false
 		<-c.slots
+	}
+}
+
+// unflightLocked ends one unfinished request of token name; the last one
+// hands the REVOKEs parked meanwhile back to revokeLocked.
+func (c *Client) unflightLocked(name string) {
+	if c.inflight[name]--; c.inflight[name] <= 0 {
+		delete(c.inflight, name)
+		c.unparkLocked(name)
 	}
 }
 
