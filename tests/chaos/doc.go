@@ -14,6 +14,10 @@
 // ones) with the client token cache on (clientlib.Config.TokenCache), so
 // re-acquires served from a cache, and revokes of cached grants answered
 // by the library, are part of every checked history (check.Input.Cached).
+// Scenario 1 and the real-process scenarios also take a quarter of their
+// grants in batches of 2-3 tokens (clientlib.Client.AcquireBatch,
+// load.Config.Batch), whose grants the reordering network must not let a
+// REVOKE overtake unnoticed.
 //
 // # Scenarios
 //

@@ -85,6 +85,7 @@ type rclusterOpts struct {
 	servers, workers int
 	relayEtcd        bool          // workers reach etcd through TCP relays
 	sessionTTL       time.Duration // default rSessionTTL
+	workerTTL        time.Duration // default rWorkerTTL
 }
 
 func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
@@ -92,6 +93,9 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 	skipShort(t)
 	if o.sessionTTL == 0 {
 		o.sessionTTL = rSessionTTL
+	}
+	if o.workerTTL == 0 {
+		o.workerTTL = rWorkerTTL
 	}
 	bin := tokendBin(t)
 	start := time.Now()
@@ -150,7 +154,7 @@ func startReal(t *testing.T, seed uint64, o rclusterOpts) *rcluster {
 			}
 		}
 		w.args = []string{"worker", "--worker-id", w.id, "--certs-dir", c.certs, "--etcd-endpoints", strings.Join(eps, ","),
-			"--udp-addr", w.addr(), "--advertise-udp-addr", front, "--http-addr", loop(w.http), "--worker-ttl", rWorkerTTL.String()}
+			"--udp-addr", w.addr(), "--advertise-udp-addr", front, "--http-addr", loop(w.http), "--worker-ttl", o.workerTTL.String()}
 		c.workers = append(c.workers, w)
 		c.startWorker(w)
 		c.seeds = append(c.seeds, front)

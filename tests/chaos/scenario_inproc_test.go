@@ -16,7 +16,8 @@ import (
 
 // TestScenario1UDPChaos: every client-worker link drops 20 %, duplicates
 // 5 % and delays 0-50 ms (reordering); 16 clients share 32 tokens, EX and
-// PR, with read-modify-writes of the lock set under EX. The history of
+// PR, with read-modify-writes of the lock set under EX, a quarter of the
+// operations batches of 2-3 tokens (AcquireBatch). The history of
 // grants must be linearizable per token (invariants 1 and 2), no update
 // lost, at least 95 % of operations complete, and no grant is left behind
 // once everyone released (invariant 4: nothing applied twice).
@@ -40,7 +41,7 @@ func TestScenario1UDPChaos(t *testing.T) {
 		}
 		w := load.New()
 		cfg := load.Config{Tokens: load.TokenNames("s1", 32), Ops: opsEach, OpTimeout: 10 * time.Second,
-			Modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, Think: 2 * time.Millisecond, Register: true}
+			Modes: []wire.Mode{wire.EX, wire.EX, wire.PR}, Think: 2 * time.Millisecond, Register: true, Batch: true}
 		cls := make([]*clientlib.Client, clients)
 		for i := range cls {
 			// Even clients keep released grants in their token cache, so
@@ -55,6 +56,9 @@ func TestScenario1UDPChaos(t *testing.T) {
 		t.Logf("seed %d: %v; network sent %d, dropped %d, duplicated %d", seed, time.Since(start).Round(time.Millisecond),
 			st.Sent, st.Dropped, st.Duplicated)
 		w.Verify(t, 30*time.Second)
+		if w.N.Batched.Load() == 0 {
+			t.Error("no grants by AcquireBatch: the scenario did not test batches")
+		}
 		if done, all := w.N.Completed.Load(), w.N.Attempted.Load(); done*100 < all*95 {
 			t.Errorf("only %d of %d operations completed (want >= 95%%)", done, all)
 		}

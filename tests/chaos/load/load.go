@@ -33,6 +33,7 @@ type Config struct {
 	Ranges    bool          // half the acquires take a random byte range
 	Grow      bool          // with Ranges, half the ranged acquires ask with clientlib.Grow: the history records the range granted
 	Converts  bool          // holders sometimes convert up or down
+	Batch     bool          // a quarter of the operations take 2-3 whole tokens at once with AcquireBatch
 	Think     time.Duration // the critical section sleeps [0, think)
 	Register  bool          // writers read-modify-write the lock set, readers read it
 	// pause, if set, is called in some critical sections after the read and
@@ -55,6 +56,7 @@ type Counters struct {
 	LateAccepted                 atomic.Int64
 	Cached                       atomic.Int64 // acquires served from the client's token cache
 	Grown                        atomic.Int64 // acquires granted a larger range than asked (Config.Grow)
+	Batched                      atomic.Int64 // grants taken by AcquireBatch (Config.Batch)
 }
 
 // Workload drives clients and records what they see.
@@ -156,6 +158,14 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 	mine := map[string]map[uint64]bool{}
 	for op := 0; op < cfg.Ops && ctx.Err() == nil && (cfg.Until.IsZero() || time.Now().Before(cfg.Until)) && !stopped(cfg.Stop); op++ {
 		w.N.Attempted.Add(1)
+		if cfg.Batch && len(cfg.Tokens) >= 3 && rng.IntN(4) == 0 {
+			if !w.batch(ctx, id, cl, rng, cfg, mine) && cfg.Redial != nil {
+				if c := cfg.Redial(); c != nil {
+					cl = c
+				}
+			}
+			continue
+		}
 		name := cfg.Tokens[rng.IntN(len(cfg.Tokens))]
 		mode := cfg.Modes[rng.IntN(len(cfg.Modes))]
 		var opts []clientlib.Option
@@ -184,11 +194,7 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 			continue
 		}
 		fence := tok.Fence()
-		if mine[name] == nil {
-			mine[name] = map[uint64]bool{}
-		}
-		cached := mine[name][fence]
-		mine[name][fence] = true
+		cached := seen(mine, name, fence)
 		if s, e := tok.Range(); !cached && cfg.Grow && (s != start || e != end) && !wire.IsWhole(start, end) {
 			// Grown: the model and the critical section take the range
 			// granted, which covers the one asked.
@@ -213,29 +219,97 @@ func (w *Workload) RunClient(ctx context.Context, id int, cl *clientlib.Client, 
 			w.convert(ctx, h, rng, cfg)
 			mine[name][h.fence] = true
 		}
-		if err := h.tok.Err(); err != nil {
-			// Given back on another client's request (the library's
-			// default), or lost while held (lease ran out, session expired).
-			if errors.Is(err, clientlib.ErrRevoked) {
-				w.N.Revoked.Add(1)
-			} else {
-				w.N.Lost.Add(1)
-				w.opError("held", err)
-			}
-			h.End(errors.New("lost"))
-			w.N.Completed.Add(1)
-			continue
-		}
-		h.Valid()
-		rctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
-		err = tok.Release(rctx)
-		cancel()
-		if err != nil {
-			w.opError("release", err)
-		}
-		h.End(err)
+		// Given back on another client's request (the library's default),
+		// or lost while held (lease ran out, session expired): release
+		// tells.
+		w.release(ctx, h, cfg)
 		w.N.Completed.Add(1)
 	}
+}
+
+// seen reports whether this client was granted fence on name before (an
+// acquire that returns it again was served from the token cache), and
+// notes it.
+func seen(mine map[string]map[uint64]bool, name string, fence uint64) bool {
+	if mine[name] == nil {
+		mine[name] = map[uint64]bool{}
+	}
+	old := mine[name][fence]
+	mine[name][fence] = true
+	return old
+}
+
+// release gives h back, unless the client lost it or gave it back on a
+// revocation meanwhile, and records the end of the grant.
+func (w *Workload) release(ctx context.Context, h *Holding, cfg Config) {
+	if err := h.tok.Err(); err != nil {
+		if errors.Is(err, clientlib.ErrRevoked) {
+			w.N.Revoked.Add(1)
+		} else {
+			w.N.Lost.Add(1)
+			w.opError("held", err)
+		}
+		h.End(errors.New("lost"))
+		return
+	}
+	h.Valid()
+	rctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
+	err := h.tok.Release(rctx)
+	cancel()
+	if err != nil {
+		w.opError("release", err)
+	}
+	h.End(err)
+}
+
+// batch takes 2 or 3 distinct whole tokens with one AcquireBatch, runs the
+// critical section under each grant, and releases them. Each grant goes
+// into the history as an acquire over the batch's whole call: the batch is
+// all-or-none, so the client relies on none of them before it returns. It
+// reports false when the session is gone (the caller redials).
+func (w *Workload) batch(ctx context.Context, id int, cl *clientlib.Client, rng *rand.Rand, cfg Config, mine map[string]map[uint64]bool) bool {
+	pick := rng.Perm(len(cfg.Tokens))[:2+rng.IntN(2)]
+	reqs := make([]clientlib.BatchRequest, len(pick))
+	for k, i := range pick {
+		reqs[k] = clientlib.BatchRequest{Name: cfg.Tokens[i], Mode: cfg.Modes[rng.IntN(len(cfg.Modes))]}
+	}
+	actx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
+	call := w.Hist.Now()
+	toks, err := cl.AcquireBatch(actx, reqs)
+	ret := w.Hist.Now()
+	cancel()
+	if err != nil {
+		w.N.Failed.Add(1)
+		w.opError("batch", err)
+		SleepCtx(ctx, 10*time.Millisecond)
+		return !errors.Is(err, clientlib.ErrSessionExpired) && !errors.Is(err, clientlib.ErrClosed)
+	}
+	hs := make([]*Holding, len(toks))
+	for k, tok := range toks {
+		r := reqs[k]
+		mode, fence := r.Mode, tok.Fence()
+		start, end := uint64(0), uint64(0)
+		cached := seen(mine, r.Name, fence)
+		if cached {
+			// A batch that met a conflict falls back to one Acquire per
+			// token, which the cache may serve: the grant as it was kept.
+			mode = tok.Mode()
+			start, end = tok.Range()
+			w.N.Cached.Add(1)
+		}
+		hs[k] = &Holding{w: w, client: id, tok: tok, name: r.Name, fence: fence, mode: mode, from: start, to: end, lastValid: call}
+		w.Hist.Add(check.Input{Kind: check.OpAcquire, Client: id, Token: r.Name, Mode: mode, Start: start, End: end, Cached: cached},
+			check.Output{Fence: fence}, call, ret)
+		w.N.Batched.Add(1)
+	}
+	for _, h := range hs {
+		w.critical(ctx, h, rng, cfg)
+	}
+	for _, h := range hs {
+		w.release(ctx, h, cfg)
+	}
+	w.N.Completed.Add(1)
+	return true
 }
 
 // Cells returns the lock-set registers a grant of [start, end) covers: one
@@ -354,8 +428,8 @@ func (w *Workload) Verify(t testing.TB, perToken time.Duration) {
 	if !ls.OK() {
 		t.Errorf("lock set: lost %v, duplicated %v, audit %v", ls.Lost, ls.Dup, ls.Audit)
 	}
-	t.Logf("ops: %d attempted, %d completed (%d from a token cache, %d grown), %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
-		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Cached.Load(), w.N.Grown.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
+	t.Logf("ops: %d attempted, %d completed (%d from a token cache, %d grown, %d grants by batch), %d failed, %d released on revocation, %d lost while held, %d converts, %d pauses (%d late writes refused, %d accepted)",
+		w.N.Attempted.Load(), w.N.Completed.Load(), w.N.Cached.Load(), w.N.Grown.Load(), w.N.Batched.Load(), w.N.Failed.Load(), w.N.Revoked.Load(), w.N.Lost.Load(), w.N.Converted.Load(),
 		w.N.Pauses.Load(), w.N.LateRefused.Load(), w.N.LateAccepted.Load())
 	w.mu.Lock()
 	defer w.mu.Unlock()
