@@ -28,7 +28,10 @@ type BatchRequest struct {
 // conflicts, it acquires that shard's tokens one by one with Acquire, in
 // the same order, waiting as opts say (Wait, Try). If anything fails, it
 // releases what it got and returns the error; opts are those of Acquire
-// (Range is ignored: each request has its own).
+// (Range is ignored: each request has its own). With the token cache on
+// (Config.TokenCache), a shard whose tokens are all cached, each in a mode
+// and range that serve the request, is served from the cache with no
+// datagram; a shard with only some of them cached goes to the worker.
 //
 // Tokens a batch grant makes are ordinary Tokens: released, converted and
 // revoked one by one.
@@ -73,6 +76,15 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		for k, it := range group {
 			entries[k] = wire.BatchEntry{Mode: it.Mode, Start: it.Start, End: it.End, Name: []byte(it.Name)}
 		}
+		if hits := c.cachedBatch(entries); hits != nil {
+			// Every token of this shard's group is in the token cache:
+			// no datagram.
+			for k, it := range group {
+				out[it.i] = hits[k]
+			}
+			lo = hi
+			continue
+		}
 		toks, err := c.acquireBatch(ctx, group[0].shard, entries)
 		switch {
 		case err == nil:
@@ -99,6 +111,37 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 }
 
 const batchOp = "clientlib: acquire batch"
+
+// cachedBatch serves one shard's group of a batch from the token cache, all
+// of it or nothing (then the group goes to the worker as before, and a
+// fallback Acquire may still be served by the cache, one token at a time
+// in the global order). Taking only some would hold them, out of that
+// order, while the rest waits at the worker: a cached grant gives way to
+// a REVOKE at once, an application's does not.
+func (c *Client) cachedBatch(entries []wire.BatchEntry) []*Token {
+	if c.cacheMax <= 0 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return nil
+	}
+	hits := make([]*Token, 0, len(entries))
+	for _, e := range entries {
+		t := c.hitLocked(string(e.Name), e.Mode, e.Start, e.End)
+		if t == nil {
+			for _, h := range hits { // back into the cache
+				h.cached = true
+				c.pushLocked(h)
+			}
+			return nil
+		}
+		hits = append(hits, t)
+	}
+	c.cacheHits.Add(uint64(len(hits)))
+	return hits
+}
 
 // acquireBatch sends one ACQUIRE_BATCH of entries (all of shard) and makes
 // a Token of each grant, in entry order.

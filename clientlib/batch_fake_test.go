@@ -125,3 +125,78 @@ func TestBatchRevokeBeforeReply(t *testing.T) {
 		}
 	}
 }
+
+// TestAcquireBatchCached: with the token cache on, a batch whose tokens are
+// all cached is served with no datagram and the same fences; a batch of a
+// shard with one token cached and one not goes to the worker, and the
+// grants are still exactly one per token there.
+func TestAcquireBatchCached(t *testing.T) {
+	fc := newFakeCluster(t, 9, fakeConfig{})
+	c := fc.dial(t, Config{TokenCache: DefaultTokenCache})
+	ctx := ctxT(t, 5*time.Second)
+	// Three names of one shard.
+	shard := wire.Shard([]byte("cb0"), fc.cfg.shardCount)
+	names := []string{"cb0"}
+	for i := 1; len(names) < 3; i++ {
+		if n := fmt.Sprintf("cb%d", i); wire.Shard([]byte(n), fc.cfg.shardCount) == shard {
+			names = append(names, n)
+		}
+	}
+	reqs := []BatchRequest{{Name: names[0], Mode: wire.EX}, {Name: names[1], Mode: wire.PW}}
+	toks, err := c.AcquireBatch(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fences := []uint64{toks[0].Fence(), toks[1].Fence()}
+	for _, tk := range toks {
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := c.Stats()
+	if st.Cached != 2 {
+		t.Fatalf("after release: %d cached, want 2", st.Cached)
+	}
+	// EX serves EX and PR; PW serves PW.
+	again, err := c.AcquireBatch(ctx, []BatchRequest{{Name: names[0], Mode: wire.PR}, {Name: names[1], Mode: wire.PW}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := c.Stats()
+	if after.Sent != st.Sent || after.CacheHits != st.CacheHits+2 {
+		t.Fatalf("cached batch: sent %d -> %d, hits %d -> %d; want no datagram and 2 hits", st.Sent, after.Sent, st.CacheHits, after.CacheHits)
+	}
+	if again[0].Fence() != fences[0] || again[1].Fence() != fences[1] || again[0].Mode() != wire.EX {
+		t.Fatalf("cached batch gave fences %#x %#x (mode %v), cached %#x %#x", again[0].Fence(), again[1].Fence(), again[0].Mode(), fences[0], fences[1])
+	}
+	for _, tk := range again {
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Only one of these is cached: the shard goes to the worker (the
+	// cached EX grant of names[0] is still given way to), and the cache
+	// gives nothing out of order.
+	mixed, err := c.AcquireBatch(ctx, []BatchRequest{{Name: names[0], Mode: wire.EX}, {Name: names[2], Mode: wire.EX}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Stats().Sent == after.Sent {
+		t.Fatal("a batch with an uncached token sent nothing")
+	}
+	for i, n := range []string{names[0], names[2]} {
+		gs := fc.grants(0, n)
+		if len(gs) != 1 || gs[0].fence != mixed[i].Fence() || gs[0].sess != c.Session() {
+			t.Fatalf("%s: worker grants %+v, token fence %#x", n, gs, mixed[i].Fence())
+		}
+	}
+	// names[1]'s PW grant is still cached, untouched.
+	if gs := fc.grants(0, names[1]); len(gs) != 1 || gs[0].fence != fences[1] {
+		t.Fatalf("%s: worker grants %+v, want the cached fence %#x", names[1], gs, fences[1])
+	}
+	for _, tk := range mixed {
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
