@@ -29,9 +29,9 @@ type BatchRequest struct {
 // the same order, waiting as opts say (Wait, Try). If anything fails, it
 // releases what it got and returns the error; opts are those of Acquire
 // (Range is ignored: each request has its own). With the token cache on
-// (Config.TokenCache), a shard whose tokens are all cached, each in a mode
-// and range that serve the request, is served from the cache with no
-// datagram; a shard with only some of them cached goes to the worker.
+// (Config.TokenCache), a shard with one of its names cached is taken token
+// by token with Acquire, in the same order, so that the cache serves what
+// it can with no datagram.
 //
 // Tokens a batch grant makes are ordinary Tokens: released, converted and
 // revoked one by one.
@@ -76,34 +76,31 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		for k, it := range group {
 			entries[k] = wire.BatchEntry{Mode: it.Mode, Start: it.Start, End: it.End, Name: []byte(it.Name)}
 		}
-		if hits := c.cachedBatch(entries); hits != nil {
-			// Every token of this shard's group is in the token cache:
-			// no datagram.
-			for k, it := range group {
-				out[it.i] = hits[k]
-			}
-			lo = hi
-			continue
-		}
-		toks, err := c.acquireBatch(ctx, group[0].shard, entries)
-		switch {
-		case err == nil:
-			for k, it := range group {
-				out[it.i] = toks[k]
-			}
-		case errors.Is(err, ErrConflict):
-			// Someone holds or waits for one of them: wait for each in
-			// the global order, holding the earlier ones.
-			c.batchFallbacks.Add(1)
-			for _, it := range group {
-				t, err := c.Acquire(ctx, it.Name, it.Mode, append(opts[:len(opts):len(opts)], Range(it.Start, it.End))...)
-				if err != nil {
-					return fail(fmt.Errorf("%s: %w", batchOp, err))
+		// One ACQUIRE_BATCH, unless a name of the shard is in the token
+		// cache: the worker would refuse the batch for the session's own
+		// cached grant, and the cache serves hits with no datagram.
+		if !c.cachesAny(entries) {
+			toks, err := c.acquireBatch(ctx, group[0].shard, entries)
+			if err == nil {
+				for k, it := range group {
+					out[it.i] = toks[k]
 				}
-				out[it.i] = t
+				lo = hi
+				continue
 			}
-		default:
-			return fail(err)
+			if !errors.Is(err, ErrConflict) {
+				return fail(err)
+			}
+			c.batchFallbacks.Add(1)
+		}
+		// Someone holds or waits for one of them, or the cache has one:
+		// each in the global order, holding the earlier ones.
+		for _, it := range group {
+			t, err := c.Acquire(ctx, it.Name, it.Mode, append(opts[:len(opts):len(opts)], Range(it.Start, it.End))...)
+			if err != nil {
+				return fail(fmt.Errorf("%s: %w", batchOp, err))
+			}
+			out[it.i] = t
 		}
 		lo = hi
 	}
@@ -112,35 +109,22 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 
 const batchOp = "clientlib: acquire batch"
 
-// cachedBatch serves one shard's group of a batch from the token cache, all
-// of it or nothing (then the group goes to the worker as before, and a
-// fallback Acquire may still be served by the cache, one token at a time
-// in the global order). Taking only some would hold them, out of that
-// order, while the rest waits at the worker: a cached grant gives way to
-// a REVOKE at once, an application's does not.
-func (c *Client) cachedBatch(entries []wire.BatchEntry) []*Token {
+// cachesAny reports whether the token cache holds a grant of one of the
+// names of entries.
+func (c *Client) cachesAny(entries []wire.BatchEntry) bool {
 	if c.cacheMax <= 0 {
-		return nil
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stateOpen {
-		return nil
-	}
-	hits := make([]*Token, 0, len(entries))
 	for _, e := range entries {
-		t := c.hitLocked(string(e.Name), e.Mode, e.Start, e.End)
-		if t == nil {
-			for _, h := range hits { // back into the cache
-				h.cached = true
-				c.pushLocked(h)
+		for _, t := range c.byName[string(e.Name)] {
+			if t.cached {
+				return true
 			}
-			return nil
 		}
-		hits = append(hits, t)
 	}
-	c.cacheHits.Add(uint64(len(hits)))
-	return hits
+	return false
 }
 
 // acquireBatch sends one ACQUIRE_BATCH of entries (all of shard) and makes

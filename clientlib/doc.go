@@ -156,8 +156,8 @@
 //     and first gives back (RELEASE, waiting for the answer) the cached
 //     grants of the name that conflict with it or are no longer fresh: the
 //     worker would make it wait for, or with Try fail on, the session's own
-//     grant. AcquireBatch is served the same way per shard, all of a
-//     shard's tokens from the cache or none (then they go to the worker).
+//     grant. AcquireBatch takes a shard with a cached name token by
+//     token, so that the cache serves it the same way.
 //   - Revoked: a REVOKE of a cached grant is answered by the library at
 //     once with RELEASE (whatever mode is wanted); OnRevoke is not called.
 //     A grant grown beyond what the REVOKE wants (Grow) is split when the
