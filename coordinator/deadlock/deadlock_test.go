@@ -3,13 +3,14 @@ package deadlock
 import (
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 )
 
 // TestScenarios runs testdata/*.txt. Commands:
@@ -21,36 +22,30 @@ import (
 //
 // The output lists the victims: worker shard:epoch s= req= age= cycle=.
 func TestScenarios(t *testing.T) {
-	files, _ := filepath.Glob("testdata/*.txt")
-	if len(files) == 0 {
-		t.Fatal("no scenarios")
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			d := &Detector{}
-			datadriven.RunTest(t, f, func(t *testing.T, td *datadriven.TestData) string {
-				switch td.Cmd {
-				case "reset":
-					d.Reset()
-					return "ok\n"
-				case "round", "victims":
-					ws, err := parseWaits(td.Input)
-					if err != nil {
-						td.Fatalf(t, "%v", err)
-					}
-					var vs []Victim
-					if td.Cmd == "round" {
-						vs = d.Round(ws)
-					} else {
-						vs = Victims(ws)
-					}
-					return formatVictims(vs)
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		d := &Detector{}
+		return func(t *testing.T, td *datadriven.TestData) string {
+			switch td.Cmd {
+			case "reset":
+				d.Reset()
+				return "ok\n"
+			case "round", "victims":
+				ws, err := parseWaits(td.Input)
+				if err != nil {
+					td.Fatalf(t, "%v", err)
 				}
-				td.Fatalf(t, "unknown command %q", td.Cmd)
-				return ""
-			})
-		})
-	}
+				var vs []Victim
+				if td.Cmd == "round" {
+					vs = d.Round(ws)
+				} else {
+					vs = Victims(ws)
+				}
+				return formatVictims(vs)
+			}
+			td.Fatalf(t, "unknown command %q", td.Cmd)
+			return ""
+		}
+	})
 }
 
 func parseWaits(in string) ([]Wait, error) {

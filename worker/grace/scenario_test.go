@@ -2,12 +2,13 @@ package grace
 
 import (
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 )
 
 // TestScenarios runs the scripts in testdata/*.txt against one Tracker;
@@ -26,18 +27,10 @@ import (
 // Every command that can end grace prints the shards that end it, or
 // "nothing ends".
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			tr := New()
-			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				return run(t, d, tr)
-			})
-		})
-	}
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		tr := New()
+		return func(t *testing.T, d *datadriven.TestData) string { return run(t, d, tr) }
+	})
 }
 
 func run(t *testing.T, d *datadriven.TestData, tr *Tracker) string {

@@ -2,13 +2,13 @@ package guard
 
 import (
 	"fmt"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 )
 
 // TestScenarios runs the scripts in testdata/*.txt: the open defences of a
@@ -26,96 +26,52 @@ import (
 //	put key=K [for=D]                    remember open K for D (default 10s)
 //	get key=K                            a retransmission of open K
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			var (
-				now int64
-				bs  *Buckets[string]
-				rt  *Recent[string, string]
-			)
-			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				a := map[string]string{}
-				for _, ca := range d.CmdArgs {
-					a[ca.Key] = ""
-					if len(ca.Vals) > 0 {
-						a[ca.Key] = ca.Vals[0]
-					}
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		var (
+			now int64
+			bs  *Buckets[string]
+			rt  *Recent[string, string]
+		)
+		return func(t *testing.T, d *datadriven.TestData) string {
+			a := script.ArgsOf(d)
+			num := func(k string, def float64) float64 { return a.Float(t, d, k, def) }
+			dur := func(k string, def int64) int64 { return a.Nanos(t, d, k, def) }
+			if _, ok := a["now"]; ok {
+				n := dur("now", 0)
+				if n < now {
+					d.Fatalf(t, "now=%s goes back", a["now"])
 				}
-				num := func(k string, def float64) float64 {
-					v, ok := a[k]
-					if !ok {
-						return def
-					}
-					n, err := strconv.ParseFloat(v, 64)
-					if err != nil {
-						d.Fatalf(t, "%s=%q: %v", k, v, err)
-					}
-					return n
+				now = n
+			}
+			switch d.Cmd {
+			case "buckets":
+				bs = &Buckets[string]{Rate: num("rate", 1), Burst: num("burst", 1), Max: int(num("max", 1))}
+				return "ok\n"
+			case "allow":
+				var out []string
+				for range int(num("n", 1)) {
+					out = append(out, [...]string{Allowed: "allowed", Limited: "limited", Full: "full"}[bs.Allow(a["src"], now)])
 				}
-				dur := func(k string, def int64) int64 {
-					v, ok := a[k]
-					if !ok {
-						return def
-					}
-					n, err := parseTime(v)
-					if err != nil {
-						d.Fatalf(t, "%s=%q: %v", k, v, err)
-					}
-					return n
+				return fmt.Sprintf("%s (%d buckets)\n", strings.Join(out, " "), bs.Len())
+			case "sweep":
+				bs.Sweep(now)
+				return fmt.Sprintf("%d buckets\n", bs.Len())
+			case "recent":
+				rt = &Recent[string, string]{Max: int(num("max", 1))}
+				return "ok\n"
+			case "put":
+				if !rt.Put(a["key"], "reply "+a["key"], now, now+dur("for", 10*int64(time.Second))) {
+					return fmt.Sprintf("full (%d entries)\n", rt.Len())
 				}
-				if _, ok := a["now"]; ok {
-					n := dur("now", 0)
-					if n < now {
-						d.Fatalf(t, "now=%s goes back", a["now"])
-					}
-					now = n
+				return fmt.Sprintf("kept (%d entries)\n", rt.Len())
+			case "get":
+				if v, ok := rt.Get(a["key"], now); ok {
+					return v + "\n"
 				}
-				switch d.Cmd {
-				case "buckets":
-					bs = &Buckets[string]{Rate: num("rate", 1), Burst: num("burst", 1), Max: int(num("max", 1))}
-					return "ok\n"
-				case "allow":
-					var out []string
-					for range int(num("n", 1)) {
-						out = append(out, [...]string{Allowed: "allowed", Limited: "limited", Full: "full"}[bs.Allow(a["src"], now)])
-					}
-					return fmt.Sprintf("%s (%d buckets)\n", strings.Join(out, " "), bs.Len())
-				case "sweep":
-					bs.Sweep(now)
-					return fmt.Sprintf("%d buckets\n", bs.Len())
-				case "recent":
-					rt = &Recent[string, string]{Max: int(num("max", 1))}
-					return "ok\n"
-				case "put":
-					if !rt.Put(a["key"], "reply "+a["key"], now, now+dur("for", 10*int64(time.Second))) {
-						return fmt.Sprintf("full (%d entries)\n", rt.Len())
-					}
-					return fmt.Sprintf("kept (%d entries)\n", rt.Len())
-				case "get":
-					if v, ok := rt.Get(a["key"], now); ok {
-						return v + "\n"
-					}
-					return "not found\n"
-				}
-				d.Fatalf(t, "unknown command %q", d.Cmd)
-				return ""
-			})
-		})
-	}
-}
-
-func parseTime(s string) (int64, error) {
-	mult := int64(1)
-	switch {
-	case strings.HasSuffix(s, "ms"):
-		s, mult = strings.TrimSuffix(s, "ms"), int64(time.Millisecond)
-	case strings.HasSuffix(s, "s"):
-		s, mult = strings.TrimSuffix(s, "s"), int64(time.Second)
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	return int64(f * float64(mult)), err
+				return "not found\n"
+			}
+			d.Fatalf(t, "unknown command %q", d.Cmd)
+			return ""
+		}
+	})
 }

@@ -2,13 +2,14 @@ package ownership
 
 import (
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
 	"github.com/tokend/tokend/cluster/delegation"
+	"github.com/tokend/tokend/testkit/script"
 )
 
 // TestScenarios runs the scripts in testdata/*.txt. Each applies maps to a
@@ -36,16 +37,10 @@ import (
 //
 // Times are nanoseconds, or numbers with the unit ms or s.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			h := &harness{maps: map[uint64]delegation.Map{}, canPull: map[delegation.Owner]bool{}}
-			datadriven.RunTest(t, f, h.run)
-		})
-	}
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		h := &harness{maps: map[uint64]delegation.Map{}, canPull: map[delegation.Owner]bool{}}
+		return h.run
+	})
 }
 
 type harness struct {
@@ -57,13 +52,7 @@ type harness struct {
 }
 
 func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
-	a := map[string]string{}
-	for _, ca := range d.CmdArgs {
-		a[ca.Key] = ""
-		if len(ca.Vals) > 0 {
-			a[ca.Key] = ca.Vals[0]
-		}
-	}
+	a := script.ArgsOf(d)
 	num := func(k string) uint64 {
 		n, err := strconv.ParseUint(a[k], 10, 64)
 		if err != nil {
@@ -72,11 +61,10 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		return n
 	}
 	dur := func(k string) int64 {
-		n, err := parseTime(a[k])
-		if err != nil {
-			d.Fatalf(t, "%s=%q: %v", k, a[k], err)
+		if _, ok := a[k]; !ok {
+			d.Fatalf(t, "%s= is required", k)
 		}
-		return n
+		return a.Nanos(t, d, k, 0)
 	}
 	var out []string
 	switch d.Cmd {
@@ -247,18 +235,6 @@ func parseMap(version uint64, line string) (delegation.Map, error) {
 		m.Owner, m.Epoch = append(m.Owner, i), append(m.Epoch, uint32(e))
 	}
 	return m, m.Validate()
-}
-
-func parseTime(s string) (int64, error) {
-	unit := int64(1)
-	switch {
-	case strings.HasSuffix(s, "ms"):
-		s, unit = strings.TrimSuffix(s, "ms"), 1e6
-	case strings.HasSuffix(s, "s"):
-		s, unit = strings.TrimSuffix(s, "s"), 1e9
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n * unit, err
 }
 
 func ms(ns int64) string { return strconv.FormatFloat(float64(ns)/1e6, 'f', -1, 64) + "ms" }

@@ -2,13 +2,14 @@ package session
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -42,16 +43,10 @@ import (
 // After every command the harness lists the REVOKEs and GRANT_ASYNCs that
 // stopped being retransmitted.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			h := &harness{}
-			datadriven.RunTest(t, f, h.run)
-		})
-	}
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		h := &harness{}
+		return h.run
+	})
 }
 
 type harness struct {
@@ -60,13 +55,7 @@ type harness struct {
 }
 
 func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
-	a := map[string]string{}
-	for _, ca := range d.CmdArgs {
-		a[ca.Key] = ""
-		if len(ca.Vals) > 0 {
-			a[ca.Key] = ca.Vals[0]
-		}
-	}
+	a := script.ArgsOf(d)
 	has := func(k string) bool { _, ok := a[k]; return ok }
 	num := func(k string, def uint64) uint64 {
 		v, ok := a[k]
@@ -80,7 +69,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		return n
 	}
 	if has("now") {
-		n := parseTime(t, d, a["now"])
+		n := a.Nanos(t, d, "now", 0)
 		if n < h.now {
 			d.Fatalf(t, "now=%s goes back from %s", a["now"], ms(h.now))
 		}
@@ -394,21 +383,6 @@ func parseStatus(t *testing.T, d *datadriven.TestData, s string) wire.Status {
 	}
 	d.Fatalf(t, "status=%q: no such status", s)
 	return 0
-}
-
-func parseTime(t *testing.T, d *datadriven.TestData, s string) int64 {
-	unit, num := 1.0, s
-	switch {
-	case strings.HasSuffix(s, "ms"):
-		unit, num = 1e6, strings.TrimSuffix(s, "ms")
-	case strings.HasSuffix(s, "s"):
-		unit, num = 1e9, strings.TrimSuffix(s, "s")
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil {
-		d.Fatalf(t, "now=%q: %v", s, err)
-	}
-	return int64(f * unit)
 }
 
 // ms formats nanoseconds as milliseconds.

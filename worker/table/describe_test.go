@@ -3,12 +3,13 @@ package table
 import (
 	"fmt"
 	"math"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -19,44 +20,38 @@ import (
 //
 // `go test ./worker/table -run TestDescribe -rewrite` regenerates them.
 func TestDescribe(t *testing.T) {
-	files, err := filepath.Glob("testdata/describe/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			h := &harness{reqs: map[uint64]uint64{}}
-			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				if d.Cmd != "describe" {
-					return h.run(t, d)
+	script.Run(t, "testdata/describe/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		h := &harness{reqs: map[uint64]uint64{}}
+		return func(t *testing.T, d *datadriven.TestData) string {
+			if d.Cmd != "describe" {
+				return h.run(t, d)
+			}
+			var name string
+			limit := 10
+			for _, a := range d.CmdArgs {
+				switch {
+				case a.Key == "name" && len(a.Vals) == 1:
+					name = a.Vals[0]
+				case a.Key == "limit" && len(a.Vals) == 1:
+					limit, _ = strconv.Atoi(a.Vals[0])
+				default:
+					d.Fatalf(t, "describe: unknown argument %s", a.Key)
 				}
-				var name string
-				limit := 10
-				for _, a := range d.CmdArgs {
-					switch {
-					case a.Key == "name" && len(a.Vals) == 1:
-						name = a.Vals[0]
-					case a.Key == "limit" && len(a.Vals) == 1:
-						limit, _ = strconv.Atoi(a.Vals[0])
-					default:
-						d.Fatalf(t, "describe: unknown argument %s", a.Key)
-					}
-				}
-				if h.tab == nil {
-					h.tab, _ = New(1, Config{})
-				}
-				before := h.dump()
-				v, ok := h.tab.Describe([]byte(name), limit)
-				if after := h.dump(); after != before {
-					d.Fatalf(t, "Describe changed the table:\n%s\n----\n%s", before, after)
-				}
-				if !ok {
-					return "unknown\n"
-				}
-				return formatView(v) + "\n"
-			})
-		})
-	}
+			}
+			if h.tab == nil {
+				h.tab, _ = New(1, Config{})
+			}
+			before := h.dump()
+			v, ok := h.tab.Describe([]byte(name), limit)
+			if after := h.dump(); after != before {
+				d.Fatalf(t, "Describe changed the table:\n%s\n----\n%s", before, after)
+			}
+			if !ok {
+				return "unknown\n"
+			}
+			return formatView(v) + "\n"
+		}
+	})
 }
 
 func formatView(v TokenView) string {

@@ -2,13 +2,14 @@ package table
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 	"github.com/tokend/tokend/wire"
 )
 
@@ -42,16 +43,10 @@ import (
 // it sets an empty value; big-value sets a 65-byte one; name-len=N uses a
 // name of N bytes.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			h := &harness{reqs: map[uint64]uint64{}}
-			datadriven.RunTest(t, f, h.run)
-		})
-	}
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		h := &harness{reqs: map[uint64]uint64{}}
+		return h.run
+	})
 }
 
 type harness struct {
@@ -67,13 +62,7 @@ type args map[string]string
 func (a args) has(k string) bool { _, ok := a[k]; return ok }
 
 func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
-	a := args{}
-	for _, ca := range d.CmdArgs {
-		a[ca.Key] = ""
-		if len(ca.Vals) > 0 {
-			a[ca.Key] = ca.Vals[0]
-		}
-	}
+	a := args(script.ArgsOf(d))
 	num := func(k string, def int64) int64 {
 		v, ok := a[k]
 		if !ok {

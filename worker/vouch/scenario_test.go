@@ -2,12 +2,12 @@ package vouch
 
 import (
 	"fmt"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
+
+	"github.com/tokend/tokend/testkit/script"
 )
 
 // TestScenarios runs the scripts in testdata/*.txt: a worker's lease
@@ -28,99 +28,65 @@ import (
 //
 // Every command that changes the lease shows SafeUntil afterwards.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			var l Lease
-			var ttl int64
-			datadriven.RunTest(t, f, func(t *testing.T, d *datadriven.TestData) string {
-				a := map[string]string{}
-				for _, ca := range d.CmdArgs {
-					a[ca.Key] = ""
-					if len(ca.Vals) > 0 {
-						a[ca.Key] = ca.Vals[0]
-					}
-				}
-				dur := func(k string, def int64) int64 {
-					v, ok := a[k]
-					if !ok {
-						return def
-					}
-					n, err := parseTime(v)
+	script.Run(t, "testdata/*.txt", func() func(*testing.T, *datadriven.TestData) string {
+		var l Lease
+		var ttl int64
+		return func(t *testing.T, d *datadriven.TestData) string {
+			a := script.ArgsOf(d)
+			dur := func(k string, def int64) int64 { return a.Nanos(t, d, k, def) }
+			var out string
+			switch d.Cmd {
+			case "grant":
+				drift := 0.01
+				if v, ok := a["drift"]; ok {
+					f, err := strconv.ParseFloat(v, 64)
 					if err != nil {
-						d.Fatalf(t, "%s=%q: %v", k, v, err)
+						d.Fatalf(t, "drift=%q: %v", v, err)
 					}
-					return n
+					drift = f
 				}
-				var out string
-				switch d.Cmd {
-				case "grant":
-					drift := 0.01
-					if v, ok := a["drift"]; ok {
-						f, err := strconv.ParseFloat(v, 64)
-						if err != nil {
-							d.Fatalf(t, "drift=%q: %v", v, err)
-						}
-						drift = f
-					}
-					ttl = dur("ttl", 0)
-					l = Grant(dur("sent", 0), ttl, dur("granted", ttl), drift)
-					out = fmt.Sprintf("renew every %s, hedge after %s", ms(l.Interval()), ms(l.Hedge()))
-				case "renew":
-					_, stale := a["map"]
-					_, noAnswer := a["no-answer"]
-					_, notFound := a["not-found"]
-					r := Renewal{Start: dur("start", 0), Answered: !noAnswer && !notFound, NotFound: notFound,
-						MapCurrent: !stale || a["map"] != "stale"}
-					if r.Answered {
-						r.TTL = dur("ttl", ttl)
-					}
-					v, again := l.Renewed(r)
-					out = v.String()
-					if v != Lost {
-						out += ", next round in " + ms(again)
-					}
-				case "lose":
-					l.Lose()
-					out = "revoked"
-				case "at":
-					now := dur("now", 0)
-					until, ok := l.SafeUntil()
-					switch {
-					case !ok:
-						return "lost: vouches for nothing, validity_ms 0\n"
-					case now < until:
-						return fmt.Sprintf("safe, validity_ms %d\n", ValidityMs(until-now))
-					default:
-						return fmt.Sprintf("not safe, validity_ms %d\n", ValidityMs(until-now))
-					}
+				ttl = dur("ttl", 0)
+				l = Grant(dur("sent", 0), ttl, dur("granted", ttl), drift)
+				out = fmt.Sprintf("renew every %s, hedge after %s", ms(l.Interval()), ms(l.Hedge()))
+			case "renew":
+				_, stale := a["map"]
+				_, noAnswer := a["no-answer"]
+				_, notFound := a["not-found"]
+				r := Renewal{Start: dur("start", 0), Answered: !noAnswer && !notFound, NotFound: notFound,
+					MapCurrent: !stale || a["map"] != "stale"}
+				if r.Answered {
+					r.TTL = dur("ttl", ttl)
+				}
+				v, again := l.Renewed(r)
+				out = v.String()
+				if v != Lost {
+					out += ", next round in " + ms(again)
+				}
+			case "lose":
+				l.Lose()
+				out = "revoked"
+			case "at":
+				now := dur("now", 0)
+				until, ok := l.SafeUntil()
+				switch {
+				case !ok:
+					return "lost: vouches for nothing, validity_ms 0\n"
+				case now < until:
+					return fmt.Sprintf("safe, validity_ms %d\n", ValidityMs(until-now))
 				default:
-					d.Fatalf(t, "unknown command %q", d.Cmd)
+					return fmt.Sprintf("not safe, validity_ms %d\n", ValidityMs(until-now))
 				}
-				if until, ok := l.SafeUntil(); ok {
-					out += "\nsafe until " + ms(until)
-				} else {
-					out += "\nlost: never safe"
-				}
-				return out + "\n"
-			})
-		})
-	}
-}
-
-func parseTime(s string) (int64, error) {
-	unit := int64(1)
-	switch {
-	case strings.HasSuffix(s, "ms"):
-		s, unit = strings.TrimSuffix(s, "ms"), 1e6
-	case strings.HasSuffix(s, "s"):
-		s, unit = strings.TrimSuffix(s, "s"), 1e9
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n * unit, err
+			default:
+				d.Fatalf(t, "unknown command %q", d.Cmd)
+			}
+			if until, ok := l.SafeUntil(); ok {
+				out += "\nsafe until " + ms(until)
+			} else {
+				out += "\nlost: never safe"
+			}
+			return out + "\n"
+		}
+	})
 }
 
 func ms(ns int64) string { return strconv.FormatFloat(float64(ns)/1e6, 'f', -1, 64) + "ms" }
