@@ -33,6 +33,11 @@ type BatchRequest struct {
 // by token with Acquire, in the same order, so that the cache serves what
 // it can with no datagram.
 //
+// Every Token it returns is valid for at least as long as one Acquire
+// returns: the grants of earlier shards, which may have aged while a later
+// shard waited, are confirmed by their workers first (a KEEPALIVE), or
+// AcquireBatch fails and gives everything back.
+//
 // Tokens a batch grant makes are ordinary Tokens: released, converted and
 // revoked one by one.
 func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...Option) ([]*Token, error) {
@@ -66,6 +71,7 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		}
 		return nil, err
 	}
+	groups := 0
 	for lo := 0; lo < len(items); {
 		hi := lo + 1
 		for hi < len(items) && hi-lo < wire.MaxBatch && items[hi].shard == items[lo].shard {
@@ -86,6 +92,7 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 					out[it.i] = toks[k]
 				}
 				lo = hi
+				groups++
 				continue
 			}
 			if !errors.Is(err, ErrConflict) {
@@ -103,6 +110,18 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 			out[it.i] = t
 		}
 		lo = hi
+		groups++
+	}
+	if groups > 1 {
+		// The grants of the first shards aged while the later ones were
+		// taken (a fallback Acquire may have waited long): each is valid
+		// for at least freshFor when AcquireBatch returns, as one from
+		// Acquire is. confirm returns at once for those still fresh.
+		for _, t := range out {
+			if err := c.confirm(ctx, t); err != nil {
+				return fail(fmt.Errorf("%s: %w", batchOp, err))
+			}
+		}
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/testkit/fakeclock"
 	"github.com/tokend/tokend/testkit/faultnet"
 	"github.com/tokend/tokend/wire"
 )
@@ -199,6 +200,85 @@ func TestAcquireBatchCached(t *testing.T) {
 		t.Fatalf("%s: worker grants %+v, want the cached fence %#x", names[1], gs, fences[1])
 	}
 	for _, tk := range mixed {
+		if err := tk.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestAcquireBatchConfirmsEarlierShards: a batch over two shards of two
+// workers whose second shard waits in a queue returns its first shard's
+// grant valid for at least freshFor, as Acquire would: it waits for that
+// worker to vouch anew rather than hand out a grant that aged meanwhile.
+func TestAcquireBatchConfirmsEarlierShards(t *testing.T) {
+	fc := newFakeCluster(t, 38, fakeConfig{workers: 2, workerTTL: 800 * time.Millisecond, grace: 2 * time.Second})
+	// a's shard comes first in the global order, on worker 0; b's on worker 1.
+	var a, b string
+	for i := 0; a == "" || b == ""; i++ {
+		n := fmt.Sprintf("ce%d", i)
+		switch s := wire.Shard([]byte(n), fc.cfg.shardCount); {
+		case a == "" && s < fc.cfg.shardCount/2:
+			a = n
+		case b == "" && s >= fc.cfg.shardCount/2:
+			b = n
+		}
+	}
+	fc.setOwner(wire.Shard([]byte(a), fc.cfg.shardCount), 0, 2, false)
+	fc.setOwner(wire.Shard([]byte(b), fc.cfg.shardCount), 1, 2, false)
+	holder := fc.dial(t, Config{OnRevoke: func(context.Context, *Token, Revocation) {}})
+	clk := fakeclock.New(time.Time{})
+	waiter := fc.dial(t, withClock(Config{OnRevoke: func(context.Context, *Token, Revocation) {}}, clk))
+	ctx := ctxT(t, 10*time.Second)
+	hb, err := holder.Acquire(ctx, b, wire.EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		toks []*Token
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		toks, err := waiter.AcquireBatch(ctx, []BatchRequest{{Name: a, Mode: wire.EX}, {Name: b, Mode: wire.EX}})
+		got <- result{toks, err}
+	}()
+	eventually(t, 2*time.Second, "a granted, b queued", func() bool { return len(fc.grants(0, a)) == 1 && fc.waiters(1, b) == 1 })
+	// Worker 0 cannot vouch, and the waiter's clock moves past a's
+	// freshness: its grant has aged while b waited.
+	fc.setNoVouch(0, true)
+	clk.Advance(waiter.freshFor())
+	if err := hb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "b granted to the waiter", func() bool {
+		gs := fc.grants(1, b)
+		return len(gs) == 1 && gs[0].sess == waiter.Session()
+	})
+	select {
+	case r := <-got:
+		t.Fatalf("AcquireBatch returned (err %v) while a's worker could not vouch for its aged grant", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	fc.setNoVouch(0, false)
+	// The client's timers run on its clock: move it in small steps until
+	// its next KEEPALIVE to worker 0 is answered with a validity again.
+	var r result
+	for r.toks == nil && r.err == nil {
+		select {
+		case r = <-got:
+		case <-time.After(20 * time.Millisecond):
+			clk.Advance(20 * time.Millisecond)
+		}
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	for i, tk := range r.toks {
+		if left := tk.ValidUntil().Sub(clk.Now()); left < waiter.freshFor() {
+			t.Fatalf("token %d (%s) returned with %v left, want at least %v", i, tk.Name(), left, waiter.freshFor())
+		}
+	}
+	for _, tk := range r.toks {
 		if err := tk.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
