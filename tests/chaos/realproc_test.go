@@ -172,9 +172,10 @@ func (l *rload) verifyKnown(t *testing.T, known string) {
 
 // grantRec is an acquire that returned a grant.
 type grantRec struct {
-	token string
-	fence uint64
-	ret   int64 // history time it returned
+	token     string
+	fence     uint64
+	call, ret int64 // history times it was called and returned
+	batch     bool  // by AcquireBatch: granted anywhere in [call, ret]
 }
 
 // acquiresAfter returns the acquires recorded as returning after t0
@@ -186,7 +187,7 @@ func (l *rload) acquiresAfter(t0 int64) []grantRec {
 	var out []grantRec
 	l.w.Hist.Each(func(in check.Input, o check.Output, call, ret int64) {
 		if in.Kind == check.OpAcquire && !in.Cached && ret > t0 {
-			out = append(out, grantRec{in.Token, o.Fence, ret})
+			out = append(out, grantRec{in.Token, o.Fence, call, ret, in.Batch})
 		}
 	})
 	return out
@@ -262,6 +263,14 @@ func TestScenario4WorkerPause(t *testing.T) {
 				sh := shardOf(g.token)
 				e, ok := st.lost[sh]
 				if !ok || wire.FenceEpoch(g.fence) > e {
+					continue
+				}
+				if g.batch && g.call <= st.at+slack {
+					// A batch's grant came somewhere between its call and
+					// its return, maybe before the stop while another
+					// shard of the batch kept it waiting (soak seed
+					// 3886339474): only one called after the stop is
+					// surely a reply from after it.
 					continue
 				}
 				if st.moved[sh] || g.ret < st.resumed {

@@ -55,6 +55,11 @@ type Input struct {
 	// client released earlier and kept, Mode and Start/End are the grant's
 	// as held (they may cover more than was asked).
 	Cached bool
+	// Batch: an acquire of several tokens at once (clientlib's
+	// AcquireBatch), each recorded as its own acquire over the call's
+	// whole span: the grant came somewhere within it, maybe long before
+	// the return (the batch's later shards may have made it wait).
+	Batch bool
 }
 
 // Output is what an operation returned: the fence granted (acquire,

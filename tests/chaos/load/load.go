@@ -298,7 +298,7 @@ func (w *Workload) batch(ctx context.Context, id int, cl *clientlib.Client, rng 
 			w.N.Cached.Add(1)
 		}
 		hs[k] = &Holding{w: w, client: id, tok: tok, name: r.Name, fence: fence, mode: mode, from: start, to: end, lastValid: call}
-		w.Hist.Add(check.Input{Kind: check.OpAcquire, Client: id, Token: r.Name, Mode: mode, Start: start, End: end, Cached: cached},
+		w.Hist.Add(check.Input{Kind: check.OpAcquire, Client: id, Token: r.Name, Mode: mode, Start: start, End: end, Cached: cached, Batch: true},
 			check.Output{Fence: fence}, call, ret)
 		w.N.Batched.Add(1)
 	}
