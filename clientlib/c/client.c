@@ -990,6 +990,33 @@ static int batch_send(tokend_client *c, const struct batch_key *keys, size_t n, 
 	return rc;
 }
 
+/*
+ * The grants of keys[0..n) in out, taken shard by shard: those of the first
+ * shards aged while a later one waited, so each is confirmed as
+ * tokend_acquire confirms one (valid for at least fresh_ns() when the call
+ * returns), or the batch fails; a grant not confirmed is given back.
+ */
+static int batch_confirm(tokend_client *c, const struct batch_key *keys, size_t n, int64_t wait_ms,
+			 tokend_grant *out)
+{
+	pthread_mutex_lock(&c->mu);
+	int rc = enter(c);
+	if (rc != TOKEND_OK) {
+		pthread_mutex_unlock(&c->mu);
+		return rc;
+	}
+	int64_t deadline = wait_deadline(c, wait_ms, tkn_now());
+	for (size_t k = 0; k < n && rc == TOKEND_OK; k++) {
+		tokend_grant *g = &out[keys[k].i];
+		char op[160];
+		op_name(op, sizeof op, "acquire batch", g->name, g->name_len, (int)g->mode);
+		rc = confirm_grant(c, g->name, g->name_len, g->fence, deadline, NULL, g, op);
+	}
+	leave(c);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
 int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t n, int64_t wait_ms,
 			 tokend_grant *out)
 {
@@ -1015,7 +1042,8 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 	 * shard's tokens one by one, each waiting as wait_ms says. A shard with
 	 * one token of the batch gets an ordinary ACQUIRE: one datagram either
 	 * way, and it may queue at once. */
-	for (size_t lo = 0; lo < n;) {
+	int groups = 0;
+	for (size_t lo = 0; lo < n; groups++) {
 		size_t hi = lo + 1;
 		while (hi < n && hi - lo < TKW_MAX_BATCH && keys[hi].shard == keys[lo].shard)
 			hi++;
@@ -1035,6 +1063,14 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 			return rc;
 		}
 		lo = hi;
+	}
+	if (groups > 1) {
+		int rc = batch_confirm(c, keys, n, wait_ms, out);
+		if (rc != TOKEND_OK) {
+			for (size_t k = 0; k < n; k++)
+				(void)tokend_release(c, &out[keys[k].i], NULL, 0);
+			return rc;
+		}
 	}
 	return TOKEND_OK;
 }

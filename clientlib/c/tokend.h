@@ -447,6 +447,10 @@ typedef struct tokend_batch_req {
  * ACQUIRE each, wait_ms as in tokend_acquire, per token), holding the ones
  * before. A shard with one token of the batch, or one whose tokens the
  * token cache holds, is taken one by one from the start. n is 1..64.
+ * Every grant it returns is valid for as long as one tokend_acquire
+ * returns: those of the first shards, which may have aged while a later
+ * one waited, are confirmed by their workers first (or the call fails with
+ * what tokend_acquire's confirmation would).
  * Errors: as tokend_acquire, and TOKEND_EINVAL for n out of range or an
  * invalid request.
  */

@@ -1217,6 +1217,36 @@ func TestFakeWorker(t *testing.T) {
 				f := newFake(t, 2)
 				longWait(t, bin, f.at(0), "longwait", 3*fakeSessionTTL, fakeW)
 			})
+			t.Run("batch-confirm", func(t *testing.T) {
+				// A batch's first shard (worker 0's) is granted at once,
+				// its second (worker 1's) waits for another client; worker
+				// 0 does not vouch meanwhile, so the first grant ages:
+				// tokend_acquire_batch returns it only once confirmed.
+				f := newFake(t, 2)
+				var a, b string
+				for i := 0; a == "" || b == ""; i++ {
+					n := fmt.Sprintf("bconf/%d", i)
+					switch w, _ := f.Owner(wire.Shard([]byte(n), f.Shards())); {
+					case w == 0 && a == "":
+						a = n
+					case w == 1 && b == "":
+						b = n
+					}
+				}
+				const hold = 1200 * time.Millisecond
+				p := start(t, f.at(0), bin, "batchconfirm", a, b, strconv.Itoa(int(hold/time.Millisecond)), strconv.Itoa(int(fakeW/time.Millisecond)))
+				p.expect(t, "holding", 10*time.Second)
+				for deadline := time.Now().Add(5 * time.Second); len(f.Grants(0, a)) == 0; time.Sleep(2 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s not granted within 5s", a)
+					}
+				}
+				f.SetNoVouch(0, true)
+				time.Sleep(hold + 500*time.Millisecond)
+				f.SetNoVouch(0, false)
+				t.Log(p.expect(t, "validity", 20*time.Second))
+				p.wait(t, 10*time.Second)
+			})
 			t.Run("done-forgets-departed-worker", func(t *testing.T) {
 				// A DONE owed to a worker that never answered it is
 				// forgotten once the map no longer names that worker (SPEC

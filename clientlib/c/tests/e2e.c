@@ -1257,6 +1257,39 @@ static void p_longwait(const char *name, int hold_ms, int w_ms)
 	pthread_mutex_destroy(&s.mu);
 }
 
+/* A batch over two shards, a's first in the order, b's held by another
+ * client for hold_ms: the harness keeps a's worker from vouching while b
+ * waits, so a's grant ages; tokend_acquire_batch returns it only once its
+ * worker vouched again, valid for more than W/3. */
+static void p_batchconfirm(const char *a, const char *b, int hold_ms, int w_ms)
+{
+	tokend_client *holder = connect_plain(), *c = connect_plain();
+	tokend_grant h, g[2];
+	CHECK_RC(tokend_acquire(holder, b, strlen(b), TOKEND_EX, TOKEND_TRY, &h), TOKEND_OK, "holder acquire");
+	printf("holding\n");
+	fflush(stdout);
+	struct releaser r = {holder, h, hold_ms, -99};
+	pthread_t th;
+	pthread_create(&th, NULL, release_later, &r);
+	tokend_batch_req reqs[2] = {
+		{.name = a, .name_len = strlen(a), .mode = TOKEND_EX},
+		{.name = b, .name_len = strlen(b), .mode = TOKEND_EX},
+	};
+	int rc = tokend_acquire_batch(c, reqs, 2, 20000, g);
+	uint32_t left = 0;
+	int check = rc == TOKEND_OK ? tokend_grant_check(c, &g[0], &left) : rc;
+	pthread_join(th, NULL);
+	CHECK_RC(r.rc, TOKEND_OK, "holder release");
+	CHECK_RC(rc, TOKEND_OK, "batch");
+	printf("validity %" PRIu32 " ms of a on return\n", left);
+	CHECK_RC(check, TOKEND_OK, "grant_check of a on return");
+	CHECK(left > (uint32_t)w_ms / 3, "a returned with %" PRIu32 " ms left (W %d ms): not confirmed", left, w_ms);
+	CHECK_RC(tokend_release(c, &g[0], NULL, 0), TOKEND_OK, "release a");
+	CHECK_RC(tokend_release(c, &g[1], NULL, 0), TOKEND_OK, "release b");
+	tokend_close(c);
+	tokend_close(holder);
+}
+
 struct waiter {
 	tokend_client *c;
 	const char *name;
@@ -1402,6 +1435,8 @@ int main(int argc, char **argv)
 		p_pinned(argv[3], atoi(argv[4]));
 	else if (!strcmp(s, "longwait") && argc == 6)
 		p_longwait(argv[3], atoi(argv[4]), atoi(argv[5]));
+	else if (!strcmp(s, "batchconfirm") && argc == 7)
+		p_batchconfirm(argv[3], argv[4], atoi(argv[5]), atoi(argv[6]));
 	else {
 		fprintf(stderr, "unknown scenario %s\n", s);
 		return 2;
