@@ -123,6 +123,10 @@ func TestAllInOne(t *testing.T) {
 	p := startProc(t, a.args()...)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", a.http)
 	waitReady(t, p, httpAddr, 30*time.Second)
+	// The daemon writes its banner before /readyz says ready, but the
+	// test reads the process's output from a pipe, on its own goroutine:
+	// on a busy CI host the check below once ran before that read.
+	p.WaitBanner(10 * time.Second)
 	wantHint := fmt.Sprintf("go tool etcdctl --endpoints=127.0.0.1:%d --cacert=%s --cert=%s --key=%s get --prefix /tokend/", a.client,
 		filepath.Join(a.certs(), "ca.crt"), filepath.Join(a.certs(), "root.crt"), filepath.Join(a.certs(), "root.key"))
 	if out := p.Out.String(); !strings.Contains(out, wantHint) || !strings.Contains(out, "is up") ||
