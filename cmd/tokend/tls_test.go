@@ -124,6 +124,7 @@ func TestInsecureWarns(t *testing.T) {
 	}
 	p := startProc(t, args...)
 	waitReady(t, p, fmt.Sprintf("127.0.0.1:%d", a.http), 30*time.Second)
+	p.WaitBanner(10 * time.Second) // the warnings come before it (see TestAllInOne)
 	out := p.Out.String()
 	if !strings.Contains(out, "etcd runs WITHOUT TLS and authentication (--insecure)") || !strings.Contains(out, "level=WARN") ||
 		!strings.Contains(out, "clients are NOT authenticated") {
