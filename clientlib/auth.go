@@ -163,8 +163,8 @@ type Stats struct {
 	// bundles; at most 2 ms), and AcksAlone those of them sent alone
 	// because no request came meanwhile.
 	AcksHeld, AcksAlone uint64
-	// The token cache: CacheHits counts the Acquires (and tokens of
-	// AcquireBatch) served from it (no datagram), CacheMisses those that went to a worker while the cache
+	// The token cache: CacheHits counts the Acquires served from it (no
+	// datagram), CacheMisses those that went to a worker while the cache
 	// was on. CacheEvictions counts the cached grants given back for the
 	// cache's bounds (TokenCache, TokenCacheIdle), CacheRevoked those given
 	// back on a worker's REVOKE (the application was not asked), and

@@ -41,12 +41,7 @@ type BatchRequest struct {
 // Tokens a batch grant makes are ordinary Tokens: released, converted and
 // revoked one by one.
 func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...Option) ([]*Token, error) {
-	type item struct {
-		BatchRequest
-		i     int
-		shard uint32
-	}
-	items := make([]item, len(reqs))
+	items := make([]batchItem, len(reqs))
 	for i, r := range reqs {
 		if len(r.Name) == 0 || len(r.Name) > wire.MaxName || !r.Mode.Valid() ||
 			(!wire.IsWhole(r.Start, r.End) && r.Start >= r.End) {
@@ -56,9 +51,9 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		if r.Start == 0 && r.End == 0 {
 			r.Start, r.End = wire.WholeStart, wire.WholeEnd
 		}
-		items[i] = item{r, i, wire.Shard([]byte(r.Name), c.shardCount)}
+		items[i] = batchItem{r, i, wire.Shard([]byte(r.Name), c.shardCount)}
 	}
-	slices.SortStableFunc(items, func(a, b item) int {
+	slices.SortStableFunc(items, func(a, b batchItem) int {
 		return cmp.Or(cmp.Compare(a.shard, b.shard), cmp.Compare(a.Name, b.Name),
 			cmp.Compare(a.Start, b.Start), cmp.Compare(a.End, b.End))
 	})
@@ -72,45 +67,15 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		return nil, err
 	}
 	groups := 0
-	for lo := 0; lo < len(items); {
+	for lo := 0; lo < len(items); groups++ {
 		hi := lo + 1
 		for hi < len(items) && hi-lo < wire.MaxBatch && items[hi].shard == items[lo].shard {
 			hi++
 		}
-		group := items[lo:hi]
-		entries := make([]wire.BatchEntry, len(group))
-		for k, it := range group {
-			entries[k] = wire.BatchEntry{Mode: it.Mode, Start: it.Start, End: it.End, Name: []byte(it.Name)}
-		}
-		// One ACQUIRE_BATCH, unless a name of the shard is in the token
-		// cache: the worker would refuse the batch for the session's own
-		// cached grant, and the cache serves hits with no datagram.
-		if !c.cachesAny(entries) {
-			toks, err := c.acquireBatch(ctx, group[0].shard, entries)
-			if err == nil {
-				for k, it := range group {
-					out[it.i] = toks[k]
-				}
-				lo = hi
-				groups++
-				continue
-			}
-			if !errors.Is(err, ErrConflict) {
-				return fail(err)
-			}
-			c.batchFallbacks.Add(1)
-		}
-		// Someone holds or waits for one of them, or the cache has one:
-		// each in the global order, holding the earlier ones.
-		for _, it := range group {
-			t, err := c.Acquire(ctx, it.Name, it.Mode, append(opts[:len(opts):len(opts)], Range(it.Start, it.End))...)
-			if err != nil {
-				return fail(fmt.Errorf("%s: %w", batchOp, err))
-			}
-			out[it.i] = t
+		if err := c.acquireShard(ctx, items[lo:hi], out, opts); err != nil {
+			return fail(err)
 		}
 		lo = hi
-		groups++
 	}
 	if groups > 1 {
 		// The grants of the first shards aged while the later ones were
@@ -128,16 +93,58 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 
 const batchOp = "clientlib: acquire batch"
 
+// batchItem is one request of an AcquireBatch: reqs[i], in shard.
+type batchItem struct {
+	BatchRequest
+	i     int
+	shard uint32
+}
+
+// acquireShard takes group, the requests of one shard (at most
+// wire.MaxBatch), into out: by one ACQUIRE_BATCH, unless a name of the
+// shard is in the token cache (the worker would refuse the batch for the
+// session's own cached grant, and the cache serves hits with no
+// datagram); if that conflicts, or the cache has one, by one Acquire each
+// in the global order, holding the earlier ones. On error out may hold
+// some of group's tokens: the caller releases them.
+func (c *Client) acquireShard(ctx context.Context, group []batchItem, out []*Token, opts []Option) error {
+	if !c.cachesAny(group) {
+		entries := make([]wire.BatchEntry, len(group))
+		for k, it := range group {
+			entries[k] = wire.BatchEntry{Mode: it.Mode, Start: it.Start, End: it.End, Name: []byte(it.Name)}
+		}
+		toks, err := c.acquireBatch(ctx, group[0].shard, entries)
+		if err == nil {
+			for k, it := range group {
+				out[it.i] = toks[k]
+			}
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		c.batchFallbacks.Add(1)
+	}
+	for _, it := range group {
+		t, err := c.Acquire(ctx, it.Name, it.Mode, append(opts[:len(opts):len(opts)], Range(it.Start, it.End))...)
+		if err != nil {
+			return fmt.Errorf("%s: %w", batchOp, err)
+		}
+		out[it.i] = t
+	}
+	return nil
+}
+
 // cachesAny reports whether the token cache holds a grant of one of the
-// names of entries.
-func (c *Client) cachesAny(entries []wire.BatchEntry) bool {
+// names of group.
+func (c *Client) cachesAny(group []batchItem) bool {
 	if c.cacheMax <= 0 {
 		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, e := range entries {
-		for _, t := range c.byName[string(e.Name)] {
+	for _, it := range group {
+		for _, t := range c.byName[it.Name] {
 			if t.cached {
 				return true
 			}
