@@ -66,8 +66,7 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		}
 		return nil, err
 	}
-	groups := 0
-	for lo := 0; lo < len(items); groups++ {
+	for lo := 0; lo < len(items); {
 		hi := lo + 1
 		for hi < len(items) && hi-lo < wire.MaxBatch && items[hi].shard == items[lo].shard {
 			hi++
@@ -77,15 +76,14 @@ func (c *Client) AcquireBatch(ctx context.Context, reqs []BatchRequest, opts ...
 		}
 		lo = hi
 	}
-	if groups > 1 {
-		// The grants of the first shards aged while the later ones were
-		// taken (a fallback Acquire may have waited long): each is valid
-		// for at least freshFor when AcquireBatch returns, as one from
-		// Acquire is. confirm returns at once for those still fresh.
-		for _, t := range out {
-			if err := c.confirm(ctx, t); err != nil {
-				return fail(fmt.Errorf("%s: %w", batchOp, err))
-			}
+	// The grants taken first aged while later ones were taken (an Acquire
+	// of a later shard, or of the same shard after a conflict, may have
+	// waited long): each is valid for at least freshFor when AcquireBatch
+	// returns, as one from Acquire is. confirm returns at once for those
+	// still fresh.
+	for _, t := range out {
+		if err := c.confirm(ctx, t); err != nil {
+			return fail(fmt.Errorf("%s: %w", batchOp, err))
 		}
 	}
 	return out, nil

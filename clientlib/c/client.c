@@ -991,8 +991,9 @@ static int batch_send(tokend_client *c, const struct batch_key *keys, size_t n, 
 }
 
 /*
- * The grants of keys[0..n) in out, taken shard by shard: those of the first
- * shards aged while a later one waited, so each is confirmed as
+ * The grants of keys[0..n) in out, taken shard by shard or token by token:
+ * those taken first aged while a later one waited (another shard's, or
+ * the same shard's after a conflict), so each is confirmed as
  * tokend_acquire confirms one (valid for at least fresh_ns() when the call
  * returns), or the batch fails; a grant not confirmed is given back.
  */
@@ -1042,8 +1043,7 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 	 * shard's tokens one by one, each waiting as wait_ms says. A shard with
 	 * one token of the batch gets an ordinary ACQUIRE: one datagram either
 	 * way, and it may queue at once. */
-	int groups = 0;
-	for (size_t lo = 0; lo < n; groups++) {
+	for (size_t lo = 0; lo < n;) {
 		size_t hi = lo + 1;
 		while (hi < n && hi - lo < TKW_MAX_BATCH && keys[hi].shard == keys[lo].shard)
 			hi++;
@@ -1064,15 +1064,11 @@ int tokend_acquire_batch(tokend_client *c, const tokend_batch_req *reqs, size_t 
 		}
 		lo = hi;
 	}
-	if (groups > 1) {
-		int rc = batch_confirm(c, keys, n, wait_ms, out);
-		if (rc != TOKEND_OK) {
-			for (size_t k = 0; k < n; k++)
-				(void)tokend_release(c, &out[keys[k].i], NULL, 0);
-			return rc;
-		}
-	}
-	return TOKEND_OK;
+	int rc = batch_confirm(c, keys, n, wait_ms, out);
+	if (rc != TOKEND_OK)
+		for (size_t k = 0; k < n; k++)
+			(void)tokend_release(c, &out[keys[k].i], NULL, 0);
+	return rc;
 }
 
 int tokend_acquire_range(tokend_client *c, const void *name, size_t name_len, tokend_mode mode, uint64_t start,
