@@ -291,8 +291,9 @@ func (w *Workload) batch(ctx context.Context, id int, cl *clientlib.Client, rng 
 		start, end := uint64(0), uint64(0)
 		cached := seen(mine, r.Name, fence)
 		if cached {
-			// A batch that met a conflict falls back to one Acquire per
-			// token, which the cache may serve: the grant as it was kept.
+			// A shard with a cached name, or whose batch met a
+			// conflict, is taken by one Acquire per token, which the
+			// cache may serve: the grant as it was kept.
 			mode = tok.Mode()
 			start, end = tok.Range()
 			w.N.Cached.Add(1)
